@@ -1,0 +1,350 @@
+//! Typed configuration, read once from the environment (Function App settings are environment variables) and validated at startup.
+//!
+//! Every setting Meterline reads is listed in [`SETTINGS`]; tests check that `local.settings.json.example`
+//! and the README document each one. Secrets are wrapped in [`SecretString`] and never printed.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+/// Documentation of one setting, the source of the configuration reference.
+#[derive(Debug, Clone, Copy)]
+pub struct SettingDoc {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub description: &'static str,
+}
+
+/// Every environment variable Meterline reads, with its default and meaning.
+pub const SETTINGS: &[SettingDoc] = &[
+    SettingDoc {
+        name: "FUNCTIONS_CUSTOMHANDLER_PORT",
+        default: "(unset)",
+        description: "Set by the Azure Functions host: the port to listen on, on 127.0.0.1. When set, Meterline runs in host mode.",
+    },
+    SettingDoc {
+        name: "FUNCTIONS_CUSTOMHANDLER_WORKER_ID",
+        default: "(unset)",
+        description: "Set by the Azure Functions host: a GUID for this handler process, added to every log line.",
+    },
+    SettingDoc {
+        name: "WEBSITE_INSTANCE_ID",
+        default: "(unset)",
+        description: "Set by Azure App Service / Functions on a real instance; Meterline uses it to know it runs in Azure.",
+    },
+    SettingDoc {
+        name: "METERLINE_BIND_ADDRESS",
+        default: "127.0.0.1",
+        description: "Standalone mode only: the address to listen on (the host always calls 127.0.0.1).",
+    },
+    SettingDoc {
+        name: "METERLINE_PORT",
+        default: "7071",
+        description: "Standalone mode only: the port to listen on (0 picks a free port and logs it).",
+    },
+    SettingDoc {
+        name: "METERLINE_STORE",
+        default: "sqlite",
+        description: "Which store to use: `sqlite` (embedded, local default) or `mssql` (SQL Server / Azure SQL / Fabric SQL).",
+    },
+    SettingDoc {
+        name: "METERLINE_SQLITE_PATH",
+        default: "data/meterline.db",
+        description: "Path of the embedded SQLite database file (created with its folder if missing).",
+    },
+    SettingDoc {
+        name: "METERLINE_MSSQL_CONNECTION_STRING",
+        default: "(unset)",
+        description: "Secret. ADO.NET-style SQL Server connection string; required when METERLINE_STORE=mssql.",
+    },
+    SettingDoc {
+        name: "METERLINE_AUTO_MIGRATE",
+        default: "true for sqlite, false for mssql",
+        description: "Apply pending migrations at startup. Production SQL Server schemas change only through `handler migrate`.",
+    },
+    SettingDoc {
+        name: "METERLINE_LOG",
+        default: "info",
+        description: "Log filter in tracing's env-filter syntax, e.g. `info,meterline=debug` (RUST_LOG is read if unset).",
+    },
+    SettingDoc {
+        name: "METERLINE_LOG_FORMAT",
+        default: "json",
+        description: "`json` (one JSON object per line, for the host and Application Insights) or `text` (for a terminal).",
+    },
+    SettingDoc {
+        name: "METERLINE_MAX_BODY_BYTES",
+        default: "1048576",
+        description: "Largest request body accepted by the API, in bytes; larger bodies get 413.",
+    },
+    SettingDoc { name: "METERLINE_WORKERS", default: "number of CPUs", description: "Number of HTTP worker threads." },
+    SettingDoc {
+        name: "METERLINE_SHUTDOWN_TIMEOUT_SECS",
+        default: "10",
+        description: "How long a graceful shutdown waits for in-flight requests.",
+    },
+];
+
+/// A setting with an unusable value; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(setting: &'static str, message: impl Into<String>) -> Self {
+        Self { setting, message: message.into() }
+    }
+}
+
+/// How the process was started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runtime {
+    /// Launched by the Azure Functions host as a custom handler.
+    FunctionsHost { worker_id: Option<String> },
+    /// Started on its own (local development, tests, containers).
+    Standalone,
+}
+
+/// Where to store data.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Sqlite { path: PathBuf },
+    Mssql { connection_string: SecretString },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub runtime: Runtime,
+    /// True when an Azure instance id is present (App Service / Functions in Azure).
+    pub in_azure: bool,
+    pub bind_address: IpAddr,
+    pub port: u16,
+    pub store: StoreConfig,
+    pub auto_migrate: bool,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    pub max_body_bytes: usize,
+    pub workers: usize,
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests can pass a map instead of mutating the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+
+        let host_port = match get("FUNCTIONS_CUSTOMHANDLER_PORT").or_else(|| get("FUNCTIONS_HTTPWORKER_PORT")) {
+            Some(raw) => Some(parse_port("FUNCTIONS_CUSTOMHANDLER_PORT", &raw, false)?),
+            None => None,
+        };
+        let (runtime, bind_address, port) = match host_port {
+            Some(port) => {
+                let worker_id = get("FUNCTIONS_CUSTOMHANDLER_WORKER_ID").or_else(|| get("FUNCTIONS_HTTPWORKER_ID"));
+                // The host always calls 127.0.0.1; listening anywhere else would only widen exposure.
+                (Runtime::FunctionsHost { worker_id }, IpAddr::from([127, 0, 0, 1]), port)
+            }
+            None => {
+                let bind = match get("METERLINE_BIND_ADDRESS") {
+                    Some(raw) => raw.parse().map_err(|_| {
+                        ConfigError::new("METERLINE_BIND_ADDRESS", format!("expected an IP address, got {raw:?}"))
+                    })?,
+                    None => IpAddr::from([127, 0, 0, 1]),
+                };
+                let port = match get("METERLINE_PORT") {
+                    Some(raw) => parse_port("METERLINE_PORT", &raw, true)?,
+                    None => 7071,
+                };
+                (Runtime::Standalone, bind, port)
+            }
+        };
+
+        let store = match get("METERLINE_STORE").as_deref().unwrap_or("sqlite") {
+            "sqlite" => StoreConfig::Sqlite {
+                path: get("METERLINE_SQLITE_PATH").map(PathBuf::from).unwrap_or_else(|| "data/meterline.db".into()),
+            },
+            "mssql" => StoreConfig::Mssql {
+                connection_string: get("METERLINE_MSSQL_CONNECTION_STRING").map(SecretString::from).ok_or_else(
+                    || ConfigError::new("METERLINE_MSSQL_CONNECTION_STRING", "required when METERLINE_STORE=mssql"),
+                )?,
+            },
+            other => {
+                return Err(ConfigError::new(
+                    "METERLINE_STORE",
+                    format!("expected `sqlite` or `mssql`, got {other:?}"),
+                ));
+            }
+        };
+        let auto_migrate = match get("METERLINE_AUTO_MIGRATE") {
+            Some(raw) => parse_bool("METERLINE_AUTO_MIGRATE", &raw)?,
+            None => matches!(store, StoreConfig::Sqlite { .. }),
+        };
+
+        let log_format = match get("METERLINE_LOG_FORMAT").as_deref().unwrap_or("json") {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => {
+                return Err(ConfigError::new(
+                    "METERLINE_LOG_FORMAT",
+                    format!("expected `json` or `text`, got {other:?}"),
+                ));
+            }
+        };
+        let log_filter = get("METERLINE_LOG").or_else(|| get("RUST_LOG")).unwrap_or_else(|| "info".into());
+        tracing_subscriber::EnvFilter::try_new(&log_filter)
+            .map_err(|e| ConfigError::new("METERLINE_LOG", format!("invalid filter {log_filter:?}: {e}")))?;
+
+        let max_body_bytes = parse_number("METERLINE_MAX_BODY_BYTES", get("METERLINE_MAX_BODY_BYTES"), 1_048_576, 1)?;
+        let default_workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let workers = parse_number("METERLINE_WORKERS", get("METERLINE_WORKERS"), default_workers, 1)?;
+        let shutdown_secs =
+            parse_number("METERLINE_SHUTDOWN_TIMEOUT_SECS", get("METERLINE_SHUTDOWN_TIMEOUT_SECS"), 10, 0)?;
+
+        Ok(Config {
+            runtime,
+            in_azure: get("WEBSITE_INSTANCE_ID").is_some(),
+            bind_address,
+            port,
+            store,
+            auto_migrate,
+            log_filter,
+            log_format,
+            max_body_bytes,
+            workers,
+            shutdown_timeout: Duration::from_secs(shutdown_secs as u64),
+        })
+    }
+
+    /// A configuration for tests and tools: standalone, SQLite at `path`, everything else default.
+    pub fn for_sqlite(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        Self::from_lookup(|name| match name {
+            "METERLINE_SQLITE_PATH" => Some(path.display().to_string()),
+            "METERLINE_PORT" => Some("0".into()),
+            _ => None,
+        })
+        .expect("the default configuration is valid")
+    }
+
+    pub fn under_functions_host(&self) -> bool {
+        matches!(self.runtime, Runtime::FunctionsHost { .. })
+    }
+}
+
+fn parse_port(setting: &'static str, raw: &str, allow_zero: bool) -> Result<u16, ConfigError> {
+    match raw.parse::<u16>() {
+        Ok(0) if !allow_zero => Err(ConfigError::new(setting, "expected a port number 1-65535, got 0")),
+        Ok(port) => Ok(port),
+        Err(_) => Err(ConfigError::new(setting, format!("expected a port number 1-65535, got {raw:?}"))),
+    }
+}
+
+fn parse_bool(setting: &'static str, raw: &str) -> Result<bool, ConfigError> {
+    match raw.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(ConfigError::new(setting, format!("expected true or false, got {raw:?}"))),
+    }
+}
+
+fn parse_number(setting: &'static str, raw: Option<String>, default: usize, min: usize) -> Result<usize, ConfigError> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if n >= min => Ok(n),
+            _ => Err(ConfigError::new(setting, format!("expected a whole number >= {min}, got {raw:?}"))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_are_standalone_sqlite_on_7071() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.runtime, Runtime::Standalone);
+        assert_eq!(c.port, 7071);
+        assert!(c.auto_migrate);
+        assert!(matches!(c.store, StoreConfig::Sqlite { ref path } if path == &PathBuf::from("data/meterline.db")));
+    }
+
+    #[test]
+    fn the_host_port_wins_and_forces_loopback() {
+        let c = config(&[
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", "41235"),
+            ("FUNCTIONS_CUSTOMHANDLER_WORKER_ID", "w-1"),
+            ("METERLINE_BIND_ADDRESS", "0.0.0.0"),
+            ("METERLINE_PORT", "9000"),
+        ])
+        .unwrap();
+        assert_eq!(c.port, 41235);
+        assert_eq!(c.bind_address, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(c.runtime, Runtime::FunctionsHost { worker_id: Some("w-1".into()) });
+        let legacy = config(&[("FUNCTIONS_HTTPWORKER_PORT", "5000")]).unwrap();
+        assert_eq!(legacy.port, 5000);
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        for (pairs, setting) in [
+            (vec![("METERLINE_PORT", "http")], "METERLINE_PORT"),
+            (vec![("FUNCTIONS_CUSTOMHANDLER_PORT", "0")], "FUNCTIONS_CUSTOMHANDLER_PORT"),
+            (vec![("METERLINE_STORE", "postgres")], "METERLINE_STORE"),
+            (vec![("METERLINE_STORE", "mssql")], "METERLINE_MSSQL_CONNECTION_STRING"),
+            (vec![("METERLINE_LOG_FORMAT", "xml")], "METERLINE_LOG_FORMAT"),
+            (vec![("METERLINE_LOG", "info,[")], "METERLINE_LOG"),
+            (vec![("METERLINE_MAX_BODY_BYTES", "0")], "METERLINE_MAX_BODY_BYTES"),
+            (vec![("METERLINE_AUTO_MIGRATE", "maybe")], "METERLINE_AUTO_MIGRATE"),
+            (vec![("METERLINE_BIND_ADDRESS", "localhost")], "METERLINE_BIND_ADDRESS"),
+        ] {
+            let err = config(&pairs).unwrap_err();
+            assert_eq!(err.setting, setting, "{pairs:?}");
+            assert!(err.to_string().starts_with(setting));
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c =
+            config(&[("METERLINE_STORE", "mssql"), ("METERLINE_MSSQL_CONNECTION_STRING", "Server=x;Password=hunter2")])
+                .unwrap();
+        assert!(!c.auto_migrate);
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn every_setting_read_is_documented() {
+        let source = include_str!("config.rs");
+        let documented: Vec<_> = SETTINGS.iter().map(|s| s.name).collect();
+        for read in source.split("get(\"").skip(1).filter_map(|rest| rest.split('"').next()) {
+            if read == "RUST_LOG" || read.starts_with("FUNCTIONS_HTTPWORKER") {
+                continue; // aliases of documented settings
+            }
+            assert!(documented.contains(&read), "{read} is read but not in SETTINGS");
+        }
+    }
+}

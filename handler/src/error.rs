@@ -1,0 +1,347 @@
+//! The one error type of Meterline, its catalog of stable codes, and its RFC 9457 problem+json rendering.
+//!
+//! Every failure a client can see, from any route, extractor or invocation, is an [`AppError`] carrying an
+//! [`ErrorCode`]. The code fixes the HTTP status, the problem `type` URI, the `title` and the Azure-style `code`
+//! member (also sent as `x-ms-error-code`), so one body serves RFC 9457 clients and Azure SDK clients alike.
+//! Server errors keep their cause for the log and show the client an opaque body.
+
+use std::fmt;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// Media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Prefix of Meterline's own problem `type` URIs; the slug of the [`ErrorCode`] follows.
+pub const PROBLEM_TYPE_BASE: &str = "https://meterline.dev/problems/";
+
+macro_rules! error_codes {
+    ($( $(#[$doc:meta])* $variant:ident => ($status:expr, $slug:literal, $title:literal) ),+ $(,)?) => {
+        /// Stable, machine-readable error codes. Renaming a slug is a breaking API change.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $( $(#[$doc])* $variant, )+
+        }
+
+        impl ErrorCode {
+            /// Every code, in catalog order (the documentation and tests walk this list).
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),+];
+
+            /// The HTTP status this code is always answered with.
+            pub fn status(self) -> StatusCode {
+                match self { $(ErrorCode::$variant => $status,)+ }
+            }
+
+            /// The kebab-case slug used in the problem `type` URI.
+            pub fn slug(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $slug,)+ }
+            }
+
+            /// The short, human-readable summary of the problem type (RFC 9457 `title`).
+            pub fn title(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $title,)+ }
+            }
+
+            /// The Azure-style PascalCase `code` (also sent as `x-ms-error-code`).
+            pub fn azure_code(self) -> &'static str {
+                match self { $(ErrorCode::$variant => stringify!($variant),)+ }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// No route or resource matches the request.
+    NotFound => (StatusCode::NOT_FOUND, "not-found", "Resource not found"),
+    /// The route exists but not for this method; the response carries `Allow`.
+    MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
+    /// The request body is larger than the configured limit.
+    PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large"),
+    /// The request body has a media type the operation does not accept.
+    UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type"),
+    /// The request body is not well-formed JSON.
+    MalformedJson => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON body"),
+    /// The query string cannot be parsed into the operation's parameters.
+    InvalidQuery => (StatusCode::BAD_REQUEST, "invalid-query", "Invalid query parameters"),
+    /// The request is well-formed but its values are not acceptable; `errors` lists each field.
+    ValidationFailed => (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed", "Validation failed"),
+    /// A Functions host invocation names a function this handler does not implement.
+    UnknownFunction => (StatusCode::NOT_FOUND, "unknown-function", "Unknown function"),
+    /// A Functions host invocation payload does not have the shape of its trigger.
+    InvalidInvocation => (StatusCode::BAD_REQUEST, "invalid-invocation", "Invalid invocation payload"),
+    /// The store cannot be reached or refused the work; retrying later may succeed.
+    StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", "Store unavailable"),
+    /// An unexpected failure inside Meterline; the cause is logged, never shown.
+    Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error"),
+}
+
+impl ErrorCode {
+    /// The problem `type` URI of this code.
+    pub fn type_uri(self) -> String {
+        format!("{PROBLEM_TYPE_BASE}{}", self.slug())
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.slug())
+    }
+}
+
+/// One field-level failure inside a `validation-failed` (or similar) problem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    /// JSON pointer-like path of the offending field or parameter, e.g. `title` or `query.maxpagesize`.
+    pub field: String,
+    /// Stable machine-readable reason, e.g. `length`, `required`, `unknown_field`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), code: code.into(), message: message.into() }
+    }
+}
+
+/// The wire form of every error: RFC 9457 members plus `code` (Azure style), `errors` and `requestId`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    /// URI identifying the problem type.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    /// Short summary of the problem type.
+    pub title: String,
+    /// HTTP status code, repeated for convenience.
+    pub status: u16,
+    /// Explanation specific to this occurrence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Stable Azure-style error code; equals the `x-ms-error-code` header.
+    pub code: String,
+    /// Field-level failures, when the problem is about request values.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    /// The request id also returned in `x-request-id`, for support.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// The error type of every fallible operation that can reach a client.
+pub struct AppError {
+    code: ErrorCode,
+    detail: Option<String>,
+    errors: Vec<FieldError>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    source: Option<anyhow::Error>,
+}
+
+impl AppError {
+    pub fn new(code: ErrorCode) -> Self {
+        Self { code, detail: None, errors: Vec::new(), headers: Vec::new(), source: None }
+    }
+
+    /// A server-side failure: the cause is kept for the log; the client sees only the code.
+    pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
+        Self::new(ErrorCode::Internal).with_source(cause)
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_field_errors(mut self, errors: Vec<FieldError>) -> Self {
+        self.errors = errors;
+        self
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn with_source(mut self, cause: impl Into<anyhow::Error>) -> Self {
+        self.source = Some(cause.into());
+        self
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+
+    pub fn field_errors(&self) -> &[FieldError] {
+        &self.errors
+    }
+
+    /// Builds the problem body; server errors never carry their internal detail.
+    pub fn to_problem(&self, request_id: Option<String>) -> Problem {
+        let detail = if self.code.status().is_server_error() && self.code != ErrorCode::StoreUnavailable {
+            None
+        } else {
+            self.detail.clone()
+        };
+        Problem {
+            type_uri: self.code.type_uri(),
+            title: self.code.title().to_owned(),
+            status: self.code.status().as_u16(),
+            detail,
+            code: self.code.azure_code().to_owned(),
+            errors: self.errors.clone(),
+            request_id,
+        }
+    }
+}
+
+impl fmt::Debug for AppError {
+    /// Prints the code, the detail and the whole cause chain, for the one log line a failure gets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.code)?;
+        if let Some(detail) = &self.detail {
+            write!(f, ": {detail}")?;
+        }
+        if let Some(source) = &self.source {
+            write!(f, ": {source:#}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for AppError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.detail {
+            Some(detail) => write!(f, "{}: {detail}", self.code.title()),
+            None => f.write_str(self.code.title()),
+        }
+    }
+}
+
+impl std::error::Error for AppError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e.as_ref() as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl ResponseError for AppError {
+    fn status_code(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if self.code.status().is_server_error() {
+            // The single place a server-side failure is logged, with its whole cause chain.
+            tracing::error!(error.code = self.code.slug(), error.cause = ?self, "request failed");
+        }
+        let problem = self.to_problem(crate::telemetry::current_request_id());
+        let mut response = HttpResponse::build(self.code.status());
+        response.insert_header((header::CONTENT_TYPE, PROBLEM_JSON));
+        response.insert_header(("x-ms-error-code", self.code.azure_code()));
+        for (name, value) in &self.headers {
+            response.append_header((name.clone(), value.clone()));
+        }
+        response.body(serde_json::to_vec(&problem).unwrap_or_default())
+    }
+}
+
+impl From<crate::store::StoreError> for AppError {
+    fn from(err: crate::store::StoreError) -> Self {
+        match err {
+            crate::store::StoreError::Unavailable(_) => AppError::new(ErrorCode::StoreUnavailable)
+                .with_detail("the store is temporarily unavailable; retry later")
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+                .with_source(err),
+            other => AppError::internal(other),
+        }
+    }
+}
+
+/// Maps actix-web's JSON body errors onto the catalog (413, 415, 400 malformed, 422 wrong shape).
+pub fn json_payload_error(err: actix_web::error::JsonPayloadError) -> AppError {
+    use actix_web::error::JsonPayloadError as E;
+    match err {
+        E::OverflowKnownLength { length, limit } => AppError::new(ErrorCode::PayloadTooLarge)
+            .with_detail(format!("the body has {length} bytes; the limit is {limit}")),
+        E::Overflow { limit } => AppError::new(ErrorCode::PayloadTooLarge)
+            .with_detail(format!("the body exceeds the limit of {limit} bytes")),
+        E::ContentType => {
+            AppError::new(ErrorCode::UnsupportedMediaType).with_detail("this operation accepts application/json bodies")
+        }
+        E::Deserialize(e) => serde_json_error(&e),
+        E::Payload(e) => AppError::new(ErrorCode::MalformedJson).with_detail(e.to_string()),
+        other => AppError::new(ErrorCode::MalformedJson).with_detail(other.to_string()),
+    }
+}
+
+/// Classifies a serde_json failure: broken syntax is 400, a well-formed body of the wrong shape is 422.
+pub fn serde_json_error(err: &serde_json::Error) -> AppError {
+    use serde_json::error::Category;
+    match err.classify() {
+        Category::Data => AppError::new(ErrorCode::ValidationFailed)
+            .with_detail("the body does not match the operation's schema")
+            .with_field_errors(vec![FieldError::new("body", "invalid", err.to_string())]),
+        Category::Syntax | Category::Eof | Category::Io => AppError::new(ErrorCode::MalformedJson)
+            .with_detail(format!("line {}, column {}: {err}", err.line(), err.column())),
+    }
+}
+
+/// Maps query-string parse errors to a 400 naming the parameter problem.
+pub fn query_error(err: actix_web::error::QueryPayloadError) -> AppError {
+    AppError::new(ErrorCode::InvalidQuery)
+        .with_field_errors(vec![FieldError::new("query", "invalid", err.to_string())])
+        .with_detail(err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_are_unique_and_well_formed() {
+        let slugs: HashSet<_> = ErrorCode::ALL.iter().map(|c| c.slug()).collect();
+        let azure: HashSet<_> = ErrorCode::ALL.iter().map(|c| c.azure_code()).collect();
+        assert_eq!(slugs.len(), ErrorCode::ALL.len(), "duplicate slug");
+        assert_eq!(azure.len(), ErrorCode::ALL.len(), "duplicate code");
+        for code in ErrorCode::ALL {
+            assert!(code.slug().chars().all(|c| c.is_ascii_lowercase() || c == '-'), "{code}");
+            assert!(code.status().is_client_error() || code.status().is_server_error(), "{code}");
+        }
+    }
+
+    #[test]
+    fn server_errors_hide_their_detail_and_cause() {
+        let err = AppError::internal(anyhow::anyhow!("password=hunter2 in connection string"))
+            .with_detail("connection string parse failed");
+        let problem = serde_json::to_value(err.to_problem(Some("r1".into()))).unwrap();
+        assert_eq!(problem["status"], 500);
+        assert_eq!(problem["code"], "Internal");
+        assert_eq!(problem["type"], "https://meterline.dev/problems/internal");
+        assert!(problem.get("detail").is_none());
+        assert!(!problem.to_string().contains("hunter2"));
+        assert!(format!("{err:?}").contains("hunter2"), "the log form keeps the cause");
+    }
+
+    #[test]
+    fn serde_errors_split_into_malformed_and_invalid() {
+        let syntax = serde_json::from_str::<serde_json::Value>("{\"a\":").unwrap_err();
+        assert_eq!(serde_json_error(&syntax).code(), ErrorCode::MalformedJson);
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct T {
+            a: u8,
+        }
+        let data = serde_json::from_str::<T>("{\"a\":\"x\"}").unwrap_err();
+        let err = serde_json_error(&data);
+        assert_eq!(err.code(), ErrorCode::ValidationFailed);
+        assert_eq!(err.field_errors()[0].field, "body");
+    }
+}

@@ -1,0 +1,80 @@
+//! Background work: the jobs timers and `handler run-job` start, and the Service Bus consumer.
+//!
+//! Each job is one bounded, idempotent step; the trigger (host timer, CLI, standalone scheduler) only
+//! calls [`run`], which records every execution in the store's `job_runs` table.
+
+pub mod integration;
+
+use crate::error::AppError;
+use crate::functions::payload::ScheduleStatus;
+use crate::state::AppState;
+use crate::store::JobRun;
+
+/// The jobs Meterline runs on a schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Job {
+    /// Aggregates raw usage events into hourly and daily rollups.
+    UsageRollup,
+    /// Publishes pending outbox events to Service Bus.
+    OutboxPublish,
+}
+
+impl Job {
+    pub const ALL: &'static [Job] = &[Job::UsageRollup, Job::OutboxPublish];
+
+    /// The kebab-case name used by `handler run-job` and stored in `job_runs`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Job::UsageRollup => "usage-rollup",
+            Job::OutboxPublish => "outbox-publish",
+        }
+    }
+}
+
+/// What started a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobTrigger {
+    /// A host timer invocation; `schedule` is `None` when the schedule monitor is off.
+    Timer { is_past_due: bool, schedule: Option<ScheduleStatus> },
+    /// `handler run-job`.
+    Cli,
+}
+
+/// The result of one job step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOutcome {
+    /// One line for the host's log and `job_runs.detail`.
+    pub summary: String,
+}
+
+/// Runs one step of `job` and records the run, whether it succeeded or not.
+pub async fn run(state: &AppState, job: Job, trigger: JobTrigger) -> Result<JobOutcome, AppError> {
+    let started_at = state.clock.now();
+    let (trigger_kind, is_past_due) = match &trigger {
+        JobTrigger::Timer { is_past_due, .. } => ("timer", *is_past_due),
+        JobTrigger::Cli => ("cli", false),
+    };
+    let result: Result<String, AppError> = match job {
+        // The foundation wires the triggers; the jobs themselves land with the usage and outbox work.
+        Job::UsageRollup => Ok("no-op: usage aggregation is not implemented in this build".to_owned()),
+        Job::OutboxPublish => Ok("no-op: the outbox publisher is not implemented in this build".to_owned()),
+    };
+    let summary = match &result {
+        Ok(summary) => summary.clone(),
+        Err(err) => format!("{err:?}"),
+    };
+    let summary = if is_past_due { format!("{summary} (catch-up run: the schedule was past due)") } else { summary };
+    let run = JobRun {
+        id: state.ids.new_id(),
+        job: job.name().to_owned(),
+        trigger: trigger_kind.to_owned(),
+        is_past_due,
+        started_at,
+        finished_at: state.clock.now(),
+        outcome: if result.is_ok() { "succeeded" } else { "failed" }.to_owned(),
+        detail: summary.clone(),
+    };
+    state.store.record_job_run(&run).await?;
+    tracing::info!(job = job.name(), trigger = trigger_kind, is_past_due, outcome = %run.outcome, "{summary}");
+    result.map(|_| JobOutcome { summary })
+}

@@ -1,0 +1,29 @@
+//! The services every handler and job reaches, built once at startup and shared by all workers.
+
+use std::sync::Arc;
+
+use crate::clock::{Clock, IdGenerator};
+use crate::config::Config;
+use crate::routes::RouteTable;
+use crate::store::Store;
+
+/// Shared application state, registered as `web::Data<AppState>`.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub ids: Arc<dyn IdGenerator>,
+    /// The OpenAPI document, serialized once.
+    pub openapi_json: actix_web::web::Bytes,
+    /// Path templates and methods of every route, for 405 answers.
+    pub routes: RouteTable,
+}
+
+impl AppState {
+    pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>, ids: Arc<dyn IdGenerator>) -> Self {
+        let openapi = crate::routes::openapi();
+        let routes = RouteTable::from_openapi(&openapi);
+        let openapi_json = serde_json::to_vec(&openapi).expect("the OpenAPI document serializes").into();
+        AppState { config: Arc::new(config), store, clock, ids, openapi_json, routes }
+    }
+}
