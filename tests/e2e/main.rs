@@ -1,1 +1,9 @@
+//! End-to-end tests: the real `handler` binary, started and spoken to the way the Azure Functions host does.
+//!
+//! One test binary (faster to link than one per file); each module is one concern.
 
+mod cli;
+mod host_protocol;
+mod layout;
+mod store_contract;
+mod support;

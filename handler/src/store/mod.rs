@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::StoreConfig;
 
-pub use migrations::{AppliedMigration, Migration, MigrationReport};
+pub use migrations::{AppliedMigration, Migration, MigrationReport, SQLITE as SQLITE_MIGRATIONS};
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed, classified so the API can answer 409 / 503 / 500 on purpose.

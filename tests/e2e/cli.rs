@@ -1,0 +1,88 @@
+//! The `handler` command line: subcommands and the exit codes the Functions host depends on.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::support::host::HostEmulator;
+
+fn handler(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_handler"));
+    command.args(args).current_dir(dir);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("METERLINE_") || k.starts_with("FUNCTIONS_")) {
+        command.env_remove(key);
+    }
+    command.envs(env.iter().copied()).output().expect("handler runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn bad_configuration_exits_non_zero_with_one_line_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    for (env, setting) in [
+        (vec![("METERLINE_PORT", "eighty")], "METERLINE_PORT"),
+        (vec![("FUNCTIONS_CUSTOMHANDLER_PORT", "0")], "FUNCTIONS_CUSTOMHANDLER_PORT"),
+        (vec![("METERLINE_STORE", "oracle")], "METERLINE_STORE"),
+    ] {
+        let output = handler(dir.path(), &["serve"], &env);
+        assert_eq!(output.status.code(), Some(2), "{env:?}");
+        let text = stderr(&output);
+        assert_eq!(text.lines().count(), 1, "exactly one line: {text}");
+        assert!(text.starts_with("handler: configuration error: ") && text.contains(setting), "{text}");
+    }
+}
+
+#[test]
+fn a_port_already_taken_is_a_failure_exit_not_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let output = handler(dir.path(), &["serve"], &[("FUNCTIONS_CUSTOMHANDLER_PORT", &port)]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains(&format!("cannot listen on 127.0.0.1:{port}")), "{}", stderr(&output));
+}
+
+#[test]
+fn migrate_builds_the_schema_and_is_safe_to_run_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = handler(dir.path(), &["migrate"], &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(String::from_utf8_lossy(&first.stdout).trim(), "sqlite store: applied [1], already applied []");
+    let second = handler(dir.path(), &["migrate"], &[]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), "sqlite store: applied [], already applied [1]");
+    assert!(dir.path().join("data/meterline.db").is_file());
+}
+
+#[test]
+fn run_job_runs_one_step_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = handler(dir.path(), &["run-job", "usage-rollup"], &[("METERLINE_LOG", "warn")]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("usage-rollup: "));
+    let unknown = handler(dir.path(), &["run-job", "nope"], &[]);
+    assert_eq!(unknown.status.code(), Some(2), "clap rejects unknown jobs");
+}
+
+#[test]
+fn openapi_prints_the_document_without_any_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = handler(dir.path(), &["openapi"], &[("METERLINE_PORT", "not-even-a-port")]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/api/health/ready"]["get"].is_object());
+    assert!(!dir.path().join("data").exists(), "printing the document touches no store");
+}
+
+#[tokio::test]
+async fn a_requested_shutdown_exits_zero_and_says_so() {
+    let mut host = HostEmulator::start().await;
+    let status = Command::new("kill").args(["-TERM", &host.pid().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert_eq!(host.wait_exit(Duration::from_secs(15)).await, Some(0));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(host.output_text().contains("shut down on request"), "{}", host.output_text());
+}

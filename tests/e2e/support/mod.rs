@@ -1,0 +1,4 @@
+//! Shared test support: the Functions host emulator and route-template matching.
+
+pub mod host;
+pub mod routes;
