@@ -196,7 +196,7 @@ async fn timer_invocations_run_their_job_with_or_without_the_schedule_monitor() 
     assert_eq!(runs.len(), 2);
     assert_eq!(runs.iter().filter(|r| r.is_past_due).count(), 1);
     assert!(runs.iter().all(|r| r.trigger == "timer" && r.outcome == "succeeded"));
-    assert_eq!(job_runs(&host, "outbox-publish").await[0].is_past_due, true, "stringified booleans are understood");
+    assert!(job_runs(&host, "outbox-publish").await[0].is_past_due, "stringified booleans are understood");
 }
 
 #[tokio::test]
@@ -257,4 +257,51 @@ async fn malformed_invocations_are_rejected_with_problems() {
     assert_problem(&broken.problem(), 400, "MalformedJson");
     let not_object = host.invoke_raw("UsageRollup", b"[]".to_vec(), 3).await;
     assert_problem(&not_object.problem(), 400, "InvalidInvocation");
+}
+
+#[tokio::test]
+async fn the_packaged_zip_is_an_app_root_the_host_can_start() {
+    let Ok(zip) = std::env::var("METERLINE_TEST_PACKAGE_ZIP") else {
+        eprintln!(
+            "SKIPPED the_packaged_zip_is_an_app_root_the_host_can_start: METERLINE_TEST_PACKAGE_ZIP is not set (./scripts/test sets it)"
+        );
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("python3")
+        .args(["-c", "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])", &zip])
+        .arg(root.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // zipfile.extractall drops permissions; restore them from the entries as `unzip` and Azure do.
+    let modes = std::process::Command::new("python3")
+        .args(["-c", "import sys, zipfile\nfor i in zipfile.ZipFile(sys.argv[1]).infolist(): print(oct(i.external_attr >> 16), i.filename)", &zip])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8(modes.stdout).unwrap();
+    assert!(listing.lines().any(|l| l == "0o100755 handler"), "the executable keeps mode 755 in the zip:\n{listing}");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(root.path().join("handler"), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let layout = crate::support::host::AppLayout::from_app_root(root.path());
+    let names: Vec<_> = layout.functions.iter().map(|f| f.name.as_str()).collect();
+    let expected: Vec<_> = meterline::functions::FUNCTIONS
+        .iter()
+        .map(|f| f.name)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(names, expected);
+    let host = HostEmulator::start_with(HostOptions {
+        executable: root
+            .path()
+            .join(layout.host_json["customHandler"]["description"]["defaultExecutablePath"].as_str().unwrap()),
+        app_root: Some(root.path().to_path_buf()),
+        layout,
+        ..HostOptions::default()
+    })
+    .await;
+    assert_eq!(host.http(ClientRequest::get("/api/health/ready")).await.status, 200);
+    assert!(root.path().join("data/meterline.db").is_file(), "the store lives under the app root");
 }
