@@ -45,11 +45,21 @@ pub fn app(
             .route("/{function}", web::post().to(dispatch::invoke));
     }
     app.app_data(state)
-        .app_data(web::JsonConfig::default().limit(max_body).error_handler(|err, _| json_payload_error(err).into()))
-        .app_data(web::QueryConfig::default().error_handler(|err, _| query_error(err).into()))
+        .app_data(json_config(max_body))
+        .app_data(query_config())
         .app_data(web::PayloadConfig::new(max_body))
         .default_service(web::to(crate::routes::not_matched))
         .wrap(from_fn(crate::telemetry::middleware))
+}
+
+/// JSON bodies: size-capped, and every failure (413, 415, 400, 422) answered as a problem.
+pub fn json_config(max_body: usize) -> web::JsonConfig {
+    web::JsonConfig::default().limit(max_body).error_handler(|err, _| json_payload_error(err).into())
+}
+
+/// Query strings: parse failures answered as `invalid-query` problems.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err, _| query_error(err).into())
 }
 
 /// A bound, running server.
@@ -81,4 +91,82 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .listen(listener)?
         .run();
     Ok(Running { port, server, state })
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::test::{TestRequest, call_service, init_service, read_body_json};
+    use actix_web::{App, HttpResponse, web};
+    use serde::Deserialize;
+
+    use super::{json_config, query_config};
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        title: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Params {
+        maxpagesize: u8,
+    }
+
+    async fn echo(_: web::Json<Body>, _: web::Query<Params>) -> HttpResponse {
+        HttpResponse::NoContent().finish()
+    }
+
+    /// Runs one request through an app with the production extractor configuration; returns status and problem.
+    async fn problem(req: TestRequest) -> (u16, serde_json::Value) {
+        let app = init_service(
+            App::new().app_data(json_config(64)).app_data(query_config()).route("/x", web::post().to(echo)),
+        )
+        .await;
+        let res = call_service(&app, req.to_request()).await;
+        let status = res.status().as_u16();
+        assert_eq!(res.headers().get("content-type").unwrap(), "application/problem+json");
+        (status, read_body_json(res).await)
+    }
+
+    fn post(query: &str) -> TestRequest {
+        TestRequest::post().uri(&format!("/x?{query}"))
+    }
+
+    #[actix_web::test]
+    async fn extractor_failures_are_problems_with_the_right_status() {
+        let ok = init_service(
+            App::new().app_data(json_config(64)).app_data(query_config()).route("/x", web::post().to(echo)),
+        )
+        .await;
+        let res =
+            call_service(&ok, post("maxpagesize=5").set_json(serde_json::json!({"title": "a"})).to_request()).await;
+        assert_eq!(res.status(), 204, "the happy path passes");
+
+        let (status, body) = problem(
+            post("maxpagesize=5").insert_header(("content-type", "application/json")).set_payload(vec![b' '; 65]),
+        )
+        .await;
+        assert_eq!((status, body["code"].as_str()), (413, Some("PayloadTooLarge")));
+
+        let (status, body) =
+            problem(post("maxpagesize=5").insert_header(("content-type", "text/plain")).set_payload("{}")).await;
+        assert_eq!((status, body["code"].as_str()), (415, Some("UnsupportedMediaType")));
+
+        let (status, body) = problem(
+            post("maxpagesize=5").insert_header(("content-type", "application/json")).set_payload("{\"title\":"),
+        )
+        .await;
+        assert_eq!((status, body["code"].as_str()), (400, Some("MalformedJson")));
+
+        let (status, body) =
+            problem(post("maxpagesize=5").set_json(serde_json::json!({"title": "a", "extra": 1}))).await;
+        assert_eq!((status, body["code"].as_str()), (422, Some("ValidationFailed")));
+        assert!(body["errors"][0]["message"].as_str().unwrap().contains("unknown field `extra`"), "{body}");
+
+        let (status, body) = problem(post("maxpagesize=500").set_json(serde_json::json!({"title": "a"}))).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some("InvalidQuery")));
+        assert_eq!(body["errors"][0]["field"], "query");
+    }
 }
