@@ -49,6 +49,13 @@ macro_rules! migrations {
 /// The SQLite migrations, oldest first: version => file under `handler/migrations/sqlite/`, name.
 pub const SQLITE: &[Migration] = migrations!("sqlite":
     1 => "0001_job_runs.sql" "job_runs",
+    2 => "0002_data_model.sql" "data_model",
+);
+
+/// The SQL Server migrations: the same versions and names as [`SQLITE`], in T-SQL.
+pub const MSSQL: &[Migration] = migrations!("mssql":
+    1 => "0001_job_runs.sql" "job_runs",
+    2 => "0002_data_model.sql" "data_model",
 );
 
 /// Checks that `known` is strictly increasing: a gap or reorder is a build mistake, caught by a unit test.
@@ -66,7 +73,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sqlite_migrations_are_numbered_from_one_without_gaps() {
+    fn migrations_are_numbered_from_one_without_gaps_and_mirror_each_other() {
         assert_eq!(SQLITE[0].version, 1);
         check_order(SQLITE).unwrap();
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite");
