@@ -68,6 +68,8 @@ error_codes! {
     InvalidQuery => (StatusCode::BAD_REQUEST, "invalid-query", "Invalid query parameters"),
     /// The request is well-formed but its values are not acceptable; `errors` lists each field.
     ValidationFailed => (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed", "Validation failed"),
+    /// The request conflicts with the current state, e.g. a unique key already exists.
+    Conflict => (StatusCode::CONFLICT, "conflict", "Conflict"),
     /// A Functions host invocation names a function this handler does not implement.
     UnknownFunction => (StatusCode::NOT_FOUND, "unknown-function", "Unknown function"),
     /// A Functions host invocation payload does not have the shape of its trigger.
@@ -258,6 +260,12 @@ impl From<crate::store::StoreError> for AppError {
             crate::store::StoreError::Unavailable(_) => AppError::new(ErrorCode::StoreUnavailable)
                 .with_detail("the store is temporarily unavailable; retry later")
                 .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+                .with_source(err),
+            crate::store::StoreError::Conflict(_) => AppError::new(ErrorCode::Conflict)
+                .with_detail("a resource with the same unique key already exists")
+                .with_source(err),
+            crate::store::StoreError::ForeignKey(_) => AppError::new(ErrorCode::ValidationFailed)
+                .with_detail("the request refers to a resource that does not exist, or one that is still in use")
                 .with_source(err),
             other => AppError::internal(other),
         }

@@ -19,12 +19,16 @@ pub use sqlite::SqliteStore;
 /// Why a store operation failed, classified so the API can answer 409 / 503 / 500 on purpose.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The store cannot be reached, is locked or timed out: the caller may retry later.
+    /// The store cannot be reached, is busy, timed out, or chose this transaction as a deadlock victim:
+    /// transient, so idempotent work may be retried (see `store::mssql::retry`) and clients get 503.
     #[error("store unavailable")]
     Unavailable(#[source] anyhow::Error),
-    /// A uniqueness or reference constraint refused the write.
+    /// A uniqueness constraint refused the write (SQL Server 2627/2601, SQLite UNIQUE/PRIMARY KEY).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A foreign key refused the write: the referenced row does not exist, or rows still refer to this one.
+    #[error("reference violation: {0}")]
+    ForeignKey(String),
     /// An applied migration's text differs from the one in this binary.
     #[error(
         "migration {version} ({name}) differs from the one applied to the database (checksum {applied} vs {expected})"

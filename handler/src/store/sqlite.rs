@@ -123,7 +123,12 @@ fn classify(err: rusqlite::Error) -> StoreError {
             | SqliteCode::CannotOpen
             | SqliteCode::SystemIoFailure,
         ) => StoreError::Unavailable(err.into()),
-        Some(SqliteCode::ConstraintViolation) => StoreError::Conflict(err.to_string()),
+        Some(SqliteCode::ConstraintViolation) => match &err {
+            rusqlite::Error::SqliteFailure(e, _) if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => {
+                StoreError::ForeignKey(err.to_string())
+            }
+            _ => StoreError::Conflict(err.to_string()),
+        },
         _ => StoreError::Other(err.into()),
     }
 }
