@@ -4,16 +4,22 @@
 //! same concurrency guarantees; `tests/e2e/store_contract.rs` runs one suite against every store.
 
 mod migrations;
+pub mod model;
+pub mod mssql;
 mod sqlite;
+#[cfg(test)]
+mod tsql_check;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
+use uuid::Uuid;
 
 use crate::config::StoreConfig;
 
 pub use migrations::{AppliedMigration, Migration, MigrationReport, SQLITE as SQLITE_MIGRATIONS};
+pub use model::*;
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed, classified so the API can answer 409 / 503 / 500 on purpose.
@@ -76,14 +82,89 @@ pub trait Store: Send + Sync + 'static {
 
     /// The most recent runs of `job`, newest first.
     async fn recent_job_runs(&self, job: &str, limit: u32) -> Result<Vec<JobRun>, StoreError>;
+
+    // Plans and tenants.
+
+    /// Inserts a plan; `Conflict` if the code exists.
+    async fn create_plan(&self, plan: &Plan) -> Result<(), StoreError>;
+
+    async fn get_plan(&self, code: &str) -> Result<Option<Plan>, StoreError>;
+
+    /// Inserts a tenant; `Conflict` if the id or Entra tenant id exists, `ForeignKey` if the plan does not.
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<(), StoreError>;
+
+    async fn get_tenant(&self, id: Uuid) -> Result<Option<Tenant>, StoreError>;
+
+    async fn get_tenant_by_entra_id(&self, entra_tenant_id: Uuid) -> Result<Option<Tenant>, StoreError>;
+
+    /// Tenants ordered by (created_at, id), strictly after `after`; at most `limit` (the store fetches one
+    /// more to know whether a next page exists). Rows inserted while paging never duplicate or hide others.
+    async fn list_tenants(
+        &self,
+        after: Option<&TenantCursor>,
+        limit: u32,
+    ) -> Result<Page<Tenant, TenantCursor>, StoreError>;
+
+    /// Sets the status if the row is still at `expected_version`; bumps the version and `updated_at`.
+    async fn set_tenant_status(
+        &self,
+        id: Uuid,
+        status: TenantStatus,
+        expected_version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Update<Tenant>, StoreError>;
+
+    // Single-runner jobs.
+
+    /// Takes the lease if it is free, expired, or already held by the same holder (a renewal).
+    async fn acquire_lease(&self, request: &LeaseRequest) -> Result<bool, StoreError>;
+
+    /// Gives the lease up if `holder` holds it; returns whether it did.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError>;
+
+    // Metering primitives: each is atomic across processes sharing the store.
+
+    /// Debits the quota of the debit's period, never beyond the quota under `block`, whatever the concurrency.
+    async fn debit_quota(&self, debit: &QuotaDebit) -> Result<QuotaOutcome, StoreError>;
+
+    /// Gives back a debit (the operation it paid for failed). Counters never go below zero.
+    async fn refund_quota(
+        &self,
+        tenant_id: Uuid,
+        period_start: NaiveDate,
+        units: i64,
+        overage_units: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// The current counter of a period, if any debit created it.
+    async fn quota_usage(&self, tenant_id: Uuid, period_start: NaiveDate) -> Result<Option<QuotaUsage>, StoreError>;
+
+    /// One GCRA step for (tenant, client), computed with [`model::gcra`] under a row lock.
+    async fn take_rate_limit(&self, take: &RateLimitTake) -> Result<RateLimitDecision, StoreError>;
+
+    /// Inserts usage events in one transaction, skipping event ids already stored; returns how many were new.
+    async fn record_usage_events(&self, events: &[UsageEvent]) -> Result<u64, StoreError>;
+
+    /// How many usage events a tenant has (all time).
+    async fn count_usage_events(&self, tenant_id: Uuid) -> Result<u64, StoreError>;
+}
+
+/// The outcome of a conditional (optimistic-concurrency) update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update<T> {
+    Updated(T),
+    NotFound,
+    /// The row exists at another version (the client's ETag is stale).
+    VersionMismatch {
+        current_version: i64,
+    },
 }
 
 /// Opens the configured store. Does not migrate; see [`Store::migrate`].
 pub async fn open(config: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
     match config {
         StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path).await?)),
-        StoreConfig::Mssql { .. } => {
-            anyhow::bail!("METERLINE_STORE=mssql: the SQL Server store is not built into this version yet")
-        }
+        StoreConfig::Mssql { connection_string } => Ok(Arc::new(mssql::MssqlStore::open(connection_string).await?)),
     }
 }

@@ -10,11 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use rusqlite::{Connection, ErrorCode as SqliteCode, OpenFlags, OptionalExtension, params};
+use uuid::Uuid;
 
 use super::migrations::{self, AppliedMigration, MigrationReport};
-use super::{JobRun, Store, StoreError};
+use super::model::*;
+use super::{JobRun, Store, StoreError, Update};
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IDLE_READERS: usize = 8;
@@ -141,6 +143,106 @@ fn parse_timestamp(raw: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::parse_from_rfc3339(raw)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| StoreError::Other(anyhow::anyhow!("bad timestamp {raw:?} in the database: {e}")))
+}
+
+fn parse_uuid(raw: &str) -> Result<Uuid, StoreError> {
+    raw.parse().map_err(|e| StoreError::Other(anyhow::anyhow!("bad uuid {raw:?} in the database: {e}")))
+}
+
+fn parse_date(raw: &str) -> Result<NaiveDate, StoreError> {
+    NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+        .map_err(|e| StoreError::Other(anyhow::anyhow!("bad date {raw:?} in the database: {e}")))
+}
+
+fn corrupt(what: &str, raw: &str) -> StoreError {
+    StoreError::Other(anyhow::anyhow!("bad {what} {raw:?} in the database"))
+}
+
+const PLAN_COLUMNS: &str = "code, name, requests_per_minute, burst, monthly_quota_units, overage_policy, currency, \
+    base_price_micros, overage_unit_price_micros, created_at, updated_at, version";
+
+fn plan_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Plan, StoreError>> {
+    let policy: String = r.get(5)?;
+    let (created, updated): (String, String) = (r.get(9)?, r.get(10)?);
+    let (code, name, rpm, burst, quota, currency) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(6)?);
+    let (base, overage, version) = (r.get(7)?, r.get(8)?, r.get(11)?);
+    Ok((|| {
+        Ok(Plan {
+            code,
+            name,
+            requests_per_minute: rpm,
+            burst,
+            monthly_quota_units: quota,
+            overage_policy: OveragePolicy::parse(&policy).ok_or_else(|| corrupt("overage policy", &policy))?,
+            currency,
+            base_price_micros: base,
+            overage_unit_price_micros: overage,
+            created_at: parse_timestamp(&created)?,
+            updated_at: parse_timestamp(&updated)?,
+            version,
+        })
+    })())
+}
+
+const TENANT_COLUMNS: &str = "id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version";
+
+fn tenant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Tenant, StoreError>> {
+    let (id, entra, name, status, plan_code): (String, Option<String>, String, String, String) =
+        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+    let (created, updated, version): (String, String, i64) = (r.get(5)?, r.get(6)?, r.get(7)?);
+    Ok((|| {
+        Ok(Tenant {
+            id: parse_uuid(&id)?,
+            entra_tenant_id: entra.as_deref().map(parse_uuid).transpose()?,
+            name,
+            status: TenantStatus::parse(&status).ok_or_else(|| corrupt("tenant status", &status))?,
+            plan_code,
+            created_at: parse_timestamp(&created)?,
+            updated_at: parse_timestamp(&updated)?,
+            version,
+        })
+    })())
+}
+
+fn query_one<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: fn(&rusqlite::Row<'_>) -> rusqlite::Result<Result<T, StoreError>>,
+) -> Result<Option<T>, StoreError> {
+    conn.query_row(sql, params, map).optional().map_err(classify)?.transpose()
+}
+
+fn query_all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: fn(&rusqlite::Row<'_>) -> rusqlite::Result<Result<T, StoreError>>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(classify)?;
+    let rows = stmt.query_map(params, map).map_err(classify)?;
+    rows.map(|row| row.map_err(classify)?).collect()
+}
+
+fn read_quota(conn: &Connection, tenant_id: Uuid, period_start: NaiveDate) -> Result<Option<QuotaUsage>, StoreError> {
+    let sql = "SELECT tenant_id, period_start, period_end, quota_units, overage_policy, units_used, overage_units
+               FROM quota_usage WHERE tenant_id = ?1 AND period_start = ?2";
+    query_one(conn, sql, params![tenant_id.to_string(), period_start.to_string()], |r| {
+        let (tenant, start, end, policy): (String, String, String, String) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(4)?);
+        let (quota, used, overage): (i64, i64, i64) = (r.get(3)?, r.get(5)?, r.get(6)?);
+        Ok((|| {
+            Ok(QuotaUsage {
+                tenant_id: parse_uuid(&tenant)?,
+                period_start: parse_date(&start)?,
+                period_end: parse_date(&end)?,
+                quota_units: quota,
+                overage_policy: OveragePolicy::parse(&policy).ok_or_else(|| corrupt("overage policy", &policy))?,
+                units_used: used,
+                overage_units: overage,
+            })
+        })())
+    })
 }
 
 const CREATE_HISTORY: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -285,6 +387,317 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+        })
+        .await
+    }
+
+    async fn create_plan(&self, plan: &Plan) -> Result<(), StoreError> {
+        let p = plan.clone();
+        self.write(move |tx| {
+            let sql = format!(
+                "INSERT INTO plans ({PLAN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            );
+            tx.execute(
+                &sql,
+                params![
+                    p.code,
+                    p.name,
+                    p.requests_per_minute,
+                    p.burst,
+                    p.monthly_quota_units,
+                    p.overage_policy.as_str(),
+                    p.currency,
+                    p.base_price_micros,
+                    p.overage_unit_price_micros,
+                    timestamp(p.created_at),
+                    timestamp(p.updated_at),
+                    p.version
+                ],
+            )
+            .map(drop)
+            .map_err(classify)
+        })
+        .await
+    }
+
+    async fn get_plan(&self, code: &str) -> Result<Option<Plan>, StoreError> {
+        let code = code.to_owned();
+        self.read(move |conn| {
+            query_one(conn, &format!("SELECT {PLAN_COLUMNS} FROM plans WHERE code = ?1"), [code], plan_from_row)
+        })
+        .await
+    }
+
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        let t = tenant.clone();
+        self.write(move |tx| {
+            let sql = format!("INSERT INTO tenants ({TENANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
+            tx.execute(
+                &sql,
+                params![
+                    t.id.to_string(),
+                    t.entra_tenant_id.map(|id| id.to_string()),
+                    t.name,
+                    t.status.as_str(),
+                    t.plan_code,
+                    timestamp(t.created_at),
+                    timestamp(t.updated_at),
+                    t.version
+                ],
+            )
+            .map(drop)
+            .map_err(classify)
+        })
+        .await
+    }
+
+    async fn get_tenant(&self, id: Uuid) -> Result<Option<Tenant>, StoreError> {
+        self.read(move |conn| {
+            query_one(
+                conn,
+                &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"),
+                [id.to_string()],
+                tenant_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn get_tenant_by_entra_id(&self, entra_tenant_id: Uuid) -> Result<Option<Tenant>, StoreError> {
+        self.read(move |conn| {
+            let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE entra_tenant_id = ?1");
+            query_one(conn, &sql, [entra_tenant_id.to_string()], tenant_from_row)
+        })
+        .await
+    }
+
+    async fn list_tenants(
+        &self,
+        after: Option<&TenantCursor>,
+        limit: u32,
+    ) -> Result<Page<Tenant, TenantCursor>, StoreError> {
+        let after = after.cloned();
+        let limit = limit.max(1);
+        self.read(move |conn| {
+            let mut items = match &after {
+                None => query_all(
+                    conn,
+                    &format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY created_at, id LIMIT ?1"),
+                    params![limit + 1],
+                    tenant_from_row,
+                )?,
+                Some(cursor) => query_all(
+                    conn,
+                    &format!(
+                        "SELECT {TENANT_COLUMNS} FROM tenants WHERE created_at > ?1 OR (created_at = ?1 AND id > ?2)
+                         ORDER BY created_at, id LIMIT ?3"
+                    ),
+                    params![timestamp(cursor.created_at), cursor.id.to_string(), limit + 1],
+                    tenant_from_row,
+                )?,
+            };
+            let next = if items.len() > limit as usize {
+                items.truncate(limit as usize);
+                items.last().map(|t| TenantCursor { created_at: t.created_at, id: t.id })
+            } else {
+                None
+            };
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn set_tenant_status(
+        &self,
+        id: Uuid,
+        status: TenantStatus,
+        expected_version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Update<Tenant>, StoreError> {
+        self.write(move |tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE tenants SET status = ?1, updated_at = ?2, version = version + 1 WHERE id = ?3 AND version = ?4",
+                    params![status.as_str(), timestamp(now), id.to_string(), expected_version],
+                )
+                .map_err(classify)?;
+            let current =
+                query_one(tx, &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"), [id.to_string()], tenant_from_row)?;
+            Ok(match (changed, current) {
+                (_, None) => Update::NotFound,
+                (1, Some(tenant)) => Update::Updated(tenant),
+                (_, Some(tenant)) => Update::VersionMismatch { current_version: tenant.version },
+            })
+        })
+        .await
+    }
+
+    async fn acquire_lease(&self, request: &LeaseRequest) -> Result<bool, StoreError> {
+        let r = request.clone();
+        self.write(move |tx| {
+            let changed = tx
+                .execute(
+                    "INSERT INTO job_leases (name, holder, acquired_at, expires_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, acquired_at = excluded.acquired_at,
+                         expires_at = excluded.expires_at
+                     WHERE job_leases.expires_at <= excluded.acquired_at OR job_leases.holder = excluded.holder",
+                    params![r.name, r.holder, timestamp(r.now), timestamp(r.expires_at)],
+                )
+                .map_err(classify)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(move |tx| {
+            let changed = tx
+                .execute("DELETE FROM job_leases WHERE name = ?1 AND holder = ?2", params![name, holder])
+                .map_err(classify)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn debit_quota(&self, debit: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
+        let d = debit.clone();
+        self.write(move |tx| {
+            let (tenant, start) = (d.tenant_id.to_string(), d.period_start.to_string());
+            tx.execute(
+                "INSERT INTO quota_usage (tenant_id, period_start, period_end, quota_units, overage_policy, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant_id, period_start) DO NOTHING",
+                params![tenant, start, d.period_end.to_string(), d.quota_units, d.overage_policy.as_str(), timestamp(d.now)],
+            )
+            .map_err(classify)?;
+            // One conditional UPDATE: the same statement shape as on SQL Server, so both refuse identically.
+            let updated: Option<(i64, i64, i64)> = tx
+                .query_row(
+                    "UPDATE quota_usage SET
+                         overage_units = overage_units + max(0, units_used + ?3 - quota_units) - max(0, units_used - quota_units),
+                         units_used = units_used + ?3,
+                         updated_at = ?4
+                     WHERE tenant_id = ?1 AND period_start = ?2
+                       AND (overage_policy = 'allow' OR units_used + ?3 <= quota_units)
+                     RETURNING units_used, quota_units, max(0, units_used - quota_units) - max(0, units_used - ?3 - quota_units)",
+                    params![tenant, start, d.units, timestamp(d.now)],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(classify)?;
+            Ok(match updated {
+                Some((units_used, quota_units, overage_units)) => {
+                    QuotaOutcome::Accepted { units_used, quota_units, overage_units }
+                }
+                None => {
+                    let current = read_quota(tx, d.tenant_id, d.period_start)?
+                        .ok_or_else(|| StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction")))?;
+                    QuotaOutcome::Rejected { units_used: current.units_used, quota_units: current.quota_units }
+                }
+            })
+        })
+        .await
+    }
+
+    async fn refund_quota(
+        &self,
+        tenant_id: Uuid,
+        period_start: NaiveDate,
+        units: i64,
+        overage_units: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE quota_usage SET units_used = max(0, units_used - ?3), overage_units = max(0, overage_units - ?4),
+                     updated_at = ?5
+                 WHERE tenant_id = ?1 AND period_start = ?2",
+                params![tenant_id.to_string(), period_start.to_string(), units, overage_units, timestamp(now)],
+            )
+            .map(drop)
+            .map_err(classify)
+        })
+        .await
+    }
+
+    async fn quota_usage(&self, tenant_id: Uuid, period_start: NaiveDate) -> Result<Option<QuotaUsage>, StoreError> {
+        self.read(move |conn| read_quota(conn, tenant_id, period_start)).await
+    }
+
+    async fn take_rate_limit(&self, take: &RateLimitTake) -> Result<RateLimitDecision, StoreError> {
+        let t = take.clone();
+        self.write(move |tx| {
+            let (tenant, client) = (t.tenant_id.to_string(), t.client_id.clone());
+            let stored: Option<i64> = tx
+                .query_row(
+                    "SELECT tat_micros FROM rate_limit_state WHERE tenant_id = ?1 AND client_id = ?2",
+                    params![tenant, client],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(classify)?;
+            let decision = gcra(stored, &t);
+            if decision.allowed {
+                tx.execute(
+                    "INSERT INTO rate_limit_state (tenant_id, client_id, tat_micros) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (tenant_id, client_id) DO UPDATE SET tat_micros = excluded.tat_micros",
+                    params![tenant, client, decision.tat_micros],
+                )
+                .map_err(classify)?;
+            }
+            Ok(decision)
+        })
+        .await
+    }
+
+    async fn record_usage_events(&self, events: &[UsageEvent]) -> Result<u64, StoreError> {
+        let events = events.to_vec();
+        self.write(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO usage_events (event_id, request_id, tenant_id, client_id, principal_id, operation_id, method,
+                         route_template, status, units, billable, overage_units, latency_micros, request_bytes,
+                         response_bytes, occurred_at, recorded_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+                     ON CONFLICT (event_id) DO NOTHING",
+                )
+                .map_err(classify)?;
+            let mut inserted = 0;
+            for e in &events {
+                inserted += stmt
+                    .execute(params![
+                        e.event_id.to_string(),
+                        e.request_id,
+                        e.tenant_id.map(|id| id.to_string()),
+                        e.client_id,
+                        e.principal_id,
+                        e.operation_id,
+                        e.method,
+                        e.route_template,
+                        e.status,
+                        e.units,
+                        e.billable,
+                        e.overage_units,
+                        e.latency_micros,
+                        e.request_bytes,
+                        e.response_bytes,
+                        timestamp(e.occurred_at),
+                        timestamp(e.recorded_at)
+                    ])
+                    .map_err(classify)? as u64;
+            }
+            Ok(inserted)
+        })
+        .await
+    }
+
+    async fn count_usage_events(&self, tenant_id: Uuid) -> Result<u64, StoreError> {
+        self.read(move |conn| {
+            conn.query_row("SELECT count(*) FROM usage_events WHERE tenant_id = ?1", [tenant_id.to_string()], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(classify)
         })
         .await
     }

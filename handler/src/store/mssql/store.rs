@@ -1,0 +1,565 @@
+//! `MssqlStore`: the storage contract on SQL Server, over a bb8 pool of tiberius connections.
+//!
+//! Every operation runs in one explicit transaction (`XACT_ABORT ON` rolls back on any error). Only
+//! idempotent operations are retried on transient faults ([`Retry::Yes`]): reads, migrations, usage inserts
+//! keyed by event id, leases. A debit or a conditional update is not, because a commit whose answer was
+//! lost may have happened; the caller sees 503 and decides.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use secrecy::SecretString;
+use tiberius::{Row, ToSql};
+use uuid::Uuid;
+
+use super::connection::{MssqlClient, MssqlConnector, MssqlManager, pool_error, pool_with_timeout};
+use super::errors::classify;
+use super::queries as q;
+use super::retry::{RetryPolicy, random_jitter, retry};
+use crate::store::migrations::{self, AppliedMigration, MigrationReport};
+use crate::store::model::*;
+use crate::store::{JobRun, Store, StoreError, Update};
+
+/// Connections per handler process. Azure SQL counts sessions per database; scale-out multiplies this.
+const POOL_SIZE: u32 = 16;
+
+/// How long an operation waits for a pooled connection before it fails as unavailable (then 503).
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A pooled connection owned by the operation that uses it.
+type Pooled = bb8::PooledConnection<'static, MssqlManager>;
+
+/// Runs `$body` (which sees `$conn: &mut MssqlClient`) in [`MssqlStore::transaction`].
+macro_rules! in_tx {
+    ($store:expr, $retry:expr, |$conn:ident| $body:expr) => {
+        $store
+            .transaction($retry, |mut pooled: Pooled| async move {
+                let result = async {
+                    let $conn: &mut MssqlClient = &mut pooled;
+                    $body
+                }
+                .await;
+                (pooled, result)
+            })
+            .await
+    };
+}
+
+/// Whether an operation may run again after a transient fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    Yes,
+    No,
+}
+
+/// The SQL Server implementation of [`Store`].
+#[derive(Clone)]
+pub struct MssqlStore {
+    pool: bb8::Pool<MssqlManager>,
+    retry: Arc<RetryPolicy>,
+}
+
+impl std::fmt::Debug for MssqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MssqlStore").field("pool", &self.pool.state()).finish()
+    }
+}
+
+impl MssqlStore {
+    /// Builds the pool; connections are made on first use, so a database that is briefly away does not stop startup.
+    pub async fn open(connection_string: &SecretString) -> Result<Self, StoreError> {
+        let connector = Arc::new(MssqlConnector::new(connection_string)?);
+        // Three attempts bounded by POOL_WAIT each: a request fails within about 16 s when the database is away,
+        // well inside the Functions HTTP limit, instead of queueing for minutes.
+        let retry = RetryPolicy { max_attempts: 3, ..RetryPolicy::default() };
+        Ok(MssqlStore { pool: pool_with_timeout(connector, POOL_SIZE, POOL_WAIT).await?, retry: Arc::new(retry) })
+    }
+
+    /// Runs `op` inside one transaction on a pooled connection; commits on Ok, rolls back on Err.
+    /// `op` takes the connection and hands it back with its result (see [`in_tx!`]), which keeps the
+    /// future free of higher-ranked borrows, so it stays `Send`.
+    async fn transaction<T, F, Fut>(&self, retryable: Retry, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Pooled) -> Fut,
+        Fut: Future<Output = (Pooled, Result<T, StoreError>)>,
+    {
+        let (this, op) = (self, &op);
+        let attempt = move || async move {
+            let mut conn = this.pool.get_owned().await.map_err(pool_error)?;
+            batch(&mut conn, "BEGIN TRANSACTION").await?;
+            let (mut conn, result) = op(conn).await;
+            match result {
+                Ok(value) => {
+                    batch(&mut conn, "COMMIT TRANSACTION").await?;
+                    Ok(value)
+                }
+                Err(err) => {
+                    // XACT_ABORT has already rolled back on a server error; this covers errors raised in Rust.
+                    let _ = batch(&mut conn, "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION").await;
+                    Err(err)
+                }
+            }
+        };
+        match retryable {
+            Retry::No => attempt().await,
+            Retry::Yes => {
+                let mut jitter = random_jitter();
+                retry(&self.retry, &mut jitter, |_| attempt()).await
+            }
+        }
+    }
+}
+
+/// Runs a parameterless batch to completion.
+async fn batch(conn: &mut MssqlClient, sql: &str) -> Result<(), StoreError> {
+    conn.simple_query(sql).await.map_err(classify)?.into_results().await.map_err(classify)?;
+    Ok(())
+}
+
+/// Runs a parameterized statement; returns the rows of its first result set.
+async fn rows(conn: &mut MssqlClient, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<Row>, StoreError> {
+    conn.query(sql, params).await.map_err(classify)?.into_first_result().await.map_err(classify)
+}
+
+/// Runs a parameterized statement that returns no rows; returns the total rows affected.
+async fn execute(conn: &mut MssqlClient, sql: &str, params: &[&dyn ToSql]) -> Result<u64, StoreError> {
+    Ok(conn.execute(sql, params).await.map_err(classify)?.total())
+}
+
+fn column<'a, T: tiberius::FromSql<'a>>(row: &'a Row, index: usize) -> Result<Option<T>, StoreError> {
+    row.try_get(index).map_err(|e| StoreError::Other(anyhow::anyhow!("column {index}: {e}")))
+}
+
+fn required<'a, T: tiberius::FromSql<'a>>(row: &'a Row, index: usize) -> Result<T, StoreError> {
+    column(row, index)?.ok_or_else(|| StoreError::Other(anyhow::anyhow!("column {index} is NULL")))
+}
+
+fn text(row: &Row, index: usize) -> Result<String, StoreError> {
+    required::<&str>(row, index).map(str::to_owned)
+}
+
+fn corrupt(what: &str, raw: &str) -> StoreError {
+    StoreError::Other(anyhow::anyhow!("bad {what} {raw:?} in the database"))
+}
+
+fn plan_from(row: &Row) -> Result<Plan, StoreError> {
+    let policy = text(row, 5)?;
+    Ok(Plan {
+        code: text(row, 0)?,
+        name: text(row, 1)?,
+        requests_per_minute: required(row, 2)?,
+        burst: required(row, 3)?,
+        monthly_quota_units: required(row, 4)?,
+        overage_policy: OveragePolicy::parse(&policy).ok_or_else(|| corrupt("overage policy", &policy))?,
+        currency: text(row, 6)?,
+        base_price_micros: required(row, 7)?,
+        overage_unit_price_micros: required(row, 8)?,
+        created_at: required(row, 9)?,
+        updated_at: required(row, 10)?,
+        version: required(row, 11)?,
+    })
+}
+
+fn tenant_from(row: &Row) -> Result<Tenant, StoreError> {
+    let status = text(row, 3)?;
+    Ok(Tenant {
+        id: required(row, 0)?,
+        entra_tenant_id: column(row, 1)?,
+        name: text(row, 2)?,
+        status: TenantStatus::parse(&status).ok_or_else(|| corrupt("tenant status", &status))?,
+        plan_code: text(row, 4)?,
+        created_at: required(row, 5)?,
+        updated_at: required(row, 6)?,
+        version: required(row, 7)?,
+    })
+}
+
+fn quota_from(row: &Row) -> Result<QuotaUsage, StoreError> {
+    let policy = text(row, 4)?;
+    Ok(QuotaUsage {
+        tenant_id: required(row, 0)?,
+        period_start: required(row, 1)?,
+        period_end: required(row, 2)?,
+        quota_units: required(row, 3)?,
+        overage_policy: OveragePolicy::parse(&policy).ok_or_else(|| corrupt("overage policy", &policy))?,
+        units_used: required(row, 5)?,
+        overage_units: required(row, 6)?,
+    })
+}
+
+async fn read_tenant(conn: &mut MssqlClient, id: Uuid) -> Result<Option<Tenant>, StoreError> {
+    rows(conn, q::GET_TENANT, &[&id]).await?.first().map(tenant_from).transpose()
+}
+
+async fn read_quota(
+    conn: &mut MssqlClient,
+    tenant_id: Uuid,
+    start: NaiveDate,
+) -> Result<Option<QuotaUsage>, StoreError> {
+    rows(conn, q::GET_QUOTA, &[&tenant_id, &start]).await?.first().map(quota_from).transpose()
+}
+
+async fn read_history(conn: &mut MssqlClient) -> Result<Vec<AppliedMigration>, StoreError> {
+    let rows = conn.simple_query(q::READ_HISTORY).await.map_err(classify)?.into_results().await.map_err(classify)?;
+    rows.into_iter()
+        .flatten()
+        .map(|row| {
+            Ok(AppliedMigration {
+                version: required(&row, 0)?,
+                name: text(&row, 1)?,
+                checksum: text(&row, 2)?,
+                applied_at: required(&row, 3)?,
+            })
+        })
+        .collect()
+}
+
+/// Applies pending migrations on one connection that holds the session-scoped migration lock throughout.
+async fn migrate_locked(conn: &mut MssqlClient) -> Result<MigrationReport, StoreError> {
+    let known = migrations::MSSQL;
+    let history = read_history(conn).await?;
+    let mut report = MigrationReport::default();
+    for applied in &history {
+        let Some(migration) = known.iter().find(|m| m.version == applied.version) else {
+            return Err(StoreError::UnknownMigration { version: applied.version });
+        };
+        if migration.checksum() != applied.checksum {
+            return Err(StoreError::MigrationChanged {
+                version: applied.version,
+                name: applied.name.clone(),
+                applied: applied.checksum.clone(),
+                expected: migration.checksum(),
+            });
+        }
+        report.already_applied.push(applied.version);
+    }
+    for migration in known.iter().filter(|m| !report.already_applied.contains(&m.version)) {
+        batch(conn, "BEGIN TRANSACTION").await?;
+        let applied = async {
+            batch(conn, migration.sql).await?;
+            let (checksum, now) = (migration.checksum(), Utc::now());
+            execute(conn, q::INSERT_HISTORY, &[&migration.version, &migration.name, &checksum.as_str(), &now]).await?;
+            batch(conn, "COMMIT TRANSACTION").await
+        }
+        .await;
+        if let Err(err) = applied {
+            let _ = batch(conn, "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION").await;
+            return Err(match err {
+                StoreError::Other(e) => {
+                    StoreError::Other(e.context(format!("applying migration {}", migration.version)))
+                }
+                other => other,
+            });
+        }
+        report.applied.push(migration.version);
+    }
+    Ok(report)
+}
+
+#[async_trait]
+impl Store for MssqlStore {
+    fn kind(&self) -> &'static str {
+        "mssql"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.get().await.map_err(pool_error)?;
+        batch(&mut conn, q::PING).await
+    }
+
+    async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+        migrations::check_order(migrations::MSSQL).map_err(|e| StoreError::Other(anyhow::anyhow!(e)))?;
+        let mut jitter = random_jitter();
+        retry(&self.retry, &mut jitter, |_| async {
+            let mut conn = self.pool.get().await.map_err(pool_error)?;
+            batch(&mut conn, q::CREATE_HISTORY).await?;
+            let status: i32 = conn
+                .simple_query(q::LOCK_MIGRATIONS)
+                .await
+                .map_err(classify)?
+                .into_row()
+                .await
+                .map_err(classify)?
+                .and_then(|row| row.get(0))
+                .unwrap_or(-999);
+            if status < 0 {
+                return Err(StoreError::Unavailable(anyhow::anyhow!("sp_getapplock for migrations returned {status}")));
+            }
+            let report = migrate_locked(&mut conn).await;
+            let unlocked = batch(&mut conn, q::UNLOCK_MIGRATIONS).await;
+            let report = report?;
+            unlocked?;
+            Ok(report)
+        })
+        .await
+    }
+
+    async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| read_history(conn).await)
+    }
+
+    async fn record_job_run(&self, run: &JobRun) -> Result<(), StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            let params: [&dyn ToSql; 8] = [
+                &run.id,
+                &run.job.as_str(),
+                &run.trigger.as_str(),
+                &run.is_past_due,
+                &run.started_at,
+                &run.finished_at,
+                &run.outcome.as_str(),
+                &run.detail.as_str(),
+            ];
+            execute(conn, q::INSERT_JOB_RUN, &params).await.map(drop)
+        })
+    }
+
+    async fn recent_job_runs(&self, job: &str, limit: u32) -> Result<Vec<JobRun>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            let limit = i64::from(limit);
+            rows(conn, q::RECENT_JOB_RUNS, &[&job, &limit])
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(JobRun {
+                        id: required(row, 0)?,
+                        job: text(row, 1)?,
+                        trigger: text(row, 2)?,
+                        is_past_due: required(row, 3)?,
+                        started_at: required(row, 4)?,
+                        finished_at: required(row, 5)?,
+                        outcome: text(row, 6)?,
+                        detail: text(row, 7)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    async fn create_plan(&self, plan: &Plan) -> Result<(), StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            let p = plan;
+            let params: [&dyn ToSql; 12] = [
+                &p.code.as_str(),
+                &p.name.as_str(),
+                &p.requests_per_minute,
+                &p.burst,
+                &p.monthly_quota_units,
+                &p.overage_policy.as_str(),
+                &p.currency.as_str(),
+                &p.base_price_micros,
+                &p.overage_unit_price_micros,
+                &p.created_at,
+                &p.updated_at,
+                &p.version,
+            ];
+            execute(conn, q::INSERT_PLAN, &params).await.map(drop)
+        })
+    }
+
+    async fn get_plan(&self, code: &str) -> Result<Option<Plan>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| rows(conn, q::GET_PLAN, &[&code]).await?.first().map(plan_from).transpose())
+    }
+
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            let t = tenant;
+            let params: [&dyn ToSql; 8] = [
+                &t.id,
+                &t.entra_tenant_id,
+                &t.name.as_str(),
+                &t.status.as_str(),
+                &t.plan_code.as_str(),
+                &t.created_at,
+                &t.updated_at,
+                &t.version,
+            ];
+            execute(conn, q::INSERT_TENANT, &params).await.map(drop)
+        })
+    }
+
+    async fn get_tenant(&self, id: Uuid) -> Result<Option<Tenant>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| read_tenant(conn, id).await)
+    }
+
+    async fn get_tenant_by_entra_id(&self, entra_tenant_id: Uuid) -> Result<Option<Tenant>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, q::GET_TENANT_BY_ENTRA_ID, &[&entra_tenant_id]).await?.first().map(tenant_from).transpose()
+        })
+    }
+
+    async fn list_tenants(
+        &self,
+        after: Option<&TenantCursor>,
+        limit: u32,
+    ) -> Result<Page<Tenant, TenantCursor>, StoreError> {
+        let limit = limit.max(1);
+        let fetch = i64::from(limit) + 1;
+        in_tx!(self, Retry::Yes, |conn| {
+            let found = match after {
+                None => rows(conn, q::LIST_TENANTS_FIRST, &[&fetch]).await?,
+                Some(cursor) => rows(conn, q::LIST_TENANTS_AFTER, &[&cursor.created_at, &cursor.id, &fetch]).await?,
+            };
+            let mut items = found.iter().map(tenant_from).collect::<Result<Vec<_>, _>>()?;
+            let next = if items.len() > limit as usize {
+                items.truncate(limit as usize);
+                items.last().map(|t| TenantCursor { created_at: t.created_at, id: t.id })
+            } else {
+                None
+            };
+            Ok(Page { items, next })
+        })
+    }
+
+    async fn set_tenant_status(
+        &self,
+        id: Uuid,
+        status: TenantStatus,
+        expected_version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Update<Tenant>, StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            let changed =
+                execute(conn, q::SET_TENANT_STATUS, &[&status.as_str(), &now, &id, &expected_version]).await?;
+            Ok(match (changed, read_tenant(conn, id).await?) {
+                (_, None) => Update::NotFound,
+                (1, Some(tenant)) => Update::Updated(tenant),
+                (_, Some(tenant)) => Update::VersionMismatch { current_version: tenant.version },
+            })
+        })
+    }
+
+    async fn acquire_lease(&self, request: &LeaseRequest) -> Result<bool, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            let r = request;
+            let held: Option<i32> =
+                rows(conn, q::ACQUIRE_LEASE, &[&r.name.as_str(), &r.holder.as_str(), &r.now, &r.expires_at])
+                    .await?
+                    .first()
+                    .map(|row| required(row, 0))
+                    .transpose()?;
+            Ok(held == Some(1))
+        })
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| Ok(execute(conn, q::RELEASE_LEASE, &[&name, &holder]).await? == 1))
+    }
+
+    async fn debit_quota(&self, debit: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            let d = debit;
+            let policy = d.overage_policy.as_str();
+            let ensure: [&dyn ToSql; 6] =
+                [&d.tenant_id, &d.period_start, &d.period_end, &d.quota_units, &policy, &d.now];
+            execute(conn, q::ENSURE_QUOTA_PERIOD, &ensure).await?;
+            let updated = rows(conn, q::DEBIT_QUOTA, &[&d.tenant_id, &d.period_start, &d.units, &d.now]).await?;
+            match updated.first() {
+                Some(row) => Ok(QuotaOutcome::Accepted {
+                    units_used: required(row, 0)?,
+                    quota_units: required(row, 1)?,
+                    overage_units: required(row, 2)?,
+                }),
+                None => {
+                    let current = read_quota(conn, d.tenant_id, d.period_start).await?.ok_or_else(|| {
+                        StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction"))
+                    })?;
+                    Ok(QuotaOutcome::Rejected { units_used: current.units_used, quota_units: current.quota_units })
+                }
+            }
+        })
+    }
+
+    async fn refund_quota(
+        &self,
+        tenant_id: Uuid,
+        period_start: NaiveDate,
+        units: i64,
+        overage_units: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            execute(conn, q::REFUND_QUOTA, &[&tenant_id, &period_start, &units, &overage_units, &now]).await.map(drop)
+        })
+    }
+
+    async fn quota_usage(&self, tenant_id: Uuid, period_start: NaiveDate) -> Result<Option<QuotaUsage>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| read_quota(conn, tenant_id, period_start).await)
+    }
+
+    async fn take_rate_limit(&self, take: &RateLimitTake) -> Result<RateLimitDecision, StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            let client = take.client_id.as_str();
+            let stored: Option<i64> = rows(conn, q::LOCK_RATE_STATE, &[&take.tenant_id, &client])
+                .await?
+                .first()
+                .map(|r| required(r, 0))
+                .transpose()?;
+            let decision = gcra(stored, take);
+            if decision.allowed {
+                execute(conn, q::UPSERT_RATE_STATE, &[&take.tenant_id, &client, &decision.tat_micros]).await?;
+            }
+            Ok(decision)
+        })
+    }
+
+    async fn record_usage_events(&self, events: &[UsageEvent]) -> Result<u64, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            let mut inserted = 0;
+            for e in events {
+                let status = e.status as i16;
+                let (units, overage) = (e.units as i32, e.overage_units as i32);
+                let params: [&dyn ToSql; 17] = [
+                    &e.event_id,
+                    &e.request_id.as_str(),
+                    &e.tenant_id,
+                    &e.client_id.as_deref(),
+                    &e.principal_id.as_deref(),
+                    &e.operation_id.as_str(),
+                    &e.method.as_str(),
+                    &e.route_template.as_str(),
+                    &status,
+                    &units,
+                    &e.billable,
+                    &overage,
+                    &e.latency_micros,
+                    &e.request_bytes,
+                    &e.response_bytes,
+                    &e.occurred_at,
+                    &e.recorded_at,
+                ];
+                inserted += execute(conn, q::INSERT_USAGE_EVENT, &params).await?;
+            }
+            Ok(inserted)
+        })
+    }
+
+    async fn count_usage_events(&self, tenant_id: Uuid) -> Result<u64, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            let row = rows(conn, q::COUNT_USAGE_EVENTS, &[&tenant_id]).await?;
+            let n: i64 = row.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
+            Ok(n as u64)
+        })
+    }
+}
+
+/// Creates an empty database `name` on the server of `server_connection_string` and returns a connection
+/// string for it. For the contract tests: each test gets its own database.
+pub async fn create_test_database(server_connection_string: &str, name: &str) -> Result<String, StoreError> {
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(StoreError::Other(anyhow::anyhow!("test database names are [A-Za-z0-9_]+, got {name:?}")));
+    }
+    let connector = MssqlConnector::new(&SecretString::from(server_connection_string.to_owned()))?;
+    let mut conn = connector.connect().await?;
+    batch(&mut conn, &format!("CREATE DATABASE [{name}]")).await?;
+    let without_database: Vec<&str> = server_connection_string
+        .split(';')
+        .filter(|part| {
+            let key = part.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+            !part.trim().is_empty() && key != "database" && key != "initial catalog"
+        })
+        .collect();
+    Ok(format!("{};Database={name}", without_database.join(";")))
+}

@@ -1,0 +1,79 @@
+//! The stores the contract suite runs against: SQLite always, SQL Server when `MSSQL_TEST_CONNECTION_STRING` is set.
+//!
+//! Each test gets its own database: a fresh SQLite file, or a fresh SQL Server database created from the
+//! configured connection and dropped afterwards (best effort).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use meterline::store::{SqliteStore, Store};
+
+type Reopen = Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Arc<dyn Store>> + Send>> + Send + Sync>;
+
+/// One store under test, plus a way to open a second, independent handle on the same database
+/// (what a second handler process would have). Cloning shares the database; it lives until the last clone goes.
+#[derive(Clone)]
+pub struct TestStore {
+    pub name: &'static str,
+    pub store: Arc<dyn Store>,
+    reopen: Reopen,
+    _dir: Option<Arc<tempfile::TempDir>>,
+}
+
+impl TestStore {
+    pub async fn second_handle(&self) -> Arc<dyn Store> {
+        (self.reopen)().await
+    }
+}
+
+async fn sqlite() -> TestStore {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("contract.db");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    TestStore {
+        name: "sqlite",
+        store,
+        reopen: Arc::new(move || {
+            let path = path.clone();
+            Box::pin(async move { Arc::new(SqliteStore::open(&path).await.unwrap()) as Arc<dyn Store> })
+        }),
+        _dir: Some(Arc::new(dir)),
+    }
+}
+
+async fn mssql(test: &str) -> Option<TestStore> {
+    let Ok(server) = std::env::var("MSSQL_TEST_CONNECTION_STRING") else {
+        eprintln!("SKIPPED SQL Server run of {test}: MSSQL_TEST_CONNECTION_STRING is not set");
+        return None;
+    };
+    let database = format!("meterline_test_{}", uuid::Uuid::new_v4().simple());
+    let connection = meterline::store::mssql::create_test_database(&server, &database)
+        .await
+        .unwrap_or_else(|e| panic!("creating SQL Server database {database}: {e:?}"));
+    let open = move || {
+        let connection = connection.clone();
+        Box::pin(async move {
+            let config = meterline::config::StoreConfig::Mssql { connection_string: connection.into() };
+            meterline::store::open(&config).await.expect("the SQL Server store opens")
+        }) as std::pin::Pin<Box<dyn Future<Output = Arc<dyn Store>> + Send>>
+    };
+    let store = open().await;
+    Some(TestStore { name: "mssql", store, reopen: Arc::new(open), _dir: None })
+}
+
+/// Runs `test` once per configured store, each on a fresh, unmigrated database.
+///
+/// The harness keeps its own clone alive until the test's future ends: an `async move` block captures only
+/// the fields it names, so a test that never mentions the temp dir would otherwise delete it before it runs.
+pub async fn for_each_store<F, Fut>(name: &str, test: F)
+where
+    F: Fn(TestStore) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let sqlite = sqlite().await;
+    test(sqlite.clone()).await;
+    drop(sqlite);
+    if let Some(mssql) = mssql(name).await {
+        test(mssql.clone()).await;
+    }
+}
