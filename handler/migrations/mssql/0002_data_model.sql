@@ -78,6 +78,8 @@ CREATE TABLE dbo.documents (
     version        BIGINT           NOT NULL CONSTRAINT df_documents_version DEFAULT 1 CONSTRAINT ck_documents_version CHECK (version >= 1)
 );
 -- Keyset pagination: one index per sort order, tenant first, id as the tie-breaker; live rows only.
+-- Clustered by tenant, not by the random GUID: a tenant's rows sit together and inserts do not split pages.
+CREATE CLUSTERED INDEX cx_documents_tenant ON dbo.documents (tenant_id, created_at, id);
 CREATE INDEX ix_documents_updated ON dbo.documents (tenant_id, updated_at, id) WHERE deleted_at IS NULL;
 CREATE INDEX ix_documents_title ON dbo.documents (tenant_id, title, id) WHERE deleted_at IS NULL;
 CREATE INDEX ix_documents_effective ON dbo.documents (tenant_id, effective_date, id) WHERE deleted_at IS NULL;
@@ -194,8 +196,12 @@ DECLARE @audit_columns NVARCHAR(MAX) = N'(
     prev_hash        CHAR(64)         NOT NULL,
     hash             CHAR(64)         NOT NULL
 )';
+-- EngineEdition: 5 Azure SQL Database, 8 Azure SQL Managed Instance, 1-4 SQL Server (ledger from 2022, major 16);
+-- anything else (e.g. 12, the SQL database in Microsoft Fabric) gets a normal table.
+DECLARE @edition INT = CAST(SERVERPROPERTY('EngineEdition') AS INT);
 DECLARE @ledger NVARCHAR(100) = CASE
-    WHEN CAST(SERVERPROPERTY('EngineEdition') AS INT) IN (5, 8) OR CAST(SERVERPROPERTY('ProductMajorVersion') AS INT) >= 16
+    WHEN @edition IN (5, 8) THEN N' WITH (LEDGER = ON (APPEND_ONLY = ON))'
+    WHEN @edition IN (1, 2, 3, 4) AND CAST(SERVERPROPERTY('ProductMajorVersion') AS INT) >= 16
         THEN N' WITH (LEDGER = ON (APPEND_ONLY = ON))'
     ELSE N''
 END;
