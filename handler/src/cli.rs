@@ -12,6 +12,7 @@ use crate::clock::{RandomIds, SystemClock};
 use crate::config::{Config, Runtime};
 use crate::jobs::{self, Job, JobTrigger};
 use crate::state::AppState;
+use crate::telemetry::LogSink;
 
 /// Exit code for an unusable configuration.
 pub const EXIT_CONFIG: u8 = 2;
@@ -42,6 +43,35 @@ enum Command {
     },
     /// Print the OpenAPI document of the API as JSON.
     Openapi,
+    /// Local mode only: print a bearer token signed with the development key (`METERLINE_AUTH_LOCAL_KEY_PATH`).
+    ///
+    /// With the default embedded store, a plan `developer` and a tenant for `--tenant` are created if missing.
+    DevToken {
+        /// The Entra directory id (`tid`) the token carries; its Meterline tenant is created if missing.
+        #[arg(long, default_value = "00000000-0000-0000-0000-00000000d0d0")]
+        tenant: uuid::Uuid,
+        /// Comma-separated app roles, e.g. Documents.Read,Documents.Write.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "Documents.Read,Documents.Write,Usage.Read,Audit.Read,Tenant.Admin"
+        )]
+        roles: Vec<String>,
+        /// Comma-separated delegated scopes; when given, the token is a delegated (user) token.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 90s, 30m, 1h, 1d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: std::time::Duration,
+        /// The calling application's id (`azp`).
+        #[arg(long, default_value = "meterline-dev-client")]
+        app_id: String,
+    },
+}
+
+fn parse_ttl(raw: &str) -> Result<std::time::Duration, String> {
+    crate::auth::local::parse_ttl(raw)
+        .ok_or_else(|| format!("expected a duration like 90s, 30m, 1h or 1d, got {raw:?}"))
 }
 
 /// Parses the command line and runs the command; the result is the process exit code.
@@ -59,8 +89,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    crate::telemetry::init(&config);
-    let result = actix_web::rt::System::new().block_on(run(cli.command.unwrap_or(Command::Serve), config));
+    let command = cli.command.unwrap_or(Command::Serve);
+    let sink = if matches!(command, Command::Serve) { LogSink::Split } else { LogSink::Stderr };
+    crate::telemetry::init(&config, sink);
+    let result = actix_web::rt::System::new().block_on(run(command, config));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -90,13 +122,76 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             if config.auto_migrate {
                 store.migrate().await?;
             }
-            let state = AppState::new(config, store, Arc::new(SystemClock), Arc::new(RandomIds));
+            let state = AppState::new(config, store, Arc::new(SystemClock), Arc::new(RandomIds))?;
             let outcome = jobs::run(&state, job, JobTrigger::Cli).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
             println!("{}: {}", job.name(), outcome.summary);
             Ok(())
         }
+        Command::DevToken { tenant, roles, scopes, ttl, app_id } => {
+            let crate::config::AuthMode::Local { key_path } = &config.auth.mode else {
+                anyhow::bail!("dev-token needs METERLINE_AUTH_MODE=local: the server must trust the key it signs with");
+            };
+            let key = crate::auth::local::load_or_create(key_path)?;
+            if let crate::config::StoreConfig::Sqlite { .. } = config.store {
+                ensure_dev_tenant(&config, tenant).await?;
+            }
+            let request = crate::auth::local::DevTokenRequest {
+                directory_id: tenant.to_string(),
+                roles,
+                scopes,
+                app_id,
+                object_id: "00000000-0000-0000-0000-0000000d0e00".into(),
+                name: Some("Local Developer".into()),
+                ttl,
+            };
+            println!("{}", crate::auth::local::mint(&key, &request, chrono::Utc::now().timestamp())?);
+            Ok(())
+        }
         Command::Openapi => unreachable!("handled before configuration is read"),
     }
+}
+
+/// Creates the `developer` plan and a tenant for `directory` in the embedded store, if missing.
+async fn ensure_dev_tenant(config: &Config, directory: uuid::Uuid) -> anyhow::Result<()> {
+    use crate::store::{OveragePolicy, Plan, StoreError, Tenant, TenantStatus};
+    let store = crate::store::open(&config.store).await?;
+    store.migrate().await?;
+    let now = chrono::Utc::now();
+    if store.get_plan("developer").await?.is_none() {
+        let plan = Plan {
+            code: "developer".into(),
+            name: "Developer".into(),
+            requests_per_minute: 600,
+            burst: 100,
+            monthly_quota_units: 1_000_000,
+            overage_policy: OveragePolicy::Block,
+            currency: "EUR".into(),
+            base_price_micros: 0,
+            overage_unit_price_micros: 0,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        match store.create_plan(&plan).await {
+            Ok(()) | Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if store.get_tenant_by_entra_id(directory).await?.is_none() {
+        let tenant = Tenant {
+            id: uuid::Uuid::new_v4(),
+            entra_tenant_id: Some(directory),
+            name: format!("Local tenant {}", &directory.to_string()[..8]),
+            status: TenantStatus::Active,
+            plan_code: "developer".into(),
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        store.create_tenant(&tenant).await?;
+        eprintln!("handler: created local tenant {} for directory {directory} on plan developer", tenant.id);
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -81,6 +81,51 @@ pub const SETTINGS: &[SettingDoc] = &[
     },
     SettingDoc { name: "METERLINE_WORKERS", default: "number of CPUs", description: "Number of HTTP worker threads." },
     SettingDoc {
+        name: "METERLINE_AUTH_MODE",
+        default: "local outside Azure, entra in Azure",
+        description: "`entra`: validate Microsoft Entra ID (or any OpenID Connect) tokens; `local`: trust the development key under ./data (refused in Azure).",
+    },
+    SettingDoc {
+        name: "METERLINE_AUTH_AUTHORITY",
+        default: "(unset)",
+        description: "entra mode: the authority whose discovery document and keys sign tokens, e.g. https://login.microsoftonline.com/<tenant-id>/v2.0 or .../organizations/v2.0. https only, except on loopback.",
+    },
+    SettingDoc {
+        name: "METERLINE_AUTH_AUDIENCES",
+        default: "(unset)",
+        description: "entra mode: comma-separated accepted `aud` values, e.g. the App ID URI api://meterline and the API's client id.",
+    },
+    SettingDoc {
+        name: "METERLINE_AUTH_ALLOWED_TENANTS",
+        default: "(any)",
+        description: "Comma-separated Entra directory ids (tid) whose tokens are accepted; set it for multi-tenant authorities.",
+    },
+    SettingDoc {
+        name: "METERLINE_AUTH_CLOCK_SKEW_SECS",
+        default: "60",
+        description: "Tolerance for exp and nbf, in seconds (at most 300).",
+    },
+    SettingDoc {
+        name: "METERLINE_AUTH_JWKS_REFRESH_SECS",
+        default: "3600",
+        description: "Age after which the identity provider's signing keys are refreshed in the background.",
+    },
+    SettingDoc {
+        name: "METERLINE_AUTH_JWKS_MIN_REFETCH_SECS",
+        default: "300",
+        description: "Least time between two key fetches caused by tokens with an unknown key id (kid).",
+    },
+    SettingDoc {
+        name: "METERLINE_AUTH_TOKEN_CACHE_SIZE",
+        default: "10000",
+        description: "How many validated tokens are kept (until they expire) so a busy client pays for signature checks once.",
+    },
+    SettingDoc {
+        name: "METERLINE_AUTH_LOCAL_KEY_PATH",
+        default: "data/dev-signing-key.pem",
+        description: "local mode: the RSA key `handler dev-token` signs with and the server trusts; created if missing.",
+    },
+    SettingDoc {
         name: "METERLINE_SHUTDOWN_TIMEOUT_SECS",
         default: "10",
         description: "How long a graceful shutdown waits for in-flight requests.",
@@ -123,6 +168,27 @@ pub enum LogFormat {
     Text,
 }
 
+/// How bearer tokens are validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Entra ID or another OpenID Connect provider, through discovery and JWKS.
+    Entra { authority: String, audiences: Vec<String> },
+    /// The local development key; never in Azure.
+    Local { key_path: PathBuf },
+}
+
+/// Token validation settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// Lower-cased directory ids; `None` accepts any directory (tenants still have to be registered).
+    pub allowed_tenants: Option<Vec<String>>,
+    pub clock_skew: Duration,
+    pub jwks_refresh: Duration,
+    pub jwks_min_refetch: Duration,
+    pub token_cache_size: usize,
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -138,6 +204,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub workers: usize,
     pub shutdown_timeout: Duration,
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -216,9 +283,13 @@ impl Config {
         let shutdown_secs =
             parse_number("METERLINE_SHUTDOWN_TIMEOUT_SECS", get("METERLINE_SHUTDOWN_TIMEOUT_SECS"), 10, 0)?;
 
+        let in_azure = get("WEBSITE_INSTANCE_ID").is_some();
+        let auth = auth_config(&get, in_azure)?;
+
         Ok(Config {
             runtime,
-            in_azure: get("WEBSITE_INSTANCE_ID").is_some(),
+            in_azure,
+            auth,
             bind_address,
             port,
             store,
@@ -245,6 +316,66 @@ impl Config {
     pub fn under_functions_host(&self) -> bool {
         matches!(self.runtime, Runtime::FunctionsHost { .. })
     }
+}
+
+fn auth_config(get: &dyn Fn(&str) -> Option<String>, in_azure: bool) -> Result<AuthConfig, ConfigError> {
+    let list = |name: &str| -> Option<Vec<String>> {
+        get(name).map(|raw| raw.split(',').map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).collect())
+    };
+    let mode = match get("METERLINE_AUTH_MODE").as_deref().unwrap_or(if in_azure { "entra" } else { "local" }) {
+        "local" if in_azure => {
+            return Err(ConfigError::new(
+                "METERLINE_AUTH_MODE",
+                "local mode trusts a key kept on disk and is refused in Azure (WEBSITE_INSTANCE_ID is set); use entra",
+            ));
+        }
+        "local" => AuthMode::Local {
+            key_path: get("METERLINE_AUTH_LOCAL_KEY_PATH")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "data/dev-signing-key.pem".into()),
+        },
+        "entra" => {
+            let authority = get("METERLINE_AUTH_AUTHORITY").ok_or_else(|| {
+                ConfigError::new("METERLINE_AUTH_AUTHORITY", "required when METERLINE_AUTH_MODE=entra")
+            })?;
+            let loopback =
+                ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"].iter().any(|p| authority.starts_with(p));
+            if !(authority.starts_with("https://") || loopback) {
+                return Err(ConfigError::new(
+                    "METERLINE_AUTH_AUTHORITY",
+                    format!("must be an https URL (plain http only on loopback), got {authority:?}"),
+                ));
+            }
+            let audiences = list("METERLINE_AUTH_AUDIENCES").filter(|a| !a.is_empty()).ok_or_else(|| {
+                ConfigError::new(
+                    "METERLINE_AUTH_AUDIENCES",
+                    "at least one audience is required when METERLINE_AUTH_MODE=entra",
+                )
+            })?;
+            AuthMode::Entra { authority: authority.trim_end_matches('/').to_owned(), audiences }
+        }
+        other => {
+            return Err(ConfigError::new("METERLINE_AUTH_MODE", format!("expected `entra` or `local`, got {other:?}")));
+        }
+    };
+    let allowed_tenants =
+        list("METERLINE_AUTH_ALLOWED_TENANTS").map(|l| l.into_iter().map(|t| t.to_ascii_lowercase()).collect());
+    let skew = parse_number("METERLINE_AUTH_CLOCK_SKEW_SECS", get("METERLINE_AUTH_CLOCK_SKEW_SECS"), 60, 0)?;
+    if skew > 300 {
+        return Err(ConfigError::new("METERLINE_AUTH_CLOCK_SKEW_SECS", format!("at most 300 seconds, got {skew}")));
+    }
+    let refresh = parse_number("METERLINE_AUTH_JWKS_REFRESH_SECS", get("METERLINE_AUTH_JWKS_REFRESH_SECS"), 3600, 60)?;
+    let refetch =
+        parse_number("METERLINE_AUTH_JWKS_MIN_REFETCH_SECS", get("METERLINE_AUTH_JWKS_MIN_REFETCH_SECS"), 300, 0)?;
+    let cache = parse_number("METERLINE_AUTH_TOKEN_CACHE_SIZE", get("METERLINE_AUTH_TOKEN_CACHE_SIZE"), 10_000, 1)?;
+    Ok(AuthConfig {
+        mode,
+        allowed_tenants,
+        clock_skew: Duration::from_secs(skew as u64),
+        jwks_refresh: Duration::from_secs(refresh as u64),
+        jwks_min_refetch: Duration::from_secs(refetch as u64),
+        token_cache_size: cache,
+    })
 }
 
 fn parse_port(setting: &'static str, raw: &str, allow_zero: bool) -> Result<u16, ConfigError> {
@@ -320,11 +451,51 @@ mod tests {
             (vec![("METERLINE_MAX_BODY_BYTES", "0")], "METERLINE_MAX_BODY_BYTES"),
             (vec![("METERLINE_AUTO_MIGRATE", "maybe")], "METERLINE_AUTO_MIGRATE"),
             (vec![("METERLINE_BIND_ADDRESS", "localhost")], "METERLINE_BIND_ADDRESS"),
+            (vec![("METERLINE_AUTH_MODE", "oauth")], "METERLINE_AUTH_MODE"),
+            (vec![("METERLINE_AUTH_MODE", "entra")], "METERLINE_AUTH_AUTHORITY"),
+            (
+                vec![("METERLINE_AUTH_MODE", "entra"), ("METERLINE_AUTH_AUTHORITY", "http://idp.example.com")],
+                "METERLINE_AUTH_AUTHORITY",
+            ),
+            (
+                vec![
+                    ("METERLINE_AUTH_MODE", "entra"),
+                    ("METERLINE_AUTH_AUTHORITY", "https://login.microsoftonline.com/x/v2.0"),
+                ],
+                "METERLINE_AUTH_AUDIENCES",
+            ),
+            (vec![("METERLINE_AUTH_CLOCK_SKEW_SECS", "900")], "METERLINE_AUTH_CLOCK_SKEW_SECS"),
+            (vec![("WEBSITE_INSTANCE_ID", "abc"), ("METERLINE_AUTH_MODE", "local")], "METERLINE_AUTH_MODE"),
         ] {
             let err = config(&pairs).unwrap_err();
             assert_eq!(err.setting, setting, "{pairs:?}");
             assert!(err.to_string().starts_with(setting));
         }
+    }
+
+    #[test]
+    fn auth_defaults_to_local_outside_azure_and_to_entra_inside() {
+        let local = config(&[]).unwrap();
+        assert_eq!(local.auth.mode, AuthMode::Local { key_path: "data/dev-signing-key.pem".into() });
+        let err = config(&[("WEBSITE_INSTANCE_ID", "abc")]).unwrap_err();
+        assert_eq!(err.setting, "METERLINE_AUTH_AUTHORITY", "in Azure, entra is the default and needs an authority");
+        let entra = config(&[
+            ("WEBSITE_INSTANCE_ID", "abc"),
+            ("METERLINE_AUTH_AUTHORITY", "https://login.microsoftonline.com/organizations/v2.0/"),
+            ("METERLINE_AUTH_AUDIENCES", "api://meterline, 6f1c2a3b-0000-0000-0000-000000000000"),
+            ("METERLINE_AUTH_ALLOWED_TENANTS", "72F988BF-86F1-41AF-91AB-2D7CD011DB47"),
+        ])
+        .unwrap();
+        let AuthMode::Entra { authority, audiences } = &entra.auth.mode else { panic!("entra") };
+        assert_eq!(authority, "https://login.microsoftonline.com/organizations/v2.0");
+        assert_eq!(audiences.len(), 2);
+        assert_eq!(entra.auth.allowed_tenants, Some(vec!["72f988bf-86f1-41af-91ab-2d7cd011db47".to_owned()]));
+        let loopback = config(&[
+            ("METERLINE_AUTH_MODE", "entra"),
+            ("METERLINE_AUTH_AUTHORITY", "http://127.0.0.1:4000"),
+            ("METERLINE_AUTH_AUDIENCES", "api://test"),
+        ]);
+        assert!(loopback.is_ok(), "plain http is fine on loopback, for tests");
     }
 
     #[test]

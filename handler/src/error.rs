@@ -68,6 +68,20 @@ error_codes! {
     InvalidQuery => (StatusCode::BAD_REQUEST, "invalid-query", "Invalid query parameters"),
     /// The request is well-formed but its values are not acceptable; `errors` lists each field.
     ValidationFailed => (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed", "Validation failed"),
+    /// No bearer token was sent; the response carries a `WWW-Authenticate: Bearer` challenge.
+    Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required"),
+    /// The bearer token is malformed, expired, badly signed or not meant for this API.
+    InvalidToken => (StatusCode::UNAUTHORIZED, "invalid-token", "Invalid access token"),
+    /// The caller lacks the permission the operation requires; `detail` names it.
+    InsufficientScope => (StatusCode::FORBIDDEN, "insufficient-scope", "Insufficient permission"),
+    /// The caller's directory and application map to no Meterline tenant.
+    UnknownTenant => (StatusCode::FORBIDDEN, "unknown-tenant", "Unknown tenant"),
+    /// The caller's tenant is suspended or closed.
+    TenantSuspended => (StatusCode::FORBIDDEN, "tenant-suspended", "Tenant suspended"),
+    /// The calling application's registration was revoked.
+    ClientRevoked => (StatusCode::FORBIDDEN, "client-revoked", "API client revoked"),
+    /// The identity provider's signing keys cannot be loaded; retrying later may succeed.
+    IdentityProviderUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "identity-provider-unavailable", "Identity provider unavailable"),
     /// The request conflicts with the current state, e.g. a unique key already exists.
     Conflict => (StatusCode::CONFLICT, "conflict", "Conflict"),
     /// A Functions host invocation names a function this handler does not implement.
@@ -187,11 +201,8 @@ impl AppError {
 
     /// Builds the problem body; server errors never carry their internal detail.
     pub fn to_problem(&self, request_id: Option<String>) -> Problem {
-        let detail = if self.code.status().is_server_error() && self.code != ErrorCode::StoreUnavailable {
-            None
-        } else {
-            self.detail.clone()
-        };
+        // Internal errors never show detail; 503s carry a deliberate, safe one.
+        let detail = if self.code == ErrorCode::Internal { None } else { self.detail.clone() };
         Problem {
             type_uri: self.code.type_uri(),
             title: self.code.title().to_owned(),

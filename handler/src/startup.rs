@@ -83,7 +83,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let port = listener.local_addr()?.port();
     let workers = config.workers;
     let shutdown = config.shutdown_timeout.as_secs();
-    let state = web::Data::new(AppState::new(config, store, Arc::new(SystemClock), Arc::new(RandomIds)));
+    let state = web::Data::new(AppState::new(config, store, Arc::new(SystemClock), Arc::new(RandomIds))?);
+    // Load the identity provider's keys in the background: readiness must not wait for the network.
+    let auth = state.auth.clone();
+    actix_web::rt::spawn(async move { auth.warm_up().await });
     let for_workers = state.clone();
     let server = HttpServer::new(move || app(for_workers.clone(), Surface::Host))
         .workers(workers)

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::auth::Authenticator;
 use crate::clock::{Clock, IdGenerator};
 use crate::config::Config;
 use crate::routes::RouteTable;
@@ -13,6 +14,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub ids: Arc<dyn IdGenerator>,
+    /// Validates bearer tokens (and caches the results).
+    pub auth: Arc<Authenticator>,
     /// The OpenAPI document, serialized once.
     pub openapi_json: actix_web::web::Bytes,
     /// Path templates and methods of every route, for 405 answers.
@@ -20,10 +23,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>, ids: Arc<dyn IdGenerator>) -> Self {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        ids: Arc<dyn IdGenerator>,
+    ) -> anyhow::Result<Self> {
         let openapi = crate::routes::openapi();
         let routes = RouteTable::from_openapi(&openapi);
         let openapi_json = serde_json::to_vec(&openapi).expect("the OpenAPI document serializes").into();
-        AppState { config: Arc::new(config), store, clock, ids, openapi_json, routes }
+        let auth = Arc::new(Authenticator::from_config(&config.auth, clock.clone())?);
+        Ok(AppState { config: Arc::new(config), store, clock, ids, auth, openapi_json, routes })
     }
 }

@@ -27,10 +27,20 @@ pub fn current_request_id() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogSink {
+    /// Serving: WARN and ERROR to stderr, the rest to stdout, as the Functions host classifies them.
+    Split,
+    /// One-shot commands: everything to stderr, so stdout carries only the command's output.
+    Stderr,
+}
+
 /// Installs the global subscriber. Call once, before anything logs.
-pub fn init(config: &Config) {
+pub fn init(config: &Config, sink: LogSink) {
     let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let writer = std::io::stderr.with_max_level(tracing::Level::WARN).or_else(std::io::stdout);
+    let stdout_below_warn = if sink == LogSink::Split { tracing::Level::WARN } else { tracing::Level::TRACE };
+    let writer = std::io::stderr.with_max_level(stdout_below_warn).or_else(std::io::stdout);
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     let result = match config.log_format {
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).flatten_event(true).try_init(),

@@ -399,3 +399,38 @@ async fn a_changed_or_unknown_migration_is_refused() {
     drop(conn);
     assert!(store.migrate().await.unwrap_err().to_string().contains("migration 99"));
 }
+
+#[tokio::test]
+async fn api_clients_register_once_with_their_roles() {
+    for_each_store("api_clients_register_once_with_their_roles", |t| async move {
+        let store = migrated(&t).await;
+        store.create_plan(&plan("pro", 10, OveragePolicy::Block)).await.unwrap();
+        let acme = tenant(1, "pro", t0());
+        store.create_tenant(&acme).await.unwrap();
+        let client = ApiClient {
+            id: Uuid::from_u128(0xC1),
+            tenant_id: acme.id,
+            app_id: "8d0a1c1e-app".into(),
+            display_name: "Billing sync".into(),
+            roles: vec!["Documents.Read".into(), "Usage.Read".into()],
+            active: true,
+            created_at: t0(),
+            revoked_at: None,
+            version: 1,
+        };
+        store.create_api_client(&client).await.unwrap();
+        assert_eq!(store.get_api_client_by_app_id("8d0a1c1e-app").await.unwrap(), Some(client.clone()), "{}", t.name);
+        assert_eq!(store.get_api_client_by_app_id("unknown").await.unwrap(), None);
+        let again = ApiClient { id: Uuid::from_u128(0xC2), ..client.clone() };
+        assert!(matches!(store.create_api_client(&again).await, Err(StoreError::Conflict(_))), "app ids are unique");
+        let bad_role =
+            ApiClient { id: Uuid::from_u128(0xC3), app_id: "other".into(), roles: vec!["Root".into()], ..client };
+        assert!(store.create_api_client(&bad_role).await.is_err(), "roles are a closed set");
+        assert_eq!(
+            store.get_api_client_by_app_id("other").await.unwrap(),
+            None,
+            "the failed registration left nothing"
+        );
+    })
+    .await;
+}

@@ -36,6 +36,8 @@ pub const HTTP_OUTPUT_BINDING: &str = "res";
 pub const FUNCTIONS: &[FunctionDef] = &[
     FunctionDef { name: "Health", trigger_binding: "req", trigger: Trigger::Http { route: "health/{*rest}" } },
     FunctionDef { name: "OpenApi", trigger_binding: "req", trigger: Trigger::Http { route: "openapi.json" } },
+    FunctionDef { name: "Me", trigger_binding: "req", trigger: Trigger::Http { route: "v1/me" } },
+    FunctionDef { name: "Tenants", trigger_binding: "req", trigger: Trigger::Http { route: "v1/tenants/{*rest}" } },
     FunctionDef {
         name: "UsageRollup",
         trigger_binding: "timer",

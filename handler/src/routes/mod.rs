@@ -1,6 +1,8 @@
 //! The HTTP API: the one route table (which also generates the OpenAPI document) and the not-matched fallback.
 
 pub mod health;
+pub mod me;
+pub mod tenants;
 
 use actix_web::dev::ResourceDef;
 use actix_web::http::header::{self, HeaderValue};
@@ -21,14 +23,47 @@ use crate::state::AppState;
         version = "1.0.0"
     ),
     components(schemas(crate::error::Problem, crate::error::FieldError)),
+    modifiers(&BearerSecurity),
     tags((name = "operations", description = "Health and service description"))
 )]
 struct ApiDoc;
 
+/// Declares the `entra` bearer security scheme every `/api/v1` operation refers to.
+struct BearerSecurity;
+
+impl utoipa::Modify for BearerSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "entra",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A Microsoft Entra ID access token for this API. App-only tokens carry app roles in `roles`, \
+                         delegated tokens carry scopes in `scp`; each operation's required permission is its scope here.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
 /// Registers every API route. This is the route table: adding a handler here adds it to the OpenAPI document.
 pub fn configure(cfg: &mut ServiceConfig) {
-    // Before the `/api` scope: a resource registered after a scope with the same prefix is never reached.
+    // Before any scope: a resource registered after a scope with the same prefix is never reached.
     cfg.service(openapi_document);
+    // Everything under /api/v1 is authenticated by one middleware; each handler declares its permission.
+    cfg.service(
+        utoipa_actix_web::scope("/api/v1")
+            .wrap(actix_web::middleware::from_fn(crate::auth::guard::authenticate))
+            .service(me::get_me)
+            .service(tenants::list_tenants)
+            .service(tenants::get_tenant),
+    );
+    // After /api/v1: actix matches scopes by prefix in registration order, and /api would swallow /api/v1.
     cfg.service(utoipa_actix_web::scope("/api").service(health::live).service(health::ready));
 }
 

@@ -114,6 +114,12 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Update<Tenant>, StoreError>;
 
+    /// Registers an API client with its roles; `Conflict` if the app id is registered already.
+    async fn create_api_client(&self, client: &ApiClient) -> Result<(), StoreError>;
+
+    /// The registration of an Entra app id, active or revoked.
+    async fn get_api_client_by_app_id(&self, app_id: &str) -> Result<Option<ApiClient>, StoreError>;
+
     // Single-runner jobs.
 
     /// Takes the lease if it is free, expired, or already held by the same holder (a renewal).

@@ -86,6 +86,21 @@ pub struct Tenant {
     pub version: i64,
 }
 
+/// An application registered to a tenant: its Entra app id (`azp`/`appid`) and the roles it may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiClient {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub app_id: String,
+    pub display_name: String,
+    /// Role names, sorted.
+    pub roles: Vec<String>,
+    pub active: bool,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
 /// A position in a keyset-paginated listing: the sort key of the last row seen and its id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantCursor {

@@ -532,6 +532,73 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn create_api_client(&self, client: &ApiClient) -> Result<(), StoreError> {
+        let c = client.clone();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO api_clients (id, tenant_id, app_id, display_name, status, created_at, revoked_at, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    c.id.to_string(),
+                    c.tenant_id.to_string(),
+                    c.app_id,
+                    c.display_name,
+                    if c.active { "active" } else { "revoked" },
+                    timestamp(c.created_at),
+                    c.revoked_at.map(timestamp),
+                    c.version
+                ],
+            )
+            .map_err(classify)?;
+            for role in &c.roles {
+                tx.execute(
+                    "INSERT INTO api_client_roles (client_id, role) VALUES (?1, ?2)",
+                    params![c.id.to_string(), role],
+                )
+                .map_err(classify)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_api_client_by_app_id(&self, app_id: &str) -> Result<Option<ApiClient>, StoreError> {
+        let app_id = app_id.to_owned();
+        self.read(move |conn| {
+            let sql = "SELECT id, tenant_id, app_id, display_name, status, created_at, revoked_at, version
+                       FROM api_clients WHERE app_id = ?1";
+            let Some(mut client) = query_one(conn, sql, [app_id], |r| {
+                let (id, tenant, app_id, name, status): (String, String, String, String, String) =
+                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+                let (created, revoked, version): (String, Option<String>, i64) = (r.get(5)?, r.get(6)?, r.get(7)?);
+                Ok((|| {
+                    Ok(ApiClient {
+                        id: parse_uuid(&id)?,
+                        tenant_id: parse_uuid(&tenant)?,
+                        app_id,
+                        display_name: name,
+                        roles: Vec::new(),
+                        active: status == "active",
+                        created_at: parse_timestamp(&created)?,
+                        revoked_at: revoked.as_deref().map(parse_timestamp).transpose()?,
+                        version,
+                    })
+                })())
+            })?
+            else {
+                return Ok(None);
+            };
+            client.roles = query_all(
+                conn,
+                "SELECT role FROM api_client_roles WHERE client_id = ?1 ORDER BY role",
+                [client.id.to_string()],
+                |r| Ok(Ok(r.get::<_, String>(0)?)),
+            )?;
+            Ok(Some(client))
+        })
+        .await
+    }
+
     async fn acquire_lease(&self, request: &LeaseRequest) -> Result<bool, StoreError> {
         let r = request.clone();
         self.write(move |tx| {

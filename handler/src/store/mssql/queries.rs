@@ -80,6 +80,18 @@ FROM dbo.tenants WHERE created_at > @P1 OR (created_at = @P1 AND id > @P2) ORDER
 pub const SET_TENANT_STATUS: &str = "UPDATE dbo.tenants SET status = @P1, updated_at = @P2, version = version + 1
 WHERE id = @P3 AND version = @P4";
 
+pub const INSERT_API_CLIENT: &str =
+    "INSERT INTO dbo.api_clients (id, tenant_id, app_id, display_name, status, created_at, revoked_at, version)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8)";
+
+pub const INSERT_API_CLIENT_ROLE: &str = "INSERT INTO dbo.api_client_roles (client_id, role) VALUES (@P1, @P2)";
+
+pub const GET_API_CLIENT_BY_APP_ID: &str =
+    "SELECT id, tenant_id, app_id, display_name, status, created_at, revoked_at, version
+FROM dbo.api_clients WHERE app_id = @P1";
+
+pub const API_CLIENT_ROLES: &str = "SELECT role FROM dbo.api_client_roles WHERE client_id = @P1 ORDER BY role";
+
 /// Takes the lease if free, expired, or held by the same holder; returns 1 when `@P2` holds it afterwards.
 /// The range locks (UPDLOCK, HOLDLOCK) make the check-then-insert atomic against a concurrent acquirer.
 pub const ACQUIRE_LEASE: &str = "UPDATE dbo.job_leases WITH (UPDLOCK, HOLDLOCK)
@@ -158,6 +170,10 @@ pub const ALL: &[(&str, &str)] = &[
     ("LIST_TENANTS_FIRST", LIST_TENANTS_FIRST),
     ("LIST_TENANTS_AFTER", LIST_TENANTS_AFTER),
     ("SET_TENANT_STATUS", SET_TENANT_STATUS),
+    ("INSERT_API_CLIENT", INSERT_API_CLIENT),
+    ("INSERT_API_CLIENT_ROLE", INSERT_API_CLIENT_ROLE),
+    ("GET_API_CLIENT_BY_APP_ID", GET_API_CLIENT_BY_APP_ID),
+    ("API_CLIENT_ROLES", API_CLIENT_ROLES),
     ("ACQUIRE_LEASE", ACQUIRE_LEASE),
     ("RELEASE_LEASE", RELEASE_LEASE),
     ("ENSURE_QUOTA_PERIOD", ENSURE_QUOTA_PERIOD),

@@ -431,6 +431,51 @@ impl Store for MssqlStore {
         })
     }
 
+    async fn create_api_client(&self, client: &ApiClient) -> Result<(), StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            let c = client;
+            let status = if c.active { "active" } else { "revoked" };
+            let params: [&dyn ToSql; 8] = [
+                &c.id,
+                &c.tenant_id,
+                &c.app_id.as_str(),
+                &c.display_name.as_str(),
+                &status,
+                &c.created_at,
+                &c.revoked_at,
+                &c.version,
+            ];
+            execute(conn, q::INSERT_API_CLIENT, &params).await?;
+            for role in &c.roles {
+                execute(conn, q::INSERT_API_CLIENT_ROLE, &[&c.id, &role.as_str()]).await?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn get_api_client_by_app_id(&self, app_id: &str) -> Result<Option<ApiClient>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            let found = rows(conn, q::GET_API_CLIENT_BY_APP_ID, &[&app_id]).await?;
+            let Some(row) = found.first() else { return Ok(None) };
+            let id: Uuid = required(row, 0)?;
+            let status = text(row, 4)?;
+            let mut client = ApiClient {
+                id,
+                tenant_id: required(row, 1)?,
+                app_id: text(row, 2)?,
+                display_name: text(row, 3)?,
+                roles: Vec::new(),
+                active: status == "active",
+                created_at: required(row, 5)?,
+                revoked_at: column(row, 6)?,
+                version: required(row, 7)?,
+            };
+            client.roles =
+                rows(conn, q::API_CLIENT_ROLES, &[&id]).await?.iter().map(|r| text(r, 0)).collect::<Result<_, _>>()?;
+            Ok(Some(client))
+        })
+    }
+
     async fn acquire_lease(&self, request: &LeaseRequest) -> Result<bool, StoreError> {
         in_tx!(self, Retry::Yes, |conn| {
             let r = request;

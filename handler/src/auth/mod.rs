@@ -1,0 +1,332 @@
+//! Authentication and authorization: bearer tokens from Microsoft Entra ID (or a local dev key) to a [`Principal`], then a [`Caller`].
+//!
+//! [`Authenticator::authenticate`] validates a JWT access token: the algorithm allow-list is checked
+//! before any key is touched, then the signature (keys from [`keys`]), `exp`/`nbf` with a clock skew,
+//! the audience, the issuer (Entra v1 and v2, single- and multi-tenant), `tid` and the tenant allow-list.
+//! Validated tokens are cached by a hash of the token until they expire, so a busy client pays for the
+//! RSA verification once. [`guard`] turns a principal into a tenant-scoped [`Caller`] on every request
+//! and checks each operation's [`Permission`].
+
+pub mod guard;
+pub mod keys;
+pub mod local;
+pub mod permission;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::clock::Clock;
+use keys::{KeyCache, KeyError, VerificationKey};
+pub use permission::{Permission, PermissionSet};
+
+/// Algorithms Meterline accepts. Everything else (`none`, HMAC, EC) is refused before a key is looked up.
+pub const ACCEPTED_ALGORITHMS: &[Algorithm] = &[Algorithm::RS256, Algorithm::PS256];
+
+/// How the caller got its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    /// App-only (client credentials): permissions come from `roles`.
+    App,
+    /// On behalf of a user: permissions come from `scp`.
+    Delegated,
+}
+
+/// A validated token's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub subject: String,
+    /// `oid`: the user's or service principal's object id.
+    pub object_id: Option<String>,
+    /// `tid`: the Entra directory the token was issued in.
+    pub directory_id: String,
+    /// `azp` (v2) or `appid` (v1): the calling application.
+    pub app_id: Option<String>,
+    pub name: Option<String>,
+    pub kind: PrincipalKind,
+    /// From `roles` (app-only) or `scp` (delegated), before any API-client registration narrows them.
+    pub permissions: PermissionSet,
+    /// `exp`, seconds since the Unix epoch.
+    pub expires_at: i64,
+}
+
+/// Why a request is not authenticated or not authorized.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the identity provider is unavailable")]
+    ProviderUnavailable(#[source] anyhow::Error),
+}
+
+fn invalid(reason: impl Into<String>) -> AuthError {
+    AuthError::Invalid(reason.into())
+}
+
+/// The claims Meterline reads from an access token.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    exp: i64,
+    nbf: Option<i64>,
+    tid: Option<String>,
+    oid: Option<String>,
+    azp: Option<String>,
+    appid: Option<String>,
+    idtyp: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    scp: Option<String>,
+}
+
+/// Where verification keys and issuers come from.
+pub enum KeySource {
+    /// An OpenID provider (Entra ID, or any OIDC provider in tests), through discovery and JWKS.
+    Oidc(Arc<KeyCache>),
+    /// Local development: one RSA key under `./data`, one issuer.
+    Local { kid: String, key: VerificationKey, issuer: String },
+}
+
+/// Validation settings.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Accepted `aud` values: the App ID URI and/or the client id.
+    pub audiences: Vec<String>,
+    /// When set, only these Entra directory ids (`tid`) are accepted.
+    pub allowed_tenants: Option<HashSet<String>>,
+    pub clock_skew: Duration,
+    /// Bound of the validated-token cache (entries).
+    pub cache_size: usize,
+}
+
+/// Validates bearer tokens.
+pub struct Authenticator {
+    keys: KeySource,
+    settings: AuthSettings,
+    clock: Arc<dyn Clock>,
+    cache: quick_cache::sync::Cache<[u8; 32], Arc<Principal>>,
+}
+
+impl Authenticator {
+    /// Builds the authenticator the configuration asks for. Local mode creates the development key if missing.
+    pub fn from_config(config: &crate::config::AuthConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let (keys, audiences) = match &config.mode {
+            crate::config::AuthMode::Entra { authority, audiences } => {
+                let fetcher = Arc::new(keys::HttpFetcher::new(authority, Duration::from_secs(5))?);
+                let timing = keys::CacheTiming { refresh: config.jwks_refresh, min_refetch: config.jwks_min_refetch };
+                (KeySource::Oidc(KeyCache::new(fetcher, clock.clone(), timing)), audiences.clone())
+            }
+            crate::config::AuthMode::Local { key_path } => {
+                let key = local::load_or_create(key_path)?;
+                let source = KeySource::Local {
+                    kid: key.kid.clone(),
+                    key: key.verification,
+                    issuer: local::LOCAL_ISSUER.into(),
+                };
+                (source, vec![local::LOCAL_AUDIENCE.to_owned()])
+            }
+        };
+        let settings = AuthSettings {
+            audiences,
+            allowed_tenants: config.allowed_tenants.as_ref().map(|t| t.iter().cloned().collect()),
+            clock_skew: config.clock_skew,
+            cache_size: config.token_cache_size,
+        };
+        Ok(Self::new(keys, settings, clock))
+    }
+
+    pub fn new(keys: KeySource, settings: AuthSettings, clock: Arc<dyn Clock>) -> Self {
+        let cache = quick_cache::sync::Cache::new(settings.cache_size.max(1));
+        Authenticator { keys, settings, clock, cache }
+    }
+
+    /// Loads the provider's keys ahead of the first request (best effort; failures are logged).
+    pub async fn warm_up(&self) {
+        if let KeySource::Oidc(cache) = &self.keys
+            && let Err(err) = cache.refresh().await
+        {
+            tracing::warn!(error = %err, "identity provider keys not loaded yet; will retry on demand");
+        }
+    }
+
+    /// Validates `token`, from the cache when it was validated before and has not expired since.
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = self.clock.now().timestamp();
+        if let Some(principal) = self.cache.get(&digest) {
+            if principal.expires_at + self.skew() > now {
+                return Ok(principal);
+            }
+            self.cache.remove(&digest);
+        }
+        let principal = Arc::new(self.validate(token, now).await?);
+        self.cache.insert(digest, principal.clone());
+        Ok(principal)
+    }
+
+    fn skew(&self) -> i64 {
+        self.settings.clock_skew.as_secs() as i64
+    }
+
+    /// The full validation, without the cache.
+    pub async fn validate(&self, token: &str, now: i64) -> Result<Principal, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("the token is not a well-formed JWT"))?;
+        if !ACCEPTED_ALGORITHMS.contains(&header.alg) {
+            return Err(invalid(format!("the signing algorithm {:?} is not accepted", header.alg)));
+        }
+        let kid = header.kid.clone().ok_or_else(|| invalid("the token header has no kid"))?;
+        let (key, issuer_template) = match &self.keys {
+            KeySource::Oidc(cache) => {
+                let key = cache.key(&kid).await.map_err(|e| match e {
+                    KeyError::UnknownKid(_) => invalid("the token is signed with an unknown key"),
+                    KeyError::ProviderUnavailable(cause) => AuthError::ProviderUnavailable(cause),
+                })?;
+                let metadata = cache.metadata().await.map_err(|e| AuthError::ProviderUnavailable(e.into()))?;
+                (key, metadata.issuer)
+            }
+            KeySource::Local { kid: local_kid, key, issuer } => {
+                if kid != *local_kid {
+                    return Err(invalid("the token is signed with an unknown key"));
+                }
+                (key.clone(), issuer.clone())
+            }
+        };
+        if let Some(pinned) = key.alg
+            && format!("{pinned:?}") != format!("{:?}", header.alg)
+        {
+            return Err(invalid("the token's algorithm does not match its key"));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        // exp and nbf are checked below against the injected clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.required_spec_claims = ["exp", "iss", "sub", "aud"].iter().map(|c| c.to_string()).collect();
+        validation.set_audience(&self.settings.audiences);
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::InvalidSignature => invalid("the token signature does not verify"),
+                    K::InvalidAudience => invalid("the token's audience is not accepted"),
+                    K::MissingRequiredClaim(claim) => invalid(format!("the token has no {claim} claim")),
+                    K::InvalidAlgorithm => invalid("the token's algorithm does not match its key"),
+                    _ => invalid("the token cannot be decoded"),
+                }
+            })?
+            .claims;
+        let skew = self.skew();
+        if claims.exp + skew <= now {
+            return Err(invalid("the token has expired"));
+        }
+        if claims.nbf.is_some_and(|nbf| nbf - skew > now) {
+            return Err(invalid("the token is not valid yet"));
+        }
+        let tid = claims.tid.clone().filter(|t| !t.is_empty()).ok_or_else(|| invalid("the token has no tid claim"))?;
+        if !accepted_issuers(&issuer_template, &tid).contains(&claims.iss) {
+            return Err(invalid("the token's issuer is not accepted"));
+        }
+        if let Some(allowed) = &self.settings.allowed_tenants
+            && !allowed.contains(&tid.to_ascii_lowercase())
+        {
+            return Err(invalid("the token's tenant is not allowed"));
+        }
+        Ok(principal_from(claims, tid))
+    }
+}
+
+fn principal_from(claims: Claims, tid: String) -> Principal {
+    let delegated = claims.scp.is_some() && claims.idtyp.as_deref() != Some("app");
+    let permissions = if delegated {
+        PermissionSet::from_names(claims.scp.as_deref().unwrap_or("").split_whitespace())
+    } else {
+        PermissionSet::from_names(claims.roles.iter().map(String::as_str))
+    };
+    Principal {
+        subject: claims.sub,
+        object_id: claims.oid,
+        directory_id: tid,
+        app_id: claims.azp.or(claims.appid),
+        name: claims.name,
+        kind: if delegated { PrincipalKind::Delegated } else { PrincipalKind::App },
+        permissions,
+        expires_at: claims.exp,
+    }
+}
+
+/// The issuers a token from directory `tid` may carry, given the provider's issuer (perhaps a `{tenantid}` template).
+///
+/// For Entra ID authorities, a directory's v1 (`https://sts.windows.net/{tid}/`) and v2
+/// (`https://login.microsoftonline.com/{tid}/v2.0`) issuers are both accepted: which one a token carries
+/// depends on the API's `accessTokenAcceptedVersion`, not on the endpoint the client used.
+pub fn accepted_issuers(template: &str, tid: &str) -> Vec<String> {
+    let own = template.replace("{tenantid}", tid);
+    let mut issuers = vec![own.clone()];
+    let entra =
+        template.starts_with("https://login.microsoftonline.com/") || template.starts_with("https://sts.windows.net/");
+    if entra {
+        // Only the directory the template names (or any, for a template) may use the other version.
+        let template_tid =
+            own.trim_start_matches("https://login.microsoftonline.com/").trim_start_matches("https://sts.windows.net/");
+        if template_tid.split('/').next() == Some(tid) {
+            issuers.push(format!("https://sts.windows.net/{tid}/"));
+            issuers.push(format!("https://login.microsoftonline.com/{tid}/v2.0"));
+        }
+    }
+    issuers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entra_issuers_cover_v1_and_v2_for_the_same_directory_only() {
+        let tid = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+        let single = format!("https://login.microsoftonline.com/{tid}/v2.0");
+        let accepted = accepted_issuers(&single, tid);
+        assert!(accepted.contains(&format!("https://sts.windows.net/{tid}/")));
+        assert!(accepted.contains(&single));
+        assert_eq!(accepted_issuers(&single, "other"), vec![single.clone()], "another directory gets nothing extra");
+
+        let multi = accepted_issuers("https://login.microsoftonline.com/{tenantid}/v2.0", tid);
+        assert!(multi.contains(&format!("https://login.microsoftonline.com/{tid}/v2.0")));
+        assert!(multi.contains(&format!("https://sts.windows.net/{tid}/")));
+
+        assert_eq!(accepted_issuers("http://127.0.0.1:4000", tid), vec!["http://127.0.0.1:4000".to_owned()]);
+    }
+
+    #[test]
+    fn app_and_delegated_tokens_take_permissions_from_roles_and_scp() {
+        let claims = |roles: Vec<&str>, scp: Option<&str>, idtyp: Option<&str>| Claims {
+            iss: "i".into(),
+            sub: "s".into(),
+            exp: 10,
+            nbf: None,
+            tid: Some("t".into()),
+            oid: Some("o".into()),
+            azp: None,
+            appid: Some("legacy-app".into()),
+            idtyp: idtyp.map(Into::into),
+            name: None,
+            roles: roles.into_iter().map(Into::into).collect(),
+            scp: scp.map(Into::into),
+        };
+        let app = principal_from(claims(vec!["Documents.Read"], None, Some("app")), "t".into());
+        assert_eq!(app.kind, PrincipalKind::App);
+        assert!(app.permissions.contains(Permission::DocumentsRead));
+        assert_eq!(app.app_id.as_deref(), Some("legacy-app"), "v1 appid is the app id");
+        let user = principal_from(claims(vec!["Documents.Write"], Some("Documents.Read Usage.Read"), None), "t".into());
+        assert_eq!(user.kind, PrincipalKind::Delegated);
+        assert!(user.permissions.contains(Permission::UsageRead));
+        assert!(!user.permissions.contains(Permission::DocumentsWrite), "a user's roles do not widen the app's scopes");
+    }
+}

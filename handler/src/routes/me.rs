@@ -1,0 +1,71 @@
+//! `GET /api/v1/me`: who the caller is, as Meterline sees it: principal, tenant, plan and effective permissions.
+
+use actix_web::{HttpResponse, get, web};
+use serde::Serialize;
+
+use crate::auth::PrincipalKind;
+use crate::auth::guard::{Authenticated, Authorized};
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// The caller's identity and what it may do.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Me {
+    /// `app` (client credentials) or `delegated` (on behalf of a user).
+    pub kind: &'static str,
+    pub subject: String,
+    pub object_id: Option<String>,
+    /// The Entra directory (`tid`) of the token.
+    pub directory_id: String,
+    /// The calling application (`azp`/`appid`).
+    pub app_id: Option<String>,
+    pub name: Option<String>,
+    /// Effective permissions after any API-client registration narrowed them.
+    pub permissions: Vec<&'static str>,
+    /// The Meterline tenant every data access is scoped to; absent for platform administrators without one.
+    pub tenant: Option<MeTenant>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeTenant {
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub status: &'static str,
+    pub plan: String,
+}
+
+/// Describes the authenticated caller.
+#[utoipa::path(
+    tag = "identity",
+    operation_id = "getMe",
+    security(("entra" = [])),
+    responses(
+        (status = 200, description = "The caller", body = Me),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller's tenant is unknown or suspended", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[get("/me")]
+pub async fn get_me(auth: Authorized<Authenticated>, _state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    let p = &auth.principal;
+    Ok(HttpResponse::Ok().json(Me {
+        kind: match p.kind {
+            PrincipalKind::App => "app",
+            PrincipalKind::Delegated => "delegated",
+        },
+        subject: p.subject.clone(),
+        object_id: p.object_id.clone(),
+        directory_id: p.directory_id.clone(),
+        app_id: p.app_id.clone(),
+        name: p.name.clone(),
+        permissions: auth.permissions.iter().map(|p| p.as_str()).collect(),
+        tenant: auth.tenant.as_ref().map(|t| MeTenant {
+            id: t.id,
+            name: t.name.clone(),
+            status: t.status.as_str(),
+            plan: t.plan_code.clone(),
+        }),
+    }))
+}
