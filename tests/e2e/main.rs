@@ -4,6 +4,7 @@
 
 mod cli;
 mod host_protocol;
+mod identity;
 mod layout;
 mod store_contract;
 mod support;
