@@ -11,13 +11,14 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> DateTime<Utc>;
 }
 
-/// The real wall clock.
+/// The real wall clock, at microsecond precision: what both stores keep (DATETIME2(6), RFC 3339 micros),
+/// so a time the API returns is exactly the time it stored and compares equal when a client sends it back.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        chrono::SubsecRound::trunc_subsecs(Utc::now(), 6)
     }
 }
 
@@ -82,6 +83,12 @@ mod tests {
         assert_eq!(clock.now(), start);
         clock.advance(chrono::Duration::seconds(1));
         assert_eq!(clock.now().to_rfc3339(), "2026-02-01T00:00:00+00:00");
+    }
+
+    #[test]
+    fn the_system_clock_has_microsecond_precision() {
+        let now = SystemClock.now();
+        assert_eq!(now.timestamp_subsec_nanos() % 1000, 0);
     }
 
     #[test]

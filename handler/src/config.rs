@@ -126,6 +126,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         description: "local mode: the RSA key `handler dev-token` signs with and the server trusts; created if missing.",
     },
     SettingDoc {
+        name: "METERLINE_CURSOR_KEY",
+        default: "(random per process outside Azure)",
+        description: "Secret. At least 32 characters; signs list cursors so they cannot be forged or replayed with other filters. Required in Azure: every instance must share it (a Key Vault reference).",
+    },
+    SettingDoc {
         name: "METERLINE_SHUTDOWN_TIMEOUT_SECS",
         default: "10",
         description: "How long a graceful shutdown waits for in-flight requests.",
@@ -205,6 +210,8 @@ pub struct Config {
     pub workers: usize,
     pub shutdown_timeout: Duration,
     pub auth: AuthConfig,
+    /// Signs list cursors; `None` means a random key for this process (never in Azure).
+    pub cursor_key: Option<SecretString>,
 }
 
 impl Config {
@@ -285,11 +292,23 @@ impl Config {
 
         let in_azure = get("WEBSITE_INSTANCE_ID").is_some();
         let auth = auth_config(&get, in_azure)?;
+        let cursor_key = match get("METERLINE_CURSOR_KEY") {
+            Some(key) if key.len() >= 32 => Some(SecretString::from(key)),
+            Some(_) => return Err(ConfigError::new("METERLINE_CURSOR_KEY", "must be at least 32 characters")),
+            None if in_azure => {
+                return Err(ConfigError::new(
+                    "METERLINE_CURSOR_KEY",
+                    "required in Azure, where instances must verify each other's cursors",
+                ));
+            }
+            None => None,
+        };
 
         Ok(Config {
             runtime,
             in_azure,
             auth,
+            cursor_key,
             bind_address,
             port,
             store,
@@ -465,6 +484,7 @@ mod tests {
                 "METERLINE_AUTH_AUDIENCES",
             ),
             (vec![("METERLINE_AUTH_CLOCK_SKEW_SECS", "900")], "METERLINE_AUTH_CLOCK_SKEW_SECS"),
+            (vec![("METERLINE_CURSOR_KEY", "short")], "METERLINE_CURSOR_KEY"),
             (vec![("WEBSITE_INSTANCE_ID", "abc"), ("METERLINE_AUTH_MODE", "local")], "METERLINE_AUTH_MODE"),
         ] {
             let err = config(&pairs).unwrap_err();
@@ -477,10 +497,11 @@ mod tests {
     fn auth_defaults_to_local_outside_azure_and_to_entra_inside() {
         let local = config(&[]).unwrap();
         assert_eq!(local.auth.mode, AuthMode::Local { key_path: "data/dev-signing-key.pem".into() });
-        let err = config(&[("WEBSITE_INSTANCE_ID", "abc")]).unwrap_err();
+        let err = config(&[("WEBSITE_INSTANCE_ID", "abc"), ("METERLINE_CURSOR_KEY", &"k".repeat(32))]).unwrap_err();
         assert_eq!(err.setting, "METERLINE_AUTH_AUTHORITY", "in Azure, entra is the default and needs an authority");
         let entra = config(&[
             ("WEBSITE_INSTANCE_ID", "abc"),
+            ("METERLINE_CURSOR_KEY", &"k".repeat(32)),
             ("METERLINE_AUTH_AUTHORITY", "https://login.microsoftonline.com/organizations/v2.0/"),
             ("METERLINE_AUTH_AUDIENCES", "api://meterline, 6f1c2a3b-0000-0000-0000-000000000000"),
             ("METERLINE_AUTH_ALLOWED_TENANTS", "72F988BF-86F1-41AF-91AB-2D7CD011DB47"),

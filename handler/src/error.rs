@@ -82,6 +82,12 @@ error_codes! {
     ClientRevoked => (StatusCode::FORBIDDEN, "client-revoked", "API client revoked"),
     /// The identity provider's signing keys cannot be loaded; retrying later may succeed.
     IdentityProviderUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "identity-provider-unavailable", "Identity provider unavailable"),
+    /// A write came without `If-Match`; send the resource's ETag (or `*`).
+    PreconditionRequired => (StatusCode::PRECONDITION_REQUIRED, "precondition-required", "Precondition required"),
+    /// The ETag in `If-Match` is not the resource's current one; the response carries the current ETag.
+    PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "precondition-failed", "Precondition failed"),
+    /// An idempotency key was reused with a different request.
+    IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", "Idempotency key reused"),
     /// The request conflicts with the current state, e.g. a unique key already exists.
     Conflict => (StatusCode::CONFLICT, "conflict", "Conflict"),
     /// A Functions host invocation names a function this handler does not implement.

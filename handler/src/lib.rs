@@ -2,6 +2,7 @@
 //!
 //! Start at [`cli`] (the entry point) and [`startup`] (how the app is assembled); `ARCHITECTURE.md` has the map.
 
+pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod clock;

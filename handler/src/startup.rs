@@ -49,6 +49,7 @@ pub fn app(
         .app_data(query_config())
         .app_data(web::PayloadConfig::new(max_body))
         .default_service(web::to(crate::routes::not_matched))
+        .wrap(from_fn(crate::api::deprecation::announce))
         .wrap(from_fn(crate::telemetry::middleware))
 }
 

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::api::cursor::CursorSigner;
 use crate::auth::Authenticator;
 use crate::clock::{Clock, IdGenerator};
 use crate::config::Config;
@@ -16,6 +17,8 @@ pub struct AppState {
     pub ids: Arc<dyn IdGenerator>,
     /// Validates bearer tokens (and caches the results).
     pub auth: Arc<Authenticator>,
+    /// Signs and checks list cursors.
+    pub cursors: CursorSigner,
     /// The OpenAPI document, serialized once.
     pub openapi_json: actix_web::web::Bytes,
     /// Path templates and methods of every route, for 405 answers.
@@ -33,6 +36,11 @@ impl AppState {
         let routes = RouteTable::from_openapi(&openapi);
         let openapi_json = serde_json::to_vec(&openapi).expect("the OpenAPI document serializes").into();
         let auth = Arc::new(Authenticator::from_config(&config.auth, clock.clone())?);
-        Ok(AppState { config: Arc::new(config), store, clock, ids, auth, openapi_json, routes })
+        let cursor_key = match &config.cursor_key {
+            Some(key) => secrecy::ExposeSecret::expose_secret(key).as_bytes().to_vec(),
+            None => [ids.new_id().as_bytes().as_slice(), ids.new_id().as_bytes().as_slice()].concat(),
+        };
+        let cursors = CursorSigner::new(cursor_key);
+        Ok(AppState { config: Arc::new(config), store, clock, ids, auth, cursors, openapi_json, routes })
     }
 }

@@ -2,9 +2,12 @@
 //!
 //! One test binary (faster to link than one per file); each module is one concern.
 
+mod api;
 mod cli;
+mod docs_page;
 mod host_protocol;
 mod identity;
 mod layout;
+mod openapi;
 mod store_contract;
 mod support;

@@ -36,7 +36,12 @@ pub const HTTP_OUTPUT_BINDING: &str = "res";
 pub const FUNCTIONS: &[FunctionDef] = &[
     FunctionDef { name: "Health", trigger_binding: "req", trigger: Trigger::Http { route: "health/{*rest}" } },
     FunctionDef { name: "OpenApi", trigger_binding: "req", trigger: Trigger::Http { route: "openapi.json" } },
+    FunctionDef { name: "Docs", trigger_binding: "req", trigger: Trigger::Http { route: "docs/{*rest}" } },
     FunctionDef { name: "Me", trigger_binding: "req", trigger: Trigger::Http { route: "v1/me" } },
+    FunctionDef { name: "WhoAmI", trigger_binding: "req", trigger: Trigger::Http { route: "v1/whoami" } },
+    FunctionDef { name: "Documents", trigger_binding: "req", trigger: Trigger::Http { route: "v1/documents/{*rest}" } },
+    FunctionDef { name: "Plans", trigger_binding: "req", trigger: Trigger::Http { route: "v1/plans/{*rest}" } },
+    FunctionDef { name: "Clients", trigger_binding: "req", trigger: Trigger::Http { route: "v1/clients/{*rest}" } },
     FunctionDef { name: "Tenants", trigger_binding: "req", trigger: Trigger::Http { route: "v1/tenants/{*rest}" } },
     FunctionDef {
         name: "UsageRollup",

@@ -1,12 +1,11 @@
 //! `GET /api/v1/me`: who the caller is, as Meterline sees it: principal, tenant, plan and effective permissions.
 
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpResponse, get};
 use serde::Serialize;
 
 use crate::auth::PrincipalKind;
 use crate::auth::guard::{Authenticated, Authorized};
 use crate::error::AppError;
-use crate::state::AppState;
 
 /// The caller's identity and what it may do.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -48,7 +47,27 @@ pub struct MeTenant {
     )
 )]
 #[get("/me")]
-pub async fn get_me(auth: Authorized<Authenticated>, _state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+pub async fn get_me(auth: Authorized<Authenticated>) -> Result<HttpResponse, AppError> {
+    describe(&auth)
+}
+
+/// The old name of `getMe`, kept until its sunset; responses carry `Deprecation` and `Sunset`.
+#[utoipa::path(
+    tag = "identity",
+    operation_id = "getWhoAmI",
+    security(("entra" = [])),
+    responses(
+        (status = 200, description = "The caller (deprecated: use getMe)", body = Me),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller's tenant is unknown or suspended", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[get("/whoami")]
+pub async fn get_whoami(auth: Authorized<Authenticated>) -> Result<HttpResponse, AppError> {
+    describe(&auth)
+}
+
+fn describe(auth: &Authorized<Authenticated>) -> Result<HttpResponse, AppError> {
     let p = &auth.principal;
     Ok(HttpResponse::Ok().json(Me {
         kind: match p.kind {

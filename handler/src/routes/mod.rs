@@ -1,7 +1,11 @@
 //! The HTTP API: the one route table (which also generates the OpenAPI document) and the not-matched fallback.
 
+pub mod clients;
+pub mod docs;
+pub mod documents;
 pub mod health;
 pub mod me;
+pub mod plans;
 pub mod tenants;
 
 use actix_web::dev::ResourceDef;
@@ -55,13 +59,32 @@ impl utoipa::Modify for BearerSecurity {
 pub fn configure(cfg: &mut ServiceConfig) {
     // Before any scope: a resource registered after a scope with the same prefix is never reached.
     cfg.service(openapi_document);
+    cfg.configure(docs::configure); // Swagger UI at /api/docs; not an API operation, not in the document
     // Everything under /api/v1 is authenticated by one middleware; each handler declares its permission.
     cfg.service(
         utoipa_actix_web::scope("/api/v1")
             .wrap(actix_web::middleware::from_fn(crate::auth::guard::authenticate))
             .service(me::get_me)
+            .service(me::get_whoami)
             .service(tenants::list_tenants)
-            .service(tenants::get_tenant),
+            .service(tenants::create_tenant)
+            .service(tenants::get_tenant)
+            .service(tenants::patch_tenant)
+            .service(tenants::suspend_tenant)
+            .service(tenants::reactivate_tenant)
+            .service(plans::list_plans)
+            .service(plans::create_plan)
+            .service(plans::get_plan)
+            .service(plans::replace_plan)
+            .service(clients::list_clients)
+            .service(clients::register_client)
+            .service(clients::revoke_client)
+            .service(documents::list_documents)
+            .service(documents::create_document)
+            .service(documents::get_document)
+            .service(documents::replace_document)
+            .service(documents::patch_document)
+            .service(documents::delete_document),
     );
     // After /api/v1: actix matches scopes by prefix in registration order, and /api would swallow /api/v1.
     cfg.service(utoipa_actix_web::scope("/api").service(health::live).service(health::ready));
@@ -69,9 +92,30 @@ pub fn configure(cfg: &mut ServiceConfig) {
 
 /// The OpenAPI 3.1 document of the API, as served at `/api/openapi.json` and printed by `handler openapi`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, doc) =
+    let (_, mut doc) =
         actix_web::App::new().into_utoipa_app().openapi(ApiDoc::openapi()).configure(configure).split_for_parts();
+    crate::api::deprecation::mark(&mut doc);
+    annotate_permissions(&mut doc);
     doc
+}
+
+/// `x-meterline-permission` on every operation: the permission its security requirement names,
+/// `authenticated` when any caller with a valid token passes, `anonymous` without a requirement.
+fn annotate_permissions(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        for op in
+            [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten()
+        {
+            let value = serde_json::to_value(&op.security).unwrap_or_default();
+            let permission = match value.pointer("/0/entra").and_then(|s| s.as_array()) {
+                None => "anonymous".to_owned(),
+                Some(scopes) => scopes.first().and_then(|s| s.as_str()).unwrap_or("authenticated").to_owned(),
+            };
+            let mut extensions = op.extensions.take().unwrap_or_default();
+            extensions.insert("x-meterline-permission".into(), serde_json::Value::String(permission));
+            op.extensions = Some(extensions);
+        }
+    }
 }
 
 /// Serves the OpenAPI document.
@@ -85,44 +129,60 @@ async fn openapi_document(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().content_type("application/json").body(state.openapi_json.clone())
 }
 
-/// Every route's path template and methods, to tell "no such path" (404) from "not this method" (405).
+/// Every route's path template, methods and operation ids: 404 versus 405, and which operation a request is.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    entries: Vec<(ResourceDef, Vec<&'static str>)>,
+    entries: Vec<(ResourceDef, Vec<RouteMethod>)>,
 }
+
+/// A method served on a route, and the operation id behind it (none for the host-protocol routes).
+type RouteMethod = (&'static str, Option<String>);
 
 impl RouteTable {
     pub fn from_openapi(doc: &utoipa::openapi::OpenApi) -> Self {
         let mut table = RouteTable::default();
         for (path, item) in &doc.paths.paths {
-            let methods = [
-                ("GET", item.get.is_some()),
-                ("PUT", item.put.is_some()),
-                ("POST", item.post.is_some()),
-                ("DELETE", item.delete.is_some()),
-                ("OPTIONS", item.options.is_some()),
-                ("HEAD", item.head.is_some()),
-                ("PATCH", item.patch.is_some()),
+            let operations = [
+                ("GET", &item.get),
+                ("PUT", &item.put),
+                ("POST", &item.post),
+                ("DELETE", &item.delete),
+                ("OPTIONS", &item.options),
+                ("HEAD", &item.head),
+                ("PATCH", &item.patch),
             ];
-            table.add(path, methods.iter().filter(|(_, present)| *present).map(|(m, _)| *m).collect());
+            let methods =
+                operations.iter().filter_map(|(m, op)| op.as_ref().map(|op| (*m, op.operation_id.clone()))).collect();
+            table.entries.push((ResourceDef::new(path.as_str()), methods));
         }
         table
     }
 
     pub fn add(&mut self, template: &str, methods: Vec<&'static str>) {
-        self.entries.push((ResourceDef::new(template), methods));
+        self.entries.push((ResourceDef::new(template), methods.into_iter().map(|m| (m, None)).collect()));
     }
 
     /// The methods allowed on `path`, or `None` when no route template matches it.
     pub fn allowed_methods(&self, path: &str) -> Option<Vec<&'static str>> {
-        let mut allowed: Vec<&'static str> =
-            self.entries.iter().filter(|(def, _)| def.is_match(path)).flat_map(|(_, m)| m.iter().copied()).collect();
+        let mut allowed: Vec<&'static str> = self
+            .entries
+            .iter()
+            .filter(|(def, _)| def.is_match(path))
+            .flat_map(|(_, m)| m.iter().map(|(method, _)| *method))
+            .collect();
         if allowed.is_empty() {
             return None;
         }
         allowed.sort_unstable();
         allowed.dedup();
         Some(allowed)
+    }
+
+    /// The operation id serving `method` on `path`. Literal templates win over parameterized ones.
+    pub fn operation(&self, method: &str, path: &str) -> Option<&str> {
+        let mut matches: Vec<_> = self.entries.iter().filter(|(def, _)| def.is_match(path)).collect();
+        matches.sort_by_key(|(def, _)| def.pattern().map_or(0, |p| p.matches('{').count()));
+        matches.iter().find_map(|(_, ops)| ops.iter().find(|(m, _)| *m == method).and_then(|(_, id)| id.as_deref()))
     }
 }
 
@@ -160,5 +220,7 @@ mod tests {
         assert_eq!(table.allowed_methods("/api/health"), Some(vec!["GET"]));
         assert_eq!(table.allowed_methods("/api/health/ready"), Some(vec!["GET"]));
         assert_eq!(table.allowed_methods("/api/openapi.json"), Some(vec!["GET"]));
+        assert_eq!(table.operation("GET", "/api/health/ready"), Some("getReadiness"));
+        assert_eq!(table.operation("POST", "/api/health/ready"), None);
     }
 }

@@ -1,7 +1,12 @@
-//! `/api/v1/tenants` (Platform.Admin): the tenant directory. Reads for now; writes land with the admin API.
+//! `/api/v1/tenants` (Platform.Admin): the tenant directory: onboard, rename, change plan, suspend, reactivate.
 
-use actix_web::http::header;
-use actix_web::{HttpResponse, get, web};
+use actix_web::http::header::{self, ContentType};
+use actix_web::{HttpRequest, HttpResponse, get, patch, post, web};
+use validator::Validate;
+
+use crate::api::conditional::{expected_version, not_modified, precondition_failed, require_if_match};
+use crate::api::validation::validate;
+use crate::store::{StoreError, TenantChanges, TenantStatus, Update};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -61,7 +66,7 @@ pub struct ListParams {
 }
 
 fn etag(t: &Tenant) -> String {
-    format!("\"{}\"", t.version)
+    crate::api::conditional::etag(t.version)
 }
 
 fn encode_cursor(c: &TenantCursor) -> String {
@@ -127,6 +132,7 @@ pub async fn list_tenants(
     params(("id" = Uuid, Path, description = "The tenant id")),
     responses(
         (status = 200, description = "The tenant; ETag carries its version", body = TenantView),
+        (status = 304, description = "Not modified"),
         (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = crate::error::Problem, content_type = "application/problem+json")
@@ -135,13 +141,210 @@ pub async fn list_tenants(
 #[get("/tenants/{id}")]
 pub async fn get_tenant(
     _auth: Authorized<PlatformAdmin>,
+    req: HttpRequest,
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let not_found = || AppError::new(ErrorCode::NotFound).with_detail("no tenant with this id");
-    let id: Uuid = id.parse().map_err(|_| not_found())?;
-    let tenant = state.store.get_tenant(id).await?.ok_or_else(not_found)?;
-    Ok(HttpResponse::Ok().insert_header((header::ETAG, etag(&tenant))).json(TenantView::from(&tenant)))
+    let tenant = state.store.get_tenant(parse_id(&id)?).await?.ok_or_else(not_found)?;
+    if not_modified(&req, tenant.version) {
+        return Ok(HttpResponse::NotModified().insert_header((header::ETAG, etag(&tenant))).finish());
+    }
+    Ok(respond(actix_web::http::StatusCode::OK, &tenant))
+}
+
+fn not_found() -> AppError {
+    AppError::new(ErrorCode::NotFound).with_detail("no tenant with this id")
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, AppError> {
+    raw.parse().map_err(|_| not_found())
+}
+
+fn respond(status: actix_web::http::StatusCode, tenant: &Tenant) -> HttpResponse {
+    let mut response = HttpResponse::build(status);
+    response.insert_header((header::ETAG, etag(tenant))).insert_header(ContentType::json());
+    if status == actix_web::http::StatusCode::CREATED {
+        response.insert_header((header::LOCATION, format!("/api/v1/tenants/{}", tenant.id)));
+    }
+    response.json(TenantView::from(tenant))
+}
+
+fn unknown_plan() -> AppError {
+    AppError::new(ErrorCode::ValidationFailed)
+        .with_detail("the plan does not exist")
+        .with_field_errors(vec![FieldError::new("plan", "unknown", "no plan with this code")])
+}
+
+/// A new tenant.
+#[derive(Debug, Clone, Serialize, Deserialize, Validate, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TenantCreate {
+    #[validate(length(min = 1, max = 200))]
+    pub name: String,
+    /// The plan code.
+    #[validate(length(min = 1, max = 64))]
+    pub plan: String,
+    /// The Entra directory (`tid`) whose tokens map to this tenant; unique.
+    pub entra_tenant_id: Option<Uuid>,
+}
+
+/// Onboards a tenant (status `active`).
+#[utoipa::path(
+    tag = "tenants",
+    operation_id = "createTenant",
+    security(("entra" = ["Platform.Admin"])),
+    request_body(content = TenantCreate, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = TenantView),
+        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The Entra directory already has a tenant", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields or unknown plan", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[post("/tenants")]
+pub async fn create_tenant(
+    _auth: Authorized<PlatformAdmin>,
+    input: web::Json<TenantCreate>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let input = input.into_inner();
+    validate(&input)?;
+    let now = state.clock.now();
+    let tenant = Tenant {
+        id: state.ids.new_id(),
+        entra_tenant_id: input.entra_tenant_id,
+        name: input.name,
+        status: TenantStatus::Active,
+        plan_code: input.plan,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    match state.store.create_tenant(&tenant).await {
+        Ok(()) => Ok(respond(actix_web::http::StatusCode::CREATED, &tenant)),
+        Err(StoreError::ForeignKey(_)) => Err(unknown_plan()),
+        Err(StoreError::Conflict(_)) => {
+            Err(AppError::new(ErrorCode::Conflict).with_detail("this Entra directory already has a tenant"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The fields a merge patch may change.
+#[derive(Debug, Clone, Default, Deserialize, Validate, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TenantPatch {
+    #[validate(length(min = 1, max = 200))]
+    pub name: Option<String>,
+    /// Change the plan: new limits apply at once; the current period keeps its quota.
+    #[validate(length(min = 1, max = 64))]
+    pub plan: Option<String>,
+}
+
+async fn change(
+    state: &AppState,
+    req: &HttpRequest,
+    id: &str,
+    changes: TenantChanges,
+) -> Result<HttpResponse, AppError> {
+    let precondition = require_if_match(req)?;
+    let current = state.store.get_tenant(parse_id(id)?).await?.ok_or_else(not_found)?;
+    let version = expected_version(precondition, current.version)?;
+    match state.store.update_tenant(current.id, &changes, version, state.clock.now()).await {
+        Ok(Update::Updated(saved)) => Ok(respond(actix_web::http::StatusCode::OK, &saved)),
+        Ok(Update::NotFound) => Err(not_found()),
+        Ok(Update::VersionMismatch { current_version }) => Err(precondition_failed(current_version)),
+        Err(StoreError::ForeignKey(_)) => Err(unknown_plan()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Renames a tenant or changes its plan (JSON merge patch). Requires `If-Match`.
+#[utoipa::path(
+    tag = "tenants",
+    operation_id = "patchTenant",
+    security(("entra" = ["Platform.Admin"])),
+    params(("id" = Uuid, Path, description = "The tenant id"), ("If-Match" = String, Header, description = "The ETag last read, or *")),
+    request_body(content = TenantPatch, content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "Changed", body = TenantView),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The ETag is stale", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/merge-patch+json", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields or unknown plan", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 428, description = "If-Match is missing", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[patch("/tenants/{id}")]
+pub async fn patch_tenant(
+    _auth: Authorized<PlatformAdmin>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.to_ascii_lowercase().starts_with("application/merge-patch+json") {
+        return Err(AppError::new(ErrorCode::UnsupportedMediaType)
+            .with_detail("PATCH takes a JSON merge patch: Content-Type: application/merge-patch+json"));
+    }
+    let patch: TenantPatch = serde_json::from_slice(&body).map_err(|e| crate::error::serde_json_error(&e))?;
+    validate(&patch)?;
+    change(&state, &req, &id, TenantChanges { name: patch.name, status: None, plan_code: patch.plan }).await
+}
+
+/// Suspends a tenant: its callers get 403 `tenant-suspended` until it is reactivated. Requires `If-Match`.
+#[utoipa::path(
+    tag = "tenants",
+    operation_id = "suspendTenant",
+    security(("entra" = ["Platform.Admin"])),
+    params(("id" = Uuid, Path, description = "The tenant id"), ("If-Match" = String, Header, description = "The ETag last read, or *")),
+    responses(
+        (status = 200, description = "Suspended", body = TenantView),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The ETag is stale", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 428, description = "If-Match is missing", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[post("/tenants/{id}/suspend")]
+pub async fn suspend_tenant(
+    _auth: Authorized<PlatformAdmin>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    change(&state, &req, &id, TenantChanges { status: Some(TenantStatus::Suspended), ..Default::default() }).await
+}
+
+/// Reactivates a suspended tenant. Requires `If-Match`.
+#[utoipa::path(
+    tag = "tenants",
+    operation_id = "reactivateTenant",
+    security(("entra" = ["Platform.Admin"])),
+    params(("id" = Uuid, Path, description = "The tenant id"), ("If-Match" = String, Header, description = "The ETag last read, or *")),
+    responses(
+        (status = 200, description = "Active again", body = TenantView),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The ETag is stale", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 428, description = "If-Match is missing", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[post("/tenants/{id}/reactivate")]
+pub async fn reactivate_tenant(
+    _auth: Authorized<PlatformAdmin>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    change(&state, &req, &id, TenantChanges { status: Some(TenantStatus::Active), ..Default::default() }).await
 }
 
 #[cfg(test)]

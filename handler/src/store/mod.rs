@@ -114,6 +114,83 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Update<Tenant>, StoreError>;
 
+    /// Applies `changes` if the row is still at `expected_version` (`ForeignKey` for an unknown plan).
+    async fn update_tenant(
+        &self,
+        id: Uuid,
+        changes: &TenantChanges,
+        expected_version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Update<Tenant>, StoreError>;
+
+    /// All plans, ordered by code (there are few).
+    async fn list_plans(&self) -> Result<Vec<Plan>, StoreError>;
+
+    /// Replaces a plan's fields (all but code and created_at) if it is still at `expected_version`.
+    async fn update_plan(&self, plan: &Plan, expected_version: i64) -> Result<Update<Plan>, StoreError>;
+
+    /// A tenant's API clients, oldest first.
+    async fn list_api_clients(&self, tenant_id: Uuid) -> Result<Vec<ApiClient>, StoreError>;
+
+    /// Revokes a client of `tenant_id` (a client of another tenant is `NotFound`): sets `status = 'revoked'`,
+    /// `revoked_at` and bumps the version. Idempotent: revoking a revoked client changes nothing and returns
+    /// `Updated` with the row as it is (its first `revoked_at`, its version).
+    async fn revoke_api_client(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Update<ApiClient>, StoreError>;
+
+    // Documents: every method is scoped by tenant; another tenant's document does not exist.
+
+    /// Inserts a document with its tags and, in the same transaction, the idempotency record of the
+    /// request that created it. `Conflict` when the idempotency key is taken (the caller then replays); a
+    /// record that has expired by the new record's `created_at` no longer takes the key and is replaced.
+    async fn create_document(
+        &self,
+        document: &Document,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<(), StoreError>;
+
+    /// A live (not deleted) document of the tenant.
+    async fn get_document(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<Document>, StoreError>;
+
+    /// Replaces every field and the tags of a live document if it is still at `expected_version`; the
+    /// stored version becomes `expected_version + 1` whatever `document.version` says.
+    async fn update_document(&self, document: &Document, expected_version: i64)
+    -> Result<Update<Document>, StoreError>;
+
+    /// Soft-deletes a live document if it is still at `expected_version`.
+    async fn delete_document(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Update<()>, StoreError>;
+
+    /// One keyset page of live documents matching `filter`, in `sort` order with id as the tie-breaker.
+    /// `tags_any` may hold at most 20 tags (more is an error: the API must refuse them first).
+    async fn list_documents(
+        &self,
+        tenant_id: Uuid,
+        filter: &DocumentFilter,
+        sort: DocumentSort,
+        after: Option<&DocumentCursor>,
+        limit: u32,
+        count: bool,
+    ) -> Result<DocumentPage, StoreError>;
+
+    /// A stored idempotency record that has not expired at `now`.
+    async fn get_idempotency(
+        &self,
+        tenant_id: Uuid,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+
     /// Registers an API client with its roles; `Conflict` if the app id is registered already.
     async fn create_api_client(&self, client: &ApiClient) -> Result<(), StoreError>;
 

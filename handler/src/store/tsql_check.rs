@@ -1,6 +1,7 @@
 //! Parse-checks every T-SQL statement Meterline sends to SQL Server, since no SQL Server runs on our machines.
 //!
-//! Statements come from the migration files and from `mssql::queries::ALL`. Each is parsed with sqlparser's
+//! Statements come from the migration files, from `mssql::queries::ALL` and, for the statements assembled at run
+//! time, from `mssql::queries::assembled_examples` (every shape the assembling functions produce). Each is parsed with sqlparser's
 //! `MsSqlDialect`; the few it cannot parse are listed in [`KNOWN_UNPARSEABLE`] with the reason, and the test
 //! fails if a listed statement starts parsing (so the list never goes stale) or an unlisted one fails.
 
@@ -96,6 +97,12 @@ fn all_statements() -> Vec<(String, String)> {
             all.push((format!("query {name}"), statement));
         }
     }
+    // Statements assembled at run time (the document listing): every shape the assembling functions produce.
+    for (name, assembled) in super::mssql::queries::assembled_examples() {
+        for statement in split_statements(&assembled.sql) {
+            all.push((format!("assembled {name}"), statement));
+        }
+    }
     all
 }
 
@@ -143,4 +150,23 @@ fn the_splitter_respects_strings_comments_and_brackets() {
     let parts = split_statements("SELECT 'a;b' -- c;d\n; SELECT [x;y] FROM t;\n\n");
     assert_eq!(parts, vec!["SELECT 'a;b' \n".trim().to_owned(), "SELECT [x;y] FROM t".to_owned()]);
     assert_eq!(split_statements("EXEC (N'it''s; fine');").len(), 1);
+}
+
+/// An assembled statement binds exactly one value per placeholder: `@P1` to `@Pn` all appear, and no other.
+#[test]
+fn assembled_statements_bind_one_value_per_placeholder() {
+    for (name, assembled) in super::mssql::queries::assembled_examples() {
+        let mut used: Vec<usize> = assembled
+            .sql
+            .match_indices("@P")
+            .map(|(at, _)| {
+                let digits: String = assembled.sql[at + 2..].chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().unwrap_or_else(|_| panic!("{name}: a placeholder without a number"))
+            })
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        let expected: Vec<usize> = (1..=assembled.args.len()).collect();
+        assert_eq!(used, expected, "{name}: placeholders vs bound values\n{}", assembled.sql);
+    }
 }

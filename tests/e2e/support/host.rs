@@ -185,6 +185,12 @@ impl ClientRequest {
         self
     }
 
+    /// A raw body; set its Content-Type with [`header`](Self::header).
+    pub fn body(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.body = Some(bytes.into());
+        self
+    }
+
     pub fn json(mut self, body: &Value) -> Self {
         self.body = Some(serde_json::to_vec(body).unwrap());
         self.header("Content-Type", "application/json")

@@ -5,13 +5,14 @@
 //! keyed by event id, leases. A debit or a conditional update is not, because a commit whose answer was
 //! lost may have happened; the caller sees 503 and decides.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use secrecy::SecretString;
-use tiberius::{Row, ToSql};
+use tiberius::{ColumnData, Row, ToSql};
 use uuid::Uuid;
 
 use super::connection::{MssqlClient, MssqlConnector, MssqlManager, pool_error, pool_with_timeout};
@@ -186,6 +187,151 @@ fn quota_from(row: &Row) -> Result<QuotaUsage, StoreError> {
         overage_policy: OveragePolicy::parse(&policy).ok_or_else(|| corrupt("overage policy", &policy))?,
         units_used: required(row, 5)?,
         overage_units: required(row, 6)?,
+    })
+}
+
+impl ToSql for q::Arg {
+    fn to_sql(&self) -> ColumnData<'_> {
+        match self {
+            q::Arg::Int(v) => v.to_sql(),
+            q::Arg::Id(v) => v.to_sql(),
+            q::Arg::Text(v) => v.to_sql(),
+            q::Arg::Time(v) => v.to_sql(),
+            q::Arg::Date(v) => v.to_sql(),
+        }
+    }
+}
+
+/// Runs an assembled statement; returns the rows of its first result set.
+async fn assembled_rows(conn: &mut MssqlClient, statement: &q::Assembled) -> Result<Vec<Row>, StoreError> {
+    let params: Vec<&dyn ToSql> = statement.args.iter().map(|arg| arg as &dyn ToSql).collect();
+    rows(conn, &statement.sql, &params).await
+}
+
+/// An API client row without its roles.
+fn api_client_from(row: &Row) -> Result<ApiClient, StoreError> {
+    let status = text(row, 4)?;
+    Ok(ApiClient {
+        id: required(row, 0)?,
+        tenant_id: required(row, 1)?,
+        app_id: text(row, 2)?,
+        display_name: text(row, 3)?,
+        roles: Vec::new(),
+        active: status == "active",
+        created_at: required(row, 5)?,
+        revoked_at: column(row, 6)?,
+        version: required(row, 7)?,
+    })
+}
+
+async fn client_roles(conn: &mut MssqlClient, client_id: Uuid) -> Result<Vec<String>, StoreError> {
+    rows(conn, q::API_CLIENT_ROLES, &[&client_id]).await?.iter().map(|r| text(r, 0)).collect()
+}
+
+/// A client of `tenant_id` with its roles; a client of another tenant is `None`.
+async fn read_api_client(conn: &mut MssqlClient, tenant_id: Uuid, id: Uuid) -> Result<Option<ApiClient>, StoreError> {
+    let found = rows(conn, q::GET_TENANT_API_CLIENT, &[&tenant_id, &id]).await?;
+    let Some(mut client) = found.first().map(api_client_from).transpose()? else { return Ok(None) };
+    client.roles = client_roles(conn, client.id).await?;
+    Ok(Some(client))
+}
+
+/// A document row without its tags (see [`load_tags`]), in the column order of `document_columns!`.
+fn document_from(row: &Row) -> Result<Document, StoreError> {
+    let status = text(row, 7)?;
+    Ok(Document {
+        id: required(row, 0)?,
+        tenant_id: required(row, 1)?,
+        title: text(row, 2)?,
+        summary: column::<&str>(row, 3)?.map(str::to_owned),
+        body: column::<&str>(row, 4)?.map(str::to_owned),
+        doc_type: text(row, 5)?,
+        jurisdiction: column::<&str>(row, 6)?.map(str::to_owned),
+        status: DocumentStatus::parse(&status).ok_or_else(|| corrupt("document status", &status))?,
+        effective_date: column(row, 8)?,
+        tags: Vec::new(),
+        created_by: text(row, 9)?,
+        updated_by: text(row, 10)?,
+        created_at: required(row, 11)?,
+        updated_at: required(row, 12)?,
+        version: required(row, 13)?,
+    })
+}
+
+/// Fills in the tags of `documents`, all of `tenant_id`, each set sorted (in Rust, so both stores agree).
+async fn load_tags(conn: &mut MssqlClient, tenant_id: Uuid, documents: &mut [Document]) -> Result<(), StoreError> {
+    for chunk in documents.chunks_mut(q::TAG_LOAD_CHUNK) {
+        let ids: Vec<Uuid> = chunk.iter().map(|d| d.id).collect();
+        let mut by_document: HashMap<Uuid, Vec<String>> = HashMap::new();
+        for row in assembled_rows(conn, &q::tags_of_documents(tenant_id, &ids)).await? {
+            by_document.entry(required(&row, 0)?).or_default().push(text(&row, 1)?);
+        }
+        for document in chunk {
+            document.tags = by_document.remove(&document.id).unwrap_or_default();
+            document.tags.sort();
+        }
+    }
+    Ok(())
+}
+
+/// A live document of `tenant_id` with its tags.
+async fn read_document(conn: &mut MssqlClient, tenant_id: Uuid, id: Uuid) -> Result<Option<Document>, StoreError> {
+    let found = rows(conn, q::GET_DOCUMENT, &[&tenant_id, &id]).await?;
+    let Some(document) = found.first().map(document_from).transpose()? else { return Ok(None) };
+    let mut one = [document];
+    load_tags(conn, tenant_id, &mut one).await?;
+    let [document] = one;
+    Ok(Some(document))
+}
+
+/// The version of a live document of `tenant_id`, to tell a stale version from a missing document.
+async fn live_document_version(conn: &mut MssqlClient, tenant_id: Uuid, id: Uuid) -> Result<Option<i64>, StoreError> {
+    rows(conn, q::LIVE_DOCUMENT_VERSION, &[&tenant_id, &id]).await?.first().map(|r| required(r, 0)).transpose()
+}
+
+/// Inserts the tags of `document` (duplicates written once).
+async fn insert_tags(conn: &mut MssqlClient, document: &Document) -> Result<(), StoreError> {
+    let mut tags: Vec<&str> = document.tags.iter().map(String::as_str).collect();
+    tags.sort_unstable();
+    tags.dedup();
+    for tag in tags {
+        execute(conn, q::INSERT_DOCUMENT_TAG, &[&document.id, &document.tenant_id, &tag]).await?;
+    }
+    Ok(())
+}
+
+/// Refuses effective dates `DATE` cannot hold (tiberius would encode them as another date).
+fn check_effective_date(document: &Document) -> Result<(), StoreError> {
+    match document.effective_date {
+        Some(date) if !(q::FIRST_DATE..=q::LAST_DATE).contains(&date) => {
+            Err(StoreError::Other(anyhow::anyhow!("effective date {date} is outside 0001-01-01..9999-12-31")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The cursor of a listed document in `key` order.
+fn cursor_of(document: &Document, key: DocumentSortKey) -> DocumentCursor {
+    let value = match key {
+        DocumentSortKey::UpdatedAt => SortValue::Time(document.updated_at),
+        DocumentSortKey::Title => SortValue::Text(document.title.clone()),
+        DocumentSortKey::EffectiveDate => SortValue::Date(document.effective_date.unwrap_or(NO_EFFECTIVE_DATE)),
+    };
+    DocumentCursor { value, id: document.id }
+}
+
+fn idempotency_from(row: &Row) -> Result<IdempotencyRecord, StoreError> {
+    let status: i16 = required(row, 4)?;
+    Ok(IdempotencyRecord {
+        tenant_id: required(row, 0)?,
+        key: text(row, 1)?,
+        operation_id: text(row, 2)?,
+        request_hash: text(row, 3)?,
+        status_code: u16::try_from(status).map_err(|_| corrupt("status code", &status.to_string()))?,
+        response_headers: text(row, 5)?,
+        response_body: required::<&[u8]>(row, 6)?.to_vec(),
+        created_at: required(row, 7)?,
+        expires_at: required(row, 8)?,
     })
 }
 
@@ -431,6 +577,254 @@ impl Store for MssqlStore {
         })
     }
 
+    async fn update_tenant(
+        &self,
+        id: Uuid,
+        changes: &TenantChanges,
+        expected_version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Update<Tenant>, StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            let c = changes;
+            let params: [&dyn ToSql; 6] = [
+                &c.name.as_deref(),
+                &c.status.map(TenantStatus::as_str),
+                &c.plan_code.as_deref(),
+                &now,
+                &id,
+                &expected_version,
+            ];
+            let changed = execute(conn, q::UPDATE_TENANT, &params).await?;
+            Ok(match (changed, read_tenant(conn, id).await?) {
+                (_, None) => Update::NotFound,
+                (1, Some(tenant)) => Update::Updated(tenant),
+                (_, Some(tenant)) => Update::VersionMismatch { current_version: tenant.version },
+            })
+        })
+    }
+
+    async fn list_plans(&self) -> Result<Vec<Plan>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| rows(conn, q::LIST_PLANS, &[]).await?.iter().map(plan_from).collect())
+    }
+
+    async fn update_plan(&self, plan: &Plan, expected_version: i64) -> Result<Update<Plan>, StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            let p = plan;
+            let params: [&dyn ToSql; 11] = [
+                &p.name.as_str(),
+                &p.requests_per_minute,
+                &p.burst,
+                &p.monthly_quota_units,
+                &p.overage_policy.as_str(),
+                &p.currency.as_str(),
+                &p.base_price_micros,
+                &p.overage_unit_price_micros,
+                &p.updated_at,
+                &p.code.as_str(),
+                &expected_version,
+            ];
+            let changed = execute(conn, q::UPDATE_PLAN, &params).await?;
+            let current = rows(conn, q::GET_PLAN, &[&p.code.as_str()]).await?.first().map(plan_from).transpose()?;
+            Ok(match (changed, current) {
+                (_, None) => Update::NotFound,
+                (1, Some(plan)) => Update::Updated(plan),
+                (_, Some(plan)) => Update::VersionMismatch { current_version: plan.version },
+            })
+        })
+    }
+
+    async fn list_api_clients(&self, tenant_id: Uuid) -> Result<Vec<ApiClient>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            let mut clients = rows(conn, q::LIST_API_CLIENTS, &[&tenant_id])
+                .await?
+                .iter()
+                .map(api_client_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut by_client: HashMap<Uuid, Vec<String>> = HashMap::new();
+            for row in rows(conn, q::LIST_API_CLIENT_ROLES, &[&tenant_id]).await? {
+                by_client.entry(required(&row, 0)?).or_default().push(text(&row, 1)?);
+            }
+            for client in &mut clients {
+                client.roles = by_client.remove(&client.id).unwrap_or_default();
+            }
+            Ok(clients)
+        })
+    }
+
+    async fn revoke_api_client(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Update<ApiClient>, StoreError> {
+        // Idempotent (only an active client changes), so a transient fault may run it again.
+        in_tx!(self, Retry::Yes, |conn| {
+            execute(conn, q::REVOKE_API_CLIENT, &[&tenant_id, &id, &now]).await?;
+            Ok(match read_api_client(conn, tenant_id, id).await? {
+                Some(client) => Update::Updated(client),
+                None => Update::NotFound,
+            })
+        })
+    }
+
+    async fn create_document(
+        &self,
+        document: &Document,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<(), StoreError> {
+        check_effective_date(document)?;
+        in_tx!(self, Retry::No, |conn| {
+            if let Some(r) = idempotency {
+                let key = r.key.as_str();
+                execute(conn, q::DELETE_EXPIRED_IDEMPOTENCY_KEY, &[&r.tenant_id, &key, &r.created_at]).await?;
+                let status = i16::try_from(r.status_code)
+                    .map_err(|_| StoreError::Other(anyhow::anyhow!("status code {} out of range", r.status_code)))?;
+                let params: [&dyn ToSql; 9] = [
+                    &r.tenant_id,
+                    &key,
+                    &r.operation_id.as_str(),
+                    &r.request_hash.as_str(),
+                    &status,
+                    &r.response_headers.as_str(),
+                    &r.response_body.as_slice(),
+                    &r.created_at,
+                    &r.expires_at,
+                ];
+                execute(conn, q::INSERT_IDEMPOTENCY, &params).await?;
+            }
+            let d = document;
+            let params: [&dyn ToSql; 14] = [
+                &d.id,
+                &d.tenant_id,
+                &d.title.as_str(),
+                &d.summary.as_deref(),
+                &d.body.as_deref(),
+                &d.doc_type.as_str(),
+                &d.jurisdiction.as_deref(),
+                &d.status.as_str(),
+                &d.effective_date,
+                &d.created_by.as_str(),
+                &d.updated_by.as_str(),
+                &d.created_at,
+                &d.updated_at,
+                &d.version,
+            ];
+            execute(conn, q::INSERT_DOCUMENT, &params).await?;
+            insert_tags(conn, d).await
+        })
+    }
+
+    async fn get_document(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<Document>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| read_document(conn, tenant_id, id).await)
+    }
+
+    async fn update_document(
+        &self,
+        document: &Document,
+        expected_version: i64,
+    ) -> Result<Update<Document>, StoreError> {
+        check_effective_date(document)?;
+        in_tx!(self, Retry::No, |conn| {
+            let d = document;
+            let params: [&dyn ToSql; 12] = [
+                &d.title.as_str(),
+                &d.summary.as_deref(),
+                &d.body.as_deref(),
+                &d.doc_type.as_str(),
+                &d.jurisdiction.as_deref(),
+                &d.status.as_str(),
+                &d.effective_date,
+                &d.updated_by.as_str(),
+                &d.updated_at,
+                &d.tenant_id,
+                &d.id,
+                &expected_version,
+            ];
+            if execute(conn, q::UPDATE_DOCUMENT, &params).await? == 0 {
+                return Ok(match live_document_version(conn, d.tenant_id, d.id).await? {
+                    None => Update::NotFound,
+                    Some(current_version) => Update::VersionMismatch { current_version },
+                });
+            }
+            execute(conn, q::DELETE_DOCUMENT_TAGS, &[&d.tenant_id, &d.id]).await?;
+            insert_tags(conn, d).await?;
+            let updated = read_document(conn, d.tenant_id, d.id)
+                .await?
+                .ok_or_else(|| StoreError::Other(anyhow::anyhow!("document vanished inside its transaction")))?;
+            Ok(Update::Updated(updated))
+        })
+    }
+
+    async fn delete_document(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Update<()>, StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            let params: [&dyn ToSql; 5] = [&now, &by, &tenant_id, &id, &expected_version];
+            if execute(conn, q::SOFT_DELETE_DOCUMENT, &params).await? == 1 {
+                return Ok(Update::Updated(()));
+            }
+            Ok(match live_document_version(conn, tenant_id, id).await? {
+                None => Update::NotFound,
+                Some(current_version) => Update::VersionMismatch { current_version },
+            })
+        })
+    }
+
+    async fn list_documents(
+        &self,
+        tenant_id: Uuid,
+        filter: &DocumentFilter,
+        sort: DocumentSort,
+        after: Option<&DocumentCursor>,
+        limit: u32,
+        count: bool,
+    ) -> Result<DocumentPage, StoreError> {
+        let limit = limit.max(1);
+        let page = &q::list_documents(tenant_id, filter, sort, after, i64::from(limit) + 1)?;
+        let total = &if count { Some(q::count_documents(tenant_id, filter)?) } else { None };
+        // One transaction; see docs/data-model.md on what the count and the page can see under READ COMMITTED.
+        in_tx!(self, Retry::Yes, |conn| {
+            let mut items =
+                assembled_rows(conn, page).await?.iter().map(document_from).collect::<Result<Vec<_>, _>>()?;
+            let next = if items.len() > limit as usize {
+                items.truncate(limit as usize);
+                items.last().map(|d| cursor_of(d, sort.key))
+            } else {
+                None
+            };
+            load_tags(conn, tenant_id, &mut items).await?;
+            let total = match total {
+                Some(statement) => {
+                    let n: i64 = assembled_rows(conn, statement)
+                        .await?
+                        .first()
+                        .map(|r| required(r, 0))
+                        .transpose()?
+                        .unwrap_or(0);
+                    Some(n as u64)
+                }
+                None => None,
+            };
+            Ok(DocumentPage { items, next, total })
+        })
+    }
+
+    async fn get_idempotency(
+        &self,
+        tenant_id: Uuid,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, q::GET_IDEMPOTENCY, &[&tenant_id, &key, &now]).await?.first().map(idempotency_from).transpose()
+        })
+    }
+
     async fn create_api_client(&self, client: &ApiClient) -> Result<(), StoreError> {
         in_tx!(self, Retry::No, |conn| {
             let c = client;
@@ -456,22 +850,8 @@ impl Store for MssqlStore {
     async fn get_api_client_by_app_id(&self, app_id: &str) -> Result<Option<ApiClient>, StoreError> {
         in_tx!(self, Retry::Yes, |conn| {
             let found = rows(conn, q::GET_API_CLIENT_BY_APP_ID, &[&app_id]).await?;
-            let Some(row) = found.first() else { return Ok(None) };
-            let id: Uuid = required(row, 0)?;
-            let status = text(row, 4)?;
-            let mut client = ApiClient {
-                id,
-                tenant_id: required(row, 1)?,
-                app_id: text(row, 2)?,
-                display_name: text(row, 3)?,
-                roles: Vec::new(),
-                active: status == "active",
-                created_at: required(row, 5)?,
-                revoked_at: column(row, 6)?,
-                version: required(row, 7)?,
-            };
-            client.roles =
-                rows(conn, q::API_CLIENT_ROLES, &[&id]).await?.iter().map(|r| text(r, 0)).collect::<Result<_, _>>()?;
+            let Some(mut client) = found.first().map(api_client_from).transpose()? else { return Ok(None) };
+            client.roles = client_roles(conn, client.id).await?;
             Ok(Some(client))
         })
     }

@@ -1,0 +1,100 @@
+//! Strong ETags from row versions, and the conditional-request rules: If-Match on writes, If-None-Match on reads.
+
+use actix_web::HttpRequest;
+use actix_web::http::header::{self, HeaderValue};
+
+use crate::error::{AppError, ErrorCode};
+
+/// The strong ETag of a row at `version`: `"<version>"`.
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// What a write's `If-Match` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// `If-Match: *`: any current version.
+    Any,
+    /// `If-Match: "<n>"`: exactly this version.
+    Version(i64),
+}
+
+/// Reads `If-Match`; writes without it are refused with 428, so a lost update cannot happen by accident.
+pub fn require_if_match(req: &HttpRequest) -> Result<Precondition, AppError> {
+    let Some(value) = req.headers().get(header::IF_MATCH) else {
+        return Err(AppError::new(ErrorCode::PreconditionRequired)
+            .with_detail("send If-Match with the resource's ETag (or *) to change it"));
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    if text == "*" {
+        return Ok(Precondition::Any);
+    }
+    // A list of ETags is allowed by RFC 9110; only one of ours can match, so take the first strong one.
+    text.split(',')
+        .map(str::trim)
+        .find_map(parse_strong)
+        .map(Precondition::Version)
+        .ok_or_else(|| AppError::new(ErrorCode::PreconditionFailed).with_detail("If-Match names no current ETag"))
+}
+
+/// The version a precondition pins, given the current one; 412 on mismatch.
+pub fn expected_version(precondition: Precondition, current: i64) -> Result<i64, AppError> {
+    match precondition {
+        Precondition::Any => Ok(current),
+        Precondition::Version(v) if v == current => Ok(v),
+        Precondition::Version(_) => Err(precondition_failed(current)),
+    }
+}
+
+/// 412 carrying the current ETag, so the client can re-read and retry.
+pub fn precondition_failed(current: i64) -> AppError {
+    AppError::new(ErrorCode::PreconditionFailed)
+        .with_detail("the resource changed since the ETag in If-Match was read")
+        .with_header(header::ETAG, HeaderValue::from_str(&etag(current)).expect("an ETag is header text"))
+}
+
+/// Whether `If-None-Match` matches `version` (then a GET answers 304).
+pub fn not_modified(req: &HttpRequest, version: i64) -> bool {
+    let Some(value) = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) else { return false };
+    value
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || parse_strong(tag.trim_start_matches("W/")).is_some_and(|v| v == version))
+}
+
+fn parse_strong(tag: &str) -> Option<i64> {
+    tag.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn if_match_is_required_and_compared() {
+        let missing = TestRequest::default().to_http_request();
+        assert_eq!(require_if_match(&missing).unwrap_err().code(), ErrorCode::PreconditionRequired);
+        let star = TestRequest::default().insert_header(("If-Match", "*")).to_http_request();
+        assert_eq!(expected_version(require_if_match(&star).unwrap(), 7).unwrap(), 7);
+        let exact = TestRequest::default().insert_header(("If-Match", "\"7\"")).to_http_request();
+        assert_eq!(expected_version(require_if_match(&exact).unwrap(), 7).unwrap(), 7);
+        let stale = expected_version(require_if_match(&exact).unwrap(), 8).unwrap_err();
+        assert_eq!(stale.code(), ErrorCode::PreconditionFailed);
+        let garbage = TestRequest::default().insert_header(("If-Match", "W/\"7\"")).to_http_request();
+        assert_eq!(
+            require_if_match(&garbage).unwrap_err().code(),
+            ErrorCode::PreconditionFailed,
+            "weak tags never match writes"
+        );
+    }
+
+    #[test]
+    fn if_none_match_accepts_lists_and_weak_forms() {
+        let req = TestRequest::default().insert_header(("If-None-Match", "\"3\", W/\"5\"")).to_http_request();
+        assert!(not_modified(&req, 5));
+        assert!(not_modified(&req, 3));
+        assert!(!not_modified(&req, 4));
+        assert!(!not_modified(&TestRequest::default().to_http_request(), 4));
+    }
+}

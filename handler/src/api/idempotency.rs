@@ -1,0 +1,122 @@
+//! Idempotent creation: `Idempotency-Key` (or Azure's `Repeatability-Request-ID`) on POST replays the first response.
+//!
+//! The first response is stored with the created resource in one transaction, per tenant, for 24 hours.
+//! The same key with the same request replays it (status, headers, body); with another request it is 422.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse};
+use chrono::{DateTime, Duration, Utc};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::{AppError, ErrorCode, FieldError};
+use crate::store::IdempotencyRecord;
+
+/// Headers that carry an idempotency key, in order of preference.
+pub const KEY_HEADERS: &[&str] = &["idempotency-key", "repeatability-request-id"];
+
+/// How long a key and its response are kept.
+pub const RETENTION: Duration = Duration::hours(24);
+
+/// Response headers worth replaying.
+const REPLAYED_HEADERS: &[&str] = &["location", "etag", "content-type"];
+
+/// A request's idempotency key and the hash of what it asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    pub request_hash: String,
+}
+
+/// Reads the key, if any, and hashes the request: method, path and the canonical JSON of the body.
+pub fn from_request(req: &HttpRequest, canonical_body: &str) -> Result<Option<Idempotency>, AppError> {
+    let Some((name, value)) = KEY_HEADERS.iter().find_map(|h| req.headers().get(*h).map(|v| (*h, v))) else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or("").trim();
+    if key.is_empty() || key.len() > 200 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![FieldError::new(
+            format!("header.{name}"),
+            "format",
+            "1 to 200 visible ASCII characters",
+        )]));
+    }
+    let mut hasher = Sha256::new();
+    for part in [req.method().as_str(), req.path(), canonical_body] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let request_hash = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Some(Idempotency { key: key.to_owned(), request_hash }))
+}
+
+/// The stored response to replay, or 422 when the key was used for a different request.
+pub fn replay(record: &IdempotencyRecord, request: &Idempotency) -> Result<HttpResponse, AppError> {
+    if record.request_hash != request.request_hash {
+        return Err(AppError::new(ErrorCode::IdempotencyKeyReused).with_detail(format!(
+            "the key {:?} was first used with a different request (operation {}); use a new key",
+            request.key, record.operation_id
+        )));
+    }
+    let status = StatusCode::from_u16(record.status_code).unwrap_or(StatusCode::OK);
+    let mut response = HttpResponse::build(status);
+    let headers: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&record.response_headers).unwrap_or_default();
+    for (name, value) in headers {
+        if let (Ok(name), Some(Ok(value))) =
+            (HeaderName::try_from(name.as_str()), value.as_str().map(HeaderValue::from_str))
+        {
+            response.insert_header((name, value));
+        }
+    }
+    response.insert_header(("idempotency-replayed", "true"));
+    Ok(response.body(record.response_body.clone()))
+}
+
+/// The record to store with a created resource: the response it answers with.
+pub fn record(
+    tenant_id: Uuid,
+    request: &Idempotency,
+    operation_id: &str,
+    response: &HttpResponse,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> IdempotencyRecord {
+    let headers: serde_json::Map<String, serde_json::Value> = REPLAYED_HEADERS
+        .iter()
+        .filter_map(|h| response.headers().get(*h).and_then(|v| v.to_str().ok()).map(|v| ((*h).to_owned(), v.into())))
+        .collect();
+    IdempotencyRecord {
+        tenant_id,
+        key: request.key.clone(),
+        operation_id: operation_id.to_owned(),
+        request_hash: request.request_hash.clone(),
+        status_code: response.status().as_u16(),
+        response_headers: serde_json::Value::Object(headers).to_string(),
+        response_body: body.to_vec(),
+        created_at: now,
+        expires_at: now + RETENTION,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn keys_are_read_from_either_header_and_validated() {
+        let req = TestRequest::post()
+            .uri("/api/v1/documents")
+            .insert_header(("Repeatability-Request-ID", "r-1"))
+            .to_http_request();
+        let a = from_request(&req, "{}").unwrap().unwrap();
+        assert_eq!(a.key, "r-1");
+        assert_eq!(from_request(&req, "{}").unwrap().unwrap().request_hash, a.request_hash, "stable");
+        assert_ne!(from_request(&req, "{\"a\":1}").unwrap().unwrap().request_hash, a.request_hash);
+        assert!(from_request(&TestRequest::post().to_http_request(), "{}").unwrap().is_none());
+        let bad = TestRequest::post().insert_header(("Idempotency-Key", "a b")).to_http_request();
+        assert_eq!(from_request(&bad, "{}").unwrap_err().code(), ErrorCode::ValidationFailed);
+    }
+}

@@ -1,0 +1,11 @@
+//! The HTTP API's shared conventions (written down in `docs/api-design.md`): ETags and conditional requests,
+//! signed keyset cursors, idempotent creation, validation errors, list envelopes and deprecation headers.
+//!
+//! Routes in `routes/` use these pieces so that every resource behaves the same way.
+
+pub mod conditional;
+pub mod cursor;
+pub mod deprecation;
+pub mod idempotency;
+pub mod list;
+pub mod validation;

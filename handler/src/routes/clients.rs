@@ -1,0 +1,176 @@
+//! `/api/v1/clients` (Tenant.Admin): the applications registered to the caller's own tenant, with the roles each may use.
+//!
+//! A registered application's tokens map to this tenant whatever directory they come from, and its
+//! effective permissions never exceed the roles granted here.
+
+use actix_web::http::header::{self, ContentType};
+use actix_web::{HttpResponse, delete, get, post, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use validator::Validate;
+
+use crate::api::list::ListEnvelope;
+use crate::api::validation::validate;
+use crate::auth::Permission;
+use crate::auth::guard::{Authorized, TenantAdmin};
+use crate::error::{AppError, ErrorCode, FieldError};
+use crate::state::AppState;
+use crate::store::{ApiClient, StoreError, Update};
+
+/// Registers an application.
+#[derive(Debug, Clone, Serialize, Deserialize, Validate, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientCreate {
+    /// The Entra application (client) id, as tokens carry it in `azp` or `appid`.
+    #[validate(length(min = 1, max = 128))]
+    pub app_id: String,
+    #[validate(length(min = 1, max = 200))]
+    pub display_name: String,
+    /// Roles the application may use in this tenant; `Platform.Admin` cannot be granted here.
+    pub roles: Vec<String>,
+}
+
+/// A registered application.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientView {
+    pub id: Uuid,
+    pub app_id: String,
+    pub display_name: String,
+    pub roles: Vec<String>,
+    /// `active` or `revoked`.
+    pub status: &'static str,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<&ApiClient> for ClientView {
+    fn from(c: &ApiClient) -> Self {
+        ClientView {
+            id: c.id,
+            app_id: c.app_id.clone(),
+            display_name: c.display_name.clone(),
+            roles: c.roles.clone(),
+            status: if c.active { "active" } else { "revoked" },
+            created_at: c.created_at,
+            revoked_at: c.revoked_at,
+        }
+    }
+}
+
+/// The list envelope of clients, for the OpenAPI document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ClientList {
+    pub value: Vec<ClientView>,
+}
+
+/// Registers an application with the caller's tenant.
+#[utoipa::path(
+    tag = "clients",
+    operation_id = "registerClient",
+    security(("entra" = ["Tenant.Admin"])),
+    request_body(content = ClientCreate, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Registered", body = ClientView),
+        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Tenant.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The application is registered already (perhaps with another tenant)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields or roles", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[post("/clients")]
+pub async fn register_client(
+    auth: Authorized<TenantAdmin>,
+    input: web::Json<ClientCreate>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let tenant_id = auth.tenant_id()?;
+    let input = input.into_inner();
+    validate(&input)?;
+    let mut roles = Vec::new();
+    let mut errors = Vec::new();
+    for (i, role) in input.roles.iter().enumerate() {
+        match Permission::parse(role) {
+            Some(Permission::PlatformAdmin) | None => {
+                errors.push(FieldError::new(format!("roles[{i}]"), "unknown", "a tenant role such as Documents.Read"))
+            }
+            Some(p) => roles.push(p.as_str().to_owned()),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(errors));
+    }
+    roles.sort();
+    roles.dedup();
+    let client = ApiClient {
+        id: state.ids.new_id(),
+        tenant_id,
+        app_id: input.app_id,
+        display_name: input.display_name,
+        roles,
+        active: true,
+        created_at: state.clock.now(),
+        revoked_at: None,
+        version: 1,
+    };
+    match state.store.create_api_client(&client).await {
+        Ok(()) => Ok(HttpResponse::Created()
+            .insert_header((header::LOCATION, format!("/api/v1/clients/{}", client.id)))
+            .insert_header(ContentType::json())
+            .json(ClientView::from(&client))),
+        Err(StoreError::Conflict(_)) => {
+            Err(AppError::new(ErrorCode::Conflict).with_detail("this application is registered already"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Lists the caller's tenant's applications, oldest first.
+#[utoipa::path(
+    tag = "clients",
+    operation_id = "listClients",
+    security(("entra" = ["Tenant.Admin"])),
+    responses(
+        (status = 200, description = "All of the tenant's applications", body = ClientList),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Tenant.Admin is required", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[get("/clients")]
+pub async fn list_clients(auth: Authorized<TenantAdmin>, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    let clients = state.store.list_api_clients(auth.tenant_id()?).await?;
+    Ok(HttpResponse::Ok().json(ListEnvelope {
+        value: clients.iter().map(ClientView::from).collect(),
+        next_link: None,
+        count: None,
+    }))
+}
+
+/// Revokes an application: its tokens stop working for this tenant at once. Revoking twice is harmless.
+#[utoipa::path(
+    tag = "clients",
+    operation_id = "revokeClient",
+    security(("entra" = ["Tenant.Admin"])),
+    params(("id" = Uuid, Path, description = "The registration id")),
+    responses(
+        (status = 200, description = "Revoked", body = ClientView),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Tenant.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such registration in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[delete("/clients/{id}")]
+pub async fn revoke_client(
+    auth: Authorized<TenantAdmin>,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let not_found = || AppError::new(ErrorCode::NotFound).with_detail("no registration with this id in your tenant");
+    let id: Uuid = id.parse().map_err(|_| not_found())?;
+    match state.store.revoke_api_client(auth.tenant_id()?, id, state.clock.now()).await? {
+        Update::Updated(client) => Ok(HttpResponse::Ok().json(ClientView::from(&client))),
+        Update::NotFound | Update::VersionMismatch { .. } => Err(not_found()),
+    }
+}

@@ -1,0 +1,732 @@
+//! `/api/v1/documents`: a tenant's documents: create, read, replace, merge-patch, soft delete, and list/search.
+//!
+//! Every access is scoped to the caller's tenant: another tenant's document answers 404, never 403.
+
+use actix_web::http::header::{self, ContentType};
+use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, put, web};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use validator::Validate;
+
+use crate::api::conditional::{etag, expected_version, not_modified, precondition_failed, require_if_match};
+use crate::api::cursor::fingerprint;
+use crate::api::idempotency;
+use crate::api::list::{DEFAULT_PAGE_SIZE, ListEnvelope, MAX_PAGE_SIZE};
+use crate::api::validation::validate;
+use crate::auth::guard::{Authorized, DocumentsRead, DocumentsWrite};
+use crate::error::{AppError, ErrorCode, FieldError, serde_json_error};
+use crate::state::AppState;
+use crate::store::{
+    Document, DocumentCursor, DocumentFilter, DocumentSort, DocumentSortKey, DocumentStatus, SortValue, StoreError,
+    Update,
+};
+
+/// Most tags per document, and per `tag` filter.
+const MAX_TAGS: usize = 20;
+
+/// The lifecycle status of a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Draft,
+    Published,
+    Archived,
+}
+
+impl From<Status> for DocumentStatus {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::Draft => DocumentStatus::Draft,
+            Status::Published => DocumentStatus::Published,
+            Status::Archived => DocumentStatus::Archived,
+        }
+    }
+}
+
+impl From<DocumentStatus> for Status {
+    fn from(s: DocumentStatus) -> Self {
+        match s {
+            DocumentStatus::Draft => Status::Draft,
+            DocumentStatus::Published => Status::Published,
+            DocumentStatus::Archived => Status::Archived,
+        }
+    }
+}
+
+fn valid_code(value: &str) -> Result<(), validator::ValidationError> {
+    let ok = value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(validator::ValidationError::new("format").with_message("letters, digits and - _ . : only".into()))
+    }
+}
+
+fn valid_tags(tags: &[String]) -> Result<(), validator::ValidationError> {
+    if tags.len() > MAX_TAGS {
+        return Err(validator::ValidationError::new("length").with_message(format!("at most {MAX_TAGS} tags").into()));
+    }
+    for tag in tags {
+        if tag.trim().is_empty() || tag.chars().count() > 64 {
+            return Err(
+                validator::ValidationError::new("length").with_message("each tag has 1 to 64 characters".into())
+            );
+        }
+        if tag.contains(',') {
+            // Commas separate tags in the `tag` filter.
+            return Err(validator::ValidationError::new("format").with_message("tags cannot contain commas".into()));
+        }
+    }
+    Ok(())
+}
+
+/// The writable fields of a document: the body of POST and PUT, and what a merge patch produces.
+#[derive(Debug, Clone, Serialize, Deserialize, Validate, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DocumentInput {
+    /// 1 to 300 characters.
+    #[validate(length(min = 1, max = 300))]
+    pub title: String,
+    /// Up to 2000 characters.
+    #[validate(length(max = 2000))]
+    pub summary: Option<String>,
+    /// Up to 200 000 characters.
+    #[validate(length(max = 200_000))]
+    pub body: Option<String>,
+    /// A short code such as `regulation` (letters, digits, `- _ . :`).
+    #[validate(length(min = 1, max = 64), custom(function = "valid_code"))]
+    pub doc_type: String,
+    /// A short code such as `eu` or `us-ca`.
+    #[validate(length(min = 1, max = 64), custom(function = "valid_code"))]
+    pub jurisdiction: Option<String>,
+    /// Defaults to `draft`.
+    pub status: Option<Status>,
+    /// ISO 8601 date, e.g. `2026-01-31`.
+    pub effective_date: Option<NaiveDate>,
+    /// Up to 20 tags of 1 to 64 characters; stored lower-case, duplicates removed.
+    #[validate(custom(function = "valid_tags"))]
+    pub tags: Option<Vec<String>>,
+}
+
+/// A document as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentView {
+    pub id: Uuid,
+    pub title: String,
+    pub summary: Option<String>,
+    pub body: Option<String>,
+    pub doc_type: String,
+    pub jurisdiction: Option<String>,
+    pub status: Status,
+    pub effective_date: Option<NaiveDate>,
+    pub tags: Vec<String>,
+    pub created_by: String,
+    pub updated_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The same strong ETag the `ETag` header carries.
+    pub etag: String,
+}
+
+impl From<&Document> for DocumentView {
+    fn from(d: &Document) -> Self {
+        DocumentView {
+            id: d.id,
+            title: d.title.clone(),
+            summary: d.summary.clone(),
+            body: d.body.clone(),
+            doc_type: d.doc_type.clone(),
+            jurisdiction: d.jurisdiction.clone(),
+            status: d.status.into(),
+            effective_date: d.effective_date,
+            tags: d.tags.clone(),
+            created_by: d.created_by.clone(),
+            updated_by: d.updated_by.clone(),
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+            etag: etag(d.version),
+        }
+    }
+}
+
+impl DocumentInput {
+    fn from_document(d: &Document) -> Self {
+        DocumentInput {
+            title: d.title.clone(),
+            summary: d.summary.clone(),
+            body: d.body.clone(),
+            doc_type: d.doc_type.clone(),
+            jurisdiction: d.jurisdiction.clone(),
+            status: Some(d.status.into()),
+            effective_date: d.effective_date,
+            tags: Some(d.tags.clone()),
+        }
+    }
+
+    /// Applies the input to `target`: every writable field, tags normalized.
+    fn apply(self, target: &mut Document) {
+        let mut tags: Vec<String> = self.tags.unwrap_or_default().iter().map(|t| t.trim().to_lowercase()).collect();
+        tags.sort();
+        tags.dedup();
+        target.title = self.title;
+        target.summary = self.summary;
+        target.body = self.body;
+        target.doc_type = self.doc_type;
+        target.jurisdiction = self.jurisdiction;
+        target.status = self.status.unwrap_or(Status::Draft).into();
+        target.effective_date = self.effective_date;
+        target.tags = tags;
+    }
+}
+
+/// Who the audit columns name: the object id, else the app id, else the subject.
+fn actor(auth: &crate::auth::guard::Caller) -> String {
+    let p = &auth.principal;
+    p.object_id.clone().or_else(|| p.app_id.clone()).unwrap_or_else(|| p.subject.clone())
+}
+
+fn not_found() -> AppError {
+    AppError::new(ErrorCode::NotFound).with_detail("no document with this id in your tenant")
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, AppError> {
+    raw.parse().map_err(|_| not_found())
+}
+
+fn document_response(status: actix_web::http::StatusCode, document: &Document) -> (HttpResponse, Vec<u8>) {
+    let body = serde_json::to_vec(&DocumentView::from(document)).expect("views serialize");
+    let mut response = HttpResponse::build(status);
+    response.insert_header((header::ETAG, etag(document.version))).insert_header(ContentType::json());
+    if status == actix_web::http::StatusCode::CREATED {
+        response.insert_header((header::LOCATION, format!("/api/v1/documents/{}", document.id)));
+    }
+    (response.body(body.clone()), body)
+}
+
+/// Creates a document. With `Idempotency-Key` (or `Repeatability-Request-ID`), a retry replays the first response.
+#[utoipa::path(
+    tag = "documents",
+    operation_id = "createDocument",
+    security(("entra" = ["Documents.Write"])),
+    request_body(content = DocumentInput, description = "The new document", content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the POST safe to retry for 24 hours"),
+        ("Repeatability-Request-ID" = Option<String>, Header, description = "Azure's name for Idempotency-Key")
+    ),
+    responses(
+        (status = 201, description = "Created; Location and ETag headers", body = DocumentView),
+        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Documents.Write is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, or an idempotency key reused with another request", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[post("/documents")]
+pub async fn create_document(
+    auth: Authorized<DocumentsWrite>,
+    req: HttpRequest,
+    input: web::Json<DocumentInput>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let tenant_id = auth.tenant_id()?;
+    let input = input.into_inner();
+    validate(&input)?;
+    let canonical = serde_json::to_string(&serde_json::to_value(&input).expect("inputs serialize")).expect("JSON");
+    let key = idempotency::from_request(&req, &canonical)?;
+    let now = state.clock.now();
+    if let Some(key) = &key
+        && let Some(record) = state.store.get_idempotency(tenant_id, &key.key, now).await?
+    {
+        return idempotency::replay(&record, key);
+    }
+    let who = actor(&auth);
+    let mut document = Document {
+        id: state.ids.new_id(),
+        tenant_id,
+        title: String::new(),
+        summary: None,
+        body: None,
+        doc_type: String::new(),
+        jurisdiction: None,
+        status: DocumentStatus::Draft,
+        effective_date: None,
+        tags: Vec::new(),
+        created_by: who.clone(),
+        updated_by: who,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    input.apply(&mut document);
+    let (response, body) = document_response(actix_web::http::StatusCode::CREATED, &document);
+    let record = key.as_ref().map(|k| idempotency::record(tenant_id, k, "createDocument", &response, &body, now));
+    match state.store.create_document(&document, record.as_ref()).await {
+        Ok(()) => Ok(response),
+        // Another request with the same key committed first: answer as it did (or 422 if it differed).
+        Err(StoreError::Conflict(_)) if key.is_some() => {
+            let key = key.expect("checked");
+            let record = state.store.get_idempotency(tenant_id, &key.key, now).await?.ok_or_else(|| {
+                AppError::new(ErrorCode::Conflict).with_detail("a request with this idempotency key is being processed")
+            })?;
+            idempotency::replay(&record, &key)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Reads a document. `If-None-Match` with its ETag answers 304.
+#[utoipa::path(
+    tag = "documents",
+    operation_id = "getDocument",
+    security(("entra" = ["Documents.Read"])),
+    params(("id" = Uuid, Path, description = "The document id"), ("If-None-Match" = Option<String>, Header, description = "An ETag the client holds")),
+    responses(
+        (status = 200, description = "The document; ETag header", body = DocumentView),
+        (status = 304, description = "Not modified since the ETag in If-None-Match"),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Documents.Read is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such document in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[get("/documents/{id}")]
+pub async fn get_document(
+    auth: Authorized<DocumentsRead>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let document = state.store.get_document(auth.tenant_id()?, parse_id(&id)?).await?.ok_or_else(not_found)?;
+    if not_modified(&req, document.version) {
+        return Ok(HttpResponse::NotModified().insert_header((header::ETAG, etag(document.version))).finish());
+    }
+    Ok(document_response(actix_web::http::StatusCode::OK, &document).0)
+}
+
+async fn write(
+    state: &AppState,
+    current: &Document,
+    precondition_version: i64,
+    replacement: DocumentInput,
+    who: String,
+) -> Result<HttpResponse, AppError> {
+    validate(&replacement)?;
+    let mut next = current.clone();
+    replacement.apply(&mut next);
+    next.updated_by = who;
+    next.updated_at = state.clock.now();
+    match state.store.update_document(&next, precondition_version).await? {
+        Update::Updated(saved) => Ok(document_response(actix_web::http::StatusCode::OK, &saved).0),
+        Update::NotFound => Err(not_found()),
+        Update::VersionMismatch { current_version } => Err(precondition_failed(current_version)),
+    }
+}
+
+/// Replaces a document's writable fields. Requires `If-Match`.
+#[utoipa::path(
+    tag = "documents",
+    operation_id = "replaceDocument",
+    security(("entra" = ["Documents.Write"])),
+    params(("id" = Uuid, Path, description = "The document id"), ("If-Match" = String, Header, description = "The ETag last read, or *")),
+    request_body(content = DocumentInput, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Replaced; new ETag", body = DocumentView),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Documents.Write is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such document in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The ETag is stale", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 428, description = "If-Match is missing", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[put("/documents/{id}")]
+pub async fn replace_document(
+    auth: Authorized<DocumentsWrite>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    input: web::Json<DocumentInput>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let precondition = require_if_match(&req)?;
+    let current = state.store.get_document(auth.tenant_id()?, parse_id(&id)?).await?.ok_or_else(not_found)?;
+    let version = expected_version(precondition, current.version)?;
+    write(&state, &current, version, input.into_inner(), actor(&auth)).await
+}
+
+/// Changes some fields with a JSON merge patch (RFC 7396; `null` removes an optional field). Requires `If-Match`.
+#[utoipa::path(
+    tag = "documents",
+    operation_id = "patchDocument",
+    security(("entra" = ["Documents.Write"])),
+    params(("id" = Uuid, Path, description = "The document id"), ("If-Match" = String, Header, description = "The ETag last read, or *")),
+    request_body(content = serde_json::Value, description = "A JSON merge patch of the writable fields", content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "Patched; new ETag", body = DocumentView),
+        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Documents.Write is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such document in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The ETag is stale", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/merge-patch+json", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The patched document is invalid", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 428, description = "If-Match is missing", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[patch("/documents/{id}")]
+pub async fn patch_document(
+    auth: Authorized<DocumentsWrite>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.to_ascii_lowercase().starts_with("application/merge-patch+json") {
+        return Err(AppError::new(ErrorCode::UnsupportedMediaType)
+            .with_detail("PATCH takes a JSON merge patch: Content-Type: application/merge-patch+json"));
+    }
+    let patch: serde_json::Value = serde_json::from_slice(&body).map_err(|e| serde_json_error(&e))?;
+    if !patch.is_object() {
+        return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![FieldError::new(
+            "body",
+            "type",
+            "a merge patch is a JSON object",
+        )]));
+    }
+    let precondition = require_if_match(&req)?;
+    let current = state.store.get_document(auth.tenant_id()?, parse_id(&id)?).await?.ok_or_else(not_found)?;
+    let version = expected_version(precondition, current.version)?;
+    let mut merged = serde_json::to_value(DocumentInput::from_document(&current)).expect("inputs serialize");
+    json_patch::merge(&mut merged, &patch);
+    let replacement: DocumentInput = serde_json::from_value(merged).map_err(|e| serde_json_error(&e))?;
+    write(&state, &current, version, replacement, actor(&auth)).await
+}
+
+/// Deletes a document (soft: it disappears from every read). Requires `If-Match`.
+#[utoipa::path(
+    tag = "documents",
+    operation_id = "deleteDocument",
+    security(("entra" = ["Documents.Write"])),
+    params(("id" = Uuid, Path, description = "The document id"), ("If-Match" = String, Header, description = "The ETag last read, or *")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Documents.Write is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such document in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The ETag is stale", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 428, description = "If-Match is missing", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[delete("/documents/{id}")]
+pub async fn delete_document(
+    auth: Authorized<DocumentsWrite>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let precondition = require_if_match(&req)?;
+    let tenant_id = auth.tenant_id()?;
+    let current = state.store.get_document(tenant_id, parse_id(&id)?).await?.ok_or_else(not_found)?;
+    let version = expected_version(precondition, current.version)?;
+    match state.store.delete_document(tenant_id, current.id, version, &actor(&auth), state.clock.now()).await? {
+        Update::Updated(()) => Ok(HttpResponse::NoContent().finish()),
+        Update::NotFound => Err(not_found()),
+        Update::VersionMismatch { current_version } => Err(precondition_failed(current_version)),
+    }
+}
+
+/// The list query, parsed by hand: `tag` repeats, and unknown parameters are refused.
+#[derive(Debug, Default)]
+struct ListQuery {
+    filter: DocumentFilter,
+    sort: Option<DocumentSort>,
+    maxpagesize: Option<u32>,
+    count: bool,
+    cursor: Option<String>,
+}
+
+/// The documented query parameters of `listDocuments` (for the OpenAPI document).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // documentation only: the query is parsed by ListQuery::parse
+pub struct ListParams {
+    /// `draft`, `published` or `archived`.
+    status: Option<Status>,
+    doc_type: Option<String>,
+    jurisdiction: Option<String>,
+    /// Any of these tags: repeat (`tag=a&tag=b`) or separate with commas (`tag=a,b`).
+    tag: Option<Vec<String>>,
+    /// Updated at or after this instant (RFC 3339).
+    updated_after: Option<DateTime<Utc>>,
+    /// Updated before this instant (RFC 3339).
+    updated_before: Option<DateTime<Utc>>,
+    /// Effective on or after this date.
+    effective_from: Option<NaiveDate>,
+    /// Effective on or before this date.
+    effective_to: Option<NaiveDate>,
+    /// Case-insensitive text contained in the title or summary (no wildcards).
+    q: Option<String>,
+    /// `updatedAt`, `title` or `effectiveDate`, then `asc` or `desc` (default `updatedAt desc`).
+    orderby: Option<String>,
+    /// Page size, 1 to 100 (default 25).
+    maxpagesize: Option<u32>,
+    /// `true` adds the number of all matching documents as `count`.
+    count: Option<bool>,
+    /// The opaque continuation token from `nextLink`.
+    cursor: Option<String>,
+}
+
+impl ListQuery {
+    fn parse(query: &str) -> Result<Self, AppError> {
+        let mut q = ListQuery::default();
+        let mut errors = Vec::new();
+        let mut bad = |field: &str, message: &str| errors.push(FieldError::new(field, "invalid", message));
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            let value = value.into_owned();
+            let time = |v: &str| DateTime::parse_from_rfc3339(v).ok().map(|t| t.with_timezone(&Utc));
+            let date = |v: &str| NaiveDate::parse_from_str(v, "%Y-%m-%d").ok();
+            match key.as_ref() {
+                "status" => match DocumentStatus::parse(&value) {
+                    Some(s) => q.filter.status = Some(s),
+                    None => bad("status", "draft, published or archived"),
+                },
+                "docType" if !value.is_empty() && value.len() <= 64 => q.filter.doc_type = Some(value),
+                "jurisdiction" if !value.is_empty() && value.len() <= 64 => q.filter.jurisdiction = Some(value),
+                // Repeated (`tag=a&tag=b`) or comma-separated: the Functions host joins repeated keys with
+                // commas when it forwards a request, so both forms must mean the same.
+                "tag" if value.split(',').all(|t| !t.trim().is_empty() && t.trim().chars().count() <= 64) => {
+                    q.filter.tags_any.extend(value.split(',').map(|t| t.trim().to_lowercase()))
+                }
+                "updatedAfter" => match time(&value) {
+                    Some(t) => q.filter.updated_after = Some(t),
+                    None => bad("updatedAfter", "an RFC 3339 date-time, e.g. 2026-01-31T00:00:00Z"),
+                },
+                "updatedBefore" => match time(&value) {
+                    Some(t) => q.filter.updated_before = Some(t),
+                    None => bad("updatedBefore", "an RFC 3339 date-time, e.g. 2026-01-31T00:00:00Z"),
+                },
+                "effectiveFrom" => match date(&value) {
+                    Some(d) => q.filter.effective_from = Some(d),
+                    None => bad("effectiveFrom", "a date, e.g. 2026-01-31"),
+                },
+                "effectiveTo" => match date(&value) {
+                    Some(d) => q.filter.effective_to = Some(d),
+                    None => bad("effectiveTo", "a date, e.g. 2026-01-31"),
+                },
+                "q" if !value.trim().is_empty() && value.chars().count() <= 200 => {
+                    q.filter.q = Some(value.trim().into())
+                }
+                "orderby" => match parse_orderby(&value) {
+                    Some(sort) => q.sort = Some(sort),
+                    None => bad("orderby", "updatedAt, title or effectiveDate, optionally followed by asc or desc"),
+                },
+                "maxpagesize" => match value.parse::<u32>() {
+                    Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => q.maxpagesize = Some(n),
+                    _ => bad("maxpagesize", "a whole number from 1 to 100"),
+                },
+                "count" => match value.as_str() {
+                    "true" => q.count = true,
+                    "false" => q.count = false,
+                    _ => bad("count", "true or false"),
+                },
+                "cursor" => q.cursor = Some(value),
+                "docType" | "jurisdiction" => bad(&key, "1 to 64 characters"),
+                "tag" => bad("tag", "1 to 64 characters"),
+                "q" => bad("q", "1 to 200 characters"),
+                other => bad(other, "unknown query parameter"),
+            }
+        }
+        if q.filter.tags_any.len() > MAX_TAGS {
+            bad("tag", "at most 20 tags");
+        }
+        if errors.is_empty() {
+            q.filter.tags_any.sort();
+            q.filter.tags_any.dedup();
+            Ok(q)
+        } else {
+            Err(AppError::new(ErrorCode::InvalidQuery)
+                .with_detail("some query parameters are invalid")
+                .with_field_errors(errors))
+        }
+    }
+
+    /// Everything that defines the result set and its order (not the page size or the cursor), and the tenant:
+    /// a cursor works only for the tenant and the listing it came from.
+    fn fingerprint(&self, tenant_id: Uuid, sort: DocumentSort) -> [u8; 8] {
+        let f = &self.filter;
+        let parts = [
+            tenant_id.to_string(),
+            f.status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            f.doc_type.clone().unwrap_or_default(),
+            f.jurisdiction.clone().unwrap_or_default(),
+            f.tags_any.join("\u{1f}"),
+            f.updated_after.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            f.updated_before.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            f.effective_from.map(|d| d.to_string()).unwrap_or_default(),
+            f.effective_to.map(|d| d.to_string()).unwrap_or_default(),
+            f.q.clone().unwrap_or_default(),
+            format!("{:?}/{}", sort.key, sort.descending),
+        ];
+        fingerprint(&parts.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+}
+
+fn parse_orderby(raw: &str) -> Option<DocumentSort> {
+    let mut parts = raw.split_whitespace();
+    let key = match parts.next()? {
+        "updatedAt" => DocumentSortKey::UpdatedAt,
+        "title" => DocumentSortKey::Title,
+        "effectiveDate" => DocumentSortKey::EffectiveDate,
+        _ => return None,
+    };
+    let descending = match parts.next() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => return None,
+    };
+    parts.next().is_none().then_some(DocumentSort { key, descending })
+}
+
+/// The cursor's payload: the last row's sort value and id.
+#[derive(Debug, Serialize, Deserialize)]
+enum Position {
+    T(i64, Uuid),
+    S(String, Uuid),
+    D(NaiveDate, Uuid),
+}
+
+impl Position {
+    fn from_cursor(c: &DocumentCursor) -> Self {
+        match &c.value {
+            SortValue::Time(t) => Position::T(t.timestamp_micros(), c.id),
+            SortValue::Text(s) => Position::S(s.clone(), c.id),
+            SortValue::Date(d) => Position::D(*d, c.id),
+        }
+    }
+
+    fn into_cursor(self) -> Option<DocumentCursor> {
+        Some(match self {
+            Position::T(micros, id) => {
+                DocumentCursor { value: SortValue::Time(DateTime::from_timestamp_micros(micros)?), id }
+            }
+            Position::S(s, id) => DocumentCursor { value: SortValue::Text(s), id },
+            Position::D(d, id) => DocumentCursor { value: SortValue::Date(d), id },
+        })
+    }
+}
+
+/// Lists and searches the tenant's documents in keyset pages.
+#[utoipa::path(
+    tag = "documents",
+    operation_id = "listDocuments",
+    security(("entra" = ["Documents.Read"])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page: value, nextLink (absent on the last page), count (when asked)", body = DocumentList),
+        (status = 400, description = "Invalid query parameters, or a cursor from another query", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Documents.Read is required", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[get("/documents")]
+pub async fn list_documents(
+    auth: Authorized<DocumentsRead>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let tenant_id = auth.tenant_id()?;
+    let query = ListQuery::parse(req.query_string())?;
+    let sort = query.sort.unwrap_or(DocumentSort { key: DocumentSortKey::UpdatedAt, descending: true });
+    let fingerprint = query.fingerprint(tenant_id, sort);
+    let after = match &query.cursor {
+        None => None,
+        Some(raw) => Some(state.cursors.decode::<Position>(fingerprint, raw)?.into_cursor().ok_or_else(|| {
+            AppError::new(ErrorCode::InvalidQuery).with_field_errors(vec![FieldError::new(
+                "cursor",
+                "invalid",
+                "not a cursor this API issued",
+            )])
+        })?),
+    };
+    let size = query.maxpagesize.unwrap_or(DEFAULT_PAGE_SIZE);
+    let page = state.store.list_documents(tenant_id, &query.filter, sort, after.as_ref(), size, query.count).await?;
+    let next_link = page.next.as_ref().map(|next| {
+        let token = state.cursors.encode(fingerprint, &Position::from_cursor(next));
+        let kept: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes())
+            .filter(|(k, _)| k != "cursor")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let mut link = form_urlencoded::Serializer::new(String::new());
+        link.extend_pairs(kept.iter());
+        link.append_pair("cursor", &token);
+        format!("/api/v1/documents?{}", link.finish())
+    });
+    Ok(HttpResponse::Ok().json(ListEnvelope {
+        value: page.items.iter().map(DocumentView::from).collect(),
+        next_link,
+        count: page.total,
+    }))
+}
+
+/// The list envelope of documents, for the OpenAPI document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentList {
+    pub value: Vec<DocumentView>,
+    /// Absent on the last page.
+    pub next_link: Option<String>,
+    /// With `count=true`: every matching document, not just this page.
+    pub count: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_queries_parse_strictly() {
+        let q = ListQuery::parse(
+            "status=draft&tag=EU&tag=tax,customs&tag=eu&orderby=title%20desc&maxpagesize=10&count=true&q=50%25",
+        )
+        .unwrap();
+        assert_eq!(q.filter.status, Some(DocumentStatus::Draft));
+        assert_eq!(q.filter.tags_any, vec!["customs", "eu", "tax"]);
+        assert!(ListQuery::parse("tag=a,,b").is_err(), "empty tags are refused");
+        assert_eq!(q.sort, Some(DocumentSort { key: DocumentSortKey::Title, descending: true }));
+        assert_eq!((q.maxpagesize, q.count), (Some(10), true));
+        assert_eq!(q.filter.q.as_deref(), Some("50%"));
+        let err =
+            ListQuery::parse("status=gone&maxpagesize=0&orderby=size&colour=red&updatedAfter=yesterday").unwrap_err();
+        let fields: Vec<_> = err.field_errors().iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, vec!["status", "maxpagesize", "orderby", "colour", "updatedAfter"]);
+    }
+
+    #[test]
+    fn fingerprints_change_with_filters_and_sort_but_not_page_size() {
+        let sort = DocumentSort { key: DocumentSortKey::UpdatedAt, descending: true };
+        let t = Uuid::from_u128(1);
+        let a = ListQuery::parse("status=draft&maxpagesize=5").unwrap().fingerprint(t, sort);
+        let b = ListQuery::parse("status=draft&maxpagesize=50").unwrap().fingerprint(t, sort);
+        let c = ListQuery::parse("status=published").unwrap().fingerprint(t, sort);
+        let d = ListQuery::parse("status=draft").unwrap().fingerprint(t, DocumentSort { descending: false, ..sort });
+        let e = ListQuery::parse("status=draft").unwrap().fingerprint(Uuid::from_u128(2), sort);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, d);
+        assert_ne!(a, e, "another tenant");
+    }
+
+    #[test]
+    fn orderby_accepts_the_documented_forms_only() {
+        assert_eq!(
+            parse_orderby("effectiveDate"),
+            Some(DocumentSort { key: DocumentSortKey::EffectiveDate, descending: false })
+        );
+        assert!(parse_orderby("updatedAt desc extra").is_none());
+        assert!(parse_orderby("updatedAt DESC").is_none());
+    }
+}

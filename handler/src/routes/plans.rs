@@ -1,0 +1,295 @@
+//! `/api/v1/plans` (Platform.Admin): the plans tenants subscribe to: limits, quota, overage policy and prices.
+
+use actix_web::http::header::{self, ContentType};
+use actix_web::{HttpRequest, HttpResponse, get, post, put, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use validator::Validate;
+
+use crate::api::conditional::{etag, expected_version, not_modified, precondition_failed, require_if_match};
+use crate::api::list::ListEnvelope;
+use crate::api::validation::validate;
+use crate::auth::guard::{Authorized, PlatformAdmin};
+use crate::error::{AppError, ErrorCode};
+use crate::state::AppState;
+use crate::store::{OveragePolicy, Plan, StoreError, Update};
+
+/// What happens to calls beyond the monthly quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Overage {
+    /// Refuse them with 429 `quota-exceeded`.
+    Block,
+    /// Let them through, counted as overage units.
+    Allow,
+}
+
+fn valid_code(value: &str) -> Result<(), validator::ValidationError> {
+    let ok = value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(validator::ValidationError::new("format").with_message("lower-case letters, digits and - only".into()))
+    }
+}
+
+fn valid_currency(value: &str) -> Result<(), validator::ValidationError> {
+    if value.len() == 3 && value.chars().all(|c| c.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(validator::ValidationError::new("format").with_message("an ISO 4217 code such as EUR".into()))
+    }
+}
+
+/// The writable fields of a plan.
+#[derive(Debug, Clone, Serialize, Deserialize, Validate, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanInput {
+    #[validate(length(min = 1, max = 200))]
+    pub name: String,
+    /// Sustained request rate per API client.
+    #[validate(range(min = 1, max = 1_000_000))]
+    pub requests_per_minute: i32,
+    /// Requests a client may send at once after being idle.
+    #[validate(range(min = 1, max = 100_000))]
+    pub burst: i32,
+    /// Billable units included per UTC calendar month.
+    #[validate(range(min = 0, max = 1_000_000_000_000i64))]
+    pub monthly_quota_units: i64,
+    pub overage_policy: Overage,
+    /// ISO 4217, e.g. `EUR`.
+    #[validate(custom(function = "valid_currency"))]
+    pub currency: String,
+    /// Monthly base price in millionths of the currency unit.
+    #[validate(range(min = 0))]
+    pub base_price_micros: i64,
+    /// Price of one overage unit in millionths of the currency unit.
+    #[validate(range(min = 0))]
+    pub overage_unit_price_micros: i64,
+}
+
+/// A new plan: its code and its fields.
+#[derive(Debug, Clone, Serialize, Deserialize, Validate, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanCreate {
+    /// Unique, e.g. `pro` (lower-case letters, digits, `-`).
+    #[validate(length(min = 1, max = 64), custom(function = "valid_code"))]
+    pub code: String,
+    #[serde(flatten)]
+    #[validate(nested)]
+    pub fields: PlanInput,
+}
+
+/// A plan as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanView {
+    pub code: String,
+    pub name: String,
+    pub requests_per_minute: i32,
+    pub burst: i32,
+    pub monthly_quota_units: i64,
+    pub overage_policy: Overage,
+    pub currency: String,
+    pub base_price_micros: i64,
+    pub overage_unit_price_micros: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub etag: String,
+}
+
+impl From<&Plan> for PlanView {
+    fn from(p: &Plan) -> Self {
+        PlanView {
+            code: p.code.clone(),
+            name: p.name.clone(),
+            requests_per_minute: p.requests_per_minute,
+            burst: p.burst,
+            monthly_quota_units: p.monthly_quota_units,
+            overage_policy: match p.overage_policy {
+                OveragePolicy::Block => Overage::Block,
+                OveragePolicy::Allow => Overage::Allow,
+            },
+            currency: p.currency.clone(),
+            base_price_micros: p.base_price_micros,
+            overage_unit_price_micros: p.overage_unit_price_micros,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+            etag: etag(p.version),
+        }
+    }
+}
+
+fn apply(fields: PlanInput, plan: &mut Plan) {
+    plan.name = fields.name;
+    plan.requests_per_minute = fields.requests_per_minute;
+    plan.burst = fields.burst;
+    plan.monthly_quota_units = fields.monthly_quota_units;
+    plan.overage_policy = match fields.overage_policy {
+        Overage::Block => OveragePolicy::Block,
+        Overage::Allow => OveragePolicy::Allow,
+    };
+    plan.currency = fields.currency;
+    plan.base_price_micros = fields.base_price_micros;
+    plan.overage_unit_price_micros = fields.overage_unit_price_micros;
+}
+
+fn respond(status: actix_web::http::StatusCode, plan: &Plan) -> HttpResponse {
+    let mut response = HttpResponse::build(status);
+    response.insert_header((header::ETAG, etag(plan.version))).insert_header(ContentType::json());
+    if status == actix_web::http::StatusCode::CREATED {
+        response.insert_header((header::LOCATION, format!("/api/v1/plans/{}", plan.code)));
+    }
+    response.json(PlanView::from(plan))
+}
+
+fn not_found() -> AppError {
+    AppError::new(ErrorCode::NotFound).with_detail("no plan with this code")
+}
+
+/// Creates a plan.
+#[utoipa::path(
+    tag = "plans",
+    operation_id = "createPlan",
+    security(("entra" = ["Platform.Admin"])),
+    request_body(content = PlanCreate, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = PlanView),
+        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The code exists", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[post("/plans")]
+pub async fn create_plan(
+    _auth: Authorized<PlatformAdmin>,
+    input: web::Json<PlanCreate>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let input = input.into_inner();
+    validate(&input)?;
+    let now = state.clock.now();
+    let mut plan = Plan {
+        code: input.code,
+        name: String::new(),
+        requests_per_minute: 1,
+        burst: 1,
+        monthly_quota_units: 0,
+        overage_policy: OveragePolicy::Block,
+        currency: String::new(),
+        base_price_micros: 0,
+        overage_unit_price_micros: 0,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    apply(input.fields, &mut plan);
+    match state.store.create_plan(&plan).await {
+        Ok(()) => Ok(respond(actix_web::http::StatusCode::CREATED, &plan)),
+        Err(StoreError::Conflict(_)) => {
+            Err(AppError::new(ErrorCode::Conflict).with_detail("a plan with this code exists"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Lists every plan, by code.
+#[utoipa::path(
+    tag = "plans",
+    operation_id = "listPlans",
+    security(("entra" = ["Platform.Admin"])),
+    responses(
+        (status = 200, description = "All plans (there are few: one page)", body = PlanList),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[get("/plans")]
+pub async fn list_plans(
+    _auth: Authorized<PlatformAdmin>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let plans = state.store.list_plans().await?;
+    Ok(HttpResponse::Ok().json(ListEnvelope {
+        value: plans.iter().map(PlanView::from).collect(),
+        next_link: None,
+        count: None,
+    }))
+}
+
+/// The list envelope of plans, for the OpenAPI document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PlanList {
+    pub value: Vec<PlanView>,
+}
+
+/// Reads a plan.
+#[utoipa::path(
+    tag = "plans",
+    operation_id = "getPlan",
+    security(("entra" = ["Platform.Admin"])),
+    params(("code" = String, Path, description = "The plan code")),
+    responses(
+        (status = 200, description = "The plan; ETag header", body = PlanView),
+        (status = 304, description = "Not modified"),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such plan", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[get("/plans/{code}")]
+pub async fn get_plan(
+    _auth: Authorized<PlatformAdmin>,
+    req: HttpRequest,
+    code: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let plan = state.store.get_plan(&code).await?.ok_or_else(not_found)?;
+    if not_modified(&req, plan.version) {
+        return Ok(HttpResponse::NotModified().insert_header((header::ETAG, etag(plan.version))).finish());
+    }
+    Ok(respond(actix_web::http::StatusCode::OK, &plan))
+}
+
+/// Replaces a plan's fields (not its code). Requires `If-Match`. Tenants pick up new limits at once;
+/// the quota of a period already started keeps the quota it started with.
+#[utoipa::path(
+    tag = "plans",
+    operation_id = "replacePlan",
+    security(("entra" = ["Platform.Admin"])),
+    params(("code" = String, Path, description = "The plan code"), ("If-Match" = String, Header, description = "The ETag last read, or *")),
+    request_body(content = PlanInput, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Replaced", body = PlanView),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such plan", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The ETag is stale", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 428, description = "If-Match is missing", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[put("/plans/{code}")]
+pub async fn replace_plan(
+    _auth: Authorized<PlatformAdmin>,
+    req: HttpRequest,
+    code: web::Path<String>,
+    input: web::Json<PlanInput>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let precondition = require_if_match(&req)?;
+    let input = input.into_inner();
+    validate(&input)?;
+    let current = state.store.get_plan(&code).await?.ok_or_else(not_found)?;
+    let version = expected_version(precondition, current.version)?;
+    let mut plan = current.clone();
+    apply(input, &mut plan);
+    plan.updated_at = state.clock.now();
+    match state.store.update_plan(&plan, version).await? {
+        Update::Updated(saved) => Ok(respond(actix_web::http::StatusCode::OK, &saved)),
+        Update::NotFound => Err(not_found()),
+        Update::VersionMismatch { current_version } => Err(precondition_failed(current_version)),
+    }
+}

@@ -1,0 +1,520 @@
+//! The REST API v1 end to end under the host emulator: documents, admin resources and every convention of docs/api-design.md.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, HostOptions};
+
+const DIR_A: &str = "aaaaaaaa-0000-0000-0000-00000000000a";
+const DIR_B: &str = "bbbbbbbb-0000-0000-0000-00000000000b";
+
+/// A handler in local auth mode with dev tokens for two tenants and a platform administrator.
+struct Api {
+    host: HostEmulator,
+    root: tempfile::TempDir,
+    a_writer: String,
+    a_reader: String,
+    b_writer: String,
+    admin: String,
+    a_admin: String,
+}
+
+fn dev_token(root: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_handler"))
+        .arg("dev-token")
+        .args(args)
+        .current_dir(root)
+        .env_remove("METERLINE_AUTH_MODE")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+async fn api() -> Api {
+    let root = tempfile::tempdir().unwrap();
+    let a_writer = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Documents.Read,Documents.Write"]);
+    let a_reader = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Documents.Read", "--app-id", "reader-app"]);
+    let b_writer = dev_token(root.path(), &["--tenant", DIR_B, "--roles", "Documents.Read,Documents.Write"]);
+    let admin = dev_token(root.path(), &["--tenant", DIR_B, "--roles", "Platform.Admin", "--app-id", "ops-console"]);
+    let a_admin = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Tenant.Admin", "--app-id", "a-admin-app"]);
+    let host =
+        HostEmulator::start_with(HostOptions { app_root: Some(root.path().to_path_buf()), ..HostOptions::default() })
+            .await;
+    Api { host, root, a_writer, a_reader, b_writer, admin, a_admin }
+}
+
+impl Api {
+    async fn send(&self, token: &str, request: ClientRequest) -> ClientResponse {
+        self.host.http(request.header("Authorization", &format!("Bearer {token}"))).await
+    }
+
+    async fn create(&self, token: &str, body: Value) -> ClientResponse {
+        self.send(token, ClientRequest::new("POST", "/api/v1/documents").json(&body)).await
+    }
+
+    async fn get(&self, token: &str, path: &str) -> ClientResponse {
+        self.send(token, ClientRequest::get(path)).await
+    }
+
+    /// Follows nextLink to the end; returns every item and the number of pages.
+    async fn all_pages(&self, token: &str, first: &str) -> (Vec<Value>, usize) {
+        let mut items = Vec::new();
+        let mut link = Some(first.to_owned());
+        let mut pages = 0;
+        while let Some(path) = link {
+            let page = self.get(token, &path).await;
+            assert_eq!(page.status, 200, "{path}: {}", String::from_utf8_lossy(&page.body));
+            let body = page.json();
+            items.extend(body["value"].as_array().unwrap().iter().cloned());
+            link = body["nextLink"].as_str().map(str::to_owned);
+            pages += 1;
+            assert!(pages < 200, "runaway paging");
+        }
+        (items, pages)
+    }
+}
+
+fn doc(title: &str) -> Value {
+    json!({"title": title, "docType": "regulation", "status": "published", "tags": ["EU", "tax"]})
+}
+
+fn problem(response: &ClientResponse, status: u16, code: &str) -> Value {
+    assert_eq!(response.status, status, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(response.header("content-type"), Some("application/problem+json"));
+    assert_eq!(response.header("x-ms-error-code"), Some(code));
+    let body = response.json();
+    assert_eq!(body["code"], code, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn documents_crud_with_etags_and_conditional_requests() {
+    let api = api().await;
+    let created = api.create(&api.a_writer, doc("Customs code")).await;
+    assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+    let body = created.json();
+    let id = body["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/documents/{id}");
+    assert_eq!(created.header("location"), Some(path.as_str()));
+    let etag = created.header("etag").unwrap().to_owned();
+    assert_eq!(body["etag"], etag);
+    assert_eq!(body["tags"], json!(["eu", "tax"]), "tags are normalized");
+
+    let read = api.get(&api.a_reader, &path).await;
+    assert_eq!((read.status, read.header("etag")), (200, Some(etag.as_str())));
+    let cached = api.send(&api.a_reader, ClientRequest::get(&path).header("If-None-Match", &etag)).await;
+    assert_eq!(cached.status, 304);
+    assert!(cached.body.is_empty());
+
+    let replacement = json!({"title": "Customs code (2026)", "docType": "regulation", "summary": "Consolidated text"});
+    let put = |etag: Option<&str>| {
+        let mut r = ClientRequest::new("PUT", &path).json(&replacement);
+        if let Some(etag) = etag {
+            r = r.header("If-Match", etag);
+        }
+        r
+    };
+    problem(&api.send(&api.a_writer, put(None)).await, 428, "PreconditionRequired");
+    let stale = api.send(&api.a_writer, put(Some("\"99\""))).await;
+    problem(&stale, 412, "PreconditionFailed");
+    assert_eq!(stale.header("etag"), Some(etag.as_str()), "412 tells the current ETag");
+    let replaced = api.send(&api.a_writer, put(Some(&etag))).await;
+    assert_eq!(replaced.status, 200);
+    let etag2 = replaced.header("etag").unwrap().to_owned();
+    assert_ne!(etag2, etag);
+    assert_eq!(replaced.json()["status"], "draft", "PUT replaces: an omitted status is the default");
+
+    let merge = |content_type: &str, etag: &str| {
+        ClientRequest::new("PATCH", &path)
+            .body(json!({"summary": null, "jurisdiction": "eu"}).to_string())
+            .header("Content-Type", content_type)
+            .header("If-Match", etag)
+    };
+    problem(&api.send(&api.a_writer, merge("application/json", &etag2)).await, 415, "UnsupportedMediaType");
+    let patched = api.send(&api.a_writer, merge("application/merge-patch+json", &etag2)).await;
+    assert_eq!(patched.status, 200, "{}", String::from_utf8_lossy(&patched.body));
+    let patched_body = patched.json();
+    assert_eq!((patched_body["summary"].clone(), patched_body["jurisdiction"].clone()), (Value::Null, json!("eu")));
+    assert_eq!(patched_body["title"], "Customs code (2026)", "untouched fields stay");
+    let etag3 = patched.header("etag").unwrap().to_owned();
+    let bad_patch = ClientRequest::new("PATCH", &path)
+        .body(json!({"title": ""}).to_string())
+        .header("Content-Type", "application/merge-patch+json")
+        .header("If-Match", &etag3);
+    assert_eq!(
+        problem(&api.send(&api.a_writer, bad_patch).await, 422, "ValidationFailed")["errors"][0]["field"],
+        "title"
+    );
+
+    problem(&api.send(&api.a_writer, ClientRequest::new("DELETE", &path)).await, 428, "PreconditionRequired");
+    let deleted = api.send(&api.a_writer, ClientRequest::new("DELETE", &path).header("If-Match", &etag3)).await;
+    assert_eq!(deleted.status, 204);
+    problem(&api.get(&api.a_reader, &path).await, 404, "NotFound");
+    problem(
+        &api.send(&api.a_writer, ClientRequest::new("DELETE", &path).header("If-Match", "*")).await,
+        404,
+        "NotFound",
+    );
+    problem(&api.get(&api.a_reader, "/api/v1/documents/not-a-uuid").await, 404, "NotFound");
+    problem(&api.create(&api.a_reader, doc("x")).await, 403, "InsufficientScope");
+}
+
+#[tokio::test]
+async fn bad_input_gets_field_level_problems_and_writes_nothing() {
+    let api = api().await;
+    let unknown = problem(
+        &api.create(&api.a_writer, json!({"title": "t", "docType": "x", "colour": "red"})).await,
+        422,
+        "ValidationFailed",
+    );
+    assert!(unknown["errors"][0]["message"].as_str().unwrap().contains("colour"), "{unknown}");
+    let fields = problem(
+        &api.create(
+            &api.a_writer,
+            json!({"title": "", "docType": "no spaces", "tags": ["ok", ""], "summary": "s".repeat(2001)}),
+        )
+        .await,
+        422,
+        "ValidationFailed",
+    );
+    let names: BTreeSet<&str> =
+        fields["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    assert_eq!(names, BTreeSet::from(["docType", "summary", "tags", "title"]), "{fields}");
+    problem(
+        &api.create(&api.a_writer, json!({"title": "t", "docType": "x", "status": "lost"})).await,
+        422,
+        "ValidationFailed",
+    );
+    problem(
+        &api.create(&api.a_writer, json!({"title": "t", "docType": "x", "effectiveDate": "31/01/2026"})).await,
+        422,
+        "ValidationFailed",
+    );
+    let malformed =
+        ClientRequest::new("POST", "/api/v1/documents").body("{\"title\":").header("Content-Type", "application/json");
+    problem(&api.send(&api.a_writer, malformed).await, 400, "MalformedJson");
+    let text = ClientRequest::new("POST", "/api/v1/documents").body("title=x").header("Content-Type", "text/plain");
+    problem(&api.send(&api.a_writer, text).await, 415, "UnsupportedMediaType");
+    let huge = json!({"title": "t", "docType": "x", "body": "x".repeat(1_100_000)});
+    problem(&api.create(&api.a_writer, huge).await, 413, "PayloadTooLarge");
+    let list = api.get(&api.a_reader, "/api/v1/documents?count=true").await.json();
+    assert_eq!(list["count"], 0, "no rejected request wrote anything");
+}
+
+#[tokio::test]
+async fn idempotent_creation_replays_and_refuses_a_reused_key() {
+    let api = api().await;
+    let with_key = |header: &str, key: &str, body: Value| {
+        ClientRequest::new("POST", "/api/v1/documents").json(&body).header(header, key)
+    };
+    let first = api.send(&api.a_writer, with_key("Idempotency-Key", "k-1", doc("Once"))).await;
+    assert_eq!(first.status, 201);
+    let again = api.send(&api.a_writer, with_key("Idempotency-Key", "k-1", doc("Once"))).await;
+    assert_eq!(again.status, 201);
+    assert_eq!(again.header("idempotency-replayed"), Some("true"));
+    assert_eq!(again.json()["id"], first.json()["id"]);
+    assert_eq!(again.header("location"), first.header("location"));
+    problem(
+        &api.send(&api.a_writer, with_key("Idempotency-Key", "k-1", doc("Other"))).await,
+        422,
+        "IdempotencyKeyReused",
+    );
+    let azure = api.send(&api.a_writer, with_key("Repeatability-Request-ID", "r-1", doc("Azure style"))).await;
+    assert_eq!(azure.status, 201);
+
+    // Ten concurrent retries with one key create one document.
+    let racers = (0..10).map(|_| api.send(&api.a_writer, with_key("Idempotency-Key", "race", doc("Raced"))));
+    let responses = futures_util::future::join_all(racers).await;
+    let ids: BTreeSet<String> = responses
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+            r.json()["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1);
+    // Keys are per tenant: B may use "k-1" for its own document.
+    assert_ne!(
+        api.send(&api.b_writer, with_key("Idempotency-Key", "k-1", doc("Once"))).await.json()["id"],
+        first.json()["id"]
+    );
+    assert_eq!(api.get(&api.a_reader, "/api/v1/documents?count=true").await.json()["count"], 3);
+}
+
+async fn seed_listing(api: &Api) -> Vec<Value> {
+    let mut made = Vec::new();
+    for i in 0..23 {
+        let status = ["draft", "published", "archived"][i % 3];
+        let body = json!({
+            "title": format!("{} report {i:02}", if i % 3 == 0 { "Annual" } else { "monthly" }),
+            "summary": if i == 7 { "covers 50% of_cases" } else { "plain" },
+            "docType": if i % 2 == 0 { "regulation" } else { "guidance" },
+            "jurisdiction": if i % 4 == 0 { "eu" } else { "us" },
+            "status": status,
+            "effectiveDate": if i % 5 == 0 { Value::Null } else { json!(format!("2026-0{}-1{}", 1 + i % 9, i % 10)) },
+            "tags": if i % 2 == 0 { json!(["tax"]) } else { json!(["customs", "eu"]) },
+        });
+        let response = api.create(&api.a_writer, body).await;
+        assert_eq!(response.status, 201, "{}", String::from_utf8_lossy(&response.body));
+        made.push(response.json());
+    }
+    made
+}
+
+#[tokio::test]
+async fn listing_filters_sorts_pages_and_counts() {
+    let api = api().await;
+    let made = seed_listing(&api).await;
+    let ids = |items: &[Value]| items.iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect::<BTreeSet<_>>();
+    let expect = |pred: &dyn Fn(&Value) -> bool| ids(&made.iter().filter(|d| pred(d)).cloned().collect::<Vec<_>>());
+
+    let (all, pages) = api.all_pages(&api.a_reader, "/api/v1/documents?maxpagesize=5").await;
+    assert_eq!((all.len(), pages), (23, 5));
+    assert_eq!(ids(&all), expect(&|_| true));
+    let first = api.get(&api.a_reader, "/api/v1/documents?count=true&maxpagesize=5").await.json();
+    assert_eq!(first["count"], 23);
+    assert_eq!(first["value"].as_array().unwrap().len(), 5);
+    assert!(api.get(&api.a_reader, "/api/v1/documents").await.json().get("count").is_none(), "count is opt-in");
+
+    for (query, pred) in [
+        ("status=draft", &(|d: &Value| d["status"] == "draft") as &dyn Fn(&Value) -> bool),
+        ("docType=guidance", &|d: &Value| d["docType"] == "guidance"),
+        ("jurisdiction=eu", &|d: &Value| d["jurisdiction"] == "eu"),
+        ("tag=customs&tag=nothing", &|d: &Value| d["tags"].as_array().unwrap().contains(&json!("customs"))),
+        ("q=ANNUAL", &|d: &Value| d["title"].as_str().unwrap().starts_with("Annual")),
+        ("q=50%25%20of_", &|d: &Value| d["summary"] == "covers 50% of_cases"),
+        ("q=5_%25", &|_: &Value| false),
+        ("effectiveFrom=2026-03-01&effectiveTo=2026-06-30", &|d: &Value| {
+            d["effectiveDate"].as_str().is_some_and(|e| ("2026-03-01".."2026-07-01").contains(&e))
+        }),
+        ("status=published&docType=guidance&tag=eu", &|d: &Value| {
+            d["status"] == "published"
+                && d["docType"] == "guidance"
+                && d["tags"].as_array().unwrap().contains(&json!("eu"))
+        }),
+    ] {
+        let (items, _) = api.all_pages(&api.a_reader, &format!("/api/v1/documents?{query}&maxpagesize=4")).await;
+        assert_eq!(ids(&items), expect(pred), "{query}");
+    }
+    let middle = made[10]["updatedAt"].as_str().unwrap();
+    let (after, _) =
+        api.all_pages(&api.a_reader, &format!("/api/v1/documents?updatedAfter={}", middle.replace('+', "%2B"))).await;
+    assert_eq!(after.len(), 13, "updatedAfter is inclusive");
+    let (before, _) =
+        api.all_pages(&api.a_reader, &format!("/api/v1/documents?updatedBefore={}", middle.replace('+', "%2B"))).await;
+    assert_eq!(before.len(), 10, "updatedBefore is exclusive");
+
+    for (orderby, key) in [
+        ("title asc", "title"),
+        ("title desc", "title"),
+        ("updatedAt asc", "updatedAt"),
+        ("effectiveDate desc", "effectiveDate"),
+    ] {
+        let (items, _) = api
+            .all_pages(
+                &api.a_reader,
+                &format!("/api/v1/documents?orderby={}&maxpagesize=3", orderby.replace(' ', "%20")),
+            )
+            .await;
+        assert_eq!(items.len(), 23, "{orderby}");
+        let keys: Vec<String> = items.iter().map(|d| d[key].as_str().unwrap_or("0001-01-01").to_owned()).collect();
+        let mut sorted = keys.clone();
+        sorted.sort_by_key(|k| k.to_lowercase());
+        if orderby.ends_with("desc") {
+            sorted.reverse();
+        }
+        let fold = |v: &[String]| v.iter().map(|k| k.to_lowercase()).collect::<Vec<_>>();
+        assert_eq!(fold(&keys), fold(&sorted), "{orderby}");
+    }
+}
+
+#[tokio::test]
+async fn cursors_and_query_parameters_are_checked() {
+    let api = api().await;
+    seed_listing(&api).await;
+    let page = api.get(&api.a_reader, "/api/v1/documents?status=draft&maxpagesize=2").await.json();
+    let next = page["nextLink"].as_str().unwrap().to_owned();
+    let cursor = next.split("cursor=").nth(1).unwrap().to_owned();
+    let replayed =
+        api.get(&api.a_reader, &format!("/api/v1/documents?status=published&maxpagesize=2&cursor={cursor}")).await;
+    assert!(problem(&replayed, 400, "InvalidQuery")["detail"].as_str().unwrap().contains("other filters"));
+    let mut chars: Vec<char> = cursor.chars().collect();
+    let i = chars.len() / 2;
+    chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
+    let tampered: String = chars.into_iter().collect();
+    problem(
+        &api.get(&api.a_reader, &format!("/api/v1/documents?status=draft&cursor={tampered}")).await,
+        400,
+        "InvalidQuery",
+    );
+    // Another tenant cannot walk this tenant's listing with its cursor.
+    problem(&api.get(&api.b_writer, &next).await, 400, "InvalidQuery");
+    assert_eq!(api.get(&api.a_reader, &next).await.status, 200, "the page size may change between pages");
+
+    for bad in [
+        "maxpagesize=0",
+        "maxpagesize=101",
+        "orderby=size",
+        "colour=red",
+        "count=yes",
+        "updatedAfter=yesterday",
+        "effectiveFrom=2026-13-01",
+    ] {
+        let body = problem(&api.get(&api.a_reader, &format!("/api/v1/documents?{bad}")).await, 400, "InvalidQuery");
+        assert_eq!(body["errors"][0]["field"], bad.split('=').next().unwrap(), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn tenants_cannot_reach_each_others_documents_through_any_route() {
+    let api = api().await;
+    let a_doc = api.create(&api.a_writer, doc("Tenant A secret plan")).await.json();
+    let b_doc = api.create(&api.b_writer, doc("Tenant B notes")).await.json();
+    let path = format!("/api/v1/documents/{}", a_doc["id"].as_str().unwrap());
+    let etag = a_doc["etag"].as_str().unwrap();
+    problem(&api.get(&api.b_writer, &path).await, 404, "NotFound");
+    let put = ClientRequest::new("PUT", &path).json(&doc("hijacked")).header("If-Match", etag);
+    problem(&api.send(&api.b_writer, put).await, 404, "NotFound");
+    let patch = ClientRequest::new("PATCH", &path)
+        .body("{\"title\":\"hijacked\"}")
+        .header("Content-Type", "application/merge-patch+json")
+        .header("If-Match", "*");
+    problem(&api.send(&api.b_writer, patch).await, 404, "NotFound");
+    problem(
+        &api.send(&api.b_writer, ClientRequest::new("DELETE", &path).header("If-Match", "*")).await,
+        404,
+        "NotFound",
+    );
+    for query in ["", "?q=secret", "?tag=tax", "?status=published&count=true", "?orderby=title%20asc"] {
+        let list = api.get(&api.b_writer, &format!("/api/v1/documents{query}")).await.json();
+        let titles: Vec<&str> =
+            list["value"].as_array().unwrap().iter().map(|d| d["title"].as_str().unwrap()).collect();
+        assert!(titles.iter().all(|t| !t.contains("Tenant A")), "{query}: {titles:?}");
+        if let Some(count) = list.get("count") {
+            assert_eq!(count, 1, "{query}");
+        }
+    }
+    assert_eq!(
+        api.get(&api.a_reader, &path).await.json()["title"],
+        "Tenant A secret plan",
+        "A's document is untouched"
+    );
+    assert_eq!(
+        api.get(&api.b_writer, &format!("/api/v1/documents/{}", b_doc["id"].as_str().unwrap())).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn admin_resources_plans_tenants_and_clients() {
+    let api = api().await;
+    let plan = json!({"code": "team", "name": "Team", "requestsPerMinute": 120, "burst": 20, "monthlyQuotaUnits": 50000,
+        "overagePolicy": "allow", "currency": "EUR", "basePriceMicros": 19000000, "overageUnitPriceMicros": 500});
+    let created = api.send(&api.admin, ClientRequest::new("POST", "/api/v1/plans").json(&plan)).await;
+    assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+    problem(&api.send(&api.admin, ClientRequest::new("POST", "/api/v1/plans").json(&plan)).await, 409, "Conflict");
+    problem(
+        &api.send(&api.a_writer, ClientRequest::new("POST", "/api/v1/plans").json(&plan)).await,
+        403,
+        "InsufficientScope",
+    );
+    let plans = api.get(&api.admin, "/api/v1/plans").await.json();
+    let codes: Vec<&str> = plans["value"].as_array().unwrap().iter().map(|p| p["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, vec!["developer", "team"]);
+    let mut changed = plan.clone();
+    changed.as_object_mut().unwrap().remove("code");
+    changed["burst"] = json!(40);
+    let etag = created.header("etag").unwrap().to_owned();
+    let put = api
+        .send(&api.admin, ClientRequest::new("PUT", "/api/v1/plans/team").json(&changed).header("If-Match", &etag))
+        .await;
+    assert_eq!((put.status, put.json()["burst"].clone()), (200, json!(40)));
+
+    let tenant = api
+        .send(
+            &api.admin,
+            ClientRequest::new("POST", "/api/v1/tenants").json(
+                &json!({"name": "Contoso", "plan": "team", "entraTenantId": "cccccccc-0000-0000-0000-00000000000c"}),
+            ),
+        )
+        .await;
+    assert_eq!(tenant.status, 201, "{}", String::from_utf8_lossy(&tenant.body));
+    let unknown_plan = api
+        .send(&api.admin, ClientRequest::new("POST", "/api/v1/tenants").json(&json!({"name": "X", "plan": "nope"})))
+        .await;
+    problem(&unknown_plan, 422, "ValidationFailed");
+
+    // Suspend tenant A: its callers are refused until it is reactivated.
+    let tenants = api.get(&api.admin, "/api/v1/tenants").await.json();
+    let a = tenants["value"].as_array().unwrap().iter().find(|t| t["entraTenantId"] == DIR_A).unwrap().clone();
+    let a_path = format!("/api/v1/tenants/{}", a["id"].as_str().unwrap());
+    let a_etag = api.get(&api.admin, &a_path).await.header("etag").unwrap().to_owned();
+    problem(
+        &api.send(&api.admin, ClientRequest::new("POST", &format!("{a_path}/suspend"))).await,
+        428,
+        "PreconditionRequired",
+    );
+    let suspended = api
+        .send(&api.admin, ClientRequest::new("POST", &format!("{a_path}/suspend")).header("If-Match", &a_etag))
+        .await;
+    assert_eq!(suspended.json()["status"], "suspended");
+    problem(&api.get(&api.a_reader, "/api/v1/documents").await, 403, "TenantSuspended");
+    let etag = suspended.header("etag").unwrap().to_owned();
+    let patched = api
+        .send(
+            &api.admin,
+            ClientRequest::new("PATCH", &a_path)
+                .body("{\"plan\":\"team\"}")
+                .header("Content-Type", "application/merge-patch+json")
+                .header("If-Match", &etag),
+        )
+        .await;
+    assert_eq!(patched.json()["plan"], "team");
+    let etag = patched.header("etag").unwrap().to_owned();
+    api.send(&api.admin, ClientRequest::new("POST", &format!("{a_path}/reactivate")).header("If-Match", &etag)).await;
+    assert_eq!(api.get(&api.a_reader, "/api/v1/documents").await.status, 200);
+
+    // Tenant A registers the reader app with Documents.Read only; a Documents.Write claim no longer helps it.
+    let register = json!({"appId": "reader-app", "displayName": "Reader", "roles": ["Documents.Read"]});
+    let client = api.send(&api.a_admin, ClientRequest::new("POST", "/api/v1/clients").json(&register)).await;
+    assert_eq!(client.status, 201, "{}", String::from_utf8_lossy(&client.body));
+    let escalate = json!({"appId": "x", "displayName": "X", "roles": ["Platform.Admin"]});
+    problem(
+        &api.send(&api.a_admin, ClientRequest::new("POST", "/api/v1/clients").json(&escalate)).await,
+        422,
+        "ValidationFailed",
+    );
+    let writer_claims = dev_token(
+        api.root.path(),
+        &["--tenant", DIR_B, "--roles", "Documents.Read,Documents.Write", "--app-id", "reader-app"],
+    );
+    let me = api.get(&writer_claims, "/api/v1/me").await.json();
+    assert_eq!(me["permissions"], json!(["Documents.Read"]), "the registration caps the token's roles");
+    assert_eq!(me["tenant"]["name"], a["name"], "the registration decides the tenant, not the token's directory");
+    let listed = api.get(&api.a_admin, "/api/v1/clients").await.json();
+    assert_eq!(listed["value"].as_array().unwrap().len(), 1);
+    let client_path = format!("/api/v1/clients/{}", client.json()["id"].as_str().unwrap());
+    problem(&api.send(&api.b_writer, ClientRequest::new("DELETE", &client_path)).await, 403, "InsufficientScope");
+    let revoked = api.send(&api.a_admin, ClientRequest::new("DELETE", &client_path)).await;
+    assert_eq!(revoked.json()["status"], "revoked");
+    problem(&api.get(&writer_claims, "/api/v1/me").await, 403, "ClientRevoked");
+}
+
+#[tokio::test]
+async fn deprecated_operations_announce_their_sunset() {
+    let api = api().await;
+    let old = api.get(&api.a_reader, "/api/v1/whoami").await;
+    assert_eq!(old.status, 200);
+    assert!(old.header("deprecation").is_some_and(|d| d.starts_with('@')));
+    assert_eq!(old.header("sunset"), Some("Tue, 01 Jun 2027 00:00:00 GMT"));
+    assert_eq!(old.header("link"), Some("</api/v1/me>; rel=\"successor-version\""));
+    let unauthenticated = api.host.http(ClientRequest::get("/api/v1/whoami")).await;
+    assert_eq!(unauthenticated.status, 401);
+    assert!(unauthenticated.header("sunset").is_some(), "errors announce it too");
+    assert!(api.get(&api.a_reader, "/api/v1/me").await.header("deprecation").is_none());
+    let doc = api.host.http(ClientRequest::get("/api/openapi.json")).await.json();
+    assert_eq!(doc["paths"]["/api/v1/whoami"]["get"]["deprecated"], true);
+    assert_eq!(doc["paths"]["/api/v1/whoami"]["get"]["x-sunset"], "2027-06-01T00:00:00Z");
+}

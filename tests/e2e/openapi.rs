@@ -1,0 +1,69 @@
+//! The OpenAPI document as a contract: a committed snapshot, and every route declared through utoipa.
+//!
+//! Run with `UPDATE_SNAPSHOTS=1` to accept an intended change, then review the diff of the snapshot.
+
+use crate::support::host::repo_root;
+
+#[test]
+fn the_openapi_document_matches_its_snapshot() {
+    let doc = serde_json::to_string_pretty(&meterline::routes::openapi()).unwrap() + "\n";
+    let path = repo_root().join("tests/e2e/snapshots/openapi.json");
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, &doc).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == doc,
+        "the OpenAPI document changed; if intended, run `UPDATE_SNAPSHOTS=1 cargo test --test e2e openapi` and commit \
+         tests/e2e/snapshots/openapi.json"
+    );
+}
+
+#[test]
+fn every_operation_has_an_id_a_permission_and_error_responses() {
+    let doc = serde_json::to_value(meterline::routes::openapi()).unwrap();
+    let mut ids = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+            assert!(ids.insert(id.to_owned()), "operationId {id} is used twice");
+            assert!(op["x-meterline-permission"].is_string(), "{id}");
+            let responses = op["responses"].as_object().unwrap();
+            if path.starts_with("/api/v1/") {
+                for status in ["401", "403"] {
+                    assert!(responses.contains_key(status), "{id} documents no {status}");
+                }
+                for (status, response) in responses.iter().filter(|(s, _)| s.starts_with('4') || s.starts_with('5')) {
+                    assert!(
+                        response["content"]["application/problem+json"].is_object(),
+                        "{id} {status} is documented as problem+json"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Every handler attribute in routes/ is paired with `#[utoipa::path]`, so no route escapes the document.
+#[test]
+fn every_route_handler_is_declared_in_the_openapi_document() {
+    let dir = repo_root().join("handler/src/routes");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let source = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = source.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let trimmed = line.trim_start();
+            let is_route =
+                ["#[get(", "#[post(", "#[put(", "#[patch(", "#[delete("].iter().any(|m| trimmed.starts_with(m));
+            if !is_route {
+                continue;
+            }
+            let window = lines[i.saturating_sub(40)..i].join("\n");
+            let declared = window
+                .rfind("#[utoipa::path")
+                .is_some_and(|at| !window[at..].contains("\nasync fn") && !window[at..].contains("\npub async fn"));
+            assert!(declared, "{}:{}: {trimmed} has no #[utoipa::path] right before it", path.display(), i + 1);
+        }
+    }
+}
