@@ -88,6 +88,12 @@ error_codes! {
     PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "precondition-failed", "Precondition failed"),
     /// An idempotency key was reused with a different request.
     IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", "Idempotency key reused"),
+    /// The caller sent requests faster than its plan allows; `Retry-After` says when to try again.
+    RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests"),
+    /// The tenant's monthly quota is used up and its plan blocks overage; `Retry-After` is the period's end.
+    QuotaExceeded => (StatusCode::TOO_MANY_REQUESTS, "quota-exceeded", "Request cannot be satisfied as assigned quota has been exceeded"),
+    /// The usage record of a request could not be written, so it is not answered with success.
+    UsageNotRecorded => (StatusCode::SERVICE_UNAVAILABLE, "usage-not-recorded", "Usage could not be recorded"),
     /// The request conflicts with the current state, e.g. a unique key already exists.
     Conflict => (StatusCode::CONFLICT, "conflict", "Conflict"),
     /// A Functions host invocation names a function this handler does not implement.
@@ -100,10 +106,16 @@ error_codes! {
     Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error"),
 }
 
+/// The IETF-registered problem type for an exceeded quota (draft-ietf-httpapi-ratelimit-headers).
+pub const QUOTA_EXCEEDED_TYPE: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+
 impl ErrorCode {
-    /// The problem `type` URI of this code.
+    /// The problem `type` URI of this code: Meterline's own, or a registered one where it exists.
     pub fn type_uri(self) -> String {
-        format!("{PROBLEM_TYPE_BASE}{}", self.slug())
+        match self {
+            ErrorCode::QuotaExceeded => QUOTA_EXCEEDED_TYPE.to_owned(),
+            _ => format!("{PROBLEM_TYPE_BASE}{}", self.slug()),
+        }
     }
 }
 
@@ -152,6 +164,10 @@ pub struct Problem {
     /// The request id also returned in `x-request-id`, for support.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Extension members of a problem type, e.g. `violated-policies` of `quota-exceeded`.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub members: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The error type of every fallible operation that can reach a client.
@@ -159,13 +175,21 @@ pub struct AppError {
     code: ErrorCode,
     detail: Option<String>,
     errors: Vec<FieldError>,
+    members: serde_json::Map<String, serde_json::Value>,
     headers: Vec<(HeaderName, HeaderValue)>,
     source: Option<anyhow::Error>,
 }
 
 impl AppError {
     pub fn new(code: ErrorCode) -> Self {
-        Self { code, detail: None, errors: Vec::new(), headers: Vec::new(), source: None }
+        Self {
+            code,
+            detail: None,
+            errors: Vec::new(),
+            members: serde_json::Map::new(),
+            headers: Vec::new(),
+            source: None,
+        }
     }
 
     /// A server-side failure: the cause is kept for the log; the client sees only the code.
@@ -180,6 +204,12 @@ impl AppError {
 
     pub fn with_field_errors(mut self, errors: Vec<FieldError>) -> Self {
         self.errors = errors;
+        self
+    }
+
+    /// Adds an extension member to the problem body.
+    pub fn with_member(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.members.insert(name.to_owned(), value);
         self
     }
 
@@ -217,6 +247,7 @@ impl AppError {
             code: self.code.azure_code().to_owned(),
             errors: self.errors.clone(),
             request_id,
+            members: self.members.clone(),
         }
     }
 }

@@ -6,6 +6,7 @@ use crate::api::cursor::CursorSigner;
 use crate::auth::Authenticator;
 use crate::clock::{Clock, IdGenerator};
 use crate::config::Config;
+use crate::metering::recorder::UsageRecorder;
 use crate::routes::RouteTable;
 use crate::store::Store;
 
@@ -19,6 +20,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Signs and checks list cursors.
     pub cursors: CursorSigner,
+    /// Writes usage events with group commit.
+    pub recorder: UsageRecorder,
     /// The OpenAPI document, serialized once.
     pub openapi_json: actix_web::web::Bytes,
     /// Path templates and methods of every route, for 405 answers.
@@ -41,6 +44,7 @@ impl AppState {
             None => [ids.new_id().as_bytes().as_slice(), ids.new_id().as_bytes().as_slice()].concat(),
         };
         let cursors = CursorSigner::new(cursor_key);
-        Ok(AppState { config: Arc::new(config), store, clock, ids, auth, cursors, openapi_json, routes })
+        let recorder = UsageRecorder::start(store.clone());
+        Ok(AppState { config: Arc::new(config), store, clock, ids, auth, cursors, recorder, openapi_json, routes })
     }
 }

@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use crate::support::host::{ClientRequest, HostEmulator};
 
-/// Where `scripts/install-test-deps` puts Chromium (Debian's `chromium` package).
-const CHROMIUM: &str = "/usr/bin/chromium";
+/// Where `scripts/install-test-deps` puts Chromium (Debian's `chromium` package), then Google Chrome (preinstalled
+/// on GitHub's Ubuntu runners). `METERLINE_TEST_CHROMIUM` overrides both.
+const BROWSERS: [&str; 2] = ["/usr/bin/chromium", "/usr/bin/google-chrome"];
 /// The whole browser run, start to exit; rendering takes a second or two.
 const BROWSER_BUDGET: Duration = Duration::from_secs(60);
 
@@ -91,15 +92,18 @@ async fn openapi(host: &HostEmulator) -> Value {
 }
 
 fn chromium() -> PathBuf {
-    let path = std::env::var_os("METERLINE_TEST_CHROMIUM").map_or_else(|| PathBuf::from(CHROMIUM), PathBuf::from);
-    assert!(
-        path.is_file(),
-        "{} is missing: this test needs headless Chromium. `./scripts/test` installs it \
-         (`scripts/install-test-deps chromium`: apt-get install chromium); \
-         METERLINE_TEST_CHROMIUM may name another Chromium or Chrome executable",
-        path.display()
-    );
-    path
+    if let Some(path) = std::env::var_os("METERLINE_TEST_CHROMIUM").map(PathBuf::from) {
+        assert!(path.is_file(), "METERLINE_TEST_CHROMIUM={} is not a file", path.display());
+        return path;
+    }
+    BROWSERS.iter().map(PathBuf::from).find(|path| path.is_file()).unwrap_or_else(|| {
+        panic!(
+            "{} is missing: this test needs headless Chromium. `./scripts/test` installs it \
+             (`scripts/install-test-deps chromium`: apt-get install chromium); \
+             METERLINE_TEST_CHROMIUM may name another Chromium or Chrome executable",
+            BROWSERS[0]
+        )
+    })
 }
 
 /// Loads `url` in headless Chromium, lets its scripts run, and returns the resulting DOM (`--dump-dom`).
@@ -168,7 +172,7 @@ impl BrowserProcesses {
         loop {
             let running = self.running();
             if running.is_empty() {
-                return running.into_iter().map(|(_, d)| d).collect();
+                return Vec::new();
             }
             if Instant::now() >= deadline {
                 for (pid, _) in &running {

@@ -8,6 +8,7 @@ mod docs_page;
 mod host_protocol;
 mod identity;
 mod layout;
+mod metering;
 mod openapi;
 mod store_contract;
 mod support;

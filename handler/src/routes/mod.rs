@@ -60,10 +60,15 @@ pub fn configure(cfg: &mut ServiceConfig) {
     // Before any scope: a resource registered after a scope with the same prefix is never reached.
     cfg.service(openapi_document);
     cfg.configure(docs::configure); // Swagger UI at /api/docs; not an API operation, not in the document
-    // Everything under /api/v1 is authenticated by one middleware; each handler declares its permission.
+    // Everything under /api/v1 passes one pipeline: metering, authentication, limits. Each handler declares
+    // its permission in its signature; its cost is in metering::costs.
     cfg.service(
         utoipa_actix_web::scope("/api/v1")
+            // The pipeline, innermost first: limits (plan, rate, quota) need the caller; authentication
+            // resolves it; recording wraps both so even a refused request leaves its usage event.
+            .wrap(actix_web::middleware::from_fn(crate::metering::stage::limit))
             .wrap(actix_web::middleware::from_fn(crate::auth::guard::authenticate))
+            .wrap(actix_web::middleware::from_fn(crate::metering::stage::record))
             .service(me::get_me)
             .service(me::get_whoami)
             .service(tenants::list_tenants)
@@ -96,6 +101,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         actix_web::App::new().into_utoipa_app().openapi(ApiDoc::openapi()).configure(configure).split_for_parts();
     crate::api::deprecation::mark(&mut doc);
     annotate_permissions(&mut doc);
+    crate::metering::costs::annotate(&mut doc);
     doc
 }
 

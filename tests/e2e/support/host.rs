@@ -845,8 +845,18 @@ fn chunked_body(body: Vec<u8>, size: usize) -> reqwest::Body {
     reqwest::Body::wrap_stream(stream::iter(chunks))
 }
 
+/// A port nothing listens on, never handed out twice by this test process. Like the host, the emulator
+/// releases it before the handler binds it; remembering what it gave out keeps parallel tests apart.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn capture(

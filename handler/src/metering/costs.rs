@@ -1,0 +1,70 @@
+//! The unit cost of each operation: one table, shown in the OpenAPI document as `x-meterline-units`.
+
+/// Units an operation costs when it succeeds. Reads 1, lists and searches 2, writes 5, exports 10;
+/// operations not listed (health, documents, identity) cost nothing.
+pub const COSTS: &[(&str, i64)] = &[
+    ("getMe", 1),
+    ("getWhoAmI", 1),
+    ("getDocument", 1),
+    ("listDocuments", 2),
+    ("createDocument", 5),
+    ("replaceDocument", 5),
+    ("patchDocument", 5),
+    ("deleteDocument", 5),
+    ("listTenants", 2),
+    ("getTenant", 1),
+    ("createTenant", 5),
+    ("patchTenant", 5),
+    ("suspendTenant", 5),
+    ("reactivateTenant", 5),
+    ("listPlans", 2),
+    ("getPlan", 1),
+    ("createPlan", 5),
+    ("replacePlan", 5),
+    ("listClients", 2),
+    ("registerClient", 5),
+    ("revokeClient", 5),
+];
+
+/// The units `operation_id` costs (0 for unmetered or unknown operations).
+pub fn units(operation_id: &str) -> i64 {
+    COSTS.iter().find(|(op, _)| *op == operation_id).map_or(0, |(_, units)| *units)
+}
+
+/// Adds `x-meterline-units` to every operation of the document.
+pub fn annotate(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        for op in
+            [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten()
+        {
+            let cost = op.operation_id.as_deref().map_or(0, units);
+            let mut extensions = op.extensions.take().unwrap_or_default();
+            extensions.insert("x-meterline-units".into(), serde_json::Value::from(cost));
+            op.extensions = Some(extensions);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_v1_operation_has_a_cost_and_every_cost_an_operation() {
+        let doc = crate::routes::openapi();
+        let mut ids = Vec::new();
+        for (path, item) in &doc.paths.paths {
+            for op in [&item.get, &item.put, &item.post, &item.delete, &item.patch].into_iter().flatten() {
+                let id = op.operation_id.clone().unwrap_or_default();
+                if path.starts_with("/api/v1/") {
+                    assert!(COSTS.iter().any(|(op, _)| *op == id), "{id} has no entry in COSTS");
+                }
+                ids.push(id);
+            }
+        }
+        for (op, cost) in COSTS {
+            assert!(ids.iter().any(|id| id == op), "COSTS names {op}, which is not an operation");
+            assert!(*cost > 0);
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The two metering middleware stages on `/api/v1`: [`record`] (outermost: one durable usage event per
+//! request, refunds) and [`limit`] (after authentication: rate limit, quota debit, RateLimit headers).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, web};
+use chrono::NaiveTime;
+
+use super::headers::{LimitState, burst_state, header_fields};
+use super::{costs, period};
+use crate::auth::guard::Caller;
+use crate::error::{AppError, ErrorCode};
+use crate::state::AppState;
+use crate::store::{QuotaDebit, QuotaOutcome, RateLimitTake, UsageEvent};
+
+/// A quota debit made for a request, kept so a failed request can be refunded.
+#[derive(Debug, Clone, Copy)]
+pub struct Debit {
+    pub tenant_id: uuid::Uuid,
+    pub period_start: chrono::NaiveDate,
+    pub units: i64,
+    pub overage_units: i64,
+}
+
+/// The client a rate limit applies to: the application, else the user, else the token subject.
+fn client_key(caller: &Caller) -> String {
+    let p = &caller.principal;
+    p.app_id
+        .clone()
+        .or_else(|| p.object_id.as_ref().map(|oid| format!("oid:{oid}")))
+        .unwrap_or_else(|| format!("sub:{}", p.subject))
+}
+
+fn state_of(req: &ServiceRequest) -> web::Data<AppState> {
+    req.app_data::<web::Data<AppState>>().expect("AppState is registered").clone()
+}
+
+/// Applies the caller's plan: GCRA rate limit per (tenant, client), then the monthly quota debit.
+/// Callers without a tenant (platform administrators) are not limited here.
+pub async fn limit(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let state = state_of(&req);
+    let caller = req.extensions().get::<Arc<Caller>>().cloned();
+    let Some((caller, tenant)) = caller.and_then(|c| c.tenant.clone().map(|t| (c, t))) else {
+        return Ok(next.call(req).await?.map_into_left_body());
+    };
+    let units = state.routes.operation(req.method().as_str(), req.path()).map_or(0, costs::units);
+    let decided = async {
+        let plan = state.store.get_plan(&tenant.plan_code).await?.ok_or_else(|| {
+            AppError::internal(anyhow::anyhow!("tenant {} is on plan {} which does not exist", tenant.id, tenant.plan_code))
+        })?;
+        let now = state.clock.now();
+        let now_micros = now.timestamp_micros();
+        let interval = 60_000_000 / i64::from(plan.requests_per_minute.max(1));
+        let burst = i64::from(plan.burst.max(1));
+        let take = RateLimitTake {
+            tenant_id: tenant.id,
+            client_id: client_key(&caller),
+            now_micros,
+            emission_interval_micros: interval,
+            burst,
+        };
+        let rate = state.store.take_rate_limit(&take).await?;
+        let (period_start, period_end) = period(now);
+        let period_end_at = period_end.and_time(NaiveTime::MIN).and_utc();
+        let (burst_remaining, burst_reset_secs) = burst_state(rate.tat_micros, now_micros, interval, burst);
+        let mut limits = LimitState {
+            requests_per_minute: i64::from(plan.requests_per_minute),
+            burst,
+            burst_remaining,
+            burst_reset_secs,
+            quota_units: plan.monthly_quota_units,
+            quota_remaining: plan.monthly_quota_units,
+            period_secs: (period_end_at - period_start.and_time(NaiveTime::MIN).and_utc()).num_seconds(),
+            period_reset_secs: (period_end_at - now).num_seconds(),
+        };
+        if !rate.allowed {
+            let retry = (rate.retry_after_micros + 999_999) / 1_000_000;
+            return Err(limited(
+                AppError::new(ErrorCode::RateLimited)
+                    .with_detail(format!("this client may send {} requests per minute; retry in {retry} s", plan.requests_per_minute))
+                    .with_header(header::RETRY_AFTER, HeaderValue::from(retry.max(1))),
+                &limits,
+            ));
+        }
+        let mut debit = None;
+        if units > 0 {
+            let request = QuotaDebit {
+                tenant_id: tenant.id,
+                period_start,
+                period_end,
+                quota_units: plan.monthly_quota_units,
+                overage_policy: plan.overage_policy,
+                units,
+                now,
+            };
+            match state.store.debit_quota(&request).await? {
+                QuotaOutcome::Accepted { units_used, quota_units, overage_units } => {
+                    limits.quota_units = quota_units;
+                    limits.quota_remaining = quota_units - units_used;
+                    debit = Some(Debit { tenant_id: tenant.id, period_start, units, overage_units });
+                }
+                QuotaOutcome::Rejected { units_used, quota_units } => {
+                    limits.quota_units = quota_units;
+                    limits.quota_remaining = quota_units - units_used;
+                    return Err(limited(
+                        AppError::new(ErrorCode::QuotaExceeded)
+                            .with_detail(format!(
+                                "the tenant used {units_used} of its {quota_units} units this month; this operation costs {units}"
+                            ))
+                            .with_member("violated-policies", serde_json::json!(["month"]))
+                            .with_header(header::RETRY_AFTER, HeaderValue::from(limits.period_reset_secs.max(1))),
+                        &limits,
+                    ));
+                }
+            }
+        }
+        Ok::<_, AppError>((limits, debit))
+    }
+    .await;
+    match decided {
+        Ok((limits, debit)) => {
+            if let Some(debit) = debit {
+                req.extensions_mut().insert(debit);
+            }
+            let mut res = next.call(req).await?;
+            for (name, value) in header_fields(&limits) {
+                res.headers_mut().insert(name, value);
+            }
+            Ok(res.map_into_left_body())
+        }
+        Err(err) => {
+            let (request, _) = req.into_parts();
+            Ok(ServiceResponse::from_err(err, request).map_into_right_body())
+        }
+    }
+}
+
+fn limited(err: AppError, limits: &LimitState) -> AppError {
+    header_fields(limits).into_iter().fold(err, |err, (name, value)| err.with_header(name, value))
+}
+
+/// Writes exactly one usage event per request, durably, before the response leaves; refunds the quota
+/// debit of a request that did not succeed. If the event cannot be written, a success becomes a 503:
+/// no client holds a 2xx whose usage record could still be lost.
+pub async fn record(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let state = state_of(&req);
+    let occurred_at = state.clock.now();
+    let operation = state.routes.operation(req.method().as_str(), req.path()).unwrap_or("unknown").to_owned();
+    let method = req.method().to_string();
+    let request_bytes = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(0);
+    let res = next.call(req).await?;
+    let status = res.status();
+    let (caller, debit, route) = {
+        let request = res.request();
+        let extensions = request.extensions();
+        (
+            extensions.get::<Arc<Caller>>().cloned(),
+            extensions.get::<Debit>().copied(),
+            request.match_pattern().unwrap_or_else(|| "unmatched".to_owned()),
+        )
+    };
+    let billable = status.is_success() && debit.is_some();
+    if let Some(debit) = debit.filter(|_| !billable)
+        && let Err(err) = state
+            .store
+            .refund_quota(debit.tenant_id, debit.period_start, debit.units, debit.overage_units, state.clock.now())
+            .await
+    {
+        tracing::error!(error = ?err, "refunding a failed request's quota debit failed");
+    }
+    let response_bytes = match res.response().body().size() {
+        BodySize::Sized(n) => n as i64,
+        _ => 0,
+    };
+    let event = UsageEvent {
+        event_id: state.ids.new_id(),
+        request_id: crate::telemetry::current_request_id().unwrap_or_default(),
+        tenant_id: caller.as_ref().and_then(|c| c.tenant.as_ref().map(|t| t.id)),
+        client_id: caller.as_ref().and_then(|c| c.principal.app_id.clone()),
+        principal_id: caller.as_ref().and_then(|c| c.principal.object_id.clone()),
+        units: if billable { debit.map_or(0, |d| d.units) } else { costs::units(&operation) },
+        overage_units: if billable { debit.map_or(0, |d| d.overage_units) } else { 0 },
+        operation_id: operation,
+        method,
+        route_template: route,
+        status: i32::from(status.as_u16()),
+        billable,
+        latency_micros: started.elapsed().as_micros() as i64,
+        request_bytes,
+        response_bytes,
+        occurred_at,
+        recorded_at: state.clock.now(),
+    };
+    match state.recorder.record(event).await {
+        Ok(()) => Ok(res.map_into_left_body()),
+        Err(err) if status.is_success() => {
+            let (request, _) = res.into_parts();
+            let err = AppError::new(ErrorCode::UsageNotRecorded)
+                .with_detail(
+                    "the request's usage record could not be written; it may have taken effect, retry it idempotently",
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+                .with_source(err);
+            Ok(ServiceResponse::from_err(err, request).map_into_right_body())
+        }
+        Err(err) => {
+            tracing::error!(error = ?err, "recording the usage of a failed request failed");
+            Ok(res.map_into_left_body())
+        }
+    }
+}

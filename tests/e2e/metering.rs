@@ -1,0 +1,251 @@
+//! Metering end to end: exact quotas under concurrency (one and two handler processes), rate limits and
+//! their headers, one durable usage event per request, and nothing acknowledged lost to SIGKILL.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, HostOptions};
+
+const DIR_A: &str = "aaaaaaaa-0000-0000-0000-0000000000aa";
+const DIR_OPS: &str = "0b500000-0000-0000-0000-0000000000ff";
+/// Tenant A's units used this period (the platform administrator's calls are metered on its own tenant).
+const A_UNITS: &str = "SELECT q.units_used FROM quota_usage q JOIN tenants t ON t.id = q.tenant_id \
+    WHERE t.entra_tenant_id = 'aaaaaaaa-0000-0000-0000-0000000000aa'";
+
+fn dev_token(root: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_handler"))
+        .arg("dev-token")
+        .args(args)
+        .current_dir(root)
+        .env_remove("METERLINE_AUTH_MODE")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+struct Metered {
+    host: HostEmulator,
+    root: tempfile::TempDir,
+    user: String,
+}
+
+async fn start(root: &std::path::Path) -> HostEmulator {
+    HostEmulator::start_with(HostOptions { app_root: Some(root.to_path_buf()), ..HostOptions::default() }).await
+}
+
+/// Tenant A moved to a plan with the given limits; `user` is a Documents.Read token of tenant A.
+async fn metered(requests_per_minute: i64, burst: i64, quota: i64, policy: &str) -> Metered {
+    let root = tempfile::tempdir().unwrap();
+    let user = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Documents.Read"]);
+    let admin = dev_token(root.path(), &["--tenant", DIR_OPS, "--roles", "Platform.Admin", "--app-id", "ops"]);
+    let host = start(root.path()).await;
+    let auth = |r: ClientRequest| r.header("Authorization", &format!("Bearer {admin}"));
+    let plan = json!({"code": "metered", "name": "Metered", "requestsPerMinute": requests_per_minute, "burst": burst,
+        "monthlyQuotaUnits": quota, "overagePolicy": policy, "currency": "EUR", "basePriceMicros": 0, "overageUnitPriceMicros": 0});
+    assert_eq!(host.http(auth(ClientRequest::new("POST", "/api/v1/plans").json(&plan))).await.status, 201);
+    let tenants = host.http(auth(ClientRequest::get("/api/v1/tenants"))).await.json();
+    let a = tenants["value"].as_array().unwrap().iter().find(|t| t["entraTenantId"] == DIR_A).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let moved = host
+        .http(auth(
+            ClientRequest::new("PATCH", &format!("/api/v1/tenants/{a}"))
+                .body("{\"plan\":\"metered\"}")
+                .header("Content-Type", "application/merge-patch+json")
+                .header("If-Match", "*"),
+        ))
+        .await;
+    assert_eq!(moved.status, 200, "{}", String::from_utf8_lossy(&moved.body));
+    Metered { host, root, user }
+}
+
+async fn me(host: &HostEmulator, token: &str) -> ClientResponse {
+    host.http(ClientRequest::get("/api/v1/me").header("Authorization", &format!("Bearer {token}"))).await
+}
+
+fn db(root: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(root.join("data/meterline.db")).unwrap()
+}
+
+fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_calls_against_a_quota_of_one_hundred_accept_exactly_one_hundred() {
+    let m = metered(1_000_000, 100_000, 100, "block").await;
+    let calls = (0..200).map(|_| me(&m.host, &m.user));
+    let responses = futures_util::future::join_all(calls).await;
+    let ok = responses.iter().filter(|r| r.status == 200).count();
+    assert_eq!(ok, 100);
+    let refused: Vec<&ClientResponse> = responses.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(refused.len(), 100);
+    let body = refused[0].json();
+    assert_eq!(body["type"], "https://iana.org/assignments/http-problem-types#quota-exceeded");
+    assert_eq!(body["violated-policies"], json!(["month"]));
+    assert!(refused[0].header("retry-after").is_some_and(|s| s.parse::<i64>().unwrap() > 0));
+    assert!(refused[0].header("ratelimit").unwrap().contains("\"month\";r=0"));
+    let conn = db(m.root.path());
+    assert_eq!(count(&conn, A_UNITS), 100);
+    assert_eq!(count(&conn, "SELECT count(*) FROM usage_events WHERE operation_id = 'getMe' AND billable = 1"), 100);
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM usage_events WHERE operation_id = 'getMe' AND billable = 0 AND status = 429"
+        ),
+        100
+    );
+}
+
+#[tokio::test]
+async fn two_handler_processes_on_one_store_share_the_quota_exactly() {
+    let m = metered(1_000_000, 100_000, 100, "block").await;
+    let second = start(m.root.path()).await;
+    let calls = (0..200).map(|i| me(if i % 2 == 0 { &m.host } else { &second }, &m.user));
+    let responses = futures_util::future::join_all(calls).await;
+    let by_status = |status| responses.iter().filter(|r| r.status == status).count();
+    assert_eq!(
+        (by_status(200), by_status(429)),
+        (100, 100),
+        "other statuses: {:?}",
+        responses.iter().map(|r| r.status).collect::<BTreeSet<_>>()
+    );
+    assert_eq!(count(&db(m.root.path()), A_UNITS), 100);
+}
+
+#[tokio::test]
+async fn the_rate_limit_admits_the_burst_then_the_rate_with_headers() {
+    let m = metered(60, 5, 1_000_000, "block").await;
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    let mut last_ok = None;
+    let mut last_refused = None;
+    for _ in 0..12 {
+        let response = me(&m.host, &m.user).await;
+        statuses.push(response.status);
+        if response.status == 200 {
+            last_ok = Some(response);
+        } else {
+            last_refused = Some(response);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let allowed = statuses.iter().filter(|s| **s == 200).count();
+    // Documented accuracy: the burst, plus one request per emission interval (1 s here) that passed.
+    assert!(
+        allowed >= 5 && allowed as f64 <= 5.0 + elapsed.ceil(),
+        "allowed {allowed} in {elapsed:.2} s: {statuses:?}"
+    );
+    let ok = last_ok.unwrap();
+    assert!(ok.header("ratelimit-policy").unwrap().starts_with("\"minute\";q=60;w=60"));
+    assert!(ok.header("ratelimit").unwrap().starts_with("\"minute\";r="));
+    let refused = last_refused.unwrap();
+    let body = refused.json();
+    assert!(body["type"].as_str().unwrap().ends_with("rate-limited"), "{body}");
+    assert_eq!(body["status"], 429);
+    assert!(refused.header("retry-after").is_some_and(|s| s.parse::<i64>().unwrap() >= 1));
+    assert!(refused.header("ratelimit").unwrap().starts_with("\"minute\";r=0"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(me(&m.host, &m.user).await.status, 200, "one more after an emission interval");
+}
+
+#[tokio::test]
+async fn every_request_leaves_exactly_one_usage_event_and_failures_are_refunded() {
+    let m = metered(1_000_000, 100_000, 1_000, "block").await;
+    let auth = format!("Bearer {}", m.user);
+    let before = count(&db(m.root.path()), "SELECT count(*) FROM usage_events");
+    let mut request_ids = Vec::new();
+    for request in [
+        ClientRequest::get("/api/v1/me").header("Authorization", &auth),
+        ClientRequest::get("/api/v1/documents").header("Authorization", &auth),
+        ClientRequest::get("/api/v1/documents/00000000-0000-0000-0000-000000000000").header("Authorization", &auth),
+        ClientRequest::get("/api/v1/documents?maxpagesize=0").header("Authorization", &auth),
+        ClientRequest::get("/api/v1/me"),
+        ClientRequest::get("/api/v1/me").header("Authorization", "Bearer not.a.token"),
+        ClientRequest::new("POST", "/api/v1/documents")
+            .json(&json!({"title": "t", "docType": "x"}))
+            .header("Authorization", &auth),
+    ] {
+        let response = m.host.http(request).await;
+        request_ids.push((response.status, response.header("x-request-id").unwrap().to_owned()));
+    }
+    let conn = db(m.root.path());
+    assert_eq!(count(&conn, "SELECT count(*) FROM usage_events") - before, 7, "one event per request");
+    for (status, id) in &request_ids {
+        let (stored_status, billable, units, tenant): (i64, bool, i64, Option<String>) = conn
+            .query_row("SELECT status, billable, units, tenant_id FROM usage_events WHERE request_id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .unwrap_or_else(|e| panic!("no usage event for {id} ({status}): {e}"));
+        assert_eq!(stored_status, i64::from(*status));
+        assert_eq!(billable, (200..300).contains(status), "{status} billable?");
+        if *status == 401 {
+            assert!(tenant.is_none(), "an unidentified caller has no tenant");
+        } else {
+            assert!(tenant.is_some());
+            assert!(units > 0);
+        }
+    }
+    let statuses: Vec<u16> = request_ids.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses, vec![200, 200, 404, 400, 401, 401, 403], "the POST lacks Documents.Write");
+    // Only the two successes are charged: getMe 1 + listDocuments 2; the 404, 400 and 403 were refunded or never debited.
+    assert_eq!(count(&conn, A_UNITS), 3);
+    let route: String = conn
+        .query_row("SELECT route_template FROM usage_events WHERE request_id = ?1", [&request_ids[2].1], |r| r.get(0))
+        .unwrap();
+    assert_eq!(route, "/api/v1/documents/{id}", "the route template, never the raw path");
+}
+
+#[tokio::test]
+async fn a_killed_handler_loses_no_acknowledged_usage() {
+    let m = metered(1_000_000, 100_000, 1_000_000, "block").await;
+    let url = m.host.handler_url("/api/v1/me");
+    let client = reqwest::Client::new();
+    let auth = format!("Bearer {}", m.user);
+    let pid = m.host.pid();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers = (0..16).map(|_| {
+        let (client, url, auth, stop) = (client.clone(), url.clone(), auth.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match client.get(&url).header("Authorization", &auth).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        acknowledged.push(r.headers()["x-request-id"].to_str().unwrap().to_owned());
+                    }
+                    Ok(_) => {}
+                    Err(_) => break, // the process is gone
+                }
+            }
+            acknowledged
+        })
+    });
+    let workers: Vec<_> = workers.collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for worker in workers {
+        acknowledged.extend(worker.await.unwrap());
+    }
+    assert!(acknowledged.len() > 50, "the load ran: {} successes", acknowledged.len());
+    let conn = db(m.root.path());
+    let mut missing = 0;
+    for id in &acknowledged {
+        let found =
+            count(&conn, &format!("SELECT count(*) FROM usage_events WHERE request_id = '{id}' AND billable = 1"));
+        missing += usize::from(found != 1);
+    }
+    assert_eq!(missing, 0, "every acknowledged request has its usage event ({} acknowledged)", acknowledged.len());
+    let used = count(&conn, A_UNITS);
+    assert!(
+        used >= acknowledged.len() as i64,
+        "every acknowledged request is debited: {used} units for {}",
+        acknowledged.len()
+    );
+}
