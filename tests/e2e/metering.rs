@@ -92,6 +92,15 @@ async fn two_hundred_concurrent_calls_against_a_quota_of_one_hundred_accept_exac
     let conn = db(m.root.path());
     assert_eq!(count(&conn, A_UNITS), 100);
     assert_eq!(count(&conn, "SELECT count(*) FROM usage_events WHERE operation_id = 'getMe' AND billable = 1"), 100);
+    // The summary a tenant reads is the counter the limiter enforces (reading it is metered and refused too).
+    let m2 = metered(1_000_000, 100_000, 1_000, "allow").await;
+    me(&m2.host, &m2.user).await;
+    let quota = me(&m2.host, &m2.user).await.json()["quota"].clone();
+    assert_eq!(
+        (quota["quotaUnits"].clone(), quota["unitsUsed"].clone(), quota["remainingUnits"].clone()),
+        (json!(1000), json!(2), json!(998))
+    );
+    assert_eq!(quota["overagePolicy"], "allow");
     assert_eq!(
         count(
             &conn,

@@ -1,11 +1,12 @@
 //! `GET /api/v1/me`: who the caller is, as Meterline sees it: principal, tenant, plan and effective permissions.
 
-use actix_web::{HttpResponse, get};
+use actix_web::{HttpResponse, get, web};
 use serde::Serialize;
 
 use crate::auth::PrincipalKind;
 use crate::auth::guard::{Authenticated, Authorized};
 use crate::error::AppError;
+use crate::state::AppState;
 
 /// The caller's identity and what it may do.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -24,6 +25,22 @@ pub struct Me {
     pub permissions: Vec<&'static str>,
     /// The Meterline tenant every data access is scoped to; absent for platform administrators without one.
     pub tenant: Option<MeTenant>,
+    /// The tenant's quota in the current UTC calendar month; the same numbers the limiter enforces.
+    pub quota: Option<MeQuota>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeQuota {
+    pub period_start: chrono::NaiveDate,
+    /// The first day of the next period (exclusive).
+    pub period_end: chrono::NaiveDate,
+    pub quota_units: i64,
+    pub units_used: i64,
+    pub remaining_units: i64,
+    pub overage_units: i64,
+    /// `block` or `allow`.
+    pub overage_policy: &'static str,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -47,8 +64,8 @@ pub struct MeTenant {
     )
 )]
 #[get("/me")]
-pub async fn get_me(auth: Authorized<Authenticated>) -> Result<HttpResponse, AppError> {
-    describe(&auth)
+pub async fn get_me(auth: Authorized<Authenticated>, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    describe(&auth, &state).await
 }
 
 /// The old name of `getMe`, kept until its sunset; responses carry `Deprecation` and `Sunset`.
@@ -63,11 +80,35 @@ pub async fn get_me(auth: Authorized<Authenticated>) -> Result<HttpResponse, App
     )
 )]
 #[get("/whoami")]
-pub async fn get_whoami(auth: Authorized<Authenticated>) -> Result<HttpResponse, AppError> {
-    describe(&auth)
+pub async fn get_whoami(auth: Authorized<Authenticated>, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    describe(&auth, &state).await
 }
 
-fn describe(auth: &Authorized<Authenticated>) -> Result<HttpResponse, AppError> {
+async fn quota(state: &AppState, tenant: &crate::store::Tenant) -> Result<Option<MeQuota>, AppError> {
+    let Some(plan) = state.store.get_plan(&tenant.plan_code).await? else { return Ok(None) };
+    let (period_start, period_end) = crate::metering::period(state.clock.now());
+    let usage = state.store.quota_usage(tenant.id, period_start).await?;
+    // Before the period's first debit, the plan's quota applies; afterwards the stored one.
+    let (quota_units, units_used, overage_units, policy) = match usage {
+        Some(u) => (u.quota_units, u.units_used, u.overage_units, u.overage_policy),
+        None => (plan.monthly_quota_units, 0, 0, plan.overage_policy),
+    };
+    Ok(Some(MeQuota {
+        period_start,
+        period_end,
+        quota_units,
+        units_used,
+        remaining_units: (quota_units - units_used).max(0),
+        overage_units,
+        overage_policy: policy.as_str(),
+    }))
+}
+
+async fn describe(auth: &Authorized<Authenticated>, state: &AppState) -> Result<HttpResponse, AppError> {
+    let quota = match &auth.tenant {
+        Some(tenant) => quota(state, tenant).await?,
+        None => None,
+    };
     let p = &auth.principal;
     Ok(HttpResponse::Ok().json(Me {
         kind: match p.kind {
@@ -86,5 +127,6 @@ fn describe(auth: &Authorized<Authenticated>) -> Result<HttpResponse, AppError> 
             status: t.status.as_str(),
             plan: t.plan_code.clone(),
         }),
+        quota,
     }))
 }
