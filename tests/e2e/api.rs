@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
+use crate::support::dev_token;
 use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, HostOptions};
 
 const DIR_A: &str = "aaaaaaaa-0000-0000-0000-00000000000a";
@@ -18,18 +19,6 @@ struct Api {
     b_writer: String,
     admin: String,
     a_admin: String,
-}
-
-fn dev_token(root: &std::path::Path, args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_handler"))
-        .arg("dev-token")
-        .args(args)
-        .current_dir(root)
-        .env_remove("METERLINE_AUTH_MODE")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
 async fn api() -> Api {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::support::dev_token;
 use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, HostOptions};
 
 const DIR_A: &str = "aaaaaaaa-0000-0000-0000-0000000000aa";
@@ -13,18 +14,6 @@ const DIR_OPS: &str = "0b500000-0000-0000-0000-0000000000ff";
 /// Tenant A's units used this period (the platform administrator's calls are metered on its own tenant).
 const A_UNITS: &str = "SELECT q.units_used FROM quota_usage q JOIN tenants t ON t.id = q.tenant_id \
     WHERE t.entra_tenant_id = 'aaaaaaaa-0000-0000-0000-0000000000aa'";
-
-fn dev_token(root: &std::path::Path, args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_handler"))
-        .arg("dev-token")
-        .args(args)
-        .current_dir(root)
-        .env_remove("METERLINE_AUTH_MODE")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
 
 struct Metered {
     host: HostEmulator,
