@@ -161,9 +161,10 @@ async fn ensure_dev_tenant(config: &Config, directory: uuid::Uuid) -> anyhow::Re
         let plan = Plan {
             code: "developer".into(),
             name: "Developer".into(),
-            requests_per_minute: 600,
-            burst: 100,
-            monthly_quota_units: 1_000_000,
+            // Generous, so local work and the schemathesis run are not throttled; real plans come from the API.
+            requests_per_minute: 100_000,
+            burst: 10_000,
+            monthly_quota_units: 100_000_000,
             overage_policy: OveragePolicy::Block,
             currency: "EUR".into(),
             base_price_micros: 0,

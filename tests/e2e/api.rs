@@ -469,6 +469,15 @@ async fn admin_resources_plans_tenants_and_clients() {
     let register = json!({"appId": "reader-app", "displayName": "Reader", "roles": ["Documents.Read"]});
     let client = api.send(&api.a_admin, ClientRequest::new("POST", "/api/v1/clients").json(&register)).await;
     assert_eq!(client.status, 201, "{}", String::from_utf8_lossy(&client.body));
+    let itself = json!({"appId": "a-admin-app", "displayName": "Me", "roles": ["Documents.Read"]});
+    let refused = api.send(&api.a_admin, ClientRequest::new("POST", "/api/v1/clients").json(&itself)).await;
+    assert_eq!(problem(&refused, 422, "ValidationFailed")["errors"][0]["code"], "self", "no self-lockout");
+    let roleless = json!({"appId": "y", "displayName": "Y", "roles": []});
+    problem(
+        &api.send(&api.a_admin, ClientRequest::new("POST", "/api/v1/clients").json(&roleless)).await,
+        422,
+        "ValidationFailed",
+    );
     let escalate = json!({"appId": "x", "displayName": "X", "roles": ["Platform.Admin"]});
     problem(
         &api.send(&api.a_admin, ClientRequest::new("POST", "/api/v1/clients").json(&escalate)).await,

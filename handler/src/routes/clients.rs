@@ -27,7 +27,8 @@ pub struct ClientCreate {
     pub app_id: String,
     #[validate(length(min = 1, max = 200))]
     pub display_name: String,
-    /// Roles the application may use in this tenant; `Platform.Admin` cannot be granted here.
+    /// Roles the application may use in this tenant (at least one); `Platform.Admin` cannot be granted here.
+    #[validate(length(min = 1, max = 5))]
     pub roles: Vec<String>,
 }
 
@@ -89,6 +90,14 @@ pub async fn register_client(
     let tenant_id = auth.tenant_id()?;
     let input = input.into_inner();
     validate(&input)?;
+    if auth.principal.app_id.as_deref() == Some(input.app_id.as_str()) {
+        // Registering the calling application would cap its own roles, and could lock its caller out.
+        return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![FieldError::new(
+            "appId",
+            "self",
+            "an application cannot register itself; use another Tenant.Admin application",
+        )]));
+    }
     let mut roles = Vec::new();
     let mut errors = Vec::new();
     for (i, role) in input.roles.iter().enumerate() {

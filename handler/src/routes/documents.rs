@@ -473,6 +473,7 @@ pub struct ListParams {
     /// `updatedAt`, `title` or `effectiveDate`, then `asc` or `desc` (default `updatedAt desc`).
     orderby: Option<String>,
     /// Page size, 1 to 100 (default 25).
+    #[param(minimum = 1, maximum = 100)]
     maxpagesize: Option<u32>,
     /// `true` adds the number of all matching documents as `count`.
     count: Option<bool>,

@@ -68,16 +68,45 @@ pub struct PlanInput {
     pub overage_unit_price_micros: i64,
 }
 
-/// A new plan: its code and its fields.
+/// A new plan: its code and its fields. (Spelled out rather than flattening `PlanInput`: a flattened
+/// struct that refuses unknown fields makes an OpenAPI schema no body can satisfy.)
 #[derive(Debug, Clone, Serialize, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PlanCreate {
     /// Unique, e.g. `pro` (lower-case letters, digits, `-`).
     #[validate(length(min = 1, max = 64), custom(function = "valid_code"))]
     pub code: String,
-    #[serde(flatten)]
-    #[validate(nested)]
-    pub fields: PlanInput,
+    #[validate(length(min = 1, max = 200))]
+    pub name: String,
+    #[validate(range(min = 1, max = 1_000_000))]
+    pub requests_per_minute: i32,
+    #[validate(range(min = 1, max = 100_000))]
+    pub burst: i32,
+    #[validate(range(min = 0, max = 1_000_000_000_000i64))]
+    pub monthly_quota_units: i64,
+    pub overage_policy: Overage,
+    #[validate(custom(function = "valid_currency"))]
+    pub currency: String,
+    #[validate(range(min = 0))]
+    pub base_price_micros: i64,
+    #[validate(range(min = 0))]
+    pub overage_unit_price_micros: i64,
+}
+
+impl PlanCreate {
+    fn split(self) -> (String, PlanInput) {
+        let fields = PlanInput {
+            name: self.name,
+            requests_per_minute: self.requests_per_minute,
+            burst: self.burst,
+            monthly_quota_units: self.monthly_quota_units,
+            overage_policy: self.overage_policy,
+            currency: self.currency,
+            base_price_micros: self.base_price_micros,
+            overage_unit_price_micros: self.overage_unit_price_micros,
+        };
+        (self.code, fields)
+    }
 }
 
 /// A plan as the API shows it.
@@ -171,8 +200,9 @@ pub async fn create_plan(
     let input = input.into_inner();
     validate(&input)?;
     let now = state.clock.now();
+    let (code, fields) = input.split();
     let mut plan = Plan {
-        code: input.code,
+        code,
         name: String::new(),
         requests_per_minute: 1,
         burst: 1,
@@ -185,7 +215,7 @@ pub async fn create_plan(
         updated_at: now,
         version: 1,
     };
-    apply(input.fields, &mut plan);
+    apply(fields, &mut plan);
     match state.store.create_plan(&plan).await {
         Ok(()) => Ok(respond(actix_web::http::StatusCode::CREATED, &plan)),
         Err(StoreError::Conflict(_)) => {

@@ -60,6 +60,7 @@ pub struct TenantList {
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Page size, 1 to 100 (default 25).
+    #[param(minimum = 1, maximum = 100)]
     pub maxpagesize: Option<u32>,
     /// Opaque continuation token from a previous `nextLink`.
     pub cursor: Option<String>,
