@@ -3,6 +3,7 @@
 //! One test binary (faster to link than one per file); each module is one concern.
 
 mod api;
+mod audit;
 mod cli;
 mod docs_page;
 mod host_protocol;

@@ -207,6 +207,8 @@ pub async fn authenticate(
     let caller = async {
         let token = bearer_token(&req).map_err(challenge)?;
         let principal = state.auth.authenticate(token).await.map_err(challenge)?;
+        // Kept for the audit trail even if the tenant refuses the caller below (a 403 names its actor).
+        req.extensions_mut().insert(principal.clone());
         resolve_caller(&state, principal).await
     }
     .await;

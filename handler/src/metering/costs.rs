@@ -24,6 +24,8 @@ pub const COSTS: &[(&str, i64)] = &[
     ("listClients", 2),
     ("registerClient", 5),
     ("revokeClient", 5),
+    ("listAuditEvents", 2),
+    ("verifyAuditChain", 10),
 ];
 
 /// The units `operation_id` costs (0 for unmetered or unknown operations).

@@ -2,11 +2,14 @@
 //!
 //! Two middleware stages wrap every `/api/v1` route, configured in one place (`routes::configure`):
 //! [`stage::record`] outside authentication, so every request (a 401 too) yields exactly one usage
-//! event, written durably before the response leaves; and [`stage::limit`] after it, which applies the
+//! event, written durably before the response leaves, with the request's audit event ([`audit`]) in the same
+//! transaction when it changed state or was refused; and [`stage::limit`] after it, which applies the
 //! caller's plan: a GCRA rate limit per (tenant, client) and an atomic debit of the tenant's monthly
-//! quota, both kept in the store so scaled-out processes share them. A new endpoint is metered by
-//! having an operation id and an entry in [`costs::COSTS`].
+//! quota, both kept in the store so scaled-out processes share them. A new endpoint gets authentication,
+//! limits, metering and audit by having an operation id, an `Authorized<P>` permission and an entry in
+//! [`costs::COSTS`]; if it changes a resource, it says which with [`audit::note`].
 
+pub mod audit;
 pub mod costs;
 pub mod headers;
 pub mod recorder;

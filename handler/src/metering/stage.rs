@@ -1,5 +1,6 @@
 //! The two metering middleware stages on `/api/v1`: [`record`] (outermost: one durable usage event per
-//! request, refunds) and [`limit`] (after authentication: rate limit, quota debit, RateLimit headers).
+//! request, its audit event when it changed state or was refused, refunds) and [`limit`] (after
+//! authentication: rate limit, quota debit, RateLimit headers, the decision for the audit trail).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,12 +12,14 @@ use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 use chrono::NaiveTime;
 
+use super::audit::{self, AuditNote, LimiterDecision};
 use super::headers::{LimitState, burst_state, header_fields};
 use super::{costs, period};
+use crate::auth::Principal;
 use crate::auth::guard::Caller;
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
-use crate::store::{QuotaDebit, QuotaOutcome, RateLimitTake, UsageEvent};
+use crate::store::{AuditEventInput, QuotaDebit, QuotaOutcome, RateLimitTake, UsageEvent};
 
 /// A quota debit made for a request, kept so a failed request can be refunded.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +55,7 @@ pub async fn limit(
         return Ok(next.call(req).await?.map_into_left_body());
     };
     let units = state.routes.operation(req.method().as_str(), req.path()).map_or(0, costs::units);
+    let mut decision = None;
     let decided = async {
         let plan = state.store.get_plan(&tenant.plan_code).await?.ok_or_else(|| {
             AppError::internal(anyhow::anyhow!("tenant {} is on plan {} which does not exist", tenant.id, tenant.plan_code))
@@ -83,6 +87,7 @@ pub async fn limit(
         };
         if !rate.allowed {
             let retry = (rate.retry_after_micros + 999_999) / 1_000_000;
+            decision = Some(format!("rate-limited minute r=0 t={retry}"));
             return Err(limited(
                 AppError::new(ErrorCode::RateLimited)
                     .with_detail(format!("this client may send {} requests per minute; retry in {retry} s", plan.requests_per_minute))
@@ -110,6 +115,7 @@ pub async fn limit(
                 QuotaOutcome::Rejected { units_used, quota_units } => {
                     limits.quota_units = quota_units;
                     limits.quota_remaining = quota_units - units_used;
+                    decision = Some(format!("quota-exceeded month used={units_used}/{quota_units} cost={units}"));
                     return Err(limited(
                         AppError::new(ErrorCode::QuotaExceeded)
                             .with_detail(format!(
@@ -122,9 +128,16 @@ pub async fn limit(
                 }
             }
         }
+        decision = Some(format!(
+            "allowed minute r={} month r={} cost={}",
+            limits.burst_remaining, limits.quota_remaining, if debit.is_some() { units } else { 0 }
+        ));
         Ok::<_, AppError>((limits, debit))
     }
     .await;
+    if let Some(decision) = decision {
+        req.extensions_mut().insert(LimiterDecision(decision));
+    }
     match decided {
         Ok((limits, debit)) => {
             if let Some(debit) = debit {
@@ -147,9 +160,10 @@ fn limited(err: AppError, limits: &LimitState) -> AppError {
     header_fields(limits).into_iter().fold(err, |err, (name, value)| err.with_header(name, value))
 }
 
-/// Writes exactly one usage event per request, durably, before the response leaves; refunds the quota
-/// debit of a request that did not succeed. If the event cannot be written, a success becomes a 503:
-/// no client holds a 2xx whose usage record could still be lost.
+/// Writes exactly one usage event per request, durably, before the response leaves, and in the same
+/// transaction the request's audit event when [`audit::outcome`] says it has one (a state change, a 401/403,
+/// a 429, a failed write); refunds the quota debit of a request that did not succeed. If the records cannot
+/// be written, a success becomes a 503: no client holds a 2xx whose usage or audit record could still be lost.
 pub async fn record(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -158,7 +172,8 @@ pub async fn record(
     let state = state_of(&req);
     let occurred_at = state.clock.now();
     let operation = state.routes.operation(req.method().as_str(), req.path()).unwrap_or("unknown").to_owned();
-    let method = req.method().to_string();
+    let http_method = req.method().clone();
+    let method = http_method.to_string();
     let request_bytes = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -167,13 +182,17 @@ pub async fn record(
         .unwrap_or(0);
     let res = next.call(req).await?;
     let status = res.status();
-    let (caller, debit, route) = {
+    let (caller, debit, route, principal, note, limiter, path_id) = {
         let request = res.request();
         let extensions = request.extensions();
         (
             extensions.get::<Arc<Caller>>().cloned(),
             extensions.get::<Debit>().copied(),
             request.match_pattern().unwrap_or_else(|| "unmatched".to_owned()),
+            extensions.get::<Arc<Principal>>().cloned(),
+            extensions.get::<AuditNote>().cloned(),
+            extensions.get::<LimiterDecision>().map(|d| d.0.clone()),
+            ["id", "code"].iter().find_map(|k| request.match_info().get(k).map(str::to_owned)),
         )
     };
     let billable = status.is_success() && debit.is_some();
@@ -189,10 +208,37 @@ pub async fn record(
         BodySize::Sized(n) => n as i64,
         _ => 0,
     };
+    let request_id = crate::telemetry::current_request_id().unwrap_or_default();
+    let tenant_id = caller.as_ref().and_then(|c| c.tenant.as_ref().map(|t| t.id));
+    let audited = audit::outcome(&http_method, status).map(|outcome| {
+        // The caller's principal, else the one authentication found before the tenant refused it (403).
+        let principal = caller.as_ref().map(|c| c.principal.clone()).or(principal);
+        let summary = match &note {
+            Some(note) if !note.summary.is_empty() => note.summary.clone(),
+            _ => format!("{method} {route} answered {}", status.as_u16()),
+        };
+        AuditEventInput {
+            id: state.ids.new_id(),
+            tenant_id,
+            occurred_at,
+            actor_oid: principal.as_ref().and_then(|p| p.object_id.clone()),
+            actor_app_id: principal.as_ref().and_then(|p| p.app_id.clone()),
+            actor_tenant_id: principal.as_ref().map(|p| p.directory_id.clone()),
+            action: operation.clone(),
+            resource_type: note.as_ref().map_or_else(|| audit::resource_type_of(&route), |n| n.resource_type.clone()),
+            resource_id: note.as_ref().map(|n| n.resource_id.clone()).or(path_id),
+            outcome,
+            request_id: Some(request_id.clone()).filter(|id| !id.is_empty()),
+            summary,
+            before_hash: note.as_ref().and_then(|n| n.before_hash.clone()),
+            after_hash: note.as_ref().and_then(|n| n.after_hash.clone()),
+            limiter_decision: limiter,
+        }
+    });
     let event = UsageEvent {
         event_id: state.ids.new_id(),
-        request_id: crate::telemetry::current_request_id().unwrap_or_default(),
-        tenant_id: caller.as_ref().and_then(|c| c.tenant.as_ref().map(|t| t.id)),
+        request_id,
+        tenant_id,
         client_id: caller.as_ref().and_then(|c| c.principal.app_id.clone()),
         principal_id: caller.as_ref().and_then(|c| c.principal.object_id.clone()),
         units: if billable { debit.map_or(0, |d| d.units) } else { costs::units(&operation) },
@@ -208,7 +254,7 @@ pub async fn record(
         occurred_at,
         recorded_at: state.clock.now(),
     };
-    match state.recorder.record(event).await {
+    match state.recorder.record(event, audited).await {
         Ok(()) => Ok(res.map_into_left_body()),
         Err(err) if status.is_success() => {
             let (request, _) = res.into_parts();

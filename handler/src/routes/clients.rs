@@ -4,7 +4,7 @@
 //! effective permissions never exceed the roles granted here.
 
 use actix_web::http::header::{self, ContentType};
-use actix_web::{HttpResponse, delete, get, post, web};
+use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -15,6 +15,7 @@ use crate::api::validation::validate;
 use crate::auth::Permission;
 use crate::auth::guard::{Authorized, TenantAdmin};
 use crate::error::{AppError, ErrorCode, FieldError};
+use crate::metering::audit;
 use crate::state::AppState;
 use crate::store::{ApiClient, StoreError, Update};
 
@@ -84,6 +85,7 @@ pub struct ClientList {
 #[post("/clients")]
 pub async fn register_client(
     auth: Authorized<TenantAdmin>,
+    req: HttpRequest,
     input: web::Json<ClientCreate>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
@@ -125,10 +127,15 @@ pub async fn register_client(
         version: 1,
     };
     match state.store.create_api_client(&client).await {
-        Ok(()) => Ok(HttpResponse::Created()
-            .insert_header((header::LOCATION, format!("/api/v1/clients/{}", client.id)))
-            .insert_header(ContentType::json())
-            .json(ClientView::from(&client))),
+        Ok(()) => {
+            let view = ClientView::from(&client);
+            let summary = format!("registered application {} with roles {}", client.app_id, client.roles.join(","));
+            audit::note(&req, "clients", client.id, None, Some(&view), summary);
+            Ok(HttpResponse::Created()
+                .insert_header((header::LOCATION, format!("/api/v1/clients/{}", client.id)))
+                .insert_header(ContentType::json())
+                .json(ClientView::from(&client)))
+        }
         Err(StoreError::Conflict(_)) => {
             Err(AppError::new(ErrorCode::Conflict).with_detail("this application is registered already"))
         }
@@ -173,13 +180,26 @@ pub async fn list_clients(auth: Authorized<TenantAdmin>, state: web::Data<AppSta
 #[delete("/clients/{id}")]
 pub async fn revoke_client(
     auth: Authorized<TenantAdmin>,
+    req: HttpRequest,
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let not_found = || AppError::new(ErrorCode::NotFound).with_detail("no registration with this id in your tenant");
     let id: Uuid = id.parse().map_err(|_| not_found())?;
     match state.store.revoke_api_client(auth.tenant_id()?, id, state.clock.now()).await? {
-        Update::Updated(client) => Ok(HttpResponse::Ok().json(ClientView::from(&client))),
+        Update::Updated(client) => {
+            // The store returns the row after the change; revoking is idempotent, so no separate before.
+            let view = ClientView::from(&client);
+            audit::note(
+                &req,
+                "clients",
+                client.id,
+                None,
+                Some(&view),
+                format!("revoked application {}", client.app_id),
+            );
+            Ok(HttpResponse::Ok().json(view))
+        }
         Update::NotFound | Update::VersionMismatch { .. } => Err(not_found()),
     }
 }

@@ -16,6 +16,7 @@ use crate::api::list::{DEFAULT_PAGE_SIZE, ListEnvelope, MAX_PAGE_SIZE};
 use crate::api::validation::validate;
 use crate::auth::guard::{Authorized, DocumentsRead, DocumentsWrite};
 use crate::error::{AppError, ErrorCode, FieldError, serde_json_error};
+use crate::metering::audit;
 use crate::state::AppState;
 use crate::store::{
     Document, DocumentCursor, DocumentFilter, DocumentSort, DocumentSortKey, DocumentStatus, SortValue, StoreError,
@@ -265,7 +266,11 @@ pub async fn create_document(
     let (response, body) = document_response(actix_web::http::StatusCode::CREATED, &document);
     let record = key.as_ref().map(|k| idempotency::record(tenant_id, k, "createDocument", &response, &body, now));
     match state.store.create_document(&document, record.as_ref()).await {
-        Ok(()) => Ok(response),
+        Ok(()) => {
+            let view = DocumentView::from(&document);
+            audit::note(&req, "documents", document.id, None, Some(&view), "created document version 1");
+            Ok(response)
+        }
         // Another request with the same key committed first: answer as it did (or 422 if it differed).
         Err(StoreError::Conflict(_)) if key.is_some() => {
             let key = key.expect("checked");
@@ -308,6 +313,7 @@ pub async fn get_document(
 
 async fn write(
     state: &AppState,
+    req: &HttpRequest,
     current: &Document,
     precondition_version: i64,
     replacement: DocumentInput,
@@ -319,7 +325,18 @@ async fn write(
     next.updated_by = who;
     next.updated_at = state.clock.now();
     match state.store.update_document(&next, precondition_version).await? {
-        Update::Updated(saved) => Ok(document_response(actix_web::http::StatusCode::OK, &saved).0),
+        Update::Updated(saved) => {
+            let (before, after) = (DocumentView::from(current), DocumentView::from(&saved));
+            audit::note(
+                req,
+                "documents",
+                saved.id,
+                Some(&before),
+                Some(&after),
+                format!("updated document to version {}", saved.version),
+            );
+            Ok(document_response(actix_web::http::StatusCode::OK, &saved).0)
+        }
         Update::NotFound => Err(not_found()),
         Update::VersionMismatch { current_version } => Err(precondition_failed(current_version)),
     }
@@ -353,7 +370,7 @@ pub async fn replace_document(
     let precondition = require_if_match(&req)?;
     let current = state.store.get_document(auth.tenant_id()?, parse_id(&id)?).await?.ok_or_else(not_found)?;
     let version = expected_version(precondition, current.version)?;
-    write(&state, &current, version, input.into_inner(), actor(&auth)).await
+    write(&state, &req, &current, version, input.into_inner(), actor(&auth)).await
 }
 
 /// Changes some fields with a JSON merge patch (RFC 7396; `null` removes an optional field). Requires `If-Match`.
@@ -402,7 +419,7 @@ pub async fn patch_document(
     let mut merged = serde_json::to_value(DocumentInput::from_document(&current)).expect("inputs serialize");
     json_patch::merge(&mut merged, &patch);
     let replacement: DocumentInput = serde_json::from_value(merged).map_err(|e| serde_json_error(&e))?;
-    write(&state, &current, version, replacement, actor(&auth)).await
+    write(&state, &req, &current, version, replacement, actor(&auth)).await
 }
 
 /// Deletes a document (soft: it disappears from every read). Requires `If-Match`.
@@ -432,7 +449,18 @@ pub async fn delete_document(
     let current = state.store.get_document(tenant_id, parse_id(&id)?).await?.ok_or_else(not_found)?;
     let version = expected_version(precondition, current.version)?;
     match state.store.delete_document(tenant_id, current.id, version, &actor(&auth), state.clock.now()).await? {
-        Update::Updated(()) => Ok(HttpResponse::NoContent().finish()),
+        Update::Updated(()) => {
+            let before = DocumentView::from(&current);
+            audit::note(
+                &req,
+                "documents",
+                current.id,
+                Some(&before),
+                None,
+                format!("deleted document at version {}", current.version),
+            );
+            Ok(HttpResponse::NoContent().finish())
+        }
         Update::NotFound => Err(not_found()),
         Update::VersionMismatch { current_version } => Err(precondition_failed(current_version)),
     }

@@ -1,5 +1,6 @@
 //! The HTTP API: the one route table (which also generates the OpenAPI document) and the not-matched fallback.
 
+pub mod audit;
 pub mod clients;
 pub mod docs;
 pub mod documents;
@@ -60,8 +61,9 @@ pub fn configure(cfg: &mut ServiceConfig) {
     // Before any scope: a resource registered after a scope with the same prefix is never reached.
     cfg.service(openapi_document);
     cfg.configure(docs::configure); // Swagger UI at /api/docs; not an API operation, not in the document
-    // Everything under /api/v1 passes one pipeline: metering, authentication, limits. Each handler declares
-    // its permission in its signature; its cost is in metering::costs.
+    // Everything under /api/v1 passes one pipeline: metering and audit, authentication, limits. Each handler
+    // declares its permission in its signature; its cost is in metering::costs; a state change is described
+    // for the audit trail with metering::audit::note.
     cfg.service(
         utoipa_actix_web::scope("/api/v1")
             // The pipeline, innermost first: limits (plan, rate, quota) need the caller; authentication
@@ -89,7 +91,9 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(documents::get_document)
             .service(documents::replace_document)
             .service(documents::patch_document)
-            .service(documents::delete_document),
+            .service(documents::delete_document)
+            .service(audit::verify_audit_chain)
+            .service(audit::list_audit_events),
     );
     // After /api/v1: actix matches scopes by prefix in registration order, and /api would swallow /api/v1.
     cfg.service(utoipa_actix_web::scope("/api").service(health::live).service(health::ready));

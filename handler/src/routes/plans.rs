@@ -11,6 +11,7 @@ use crate::api::list::ListEnvelope;
 use crate::api::validation::validate;
 use crate::auth::guard::{Authorized, PlatformAdmin};
 use crate::error::{AppError, ErrorCode};
+use crate::metering::audit;
 use crate::state::AppState;
 use crate::store::{OveragePolicy, Plan, StoreError, Update};
 
@@ -194,6 +195,7 @@ fn not_found() -> AppError {
 #[post("/plans")]
 pub async fn create_plan(
     _auth: Authorized<PlatformAdmin>,
+    req: HttpRequest,
     input: web::Json<PlanCreate>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
@@ -217,7 +219,11 @@ pub async fn create_plan(
     };
     apply(fields, &mut plan);
     match state.store.create_plan(&plan).await {
-        Ok(()) => Ok(respond(actix_web::http::StatusCode::CREATED, &plan)),
+        Ok(()) => {
+            let view = PlanView::from(&plan);
+            audit::note(&req, "plans", &plan.code, None, Some(&view), "created plan version 1");
+            Ok(respond(actix_web::http::StatusCode::CREATED, &plan))
+        }
         Err(StoreError::Conflict(_)) => {
             Err(AppError::new(ErrorCode::Conflict).with_detail("a plan with this code exists"))
         }
@@ -318,7 +324,12 @@ pub async fn replace_plan(
     apply(input, &mut plan);
     plan.updated_at = state.clock.now();
     match state.store.update_plan(&plan, version).await? {
-        Update::Updated(saved) => Ok(respond(actix_web::http::StatusCode::OK, &saved)),
+        Update::Updated(saved) => {
+            let (before, after) = (PlanView::from(&current), PlanView::from(&saved));
+            let summary = format!("replaced plan, now version {}", saved.version);
+            audit::note(&req, "plans", &saved.code, Some(&before), Some(&after), summary);
+            Ok(respond(actix_web::http::StatusCode::OK, &saved))
+        }
         Update::NotFound => Err(not_found()),
         Update::VersionMismatch { current_version } => Err(precondition_failed(current_version)),
     }

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::auth::guard::{Authorized, PlatformAdmin};
 use crate::error::{AppError, ErrorCode, FieldError};
+use crate::metering::audit;
 use crate::state::AppState;
 use crate::store::{Tenant, TenantCursor};
 
@@ -207,6 +208,7 @@ pub struct TenantCreate {
 #[post("/tenants")]
 pub async fn create_tenant(
     _auth: Authorized<PlatformAdmin>,
+    req: HttpRequest,
     input: web::Json<TenantCreate>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
@@ -224,7 +226,18 @@ pub async fn create_tenant(
         version: 1,
     };
     match state.store.create_tenant(&tenant).await {
-        Ok(()) => Ok(respond(actix_web::http::StatusCode::CREATED, &tenant)),
+        Ok(()) => {
+            let view = TenantView::from(&tenant);
+            audit::note(
+                &req,
+                "tenants",
+                tenant.id,
+                None,
+                Some(&view),
+                format!("created tenant on plan {}", tenant.plan_code),
+            );
+            Ok(respond(actix_web::http::StatusCode::CREATED, &tenant))
+        }
         Err(StoreError::ForeignKey(_)) => Err(unknown_plan()),
         Err(StoreError::Conflict(_)) => {
             Err(AppError::new(ErrorCode::Conflict).with_detail("this Entra directory already has a tenant"))
@@ -254,7 +267,13 @@ async fn change(
     let current = state.store.get_tenant(parse_id(id)?).await?.ok_or_else(not_found)?;
     let version = expected_version(precondition, current.version)?;
     match state.store.update_tenant(current.id, &changes, version, state.clock.now()).await {
-        Ok(Update::Updated(saved)) => Ok(respond(actix_web::http::StatusCode::OK, &saved)),
+        Ok(Update::Updated(saved)) => {
+            let (before, after) = (TenantView::from(&current), TenantView::from(&saved));
+            let summary =
+                format!("tenant {} on plan {} at version {}", saved.status.as_str(), saved.plan_code, saved.version);
+            audit::note(req, "tenants", saved.id, Some(&before), Some(&after), summary);
+            Ok(respond(actix_web::http::StatusCode::OK, &saved))
+        }
         Ok(Update::NotFound) => Err(not_found()),
         Ok(Update::VersionMismatch { current_version }) => Err(precondition_failed(current_version)),
         Err(StoreError::ForeignKey(_)) => Err(unknown_plan()),

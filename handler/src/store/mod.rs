@@ -227,7 +227,32 @@ pub trait Store: Send + Sync + 'static {
     async fn take_rate_limit(&self, take: &RateLimitTake) -> Result<RateLimitDecision, StoreError>;
 
     /// Inserts usage events in one transaction, skipping event ids already stored; returns how many were new.
-    async fn record_usage_events(&self, events: &[UsageEvent]) -> Result<u64, StoreError>;
+    async fn record_usage_events(&self, events: &[UsageEvent]) -> Result<u64, StoreError> {
+        self.record_usage(events, &[]).await
+    }
+
+    /// Inserts usage events and appends audit events in ONE transaction; returns how many usage events were new.
+    ///
+    /// Usage events already stored (by event id) and audit events already stored (by id) are skipped, so the
+    /// whole call may be retried. Audit events are appended in slice order to their chains
+    /// ([`audit_chain_key`]): each gets the next `chain_seq` and is hashed with [`AuditEventInput::seal`]
+    /// after the chain's head, read in the same transaction under a lock that makes concurrent appenders
+    /// (other processes too) wait, so a chain never forks. There is no method that updates or deletes an
+    /// audit event.
+    async fn record_usage(&self, usage: &[UsageEvent], audit: &[AuditEventInput]) -> Result<u64, StoreError>;
+
+    /// One keyset page of audit events of a tenant (`None`: the platform events, without a tenant) matching
+    /// `filter`, newest first (`occurred_at DESC, id DESC`), strictly after `after`; at most `limit`.
+    async fn list_audit_events(
+        &self,
+        tenant_id: Option<Uuid>,
+        filter: &AuditFilter,
+        after: Option<&AuditCursor>,
+        limit: u32,
+    ) -> Result<Page<AuditEvent, AuditCursor>, StoreError>;
+
+    /// The events of `chain` with `chain_seq > after_seq`, in `chain_seq` order; at most `limit`.
+    async fn audit_chain(&self, chain: &str, after_seq: i64, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
 
     /// How many usage events a tenant has (all time).
     async fn count_usage_events(&self, tenant_id: Uuid) -> Result<u64, StoreError>;

@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use crate::store::StoreError;
 use crate::store::model::{
-    DocumentCursor, DocumentFilter, DocumentSort, DocumentSortKey, NO_EFFECTIVE_DATE, SortValue,
+    AuditCursor, AuditFilter, DocumentCursor, DocumentFilter, DocumentSort, DocumentSortKey, NO_EFFECTIVE_DATE,
+    SortValue,
 };
 
 /// The migration history table, created if missing.
@@ -252,6 +253,38 @@ pub const GET_IDEMPOTENCY: &str = "SELECT tenant_id, idempotency_key, operation_
     response_headers, response_body, created_at, expires_at
 FROM dbo.idempotency_keys WHERE tenant_id = @P1 AND idempotency_key = @P2 AND expires_at > @P3";
 
+/// The columns of an audit event, in the order `audit_from` reads them.
+macro_rules! audit_columns {
+    () => {
+        "id, chain, chain_seq, tenant_id, occurred_at, actor_oid, actor_app_id, actor_tenant_id, action, resource_type,
+    resource_id, outcome, request_id, summary, before_hash, after_hash, limiter_decision, prev_hash, hash"
+    };
+}
+
+/// Whether an audit event is stored already (a retried batch skips it).
+pub const AUDIT_EVENT_EXISTS: &str = "SELECT 1 AS found FROM dbo.audit_events WHERE id = @P1";
+
+/// The head of a chain, read under a key-range update lock held to the end of the transaction (also when the
+/// chain is empty): a concurrent appender of the same chain waits here, then reads the new head.
+pub const AUDIT_CHAIN_HEAD: &str = "SELECT TOP (1) chain_seq, hash FROM dbo.audit_events WITH (UPDLOCK, HOLDLOCK)
+WHERE chain = @P1 ORDER BY chain_seq DESC";
+
+/// Appends one audit event. The table has no UPDATE or DELETE statement anywhere (a ledger table refuses them).
+pub const INSERT_AUDIT_EVENT: &str = concat!(
+    "INSERT INTO dbo.audit_events (",
+    audit_columns!(),
+    ")
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13, @P14, @P15, @P16, @P17, @P18, @P19)"
+);
+
+/// A page of one chain in `chain_seq` order, for verification (served by `ux_audit_events_chain_seq`).
+pub const AUDIT_CHAIN: &str = concat!(
+    "SELECT TOP (@P3) ",
+    audit_columns!(),
+    "
+FROM dbo.audit_events WHERE chain = @P1 AND chain_seq > @P2 ORDER BY chain_seq"
+);
+
 /// The most tags a listing may ask for (`DocumentFilter::tags_any`): each is one parameter of the `IN` list.
 pub const MAX_TAGS_ANY: usize = 20;
 
@@ -449,6 +482,57 @@ pub fn tags_of_documents(tenant_id: Uuid, ids: &[Uuid]) -> Assembled {
     a
 }
 
+/// One page of a tenant's audit events (`None`: the platform events, `tenant_id IS NULL`), newest first, strictly
+/// after `after`: `TOP (fetch)` on `ix_audit_events_tenant_time`.
+pub fn list_audit_events(
+    tenant_id: Option<Uuid>,
+    filter: &AuditFilter,
+    after: Option<&AuditCursor>,
+    fetch: i64,
+) -> Assembled {
+    let mut a = Assembled::default();
+    let top = a.bind(Arg::Int(fetch));
+    a.sql = format!(concat!("SELECT TOP ({}) ", audit_columns!(), "\nFROM dbo.audit_events"), top);
+    match tenant_id {
+        Some(id) => {
+            let p = a.bind(Arg::Id(id));
+            a.sql.push_str(&format!("\nWHERE tenant_id = {p}"));
+        }
+        None => a.sql.push_str("\nWHERE tenant_id IS NULL"),
+    }
+    if let Some(actor) = &filter.actor {
+        let p = a.bind(Arg::Text(actor.clone()));
+        a.sql.push_str(&format!("\n    AND (actor_oid = {p} OR actor_app_id = {p})"));
+    }
+    for (column, value) in
+        [("action", &filter.action), ("resource_type", &filter.resource_type), ("resource_id", &filter.resource_id)]
+    {
+        if let Some(value) = value {
+            let p = a.bind(Arg::Text(value.clone()));
+            a.sql.push_str(&format!("\n    AND {column} = {p}"));
+        }
+    }
+    if let Some(outcome) = filter.outcome {
+        let p = a.bind(Arg::Text(outcome.as_str().to_owned()));
+        a.sql.push_str(&format!("\n    AND outcome = {p}"));
+    }
+    if let Some(from) = filter.from {
+        let p = a.bind(Arg::Time(ceil_micros(from)));
+        a.sql.push_str(&format!("\n    AND occurred_at >= {p}"));
+    }
+    if let Some(to) = filter.to {
+        let p = a.bind(Arg::Time(ceil_micros(to)));
+        a.sql.push_str(&format!("\n    AND occurred_at < {p}"));
+    }
+    if let Some(cursor) = after {
+        let t = a.bind(Arg::Time(cursor.occurred_at));
+        let id = a.bind(Arg::Id(cursor.id));
+        a.sql.push_str(&format!("\n    AND occurred_at <= {t} AND (occurred_at < {t} OR id < {id})"));
+    }
+    a.sql.push_str("\nORDER BY occurred_at DESC, id DESC");
+    a
+}
+
 /// Every shape the assembling functions produce, named, for the parse check (`store::tsql_check`).
 #[cfg(test)]
 pub fn assembled_examples() -> Vec<(String, Assembled)> {
@@ -514,6 +598,24 @@ pub fn assembled_examples() -> Vec<(String, Assembled)> {
         ));
         out.push((format!("count_documents {name}"), count_documents(tenant, filter).expect("assembles")));
     }
+    let audit = AuditFilter {
+        actor: Some("oid".into()),
+        action: Some("createDocument".into()),
+        resource_type: Some("documents".into()),
+        resource_id: Some("x".into()),
+        outcome: Some(crate::store::model::AuditOutcome::Denied),
+        from: Some(t),
+        to: Some(t),
+    };
+    let audit_cursor = AuditCursor { occurred_at: t, id };
+    for (tenant_name, tenant_id) in [("tenant", Some(tenant)), ("platform", None)] {
+        for (filter_name, filter) in [("no filter", AuditFilter::default()), ("all filters", audit.clone())] {
+            for cursor in [None, Some(&audit_cursor)] {
+                let name = format!("list_audit_events {tenant_name} {filter_name} cursor={}", cursor.is_some());
+                out.push((name, list_audit_events(tenant_id, &filter, cursor, 26)));
+            }
+        }
+    }
     out.push(("tags_of_documents 1".into(), tags_of_documents(tenant, &[id])));
     out.push(("tags_of_documents 3".into(), tags_of_documents(tenant, &[id, tenant, id])));
     out
@@ -569,4 +671,8 @@ pub const ALL: &[(&str, &str)] = &[
     ("DELETE_EXPIRED_IDEMPOTENCY_KEY", DELETE_EXPIRED_IDEMPOTENCY_KEY),
     ("INSERT_IDEMPOTENCY", INSERT_IDEMPOTENCY),
     ("GET_IDEMPOTENCY", GET_IDEMPOTENCY),
+    ("AUDIT_EVENT_EXISTS", AUDIT_EVENT_EXISTS),
+    ("AUDIT_CHAIN_HEAD", AUDIT_CHAIN_HEAD),
+    ("INSERT_AUDIT_EVENT", INSERT_AUDIT_EVENT),
+    ("AUDIT_CHAIN", AUDIT_CHAIN),
 ];

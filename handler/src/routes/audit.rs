@@ -1,0 +1,374 @@
+//! `/api/v1/audit-events`: the caller's tenant's audit trail (filters, keyset pages) and the verification of its hash chain.
+//!
+//! The events are written by the record stage (`metering::stage::record`, `metering::audit`); this module only
+//! reads them. A tenant sees only its own chain (`tenant:<id>`); a cursor is bound to the tenant and the filters.
+
+use actix_web::{HttpRequest, HttpResponse, get, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::api::cursor::fingerprint;
+use crate::api::list::{DEFAULT_PAGE_SIZE, ListEnvelope, MAX_PAGE_SIZE};
+use crate::auth::guard::{AuditRead, Authorized};
+use crate::error::{AppError, ErrorCode, FieldError};
+use crate::metering::audit::ChainVerifier;
+use crate::state::AppState;
+use crate::store::{AuditCursor, AuditEvent, AuditFilter, AuditOutcome, audit_chain_key};
+
+/// Events read per store call while verifying.
+const VERIFY_PAGE: u32 = 500;
+
+/// What became of an audited request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditEventOutcome {
+    Succeeded,
+    Denied,
+    Rejected,
+    Failed,
+}
+
+impl From<AuditOutcome> for AuditEventOutcome {
+    fn from(o: AuditOutcome) -> Self {
+        match o {
+            AuditOutcome::Succeeded => AuditEventOutcome::Succeeded,
+            AuditOutcome::Denied => AuditEventOutcome::Denied,
+            AuditOutcome::Rejected => AuditEventOutcome::Rejected,
+            AuditOutcome::Failed => AuditEventOutcome::Failed,
+        }
+    }
+}
+
+/// One audit event as the API shows it: every stored column.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEventView {
+    pub id: Uuid,
+    /// The position in the tenant's chain, from 1.
+    pub chain_seq: i64,
+    pub occurred_at: DateTime<Utc>,
+    /// The caller's object id (`oid`), if the token had one.
+    pub actor_oid: Option<String>,
+    /// The calling application (`azp`/`appid`), if any.
+    pub actor_app_id: Option<String>,
+    /// The directory (`tid`) the caller's token was issued in.
+    pub actor_tenant_id: Option<String>,
+    /// The operation id, e.g. `patchDocument`.
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: Option<String>,
+    pub outcome: AuditEventOutcome,
+    pub request_id: Option<String>,
+    pub summary: String,
+    /// Hex SHA-256 of the resource's JSON view before the change.
+    pub before_hash: Option<String>,
+    /// Hex SHA-256 of the resource's JSON view after the change.
+    pub after_hash: Option<String>,
+    /// The rate limiter's and quota's decision, e.g. `rate-limited minute r=0 t=3`.
+    pub limiter_decision: Option<String>,
+    /// The previous event's hash (64 zeros for the first).
+    pub prev_hash: String,
+    /// SHA-256 over `prevHash` and every other column (see docs/data-model.md, Audit).
+    pub hash: String,
+}
+
+impl From<&AuditEvent> for AuditEventView {
+    fn from(e: &AuditEvent) -> Self {
+        AuditEventView {
+            id: e.id,
+            chain_seq: e.chain_seq,
+            occurred_at: e.occurred_at,
+            actor_oid: e.actor_oid.clone(),
+            actor_app_id: e.actor_app_id.clone(),
+            actor_tenant_id: e.actor_tenant_id.clone(),
+            action: e.action.clone(),
+            resource_type: e.resource_type.clone(),
+            resource_id: e.resource_id.clone(),
+            outcome: e.outcome.into(),
+            request_id: e.request_id.clone(),
+            summary: e.summary.clone(),
+            before_hash: e.before_hash.clone(),
+            after_hash: e.after_hash.clone(),
+            limiter_decision: e.limiter_decision.clone(),
+            prev_hash: e.prev_hash.clone(),
+            hash: e.hash.clone(),
+        }
+    }
+}
+
+/// The list envelope of audit events, for the OpenAPI document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEventList {
+    pub value: Vec<AuditEventView>,
+    /// Absent on the last page.
+    pub next_link: Option<String>,
+}
+
+/// The documented query parameters of `listAuditEvents` (for the OpenAPI document).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // documentation only: the query is parsed by ListQuery::parse
+pub struct ListParams {
+    /// An object id or application id: events whose `actorOid` or `actorAppId` is this value.
+    actor: Option<String>,
+    /// An operation id, e.g. `deleteDocument`.
+    action: Option<String>,
+    /// e.g. `documents`.
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    outcome: Option<AuditEventOutcome>,
+    /// Events at or after this instant (RFC 3339).
+    from: Option<DateTime<Utc>>,
+    /// Events before this instant (RFC 3339).
+    to: Option<DateTime<Utc>>,
+    /// Page size, 1 to 100 (default 25).
+    #[param(minimum = 1, maximum = 100)]
+    maxpagesize: Option<u32>,
+    /// The opaque continuation token from `nextLink`.
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct ListQuery {
+    filter: AuditFilter,
+    maxpagesize: Option<u32>,
+    cursor: Option<String>,
+}
+
+impl ListQuery {
+    fn parse(query: &str) -> Result<Self, AppError> {
+        let mut q = ListQuery::default();
+        let mut errors = Vec::new();
+        let mut bad = |field: &str, message: &str| errors.push(FieldError::new(field, "invalid", message));
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            let value = value.into_owned();
+            let text = |v: &str, max: usize| (!v.is_empty() && v.chars().count() <= max).then(|| v.to_owned());
+            let time = |v: &str| DateTime::parse_from_rfc3339(v).ok().map(|t| t.with_timezone(&Utc));
+            match key.as_ref() {
+                "actor" => match text(&value, 128) {
+                    Some(v) => q.filter.actor = Some(v),
+                    None => bad("actor", "1 to 128 characters"),
+                },
+                "action" => match text(&value, 64) {
+                    Some(v) => q.filter.action = Some(v),
+                    None => bad("action", "1 to 64 characters"),
+                },
+                "resourceType" => match text(&value, 64) {
+                    Some(v) => q.filter.resource_type = Some(v),
+                    None => bad("resourceType", "1 to 64 characters"),
+                },
+                "resourceId" => match text(&value, 128) {
+                    Some(v) => q.filter.resource_id = Some(v),
+                    None => bad("resourceId", "1 to 128 characters"),
+                },
+                "outcome" => match AuditOutcome::parse(&value) {
+                    Some(o) => q.filter.outcome = Some(o),
+                    None => bad("outcome", "succeeded, denied, rejected or failed"),
+                },
+                "from" => match time(&value) {
+                    Some(t) => q.filter.from = Some(t),
+                    None => bad("from", "an RFC 3339 date-time, e.g. 2026-01-31T00:00:00Z"),
+                },
+                "to" => match time(&value) {
+                    Some(t) => q.filter.to = Some(t),
+                    None => bad("to", "an RFC 3339 date-time, e.g. 2026-01-31T00:00:00Z"),
+                },
+                "maxpagesize" => match value.parse::<u32>() {
+                    Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => q.maxpagesize = Some(n),
+                    _ => bad("maxpagesize", "a whole number from 1 to 100"),
+                },
+                "cursor" => q.cursor = Some(value),
+                other => bad(other, "unknown query parameter"),
+            }
+        }
+        if errors.is_empty() {
+            Ok(q)
+        } else {
+            Err(AppError::new(ErrorCode::InvalidQuery)
+                .with_detail("some query parameters are invalid")
+                .with_field_errors(errors))
+        }
+    }
+
+    /// The tenant and every filter: a cursor works only for the tenant and the listing it came from.
+    fn fingerprint(&self, tenant_id: Uuid) -> [u8; 8] {
+        let f = &self.filter;
+        let parts = [
+            "audit".to_owned(),
+            tenant_id.to_string(),
+            f.actor.clone().unwrap_or_default(),
+            f.action.clone().unwrap_or_default(),
+            f.resource_type.clone().unwrap_or_default(),
+            f.resource_id.clone().unwrap_or_default(),
+            f.outcome.map(|o| o.as_str().to_owned()).unwrap_or_default(),
+            f.from.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            f.to.map(|t| t.to_rfc3339()).unwrap_or_default(),
+        ];
+        fingerprint(&parts.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+}
+
+/// Lists the caller's tenant's audit events, newest first, in keyset pages.
+#[utoipa::path(
+    tag = "audit",
+    operation_id = "listAuditEvents",
+    security(("entra" = ["Audit.Read"])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page, newest first: value, nextLink (absent on the last page)", body = AuditEventList),
+        (status = 400, description = "Invalid query parameters, or a cursor from another query or tenant", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Audit.Read is required, or the caller belongs to no tenant", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit or quota exceeded", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[get("/audit-events")]
+pub async fn list_audit_events(
+    auth: Authorized<AuditRead>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let tenant_id = auth.tenant_id()?;
+    let query = ListQuery::parse(req.query_string())?;
+    let fingerprint = query.fingerprint(tenant_id);
+    let after = match &query.cursor {
+        None => None,
+        Some(raw) => {
+            let (micros, id) = state.cursors.decode::<(i64, Uuid)>(fingerprint, raw)?;
+            let occurred_at = DateTime::from_timestamp_micros(micros).ok_or_else(|| {
+                AppError::new(ErrorCode::InvalidQuery).with_field_errors(vec![FieldError::new(
+                    "cursor",
+                    "invalid",
+                    "not a cursor this API issued",
+                )])
+            })?;
+            Some(AuditCursor { occurred_at, id })
+        }
+    };
+    let size = query.maxpagesize.unwrap_or(DEFAULT_PAGE_SIZE);
+    let page = state.store.list_audit_events(Some(tenant_id), &query.filter, after.as_ref(), size).await?;
+    let next_link = page.next.as_ref().map(|next| {
+        let token = state.cursors.encode(fingerprint, &(next.occurred_at.timestamp_micros(), next.id));
+        let kept: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes())
+            .filter(|(k, _)| k != "cursor")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let mut link = form_urlencoded::Serializer::new(String::new());
+        link.extend_pairs(kept.iter());
+        link.append_pair("cursor", &token);
+        format!("/api/v1/audit-events?{}", link.finish())
+    });
+    Ok(HttpResponse::Ok().json(ListEnvelope {
+        value: page.items.iter().map(AuditEventView::from).collect(),
+        next_link,
+        count: None,
+    }))
+}
+
+/// The first event at which a chain does not verify.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokenLink {
+    /// The `chainSeq` of the first event that does not verify (after a removed event: the one following it).
+    pub chain_seq: i64,
+    pub event_id: Uuid,
+    /// `hash mismatch` (the event's columns were changed), `prev_hash does not match the previous event`, or
+    /// `sequence gap` (an event is missing before this one).
+    pub reason: String,
+}
+
+/// The last event of a verified chain: record it elsewhere to detect events later cut from the end.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainHead {
+    pub chain_seq: i64,
+    pub hash: String,
+}
+
+/// The result of recomputing the caller's tenant's chain.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainVerification {
+    /// `true` when every event's hash and link recompute.
+    pub valid: bool,
+    /// Events examined (up to and including the first broken one).
+    pub checked: u64,
+    /// `null` when the chain is intact.
+    pub first_broken_link: Option<BrokenLink>,
+    /// The last event when the chain is intact and not empty.
+    pub head: Option<ChainHead>,
+}
+
+/// Recomputes the caller's tenant's audit chain from its first event and reports the first broken link.
+#[utoipa::path(
+    tag = "audit",
+    operation_id = "verifyAuditChain",
+    security(("entra" = ["Audit.Read"])),
+    responses(
+        (status = 200, description = "The verification result (an invalid chain is still a 200)", body = ChainVerification),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Audit.Read is required, or the caller belongs to no tenant", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit or quota exceeded", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[get("/audit-events/verify")]
+pub async fn verify_audit_chain(
+    auth: Authorized<AuditRead>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let chain = audit_chain_key(Some(auth.tenant_id()?));
+    let mut verifier = ChainVerifier::default();
+    let mut after_seq = 0;
+    let mut head = None;
+    loop {
+        let events = state.store.audit_chain(&chain, after_seq, VERIFY_PAGE).await?;
+        for event in &events {
+            if let Some(reason) = verifier.check(event) {
+                return Ok(HttpResponse::Ok().json(ChainVerification {
+                    valid: false,
+                    checked: verifier.checked,
+                    first_broken_link: Some(BrokenLink {
+                        chain_seq: event.chain_seq,
+                        event_id: event.id,
+                        reason: reason.as_str().to_owned(),
+                    }),
+                    head: None,
+                }));
+            }
+            head = Some(ChainHead { chain_seq: event.chain_seq, hash: event.hash.clone() });
+        }
+        match events.last() {
+            Some(last) if events.len() == VERIFY_PAGE as usize => after_seq = last.chain_seq,
+            _ => break,
+        }
+    }
+    Ok(HttpResponse::Ok().json(ChainVerification {
+        valid: true,
+        checked: verifier.checked,
+        first_broken_link: None,
+        head,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_queries_parse_strictly_and_fingerprints_bind_tenant_and_filters() {
+        let q = ListQuery::parse("actor=oid-1&outcome=denied&from=2026-01-01T00:00:00Z&maxpagesize=5").unwrap();
+        assert_eq!(q.filter.actor.as_deref(), Some("oid-1"));
+        assert_eq!(q.filter.outcome, Some(AuditOutcome::Denied));
+        let err = ListQuery::parse("outcome=maybe&colour=red&maxpagesize=101&to=later").unwrap_err();
+        let fields: Vec<_> = err.field_errors().iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, vec!["outcome", "colour", "maxpagesize", "to"]);
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let same = ListQuery::parse("actor=oid-1&outcome=denied&from=2026-01-01T00:00:00Z&maxpagesize=50").unwrap();
+        assert_eq!(q.fingerprint(a), same.fingerprint(a), "page size is not part of the query");
+        assert_ne!(q.fingerprint(a), q.fingerprint(b), "another tenant");
+        assert_ne!(q.fingerprint(a), ListQuery::parse("actor=oid-1").unwrap().fingerprint(a));
+    }
+}

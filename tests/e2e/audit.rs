@@ -1,0 +1,314 @@
+//! The audit trail end to end: mutations, denials and limit rejections leave hash-chained events; the listing is
+//! tenant-scoped with filters and keyset pages; verification finds a row edited or removed in the database.
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::support::dev_token;
+use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, HostOptions};
+
+const DIR_A: &str = "aaaaaaaa-0000-0000-0000-0000000000a1";
+const DIR_B: &str = "bbbbbbbb-0000-0000-0000-0000000000b1";
+const DIR_C: &str = "cccccccc-0000-0000-0000-0000000000c1";
+const DIR_OPS: &str = "0b500000-0000-0000-0000-0000000000f1";
+
+struct Audited {
+    host: HostEmulator,
+    root: tempfile::TempDir,
+    a_writer: String,
+    a_reader: String,
+    a_auditor: String,
+    b_auditor: String,
+}
+
+async fn audited() -> Audited {
+    let root = tempfile::tempdir().unwrap();
+    let token = |dir: &str, roles: &str, app: &str| {
+        dev_token(root.path(), &["--tenant", dir, "--roles", roles, "--app-id", app])
+    };
+    let a_writer = token(DIR_A, "Documents.Read,Documents.Write", "a-writer");
+    let a_reader = token(DIR_A, "Documents.Read", "a-reader");
+    let a_auditor = token(DIR_A, "Audit.Read", "a-auditor");
+    let b_auditor = token(DIR_B, "Audit.Read", "b-auditor");
+    let host =
+        HostEmulator::start_with(HostOptions { app_root: Some(root.path().to_path_buf()), ..HostOptions::default() })
+            .await;
+    Audited { host, root, a_writer, a_reader, a_auditor, b_auditor }
+}
+
+async fn send(host: &HostEmulator, token: &str, request: ClientRequest) -> ClientResponse {
+    host.http(request.header("Authorization", &format!("Bearer {token}"))).await
+}
+
+fn ok(response: &ClientResponse, status: u16) -> Value {
+    assert_eq!(response.status, status, "{}", String::from_utf8_lossy(&response.body));
+    if response.body.is_empty() { Value::Null } else { response.json() }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn db(root: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(root.join("data/meterline.db")).unwrap()
+}
+
+/// The chain key of the tenant mapped to an Entra directory.
+fn chain_of(root: &std::path::Path, directory: &str) -> String {
+    let id: String =
+        db(root).query_row("SELECT id FROM tenants WHERE entra_tenant_id = ?1", [directory], |r| r.get(0)).unwrap();
+    format!("tenant:{id}")
+}
+
+/// Every event of a listing, following nextLink; checks each page's size.
+async fn all_events(host: &HostEmulator, token: &str, first: impl Into<String>, page_size: usize) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut link = Some(first.into());
+    while let Some(path) = link {
+        let page = ok(&send(host, token, ClientRequest::get(&path)).await, 200);
+        let items = page["value"].as_array().unwrap();
+        assert!(items.len() <= page_size, "{path}: {} items", items.len());
+        events.extend(items.iter().cloned());
+        link = page["nextLink"].as_str().map(str::to_owned);
+        assert!(events.len() < 1000, "runaway paging");
+    }
+    events
+}
+
+async fn verify(host: &HostEmulator, token: &str) -> Value {
+    ok(&send(host, token, ClientRequest::get("/api/v1/audit-events/verify")).await, 200)
+}
+
+#[tokio::test]
+async fn mutations_and_denials_are_audited_and_listed_only_to_their_tenant() {
+    let a = audited().await;
+    let created = send(
+        &a.host,
+        &a.a_writer,
+        ClientRequest::new("POST", "/api/v1/documents")
+            .json(&json!({"title": "Customs code", "docType": "regulation"})),
+    )
+    .await;
+    let created_body = ok(&created, 201);
+    let id = created_body["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/documents/{id}");
+    let patched = send(
+        &a.host,
+        &a.a_writer,
+        ClientRequest::new("PATCH", &path)
+            .body(json!({"summary": "Consolidated"}).to_string())
+            .header("Content-Type", "application/merge-patch+json")
+            .header("If-Match", created.header("etag").unwrap()),
+    )
+    .await;
+    ok(&patched, 200);
+    let deleted = send(
+        &a.host,
+        &a.a_writer,
+        ClientRequest::new("DELETE", &path).header("If-Match", patched.header("etag").unwrap()),
+    )
+    .await;
+    ok(&deleted, 204);
+    // A read is not audited; a missing permission (403) and a missing token (401) are.
+    ok(&send(&a.host, &a.a_reader, ClientRequest::get("/api/v1/documents")).await, 200);
+    let forbidden = send(
+        &a.host,
+        &a.a_reader,
+        ClientRequest::new("POST", "/api/v1/documents").json(&json!({"title": "x", "docType": "y"})),
+    )
+    .await;
+    assert_eq!(forbidden.status, 403);
+    let anonymous = a.host.http(ClientRequest::get("/api/v1/me")).await;
+    assert_eq!(anonymous.status, 401);
+
+    let events = all_events(&a.host, &a.a_auditor, "/api/v1/audit-events", 25).await;
+    let actions: Vec<&str> = events.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["createDocument", "deleteDocument", "patchDocument", "createDocument"], "newest first");
+    let (denied, delete, patch, create) = (&events[0], &events[1], &events[2], &events[3]);
+    for (event, request) in [(create, &created), (patch, &patched), (delete, &deleted)] {
+        assert_eq!(event["outcome"], "succeeded");
+        assert_eq!(event["resourceType"], "documents");
+        assert_eq!(event["resourceId"], id.as_str());
+        assert_eq!(event["actorAppId"], "a-writer");
+        assert_eq!(event["actorTenantId"], DIR_A);
+        assert_eq!(event["requestId"], request.header("x-request-id").unwrap());
+        assert!(event["limiterDecision"].as_str().unwrap().starts_with("allowed minute r="), "{event}");
+    }
+    assert_eq!(create["beforeHash"], Value::Null);
+    assert_eq!(create["afterHash"], sha256(&created.body), "the hash of the view the client received");
+    assert_eq!(patch["beforeHash"], create["afterHash"]);
+    assert_eq!(patch["afterHash"], sha256(&patched.body));
+    assert_eq!(delete["beforeHash"], patch["afterHash"]);
+    assert_eq!(delete["afterHash"], Value::Null);
+    assert_eq!((denied["outcome"].as_str(), denied["actorAppId"].as_str()), (Some("denied"), Some("a-reader")));
+    assert_eq!(denied["requestId"], forbidden.header("x-request-id").unwrap());
+    assert_eq!(denied["resourceType"], "documents");
+    let seqs: Vec<i64> = events.iter().map(|e| e["chainSeq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, [4, 3, 2, 1]);
+    assert_eq!(create["prevHash"], "0".repeat(64));
+    assert_eq!(patch["prevHash"], create["hash"]);
+
+    // The 401 has no tenant: it is on the platform chain, with no actor.
+    let (chain, outcome, oid): (String, String, Option<String>) = db(a.root.path())
+        .query_row(
+            "SELECT chain, outcome, actor_oid FROM audit_events WHERE request_id = ?1",
+            [anonymous.header("x-request-id").unwrap()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((chain.as_str(), outcome.as_str(), oid), ("platform", "denied", None));
+
+    // Filters and pages.
+    let q = |query: &str| format!("/api/v1/audit-events?{query}");
+    let paged = all_events(&a.host, &a.a_auditor, &q("maxpagesize=1"), 1).await;
+    assert_eq!(paged, events, "pages of one give the same events in the same order");
+    let ids = |events: &[Value]| events.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let only = |filter: &str| all_events(&a.host, &a.a_auditor, q(filter), 25);
+    assert_eq!(ids(&only("action=patchDocument").await), ids(&events[2..3]));
+    assert_eq!(ids(&only("outcome=denied").await), ids(&events[0..1]));
+    assert_eq!(ids(&only("actor=a-writer&maxpagesize=2").await), ids(&events[1..4]));
+    assert_eq!(ids(&only(&format!("resourceType=documents&resourceId={id}")).await), ids(&events[1..4]));
+    let created_at = create["occurredAt"].as_str().unwrap();
+    let from_create = only(&format!("from={}", urlencode(created_at))).await;
+    assert_eq!(ids(&from_create), ids(&events), "from is inclusive");
+    assert!(only(&format!("to={}", urlencode(created_at))).await.is_empty(), "to is exclusive");
+    let bad = send(&a.host, &a.a_auditor, ClientRequest::get(&q("outcome=maybe&colour=red"))).await;
+    assert_eq!(bad.status, 400);
+
+    // Tenant B sees none of A's events, with or without filters, and cannot use A's cursor.
+    let b_all = all_events(&a.host, &a.b_auditor, "/api/v1/audit-events", 25).await;
+    assert!(b_all.iter().all(|e| !ids(&events).contains(&e["id"].as_str().unwrap().to_owned())), "{b_all:?}");
+    assert!(all_events(&a.host, &a.b_auditor, &q(&format!("resourceId={id}")), 25).await.is_empty());
+    assert!(all_events(&a.host, &a.b_auditor, &q("actor=a-writer"), 25).await.is_empty());
+    let a_page = ok(&send(&a.host, &a.a_auditor, ClientRequest::get(&q("maxpagesize=1"))).await, 200);
+    let a_next = a_page["nextLink"].as_str().unwrap();
+    let replayed = send(&a.host, &a.b_auditor, ClientRequest::get(a_next)).await;
+    assert_eq!(replayed.status, 400, "another tenant's cursor: {}", String::from_utf8_lossy(&replayed.body));
+    let b_verify = verify(&a.host, &a.b_auditor).await;
+    assert_eq!((b_verify["valid"].as_bool(), b_verify["checked"].as_u64()), (Some(true), Some(0)));
+
+    // Without Audit.Read, listing is itself a denial, audited.
+    assert_eq!(send(&a.host, &a.a_writer, ClientRequest::get("/api/v1/audit-events")).await.status, 403);
+    let verified = verify(&a.host, &a.a_auditor).await;
+    assert_eq!(verified["valid"], true, "{verified}");
+    assert_eq!(verified["checked"], 5);
+    assert_eq!(verified["firstBrokenLink"], Value::Null);
+    assert_eq!(verified["head"]["chainSeq"], 5);
+}
+
+fn urlencode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn verify_pinpoints_a_row_altered_or_removed_in_the_database() {
+    let a = audited().await;
+    for n in 0..5 {
+        let body = json!({"title": format!("Document {n}"), "docType": "regulation"});
+        ok(&send(&a.host, &a.a_writer, ClientRequest::new("POST", "/api/v1/documents").json(&body)).await, 201);
+    }
+    let intact = verify(&a.host, &a.a_auditor).await;
+    assert_eq!((intact["valid"].as_bool(), intact["checked"].as_u64()), (Some(true), Some(5)), "{intact}");
+    assert_eq!(intact["head"]["chainSeq"], 5);
+
+    let chain = chain_of(a.root.path(), DIR_A);
+    let conn = db(a.root.path());
+    let id_at = |seq: i64| -> String {
+        conn.query_row("SELECT id FROM audit_events WHERE chain = ?1 AND chain_seq = ?2", (&chain, seq), |r| r.get(0))
+            .unwrap()
+    };
+    let set = |column: &str, value: &str, seq: i64| {
+        let sql = format!("UPDATE audit_events SET {column} = ?1 WHERE chain = ?2 AND chain_seq = ?3");
+        assert_eq!(conn.execute(&sql, (value, &chain, seq)).unwrap(), 1);
+    };
+    let broken = |report: &Value, seq: i64, reason: &str| {
+        assert_eq!(report["valid"], false, "{report}");
+        assert_eq!(report["firstBrokenLink"]["chainSeq"], seq, "{report}");
+        assert_eq!(report["firstBrokenLink"]["eventId"], id_at(seq).as_str());
+        assert_eq!(report["firstBrokenLink"]["reason"], reason);
+        assert_eq!(report["checked"], seq);
+    };
+
+    let summary: String = conn
+        .query_row("SELECT summary FROM audit_events WHERE chain = ?1 AND chain_seq = 3", [&chain], |r| r.get(0))
+        .unwrap();
+    set("summary", "nothing happened here", 3);
+    broken(&verify(&a.host, &a.a_auditor).await, 3, "hash mismatch");
+    set("summary", &summary, 3);
+    assert_eq!(verify(&a.host, &a.a_auditor).await["valid"], true, "restored");
+
+    set("outcome", "failed", 2);
+    broken(&verify(&a.host, &a.a_auditor).await, 2, "hash mismatch");
+    set("outcome", "succeeded", 2);
+
+    // Recomputing the edited row's own hash does not hide the edit: the next link breaks.
+    set("prev_hash", &"f".repeat(64), 4);
+    broken(&verify(&a.host, &a.a_auditor).await, 4, "prev_hash does not match the previous event");
+    let genuine: String = conn
+        .query_row("SELECT hash FROM audit_events WHERE chain = ?1 AND chain_seq = 3", [&chain], |r| r.get(0))
+        .unwrap();
+    set("prev_hash", &genuine, 4);
+    assert_eq!(verify(&a.host, &a.a_auditor).await["valid"], true);
+
+    assert_eq!(conn.execute("DELETE FROM audit_events WHERE chain = ?1 AND chain_seq = 3", [&chain]).unwrap(), 1);
+    let gap = verify(&a.host, &a.a_auditor).await;
+    assert_eq!(gap["firstBrokenLink"]["chainSeq"], 4, "{gap}");
+    assert_eq!(gap["firstBrokenLink"]["reason"], "sequence gap");
+    assert_eq!(gap["firstBrokenLink"]["eventId"], id_at(4).as_str());
+}
+
+#[tokio::test]
+async fn a_rate_limited_request_leaves_a_rejected_event_with_the_limiter_decision() {
+    let root = tempfile::tempdir().unwrap();
+    let user = dev_token(root.path(), &["--tenant", DIR_C, "--roles", "Documents.Read", "--app-id", "c-user"]);
+    let auditor = dev_token(root.path(), &["--tenant", DIR_C, "--roles", "Audit.Read", "--app-id", "c-auditor"]);
+    let admin = dev_token(root.path(), &["--tenant", DIR_OPS, "--roles", "Platform.Admin", "--app-id", "ops"]);
+    let host =
+        HostEmulator::start_with(HostOptions { app_root: Some(root.path().to_path_buf()), ..HostOptions::default() })
+            .await;
+    let plan = json!({"code": "tight", "name": "Tight", "requestsPerMinute": 1, "burst": 2,
+        "monthlyQuotaUnits": 1_000_000, "overagePolicy": "block", "currency": "EUR", "basePriceMicros": 0, "overageUnitPriceMicros": 0});
+    ok(&send(&host, &admin, ClientRequest::new("POST", "/api/v1/plans").json(&plan)).await, 201);
+    let c = chain_of(root.path(), DIR_C).trim_start_matches("tenant:").to_owned();
+    let moved = send(
+        &host,
+        &admin,
+        ClientRequest::new("PATCH", &format!("/api/v1/tenants/{c}"))
+            .body("{\"plan\":\"tight\"}")
+            .header("Content-Type", "application/merge-patch+json")
+            .header("If-Match", "*"),
+    )
+    .await;
+    ok(&moved, 200);
+
+    let mut refused = Vec::new();
+    for _ in 0..4 {
+        let response = send(&host, &user, ClientRequest::get("/api/v1/me")).await;
+        if response.status == 429 {
+            refused.push(response.header("x-request-id").unwrap().to_owned());
+        }
+    }
+    assert!(!refused.is_empty(), "a burst of 2 at 1 request per minute refuses some of 4 calls");
+    let page = ok(&send(&host, &auditor, ClientRequest::get("/api/v1/audit-events?outcome=rejected")).await, 200);
+    let events = page["value"].as_array().unwrap();
+    let mut request_ids: Vec<String> = events.iter().map(|e| e["requestId"].as_str().unwrap().to_owned()).collect();
+    request_ids.sort();
+    refused.sort();
+    assert_eq!(request_ids, refused, "one rejected event per 429");
+    for event in events {
+        assert_eq!((event["action"].as_str(), event["actorAppId"].as_str()), (Some("getMe"), Some("c-user")));
+        assert!(event["limiterDecision"].as_str().unwrap().starts_with("rate-limited minute r=0 t="), "{event}");
+    }
+    // The administrator's plan change is audited on its own tenant's chain, with the tenant as resource.
+    let ops_chain = chain_of(root.path(), DIR_OPS);
+    let (action, resource, before, after): (String, String, Option<String>, Option<String>) = db(root.path())
+        .query_row(
+            "SELECT action, resource_id, before_hash, after_hash FROM audit_events WHERE chain = ?1 AND action = 'patchTenant'",
+            [&ops_chain],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!((action.as_str(), resource.as_str()), ("patchTenant", c.as_str()));
+    assert!(before.is_some() && after.is_some() && before != after);
+    assert_eq!(after.unwrap(), sha256(&moved.body));
+}
