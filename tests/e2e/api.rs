@@ -516,3 +516,38 @@ async fn deprecated_operations_announce_their_sunset() {
     assert_eq!(doc["paths"]["/api/v1/whoami"]["get"]["deprecated"], true);
     assert_eq!(doc["paths"]["/api/v1/whoami"]["get"]["x-sunset"], "2027-06-01T00:00:00Z");
 }
+
+#[tokio::test]
+async fn usage_summaries_are_tenant_scoped_and_match_the_quota_counter() {
+    let api = api().await;
+    let a_usage =
+        dev_token(api.root.path(), &["--tenant", DIR_A, "--roles", "Usage.Read,Documents.Read", "--app-id", "a-usage"]);
+    let b_usage = dev_token(api.root.path(), &["--tenant", DIR_B, "--roles", "Usage.Read", "--app-id", "b-usage"]);
+    api.get(&a_usage, "/api/v1/documents").await;
+    let own = api.get(&a_usage, "/api/v1/usage/summary").await;
+    assert_eq!(own.status, 200, "{}", String::from_utf8_lossy(&own.body));
+    let summary = own.json();
+    // listDocuments (2) and this summary (1) were debited before it was read.
+    assert_eq!(summary["unitsUsed"], 3);
+    assert_eq!(summary["plan"], "developer");
+    let a_id = summary["tenantId"].as_str().unwrap().to_owned();
+    assert_eq!(api.get(&a_usage, &format!("/api/v1/usage/summary?tenantId={a_id}")).await.status, 200);
+
+    // Tenant B can neither read A's usage nor learn that A exists.
+    let b_reads_a = api.get(&b_usage, &format!("/api/v1/usage/summary?tenantId={a_id}")).await;
+    problem(&b_reads_a, 404, "NotFound");
+    let b_own = api.get(&b_usage, "/api/v1/usage/summary").await.json();
+    assert_ne!(b_own["tenantId"], a_id.as_str());
+    let nobody = api.get(&b_usage, "/api/v1/usage/summary?tenantId=00000000-0000-0000-0000-000000000000").await;
+    let (unknown, other) = (problem(&nobody, 404, "NotFound"), problem(&b_reads_a, 404, "NotFound"));
+    assert_eq!(unknown["detail"], other["detail"], "another tenant looks exactly like no tenant");
+    // A platform administrator holding Usage.Read may name any tenant; Platform.Admin alone implies nothing.
+    problem(&api.get(&api.admin, &format!("/api/v1/usage/summary?tenantId={a_id}")).await, 403, "InsufficientScope");
+    let admin = dev_token(
+        api.root.path(),
+        &["--tenant", DIR_B, "--roles", "Platform.Admin,Usage.Read", "--app-id", "ops-usage"],
+    );
+    let as_admin = api.get(&admin, &format!("/api/v1/usage/summary?tenantId={a_id}")).await.json();
+    assert_eq!(as_admin["tenantId"], a_id.as_str());
+    problem(&api.get(&api.a_reader, "/api/v1/usage/summary").await, 403, "InsufficientScope");
+}

@@ -42,6 +42,7 @@ pub const FUNCTIONS: &[FunctionDef] = &[
     FunctionDef { name: "Documents", trigger_binding: "req", trigger: Trigger::Http { route: "v1/documents/{*rest}" } },
     FunctionDef { name: "Plans", trigger_binding: "req", trigger: Trigger::Http { route: "v1/plans/{*rest}" } },
     FunctionDef { name: "Clients", trigger_binding: "req", trigger: Trigger::Http { route: "v1/clients/{*rest}" } },
+    FunctionDef { name: "Usage", trigger_binding: "req", trigger: Trigger::Http { route: "v1/usage/{*rest}" } },
     FunctionDef { name: "Tenants", trigger_binding: "req", trigger: Trigger::Http { route: "v1/tenants/{*rest}" } },
     FunctionDef { name: "Audit", trigger_binding: "req", trigger: Trigger::Http { route: "v1/audit-events/{*rest}" } },
     FunctionDef {

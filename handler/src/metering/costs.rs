@@ -5,6 +5,7 @@
 pub const COSTS: &[(&str, i64)] = &[
     ("getMe", 1),
     ("getWhoAmI", 1),
+    ("getUsageSummary", 1),
     ("getDocument", 1),
     ("listDocuments", 2),
     ("createDocument", 5),

@@ -8,6 +8,7 @@ pub mod health;
 pub mod me;
 pub mod plans;
 pub mod tenants;
+pub mod usage;
 
 use actix_web::dev::ResourceDef;
 use actix_web::http::header::{self, HeaderValue};
@@ -73,6 +74,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .wrap(actix_web::middleware::from_fn(crate::metering::stage::record))
             .service(me::get_me)
             .service(me::get_whoami)
+            .service(usage::get_usage_summary)
             .service(tenants::list_tenants)
             .service(tenants::create_tenant)
             .service(tenants::get_tenant)
