@@ -22,6 +22,8 @@ use crate::store::{ApiClient, StoreError, Update};
 /// Registers an application.
 #[derive(Debug, Clone, Serialize, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"appId": "9b2b6c1e-4f4d-4a53-9a5e-3f0d1c2b7a61", "displayName": "Billing sync",
+    "roles": ["Documents.Read", "Usage.Read"]}))]
 pub struct ClientCreate {
     /// The Entra application (client) id, as tokens carry it in `azp` or `appid`.
     #[validate(length(min = 1, max = 128))]

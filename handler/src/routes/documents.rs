@@ -84,6 +84,15 @@ fn valid_tags(tags: &[String]) -> Result<(), validator::ValidationError> {
 
 /// The writable fields of a document: the body of POST and PUT, and what a merge patch produces.
 #[derive(Debug, Clone, Serialize, Deserialize, Validate, utoipa::ToSchema)]
+#[schema(example = json!({
+    "title": "Union Customs Code, consolidated text",
+    "summary": "Rules and procedures for goods brought into or taken out of the customs territory of the Union.",
+    "docType": "regulation",
+    "jurisdiction": "eu",
+    "status": "published",
+    "effectiveDate": "2026-05-01",
+    "tags": ["customs", "trade"]
+}))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DocumentInput {
     /// 1 to 300 characters.

@@ -73,6 +73,9 @@ pub struct PlanInput {
 /// struct that refuses unknown fields makes an OpenAPI schema no body can satisfy.)
 #[derive(Debug, Clone, Serialize, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"code": "team", "name": "Team", "requestsPerMinute": 120, "burst": 20,
+    "monthlyQuotaUnits": 50000, "overagePolicy": "allow", "currency": "EUR", "basePriceMicros": 19000000,
+    "overageUnitPriceMicros": 500}))]
 pub struct PlanCreate {
     /// Unique, e.g. `pro` (lower-case letters, digits, `-`).
     #[validate(length(min = 1, max = 64), custom(function = "valid_code"))]

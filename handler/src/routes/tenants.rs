@@ -180,6 +180,7 @@ fn unknown_plan() -> AppError {
 /// A new tenant.
 #[derive(Debug, Clone, Serialize, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"name": "Contoso Ltd", "plan": "team", "entraTenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47"}))]
 pub struct TenantCreate {
     #[validate(length(min = 1, max = 200))]
     pub name: String,
