@@ -42,6 +42,7 @@ FILTER_TAG = "topic-tax"  # carried by about a third of the documents (see make_
 WALKS = [
     ("`orderby=title asc`", f"maxpagesize={PAGE_SIZE}&orderby=title%20asc", "title", False, None),
     ("default order (`updatedAt desc`)", f"maxpagesize={PAGE_SIZE}", "updatedAt", True, None),
+    ("`orderby=effectiveDate desc`", f"maxpagesize={PAGE_SIZE}&orderby=effectiveDate%20desc", "effectiveDate", True, None),
     (
         f"`tag={FILTER_TAG}&orderby=effectiveDate desc`",
         f"maxpagesize={PAGE_SIZE}&tag={FILTER_TAG}&orderby=effectiveDate%20desc",
