@@ -12,7 +12,7 @@ use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, HostOpti
 const DIR_A: &str = "aaaaaaaa-0000-0000-0000-0000000000aa";
 const DIR_OPS: &str = "0b500000-0000-0000-0000-0000000000ff";
 /// Tenant A's units used this period (the platform administrator's calls are metered on its own tenant).
-const A_UNITS: &str = "SELECT q.units_used FROM quota_usage q JOIN tenants t ON t.id = q.tenant_id \
+const A_UNITS: &str = "SELECT coalesce(sum(q.units_used), 0) FROM quota_usage q JOIN tenants t ON t.id = q.tenant_id \
     WHERE t.entra_tenant_id = 'aaaaaaaa-0000-0000-0000-0000000000aa'";
 
 struct Metered {
@@ -246,4 +246,43 @@ async fn a_killed_handler_loses_no_acknowledged_usage() {
         "every acknowledged request is debited: {used} units for {}",
         acknowledged.len()
     );
+}
+
+#[tokio::test]
+async fn a_plan_can_override_what_an_operation_costs() {
+    let m = metered(1_000_000, 100_000, 1_000, "block").await;
+    let admin = dev_token(m.root.path(), &["--tenant", DIR_OPS, "--roles", "Platform.Admin", "--app-id", "ops"]);
+    let auth = |r: ClientRequest| r.header("Authorization", &format!("Bearer {admin}"));
+    let defaults = m.host.http(auth(ClientRequest::get("/api/v1/plans/metered/costs"))).await;
+    assert_eq!(defaults.status, 200);
+    assert_eq!(defaults.json()["costs"]["getMe"], 1);
+    let etag = defaults.header("etag").unwrap().to_owned();
+    let bad = m
+        .host
+        .http(auth(
+            ClientRequest::new("PUT", "/api/v1/plans/metered/costs")
+                .json(&json!({"overrides": {"getHealth": 1, "getMe": 5000}}))
+                .header("If-Match", &etag),
+        ))
+        .await;
+    assert_eq!(bad.status, 422);
+    let fields: BTreeSet<String> =
+        bad.json()["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(fields, BTreeSet::from(["overrides.getHealth".to_owned(), "overrides.getMe".to_owned()]));
+    let put = |body: serde_json::Value, etag: &str| {
+        auth(ClientRequest::new("PUT", "/api/v1/plans/metered/costs").json(&body).header("If-Match", etag))
+    };
+    let changed = m.host.http(put(json!({"overrides": {"getMe": 3}}), &etag)).await;
+    assert_eq!(changed.status, 200, "{}", String::from_utf8_lossy(&changed.body));
+    assert_eq!(changed.json()["costs"]["getMe"], 3);
+    assert_eq!(m.host.http(put(json!({"overrides": {}}), &etag)).await.status, 412, "the plan's ETag moved on");
+
+    let before = count(&db(m.root.path()), A_UNITS);
+    assert_eq!(me(&m.host, &m.user).await.status, 200);
+    assert_eq!(count(&db(m.root.path()), A_UNITS) - before, 3, "the override is what the call debits");
+    let etag = changed.header("etag").unwrap().to_owned();
+    assert_eq!(m.host.http(put(json!({"overrides": {"getMe": 0}}), &etag)).await.status, 200);
+    let before = count(&db(m.root.path()), A_UNITS);
+    assert_eq!(me(&m.host, &m.user).await.status, 200);
+    assert_eq!(count(&db(m.root.path()), A_UNITS), before, "a zero cost makes the call free");
 }

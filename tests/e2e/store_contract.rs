@@ -1415,3 +1415,29 @@ async fn two_handles_appending_to_one_chain_concurrently_keep_one_unbroken_chain
     })
     .await;
 }
+
+#[tokio::test]
+async fn plan_cost_overrides_are_replaced_whole() {
+    for_each_store("plan_cost_overrides_are_replaced_whole", |t| async move {
+        let store = migrated(&t).await;
+        store.create_plan(&plan("pro", 10, OveragePolicy::Block)).await.unwrap();
+        assert!(store.plan_operation_costs("pro").await.unwrap().is_empty());
+        let first = vec![("listDocuments".to_owned(), 3), ("getDocument".to_owned(), 0)];
+        store.set_plan_operation_costs("pro", &first).await.unwrap();
+        assert_eq!(
+            store.plan_operation_costs("pro").await.unwrap(),
+            vec![("getDocument".to_owned(), 0), ("listDocuments".to_owned(), 3)],
+            "{}: sorted by operation id",
+            t.name
+        );
+        store.set_plan_operation_costs("pro", &[("getMe".to_owned(), 2)]).await.unwrap();
+        assert_eq!(
+            store.plan_operation_costs("pro").await.unwrap(),
+            vec![("getMe".to_owned(), 2)],
+            "replaced, not merged"
+        );
+        assert!(matches!(store.set_plan_operation_costs("ghost", &first).await, Err(StoreError::ForeignKey(_))));
+        assert!(store.plan_operation_costs("ghost").await.unwrap().is_empty());
+    })
+    .await;
+}

@@ -1,7 +1,8 @@
 //! The unit cost of each operation: one table, shown in the OpenAPI document as `x-meterline-units`.
 
-/// Units an operation costs when it succeeds. Reads 1, lists and searches 2, writes 5, exports 10;
-/// operations not listed (health, documents, identity) cost nothing.
+/// Units an operation costs when it succeeds, unless the tenant's plan overrides it
+/// (`PUT /api/v1/plans/{code}/costs`). Reads 1, lists and searches 2, writes 5, exports 10; operations not
+/// listed (health, the OpenAPI document) cost nothing and cannot be overridden.
 pub const COSTS: &[(&str, i64)] = &[
     ("getMe", 1),
     ("getWhoAmI", 1),
@@ -22,6 +23,8 @@ pub const COSTS: &[(&str, i64)] = &[
     ("getPlan", 1),
     ("createPlan", 5),
     ("replacePlan", 5),
+    ("getPlanCosts", 1),
+    ("replacePlanCosts", 5),
     ("listClients", 2),
     ("registerClient", 5),
     ("revokeClient", 5),

@@ -54,12 +54,20 @@ pub async fn limit(
     let Some((caller, tenant)) = caller.and_then(|c| c.tenant.clone().map(|t| (c, t))) else {
         return Ok(next.call(req).await?.map_into_left_body());
     };
-    let units = state.routes.operation(req.method().as_str(), req.path()).map_or(0, costs::units);
+    let operation = state.routes.operation(req.method().as_str(), req.path()).map(str::to_owned);
     let mut decision = None;
     let decided = async {
         let plan = state.store.get_plan(&tenant.plan_code).await?.ok_or_else(|| {
             AppError::internal(anyhow::anyhow!("tenant {} is on plan {} which does not exist", tenant.id, tenant.plan_code))
         })?;
+        // The operation's cost: the plan's override if it has one, else the default table.
+        let units = match operation.as_deref().filter(|op| costs::units(op) > 0) {
+            None => 0,
+            Some(op) => {
+                let overrides = state.store.plan_operation_costs(&plan.code).await?;
+                overrides.iter().find(|(o, _)| o == op).map_or_else(|| costs::units(op), |(_, units)| *units)
+            }
+        };
         let now = state.clock.now();
         let now_micros = now.timestamp_micros();
         let interval = 60_000_000 / i64::from(plan.requests_per_minute.max(1));

@@ -85,6 +85,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(plans::create_plan)
             .service(plans::get_plan)
             .service(plans::replace_plan)
+            .service(plans::get_plan_costs)
+            .service(plans::replace_plan_costs)
             .service(clients::list_clients)
             .service(clients::register_client)
             .service(clients::revoke_client)

@@ -337,3 +337,118 @@ pub async fn replace_plan(
         Update::VersionMismatch { current_version } => Err(precondition_failed(current_version)),
     }
 }
+
+/// A plan's cost table: what each metered operation costs its tenants.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanCosts {
+    pub plan: String,
+    /// Every metered operation's cost on this plan: the override, else the default.
+    pub costs: std::collections::BTreeMap<String, i64>,
+    /// Only the plan's overrides.
+    pub overrides: std::collections::BTreeMap<String, i64>,
+    /// The plan's ETag: changing the overrides changes it.
+    pub etag: String,
+}
+
+/// New overrides for a plan's operation costs; they replace all earlier overrides.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"overrides": {"getDocument": 2, "listDocuments": 0}}))]
+pub struct PlanCostsInput {
+    /// Operation id to units (0 to 1000); only metered operations can be overridden.
+    pub overrides: std::collections::BTreeMap<String, i64>,
+}
+
+async fn costs_view(state: &AppState, plan: &Plan) -> Result<PlanCosts, AppError> {
+    let overrides: std::collections::BTreeMap<String, i64> =
+        state.store.plan_operation_costs(&plan.code).await?.into_iter().collect();
+    let costs = crate::metering::costs::COSTS
+        .iter()
+        .map(|(op, units)| ((*op).to_owned(), overrides.get(*op).copied().unwrap_or(*units)))
+        .collect();
+    Ok(PlanCosts { plan: plan.code.clone(), costs, overrides, etag: etag(plan.version) })
+}
+
+/// Reads a plan's effective operation costs and its overrides.
+#[utoipa::path(
+    tag = "plans",
+    operation_id = "getPlanCosts",
+    security(("entra" = ["Platform.Admin"])),
+    params(("code" = String, Path, description = "The plan code")),
+    responses(
+        (status = 200, description = "The plan's cost table", body = PlanCosts),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such plan", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[get("/plans/{code}/costs")]
+pub async fn get_plan_costs(
+    _auth: Authorized<PlatformAdmin>,
+    code: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let plan = state.store.get_plan(&code).await?.ok_or_else(not_found)?;
+    Ok(HttpResponse::Ok().insert_header((header::ETAG, etag(plan.version))).json(costs_view(&state, &plan).await?))
+}
+
+/// Replaces a plan's cost overrides. Requires `If-Match` with the plan's ETag; the plan's version moves on.
+#[utoipa::path(
+    tag = "plans",
+    operation_id = "replacePlanCosts",
+    security(("entra" = ["Platform.Admin"])),
+    params(("code" = String, Path, description = "The plan code"), ("If-Match" = String, Header, description = "The plan's ETag, or *")),
+    request_body(content = PlanCostsInput, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The new cost table", body = PlanCosts),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such plan", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The ETag is stale", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown or unmetered operations, or units out of range", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 428, description = "If-Match is missing", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[put("/plans/{code}/costs")]
+pub async fn replace_plan_costs(
+    _auth: Authorized<PlatformAdmin>,
+    req: HttpRequest,
+    code: web::Path<String>,
+    input: web::Json<PlanCostsInput>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let precondition = require_if_match(&req)?;
+    let mut errors = Vec::new();
+    for (op, units) in &input.overrides {
+        if crate::metering::costs::units(op) == 0 {
+            errors.push(crate::error::FieldError::new(
+                format!("overrides.{op}"),
+                "unknown",
+                "not a metered operation id",
+            ));
+        } else if !(0..=1000).contains(units) {
+            errors.push(crate::error::FieldError::new(
+                format!("overrides.{op}"),
+                "range",
+                "must be between 0 and 1000",
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(errors));
+    }
+    let current = state.store.get_plan(&code).await?.ok_or_else(not_found)?;
+    let version = expected_version(precondition, current.version)?;
+    let mut plan = current.clone();
+    plan.updated_at = state.clock.now();
+    // Bump the version first: a concurrent writer with the same ETag gets 412 instead of interleaving.
+    let saved = match state.store.update_plan(&plan, version).await? {
+        Update::Updated(saved) => saved,
+        Update::NotFound => return Err(not_found()),
+        Update::VersionMismatch { current_version } => return Err(precondition_failed(current_version)),
+    };
+    let overrides: Vec<(String, i64)> = input.into_inner().overrides.into_iter().collect();
+    state.store.set_plan_operation_costs(&saved.code, &overrides).await?;
+    Ok(HttpResponse::Ok().insert_header((header::ETAG, etag(saved.version))).json(costs_view(&state, &saved).await?))
+}

@@ -129,6 +129,12 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces a plan's fields (all but code and created_at) if it is still at `expected_version`.
     async fn update_plan(&self, plan: &Plan, expected_version: i64) -> Result<Update<Plan>, StoreError>;
 
+    /// The plan's overrides of operation costs, sorted by operation id (empty: the defaults apply).
+    async fn plan_operation_costs(&self, plan_code: &str) -> Result<Vec<(String, i64)>, StoreError>;
+
+    /// Replaces all of a plan's cost overrides in one transaction (`ForeignKey` for an unknown plan).
+    async fn set_plan_operation_costs(&self, plan_code: &str, costs: &[(String, i64)]) -> Result<(), StoreError>;
+
     /// A tenant's API clients, oldest first.
     async fn list_api_clients(&self, tenant_id: Uuid) -> Result<Vec<ApiClient>, StoreError>;
 

@@ -999,6 +999,43 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn plan_operation_costs(&self, plan_code: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let code = plan_code.to_owned();
+        self.read(move |conn| {
+            query_all(
+                conn,
+                "SELECT operation_id, units FROM plan_operation_costs WHERE plan_code = ?1 ORDER BY operation_id",
+                [code],
+                |r| Ok(Ok((r.get(0)?, r.get(1)?))),
+            )
+        })
+        .await
+    }
+
+    async fn set_plan_operation_costs(&self, plan_code: &str, costs: &[(String, i64)]) -> Result<(), StoreError> {
+        let (code, costs) = (plan_code.to_owned(), costs.to_vec());
+        self.write(move |tx| {
+            if tx
+                .query_row("SELECT 1 FROM plans WHERE code = ?1", [&code], |_| Ok(()))
+                .optional()
+                .map_err(classify)?
+                .is_none()
+            {
+                return Err(StoreError::ForeignKey(format!("no plan {code}")));
+            }
+            tx.execute("DELETE FROM plan_operation_costs WHERE plan_code = ?1", [&code]).map_err(classify)?;
+            for (operation, units) in &costs {
+                tx.execute(
+                    "INSERT INTO plan_operation_costs (plan_code, operation_id, units) VALUES (?1, ?2, ?3)",
+                    params![code, operation, units],
+                )
+                .map_err(classify)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn list_plans(&self) -> Result<Vec<Plan>, StoreError> {
         self.read(|conn| query_all(conn, &format!("SELECT {PLAN_COLUMNS} FROM plans ORDER BY code"), [], plan_from_row))
             .await

@@ -621,8 +621,22 @@ pub fn assembled_examples() -> Vec<(String, Assembled)> {
     out
 }
 
+pub const PLAN_COSTS: &str =
+    "SELECT operation_id, units FROM dbo.plan_operation_costs WHERE plan_code = @P1 ORDER BY operation_id";
+
+pub const PLAN_EXISTS: &str = "SELECT COUNT(*) AS n FROM dbo.plans WITH (UPDLOCK, HOLDLOCK) WHERE code = @P1";
+
+pub const DELETE_PLAN_COSTS: &str = "DELETE FROM dbo.plan_operation_costs WHERE plan_code = @P1";
+
+pub const INSERT_PLAN_COST: &str =
+    "INSERT INTO dbo.plan_operation_costs (plan_code, operation_id, units) VALUES (@P1, @P2, @P3)";
+
 /// Every constant statement above, named, for the parse check (the assembled ones: [`assembled_examples`]).
 pub const ALL: &[(&str, &str)] = &[
+    ("PLAN_COSTS", PLAN_COSTS),
+    ("PLAN_EXISTS", PLAN_EXISTS),
+    ("DELETE_PLAN_COSTS", DELETE_PLAN_COSTS),
+    ("INSERT_PLAN_COST", INSERT_PLAN_COST),
     ("CREATE_HISTORY", CREATE_HISTORY),
     ("LOCK_MIGRATIONS", LOCK_MIGRATIONS),
     ("UNLOCK_MIGRATIONS", UNLOCK_MIGRATIONS),

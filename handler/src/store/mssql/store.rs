@@ -677,6 +677,37 @@ impl Store for MssqlStore {
         })
     }
 
+    async fn plan_operation_costs(&self, plan_code: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, q::PLAN_COSTS, &[&plan_code])
+                .await?
+                .iter()
+                .map(|row| Ok((text(row, 0)?, i64::from(required::<i32>(row, 1)?))))
+                .collect()
+        })
+    }
+
+    async fn set_plan_operation_costs(&self, plan_code: &str, costs: &[(String, i64)]) -> Result<(), StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            let exists: i32 = rows(conn, q::PLAN_EXISTS, &[&plan_code])
+                .await?
+                .first()
+                .map(|r| required(r, 0))
+                .transpose()?
+                .unwrap_or(0);
+            if exists == 0 {
+                return Err(StoreError::ForeignKey(format!("no plan {plan_code}")));
+            }
+            execute(conn, q::DELETE_PLAN_COSTS, &[&plan_code]).await?;
+            for (operation, units) in costs {
+                let units =
+                    i32::try_from(*units).map_err(|_| StoreError::Other(anyhow::anyhow!("cost out of range")))?;
+                execute(conn, q::INSERT_PLAN_COST, &[&plan_code, &operation.as_str(), &units]).await?;
+            }
+            Ok(())
+        })
+    }
+
     async fn list_plans(&self) -> Result<Vec<Plan>, StoreError> {
         in_tx!(self, Retry::Yes, |conn| rows(conn, q::LIST_PLANS, &[]).await?.iter().map(plan_from).collect())
     }
