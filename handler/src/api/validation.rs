@@ -4,6 +4,18 @@ use validator::{Validate, ValidationErrors, ValidationErrorsKind};
 
 use crate::error::{AppError, ErrorCode, FieldError};
 
+/// Refuses a PATCH body that is not a JSON merge patch (RFC 7396) with 415.
+pub fn require_merge_patch(req: &actix_web::HttpRequest) -> Result<(), AppError> {
+    let content_type =
+        req.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type.to_ascii_lowercase().starts_with("application/merge-patch+json") {
+        Ok(())
+    } else {
+        Err(AppError::new(ErrorCode::UnsupportedMediaType)
+            .with_detail("PATCH takes a JSON merge patch: Content-Type: application/merge-patch+json"))
+    }
+}
+
 /// Validates `value`, collecting every failing field (nested fields as `a.b`, list items as `a[2]`).
 pub fn validate(value: &impl Validate) -> Result<(), AppError> {
     value.validate().map_err(|errors| {

@@ -252,14 +252,7 @@ pub async fn list_audit_events(
     let page = state.store.list_audit_events(Some(tenant_id), &query.filter, after.as_ref(), size).await?;
     let next_link = page.next.as_ref().map(|next| {
         let token = state.cursors.encode(fingerprint, &(next.occurred_at.timestamp_micros(), next.id));
-        let kept: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes())
-            .filter(|(k, _)| k != "cursor")
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        let mut link = form_urlencoded::Serializer::new(String::new());
-        link.extend_pairs(kept.iter());
-        link.append_pair("cursor", &token);
-        format!("/api/v1/audit-events?{}", link.finish())
+        crate::api::list::next_link("/api/v1/audit-events", req.query_string(), &token)
     });
     Ok(HttpResponse::Ok().json(ListEnvelope {
         value: page.items.iter().map(AuditEventView::from).collect(),

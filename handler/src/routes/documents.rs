@@ -409,11 +409,7 @@ pub async fn patch_document(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !content_type.to_ascii_lowercase().starts_with("application/merge-patch+json") {
-        return Err(AppError::new(ErrorCode::UnsupportedMediaType)
-            .with_detail("PATCH takes a JSON merge patch: Content-Type: application/merge-patch+json"));
-    }
+    crate::api::validation::require_merge_patch(&req)?;
     let patch: serde_json::Value = serde_json::from_slice(&body).map_err(|e| serde_json_error(&e))?;
     if !patch.is_object() {
         return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![FieldError::new(
@@ -694,14 +690,7 @@ pub async fn list_documents(
     let page = state.store.list_documents(tenant_id, &query.filter, sort, after.as_ref(), size, query.count).await?;
     let next_link = page.next.as_ref().map(|next| {
         let token = state.cursors.encode(fingerprint, &Position::from_cursor(next));
-        let kept: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes())
-            .filter(|(k, _)| k != "cursor")
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        let mut link = form_urlencoded::Serializer::new(String::new());
-        link.extend_pairs(kept.iter());
-        link.append_pair("cursor", &token);
-        format!("/api/v1/documents?{}", link.finish())
+        crate::api::list::next_link("/api/v1/documents", req.query_string(), &token)
     });
     Ok(HttpResponse::Ok().json(ListEnvelope {
         value: page.items.iter().map(DocumentView::from).collect(),

@@ -308,11 +308,7 @@ pub async fn patch_tenant(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !content_type.to_ascii_lowercase().starts_with("application/merge-patch+json") {
-        return Err(AppError::new(ErrorCode::UnsupportedMediaType)
-            .with_detail("PATCH takes a JSON merge patch: Content-Type: application/merge-patch+json"));
-    }
+    crate::api::validation::require_merge_patch(&req)?;
     let patch: TenantPatch = serde_json::from_slice(&body).map_err(|e| crate::error::serde_json_error(&e))?;
     validate(&patch)?;
     change(&state, &req, &id, TenantChanges { name: patch.name, status: None, plan_code: patch.plan }).await
