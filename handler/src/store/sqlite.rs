@@ -1,9 +1,12 @@
 //! The embedded store: one SQLite file in WAL mode, a single writer connection and a small pool of readers.
 //!
-//! rusqlite is blocking, so every call runs on tokio's blocking pool. Writes are serialized through one
-//! connection (SQLite allows one writer at a time anyway) and use `BEGIN IMMEDIATE`, so two handler
-//! processes on one file queue on the file lock instead of failing half-way. With `synchronous=NORMAL` in
-//! WAL mode a committed transaction survives a killed process (SIGKILL); only an OS crash can lose the tail.
+//! rusqlite is blocking, so reads run on tokio's blocking pool. Writes go to one writer thread that owns the
+//! write connection (SQLite allows one writer at a time anyway) and commits concurrent writes together
+//! ([`writer`]: group commit, one savepoint per write). Its transactions use `BEGIN IMMEDIATE`, so two
+//! handler processes on one file queue on the file lock instead of failing half-way. With `synchronous=NORMAL`
+//! in WAL mode a committed transaction survives a killed process (SIGKILL); only an OS crash can lose the tail.
+
+mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,7 @@ use uuid::Uuid;
 use super::migrations::{self, AppliedMigration, MigrationReport};
 use super::model::*;
 use super::{JobRun, Store, StoreError, Update};
+use writer::Writer;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IDLE_READERS: usize = 8;
@@ -31,7 +35,7 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: Writer,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -53,9 +57,8 @@ impl SqliteStore {
             }
             let writer = connect(&path)?;
             writer.pragma_update(None, "journal_mode", "WAL").map_err(classify)?;
-            Ok(SqliteStore {
-                inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }),
-            })
+            let writer = Writer::start(writer)?;
+            Ok(SqliteStore { inner: Arc::new(Inner { path, writer, readers: Mutex::new(Vec::new()) }) })
         })
         .await
         .map_err(|e| StoreError::Other(e.into()))?
@@ -89,22 +92,14 @@ impl SqliteStore {
         .map_err(|e| StoreError::Other(e.into()))?
     }
 
-    /// Runs `f` inside one `BEGIN IMMEDIATE` transaction on the writer connection; commits if it returns Ok.
+    /// Runs `f` as one write of the next group commit (see [`writer`]); returns once it is committed.
+    /// If `f` fails, its changes are rolled back and nothing else is affected.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(classify)?;
-            let value = f(&tx)?;
-            tx.commit().map_err(classify)?;
-            Ok(value)
-        })
-        .await
-        .map_err(|e| StoreError::Other(e.into()))?
+        self.inner.writer.write(f).await
     }
 }
 
