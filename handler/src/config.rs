@@ -81,6 +81,11 @@ pub const SETTINGS: &[SettingDoc] = &[
     },
     SettingDoc { name: "METERLINE_WORKERS", default: "number of CPUs", description: "Number of HTTP worker threads." },
     SettingDoc {
+        name: "METERLINE_LOOKUP_CACHE_SECS",
+        default: "5",
+        description: "How long tenant, plan and API-client lookups are cached per process; a change made through another instance applies within this time. 0 turns the cache off.",
+    },
+    SettingDoc {
         name: "METERLINE_AUTH_MODE",
         default: "local outside Azure, entra in Azure",
         description: "`entra`: validate Microsoft Entra ID (or any OpenID Connect) tokens; `local`: trust the development key under ./data (refused in Azure).",
@@ -209,6 +214,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub workers: usize,
     pub shutdown_timeout: Duration,
+    /// How long tenant, plan and API-client lookups are cached ([`crate::lookups`]).
+    pub lookup_cache_ttl: Duration,
     pub auth: AuthConfig,
     /// Signs list cursors; `None` means a random key for this process (never in Azure).
     pub cursor_key: Option<SecretString>,
@@ -290,6 +297,7 @@ impl Config {
         let shutdown_secs =
             parse_number("METERLINE_SHUTDOWN_TIMEOUT_SECS", get("METERLINE_SHUTDOWN_TIMEOUT_SECS"), 10, 0)?;
 
+        let lookup_cache_secs = parse_number("METERLINE_LOOKUP_CACHE_SECS", get("METERLINE_LOOKUP_CACHE_SECS"), 5, 0)?;
         let in_azure = get("WEBSITE_INSTANCE_ID").is_some();
         let auth = auth_config(&get, in_azure)?;
         let cursor_key = match get("METERLINE_CURSOR_KEY") {
@@ -318,6 +326,7 @@ impl Config {
             max_body_bytes,
             workers,
             shutdown_timeout: Duration::from_secs(shutdown_secs as u64),
+            lookup_cache_ttl: Duration::from_secs(lookup_cache_secs as u64),
         })
     }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod functions;
 pub mod jobs;
+pub mod lookups;
 pub mod metering;
 pub mod routes;
 pub mod startup;

@@ -6,6 +6,7 @@ use crate::api::cursor::CursorSigner;
 use crate::auth::Authenticator;
 use crate::clock::{Clock, IdGenerator};
 use crate::config::Config;
+use crate::lookups::Lookups;
 use crate::metering::recorder::UsageRecorder;
 use crate::routes::RouteTable;
 use crate::store::Store;
@@ -14,6 +15,8 @@ use crate::store::Store;
 pub struct AppState {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
+    /// Short-lived caches of tenants, plans and API clients in front of `store`.
+    pub lookups: Lookups,
     pub clock: Arc<dyn Clock>,
     pub ids: Arc<dyn IdGenerator>,
     /// Validates bearer tokens (and caches the results).
@@ -45,6 +48,18 @@ impl AppState {
         };
         let cursors = CursorSigner::new(cursor_key);
         let recorder = UsageRecorder::start(store.clone());
-        Ok(AppState { config: Arc::new(config), store, clock, ids, auth, cursors, recorder, openapi_json, routes })
+        let lookups = Lookups::new(store.clone(), clock.clone(), config.lookup_cache_ttl);
+        Ok(AppState {
+            config: Arc::new(config),
+            store,
+            lookups,
+            clock,
+            ids,
+            auth,
+            cursors,
+            recorder,
+            openapi_json,
+            routes,
+        })
     }
 }

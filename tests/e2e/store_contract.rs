@@ -338,6 +338,46 @@ async fn the_rate_limit_state_is_shared_and_exact() {
 }
 
 #[tokio::test]
+async fn admission_debits_only_what_the_rate_limit_lets_through_across_handles() {
+    for_each_store("admission_debits_only_what_the_rate_limit_lets_through_across_handles", |t| async move {
+        let store = migrated(&t).await;
+        let other = t.second_handle().await;
+        let acme = tenant_on_plan(&store, 1_000, OveragePolicy::Block).await;
+        let now_micros = t0().timestamp_micros();
+        let admission = |units: i64| Admission {
+            rate: RateLimitTake {
+                tenant_id: acme.id,
+                client_id: "app-1".into(),
+                now_micros,
+                emission_interval_micros: 1_000_000,
+                burst: 10,
+            },
+            debit: (units > 0).then(|| debit(&acme, 1_000, OveragePolicy::Block, units)),
+        };
+        // 30 concurrent admissions costing 5 units each, from two handles: the burst of 10 gets in and pays.
+        let calls = (0..30).map(|i| {
+            let store = if i % 2 == 0 { store.clone() } else { other.clone() };
+            let admission = admission(5);
+            async move { store.admit(&admission).await.unwrap() }
+        });
+        let decisions = futures_util::future::join_all(calls).await;
+        let admitted: Vec<_> = decisions.iter().filter(|d| d.rate.allowed).collect();
+        assert_eq!(admitted.len(), 10, "{}: exactly the burst", t.name);
+        assert!(admitted.iter().all(|d| matches!(d.debit, Some(QuotaOutcome::Accepted { .. }))));
+        assert!(
+            decisions.iter().filter(|d| !d.rate.allowed).all(|d| d.debit.is_none()),
+            "refused calls are not debited"
+        );
+        let period = debit(&acme, 1_000, OveragePolicy::Block, 0).period_start;
+        assert_eq!(store.quota_usage(acme.id, period).await.unwrap().unwrap().units_used, 50, "{}", t.name);
+        // A free operation takes a rate step and debits nothing.
+        let free = store.admit(&admission(0)).await.unwrap();
+        assert!(!free.rate.allowed && free.debit.is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn usage_events_are_idempotent_by_event_id() {
     for_each_store("usage_events_are_idempotent_by_event_id", |t| async move {
         let store = migrated(&t).await;

@@ -163,7 +163,7 @@ pub async fn resolve_caller(state: &AppState, principal: Arc<Principal>) -> Resu
     let mut permissions = principal.permissions;
     let mut api_client_id = None;
     let registered = match &principal.app_id {
-        Some(app_id) => state.store.get_api_client_by_app_id(app_id).await?,
+        Some(app_id) => state.lookups.api_client_by_app_id(app_id).await?,
         None => None,
     };
     let tenant = match registered {
@@ -174,10 +174,10 @@ pub async fn resolve_caller(state: &AppState, principal: Arc<Principal>) -> Resu
         Some(client) => {
             permissions = permissions.intersect(PermissionSet::from_names(client.roles.iter().map(String::as_str)));
             api_client_id = Some(client.id);
-            state.store.get_tenant(client.tenant_id).await?
+            state.lookups.tenant(client.tenant_id).await?
         }
         None => match principal.directory_id.parse::<Uuid>() {
-            Ok(directory) => state.store.get_tenant_by_entra_id(directory).await?,
+            Ok(directory) => state.lookups.tenant_by_entra_id(directory).await?,
             Err(_) => None,
         },
     };

@@ -19,7 +19,7 @@ use crate::auth::Principal;
 use crate::auth::guard::Caller;
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
-use crate::store::{AuditEventInput, QuotaDebit, QuotaOutcome, RateLimitTake, UsageEvent};
+use crate::store::{Admission, AuditEventInput, QuotaDebit, QuotaOutcome, RateLimitTake, UsageEvent};
 
 /// A quota debit made for a request, kept so a failed request can be refunded.
 #[derive(Debug, Clone, Copy)]
@@ -57,14 +57,14 @@ pub async fn limit(
     let operation = state.routes.operation(req.method().as_str(), req.path()).map(str::to_owned);
     let mut decision = None;
     let decided = async {
-        let plan = state.store.get_plan(&tenant.plan_code).await?.ok_or_else(|| {
+        let plan = state.lookups.plan(&tenant.plan_code).await?.ok_or_else(|| {
             AppError::internal(anyhow::anyhow!("tenant {} is on plan {} which does not exist", tenant.id, tenant.plan_code))
         })?;
         // The operation's cost: the plan's override if it has one, else the default table.
         let units = match operation.as_deref().filter(|op| costs::units(op) > 0) {
             None => 0,
             Some(op) => {
-                let overrides = state.store.plan_operation_costs(&plan.code).await?;
+                let overrides = state.lookups.plan_costs(&plan.code).await?;
                 overrides.iter().find(|(o, _)| o == op).map_or_else(|| costs::units(op), |(_, units)| *units)
             }
         };
@@ -79,8 +79,19 @@ pub async fn limit(
             emission_interval_micros: interval,
             burst,
         };
-        let rate = state.store.take_rate_limit(&take).await?;
         let (period_start, period_end) = period(now);
+        let debit_request = (units > 0).then(|| QuotaDebit {
+            tenant_id: tenant.id,
+            period_start,
+            period_end,
+            quota_units: plan.monthly_quota_units,
+            overage_policy: plan.overage_policy,
+            units,
+            now,
+        });
+        // One store write decides both: the rate step and, if it allows the request, the quota debit.
+        let admitted = state.store.admit(&Admission { rate: take, debit: debit_request }).await?;
+        let rate = admitted.rate;
         let period_end_at = period_end.and_time(NaiveTime::MIN).and_utc();
         let (burst_remaining, burst_reset_secs) = burst_state(rate.tat_micros, now_micros, interval, burst);
         let mut limits = LimitState {
@@ -93,6 +104,19 @@ pub async fn limit(
             period_secs: (period_end_at - period_start.and_time(NaiveTime::MIN).and_utc()).num_seconds(),
             period_reset_secs: (period_end_at - now).num_seconds(),
         };
+        // The quota numbers the headers show: the debit's answer, else (nothing debited) the counter as it is.
+        let (units_used, quota_units) = match admitted.debit {
+            Some(QuotaOutcome::Accepted { units_used, quota_units, .. } | QuotaOutcome::Rejected { units_used, quota_units }) => {
+                (units_used, quota_units)
+            }
+            None => state
+                .store
+                .quota_usage(tenant.id, period_start)
+                .await?
+                .map_or((0, plan.monthly_quota_units), |q| (q.units_used, q.quota_units)),
+        };
+        limits.quota_units = quota_units;
+        limits.quota_remaining = (quota_units - units_used).max(0);
         if !rate.allowed {
             let retry = (rate.retry_after_micros + 999_999) / 1_000_000;
             decision = Some(format!("rate-limited minute r=0 t={retry}"));
@@ -103,39 +127,24 @@ pub async fn limit(
                 &limits,
             ));
         }
-        let mut debit = None;
-        if units > 0 {
-            let request = QuotaDebit {
-                tenant_id: tenant.id,
-                period_start,
-                period_end,
-                quota_units: plan.monthly_quota_units,
-                overage_policy: plan.overage_policy,
-                units,
-                now,
-            };
-            match state.store.debit_quota(&request).await? {
-                QuotaOutcome::Accepted { units_used, quota_units, overage_units } => {
-                    limits.quota_units = quota_units;
-                    limits.quota_remaining = quota_units - units_used;
-                    debit = Some(Debit { tenant_id: tenant.id, period_start, units, overage_units });
-                }
-                QuotaOutcome::Rejected { units_used, quota_units } => {
-                    limits.quota_units = quota_units;
-                    limits.quota_remaining = quota_units - units_used;
-                    decision = Some(format!("quota-exceeded month used={units_used}/{quota_units} cost={units}"));
-                    return Err(limited(
-                        AppError::new(ErrorCode::QuotaExceeded)
-                            .with_detail(format!(
-                                "the tenant used {units_used} of its {quota_units} units this month; this operation costs {units}"
-                            ))
-                            .with_member("violated-policies", serde_json::json!(["month"]))
-                            .with_header(header::RETRY_AFTER, HeaderValue::from(limits.period_reset_secs.max(1))),
-                        &limits,
-                    ));
-                }
+        let debit = match admitted.debit {
+            Some(QuotaOutcome::Accepted { overage_units, .. }) => {
+                Some(Debit { tenant_id: tenant.id, period_start, units, overage_units })
             }
-        }
+            Some(QuotaOutcome::Rejected { .. }) => {
+                decision = Some(format!("quota-exceeded month used={units_used}/{quota_units} cost={units}"));
+                return Err(limited(
+                    AppError::new(ErrorCode::QuotaExceeded)
+                        .with_detail(format!(
+                            "the tenant used {units_used} of its {quota_units} units this month; this operation costs {units}"
+                        ))
+                        .with_member("violated-policies", serde_json::json!(["month"]))
+                        .with_header(header::RETRY_AFTER, HeaderValue::from(limits.period_reset_secs.max(1))),
+                    &limits,
+                ));
+            }
+            None => None,
+        };
         decision = Some(format!(
             "allowed minute r={} month r={} cost={}",
             limits.burst_remaining, limits.quota_remaining, if debit.is_some() { units } else { 0 }

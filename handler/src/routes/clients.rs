@@ -132,6 +132,7 @@ pub async fn register_client(
         Ok(()) => {
             let view = ClientView::from(&client);
             let summary = format!("registered application {} with roles {}", client.app_id, client.roles.join(","));
+            state.lookups.invalidate();
             audit::note(&req, "clients", client.id, None, Some(&view), summary);
             Ok(HttpResponse::Created()
                 .insert_header((header::LOCATION, format!("/api/v1/clients/{}", client.id)))
@@ -192,6 +193,7 @@ pub async fn revoke_client(
         Update::Updated(client) => {
             // The store returns the row after the change; revoking is idempotent, so no separate before.
             let view = ClientView::from(&client);
+            state.lookups.invalidate();
             audit::note(
                 &req,
                 "clients",

@@ -224,6 +224,7 @@ pub async fn create_plan(
     match state.store.create_plan(&plan).await {
         Ok(()) => {
             let view = PlanView::from(&plan);
+            state.lookups.invalidate();
             audit::note(&req, "plans", &plan.code, None, Some(&view), "created plan version 1");
             Ok(respond(actix_web::http::StatusCode::CREATED, &plan))
         }
@@ -330,6 +331,7 @@ pub async fn replace_plan(
         Update::Updated(saved) => {
             let (before, after) = (PlanView::from(&current), PlanView::from(&saved));
             let summary = format!("replaced plan, now version {}", saved.version);
+            state.lookups.invalidate();
             audit::note(&req, "plans", &saved.code, Some(&before), Some(&after), summary);
             Ok(respond(actix_web::http::StatusCode::OK, &saved))
         }
@@ -450,5 +452,6 @@ pub async fn replace_plan_costs(
     };
     let overrides: Vec<(String, i64)> = input.into_inner().overrides.into_iter().collect();
     state.store.set_plan_operation_costs(&saved.code, &overrides).await?;
+    state.lookups.invalidate();
     Ok(HttpResponse::Ok().insert_header((header::ETAG, etag(saved.version))).json(costs_view(&state, &saved).await?))
 }

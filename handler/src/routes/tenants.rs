@@ -229,6 +229,7 @@ pub async fn create_tenant(
     match state.store.create_tenant(&tenant).await {
         Ok(()) => {
             let view = TenantView::from(&tenant);
+            state.lookups.invalidate();
             audit::note(
                 &req,
                 "tenants",
@@ -272,6 +273,7 @@ async fn change(
             let (before, after) = (TenantView::from(&current), TenantView::from(&saved));
             let summary =
                 format!("tenant {} on plan {} at version {}", saved.status.as_str(), saved.plan_code, saved.version);
+            state.lookups.invalidate();
             audit::note(req, "tenants", saved.id, Some(&before), Some(&after), summary);
             Ok(respond(actix_web::http::StatusCode::OK, &saved))
         }

@@ -232,6 +232,10 @@ pub trait Store: Send + Sync + 'static {
     /// One GCRA step for (tenant, client), computed with [`model::gcra`] under a row lock.
     async fn take_rate_limit(&self, take: &RateLimitTake) -> Result<RateLimitDecision, StoreError>;
 
+    /// One request's admission in ONE transaction: [`Store::take_rate_limit`], then, if the rate limit allowed
+    /// it, [`Store::debit_quota`]. One write instead of two is what the request path pays.
+    async fn admit(&self, admission: &Admission) -> Result<AdmissionDecision, StoreError>;
+
     /// Inserts usage events in one transaction, skipping event ids already stored; returns how many were new.
     async fn record_usage_events(&self, events: &[UsageEvent]) -> Result<u64, StoreError> {
         self.record_usage(events, &[]).await

@@ -312,6 +312,22 @@ pub struct RateLimitDecision {
     pub retry_after_micros: i64,
 }
 
+/// What the limit stage asks of the store for one request: a rate-limit step and, when the operation costs
+/// units, a quota debit, decided together in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    pub rate: RateLimitTake,
+    pub debit: Option<QuotaDebit>,
+}
+
+/// The store's answer to an [`Admission`]. `debit` is `None` when nothing was to be debited or the rate
+/// limit refused the request (a refused request is not debited).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmissionDecision {
+    pub rate: RateLimitDecision,
+    pub debit: Option<QuotaOutcome>,
+}
+
 /// One API request's usage record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageEvent {

@@ -678,6 +678,65 @@ const CREATE_HISTORY: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at TEXT    NOT NULL
 ) STRICT";
 
+/// Debits a quota period (created on first use), refusing under `block` what would exceed the quota.
+fn debit_period(conn: &Connection, d: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
+    let (tenant, start) = (d.tenant_id.to_string(), d.period_start.to_string());
+    conn.execute(
+        "INSERT INTO quota_usage (tenant_id, period_start, period_end, quota_units, overage_policy, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant_id, period_start) DO NOTHING",
+        params![tenant, start, d.period_end.to_string(), d.quota_units, d.overage_policy.as_str(), timestamp(d.now)],
+    )
+    .map_err(classify)?;
+    // One conditional UPDATE: the same statement shape as on SQL Server, so both refuse identically.
+    let updated: Option<(i64, i64, i64)> = conn
+        .query_row(
+            "UPDATE quota_usage SET
+                 overage_units = overage_units + max(0, units_used + ?3 - quota_units) - max(0, units_used - quota_units),
+                 units_used = units_used + ?3,
+                 updated_at = ?4
+             WHERE tenant_id = ?1 AND period_start = ?2
+               AND (overage_policy = 'allow' OR units_used + ?3 <= quota_units)
+             RETURNING units_used, quota_units, max(0, units_used - quota_units) - max(0, units_used - ?3 - quota_units)",
+            params![tenant, start, d.units, timestamp(d.now)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(classify)?;
+    Ok(match updated {
+        Some((units_used, quota_units, overage_units)) => {
+            QuotaOutcome::Accepted { units_used, quota_units, overage_units }
+        }
+        None => {
+            let current = read_quota(conn, d.tenant_id, d.period_start)?
+                .ok_or_else(|| StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction")))?;
+            QuotaOutcome::Rejected { units_used: current.units_used, quota_units: current.quota_units }
+        }
+    })
+}
+
+/// One GCRA step for (tenant, client); the state is written only when the request is allowed.
+fn take_rate(conn: &Connection, t: &RateLimitTake) -> Result<RateLimitDecision, StoreError> {
+    let (tenant, client) = (t.tenant_id.to_string(), t.client_id.clone());
+    let stored: Option<i64> = conn
+        .query_row(
+            "SELECT tat_micros FROM rate_limit_state WHERE tenant_id = ?1 AND client_id = ?2",
+            params![tenant, client],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(classify)?;
+    let decision = gcra(stored, t);
+    if decision.allowed {
+        conn.execute(
+            "INSERT INTO rate_limit_state (tenant_id, client_id, tat_micros) VALUES (?1, ?2, ?3)
+             ON CONFLICT (tenant_id, client_id) DO UPDATE SET tat_micros = excluded.tat_micros",
+            params![tenant, client, decision.tat_micros],
+        )
+        .map_err(classify)?;
+    }
+    Ok(decision)
+}
+
 fn read_history(conn: &Connection) -> Result<Vec<AppliedMigration>, StoreError> {
     let exists: Option<i64> = conn
         .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'", [], |r| r.get(0))
@@ -1414,41 +1473,7 @@ impl Store for SqliteStore {
 
     async fn debit_quota(&self, debit: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
         let d = debit.clone();
-        self.write(move |tx| {
-            let (tenant, start) = (d.tenant_id.to_string(), d.period_start.to_string());
-            tx.execute(
-                "INSERT INTO quota_usage (tenant_id, period_start, period_end, quota_units, overage_policy, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant_id, period_start) DO NOTHING",
-                params![tenant, start, d.period_end.to_string(), d.quota_units, d.overage_policy.as_str(), timestamp(d.now)],
-            )
-            .map_err(classify)?;
-            // One conditional UPDATE: the same statement shape as on SQL Server, so both refuse identically.
-            let updated: Option<(i64, i64, i64)> = tx
-                .query_row(
-                    "UPDATE quota_usage SET
-                         overage_units = overage_units + max(0, units_used + ?3 - quota_units) - max(0, units_used - quota_units),
-                         units_used = units_used + ?3,
-                         updated_at = ?4
-                     WHERE tenant_id = ?1 AND period_start = ?2
-                       AND (overage_policy = 'allow' OR units_used + ?3 <= quota_units)
-                     RETURNING units_used, quota_units, max(0, units_used - quota_units) - max(0, units_used - ?3 - quota_units)",
-                    params![tenant, start, d.units, timestamp(d.now)],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()
-                .map_err(classify)?;
-            Ok(match updated {
-                Some((units_used, quota_units, overage_units)) => {
-                    QuotaOutcome::Accepted { units_used, quota_units, overage_units }
-                }
-                None => {
-                    let current = read_quota(tx, d.tenant_id, d.period_start)?
-                        .ok_or_else(|| StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction")))?;
-                    QuotaOutcome::Rejected { units_used: current.units_used, quota_units: current.quota_units }
-                }
-            })
-        })
-        .await
+        self.write(move |conn| debit_period(conn, &d)).await
     }
 
     async fn refund_quota(
@@ -1478,26 +1503,18 @@ impl Store for SqliteStore {
 
     async fn take_rate_limit(&self, take: &RateLimitTake) -> Result<RateLimitDecision, StoreError> {
         let t = take.clone();
-        self.write(move |tx| {
-            let (tenant, client) = (t.tenant_id.to_string(), t.client_id.clone());
-            let stored: Option<i64> = tx
-                .query_row(
-                    "SELECT tat_micros FROM rate_limit_state WHERE tenant_id = ?1 AND client_id = ?2",
-                    params![tenant, client],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(classify)?;
-            let decision = gcra(stored, &t);
-            if decision.allowed {
-                tx.execute(
-                    "INSERT INTO rate_limit_state (tenant_id, client_id, tat_micros) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (tenant_id, client_id) DO UPDATE SET tat_micros = excluded.tat_micros",
-                    params![tenant, client, decision.tat_micros],
-                )
-                .map_err(classify)?;
-            }
-            Ok(decision)
+        self.write(move |conn| take_rate(conn, &t)).await
+    }
+
+    async fn admit(&self, admission: &Admission) -> Result<AdmissionDecision, StoreError> {
+        let a = admission.clone();
+        self.write(move |conn| {
+            let rate = take_rate(conn, &a.rate)?;
+            let debit = match &a.debit {
+                Some(d) if rate.allowed => Some(debit_period(conn, d)?),
+                _ => None,
+            };
+            Ok(AdmissionDecision { rate, debit })
         })
         .await
     }

@@ -431,6 +431,42 @@ fn audit_from(row: &Row) -> Result<AuditEvent, StoreError> {
     })
 }
 
+/// Debits a quota period (created on first use), refusing under `block` what would exceed the quota.
+async fn debit_period(conn: &mut MssqlClient, d: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
+    let policy = d.overage_policy.as_str();
+    let ensure: [&dyn ToSql; 6] = [&d.tenant_id, &d.period_start, &d.period_end, &d.quota_units, &policy, &d.now];
+    execute(conn, q::ENSURE_QUOTA_PERIOD, &ensure).await?;
+    let updated = rows(conn, q::DEBIT_QUOTA, &[&d.tenant_id, &d.period_start, &d.units, &d.now]).await?;
+    match updated.first() {
+        Some(row) => Ok(QuotaOutcome::Accepted {
+            units_used: required(row, 0)?,
+            quota_units: required(row, 1)?,
+            overage_units: required(row, 2)?,
+        }),
+        None => {
+            let current = read_quota(conn, d.tenant_id, d.period_start)
+                .await?
+                .ok_or_else(|| StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction")))?;
+            Ok(QuotaOutcome::Rejected { units_used: current.units_used, quota_units: current.quota_units })
+        }
+    }
+}
+
+/// One GCRA step for (tenant, client) under the state row's update lock; written only when allowed.
+async fn take_rate(conn: &mut MssqlClient, take: &RateLimitTake) -> Result<RateLimitDecision, StoreError> {
+    let client = take.client_id.as_str();
+    let stored: Option<i64> = rows(conn, q::LOCK_RATE_STATE, &[&take.tenant_id, &client])
+        .await?
+        .first()
+        .map(|r| required(r, 0))
+        .transpose()?;
+    let decision = gcra(stored, take);
+    if decision.allowed {
+        execute(conn, q::UPSERT_RATE_STATE, &[&take.tenant_id, &client, &decision.tat_micros]).await?;
+    }
+    Ok(decision)
+}
+
 /// Appends audit events inside the caller's transaction. Chains are locked in key order (each head read
 /// `WITH (UPDLOCK, HOLDLOCK)`), so two batches touching the same chains wait for each other instead of
 /// deadlocking; within a chain, events keep their order. Events already stored (a retried batch) are skipped.
@@ -979,27 +1015,7 @@ impl Store for MssqlStore {
     }
 
     async fn debit_quota(&self, debit: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
-        in_tx!(self, Retry::No, |conn| {
-            let d = debit;
-            let policy = d.overage_policy.as_str();
-            let ensure: [&dyn ToSql; 6] =
-                [&d.tenant_id, &d.period_start, &d.period_end, &d.quota_units, &policy, &d.now];
-            execute(conn, q::ENSURE_QUOTA_PERIOD, &ensure).await?;
-            let updated = rows(conn, q::DEBIT_QUOTA, &[&d.tenant_id, &d.period_start, &d.units, &d.now]).await?;
-            match updated.first() {
-                Some(row) => Ok(QuotaOutcome::Accepted {
-                    units_used: required(row, 0)?,
-                    quota_units: required(row, 1)?,
-                    overage_units: required(row, 2)?,
-                }),
-                None => {
-                    let current = read_quota(conn, d.tenant_id, d.period_start).await?.ok_or_else(|| {
-                        StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction"))
-                    })?;
-                    Ok(QuotaOutcome::Rejected { units_used: current.units_used, quota_units: current.quota_units })
-                }
-            }
-        })
+        in_tx!(self, Retry::No, |conn| debit_period(conn, debit).await)
     }
 
     async fn refund_quota(
@@ -1020,18 +1036,17 @@ impl Store for MssqlStore {
     }
 
     async fn take_rate_limit(&self, take: &RateLimitTake) -> Result<RateLimitDecision, StoreError> {
+        in_tx!(self, Retry::No, |conn| take_rate(conn, take).await)
+    }
+
+    async fn admit(&self, admission: &Admission) -> Result<AdmissionDecision, StoreError> {
         in_tx!(self, Retry::No, |conn| {
-            let client = take.client_id.as_str();
-            let stored: Option<i64> = rows(conn, q::LOCK_RATE_STATE, &[&take.tenant_id, &client])
-                .await?
-                .first()
-                .map(|r| required(r, 0))
-                .transpose()?;
-            let decision = gcra(stored, take);
-            if decision.allowed {
-                execute(conn, q::UPSERT_RATE_STATE, &[&take.tenant_id, &client, &decision.tat_micros]).await?;
-            }
-            Ok(decision)
+            let rate = take_rate(conn, &admission.rate).await?;
+            let debit = match &admission.debit {
+                Some(d) if rate.allowed => Some(debit_period(conn, d).await?),
+                _ => None,
+            };
+            Ok(AdmissionDecision { rate, debit })
         })
     }
 
