@@ -80,7 +80,7 @@ pub async fn limit(
             burst,
         };
         let (period_start, period_end) = period(now);
-        let debit_request = (units > 0).then(|| QuotaDebit {
+        let debit_request = (units > 0).then_some(QuotaDebit {
             tenant_id: tenant.id,
             period_start,
             period_end,
