@@ -10,7 +10,6 @@ pub mod plans;
 pub mod tenants;
 pub mod usage;
 
-use actix_web::dev::ResourceDef;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use utoipa::OpenApi as _;
@@ -146,7 +145,38 @@ async fn openapi_document(state: web::Data<AppState>) -> HttpResponse {
 /// Every route's path template, methods and operation ids: 404 versus 405, and which operation a request is.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    entries: Vec<(ResourceDef, Vec<RouteMethod>)>,
+    entries: Vec<(Template, Vec<RouteMethod>)>,
+}
+
+/// A path template split at `/`: literal segments match exactly, a `{name}` segment matches any non-empty
+/// segment. Every request asks which operation it is (three times), so this is a segment compare, not a
+/// regular expression per template.
+#[derive(Debug)]
+struct Template {
+    /// `None` for a `{parameter}` segment.
+    segments: Vec<Option<Box<str>>>,
+    parameters: usize,
+}
+
+impl Template {
+    fn parse(template: &str) -> Self {
+        let segments: Vec<_> =
+            template.split('/').map(|s| (!(s.starts_with('{') && s.ends_with('}'))).then(|| Box::from(s))).collect();
+        let parameters = segments.iter().filter(|s| s.is_none()).count();
+        Template { segments, parameters }
+    }
+
+    fn is_match(&self, path: &str) -> bool {
+        let mut parts = path.split('/');
+        for segment in &self.segments {
+            match (segment, parts.next()) {
+                (Some(literal), Some(part)) if **literal == *part => {}
+                (None, Some(part)) if !part.is_empty() => {}
+                _ => return false,
+            }
+        }
+        parts.next().is_none()
+    }
 }
 
 /// A method served on a route, and the operation id behind it (none for the host-protocol routes).
@@ -167,13 +197,13 @@ impl RouteTable {
             ];
             let methods =
                 operations.iter().filter_map(|(m, op)| op.as_ref().map(|op| (*m, op.operation_id.clone()))).collect();
-            table.entries.push((ResourceDef::new(path.as_str()), methods));
+            table.entries.push((Template::parse(path), methods));
         }
         table
     }
 
     pub fn add(&mut self, template: &str, methods: Vec<&'static str>) {
-        self.entries.push((ResourceDef::new(template), methods.into_iter().map(|m| (m, None)).collect()));
+        self.entries.push((Template::parse(template), methods.into_iter().map(|m| (m, None)).collect()));
     }
 
     /// The methods allowed on `path`, or `None` when no route template matches it.
@@ -195,7 +225,7 @@ impl RouteTable {
     /// The operation id serving `method` on `path`. Literal templates win over parameterized ones.
     pub fn operation(&self, method: &str, path: &str) -> Option<&str> {
         let mut matches: Vec<_> = self.entries.iter().filter(|(def, _)| def.is_match(path)).collect();
-        matches.sort_by_key(|(def, _)| def.pattern().map_or(0, |p| p.matches('{').count()));
+        matches.sort_by_key(|(template, _)| template.parameters);
         matches.iter().find_map(|(_, ops)| ops.iter().find(|(m, _)| *m == method).and_then(|(_, id)| id.as_deref()))
     }
 }
@@ -226,6 +256,8 @@ mod tests {
         assert_eq!(table.allowed_methods("/api/v1/things/42"), Some(vec!["DELETE", "GET", "PATCH"]));
         assert_eq!(table.allowed_methods("/api/v1/things"), None);
         assert_eq!(table.allowed_methods("/api/v1/things/42/more"), None);
+        assert_eq!(table.allowed_methods("/api/v1/things/"), None, "a parameter is never empty");
+        assert_eq!(table.allowed_methods("/api/v1/things/42/"), None, "no trailing slash");
     }
 
     #[test]

@@ -110,6 +110,8 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(classify)?;
     conn.pragma_update(None, "synchronous", "NORMAL").map_err(classify)?;
     conn.pragma_update(None, "foreign_keys", "ON").map_err(classify)?;
+    // The request path's statements stay prepared (the dynamic listings take a few slots more).
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
@@ -536,7 +538,7 @@ fn query_one<T>(
     params: impl rusqlite::Params,
     map: fn(&rusqlite::Row<'_>) -> rusqlite::Result<Result<T, StoreError>>,
 ) -> Result<Option<T>, StoreError> {
-    conn.query_row(sql, params, map).optional().map_err(classify)?.transpose()
+    conn.prepare_cached(sql).map_err(classify)?.query_row(params, map).optional().map_err(classify)?.transpose()
 }
 
 fn query_all<T>(
@@ -681,22 +683,31 @@ const CREATE_HISTORY: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
 /// Debits a quota period (created on first use), refusing under `block` what would exceed the quota.
 fn debit_period(conn: &Connection, d: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
     let (tenant, start) = (d.tenant_id.to_string(), d.period_start.to_string());
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO quota_usage (tenant_id, period_start, period_end, quota_units, overage_policy, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant_id, period_start) DO NOTHING",
-        params![tenant, start, d.period_end.to_string(), d.quota_units, d.overage_policy.as_str(), timestamp(d.now)],
     )
+    .map_err(classify)?
+    .execute(params![
+        tenant,
+        start,
+        d.period_end.to_string(),
+        d.quota_units,
+        d.overage_policy.as_str(),
+        timestamp(d.now)
+    ])
     .map_err(classify)?;
     // One conditional UPDATE: the same statement shape as on SQL Server, so both refuse identically.
     let updated: Option<(i64, i64, i64)> = conn
-        .query_row(
-            "UPDATE quota_usage SET
+        .prepare_cached("UPDATE quota_usage SET
                  overage_units = overage_units + max(0, units_used + ?3 - quota_units) - max(0, units_used - quota_units),
                  units_used = units_used + ?3,
                  updated_at = ?4
              WHERE tenant_id = ?1 AND period_start = ?2
                AND (overage_policy = 'allow' OR units_used + ?3 <= quota_units)
-             RETURNING units_used, quota_units, max(0, units_used - quota_units) - max(0, units_used - ?3 - quota_units)",
+             RETURNING units_used, quota_units, max(0, units_used - quota_units) - max(0, units_used - ?3 - quota_units)")
+        .map_err(classify)?
+        .query_row(
             params![tenant, start, d.units, timestamp(d.now)],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
@@ -718,20 +729,19 @@ fn debit_period(conn: &Connection, d: &QuotaDebit) -> Result<QuotaOutcome, Store
 fn take_rate(conn: &Connection, t: &RateLimitTake) -> Result<RateLimitDecision, StoreError> {
     let (tenant, client) = (t.tenant_id.to_string(), t.client_id.clone());
     let stored: Option<i64> = conn
-        .query_row(
-            "SELECT tat_micros FROM rate_limit_state WHERE tenant_id = ?1 AND client_id = ?2",
-            params![tenant, client],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT tat_micros FROM rate_limit_state WHERE tenant_id = ?1 AND client_id = ?2")
+        .map_err(classify)?
+        .query_row(params![tenant, client], |r| r.get(0))
         .optional()
         .map_err(classify)?;
     let decision = gcra(stored, t);
     if decision.allowed {
-        conn.execute(
+        conn.prepare_cached(
             "INSERT INTO rate_limit_state (tenant_id, client_id, tat_micros) VALUES (?1, ?2, ?3)
              ON CONFLICT (tenant_id, client_id) DO UPDATE SET tat_micros = excluded.tat_micros",
-            params![tenant, client, decision.tat_micros],
         )
+        .map_err(classify)?
+        .execute(params![tenant, client, decision.tat_micros])
         .map_err(classify)?;
     }
     Ok(decision)

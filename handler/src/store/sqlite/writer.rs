@@ -112,17 +112,23 @@ fn run(conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
     }
 }
 
+/// Runs one parameterless statement, prepared once per connection.
+fn statement(conn: &Connection, sql: &str) -> Result<(), String> {
+    conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop).map_err(|e| format!("{sql}: {e}"))
+}
+
 /// Runs every job of the batch in its own savepoint inside one IMMEDIATE transaction and commits.
 fn commit_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), String> {
     // IMMEDIATE takes the file lock now (waiting up to the busy timeout for another process).
     conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| format!("BEGIN IMMEDIATE: {e}"))?;
     let outcome = (|| {
         for job in batch.iter_mut() {
-            conn.execute_batch("SAVEPOINT job").map_err(|e| format!("SAVEPOINT: {e}"))?;
+            statement(conn, "SAVEPOINT job")?;
             if job.run(conn) {
-                conn.execute_batch("RELEASE job").map_err(|e| format!("RELEASE: {e}"))?;
+                statement(conn, "RELEASE job")?;
             } else {
-                conn.execute_batch("ROLLBACK TO job; RELEASE job").map_err(|e| format!("ROLLBACK TO: {e}"))?;
+                statement(conn, "ROLLBACK TO job")?;
+                statement(conn, "RELEASE job")?;
             }
         }
         conn.execute_batch("COMMIT").map_err(|e| format!("COMMIT: {e}"))
