@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Throughput and latency of the API under load, against a bare route measured in the same run.
+
+Starts the release handler standalone on the embedded SQLite store (local auth), seeds two tenants on an
+unthrottled plan (one of them calling through a registered API client) with --documents documents each
+through the API, then drives each scenario with wrk (bench/wrk.lua) for --seconds, interleaved, --rounds
+times:
+
+  baseline  GET /api/health                    no auth, no metering, no store: the actix-web ceiling here
+  me        GET /api/v1/me                     the whole pipeline, no resource read
+  document  GET /api/v1/documents/{id}         the whole pipeline and a document read
+  search    GET /api/v1/documents?q=&tag=...   the whole pipeline and a filtered, sorted keyset page
+  create    POST /api/v1/documents             the whole pipeline and a document write
+  invoke    POST /Documents (default mode)     GET document wrapped in the host's JSON envelope
+
+Per scenario: requests/s (min / median / max over rounds), p50/p99/p99.9 (median over rounds), the
+ratio to the baseline of the same round (median), non-2xx responses. Also the binary size and the
+handler's RSS idle (after seeding) and its peak under load (sampled from /proc every 100 ms).
+
+Standard library only (plus wrk). Usage:
+    python3 bench/load.py [--binary target/release/handler] [--rounds 3] [--seconds 5] [--documents 10000]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from paging import Server, seed  # noqa: E402  (same directory)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TENANT_A = "00000000-0000-0000-0000-00000000a0a0"
+TENANT_B = "00000000-0000-0000-0000-00000000b0b0"
+
+
+def dev_token(binary, work, *args):
+    return subprocess.run([binary, "dev-token", "--ttl", "1d", *args], cwd=work, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def call(base, method, path, token, payload=None, content_type="application/json", extra=None):
+    data = json.dumps(payload).encode() if payload is not None else None
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type, **(extra or {})}
+    with urllib.request.urlopen(urllib.request.Request(base + path, data=data, method=method, headers=headers)) as r:
+        return json.load(r) if r.status != 204 else None
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M).group(1))
+
+
+class RssSampler:
+    """The peak RSS of `pid` while active."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self.running = pid, 0, True
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while self.running:
+            self.peak = max(self.peak, rss_kib(self.pid))
+            time.sleep(0.1)
+
+    def stop(self):
+        self.running = False
+        self.thread.join()
+        return self.peak
+
+
+def wrk(url, seconds, connections, method="GET", body=None, auth=None, workdir=None):
+    env = dict(os.environ, WRK_METHOD=method, WRK_AUTH=auth or "")
+    if body is not None:
+        path = os.path.join(workdir, "wrk-body.json")
+        with open(path, "wb") as f:
+            f.write(body)
+        env["WRK_BODY_FILE"] = path
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", os.path.join(HERE, "wrk.lua"), url],
+                         capture_output=True, text=True, check=True, env=env).stdout
+    data = json.loads(re.search(r"^WRKJSON (.*)$", out, re.M).group(1))
+    data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
+    return data
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--binary", default=os.path.join(HERE, "..", "target", "release", "handler"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--documents", type=int, default=10000, help="documents seeded per tenant")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is missing: apt-get install wrk")
+    binary = os.path.abspath(args.binary)
+    work = tempfile.mkdtemp(prefix="meterline-load-")
+    os.environ.update(METERLINE_LOG="warn", METERLINE_LOG_FORMAT="text")
+    admin = dev_token(binary, work, "--tenant", "0b500000-0000-0000-0000-0000000000ff", "--roles", "Platform.Admin",
+                      "--app-id", "bench-ops")
+    token_a = dev_token(binary, work, "--tenant", TENANT_A, "--roles", "Documents.Read,Documents.Write,Tenant.Admin")
+    token_b_admin = dev_token(binary, work, "--tenant", TENANT_B, "--roles", "Tenant.Admin")
+    server = Server(binary, work)
+    try:
+        server.wait_ready()
+        base = f"http://127.0.0.1:{server.port}"
+        # A plan that cannot throttle this load, so every measured request passes the whole pipeline with a 2xx.
+        call(base, "POST", "/api/v1/plans", admin, {
+            "code": "unthrottled", "name": "Unthrottled", "requestsPerMinute": 1000000, "burst": 100000,
+            "monthlyQuotaUnits": 1000000000, "overagePolicy": "allow", "currency": "EUR", "basePriceMicros": 0,
+            "overageUnitPriceMicros": 0})
+        for tenant in call(base, "GET", "/api/v1/tenants", admin)["value"]:
+            if tenant["entraTenantId"] in (TENANT_A, TENANT_B):
+                call(base, "PATCH", f"/api/v1/tenants/{tenant['id']}", admin, {"plan": "unthrottled"},
+                     "application/merge-patch+json", {"If-Match": "*"})
+        # Tenant B's application is a registered API client: its calls resolve the tenant through the registration.
+        call(base, "POST", "/api/v1/clients", token_b_admin,
+             {"appId": "bench-client-b", "displayName": "Benchmark client", "roles": ["Documents.Read", "Documents.Write"]})
+        token_b = dev_token(binary, work, "--tenant", TENANT_B, "--app-id", "bench-client-b", "--roles",
+                            "Documents.Read,Documents.Write")
+        seeded = {}
+        for name, token in (("a", token_a), ("b", token_b)):
+            docs, secs = seed(server.port, token, args.documents, 8)
+            seeded[name] = docs
+            print(f"seeded {len(docs)} documents into tenant {name} in {secs:.1f} s", file=sys.stderr)
+        doc_id = seeded["b"][len(seeded["b"]) // 2]["id"]
+        idle_rss = rss_kib(server.proc.pid)
+
+        envelope = json.dumps({
+            "Data": {"req": {"Url": f"https://app.azurewebsites.net/api/v1/documents/{doc_id}", "Method": "GET",
+                             "Query": {}, "Headers": {"Authorization": [f"Bearer {token_b}"]},
+                             "Params": {"rest": doc_id}, "Identities": []}},
+            "Metadata": {"rest": json.dumps(doc_id), "Headers": {}, "sys": {"MethodName": "Documents"}},
+        }).encode()
+        # The envelope's answer must itself be a 200, or the scenario measures an error path.
+        with urllib.request.urlopen(urllib.request.Request(base + "/Documents", data=envelope, method="POST",
+                                                           headers={"Content-Type": "application/json"})) as r:
+            inner = json.load(r)["Outputs"]["res"]
+            assert str(inner["statusCode"]) == "200", inner
+        create_body = json.dumps({"title": "Load test document", "docType": "memo", "tags": ["load", "topic-tax"],
+                                  "effectiveDate": "2026-01-01"}).encode()
+        search = "/api/v1/documents?q=regulation&tag=topic-tax&orderby=effectiveDate%20desc&maxpagesize=25"
+        auth_b = f"Bearer {token_b}"
+        scenarios = [
+            ("baseline", "`GET /api/health`", dict(url=base + "/api/health")),
+            ("me", "`GET /api/v1/me`", dict(url=base + "/api/v1/me", auth=auth_b)),
+            ("document", "`GET /api/v1/documents/{id}`", dict(url=f"{base}/api/v1/documents/{doc_id}", auth=auth_b)),
+            ("search", "`GET /api/v1/documents?q=regulation&tag=topic-tax&orderby=effectiveDate desc&maxpagesize=25`",
+             dict(url=base + search, auth=auth_b)),
+            ("create", "`POST /api/v1/documents`",
+             dict(url=base + "/api/v1/documents", auth=auth_b, method="POST", body=create_body)),
+            ("invoke", "`POST /Documents` (default mode: GET document in the host's envelope)",
+             dict(url=base + "/Documents", method="POST", body=envelope)),
+        ]
+        wrk(base + "/api/health", 2, args.connections)  # warm-up
+        results = {name: [] for name, _, _ in scenarios}
+        sampler = RssSampler(server.proc.pid)
+        for round_no in range(args.rounds):
+            for name, _, spec in scenarios:
+                r = wrk(seconds=args.seconds, connections=args.connections, workdir=work, **spec)
+                results[name].append(r)
+                print(f"round {round_no + 1} {name}: {r['rps']:.0f} req/s p50 {r['p50_us'] / 1000:.2f} ms "
+                      f"p99 {r['p99_us'] / 1000:.2f} ms p99.9 {r['p999_us'] / 1000:.2f} ms non-2xx {r['non2xx']}",
+                      file=sys.stderr)
+        peak_rss = sampler.stop()
+
+        print(f"| scenario | req/s (min / median / max) | p50 ms | p99 ms | p99.9 ms | / baseline | non-2xx |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for name, label, _ in scenarios:
+            runs = results[name]
+            rps = sorted(r["rps"] for r in runs)
+            ratio = statistics.median(r["rps"] / b["rps"] for r, b in zip(runs, results["baseline"]))
+            med = lambda key: statistics.median(r[key] for r in runs) / 1000  # noqa: E731
+            print(f"| {label} | {rps[0]:,.0f} / {statistics.median(rps):,.0f} / {rps[-1]:,.0f} | {med('p50_us'):.2f} | "
+                  f"{med('p99_us'):.2f} | {med('p999_us'):.2f} | {ratio:.2f} | {sum(r['non2xx'] for r in runs)} |"
+                  .replace(",", " "))
+        print(f"\nbinary: {os.path.getsize(binary) / 1e6:.1f} MB; RSS idle after seeding "
+              f"{2 * args.documents} documents: {idle_rss / 1024:.1f} MiB; peak RSS under load: {peak_rss / 1024:.1f} MiB")
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
