@@ -1,0 +1,111 @@
+//! Secrets from Azure Key Vault: read at startup with `azure_security_keyvault_secrets`, kept wrapped in
+//! [`SecretCell`]s, and refreshed on a schedule so a rotated secret reaches the running process.
+//!
+//! Settings name the secrets (`METERLINE_KEYVAULT_URL` plus `*_SECRET_NAME`; see `config::KeyVaultConfig`).
+//! The zero-code alternative, Functions' own `@Microsoft.KeyVault(SecretUri=…)` app-setting references, needs
+//! nothing from this module: the platform resolves them into plain environment variables (README, "Secrets").
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::credentials::TokenCredential;
+use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
+use secrecy::SecretString;
+
+use super::SecretCell;
+
+/// A Key Vault, read through `SecretClient`.
+pub struct KeyVault {
+    client: SecretClient,
+    url: String,
+}
+
+impl std::fmt::Debug for KeyVault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyVault").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl KeyVault {
+    /// A client for the vault at `url` (https), authenticated by `credential`; `options` can replace the transport.
+    pub fn new(
+        url: &str,
+        credential: Arc<dyn TokenCredential>,
+        options: Option<SecretClientOptions>,
+    ) -> anyhow::Result<Self> {
+        let client = SecretClient::new(url, credential, options)
+            .map_err(|e| anyhow::anyhow!("Key Vault client for {url}: {e}"))?;
+        Ok(Self { client, url: url.to_owned() })
+    }
+
+    /// The current version of secret `name`.
+    pub async fn get(&self, name: &str) -> anyhow::Result<SecretString> {
+        let secret = self
+            .client
+            .get_secret(name, None)
+            .await
+            .and_then(|response| response.into_model())
+            .map_err(|e| anyhow::anyhow!("reading secret {name:?} from {}: {e}", self.url))?;
+        let value = secret.value.ok_or_else(|| anyhow::anyhow!("secret {name:?} in {} has no value", self.url))?;
+        Ok(SecretString::from(value))
+    }
+}
+
+/// Secrets read from one vault, by secret name, each in a cell the refresh updates.
+#[derive(Debug)]
+pub struct VaultSecrets {
+    vault: Arc<KeyVault>,
+    cells: BTreeMap<String, SecretCell>,
+}
+
+impl VaultSecrets {
+    /// Reads every named secret once; any failure stops startup (a missing secret is a configuration error).
+    pub async fn load(vault: KeyVault, names: &[&str]) -> anyhow::Result<Self> {
+        let mut cells = BTreeMap::new();
+        for name in names {
+            if !cells.contains_key(*name) {
+                cells.insert((*name).to_owned(), SecretCell::new(vault.get(name).await?));
+            }
+        }
+        Ok(Self { vault: Arc::new(vault), cells })
+    }
+
+    /// The cell of a secret read by [`load`](Self::load).
+    pub fn cell(&self, name: &str) -> Option<SecretCell> {
+        self.cells.get(name).cloned()
+    }
+
+    /// Reads every secret again now; a secret that cannot be read keeps its previous value.
+    pub async fn refresh(&self) -> usize {
+        refresh_cells(&self.vault, &self.cells).await
+    }
+
+    /// Refreshes every `every` in the background, for the life of the process.
+    pub fn spawn_refresh(&self, every: Duration) {
+        let (vault, cells) = (self.vault.clone(), self.cells.clone());
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.tick().await; // the first tick is immediate: the values were just loaded
+            loop {
+                ticks.tick().await;
+                let refreshed = refresh_cells(&vault, &cells).await;
+                tracing::info!(refreshed, total = cells.len(), "Key Vault secrets refreshed");
+            }
+        });
+    }
+}
+
+async fn refresh_cells(vault: &KeyVault, cells: &BTreeMap<String, SecretCell>) -> usize {
+    let mut refreshed = 0;
+    for (name, cell) in cells {
+        match vault.get(name).await {
+            Ok(value) => {
+                cell.set(value);
+                refreshed += 1;
+            }
+            Err(err) => tracing::warn!(secret = %name, error = %format!("{err:#}"), "Key Vault refresh failed; keeping the previous value"),
+        }
+    }
+    refreshed
+}
