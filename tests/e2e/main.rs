@@ -8,6 +8,7 @@ mod cli;
 mod docs_page;
 mod host_protocol;
 mod identity;
+mod integration;
 mod integration_store;
 mod layout;
 mod metering;
