@@ -13,5 +13,6 @@ mod integration_store;
 mod layout;
 mod metering;
 mod openapi;
+mod outbox;
 mod store_contract;
 mod support;

@@ -46,10 +46,35 @@ impl KeyVault {
             .get_secret(name, None)
             .await
             .and_then(|response| response.into_model())
-            .map_err(|e| anyhow::anyhow!("reading secret {name:?} from {}: {e}", self.url))?;
+            .map_err(|e| anyhow::anyhow!("reading secret {name:?} from {}: {}", self.url, error_chain(&e)))?;
         let value = secret.value.ok_or_else(|| anyhow::anyhow!("secret {name:?} in {} has no value", self.url))?;
         Ok(SecretString::from(value))
     }
+}
+
+/// An `azure_core` error with its sources (its own message is often only "non-transport error occurred").
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The client options for a vault URL. `SecretClient` checks that the resource named in the vault's
+/// authentication challenge is a parent domain of the vault's host (`vault.azure.net` for
+/// `<name>.vault.azure.net`), so a look-alike URL cannot collect a token for real vaults. An IP address has no
+/// parent domain, so for a vault on a loopback address (a local emulator; tokens never leave the machine) the
+/// check is off; everywhere else it stays on.
+pub fn client_options(url: &str) -> SecretClientOptions {
+    let loopback = azure_core::http::Url::parse(url).ok().is_some_and(|u| {
+        let host = u.host_str().unwrap_or_default().trim_matches(['[', ']']);
+        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    });
+    SecretClientOptions { verify_challenge_resource: Some(!loopback), ..Default::default() }
 }
 
 /// Secrets read from one vault, by secret name, each in a cell the refresh updates.
@@ -108,4 +133,18 @@ async fn refresh_cells(vault: &KeyVault, cells: &BTreeMap<String, SecretCell>) -
         }
     }
     refreshed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_challenge_check_is_off_only_for_loopback_vaults() {
+        assert_eq!(client_options("https://meterline.vault.azure.net").verify_challenge_resource, Some(true));
+        assert_eq!(client_options("https://127.0.0.1:8443").verify_challenge_resource, Some(false));
+        assert_eq!(client_options("https://[::1]:8443").verify_challenge_resource, Some(false));
+        assert_eq!(client_options("https://localhost:8443").verify_challenge_resource, Some(false));
+        assert_eq!(client_options("https://127.0.0.1.evil.example").verify_challenge_resource, Some(true));
+    }
 }

@@ -19,8 +19,12 @@ use crate::store::{LeaseRequest, OutboxRow};
 /// The lease every publisher takes, so two runs never send the same rows at once.
 pub const LEASE_NAME: &str = "outbox-publish";
 
-/// How long a run may hold the lease before another process may take over.
-const LEASE_SECS: i64 = 300;
+/// How long the lease is taken for, renewed before each send: one send's worst case (four tries, each bounded
+/// by `METERLINE_OUTBOX_SEND_TIMEOUT_SECS`) plus a margin. A publisher that dies blocks the next one for at most
+/// this long.
+pub fn lease_duration(send_timeout: std::time::Duration) -> chrono::Duration {
+    chrono::Duration::seconds(4 * send_timeout.as_secs() as i64 + 5)
+}
 
 /// Delay before the next attempt after `attempts` failed ones: 5 s, 10 s, 20 s, … capped at one hour.
 pub fn backoff(attempts: i32) -> chrono::Duration {
@@ -58,25 +62,32 @@ pub async fn publish(state: &AppState) -> Result<String, AppError> {
         ));
     };
     let holder = format!("{}:{}", worker_name(state), state.ids.new_id().simple());
-    let lease = LeaseRequest {
-        name: LEASE_NAME.to_owned(),
-        holder: holder.clone(),
-        now,
-        expires_at: now + chrono::Duration::seconds(LEASE_SECS),
-    };
-    if !state.store.acquire_lease(&lease).await? {
+    if !take_lease(state, &holder).await? {
         return Ok("skipped: another publisher holds the lease".to_owned());
     }
-    let result = publish_batch(state, sender, now).await;
+    let result = publish_batch(state, sender, &holder, now).await;
     if let Err(err) = state.store.release_lease(LEASE_NAME, &holder).await {
         tracing::warn!(error = %err, "releasing the outbox lease failed; it expires on its own");
     }
     result
 }
 
+/// Takes or renews the lease for one more send.
+async fn take_lease(state: &AppState, holder: &str) -> Result<bool, AppError> {
+    let now = state.clock.now();
+    let lease = LeaseRequest {
+        name: LEASE_NAME.to_owned(),
+        holder: holder.to_owned(),
+        now,
+        expires_at: now + lease_duration(state.config.integration.outbox_send_timeout),
+    };
+    Ok(state.store.acquire_lease(&lease).await?)
+}
+
 async fn publish_batch(
     state: &AppState,
     sender: &crate::azure::servicebus::ServiceBusSender,
+    holder: &str,
     now: DateTime<Utc>,
 ) -> Result<String, AppError> {
     let config = &state.config.integration;
@@ -84,6 +95,10 @@ async fn publish_batch(
     let rows = state.store.pending_outbox(now, batch).await?;
     let (mut sent, mut failed) = (0, 0);
     for row in &rows {
+        if !take_lease(state, holder).await? {
+            tracing::warn!("the outbox lease was taken over; stopping this run");
+            break;
+        }
         let message = OutgoingMessage {
             message_id: row.message.id.hyphenated().to_string(),
             label: Some(row.message.event_type.clone()),
