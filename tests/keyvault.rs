@@ -106,7 +106,8 @@ async fn parent() {
         .env("NO_PROXY", "127.0.0.1,localhost")
         .env("no_proxy", "127.0.0.1,localhost")
         .kill_on_drop(true);
-    for name in ["SSL_CERT_FILE", "SSL_CERT_DIR", "IMDS_ENDPOINT", "MSI_ENDPOINT", "MSI_SECRET", "HTTPS_PROXY", "https_proxy"]
+    for name in
+        ["SSL_CERT_FILE", "SSL_CERT_DIR", "IMDS_ENDPOINT", "MSI_ENDPOINT", "MSI_SECRET", "HTTPS_PROXY", "https_proxy"]
     {
         command.env_remove(name);
     }

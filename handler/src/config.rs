@@ -414,8 +414,9 @@ impl Config {
         };
 
         let integration = IntegrationConfig {
-            servicebus_namespace: get("METERLINE_SERVICEBUS_NAMESPACE")
-                .map(|ns| ns.trim_start_matches("https://").trim_start_matches("sb://").trim_end_matches('/').to_owned()),
+            servicebus_namespace: get("METERLINE_SERVICEBUS_NAMESPACE").map(|ns| {
+                ns.trim_start_matches("https://").trim_start_matches("sb://").trim_end_matches('/').to_owned()
+            }),
             servicebus_connection_string: get("METERLINE_SERVICEBUS_CONNECTION_STRING")
                 .map(|cs| crate::azure::SecretCell::new(SecretString::from(cs))),
             outbox_topic: get("METERLINE_OUTBOX_TOPIC").unwrap_or_else(|| "meterline-events".into()),

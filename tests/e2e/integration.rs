@@ -151,10 +151,7 @@ async fn poison_messages_are_quarantined_completed_and_replayed_by_the_cli() {
             cloud_event("meterline.plan.changed.v1", "p-2", json!({"tenantId": ghost, "planCode": ""})).to_string(),
             "data.planCode: must be 1 to 64 characters",
         ),
-        (
-            cloud_event("meterline.tenant.suspended.v1", "p-3", json!({"tenantId": ghost})).to_string(),
-            "unknown tenant",
-        ),
+        (cloud_event("meterline.tenant.suspended.v1", "p-3", json!({"tenantId": ghost})).to_string(), "unknown tenant"),
     ];
     for (body, reason) in &cases {
         let log = deliver(&host, body, 1).await;
@@ -225,6 +222,10 @@ async fn a_message_arriving_while_the_store_is_down_is_abandoned_then_applied_on
 
     message.delivery_count = 2;
     let redelivered = host.invoke_service_bus("IntegrationEvents", &message).await;
-    assert!(redelivered.logs()[0].contains("delivery 2: applied meterline.tenant.upserted.v1"), "{:?}", redelivered.logs());
+    assert!(
+        redelivered.logs()[0].contains("delivery 2: applied meterline.tenant.upserted.v1"),
+        "{:?}",
+        redelivered.logs()
+    );
     assert_eq!(store.get_tenant(tenant).await.unwrap().unwrap().name, "Down");
 }

@@ -91,10 +91,8 @@ async fn an_integration_message_applies_once_whatever_the_deliveries() {
         let second = t.second_handle().await;
         let usage = usage_effect(id, "evt-usage", 5);
         let entry = inbox("/meter", "evt-usage", "meterline.usage.reported.v1");
-        let (a, b) = tokio::join!(
-            store.apply_integration_event(&entry, &usage),
-            second.apply_integration_event(&entry, &usage)
-        );
+        let (a, b) =
+            tokio::join!(store.apply_integration_event(&entry, &usage), second.apply_integration_event(&entry, &usage));
         let mut outcomes = vec![a.unwrap(), b.unwrap()];
         outcomes.sort_by_key(|o| format!("{o:?}"));
         assert_eq!(outcomes, vec![ApplyOutcome::Applied, ApplyOutcome::Duplicate], "{}", t.name);
@@ -142,7 +140,11 @@ async fn a_message_that_cannot_apply_writes_nothing_not_even_its_inbox_row() {
         let suspend = IntegrationEffect::SetTenantStatus { tenant_id: ghost, status: TenantStatus::Suspended };
         let entry = inbox("/crm", "evt-s", "meterline.tenant.suspended.v1");
         let outcome = store.apply_integration_event(&entry, &suspend).await.unwrap();
-        assert!(matches!(&outcome, ApplyOutcome::Rejected(r) if r.contains("unknown tenant")), "{}: {outcome:?}", t.name);
+        assert!(
+            matches!(&outcome, ApplyOutcome::Rejected(r) if r.contains("unknown tenant")),
+            "{}: {outcome:?}",
+            t.name
+        );
         let plan = IntegrationEffect::UpsertTenant {
             tenant_id: ghost,
             name: "Ghost".into(),
@@ -179,7 +181,10 @@ async fn a_message_that_cannot_apply_writes_nothing_not_even_its_inbox_row() {
             actor: "integration:/cms".into(),
             documents: vec![doc(0xd1, "One")],
         };
-        assert_eq!(store.apply_integration_event(&inbox("/cms", "d-1", "t"), &first).await.unwrap(), ApplyOutcome::Applied);
+        assert_eq!(
+            store.apply_integration_event(&inbox("/cms", "d-1", "t"), &first).await.unwrap(),
+            ApplyOutcome::Applied
+        );
         let batch = IntegrationEffect::UpsertDocuments {
             tenant_id: ghost,
             actor: "integration:/cms".into(),
@@ -199,7 +204,10 @@ async fn a_message_that_cannot_apply_writes_nothing_not_even_its_inbox_row() {
             actor: "integration:/cms".into(),
             documents: vec![replacement],
         };
-        assert_eq!(store.apply_integration_event(&inbox("/cms", "d-3", "t"), &replace).await.unwrap(), ApplyOutcome::Applied);
+        assert_eq!(
+            store.apply_integration_event(&inbox("/cms", "d-3", "t"), &replace).await.unwrap(),
+            ApplyOutcome::Applied
+        );
         let revised = store.get_document(other.id, Uuid::from_u128(0xd1)).await.unwrap().unwrap();
         assert_eq!((revised.title.as_str(), revised.version, revised.tags), ("One, revised", 2, vec!["c".to_owned()]));
     })
@@ -278,7 +286,10 @@ async fn the_publisher_reads_due_rows_and_marks_them_sent_or_failed() {
         for n in 1..=3 {
             let acme = tenant(n);
             store.create_tenant(&acme).await.unwrap();
-            store.set_tenant_status(acme.id, TenantStatus::Suspended, 1, t0() + Duration::seconds(n as i64)).await.unwrap();
+            store
+                .set_tenant_status(acme.id, TenantStatus::Suspended, 1, t0() + Duration::seconds(n as i64))
+                .await
+                .unwrap();
         }
         let due = store.pending_outbox(t0() + Duration::minutes(1), 2).await.unwrap();
         assert_eq!(due.len(), 2, "{}: bounded by the limit", t.name);

@@ -223,7 +223,10 @@ async fn an_event_is_never_lost_when_the_publisher_dies_between_the_send_and_the
     assert!(stdout.contains("published 1 of 1 due events"), "{stdout}");
     let seen = bus.seen();
     assert_eq!(seen.len(), 2, "sent again: a duplicate, not a loss");
-    let (a, b) = (check_cloud_event(&seen[0], "meterline.tenant.suspended.v1"), check_cloud_event(&seen[1], "meterline.tenant.suspended.v1"));
+    let (a, b) = (
+        check_cloud_event(&seen[0], "meterline.tenant.suspended.v1"),
+        check_cloud_event(&seen[1], "meterline.tenant.suspended.v1"),
+    );
     assert_eq!(a["id"], b["id"], "the duplicate carries the same id, so consumers drop it");
     assert_eq!(a["data"]["tenantId"], tenant.id.to_string());
     assert_eq!(a["subject"], format!("tenants/{}", tenant.id));
@@ -243,9 +246,8 @@ async fn a_secret_rotated_in_key_vault_reaches_the_running_handler() {
     let ca = TestCa::new();
     let identity = managed_identity_endpoint().await;
     let (bus, _) = service_bus(&ca, Vec::new()).await;
-    let connection = |key: &str| {
-        format!("Endpoint=sb://127.0.0.1:{}/;SharedAccessKeyName=send;SharedAccessKey={key}", bus.port)
-    };
+    let connection =
+        |key: &str| format!("Endpoint=sb://127.0.0.1:{}/;SharedAccessKeyName=send;SharedAccessKey={key}", bus.port);
     let secrets = Arc::new(Mutex::new(vec![
         ("sb-connection".to_owned(), connection("key-one")),
         ("cursor-key".to_owned(), "c".repeat(40)),

@@ -129,7 +129,9 @@ async fn refresh_cells(vault: &KeyVault, cells: &BTreeMap<String, SecretCell>) -
                 cell.set(value);
                 refreshed += 1;
             }
-            Err(err) => tracing::warn!(secret = %name, error = %format!("{err:#}"), "Key Vault refresh failed; keeping the previous value"),
+            Err(err) => {
+                tracing::warn!(secret = %name, error = %format!("{err:#}"), "Key Vault refresh failed; keeping the previous value")
+            }
         }
     }
     refreshed

@@ -82,11 +82,8 @@ fn parse_connection_string(raw: &str) -> Result<SasParts, String> {
         }
     }
     let endpoint = endpoint.ok_or("the connection string has no Endpoint")?;
-    let namespace = endpoint
-        .split_once("://")
-        .map_or(endpoint.as_str(), |(_, rest)| rest)
-        .trim_end_matches('/')
-        .to_owned();
+    let namespace =
+        endpoint.split_once("://").map_or(endpoint.as_str(), |(_, rest)| rest).trim_end_matches('/').to_owned();
     if namespace.is_empty() {
         return Err("the connection string's Endpoint has no host".into());
     }
@@ -194,7 +191,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             parts,
-            SasParts { namespace: "contoso.servicebus.windows.net".into(), key_name: "send".into(), key: "abc+def=".into() }
+            SasParts {
+                namespace: "contoso.servicebus.windows.net".into(),
+                key_name: "send".into(),
+                key: "abc+def=".into()
+            }
         );
         assert!(parse_connection_string("SharedAccessKeyName=a;SharedAccessKey=b").is_err());
         assert!(parse_connection_string("Endpoint=sb://x/;SharedAccessKey=b").is_err());
@@ -203,7 +204,9 @@ mod tests {
     #[test]
     fn sas_tokens_sign_the_encoded_uri_and_expiry() {
         let token = sas_token("https://contoso.servicebus.windows.net/events", "send", "secret", 1_800_000_000);
-        assert!(token.starts_with("SharedAccessSignature sr=https%3A%2F%2Fcontoso.servicebus.windows.net%2Fevents&sig="));
+        assert!(
+            token.starts_with("SharedAccessSignature sr=https%3A%2F%2Fcontoso.servicebus.windows.net%2Fevents&sig=")
+        );
         assert!(token.ends_with("&se=1800000000&skn=send"));
         // Computed independently (Python's hmac and base64) for the same inputs.
         assert!(token.contains("&sig=XZKv1UvOy3XnP9Pj7JVl2K8iESO3zxUHTAGNl2LRVg4%3D&"), "{token}");

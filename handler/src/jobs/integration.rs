@@ -61,8 +61,16 @@ pub struct DecodedEvent {
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Applied { event_type: String, id: String, source: String },
-    Duplicate { event_type: String, id: String, source: String },
+    Applied {
+        event_type: String,
+        id: String,
+        source: String,
+    },
+    Duplicate {
+        event_type: String,
+        id: String,
+        source: String,
+    },
     /// It can never be applied as it is; the reason says why.
     Poison(String),
 }
@@ -228,7 +236,13 @@ pub const MAX_DOCUMENTS_PER_MESSAGE: usize = 100;
 /// The most units one usage message may report (the usage ledger stores units as a 32-bit integer).
 pub const MAX_REPORTED_UNITS: i64 = 1_000_000_000;
 
-fn effect_of(event_type: &str, source: &str, id: &str, data: Value, now: DateTime<Utc>) -> Result<IntegrationEffect, String> {
+fn effect_of(
+    event_type: &str,
+    source: &str,
+    id: &str,
+    data: Value,
+    now: DateTime<Utc>,
+) -> Result<IntegrationEffect, String> {
     let mut checks = Checks::default();
     match event_type {
         "meterline.tenant.upserted.v1" => {
@@ -245,14 +259,16 @@ fn effect_of(event_type: &str, source: &str, id: &str, data: Value, now: DateTim
         "meterline.tenant.suspended.v1" | "meterline.tenant.reactivated.v1" => {
             let d: TenantStatusChanged = typed(data)?;
             checks.opt_text("data.reason", &d.reason, 500);
-            let status =
-                if event_type.contains("suspended") { TenantStatus::Suspended } else { TenantStatus::Active };
+            let status = if event_type.contains("suspended") { TenantStatus::Suspended } else { TenantStatus::Active };
             checks.finish(IntegrationEffect::SetTenantStatus { tenant_id: d.tenant_id, status })
         }
         "meterline.plan.changed.v1" => {
             let d: PlanChanged = typed(data)?;
             checks.text("data.planCode", &d.plan_code, 1, 64);
-            checks.finish(IntegrationEffect::ChangePlan { tenant_id: d.tenant_id, plan_code: d.plan_code.trim().to_owned() })
+            checks.finish(IntegrationEffect::ChangePlan {
+                tenant_id: d.tenant_id,
+                plan_code: d.plan_code.trim().to_owned(),
+            })
         }
         "meterline.documents.upserted.v1" => {
             let d: DocumentsUpserted = typed(data)?;
@@ -312,7 +328,8 @@ fn effect_of(event_type: &str, source: &str, id: &str, data: Value, now: DateTim
                 checks.fail("data.units", format!("must be 1 to {MAX_REPORTED_UNITS}"));
             }
             checks.opt_text("data.clientId", &d.client_id, 128);
-            let occurred_at = DateTime::from_timestamp_micros(d.occurred_at.timestamp_micros()).unwrap_or(d.occurred_at);
+            let occurred_at =
+                DateTime::from_timestamp_micros(d.occurred_at.timestamp_micros()).unwrap_or(d.occurred_at);
             let (period_start, period_end) = crate::metering::period(occurred_at);
             let event = UsageEvent {
                 event_id: crate::store::deterministic_id("meterline.usage.reported.v1", &[source, id]),
@@ -384,7 +401,9 @@ pub async fn consume(state: &AppState, message: &ServiceBusMessage) -> Result<In
     };
     let line = match verdict {
         Verdict::Applied { event_type, id, source } => {
-            format!("IntegrationEvents: message {message_id} delivery {delivery}: applied {event_type} id={id} source={source}")
+            format!(
+                "IntegrationEvents: message {message_id} delivery {delivery}: applied {event_type} id={id} source={source}"
+            )
         }
         Verdict::Duplicate { event_type, id, source } => format!(
             "IntegrationEvents: message {message_id} delivery {delivery}: duplicate {event_type} id={id} source={source}, already applied"
@@ -473,11 +492,14 @@ mod tests {
 
     #[test]
     fn usage_gets_a_deterministic_event_id_and_its_own_period() {
-        let data = json!({"tenantId": Uuid::nil(), "meter": "ocr.pages", "units": 7, "occurredAt": "2026-10-31T23:59:59.5Z"});
+        let data =
+            json!({"tenantId": Uuid::nil(), "meter": "ocr.pages", "units": 7, "occurredAt": "2026-10-31T23:59:59.5Z"});
         let a = parse(&event("meterline.usage.reported.v1", data.clone()), now()).unwrap();
         let b = parse(&event("meterline.usage.reported.v1", data), now()).unwrap();
-        let (IntegrationEffect::RecordUsage { event: ea, period_start, .. }, IntegrationEffect::RecordUsage { event: eb, .. }) =
-            (&a.effect, &b.effect)
+        let (
+            IntegrationEffect::RecordUsage { event: ea, period_start, .. },
+            IntegrationEffect::RecordUsage { event: eb, .. },
+        ) = (&a.effect, &b.effect)
         else {
             panic!("usage effect")
         };

@@ -295,12 +295,8 @@ pub trait Store: Send + Sync + 'static {
     async fn mark_outbox_sent(&self, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// Records a failed publish attempt: `attempts + 1`, the error, and the time of the next attempt.
-    async fn mark_outbox_failed(
-        &self,
-        id: Uuid,
-        error: &str,
-        next_attempt_at: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+    async fn mark_outbox_failed(&self, id: Uuid, error: &str, next_attempt_at: DateTime<Utc>)
+    -> Result<(), StoreError>;
 
     /// Every outbox row, sent or not, in `seq` order after `after_seq`; at most `limit` (operators, tests).
     async fn list_outbox(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError>;

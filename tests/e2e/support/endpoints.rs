@@ -46,11 +46,7 @@ impl TestCa {
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("test-ca.pem");
         std::fs::write(&ca_file, ca_cert.pem()).unwrap();
-        TestCa {
-            ca_file,
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-            _dir: dir,
-        }
+        TestCa { ca_file, acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), _dir: dir }
     }
 }
 
@@ -81,7 +77,11 @@ impl Seen {
 /// What a server answers.
 #[derive(Debug, Clone)]
 pub enum Reply {
-    Respond { status: u16, headers: Vec<(String, String)>, body: String },
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
     /// Never answers (the client times out or is killed while waiting).
     Hang,
 }
@@ -215,7 +215,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, handler: Handle
     match handler(&request) {
         Reply::Hang => tokio::time::sleep(Duration::from_secs(600)).await,
         Reply::Respond { status, headers, body } => {
-            let mut response = format!("HTTP/1.1 {status} Test\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+            let mut response =
+                format!("HTTP/1.1 {status} Test\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
             for (name, value) in headers {
                 response.push_str(&format!("{name}: {value}\r\n"));
             }

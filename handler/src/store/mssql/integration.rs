@@ -123,7 +123,8 @@ async fn upsert_document(
     if let Some(date) = d.effective_date.filter(|date| !(q::FIRST_DATE..=q::LAST_DATE).contains(date)) {
         return Err(StoreError::Other(anyhow::anyhow!("effective date {date} is outside 0001-01-01..9999-12-31")));
     }
-    let owner: Option<Uuid> = rows(conn, q::DOCUMENT_OWNER, &[&d.id]).await?.first().map(|r| required(r, 0)).transpose()?;
+    let owner: Option<Uuid> =
+        rows(conn, q::DOCUMENT_OWNER, &[&d.id]).await?.first().map(|r| required(r, 0)).transpose()?;
     match owner {
         Some(owner) if owner != tenant_id => {
             return Err(StoreError::Conflict(format!("document {} belongs to another tenant", d.id)));
@@ -190,12 +191,13 @@ async fn record_usage(
     }
     let ensure: [&dyn ToSql; 6] = [&tenant_id, &period_start, &period_end, &quota, &policy.as_str(), &e.recorded_at];
     execute(conn, q::ENSURE_QUOTA_PERIOD, &ensure).await?;
-    let overage: i64 = rows(conn, q::DEBIT_QUOTA_UNCONDITIONALLY, &[&tenant_id, &period_start, &e.units, &e.recorded_at])
-        .await?
-        .first()
-        .map(|r| required(r, 0))
-        .transpose()?
-        .ok_or_else(|| StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction")))?;
+    let overage: i64 =
+        rows(conn, q::DEBIT_QUOTA_UNCONDITIONALLY, &[&tenant_id, &period_start, &e.units, &e.recorded_at])
+            .await?
+            .first()
+            .map(|r| required(r, 0))
+            .transpose()?
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction")))?;
     let status = e.status as i16;
     let (units, overage) = (e.units as i32, overage.min(e.units) as i32);
     let params: [&dyn ToSql; 17] = [

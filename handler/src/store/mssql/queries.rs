@@ -666,8 +666,7 @@ WHERE id = @P1";
 pub const SET_TENANT_STATUS_FROM_EVENT: &str =
     "UPDATE dbo.tenants SET status = @P2, updated_at = @P3, version = version + 1 WHERE id = @P1";
 
-pub const CHANGE_TENANT_PLAN: &str =
-    "UPDATE dbo.tenants SET plan_code = @P2, updated_at = @P3, version = version + 1 WHERE id = @P1 AND plan_code <> @P2";
+pub const CHANGE_TENANT_PLAN: &str = "UPDATE dbo.tenants SET plan_code = @P2, updated_at = @P3, version = version + 1 WHERE id = @P1 AND plan_code <> @P2";
 
 /// The owner of a document id (deleted or not), locked so a concurrent insert of the same id waits.
 pub const DOCUMENT_OWNER: &str = "SELECT tenant_id FROM dbo.documents WITH (UPDLOCK, HOLDLOCK) WHERE id = @P1";
@@ -715,7 +714,8 @@ pub const PENDING_OUTBOX: &str = "SELECT TOP (@P2) seq, id, event_type, subject,
     attempts, last_error, sent_at
 FROM dbo.outbox_messages WHERE sent_at IS NULL AND available_at <= @P1 ORDER BY available_at, seq";
 
-pub const MARK_OUTBOX_SENT: &str = "UPDATE dbo.outbox_messages SET sent_at = @P2, attempts = attempts + 1, last_error = NULL
+pub const MARK_OUTBOX_SENT: &str =
+    "UPDATE dbo.outbox_messages SET sent_at = @P2, attempts = attempts + 1, last_error = NULL
 WHERE id = @P1 AND sent_at IS NULL";
 
 pub const MARK_OUTBOX_FAILED: &str = "UPDATE dbo.outbox_messages SET attempts = attempts + 1, last_error = @P2,

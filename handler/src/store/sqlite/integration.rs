@@ -142,7 +142,9 @@ fn apply_effect(tx: &Connection, effect: &IntegrationEffect, now: DateTime<Utc>)
             }
             Ok(())
         }
-        IntegrationEffect::RecordUsage { event, period_start, period_end } => record_usage(tx, event, *period_start, *period_end),
+        IntegrationEffect::RecordUsage { event, period_start, period_end } => {
+            record_usage(tx, event, *period_start, *period_end)
+        }
     }
 }
 
@@ -355,7 +357,9 @@ pub(super) async fn quarantine(store: &SqliteStore, m: &QuarantinedMessage) -> R
     store
         .write(move |tx| {
             tx.execute(
-                &format!("INSERT INTO quarantine_messages ({QUARANTINE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                &format!(
+                    "INSERT INTO quarantine_messages ({QUARANTINE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                ),
                 params![
                     m.id.to_string(),
                     timestamp(m.received_at),
