@@ -669,6 +669,10 @@ mod tests {
             (vec![("METERLINE_AUTH_CLOCK_SKEW_SECS", "900")], "METERLINE_AUTH_CLOCK_SKEW_SECS"),
             (vec![("METERLINE_CURSOR_KEY", "short")], "METERLINE_CURSOR_KEY"),
             (vec![("WEBSITE_INSTANCE_ID", "abc"), ("METERLINE_AUTH_MODE", "local")], "METERLINE_AUTH_MODE"),
+            (vec![("METERLINE_CURSOR_KEY_SECRET_NAME", "cursor")], "METERLINE_KEYVAULT_URL"),
+            (vec![("METERLINE_KEYVAULT_URL", "http://vault.example")], "METERLINE_KEYVAULT_URL"),
+            (vec![("METERLINE_OUTBOX_BATCH_SIZE", "0")], "METERLINE_OUTBOX_BATCH_SIZE"),
+            (vec![("METERLINE_OUTBOX_SEND_TIMEOUT_SECS", "soon")], "METERLINE_OUTBOX_SEND_TIMEOUT_SECS"),
         ] {
             let err = config(&pairs).unwrap_err();
             assert_eq!(err.setting, setting, "{pairs:?}");
@@ -703,12 +707,36 @@ mod tests {
     }
 
     #[test]
+    fn key_vault_secret_names_stand_in_for_the_settings_they_replace() {
+        let c = config(&[
+            ("WEBSITE_INSTANCE_ID", "abc"),
+            ("METERLINE_AUTH_AUTHORITY", "https://login.microsoftonline.com/x/v2.0"),
+            ("METERLINE_AUTH_AUDIENCES", "api://meterline"),
+            ("METERLINE_STORE", "mssql"),
+            ("METERLINE_KEYVAULT_URL", "https://meterline.vault.azure.net"),
+            ("METERLINE_MSSQL_CONNECTION_STRING_SECRET_NAME", "sql"),
+            ("METERLINE_CURSOR_KEY_SECRET_NAME", "cursor"),
+            ("METERLINE_SERVICEBUS_NAMESPACE", "sb://meterline.servicebus.windows.net/"),
+        ])
+        .expect("the secrets come from Key Vault, so the settings they replace may be missing");
+        let vault = c.integration.keyvault.as_ref().unwrap();
+        assert_eq!(vault.secret_names(), vec!["sql", "cursor"]);
+        assert_eq!(vault.refresh, Duration::from_secs(3600));
+        assert_eq!(c.integration.servicebus_namespace.as_deref(), Some("meterline.servicebus.windows.net"));
+        assert_eq!(c.integration.outbox_topic, "meterline-events");
+        assert_eq!(c.integration.outbox_source, "/meterline");
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let c =
             config(&[("METERLINE_STORE", "mssql"), ("METERLINE_MSSQL_CONNECTION_STRING", "Server=x;Password=hunter2")])
                 .unwrap();
         assert!(!c.auto_migrate);
         assert!(!format!("{c:?}").contains("hunter2"));
+        let sas =
+            config(&[("METERLINE_SERVICEBUS_CONNECTION_STRING", "Endpoint=sb://x/;SharedAccessKey=hunter3")]).unwrap();
+        assert!(!format!("{sas:?}").contains("hunter3"));
     }
 
     #[test]

@@ -289,3 +289,41 @@ async fn a_secret_rotated_in_key_vault_reaches_the_running_handler() {
     check_sas(&seen[1], bus.port, "key-two");
     assert_eq!(seen[1].json()["data"]["tenantId"], second.to_string());
 }
+
+#[tokio::test]
+async fn a_send_that_times_out_is_retried_within_the_run() {
+    let ca = TestCa::new();
+    let identity = managed_identity_endpoint().await;
+    let (bus, _) = service_bus(&ca, vec![Reply::Hang]).await;
+    let root = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&root.path().join("data/meterline.db")).await.unwrap());
+    store.migrate().await.unwrap();
+    plan(&store, 100).await;
+    let now = chrono::Utc::now();
+    let tenant = Tenant {
+        id: Uuid::new_v4(),
+        entra_tenant_id: None,
+        name: "Slow".into(),
+        status: TenantStatus::Active,
+        plan_code: "basic".into(),
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    store.create_tenant(&tenant).await.unwrap();
+    store.set_tenant_status(tenant.id, TenantStatus::Suspended, 1, now).await.unwrap();
+    let mut env = identity_env(&identity, &ca);
+    env.push(("METERLINE_SERVICEBUS_NAMESPACE".into(), format!("127.0.0.1:{}", bus.port)));
+    env.push(("METERLINE_OUTBOX_SEND_TIMEOUT_SECS".into(), "1".into()));
+    let output = run_job_command(root.path(), &env).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("published 1 of 1 due events, 0 failed"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen = bus.seen();
+    assert_eq!(seen.len(), 2, "the timed-out try, then the retry that got its 201");
+    assert_eq!(seen[0].json()["id"], seen[1].json()["id"]);
+    assert!(store.list_outbox(0, 10).await.unwrap()[0].sent_at.is_some());
+}

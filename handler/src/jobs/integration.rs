@@ -88,9 +88,14 @@ struct Envelope {
     data: Option<Value>,
 }
 
+/// Length as SQL Server's `NVARCHAR(n)` counts it (UTF-16 code units), so both stores accept the same texts.
+fn width(text: &str) -> usize {
+    text.encode_utf16().count()
+}
+
 fn required_text(value: Option<Value>, name: &str, max: usize) -> Result<String, String> {
     match value {
-        Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= max => Ok(s),
+        Some(Value::String(s)) if !s.trim().is_empty() && width(&s) <= max => Ok(s),
         Some(Value::String(_)) => Err(format!("`{name}` must be 1 to {max} characters")),
         None | Some(Value::Null) => Err(format!("`{name}` is required")),
         Some(_) => Err(format!("`{name}` must be a string")),
@@ -144,8 +149,7 @@ struct Checks(Vec<String>);
 
 impl Checks {
     fn text(&mut self, path: &str, value: &str, min: usize, max: usize) {
-        let n = value.trim().chars().count();
-        if n < min || value.chars().count() > max {
+        if width(value.trim()) < min || width(value) > max {
             self.0.push(format!("{path}: must be {min} to {max} characters"));
         }
     }
@@ -356,8 +360,15 @@ fn effect_of(
     }
 }
 
+/// At most `max` UTF-16 code units of `text` (an `NVARCHAR(max)` column), cut at a character boundary.
 fn clip(text: &str, max: usize) -> String {
-    text.chars().take(max).collect()
+    let mut units = 0;
+    text.chars()
+        .take_while(|c| {
+            units += c.len_utf16();
+            units <= max
+        })
+        .collect()
 }
 
 /// Decodes and applies one message body. `Err` is transient (the host should redeliver); a message that can
@@ -484,6 +495,11 @@ mod tests {
         assert!(err.contains("data.documents[0].tags[1]"), "{err}");
         let typo = parse(&event("meterline.plan.changed.v1", json!({"tenantId": Uuid::nil(), "plan": "x"})), now());
         assert!(typo.unwrap_err().contains("unknown field `plan`"));
+        let astral = "😀".repeat(40);
+        let err =
+            parse(&event("meterline.plan.changed.v1", json!({"tenantId": Uuid::nil(), "planCode": astral})), now());
+        assert!(err.unwrap_err().contains("data.planCode"), "40 emoji are 80 UTF-16 units: too long for NVARCHAR(64)");
+        assert_eq!(clip("a😀b", 2), "a", "clipping never splits a surrogate pair");
         let units =
             json!({"tenantId": Uuid::nil(), "meter": "ocr pages", "units": 0, "occurredAt": "2026-11-24T09:00:00Z"});
         let err = parse(&event("meterline.usage.reported.v1", units), now()).unwrap_err();
