@@ -152,7 +152,7 @@ async fn a_message_that_cannot_apply_writes_nothing_not_even_its_inbox_row() {
             entra_tenant_id: None,
         };
         let refused = store.apply_integration_event(&inbox("/crm", "evt-p", "t"), &plan).await.unwrap();
-        assert!(matches!(refused, ApplyOutcome::Rejected(_)), "{}: an unknown plan is refused", t.name);
+        assert_eq!(refused, ApplyOutcome::Rejected("unknown plan \"no-such-plan\"".into()), "{}", t.name);
         assert!(store.get_tenant(ghost).await.unwrap().is_none());
 
         // Once the cause is fixed, the same message applies: the rejection left no inbox row behind.

@@ -74,7 +74,17 @@ pub fn client_options(url: &str) -> SecretClientOptions {
         let host = u.host_str().unwrap_or_default().trim_matches(['[', ']']);
         host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
     });
-    SecretClientOptions { verify_challenge_resource: Some(!loopback), ..Default::default() }
+    let mut options = SecretClientOptions { verify_challenge_resource: Some(!loopback), ..Default::default() };
+    // Startup waits for the secrets, and the Functions host allows about 30 s until the port opens: a few quick
+    // retries, then fail (the host restarts the handler) rather than the SDK's default minute.
+    options.client_options.retry =
+        azure_core::http::RetryOptions::exponential(azure_core::http::ExponentialRetryOptions {
+            max_retries: 3,
+            initial_delay: azure_core::time::Duration::milliseconds(200),
+            max_delay: azure_core::time::Duration::seconds(2),
+            max_total_elapsed: azure_core::time::Duration::seconds(10),
+        });
+    options
 }
 
 /// Secrets read from one vault, by secret name, each in a cell the refresh updates.

@@ -57,6 +57,16 @@ fn unknown_tenant(tenant_id: Uuid) -> StoreError {
     StoreError::ForeignKey(format!("unknown tenant {tenant_id}"))
 }
 
+/// Refuses an unknown plan with a reason an operator can act on (the foreign key would say less).
+async fn require_plan(conn: &mut MssqlClient, code: &str) -> Result<(), StoreError> {
+    let count: i32 =
+        rows(conn, q::PLAN_EXISTS, &[&code]).await?.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
+    if count == 0 {
+        return Err(StoreError::ForeignKey(format!("unknown plan {code:?}")));
+    }
+    Ok(())
+}
+
 async fn lock_tenant_status(conn: &mut MssqlClient, tenant_id: Uuid) -> Result<Option<TenantStatus>, StoreError> {
     let found = rows(conn, q::LOCK_TENANT_STATUS, &[&tenant_id]).await?;
     let Some(row) = found.first() else { return Ok(None) };
@@ -80,6 +90,7 @@ pub(super) async fn apply(
     let now = inbox.processed_at;
     match effect {
         IntegrationEffect::UpsertTenant { tenant_id, name, plan_code, entra_tenant_id } => {
+            require_plan(conn, plan_code).await?;
             if lock_tenant_status(conn, *tenant_id).await?.is_none() {
                 let params: [&dyn ToSql; 5] = [tenant_id, entra_tenant_id, &name.as_str(), &plan_code.as_str(), &now];
                 execute(conn, q::INSERT_ACTIVE_TENANT, &params).await?;
@@ -98,6 +109,7 @@ pub(super) async fn apply(
         }
         IntegrationEffect::ChangePlan { tenant_id, plan_code } => {
             lock_tenant_status(conn, *tenant_id).await?.ok_or_else(|| unknown_tenant(*tenant_id))?;
+            require_plan(conn, plan_code).await?;
             execute(conn, q::CHANGE_TENANT_PLAN, &[tenant_id, &plan_code.as_str(), &now]).await?;
         }
         IntegrationEffect::UpsertDocuments { tenant_id, actor, documents } => {

@@ -72,6 +72,13 @@ fn unknown_tenant(tenant_id: Uuid) -> StoreError {
     StoreError::ForeignKey(format!("unknown tenant {tenant_id}"))
 }
 
+/// Refuses an unknown plan with a reason an operator can act on (the foreign key would say less).
+fn require_plan(tx: &Connection, code: &str) -> Result<(), StoreError> {
+    let found: Option<i64> =
+        tx.query_row("SELECT 1 FROM plans WHERE code = ?1", [code], |r| r.get(0)).optional().map_err(classify)?;
+    found.map(drop).ok_or_else(|| StoreError::ForeignKey(format!("unknown plan {code:?}")))
+}
+
 /// Writes the outbox event of a status change made in this transaction (`from` is the status before it).
 pub(crate) fn announce_status_change(
     tx: &Connection,
@@ -94,6 +101,7 @@ fn apply_effect(tx: &Connection, effect: &IntegrationEffect, now: DateTime<Utc>)
     match effect {
         IntegrationEffect::UpsertTenant { tenant_id, name, plan_code, entra_tenant_id } => {
             let (id, entra) = (tenant_id.to_string(), entra_tenant_id.map(|e| e.to_string()));
+            require_plan(tx, plan_code)?;
             if tenant_status(tx, *tenant_id)?.is_none() {
                 tx.execute(
                     "INSERT INTO tenants (id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version)
@@ -127,6 +135,7 @@ fn apply_effect(tx: &Connection, effect: &IntegrationEffect, now: DateTime<Utc>)
         }
         IntegrationEffect::ChangePlan { tenant_id, plan_code } => {
             tenant_status(tx, *tenant_id)?.ok_or_else(|| unknown_tenant(*tenant_id))?;
+            require_plan(tx, plan_code)?;
             tx.execute(
                 "UPDATE tenants SET plan_code = ?2, updated_at = ?3, version = version + 1
                  WHERE id = ?1 AND plan_code <> ?2",
