@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `migrate`, `run-job`, `openapi`, and their exit codes.
+//! The command line: `serve` (the default), `migrate`, `run-job`, `quarantine`, `openapi`, and their exit codes.
 //!
 //! Exit codes matter to the Functions host: it never restarts a handler that exits 0, so 0 is only
 //! returned after a requested shutdown (SIGTERM/SIGINT) or a finished one-shot command.
@@ -43,6 +43,11 @@ enum Command {
     },
     /// Print the OpenAPI document of the API as JSON.
     Openapi,
+    /// Inspect and replay Service Bus messages the integration consumer quarantined.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineCommand,
+    },
     /// Local mode only: print a bearer token signed with the development key (`METERLINE_AUTH_LOCAL_KEY_PATH`).
     ///
     /// With the default embedded store, a plan `developer` and a tenant for `--tenant` are created if missing.
@@ -67,6 +72,18 @@ enum Command {
         #[arg(long, default_value = "meterline-dev-client")]
         app_id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum QuarantineCommand {
+    /// Print quarantined messages, newest first, one JSON object per line (without their bodies).
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Run a quarantined message's stored body through the consumer again; marks it replayed when it applies
+    /// (or was applied already), and fails with the reason when it still cannot.
+    Replay { id: uuid::Uuid },
 }
 
 fn parse_ttl(raw: &str) -> Result<std::time::Duration, String> {
@@ -103,7 +120,26 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+/// Reads the secrets named by `*_SECRET_NAME` settings from Key Vault into `config`; `serve` keeps them fresh.
+async fn load_vault_secrets(config: &mut Config) -> anyhow::Result<Option<crate::azure::keyvault::VaultSecrets>> {
+    let Some(vault) = config.integration.keyvault.clone() else { return Ok(None) };
+    let credential = crate::azure::managed_identity(config.integration.managed_identity_client_id.as_deref())?;
+    let options = crate::azure::keyvault::client_options(&vault.url);
+    let client = crate::azure::keyvault::KeyVault::new(&vault.url, credential, Some(options))?;
+    let secrets = crate::azure::keyvault::VaultSecrets::load(client, &vault.secret_names()).await?;
+    config.apply_vault_secrets(&secrets)?;
+    tracing::info!(vault = %vault.url, secrets = vault.secret_names().len(), "secrets read from Key Vault");
+    Ok(Some(secrets))
+}
+
+async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
+    let vault = match command {
+        Command::Openapi | Command::DevToken { .. } => None,
+        _ => load_vault_secrets(&mut config).await?,
+    };
+    if let (Some(vault), Command::Serve, Some(settings)) = (&vault, &command, &config.integration.keyvault) {
+        vault.spawn_refresh(settings.refresh);
+    }
     match command {
         Command::Serve => serve(config).await,
         Command::Migrate => {
@@ -147,7 +183,50 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{}", crate::auth::local::mint(&key, &request, chrono::Utc::now().timestamp())?);
             Ok(())
         }
+        Command::Quarantine { action } => quarantine(config, action).await,
         Command::Openapi => unreachable!("handled before configuration is read"),
+    }
+}
+
+async fn quarantine(config: Config, action: QuarantineCommand) -> anyhow::Result<()> {
+    use crate::jobs::integration::{Verdict, process};
+    let store = crate::store::open(&config.store).await?;
+    if config.auto_migrate {
+        store.migrate().await?;
+    }
+    match action {
+        QuarantineCommand::List { limit } => {
+            for m in store.list_quarantine(limit).await? {
+                let line = serde_json::json!({
+                    "id": m.id,
+                    "receivedAt": m.received_at,
+                    "messageId": m.message_id,
+                    "deliveryCount": m.delivery_count,
+                    "contentType": m.content_type,
+                    "reason": m.reason,
+                    "bodyBytes": m.raw_body.len(),
+                    "replayedAt": m.replayed_at,
+                });
+                println!("{line}");
+            }
+            Ok(())
+        }
+        QuarantineCommand::Replay { id } => {
+            let state = AppState::new(config, store, Arc::new(SystemClock), Arc::new(RandomIds))?;
+            let message =
+                state.store.get_quarantined(id).await?.ok_or_else(|| anyhow::anyhow!("no quarantined message {id}"))?;
+            let verdict = process(&state, &message.raw_body).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let done = match verdict {
+                Verdict::Applied { event_type, id, source } => format!("applied {event_type} id={id} source={source}"),
+                Verdict::Duplicate { event_type, id, source } => {
+                    format!("already applied: {event_type} id={id} source={source}")
+                }
+                Verdict::Poison(reason) => anyhow::bail!("quarantined message {id} still cannot be applied: {reason}"),
+            };
+            state.store.mark_quarantine_replayed(id, state.clock.now()).await?;
+            println!("replayed {id}: {done}");
+            Ok(())
+        }
     }
 }
 

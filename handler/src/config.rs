@@ -140,6 +140,66 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: "10",
         description: "How long a graceful shutdown waits for in-flight requests.",
     },
+    SettingDoc {
+        name: "METERLINE_SERVICEBUS_NAMESPACE",
+        default: "(unset)",
+        description: "Outbox publisher: the fully qualified Service Bus namespace to send to with the managed identity, e.g. meterline.servicebus.windows.net (the identity needs Azure Service Bus Data Sender). Unset with no connection string: events stay in the outbox.",
+    },
+    SettingDoc {
+        name: "METERLINE_SERVICEBUS_CONNECTION_STRING",
+        default: "(unset)",
+        description: "Secret. Fallback to the managed identity: a SAS connection string (Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...) the outbox publisher signs with. Takes precedence over METERLINE_SERVICEBUS_NAMESPACE.",
+    },
+    SettingDoc {
+        name: "METERLINE_SERVICEBUS_CONNECTION_STRING_SECRET_NAME",
+        default: "(unset)",
+        description: "With METERLINE_KEYVAULT_URL: the Key Vault secret holding the SAS connection string (read at startup, refreshed on schedule).",
+    },
+    SettingDoc {
+        name: "METERLINE_OUTBOX_TOPIC",
+        default: "meterline-events",
+        description: "The Service Bus topic (or queue) the outbox publisher sends Meterline's events to.",
+    },
+    SettingDoc {
+        name: "METERLINE_OUTBOX_SOURCE",
+        default: "/meterline",
+        description: "The CloudEvents `source` of every event Meterline publishes.",
+    },
+    SettingDoc {
+        name: "METERLINE_OUTBOX_BATCH_SIZE",
+        default: "100",
+        description: "The most outbox events one publisher run sends (the run is bounded; the timer runs every 30 s).",
+    },
+    SettingDoc {
+        name: "METERLINE_OUTBOX_SEND_TIMEOUT_SECS",
+        default: "10",
+        description: "Timeout of one HTTP try when sending to Service Bus (a send is retried up to 3 times with backoff).",
+    },
+    SettingDoc {
+        name: "METERLINE_MANAGED_IDENTITY_CLIENT_ID",
+        default: "(system-assigned)",
+        description: "Client id of the user-assigned managed identity used for Service Bus and Key Vault; unset: the system-assigned identity.",
+    },
+    SettingDoc {
+        name: "METERLINE_KEYVAULT_URL",
+        default: "(unset)",
+        description: "A Key Vault (https://<name>.vault.azure.net) to read the secrets named by the *_SECRET_NAME settings from at startup, with the managed identity (Key Vault Secrets User).",
+    },
+    SettingDoc {
+        name: "METERLINE_KEYVAULT_REFRESH_SECS",
+        default: "3600",
+        description: "How often secrets read from Key Vault are read again, so a rotated secret takes effect without a restart where it can (the Service Bus key).",
+    },
+    SettingDoc {
+        name: "METERLINE_MSSQL_CONNECTION_STRING_SECRET_NAME",
+        default: "(unset)",
+        description: "With METERLINE_KEYVAULT_URL: the Key Vault secret holding the SQL Server connection string, instead of METERLINE_MSSQL_CONNECTION_STRING (read at startup).",
+    },
+    SettingDoc {
+        name: "METERLINE_CURSOR_KEY_SECRET_NAME",
+        default: "(unset)",
+        description: "With METERLINE_KEYVAULT_URL: the Key Vault secret holding the cursor signing key, instead of METERLINE_CURSOR_KEY (read at startup).",
+    },
 ];
 
 /// A setting with an unusable value; the message names the setting.
@@ -219,6 +279,43 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Signs list cursors; `None` means a random key for this process (never in Azure).
     pub cursor_key: Option<SecretString>,
+    /// The outbox publisher's Service Bus target and the Key Vault secrets.
+    pub integration: IntegrationConfig,
+}
+
+/// Where the outbox publisher sends, and which secrets come from Key Vault.
+#[derive(Debug, Clone)]
+pub struct IntegrationConfig {
+    /// Fully qualified Service Bus namespace (`host[:port]`) for managed-identity sends.
+    pub servicebus_namespace: Option<String>,
+    /// SAS fallback; a cell because a Key Vault refresh may replace it.
+    pub servicebus_connection_string: Option<crate::azure::SecretCell>,
+    pub outbox_topic: String,
+    pub outbox_source: String,
+    pub outbox_batch_size: usize,
+    pub outbox_send_timeout: Duration,
+    pub managed_identity_client_id: Option<String>,
+    pub keyvault: Option<KeyVaultConfig>,
+}
+
+/// Secrets to read from Key Vault at startup (each replaces the setting of the same name without `_SECRET_NAME`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyVaultConfig {
+    pub url: String,
+    pub refresh: Duration,
+    pub mssql_connection_string_secret: Option<String>,
+    pub cursor_key_secret: Option<String>,
+    pub servicebus_connection_string_secret: Option<String>,
+}
+
+impl KeyVaultConfig {
+    /// Every secret name configured.
+    pub fn secret_names(&self) -> Vec<&str> {
+        [&self.mssql_connection_string_secret, &self.cursor_key_secret, &self.servicebus_connection_string_secret]
+            .into_iter()
+            .filter_map(|n| n.as_deref())
+            .collect()
+    }
 }
 
 impl Config {
@@ -256,14 +353,25 @@ impl Config {
             }
         };
 
+        let keyvault = keyvault_config(&get)?;
         let store = match get("METERLINE_STORE").as_deref().unwrap_or("sqlite") {
             "sqlite" => StoreConfig::Sqlite {
                 path: get("METERLINE_SQLITE_PATH").map(PathBuf::from).unwrap_or_else(|| "data/meterline.db".into()),
             },
             "mssql" => StoreConfig::Mssql {
-                connection_string: get("METERLINE_MSSQL_CONNECTION_STRING").map(SecretString::from).ok_or_else(
-                    || ConfigError::new("METERLINE_MSSQL_CONNECTION_STRING", "required when METERLINE_STORE=mssql"),
-                )?,
+                connection_string: match get("METERLINE_MSSQL_CONNECTION_STRING") {
+                    Some(value) => SecretString::from(value),
+                    // Filled in from Key Vault at startup (`Config::apply_vault_secrets`).
+                    None if keyvault.as_ref().is_some_and(|k| k.mssql_connection_string_secret.is_some()) => {
+                        SecretString::from(String::new())
+                    }
+                    None => {
+                        return Err(ConfigError::new(
+                            "METERLINE_MSSQL_CONNECTION_STRING",
+                            "required when METERLINE_STORE=mssql (or name its Key Vault secret with METERLINE_MSSQL_CONNECTION_STRING_SECRET_NAME)",
+                        ));
+                    }
+                },
             },
             other => {
                 return Err(ConfigError::new(
@@ -303,6 +411,7 @@ impl Config {
         let cursor_key = match get("METERLINE_CURSOR_KEY") {
             Some(key) if key.len() >= 32 => Some(SecretString::from(key)),
             Some(_) => return Err(ConfigError::new("METERLINE_CURSOR_KEY", "must be at least 32 characters")),
+            None if keyvault.as_ref().is_some_and(|k| k.cursor_key_secret.is_some()) => None,
             None if in_azure => {
                 return Err(ConfigError::new(
                     "METERLINE_CURSOR_KEY",
@@ -312,7 +421,27 @@ impl Config {
             None => None,
         };
 
+        let integration = IntegrationConfig {
+            servicebus_namespace: get("METERLINE_SERVICEBUS_NAMESPACE").map(|ns| {
+                ns.trim_start_matches("https://").trim_start_matches("sb://").trim_end_matches('/').to_owned()
+            }),
+            servicebus_connection_string: get("METERLINE_SERVICEBUS_CONNECTION_STRING")
+                .map(|cs| crate::azure::SecretCell::new(SecretString::from(cs))),
+            outbox_topic: get("METERLINE_OUTBOX_TOPIC").unwrap_or_else(|| "meterline-events".into()),
+            outbox_source: get("METERLINE_OUTBOX_SOURCE").unwrap_or_else(|| "/meterline".into()),
+            outbox_batch_size: parse_number("METERLINE_OUTBOX_BATCH_SIZE", get("METERLINE_OUTBOX_BATCH_SIZE"), 100, 1)?,
+            outbox_send_timeout: Duration::from_secs(parse_number(
+                "METERLINE_OUTBOX_SEND_TIMEOUT_SECS",
+                get("METERLINE_OUTBOX_SEND_TIMEOUT_SECS"),
+                10,
+                1,
+            )? as u64),
+            managed_identity_client_id: get("METERLINE_MANAGED_IDENTITY_CLIENT_ID"),
+            keyvault,
+        };
+
         Ok(Config {
+            integration,
             runtime,
             in_azure,
             auth,
@@ -343,6 +472,60 @@ impl Config {
 
     pub fn under_functions_host(&self) -> bool {
         matches!(self.runtime, Runtime::FunctionsHost { .. })
+    }
+}
+
+fn keyvault_config(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<KeyVaultConfig>, ConfigError> {
+    let secrets = [
+        "METERLINE_MSSQL_CONNECTION_STRING_SECRET_NAME",
+        "METERLINE_CURSOR_KEY_SECRET_NAME",
+        "METERLINE_SERVICEBUS_CONNECTION_STRING_SECRET_NAME",
+    ];
+    let Some(url) = get("METERLINE_KEYVAULT_URL") else {
+        if let Some(name) = secrets.iter().find(|name| get(name).is_some()) {
+            return Err(ConfigError::new(
+                "METERLINE_KEYVAULT_URL",
+                format!("required when {name} names a Key Vault secret"),
+            ));
+        }
+        return Ok(None);
+    };
+    if !url.starts_with("https://") {
+        return Err(ConfigError::new("METERLINE_KEYVAULT_URL", format!("must be an https URL, got {url:?}")));
+    }
+    let refresh = parse_number("METERLINE_KEYVAULT_REFRESH_SECS", get("METERLINE_KEYVAULT_REFRESH_SECS"), 3600, 1)?;
+    Ok(Some(KeyVaultConfig {
+        url,
+        refresh: Duration::from_secs(refresh as u64),
+        mssql_connection_string_secret: get("METERLINE_MSSQL_CONNECTION_STRING_SECRET_NAME"),
+        cursor_key_secret: get("METERLINE_CURSOR_KEY_SECRET_NAME"),
+        servicebus_connection_string_secret: get("METERLINE_SERVICEBUS_CONNECTION_STRING_SECRET_NAME"),
+    }))
+}
+
+impl Config {
+    /// Puts the secrets read from Key Vault where the settings they replace would be.
+    pub fn apply_vault_secrets(&mut self, secrets: &crate::azure::keyvault::VaultSecrets) -> Result<(), ConfigError> {
+        let Some(vault) = self.integration.keyvault.clone() else { return Ok(()) };
+        if let (Some(name), StoreConfig::Mssql { connection_string }) =
+            (&vault.mssql_connection_string_secret, &mut self.store)
+        {
+            *connection_string = secrets.cell(name).map(|c| c.get()).unwrap_or_default();
+        }
+        if let Some(name) = &vault.cursor_key_secret {
+            let key = secrets.cell(name).map(|c| c.get()).unwrap_or_default();
+            if secrecy::ExposeSecret::expose_secret(&key).len() < 32 {
+                return Err(ConfigError::new(
+                    "METERLINE_CURSOR_KEY_SECRET_NAME",
+                    format!("the Key Vault secret {name:?} must be at least 32 characters"),
+                ));
+            }
+            self.cursor_key = Some(key);
+        }
+        if let Some(name) = &vault.servicebus_connection_string_secret {
+            self.integration.servicebus_connection_string = secrets.cell(name);
+        }
+        Ok(())
     }
 }
 
@@ -495,6 +678,10 @@ mod tests {
             (vec![("METERLINE_AUTH_CLOCK_SKEW_SECS", "900")], "METERLINE_AUTH_CLOCK_SKEW_SECS"),
             (vec![("METERLINE_CURSOR_KEY", "short")], "METERLINE_CURSOR_KEY"),
             (vec![("WEBSITE_INSTANCE_ID", "abc"), ("METERLINE_AUTH_MODE", "local")], "METERLINE_AUTH_MODE"),
+            (vec![("METERLINE_CURSOR_KEY_SECRET_NAME", "cursor")], "METERLINE_KEYVAULT_URL"),
+            (vec![("METERLINE_KEYVAULT_URL", "http://vault.example")], "METERLINE_KEYVAULT_URL"),
+            (vec![("METERLINE_OUTBOX_BATCH_SIZE", "0")], "METERLINE_OUTBOX_BATCH_SIZE"),
+            (vec![("METERLINE_OUTBOX_SEND_TIMEOUT_SECS", "soon")], "METERLINE_OUTBOX_SEND_TIMEOUT_SECS"),
         ] {
             let err = config(&pairs).unwrap_err();
             assert_eq!(err.setting, setting, "{pairs:?}");
@@ -529,12 +716,36 @@ mod tests {
     }
 
     #[test]
+    fn key_vault_secret_names_stand_in_for_the_settings_they_replace() {
+        let c = config(&[
+            ("WEBSITE_INSTANCE_ID", "abc"),
+            ("METERLINE_AUTH_AUTHORITY", "https://login.microsoftonline.com/x/v2.0"),
+            ("METERLINE_AUTH_AUDIENCES", "api://meterline"),
+            ("METERLINE_STORE", "mssql"),
+            ("METERLINE_KEYVAULT_URL", "https://meterline.vault.azure.net"),
+            ("METERLINE_MSSQL_CONNECTION_STRING_SECRET_NAME", "sql"),
+            ("METERLINE_CURSOR_KEY_SECRET_NAME", "cursor"),
+            ("METERLINE_SERVICEBUS_NAMESPACE", "sb://meterline.servicebus.windows.net/"),
+        ])
+        .expect("the secrets come from Key Vault, so the settings they replace may be missing");
+        let vault = c.integration.keyvault.as_ref().unwrap();
+        assert_eq!(vault.secret_names(), vec!["sql", "cursor"]);
+        assert_eq!(vault.refresh, Duration::from_secs(3600));
+        assert_eq!(c.integration.servicebus_namespace.as_deref(), Some("meterline.servicebus.windows.net"));
+        assert_eq!(c.integration.outbox_topic, "meterline-events");
+        assert_eq!(c.integration.outbox_source, "/meterline");
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let c =
             config(&[("METERLINE_STORE", "mssql"), ("METERLINE_MSSQL_CONNECTION_STRING", "Server=x;Password=hunter2")])
                 .unwrap();
         assert!(!c.auto_migrate);
         assert!(!format!("{c:?}").contains("hunter2"));
+        let sas =
+            config(&[("METERLINE_SERVICEBUS_CONNECTION_STRING", "Endpoint=sb://x/;SharedAccessKey=hunter3")]).unwrap();
+        assert!(!format!("{sas:?}").contains("hunter3"));
     }
 
     #[test]

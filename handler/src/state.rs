@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::api::cursor::CursorSigner;
 use crate::auth::Authenticator;
+use crate::azure::servicebus::{ServiceBusAuth, ServiceBusSender};
 use crate::clock::{Clock, IdGenerator};
 use crate::config::Config;
 use crate::lookups::Lookups;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub openapi_json: actix_web::web::Bytes,
     /// Path templates and methods of every route, for 405 answers.
     pub routes: RouteTable,
+    /// Sends outbox events to Service Bus; `None` when no namespace or connection string is configured.
+    pub outbox_sender: Option<Arc<ServiceBusSender>>,
 }
 
 impl AppState {
@@ -49,6 +52,7 @@ impl AppState {
         let cursors = CursorSigner::new(cursor_key);
         let recorder = UsageRecorder::start(store.clone());
         let lookups = Lookups::new(store.clone(), clock.clone(), config.lookup_cache_ttl);
+        let outbox_sender = outbox_sender(&config)?.map(Arc::new);
         Ok(AppState {
             config: Arc::new(config),
             store,
@@ -60,6 +64,22 @@ impl AppState {
             recorder,
             openapi_json,
             routes,
+            outbox_sender,
         })
     }
+}
+
+/// The outbox's Service Bus sender: SAS when a connection string is configured (the fallback wins, so a
+/// deployment can switch to it without removing the namespace), else the managed identity for the namespace.
+fn outbox_sender(config: &Config) -> anyhow::Result<Option<ServiceBusSender>> {
+    let integration = &config.integration;
+    let auth = match (&integration.servicebus_connection_string, &integration.servicebus_namespace) {
+        (Some(connection_string), _) => ServiceBusAuth::Sas { connection_string: connection_string.clone() },
+        (None, Some(namespace)) => ServiceBusAuth::Entra {
+            namespace: namespace.clone(),
+            credential: crate::azure::managed_identity(integration.managed_identity_client_id.as_deref())?,
+        },
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(ServiceBusSender::new(auth, &integration.outbox_topic, integration.outbox_send_timeout)?))
 }

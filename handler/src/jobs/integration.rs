@@ -1,39 +1,530 @@
-//! The `IntegrationEvents` Service Bus consumer: decodes CloudEvents 1.0 messages from other systems.
+//! The `IntegrationEvents` Service Bus consumer: CloudEvents 1.0 from other systems, applied exactly once in effect.
+//!
+//! Each message is decoded ([`parse`]: the envelope, then the `data` of its type, checked field by field as
+//! `docs/events.md` describes), turned into one [`IntegrationEffect`] and handed to
+//! [`Store::apply_integration_event`](crate::store::Store::apply_integration_event), which writes the inbox row
+//! keyed by the CloudEvents `(source, id)` in the same transaction as the effect. A redelivery, or a second copy
+//! racing the first, finds the inbox row and changes nothing. `Metadata.MessageId` is never used for this: the
+//! host copies top-level body keys into Metadata, so a body can forge it.
+//!
+//! Outcomes and what the host does with them:
+//! - applied or duplicate: 2xx, the message is completed;
+//! - poison (not JSON, not a CloudEvent, unknown type, invalid data, unknown tenant or plan): stored in
+//!   `quarantine_messages` with the reason and the raw body, counted, and completed with 2xx, so Service Bus does
+//!   not redeliver it ten times; `handler quarantine replay <id>` runs it again once the cause is fixed;
+//! - transient (the store is unavailable, a deadlock, any unexpected error): non-2xx, so the host abandons the
+//!   message and Service Bus redelivers it (the log line carries `DeliveryCount`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use uuid::Uuid;
 
 use crate::error::AppError;
 use crate::functions::payload::{InvocationResult, ServiceBusMessage};
 use crate::state::AppState;
+use crate::store::{
+    ApplyOutcome, DocumentStatus, DocumentUpsert, InboxEntry, IntegrationEffect, QuarantinedMessage, TenantStatus,
+    UsageEvent,
+};
 
-/// The CloudEvents 1.0 attributes every integration message must carry.
-#[derive(Debug, Deserialize)]
-struct CloudEventHead {
-    specversion: String,
-    id: String,
-    source: String,
-    #[serde(rename = "type")]
-    event_type: String,
+/// The event types this consumer applies, with the `data` schema each is checked against (`docs/events.md`).
+pub const EVENT_TYPES: &[&str] = &[
+    "meterline.tenant.upserted.v1",
+    "meterline.tenant.suspended.v1",
+    "meterline.tenant.reactivated.v1",
+    "meterline.plan.changed.v1",
+    "meterline.documents.upserted.v1",
+    "meterline.usage.reported.v1",
+];
+
+/// Messages quarantined by this process since it started (also logged as `metric=integration.quarantined`).
+static QUARANTINED: AtomicU64 = AtomicU64::new(0);
+
+/// How many messages this process has quarantined.
+pub fn quarantined_count() -> u64 {
+    QUARANTINED.load(Ordering::Relaxed)
 }
 
-/// Decodes one message. This build applies no event types yet: it reports what it received and completes.
-pub async fn consume(_state: &AppState, message: &ServiceBusMessage) -> Result<InvocationResult, AppError> {
-    let delivery = message.delivery_count.map_or_else(|| "?".to_owned(), |n| n.to_string());
-    let message_id = message.message_id.as_deref().unwrap_or("(none)");
-    let line = match serde_json::from_str::<CloudEventHead>(&message.body) {
-        Ok(head) if head.specversion == "1.0" => format!(
-            "IntegrationEvents: message {message_id} delivery {delivery}: CloudEvent type={} id={} source={} ({} bytes); not applied: no consumer for this type in this build",
-            head.event_type,
-            head.id,
-            head.source,
-            message.body.len()
-        ),
-        Ok(head) => format!(
-            "IntegrationEvents: message {message_id} delivery {delivery}: unsupported CloudEvents specversion {:?}",
-            head.specversion
-        ),
-        Err(err) => format!("IntegrationEvents: message {message_id} delivery {delivery}: not a CloudEvent: {err}"),
+/// A decoded, valid integration message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedEvent {
+    pub id: String,
+    pub source: String,
+    pub event_type: String,
+    pub effect: IntegrationEffect,
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Applied {
+        event_type: String,
+        id: String,
+        source: String,
+    },
+    Duplicate {
+        event_type: String,
+        id: String,
+        source: String,
+    },
+    /// It can never be applied as it is; the reason says why.
+    Poison(String),
+}
+
+/// The CloudEvents 1.0 envelope (structured mode). Extension attributes are allowed and ignored.
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    specversion: Option<Value>,
+    id: Option<Value>,
+    source: Option<Value>,
+    #[serde(rename = "type")]
+    event_type: Option<Value>,
+    time: Option<Value>,
+    datacontenttype: Option<Value>,
+    data: Option<Value>,
+}
+
+/// Length as SQL Server's `NVARCHAR(n)` counts it (UTF-16 code units), so both stores accept the same texts.
+fn width(text: &str) -> usize {
+    text.encode_utf16().count()
+}
+
+fn required_text(value: Option<Value>, name: &str, max: usize) -> Result<String, String> {
+    match value {
+        Some(Value::String(s)) if !s.trim().is_empty() && width(&s) <= max => Ok(s),
+        Some(Value::String(_)) => Err(format!("`{name}` must be 1 to {max} characters")),
+        None | Some(Value::Null) => Err(format!("`{name}` is required")),
+        Some(_) => Err(format!("`{name}` must be a string")),
+    }
+}
+
+/// Decodes and validates one message body at `now`; the error is the quarantine reason.
+pub fn parse(body: &str, now: DateTime<Utc>) -> Result<DecodedEvent, String> {
+    let value: Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+    if !value.is_object() {
+        return Err("not a CloudEvent: the body is not a JSON object".into());
+    }
+    let envelope: Envelope = serde_json::from_value(value).map_err(|e| format!("not a CloudEvent: {e}"))?;
+    let specversion = required_text(envelope.specversion, "specversion", 10)?;
+    if specversion != "1.0" {
+        return Err(format!("unsupported CloudEvents specversion {specversion:?} (expected \"1.0\")"));
+    }
+    let id = required_text(envelope.id, "id", 200)?;
+    let source = required_text(envelope.source, "source", 200)?;
+    let event_type = required_text(envelope.event_type, "type", 200)?;
+    if let Some(time) = envelope.time.filter(|t| !t.is_null()) {
+        let ok = time.as_str().is_some_and(|t| DateTime::parse_from_rfc3339(t).is_ok());
+        if !ok {
+            return Err("`time` must be an RFC 3339 timestamp".into());
+        }
+    }
+    if let Some(content_type) = envelope.datacontenttype.filter(|t| !t.is_null()) {
+        let ok = content_type.as_str().is_some_and(|t| {
+            let t = t.to_ascii_lowercase();
+            t.starts_with("application/json") || (t.starts_with("application/") && t.contains("+json"))
+        });
+        if !ok {
+            return Err(format!("`datacontenttype` must be application/json, got {content_type}"));
+        }
+    }
+    if !EVENT_TYPES.contains(&event_type.as_str()) {
+        return Err(format!("unknown event type {event_type:?}; this consumer applies {}", EVENT_TYPES.join(", ")));
+    }
+    let data = match envelope.data {
+        Some(Value::Object(map)) => Value::Object(map),
+        None | Some(Value::Null) => return Err("`data` is required".into()),
+        Some(_) => return Err("`data` must be a JSON object".into()),
     };
-    tracing::info!(message_id, delivery_count = message.delivery_count, "{line}");
+    let effect = effect_of(&event_type, &source, &id, data, now).map_err(|e| format!("invalid data: {e}"))?;
+    Ok(DecodedEvent { id, source, event_type, effect })
+}
+
+/// Field-level checks of one `data` object; each problem is `path: reason`.
+#[derive(Default)]
+struct Checks(Vec<String>);
+
+impl Checks {
+    fn text(&mut self, path: &str, value: &str, min: usize, max: usize) {
+        if width(value.trim()) < min || width(value) > max {
+            self.0.push(format!("{path}: must be {min} to {max} characters"));
+        }
+    }
+
+    fn opt_text(&mut self, path: &str, value: &Option<String>, max: usize) {
+        if let Some(v) = value {
+            self.text(path, v, 1, max);
+        }
+    }
+
+    fn fail(&mut self, path: &str, reason: impl Into<String>) {
+        self.0.push(format!("{path}: {}", reason.into()));
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, String> {
+        if self.0.is_empty() { Ok(value) } else { Err(self.0.join("; ")) }
+    }
+}
+
+fn typed<T: DeserializeOwned>(data: Value) -> Result<T, String> {
+    serde_json::from_value(data).map_err(|e| e.to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TenantUpserted {
+    tenant_id: Uuid,
+    name: String,
+    plan_code: String,
+    #[serde(default)]
+    entra_tenant_id: Option<Uuid>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TenantStatusChanged {
+    tenant_id: Uuid,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PlanChanged {
+    tenant_id: Uuid,
+    plan_code: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DocumentsUpserted {
+    tenant_id: Uuid,
+    documents: Vec<DocumentData>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DocumentData {
+    id: Uuid,
+    title: String,
+    #[serde(default)]
+    summary: Option<String>,
+    #[serde(default)]
+    body: Option<String>,
+    doc_type: String,
+    #[serde(default)]
+    jurisdiction: Option<String>,
+    status: String,
+    #[serde(default)]
+    effective_date: Option<NaiveDate>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UsageReported {
+    tenant_id: Uuid,
+    meter: String,
+    units: i64,
+    occurred_at: DateTime<Utc>,
+    #[serde(default)]
+    client_id: Option<String>,
+}
+
+/// The most documents one message may carry (they are applied in one transaction).
+pub const MAX_DOCUMENTS_PER_MESSAGE: usize = 100;
+/// The most units one usage message may report (the usage ledger stores units as a 32-bit integer).
+pub const MAX_REPORTED_UNITS: i64 = 1_000_000_000;
+
+fn effect_of(
+    event_type: &str,
+    source: &str,
+    id: &str,
+    data: Value,
+    now: DateTime<Utc>,
+) -> Result<IntegrationEffect, String> {
+    let mut checks = Checks::default();
+    match event_type {
+        "meterline.tenant.upserted.v1" => {
+            let d: TenantUpserted = typed(data)?;
+            checks.text("data.name", &d.name, 1, 200);
+            checks.text("data.planCode", &d.plan_code, 1, 64);
+            checks.finish(IntegrationEffect::UpsertTenant {
+                tenant_id: d.tenant_id,
+                name: d.name.trim().to_owned(),
+                plan_code: d.plan_code.trim().to_owned(),
+                entra_tenant_id: d.entra_tenant_id,
+            })
+        }
+        "meterline.tenant.suspended.v1" | "meterline.tenant.reactivated.v1" => {
+            let d: TenantStatusChanged = typed(data)?;
+            checks.opt_text("data.reason", &d.reason, 500);
+            let status = if event_type.contains("suspended") { TenantStatus::Suspended } else { TenantStatus::Active };
+            checks.finish(IntegrationEffect::SetTenantStatus { tenant_id: d.tenant_id, status })
+        }
+        "meterline.plan.changed.v1" => {
+            let d: PlanChanged = typed(data)?;
+            checks.text("data.planCode", &d.plan_code, 1, 64);
+            checks.finish(IntegrationEffect::ChangePlan {
+                tenant_id: d.tenant_id,
+                plan_code: d.plan_code.trim().to_owned(),
+            })
+        }
+        "meterline.documents.upserted.v1" => {
+            let d: DocumentsUpserted = typed(data)?;
+            if d.documents.is_empty() || d.documents.len() > MAX_DOCUMENTS_PER_MESSAGE {
+                checks.fail("data.documents", format!("must hold 1 to {MAX_DOCUMENTS_PER_MESSAGE} documents"));
+            }
+            let mut documents = Vec::with_capacity(d.documents.len());
+            let mut seen = std::collections::HashSet::new();
+            for (i, doc) in d.documents.into_iter().enumerate() {
+                let path = format!("data.documents[{i}]");
+                if !seen.insert(doc.id) {
+                    checks.fail(&format!("{path}.id"), "appears twice in the message");
+                }
+                checks.text(&format!("{path}.title"), &doc.title, 1, 300);
+                checks.opt_text(&format!("{path}.summary"), &doc.summary, 2000);
+                checks.text(&format!("{path}.docType"), &doc.doc_type, 1, 64);
+                checks.opt_text(&format!("{path}.jurisdiction"), &doc.jurisdiction, 64);
+                let status = DocumentStatus::parse(&doc.status);
+                if status.is_none() {
+                    checks.fail(&format!("{path}.status"), "must be draft, published or archived");
+                }
+                if doc.tags.len() > 20 {
+                    checks.fail(&format!("{path}.tags"), "at most 20 tags");
+                }
+                let mut tags: Vec<String> = doc.tags.iter().map(|t| t.trim().to_lowercase()).collect();
+                for (j, tag) in tags.iter().enumerate() {
+                    checks.text(&format!("{path}.tags[{j}]"), tag, 1, 64);
+                }
+                tags.sort();
+                tags.dedup();
+                documents.push(DocumentUpsert {
+                    id: doc.id,
+                    title: doc.title.trim().to_owned(),
+                    summary: doc.summary,
+                    body: doc.body,
+                    doc_type: doc.doc_type.trim().to_owned(),
+                    jurisdiction: doc.jurisdiction.map(|j| j.trim().to_owned()),
+                    status: status.unwrap_or(DocumentStatus::Draft),
+                    effective_date: doc.effective_date,
+                    tags,
+                });
+            }
+            checks.finish(IntegrationEffect::UpsertDocuments {
+                tenant_id: d.tenant_id,
+                actor: clip(&format!("integration:{source}"), 128),
+                documents,
+            })
+        }
+        "meterline.usage.reported.v1" => {
+            let d: UsageReported = typed(data)?;
+            let meter_ok = (1..=64).contains(&d.meter.len())
+                && d.meter.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+            if !meter_ok {
+                checks.fail("data.meter", "must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'");
+            }
+            if !(1..=MAX_REPORTED_UNITS).contains(&d.units) {
+                checks.fail("data.units", format!("must be 1 to {MAX_REPORTED_UNITS}"));
+            }
+            checks.opt_text("data.clientId", &d.client_id, 128);
+            let occurred_at =
+                DateTime::from_timestamp_micros(d.occurred_at.timestamp_micros()).unwrap_or(d.occurred_at);
+            let (period_start, period_end) = crate::metering::period(occurred_at);
+            let event = UsageEvent {
+                event_id: crate::store::deterministic_id("meterline.usage.reported.v1", &[source, id]),
+                request_id: clip(id, 64),
+                tenant_id: Some(d.tenant_id),
+                client_id: d.client_id,
+                principal_id: None,
+                operation_id: d.meter,
+                method: "EVENT".into(),
+                route_template: "integration:meterline.usage.reported.v1".into(),
+                status: 200,
+                units: d.units,
+                billable: true,
+                overage_units: 0,
+                latency_micros: 0,
+                request_bytes: 0,
+                response_bytes: 0,
+                occurred_at,
+                recorded_at: now,
+            };
+            checks.finish(IntegrationEffect::RecordUsage { event, period_start, period_end })
+        }
+        other => Err(format!("no schema for {other}")),
+    }
+}
+
+/// At most `max` UTF-16 code units of `text` (an `NVARCHAR(max)` column), cut at a character boundary.
+fn clip(text: &str, max: usize) -> String {
+    let mut units = 0;
+    text.chars()
+        .take_while(|c| {
+            units += c.len_utf16();
+            units <= max
+        })
+        .collect()
+}
+
+/// Decodes and applies one message body. `Err` is transient (the host should redeliver); a message that can
+/// never apply is `Ok(Verdict::Poison)` and nothing was written.
+pub async fn process(state: &AppState, body: &str) -> Result<Verdict, AppError> {
+    let now = state.clock.now();
+    let event = match parse(body, now) {
+        Ok(event) => event,
+        Err(reason) => return Ok(Verdict::Poison(reason)),
+    };
+    let inbox = InboxEntry {
+        source: event.source.clone(),
+        event_id: event.id.clone(),
+        event_type: event.event_type.clone(),
+        processed_at: now,
+    };
+    let (event_type, id, source) = (event.event_type, event.id, event.source);
+    Ok(match state.store.apply_integration_event(&inbox, &event.effect).await? {
+        ApplyOutcome::Applied => {
+            // Tenants and plans may have changed: this process's cached lookups must not serve the old rows.
+            state.lookups.invalidate();
+            Verdict::Applied { event_type, id, source }
+        }
+        ApplyOutcome::Duplicate => Verdict::Duplicate { event_type, id, source },
+        ApplyOutcome::Rejected(reason) => Verdict::Poison(format!("cannot apply {event_type} {id}: {reason}")),
+    })
+}
+
+/// Handles one Service Bus delivery of `IntegrationEvents`.
+pub async fn consume(state: &AppState, message: &ServiceBusMessage) -> Result<InvocationResult, AppError> {
+    let delivery_count = message.delivery_count;
+    let message_id = message.message_id.as_deref().unwrap_or("(none)");
+    let delivery = delivery_count.map_or_else(|| "?".to_owned(), |n| n.to_string());
+    let verdict = match process(state, &message.body).await {
+        Ok(verdict) => verdict,
+        Err(err) => {
+            tracing::warn!(
+                message_id,
+                delivery_count,
+                error = ?err,
+                "IntegrationEvents: transient failure; the host abandons the message and Service Bus redelivers it"
+            );
+            return Err(err);
+        }
+    };
+    let line = match verdict {
+        Verdict::Applied { event_type, id, source } => {
+            format!(
+                "IntegrationEvents: message {message_id} delivery {delivery}: applied {event_type} id={id} source={source}"
+            )
+        }
+        Verdict::Duplicate { event_type, id, source } => format!(
+            "IntegrationEvents: message {message_id} delivery {delivery}: duplicate {event_type} id={id} source={source}, already applied"
+        ),
+        Verdict::Poison(reason) => {
+            let quarantined = QuarantinedMessage {
+                id: state.ids.new_id(),
+                received_at: state.clock.now(),
+                message_id: message.message_id.as_deref().map(|m| clip(m, 128)),
+                delivery_count: delivery_count.and_then(|n| i32::try_from(n).ok()),
+                content_type: message.content_type.as_deref().map(|c| clip(c, 128)),
+                reason: clip(&reason, 2000),
+                raw_body: message.body.clone(),
+                replayed_at: None,
+            };
+            state.store.quarantine_message(&quarantined).await?;
+            let total = QUARANTINED.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(
+                metric = "integration.quarantined",
+                quarantined_total = total,
+                quarantine_id = %quarantined.id,
+                message_id,
+                delivery_count,
+                reason = %quarantined.reason,
+                "IntegrationEvents: poison message quarantined and completed"
+            );
+            format!(
+                "IntegrationEvents: message {message_id} delivery {delivery}: quarantined as {}: {}",
+                quarantined.id, quarantined.reason
+            )
+        }
+    };
+    tracing::info!(message_id, delivery_count, "{line}");
     Ok(InvocationResult::default().with_log(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-24T10:00:00Z".parse().unwrap()
+    }
+
+    fn event(event_type: &str, data: Value) -> String {
+        json!({"specversion": "1.0", "id": "e-1", "source": "/crm", "type": event_type, "data": data}).to_string()
+    }
+
+    #[test]
+    fn envelopes_are_checked_before_data() {
+        assert!(parse("hello", now()).unwrap_err().starts_with("not JSON"));
+        assert!(parse("[1]", now()).unwrap_err().contains("not a JSON object"));
+        let no_id = json!({"specversion": "1.0", "source": "/x", "type": "meterline.plan.changed.v1", "data": {}});
+        assert_eq!(parse(&no_id.to_string(), now()).unwrap_err(), "`id` is required");
+        let v03 = json!({"specversion": "0.3", "id": "1", "source": "/x", "type": "t"});
+        assert!(parse(&v03.to_string(), now()).unwrap_err().contains("specversion"));
+        assert!(parse(&event("meterline.nope.v1", json!({})), now()).unwrap_err().starts_with("unknown event type"));
+        let xml = json!({"specversion": "1.0", "id": "1", "source": "/x", "type": "meterline.plan.changed.v1",
+            "datacontenttype": "application/xml", "data": {}});
+        assert!(parse(&xml.to_string(), now()).unwrap_err().contains("datacontenttype"));
+    }
+
+    #[test]
+    fn data_is_validated_field_by_field() {
+        let err = parse(
+            &event(
+                "meterline.documents.upserted.v1",
+                json!({"tenantId": Uuid::nil(), "documents": [
+                    {"id": Uuid::nil(), "title": "", "docType": "memo", "status": "lost", "tags": ["ok", " "]}
+                ]}),
+            ),
+            now(),
+        )
+        .unwrap_err();
+        assert!(err.contains("data.documents[0].title: must be 1 to 300 characters"), "{err}");
+        assert!(err.contains("data.documents[0].status: must be draft, published or archived"), "{err}");
+        assert!(err.contains("data.documents[0].tags[1]"), "{err}");
+        let typo = parse(&event("meterline.plan.changed.v1", json!({"tenantId": Uuid::nil(), "plan": "x"})), now());
+        assert!(typo.unwrap_err().contains("unknown field `plan`"));
+        let astral = "😀".repeat(40);
+        let err =
+            parse(&event("meterline.plan.changed.v1", json!({"tenantId": Uuid::nil(), "planCode": astral})), now());
+        assert!(err.unwrap_err().contains("data.planCode"), "40 emoji are 80 UTF-16 units: too long for NVARCHAR(64)");
+        assert_eq!(clip("a😀b", 2), "a", "clipping never splits a surrogate pair");
+        let units =
+            json!({"tenantId": Uuid::nil(), "meter": "ocr pages", "units": 0, "occurredAt": "2026-11-24T09:00:00Z"});
+        let err = parse(&event("meterline.usage.reported.v1", units), now()).unwrap_err();
+        assert!(err.contains("data.meter") && err.contains("data.units"), "{err}");
+    }
+
+    #[test]
+    fn usage_gets_a_deterministic_event_id_and_its_own_period() {
+        let data =
+            json!({"tenantId": Uuid::nil(), "meter": "ocr.pages", "units": 7, "occurredAt": "2026-10-31T23:59:59.5Z"});
+        let a = parse(&event("meterline.usage.reported.v1", data.clone()), now()).unwrap();
+        let b = parse(&event("meterline.usage.reported.v1", data), now()).unwrap();
+        let (
+            IntegrationEffect::RecordUsage { event: ea, period_start, .. },
+            IntegrationEffect::RecordUsage { event: eb, .. },
+        ) = (&a.effect, &b.effect)
+        else {
+            panic!("usage effect")
+        };
+        assert_eq!(ea.event_id, eb.event_id, "the same (source, id) gives the same usage event id");
+        assert_eq!(period_start.to_string(), "2026-10-01", "usage is metered in the period it happened");
+        assert_eq!(ea.units, 7);
+    }
 }

@@ -4,6 +4,7 @@
 //! calls [`run`], which records every execution in the store's `job_runs` table.
 
 pub mod integration;
+pub mod outbox;
 
 use crate::error::AppError;
 use crate::functions::payload::ScheduleStatus;
@@ -57,7 +58,7 @@ pub async fn run(state: &AppState, job: Job, trigger: JobTrigger) -> Result<JobO
     let result: Result<String, AppError> = match job {
         // The foundation wires the triggers; the jobs themselves land with the usage and outbox work.
         Job::UsageRollup => Ok("no-op: usage aggregation is not implemented in this build".to_owned()),
-        Job::OutboxPublish => Ok("no-op: the outbox publisher is not implemented in this build".to_owned()),
+        Job::OutboxPublish => outbox::publish(state).await,
     };
     let summary = match &result {
         Ok(summary) => summary.clone(),

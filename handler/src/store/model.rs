@@ -312,6 +312,15 @@ pub struct RateLimitDecision {
     pub retry_after_micros: i64,
 }
 
+/// Whether a debit that took a period's usage from `before` to `after` units crossed the 80 % or the 100 %
+/// threshold of `quota` units: only such a debit pays for the threshold bookkeeping (the flags and the
+/// `meterline.quota.threshold-crossed.v1` outbox event, written in the debit's transaction).
+pub fn crosses_threshold(before: i64, after: i64, quota: i64) -> bool {
+    [80, 100].iter().any(|t| {
+        before.saturating_mul(100) < quota.saturating_mul(*t) && after.saturating_mul(100) >= quota.saturating_mul(*t)
+    })
+}
+
 /// What the limit stage asks of the store for one request: a rate-limit step and, when the operation costs
 /// units, a quota debit, decided together in one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -571,9 +580,194 @@ pub fn gcra(stored_tat_micros: Option<i64>, take: &RateLimitTake) -> RateLimitDe
     }
 }
 
+/// A deterministic id: the first 16 bytes of SHA-256 over `namespace` and each part (length-prefixed), stamped as
+/// an RFC 9562 version-8 UUID. The same inputs give the same id in every process, so a retried write that derives
+/// its ids this way (an outbox event, a usage event from a CloudEvent) can never insert a second copy.
+pub fn deterministic_id(namespace: &str, parts: &[&str]) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(namespace.as_bytes());
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// An event Meterline emits, as written to `outbox_messages` in the transaction of the change that causes it.
+/// The publisher wraps `payload` (the CloudEvents `data`) in the envelope; see `docs/events.md`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// The CloudEvents `id`, stable across publish retries.
+    pub id: Uuid,
+    /// The CloudEvents `type`, e.g. `meterline.tenant.suspended.v1`.
+    pub event_type: String,
+    /// The CloudEvents `subject`, e.g. `tenants/<id>`.
+    pub subject: Option<String>,
+    /// The CloudEvents `data`, JSON text.
+    pub payload: String,
+    pub created_at: DateTime<Utc>,
+    /// Not published before this time.
+    pub available_at: DateTime<Utc>,
+}
+
+/// CloudEvents types Meterline emits.
+pub mod event_types {
+    pub const TENANT_SUSPENDED: &str = "meterline.tenant.suspended.v1";
+    pub const TENANT_REACTIVATED: &str = "meterline.tenant.reactivated.v1";
+    pub const QUOTA_THRESHOLD_CROSSED: &str = "meterline.quota.threshold-crossed.v1";
+    pub const STATEMENT_READY: &str = "meterline.billing.statement-ready.v1";
+    pub const ROLLUP_LAGGING: &str = "meterline.usage.rollup-lagging.v1";
+}
+
+impl OutboxMessage {
+    /// The event for a tenant's status change from `from` to `tenant.status`, if that change is announced:
+    /// active → suspended is `tenant.suspended`, suspended → active is `tenant.reactivated`. Its id is derived
+    /// from the tenant and its new version, so each change has exactly one event.
+    pub fn tenant_status_change(from: TenantStatus, tenant: &Tenant, now: DateTime<Utc>) -> Option<Self> {
+        let event_type = match (from, tenant.status) {
+            (TenantStatus::Active, TenantStatus::Suspended) => event_types::TENANT_SUSPENDED,
+            (TenantStatus::Suspended, TenantStatus::Active) => event_types::TENANT_REACTIVATED,
+            _ => return None,
+        };
+        let tenant_id = tenant.id.hyphenated().to_string();
+        let payload = serde_json::json!({
+            "tenantId": tenant_id,
+            "status": tenant.status.as_str(),
+            "previousStatus": from.as_str(),
+            "version": tenant.version,
+            "changedAt": tenant.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        });
+        Some(OutboxMessage {
+            id: deterministic_id(event_type, &[&tenant_id, &tenant.version.to_string()]),
+            event_type: event_type.to_owned(),
+            subject: Some(format!("tenants/{tenant_id}")),
+            payload: payload.to_string(),
+            created_at: now,
+            available_at: now,
+        })
+    }
+
+    /// The event for a quota counter crossing `threshold` percent (80 or 100) in a period; one id per tenant,
+    /// period and threshold, so the threshold is announced once however many debits race past it.
+    pub fn quota_threshold_crossed(usage: &QuotaUsage, threshold: i64, now: DateTime<Utc>) -> Self {
+        let tenant_id = usage.tenant_id.hyphenated().to_string();
+        let period = usage.period_start.to_string();
+        let payload = serde_json::json!({
+            "tenantId": tenant_id,
+            "periodStart": period,
+            "threshold": threshold,
+            "quotaUnits": usage.quota_units,
+            "unitsUsed": usage.units_used,
+        });
+        OutboxMessage {
+            id: deterministic_id(event_types::QUOTA_THRESHOLD_CROSSED, &[&tenant_id, &period, &threshold.to_string()]),
+            event_type: event_types::QUOTA_THRESHOLD_CROSSED.to_owned(),
+            subject: Some(format!("tenants/{tenant_id}/quota/{period}")),
+            payload: payload.to_string(),
+            created_at: now,
+            available_at: now,
+        }
+    }
+}
+
+/// Whether `units_used` has reached `threshold` percent of `quota_units` (a zero quota is reached at once).
+pub fn quota_threshold_reached(units_used: i64, quota_units: i64, threshold: i64) -> bool {
+    i128::from(units_used) * 100 >= i128::from(quota_units) * i128::from(threshold)
+}
+
+/// A stored outbox row, as the publisher and operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub seq: i64,
+    pub message: OutboxMessage,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// A message that can never be applied, kept whole with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedMessage {
+    pub id: Uuid,
+    pub received_at: DateTime<Utc>,
+    pub message_id: Option<String>,
+    pub delivery_count: Option<i32>,
+    pub content_type: Option<String>,
+    pub reason: String,
+    pub raw_body: String,
+    pub replayed_at: Option<DateTime<Utc>>,
+}
+
+/// The inbox row of an integration message: its CloudEvents `(source, id)` and type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxEntry {
+    pub source: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub processed_at: DateTime<Utc>,
+}
+
+/// A document as an integration message delivers it (a whole replacement of the stored fields and tags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentUpsert {
+    pub id: Uuid,
+    pub title: String,
+    pub summary: Option<String>,
+    pub body: Option<String>,
+    pub doc_type: String,
+    pub jurisdiction: Option<String>,
+    pub status: DocumentStatus,
+    pub effective_date: Option<NaiveDate>,
+    /// Lower-cased, unique, sorted.
+    pub tags: Vec<String>,
+}
+
+/// What an integration message does, applied by [`crate::store::Store::apply_integration_event`] in the same
+/// transaction as its inbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntegrationEffect {
+    /// Creates the tenant (active) or updates its name, plan and directory.
+    UpsertTenant { tenant_id: Uuid, name: String, plan_code: String, entra_tenant_id: Option<Uuid> },
+    /// Sets the tenant's status (emits `tenant.suspended` / `tenant.reactivated` when it changes).
+    SetTenantStatus { tenant_id: Uuid, status: TenantStatus },
+    /// Moves the tenant to another plan.
+    ChangePlan { tenant_id: Uuid, plan_code: String },
+    /// Creates or replaces documents of one tenant, all or nothing.
+    UpsertDocuments { tenant_id: Uuid, actor: String, documents: Vec<DocumentUpsert> },
+    /// Meters usage measured elsewhere: one usage event and a quota debit of its own period, never refused
+    /// (the usage has happened; beyond the quota it counts as overage).
+    RecordUsage { event: UsageEvent, period_start: NaiveDate, period_end: NaiveDate },
+}
+
+/// What applying an integration message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Applied now, with its inbox row.
+    Applied,
+    /// Its `(source, id)` is in the inbox already: nothing was done.
+    Duplicate,
+    /// It can never apply as it is (unknown tenant or plan, a document of another tenant): nothing was done.
+    Rejected(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_threshold_is_crossed_by_the_debit_that_reaches_it_and_no_other() {
+        assert!(crosses_threshold(79, 80, 100));
+        assert!(crosses_threshold(70, 100, 100));
+        assert!(crosses_threshold(95, 105, 100), "100 % crossed into overage");
+        assert!(!crosses_threshold(80, 81, 100), "already past 80 %");
+        assert!(!crosses_threshold(100, 120, 100));
+        assert!(!crosses_threshold(0, 5, 0), "a zero quota has no thresholds to announce");
+        assert!(crosses_threshold(0, 8, 10));
+    }
 
     fn input() -> AuditEventInput {
         AuditEventInput {

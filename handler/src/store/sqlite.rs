@@ -24,6 +24,11 @@ use super::model::*;
 use super::{JobRun, Store, StoreError, Update};
 use writer::Writer;
 
+mod integration;
+/// Store-internal helpers that write outbox events inside an open write transaction.
+#[allow(unused_imports)]
+pub(crate) use integration::{emit_quota_thresholds, insert_outbox};
+
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IDLE_READERS: usize = 8;
 
@@ -201,6 +206,10 @@ fn tenant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Tenant, Sto
             version,
         })
     })())
+}
+
+fn read_tenant_row(conn: &Connection, id: Uuid) -> Result<Option<Tenant>, StoreError> {
+    query_one(conn, &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"), [id.to_string()], tenant_from_row)
 }
 
 const API_CLIENT_COLUMNS: &str = "id, tenant_id, app_id, display_name, status, created_at, revoked_at, version";
@@ -715,6 +724,9 @@ fn debit_period(conn: &Connection, d: &QuotaDebit) -> Result<QuotaOutcome, Store
         .map_err(classify)?;
     Ok(match updated {
         Some((units_used, quota_units, overage_units)) => {
+            if crosses_threshold(units_used - d.units, units_used, quota_units) {
+                integration::emit_quota_thresholds(conn, d.tenant_id, d.period_start, d.now)?;
+            }
             QuotaOutcome::Accepted { units_used, quota_units, overage_units }
         }
         None => {
@@ -1010,18 +1022,22 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Update<Tenant>, StoreError> {
         self.write(move |tx| {
+            let before = read_tenant_row(tx, id)?;
             let changed = tx
                 .execute(
                     "UPDATE tenants SET status = ?1, updated_at = ?2, version = version + 1 WHERE id = ?3 AND version = ?4",
                     params![status.as_str(), timestamp(now), id.to_string(), expected_version],
                 )
                 .map_err(classify)?;
-            let current =
-                query_one(tx, &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"), [id.to_string()], tenant_from_row)?;
-            Ok(match (changed, current) {
-                (_, None) => Update::NotFound,
-                (1, Some(tenant)) => Update::Updated(tenant),
-                (_, Some(tenant)) => Update::VersionMismatch { current_version: tenant.version },
+            let current = read_tenant_row(tx, id)?;
+            Ok(match (changed, current, before) {
+                (_, None, _) => Update::NotFound,
+                (1, Some(tenant), Some(before)) => {
+                    integration::announce_status_change(tx, before.status, &tenant, now)?;
+                    Update::Updated(tenant)
+                }
+                (1, Some(tenant), None) => Update::Updated(tenant),
+                (_, Some(tenant), _) => Update::VersionMismatch { current_version: tenant.version },
             })
         })
         .await
@@ -1036,6 +1052,7 @@ impl Store for SqliteStore {
     ) -> Result<Update<Tenant>, StoreError> {
         let changes = changes.clone();
         self.write(move |tx| {
+            let before = read_tenant_row(tx, id)?;
             let changed = tx
                 .execute(
                     "UPDATE tenants SET name = coalesce(?1, name), status = coalesce(?2, status),
@@ -1051,16 +1068,15 @@ impl Store for SqliteStore {
                     ],
                 )
                 .map_err(classify)?;
-            let current = query_one(
-                tx,
-                &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"),
-                [id.to_string()],
-                tenant_from_row,
-            )?;
-            Ok(match (changed, current) {
-                (_, None) => Update::NotFound,
-                (1, Some(tenant)) => Update::Updated(tenant),
-                (_, Some(tenant)) => Update::VersionMismatch { current_version: tenant.version },
+            let current = read_tenant_row(tx, id)?;
+            Ok(match (changed, current, before) {
+                (_, None, _) => Update::NotFound,
+                (1, Some(tenant), Some(before)) => {
+                    integration::announce_status_change(tx, before.status, &tenant, now)?;
+                    Update::Updated(tenant)
+                }
+                (1, Some(tenant), None) => Update::Updated(tenant),
+                (_, Some(tenant), _) => Update::VersionMismatch { current_version: tenant.version },
             })
         })
         .await
@@ -1651,5 +1667,50 @@ impl Store for SqliteStore {
             .map_err(classify)
         })
         .await
+    }
+
+    async fn apply_integration_event(
+        &self,
+        inbox: &InboxEntry,
+        effect: &IntegrationEffect,
+    ) -> Result<ApplyOutcome, StoreError> {
+        integration::apply(self, inbox, effect).await
+    }
+
+    async fn quarantine_message(&self, message: &QuarantinedMessage) -> Result<(), StoreError> {
+        integration::quarantine(self, message).await
+    }
+
+    async fn list_quarantine(&self, limit: u32) -> Result<Vec<QuarantinedMessage>, StoreError> {
+        integration::list_quarantine(self, limit).await
+    }
+
+    async fn get_quarantined(&self, id: Uuid) -> Result<Option<QuarantinedMessage>, StoreError> {
+        integration::get_quarantined(self, id).await
+    }
+
+    async fn mark_quarantine_replayed(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        integration::mark_replayed(self, id, now).await
+    }
+
+    async fn pending_outbox(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        integration::pending_outbox(self, now, limit).await
+    }
+
+    async fn mark_outbox_sent(&self, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
+        integration::mark_sent(self, id, now).await
+    }
+
+    async fn mark_outbox_failed(
+        &self,
+        id: Uuid,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        integration::mark_failed(self, id, error, next_attempt_at).await
+    }
+
+    async fn list_outbox(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        integration::list_outbox(self, after_seq, limit).await
     }
 }

@@ -1,5 +1,6 @@
 //! Shared test support: the Functions host emulator and route-template matching.
 
+pub mod endpoints;
 pub mod host;
 pub mod oidc;
 pub mod routes;

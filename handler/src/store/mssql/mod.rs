@@ -3,6 +3,7 @@
 
 pub mod connection;
 pub mod errors;
+pub(crate) mod integration;
 pub mod queries;
 pub mod retry;
 mod store;

@@ -631,6 +631,101 @@ pub const DELETE_PLAN_COSTS: &str = "DELETE FROM dbo.plan_operation_costs WHERE 
 pub const INSERT_PLAN_COST: &str =
     "INSERT INTO dbo.plan_operation_costs (plan_code, operation_id, units) VALUES (@P1, @P2, @P3)";
 
+// Integration: inbox, effects of integration messages, quarantine, outbox.
+
+/// Inserts an outbox event in the caller's transaction (a taken id is a unique-index violation).
+pub const INSERT_OUTBOX: &str =
+    "INSERT INTO dbo.outbox_messages (id, event_type, subject, payload, created_at, available_at)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6)";
+
+/// Flags the 80 % threshold of a period once it is reached; one row changed means this transaction announces it.
+pub const FLAG_QUOTA_80: &str = "UPDATE dbo.quota_usage SET notified_80 = 1
+WHERE tenant_id = @P1 AND period_start = @P2 AND notified_80 = 0 AND units_used > 0 AND units_used * 100 >= quota_units * 80";
+
+/// Flags the 100 % threshold of a period once it is reached.
+pub const FLAG_QUOTA_100: &str = "UPDATE dbo.quota_usage SET notified_100 = 1
+WHERE tenant_id = @P1 AND period_start = @P2 AND notified_100 = 0 AND units_used > 0 AND units_used >= quota_units";
+
+/// Inserts the inbox row unless `(source, event_id)` is there; the key-range lock makes a concurrent delivery of
+/// the same message wait and then insert nothing (0 rows: a duplicate).
+pub const INSERT_INBOX: &str = "INSERT INTO dbo.inbox_messages (source, event_id, event_type, processed_at)
+SELECT @P1, @P2, @P3, @P4
+WHERE NOT EXISTS (SELECT 1 FROM dbo.inbox_messages WITH (UPDLOCK, HOLDLOCK) WHERE source = @P1 AND event_id = @P2)";
+
+/// The tenant's status, with the row locked until the transaction ends.
+pub const LOCK_TENANT_STATUS: &str = "SELECT status FROM dbo.tenants WITH (UPDLOCK, HOLDLOCK) WHERE id = @P1";
+
+pub const INSERT_ACTIVE_TENANT: &str =
+    "INSERT INTO dbo.tenants (id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version)
+VALUES (@P1, @P2, @P3, N'active', @P4, @P5, @P5, 1)";
+
+pub const UPDATE_TENANT_FROM_EVENT: &str = "UPDATE dbo.tenants SET name = @P2, plan_code = @P3,
+    entra_tenant_id = COALESCE(@P4, entra_tenant_id), updated_at = @P5, version = version + 1
+WHERE id = @P1";
+
+pub const SET_TENANT_STATUS_FROM_EVENT: &str =
+    "UPDATE dbo.tenants SET status = @P2, updated_at = @P3, version = version + 1 WHERE id = @P1";
+
+pub const CHANGE_TENANT_PLAN: &str = "UPDATE dbo.tenants SET plan_code = @P2, updated_at = @P3, version = version + 1 WHERE id = @P1 AND plan_code <> @P2";
+
+/// The owner of a document id (deleted or not), locked so a concurrent insert of the same id waits.
+pub const DOCUMENT_OWNER: &str = "SELECT tenant_id FROM dbo.documents WITH (UPDLOCK, HOLDLOCK) WHERE id = @P1";
+
+/// Replaces every field of a document from an integration message (and undeletes it).
+pub const REPLACE_DOCUMENT_FROM_EVENT: &str = "UPDATE dbo.documents SET title = @P3, summary = @P4, body = @P5,
+    doc_type = @P6, jurisdiction = @P7, status = @P8, effective_date = @P9, updated_by = @P10, updated_at = @P11,
+    deleted_at = NULL, version = version + 1
+WHERE tenant_id = @P1 AND id = @P2";
+
+/// The quota and overage policy of a tenant's plan.
+pub const TENANT_PLAN_QUOTA: &str = "SELECT p.monthly_quota_units, p.overage_policy
+FROM dbo.tenants t JOIN dbo.plans p ON p.code = t.plan_code WHERE t.id = @P1";
+
+pub const USAGE_EVENT_EXISTS: &str = "SELECT 1 AS found FROM dbo.usage_events WHERE event_id = @P1";
+
+/// A debit that is never refused (external usage has happened): outputs this debit's overage units.
+pub const DEBIT_QUOTA_UNCONDITIONALLY: &str = "UPDATE dbo.quota_usage SET
+    overage_units = overage_units
+        + (CASE WHEN units_used + @P3 > quota_units THEN units_used + @P3 - quota_units ELSE 0 END)
+        - (CASE WHEN units_used > quota_units THEN units_used - quota_units ELSE 0 END),
+    units_used = units_used + @P3,
+    updated_at = @P4
+OUTPUT
+    (CASE WHEN inserted.units_used > inserted.quota_units THEN inserted.units_used - inserted.quota_units ELSE 0 END)
+    - (CASE WHEN inserted.units_used - @P3 > inserted.quota_units THEN inserted.units_used - @P3 - inserted.quota_units ELSE 0 END)
+WHERE tenant_id = @P1 AND period_start = @P2";
+
+pub const INSERT_QUARANTINE: &str = "INSERT INTO dbo.quarantine_messages (id, received_at, message_id, delivery_count,
+    content_type, reason, raw_body, replayed_at)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8)";
+
+pub const LIST_QUARANTINE: &str = "SELECT TOP (@P1) id, received_at, message_id, delivery_count, content_type, reason,
+    raw_body, replayed_at
+FROM dbo.quarantine_messages ORDER BY received_at DESC, id DESC";
+
+pub const GET_QUARANTINED: &str = "SELECT id, received_at, message_id, delivery_count, content_type, reason, raw_body,
+    replayed_at
+FROM dbo.quarantine_messages WHERE id = @P1";
+
+pub const MARK_QUARANTINE_REPLAYED: &str = "UPDATE dbo.quarantine_messages SET replayed_at = @P2 WHERE id = @P1";
+
+/// The publisher's page: unsent rows that are due, through the filtered index `ix_outbox_pending`.
+pub const PENDING_OUTBOX: &str = "SELECT TOP (@P2) seq, id, event_type, subject, payload, created_at, available_at,
+    attempts, last_error, sent_at
+FROM dbo.outbox_messages WHERE sent_at IS NULL AND available_at <= @P1 ORDER BY available_at, seq";
+
+pub const MARK_OUTBOX_SENT: &str =
+    "UPDATE dbo.outbox_messages SET sent_at = @P2, attempts = attempts + 1, last_error = NULL
+WHERE id = @P1 AND sent_at IS NULL";
+
+pub const MARK_OUTBOX_FAILED: &str = "UPDATE dbo.outbox_messages SET attempts = attempts + 1, last_error = @P2,
+    available_at = @P3
+WHERE id = @P1 AND sent_at IS NULL";
+
+pub const LIST_OUTBOX: &str = "SELECT TOP (@P2) seq, id, event_type, subject, payload, created_at, available_at,
+    attempts, last_error, sent_at
+FROM dbo.outbox_messages WHERE seq > @P1 ORDER BY seq";
+
 /// Every constant statement above, named, for the parse check (the assembled ones: [`assembled_examples`]).
 pub const ALL: &[(&str, &str)] = &[
     ("PLAN_COSTS", PLAN_COSTS),
@@ -689,4 +784,26 @@ pub const ALL: &[(&str, &str)] = &[
     ("AUDIT_CHAIN_HEAD", AUDIT_CHAIN_HEAD),
     ("INSERT_AUDIT_EVENT", INSERT_AUDIT_EVENT),
     ("AUDIT_CHAIN", AUDIT_CHAIN),
+    ("INSERT_OUTBOX", INSERT_OUTBOX),
+    ("FLAG_QUOTA_80", FLAG_QUOTA_80),
+    ("FLAG_QUOTA_100", FLAG_QUOTA_100),
+    ("INSERT_INBOX", INSERT_INBOX),
+    ("LOCK_TENANT_STATUS", LOCK_TENANT_STATUS),
+    ("INSERT_ACTIVE_TENANT", INSERT_ACTIVE_TENANT),
+    ("UPDATE_TENANT_FROM_EVENT", UPDATE_TENANT_FROM_EVENT),
+    ("SET_TENANT_STATUS_FROM_EVENT", SET_TENANT_STATUS_FROM_EVENT),
+    ("CHANGE_TENANT_PLAN", CHANGE_TENANT_PLAN),
+    ("DOCUMENT_OWNER", DOCUMENT_OWNER),
+    ("REPLACE_DOCUMENT_FROM_EVENT", REPLACE_DOCUMENT_FROM_EVENT),
+    ("TENANT_PLAN_QUOTA", TENANT_PLAN_QUOTA),
+    ("USAGE_EVENT_EXISTS", USAGE_EVENT_EXISTS),
+    ("DEBIT_QUOTA_UNCONDITIONALLY", DEBIT_QUOTA_UNCONDITIONALLY),
+    ("INSERT_QUARANTINE", INSERT_QUARANTINE),
+    ("LIST_QUARANTINE", LIST_QUARANTINE),
+    ("GET_QUARANTINED", GET_QUARANTINED),
+    ("MARK_QUARANTINE_REPLAYED", MARK_QUARANTINE_REPLAYED),
+    ("PENDING_OUTBOX", PENDING_OUTBOX),
+    ("MARK_OUTBOX_SENT", MARK_OUTBOX_SENT),
+    ("MARK_OUTBOX_FAILED", MARK_OUTBOX_FAILED),
+    ("LIST_OUTBOX", LIST_OUTBOX),
 ];

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::connection::{MssqlClient, MssqlConnector, MssqlManager, pool_error, pool_with_timeout};
 use super::errors::classify;
+use super::integration;
 use super::queries as q;
 use super::retry::{RetryPolicy, random_jitter, retry};
 use crate::store::migrations::{self, AppliedMigration, MigrationReport};
@@ -120,24 +121,24 @@ async fn batch(conn: &mut MssqlClient, sql: &str) -> Result<(), StoreError> {
 }
 
 /// Runs a parameterized statement; returns the rows of its first result set.
-async fn rows(conn: &mut MssqlClient, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<Row>, StoreError> {
+pub(super) async fn rows(conn: &mut MssqlClient, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<Row>, StoreError> {
     conn.query(sql, params).await.map_err(classify)?.into_first_result().await.map_err(classify)
 }
 
 /// Runs a parameterized statement that returns no rows; returns the total rows affected.
-async fn execute(conn: &mut MssqlClient, sql: &str, params: &[&dyn ToSql]) -> Result<u64, StoreError> {
+pub(super) async fn execute(conn: &mut MssqlClient, sql: &str, params: &[&dyn ToSql]) -> Result<u64, StoreError> {
     Ok(conn.execute(sql, params).await.map_err(classify)?.total())
 }
 
-fn column<'a, T: tiberius::FromSql<'a>>(row: &'a Row, index: usize) -> Result<Option<T>, StoreError> {
+pub(super) fn column<'a, T: tiberius::FromSql<'a>>(row: &'a Row, index: usize) -> Result<Option<T>, StoreError> {
     row.try_get(index).map_err(|e| StoreError::Other(anyhow::anyhow!("column {index}: {e}")))
 }
 
-fn required<'a, T: tiberius::FromSql<'a>>(row: &'a Row, index: usize) -> Result<T, StoreError> {
+pub(super) fn required<'a, T: tiberius::FromSql<'a>>(row: &'a Row, index: usize) -> Result<T, StoreError> {
     column(row, index)?.ok_or_else(|| StoreError::Other(anyhow::anyhow!("column {index} is NULL")))
 }
 
-fn text(row: &Row, index: usize) -> Result<String, StoreError> {
+pub(super) fn text(row: &Row, index: usize) -> Result<String, StoreError> {
     required::<&str>(row, index).map(str::to_owned)
 }
 
@@ -335,11 +336,11 @@ fn idempotency_from(row: &Row) -> Result<IdempotencyRecord, StoreError> {
     })
 }
 
-async fn read_tenant(conn: &mut MssqlClient, id: Uuid) -> Result<Option<Tenant>, StoreError> {
+pub(super) async fn read_tenant(conn: &mut MssqlClient, id: Uuid) -> Result<Option<Tenant>, StoreError> {
     rows(conn, q::GET_TENANT, &[&id]).await?.first().map(tenant_from).transpose()
 }
 
-async fn read_quota(
+pub(super) async fn read_quota(
     conn: &mut MssqlClient,
     tenant_id: Uuid,
     start: NaiveDate,
@@ -438,11 +439,13 @@ async fn debit_period(conn: &mut MssqlClient, d: &QuotaDebit) -> Result<QuotaOut
     execute(conn, q::ENSURE_QUOTA_PERIOD, &ensure).await?;
     let updated = rows(conn, q::DEBIT_QUOTA, &[&d.tenant_id, &d.period_start, &d.units, &d.now]).await?;
     match updated.first() {
-        Some(row) => Ok(QuotaOutcome::Accepted {
-            units_used: required(row, 0)?,
-            quota_units: required(row, 1)?,
-            overage_units: required(row, 2)?,
-        }),
+        Some(row) => {
+            let (units_used, quota_units) = (required(row, 0)?, required(row, 1)?);
+            if crosses_threshold(units_used - d.units, units_used, quota_units) {
+                integration::emit_quota_thresholds(conn, d.tenant_id, d.period_start, d.now).await?;
+            }
+            Ok(QuotaOutcome::Accepted { units_used, quota_units, overage_units: required(row, 2)? })
+        }
         None => {
             let current = read_quota(conn, d.tenant_id, d.period_start)
                 .await?
@@ -677,12 +680,17 @@ impl Store for MssqlStore {
         now: DateTime<Utc>,
     ) -> Result<Update<Tenant>, StoreError> {
         in_tx!(self, Retry::No, |conn| {
+            let before = read_tenant(conn, id).await?;
             let changed =
                 execute(conn, q::SET_TENANT_STATUS, &[&status.as_str(), &now, &id, &expected_version]).await?;
-            Ok(match (changed, read_tenant(conn, id).await?) {
-                (_, None) => Update::NotFound,
-                (1, Some(tenant)) => Update::Updated(tenant),
-                (_, Some(tenant)) => Update::VersionMismatch { current_version: tenant.version },
+            Ok(match (changed, read_tenant(conn, id).await?, before) {
+                (_, None, _) => Update::NotFound,
+                (1, Some(tenant), Some(before)) => {
+                    integration::announce_status_change(conn, before.status, &tenant, now).await?;
+                    Update::Updated(tenant)
+                }
+                (1, Some(tenant), None) => Update::Updated(tenant),
+                (_, Some(tenant), _) => Update::VersionMismatch { current_version: tenant.version },
             })
         })
     }
@@ -704,11 +712,16 @@ impl Store for MssqlStore {
                 &id,
                 &expected_version,
             ];
+            let before = read_tenant(conn, id).await?;
             let changed = execute(conn, q::UPDATE_TENANT, &params).await?;
-            Ok(match (changed, read_tenant(conn, id).await?) {
-                (_, None) => Update::NotFound,
-                (1, Some(tenant)) => Update::Updated(tenant),
-                (_, Some(tenant)) => Update::VersionMismatch { current_version: tenant.version },
+            Ok(match (changed, read_tenant(conn, id).await?, before) {
+                (_, None, _) => Update::NotFound,
+                (1, Some(tenant), Some(before)) => {
+                    integration::announce_status_change(conn, before.status, &tenant, now).await?;
+                    Update::Updated(tenant)
+                }
+                (1, Some(tenant), None) => Update::Updated(tenant),
+                (_, Some(tenant), _) => Update::VersionMismatch { current_version: tenant.version },
             })
         })
     }
@@ -1116,6 +1129,90 @@ impl Store for MssqlStore {
             let row = rows(conn, q::COUNT_USAGE_EVENTS, &[&tenant_id]).await?;
             let n: i64 = row.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
             Ok(n as u64)
+        })
+    }
+
+    async fn apply_integration_event(
+        &self,
+        inbox: &InboxEntry,
+        effect: &IntegrationEffect,
+    ) -> Result<ApplyOutcome, StoreError> {
+        // Not retried: the inbox row makes a second run harmless, but a lost commit answer is for the host to
+        // resolve by redelivering (then the inbox says Duplicate).
+        let result = in_tx!(self, Retry::No, |conn| integration::apply(conn, inbox, effect).await);
+        // XACT_ABORT rolled the whole transaction back, inbox row included.
+        match result {
+            Err(StoreError::ForeignKey(reason) | StoreError::Conflict(reason)) => Ok(ApplyOutcome::Rejected(reason)),
+            other => other,
+        }
+    }
+
+    async fn quarantine_message(&self, message: &QuarantinedMessage) -> Result<(), StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            let m = message;
+            if !rows(conn, q::GET_QUARANTINED, &[&m.id]).await?.is_empty() {
+                return Ok(()); // a retried insert whose first commit went through
+            }
+            let params: [&dyn ToSql; 8] = [
+                &m.id,
+                &m.received_at,
+                &m.message_id.as_deref(),
+                &m.delivery_count,
+                &m.content_type.as_deref(),
+                &m.reason.as_str(),
+                &m.raw_body.as_str(),
+                &m.replayed_at,
+            ];
+            execute(conn, q::INSERT_QUARANTINE, &params).await.map(drop)
+        })
+    }
+
+    async fn list_quarantine(&self, limit: u32) -> Result<Vec<QuarantinedMessage>, StoreError> {
+        let top = i64::from(limit.max(1));
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, q::LIST_QUARANTINE, &[&top]).await?.iter().map(integration::quarantined_from).collect()
+        })
+    }
+
+    async fn get_quarantined(&self, id: Uuid) -> Result<Option<QuarantinedMessage>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, q::GET_QUARANTINED, &[&id]).await?.first().map(integration::quarantined_from).transpose()
+        })
+    }
+
+    async fn mark_quarantine_replayed(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| Ok(execute(conn, q::MARK_QUARANTINE_REPLAYED, &[&id, &now]).await? == 1))
+    }
+
+    async fn pending_outbox(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        let top = i64::from(limit.max(1));
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, q::PENDING_OUTBOX, &[&now, &top]).await?.iter().map(integration::outbox_from).collect()
+        })
+    }
+
+    async fn mark_outbox_sent(&self, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
+        // Idempotent: only an unsent row changes.
+        in_tx!(self, Retry::Yes, |conn| execute(conn, q::MARK_OUTBOX_SENT, &[&id, &now]).await.map(drop))
+    }
+
+    async fn mark_outbox_failed(
+        &self,
+        id: Uuid,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let error: String = error.chars().take(1000).collect();
+        let error = error.as_str();
+        in_tx!(self, Retry::No, |conn| {
+            execute(conn, q::MARK_OUTBOX_FAILED, &[&id, &error, &next_attempt_at]).await.map(drop)
+        })
+    }
+
+    async fn list_outbox(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        let top = i64::from(limit.max(1));
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, q::LIST_OUTBOX, &[&after_seq, &top]).await?.iter().map(integration::outbox_from).collect()
         })
     }
 }

@@ -1,0 +1,162 @@
+//! Secrets from Azure Key Vault: read at startup with `azure_security_keyvault_secrets`, kept wrapped in
+//! [`SecretCell`]s, and refreshed on a schedule so a rotated secret reaches the running process.
+//!
+//! Settings name the secrets (`METERLINE_KEYVAULT_URL` plus `*_SECRET_NAME`; see `config::KeyVaultConfig`).
+//! The zero-code alternative, Functions' own `@Microsoft.KeyVault(SecretUri=…)` app-setting references, needs
+//! nothing from this module: the platform resolves them into plain environment variables (README, "Secrets").
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::credentials::TokenCredential;
+use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
+use secrecy::SecretString;
+
+use super::SecretCell;
+
+/// A Key Vault, read through `SecretClient`.
+pub struct KeyVault {
+    client: SecretClient,
+    url: String,
+}
+
+impl std::fmt::Debug for KeyVault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyVault").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl KeyVault {
+    /// A client for the vault at `url` (https), authenticated by `credential`; `options` can replace the transport.
+    pub fn new(
+        url: &str,
+        credential: Arc<dyn TokenCredential>,
+        options: Option<SecretClientOptions>,
+    ) -> anyhow::Result<Self> {
+        let client = SecretClient::new(url, credential, options)
+            .map_err(|e| anyhow::anyhow!("Key Vault client for {url}: {e}"))?;
+        Ok(Self { client, url: url.to_owned() })
+    }
+
+    /// The current version of secret `name`.
+    pub async fn get(&self, name: &str) -> anyhow::Result<SecretString> {
+        let secret = self
+            .client
+            .get_secret(name, None)
+            .await
+            .and_then(|response| response.into_model())
+            .map_err(|e| anyhow::anyhow!("reading secret {name:?} from {}: {}", self.url, error_chain(&e)))?;
+        let value = secret.value.ok_or_else(|| anyhow::anyhow!("secret {name:?} in {} has no value", self.url))?;
+        Ok(SecretString::from(value))
+    }
+}
+
+/// An `azure_core` error with its sources (its own message is often only "non-transport error occurred").
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The client options for a vault URL. `SecretClient` checks that the resource named in the vault's
+/// authentication challenge is a parent domain of the vault's host (`vault.azure.net` for
+/// `<name>.vault.azure.net`), so a look-alike URL cannot collect a token for real vaults. An IP address has no
+/// parent domain, so for a vault on a loopback address (a local emulator; tokens never leave the machine) the
+/// check is off; everywhere else it stays on.
+pub fn client_options(url: &str) -> SecretClientOptions {
+    let loopback = azure_core::http::Url::parse(url).ok().is_some_and(|u| {
+        let host = u.host_str().unwrap_or_default().trim_matches(['[', ']']);
+        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    });
+    let mut options = SecretClientOptions { verify_challenge_resource: Some(!loopback), ..Default::default() };
+    // Startup waits for the secrets, and the Functions host allows about 30 s until the port opens: a few quick
+    // retries, then fail (the host restarts the handler) rather than the SDK's default minute.
+    options.client_options.retry =
+        azure_core::http::RetryOptions::exponential(azure_core::http::ExponentialRetryOptions {
+            max_retries: 3,
+            initial_delay: azure_core::time::Duration::milliseconds(200),
+            max_delay: azure_core::time::Duration::seconds(2),
+            max_total_elapsed: azure_core::time::Duration::seconds(10),
+        });
+    options
+}
+
+/// Secrets read from one vault, by secret name, each in a cell the refresh updates.
+#[derive(Debug)]
+pub struct VaultSecrets {
+    vault: Arc<KeyVault>,
+    cells: BTreeMap<String, SecretCell>,
+}
+
+impl VaultSecrets {
+    /// Reads every named secret once; any failure stops startup (a missing secret is a configuration error).
+    pub async fn load(vault: KeyVault, names: &[&str]) -> anyhow::Result<Self> {
+        let mut cells = BTreeMap::new();
+        for name in names {
+            if !cells.contains_key(*name) {
+                cells.insert((*name).to_owned(), SecretCell::new(vault.get(name).await?));
+            }
+        }
+        Ok(Self { vault: Arc::new(vault), cells })
+    }
+
+    /// The cell of a secret read by [`load`](Self::load).
+    pub fn cell(&self, name: &str) -> Option<SecretCell> {
+        self.cells.get(name).cloned()
+    }
+
+    /// Reads every secret again now; a secret that cannot be read keeps its previous value.
+    pub async fn refresh(&self) -> usize {
+        refresh_cells(&self.vault, &self.cells).await
+    }
+
+    /// Refreshes every `every` in the background, for the life of the process.
+    pub fn spawn_refresh(&self, every: Duration) {
+        let (vault, cells) = (self.vault.clone(), self.cells.clone());
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.tick().await; // the first tick is immediate: the values were just loaded
+            loop {
+                ticks.tick().await;
+                let refreshed = refresh_cells(&vault, &cells).await;
+                tracing::info!(refreshed, total = cells.len(), "Key Vault secrets refreshed");
+            }
+        });
+    }
+}
+
+async fn refresh_cells(vault: &KeyVault, cells: &BTreeMap<String, SecretCell>) -> usize {
+    let mut refreshed = 0;
+    for (name, cell) in cells {
+        match vault.get(name).await {
+            Ok(value) => {
+                cell.set(value);
+                refreshed += 1;
+            }
+            Err(err) => {
+                tracing::warn!(secret = %name, error = %format!("{err:#}"), "Key Vault refresh failed; keeping the previous value")
+            }
+        }
+    }
+    refreshed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_challenge_check_is_off_only_for_loopback_vaults() {
+        assert_eq!(client_options("https://meterline.vault.azure.net").verify_challenge_resource, Some(true));
+        assert_eq!(client_options("https://127.0.0.1:8443").verify_challenge_resource, Some(false));
+        assert_eq!(client_options("https://[::1]:8443").verify_challenge_resource, Some(false));
+        assert_eq!(client_options("https://localhost:8443").verify_challenge_resource, Some(false));
+        assert_eq!(client_options("https://127.0.0.1.evil.example").verify_challenge_resource, Some(true));
+    }
+}

@@ -1,0 +1,51 @@
+//! Clients of Azure services on the `azure_core` 1.x pipeline: Service Bus send over REST, and Key Vault secrets.
+//!
+//! Both authenticate with the Function App's managed identity through `azure_identity` (the App Service
+//! protocol where `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` are set, IMDS elsewhere); Service Bus also takes a SAS
+//! connection string as a fallback. ARCHITECTURE.md says why Service Bus is reached over REST.
+
+pub mod keyvault;
+pub mod servicebus;
+
+use std::sync::{Arc, RwLock};
+
+use azure_core::credentials::TokenCredential;
+use azure_identity::{ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId};
+use secrecy::SecretString;
+
+/// The Function App's managed identity: system-assigned, or the user-assigned one with `client_id`.
+pub fn managed_identity(client_id: Option<&str>) -> anyhow::Result<Arc<dyn TokenCredential>> {
+    let options = ManagedIdentityCredentialOptions {
+        user_assigned_id: client_id.map(|id| UserAssignedId::ClientId(id.to_owned())),
+        ..Default::default()
+    };
+    let credential: Arc<dyn TokenCredential> = ManagedIdentityCredential::new(Some(options))?;
+    Ok(credential)
+}
+
+/// A secret that a background refresh may replace while readers hold the cell (Key Vault rotation).
+/// Reading clones the wrapped value; `Debug` never shows it.
+#[derive(Clone)]
+pub struct SecretCell(Arc<RwLock<SecretString>>);
+
+impl SecretCell {
+    pub fn new(value: SecretString) -> Self {
+        Self(Arc::new(RwLock::new(value)))
+    }
+
+    /// The current value.
+    pub fn get(&self) -> SecretString {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Replaces the value for every holder of this cell.
+    pub fn set(&self, value: SecretString) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = value;
+    }
+}
+
+impl std::fmt::Debug for SecretCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretCell([REDACTED])")
+    }
+}
