@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `migrate`, `run-job`, `openapi`, and their exit codes.
+//! The command line: `serve` (the default), `migrate`, `run-job`, `openapi`, `settings`, `dev-token`, and their exit codes.
 //!
 //! Exit codes matter to the Functions host: it never restarts a handler that exits 0, so 0 is only
 //! returned after a requested shutdown (SIGTERM/SIGINT) or a finished one-shot command.
@@ -43,6 +43,8 @@ enum Command {
     },
     /// Print the OpenAPI document of the API as JSON.
     Openapi,
+    /// Print every setting Meterline reads (name, default, description) as JSON; needs no configuration.
+    Settings,
     /// Local mode only: print a bearer token signed with the development key (`METERLINE_AUTH_LOCAL_KEY_PATH`).
     ///
     /// With the default embedded store, a plan `developer` and a tenant for `--tenant` are created if missing.
@@ -82,6 +84,14 @@ pub fn main() -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&doc).expect("the OpenAPI document serializes"));
         return ExitCode::SUCCESS;
     }
+    if let Some(Command::Settings) = cli.command {
+        let settings: Vec<_> = crate::config::SETTINGS
+            .iter()
+            .map(|s| serde_json::json!({"name": s.name, "default": s.default, "description": s.description}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&settings).expect("settings serialize"));
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {
@@ -91,8 +101,9 @@ pub fn main() -> ExitCode {
     };
     let command = cli.command.unwrap_or(Command::Serve);
     let sink = if matches!(command, Command::Serve) { LogSink::Split } else { LogSink::Stderr };
-    crate::telemetry::init(&config, sink);
+    let telemetry = crate::telemetry::init(&config, sink);
     let result = actix_web::rt::System::new().block_on(run(command, config));
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -147,7 +158,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{}", crate::auth::local::mint(&key, &request, chrono::Utc::now().timestamp())?);
             Ok(())
         }
-        Command::Openapi => unreachable!("handled before configuration is read"),
+        Command::Openapi | Command::Settings => unreachable!("handled before configuration is read"),
     }
 }
 
