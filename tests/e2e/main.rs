@@ -13,3 +13,4 @@ mod metering;
 mod openapi;
 mod store_contract;
 mod support;
+mod telemetry;

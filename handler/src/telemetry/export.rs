@@ -81,12 +81,22 @@ pub fn providers(config: &TelemetryConfig, client: ExportClient) -> anyhow::Resu
             )
         }
         TelemetryExport::AppInsights { connection_string } => {
-            let exporter = |client| {
-                opentelemetry_application_insights::Exporter::new_from_connection_string(
+            let loopback = loopback_ingestion_endpoint(connection_string.expose_secret());
+            let exporter = |client| -> anyhow::Result<_> {
+                let exporter = opentelemetry_application_insights::Exporter::new_from_connection_string(
                     connection_string.expose_secret(),
                     client,
                 )
-                .map_err(|e| anyhow::anyhow!("APPLICATIONINSIGHTS_CONNECTION_STRING: {e}"))
+                .map_err(|e| anyhow::anyhow!("APPLICATIONINSIGHTS_CONNECTION_STRING: {e}"))?;
+                match &loopback {
+                    // The crate upgrades every ingestion endpoint to https; a local listener (tests, a local
+                    // ingestion emulator) speaks plain http on loopback, so keep that one as given.
+                    #[allow(deprecated)]
+                    Some(endpoint) => exporter
+                        .with_endpoint(endpoint)
+                        .map_err(|e| anyhow::anyhow!("APPLICATIONINSIGHTS_CONNECTION_STRING: {e}")),
+                    None => Ok(exporter),
+                }
             };
             (
                 SdkTracerProvider::builder()
@@ -100,6 +110,18 @@ pub fn providers(config: &TelemetryConfig, client: ExportClient) -> anyhow::Resu
     Ok(Some(Providers { tracer, meter }))
 }
 
+/// The connection string's `IngestionEndpoint` when it is plain http on a loopback address.
+fn loopback_ingestion_endpoint(connection_string: &str) -> Option<String> {
+    let endpoint = connection_string.split(';').find_map(|part| {
+        let (key, value) = part.split_once('=')?;
+        key.trim().eq_ignore_ascii_case("IngestionEndpoint").then(|| value.trim().to_owned())
+    })?;
+    ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"]
+        .iter()
+        .any(|prefix| endpoint.starts_with(prefix))
+        .then_some(endpoint)
+}
+
 fn meter_provider(
     resource: Resource,
     exporter: impl opentelemetry_sdk::metrics::exporter::PushMetricExporter,
@@ -107,4 +129,22 @@ fn meter_provider(
 ) -> SdkMeterProvider {
     let reader = PeriodicReader::builder(exporter).with_interval(interval).build();
     SdkMeterProvider::builder().with_resource(resource).with_reader(reader).build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_ingestion_endpoints_stay_plain_http() {
+        let local = "InstrumentationKey=k;IngestionEndpoint=http://127.0.0.1:4999/";
+        assert_eq!(loopback_ingestion_endpoint(local).as_deref(), Some("http://127.0.0.1:4999/"));
+        for remote in [
+            "InstrumentationKey=k;IngestionEndpoint=http://ingest.example.com/",
+            "InstrumentationKey=k;IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com/",
+            "InstrumentationKey=k",
+        ] {
+            assert_eq!(loopback_ingestion_endpoint(remote), None, "{remote}");
+        }
+    }
 }
