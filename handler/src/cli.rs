@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `migrate`, `run-job`, `quarantine`, `openapi`, and their exit codes.
+//! The command line: `serve` (the default), `migrate`, `run-job`, `quarantine`, `openapi`, `settings`, `dev-token`, and their exit codes.
 //!
 //! Exit codes matter to the Functions host: it never restarts a handler that exits 0, so 0 is only
 //! returned after a requested shutdown (SIGTERM/SIGINT) or a finished one-shot command.
@@ -48,6 +48,8 @@ enum Command {
         #[command(subcommand)]
         action: QuarantineCommand,
     },
+    /// Print every setting Meterline reads (name, default, description) as JSON; needs no configuration.
+    Settings,
     /// Local mode only: print a bearer token signed with the development key (`METERLINE_AUTH_LOCAL_KEY_PATH`).
     ///
     /// With the default embedded store, a plan `developer` and a tenant for `--tenant` are created if missing.
@@ -99,6 +101,14 @@ pub fn main() -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&doc).expect("the OpenAPI document serializes"));
         return ExitCode::SUCCESS;
     }
+    if let Some(Command::Settings) = cli.command {
+        let settings: Vec<_> = crate::config::SETTINGS
+            .iter()
+            .map(|s| serde_json::json!({"name": s.name, "default": s.default, "description": s.description}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&settings).expect("settings serialize"));
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {
@@ -108,8 +118,9 @@ pub fn main() -> ExitCode {
     };
     let command = cli.command.unwrap_or(Command::Serve);
     let sink = if matches!(command, Command::Serve) { LogSink::Split } else { LogSink::Stderr };
-    crate::telemetry::init(&config, sink);
+    let telemetry = crate::telemetry::init(&config, sink);
     let result = actix_web::rt::System::new().block_on(run(command, config));
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -184,7 +195,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Quarantine { action } => quarantine(config, action).await,
-        Command::Openapi => unreachable!("handled before configuration is read"),
+        Command::Openapi | Command::Settings => unreachable!("handled before configuration is read"),
     }
 }
 

@@ -136,6 +136,31 @@ pub const SETTINGS: &[SettingDoc] = &[
         description: "Secret. At least 32 characters; signs list cursors so they cannot be forged or replayed with other filters. Required in Azure: every instance must share it (a Key Vault reference).",
     },
     SettingDoc {
+        name: "METERLINE_TELEMETRY",
+        default: "auto",
+        description: "OpenTelemetry traces and metrics: `auto` (OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set, else Application Insights when APPLICATIONINSIGHTS_CONNECTION_STRING is set, else off), `otlp`, `appinsights` or `off`.",
+    },
+    SettingDoc {
+        name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+        default: "(unset)",
+        description: "Base URL of an OTLP/HTTP (protobuf) collector, e.g. http://127.0.0.1:4318; traces go to /v1/traces and metrics to /v1/metrics.",
+    },
+    SettingDoc {
+        name: "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        default: "(unset)",
+        description: "Application Insights connection string (set by the deployment); the handler exports traces and metrics to it directly.",
+    },
+    SettingDoc {
+        name: "OTEL_SERVICE_NAME",
+        default: "meterline",
+        description: "service.name of exported telemetry (the cloud role name in Application Insights).",
+    },
+    SettingDoc {
+        name: "METERLINE_TELEMETRY_METRIC_INTERVAL_SECS",
+        default: "60",
+        description: "How often metrics are exported, in seconds (they are also flushed at shutdown).",
+    },
+    SettingDoc {
         name: "METERLINE_SHUTDOWN_TIMEOUT_SECS",
         default: "10",
         description: "How long a graceful shutdown waits for in-flight requests.",
@@ -247,6 +272,25 @@ pub enum AuthMode {
     Local { key_path: PathBuf },
 }
 
+/// Where OpenTelemetry traces and metrics go.
+#[derive(Debug, Clone)]
+pub enum TelemetryExport {
+    /// Nothing is exported; no exporter, thread or instrument exists.
+    Off,
+    /// OTLP over HTTP (protobuf) to a collector; `endpoint` is the base URL.
+    Otlp { endpoint: String },
+    /// Straight to Application Insights' ingestion endpoint named by the connection string.
+    AppInsights { connection_string: SecretString },
+}
+
+/// Telemetry export settings.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    pub export: TelemetryExport,
+    pub service_name: String,
+    pub metric_interval: Duration,
+}
+
 /// Token validation settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
@@ -281,6 +325,7 @@ pub struct Config {
     pub cursor_key: Option<SecretString>,
     /// The outbox publisher's Service Bus target and the Key Vault secrets.
     pub integration: IntegrationConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 /// Where the outbox publisher sends, and which secrets come from Key Vault.
@@ -440,8 +485,11 @@ impl Config {
             keyvault,
         };
 
+        let telemetry = telemetry_config(&get)?;
+
         Ok(Config {
             integration,
+            telemetry,
             runtime,
             in_azure,
             auth,
@@ -589,6 +637,56 @@ fn auth_config(get: &dyn Fn(&str) -> Option<String>, in_azure: bool) -> Result<A
     })
 }
 
+fn telemetry_config(get: &dyn Fn(&str) -> Option<String>) -> Result<TelemetryConfig, ConfigError> {
+    let otlp = get("OTEL_EXPORTER_OTLP_ENDPOINT");
+    let app_insights = get("APPLICATIONINSIGHTS_CONNECTION_STRING");
+    let otlp_export = |endpoint: Option<String>| -> Result<TelemetryExport, ConfigError> {
+        let endpoint = endpoint
+            .ok_or_else(|| ConfigError::new("OTEL_EXPORTER_OTLP_ENDPOINT", "required when METERLINE_TELEMETRY=otlp"))?;
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("expected an http(s) URL, got {endpoint:?}"),
+            ));
+        }
+        Ok(TelemetryExport::Otlp { endpoint: endpoint.trim_end_matches('/').to_owned() })
+    };
+    let app_insights_export = |connection: Option<String>| -> Result<TelemetryExport, ConfigError> {
+        let connection = connection.ok_or_else(|| {
+            ConfigError::new("APPLICATIONINSIGHTS_CONNECTION_STRING", "required when METERLINE_TELEMETRY=appinsights")
+        })?;
+        if !connection.split(';').any(|part| part.trim().to_ascii_lowercase().starts_with("instrumentationkey=")) {
+            return Err(ConfigError::new("APPLICATIONINSIGHTS_CONNECTION_STRING", "has no InstrumentationKey"));
+        }
+        Ok(TelemetryExport::AppInsights { connection_string: SecretString::from(connection) })
+    };
+    let export = match get("METERLINE_TELEMETRY").as_deref().unwrap_or("auto") {
+        "off" => TelemetryExport::Off,
+        "otlp" => otlp_export(otlp)?,
+        "appinsights" => app_insights_export(app_insights)?,
+        "auto" if otlp.is_some() => otlp_export(otlp)?,
+        "auto" if app_insights.is_some() => app_insights_export(app_insights)?,
+        "auto" => TelemetryExport::Off,
+        other => {
+            return Err(ConfigError::new(
+                "METERLINE_TELEMETRY",
+                format!("expected `auto`, `otlp`, `appinsights` or `off`, got {other:?}"),
+            ));
+        }
+    };
+    let interval = parse_number(
+        "METERLINE_TELEMETRY_METRIC_INTERVAL_SECS",
+        get("METERLINE_TELEMETRY_METRIC_INTERVAL_SECS"),
+        60,
+        1,
+    )?;
+    Ok(TelemetryConfig {
+        export,
+        service_name: get("OTEL_SERVICE_NAME").unwrap_or_else(|| "meterline".into()),
+        metric_interval: Duration::from_secs(interval as u64),
+    })
+}
+
 fn parse_port(setting: &'static str, raw: &str, allow_zero: bool) -> Result<u16, ConfigError> {
     match raw.parse::<u16>() {
         Ok(0) if !allow_zero => Err(ConfigError::new(setting, "expected a port number 1-65535, got 0")),
@@ -677,6 +775,15 @@ mod tests {
             ),
             (vec![("METERLINE_AUTH_CLOCK_SKEW_SECS", "900")], "METERLINE_AUTH_CLOCK_SKEW_SECS"),
             (vec![("METERLINE_CURSOR_KEY", "short")], "METERLINE_CURSOR_KEY"),
+            (vec![("METERLINE_TELEMETRY", "jaeger")], "METERLINE_TELEMETRY"),
+            (vec![("METERLINE_TELEMETRY", "otlp")], "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            (vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4318")], "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            (vec![("METERLINE_TELEMETRY", "appinsights")], "APPLICATIONINSIGHTS_CONNECTION_STRING"),
+            (
+                vec![("APPLICATIONINSIGHTS_CONNECTION_STRING", "IngestionEndpoint=x")],
+                "APPLICATIONINSIGHTS_CONNECTION_STRING",
+            ),
+            (vec![("METERLINE_TELEMETRY_METRIC_INTERVAL_SECS", "0")], "METERLINE_TELEMETRY_METRIC_INTERVAL_SECS"),
             (vec![("WEBSITE_INSTANCE_ID", "abc"), ("METERLINE_AUTH_MODE", "local")], "METERLINE_AUTH_MODE"),
             (vec![("METERLINE_CURSOR_KEY_SECRET_NAME", "cursor")], "METERLINE_KEYVAULT_URL"),
             (vec![("METERLINE_KEYVAULT_URL", "http://vault.example")], "METERLINE_KEYVAULT_URL"),
@@ -734,6 +841,27 @@ mod tests {
         assert_eq!(c.integration.servicebus_namespace.as_deref(), Some("meterline.servicebus.windows.net"));
         assert_eq!(c.integration.outbox_topic, "meterline-events");
         assert_eq!(c.integration.outbox_source, "/meterline");
+    }
+
+    #[test]
+    fn telemetry_is_off_unless_an_endpoint_is_configured() {
+        assert!(matches!(config(&[]).unwrap().telemetry.export, TelemetryExport::Off));
+        let key = "InstrumentationKey=00000000-0000-0000-0000-000000000001;IngestionEndpoint=https://x/";
+        let both = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318/"),
+            ("APPLICATIONINSIGHTS_CONNECTION_STRING", key),
+        ])
+        .unwrap();
+        assert!(
+            matches!(both.telemetry.export, TelemetryExport::Otlp { ref endpoint } if endpoint == "http://127.0.0.1:4318"),
+            "auto prefers an explicit collector"
+        );
+        let azure = config(&[("APPLICATIONINSIGHTS_CONNECTION_STRING", key)]).unwrap();
+        assert!(matches!(azure.telemetry.export, TelemetryExport::AppInsights { .. }));
+        assert!(!format!("{azure:?}").contains("00000000-0000-0000-0000-000000000001"), "the key is redacted");
+        let off = config(&[("METERLINE_TELEMETRY", "off"), ("APPLICATIONINSIGHTS_CONNECTION_STRING", key)]).unwrap();
+        assert!(matches!(off.telemetry.export, TelemetryExport::Off));
+        assert_eq!(off.telemetry.service_name, "meterline");
     }
 
     #[test]

@@ -16,3 +16,4 @@ mod openapi;
 mod outbox;
 mod store_contract;
 mod support;
+mod telemetry;

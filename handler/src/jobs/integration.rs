@@ -17,6 +17,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::telemetry::metrics::{self, ConsumerOutcome};
+
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -405,6 +407,7 @@ pub async fn consume(state: &AppState, message: &ServiceBusMessage) -> Result<In
     let verdict = match process(state, &message.body).await {
         Ok(verdict) => verdict,
         Err(err) => {
+            metrics::consumer_outcome(ConsumerOutcome::Retried);
             tracing::warn!(
                 message_id,
                 delivery_count,
@@ -414,6 +417,11 @@ pub async fn consume(state: &AppState, message: &ServiceBusMessage) -> Result<In
             return Err(err);
         }
     };
+    metrics::consumer_outcome(match &verdict {
+        Verdict::Applied { .. } => ConsumerOutcome::Processed,
+        Verdict::Duplicate { .. } => ConsumerOutcome::Duplicate,
+        Verdict::Poison(_) => ConsumerOutcome::Quarantined,
+    });
     let line = match verdict {
         Verdict::Applied { event_type, id, source } => {
             format!(

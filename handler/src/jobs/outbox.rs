@@ -56,6 +56,7 @@ pub async fn publish(state: &AppState) -> Result<String, AppError> {
     let now = state.clock.now();
     let Some(sender) = state.outbox_sender.as_ref() else {
         let pending = state.store.pending_outbox(now, 1000).await?.len();
+        crate::telemetry::metrics::outbox_backlog(pending as u64);
         return Ok(format!(
             "not configured (set METERLINE_SERVICEBUS_NAMESPACE or METERLINE_SERVICEBUS_CONNECTION_STRING); {pending}{} events wait in the outbox",
             if pending == 1000 { "+" } else { "" }
@@ -125,7 +126,12 @@ async fn publish_batch(
             }
         }
     }
-    let more = if rows.len() as u32 == batch { " (batch full: more may be due)" } else { "" };
+    let full = rows.len() as u32 == batch;
+    // The backlog metric (an alert watches it): what is still due after this run, counted up to 1000.
+    let backlog =
+        if full { state.store.pending_outbox(state.clock.now(), 1000).await?.len() } else { rows.len() - sent };
+    crate::telemetry::metrics::outbox_backlog(backlog as u64);
+    let more = if full { " (batch full: more may be due)" } else { "" };
     Ok(format!("published {sent} of {} due events, {failed} failed{more}", rows.len()))
 }
 

@@ -118,6 +118,7 @@ pub async fn limit(
         limits.quota_units = quota_units;
         limits.quota_remaining = (quota_units - units_used).max(0);
         if !rate.allowed {
+            crate::telemetry::metrics::limiter_rejection(crate::telemetry::metrics::LimiterKind::Rate);
             let retry = (rate.retry_after_micros + 999_999) / 1_000_000;
             decision = Some(format!("rate-limited minute r=0 t={retry}"));
             return Err(limited(
@@ -132,6 +133,7 @@ pub async fn limit(
                 Some(Debit { tenant_id: tenant.id, period_start, units, overage_units })
             }
             Some(QuotaOutcome::Rejected { .. }) => {
+                crate::telemetry::metrics::limiter_rejection(crate::telemetry::metrics::LimiterKind::Quota);
                 decision = Some(format!("quota-exceeded month used={units_used}/{quota_units} cost={units}"));
                 return Err(limited(
                     AppError::new(ErrorCode::QuotaExceeded)
@@ -213,6 +215,9 @@ pub async fn record(
         )
     };
     let billable = status.is_success() && debit.is_some();
+    if let Some(d) = debit.filter(|_| billable) {
+        crate::telemetry::metrics::quota_consumed(d.units, d.overage_units)
+    }
     if let Some(debit) = debit.filter(|_| !billable)
         && let Err(err) = state
             .store

@@ -1,0 +1,142 @@
+// Optional API Management in front of the Function App (main.bicep: deployApim, off by default).
+// An outer shield only: it rejects requests without a valid Entra token and throttles per calling client
+// coarsely; the handler still authenticates every request and enforces each plan's exact limits.
+param name string
+param location string
+param tags object
+param publisherEmail string
+param functionAppName string
+param functionAppHostName string
+param authAuthority string
+param authAudiences array
+param callsPerMinute int
+
+@description('API Management tier. rate-limit-by-key is not available on Consumption, so the smallest fitting tier is Basic v2.')
+@allowed([
+  'BasicV2'
+  'StandardV2'
+  'Developer'
+  'Basic'
+  'Standard'
+])
+param skuName string = 'BasicV2'
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' existing = {
+  name: functionAppName
+}
+
+resource service 'Microsoft.ApiManagement/service@2023-05-01-preview' = {
+  name: name
+  location: location
+  tags: tags
+  sku: {
+    name: skuName
+    capacity: 1
+  }
+  properties: {
+    publisherEmail: publisherEmail
+    publisherName: 'Meterline'
+  }
+}
+
+// The backend's function key, kept as a secret named value (never in the policy text).
+resource functionKey 'Microsoft.ApiManagement/service/namedValues@2023-05-01-preview' = {
+  parent: service
+  name: 'meterline-function-key'
+  properties: {
+    displayName: 'meterline-function-key'
+    secret: true
+    value: listKeys('${functionApp.id}/host/default', '2024-04-01').functionKeys.default
+  }
+}
+
+resource backend 'Microsoft.ApiManagement/service/backends@2023-05-01-preview' = {
+  parent: service
+  name: 'meterline-functions'
+  properties: {
+    protocol: 'http'
+    url: 'https://${functionAppHostName}/api'
+    credentials: {
+      header: {
+        'x-functions-key': [
+          '{{meterline-function-key}}'
+        ]
+      }
+    }
+  }
+  dependsOn: [
+    functionKey
+  ]
+}
+
+resource api 'Microsoft.ApiManagement/service/apis@2023-05-01-preview' = {
+  parent: service
+  name: 'meterline'
+  properties: {
+    displayName: 'Meterline'
+    path: 'api'
+    protocols: [
+      'https'
+    ]
+    subscriptionRequired: false
+    serviceUrl: 'https://${functionAppHostName}/api'
+  }
+}
+
+resource catchAll 'Microsoft.ApiManagement/service/apis/operations@2023-05-01-preview' = [for method in [
+  'GET'
+  'POST'
+  'PUT'
+  'PATCH'
+  'DELETE'
+  'HEAD'
+  'OPTIONS'
+]: {
+  parent: api
+  name: 'all-${toLower(method)}'
+  properties: {
+    displayName: '${method} /*'
+    method: method
+    urlTemplate: '/*'
+  }
+}]
+
+// The Entra tenant id is the path segment after the authority host (https://login.microsoftonline.com/<tenant>/v2.0).
+var tenantSegment = split(replace(authAuthority, 'https://', ''), '/')[1]
+var audienceElements = join(map(authAudiences, a => '<audience>${a}</audience>'), '')
+
+var policy = '''
+<policies>
+  <inbound>
+    <base />
+    <validate-azure-ad-token tenant-id="TENANT" header-name="Authorization" failed-validation-httpcode="401" failed-validation-error-message="invalid or missing bearer token">
+      <audiences>AUDIENCES</audiences>
+    </validate-azure-ad-token>
+    <rate-limit-by-key calls="CALLS" renewal-period="60" counter-key="@(context.Request.Headers.GetValueOrDefault(&quot;Authorization&quot;,&quot;&quot;).AsJwt()?.Claims.GetValueOrDefault(&quot;azp&quot;, context.Request.IpAddress))" increment-condition="@(true)" />
+    <set-backend-service backend-id="meterline-functions" />
+  </inbound>
+  <backend>
+    <base />
+  </backend>
+  <outbound>
+    <base />
+  </outbound>
+  <on-error>
+    <base />
+  </on-error>
+</policies>
+'''
+
+resource apiPolicy 'Microsoft.ApiManagement/service/apis/policies@2023-05-01-preview' = {
+  parent: api
+  name: 'policy'
+  properties: {
+    format: 'rawxml'
+    value: replace(replace(replace(policy, 'TENANT', tenantSegment), 'AUDIENCES', audienceElements), 'CALLS', string(callsPerMinute))
+  }
+  dependsOn: [
+    backend
+  ]
+}
+
+output gatewayUrl string = service.properties.gatewayUrl
