@@ -12,4 +12,5 @@ mod layout;
 mod metering;
 mod openapi;
 mod store_contract;
+mod usage_rollup;
 mod support;
