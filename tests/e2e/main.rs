@@ -12,5 +12,6 @@ mod layout;
 mod metering;
 mod openapi;
 mod store_contract;
+mod usage_api;
 mod usage_rollup;
 mod support;
