@@ -276,8 +276,7 @@ fn usage_config(get: &dyn Fn(&str) -> Option<String>) -> Result<UsageConfig, Con
     if lateness > 86_400 {
         return Err(ConfigError::new("METERLINE_USAGE_LATENESS_SECS", format!("at most 86400, got {lateness}")));
     }
-    let retention_days =
-        parse_number("METERLINE_USAGE_RETENTION_DAYS", get("METERLINE_USAGE_RETENTION_DAYS"), 35, 2)?;
+    let retention_days = parse_number("METERLINE_USAGE_RETENTION_DAYS", get("METERLINE_USAGE_RETENTION_DAYS"), 35, 2)?;
     let lag_alert = parse_number("METERLINE_ROLLUP_LAG_ALERT_SECS", get("METERLINE_ROLLUP_LAG_ALERT_SECS"), 1800, 1)?;
     let standalone_timers = match get("METERLINE_STANDALONE_TIMERS") {
         Some(raw) => parse_bool("METERLINE_STANDALONE_TIMERS", &raw)?,

@@ -12,6 +12,6 @@ mod layout;
 mod metering;
 mod openapi;
 mod store_contract;
+mod support;
 mod usage_api;
 mod usage_rollup;
-mod support;

@@ -29,7 +29,9 @@ async fn the_summary_is_the_quota_counter_and_the_report_and_export_are_current(
     let a = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Documents.Read,Usage.Read"]);
     let b = dev_token(root.path(), &["--tenant", DIR_B, "--roles", "Usage.Read", "--app-id", "b-app"]);
     let reader = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Documents.Read", "--app-id", "other"]);
-    let host = HostEmulator::start_with(HostOptions { app_root: Some(root.path().to_path_buf()), ..HostOptions::default() }).await;
+    let host =
+        HostEmulator::start_with(HostOptions { app_root: Some(root.path().to_path_buf()), ..HostOptions::default() })
+            .await;
     let calls = (0..7).map(|_| host.http(get("/api/v1/me", &a)));
     assert!(futures_util::future::join_all(calls).await.iter().all(|r| r.status == 200));
 
@@ -45,14 +47,22 @@ async fn the_summary_is_the_quota_counter_and_the_report_and_export_are_current(
     assert_eq!(report.status, 200, "{}", String::from_utf8_lossy(&report.body));
     let report = report.json();
     let rows = report["value"].as_array().unwrap();
-    let by_op = |op: &str| rows.iter().filter(|r| r["operationId"] == op).map(|r| r["calls"].as_i64().unwrap()).sum::<i64>();
+    let by_op =
+        |op: &str| rows.iter().filter(|r| r["operationId"] == op).map(|r| r["calls"].as_i64().unwrap()).sum::<i64>();
     assert_eq!((by_op("getMe"), by_op("getUsageSummary")), (7, 1));
     let billable: i64 = rows.iter().map(|r| r["billableUnits"].as_i64().unwrap()).sum();
     assert_eq!(billable, summary["unitsUsed"].as_i64().unwrap(), "the report bills what the counter holds");
-    assert!(rows.iter().all(|r| r["latency"]["p95Micros"].as_i64().unwrap() <= r["latency"]["maxMicros"].as_i64().unwrap()));
+    assert!(
+        rows.iter().all(|r| r["latency"]["p95Micros"].as_i64().unwrap() <= r["latency"]["maxMicros"].as_i64().unwrap())
+    );
 
     // After a rollup run the numbers are the same, now from the rollups.
-    let run = host.invoke_timer("UsageRollup", json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false})).await;
+    let run = host
+        .invoke_timer(
+            "UsageRollup",
+            json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false}),
+        )
+        .await;
     assert!(run.logs()[0].starts_with("UsageRollup: rolled up"), "{:?}", run.logs());
     let month = host.http(get("/api/v1/usage?granularity=month", &a)).await.json();
     let rows = month["value"].as_array().unwrap();
@@ -66,7 +76,10 @@ async fn the_summary_is_the_quota_counter_and_the_report_and_export_are_current(
     assert!(export.header("content-type").unwrap().starts_with("text/csv"));
     let csv = String::from_utf8(export.body.clone()).unwrap();
     let mut lines = csv.split("\r\n").filter(|l| !l.is_empty());
-    assert_eq!(lines.next(), Some("period,date,tenant_id,operation_id,client_id,calls,units,billable_units,overage_units,errors"));
+    assert_eq!(
+        lines.next(),
+        Some("period,date,tenant_id,operation_id,client_id,calls,units,billable_units,overage_units,errors")
+    );
     let get_me: Vec<&str> = lines.filter(|l| l.contains(",getMe,")).collect();
     assert_eq!(get_me.len(), 1, "{csv}");
     assert!(get_me[0].starts_with(&format!("{period},{period}-")) && get_me[0].contains(",7,7,7,0,0"), "{csv}");
@@ -79,10 +92,18 @@ async fn the_summary_is_the_quota_counter_and_the_report_and_export_are_current(
 
     // Scoping and validation.
     let a_id = summary["tenantId"].as_str().unwrap();
-    assert_eq!(host.http(get(&format!("/api/v1/usage?tenantId={a_id}"), &b)).await.status, 404, "another tenant does not exist");
+    assert_eq!(
+        host.http(get(&format!("/api/v1/usage?tenantId={a_id}"), &b)).await.status,
+        404,
+        "another tenant does not exist"
+    );
     assert_eq!(host.http(get(&format!("/api/v1/usage/export?period={period}&tenantId={a_id}"), &b)).await.status, 404);
     assert_eq!(host.http(get("/api/v1/usage", &reader)).await.status, 403);
-    for bad in ["granularity=week", "from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "granularity=hour&from=2020-01-01T00:00:00Z"] {
+    for bad in [
+        "granularity=week",
+        "from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "granularity=hour&from=2020-01-01T00:00:00Z",
+    ] {
         let response = host.http(get(&format!("/api/v1/usage?{bad}"), &a)).await;
         assert_eq!(response.status, 400, "{bad}");
         assert_eq!(response.json()["code"], "InvalidQuery");

@@ -112,7 +112,12 @@ fn naive(events: &[UsageEvent], granularity: RollupGranularity) -> BTreeMap<Key,
         if !seen.insert(e.event_id) {
             continue;
         }
-        let key = (tenant, granularity.window_of(e.occurred_at), e.operation_id.clone(), e.client_id.clone().unwrap_or_default());
+        let key = (
+            tenant,
+            granularity.window_of(e.occurred_at),
+            e.operation_id.clone(),
+            e.client_id.clone().unwrap_or_default(),
+        );
         out.entry(key).or_default().merge(&UsageTotals::of_call(
             e.units,
             e.billable,
@@ -124,17 +129,27 @@ fn naive(events: &[UsageEvent], granularity: RollupGranularity) -> BTreeMap<Key,
     out
 }
 
-async fn stored(store: &Arc<dyn Store>, tenants: &[Uuid], granularity: RollupGranularity) -> BTreeMap<Key, UsageTotals> {
+async fn stored(
+    store: &Arc<dyn Store>,
+    tenants: &[Uuid],
+    granularity: RollupGranularity,
+) -> BTreeMap<Key, UsageTotals> {
     let mut out = BTreeMap::new();
     for tenant in tenants {
-        for r in store.usage_rollups(*tenant, granularity, t0() - Duration::days(3), t0() + Duration::days(5)).await.unwrap() {
+        for r in
+            store.usage_rollups(*tenant, granularity, t0() - Duration::days(3), t0() + Duration::days(5)).await.unwrap()
+        {
             out.insert((*tenant, r.window_start, r.operation_id, r.client_id), r.totals);
         }
     }
     out
 }
 
-async fn reported(store: &Arc<dyn Store>, tenants: &[Uuid], granularity: RollupGranularity) -> BTreeMap<Key, UsageTotals> {
+async fn reported(
+    store: &Arc<dyn Store>,
+    tenants: &[Uuid],
+    granularity: RollupGranularity,
+) -> BTreeMap<Key, UsageTotals> {
     let mut out: BTreeMap<Key, UsageTotals> = BTreeMap::new();
     for tenant in tenants {
         let query = UsageQuery {
@@ -153,10 +168,7 @@ async fn reported(store: &Arc<dyn Store>, tenants: &[Uuid], granularity: RollupG
 const SETTLE: i64 = 120;
 
 async fn step(store: &Arc<dyn Store>, now: DateTime<Utc>, batch_size: u32) -> RollupProgress {
-    store
-        .rollup_step(&RollupStep { batch_size, settled_before: now - Duration::seconds(SETTLE), now })
-        .await
-        .unwrap()
+    store.rollup_step(&RollupStep { batch_size, settled_before: now - Duration::seconds(SETTLE), now }).await.unwrap()
 }
 
 #[tokio::test]
@@ -200,7 +212,12 @@ async fn rollups_equal_a_naive_recomputation_for_random_event_streams() {
                 }
                 // Rollups plus the tail are always the exact current numbers.
                 let expected = naive(&written, RollupGranularity::Hour);
-                assert_eq!(reported(&store, &tenants, RollupGranularity::Hour).await, expected, "{} seed {seed}", t.name);
+                assert_eq!(
+                    reported(&store, &tenants, RollupGranularity::Hour).await,
+                    expected,
+                    "{} seed {seed}",
+                    t.name
+                );
             }
             assert_eq!(
                 reported(&store, &tenants, RollupGranularity::Day).await,
@@ -211,7 +228,10 @@ async fn rollups_equal_a_naive_recomputation_for_random_event_streams() {
             // Run to the end: the rollups alone equal the naive recomputation, hourly and daily.
             let end = events.last().unwrap().recorded_at + Duration::hours(1);
             while !step(&store, end, 1 + rng.below(60) as u32).await.caught_up {}
-            assert_eq!(stored(&store, &tenants, RollupGranularity::Hour).await, naive(&written, RollupGranularity::Hour));
+            assert_eq!(
+                stored(&store, &tenants, RollupGranularity::Hour).await,
+                naive(&written, RollupGranularity::Hour)
+            );
             assert_eq!(stored(&store, &tenants, RollupGranularity::Day).await, naive(&written, RollupGranularity::Day));
             // Re-running any range changes nothing.
             for h in 0..31 {
@@ -219,7 +239,10 @@ async fn rollups_equal_a_naive_recomputation_for_random_event_streams() {
             }
             let again = step(&store, end, 1000).await;
             assert_eq!(again.rolled_up, 0);
-            assert_eq!(stored(&store, &tenants, RollupGranularity::Hour).await, naive(&written, RollupGranularity::Hour));
+            assert_eq!(
+                stored(&store, &tenants, RollupGranularity::Hour).await,
+                naive(&written, RollupGranularity::Hour)
+            );
             assert_eq!(stored(&store, &tenants, RollupGranularity::Day).await, naive(&written, RollupGranularity::Day));
             let state = store.rollup_state().await.unwrap();
             assert_eq!(state.complete_through, Some(end - Duration::seconds(SETTLE)));
@@ -228,9 +251,13 @@ async fn rollups_equal_a_naive_recomputation_for_random_event_streams() {
     .await;
 }
 
-
 /// An application state over `store` with a manual clock and the given settings (the signing key in `dir`).
-fn app_state(store: Arc<dyn Store>, clock: Arc<ManualClock>, dir: &std::path::Path, settings: &[(&str, &str)]) -> AppState {
+fn app_state(
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+    dir: &std::path::Path,
+    settings: &[(&str, &str)],
+) -> AppState {
     let key = dir.join("key.pem").display().to_string();
     let mut map: BTreeMap<String, String> = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     map.insert("METERLINE_AUTH_LOCAL_KEY_PATH".into(), key);
@@ -261,7 +288,10 @@ async fn two_rollup_runs_started_together_produce_the_result_of_one() {
         let (x, y) = tokio::join!(step(&a.store, clock.now(), 50), step(&b.store, clock.now(), 50));
         assert_eq!(x.rolled_up + y.rolled_up, 100, "{}", t.name);
         // Two whole job runs at once: one takes the lease and finishes, or both run; the result is the same.
-        let (x, y) = tokio::join!(jobs::run(&a, Job::UsageRollup, JobTrigger::Cli), jobs::run(&b, Job::UsageRollup, JobTrigger::Cli));
+        let (x, y) = tokio::join!(
+            jobs::run(&a, Job::UsageRollup, JobTrigger::Cli),
+            jobs::run(&b, Job::UsageRollup, JobTrigger::Cli)
+        );
         let summaries = [x.unwrap().summary, y.unwrap().summary];
         assert!(summaries.iter().any(|s| s.contains("caught up")), "{summaries:?}");
         assert_eq!(stored(&store, &tenants, RollupGranularity::Hour).await, naive(&events, RollupGranularity::Hour));
@@ -345,13 +375,20 @@ async fn a_final_month_gets_one_immutable_statement_with_its_event_then_raw_even
     assert_eq!(outbox(&path).len(), 2);
     // Retention: rolled-up raw events older than 35 days go; the rollups stay.
     let rollups_before = stored(&store, &tenants, RollupGranularity::Hour).await;
-    let jan_rollups: Vec<_> = store.usage_rollups(tenants[0], RollupGranularity::Day, january, january + Duration::days(31)).await.unwrap();
+    let jan_rollups: Vec<_> =
+        store.usage_rollups(tenants[0], RollupGranularity::Day, january, january + Duration::days(31)).await.unwrap();
     clock.set(Utc.with_ymd_and_hms(2026, 3, 10, 0, 0, 0).unwrap());
     let outcome = jobs::run(&state, Job::UsageRollup, JobTrigger::Cli).await.unwrap();
     assert!(outcome.summary.contains("301 raw events purged"), "{}", outcome.summary);
-    assert_eq!(store.count_usage_events(tenants[0]).await.unwrap() + store.count_usage_events(tenants[1]).await.unwrap(), 0);
+    assert_eq!(
+        store.count_usage_events(tenants[0]).await.unwrap() + store.count_usage_events(tenants[1]).await.unwrap(),
+        0
+    );
     assert_eq!(stored(&store, &tenants, RollupGranularity::Hour).await, rollups_before);
-    assert_eq!(store.usage_rollups(tenants[0], RollupGranularity::Day, january, january + Duration::days(31)).await.unwrap(), jan_rollups);
+    assert_eq!(
+        store.usage_rollups(tenants[0], RollupGranularity::Day, january, january + Duration::days(31)).await.unwrap(),
+        jan_rollups
+    );
     // A re-run over purged hours is refused instead of wiping their rollups.
     assert!(jobs::rollup::rerun(&state, january, january + Duration::days(1)).await.is_err());
 }

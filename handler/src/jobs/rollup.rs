@@ -245,7 +245,9 @@ pub async fn rerun(state: &AppState, from: DateTime<Utc>, to: DateTime<Utc>) -> 
         )));
     }
     let Some(lease) = Lease::acquire(state).await? else {
-        return Err(AppError::new(ErrorCode::Conflict).with_detail("another runner holds the usage-rollup lease; retry"));
+        return Err(
+            AppError::new(ErrorCode::Conflict).with_detail("another runner holds the usage-rollup lease; retry")
+        );
     };
     let mut hour = first;
     let (mut hours, mut rows) = (0u64, 0u64);

@@ -76,7 +76,11 @@ impl Schedule {
                 && self.fields[3][t.day() as usize]
                 && self.fields[4][t.month() as usize]
                 && self.fields[5][t.weekday().num_days_from_sunday() as usize];
-            t = if minute_ok { t + TimeDelta::seconds(1) } else { t.duration_trunc(TimeDelta::minutes(1)).ok()? + TimeDelta::minutes(1) };
+            t = if minute_ok {
+                t + TimeDelta::seconds(1)
+            } else {
+                t.duration_trunc(TimeDelta::minutes(1)).ok()? + TimeDelta::minutes(1)
+            };
         }
         None
     }

@@ -212,7 +212,11 @@ fn window_start(granularity: Granularity, t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// The window-aligned range of a report, checked against the granularity's limit.
-fn report_range(params: &UsageParams, granularity: Granularity, now: DateTime<Utc>) -> Result<(DateTime<Utc>, DateTime<Utc>), AppError> {
+fn report_range(
+    params: &UsageParams,
+    granularity: Granularity,
+    now: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), AppError> {
     let round_up = |t: DateTime<Utc>| {
         let start = window_start(granularity, t);
         if start == t { t } else { window_end(granularity, start) }
@@ -240,6 +244,9 @@ fn report_range(params: &UsageParams, granularity: Granularity, now: DateTime<Ut
     Ok((from, to))
 }
 
+/// A report row's key: the window start, and the operation or client when grouped by it.
+type ReportKey = (DateTime<Utc>, Option<String>, Option<String>);
+
 /// Rows of `query` merged per window (of `granularity`) and group, in window then key order.
 pub async fn report_rows(
     state: &AppState,
@@ -251,7 +258,7 @@ pub async fn report_rows(
 ) -> Result<Vec<(DateTime<Utc>, Option<String>, Option<String>, UsageTotals)>, AppError> {
     let stored = if granularity == Granularity::Hour { RollupGranularity::Hour } else { RollupGranularity::Day };
     let rows = state.store.usage_report(&UsageQuery { tenant_id, granularity: stored, from, to }).await?;
-    let mut merged: BTreeMap<(DateTime<Utc>, Option<String>, Option<String>), UsageTotals> = BTreeMap::new();
+    let mut merged: BTreeMap<ReportKey, UsageTotals> = BTreeMap::new();
     for row in rows {
         let key = (
             window_start(granularity, row.window_start),
@@ -336,7 +343,11 @@ pub const EXPORT_COLUMNS: &str =
 
 /// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180).
 fn csv_field(value: &str) -> String {
-    if value.contains([',', '"', '\r', '\n']) { format!("\"{}\"", value.replace('"', "\"\"")) } else { value.to_owned() }
+    if value.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_owned()
+    }
 }
 
 /// One month of the tenant's usage as CSV: one line per day, operation and client with calls, streamed a day
@@ -366,13 +377,18 @@ pub async fn export_usage(
     if period_start > crate::metering::period(now).0 {
         return Err(invalid("`period` is in the future"));
     }
-    state.store.get_tenant(tenant_id).await?.ok_or_else(|| AppError::new(ErrorCode::NotFound).with_detail("no such tenant"))?;
+    state
+        .store
+        .get_tenant(tenant_id)
+        .await?
+        .ok_or_else(|| AppError::new(ErrorCode::NotFound).with_detail("no such tenant"))?;
     let period = params.period.clone();
     let first_day = period_start.and_time(NaiveTime::MIN).and_utc();
     let month_end = first_day + Months::new(1);
     let state = state.into_inner();
     // Day by day: each chunk is one day's rows, read when the client is ready for it.
-    let header = futures_util::stream::once(async { Ok::<_, AppError>(web::Bytes::from_static(EXPORT_COLUMNS.as_bytes())) });
+    let header =
+        futures_util::stream::once(async { Ok::<_, AppError>(web::Bytes::from_static(EXPORT_COLUMNS.as_bytes())) });
     let days = futures_util::stream::unfold(first_day, move |day| {
         let (state, period) = (state.clone(), period.clone());
         async move {

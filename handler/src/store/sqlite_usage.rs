@@ -105,7 +105,12 @@ pub(super) fn read_position(conn: &Connection, name: &str) -> Result<i64, StoreE
         .map(|p| p.unwrap_or(0))
 }
 
-pub(super) fn write_position(conn: &Connection, name: &str, position: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub(super) fn write_position(
+    conn: &Connection,
+    name: &str,
+    position: i64,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO job_watermarks (name, position, updated_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
@@ -125,9 +130,7 @@ pub(super) fn rollup_state(conn: &Connection) -> Result<RollupState, StoreError>
         watermark: read_position(conn, ROLLUP_WATERMARK)?,
         complete_through: micros_to_time(read_position(conn, ROLLUP_COMPLETE_THROUGH)?),
         lagging_since: micros_to_time(read_position(conn, ROLLUP_LAGGING_SINCE)?),
-        closed_through: (closed != 0)
-            .then(|| NaiveDate::parse_from_str(&closed.to_string(), "%Y%m%d").ok())
-            .flatten(),
+        closed_through: (closed != 0).then(|| NaiveDate::parse_from_str(&closed.to_string(), "%Y%m%d").ok()).flatten(),
     })
 }
 
@@ -146,9 +149,11 @@ pub(super) fn rollup_step(tx: &Connection, step: &RollupStep) -> Result<RollupPr
     if new_watermark > watermark {
         let now = timestamp(step.now);
         rolled_up = tx
-            .query_row("SELECT count(*) FROM usage_events WHERE seq > ?1 AND seq <= ?2", [watermark, new_watermark], |r| {
-                r.get::<_, i64>(0)
-            })
+            .query_row(
+                "SELECT count(*) FROM usage_events WHERE seq > ?1 AND seq <= ?2",
+                [watermark, new_watermark],
+                |r| r.get::<_, i64>(0),
+            )
             .map_err(classify)? as u64;
         tx.execute(&recompute_hours(HOURS_OF_NEW_EVENTS), params![new_watermark, now, watermark]).map_err(classify)?;
         tx.execute(&recompute_days(DAYS_OF_NEW_EVENTS), params![new_watermark, now, watermark]).map_err(classify)?;
@@ -168,9 +173,8 @@ pub(super) fn rollup_rerun_hour(tx: &Connection, hour: DateTime<Utc>, now: DateT
     let hours = tx
         .execute(&recompute_hours(ONE_HOUR_OF_EVERY_TENANT), params![watermark, now, hour_prefix])
         .map_err(classify)?;
-    let days = tx
-        .execute(&recompute_days(ONE_DAY_OF_EVERY_TENANT), params![watermark, now, hour_prefix])
-        .map_err(classify)?;
+    let days =
+        tx.execute(&recompute_days(ONE_DAY_OF_EVERY_TENANT), params![watermark, now, hour_prefix]).map_err(classify)?;
     Ok((hours + days) as u64)
 }
 

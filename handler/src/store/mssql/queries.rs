@@ -688,7 +688,11 @@ macro_rules! tsql_sums_of_events {
 
 macro_rules! tsql_hour_of {
     ($t:literal) => {
-        concat!("DATEADD(HOUR, DATEDIFF(HOUR, CAST('2000-01-01' AS DATETIME2(0)), ", $t, "), CAST('2000-01-01' AS DATETIME2(0)))")
+        concat!(
+            "DATEADD(HOUR, DATEDIFF(HOUR, CAST('2000-01-01' AS DATETIME2(0)), ",
+            $t,
+            "), CAST('2000-01-01' AS DATETIME2(0)))"
+        )
     };
 }
 
@@ -698,15 +702,21 @@ macro_rules! tsql_merge_rollups {
     ($granularity:literal, $source:expr) => {
         concat!(
             "MERGE INTO dbo.usage_rollups AS t
-USING (", $source, ") AS s
-ON t.tenant_id = s.tenant_id AND t.granularity = '", $granularity, "' AND t.window_start = s.ws
+USING (",
+            $source,
+            ") AS s
+ON t.tenant_id = s.tenant_id AND t.granularity = '",
+            $granularity,
+            "' AND t.window_start = s.ws
     AND t.operation_id = s.operation_id AND t.client_id = s.client_id
 WHEN MATCHED THEN UPDATE SET calls = s.calls, units = s.units, billable_units = s.billable_units,
     overage_units = s.overage_units, errors = s.errors, latency_sum_micros = s.latency_sum_micros,
     latency_max_micros = s.latency_max_micros, latency_histogram = s.latency_histogram, updated_at = @P2
 WHEN NOT MATCHED THEN INSERT (tenant_id, granularity, window_start, operation_id, client_id, calls, units,
     billable_units, overage_units, errors, latency_sum_micros, latency_max_micros, latency_histogram, updated_at)
-VALUES (s.tenant_id, '", $granularity, "', s.ws, s.operation_id, s.client_id, s.calls, s.units, s.billable_units,
+VALUES (s.tenant_id, '",
+            $granularity,
+            "', s.ws, s.operation_id, s.client_id, s.calls, s.units, s.billable_units,
     s.overage_units, s.errors, s.latency_sum_micros, s.latency_max_micros, s.latency_histogram, @P2);"
         )
     };
@@ -739,7 +749,9 @@ macro_rules! tsql_days_source {
         ",
             tsql_histogram_of_rollups!(),
             " AS latency_histogram
-    FROM (", $days, ") AS d
+    FROM (",
+            $days,
+            ") AS d
     JOIN dbo.usage_rollups r ON r.tenant_id = d.tenant_id AND r.granularity = 'hour'
         AND r.window_start >= d.ws AND r.window_start < DATEADD(DAY, 1, d.ws)
     GROUP BY r.tenant_id, d.ws, r.operation_id, r.client_id"

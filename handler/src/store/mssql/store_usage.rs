@@ -128,9 +128,8 @@ fn totals_from(row: &Row, first: usize) -> Result<UsageTotals, StoreError> {
         errors: required(row, first + 4)?,
         latency_sum_micros: required(row, first + 5)?,
         latency_max_micros: required(row, first + 6)?,
-        latency_histogram: UsageTotals::parse_histogram(&histogram).ok_or_else(|| {
-            StoreError::Other(anyhow::anyhow!("bad latency histogram {histogram:?} in the database"))
-        })?,
+        latency_histogram: UsageTotals::parse_histogram(&histogram)
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("bad latency histogram {histogram:?} in the database")))?,
     })
 }
 
@@ -272,7 +271,8 @@ mod tests {
 
     #[test]
     fn the_histogram_sql_names_every_bound_in_order() {
-        for sql in [q::ROLLUP_HOURS_OF_NEW_EVENTS, q::ROLLUP_HOUR_OF_EVERY_TENANT, q::USAGE_TAIL_HOURS, q::USAGE_TAIL_DAYS]
+        for sql in
+            [q::ROLLUP_HOURS_OF_NEW_EVENTS, q::ROLLUP_HOUR_OF_EVERY_TENANT, q::USAGE_TAIL_HOURS, q::USAGE_TAIL_DAYS]
         {
             let mut rest = sql;
             for bound in LATENCY_BOUNDS_MICROS {
