@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `migrate`, `run-job`, `quarantine`, `openapi`, `settings`, `dev-token`, and their exit codes.
+//! The command line: `serve` (the default), `migrate`, `run-job`, `rollup-rerun`, `quarantine`, `openapi`, `settings`, `dev-token`, and their exit codes.
 //!
 //! Exit codes matter to the Functions host: it never restarts a handler that exits 0, so 0 is only
 //! returned after a requested shutdown (SIGTERM/SIGINT) or a finished one-shot command.
@@ -40,6 +40,15 @@ enum Command {
     RunJob {
         #[arg(value_enum)]
         job: Job,
+    },
+    /// Re-aggregate the usage rollups of every hour window in a range from the raw events, then exit.
+    RollupRerun {
+        /// Start of the range (RFC 3339), rounded down to the hour.
+        #[arg(long)]
+        from: chrono::DateTime<chrono::Utc>,
+        /// End of the range (RFC 3339, exclusive).
+        #[arg(long)]
+        to: chrono::DateTime<chrono::Utc>,
     },
     /// Print the OpenAPI document of the API as JSON.
     Openapi,
@@ -174,6 +183,16 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             println!("{}: {}", job.name(), outcome.summary);
             Ok(())
         }
+        Command::RollupRerun { from, to } => {
+            let store = crate::store::open(&config.store).await?;
+            if config.auto_migrate {
+                store.migrate().await?;
+            }
+            let state = AppState::new(config, store, Arc::new(SystemClock), Arc::new(RandomIds))?;
+            let summary = jobs::rollup::rerun(&state, from, to).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            println!("rollup-rerun: {summary}");
+            Ok(())
+        }
         Command::DevToken { tenant, roles, scopes, ttl, app_id } => {
             let crate::config::AuthMode::Local { key_path } = &config.auth.mode else {
                 anyhow::bail!("dev-token needs METERLINE_AUTH_MODE=local: the server must trust the key it signs with");
@@ -292,6 +311,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         crate::config::StoreConfig::Mssql { .. } => "mssql".to_owned(),
     };
     let running = crate::startup::start(config).await?;
+    if matches!(runtime, Runtime::Standalone) && running.state.config.usage.standalone_timers {
+        crate::jobs::schedule::start(running.state.clone().into_inner());
+    }
     let mode = match &runtime {
         Runtime::FunctionsHost { worker_id } => {
             format!("functions-host worker {}", worker_id.as_deref().unwrap_or("?"))

@@ -161,6 +161,41 @@ pub const SETTINGS: &[SettingDoc] = &[
         description: "How often metrics are exported, in seconds (they are also flushed at shutdown).",
     },
     SettingDoc {
+        name: "METERLINE_ROLLUP_BATCH_SIZE",
+        default: "50000",
+        description: "Usage rollup: most raw usage events one rollup step (one transaction) takes past the watermark.",
+    },
+    SettingDoc {
+        name: "METERLINE_ROLLUP_MAX_RUN_SECS",
+        default: "60",
+        description: "Usage rollup: the work budget of one invocation (at most 240, far below the host's functionTimeout); the next invocation continues.",
+    },
+    SettingDoc {
+        name: "METERLINE_ROLLUP_SETTLE_SECS",
+        default: "120",
+        description: "Usage rollup: events recorded less than this long ago stay in the tail; must exceed twice the longest time from recording an event to its commit.",
+    },
+    SettingDoc {
+        name: "METERLINE_USAGE_LATENESS_SECS",
+        default: "900",
+        description: "How long after a window (hour, day, month) ends its events may still arrive; a month's billing statements are written only after it (at most 86400).",
+    },
+    SettingDoc {
+        name: "METERLINE_USAGE_RETENTION_DAYS",
+        default: "35",
+        description: "Raw usage events older than this are purged, and only once rolled up (at least 2).",
+    },
+    SettingDoc {
+        name: "METERLINE_ROLLUP_LAG_ALERT_SECS",
+        default: "1800",
+        description: "When the rollup's complete-through time falls this far behind, one meterline.usage.rollup-lagging.v1 event is emitted per lag episode.",
+    },
+    SettingDoc {
+        name: "METERLINE_STANDALONE_TIMERS",
+        default: "true",
+        description: "Standalone `serve` only: run the timer functions' jobs in-process on their schedules (the Functions host runs them otherwise).",
+    },
+    SettingDoc {
         name: "METERLINE_SHUTDOWN_TIMEOUT_SECS",
         default: "10",
         description: "How long a graceful shutdown waits for in-flight requests.",
@@ -326,6 +361,7 @@ pub struct Config {
     /// The outbox publisher's Service Bus target and the Key Vault secrets.
     pub integration: IntegrationConfig,
     pub telemetry: TelemetryConfig,
+    pub usage: UsageConfig,
 }
 
 /// Where the outbox publisher sends, and which secrets come from Key Vault.
@@ -361,6 +397,49 @@ impl KeyVaultConfig {
             .filter_map(|n| n.as_deref())
             .collect()
     }
+}
+
+/// Usage aggregation and billing settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageConfig {
+    pub rollup_batch_size: u32,
+    pub rollup_max_run: Duration,
+    pub rollup_settle: Duration,
+    pub lateness: Duration,
+    pub retention: Duration,
+    pub lag_alert: Duration,
+    pub standalone_timers: bool,
+}
+
+fn usage_config(get: &dyn Fn(&str) -> Option<String>) -> Result<UsageConfig, ConfigError> {
+    let batch = parse_number("METERLINE_ROLLUP_BATCH_SIZE", get("METERLINE_ROLLUP_BATCH_SIZE"), 50_000, 1)?;
+    let max_run = parse_number("METERLINE_ROLLUP_MAX_RUN_SECS", get("METERLINE_ROLLUP_MAX_RUN_SECS"), 60, 1)?;
+    if max_run > 240 {
+        return Err(ConfigError::new(
+            "METERLINE_ROLLUP_MAX_RUN_SECS",
+            format!("at most 240 seconds (the host kills invocations at functionTimeout), got {max_run}"),
+        ));
+    }
+    let settle = parse_number("METERLINE_ROLLUP_SETTLE_SECS", get("METERLINE_ROLLUP_SETTLE_SECS"), 120, 0)?;
+    let lateness = parse_number("METERLINE_USAGE_LATENESS_SECS", get("METERLINE_USAGE_LATENESS_SECS"), 900, 0)?;
+    if lateness > 86_400 {
+        return Err(ConfigError::new("METERLINE_USAGE_LATENESS_SECS", format!("at most 86400, got {lateness}")));
+    }
+    let retention_days = parse_number("METERLINE_USAGE_RETENTION_DAYS", get("METERLINE_USAGE_RETENTION_DAYS"), 35, 2)?;
+    let lag_alert = parse_number("METERLINE_ROLLUP_LAG_ALERT_SECS", get("METERLINE_ROLLUP_LAG_ALERT_SECS"), 1800, 1)?;
+    let standalone_timers = match get("METERLINE_STANDALONE_TIMERS") {
+        Some(raw) => parse_bool("METERLINE_STANDALONE_TIMERS", &raw)?,
+        None => true,
+    };
+    Ok(UsageConfig {
+        rollup_batch_size: u32::try_from(batch).unwrap_or(u32::MAX),
+        rollup_max_run: Duration::from_secs(max_run as u64),
+        rollup_settle: Duration::from_secs(settle as u64),
+        lateness: Duration::from_secs(lateness as u64),
+        retention: Duration::from_secs(retention_days as u64 * 86_400),
+        lag_alert: Duration::from_secs(lag_alert as u64),
+        standalone_timers,
+    })
 }
 
 impl Config {
@@ -453,6 +532,7 @@ impl Config {
         let lookup_cache_secs = parse_number("METERLINE_LOOKUP_CACHE_SECS", get("METERLINE_LOOKUP_CACHE_SECS"), 5, 0)?;
         let in_azure = get("WEBSITE_INSTANCE_ID").is_some();
         let auth = auth_config(&get, in_azure)?;
+        let usage = usage_config(&get)?;
         let cursor_key = match get("METERLINE_CURSOR_KEY") {
             Some(key) if key.len() >= 32 => Some(SecretString::from(key)),
             Some(_) => return Err(ConfigError::new("METERLINE_CURSOR_KEY", "must be at least 32 characters")),
@@ -494,6 +574,7 @@ impl Config {
             in_azure,
             auth,
             cursor_key,
+            usage,
             bind_address,
             port,
             store,
@@ -784,6 +865,10 @@ mod tests {
                 "APPLICATIONINSIGHTS_CONNECTION_STRING",
             ),
             (vec![("METERLINE_TELEMETRY_METRIC_INTERVAL_SECS", "0")], "METERLINE_TELEMETRY_METRIC_INTERVAL_SECS"),
+            (vec![("METERLINE_ROLLUP_MAX_RUN_SECS", "600")], "METERLINE_ROLLUP_MAX_RUN_SECS"),
+            (vec![("METERLINE_USAGE_RETENTION_DAYS", "1")], "METERLINE_USAGE_RETENTION_DAYS"),
+            (vec![("METERLINE_USAGE_LATENESS_SECS", "90000")], "METERLINE_USAGE_LATENESS_SECS"),
+            (vec![("METERLINE_STANDALONE_TIMERS", "sometimes")], "METERLINE_STANDALONE_TIMERS"),
             (vec![("WEBSITE_INSTANCE_ID", "abc"), ("METERLINE_AUTH_MODE", "local")], "METERLINE_AUTH_MODE"),
             (vec![("METERLINE_CURSOR_KEY_SECRET_NAME", "cursor")], "METERLINE_KEYVAULT_URL"),
             (vec![("METERLINE_KEYVAULT_URL", "http://vault.example")], "METERLINE_KEYVAULT_URL"),

@@ -17,3 +17,5 @@ mod outbox;
 mod store_contract;
 mod support;
 mod telemetry;
+mod usage_api;
+mod usage_rollup;

@@ -43,6 +43,7 @@ pub const FUNCTIONS: &[FunctionDef] = &[
     FunctionDef { name: "Plans", trigger_binding: "req", trigger: Trigger::Http { route: "v1/plans/{*rest}" } },
     FunctionDef { name: "Clients", trigger_binding: "req", trigger: Trigger::Http { route: "v1/clients/{*rest}" } },
     FunctionDef { name: "Usage", trigger_binding: "req", trigger: Trigger::Http { route: "v1/usage/{*rest}" } },
+    FunctionDef { name: "Billing", trigger_binding: "req", trigger: Trigger::Http { route: "v1/billing/{*rest}" } },
     FunctionDef { name: "Tenants", trigger_binding: "req", trigger: Trigger::Http { route: "v1/tenants/{*rest}" } },
     FunctionDef { name: "Audit", trigger_binding: "req", trigger: Trigger::Http { route: "v1/audit-events/{*rest}" } },
     FunctionDef {

@@ -5,6 +5,8 @@
 
 pub mod integration;
 pub mod outbox;
+pub mod rollup;
+pub mod schedule;
 
 use crate::error::AppError;
 use crate::functions::payload::ScheduleStatus;
@@ -39,6 +41,8 @@ pub enum JobTrigger {
     Timer { is_past_due: bool, schedule: Option<ScheduleStatus> },
     /// `handler run-job`.
     Cli,
+    /// The in-process scheduler of standalone `serve` ([`schedule`]).
+    Schedule,
 }
 
 /// The result of one job step.
@@ -54,10 +58,11 @@ pub async fn run(state: &AppState, job: Job, trigger: JobTrigger) -> Result<JobO
     let (trigger_kind, is_past_due) = match &trigger {
         JobTrigger::Timer { is_past_due, .. } => ("timer", *is_past_due),
         JobTrigger::Cli => ("cli", false),
+        JobTrigger::Schedule => ("schedule", false),
     };
     let result: Result<String, AppError> = match job {
-        // The foundation wires the triggers; the jobs themselves land with the usage and outbox work.
-        Job::UsageRollup => Ok("no-op: usage aggregation is not implemented in this build".to_owned()),
+        // A past-due (catch-up) run needs nothing special: the watermark says where to continue.
+        Job::UsageRollup => rollup::run(state).await,
         Job::OutboxPublish => outbox::publish(state).await,
     };
     let summary = match &result {

@@ -1,6 +1,7 @@
 //! The HTTP API: the one route table (which also generates the OpenAPI document) and the not-matched fallback.
 
 pub mod audit;
+pub mod billing;
 pub mod clients;
 pub mod docs;
 pub mod documents;
@@ -74,6 +75,10 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(me::get_me)
             .service(me::get_whoami)
             .service(usage::get_usage_summary)
+            .service(usage::get_usage)
+            .service(usage::export_usage)
+            .service(billing::list_billing_statements)
+            .service(billing::get_billing_statement)
             .service(tenants::list_tenants)
             .service(tenants::create_tenant)
             .service(tenants::get_tenant)

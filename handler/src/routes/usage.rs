@@ -1,17 +1,23 @@
-//! `/api/v1/usage/summary` (Usage.Read): the current period's quota, use and rate policy: the numbers the limiter enforces.
+//! `/api/v1/usage` (Usage.Read): the usage report, the current period's summary and the monthly CSV export.
 //!
 //! A caller sees its own tenant; only a platform administrator may name another with `tenantId`. A tenant
-//! naming another tenant gets 404, exactly as if it did not exist.
+//! naming another tenant gets 404, exactly as if it did not exist. The report and the export read the rollups
+//! plus the events not rolled up yet (`Store::usage_report`), so their numbers are current; the summary reads
+//! the quota counter the limiter debits, so it shows exactly what the limiter enforces. docs/usage.md has the
+//! shapes and the CSV columns.
+
+use std::collections::BTreeMap;
 
 use actix_web::{HttpResponse, get, web};
-use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, Months, NaiveDate, NaiveTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::auth::Permission;
-use crate::auth::guard::{Authorized, UsageRead};
+use crate::auth::guard::{Authorized, Caller, UsageRead};
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
+use crate::store::{RollupGranularity, UsageQuery, UsageTotals};
 
 /// The current period of a tenant.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -63,14 +69,7 @@ pub async fn get_usage_summary(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let not_found = || AppError::new(ErrorCode::NotFound).with_detail("no such tenant");
-    let own = auth.tenant.as_ref().map(|t| t.id);
-    let tenant_id = match (params.tenant_id, own) {
-        (Some(named), _) if auth.permissions.contains(Permission::PlatformAdmin) => named,
-        (Some(named), Some(own)) if named == own => own,
-        (Some(_), _) => return Err(not_found()),
-        (None, Some(own)) => own,
-        (None, None) => return Err(auth.tenant_id().unwrap_err()),
-    };
+    let tenant_id = scoped_tenant(&auth, params.tenant_id)?;
     let tenant = state.store.get_tenant(tenant_id).await?.ok_or_else(not_found)?;
     let plan = state.store.get_plan(&tenant.plan_code).await?.ok_or_else(not_found)?;
     let now = state.clock.now();
@@ -94,4 +93,341 @@ pub async fn get_usage_summary(
         requests_per_minute: plan.requests_per_minute,
         burst: plan.burst,
     }))
+}
+
+/// The tenant a usage read is about: the caller's own, or any named one for a platform administrator. A tenant
+/// naming another tenant gets 404, as if it did not exist.
+pub fn scoped_tenant(caller: &Caller, named: Option<Uuid>) -> Result<Uuid, AppError> {
+    let own = caller.tenant.as_ref().map(|t| t.id);
+    match (named, own) {
+        (Some(named), _) if caller.permissions.contains(Permission::PlatformAdmin) => Ok(named),
+        (Some(named), Some(own)) if named == own => Ok(own),
+        (Some(_), _) => Err(AppError::new(ErrorCode::NotFound).with_detail("no such tenant")),
+        (None, Some(own)) => Ok(own),
+        (None, None) => caller.tenant_id(),
+    }
+}
+
+/// Window size of a usage report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    Hour,
+    Day,
+    Month,
+}
+
+/// What a usage report breaks each window down by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    Operation,
+    Client,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UsageParams {
+    /// Start (RFC 3339), rounded down to the window; default: `to` minus 24 hours, 30 days or 12 months.
+    pub from: Option<DateTime<Utc>>,
+    /// End (RFC 3339, exclusive), rounded up to the window; default: the end of the current window.
+    pub to: Option<DateTime<Utc>>,
+    /// `hour` (at most 31 days), `day` (at most 400 days) or `month` (at most 36 months); default `day`.
+    pub granularity: Option<Granularity>,
+    /// Break each window down by `operation` or `client`; default: one total per window.
+    pub group_by: Option<GroupBy>,
+    /// Platform administrators only: the tenant to read (default: the caller's).
+    pub tenant_id: Option<Uuid>,
+}
+
+/// Latency of the calls in a row; the quantiles are upper bounds read from the latency histogram.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LatencyView {
+    pub avg_micros: i64,
+    pub max_micros: i64,
+    pub p50_micros: i64,
+    pub p95_micros: i64,
+}
+
+/// The usage of one window (and operation or client, when grouped).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageRowView {
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation_id: Option<String>,
+    /// The calling application (`azp`); empty for calls without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    pub calls: i64,
+    /// The cost of every call, charged or not.
+    pub units: i64,
+    /// The units charged (successful calls that debited the quota): what the quota counter holds.
+    pub billable_units: i64,
+    pub overage_units: i64,
+    /// Calls answered 400 or above.
+    pub errors: i64,
+    pub latency: LatencyView,
+}
+
+/// A usage report: windows without calls are left out.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageReport {
+    pub tenant_id: Uuid,
+    pub granularity: Granularity,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<GroupBy>,
+    pub value: Vec<UsageRowView>,
+}
+
+fn invalid(detail: impl Into<String>) -> AppError {
+    AppError::new(ErrorCode::InvalidQuery).with_detail(detail)
+}
+
+fn month_start(t: DateTime<Utc>) -> DateTime<Utc> {
+    crate::metering::period(t).0.and_time(NaiveTime::MIN).and_utc()
+}
+
+/// The start of the window after the one starting at `start`.
+fn window_end(granularity: Granularity, start: DateTime<Utc>) -> DateTime<Utc> {
+    match granularity {
+        Granularity::Hour => start + TimeDelta::hours(1),
+        Granularity::Day => start + TimeDelta::days(1),
+        Granularity::Month => start + Months::new(1),
+    }
+}
+
+fn window_start(granularity: Granularity, t: DateTime<Utc>) -> DateTime<Utc> {
+    match granularity {
+        Granularity::Hour => RollupGranularity::Hour.window_of(t),
+        Granularity::Day => RollupGranularity::Day.window_of(t),
+        Granularity::Month => month_start(t),
+    }
+}
+
+/// The window-aligned range of a report, checked against the granularity's limit.
+fn report_range(
+    params: &UsageParams,
+    granularity: Granularity,
+    now: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), AppError> {
+    let round_up = |t: DateTime<Utc>| {
+        let start = window_start(granularity, t);
+        if start == t { t } else { window_end(granularity, start) }
+    };
+    let to = round_up(params.to.unwrap_or(now));
+    let from = window_start(
+        granularity,
+        params.from.unwrap_or_else(|| match granularity {
+            Granularity::Hour => to - TimeDelta::hours(24),
+            Granularity::Day => to - TimeDelta::days(30),
+            Granularity::Month => to - Months::new(12),
+        }),
+    );
+    if from >= to {
+        return Err(invalid("`from` must be before `to`"));
+    }
+    let (limit, name) = match granularity {
+        Granularity::Hour => (to - TimeDelta::days(31), "31 days for hourly windows"),
+        Granularity::Day => (to - TimeDelta::days(400), "400 days for daily windows"),
+        Granularity::Month => (to - Months::new(36), "36 months for monthly windows"),
+    };
+    if from < limit {
+        return Err(invalid(format!("the range is too long: at most {name}")));
+    }
+    Ok((from, to))
+}
+
+/// A report row's key: the window start, and the operation or client when grouped by it.
+type ReportKey = (DateTime<Utc>, Option<String>, Option<String>);
+
+/// Rows of `query` merged per window (of `granularity`) and group, in window then key order.
+pub async fn report_rows(
+    state: &AppState,
+    tenant_id: Uuid,
+    granularity: Granularity,
+    group_by: Option<GroupBy>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<(DateTime<Utc>, Option<String>, Option<String>, UsageTotals)>, AppError> {
+    let stored = if granularity == Granularity::Hour { RollupGranularity::Hour } else { RollupGranularity::Day };
+    let rows = state.store.usage_report(&UsageQuery { tenant_id, granularity: stored, from, to }).await?;
+    let mut merged: BTreeMap<ReportKey, UsageTotals> = BTreeMap::new();
+    for row in rows {
+        let key = (
+            window_start(granularity, row.window_start),
+            (group_by == Some(GroupBy::Operation)).then(|| row.operation_id.clone()),
+            (group_by == Some(GroupBy::Client)).then(|| row.client_id.clone()),
+        );
+        merged.entry(key).or_default().merge(&row.totals);
+    }
+    Ok(merged.into_iter().map(|((w, op, client), totals)| (w, op, client, totals)).collect())
+}
+
+/// The tenant's usage per window, from the rollups plus the events not rolled up yet.
+#[utoipa::path(
+    tag = "usage",
+    operation_id = "getUsage",
+    security(("entra" = ["Usage.Read"])),
+    params(UsageParams),
+    responses(
+        (status = 200, description = "The usage per window", body = UsageReport),
+        (status = 400, description = "Invalid query parameters", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Usage.Read is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant visible to the caller", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[get("/usage")]
+pub async fn get_usage(
+    auth: Authorized<UsageRead>,
+    params: web::Query<UsageParams>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let tenant_id = scoped_tenant(&auth, params.tenant_id)?;
+    let granularity = params.granularity.unwrap_or(Granularity::Day);
+    let (from, to) = report_range(&params, granularity, state.clock.now())?;
+    let rows = report_rows(&state, tenant_id, granularity, params.group_by, from, to).await?;
+    let value = rows
+        .into_iter()
+        .map(|(window_start, operation_id, client_id, t)| UsageRowView {
+            window_start,
+            window_end: window_end(granularity, window_start),
+            operation_id,
+            client_id,
+            calls: t.calls,
+            units: t.units,
+            billable_units: t.billable_units,
+            overage_units: t.overage_units,
+            errors: t.errors,
+            latency: LatencyView {
+                avg_micros: if t.calls > 0 { t.latency_sum_micros / t.calls } else { 0 },
+                max_micros: t.latency_max_micros,
+                p50_micros: t.latency_quantile_micros(0.5),
+                p95_micros: t.latency_quantile_micros(0.95),
+            },
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(UsageReport { tenant_id, granularity, from, to, group_by: params.group_by, value }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExportParams {
+    /// The month, `YYYY-MM` (UTC), not after the current one.
+    #[param(pattern = r"^\d{4}-(0[1-9]|1[0-2])$", example = "2026-01")]
+    pub period: String,
+    /// Platform administrators only: the tenant to export (default: the caller's).
+    pub tenant_id: Option<Uuid>,
+}
+
+/// Parses `YYYY-MM` into the first day of that month.
+pub fn parse_period(raw: &str) -> Option<NaiveDate> {
+    let (year, month) = raw.split_once('-')?;
+    if year.len() != 4 || month.len() != 2 {
+        return None;
+    }
+    NaiveDate::from_ymd_opt(year.parse().ok()?, month.parse().ok()?, 1)
+}
+
+/// The CSV header of the export; docs/usage.md describes each column.
+pub const EXPORT_COLUMNS: &str =
+    "period,date,tenant_id,operation_id,client_id,calls,units,billable_units,overage_units,errors\r\n";
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180).
+fn csv_field(value: &str) -> String {
+    if value.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_owned()
+    }
+}
+
+/// One month of the tenant's usage as CSV: one line per day, operation and client with calls, streamed a day
+/// at a time (never the whole month in memory).
+#[utoipa::path(
+    tag = "usage",
+    operation_id = "exportUsage",
+    security(("entra" = ["Usage.Read"])),
+    params(ExportParams),
+    responses(
+        (status = 200, description = "The month's usage as CSV (RFC 4180, CRLF line ends, a header line)", body = String, content_type = "text/csv"),
+        (status = 400, description = "Invalid query parameters", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Usage.Read is required", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant visible to the caller", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[get("/usage/export")]
+pub async fn export_usage(
+    auth: Authorized<UsageRead>,
+    params: web::Query<ExportParams>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let tenant_id = scoped_tenant(&auth, params.tenant_id)?;
+    let period_start = parse_period(&params.period).ok_or_else(|| invalid("`period` must be YYYY-MM"))?;
+    let now = state.clock.now();
+    if period_start > crate::metering::period(now).0 {
+        return Err(invalid("`period` is in the future"));
+    }
+    state
+        .store
+        .get_tenant(tenant_id)
+        .await?
+        .ok_or_else(|| AppError::new(ErrorCode::NotFound).with_detail("no such tenant"))?;
+    let period = params.period.clone();
+    let first_day = period_start.and_time(NaiveTime::MIN).and_utc();
+    let month_end = first_day + Months::new(1);
+    let state = state.into_inner();
+    // Day by day: each chunk is one day's rows, read when the client is ready for it.
+    let header =
+        futures_util::stream::once(async { Ok::<_, AppError>(web::Bytes::from_static(EXPORT_COLUMNS.as_bytes())) });
+    let days = futures_util::stream::unfold(first_day, move |day| {
+        let (state, period) = (state.clone(), period.clone());
+        async move {
+            if day >= month_end {
+                return None;
+            }
+            let next = day + TimeDelta::days(1);
+            let query = UsageQuery { tenant_id, granularity: RollupGranularity::Day, from: day, to: next };
+            let chunk = state.store.usage_report(&query).await.map_err(AppError::from);
+            let chunk = chunk.map(|rows| {
+                let mut merged: BTreeMap<(String, String), UsageTotals> = BTreeMap::new();
+                for row in rows {
+                    merged.entry((row.operation_id, row.client_id)).or_default().merge(&row.totals);
+                }
+                let date = day.date_naive();
+                let mut text = String::new();
+                for ((operation, client), t) in merged {
+                    text.push_str(&format!(
+                        "{period},{date},{tenant_id},{},{},{},{},{},{},{}\r\n",
+                        csv_field(&operation),
+                        csv_field(&client),
+                        t.calls,
+                        t.units,
+                        t.billable_units,
+                        t.overage_units,
+                        t.errors
+                    ));
+                }
+                web::Bytes::from(text)
+            });
+            Some((chunk, next))
+        }
+    });
+    use futures_util::StreamExt as _;
+    Ok(HttpResponse::Ok()
+        .content_type("text/csv; charset=utf-8")
+        .insert_header((
+            actix_web::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"usage-{tenant_id}-{}.csv\"", params.period),
+        ))
+        .streaming(header.chain(days)))
 }

@@ -9,6 +9,7 @@ pub mod mssql;
 mod sqlite;
 #[cfg(test)]
 mod tsql_check;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use crate::config::StoreConfig;
 pub use migrations::{AppliedMigration, Migration, MigrationReport, SQLITE as SQLITE_MIGRATIONS};
 pub use model::*;
 pub use sqlite::SqliteStore;
+pub use usage::*;
 
 /// Why a store operation failed, classified so the API can answer 409 / 503 / 500 on purpose.
 #[derive(Debug, thiserror::Error)]
@@ -304,6 +306,76 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every outbox row, sent or not, in `seq` order after `after_seq`; at most `limit` (operators, tests).
     async fn list_outbox(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError>;
+
+    // Usage aggregation and billing (see `jobs::rollup` and docs/data-model.md, "Usage rollup").
+
+    /// The rollup's progress.
+    async fn rollup_state(&self) -> Result<RollupState, StoreError>;
+
+    /// One bounded rollup step in ONE transaction: scans at most `batch_size` events past the watermark, moves
+    /// the watermark to the highest settled `seq` among them, recomputes from raw events (with `seq` up to the
+    /// new watermark) every hour window those events fall in and, from the hour rollups, their day windows, and
+    /// sets `complete_through` to `settled_before` when the scan reached the end. Rollups are overwritten with
+    /// recomputed values, never incremented, so any step may run twice; steps of two processes serialize.
+    async fn rollup_step(&self, step: &RollupStep) -> Result<RollupProgress, StoreError>;
+
+    /// Recomputes, for every tenant, the hour window starting at `hour` and then the day window containing it,
+    /// from raw events with `seq` up to the watermark; returns how many rollup rows it wrote.
+    async fn rollup_rerun_hour(&self, hour: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Deletes at most `limit` rolled-up events (`seq <= watermark`) recorded before `before`, oldest `seq` first.
+    async fn purge_usage_events(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
+
+    /// Starts (`Some`) or ends (`None`) a lag episode. Starting one that is already running changes nothing;
+    /// starting a new one writes `event` to the outbox in the same transaction. Returns whether the state changed.
+    async fn set_rollup_lagging(
+        &self,
+        since: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        event: Option<&OutboxInsert>,
+    ) -> Result<bool, StoreError>;
+
+    /// Rollup rows of one tenant and granularity with windows starting in `[from, to)`, in key order.
+    async fn usage_rollups(
+        &self,
+        tenant_id: Uuid,
+        granularity: RollupGranularity,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<UsageRollup>, StoreError>;
+
+    /// The usage of one tenant per window, operation and client: the rollups plus the events past the watermark
+    /// (the tail), read from one snapshot, so no event is counted twice or missed while a rollup step commits.
+    async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
+
+    /// Tenants created before `period_end` that have no statement for the period yet (at most `limit`, by id),
+    /// with their plan, quota snapshot and the period's billable and overage units from the day rollups.
+    async fn statement_drafts(
+        &self,
+        period_start: NaiveDate,
+        period_end: NaiveDate,
+        limit: u32,
+    ) -> Result<Vec<StatementDraft>, StoreError>;
+
+    /// Writes a statement and its outbox event in one transaction; `false` (and nothing written) when the
+    /// tenant already has a statement for the period. Statements are never updated.
+    async fn insert_billing_statement(
+        &self,
+        statement: &BillingStatement,
+        event: &OutboxInsert,
+    ) -> Result<bool, StoreError>;
+
+    /// Records that every statement of the month starting `period_start` is written.
+    async fn set_closed_through(&self, period_start: NaiveDate, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// A tenant's statements, newest period first.
+    async fn list_billing_statements(&self, tenant_id: Uuid) -> Result<Vec<BillingStatement>, StoreError>;
+
+    async fn get_billing_statement(
+        &self,
+        tenant_id: Uuid,
+        period_start: NaiveDate,
+    ) -> Result<Option<BillingStatement>, StoreError>;
 }
 
 /// The outcome of a conditional (optimistic-concurrency) update.

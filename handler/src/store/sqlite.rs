@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::migrations::{self, AppliedMigration, MigrationReport};
 use super::model::*;
+use super::usage::*;
 use super::{JobRun, Store, StoreError, Update};
 use writer::Writer;
 
@@ -28,6 +29,9 @@ mod integration;
 /// Store-internal helpers that write outbox events inside an open write transaction.
 #[allow(unused_imports)]
 pub(crate) use integration::{emit_quota_thresholds, insert_outbox};
+
+#[path = "sqlite_usage.rs"]
+mod usage;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IDLE_READERS: usize = 8;
@@ -1712,5 +1716,82 @@ impl Store for SqliteStore {
 
     async fn list_outbox(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
         integration::list_outbox(self, after_seq, limit).await
+    }
+
+    async fn rollup_state(&self) -> Result<RollupState, StoreError> {
+        self.read(usage::rollup_state).await
+    }
+
+    async fn rollup_step(&self, step: &RollupStep) -> Result<RollupProgress, StoreError> {
+        let step = step.clone();
+        self.write(move |tx| usage::rollup_step(tx, &step)).await
+    }
+
+    async fn rollup_rerun_hour(&self, hour: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.write(move |tx| usage::rollup_rerun_hour(tx, hour, now)).await
+    }
+
+    async fn purge_usage_events(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        self.write(move |tx| usage::purge(tx, before, limit)).await
+    }
+
+    async fn set_rollup_lagging(
+        &self,
+        since: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        event: Option<&OutboxInsert>,
+    ) -> Result<bool, StoreError> {
+        let event = event.cloned();
+        self.write(move |tx| usage::set_lagging(tx, since, now, event.as_ref())).await
+    }
+
+    async fn usage_rollups(
+        &self,
+        tenant_id: Uuid,
+        granularity: RollupGranularity,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<UsageRollup>, StoreError> {
+        self.read(move |conn| usage::usage_rollups(conn, tenant_id, granularity, from, to)).await
+    }
+
+    async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        let query = query.clone();
+        self.read(move |conn| usage::usage_report(conn, &query)).await
+    }
+
+    async fn statement_drafts(
+        &self,
+        period_start: NaiveDate,
+        period_end: NaiveDate,
+        limit: u32,
+    ) -> Result<Vec<StatementDraft>, StoreError> {
+        self.read(move |conn| usage::statement_drafts(conn, period_start, period_end, limit)).await
+    }
+
+    async fn insert_billing_statement(
+        &self,
+        statement: &BillingStatement,
+        event: &OutboxInsert,
+    ) -> Result<bool, StoreError> {
+        let (statement, event) = (statement.clone(), event.clone());
+        self.write(move |tx| usage::insert_statement(tx, &statement, &event)).await
+    }
+
+    async fn set_closed_through(&self, period_start: NaiveDate, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let position: i64 = period_start.format("%Y%m%d").to_string().parse().expect("digits");
+        self.write(move |tx| usage::write_position(tx, ROLLUP_CLOSED_THROUGH, position, now)).await
+    }
+
+    async fn list_billing_statements(&self, tenant_id: Uuid) -> Result<Vec<BillingStatement>, StoreError> {
+        self.read(move |conn| usage::list_statements(conn, tenant_id)).await
+    }
+
+    async fn get_billing_statement(
+        &self,
+        tenant_id: Uuid,
+        period_start: NaiveDate,
+    ) -> Result<Option<BillingStatement>, StoreError> {
+        self.read(move |conn| usage::get_statement(conn, tenant_id, period_start)).await
     }
 }

@@ -631,6 +631,192 @@ pub const DELETE_PLAN_COSTS: &str = "DELETE FROM dbo.plan_operation_costs WHERE 
 pub const INSERT_PLAN_COST: &str =
     "INSERT INTO dbo.plan_operation_costs (plan_code, operation_id, units) VALUES (@P1, @P2, @P3)";
 
+// Usage aggregation and billing (docs/data-model.md, "Usage rollup"). Windows: an hour starts at
+// DATEADD(HOUR, DATEDIFF(HOUR, @epoch, t), @epoch) with @epoch = 2000-01-01 as DATETIME2(0); a day at CAST(t AS DATE).
+
+/// The twelve cumulative latency counts of a group of `usage_events e`, as JSON array text.
+macro_rules! tsql_histogram_of_events {
+    () => {
+        "CONCAT('[', SUM(CASE WHEN e.latency_micros < 1000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 2000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 5000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 10000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 20000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 50000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 100000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 200000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 500000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 1000000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 2000000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 5000000 THEN 1 ELSE 0 END), ']')"
+    };
+}
+
+/// The element-wise sum of the histograms of a group of `usage_rollups r`.
+macro_rules! tsql_histogram_of_rollups {
+    () => {
+        "CONCAT('[', SUM(CAST(JSON_VALUE(r.latency_histogram, '$[0]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[1]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[2]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[3]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[4]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[5]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[6]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[7]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[8]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[9]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[10]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[11]') AS BIGINT)), ']')"
+    };
+}
+
+/// The sums of a group of `usage_events e`, named as the rollup columns (all BIGINT).
+macro_rules! tsql_sums_of_events {
+    () => {
+        concat!(
+            "COUNT_BIG(*) AS calls, SUM(CAST(e.units AS BIGINT)) AS units,
+        SUM(CASE WHEN e.billable = 1 THEN CAST(e.units AS BIGINT) ELSE 0 END) AS billable_units,
+        SUM(CAST(e.overage_units AS BIGINT)) AS overage_units,
+        SUM(CASE WHEN e.status >= 400 THEN CAST(1 AS BIGINT) ELSE 0 END) AS errors,
+        SUM(e.latency_micros) AS latency_sum_micros, MAX(e.latency_micros) AS latency_max_micros,
+        ",
+            tsql_histogram_of_events!(),
+            " AS latency_histogram"
+        )
+    };
+}
+
+macro_rules! tsql_hour_of {
+    ($t:literal) => {
+        concat!(
+            "DATEADD(HOUR, DATEDIFF(HOUR, CAST('2000-01-01' AS DATETIME2(0)), ",
+            $t,
+            "), CAST('2000-01-01' AS DATETIME2(0)))"
+        )
+    };
+}
+
+/// Overwrites the rollups of `granularity` with the rows of `source` (an aliased derived table `s` with
+/// `tenant_id, ws, operation_id, client_id` and the sums); `@P2` is `updated_at`.
+macro_rules! tsql_merge_rollups {
+    ($granularity:literal, $source:expr) => {
+        concat!(
+            "MERGE INTO dbo.usage_rollups AS t
+USING (",
+            $source,
+            ") AS s
+ON t.tenant_id = s.tenant_id AND t.granularity = '",
+            $granularity,
+            "' AND t.window_start = s.ws
+    AND t.operation_id = s.operation_id AND t.client_id = s.client_id
+WHEN MATCHED THEN UPDATE SET calls = s.calls, units = s.units, billable_units = s.billable_units,
+    overage_units = s.overage_units, errors = s.errors, latency_sum_micros = s.latency_sum_micros,
+    latency_max_micros = s.latency_max_micros, latency_histogram = s.latency_histogram, updated_at = @P2
+WHEN NOT MATCHED THEN INSERT (tenant_id, granularity, window_start, operation_id, client_id, calls, units,
+    billable_units, overage_units, errors, latency_sum_micros, latency_max_micros, latency_histogram, updated_at)
+VALUES (s.tenant_id, '",
+            $granularity,
+            "', s.ws, s.operation_id, s.client_id, s.calls, s.units, s.billable_units,
+    s.overage_units, s.errors, s.latency_sum_micros, s.latency_max_micros, s.latency_histogram, @P2);"
+        )
+    };
+}
+
+/// Hour windows listed by `windows` (derived table `w` of `tenant_id, ws`), recomputed from raw events with
+/// `seq <= @P1`.
+macro_rules! tsql_hours_source {
+    ($windows:literal) => {
+        concat!(
+            "SELECT e.tenant_id, w.ws, e.operation_id, COALESCE(e.client_id, N'') AS client_id,
+        ",
+            tsql_sums_of_events!(),
+            "
+    FROM (", $windows, ") AS w
+    JOIN dbo.usage_events e ON e.tenant_id = w.tenant_id AND e.occurred_at >= w.ws AND e.occurred_at < DATEADD(HOUR, 1, w.ws)
+    WHERE e.seq <= @P1
+    GROUP BY e.tenant_id, w.ws, e.operation_id, COALESCE(e.client_id, N'')"
+        )
+    };
+}
+
+/// Day windows listed by `days` (derived table `d` of `tenant_id, ws`), recomputed from the hour rollups.
+macro_rules! tsql_days_source {
+    ($days:literal) => {
+        concat!(
+            "SELECT r.tenant_id, d.ws, r.operation_id, r.client_id, SUM(r.calls) AS calls, SUM(r.units) AS units,
+        SUM(r.billable_units) AS billable_units, SUM(r.overage_units) AS overage_units, SUM(r.errors) AS errors,
+        SUM(r.latency_sum_micros) AS latency_sum_micros, MAX(r.latency_max_micros) AS latency_max_micros,
+        ",
+            tsql_histogram_of_rollups!(),
+            " AS latency_histogram
+    FROM (",
+            $days,
+            ") AS d
+    JOIN dbo.usage_rollups r ON r.tenant_id = d.tenant_id AND r.granularity = 'hour'
+        AND r.window_start >= d.ws AND r.window_start < DATEADD(DAY, 1, d.ws)
+    GROUP BY r.tenant_id, d.ws, r.operation_id, r.client_id"
+        )
+    };
+}
+
+/// The `job_watermarks` row `@P1`, created at 0 if missing and locked until the transaction ends: rollup steps
+/// of two processes serialize here.
+pub const LOCK_POSITION: &str =
+    "IF NOT EXISTS (SELECT 1 FROM dbo.job_watermarks WITH (UPDLOCK, HOLDLOCK) WHERE name = @P1)
+    INSERT INTO dbo.job_watermarks (name, position, updated_at) VALUES (@P1, 0, @P2);
+SELECT position FROM dbo.job_watermarks WITH (UPDLOCK, HOLDLOCK) WHERE name = @P1";
+
+/// A `job_watermarks` position, read under a shared lock held to the end of the transaction: the usage report
+/// reads the watermark, the rollups and the tail while no rollup step can commit (its last write is this row).
+pub const READ_POSITION_HOLDLOCK: &str = "SELECT position FROM dbo.job_watermarks WITH (HOLDLOCK) WHERE name = @P1";
+
+pub const READ_POSITIONS: &str = "SELECT name, position FROM dbo.job_watermarks WHERE name LIKE 'usage-rollup%'";
+
+pub const PUT_POSITION: &str = "UPDATE dbo.job_watermarks SET position = @P2, updated_at = @P3 WHERE name = @P1;
+IF @@ROWCOUNT = 0
+    INSERT INTO dbo.job_watermarks (name, position, updated_at) VALUES (@P1, @P2, @P3)";
+
+/// How many events lie past the watermark `@P1` within the batch of `@P2`, and the highest settled `seq` among them.
+pub const SCAN_ROLLUP_BATCH: &str =
+    "SELECT COUNT_BIG(*) AS scanned, MAX(CASE WHEN b.recorded_at <= @P3 THEN b.seq END) AS settled
+FROM (SELECT TOP (@P2) seq, recorded_at FROM dbo.usage_events WHERE seq > @P1 ORDER BY seq) AS b";
+
+pub const COUNT_SEQ_RANGE: &str = "SELECT COUNT_BIG(*) AS n FROM dbo.usage_events WHERE seq > @P1 AND seq <= @P2";
+
+/// The hour windows of the events with `seq` in `(@P3, @P1]`, recomputed. `@P2`: updated_at.
+pub const ROLLUP_HOURS_OF_NEW_EVENTS: &str = tsql_merge_rollups!(
+    "hour",
+    tsql_hours_source!(
+        "SELECT DISTINCT tenant_id, DATEADD(HOUR, DATEDIFF(HOUR, CAST('2000-01-01' AS DATETIME2(0)), occurred_at), CAST('2000-01-01' AS DATETIME2(0))) AS ws
+        FROM dbo.usage_events WHERE seq > @P3 AND seq <= @P1 AND tenant_id IS NOT NULL"
+    )
+);
+
+/// The day windows of the events with `seq` in `(@P3, @P1]`, recomputed from the hour rollups.
+pub const ROLLUP_DAYS_OF_NEW_EVENTS: &str = tsql_merge_rollups!(
+    "day",
+    tsql_days_source!(
+        "SELECT DISTINCT tenant_id, CAST(CAST(occurred_at AS DATE) AS DATETIME2(0)) AS ws
+        FROM dbo.usage_events WHERE seq > @P3 AND seq <= @P1 AND tenant_id IS NOT NULL"
+    )
+);
+
+/// The hour `@P3` of every tenant, recomputed from raw events with `seq <= @P1`.
+pub const ROLLUP_HOUR_OF_EVERY_TENANT: &str = tsql_merge_rollups!(
+    "hour",
+    tsql_hours_source!("SELECT id AS tenant_id, CAST(@P3 AS DATETIME2(0)) AS ws FROM dbo.tenants")
+);
+
+/// The day containing `@P3` of every tenant, recomputed from the hour rollups.
+pub const ROLLUP_DAY_OF_EVERY_TENANT: &str = tsql_merge_rollups!(
+    "day",
+    tsql_days_source!("SELECT id AS tenant_id, CAST(CAST(@P3 AS DATE) AS DATETIME2(0)) AS ws FROM dbo.tenants")
+);
+
+/// At most `@P3` rolled-up events (`seq <= @P1`) recorded before `@P2`, from the oldest `seq`.
+pub const PURGE_USAGE_EVENTS: &str = "DELETE FROM dbo.usage_events
+WHERE seq IN (SELECT TOP (@P3) seq FROM dbo.usage_events WHERE seq <= @P1 ORDER BY seq) AND recorded_at < @P2";
+
 // Integration: inbox, effects of integration messages, quarantine, outbox.
 
 /// Inserts an outbox event in the caller's transaction (a taken id is a unique-index violation).
@@ -725,6 +911,64 @@ WHERE id = @P1 AND sent_at IS NULL";
 pub const LIST_OUTBOX: &str = "SELECT TOP (@P2) seq, id, event_type, subject, payload, created_at, available_at,
     attempts, last_error, sent_at
 FROM dbo.outbox_messages WHERE seq > @P1 ORDER BY seq";
+pub const USAGE_ROLLUPS: &str = "SELECT window_start, operation_id, client_id, calls, units, billable_units,
+    overage_units, errors, latency_sum_micros, latency_max_micros, latency_histogram
+FROM dbo.usage_rollups WHERE tenant_id = @P1 AND granularity = @P2 AND window_start >= @P3 AND window_start < @P4
+ORDER BY window_start, operation_id, client_id";
+
+/// The tail of a tenant's usage: events past the watermark `@P1`, per hour, operation and client.
+pub const USAGE_TAIL_HOURS: &str = concat!(
+    "SELECT ",
+    tsql_hour_of!("e.occurred_at"),
+    " AS ws, e.operation_id, COALESCE(e.client_id, N'') AS client_id,
+        ",
+    tsql_sums_of_events!(),
+    "
+FROM dbo.usage_events e WHERE e.seq > @P1 AND e.tenant_id = @P2 AND e.occurred_at >= @P3 AND e.occurred_at < @P4
+GROUP BY ",
+    tsql_hour_of!("e.occurred_at"),
+    ", e.operation_id, COALESCE(e.client_id, N'')"
+);
+
+/// The same per day.
+pub const USAGE_TAIL_DAYS: &str = concat!(
+    "SELECT CAST(CAST(e.occurred_at AS DATE) AS DATETIME2(0)) AS ws, e.operation_id, COALESCE(e.client_id, N'') AS client_id,
+        ",
+    tsql_sums_of_events!(),
+    "
+FROM dbo.usage_events e WHERE e.seq > @P1 AND e.tenant_id = @P2 AND e.occurred_at >= @P3 AND e.occurred_at < @P4
+GROUP BY CAST(CAST(e.occurred_at AS DATE) AS DATETIME2(0)), e.operation_id, COALESCE(e.client_id, N'')"
+);
+
+/// Tenants created before the period's end (`@P4`) without a statement for `@P1`, with the period's usage.
+pub const STATEMENT_DRAFTS: &str = "SELECT TOP (@P5) t.id, t.plan_code, p.currency,
+    COALESCE(q.quota_units, p.monthly_quota_units) AS quota_units,
+    COALESCE((SELECT SUM(r.billable_units) FROM dbo.usage_rollups r WHERE r.tenant_id = t.id
+        AND r.granularity = 'day' AND r.window_start >= @P3 AND r.window_start < @P4), 0) AS used_units,
+    COALESCE((SELECT SUM(r.overage_units) FROM dbo.usage_rollups r WHERE r.tenant_id = t.id
+        AND r.granularity = 'day' AND r.window_start >= @P3 AND r.window_start < @P4), 0) AS overage_units,
+    p.base_price_micros, p.overage_unit_price_micros
+FROM dbo.tenants t JOIN dbo.plans p ON p.code = t.plan_code
+LEFT JOIN dbo.quota_usage q ON q.tenant_id = t.id AND q.period_start = @P1
+WHERE t.created_at < @P4 AND @P2 IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM dbo.billing_statements b WHERE b.tenant_id = t.id AND b.period_start = @P1)
+ORDER BY t.id";
+
+/// A statement, unless the tenant has one for the period (the key-range lock closes the race).
+pub const INSERT_STATEMENT: &str = "INSERT INTO dbo.billing_statements (id, tenant_id, period_start, period_end,
+    plan_code, currency, quota_units, used_units, overage_units, base_amount_micros, overage_amount_micros,
+    total_amount_micros, created_at)
+SELECT @P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13
+WHERE NOT EXISTS (SELECT 1 FROM dbo.billing_statements WITH (UPDLOCK, HOLDLOCK)
+    WHERE tenant_id = @P2 AND period_start = @P3)";
+
+pub const LIST_STATEMENTS: &str = "SELECT TOP (1000) id, tenant_id, period_start, period_end, plan_code, currency,
+    quota_units, used_units, overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at
+FROM dbo.billing_statements WHERE tenant_id = @P1 ORDER BY period_start DESC";
+
+pub const GET_STATEMENT: &str = "SELECT id, tenant_id, period_start, period_end, plan_code, currency,
+    quota_units, used_units, overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at
+FROM dbo.billing_statements WHERE tenant_id = @P1 AND period_start = @P2";
 
 /// Every constant statement above, named, for the parse check (the assembled ones: [`assembled_examples`]).
 pub const ALL: &[(&str, &str)] = &[
@@ -806,4 +1050,22 @@ pub const ALL: &[(&str, &str)] = &[
     ("MARK_OUTBOX_SENT", MARK_OUTBOX_SENT),
     ("MARK_OUTBOX_FAILED", MARK_OUTBOX_FAILED),
     ("LIST_OUTBOX", LIST_OUTBOX),
+    ("LOCK_POSITION", LOCK_POSITION),
+    ("READ_POSITION_HOLDLOCK", READ_POSITION_HOLDLOCK),
+    ("READ_POSITIONS", READ_POSITIONS),
+    ("PUT_POSITION", PUT_POSITION),
+    ("SCAN_ROLLUP_BATCH", SCAN_ROLLUP_BATCH),
+    ("COUNT_SEQ_RANGE", COUNT_SEQ_RANGE),
+    ("ROLLUP_HOURS_OF_NEW_EVENTS", ROLLUP_HOURS_OF_NEW_EVENTS),
+    ("ROLLUP_DAYS_OF_NEW_EVENTS", ROLLUP_DAYS_OF_NEW_EVENTS),
+    ("ROLLUP_HOUR_OF_EVERY_TENANT", ROLLUP_HOUR_OF_EVERY_TENANT),
+    ("ROLLUP_DAY_OF_EVERY_TENANT", ROLLUP_DAY_OF_EVERY_TENANT),
+    ("PURGE_USAGE_EVENTS", PURGE_USAGE_EVENTS),
+    ("USAGE_ROLLUPS", USAGE_ROLLUPS),
+    ("USAGE_TAIL_HOURS", USAGE_TAIL_HOURS),
+    ("USAGE_TAIL_DAYS", USAGE_TAIL_DAYS),
+    ("STATEMENT_DRAFTS", STATEMENT_DRAFTS),
+    ("INSERT_STATEMENT", INSERT_STATEMENT),
+    ("LIST_STATEMENTS", LIST_STATEMENTS),
+    ("GET_STATEMENT", GET_STATEMENT),
 ];

@@ -22,7 +22,11 @@ use super::queries as q;
 use super::retry::{RetryPolicy, random_jitter, retry};
 use crate::store::migrations::{self, AppliedMigration, MigrationReport};
 use crate::store::model::*;
+use crate::store::usage::*;
 use crate::store::{JobRun, Store, StoreError, Update};
+
+#[path = "store_usage.rs"]
+mod usage;
 
 /// Connections per handler process. Azure SQL counts sessions per database; scale-out multiplies this.
 const POOL_SIZE: u32 = 16;
@@ -1213,6 +1217,89 @@ impl Store for MssqlStore {
         let top = i64::from(limit.max(1));
         in_tx!(self, Retry::Yes, |conn| {
             rows(conn, q::LIST_OUTBOX, &[&after_seq, &top]).await?.iter().map(integration::outbox_from).collect()
+        })
+    }
+
+    async fn rollup_state(&self) -> Result<RollupState, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| usage::rollup_state(conn).await)
+    }
+
+    async fn rollup_step(&self, step: &RollupStep) -> Result<RollupProgress, StoreError> {
+        // Idempotent: the step recomputes rollups from raw events and moves the watermark in one transaction.
+        in_tx!(self, Retry::Yes, |conn| usage::rollup_step(conn, step).await)
+    }
+
+    async fn rollup_rerun_hour(&self, hour: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| usage::rollup_rerun_hour(conn, hour, now).await)
+    }
+
+    async fn purge_usage_events(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| usage::purge(conn, before, limit).await)
+    }
+
+    async fn set_rollup_lagging(
+        &self,
+        since: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        event: Option<&OutboxInsert>,
+    ) -> Result<bool, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| usage::set_lagging(conn, since, now, event).await)
+    }
+
+    async fn usage_rollups(
+        &self,
+        tenant_id: Uuid,
+        granularity: RollupGranularity,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<UsageRollup>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| usage::usage_rollups(conn, tenant_id, granularity, from, to).await)
+    }
+
+    async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| usage::usage_report(conn, query).await)
+    }
+
+    async fn statement_drafts(
+        &self,
+        period_start: NaiveDate,
+        period_end: NaiveDate,
+        limit: u32,
+    ) -> Result<Vec<StatementDraft>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| usage::statement_drafts(conn, period_start, period_end, limit).await)
+    }
+
+    async fn insert_billing_statement(
+        &self,
+        statement: &BillingStatement,
+        event: &OutboxInsert,
+    ) -> Result<bool, StoreError> {
+        // Idempotent: a retried insert finds the statement and writes nothing (the event went with it).
+        in_tx!(self, Retry::Yes, |conn| usage::insert_statement(conn, statement, event).await)
+    }
+
+    async fn set_closed_through(&self, period_start: NaiveDate, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let position: i64 = period_start.format("%Y%m%d").to_string().parse().expect("digits");
+        in_tx!(self, Retry::Yes, |conn| usage::put_position(conn, ROLLUP_CLOSED_THROUGH, position, now).await)
+    }
+
+    async fn list_billing_statements(&self, tenant_id: Uuid) -> Result<Vec<BillingStatement>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, q::LIST_STATEMENTS, &[&tenant_id]).await?.iter().map(usage::statement_from).collect()
+        })
+    }
+
+    async fn get_billing_statement(
+        &self,
+        tenant_id: Uuid,
+        period_start: NaiveDate,
+    ) -> Result<Option<BillingStatement>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, q::GET_STATEMENT, &[&tenant_id, &period_start])
+                .await?
+                .first()
+                .map(usage::statement_from)
+                .transpose()
         })
     }
 }

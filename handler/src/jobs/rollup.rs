@@ -1,0 +1,269 @@
+//! The usage rollup: raw usage events into hourly and daily rollups, then month close, lag alerts and retention.
+//!
+//! One invocation holds the `usage-rollup` lease (a crashed runner's lease expires), runs bounded rollup steps
+//! (`Store::rollup_step`, one transaction each) until it has caught up or spent its budget, then checks the lag,
+//! writes the billing statements of months that are final, and purges raw events that are rolled up and older
+//! than the retention. Every part is idempotent: a second runner (an expired lease, a retried invocation) only
+//! recomputes the same numbers. The invariants are in ARCHITECTURE.md and docs/data-model.md ("Usage rollup").
+
+use std::time::Instant;
+
+use chrono::{DateTime, Datelike, Months, NaiveDate, TimeDelta, Utc};
+use serde_json::json;
+
+use crate::error::{AppError, ErrorCode};
+use crate::metering::period;
+use crate::state::AppState;
+use crate::store::{BillingStatement, LeaseRequest, OutboxInsert, RollupGranularity, RollupState, RollupStep};
+
+/// The lease (and the job name) every runner of the rollup, and `rollup-rerun`, takes.
+pub const LEASE: &str = "usage-rollup";
+/// Emitted once per statement, in the statement's transaction.
+pub const STATEMENT_READY: &str = "meterline.billing.statement-ready.v1";
+/// Emitted once per lag episode.
+pub const ROLLUP_LAGGING: &str = "meterline.usage.rollup-lagging.v1";
+/// Statements read and written per store call.
+const STATEMENT_PAGE: u32 = 100;
+
+fn delta(d: std::time::Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}
+
+struct Lease<'a> {
+    state: &'a AppState,
+    holder: String,
+    length: TimeDelta,
+}
+
+impl<'a> Lease<'a> {
+    async fn acquire(state: &'a AppState) -> Result<Option<Lease<'a>>, AppError> {
+        let worker = match &state.config.runtime {
+            crate::config::Runtime::FunctionsHost { worker_id: Some(id) } => id.clone(),
+            _ => "standalone".to_owned(),
+        };
+        let lease = Lease {
+            state,
+            holder: format!("{worker}:{}", state.ids.new_id()),
+            length: delta(state.config.usage.rollup_max_run) * 2 + TimeDelta::seconds(30),
+        };
+        Ok(lease.renew().await?.then_some(lease))
+    }
+
+    async fn renew(&self) -> Result<bool, AppError> {
+        let now = self.state.clock.now();
+        let request =
+            LeaseRequest { name: LEASE.into(), holder: self.holder.clone(), now, expires_at: now + self.length };
+        Ok(self.state.store.acquire_lease(&request).await?)
+    }
+
+    async fn release(self) {
+        if let Err(err) = self.state.store.release_lease(LEASE, &self.holder).await {
+            tracing::warn!(error = ?err, "releasing the usage-rollup lease failed; it expires by itself");
+        }
+    }
+}
+
+/// One invocation of the rollup job; the summary goes to the host's log and `job_runs`.
+pub async fn run(state: &AppState) -> Result<String, AppError> {
+    let Some(lease) = Lease::acquire(state).await? else {
+        return Ok("skipped: another runner holds the usage-rollup lease".to_owned());
+    };
+    let result = work(state, &lease).await;
+    lease.release().await;
+    result
+}
+
+async fn work(state: &AppState, lease: &Lease<'_>) -> Result<String, AppError> {
+    let config = &state.config.usage;
+    let started = Instant::now();
+    let within_budget = || started.elapsed() < config.rollup_max_run;
+    let (mut steps, mut rolled_up) = (0u64, 0u64);
+    let (caught_up, watermark) = loop {
+        let now = state.clock.now();
+        let step =
+            RollupStep { batch_size: config.rollup_batch_size, settled_before: now - delta(config.rollup_settle), now };
+        let progress = state.store.rollup_step(&step).await?;
+        steps += 1;
+        rolled_up += progress.rolled_up;
+        // A full batch without a settled event: everything past the watermark is too recent for now.
+        if progress.caught_up || progress.rolled_up == 0 || !within_budget() {
+            break (progress.caught_up, progress.watermark);
+        }
+        if !lease.renew().await? {
+            return Err(AppError::internal(anyhow::anyhow!("lost the usage-rollup lease after {steps} steps")));
+        }
+    };
+    let rollup = state.store.rollup_state().await?;
+    let lag = check_lag(state, &rollup).await?;
+    let statements = if within_budget() { close_periods(state, &rollup, &within_budget).await? } else { 0 };
+    let mut purged = 0;
+    let before = state.clock.now() - delta(config.retention);
+    while within_budget() {
+        let deleted = state.store.purge_usage_events(before, config.rollup_batch_size).await?;
+        purged += deleted;
+        if deleted < u64::from(config.rollup_batch_size) {
+            break;
+        }
+    }
+    Ok(format!(
+        "rolled up {rolled_up} events in {steps} steps; watermark {watermark}; {}; {lag}; {statements} statements written; {purged} raw events purged",
+        if caught_up { "caught up" } else { "more to do (the next run continues)" }
+    ))
+}
+
+/// Starts a lag episode (emitting one event) when the rollup is further behind than the threshold, ends it when
+/// it is not. The lag is the time since `complete_through`, the recording time up to which everything is rolled up.
+async fn check_lag(state: &AppState, rollup: &RollupState) -> Result<String, AppError> {
+    let now = state.clock.now();
+    let Some(complete_through) = rollup.complete_through else {
+        return Ok("lag unknown: the rollup has not caught up yet".to_owned());
+    };
+    let lag = now - complete_through;
+    crate::telemetry::metrics::rollup_lag(lag.to_std().unwrap_or_default());
+    let threshold = delta(state.config.usage.lag_alert);
+    if lag > threshold && rollup.lagging_since.is_none() {
+        let event = OutboxInsert {
+            id: state.ids.new_id(),
+            event_type: ROLLUP_LAGGING.into(),
+            subject: Some("jobs/usage-rollup".into()),
+            payload: json!({
+                "completeThrough": complete_through,
+                "lagSeconds": lag.num_seconds(),
+                "thresholdSeconds": threshold.num_seconds(),
+                "watermark": rollup.watermark,
+                "detectedAt": now,
+            })
+            .to_string(),
+            created_at: now,
+            available_at: now,
+        };
+        if state.store.set_rollup_lagging(Some(now), now, Some(&event)).await? {
+            tracing::warn!(lag_seconds = lag.num_seconds(), "the usage rollup is lagging; emitted {ROLLUP_LAGGING}");
+        }
+    } else if lag <= threshold && rollup.lagging_since.is_some() {
+        state.store.set_rollup_lagging(None, now, None).await?;
+    }
+    Ok(format!("lag {} s", lag.num_seconds()))
+}
+
+fn month_after(month: NaiveDate) -> NaiveDate {
+    month + Months::new(1)
+}
+
+/// Writes the statements of every month that is final: its end plus the lateness window lies at or before the
+/// time up to which everything recorded is rolled up. Months close in order; a month is marked closed once no
+/// tenant lacks its statement.
+async fn close_periods(
+    state: &AppState,
+    rollup: &RollupState,
+    within_budget: &dyn Fn() -> bool,
+) -> Result<u64, AppError> {
+    let Some(complete_through) = rollup.complete_through else { return Ok(0) };
+    let (open_month, _) = period(complete_through - delta(state.config.usage.lateness));
+    let last_final = open_month - Months::new(1);
+    let mut month = rollup.closed_through.map_or(last_final, month_after);
+    let mut written = 0;
+    while month <= last_final && within_budget() {
+        let end = month_after(month);
+        let drafts = state.store.statement_drafts(month, end, STATEMENT_PAGE).await?;
+        if drafts.is_empty() {
+            state.store.set_closed_through(month, state.clock.now()).await?;
+            month = end;
+            continue;
+        }
+        for draft in drafts {
+            let now = state.clock.now();
+            let overage_amount = draft.overage_units.saturating_mul(draft.overage_unit_price_micros);
+            let statement = BillingStatement {
+                id: state.ids.new_id(),
+                tenant_id: draft.tenant_id,
+                period_start: month,
+                period_end: end,
+                plan_code: draft.plan_code,
+                currency: draft.currency,
+                quota_units: draft.quota_units,
+                used_units: draft.used_units,
+                overage_units: draft.overage_units,
+                base_amount_micros: draft.base_price_micros,
+                overage_amount_micros: overage_amount,
+                total_amount_micros: draft.base_price_micros.saturating_add(overage_amount),
+                created_at: now,
+            };
+            let event = statement_ready_event(state.ids.new_id(), &statement);
+            if state.store.insert_billing_statement(&statement, &event).await? {
+                written += 1;
+            }
+        }
+    }
+    Ok(written)
+}
+
+/// `YYYY-MM` of a period.
+pub fn period_name(period_start: NaiveDate) -> String {
+    format!("{:04}-{:02}", period_start.year(), period_start.month())
+}
+
+/// The outbox row announcing a statement; `payload` is the CloudEvents `data`.
+pub fn statement_ready_event(id: uuid::Uuid, s: &BillingStatement) -> OutboxInsert {
+    let period = period_name(s.period_start);
+    OutboxInsert {
+        id,
+        event_type: STATEMENT_READY.into(),
+        subject: Some(format!("tenants/{}/statements/{period}", s.tenant_id)),
+        payload: json!({
+            "statementId": s.id,
+            "tenantId": s.tenant_id,
+            "period": period,
+            "periodStart": s.period_start,
+            "periodEnd": s.period_end,
+            "planCode": s.plan_code,
+            "currency": s.currency,
+            "quotaUnits": s.quota_units,
+            "usedUnits": s.used_units,
+            "overageUnits": s.overage_units,
+            "baseAmountMicros": s.base_amount_micros,
+            "overageAmountMicros": s.overage_amount_micros,
+            "totalAmountMicros": s.total_amount_micros,
+        })
+        .to_string(),
+        created_at: s.created_at,
+        available_at: s.created_at,
+    }
+}
+
+/// `handler rollup-rerun`: recomputes every hour window (and its day) starting in `[from, to)` for every tenant,
+/// from the raw events rolled up so far. Refused where raw events may already be purged.
+pub async fn rerun(state: &AppState, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<String, AppError> {
+    let now = state.clock.now();
+    let first = RollupGranularity::Hour.window_of(from);
+    let horizon = now - delta(state.config.usage.retention) + TimeDelta::hours(1);
+    if from >= to {
+        return Err(AppError::new(ErrorCode::InvalidQuery).with_detail("--from must be before --to"));
+    }
+    if first < horizon {
+        return Err(AppError::new(ErrorCode::InvalidQuery).with_detail(format!(
+            "raw events before {horizon} may be purged (METERLINE_USAGE_RETENTION_DAYS); re-aggregating there would lose usage"
+        )));
+    }
+    let Some(lease) = Lease::acquire(state).await? else {
+        return Err(
+            AppError::new(ErrorCode::Conflict).with_detail("another runner holds the usage-rollup lease; retry")
+        );
+    };
+    let mut hour = first;
+    let (mut hours, mut rows) = (0u64, 0u64);
+    let result = async {
+        while hour < to {
+            rows += state.store.rollup_rerun_hour(hour, state.clock.now()).await?;
+            hours += 1;
+            hour += TimeDelta::hours(1);
+            if !lease.renew().await? {
+                return Err(AppError::internal(anyhow::anyhow!("lost the usage-rollup lease")));
+            }
+        }
+        Ok(format!("re-aggregated {hours} hour windows from {first} ({rows} rollup rows written)"))
+    }
+    .await;
+    lease.release().await;
+    result
+}

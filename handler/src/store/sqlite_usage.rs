@@ -1,0 +1,472 @@
+//! The SQLite side of usage aggregation and billing: set-based rollup statements and the report, statement reads.
+//!
+//! Times are RFC 3339 text with six fraction digits and `Z`, so a window is a text prefix: the hour of
+//! `2026-01-31T23:59:59.000000Z` is `substr(t, 1, 13)` (`2026-01-31T23`), its day `substr(t, 1, 10)`.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use uuid::Uuid;
+
+use super::{classify, parse_date, parse_timestamp, parse_uuid, timestamp};
+use crate::store::StoreError;
+use crate::store::usage::*;
+
+/// The twelve cumulative latency counts of the calls in a group of `usage_events e`, as JSON array text.
+macro_rules! histogram_of_events {
+    () => {
+        "'[' || sum(e.latency_micros < 1000) || ',' || sum(e.latency_micros < 2000) || ',' || \
+         sum(e.latency_micros < 5000) || ',' || sum(e.latency_micros < 10000) || ',' || \
+         sum(e.latency_micros < 20000) || ',' || sum(e.latency_micros < 50000) || ',' || \
+         sum(e.latency_micros < 100000) || ',' || sum(e.latency_micros < 200000) || ',' || \
+         sum(e.latency_micros < 500000) || ',' || sum(e.latency_micros < 1000000) || ',' || \
+         sum(e.latency_micros < 2000000) || ',' || sum(e.latency_micros < 5000000) || ']'"
+    };
+}
+
+/// The element-wise sum of the histograms of a group of `usage_rollups r`.
+macro_rules! histogram_of_rollups {
+    () => {
+        "'[' || sum(json_extract(r.latency_histogram, '$[0]')) || ',' || sum(json_extract(r.latency_histogram, '$[1]')) \
+         || ',' || sum(json_extract(r.latency_histogram, '$[2]')) || ',' || sum(json_extract(r.latency_histogram, '$[3]')) \
+         || ',' || sum(json_extract(r.latency_histogram, '$[4]')) || ',' || sum(json_extract(r.latency_histogram, '$[5]')) \
+         || ',' || sum(json_extract(r.latency_histogram, '$[6]')) || ',' || sum(json_extract(r.latency_histogram, '$[7]')) \
+         || ',' || sum(json_extract(r.latency_histogram, '$[8]')) || ',' || sum(json_extract(r.latency_histogram, '$[9]')) \
+         || ',' || sum(json_extract(r.latency_histogram, '$[10]')) || ',' || sum(json_extract(r.latency_histogram, '$[11]')) || ']'"
+    };
+}
+
+/// The sums of a group of `usage_events e`, in rollup column order (calls .. latency_histogram).
+macro_rules! sums_of_events {
+    () => {
+        concat!(
+            "count(*), sum(e.units), sum(CASE WHEN e.billable = 1 THEN e.units ELSE 0 END), sum(e.overage_units), \
+             sum(e.status >= 400), sum(e.latency_micros), max(e.latency_micros), ",
+            histogram_of_events!()
+        )
+    };
+}
+
+const UPSERT_TAIL: &str = "ON CONFLICT (tenant_id, granularity, window_start, operation_id, client_id) DO UPDATE SET
+    calls = excluded.calls, units = excluded.units, billable_units = excluded.billable_units,
+    overage_units = excluded.overage_units, errors = excluded.errors, latency_sum_micros = excluded.latency_sum_micros,
+    latency_max_micros = excluded.latency_max_micros, latency_histogram = excluded.latency_histogram,
+    updated_at = excluded.updated_at";
+
+const ROLLUP_COLUMNS: &str = "tenant_id, granularity, window_start, operation_id, client_id, calls, units, \
+    billable_units, overage_units, errors, latency_sum_micros, latency_max_micros, latency_histogram, updated_at";
+
+/// Recomputes the hour windows listed by `windows` (a query of `tenant_id, hour` with `hour` like
+/// `2026-01-31T23`) from raw events with `seq <= ?1`; `?2` is `updated_at`.
+fn recompute_hours(windows: &str) -> String {
+    format!(
+        "WITH w AS ({windows})
+INSERT INTO usage_rollups ({ROLLUP_COLUMNS})
+SELECT e.tenant_id, 'hour', w.hour || ':00:00.000000Z', e.operation_id, coalesce(e.client_id, ''), {sums}, ?2
+FROM w JOIN usage_events e ON e.tenant_id = w.tenant_id
+    AND e.occurred_at >= w.hour || ':00:00.000000Z' AND e.occurred_at <= w.hour || ':59:59.999999Z'
+WHERE e.seq <= ?1
+GROUP BY e.tenant_id, w.hour, e.operation_id, coalesce(e.client_id, '')
+{UPSERT_TAIL}",
+        sums = sums_of_events!()
+    )
+}
+
+/// Recomputes the day windows listed by `days` (a query of `tenant_id, day` with `day` like `2026-01-31`)
+/// from the hour rollups; `?2` is `updated_at`.
+fn recompute_days(days: &str) -> String {
+    format!(
+        "WITH d AS ({days})
+INSERT INTO usage_rollups ({ROLLUP_COLUMNS})
+SELECT r.tenant_id, 'day', d.day || 'T00:00:00.000000Z', r.operation_id, r.client_id, sum(r.calls), sum(r.units),
+    sum(r.billable_units), sum(r.overage_units), sum(r.errors), sum(r.latency_sum_micros), max(r.latency_max_micros),
+    {histogram}, ?2
+FROM d JOIN usage_rollups r ON r.tenant_id = d.tenant_id AND r.granularity = 'hour'
+    AND r.window_start >= d.day || 'T00:00:00.000000Z' AND r.window_start <= d.day || 'T23:59:59.999999Z'
+WHERE ?1 IS NOT NULL
+GROUP BY r.tenant_id, d.day, r.operation_id, r.client_id
+{UPSERT_TAIL}",
+        histogram = histogram_of_rollups!()
+    )
+}
+
+/// The windows of the events with `seq` in `(?3, ?1]`.
+const HOURS_OF_NEW_EVENTS: &str = "SELECT DISTINCT tenant_id, substr(occurred_at, 1, 13) AS hour FROM usage_events
+    WHERE seq > ?3 AND seq <= ?1 AND tenant_id IS NOT NULL";
+const DAYS_OF_NEW_EVENTS: &str = "SELECT DISTINCT tenant_id, substr(occurred_at, 1, 10) AS day FROM usage_events
+    WHERE seq > ?3 AND seq <= ?1 AND tenant_id IS NOT NULL";
+/// One hour (`?3`, like `2026-01-31T23`) or its day, for every tenant.
+const ONE_HOUR_OF_EVERY_TENANT: &str = "SELECT id AS tenant_id, ?3 AS hour FROM tenants";
+const ONE_DAY_OF_EVERY_TENANT: &str = "SELECT id AS tenant_id, substr(?3, 1, 10) AS day FROM tenants";
+
+pub(super) fn read_position(conn: &Connection, name: &str) -> Result<i64, StoreError> {
+    conn.query_row("SELECT position FROM job_watermarks WHERE name = ?1", [name], |r| r.get(0))
+        .optional()
+        .map_err(classify)
+        .map(|p| p.unwrap_or(0))
+}
+
+pub(super) fn write_position(
+    conn: &Connection,
+    name: &str,
+    position: i64,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO job_watermarks (name, position, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+        params![name, position, timestamp(now)],
+    )
+    .map(drop)
+    .map_err(classify)
+}
+
+fn micros_to_time(micros: i64) -> Option<DateTime<Utc>> {
+    (micros != 0).then(|| DateTime::from_timestamp_micros(micros)).flatten()
+}
+
+pub(super) fn rollup_state(conn: &Connection) -> Result<RollupState, StoreError> {
+    let closed = read_position(conn, ROLLUP_CLOSED_THROUGH)?;
+    Ok(RollupState {
+        watermark: read_position(conn, ROLLUP_WATERMARK)?,
+        complete_through: micros_to_time(read_position(conn, ROLLUP_COMPLETE_THROUGH)?),
+        lagging_since: micros_to_time(read_position(conn, ROLLUP_LAGGING_SINCE)?),
+        closed_through: (closed != 0).then(|| NaiveDate::parse_from_str(&closed.to_string(), "%Y%m%d").ok()).flatten(),
+    })
+}
+
+pub(super) fn rollup_step(tx: &Connection, step: &RollupStep) -> Result<RollupProgress, StoreError> {
+    let watermark = read_position(tx, ROLLUP_WATERMARK)?;
+    let (scanned, settled_max): (i64, Option<i64>) = tx
+        .query_row(
+            "SELECT count(*), max(CASE WHEN recorded_at <= ?3 THEN seq END)
+             FROM (SELECT seq, recorded_at FROM usage_events WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
+            params![watermark, i64::from(step.batch_size.max(1)), timestamp(step.settled_before)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(classify)?;
+    let new_watermark = settled_max.unwrap_or(watermark).max(watermark);
+    let mut rolled_up = 0;
+    if new_watermark > watermark {
+        let now = timestamp(step.now);
+        rolled_up = tx
+            .query_row(
+                "SELECT count(*) FROM usage_events WHERE seq > ?1 AND seq <= ?2",
+                [watermark, new_watermark],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(classify)? as u64;
+        tx.execute(&recompute_hours(HOURS_OF_NEW_EVENTS), params![new_watermark, now, watermark]).map_err(classify)?;
+        tx.execute(&recompute_days(DAYS_OF_NEW_EVENTS), params![new_watermark, now, watermark]).map_err(classify)?;
+        write_position(tx, ROLLUP_WATERMARK, new_watermark, step.now)?;
+    }
+    let caught_up = scanned < i64::from(step.batch_size.max(1));
+    if caught_up {
+        write_position(tx, ROLLUP_COMPLETE_THROUGH, step.settled_before.timestamp_micros(), step.now)?;
+    }
+    Ok(RollupProgress { scanned: scanned as u64, rolled_up, watermark: new_watermark, caught_up })
+}
+
+pub(super) fn rollup_rerun_hour(tx: &Connection, hour: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    let watermark = read_position(tx, ROLLUP_WATERMARK)?;
+    let hour_prefix = timestamp(RollupGranularity::Hour.window_of(hour))[..13].to_owned();
+    let now = timestamp(now);
+    let hours = tx
+        .execute(&recompute_hours(ONE_HOUR_OF_EVERY_TENANT), params![watermark, now, hour_prefix])
+        .map_err(classify)?;
+    let days =
+        tx.execute(&recompute_days(ONE_DAY_OF_EVERY_TENANT), params![watermark, now, hour_prefix]).map_err(classify)?;
+    Ok((hours + days) as u64)
+}
+
+pub(super) fn purge(tx: &Connection, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+    let watermark = read_position(tx, ROLLUP_WATERMARK)?;
+    tx.execute(
+        "DELETE FROM usage_events WHERE seq IN (
+             SELECT seq FROM usage_events WHERE seq <= ?1 ORDER BY seq LIMIT ?3) AND recorded_at < ?2",
+        params![watermark, timestamp(before), i64::from(limit.max(1))],
+    )
+    .map(|n| n as u64)
+    .map_err(classify)
+}
+
+pub(super) fn insert_outbox(tx: &Connection, event: &OutboxInsert) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO outbox_messages (id, event_type, subject, payload, created_at, available_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            event.id.to_string(),
+            event.event_type,
+            event.subject,
+            event.payload,
+            timestamp(event.created_at),
+            timestamp(event.available_at)
+        ],
+    )
+    .map(drop)
+    .map_err(classify)
+}
+
+pub(super) fn set_lagging(
+    tx: &Connection,
+    since: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    event: Option<&OutboxInsert>,
+) -> Result<bool, StoreError> {
+    let current = read_position(tx, ROLLUP_LAGGING_SINCE)?;
+    match since {
+        Some(since) if current == 0 => {
+            write_position(tx, ROLLUP_LAGGING_SINCE, since.timestamp_micros().max(1), now)?;
+            if let Some(event) = event {
+                insert_outbox(tx, event)?;
+            }
+            Ok(true)
+        }
+        None if current != 0 => {
+            write_position(tx, ROLLUP_LAGGING_SINCE, 0, now)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+fn totals_from(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Result<UsageTotals, StoreError>> {
+    let histogram: String = r.get(first + 7)?;
+    let sums: (i64, i64, i64, i64, i64, i64, i64) = (
+        r.get(first)?,
+        r.get(first + 1)?,
+        r.get(first + 2)?,
+        r.get(first + 3)?,
+        r.get(first + 4)?,
+        r.get(first + 5)?,
+        r.get(first + 6)?,
+    );
+    Ok(UsageTotals::parse_histogram(&histogram)
+        .ok_or_else(|| StoreError::Other(anyhow::anyhow!("bad latency histogram {histogram:?} in the database")))
+        .map(|latency_histogram| UsageTotals {
+            calls: sums.0,
+            units: sums.1,
+            billable_units: sums.2,
+            overage_units: sums.3,
+            errors: sums.4,
+            latency_sum_micros: sums.5,
+            latency_max_micros: sums.6,
+            latency_histogram,
+        }))
+}
+
+pub(super) fn usage_rollups(
+    conn: &Connection,
+    tenant_id: Uuid,
+    granularity: RollupGranularity,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<UsageRollup>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT window_start, operation_id, client_id, calls, units, billable_units, overage_units, errors,
+                 latency_sum_micros, latency_max_micros, latency_histogram
+             FROM usage_rollups WHERE tenant_id = ?1 AND granularity = ?2 AND window_start >= ?3 AND window_start < ?4
+             ORDER BY window_start, operation_id, client_id",
+        )
+        .map_err(classify)?;
+    let rows = stmt
+        .query_map(params![tenant_id.to_string(), granularity.as_str(), timestamp(from), timestamp(to)], |r| {
+            let (window, operation_id, client_id): (String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            let totals = totals_from(r, 3)?;
+            Ok((|| {
+                Ok(UsageRollup {
+                    tenant_id,
+                    granularity,
+                    window_start: parse_timestamp(&window)?,
+                    operation_id,
+                    client_id,
+                    totals: totals?,
+                })
+            })())
+        })
+        .map_err(classify)?;
+    rows.map(|row| row.map_err(classify)?).collect()
+}
+
+/// Rollups plus the tail, in one read transaction (one snapshot).
+pub(super) fn usage_report(conn: &Connection, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+    conn.execute_batch("BEGIN").map_err(classify)?;
+    let result = (|| {
+        let watermark = read_position(conn, ROLLUP_WATERMARK)?;
+        let mut out: Vec<UsageRow> = usage_rollups(conn, q.tenant_id, q.granularity, q.from, q.to)?
+            .into_iter()
+            .map(|r| UsageRow {
+                window_start: r.window_start,
+                operation_id: r.operation_id,
+                client_id: r.client_id,
+                totals: r.totals,
+            })
+            .collect();
+        let (prefix, suffix) = match q.granularity {
+            RollupGranularity::Hour => (13, ":00:00.000000Z"),
+            RollupGranularity::Day => (10, "T00:00:00.000000Z"),
+        };
+        // `+e.tenant_id`: read the tail through the primary key (seq > watermark), the short end of the table.
+        let sql = format!(
+            "SELECT substr(e.occurred_at, 1, {prefix}) || '{suffix}', e.operation_id, coalesce(e.client_id, ''), {sums}
+             FROM usage_events e
+             WHERE e.seq > ?1 AND +e.tenant_id = ?2 AND e.occurred_at >= ?3 AND e.occurred_at < ?4
+             GROUP BY 1, 2, 3",
+            sums = sums_of_events!()
+        );
+        let mut stmt = conn.prepare_cached(&sql).map_err(classify)?;
+        let rows = stmt
+            .query_map(params![watermark, q.tenant_id.to_string(), timestamp(q.from), timestamp(q.to)], |r| {
+                let (window, operation_id, client_id): (String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                let totals = totals_from(r, 3)?;
+                Ok((|| {
+                    Ok(UsageRow { window_start: parse_timestamp(&window)?, operation_id, client_id, totals: totals? })
+                })())
+            })
+            .map_err(classify)?;
+        for row in rows {
+            out.push(row.map_err(classify)??);
+        }
+        Ok(out)
+    })();
+    conn.execute_batch("COMMIT").map_err(classify)?;
+    result
+}
+
+pub(super) fn statement_drafts(
+    conn: &Connection,
+    period_start: NaiveDate,
+    period_end: NaiveDate,
+    limit: u32,
+) -> Result<Vec<StatementDraft>, StoreError> {
+    let from = timestamp(period_start.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
+    let to = timestamp(period_end.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT t.id, t.plan_code, p.currency, coalesce(q.quota_units, p.monthly_quota_units),
+                 coalesce((SELECT sum(r.billable_units) FROM usage_rollups r WHERE r.tenant_id = t.id
+                     AND r.granularity = 'day' AND r.window_start >= ?3 AND r.window_start < ?4), 0),
+                 coalesce((SELECT sum(r.overage_units) FROM usage_rollups r WHERE r.tenant_id = t.id
+                     AND r.granularity = 'day' AND r.window_start >= ?3 AND r.window_start < ?4), 0),
+                 p.base_price_micros, p.overage_unit_price_micros
+             FROM tenants t JOIN plans p ON p.code = t.plan_code
+             LEFT JOIN quota_usage q ON q.tenant_id = t.id AND q.period_start = ?1
+             WHERE t.created_at < ?4
+               AND NOT EXISTS (SELECT 1 FROM billing_statements b WHERE b.tenant_id = t.id AND b.period_start = ?1)
+             ORDER BY t.id LIMIT ?5",
+        )
+        .map_err(classify)?;
+    let rows = stmt
+        .query_map(params![period_start.to_string(), period_end.to_string(), from, to, i64::from(limit.max(1))], |r| {
+            let id: String = r.get(0)?;
+            let draft = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?);
+            Ok(parse_uuid(&id).map(|tenant_id| StatementDraft {
+                tenant_id,
+                plan_code: draft.0,
+                currency: draft.1,
+                quota_units: draft.2,
+                used_units: draft.3,
+                overage_units: draft.4,
+                base_price_micros: draft.5,
+                overage_unit_price_micros: draft.6,
+            }))
+        })
+        .map_err(classify)?;
+    rows.map(|row| row.map_err(classify)?).collect()
+}
+
+pub(super) fn insert_statement(
+    tx: &Connection,
+    s: &BillingStatement,
+    event: &OutboxInsert,
+) -> Result<bool, StoreError> {
+    let inserted = tx
+        .execute(
+            "INSERT INTO billing_statements (id, tenant_id, period_start, period_end, plan_code, currency, quota_units,
+                 used_units, overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             ON CONFLICT (tenant_id, period_start) DO NOTHING",
+            params![
+                s.id.to_string(),
+                s.tenant_id.to_string(),
+                s.period_start.to_string(),
+                s.period_end.to_string(),
+                s.plan_code,
+                s.currency,
+                s.quota_units,
+                s.used_units,
+                s.overage_units,
+                s.base_amount_micros,
+                s.overage_amount_micros,
+                s.total_amount_micros,
+                timestamp(s.created_at)
+            ],
+        )
+        .map_err(classify)?;
+    if inserted == 1 {
+        insert_outbox(tx, event)?;
+    }
+    Ok(inserted == 1)
+}
+
+const STATEMENT_COLUMNS: &str = "id, tenant_id, period_start, period_end, plan_code, currency, quota_units, used_units, \
+    overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at";
+
+fn statement_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<BillingStatement, StoreError>> {
+    let (id, tenant, start, end, created): (String, String, String, String, String) =
+        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(12)?);
+    let (plan_code, currency) = (r.get(4)?, r.get(5)?);
+    let numbers: (i64, i64, i64, i64, i64, i64) = (r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?);
+    Ok((|| {
+        Ok(BillingStatement {
+            id: parse_uuid(&id)?,
+            tenant_id: parse_uuid(&tenant)?,
+            period_start: parse_date(&start)?,
+            period_end: parse_date(&end)?,
+            plan_code,
+            currency,
+            quota_units: numbers.0,
+            used_units: numbers.1,
+            overage_units: numbers.2,
+            base_amount_micros: numbers.3,
+            overage_amount_micros: numbers.4,
+            total_amount_micros: numbers.5,
+            created_at: parse_timestamp(&created)?,
+        })
+    })())
+}
+
+pub(super) fn list_statements(conn: &Connection, tenant_id: Uuid) -> Result<Vec<BillingStatement>, StoreError> {
+    let sql = format!(
+        "SELECT {STATEMENT_COLUMNS} FROM billing_statements WHERE tenant_id = ?1 ORDER BY period_start DESC LIMIT 1000"
+    );
+    super::query_all(conn, &sql, [tenant_id.to_string()], statement_from)
+}
+
+pub(super) fn get_statement(
+    conn: &Connection,
+    tenant_id: Uuid,
+    period_start: NaiveDate,
+) -> Result<Option<BillingStatement>, StoreError> {
+    let sql = format!("SELECT {STATEMENT_COLUMNS} FROM billing_statements WHERE tenant_id = ?1 AND period_start = ?2");
+    super::query_one(conn, &sql, params![tenant_id.to_string(), period_start.to_string()], statement_from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_histogram_sql_names_every_bound_in_order() {
+        let mut events = histogram_of_events!();
+        for bound in LATENCY_BOUNDS_MICROS {
+            let at = events.find(&format!("e.latency_micros < {bound})")).expect("every bound, in order");
+            events = &events[at + 1..];
+        }
+        let rollups = histogram_of_rollups!();
+        for k in 0..LATENCY_BOUNDS_MICROS.len() {
+            assert!(rollups.contains(&format!("'$[{k}]'")));
+        }
+        assert!(!rollups.contains(&format!("'$[{}]'", LATENCY_BOUNDS_MICROS.len())));
+    }
+}

@@ -1,0 +1,271 @@
+//! Rows and inputs of usage aggregation and billing: rollup progress, rollup rows, report rows, statements.
+//!
+//! The arithmetic both stores must agree on lives here too: the latency histogram's bucket bounds and its
+//! merge, and the quantile read from it. The SQL of each store spells the same bounds out (a unit test in each
+//! store module checks that its SQL names every bound, in order).
+
+use chrono::{DateTime, NaiveDate, Utc};
+use uuid::Uuid;
+
+/// `job_watermarks` row: the highest `usage_events.seq` whose event is in the rollups.
+pub const ROLLUP_WATERMARK: &str = "usage-rollup";
+/// `job_watermarks` row: microseconds since the epoch; every event recorded at or before it is rolled up.
+pub const ROLLUP_COMPLETE_THROUGH: &str = "usage-rollup:complete-through";
+/// `job_watermarks` row: microseconds since the epoch when the current lag episode began; 0 when not lagging.
+pub const ROLLUP_LAGGING_SINCE: &str = "usage-rollup:lagging-since";
+/// `job_watermarks` row: the last month (as `YYYYMM01`) whose billing statements are all written; 0 for none.
+pub const ROLLUP_CLOSED_THROUGH: &str = "usage-rollup:closed-through";
+
+/// Upper bounds (exclusive, microseconds) of the latency histogram. Element `k` of a histogram counts the
+/// calls faster than `LATENCY_BOUNDS_MICROS[k]`: cumulative counts, so two histograms merge by adding elements.
+pub const LATENCY_BOUNDS_MICROS: [i64; 12] =
+    [1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000, 2_000_000, 5_000_000];
+
+/// Window sizes of the stored rollups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RollupGranularity {
+    Hour,
+    Day,
+}
+
+impl RollupGranularity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RollupGranularity::Hour => "hour",
+            RollupGranularity::Day => "day",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "hour" => Some(RollupGranularity::Hour),
+            "day" => Some(RollupGranularity::Day),
+            _ => None,
+        }
+    }
+
+    /// The start of the window containing `t`.
+    pub fn window_of(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        use chrono::{DurationRound, TimeDelta};
+        let size = match self {
+            RollupGranularity::Hour => TimeDelta::hours(1),
+            RollupGranularity::Day => TimeDelta::days(1),
+        };
+        t.duration_trunc(size).expect("hours and days divide the epoch evenly")
+    }
+}
+
+/// How far the usage rollup has got (all kept in `job_watermarks`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RollupState {
+    /// Every event with `seq <= watermark` is in the rollups, and no event above it is.
+    pub watermark: i64,
+    /// Every event recorded at or before this time is in the rollups; `None` until a run first caught up.
+    pub complete_through: Option<DateTime<Utc>>,
+    /// Start of the current lag episode; `None` when the rollup is not lagging.
+    pub lagging_since: Option<DateTime<Utc>>,
+    /// First day of the last month whose statements are all written.
+    pub closed_through: Option<NaiveDate>,
+}
+
+/// One bounded step of the rollup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupStep {
+    /// Most events scanned past the watermark.
+    pub batch_size: u32,
+    /// Events recorded at or before this time are settled: they and every event with a lower `seq` have committed
+    /// (now minus the settle margin). Only settled events move the watermark.
+    pub settled_before: DateTime<Utc>,
+    /// Written to `updated_at` of the rollups.
+    pub now: DateTime<Utc>,
+}
+
+/// What one rollup step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupProgress {
+    /// Events past the old watermark that the step looked at.
+    pub scanned: u64,
+    /// Events newly covered by the watermark.
+    pub rolled_up: u64,
+    pub watermark: i64,
+    /// The scan reached the end of the table: nothing settled is left for another step.
+    pub caught_up: bool,
+}
+
+/// One stored rollup row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRollup {
+    pub tenant_id: Uuid,
+    pub granularity: RollupGranularity,
+    pub window_start: DateTime<Utc>,
+    pub operation_id: String,
+    /// `""` when the calls had no client id.
+    pub client_id: String,
+    pub totals: UsageTotals,
+}
+
+/// Sums over a set of calls; every field merges by addition (the maximum by `max`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageTotals {
+    pub calls: i64,
+    /// The cost of every call, charged or not.
+    pub units: i64,
+    /// The units charged: those of successful calls that debited the quota.
+    pub billable_units: i64,
+    pub overage_units: i64,
+    /// Calls answered with a status of 400 or more.
+    pub errors: i64,
+    pub latency_sum_micros: i64,
+    pub latency_max_micros: i64,
+    /// Cumulative counts, one per [`LATENCY_BOUNDS_MICROS`] element.
+    pub latency_histogram: Vec<i64>,
+}
+
+impl UsageTotals {
+    /// The totals of one call.
+    pub fn of_call(units: i64, billable: bool, overage_units: i64, status: i32, latency_micros: i64) -> Self {
+        UsageTotals {
+            calls: 1,
+            units,
+            billable_units: if billable { units } else { 0 },
+            overage_units,
+            errors: i64::from(status >= 400),
+            latency_sum_micros: latency_micros,
+            latency_max_micros: latency_micros,
+            latency_histogram: LATENCY_BOUNDS_MICROS.iter().map(|b| i64::from(latency_micros < *b)).collect(),
+        }
+    }
+
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &UsageTotals) {
+        self.calls += other.calls;
+        self.units += other.units;
+        self.billable_units += other.billable_units;
+        self.overage_units += other.overage_units;
+        self.errors += other.errors;
+        self.latency_sum_micros += other.latency_sum_micros;
+        self.latency_max_micros = self.latency_max_micros.max(other.latency_max_micros);
+        if self.latency_histogram.len() < other.latency_histogram.len() {
+            self.latency_histogram.resize(other.latency_histogram.len(), 0);
+        }
+        for (mine, theirs) in self.latency_histogram.iter_mut().zip(&other.latency_histogram) {
+            *mine += theirs;
+        }
+    }
+
+    /// An upper bound of the `q` quantile (0 < q <= 1) of latency: the first histogram bound below which at
+    /// least that share of calls fell, or the maximum when the share lies beyond the last bound.
+    pub fn latency_quantile_micros(&self, q: f64) -> i64 {
+        if self.calls == 0 {
+            return 0;
+        }
+        let needed = ((self.calls as f64) * q).ceil() as i64;
+        self.latency_histogram
+            .iter()
+            .zip(LATENCY_BOUNDS_MICROS)
+            .find(|(count, _)| **count >= needed)
+            .map_or(self.latency_max_micros, |(_, bound)| bound.min(self.latency_max_micros.max(1)))
+    }
+
+    /// The histogram as stored: a JSON array of integers.
+    pub fn histogram_json(&self) -> String {
+        serde_json::to_string(&self.latency_histogram).expect("integers serialize")
+    }
+
+    /// Parses a stored histogram.
+    pub fn parse_histogram(raw: &str) -> Option<Vec<i64>> {
+        serde_json::from_str(raw).ok()
+    }
+}
+
+/// A usage report query: one tenant, windows of `granularity` starting in `[from, to)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub tenant_id: Uuid,
+    pub granularity: RollupGranularity,
+    /// Window-aligned.
+    pub from: DateTime<Utc>,
+    /// Window-aligned, exclusive.
+    pub to: DateTime<Utc>,
+}
+
+/// One row of a usage report: a window, operation and client, from the rollups plus the not-yet-rolled tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    pub window_start: DateTime<Utc>,
+    pub operation_id: String,
+    pub client_id: String,
+    pub totals: UsageTotals,
+}
+
+/// What a statement is computed from, read for a tenant that has none for the period yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementDraft {
+    pub tenant_id: Uuid,
+    pub plan_code: String,
+    pub currency: String,
+    /// The period's quota snapshot (`quota_usage`), else the plan's quota.
+    pub quota_units: i64,
+    pub used_units: i64,
+    pub overage_units: i64,
+    pub base_price_micros: i64,
+    pub overage_unit_price_micros: i64,
+}
+
+/// A billing statement row: one per tenant and month, written once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillingStatement {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub period_start: NaiveDate,
+    pub period_end: NaiveDate,
+    pub plan_code: String,
+    pub currency: String,
+    pub quota_units: i64,
+    pub used_units: i64,
+    pub overage_units: i64,
+    pub base_amount_micros: i64,
+    pub overage_amount_micros: i64,
+    pub total_amount_micros: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An event to emit through the outbox, written in the transaction of the change that causes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxInsert {
+    /// The CloudEvents id.
+    pub id: Uuid,
+    pub event_type: String,
+    pub subject: Option<String>,
+    /// The CloudEvents `data`, JSON text.
+    pub payload: String,
+    pub created_at: DateTime<Utc>,
+    pub available_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_merge_by_addition() {
+        let mut a = UsageTotals::of_call(2, true, 0, 200, 1_500);
+        assert_eq!(a.latency_histogram[..3], [0, 1, 1]);
+        a.merge(&UsageTotals::of_call(2, false, 0, 500, 700));
+        assert_eq!((a.calls, a.units, a.billable_units, a.errors, a.latency_max_micros), (2, 4, 2, 1, 1_500));
+        assert_eq!(a.latency_histogram[..3], [1, 2, 2]);
+        assert_eq!(a.latency_quantile_micros(0.5), 1_000);
+        assert_eq!(a.latency_quantile_micros(0.95), 1_500, "never above the maximum");
+        let slow = UsageTotals::of_call(1, true, 0, 200, 9_000_000);
+        assert_eq!(slow.latency_quantile_micros(0.5), 9_000_000, "beyond the last bound: the maximum");
+        assert_eq!(UsageTotals::parse_histogram(&a.histogram_json()), Some(a.latency_histogram.clone()));
+    }
+
+    #[test]
+    fn windows_start_on_whole_utc_hours_and_days() {
+        use chrono::TimeZone;
+        let t = Utc.with_ymd_and_hms(2026, 3, 4, 5, 6, 7).unwrap();
+        assert_eq!(RollupGranularity::Hour.window_of(t), Utc.with_ymd_and_hms(2026, 3, 4, 5, 0, 0).unwrap());
+        assert_eq!(RollupGranularity::Day.window_of(t), Utc.with_ymd_and_hms(2026, 3, 4, 0, 0, 0).unwrap());
+    }
+}

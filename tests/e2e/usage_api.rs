@@ -1,0 +1,113 @@
+//! The usage API end to end: the summary is the quota counter, the report and the export are current (rollups plus
+//! the tail), statements are tenant-scoped.
+
+use serde_json::json;
+
+use crate::support::dev_token;
+use crate::support::host::{ClientRequest, HostEmulator, HostOptions};
+
+const DIR_A: &str = "aaaaaaaa-0000-0000-0000-0000000000aa";
+const DIR_B: &str = "bbbbbbbb-0000-0000-0000-0000000000bb";
+
+fn get(path: &str, token: &str) -> ClientRequest {
+    ClientRequest::get(path).header("Authorization", &format!("Bearer {token}"))
+}
+
+fn units_used(root: &std::path::Path, directory: &str) -> i64 {
+    let conn = rusqlite::Connection::open(root.join("data/meterline.db")).unwrap();
+    conn.query_row(
+        "SELECT coalesce(sum(q.units_used), 0) FROM quota_usage q JOIN tenants t ON t.id = q.tenant_id WHERE t.entra_tenant_id = ?1",
+        [directory],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_summary_is_the_quota_counter_and_the_report_and_export_are_current() {
+    let root = tempfile::tempdir().unwrap();
+    let a = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Documents.Read,Usage.Read"]);
+    let b = dev_token(root.path(), &["--tenant", DIR_B, "--roles", "Usage.Read", "--app-id", "b-app"]);
+    let reader = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Documents.Read", "--app-id", "other"]);
+    let host =
+        HostEmulator::start_with(HostOptions { app_root: Some(root.path().to_path_buf()), ..HostOptions::default() })
+            .await;
+    let calls = (0..7).map(|_| host.http(get("/api/v1/me", &a)));
+    assert!(futures_util::future::join_all(calls).await.iter().all(|r| r.status == 200));
+
+    // The summary reads the counter the limiter debits (its own debit included): exactly, right after traffic.
+    let summary = host.http(get("/api/v1/usage/summary", &a)).await;
+    assert_eq!(summary.status, 200);
+    let summary = summary.json();
+    assert_eq!(summary["unitsUsed"], json!(units_used(root.path(), DIR_A)));
+    assert_eq!(summary["unitsUsed"], json!(8), "seven getMe and the summary itself");
+
+    // The report is current without any rollup run: all of it comes from the tail.
+    let report = host.http(get("/api/v1/usage?granularity=hour&groupBy=operation", &a)).await;
+    assert_eq!(report.status, 200, "{}", String::from_utf8_lossy(&report.body));
+    let report = report.json();
+    let rows = report["value"].as_array().unwrap();
+    let by_op =
+        |op: &str| rows.iter().filter(|r| r["operationId"] == op).map(|r| r["calls"].as_i64().unwrap()).sum::<i64>();
+    assert_eq!((by_op("getMe"), by_op("getUsageSummary")), (7, 1));
+    let billable: i64 = rows.iter().map(|r| r["billableUnits"].as_i64().unwrap()).sum();
+    assert_eq!(billable, summary["unitsUsed"].as_i64().unwrap(), "the report bills what the counter holds");
+    assert!(
+        rows.iter().all(|r| r["latency"]["p95Micros"].as_i64().unwrap() <= r["latency"]["maxMicros"].as_i64().unwrap())
+    );
+
+    // After a rollup run the numbers are the same, now from the rollups.
+    let run = host
+        .invoke_timer(
+            "UsageRollup",
+            json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false}),
+        )
+        .await;
+    assert!(run.logs()[0].starts_with("UsageRollup: rolled up"), "{:?}", run.logs());
+    let month = host.http(get("/api/v1/usage?granularity=month", &a)).await.json();
+    let rows = month["value"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{month}");
+    assert_eq!(rows[0]["calls"], json!(9), "seven getMe, the summary and the hourly report");
+
+    // The export: a header and one line per day, operation and client.
+    let period = &summary["periodStart"].as_str().unwrap()[..7];
+    let export = host.http(get(&format!("/api/v1/usage/export?period={period}"), &a)).await;
+    assert_eq!(export.status, 200);
+    assert!(export.header("content-type").unwrap().starts_with("text/csv"));
+    let csv = String::from_utf8(export.body.clone()).unwrap();
+    let mut lines = csv.split("\r\n").filter(|l| !l.is_empty());
+    assert_eq!(
+        lines.next(),
+        Some("period,date,tenant_id,operation_id,client_id,calls,units,billable_units,overage_units,errors")
+    );
+    let get_me: Vec<&str> = lines.filter(|l| l.contains(",getMe,")).collect();
+    assert_eq!(get_me.len(), 1, "{csv}");
+    assert!(get_me[0].starts_with(&format!("{period},{period}-")) && get_me[0].contains(",7,7,7,0,0"), "{csv}");
+
+    // Statements: none before a month closes; a malformed or unknown period is 404.
+    let statements = host.http(get("/api/v1/billing/statements", &a)).await;
+    assert_eq!((statements.status, statements.json()["value"].clone()), (200, json!([])));
+    assert_eq!(host.http(get(&format!("/api/v1/billing/statements/{period}"), &a)).await.status, 404);
+    assert_eq!(host.http(get("/api/v1/billing/statements/2026-13", &a)).await.status, 404);
+
+    // Scoping and validation.
+    let a_id = summary["tenantId"].as_str().unwrap();
+    assert_eq!(
+        host.http(get(&format!("/api/v1/usage?tenantId={a_id}"), &b)).await.status,
+        404,
+        "another tenant does not exist"
+    );
+    assert_eq!(host.http(get(&format!("/api/v1/usage/export?period={period}&tenantId={a_id}"), &b)).await.status, 404);
+    assert_eq!(host.http(get("/api/v1/usage", &reader)).await.status, 403);
+    for bad in [
+        "granularity=week",
+        "from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "granularity=hour&from=2020-01-01T00:00:00Z",
+    ] {
+        let response = host.http(get(&format!("/api/v1/usage?{bad}"), &a)).await;
+        assert_eq!(response.status, 400, "{bad}");
+        assert_eq!(response.json()["code"], "InvalidQuery");
+    }
+    assert_eq!(host.http(get("/api/v1/usage/export?period=2026-1", &a)).await.status, 400);
+    assert_eq!(host.http(get("/api/v1/usage/export?period=2999-01", &a)).await.status, 400);
+}

@@ -1,0 +1,432 @@
+//! The usage rollup against every store: random event streams against a naive recomputation, concurrent runs,
+//! month close, lag episodes and retention.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use meterline::clock::{Clock, ManualClock};
+use meterline::config::Config;
+use meterline::jobs::{self, Job, JobTrigger};
+use meterline::state::AppState;
+use meterline::store::*;
+use uuid::Uuid;
+
+use crate::support::stores::{TestStore, for_each_store};
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap()
+}
+
+/// A small deterministic generator (SplitMix64), so every failing case is reproducible from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+async fn setup_plan(store: &Arc<dyn Store>, created_at: DateTime<Utc>, policy: OveragePolicy) {
+    store.migrate().await.unwrap();
+    let plan = Plan {
+        code: "p".into(),
+        name: "P".into(),
+        requests_per_minute: 60,
+        burst: 10,
+        monthly_quota_units: 10,
+        overage_policy: policy,
+        currency: "EUR".into(),
+        base_price_micros: 49_000_000,
+        overage_unit_price_micros: 1_000,
+        created_at,
+        updated_at: created_at,
+        version: 1,
+    };
+    store.create_plan(&plan).await.unwrap();
+}
+
+/// `n` tenants on plan `p`, ids from `first`.
+async fn setup_tenants(store: &Arc<dyn Store>, first: u128, n: u128, created_at: DateTime<Utc>) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for i in first..first + n {
+        let tenant = Tenant {
+            id: Uuid::from_u128(0x7000 + i),
+            entra_tenant_id: None,
+            name: format!("T{i}"),
+            status: TenantStatus::Active,
+            plan_code: "p".into(),
+            created_at,
+            updated_at: created_at,
+            version: 1,
+        };
+        store.create_tenant(&tenant).await.unwrap();
+        ids.push(tenant.id);
+    }
+    ids
+}
+
+fn event(rng: &mut Rng, tenants: &[Uuid], occurred_at: DateTime<Utc>, recorded_at: DateTime<Utc>) -> UsageEvent {
+    let ops = ["getMe", "listDocuments", "createDocument", "getUsage"];
+    let clients = [None, Some("app-a"), Some("app-b, \"quoted\"")];
+    let units = rng.below(6) as i64;
+    let billable = rng.below(4) != 0;
+    UsageEvent {
+        event_id: Uuid::from_u64_pair(rng.next(), rng.next()),
+        request_id: "r".into(),
+        tenant_id: if rng.below(10) == 0 { None } else { Some(tenants[rng.below(tenants.len() as u64) as usize]) },
+        client_id: clients[rng.below(3) as usize].map(str::to_owned),
+        principal_id: None,
+        operation_id: ops[rng.below(4) as usize].into(),
+        method: "GET".into(),
+        route_template: "/x".into(),
+        status: [200, 201, 404, 429, 503][rng.below(5) as usize],
+        units,
+        billable,
+        overage_units: if billable { rng.below(units as u64 + 1) as i64 } else { 0 },
+        // Spread over every histogram bucket and beyond.
+        latency_micros: 1 << rng.below(24),
+        request_bytes: 0,
+        response_bytes: 0,
+        occurred_at,
+        recorded_at,
+    }
+}
+
+type Key = (Uuid, DateTime<Utc>, String, String);
+
+/// The naive recomputation: every distinct event (first copy of an id) with a tenant, summed per window.
+fn naive(events: &[UsageEvent], granularity: RollupGranularity) -> BTreeMap<Key, UsageTotals> {
+    let mut seen = HashSet::new();
+    let mut out: BTreeMap<Key, UsageTotals> = BTreeMap::new();
+    for e in events {
+        let Some(tenant) = e.tenant_id else { continue };
+        if !seen.insert(e.event_id) {
+            continue;
+        }
+        let key = (
+            tenant,
+            granularity.window_of(e.occurred_at),
+            e.operation_id.clone(),
+            e.client_id.clone().unwrap_or_default(),
+        );
+        out.entry(key).or_default().merge(&UsageTotals::of_call(
+            e.units,
+            e.billable,
+            e.overage_units,
+            e.status,
+            e.latency_micros,
+        ));
+    }
+    out
+}
+
+async fn stored(
+    store: &Arc<dyn Store>,
+    tenants: &[Uuid],
+    granularity: RollupGranularity,
+) -> BTreeMap<Key, UsageTotals> {
+    let mut out = BTreeMap::new();
+    for tenant in tenants {
+        for r in
+            store.usage_rollups(*tenant, granularity, t0() - Duration::days(3), t0() + Duration::days(5)).await.unwrap()
+        {
+            out.insert((*tenant, r.window_start, r.operation_id, r.client_id), r.totals);
+        }
+    }
+    out
+}
+
+async fn reported(
+    store: &Arc<dyn Store>,
+    tenants: &[Uuid],
+    granularity: RollupGranularity,
+) -> BTreeMap<Key, UsageTotals> {
+    let mut out: BTreeMap<Key, UsageTotals> = BTreeMap::new();
+    for tenant in tenants {
+        let query = UsageQuery {
+            tenant_id: *tenant,
+            granularity,
+            from: t0() - Duration::days(3),
+            to: t0() + Duration::days(5),
+        };
+        for r in store.usage_report(&query).await.unwrap() {
+            out.entry((*tenant, r.window_start, r.operation_id, r.client_id)).or_default().merge(&r.totals);
+        }
+    }
+    out
+}
+
+const SETTLE: i64 = 120;
+
+async fn step(store: &Arc<dyn Store>, now: DateTime<Utc>, batch_size: u32) -> RollupProgress {
+    store.rollup_step(&RollupStep { batch_size, settled_before: now - Duration::seconds(SETTLE), now }).await.unwrap()
+}
+
+#[tokio::test]
+async fn rollups_equal_a_naive_recomputation_for_random_event_streams() {
+    for_each_store("rollups_equal_a_naive_recomputation_for_random_event_streams", |t: TestStore| async move {
+        let seeds: u64 = if t.name == "sqlite" { 10 } else { 3 };
+        let store = t.store.clone();
+        setup_plan(&store, t0() - Duration::days(30), OveragePolicy::Allow).await;
+        for seed in 0..seeds {
+            // Each seed has its own tenants; earlier seeds' events are all rolled up when it starts.
+            let tenants = setup_tenants(&store, u128::from(seed) * 16, 3, t0() - Duration::days(30)).await;
+            let mut rng = Rng(seed);
+            // Events occur over 30 hours; most are recorded within seconds, some hours late (late arrivals).
+            let mut events: Vec<UsageEvent> = (0..150 + rng.below(150))
+                .map(|_| {
+                    let occurred = t0() + Duration::seconds(rng.below(30 * 3600) as i64);
+                    let delay = if rng.below(8) == 0 { rng.below(4 * 3600) } else { rng.below(5) };
+                    event(&mut rng, &tenants, occurred, occurred + Duration::seconds(delay as i64))
+                })
+                .collect();
+            events.sort_by_key(|e| e.recorded_at);
+            let mut written: Vec<UsageEvent> = Vec::new();
+            let mut i = 0;
+            while i < events.len() {
+                // The recorder's batches, some retried whole (duplicates by event id).
+                let chunk: Vec<UsageEvent> = events[i..(i + 1 + rng.below(25) as usize).min(events.len())].to_vec();
+                i += chunk.len();
+                store.record_usage_events(&chunk).await.unwrap();
+                if rng.below(4) == 0 {
+                    store.record_usage_events(&chunk).await.unwrap();
+                }
+                written.extend(chunk.iter().cloned());
+                // Some rollup steps of random sizes, at a random time after the last recording (interrupted runs).
+                let now = written.last().unwrap().recorded_at + Duration::seconds(rng.below(2 * SETTLE as u64) as i64);
+                for _ in 0..rng.below(3) {
+                    step(&store, now, 1 + rng.below(40) as u32).await;
+                }
+                if rng.below(10) == 0 {
+                    let hour = t0() + Duration::hours(rng.below(30) as i64);
+                    store.rollup_rerun_hour(hour, now).await.unwrap();
+                }
+                // Rollups plus the tail are always the exact current numbers.
+                let expected = naive(&written, RollupGranularity::Hour);
+                assert_eq!(
+                    reported(&store, &tenants, RollupGranularity::Hour).await,
+                    expected,
+                    "{} seed {seed}",
+                    t.name
+                );
+            }
+            assert_eq!(
+                reported(&store, &tenants, RollupGranularity::Day).await,
+                naive(&written, RollupGranularity::Day),
+                "{} seed {seed}: daily report",
+                t.name
+            );
+            // Run to the end: the rollups alone equal the naive recomputation, hourly and daily.
+            let end = events.last().unwrap().recorded_at + Duration::hours(1);
+            while !step(&store, end, 1 + rng.below(60) as u32).await.caught_up {}
+            assert_eq!(
+                stored(&store, &tenants, RollupGranularity::Hour).await,
+                naive(&written, RollupGranularity::Hour)
+            );
+            assert_eq!(stored(&store, &tenants, RollupGranularity::Day).await, naive(&written, RollupGranularity::Day));
+            // Re-running any range changes nothing.
+            for h in 0..31 {
+                store.rollup_rerun_hour(t0() + Duration::hours(h), end).await.unwrap();
+            }
+            let again = step(&store, end, 1000).await;
+            assert_eq!(again.rolled_up, 0);
+            assert_eq!(
+                stored(&store, &tenants, RollupGranularity::Hour).await,
+                naive(&written, RollupGranularity::Hour)
+            );
+            assert_eq!(stored(&store, &tenants, RollupGranularity::Day).await, naive(&written, RollupGranularity::Day));
+            let state = store.rollup_state().await.unwrap();
+            assert_eq!(state.complete_through, Some(end - Duration::seconds(SETTLE)));
+        }
+    })
+    .await;
+}
+
+/// An application state over `store` with a manual clock and the given settings (the signing key in `dir`).
+fn app_state(
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+    dir: &std::path::Path,
+    settings: &[(&str, &str)],
+) -> AppState {
+    let key = dir.join("key.pem").display().to_string();
+    let mut map: BTreeMap<String, String> = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    map.insert("METERLINE_AUTH_LOCAL_KEY_PATH".into(), key);
+    let config = Config::from_lookup(|name| map.get(name).cloned()).unwrap();
+    AppState::new(config, store, clock, Arc::new(meterline::clock::RandomIds)).unwrap()
+}
+
+#[tokio::test]
+async fn two_rollup_runs_started_together_produce_the_result_of_one() {
+    for_each_store("two_rollup_runs_started_together_produce_the_result_of_one", |t: TestStore| async move {
+        let store = t.store.clone();
+        setup_plan(&store, t0() - Duration::days(30), OveragePolicy::Allow).await;
+        let tenants = setup_tenants(&store, 0, 2, t0() - Duration::days(30)).await;
+        let mut rng = Rng(99);
+        let events: Vec<UsageEvent> = (0..400)
+            .map(|i| {
+                let at = t0() + Duration::seconds(i * 97);
+                event(&mut rng, &tenants, at, at)
+            })
+            .collect();
+        store.record_usage_events(&events).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(t0() + Duration::days(1)));
+        let settings = [("METERLINE_ROLLUP_BATCH_SIZE", "37")];
+        let a = app_state(store.clone(), clock.clone(), dir.path(), &settings);
+        let b = app_state(t.second_handle().await, clock.clone(), dir.path(), &settings);
+        // Straight at the store: two steps at once serialize on the watermark and roll each event up once.
+        let (x, y) = tokio::join!(step(&a.store, clock.now(), 50), step(&b.store, clock.now(), 50));
+        assert_eq!(x.rolled_up + y.rolled_up, 100, "{}", t.name);
+        // Two whole job runs at once: one takes the lease and finishes, or both run; the result is the same.
+        let (x, y) = tokio::join!(
+            jobs::run(&a, Job::UsageRollup, JobTrigger::Cli),
+            jobs::run(&b, Job::UsageRollup, JobTrigger::Cli)
+        );
+        let summaries = [x.unwrap().summary, y.unwrap().summary];
+        assert!(summaries.iter().any(|s| s.contains("caught up")), "{summaries:?}");
+        assert_eq!(stored(&store, &tenants, RollupGranularity::Hour).await, naive(&events, RollupGranularity::Hour));
+        assert_eq!(stored(&store, &tenants, RollupGranularity::Day).await, naive(&events, RollupGranularity::Day));
+        assert_eq!(store.rollup_state().await.unwrap().watermark, 400);
+        assert_eq!(store.recent_job_runs("usage-rollup", 5).await.unwrap().len(), 2, "both runs are recorded");
+    })
+    .await;
+}
+
+fn outbox(path: &std::path::Path) -> Vec<(String, Option<String>, serde_json::Value)> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn.prepare("SELECT event_type, subject, payload FROM outbox_messages ORDER BY seq").unwrap();
+    stmt.query_map([], |r| {
+        let payload: String = r.get(2)?;
+        Ok((r.get(0)?, r.get(1)?, serde_json::from_str(&payload).unwrap()))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+#[tokio::test]
+async fn a_final_month_gets_one_immutable_statement_with_its_event_then_raw_events_are_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("close.db");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let january = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    setup_plan(&store, january, OveragePolicy::Allow).await;
+    // Created at the start of January: they owe nothing for December.
+    let tenants = setup_tenants(&store, 0, 2, january).await;
+    let late_tenant = setup_tenants(&store, 5, 1, january + Duration::days(40)).await;
+    let mut rng = Rng(7);
+    let events: Vec<UsageEvent> = (0..300)
+        .map(|i| {
+            let at = january + Duration::minutes(i * 148);
+            event(&mut rng, &tenants, at, at + Duration::seconds(1))
+        })
+        .collect();
+    store.record_usage_events(&events).await.unwrap();
+    let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 2, 1, 0, 10, 0).unwrap()));
+    let settings = [("METERLINE_USAGE_LATENESS_SECS", "900"), ("METERLINE_ROLLUP_SETTLE_SECS", "120")];
+    let state = app_state(store.clone(), clock.clone(), dir.path(), &settings);
+    // 00:10 on February 1st: January is not final yet (lateness 15 minutes).
+    jobs::run(&state, Job::UsageRollup, JobTrigger::Cli).await.unwrap();
+    assert!(store.list_billing_statements(tenants[0]).await.unwrap().is_empty());
+    clock.set(Utc.with_ymd_and_hms(2026, 2, 1, 0, 30, 0).unwrap());
+    let outcome = jobs::run(&state, Job::UsageRollup, JobTrigger::Cli).await.unwrap();
+    assert!(outcome.summary.contains("2 statements written"), "{}", outcome.summary);
+    let expected = naive(&events, RollupGranularity::Day);
+    for tenant in &tenants {
+        let statements = store.list_billing_statements(*tenant).await.unwrap();
+        assert_eq!(statements.len(), 1);
+        let s = &statements[0];
+        let used: i64 = expected.iter().filter(|(k, _)| k.0 == *tenant).map(|(_, t)| t.billable_units).sum();
+        let overage: i64 = expected.iter().filter(|(k, _)| k.0 == *tenant).map(|(_, t)| t.overage_units).sum();
+        assert_eq!((s.used_units, s.overage_units, s.quota_units), (used, overage, 10));
+        assert_eq!((s.base_amount_micros, s.overage_amount_micros), (49_000_000, overage * 1_000));
+        assert_eq!(s.total_amount_micros, 49_000_000 + overage * 1_000);
+        assert_eq!(store.get_billing_statement(*tenant, s.period_start).await.unwrap().as_ref(), Some(s));
+    }
+    assert!(store.list_billing_statements(late_tenant[0]).await.unwrap().is_empty(), "created after January");
+    let events_out = outbox(&path);
+    assert_eq!(events_out.len(), 2);
+    for (event_type, subject, data) in &events_out {
+        assert_eq!(event_type, "meterline.billing.statement-ready.v1");
+        let tenant = data["tenantId"].as_str().unwrap();
+        assert_eq!(subject.as_deref(), Some(format!("tenants/{tenant}/statements/2026-01").as_str()));
+        assert_eq!(data["period"], "2026-01");
+    }
+    // A very late January event changes the rollups, never the statement; nothing is emitted twice.
+    let before = store.list_billing_statements(tenants[0]).await.unwrap();
+    let mut late = event(&mut rng, &tenants[..1], january + Duration::days(3), clock.now());
+    late.billable = true;
+    late.units = 5;
+    store.record_usage_events(&[late]).await.unwrap();
+    clock.set(Utc.with_ymd_and_hms(2026, 2, 1, 1, 0, 0).unwrap());
+    let outcome = jobs::run(&state, Job::UsageRollup, JobTrigger::Cli).await.unwrap();
+    assert!(outcome.summary.contains("0 statements written"), "{}", outcome.summary);
+    assert_eq!(store.list_billing_statements(tenants[0]).await.unwrap(), before);
+    assert_eq!(outbox(&path).len(), 2);
+    // Retention: rolled-up raw events older than 35 days go; the rollups stay.
+    let rollups_before = stored(&store, &tenants, RollupGranularity::Hour).await;
+    let jan_rollups: Vec<_> =
+        store.usage_rollups(tenants[0], RollupGranularity::Day, january, january + Duration::days(31)).await.unwrap();
+    clock.set(Utc.with_ymd_and_hms(2026, 3, 10, 0, 0, 0).unwrap());
+    let outcome = jobs::run(&state, Job::UsageRollup, JobTrigger::Cli).await.unwrap();
+    assert!(outcome.summary.contains("301 raw events purged"), "{}", outcome.summary);
+    assert_eq!(
+        store.count_usage_events(tenants[0]).await.unwrap() + store.count_usage_events(tenants[1]).await.unwrap(),
+        0
+    );
+    assert_eq!(stored(&store, &tenants, RollupGranularity::Hour).await, rollups_before);
+    assert_eq!(
+        store.usage_rollups(tenants[0], RollupGranularity::Day, january, january + Duration::days(31)).await.unwrap(),
+        jan_rollups
+    );
+    // A re-run over purged hours is refused instead of wiping their rollups.
+    assert!(jobs::rollup::rerun(&state, january, january + Duration::days(1)).await.is_err());
+}
+
+#[tokio::test]
+async fn a_lagging_rollup_emits_one_event_per_lag_episode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lag.db");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    setup_plan(&store, t0() - Duration::days(1), OveragePolicy::Block).await;
+    let tenants = setup_tenants(&store, 0, 1, t0() - Duration::days(1)).await;
+    let clock = Arc::new(ManualClock::new(t0()));
+    let settings = [("METERLINE_ROLLUP_BATCH_SIZE", "2"), ("METERLINE_ROLLUP_LAG_ALERT_SECS", "600")];
+    let state = app_state(store.clone(), clock.clone(), dir.path(), &settings);
+    let lagging = || outbox(&path).into_iter().filter(|e| e.0 == "meterline.usage.rollup-lagging.v1").count();
+    jobs::run(&state, Job::UsageRollup, JobTrigger::Cli).await.unwrap();
+    assert_eq!(lagging(), 0);
+    // Two hours later, a full batch of events too recent to roll up: the rollup cannot reach the end.
+    let mut rng = Rng(3);
+    let now = t0() + Duration::hours(2);
+    let recent: Vec<UsageEvent> = (0..3).map(|_| event(&mut rng, &tenants, now, now)).collect();
+    store.record_usage_events(&recent).await.unwrap();
+    clock.set(now + Duration::seconds(10));
+    jobs::run(&state, Job::UsageRollup, JobTrigger::Cli).await.unwrap();
+    assert_eq!(lagging(), 1);
+    let payload = &outbox(&path)[0].2;
+    assert!(payload["lagSeconds"].as_i64().unwrap() > 600, "{payload}");
+    clock.set(now + Duration::seconds(20));
+    jobs::run(&state, Job::UsageRollup, JobTrigger::Cli).await.unwrap();
+    assert_eq!(lagging(), 1, "once per episode");
+    // Settled: caught up, the episode ends; the next lag is a new episode.
+    clock.set(now + Duration::minutes(5));
+    jobs::run(&state, Job::UsageRollup, JobTrigger::Cli).await.unwrap();
+    assert_eq!(store.rollup_state().await.unwrap().lagging_since, None);
+    let later = now + Duration::hours(3);
+    let recent: Vec<UsageEvent> = (0..3).map(|_| event(&mut rng, &tenants, later, later)).collect();
+    store.record_usage_events(&recent).await.unwrap();
+    clock.set(later + Duration::seconds(10));
+    jobs::run(&state, Job::UsageRollup, JobTrigger::Timer { is_past_due: true, schedule: None }).await.unwrap();
+    assert_eq!(lagging(), 2);
+}
