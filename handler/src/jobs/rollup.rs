@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::error::{AppError, ErrorCode};
 use crate::metering::period;
 use crate::state::AppState;
-use crate::store::{BillingStatement, LeaseRequest, OutboxInsert, RollupGranularity, RollupState, RollupStep};
+use crate::store::{BillingStatement, LeaseRequest, OutboxMessage, RollupGranularity, RollupState, RollupStep};
 
 /// The lease (and the job name) every runner of the rollup, and `rollup-rerun`, takes.
 pub const LEASE: &str = "usage-rollup";
@@ -122,7 +122,7 @@ async fn check_lag(state: &AppState, rollup: &RollupState) -> Result<String, App
     crate::telemetry::metrics::rollup_lag(lag.to_std().unwrap_or_default());
     let threshold = delta(state.config.usage.lag_alert);
     if lag > threshold && rollup.lagging_since.is_none() {
-        let event = OutboxInsert {
+        let event = OutboxMessage {
             id: state.ids.new_id(),
             event_type: ROLLUP_LAGGING.into(),
             subject: Some("jobs/usage-rollup".into()),
@@ -204,9 +204,9 @@ pub fn period_name(period_start: NaiveDate) -> String {
 }
 
 /// The outbox row announcing a statement; `payload` is the CloudEvents `data`.
-pub fn statement_ready_event(id: uuid::Uuid, s: &BillingStatement) -> OutboxInsert {
+pub fn statement_ready_event(id: uuid::Uuid, s: &BillingStatement) -> OutboxMessage {
     let period = period_name(s.period_start);
-    OutboxInsert {
+    OutboxMessage {
         id,
         event_type: STATEMENT_READY.into(),
         subject: Some(format!("tenants/{}/statements/{period}", s.tenant_id)),

@@ -332,7 +332,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         since: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
-        event: Option<&OutboxInsert>,
+        event: Option<&OutboxMessage>,
     ) -> Result<bool, StoreError>;
 
     /// Rollup rows of one tenant and granularity with windows starting in `[from, to)`, in key order.
@@ -362,7 +362,7 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_billing_statement(
         &self,
         statement: &BillingStatement,
-        event: &OutboxInsert,
+        event: &OutboxMessage,
     ) -> Result<bool, StoreError>;
 
     /// Records that every statement of the month starting `period_start` is written.

@@ -1739,7 +1739,7 @@ impl Store for SqliteStore {
         &self,
         since: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
-        event: Option<&OutboxInsert>,
+        event: Option<&OutboxMessage>,
     ) -> Result<bool, StoreError> {
         let event = event.cloned();
         self.write(move |tx| usage::set_lagging(tx, since, now, event.as_ref())).await
@@ -1772,7 +1772,7 @@ impl Store for SqliteStore {
     async fn insert_billing_statement(
         &self,
         statement: &BillingStatement,
-        event: &OutboxInsert,
+        event: &OutboxMessage,
     ) -> Result<bool, StoreError> {
         let (statement, event) = (statement.clone(), event.clone());
         self.write(move |tx| usage::insert_statement(tx, &statement, &event)).await

@@ -7,9 +7,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use super::{classify, parse_date, parse_timestamp, parse_uuid, timestamp};
-use crate::store::StoreError;
+use super::{classify, insert_outbox, parse_date, parse_timestamp, parse_uuid, timestamp};
 use crate::store::usage::*;
+use crate::store::{OutboxMessage, StoreError};
 
 /// The twelve cumulative latency counts of the calls in a group of `usage_events e`, as JSON array text.
 macro_rules! histogram_of_events {
@@ -189,28 +189,11 @@ pub(super) fn purge(tx: &Connection, before: DateTime<Utc>, limit: u32) -> Resul
     .map_err(classify)
 }
 
-pub(super) fn insert_outbox(tx: &Connection, event: &OutboxInsert) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO outbox_messages (id, event_type, subject, payload, created_at, available_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            event.id.to_string(),
-            event.event_type,
-            event.subject,
-            event.payload,
-            timestamp(event.created_at),
-            timestamp(event.available_at)
-        ],
-    )
-    .map(drop)
-    .map_err(classify)
-}
-
 pub(super) fn set_lagging(
     tx: &Connection,
     since: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
-    event: Option<&OutboxInsert>,
+    event: Option<&OutboxMessage>,
 ) -> Result<bool, StoreError> {
     let current = read_position(tx, ROLLUP_LAGGING_SINCE)?;
     match since {
@@ -378,7 +361,7 @@ pub(super) fn statement_drafts(
 pub(super) fn insert_statement(
     tx: &Connection,
     s: &BillingStatement,
-    event: &OutboxInsert,
+    event: &OutboxMessage,
 ) -> Result<bool, StoreError> {
     let inserted = tx
         .execute(

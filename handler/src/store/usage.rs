@@ -230,19 +230,6 @@ pub struct BillingStatement {
     pub created_at: DateTime<Utc>,
 }
 
-/// An event to emit through the outbox, written in the transaction of the change that causes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxInsert {
-    /// The CloudEvents id.
-    pub id: Uuid,
-    pub event_type: String,
-    pub subject: Option<String>,
-    /// The CloudEvents `data`, JSON text.
-    pub payload: String,
-    pub created_at: DateTime<Utc>,
-    pub available_at: DateTime<Utc>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

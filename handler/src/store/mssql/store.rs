@@ -1241,7 +1241,7 @@ impl Store for MssqlStore {
         &self,
         since: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
-        event: Option<&OutboxInsert>,
+        event: Option<&OutboxMessage>,
     ) -> Result<bool, StoreError> {
         in_tx!(self, Retry::Yes, |conn| usage::set_lagging(conn, since, now, event).await)
     }
@@ -1272,7 +1272,7 @@ impl Store for MssqlStore {
     async fn insert_billing_statement(
         &self,
         statement: &BillingStatement,
-        event: &OutboxInsert,
+        event: &OutboxMessage,
     ) -> Result<bool, StoreError> {
         // Idempotent: a retried insert finds the statement and writes nothing (the event went with it).
         in_tx!(self, Retry::Yes, |conn| usage::insert_statement(conn, statement, event).await)

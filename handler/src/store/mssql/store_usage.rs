@@ -4,9 +4,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 use tiberius::{Row, ToSql};
 use uuid::Uuid;
 
+use super::integration::insert_outbox;
 use super::{MssqlClient, column, execute, q, required, rows, text};
-use crate::store::StoreError;
 use crate::store::usage::*;
+use crate::store::{OutboxMessage, StoreError};
 
 async fn lock_position(conn: &mut MssqlClient, name: &str, now: DateTime<Utc>) -> Result<i64, StoreError> {
     let found = rows(conn, q::LOCK_POSITION, &[&name, &now]).await?;
@@ -83,23 +84,11 @@ pub(super) async fn purge(conn: &mut MssqlClient, before: DateTime<Utc>, limit: 
     execute(conn, q::PURGE_USAGE_EVENTS, &[&watermark, &before, &i64::from(limit.max(1))]).await
 }
 
-pub(super) async fn insert_outbox(conn: &mut MssqlClient, event: &OutboxInsert) -> Result<(), StoreError> {
-    let params: [&dyn ToSql; 6] = [
-        &event.id,
-        &event.event_type.as_str(),
-        &event.subject.as_deref(),
-        &event.payload.as_str(),
-        &event.created_at,
-        &event.available_at,
-    ];
-    execute(conn, q::INSERT_OUTBOX, &params).await.map(drop)
-}
-
 pub(super) async fn set_lagging(
     conn: &mut MssqlClient,
     since: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
-    event: Option<&OutboxInsert>,
+    event: Option<&OutboxMessage>,
 ) -> Result<bool, StoreError> {
     let current = lock_position(conn, ROLLUP_LAGGING_SINCE, now).await?;
     match since {
@@ -223,7 +212,7 @@ pub(super) async fn statement_drafts(
 pub(super) async fn insert_statement(
     conn: &mut MssqlClient,
     s: &BillingStatement,
-    event: &OutboxInsert,
+    event: &OutboxMessage,
 ) -> Result<bool, StoreError> {
     let params: [&dyn ToSql; 13] = [
         &s.id,
