@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use actix_web::{HttpResponse, get, web};
-use chrono::{DateTime, Months, NaiveDate, NaiveTime, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, Months, NaiveDate, NaiveTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -217,6 +217,12 @@ fn report_range(
     granularity: Granularity,
     now: DateTime<Utc>,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), AppError> {
+    // Window arithmetic works in nanoseconds since 1970 (chrono: up to the year 2262); no usage exists outside this.
+    for (name, t) in [("from", params.from), ("to", params.to)] {
+        if let Some(t) = t.filter(|t| !(2000..=2200).contains(&t.year())) {
+            return Err(invalid(format!("`{name}` ({t}) must lie between the years 2000 and 2200")));
+        }
+    }
     let round_up = |t: DateTime<Utc>| {
         let start = window_start(granularity, t);
         if start == t { t } else { window_end(granularity, start) }
