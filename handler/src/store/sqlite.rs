@@ -763,6 +763,38 @@ fn take_rate(conn: &Connection, t: &RateLimitTake) -> Result<RateLimitDecision, 
     Ok(decision)
 }
 
+/// Inserts one usage event unless its `event_id` is stored already; returns the rows inserted (0 or 1).
+pub(crate) fn insert_usage_event(conn: &Connection, e: &UsageEvent) -> Result<usize, StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO usage_events (event_id, request_id, tenant_id, client_id, principal_id, operation_id, method,
+             route_template, status, units, billable, overage_units, latency_micros, request_bytes,
+             response_bytes, occurred_at, recorded_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .map_err(classify)?
+    .execute(params![
+        e.event_id.to_string(),
+        e.request_id,
+        e.tenant_id.map(|id| id.to_string()),
+        e.client_id,
+        e.principal_id,
+        e.operation_id,
+        e.method,
+        e.route_template,
+        e.status,
+        e.units,
+        e.billable,
+        e.overage_units,
+        e.latency_micros,
+        e.request_bytes,
+        e.response_bytes,
+        timestamp(e.occurred_at),
+        timestamp(e.recorded_at)
+    ])
+    .map_err(classify)
+}
+
 fn read_history(conn: &Connection) -> Result<Vec<AppliedMigration>, StoreError> {
     let exists: Option<i64> = conn
         .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'", [], |r| r.get(0))
@@ -1552,40 +1584,10 @@ impl Store for SqliteStore {
     async fn record_usage(&self, usage: &[UsageEvent], audit: &[AuditEventInput]) -> Result<u64, StoreError> {
         let (events, audit) = (usage.to_vec(), audit.to_vec());
         self.write(move |tx| {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO usage_events (event_id, request_id, tenant_id, client_id, principal_id, operation_id, method,
-                         route_template, status, units, billable, overage_units, latency_micros, request_bytes,
-                         response_bytes, occurred_at, recorded_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
-                     ON CONFLICT (event_id) DO NOTHING",
-                )
-                .map_err(classify)?;
             let mut inserted = 0;
             for e in &events {
-                inserted += stmt
-                    .execute(params![
-                        e.event_id.to_string(),
-                        e.request_id,
-                        e.tenant_id.map(|id| id.to_string()),
-                        e.client_id,
-                        e.principal_id,
-                        e.operation_id,
-                        e.method,
-                        e.route_template,
-                        e.status,
-                        e.units,
-                        e.billable,
-                        e.overage_units,
-                        e.latency_micros,
-                        e.request_bytes,
-                        e.response_bytes,
-                        timestamp(e.occurred_at),
-                        timestamp(e.recorded_at)
-                    ])
-                    .map_err(classify)? as u64;
+                inserted += insert_usage_event(tx, e)? as u64;
             }
-            drop(stmt);
             append_audit(tx, &audit)?;
             Ok(inserted)
         })

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::connection::MssqlClient;
 use super::queries as q;
-use super::store::{column, execute, read_quota, read_tenant, required, rows, text};
+use super::store::{column, execute, insert_usage_event, read_quota, read_tenant, required, rows, text};
 use crate::store::StoreError;
 use crate::store::model::*;
 
@@ -210,28 +210,7 @@ async fn record_usage(
             .map(|r| required(r, 0))
             .transpose()?
             .ok_or_else(|| StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction")))?;
-    let status = e.status as i16;
-    let (units, overage) = (e.units as i32, overage.min(e.units) as i32);
-    let params: [&dyn ToSql; 17] = [
-        &e.event_id,
-        &e.request_id.as_str(),
-        &e.tenant_id,
-        &e.client_id.as_deref(),
-        &e.principal_id.as_deref(),
-        &e.operation_id.as_str(),
-        &e.method.as_str(),
-        &e.route_template.as_str(),
-        &status,
-        &units,
-        &e.billable,
-        &overage,
-        &e.latency_micros,
-        &e.request_bytes,
-        &e.response_bytes,
-        &e.occurred_at,
-        &e.recorded_at,
-    ];
-    execute(conn, q::INSERT_USAGE_EVENT, &params).await?;
+    insert_usage_event(conn, &UsageEvent { overage_units: overage.min(e.units), ..e.clone() }).await?;
     emit_quota_thresholds(conn, tenant_id, period_start, e.recorded_at).await
 }
 

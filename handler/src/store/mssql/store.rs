@@ -474,6 +474,32 @@ async fn take_rate(conn: &mut MssqlClient, take: &RateLimitTake) -> Result<RateL
     Ok(decision)
 }
 
+/// Inserts one usage event unless its `event_id` is stored already; returns the rows inserted (0 or 1).
+pub(super) async fn insert_usage_event(conn: &mut MssqlClient, e: &UsageEvent) -> Result<u64, StoreError> {
+    let status = e.status as i16;
+    let (units, overage) = (e.units as i32, e.overage_units as i32);
+    let params: [&dyn ToSql; 17] = [
+        &e.event_id,
+        &e.request_id.as_str(),
+        &e.tenant_id,
+        &e.client_id.as_deref(),
+        &e.principal_id.as_deref(),
+        &e.operation_id.as_str(),
+        &e.method.as_str(),
+        &e.route_template.as_str(),
+        &status,
+        &units,
+        &e.billable,
+        &overage,
+        &e.latency_micros,
+        &e.request_bytes,
+        &e.response_bytes,
+        &e.occurred_at,
+        &e.recorded_at,
+    ];
+    execute(conn, q::INSERT_USAGE_EVENT, &params).await
+}
+
 /// Appends audit events inside the caller's transaction. Chains are locked in key order (each head read
 /// `WITH (UPDLOCK, HOLDLOCK)`), so two batches touching the same chains wait for each other instead of
 /// deadlocking; within a chain, events keep their order. Events already stored (a retried batch) are skipped.
@@ -1071,28 +1097,7 @@ impl Store for MssqlStore {
         in_tx!(self, Retry::Yes, |conn| {
             let mut inserted = 0;
             for e in usage {
-                let status = e.status as i16;
-                let (units, overage) = (e.units as i32, e.overage_units as i32);
-                let params: [&dyn ToSql; 17] = [
-                    &e.event_id,
-                    &e.request_id.as_str(),
-                    &e.tenant_id,
-                    &e.client_id.as_deref(),
-                    &e.principal_id.as_deref(),
-                    &e.operation_id.as_str(),
-                    &e.method.as_str(),
-                    &e.route_template.as_str(),
-                    &status,
-                    &units,
-                    &e.billable,
-                    &overage,
-                    &e.latency_micros,
-                    &e.request_bytes,
-                    &e.response_bytes,
-                    &e.occurred_at,
-                    &e.recorded_at,
-                ];
-                inserted += execute(conn, q::INSERT_USAGE_EVENT, &params).await?;
+                inserted += insert_usage_event(conn, e).await?;
             }
             append_audit(conn, audit).await?;
             Ok(inserted)

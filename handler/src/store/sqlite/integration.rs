@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use super::{SqliteStore, classify, parse_timestamp, parse_uuid, query_all, query_one, read_quota, timestamp};
+use super::{
+    SqliteStore, classify, insert_usage_event, parse_timestamp, parse_uuid, query_all, query_one, read_quota, timestamp,
+};
 use crate::store::StoreError;
 use crate::store::model::*;
 
@@ -281,32 +283,7 @@ fn record_usage(
             |r| r.get(0),
         )
         .map_err(classify)?;
-    tx.execute(
-        "INSERT INTO usage_events (event_id, request_id, tenant_id, client_id, principal_id, operation_id, method,
-             route_template, status, units, billable, overage_units, latency_micros, request_bytes, response_bytes,
-             occurred_at, recorded_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-        params![
-            e.event_id.to_string(),
-            e.request_id,
-            tenant,
-            e.client_id,
-            e.principal_id,
-            e.operation_id,
-            e.method,
-            e.route_template,
-            e.status,
-            e.units,
-            e.billable,
-            overage.min(e.units),
-            e.latency_micros,
-            e.request_bytes,
-            e.response_bytes,
-            timestamp(e.occurred_at),
-            timestamp(e.recorded_at)
-        ],
-    )
-    .map_err(classify)?;
+    insert_usage_event(tx, &UsageEvent { overage_units: overage.min(e.units), ..e.clone() })?;
     emit_quota_thresholds(tx, tenant_id, period_start, e.recorded_at)
 }
 
