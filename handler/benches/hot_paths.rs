@@ -50,7 +50,7 @@ fn limiter(c: &mut Criterion) {
             updated_at: now,
             version: 1,
         };
-        store.create_plan(&plan).await.expect("plan");
+        store.create_plan(&plan, None).await.expect("plan");
         let tenant = Tenant {
             id: Uuid::from_u128(1),
             entra_tenant_id: None,
@@ -61,7 +61,7 @@ fn limiter(c: &mut Criterion) {
             updated_at: now,
             version: 1,
         };
-        store.create_tenant(&tenant).await.expect("tenant");
+        store.create_tenant(&tenant, None).await.expect("tenant");
         Arc::new(store)
     });
     let admission = |now_micros| Admission {

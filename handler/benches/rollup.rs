@@ -37,7 +37,7 @@ async fn main() {
         updated_at: t0,
         version: 1,
     };
-    store.create_plan(&plan).await.expect("plan");
+    store.create_plan(&plan, None).await.expect("plan");
     for i in 0..tenants {
         let tenant = Tenant {
             id: Uuid::from_u128(i + 1),
@@ -49,7 +49,7 @@ async fn main() {
             updated_at: t0,
             version: 1,
         };
-        store.create_tenant(&tenant).await.expect("tenant");
+        store.create_tenant(&tenant, None).await.expect("tenant");
     }
     let seeding = Instant::now();
     let span_micros = 72 * 3_600_000_000_i64;

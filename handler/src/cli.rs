@@ -282,7 +282,7 @@ async fn ensure_dev_tenant(config: &Config, directory: uuid::Uuid) -> anyhow::Re
             updated_at: now,
             version: 1,
         };
-        match store.create_plan(&plan).await {
+        match store.create_plan(&plan, None).await {
             Ok(()) | Err(StoreError::Conflict(_)) => {}
             Err(e) => return Err(e.into()),
         }
@@ -298,7 +298,7 @@ async fn ensure_dev_tenant(config: &Config, directory: uuid::Uuid) -> anyhow::Re
             updated_at: now,
             version: 1,
         };
-        store.create_tenant(&tenant).await?;
+        store.create_tenant(&tenant, None).await?;
         eprintln!("handler: created local tenant {} for directory {directory} on plan developer", tenant.id);
     }
     Ok(())

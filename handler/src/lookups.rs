@@ -171,14 +171,14 @@ mod tests {
         let now = clock.now();
         // "Not found" is remembered too.
         assert_eq!(lookups.plan("gold").await.unwrap(), None);
-        store.create_plan(&plan("gold", 100, now)).await.unwrap();
+        store.create_plan(&plan("gold", 100, now), None).await.unwrap();
         assert_eq!(lookups.plan("gold").await.unwrap(), None, "served from the cache within the TTL");
         clock.advance(chrono::Duration::seconds(5));
         assert_eq!(lookups.plan("gold").await.unwrap().unwrap().monthly_quota_units, 100, "re-read after the TTL");
 
         let mut changed = plan("gold", 500, now);
         changed.version = 1;
-        store.update_plan(&changed, 1).await.unwrap();
+        store.update_plan(&changed, 1, None, None).await.unwrap();
         assert_eq!(lookups.plan("gold").await.unwrap().unwrap().monthly_quota_units, 100);
         lookups.invalidate();
         assert_eq!(lookups.plan("gold").await.unwrap().unwrap().monthly_quota_units, 500, "invalidate applies at once");
@@ -188,7 +188,7 @@ mod tests {
     async fn a_zero_ttl_reads_the_store_every_time() {
         let (_dir, store, clock, lookups) = setup(0).await;
         assert_eq!(lookups.plan("gold").await.unwrap(), None);
-        store.create_plan(&plan("gold", 100, clock.now())).await.unwrap();
+        store.create_plan(&plan("gold", 100, clock.now()), None).await.unwrap();
         assert!(lookups.plan("gold").await.unwrap().is_some());
     }
 }

@@ -48,20 +48,23 @@ async fn seed(path: &std::path::Path) {
     store.migrate().await.unwrap();
     let now = Utc::now();
     store
-        .create_plan(&Plan {
-            code: "pro".into(),
-            name: "Pro".into(),
-            requests_per_minute: 600,
-            burst: 50,
-            monthly_quota_units: 100_000,
-            overage_policy: OveragePolicy::Block,
-            currency: "EUR".into(),
-            base_price_micros: 0,
-            overage_unit_price_micros: 0,
-            created_at: now,
-            updated_at: now,
-            version: 1,
-        })
+        .create_plan(
+            &Plan {
+                code: "pro".into(),
+                name: "Pro".into(),
+                requests_per_minute: 600,
+                burst: 50,
+                monthly_quota_units: 100_000,
+                overage_policy: OveragePolicy::Block,
+                currency: "EUR".into(),
+                base_price_micros: 0,
+                overage_unit_price_micros: 0,
+                created_at: now,
+                updated_at: now,
+                version: 1,
+            },
+            None,
+        )
         .await
         .unwrap();
     for (n, directory, status) in [
@@ -79,7 +82,7 @@ async fn seed(path: &std::path::Path) {
             updated_at: now,
             version: 1,
         };
-        store.create_tenant(&tenant).await.unwrap();
+        store.create_tenant(&tenant, None).await.unwrap();
     }
 }
 

@@ -38,7 +38,7 @@ async fn create_plans(store: &Arc<dyn Store>) {
             updated_at: now,
             version: 1,
         };
-        store.create_plan(&plan).await.unwrap();
+        store.create_plan(&plan, None).await.unwrap();
     }
 }
 

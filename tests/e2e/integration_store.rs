@@ -45,8 +45,8 @@ fn tenant(n: u128) -> Tenant {
 
 async fn ready(t: &TestStore) -> Arc<dyn Store> {
     t.store.migrate().await.expect("migrate");
-    t.store.create_plan(&plan("basic", 100)).await.unwrap();
-    t.store.create_plan(&plan("pro", 1000)).await.unwrap();
+    t.store.create_plan(&plan("basic", 100), None).await.unwrap();
+    t.store.create_plan(&plan("pro", 1000), None).await.unwrap();
     t.store.clone()
 }
 
@@ -158,13 +158,13 @@ async fn a_message_that_cannot_apply_writes_nothing_not_even_its_inbox_row() {
         // Once the cause is fixed, the same message applies: the rejection left no inbox row behind.
         let mut fixed = tenant(9);
         fixed.id = ghost;
-        store.create_tenant(&fixed).await.unwrap();
+        store.create_tenant(&fixed, None).await.unwrap();
         assert_eq!(store.apply_integration_event(&entry, &suspend).await.unwrap(), ApplyOutcome::Applied);
         assert_eq!(store.get_tenant(ghost).await.unwrap().unwrap().status, TenantStatus::Suspended);
 
         // Documents are all or nothing: one of another tenant refuses the whole batch.
         let other = tenant(2);
-        store.create_tenant(&other).await.unwrap();
+        store.create_tenant(&other, None).await.unwrap();
         let doc = |id: u128, title: &str| DocumentUpsert {
             id: Uuid::from_u128(id),
             title: title.into(),
@@ -219,17 +219,17 @@ async fn tenant_status_changes_write_exactly_one_outbox_event_each() {
     for_each_store("tenant_status_changes_write_exactly_one_outbox_event_each", |t| async move {
         let store = ready(&t).await;
         let acme = tenant(1);
-        store.create_tenant(&acme).await.unwrap();
+        store.create_tenant(&acme, None).await.unwrap();
         let suspended = store.set_tenant_status(acme.id, TenantStatus::Suspended, 1, t0()).await.unwrap();
         assert!(matches!(suspended, Update::Updated(_)));
         // A stale version changes nothing and announces nothing.
         let stale = store.set_tenant_status(acme.id, TenantStatus::Active, 1, t0()).await.unwrap();
         assert_eq!(stale, Update::VersionMismatch { current_version: 2 });
         let changes = TenantChanges { status: Some(TenantStatus::Active), ..TenantChanges::default() };
-        assert!(matches!(store.update_tenant(acme.id, &changes, 2, t0()).await.unwrap(), Update::Updated(_)));
+        assert!(matches!(store.update_tenant(acme.id, &changes, 2, t0(), None).await.unwrap(), Update::Updated(_)));
         // Renaming is not a status change.
         let rename = TenantChanges { name: Some("Acme 2".into()), ..TenantChanges::default() };
-        store.update_tenant(acme.id, &rename, 3, t0()).await.unwrap();
+        store.update_tenant(acme.id, &rename, 3, t0(), None).await.unwrap();
 
         let rows = all_outbox(&store).await;
         let types: Vec<_> = rows.iter().map(|r| r.message.event_type.as_str()).collect();
@@ -249,7 +249,7 @@ async fn external_usage_counts_overage_and_announces_each_threshold_once() {
     for_each_store("external_usage_counts_overage_and_announces_each_threshold_once", |t| async move {
         let store = ready(&t).await;
         let acme = tenant(1);
-        store.create_tenant(&acme).await.unwrap();
+        store.create_tenant(&acme, None).await.unwrap();
         // Quota 100 (plan basic, block): external usage is recorded anyway, beyond the quota as overage.
         for (n, units) in [(1, 50), (2, 29), (3, 1), (4, 15), (5, 30)] {
             let id = format!("u-{n}");
@@ -285,7 +285,7 @@ async fn the_publisher_reads_due_rows_and_marks_them_sent_or_failed() {
         let store = ready(&t).await;
         for n in 1..=3 {
             let acme = tenant(n);
-            store.create_tenant(&acme).await.unwrap();
+            store.create_tenant(&acme, None).await.unwrap();
             store
                 .set_tenant_status(acme.id, TenantStatus::Suspended, 1, t0() + Duration::seconds(n as i64))
                 .await
@@ -346,9 +346,9 @@ async fn a_failed_outbox_insert_rolls_the_status_change_back() {
     let path = dir.path().join("inject.db");
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
     store.migrate().await.unwrap();
-    store.create_plan(&plan("basic", 100)).await.unwrap();
+    store.create_plan(&plan("basic", 100), None).await.unwrap();
     let acme = tenant(1);
-    store.create_tenant(&acme).await.unwrap();
+    store.create_tenant(&acme, None).await.unwrap();
     let raw = rusqlite::Connection::open(&path).unwrap();
     raw.execute_batch(
         "CREATE TRIGGER fail_outbox BEFORE INSERT ON outbox_messages BEGIN SELECT RAISE(ABORT, 'injected'); END;",

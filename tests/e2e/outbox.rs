@@ -30,20 +30,23 @@ async fn service_bus(ca: &TestCa, script: Vec<Reply>) -> (TestServer, Arc<Mutex<
 async fn plan(store: &Arc<dyn Store>, quota: i64) {
     let now = chrono::Utc::now();
     store
-        .create_plan(&Plan {
-            code: "basic".into(),
-            name: "Basic".into(),
-            requests_per_minute: 60,
-            burst: 10,
-            monthly_quota_units: quota,
-            overage_policy: OveragePolicy::Block,
-            currency: "EUR".into(),
-            base_price_micros: 0,
-            overage_unit_price_micros: 0,
-            created_at: now,
-            updated_at: now,
-            version: 1,
-        })
+        .create_plan(
+            &Plan {
+                code: "basic".into(),
+                name: "Basic".into(),
+                requests_per_minute: 60,
+                burst: 10,
+                monthly_quota_units: quota,
+                overage_policy: OveragePolicy::Block,
+                currency: "EUR".into(),
+                base_price_micros: 0,
+                overage_unit_price_micros: 0,
+                created_at: now,
+                updated_at: now,
+                version: 1,
+            },
+            None,
+        )
         .await
         .unwrap();
 }
@@ -200,7 +203,7 @@ async fn an_event_is_never_lost_when_the_publisher_dies_between_the_send_and_the
         updated_at: now,
         version: 1,
     };
-    store.create_tenant(&tenant).await.unwrap();
+    store.create_tenant(&tenant, None).await.unwrap();
     store.set_tenant_status(tenant.id, TenantStatus::Suspended, 1, now).await.unwrap();
 
     let mut env = identity_env(&identity, &ca);
@@ -310,7 +313,7 @@ async fn a_send_that_times_out_is_retried_within_the_run() {
         updated_at: now,
         version: 1,
     };
-    store.create_tenant(&tenant).await.unwrap();
+    store.create_tenant(&tenant, None).await.unwrap();
     store.set_tenant_status(tenant.id, TenantStatus::Suspended, 1, now).await.unwrap();
     let mut env = identity_env(&identity, &ca);
     env.push(("METERLINE_SERVICEBUS_NAMESPACE".into(), format!("127.0.0.1:{}", bus.port)));

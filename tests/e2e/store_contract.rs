@@ -114,26 +114,29 @@ async fn plans_and_tenants_round_trip_with_constraints() {
     for_each_store("plans_and_tenants_round_trip_with_constraints", |t| async move {
         let store = migrated(&t).await;
         let pro = plan("pro", 1_000, OveragePolicy::Allow);
-        store.create_plan(&pro).await.unwrap();
+        store.create_plan(&pro, None).await.unwrap();
         assert_eq!(store.get_plan("pro").await.unwrap(), Some(pro.clone()));
         assert_eq!(store.get_plan("none").await.unwrap(), None);
-        assert!(matches!(store.create_plan(&pro).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(store.create_plan(&pro, None).await, Err(StoreError::Conflict(_))));
 
         let acme = tenant(1, "pro", t0());
-        store.create_tenant(&acme).await.unwrap();
+        store.create_tenant(&acme, None).await.unwrap();
         assert_eq!(store.get_tenant(acme.id).await.unwrap(), Some(acme.clone()));
         assert_eq!(store.get_tenant_by_entra_id(acme.entra_tenant_id.unwrap()).await.unwrap(), Some(acme.clone()));
         assert_eq!(store.get_tenant(Uuid::from_u128(7)).await.unwrap(), None);
 
         let same_directory = Tenant { id: Uuid::from_u128(2), ..acme.clone() };
-        assert!(matches!(store.create_tenant(&same_directory).await, Err(StoreError::Conflict(_))), "tid is unique");
+        assert!(
+            matches!(store.create_tenant(&same_directory, None).await, Err(StoreError::Conflict(_))),
+            "tid is unique"
+        );
         let no_plan =
             Tenant { id: Uuid::from_u128(3), entra_tenant_id: None, plan_code: "ghost".into(), ..acme.clone() };
-        assert!(matches!(store.create_tenant(&no_plan).await, Err(StoreError::ForeignKey(_))), "{}", t.name);
+        assert!(matches!(store.create_tenant(&no_plan, None).await, Err(StoreError::ForeignKey(_))), "{}", t.name);
         let no_directory_a = Tenant { id: Uuid::from_u128(4), entra_tenant_id: None, ..acme.clone() };
         let no_directory_b = Tenant { id: Uuid::from_u128(5), entra_tenant_id: None, ..acme.clone() };
-        store.create_tenant(&no_directory_a).await.unwrap();
-        store.create_tenant(&no_directory_b).await.expect("many tenants may have no Entra directory");
+        store.create_tenant(&no_directory_a, None).await.unwrap();
+        store.create_tenant(&no_directory_b, None).await.expect("many tenants may have no Entra directory");
     })
     .await;
 }
@@ -142,9 +145,9 @@ async fn plans_and_tenants_round_trip_with_constraints() {
 async fn tenant_updates_are_conditional_on_the_version() {
     for_each_store("tenant_updates_are_conditional_on_the_version", |t| async move {
         let store = migrated(&t).await;
-        store.create_plan(&plan("pro", 10, OveragePolicy::Block)).await.unwrap();
+        store.create_plan(&plan("pro", 10, OveragePolicy::Block), None).await.unwrap();
         let acme = tenant(1, "pro", t0());
-        store.create_tenant(&acme).await.unwrap();
+        store.create_tenant(&acme, None).await.unwrap();
         let later = t0() + Duration::hours(1);
         let Update::Updated(suspended) =
             store.set_tenant_status(acme.id, TenantStatus::Suspended, 1, later).await.unwrap()
@@ -164,11 +167,11 @@ async fn tenant_updates_are_conditional_on_the_version() {
 async fn keyset_pages_are_complete_and_stable_under_concurrent_inserts() {
     for_each_store("keyset_pages_are_complete_and_stable_under_concurrent_inserts", |t| async move {
         let store = migrated(&t).await;
-        store.create_plan(&plan("pro", 10, OveragePolicy::Block)).await.unwrap();
+        store.create_plan(&plan("pro", 10, OveragePolicy::Block), None).await.unwrap();
         // Ties on created_at on purpose: the id must break them.
         let before: Vec<Tenant> = (0..23).map(|n| tenant(n, "pro", t0() + Duration::seconds((n / 3) as i64))).collect();
         for tenant in &before {
-            store.create_tenant(tenant).await.unwrap();
+            store.create_tenant(tenant, None).await.unwrap();
         }
         let mut seen = Vec::new();
         let mut cursor: Option<TenantCursor> = None;
@@ -180,8 +183,8 @@ async fn keyset_pages_are_complete_and_stable_under_concurrent_inserts() {
             pages += 1;
             if pages == 2 {
                 // Rows written while a client pages: before the cursor (hidden) and after it (shown once).
-                store.create_tenant(&tenant(100, "pro", t0() - Duration::days(1))).await.unwrap();
-                store.create_tenant(&tenant(101, "pro", t0() + Duration::days(1))).await.unwrap();
+                store.create_tenant(&tenant(100, "pro", t0() - Duration::days(1)), None).await.unwrap();
+                store.create_tenant(&tenant(101, "pro", t0() + Duration::days(1)), None).await.unwrap();
             }
             match page.next {
                 Some(next) => cursor = Some(next),
@@ -235,9 +238,9 @@ async fn leases_admit_one_holder_until_they_expire() {
 }
 
 async fn tenant_on_plan(store: &Arc<dyn Store>, quota: i64, policy: OveragePolicy) -> Tenant {
-    store.create_plan(&plan("metered", quota, policy)).await.unwrap();
+    store.create_plan(&plan("metered", quota, policy), None).await.unwrap();
     let tenant = tenant(1, "metered", t0());
-    store.create_tenant(&tenant).await.unwrap();
+    store.create_tenant(&tenant, None).await.unwrap();
     tenant
 }
 
@@ -300,7 +303,7 @@ async fn overage_is_counted_under_allow_and_refunds_give_units_back() {
         assert_eq!((usage.units_used, usage.overage_units), (0, 0), "never below zero");
 
         let blocked = tenant(2, "metered", t0());
-        store.create_tenant(&blocked).await.unwrap();
+        store.create_tenant(&blocked, None).await.unwrap();
         let b = |units| debit(&blocked, 10, OveragePolicy::Block, units);
         assert!(matches!(store.debit_quota(&b(10)).await.unwrap(), QuotaOutcome::Accepted { .. }));
         assert_eq!(store.debit_quota(&b(1)).await.unwrap(), QuotaOutcome::Rejected { units_used: 10, quota_units: 10 });
@@ -444,9 +447,9 @@ async fn a_changed_or_unknown_migration_is_refused() {
 async fn api_clients_register_once_with_their_roles() {
     for_each_store("api_clients_register_once_with_their_roles", |t| async move {
         let store = migrated(&t).await;
-        store.create_plan(&plan("pro", 10, OveragePolicy::Block)).await.unwrap();
+        store.create_plan(&plan("pro", 10, OveragePolicy::Block), None).await.unwrap();
         let acme = tenant(1, "pro", t0());
-        store.create_tenant(&acme).await.unwrap();
+        store.create_tenant(&acme, None).await.unwrap();
         let client = ApiClient {
             id: Uuid::from_u128(0xC1),
             tenant_id: acme.id,
@@ -458,14 +461,17 @@ async fn api_clients_register_once_with_their_roles() {
             revoked_at: None,
             version: 1,
         };
-        store.create_api_client(&client).await.unwrap();
+        store.create_api_client(&client, None).await.unwrap();
         assert_eq!(store.get_api_client_by_app_id("8d0a1c1e-app").await.unwrap(), Some(client.clone()), "{}", t.name);
         assert_eq!(store.get_api_client_by_app_id("unknown").await.unwrap(), None);
         let again = ApiClient { id: Uuid::from_u128(0xC2), ..client.clone() };
-        assert!(matches!(store.create_api_client(&again).await, Err(StoreError::Conflict(_))), "app ids are unique");
+        assert!(
+            matches!(store.create_api_client(&again, None).await, Err(StoreError::Conflict(_))),
+            "app ids are unique"
+        );
         let bad_role =
             ApiClient { id: Uuid::from_u128(0xC3), app_id: "other".into(), roles: vec!["Root".into()], ..client };
-        assert!(store.create_api_client(&bad_role).await.is_err(), "roles are a closed set");
+        assert!(store.create_api_client(&bad_role, None).await.is_err(), "roles are a closed set");
         assert_eq!(
             store.get_api_client_by_app_id("other").await.unwrap(),
             None,
@@ -478,10 +484,10 @@ async fn api_clients_register_once_with_their_roles() {
 // Documents, idempotency, and the tenant/plan/client administration methods.
 
 async fn two_tenants(store: &Arc<dyn Store>) -> (Tenant, Tenant) {
-    store.create_plan(&plan("pro", 10, OveragePolicy::Block)).await.unwrap();
+    store.create_plan(&plan("pro", 10, OveragePolicy::Block), None).await.unwrap();
     let (a, b) = (tenant(1, "pro", t0()), tenant(2, "pro", t0()));
-    store.create_tenant(&a).await.unwrap();
-    store.create_tenant(&b).await.unwrap();
+    store.create_tenant(&a, None).await.unwrap();
+    store.create_tenant(&b, None).await.unwrap();
     (a, b)
 }
 
@@ -580,7 +586,7 @@ async fn documents_round_trip_with_their_tags() {
         let store = migrated(&t).await;
         let (a, _) = two_tenants(&store).await;
         let bare = document(&a, 1);
-        store.create_document(&bare, None).await.unwrap();
+        store.create_document(&bare, None, None).await.unwrap();
         assert_eq!(store.get_document(a.id, bare.id).await.unwrap(), Some(bare.clone()), "{}", t.name);
 
         let full = Document {
@@ -594,7 +600,7 @@ async fn documents_round_trip_with_their_tags() {
             updated_at: t0() + Duration::microseconds(123_456),
             ..document(&a, 2)
         };
-        store.create_document(&full, None).await.unwrap();
+        store.create_document(&full, None, None).await.unwrap();
         let stored = store.get_document(a.id, full.id).await.unwrap().expect("stored");
         assert_eq!(stored.tags, tags(&["hr", "lease", "tax"]), "tags come back sorted");
         assert_eq!(stored, Document { tags: tags(&["hr", "lease", "tax"]), ..full.clone() });
@@ -615,7 +621,7 @@ async fn documents_round_trip_with_their_tags() {
             version: 1,
             ..stored.clone()
         };
-        let Update::Updated(updated) = store.update_document(&edited, 1).await.unwrap() else {
+        let Update::Updated(updated) = store.update_document(&edited, 1, None).await.unwrap() else {
             panic!("{}: the update at the current version applies", t.name)
         };
         let expected = Document { version: 2, ..edited.clone() };
@@ -623,13 +629,16 @@ async fn documents_round_trip_with_their_tags() {
         assert_eq!(store.get_document(a.id, full.id).await.unwrap(), Some(expected.clone()));
 
         let untagged = Document { tags: Vec::new(), ..expected.clone() };
-        let Update::Updated(updated) = store.update_document(&untagged, 2).await.unwrap() else { panic!() };
+        let Update::Updated(updated) = store.update_document(&untagged, 2, None).await.unwrap() else { panic!() };
         assert!(updated.tags.is_empty() && updated.version == 3, "{}: tags removed", t.name);
 
-        assert_eq!(store.delete_document(a.id, full.id, 3, "oid-editor", later).await.unwrap(), Update::Updated(()));
+        assert_eq!(
+            store.delete_document(a.id, full.id, 3, "oid-editor", later, None).await.unwrap(),
+            Update::Updated(())
+        );
         assert_eq!(store.get_document(a.id, full.id).await.unwrap(), None);
         assert_eq!(store.get_document(a.id, bare.id).await.unwrap(), Some(bare), "the other document is untouched");
-        assert!(matches!(store.create_document(&document(&a, 1), None).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(store.create_document(&document(&a, 1), None, None).await, Err(StoreError::Conflict(_))));
     })
     .await;
 }
@@ -640,12 +649,12 @@ async fn documents_of_another_tenant_do_not_exist() {
         let store = migrated(&t).await;
         let (a, b) = two_tenants(&store).await;
         let mine = Document { tags: tags(&["tax"]), status: DocumentStatus::Published, ..document(&a, 1) };
-        store.create_document(&mine, None).await.unwrap();
+        store.create_document(&mine, None, None).await.unwrap();
 
         assert_eq!(store.get_document(b.id, mine.id).await.unwrap(), None, "{}", t.name);
         let hijack = Document { tenant_id: b.id, title: "mine now".into(), ..mine.clone() };
-        assert_eq!(store.update_document(&hijack, 1).await.unwrap(), Update::NotFound);
-        assert_eq!(store.delete_document(b.id, mine.id, 1, "oid-b", t0()).await.unwrap(), Update::NotFound);
+        assert_eq!(store.update_document(&hijack, 1, None).await.unwrap(), Update::NotFound);
+        assert_eq!(store.delete_document(b.id, mine.id, 1, "oid-b", t0(), None).await.unwrap(), Update::NotFound);
         let everything = list_all(&store, &b, &DocumentFilter::default(), UPDATED_ASC).await;
         assert!(everything.items.is_empty() && everything.total == Some(0));
         let tagged = DocumentFilter { tags_any: tags(&["tax"]), ..Default::default() };
@@ -665,15 +674,19 @@ async fn soft_deleted_documents_are_invisible() {
         let (a, _) = two_tenants(&store).await;
         let kept = Document { tags: tags(&["hr"]), ..document(&a, 1) };
         let gone = Document { tags: tags(&["hr"]), ..document(&a, 2) };
-        store.create_document(&kept, None).await.unwrap();
-        store.create_document(&gone, None).await.unwrap();
+        store.create_document(&kept, None, None).await.unwrap();
+        store.create_document(&gone, None, None).await.unwrap();
         let now = t0() + Duration::days(1);
-        assert_eq!(store.delete_document(a.id, gone.id, 1, "oid-x", now).await.unwrap(), Update::Updated(()));
+        assert_eq!(store.delete_document(a.id, gone.id, 1, "oid-x", now, None).await.unwrap(), Update::Updated(()));
 
         assert_eq!(store.get_document(a.id, gone.id).await.unwrap(), None, "{}", t.name);
-        assert_eq!(store.update_document(&gone, 2).await.unwrap(), Update::NotFound, "the delete bumped the version");
-        assert_eq!(store.update_document(&gone, 1).await.unwrap(), Update::NotFound);
-        assert_eq!(store.delete_document(a.id, gone.id, 2, "oid-x", now).await.unwrap(), Update::NotFound);
+        assert_eq!(
+            store.update_document(&gone, 2, None).await.unwrap(),
+            Update::NotFound,
+            "the delete bumped the version"
+        );
+        assert_eq!(store.update_document(&gone, 1, None).await.unwrap(), Update::NotFound);
+        assert_eq!(store.delete_document(a.id, gone.id, 2, "oid-x", now, None).await.unwrap(), Update::NotFound);
         for filter in [DocumentFilter::default(), DocumentFilter { tags_any: tags(&["hr"]), ..Default::default() }] {
             let listed = list_all(&store, &a, &filter, UPDATED_ASC).await;
             assert_eq!((ids(&listed.items), listed.total), (vec![kept.id], Some(1)), "{}", t.name);
@@ -691,21 +704,27 @@ async fn document_writes_are_conditional_on_the_version() {
         let store = migrated(&t).await;
         let (a, _) = two_tenants(&store).await;
         let original = Document { tags: tags(&["a"]), ..document(&a, 1) };
-        store.create_document(&original, None).await.unwrap();
+        store.create_document(&original, None, None).await.unwrap();
         let edit = Document { title: "edited".into(), tags: tags(&["b"]), version: 99, ..original.clone() };
-        let Update::Updated(v2) = store.update_document(&edit, 1).await.unwrap() else { panic!("{}", t.name) };
+        let Update::Updated(v2) = store.update_document(&edit, 1, None).await.unwrap() else { panic!("{}", t.name) };
         assert_eq!(v2.version, 2, "the version follows expected_version, not document.version");
 
         let stale = Document { title: "lost update".into(), tags: tags(&["c"]), ..original.clone() };
-        assert_eq!(store.update_document(&stale, 1).await.unwrap(), Update::VersionMismatch { current_version: 2 });
-        assert_eq!(store.update_document(&stale, 3).await.unwrap(), Update::VersionMismatch { current_version: 2 });
+        assert_eq!(
+            store.update_document(&stale, 1, None).await.unwrap(),
+            Update::VersionMismatch { current_version: 2 }
+        );
+        assert_eq!(
+            store.update_document(&stale, 3, None).await.unwrap(),
+            Update::VersionMismatch { current_version: 2 }
+        );
         assert_eq!(
             store.get_document(a.id, original.id).await.unwrap(),
             Some(v2.clone()),
             "a refused update writes nothing"
         );
         assert_eq!(
-            store.delete_document(a.id, original.id, 1, "oid-x", t0()).await.unwrap(),
+            store.delete_document(a.id, original.id, 1, "oid-x", t0(), None).await.unwrap(),
             Update::VersionMismatch { current_version: 2 },
             "{}",
             t.name
@@ -713,9 +732,12 @@ async fn document_writes_are_conditional_on_the_version() {
         assert_eq!(store.get_document(a.id, original.id).await.unwrap(), Some(v2), "a refused delete deletes nothing");
 
         let missing = document(&a, 50);
-        assert_eq!(store.update_document(&missing, 1).await.unwrap(), Update::NotFound);
-        assert_eq!(store.delete_document(a.id, missing.id, 1, "oid-x", t0()).await.unwrap(), Update::NotFound);
-        assert_eq!(store.delete_document(a.id, original.id, 2, "oid-x", t0()).await.unwrap(), Update::Updated(()));
+        assert_eq!(store.update_document(&missing, 1, None).await.unwrap(), Update::NotFound);
+        assert_eq!(store.delete_document(a.id, missing.id, 1, "oid-x", t0(), None).await.unwrap(), Update::NotFound);
+        assert_eq!(
+            store.delete_document(a.id, original.id, 2, "oid-x", t0(), None).await.unwrap(),
+            Update::Updated(())
+        );
     })
     .await;
 }
@@ -741,13 +763,13 @@ async fn creating_a_document_with_a_taken_idempotency_key_writes_nothing() {
         let (a, b) = two_tenants(&store).await;
         let first = Document { tags: tags(&["x"]), ..document(&a, 1) };
         let record = idempotency(&a, "key-1", r#"{"id":1}"#, t0());
-        store.create_document(&first, Some(&record)).await.unwrap();
+        store.create_document(&first, Some(&record), None).await.unwrap();
         assert_eq!(store.get_idempotency(a.id, "key-1", t0()).await.unwrap(), Some(record.clone()), "{}", t.name);
 
         let second = Document { tags: tags(&["y"]), ..document(&a, 2) };
         let retry = idempotency(&a, "key-1", r#"{"id":2}"#, t0() + Duration::minutes(1));
         assert!(
-            matches!(store.create_document(&second, Some(&retry)).await, Err(StoreError::Conflict(_))),
+            matches!(store.create_document(&second, Some(&retry), None).await, Err(StoreError::Conflict(_))),
             "{}",
             t.name
         );
@@ -764,12 +786,12 @@ async fn creating_a_document_with_a_taken_idempotency_key_writes_nothing() {
         // A document conflict rolls the idempotency record back too.
         let same_id = document(&a, 1);
         let fresh = idempotency(&a, "key-2", "{}", t0());
-        assert!(matches!(store.create_document(&same_id, Some(&fresh)).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(store.create_document(&same_id, Some(&fresh), None).await, Err(StoreError::Conflict(_))));
         assert_eq!(store.get_idempotency(a.id, "key-2", t0()).await.unwrap(), None, "{}", t.name);
 
         // Keys are per tenant.
         let theirs = idempotency(&b, "key-1", r#"{"id":3}"#, t0());
-        store.create_document(&document(&b, 3), Some(&theirs)).await.expect("another tenant's key space");
+        store.create_document(&document(&b, 3), Some(&theirs), None).await.expect("another tenant's key space");
         assert_eq!(store.get_idempotency(b.id, "key-1", t0()).await.unwrap(), Some(theirs));
         assert_eq!(store.get_idempotency(a.id, "key-1", t0()).await.unwrap(), Some(record));
     })
@@ -782,7 +804,7 @@ async fn idempotency_records_expire() {
         let store = migrated(&t).await;
         let (a, _) = two_tenants(&store).await;
         let record = IdempotencyRecord { response_body: vec![0, 159, 146, 150, 255], ..idempotency(&a, "k", "", t0()) };
-        store.create_document(&document(&a, 1), Some(&record)).await.unwrap();
+        store.create_document(&document(&a, 1), Some(&record), None).await.unwrap();
         let expires = record.expires_at;
         let at = |now| store.get_idempotency(a.id, "k", now);
         assert_eq!(at(t0()).await.unwrap(), Some(record.clone()), "{}: binary bodies round-trip", t.name);
@@ -793,9 +815,12 @@ async fn idempotency_records_expire() {
 
         // Before expiry the key is taken; from expiry on, it is free again and the new record answers.
         let early = idempotency(&a, "k", "early", expires - Duration::seconds(1));
-        assert!(matches!(store.create_document(&document(&a, 2), Some(&early)).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            store.create_document(&document(&a, 2), Some(&early), None).await,
+            Err(StoreError::Conflict(_))
+        ));
         let reuse = idempotency(&a, "k", "second", expires);
-        store.create_document(&document(&a, 2), Some(&reuse)).await.expect("an expired key is free");
+        store.create_document(&document(&a, 2), Some(&reuse), None).await.expect("an expired key is free");
         assert_eq!(at(expires).await.unwrap(), Some(reuse), "{}", t.name);
     })
     .await;
@@ -923,7 +948,7 @@ async fn document_filters_select_exactly_the_matching_documents() {
                 updated_at: s(second),
                 ..document(&a, n as u128)
             };
-            store.create_document(&d, None).await.unwrap();
+            store.create_document(&d, None, None).await.unwrap();
             live.push(d);
         }
         // Matches nearly every filter, but deleted; and the same for another tenant.
@@ -939,9 +964,9 @@ async fn document_filters_select_exactly_the_matching_documents() {
             updated_at: s(6),
             ..document(&a, 20)
         };
-        store.create_document(&bait, None).await.unwrap();
-        store.delete_document(a.id, bait.id, 1, "oid-x", s(6)).await.unwrap();
-        store.create_document(&Document { id: doc_id(21), tenant_id: b.id, ..bait.clone() }, None).await.unwrap();
+        store.create_document(&bait, None, None).await.unwrap();
+        store.delete_document(a.id, bait.id, 1, "oid-x", s(6), None).await.unwrap();
+        store.create_document(&Document { id: doc_id(21), tenant_id: b.id, ..bait.clone() }, None, None).await.unwrap();
 
         let f = DocumentFilter::default;
         let cases: Vec<(&str, DocumentFilter, usize)> = vec![
@@ -1079,13 +1104,13 @@ async fn document_pages_follow_each_order_through_ties_and_missing_dates() {
                 updated_at: at,
                 ..document(&a, n)
             };
-            store.create_document(&d, None).await.unwrap();
+            store.create_document(&d, None, None).await.unwrap();
             live.push(d);
         }
         let gone = Document { title: "charlie".into(), ..document(&a, 40) };
-        store.create_document(&gone, None).await.unwrap();
-        store.delete_document(a.id, gone.id, 1, "oid-x", t0()).await.unwrap();
-        store.create_document(&Document { title: "delta".into(), ..document(&b, 41) }, None).await.unwrap();
+        store.create_document(&gone, None, None).await.unwrap();
+        store.delete_document(a.id, gone.id, 1, "oid-x", t0(), None).await.unwrap();
+        store.create_document(&Document { title: "delta".into(), ..document(&b, 41) }, None, None).await.unwrap();
 
         for key in [DocumentSortKey::UpdatedAt, DocumentSortKey::Title, DocumentSortKey::EffectiveDate] {
             for descending in [false, true] {
@@ -1130,7 +1155,7 @@ async fn document_pages_stay_exact_while_documents_are_written() {
         let before: Vec<Document> =
             (0..20).map(|n| Document { title: format!("t{n:02}"), ..document(&a, n) }).collect();
         for d in &before {
-            store.create_document(d, None).await.unwrap();
+            store.create_document(d, None, None).await.unwrap();
         }
         let sort = DocumentSort { key: DocumentSortKey::Title, descending: false };
         let mut seen: Vec<Document> = Vec::new();
@@ -1143,11 +1168,17 @@ async fn document_pages_stay_exact_while_documents_are_written() {
             pages += 1;
             if pages == 2 {
                 // Written by another process while a client pages (the cursor is at "t09").
-                other.create_document(&Document { title: "aaa".into(), ..document(&a, 100) }, None).await.unwrap();
-                other.create_document(&Document { title: "zzz".into(), ..document(&a, 101) }, None).await.unwrap();
+                other
+                    .create_document(&Document { title: "aaa".into(), ..document(&a, 100) }, None, None)
+                    .await
+                    .unwrap();
+                other
+                    .create_document(&Document { title: "zzz".into(), ..document(&a, 101) }, None, None)
+                    .await
+                    .unwrap();
                 let edited = Document { body: Some("edited".into()), ..before[15].clone() };
-                assert!(matches!(other.update_document(&edited, 1).await.unwrap(), Update::Updated(_)));
-                other.delete_document(a.id, before[17].id, 1, "oid-x", t0()).await.unwrap();
+                assert!(matches!(other.update_document(&edited, 1, None).await.unwrap(), Update::Updated(_)));
+                other.delete_document(a.id, before[17].id, 1, "oid-x", t0(), None).await.unwrap();
             }
             if pages == 3 {
                 assert_eq!(page.total, Some(21), "{}: the count sees the writes", t.name);
@@ -1177,18 +1208,18 @@ async fn tenant_changes_apply_only_given_fields_and_check_the_plan() {
     for_each_store("tenant_changes_apply_only_given_fields_and_check_the_plan", |t| async move {
         let store = migrated(&t).await;
         let (a, _) = two_tenants(&store).await;
-        store.create_plan(&plan("business", 1000, OveragePolicy::Allow)).await.unwrap();
+        store.create_plan(&plan("business", 1000, OveragePolicy::Allow), None).await.unwrap();
         let at = |h| t0() + Duration::hours(h);
 
         let renamed = TenantChanges { name: Some("Acme SAS".into()), ..Default::default() };
-        let Update::Updated(v2) = store.update_tenant(a.id, &renamed, 1, at(1)).await.unwrap() else {
+        let Update::Updated(v2) = store.update_tenant(a.id, &renamed, 1, at(1), None).await.unwrap() else {
             panic!("{}", t.name)
         };
         assert_eq!(v2, Tenant { name: "Acme SAS".into(), updated_at: at(1), version: 2, ..a.clone() });
 
         let upgrade =
             TenantChanges { plan_code: Some("business".into()), status: Some(TenantStatus::Suspended), name: None };
-        let Update::Updated(v3) = store.update_tenant(a.id, &upgrade, 2, at(2)).await.unwrap() else { panic!() };
+        let Update::Updated(v3) = store.update_tenant(a.id, &upgrade, 2, at(2), None).await.unwrap() else { panic!() };
         assert_eq!(
             v3,
             Tenant {
@@ -1204,16 +1235,19 @@ async fn tenant_changes_apply_only_given_fields_and_check_the_plan() {
 
         let ghost = TenantChanges { plan_code: Some("ghost".into()), ..Default::default() };
         assert!(
-            matches!(store.update_tenant(a.id, &ghost, 3, at(3)).await, Err(StoreError::ForeignKey(_))),
+            matches!(store.update_tenant(a.id, &ghost, 3, at(3), None).await, Err(StoreError::ForeignKey(_))),
             "{}",
             t.name
         );
         assert_eq!(store.get_tenant(a.id).await.unwrap(), Some(v3.clone()), "the refused change wrote nothing");
         assert_eq!(
-            store.update_tenant(a.id, &renamed, 2, at(3)).await.unwrap(),
+            store.update_tenant(a.id, &renamed, 2, at(3), None).await.unwrap(),
             Update::VersionMismatch { current_version: 3 }
         );
-        assert_eq!(store.update_tenant(Uuid::from_u128(404), &renamed, 1, at(3)).await.unwrap(), Update::NotFound);
+        assert_eq!(
+            store.update_tenant(Uuid::from_u128(404), &renamed, 1, at(3), None).await.unwrap(),
+            Update::NotFound
+        );
     })
     .await;
 }
@@ -1224,7 +1258,7 @@ async fn plans_are_listed_by_code_and_updated_conditionally() {
         let store = migrated(&t).await;
         assert!(store.list_plans().await.unwrap().is_empty());
         for code in ["pro", "basic", "enterprise"] {
-            store.create_plan(&plan(code, 10, OveragePolicy::Block)).await.unwrap();
+            store.create_plan(&plan(code, 10, OveragePolicy::Block), None).await.unwrap();
         }
         let codes: Vec<String> = store.list_plans().await.unwrap().into_iter().map(|p| p.code).collect();
         assert_eq!(codes, ["basic", "enterprise", "pro"], "{}", t.name);
@@ -1244,12 +1278,17 @@ async fn plans_are_listed_by_code_and_updated_conditionally() {
             version: 7,
             ..plan("pro", 10, OveragePolicy::Block)
         };
-        let Update::Updated(v2) = store.update_plan(&changed, 1).await.unwrap() else { panic!("{}", t.name) };
+        let Update::Updated(v2) = store.update_plan(&changed, 1, None, None).await.unwrap() else {
+            panic!("{}", t.name)
+        };
         assert_eq!(v2, Plan { created_at: t0(), version: 2, ..changed.clone() }, "created_at is kept");
         assert_eq!(store.get_plan("pro").await.unwrap(), Some(v2.clone()));
-        assert_eq!(store.update_plan(&changed, 1).await.unwrap(), Update::VersionMismatch { current_version: 2 });
+        assert_eq!(
+            store.update_plan(&changed, 1, None, None).await.unwrap(),
+            Update::VersionMismatch { current_version: 2 }
+        );
         let ghost = Plan { code: "ghost".into(), ..changed };
-        assert_eq!(store.update_plan(&ghost, 1).await.unwrap(), Update::NotFound);
+        assert_eq!(store.update_plan(&ghost, 1, None, None).await.unwrap(), Update::NotFound);
         assert_eq!(store.list_plans().await.unwrap()[2], v2, "{}", t.name);
     })
     .await;
@@ -1277,22 +1316,22 @@ async fn api_clients_are_listed_oldest_first_and_revoked_idempotently() {
         let c2 = client(2, &a, t0(), &["Usage.Read"]);
         let theirs = client(4, &b, t0() - Duration::days(1), &["Tenant.Admin"]);
         for c in [&c1, &c3, &c2, &theirs] {
-            store.create_api_client(c).await.unwrap();
+            store.create_api_client(c, None).await.unwrap();
         }
         assert_eq!(store.list_api_clients(a.id).await.unwrap(), vec![c2.clone(), c3.clone(), c1.clone()], "{}", t.name);
         assert_eq!(store.list_api_clients(b.id).await.unwrap(), vec![theirs.clone()]);
         assert!(store.list_api_clients(Uuid::from_u128(404)).await.unwrap().is_empty());
 
         let now = t0() + Duration::hours(1);
-        assert_eq!(store.revoke_api_client(b.id, c1.id, now).await.unwrap(), Update::NotFound, "{}", t.name);
+        assert_eq!(store.revoke_api_client(b.id, c1.id, now, None).await.unwrap(), Update::NotFound, "{}", t.name);
         assert!(store.get_api_client_by_app_id("app-1").await.unwrap().unwrap().active, "another tenant cannot revoke");
         let revoked = ApiClient { active: false, revoked_at: Some(now), version: 2, ..c1.clone() };
-        assert_eq!(store.revoke_api_client(a.id, c1.id, now).await.unwrap(), Update::Updated(revoked.clone()));
-        let again = store.revoke_api_client(a.id, c1.id, now + Duration::hours(1)).await.unwrap();
+        assert_eq!(store.revoke_api_client(a.id, c1.id, now, None).await.unwrap(), Update::Updated(revoked.clone()));
+        let again = store.revoke_api_client(a.id, c1.id, now + Duration::hours(1), None).await.unwrap();
         assert_eq!(again, Update::Updated(revoked.clone()), "{}: revoking twice changes nothing", t.name);
         assert_eq!(store.get_api_client_by_app_id("app-1").await.unwrap(), Some(revoked.clone()));
         assert_eq!(store.list_api_clients(a.id).await.unwrap(), vec![c2, c3, revoked]);
-        assert_eq!(store.revoke_api_client(a.id, Uuid::from_u128(404), now).await.unwrap(), Update::NotFound);
+        assert_eq!(store.revoke_api_client(a.id, Uuid::from_u128(404), now, None).await.unwrap(), Update::NotFound);
     })
     .await;
 }
@@ -1460,7 +1499,7 @@ async fn two_handles_appending_to_one_chain_concurrently_keep_one_unbroken_chain
 async fn plan_cost_overrides_are_replaced_whole() {
     for_each_store("plan_cost_overrides_are_replaced_whole", |t| async move {
         let store = migrated(&t).await;
-        store.create_plan(&plan("pro", 10, OveragePolicy::Block)).await.unwrap();
+        store.create_plan(&plan("pro", 10, OveragePolicy::Block), None).await.unwrap();
         assert!(store.plan_operation_costs("pro").await.unwrap().is_empty());
         let first = vec![("listDocuments".to_owned(), 3), ("getDocument".to_owned(), 0)];
         store.set_plan_operation_costs("pro", &first).await.unwrap();
@@ -1478,6 +1517,78 @@ async fn plan_cost_overrides_are_replaced_whole() {
         );
         assert!(matches!(store.set_plan_operation_costs("ghost", &first).await, Err(StoreError::ForeignKey(_))));
         assert!(store.plan_operation_costs("ghost").await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_write_commits_its_ledger_in_its_own_transaction_only_when_it_takes_effect() {
+    for_each_store("a_write_commits_its_ledger_in_its_own_transaction_only_when_it_takes_effect", |t| async move {
+        let store = migrated(&t).await;
+        let acme = tenant_on_plan(&store, 100, OveragePolicy::Block).await;
+        let ledger = |n: u128| Ledger {
+            usage: UsageEvent {
+                event_id: Uuid::from_u128(0x1E_0000 + n),
+                request_id: format!("req-{n}"),
+                tenant_id: Some(acme.id),
+                client_id: Some("app-1".into()),
+                principal_id: Some("oid-1".into()),
+                operation_id: "patchDocument".into(),
+                method: "PATCH".into(),
+                route_template: "/api/v1/documents/{id}".into(),
+                status: 200,
+                units: 5,
+                billable: true,
+                overage_units: 0,
+                latency_micros: 1,
+                request_bytes: 10,
+                response_bytes: 20,
+                occurred_at: t0(),
+                recorded_at: t0(),
+            },
+            audit: Some(audit_input(n, Some(acme.id), 1)),
+        };
+        let chain = audit_chain_key(Some(acme.id));
+        let records = || async { (store.count_usage_events(acme.id).await.unwrap(), store.audit_chain(&chain, 0, 100).await.unwrap()) };
+
+        let doc = document(&acme, 1);
+        store.create_document(&doc, None, Some(&ledger(1))).await.unwrap();
+        let (usage, audit) = records().await;
+        assert_eq!((usage, audit.len()), (1, 1), "{}: a create commits its records", t.name);
+        assert_eq!(audit[0].id, ledger(1).audit.unwrap().id);
+
+        assert!(store.create_document(&doc, None, Some(&ledger(2))).await.is_err(), "the id is taken");
+        assert_eq!(store.update_document(&doc, 7, Some(&ledger(3))).await.unwrap(), Update::VersionMismatch { current_version: 1 });
+        assert_eq!(store.delete_document(acme.id, doc.id, 7, "oid-1", t0(), Some(&ledger(4))).await.unwrap(), Update::VersionMismatch { current_version: 1 });
+        let other = tenant(2, "ghost-plan", t0());
+        assert!(matches!(store.create_tenant(&other, Some(&ledger(5))).await, Err(StoreError::ForeignKey(_))));
+        assert_eq!(store.revoke_api_client(acme.id, Uuid::from_u128(404), t0(), Some(&ledger(6))).await.unwrap(), Update::NotFound);
+        let (usage, audit) = records().await;
+        assert_eq!((usage, audit.len()), (1, 1), "{}: writes that did not take effect leave no records", t.name);
+
+        assert!(matches!(store.update_document(&doc, 1, Some(&ledger(7))).await.unwrap(), Update::Updated(_)));
+        assert_eq!(store.delete_document(acme.id, doc.id, 2, "oid-1", t0(), Some(&ledger(8))).await.unwrap(), Update::Updated(()));
+        // The record stage writes the same ids again later: nothing is added.
+        let again: Vec<Ledger> = [1, 7, 8].map(ledger).into();
+        let usage_again: Vec<UsageEvent> = again.iter().map(|l| l.usage.clone()).collect();
+        let audit_again: Vec<AuditEventInput> = again.iter().filter_map(|l| l.audit.clone()).collect();
+        assert_eq!(store.record_usage(&usage_again, &audit_again).await.unwrap(), 0, "{}", t.name);
+        let (usage, audit) = records().await;
+        assert_eq!((usage, audit.len()), (3, 3), "{}: one record per request", t.name);
+        assert_eq!(assert_intact(&audit), 3);
+
+        // A plan change and its cost overrides are one write: both or neither, with the ledger.
+        let mut metered = store.get_plan("metered").await.unwrap().unwrap();
+        metered.name = "Renamed".into();
+        let costs = vec![("getDocument".to_owned(), 4)];
+        assert_eq!(
+            store.update_plan(&metered, 5, Some(&costs), Some(&ledger(9))).await.unwrap(),
+            Update::VersionMismatch { current_version: 1 }
+        );
+        assert!(store.plan_operation_costs("metered").await.unwrap().is_empty(), "{}: a refused change sets no costs", t.name);
+        assert!(matches!(store.update_plan(&metered, 1, Some(&costs), Some(&ledger(10))).await.unwrap(), Update::Updated(p) if p.version == 2));
+        assert_eq!(store.plan_operation_costs("metered").await.unwrap(), costs);
+        assert_eq!(records().await.0, 4);
     })
     .await;
 }

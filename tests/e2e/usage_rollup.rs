@@ -51,7 +51,7 @@ async fn setup_plan(store: &Arc<dyn Store>, created_at: DateTime<Utc>, policy: O
         updated_at: created_at,
         version: 1,
     };
-    store.create_plan(&plan).await.unwrap();
+    store.create_plan(&plan, None).await.unwrap();
 }
 
 /// `n` tenants on plan `p`, ids from `first`.
@@ -68,7 +68,7 @@ async fn setup_tenants(store: &Arc<dyn Store>, first: u128, n: u128, created_at:
             updated_at: created_at,
             version: 1,
         };
-        store.create_tenant(&tenant).await.unwrap();
+        store.create_tenant(&tenant, None).await.unwrap();
         ids.push(tenant.id);
     }
     ids

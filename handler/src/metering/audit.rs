@@ -1,12 +1,12 @@
 //! The audit side of the record stage: which requests leave an audit event, what it says, and the chain verifier.
 //!
 //! Every state-changing request that succeeded or failed on the server, every 401/403 and every 429 on
-//! `/api/v1` yields one audit event, written by [`super::stage::record`] in the same store transaction as the
-//! request's usage event. Handlers describe what they changed with an [`AuditNote`] in the request
-//! extensions ([`note`]); the limit stage leaves its [`LimiterDecision`] there. The store places the event in
-//! its tenant's hash chain ([`crate::store::audit_hash`]); [`ChainVerifier`] recomputes a chain.
+//! `/api/v1` yields one audit event, written in the same store transaction as the request's usage event: by
+//! the handler's own store write when it changed state (an [`AuditNote`] says what changed; see
+//! [`super::ledger`]), else by [`super::stage::record`]. The limit stage leaves its [`LimiterDecision`] in the
+//! request extensions. The store places the event in its tenant's hash chain ([`crate::store::audit_hash`]);
+//! [`ChainVerifier`] recomputes a chain.
 
-use actix_web::HttpMessage;
 use actix_web::http::{Method, StatusCode};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -35,22 +35,23 @@ pub fn content_hash<T: Serialize + ?Sized>(view: &T) -> String {
     Sha256::digest(json).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Tells the record stage what this request changed: `before` and `after` are the resource's API views.
-pub fn note<T: Serialize + ?Sized>(
-    req: &actix_web::HttpRequest,
-    resource_type: &str,
-    resource_id: impl ToString,
-    before: Option<&T>,
-    after: Option<&T>,
-    summary: impl Into<String>,
-) {
-    req.extensions_mut().insert(AuditNote {
-        resource_type: resource_type.to_owned(),
-        resource_id: resource_id.to_string(),
-        before_hash: before.map(content_hash),
-        after_hash: after.map(content_hash),
-        summary: summary.into(),
-    });
+impl AuditNote {
+    /// What a request changes: `before` and `after` are the resource's API views (`None`: absent).
+    pub fn new<T: Serialize + ?Sized>(
+        resource_type: &str,
+        resource_id: impl ToString,
+        before: Option<&T>,
+        after: Option<&T>,
+        summary: impl Into<String>,
+    ) -> Self {
+        AuditNote {
+            resource_type: resource_type.to_owned(),
+            resource_id: resource_id.to_string(),
+            before_hash: before.map(content_hash),
+            after_hash: after.map(content_hash),
+            summary: summary.into(),
+        }
+    }
 }
 
 /// Whether a request with this method and answer is audited, and with which outcome.

@@ -7,11 +7,13 @@
 //! caller's plan: a GCRA rate limit per (tenant, client) and an atomic debit of the tenant's monthly
 //! quota, both kept in the store so scaled-out processes share them. A new endpoint gets authentication,
 //! limits, metering and audit by having an operation id, an `Authorized<P>` permission and an entry in
-//! [`costs::COSTS`]; if it changes a resource, it says which with [`audit::note`].
+//! [`costs::COSTS`]; if it changes state, it passes its [`ledger::ledger`] (usage and audit event, with an
+//! [`audit::AuditNote`] of what changed) to the store write, which commits them in its transaction.
 
 pub mod audit;
 pub mod costs;
 pub mod headers;
+pub mod ledger;
 pub mod recorder;
 pub mod stage;
 

@@ -12,14 +12,14 @@ use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 use chrono::NaiveTime;
 
-use super::audit::{self, AuditNote, LimiterDecision};
+use super::audit::LimiterDecision;
 use super::headers::{LimitState, burst_state, header_fields};
+use super::ledger::{RequestMeter, records};
 use super::{costs, period};
-use crate::auth::Principal;
 use crate::auth::guard::Caller;
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
-use crate::store::{Admission, AuditEventInput, QuotaDebit, QuotaOutcome, RateLimitTake, UsageEvent};
+use crate::store::{Admission, QuotaDebit, QuotaOutcome, RateLimitTake};
 
 /// A quota debit made for a request, kept so a failed request can be refunded.
 #[derive(Debug, Clone, Copy)]
@@ -180,40 +180,34 @@ fn limited(err: AppError, limits: &LimitState) -> AppError {
 }
 
 /// Writes exactly one usage event per request, durably, before the response leaves, and in the same
-/// transaction the request's audit event when [`audit::outcome`] says it has one (a state change, a 401/403,
-/// a 429, a failed write); refunds the quota debit of a request that did not succeed. If the records cannot
-/// be written, a success becomes a 503: no client holds a 2xx whose usage or audit record could still be lost.
+/// transaction the request's audit event when [`super::audit::outcome`] says it has one (a state change, a
+/// 401/403, a 429, a failed write); refunds the quota debit of a request that did not succeed. The ids come
+/// from the [`RequestMeter`] it leaves for the handler, whose store write may have committed the records
+/// already ([`super::ledger`]). If the records cannot be written, a success becomes a 503: no client holds a
+/// 2xx whose usage or audit record could still be lost.
 pub async fn record(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = Instant::now();
     let state = state_of(&req);
-    let occurred_at = state.clock.now();
-    let operation = state.routes.operation(req.method().as_str(), req.path()).unwrap_or("unknown").to_owned();
-    let http_method = req.method().clone();
-    let method = http_method.to_string();
-    let request_bytes = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i64>().ok())
-        .unwrap_or(0);
+    let meter = RequestMeter {
+        usage_id: state.ids.new_id(),
+        audit_id: state.ids.new_id(),
+        started: Instant::now(),
+        occurred_at: state.clock.now(),
+        operation: state.routes.operation(req.method().as_str(), req.path()).unwrap_or("unknown").to_owned(),
+        method: req.method().clone(),
+        request_bytes: req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0),
+    };
+    req.extensions_mut().insert(meter.clone());
     let res = next.call(req).await?;
     let status = res.status();
-    let (caller, debit, route, principal, note, limiter, path_id) = {
-        let request = res.request();
-        let extensions = request.extensions();
-        (
-            extensions.get::<Arc<Caller>>().cloned(),
-            extensions.get::<Debit>().copied(),
-            request.match_pattern().unwrap_or_else(|| "unmatched".to_owned()),
-            extensions.get::<Arc<Principal>>().cloned(),
-            extensions.get::<AuditNote>().cloned(),
-            extensions.get::<LimiterDecision>().map(|d| d.0.clone()),
-            ["id", "code"].iter().find_map(|k| request.match_info().get(k).map(str::to_owned)),
-        )
-    };
+    let debit = res.request().extensions().get::<Debit>().copied();
     let billable = status.is_success() && debit.is_some();
     if let Some(d) = debit.filter(|_| billable) {
         crate::telemetry::metrics::quota_consumed(d.units, d.overage_units)
@@ -230,52 +224,9 @@ pub async fn record(
         BodySize::Sized(n) => n as i64,
         _ => 0,
     };
-    let request_id = crate::telemetry::current_request_id().unwrap_or_default();
-    let tenant_id = caller.as_ref().and_then(|c| c.tenant.as_ref().map(|t| t.id));
-    let audited = audit::outcome(&http_method, status).map(|outcome| {
-        // The caller's principal, else the one authentication found before the tenant refused it (403).
-        let principal = caller.as_ref().map(|c| c.principal.clone()).or(principal);
-        let summary = match &note {
-            Some(note) if !note.summary.is_empty() => note.summary.clone(),
-            _ => format!("{method} {route} answered {}", status.as_u16()),
-        };
-        AuditEventInput {
-            id: state.ids.new_id(),
-            tenant_id,
-            occurred_at,
-            actor_oid: principal.as_ref().and_then(|p| p.object_id.clone()),
-            actor_app_id: principal.as_ref().and_then(|p| p.app_id.clone()),
-            actor_tenant_id: principal.as_ref().map(|p| p.directory_id.clone()),
-            action: operation.clone(),
-            resource_type: note.as_ref().map_or_else(|| audit::resource_type_of(&route), |n| n.resource_type.clone()),
-            resource_id: note.as_ref().map(|n| n.resource_id.clone()).or(path_id),
-            outcome,
-            request_id: Some(request_id.clone()).filter(|id| !id.is_empty()),
-            summary,
-            before_hash: note.as_ref().and_then(|n| n.before_hash.clone()),
-            after_hash: note.as_ref().and_then(|n| n.after_hash.clone()),
-            limiter_decision: limiter,
-        }
-    });
-    let event = UsageEvent {
-        event_id: state.ids.new_id(),
-        request_id,
-        tenant_id,
-        client_id: caller.as_ref().and_then(|c| c.principal.app_id.clone()),
-        principal_id: caller.as_ref().and_then(|c| c.principal.object_id.clone()),
-        units: if billable { debit.map_or(0, |d| d.units) } else { costs::units(&operation) },
-        overage_units: if billable { debit.map_or(0, |d| d.overage_units) } else { 0 },
-        operation_id: operation,
-        method,
-        route_template: route,
-        status: i32::from(status.as_u16()),
-        billable,
-        latency_micros: started.elapsed().as_micros() as i64,
-        request_bytes,
-        response_bytes,
-        occurred_at,
-        recorded_at: state.clock.now(),
-    };
+    // A write that took effect committed these same ids in its own transaction already (`ledger::ledger`);
+    // the store skips them, so this is then only the wait for the batch.
+    let (event, audited) = records(res.request(), &meter, status, response_bytes, None, state.clock.now());
     match state.recorder.record(event, audited).await {
         Ok(()) => Ok(res.map_into_left_body()),
         Err(err) if status.is_success() => {

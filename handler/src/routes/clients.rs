@@ -15,7 +15,8 @@ use crate::api::validation::validate;
 use crate::auth::Permission;
 use crate::auth::guard::{Authorized, TenantAdmin};
 use crate::error::{AppError, ErrorCode, FieldError};
-use crate::metering::audit;
+use crate::metering::audit::AuditNote;
+use crate::metering::ledger::ledger;
 use crate::state::AppState;
 use crate::store::{ApiClient, StoreError, Update};
 
@@ -128,16 +129,17 @@ pub async fn register_client(
         revoked_at: None,
         version: 1,
     };
-    match state.store.create_api_client(&client).await {
+    let view = ClientView::from(&client);
+    let response = HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/api/v1/clients/{}", client.id)))
+        .insert_header(ContentType::json())
+        .json(&view);
+    let summary = format!("registered application {} with roles {}", client.app_id, client.roles.join(","));
+    let ledger = ledger(&req, &response, AuditNote::new("clients", client.id, None, Some(&view), summary));
+    match state.store.create_api_client(&client, ledger.as_ref()).await {
         Ok(()) => {
-            let view = ClientView::from(&client);
-            let summary = format!("registered application {} with roles {}", client.app_id, client.roles.join(","));
             state.lookups.invalidate();
-            audit::note(&req, "clients", client.id, None, Some(&view), summary);
-            Ok(HttpResponse::Created()
-                .insert_header((header::LOCATION, format!("/api/v1/clients/{}", client.id)))
-                .insert_header(ContentType::json())
-                .json(ClientView::from(&client)))
+            Ok(response)
         }
         Err(StoreError::Conflict(_)) => {
             Err(AppError::new(ErrorCode::Conflict).with_detail("this application is registered already"))
@@ -189,20 +191,24 @@ pub async fn revoke_client(
 ) -> Result<HttpResponse, AppError> {
     let not_found = || AppError::new(ErrorCode::NotFound).with_detail("no registration with this id in your tenant");
     let id: Uuid = id.parse().map_err(|_| not_found())?;
-    match state.store.revoke_api_client(auth.tenant_id()?, id, state.clock.now()).await? {
-        Update::Updated(client) => {
-            // The store returns the row after the change; revoking is idempotent, so no separate before.
-            let view = ClientView::from(&client);
+    let tenant_id = auth.tenant_id()?;
+    let current =
+        state.store.list_api_clients(tenant_id).await?.into_iter().find(|c| c.id == id).ok_or_else(not_found)?;
+    // The row as the revocation leaves it: an active client is revoked now; a revoked one stays as it is.
+    let now = state.clock.now();
+    let mut next = current.clone();
+    if next.active {
+        (next.active, next.revoked_at, next.version) = (false, Some(now), next.version + 1);
+    }
+    let (before, after) = (ClientView::from(&current), ClientView::from(&next));
+    let response = HttpResponse::Ok().json(&after);
+    let summary = format!("revoked application {}", next.app_id);
+    let ledger = ledger(&req, &response, AuditNote::new("clients", next.id, Some(&before), Some(&after), summary));
+    match state.store.revoke_api_client(tenant_id, id, now, ledger.as_ref()).await? {
+        // A concurrent revocation may have won: answer the row as stored (its audit event keeps this request's view).
+        Update::Updated(stored) => {
             state.lookups.invalidate();
-            audit::note(
-                &req,
-                "clients",
-                client.id,
-                None,
-                Some(&view),
-                format!("revoked application {}", client.app_id),
-            );
-            Ok(HttpResponse::Ok().json(view))
+            Ok(if stored == next { response } else { HttpResponse::Ok().json(ClientView::from(&stored)) })
         }
         Update::NotFound | Update::VersionMismatch { .. } => Err(not_found()),
     }

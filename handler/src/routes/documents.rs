@@ -16,7 +16,8 @@ use crate::api::list::{DEFAULT_PAGE_SIZE, ListEnvelope, MAX_PAGE_SIZE};
 use crate::api::validation::validate;
 use crate::auth::guard::{Authorized, DocumentsRead, DocumentsWrite};
 use crate::error::{AppError, ErrorCode, FieldError, serde_json_error};
-use crate::metering::audit;
+use crate::metering::audit::AuditNote;
+use crate::metering::ledger::ledger;
 use crate::state::AppState;
 use crate::store::{
     Document, DocumentCursor, DocumentFilter, DocumentSort, DocumentSortKey, DocumentStatus, SortValue, StoreError,
@@ -274,12 +275,11 @@ pub async fn create_document(
     input.apply(&mut document);
     let (response, body) = document_response(actix_web::http::StatusCode::CREATED, &document);
     let record = key.as_ref().map(|k| idempotency::record(tenant_id, k, "createDocument", &response, &body, now));
-    match state.store.create_document(&document, record.as_ref()).await {
-        Ok(()) => {
-            let view = DocumentView::from(&document);
-            audit::note(&req, "documents", document.id, None, Some(&view), "created document version 1");
-            Ok(response)
-        }
+    let view = DocumentView::from(&document);
+    let note = AuditNote::new("documents", document.id, None, Some(&view), "created document version 1");
+    let ledger = ledger(&req, &response, note);
+    match state.store.create_document(&document, record.as_ref(), ledger.as_ref()).await {
+        Ok(()) => Ok(response),
         // Another request with the same key committed first: answer as it did (or 422 if it differed).
         Err(StoreError::Conflict(_)) if key.is_some() => {
             let key = key.expect("checked");
@@ -333,19 +333,14 @@ async fn write(
     replacement.apply(&mut next);
     next.updated_by = who;
     next.updated_at = state.clock.now();
-    match state.store.update_document(&next, precondition_version).await? {
-        Update::Updated(saved) => {
-            let (before, after) = (DocumentView::from(current), DocumentView::from(&saved));
-            audit::note(
-                req,
-                "documents",
-                saved.id,
-                Some(&before),
-                Some(&after),
-                format!("updated document to version {}", saved.version),
-            );
-            Ok(document_response(actix_web::http::StatusCode::OK, &saved).0)
-        }
+    next.version = precondition_version + 1;
+    // The answer and the audit event describe the row as it will be stored (the store writes exactly `next`).
+    let (response, _) = document_response(actix_web::http::StatusCode::OK, &next);
+    let (before, after) = (DocumentView::from(current), DocumentView::from(&next));
+    let summary = format!("updated document to version {}", next.version);
+    let ledger = ledger(req, &response, AuditNote::new("documents", next.id, Some(&before), Some(&after), summary));
+    match state.store.update_document(&next, precondition_version, ledger.as_ref()).await? {
+        Update::Updated(_) => Ok(response),
         Update::NotFound => Err(not_found()),
         Update::VersionMismatch { current_version } => Err(precondition_failed(current_version)),
     }
@@ -453,19 +448,16 @@ pub async fn delete_document(
     let tenant_id = auth.tenant_id()?;
     let current = state.store.get_document(tenant_id, parse_id(&id)?).await?.ok_or_else(not_found)?;
     let version = expected_version(precondition, current.version)?;
-    match state.store.delete_document(tenant_id, current.id, version, &actor(&auth), state.clock.now()).await? {
-        Update::Updated(()) => {
-            let before = DocumentView::from(&current);
-            audit::note(
-                &req,
-                "documents",
-                current.id,
-                Some(&before),
-                None,
-                format!("deleted document at version {}", current.version),
-            );
-            Ok(HttpResponse::NoContent().finish())
-        }
+    let response = HttpResponse::NoContent().finish();
+    let before = DocumentView::from(&current);
+    let summary = format!("deleted document at version {}", current.version);
+    let ledger = ledger(&req, &response, AuditNote::new("documents", current.id, Some(&before), None, summary));
+    match state
+        .store
+        .delete_document(tenant_id, current.id, version, &actor(&auth), state.clock.now(), ledger.as_ref())
+        .await?
+    {
+        Update::Updated(()) => Ok(response),
         Update::NotFound => Err(not_found()),
         Update::VersionMismatch { current_version } => Err(precondition_failed(current_version)),
     }

@@ -11,7 +11,8 @@ use crate::api::list::ListEnvelope;
 use crate::api::validation::validate;
 use crate::auth::guard::{Authorized, PlatformAdmin};
 use crate::error::{AppError, ErrorCode};
-use crate::metering::audit;
+use crate::metering::audit::AuditNote;
+use crate::metering::ledger::ledger;
 use crate::state::AppState;
 use crate::store::{OveragePolicy, Plan, StoreError, Update};
 
@@ -221,12 +222,14 @@ pub async fn create_plan(
         version: 1,
     };
     apply(fields, &mut plan);
-    match state.store.create_plan(&plan).await {
+    let response = respond(actix_web::http::StatusCode::CREATED, &plan);
+    let view = PlanView::from(&plan);
+    let ledger =
+        ledger(&req, &response, AuditNote::new("plans", &plan.code, None, Some(&view), "created plan version 1"));
+    match state.store.create_plan(&plan, ledger.as_ref()).await {
         Ok(()) => {
-            let view = PlanView::from(&plan);
             state.lookups.invalidate();
-            audit::note(&req, "plans", &plan.code, None, Some(&view), "created plan version 1");
-            Ok(respond(actix_web::http::StatusCode::CREATED, &plan))
+            Ok(response)
         }
         Err(StoreError::Conflict(_)) => {
             Err(AppError::new(ErrorCode::Conflict).with_detail("a plan with this code exists"))
@@ -327,13 +330,16 @@ pub async fn replace_plan(
     let mut plan = current.clone();
     apply(input, &mut plan);
     plan.updated_at = state.clock.now();
-    match state.store.update_plan(&plan, version).await? {
-        Update::Updated(saved) => {
-            let (before, after) = (PlanView::from(&current), PlanView::from(&saved));
-            let summary = format!("replaced plan, now version {}", saved.version);
+    plan.version = version + 1;
+    // The answer and the audit event describe the row as the update writes it.
+    let response = respond(actix_web::http::StatusCode::OK, &plan);
+    let (before, after) = (PlanView::from(&current), PlanView::from(&plan));
+    let summary = format!("replaced plan, now version {}", plan.version);
+    let ledger = ledger(&req, &response, AuditNote::new("plans", &plan.code, Some(&before), Some(&after), summary));
+    match state.store.update_plan(&plan, version, None, ledger.as_ref()).await? {
+        Update::Updated(_) => {
             state.lookups.invalidate();
-            audit::note(&req, "plans", &saved.code, Some(&before), Some(&after), summary);
-            Ok(respond(actix_web::http::StatusCode::OK, &saved))
+            Ok(response)
         }
         Update::NotFound => Err(not_found()),
         Update::VersionMismatch { current_version } => Err(precondition_failed(current_version)),
@@ -363,13 +369,17 @@ pub struct PlanCostsInput {
 }
 
 async fn costs_view(state: &AppState, plan: &Plan) -> Result<PlanCosts, AppError> {
-    let overrides: std::collections::BTreeMap<String, i64> =
-        state.store.plan_operation_costs(&plan.code).await?.into_iter().collect();
+    let overrides = state.store.plan_operation_costs(&plan.code).await?.into_iter().collect();
+    Ok(costs_table(plan, overrides))
+}
+
+/// The cost table of `plan` with these overrides.
+fn costs_table(plan: &Plan, overrides: std::collections::BTreeMap<String, i64>) -> PlanCosts {
     let costs = crate::metering::costs::COSTS
         .iter()
         .map(|(op, units)| ((*op).to_owned(), overrides.get(*op).copied().unwrap_or(*units)))
         .collect();
-    Ok(PlanCosts { plan: plan.code.clone(), costs, overrides, etag: etag(plan.version) })
+    PlanCosts { plan: plan.code.clone(), costs, overrides, etag: etag(plan.version) }
 }
 
 /// Reads a plan's effective operation costs and its overrides.
@@ -442,16 +452,26 @@ pub async fn replace_plan_costs(
     }
     let current = state.store.get_plan(&code).await?.ok_or_else(not_found)?;
     let version = expected_version(precondition, current.version)?;
+    let before = costs_view(&state, &current).await?;
     let mut plan = current.clone();
     plan.updated_at = state.clock.now();
-    // Bump the version first: a concurrent writer with the same ETag gets 412 instead of interleaving.
-    let saved = match state.store.update_plan(&plan, version).await? {
-        Update::Updated(saved) => saved,
-        Update::NotFound => return Err(not_found()),
-        Update::VersionMismatch { current_version } => return Err(precondition_failed(current_version)),
-    };
-    let overrides: Vec<(String, i64)> = input.into_inner().overrides.into_iter().collect();
-    state.store.set_plan_operation_costs(&saved.code, &overrides).await?;
-    state.lookups.invalidate();
-    Ok(HttpResponse::Ok().insert_header((header::ETAG, etag(saved.version))).json(costs_view(&state, &saved).await?))
+    plan.version = version + 1;
+    let overrides = input.into_inner().overrides;
+    let after = costs_table(&plan, overrides.clone());
+    let response = HttpResponse::Ok().insert_header((header::ETAG, etag(plan.version))).json(&after);
+    // The hashes cover the overrides only: the ETag in the table moves with every plan change.
+    let summary = format!("replaced {} cost overrides, plan now version {}", overrides.len(), plan.version);
+    let note = AuditNote::new("plans", &plan.code, Some(&before.overrides), Some(&after.overrides), summary);
+    let ledger = ledger(&req, &response, note);
+    // One transaction bumps the plan's version and replaces the overrides: a concurrent writer with the same
+    // ETag gets 412, and no reader sees the new version with the old costs.
+    let overrides: Vec<(String, i64)> = overrides.into_iter().collect();
+    match state.store.update_plan(&plan, version, Some(&overrides), ledger.as_ref()).await? {
+        Update::Updated(_) => {
+            state.lookups.invalidate();
+            Ok(response)
+        }
+        Update::NotFound => Err(not_found()),
+        Update::VersionMismatch { current_version } => Err(precondition_failed(current_version)),
+    }
 }

@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use crate::auth::guard::{Authorized, PlatformAdmin};
 use crate::error::{AppError, ErrorCode, FieldError};
-use crate::metering::audit;
+use crate::metering::audit::AuditNote;
+use crate::metering::ledger::ledger;
 use crate::state::AppState;
 use crate::store::{Tenant, TenantCursor};
 
@@ -226,19 +227,14 @@ pub async fn create_tenant(
         updated_at: now,
         version: 1,
     };
-    match state.store.create_tenant(&tenant).await {
+    let response = respond(actix_web::http::StatusCode::CREATED, &tenant);
+    let view = TenantView::from(&tenant);
+    let summary = format!("created tenant on plan {}", tenant.plan_code);
+    let ledger = ledger(&req, &response, AuditNote::new("tenants", tenant.id, None, Some(&view), summary));
+    match state.store.create_tenant(&tenant, ledger.as_ref()).await {
         Ok(()) => {
-            let view = TenantView::from(&tenant);
             state.lookups.invalidate();
-            audit::note(
-                &req,
-                "tenants",
-                tenant.id,
-                None,
-                Some(&view),
-                format!("created tenant on plan {}", tenant.plan_code),
-            );
-            Ok(respond(actix_web::http::StatusCode::CREATED, &tenant))
+            Ok(response)
         }
         Err(StoreError::ForeignKey(_)) => Err(unknown_plan()),
         Err(StoreError::Conflict(_)) => {
@@ -268,14 +264,17 @@ async fn change(
     let precondition = require_if_match(req)?;
     let current = state.store.get_tenant(parse_id(id)?).await?.ok_or_else(not_found)?;
     let version = expected_version(precondition, current.version)?;
-    match state.store.update_tenant(current.id, &changes, version, state.clock.now()).await {
-        Ok(Update::Updated(saved)) => {
-            let (before, after) = (TenantView::from(&current), TenantView::from(&saved));
-            let summary =
-                format!("tenant {} on plan {} at version {}", saved.status.as_str(), saved.plan_code, saved.version);
+    let now = state.clock.now();
+    // The answer and the audit event describe the row as the update writes it (`version` is the current one).
+    let next = changes.applied_to(&current, now);
+    let response = respond(actix_web::http::StatusCode::OK, &next);
+    let (before, after) = (TenantView::from(&current), TenantView::from(&next));
+    let summary = format!("tenant {} on plan {} at version {}", next.status.as_str(), next.plan_code, next.version);
+    let ledger = ledger(req, &response, AuditNote::new("tenants", next.id, Some(&before), Some(&after), summary));
+    match state.store.update_tenant(current.id, &changes, version, now, ledger.as_ref()).await {
+        Ok(Update::Updated(_)) => {
             state.lookups.invalidate();
-            audit::note(req, "tenants", saved.id, Some(&before), Some(&after), summary);
-            Ok(respond(actix_web::http::StatusCode::OK, &saved))
+            Ok(response)
         }
         Ok(Update::NotFound) => Err(not_found()),
         Ok(Update::VersionMismatch { current_version }) => Err(precondition_failed(current_version)),

@@ -65,6 +65,11 @@ pub struct JobRun {
 }
 
 /// The storage contract.
+///
+/// A write method that carries out an API request takes the request's [`Ledger`] and, if the write takes
+/// effect, inserts its usage event and appends its audit event in the write's own transaction (as
+/// [`Store::record_usage`] would, ids already stored being skipped): a crash can never keep the change and
+/// lose its records. Pass `None` for writes that are not an API request's (seeding, jobs, tests).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Short name of the implementation (`sqlite`, `mssql`), for logs and health output.
@@ -88,12 +93,12 @@ pub trait Store: Send + Sync + 'static {
     // Plans and tenants.
 
     /// Inserts a plan; `Conflict` if the code exists.
-    async fn create_plan(&self, plan: &Plan) -> Result<(), StoreError>;
+    async fn create_plan(&self, plan: &Plan, ledger: Option<&Ledger>) -> Result<(), StoreError>;
 
     async fn get_plan(&self, code: &str) -> Result<Option<Plan>, StoreError>;
 
     /// Inserts a tenant; `Conflict` if the id or Entra tenant id exists, `ForeignKey` if the plan does not.
-    async fn create_tenant(&self, tenant: &Tenant) -> Result<(), StoreError>;
+    async fn create_tenant(&self, tenant: &Tenant, ledger: Option<&Ledger>) -> Result<(), StoreError>;
 
     async fn get_tenant(&self, id: Uuid) -> Result<Option<Tenant>, StoreError>;
 
@@ -126,13 +131,21 @@ pub trait Store: Send + Sync + 'static {
         changes: &TenantChanges,
         expected_version: i64,
         now: DateTime<Utc>,
+        ledger: Option<&Ledger>,
     ) -> Result<Update<Tenant>, StoreError>;
 
     /// All plans, ordered by code (there are few).
     async fn list_plans(&self) -> Result<Vec<Plan>, StoreError>;
 
-    /// Replaces a plan's fields (all but code and created_at) if it is still at `expected_version`.
-    async fn update_plan(&self, plan: &Plan, expected_version: i64) -> Result<Update<Plan>, StoreError>;
+    /// Replaces a plan's fields (all but code and created_at) if it is still at `expected_version`, and with
+    /// `costs` also all of its cost overrides, in one transaction.
+    async fn update_plan(
+        &self,
+        plan: &Plan,
+        expected_version: i64,
+        costs: Option<&[(String, i64)]>,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<Plan>, StoreError>;
 
     /// The plan's overrides of operation costs, sorted by operation id (empty: the defaults apply).
     async fn plan_operation_costs(&self, plan_code: &str) -> Result<Vec<(String, i64)>, StoreError>;
@@ -151,6 +164,7 @@ pub trait Store: Send + Sync + 'static {
         tenant_id: Uuid,
         id: Uuid,
         now: DateTime<Utc>,
+        ledger: Option<&Ledger>,
     ) -> Result<Update<ApiClient>, StoreError>;
 
     // Documents: every method is scoped by tenant; another tenant's document does not exist.
@@ -162,6 +176,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         document: &Document,
         idempotency: Option<&IdempotencyRecord>,
+        ledger: Option<&Ledger>,
     ) -> Result<(), StoreError>;
 
     /// A live (not deleted) document of the tenant.
@@ -169,8 +184,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces every field and the tags of a live document if it is still at `expected_version`; the
     /// stored version becomes `expected_version + 1` whatever `document.version` says.
-    async fn update_document(&self, document: &Document, expected_version: i64)
-    -> Result<Update<Document>, StoreError>;
+    async fn update_document(
+        &self,
+        document: &Document,
+        expected_version: i64,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<Document>, StoreError>;
 
     /// Soft-deletes a live document if it is still at `expected_version`.
     async fn delete_document(
@@ -180,6 +199,7 @@ pub trait Store: Send + Sync + 'static {
         expected_version: i64,
         by: &str,
         now: DateTime<Utc>,
+        ledger: Option<&Ledger>,
     ) -> Result<Update<()>, StoreError>;
 
     /// One keyset page of live documents matching `filter`, in `sort` order with id as the tie-breaker.
@@ -203,7 +223,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
 
     /// Registers an API client with its roles; `Conflict` if the app id is registered already.
-    async fn create_api_client(&self, client: &ApiClient) -> Result<(), StoreError>;
+    async fn create_api_client(&self, client: &ApiClient, ledger: Option<&Ledger>) -> Result<(), StoreError>;
 
     /// The registration of an Entra app id, active or revoked.
     async fn get_api_client_by_app_id(&self, app_id: &str) -> Result<Option<ApiClient>, StoreError>;

@@ -232,6 +232,25 @@ pub struct TenantChanges {
     pub plan_code: Option<String>,
 }
 
+impl TenantChanges {
+    /// The row [`crate::store::Store::update_tenant`] writes when `tenant` is the row it changes.
+    pub fn applied_to(&self, tenant: &Tenant, now: DateTime<Utc>) -> Tenant {
+        let mut next = tenant.clone();
+        if let Some(name) = &self.name {
+            next.name.clone_from(name);
+        }
+        if let Some(status) = self.status {
+            next.status = status;
+        }
+        if let Some(plan_code) = &self.plan_code {
+            next.plan_code.clone_from(plan_code);
+        }
+        next.updated_at = now;
+        next.version += 1;
+        next
+    }
+}
+
 /// A position in a keyset-paginated listing: the sort key of the last row seen and its id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantCursor {
@@ -357,6 +376,15 @@ pub struct UsageEvent {
     pub response_bytes: i64,
     pub occurred_at: DateTime<Utc>,
     pub recorded_at: DateTime<Utc>,
+}
+
+/// A request's own records, handed to the store write that carries out the request so they commit in the
+/// write's transaction: its usage event and, when audited, its audit event. Written only if the write takes
+/// effect (created, or `Update::Updated`); the record stage's later insert of the same ids is then a no-op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ledger {
+    pub usage: UsageEvent,
+    pub audit: Option<AuditEventInput>,
 }
 
 /// What became of an audited request.

@@ -763,6 +763,31 @@ fn take_rate(conn: &Connection, t: &RateLimitTake) -> Result<RateLimitDecision, 
     Ok(decision)
 }
 
+/// Replaces all of a plan's cost overrides (`ForeignKey` for an unknown plan).
+fn replace_plan_costs(tx: &Connection, code: &str, costs: &[(String, i64)]) -> Result<(), StoreError> {
+    if tx.query_row("SELECT 1 FROM plans WHERE code = ?1", [code], |_| Ok(())).optional().map_err(classify)?.is_none() {
+        return Err(StoreError::ForeignKey(format!("no plan {code}")));
+    }
+    tx.execute("DELETE FROM plan_operation_costs WHERE plan_code = ?1", [code]).map_err(classify)?;
+    for (operation, units) in costs {
+        tx.execute(
+            "INSERT INTO plan_operation_costs (plan_code, operation_id, units) VALUES (?1, ?2, ?3)",
+            params![code, operation, units],
+        )
+        .map_err(classify)?;
+    }
+    Ok(())
+}
+
+/// Writes a request's [`Ledger`] in the transaction of the write that carried the request out.
+fn write_ledger(tx: &Connection, ledger: Option<&Ledger>) -> Result<(), StoreError> {
+    if let Some(ledger) = ledger {
+        insert_usage_event(tx, &ledger.usage)?;
+        append_audit(tx, ledger.audit.as_slice())?;
+    }
+    Ok(())
+}
+
 /// Inserts one usage event unless its `event_id` is stored already; returns the rows inserted (0 or 1).
 pub(crate) fn insert_usage_event(conn: &Connection, e: &UsageEvent) -> Result<usize, StoreError> {
     conn.prepare_cached(
@@ -934,8 +959,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_plan(&self, plan: &Plan) -> Result<(), StoreError> {
-        let p = plan.clone();
+    async fn create_plan(&self, plan: &Plan, ledger: Option<&Ledger>) -> Result<(), StoreError> {
+        let (p, ledger) = (plan.clone(), ledger.cloned());
         self.write(move |tx| {
             let sql = format!(
                 "INSERT INTO plans ({PLAN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
@@ -957,8 +982,8 @@ impl Store for SqliteStore {
                     p.version
                 ],
             )
-            .map(drop)
-            .map_err(classify)
+            .map_err(classify)?;
+            write_ledger(tx, ledger.as_ref())
         })
         .await
     }
@@ -971,8 +996,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
-        let t = tenant.clone();
+    async fn create_tenant(&self, tenant: &Tenant, ledger: Option<&Ledger>) -> Result<(), StoreError> {
+        let (t, ledger) = (tenant.clone(), ledger.cloned());
         self.write(move |tx| {
             let sql = format!("INSERT INTO tenants ({TENANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
             tx.execute(
@@ -988,8 +1013,8 @@ impl Store for SqliteStore {
                     t.version
                 ],
             )
-            .map(drop)
-            .map_err(classify)
+            .map_err(classify)?;
+            write_ledger(tx, ledger.as_ref())
         })
         .await
     }
@@ -1085,8 +1110,9 @@ impl Store for SqliteStore {
         changes: &TenantChanges,
         expected_version: i64,
         now: DateTime<Utc>,
+        ledger: Option<&Ledger>,
     ) -> Result<Update<Tenant>, StoreError> {
-        let changes = changes.clone();
+        let (changes, ledger) = (changes.clone(), ledger.cloned());
         self.write(move |tx| {
             let before = read_tenant_row(tx, id)?;
             let changed = tx
@@ -1109,9 +1135,13 @@ impl Store for SqliteStore {
                 (_, None, _) => Update::NotFound,
                 (1, Some(tenant), Some(before)) => {
                     integration::announce_status_change(tx, before.status, &tenant, now)?;
+                    write_ledger(tx, ledger.as_ref())?;
                     Update::Updated(tenant)
                 }
-                (1, Some(tenant), None) => Update::Updated(tenant),
+                (1, Some(tenant), None) => {
+                    write_ledger(tx, ledger.as_ref())?;
+                    Update::Updated(tenant)
+                }
                 (_, Some(tenant), _) => Update::VersionMismatch { current_version: tenant.version },
             })
         })
@@ -1133,26 +1163,7 @@ impl Store for SqliteStore {
 
     async fn set_plan_operation_costs(&self, plan_code: &str, costs: &[(String, i64)]) -> Result<(), StoreError> {
         let (code, costs) = (plan_code.to_owned(), costs.to_vec());
-        self.write(move |tx| {
-            if tx
-                .query_row("SELECT 1 FROM plans WHERE code = ?1", [&code], |_| Ok(()))
-                .optional()
-                .map_err(classify)?
-                .is_none()
-            {
-                return Err(StoreError::ForeignKey(format!("no plan {code}")));
-            }
-            tx.execute("DELETE FROM plan_operation_costs WHERE plan_code = ?1", [&code]).map_err(classify)?;
-            for (operation, units) in &costs {
-                tx.execute(
-                    "INSERT INTO plan_operation_costs (plan_code, operation_id, units) VALUES (?1, ?2, ?3)",
-                    params![code, operation, units],
-                )
-                .map_err(classify)?;
-            }
-            Ok(())
-        })
-        .await
+        self.write(move |tx| replace_plan_costs(tx, &code, &costs)).await
     }
 
     async fn list_plans(&self) -> Result<Vec<Plan>, StoreError> {
@@ -1160,8 +1171,14 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn update_plan(&self, plan: &Plan, expected_version: i64) -> Result<Update<Plan>, StoreError> {
-        let p = plan.clone();
+    async fn update_plan(
+        &self,
+        plan: &Plan,
+        expected_version: i64,
+        costs: Option<&[(String, i64)]>,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<Plan>, StoreError> {
+        let (p, costs, ledger) = (plan.clone(), costs.map(<[_]>::to_vec), ledger.cloned());
         self.write(move |tx| {
             let changed = tx
                 .execute(
@@ -1188,7 +1205,13 @@ impl Store for SqliteStore {
                 query_one(tx, &format!("SELECT {PLAN_COLUMNS} FROM plans WHERE code = ?1"), [&p.code], plan_from_row)?;
             Ok(match (changed, current) {
                 (_, None) => Update::NotFound,
-                (1, Some(plan)) => Update::Updated(plan),
+                (1, Some(plan)) => {
+                    if let Some(costs) = &costs {
+                        replace_plan_costs(tx, &plan.code, costs)?;
+                    }
+                    write_ledger(tx, ledger.as_ref())?;
+                    Update::Updated(plan)
+                }
                 (_, Some(plan)) => Update::VersionMismatch { current_version: plan.version },
             })
         })
@@ -1231,7 +1254,9 @@ impl Store for SqliteStore {
         tenant_id: Uuid,
         id: Uuid,
         now: DateTime<Utc>,
+        ledger: Option<&Ledger>,
     ) -> Result<Update<ApiClient>, StoreError> {
+        let ledger = ledger.cloned();
         self.write(move |tx| {
             tx.execute(
                 "UPDATE api_clients SET status = 'revoked', revoked_at = ?1, version = version + 1
@@ -1241,7 +1266,10 @@ impl Store for SqliteStore {
             .map_err(classify)?;
             // Revoked now or before: either way the client is revoked, and the row says since when.
             Ok(match read_api_client(tx, tenant_id, id)? {
-                Some(client) => Update::Updated(client),
+                Some(client) => {
+                    write_ledger(tx, ledger.as_ref())?;
+                    Update::Updated(client)
+                }
                 None => Update::NotFound,
             })
         })
@@ -1252,9 +1280,10 @@ impl Store for SqliteStore {
         &self,
         document: &Document,
         idempotency: Option<&IdempotencyRecord>,
+        ledger: Option<&Ledger>,
     ) -> Result<(), StoreError> {
         check_effective_date(document)?;
-        let (d, record) = (document.clone(), idempotency.cloned());
+        let (d, record, ledger) = (document.clone(), idempotency.cloned(), ledger.cloned());
         self.write(move |tx| {
             if let Some(r) = &record {
                 let (tenant, key) = (r.tenant_id.to_string(), r.key.as_str());
@@ -1302,7 +1331,8 @@ impl Store for SqliteStore {
                 ],
             )
             .map_err(classify)?;
-            insert_tags(tx, &d)
+            insert_tags(tx, &d)?;
+            write_ledger(tx, ledger.as_ref())
         })
         .await
     }
@@ -1321,9 +1351,10 @@ impl Store for SqliteStore {
         &self,
         document: &Document,
         expected_version: i64,
+        ledger: Option<&Ledger>,
     ) -> Result<Update<Document>, StoreError> {
         check_effective_date(document)?;
-        let d = document.clone();
+        let (d, ledger) = (document.clone(), ledger.cloned());
         self.write(move |tx| {
             let changed = tx
                 .execute(
@@ -1360,6 +1391,7 @@ impl Store for SqliteStore {
             insert_tags(tx, &d)?;
             let updated = read_document(tx, d.tenant_id, d.id)?
                 .ok_or_else(|| StoreError::Other(anyhow::anyhow!("document vanished inside its transaction")))?;
+            write_ledger(tx, ledger.as_ref())?;
             Ok(Update::Updated(updated))
         })
         .await
@@ -1372,8 +1404,9 @@ impl Store for SqliteStore {
         expected_version: i64,
         by: &str,
         now: DateTime<Utc>,
+        ledger: Option<&Ledger>,
     ) -> Result<Update<()>, StoreError> {
-        let by = by.to_owned();
+        let (by, ledger) = (by.to_owned(), ledger.cloned());
         self.write(move |tx| {
             let changed = tx
                 .execute(
@@ -1383,6 +1416,7 @@ impl Store for SqliteStore {
                 )
                 .map_err(classify)?;
             if changed == 1 {
+                write_ledger(tx, ledger.as_ref())?;
                 return Ok(Update::Updated(()));
             }
             Ok(match live_document_version(tx, tenant_id, id)? {
@@ -1462,8 +1496,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_api_client(&self, client: &ApiClient) -> Result<(), StoreError> {
-        let c = client.clone();
+    async fn create_api_client(&self, client: &ApiClient, ledger: Option<&Ledger>) -> Result<(), StoreError> {
+        let (c, ledger) = (client.clone(), ledger.cloned());
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO api_clients (id, tenant_id, app_id, display_name, status, created_at, revoked_at, version)
@@ -1487,7 +1521,7 @@ impl Store for SqliteStore {
                 )
                 .map_err(classify)?;
             }
-            Ok(())
+            write_ledger(tx, ledger.as_ref())
         })
         .await
     }

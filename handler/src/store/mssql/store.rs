@@ -474,6 +474,30 @@ async fn take_rate(conn: &mut MssqlClient, take: &RateLimitTake) -> Result<RateL
     Ok(decision)
 }
 
+/// Writes a request's [`Ledger`] in the transaction of the write that carried the request out.
+async fn write_ledger(conn: &mut MssqlClient, ledger: Option<&Ledger>) -> Result<(), StoreError> {
+    if let Some(ledger) = ledger {
+        insert_usage_event(conn, &ledger.usage).await?;
+        append_audit(conn, ledger.audit.as_slice()).await?;
+    }
+    Ok(())
+}
+
+/// Replaces all of a plan's cost overrides (`ForeignKey` for an unknown plan).
+async fn replace_plan_costs(conn: &mut MssqlClient, code: &str, costs: &[(String, i64)]) -> Result<(), StoreError> {
+    let exists: i32 =
+        rows(conn, q::PLAN_EXISTS, &[&code]).await?.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
+    if exists == 0 {
+        return Err(StoreError::ForeignKey(format!("no plan {code}")));
+    }
+    execute(conn, q::DELETE_PLAN_COSTS, &[&code]).await?;
+    for (operation, units) in costs {
+        let units = i32::try_from(*units).map_err(|_| StoreError::Other(anyhow::anyhow!("cost out of range")))?;
+        execute(conn, q::INSERT_PLAN_COST, &[&code, &operation.as_str(), &units]).await?;
+    }
+    Ok(())
+}
+
 /// Inserts one usage event unless its `event_id` is stored already; returns the rows inserted (0 or 1).
 pub(super) async fn insert_usage_event(conn: &mut MssqlClient, e: &UsageEvent) -> Result<u64, StoreError> {
     let status = e.status as i16;
@@ -627,7 +651,7 @@ impl Store for MssqlStore {
         })
     }
 
-    async fn create_plan(&self, plan: &Plan) -> Result<(), StoreError> {
+    async fn create_plan(&self, plan: &Plan, ledger: Option<&Ledger>) -> Result<(), StoreError> {
         in_tx!(self, Retry::No, |conn| {
             let p = plan;
             let params: [&dyn ToSql; 12] = [
@@ -644,7 +668,8 @@ impl Store for MssqlStore {
                 &p.updated_at,
                 &p.version,
             ];
-            execute(conn, q::INSERT_PLAN, &params).await.map(drop)
+            execute(conn, q::INSERT_PLAN, &params).await?;
+            write_ledger(conn, ledger).await
         })
     }
 
@@ -652,7 +677,7 @@ impl Store for MssqlStore {
         in_tx!(self, Retry::Yes, |conn| rows(conn, q::GET_PLAN, &[&code]).await?.first().map(plan_from).transpose())
     }
 
-    async fn create_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+    async fn create_tenant(&self, tenant: &Tenant, ledger: Option<&Ledger>) -> Result<(), StoreError> {
         in_tx!(self, Retry::No, |conn| {
             let t = tenant;
             let params: [&dyn ToSql; 8] = [
@@ -665,7 +690,8 @@ impl Store for MssqlStore {
                 &t.updated_at,
                 &t.version,
             ];
-            execute(conn, q::INSERT_TENANT, &params).await.map(drop)
+            execute(conn, q::INSERT_TENANT, &params).await?;
+            write_ledger(conn, ledger).await
         })
     }
 
@@ -731,6 +757,7 @@ impl Store for MssqlStore {
         changes: &TenantChanges,
         expected_version: i64,
         now: DateTime<Utc>,
+        ledger: Option<&Ledger>,
     ) -> Result<Update<Tenant>, StoreError> {
         in_tx!(self, Retry::No, |conn| {
             let c = changes;
@@ -748,9 +775,13 @@ impl Store for MssqlStore {
                 (_, None, _) => Update::NotFound,
                 (1, Some(tenant), Some(before)) => {
                     integration::announce_status_change(conn, before.status, &tenant, now).await?;
+                    write_ledger(conn, ledger).await?;
                     Update::Updated(tenant)
                 }
-                (1, Some(tenant), None) => Update::Updated(tenant),
+                (1, Some(tenant), None) => {
+                    write_ledger(conn, ledger).await?;
+                    Update::Updated(tenant)
+                }
                 (_, Some(tenant), _) => Update::VersionMismatch { current_version: tenant.version },
             })
         })
@@ -767,31 +798,20 @@ impl Store for MssqlStore {
     }
 
     async fn set_plan_operation_costs(&self, plan_code: &str, costs: &[(String, i64)]) -> Result<(), StoreError> {
-        in_tx!(self, Retry::Yes, |conn| {
-            let exists: i32 = rows(conn, q::PLAN_EXISTS, &[&plan_code])
-                .await?
-                .first()
-                .map(|r| required(r, 0))
-                .transpose()?
-                .unwrap_or(0);
-            if exists == 0 {
-                return Err(StoreError::ForeignKey(format!("no plan {plan_code}")));
-            }
-            execute(conn, q::DELETE_PLAN_COSTS, &[&plan_code]).await?;
-            for (operation, units) in costs {
-                let units =
-                    i32::try_from(*units).map_err(|_| StoreError::Other(anyhow::anyhow!("cost out of range")))?;
-                execute(conn, q::INSERT_PLAN_COST, &[&plan_code, &operation.as_str(), &units]).await?;
-            }
-            Ok(())
-        })
+        in_tx!(self, Retry::Yes, |conn| replace_plan_costs(conn, plan_code, costs).await)
     }
 
     async fn list_plans(&self) -> Result<Vec<Plan>, StoreError> {
         in_tx!(self, Retry::Yes, |conn| rows(conn, q::LIST_PLANS, &[]).await?.iter().map(plan_from).collect())
     }
 
-    async fn update_plan(&self, plan: &Plan, expected_version: i64) -> Result<Update<Plan>, StoreError> {
+    async fn update_plan(
+        &self,
+        plan: &Plan,
+        expected_version: i64,
+        costs: Option<&[(String, i64)]>,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<Plan>, StoreError> {
         in_tx!(self, Retry::No, |conn| {
             let p = plan;
             let params: [&dyn ToSql; 11] = [
@@ -811,7 +831,13 @@ impl Store for MssqlStore {
             let current = rows(conn, q::GET_PLAN, &[&p.code.as_str()]).await?.first().map(plan_from).transpose()?;
             Ok(match (changed, current) {
                 (_, None) => Update::NotFound,
-                (1, Some(plan)) => Update::Updated(plan),
+                (1, Some(plan)) => {
+                    if let Some(costs) = costs {
+                        replace_plan_costs(conn, &plan.code, costs).await?;
+                    }
+                    write_ledger(conn, ledger).await?;
+                    Update::Updated(plan)
+                }
                 (_, Some(plan)) => Update::VersionMismatch { current_version: plan.version },
             })
         })
@@ -840,12 +866,17 @@ impl Store for MssqlStore {
         tenant_id: Uuid,
         id: Uuid,
         now: DateTime<Utc>,
+        ledger: Option<&Ledger>,
     ) -> Result<Update<ApiClient>, StoreError> {
-        // Idempotent (only an active client changes), so a transient fault may run it again.
+        // Idempotent (only an active client changes; stored ledger ids are skipped), so a transient fault may
+        // run it again.
         in_tx!(self, Retry::Yes, |conn| {
             execute(conn, q::REVOKE_API_CLIENT, &[&tenant_id, &id, &now]).await?;
             Ok(match read_api_client(conn, tenant_id, id).await? {
-                Some(client) => Update::Updated(client),
+                Some(client) => {
+                    write_ledger(conn, ledger).await?;
+                    Update::Updated(client)
+                }
                 None => Update::NotFound,
             })
         })
@@ -855,6 +886,7 @@ impl Store for MssqlStore {
         &self,
         document: &Document,
         idempotency: Option<&IdempotencyRecord>,
+        ledger: Option<&Ledger>,
     ) -> Result<(), StoreError> {
         check_effective_date(document)?;
         in_tx!(self, Retry::No, |conn| {
@@ -894,7 +926,8 @@ impl Store for MssqlStore {
                 &d.version,
             ];
             execute(conn, q::INSERT_DOCUMENT, &params).await?;
-            insert_tags(conn, d).await
+            insert_tags(conn, d).await?;
+            write_ledger(conn, ledger).await
         })
     }
 
@@ -906,6 +939,7 @@ impl Store for MssqlStore {
         &self,
         document: &Document,
         expected_version: i64,
+        ledger: Option<&Ledger>,
     ) -> Result<Update<Document>, StoreError> {
         check_effective_date(document)?;
         in_tx!(self, Retry::No, |conn| {
@@ -935,6 +969,7 @@ impl Store for MssqlStore {
             let updated = read_document(conn, d.tenant_id, d.id)
                 .await?
                 .ok_or_else(|| StoreError::Other(anyhow::anyhow!("document vanished inside its transaction")))?;
+            write_ledger(conn, ledger).await?;
             Ok(Update::Updated(updated))
         })
     }
@@ -946,10 +981,12 @@ impl Store for MssqlStore {
         expected_version: i64,
         by: &str,
         now: DateTime<Utc>,
+        ledger: Option<&Ledger>,
     ) -> Result<Update<()>, StoreError> {
         in_tx!(self, Retry::No, |conn| {
             let params: [&dyn ToSql; 5] = [&now, &by, &tenant_id, &id, &expected_version];
             if execute(conn, q::SOFT_DELETE_DOCUMENT, &params).await? == 1 {
+                write_ledger(conn, ledger).await?;
                 return Ok(Update::Updated(()));
             }
             Ok(match live_document_version(conn, tenant_id, id).await? {
@@ -1009,7 +1046,7 @@ impl Store for MssqlStore {
         })
     }
 
-    async fn create_api_client(&self, client: &ApiClient) -> Result<(), StoreError> {
+    async fn create_api_client(&self, client: &ApiClient, ledger: Option<&Ledger>) -> Result<(), StoreError> {
         in_tx!(self, Retry::No, |conn| {
             let c = client;
             let status = if c.active { "active" } else { "revoked" };
@@ -1027,7 +1064,7 @@ impl Store for MssqlStore {
             for role in &c.roles {
                 execute(conn, q::INSERT_API_CLIENT_ROLE, &[&c.id, &role.as_str()]).await?;
             }
-            Ok(())
+            write_ledger(conn, ledger).await
         })
     }
 

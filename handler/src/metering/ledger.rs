@@ -1,0 +1,114 @@
+//! A request's own records (its usage event and, when audited, its audit event), built in one place for the
+//! record stage and for the store write that carries the request out.
+//!
+//! The record stage ([`super::stage::record`]) leaves a [`RequestMeter`] in the request extensions with the ids
+//! the records will have. A handler that changes state builds the records with [`ledger`] before its store
+//! write and passes them to it, so they commit in the write's transaction: a crash (SIGKILL) can never keep a
+//! change and lose its usage or audit event. The record stage later writes the same ids again through the
+//! group commit; the store skips ids it holds, so a request never has two records.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::http::{Method, StatusCode};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::audit::{self, AuditNote, LimiterDecision};
+use super::costs;
+use super::stage::Debit;
+use crate::auth::Principal;
+use crate::auth::guard::Caller;
+use crate::store::{AuditEventInput, Ledger, UsageEvent};
+
+/// What the record stage knows about a request before it runs: the ids of its records and what it measures.
+#[derive(Debug, Clone)]
+pub struct RequestMeter {
+    pub usage_id: Uuid,
+    pub audit_id: Uuid,
+    pub started: Instant,
+    pub occurred_at: DateTime<Utc>,
+    pub operation: String,
+    pub method: Method,
+    pub request_bytes: i64,
+}
+
+/// A request's records as they stand with this answer; `note` describes what the request changed.
+pub(crate) fn records(
+    request: &HttpRequest,
+    meter: &RequestMeter,
+    status: StatusCode,
+    response_bytes: i64,
+    note: Option<&AuditNote>,
+    recorded_at: DateTime<Utc>,
+) -> (UsageEvent, Option<AuditEventInput>) {
+    let extensions = request.extensions();
+    let caller = extensions.get::<Arc<Caller>>();
+    let debit = extensions.get::<Debit>().copied();
+    let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let method = meter.method.to_string();
+    let billable = status.is_success() && debit.is_some();
+    let request_id = crate::telemetry::current_request_id().unwrap_or_default();
+    let tenant_id = caller.and_then(|c| c.tenant.as_ref().map(|t| t.id));
+    let audited = audit::outcome(&meter.method, status).map(|outcome| {
+        // The caller's principal, else the one authentication found before the tenant refused it (403).
+        let principal = caller.map(|c| c.principal.clone()).or_else(|| extensions.get::<Arc<Principal>>().cloned());
+        let summary = match note {
+            Some(note) if !note.summary.is_empty() => note.summary.clone(),
+            _ => format!("{method} {route} answered {}", status.as_u16()),
+        };
+        let path_id = ["id", "code"].iter().find_map(|k| request.match_info().get(k).map(str::to_owned));
+        AuditEventInput {
+            id: meter.audit_id,
+            tenant_id,
+            occurred_at: meter.occurred_at,
+            actor_oid: principal.as_ref().and_then(|p| p.object_id.clone()),
+            actor_app_id: principal.as_ref().and_then(|p| p.app_id.clone()),
+            actor_tenant_id: principal.as_ref().map(|p| p.directory_id.clone()),
+            action: meter.operation.clone(),
+            resource_type: note.map_or_else(|| audit::resource_type_of(&route), |n| n.resource_type.clone()),
+            resource_id: note.map(|n| n.resource_id.clone()).or(path_id),
+            outcome,
+            request_id: Some(request_id.clone()).filter(|id| !id.is_empty()),
+            summary,
+            before_hash: note.and_then(|n| n.before_hash.clone()),
+            after_hash: note.and_then(|n| n.after_hash.clone()),
+            limiter_decision: extensions.get::<LimiterDecision>().map(|d| d.0.clone()),
+        }
+    });
+    let usage = UsageEvent {
+        event_id: meter.usage_id,
+        request_id,
+        tenant_id,
+        client_id: caller.and_then(|c| c.principal.app_id.clone()),
+        principal_id: caller.and_then(|c| c.principal.object_id.clone()),
+        units: if billable { debit.map_or(0, |d| d.units) } else { costs::units(&meter.operation) },
+        overage_units: if billable { debit.map_or(0, |d| d.overage_units) } else { 0 },
+        operation_id: meter.operation.clone(),
+        method,
+        route_template: route,
+        status: i32::from(status.as_u16()),
+        billable,
+        latency_micros: meter.started.elapsed().as_micros() as i64,
+        request_bytes: meter.request_bytes,
+        response_bytes,
+        occurred_at: meter.occurred_at,
+        recorded_at,
+    };
+    (usage, audited)
+}
+
+/// The records of a request that will answer `response` once its store write commits, for that write
+/// (`None` outside the record stage, e.g. a handler called on its own in a test). `note` says what the write
+/// changes; the latency is measured up to now, the write excluded.
+pub fn ledger(request: &HttpRequest, response: &HttpResponse, note: AuditNote) -> Option<Ledger> {
+    let meter = request.extensions().get::<RequestMeter>().cloned()?;
+    let state = request.app_data::<actix_web::web::Data<crate::state::AppState>>()?;
+    let response_bytes = match actix_web::body::MessageBody::size(response.body()) {
+        actix_web::body::BodySize::Sized(n) => n as i64,
+        _ => 0,
+    };
+    let (usage, audit) = records(request, &meter, response.status(), response_bytes, Some(&note), state.clock.now());
+    Some(Ledger { usage, audit })
+}
