@@ -127,6 +127,46 @@ async fn a_quota_threshold_event_is_sent_with_the_identity_token_after_5xx_and_m
     assert!(tokens.iter().all(|t| t.header("x-identity-header") == Some("test-identity-header")));
 }
 
+#[tokio::test]
+async fn one_run_drains_a_backlog_larger_than_a_batch_in_order() {
+    let ca = TestCa::new();
+    let identity = managed_identity_endpoint().await;
+    let (bus, _script) = service_bus(&ca, Vec::new()).await;
+    let mut env = identity_env(&identity, &ca);
+    env.push(("METERLINE_SERVICEBUS_NAMESPACE".into(), format!("127.0.0.1:{}", bus.port)));
+    env.push(("METERLINE_OUTBOX_BATCH_SIZE".into(), "2".into()));
+    let host = HostEmulator::start_with(HostOptions { env, ..HostOptions::default() }).await;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&host.app_root.join("data/meterline.db")).await.unwrap());
+    plan(&store, 10).await;
+    let now = chrono::Utc::now();
+    let tenant = Tenant {
+        id: Uuid::new_v4(),
+        entra_tenant_id: None,
+        name: "Acme".into(),
+        status: TenantStatus::Active,
+        plan_code: "basic".into(),
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    store.create_tenant(&tenant, None).await.unwrap();
+    // Five status changes: five outbox events, alternately suspended and reactivated.
+    for version in 1..=5 {
+        let status = if version % 2 == 1 { TenantStatus::Suspended } else { TenantStatus::Active };
+        store.set_tenant_status(tenant.id, status, version, now).await.unwrap();
+    }
+    let rows = store.list_outbox(0, 10).await.unwrap();
+    assert_eq!(rows.len(), 5);
+
+    let timer = json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false});
+    let run = host.invoke_timer("OutboxPublisher", timer).await;
+    assert!(run.logs()[0].contains("published 5 of 5 due events, 0 failed"), "batches of 2, one run: {:?}", run.logs());
+    let sent: Vec<String> = bus.seen().iter().map(|r| r.json()["id"].as_str().unwrap().to_owned()).collect();
+    let expected: Vec<String> = rows.iter().map(|r| r.message.id.to_string()).collect();
+    assert_eq!(sent, expected, "each event once, in outbox order");
+    assert!(store.list_outbox(0, 10).await.unwrap().iter().all(|r| r.sent_at.is_some()));
+}
+
 /// A Key Vault answering `GET /secrets/{name}/` with the current value of `secrets`, after the authentication
 /// authentication challenge `SecretClient` expects first.
 async fn key_vault(ca: &TestCa, secrets: Arc<Mutex<Vec<(String, String)>>>) -> TestServer {
@@ -216,10 +256,11 @@ async fn an_event_is_never_lost_when_the_publisher_dies_between_the_send_and_the
     let row = &store.list_outbox(0, 10).await.unwrap()[0];
     assert_eq!(row.sent_at, None, "killed before the mark: still pending");
 
-    // The dead publisher's lease keeps a second one out until it expires (4 x 2 s + 5 s), then the event goes again.
+    // The dead publisher's lease keeps a second one out until it expires (4 x 2 s + 5 s + 5 s between renewals),
+    // then the event goes again.
     let blocked = run_job_command(root.path(), &env).output().await.unwrap();
     assert!(String::from_utf8_lossy(&blocked.stdout).contains("skipped: another publisher holds the lease"));
-    tokio::time::sleep(Duration::from_secs(13)).await;
+    tokio::time::sleep(Duration::from_secs(18)).await;
     let output = run_job_command(root.path(), &env).output().await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));

@@ -1,7 +1,8 @@
 //! The outbox publisher: sends pending `outbox_messages` rows to Service Bus as CloudEvents, at least once.
 //!
 //! One run (the `OutboxPublisher` timer, or `handler run-job outbox-publish`) takes the `outbox-publish` lease,
-//! reads at most `METERLINE_OUTBOX_BATCH_SIZE` due rows in `(available_at, seq)` order and sends each one. A row
+//! reads at most `METERLINE_OUTBOX_BATCH_SIZE` due rows in `(available_at, seq)` order and sends each one, and
+//! reads the next batch while the last was full, for up to 20 s. A row
 //! is marked sent only after Service Bus answered `201 Created`; a process killed between that answer and the
 //! mark sends the row again on the next run (a duplicate with the same CloudEvents id and Service Bus
 //! `MessageId`, which consumers and duplicate detection drop; never a loss). A failed send (after the pipeline's
@@ -19,12 +20,20 @@ use crate::store::{LeaseRequest, OutboxRow};
 /// The lease every publisher takes, so two runs never send the same rows at once.
 pub const LEASE_NAME: &str = "outbox-publish";
 
-/// How long the lease is taken for, renewed before each send: one send's worst case (four tries, each bounded
-/// by `METERLINE_OUTBOX_SEND_TIMEOUT_SECS`) plus a margin. A publisher that dies blocks the next one for at most
-/// this long.
+/// How long the lease is taken for: one send's worst case (four tries, each bounded by
+/// `METERLINE_OUTBOX_SEND_TIMEOUT_SECS`) plus a margin, plus [`LEASE_RENEWAL`]. Renewed every [`LEASE_RENEWAL`],
+/// so every send starts with at least a worst case of lease left. A publisher that dies blocks the next one for
+/// at most this long.
 pub fn lease_duration(send_timeout: std::time::Duration) -> chrono::Duration {
-    chrono::Duration::seconds(4 * send_timeout.as_secs() as i64 + 5)
+    chrono::Duration::seconds(4 * send_timeout.as_secs() as i64 + 5) + LEASE_RENEWAL
 }
+
+/// How often a run renews its lease (a store write; renewing before every send made two writes per event).
+const LEASE_RENEWAL: chrono::Duration = chrono::Duration::seconds(5);
+
+/// How long one run keeps reading full batches: less than the timer's 30 s period, so a backlog drains at the
+/// publisher's own speed rather than one batch per tick.
+const RUN_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Delay before the next attempt after `attempts` failed ones: 5 s, 10 s, 20 s, … capped at one hour.
 pub fn backoff(attempts: i32) -> chrono::Duration {
@@ -62,42 +71,83 @@ pub async fn publish(state: &AppState) -> Result<String, AppError> {
             if pending == 1000 { "+" } else { "" }
         ));
     };
-    let holder = format!("{}:{}", worker_name(state), state.ids.new_id().simple());
-    if !take_lease(state, &holder).await? {
+    let mut lease =
+        Lease { holder: format!("{}:{}", worker_name(state), state.ids.new_id().simple()), renewed_at: None };
+    if !lease.keep(state).await? {
         return Ok("skipped: another publisher holds the lease".to_owned());
     }
-    let result = publish_batch(state, sender, &holder, now).await;
-    if let Err(err) = state.store.release_lease(LEASE_NAME, &holder).await {
+    let started = std::time::Instant::now();
+    let mut run = Run::default();
+    let result = loop {
+        match publish_batch(state, sender, &mut lease, &mut run).await {
+            Ok(true) if started.elapsed() < RUN_BUDGET => continue,
+            Ok(_) => break Ok(()),
+            Err(err) => break Err(err),
+        }
+    };
+    if let Err(err) = state.store.release_lease(LEASE_NAME, &lease.holder).await {
         tracing::warn!(error = %err, "releasing the outbox lease failed; it expires on its own");
     }
-    result
+    result?;
+    // The backlog metric (an alert watches it): what is still due after this run, counted up to 1000.
+    let backlog = if run.full { state.store.pending_outbox(state.clock.now(), 1000).await?.len() as u64 } else { 0 };
+    crate::telemetry::metrics::outbox_backlog(backlog);
+    let more = if run.full { " (batch full: more may be due)" } else { "" };
+    Ok(format!("published {} of {} due events, {} failed{more}", run.sent, run.due, run.failed))
 }
 
-/// Takes or renews the lease for one more send.
-async fn take_lease(state: &AppState, holder: &str) -> Result<bool, AppError> {
-    let now = state.clock.now();
-    let lease = LeaseRequest {
-        name: LEASE_NAME.to_owned(),
-        holder: holder.to_owned(),
-        now,
-        expires_at: now + lease_duration(state.config.integration.outbox_send_timeout),
-    };
-    Ok(state.store.acquire_lease(&lease).await?)
+/// The publisher's hold on [`LEASE_NAME`].
+struct Lease {
+    holder: String,
+    renewed_at: Option<DateTime<Utc>>,
 }
 
+impl Lease {
+    /// Takes the lease, or renews it if [`LEASE_RENEWAL`] has passed since; false if another holds it.
+    async fn keep(&mut self, state: &AppState) -> Result<bool, AppError> {
+        let now = state.clock.now();
+        if self.renewed_at.is_some_and(|at| now < at + LEASE_RENEWAL) {
+            return Ok(true);
+        }
+        let expires_at = now + lease_duration(state.config.integration.outbox_send_timeout);
+        let lease = LeaseRequest { name: LEASE_NAME.to_owned(), holder: self.holder.clone(), now, expires_at };
+        let held = state.store.acquire_lease(&lease).await?;
+        self.renewed_at = held.then_some(now);
+        Ok(held)
+    }
+}
+
+/// What one run did.
+#[derive(Debug, Default)]
+struct Run {
+    due: usize,
+    sent: usize,
+    failed: usize,
+    /// The last batch read was full: more may be due.
+    full: bool,
+}
+
+/// Sends one batch of due rows, in order; true if it was full and the lease is still held (read another).
+///
+/// A row is marked sent once Service Bus took it; the mark commits while the next row is sent, and every mark
+/// of the batch has committed before the batch ends (the next batch must not read those rows again).
 async fn publish_batch(
     state: &AppState,
     sender: &crate::azure::servicebus::ServiceBusSender,
-    holder: &str,
-    now: DateTime<Utc>,
-) -> Result<String, AppError> {
+    lease: &mut Lease,
+    run: &mut Run,
+) -> Result<bool, AppError> {
     let config = &state.config.integration;
     let batch = u32::try_from(config.outbox_batch_size).unwrap_or(u32::MAX);
-    let rows = state.store.pending_outbox(now, batch).await?;
-    let (mut sent, mut failed) = (0, 0);
+    let rows = state.store.pending_outbox(state.clock.now(), batch).await?;
+    run.due += rows.len();
+    run.full = rows.len() as u32 == batch;
+    let mut marks = tokio::task::JoinSet::new();
+    let mut held = true;
     for row in &rows {
-        if !take_lease(state, holder).await? {
+        if !lease.keep(state).await? {
             tracing::warn!("the outbox lease was taken over; stopping this run");
+            held = false;
             break;
         }
         let message = OutgoingMessage {
@@ -108,8 +158,9 @@ async fn publish_batch(
         };
         match sender.send(&message, state.clock.now().timestamp()).await {
             Ok(()) => {
-                state.store.mark_outbox_sent(row.message.id, state.clock.now()).await?;
-                sent += 1;
+                let (store, id, now) = (state.store.clone(), row.message.id, state.clock.now());
+                marks.spawn(async move { store.mark_outbox_sent(id, now).await });
+                run.sent += 1;
             }
             Err(err) => {
                 let next = state.clock.now() + backoff(row.attempts + 1);
@@ -122,17 +173,14 @@ async fn publish_batch(
                     "outbox event not published; it will be retried"
                 );
                 state.store.mark_outbox_failed(row.message.id, &err.to_string(), next).await?;
-                failed += 1;
+                run.failed += 1;
             }
         }
     }
-    let full = rows.len() as u32 == batch;
-    // The backlog metric (an alert watches it): what is still due after this run, counted up to 1000.
-    let backlog =
-        if full { state.store.pending_outbox(state.clock.now(), 1000).await?.len() } else { rows.len() - sent };
-    crate::telemetry::metrics::outbox_backlog(backlog as u64);
-    let more = if full { " (batch full: more may be due)" } else { "" };
-    Ok(format!("published {sent} of {} due events, {failed} failed{more}", rows.len()))
+    while let Some(mark) = marks.join_next().await {
+        mark.map_err(|e| AppError::internal(anyhow::anyhow!("marking an outbox row sent panicked: {e}")))??;
+    }
+    Ok(held && run.full)
 }
 
 fn worker_name(state: &AppState) -> String {
