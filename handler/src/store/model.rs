@@ -179,6 +179,15 @@ pub enum DocumentSortKey {
 /// Where documents without an effective date sort: before every real date.
 pub const NO_EFFECTIVE_DATE: NaiveDate = NaiveDate::MIN;
 
+/// Whether a page in `sort` order after `after` may continue into the documents without an effective date:
+/// newest date first, after a dated document. Those come last, and "after the cursor or undated" is no index
+/// range, so the stores read the dated rest and the undated ones as two range queries of one snapshot.
+pub fn continues_into_undated(sort: DocumentSort, after: Option<&DocumentCursor>) -> bool {
+    sort.key == DocumentSortKey::EffectiveDate
+        && sort.descending
+        && matches!(after, Some(DocumentCursor { value: SortValue::Date(d), .. }) if *d != NO_EFFECTIVE_DATE)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DocumentSort {
     pub key: DocumentSortKey,

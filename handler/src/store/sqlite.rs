@@ -498,12 +498,8 @@ fn keyset(a: &mut Assembled, sort: DocumentSort, cursor: &DocumentCursor) -> Res
     let fragment = match value {
         Some(value) => {
             let v = a.bind(value);
-            let range = format!("{key} {from} {v} AND ({key} {beyond} {v} OR d.id {beyond} {id})");
-            if sort.key == DocumentSortKey::EffectiveDate && sort.descending {
-                format!(" AND (d.effective_date IS NULL OR ({range}))")
-            } else {
-                format!(" AND {range}")
-            }
+            // Descending by date, the undated documents after these are a query of their own (`undated_tail`).
+            format!(" AND {key} {from} {v} AND ({key} {beyond} {v} OR d.id {beyond} {id})")
         }
         None if sort.descending => format!(" AND d.effective_date IS NULL AND d.id < {id}"),
         None => format!(" AND (d.effective_date IS NOT NULL OR d.id > {id})"),
@@ -1448,6 +1444,15 @@ impl Store for SqliteStore {
             " ORDER BY {key} {direction}, d.id {direction} LIMIT {fetch}",
             key = sort_column(sort.key)
         ));
+        let tail = if continues_into_undated(sort, after) {
+            let mut tail = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}"), values: Vec::new() };
+            document_conditions(&mut tail, tenant_id, filter)?;
+            let fetch = tail.bind(i64::from(limit) + 1);
+            tail.sql.push_str(&format!(" AND d.effective_date IS NULL ORDER BY d.id DESC LIMIT {fetch}"));
+            Some(tail)
+        } else {
+            None
+        };
         let total = if count {
             let mut total = Assembled { sql: "SELECT count(*)".into(), values: Vec::new() };
             document_conditions(&mut total, tenant_id, filter)?;
@@ -1459,6 +1464,9 @@ impl Store for SqliteStore {
             // One read transaction: the page, its tags and the count see the same snapshot.
             let tx = conn.unchecked_transaction().map_err(classify)?;
             let mut items = query_all(&tx, &page.sql, params_from_iter(page.values), document_from_row)?;
+            if let Some(tail) = tail.filter(|_| items.len() <= limit as usize) {
+                items.extend(query_all(&tx, &tail.sql, params_from_iter(tail.values), document_from_row)?);
+            }
             let next = if items.len() > limit as usize {
                 items.truncate(limit as usize);
                 items.last().map(|d| cursor_of(d, sort.key))

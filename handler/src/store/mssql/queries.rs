@@ -425,12 +425,8 @@ fn keyset(a: &mut Assembled, sort: DocumentSort, cursor: &DocumentCursor) -> Res
     let fragment = match value {
         Some(value) => {
             let v = a.bind(value);
-            let range = format!("{key} {from} {v} AND ({key} {beyond} {v} OR d.id {beyond} {id})");
-            if sort.key == DocumentSortKey::EffectiveDate && sort.descending {
-                format!("\n    AND (d.effective_date IS NULL OR ({range}))")
-            } else {
-                format!("\n    AND {range}")
-            }
+            // Descending by date, the undated documents after these are a query of their own (`undated_documents`).
+            format!("\n    AND {key} {from} {v} AND ({key} {beyond} {v} OR d.id {beyond} {id})")
         }
         None if sort.descending => format!("\n    AND d.effective_date IS NULL AND d.id < {id}"),
         None => format!("\n    AND (d.effective_date IS NOT NULL OR d.id > {id})"),
@@ -457,6 +453,17 @@ pub fn list_documents(
     }
     let direction = if sort.descending { "DESC" } else { "ASC" };
     a.sql.push_str(&format!("\nORDER BY {key} {direction}, d.id {direction}", key = sort_column(sort.key)));
+    Ok(a)
+}
+
+/// The documents without an effective date that end a newest-first listing by date: `TOP (fetch)` of them
+/// matching `filter`, by id descending (see [`crate::store::model::continues_into_undated`]).
+pub fn undated_documents(tenant_id: Uuid, filter: &DocumentFilter, fetch: i64) -> Result<Assembled, StoreError> {
+    let mut a = Assembled::default();
+    let top = a.bind(Arg::Int(fetch));
+    a.sql = format!(concat!("SELECT TOP ({}) ", document_columns!(), "\nFROM dbo.documents d"), top);
+    document_conditions(&mut a, tenant_id, filter)?;
+    a.sql.push_str("\n    AND d.effective_date IS NULL\nORDER BY d.id DESC");
     Ok(a)
 }
 
@@ -590,6 +597,7 @@ pub fn assembled_examples() -> Vec<(String, Assembled)> {
             }
         }
     }
+    out.push(("undated_documents all filters".to_owned(), undated_documents(tenant, &full, 21).expect("assembles")));
     for (name, filter) in &alone {
         let sort = DocumentSort { key: DocumentSortKey::UpdatedAt, descending: true };
         out.push((

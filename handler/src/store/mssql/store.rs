@@ -1007,11 +1007,21 @@ impl Store for MssqlStore {
     ) -> Result<DocumentPage, StoreError> {
         let limit = limit.max(1);
         let page = &q::list_documents(tenant_id, filter, sort, after, i64::from(limit) + 1)?;
+        let tail = &if continues_into_undated(sort, after) {
+            Some(q::undated_documents(tenant_id, filter, i64::from(limit) + 1)?)
+        } else {
+            None
+        };
         let total = &if count { Some(q::count_documents(tenant_id, filter)?) } else { None };
         // One transaction; see docs/data-model.md on what the count and the page can see under READ COMMITTED.
         in_tx!(self, Retry::Yes, |conn| {
             let mut items =
                 assembled_rows(conn, page).await?.iter().map(document_from).collect::<Result<Vec<_>, _>>()?;
+            if let Some(tail) = tail.as_ref().filter(|_| items.len() <= limit as usize) {
+                for row in assembled_rows(conn, tail).await? {
+                    items.push(document_from(&row)?);
+                }
+            }
             let next = if items.len() > limit as usize {
                 items.truncate(limit as usize);
                 items.last().map(|d| cursor_of(d, sort.key))
