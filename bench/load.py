@@ -156,8 +156,9 @@ def main():
             ("document", "`GET /api/v1/documents/{id}`", dict(url=f"{base}/api/v1/documents/{doc_id}", auth=auth_b)),
             ("search", "`GET /api/v1/documents?q=regulation&tag=topic-tax&orderby=effectiveDate desc&maxpagesize=25`",
              dict(url=base + search, auth=auth_b)),
+            # Creates go to tenant a: tenant b's search must see the same 10 000 documents in every round.
             ("create", "`POST /api/v1/documents`",
-             dict(url=base + "/api/v1/documents", auth=auth_b, method="POST", body=create_body)),
+             dict(url=base + "/api/v1/documents", auth=f"Bearer {token_a}", method="POST", body=create_body)),
             ("invoke", "`POST /Documents` (default mode: GET document in the host's envelope)",
              dict(url=base + "/Documents", method="POST", body=envelope)),
         ]

@@ -309,8 +309,8 @@ def main():
           f"{args.runs} runs on fresh SQLite stores. Endpoint: Service Bus REST send answered 201 by a Python "
           "ThreadingHTTPServer over TLS (test CA via SSL_CERT_FILE), SAS authentication, keep-alive "
           f"({results[0]['connections']} TLS connection(s) in the first run). "
-          "In production the OutboxPublisher timer runs every 30 s (functions/OutboxPublisher/function.json) "
-          "and the batch size defaults to 100: at most 100 events per 30 s leave, whatever the rate above.")
+          "In production the OutboxPublisher timer runs every 30 s (functions/OutboxPublisher/function.json); "
+          "each run reads batches (default 100) while they come back full, for up to 20 s of every 30.")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,11 @@ def start_once(binary, workdir):
         FUNCTIONS_CUSTOMHANDLER_WORKER_ID=str(uuid.uuid4()),
         METERLINE_SQLITE_PATH=os.path.join(workdir, "meterline.db"),
         METERLINE_LOG="warn",
+        # Production authentication: Entra ID. Its keys are fetched on the first token, not at startup; local mode
+        # would also generate the development RSA key on a first start (about 150 ms, once per machine).
+        METERLINE_AUTH_MODE="entra",
+        METERLINE_AUTH_AUTHORITY="https://login.microsoftonline.com/organizations/v2.0",
+        METERLINE_AUTH_AUDIENCES="api://meterline",
     )
     # Output goes to a file, not a pipe: an unread pipe could fill and stall the handler.
     log_path = os.path.join(workdir, "handler.log")
