@@ -92,6 +92,35 @@ def wrk(url, seconds, connections, method="GET", body=None, auth=None, workdir=N
     return data
 
 
+def profile(pid, spec, args, work):
+    """Samples the handler's stacks with perf (cpu-clock: no hardware counters needed) while wrk drives one
+    scenario, then prints where the time goes: by binary/kernel, by symbol, and as folded stacks for a flame graph."""
+    data = os.path.join(work, "perf.data")
+    perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-p", str(pid), "-o", data],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    r = wrk(seconds=args.seconds, connections=args.connections, workdir=work, **spec)
+    perf.send_signal(2)
+    perf.wait()
+    print(f"{r['rps']:.0f} req/s while profiling (perf costs some of it)\n")
+    for title, sort in (("by binary (kernel, handler, libc ...)", "dso"), ("by symbol", "dso,sym")):
+        out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", sort, "--stdio", "-g", "none",
+                              "--percent-limit", "1.5"], capture_output=True, text=True).stdout
+        rows = [line for line in out.splitlines() if line.strip() and not line.startswith("#")]
+        print(f"{title}:\n```\n" + "\n".join(rows[:25]) + "\n```\n")
+    folded = os.path.abspath(f"perf-{args.profile}.folded")
+    script = subprocess.run(["perf", "script", "-i", data], capture_output=True, text=True).stdout
+    stacks = {}
+    for block in script.split("\n\n"):
+        frames = [line.split()[1].split("+")[0] for line in block.splitlines()[1:] if len(line.split()) > 1]
+        if frames:
+            key = ";".join(reversed(frames))
+            stacks[key] = stacks.get(key, 0) + 1
+    with open(folded, "w") as f:
+        f.writelines(f"{k} {v}\n" for k, v in stacks.items())
+    print(f"folded stacks (flamegraph.pl or speedscope.app read them): {folded}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", default=os.path.join(HERE, "..", "target", "release", "handler"))
@@ -99,6 +128,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--documents", type=int, default=10000, help="documents seeded per tenant")
+    parser.add_argument("--profile", help="instead of the rounds: profile one scenario (e.g. document) with perf")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install wrk")
@@ -163,6 +193,9 @@ def main():
              dict(url=base + "/Documents", method="POST", body=envelope)),
         ]
         wrk(base + "/api/health", 2, args.connections)  # warm-up
+        if args.profile:
+            profile(server.proc.pid, dict((n, spec) for n, _, spec in scenarios)[args.profile], args, work)
+            return
         results = {name: [] for name, _, _ in scenarios}
         sampler = RssSampler(server.proc.pid)
         for round_no in range(args.rounds):
