@@ -51,6 +51,22 @@ async fn plan(store: &Arc<dyn Store>, quota: i64) {
         .unwrap();
 }
 
+/// Creates an active tenant "Acme" on the plan "basic".
+async fn active_tenant(store: &Arc<dyn Store>, now: chrono::DateTime<chrono::Utc>) -> Tenant {
+    let tenant = Tenant {
+        id: Uuid::new_v4(),
+        entra_tenant_id: None,
+        name: "Acme".into(),
+        status: TenantStatus::Active,
+        plan_code: "basic".into(),
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    store.create_tenant(&tenant, None).await.unwrap();
+    tenant
+}
+
 fn check_cloud_event(request: &Seen, event_type: &str) -> Value {
     assert!(request.header("content-type").unwrap().starts_with("application/cloudevents+json"), "{request:?}");
     let event = request.json();
@@ -139,17 +155,7 @@ async fn one_run_drains_a_backlog_larger_than_a_batch_in_order() {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&host.app_root.join("data/meterline.db")).await.unwrap());
     plan(&store, 10).await;
     let now = chrono::Utc::now();
-    let tenant = Tenant {
-        id: Uuid::new_v4(),
-        entra_tenant_id: None,
-        name: "Acme".into(),
-        status: TenantStatus::Active,
-        plan_code: "basic".into(),
-        created_at: now,
-        updated_at: now,
-        version: 1,
-    };
-    store.create_tenant(&tenant, None).await.unwrap();
+    let tenant = active_tenant(&store, now).await;
     // Five status changes: five outbox events, alternately suspended and reactivated.
     for version in 1..=5 {
         let status = if version % 2 == 1 { TenantStatus::Suspended } else { TenantStatus::Active };
@@ -233,17 +239,7 @@ async fn an_event_is_never_lost_when_the_publisher_dies_between_the_send_and_the
     store.migrate().await.unwrap();
     plan(&store, 100).await;
     let now = chrono::Utc::now();
-    let tenant = Tenant {
-        id: Uuid::new_v4(),
-        entra_tenant_id: None,
-        name: "Acme".into(),
-        status: TenantStatus::Active,
-        plan_code: "basic".into(),
-        created_at: now,
-        updated_at: now,
-        version: 1,
-    };
-    store.create_tenant(&tenant, None).await.unwrap();
+    let tenant = active_tenant(&store, now).await;
     store.set_tenant_status(tenant.id, TenantStatus::Suspended, 1, now).await.unwrap();
 
     let mut env = identity_env(&identity, &ca);
@@ -344,17 +340,7 @@ async fn a_send_that_times_out_is_retried_within_the_run() {
     store.migrate().await.unwrap();
     plan(&store, 100).await;
     let now = chrono::Utc::now();
-    let tenant = Tenant {
-        id: Uuid::new_v4(),
-        entra_tenant_id: None,
-        name: "Slow".into(),
-        status: TenantStatus::Active,
-        plan_code: "basic".into(),
-        created_at: now,
-        updated_at: now,
-        version: 1,
-    };
-    store.create_tenant(&tenant, None).await.unwrap();
+    let tenant = active_tenant(&store, now).await;
     store.set_tenant_status(tenant.id, TenantStatus::Suspended, 1, now).await.unwrap();
     let mut env = identity_env(&identity, &ca);
     env.push(("METERLINE_SERVICEBUS_NAMESPACE".into(), format!("127.0.0.1:{}", bus.port)));
