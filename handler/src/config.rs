@@ -228,7 +228,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "METERLINE_OUTBOX_BATCH_SIZE",
         default: "100",
-        description: "The most outbox events one publisher run sends (the run is bounded; the timer runs every 30 s).",
+        description: "Outbox events one publisher read takes; a run reads again while batches come back full, for up to 20 s (the timer runs every 30 s).",
     },
     SettingDoc {
         name: "METERLINE_OUTBOX_SEND_TIMEOUT_SECS",
