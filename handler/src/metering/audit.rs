@@ -54,9 +54,14 @@ impl AuditNote {
     }
 }
 
+/// Whether a method only reads: its successful requests are not audited.
+pub fn is_read(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
 /// Whether a request with this method and answer is audited, and with which outcome.
 pub fn outcome(method: &Method, status: StatusCode) -> Option<AuditOutcome> {
-    let reads = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let reads = is_read(method);
     match status.as_u16() {
         401 | 403 => Some(AuditOutcome::Denied),
         429 => Some(AuditOutcome::Rejected),

@@ -26,7 +26,9 @@ use crate::store::{AuditEventInput, Ledger, UsageEvent};
 #[derive(Debug, Clone)]
 pub struct RequestMeter {
     pub usage_id: Uuid,
-    pub audit_id: Uuid,
+    /// Allocated up front only for methods that change state (a handler's ledger needs it before the write);
+    /// a read that ends up audited (401, 403, 429) gets its id when the record stage writes it.
+    pub audit_id: Option<Uuid>,
     pub started: Instant,
     pub occurred_at: DateTime<Utc>,
     pub operation: String,
@@ -51,7 +53,7 @@ pub(crate) fn records(
     let billable = status.is_success() && debit.is_some();
     let request_id = crate::telemetry::current_request_id().unwrap_or_default();
     let tenant_id = caller.and_then(|c| c.tenant.as_ref().map(|t| t.id));
-    let audited = audit::outcome(&meter.method, status).map(|outcome| {
+    let audited = audit::outcome(&meter.method, status).zip(meter.audit_id).map(|(outcome, id)| {
         // The caller's principal, else the one authentication found before the tenant refused it (403).
         let principal = caller.map(|c| c.principal.clone()).or_else(|| extensions.get::<Arc<Principal>>().cloned());
         let summary = match note {
@@ -60,7 +62,7 @@ pub(crate) fn records(
         };
         let path_id = ["id", "code"].iter().find_map(|k| request.match_info().get(k).map(str::to_owned));
         AuditEventInput {
-            id: meter.audit_id,
+            id,
             tenant_id,
             occurred_at: meter.occurred_at,
             actor_oid: principal.as_ref().and_then(|p| p.object_id.clone()),
@@ -99,16 +101,21 @@ pub(crate) fn records(
     (usage, audited)
 }
 
+/// The size of a response body when it is known up front (0 for a stream).
+pub(crate) fn body_bytes(body: &impl actix_web::body::MessageBody) -> i64 {
+    match body.size() {
+        actix_web::body::BodySize::Sized(n) => n as i64,
+        _ => 0,
+    }
+}
+
 /// The records of a request that will answer `response` once its store write commits, for that write
 /// (`None` outside the record stage, e.g. a handler called on its own in a test). `note` says what the write
 /// changes; the latency is measured up to now, the write excluded.
 pub fn ledger(request: &HttpRequest, response: &HttpResponse, note: AuditNote) -> Option<Ledger> {
     let meter = request.extensions().get::<RequestMeter>().cloned()?;
     let state = request.app_data::<actix_web::web::Data<crate::state::AppState>>()?;
-    let response_bytes = match actix_web::body::MessageBody::size(response.body()) {
-        actix_web::body::BodySize::Sized(n) => n as i64,
-        _ => 0,
-    };
+    let response_bytes = body_bytes(response.body());
     let (usage, audit) = records(request, &meter, response.status(), response_bytes, Some(&note), state.clock.now());
     Some(Ledger { usage, audit })
 }

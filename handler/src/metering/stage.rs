@@ -5,16 +5,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::body::{BodySize, MessageBody};
+use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 use chrono::NaiveTime;
 
-use super::audit::LimiterDecision;
+use super::audit::{self, LimiterDecision};
 use super::headers::{LimitState, burst_state, header_fields};
-use super::ledger::{RequestMeter, records};
+use super::ledger::{RequestMeter, body_bytes, records};
 use super::{costs, period};
 use crate::auth::guard::Caller;
 use crate::error::{AppError, ErrorCode};
@@ -180,7 +180,7 @@ fn limited(err: AppError, limits: &LimitState) -> AppError {
 }
 
 /// Writes exactly one usage event per request, durably, before the response leaves, and in the same
-/// transaction the request's audit event when [`super::audit::outcome`] says it has one (a state change, a
+/// transaction the request's audit event when [`audit::outcome`] says it has one (a state change, a
 /// 401/403, a 429, a failed write); refunds the quota debit of a request that did not succeed. The ids come
 /// from the [`RequestMeter`] it leaves for the handler, whose store write may have committed the records
 /// already ([`super::ledger`]). If the records cannot be written, a success becomes a 503: no client holds a
@@ -190,9 +190,9 @@ pub async fn record(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let state = state_of(&req);
-    let meter = RequestMeter {
+    let mut meter = RequestMeter {
         usage_id: state.ids.new_id(),
-        audit_id: state.ids.new_id(),
+        audit_id: (!audit::is_read(req.method())).then(|| state.ids.new_id()),
         started: Instant::now(),
         occurred_at: state.clock.now(),
         operation: state.routes.operation(req.method().as_str(), req.path()).unwrap_or("unknown").to_owned(),
@@ -220,10 +220,10 @@ pub async fn record(
     {
         tracing::error!(error = ?err, "refunding a failed request's quota debit failed");
     }
-    let response_bytes = match res.response().body().size() {
-        BodySize::Sized(n) => n as i64,
-        _ => 0,
-    };
+    let response_bytes = body_bytes(res.response().body());
+    if meter.audit_id.is_none() && audit::outcome(&meter.method, status).is_some() {
+        meter.audit_id = Some(state.ids.new_id());
+    }
     // A write that took effect committed these same ids in its own transaction already (`ledger::ledger`);
     // the store skips them, so this is then only the wait for the batch.
     let (event, audited) = records(res.request(), &meter, status, response_bytes, None, state.clock.now());
