@@ -8,10 +8,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::web;
 use chrono::{DateTime, Utc};
-
-use crate::state::AppState;
 
 /// One deprecated operation.
 #[derive(Debug, Clone, Copy)]
@@ -70,10 +67,8 @@ pub async fn announce(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let deprecation = req.app_data::<web::Data<AppState>>().and_then(|state| {
-        let op = state.routes.operation(req.method().as_str(), req.path())?;
-        DEPRECATED.iter().find(|d| d.operation_id == op)
-    });
+    let deprecation =
+        crate::routes::operation_of(&req).and_then(|op| DEPRECATED.iter().find(|d| *d.operation_id == *op));
     let mut res = next.call(req).await?;
     if let Some(d) = deprecation {
         for (name, value) in headers(d) {

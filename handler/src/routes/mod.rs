@@ -11,6 +11,10 @@ pub mod plans;
 pub mod tenants;
 pub mod usage;
 
+use std::sync::Arc;
+
+use actix_web::HttpMessage as _;
+use actix_web::dev::ServiceRequest;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use utoipa::OpenApi as _;
@@ -154,7 +158,7 @@ pub struct RouteTable {
 }
 
 /// A path template split at `/`: literal segments match exactly, a `{name}` segment matches any non-empty
-/// segment. Every request asks which operation it is (three times), so this is a segment compare, not a
+/// segment. Every request asks which operation it is ([`operation_of`]), so this is a segment compare, not a
 /// regular expression per template.
 #[derive(Debug)]
 struct Template {
@@ -185,7 +189,7 @@ impl Template {
 }
 
 /// A method served on a route, and the operation id behind it (none for the host-protocol routes).
-type RouteMethod = (&'static str, Option<String>);
+type RouteMethod = (&'static str, Option<Arc<str>>);
 
 impl RouteTable {
     pub fn from_openapi(doc: &utoipa::openapi::OpenApi) -> Self {
@@ -200,8 +204,10 @@ impl RouteTable {
                 ("HEAD", &item.head),
                 ("PATCH", &item.patch),
             ];
-            let methods =
-                operations.iter().filter_map(|(m, op)| op.as_ref().map(|op| (*m, op.operation_id.clone()))).collect();
+            let methods = operations
+                .iter()
+                .filter_map(|(m, op)| op.as_ref().map(|op| (*m, op.operation_id.as_deref().map(Arc::from))))
+                .collect();
             table.entries.push((Template::parse(path), methods));
         }
         table
@@ -228,11 +234,33 @@ impl RouteTable {
     }
 
     /// The operation id serving `method` on `path`. Literal templates win over parameterized ones.
-    pub fn operation(&self, method: &str, path: &str) -> Option<&str> {
-        let mut matches: Vec<_> = self.entries.iter().filter(|(def, _)| def.is_match(path)).collect();
-        matches.sort_by_key(|(template, _)| template.parameters);
-        matches.iter().find_map(|(_, ops)| ops.iter().find(|(m, _)| *m == method).and_then(|(_, id)| id.as_deref()))
+    pub fn operation(&self, method: &str, path: &str) -> Option<&Arc<str>> {
+        self.entries
+            .iter()
+            .filter(|(template, _)| template.is_match(path))
+            .filter_map(|(template, methods)| {
+                let (_, id) = methods.iter().find(|(m, _)| *m == method)?;
+                Some((template.parameters, id.as_ref()?))
+            })
+            .min_by_key(|(parameters, _)| *parameters)
+            .map(|(_, id)| id)
     }
+}
+
+/// The operation a request is, once it was asked for: kept in the request's extensions, because the
+/// deprecation, limit and record stages all need it and the route table is searched once.
+#[derive(Debug, Clone)]
+struct MatchedOperation(Option<Arc<str>>);
+
+/// The operation id of the request (`None` for a path or method no operation serves).
+pub fn operation_of(req: &ServiceRequest) -> Option<Arc<str>> {
+    if let Some(MatchedOperation(found)) = req.extensions().get::<MatchedOperation>() {
+        return found.clone();
+    }
+    let state = req.app_data::<web::Data<AppState>>()?;
+    let found = state.routes.operation(req.method().as_str(), req.path()).cloned();
+    req.extensions_mut().insert(MatchedOperation(found.clone()));
+    found
 }
 
 /// The default service: 405 with `Allow` when the path exists under other methods, else 404.
@@ -271,7 +299,7 @@ mod tests {
         assert_eq!(table.allowed_methods("/api/health"), Some(vec!["GET"]));
         assert_eq!(table.allowed_methods("/api/health/ready"), Some(vec!["GET"]));
         assert_eq!(table.allowed_methods("/api/openapi.json"), Some(vec!["GET"]));
-        assert_eq!(table.operation("GET", "/api/health/ready"), Some("getReadiness"));
+        assert_eq!(table.operation("GET", "/api/health/ready").map(|op| &**op), Some("getReadiness"));
         assert_eq!(table.operation("POST", "/api/health/ready"), None);
     }
 }
