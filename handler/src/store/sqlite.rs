@@ -1,11 +1,14 @@
 //! The embedded store: one SQLite file in WAL mode, a single writer connection and a small pool of readers.
 //!
-//! rusqlite is blocking, so reads run on tokio's blocking pool. Writes go to one writer thread that owns the
+//! rusqlite is blocking: lookups by key run on the calling thread (cheaper than a hand-off), everything that
+//! scans runs on tokio's blocking pool, a bounded number at once. Writes go to one writer thread that owns the
 //! write connection (SQLite allows one writer at a time anyway) and commits concurrent writes together
 //! ([`writer`]: group commit, one savepoint per write). Its transactions use `BEGIN IMMEDIATE`, so two
 //! handler processes on one file queue on the file lock instead of failing half-way. With `synchronous=NORMAL`
 //! in WAL mode a committed transaction survives a killed process (SIGKILL); only an OS crash can lose the tail.
+//! WAL checkpoints run on their own thread ([`checkpoint`]).
 
+mod checkpoint;
 mod writer;
 
 use std::collections::HashMap;
@@ -34,7 +37,16 @@ pub(crate) use integration::{emit_quota_thresholds, insert_outbox};
 mod usage;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_IDLE_READERS: usize = 8;
+/// Reader connections kept open, and the most reads that run on the blocking pool at once: two per core, at
+/// least 4. More scans than that only contend for the cores, and each extra one would open a connection and
+/// take a thread (on 2 cores, 16 concurrent searches peaked at 80 MiB unbounded, 36 MiB with 4; BENCHMARKS.md).
+fn max_readers() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| (2 * n.get()).max(4))
+}
+/// Each reader's page cache, in KiB (SQLite's default is 2 000). A commit by the writer empties the caches
+/// of the other connections in WAL mode anyway, so under writes a larger cache holds little worth keeping;
+/// scans read through the OS's file cache.
+const READER_CACHE_KIB: i64 = 512;
 
 /// The SQLite implementation of [`Store`].
 #[derive(Clone)]
@@ -46,6 +58,30 @@ struct Inner {
     path: PathBuf,
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
+    /// Bounds the reads on the blocking pool to `max_readers`, which is also how many readers stay open.
+    scans: tokio::sync::Semaphore,
+    max_readers: usize,
+}
+
+impl Inner {
+    /// Runs `f` with a pooled reader connection (a new one when none is idle), then returns it to the pool.
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().expect("reader pool lock").pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = connect(&self.path)?;
+                conn.pragma_update(None, "cache_size", -READER_CACHE_KIB).map_err(classify)?;
+                conn
+            }
+        };
+        let result = f(&conn);
+        let mut readers = self.readers.lock().expect("reader pool lock");
+        if readers.len() < self.max_readers {
+            readers.push(conn);
+        }
+        result
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -64,10 +100,19 @@ impl SqliteStore {
                     StoreError::Unavailable(anyhow::Error::new(e).context(format!("creating {}", dir.display())))
                 })?;
             }
-            let writer = connect(&path)?;
+            let mut writer = connect(&path)?;
             writer.pragma_update(None, "journal_mode", "WAL").map_err(classify)?;
+            checkpoint::install(&mut writer, &path, checkpoint::Thresholds::DEFAULT)?;
             let writer = Writer::start(writer)?;
-            Ok(SqliteStore { inner: Arc::new(Inner { path, writer, readers: Mutex::new(Vec::new()) }) })
+            Ok(SqliteStore {
+                inner: Arc::new(Inner {
+                    path,
+                    writer,
+                    readers: Mutex::new(Vec::new()),
+                    scans: tokio::sync::Semaphore::new(max_readers()),
+                    max_readers: max_readers(),
+                }),
+            })
         })
         .await
         .map_err(|e| StoreError::Other(e.into()))?
@@ -83,22 +128,17 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        let _permit = self.inner.scans.acquire().await.expect("the read semaphore is never closed");
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let pooled = inner.readers.lock().expect("reader pool lock").pop();
-            let conn = match pooled {
-                Some(conn) => conn,
-                None => connect(&inner.path)?,
-            };
-            let result = f(&conn);
-            let mut readers = inner.readers.lock().expect("reader pool lock");
-            if readers.len() < MAX_IDLE_READERS {
-                readers.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(|e| StoreError::Other(e.into()))?
+        tokio::task::spawn_blocking(move || inner.with_reader(f)).await.map_err(|e| StoreError::Other(e.into()))?
+    }
+
+    /// Runs `f`, a lookup by key (a few pages, a few microseconds), on the calling thread with a reader
+    /// connection. Handing such a read to the blocking pool and back costs more than the read itself (two
+    /// thread wake-ups; BENCHMARKS.md). Anything that scans (listings, search, reports) uses [`Self::read`],
+    /// so an async worker thread is never held for longer than a point lookup.
+    fn read_point<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.inner.with_reader(f)
     }
 
     /// Runs `f` as one write of the next group commit (see [`writer`]); returns once it is committed.
@@ -986,10 +1026,9 @@ impl Store for SqliteStore {
 
     async fn get_plan(&self, code: &str) -> Result<Option<Plan>, StoreError> {
         let code = code.to_owned();
-        self.read(move |conn| {
+        self.read_point(|conn| {
             query_one(conn, &format!("SELECT {PLAN_COLUMNS} FROM plans WHERE code = ?1"), [code], plan_from_row)
         })
-        .await
     }
 
     async fn create_tenant(&self, tenant: &Tenant, ledger: Option<&Ledger>) -> Result<(), StoreError> {
@@ -1016,7 +1055,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_tenant(&self, id: Uuid) -> Result<Option<Tenant>, StoreError> {
-        self.read(move |conn| {
+        self.read_point(|conn| {
             query_one(
                 conn,
                 &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"),
@@ -1024,15 +1063,13 @@ impl Store for SqliteStore {
                 tenant_from_row,
             )
         })
-        .await
     }
 
     async fn get_tenant_by_entra_id(&self, entra_tenant_id: Uuid) -> Result<Option<Tenant>, StoreError> {
-        self.read(move |conn| {
+        self.read_point(|conn| {
             let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE entra_tenant_id = ?1");
             query_one(conn, &sql, [entra_tenant_id.to_string()], tenant_from_row)
         })
-        .await
     }
 
     async fn list_tenants(
@@ -1334,13 +1371,12 @@ impl Store for SqliteStore {
     }
 
     async fn get_document(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<Document>, StoreError> {
-        self.read(move |conn| {
+        self.read_point(|conn| {
             let tx = conn.unchecked_transaction().map_err(classify)?;
             let document = read_document(&tx, tenant_id, id)?;
             tx.commit().map_err(classify)?;
             Ok(document)
         })
-        .await
     }
 
     async fn update_document(
@@ -1536,7 +1572,7 @@ impl Store for SqliteStore {
 
     async fn get_api_client_by_app_id(&self, app_id: &str) -> Result<Option<ApiClient>, StoreError> {
         let app_id = app_id.to_owned();
-        self.read(move |conn| {
+        self.read_point(|conn| {
             let sql = format!("SELECT {API_CLIENT_COLUMNS} FROM api_clients WHERE app_id = ?1");
             let Some(mut client) = query_one(conn, &sql, [app_id], api_client_from_row)? else {
                 return Ok(None);
@@ -1544,7 +1580,6 @@ impl Store for SqliteStore {
             client.roles = client_roles(conn, client.id)?;
             Ok(Some(client))
         })
-        .await
     }
 
     async fn acquire_lease(&self, request: &LeaseRequest) -> Result<bool, StoreError> {
@@ -1602,7 +1637,7 @@ impl Store for SqliteStore {
     }
 
     async fn quota_usage(&self, tenant_id: Uuid, period_start: NaiveDate) -> Result<Option<QuotaUsage>, StoreError> {
-        self.read(move |conn| read_quota(conn, tenant_id, period_start)).await
+        self.read_point(|conn| read_quota(conn, tenant_id, period_start))
     }
 
     async fn take_rate_limit(&self, take: &RateLimitTake) -> Result<RateLimitDecision, StoreError> {

@@ -1,0 +1,143 @@
+//! WAL checkpoints for the embedded store, mostly off the writer thread, so a commit never waits for one.
+//!
+//! SQLite's automatic checkpoint runs inside the commit that crosses 1 000 WAL pages: that commit, and every
+//! request queued behind the single writer, waits while the checkpoint copies pages into the database file
+//! and syncs it twice. Here the writer connection's WAL hook only counts: past `background_at` pages it wakes
+//! a checkpointer thread, which runs a `PASSIVE` checkpoint on its own connection while the writer goes on
+//! committing. A passive checkpoint cannot finish while new frames keep arriving, and SQLite only rewinds the
+//! WAL after one has, so under sustained writes the writer itself checkpoints once the WAL reaches
+//! `inline_at`: by then the background has copied nearly everything, so that pause is short.
+//! Durability is unchanged: a commit is durable once it is in the WAL; checkpoints only move pages.
+
+use std::os::raw::c_int;
+use std::path::Path;
+use std::sync::mpsc;
+
+use rusqlite::Connection;
+use rusqlite::wal::CheckpointMode;
+
+use super::{classify, connect};
+use crate::store::StoreError;
+
+/// When to checkpoint, in WAL pages.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Thresholds {
+    /// The background checkpointer is woken.
+    pub background_at: c_int,
+    /// The writer checkpoints in its own commit, as SQLite's automatic checkpoint would.
+    pub inline_at: c_int,
+}
+
+impl Thresholds {
+    /// 8 MiB and 32 MiB of 4 KiB pages: fewer, larger checkpoints copy a hot page (a rate-limit row, the end
+    /// of an index) once for many commits (BENCHMARKS.md).
+    pub(super) const DEFAULT: Thresholds = Thresholds { background_at: 2_000, inline_at: 8_000 };
+
+    /// A WAL file left larger than this after it was rewound is truncated to it.
+    fn wal_size_limit(self) -> i64 {
+        i64::from(self.inline_at) * 4096
+    }
+}
+
+/// Replaces `writer`'s automatic checkpoint with the background checkpointer; the thread stops when
+/// `writer` is closed.
+pub(super) fn install(writer: &mut Connection, path: &Path, at: Thresholds) -> Result<(), StoreError> {
+    let checkpointer = connect(path)?;
+    let (wake, woken) = mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".to_owned())
+        .spawn(move || {
+            // Wake-ups while a checkpoint runs coalesce into the one queued slot.
+            while woken.recv().is_ok() {
+                if let Err(err) = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %err, "a background WAL checkpoint failed; the next one retries");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Other(anyhow::Error::new(e).context("starting the SQLite checkpoint thread")))?;
+    writer.pragma_update(None, "journal_size_limit", at.wal_size_limit()).map_err(classify)?;
+    // The hook runs on the writer thread after each commit. It must answer Ok: an error would make the
+    // (already durable) commit report a failure.
+    writer
+        .wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: c_int| {
+            if pages >= at.inline_at {
+                if let Err(err) = wal.checkpoint_v2(CheckpointMode::PASSIVE) {
+                    tracing::debug!(error = %err, pages, "the writer's own WAL checkpoint did not run");
+                }
+            } else if pages >= at.background_at {
+                let _ = wake.try_send(());
+            }
+            Ok(())
+        }))
+        .map_err(classify)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    const AT: Thresholds = Thresholds { background_at: 50, inline_at: 400 };
+
+    fn writer(dir: &tempfile::TempDir) -> Connection {
+        let path = dir.path().join("c.db");
+        let mut conn = connect(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY, pad BLOB NOT NULL)").unwrap();
+        install(&mut conn, &path, AT).unwrap();
+        conn
+    }
+
+    /// Commits `rows` rows of a page each, `per_commit` at a time.
+    fn write(conn: &Connection, from: i64, rows: i64, per_commit: i64) {
+        for start in (from..from + rows).step_by(per_commit as usize) {
+            let tx = conn.unchecked_transaction().unwrap();
+            for n in start..start + per_commit {
+                tx.execute("INSERT INTO t (n, pad) VALUES (?1, zeroblob(4000))", [n]).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+    }
+
+    fn size(path: std::path::PathBuf) -> u64 {
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    }
+
+    #[test]
+    fn past_the_background_threshold_pages_reach_the_database_file_without_the_writer_checkpointing() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = writer(&dir);
+        let before = size(dir.path().join("c.db"));
+        // About 200 pages: past `background_at`, far below `inline_at`, so only the checkpointer can copy them.
+        write(&conn, 0, 200, 10);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while size(dir.path().join("c.db")) < before + 150 * 4000 {
+            assert!(Instant::now() < deadline, "the background checkpointer never copied the WAL into the database");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let count: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(count, 200);
+    }
+
+    #[test]
+    fn under_sustained_writes_the_wal_stays_bounded_and_every_row_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = writer(&dir);
+        let wal = dir.path().join("c.db-wal");
+        let mut largest = 0;
+        for round in 0..40 {
+            write(&conn, round * 100, 100, 5);
+            largest = largest.max(size(wal.clone()));
+        }
+        // 4 000 pages were written, ten times `inline_at`. The WAL grows past `inline_at` only while the writer's
+        // checkpoint finds the background one running, and it is rewound after each that caught up.
+        let bound = 3 * AT.inline_at as u64 * (4096 + 24);
+        assert!(largest <= bound, "the WAL grew to {largest} bytes (bound {bound})");
+        drop(conn);
+        let reopened = Connection::open(dir.path().join("c.db")).unwrap();
+        let (count, sum): (i64, i64) =
+            reopened.query_row("SELECT count(*), sum(n) FROM t", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!((count, sum), (4000, (0..4000).sum::<i64>()));
+    }
+}
