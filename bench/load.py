@@ -92,6 +92,52 @@ def wrk(url, seconds, connections, method="GET", body=None, auth=None, workdir=N
     return data
 
 
+def loadgen(binary, url, rate, seconds, method="GET", body=None, auth=None, workdir=None):
+    """Open-loop: `rate` requests/s for `seconds`, latency counted from when each was due (bench/loadgen)."""
+    cmd = [binary, "--url", url, "--rate", str(rate), "--seconds", str(seconds), "--method", method]
+    if auth:
+        cmd += ["--header", f"Authorization: {auth}"]
+    if body is not None:
+        path = os.path.join(workdir, "loadgen-body.json")
+        with open(path, "wb") as f:
+            f.write(body)
+        cmd += ["--body-file", path]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def half_load(args, scenarios, results, work):
+    """p50/p99/p99.9 of the bare route and the pipeline at half the pipeline's peak (its median req/s in the
+    closed-loop rounds), open-loop, interleaved, --rounds times; the pipeline's added p99 per round."""
+    rate = round(statistics.median(r["rps"] for r in results["document"]) / 2)
+    specs = dict((name, spec) for name, _, spec in scenarios)
+    labels = dict((name, label) for name, label, _ in scenarios)
+    names = [n for n in ("baseline", "me", "document") if n in specs]
+    runs = {name: [] for name in names}
+    for round_no in range(args.rounds):
+        for name in names:
+            r = loadgen(os.path.abspath(args.loadgen), rate=rate, seconds=args.seconds, workdir=work, **specs[name])
+            runs[name].append(r)
+            print(f"half load round {round_no + 1} {name}: {r['achieved_rate']:.0f} req/s p50 {r['p50_us'] / 1000:.2f} ms "
+                  f"p99 {r['p99_us'] / 1000:.2f} ms p99.9 {r['p999_us'] / 1000:.2f} ms errors {r['errors']} "
+                  f"send lag p99 {r['send_lag_p99_us']} us", file=sys.stderr)
+    print(f"\nOpen loop at {rate} req/s, half the median peak of `GET /api/v1/documents/{{id}}` above "
+          f"(bench/loadgen, {args.seconds} s per scenario after 1 s of warm-up, {args.rounds} rounds; latency from when "
+          f"each request was due):\n")
+    print("| scenario | p50 ms | p99 ms (min / median / max) | p99.9 ms | errors | generator send lag p99 ms |")
+    print("|---|---:|---|---:|---:|---:|")
+    med = lambda rs, key: statistics.median(r[key] for r in rs) / 1000  # noqa: E731
+    for name in names:
+        rs = runs[name]
+        p99 = sorted(r["p99_us"] / 1000 for r in rs)
+        print(f"| {labels[name]} | {med(rs, 'p50_us'):.2f} | {p99[0]:.2f} / {statistics.median(p99):.2f} / {p99[-1]:.2f} | "
+              f"{med(rs, 'p999_us'):.2f} | {sum(r['errors'] for r in rs)} | {med(rs, 'send_lag_p99_us'):.2f} |")
+    for name in names[1:]:
+        added = sorted((r["p99_us"] - b["p99_us"]) / 1000 for r, b in zip(runs[name], runs["baseline"]))
+        print(f"\nadded p99 of {labels[name]} over the bare route in the same round: min {added[0]:.2f} ms, "
+              f"median {statistics.median(added):.2f} ms, max {added[-1]:.2f} ms", end="")
+    print()
+
+
 def profile(pid, spec, args, work):
     """Samples the handler's stacks with perf (cpu-clock: no hardware counters needed) while wrk drives one
     scenario, then prints where the time goes: by binary/kernel, by symbol, and as folded stacks for a flame graph."""
@@ -128,6 +174,9 @@ def main():
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--documents", type=int, default=10000, help="documents seeded per tenant")
+    parser.add_argument("--loadgen", default=os.path.join(HERE, "..", "target", "release", "loadgen"),
+                        help="the open-loop generator (bench/loadgen) for the half-load latencies; skipped if missing")
+    parser.add_argument("--only", help="comma-separated scenario names to run (default: all)")
     parser.add_argument("--profile", help="instead of the rounds: profile one scenario (e.g. document) with perf")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -196,6 +245,8 @@ def main():
         if args.profile:
             profile(server.proc.pid, dict((n, spec) for n, _, spec in scenarios)[args.profile], args, work)
             return
+        if args.only:
+            scenarios = [s for s in scenarios if s[0] == "baseline" or s[0] in args.only.split(",")]
         results = {name: [] for name, _, _ in scenarios}
         sampler = RssSampler(server.proc.pid)
         for round_no in range(args.rounds):
@@ -219,6 +270,10 @@ def main():
                   .replace(",", " "))
         print(f"\nbinary: {os.path.getsize(binary) / 1e6:.1f} MB; RSS idle after seeding "
               f"{2 * args.documents} documents: {idle_rss / 1024:.1f} MiB; peak RSS under load: {peak_rss / 1024:.1f} MiB")
+        if "document" in results and os.path.exists(args.loadgen):
+            half_load(args, scenarios, results, work)
+        elif "document" in results:
+            print(f"\nHalf-load latencies skipped: {args.loadgen} is missing (cargo build --release -p loadgen).")
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
