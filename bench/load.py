@@ -149,7 +149,8 @@ def profile(pid, spec, args, work):
     perf.send_signal(2)
     perf.wait()
     print(f"{r['rps']:.0f} req/s while profiling (perf costs some of it)\n")
-    for title, sort in (("by binary (kernel, handler, libc ...)", "dso"), ("by symbol", "dso,sym")):
+    for title, sort in (("by thread (actix workers, the SQLite writer and checkpointer, tokio's blocking pool)", "comm"),
+                        ("by binary (kernel, handler, libc ...)", "dso"), ("by symbol", "dso,sym")):
         out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", sort, "--stdio", "-g", "none",
                               "--percent-limit", "1.5"], capture_output=True, text=True).stdout
         rows = [line for line in out.splitlines() if line.strip() and not line.startswith("#")]
