@@ -4,10 +4,9 @@
 //! request queued behind the single writer, waits while the checkpoint copies pages into the database file
 //! and syncs it twice. Here the writer connection's WAL hook only counts: past `background_at` pages it wakes
 //! a checkpointer thread, which runs a `PASSIVE` checkpoint on its own connection while the writer goes on
-//! committing, and again after each further `background_at` pages. A passive checkpoint cannot finish while
-//! new frames keep arriving, and SQLite only rewinds the WAL after one has, so under sustained writes the
-//! writer itself checkpoints once the WAL reaches `inline_at`: by then the background has copied nearly
-//! everything, so that pause is short.
+//! committing. A passive checkpoint cannot finish while new frames keep arriving, and SQLite only rewinds the
+//! WAL after one has, so under sustained writes the writer itself checkpoints once the WAL reaches
+//! `inline_at`: by then the background has copied nearly everything, so that pause is short.
 //! Durability is unchanged: a commit is durable once it is in the WAL; checkpoints only move pages.
 
 use std::os::raw::c_int;
@@ -59,21 +58,13 @@ pub(super) fn install(writer: &mut Connection, path: &Path, at: Thresholds) -> R
     writer.pragma_update(None, "journal_size_limit", at.wal_size_limit()).map_err(classify)?;
     // The hook runs on the writer thread after each commit. It must answer Ok: an error would make the
     // (already durable) commit report a failure.
-    let mut woken_at: c_int = 0;
     writer
         .wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: c_int| {
-            // The WAL only shrinks when it was rewound: count from its start again.
-            if pages < woken_at {
-                woken_at = 0;
-            }
             if pages >= at.inline_at {
                 if let Err(err) = wal.checkpoint_v2(CheckpointMode::PASSIVE) {
                     tracing::debug!(error = %err, pages, "the writer's own WAL checkpoint did not run");
                 }
-            } else if pages >= woken_at + at.background_at {
-                // Once per `background_at` new pages, not after every commit past it: each checkpoint syncs
-                // the files twice, and one that finds a few new frames would copy little for that price.
-                woken_at = pages;
+            } else if pages >= at.background_at {
                 let _ = wake.try_send(());
             }
             Ok(())
