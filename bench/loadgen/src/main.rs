@@ -60,7 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
     let method = reqwest::Method::from_bytes(args.method.as_bytes())?;
-    let client = reqwest::Client::builder().default_headers(headers).pool_max_idle_per_host(usize::MAX).build()?;
+    let client = reqwest::Client::builder().default_headers(headers).build()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
 
     let period = Duration::from_secs_f64(1.0 / args.rate);

@@ -104,13 +104,14 @@ impl SqliteStore {
             writer.pragma_update(None, "journal_mode", "WAL").map_err(classify)?;
             checkpoint::install(&mut writer, &path, checkpoint::Thresholds::DEFAULT)?;
             let writer = Writer::start(writer)?;
+            let max_readers = max_readers();
             Ok(SqliteStore {
                 inner: Arc::new(Inner {
                     path,
                     writer,
                     readers: Mutex::new(Vec::new()),
-                    scans: tokio::sync::Semaphore::new(max_readers()),
-                    max_readers: max_readers(),
+                    scans: tokio::sync::Semaphore::new(max_readers),
+                    max_readers,
                 }),
             })
         })
@@ -1025,7 +1026,6 @@ impl Store for SqliteStore {
     }
 
     async fn get_plan(&self, code: &str) -> Result<Option<Plan>, StoreError> {
-        let code = code.to_owned();
         self.read_point(|conn| {
             query_one(conn, &format!("SELECT {PLAN_COLUMNS} FROM plans WHERE code = ?1"), [code], plan_from_row)
         })
@@ -1571,7 +1571,6 @@ impl Store for SqliteStore {
     }
 
     async fn get_api_client_by_app_id(&self, app_id: &str) -> Result<Option<ApiClient>, StoreError> {
-        let app_id = app_id.to_owned();
         self.read_point(|conn| {
             let sql = format!("SELECT {API_CLIENT_COLUMNS} FROM api_clients WHERE app_id = ?1");
             let Some(mut client) = query_one(conn, &sql, [app_id], api_client_from_row)? else {
