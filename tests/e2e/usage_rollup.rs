@@ -75,8 +75,9 @@ async fn setup_tenants(store: &Arc<dyn Store>, first: u128, n: u128, created_at:
 }
 
 fn event(rng: &mut Rng, tenants: &[Uuid], occurred_at: DateTime<Utc>, recorded_at: DateTime<Utc>) -> UsageEvent {
-    let ops = ["getMe", "listDocuments", "createDocument", "getUsage"];
-    let clients = [None, Some("app-a"), Some("app-b, \"quoted\"")];
+    // ("get", "Me") and ("getMe", none) are different windows whose ids concatenate alike.
+    let ops = ["getMe", "get", "createDocument", "getUsage"];
+    let clients = [None, Some("Me"), Some("app-b, \"quoted\"")];
     let units = rng.below(6) as i64;
     let billable = rng.below(4) != 0;
     UsageEvent {

@@ -333,10 +333,12 @@ pub trait Store: Send + Sync + 'static {
     async fn rollup_state(&self) -> Result<RollupState, StoreError>;
 
     /// One bounded rollup step in ONE transaction: scans at most `batch_size` events past the watermark, moves
-    /// the watermark to the highest settled `seq` among them, recomputes from raw events (with `seq` up to the
-    /// new watermark) every hour window those events fall in and, from the hour rollups, their day windows, and
-    /// sets `complete_through` to `settled_before` when the scan reached the end. Rollups are overwritten with
-    /// recomputed values, never incremented, so any step may run twice; steps of two processes serialize.
+    /// the watermark to the highest settled `seq` among them, brings every hour and day window those events
+    /// fall in up to the new watermark, and sets `complete_through` to `settled_before` when the scan reached
+    /// the end. Afterwards each rollup row equals the aggregate of its window's raw events with `seq` up to the
+    /// watermark: SQL Server recomputes the windows from raw events (a lower `seq` can commit after a higher
+    /// one there), SQLite adds the sums of the new events (its one writer commits `seq` in order). Either way
+    /// a step that runs twice finds the watermark moved and changes nothing; steps of two processes serialize.
     async fn rollup_step(&self, step: &RollupStep) -> Result<RollupProgress, StoreError>;
 
     /// Recomputes, for every tenant, the hour window starting at `hour` and then the day window containing it,

@@ -1,7 +1,10 @@
-//! The SQLite side of usage aggregation and billing: set-based rollup statements and the report, statement reads.
+//! SQLite usage aggregation and billing: the incremental rollup step, reruns from raw events, reports, statements.
 //!
 //! Times are RFC 3339 text with six fraction digits and `Z`, so a window is a text prefix: the hour of
 //! `2026-01-31T23:59:59.000000Z` is `substr(t, 1, 13)` (`2026-01-31T23`), its day `substr(t, 1, 10)`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -89,11 +92,6 @@ GROUP BY r.tenant_id, d.day, r.operation_id, r.client_id
     )
 }
 
-/// The windows of the events with `seq` in `(?3, ?1]`.
-const HOURS_OF_NEW_EVENTS: &str = "SELECT DISTINCT tenant_id, substr(occurred_at, 1, 13) AS hour FROM usage_events
-    WHERE seq > ?3 AND seq <= ?1 AND tenant_id IS NOT NULL";
-const DAYS_OF_NEW_EVENTS: &str = "SELECT DISTINCT tenant_id, substr(occurred_at, 1, 10) AS day FROM usage_events
-    WHERE seq > ?3 AND seq <= ?1 AND tenant_id IS NOT NULL";
 /// One hour (`?3`, like `2026-01-31T23`) or its day, for every tenant.
 const ONE_HOUR_OF_EVERY_TENANT: &str = "SELECT id AS tenant_id, ?3 AS hour FROM tenants";
 const ONE_DAY_OF_EVERY_TENANT: &str = "SELECT id AS tenant_id, substr(?3, 1, 10) AS day FROM tenants";
@@ -148,15 +146,11 @@ pub(super) fn rollup_step(tx: &Connection, step: &RollupStep) -> Result<RollupPr
     let mut rolled_up = 0;
     if new_watermark > watermark {
         let now = timestamp(step.now);
-        rolled_up = tx
-            .query_row(
-                "SELECT count(*) FROM usage_events WHERE seq > ?1 AND seq <= ?2",
-                [watermark, new_watermark],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(classify)? as u64;
-        tx.execute(&recompute_hours(HOURS_OF_NEW_EVENTS), params![new_watermark, now, watermark]).map_err(classify)?;
-        tx.execute(&recompute_days(DAYS_OF_NEW_EVENTS), params![new_watermark, now, watermark]).map_err(classify)?;
+        let (events, hours) = sum_new_events(tx, watermark, new_watermark)?;
+        rolled_up = events;
+        let days = days_of(&hours);
+        add_onto(tx, "hour", &hours, &now)?;
+        add_onto(tx, "day", &days, &now)?;
         write_position(tx, ROLLUP_WATERMARK, new_watermark, step.now)?;
     }
     let caught_up = scanned < i64::from(step.batch_size.max(1));
@@ -164,6 +158,128 @@ pub(super) fn rollup_step(tx: &Connection, step: &RollupStep) -> Result<RollupPr
         write_position(tx, ROLLUP_COMPLETE_THROUGH, step.settled_before.timestamp_micros(), step.now)?;
     }
     Ok(RollupProgress { scanned: scanned as u64, rolled_up, watermark: new_watermark, caught_up })
+}
+
+/// The new calls of one window of one tenant, operation and client.
+struct WindowDelta {
+    tenant_id: String,
+    /// Like `2026-01-31T23:00:00.000000Z`.
+    window_start: String,
+    operation_id: String,
+    client_id: String,
+    totals: UsageTotals,
+}
+
+/// Sums the events with `seq` in `(after, through]` per hour window, in one pass in `seq` order (consecutive
+/// rows of the table, no index). Returns how many events there were, with a tenant or not, and the sums.
+fn sum_new_events(tx: &Connection, after: i64, through: i64) -> Result<(u64, Vec<WindowDelta>), StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT tenant_id, substr(occurred_at, 1, 13), operation_id, coalesce(client_id, ''), units, billable,
+                 overage_units, status, latency_micros
+             FROM usage_events WHERE seq > ?1 AND seq <= ?2",
+        )
+        .map_err(classify)?;
+    let mut rows = stmt.query([after, through]).map_err(classify)?;
+    let mut events = 0;
+    let mut deltas: Vec<WindowDelta> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut key = String::new();
+    while let Some(row) = rows.next().map_err(classify)? {
+        events += 1;
+        let text =
+            |i: usize| row.get_ref(i).and_then(|v| v.as_str_or_null().map_err(rusqlite::Error::from)).map_err(classify);
+        let Some(tenant_id) = text(0)? else { continue };
+        let (hour, operation_id, client_id) = (text(1)?.unwrap_or(""), text(2)?.unwrap_or(""), text(3)?.unwrap_or(""));
+        // Lengths first, so no two windows share a key whatever their ids contain.
+        key.clear();
+        let _ = write!(
+            key,
+            "{}:{}:{}:{tenant_id}{hour}{operation_id}{client_id}",
+            tenant_id.len(),
+            hour.len(),
+            operation_id.len()
+        );
+        let i = match index.get(key.as_str()) {
+            Some(&i) => i,
+            None => {
+                index.insert(key.clone(), deltas.len());
+                deltas.push(WindowDelta {
+                    tenant_id: tenant_id.to_owned(),
+                    window_start: format!("{hour}:00:00.000000Z"),
+                    operation_id: operation_id.to_owned(),
+                    client_id: client_id.to_owned(),
+                    totals: UsageTotals::default(),
+                });
+                deltas.len() - 1
+            }
+        };
+        let number = |i: usize| row.get::<_, i64>(i).map_err(classify);
+        deltas[i].totals.add_call(number(4)?, number(5)? == 1, number(6)?, number(7)? as i32, number(8)?);
+    }
+    Ok((events, deltas))
+}
+
+/// The day windows' deltas: the hour deltas summed per day.
+fn days_of(hours: &[WindowDelta]) -> Vec<WindowDelta> {
+    let mut days: BTreeMap<(&str, &str, &str, &str), UsageTotals> = BTreeMap::new();
+    for hour in hours {
+        let day = hour.window_start.get(..10).unwrap_or(&hour.window_start);
+        days.entry((&hour.tenant_id, day, &hour.operation_id, &hour.client_id)).or_default().merge(&hour.totals);
+    }
+    days.into_iter()
+        .map(|((tenant_id, day, operation_id, client_id), totals)| WindowDelta {
+            tenant_id: tenant_id.to_owned(),
+            window_start: format!("{day}T00:00:00.000000Z"),
+            operation_id: operation_id.to_owned(),
+            client_id: client_id.to_owned(),
+            totals,
+        })
+        .collect()
+}
+
+/// Adds each delta onto its rollup of `granularity` (`hour` or `day`), creating the rollups not there yet.
+fn add_onto(tx: &Connection, granularity: &str, deltas: &[WindowDelta], now: &str) -> Result<(), StoreError> {
+    let mut read = tx
+        .prepare_cached(
+            "SELECT calls, units, billable_units, overage_units, errors, latency_sum_micros, latency_max_micros,
+                 latency_histogram
+             FROM usage_rollups
+             WHERE tenant_id = ?1 AND granularity = ?2 AND window_start = ?3 AND operation_id = ?4
+                 AND client_id = ?5",
+        )
+        .map_err(classify)?;
+    let mut write = tx
+        .prepare_cached(&format!(
+            "INSERT INTO usage_rollups ({ROLLUP_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) {UPSERT_TAIL}"
+        ))
+        .map_err(classify)?;
+    for delta in deltas {
+        let key = params![delta.tenant_id, granularity, delta.window_start, delta.operation_id, delta.client_id];
+        let mut totals =
+            read.query_row(key, |r| totals_from(r, 0)).optional().map_err(classify)?.transpose()?.unwrap_or_default();
+        totals.merge(&delta.totals);
+        write
+            .execute(params![
+                delta.tenant_id,
+                granularity,
+                delta.window_start,
+                delta.operation_id,
+                delta.client_id,
+                totals.calls,
+                totals.units,
+                totals.billable_units,
+                totals.overage_units,
+                totals.errors,
+                totals.latency_sum_micros,
+                totals.latency_max_micros,
+                totals.histogram_json(),
+                now,
+            ])
+            .map_err(classify)?;
+    }
+    Ok(())
 }
 
 pub(super) fn rollup_rerun_hour(tx: &Connection, hour: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64, StoreError> {

@@ -124,15 +124,28 @@ pub struct UsageTotals {
 impl UsageTotals {
     /// The totals of one call.
     pub fn of_call(units: i64, billable: bool, overage_units: i64, status: i32, latency_micros: i64) -> Self {
-        UsageTotals {
-            calls: 1,
-            units,
-            billable_units: if billable { units } else { 0 },
-            overage_units,
-            errors: i64::from(status >= 400),
-            latency_sum_micros: latency_micros,
-            latency_max_micros: latency_micros,
-            latency_histogram: LATENCY_BOUNDS_MICROS.iter().map(|b| i64::from(latency_micros < *b)).collect(),
+        let mut totals = UsageTotals::default();
+        totals.add_call(units, billable, overage_units, status, latency_micros);
+        totals
+    }
+
+    /// Adds one call into `self` (what [`merge`](Self::merge) of [`of_call`](Self::of_call) does, without
+    /// building a second histogram).
+    pub fn add_call(&mut self, units: i64, billable: bool, overage_units: i64, status: i32, latency_micros: i64) {
+        self.calls += 1;
+        self.units += units;
+        if billable {
+            self.billable_units += units;
+        }
+        self.overage_units += overage_units;
+        self.errors += i64::from(status >= 400);
+        self.latency_sum_micros += latency_micros;
+        self.latency_max_micros = self.latency_max_micros.max(latency_micros);
+        if self.latency_histogram.len() < LATENCY_BOUNDS_MICROS.len() {
+            self.latency_histogram.resize(LATENCY_BOUNDS_MICROS.len(), 0);
+        }
+        for (count, bound) in self.latency_histogram.iter_mut().zip(LATENCY_BOUNDS_MICROS) {
+            *count += i64::from(latency_micros < bound);
         }
     }
 
@@ -241,6 +254,9 @@ mod tests {
         a.merge(&UsageTotals::of_call(2, false, 0, 500, 700));
         assert_eq!((a.calls, a.units, a.billable_units, a.errors, a.latency_max_micros), (2, 4, 2, 1, 1_500));
         assert_eq!(a.latency_histogram[..3], [1, 2, 2]);
+        let mut added = UsageTotals::of_call(2, true, 0, 200, 1_500);
+        added.add_call(2, false, 0, 500, 700);
+        assert_eq!(added, a, "adding a call in place is merging its totals");
         assert_eq!(a.latency_quantile_micros(0.5), 1_000);
         assert_eq!(a.latency_quantile_micros(0.95), 1_500, "never above the maximum");
         let slow = UsageTotals::of_call(1, true, 0, 200, 9_000_000);
