@@ -9,7 +9,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use utoipa_actix_web::AppExt as _;
 
-use crate::clock::{RandomIds, SystemClock};
+use crate::clock::{SystemClock, TimeOrderedIds};
 use crate::config::Config;
 use crate::error::{json_payload_error, query_error};
 use crate::functions::dispatch;
@@ -84,7 +84,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let port = listener.local_addr()?.port();
     let workers = config.workers;
     let shutdown = config.shutdown_timeout.as_secs();
-    let state = web::Data::new(AppState::new(config, store, Arc::new(SystemClock), Arc::new(RandomIds))?);
+    let state = web::Data::new(AppState::new(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?);
     // Load the identity provider's keys in the background: readiness must not wait for the network.
     let auth = state.auth.clone();
     actix_web::rt::spawn(async move { auth.warm_up().await });
