@@ -3,13 +3,14 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use meterline::store::{OveragePolicy, Plan, SqliteStore, Store, Tenant, TenantStatus};
+use meterline::store::{Plan, SqliteStore, Store, Tenant, TenantStatus};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, HostOptions};
 use crate::support::oidc::{OidcProvider, Signer, TestClient, decode_unverified, forge, tamper, tamper_with};
 use crate::support::routes::sample_path;
+use crate::support::stores;
 
 const AUDIENCE: &str = "api://meterline-test";
 const DIR_A: &str = "aaaaaaaa-0000-0000-0000-000000000001";
@@ -48,23 +49,7 @@ async fn seed(path: &std::path::Path) {
     store.migrate().await.unwrap();
     let now = Utc::now();
     store
-        .create_plan(
-            &Plan {
-                code: "pro".into(),
-                name: "Pro".into(),
-                requests_per_minute: 600,
-                burst: 50,
-                monthly_quota_units: 100_000,
-                overage_policy: OveragePolicy::Block,
-                currency: "EUR".into(),
-                base_price_micros: 0,
-                overage_unit_price_micros: 0,
-                created_at: now,
-                updated_at: now,
-                version: 1,
-            },
-            None,
-        )
+        .create_plan(&Plan { requests_per_minute: 600, burst: 50, ..stores::plan("pro", 100_000, now) }, None)
         .await
         .unwrap();
     for (n, directory, status) in [

@@ -4,11 +4,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use meterline::store::{OveragePolicy, Plan, SqliteStore, Store, TenantStatus};
+use meterline::store::{SqliteStore, Store, TenantStatus};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::support::host::{HostEmulator, ServiceBusDelivery};
+use crate::support::stores;
 
 fn cloud_event(event_type: &str, id: &str, data: Value) -> Value {
     json!({
@@ -24,21 +25,7 @@ async fn store_of(host: &HostEmulator) -> Arc<dyn Store> {
 async fn create_plans(store: &Arc<dyn Store>) {
     let now = chrono::Utc::now();
     for (code, quota) in [("basic", 100), ("pro", 10_000)] {
-        let plan = Plan {
-            code: code.into(),
-            name: code.into(),
-            requests_per_minute: 60,
-            burst: 10,
-            monthly_quota_units: quota,
-            overage_policy: OveragePolicy::Block,
-            currency: "EUR".into(),
-            base_price_micros: 0,
-            overage_unit_price_micros: 0,
-            created_at: now,
-            updated_at: now,
-            version: 1,
-        };
-        store.create_plan(&plan, None).await.unwrap();
+        store.create_plan(&stores::plan(code, quota, now), None).await.unwrap();
     }
 }
 

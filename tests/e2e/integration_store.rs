@@ -7,27 +7,14 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use meterline::store::*;
 use uuid::Uuid;
 
-use crate::support::stores::{TestStore, for_each_store};
+use crate::support::stores::{self, TestStore, for_each_store};
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 0).unwrap()
 }
 
 fn plan(code: &str, quota: i64) -> Plan {
-    Plan {
-        code: code.into(),
-        name: format!("Plan {code}"),
-        requests_per_minute: 60,
-        burst: 10,
-        monthly_quota_units: quota,
-        overage_policy: OveragePolicy::Block,
-        currency: "EUR".into(),
-        base_price_micros: 0,
-        overage_unit_price_micros: 0,
-        created_at: t0(),
-        updated_at: t0(),
-        version: 1,
-    }
+    stores::plan(code, quota, t0())
 }
 
 fn tenant(n: u128) -> Tenant {

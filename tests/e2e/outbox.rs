@@ -5,12 +5,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meterline::store::{OveragePolicy, Plan, SqliteStore, Store, Tenant, TenantStatus};
+use meterline::store::{SqliteStore, Store, Tenant, TenantStatus};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::support::endpoints::{Reply, Seen, TestCa, TestServer, identity_env, managed_identity_endpoint};
 use crate::support::host::{HostEmulator, HostOptions, ServiceBusDelivery};
+use crate::support::stores;
 
 /// A Service Bus endpoint answering each send with the next status of `script` (201 once it runs out).
 async fn service_bus(ca: &TestCa, script: Vec<Reply>) -> (TestServer, Arc<Mutex<Vec<Reply>>>) {
@@ -29,26 +30,7 @@ async fn service_bus(ca: &TestCa, script: Vec<Reply>) -> (TestServer, Arc<Mutex<
 
 async fn plan(store: &Arc<dyn Store>, quota: i64) {
     let now = chrono::Utc::now();
-    store
-        .create_plan(
-            &Plan {
-                code: "basic".into(),
-                name: "Basic".into(),
-                requests_per_minute: 60,
-                burst: 10,
-                monthly_quota_units: quota,
-                overage_policy: OveragePolicy::Block,
-                currency: "EUR".into(),
-                base_price_micros: 0,
-                overage_unit_price_micros: 0,
-                created_at: now,
-                updated_at: now,
-                version: 1,
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    store.create_plan(&stores::plan("basic", quota, now), None).await.unwrap();
 }
 
 /// Creates an active tenant "Acme" on the plan "basic".

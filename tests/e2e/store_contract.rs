@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use meterline::store::*;
 use uuid::Uuid;
 
-use crate::support::stores::{TestStore, for_each_store};
+use crate::support::stores::{self, TestStore, for_each_store};
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, 31, 23, 59, 0).unwrap()
@@ -15,18 +15,10 @@ fn t0() -> DateTime<Utc> {
 
 fn plan(code: &str, quota: i64, policy: OveragePolicy) -> Plan {
     Plan {
-        code: code.into(),
-        name: format!("Plan {code}"),
-        requests_per_minute: 60,
-        burst: 10,
-        monthly_quota_units: quota,
         overage_policy: policy,
-        currency: "EUR".into(),
         base_price_micros: 49_000_000,
         overage_unit_price_micros: 1_000,
-        created_at: t0(),
-        updated_at: t0(),
-        version: 1,
+        ..stores::plan(code, quota, t0())
     }
 }
 

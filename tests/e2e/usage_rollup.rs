@@ -12,7 +12,7 @@ use meterline::state::AppState;
 use meterline::store::*;
 use uuid::Uuid;
 
-use crate::support::stores::{TestStore, for_each_store};
+use crate::support::stores::{self, TestStore, for_each_store};
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap()
@@ -38,18 +38,10 @@ impl Rng {
 async fn setup_plan(store: &Arc<dyn Store>, created_at: DateTime<Utc>, policy: OveragePolicy) {
     store.migrate().await.unwrap();
     let plan = Plan {
-        code: "p".into(),
-        name: "P".into(),
-        requests_per_minute: 60,
-        burst: 10,
-        monthly_quota_units: 10,
         overage_policy: policy,
-        currency: "EUR".into(),
         base_price_micros: 49_000_000,
         overage_unit_price_micros: 1_000,
-        created_at,
-        updated_at: created_at,
-        version: 1,
+        ..stores::plan("p", 10, created_at)
     };
     store.create_plan(&plan, None).await.unwrap();
 }

@@ -6,7 +6,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use meterline::store::{SqliteStore, Store};
+use chrono::{DateTime, Utc};
+use meterline::store::{OveragePolicy, Plan, SqliteStore, Store};
 
 type Reopen = Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Arc<dyn Store>> + Send>> + Send + Sync>;
 
@@ -75,5 +76,24 @@ where
     drop(sqlite);
     if let Some(mssql) = mssql(name).await {
         test(mssql.clone()).await;
+    }
+}
+
+/// A plan named after its code: `quota` units a month, blocked beyond it, 60 requests a minute (burst 10), no
+/// prices, created at `at`. Tests that need other values override them: `Plan { burst: 50, ..plan(..) }`.
+pub fn plan(code: &str, quota: i64, at: DateTime<Utc>) -> Plan {
+    Plan {
+        code: code.into(),
+        name: code.into(),
+        requests_per_minute: 60,
+        burst: 10,
+        monthly_quota_units: quota,
+        overage_policy: OveragePolicy::Block,
+        currency: "EUR".into(),
+        base_price_micros: 0,
+        overage_unit_price_micros: 0,
+        created_at: at,
+        updated_at: at,
+        version: 1,
     }
 }
