@@ -1,7 +1,7 @@
 //! The stores the contract suite runs against: SQLite always, SQL Server when `MSSQL_TEST_CONNECTION_STRING` is set.
 //!
 //! Each test gets its own database: a fresh SQLite file, or a fresh SQL Server database created from the
-//! configured connection and dropped afterwards (best effort).
+//! configured connection and dropped afterwards (best effort). [`plan`] is the plan fixture the e2e tests share.
 
 use std::future::Future;
 use std::sync::Arc;
