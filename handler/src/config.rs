@@ -37,7 +37,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "METERLINE_BIND_ADDRESS",
         default: "127.0.0.1",
-        description: "Standalone mode only: the address to listen on (the host always calls 127.0.0.1).",
+        description: "Standalone mode only: the address to listen on. Under the host it must be unset or loopback (the host calls 127.0.0.1, and host mode refuses any other address).",
     },
     SettingDoc {
         name: "METERLINE_PORT",
@@ -459,7 +459,20 @@ impl Config {
         let (runtime, bind_address, port) = match host_port {
             Some(port) => {
                 let worker_id = get("FUNCTIONS_CUSTOMHANDLER_WORKER_ID").or_else(|| get("FUNCTIONS_HTTPWORKER_ID"));
-                // The host always calls 127.0.0.1; listening anywhere else would only widen exposure.
+                // The host always calls 127.0.0.1, and the invocation routes served in host mode carry no
+                // credentials: a bind address beyond loopback is refused rather than ignored.
+                if let Some(raw) = get("METERLINE_BIND_ADDRESS") {
+                    let loopback = raw.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                    if !loopback {
+                        return Err(ConfigError::new(
+                            "METERLINE_BIND_ADDRESS",
+                            format!(
+                                "under the Functions host the handler listens on 127.0.0.1 only (its invocation routes \
+                                 trust their caller); {raw:?} is not a loopback address: unset it"
+                            ),
+                        ));
+                    }
+                }
                 (Runtime::FunctionsHost { worker_id }, IpAddr::from([127, 0, 0, 1]), port)
             }
             None => {
@@ -818,7 +831,7 @@ mod tests {
         let c = config(&[
             ("FUNCTIONS_CUSTOMHANDLER_PORT", "41235"),
             ("FUNCTIONS_CUSTOMHANDLER_WORKER_ID", "w-1"),
-            ("METERLINE_BIND_ADDRESS", "0.0.0.0"),
+            ("METERLINE_BIND_ADDRESS", "127.0.0.1"),
             ("METERLINE_PORT", "9000"),
         ])
         .unwrap();
@@ -827,6 +840,10 @@ mod tests {
         assert_eq!(c.runtime, Runtime::FunctionsHost { worker_id: Some("w-1".into()) });
         let legacy = config(&[("FUNCTIONS_HTTPWORKER_PORT", "5000")]).unwrap();
         assert_eq!(legacy.port, 5000);
+        for exposed in ["0.0.0.0", "::", "10.1.2.3", "not-an-address"] {
+            let refused = config(&[("FUNCTIONS_CUSTOMHANDLER_PORT", "41235"), ("METERLINE_BIND_ADDRESS", exposed)]);
+            assert_eq!(refused.unwrap_err().setting, "METERLINE_BIND_ADDRESS", "{exposed} is refused in host mode");
+        }
     }
 
     #[test]

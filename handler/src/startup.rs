@@ -18,10 +18,24 @@ use crate::state::AppState;
 /// Which routes an `App` serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
-    /// The API plus the host protocol (`GET /` readiness and `POST /{FunctionName}` invocations).
+    /// Under the Functions host, on 127.0.0.1 only: the API plus the host protocol (`GET /` readiness and
+    /// `POST /{FunctionName}` invocations, which carry no credentials of their own: the host is the caller).
     Host,
+    /// Standalone `serve`: the API and `GET /`, and no invocation routes at all (the jobs run on in-process
+    /// timers), so nothing reachable from the network can run a job or inject an integration event.
+    Standalone,
     /// The API alone: the in-process target of default-mode HTTP invocations.
     ApiOnly,
+}
+
+impl Surface {
+    /// The surface a server started with `runtime` serves.
+    pub fn of(runtime: &crate::config::Runtime) -> Surface {
+        match runtime {
+            crate::config::Runtime::FunctionsHost { .. } => Surface::Host,
+            crate::config::Runtime::Standalone => Surface::Standalone,
+        }
+    }
 }
 
 /// Builds the application. Production, tests and default-mode invocations all go through here.
@@ -39,10 +53,11 @@ pub fn app(
 > {
     let max_body = state.config.max_body_bytes;
     let (mut app, _) = App::new().into_utoipa_app().configure(crate::routes::configure).split_for_parts();
+    if surface != Surface::ApiOnly {
+        app = app.route("/", web::get().to(dispatch::readiness_probe));
+    }
     if surface == Surface::Host {
-        app = app
-            .route("/", web::get().to(dispatch::readiness_probe))
-            .route("/{function}", web::post().to(dispatch::invoke));
+        app = app.route("/{function}", web::post().to(dispatch::invoke));
     }
     app.app_data(state)
         .app_data(json_config(max_body))
@@ -79,6 +94,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tracing::info!(applied = ?report.applied, store = store.kind(), "applied migrations");
         }
     }
+    let surface = Surface::of(&config.runtime);
+    // Config already refuses this; the invocation routes must never listen beyond loopback, whatever changes there.
+    anyhow::ensure!(
+        surface != Surface::Host || config.bind_address.is_loopback(),
+        "host mode listens on loopback only, not {}",
+        config.bind_address
+    );
     let listener = TcpListener::bind((config.bind_address, config.port))
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", config.bind_address, config.port))?;
     let port = listener.local_addr()?.port();
@@ -89,7 +111,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let auth = state.auth.clone();
     actix_web::rt::spawn(async move { auth.warm_up().await });
     let for_workers = state.clone();
-    let server = HttpServer::new(move || app(for_workers.clone(), Surface::Host))
+    let server = HttpServer::new(move || app(for_workers.clone(), surface))
         .workers(workers)
         .shutdown_timeout(shutdown)
         .listen(listener)?

@@ -14,6 +14,7 @@ mod layout;
 mod metering;
 mod openapi;
 mod outbox;
+mod standalone;
 mod store_contract;
 mod support;
 mod telemetry;

@@ -847,7 +847,7 @@ fn chunked_body(body: Vec<u8>, size: usize) -> reqwest::Body {
 
 /// A port nothing listens on, never handed out twice by this test process. Like the host, the emulator
 /// releases it before the handler binds it; remembering what it gave out keeps parallel tests apart.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     loop {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

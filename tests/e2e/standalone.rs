@@ -1,0 +1,81 @@
+//! Standalone `serve` (no Functions host): the API without the host's invocation routes.
+//!
+//! `POST /{FunctionName}` carries no credentials: under the host only the host can reach it (127.0.0.1, host
+//! mode refuses any other bind address, see `cli.rs`). A standalone server may listen on any address, so it must
+//! not serve those routes at all: anyone who could reach it could otherwise run jobs or inject integration
+//! events into any tenant.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use meterline::functions::FUNCTIONS;
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+use crate::support::host::free_port;
+
+struct Standalone {
+    child: Child,
+    base: String,
+    _root: tempfile::TempDir,
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn standalone() -> Standalone {
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_handler"));
+    command.arg("serve").current_dir(root.path()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("METERLINE_") || k.starts_with("FUNCTIONS_")) {
+        command.env_remove(key);
+    }
+    command.env("METERLINE_PORT", port.to_string()).env("METERLINE_WORKERS", "1").kill_on_drop(true);
+    let mut child = command.spawn().expect("handler starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/api/health")).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the standalone server exited before it was ready");
+        assert!(Instant::now() < deadline, "the standalone server was not ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Standalone { child, base, _root: root }
+}
+
+#[tokio::test]
+async fn a_standalone_server_answers_404_for_every_function_name() {
+    let server = standalone().await;
+    let client = reqwest::Client::new();
+    // The reproduction: an integration event for some tenant, without any Authorization header.
+    let injected = json!({
+        "Data": {"message": json!({"specversion": "1.0", "type": "meterline.documents.upserted.v1", "source": "/attacker",
+            "id": "1", "data": {"tenantId": "00000000-0000-0000-0000-000000000001", "title": "injected"}}).to_string()},
+        "Metadata": {}
+    });
+    let mut names: Vec<String> = FUNCTIONS.iter().map(|f| f.name.to_owned()).collect();
+    names.extend(FUNCTIONS.iter().map(|f| f.name.to_ascii_lowercase()));
+    names.push("NoSuchFunction".into());
+    for name in &names {
+        let response = client.post(format!("{}/{name}", server.base)).json(&injected).send().await.unwrap();
+        assert_eq!(response.status(), 404, "POST /{name} must not exist standalone");
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        assert_eq!(content_type, "application/problem+json", "POST /{name}");
+        let problem: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], "NotFound", "POST /{name}: {problem}");
+    }
+    // The API and the readiness ping still answer.
+    assert_eq!(client.get(format!("{}/", server.base)).send().await.unwrap().status(), 200);
+    assert_eq!(client.get(format!("{}/api/health", server.base)).send().await.unwrap().status(), 200);
+    let unauthenticated = client.get(format!("{}/api/v1/me", server.base)).send().await.unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+}
