@@ -54,7 +54,7 @@ pub struct Lookups {
     ttl: chrono::Duration,
     /// Bumped by [`Lookups::invalidate`]: entries of an older generation are stale.
     generation: AtomicU64,
-    clients: Timed<String, Option<ApiClient>>,
+    clients: Timed<(Uuid, String), Arc<Vec<ApiClient>>>,
     tenants: Timed<Uuid, Option<Tenant>>,
     tenants_by_directory: Timed<Uuid, Option<Tenant>>,
     plans: Timed<String, Option<Plan>>,
@@ -110,8 +110,14 @@ impl Lookups {
         self.plan_costs.entries.clear();
     }
 
-    pub async fn api_client_by_app_id(&self, app_id: &str) -> Result<Option<ApiClient>, StoreError> {
-        read_through!(self, clients, app_id.to_owned(), self.store.get_api_client_by_app_id(app_id).await?)
+    /// Every registration of the application `app_id` for the directory `directory` (see [`crate::auth::guard`]).
+    pub async fn api_clients_for_app(&self, directory: Uuid, app_id: &str) -> Result<Arc<Vec<ApiClient>>, StoreError> {
+        read_through!(
+            self,
+            clients,
+            (directory, app_id.to_owned()),
+            Arc::new(self.store.api_clients_for_app(directory, app_id).await?)
+        )
     }
 
     pub async fn tenant(&self, id: Uuid) -> Result<Option<Tenant>, StoreError> {

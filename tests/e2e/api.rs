@@ -486,11 +486,19 @@ async fn admin_resources_plans_tenants_and_clients() {
     );
     let writer_claims = dev_token(
         api.root.path(),
-        &["--tenant", DIR_B, "--roles", "Documents.Read,Documents.Write", "--app-id", "reader-app"],
+        &["--tenant", DIR_A, "--roles", "Documents.Read,Documents.Write", "--app-id", "reader-app"],
     );
     let me = api.get(&writer_claims, "/api/v1/me").await.json();
     assert_eq!(me["permissions"], json!(["Documents.Read"]), "the registration caps the token's roles");
-    assert_eq!(me["tenant"]["name"], a["name"], "the registration decides the tenant, not the token's directory");
+    assert_eq!(me["tenant"]["name"], a["name"]);
+    // The registration is bound to A's directory: the same application's tokens from B's directory ignore it.
+    let from_b = dev_token(
+        api.root.path(),
+        &["--tenant", DIR_B, "--roles", "Documents.Read,Documents.Write", "--app-id", "reader-app"],
+    );
+    let me_b = api.get(&from_b, "/api/v1/me").await.json();
+    assert_eq!(me_b["permissions"], json!(["Documents.Read", "Documents.Write"]), "{me_b}");
+    assert_ne!(me_b["tenant"]["name"], a["name"], "a registration never redirects another directory's tokens");
     let listed = api.get(&api.a_admin, "/api/v1/clients").await.json();
     assert_eq!(listed["value"].as_array().unwrap().len(), 1);
     let client_path = format!("/api/v1/clients/{}", client.json()["id"].as_str().unwrap());
@@ -498,6 +506,7 @@ async fn admin_resources_plans_tenants_and_clients() {
     let revoked = api.send(&api.a_admin, ClientRequest::new("DELETE", &client_path)).await;
     assert_eq!(revoked.json()["status"], "revoked");
     problem(&api.get(&writer_claims, "/api/v1/me").await, 403, "ClientRevoked");
+    assert_eq!(api.get(&from_b, "/api/v1/me").await.status, 200, "nor does its revocation");
 }
 
 #[tokio::test]

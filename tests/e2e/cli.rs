@@ -25,6 +25,11 @@ fn bad_configuration_exits_non_zero_with_one_line_naming_the_setting() {
         (vec![("METERLINE_PORT", "eighty")], "METERLINE_PORT"),
         (vec![("FUNCTIONS_CUSTOMHANDLER_PORT", "0")], "FUNCTIONS_CUSTOMHANDLER_PORT"),
         (vec![("METERLINE_STORE", "oracle")], "METERLINE_STORE"),
+        // Host mode serves invocation routes that trust their caller: it listens on loopback or not at all.
+        (
+            vec![("FUNCTIONS_CUSTOMHANDLER_PORT", "7999"), ("METERLINE_BIND_ADDRESS", "0.0.0.0")],
+            "METERLINE_BIND_ADDRESS",
+        ),
     ] {
         let output = handler(dir.path(), &["serve"], &env);
         assert_eq!(output.status.code(), Some(2), "{env:?}");
@@ -49,10 +54,10 @@ fn migrate_builds_the_schema_and_is_safe_to_run_twice() {
     let dir = tempfile::tempdir().unwrap();
     let first = handler(dir.path(), &["migrate"], &[]);
     assert!(first.status.success(), "{}", stderr(&first));
-    assert_eq!(String::from_utf8_lossy(&first.stdout).trim(), "sqlite store: applied [1, 2], already applied []");
+    assert_eq!(String::from_utf8_lossy(&first.stdout).trim(), "sqlite store: applied [1, 2, 3], already applied []");
     let second = handler(dir.path(), &["migrate"], &[]);
     assert!(second.status.success(), "{}", stderr(&second));
-    assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), "sqlite store: applied [], already applied [1, 2]");
+    assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), "sqlite store: applied [], already applied [1, 2, 3]");
     assert!(dir.path().join("data/meterline.db").is_file());
 }
 

@@ -21,6 +21,8 @@ const DIR_SUSPENDED: &str = "dddddddd-0000-0000-0000-000000000004";
 const DIR_UNREGISTERED: &str = "eeeeeeee-0000-0000-0000-000000000005";
 /// Not in the allow-list at all.
 const DIR_FOREIGN: &str = "ffffffff-0000-0000-0000-000000000006";
+/// A partner's home directory: allowed, no Meterline tenant of its own; its multi-tenant app serves tenant A.
+const DIR_PARTNER: &str = "99999999-0000-0000-0000-000000000007";
 
 const ALL_TENANT_ROLES: &[&str] = &["Tenant.Admin", "Documents.Read", "Documents.Write", "Usage.Read", "Audit.Read"];
 
@@ -34,6 +36,10 @@ fn clients() -> Vec<TestClient> {
         TestClient::new("app-suspended", DIR_SUSPENDED, &["Documents.Read"]),
         TestClient::new("app-unregistered", DIR_UNREGISTERED, &["Documents.Read"]),
         TestClient::new("app-foreign", DIR_FOREIGN, &["Documents.Read"]),
+        TestClient::new("app-a-admin", DIR_A, ALL_TENANT_ROLES),
+        // One multi-tenant application, "partner-app", seen from its home directory and from directory B.
+        TestClient::new("partner-home", DIR_PARTNER, &["Documents.Read", "Documents.Write"]).app("partner-app"),
+        TestClient::new("partner-in-b", DIR_B, &["Documents.Read", "Documents.Write"]).app("partner-app"),
     ]
 }
 
@@ -75,7 +81,7 @@ async fn world(min_refetch_secs: u64) -> World {
     let provider = OidcProvider::start(AUDIENCE, clients()).await;
     let root = tempfile::tempdir().unwrap();
     seed(&root.path().join("data/meterline.db")).await;
-    let allowed = [DIR_A, DIR_B, DIR_PLATFORM, DIR_SUSPENDED, DIR_UNREGISTERED].join(",");
+    let allowed = [DIR_A, DIR_B, DIR_PLATFORM, DIR_SUSPENDED, DIR_UNREGISTERED, DIR_PARTNER].join(",");
     let host = HostEmulator::start_with(HostOptions {
         app_root: Some(root.path().to_path_buf()),
         env: vec![
@@ -94,6 +100,14 @@ async fn world(min_refetch_secs: u64) -> World {
 impl World {
     async fn call(&self, path: &str, token: &str) -> ClientResponse {
         self.host.http(ClientRequest::get(path).header("Authorization", &format!("Bearer {token}"))).await
+    }
+
+    async fn send(&self, token: &str, request: ClientRequest) -> ClientResponse {
+        self.host.http(request.header("Authorization", &format!("Bearer {token}"))).await
+    }
+
+    async fn post(&self, token: &str, path: &str, body: &Value) -> ClientResponse {
+        self.send(token, ClientRequest::new("POST", path).json(body)).await
     }
 
     async fn me(&self, token: &str) -> ClientResponse {
@@ -378,4 +392,190 @@ async fn local_dev_tokens_work_only_in_local_mode() {
         .unwrap();
     assert_eq!(in_azure.status.code(), Some(2), "local auth is refused in Azure");
     assert!(String::from_utf8_lossy(&in_azure.stderr).contains("METERLINE_AUTH_MODE"));
+}
+
+// Cross-directory registrations (docs/security.md, "Registrations are bound to their directory").
+
+fn registration(app_id: &str, directory: Option<&str>, roles: &[&str]) -> Value {
+    let mut body = json!({"appId": app_id, "displayName": format!("{app_id} registration"), "roles": roles});
+    if let Some(directory) = directory {
+        body["directoryId"] = json!(directory);
+    }
+    body
+}
+
+fn approve_path(response: &ClientResponse, verb: &str) -> String {
+    let view = response.json();
+    format!("/api/v1/tenants/{}/clients/{}/{verb}", view["tenantId"].as_str().unwrap(), view["id"].as_str().unwrap())
+}
+
+fn body_text(response: &ClientResponse) -> String {
+    String::from_utf8_lossy(&response.body).into_owned()
+}
+
+fn tenant_of(me: &ClientResponse) -> Value {
+    assert_eq!(me.status, 200, "{}", body_text(me));
+    me.json()["tenant"]["id"].clone()
+}
+
+#[tokio::test]
+async fn a_tenant_admin_cannot_squat_another_directorys_application() {
+    let w = world(300).await;
+    let (a, b) = (json!(Uuid::from_u128(1).to_string()), json!(Uuid::from_u128(2).to_string()));
+    let b_admin = w.provider.token("app-b-everything").await;
+    let reader = w.provider.token("app-a-reader").await;
+    let created = w
+        .post(
+            &w.provider.token("app-a-admin").await,
+            "/api/v1/documents",
+            &json!({"title": "A only", "docType": "memo"}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", body_text(&created));
+
+    // The reproduction: B registers A's application. It binds to B's own directory, so A's tokens ignore it.
+    let squat = w.post(&b_admin, "/api/v1/clients", &registration("app-a-reader", None, ALL_TENANT_ROLES)).await;
+    assert_eq!(squat.status, 201, "{}", body_text(&squat));
+    assert_eq!(squat.json()["directoryId"], DIR_B);
+    let me = w.me(&reader).await;
+    assert_eq!(tenant_of(&me), a, "the application still belongs to its own directory's tenant");
+    assert_eq!(me.json()["permissions"], json!(["Documents.Read"]), "and B's grant neither widened nor narrowed it");
+    let listed = w.call("/api/v1/documents", &reader).await.json();
+    assert_eq!(listed["value"][0]["title"], "A only", "A's reader still reads A: {listed}");
+
+    // Naming A's directory outright only files a request; the platform cannot approve it either.
+    let request =
+        w.post(&b_admin, "/api/v1/clients", &registration("app-a-reader", Some(DIR_A), &["Documents.Read"])).await;
+    assert_eq!((request.status, request.json()["status"].clone()), (202, json!("pending")), "{}", body_text(&request));
+    assert_eq!(tenant_of(&w.me(&reader).await), a, "a pending registration applies to nothing");
+    let admin = w.provider.token("app-platform").await;
+    let approve = w.send(&admin, ClientRequest::new("POST", &approve_path(&request, "approve"))).await;
+    assert_eq!(approve.status, 409, "{}", body_text(&approve));
+    assert!(approve.json()["detail"].as_str().unwrap().contains("another tenant's own directory"));
+    assert_eq!(tenant_of(&w.me(&reader).await), a);
+
+    // The tenant administrator cannot approve its own request.
+    let self_approve = w.send(&b_admin, ClientRequest::new("POST", &approve_path(&request, "approve"))).await;
+    assert_403(&self_approve, "InsufficientScope");
+    assert_eq!(tenant_of(&w.me(&b_admin).await), b);
+}
+
+#[tokio::test]
+async fn a_tenant_admin_cannot_demote_the_platform_administrator() {
+    let w = world(300).await;
+    let b_admin = w.provider.token("app-b-everything").await;
+    let admin = w.provider.token("app-platform").await;
+    // The reproduction: B registers the platform administrator's application with Documents.Read.
+    let demote = w.post(&b_admin, "/api/v1/clients", &registration("app-platform", None, &["Documents.Read"])).await;
+    assert_eq!(demote.status, 201, "{}", body_text(&demote));
+    let tenants = w.call("/api/v1/tenants", &admin).await;
+    assert_eq!(tenants.status, 200, "the platform administrator keeps its permissions: {}", body_text(&tenants));
+    assert!(w.me(&admin).await.json()["tenant"].is_null(), "and belongs to no tenant");
+
+    // Even a registration for the platform's own directory, approved by the platform itself, cannot take
+    // Platform.Admin away: a registration caps tenant roles only.
+    let request = w
+        .post(&b_admin, "/api/v1/clients", &registration("app-platform", Some(DIR_PLATFORM), &["Documents.Read"]))
+        .await;
+    assert_eq!(request.status, 202, "{}", body_text(&request));
+    let approved = w.send(&admin, ClientRequest::new("POST", &approve_path(&request, "approve"))).await;
+    assert_eq!(
+        (approved.status, approved.json()["status"].clone()),
+        (200, json!("active")),
+        "{}",
+        body_text(&approved)
+    );
+    let me = w.me(&admin).await.json();
+    assert_eq!(me["permissions"], json!(["Platform.Admin"]), "the grant adds nothing the token lacks: {me}");
+    assert_eq!(me["tenant"]["id"], Uuid::from_u128(2).to_string(), "the approved registration maps it into B");
+    assert_eq!(w.call("/api/v1/tenants", &admin).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_partner_application_serves_two_tenants_from_two_directories_without_crossing() {
+    let w = world(300).await;
+    let (a, b) = (json!(Uuid::from_u128(1).to_string()), json!(Uuid::from_u128(2).to_string()));
+    let (a_admin, b_admin) = (w.provider.token("app-a-admin").await, w.provider.token("app-b-everything").await);
+    let admin = w.provider.token("app-platform").await;
+    let partner_home = w.provider.token("partner-home").await;
+    let partner_in_b = w.provider.token("partner-in-b").await;
+    assert_eq!(decode_unverified(&partner_home).1["azp"], "partner-app");
+    assert_eq!(decode_unverified(&partner_in_b).1["azp"], "partner-app");
+
+    // Before any registration the partner's home directory maps to no tenant.
+    assert_403(&w.me(&partner_home).await, "UnknownTenant");
+
+    // A asks for the partner's application from the partner's directory: pending, applies to nothing yet.
+    let request = w
+        .post(
+            &a_admin,
+            "/api/v1/clients",
+            &registration("partner-app", Some(DIR_PARTNER), &["Documents.Read", "Documents.Write"]),
+        )
+        .await;
+    assert_eq!(request.status, 202, "{}", body_text(&request));
+    assert_eq!(request.json()["status"], "pending");
+    assert_403(&w.me(&partner_home).await, "UnknownTenant");
+    let pending = w.call(&format!("/api/v1/tenants/{}/clients", a.as_str().unwrap()), &admin).await.json();
+    assert_eq!(pending["value"][0]["status"], "pending", "{pending}");
+
+    // The platform approves: the partner now serves tenant A with the granted roles.
+    let approved = w.send(&admin, ClientRequest::new("POST", &approve_path(&request, "approve"))).await;
+    assert_eq!(approved.status, 200, "{}", body_text(&approved));
+    assert!(approved.json()["decidedAt"].is_string());
+    let again = w.send(&admin, ClientRequest::new("POST", &approve_path(&request, "reject"))).await;
+    assert_eq!(again.status, 409, "a decided registration stays decided: {}", body_text(&again));
+    let me = w.me(&partner_home).await;
+    assert_eq!(tenant_of(&me), a);
+    assert_eq!(me.json()["permissions"], json!(["Documents.Read", "Documents.Write"]));
+    let written =
+        w.post(&partner_home, "/api/v1/documents", &json!({"title": "from the partner", "docType": "memo"})).await;
+    assert_eq!(written.status, 201, "{}", body_text(&written));
+    let doc_path = format!("/api/v1/documents/{}", written.json()["id"].as_str().unwrap());
+    assert_eq!(w.call("/api/v1/documents", &a_admin).await.json()["value"][0]["title"], "from the partner");
+
+    // The same application, registered by B for B's own directory, serves B and never sees A.
+    let b_registration =
+        w.post(&b_admin, "/api/v1/clients", &registration("partner-app", None, &["Documents.Read"])).await;
+    assert_eq!(b_registration.status, 201, "{}", body_text(&b_registration));
+    let me = w.me(&partner_in_b).await;
+    assert_eq!(tenant_of(&me), b);
+    assert_eq!(me.json()["permissions"], json!(["Documents.Read"]), "B's grant caps B's side only");
+    assert_eq!(w.call("/api/v1/documents", &partner_in_b).await.json()["value"], json!([]));
+    assert_eq!(w.call(&doc_path, &partner_in_b).await.status, 404, "A's document does not exist for B");
+    assert_eq!(tenant_of(&w.me(&partner_home).await), a, "and A's side is unchanged");
+    assert_eq!(w.me(&partner_home).await.json()["permissions"], json!(["Documents.Read", "Documents.Write"]));
+
+    // B asking for the partner's home directory learns nothing: the same 202 any request gets. The platform
+    // cannot hand the directory's tokens to two tenants.
+    let b_request =
+        w.post(&b_admin, "/api/v1/clients", &registration("partner-app", Some(DIR_PARTNER), &["Documents.Read"])).await;
+    assert_eq!((b_request.status, b_request.json()["status"].clone()), (202, json!("pending")));
+    let refused = w.send(&admin, ClientRequest::new("POST", &approve_path(&b_request, "approve"))).await;
+    assert_eq!(refused.status, 409, "{}", body_text(&refused));
+    let rejected = w.send(&admin, ClientRequest::new("POST", &approve_path(&b_request, "reject"))).await;
+    assert_eq!(rejected.json()["status"], "rejected");
+    assert_eq!(tenant_of(&w.me(&partner_home).await), a);
+
+    // A duplicate within one tenant conflicts; the answer speaks only of the caller's own tenant.
+    let duplicate = w.post(&b_admin, "/api/v1/clients", &registration("partner-app", None, &["Documents.Read"])).await;
+    assert_eq!(duplicate.status, 409);
+    assert!(duplicate.json()["detail"].as_str().unwrap().contains("your tenant"), "{}", body_text(&duplicate));
+
+    // A revokes: the partner's home-directory tokens are refused at once; B's side keeps working.
+    let a_id = request.json()["id"].as_str().unwrap().to_owned();
+    let revoked = w.send(&a_admin, ClientRequest::new("DELETE", &format!("/api/v1/clients/{a_id}"))).await;
+    assert_eq!(revoked.json()["status"], "revoked");
+    assert_403(&w.me(&partner_home).await, "ClientRevoked");
+    assert_eq!(tenant_of(&w.me(&partner_in_b).await), b);
+
+    // Every decision is in the audit chain of the tenant it concerns, which verifies.
+    let a_audit = body_text(&w.call("/api/v1/audit-events?resourceType=clients", &a_admin).await);
+    assert!(a_audit.contains("approved application partner-app of directory"), "{a_audit}");
+    let b_audit = body_text(&w.call("/api/v1/audit-events?resourceType=clients", &b_admin).await);
+    assert!(b_audit.contains("rejected application partner-app") && !b_audit.contains("approved"), "{b_audit}");
+    for token in [&a_admin, &b_admin] {
+        let verified = w.call("/api/v1/audit-events/verify", token).await.json();
+        assert_eq!(verified["valid"], true, "{verified}");
+    }
 }

@@ -435,45 +435,134 @@ async fn a_changed_or_unknown_migration_is_refused() {
     assert!(store.migrate().await.unwrap_err().to_string().contains("migration 99"));
 }
 
+/// A registration of `app_id` for `tenant`'s own directory, active.
+fn registration(n: u128, tenant: &Tenant, app_id: &str, created_at: DateTime<Utc>, roles: &[&str]) -> ApiClient {
+    ApiClient {
+        id: Uuid::from_u128(0xC0 + n),
+        tenant_id: tenant.id,
+        directory_id: tenant.entra_tenant_id,
+        app_id: app_id.into(),
+        display_name: format!("Client {n}"),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        status: ClientStatus::Active,
+        created_at,
+        revoked_at: None,
+        decided_by: None,
+        decided_at: None,
+        version: 1,
+    }
+}
+
 #[tokio::test]
-async fn api_clients_register_once_with_their_roles() {
-    for_each_store("api_clients_register_once_with_their_roles", |t| async move {
+async fn api_clients_register_once_per_tenant_and_directory_with_their_roles() {
+    for_each_store("api_clients_register_once_per_tenant_and_directory_with_their_roles", |t| async move {
         let store = migrated(&t).await;
-        store.create_plan(&plan("pro", 10, OveragePolicy::Block), None).await.unwrap();
-        let acme = tenant(1, "pro", t0());
-        store.create_tenant(&acme, None).await.unwrap();
-        let client = ApiClient {
-            id: Uuid::from_u128(0xC1),
-            tenant_id: acme.id,
-            app_id: "8d0a1c1e-app".into(),
-            display_name: "Billing sync".into(),
-            roles: vec!["Documents.Read".into(), "Usage.Read".into()],
-            active: true,
-            created_at: t0(),
-            revoked_at: None,
-            version: 1,
-        };
+        let (acme, other) = two_tenants(&store).await;
+        let home = acme.entra_tenant_id.unwrap();
+        let client = registration(1, &acme, "8d0a1c1e-app", t0(), &["Documents.Read", "Usage.Read"]);
         store.create_api_client(&client, None).await.unwrap();
-        assert_eq!(store.get_api_client_by_app_id("8d0a1c1e-app").await.unwrap(), Some(client.clone()), "{}", t.name);
-        assert_eq!(store.get_api_client_by_app_id("unknown").await.unwrap(), None);
+        assert_eq!(store.api_clients_for_app(home, "8d0a1c1e-app").await.unwrap(), vec![client.clone()], "{}", t.name);
+        assert_eq!(store.api_clients_for_app(home, "unknown").await.unwrap(), vec![]);
+        let elsewhere = other.entra_tenant_id.unwrap();
+        assert_eq!(store.api_clients_for_app(elsewhere, "8d0a1c1e-app").await.unwrap(), vec![], "keyed by directory");
         let again = ApiClient { id: Uuid::from_u128(0xC2), ..client.clone() };
         assert!(
             matches!(store.create_api_client(&again, None).await, Err(StoreError::Conflict(_))),
-            "app ids are unique"
+            "one live registration per tenant, directory and application"
         );
-        let bad_role =
-            ApiClient { id: Uuid::from_u128(0xC3), app_id: "other".into(), roles: vec!["Root".into()], ..client };
+        // Another tenant may register the same pair (pending): registrations never reveal each other.
+        let theirs = ApiClient {
+            id: Uuid::from_u128(0xC4),
+            tenant_id: other.id,
+            status: ClientStatus::Pending,
+            ..client.clone()
+        };
+        store.create_api_client(&theirs, None).await.unwrap();
+        // The same tenant may register the application again once the first is revoked.
+        store.revoke_api_client(acme.id, client.id, t0(), None).await.unwrap();
+        store.create_api_client(&again, None).await.unwrap();
+        let all = store.api_clients_for_app(home, "8d0a1c1e-app").await.unwrap();
+        assert_eq!(all.iter().map(|c| c.id).collect::<Vec<_>>(), vec![client.id, again.id, theirs.id], "{}", t.name);
+        let bad_role = ApiClient {
+            id: Uuid::from_u128(0xC3),
+            app_id: "other".into(),
+            roles: vec!["Root".into()],
+            ..client.clone()
+        };
         assert!(store.create_api_client(&bad_role, None).await.is_err(), "roles are a closed set");
         assert_eq!(
-            store.get_api_client_by_app_id("other").await.unwrap(),
-            None,
+            store.api_clients_for_app(home, "other").await.unwrap(),
+            vec![],
             "the failed registration left nothing"
         );
     })
     .await;
 }
 
-// Documents, idempotency, and the tenant/plan/client administration methods.
+#[tokio::test]
+async fn pending_registrations_are_decided_once_and_never_take_a_tenants_directory() {
+    for_each_store("pending_registrations_are_decided_once_and_never_take_a_tenants_directory", |t| async move {
+        let store = migrated(&t).await;
+        let (a, b) = two_tenants(&store).await;
+        let partner = Uuid::from_u128(0x7777);
+        let pending = |n: u128, tenant: &Tenant, directory: Uuid| ApiClient {
+            directory_id: Some(directory),
+            status: ClientStatus::Pending,
+            ..registration(n, tenant, "partner-app", t0(), &["Documents.Read"])
+        };
+        let (ours, theirs, squat) =
+            (pending(1, &a, partner), pending(2, &b, partner), pending(3, &b, a.entra_tenant_id.unwrap()));
+        for c in [&ours, &theirs, &squat] {
+            store.create_api_client(c, None).await.unwrap();
+        }
+        let at = t0() + Duration::hours(1);
+        let approve = ClientDecision { approve: true, by: "platform-admin".into(), at };
+        assert_eq!(
+            store.decide_api_client(b.id, ours.id, &approve, None).await.unwrap(),
+            Update::NotFound,
+            "{}",
+            t.name
+        );
+        let approved = ApiClient {
+            status: ClientStatus::Active,
+            decided_by: Some("platform-admin".into()),
+            decided_at: Some(at),
+            version: 2,
+            ..ours.clone()
+        };
+        assert_eq!(
+            store.decide_api_client(a.id, ours.id, &approve, None).await.unwrap(),
+            Update::Updated(approved.clone())
+        );
+        let reject = ClientDecision { approve: false, ..approve.clone() };
+        assert!(
+            matches!(store.decide_api_client(a.id, ours.id, &reject, None).await, Err(StoreError::Conflict(_))),
+            "{}: a decided registration stays decided",
+            t.name
+        );
+        assert!(
+            matches!(store.decide_api_client(b.id, theirs.id, &approve, None).await, Err(StoreError::Conflict(_))),
+            "{}: another tenant holds the pair already",
+            t.name
+        );
+        assert!(
+            matches!(store.decide_api_client(b.id, squat.id, &approve, None).await, Err(StoreError::Conflict(_))),
+            "{}: tenant A's own directory cannot be given to B",
+            t.name
+        );
+        let rejected = store.decide_api_client(b.id, squat.id, &reject, None).await.unwrap();
+        assert!(matches!(rejected, Update::Updated(ref c) if c.status == ClientStatus::Rejected), "{rejected:?}");
+        assert_eq!(store.api_clients_for_app(partner, "partner-app").await.unwrap(), vec![approved, theirs.clone()]);
+        // Revoking a rejected registration leaves it as it is; a pending one can be withdrawn.
+        let withdrawn = store.revoke_api_client(b.id, theirs.id, at, None).await.unwrap();
+        assert!(matches!(withdrawn, Update::Updated(ref c) if c.status == ClientStatus::Revoked), "{withdrawn:?}");
+        let still = store.revoke_api_client(b.id, squat.id, at, None).await.unwrap();
+        assert!(
+            matches!(still, Update::Updated(ref c) if c.status == ClientStatus::Rejected && c.revoked_at.is_none())
+        );
+    })
+    .await;
+}
 
 async fn two_tenants(store: &Arc<dyn Store>) -> (Tenant, Tenant) {
     store.create_plan(&plan("pro", 10, OveragePolicy::Block), None).await.unwrap();
@@ -1291,16 +1380,8 @@ async fn api_clients_are_listed_oldest_first_and_revoked_idempotently() {
     for_each_store("api_clients_are_listed_oldest_first_and_revoked_idempotently", |t| async move {
         let store = migrated(&t).await;
         let (a, b) = two_tenants(&store).await;
-        let client = |n: u128, tenant: &Tenant, created_at, roles: &[&str]| ApiClient {
-            id: Uuid::from_u128(0xC0 + n),
-            tenant_id: tenant.id,
-            app_id: format!("app-{n}"),
-            display_name: format!("Client {n}"),
-            roles: tags(roles),
-            active: true,
-            created_at,
-            revoked_at: None,
-            version: 1,
+        let client = |n: u128, tenant: &Tenant, created_at, roles: &[&str]| {
+            registration(n, tenant, &format!("app-{n}"), created_at, roles)
         };
         // Created out of order; 3 and 2 tie on created_at (the id decides).
         let c1 = client(1, &a, t0() + Duration::seconds(2), &["Documents.Read", "Documents.Write"]);
@@ -1316,12 +1397,17 @@ async fn api_clients_are_listed_oldest_first_and_revoked_idempotently() {
 
         let now = t0() + Duration::hours(1);
         assert_eq!(store.revoke_api_client(b.id, c1.id, now, None).await.unwrap(), Update::NotFound, "{}", t.name);
-        assert!(store.get_api_client_by_app_id("app-1").await.unwrap().unwrap().active, "another tenant cannot revoke");
-        let revoked = ApiClient { active: false, revoked_at: Some(now), version: 2, ..c1.clone() };
+        let home = a.entra_tenant_id.unwrap();
+        let lookup = |app: &'static str| {
+            let store = store.clone();
+            async move { store.api_clients_for_app(home, app).await.unwrap() }
+        };
+        assert_eq!(lookup("app-1").await[0].status, ClientStatus::Active, "another tenant cannot revoke");
+        let revoked = ApiClient { status: ClientStatus::Revoked, revoked_at: Some(now), version: 2, ..c1.clone() };
         assert_eq!(store.revoke_api_client(a.id, c1.id, now, None).await.unwrap(), Update::Updated(revoked.clone()));
         let again = store.revoke_api_client(a.id, c1.id, now + Duration::hours(1), None).await.unwrap();
         assert_eq!(again, Update::Updated(revoked.clone()), "{}: revoking twice changes nothing", t.name);
-        assert_eq!(store.get_api_client_by_app_id("app-1").await.unwrap(), Some(revoked.clone()));
+        assert_eq!(lookup("app-1").await, vec![revoked.clone()]);
         assert_eq!(store.list_api_clients(a.id).await.unwrap(), vec![c2, c3, revoked]);
         assert_eq!(store.revoke_api_client(a.id, Uuid::from_u128(404), now, None).await.unwrap(), Update::NotFound);
     })

@@ -102,7 +102,9 @@ const provider = new Provider(issuer, {
       oid: client.oid ?? derivedOid(client.client_id),
       idtyp: 'app',
       ver: v1 ? '1.0' : '2.0',
-      ...(v1 ? { appid: client.client_id } : { azp: client.client_id }),
+      // A multi-tenant application is one app id with a service principal in each directory: configured as one
+      // client per directory, each issuing its own tid and the shared app_id.
+      ...(v1 ? { appid: client.app_id ?? client.client_id } : { azp: client.app_id ?? client.client_id }),
     };
   },
   formats: {

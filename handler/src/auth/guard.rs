@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::{AuthError, Permission, PermissionSet, Principal};
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
-use crate::store::{Tenant, TenantStatus};
+use crate::store::{ApiClient, ClientStatus, Tenant, TenantStatus};
 
 /// The realm in `WWW-Authenticate` challenges.
 const REALM: &str = "meterline";
@@ -154,32 +154,63 @@ fn bearer_token(req: &ServiceRequest) -> Result<&str, AuthError> {
     if token.is_empty() { Err(AuthError::Missing) } else { Ok(token) }
 }
 
+/// Which of the registrations of a token's (directory, application) applies to it.
+///
+/// Registrations are keyed by the directory their tokens carry, so `registrations` are already those of the
+/// token's own `tid`: a registration for another directory never narrows or redirects a caller. When the
+/// directory is some tenant's own directory (`directory_tenant`), only that tenant's registrations count, so a
+/// registration another tenant obtained for it earlier cannot take the directory's tokens away from its owner.
+/// Pending and rejected registrations apply to nothing; an active one wins over a revoked one, the newest first.
+pub fn applicable_registration(registrations: &[ApiClient], directory_tenant: Option<Uuid>) -> Option<&ApiClient> {
+    registrations
+        .iter()
+        .filter(|c| matches!(c.status, ClientStatus::Active | ClientStatus::Revoked))
+        .filter(|c| directory_tenant.is_none_or(|t| c.tenant_id == t))
+        .max_by_key(|c| (c.status == ClientStatus::Active, c.created_at, c.id))
+}
+
+/// The permissions a registration leaves a token: at most its roles, and `Platform.Admin` if the token holds it
+/// (no tenant's registration can demote the platform administrator; it cannot grant the role either).
+pub fn narrowed(token: PermissionSet, registration: &ApiClient) -> PermissionSet {
+    let granted = PermissionSet::from_names(registration.roles.iter().map(String::as_str));
+    let permissions = token.intersect(granted);
+    if token.contains(Permission::PlatformAdmin) { permissions.with(Permission::PlatformAdmin) } else { permissions }
+}
+
 /// Maps a principal to its tenant and effective permissions.
 ///
-/// A registered API client (`azp`/`appid`) decides the tenant and caps the permissions at its grant;
-/// otherwise the token's directory (`tid`) must map to a tenant. Platform administrators may belong to
-/// no tenant. Unknown, suspended and closed tenants, and revoked clients, are refused with 403.
+/// The token's directory (`tid`) maps to its tenant. A registration of the token's (directory, application)
+/// ([`applicable_registration`]) caps the permissions at its grant and, for a partner application approved for
+/// another directory, decides the tenant. Platform administrators may belong to no tenant. Unknown, suspended
+/// and closed tenants, and revoked clients, are refused with 403.
 pub async fn resolve_caller(state: &AppState, principal: Arc<Principal>) -> Result<Caller, AppError> {
     let mut permissions = principal.permissions;
     let mut api_client_id = None;
-    let registered = match &principal.app_id {
-        Some(app_id) => state.lookups.api_client_by_app_id(app_id).await?,
+    let directory = principal.directory_id.parse::<Uuid>().ok();
+    let directory_tenant = match directory {
+        Some(directory) => state.lookups.tenant_by_entra_id(directory).await?,
         None => None,
     };
-    let tenant = match registered {
-        Some(client) if !client.active => {
+    let registrations = match (directory, &principal.app_id) {
+        (Some(directory), Some(app_id)) => Some(state.lookups.api_clients_for_app(directory, app_id).await?),
+        _ => None,
+    };
+    let registration =
+        registrations.as_deref().and_then(|r| applicable_registration(r, directory_tenant.as_ref().map(|t| t.id)));
+    let tenant = match registration {
+        Some(client) if client.status == ClientStatus::Revoked => {
             return Err(AppError::new(ErrorCode::ClientRevoked)
                 .with_detail("this application's registration with its tenant was revoked"));
         }
         Some(client) => {
-            permissions = permissions.intersect(PermissionSet::from_names(client.roles.iter().map(String::as_str)));
+            permissions = narrowed(permissions, client);
             api_client_id = Some(client.id);
-            state.lookups.tenant(client.tenant_id).await?
+            match directory_tenant {
+                Some(own) if own.id == client.tenant_id => Some(own),
+                _ => state.lookups.tenant(client.tenant_id).await?,
+            }
         }
-        None => match principal.directory_id.parse::<Uuid>() {
-            Ok(directory) => state.lookups.tenant_by_entra_id(directory).await?,
-            Err(_) => None,
-        },
+        None => directory_tenant,
     };
     match &tenant {
         None if permissions.contains(Permission::PlatformAdmin) => {}
@@ -221,5 +252,60 @@ pub async fn authenticate(
             let (request, _) = req.into_parts();
             Ok(ServiceResponse::from_err(err, request).map_into_right_body())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+
+    fn registration(n: u128, tenant: u128, status: ClientStatus, minute: u32, roles: &[&str]) -> ApiClient {
+        ApiClient {
+            id: Uuid::from_u128(n),
+            tenant_id: Uuid::from_u128(tenant),
+            directory_id: Some(Uuid::from_u128(0xD)),
+            app_id: "app".into(),
+            display_name: "App".into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            status,
+            created_at: Utc.with_ymd_and_hms(2026, 12, 1, 0, minute, 0).unwrap(),
+            revoked_at: None,
+            decided_by: None,
+            decided_at: None,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn only_active_or_revoked_registrations_apply_and_the_directorys_own_tenant_wins() {
+        use ClientStatus::*;
+        let pending = registration(1, 7, Pending, 0, &[]);
+        let rejected = registration(2, 7, Rejected, 1, &[]);
+        assert_eq!(applicable_registration(&[pending.clone(), rejected.clone()], None), None);
+        let revoked = registration(3, 7, Revoked, 2, &[]);
+        let active = registration(4, 7, Active, 1, &[]);
+        let all = [pending, rejected, revoked.clone(), active.clone()];
+        assert_eq!(applicable_registration(&all, None), Some(&active), "active wins over a newer revoked one");
+        assert_eq!(applicable_registration(&all[..3], None), Some(&revoked), "a revoked one refuses the caller");
+        // Tenant 8 owns the directory: tenant 7's (foreign) registrations of it are inert.
+        assert_eq!(applicable_registration(&all, Some(Uuid::from_u128(8))), None);
+        let owners = registration(5, 8, Active, 0, &[]);
+        let with_owner = [active, owners.clone()];
+        assert_eq!(applicable_registration(&with_owner, Some(Uuid::from_u128(8))), Some(&owners));
+    }
+
+    #[test]
+    fn a_registration_caps_tenant_roles_and_never_touches_platform_admin() {
+        let client = registration(1, 7, ClientStatus::Active, 0, &["Documents.Read", "Usage.Read"]);
+        let token = PermissionSet::from_names(["Documents.Read", "Documents.Write", "Platform.Admin"]);
+        let left = narrowed(token, &client);
+        assert!(left.contains(Permission::DocumentsRead));
+        assert!(!left.contains(Permission::DocumentsWrite), "capped at the grant");
+        assert!(!left.contains(Permission::UsageRead), "the grant adds nothing the token lacks");
+        assert!(left.contains(Permission::PlatformAdmin), "no tenant can demote the platform administrator");
+        let plain = narrowed(PermissionSet::from_names(["Documents.Read"]), &client);
+        assert!(!plain.contains(Permission::PlatformAdmin), "nor can a registration grant it");
     }
 }

@@ -23,6 +23,9 @@ pub struct AuditNote {
     /// Hex SHA-256 of the resource's JSON view after the change (`None`: it is gone).
     pub after_hash: Option<String>,
     pub summary: String,
+    /// The tenant whose chain records the change when it is not the caller's: a platform administrator's
+    /// decision about a tenant's resource belongs in that tenant's trail (the request's usage stays the caller's).
+    pub tenant_id: Option<uuid::Uuid>,
 }
 
 /// The limit stage's decision about a request, e.g. `rate-limited minute r=0 t=3`.
@@ -50,7 +53,14 @@ impl AuditNote {
             before_hash: before.map(content_hash),
             after_hash: after.map(content_hash),
             summary: summary.into(),
+            tenant_id: None,
         }
+    }
+
+    /// Records the change in `tenant_id`'s chain instead of the caller's.
+    pub fn in_tenant(mut self, tenant_id: uuid::Uuid) -> Self {
+        self.tenant_id = Some(tenant_id);
+        self
     }
 }
 

@@ -32,6 +32,9 @@ pub const COSTS: &[(&str, i64)] = &[
     ("listClients", 2),
     ("registerClient", 5),
     ("revokeClient", 5),
+    ("listTenantClients", 2),
+    ("approveClient", 5),
+    ("rejectClient", 5),
     ("listAuditEvents", 2),
     ("verifyAuditChain", 10),
 ];

@@ -63,7 +63,7 @@ pub(crate) fn records(
         let path_id = ["id", "code"].iter().find_map(|k| request.match_info().get(k).map(str::to_owned));
         AuditEventInput {
             id,
-            tenant_id,
+            tenant_id: note.and_then(|n| n.tenant_id).or(tenant_id),
             occurred_at: meter.occurred_at,
             actor_oid: principal.as_ref().and_then(|p| p.object_id.clone()),
             actor_app_id: principal.as_ref().and_then(|p| p.app_id.clone()),

@@ -50,12 +50,14 @@ macro_rules! migrations {
 pub const SQLITE: &[Migration] = migrations!("sqlite":
     1 => "0001_job_runs.sql" "job_runs",
     2 => "0002_data_model.sql" "data_model",
+    3 => "0003_client_directory_binding.sql" "client_directory_binding",
 );
 
 /// The SQL Server migrations: the same versions and names as [`SQLITE`], in T-SQL.
 pub const MSSQL: &[Migration] = migrations!("mssql":
     1 => "0001_job_runs.sql" "job_runs",
     2 => "0002_data_model.sql" "data_model",
+    3 => "0003_client_directory_binding.sql" "client_directory_binding",
 );
 
 /// Checks that `known` is strictly increasing: a gap or reorder is a build mistake, caught by a unit test.
@@ -82,6 +84,57 @@ mod tests {
         files.sort();
         let listed: Vec<_> = SQLITE.iter().map(|m| format!("{:04}_{}.sql", m.version, m.name)).collect();
         assert_eq!(files, listed, "every file is listed once, with its version and name in the file name");
+    }
+
+    #[test]
+    fn migration_3_binds_existing_registrations_to_their_tenants_directory() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        for m in &SQLITE[..2] {
+            conn.execute_batch(m.sql).unwrap();
+        }
+        let t = "2026-01-01T00:00:00.000000Z";
+        conn.execute_batch(&format!(
+            "INSERT INTO plans (code, name, requests_per_minute, burst, monthly_quota_units, overage_policy, currency,
+                 created_at, updated_at) VALUES ('p', 'P', 1, 1, 1, 'block', 'EUR', '{t}', '{t}');
+             INSERT INTO tenants (id, entra_tenant_id, name, status, plan_code, created_at, updated_at) VALUES
+                 ('00000000-0000-0000-0000-00000000000a', 'aaaaaaaa-0000-0000-0000-000000000001', 'A', 'active', 'p', '{t}', '{t}'),
+                 ('00000000-0000-0000-0000-00000000000b', NULL, 'B', 'active', 'p', '{t}', '{t}');
+             INSERT INTO api_clients (id, tenant_id, app_id, display_name, status, created_at, revoked_at, version) VALUES
+                 ('00000000-0000-0000-0000-0000000000c1', '00000000-0000-0000-0000-00000000000a', 'bound', 'x', 'active', '{t}', NULL, 1),
+                 ('00000000-0000-0000-0000-0000000000c2', '00000000-0000-0000-0000-00000000000b', 'unbindable', 'y', 'active', '{t}', NULL, 3);
+             INSERT INTO api_client_roles (client_id, role) VALUES
+                 ('00000000-0000-0000-0000-0000000000c1', 'Documents.Read'),
+                 ('00000000-0000-0000-0000-0000000000c2', 'Usage.Read');"
+        ))
+        .unwrap();
+        conn.execute_batch(SQLITE[2].sql).unwrap();
+        type Row = (String, Option<String>, String, Option<String>, i64);
+        let rows: Vec<Row> = conn
+            .prepare(
+                "SELECT app_id, directory_id, status, revoked_at, version FROM api_client_registrations ORDER BY id",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows[0],
+            ("bound".into(), Some("aaaaaaaa-0000-0000-0000-000000000001".into()), "active".into(), None, 1)
+        );
+        let (app, directory, status, revoked_at, version) = rows[1].clone();
+        assert_eq!((app.as_str(), directory, status.as_str(), version), ("unbindable", None, "revoked", 4));
+        assert!(revoked_at.is_some_and(|r| r.ends_with(".000000Z")), "revoked now, in the store's time format");
+        let roles: i64 = conn.query_row("SELECT count(*) FROM api_client_roles", [], |r| r.get(0)).unwrap();
+        assert_eq!(roles, 2, "the roles moved with their registrations");
+        // The roles follow their registration's deletion, so the foreign key points at the new table.
+        conn.execute("DELETE FROM api_client_registrations WHERE app_id = 'bound'", []).unwrap();
+        let roles: i64 = conn.query_row("SELECT count(*) FROM api_client_roles", [], |r| r.get(0)).unwrap();
+        assert_eq!(roles, 1);
+        let old: i64 =
+            conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'api_clients'", [], |r| r.get(0)).unwrap();
+        assert_eq!(old, 0, "the old table is gone");
     }
 
     #[test]

@@ -156,9 +156,9 @@ pub trait Store: Send + Sync + 'static {
     /// A tenant's API clients, oldest first.
     async fn list_api_clients(&self, tenant_id: Uuid) -> Result<Vec<ApiClient>, StoreError>;
 
-    /// Revokes a client of `tenant_id` (a client of another tenant is `NotFound`): sets `status = 'revoked'`,
-    /// `revoked_at` and bumps the version. Idempotent: revoking a revoked client changes nothing and returns
-    /// `Updated` with the row as it is (its first `revoked_at`, its version).
+    /// Revokes a pending or active client of `tenant_id` (a client of another tenant is `NotFound`): sets
+    /// `status = 'revoked'`, `revoked_at` and bumps the version. Idempotent: revoking a revoked (or rejected)
+    /// client changes nothing and returns `Updated` with the row as it is (its first `revoked_at`, its version).
     async fn revoke_api_client(
         &self,
         tenant_id: Uuid,
@@ -222,11 +222,25 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
 
-    /// Registers an API client with its roles; `Conflict` if the app id is registered already.
+    /// Registers an API client with its roles; `Conflict` if the same tenant holds a pending or active
+    /// registration of the same (directory, application). Other tenants' registrations never conflict.
     async fn create_api_client(&self, client: &ApiClient, ledger: Option<&Ledger>) -> Result<(), StoreError>;
 
-    /// The registration of an Entra app id, active or revoked.
-    async fn get_api_client_by_app_id(&self, app_id: &str) -> Result<Option<ApiClient>, StoreError>;
+    /// Every registration, of any tenant and status, of the application `app_id` for the directory `directory_id`
+    /// (usually none or one; [`crate::auth::guard`] decides which applies), oldest first, with roles.
+    async fn api_clients_for_app(&self, directory_id: Uuid, app_id: &str) -> Result<Vec<ApiClient>, StoreError>;
+
+    /// Approves or rejects a pending registration of `tenant_id` (`NotFound` for another tenant's or an unknown
+    /// id), bumping its version, in one transaction with the ledger. `Conflict` (nothing changes) when it is not
+    /// pending, or, for an approval, when its directory is another tenant's own directory or another tenant holds
+    /// an active registration of the same (directory, application).
+    async fn decide_api_client(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        decision: &ClientDecision,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<ApiClient>, StoreError>;
 
     // Single-runner jobs.
 

@@ -257,23 +257,29 @@ fn read_tenant_row(conn: &Connection, id: Uuid) -> Result<Option<Tenant>, StoreE
     query_one(conn, &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"), [id.to_string()], tenant_from_row)
 }
 
-const API_CLIENT_COLUMNS: &str = "id, tenant_id, app_id, display_name, status, created_at, revoked_at, version";
+const API_CLIENT_COLUMNS: &str = "id, tenant_id, directory_id, app_id, display_name, status, created_at, revoked_at, \
+     decided_by, decided_at, version";
 
 /// An API client row without its roles (`roles` is empty; see [`read_api_client`]).
 fn api_client_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ApiClient, StoreError>> {
-    let (id, tenant, app_id, name, status): (String, String, String, String, String) =
+    let (id, tenant, directory, app_id, name): (String, String, Option<String>, String, String) =
         (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
-    let (created, revoked, version): (String, Option<String>, i64) = (r.get(5)?, r.get(6)?, r.get(7)?);
+    let (status, created, revoked): (String, String, Option<String>) = (r.get(5)?, r.get(6)?, r.get(7)?);
+    let (decided_by, decided_at, version): (Option<String>, Option<String>, i64) = (r.get(8)?, r.get(9)?, r.get(10)?);
     Ok((|| {
         Ok(ApiClient {
             id: parse_uuid(&id)?,
             tenant_id: parse_uuid(&tenant)?,
+            directory_id: directory.as_deref().map(parse_uuid).transpose()?,
             app_id,
             display_name: name,
             roles: Vec::new(),
-            active: status == "active",
+            status: ClientStatus::parse(&status)
+                .ok_or_else(|| StoreError::Other(anyhow::anyhow!("unknown client status {status:?}")))?,
             created_at: parse_timestamp(&created)?,
             revoked_at: revoked.as_deref().map(parse_timestamp).transpose()?,
+            decided_by,
+            decided_at: decided_at.as_deref().map(parse_timestamp).transpose()?,
             version,
         })
     })())
@@ -290,7 +296,7 @@ fn client_roles(conn: &Connection, client_id: Uuid) -> Result<Vec<String>, Store
 
 /// A client of `tenant_id` with its roles; a client of another tenant is `None`.
 fn read_api_client(conn: &Connection, tenant_id: Uuid, id: Uuid) -> Result<Option<ApiClient>, StoreError> {
-    let sql = format!("SELECT {API_CLIENT_COLUMNS} FROM api_clients WHERE tenant_id = ?1 AND id = ?2");
+    let sql = format!("SELECT {API_CLIENT_COLUMNS} FROM api_client_registrations WHERE tenant_id = ?1 AND id = ?2");
     let Some(mut client) = query_one(conn, &sql, [tenant_id.to_string(), id.to_string()], api_client_from_row)? else {
         return Ok(None);
     };
@@ -1257,11 +1263,11 @@ impl Store for SqliteStore {
             let tx = conn.unchecked_transaction().map_err(classify)?;
             let tenant = tenant_id.to_string();
             let sql =
-                format!("SELECT {API_CLIENT_COLUMNS} FROM api_clients WHERE tenant_id = ?1 ORDER BY created_at, id");
+                format!("SELECT {API_CLIENT_COLUMNS} FROM api_client_registrations WHERE tenant_id = ?1 ORDER BY created_at, id");
             let mut clients = query_all(&tx, &sql, [&tenant], api_client_from_row)?;
             let roles = query_all(
                 &tx,
-                "SELECT r.client_id, r.role FROM api_client_roles r JOIN api_clients c ON c.id = r.client_id
+                "SELECT r.client_id, r.role FROM api_client_roles r JOIN api_client_registrations c ON c.id = r.client_id
                  WHERE c.tenant_id = ?1 ORDER BY r.client_id, r.role",
                 [&tenant],
                 |r| {
@@ -1292,8 +1298,8 @@ impl Store for SqliteStore {
         let ledger = ledger.cloned();
         self.write(move |tx| {
             tx.execute(
-                "UPDATE api_clients SET status = 'revoked', revoked_at = ?1, version = version + 1
-                 WHERE tenant_id = ?2 AND id = ?3 AND status = 'active'",
+                "UPDATE api_client_registrations SET status = 'revoked', revoked_at = ?1, version = version + 1
+                 WHERE tenant_id = ?2 AND id = ?3 AND status IN ('pending', 'active')",
                 params![timestamp(now), tenant_id.to_string(), id.to_string()],
             )
             .map_err(classify)?;
@@ -1544,16 +1550,20 @@ impl Store for SqliteStore {
         let (c, ledger) = (client.clone(), ledger.cloned());
         self.write(move |tx| {
             tx.execute(
-                "INSERT INTO api_clients (id, tenant_id, app_id, display_name, status, created_at, revoked_at, version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO api_client_registrations (id, tenant_id, directory_id, app_id, display_name, status,
+                     created_at, revoked_at, decided_by, decided_at, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     c.id.to_string(),
                     c.tenant_id.to_string(),
+                    c.directory_id.map(|d| d.to_string()),
                     c.app_id,
                     c.display_name,
-                    if c.active { "active" } else { "revoked" },
+                    c.status.as_str(),
                     timestamp(c.created_at),
                     c.revoked_at.map(timestamp),
+                    c.decided_by,
+                    c.decided_at.map(timestamp),
                     c.version
                 ],
             )
@@ -1570,15 +1580,71 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn get_api_client_by_app_id(&self, app_id: &str) -> Result<Option<ApiClient>, StoreError> {
+    async fn api_clients_for_app(&self, directory_id: Uuid, app_id: &str) -> Result<Vec<ApiClient>, StoreError> {
         self.read_point(|conn| {
-            let sql = format!("SELECT {API_CLIENT_COLUMNS} FROM api_clients WHERE app_id = ?1");
-            let Some(mut client) = query_one(conn, &sql, [app_id], api_client_from_row)? else {
-                return Ok(None);
-            };
-            client.roles = client_roles(conn, client.id)?;
-            Ok(Some(client))
+            let sql = format!(
+                "SELECT {API_CLIENT_COLUMNS} FROM api_client_registrations WHERE directory_id = ?1 AND app_id = ?2
+                 ORDER BY created_at, id"
+            );
+            let mut clients = query_all(conn, &sql, params![directory_id.to_string(), app_id], api_client_from_row)?;
+            for client in &mut clients {
+                client.roles = client_roles(conn, client.id)?;
+            }
+            Ok(clients)
         })
+    }
+
+    async fn decide_api_client(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        decision: &ClientDecision,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<ApiClient>, StoreError> {
+        let (decision, ledger) = (decision.clone(), ledger.cloned());
+        self.write(move |tx| {
+            let Some(client) = read_api_client(tx, tenant_id, id)? else {
+                return Ok(Update::NotFound);
+            };
+            check_decidable(&client)?;
+            if decision.approve {
+                let directory = client.directory_id.map(|d| d.to_string());
+                let owner: Option<String> = tx
+                    .query_row(
+                        "SELECT id FROM tenants WHERE entra_tenant_id = ?1 AND id <> ?2",
+                        params![directory, tenant_id.to_string()],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(classify)?;
+                let taken: Option<String> = tx
+                    .query_row(
+                        "SELECT id FROM api_client_registrations
+                         WHERE directory_id = ?1 AND app_id = ?2 AND status = 'active' AND tenant_id <> ?3 LIMIT 1",
+                        params![directory, client.app_id, tenant_id.to_string()],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(classify)?;
+                check_approvable(owner.is_some(), taken.is_some())?;
+            }
+            tx.execute(
+                "UPDATE api_client_registrations SET status = ?1, decided_by = ?2, decided_at = ?3,
+                     version = version + 1
+                 WHERE tenant_id = ?4 AND id = ?5 AND status = 'pending'",
+                params![
+                    if decision.approve { "active" } else { "rejected" },
+                    decision.by,
+                    timestamp(decision.at),
+                    tenant_id.to_string(),
+                    id.to_string()
+                ],
+            )
+            .map_err(classify)?;
+            write_ledger(tx, ledger.as_ref())?;
+            Ok(read_api_client(tx, tenant_id, id)?.map_or(Update::NotFound, Update::Updated))
+        })
+        .await
     }
 
     async fn acquire_lease(&self, request: &LeaseRequest) -> Result<bool, StoreError> {

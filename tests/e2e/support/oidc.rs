@@ -42,6 +42,8 @@ pub struct TestClient {
     /// App roles, issued as the `roles` claim (left out when empty, as Entra does).
     pub roles: Vec<String>,
     pub appid_claim: AppIdClaim,
+    /// The application id its tokens carry in `azp`/`appid`; the client id unless set with [`TestClient::app`].
+    pub app_id: Option<String>,
 }
 
 impl TestClient {
@@ -53,7 +55,15 @@ impl TestClient {
             tid: tid.to_owned(),
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
             appid_claim: AppIdClaim::Azp,
+            app_id: None,
         }
+    }
+
+    /// The same application in another directory: a multi-tenant app's service principal there issues tokens
+    /// with that directory's `tid` and the application's id, `app_id`, in `azp`.
+    pub fn app(mut self, app_id: &str) -> Self {
+        self.app_id = Some(app_id.to_owned());
+        self
     }
 
     /// The same client issuing v1-style tokens: `appid` instead of `azp`, `ver: "1.0"`.
@@ -77,6 +87,7 @@ impl TestClient {
             "client_secret": self.client_secret,
             "tid": self.tid,
             "roles": self.roles,
+            "app_id": self.app_id,
             "appid_claim": match self.appid_claim {
                 AppIdClaim::Azp => "azp",
                 AppIdClaim::Appid => "appid",

@@ -97,15 +97,40 @@ FROM dbo.tenants WHERE created_at > @P1 OR (created_at = @P1 AND id > @P2) ORDER
 pub const SET_TENANT_STATUS: &str = "UPDATE dbo.tenants SET status = @P1, updated_at = @P2, version = version + 1
 WHERE id = @P3 AND version = @P4";
 
-pub const INSERT_API_CLIENT: &str =
-    "INSERT INTO dbo.api_clients (id, tenant_id, app_id, display_name, status, created_at, revoked_at, version)
-VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8)";
+/// The columns `api_client_from` reads, in its order.
+macro_rules! api_client_columns {
+    () => {
+        "id, tenant_id, directory_id, app_id, display_name, status, created_at, revoked_at, decided_by, decided_at, \
+         version"
+    };
+}
+
+pub const INSERT_API_CLIENT: &str = "INSERT INTO dbo.api_client_registrations (id, tenant_id, directory_id, app_id,
+    display_name, status, created_at, revoked_at, decided_by, decided_at, version)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11)";
 
 pub const INSERT_API_CLIENT_ROLE: &str = "INSERT INTO dbo.api_client_roles (client_id, role) VALUES (@P1, @P2)";
 
-pub const GET_API_CLIENT_BY_APP_ID: &str =
-    "SELECT id, tenant_id, app_id, display_name, status, created_at, revoked_at, version
-FROM dbo.api_clients WHERE app_id = @P1";
+/// Every registration of (directory `@P1`, application `@P2`); index ix_api_client_registrations_app.
+pub const API_CLIENTS_FOR_APP: &str = concat!(
+    "SELECT ",
+    api_client_columns!(),
+    " FROM dbo.api_client_registrations WHERE directory_id = @P1 AND app_id = @P2 ORDER BY created_at, id"
+);
+
+/// Whether a tenant other than `@P2` owns the directory `@P1` (read under a range lock by an approval).
+pub const DIRECTORY_OWNED_BY_OTHER: &str =
+    "SELECT TOP (1) id FROM dbo.tenants WITH (UPDLOCK, HOLDLOCK) WHERE entra_tenant_id = @P1 AND id <> @P2";
+
+/// Whether a tenant other than `@P3` holds an active registration of (directory `@P1`, application `@P2`); the
+/// range lock serializes two approvals of the same pair.
+pub const ACTIVE_ELSEWHERE: &str = "SELECT TOP (1) id FROM dbo.api_client_registrations WITH (UPDLOCK, HOLDLOCK)
+WHERE directory_id = @P1 AND app_id = @P2 AND status = 'active' AND tenant_id <> @P3";
+
+/// Decides a pending registration (`@P1` the new status, `@P2` by, `@P3` at, `@P4` tenant, `@P5` id).
+pub const DECIDE_API_CLIENT: &str = "UPDATE dbo.api_client_registrations
+SET status = @P1, decided_by = @P2, decided_at = @P3, version = version + 1
+WHERE tenant_id = @P4 AND id = @P5 AND status = 'pending'";
 
 pub const API_CLIENT_ROLES: &str = "SELECT role FROM dbo.api_client_roles WHERE client_id = @P1 ORDER BY role";
 
@@ -182,24 +207,26 @@ pub const UPDATE_PLAN: &str = "UPDATE dbo.plans SET name = @P1, requests_per_min
     overage_unit_price_micros = @P8, updated_at = @P9, version = version + 1
 WHERE code = @P10 AND version = @P11";
 
-/// A tenant's clients, oldest first; index ix_api_clients_tenant.
-pub const LIST_API_CLIENTS: &str = "SELECT id, tenant_id, app_id, display_name, status, created_at, revoked_at, version
-FROM dbo.api_clients WHERE tenant_id = @P1 ORDER BY created_at, id";
+/// A tenant's clients, oldest first; index ix_api_client_registrations_tenant.
+pub const LIST_API_CLIENTS: &str = concat!(
+    "SELECT ",
+    api_client_columns!(),
+    " FROM dbo.api_client_registrations WHERE tenant_id = @P1 ORDER BY created_at, id"
+);
 
 /// The roles of every client of a tenant (`@P1`), grouped by client in Rust.
 pub const LIST_API_CLIENT_ROLES: &str = "SELECT r.client_id, r.role
-FROM dbo.api_client_roles r JOIN dbo.api_clients c ON c.id = r.client_id
+FROM dbo.api_client_roles r JOIN dbo.api_client_registrations c ON c.id = r.client_id
 WHERE c.tenant_id = @P1 ORDER BY r.client_id, r.role";
 
 /// One client of a tenant (`@P1` tenant, `@P2` id): another tenant's client is not found.
 pub const GET_TENANT_API_CLIENT: &str =
-    "SELECT id, tenant_id, app_id, display_name, status, created_at, revoked_at, version
-FROM dbo.api_clients WHERE tenant_id = @P1 AND id = @P2";
+    concat!("SELECT ", api_client_columns!(), " FROM dbo.api_client_registrations WHERE tenant_id = @P1 AND id = @P2");
 
-/// Revokes an active client; an already revoked one is left as it is (revoking is idempotent).
+/// Revokes a pending or active client; a revoked or rejected one is left as it is (revoking is idempotent).
 pub const REVOKE_API_CLIENT: &str =
-    "UPDATE dbo.api_clients SET status = 'revoked', revoked_at = @P3, version = version + 1
-WHERE tenant_id = @P1 AND id = @P2 AND status = 'active'";
+    "UPDATE dbo.api_client_registrations SET status = 'revoked', revoked_at = @P3, version = version + 1
+WHERE tenant_id = @P1 AND id = @P2 AND status IN ('pending', 'active')";
 
 /// The document columns in the order `MssqlStore` reads them, from the table aliased `d`.
 macro_rules! document_columns {
@@ -1003,7 +1030,10 @@ pub const ALL: &[(&str, &str)] = &[
     ("SET_TENANT_STATUS", SET_TENANT_STATUS),
     ("INSERT_API_CLIENT", INSERT_API_CLIENT),
     ("INSERT_API_CLIENT_ROLE", INSERT_API_CLIENT_ROLE),
-    ("GET_API_CLIENT_BY_APP_ID", GET_API_CLIENT_BY_APP_ID),
+    ("API_CLIENTS_FOR_APP", API_CLIENTS_FOR_APP),
+    ("DIRECTORY_OWNED_BY_OTHER", DIRECTORY_OWNED_BY_OTHER),
+    ("ACTIVE_ELSEWHERE", ACTIVE_ELSEWHERE),
+    ("DECIDE_API_CLIENT", DECIDE_API_CLIENT),
     ("API_CLIENT_ROLES", API_CLIENT_ROLES),
     ("ACQUIRE_LEASE", ACQUIRE_LEASE),
     ("RELEASE_LEASE", RELEASE_LEASE),

@@ -215,17 +215,21 @@ async fn assembled_rows(conn: &mut MssqlClient, statement: &q::Assembled) -> Res
 
 /// An API client row without its roles.
 fn api_client_from(row: &Row) -> Result<ApiClient, StoreError> {
-    let status = text(row, 4)?;
+    let status = text(row, 5)?;
     Ok(ApiClient {
         id: required(row, 0)?,
         tenant_id: required(row, 1)?,
-        app_id: text(row, 2)?,
-        display_name: text(row, 3)?,
+        directory_id: column(row, 2)?,
+        app_id: text(row, 3)?,
+        display_name: text(row, 4)?,
         roles: Vec::new(),
-        active: status == "active",
-        created_at: required(row, 5)?,
-        revoked_at: column(row, 6)?,
-        version: required(row, 7)?,
+        status: ClientStatus::parse(&status)
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("unknown client status {status:?}")))?,
+        created_at: required(row, 6)?,
+        revoked_at: column(row, 7)?,
+        decided_by: column::<&str>(row, 8)?.map(str::to_owned),
+        decided_at: column(row, 9)?,
+        version: required(row, 10)?,
     })
 }
 
@@ -1059,15 +1063,18 @@ impl Store for MssqlStore {
     async fn create_api_client(&self, client: &ApiClient, ledger: Option<&Ledger>) -> Result<(), StoreError> {
         in_tx!(self, Retry::No, |conn| {
             let c = client;
-            let status = if c.active { "active" } else { "revoked" };
-            let params: [&dyn ToSql; 8] = [
+            let decided_by = c.decided_by.as_deref();
+            let params: [&dyn ToSql; 11] = [
                 &c.id,
                 &c.tenant_id,
+                &c.directory_id,
                 &c.app_id.as_str(),
                 &c.display_name.as_str(),
-                &status,
+                &c.status.as_str(),
                 &c.created_at,
                 &c.revoked_at,
+                &decided_by,
+                &c.decided_at,
                 &c.version,
             ];
             execute(conn, q::INSERT_API_CLIENT, &params).await?;
@@ -1078,12 +1085,45 @@ impl Store for MssqlStore {
         })
     }
 
-    async fn get_api_client_by_app_id(&self, app_id: &str) -> Result<Option<ApiClient>, StoreError> {
+    async fn api_clients_for_app(&self, directory_id: Uuid, app_id: &str) -> Result<Vec<ApiClient>, StoreError> {
         in_tx!(self, Retry::Yes, |conn| {
-            let found = rows(conn, q::GET_API_CLIENT_BY_APP_ID, &[&app_id]).await?;
-            let Some(mut client) = found.first().map(api_client_from).transpose()? else { return Ok(None) };
-            client.roles = client_roles(conn, client.id).await?;
-            Ok(Some(client))
+            let mut clients = rows(conn, q::API_CLIENTS_FOR_APP, &[&directory_id, &app_id])
+                .await?
+                .iter()
+                .map(api_client_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            for client in &mut clients {
+                client.roles = client_roles(conn, client.id).await?;
+            }
+            Ok(clients)
+        })
+    }
+
+    async fn decide_api_client(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        decision: &ClientDecision,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<ApiClient>, StoreError> {
+        // Idempotent (only a pending row changes, a decided one is a Conflict, stored ledger ids are skipped),
+        // but a retry after a lost commit answer would report that Conflict: not retried.
+        in_tx!(self, Retry::No, |conn| {
+            let Some(client) = read_api_client(conn, tenant_id, id).await? else { return Ok(Update::NotFound) };
+            check_decidable(&client)?;
+            if decision.approve {
+                let app_id = client.app_id.as_str();
+                let owned =
+                    !rows(conn, q::DIRECTORY_OWNED_BY_OTHER, &[&client.directory_id, &tenant_id]).await?.is_empty();
+                let taken =
+                    !rows(conn, q::ACTIVE_ELSEWHERE, &[&client.directory_id, &app_id, &tenant_id]).await?.is_empty();
+                check_approvable(owned, taken)?;
+            }
+            let status = if decision.approve { ClientStatus::Active } else { ClientStatus::Rejected }.as_str();
+            let by = decision.by.as_str();
+            execute(conn, q::DECIDE_API_CLIENT, &[&status, &by, &decision.at, &tenant_id, &id]).await?;
+            write_ledger(conn, ledger).await?;
+            Ok(read_api_client(conn, tenant_id, id).await?.map_or(Update::NotFound, Update::Updated))
         })
     }
 
