@@ -36,6 +36,9 @@ param authAudiences array
 @description('METERLINE_AUTH_ALLOWED_TENANTS: Entra directory ids whose tokens are accepted; empty accepts any registered tenant.')
 param authAllowedTenants array = []
 
+@description('METERLINE_AUTH_PLATFORM_DIRECTORIES: Entra directory ids whose tokens may hold Platform.Admin. Empty: the authority\'s own directory, which only a single-tenant authority has (a multi-tenant authority must name them, or the handler refuses to start).')
+param authPlatformDirectories array = []
+
 // --- SQL ------------------------------------------------------------------------------------------------------
 @description('azureSql: create a logical server (Entra-only authentication) and a database. fabric: use an existing SQL database in Microsoft Fabric (Fabric items cannot be created from ARM; create it in the Fabric portal first).')
 @allowed([
@@ -227,6 +230,7 @@ module functionApp 'modules/functionapp.bicep' = {
     authAuthority: authAuthority
     authAudiences: authAudiences
     authAllowedTenants: authAllowedTenants
+    authPlatformDirectories: authPlatformDirectories
     logFilter: logFilter
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount

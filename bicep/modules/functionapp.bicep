@@ -23,6 +23,7 @@ param sqlDatabaseName string
 param authAuthority string
 param authAudiences array
 param authAllowedTenants array
+param authPlatformDirectories array
 param logFilter string
 param instanceMemoryMB int
 param maximumInstanceCount int
@@ -72,6 +73,7 @@ var appSettings = {
   METERLINE_AUTH_AUTHORITY: authAuthority
   METERLINE_AUTH_AUDIENCES: join(authAudiences, ',')
   METERLINE_AUTH_ALLOWED_TENANTS: join(authAllowedTenants, ',')
+  METERLINE_AUTH_PLATFORM_DIRECTORIES: join(authPlatformDirectories, ',')
   METERLINE_CURSOR_KEY: '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=${cursorKeySecretName})'
   // The outbox publisher sends to the topic with the identity (Azure Service Bus Data Sender on the topic).
   METERLINE_SERVICEBUS_NAMESPACE: serviceBusNamespaceFqdn

@@ -25,6 +25,7 @@ fn setup() -> (Authenticator, String) {
     let token = local::mint(&key, &request, chrono::Utc::now().timestamp()).expect("token");
     let source = KeySource::Local { kid: key.kid.clone(), key: key.verification, issuer: local::LOCAL_ISSUER.into() };
     let settings = AuthSettings {
+        platform_directories: None,
         audiences: vec![local::LOCAL_AUDIENCE.into()],
         allowed_tenants: None,
         clock_skew: Duration::from_secs(60),

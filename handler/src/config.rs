@@ -106,6 +106,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         description: "Comma-separated Entra directory ids (tid) whose tokens are accepted; set it for multi-tenant authorities.",
     },
     SettingDoc {
+        name: "METERLINE_AUTH_PLATFORM_DIRECTORIES",
+        default: "the authority's directory if single-tenant, else any",
+        description: "Comma-separated Entra directory ids (tid) whose tokens may hold Platform.Admin; from any other directory the role is ignored. Required in Azure with a multi-tenant authority, where every customer directory's administrator can grant the API's app roles to their own applications.",
+    },
+    SettingDoc {
         name: "METERLINE_AUTH_CLOCK_SKEW_SECS",
         default: "60",
         description: "Tolerance for exp and nbf, in seconds (at most 300).",
@@ -332,6 +337,8 @@ pub struct AuthConfig {
     pub mode: AuthMode,
     /// Lower-cased directory ids; `None` accepts any directory (tenants still have to be registered).
     pub allowed_tenants: Option<Vec<String>>,
+    /// Lower-cased directory ids whose tokens may hold `Platform.Admin`; `None`: any accepted directory.
+    pub platform_directories: Option<Vec<String>>,
     pub clock_skew: Duration,
     pub jwks_refresh: Duration,
     pub jwks_min_refetch: Duration,
@@ -713,6 +720,20 @@ fn auth_config(get: &dyn Fn(&str) -> Option<String>, in_azure: bool) -> Result<A
     };
     let allowed_tenants =
         list("METERLINE_AUTH_ALLOWED_TENANTS").map(|l| l.into_iter().map(|t| t.to_ascii_lowercase()).collect());
+    let platform_directories = match list("METERLINE_AUTH_PLATFORM_DIRECTORIES").filter(|l| !l.is_empty()) {
+        Some(listed) => Some(listed.into_iter().map(|t| t.to_ascii_lowercase()).collect()),
+        None => match &mode {
+            AuthMode::Entra { authority, .. } => single_tenant_directory(authority).map(|d| vec![d]),
+            AuthMode::Local { .. } => None,
+        },
+    };
+    if in_azure && platform_directories.is_none() {
+        return Err(ConfigError::new(
+            "METERLINE_AUTH_PLATFORM_DIRECTORIES",
+            "required in Azure with a multi-tenant authority: every customer directory's administrator can grant \
+             the API's app roles, Platform.Admin included, to their own applications",
+        ));
+    }
     let skew = parse_number("METERLINE_AUTH_CLOCK_SKEW_SECS", get("METERLINE_AUTH_CLOCK_SKEW_SECS"), 60, 0)?;
     if skew > 300 {
         return Err(ConfigError::new("METERLINE_AUTH_CLOCK_SKEW_SECS", format!("at most 300 seconds, got {skew}")));
@@ -724,11 +745,22 @@ fn auth_config(get: &dyn Fn(&str) -> Option<String>, in_azure: bool) -> Result<A
     Ok(AuthConfig {
         mode,
         allowed_tenants,
+        platform_directories,
         clock_skew: Duration::from_secs(skew as u64),
         jwks_refresh: Duration::from_secs(refresh as u64),
         jwks_min_refetch: Duration::from_secs(refetch as u64),
         token_cache_size: cache,
     })
+}
+
+/// The directory a single-tenant Entra authority names (`https://login.microsoftonline.com/<guid>/...` or
+/// `https://sts.windows.net/<guid>/`): only it issues tokens there, so only it can hold `Platform.Admin`.
+fn single_tenant_directory(authority: &str) -> Option<String> {
+    let rest = authority
+        .strip_prefix("https://login.microsoftonline.com/")
+        .or_else(|| authority.strip_prefix("https://sts.windows.net/"))?;
+    let segment = rest.split('/').next()?;
+    segment.parse::<uuid::Uuid>().ok().map(|d| d.to_string())
 }
 
 fn telemetry_config(get: &dyn Fn(&str) -> Option<String>) -> Result<TelemetryConfig, ConfigError> {
@@ -910,8 +942,10 @@ mod tests {
             ("METERLINE_AUTH_AUTHORITY", "https://login.microsoftonline.com/organizations/v2.0/"),
             ("METERLINE_AUTH_AUDIENCES", "api://meterline, 6f1c2a3b-0000-0000-0000-000000000000"),
             ("METERLINE_AUTH_ALLOWED_TENANTS", "72F988BF-86F1-41AF-91AB-2D7CD011DB47"),
+            ("METERLINE_AUTH_PLATFORM_DIRECTORIES", "0000AAAA-0000-0000-0000-000000000001"),
         ])
         .unwrap();
+        assert_eq!(entra.auth.platform_directories, Some(vec!["0000aaaa-0000-0000-0000-000000000001".to_owned()]));
         let AuthMode::Entra { authority, audiences } = &entra.auth.mode else { panic!("entra") };
         assert_eq!(authority, "https://login.microsoftonline.com/organizations/v2.0");
         assert_eq!(audiences.len(), 2);
@@ -922,13 +956,63 @@ mod tests {
             ("METERLINE_AUTH_AUDIENCES", "api://test"),
         ]);
         assert!(loopback.is_ok(), "plain http is fine on loopback, for tests");
+        let no_cursor_key = config(&[
+            ("WEBSITE_INSTANCE_ID", "abc"),
+            ("METERLINE_AUTH_AUTHORITY", "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0"),
+            ("METERLINE_AUTH_AUDIENCES", "api://meterline"),
+        ]);
+        assert_eq!(
+            no_cursor_key.unwrap_err().setting,
+            "METERLINE_CURSOR_KEY",
+            "Azure needs one key for every instance"
+        );
+    }
+
+    #[test]
+    fn platform_admin_comes_from_the_platform_directories_only() {
+        let azure = |authority: &str, platform: Option<&str>| {
+            let mut pairs = vec![
+                ("WEBSITE_INSTANCE_ID", "abc".to_owned()),
+                ("METERLINE_CURSOR_KEY", "k".repeat(32)),
+                ("METERLINE_AUTH_AUTHORITY", authority.to_owned()),
+                ("METERLINE_AUTH_AUDIENCES", "api://meterline".to_owned()),
+            ];
+            if let Some(platform) = platform {
+                pairs.push(("METERLINE_AUTH_PLATFORM_DIRECTORIES", platform.to_owned()));
+            }
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            config(&pairs)
+        };
+        let single =
+            azure("https://login.microsoftonline.com/72F988BF-86F1-41AF-91AB-2D7CD011DB47/v2.0", None).unwrap();
+        assert_eq!(
+            single.auth.platform_directories,
+            Some(vec!["72f988bf-86f1-41af-91ab-2d7cd011db47".to_owned()]),
+            "a single-tenant authority's own directory is the default"
+        );
+        let multi = azure("https://login.microsoftonline.com/organizations/v2.0", None).unwrap_err();
+        assert_eq!(
+            multi.setting, "METERLINE_AUTH_PLATFORM_DIRECTORIES",
+            "required in Azure for a multi-tenant authority"
+        );
+        assert!(
+            azure("https://login.microsoftonline.com/organizations/v2.0", Some("72f988bf-86f1-41af-91ab-2d7cd011db47"))
+                .is_ok()
+        );
+        let outside = config(&[
+            ("METERLINE_AUTH_MODE", "entra"),
+            ("METERLINE_AUTH_AUTHORITY", "http://127.0.0.1:4000"),
+            ("METERLINE_AUTH_AUDIENCES", "api://test"),
+        ])
+        .unwrap();
+        assert_eq!(outside.auth.platform_directories, None, "outside Azure an unnamed set means any directory");
     }
 
     #[test]
     fn key_vault_secret_names_stand_in_for_the_settings_they_replace() {
         let c = config(&[
             ("WEBSITE_INSTANCE_ID", "abc"),
-            ("METERLINE_AUTH_AUTHORITY", "https://login.microsoftonline.com/x/v2.0"),
+            ("METERLINE_AUTH_AUTHORITY", "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0"),
             ("METERLINE_AUTH_AUDIENCES", "api://meterline"),
             ("METERLINE_STORE", "mssql"),
             ("METERLINE_KEYVAULT_URL", "https://meterline.vault.azure.net"),

@@ -37,6 +37,8 @@ fn clients() -> Vec<TestClient> {
         TestClient::new("app-unregistered", DIR_UNREGISTERED, &["Documents.Read"]),
         TestClient::new("app-foreign", DIR_FOREIGN, &["Documents.Read"]),
         TestClient::new("app-a-admin", DIR_A, ALL_TENANT_ROLES),
+        // B's directory administrator granted the API's Platform.Admin app role to B's own application.
+        TestClient::new("app-b-rogue-admin", DIR_B, &["Platform.Admin", "Documents.Read"]),
         // One multi-tenant application, "partner-app", seen from its home directory and from directory B.
         TestClient::new("partner-home", DIR_PARTNER, &["Documents.Read", "Documents.Write"]).app("partner-app"),
         TestClient::new("partner-in-b", DIR_B, &["Documents.Read", "Documents.Write"]).app("partner-app"),
@@ -89,6 +91,7 @@ async fn world(min_refetch_secs: u64) -> World {
             ("METERLINE_AUTH_AUTHORITY".into(), provider.issuer()),
             ("METERLINE_AUTH_AUDIENCES".into(), format!("{AUDIENCE},meterline-api-client-id")),
             ("METERLINE_AUTH_ALLOWED_TENANTS".into(), allowed),
+            ("METERLINE_AUTH_PLATFORM_DIRECTORIES".into(), DIR_PLATFORM.into()),
             ("METERLINE_AUTH_JWKS_MIN_REFETCH_SECS".into(), min_refetch_secs.to_string()),
         ],
         ..HostOptions::default()
@@ -578,4 +581,22 @@ async fn a_partner_application_serves_two_tenants_from_two_directories_without_c
         let verified = w.call("/api/v1/audit-events/verify", token).await.json();
         assert_eq!(verified["valid"], true, "{verified}");
     }
+}
+
+#[tokio::test]
+async fn platform_admin_counts_only_from_the_platform_directory() {
+    let w = world(300).await;
+    let rogue = w.provider.token("app-b-rogue-admin").await;
+    assert_eq!(decode_unverified(&rogue).1["roles"], json!(["Platform.Admin", "Documents.Read"]));
+    let me = w.me(&rogue).await;
+    assert_eq!(tenant_of(&me), json!(Uuid::from_u128(2).to_string()));
+    assert_eq!(
+        me.json()["permissions"],
+        json!(["Documents.Read"]),
+        "the role is dropped outside the platform directory"
+    );
+    assert_403(&w.call("/api/v1/tenants", &rogue).await, "InsufficientScope");
+    let a_tenant = format!("/api/v1/tenants/{}/clients", Uuid::from_u128(1));
+    assert_403(&w.call(&a_tenant, &rogue).await, "InsufficientScope");
+    assert_eq!(w.call("/api/v1/tenants", &w.provider.token("app-platform").await).await.status, 200);
 }

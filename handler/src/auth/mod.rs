@@ -102,6 +102,10 @@ pub struct AuthSettings {
     pub audiences: Vec<String>,
     /// When set, only these Entra directory ids (`tid`) are accepted.
     pub allowed_tenants: Option<HashSet<String>>,
+    /// When set, only tokens from these directories keep `Platform.Admin` (lower-case ids); from any other
+    /// directory the role is dropped. In a multi-tenant app, every customer directory's administrator can
+    /// grant the API's app roles to that directory's own applications, so the role means nothing elsewhere.
+    pub platform_directories: Option<HashSet<String>>,
     pub clock_skew: Duration,
     /// Bound of the validated-token cache (entries).
     pub cache_size: usize,
@@ -137,6 +141,7 @@ impl Authenticator {
         let settings = AuthSettings {
             audiences,
             allowed_tenants: config.allowed_tenants.as_ref().map(|t| t.iter().cloned().collect()),
+            platform_directories: config.platform_directories.as_ref().map(|t| t.iter().cloned().collect()),
             clock_skew: config.clock_skew,
             cache_size: config.token_cache_size,
         };
@@ -239,7 +244,13 @@ impl Authenticator {
         {
             return Err(invalid("the token's tenant is not allowed"));
         }
-        Ok(principal_from(claims, tid))
+        let mut principal = principal_from(claims, tid);
+        if let Some(platform) = &self.settings.platform_directories
+            && !platform.contains(&principal.directory_id.to_ascii_lowercase())
+        {
+            principal.permissions = principal.permissions.without(Permission::PlatformAdmin);
+        }
+        Ok(principal)
     }
 }
 

@@ -84,6 +84,10 @@ impl PermissionSet {
         PermissionSet(self.0 | Self::bit(p))
     }
 
+    pub fn without(self, p: Permission) -> Self {
+        PermissionSet(self.0 & !Self::bit(p))
+    }
+
     pub fn contains(self, p: Permission) -> bool {
         self.0 & Self::bit(p) != 0
     }
