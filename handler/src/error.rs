@@ -4,11 +4,18 @@
 //! [`ErrorCode`]. The code fixes the HTTP status, the problem `type` URI, the `title` and the Azure-style `code`
 //! member (also sent as `x-ms-error-code`), so one body serves RFC 9457 clients and Azure SDK clients alike.
 //! Server errors keep their cause for the log and show the client an opaque body.
+//!
+//! Errors actix-web makes on its own (an extractor with no error handler of ours, such as `web::Bytes` over
+//! its `PayloadConfig` limit, a path that does not parse, missing app data) are reshaped into the same
+//! envelope by the [`problems`] middleware, so a client never sees a framework's plain-text error.
 
 use std::fmt;
 
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
@@ -320,6 +327,80 @@ impl From<crate::store::StoreError> for AppError {
     }
 }
 
+/// Middleware: an error response rendered by actix-web or one of its extractors instead of by [`AppError`]
+/// becomes the catalog's problem for its status (see [`framework_problem`]).
+///
+/// It runs app-wide (`startup::app`, inside telemetry and deprecation, so both see and log the problem) and
+/// inside the record stage of `/api/v1` (`routes::configure`), so the usage event measures the response the
+/// client gets; the second pass finds a problem already and leaves it. A service that fails with `Err`
+/// instead of answering is rendered by actix-web's dispatcher after every middleware; none of Meterline's
+/// does (its middleware answer with `ServiceResponse::from_err`), and the request cannot be kept here to
+/// answer in its place: holding a clone of it would break actix's routing, which needs it unshared.
+pub async fn problems(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let res = next.call(req).await?;
+    match framework_problem(res.response()) {
+        None => Ok(res.map_into_left_body()),
+        Some(problem) => {
+            let (request, _) = res.into_parts();
+            Ok(ServiceResponse::from_err(problem, request).map_into_right_body())
+        }
+    }
+}
+
+/// Whether `name` describes the replaced body; every other header of the original response is kept
+/// (`Allow`, `Retry-After`, `WWW-Authenticate`, rate-limit fields).
+fn describes_body(name: &HeaderName) -> bool {
+    [header::CONTENT_TYPE, header::CONTENT_LENGTH, header::CONTENT_ENCODING, header::TRANSFER_ENCODING].contains(name)
+}
+
+/// The problem that replaces `response`, when it is an error response (4xx or 5xx carrying an error) that
+/// [`AppError`] did not render and that is not problem+json already. Client errors show the framework
+/// error's message, which names the request's fault (e.g. "payload reached size limit"); server errors
+/// show nothing and log it, as every [`ErrorCode::Internal`] does.
+pub fn framework_problem<B>(response: &HttpResponse<B>) -> Option<AppError> {
+    let err = response.error()?;
+    let status = response.status();
+    if err.as_error::<AppError>().is_some() || !(status.is_client_error() || status.is_server_error()) {
+        return None;
+    }
+    let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if content_type.is_some_and(|ct| ct.starts_with(PROBLEM_JSON)) {
+        return None;
+    }
+    let problem = match framework_code(status) {
+        ErrorCode::Internal => AppError::internal(anyhow::anyhow!("actix-web answered {status}: {err}")),
+        code => AppError::new(code).with_detail(err.to_string()),
+    };
+    let kept = response.headers().iter().filter(|(name, _)| !describes_body(name));
+    Some(kept.fold(problem, |problem, (name, value)| problem.with_header(name.clone(), value.clone())))
+}
+
+/// The catalog code for a framework error of `status`: the code of that status wherever its meaning is the
+/// status's own. Every server error is `Internal` (opaque). Any other client error is a bad request: in
+/// Meterline those come from reading a body (`web::Bytes` under `PayloadConfig`: an incomplete or
+/// undecodable body, an unknown length) and every body it accepts is JSON, so `MalformedJson` is the
+/// closest, with the framework's message as the detail.
+fn framework_code(status: StatusCode) -> ErrorCode {
+    match status {
+        s if s.is_server_error() => ErrorCode::Internal,
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthenticated,
+        StatusCode::FORBIDDEN => ErrorCode::InsufficientScope,
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+        StatusCode::CONFLICT => ErrorCode::Conflict,
+        StatusCode::PRECONDITION_FAILED => ErrorCode::PreconditionFailed,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+        StatusCode::UNPROCESSABLE_ENTITY => ErrorCode::ValidationFailed,
+        StatusCode::PRECONDITION_REQUIRED => ErrorCode::PreconditionRequired,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimited,
+        _ => ErrorCode::MalformedJson,
+    }
+}
+
 /// Maps actix-web's JSON body errors onto the catalog (413, 415, 400 malformed, 422 wrong shape).
 pub fn json_payload_error(err: actix_web::error::JsonPayloadError) -> AppError {
     use actix_web::error::JsonPayloadError as E;
@@ -384,6 +465,21 @@ mod tests {
         assert!(problem.get("detail").is_none());
         assert!(!problem.to_string().contains("hunter2"));
         assert!(format!("{err:?}").contains("hunter2"), "the log form keeps the cause");
+    }
+
+    #[test]
+    fn framework_codes_keep_the_status_where_the_catalog_has_it() {
+        for code in ErrorCode::ALL {
+            let mapped = framework_code(code.status());
+            if code.status().is_server_error() {
+                assert_eq!(mapped, ErrorCode::Internal, "{code}");
+            } else {
+                assert_eq!(mapped.status(), code.status(), "{code}: a catalog status maps onto itself");
+            }
+        }
+        assert_eq!(framework_code(StatusCode::BAD_REQUEST), ErrorCode::MalformedJson);
+        assert_eq!(framework_code(StatusCode::LENGTH_REQUIRED), ErrorCode::MalformedJson, "no code: a bad request");
+        assert_eq!(framework_code(StatusCode::BAD_GATEWAY), ErrorCode::Internal);
     }
 
     #[test]

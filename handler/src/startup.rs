@@ -64,6 +64,10 @@ pub fn app(
         .app_data(query_config())
         .app_data(web::PayloadConfig::new(max_body))
         .default_service(web::to(crate::routes::not_matched))
+        // Innermost of the app-wide middleware, around every route and the fallback: a framework error (an
+        // extractor's, actix-web's own) becomes a problem before deprecation headers are added and telemetry
+        // logs the status, and inside telemetry's scope, so the problem carries the request id.
+        .wrap(from_fn(crate::error::problems))
         .wrap(from_fn(crate::api::deprecation::announce))
         .wrap(from_fn(crate::telemetry::middleware))
 }
@@ -194,5 +198,101 @@ mod tests {
         let (status, body) = problem(post("maxpagesize=500").set_json(serde_json::json!({"title": "a"}))).await;
         assert_eq!((status, body["code"].as_str()), (400, Some("InvalidQuery")));
         assert_eq!(body["errors"][0]["field"], "query");
+    }
+
+    async fn echo_bytes(body: web::Bytes) -> HttpResponse {
+        HttpResponse::Ok().body(body)
+    }
+
+    #[actix_web::test]
+    async fn framework_errors_are_problems_too() {
+        use actix_web::error::InternalError;
+        use actix_web::middleware::from_fn;
+
+        use crate::error::{AppError, ErrorCode};
+
+        // The app-wide middleware of `app`, in its order, around routes whose errors actix-web renders itself.
+        let app = init_service(
+            App::new()
+                .app_data(web::PayloadConfig::new(16))
+                .route("/bytes", web::post().to(echo_bytes))
+                .route(
+                    "/n/{n}",
+                    web::get().to(|n: web::Path<u32>| async move { HttpResponse::Ok().body(n.to_string()) }),
+                )
+                .route(
+                    "/only-get",
+                    web::post().to(|| async {
+                        let allow = HttpResponse::MethodNotAllowed().insert_header(("Allow", "GET, HEAD")).finish();
+                        Err::<HttpResponse, _>(InternalError::from_response("use GET", allow))
+                    }),
+                )
+                .route("/no-data", web::get().to(|_: web::Data<String>| async { HttpResponse::Ok().finish() }))
+                .route(
+                    "/own-text",
+                    web::get().to(|| async { HttpResponse::BadRequest().body("a handler's own answer") }),
+                )
+                .route(
+                    "/own-problem",
+                    web::get().to(|| async {
+                        Err::<HttpResponse, _>(AppError::new(ErrorCode::Conflict).with_detail("ours, untouched"))
+                    }),
+                )
+                .wrap(from_fn(crate::error::problems))
+                .wrap(from_fn(crate::api::deprecation::announce))
+                .wrap(from_fn(crate::telemetry::middleware)),
+        )
+        .await;
+        let call = |req: TestRequest| {
+            let app = &app;
+            async move {
+                let res = call_service(app, req.to_request()).await;
+                let header = |name: &str| res.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+                let (status, content_type, allow) = (res.status().as_u16(), header("content-type"), header("allow"));
+                let (request_id, error_code) = (header("x-request-id"), header("x-ms-error-code"));
+                let body = actix_web::test::read_body(res).await;
+                (status, content_type, allow, request_id, error_code, body)
+            }
+        };
+
+        let (status, _, _, _, _, body) = call(TestRequest::post().uri("/bytes").set_payload(vec![b'x'; 16])).await;
+        assert_eq!((status, &body[..]), (200, &[b'x'; 16][..]), "a body at the limit passes");
+
+        // `web::Bytes` over its PayloadConfig: actix's PayloadError, once a 413 text/plain, now a problem.
+        let (status, content_type, _, request_id, error_code, body) =
+            call(TestRequest::post().uri("/bytes").set_payload(vec![b'x'; 17])).await;
+        assert_eq!((status, content_type.as_deref()), (413, Some("application/problem+json")));
+        assert_eq!(error_code.as_deref(), Some("PayloadTooLarge"));
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["code"], "PayloadTooLarge");
+        assert_eq!(problem["type"], "https://meterline.dev/problems/payload-too-large");
+        assert_eq!(problem["status"], 413);
+        assert_eq!(problem["detail"], "payload reached size limit", "the framework's message is the detail");
+        assert_eq!(problem["requestId"].as_str(), request_id.as_deref(), "the problem carries the request id");
+
+        let (status, content_type, _, _, _, body) = call(TestRequest::get().uri("/n/abc")).await;
+        assert_eq!((status, content_type.as_deref()), (404, Some("application/problem+json")));
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["code"], "NotFound");
+
+        let (status, content_type, allow, _, _, body) = call(TestRequest::post().uri("/only-get")).await;
+        assert_eq!((status, content_type.as_deref()), (405, Some("application/problem+json")));
+        assert_eq!(allow.as_deref(), Some("GET, HEAD"), "headers that matter are kept");
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["code"], "MethodNotAllowed");
+
+        // A server error is opaque: the framework's message goes to the log, not to the client.
+        let (status, content_type, _, _, _, body) = call(TestRequest::get().uri("/no-data")).await;
+        assert_eq!((status, content_type.as_deref()), (500, Some("application/problem+json")));
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["code"], "Internal");
+        assert!(problem.get("detail").is_none(), "{problem}");
+        assert!(!String::from_utf8_lossy(&body).to_lowercase().contains("configured"), "{problem}");
+
+        // Not errors of the framework: a handler's own plain answer, and a problem of ours, pass unchanged.
+        let (status, content_type, _, _, _, body) = call(TestRequest::get().uri("/own-text")).await;
+        assert_eq!((status, &body[..]), (400, &b"a handler's own answer"[..]));
+        assert_ne!(content_type.as_deref(), Some("application/problem+json"));
+        let (status, _, _, _, error_code, body) = call(TestRequest::get().uri("/own-problem")).await;
+        assert_eq!((status, error_code.as_deref()), (409, Some("Conflict")));
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["detail"], "ours, untouched");
     }
 }

@@ -22,15 +22,23 @@ struct Api {
 }
 
 async fn api() -> Api {
+    api_with(Vec::new()).await
+}
+
+/// [`api`] with extra handler settings.
+async fn api_with(env: Vec<(String, String)>) -> Api {
     let root = tempfile::tempdir().unwrap();
     let a_writer = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Documents.Read,Documents.Write"]);
     let a_reader = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Documents.Read", "--app-id", "reader-app"]);
     let b_writer = dev_token(root.path(), &["--tenant", DIR_B, "--roles", "Documents.Read,Documents.Write"]);
     let admin = dev_token(root.path(), &["--tenant", DIR_B, "--roles", "Platform.Admin", "--app-id", "ops-console"]);
     let a_admin = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Tenant.Admin", "--app-id", "a-admin-app"]);
-    let host =
-        HostEmulator::start_with(HostOptions { app_root: Some(root.path().to_path_buf()), ..HostOptions::default() })
-            .await;
+    let host = HostEmulator::start_with(HostOptions {
+        app_root: Some(root.path().to_path_buf()),
+        env,
+        ..HostOptions::default()
+    })
+    .await;
     Api { host, root, a_writer, a_reader, b_writer, admin, a_admin }
 }
 
@@ -190,6 +198,49 @@ async fn bad_input_gets_field_level_problems_and_writes_nothing() {
     problem(&api.create(&api.a_writer, huge).await, 413, "PayloadTooLarge");
     let list = api.get(&api.a_reader, "/api/v1/documents?count=true").await.json();
     assert_eq!(list["count"], 0, "no rejected request wrote anything");
+}
+
+#[tokio::test]
+async fn a_merge_patch_over_the_body_limit_is_a_413_problem_recorded_once() {
+    const LIMIT: usize = 4096;
+    let api = api_with(vec![("METERLINE_MAX_BODY_BYTES".into(), LIMIT.to_string())]).await;
+    let created = api.create(&api.a_writer, doc("Within limits")).await;
+    assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+    let path = format!("/api/v1/documents/{}", created.json()["id"].as_str().unwrap());
+    let etag = created.header("etag").unwrap().to_owned();
+    let patch = |body: String| {
+        ClientRequest::new("PATCH", &path)
+            .body(body)
+            .header("Content-Type", "application/merge-patch+json")
+            .header("If-Match", &etag)
+    };
+
+    // PATCH reads its body as bytes under actix's PayloadConfig; its overflow is a framework error, shaped here.
+    let huge = json!({"summary": "x".repeat(2 * LIMIT)}).to_string();
+    assert!(huge.len() > LIMIT);
+    let refused = api.send(&api.a_writer, patch(huge)).await;
+    let body = problem(&refused, 413, "PayloadTooLarge");
+    assert_eq!(body["status"], 413);
+    assert_eq!(body["type"], "https://meterline.dev/problems/payload-too-large");
+    let request_id = refused.header("x-request-id").unwrap().to_owned();
+    assert_eq!(body["requestId"], request_id.as_str(), "{body}");
+
+    // One usage event, measuring the problem the client got (the record stage sees the reshaped response).
+    let conn = rusqlite::Connection::open(api.root.path().join("data/meterline.db")).unwrap();
+    let (events, status, operation, response_bytes): (i64, i64, String, i64) = conn
+        .query_row(
+            "SELECT count(*), max(status), max(operation_id), max(response_bytes) FROM usage_events WHERE request_id = ?1",
+            [&request_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!((events, status, operation.as_str()), (1, 413, "patchDocument"));
+    assert_eq!(response_bytes, refused.body.len() as i64);
+
+    // Nothing changed: the same ETag still applies a patch within the limit.
+    let patched = api.send(&api.a_writer, patch(json!({"summary": "short"}).to_string())).await;
+    assert_eq!(patched.status, 200, "{}", String::from_utf8_lossy(&patched.body));
+    assert_eq!(patched.json()["summary"], "short");
 }
 
 #[tokio::test]

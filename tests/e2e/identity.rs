@@ -242,6 +242,14 @@ async fn the_negative_matrix() {
     );
     assert_401(&w.me(&other_key).await, "unknown key");
 
+    // RFC 7515 §4.1.11: critical header extensions Meterline does not understand (it understands none) make a
+    // correctly signed token invalid, whether the list names a registered claim or an unknown extension.
+    for crit in [json!(["exp"]), json!(["urn:example:unknown"])] {
+        let header = json!({"alg": "RS256", "typ": "JWT", "kid": w.provider.signing_kid(), "crit": crit});
+        let critical = forge(&header, &claims, Signer::Rs256(&w.provider.signing_key()));
+        assert_401(&w.me(&critical).await, "critical extensions");
+    }
+
     assert_401(&w.host.http(ClientRequest::get("/api/v1/me")).await, "no token");
     assert_401(
         &w.host.http(ClientRequest::get("/api/v1/me").header("Authorization", "Basic dXNlcjpwdw==")).await,

@@ -7,6 +7,7 @@ mod audit;
 mod cli;
 mod docs_page;
 mod host_protocol;
+mod hostile_http;
 mod identity;
 mod integration;
 mod integration_store;

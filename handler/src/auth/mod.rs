@@ -1,8 +1,9 @@
 //! Authentication and authorization: bearer tokens from Microsoft Entra ID (or a local dev key) to a [`Principal`], then a [`Caller`].
 //!
-//! [`Authenticator::authenticate`] validates a JWT access token: the algorithm allow-list is checked
-//! before any key is touched, then the signature (keys from [`keys`]), `exp`/`nbf` with a clock skew,
-//! the audience, the issuer (Entra v1 and v2, single- and multi-tenant), `tid` and the tenant allow-list.
+//! [`Authenticator::authenticate`] validates a JWT access token: the algorithm allow-list and the absence of
+//! a `crit` header (Meterline understands no JWS extension) are checked before any key is touched, then
+//! the signature (keys from [`keys`]), `exp`/`nbf` with a clock skew, the audience, the issuer (Entra v1
+//! and v2, single- and multi-tenant), `tid` and the tenant allow-list.
 //! Validated tokens are cached by a hash of the token until they expire, so a busy client pays for the
 //! RSA verification once. [`guard`] turns a principal into a tenant-scoped [`Caller`] on every request
 //! and checks each operation's [`Permission`].
@@ -26,6 +27,10 @@ pub use permission::{Permission, PermissionSet};
 
 /// Algorithms Meterline accepts. Everything else (`none`, HMAC, EC) is refused before a key is looked up.
 pub const ACCEPTED_ALGORITHMS: &[Algorithm] = &[Algorithm::RS256, Algorithm::PS256];
+
+/// Why a token whose header has a `crit` member is refused.
+pub const CRITICAL_EXTENSIONS_REFUSED: &str =
+    "the token header lists critical extensions Meterline does not understand";
 
 /// How the caller got its token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +192,12 @@ impl Authenticator {
         if !ACCEPTED_ALGORITHMS.contains(&header.alg) {
             return Err(invalid(format!("the signing algorithm {:?} is not accepted", header.alg)));
         }
+        // RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` names an extension it does not
+        // understand, and an empty list is invalid too. Meterline understands none, so any `crit` is refused,
+        // before a key is looked up.
+        if header.crit.is_some() {
+            return Err(invalid(CRITICAL_EXTENSIONS_REFUSED));
+        }
         let kid = header.kid.clone().ok_or_else(|| invalid("the token header has no kid"))?;
         let (key, issuer_template) = match &self.keys {
             KeySource::Oidc(cache) => {
@@ -298,6 +309,93 @@ pub fn accepted_issuers(template: &str, tid: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use jsonwebtoken::jwk::JwkSet;
+
+    use crate::clock::SystemClock;
+
+    fn settings() -> AuthSettings {
+        AuthSettings {
+            audiences: vec![local::LOCAL_AUDIENCE.into()],
+            allowed_tenants: None,
+            clock_skew: Duration::from_secs(60),
+            cache_size: 16,
+        }
+    }
+
+    /// A token signed with the dev key at `pem`, with `crit` in its header when given.
+    fn signed(pem: &std::path::Path, kid: &str, crit: Option<Vec<&str>>, now: i64) -> String {
+        let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+        header.kid = Some(kid.to_owned());
+        header.crit = crit.map(|c| c.into_iter().map(str::to_owned).collect());
+        let claims = serde_json::json!({
+            "iss": local::LOCAL_ISSUER, "aud": local::LOCAL_AUDIENCE, "sub": "s", "tid": "t",
+            "azp": "app", "roles": ["Documents.Read"], "idtyp": "app", "iat": now, "nbf": now, "exp": now + 600
+        });
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(pem).unwrap()).unwrap();
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+
+    #[tokio::test]
+    async fn any_crit_header_is_refused_even_on_a_correctly_signed_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("dev.pem");
+        let key = local::load_or_create(&pem).unwrap();
+        let kid = key.kid.clone();
+        let source = KeySource::Local { kid: kid.clone(), key: key.verification, issuer: local::LOCAL_ISSUER.into() };
+        let auth = Authenticator::new(source, settings(), Arc::new(SystemClock));
+        let now = chrono::Utc::now().timestamp();
+
+        let plain = auth.validate(&signed(&pem, &kid, None, now), now).await;
+        assert!(plain.is_ok(), "the same token without crit is valid: {plain:?}");
+        for crit in [vec!["exp"], vec!["urn:example:unknown"], vec![], vec!["b64"]] {
+            let refused = auth.validate(&signed(&pem, &kid, Some(crit.clone()), now), now).await;
+            match refused {
+                Err(AuthError::Invalid(reason)) => assert_eq!(reason, CRITICAL_EXTENSIONS_REFUSED, "{crit:?}"),
+                other => panic!("crit {crit:?} must be refused as invalid, got {other:?}"),
+            }
+        }
+    }
+
+    /// A provider that counts every fetch: a refused header must not make Meterline fetch anything.
+    struct Counting(AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl keys::KeyFetcher for Counting {
+        async fn metadata(&self) -> anyhow::Result<keys::OidcMetadata> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            anyhow::bail!("not reachable in this test")
+        }
+
+        async fn jwks(&self, _uri: &str) -> anyhow::Result<JwkSet> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            anyhow::bail!("not reachable in this test")
+        }
+    }
+
+    #[tokio::test]
+    async fn crit_is_refused_before_any_key_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("dev.pem");
+        let kid = local::load_or_create(&pem).unwrap().kid;
+        let fetcher = Arc::new(Counting(AtomicUsize::new(0)));
+        let timing = keys::CacheTiming { refresh: Duration::from_secs(3600), min_refetch: Duration::from_secs(300) };
+        let cache = KeyCache::new(fetcher.clone(), Arc::new(SystemClock), timing);
+        let auth = Authenticator::new(KeySource::Oidc(cache), settings(), Arc::new(SystemClock));
+        let now = chrono::Utc::now().timestamp();
+
+        let refused = auth.validate(&signed(&pem, &kid, Some(vec!["exp"]), now), now).await;
+        assert!(
+            matches!(&refused, Err(AuthError::Invalid(reason)) if reason == CRITICAL_EXTENSIONS_REFUSED),
+            "{refused:?}"
+        );
+        assert_eq!(fetcher.0.load(Ordering::SeqCst), 0, "no discovery or JWKS fetch for a refused header");
+        // The control: without crit the same token goes on to the key lookup (and finds the provider down).
+        let looked_up = auth.validate(&signed(&pem, &kid, None, now), now).await;
+        assert!(matches!(looked_up, Err(AuthError::ProviderUnavailable(_))), "{looked_up:?}");
+        assert!(fetcher.0.load(Ordering::SeqCst) > 0);
+    }
 
     #[test]
     fn entra_issuers_cover_v1_and_v2_for_the_same_directory_only() {

@@ -72,9 +72,12 @@ pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(
         utoipa_actix_web::scope("/api/v1")
             // The pipeline, innermost first: limits (plan, rate, quota) need the caller; authentication
-            // resolves it; recording wraps both so even a refused request leaves its usage event.
+            // resolves it; framework errors (e.g. a body over `PayloadConfig`) become problems, so the record
+            // stage measures the response the client gets; recording wraps them all so even a refused request
+            // leaves its usage event.
             .wrap(actix_web::middleware::from_fn(crate::metering::stage::limit))
             .wrap(actix_web::middleware::from_fn(crate::auth::guard::authenticate))
+            .wrap(actix_web::middleware::from_fn(crate::error::problems))
             .wrap(actix_web::middleware::from_fn(crate::metering::stage::record))
             .service(me::get_me)
             .service(me::get_whoami)
