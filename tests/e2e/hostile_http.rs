@@ -128,6 +128,7 @@ async fn an_enormous_path_the_parser_accepts_is_answered_with_a_problem() {
         let problem: serde_json::Value = serde_json::from_slice(&response.body).expect("a JSON problem");
         assert_eq!(problem["code"], code, "{problem}");
         assert_eq!(problem["status"], status);
+        assert!(response.body.len() < 2_000, "the answer does not echo the whole path: {} bytes", response.body.len());
     }
     // The boundary is the URI limit, not Meterline: one byte more and actix refuses the request line itself.
     let at_limit = format!("/api/{}", "a".repeat(URI_LIMIT - "/api/".len()));

@@ -321,6 +321,7 @@ mod tests {
             allowed_tenants: None,
             clock_skew: Duration::from_secs(60),
             cache_size: 16,
+            platform_directories: None,
         }
     }
 

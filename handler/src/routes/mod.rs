@@ -271,8 +271,8 @@ pub fn operation_of(req: &ServiceRequest) -> Option<Arc<str>> {
 
 /// The default service: 405 with `Allow` when the path exists under other methods, else 404.
 pub async fn not_matched(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let path = req.path();
-    Err(match state.routes.allowed_methods(path) {
+    let path = echoed(req.path());
+    Err(match state.routes.allowed_methods(req.path()) {
         Some(methods) => {
             let allow = methods.join(", ");
             AppError::new(ErrorCode::MethodNotAllowed)
@@ -283,9 +283,30 @@ pub async fn not_matched(req: HttpRequest, state: web::Data<AppState>) -> Result
     })
 }
 
+/// The longest path a problem detail repeats back; longer paths are cut at a character boundary and marked.
+const ECHOED_PATH_CHARS: usize = 200;
+
+/// `path` as a problem detail may quote it: whole when short, else its first [`ECHOED_PATH_CHARS`] characters
+/// and an ellipsis, so a hostile 60 KB path does not come back as a 60 KB answer.
+fn echoed(path: &str) -> std::borrow::Cow<'_, str> {
+    match path.char_indices().nth(ECHOED_PATH_CHARS) {
+        None => path.into(),
+        Some((cut, _)) => format!("{}…", &path[..cut]).into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn problem_details_quote_long_paths_cut_short() {
+        assert_eq!(echoed("/api/v1/nothing"), "/api/v1/nothing");
+        let long = format!("/api/{}", "é".repeat(500));
+        let quoted = echoed(&long);
+        assert_eq!(quoted.chars().count(), ECHOED_PATH_CHARS + 1);
+        assert!(quoted.starts_with("/api/é") && quoted.ends_with('…'));
+    }
 
     #[test]
     fn route_table_knows_templates_and_methods() {
