@@ -12,8 +12,9 @@ use chrono::NaiveDate;
 use criterion::{Criterion, criterion_group, criterion_main};
 use meterline::error::{AppError, ErrorCode, FieldError};
 use meterline::functions::payload::{HttpRequestData, Invocation, ServiceBusMessage};
+use meterline::store::prelude::*;
 use meterline::store::{
-    Admission, OveragePolicy, Plan, QuotaDebit, RateLimitTake, SqliteStore, Store, Tenant, TenantStatus, gcra,
+    Admission, OveragePolicy, Plan, QuotaDebit, RateLimitTake, SqliteStore, Tenant, TenantStatus, gcra,
 };
 use uuid::Uuid;
 

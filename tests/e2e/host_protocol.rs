@@ -151,7 +151,7 @@ async fn unknown_function_names_get_a_404_problem_wrapped_for_their_trigger() {
 }
 
 async fn job_runs(host: &HostEmulator, job: &str) -> Vec<meterline::store::JobRun> {
-    use meterline::store::Store as _;
+    use meterline::store::prelude::*;
     let store = meterline::store::SqliteStore::open(&host.app_root.join("data/meterline.db")).await.unwrap();
     store.recent_job_runs(job, 10).await.unwrap()
 }
@@ -218,7 +218,7 @@ async fn service_bus_messages_are_decoded_from_double_encoding_and_stringified_m
     let log = response.logs().join("\n");
     assert!(log.contains(&format!("message {} delivery 2: quarantined as", message.message_id)), "{log}");
     let store = meterline::store::SqliteStore::open(&host.app_root.join("data/meterline.db")).await.unwrap();
-    let quarantined = meterline::store::Store::list_quarantine(&store, 10).await.unwrap();
+    let quarantined = meterline::store::IntegrationStore::list_quarantine(&store, 10).await.unwrap();
     assert_eq!(quarantined[0].raw_body, event, "the body is decoded exactly once");
     assert_eq!(quarantined[0].delivery_count, Some(2));
     assert_eq!(quarantined[0].message_id.as_deref(), Some(message.message_id.as_str()));

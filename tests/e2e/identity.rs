@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use meterline::store::{Plan, SqliteStore, Store, Tenant, TenantStatus};
+use meterline::store::prelude::*;
+use meterline::store::{Plan, SqliteStore, Tenant, TenantStatus};
 use serde_json::{Value, json};
 use uuid::Uuid;
 

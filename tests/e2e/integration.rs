@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use meterline::store::{SqliteStore, Store, TenantStatus};
+use meterline::store::prelude::*;
+use meterline::store::{SqliteStore, TenantStatus};
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -5,7 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meterline::store::{SqliteStore, Store, Tenant, TenantStatus};
+use meterline::store::prelude::*;
+use meterline::store::{SqliteStore, Tenant, TenantStatus};
 use serde_json::{Value, json};
 use uuid::Uuid;
 

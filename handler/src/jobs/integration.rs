@@ -2,7 +2,7 @@
 //!
 //! Each message is decoded ([`parse`]: the envelope, then the `data` of its type, checked field by field as
 //! `docs/events.md` describes), turned into one [`IntegrationEffect`] and handed to
-//! [`Store::apply_integration_event`](crate::store::Store::apply_integration_event), which writes the inbox row
+//! [`IntegrationStore::apply_integration_event`](crate::store::IntegrationStore::apply_integration_event), which writes the inbox row
 //! keyed by the CloudEvents `(source, id)` in the same transaction as the effect. A redelivery, or a second copy
 //! racing the first, finds the inbox row and changes nothing. `Metadata.MessageId` is never used for this: the
 //! host copies top-level body keys into Metadata, so a body can forge it.

@@ -1,7 +1,7 @@
 //! The usage rollup: raw usage events into hourly and daily rollups, then month close, lag alerts and retention.
 //!
 //! One invocation holds the `usage-rollup` lease (a crashed runner's lease expires), runs bounded rollup steps
-//! (`Store::rollup_step`, one transaction each) until it has caught up or spent its budget, then checks the lag,
+//! (`UsageStore::rollup_step`, one transaction each) until it has caught up or spent its budget, then checks the lag,
 //! writes the billing statements of months that are final, and purges raw events that are rolled up and older
 //! than the retention. Every part is idempotent: a second runner (an expired lease, a retried invocation) finds
 //! the watermark past what was rolled up and the statements written. The invariants are in ARCHITECTURE.md and

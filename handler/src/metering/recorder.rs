@@ -1,6 +1,6 @@
 //! Durable usage records with group commit: concurrent requests' events are written in one transaction,
 //! and each response waits until the transaction holding its event has committed. A request's audit event,
-//! if it has one, rides in the same batch and the same transaction (`Store::record_usage`).
+//! if it has one, rides in the same batch and the same transaction (`MeteringStore::record_usage`).
 //!
 //! One task owns the writing. It takes every event waiting in the queue (up to a batch limit), writes
 //! them together, then answers each waiter. Under load a batch forms by itself while the previous one

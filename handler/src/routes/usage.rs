@@ -2,7 +2,7 @@
 //!
 //! A caller sees its own tenant; only a platform administrator may name another with `tenantId`. A tenant
 //! naming another tenant gets 404, exactly as if it did not exist. The report and the export read the rollups
-//! plus the events not rolled up yet (`Store::usage_report`), so their numbers are current; the summary reads
+//! plus the events not rolled up yet (`UsageStore::usage_report`), so their numbers are current; the summary reads
 //! the quota counter the limiter debits, so it shows exactly what the limiter enforces. docs/usage.md has the
 //! shapes and the CSV columns.
 

@@ -316,7 +316,7 @@ pub struct TenantChanges {
 }
 
 impl TenantChanges {
-    /// The row [`crate::store::Store::update_tenant`] writes when `tenant` is the row it changes.
+    /// The row [`crate::store::TenantStore::update_tenant`] writes when `tenant` is the row it changes.
     pub fn applied_to(&self, tenant: &Tenant, now: DateTime<Utc>) -> Tenant {
         let mut next = tenant.clone();
         if let Some(name) = &self.name {
@@ -837,7 +837,7 @@ pub struct DocumentUpsert {
     pub tags: Vec<String>,
 }
 
-/// What an integration message does, applied by [`crate::store::Store::apply_integration_event`] in the same
+/// What an integration message does, applied by [`crate::store::IntegrationStore::apply_integration_event`] in the same
 /// transaction as its inbox row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IntegrationEffect {

@@ -25,7 +25,10 @@ use uuid::Uuid;
 use super::migrations::{self, AppliedMigration, MigrationReport};
 use super::model::*;
 use super::usage::*;
-use super::{JobRun, Store, StoreError, Update};
+use super::{
+    AuditStore, DocumentStore, IntegrationStore, JobRun, MeteringStore, OperationsStore, PlanStore, StoreError,
+    TenantStore, Update, UsageStore,
+};
 use writer::Writer;
 
 mod integration;
@@ -885,7 +888,7 @@ fn read_history(conn: &Connection) -> Result<Vec<AppliedMigration>, StoreError> 
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl OperationsStore for SqliteStore {
     fn kind(&self) -> &'static str {
         "sqlite"
     }
@@ -1002,41 +1005,37 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_plan(&self, plan: &Plan, ledger: Option<&Ledger>) -> Result<(), StoreError> {
-        let (p, ledger) = (plan.clone(), ledger.cloned());
+    async fn acquire_lease(&self, request: &LeaseRequest) -> Result<bool, StoreError> {
+        let r = request.clone();
         self.write(move |tx| {
-            let sql = format!(
-                "INSERT INTO plans ({PLAN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-            );
-            tx.execute(
-                &sql,
-                params![
-                    p.code,
-                    p.name,
-                    p.requests_per_minute,
-                    p.burst,
-                    p.monthly_quota_units,
-                    p.overage_policy.as_str(),
-                    p.currency,
-                    p.base_price_micros,
-                    p.overage_unit_price_micros,
-                    timestamp(p.created_at),
-                    timestamp(p.updated_at),
-                    p.version
-                ],
-            )
-            .map_err(classify)?;
-            write_ledger(tx, ledger.as_ref())
+            let changed = tx
+                .execute(
+                    "INSERT INTO job_leases (name, holder, acquired_at, expires_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, acquired_at = excluded.acquired_at,
+                         expires_at = excluded.expires_at
+                     WHERE job_leases.expires_at <= excluded.acquired_at OR job_leases.holder = excluded.holder",
+                    params![r.name, r.holder, timestamp(r.now), timestamp(r.expires_at)],
+                )
+                .map_err(classify)?;
+            Ok(changed == 1)
         })
         .await
     }
 
-    async fn get_plan(&self, code: &str) -> Result<Option<Plan>, StoreError> {
-        self.read_point(|conn| {
-            query_one(conn, &format!("SELECT {PLAN_COLUMNS} FROM plans WHERE code = ?1"), [code], plan_from_row)
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(move |tx| {
+            let changed = tx
+                .execute("DELETE FROM job_leases WHERE name = ?1 AND holder = ?2", params![name, holder])
+                .map_err(classify)?;
+            Ok(changed == 1)
         })
+        .await
     }
+}
 
+#[async_trait]
+impl TenantStore for SqliteStore {
     async fn create_tenant(&self, tenant: &Tenant, ledger: Option<&Ledger>) -> Result<(), StoreError> {
         let (t, ledger) = (tenant.clone(), ledger.cloned());
         self.write(move |tx| {
@@ -1187,6 +1186,203 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn list_api_clients(&self, tenant_id: Uuid) -> Result<Vec<ApiClient>, StoreError> {
+        self.read(move |conn| {
+            // One read transaction: the clients and their roles come from the same snapshot.
+            let tx = conn.unchecked_transaction().map_err(classify)?;
+            let tenant = tenant_id.to_string();
+            let sql =
+                format!("SELECT {API_CLIENT_COLUMNS} FROM api_client_registrations WHERE tenant_id = ?1 ORDER BY created_at, id");
+            let mut clients = query_all(&tx, &sql, [&tenant], api_client_from_row)?;
+            let roles = query_all(
+                &tx,
+                "SELECT r.client_id, r.role FROM api_client_roles r JOIN api_client_registrations c ON c.id = r.client_id
+                 WHERE c.tenant_id = ?1 ORDER BY r.client_id, r.role",
+                [&tenant],
+                |r| {
+                    let (client, role): (String, String) = (r.get(0)?, r.get(1)?);
+                    Ok(parse_uuid(&client).map(|client| (client, role)))
+                },
+            )?;
+            tx.commit().map_err(classify)?;
+            let mut by_client: HashMap<Uuid, Vec<String>> = HashMap::new();
+            for (client, role) in roles {
+                by_client.entry(client).or_default().push(role);
+            }
+            for client in &mut clients {
+                client.roles = by_client.remove(&client.id).unwrap_or_default();
+            }
+            Ok(clients)
+        })
+        .await
+    }
+
+    async fn revoke_api_client(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        now: DateTime<Utc>,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<ApiClient>, StoreError> {
+        let ledger = ledger.cloned();
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE api_client_registrations SET status = 'revoked', revoked_at = ?1, version = version + 1
+                 WHERE tenant_id = ?2 AND id = ?3 AND status IN ('pending', 'active')",
+                params![timestamp(now), tenant_id.to_string(), id.to_string()],
+            )
+            .map_err(classify)?;
+            // Revoked now or before: either way the client is revoked, and the row says since when.
+            Ok(match read_api_client(tx, tenant_id, id)? {
+                Some(client) => {
+                    write_ledger(tx, ledger.as_ref())?;
+                    Update::Updated(client)
+                }
+                None => Update::NotFound,
+            })
+        })
+        .await
+    }
+
+    async fn create_api_client(&self, client: &ApiClient, ledger: Option<&Ledger>) -> Result<(), StoreError> {
+        let (c, ledger) = (client.clone(), ledger.cloned());
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO api_client_registrations (id, tenant_id, directory_id, app_id, display_name, status,
+                     created_at, revoked_at, decided_by, decided_at, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    c.id.to_string(),
+                    c.tenant_id.to_string(),
+                    c.directory_id.map(|d| d.to_string()),
+                    c.app_id,
+                    c.display_name,
+                    c.status.as_str(),
+                    timestamp(c.created_at),
+                    c.revoked_at.map(timestamp),
+                    c.decided_by,
+                    c.decided_at.map(timestamp),
+                    c.version
+                ],
+            )
+            .map_err(classify)?;
+            for role in &c.roles {
+                tx.execute(
+                    "INSERT INTO api_client_roles (client_id, role) VALUES (?1, ?2)",
+                    params![c.id.to_string(), role],
+                )
+                .map_err(classify)?;
+            }
+            write_ledger(tx, ledger.as_ref())
+        })
+        .await
+    }
+
+    async fn api_clients_for_app(&self, directory_id: Uuid, app_id: &str) -> Result<Vec<ApiClient>, StoreError> {
+        self.read_point(|conn| {
+            let sql = format!(
+                "SELECT {API_CLIENT_COLUMNS} FROM api_client_registrations WHERE directory_id = ?1 AND app_id = ?2
+                 ORDER BY created_at, id"
+            );
+            let mut clients = query_all(conn, &sql, params![directory_id.to_string(), app_id], api_client_from_row)?;
+            for client in &mut clients {
+                client.roles = client_roles(conn, client.id)?;
+            }
+            Ok(clients)
+        })
+    }
+
+    async fn decide_api_client(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        decision: &ClientDecision,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<ApiClient>, StoreError> {
+        let (decision, ledger) = (decision.clone(), ledger.cloned());
+        self.write(move |tx| {
+            let Some(client) = read_api_client(tx, tenant_id, id)? else {
+                return Ok(Update::NotFound);
+            };
+            check_decidable(&client)?;
+            if decision.approve {
+                let directory = client.directory_id.map(|d| d.to_string());
+                let owner: Option<String> = tx
+                    .query_row(
+                        "SELECT id FROM tenants WHERE entra_tenant_id = ?1 AND id <> ?2",
+                        params![directory, tenant_id.to_string()],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(classify)?;
+                let taken: Option<String> = tx
+                    .query_row(
+                        "SELECT id FROM api_client_registrations
+                         WHERE directory_id = ?1 AND app_id = ?2 AND status = 'active' AND tenant_id <> ?3 LIMIT 1",
+                        params![directory, client.app_id, tenant_id.to_string()],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(classify)?;
+                check_approvable(owner.is_some(), taken.is_some())?;
+            }
+            tx.execute(
+                "UPDATE api_client_registrations SET status = ?1, decided_by = ?2, decided_at = ?3,
+                     version = version + 1
+                 WHERE tenant_id = ?4 AND id = ?5 AND status = 'pending'",
+                params![
+                    if decision.approve { "active" } else { "rejected" },
+                    decision.by,
+                    timestamp(decision.at),
+                    tenant_id.to_string(),
+                    id.to_string()
+                ],
+            )
+            .map_err(classify)?;
+            write_ledger(tx, ledger.as_ref())?;
+            Ok(read_api_client(tx, tenant_id, id)?.map_or(Update::NotFound, Update::Updated))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl PlanStore for SqliteStore {
+    async fn create_plan(&self, plan: &Plan, ledger: Option<&Ledger>) -> Result<(), StoreError> {
+        let (p, ledger) = (plan.clone(), ledger.cloned());
+        self.write(move |tx| {
+            let sql = format!(
+                "INSERT INTO plans ({PLAN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            );
+            tx.execute(
+                &sql,
+                params![
+                    p.code,
+                    p.name,
+                    p.requests_per_minute,
+                    p.burst,
+                    p.monthly_quota_units,
+                    p.overage_policy.as_str(),
+                    p.currency,
+                    p.base_price_micros,
+                    p.overage_unit_price_micros,
+                    timestamp(p.created_at),
+                    timestamp(p.updated_at),
+                    p.version
+                ],
+            )
+            .map_err(classify)?;
+            write_ledger(tx, ledger.as_ref())
+        })
+        .await
+    }
+
+    async fn get_plan(&self, code: &str) -> Result<Option<Plan>, StoreError> {
+        self.read_point(|conn| {
+            query_one(conn, &format!("SELECT {PLAN_COLUMNS} FROM plans WHERE code = ?1"), [code], plan_from_row)
+        })
+    }
+
     async fn plan_operation_costs(&self, plan_code: &str) -> Result<Vec<(String, i64)>, StoreError> {
         let code = plan_code.to_owned();
         self.read(move |conn| {
@@ -1256,65 +1452,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
-    async fn list_api_clients(&self, tenant_id: Uuid) -> Result<Vec<ApiClient>, StoreError> {
-        self.read(move |conn| {
-            // One read transaction: the clients and their roles come from the same snapshot.
-            let tx = conn.unchecked_transaction().map_err(classify)?;
-            let tenant = tenant_id.to_string();
-            let sql =
-                format!("SELECT {API_CLIENT_COLUMNS} FROM api_client_registrations WHERE tenant_id = ?1 ORDER BY created_at, id");
-            let mut clients = query_all(&tx, &sql, [&tenant], api_client_from_row)?;
-            let roles = query_all(
-                &tx,
-                "SELECT r.client_id, r.role FROM api_client_roles r JOIN api_client_registrations c ON c.id = r.client_id
-                 WHERE c.tenant_id = ?1 ORDER BY r.client_id, r.role",
-                [&tenant],
-                |r| {
-                    let (client, role): (String, String) = (r.get(0)?, r.get(1)?);
-                    Ok(parse_uuid(&client).map(|client| (client, role)))
-                },
-            )?;
-            tx.commit().map_err(classify)?;
-            let mut by_client: HashMap<Uuid, Vec<String>> = HashMap::new();
-            for (client, role) in roles {
-                by_client.entry(client).or_default().push(role);
-            }
-            for client in &mut clients {
-                client.roles = by_client.remove(&client.id).unwrap_or_default();
-            }
-            Ok(clients)
-        })
-        .await
-    }
-
-    async fn revoke_api_client(
-        &self,
-        tenant_id: Uuid,
-        id: Uuid,
-        now: DateTime<Utc>,
-        ledger: Option<&Ledger>,
-    ) -> Result<Update<ApiClient>, StoreError> {
-        let ledger = ledger.cloned();
-        self.write(move |tx| {
-            tx.execute(
-                "UPDATE api_client_registrations SET status = 'revoked', revoked_at = ?1, version = version + 1
-                 WHERE tenant_id = ?2 AND id = ?3 AND status IN ('pending', 'active')",
-                params![timestamp(now), tenant_id.to_string(), id.to_string()],
-            )
-            .map_err(classify)?;
-            // Revoked now or before: either way the client is revoked, and the row says since when.
-            Ok(match read_api_client(tx, tenant_id, id)? {
-                Some(client) => {
-                    write_ledger(tx, ledger.as_ref())?;
-                    Update::Updated(client)
-                }
-                None => Update::NotFound,
-            })
-        })
-        .await
-    }
-
+#[async_trait]
+impl DocumentStore for SqliteStore {
     async fn create_document(
         &self,
         document: &Document,
@@ -1545,136 +1686,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
-    async fn create_api_client(&self, client: &ApiClient, ledger: Option<&Ledger>) -> Result<(), StoreError> {
-        let (c, ledger) = (client.clone(), ledger.cloned());
-        self.write(move |tx| {
-            tx.execute(
-                "INSERT INTO api_client_registrations (id, tenant_id, directory_id, app_id, display_name, status,
-                     created_at, revoked_at, decided_by, decided_at, version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![
-                    c.id.to_string(),
-                    c.tenant_id.to_string(),
-                    c.directory_id.map(|d| d.to_string()),
-                    c.app_id,
-                    c.display_name,
-                    c.status.as_str(),
-                    timestamp(c.created_at),
-                    c.revoked_at.map(timestamp),
-                    c.decided_by,
-                    c.decided_at.map(timestamp),
-                    c.version
-                ],
-            )
-            .map_err(classify)?;
-            for role in &c.roles {
-                tx.execute(
-                    "INSERT INTO api_client_roles (client_id, role) VALUES (?1, ?2)",
-                    params![c.id.to_string(), role],
-                )
-                .map_err(classify)?;
-            }
-            write_ledger(tx, ledger.as_ref())
-        })
-        .await
-    }
-
-    async fn api_clients_for_app(&self, directory_id: Uuid, app_id: &str) -> Result<Vec<ApiClient>, StoreError> {
-        self.read_point(|conn| {
-            let sql = format!(
-                "SELECT {API_CLIENT_COLUMNS} FROM api_client_registrations WHERE directory_id = ?1 AND app_id = ?2
-                 ORDER BY created_at, id"
-            );
-            let mut clients = query_all(conn, &sql, params![directory_id.to_string(), app_id], api_client_from_row)?;
-            for client in &mut clients {
-                client.roles = client_roles(conn, client.id)?;
-            }
-            Ok(clients)
-        })
-    }
-
-    async fn decide_api_client(
-        &self,
-        tenant_id: Uuid,
-        id: Uuid,
-        decision: &ClientDecision,
-        ledger: Option<&Ledger>,
-    ) -> Result<Update<ApiClient>, StoreError> {
-        let (decision, ledger) = (decision.clone(), ledger.cloned());
-        self.write(move |tx| {
-            let Some(client) = read_api_client(tx, tenant_id, id)? else {
-                return Ok(Update::NotFound);
-            };
-            check_decidable(&client)?;
-            if decision.approve {
-                let directory = client.directory_id.map(|d| d.to_string());
-                let owner: Option<String> = tx
-                    .query_row(
-                        "SELECT id FROM tenants WHERE entra_tenant_id = ?1 AND id <> ?2",
-                        params![directory, tenant_id.to_string()],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(classify)?;
-                let taken: Option<String> = tx
-                    .query_row(
-                        "SELECT id FROM api_client_registrations
-                         WHERE directory_id = ?1 AND app_id = ?2 AND status = 'active' AND tenant_id <> ?3 LIMIT 1",
-                        params![directory, client.app_id, tenant_id.to_string()],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(classify)?;
-                check_approvable(owner.is_some(), taken.is_some())?;
-            }
-            tx.execute(
-                "UPDATE api_client_registrations SET status = ?1, decided_by = ?2, decided_at = ?3,
-                     version = version + 1
-                 WHERE tenant_id = ?4 AND id = ?5 AND status = 'pending'",
-                params![
-                    if decision.approve { "active" } else { "rejected" },
-                    decision.by,
-                    timestamp(decision.at),
-                    tenant_id.to_string(),
-                    id.to_string()
-                ],
-            )
-            .map_err(classify)?;
-            write_ledger(tx, ledger.as_ref())?;
-            Ok(read_api_client(tx, tenant_id, id)?.map_or(Update::NotFound, Update::Updated))
-        })
-        .await
-    }
-
-    async fn acquire_lease(&self, request: &LeaseRequest) -> Result<bool, StoreError> {
-        let r = request.clone();
-        self.write(move |tx| {
-            let changed = tx
-                .execute(
-                    "INSERT INTO job_leases (name, holder, acquired_at, expires_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, acquired_at = excluded.acquired_at,
-                         expires_at = excluded.expires_at
-                     WHERE job_leases.expires_at <= excluded.acquired_at OR job_leases.holder = excluded.holder",
-                    params![r.name, r.holder, timestamp(r.now), timestamp(r.expires_at)],
-                )
-                .map_err(classify)?;
-            Ok(changed == 1)
-        })
-        .await
-    }
-
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
-        let (name, holder) = (name.to_owned(), holder.to_owned());
-        self.write(move |tx| {
-            let changed = tx
-                .execute("DELETE FROM job_leases WHERE name = ?1 AND holder = ?2", params![name, holder])
-                .map_err(classify)?;
-            Ok(changed == 1)
-        })
-        .await
-    }
-
+#[async_trait]
+impl MeteringStore for SqliteStore {
     async fn debit_quota(&self, debit: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
         let d = debit.clone();
         self.write(move |conn| debit_period(conn, &d)).await
@@ -1736,6 +1751,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn count_usage_events(&self, tenant_id: Uuid) -> Result<u64, StoreError> {
+        self.read(move |conn| {
+            conn.query_row("SELECT count(*) FROM usage_events WHERE tenant_id = ?1", [tenant_id.to_string()], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(classify)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
     async fn list_audit_events(
         &self,
         tenant_id: Option<Uuid>,
@@ -1805,18 +1834,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
-    async fn count_usage_events(&self, tenant_id: Uuid) -> Result<u64, StoreError> {
-        self.read(move |conn| {
-            conn.query_row("SELECT count(*) FROM usage_events WHERE tenant_id = ?1", [tenant_id.to_string()], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|n| n as u64)
-            .map_err(classify)
-        })
-        .await
-    }
-
+#[async_trait]
+impl IntegrationStore for SqliteStore {
     async fn apply_integration_event(
         &self,
         inbox: &InboxEntry,
@@ -1861,7 +1882,10 @@ impl Store for SqliteStore {
     async fn list_outbox(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
         integration::list_outbox(self, after_seq, limit).await
     }
+}
 
+#[async_trait]
+impl UsageStore for SqliteStore {
     async fn rollup_state(&self) -> Result<RollupState, StoreError> {
         self.read(usage::rollup_state).await
     }

@@ -4,6 +4,10 @@
 //! merge, and the quantile read from it. The SQL of each store spells the same bounds out (a unit test in each
 //! store module checks that its SQL names every bound, in order).
 
+use async_trait::async_trait;
+
+use super::*;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
@@ -241,6 +245,80 @@ pub struct BillingStatement {
     pub overage_amount_micros: i64,
     pub total_amount_micros: i64,
     pub created_at: DateTime<Utc>,
+}
+
+/// Usage aggregation and billing (see `jobs::rollup` and docs/data-model.md, "Usage rollup").
+#[async_trait]
+pub trait UsageStore: Send + Sync + 'static {
+    /// The rollup's progress.
+    async fn rollup_state(&self) -> Result<RollupState, StoreError>;
+
+    /// One bounded rollup step in ONE transaction: scans at most `batch_size` events past the watermark, moves
+    /// the watermark to the highest settled `seq` among them, brings every hour and day window those events
+    /// fall in up to the new watermark, and sets `complete_through` to `settled_before` when the scan reached
+    /// the end. Afterwards each rollup row equals the aggregate of its window's raw events with `seq` up to the
+    /// watermark: SQL Server recomputes the windows from raw events (a lower `seq` can commit after a higher
+    /// one there), SQLite adds the sums of the new events (its one writer commits `seq` in order). Either way
+    /// a step that runs twice finds the watermark moved and changes nothing; steps of two processes serialize.
+    async fn rollup_step(&self, step: &RollupStep) -> Result<RollupProgress, StoreError>;
+
+    /// Recomputes, for every tenant, the hour window starting at `hour` and then the day window containing it,
+    /// from raw events with `seq` up to the watermark; returns how many rollup rows it wrote.
+    async fn rollup_rerun_hour(&self, hour: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Deletes at most `limit` rolled-up events (`seq <= watermark`) recorded before `before`, oldest `seq` first.
+    async fn purge_usage_events(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
+
+    /// Starts (`Some`) or ends (`None`) a lag episode. Starting one that is already running changes nothing;
+    /// starting a new one writes `event` to the outbox in the same transaction. Returns whether the state changed.
+    async fn set_rollup_lagging(
+        &self,
+        since: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        event: Option<&OutboxMessage>,
+    ) -> Result<bool, StoreError>;
+
+    /// Rollup rows of one tenant and granularity with windows starting in `[from, to)`, in key order.
+    async fn usage_rollups(
+        &self,
+        tenant_id: Uuid,
+        granularity: RollupGranularity,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<UsageRollup>, StoreError>;
+
+    /// The usage of one tenant per window, operation and client: the rollups plus the events past the watermark
+    /// (the tail), read from one snapshot, so no event is counted twice or missed while a rollup step commits.
+    async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
+
+    /// Tenants created before `period_end` that have no statement for the period yet (at most `limit`, by id),
+    /// with their plan, quota snapshot and the period's billable and overage units from the day rollups.
+    async fn statement_drafts(
+        &self,
+        period_start: NaiveDate,
+        period_end: NaiveDate,
+        limit: u32,
+    ) -> Result<Vec<StatementDraft>, StoreError>;
+
+    /// Writes a statement and its outbox event in one transaction; `false` (and nothing written) when the
+    /// tenant already has a statement for the period. Statements are never updated.
+    async fn insert_billing_statement(
+        &self,
+        statement: &BillingStatement,
+        event: &OutboxMessage,
+    ) -> Result<bool, StoreError>;
+
+    /// Records that every statement of the month starting `period_start` is written.
+    async fn set_closed_through(&self, period_start: NaiveDate, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// A tenant's statements, newest period first.
+    async fn list_billing_statements(&self, tenant_id: Uuid) -> Result<Vec<BillingStatement>, StoreError>;
+
+    async fn get_billing_statement(
+        &self,
+        tenant_id: Uuid,
+        period_start: NaiveDate,
+    ) -> Result<Option<BillingStatement>, StoreError>;
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use meterline::store::{OveragePolicy, Plan, SqliteStore, Store};
+use meterline::store::prelude::*;
+use meterline::store::{OveragePolicy, Plan, SqliteStore};
 
 type Reopen = Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Arc<dyn Store>> + Send>> + Send + Sync>;
 

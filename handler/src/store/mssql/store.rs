@@ -23,7 +23,10 @@ use super::retry::{RetryPolicy, random_jitter, retry};
 use crate::store::migrations::{self, AppliedMigration, MigrationReport};
 use crate::store::model::*;
 use crate::store::usage::*;
-use crate::store::{JobRun, Store, StoreError, Update};
+use crate::store::{
+    AuditStore, DocumentStore, IntegrationStore, JobRun, MeteringStore, OperationsStore, PlanStore, StoreError,
+    TenantStore, Update, UsageStore,
+};
 
 #[path = "store_usage.rs"]
 mod usage;
@@ -576,7 +579,7 @@ async fn append_audit(conn: &mut MssqlClient, events: &[AuditEventInput]) -> Res
 }
 
 #[async_trait]
-impl Store for MssqlStore {
+impl OperationsStore for MssqlStore {
     fn kind(&self) -> &'static str {
         "mssql"
     }
@@ -655,32 +658,26 @@ impl Store for MssqlStore {
         })
     }
 
-    async fn create_plan(&self, plan: &Plan, ledger: Option<&Ledger>) -> Result<(), StoreError> {
-        in_tx!(self, Retry::No, |conn| {
-            let p = plan;
-            let params: [&dyn ToSql; 12] = [
-                &p.code.as_str(),
-                &p.name.as_str(),
-                &p.requests_per_minute,
-                &p.burst,
-                &p.monthly_quota_units,
-                &p.overage_policy.as_str(),
-                &p.currency.as_str(),
-                &p.base_price_micros,
-                &p.overage_unit_price_micros,
-                &p.created_at,
-                &p.updated_at,
-                &p.version,
-            ];
-            execute(conn, q::INSERT_PLAN, &params).await?;
-            write_ledger(conn, ledger).await
+    async fn acquire_lease(&self, request: &LeaseRequest) -> Result<bool, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            let r = request;
+            let held: Option<i32> =
+                rows(conn, q::ACQUIRE_LEASE, &[&r.name.as_str(), &r.holder.as_str(), &r.now, &r.expires_at])
+                    .await?
+                    .first()
+                    .map(|row| required(row, 0))
+                    .transpose()?;
+            Ok(held == Some(1))
         })
     }
 
-    async fn get_plan(&self, code: &str) -> Result<Option<Plan>, StoreError> {
-        in_tx!(self, Retry::Yes, |conn| rows(conn, q::GET_PLAN, &[&code]).await?.first().map(plan_from).transpose())
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| Ok(execute(conn, q::RELEASE_LEASE, &[&name, &holder]).await? == 1))
     }
+}
 
+#[async_trait]
+impl TenantStore for MssqlStore {
     async fn create_tenant(&self, tenant: &Tenant, ledger: Option<&Ledger>) -> Result<(), StoreError> {
         in_tx!(self, Retry::No, |conn| {
             let t = tenant;
@@ -791,6 +788,141 @@ impl Store for MssqlStore {
         })
     }
 
+    async fn list_api_clients(&self, tenant_id: Uuid) -> Result<Vec<ApiClient>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            let mut clients = rows(conn, q::LIST_API_CLIENTS, &[&tenant_id])
+                .await?
+                .iter()
+                .map(api_client_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut by_client: HashMap<Uuid, Vec<String>> = HashMap::new();
+            for row in rows(conn, q::LIST_API_CLIENT_ROLES, &[&tenant_id]).await? {
+                by_client.entry(required(&row, 0)?).or_default().push(text(&row, 1)?);
+            }
+            for client in &mut clients {
+                client.roles = by_client.remove(&client.id).unwrap_or_default();
+            }
+            Ok(clients)
+        })
+    }
+
+    async fn revoke_api_client(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        now: DateTime<Utc>,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<ApiClient>, StoreError> {
+        // Idempotent (only an active client changes; stored ledger ids are skipped), so a transient fault may
+        // run it again.
+        in_tx!(self, Retry::Yes, |conn| {
+            execute(conn, q::REVOKE_API_CLIENT, &[&tenant_id, &id, &now]).await?;
+            Ok(match read_api_client(conn, tenant_id, id).await? {
+                Some(client) => {
+                    write_ledger(conn, ledger).await?;
+                    Update::Updated(client)
+                }
+                None => Update::NotFound,
+            })
+        })
+    }
+
+    async fn create_api_client(&self, client: &ApiClient, ledger: Option<&Ledger>) -> Result<(), StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            let c = client;
+            let decided_by = c.decided_by.as_deref();
+            let params: [&dyn ToSql; 11] = [
+                &c.id,
+                &c.tenant_id,
+                &c.directory_id,
+                &c.app_id.as_str(),
+                &c.display_name.as_str(),
+                &c.status.as_str(),
+                &c.created_at,
+                &c.revoked_at,
+                &decided_by,
+                &c.decided_at,
+                &c.version,
+            ];
+            execute(conn, q::INSERT_API_CLIENT, &params).await?;
+            for role in &c.roles {
+                execute(conn, q::INSERT_API_CLIENT_ROLE, &[&c.id, &role.as_str()]).await?;
+            }
+            write_ledger(conn, ledger).await
+        })
+    }
+
+    async fn api_clients_for_app(&self, directory_id: Uuid, app_id: &str) -> Result<Vec<ApiClient>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            let mut clients = rows(conn, q::API_CLIENTS_FOR_APP, &[&directory_id, &app_id])
+                .await?
+                .iter()
+                .map(api_client_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            for client in &mut clients {
+                client.roles = client_roles(conn, client.id).await?;
+            }
+            Ok(clients)
+        })
+    }
+
+    async fn decide_api_client(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        decision: &ClientDecision,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<ApiClient>, StoreError> {
+        // Idempotent (only a pending row changes, a decided one is a Conflict, stored ledger ids are skipped),
+        // but a retry after a lost commit answer would report that Conflict: not retried.
+        in_tx!(self, Retry::No, |conn| {
+            let Some(client) = read_api_client(conn, tenant_id, id).await? else { return Ok(Update::NotFound) };
+            check_decidable(&client)?;
+            if decision.approve {
+                let app_id = client.app_id.as_str();
+                let owned =
+                    !rows(conn, q::DIRECTORY_OWNED_BY_OTHER, &[&client.directory_id, &tenant_id]).await?.is_empty();
+                let taken =
+                    !rows(conn, q::ACTIVE_ELSEWHERE, &[&client.directory_id, &app_id, &tenant_id]).await?.is_empty();
+                check_approvable(owned, taken)?;
+            }
+            let status = if decision.approve { ClientStatus::Active } else { ClientStatus::Rejected }.as_str();
+            let by = decision.by.as_str();
+            execute(conn, q::DECIDE_API_CLIENT, &[&status, &by, &decision.at, &tenant_id, &id]).await?;
+            write_ledger(conn, ledger).await?;
+            Ok(read_api_client(conn, tenant_id, id).await?.map_or(Update::NotFound, Update::Updated))
+        })
+    }
+}
+
+#[async_trait]
+impl PlanStore for MssqlStore {
+    async fn create_plan(&self, plan: &Plan, ledger: Option<&Ledger>) -> Result<(), StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            let p = plan;
+            let params: [&dyn ToSql; 12] = [
+                &p.code.as_str(),
+                &p.name.as_str(),
+                &p.requests_per_minute,
+                &p.burst,
+                &p.monthly_quota_units,
+                &p.overage_policy.as_str(),
+                &p.currency.as_str(),
+                &p.base_price_micros,
+                &p.overage_unit_price_micros,
+                &p.created_at,
+                &p.updated_at,
+                &p.version,
+            ];
+            execute(conn, q::INSERT_PLAN, &params).await?;
+            write_ledger(conn, ledger).await
+        })
+    }
+
+    async fn get_plan(&self, code: &str) -> Result<Option<Plan>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| rows(conn, q::GET_PLAN, &[&code]).await?.first().map(plan_from).transpose())
+    }
+
     async fn plan_operation_costs(&self, plan_code: &str) -> Result<Vec<(String, i64)>, StoreError> {
         in_tx!(self, Retry::Yes, |conn| {
             rows(conn, q::PLAN_COSTS, &[&plan_code])
@@ -846,46 +978,10 @@ impl Store for MssqlStore {
             })
         })
     }
+}
 
-    async fn list_api_clients(&self, tenant_id: Uuid) -> Result<Vec<ApiClient>, StoreError> {
-        in_tx!(self, Retry::Yes, |conn| {
-            let mut clients = rows(conn, q::LIST_API_CLIENTS, &[&tenant_id])
-                .await?
-                .iter()
-                .map(api_client_from)
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut by_client: HashMap<Uuid, Vec<String>> = HashMap::new();
-            for row in rows(conn, q::LIST_API_CLIENT_ROLES, &[&tenant_id]).await? {
-                by_client.entry(required(&row, 0)?).or_default().push(text(&row, 1)?);
-            }
-            for client in &mut clients {
-                client.roles = by_client.remove(&client.id).unwrap_or_default();
-            }
-            Ok(clients)
-        })
-    }
-
-    async fn revoke_api_client(
-        &self,
-        tenant_id: Uuid,
-        id: Uuid,
-        now: DateTime<Utc>,
-        ledger: Option<&Ledger>,
-    ) -> Result<Update<ApiClient>, StoreError> {
-        // Idempotent (only an active client changes; stored ledger ids are skipped), so a transient fault may
-        // run it again.
-        in_tx!(self, Retry::Yes, |conn| {
-            execute(conn, q::REVOKE_API_CLIENT, &[&tenant_id, &id, &now]).await?;
-            Ok(match read_api_client(conn, tenant_id, id).await? {
-                Some(client) => {
-                    write_ledger(conn, ledger).await?;
-                    Update::Updated(client)
-                }
-                None => Update::NotFound,
-            })
-        })
-    }
-
+#[async_trait]
+impl DocumentStore for MssqlStore {
     async fn create_document(
         &self,
         document: &Document,
@@ -1059,91 +1155,10 @@ impl Store for MssqlStore {
             rows(conn, q::GET_IDEMPOTENCY, &[&tenant_id, &key, &now]).await?.first().map(idempotency_from).transpose()
         })
     }
+}
 
-    async fn create_api_client(&self, client: &ApiClient, ledger: Option<&Ledger>) -> Result<(), StoreError> {
-        in_tx!(self, Retry::No, |conn| {
-            let c = client;
-            let decided_by = c.decided_by.as_deref();
-            let params: [&dyn ToSql; 11] = [
-                &c.id,
-                &c.tenant_id,
-                &c.directory_id,
-                &c.app_id.as_str(),
-                &c.display_name.as_str(),
-                &c.status.as_str(),
-                &c.created_at,
-                &c.revoked_at,
-                &decided_by,
-                &c.decided_at,
-                &c.version,
-            ];
-            execute(conn, q::INSERT_API_CLIENT, &params).await?;
-            for role in &c.roles {
-                execute(conn, q::INSERT_API_CLIENT_ROLE, &[&c.id, &role.as_str()]).await?;
-            }
-            write_ledger(conn, ledger).await
-        })
-    }
-
-    async fn api_clients_for_app(&self, directory_id: Uuid, app_id: &str) -> Result<Vec<ApiClient>, StoreError> {
-        in_tx!(self, Retry::Yes, |conn| {
-            let mut clients = rows(conn, q::API_CLIENTS_FOR_APP, &[&directory_id, &app_id])
-                .await?
-                .iter()
-                .map(api_client_from)
-                .collect::<Result<Vec<_>, _>>()?;
-            for client in &mut clients {
-                client.roles = client_roles(conn, client.id).await?;
-            }
-            Ok(clients)
-        })
-    }
-
-    async fn decide_api_client(
-        &self,
-        tenant_id: Uuid,
-        id: Uuid,
-        decision: &ClientDecision,
-        ledger: Option<&Ledger>,
-    ) -> Result<Update<ApiClient>, StoreError> {
-        // Idempotent (only a pending row changes, a decided one is a Conflict, stored ledger ids are skipped),
-        // but a retry after a lost commit answer would report that Conflict: not retried.
-        in_tx!(self, Retry::No, |conn| {
-            let Some(client) = read_api_client(conn, tenant_id, id).await? else { return Ok(Update::NotFound) };
-            check_decidable(&client)?;
-            if decision.approve {
-                let app_id = client.app_id.as_str();
-                let owned =
-                    !rows(conn, q::DIRECTORY_OWNED_BY_OTHER, &[&client.directory_id, &tenant_id]).await?.is_empty();
-                let taken =
-                    !rows(conn, q::ACTIVE_ELSEWHERE, &[&client.directory_id, &app_id, &tenant_id]).await?.is_empty();
-                check_approvable(owned, taken)?;
-            }
-            let status = if decision.approve { ClientStatus::Active } else { ClientStatus::Rejected }.as_str();
-            let by = decision.by.as_str();
-            execute(conn, q::DECIDE_API_CLIENT, &[&status, &by, &decision.at, &tenant_id, &id]).await?;
-            write_ledger(conn, ledger).await?;
-            Ok(read_api_client(conn, tenant_id, id).await?.map_or(Update::NotFound, Update::Updated))
-        })
-    }
-
-    async fn acquire_lease(&self, request: &LeaseRequest) -> Result<bool, StoreError> {
-        in_tx!(self, Retry::Yes, |conn| {
-            let r = request;
-            let held: Option<i32> =
-                rows(conn, q::ACQUIRE_LEASE, &[&r.name.as_str(), &r.holder.as_str(), &r.now, &r.expires_at])
-                    .await?
-                    .first()
-                    .map(|row| required(row, 0))
-                    .transpose()?;
-            Ok(held == Some(1))
-        })
-    }
-
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
-        in_tx!(self, Retry::Yes, |conn| Ok(execute(conn, q::RELEASE_LEASE, &[&name, &holder]).await? == 1))
-    }
-
+#[async_trait]
+impl MeteringStore for MssqlStore {
     async fn debit_quota(&self, debit: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
         in_tx!(self, Retry::No, |conn| debit_period(conn, debit).await)
     }
@@ -1191,6 +1206,17 @@ impl Store for MssqlStore {
         })
     }
 
+    async fn count_usage_events(&self, tenant_id: Uuid) -> Result<u64, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            let row = rows(conn, q::COUNT_USAGE_EVENTS, &[&tenant_id]).await?;
+            let n: i64 = row.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
+            Ok(n as u64)
+        })
+    }
+}
+
+#[async_trait]
+impl AuditStore for MssqlStore {
     async fn list_audit_events(
         &self,
         tenant_id: Option<Uuid>,
@@ -1219,15 +1245,10 @@ impl Store for MssqlStore {
             rows(conn, q::AUDIT_CHAIN, &[&chain, &after_seq, &top]).await?.iter().map(audit_from).collect()
         })
     }
+}
 
-    async fn count_usage_events(&self, tenant_id: Uuid) -> Result<u64, StoreError> {
-        in_tx!(self, Retry::Yes, |conn| {
-            let row = rows(conn, q::COUNT_USAGE_EVENTS, &[&tenant_id]).await?;
-            let n: i64 = row.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
-            Ok(n as u64)
-        })
-    }
-
+#[async_trait]
+impl IntegrationStore for MssqlStore {
     async fn apply_integration_event(
         &self,
         inbox: &InboxEntry,
@@ -1311,7 +1332,10 @@ impl Store for MssqlStore {
             rows(conn, q::LIST_OUTBOX, &[&after_seq, &top]).await?.iter().map(integration::outbox_from).collect()
         })
     }
+}
 
+#[async_trait]
+impl UsageStore for MssqlStore {
     async fn rollup_state(&self) -> Result<RollupState, StoreError> {
         in_tx!(self, Retry::Yes, |conn| usage::rollup_state(conn).await)
     }

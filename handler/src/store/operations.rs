@@ -1,0 +1,33 @@
+//! The store's own operations: health, migrations, job runs and single-runner leases.
+
+use async_trait::async_trait;
+
+use super::*;
+
+/// Runs of the store itself: health, migrations, job runs and single-runner leases.
+#[async_trait]
+pub trait OperationsStore: Send + Sync + 'static {
+    /// Short name of the implementation (`sqlite`, `mssql`), for logs and health output.
+    fn kind(&self) -> &'static str;
+
+    /// Succeeds when the store answers a trivial query.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Applies pending migrations in order; safe to run twice and from two processes at once.
+    async fn migrate(&self) -> Result<MigrationReport, StoreError>;
+
+    /// The migrations recorded in the database's history table, oldest first.
+    async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>, StoreError>;
+
+    /// Records one job execution.
+    async fn record_job_run(&self, run: &JobRun) -> Result<(), StoreError>;
+
+    /// The most recent runs of `job`, newest first.
+    async fn recent_job_runs(&self, job: &str, limit: u32) -> Result<Vec<JobRun>, StoreError>;
+
+    /// Takes the lease if it is free, expired, or already held by the same holder (a renewal).
+    async fn acquire_lease(&self, request: &LeaseRequest) -> Result<bool, StoreError>;
+
+    /// Gives the lease up if `holder` holds it; returns whether it did.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError>;
+}
