@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::connection::MssqlClient;
 use super::queries as q;
-use super::store::{column, execute, insert_usage_event, read_quota, read_tenant, required, rows, text};
+use super::{column, execute, insert_usage_event, read_quota, read_tenant, required, rows, text};
 use crate::store::StoreError;
 use crate::store::model::*;
 

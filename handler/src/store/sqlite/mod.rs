@@ -36,7 +36,6 @@ mod integration;
 #[allow(unused_imports)]
 pub(crate) use integration::{emit_quota_thresholds, insert_outbox};
 
-#[path = "sqlite_usage.rs"]
 mod usage;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
