@@ -11,7 +11,6 @@ use clap::{Parser, Subcommand};
 use crate::clock::{SystemClock, TimeOrderedIds};
 use crate::config::{Config, Runtime};
 use crate::jobs::{self, Job, JobTrigger};
-use crate::state::AppState;
 use crate::telemetry::LogSink;
 
 /// Exit code for an unusable configuration.
@@ -178,7 +177,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             if config.auto_migrate {
                 store.migrate().await?;
             }
-            let state = AppState::new(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?;
+            let state = crate::startup::state(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?;
             let outcome = jobs::run(&state, job, JobTrigger::Cli).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
             println!("{}: {}", job.name(), outcome.summary);
             Ok(())
@@ -188,7 +187,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             if config.auto_migrate {
                 store.migrate().await?;
             }
-            let state = AppState::new(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?;
+            let state = crate::startup::state(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?;
             let summary = jobs::rollup::rerun(&state, from, to).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
             println!("rollup-rerun: {summary}");
             Ok(())
@@ -242,7 +241,7 @@ async fn quarantine(config: Config, action: QuarantineCommand) -> anyhow::Result
             Ok(())
         }
         QuarantineCommand::Replay { id } => {
-            let state = AppState::new(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?;
+            let state = crate::startup::state(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?;
             let message =
                 state.store.get_quarantined(id).await?.ok_or_else(|| anyhow::anyhow!("no quarantined message {id}"))?;
             let verdict = process(&state, &message.raw_body).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;

@@ -59,7 +59,10 @@ pub fn app(
     if surface == Surface::Host {
         app = app.route("/{function}", web::post().to(dispatch::invoke));
     }
+    let routes = state.routes.clone();
     app.app_data(state)
+        // The route table on its own as well: the stages below `state` find a request's operation there.
+        .app_data(routes)
         .app_data(json_config(max_body))
         .app_data(query_config())
         .app_data(web::PayloadConfig::new(max_body))
@@ -70,6 +73,16 @@ pub fn app(
         .wrap(from_fn(crate::error::problems))
         .wrap(from_fn(crate::api::deprecation::announce))
         .wrap(from_fn(crate::telemetry::middleware))
+}
+
+/// The application state, with the OpenAPI document of the routes this build serves.
+pub fn state(
+    config: Config,
+    store: Arc<dyn crate::store::Store>,
+    clock: Arc<dyn crate::clock::Clock>,
+    ids: Arc<dyn crate::clock::IdGenerator>,
+) -> anyhow::Result<AppState> {
+    AppState::new(config, store, clock, ids, &crate::routes::openapi())
 }
 
 /// JSON bodies: size-capped, and every failure (413, 415, 400, 422) answered as a problem.
@@ -110,7 +123,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let port = listener.local_addr()?.port();
     let workers = config.workers;
     let shutdown = config.shutdown_timeout.as_secs();
-    let state = web::Data::new(AppState::new(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?);
+    let state = web::Data::new(state(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?);
     // Load the identity provider's keys in the background: readiness must not wait for the network.
     let auth = state.auth.clone();
     actix_web::rt::spawn(async move { auth.warm_up().await });

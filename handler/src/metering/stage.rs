@@ -54,7 +54,7 @@ pub async fn limit(
     let Some((caller, tenant)) = caller.and_then(|c| c.tenant.clone().map(|t| (c, t))) else {
         return Ok(next.call(req).await?.map_into_left_body());
     };
-    let operation = crate::routes::operation_of(&req);
+    let operation = crate::api::operations::operation_of(&req);
     let mut decision = None;
     let decided = async {
         let plan = state.lookups.plan(&tenant.plan_code).await?.ok_or_else(|| {
@@ -195,7 +195,7 @@ pub async fn record(
         audit_id: (!audit::is_read(req.method())).then(|| state.ids.new_id()),
         started: Instant::now(),
         occurred_at: state.clock.now(),
-        operation: crate::routes::operation_of(&req).as_deref().unwrap_or("unknown").to_owned(),
+        operation: crate::api::operations::operation_of(&req).as_deref().unwrap_or("unknown").to_owned(),
         method: req.method().clone(),
         request_bytes: req
             .headers()

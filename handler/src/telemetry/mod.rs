@@ -149,7 +149,7 @@ impl Extractor for Headers<'_> {
 
 /// The name metrics and spans give a request: its operation id, else its route, else `unmatched`.
 fn operation_of(req: &ServiceRequest) -> Option<String> {
-    crate::routes::operation_of(req).map(|op| op.to_string())
+    crate::api::operations::operation_of(req).map(|op| op.to_string())
 }
 
 /// Extracts the trace id from a W3C `traceparent` header, if well-formed.
