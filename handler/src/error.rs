@@ -298,7 +298,7 @@ impl ResponseError for AppError {
             // The single place a server-side failure is logged, with its whole cause chain.
             tracing::error!(error.code = self.code.slug(), error.cause = ?self, "request failed");
         }
-        let problem = self.to_problem(crate::telemetry::current_request_id());
+        let problem = self.to_problem(crate::request::current_id());
         let mut response = HttpResponse::build(self.code.status());
         response.insert_header((header::CONTENT_TYPE, PROBLEM_JSON));
         response.insert_header(("x-ms-error-code", self.code.azure_code()));

@@ -19,10 +19,8 @@ use super::payload::{HttpRequestData, Invocation, InvocationResult, ServiceBusMe
 use super::{HTTP_OUTPUT_BINDING, Trigger};
 use crate::error::{AppError, ErrorCode};
 use crate::jobs::{self, JobTrigger};
+use crate::request::INVOCATION_ID_HEADER;
 use crate::state::AppState;
-
-/// Header the host puts on every invocation.
-pub const INVOCATION_ID_HEADER: &str = "x-azure-functions-invocationid";
 
 /// The host may send client bodies up to 100 MiB, base64-encoded inside the envelope.
 pub const MAX_INVOCATION_BYTES: usize = 160 * 1024 * 1024;

@@ -51,7 +51,7 @@ pub(crate) fn records(
     let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let method = meter.method.to_string();
     let billable = status.is_success() && debit.is_some();
-    let request_id = crate::telemetry::current_request_id().unwrap_or_default();
+    let request_id = crate::request::current_id().unwrap_or_default();
     let tenant_id = caller.and_then(|c| c.tenant.as_ref().map(|t| t.id));
     let audited = audit::outcome(&meter.method, status).zip(meter.audit_id).map(|(outcome, id)| {
         // The caller's principal, else the one authentication found before the tenant refused it (403).

@@ -29,17 +29,8 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::{Config, LogFormat};
-use crate::functions::dispatch::INVOCATION_ID_HEADER;
+use crate::request::INVOCATION_ID_HEADER;
 use crate::state::AppState;
-
-tokio::task_local! {
-    static REQUEST_ID: String;
-}
-
-/// The id of the request being served on this task, for error bodies.
-pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
-}
 
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,7 +199,7 @@ pub async fn middleware(
     let method = req.method().clone();
     let started = Instant::now();
     // Handlers and extractors turn their errors into responses inside this scope, so problem bodies carry the id.
-    let mut res = REQUEST_ID.scope(request_id.clone(), next.call(req)).instrument(span.clone()).await?;
+    let mut res = crate::request::scope(request_id.clone(), next.call(req)).instrument(span.clone()).await?;
     let status = res.status().as_u16();
     let latency = started.elapsed();
     span.record("status", status);
