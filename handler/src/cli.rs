@@ -311,7 +311,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let running = crate::startup::start(config).await?;
     if matches!(runtime, Runtime::Standalone) && running.state.config.usage.standalone_timers {
-        crate::jobs::schedule::start(running.state.clone().into_inner());
+        crate::jobs::schedule::start(running.state.clone().into_inner(), crate::functions::timers());
     }
     let mode = match &runtime {
         Runtime::FunctionsHost { worker_id } => {

@@ -3,15 +3,16 @@
 use std::net::TcpListener;
 use std::sync::Arc;
 
+use actix_service::{IntoServiceFactory as _, ServiceFactoryExt as _, boxed};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use utoipa_actix_web::AppExt as _;
 
 use crate::clock::{SystemClock, TimeOrderedIds};
 use crate::config::Config;
-use crate::error::{json_payload_error, query_error};
+use crate::error::{AppError, json_payload_error, query_error};
 use crate::functions::dispatch;
 use crate::state::AppState;
 
@@ -57,7 +58,7 @@ pub fn app(
         app = app.route("/", web::get().to(dispatch::readiness_probe));
     }
     if surface == Surface::Host {
-        app = app.route("/{function}", web::post().to(dispatch::invoke));
+        app = app.route("/{function}", web::post().to(invoke));
     }
     let routes = state.routes.clone();
     app.app_data(state)
@@ -73,6 +74,22 @@ pub fn app(
         .wrap(from_fn(crate::error::problems))
         .wrap(from_fn(crate::api::deprecation::announce))
         .wrap(from_fn(crate::telemetry::middleware))
+}
+
+/// `POST /{function}`: the host's invocations, with the API app default-mode HTTP invocations run through.
+async fn invoke(
+    req: HttpRequest,
+    function: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    dispatch::invoke(req, function, payload, state, api_only).await
+}
+
+/// The API alone ([`Surface::ApiOnly`]), boxed: the in-process target of default-mode HTTP invocations. Built
+/// here and passed down, because `functions` sits below `startup` in the layer order.
+fn api_only(state: web::Data<AppState>) -> dispatch::ApiFactory {
+    boxed::factory(app(state, Surface::ApiOnly).into_factory().map(|res| res.map_into_boxed_body()))
 }
 
 /// The application state, with the OpenAPI document of the routes this build serves.
