@@ -17,10 +17,19 @@ use uuid::Uuid;
 
 use super::audit::{self, AuditNote, LimiterDecision};
 use super::costs;
-use super::stage::Debit;
 use crate::auth::Principal;
 use crate::auth::guard::Caller;
 use crate::store::{AuditEventInput, Ledger, UsageEvent};
+
+/// A quota debit the limit stage made for a request: billed with its usage event when the request succeeds,
+/// refunded by the record stage when it does not.
+#[derive(Debug, Clone, Copy)]
+pub struct Debit {
+    pub tenant_id: uuid::Uuid,
+    pub period_start: chrono::NaiveDate,
+    pub units: i64,
+    pub overage_units: i64,
+}
 
 /// What the record stage knows about a request before it runs: the ids of its records and what it measures.
 #[derive(Debug, Clone)]

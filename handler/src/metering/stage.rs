@@ -14,21 +14,12 @@ use chrono::NaiveTime;
 
 use super::audit::{self, LimiterDecision};
 use super::headers::{LimitState, burst_state, header_fields};
-use super::ledger::{RequestMeter, body_bytes, records};
+use super::ledger::{Debit, RequestMeter, body_bytes, records};
 use super::{costs, period};
 use crate::auth::guard::Caller;
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
 use crate::store::{Admission, QuotaDebit, QuotaOutcome, RateLimitTake};
-
-/// A quota debit made for a request, kept so a failed request can be refunded.
-#[derive(Debug, Clone, Copy)]
-pub struct Debit {
-    pub tenant_id: uuid::Uuid,
-    pub period_start: chrono::NaiveDate,
-    pub units: i64,
-    pub overage_units: i64,
-}
 
 /// The client a rate limit applies to: the application, else the user, else the token subject.
 fn client_key(caller: &Caller) -> String {
