@@ -2,6 +2,7 @@
 //!
 //! - Modules import only from layers below their own. The layer order is read from ARCHITECTURE.md's
 //!   "Layer order" section, so the document and the check cannot drift apart.
+//! - Every source file of the workspace's crates starts with its module documentation (`//!`).
 //!
 //! These tests read files and link nothing from the crate, so they build in a moment.
 
@@ -33,6 +34,23 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 /// `path` relative to the repository, with `/` separators, as the failure messages name it.
 fn shown(path: &Path) -> String {
     path.strip_prefix(repo_root()).unwrap_or(path).to_string_lossy().replace('\\', "/")
+}
+
+/// The workspace members' directories, from the root `Cargo.toml`.
+fn workspace_members() -> Vec<PathBuf> {
+    let manifest = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
+    let members = manifest
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("members"))
+        .and_then(|rest| rest.split_once('[').and_then(|(_, list)| list.split_once(']')))
+        .map(|(list, _)| list)
+        .expect("the root Cargo.toml lists its members on one line");
+    members
+        .split(',')
+        .map(|m| m.trim().trim_matches('"'))
+        .filter(|m| !m.is_empty())
+        .map(|m| repo_root().join(m))
+        .collect()
 }
 
 /// The source with comments, string literals and character literals blanked out (newlines kept, so byte
@@ -467,4 +485,19 @@ fn the_import_scanner_sees_every_kind_of_path() {
         })
         .collect();
     assert_eq!(found, ["a::b", "c", "c::d", "f", "m::g::Thing", "h::call", "c::d::more", "c::K", "m", "i"]);
+}
+
+#[test]
+fn every_source_file_starts_with_its_module_documentation() {
+    let mut missing = Vec::new();
+    for member in workspace_members() {
+        for dir in ["src", "benches"].map(|d| member.join(d)).into_iter().filter(|d| d.is_dir()) {
+            for file in rust_files(&dir) {
+                if !std::fs::read_to_string(&file).unwrap().starts_with("//!") {
+                    missing.push(shown(&file));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "these files do not start with `//!` module documentation:\n{}", missing.join("\n"));
 }
