@@ -28,6 +28,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+use crate::clock::{IdGenerator as _, TimeOrderedIds};
 use crate::config::{Config, LogFormat};
 use crate::request::INVOCATION_ID_HEADER;
 use crate::state::AppState;
@@ -167,7 +168,7 @@ pub async fn middleware(
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let request_id = match req.app_data::<web::Data<AppState>>() {
         Some(state) => state.ids.new_id().to_string(),
-        None => uuid::Uuid::new_v4().to_string(),
+        None => TimeOrderedIds.new_id().to_string(),
     };
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let trace_id = header("traceparent").as_deref().and_then(trace_id_of).map(str::to_owned);
