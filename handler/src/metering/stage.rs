@@ -227,12 +227,11 @@ pub async fn record(
                     "the request's usage record could not be written; it may have taken effect, retry it idempotently",
                 )
                 .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
-                .with_source(err);
+                // The recorder logged the failed batch once; its requests do not log it again each.
+                .with_logged_source(err);
             Ok(ServiceResponse::from_err(err, request).map_into_right_body())
         }
-        Err(err) => {
-            tracing::error!(error = ?err, "recording the usage of a failed request failed");
-            Ok(res.map_into_left_body())
-        }
+        // A request that failed anyway keeps its answer; the recorder logged the batch that lost its record.
+        Err(_) => Ok(res.map_into_left_body()),
     }
 }
