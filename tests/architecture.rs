@@ -3,6 +3,7 @@
 //! - Modules import only from layers below their own. The layer order is read from ARCHITECTURE.md's
 //!   "Layer order" section, so the document and the check cannot drift apart.
 //! - Every source file of the workspace's crates starts with its module documentation (`//!`).
+//! - No production source file (under a member's `src/`) is longer than 900 lines.
 //! - Only the injected clock and id generator (`clock.rs`) read the wall clock or make random ids.
 //!
 //! These tests read files and link nothing from the crate, so they build in a moment.
@@ -501,6 +502,38 @@ fn every_source_file_starts_with_its_module_documentation() {
         }
     }
     assert!(missing.is_empty(), "these files do not start with `//!` module documentation:\n{}", missing.join("\n"));
+}
+
+/// Files over the limit today, each a to-do: the store is being split by aggregate. The test fails once a
+/// listed file is gone or back under the limit, so the list cannot outlive the split.
+const LONG_FILES_TO_SPLIT: &[&str] = &[
+    "handler/src/store/sqlite.rs",
+    "handler/src/store/model.rs",
+    "handler/src/store/mssql/connection.rs",
+    "handler/src/store/mssql/queries.rs",
+    "handler/src/store/mssql/store.rs",
+];
+
+#[test]
+fn no_production_source_file_is_longer_than_900_lines() {
+    let mut failures = Vec::new();
+    let mut long = BTreeSet::new();
+    for member in workspace_members() {
+        for file in rust_files(&member.join("src")) {
+            let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+            let name = shown(&file);
+            if lines > 900 && !LONG_FILES_TO_SPLIT.contains(&name.as_str()) {
+                failures.push(format!("{name}: {lines} lines; split it by concern"));
+            }
+            if lines > 900 {
+                long.insert(name);
+            }
+        }
+    }
+    for listed in LONG_FILES_TO_SPLIT.iter().filter(|f| !long.contains(**f)) {
+        failures.push(format!("{listed} is no longer over 900 lines; remove it from LONG_FILES_TO_SPLIT"));
+    }
+    assert!(failures.is_empty(), "production source files stay at or under 900 lines:\n{}", failures.join("\n"));
 }
 
 /// Reads of the wall clock and random ids outside `clock.rs`, each a to-do in `store/` (whose owner is
