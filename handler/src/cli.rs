@@ -8,10 +8,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::clock::{SystemClock, TimeOrderedIds};
+use crate::clock::{Clock, IdGenerator, SystemClock, TimeOrderedIds};
 use crate::config::{Config, Runtime};
 use crate::jobs::{self, Job, JobTrigger};
-use crate::state::AppState;
 use crate::telemetry::LogSink;
 
 /// Exit code for an unusable configuration.
@@ -178,7 +177,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             if config.auto_migrate {
                 store.migrate().await?;
             }
-            let state = AppState::new(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?;
+            let state = crate::startup::state(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?;
             let outcome = jobs::run(&state, job, JobTrigger::Cli).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
             println!("{}: {}", job.name(), outcome.summary);
             Ok(())
@@ -188,7 +187,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             if config.auto_migrate {
                 store.migrate().await?;
             }
-            let state = AppState::new(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?;
+            let state = crate::startup::state(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?;
             let summary = jobs::rollup::rerun(&state, from, to).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
             println!("rollup-rerun: {summary}");
             Ok(())
@@ -199,7 +198,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             };
             let key = crate::auth::local::load_or_create(key_path)?;
             if let crate::config::StoreConfig::Sqlite { .. } = config.store {
-                ensure_dev_tenant(&config, tenant).await?;
+                ensure_dev_tenant(&config, tenant, &SystemClock, &TimeOrderedIds).await?;
             }
             let request = crate::auth::local::DevTokenRequest {
                 directory_id: tenant.to_string(),
@@ -210,7 +209,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
                 name: Some("Local Developer".into()),
                 ttl,
             };
-            println!("{}", crate::auth::local::mint(&key, &request, chrono::Utc::now().timestamp())?);
+            println!("{}", crate::auth::local::mint(&key, &request, SystemClock.now().timestamp())?);
             Ok(())
         }
         Command::Quarantine { action } => quarantine(config, action).await,
@@ -242,7 +241,7 @@ async fn quarantine(config: Config, action: QuarantineCommand) -> anyhow::Result
             Ok(())
         }
         QuarantineCommand::Replay { id } => {
-            let state = AppState::new(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?;
+            let state = crate::startup::state(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?;
             let message =
                 state.store.get_quarantined(id).await?.ok_or_else(|| anyhow::anyhow!("no quarantined message {id}"))?;
             let verdict = process(&state, &message.raw_body).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -261,11 +260,16 @@ async fn quarantine(config: Config, action: QuarantineCommand) -> anyhow::Result
 }
 
 /// Creates the `developer` plan and a tenant for `directory` in the embedded store, if missing.
-async fn ensure_dev_tenant(config: &Config, directory: uuid::Uuid) -> anyhow::Result<()> {
+async fn ensure_dev_tenant(
+    config: &Config,
+    directory: uuid::Uuid,
+    clock: &dyn Clock,
+    ids: &dyn IdGenerator,
+) -> anyhow::Result<()> {
     use crate::store::{OveragePolicy, Plan, StoreError, Tenant, TenantStatus};
     let store = crate::store::open(&config.store).await?;
     store.migrate().await?;
-    let now = chrono::Utc::now();
+    let now = clock.now();
     if store.get_plan("developer").await?.is_none() {
         let plan = Plan {
             code: "developer".into(),
@@ -289,7 +293,7 @@ async fn ensure_dev_tenant(config: &Config, directory: uuid::Uuid) -> anyhow::Re
     }
     if store.get_tenant_by_entra_id(directory).await?.is_none() {
         let tenant = Tenant {
-            id: uuid::Uuid::new_v4(),
+            id: ids.new_id(),
             entra_tenant_id: Some(directory),
             name: format!("Local tenant {}", &directory.to_string()[..8]),
             status: TenantStatus::Active,
@@ -312,7 +316,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let running = crate::startup::start(config).await?;
     if matches!(runtime, Runtime::Standalone) && running.state.config.usage.standalone_timers {
-        crate::jobs::schedule::start(running.state.clone().into_inner());
+        crate::jobs::schedule::start(running.state.clone().into_inner(), crate::functions::timers());
     }
     let mode = match &runtime {
         Runtime::FunctionsHost { worker_id } => {

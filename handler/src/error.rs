@@ -185,6 +185,8 @@ pub struct AppError {
     members: serde_json::Map<String, serde_json::Value>,
     headers: Vec<(HeaderName, HeaderValue)>,
     source: Option<anyhow::Error>,
+    /// The cause was logged where it happened, once for every request it failed: not again per request.
+    cause_logged: bool,
 }
 
 impl AppError {
@@ -196,6 +198,7 @@ impl AppError {
             members: serde_json::Map::new(),
             headers: Vec::new(),
             source: None,
+            cause_logged: false,
         }
     }
 
@@ -228,6 +231,13 @@ impl AppError {
     pub fn with_source(mut self, cause: impl Into<anyhow::Error>) -> Self {
         self.source = Some(cause.into());
         self
+    }
+
+    /// Like [`with_source`](Self::with_source) for a cause that was logged where it happened, once for all the
+    /// requests it failed (a usage batch that did not commit): the answer does not log it again per request.
+    pub fn with_logged_source(mut self, cause: impl Into<anyhow::Error>) -> Self {
+        self.cause_logged = true;
+        self.with_source(cause)
     }
 
     pub fn code(&self) -> ErrorCode {
@@ -294,11 +304,11 @@ impl ResponseError for AppError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if self.code.status().is_server_error() {
+        if self.code.status().is_server_error() && !self.cause_logged {
             // The single place a server-side failure is logged, with its whole cause chain.
             tracing::error!(error.code = self.code.slug(), error.cause = ?self, "request failed");
         }
-        let problem = self.to_problem(crate::telemetry::current_request_id());
+        let problem = self.to_problem(crate::request::current_id());
         let mut response = HttpResponse::build(self.code.status());
         response.insert_header((header::CONTENT_TYPE, PROBLEM_JSON));
         response.insert_header(("x-ms-error-code", self.code.azure_code()));
@@ -495,5 +505,30 @@ mod tests {
         let err = serde_json_error(&data);
         assert_eq!(err.code(), ErrorCode::ValidationFailed);
         assert_eq!(err.field_errors()[0].field, "body");
+    }
+
+    /// Counts the ERROR events logged while it is the default subscriber.
+    struct ErrorLines(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ErrorLines {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            if *event.metadata().level() == tracing::Level::ERROR {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+
+    #[test]
+    fn a_server_error_logs_its_cause_once_unless_it_was_logged_where_it_happened() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let lines = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(ErrorLines(lines.clone())));
+        let count = || lines.load(std::sync::atomic::Ordering::SeqCst);
+        let response = AppError::new(ErrorCode::UsageNotRecorded).with_source(anyhow::anyhow!("down")).error_response();
+        assert_eq!((response.status(), count()), (StatusCode::SERVICE_UNAVAILABLE, 1));
+        let logged = AppError::new(ErrorCode::UsageNotRecorded).with_logged_source(anyhow::anyhow!("down"));
+        assert!(format!("{logged:?}").ends_with(": down"), "the cause is kept for Debug");
+        let response = logged.error_response();
+        assert_eq!((response.status(), count()), (StatusCode::SERVICE_UNAVAILABLE, 1), "not logged again");
     }
 }

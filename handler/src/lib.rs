@@ -13,6 +13,7 @@ pub mod functions;
 pub mod jobs;
 pub mod lookups;
 pub mod metering;
+pub mod request;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -3,15 +3,16 @@
 use std::net::TcpListener;
 use std::sync::Arc;
 
+use actix_service::{IntoServiceFactory as _, ServiceFactoryExt as _, boxed};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use utoipa_actix_web::AppExt as _;
 
 use crate::clock::{SystemClock, TimeOrderedIds};
 use crate::config::Config;
-use crate::error::{json_payload_error, query_error};
+use crate::error::{AppError, json_payload_error, query_error};
 use crate::functions::dispatch;
 use crate::state::AppState;
 
@@ -57,9 +58,12 @@ pub fn app(
         app = app.route("/", web::get().to(dispatch::readiness_probe));
     }
     if surface == Surface::Host {
-        app = app.route("/{function}", web::post().to(dispatch::invoke));
+        app = app.route("/{function}", web::post().to(invoke));
     }
+    let routes = state.routes.clone();
     app.app_data(state)
+        // The route table on its own as well: the stages below `state` find a request's operation there.
+        .app_data(routes)
         .app_data(json_config(max_body))
         .app_data(query_config())
         .app_data(web::PayloadConfig::new(max_body))
@@ -70,6 +74,32 @@ pub fn app(
         .wrap(from_fn(crate::error::problems))
         .wrap(from_fn(crate::api::deprecation::announce))
         .wrap(from_fn(crate::telemetry::middleware))
+}
+
+/// `POST /{function}`: the host's invocations, with the API app default-mode HTTP invocations run through.
+async fn invoke(
+    req: HttpRequest,
+    function: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    dispatch::invoke(req, function, payload, state, api_only).await
+}
+
+/// The API alone ([`Surface::ApiOnly`]), boxed: the in-process target of default-mode HTTP invocations. Built
+/// here and passed down, because `functions` sits below `startup` in the layer order.
+fn api_only(state: web::Data<AppState>) -> dispatch::ApiFactory {
+    boxed::factory(app(state, Surface::ApiOnly).into_factory().map(|res| res.map_into_boxed_body()))
+}
+
+/// The application state, with the OpenAPI document of the routes this build serves.
+pub fn state(
+    config: Config,
+    store: Arc<dyn crate::store::Store>,
+    clock: Arc<dyn crate::clock::Clock>,
+    ids: Arc<dyn crate::clock::IdGenerator>,
+) -> anyhow::Result<AppState> {
+    AppState::new(config, store, clock, ids, &crate::routes::openapi())
 }
 
 /// JSON bodies: size-capped, and every failure (413, 415, 400, 422) answered as a problem.
@@ -110,7 +140,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let port = listener.local_addr()?.port();
     let workers = config.workers;
     let shutdown = config.shutdown_timeout.as_secs();
-    let state = web::Data::new(AppState::new(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?);
+    let state = web::Data::new(state(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?);
     // Load the identity provider's keys in the background: readiness must not wait for the network.
     let auth = state.auth.clone();
     actix_web::rt::spawn(async move { auth.warm_up().await });

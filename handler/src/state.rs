@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use crate::api::cursor::CursorSigner;
+use crate::api::operations::RouteTable;
 use crate::auth::Authenticator;
 use crate::azure::servicebus::{ServiceBusAuth, ServiceBusSender};
 use crate::clock::{Clock, IdGenerator};
 use crate::config::Config;
 use crate::lookups::Lookups;
 use crate::metering::recorder::UsageRecorder;
-use crate::routes::RouteTable;
 use crate::store::Store;
 
 /// Shared application state, registered as `web::Data<AppState>`.
@@ -28,22 +28,27 @@ pub struct AppState {
     pub recorder: UsageRecorder,
     /// The OpenAPI document, serialized once.
     pub openapi_json: actix_web::web::Bytes,
-    /// Path templates and methods of every route, for 405 answers.
-    pub routes: RouteTable,
+    /// Path templates, methods and operation ids of every route: 405 answers, and which operation a request
+    /// is. Also registered as app data on its own, for the stages below `state` ([`operation_of`]).
+    ///
+    /// [`operation_of`]: crate::api::operations::operation_of
+    pub routes: actix_web::web::Data<RouteTable>,
     /// Sends outbox events to Service Bus; `None` when no namespace or connection string is configured.
     pub outbox_sender: Option<Arc<ServiceBusSender>>,
 }
 
 impl AppState {
+    /// `openapi` is the API's document (`routes::openapi`, which `startup::state` passes in): it is served as
+    /// it is, and the route table is derived from it.
     pub fn new(
         config: Config,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         ids: Arc<dyn IdGenerator>,
+        openapi: &utoipa::openapi::OpenApi,
     ) -> anyhow::Result<Self> {
-        let openapi = crate::routes::openapi();
-        let routes = RouteTable::from_openapi(&openapi);
-        let openapi_json = serde_json::to_vec(&openapi).expect("the OpenAPI document serializes").into();
+        let routes = actix_web::web::Data::new(RouteTable::from_openapi(openapi));
+        let openapi_json = serde_json::to_vec(openapi).expect("the OpenAPI document serializes").into();
         let auth = Arc::new(Authenticator::from_config(&config.auth, clock.clone())?);
         let cursor_key = match &config.cursor_key {
             Some(key) => secrecy::ExposeSecret::expose_secret(key).as_bytes().to_vec(),

@@ -255,7 +255,7 @@ fn app_state(
     let mut map: BTreeMap<String, String> = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     map.insert("METERLINE_AUTH_LOCAL_KEY_PATH".into(), key);
     let config = Config::from_lookup(|name| map.get(name).cloned()).unwrap();
-    AppState::new(config, store, clock, Arc::new(meterline::clock::TimeOrderedIds)).unwrap()
+    meterline::startup::state(config, store, clock, Arc::new(meterline::clock::TimeOrderedIds)).unwrap()
 }
 
 #[tokio::test]

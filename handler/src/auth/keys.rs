@@ -210,7 +210,7 @@ fn usable_keys(set: &JwkSet) -> HashMap<String, VerificationKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::clock::{ManualClock, SystemClock};
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -249,7 +249,7 @@ mod tests {
             kids: Mutex::new(kids),
             down: Mutex::new(false),
         });
-        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let clock = Arc::new(ManualClock::new(SystemClock.now()));
         let timing = CacheTiming { refresh: Duration::from_secs(3600), min_refetch: Duration::from_secs(300) };
         (fake.clone(), clock.clone(), KeyCache::new(fake, clock, timing))
     }

@@ -346,7 +346,7 @@ mod tests {
         let kid = key.kid.clone();
         let source = KeySource::Local { kid: kid.clone(), key: key.verification, issuer: local::LOCAL_ISSUER.into() };
         let auth = Authenticator::new(source, settings(), Arc::new(SystemClock));
-        let now = chrono::Utc::now().timestamp();
+        let now = SystemClock.now().timestamp();
 
         let plain = auth.validate(&signed(&pem, &kid, None, now), now).await;
         assert!(plain.is_ok(), "the same token without crit is valid: {plain:?}");
@@ -384,7 +384,7 @@ mod tests {
         let timing = keys::CacheTiming { refresh: Duration::from_secs(3600), min_refetch: Duration::from_secs(300) };
         let cache = KeyCache::new(fetcher.clone(), Arc::new(SystemClock), timing);
         let auth = Authenticator::new(KeySource::Oidc(cache), settings(), Arc::new(SystemClock));
-        let now = chrono::Utc::now().timestamp();
+        let now = SystemClock.now().timestamp();
 
         let refused = auth.validate(&signed(&pem, &kid, Some(vec!["exp"]), now), now).await;
         assert!(

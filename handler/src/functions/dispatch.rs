@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use actix_service::{IntoServiceFactory, Service, ServiceExt as _, ServiceFactory, boxed};
+use actix_service::{Service, ServiceFactory, boxed};
 use actix_web::ResponseError as _;
 use actix_web::body::BoxBody;
 use actix_web::dev::{AppConfig, ServiceResponse};
@@ -19,10 +19,8 @@ use super::payload::{HttpRequestData, Invocation, InvocationResult, ServiceBusMe
 use super::{HTTP_OUTPUT_BINDING, Trigger};
 use crate::error::{AppError, ErrorCode};
 use crate::jobs::{self, JobTrigger};
+use crate::request::INVOCATION_ID_HEADER;
 use crate::state::AppState;
-
-/// Header the host puts on every invocation.
-pub const INVOCATION_ID_HEADER: &str = "x-azure-functions-invocationid";
 
 /// The host may send client bodies up to 100 MiB, base64-encoded inside the envelope.
 pub const MAX_INVOCATION_BYTES: usize = 160 * 1024 * 1024;
@@ -32,12 +30,21 @@ pub async fn readiness_probe() -> HttpResponse {
     HttpResponse::Ok().content_type("application/json").body(r#"{"status":"ok"}"#)
 }
 
-/// The handler of `POST /{function}`.
+/// The API app, boxed: what default-mode HTTP invocations run through, in process. `startup` assembles it
+/// (above this module) and passes its builder to [`invoke`].
+pub type ApiFactory =
+    boxed::BoxServiceFactory<AppConfig, actix_http::Request, ServiceResponse<BoxBody>, actix_web::Error, ()>;
+
+/// Builds the [`ApiFactory`] over the application state.
+pub type BuildApi = fn(web::Data<AppState>) -> ApiFactory;
+
+/// The handler of `POST /{function}`; `api` builds the in-process API for default-mode HTTP invocations.
 pub async fn invoke(
     req: HttpRequest,
     function: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
+    api: BuildApi,
 ) -> Result<HttpResponse, AppError> {
     let body = payload.to_bytes_limited(MAX_INVOCATION_BYTES).await.map_err(|_| {
         AppError::new(ErrorCode::PayloadTooLarge)
@@ -49,7 +56,7 @@ pub async fn invoke(
     let def = super::find(&function);
     tracing::Span::current().record("function", def.map_or(function.as_str(), |d| d.name));
     let result = match def.map(|d| (d, d.trigger)) {
-        Some((def, Trigger::Http { .. })) => invoke_http(&state, def.trigger_binding, &invocation, &req).await?,
+        Some((def, Trigger::Http { .. })) => invoke_http(&state, api, def.trigger_binding, &invocation, &req).await?,
         Some((def, Trigger::Timer { job, .. })) => {
             let timer = TimerInfo::from_value(invocation.data(def.trigger_binding));
             let trigger = JobTrigger::Timer { is_past_due: timer.is_past_due, schedule: timer.schedule_status };
@@ -58,7 +65,13 @@ pub async fn invoke(
         }
         Some((def, Trigger::ServiceBus { .. })) => {
             let message = ServiceBusMessage::from_invocation(&invocation, def.trigger_binding)?;
-            crate::jobs::integration::consume(&state, &message).await?
+            let delivery = jobs::integration::Delivery {
+                body: &message.body,
+                message_id: message.message_id.as_deref(),
+                delivery_count: message.delivery_count,
+                content_type: message.content_type.as_deref(),
+            };
+            InvocationResult::default().with_log(jobs::integration::consume(&state, delivery).await?)
         }
         // An HTTP invocation for a function this build lacks still deserves a proper HTTP answer to the client.
         None => match invocation.data.values().find(|v| HttpRequestData::looks_like(v)) {
@@ -83,6 +96,7 @@ fn unknown_function(name: &str) -> AppError {
 /// Runs a default-mode HTTP invocation through the API router and wraps its response as `Outputs.res`.
 async fn invoke_http(
     state: &web::Data<AppState>,
+    api: BuildApi,
     binding: &str,
     invocation: &Invocation,
     outer: &HttpRequest,
@@ -114,7 +128,7 @@ async fn invoke_http(
     if let Some(body) = request.body {
         test_request = test_request.set_payload(body);
     }
-    let service = api_service(state).await;
+    let service = api_service(state, api).await;
     let response = match service.call(test_request.to_request()).await {
         Ok(response) => response.into_parts().1,
         Err(err) => err.error_response(),
@@ -148,14 +162,12 @@ thread_local! {
     static API_SERVICE: RefCell<Option<Rc<ApiService>>> = const { RefCell::new(None) };
 }
 
-async fn api_service(state: &web::Data<AppState>) -> Rc<ApiService> {
+async fn api_service(state: &web::Data<AppState>, api: BuildApi) -> Rc<ApiService> {
     if let Some(service) = API_SERVICE.with(|s| s.borrow().clone()) {
         return service;
     }
-    let app = crate::startup::app(state.clone(), crate::startup::Surface::ApiOnly);
-    let factory = app.into_factory();
-    let service = factory.new_service(AppConfig::default()).await.expect("the API app builds without I/O");
-    let service: Rc<ApiService> = Rc::new(boxed::service(service.map(|res| res.map_into_boxed_body())));
+    let service = api(state.clone()).new_service(AppConfig::default()).await.expect("the API app builds without I/O");
+    let service: Rc<ApiService> = Rc::new(service);
     API_SERVICE.with(|s| *s.borrow_mut() = Some(service.clone()));
     service
 }

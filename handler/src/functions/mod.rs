@@ -68,6 +68,14 @@ pub fn find(name: &str) -> Option<&'static FunctionDef> {
     FUNCTIONS.iter().find(|f| f.name == name).or_else(|| FUNCTIONS.iter().find(|f| f.name.eq_ignore_ascii_case(name)))
 }
 
+/// The schedule and job of every timer function: what standalone `serve` runs in-process (`jobs::schedule`).
+pub fn timers() -> impl Iterator<Item = (&'static str, crate::jobs::Job)> {
+    FUNCTIONS.iter().filter_map(|f| match f.trigger {
+        Trigger::Timer { schedule, job } => Some((schedule, job)),
+        _ => None,
+    })
+}
+
 /// The `function.json` document for `def`, exactly as committed under `functions/<name>/`.
 pub fn function_json(def: &FunctionDef) -> serde_json::Value {
     use serde_json::json;
@@ -117,5 +125,14 @@ mod tests {
             assert_eq!(find(&f.name.to_ascii_lowercase()).map(|d| d.name), Some(f.name));
         }
         assert!(find("NoSuchFunction").is_none());
+    }
+
+    #[test]
+    fn every_registered_timer_schedule_parses() {
+        for def in FUNCTIONS {
+            if let Trigger::Timer { schedule, .. } = def.trigger {
+                crate::jobs::schedule::Schedule::parse(schedule).unwrap_or_else(|e| panic!("{}: {e}", def.name));
+            }
+        }
     }
 }

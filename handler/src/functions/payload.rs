@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::{AppError, ErrorCode, serde_json_error};
+use crate::jobs::ScheduleStatus;
 
 /// The envelope `{"Data": {...}, "Metadata": {...}}` of one invocation.
 #[derive(Debug, Clone, Default)]
@@ -253,14 +254,6 @@ pub struct TimerInfo {
     pub is_past_due: bool,
     /// `None` when the schedule monitor is off (the host sends `ScheduleStatus: null`).
     pub schedule_status: Option<ScheduleStatus>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ScheduleStatus {
-    /// `None` on the very first run (the host sends `0001-01-01T00:00:00`).
-    pub last: Option<DateTime<Utc>>,
-    pub next: Option<DateTime<Utc>>,
-    pub last_updated: Option<DateTime<Utc>>,
 }
 
 impl TimerInfo {

@@ -17,8 +17,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::telemetry::metrics::{self, ConsumerOutcome};
-
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -26,12 +24,12 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::AppError;
-use crate::functions::payload::{InvocationResult, ServiceBusMessage};
 use crate::state::AppState;
 use crate::store::{
     ApplyOutcome, DocumentStatus, DocumentUpsert, InboxEntry, IntegrationEffect, QuarantinedMessage, TenantStatus,
     UsageEvent,
 };
+use crate::telemetry::metrics::{self, ConsumerOutcome};
 
 /// The event types this consumer applies, with the `data` schema each is checked against (`docs/events.md`).
 pub const EVENT_TYPES: &[&str] = &[
@@ -399,12 +397,24 @@ pub async fn process(state: &AppState, body: &str) -> Result<Verdict, AppError> 
     })
 }
 
-/// Handles one Service Bus delivery of `IntegrationEvents`.
-pub async fn consume(state: &AppState, message: &ServiceBusMessage) -> Result<InvocationResult, AppError> {
+/// One Service Bus delivery of an integration message, as the trigger hands it over (`functions::dispatch`
+/// decodes the host's envelope into this).
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    /// The message body as text.
+    pub body: &'a str,
+    /// The broker's message id: for the log and the quarantine row only, never for deduplication.
+    pub message_id: Option<&'a str>,
+    pub delivery_count: Option<i64>,
+    pub content_type: Option<&'a str>,
+}
+
+/// Handles one Service Bus delivery of `IntegrationEvents`; the answer is the one line for the host's log.
+pub async fn consume(state: &AppState, message: Delivery<'_>) -> Result<String, AppError> {
     let delivery_count = message.delivery_count;
-    let message_id = message.message_id.as_deref().unwrap_or("(none)");
+    let message_id = message.message_id.unwrap_or("(none)");
     let delivery = delivery_count.map_or_else(|| "?".to_owned(), |n| n.to_string());
-    let verdict = match process(state, &message.body).await {
+    let verdict = match process(state, message.body).await {
         Ok(verdict) => verdict,
         Err(err) => {
             metrics::consumer_outcome(ConsumerOutcome::Retried);
@@ -435,11 +445,11 @@ pub async fn consume(state: &AppState, message: &ServiceBusMessage) -> Result<In
             let quarantined = QuarantinedMessage {
                 id: state.ids.new_id(),
                 received_at: state.clock.now(),
-                message_id: message.message_id.as_deref().map(|m| clip(m, 128)),
+                message_id: message.message_id.map(|m| clip(m, 128)),
                 delivery_count: delivery_count.and_then(|n| i32::try_from(n).ok()),
-                content_type: message.content_type.as_deref().map(|c| clip(c, 128)),
+                content_type: message.content_type.map(|c| clip(c, 128)),
                 reason: clip(&reason, 2000),
-                raw_body: message.body.clone(),
+                raw_body: message.body.to_owned(),
                 replayed_at: None,
             };
             state.store.quarantine_message(&quarantined).await?;
@@ -460,7 +470,7 @@ pub async fn consume(state: &AppState, message: &ServiceBusMessage) -> Result<In
         }
     };
     tracing::info!(message_id, delivery_count, "{line}");
-    Ok(InvocationResult::default().with_log(line))
+    Ok(line)
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ pub mod rollup;
 pub mod schedule;
 
 use crate::error::AppError;
-use crate::functions::payload::ScheduleStatus;
 use crate::state::AppState;
 use crate::store::JobRun;
 
@@ -32,6 +31,15 @@ impl Job {
             Job::OutboxPublish => "outbox-publish",
         }
     }
+}
+
+/// The host's schedule monitor's view of a timer (`Data.<trigger>.ScheduleStatus` of a timer invocation).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScheduleStatus {
+    /// `None` on the very first run (the host sends `0001-01-01T00:00:00`).
+    pub last: Option<chrono::DateTime<chrono::Utc>>,
+    pub next: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_updated: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What started a job.

@@ -17,10 +17,19 @@ use uuid::Uuid;
 
 use super::audit::{self, AuditNote, LimiterDecision};
 use super::costs;
-use super::stage::Debit;
 use crate::auth::Principal;
 use crate::auth::guard::Caller;
 use crate::store::{AuditEventInput, Ledger, UsageEvent};
+
+/// A quota debit the limit stage made for a request: billed with its usage event when the request succeeds,
+/// refunded by the record stage when it does not.
+#[derive(Debug, Clone, Copy)]
+pub struct Debit {
+    pub tenant_id: uuid::Uuid,
+    pub period_start: chrono::NaiveDate,
+    pub units: i64,
+    pub overage_units: i64,
+}
 
 /// What the record stage knows about a request before it runs: the ids of its records and what it measures.
 #[derive(Debug, Clone)]
@@ -51,7 +60,7 @@ pub(crate) fn records(
     let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let method = meter.method.to_string();
     let billable = status.is_success() && debit.is_some();
-    let request_id = crate::telemetry::current_request_id().unwrap_or_default();
+    let request_id = crate::request::current_id().unwrap_or_default();
     let tenant_id = caller.and_then(|c| c.tenant.as_ref().map(|t| t.id));
     let audited = audit::outcome(&meter.method, status).zip(meter.audit_id).map(|(outcome, id)| {
         // The caller's principal, else the one authentication found before the tenant refused it (403).

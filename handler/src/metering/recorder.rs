@@ -61,7 +61,8 @@ impl UsageRecorder {
     }
 
     /// Records `event` (and `audit`, appended to its chain in the same transaction) durably; returns once
-    /// its batch has committed.
+    /// its batch has committed. A failed batch is logged here, once for all its requests, so callers do not
+    /// log the error again (a stopped recorder means its task panicked, which logged the panic).
     pub async fn record(&self, event: UsageEvent, audit: Option<AuditEventInput>) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
         self.queue
@@ -73,5 +74,58 @@ impl UsageRecorder {
             Ok(Err(err)) => Err(StoreError::Unavailable(anyhow::anyhow!("recording usage failed: {err}"))),
             Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!("the usage recorder has stopped"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    /// Counts the ERROR events logged while it is the default subscriber.
+    struct ErrorLines(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ErrorLines {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            if *event.metadata().level() == tracing::Level::ERROR {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_each_of_its_requests_and_is_logged_once() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let lines = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(ErrorLines(lines.clone())));
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("r.db")).await.unwrap());
+        store.migrate().await.unwrap();
+        let recorder = UsageRecorder::start(store);
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        // A tenant that does not exist: the batch's foreign key fails, and with it every event in it.
+        let event = |n: u128| UsageEvent {
+            event_id: uuid::Uuid::from_u128(n),
+            request_id: format!("r{n}"),
+            tenant_id: Some(uuid::Uuid::from_u128(404)),
+            client_id: None,
+            principal_id: None,
+            operation_id: "getMe".into(),
+            method: "GET".into(),
+            route_template: "/api/v1/me".into(),
+            status: 200,
+            units: 1,
+            billable: false,
+            overage_units: 0,
+            latency_micros: 1,
+            request_bytes: 0,
+            response_bytes: 0,
+            occurred_at: at,
+            recorded_at: at,
+        };
+        // On this single-threaded runtime all three are queued before the writer task runs: one batch.
+        let results = futures_util::future::join_all((1..=3).map(|n| recorder.record(event(n), None))).await;
+        assert!(results.iter().all(Result::is_err), "{results:?}");
+        assert_eq!(lines.load(std::sync::atomic::Ordering::SeqCst), 1, "one line for the batch, none per request");
     }
 }

@@ -14,21 +14,12 @@ use chrono::NaiveTime;
 
 use super::audit::{self, LimiterDecision};
 use super::headers::{LimitState, burst_state, header_fields};
-use super::ledger::{RequestMeter, body_bytes, records};
+use super::ledger::{Debit, RequestMeter, body_bytes, records};
 use super::{costs, period};
 use crate::auth::guard::Caller;
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
 use crate::store::{Admission, QuotaDebit, QuotaOutcome, RateLimitTake};
-
-/// A quota debit made for a request, kept so a failed request can be refunded.
-#[derive(Debug, Clone, Copy)]
-pub struct Debit {
-    pub tenant_id: uuid::Uuid,
-    pub period_start: chrono::NaiveDate,
-    pub units: i64,
-    pub overage_units: i64,
-}
 
 /// The client a rate limit applies to: the application, else the user, else the token subject.
 fn client_key(caller: &Caller) -> String {
@@ -54,7 +45,7 @@ pub async fn limit(
     let Some((caller, tenant)) = caller.and_then(|c| c.tenant.clone().map(|t| (c, t))) else {
         return Ok(next.call(req).await?.map_into_left_body());
     };
-    let operation = crate::routes::operation_of(&req);
+    let operation = crate::api::operations::operation_of(&req);
     let mut decision = None;
     let decided = async {
         let plan = state.lookups.plan(&tenant.plan_code).await?.ok_or_else(|| {
@@ -195,7 +186,7 @@ pub async fn record(
         audit_id: (!audit::is_read(req.method())).then(|| state.ids.new_id()),
         started: Instant::now(),
         occurred_at: state.clock.now(),
-        operation: crate::routes::operation_of(&req).as_deref().unwrap_or("unknown").to_owned(),
+        operation: crate::api::operations::operation_of(&req).as_deref().unwrap_or("unknown").to_owned(),
         method: req.method().clone(),
         request_bytes: req
             .headers()
@@ -236,12 +227,11 @@ pub async fn record(
                     "the request's usage record could not be written; it may have taken effect, retry it idempotently",
                 )
                 .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
-                .with_source(err);
+                // The recorder logged the failed batch once; its requests do not log it again each.
+                .with_logged_source(err);
             Ok(ServiceResponse::from_err(err, request).map_into_right_body())
         }
-        Err(err) => {
-            tracing::error!(error = ?err, "recording the usage of a failed request failed");
-            Ok(res.map_into_left_body())
-        }
+        // A request that failed anyway keeps its answer; the recorder logged the batch that lost its record.
+        Err(_) => Ok(res.map_into_left_body()),
     }
 }

@@ -11,10 +11,6 @@ pub mod plans;
 pub mod tenants;
 pub mod usage;
 
-use std::sync::Arc;
-
-use actix_web::HttpMessage as _;
-use actix_web::dev::ServiceRequest;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use utoipa::OpenApi as _;
@@ -157,118 +153,6 @@ async fn openapi_document(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().content_type("application/json").body(state.openapi_json.clone())
 }
 
-/// Every route's path template, methods and operation ids: 404 versus 405, and which operation a request is.
-#[derive(Debug, Default)]
-pub struct RouteTable {
-    entries: Vec<(Template, Vec<RouteMethod>)>,
-}
-
-/// A path template split at `/`: literal segments match exactly, a `{name}` segment matches any non-empty
-/// segment. Every request asks which operation it is ([`operation_of`]), so this is a segment compare, not a
-/// regular expression per template.
-#[derive(Debug)]
-struct Template {
-    /// `None` for a `{parameter}` segment.
-    segments: Vec<Option<Box<str>>>,
-    parameters: usize,
-}
-
-impl Template {
-    fn parse(template: &str) -> Self {
-        let segments: Vec<_> =
-            template.split('/').map(|s| (!(s.starts_with('{') && s.ends_with('}'))).then(|| Box::from(s))).collect();
-        let parameters = segments.iter().filter(|s| s.is_none()).count();
-        Template { segments, parameters }
-    }
-
-    fn is_match(&self, path: &str) -> bool {
-        let mut parts = path.split('/');
-        for segment in &self.segments {
-            match (segment, parts.next()) {
-                (Some(literal), Some(part)) if **literal == *part => {}
-                (None, Some(part)) if !part.is_empty() => {}
-                _ => return false,
-            }
-        }
-        parts.next().is_none()
-    }
-}
-
-/// A method served on a route, and the operation id behind it (none for the host-protocol routes).
-type RouteMethod = (&'static str, Option<Arc<str>>);
-
-impl RouteTable {
-    pub fn from_openapi(doc: &utoipa::openapi::OpenApi) -> Self {
-        let mut table = RouteTable::default();
-        for (path, item) in &doc.paths.paths {
-            let operations = [
-                ("GET", &item.get),
-                ("PUT", &item.put),
-                ("POST", &item.post),
-                ("DELETE", &item.delete),
-                ("OPTIONS", &item.options),
-                ("HEAD", &item.head),
-                ("PATCH", &item.patch),
-            ];
-            let methods = operations
-                .iter()
-                .filter_map(|(m, op)| op.as_ref().map(|op| (*m, op.operation_id.as_deref().map(Arc::from))))
-                .collect();
-            table.entries.push((Template::parse(path), methods));
-        }
-        table
-    }
-
-    pub fn add(&mut self, template: &str, methods: Vec<&'static str>) {
-        self.entries.push((Template::parse(template), methods.into_iter().map(|m| (m, None)).collect()));
-    }
-
-    /// The methods allowed on `path`, or `None` when no route template matches it.
-    pub fn allowed_methods(&self, path: &str) -> Option<Vec<&'static str>> {
-        let mut allowed: Vec<&'static str> = self
-            .entries
-            .iter()
-            .filter(|(def, _)| def.is_match(path))
-            .flat_map(|(_, m)| m.iter().map(|(method, _)| *method))
-            .collect();
-        if allowed.is_empty() {
-            return None;
-        }
-        allowed.sort_unstable();
-        allowed.dedup();
-        Some(allowed)
-    }
-
-    /// The operation id serving `method` on `path`. Literal templates win over parameterized ones.
-    pub fn operation(&self, method: &str, path: &str) -> Option<&Arc<str>> {
-        self.entries
-            .iter()
-            .filter(|(template, _)| template.is_match(path))
-            .filter_map(|(template, methods)| {
-                let (_, id) = methods.iter().find(|(m, _)| *m == method)?;
-                Some((template.parameters, id.as_ref()?))
-            })
-            .min_by_key(|(parameters, _)| *parameters)
-            .map(|(_, id)| id)
-    }
-}
-
-/// The operation a request is, once it was asked for: kept in the request's extensions, because the
-/// deprecation, limit and record stages all need it and the route table is searched once.
-#[derive(Debug, Clone)]
-struct MatchedOperation(Option<Arc<str>>);
-
-/// The operation id of the request (`None` for a path or method no operation serves).
-pub fn operation_of(req: &ServiceRequest) -> Option<Arc<str>> {
-    if let Some(MatchedOperation(found)) = req.extensions().get::<MatchedOperation>() {
-        return found.clone();
-    }
-    let state = req.app_data::<web::Data<AppState>>()?;
-    let found = state.routes.operation(req.method().as_str(), req.path()).cloned();
-    req.extensions_mut().insert(MatchedOperation(found.clone()));
-    found
-}
-
 /// The default service: 405 with `Allow` when the path exists under other methods, else 404.
 pub async fn not_matched(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let path = echoed(req.path());
@@ -298,6 +182,7 @@ fn echoed(path: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::operations::RouteTable;
 
     #[test]
     fn problem_details_quote_long_paths_cut_short() {
@@ -308,16 +193,37 @@ mod tests {
         assert!(quoted.starts_with("/api/é") && quoted.ends_with('…'));
     }
 
+    /// Every operation id of the document.
+    fn operation_ids(doc: &utoipa::openapi::OpenApi) -> Vec<(String, String)> {
+        doc.paths
+            .paths
+            .iter()
+            .flat_map(|(path, i)| [&i.get, &i.put, &i.post, &i.delete, &i.patch].map(|op| (path, op)))
+            .filter_map(|(path, op)| Some((path.clone(), op.as_ref()?.operation_id.clone().unwrap_or_default())))
+            .collect()
+    }
+
     #[test]
-    fn route_table_knows_templates_and_methods() {
-        let mut table = RouteTable::default();
-        table.add("/api/v1/things/{id}", vec!["GET", "DELETE"]);
-        table.add("/api/v1/things/{id}", vec!["PATCH"]);
-        assert_eq!(table.allowed_methods("/api/v1/things/42"), Some(vec!["DELETE", "GET", "PATCH"]));
-        assert_eq!(table.allowed_methods("/api/v1/things"), None);
-        assert_eq!(table.allowed_methods("/api/v1/things/42/more"), None);
-        assert_eq!(table.allowed_methods("/api/v1/things/"), None, "a parameter is never empty");
-        assert_eq!(table.allowed_methods("/api/v1/things/42/"), None, "no trailing slash");
+    fn every_deprecated_operation_exists() {
+        let ids = operation_ids(&openapi());
+        for d in crate::api::deprecation::DEPRECATED {
+            assert!(ids.iter().any(|(_, id)| id == d.operation_id), "{} is not an operation", d.operation_id);
+        }
+    }
+
+    #[test]
+    fn every_v1_operation_has_a_cost_and_every_cost_an_operation() {
+        let ids = operation_ids(&openapi());
+        let costs = crate::metering::costs::COSTS;
+        for (path, id) in &ids {
+            if path.starts_with("/api/v1/") {
+                assert!(costs.iter().any(|(op, _)| op == id), "{id} has no entry in COSTS");
+            }
+        }
+        for (op, cost) in costs {
+            assert!(ids.iter().any(|(_, id)| id == op), "COSTS names {op}, which is not an operation");
+            assert!(*cost > 0);
+        }
     }
 
     #[test]

@@ -28,18 +28,10 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+use crate::clock::{IdGenerator as _, TimeOrderedIds};
 use crate::config::{Config, LogFormat};
-use crate::functions::dispatch::INVOCATION_ID_HEADER;
+use crate::request::INVOCATION_ID_HEADER;
 use crate::state::AppState;
-
-tokio::task_local! {
-    static REQUEST_ID: String;
-}
-
-/// The id of the request being served on this task, for error bodies.
-pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
-}
 
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +141,7 @@ impl Extractor for Headers<'_> {
 
 /// The name metrics and spans give a request: its operation id, else its route, else `unmatched`.
 fn operation_of(req: &ServiceRequest) -> Option<String> {
-    crate::routes::operation_of(req).map(|op| op.to_string())
+    crate::api::operations::operation_of(req).map(|op| op.to_string())
 }
 
 /// Extracts the trace id from a W3C `traceparent` header, if well-formed.
@@ -176,7 +168,7 @@ pub async fn middleware(
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let request_id = match req.app_data::<web::Data<AppState>>() {
         Some(state) => state.ids.new_id().to_string(),
-        None => uuid::Uuid::new_v4().to_string(),
+        None => TimeOrderedIds.new_id().to_string(),
     };
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let trace_id = header("traceparent").as_deref().and_then(trace_id_of).map(str::to_owned);
@@ -208,7 +200,7 @@ pub async fn middleware(
     let method = req.method().clone();
     let started = Instant::now();
     // Handlers and extractors turn their errors into responses inside this scope, so problem bodies carry the id.
-    let mut res = REQUEST_ID.scope(request_id.clone(), next.call(req)).instrument(span.clone()).await?;
+    let mut res = crate::request::scope(request_id.clone(), next.call(req)).instrument(span.clone()).await?;
     let status = res.status().as_u16();
     let latency = started.elapsed();
     span.record("status", status);

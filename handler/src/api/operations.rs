@@ -1,0 +1,143 @@
+//! Which operation a request is: the route table (every path template, its methods and their operation ids)
+//! and the per-request lookup the deprecation, telemetry, limit and record stages share.
+//!
+//! The table is derived from the OpenAPI document that `routes::configure` generates, but it lives here, below
+//! `state` and `routes`, so the stages that ask "which operation?" need neither. `startup` builds the document,
+//! `state` derives the table from it, and the app registers the table as its own app data ([`operation_of`]
+//! reads it there).
+
+use std::sync::Arc;
+
+use actix_web::HttpMessage as _;
+use actix_web::dev::ServiceRequest;
+use actix_web::web;
+
+/// Every route's path template, methods and operation ids: 404 versus 405, and which operation a request is.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    entries: Vec<(Template, Vec<RouteMethod>)>,
+}
+
+/// A path template split at `/`: literal segments match exactly, a `{name}` segment matches any non-empty
+/// segment. Every request asks which operation it is ([`operation_of`]), so this is a segment compare, not a
+/// regular expression per template.
+#[derive(Debug)]
+struct Template {
+    /// `None` for a `{parameter}` segment.
+    segments: Vec<Option<Box<str>>>,
+    parameters: usize,
+}
+
+impl Template {
+    fn parse(template: &str) -> Self {
+        let segments: Vec<_> =
+            template.split('/').map(|s| (!(s.starts_with('{') && s.ends_with('}'))).then(|| Box::from(s))).collect();
+        let parameters = segments.iter().filter(|s| s.is_none()).count();
+        Template { segments, parameters }
+    }
+
+    fn is_match(&self, path: &str) -> bool {
+        let mut parts = path.split('/');
+        for segment in &self.segments {
+            match (segment, parts.next()) {
+                (Some(literal), Some(part)) if **literal == *part => {}
+                (None, Some(part)) if !part.is_empty() => {}
+                _ => return false,
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+/// A method served on a route, and the operation id behind it (none for the host-protocol routes).
+type RouteMethod = (&'static str, Option<Arc<str>>);
+
+impl RouteTable {
+    pub fn from_openapi(doc: &utoipa::openapi::OpenApi) -> Self {
+        let mut table = RouteTable::default();
+        for (path, item) in &doc.paths.paths {
+            let operations = [
+                ("GET", &item.get),
+                ("PUT", &item.put),
+                ("POST", &item.post),
+                ("DELETE", &item.delete),
+                ("OPTIONS", &item.options),
+                ("HEAD", &item.head),
+                ("PATCH", &item.patch),
+            ];
+            let methods = operations
+                .iter()
+                .filter_map(|(m, op)| op.as_ref().map(|op| (*m, op.operation_id.as_deref().map(Arc::from))))
+                .collect();
+            table.entries.push((Template::parse(path), methods));
+        }
+        table
+    }
+
+    pub fn add(&mut self, template: &str, methods: Vec<&'static str>) {
+        self.entries.push((Template::parse(template), methods.into_iter().map(|m| (m, None)).collect()));
+    }
+
+    /// The methods allowed on `path`, or `None` when no route template matches it.
+    pub fn allowed_methods(&self, path: &str) -> Option<Vec<&'static str>> {
+        let mut allowed: Vec<&'static str> = self
+            .entries
+            .iter()
+            .filter(|(def, _)| def.is_match(path))
+            .flat_map(|(_, m)| m.iter().map(|(method, _)| *method))
+            .collect();
+        if allowed.is_empty() {
+            return None;
+        }
+        allowed.sort_unstable();
+        allowed.dedup();
+        Some(allowed)
+    }
+
+    /// The operation id serving `method` on `path`. Literal templates win over parameterized ones.
+    pub fn operation(&self, method: &str, path: &str) -> Option<&Arc<str>> {
+        self.entries
+            .iter()
+            .filter(|(template, _)| template.is_match(path))
+            .filter_map(|(template, methods)| {
+                let (_, id) = methods.iter().find(|(m, _)| *m == method)?;
+                Some((template.parameters, id.as_ref()?))
+            })
+            .min_by_key(|(parameters, _)| *parameters)
+            .map(|(_, id)| id)
+    }
+}
+
+/// The operation a request is, once it was asked for: kept in the request's extensions, because the
+/// deprecation, limit and record stages all need it and the route table is searched once.
+#[derive(Debug, Clone)]
+struct MatchedOperation(Option<Arc<str>>);
+
+/// The operation id of the request (`None` for a path or method no operation serves, or an app without a
+/// route table registered).
+pub fn operation_of(req: &ServiceRequest) -> Option<Arc<str>> {
+    if let Some(MatchedOperation(found)) = req.extensions().get::<MatchedOperation>() {
+        return found.clone();
+    }
+    let routes = req.app_data::<web::Data<RouteTable>>()?;
+    let found = routes.operation(req.method().as_str(), req.path()).cloned();
+    req.extensions_mut().insert(MatchedOperation(found.clone()));
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_table_knows_templates_and_methods() {
+        let mut table = RouteTable::default();
+        table.add("/api/v1/things/{id}", vec!["GET", "DELETE"]);
+        table.add("/api/v1/things/{id}", vec!["PATCH"]);
+        assert_eq!(table.allowed_methods("/api/v1/things/42"), Some(vec!["DELETE", "GET", "PATCH"]));
+        assert_eq!(table.allowed_methods("/api/v1/things"), None);
+        assert_eq!(table.allowed_methods("/api/v1/things/42/more"), None);
+        assert_eq!(table.allowed_methods("/api/v1/things/"), None, "a parameter is never empty");
+        assert_eq!(table.allowed_methods("/api/v1/things/42/"), None, "no trailing slash");
+    }
+}

@@ -1,0 +1,378 @@
+//! Typed configuration, read once from the environment (Function App settings are environment variables) and validated at startup.
+//!
+//! Every setting Meterline reads is listed in [`SETTINGS`]; tests check that `local.settings.json.example`
+//! and the README document each one. Secrets are wrapped in [`SecretString`] and never printed.
+//!
+//! `mod.rs` reads the settings of the process itself (runtime, address, store, logging, limits) and calls one
+//! file per concern for the rest: `auth.rs` (token validation), `integration.rs` (Service Bus, outbox, Key
+//! Vault), `telemetry.rs` (export), `usage.rs` (rollup and billing); `settings.rs` documents every setting.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+mod auth;
+mod integration;
+mod settings;
+mod telemetry;
+mod usage;
+
+pub use auth::{AuthConfig, AuthMode};
+pub use integration::{IntegrationConfig, KeyVaultConfig};
+pub use settings::{SETTINGS, SettingDoc};
+pub use telemetry::{TelemetryConfig, TelemetryExport};
+pub use usage::UsageConfig;
+
+/// A setting with an unusable value; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(setting: &'static str, message: impl Into<String>) -> Self {
+        Self { setting, message: message.into() }
+    }
+}
+
+/// How the process was started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runtime {
+    /// Launched by the Azure Functions host as a custom handler.
+    FunctionsHost { worker_id: Option<String> },
+    /// Started on its own (local development, tests, containers).
+    Standalone,
+}
+
+/// Where to store data.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Sqlite { path: PathBuf },
+    Mssql { connection_string: SecretString },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub runtime: Runtime,
+    /// True when an Azure instance id is present (App Service / Functions in Azure).
+    pub in_azure: bool,
+    pub bind_address: IpAddr,
+    pub port: u16,
+    pub store: StoreConfig,
+    pub auto_migrate: bool,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    pub max_body_bytes: usize,
+    pub workers: usize,
+    pub shutdown_timeout: Duration,
+    /// How long tenant, plan and API-client lookups are cached ([`crate::lookups`]).
+    pub lookup_cache_ttl: Duration,
+    pub auth: AuthConfig,
+    /// Signs list cursors; `None` means a random key for this process (never in Azure).
+    pub cursor_key: Option<SecretString>,
+    /// The outbox publisher's Service Bus target and the Key Vault secrets.
+    pub integration: IntegrationConfig,
+    pub telemetry: TelemetryConfig,
+    pub usage: UsageConfig,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests can pass a map instead of mutating the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+
+        let host_port = match get("FUNCTIONS_CUSTOMHANDLER_PORT").or_else(|| get("FUNCTIONS_HTTPWORKER_PORT")) {
+            Some(raw) => Some(parse_port("FUNCTIONS_CUSTOMHANDLER_PORT", &raw, false)?),
+            None => None,
+        };
+        let (runtime, bind_address, port) = match host_port {
+            Some(port) => {
+                let worker_id = get("FUNCTIONS_CUSTOMHANDLER_WORKER_ID").or_else(|| get("FUNCTIONS_HTTPWORKER_ID"));
+                // The host always calls 127.0.0.1, and the invocation routes served in host mode carry no
+                // credentials: a bind address beyond loopback is refused rather than ignored.
+                if let Some(raw) = get("METERLINE_BIND_ADDRESS") {
+                    let loopback = raw.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                    if !loopback {
+                        return Err(ConfigError::new(
+                            "METERLINE_BIND_ADDRESS",
+                            format!(
+                                "under the Functions host the handler listens on 127.0.0.1 only (its invocation routes \
+                                 trust their caller); {raw:?} is not a loopback address: unset it"
+                            ),
+                        ));
+                    }
+                }
+                (Runtime::FunctionsHost { worker_id }, IpAddr::from([127, 0, 0, 1]), port)
+            }
+            None => {
+                let bind = match get("METERLINE_BIND_ADDRESS") {
+                    Some(raw) => raw.parse().map_err(|_| {
+                        ConfigError::new("METERLINE_BIND_ADDRESS", format!("expected an IP address, got {raw:?}"))
+                    })?,
+                    None => IpAddr::from([127, 0, 0, 1]),
+                };
+                let port = match get("METERLINE_PORT") {
+                    Some(raw) => parse_port("METERLINE_PORT", &raw, true)?,
+                    None => 7071,
+                };
+                (Runtime::Standalone, bind, port)
+            }
+        };
+
+        let keyvault = integration::keyvault_config(&get)?;
+        let store = match get("METERLINE_STORE").as_deref().unwrap_or("sqlite") {
+            "sqlite" => StoreConfig::Sqlite {
+                path: get("METERLINE_SQLITE_PATH").map(PathBuf::from).unwrap_or_else(|| "data/meterline.db".into()),
+            },
+            "mssql" => StoreConfig::Mssql {
+                connection_string: match get("METERLINE_MSSQL_CONNECTION_STRING") {
+                    Some(value) => SecretString::from(value),
+                    // Filled in from Key Vault at startup (`Config::apply_vault_secrets`).
+                    None if keyvault.as_ref().is_some_and(|k| k.mssql_connection_string_secret.is_some()) => {
+                        SecretString::from(String::new())
+                    }
+                    None => {
+                        return Err(ConfigError::new(
+                            "METERLINE_MSSQL_CONNECTION_STRING",
+                            "required when METERLINE_STORE=mssql (or name its Key Vault secret with METERLINE_MSSQL_CONNECTION_STRING_SECRET_NAME)",
+                        ));
+                    }
+                },
+            },
+            other => {
+                return Err(ConfigError::new(
+                    "METERLINE_STORE",
+                    format!("expected `sqlite` or `mssql`, got {other:?}"),
+                ));
+            }
+        };
+        let auto_migrate = match get("METERLINE_AUTO_MIGRATE") {
+            Some(raw) => parse_bool("METERLINE_AUTO_MIGRATE", &raw)?,
+            None => matches!(store, StoreConfig::Sqlite { .. }),
+        };
+
+        let log_format = match get("METERLINE_LOG_FORMAT").as_deref().unwrap_or("json") {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => {
+                return Err(ConfigError::new(
+                    "METERLINE_LOG_FORMAT",
+                    format!("expected `json` or `text`, got {other:?}"),
+                ));
+            }
+        };
+        let log_filter = get("METERLINE_LOG").or_else(|| get("RUST_LOG")).unwrap_or_else(|| "info".into());
+        tracing_subscriber::EnvFilter::try_new(&log_filter)
+            .map_err(|e| ConfigError::new("METERLINE_LOG", format!("invalid filter {log_filter:?}: {e}")))?;
+
+        let max_body_bytes = parse_number("METERLINE_MAX_BODY_BYTES", get("METERLINE_MAX_BODY_BYTES"), 1_048_576, 1)?;
+        let default_workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let workers = parse_number("METERLINE_WORKERS", get("METERLINE_WORKERS"), default_workers, 1)?;
+        let shutdown_secs =
+            parse_number("METERLINE_SHUTDOWN_TIMEOUT_SECS", get("METERLINE_SHUTDOWN_TIMEOUT_SECS"), 10, 0)?;
+
+        let lookup_cache_secs = parse_number("METERLINE_LOOKUP_CACHE_SECS", get("METERLINE_LOOKUP_CACHE_SECS"), 5, 0)?;
+        let in_azure = get("WEBSITE_INSTANCE_ID").is_some();
+        let auth = auth::auth_config(&get, in_azure)?;
+        let usage = usage::usage_config(&get)?;
+        let cursor_key = match get("METERLINE_CURSOR_KEY") {
+            Some(key) if key.len() >= 32 => Some(SecretString::from(key)),
+            Some(_) => return Err(ConfigError::new("METERLINE_CURSOR_KEY", "must be at least 32 characters")),
+            None if keyvault.as_ref().is_some_and(|k| k.cursor_key_secret.is_some()) => None,
+            None if in_azure => {
+                return Err(ConfigError::new(
+                    "METERLINE_CURSOR_KEY",
+                    "required in Azure, where instances must verify each other's cursors",
+                ));
+            }
+            None => None,
+        };
+
+        let integration = integration::integration_config(&get, keyvault)?;
+        let telemetry = telemetry::telemetry_config(&get)?;
+
+        Ok(Config {
+            integration,
+            telemetry,
+            runtime,
+            in_azure,
+            auth,
+            cursor_key,
+            usage,
+            bind_address,
+            port,
+            store,
+            auto_migrate,
+            log_filter,
+            log_format,
+            max_body_bytes,
+            workers,
+            shutdown_timeout: Duration::from_secs(shutdown_secs as u64),
+            lookup_cache_ttl: Duration::from_secs(lookup_cache_secs as u64),
+        })
+    }
+
+    /// A configuration for tests and tools: standalone, SQLite at `path`, everything else default.
+    pub fn for_sqlite(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        Self::from_lookup(|name| match name {
+            "METERLINE_SQLITE_PATH" => Some(path.display().to_string()),
+            "METERLINE_PORT" => Some("0".into()),
+            _ => None,
+        })
+        .expect("the default configuration is valid")
+    }
+
+    pub fn under_functions_host(&self) -> bool {
+        matches!(self.runtime, Runtime::FunctionsHost { .. })
+    }
+}
+
+// The parsers every concern file shares; each error names the setting.
+
+fn parse_port(setting: &'static str, raw: &str, allow_zero: bool) -> Result<u16, ConfigError> {
+    match raw.parse::<u16>() {
+        Ok(0) if !allow_zero => Err(ConfigError::new(setting, "expected a port number 1-65535, got 0")),
+        Ok(port) => Ok(port),
+        Err(_) => Err(ConfigError::new(setting, format!("expected a port number 1-65535, got {raw:?}"))),
+    }
+}
+
+fn parse_bool(setting: &'static str, raw: &str) -> Result<bool, ConfigError> {
+    match raw.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(ConfigError::new(setting, format!("expected true or false, got {raw:?}"))),
+    }
+}
+
+fn parse_number(setting: &'static str, raw: Option<String>, default: usize, min: usize) -> Result<usize, ConfigError> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if n >= min => Ok(n),
+            _ => Err(ConfigError::new(setting, format!("expected a whole number >= {min}, got {raw:?}"))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// The configuration these settings give (a map instead of the process environment).
+    pub(super) fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_are_standalone_sqlite_on_7071() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.runtime, Runtime::Standalone);
+        assert_eq!(c.port, 7071);
+        assert!(c.auto_migrate);
+        assert!(matches!(c.store, StoreConfig::Sqlite { ref path } if path == &PathBuf::from("data/meterline.db")));
+    }
+
+    #[test]
+    fn the_host_port_wins_and_forces_loopback() {
+        let c = config(&[
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", "41235"),
+            ("FUNCTIONS_CUSTOMHANDLER_WORKER_ID", "w-1"),
+            ("METERLINE_BIND_ADDRESS", "127.0.0.1"),
+            ("METERLINE_PORT", "9000"),
+        ])
+        .unwrap();
+        assert_eq!(c.port, 41235);
+        assert_eq!(c.bind_address, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(c.runtime, Runtime::FunctionsHost { worker_id: Some("w-1".into()) });
+        let legacy = config(&[("FUNCTIONS_HTTPWORKER_PORT", "5000")]).unwrap();
+        assert_eq!(legacy.port, 5000);
+        for exposed in ["0.0.0.0", "::", "10.1.2.3", "not-an-address"] {
+            let refused = config(&[("FUNCTIONS_CUSTOMHANDLER_PORT", "41235"), ("METERLINE_BIND_ADDRESS", exposed)]);
+            assert_eq!(refused.unwrap_err().setting, "METERLINE_BIND_ADDRESS", "{exposed} is refused in host mode");
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        for (pairs, setting) in [
+            (vec![("METERLINE_PORT", "http")], "METERLINE_PORT"),
+            (vec![("FUNCTIONS_CUSTOMHANDLER_PORT", "0")], "FUNCTIONS_CUSTOMHANDLER_PORT"),
+            (vec![("METERLINE_STORE", "postgres")], "METERLINE_STORE"),
+            (vec![("METERLINE_STORE", "mssql")], "METERLINE_MSSQL_CONNECTION_STRING"),
+            (vec![("METERLINE_LOG_FORMAT", "xml")], "METERLINE_LOG_FORMAT"),
+            (vec![("METERLINE_LOG", "info,[")], "METERLINE_LOG"),
+            (vec![("METERLINE_MAX_BODY_BYTES", "0")], "METERLINE_MAX_BODY_BYTES"),
+            (vec![("METERLINE_AUTO_MIGRATE", "maybe")], "METERLINE_AUTO_MIGRATE"),
+            (vec![("METERLINE_BIND_ADDRESS", "localhost")], "METERLINE_BIND_ADDRESS"),
+            (vec![("METERLINE_AUTH_MODE", "oauth")], "METERLINE_AUTH_MODE"),
+            (vec![("METERLINE_AUTH_MODE", "entra")], "METERLINE_AUTH_AUTHORITY"),
+            (
+                vec![("METERLINE_AUTH_MODE", "entra"), ("METERLINE_AUTH_AUTHORITY", "http://idp.example.com")],
+                "METERLINE_AUTH_AUTHORITY",
+            ),
+            (
+                vec![
+                    ("METERLINE_AUTH_MODE", "entra"),
+                    ("METERLINE_AUTH_AUTHORITY", "https://login.microsoftonline.com/x/v2.0"),
+                ],
+                "METERLINE_AUTH_AUDIENCES",
+            ),
+            (vec![("METERLINE_AUTH_CLOCK_SKEW_SECS", "900")], "METERLINE_AUTH_CLOCK_SKEW_SECS"),
+            (vec![("METERLINE_CURSOR_KEY", "short")], "METERLINE_CURSOR_KEY"),
+            (vec![("METERLINE_TELEMETRY", "jaeger")], "METERLINE_TELEMETRY"),
+            (vec![("METERLINE_TELEMETRY", "otlp")], "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            (vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4318")], "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            (vec![("METERLINE_TELEMETRY", "appinsights")], "APPLICATIONINSIGHTS_CONNECTION_STRING"),
+            (
+                vec![("APPLICATIONINSIGHTS_CONNECTION_STRING", "IngestionEndpoint=x")],
+                "APPLICATIONINSIGHTS_CONNECTION_STRING",
+            ),
+            (vec![("METERLINE_TELEMETRY_METRIC_INTERVAL_SECS", "0")], "METERLINE_TELEMETRY_METRIC_INTERVAL_SECS"),
+            (vec![("METERLINE_ROLLUP_MAX_RUN_SECS", "600")], "METERLINE_ROLLUP_MAX_RUN_SECS"),
+            (vec![("METERLINE_USAGE_RETENTION_DAYS", "1")], "METERLINE_USAGE_RETENTION_DAYS"),
+            (vec![("METERLINE_USAGE_LATENESS_SECS", "90000")], "METERLINE_USAGE_LATENESS_SECS"),
+            (vec![("METERLINE_STANDALONE_TIMERS", "sometimes")], "METERLINE_STANDALONE_TIMERS"),
+            (vec![("WEBSITE_INSTANCE_ID", "abc"), ("METERLINE_AUTH_MODE", "local")], "METERLINE_AUTH_MODE"),
+            (vec![("METERLINE_CURSOR_KEY_SECRET_NAME", "cursor")], "METERLINE_KEYVAULT_URL"),
+            (vec![("METERLINE_KEYVAULT_URL", "http://vault.example")], "METERLINE_KEYVAULT_URL"),
+            (vec![("METERLINE_OUTBOX_BATCH_SIZE", "0")], "METERLINE_OUTBOX_BATCH_SIZE"),
+            (vec![("METERLINE_OUTBOX_SEND_TIMEOUT_SECS", "soon")], "METERLINE_OUTBOX_SEND_TIMEOUT_SECS"),
+        ] {
+            let err = config(&pairs).unwrap_err();
+            assert_eq!(err.setting, setting, "{pairs:?}");
+            assert!(err.to_string().starts_with(setting));
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c =
+            config(&[("METERLINE_STORE", "mssql"), ("METERLINE_MSSQL_CONNECTION_STRING", "Server=x;Password=hunter2")])
+                .unwrap();
+        assert!(!c.auto_migrate);
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let sas =
+            config(&[("METERLINE_SERVICEBUS_CONNECTION_STRING", "Endpoint=sb://x/;SharedAccessKey=hunter3")]).unwrap();
+        assert!(!format!("{sas:?}").contains("hunter3"));
+    }
+}

@@ -1,0 +1,50 @@
+//! Usage aggregation and billing settings: the rollup's batch, run time and settle margin, the lateness window
+//! before a month closes, raw-event retention, the lag alert, and whether standalone `serve` runs the timers.
+
+use std::time::Duration;
+
+use super::{ConfigError, parse_bool, parse_number};
+
+/// Usage aggregation and billing settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageConfig {
+    pub rollup_batch_size: u32,
+    pub rollup_max_run: Duration,
+    pub rollup_settle: Duration,
+    pub lateness: Duration,
+    pub retention: Duration,
+    pub lag_alert: Duration,
+    pub standalone_timers: bool,
+}
+
+/// Reads the rollup, lateness, retention and timer settings, each within the bounds the jobs need.
+pub(super) fn usage_config(get: &dyn Fn(&str) -> Option<String>) -> Result<UsageConfig, ConfigError> {
+    let batch = parse_number("METERLINE_ROLLUP_BATCH_SIZE", get("METERLINE_ROLLUP_BATCH_SIZE"), 50_000, 1)?;
+    let max_run = parse_number("METERLINE_ROLLUP_MAX_RUN_SECS", get("METERLINE_ROLLUP_MAX_RUN_SECS"), 60, 1)?;
+    if max_run > 240 {
+        return Err(ConfigError::new(
+            "METERLINE_ROLLUP_MAX_RUN_SECS",
+            format!("at most 240 seconds (the host kills invocations at functionTimeout), got {max_run}"),
+        ));
+    }
+    let settle = parse_number("METERLINE_ROLLUP_SETTLE_SECS", get("METERLINE_ROLLUP_SETTLE_SECS"), 120, 0)?;
+    let lateness = parse_number("METERLINE_USAGE_LATENESS_SECS", get("METERLINE_USAGE_LATENESS_SECS"), 900, 0)?;
+    if lateness > 86_400 {
+        return Err(ConfigError::new("METERLINE_USAGE_LATENESS_SECS", format!("at most 86400, got {lateness}")));
+    }
+    let retention_days = parse_number("METERLINE_USAGE_RETENTION_DAYS", get("METERLINE_USAGE_RETENTION_DAYS"), 35, 2)?;
+    let lag_alert = parse_number("METERLINE_ROLLUP_LAG_ALERT_SECS", get("METERLINE_ROLLUP_LAG_ALERT_SECS"), 1800, 1)?;
+    let standalone_timers = match get("METERLINE_STANDALONE_TIMERS") {
+        Some(raw) => parse_bool("METERLINE_STANDALONE_TIMERS", &raw)?,
+        None => true,
+    };
+    Ok(UsageConfig {
+        rollup_batch_size: u32::try_from(batch).unwrap_or(u32::MAX),
+        rollup_max_run: Duration::from_secs(max_run as u64),
+        rollup_settle: Duration::from_secs(settle as u64),
+        lateness: Duration::from_secs(lateness as u64),
+        retention: Duration::from_secs(retention_days as u64 * 86_400),
+        lag_alert: Duration::from_secs(lag_alert as u64),
+        standalone_timers,
+    })
+}
