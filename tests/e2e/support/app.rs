@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use actix_web::body::BoxBody;
 use actix_web::dev::Service;
@@ -83,6 +83,12 @@ impl TestAppBuilder {
     /// A handler setting, as the environment would give it (`METERLINE_MAX_BODY_BYTES`, `METERLINE_AUTH_MODE`, …).
     pub fn setting(mut self, name: &str, value: impl Into<String>) -> Self {
         self.settings.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// Starts the clock at `start` instead of [`default_start`] (tokens from a real provider carry the real time).
+    pub fn at(mut self, start: DateTime<Utc>) -> Self {
+        self.start = start;
         self
     }
 
@@ -286,5 +292,49 @@ impl TestApp {
     /// A timer invocation (§7 of the host protocol) with the given `TimerInfo` object.
     pub async fn invoke_timer(&self, function: &str, timer_info: Value) -> InvocationResponse {
         self.invoke(function, &timer_envelope(&self.layout, function, timer_info)).await
+    }
+}
+
+/// Everything the current thread logs through `tracing` while the guard lives: an in-process app's log lines, for
+/// tests that count what the app did (e.g. key fetches). The app runs on the test's thread (`#[actix_web::test]`).
+pub struct CapturedLogs {
+    buffer: Arc<Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+#[derive(Clone)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Starts capturing this thread's log lines (info and above), as plain text.
+pub fn capture_logs() -> CapturedLogs {
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let sink = LogBuffer(buffer.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    CapturedLogs { buffer, _guard: tracing::subscriber::set_default(subscriber) }
+}
+
+impl CapturedLogs {
+    /// The lines that contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.buffer.lock().unwrap()).lines().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buffer.lock().unwrap()).into_owned()
     }
 }
