@@ -303,6 +303,8 @@ pub struct HostEmulator {
     http_mode: HttpMode,
     child: Child,
     output: Arc<Mutex<Vec<String>>>,
+    /// The tasks reading stdout and stderr into `output`; both end once the process closed its streams.
+    captures: Vec<tokio::task::JoinHandle<()>>,
     client: reqwest::Client,
     _temp: Option<tempfile::TempDir>,
 }
@@ -356,8 +358,10 @@ impl HostEmulator {
         let mut child =
             command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", options.executable.display()));
         let output = Arc::new(Mutex::new(Vec::new()));
-        capture(child.stdout.take().unwrap(), output.clone(), "stdout");
-        capture(child.stderr.take().unwrap(), output.clone(), "stderr");
+        let captures = vec![
+            capture(child.stdout.take().unwrap(), output.clone(), "stdout"),
+            capture(child.stderr.take().unwrap(), output.clone(), "stderr"),
+        ];
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(60))
@@ -372,6 +376,7 @@ impl HostEmulator {
             http_mode: options.http_mode,
             child,
             output,
+            captures,
             client,
             _temp: temp,
         };
@@ -437,6 +442,32 @@ impl HostEmulator {
 
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")
+    }
+
+    /// Waits until a line of the handler's output contains `needle` and returns it (stdout and stderr are read
+    /// as the handler writes them, so a line logged before an answer may arrive after it); panics after `within`.
+    pub async fn wait_for_output(&self, needle: &str, within: Duration) -> String {
+        self.wait_for_line(needle, |line| line.contains(needle), within).await
+    }
+
+    /// [`wait_for_output`](Self::wait_for_output) for the first line that `matches` (described by `what`).
+    pub async fn wait_for_line(&self, what: &str, matches: impl Fn(&str) -> bool, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self.output().into_iter().find(|l| matches(l)) {
+                return line;
+            }
+            assert!(Instant::now() < deadline, "no output line {what} after {within:?}:\n{}", self.output_text());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the process closed stdout and stderr and both were read to the end (after it exited): from
+    /// then on [`output`](Self::output) is everything it wrote.
+    pub async fn wait_output_complete(&mut self, within: Duration) {
+        for capture in self.captures.drain(..) {
+            tokio::time::timeout(within, capture).await.expect("the output streams closed in time").unwrap();
+        }
     }
 
     /// Waits for the process to exit (after a signal sent by the test) and returns its exit code.
@@ -877,17 +908,18 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Reads `stream` line by line into `sink` until it closes; the task ends at end of file.
 fn capture(
     stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
     sink: Arc<Mutex<Vec<String>>>,
     name: &'static str,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             sink.lock().unwrap().push(format!("[{name}] {line}"));
         }
-    });
+    })
 }
 
 #[test]
