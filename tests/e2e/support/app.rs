@@ -31,7 +31,10 @@ use meterline::store::{OveragePolicy, Plan, Store, StoreError, Tenant, TenantSta
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::host::{AppLayout, ClientRequest, ClientResponse, InvocationResponse, timer_envelope};
+use super::host::{
+    AppLayout, ClientRequest, ClientResponse, InvocationResponse, ServiceBusDelivery, service_bus_envelope,
+    timer_envelope,
+};
 
 /// Where a [`TestApp`]'s clock starts unless told otherwise: a fixed instant, so every run sees the same times.
 /// Inside an hour, as real time almost always is: a report's default range ends at the end of the window
@@ -89,6 +92,18 @@ impl TestAppBuilder {
     /// Starts the clock at `start` instead of [`default_start`] (tokens from a real provider carry the real time).
     pub fn at(mut self, start: DateTime<Utc>) -> Self {
         self.start = start;
+        self
+    }
+
+    /// Uses an existing app root (and the store in its `data/meterline.db`) instead of a fresh temporary one.
+    pub fn root(mut self, root: &std::path::Path) -> Self {
+        self.root = Some(root.to_path_buf());
+        self
+    }
+
+    /// Changes the state after `AppState::new` built it and before the app serves (e.g. the outbox sender).
+    pub fn configure(mut self, change: impl FnOnce(&mut AppState) + 'static) -> Self {
+        self.configure.push(Box::new(change));
         self
     }
 
@@ -292,6 +307,11 @@ impl TestApp {
     /// A timer invocation (§7 of the host protocol) with the given `TimerInfo` object.
     pub async fn invoke_timer(&self, function: &str, timer_info: Value) -> InvocationResponse {
         self.invoke(function, &timer_envelope(&self.layout, function, timer_info)).await
+    }
+
+    /// A Service Bus invocation (§8 of the host protocol).
+    pub async fn invoke_service_bus(&self, function: &str, message: &ServiceBusDelivery) -> InvocationResponse {
+        self.invoke(function, &service_bus_envelope(&self.layout, function, message)).await
     }
 }
 

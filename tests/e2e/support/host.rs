@@ -452,12 +452,29 @@ impl HostEmulator {
 
     /// [`wait_for_output`](Self::wait_for_output) for the first line that `matches` (described by `what`).
     pub async fn wait_for_line(&self, what: &str, matches: impl Fn(&str) -> bool, within: Duration) -> String {
+        self.wait_for_lines(what, matches, 1, within).await.remove(0)
+    }
+
+    /// Waits until at least `n` lines of the output match and returns them; panics after `within`.
+    pub async fn wait_for_lines(
+        &self,
+        what: &str,
+        matches: impl Fn(&str) -> bool,
+        n: usize,
+        within: Duration,
+    ) -> Vec<String> {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(line) = self.output().into_iter().find(|l| matches(l)) {
-                return line;
+            let found: Vec<String> = self.output().into_iter().filter(|l| matches(l)).collect();
+            if found.len() >= n {
+                return found;
             }
-            assert!(Instant::now() < deadline, "no output line {what} after {within:?}:\n{}", self.output_text());
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} output lines {what} after {within:?}:\n{}",
+                found.len(),
+                self.output_text()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
