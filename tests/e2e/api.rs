@@ -1,19 +1,19 @@
-//! The REST API v1 end to end under the host emulator: documents, admin resources and every convention of docs/api-design.md.
+//! The REST API v1 in process (`startup::app` on a fresh store, with a manual clock): documents, admin resources and
+//! every convention of docs/api-design.md.
 
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use crate::support::dev_token;
-use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, HostOptions};
+use crate::support::app::{DEV_APP_ID, TestApp};
+use crate::support::host::{ClientRequest, ClientResponse};
 
 const DIR_A: &str = "aaaaaaaa-0000-0000-0000-00000000000a";
 const DIR_B: &str = "bbbbbbbb-0000-0000-0000-00000000000b";
 
-/// A handler in local auth mode with dev tokens for two tenants and a platform administrator.
+/// The app in local auth mode with dev tokens for two tenants and a platform administrator.
 struct Api {
-    host: HostEmulator,
-    root: tempfile::TempDir,
+    app: TestApp,
     a_writer: String,
     a_reader: String,
     b_writer: String,
@@ -22,29 +22,27 @@ struct Api {
 }
 
 async fn api() -> Api {
-    api_with(Vec::new()).await
+    api_with(&[]).await
 }
 
 /// [`api`] with extra handler settings.
-async fn api_with(env: Vec<(String, String)>) -> Api {
-    let root = tempfile::tempdir().unwrap();
-    let a_writer = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Documents.Read,Documents.Write"]);
-    let a_reader = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Documents.Read", "--app-id", "reader-app"]);
-    let b_writer = dev_token(root.path(), &["--tenant", DIR_B, "--roles", "Documents.Read,Documents.Write"]);
-    let admin = dev_token(root.path(), &["--tenant", DIR_B, "--roles", "Platform.Admin", "--app-id", "ops-console"]);
-    let a_admin = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Tenant.Admin", "--app-id", "a-admin-app"]);
-    let host = HostEmulator::start_with(HostOptions {
-        app_root: Some(root.path().to_path_buf()),
-        env,
-        ..HostOptions::default()
-    })
-    .await;
-    Api { host, root, a_writer, a_reader, b_writer, admin, a_admin }
+async fn api_with(settings: &[(&str, &str)]) -> Api {
+    let mut builder = TestApp::builder();
+    for (name, value) in settings {
+        builder = builder.setting(name, *value);
+    }
+    let app = builder.start().await;
+    let a_writer = app.token(DIR_A, "Documents.Read,Documents.Write", DEV_APP_ID).await;
+    let a_reader = app.token(DIR_A, "Documents.Read", "reader-app").await;
+    let b_writer = app.token(DIR_B, "Documents.Read,Documents.Write", DEV_APP_ID).await;
+    let admin = app.token(DIR_B, "Platform.Admin", "ops-console").await;
+    let a_admin = app.token(DIR_A, "Tenant.Admin", "a-admin-app").await;
+    Api { app, a_writer, a_reader, b_writer, admin, a_admin }
 }
 
 impl Api {
     async fn send(&self, token: &str, request: ClientRequest) -> ClientResponse {
-        self.host.http(request.header("Authorization", &format!("Bearer {token}"))).await
+        self.app.send(token, request).await
     }
 
     async fn create(&self, token: &str, body: Value) -> ClientResponse {
@@ -86,7 +84,7 @@ fn problem(response: &ClientResponse, status: u16, code: &str) -> Value {
     body
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn documents_crud_with_etags_and_conditional_requests() {
     let api = api().await;
     let created = api.create(&api.a_writer, doc("Customs code")).await;
@@ -158,7 +156,7 @@ async fn documents_crud_with_etags_and_conditional_requests() {
     problem(&api.create(&api.a_reader, doc("x")).await, 403, "InsufficientScope");
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn bad_input_gets_field_level_problems_and_writes_nothing() {
     let api = api().await;
     let unknown = problem(
@@ -200,10 +198,10 @@ async fn bad_input_gets_field_level_problems_and_writes_nothing() {
     assert_eq!(list["count"], 0, "no rejected request wrote anything");
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn a_merge_patch_over_the_body_limit_is_a_413_problem_recorded_once() {
     const LIMIT: usize = 4096;
-    let api = api_with(vec![("METERLINE_MAX_BODY_BYTES".into(), LIMIT.to_string())]).await;
+    let api = api_with(&[("METERLINE_MAX_BODY_BYTES", &LIMIT.to_string())]).await;
     let created = api.create(&api.a_writer, doc("Within limits")).await;
     assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
     let path = format!("/api/v1/documents/{}", created.json()["id"].as_str().unwrap());
@@ -226,7 +224,7 @@ async fn a_merge_patch_over_the_body_limit_is_a_413_problem_recorded_once() {
     assert_eq!(body["requestId"], request_id.as_str(), "{body}");
 
     // One usage event, measuring the problem the client got (the record stage sees the reshaped response).
-    let conn = rusqlite::Connection::open(api.root.path().join("data/meterline.db")).unwrap();
+    let conn = api.app.db();
     let (events, status, operation, response_bytes): (i64, i64, String, i64) = conn
         .query_row(
             "SELECT count(*), max(status), max(operation_id), max(response_bytes) FROM usage_events WHERE request_id = ?1",
@@ -243,7 +241,7 @@ async fn a_merge_patch_over_the_body_limit_is_a_413_problem_recorded_once() {
     assert_eq!(patched.json()["summary"], "short");
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn idempotent_creation_replays_and_refuses_a_reused_key() {
     let api = api().await;
     let with_key = |header: &str, key: &str, body: Value| {
@@ -286,6 +284,8 @@ async fn idempotent_creation_replays_and_refuses_a_reused_key() {
 async fn seed_listing(api: &Api) -> Vec<Value> {
     let mut made = Vec::new();
     for i in 0..23 {
+        // A second apart, so each document has its own updatedAt (the clock moves only when told).
+        api.app.clock.advance(chrono::Duration::seconds(1));
         let status = ["draft", "published", "archived"][i % 3];
         let body = json!({
             "title": format!("{} report {i:02}", if i % 3 == 0 { "Annual" } else { "monthly" }),
@@ -303,7 +303,7 @@ async fn seed_listing(api: &Api) -> Vec<Value> {
     made
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn listing_filters_sorts_pages_and_counts() {
     let api = api().await;
     let made = seed_listing(&api).await;
@@ -370,7 +370,7 @@ async fn listing_filters_sorts_pages_and_counts() {
     }
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn cursors_and_query_parameters_are_checked() {
     let api = api().await;
     seed_listing(&api).await;
@@ -407,7 +407,7 @@ async fn cursors_and_query_parameters_are_checked() {
     }
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn tenants_cannot_reach_each_others_documents_through_any_route() {
     let api = api().await;
     let a_doc = api.create(&api.a_writer, doc("Tenant A secret plan")).await.json();
@@ -447,7 +447,7 @@ async fn tenants_cannot_reach_each_others_documents_through_any_route() {
     );
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn admin_resources_plans_tenants_and_clients() {
     let api = api().await;
     let plan = json!({"code": "team", "name": "Team", "requestsPerMinute": 120, "burst": 20, "monthlyQuotaUnits": 50000,
@@ -535,18 +535,12 @@ async fn admin_resources_plans_tenants_and_clients() {
         422,
         "ValidationFailed",
     );
-    let writer_claims = dev_token(
-        api.root.path(),
-        &["--tenant", DIR_A, "--roles", "Documents.Read,Documents.Write", "--app-id", "reader-app"],
-    );
+    let writer_claims = api.app.token(DIR_A, "Documents.Read,Documents.Write", "reader-app").await;
     let me = api.get(&writer_claims, "/api/v1/me").await.json();
     assert_eq!(me["permissions"], json!(["Documents.Read"]), "the registration caps the token's roles");
     assert_eq!(me["tenant"]["name"], a["name"]);
     // The registration is bound to A's directory: the same application's tokens from B's directory ignore it.
-    let from_b = dev_token(
-        api.root.path(),
-        &["--tenant", DIR_B, "--roles", "Documents.Read,Documents.Write", "--app-id", "reader-app"],
-    );
+    let from_b = api.app.token(DIR_B, "Documents.Read,Documents.Write", "reader-app").await;
     let me_b = api.get(&from_b, "/api/v1/me").await.json();
     assert_eq!(me_b["permissions"], json!(["Documents.Read", "Documents.Write"]), "{me_b}");
     assert_ne!(me_b["tenant"]["name"], a["name"], "a registration never redirects another directory's tokens");
@@ -560,7 +554,7 @@ async fn admin_resources_plans_tenants_and_clients() {
     assert_eq!(api.get(&from_b, "/api/v1/me").await.status, 200, "nor does its revocation");
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn deprecated_operations_announce_their_sunset() {
     let api = api().await;
     let old = api.get(&api.a_reader, "/api/v1/whoami").await;
@@ -568,21 +562,20 @@ async fn deprecated_operations_announce_their_sunset() {
     assert!(old.header("deprecation").is_some_and(|d| d.starts_with('@')));
     assert_eq!(old.header("sunset"), Some("Tue, 01 Jun 2027 00:00:00 GMT"));
     assert_eq!(old.header("link"), Some("</api/v1/me>; rel=\"successor-version\""));
-    let unauthenticated = api.host.http(ClientRequest::get("/api/v1/whoami")).await;
+    let unauthenticated = api.app.http(ClientRequest::get("/api/v1/whoami")).await;
     assert_eq!(unauthenticated.status, 401);
     assert!(unauthenticated.header("sunset").is_some(), "errors announce it too");
     assert!(api.get(&api.a_reader, "/api/v1/me").await.header("deprecation").is_none());
-    let doc = api.host.http(ClientRequest::get("/api/openapi.json")).await.json();
+    let doc = api.app.http(ClientRequest::get("/api/openapi.json")).await.json();
     assert_eq!(doc["paths"]["/api/v1/whoami"]["get"]["deprecated"], true);
     assert_eq!(doc["paths"]["/api/v1/whoami"]["get"]["x-sunset"], "2027-06-01T00:00:00Z");
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn usage_summaries_are_tenant_scoped_and_match_the_quota_counter() {
     let api = api().await;
-    let a_usage =
-        dev_token(api.root.path(), &["--tenant", DIR_A, "--roles", "Usage.Read,Documents.Read", "--app-id", "a-usage"]);
-    let b_usage = dev_token(api.root.path(), &["--tenant", DIR_B, "--roles", "Usage.Read", "--app-id", "b-usage"]);
+    let a_usage = api.app.token(DIR_A, "Usage.Read,Documents.Read", "a-usage").await;
+    let b_usage = api.app.token(DIR_B, "Usage.Read", "b-usage").await;
     api.get(&a_usage, "/api/v1/documents").await;
     let own = api.get(&a_usage, "/api/v1/usage/summary").await;
     assert_eq!(own.status, 200, "{}", String::from_utf8_lossy(&own.body));
@@ -603,10 +596,7 @@ async fn usage_summaries_are_tenant_scoped_and_match_the_quota_counter() {
     assert_eq!(unknown["detail"], other["detail"], "another tenant looks exactly like no tenant");
     // A platform administrator holding Usage.Read may name any tenant; Platform.Admin alone implies nothing.
     problem(&api.get(&api.admin, &format!("/api/v1/usage/summary?tenantId={a_id}")).await, 403, "InsufficientScope");
-    let admin = dev_token(
-        api.root.path(),
-        &["--tenant", DIR_B, "--roles", "Platform.Admin,Usage.Read", "--app-id", "ops-usage"],
-    );
+    let admin = api.app.token(DIR_B, "Platform.Admin,Usage.Read", "ops-usage").await;
     let as_admin = api.get(&admin, &format!("/api/v1/usage/summary?tenantId={a_id}")).await.json();
     assert_eq!(as_admin["tenantId"], a_id.as_str());
     problem(&api.get(&api.a_reader, "/api/v1/usage/summary").await, 403, "InsufficientScope");

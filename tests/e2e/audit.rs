@@ -1,11 +1,12 @@
-//! The audit trail end to end: mutations, denials and limit rejections leave hash-chained events; the listing is
-//! tenant-scoped with filters and keyset pages; verification finds a row edited or removed in the database.
+//! The audit trail in process (`startup::app`, manual clock): mutations, denials and limit rejections leave
+//! hash-chained events; the listing is tenant-scoped with filters and keyset pages; verification finds a row edited
+//! or removed in the database.
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::support::dev_token;
-use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, HostOptions};
+use crate::support::app::TestApp;
+use crate::support::host::{ClientRequest, ClientResponse};
 
 const DIR_A: &str = "aaaaaaaa-0000-0000-0000-0000000000a1";
 const DIR_B: &str = "bbbbbbbb-0000-0000-0000-0000000000b1";
@@ -13,8 +14,7 @@ const DIR_C: &str = "cccccccc-0000-0000-0000-0000000000c1";
 const DIR_OPS: &str = "0b500000-0000-0000-0000-0000000000f1";
 
 struct Audited {
-    host: HostEmulator,
-    root: tempfile::TempDir,
+    host: TestApp,
     a_writer: String,
     a_reader: String,
     a_auditor: String,
@@ -22,22 +22,16 @@ struct Audited {
 }
 
 async fn audited() -> Audited {
-    let root = tempfile::tempdir().unwrap();
-    let token = |dir: &str, roles: &str, app: &str| {
-        dev_token(root.path(), &["--tenant", dir, "--roles", roles, "--app-id", app])
-    };
-    let a_writer = token(DIR_A, "Documents.Read,Documents.Write", "a-writer");
-    let a_reader = token(DIR_A, "Documents.Read", "a-reader");
-    let a_auditor = token(DIR_A, "Audit.Read", "a-auditor");
-    let b_auditor = token(DIR_B, "Audit.Read", "b-auditor");
-    let host =
-        HostEmulator::start_with(HostOptions { app_root: Some(root.path().to_path_buf()), ..HostOptions::default() })
-            .await;
-    Audited { host, root, a_writer, a_reader, a_auditor, b_auditor }
+    let host = TestApp::start().await;
+    let a_writer = host.token(DIR_A, "Documents.Read,Documents.Write", "a-writer").await;
+    let a_reader = host.token(DIR_A, "Documents.Read", "a-reader").await;
+    let a_auditor = host.token(DIR_A, "Audit.Read", "a-auditor").await;
+    let b_auditor = host.token(DIR_B, "Audit.Read", "b-auditor").await;
+    Audited { host, a_writer, a_reader, a_auditor, b_auditor }
 }
 
-async fn send(host: &HostEmulator, token: &str, request: ClientRequest) -> ClientResponse {
-    host.http(request.header("Authorization", &format!("Bearer {token}"))).await
+async fn send(host: &TestApp, token: &str, request: ClientRequest) -> ClientResponse {
+    host.send(token, request).await
 }
 
 fn ok(response: &ClientResponse, status: u16) -> Value {
@@ -49,19 +43,15 @@ fn sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn db(root: &std::path::Path) -> rusqlite::Connection {
-    rusqlite::Connection::open(root.join("data/meterline.db")).unwrap()
-}
-
 /// The chain key of the tenant mapped to an Entra directory.
-fn chain_of(root: &std::path::Path, directory: &str) -> String {
+fn chain_of(host: &TestApp, directory: &str) -> String {
     let id: String =
-        db(root).query_row("SELECT id FROM tenants WHERE entra_tenant_id = ?1", [directory], |r| r.get(0)).unwrap();
+        host.db().query_row("SELECT id FROM tenants WHERE entra_tenant_id = ?1", [directory], |r| r.get(0)).unwrap();
     format!("tenant:{id}")
 }
 
 /// Every event of a listing, following nextLink; checks each page's size.
-async fn all_events(host: &HostEmulator, token: &str, first: impl Into<String>, page_size: usize) -> Vec<Value> {
+async fn all_events(host: &TestApp, token: &str, first: impl Into<String>, page_size: usize) -> Vec<Value> {
     let mut events = Vec::new();
     let mut link = Some(first.into());
     while let Some(path) = link {
@@ -75,11 +65,11 @@ async fn all_events(host: &HostEmulator, token: &str, first: impl Into<String>, 
     events
 }
 
-async fn verify(host: &HostEmulator, token: &str) -> Value {
+async fn verify(host: &TestApp, token: &str) -> Value {
     ok(&send(host, token, ClientRequest::get("/api/v1/audit-events/verify")).await, 200)
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn mutations_and_denials_are_audited_and_listed_only_to_their_tenant() {
     let a = audited().await;
     let created = send(
@@ -149,7 +139,9 @@ async fn mutations_and_denials_are_audited_and_listed_only_to_their_tenant() {
     assert_eq!(patch["prevHash"], create["hash"]);
 
     // The 401 has no tenant: it is on the platform chain, with no actor.
-    let (chain, outcome, oid): (String, String, Option<String>) = db(a.root.path())
+    let (chain, outcome, oid): (String, String, Option<String>) = a
+        .host
+        .db()
         .query_row(
             "SELECT chain, outcome, actor_oid FROM audit_events WHERE request_id = ?1",
             [anonymous.header("x-request-id").unwrap()],
@@ -200,7 +192,7 @@ fn urlencode(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn verify_pinpoints_a_row_altered_or_removed_in_the_database() {
     let a = audited().await;
     for n in 0..5 {
@@ -211,8 +203,8 @@ async fn verify_pinpoints_a_row_altered_or_removed_in_the_database() {
     assert_eq!((intact["valid"].as_bool(), intact["checked"].as_u64()), (Some(true), Some(5)), "{intact}");
     assert_eq!(intact["head"]["chainSeq"], 5);
 
-    let chain = chain_of(a.root.path(), DIR_A);
-    let conn = db(a.root.path());
+    let chain = chain_of(&a.host, DIR_A);
+    let conn = a.host.db();
     let id_at = |seq: i64| -> String {
         conn.query_row("SELECT id FROM audit_events WHERE chain = ?1 AND chain_seq = ?2", (&chain, seq), |r| r.get(0))
             .unwrap()
@@ -257,19 +249,16 @@ async fn verify_pinpoints_a_row_altered_or_removed_in_the_database() {
     assert_eq!(gap["firstBrokenLink"]["eventId"], id_at(4).as_str());
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn a_rate_limited_request_leaves_a_rejected_event_with_the_limiter_decision() {
-    let root = tempfile::tempdir().unwrap();
-    let user = dev_token(root.path(), &["--tenant", DIR_C, "--roles", "Documents.Read", "--app-id", "c-user"]);
-    let auditor = dev_token(root.path(), &["--tenant", DIR_C, "--roles", "Audit.Read", "--app-id", "c-auditor"]);
-    let admin = dev_token(root.path(), &["--tenant", DIR_OPS, "--roles", "Platform.Admin", "--app-id", "ops"]);
-    let host =
-        HostEmulator::start_with(HostOptions { app_root: Some(root.path().to_path_buf()), ..HostOptions::default() })
-            .await;
+    let host = TestApp::start().await;
+    let user = host.token(DIR_C, "Documents.Read", "c-user").await;
+    let auditor = host.token(DIR_C, "Audit.Read", "c-auditor").await;
+    let admin = host.token(DIR_OPS, "Platform.Admin", "ops").await;
     let plan = json!({"code": "tight", "name": "Tight", "requestsPerMinute": 1, "burst": 2,
         "monthlyQuotaUnits": 1_000_000, "overagePolicy": "block", "currency": "EUR", "basePriceMicros": 0, "overageUnitPriceMicros": 0});
     ok(&send(&host, &admin, ClientRequest::new("POST", "/api/v1/plans").json(&plan)).await, 201);
-    let c = chain_of(root.path(), DIR_C).trim_start_matches("tenant:").to_owned();
+    let c = chain_of(&host, DIR_C).trim_start_matches("tenant:").to_owned();
     let moved = send(
         &host,
         &admin,
@@ -288,7 +277,7 @@ async fn a_rate_limited_request_leaves_a_rejected_event_with_the_limiter_decisio
             refused.push(response.header("x-request-id").unwrap().to_owned());
         }
     }
-    assert!(!refused.is_empty(), "a burst of 2 at 1 request per minute refuses some of 4 calls");
+    assert_eq!(refused.len(), 2, "a burst of 2 at 1 request per minute, with the clock standing still, refuses 2 of 4");
     let page = ok(&send(&host, &auditor, ClientRequest::get("/api/v1/audit-events?outcome=rejected")).await, 200);
     let events = page["value"].as_array().unwrap();
     let mut request_ids: Vec<String> = events.iter().map(|e| e["requestId"].as_str().unwrap().to_owned()).collect();
@@ -300,8 +289,8 @@ async fn a_rate_limited_request_leaves_a_rejected_event_with_the_limiter_decisio
         assert!(event["limiterDecision"].as_str().unwrap().starts_with("rate-limited minute r=0 t="), "{event}");
     }
     // The administrator's plan change is audited on its own tenant's chain, with the tenant as resource.
-    let ops_chain = chain_of(root.path(), DIR_OPS);
-    let (action, resource, before, after): (String, String, Option<String>, Option<String>) = db(root.path())
+    let ops_chain = chain_of(&host, DIR_OPS);
+    let (action, resource, before, after): (String, String, Option<String>, Option<String>) = host.db()
         .query_row(
             "SELECT action, resource_id, before_hash, after_hash FROM audit_events WHERE chain = ?1 AND action = 'patchTenant'",
             [&ops_chain],

@@ -88,6 +88,6 @@ async fn a_requested_shutdown_exits_zero_and_says_so() {
     let status = Command::new("kill").args(["-TERM", &host.pid().to_string()]).status().unwrap();
     assert!(status.success());
     assert_eq!(host.wait_exit(Duration::from_secs(15)).await, Some(0));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    host.wait_output_complete(Duration::from_secs(15)).await;
     assert!(host.output_text().contains("shut down on request"), "{}", host.output_text());
 }

@@ -15,14 +15,18 @@ fn assert_problem(body: &Value, status: u16, code: &str) {
 
 #[tokio::test]
 async fn becomes_ready_on_get_root_well_within_the_budget() {
-    let host = HostEmulator::start().await;
+    let mut host = HostEmulator::start().await;
     assert!(host.ready_after < Duration::from_secs(10), "took {:?}", host.ready_after);
     let response = reqwest::get(host.handler_url("/")).await.unwrap();
     assert_eq!(response.status(), 200);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    host.wait_for_output(&format!("functions-host worker {}", host.worker_id), Duration::from_secs(10)).await;
+    // All of the output, read to its end after a requested shutdown, so nothing on stderr can still be on its way.
+    let stopped = std::process::Command::new("kill").args(["-TERM", &host.pid().to_string()]).status().unwrap();
+    assert!(stopped.success());
+    assert_eq!(host.wait_exit(Duration::from_secs(15)).await, Some(0));
+    host.wait_output_complete(Duration::from_secs(15)).await;
     let output = host.output_text();
-    assert!(output.contains(&format!("functions-host worker {}", host.worker_id)), "{output}");
-    assert!(!output.contains("[stderr]"), "nothing went to stderr at a clean start: {output}");
+    assert!(!output.contains("[stderr]"), "nothing went to stderr at a clean start (or stop): {output}");
 }
 
 #[tokio::test]
@@ -60,12 +64,13 @@ async fn the_invocation_id_and_trace_id_reach_the_request_log_line() {
         )
         .await;
     let request_id = response.header("x-request-id").unwrap().to_owned();
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let line = host
-        .output()
-        .into_iter()
-        .find(|l| l.contains(&request_id) && l.contains("request completed"))
-        .unwrap_or_else(|| panic!("no log line for {request_id}:\n{}", host.output_text()));
+        .wait_for_line(
+            &format!("completing request {request_id}"),
+            |l| l.contains(&request_id) && l.contains("request completed"),
+            Duration::from_secs(10),
+        )
+        .await;
     let json: Value = serde_json::from_str(line.trim_start_matches("[stdout] ")).expect("JSON log line");
     let span = &json["span"];
     assert_eq!(span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");

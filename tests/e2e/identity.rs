@@ -1,13 +1,16 @@
-//! Identity end to end: the handler under the host emulator, validating real tokens from a real OpenID provider.
-
-use std::time::Duration;
+//! Identity end to end. Real tokens from a real OpenID provider (`tests/oidc`): validated by the handler under the
+//! host emulator, and, where the test moves time (the unknown-`kid` refetch interval), by the app in process with a
+//! manual clock. The identity policies (permissions per operation, the platform directories, cross-directory
+//! registrations) in process, with tokens signed by the local development key carrying the same claims.
 
 use chrono::Utc;
+use meterline::clock::Clock;
 use meterline::store::prelude::*;
 use meterline::store::{Plan, SqliteStore, Tenant, TenantStatus};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::support::app::{TestApp, capture_logs};
 use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, HostOptions};
 use crate::support::oidc::{OidcProvider, Signer, TestClient, decode_unverified, forge, tamper, tamper_with};
 use crate::support::routes::sample_path;
@@ -53,10 +56,8 @@ struct World {
     _root: tempfile::TempDir,
 }
 
-async fn seed(path: &std::path::Path) {
-    let store = SqliteStore::open(path).await.unwrap();
-    store.migrate().await.unwrap();
-    let now = Utc::now();
+/// The plan "pro" and the tenants of directories A (id 1), B (id 2) and the suspended one (id 4), created at `now`.
+async fn seed(store: &dyn Store, now: chrono::DateTime<Utc>) {
     store
         .create_plan(&Plan { requests_per_minute: 600, burst: 50, ..stores::plan("pro", 100_000, now) }, None)
         .await
@@ -80,21 +81,33 @@ async fn seed(path: &std::path::Path) {
     }
 }
 
-async fn world(min_refetch_secs: u64) -> World {
+/// The directories whose tokens the handler accepts (all but `DIR_FOREIGN`).
+fn allowed_tenants() -> String {
+    [DIR_A, DIR_B, DIR_PLATFORM, DIR_SUSPENDED, DIR_UNREGISTERED, DIR_PARTNER].join(",")
+}
+
+/// The settings that make the handler trust `provider`, with the given unknown-`kid` refetch interval.
+fn entra_settings(provider: &OidcProvider, min_refetch_secs: u64) -> Vec<(String, String)> {
+    vec![
+        ("METERLINE_AUTH_MODE".into(), "entra".into()),
+        ("METERLINE_AUTH_AUTHORITY".into(), provider.issuer()),
+        ("METERLINE_AUTH_AUDIENCES".into(), format!("{AUDIENCE},meterline-api-client-id")),
+        ("METERLINE_AUTH_ALLOWED_TENANTS".into(), allowed_tenants()),
+        ("METERLINE_AUTH_PLATFORM_DIRECTORIES".into(), DIR_PLATFORM.into()),
+        ("METERLINE_AUTH_JWKS_MIN_REFETCH_SECS".into(), min_refetch_secs.to_string()),
+    ]
+}
+
+async fn world() -> World {
     let provider = OidcProvider::start(AUDIENCE, clients()).await;
     let root = tempfile::tempdir().unwrap();
-    seed(&root.path().join("data/meterline.db")).await;
-    let allowed = [DIR_A, DIR_B, DIR_PLATFORM, DIR_SUSPENDED, DIR_UNREGISTERED, DIR_PARTNER].join(",");
+    let store = SqliteStore::open(&root.path().join("data/meterline.db")).await.unwrap();
+    store.migrate().await.unwrap();
+    seed(&store, Utc::now()).await;
+    let env = entra_settings(&provider, 300);
     let host = HostEmulator::start_with(HostOptions {
         app_root: Some(root.path().to_path_buf()),
-        env: vec![
-            ("METERLINE_AUTH_MODE".into(), "entra".into()),
-            ("METERLINE_AUTH_AUTHORITY".into(), provider.issuer()),
-            ("METERLINE_AUTH_AUDIENCES".into(), format!("{AUDIENCE},meterline-api-client-id")),
-            ("METERLINE_AUTH_ALLOWED_TENANTS".into(), allowed),
-            ("METERLINE_AUTH_PLATFORM_DIRECTORIES".into(), DIR_PLATFORM.into()),
-            ("METERLINE_AUTH_JWKS_MIN_REFETCH_SECS".into(), min_refetch_secs.to_string()),
-        ],
+        env,
         ..HostOptions::default()
     })
     .await;
@@ -104,14 +117,6 @@ async fn world(min_refetch_secs: u64) -> World {
 impl World {
     async fn call(&self, path: &str, token: &str) -> ClientResponse {
         self.host.http(ClientRequest::get(path).header("Authorization", &format!("Bearer {token}"))).await
-    }
-
-    async fn send(&self, token: &str, request: ClientRequest) -> ClientResponse {
-        self.host.http(request.header("Authorization", &format!("Bearer {token}"))).await
-    }
-
-    async fn post(&self, token: &str, path: &str, body: &Value) -> ClientResponse {
-        self.send(token, ClientRequest::new("POST", path).json(body)).await
     }
 
     async fn me(&self, token: &str) -> ClientResponse {
@@ -130,6 +135,55 @@ impl World {
     fn forge_signed(&self, claims: &Value) -> String {
         let header = json!({"alg": "RS256", "typ": "JWT", "kid": self.provider.signing_kid()});
         forge(&header, claims, Signer::Rs256(&self.provider.signing_key()))
+    }
+}
+
+/// The identity policies' world: the app in process in local mode, with the directories, tenants, allow-list and
+/// platform directory of [`world`]. The policies act on a validated token's claims, wherever its signature came from.
+struct Local {
+    app: TestApp,
+}
+
+async fn local() -> Local {
+    let app = TestApp::builder()
+        .setting("METERLINE_AUTH_ALLOWED_TENANTS", allowed_tenants())
+        .setting("METERLINE_AUTH_PLATFORM_DIRECTORIES", DIR_PLATFORM)
+        .start()
+        .await;
+    seed(app.store.as_ref(), app.clock.now()).await;
+    Local { app }
+}
+
+impl Local {
+    /// A token with the claims the provider gives `client_id` (its directory, roles and application id), signed
+    /// with the development key.
+    async fn token(&self, client_id: &str) -> String {
+        let client = clients()
+            .into_iter()
+            .find(|c| c.client_id == client_id)
+            .unwrap_or_else(|| panic!("no client {client_id} in clients()"));
+        let roles: Vec<&str> = client.roles.iter().map(String::as_str).collect();
+        self.app.mint(&client.tid, &roles, client.app_id.as_deref().unwrap_or(&client.client_id))
+    }
+
+    async fn http(&self, request: ClientRequest) -> ClientResponse {
+        self.app.http(request).await
+    }
+
+    async fn call(&self, path: &str, token: &str) -> ClientResponse {
+        self.app.get(token, path).await
+    }
+
+    async fn send(&self, token: &str, request: ClientRequest) -> ClientResponse {
+        self.app.send(token, request).await
+    }
+
+    async fn post(&self, token: &str, path: &str, body: &Value) -> ClientResponse {
+        self.send(token, ClientRequest::new("POST", path).json(body)).await
+    }
+
+    async fn me(&self, token: &str) -> ClientResponse {
+        self.call("/api/v1/me", token).await
     }
 }
 
@@ -153,7 +207,7 @@ fn assert_403(response: &ClientResponse, code: &str) {
 
 #[tokio::test]
 async fn real_provider_tokens_are_accepted_v1_and_v2() {
-    let w = world(300).await;
+    let w = world().await;
     let token = w.provider.token("app-a-reader").await;
     let me = w.me(&token).await;
     assert_eq!(me.status, 200, "{}", String::from_utf8_lossy(&me.body));
@@ -189,7 +243,7 @@ async fn real_provider_tokens_are_accepted_v1_and_v2() {
 
 #[tokio::test]
 async fn the_negative_matrix() {
-    let w = world(300).await;
+    let w = world().await;
     let now = Utc::now().timestamp();
 
     let mut expired = w.claims(DIR_A);
@@ -270,46 +324,56 @@ async fn the_negative_matrix() {
     );
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn unknown_kids_refetch_once_and_rotated_keys_are_picked_up() {
-    let mut w = world(1).await;
-    let before = w.provider.token("app-a-reader").await;
-    assert_eq!(w.me(&before).await.status, 200);
-    let loads = |host: &HostEmulator| {
-        host.output().iter().filter(|l| l.contains("loaded identity provider signing keys")).count()
-    };
-    let initial_loads = loads(&w.host);
+    let mut provider = OidcProvider::start(AUDIENCE, clients()).await;
+    let logs = capture_logs();
+    let mut app = TestApp::builder().at(meterline::clock::SystemClock.now());
+    for (name, value) in entra_settings(&provider, 1) {
+        app = app.setting(&name, value);
+    }
+    let app = app.start().await;
+    seed(app.store.as_ref(), app.clock.now()).await;
+    let loads = || logs.count("loaded identity provider signing keys");
+    assert_eq!(loads(), 1, "the keys are loaded once at start:\n{}", logs.text());
+    let before = provider.token("app-a-reader").await;
+    assert_eq!(app.get(&before, "/api/v1/me").await.status, 200);
+    assert_eq!(loads(), 1, "a known kid fetches nothing");
 
-    w.provider.rotate_keys(false).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let after = w.provider.token("app-a-reader").await;
+    provider.rotate_keys(false).await;
+    // The refetch interval (1 s) since the load at start passes on the app's clock.
+    app.clock.advance(chrono::Duration::milliseconds(1100));
+    let after = provider.token("app-a-reader").await;
     let (header, _) = decode_unverified(&after);
     assert_ne!(header["kid"], decode_unverified(&before).0["kid"], "the provider signs with a new key");
     // Five requests with the new kid at once: one refetch serves them all.
-    let calls = (0..5).map(|_| w.me(&after));
+    let calls = (0..5).map(|_| app.get(&after, "/api/v1/me"));
     let statuses: Vec<u16> = futures_util::future::join_all(calls).await.iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![200; 5]);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(loads(&w.host), initial_loads + 1, "exactly one refetch:\n{}", w.host.output_text());
+    assert_eq!(loads(), 2, "exactly one refetch:\n{}", logs.text());
 
     // Forged kids right after: no refetch within the interval, straight 401.
+    let claims = json!({
+        "iss": provider.issuer(), "aud": AUDIENCE, "sub": "app-a-reader", "azp": "app-a-reader", "tid": DIR_A,
+        "roles": ["Documents.Read"], "idtyp": "app", "iat": app.clock.now().timestamp(),
+        "nbf": app.clock.now().timestamp(), "exp": app.clock.now().timestamp() + 600
+    });
     let forged = forge(
         &json!({"alg": "RS256", "typ": "JWT", "kid": "forged-kid"}),
-        &w.claims(DIR_A),
-        Signer::Rs256(&w.provider.signing_key()),
+        &claims,
+        Signer::Rs256(&provider.signing_key()),
     );
     for _ in 0..5 {
-        assert_eq!(w.me(&forged).await.status, 401);
+        assert_eq!(app.get(&forged, "/api/v1/me").await.status, 401);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(loads(&w.host), initial_loads + 1, "forged kids inside the interval fetch nothing");
+    assert_eq!(loads(), 2, "forged kids inside the interval fetch nothing");
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn every_v1_operation_declares_a_permission_and_enforces_it() {
-    let w = world(300).await;
-    let doc = w.host.http(ClientRequest::get("/api/openapi.json")).await.json();
-    let nothing = w.provider.token("app-a-nothing").await;
+    let w = local().await;
+    let doc = w.http(ClientRequest::get("/api/openapi.json")).await.json();
+    let nothing = w.token("app-a-nothing").await;
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
@@ -335,8 +399,8 @@ async fn every_v1_operation_declares_a_permission_and_enforces_it() {
                 }
                 r
             };
-            assert_401(&w.host.http(request(None)).await, "no token");
-            let response = w.host.http(request(Some(&nothing))).await;
+            assert_401(&w.http(request(None)).await, "no token");
+            let response = w.http(request(Some(&nothing))).await;
             match scopes.first() {
                 Some(permission) => {
                     assert_403(&response, "InsufficientScope");
@@ -430,18 +494,14 @@ fn tenant_of(me: &ClientResponse) -> Value {
     me.json()["tenant"]["id"].clone()
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn a_tenant_admin_cannot_squat_another_directorys_application() {
-    let w = world(300).await;
+    let w = local().await;
     let (a, b) = (json!(Uuid::from_u128(1).to_string()), json!(Uuid::from_u128(2).to_string()));
-    let b_admin = w.provider.token("app-b-everything").await;
-    let reader = w.provider.token("app-a-reader").await;
+    let b_admin = w.token("app-b-everything").await;
+    let reader = w.token("app-a-reader").await;
     let created = w
-        .post(
-            &w.provider.token("app-a-admin").await,
-            "/api/v1/documents",
-            &json!({"title": "A only", "docType": "memo"}),
-        )
+        .post(&w.token("app-a-admin").await, "/api/v1/documents", &json!({"title": "A only", "docType": "memo"}))
         .await;
     assert_eq!(created.status, 201, "{}", body_text(&created));
 
@@ -460,7 +520,7 @@ async fn a_tenant_admin_cannot_squat_another_directorys_application() {
         w.post(&b_admin, "/api/v1/clients", &registration("app-a-reader", Some(DIR_A), &["Documents.Read"])).await;
     assert_eq!((request.status, request.json()["status"].clone()), (202, json!("pending")), "{}", body_text(&request));
     assert_eq!(tenant_of(&w.me(&reader).await), a, "a pending registration applies to nothing");
-    let admin = w.provider.token("app-platform").await;
+    let admin = w.token("app-platform").await;
     let approve = w.send(&admin, ClientRequest::new("POST", &approve_path(&request, "approve"))).await;
     assert_eq!(approve.status, 409, "{}", body_text(&approve));
     assert!(approve.json()["detail"].as_str().unwrap().contains("another tenant's own directory"));
@@ -472,11 +532,11 @@ async fn a_tenant_admin_cannot_squat_another_directorys_application() {
     assert_eq!(tenant_of(&w.me(&b_admin).await), b);
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn a_tenant_admin_cannot_demote_the_platform_administrator() {
-    let w = world(300).await;
-    let b_admin = w.provider.token("app-b-everything").await;
-    let admin = w.provider.token("app-platform").await;
+    let w = local().await;
+    let b_admin = w.token("app-b-everything").await;
+    let admin = w.token("app-platform").await;
     // The reproduction: B registers the platform administrator's application with Documents.Read.
     let demote = w.post(&b_admin, "/api/v1/clients", &registration("app-platform", None, &["Documents.Read"])).await;
     assert_eq!(demote.status, 201, "{}", body_text(&demote));
@@ -503,14 +563,14 @@ async fn a_tenant_admin_cannot_demote_the_platform_administrator() {
     assert_eq!(w.call("/api/v1/tenants", &admin).await.status, 200);
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn a_partner_application_serves_two_tenants_from_two_directories_without_crossing() {
-    let w = world(300).await;
+    let w = local().await;
     let (a, b) = (json!(Uuid::from_u128(1).to_string()), json!(Uuid::from_u128(2).to_string()));
-    let (a_admin, b_admin) = (w.provider.token("app-a-admin").await, w.provider.token("app-b-everything").await);
-    let admin = w.provider.token("app-platform").await;
-    let partner_home = w.provider.token("partner-home").await;
-    let partner_in_b = w.provider.token("partner-in-b").await;
+    let (a_admin, b_admin) = (w.token("app-a-admin").await, w.token("app-b-everything").await);
+    let admin = w.token("app-platform").await;
+    let partner_home = w.token("partner-home").await;
+    let partner_in_b = w.token("partner-in-b").await;
     assert_eq!(decode_unverified(&partner_home).1["azp"], "partner-app");
     assert_eq!(decode_unverified(&partner_in_b).1["azp"], "partner-app");
 
@@ -592,10 +652,10 @@ async fn a_partner_application_serves_two_tenants_from_two_directories_without_c
     }
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn platform_admin_counts_only_from_the_platform_directory() {
-    let w = world(300).await;
-    let rogue = w.provider.token("app-b-rogue-admin").await;
+    let w = local().await;
+    let rogue = w.token("app-b-rogue-admin").await;
     assert_eq!(decode_unverified(&rogue).1["roles"], json!(["Platform.Admin", "Documents.Read"]));
     let me = w.me(&rogue).await;
     assert_eq!(tenant_of(&me), json!(Uuid::from_u128(2).to_string()));
@@ -607,5 +667,5 @@ async fn platform_admin_counts_only_from_the_platform_directory() {
     assert_403(&w.call("/api/v1/tenants", &rogue).await, "InsufficientScope");
     let a_tenant = format!("/api/v1/tenants/{}/clients", Uuid::from_u128(1));
     assert_403(&w.call(&a_tenant, &rogue).await, "InsufficientScope");
-    assert_eq!(w.call("/api/v1/tenants", &w.provider.token("app-platform").await).await.status, 200);
+    assert_eq!(w.call("/api/v1/tenants", &w.token("app-platform").await).await.status, 200);
 }

@@ -1,4 +1,8 @@
-//! End-to-end tests: the real `handler` binary, started and spoken to the way the Azure Functions host does.
+//! End-to-end tests. The API, its policies, metering, usage and audit run in process: `startup::app` served by
+//! `support::app::TestApp` over a fresh SQLite store, with a manual clock and deterministic ids. What needs a
+//! process starts the real `handler` binary and speaks to it the way the Azure Functions host does: the host
+//! protocol, startup and exit codes, SIGKILL durability, two processes on one store, Key Vault and the managed
+//! identity, telemetry export, hostile raw HTTP and the docs page in headless Chromium.
 //!
 //! One test binary (faster to link than one per file); each module is one concern.
 

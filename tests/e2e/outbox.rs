@@ -1,16 +1,25 @@
 //! The outbox publisher against local Service Bus, Key Vault and managed identity endpoints (https where Azure
 //! requires it): sent as CloudEvents with the identity's bearer token or a SAS from Key Vault, marked sent only
-//! after a 201, retried after 5xx, never lost when killed between the send and the mark.
+//! after a 201, retried after 5xx, never lost when killed between the send and the mark. Handler processes (the
+//! host emulator, `handler run-job`) wherever the managed identity, Key Vault or a killed process is under test;
+//! the app in process, on a manual clock, wherever the test waits out a backoff or a lease.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use meterline::azure::SecretCell;
+use meterline::azure::servicebus::{ServiceBusAuth, ServiceBusSender};
+use meterline::clock::Clock;
+use meterline::jobs::{self, Job, JobTrigger};
 use meterline::store::prelude::*;
 use meterline::store::{SqliteStore, Tenant, TenantStatus};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::endpoints::{Reply, Seen, TestCa, TestServer, identity_env, managed_identity_endpoint};
+use crate::support::app::TestApp;
+use crate::support::endpoints::{
+    IdentityStub, Reply, Seen, TestCa, TestServer, identity_env, managed_identity_endpoint, trusting_client,
+};
 use crate::support::host::{HostEmulator, HostOptions, ServiceBusDelivery};
 use crate::support::stores;
 
@@ -29,8 +38,7 @@ async fn service_bus(ca: &TestCa, script: Vec<Reply>) -> (TestServer, Arc<Mutex<
     (server, script)
 }
 
-async fn plan(store: &Arc<dyn Store>, quota: i64) {
-    let now = chrono::Utc::now();
+async fn plan(store: &Arc<dyn Store>, quota: i64, now: chrono::DateTime<chrono::Utc>) {
     store.create_plan(&stores::plan("basic", quota, now), None).await.unwrap();
 }
 
@@ -63,49 +71,61 @@ fn check_cloud_event(request: &Seen, event_type: &str) -> Value {
     event
 }
 
-#[tokio::test]
+/// `ServiceBusSender::new` as `AppState::new` builds it, over an HTTP client that trusts the test CA.
+fn sender(auth: ServiceBusAuth, ca: &TestCa, send_timeout: Duration) -> Arc<ServiceBusSender> {
+    Arc::new(ServiceBusSender::with_http_client(auth, "meterline-events", trusting_client(ca, send_timeout)).unwrap())
+}
+
+#[actix_web::test]
 async fn a_quota_threshold_event_is_sent_with_the_identity_token_after_5xx_and_marked_sent_only_after_201() {
     let ca = TestCa::new();
-    let identity = managed_identity_endpoint().await;
     // First run: Service Bus keeps failing (the pipeline's 3 retries included); second run: a 503, then 201.
     let failures = vec![Reply::status(500), Reply::status(500), Reply::status(502), Reply::status(500)];
     let (bus, script) = service_bus(&ca, failures).await;
-    let mut env = identity_env(&identity, &ca);
-    env.push(("METERLINE_SERVICEBUS_NAMESPACE".into(), format!("127.0.0.1:{}", bus.port)));
-    env.push(("METERLINE_OUTBOX_TOPIC".into(), "meterline-events".into()));
-    let host = HostEmulator::start_with(HostOptions { env, ..HostOptions::default() }).await;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&host.app_root.join("data/meterline.db")).await.unwrap());
-    plan(&store, 10).await;
+    // The app in process, sending with an identity credential to the namespace, as METERLINE_SERVICEBUS_NAMESPACE
+    // makes it (the managed identity endpoint itself is exercised by the handler processes below).
+    let identity = Arc::new(IdentityStub::default());
+    let auth = ServiceBusAuth::Entra { namespace: format!("127.0.0.1:{}", bus.port), credential: identity.clone() };
+    let outbox = sender(auth, &ca, Duration::from_secs(10));
+    let app = TestApp::builder()
+        .setting("METERLINE_OUTBOX_TOPIC", "meterline-events")
+        .configure(move |state| state.outbox_sender = Some(outbox))
+        .start()
+        .await;
+    let store = app.store.clone();
+    plan(&store, 10, app.clock.now()).await;
     let tenant = Uuid::new_v4();
     let upsert = json!({"specversion": "1.0", "id": "t-1", "source": "/crm", "type": "meterline.tenant.upserted.v1",
         "data": {"tenantId": tenant, "name": "Acme", "planCode": "basic"}});
-    host.invoke_service_bus("IntegrationEvents", &ServiceBusDelivery::new(&upsert.to_string())).await.accepted();
+    app.invoke_service_bus("IntegrationEvents", &ServiceBusDelivery::new(&upsert.to_string())).await.accepted();
     // 9 units of a quota of 10 cross 80 % once; a redelivery changes nothing.
     let usage = json!({"specversion": "1.0", "id": "u-1", "source": "/meter", "type": "meterline.usage.reported.v1",
-        "data": {"tenantId": tenant, "meter": "ocr.pages", "units": 9, "occurredAt": chrono::Utc::now()}});
+        "data": {"tenantId": tenant, "meter": "ocr.pages", "units": 9, "occurredAt": app.clock.now()}});
     for _ in 0..2 {
-        host.invoke_service_bus("IntegrationEvents", &ServiceBusDelivery::new(&usage.to_string())).await.accepted();
+        app.invoke_service_bus("IntegrationEvents", &ServiceBusDelivery::new(&usage.to_string())).await.accepted();
     }
     let rows = store.list_outbox(0, 10).await.unwrap();
     assert_eq!(rows.len(), 1, "exactly one outbox event: {rows:#?}");
     let event_id = rows[0].message.id;
 
     let timer = json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false});
-    let first = host.invoke_timer("OutboxPublisher", timer.clone()).await;
+    let first = app.invoke_timer("OutboxPublisher", timer.clone()).await;
     assert!(first.logs()[0].contains("published 0 of 1 due events, 1 failed"), "{:?}", first.logs());
     assert_eq!(bus.seen().len(), 4, "one try and three retries");
     let row = &store.list_outbox(0, 10).await.unwrap()[0];
     assert_eq!(row.sent_at, None, "not marked sent without a 201");
     assert_eq!(row.attempts, 1);
     assert!(row.last_error.as_deref().unwrap().contains("answered 500"), "{row:?}");
-    assert!(row.message.available_at > row.message.created_at, "backoff moved it");
+    assert_eq!(row.message.available_at, row.message.created_at + jobs::outbox::backoff(1), "backoff moved it");
 
     // The next run within the backoff sends nothing; after it, a 503 is retried and the 201 marks it sent.
-    let skipped = host.invoke_timer("OutboxPublisher", timer.clone()).await;
+    app.clock.advance(jobs::outbox::backoff(1) - chrono::Duration::milliseconds(1));
+    let skipped = app.invoke_timer("OutboxPublisher", timer.clone()).await;
     assert!(skipped.logs()[0].contains("published 0 of 0 due events"), "{:?}", skipped.logs());
+    assert_eq!(bus.seen().len(), 4, "nothing sent within the backoff");
     script.lock().unwrap().push(Reply::status(503));
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let second = host.invoke_timer("OutboxPublisher", timer).await;
+    app.clock.advance(chrono::Duration::milliseconds(1));
+    let second = app.invoke_timer("OutboxPublisher", timer).await;
     assert!(second.logs()[0].contains("published 1 of 1 due events, 0 failed"), "{:?}", second.logs());
     let seen = bus.seen();
     assert_eq!(seen.len(), 6);
@@ -120,10 +140,9 @@ async fn a_quota_threshold_event_is_sent_with_the_identity_token_after_5xx_and_m
         assert_eq!(event["data"]["tenantId"], tenant.to_string());
     }
     let sent = &store.list_outbox(0, 10).await.unwrap()[0];
-    assert!(sent.sent_at.is_some());
-    let tokens = identity.seen();
-    assert!(!tokens.is_empty() && tokens.iter().all(|t| t.query("resource") == Some("https://servicebus.azure.net")));
-    assert!(tokens.iter().all(|t| t.header("x-identity-header") == Some("test-identity-header")));
+    assert_eq!(sent.sent_at, Some(app.clock.now()), "marked sent at the run that got the 201");
+    let scopes = identity.scopes();
+    assert!(!scopes.is_empty() && scopes.iter().all(|s| s == "https://servicebus.azure.net/.default"), "{scopes:?}");
 }
 
 #[tokio::test]
@@ -136,8 +155,8 @@ async fn one_run_drains_a_backlog_larger_than_a_batch_in_order() {
     env.push(("METERLINE_OUTBOX_BATCH_SIZE".into(), "2".into()));
     let host = HostEmulator::start_with(HostOptions { env, ..HostOptions::default() }).await;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&host.app_root.join("data/meterline.db")).await.unwrap());
-    plan(&store, 10).await;
     let now = chrono::Utc::now();
+    plan(&store, 10, now).await;
     let tenant = active_tenant(&store, now).await;
     // Five status changes: five outbox events, alternately suspended and reactivated.
     for version in 1..=5 {
@@ -154,6 +173,13 @@ async fn one_run_drains_a_backlog_larger_than_a_batch_in_order() {
     let expected: Vec<String> = rows.iter().map(|r| r.message.id.to_string()).collect();
     assert_eq!(sent, expected, "each event once, in outbox order");
     assert!(store.list_outbox(0, 10).await.unwrap().iter().all(|r| r.sent_at.is_some()));
+    // With the managed identity: its token from the App Service identity endpoint, for Service Bus.
+    for request in bus.seen() {
+        assert_eq!(request.header("authorization"), Some("Bearer token-for-https://servicebus.azure.net"));
+    }
+    let tokens = identity.seen();
+    assert!(!tokens.is_empty() && tokens.iter().all(|t| t.query("resource") == Some("https://servicebus.azure.net")));
+    assert!(tokens.iter().all(|t| t.header("x-identity-header") == Some("test-identity-header")));
 }
 
 /// A Key Vault answering `GET /secrets/{name}/` with the current value of `secrets`, after the authentication
@@ -220,8 +246,8 @@ async fn an_event_is_never_lost_when_the_publisher_dies_between_the_send_and_the
     let root = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&root.path().join("data/meterline.db")).await.unwrap());
     store.migrate().await.unwrap();
-    plan(&store, 100).await;
     let now = chrono::Utc::now();
+    plan(&store, 100, now).await;
     let tenant = active_tenant(&store, now).await;
     store.set_tenant_status(tenant.id, TenantStatus::Suspended, 1, now).await.unwrap();
 
@@ -236,14 +262,22 @@ async fn an_event_is_never_lost_when_the_publisher_dies_between_the_send_and_the
     assert_eq!(row.sent_at, None, "killed before the mark: still pending");
 
     // The dead publisher's lease keeps a second one out until it expires (4 x 2 s + 5 s + 5 s between renewals),
-    // then the event goes again.
+    // then the event goes again: `run-job outbox-publish` in process, on a clock past the expiry (the same SAS
+    // key, which the processes read from Key Vault).
     let blocked = run_job_command(root.path(), &env).output().await.unwrap();
     assert!(String::from_utf8_lossy(&blocked.stdout).contains("skipped: another publisher holds the lease"));
-    tokio::time::sleep(Duration::from_secs(18)).await;
-    let output = run_job_command(root.path(), &env).output().await.unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("published 1 of 1 due events"), "{stdout}");
+    let lease = jobs::outbox::lease_duration(Duration::from_secs(2));
+    assert_eq!(lease, chrono::Duration::seconds(18));
+    let connection = SecretCell::new(secrets.lock().unwrap()[0].1.clone().into());
+    let outbox = sender(ServiceBusAuth::Sas { connection_string: connection }, &ca, Duration::from_secs(2));
+    let app = TestApp::builder()
+        .root(root.path())
+        .at(meterline::clock::SystemClock.now() + lease + chrono::Duration::seconds(1))
+        .configure(move |state| state.outbox_sender = Some(outbox))
+        .start()
+        .await;
+    let run = jobs::run(&app.state, Job::OutboxPublish, JobTrigger::Cli).await.unwrap();
+    assert!(run.summary.contains("published 1 of 1 due events"), "{}", run.summary);
     let seen = bus.seen();
     assert_eq!(seen.len(), 2, "sent again: a duplicate, not a loss");
     let (a, b) = (
@@ -283,7 +317,7 @@ async fn a_secret_rotated_in_key_vault_reaches_the_running_handler() {
     env.push(("METERLINE_KEYVAULT_REFRESH_SECS".into(), "1".into()));
     let host = HostEmulator::start_with(HostOptions { env, ..HostOptions::default() }).await;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&host.app_root.join("data/meterline.db")).await.unwrap());
-    plan(&store, 100).await;
+    plan(&store, 100, chrono::Utc::now()).await;
     let upsert = |id: &str, tenant: Uuid| {
         json!({"specversion": "1.0", "id": id, "source": "/crm", "type": "meterline.tenant.upserted.v1",
             "data": {"tenantId": tenant, "name": "Acme", "planCode": "basic"}})
@@ -302,8 +336,12 @@ async fn a_secret_rotated_in_key_vault_reaches_the_running_handler() {
     host.invoke_timer("OutboxPublisher", timer.clone()).await.accepted();
     check_sas(&bus.wait_for(1, Duration::from_secs(30)).await[0], bus.port, "key-one");
 
+    // Rotated in the vault. A refresh round under way may have read the old value; the next whole round reads
+    // the new one, and logs once it has set every secret.
+    let refreshed = |l: &str| l.contains("Key Vault secrets refreshed");
+    let rounds = host.output().iter().filter(|l| refreshed(l)).count();
     secrets.lock().unwrap()[0].1 = connection("key-two");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    host.wait_for_lines("logging a Key Vault refresh", refreshed, rounds + 2, Duration::from_secs(30)).await;
     for body in [upsert("b-1", second), suspend("b-2", second)] {
         host.invoke_service_bus("IntegrationEvents", &ServiceBusDelivery::new(&body)).await.accepted();
     }
@@ -321,8 +359,8 @@ async fn a_send_that_times_out_is_retried_within_the_run() {
     let root = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&root.path().join("data/meterline.db")).await.unwrap());
     store.migrate().await.unwrap();
-    plan(&store, 100).await;
     let now = chrono::Utc::now();
+    plan(&store, 100, now).await;
     let tenant = active_tenant(&store, now).await;
     store.set_tenant_status(tenant.id, TenantStatus::Suspended, 1, now).await.unwrap();
     let mut env = identity_env(&identity, &ca);

@@ -1,10 +1,10 @@
-//! The usage API end to end: the summary is the quota counter, the report and the export are current (rollups plus
-//! the tail), statements are tenant-scoped.
+//! The usage API in process (`startup::app`, manual clock): the summary is the quota counter, the report and the
+//! export are current (rollups plus the tail), statements are tenant-scoped.
 
 use serde_json::json;
 
-use crate::support::dev_token;
-use crate::support::host::{ClientRequest, HostEmulator, HostOptions};
+use crate::support::app::{DEV_APP_ID, TestApp};
+use crate::support::host::ClientRequest;
 
 const DIR_A: &str = "aaaaaaaa-0000-0000-0000-0000000000aa";
 const DIR_B: &str = "bbbbbbbb-0000-0000-0000-0000000000bb";
@@ -13,25 +13,22 @@ fn get(path: &str, token: &str) -> ClientRequest {
     ClientRequest::get(path).header("Authorization", &format!("Bearer {token}"))
 }
 
-fn units_used(root: &std::path::Path, directory: &str) -> i64 {
-    let conn = rusqlite::Connection::open(root.join("data/meterline.db")).unwrap();
-    conn.query_row(
-        "SELECT coalesce(sum(q.units_used), 0) FROM quota_usage q JOIN tenants t ON t.id = q.tenant_id WHERE t.entra_tenant_id = ?1",
-        [directory],
-        |r| r.get(0),
-    )
-    .unwrap()
+fn units_used(app: &TestApp, directory: &str) -> i64 {
+    app.db()
+        .query_row(
+            "SELECT coalesce(sum(q.units_used), 0) FROM quota_usage q JOIN tenants t ON t.id = q.tenant_id WHERE t.entra_tenant_id = ?1",
+            [directory],
+            |r| r.get(0),
+        )
+        .unwrap()
 }
 
-#[tokio::test]
+#[actix_web::test]
 async fn the_summary_is_the_quota_counter_and_the_report_and_export_are_current() {
-    let root = tempfile::tempdir().unwrap();
-    let a = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Documents.Read,Usage.Read"]);
-    let b = dev_token(root.path(), &["--tenant", DIR_B, "--roles", "Usage.Read", "--app-id", "b-app"]);
-    let reader = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Documents.Read", "--app-id", "other"]);
-    let host =
-        HostEmulator::start_with(HostOptions { app_root: Some(root.path().to_path_buf()), ..HostOptions::default() })
-            .await;
+    let host = TestApp::start().await;
+    let a = host.token(DIR_A, "Documents.Read,Usage.Read", DEV_APP_ID).await;
+    let b = host.token(DIR_B, "Usage.Read", "b-app").await;
+    let reader = host.token(DIR_A, "Documents.Read", "other").await;
     let calls = (0..7).map(|_| host.http(get("/api/v1/me", &a)));
     assert!(futures_util::future::join_all(calls).await.iter().all(|r| r.status == 200));
 
@@ -39,7 +36,7 @@ async fn the_summary_is_the_quota_counter_and_the_report_and_export_are_current(
     let summary = host.http(get("/api/v1/usage/summary", &a)).await;
     assert_eq!(summary.status, 200);
     let summary = summary.json();
-    assert_eq!(summary["unitsUsed"], json!(units_used(root.path(), DIR_A)));
+    assert_eq!(summary["unitsUsed"], json!(units_used(&host, DIR_A)));
     assert_eq!(summary["unitsUsed"], json!(8), "seven getMe and the summary itself");
 
     // The report is current without any rollup run: all of it comes from the tail.
@@ -56,14 +53,15 @@ async fn the_summary_is_the_quota_counter_and_the_report_and_export_are_current(
         rows.iter().all(|r| r["latency"]["p95Micros"].as_i64().unwrap() <= r["latency"]["maxMicros"].as_i64().unwrap())
     );
 
-    // After a rollup run the numbers are the same, now from the rollups.
+    // After a rollup run past the settle margin the numbers are the same, now from the rollups.
+    host.clock.advance(chrono::Duration::seconds(121));
     let run = host
         .invoke_timer(
             "UsageRollup",
             json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false}),
         )
         .await;
-    assert!(run.logs()[0].starts_with("UsageRollup: rolled up"), "{:?}", run.logs());
+    assert!(run.logs()[0].starts_with("UsageRollup: rolled up 9 events"), "{:?}", run.logs());
     let month = host.http(get("/api/v1/usage?granularity=month", &a)).await.json();
     let rows = month["value"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{month}");

@@ -113,10 +113,15 @@ pub fn sas_token(resource_uri: &str, key_name: &str, key: &str, expiry: i64) -> 
 impl ServiceBusSender {
     /// A sender to `entity` (a queue or topic name); `timeout` bounds each HTTP try.
     pub fn new(auth: ServiceBusAuth, entity: &str, timeout: Duration) -> anyhow::Result<Self> {
+        Self::with_http_client(auth, entity, reqwest_azure::Client::builder().timeout(timeout).build()?)
+    }
+
+    /// [`new`](Self::new) over a given HTTP client (its timeout bounds each try): the seam tests use to trust a
+    /// test certificate authority without changing the process's trust store.
+    pub fn with_http_client(auth: ServiceBusAuth, entity: &str, http: reqwest_azure::Client) -> anyhow::Result<Self> {
         if let ServiceBusAuth::Sas { connection_string } = &auth {
             parse_connection_string(connection_string.get().expose_secret()).map_err(anyhow::Error::msg)?;
         }
-        let http = reqwest_azure::Client::builder().timeout(timeout).build()?;
         let options = ClientOptions {
             transport: Some(Transport::new(Arc::new(http))),
             retry: RetryOptions::exponential(ExponentialRetryOptions {

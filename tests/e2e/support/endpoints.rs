@@ -2,8 +2,10 @@
 //! request and answer from a script (Service Bus send, Key Vault secrets, the App Service managed identity).
 //!
 //! `azure_core` refuses to send bearer tokens over plain http, so Service Bus and Key Vault are served over
-//! https with a certificate from [`TestCa`]; the handler trusts it through `SSL_CERT_FILE` (read by
-//! rustls-native-certs, which the `azure_core` transport uses on Linux).
+//! https with a certificate from [`TestCa`]; a handler process trusts it through `SSL_CERT_FILE` (read by
+//! rustls-native-certs, which the `azure_core` transport uses on Linux), the in-process app through an HTTP client
+//! that trusts it ([`trusting_client`], given to `ServiceBusSender::with_http_client`), with [`IdentityStub`] in
+//! place of the managed identity.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -255,4 +257,41 @@ pub fn identity_env(identity: &TestServer, ca: &TestCa) -> Vec<(String, String)>
         ("NO_PROXY".into(), "127.0.0.1,localhost".into()),
         ("no_proxy".into(), "127.0.0.1,localhost".into()),
     ]
+}
+
+/// An HTTP client for the `azure_core` pipeline that trusts `ca` (and nothing else), each try bounded by `timeout`.
+pub fn trusting_client(ca: &TestCa, timeout: Duration) -> reqwest_azure::Client {
+    let pem = std::fs::read(&ca.ca_file).unwrap();
+    reqwest_azure::Client::builder()
+        .timeout(timeout)
+        .tls_certs_only([reqwest_azure::Certificate::from_pem(&pem).unwrap()])
+        .build()
+        .unwrap()
+}
+
+/// A token credential for the in-process app: answers every request with `token-for-<resource>` (the scope
+/// without `/.default`), as [`managed_identity_endpoint`] does, and records the scopes asked for.
+#[derive(Debug, Default)]
+pub struct IdentityStub {
+    scopes: Mutex<Vec<String>>,
+}
+
+impl IdentityStub {
+    pub fn scopes(&self) -> Vec<String> {
+        self.scopes.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl azure_core::credentials::TokenCredential for IdentityStub {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        self.scopes.lock().unwrap().extend(scopes.iter().map(|s| (*s).to_owned()));
+        let resource = scopes.first().copied().unwrap_or_default().trim_end_matches("/.default");
+        let expires_on = azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1);
+        Ok(azure_core::credentials::AccessToken::new(format!("token-for-{resource}"), expires_on))
+    }
 }

@@ -227,6 +227,16 @@ pub struct InvocationResponse {
 }
 
 impl InvocationResponse {
+    /// The handler's answer as the host reads it: accepted only when 2xx, JSON, and a JSON object.
+    pub fn from_answer(status: u16, content_type: String, raw: Vec<u8>) -> Self {
+        let json_type = content_type.starts_with("application/json") || content_type.starts_with("text/json");
+        let result = match serde_json::from_slice::<Value>(&raw) {
+            Ok(value @ Value::Object(_)) if (200..300).contains(&status) && json_type => Some(value),
+            _ => None,
+        };
+        InvocationResponse { status, content_type, raw, result }
+    }
+
     /// The accepted result, or a panic that says why the host would fail the invocation.
     pub fn accepted(&self) -> &Value {
         self.result.as_ref().unwrap_or_else(|| {
@@ -293,6 +303,8 @@ pub struct HostEmulator {
     http_mode: HttpMode,
     child: Child,
     output: Arc<Mutex<Vec<String>>>,
+    /// The tasks reading stdout and stderr into `output`; both end once the process closed its streams.
+    captures: Vec<tokio::task::JoinHandle<()>>,
     client: reqwest::Client,
     _temp: Option<tempfile::TempDir>,
 }
@@ -346,8 +358,10 @@ impl HostEmulator {
         let mut child =
             command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", options.executable.display()));
         let output = Arc::new(Mutex::new(Vec::new()));
-        capture(child.stdout.take().unwrap(), output.clone(), "stdout");
-        capture(child.stderr.take().unwrap(), output.clone(), "stderr");
+        let captures = vec![
+            capture(child.stdout.take().unwrap(), output.clone(), "stdout"),
+            capture(child.stderr.take().unwrap(), output.clone(), "stderr"),
+        ];
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(60))
@@ -362,6 +376,7 @@ impl HostEmulator {
             http_mode: options.http_mode,
             child,
             output,
+            captures,
             client,
             _temp: temp,
         };
@@ -427,6 +442,49 @@ impl HostEmulator {
 
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")
+    }
+
+    /// Waits until a line of the handler's output contains `needle` and returns it (stdout and stderr are read
+    /// as the handler writes them, so a line logged before an answer may arrive after it); panics after `within`.
+    pub async fn wait_for_output(&self, needle: &str, within: Duration) -> String {
+        self.wait_for_line(needle, |line| line.contains(needle), within).await
+    }
+
+    /// [`wait_for_output`](Self::wait_for_output) for the first line that `matches` (described by `what`).
+    pub async fn wait_for_line(&self, what: &str, matches: impl Fn(&str) -> bool, within: Duration) -> String {
+        self.wait_for_lines(what, matches, 1, within).await.remove(0)
+    }
+
+    /// Waits until at least `n` lines of the output match and returns them; panics after `within`.
+    pub async fn wait_for_lines(
+        &self,
+        what: &str,
+        matches: impl Fn(&str) -> bool,
+        n: usize,
+        within: Duration,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let found: Vec<String> = self.output().into_iter().filter(|l| matches(l)).collect();
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} output lines {what} after {within:?}:\n{}",
+                found.len(),
+                self.output_text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the process closed stdout and stderr and both were read to the end (after it exited): from
+    /// then on [`output`](Self::output) is everything it wrote.
+    pub async fn wait_output_complete(&mut self, within: Duration) {
+        for capture in self.captures.drain(..) {
+            tokio::time::timeout(within, capture).await.expect("the output streams closed in time").unwrap();
+        }
     }
 
     /// Waits for the process to exit (after a signal sent by the test) and returns its exit code.
@@ -545,12 +603,7 @@ impl HostEmulator {
         let content_type =
             response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         let raw = response.bytes().await.unwrap().to_vec();
-        let json_type = content_type.starts_with("application/json") || content_type.starts_with("text/json");
-        let result = match serde_json::from_slice::<Value>(&raw) {
-            Ok(value @ Value::Object(_)) if (200..300).contains(&status) && json_type => Some(value),
-            _ => None,
-        };
-        InvocationResponse { status, content_type, raw, result }
+        InvocationResponse::from_answer(status, content_type, raw)
     }
 
     pub async fn invoke(&self, function: &str, envelope: &Value) -> InvocationResponse {
@@ -658,49 +711,62 @@ impl HostEmulator {
 
     /// A timer invocation (§7) with the given `TimerInfo` object.
     pub async fn invoke_timer(&self, function: &str, timer_info: Value) -> InvocationResponse {
-        let spec = self.layout.function(function);
-        assert_eq!(spec.trigger_type(), "timerTrigger");
-        let mut data = Map::new();
-        data.insert(spec.trigger_name().to_owned(), timer_info);
-        self.invoke(function, &json!({ "Data": data, "Metadata": { "sys": sys(function) } })).await
+        self.invoke(function, &timer_envelope(&self.layout, function, timer_info)).await
     }
 
     /// A Service Bus invocation (§8) of a string-typed trigger, with v5 extension Metadata.
     pub async fn invoke_service_bus(&self, function: &str, message: &ServiceBusDelivery) -> InvocationResponse {
-        let spec = self.layout.function(function);
-        assert_eq!(spec.trigger_type(), "serviceBusTrigger");
-        let enqueued = Utc::now();
-        let mut metadata = Map::new();
-        for key in ["MessageReceiver", "MessageSession", "MessageActions", "SessionActions", "ReceiveActions"] {
-            metadata.insert(key.into(), json!({}));
-        }
-        metadata.insert("Client".into(), json!({"FullyQualifiedNamespace": "meterline.servicebus.windows.net", "IsClosed": false, "TransportType": 0}));
-        metadata.insert("DeliveryCount".into(), json_text(&json!(message.delivery_count)));
-        metadata.insert("LockToken".into(), json_text(&json!(uuid::Uuid::new_v4().to_string())));
-        metadata.insert("ExpiresAtUtc".into(), json!("9999-12-31T23:59:59"));
-        metadata.insert("ExpiresAt".into(), json!("9999-12-31T23:59:59+00:00"));
-        metadata.insert("EnqueuedTimeUtc".into(), json!(enqueued.format("%Y-%m-%dT%H:%M:%S").to_string()));
-        metadata.insert("EnqueuedTime".into(), json!(enqueued.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()));
-        metadata.insert("MessageId".into(), json_text(&json!(message.message_id)));
-        metadata.insert("SequenceNumber".into(), json_text(&json!(message.sequence_number)));
-        if let Some(ct) = &message.content_type {
-            metadata.insert("ContentType".into(), json_text(&json!(ct)));
-        }
-        if let Some(id) = &message.correlation_id {
-            metadata.insert("CorrelationId".into(), json_text(&json!(id)));
-        }
-        metadata.insert("ApplicationProperties".into(), Value::Object(message.application_properties.clone()));
-        metadata.insert("UserProperties".into(), Value::Object(message.application_properties.clone()));
-        // §3.1: a JSON object body has its top-level properties copied into the binding data, overwriting.
-        if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(message.body.trim()) {
-            promote(&mut metadata, &fields);
-        }
-        metadata.insert("sys".into(), sys(function));
-        let mut data = Map::new();
-        // §8.1: the string body is JSON-encoded once more inside the envelope.
-        data.insert(spec.trigger_name().to_owned(), json_text(&Value::String(message.body.clone())));
-        self.invoke(function, &json!({ "Data": data, "Metadata": metadata })).await
+        self.invoke(function, &service_bus_envelope(&self.layout, function, message)).await
     }
+}
+
+/// The envelope of a timer invocation (§7) with the given `TimerInfo` object.
+pub fn timer_envelope(layout: &AppLayout, function: &str, timer_info: Value) -> Value {
+    let spec = layout.function(function);
+    assert_eq!(spec.trigger_type(), "timerTrigger");
+    let mut data = Map::new();
+    data.insert(spec.trigger_name().to_owned(), timer_info);
+    json!({ "Data": data, "Metadata": { "sys": sys(function) } })
+}
+
+/// The envelope of a Service Bus invocation (§8) of a string-typed trigger, with v5 extension Metadata.
+pub fn service_bus_envelope(layout: &AppLayout, function: &str, message: &ServiceBusDelivery) -> Value {
+    let spec = layout.function(function);
+    assert_eq!(spec.trigger_type(), "serviceBusTrigger");
+    let enqueued = Utc::now();
+    let mut metadata = Map::new();
+    for key in ["MessageReceiver", "MessageSession", "MessageActions", "SessionActions", "ReceiveActions"] {
+        metadata.insert(key.into(), json!({}));
+    }
+    metadata.insert(
+        "Client".into(),
+        json!({"FullyQualifiedNamespace": "meterline.servicebus.windows.net", "IsClosed": false, "TransportType": 0}),
+    );
+    metadata.insert("DeliveryCount".into(), json_text(&json!(message.delivery_count)));
+    metadata.insert("LockToken".into(), json_text(&json!(uuid::Uuid::new_v4().to_string())));
+    metadata.insert("ExpiresAtUtc".into(), json!("9999-12-31T23:59:59"));
+    metadata.insert("ExpiresAt".into(), json!("9999-12-31T23:59:59+00:00"));
+    metadata.insert("EnqueuedTimeUtc".into(), json!(enqueued.format("%Y-%m-%dT%H:%M:%S").to_string()));
+    metadata.insert("EnqueuedTime".into(), json!(enqueued.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()));
+    metadata.insert("MessageId".into(), json_text(&json!(message.message_id)));
+    metadata.insert("SequenceNumber".into(), json_text(&json!(message.sequence_number)));
+    if let Some(ct) = &message.content_type {
+        metadata.insert("ContentType".into(), json_text(&json!(ct)));
+    }
+    if let Some(id) = &message.correlation_id {
+        metadata.insert("CorrelationId".into(), json_text(&json!(id)));
+    }
+    metadata.insert("ApplicationProperties".into(), Value::Object(message.application_properties.clone()));
+    metadata.insert("UserProperties".into(), Value::Object(message.application_properties.clone()));
+    // §3.1: a JSON object body has its top-level properties copied into the binding data, overwriting.
+    if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(message.body.trim()) {
+        promote(&mut metadata, &fields);
+    }
+    metadata.insert("sys".into(), sys(function));
+    let mut data = Map::new();
+    // §8.1: the string body is JSON-encoded once more inside the envelope.
+    data.insert(spec.trigger_name().to_owned(), json_text(&Value::String(message.body.clone())));
+    json!({ "Data": data, "Metadata": metadata })
 }
 
 /// `JsonConvert.SerializeObject(value)`: the JSON text of a scalar, as a JSON string.
@@ -859,17 +925,18 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Reads `stream` line by line into `sink` until it closes; the task ends at end of file.
 fn capture(
     stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
     sink: Arc<Mutex<Vec<String>>>,
     name: &'static str,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             sink.lock().unwrap().push(format!("[{name}] {line}"));
         }
-    });
+    })
 }
 
 #[test]

@@ -1,5 +1,7 @@
-//! Shared test support: the Functions host emulator and route-template matching.
+//! Shared test support: the in-process app, the Functions host emulator, route-template matching, the OpenID
+//! provider, local Azure endpoints and the store harness.
 
+pub mod app;
 pub mod endpoints;
 pub mod host;
 pub mod oidc;

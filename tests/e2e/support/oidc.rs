@@ -1,6 +1,8 @@
 //! A real OpenID provider for tests: `tests/oidc/server.mjs` (the `oidc-provider` package on Node) on loopback.
 //!
-//! [`OidcProvider::start`] generates an RSA key, starts the provider on a free port and waits until it listens.
+//! [`OidcProvider::start`] generates an RSA key, starts the provider on a free port and waits until it listens;
+//! [`OidcProvider::rotate_keys`] makes the provider reload a config with a new key, on the same port. Keys are
+//! generated and tokens forged in Rust (aws-lc-rs); the harness's own tests check them with Node's crypto.
 //! Its access tokens come from the real `POST /token` (client credentials) and are shaped like Microsoft Entra
 //! ID app-only tokens: RS256, `kid` in the header, `iss`, `aud`, `iat`, `nbf`, `exp`, `sub`, `tid`, `roles`,
 //! `azp` (or `appid`, as in v1 tokens), `oid`, `idtyp: "app"`, `ver`. Discovery and `/jwks` are real too.
@@ -105,6 +107,8 @@ pub struct OidcProvider {
     /// Private JWKs; the first signs, all are published at `/jwks`.
     keys: Vec<Value>,
     generation: u32,
+    /// The key the next rotation signs with, generated in the background while the test runs.
+    next_key: Option<std::thread::JoinHandle<Value>>,
     child: Child,
     http: reqwest::Client,
     dir: tempfile::TempDir,
@@ -140,7 +144,8 @@ impl OidcProvider {
         let port = free_port();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("reqwest client");
         let keys = vec![generate_key(&new_kid(1))];
-        let child = spawn_and_wait(dir.path(), port, 1, &config(audience, &clients, &keys, ttl_seconds)).await;
+        let next_key = Some(prefetch_key(2));
+        let child = spawn_and_wait(dir.path(), port, &config(audience, &clients, &keys, ttl_seconds)).await;
         OidcProvider {
             port,
             audience: audience.to_owned(),
@@ -148,6 +153,7 @@ impl OidcProvider {
             ttl_seconds,
             keys,
             generation: 1,
+            next_key,
             child,
             http,
             dir,
@@ -221,20 +227,26 @@ impl OidcProvider {
         self.get_json(&format!("{}/.well-known/openid-configuration", self.issuer())).await
     }
 
-    /// Generates a new key with a new kid and makes it the signing key, restarting the provider on the same
-    /// port. With `keep_old_in_jwks`, the keys published so far stay in `/jwks` after the new one; otherwise
-    /// `/jwks` holds only the new key.
+    /// Generates a new key with a new kid and makes it the signing key: the provider reloads its config on the
+    /// same port (SIGHUP) and this returns once it serves the new key. With `keep_old_in_jwks`, the keys published
+    /// so far stay in `/jwks` after the new one; otherwise `/jwks` holds only the new key.
     pub async fn rotate_keys(&mut self, keep_old_in_jwks: bool) {
         self.generation += 1;
-        let key = generate_key(&new_kid(self.generation));
+        let key = match self.next_key.take() {
+            Some(prefetched) => prefetched.join().expect("generating the next key"),
+            None => generate_key(&new_kid(self.generation)),
+        };
+        self.next_key = Some(prefetch_key(self.generation + 1));
         if keep_old_in_jwks {
             self.keys.insert(0, key);
         } else {
             self.keys = vec![key];
         }
-        stop(&mut self.child);
-        let config = config(&self.audience, &self.clients, &self.keys, self.ttl_seconds);
-        self.child = spawn_and_wait(self.dir.path(), self.port, self.generation, &config).await;
+        write_config(self.dir.path(), &config(&self.audience, &self.clients, &self.keys, self.ttl_seconds));
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-HUP", &pid]).status().expect("kill runs").success());
+        let reloaded = format!("RELOADED {}", self.signing_kid());
+        wait_for_line(&mut self.child, self.dir.path(), |line| line == reloaded, "reloaded").await;
     }
 
     async fn get_json(&self, url: &str) -> Value {
@@ -343,14 +355,17 @@ fn config(audience: &str, clients: &[TestClient], keys: &[Value], ttl_seconds: u
     })
 }
 
-/// Writes the config, starts `node server.mjs` and waits for its `READY` line.
-async fn spawn_and_wait(dir: &std::path::Path, port: u16, generation: u32, config: &Value) -> Child {
+/// Writes the provider's config file (read at start and on every reload).
+fn write_config(dir: &std::path::Path, config: &Value) -> std::path::PathBuf {
     let config_path = dir.join("provider.json");
     std::fs::write(&config_path, serde_json::to_vec_pretty(config).expect("JSON")).expect("write the provider config");
-    let stdout_path = dir.join(format!("stdout-{generation}.log"));
-    let stderr_path = dir.join(format!("stderr-{generation}.log"));
+    config_path
+}
+
+/// Writes the config, starts `node server.mjs` and waits for its `READY` line.
+async fn spawn_and_wait(dir: &std::path::Path, port: u16, config: &Value) -> Child {
+    let config_path = write_config(dir, config);
     let script_dir = oidc_dir();
-    let started = Instant::now();
     let mut child = Command::new("node")
         .arg(script_dir.join("server.mjs"))
         .arg("--port")
@@ -359,23 +374,33 @@ async fn spawn_and_wait(dir: &std::path::Path, port: u16, generation: u32, confi
         .arg(&config_path)
         .current_dir(&script_dir)
         .stdin(Stdio::null())
-        .stdout(File::create(&stdout_path).expect("stdout log"))
-        .stderr(File::create(&stderr_path).expect("stderr log"))
+        .stdout(File::create(dir.join("stdout.log")).expect("stdout log"))
+        .stderr(File::create(dir.join("stderr.log")).expect("stderr log"))
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start `node` (is Node.js installed?): {e}"));
-    let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    wait_for_line(&mut child, dir, |line| line.starts_with("READY "), "ready").await;
+    child
+}
+
+/// Waits until the provider printed a line that `matches` on stdout (`what` names it in a failure).
+async fn wait_for_line(child: &mut Child, dir: &std::path::Path, matches: impl Fn(&str) -> bool, what: &str) {
+    let started = Instant::now();
+    let stderr = || std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
     loop {
-        let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
-        if stdout.lines().any(|line| line.starts_with("READY ")) {
-            return child;
+        let stdout = std::fs::read_to_string(dir.join("stdout.log")).unwrap_or_default();
+        if stdout.lines().any(&matches) {
+            return;
         }
         if let Some(status) = child.try_wait().expect("poll the OIDC provider") {
-            panic!("the OIDC provider exited ({status}) before it was ready\nstdout:\n{stdout}\nstderr:\n{}", stderr());
+            panic!(
+                "the OIDC provider exited ({status}) before it was {what}\nstdout:\n{stdout}\nstderr:\n{}",
+                stderr()
+            );
         }
         if started.elapsed() > READY_TIMEOUT {
-            stop(&mut child);
+            stop(child);
             panic!(
-                "the OIDC provider was not ready within {READY_TIMEOUT:?}\nstdout:\n{stdout}\nstderr:\n{}",
+                "the OIDC provider was not {what} within {READY_TIMEOUT:?}\nstdout:\n{stdout}\nstderr:\n{}",
                 stderr()
             );
         }
@@ -388,7 +413,8 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Runs `node -e script` with `input` as JSON on stdin; returns stdout.
+/// Runs `node -e script` with `input` as JSON on stdin; returns stdout. The tests check signatures with Node's
+/// crypto, independently of the Rust code that makes keys and signs.
 fn node_eval(script: &str, input: &Value) -> String {
     let mut child = Command::new("node")
         .arg("-e")
@@ -409,28 +435,79 @@ fn node_eval(script: &str, input: &Value) -> String {
     String::from_utf8(output.stdout).expect("UTF-8 from node")
 }
 
-const NODE_GENERATE_KEY: &str = r#"
-const { generateKeyPairSync } = require('node:crypto');
-const { kid } = JSON.parse(require('node:fs').readFileSync(0, 'utf8'));
-const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-process.stdout.write(JSON.stringify({ ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' }));
-"#;
-
-const NODE_RS256_SIGN: &str = r#"
-const { createPrivateKey, sign } = require('node:crypto');
-const { jwk, data } = JSON.parse(require('node:fs').readFileSync(0, 'utf8'));
-const key = createPrivateKey({ key: jwk, format: 'jwk' });
-process.stdout.write(sign('sha256', Buffer.from(data), key).toString('base64url'));
-"#;
-
-/// A fresh RSA 2048 private JWK with this kid, `alg: RS256`, `use: sig`.
-fn generate_key(kid: &str) -> Value {
-    serde_json::from_str(&node_eval(NODE_GENERATE_KEY, &json!({ "kid": kid }))).expect("a JWK from node")
+/// Generates the key of `generation` on another thread (RSA key generation takes a few hundred milliseconds).
+fn prefetch_key(generation: u32) -> std::thread::JoinHandle<Value> {
+    std::thread::spawn(move || generate_key(&new_kid(generation)))
 }
 
-/// The base64url RS256 signature of `signing_input` with a private JWK.
+/// The contents of the DER element at the start of `input` (which must have `tag`), and what follows it.
+fn der_take(input: &[u8], tag: u8) -> (&[u8], &[u8]) {
+    assert_eq!(input.first(), Some(&tag), "DER: expected tag {tag:#04x}");
+    let (length, header) = match input[1] {
+        short if short < 0x80 => (usize::from(short), 2),
+        long => {
+            let bytes = usize::from(long & 0x7f);
+            (input[2..2 + bytes].iter().fold(0, |n, b| (n << 8) | usize::from(*b)), 2 + bytes)
+        }
+    };
+    input[header..].split_at(length)
+}
+
+/// A DER element: `tag`, the length, `content`.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let length = content.len().to_be_bytes();
+    let significant: Vec<u8> = length.iter().copied().skip_while(|b| *b == 0).collect();
+    match content.len() {
+        n if n < 0x80 => out.push(n as u8),
+        _ => {
+            out.push(0x80 | significant.len() as u8);
+            out.extend(&significant);
+        }
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A fresh RSA 2048 private JWK with this kid, `alg: RS256`, `use: sig`: generated by aws-lc-rs, its components
+/// read from the PKCS#8 document (`PrivateKeyInfo` holding an `RSAPrivateKey`, RFC 8017 A.1.2).
+fn generate_key(kid: &str) -> Value {
+    use aws_lc_rs::encoding::AsDer as _;
+    let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("RSA key generation");
+    let pkcs8 = pair.as_der().expect("the key's PKCS#8 form");
+    let (info, _) = der_take(pkcs8.as_ref(), 0x30);
+    let (_version, info) = der_take(info, 0x02);
+    let (_algorithm, info) = der_take(info, 0x30);
+    let (rsa_key, _) = der_take(info, 0x04);
+    let (mut fields, _) = der_take(rsa_key, 0x30);
+    let mut integers = Vec::new();
+    while !fields.is_empty() {
+        let (integer, rest) = der_take(fields, 0x02);
+        let unsigned: Vec<u8> = integer.iter().copied().skip_while(|b| *b == 0).collect();
+        integers.push(URL_SAFE_NO_PAD.encode(unsigned));
+        fields = rest;
+    }
+    let [_, n, e, d, p, q, dp, dq, qi] = <[String; 9]>::try_from(integers).expect("an RSAPrivateKey has 9 integers");
+    json!({"kty": "RSA", "n": n, "e": e, "d": d, "p": p, "q": q, "dp": dp, "dq": dq, "qi": qi,
+           "kid": kid, "alg": "RS256", "use": "sig"})
+}
+
+/// The base64url RS256 (RSASSA-PKCS1-v1_5 with SHA-256) signature of `signing_input` with a private JWK.
 fn rs256_sign(jwk: &Value, signing_input: &str) -> String {
-    node_eval(NODE_RS256_SIGN, &json!({ "jwk": jwk, "data": signing_input }))
+    let mut fields = der(0x02, &[0]);
+    for member in ["n", "e", "d", "p", "q", "dp", "dq", "qi"] {
+        let mut integer = URL_SAFE_NO_PAD.decode(jwk[member].as_str().expect("a private RSA JWK")).unwrap();
+        if integer.first().is_none_or(|b| *b >= 0x80) {
+            integer.insert(0, 0);
+        }
+        fields.extend(der(0x02, &integer));
+    }
+    let pair = aws_lc_rs::rsa::KeyPair::from_der(&der(0x30, &fields)).expect("the JWK is an RSA private key");
+    let mut signature = vec![0; pair.public_modulus_len()];
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    pair.sign(&aws_lc_rs::signature::RSA_PKCS1_SHA256, &rng, signing_input.as_bytes(), &mut signature)
+        .expect("RS256 signing");
+    URL_SAFE_NO_PAD.encode(signature)
 }
 
 #[cfg(test)]
