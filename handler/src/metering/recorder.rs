@@ -95,6 +95,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_batch_fails_each_of_its_requests_and_is_logged_once() {
+        use crate::store::prelude::*;
         use tracing_subscriber::layer::SubscriberExt as _;
         let lines = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(ErrorLines(lines.clone())));

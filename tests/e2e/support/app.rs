@@ -135,8 +135,8 @@ impl TestAppBuilder {
             store.migrate().await.expect("the store migrates");
         }
         let clock = Arc::new(ManualClock::new(self.start));
-        let mut state =
-            AppState::new(config, store.clone(), clock.clone(), Arc::new(TestIds::default())).expect("the app state");
+        let mut state = meterline::startup::state(config, store.clone(), clock.clone(), Arc::new(TestIds::default()))
+            .expect("the app state");
         for change in self.configure {
             change(&mut state);
         }
