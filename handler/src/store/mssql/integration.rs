@@ -3,6 +3,9 @@
 //! [`insert_outbox`] and [`emit_quota_thresholds`] run on the caller's connection inside its transaction, so an
 //! event is committed with the change that causes it or not at all.
 
+use super::{MssqlStore, Pooled, Retry};
+use crate::store::IntegrationStore;
+use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use tiberius::{Row, ToSql};
 use uuid::Uuid;
@@ -242,4 +245,91 @@ pub(super) fn outbox_from(row: &Row) -> Result<OutboxRow, StoreError> {
         last_error: column::<&str>(row, 8)?.map(str::to_owned),
         sent_at: column(row, 9)?,
     })
+}
+
+#[async_trait]
+impl IntegrationStore for MssqlStore {
+    async fn apply_integration_event(
+        &self,
+        inbox: &InboxEntry,
+        effect: &IntegrationEffect,
+    ) -> Result<ApplyOutcome, StoreError> {
+        // Not retried: the inbox row makes a second run harmless, but a lost commit answer is for the host to
+        // resolve by redelivering (then the inbox says Duplicate).
+        let result = in_tx!(self, Retry::No, |conn| apply(conn, inbox, effect).await);
+        // XACT_ABORT rolled the whole transaction back, inbox row included.
+        match result {
+            Err(StoreError::ForeignKey(reason) | StoreError::Conflict(reason)) => Ok(ApplyOutcome::Rejected(reason)),
+            other => other,
+        }
+    }
+
+    async fn quarantine_message(&self, message: &QuarantinedMessage) -> Result<(), StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            let m = message;
+            if !rows(conn, q::GET_QUARANTINED, &[&m.id]).await?.is_empty() {
+                return Ok(()); // a retried insert whose first commit went through
+            }
+            let params: [&dyn ToSql; 8] = [
+                &m.id,
+                &m.received_at,
+                &m.message_id.as_deref(),
+                &m.delivery_count,
+                &m.content_type.as_deref(),
+                &m.reason.as_str(),
+                &m.raw_body.as_str(),
+                &m.replayed_at,
+            ];
+            execute(conn, q::INSERT_QUARANTINE, &params).await.map(drop)
+        })
+    }
+
+    async fn list_quarantine(&self, limit: u32) -> Result<Vec<QuarantinedMessage>, StoreError> {
+        let top = i64::from(limit.max(1));
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, q::LIST_QUARANTINE, &[&top]).await?.iter().map(quarantined_from).collect()
+        })
+    }
+
+    async fn get_quarantined(&self, id: Uuid) -> Result<Option<QuarantinedMessage>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, q::GET_QUARANTINED, &[&id]).await?.first().map(quarantined_from).transpose()
+        })
+    }
+
+    async fn mark_quarantine_replayed(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| Ok(execute(conn, q::MARK_QUARANTINE_REPLAYED, &[&id, &now]).await? == 1))
+    }
+
+    async fn pending_outbox(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        let top = i64::from(limit.max(1));
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, q::PENDING_OUTBOX, &[&now, &top]).await?.iter().map(outbox_from).collect()
+        })
+    }
+
+    async fn mark_outbox_sent(&self, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
+        // Idempotent: only an unsent row changes.
+        in_tx!(self, Retry::Yes, |conn| execute(conn, q::MARK_OUTBOX_SENT, &[&id, &now]).await.map(drop))
+    }
+
+    async fn mark_outbox_failed(
+        &self,
+        id: Uuid,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let error: String = error.chars().take(1000).collect();
+        let error = error.as_str();
+        in_tx!(self, Retry::No, |conn| {
+            execute(conn, q::MARK_OUTBOX_FAILED, &[&id, &error, &next_attempt_at]).await.map(drop)
+        })
+    }
+
+    async fn list_outbox(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        let top = i64::from(limit.max(1));
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, q::LIST_OUTBOX, &[&after_seq, &top]).await?.iter().map(outbox_from).collect()
+        })
+    }
 }

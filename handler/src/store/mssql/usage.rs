@@ -1,5 +1,8 @@
 //! The SQL Server side of usage aggregation and billing; the statements are in `queries.rs` (`MERGE` upserts).
 
+use super::{MssqlStore, Pooled, Retry};
+use crate::store::UsageStore;
+use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use tiberius::{Row, ToSql};
 use uuid::Uuid;
@@ -252,6 +255,88 @@ pub(super) fn statement_from(row: &Row) -> Result<BillingStatement, StoreError> 
         total_amount_micros: required(row, 11)?,
         created_at: required(row, 12)?,
     })
+}
+
+#[async_trait]
+impl UsageStore for MssqlStore {
+    async fn rollup_state(&self) -> Result<RollupState, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| rollup_state(conn).await)
+    }
+
+    async fn rollup_step(&self, step: &RollupStep) -> Result<RollupProgress, StoreError> {
+        // Idempotent: the step recomputes rollups from raw events and moves the watermark in one transaction.
+        in_tx!(self, Retry::Yes, |conn| rollup_step(conn, step).await)
+    }
+
+    async fn rollup_rerun_hour(&self, hour: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| rollup_rerun_hour(conn, hour, now).await)
+    }
+
+    async fn purge_usage_events(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| purge(conn, before, limit).await)
+    }
+
+    async fn set_rollup_lagging(
+        &self,
+        since: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        event: Option<&OutboxMessage>,
+    ) -> Result<bool, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| set_lagging(conn, since, now, event).await)
+    }
+
+    async fn usage_rollups(
+        &self,
+        tenant_id: Uuid,
+        granularity: RollupGranularity,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<UsageRollup>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| usage_rollups(conn, tenant_id, granularity, from, to).await)
+    }
+
+    async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| usage_report(conn, query).await)
+    }
+
+    async fn statement_drafts(
+        &self,
+        period_start: NaiveDate,
+        period_end: NaiveDate,
+        limit: u32,
+    ) -> Result<Vec<StatementDraft>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| statement_drafts(conn, period_start, period_end, limit).await)
+    }
+
+    async fn insert_billing_statement(
+        &self,
+        statement: &BillingStatement,
+        event: &OutboxMessage,
+    ) -> Result<bool, StoreError> {
+        // Idempotent: a retried insert finds the statement and writes nothing (the event went with it).
+        in_tx!(self, Retry::Yes, |conn| insert_statement(conn, statement, event).await)
+    }
+
+    async fn set_closed_through(&self, period_start: NaiveDate, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let position: i64 = period_start.format("%Y%m%d").to_string().parse().expect("digits");
+        in_tx!(self, Retry::Yes, |conn| put_position(conn, ROLLUP_CLOSED_THROUGH, position, now).await)
+    }
+
+    async fn list_billing_statements(&self, tenant_id: Uuid) -> Result<Vec<BillingStatement>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, q::LIST_STATEMENTS, &[&tenant_id]).await?.iter().map(statement_from).collect()
+        })
+    }
+
+    async fn get_billing_statement(
+        &self,
+        tenant_id: Uuid,
+        period_start: NaiveDate,
+    ) -> Result<Option<BillingStatement>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, q::GET_STATEMENT, &[&tenant_id, &period_start]).await?.first().map(statement_from).transpose()
+        })
+    }
 }
 
 #[cfg(test)]

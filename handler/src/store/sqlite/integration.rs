@@ -3,6 +3,7 @@
 //! [`insert_outbox`] and [`emit_quota_thresholds`] run inside a caller's write transaction, so an event is
 //! committed with the change that causes it or not at all.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
@@ -10,8 +11,8 @@ use uuid::Uuid;
 use super::{
     SqliteStore, classify, insert_usage_event, parse_timestamp, parse_uuid, query_all, query_one, read_quota, timestamp,
 };
-use crate::store::StoreError;
 use crate::store::model::*;
+use crate::store::{IntegrationStore, StoreError};
 
 /// Inserts an outbox event inside the caller's write transaction; an id stored already is a `Conflict`.
 pub(crate) fn insert_outbox(tx: &Connection, m: &OutboxMessage) -> Result<(), StoreError> {
@@ -480,4 +481,52 @@ pub(super) async fn list_outbox(store: &SqliteStore, after_seq: i64, limit: u32)
             query_all(conn, &sql, params![after_seq, i64::from(limit.max(1))], outbox_from_row)
         })
         .await
+}
+
+#[async_trait]
+impl IntegrationStore for SqliteStore {
+    async fn apply_integration_event(
+        &self,
+        inbox: &InboxEntry,
+        effect: &IntegrationEffect,
+    ) -> Result<ApplyOutcome, StoreError> {
+        apply(self, inbox, effect).await
+    }
+
+    async fn quarantine_message(&self, message: &QuarantinedMessage) -> Result<(), StoreError> {
+        quarantine(self, message).await
+    }
+
+    async fn list_quarantine(&self, limit: u32) -> Result<Vec<QuarantinedMessage>, StoreError> {
+        list_quarantine(self, limit).await
+    }
+
+    async fn get_quarantined(&self, id: Uuid) -> Result<Option<QuarantinedMessage>, StoreError> {
+        get_quarantined(self, id).await
+    }
+
+    async fn mark_quarantine_replayed(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        mark_replayed(self, id, now).await
+    }
+
+    async fn pending_outbox(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        pending_outbox(self, now, limit).await
+    }
+
+    async fn mark_outbox_sent(&self, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
+        mark_sent(self, id, now).await
+    }
+
+    async fn mark_outbox_failed(
+        &self,
+        id: Uuid,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        mark_failed(self, id, error, next_attempt_at).await
+    }
+
+    async fn list_outbox(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        list_outbox(self, after_seq, limit).await
+    }
 }
