@@ -510,7 +510,6 @@ const LONG_FILES_TO_SPLIT: &[&str] = &[
     "handler/src/store/sqlite/mod.rs",
     "handler/src/store/model.rs",
     "handler/src/store/mssql/connection.rs",
-    "handler/src/store/mssql/queries.rs",
     "handler/src/store/mssql/mod.rs",
 ];
 

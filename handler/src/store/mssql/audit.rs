@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use tiberius::{Row, ToSql};
 use uuid::Uuid;
 
+use super::queries::{Arg, Assembled, ceil_micros};
 use super::*;
 use crate::store::AuditStore;
 
@@ -44,13 +45,13 @@ pub(crate) async fn append_audit(conn: &mut MssqlClient, events: &[AuditEventInp
     ordered.sort_by_key(|e| audit_chain_key(e.tenant_id)); // stable: a chain's events keep their order
     let mut heads: HashMap<String, (i64, String)> = HashMap::new();
     for input in ordered {
-        if !rows(conn, q::AUDIT_EVENT_EXISTS, &[&input.id]).await?.is_empty() {
+        if !rows(conn, AUDIT_EVENT_EXISTS, &[&input.id]).await?.is_empty() {
             continue;
         }
         let chain = audit_chain_key(input.tenant_id);
         let (seq, prev) = match heads.get(&chain) {
             Some(head) => head.clone(),
-            None => match rows(conn, q::AUDIT_CHAIN_HEAD, &[&chain.as_str()]).await?.first() {
+            None => match rows(conn, AUDIT_CHAIN_HEAD, &[&chain.as_str()]).await?.first() {
                 Some(row) => (required::<i64>(row, 0)?, text(row, 1)?),
                 None => (0, AUDIT_GENESIS_HASH.to_owned()),
             },
@@ -77,7 +78,7 @@ pub(crate) async fn append_audit(conn: &mut MssqlClient, events: &[AuditEventInp
             &e.prev_hash.as_str(),
             &e.hash.as_str(),
         ];
-        execute(conn, q::INSERT_AUDIT_EVENT, &params).await?;
+        execute(conn, INSERT_AUDIT_EVENT, &params).await?;
         heads.insert(chain, (e.chain_seq, e.hash));
     }
     Ok(())
@@ -93,7 +94,7 @@ impl AuditStore for MssqlStore {
         limit: u32,
     ) -> Result<Page<AuditEvent, AuditCursor>, StoreError> {
         let limit = limit.max(1);
-        let statement = &q::list_audit_events(tenant_id, filter, after, i64::from(limit) + 1);
+        let statement = &list_audit_events(tenant_id, filter, after, i64::from(limit) + 1);
         in_tx!(self, Retry::Yes, |conn| {
             let mut items =
                 assembled_rows(conn, statement).await?.iter().map(audit_from).collect::<Result<Vec<_>, _>>()?;
@@ -110,7 +111,99 @@ impl AuditStore for MssqlStore {
     async fn audit_chain(&self, chain: &str, after_seq: i64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
         let top = i64::from(limit.max(1));
         in_tx!(self, Retry::Yes, |conn| {
-            rows(conn, q::AUDIT_CHAIN, &[&chain, &after_seq, &top]).await?.iter().map(audit_from).collect()
+            rows(conn, AUDIT_CHAIN, &[&chain, &after_seq, &top]).await?.iter().map(audit_from).collect()
         })
     }
 }
+
+/// The columns of an audit event, in the order `audit_from` reads them.
+macro_rules! audit_columns {
+    () => {
+        "id, chain, chain_seq, tenant_id, occurred_at, actor_oid, actor_app_id, actor_tenant_id, action, resource_type,
+    resource_id, outcome, request_id, summary, before_hash, after_hash, limiter_decision, prev_hash, hash"
+    };
+}
+
+/// Whether an audit event is stored already (a retried batch skips it).
+pub(crate) const AUDIT_EVENT_EXISTS: &str = "SELECT 1 AS found FROM dbo.audit_events WHERE id = @P1";
+
+/// The head of a chain, read under a key-range update lock held to the end of the transaction (also when the
+/// chain is empty): a concurrent appender of the same chain waits here, then reads the new head.
+pub(crate) const AUDIT_CHAIN_HEAD: &str =
+    "SELECT TOP (1) chain_seq, hash FROM dbo.audit_events WITH (UPDLOCK, HOLDLOCK)
+WHERE chain = @P1 ORDER BY chain_seq DESC";
+
+/// Appends one audit event. The table has no UPDATE or DELETE statement anywhere (a ledger table refuses them).
+pub(crate) const INSERT_AUDIT_EVENT: &str = concat!(
+    "INSERT INTO dbo.audit_events (",
+    audit_columns!(),
+    ")
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13, @P14, @P15, @P16, @P17, @P18, @P19)"
+);
+
+/// A page of one chain in `chain_seq` order, for verification (served by `ux_audit_events_chain_seq`).
+pub(crate) const AUDIT_CHAIN: &str = concat!(
+    "SELECT TOP (@P3) ",
+    audit_columns!(),
+    "
+FROM dbo.audit_events WHERE chain = @P1 AND chain_seq > @P2 ORDER BY chain_seq"
+);
+
+/// One page of a tenant's audit events (`None`: the platform events, `tenant_id IS NULL`), newest first, strictly
+/// after `after`: `TOP (fetch)` on `ix_audit_events_tenant_time`.
+pub(crate) fn list_audit_events(
+    tenant_id: Option<Uuid>,
+    filter: &AuditFilter,
+    after: Option<&AuditCursor>,
+    fetch: i64,
+) -> Assembled {
+    let mut a = Assembled::default();
+    let top = a.bind(Arg::Int(fetch));
+    a.sql = format!(concat!("SELECT TOP ({}) ", audit_columns!(), "\nFROM dbo.audit_events"), top);
+    match tenant_id {
+        Some(id) => {
+            let p = a.bind(Arg::Id(id));
+            a.sql.push_str(&format!("\nWHERE tenant_id = {p}"));
+        }
+        None => a.sql.push_str("\nWHERE tenant_id IS NULL"),
+    }
+    if let Some(actor) = &filter.actor {
+        let p = a.bind(Arg::Text(actor.clone()));
+        a.sql.push_str(&format!("\n    AND (actor_oid = {p} OR actor_app_id = {p})"));
+    }
+    for (column, value) in
+        [("action", &filter.action), ("resource_type", &filter.resource_type), ("resource_id", &filter.resource_id)]
+    {
+        if let Some(value) = value {
+            let p = a.bind(Arg::Text(value.clone()));
+            a.sql.push_str(&format!("\n    AND {column} = {p}"));
+        }
+    }
+    if let Some(outcome) = filter.outcome {
+        let p = a.bind(Arg::Text(outcome.as_str().to_owned()));
+        a.sql.push_str(&format!("\n    AND outcome = {p}"));
+    }
+    if let Some(from) = filter.from {
+        let p = a.bind(Arg::Time(ceil_micros(from)));
+        a.sql.push_str(&format!("\n    AND occurred_at >= {p}"));
+    }
+    if let Some(to) = filter.to {
+        let p = a.bind(Arg::Time(ceil_micros(to)));
+        a.sql.push_str(&format!("\n    AND occurred_at < {p}"));
+    }
+    if let Some(cursor) = after {
+        let t = a.bind(Arg::Time(cursor.occurred_at));
+        let id = a.bind(Arg::Id(cursor.id));
+        a.sql.push_str(&format!("\n    AND occurred_at <= {t} AND (occurred_at < {t} OR id < {id})"));
+    }
+    a.sql.push_str("\nORDER BY occurred_at DESC, id DESC");
+    a
+}
+
+/// Every statement above, by name, for the parse check (`store::tsql_check`).
+pub(crate) const STATEMENTS: &[(&str, &str)] = &[
+    ("AUDIT_EVENT_EXISTS", AUDIT_EVENT_EXISTS),
+    ("AUDIT_CHAIN_HEAD", AUDIT_CHAIN_HEAD),
+    ("INSERT_AUDIT_EVENT", INSERT_AUDIT_EVENT),
+    ("AUDIT_CHAIN", AUDIT_CHAIN),
+];

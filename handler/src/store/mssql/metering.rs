@@ -26,15 +26,15 @@ pub(crate) async fn read_quota(
     tenant_id: Uuid,
     start: NaiveDate,
 ) -> Result<Option<QuotaUsage>, StoreError> {
-    rows(conn, q::GET_QUOTA, &[&tenant_id, &start]).await?.first().map(quota_from).transpose()
+    rows(conn, GET_QUOTA, &[&tenant_id, &start]).await?.first().map(quota_from).transpose()
 }
 
 /// Debits a quota period (created on first use), refusing under `block` what would exceed the quota.
 pub(crate) async fn debit_period(conn: &mut MssqlClient, d: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
     let policy = d.overage_policy.as_str();
     let ensure: [&dyn ToSql; 6] = [&d.tenant_id, &d.period_start, &d.period_end, &d.quota_units, &policy, &d.now];
-    execute(conn, q::ENSURE_QUOTA_PERIOD, &ensure).await?;
-    let updated = rows(conn, q::DEBIT_QUOTA, &[&d.tenant_id, &d.period_start, &d.units, &d.now]).await?;
+    execute(conn, ENSURE_QUOTA_PERIOD, &ensure).await?;
+    let updated = rows(conn, DEBIT_QUOTA, &[&d.tenant_id, &d.period_start, &d.units, &d.now]).await?;
     match updated.first() {
         Some(row) => {
             let (units_used, quota_units) = (required(row, 0)?, required(row, 1)?);
@@ -55,14 +55,11 @@ pub(crate) async fn debit_period(conn: &mut MssqlClient, d: &QuotaDebit) -> Resu
 /// One GCRA step for (tenant, client) under the state row's update lock; written only when allowed.
 pub(crate) async fn take_rate(conn: &mut MssqlClient, take: &RateLimitTake) -> Result<RateLimitDecision, StoreError> {
     let client = take.client_id.as_str();
-    let stored: Option<i64> = rows(conn, q::LOCK_RATE_STATE, &[&take.tenant_id, &client])
-        .await?
-        .first()
-        .map(|r| required(r, 0))
-        .transpose()?;
+    let stored: Option<i64> =
+        rows(conn, LOCK_RATE_STATE, &[&take.tenant_id, &client]).await?.first().map(|r| required(r, 0)).transpose()?;
     let decision = gcra(stored, take);
     if decision.allowed {
-        execute(conn, q::UPSERT_RATE_STATE, &[&take.tenant_id, &client, &decision.tat_micros]).await?;
+        execute(conn, UPSERT_RATE_STATE, &[&take.tenant_id, &client, &decision.tat_micros]).await?;
     }
     Ok(decision)
 }
@@ -99,7 +96,7 @@ pub(crate) async fn insert_usage_event(conn: &mut MssqlClient, e: &UsageEvent) -
         &e.occurred_at,
         &e.recorded_at,
     ];
-    execute(conn, q::INSERT_USAGE_EVENT, &params).await
+    execute(conn, INSERT_USAGE_EVENT, &params).await
 }
 
 #[async_trait]
@@ -117,7 +114,7 @@ impl MeteringStore for MssqlStore {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         in_tx!(self, Retry::No, |conn| {
-            execute(conn, q::REFUND_QUOTA, &[&tenant_id, &period_start, &units, &overage_units, &now]).await.map(drop)
+            execute(conn, REFUND_QUOTA, &[&tenant_id, &period_start, &units, &overage_units, &now]).await.map(drop)
         })
     }
 
@@ -153,9 +150,69 @@ impl MeteringStore for MssqlStore {
 
     async fn count_usage_events(&self, tenant_id: Uuid) -> Result<u64, StoreError> {
         in_tx!(self, Retry::Yes, |conn| {
-            let row = rows(conn, q::COUNT_USAGE_EVENTS, &[&tenant_id]).await?;
+            let row = rows(conn, COUNT_USAGE_EVENTS, &[&tenant_id]).await?;
             let n: i64 = row.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
             Ok(n as u64)
         })
     }
 }
+
+/// Creates the period's counter row on first use, under a key-range lock so two first debits cannot both insert.
+pub(crate) const ENSURE_QUOTA_PERIOD: &str = "IF NOT EXISTS (SELECT 1 FROM dbo.quota_usage WITH (UPDLOCK, HOLDLOCK)
+    WHERE tenant_id = @P1 AND period_start = @P2)
+INSERT INTO dbo.quota_usage (tenant_id, period_start, period_end, quota_units, overage_policy, updated_at)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6)";
+
+/// The debit: one conditional UPDATE, so concurrent debits can never take the counter past the quota under
+/// `block`. Outputs the new total, the quota and this debit's overage units; no row means rejected.
+pub(crate) const DEBIT_QUOTA: &str = "UPDATE dbo.quota_usage SET
+    overage_units = overage_units
+        + (CASE WHEN units_used + @P3 > quota_units THEN units_used + @P3 - quota_units ELSE 0 END)
+        - (CASE WHEN units_used > quota_units THEN units_used - quota_units ELSE 0 END),
+    units_used = units_used + @P3,
+    updated_at = @P4
+OUTPUT inserted.units_used, inserted.quota_units,
+    (CASE WHEN inserted.units_used > inserted.quota_units THEN inserted.units_used - inserted.quota_units ELSE 0 END)
+    - (CASE WHEN inserted.units_used - @P3 > inserted.quota_units THEN inserted.units_used - @P3 - inserted.quota_units ELSE 0 END)
+WHERE tenant_id = @P1 AND period_start = @P2 AND (overage_policy = 'allow' OR units_used + @P3 <= quota_units)";
+
+pub(crate) const REFUND_QUOTA: &str = "UPDATE dbo.quota_usage SET
+    units_used = CASE WHEN units_used > @P3 THEN units_used - @P3 ELSE 0 END,
+    overage_units = CASE WHEN overage_units > @P4 THEN overage_units - @P4 ELSE 0 END,
+    updated_at = @P5
+WHERE tenant_id = @P1 AND period_start = @P2";
+
+pub(crate) const GET_QUOTA: &str =
+    "SELECT tenant_id, period_start, period_end, quota_units, overage_policy, units_used, overage_units
+FROM dbo.quota_usage WHERE tenant_id = @P1 AND period_start = @P2";
+
+/// Reads the GCRA state and keeps the key locked until the transaction ends (also when the row is absent).
+pub(crate) const LOCK_RATE_STATE: &str = "SELECT tat_micros FROM dbo.rate_limit_state WITH (UPDLOCK, HOLDLOCK)
+WHERE tenant_id = @P1 AND client_id = @P2";
+
+pub(crate) const UPSERT_RATE_STATE: &str =
+    "UPDATE dbo.rate_limit_state SET tat_micros = @P3 WHERE tenant_id = @P1 AND client_id = @P2;
+IF @@ROWCOUNT = 0
+    INSERT INTO dbo.rate_limit_state (tenant_id, client_id, tat_micros) VALUES (@P1, @P2, @P3)";
+
+/// Inserts one usage event unless its id is stored already; the lock hints close the check-then-insert race.
+pub(crate) const INSERT_USAGE_EVENT: &str =
+    "INSERT INTO dbo.usage_events (event_id, request_id, tenant_id, client_id, principal_id,
+    operation_id, method, route_template, status, units, billable, overage_units, latency_micros, request_bytes,
+    response_bytes, occurred_at, recorded_at)
+SELECT @P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13, @P14, @P15, @P16, @P17
+WHERE NOT EXISTS (SELECT 1 FROM dbo.usage_events WITH (UPDLOCK, HOLDLOCK) WHERE event_id = @P1)";
+
+pub(crate) const COUNT_USAGE_EVENTS: &str = "SELECT COUNT_BIG(*) AS n FROM dbo.usage_events WHERE tenant_id = @P1";
+
+/// Every statement above, by name, for the parse check (`store::tsql_check`).
+pub(crate) const STATEMENTS: &[(&str, &str)] = &[
+    ("ENSURE_QUOTA_PERIOD", ENSURE_QUOTA_PERIOD),
+    ("DEBIT_QUOTA", DEBIT_QUOTA),
+    ("REFUND_QUOTA", REFUND_QUOTA),
+    ("GET_QUOTA", GET_QUOTA),
+    ("LOCK_RATE_STATE", LOCK_RATE_STATE),
+    ("UPSERT_RATE_STATE", UPSERT_RATE_STATE),
+    ("INSERT_USAGE_EVENT", INSERT_USAGE_EVENT),
+    ("COUNT_USAGE_EVENTS", COUNT_USAGE_EVENTS),
+];
