@@ -26,6 +26,7 @@ use uuid::Uuid;
 use crate::store::migrations::{self, AppliedMigration, MigrationReport};
 use crate::store::model::*;
 use crate::store::{DocumentStore, JobRun, OperationsStore, PlanStore, StoreError, TenantStore, Update};
+use crate::store::{audit::*, metering::*};
 use connection::{MssqlClient, MssqlConnector, MssqlManager, pool_error, pool_with_timeout};
 use errors::classify;
 use queries as q;

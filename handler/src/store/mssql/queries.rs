@@ -441,7 +441,8 @@ pub fn tags_of_documents(tenant_id: Uuid, ids: &[Uuid]) -> Assembled {
 pub fn assembled_examples() -> Vec<(String, Assembled)> {
     use chrono::TimeZone;
 
-    use crate::store::model::{AuditCursor, AuditFilter, DocumentStatus};
+    use crate::store::model::DocumentStatus;
+    use crate::store::{AuditCursor, AuditFilter};
 
     let tenant = Uuid::from_u128(1);
     let id = Uuid::from_u128(2);
@@ -507,7 +508,7 @@ pub fn assembled_examples() -> Vec<(String, Assembled)> {
         action: Some("createDocument".into()),
         resource_type: Some("documents".into()),
         resource_id: Some("x".into()),
-        outcome: Some(crate::store::model::AuditOutcome::Denied),
+        outcome: Some(crate::store::AuditOutcome::Denied),
         from: Some(t),
         to: Some(t),
     };

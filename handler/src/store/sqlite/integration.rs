@@ -13,6 +13,7 @@ use super::{
 };
 use crate::store::model::*;
 use crate::store::{IntegrationStore, StoreError};
+use crate::store::{integration::*, metering::*};
 
 /// Inserts an outbox event inside the caller's write transaction; an id stored already is a `Conflict`.
 pub(crate) fn insert_outbox(tx: &Connection, m: &OutboxMessage) -> Result<(), StoreError> {

@@ -25,6 +25,7 @@ use uuid::Uuid;
 use super::migrations::{self, AppliedMigration, MigrationReport};
 use super::model::*;
 use super::{DocumentStore, JobRun, OperationsStore, PlanStore, StoreError, TenantStore, Update};
+use super::{audit::*, metering::*};
 use writer::Writer;
 
 mod integration;
