@@ -234,6 +234,39 @@ pub struct AuditCursor {
     pub id: Uuid,
 }
 
+/// The chain heads an append batch has written so far. Each event is sealed onto the head of its chain: the
+/// stored head the first time the batch touches that chain (`None` for an empty chain: the genesis hash), then
+/// the event the batch appended to it last. Both backends append through it; they only read heads and insert.
+#[derive(Debug, Default)]
+pub struct ChainHeads(std::collections::HashMap<String, (i64, String)>);
+
+impl ChainHeads {
+    /// The head of `chain` (sequence number and hash) when this batch has appended to it already.
+    pub fn get(&self, chain: &str) -> Option<(i64, String)> {
+        self.0.get(chain).cloned()
+    }
+
+    /// Seals `input` as the event after `head` in its chain and remembers it as that chain's head.
+    pub fn seal(&mut self, input: &AuditEventInput, head: Option<(i64, String)>) -> AuditEvent {
+        let (seq, prev) = head.unwrap_or_else(|| (0, AUDIT_GENESIS_HASH.to_owned()));
+        let event = input.seal(seq + 1, &prev);
+        self.0.insert(event.chain.clone(), (event.chain_seq, event.hash.clone()));
+        event
+    }
+}
+
+/// The page of a listing fetched with one row more than `limit` (`TOP (limit + 1)` / `LIMIT limit + 1`): the
+/// first `limit` events, and a cursor after the last of them when the extra row shows that more follow.
+pub fn audit_page(mut items: Vec<AuditEvent>, limit: u32) -> Page<AuditEvent, AuditCursor> {
+    let next = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|e| AuditCursor { occurred_at: e.occurred_at, id: e.id })
+    } else {
+        None
+    };
+    Page { items, next }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,5 +324,29 @@ mod tests {
         assert_eq!(clip("a😀b", 2), "a", "a surrogate pair is never split");
         let bad = AuditEventInput { before_hash: Some("not a hash".into()), ..input() }.seal(1, AUDIT_GENESIS_HASH);
         assert_eq!(bad.before_hash, None);
+    }
+
+    #[test]
+    fn an_audit_page_has_a_cursor_only_when_the_extra_row_was_fetched() {
+        let event = |n: u128| AuditEvent { id: Uuid::from_u128(n), ..input().seal(1, AUDIT_GENESIS_HASH) };
+        let full = audit_page(vec![event(3), event(2), event(1)], 2);
+        assert_eq!(full.items.iter().map(|e| e.id).collect::<Vec<_>>(), [Uuid::from_u128(3), Uuid::from_u128(2)]);
+        let cursor = full.next.expect("more follow");
+        assert_eq!((cursor.id, cursor.occurred_at), (Uuid::from_u128(2), full.items[1].occurred_at));
+        let last = audit_page(vec![event(1)], 2);
+        assert_eq!((last.items.len(), last.next), (1, None));
+    }
+
+    #[test]
+    fn a_batch_seals_each_event_onto_the_last_one_of_its_chain() {
+        let mut heads = ChainHeads::default();
+        let first = heads.seal(&input(), None);
+        assert_eq!((first.chain_seq, first.prev_hash.as_str()), (1, AUDIT_GENESIS_HASH));
+        assert_eq!(heads.get(&first.chain), Some((1, first.hash.clone())));
+        let second = heads.seal(&input(), heads.get(&first.chain));
+        assert_eq!((second.chain_seq, second.prev_hash.as_str()), (2, first.hash.as_str()));
+        let stored = heads.seal(&AuditEventInput { tenant_id: None, ..input() }, Some((41, "ab".repeat(32))));
+        assert_eq!((stored.chain.as_str(), stored.chain_seq), ("platform", 42));
+        assert_eq!(heads.get("platform"), Some((42, stored.hash.clone())));
     }
 }

@@ -1,7 +1,5 @@
 //! The audit log on SQL Server: the hash-chained append (chains locked in key order) and the two read paths.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use tiberius::{Row, ToSql};
 use uuid::Uuid;
@@ -43,20 +41,20 @@ fn audit_from(row: &Row) -> Result<AuditEvent, StoreError> {
 pub(crate) async fn append_audit(conn: &mut MssqlClient, events: &[AuditEventInput]) -> Result<(), StoreError> {
     let mut ordered: Vec<&AuditEventInput> = events.iter().collect();
     ordered.sort_by_key(|e| audit_chain_key(e.tenant_id)); // stable: a chain's events keep their order
-    let mut heads: HashMap<String, (i64, String)> = HashMap::new();
+    let mut heads = ChainHeads::default();
     for input in ordered {
         if !rows(conn, AUDIT_EVENT_EXISTS, &[&input.id]).await?.is_empty() {
             continue;
         }
         let chain = audit_chain_key(input.tenant_id);
-        let (seq, prev) = match heads.get(&chain) {
-            Some(head) => head.clone(),
+        let head = match heads.get(&chain) {
+            Some(head) => Some(head),
             None => match rows(conn, AUDIT_CHAIN_HEAD, &[&chain.as_str()]).await?.first() {
-                Some(row) => (required::<i64>(row, 0)?, text(row, 1)?),
-                None => (0, AUDIT_GENESIS_HASH.to_owned()),
+                Some(row) => Some((required::<i64>(row, 0)?, text(row, 1)?)),
+                None => None,
             },
         };
-        let e = input.seal(seq + 1, &prev);
+        let e = heads.seal(input, head);
         let params: [&dyn ToSql; 19] = [
             &e.id,
             &e.chain.as_str(),
@@ -79,7 +77,6 @@ pub(crate) async fn append_audit(conn: &mut MssqlClient, events: &[AuditEventInp
             &e.hash.as_str(),
         ];
         execute(conn, INSERT_AUDIT_EVENT, &params).await?;
-        heads.insert(chain, (e.chain_seq, e.hash));
     }
     Ok(())
 }
@@ -96,15 +93,8 @@ impl AuditStore for MssqlStore {
         let limit = limit.max(1);
         let statement = &list_audit_events(tenant_id, filter, after, i64::from(limit) + 1);
         in_tx!(self, Retry::Yes, |conn| {
-            let mut items =
-                assembled_rows(conn, statement).await?.iter().map(audit_from).collect::<Result<Vec<_>, _>>()?;
-            let next = if items.len() > limit as usize {
-                items.truncate(limit as usize);
-                items.last().map(|e| AuditCursor { occurred_at: e.occurred_at, id: e.id })
-            } else {
-                None
-            };
-            Ok(Page { items, next })
+            let items = assembled_rows(conn, statement).await?.iter().map(audit_from).collect::<Result<Vec<_>, _>>()?;
+            Ok(audit_page(items, limit))
         })
     }
 

@@ -165,12 +165,7 @@ pub(super) async fn usage_report(conn: &mut MssqlClient, query: &UsageQuery) -> 
     let mut out: Vec<UsageRow> = usage_rollups(conn, query.tenant_id, query.granularity, query.from, query.to)
         .await?
         .into_iter()
-        .map(|r| UsageRow {
-            window_start: r.window_start,
-            operation_id: r.operation_id,
-            client_id: r.client_id,
-            totals: r.totals,
-        })
+        .map(UsageRow::from)
         .collect();
     let tail = match query.granularity {
         RollupGranularity::Hour => USAGE_TAIL_HOURS,

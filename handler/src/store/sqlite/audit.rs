@@ -1,7 +1,5 @@
 //! The audit log on SQLite: the hash-chained append and the two read paths (filtered pages, one chain in order).
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use uuid::Uuid;
@@ -52,7 +50,7 @@ fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AuditEvent, 
 /// writer (`BEGIN IMMEDIATE` also holds off other processes), so the head read here is still the head at
 /// commit. Events whose id is stored already are skipped (a retried batch).
 pub(crate) fn append_audit(tx: &Connection, events: &[AuditEventInput]) -> Result<(), StoreError> {
-    let mut heads: HashMap<String, (i64, String)> = HashMap::new();
+    let mut heads = ChainHeads::default();
     for input in events {
         let exists: Option<i64> = tx
             .query_row("SELECT 1 FROM audit_events WHERE id = ?1", [input.id.to_string()], |r| r.get(0))
@@ -62,8 +60,8 @@ pub(crate) fn append_audit(tx: &Connection, events: &[AuditEventInput]) -> Resul
             continue;
         }
         let chain = audit_chain_key(input.tenant_id);
-        let (seq, prev) = match heads.get(&chain) {
-            Some(head) => head.clone(),
+        let head = match heads.get(&chain) {
+            Some(head) => Some(head),
             None => tx
                 .query_row(
                     "SELECT chain_seq, hash FROM audit_events WHERE chain = ?1 ORDER BY chain_seq DESC LIMIT 1",
@@ -71,10 +69,9 @@ pub(crate) fn append_audit(tx: &Connection, events: &[AuditEventInput]) -> Resul
                     |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
                 )
                 .optional()
-                .map_err(classify)?
-                .unwrap_or((0, AUDIT_GENESIS_HASH.to_owned())),
+                .map_err(classify)?,
         };
-        let e = input.seal(seq + 1, &prev);
+        let e = heads.seal(input, head);
         tx.prepare_cached(
             "INSERT INTO audit_events (id, chain, chain_seq, tenant_id, occurred_at, actor_oid, actor_app_id,
                  actor_tenant_id, action, resource_type, resource_id, outcome, request_id, summary, before_hash,
@@ -104,7 +101,6 @@ pub(crate) fn append_audit(tx: &Connection, events: &[AuditEventInput]) -> Resul
             e.hash
         ])
         .map_err(classify)?;
-        heads.insert(chain, (e.chain_seq, e.hash));
     }
     Ok(())
 }
@@ -158,14 +154,8 @@ impl AuditStore for SqliteStore {
         let fetch = a.bind(i64::from(limit) + 1);
         a.sql.push_str(&format!(" ORDER BY occurred_at DESC, id DESC LIMIT {fetch}"));
         self.read(move |conn| {
-            let mut items = query_all(conn, &a.sql, params_from_iter(a.values), audit_from_row)?;
-            let next = if items.len() > limit as usize {
-                items.truncate(limit as usize);
-                items.last().map(|e| AuditCursor { occurred_at: e.occurred_at, id: e.id })
-            } else {
-                None
-            };
-            Ok(Page { items, next })
+            let items = query_all(conn, &a.sql, params_from_iter(a.values), audit_from_row)?;
+            Ok(audit_page(items, limit))
         })
         .await
     }

@@ -393,15 +393,8 @@ pub(super) fn usage_report(conn: &Connection, q: &UsageQuery) -> Result<Vec<Usag
     conn.execute_batch("BEGIN").map_err(classify)?;
     let result = (|| {
         let watermark = read_position(conn, ROLLUP_WATERMARK)?;
-        let mut out: Vec<UsageRow> = usage_rollups(conn, q.tenant_id, q.granularity, q.from, q.to)?
-            .into_iter()
-            .map(|r| UsageRow {
-                window_start: r.window_start,
-                operation_id: r.operation_id,
-                client_id: r.client_id,
-                totals: r.totals,
-            })
-            .collect();
+        let mut out: Vec<UsageRow> =
+            usage_rollups(conn, q.tenant_id, q.granularity, q.from, q.to)?.into_iter().map(UsageRow::from).collect();
         let (prefix, suffix) = match q.granularity {
             RollupGranularity::Hour => (13, ":00:00.000000Z"),
             RollupGranularity::Day => (10, "T00:00:00.000000Z"),
