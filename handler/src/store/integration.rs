@@ -195,3 +195,19 @@ pub enum ApplyOutcome {
     /// It can never apply as it is (unknown tenant or plan, a document of another tenant): nothing was done.
     Rejected(String),
 }
+
+/// The rejection of an event about a tenant the store does not know.
+pub fn unknown_tenant(tenant_id: Uuid) -> StoreError {
+    StoreError::ForeignKey(format!("unknown tenant {tenant_id}"))
+}
+
+/// The rejection of an event naming an unknown plan, with a reason an operator can act on (the foreign key
+/// would say less).
+pub fn unknown_plan(code: &str) -> StoreError {
+    StoreError::ForeignKey(format!("unknown plan {code:?}"))
+}
+
+/// The rejection of an upsert of a document that another tenant owns.
+pub fn foreign_document(id: Uuid) -> StoreError {
+    StoreError::Conflict(format!("document {id} belongs to another tenant"))
+}

@@ -109,6 +109,31 @@ pub struct RateLimitDecision {
     pub retry_after_micros: i64,
 }
 
+/// The error for a quota period row that its own transaction created (or locked) and can no longer find.
+pub fn quota_row_vanished() -> StoreError {
+    StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction"))
+}
+
+impl QuotaDebit {
+    /// Whether this debit, having taken the period to `units_used` of `quota_units`, crossed a threshold.
+    pub fn crossed_threshold(&self, units_used: i64, quota_units: i64) -> bool {
+        crosses_threshold(units_used - self.units, units_used, quota_units)
+    }
+}
+
+impl UsageEvent {
+    /// This event as recorded after an unconditional debit that added `overage` overage units to its period:
+    /// its own overage is never more than its units.
+    pub fn with_debited_overage(&self, overage: i64) -> UsageEvent {
+        UsageEvent { overage_units: overage.min(self.units), ..self.clone() }
+    }
+
+    /// The tenant an externally reported usage event is charged to; one without a tenant cannot be recorded.
+    pub fn external_tenant(&self) -> Result<Uuid, StoreError> {
+        self.tenant_id.ok_or_else(|| StoreError::Other(anyhow::anyhow!("external usage needs a tenant")))
+    }
+}
+
 /// Whether a debit that took a period's usage from `before` to `after` units crossed the 80 % or the 100 %
 /// threshold of `quota` units: only such a debit pays for the threshold bookkeeping (the flags and the
 /// `meterline.quota.threshold-crossed.v1` outbox event, written in the debit's transaction).
@@ -221,5 +246,49 @@ mod tests {
         assert_eq!(rejected.retry_after_micros, 1_000_000, "one emission interval until the next slot");
         assert!(gcra(tat, &take(11_000_000)).allowed, "one more after one interval");
         assert!(gcra(tat, &take(100_000_000)).allowed, "idle time refills");
+    }
+
+    #[test]
+    fn a_debit_crossed_a_threshold_when_its_own_units_took_the_period_past_it() {
+        let debit = QuotaDebit {
+            tenant_id: Uuid::nil(),
+            period_start: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+            period_end: NaiveDate::from_ymd_opt(2026, 2, 1).unwrap(),
+            quota_units: 100,
+            overage_policy: OveragePolicy::Allow,
+            units: 5,
+            now: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+        };
+        assert!(debit.crossed_threshold(82, 100), "77 -> 82 crosses 80 %");
+        assert!(!debit.crossed_threshold(86, 100), "81 -> 86 was past 80 % already");
+        assert!(debit.crossed_threshold(103, 100), "98 -> 103 crosses 100 %");
+    }
+
+    #[test]
+    fn external_usage_needs_a_tenant_and_keeps_its_overage_within_its_units() {
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let e = UsageEvent {
+            event_id: Uuid::from_u128(9),
+            request_id: "r".into(),
+            tenant_id: Some(Uuid::from_u128(1)),
+            client_id: None,
+            principal_id: None,
+            operation_id: "op".into(),
+            method: "POST".into(),
+            route_template: "/x".into(),
+            status: 200,
+            units: 3,
+            billable: true,
+            overage_units: 0,
+            latency_micros: 1,
+            request_bytes: 0,
+            response_bytes: 0,
+            occurred_at: at,
+            recorded_at: at,
+        };
+        assert_eq!(e.external_tenant().unwrap(), Uuid::from_u128(1));
+        assert!(UsageEvent { tenant_id: None, ..e.clone() }.external_tenant().is_err());
+        assert_eq!(e.with_debited_overage(10).overage_units, 3, "never more than the event's units");
+        assert_eq!(e.with_debited_overage(2).overage_units, 2);
     }
 }

@@ -36,9 +36,7 @@ pub(crate) async fn emit_quota_thresholds(
 ) -> Result<(), StoreError> {
     for (threshold, statement) in [(80_i64, FLAG_QUOTA_80), (100, FLAG_QUOTA_100)] {
         if execute(conn, statement, &[&tenant_id, &period_start]).await? == 1 {
-            let usage = read_quota(conn, tenant_id, period_start)
-                .await?
-                .ok_or_else(|| StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction")))?;
+            let usage = read_quota(conn, tenant_id, period_start).await?.ok_or_else(quota_row_vanished)?;
             insert_outbox(conn, &OutboxMessage::quota_threshold_crossed(&usage, threshold, now)).await?;
         }
     }
@@ -58,16 +56,12 @@ pub(crate) async fn announce_status_change(
     }
 }
 
-fn unknown_tenant(tenant_id: Uuid) -> StoreError {
-    StoreError::ForeignKey(format!("unknown tenant {tenant_id}"))
-}
-
 /// Refuses an unknown plan with a reason an operator can act on (the foreign key would say less).
 async fn require_plan(conn: &mut MssqlClient, code: &str) -> Result<(), StoreError> {
     let count: i32 =
         rows(conn, q::PLAN_EXISTS, &[&code]).await?.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
     if count == 0 {
-        return Err(StoreError::ForeignKey(format!("unknown plan {code:?}")));
+        return Err(unknown_plan(code));
     }
     Ok(())
 }
@@ -144,7 +138,7 @@ async fn upsert_document(
         rows(conn, DOCUMENT_OWNER, &[&d.id]).await?.first().map(|r| required(r, 0)).transpose()?;
     match owner {
         Some(owner) if owner != tenant_id => {
-            return Err(StoreError::Conflict(format!("document {} belongs to another tenant", d.id)));
+            return Err(foreign_document(d.id));
         }
         Some(_) => {
             let params: [&dyn ToSql; 11] = [
@@ -199,7 +193,7 @@ async fn record_usage(
     period_start: NaiveDate,
     period_end: NaiveDate,
 ) -> Result<(), StoreError> {
-    let tenant_id = e.tenant_id.ok_or_else(|| StoreError::Other(anyhow::anyhow!("external usage needs a tenant")))?;
+    let tenant_id = e.external_tenant()?;
     let plan = rows(conn, TENANT_PLAN_QUOTA, &[&tenant_id]).await?;
     let row = plan.first().ok_or_else(|| unknown_tenant(tenant_id))?;
     let (quota, policy): (i64, String) = (required(row, 0)?, text(row, 1)?);
@@ -213,8 +207,8 @@ async fn record_usage(
         .first()
         .map(|r| required(r, 0))
         .transpose()?
-        .ok_or_else(|| StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction")))?;
-    insert_usage_event(conn, &UsageEvent { overage_units: overage.min(e.units), ..e.clone() }).await?;
+        .ok_or_else(quota_row_vanished)?;
+    insert_usage_event(conn, &e.with_debited_overage(overage)).await?;
     emit_quota_thresholds(conn, tenant_id, period_start, e.recorded_at).await
 }
 

@@ -38,15 +38,13 @@ pub(crate) async fn debit_period(conn: &mut MssqlClient, d: &QuotaDebit) -> Resu
     match updated.first() {
         Some(row) => {
             let (units_used, quota_units) = (required(row, 0)?, required(row, 1)?);
-            if crosses_threshold(units_used - d.units, units_used, quota_units) {
+            if d.crossed_threshold(units_used, quota_units) {
                 emit_quota_thresholds(conn, d.tenant_id, d.period_start, d.now).await?;
             }
             Ok(QuotaOutcome::Accepted { units_used, quota_units, overage_units: required(row, 2)? })
         }
         None => {
-            let current = read_quota(conn, d.tenant_id, d.period_start)
-                .await?
-                .ok_or_else(|| StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction")))?;
+            let current = read_quota(conn, d.tenant_id, d.period_start).await?.ok_or_else(quota_row_vanished)?;
             Ok(QuotaOutcome::Rejected { units_used: current.units_used, quota_units: current.quota_units })
         }
     }

@@ -55,8 +55,7 @@ pub(crate) fn emit_quota_thresholds(
             )
             .map_err(classify)?;
         if flipped == 1 {
-            let usage = read_quota(tx, tenant_id, period_start)?
-                .ok_or_else(|| StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction")))?;
+            let usage = read_quota(tx, tenant_id, period_start)?.ok_or_else(quota_row_vanished)?;
             insert_outbox(tx, &OutboxMessage::quota_threshold_crossed(&usage, threshold, now))?;
         }
     }
@@ -72,15 +71,11 @@ fn tenant_status(tx: &Connection, tenant_id: Uuid) -> Result<Option<TenantStatus
     raw.map(|s| TenantStatus::parse(&s).ok_or_else(|| super::corrupt("tenant status", &s))).transpose()
 }
 
-fn unknown_tenant(tenant_id: Uuid) -> StoreError {
-    StoreError::ForeignKey(format!("unknown tenant {tenant_id}"))
-}
-
 /// Refuses an unknown plan with a reason an operator can act on (the foreign key would say less).
 fn require_plan(tx: &Connection, code: &str) -> Result<(), StoreError> {
     let found: Option<i64> =
         tx.query_row("SELECT 1 FROM plans WHERE code = ?1", [code], |r| r.get(0)).optional().map_err(classify)?;
-    found.map(drop).ok_or_else(|| StoreError::ForeignKey(format!("unknown plan {code:?}")))
+    found.map(drop).ok_or_else(|| unknown_plan(code))
 }
 
 /// Writes the outbox event of a status change made in this transaction (`from` is the status before it).
@@ -179,7 +174,7 @@ fn upsert_document(
     let effective = d.effective_date.map(|date| date.to_string());
     match owner {
         Some(owner) if owner != tenant => {
-            return Err(StoreError::Conflict(format!("document {id} belongs to another tenant")));
+            return Err(foreign_document(d.id));
         }
         Some(_) => {
             tx.execute(
@@ -247,7 +242,7 @@ fn record_usage(
     period_start: chrono::NaiveDate,
     period_end: chrono::NaiveDate,
 ) -> Result<(), StoreError> {
-    let tenant_id = e.tenant_id.ok_or_else(|| StoreError::Other(anyhow::anyhow!("external usage needs a tenant")))?;
+    let tenant_id = e.external_tenant()?;
     let tenant = tenant_id.to_string();
     let plan: Option<(i64, String)> = tx
         .query_row(
@@ -285,7 +280,7 @@ fn record_usage(
             |r| r.get(0),
         )
         .map_err(classify)?;
-    insert_usage_event(tx, &UsageEvent { overage_units: overage.min(e.units), ..e.clone() })?;
+    insert_usage_event(tx, &e.with_debited_overage(overage))?;
     emit_quota_thresholds(tx, tenant_id, period_start, e.recorded_at)
 }
 

@@ -68,14 +68,13 @@ pub(crate) fn debit_period(conn: &Connection, d: &QuotaDebit) -> Result<QuotaOut
         .map_err(classify)?;
     Ok(match updated {
         Some((units_used, quota_units, overage_units)) => {
-            if crosses_threshold(units_used - d.units, units_used, quota_units) {
+            if d.crossed_threshold(units_used, quota_units) {
                 emit_quota_thresholds(conn, d.tenant_id, d.period_start, d.now)?;
             }
             QuotaOutcome::Accepted { units_used, quota_units, overage_units }
         }
         None => {
-            let current = read_quota(conn, d.tenant_id, d.period_start)?
-                .ok_or_else(|| StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction")))?;
+            let current = read_quota(conn, d.tenant_id, d.period_start)?.ok_or_else(quota_row_vanished)?;
             QuotaOutcome::Rejected { units_used: current.units_used, quota_units: current.quota_units }
         }
     })
