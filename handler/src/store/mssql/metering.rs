@@ -1,4 +1,5 @@
-//! Metering on SQL Server: quota periods (debit, refund, thresholds), the GCRA rate-limit state, admission and usage events.
+//! Metering on SQL Server: quota periods (debit, refund, thresholds), the GCRA rate-limit state, admission
+//! and usage events.
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};

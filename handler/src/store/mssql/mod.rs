@@ -1,6 +1,6 @@
 //! The SQL Server store: [`MssqlStore`], the storage contract over a bb8 pool of tiberius connections, and its
-//! building blocks (connections and the pool, Entra ID tokens, error classification, retry, and every T-SQL
-//! statement in `queries`).
+//! building blocks (connections and the pool, Entra ID tokens, error classification, retry). Each aggregate's file
+//! holds its T-SQL statements (those not moved yet are in `queries`); [`STATEMENTS`] lists them all.
 //!
 //! Every operation runs in one explicit transaction (`XACT_ABORT ON` rolls back on any error). Only
 //! idempotent operations are retried on transient faults ([`Retry::Yes`]): reads, migrations, usage inserts
