@@ -29,10 +29,10 @@ pub use model::*;
 pub use sqlite::SqliteStore;
 pub use usage::*;
 
-pub use audit::AuditStore;
+pub use audit::*;
 pub use documents::DocumentStore;
-pub use integration::IntegrationStore;
-pub use metering::MeteringStore;
+pub use integration::*;
+pub use metering::*;
 pub use operations::OperationsStore;
 pub use plans::PlanStore;
 pub use tenants::TenantStore;

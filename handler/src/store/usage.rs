@@ -215,6 +215,18 @@ pub struct UsageRow {
     pub totals: UsageTotals,
 }
 
+/// A stored rollup as a report row (the report drops the tenant and granularity it was asked for).
+impl From<UsageRollup> for UsageRow {
+    fn from(r: UsageRollup) -> Self {
+        UsageRow {
+            window_start: r.window_start,
+            operation_id: r.operation_id,
+            client_id: r.client_id,
+            totals: r.totals,
+        }
+    }
+}
+
 /// What a statement is computed from, read for a tenant that has none for the period yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatementDraft {

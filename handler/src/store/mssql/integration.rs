@@ -3,6 +3,10 @@
 //! [`insert_outbox`] and [`emit_quota_thresholds`] run on the caller's connection inside its transaction, so an
 //! event is committed with the change that causes it or not at all.
 
+use super::metering::ENSURE_QUOTA_PERIOD;
+use super::{MssqlStore, Pooled, Retry};
+use crate::store::IntegrationStore;
+use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use tiberius::{Row, ToSql};
 use uuid::Uuid;
@@ -12,12 +16,13 @@ use super::queries as q;
 use super::{column, execute, insert_usage_event, read_quota, read_tenant, required, rows, text};
 use crate::store::StoreError;
 use crate::store::model::*;
+use crate::store::{integration::*, metering::*};
 
 /// Inserts an outbox event inside the caller's transaction; an id stored already is a `Conflict`.
 pub(crate) async fn insert_outbox(conn: &mut MssqlClient, m: &OutboxMessage) -> Result<(), StoreError> {
     let params: [&dyn ToSql; 6] =
         [&m.id, &m.event_type.as_str(), &m.subject.as_deref(), &m.payload.as_str(), &m.created_at, &m.available_at];
-    execute(conn, q::INSERT_OUTBOX, &params).await.map(drop)
+    execute(conn, INSERT_OUTBOX, &params).await.map(drop)
 }
 
 /// Flags the 80 % and 100 % thresholds of a period once its counter has reached them (one conditional UPDATE
@@ -29,11 +34,9 @@ pub(crate) async fn emit_quota_thresholds(
     period_start: NaiveDate,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    for (threshold, statement) in [(80_i64, q::FLAG_QUOTA_80), (100, q::FLAG_QUOTA_100)] {
+    for (threshold, statement) in [(80_i64, FLAG_QUOTA_80), (100, FLAG_QUOTA_100)] {
         if execute(conn, statement, &[&tenant_id, &period_start]).await? == 1 {
-            let usage = read_quota(conn, tenant_id, period_start)
-                .await?
-                .ok_or_else(|| StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction")))?;
+            let usage = read_quota(conn, tenant_id, period_start).await?.ok_or_else(quota_row_vanished)?;
             insert_outbox(conn, &OutboxMessage::quota_threshold_crossed(&usage, threshold, now)).await?;
         }
     }
@@ -53,22 +56,18 @@ pub(crate) async fn announce_status_change(
     }
 }
 
-fn unknown_tenant(tenant_id: Uuid) -> StoreError {
-    StoreError::ForeignKey(format!("unknown tenant {tenant_id}"))
-}
-
 /// Refuses an unknown plan with a reason an operator can act on (the foreign key would say less).
 async fn require_plan(conn: &mut MssqlClient, code: &str) -> Result<(), StoreError> {
     let count: i32 =
         rows(conn, q::PLAN_EXISTS, &[&code]).await?.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
     if count == 0 {
-        return Err(StoreError::ForeignKey(format!("unknown plan {code:?}")));
+        return Err(unknown_plan(code));
     }
     Ok(())
 }
 
 async fn lock_tenant_status(conn: &mut MssqlClient, tenant_id: Uuid) -> Result<Option<TenantStatus>, StoreError> {
-    let found = rows(conn, q::LOCK_TENANT_STATUS, &[&tenant_id]).await?;
+    let found = rows(conn, LOCK_TENANT_STATUS, &[&tenant_id]).await?;
     let Some(row) = found.first() else { return Ok(None) };
     let raw = text(row, 0)?;
     TenantStatus::parse(&raw)
@@ -84,7 +83,7 @@ pub(super) async fn apply(
 ) -> Result<ApplyOutcome, StoreError> {
     let params: [&dyn ToSql; 4] =
         [&inbox.source.as_str(), &inbox.event_id.as_str(), &inbox.event_type.as_str(), &inbox.processed_at];
-    if execute(conn, q::INSERT_INBOX, &params).await? == 0 {
+    if execute(conn, INSERT_INBOX, &params).await? == 0 {
         return Ok(ApplyOutcome::Duplicate);
     }
     let now = inbox.processed_at;
@@ -93,16 +92,16 @@ pub(super) async fn apply(
             require_plan(conn, plan_code).await?;
             if lock_tenant_status(conn, *tenant_id).await?.is_none() {
                 let params: [&dyn ToSql; 5] = [tenant_id, entra_tenant_id, &name.as_str(), &plan_code.as_str(), &now];
-                execute(conn, q::INSERT_ACTIVE_TENANT, &params).await?;
+                execute(conn, INSERT_ACTIVE_TENANT, &params).await?;
             } else {
                 let params: [&dyn ToSql; 5] = [tenant_id, &name.as_str(), &plan_code.as_str(), entra_tenant_id, &now];
-                execute(conn, q::UPDATE_TENANT_FROM_EVENT, &params).await?;
+                execute(conn, UPDATE_TENANT_FROM_EVENT, &params).await?;
             }
         }
         IntegrationEffect::SetTenantStatus { tenant_id, status } => {
             let from = lock_tenant_status(conn, *tenant_id).await?.ok_or_else(|| unknown_tenant(*tenant_id))?;
             if from != *status {
-                execute(conn, q::SET_TENANT_STATUS_FROM_EVENT, &[tenant_id, &status.as_str(), &now]).await?;
+                execute(conn, SET_TENANT_STATUS_FROM_EVENT, &[tenant_id, &status.as_str(), &now]).await?;
                 let tenant = read_tenant(conn, *tenant_id).await?.ok_or_else(|| unknown_tenant(*tenant_id))?;
                 announce_status_change(conn, from, &tenant, now).await?;
             }
@@ -110,7 +109,7 @@ pub(super) async fn apply(
         IntegrationEffect::ChangePlan { tenant_id, plan_code } => {
             lock_tenant_status(conn, *tenant_id).await?.ok_or_else(|| unknown_tenant(*tenant_id))?;
             require_plan(conn, plan_code).await?;
-            execute(conn, q::CHANGE_TENANT_PLAN, &[tenant_id, &plan_code.as_str(), &now]).await?;
+            execute(conn, CHANGE_TENANT_PLAN, &[tenant_id, &plan_code.as_str(), &now]).await?;
         }
         IntegrationEffect::UpsertDocuments { tenant_id, actor, documents } => {
             lock_tenant_status(conn, *tenant_id).await?.ok_or_else(|| unknown_tenant(*tenant_id))?;
@@ -136,10 +135,10 @@ async fn upsert_document(
         return Err(StoreError::Other(anyhow::anyhow!("effective date {date} is outside 0001-01-01..9999-12-31")));
     }
     let owner: Option<Uuid> =
-        rows(conn, q::DOCUMENT_OWNER, &[&d.id]).await?.first().map(|r| required(r, 0)).transpose()?;
+        rows(conn, DOCUMENT_OWNER, &[&d.id]).await?.first().map(|r| required(r, 0)).transpose()?;
     match owner {
         Some(owner) if owner != tenant_id => {
-            return Err(StoreError::Conflict(format!("document {} belongs to another tenant", d.id)));
+            return Err(foreign_document(d.id));
         }
         Some(_) => {
             let params: [&dyn ToSql; 11] = [
@@ -155,7 +154,7 @@ async fn upsert_document(
                 &actor,
                 &now,
             ];
-            execute(conn, q::REPLACE_DOCUMENT_FROM_EVENT, &params).await?;
+            execute(conn, REPLACE_DOCUMENT_FROM_EVENT, &params).await?;
             execute(conn, q::DELETE_DOCUMENT_TAGS, &[&tenant_id, &d.id]).await?;
         }
         None => {
@@ -194,23 +193,22 @@ async fn record_usage(
     period_start: NaiveDate,
     period_end: NaiveDate,
 ) -> Result<(), StoreError> {
-    let tenant_id = e.tenant_id.ok_or_else(|| StoreError::Other(anyhow::anyhow!("external usage needs a tenant")))?;
-    let plan = rows(conn, q::TENANT_PLAN_QUOTA, &[&tenant_id]).await?;
+    let tenant_id = e.external_tenant()?;
+    let plan = rows(conn, TENANT_PLAN_QUOTA, &[&tenant_id]).await?;
     let row = plan.first().ok_or_else(|| unknown_tenant(tenant_id))?;
     let (quota, policy): (i64, String) = (required(row, 0)?, text(row, 1)?);
-    if !rows(conn, q::USAGE_EVENT_EXISTS, &[&e.event_id]).await?.is_empty() {
+    if !rows(conn, USAGE_EVENT_EXISTS, &[&e.event_id]).await?.is_empty() {
         return Ok(());
     }
     let ensure: [&dyn ToSql; 6] = [&tenant_id, &period_start, &period_end, &quota, &policy.as_str(), &e.recorded_at];
-    execute(conn, q::ENSURE_QUOTA_PERIOD, &ensure).await?;
-    let overage: i64 =
-        rows(conn, q::DEBIT_QUOTA_UNCONDITIONALLY, &[&tenant_id, &period_start, &e.units, &e.recorded_at])
-            .await?
-            .first()
-            .map(|r| required(r, 0))
-            .transpose()?
-            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction")))?;
-    insert_usage_event(conn, &UsageEvent { overage_units: overage.min(e.units), ..e.clone() }).await?;
+    execute(conn, ENSURE_QUOTA_PERIOD, &ensure).await?;
+    let overage: i64 = rows(conn, DEBIT_QUOTA_UNCONDITIONALLY, &[&tenant_id, &period_start, &e.units, &e.recorded_at])
+        .await?
+        .first()
+        .map(|r| required(r, 0))
+        .transpose()?
+        .ok_or_else(quota_row_vanished)?;
+    insert_usage_event(conn, &e.with_debited_overage(overage)).await?;
     emit_quota_thresholds(conn, tenant_id, period_start, e.recorded_at).await
 }
 
@@ -243,3 +241,213 @@ pub(super) fn outbox_from(row: &Row) -> Result<OutboxRow, StoreError> {
         sent_at: column(row, 9)?,
     })
 }
+
+#[async_trait]
+impl IntegrationStore for MssqlStore {
+    async fn apply_integration_event(
+        &self,
+        inbox: &InboxEntry,
+        effect: &IntegrationEffect,
+    ) -> Result<ApplyOutcome, StoreError> {
+        // Not retried: the inbox row makes a second run harmless, but a lost commit answer is for the host to
+        // resolve by redelivering (then the inbox says Duplicate).
+        let result = in_tx!(self, Retry::No, |conn| apply(conn, inbox, effect).await);
+        // XACT_ABORT rolled the whole transaction back, inbox row included.
+        match result {
+            Err(StoreError::ForeignKey(reason) | StoreError::Conflict(reason)) => Ok(ApplyOutcome::Rejected(reason)),
+            other => other,
+        }
+    }
+
+    async fn quarantine_message(&self, message: &QuarantinedMessage) -> Result<(), StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            let m = message;
+            if !rows(conn, GET_QUARANTINED, &[&m.id]).await?.is_empty() {
+                return Ok(()); // a retried insert whose first commit went through
+            }
+            let params: [&dyn ToSql; 8] = [
+                &m.id,
+                &m.received_at,
+                &m.message_id.as_deref(),
+                &m.delivery_count,
+                &m.content_type.as_deref(),
+                &m.reason.as_str(),
+                &m.raw_body.as_str(),
+                &m.replayed_at,
+            ];
+            execute(conn, INSERT_QUARANTINE, &params).await.map(drop)
+        })
+    }
+
+    async fn list_quarantine(&self, limit: u32) -> Result<Vec<QuarantinedMessage>, StoreError> {
+        let top = i64::from(limit.max(1));
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, LIST_QUARANTINE, &[&top]).await?.iter().map(quarantined_from).collect()
+        })
+    }
+
+    async fn get_quarantined(&self, id: Uuid) -> Result<Option<QuarantinedMessage>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, GET_QUARANTINED, &[&id]).await?.first().map(quarantined_from).transpose()
+        })
+    }
+
+    async fn mark_quarantine_replayed(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| Ok(execute(conn, MARK_QUARANTINE_REPLAYED, &[&id, &now]).await? == 1))
+    }
+
+    async fn pending_outbox(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        let top = i64::from(limit.max(1));
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, PENDING_OUTBOX, &[&now, &top]).await?.iter().map(outbox_from).collect()
+        })
+    }
+
+    async fn mark_outbox_sent(&self, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
+        // Idempotent: only an unsent row changes.
+        in_tx!(self, Retry::Yes, |conn| execute(conn, MARK_OUTBOX_SENT, &[&id, &now]).await.map(drop))
+    }
+
+    async fn mark_outbox_failed(
+        &self,
+        id: Uuid,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let error: String = error.chars().take(1000).collect();
+        let error = error.as_str();
+        in_tx!(self, Retry::No, |conn| {
+            execute(conn, MARK_OUTBOX_FAILED, &[&id, &error, &next_attempt_at]).await.map(drop)
+        })
+    }
+
+    async fn list_outbox(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        let top = i64::from(limit.max(1));
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, LIST_OUTBOX, &[&after_seq, &top]).await?.iter().map(outbox_from).collect()
+        })
+    }
+}
+
+/// Inserts an outbox event in the caller's transaction (a taken id is a unique-index violation).
+pub(crate) const INSERT_OUTBOX: &str =
+    "INSERT INTO dbo.outbox_messages (id, event_type, subject, payload, created_at, available_at)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6)";
+
+/// Flags the 80 % threshold of a period once it is reached; one row changed means this transaction announces it.
+pub(crate) const FLAG_QUOTA_80: &str = "UPDATE dbo.quota_usage SET notified_80 = 1
+WHERE tenant_id = @P1 AND period_start = @P2 AND notified_80 = 0 AND units_used > 0 AND units_used * 100 >= quota_units * 80";
+
+/// Flags the 100 % threshold of a period once it is reached.
+pub(crate) const FLAG_QUOTA_100: &str = "UPDATE dbo.quota_usage SET notified_100 = 1
+WHERE tenant_id = @P1 AND period_start = @P2 AND notified_100 = 0 AND units_used > 0 AND units_used >= quota_units";
+
+/// Inserts the inbox row unless `(source, event_id)` is there; the key-range lock makes a concurrent delivery of
+/// the same message wait and then insert nothing (0 rows: a duplicate).
+pub(crate) const INSERT_INBOX: &str = "INSERT INTO dbo.inbox_messages (source, event_id, event_type, processed_at)
+SELECT @P1, @P2, @P3, @P4
+WHERE NOT EXISTS (SELECT 1 FROM dbo.inbox_messages WITH (UPDLOCK, HOLDLOCK) WHERE source = @P1 AND event_id = @P2)";
+
+/// The tenant's status, with the row locked until the transaction ends.
+pub(crate) const LOCK_TENANT_STATUS: &str = "SELECT status FROM dbo.tenants WITH (UPDLOCK, HOLDLOCK) WHERE id = @P1";
+
+pub(crate) const INSERT_ACTIVE_TENANT: &str =
+    "INSERT INTO dbo.tenants (id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version)
+VALUES (@P1, @P2, @P3, N'active', @P4, @P5, @P5, 1)";
+
+pub(crate) const UPDATE_TENANT_FROM_EVENT: &str = "UPDATE dbo.tenants SET name = @P2, plan_code = @P3,
+    entra_tenant_id = COALESCE(@P4, entra_tenant_id), updated_at = @P5, version = version + 1
+WHERE id = @P1";
+
+pub(crate) const SET_TENANT_STATUS_FROM_EVENT: &str =
+    "UPDATE dbo.tenants SET status = @P2, updated_at = @P3, version = version + 1 WHERE id = @P1";
+
+pub(crate) const CHANGE_TENANT_PLAN: &str = "UPDATE dbo.tenants SET plan_code = @P2, updated_at = @P3, version = version + 1 WHERE id = @P1 AND plan_code <> @P2";
+
+/// The owner of a document id (deleted or not), locked so a concurrent insert of the same id waits.
+pub(crate) const DOCUMENT_OWNER: &str = "SELECT tenant_id FROM dbo.documents WITH (UPDLOCK, HOLDLOCK) WHERE id = @P1";
+
+/// Replaces every field of a document from an integration message (and undeletes it).
+pub(crate) const REPLACE_DOCUMENT_FROM_EVENT: &str = "UPDATE dbo.documents SET title = @P3, summary = @P4, body = @P5,
+    doc_type = @P6, jurisdiction = @P7, status = @P8, effective_date = @P9, updated_by = @P10, updated_at = @P11,
+    deleted_at = NULL, version = version + 1
+WHERE tenant_id = @P1 AND id = @P2";
+
+/// The quota and overage policy of a tenant's plan.
+pub(crate) const TENANT_PLAN_QUOTA: &str = "SELECT p.monthly_quota_units, p.overage_policy
+FROM dbo.tenants t JOIN dbo.plans p ON p.code = t.plan_code WHERE t.id = @P1";
+
+pub(crate) const USAGE_EVENT_EXISTS: &str = "SELECT 1 AS found FROM dbo.usage_events WHERE event_id = @P1";
+
+/// A debit that is never refused (external usage has happened): outputs this debit's overage units.
+pub(crate) const DEBIT_QUOTA_UNCONDITIONALLY: &str = "UPDATE dbo.quota_usage SET
+    overage_units = overage_units
+        + (CASE WHEN units_used + @P3 > quota_units THEN units_used + @P3 - quota_units ELSE 0 END)
+        - (CASE WHEN units_used > quota_units THEN units_used - quota_units ELSE 0 END),
+    units_used = units_used + @P3,
+    updated_at = @P4
+OUTPUT
+    (CASE WHEN inserted.units_used > inserted.quota_units THEN inserted.units_used - inserted.quota_units ELSE 0 END)
+    - (CASE WHEN inserted.units_used - @P3 > inserted.quota_units THEN inserted.units_used - @P3 - inserted.quota_units ELSE 0 END)
+WHERE tenant_id = @P1 AND period_start = @P2";
+
+pub(crate) const INSERT_QUARANTINE: &str =
+    "INSERT INTO dbo.quarantine_messages (id, received_at, message_id, delivery_count,
+    content_type, reason, raw_body, replayed_at)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8)";
+
+pub(crate) const LIST_QUARANTINE: &str =
+    "SELECT TOP (@P1) id, received_at, message_id, delivery_count, content_type, reason,
+    raw_body, replayed_at
+FROM dbo.quarantine_messages ORDER BY received_at DESC, id DESC";
+
+pub(crate) const GET_QUARANTINED: &str =
+    "SELECT id, received_at, message_id, delivery_count, content_type, reason, raw_body,
+    replayed_at
+FROM dbo.quarantine_messages WHERE id = @P1";
+
+pub(crate) const MARK_QUARANTINE_REPLAYED: &str = "UPDATE dbo.quarantine_messages SET replayed_at = @P2 WHERE id = @P1";
+
+/// The publisher's page: unsent rows that are due, through the filtered index `ix_outbox_pending`.
+pub(crate) const PENDING_OUTBOX: &str =
+    "SELECT TOP (@P2) seq, id, event_type, subject, payload, created_at, available_at,
+    attempts, last_error, sent_at
+FROM dbo.outbox_messages WHERE sent_at IS NULL AND available_at <= @P1 ORDER BY available_at, seq";
+
+pub(crate) const MARK_OUTBOX_SENT: &str =
+    "UPDATE dbo.outbox_messages SET sent_at = @P2, attempts = attempts + 1, last_error = NULL
+WHERE id = @P1 AND sent_at IS NULL";
+
+pub(crate) const MARK_OUTBOX_FAILED: &str = "UPDATE dbo.outbox_messages SET attempts = attempts + 1, last_error = @P2,
+    available_at = @P3
+WHERE id = @P1 AND sent_at IS NULL";
+
+pub(crate) const LIST_OUTBOX: &str = "SELECT TOP (@P2) seq, id, event_type, subject, payload, created_at, available_at,
+    attempts, last_error, sent_at
+FROM dbo.outbox_messages WHERE seq > @P1 ORDER BY seq";
+
+/// Every statement above, by name, for the parse check (`store::tsql_check`).
+pub(crate) const STATEMENTS: &[(&str, &str)] = &[
+    ("INSERT_OUTBOX", INSERT_OUTBOX),
+    ("FLAG_QUOTA_80", FLAG_QUOTA_80),
+    ("FLAG_QUOTA_100", FLAG_QUOTA_100),
+    ("INSERT_INBOX", INSERT_INBOX),
+    ("LOCK_TENANT_STATUS", LOCK_TENANT_STATUS),
+    ("INSERT_ACTIVE_TENANT", INSERT_ACTIVE_TENANT),
+    ("UPDATE_TENANT_FROM_EVENT", UPDATE_TENANT_FROM_EVENT),
+    ("SET_TENANT_STATUS_FROM_EVENT", SET_TENANT_STATUS_FROM_EVENT),
+    ("CHANGE_TENANT_PLAN", CHANGE_TENANT_PLAN),
+    ("DOCUMENT_OWNER", DOCUMENT_OWNER),
+    ("REPLACE_DOCUMENT_FROM_EVENT", REPLACE_DOCUMENT_FROM_EVENT),
+    ("TENANT_PLAN_QUOTA", TENANT_PLAN_QUOTA),
+    ("USAGE_EVENT_EXISTS", USAGE_EVENT_EXISTS),
+    ("DEBIT_QUOTA_UNCONDITIONALLY", DEBIT_QUOTA_UNCONDITIONALLY),
+    ("INSERT_QUARANTINE", INSERT_QUARANTINE),
+    ("LIST_QUARANTINE", LIST_QUARANTINE),
+    ("GET_QUARANTINED", GET_QUARANTINED),
+    ("MARK_QUARANTINE_REPLAYED", MARK_QUARANTINE_REPLAYED),
+    ("PENDING_OUTBOX", PENDING_OUTBOX),
+    ("MARK_OUTBOX_SENT", MARK_OUTBOX_SENT),
+    ("MARK_OUTBOX_FAILED", MARK_OUTBOX_FAILED),
+    ("LIST_OUTBOX", LIST_OUTBOX),
+];

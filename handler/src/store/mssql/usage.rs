@@ -1,16 +1,19 @@
-//! The SQL Server side of usage aggregation and billing; the statements are in `queries.rs` (`MERGE` upserts).
+//! The SQL Server side of usage aggregation and billing, with its statements (`MERGE` upserts) listed in `STATEMENTS`.
 
+use super::{MssqlStore, Pooled, Retry};
+use crate::store::UsageStore;
+use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use tiberius::{Row, ToSql};
 use uuid::Uuid;
 
 use super::integration::insert_outbox;
-use super::{MssqlClient, column, execute, q, required, rows, text};
+use super::{MssqlClient, column, execute, required, rows, text};
 use crate::store::usage::*;
 use crate::store::{OutboxMessage, StoreError};
 
 async fn lock_position(conn: &mut MssqlClient, name: &str, now: DateTime<Utc>) -> Result<i64, StoreError> {
-    let found = rows(conn, q::LOCK_POSITION, &[&name, &now]).await?;
+    let found = rows(conn, LOCK_POSITION, &[&name, &now]).await?;
     found.first().map(|r| required(r, 0)).transpose().map(|p| p.unwrap_or(0))
 }
 
@@ -20,12 +23,12 @@ pub(super) async fn put_position(
     position: i64,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    execute(conn, q::PUT_POSITION, &[&name, &position, &now]).await.map(drop)
+    execute(conn, PUT_POSITION, &[&name, &position, &now]).await.map(drop)
 }
 
 pub(super) async fn rollup_state(conn: &mut MssqlClient) -> Result<RollupState, StoreError> {
     let mut state = RollupState::default();
-    for row in rows(conn, q::READ_POSITIONS, &[]).await? {
+    for row in rows(conn, READ_POSITIONS, &[]).await? {
         let (name, position): (String, i64) = (text(&row, 0)?, required(&row, 1)?);
         let time = (position != 0).then(|| DateTime::from_timestamp_micros(position)).flatten();
         match name.as_str() {
@@ -44,7 +47,7 @@ pub(super) async fn rollup_state(conn: &mut MssqlClient) -> Result<RollupState, 
 pub(super) async fn rollup_step(conn: &mut MssqlClient, step: &RollupStep) -> Result<RollupProgress, StoreError> {
     let watermark = lock_position(conn, ROLLUP_WATERMARK, step.now).await?;
     let batch = i64::from(step.batch_size.max(1));
-    let scan = rows(conn, q::SCAN_ROLLUP_BATCH, &[&watermark, &batch, &step.settled_before]).await?;
+    let scan = rows(conn, SCAN_ROLLUP_BATCH, &[&watermark, &batch, &step.settled_before]).await?;
     let (scanned, settled): (i64, Option<i64>) = match scan.first() {
         Some(row) => (required(row, 0)?, column(row, 1)?),
         None => (0, None),
@@ -52,11 +55,11 @@ pub(super) async fn rollup_step(conn: &mut MssqlClient, step: &RollupStep) -> Re
     let new_watermark = settled.unwrap_or(watermark).max(watermark);
     let mut rolled_up = 0;
     if new_watermark > watermark {
-        let counted = rows(conn, q::COUNT_SEQ_RANGE, &[&watermark, &new_watermark]).await?;
+        let counted = rows(conn, COUNT_SEQ_RANGE, &[&watermark, &new_watermark]).await?;
         rolled_up = counted.first().map(|r| required::<i64>(r, 0)).transpose()?.unwrap_or(0) as u64;
         let params: [&dyn ToSql; 3] = [&new_watermark, &step.now, &watermark];
-        execute(conn, q::ROLLUP_HOURS_OF_NEW_EVENTS, &params).await?;
-        execute(conn, q::ROLLUP_DAYS_OF_NEW_EVENTS, &params).await?;
+        execute(conn, ROLLUP_HOURS_OF_NEW_EVENTS, &params).await?;
+        execute(conn, ROLLUP_DAYS_OF_NEW_EVENTS, &params).await?;
         put_position(conn, ROLLUP_WATERMARK, new_watermark, step.now).await?;
     }
     let caught_up = scanned < batch;
@@ -74,14 +77,14 @@ pub(super) async fn rollup_rerun_hour(
     let watermark = lock_position(conn, ROLLUP_WATERMARK, now).await?;
     let hour = RollupGranularity::Hour.window_of(hour);
     let params: [&dyn ToSql; 3] = [&watermark, &now, &hour];
-    Ok(execute(conn, q::ROLLUP_HOUR_OF_EVERY_TENANT, &params).await?
-        + execute(conn, q::ROLLUP_DAY_OF_EVERY_TENANT, &params).await?)
+    Ok(execute(conn, ROLLUP_HOUR_OF_EVERY_TENANT, &params).await?
+        + execute(conn, ROLLUP_DAY_OF_EVERY_TENANT, &params).await?)
 }
 
 pub(super) async fn purge(conn: &mut MssqlClient, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
-    let found = rows(conn, q::READ_POSITION_HOLDLOCK, &[&ROLLUP_WATERMARK]).await?;
+    let found = rows(conn, READ_POSITION_HOLDLOCK, &[&ROLLUP_WATERMARK]).await?;
     let watermark: i64 = found.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
-    execute(conn, q::PURGE_USAGE_EVENTS, &[&watermark, &before, &i64::from(limit.max(1))]).await
+    execute(conn, PURGE_USAGE_EVENTS, &[&watermark, &before, &i64::from(limit.max(1))]).await
 }
 
 pub(super) async fn set_lagging(
@@ -139,7 +142,7 @@ pub(super) async fn usage_rollups(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<UsageRollup>, StoreError> {
-    let found = rows(conn, q::USAGE_ROLLUPS, &[&tenant_id, &granularity.as_str(), &from, &to]).await?;
+    let found = rows(conn, USAGE_ROLLUPS, &[&tenant_id, &granularity.as_str(), &from, &to]).await?;
     found
         .iter()
         .map(|row| {
@@ -157,21 +160,16 @@ pub(super) async fn usage_rollups(
 }
 
 pub(super) async fn usage_report(conn: &mut MssqlClient, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
-    let found = rows(conn, q::READ_POSITION_HOLDLOCK, &[&ROLLUP_WATERMARK]).await?;
+    let found = rows(conn, READ_POSITION_HOLDLOCK, &[&ROLLUP_WATERMARK]).await?;
     let watermark: i64 = found.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
     let mut out: Vec<UsageRow> = usage_rollups(conn, query.tenant_id, query.granularity, query.from, query.to)
         .await?
         .into_iter()
-        .map(|r| UsageRow {
-            window_start: r.window_start,
-            operation_id: r.operation_id,
-            client_id: r.client_id,
-            totals: r.totals,
-        })
+        .map(UsageRow::from)
         .collect();
     let tail = match query.granularity {
-        RollupGranularity::Hour => q::USAGE_TAIL_HOURS,
-        RollupGranularity::Day => q::USAGE_TAIL_DAYS,
+        RollupGranularity::Hour => USAGE_TAIL_HOURS,
+        RollupGranularity::Day => USAGE_TAIL_DAYS,
     };
     for row in rows(conn, tail, &[&watermark, &query.tenant_id, &query.from, &query.to]).await? {
         out.push(usage_row_from(&row)?);
@@ -191,7 +189,7 @@ pub(super) async fn statement_drafts(
 ) -> Result<Vec<StatementDraft>, StoreError> {
     let (from, to, top) = (midnight(period_start), midnight(period_end), i64::from(limit.max(1)));
     let params: [&dyn ToSql; 5] = [&period_start, &period_end, &from, &to, &top];
-    rows(conn, q::STATEMENT_DRAFTS, &params)
+    rows(conn, STATEMENT_DRAFTS, &params)
         .await?
         .iter()
         .map(|row| {
@@ -229,7 +227,7 @@ pub(super) async fn insert_statement(
         &s.total_amount_micros,
         &s.created_at,
     ];
-    let inserted = execute(conn, q::INSERT_STATEMENT, &params).await? == 1;
+    let inserted = execute(conn, INSERT_STATEMENT, &params).await? == 1;
     if inserted {
         insert_outbox(conn, event).await?;
     }
@@ -254,22 +252,369 @@ pub(super) fn statement_from(row: &Row) -> Result<BillingStatement, StoreError> 
     })
 }
 
+#[async_trait]
+impl UsageStore for MssqlStore {
+    async fn rollup_state(&self) -> Result<RollupState, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| rollup_state(conn).await)
+    }
+
+    async fn rollup_step(&self, step: &RollupStep) -> Result<RollupProgress, StoreError> {
+        // Idempotent: the step recomputes rollups from raw events and moves the watermark in one transaction.
+        in_tx!(self, Retry::Yes, |conn| rollup_step(conn, step).await)
+    }
+
+    async fn rollup_rerun_hour(&self, hour: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| rollup_rerun_hour(conn, hour, now).await)
+    }
+
+    async fn purge_usage_events(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| purge(conn, before, limit).await)
+    }
+
+    async fn set_rollup_lagging(
+        &self,
+        since: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        event: Option<&OutboxMessage>,
+    ) -> Result<bool, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| set_lagging(conn, since, now, event).await)
+    }
+
+    async fn usage_rollups(
+        &self,
+        tenant_id: Uuid,
+        granularity: RollupGranularity,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<UsageRollup>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| usage_rollups(conn, tenant_id, granularity, from, to).await)
+    }
+
+    async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| usage_report(conn, query).await)
+    }
+
+    async fn statement_drafts(
+        &self,
+        period_start: NaiveDate,
+        period_end: NaiveDate,
+        limit: u32,
+    ) -> Result<Vec<StatementDraft>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| statement_drafts(conn, period_start, period_end, limit).await)
+    }
+
+    async fn insert_billing_statement(
+        &self,
+        statement: &BillingStatement,
+        event: &OutboxMessage,
+    ) -> Result<bool, StoreError> {
+        // Idempotent: a retried insert finds the statement and writes nothing (the event went with it).
+        in_tx!(self, Retry::Yes, |conn| insert_statement(conn, statement, event).await)
+    }
+
+    async fn set_closed_through(&self, period_start: NaiveDate, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let position: i64 = period_start.format("%Y%m%d").to_string().parse().expect("digits");
+        in_tx!(self, Retry::Yes, |conn| put_position(conn, ROLLUP_CLOSED_THROUGH, position, now).await)
+    }
+
+    async fn list_billing_statements(&self, tenant_id: Uuid) -> Result<Vec<BillingStatement>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, LIST_STATEMENTS, &[&tenant_id]).await?.iter().map(statement_from).collect()
+        })
+    }
+
+    async fn get_billing_statement(
+        &self,
+        tenant_id: Uuid,
+        period_start: NaiveDate,
+    ) -> Result<Option<BillingStatement>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, GET_STATEMENT, &[&tenant_id, &period_start]).await?.first().map(statement_from).transpose()
+        })
+    }
+}
+
+/// The twelve cumulative latency counts of a group of `usage_events e`, as JSON array text.
+macro_rules! tsql_histogram_of_events {
+    () => {
+        "CONCAT('[', SUM(CASE WHEN e.latency_micros < 1000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 2000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 5000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 10000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 20000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 50000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 100000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 200000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 500000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 1000000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 2000000 THEN 1 ELSE 0 END), ',',
+        SUM(CASE WHEN e.latency_micros < 5000000 THEN 1 ELSE 0 END), ']')"
+    };
+}
+
+/// The element-wise sum of the histograms of a group of `usage_rollups r`.
+macro_rules! tsql_histogram_of_rollups {
+    () => {
+        "CONCAT('[', SUM(CAST(JSON_VALUE(r.latency_histogram, '$[0]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[1]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[2]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[3]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[4]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[5]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[6]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[7]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[8]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[9]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[10]') AS BIGINT)), ',',
+        SUM(CAST(JSON_VALUE(r.latency_histogram, '$[11]') AS BIGINT)), ']')"
+    };
+}
+
+/// The sums of a group of `usage_events e`, named as the rollup columns (all BIGINT).
+macro_rules! tsql_sums_of_events {
+    () => {
+        concat!(
+            "COUNT_BIG(*) AS calls, SUM(CAST(e.units AS BIGINT)) AS units,
+        SUM(CASE WHEN e.billable = 1 THEN CAST(e.units AS BIGINT) ELSE 0 END) AS billable_units,
+        SUM(CAST(e.overage_units AS BIGINT)) AS overage_units,
+        SUM(CASE WHEN e.status >= 400 THEN CAST(1 AS BIGINT) ELSE 0 END) AS errors,
+        SUM(e.latency_micros) AS latency_sum_micros, MAX(e.latency_micros) AS latency_max_micros,
+        ",
+            tsql_histogram_of_events!(),
+            " AS latency_histogram"
+        )
+    };
+}
+
+macro_rules! tsql_hour_of {
+    ($t:literal) => {
+        concat!(
+            "DATEADD(HOUR, DATEDIFF(HOUR, CAST('2000-01-01' AS DATETIME2(0)), ",
+            $t,
+            "), CAST('2000-01-01' AS DATETIME2(0)))"
+        )
+    };
+}
+
+/// Overwrites the rollups of `granularity` with the rows of `source` (an aliased derived table `s` with
+/// `tenant_id, ws, operation_id, client_id` and the sums); `@P2` is `updated_at`.
+macro_rules! tsql_merge_rollups {
+    ($granularity:literal, $source:expr) => {
+        concat!(
+            "MERGE INTO dbo.usage_rollups AS t
+USING (",
+            $source,
+            ") AS s
+ON t.tenant_id = s.tenant_id AND t.granularity = '",
+            $granularity,
+            "' AND t.window_start = s.ws
+    AND t.operation_id = s.operation_id AND t.client_id = s.client_id
+WHEN MATCHED THEN UPDATE SET calls = s.calls, units = s.units, billable_units = s.billable_units,
+    overage_units = s.overage_units, errors = s.errors, latency_sum_micros = s.latency_sum_micros,
+    latency_max_micros = s.latency_max_micros, latency_histogram = s.latency_histogram, updated_at = @P2
+WHEN NOT MATCHED THEN INSERT (tenant_id, granularity, window_start, operation_id, client_id, calls, units,
+    billable_units, overage_units, errors, latency_sum_micros, latency_max_micros, latency_histogram, updated_at)
+VALUES (s.tenant_id, '",
+            $granularity,
+            "', s.ws, s.operation_id, s.client_id, s.calls, s.units, s.billable_units,
+    s.overage_units, s.errors, s.latency_sum_micros, s.latency_max_micros, s.latency_histogram, @P2);"
+        )
+    };
+}
+
+/// Hour windows listed by `windows` (derived table `w` of `tenant_id, ws`), recomputed from raw events with
+/// `seq <= @P1`.
+macro_rules! tsql_hours_source {
+    ($windows:literal) => {
+        concat!(
+            "SELECT e.tenant_id, w.ws, e.operation_id, COALESCE(e.client_id, N'') AS client_id,
+        ",
+            tsql_sums_of_events!(),
+            "
+    FROM (", $windows, ") AS w
+    JOIN dbo.usage_events e ON e.tenant_id = w.tenant_id AND e.occurred_at >= w.ws AND e.occurred_at < DATEADD(HOUR, 1, w.ws)
+    WHERE e.seq <= @P1
+    GROUP BY e.tenant_id, w.ws, e.operation_id, COALESCE(e.client_id, N'')"
+        )
+    };
+}
+
+/// Day windows listed by `days` (derived table `d` of `tenant_id, ws`), recomputed from the hour rollups.
+macro_rules! tsql_days_source {
+    ($days:literal) => {
+        concat!(
+            "SELECT r.tenant_id, d.ws, r.operation_id, r.client_id, SUM(r.calls) AS calls, SUM(r.units) AS units,
+        SUM(r.billable_units) AS billable_units, SUM(r.overage_units) AS overage_units, SUM(r.errors) AS errors,
+        SUM(r.latency_sum_micros) AS latency_sum_micros, MAX(r.latency_max_micros) AS latency_max_micros,
+        ",
+            tsql_histogram_of_rollups!(),
+            " AS latency_histogram
+    FROM (",
+            $days,
+            ") AS d
+    JOIN dbo.usage_rollups r ON r.tenant_id = d.tenant_id AND r.granularity = 'hour'
+        AND r.window_start >= d.ws AND r.window_start < DATEADD(DAY, 1, d.ws)
+    GROUP BY r.tenant_id, d.ws, r.operation_id, r.client_id"
+        )
+    };
+}
+
+/// The `job_watermarks` row `@P1`, created at 0 if missing and locked until the transaction ends: rollup steps
+/// of two processes serialize here.
+pub(crate) const LOCK_POSITION: &str =
+    "IF NOT EXISTS (SELECT 1 FROM dbo.job_watermarks WITH (UPDLOCK, HOLDLOCK) WHERE name = @P1)
+    INSERT INTO dbo.job_watermarks (name, position, updated_at) VALUES (@P1, 0, @P2);
+SELECT position FROM dbo.job_watermarks WITH (UPDLOCK, HOLDLOCK) WHERE name = @P1";
+
+/// A `job_watermarks` position, read under a shared lock held to the end of the transaction: the usage report
+/// reads the watermark, the rollups and the tail while no rollup step can commit (its last write is this row).
+pub(crate) const READ_POSITION_HOLDLOCK: &str =
+    "SELECT position FROM dbo.job_watermarks WITH (HOLDLOCK) WHERE name = @P1";
+
+pub(crate) const READ_POSITIONS: &str = "SELECT name, position FROM dbo.job_watermarks WHERE name LIKE 'usage-rollup%'";
+
+pub(crate) const PUT_POSITION: &str = "UPDATE dbo.job_watermarks SET position = @P2, updated_at = @P3 WHERE name = @P1;
+IF @@ROWCOUNT = 0
+    INSERT INTO dbo.job_watermarks (name, position, updated_at) VALUES (@P1, @P2, @P3)";
+
+/// How many events lie past the watermark `@P1` within the batch of `@P2`, and the highest settled `seq` among them.
+pub(crate) const SCAN_ROLLUP_BATCH: &str =
+    "SELECT COUNT_BIG(*) AS scanned, MAX(CASE WHEN b.recorded_at <= @P3 THEN b.seq END) AS settled
+FROM (SELECT TOP (@P2) seq, recorded_at FROM dbo.usage_events WHERE seq > @P1 ORDER BY seq) AS b";
+
+pub(crate) const COUNT_SEQ_RANGE: &str =
+    "SELECT COUNT_BIG(*) AS n FROM dbo.usage_events WHERE seq > @P1 AND seq <= @P2";
+
+/// The hour windows of the events with `seq` in `(@P3, @P1]`, recomputed. `@P2`: updated_at.
+pub(crate) const ROLLUP_HOURS_OF_NEW_EVENTS: &str = tsql_merge_rollups!(
+    "hour",
+    tsql_hours_source!(
+        "SELECT DISTINCT tenant_id, DATEADD(HOUR, DATEDIFF(HOUR, CAST('2000-01-01' AS DATETIME2(0)), occurred_at), CAST('2000-01-01' AS DATETIME2(0))) AS ws
+        FROM dbo.usage_events WHERE seq > @P3 AND seq <= @P1 AND tenant_id IS NOT NULL"
+    )
+);
+
+/// The day windows of the events with `seq` in `(@P3, @P1]`, recomputed from the hour rollups.
+pub(crate) const ROLLUP_DAYS_OF_NEW_EVENTS: &str = tsql_merge_rollups!(
+    "day",
+    tsql_days_source!(
+        "SELECT DISTINCT tenant_id, CAST(CAST(occurred_at AS DATE) AS DATETIME2(0)) AS ws
+        FROM dbo.usage_events WHERE seq > @P3 AND seq <= @P1 AND tenant_id IS NOT NULL"
+    )
+);
+
+/// The hour `@P3` of every tenant, recomputed from raw events with `seq <= @P1`.
+pub(crate) const ROLLUP_HOUR_OF_EVERY_TENANT: &str = tsql_merge_rollups!(
+    "hour",
+    tsql_hours_source!("SELECT id AS tenant_id, CAST(@P3 AS DATETIME2(0)) AS ws FROM dbo.tenants")
+);
+
+/// The day containing `@P3` of every tenant, recomputed from the hour rollups.
+pub(crate) const ROLLUP_DAY_OF_EVERY_TENANT: &str = tsql_merge_rollups!(
+    "day",
+    tsql_days_source!("SELECT id AS tenant_id, CAST(CAST(@P3 AS DATE) AS DATETIME2(0)) AS ws FROM dbo.tenants")
+);
+
+/// At most `@P3` rolled-up events (`seq <= @P1`) recorded before `@P2`, from the oldest `seq`.
+pub(crate) const PURGE_USAGE_EVENTS: &str = "DELETE FROM dbo.usage_events
+WHERE seq IN (SELECT TOP (@P3) seq FROM dbo.usage_events WHERE seq <= @P1 ORDER BY seq) AND recorded_at < @P2";
+
+pub(crate) const USAGE_ROLLUPS: &str = "SELECT window_start, operation_id, client_id, calls, units, billable_units,
+    overage_units, errors, latency_sum_micros, latency_max_micros, latency_histogram
+FROM dbo.usage_rollups WHERE tenant_id = @P1 AND granularity = @P2 AND window_start >= @P3 AND window_start < @P4
+ORDER BY window_start, operation_id, client_id";
+
+/// The tail of a tenant's usage: events past the watermark `@P1`, per hour, operation and client.
+pub(crate) const USAGE_TAIL_HOURS: &str = concat!(
+    "SELECT ",
+    tsql_hour_of!("e.occurred_at"),
+    " AS ws, e.operation_id, COALESCE(e.client_id, N'') AS client_id,
+        ",
+    tsql_sums_of_events!(),
+    "
+FROM dbo.usage_events e WHERE e.seq > @P1 AND e.tenant_id = @P2 AND e.occurred_at >= @P3 AND e.occurred_at < @P4
+GROUP BY ",
+    tsql_hour_of!("e.occurred_at"),
+    ", e.operation_id, COALESCE(e.client_id, N'')"
+);
+
+/// The same per day.
+pub(crate) const USAGE_TAIL_DAYS: &str = concat!(
+    "SELECT CAST(CAST(e.occurred_at AS DATE) AS DATETIME2(0)) AS ws, e.operation_id, COALESCE(e.client_id, N'') AS client_id,
+        ",
+    tsql_sums_of_events!(),
+    "
+FROM dbo.usage_events e WHERE e.seq > @P1 AND e.tenant_id = @P2 AND e.occurred_at >= @P3 AND e.occurred_at < @P4
+GROUP BY CAST(CAST(e.occurred_at AS DATE) AS DATETIME2(0)), e.operation_id, COALESCE(e.client_id, N'')"
+);
+
+/// Tenants created before the period's end (`@P4`) without a statement for `@P1`, with the period's usage.
+pub(crate) const STATEMENT_DRAFTS: &str = "SELECT TOP (@P5) t.id, t.plan_code, p.currency,
+    COALESCE(q.quota_units, p.monthly_quota_units) AS quota_units,
+    COALESCE((SELECT SUM(r.billable_units) FROM dbo.usage_rollups r WHERE r.tenant_id = t.id
+        AND r.granularity = 'day' AND r.window_start >= @P3 AND r.window_start < @P4), 0) AS used_units,
+    COALESCE((SELECT SUM(r.overage_units) FROM dbo.usage_rollups r WHERE r.tenant_id = t.id
+        AND r.granularity = 'day' AND r.window_start >= @P3 AND r.window_start < @P4), 0) AS overage_units,
+    p.base_price_micros, p.overage_unit_price_micros
+FROM dbo.tenants t JOIN dbo.plans p ON p.code = t.plan_code
+LEFT JOIN dbo.quota_usage q ON q.tenant_id = t.id AND q.period_start = @P1
+WHERE t.created_at < @P4 AND @P2 IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM dbo.billing_statements b WHERE b.tenant_id = t.id AND b.period_start = @P1)
+ORDER BY t.id";
+
+/// A statement, unless the tenant has one for the period (the key-range lock closes the race).
+pub(crate) const INSERT_STATEMENT: &str = "INSERT INTO dbo.billing_statements (id, tenant_id, period_start, period_end,
+    plan_code, currency, quota_units, used_units, overage_units, base_amount_micros, overage_amount_micros,
+    total_amount_micros, created_at)
+SELECT @P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13
+WHERE NOT EXISTS (SELECT 1 FROM dbo.billing_statements WITH (UPDLOCK, HOLDLOCK)
+    WHERE tenant_id = @P2 AND period_start = @P3)";
+
+pub(crate) const LIST_STATEMENTS: &str =
+    "SELECT TOP (1000) id, tenant_id, period_start, period_end, plan_code, currency,
+    quota_units, used_units, overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at
+FROM dbo.billing_statements WHERE tenant_id = @P1 ORDER BY period_start DESC";
+
+pub(crate) const GET_STATEMENT: &str = "SELECT id, tenant_id, period_start, period_end, plan_code, currency,
+    quota_units, used_units, overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at
+FROM dbo.billing_statements WHERE tenant_id = @P1 AND period_start = @P2";
+
+/// Every statement above, by name, for the parse check (`store::tsql_check`).
+pub(crate) const STATEMENTS: &[(&str, &str)] = &[
+    ("LOCK_POSITION", LOCK_POSITION),
+    ("READ_POSITION_HOLDLOCK", READ_POSITION_HOLDLOCK),
+    ("READ_POSITIONS", READ_POSITIONS),
+    ("PUT_POSITION", PUT_POSITION),
+    ("SCAN_ROLLUP_BATCH", SCAN_ROLLUP_BATCH),
+    ("COUNT_SEQ_RANGE", COUNT_SEQ_RANGE),
+    ("ROLLUP_HOURS_OF_NEW_EVENTS", ROLLUP_HOURS_OF_NEW_EVENTS),
+    ("ROLLUP_DAYS_OF_NEW_EVENTS", ROLLUP_DAYS_OF_NEW_EVENTS),
+    ("ROLLUP_HOUR_OF_EVERY_TENANT", ROLLUP_HOUR_OF_EVERY_TENANT),
+    ("ROLLUP_DAY_OF_EVERY_TENANT", ROLLUP_DAY_OF_EVERY_TENANT),
+    ("PURGE_USAGE_EVENTS", PURGE_USAGE_EVENTS),
+    ("USAGE_ROLLUPS", USAGE_ROLLUPS),
+    ("USAGE_TAIL_HOURS", USAGE_TAIL_HOURS),
+    ("USAGE_TAIL_DAYS", USAGE_TAIL_DAYS),
+    ("STATEMENT_DRAFTS", STATEMENT_DRAFTS),
+    ("INSERT_STATEMENT", INSERT_STATEMENT),
+    ("LIST_STATEMENTS", LIST_STATEMENTS),
+    ("GET_STATEMENT", GET_STATEMENT),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_histogram_sql_names_every_bound_in_order() {
-        for sql in
-            [q::ROLLUP_HOURS_OF_NEW_EVENTS, q::ROLLUP_HOUR_OF_EVERY_TENANT, q::USAGE_TAIL_HOURS, q::USAGE_TAIL_DAYS]
-        {
+        for sql in [ROLLUP_HOURS_OF_NEW_EVENTS, ROLLUP_HOUR_OF_EVERY_TENANT, USAGE_TAIL_HOURS, USAGE_TAIL_DAYS] {
             let mut rest = sql;
             for bound in LATENCY_BOUNDS_MICROS {
                 let at = rest.find(&format!("e.latency_micros < {bound} THEN")).expect("every bound, in order");
                 rest = &rest[at + 1..];
             }
         }
-        for sql in [q::ROLLUP_DAYS_OF_NEW_EVENTS, q::ROLLUP_DAY_OF_EVERY_TENANT] {
+        for sql in [ROLLUP_DAYS_OF_NEW_EVENTS, ROLLUP_DAY_OF_EVERY_TENANT] {
             for k in 0..LATENCY_BOUNDS_MICROS.len() {
                 assert!(sql.contains(&format!("'$[{k}]'")));
             }

@@ -3,6 +3,7 @@
 //! [`insert_outbox`] and [`emit_quota_thresholds`] run inside a caller's write transaction, so an event is
 //! committed with the change that causes it or not at all.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
@@ -10,8 +11,9 @@ use uuid::Uuid;
 use super::{
     SqliteStore, classify, insert_usage_event, parse_timestamp, parse_uuid, query_all, query_one, read_quota, timestamp,
 };
-use crate::store::StoreError;
 use crate::store::model::*;
+use crate::store::{IntegrationStore, StoreError};
+use crate::store::{integration::*, metering::*};
 
 /// Inserts an outbox event inside the caller's write transaction; an id stored already is a `Conflict`.
 pub(crate) fn insert_outbox(tx: &Connection, m: &OutboxMessage) -> Result<(), StoreError> {
@@ -53,8 +55,7 @@ pub(crate) fn emit_quota_thresholds(
             )
             .map_err(classify)?;
         if flipped == 1 {
-            let usage = read_quota(tx, tenant_id, period_start)?
-                .ok_or_else(|| StoreError::Other(anyhow::anyhow!("quota row vanished inside its transaction")))?;
+            let usage = read_quota(tx, tenant_id, period_start)?.ok_or_else(quota_row_vanished)?;
             insert_outbox(tx, &OutboxMessage::quota_threshold_crossed(&usage, threshold, now))?;
         }
     }
@@ -70,15 +71,11 @@ fn tenant_status(tx: &Connection, tenant_id: Uuid) -> Result<Option<TenantStatus
     raw.map(|s| TenantStatus::parse(&s).ok_or_else(|| super::corrupt("tenant status", &s))).transpose()
 }
 
-fn unknown_tenant(tenant_id: Uuid) -> StoreError {
-    StoreError::ForeignKey(format!("unknown tenant {tenant_id}"))
-}
-
 /// Refuses an unknown plan with a reason an operator can act on (the foreign key would say less).
 fn require_plan(tx: &Connection, code: &str) -> Result<(), StoreError> {
     let found: Option<i64> =
         tx.query_row("SELECT 1 FROM plans WHERE code = ?1", [code], |r| r.get(0)).optional().map_err(classify)?;
-    found.map(drop).ok_or_else(|| StoreError::ForeignKey(format!("unknown plan {code:?}")))
+    found.map(drop).ok_or_else(|| unknown_plan(code))
 }
 
 /// Writes the outbox event of a status change made in this transaction (`from` is the status before it).
@@ -177,7 +174,7 @@ fn upsert_document(
     let effective = d.effective_date.map(|date| date.to_string());
     match owner {
         Some(owner) if owner != tenant => {
-            return Err(StoreError::Conflict(format!("document {id} belongs to another tenant")));
+            return Err(foreign_document(d.id));
         }
         Some(_) => {
             tx.execute(
@@ -245,7 +242,7 @@ fn record_usage(
     period_start: chrono::NaiveDate,
     period_end: chrono::NaiveDate,
 ) -> Result<(), StoreError> {
-    let tenant_id = e.tenant_id.ok_or_else(|| StoreError::Other(anyhow::anyhow!("external usage needs a tenant")))?;
+    let tenant_id = e.external_tenant()?;
     let tenant = tenant_id.to_string();
     let plan: Option<(i64, String)> = tx
         .query_row(
@@ -283,7 +280,7 @@ fn record_usage(
             |r| r.get(0),
         )
         .map_err(classify)?;
-    insert_usage_event(tx, &UsageEvent { overage_units: overage.min(e.units), ..e.clone() })?;
+    insert_usage_event(tx, &e.with_debited_overage(overage))?;
     emit_quota_thresholds(tx, tenant_id, period_start, e.recorded_at)
 }
 
@@ -480,4 +477,52 @@ pub(super) async fn list_outbox(store: &SqliteStore, after_seq: i64, limit: u32)
             query_all(conn, &sql, params![after_seq, i64::from(limit.max(1))], outbox_from_row)
         })
         .await
+}
+
+#[async_trait]
+impl IntegrationStore for SqliteStore {
+    async fn apply_integration_event(
+        &self,
+        inbox: &InboxEntry,
+        effect: &IntegrationEffect,
+    ) -> Result<ApplyOutcome, StoreError> {
+        apply(self, inbox, effect).await
+    }
+
+    async fn quarantine_message(&self, message: &QuarantinedMessage) -> Result<(), StoreError> {
+        quarantine(self, message).await
+    }
+
+    async fn list_quarantine(&self, limit: u32) -> Result<Vec<QuarantinedMessage>, StoreError> {
+        list_quarantine(self, limit).await
+    }
+
+    async fn get_quarantined(&self, id: Uuid) -> Result<Option<QuarantinedMessage>, StoreError> {
+        get_quarantined(self, id).await
+    }
+
+    async fn mark_quarantine_replayed(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        mark_replayed(self, id, now).await
+    }
+
+    async fn pending_outbox(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        pending_outbox(self, now, limit).await
+    }
+
+    async fn mark_outbox_sent(&self, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
+        mark_sent(self, id, now).await
+    }
+
+    async fn mark_outbox_failed(
+        &self,
+        id: Uuid,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        mark_failed(self, id, error, next_attempt_at).await
+    }
+
+    async fn list_outbox(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        list_outbox(self, after_seq, limit).await
+    }
 }

@@ -6,13 +6,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
+use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use super::{classify, insert_outbox, parse_date, parse_timestamp, parse_uuid, timestamp};
+use super::{SqliteStore, classify, insert_outbox, parse_date, parse_timestamp, parse_uuid, timestamp};
 use crate::store::usage::*;
-use crate::store::{OutboxMessage, StoreError};
+use crate::store::{OutboxMessage, StoreError, UsageStore};
 
 /// The twelve cumulative latency counts of the calls in a group of `usage_events e`, as JSON array text.
 macro_rules! histogram_of_events {
@@ -392,15 +393,8 @@ pub(super) fn usage_report(conn: &Connection, q: &UsageQuery) -> Result<Vec<Usag
     conn.execute_batch("BEGIN").map_err(classify)?;
     let result = (|| {
         let watermark = read_position(conn, ROLLUP_WATERMARK)?;
-        let mut out: Vec<UsageRow> = usage_rollups(conn, q.tenant_id, q.granularity, q.from, q.to)?
-            .into_iter()
-            .map(|r| UsageRow {
-                window_start: r.window_start,
-                operation_id: r.operation_id,
-                client_id: r.client_id,
-                totals: r.totals,
-            })
-            .collect();
+        let mut out: Vec<UsageRow> =
+            usage_rollups(conn, q.tenant_id, q.granularity, q.from, q.to)?.into_iter().map(UsageRow::from).collect();
         let (prefix, suffix) = match q.granularity {
             RollupGranularity::Hour => (13, ":00:00.000000Z"),
             RollupGranularity::Day => (10, "T00:00:00.000000Z"),
@@ -549,6 +543,86 @@ pub(super) fn get_statement(
 ) -> Result<Option<BillingStatement>, StoreError> {
     let sql = format!("SELECT {STATEMENT_COLUMNS} FROM billing_statements WHERE tenant_id = ?1 AND period_start = ?2");
     super::query_one(conn, &sql, params![tenant_id.to_string(), period_start.to_string()], statement_from)
+}
+
+#[async_trait]
+impl UsageStore for SqliteStore {
+    async fn rollup_state(&self) -> Result<RollupState, StoreError> {
+        self.read(rollup_state).await
+    }
+
+    async fn rollup_step(&self, step: &RollupStep) -> Result<RollupProgress, StoreError> {
+        let step = step.clone();
+        self.write(move |tx| rollup_step(tx, &step)).await
+    }
+
+    async fn rollup_rerun_hour(&self, hour: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.write(move |tx| rollup_rerun_hour(tx, hour, now)).await
+    }
+
+    async fn purge_usage_events(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        self.write(move |tx| purge(tx, before, limit)).await
+    }
+
+    async fn set_rollup_lagging(
+        &self,
+        since: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        event: Option<&OutboxMessage>,
+    ) -> Result<bool, StoreError> {
+        let event = event.cloned();
+        self.write(move |tx| set_lagging(tx, since, now, event.as_ref())).await
+    }
+
+    async fn usage_rollups(
+        &self,
+        tenant_id: Uuid,
+        granularity: RollupGranularity,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<UsageRollup>, StoreError> {
+        self.read(move |conn| usage_rollups(conn, tenant_id, granularity, from, to)).await
+    }
+
+    async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        let query = query.clone();
+        self.read(move |conn| usage_report(conn, &query)).await
+    }
+
+    async fn statement_drafts(
+        &self,
+        period_start: NaiveDate,
+        period_end: NaiveDate,
+        limit: u32,
+    ) -> Result<Vec<StatementDraft>, StoreError> {
+        self.read(move |conn| statement_drafts(conn, period_start, period_end, limit)).await
+    }
+
+    async fn insert_billing_statement(
+        &self,
+        statement: &BillingStatement,
+        event: &OutboxMessage,
+    ) -> Result<bool, StoreError> {
+        let (statement, event) = (statement.clone(), event.clone());
+        self.write(move |tx| insert_statement(tx, &statement, &event)).await
+    }
+
+    async fn set_closed_through(&self, period_start: NaiveDate, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let position: i64 = period_start.format("%Y%m%d").to_string().parse().expect("digits");
+        self.write(move |tx| write_position(tx, ROLLUP_CLOSED_THROUGH, position, now)).await
+    }
+
+    async fn list_billing_statements(&self, tenant_id: Uuid) -> Result<Vec<BillingStatement>, StoreError> {
+        self.read(move |conn| list_statements(conn, tenant_id)).await
+    }
+
+    async fn get_billing_statement(
+        &self,
+        tenant_id: Uuid,
+        period_start: NaiveDate,
+    ) -> Result<Option<BillingStatement>, StoreError> {
+        self.read(move |conn| get_statement(conn, tenant_id, period_start)).await
+    }
 }
 
 #[cfg(test)]
