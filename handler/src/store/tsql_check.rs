@@ -1,6 +1,6 @@
 //! Parse-checks every T-SQL statement Meterline sends to SQL Server, since no SQL Server runs on our machines.
 //!
-//! Statements come from the migration files, from `mssql::queries::ALL` and, for the statements assembled at run
+//! Statements come from the migration files, from `mssql::STATEMENTS` (every file's list) and, for the statements assembled at run
 //! time, from `mssql::queries::assembled_examples` (every shape the assembling functions produce). Each is parsed with sqlparser's
 //! `MsSqlDialect`; the few it cannot parse are listed in [`KNOWN_UNPARSEABLE`] with the reason, and the test
 //! fails if a listed statement starts parsing (so the list never goes stale) or an unlisted one fails.
@@ -92,7 +92,7 @@ fn all_statements() -> Vec<(String, String)> {
             all.push((format!("migration {} statement {}", migration.version, i + 1), statement));
         }
     }
-    for (name, sql) in super::mssql::queries::ALL {
+    for (name, sql) in super::mssql::STATEMENTS.iter().copied().flatten() {
         for statement in split_statements(sql) {
             all.push((format!("query {name}"), statement));
         }

@@ -59,8 +59,12 @@ fn unknown_tenant(tenant_id: Uuid) -> StoreError {
 
 /// Refuses an unknown plan with a reason an operator can act on (the foreign key would say less).
 async fn require_plan(conn: &mut MssqlClient, code: &str) -> Result<(), StoreError> {
-    let count: i32 =
-        rows(conn, q::PLAN_EXISTS, &[&code]).await?.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
+    let count: i32 = rows(conn, super::plans::PLAN_EXISTS, &[&code])
+        .await?
+        .first()
+        .map(|r| required(r, 0))
+        .transpose()?
+        .unwrap_or(0);
     if count == 0 {
         return Err(StoreError::ForeignKey(format!("unknown plan {code:?}")));
     }
@@ -156,7 +160,7 @@ async fn upsert_document(
                 &now,
             ];
             execute(conn, q::REPLACE_DOCUMENT_FROM_EVENT, &params).await?;
-            execute(conn, q::DELETE_DOCUMENT_TAGS, &[&tenant_id, &d.id]).await?;
+            execute(conn, super::documents::DELETE_DOCUMENT_TAGS, &[&tenant_id, &d.id]).await?;
         }
         None => {
             let version = 1_i64;
@@ -176,14 +180,14 @@ async fn upsert_document(
                 &now,
                 &version,
             ];
-            execute(conn, q::INSERT_DOCUMENT, &params).await?;
+            execute(conn, super::documents::INSERT_DOCUMENT, &params).await?;
         }
     }
     let mut tags: Vec<&str> = d.tags.iter().map(String::as_str).collect();
     tags.sort_unstable();
     tags.dedup();
     for tag in tags {
-        execute(conn, q::INSERT_DOCUMENT_TAG, &[&d.id, &tenant_id, &tag]).await?;
+        execute(conn, super::documents::INSERT_DOCUMENT_TAG, &[&d.id, &tenant_id, &tag]).await?;
     }
     Ok(())
 }

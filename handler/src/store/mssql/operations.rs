@@ -2,8 +2,67 @@
 
 use super::*;
 
+/// The migration history table, created if missing.
+pub(crate) const CREATE_HISTORY: &str = "IF OBJECT_ID(N'dbo.schema_migrations', N'U') IS NULL
+CREATE TABLE dbo.schema_migrations (
+    version    BIGINT       NOT NULL CONSTRAINT pk_schema_migrations PRIMARY KEY,
+    name       NVARCHAR(200) NOT NULL,
+    checksum   CHAR(64)     NOT NULL,
+    applied_at DATETIME2(6) NOT NULL
+)";
+
+/// Serializes `migrate` across processes: an exclusive application lock owned by the session.
+/// Returns the `sp_getapplock` status (0 or 1 granted; negative means timeout, deadlock or error).
+pub(crate) const LOCK_MIGRATIONS: &str = "DECLARE @status INT;
+EXEC @status = sp_getapplock @Resource = N'meterline:migrations', @LockMode = N'Exclusive', @LockOwner = N'Session', @LockTimeout = 120000;
+SELECT @status AS status";
+
+pub(crate) const UNLOCK_MIGRATIONS: &str =
+    "EXEC sp_releaseapplock @Resource = N'meterline:migrations', @LockOwner = N'Session'";
+
+pub(crate) const READ_HISTORY: &str = "IF OBJECT_ID(N'dbo.schema_migrations', N'U') IS NOT NULL
+SELECT version, name, checksum, applied_at FROM dbo.schema_migrations ORDER BY version";
+
+pub(crate) const INSERT_HISTORY: &str =
+    "INSERT INTO dbo.schema_migrations (version, name, checksum, applied_at) VALUES (@P1, @P2, @P3, @P4)";
+
+pub(crate) const PING: &str = "SELECT 1 AS ok";
+
+pub(crate) const INSERT_JOB_RUN: &str =
+    "INSERT INTO dbo.job_runs (id, job, trigger_kind, is_past_due, started_at, finished_at, outcome, detail)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8)";
+
+pub(crate) const RECENT_JOB_RUNS: &str =
+    "SELECT TOP (@P2) id, job, trigger_kind, is_past_due, started_at, finished_at, outcome, detail
+FROM dbo.job_runs WHERE job = @P1 ORDER BY started_at DESC, id DESC";
+
+/// Takes the lease if free, expired, or held by the same holder; returns 1 when `@P2` holds it afterwards.
+/// The range locks (UPDLOCK, HOLDLOCK) make the check-then-insert atomic against a concurrent acquirer.
+pub(crate) const ACQUIRE_LEASE: &str = "UPDATE dbo.job_leases WITH (UPDLOCK, HOLDLOCK)
+    SET holder = @P2, acquired_at = @P3, expires_at = @P4
+    WHERE name = @P1 AND (expires_at <= @P3 OR holder = @P2);
+IF @@ROWCOUNT = 0 AND NOT EXISTS (SELECT 1 FROM dbo.job_leases WITH (UPDLOCK, HOLDLOCK) WHERE name = @P1)
+    INSERT INTO dbo.job_leases (name, holder, acquired_at, expires_at) VALUES (@P1, @P2, @P3, @P4);
+SELECT COUNT(*) AS held FROM dbo.job_leases WHERE name = @P1 AND holder = @P2 AND expires_at = @P4";
+
+pub(crate) const RELEASE_LEASE: &str = "DELETE FROM dbo.job_leases WHERE name = @P1 AND holder = @P2";
+
+/// Every statement of this file, for `store::tsql_check` (registered in `mssql::STATEMENTS`).
+pub(crate) const STATEMENTS: &[(&str, &str)] = &[
+    ("CREATE_HISTORY", CREATE_HISTORY),
+    ("LOCK_MIGRATIONS", LOCK_MIGRATIONS),
+    ("UNLOCK_MIGRATIONS", UNLOCK_MIGRATIONS),
+    ("READ_HISTORY", READ_HISTORY),
+    ("INSERT_HISTORY", INSERT_HISTORY),
+    ("PING", PING),
+    ("INSERT_JOB_RUN", INSERT_JOB_RUN),
+    ("RECENT_JOB_RUNS", RECENT_JOB_RUNS),
+    ("ACQUIRE_LEASE", ACQUIRE_LEASE),
+    ("RELEASE_LEASE", RELEASE_LEASE),
+];
+
 pub(super) async fn read_history(conn: &mut MssqlClient) -> Result<Vec<AppliedMigration>, StoreError> {
-    let rows = conn.simple_query(q::READ_HISTORY).await.map_err(classify)?.into_results().await.map_err(classify)?;
+    let rows = conn.simple_query(READ_HISTORY).await.map_err(classify)?.into_results().await.map_err(classify)?;
     rows.into_iter()
         .flatten()
         .map(|row| {
@@ -41,7 +100,7 @@ pub(super) async fn migrate_locked(conn: &mut MssqlClient) -> Result<MigrationRe
         let applied = async {
             batch(conn, migration.sql).await?;
             let (checksum, now) = (migration.checksum(), Utc::now());
-            execute(conn, q::INSERT_HISTORY, &[&migration.version, &migration.name, &checksum.as_str(), &now]).await?;
+            execute(conn, INSERT_HISTORY, &[&migration.version, &migration.name, &checksum.as_str(), &now]).await?;
             batch(conn, "COMMIT TRANSACTION").await
         }
         .await;
@@ -67,7 +126,7 @@ impl OperationsStore for MssqlStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.pool.get().await.map_err(pool_error)?;
-        batch(&mut conn, q::PING).await
+        batch(&mut conn, PING).await
     }
 
     async fn migrate(&self) -> Result<MigrationReport, StoreError> {
@@ -75,9 +134,9 @@ impl OperationsStore for MssqlStore {
         let mut jitter = random_jitter();
         retry(&self.retry, &mut jitter, |_| async {
             let mut conn = self.pool.get().await.map_err(pool_error)?;
-            batch(&mut conn, q::CREATE_HISTORY).await?;
+            batch(&mut conn, CREATE_HISTORY).await?;
             let status: i32 = conn
-                .simple_query(q::LOCK_MIGRATIONS)
+                .simple_query(LOCK_MIGRATIONS)
                 .await
                 .map_err(classify)?
                 .into_row()
@@ -89,7 +148,7 @@ impl OperationsStore for MssqlStore {
                 return Err(StoreError::Unavailable(anyhow::anyhow!("sp_getapplock for migrations returned {status}")));
             }
             let report = migrate_locked(&mut conn).await;
-            let unlocked = batch(&mut conn, q::UNLOCK_MIGRATIONS).await;
+            let unlocked = batch(&mut conn, UNLOCK_MIGRATIONS).await;
             let report = report?;
             unlocked?;
             Ok(report)
@@ -113,14 +172,14 @@ impl OperationsStore for MssqlStore {
                 &run.outcome.as_str(),
                 &run.detail.as_str(),
             ];
-            execute(conn, q::INSERT_JOB_RUN, &params).await.map(drop)
+            execute(conn, INSERT_JOB_RUN, &params).await.map(drop)
         })
     }
 
     async fn recent_job_runs(&self, job: &str, limit: u32) -> Result<Vec<JobRun>, StoreError> {
         in_tx!(self, Retry::Yes, |conn| {
             let limit = i64::from(limit);
-            rows(conn, q::RECENT_JOB_RUNS, &[&job, &limit])
+            rows(conn, RECENT_JOB_RUNS, &[&job, &limit])
                 .await?
                 .iter()
                 .map(|row| {
@@ -143,7 +202,7 @@ impl OperationsStore for MssqlStore {
         in_tx!(self, Retry::Yes, |conn| {
             let r = request;
             let held: Option<i32> =
-                rows(conn, q::ACQUIRE_LEASE, &[&r.name.as_str(), &r.holder.as_str(), &r.now, &r.expires_at])
+                rows(conn, ACQUIRE_LEASE, &[&r.name.as_str(), &r.holder.as_str(), &r.now, &r.expires_at])
                     .await?
                     .first()
                     .map(|row| required(row, 0))
@@ -153,6 +212,6 @@ impl OperationsStore for MssqlStore {
     }
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
-        in_tx!(self, Retry::Yes, |conn| Ok(execute(conn, q::RELEASE_LEASE, &[&name, &holder]).await? == 1))
+        in_tx!(self, Retry::Yes, |conn| Ok(execute(conn, RELEASE_LEASE, &[&name, &holder]).await? == 1))
     }
 }

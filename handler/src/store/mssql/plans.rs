@@ -2,6 +2,48 @@
 
 use super::*;
 
+pub(crate) const INSERT_PLAN: &str =
+    "INSERT INTO dbo.plans (code, name, requests_per_minute, burst, monthly_quota_units,
+    overage_policy, currency, base_price_micros, overage_unit_price_micros, created_at, updated_at, version)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12)";
+
+pub(crate) const GET_PLAN: &str =
+    "SELECT code, name, requests_per_minute, burst, monthly_quota_units, overage_policy, currency,
+    base_price_micros, overage_unit_price_micros, created_at, updated_at, version
+FROM dbo.plans WHERE code = @P1";
+
+pub(crate) const LIST_PLANS: &str =
+    "SELECT code, name, requests_per_minute, burst, monthly_quota_units, overage_policy, currency,
+    base_price_micros, overage_unit_price_micros, created_at, updated_at, version
+FROM dbo.plans ORDER BY code";
+
+pub(crate) const UPDATE_PLAN: &str = "UPDATE dbo.plans SET name = @P1, requests_per_minute = @P2, burst = @P3,
+    monthly_quota_units = @P4, overage_policy = @P5, currency = @P6, base_price_micros = @P7,
+    overage_unit_price_micros = @P8, updated_at = @P9, version = version + 1
+WHERE code = @P10 AND version = @P11";
+
+pub(crate) const PLAN_COSTS: &str =
+    "SELECT operation_id, units FROM dbo.plan_operation_costs WHERE plan_code = @P1 ORDER BY operation_id";
+
+pub(crate) const PLAN_EXISTS: &str = "SELECT COUNT(*) AS n FROM dbo.plans WITH (UPDLOCK, HOLDLOCK) WHERE code = @P1";
+
+pub(crate) const DELETE_PLAN_COSTS: &str = "DELETE FROM dbo.plan_operation_costs WHERE plan_code = @P1";
+
+pub(crate) const INSERT_PLAN_COST: &str =
+    "INSERT INTO dbo.plan_operation_costs (plan_code, operation_id, units) VALUES (@P1, @P2, @P3)";
+
+/// Every statement of this file, for `store::tsql_check` (registered in `mssql::STATEMENTS`).
+pub(crate) const STATEMENTS: &[(&str, &str)] = &[
+    ("INSERT_PLAN", INSERT_PLAN),
+    ("GET_PLAN", GET_PLAN),
+    ("LIST_PLANS", LIST_PLANS),
+    ("UPDATE_PLAN", UPDATE_PLAN),
+    ("PLAN_COSTS", PLAN_COSTS),
+    ("PLAN_EXISTS", PLAN_EXISTS),
+    ("DELETE_PLAN_COSTS", DELETE_PLAN_COSTS),
+    ("INSERT_PLAN_COST", INSERT_PLAN_COST),
+];
+
 pub(super) fn plan_from(row: &Row) -> Result<Plan, StoreError> {
     let policy = text(row, 5)?;
     Ok(Plan {
@@ -27,14 +69,14 @@ pub(super) async fn replace_plan_costs(
     costs: &[(String, i64)],
 ) -> Result<(), StoreError> {
     let exists: i32 =
-        rows(conn, q::PLAN_EXISTS, &[&code]).await?.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
+        rows(conn, PLAN_EXISTS, &[&code]).await?.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
     if exists == 0 {
         return Err(StoreError::ForeignKey(format!("no plan {code}")));
     }
-    execute(conn, q::DELETE_PLAN_COSTS, &[&code]).await?;
+    execute(conn, DELETE_PLAN_COSTS, &[&code]).await?;
     for (operation, units) in costs {
         let units = i32::try_from(*units).map_err(|_| StoreError::Other(anyhow::anyhow!("cost out of range")))?;
-        execute(conn, q::INSERT_PLAN_COST, &[&code, &operation.as_str(), &units]).await?;
+        execute(conn, INSERT_PLAN_COST, &[&code, &operation.as_str(), &units]).await?;
     }
     Ok(())
 }
@@ -58,18 +100,18 @@ impl PlanStore for MssqlStore {
                 &p.updated_at,
                 &p.version,
             ];
-            execute(conn, q::INSERT_PLAN, &params).await?;
+            execute(conn, INSERT_PLAN, &params).await?;
             write_ledger(conn, ledger).await
         })
     }
 
     async fn get_plan(&self, code: &str) -> Result<Option<Plan>, StoreError> {
-        in_tx!(self, Retry::Yes, |conn| rows(conn, q::GET_PLAN, &[&code]).await?.first().map(plan_from).transpose())
+        in_tx!(self, Retry::Yes, |conn| rows(conn, GET_PLAN, &[&code]).await?.first().map(plan_from).transpose())
     }
 
     async fn plan_operation_costs(&self, plan_code: &str) -> Result<Vec<(String, i64)>, StoreError> {
         in_tx!(self, Retry::Yes, |conn| {
-            rows(conn, q::PLAN_COSTS, &[&plan_code])
+            rows(conn, PLAN_COSTS, &[&plan_code])
                 .await?
                 .iter()
                 .map(|row| Ok((text(row, 0)?, i64::from(required::<i32>(row, 1)?))))
@@ -82,7 +124,7 @@ impl PlanStore for MssqlStore {
     }
 
     async fn list_plans(&self) -> Result<Vec<Plan>, StoreError> {
-        in_tx!(self, Retry::Yes, |conn| rows(conn, q::LIST_PLANS, &[]).await?.iter().map(plan_from).collect())
+        in_tx!(self, Retry::Yes, |conn| rows(conn, LIST_PLANS, &[]).await?.iter().map(plan_from).collect())
     }
 
     async fn update_plan(
@@ -107,8 +149,8 @@ impl PlanStore for MssqlStore {
                 &p.code.as_str(),
                 &expected_version,
             ];
-            let changed = execute(conn, q::UPDATE_PLAN, &params).await?;
-            let current = rows(conn, q::GET_PLAN, &[&p.code.as_str()]).await?.first().map(plan_from).transpose()?;
+            let changed = execute(conn, UPDATE_PLAN, &params).await?;
+            let current = rows(conn, GET_PLAN, &[&p.code.as_str()]).await?.first().map(plan_from).transpose()?;
             Ok(match (changed, current) {
                 (_, None) => Update::NotFound,
                 (1, Some(plan)) => {

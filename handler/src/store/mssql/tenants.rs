@@ -2,6 +2,118 @@
 
 use super::*;
 
+pub(crate) const INSERT_TENANT: &str =
+    "INSERT INTO dbo.tenants (id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8)";
+
+pub(crate) const GET_TENANT: &str =
+    "SELECT id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version
+FROM dbo.tenants WHERE id = @P1";
+
+pub(crate) const GET_TENANT_BY_ENTRA_ID: &str =
+    "SELECT id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version
+FROM dbo.tenants WHERE entra_tenant_id = @P1";
+
+/// First page of tenants: `@P1` is the page size plus one (to know whether another page follows).
+pub(crate) const LIST_TENANTS_FIRST: &str =
+    "SELECT TOP (@P1) id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version
+FROM dbo.tenants ORDER BY created_at, id";
+
+/// Next page after the cursor (`@P1` created_at, `@P2` id); index ix_tenants_created.
+pub(crate) const LIST_TENANTS_AFTER: &str =
+    "SELECT TOP (@P3) id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version
+FROM dbo.tenants WHERE created_at > @P1 OR (created_at = @P1 AND id > @P2) ORDER BY created_at, id";
+
+pub(crate) const SET_TENANT_STATUS: &str =
+    "UPDATE dbo.tenants SET status = @P1, updated_at = @P2, version = version + 1
+WHERE id = @P3 AND version = @P4";
+
+/// The columns `api_client_from` reads, in its order.
+macro_rules! api_client_columns {
+    () => {
+        "id, tenant_id, directory_id, app_id, display_name, status, created_at, revoked_at, decided_by, decided_at, \
+         version"
+    };
+}
+
+pub(crate) const INSERT_API_CLIENT: &str =
+    "INSERT INTO dbo.api_client_registrations (id, tenant_id, directory_id, app_id,
+    display_name, status, created_at, revoked_at, decided_by, decided_at, version)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11)";
+
+pub(crate) const INSERT_API_CLIENT_ROLE: &str = "INSERT INTO dbo.api_client_roles (client_id, role) VALUES (@P1, @P2)";
+
+/// Every registration of (directory `@P1`, application `@P2`); index ix_api_client_registrations_app.
+pub(crate) const API_CLIENTS_FOR_APP: &str = concat!(
+    "SELECT ",
+    api_client_columns!(),
+    " FROM dbo.api_client_registrations WHERE directory_id = @P1 AND app_id = @P2 ORDER BY created_at, id"
+);
+
+/// Whether a tenant other than `@P2` owns the directory `@P1` (read under a range lock by an approval).
+pub(crate) const DIRECTORY_OWNED_BY_OTHER: &str =
+    "SELECT TOP (1) id FROM dbo.tenants WITH (UPDLOCK, HOLDLOCK) WHERE entra_tenant_id = @P1 AND id <> @P2";
+
+/// Whether a tenant other than `@P3` holds an active registration of (directory `@P1`, application `@P2`); the
+/// range lock serializes two approvals of the same pair.
+pub(crate) const ACTIVE_ELSEWHERE: &str = "SELECT TOP (1) id FROM dbo.api_client_registrations WITH (UPDLOCK, HOLDLOCK)
+WHERE directory_id = @P1 AND app_id = @P2 AND status = 'active' AND tenant_id <> @P3";
+
+/// Decides a pending registration (`@P1` the new status, `@P2` by, `@P3` at, `@P4` tenant, `@P5` id).
+pub(crate) const DECIDE_API_CLIENT: &str = "UPDATE dbo.api_client_registrations
+SET status = @P1, decided_by = @P2, decided_at = @P3, version = version + 1
+WHERE tenant_id = @P4 AND id = @P5 AND status = 'pending'";
+
+pub(crate) const API_CLIENT_ROLES: &str = "SELECT role FROM dbo.api_client_roles WHERE client_id = @P1 ORDER BY role";
+
+pub(crate) const UPDATE_TENANT: &str =
+    "UPDATE dbo.tenants SET name = COALESCE(@P1, name), status = COALESCE(@P2, status),
+    plan_code = COALESCE(@P3, plan_code), updated_at = @P4, version = version + 1
+WHERE id = @P5 AND version = @P6";
+
+/// A tenant's clients, oldest first; index ix_api_client_registrations_tenant.
+pub(crate) const LIST_API_CLIENTS: &str = concat!(
+    "SELECT ",
+    api_client_columns!(),
+    " FROM dbo.api_client_registrations WHERE tenant_id = @P1 ORDER BY created_at, id"
+);
+
+/// The roles of every client of a tenant (`@P1`), grouped by client in Rust.
+pub(crate) const LIST_API_CLIENT_ROLES: &str = "SELECT r.client_id, r.role
+FROM dbo.api_client_roles r JOIN dbo.api_client_registrations c ON c.id = r.client_id
+WHERE c.tenant_id = @P1 ORDER BY r.client_id, r.role";
+
+/// One client of a tenant (`@P1` tenant, `@P2` id): another tenant's client is not found.
+pub(crate) const GET_TENANT_API_CLIENT: &str =
+    concat!("SELECT ", api_client_columns!(), " FROM dbo.api_client_registrations WHERE tenant_id = @P1 AND id = @P2");
+
+/// Revokes a pending or active client; a revoked or rejected one is left as it is (revoking is idempotent).
+pub(crate) const REVOKE_API_CLIENT: &str =
+    "UPDATE dbo.api_client_registrations SET status = 'revoked', revoked_at = @P3, version = version + 1
+WHERE tenant_id = @P1 AND id = @P2 AND status IN ('pending', 'active')";
+
+/// Every statement of this file, for `store::tsql_check` (registered in `mssql::STATEMENTS`).
+pub(crate) const STATEMENTS: &[(&str, &str)] = &[
+    ("INSERT_TENANT", INSERT_TENANT),
+    ("GET_TENANT", GET_TENANT),
+    ("GET_TENANT_BY_ENTRA_ID", GET_TENANT_BY_ENTRA_ID),
+    ("LIST_TENANTS_FIRST", LIST_TENANTS_FIRST),
+    ("LIST_TENANTS_AFTER", LIST_TENANTS_AFTER),
+    ("SET_TENANT_STATUS", SET_TENANT_STATUS),
+    ("INSERT_API_CLIENT", INSERT_API_CLIENT),
+    ("INSERT_API_CLIENT_ROLE", INSERT_API_CLIENT_ROLE),
+    ("API_CLIENTS_FOR_APP", API_CLIENTS_FOR_APP),
+    ("DIRECTORY_OWNED_BY_OTHER", DIRECTORY_OWNED_BY_OTHER),
+    ("ACTIVE_ELSEWHERE", ACTIVE_ELSEWHERE),
+    ("DECIDE_API_CLIENT", DECIDE_API_CLIENT),
+    ("API_CLIENT_ROLES", API_CLIENT_ROLES),
+    ("UPDATE_TENANT", UPDATE_TENANT),
+    ("LIST_API_CLIENTS", LIST_API_CLIENTS),
+    ("LIST_API_CLIENT_ROLES", LIST_API_CLIENT_ROLES),
+    ("GET_TENANT_API_CLIENT", GET_TENANT_API_CLIENT),
+    ("REVOKE_API_CLIENT", REVOKE_API_CLIENT),
+];
+
 pub(super) fn tenant_from(row: &Row) -> Result<Tenant, StoreError> {
     let status = text(row, 3)?;
     Ok(Tenant {
@@ -37,7 +149,7 @@ pub(super) fn api_client_from(row: &Row) -> Result<ApiClient, StoreError> {
 }
 
 pub(super) async fn client_roles(conn: &mut MssqlClient, client_id: Uuid) -> Result<Vec<String>, StoreError> {
-    rows(conn, q::API_CLIENT_ROLES, &[&client_id]).await?.iter().map(|r| text(r, 0)).collect()
+    rows(conn, API_CLIENT_ROLES, &[&client_id]).await?.iter().map(|r| text(r, 0)).collect()
 }
 
 /// A client of `tenant_id` with its roles; a client of another tenant is `None`.
@@ -46,14 +158,14 @@ pub(super) async fn read_api_client(
     tenant_id: Uuid,
     id: Uuid,
 ) -> Result<Option<ApiClient>, StoreError> {
-    let found = rows(conn, q::GET_TENANT_API_CLIENT, &[&tenant_id, &id]).await?;
+    let found = rows(conn, GET_TENANT_API_CLIENT, &[&tenant_id, &id]).await?;
     let Some(mut client) = found.first().map(api_client_from).transpose()? else { return Ok(None) };
     client.roles = client_roles(conn, client.id).await?;
     Ok(Some(client))
 }
 
 pub(super) async fn read_tenant(conn: &mut MssqlClient, id: Uuid) -> Result<Option<Tenant>, StoreError> {
-    rows(conn, q::GET_TENANT, &[&id]).await?.first().map(tenant_from).transpose()
+    rows(conn, GET_TENANT, &[&id]).await?.first().map(tenant_from).transpose()
 }
 
 #[async_trait]
@@ -71,7 +183,7 @@ impl TenantStore for MssqlStore {
                 &t.updated_at,
                 &t.version,
             ];
-            execute(conn, q::INSERT_TENANT, &params).await?;
+            execute(conn, INSERT_TENANT, &params).await?;
             write_ledger(conn, ledger).await
         })
     }
@@ -82,7 +194,7 @@ impl TenantStore for MssqlStore {
 
     async fn get_tenant_by_entra_id(&self, entra_tenant_id: Uuid) -> Result<Option<Tenant>, StoreError> {
         in_tx!(self, Retry::Yes, |conn| {
-            rows(conn, q::GET_TENANT_BY_ENTRA_ID, &[&entra_tenant_id]).await?.first().map(tenant_from).transpose()
+            rows(conn, GET_TENANT_BY_ENTRA_ID, &[&entra_tenant_id]).await?.first().map(tenant_from).transpose()
         })
     }
 
@@ -95,8 +207,8 @@ impl TenantStore for MssqlStore {
         let fetch = i64::from(limit) + 1;
         in_tx!(self, Retry::Yes, |conn| {
             let found = match after {
-                None => rows(conn, q::LIST_TENANTS_FIRST, &[&fetch]).await?,
-                Some(cursor) => rows(conn, q::LIST_TENANTS_AFTER, &[&cursor.created_at, &cursor.id, &fetch]).await?,
+                None => rows(conn, LIST_TENANTS_FIRST, &[&fetch]).await?,
+                Some(cursor) => rows(conn, LIST_TENANTS_AFTER, &[&cursor.created_at, &cursor.id, &fetch]).await?,
             };
             let mut items = found.iter().map(tenant_from).collect::<Result<Vec<_>, _>>()?;
             let next = if items.len() > limit as usize {
@@ -118,8 +230,7 @@ impl TenantStore for MssqlStore {
     ) -> Result<Update<Tenant>, StoreError> {
         in_tx!(self, Retry::No, |conn| {
             let before = read_tenant(conn, id).await?;
-            let changed =
-                execute(conn, q::SET_TENANT_STATUS, &[&status.as_str(), &now, &id, &expected_version]).await?;
+            let changed = execute(conn, SET_TENANT_STATUS, &[&status.as_str(), &now, &id, &expected_version]).await?;
             Ok(match (changed, read_tenant(conn, id).await?, before) {
                 (_, None, _) => Update::NotFound,
                 (1, Some(tenant), Some(before)) => {
@@ -151,7 +262,7 @@ impl TenantStore for MssqlStore {
                 &expected_version,
             ];
             let before = read_tenant(conn, id).await?;
-            let changed = execute(conn, q::UPDATE_TENANT, &params).await?;
+            let changed = execute(conn, UPDATE_TENANT, &params).await?;
             Ok(match (changed, read_tenant(conn, id).await?, before) {
                 (_, None, _) => Update::NotFound,
                 (1, Some(tenant), Some(before)) => {
@@ -170,13 +281,13 @@ impl TenantStore for MssqlStore {
 
     async fn list_api_clients(&self, tenant_id: Uuid) -> Result<Vec<ApiClient>, StoreError> {
         in_tx!(self, Retry::Yes, |conn| {
-            let mut clients = rows(conn, q::LIST_API_CLIENTS, &[&tenant_id])
+            let mut clients = rows(conn, LIST_API_CLIENTS, &[&tenant_id])
                 .await?
                 .iter()
                 .map(api_client_from)
                 .collect::<Result<Vec<_>, _>>()?;
             let mut by_client: HashMap<Uuid, Vec<String>> = HashMap::new();
-            for row in rows(conn, q::LIST_API_CLIENT_ROLES, &[&tenant_id]).await? {
+            for row in rows(conn, LIST_API_CLIENT_ROLES, &[&tenant_id]).await? {
                 by_client.entry(required(&row, 0)?).or_default().push(text(&row, 1)?);
             }
             for client in &mut clients {
@@ -196,7 +307,7 @@ impl TenantStore for MssqlStore {
         // Idempotent (only an active client changes; stored ledger ids are skipped), so a transient fault may
         // run it again.
         in_tx!(self, Retry::Yes, |conn| {
-            execute(conn, q::REVOKE_API_CLIENT, &[&tenant_id, &id, &now]).await?;
+            execute(conn, REVOKE_API_CLIENT, &[&tenant_id, &id, &now]).await?;
             Ok(match read_api_client(conn, tenant_id, id).await? {
                 Some(client) => {
                     write_ledger(conn, ledger).await?;
@@ -224,9 +335,9 @@ impl TenantStore for MssqlStore {
                 &c.decided_at,
                 &c.version,
             ];
-            execute(conn, q::INSERT_API_CLIENT, &params).await?;
+            execute(conn, INSERT_API_CLIENT, &params).await?;
             for role in &c.roles {
-                execute(conn, q::INSERT_API_CLIENT_ROLE, &[&c.id, &role.as_str()]).await?;
+                execute(conn, INSERT_API_CLIENT_ROLE, &[&c.id, &role.as_str()]).await?;
             }
             write_ledger(conn, ledger).await
         })
@@ -234,7 +345,7 @@ impl TenantStore for MssqlStore {
 
     async fn api_clients_for_app(&self, directory_id: Uuid, app_id: &str) -> Result<Vec<ApiClient>, StoreError> {
         in_tx!(self, Retry::Yes, |conn| {
-            let mut clients = rows(conn, q::API_CLIENTS_FOR_APP, &[&directory_id, &app_id])
+            let mut clients = rows(conn, API_CLIENTS_FOR_APP, &[&directory_id, &app_id])
                 .await?
                 .iter()
                 .map(api_client_from)
@@ -261,14 +372,14 @@ impl TenantStore for MssqlStore {
             if decision.approve {
                 let app_id = client.app_id.as_str();
                 let owned =
-                    !rows(conn, q::DIRECTORY_OWNED_BY_OTHER, &[&client.directory_id, &tenant_id]).await?.is_empty();
+                    !rows(conn, DIRECTORY_OWNED_BY_OTHER, &[&client.directory_id, &tenant_id]).await?.is_empty();
                 let taken =
-                    !rows(conn, q::ACTIVE_ELSEWHERE, &[&client.directory_id, &app_id, &tenant_id]).await?.is_empty();
+                    !rows(conn, ACTIVE_ELSEWHERE, &[&client.directory_id, &app_id, &tenant_id]).await?.is_empty();
                 check_approvable(owned, taken)?;
             }
             let status = if decision.approve { ClientStatus::Active } else { ClientStatus::Rejected }.as_str();
             let by = decision.by.as_str();
-            execute(conn, q::DECIDE_API_CLIENT, &[&status, &by, &decision.at, &tenant_id, &id]).await?;
+            execute(conn, DECIDE_API_CLIENT, &[&status, &by, &decision.at, &tenant_id, &id]).await?;
             write_ledger(conn, ledger).await?;
             Ok(read_api_client(conn, tenant_id, id).await?.map_or(Update::NotFound, Update::Updated))
         })
