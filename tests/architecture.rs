@@ -506,7 +506,7 @@ fn every_source_file_starts_with_its_module_documentation() {
 
 /// Files over the limit today, each a to-do: the store is being split by aggregate. The test fails once a
 /// listed file is gone or back under the limit, so the list cannot outlive the split.
-const LONG_FILES_TO_SPLIT: &[&str] = &["handler/src/store/model.rs", "handler/src/store/mssql/connection.rs"];
+const LONG_FILES_TO_SPLIT: &[&str] = &["handler/src/store/mssql/connection.rs"];
 
 #[test]
 fn no_production_source_file_is_longer_than_900_lines() {

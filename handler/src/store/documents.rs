@@ -2,7 +2,7 @@
 //! created them, every method scoped by tenant.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
 use super::*;
@@ -62,4 +62,136 @@ pub trait DocumentStore: Send + Sync + 'static {
         key: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentStatus {
+    Draft,
+    Published,
+    Archived,
+}
+
+impl DocumentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DocumentStatus::Draft => "draft",
+            DocumentStatus::Published => "published",
+            DocumentStatus::Archived => "archived",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "draft" => Some(DocumentStatus::Draft),
+            "published" => Some(DocumentStatus::Published),
+            "archived" => Some(DocumentStatus::Archived),
+            _ => None,
+        }
+    }
+}
+
+/// A document row with its tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub title: String,
+    pub summary: Option<String>,
+    pub body: Option<String>,
+    pub doc_type: String,
+    pub jurisdiction: Option<String>,
+    pub status: DocumentStatus,
+    pub effective_date: Option<NaiveDate>,
+    /// Lower-cased, unique, sorted.
+    pub tags: Vec<String>,
+    pub created_by: String,
+    pub updated_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+/// Filters of a document listing; every present filter must hold (tags: any of them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DocumentFilter {
+    pub status: Option<DocumentStatus>,
+    pub doc_type: Option<String>,
+    pub jurisdiction: Option<String>,
+    /// Any of these tags (lower-cased).
+    pub tags_any: Vec<String>,
+    /// `updated_at >= updated_after` (inclusive).
+    pub updated_after: Option<DateTime<Utc>>,
+    /// `updated_at < updated_before` (exclusive).
+    pub updated_before: Option<DateTime<Utc>>,
+    /// `effective_date >= effective_from`.
+    pub effective_from: Option<NaiveDate>,
+    /// `effective_date <= effective_to`.
+    pub effective_to: Option<NaiveDate>,
+    /// Case-insensitive substring of title or summary; `%`, `_` and `[` match themselves.
+    pub q: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentSortKey {
+    UpdatedAt,
+    Title,
+    /// Documents without an effective date sort as if dated [`NO_EFFECTIVE_DATE`].
+    EffectiveDate,
+}
+
+/// Where documents without an effective date sort: before every real date.
+pub const NO_EFFECTIVE_DATE: NaiveDate = NaiveDate::MIN;
+
+/// Whether a page in `sort` order after `after` may continue into the documents without an effective date:
+/// newest date first, after a dated document. Those come last, and "after the cursor or undated" is no index
+/// range, so the stores read the dated rest and the undated ones as two range queries of one snapshot.
+pub fn continues_into_undated(sort: DocumentSort, after: Option<&DocumentCursor>) -> bool {
+    sort.key == DocumentSortKey::EffectiveDate
+        && sort.descending
+        && matches!(after, Some(DocumentCursor { value: SortValue::Date(d), .. }) if *d != NO_EFFECTIVE_DATE)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocumentSort {
+    pub key: DocumentSortKey,
+    pub descending: bool,
+}
+
+/// The sort value of the last row of a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortValue {
+    Time(DateTime<Utc>),
+    Text(String),
+    Date(NaiveDate),
+}
+
+/// Keyset position: the last row's sort value and id (the tie-breaker, in the same direction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentCursor {
+    pub value: SortValue,
+    pub id: Uuid,
+}
+
+/// A page of documents; `total` only when counting was asked for (all matches, not just this page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentPage {
+    pub items: Vec<Document>,
+    pub next: Option<DocumentCursor>,
+    pub total: Option<u64>,
+}
+
+/// A stored first response to a POST carrying an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub tenant_id: Uuid,
+    pub key: String,
+    pub operation_id: String,
+    /// Hex SHA-256 of the request (method, path, body).
+    pub request_hash: String,
+    pub status_code: u16,
+    /// Response headers to replay, as a JSON object of strings.
+    pub response_headers: String,
+    pub response_body: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
 }

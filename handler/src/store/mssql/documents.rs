@@ -176,7 +176,7 @@ pub(crate) fn list_documents(
 }
 
 /// The documents without an effective date that end a newest-first listing by date: `TOP (fetch)` of them
-/// matching `filter`, by id descending (see [`crate::store::model::continues_into_undated`]).
+/// matching `filter`, by id descending (see [`crate::store::continues_into_undated`]).
 pub(crate) fn undated_documents(tenant_id: Uuid, filter: &DocumentFilter, fetch: i64) -> Result<Assembled, StoreError> {
     let mut a = Assembled::default();
     let top = a.bind(Arg::Int(fetch));

@@ -12,6 +12,7 @@ use super::queries as q;
 use super::{column, execute, insert_usage_event, read_quota, read_tenant, required, rows, text};
 use crate::store::StoreError;
 use crate::store::model::*;
+use crate::store::tenants::*;
 
 /// Inserts an outbox event inside the caller's transaction; an id stored already is a `Conflict`.
 pub(crate) async fn insert_outbox(conn: &mut MssqlClient, m: &OutboxMessage) -> Result<(), StoreError> {

@@ -31,6 +31,7 @@ use crate::store::{
     AuditStore, DocumentStore, IntegrationStore, JobRun, MeteringStore, OperationsStore, PlanStore, StoreError,
     TenantStore, Update, UsageStore,
 };
+use crate::store::{documents::*, operations::*, plans::*, tenants::*};
 use connection::{MssqlClient, MssqlConnector, MssqlManager, pool_error, pool_with_timeout};
 use errors::classify;
 use queries as q;

@@ -218,7 +218,7 @@ pub fn assembled_examples() -> Vec<(String, Assembled)> {
     use chrono::TimeZone;
 
     use super::documents::{count_documents, list_documents, tags_of_documents, undated_documents};
-    use crate::store::model::{
+    use crate::store::{
         DocumentCursor, DocumentFilter, DocumentSort, DocumentSortKey, DocumentStatus, NO_EFFECTIVE_DATE, SortValue,
     };
 

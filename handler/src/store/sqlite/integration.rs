@@ -12,6 +12,7 @@ use super::{
 };
 use crate::store::StoreError;
 use crate::store::model::*;
+use crate::store::tenants::*;
 
 /// Inserts an outbox event inside the caller's write transaction; an id stored already is a `Conflict`.
 pub(crate) fn insert_outbox(tx: &Connection, m: &OutboxMessage) -> Result<(), StoreError> {

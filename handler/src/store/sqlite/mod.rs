@@ -29,6 +29,7 @@ use super::{
     AuditStore, DocumentStore, IntegrationStore, JobRun, MeteringStore, OperationsStore, PlanStore, StoreError,
     TenantStore, Update, UsageStore,
 };
+use super::{documents::*, operations::*, plans::*, tenants::*};
 use writer::Writer;
 
 mod integration;
