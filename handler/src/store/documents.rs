@@ -195,3 +195,80 @@ pub struct IdempotencyRecord {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
 }
+
+/// The first and last dates both stores can hold (SQL Server `DATE`); dates outside are clamped in filters and
+/// cursors, which changes no answer because no stored date lies outside (tiberius would otherwise encode them
+/// as a wrong date).
+pub(crate) const FIRST_DATE: NaiveDate = NaiveDate::from_ymd_opt(1, 1, 1).expect("valid date");
+pub(crate) const LAST_DATE: NaiveDate = NaiveDate::from_ymd_opt(9999, 12, 31).expect("valid date");
+
+/// Refuses effective dates SQL Server's `DATE` cannot hold, so both stores accept the same documents.
+pub(crate) fn check_effective_date(document: &Document) -> Result<(), StoreError> {
+    match document.effective_date {
+        Some(date) if !(FIRST_DATE..=LAST_DATE).contains(&date) => {
+            Err(StoreError::Other(anyhow::anyhow!("effective date {date} is outside 0001-01-01..9999-12-31")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The cursor of a listed document in `key` order (an undated document's carries [`NO_EFFECTIVE_DATE`]).
+pub(crate) fn cursor_of(document: &Document, key: DocumentSortKey) -> DocumentCursor {
+    let value = match key {
+        DocumentSortKey::UpdatedAt => SortValue::Time(document.updated_at),
+        DocumentSortKey::Title => SortValue::Text(document.title.clone()),
+        DocumentSortKey::EffectiveDate => SortValue::Date(document.effective_date.unwrap_or(NO_EFFECTIVE_DATE)),
+    };
+    DocumentCursor { value, id: document.id }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn document(effective_date: Option<NaiveDate>) -> Document {
+        let at = Utc.with_ymd_and_hms(2026, 1, 31, 12, 0, 0).unwrap();
+        Document {
+            id: Uuid::from_u128(7),
+            tenant_id: Uuid::from_u128(1),
+            title: "Lease".into(),
+            summary: None,
+            body: None,
+            doc_type: "contract".into(),
+            jurisdiction: None,
+            status: DocumentStatus::Draft,
+            effective_date,
+            tags: Vec::new(),
+            created_by: "a".into(),
+            updated_by: "a".into(),
+            created_at: at,
+            updated_at: at,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn effective_dates_outside_sql_servers_date_range_are_refused() {
+        assert!(check_effective_date(&document(None)).is_ok());
+        assert!(check_effective_date(&document(Some(FIRST_DATE))).is_ok());
+        assert!(check_effective_date(&document(Some(LAST_DATE))).is_ok());
+        assert!(check_effective_date(&document(FIRST_DATE.pred_opt())).is_err());
+        assert!(check_effective_date(&document(LAST_DATE.succ_opt())).is_err());
+    }
+
+    #[test]
+    fn the_cursor_carries_the_sort_value_and_an_undated_document_sorts_first() {
+        let dated = document(NaiveDate::from_ymd_opt(2026, 2, 1));
+        let undated = document(None);
+        assert_eq!(cursor_of(&dated, DocumentSortKey::Title).value, SortValue::Text("Lease".into()));
+        assert_eq!(cursor_of(&dated, DocumentSortKey::UpdatedAt).value, SortValue::Time(dated.updated_at));
+        assert_eq!(
+            cursor_of(&dated, DocumentSortKey::EffectiveDate).value,
+            SortValue::Date(dated.effective_date.unwrap())
+        );
+        assert_eq!(cursor_of(&undated, DocumentSortKey::EffectiveDate).value, SortValue::Date(NO_EFFECTIVE_DATE));
+        assert_eq!(cursor_of(&undated, DocumentSortKey::Title).id, undated.id);
+    }
+}

@@ -519,9 +519,28 @@ pub enum ApplyOutcome {
     Rejected(String),
 }
 
+/// Rounds up to whole microseconds, the stored precision (SQLite text, SQL Server `DATETIME2(6)`): for a stored
+/// time `s`, `s >= t` is `s >= ceil(t)` and `s < t` is `s < ceil(t)`, so the time filters of both stores stay
+/// exact for inputs with nanoseconds.
+pub(crate) fn ceil_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    match t.timestamp_subsec_nanos() % 1_000 {
+        0 => t,
+        extra => t + chrono::Duration::nanoseconds(i64::from(1_000 - extra)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ceil_micros_rounds_sub_microsecond_times_up_and_keeps_whole_microseconds() {
+        use chrono::TimeZone;
+        let whole = Utc.with_ymd_and_hms(2026, 1, 31, 12, 0, 0).unwrap() + chrono::Duration::microseconds(5);
+        assert_eq!(ceil_micros(whole), whole);
+        assert_eq!(ceil_micros(whole + chrono::Duration::nanoseconds(1)), whole + chrono::Duration::microseconds(1));
+        assert_eq!(ceil_micros(whole + chrono::Duration::nanoseconds(999)), whole + chrono::Duration::microseconds(1));
+    }
 
     #[test]
     fn a_threshold_is_crossed_by_the_debit_that_reaches_it_and_no_other() {

@@ -1,6 +1,6 @@
 //! The SQL Server document store: `impl DocumentStore for MssqlStore` (documents, tags, listing, idempotency keys).
 
-use super::queries::{Arg, Assembled, FIRST_DATE, LAST_DATE, ceil_micros, like_contains};
+use super::queries::{Arg, Assembled, like_contains};
 use super::*;
 
 /// The document columns in the order `MssqlStore` reads them, from the table aliased `d`.
@@ -314,26 +314,6 @@ pub(super) async fn insert_tags(conn: &mut MssqlClient, document: &Document) -> 
         execute(conn, INSERT_DOCUMENT_TAG, &[&document.id, &document.tenant_id, &tag]).await?;
     }
     Ok(())
-}
-
-/// Refuses effective dates `DATE` cannot hold (tiberius would encode them as another date).
-pub(super) fn check_effective_date(document: &Document) -> Result<(), StoreError> {
-    match document.effective_date {
-        Some(date) if !(q::FIRST_DATE..=q::LAST_DATE).contains(&date) => {
-            Err(StoreError::Other(anyhow::anyhow!("effective date {date} is outside 0001-01-01..9999-12-31")))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// The cursor of a listed document in `key` order.
-pub(super) fn cursor_of(document: &Document, key: DocumentSortKey) -> DocumentCursor {
-    let value = match key {
-        DocumentSortKey::UpdatedAt => SortValue::Time(document.updated_at),
-        DocumentSortKey::Title => SortValue::Text(document.title.clone()),
-        DocumentSortKey::EffectiveDate => SortValue::Date(document.effective_date.unwrap_or(NO_EFFECTIVE_DATE)),
-    };
-    DocumentCursor { value, id: document.id }
 }
 
 pub(super) fn idempotency_from(row: &Row) -> Result<IdempotencyRecord, StoreError> {

@@ -137,7 +137,9 @@ async fn upsert_document(
     d: &DocumentUpsert,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    if let Some(date) = d.effective_date.filter(|date| !(q::FIRST_DATE..=q::LAST_DATE).contains(date)) {
+    if let Some(date) =
+        d.effective_date.filter(|date| !(crate::store::FIRST_DATE..=crate::store::LAST_DATE).contains(date))
+    {
         return Err(StoreError::Other(anyhow::anyhow!("effective date {date} is outside 0001-01-01..9999-12-31")));
     }
     let owner: Option<Uuid> =

@@ -14,7 +14,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
-use crate::store::model::{AuditCursor, AuditFilter};
+use crate::store::model::{AuditCursor, AuditFilter, ceil_micros};
 
 /// Session options every connection sets once: the ANSI settings filtered indexes require for writes,
 /// and XACT_ABORT so any error inside a transaction rolls the whole transaction back.
@@ -107,11 +107,6 @@ pub const AUDIT_CHAIN: &str = concat!(
 FROM dbo.audit_events WHERE chain = @P1 AND chain_seq > @P2 ORDER BY chain_seq"
 );
 
-/// The first and last dates of SQL Server's `DATE`. Dates outside are clamped in filters and cursors (no stored
-/// date lies outside, so no answer changes); tiberius would otherwise encode them as a wrong date.
-pub const FIRST_DATE: NaiveDate = NaiveDate::from_ymd_opt(1, 1, 1).expect("valid date");
-pub const LAST_DATE: NaiveDate = NaiveDate::from_ymd_opt(9999, 12, 31).expect("valid date");
-
 /// A value bound to an assembled statement; `args[0]` is `@P1`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Arg {
@@ -150,15 +145,6 @@ pub fn like_contains(text: &str) -> String {
     }
     pattern.push('%');
     pattern
-}
-
-/// Rounds up to whole microseconds, the stored precision (`DATETIME2(6)`): for a stored time `s`, `s >= t` is
-/// `s >= ceil(t)` and `s < t` is `s < ceil(t)`, and the same holds on SQLite, which keeps microseconds too.
-pub fn ceil_micros(t: DateTime<Utc>) -> DateTime<Utc> {
-    match t.timestamp_subsec_nanos() % 1_000 {
-        0 => t,
-        extra => t + chrono::Duration::nanoseconds(i64::from(1_000 - extra)),
-    }
 }
 
 /// One page of a tenant's audit events (`None`: the platform events, `tenant_id IS NULL`), newest first, strictly

@@ -8,11 +8,6 @@ pub(super) const MAX_TAGS_ANY: usize = 20;
 /// Ids per `IN (...)` list when loading the tags of a page.
 pub(super) const TAG_LOAD_CHUNK: usize = 500;
 
-/// The first and last dates both stores can hold (SQL Server `DATE`); dates outside are clamped in filters and
-/// cursors, which changes no answer because no stored date lies outside.
-pub(super) const FIRST_DATE: NaiveDate = NaiveDate::from_ymd_opt(1, 1, 1).expect("valid date");
-pub(super) const LAST_DATE: NaiveDate = NaiveDate::from_ymd_opt(9999, 12, 31).expect("valid date");
-
 pub(super) const DOCUMENT_COLUMNS: &str = "d.id, d.tenant_id, d.title, d.summary, d.body, d.doc_type, d.jurisdiction, d.status, \
     d.effective_date, d.created_by, d.updated_by, d.created_at, d.updated_at, d.version";
 
@@ -112,16 +107,6 @@ pub(super) fn insert_tags(tx: &Connection, document: &Document) -> Result<(), St
     Ok(())
 }
 
-/// Refuses effective dates SQL Server's `DATE` cannot hold, so both stores accept the same documents.
-pub(super) fn check_effective_date(document: &Document) -> Result<(), StoreError> {
-    match document.effective_date {
-        Some(date) if !(FIRST_DATE..=LAST_DATE).contains(&date) => {
-            Err(StoreError::Other(anyhow::anyhow!("effective date {date} is outside 0001-01-01..9999-12-31")))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// `FROM`, tenant, live rows and every filter of a document listing (shared by the page and the count).
 pub(super) fn document_conditions(
     a: &mut Assembled,
@@ -216,16 +201,6 @@ pub(super) fn keyset(a: &mut Assembled, sort: DocumentSort, cursor: &DocumentCur
     };
     a.sql.push_str(&fragment);
     Ok(())
-}
-
-/// The cursor of a listed document in `key` order.
-pub(super) fn cursor_of(document: &Document, key: DocumentSortKey) -> DocumentCursor {
-    let value = match key {
-        DocumentSortKey::UpdatedAt => SortValue::Time(document.updated_at),
-        DocumentSortKey::Title => SortValue::Text(document.title.clone()),
-        DocumentSortKey::EffectiveDate => SortValue::Date(document.effective_date.unwrap_or(NO_EFFECTIVE_DATE)),
-    };
-    DocumentCursor { value, id: document.id }
 }
 
 pub(super) const IDEMPOTENCY_COLUMNS: &str = "tenant_id, idempotency_key, operation_id, request_hash, status_code, \

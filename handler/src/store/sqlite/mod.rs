@@ -42,7 +42,6 @@ mod operations;
 mod plans;
 mod tenants;
 mod usage;
-use documents::{FIRST_DATE, LAST_DATE};
 use tenants::{TENANT_COLUMNS, tenant_from_row};
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -741,15 +740,6 @@ impl UsageStore for SqliteStore {
         period_start: NaiveDate,
     ) -> Result<Option<BillingStatement>, StoreError> {
         self.read(move |conn| usage::get_statement(conn, tenant_id, period_start)).await
-    }
-}
-
-/// Rounds up to whole microseconds, the stored precision: for a stored time `s`, `s >= t` is `s >= ceil(t)`
-/// and `s < t` is `s < ceil(t)`, so the time filters stay exact for inputs with nanoseconds.
-fn ceil_micros(t: DateTime<Utc>) -> DateTime<Utc> {
-    match t.timestamp_subsec_nanos() % 1_000 {
-        0 => t,
-        extra => t + chrono::Duration::nanoseconds(i64::from(1_000 - extra)),
     }
 }
 
