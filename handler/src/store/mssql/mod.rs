@@ -624,3 +624,79 @@ use tenants::read_tenant;
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) const STATEMENTS: &[&[(&str, &str)]] =
     &[queries::ALL, operations::STATEMENTS, tenants::STATEMENTS, plans::STATEMENTS, documents::STATEMENTS];
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The `const NAME: &str` items of `source` whose value is T-SQL (a statement keyword, a `dbo.` table or
+    /// a statement built by `concat!`/a `tsql_` macro), read from the source text.
+    fn tsql_constants(source: &str) -> Vec<String> {
+        let keywords =
+            ["SELECT", "INSERT", "UPDATE", "DELETE", "IF ", "DECLARE", "SET ", "EXEC", "MERGE", "WITH", "CREATE"];
+        let mut names = Vec::new();
+        for (at, _) in source.match_indices("const ") {
+            let rest = &source[at + "const ".len()..];
+            let Some((name, tail)) = rest.split_once(": &str") else { continue };
+            if !name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') || name == "STATEMENTS" {
+                continue;
+            }
+            let value = tail.trim_start().trim_start_matches('=').trim_start();
+            let value = &value[..value.find(";\n").unwrap_or(value.len())];
+            let text = value.trim_start_matches('"');
+            if value.contains("dbo.")
+                || value.starts_with("concat!")
+                || value.starts_with("tsql_")
+                || keywords.iter().any(|k| text.starts_with(k))
+            {
+                names.push(name.to_owned());
+            }
+        }
+        names
+    }
+
+    /// Every T-SQL constant of `store/mssql/*.rs` is in its file's list, and every file's list is in
+    /// [`super::STATEMENTS`], so `store::tsql_check` parses every statement the store can run.
+    #[test]
+    fn every_tsql_constant_is_registered_for_the_parse_check() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/mssql");
+        let registry = std::fs::read_to_string(dir.join("mod.rs")).unwrap();
+        let registry = &registry[registry.find("pub(crate) const STATEMENTS").unwrap()..];
+        let registry = &registry[..registry.find("];").unwrap()];
+        let mut failures = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for path in files {
+            let source = std::fs::read_to_string(&path).unwrap();
+            let source = source.split("#[cfg(test)]\nmod tests").next().unwrap();
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let constants = tsql_constants(source);
+            if constants.is_empty() {
+                continue;
+            }
+            let list_name = if stem == "queries" { "ALL" } else { "STATEMENTS" };
+            let Some(start) = source.find(&format!("const {list_name}: &[(&str, &str)]")) else {
+                failures.push(format!("{stem}.rs has T-SQL constants but no {list_name} list"));
+                continue;
+            };
+            let list = &source[start..];
+            let list = &list[..list.find("];").unwrap()];
+            for name in constants {
+                if !list.contains(&format!("(\"{name}\", {name})")) {
+                    failures.push(format!("{stem}.rs: {name} is missing from its {list_name}"));
+                }
+            }
+            if !registry.contains(&format!("{stem}::{list_name}")) {
+                failures.push(format!("mssql::STATEMENTS does not list {stem}::{list_name}"));
+            }
+        }
+        assert!(failures.is_empty(), "unregistered T-SQL:\n{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn the_scanner_finds_tsql_constants_only() {
+        let source = "pub(crate) const GET: &str = \"SELECT 1\";\nconst NAME: &str = \"meterline\";\n\
+                      pub const CAT: &str = concat!(\"SELECT \", \"1\");\npub(crate) const STATEMENTS: &[(&str, &str)] = &[];\n";
+        assert_eq!(tsql_constants(source), ["GET", "CAT"]);
+    }
+}
