@@ -80,22 +80,8 @@ pub(super) async fn read_history(conn: &mut MssqlClient) -> Result<Vec<AppliedMi
 pub(super) async fn migrate_locked(conn: &mut MssqlClient) -> Result<MigrationReport, StoreError> {
     let known = migrations::MSSQL;
     let history = read_history(conn).await?;
-    let mut report = MigrationReport::default();
-    for applied in &history {
-        let Some(migration) = known.iter().find(|m| m.version == applied.version) else {
-            return Err(StoreError::UnknownMigration { version: applied.version });
-        };
-        if migration.checksum() != applied.checksum {
-            return Err(StoreError::MigrationChanged {
-                version: applied.version,
-                name: applied.name.clone(),
-                applied: applied.checksum.clone(),
-                expected: migration.checksum(),
-            });
-        }
-        report.already_applied.push(applied.version);
-    }
-    for migration in known.iter().filter(|m| !report.already_applied.contains(&m.version)) {
+    let (mut report, pending) = migrations::verify(known, &history)?;
+    for migration in pending {
         batch(conn, "BEGIN TRANSACTION").await?;
         let applied = async {
             batch(conn, migration.sql).await?;

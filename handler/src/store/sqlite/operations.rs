@@ -47,22 +47,8 @@ impl OperationsStore for SqliteStore {
         self.write(move |tx| {
             tx.execute_batch(CREATE_HISTORY).map_err(classify)?;
             let history = read_history(tx)?;
-            let mut report = MigrationReport::default();
-            for applied in &history {
-                let Some(migration) = known.iter().find(|m| m.version == applied.version) else {
-                    return Err(StoreError::UnknownMigration { version: applied.version });
-                };
-                if migration.checksum() != applied.checksum {
-                    return Err(StoreError::MigrationChanged {
-                        version: applied.version,
-                        name: applied.name.clone(),
-                        applied: applied.checksum.clone(),
-                        expected: migration.checksum(),
-                    });
-                }
-                report.already_applied.push(applied.version);
-            }
-            for migration in known.iter().filter(|m| !report.already_applied.contains(&m.version)) {
+            let (mut report, pending) = migrations::verify(known, &history)?;
+            for migration in pending {
                 tx.execute_batch(migration.sql).map_err(|e| {
                     StoreError::Other(
                         anyhow::Error::new(e).context(format!("applying migration {}", migration.version)),
