@@ -2,7 +2,7 @@
 
 use super::*;
 
-/// The migration history table, created if missing.
+/// The migration history table, created if missing; run only while holding the migration applock.
 pub(crate) const CREATE_HISTORY: &str = "IF OBJECT_ID(N'dbo.schema_migrations', N'U') IS NULL
 CREATE TABLE dbo.schema_migrations (
     version    BIGINT       NOT NULL CONSTRAINT pk_schema_migrations PRIMARY KEY,
@@ -120,7 +120,8 @@ impl OperationsStore for MssqlStore {
         let mut jitter = random_jitter();
         retry(&self.retry, &mut jitter, |_| async {
             let mut conn = self.pool.get().await.map_err(pool_error)?;
-            batch(&mut conn, CREATE_HISTORY).await?;
+            // The applock first: two processes migrating at once must not both run the
+            // `IF OBJECT_ID(...) IS NULL CREATE TABLE` of the history (the loser would fail with error 2714).
             let status: i32 = conn
                 .simple_query(LOCK_MIGRATIONS)
                 .await
@@ -133,7 +134,12 @@ impl OperationsStore for MssqlStore {
             if status < 0 {
                 return Err(StoreError::Unavailable(anyhow::anyhow!("sp_getapplock for migrations returned {status}")));
             }
-            let report = migrate_locked(&mut conn).await;
+            // Under the session-owned lock: create the history table if missing, then read and apply.
+            let report = async {
+                batch(&mut conn, CREATE_HISTORY).await?;
+                migrate_locked(&mut conn).await
+            }
+            .await;
             let unlocked = batch(&mut conn, UNLOCK_MIGRATIONS).await;
             let report = report?;
             unlocked?;
