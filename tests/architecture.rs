@@ -534,8 +534,8 @@ fn no_production_source_file_is_longer_than_900_lines() {
 /// splitting it): the migration runners stamp `applied_at` with `Utc::now()`, and the SQL Server retry takes
 /// its jitter from `Uuid::new_v4()`. The test fails once a listed one is gone, so the list cannot rot.
 const CLOCK_READS_TO_INJECT: &[(&str, &str)] = &[
-    ("handler/src/store/sqlite/mod.rs", "Utc::now("),
-    ("handler/src/store/mssql/mod.rs", "Utc::now("),
+    ("handler/src/store/sqlite/operations.rs", "Utc::now("),
+    ("handler/src/store/mssql/operations.rs", "Utc::now("),
     ("handler/src/store/mssql/retry.rs", "Uuid::new_v4("),
 ];
 

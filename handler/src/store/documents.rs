@@ -2,7 +2,7 @@
 //! created them, every method scoped by tenant.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
 use super::*;
@@ -62,4 +62,213 @@ pub trait DocumentStore: Send + Sync + 'static {
         key: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentStatus {
+    Draft,
+    Published,
+    Archived,
+}
+
+impl DocumentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DocumentStatus::Draft => "draft",
+            DocumentStatus::Published => "published",
+            DocumentStatus::Archived => "archived",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "draft" => Some(DocumentStatus::Draft),
+            "published" => Some(DocumentStatus::Published),
+            "archived" => Some(DocumentStatus::Archived),
+            _ => None,
+        }
+    }
+}
+
+/// A document row with its tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub title: String,
+    pub summary: Option<String>,
+    pub body: Option<String>,
+    pub doc_type: String,
+    pub jurisdiction: Option<String>,
+    pub status: DocumentStatus,
+    pub effective_date: Option<NaiveDate>,
+    /// Lower-cased, unique, sorted.
+    pub tags: Vec<String>,
+    pub created_by: String,
+    pub updated_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+/// Filters of a document listing; every present filter must hold (tags: any of them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DocumentFilter {
+    pub status: Option<DocumentStatus>,
+    pub doc_type: Option<String>,
+    pub jurisdiction: Option<String>,
+    /// Any of these tags (lower-cased).
+    pub tags_any: Vec<String>,
+    /// `updated_at >= updated_after` (inclusive).
+    pub updated_after: Option<DateTime<Utc>>,
+    /// `updated_at < updated_before` (exclusive).
+    pub updated_before: Option<DateTime<Utc>>,
+    /// `effective_date >= effective_from`.
+    pub effective_from: Option<NaiveDate>,
+    /// `effective_date <= effective_to`.
+    pub effective_to: Option<NaiveDate>,
+    /// Case-insensitive substring of title or summary; `%`, `_` and `[` match themselves.
+    pub q: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentSortKey {
+    UpdatedAt,
+    Title,
+    /// Documents without an effective date sort as if dated [`NO_EFFECTIVE_DATE`].
+    EffectiveDate,
+}
+
+/// Where documents without an effective date sort: before every real date.
+pub const NO_EFFECTIVE_DATE: NaiveDate = NaiveDate::MIN;
+
+/// Whether a page in `sort` order after `after` may continue into the documents without an effective date:
+/// newest date first, after a dated document. Those come last, and "after the cursor or undated" is no index
+/// range, so the stores read the dated rest and the undated ones as two range queries of one snapshot.
+pub fn continues_into_undated(sort: DocumentSort, after: Option<&DocumentCursor>) -> bool {
+    sort.key == DocumentSortKey::EffectiveDate
+        && sort.descending
+        && matches!(after, Some(DocumentCursor { value: SortValue::Date(d), .. }) if *d != NO_EFFECTIVE_DATE)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocumentSort {
+    pub key: DocumentSortKey,
+    pub descending: bool,
+}
+
+/// The sort value of the last row of a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortValue {
+    Time(DateTime<Utc>),
+    Text(String),
+    Date(NaiveDate),
+}
+
+/// Keyset position: the last row's sort value and id (the tie-breaker, in the same direction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentCursor {
+    pub value: SortValue,
+    pub id: Uuid,
+}
+
+/// A page of documents; `total` only when counting was asked for (all matches, not just this page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentPage {
+    pub items: Vec<Document>,
+    pub next: Option<DocumentCursor>,
+    pub total: Option<u64>,
+}
+
+/// A stored first response to a POST carrying an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub tenant_id: Uuid,
+    pub key: String,
+    pub operation_id: String,
+    /// Hex SHA-256 of the request (method, path, body).
+    pub request_hash: String,
+    pub status_code: u16,
+    /// Response headers to replay, as a JSON object of strings.
+    pub response_headers: String,
+    pub response_body: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The first and last dates both stores can hold (SQL Server `DATE`); dates outside are clamped in filters and
+/// cursors, which changes no answer because no stored date lies outside (tiberius would otherwise encode them
+/// as a wrong date).
+pub(crate) const FIRST_DATE: NaiveDate = NaiveDate::from_ymd_opt(1, 1, 1).expect("valid date");
+pub(crate) const LAST_DATE: NaiveDate = NaiveDate::from_ymd_opt(9999, 12, 31).expect("valid date");
+
+/// Refuses effective dates SQL Server's `DATE` cannot hold, so both stores accept the same documents.
+pub(crate) fn check_effective_date(document: &Document) -> Result<(), StoreError> {
+    match document.effective_date {
+        Some(date) if !(FIRST_DATE..=LAST_DATE).contains(&date) => {
+            Err(StoreError::Other(anyhow::anyhow!("effective date {date} is outside 0001-01-01..9999-12-31")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The cursor of a listed document in `key` order (an undated document's carries [`NO_EFFECTIVE_DATE`]).
+pub(crate) fn cursor_of(document: &Document, key: DocumentSortKey) -> DocumentCursor {
+    let value = match key {
+        DocumentSortKey::UpdatedAt => SortValue::Time(document.updated_at),
+        DocumentSortKey::Title => SortValue::Text(document.title.clone()),
+        DocumentSortKey::EffectiveDate => SortValue::Date(document.effective_date.unwrap_or(NO_EFFECTIVE_DATE)),
+    };
+    DocumentCursor { value, id: document.id }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn document(effective_date: Option<NaiveDate>) -> Document {
+        let at = Utc.with_ymd_and_hms(2026, 1, 31, 12, 0, 0).unwrap();
+        Document {
+            id: Uuid::from_u128(7),
+            tenant_id: Uuid::from_u128(1),
+            title: "Lease".into(),
+            summary: None,
+            body: None,
+            doc_type: "contract".into(),
+            jurisdiction: None,
+            status: DocumentStatus::Draft,
+            effective_date,
+            tags: Vec::new(),
+            created_by: "a".into(),
+            updated_by: "a".into(),
+            created_at: at,
+            updated_at: at,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn effective_dates_outside_sql_servers_date_range_are_refused() {
+        assert!(check_effective_date(&document(None)).is_ok());
+        assert!(check_effective_date(&document(Some(FIRST_DATE))).is_ok());
+        assert!(check_effective_date(&document(Some(LAST_DATE))).is_ok());
+        assert!(check_effective_date(&document(FIRST_DATE.pred_opt())).is_err());
+        assert!(check_effective_date(&document(LAST_DATE.succ_opt())).is_err());
+    }
+
+    #[test]
+    fn the_cursor_carries_the_sort_value_and_an_undated_document_sorts_first() {
+        let dated = document(NaiveDate::from_ymd_opt(2026, 2, 1));
+        let undated = document(None);
+        assert_eq!(cursor_of(&dated, DocumentSortKey::Title).value, SortValue::Text("Lease".into()));
+        assert_eq!(cursor_of(&dated, DocumentSortKey::UpdatedAt).value, SortValue::Time(dated.updated_at));
+        assert_eq!(
+            cursor_of(&dated, DocumentSortKey::EffectiveDate).value,
+            SortValue::Date(dated.effective_date.unwrap())
+        );
+        assert_eq!(cursor_of(&undated, DocumentSortKey::EffectiveDate).value, SortValue::Date(NO_EFFECTIVE_DATE));
+        assert_eq!(cursor_of(&undated, DocumentSortKey::Title).id, undated.id);
+    }
 }

@@ -70,9 +70,62 @@ pub fn check_order(known: &[Migration]) -> Result<(), String> {
     Ok(())
 }
 
+/// Verifies the applied `history` against the `known` migrations, the same way in every store: an applied
+/// version the build does not know is `UnknownMigration`, one whose checksum changed is `MigrationChanged`.
+/// Returns the report with `already_applied` filled in and the migrations still to apply, in order.
+pub(crate) fn verify<'a>(
+    known: &'a [Migration],
+    history: &[AppliedMigration],
+) -> Result<(MigrationReport, Vec<&'a Migration>), super::StoreError> {
+    let mut report = MigrationReport::default();
+    for applied in history {
+        let Some(migration) = known.iter().find(|m| m.version == applied.version) else {
+            return Err(super::StoreError::UnknownMigration { version: applied.version });
+        };
+        if migration.checksum() != applied.checksum {
+            return Err(super::StoreError::MigrationChanged {
+                version: applied.version,
+                name: applied.name.clone(),
+                applied: applied.checksum.clone(),
+                expected: migration.checksum(),
+            });
+        }
+        report.already_applied.push(applied.version);
+    }
+    let pending = known.iter().filter(|m| !report.already_applied.contains(&m.version)).collect();
+    Ok((report, pending))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn applied(m: &Migration, checksum: String) -> AppliedMigration {
+        AppliedMigration { version: m.version, name: m.name.into(), checksum, applied_at: chrono::DateTime::UNIX_EPOCH }
+    }
+
+    #[test]
+    fn verify_reports_what_is_applied_and_returns_the_rest_in_order() {
+        let history = vec![applied(&SQLITE[0], SQLITE[0].checksum())];
+        let (report, pending) = verify(SQLITE, &history).unwrap();
+        assert_eq!(report.already_applied, [1]);
+        assert!(report.applied.is_empty());
+        assert_eq!(
+            pending.iter().map(|m| m.version).collect::<Vec<_>>(),
+            (2..=SQLITE.len() as i64).collect::<Vec<_>>()
+        );
+        let (_, pending) = verify(SQLITE, &[]).unwrap();
+        assert_eq!(pending.len(), SQLITE.len());
+    }
+
+    #[test]
+    fn verify_refuses_a_changed_or_unknown_migration() {
+        let changed = vec![applied(&SQLITE[0], "0".repeat(64))];
+        assert!(matches!(verify(SQLITE, &changed), Err(super::super::StoreError::MigrationChanged { version: 1, .. })));
+        let mut unknown = applied(&SQLITE[0], SQLITE[0].checksum());
+        unknown.version = 999;
+        assert!(matches!(verify(SQLITE, &[unknown]), Err(super::super::StoreError::UnknownMigration { version: 999 })));
+    }
 
     #[test]
     fn migrations_are_numbered_from_one_without_gaps_and_mirror_each_other() {

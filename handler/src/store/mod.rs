@@ -24,9 +24,13 @@ use chrono::{DateTime, Utc};
 
 use crate::config::StoreConfig;
 
+pub use documents::*;
 pub use migrations::{AppliedMigration, Migration, MigrationReport, SQLITE as SQLITE_MIGRATIONS};
 pub use model::*;
+pub use operations::*;
+pub use plans::*;
 pub use sqlite::SqliteStore;
+pub use tenants::*;
 pub use usage::*;
 
 pub use audit::*;

@@ -31,3 +31,13 @@ pub trait OperationsStore: Send + Sync + 'static {
     /// Gives the lease up if `holder` holds it; returns whether it did.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError>;
 }
+
+/// A lease for single-runner jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRequest {
+    pub name: String,
+    /// Who asks: e.g. the worker id plus a random suffix. Renewing is acquiring again with the same holder.
+    pub holder: String,
+    pub now: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}

@@ -31,3 +31,46 @@ pub trait PlanStore: Send + Sync + 'static {
     /// Replaces all of a plan's cost overrides in one transaction (`ForeignKey` for an unknown plan).
     async fn set_plan_operation_costs(&self, plan_code: &str, costs: &[(String, i64)]) -> Result<(), StoreError>;
 }
+
+/// A plan row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub code: String,
+    pub name: String,
+    pub requests_per_minute: i32,
+    pub burst: i32,
+    pub monthly_quota_units: i64,
+    pub overage_policy: OveragePolicy,
+    /// ISO 4217 code, e.g. `EUR`.
+    pub currency: String,
+    pub base_price_micros: i64,
+    pub overage_unit_price_micros: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OveragePolicy {
+    /// Reject calls beyond the monthly quota.
+    Block,
+    /// Let them through and count them as overage.
+    Allow,
+}
+
+impl OveragePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OveragePolicy::Block => "block",
+            OveragePolicy::Allow => "allow",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "block" => Some(OveragePolicy::Block),
+            "allow" => Some(OveragePolicy::Allow),
+            _ => None,
+        }
+    }
+}

@@ -80,3 +80,166 @@ pub trait TenantStore: Send + Sync + 'static {
         ledger: Option<&Ledger>,
     ) -> Result<Update<ApiClient>, StoreError>;
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantStatus {
+    Active,
+    Suspended,
+    Closed,
+}
+
+impl TenantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantStatus::Active => "active",
+            TenantStatus::Suspended => "suspended",
+            TenantStatus::Closed => "closed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "active" => Some(TenantStatus::Active),
+            "suspended" => Some(TenantStatus::Suspended),
+            "closed" => Some(TenantStatus::Closed),
+            _ => None,
+        }
+    }
+}
+
+/// A tenant row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: Uuid,
+    /// The Entra ID directory (`tid` claim) this tenant maps to, if any.
+    pub entra_tenant_id: Option<Uuid>,
+    pub name: String,
+    pub status: TenantStatus,
+    pub plan_code: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+/// Where an API-client registration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientStatus {
+    /// For another directory than the tenant's own: waits for a platform administrator; applies to nothing yet.
+    Pending,
+    /// Applies to the tokens of its (directory, application).
+    Active,
+    /// A platform administrator refused it; applies to nothing.
+    Rejected,
+    /// Withdrawn by the tenant: the application's tokens from its directory are refused (`ClientRevoked`).
+    Revoked,
+}
+
+impl ClientStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientStatus::Pending => "pending",
+            ClientStatus::Active => "active",
+            ClientStatus::Rejected => "rejected",
+            ClientStatus::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "pending" => Some(ClientStatus::Pending),
+            "active" => Some(ClientStatus::Active),
+            "rejected" => Some(ClientStatus::Rejected),
+            "revoked" => Some(ClientStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// An application registered to a tenant for one directory: tokens whose `tid` is `directory_id` and whose
+/// `azp`/`appid` is `app_id` map to `tenant_id`, with at most `roles` (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiClient {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    /// The directory (`tid`) of the tokens this registration applies to. `None` only for a registration made
+    /// before registrations were bound to directories whose tenant had no directory: migration 3 revoked it.
+    pub directory_id: Option<Uuid>,
+    pub app_id: String,
+    pub display_name: String,
+    /// Role names, sorted.
+    pub roles: Vec<String>,
+    pub status: ClientStatus,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// The platform administrator who approved or rejected a registration for another directory.
+    pub decided_by: Option<String>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
+/// A registration can be approved or rejected only while it is pending (both stores).
+pub fn check_decidable(client: &ApiClient) -> Result<(), StoreError> {
+    match client.status {
+        ClientStatus::Pending => Ok(()),
+        other => Err(StoreError::Conflict(format!("the registration is {}, not pending", other.as_str()))),
+    }
+}
+
+/// An approval may not take another tenant's directory, nor an application another tenant serves from that
+/// directory already (both stores; `owned_by_other` and `active_elsewhere` are read in the approving transaction).
+pub fn check_approvable(owned_by_other: bool, active_elsewhere: bool) -> Result<(), StoreError> {
+    if owned_by_other {
+        return Err(StoreError::Conflict(
+            "the directory is another tenant's own directory: its tokens belong to that tenant".into(),
+        ));
+    }
+    if active_elsewhere {
+        return Err(StoreError::Conflict(
+            "another tenant holds an active registration of this application for this directory".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A platform administrator's decision on a pending registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientDecision {
+    pub approve: bool,
+    /// Who decided (the administrator's object id, or app id).
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Changes to a tenant; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantChanges {
+    pub name: Option<String>,
+    pub status: Option<TenantStatus>,
+    pub plan_code: Option<String>,
+}
+
+impl TenantChanges {
+    /// The row [`crate::store::TenantStore::update_tenant`] writes when `tenant` is the row it changes.
+    pub fn applied_to(&self, tenant: &Tenant, now: DateTime<Utc>) -> Tenant {
+        let mut next = tenant.clone();
+        if let Some(name) = &self.name {
+            next.name.clone_from(name);
+        }
+        if let Some(status) = self.status {
+            next.status = status;
+        }
+        if let Some(plan_code) = &self.plan_code {
+            next.plan_code.clone_from(plan_code);
+        }
+        next.updated_at = now;
+        next.version += 1;
+        next
+    }
+}
+
+/// A position in a keyset-paginated listing: the sort key of the last row seen and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantCursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}

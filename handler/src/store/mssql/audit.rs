@@ -4,9 +4,10 @@ use async_trait::async_trait;
 use tiberius::{Row, ToSql};
 use uuid::Uuid;
 
-use super::queries::{Arg, Assembled, ceil_micros};
+use super::queries::{Arg, Assembled};
 use super::*;
 use crate::store::AuditStore;
+use crate::store::model::ceil_micros;
 
 /// An audit event row, in the column order of `audit_columns!`.
 fn audit_from(row: &Row) -> Result<AuditEvent, StoreError> {

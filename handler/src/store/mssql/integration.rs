@@ -12,10 +12,9 @@ use tiberius::{Row, ToSql};
 use uuid::Uuid;
 
 use super::connection::MssqlClient;
-use super::queries as q;
 use super::{column, execute, insert_usage_event, read_quota, read_tenant, required, rows, text};
 use crate::store::StoreError;
-use crate::store::model::*;
+use crate::store::tenants::*;
 use crate::store::{integration::*, metering::*};
 
 /// Inserts an outbox event inside the caller's transaction; an id stored already is a `Conflict`.
@@ -58,8 +57,12 @@ pub(crate) async fn announce_status_change(
 
 /// Refuses an unknown plan with a reason an operator can act on (the foreign key would say less).
 async fn require_plan(conn: &mut MssqlClient, code: &str) -> Result<(), StoreError> {
-    let count: i32 =
-        rows(conn, q::PLAN_EXISTS, &[&code]).await?.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
+    let count: i32 = rows(conn, super::plans::PLAN_EXISTS, &[&code])
+        .await?
+        .first()
+        .map(|r| required(r, 0))
+        .transpose()?
+        .unwrap_or(0);
     if count == 0 {
         return Err(unknown_plan(code));
     }
@@ -131,7 +134,9 @@ async fn upsert_document(
     d: &DocumentUpsert,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    if let Some(date) = d.effective_date.filter(|date| !(q::FIRST_DATE..=q::LAST_DATE).contains(date)) {
+    if let Some(date) =
+        d.effective_date.filter(|date| !(crate::store::FIRST_DATE..=crate::store::LAST_DATE).contains(date))
+    {
         return Err(StoreError::Other(anyhow::anyhow!("effective date {date} is outside 0001-01-01..9999-12-31")));
     }
     let owner: Option<Uuid> =
@@ -155,7 +160,7 @@ async fn upsert_document(
                 &now,
             ];
             execute(conn, REPLACE_DOCUMENT_FROM_EVENT, &params).await?;
-            execute(conn, q::DELETE_DOCUMENT_TAGS, &[&tenant_id, &d.id]).await?;
+            execute(conn, super::documents::DELETE_DOCUMENT_TAGS, &[&tenant_id, &d.id]).await?;
         }
         None => {
             let version = 1_i64;
@@ -175,14 +180,14 @@ async fn upsert_document(
                 &now,
                 &version,
             ];
-            execute(conn, q::INSERT_DOCUMENT, &params).await?;
+            execute(conn, super::documents::INSERT_DOCUMENT, &params).await?;
         }
     }
     let mut tags: Vec<&str> = d.tags.iter().map(String::as_str).collect();
     tags.sort_unstable();
     tags.dedup();
     for tag in tags {
-        execute(conn, q::INSERT_DOCUMENT_TAG, &[&d.id, &tenant_id, &tag]).await?;
+        execute(conn, super::documents::INSERT_DOCUMENT_TAG, &[&d.id, &tenant_id, &tag]).await?;
     }
     Ok(())
 }

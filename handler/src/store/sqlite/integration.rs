@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{
     SqliteStore, classify, insert_usage_event, parse_timestamp, parse_uuid, query_all, query_one, read_quota, timestamp,
 };
-use crate::store::model::*;
+use crate::store::tenants::*;
 use crate::store::{IntegrationStore, StoreError};
 use crate::store::{integration::*, metering::*};
 

@@ -1,0 +1,509 @@
+//! The SQL Server document store: `impl DocumentStore for MssqlStore` (documents, tags, listing, idempotency keys).
+
+use super::queries::{Arg, Assembled, like_contains};
+use super::*;
+
+/// The document columns in the order `MssqlStore` reads them, from the table aliased `d`.
+macro_rules! document_columns {
+    () => {
+        "d.id, d.tenant_id, d.title, d.summary, d.body, d.doc_type, d.jurisdiction, d.status, d.effective_date,
+    d.created_by, d.updated_by, d.created_at, d.updated_at, d.version"
+    };
+}
+
+pub(crate) const INSERT_DOCUMENT: &str = "INSERT INTO dbo.documents (id, tenant_id, title, summary, body, doc_type,
+    jurisdiction, status, effective_date, created_by, updated_by, created_at, updated_at, version)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13, @P14)";
+
+pub(crate) const INSERT_DOCUMENT_TAG: &str =
+    "INSERT INTO dbo.document_tags (document_id, tenant_id, tag) VALUES (@P1, @P2, @P3)";
+
+/// A live document of a tenant (`@P1` tenant, `@P2` id), through the primary key.
+pub(crate) const GET_DOCUMENT: &str = concat!(
+    "SELECT ",
+    document_columns!(),
+    "
+FROM dbo.documents d WHERE d.tenant_id = @P1 AND d.id = @P2 AND d.deleted_at IS NULL"
+);
+
+/// The version of a live document: after a conditional write changed nothing, tells a stale version from absence.
+pub(crate) const LIVE_DOCUMENT_VERSION: &str =
+    "SELECT version FROM dbo.documents WHERE tenant_id = @P1 AND id = @P2 AND deleted_at IS NULL";
+
+/// Replaces the fields of a live document at version `@P12`; the new version is `@P12 + 1`.
+pub(crate) const UPDATE_DOCUMENT: &str =
+    "UPDATE dbo.documents SET title = @P1, summary = @P2, body = @P3, doc_type = @P4,
+    jurisdiction = @P5, status = @P6, effective_date = @P7, updated_by = @P8, updated_at = @P9, version = @P12 + 1
+WHERE tenant_id = @P10 AND id = @P11 AND deleted_at IS NULL AND version = @P12";
+
+pub(crate) const DELETE_DOCUMENT_TAGS: &str =
+    "DELETE FROM dbo.document_tags WHERE tenant_id = @P1 AND document_id = @P2";
+
+/// Soft delete (`@P1` now, `@P2` by) of a live document at version `@P5`.
+pub(crate) const SOFT_DELETE_DOCUMENT: &str =
+    "UPDATE dbo.documents SET deleted_at = @P1, updated_at = @P1, updated_by = @P2, version = version + 1
+WHERE tenant_id = @P3 AND id = @P4 AND deleted_at IS NULL AND version = @P5";
+
+/// Frees a key whose record has expired (`expires_at <= @P3`): an expired record no longer answers.
+pub(crate) const DELETE_EXPIRED_IDEMPOTENCY_KEY: &str =
+    "DELETE FROM dbo.idempotency_keys WHERE tenant_id = @P1 AND idempotency_key = @P2 AND expires_at <= @P3";
+
+pub(crate) const INSERT_IDEMPOTENCY: &str =
+    "INSERT INTO dbo.idempotency_keys (tenant_id, idempotency_key, operation_id,
+    request_hash, status_code, response_headers, response_body, created_at, expires_at)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9)";
+
+/// A record that has not expired at `@P3`, through the primary key.
+pub(crate) const GET_IDEMPOTENCY: &str = "SELECT tenant_id, idempotency_key, operation_id, request_hash, status_code,
+    response_headers, response_body, created_at, expires_at
+FROM dbo.idempotency_keys WHERE tenant_id = @P1 AND idempotency_key = @P2 AND expires_at > @P3";
+
+/// The most tags a listing may ask for (`DocumentFilter::tags_any`): each is one parameter of the `IN` list.
+pub(crate) const MAX_TAGS_ANY: usize = 20;
+
+/// Tenant, live rows and every filter of a document listing, after `FROM dbo.documents d`.
+fn document_conditions(a: &mut Assembled, tenant_id: Uuid, filter: &DocumentFilter) -> Result<(), StoreError> {
+    if filter.tags_any.len() > MAX_TAGS_ANY {
+        return Err(StoreError::Other(anyhow::anyhow!(
+            "a listing may ask for at most {MAX_TAGS_ANY} tags, got {}",
+            filter.tags_any.len()
+        )));
+    }
+    // `deleted_at IS NULL` is written literally: SQL Server only uses the filtered indexes when the query says so.
+    let tenant = a.bind(Arg::Id(tenant_id));
+    a.sql.push_str(&format!("\nWHERE d.tenant_id = {tenant} AND d.deleted_at IS NULL"));
+    if let Some(status) = filter.status {
+        let p = a.bind(Arg::Text(status.as_str().to_owned()));
+        a.sql.push_str(&format!("\n    AND d.status = {p}"));
+    }
+    if let Some(doc_type) = &filter.doc_type {
+        let p = a.bind(Arg::Text(doc_type.clone()));
+        a.sql.push_str(&format!("\n    AND d.doc_type = {p}"));
+    }
+    if let Some(jurisdiction) = &filter.jurisdiction {
+        let p = a.bind(Arg::Text(jurisdiction.clone()));
+        a.sql.push_str(&format!("\n    AND d.jurisdiction = {p}"));
+    }
+    if !filter.tags_any.is_empty() {
+        let tags: Vec<String> = filter.tags_any.iter().map(|tag| a.bind(Arg::Text(tag.clone()))).collect();
+        a.sql.push_str(&format!(
+            "\n    AND EXISTS (SELECT 1 FROM dbo.document_tags t WHERE t.document_id = d.id AND t.tag IN ({}))",
+            tags.join(", ")
+        ));
+    }
+    if let Some(after) = filter.updated_after {
+        let p = a.bind(Arg::Time(ceil_micros(after)));
+        a.sql.push_str(&format!("\n    AND d.updated_at >= {p}"));
+    }
+    if let Some(before) = filter.updated_before {
+        let p = a.bind(Arg::Time(ceil_micros(before)));
+        a.sql.push_str(&format!("\n    AND d.updated_at < {p}"));
+    }
+    if let Some(from) = filter.effective_from {
+        let p = a.bind(Arg::Date(from.clamp(FIRST_DATE, LAST_DATE)));
+        a.sql.push_str(&format!("\n    AND d.effective_date >= {p}"));
+    }
+    if let Some(to) = filter.effective_to {
+        let p = a.bind(Arg::Date(to.clamp(FIRST_DATE, LAST_DATE)));
+        a.sql.push_str(&format!("\n    AND d.effective_date <= {p}"));
+    }
+    if let Some(q) = &filter.q {
+        let p = a.bind(Arg::Text(like_contains(q)));
+        a.sql.push_str(&format!("\n    AND (d.title LIKE {p} ESCAPE '\\' OR d.summary LIKE {p} ESCAPE '\\')"));
+    }
+    Ok(())
+}
+
+fn sort_column(key: DocumentSortKey) -> &'static str {
+    match key {
+        DocumentSortKey::UpdatedAt => "d.updated_at",
+        DocumentSortKey::Title => "d.title",
+        DocumentSortKey::EffectiveDate => "d.effective_date",
+    }
+}
+
+/// "Strictly after the cursor" in the listing's order, as a range on the sort index:
+/// `key >= v AND (key > v OR id > c)` ascending, mirrored descending. SQL Server sorts NULL first ascending and
+/// last descending, as SQLite does; a NULL effective date's cursor carries [`NO_EFFECTIVE_DATE`] (never a
+/// storable date) and gets its own branch, since no comparison with NULL is true.
+fn keyset(a: &mut Assembled, sort: DocumentSort, cursor: &DocumentCursor) -> Result<(), StoreError> {
+    let value = match (sort.key, &cursor.value) {
+        (DocumentSortKey::UpdatedAt, SortValue::Time(t)) => Some(Arg::Time(*t)),
+        (DocumentSortKey::Title, SortValue::Text(title)) => Some(Arg::Text(title.clone())),
+        (DocumentSortKey::EffectiveDate, SortValue::Date(date)) if *date == NO_EFFECTIVE_DATE => None,
+        (DocumentSortKey::EffectiveDate, SortValue::Date(date)) => {
+            Some(Arg::Date((*date).clamp(FIRST_DATE, LAST_DATE)))
+        }
+        (key, value) => {
+            return Err(StoreError::Other(anyhow::anyhow!("a {value:?} cursor does not fit the {key:?} order")));
+        }
+    };
+    let key = sort_column(sort.key);
+    let id = a.bind(Arg::Id(cursor.id));
+    let (beyond, from) = if sort.descending { ("<", "<=") } else { (">", ">=") };
+    let fragment = match value {
+        Some(value) => {
+            let v = a.bind(value);
+            // Descending by date, the undated documents after these are a query of their own (`undated_documents`).
+            format!("\n    AND {key} {from} {v} AND ({key} {beyond} {v} OR d.id {beyond} {id})")
+        }
+        None if sort.descending => format!("\n    AND d.effective_date IS NULL AND d.id < {id}"),
+        None => format!("\n    AND (d.effective_date IS NOT NULL OR d.id > {id})"),
+    };
+    a.sql.push_str(&fragment);
+    Ok(())
+}
+
+/// One page of a tenant's live documents: `TOP (fetch)` rows matching `filter`, strictly after `after`, in
+/// `sort` order with id as the tie-breaker. Served by the filtered index of the sort key (see docs/data-model.md).
+pub(crate) fn list_documents(
+    tenant_id: Uuid,
+    filter: &DocumentFilter,
+    sort: DocumentSort,
+    after: Option<&DocumentCursor>,
+    fetch: i64,
+) -> Result<Assembled, StoreError> {
+    let mut a = Assembled::default();
+    let top = a.bind(Arg::Int(fetch));
+    a.sql = format!(concat!("SELECT TOP ({}) ", document_columns!(), "\nFROM dbo.documents d"), top);
+    document_conditions(&mut a, tenant_id, filter)?;
+    if let Some(cursor) = after {
+        keyset(&mut a, sort, cursor)?;
+    }
+    let direction = if sort.descending { "DESC" } else { "ASC" };
+    a.sql.push_str(&format!("\nORDER BY {key} {direction}, d.id {direction}", key = sort_column(sort.key)));
+    Ok(a)
+}
+
+/// The documents without an effective date that end a newest-first listing by date: `TOP (fetch)` of them
+/// matching `filter`, by id descending (see [`crate::store::continues_into_undated`]).
+pub(crate) fn undated_documents(tenant_id: Uuid, filter: &DocumentFilter, fetch: i64) -> Result<Assembled, StoreError> {
+    let mut a = Assembled::default();
+    let top = a.bind(Arg::Int(fetch));
+    a.sql = format!(concat!("SELECT TOP ({}) ", document_columns!(), "\nFROM dbo.documents d"), top);
+    document_conditions(&mut a, tenant_id, filter)?;
+    a.sql.push_str("\n    AND d.effective_date IS NULL\nORDER BY d.id DESC");
+    Ok(a)
+}
+
+/// How many live documents of the tenant match `filter` (all of them, whatever the cursor and page size).
+pub(crate) fn count_documents(tenant_id: Uuid, filter: &DocumentFilter) -> Result<Assembled, StoreError> {
+    let mut a = Assembled { sql: "SELECT COUNT_BIG(*) AS n\nFROM dbo.documents d".into(), args: Vec::new() };
+    document_conditions(&mut a, tenant_id, filter)?;
+    Ok(a)
+}
+
+/// Ids per `IN (...)` list of [`tags_of_documents`], well below SQL Server's 2100 parameters per request.
+pub(crate) const TAG_LOAD_CHUNK: usize = 500;
+
+/// The tags of some documents of one tenant: `@P1` the tenant, then one parameter per document id.
+pub(crate) fn tags_of_documents(tenant_id: Uuid, ids: &[Uuid]) -> Assembled {
+    let mut a = Assembled::default();
+    let tenant = a.bind(Arg::Id(tenant_id));
+    let ids: Vec<String> = ids.iter().map(|id| a.bind(Arg::Id(*id))).collect();
+    a.sql = format!(
+        "SELECT document_id, tag FROM dbo.document_tags WHERE tenant_id = {tenant} AND document_id IN ({})",
+        ids.join(", ")
+    );
+    a
+}
+
+/// Every statement of this file, for `store::tsql_check` (registered in `mssql::STATEMENTS`).
+pub(crate) const STATEMENTS: &[(&str, &str)] = &[
+    ("INSERT_DOCUMENT", INSERT_DOCUMENT),
+    ("INSERT_DOCUMENT_TAG", INSERT_DOCUMENT_TAG),
+    ("GET_DOCUMENT", GET_DOCUMENT),
+    ("LIVE_DOCUMENT_VERSION", LIVE_DOCUMENT_VERSION),
+    ("UPDATE_DOCUMENT", UPDATE_DOCUMENT),
+    ("DELETE_DOCUMENT_TAGS", DELETE_DOCUMENT_TAGS),
+    ("SOFT_DELETE_DOCUMENT", SOFT_DELETE_DOCUMENT),
+    ("DELETE_EXPIRED_IDEMPOTENCY_KEY", DELETE_EXPIRED_IDEMPOTENCY_KEY),
+    ("INSERT_IDEMPOTENCY", INSERT_IDEMPOTENCY),
+    ("GET_IDEMPOTENCY", GET_IDEMPOTENCY),
+];
+
+impl ToSql for q::Arg {
+    fn to_sql(&self) -> ColumnData<'_> {
+        match self {
+            q::Arg::Int(v) => v.to_sql(),
+            q::Arg::Id(v) => v.to_sql(),
+            q::Arg::Text(v) => v.to_sql(),
+            q::Arg::Time(v) => v.to_sql(),
+            q::Arg::Date(v) => v.to_sql(),
+        }
+    }
+}
+
+/// Runs an assembled statement; returns the rows of its first result set.
+pub(super) async fn assembled_rows(conn: &mut MssqlClient, statement: &q::Assembled) -> Result<Vec<Row>, StoreError> {
+    let params: Vec<&dyn ToSql> = statement.args.iter().map(|arg| arg as &dyn ToSql).collect();
+    rows(conn, &statement.sql, &params).await
+}
+
+/// A document row without its tags (see [`load_tags`]), in the column order of `document_columns!`.
+pub(super) fn document_from(row: &Row) -> Result<Document, StoreError> {
+    let status = text(row, 7)?;
+    Ok(Document {
+        id: required(row, 0)?,
+        tenant_id: required(row, 1)?,
+        title: text(row, 2)?,
+        summary: column::<&str>(row, 3)?.map(str::to_owned),
+        body: column::<&str>(row, 4)?.map(str::to_owned),
+        doc_type: text(row, 5)?,
+        jurisdiction: column::<&str>(row, 6)?.map(str::to_owned),
+        status: DocumentStatus::parse(&status).ok_or_else(|| corrupt("document status", &status))?,
+        effective_date: column(row, 8)?,
+        tags: Vec::new(),
+        created_by: text(row, 9)?,
+        updated_by: text(row, 10)?,
+        created_at: required(row, 11)?,
+        updated_at: required(row, 12)?,
+        version: required(row, 13)?,
+    })
+}
+
+/// Fills in the tags of `documents`, all of `tenant_id`, each set sorted (in Rust, so both stores agree).
+pub(super) async fn load_tags(
+    conn: &mut MssqlClient,
+    tenant_id: Uuid,
+    documents: &mut [Document],
+) -> Result<(), StoreError> {
+    for chunk in documents.chunks_mut(TAG_LOAD_CHUNK) {
+        let ids: Vec<Uuid> = chunk.iter().map(|d| d.id).collect();
+        let mut by_document: HashMap<Uuid, Vec<String>> = HashMap::new();
+        for row in assembled_rows(conn, &tags_of_documents(tenant_id, &ids)).await? {
+            by_document.entry(required(&row, 0)?).or_default().push(text(&row, 1)?);
+        }
+        for document in chunk {
+            document.tags = by_document.remove(&document.id).unwrap_or_default();
+            document.tags.sort();
+        }
+    }
+    Ok(())
+}
+
+/// A live document of `tenant_id` with its tags.
+pub(super) async fn read_document(
+    conn: &mut MssqlClient,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Document>, StoreError> {
+    let found = rows(conn, GET_DOCUMENT, &[&tenant_id, &id]).await?;
+    let Some(document) = found.first().map(document_from).transpose()? else { return Ok(None) };
+    let mut one = [document];
+    load_tags(conn, tenant_id, &mut one).await?;
+    let [document] = one;
+    Ok(Some(document))
+}
+
+/// The version of a live document of `tenant_id`, to tell a stale version from a missing document.
+pub(super) async fn live_document_version(
+    conn: &mut MssqlClient,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Result<Option<i64>, StoreError> {
+    rows(conn, LIVE_DOCUMENT_VERSION, &[&tenant_id, &id]).await?.first().map(|r| required(r, 0)).transpose()
+}
+
+/// Inserts the tags of `document` (duplicates written once).
+pub(super) async fn insert_tags(conn: &mut MssqlClient, document: &Document) -> Result<(), StoreError> {
+    let mut tags: Vec<&str> = document.tags.iter().map(String::as_str).collect();
+    tags.sort_unstable();
+    tags.dedup();
+    for tag in tags {
+        execute(conn, INSERT_DOCUMENT_TAG, &[&document.id, &document.tenant_id, &tag]).await?;
+    }
+    Ok(())
+}
+
+pub(super) fn idempotency_from(row: &Row) -> Result<IdempotencyRecord, StoreError> {
+    let status: i16 = required(row, 4)?;
+    Ok(IdempotencyRecord {
+        tenant_id: required(row, 0)?,
+        key: text(row, 1)?,
+        operation_id: text(row, 2)?,
+        request_hash: text(row, 3)?,
+        status_code: u16::try_from(status).map_err(|_| corrupt("status code", &status.to_string()))?,
+        response_headers: text(row, 5)?,
+        response_body: required::<&[u8]>(row, 6)?.to_vec(),
+        created_at: required(row, 7)?,
+        expires_at: required(row, 8)?,
+    })
+}
+
+#[async_trait]
+impl DocumentStore for MssqlStore {
+    async fn create_document(
+        &self,
+        document: &Document,
+        idempotency: Option<&IdempotencyRecord>,
+        ledger: Option<&Ledger>,
+    ) -> Result<(), StoreError> {
+        check_effective_date(document)?;
+        in_tx!(self, Retry::No, |conn| {
+            if let Some(r) = idempotency {
+                let key = r.key.as_str();
+                execute(conn, DELETE_EXPIRED_IDEMPOTENCY_KEY, &[&r.tenant_id, &key, &r.created_at]).await?;
+                let status = i16::try_from(r.status_code)
+                    .map_err(|_| StoreError::Other(anyhow::anyhow!("status code {} out of range", r.status_code)))?;
+                let params: [&dyn ToSql; 9] = [
+                    &r.tenant_id,
+                    &key,
+                    &r.operation_id.as_str(),
+                    &r.request_hash.as_str(),
+                    &status,
+                    &r.response_headers.as_str(),
+                    &r.response_body.as_slice(),
+                    &r.created_at,
+                    &r.expires_at,
+                ];
+                execute(conn, INSERT_IDEMPOTENCY, &params).await?;
+            }
+            let d = document;
+            let params: [&dyn ToSql; 14] = [
+                &d.id,
+                &d.tenant_id,
+                &d.title.as_str(),
+                &d.summary.as_deref(),
+                &d.body.as_deref(),
+                &d.doc_type.as_str(),
+                &d.jurisdiction.as_deref(),
+                &d.status.as_str(),
+                &d.effective_date,
+                &d.created_by.as_str(),
+                &d.updated_by.as_str(),
+                &d.created_at,
+                &d.updated_at,
+                &d.version,
+            ];
+            execute(conn, INSERT_DOCUMENT, &params).await?;
+            insert_tags(conn, d).await?;
+            write_ledger(conn, ledger).await
+        })
+    }
+
+    async fn get_document(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<Document>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| read_document(conn, tenant_id, id).await)
+    }
+
+    async fn update_document(
+        &self,
+        document: &Document,
+        expected_version: i64,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<Document>, StoreError> {
+        check_effective_date(document)?;
+        in_tx!(self, Retry::No, |conn| {
+            let d = document;
+            let params: [&dyn ToSql; 12] = [
+                &d.title.as_str(),
+                &d.summary.as_deref(),
+                &d.body.as_deref(),
+                &d.doc_type.as_str(),
+                &d.jurisdiction.as_deref(),
+                &d.status.as_str(),
+                &d.effective_date,
+                &d.updated_by.as_str(),
+                &d.updated_at,
+                &d.tenant_id,
+                &d.id,
+                &expected_version,
+            ];
+            if execute(conn, UPDATE_DOCUMENT, &params).await? == 0 {
+                return Ok(match live_document_version(conn, d.tenant_id, d.id).await? {
+                    None => Update::NotFound,
+                    Some(current_version) => Update::VersionMismatch { current_version },
+                });
+            }
+            execute(conn, DELETE_DOCUMENT_TAGS, &[&d.tenant_id, &d.id]).await?;
+            insert_tags(conn, d).await?;
+            let updated = read_document(conn, d.tenant_id, d.id)
+                .await?
+                .ok_or_else(|| StoreError::Other(anyhow::anyhow!("document vanished inside its transaction")))?;
+            write_ledger(conn, ledger).await?;
+            Ok(Update::Updated(updated))
+        })
+    }
+
+    async fn delete_document(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        by: &str,
+        now: DateTime<Utc>,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<()>, StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            let params: [&dyn ToSql; 5] = [&now, &by, &tenant_id, &id, &expected_version];
+            if execute(conn, SOFT_DELETE_DOCUMENT, &params).await? == 1 {
+                write_ledger(conn, ledger).await?;
+                return Ok(Update::Updated(()));
+            }
+            Ok(match live_document_version(conn, tenant_id, id).await? {
+                None => Update::NotFound,
+                Some(current_version) => Update::VersionMismatch { current_version },
+            })
+        })
+    }
+
+    async fn list_documents(
+        &self,
+        tenant_id: Uuid,
+        filter: &DocumentFilter,
+        sort: DocumentSort,
+        after: Option<&DocumentCursor>,
+        limit: u32,
+        count: bool,
+    ) -> Result<DocumentPage, StoreError> {
+        let limit = limit.max(1);
+        let page = &list_documents(tenant_id, filter, sort, after, i64::from(limit) + 1)?;
+        let tail = &if continues_into_undated(sort, after) {
+            Some(undated_documents(tenant_id, filter, i64::from(limit) + 1)?)
+        } else {
+            None
+        };
+        let total = &if count { Some(count_documents(tenant_id, filter)?) } else { None };
+        // One transaction; see docs/data-model.md on what the count and the page can see under READ COMMITTED.
+        in_tx!(self, Retry::Yes, |conn| {
+            let mut items =
+                assembled_rows(conn, page).await?.iter().map(document_from).collect::<Result<Vec<_>, _>>()?;
+            if let Some(tail) = tail.as_ref().filter(|_| items.len() <= limit as usize) {
+                for row in assembled_rows(conn, tail).await? {
+                    items.push(document_from(&row)?);
+                }
+            }
+            let next = if items.len() > limit as usize {
+                items.truncate(limit as usize);
+                items.last().map(|d| cursor_of(d, sort.key))
+            } else {
+                None
+            };
+            load_tags(conn, tenant_id, &mut items).await?;
+            let total = match total {
+                Some(statement) => {
+                    let n: i64 = assembled_rows(conn, statement)
+                        .await?
+                        .first()
+                        .map(|r| required(r, 0))
+                        .transpose()?
+                        .unwrap_or(0);
+                    Some(n as u64)
+                }
+                None => None,
+            };
+            Ok(DocumentPage { items, next, total })
+        })
+    }
+
+    async fn get_idempotency(
+        &self,
+        tenant_id: Uuid,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, GET_IDEMPOTENCY, &[&tenant_id, &key, &now]).await?.first().map(idempotency_from).transpose()
+        })
+    }
+}

@@ -1,0 +1,387 @@
+//! The SQL Server tenant store: `impl TenantStore for MssqlStore` (tenants and API clients) and their row mappers.
+
+use super::*;
+
+pub(crate) const INSERT_TENANT: &str =
+    "INSERT INTO dbo.tenants (id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8)";
+
+pub(crate) const GET_TENANT: &str =
+    "SELECT id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version
+FROM dbo.tenants WHERE id = @P1";
+
+pub(crate) const GET_TENANT_BY_ENTRA_ID: &str =
+    "SELECT id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version
+FROM dbo.tenants WHERE entra_tenant_id = @P1";
+
+/// First page of tenants: `@P1` is the page size plus one (to know whether another page follows).
+pub(crate) const LIST_TENANTS_FIRST: &str =
+    "SELECT TOP (@P1) id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version
+FROM dbo.tenants ORDER BY created_at, id";
+
+/// Next page after the cursor (`@P1` created_at, `@P2` id); index ix_tenants_created.
+pub(crate) const LIST_TENANTS_AFTER: &str =
+    "SELECT TOP (@P3) id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version
+FROM dbo.tenants WHERE created_at > @P1 OR (created_at = @P1 AND id > @P2) ORDER BY created_at, id";
+
+pub(crate) const SET_TENANT_STATUS: &str =
+    "UPDATE dbo.tenants SET status = @P1, updated_at = @P2, version = version + 1
+WHERE id = @P3 AND version = @P4";
+
+/// The columns `api_client_from` reads, in its order.
+macro_rules! api_client_columns {
+    () => {
+        "id, tenant_id, directory_id, app_id, display_name, status, created_at, revoked_at, decided_by, decided_at, \
+         version"
+    };
+}
+
+pub(crate) const INSERT_API_CLIENT: &str =
+    "INSERT INTO dbo.api_client_registrations (id, tenant_id, directory_id, app_id,
+    display_name, status, created_at, revoked_at, decided_by, decided_at, version)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11)";
+
+pub(crate) const INSERT_API_CLIENT_ROLE: &str = "INSERT INTO dbo.api_client_roles (client_id, role) VALUES (@P1, @P2)";
+
+/// Every registration of (directory `@P1`, application `@P2`); index ix_api_client_registrations_app.
+pub(crate) const API_CLIENTS_FOR_APP: &str = concat!(
+    "SELECT ",
+    api_client_columns!(),
+    " FROM dbo.api_client_registrations WHERE directory_id = @P1 AND app_id = @P2 ORDER BY created_at, id"
+);
+
+/// Whether a tenant other than `@P2` owns the directory `@P1` (read under a range lock by an approval).
+pub(crate) const DIRECTORY_OWNED_BY_OTHER: &str =
+    "SELECT TOP (1) id FROM dbo.tenants WITH (UPDLOCK, HOLDLOCK) WHERE entra_tenant_id = @P1 AND id <> @P2";
+
+/// Whether a tenant other than `@P3` holds an active registration of (directory `@P1`, application `@P2`); the
+/// range lock serializes two approvals of the same pair.
+pub(crate) const ACTIVE_ELSEWHERE: &str = "SELECT TOP (1) id FROM dbo.api_client_registrations WITH (UPDLOCK, HOLDLOCK)
+WHERE directory_id = @P1 AND app_id = @P2 AND status = 'active' AND tenant_id <> @P3";
+
+/// Decides a pending registration (`@P1` the new status, `@P2` by, `@P3` at, `@P4` tenant, `@P5` id).
+pub(crate) const DECIDE_API_CLIENT: &str = "UPDATE dbo.api_client_registrations
+SET status = @P1, decided_by = @P2, decided_at = @P3, version = version + 1
+WHERE tenant_id = @P4 AND id = @P5 AND status = 'pending'";
+
+pub(crate) const API_CLIENT_ROLES: &str = "SELECT role FROM dbo.api_client_roles WHERE client_id = @P1 ORDER BY role";
+
+pub(crate) const UPDATE_TENANT: &str =
+    "UPDATE dbo.tenants SET name = COALESCE(@P1, name), status = COALESCE(@P2, status),
+    plan_code = COALESCE(@P3, plan_code), updated_at = @P4, version = version + 1
+WHERE id = @P5 AND version = @P6";
+
+/// A tenant's clients, oldest first; index ix_api_client_registrations_tenant.
+pub(crate) const LIST_API_CLIENTS: &str = concat!(
+    "SELECT ",
+    api_client_columns!(),
+    " FROM dbo.api_client_registrations WHERE tenant_id = @P1 ORDER BY created_at, id"
+);
+
+/// The roles of every client of a tenant (`@P1`), grouped by client in Rust.
+pub(crate) const LIST_API_CLIENT_ROLES: &str = "SELECT r.client_id, r.role
+FROM dbo.api_client_roles r JOIN dbo.api_client_registrations c ON c.id = r.client_id
+WHERE c.tenant_id = @P1 ORDER BY r.client_id, r.role";
+
+/// One client of a tenant (`@P1` tenant, `@P2` id): another tenant's client is not found.
+pub(crate) const GET_TENANT_API_CLIENT: &str =
+    concat!("SELECT ", api_client_columns!(), " FROM dbo.api_client_registrations WHERE tenant_id = @P1 AND id = @P2");
+
+/// Revokes a pending or active client; a revoked or rejected one is left as it is (revoking is idempotent).
+pub(crate) const REVOKE_API_CLIENT: &str =
+    "UPDATE dbo.api_client_registrations SET status = 'revoked', revoked_at = @P3, version = version + 1
+WHERE tenant_id = @P1 AND id = @P2 AND status IN ('pending', 'active')";
+
+/// Every statement of this file, for `store::tsql_check` (registered in `mssql::STATEMENTS`).
+pub(crate) const STATEMENTS: &[(&str, &str)] = &[
+    ("INSERT_TENANT", INSERT_TENANT),
+    ("GET_TENANT", GET_TENANT),
+    ("GET_TENANT_BY_ENTRA_ID", GET_TENANT_BY_ENTRA_ID),
+    ("LIST_TENANTS_FIRST", LIST_TENANTS_FIRST),
+    ("LIST_TENANTS_AFTER", LIST_TENANTS_AFTER),
+    ("SET_TENANT_STATUS", SET_TENANT_STATUS),
+    ("INSERT_API_CLIENT", INSERT_API_CLIENT),
+    ("INSERT_API_CLIENT_ROLE", INSERT_API_CLIENT_ROLE),
+    ("API_CLIENTS_FOR_APP", API_CLIENTS_FOR_APP),
+    ("DIRECTORY_OWNED_BY_OTHER", DIRECTORY_OWNED_BY_OTHER),
+    ("ACTIVE_ELSEWHERE", ACTIVE_ELSEWHERE),
+    ("DECIDE_API_CLIENT", DECIDE_API_CLIENT),
+    ("API_CLIENT_ROLES", API_CLIENT_ROLES),
+    ("UPDATE_TENANT", UPDATE_TENANT),
+    ("LIST_API_CLIENTS", LIST_API_CLIENTS),
+    ("LIST_API_CLIENT_ROLES", LIST_API_CLIENT_ROLES),
+    ("GET_TENANT_API_CLIENT", GET_TENANT_API_CLIENT),
+    ("REVOKE_API_CLIENT", REVOKE_API_CLIENT),
+];
+
+pub(super) fn tenant_from(row: &Row) -> Result<Tenant, StoreError> {
+    let status = text(row, 3)?;
+    Ok(Tenant {
+        id: required(row, 0)?,
+        entra_tenant_id: column(row, 1)?,
+        name: text(row, 2)?,
+        status: TenantStatus::parse(&status).ok_or_else(|| corrupt("tenant status", &status))?,
+        plan_code: text(row, 4)?,
+        created_at: required(row, 5)?,
+        updated_at: required(row, 6)?,
+        version: required(row, 7)?,
+    })
+}
+
+/// An API client row without its roles.
+pub(super) fn api_client_from(row: &Row) -> Result<ApiClient, StoreError> {
+    let status = text(row, 5)?;
+    Ok(ApiClient {
+        id: required(row, 0)?,
+        tenant_id: required(row, 1)?,
+        directory_id: column(row, 2)?,
+        app_id: text(row, 3)?,
+        display_name: text(row, 4)?,
+        roles: Vec::new(),
+        status: ClientStatus::parse(&status)
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("unknown client status {status:?}")))?,
+        created_at: required(row, 6)?,
+        revoked_at: column(row, 7)?,
+        decided_by: column::<&str>(row, 8)?.map(str::to_owned),
+        decided_at: column(row, 9)?,
+        version: required(row, 10)?,
+    })
+}
+
+pub(super) async fn client_roles(conn: &mut MssqlClient, client_id: Uuid) -> Result<Vec<String>, StoreError> {
+    rows(conn, API_CLIENT_ROLES, &[&client_id]).await?.iter().map(|r| text(r, 0)).collect()
+}
+
+/// A client of `tenant_id` with its roles; a client of another tenant is `None`.
+pub(super) async fn read_api_client(
+    conn: &mut MssqlClient,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Result<Option<ApiClient>, StoreError> {
+    let found = rows(conn, GET_TENANT_API_CLIENT, &[&tenant_id, &id]).await?;
+    let Some(mut client) = found.first().map(api_client_from).transpose()? else { return Ok(None) };
+    client.roles = client_roles(conn, client.id).await?;
+    Ok(Some(client))
+}
+
+pub(super) async fn read_tenant(conn: &mut MssqlClient, id: Uuid) -> Result<Option<Tenant>, StoreError> {
+    rows(conn, GET_TENANT, &[&id]).await?.first().map(tenant_from).transpose()
+}
+
+#[async_trait]
+impl TenantStore for MssqlStore {
+    async fn create_tenant(&self, tenant: &Tenant, ledger: Option<&Ledger>) -> Result<(), StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            let t = tenant;
+            let params: [&dyn ToSql; 8] = [
+                &t.id,
+                &t.entra_tenant_id,
+                &t.name.as_str(),
+                &t.status.as_str(),
+                &t.plan_code.as_str(),
+                &t.created_at,
+                &t.updated_at,
+                &t.version,
+            ];
+            execute(conn, INSERT_TENANT, &params).await?;
+            write_ledger(conn, ledger).await
+        })
+    }
+
+    async fn get_tenant(&self, id: Uuid) -> Result<Option<Tenant>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| read_tenant(conn, id).await)
+    }
+
+    async fn get_tenant_by_entra_id(&self, entra_tenant_id: Uuid) -> Result<Option<Tenant>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, GET_TENANT_BY_ENTRA_ID, &[&entra_tenant_id]).await?.first().map(tenant_from).transpose()
+        })
+    }
+
+    async fn list_tenants(
+        &self,
+        after: Option<&TenantCursor>,
+        limit: u32,
+    ) -> Result<Page<Tenant, TenantCursor>, StoreError> {
+        let limit = limit.max(1);
+        let fetch = i64::from(limit) + 1;
+        in_tx!(self, Retry::Yes, |conn| {
+            let found = match after {
+                None => rows(conn, LIST_TENANTS_FIRST, &[&fetch]).await?,
+                Some(cursor) => rows(conn, LIST_TENANTS_AFTER, &[&cursor.created_at, &cursor.id, &fetch]).await?,
+            };
+            let mut items = found.iter().map(tenant_from).collect::<Result<Vec<_>, _>>()?;
+            let next = if items.len() > limit as usize {
+                items.truncate(limit as usize);
+                items.last().map(|t| TenantCursor { created_at: t.created_at, id: t.id })
+            } else {
+                None
+            };
+            Ok(Page { items, next })
+        })
+    }
+
+    async fn set_tenant_status(
+        &self,
+        id: Uuid,
+        status: TenantStatus,
+        expected_version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Update<Tenant>, StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            let before = read_tenant(conn, id).await?;
+            let changed = execute(conn, SET_TENANT_STATUS, &[&status.as_str(), &now, &id, &expected_version]).await?;
+            Ok(match (changed, read_tenant(conn, id).await?, before) {
+                (_, None, _) => Update::NotFound,
+                (1, Some(tenant), Some(before)) => {
+                    integration::announce_status_change(conn, before.status, &tenant, now).await?;
+                    Update::Updated(tenant)
+                }
+                (1, Some(tenant), None) => Update::Updated(tenant),
+                (_, Some(tenant), _) => Update::VersionMismatch { current_version: tenant.version },
+            })
+        })
+    }
+
+    async fn update_tenant(
+        &self,
+        id: Uuid,
+        changes: &TenantChanges,
+        expected_version: i64,
+        now: DateTime<Utc>,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<Tenant>, StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            let c = changes;
+            let params: [&dyn ToSql; 6] = [
+                &c.name.as_deref(),
+                &c.status.map(TenantStatus::as_str),
+                &c.plan_code.as_deref(),
+                &now,
+                &id,
+                &expected_version,
+            ];
+            let before = read_tenant(conn, id).await?;
+            let changed = execute(conn, UPDATE_TENANT, &params).await?;
+            Ok(match (changed, read_tenant(conn, id).await?, before) {
+                (_, None, _) => Update::NotFound,
+                (1, Some(tenant), Some(before)) => {
+                    integration::announce_status_change(conn, before.status, &tenant, now).await?;
+                    write_ledger(conn, ledger).await?;
+                    Update::Updated(tenant)
+                }
+                (1, Some(tenant), None) => {
+                    write_ledger(conn, ledger).await?;
+                    Update::Updated(tenant)
+                }
+                (_, Some(tenant), _) => Update::VersionMismatch { current_version: tenant.version },
+            })
+        })
+    }
+
+    async fn list_api_clients(&self, tenant_id: Uuid) -> Result<Vec<ApiClient>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            let mut clients = rows(conn, LIST_API_CLIENTS, &[&tenant_id])
+                .await?
+                .iter()
+                .map(api_client_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut by_client: HashMap<Uuid, Vec<String>> = HashMap::new();
+            for row in rows(conn, LIST_API_CLIENT_ROLES, &[&tenant_id]).await? {
+                by_client.entry(required(&row, 0)?).or_default().push(text(&row, 1)?);
+            }
+            for client in &mut clients {
+                client.roles = by_client.remove(&client.id).unwrap_or_default();
+            }
+            Ok(clients)
+        })
+    }
+
+    async fn revoke_api_client(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        now: DateTime<Utc>,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<ApiClient>, StoreError> {
+        // Idempotent (only an active client changes; stored ledger ids are skipped), so a transient fault may
+        // run it again.
+        in_tx!(self, Retry::Yes, |conn| {
+            execute(conn, REVOKE_API_CLIENT, &[&tenant_id, &id, &now]).await?;
+            Ok(match read_api_client(conn, tenant_id, id).await? {
+                Some(client) => {
+                    write_ledger(conn, ledger).await?;
+                    Update::Updated(client)
+                }
+                None => Update::NotFound,
+            })
+        })
+    }
+
+    async fn create_api_client(&self, client: &ApiClient, ledger: Option<&Ledger>) -> Result<(), StoreError> {
+        in_tx!(self, Retry::No, |conn| {
+            let c = client;
+            let decided_by = c.decided_by.as_deref();
+            let params: [&dyn ToSql; 11] = [
+                &c.id,
+                &c.tenant_id,
+                &c.directory_id,
+                &c.app_id.as_str(),
+                &c.display_name.as_str(),
+                &c.status.as_str(),
+                &c.created_at,
+                &c.revoked_at,
+                &decided_by,
+                &c.decided_at,
+                &c.version,
+            ];
+            execute(conn, INSERT_API_CLIENT, &params).await?;
+            for role in &c.roles {
+                execute(conn, INSERT_API_CLIENT_ROLE, &[&c.id, &role.as_str()]).await?;
+            }
+            write_ledger(conn, ledger).await
+        })
+    }
+
+    async fn api_clients_for_app(&self, directory_id: Uuid, app_id: &str) -> Result<Vec<ApiClient>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            let mut clients = rows(conn, API_CLIENTS_FOR_APP, &[&directory_id, &app_id])
+                .await?
+                .iter()
+                .map(api_client_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            for client in &mut clients {
+                client.roles = client_roles(conn, client.id).await?;
+            }
+            Ok(clients)
+        })
+    }
+
+    async fn decide_api_client(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        decision: &ClientDecision,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<ApiClient>, StoreError> {
+        // Idempotent (only a pending row changes, a decided one is a Conflict, stored ledger ids are skipped),
+        // but a retry after a lost commit answer would report that Conflict: not retried.
+        in_tx!(self, Retry::No, |conn| {
+            let Some(client) = read_api_client(conn, tenant_id, id).await? else { return Ok(Update::NotFound) };
+            check_decidable(&client)?;
+            if decision.approve {
+                let app_id = client.app_id.as_str();
+                let owned =
+                    !rows(conn, DIRECTORY_OWNED_BY_OTHER, &[&client.directory_id, &tenant_id]).await?.is_empty();
+                let taken =
+                    !rows(conn, ACTIVE_ELSEWHERE, &[&client.directory_id, &app_id, &tenant_id]).await?.is_empty();
+                check_approvable(owned, taken)?;
+            }
+            let status = if decision.approve { ClientStatus::Active } else { ClientStatus::Rejected }.as_str();
+            let by = decision.by.as_str();
+            execute(conn, DECIDE_API_CLIENT, &[&status, &by, &decision.at, &tenant_id, &id]).await?;
+            write_ledger(conn, ledger).await?;
+            Ok(read_api_client(conn, tenant_id, id).await?.map_or(Update::NotFound, Update::Updated))
+        })
+    }
+}

@@ -1,0 +1,461 @@
+//! The SQLite document store: `impl DocumentStore for SqliteStore` (documents, tags, listing, idempotency keys).
+
+use super::*;
+
+/// The most tags a listing may ask for (`DocumentFilter::tags_any`): each is one bound parameter.
+pub(super) const MAX_TAGS_ANY: usize = 20;
+
+/// Ids per `IN (...)` list when loading the tags of a page.
+pub(super) const TAG_LOAD_CHUNK: usize = 500;
+
+pub(super) const DOCUMENT_COLUMNS: &str = "d.id, d.tenant_id, d.title, d.summary, d.body, d.doc_type, d.jurisdiction, d.status, \
+    d.effective_date, d.created_by, d.updated_by, d.created_at, d.updated_at, d.version";
+
+/// A document row without its tags (see [`load_tags`]).
+pub(super) fn document_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Document, StoreError>> {
+    let (id, tenant, title, summary, body): (String, String, String, Option<String>, Option<String>) =
+        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+    let (doc_type, jurisdiction, status, effective): (String, Option<String>, String, Option<String>) =
+        (r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?);
+    let (created_by, updated_by, created, updated, version): (String, String, String, String, i64) =
+        (r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?);
+    Ok((|| {
+        Ok(Document {
+            id: parse_uuid(&id)?,
+            tenant_id: parse_uuid(&tenant)?,
+            title,
+            summary,
+            body,
+            doc_type,
+            jurisdiction,
+            status: DocumentStatus::parse(&status).ok_or_else(|| corrupt("document status", &status))?,
+            effective_date: effective.as_deref().map(parse_date).transpose()?,
+            tags: Vec::new(),
+            created_by,
+            updated_by,
+            created_at: parse_timestamp(&created)?,
+            updated_at: parse_timestamp(&updated)?,
+            version,
+        })
+    })())
+}
+
+/// Fills in the tags of `documents`, all of `tenant_id`, each set sorted.
+pub(super) fn load_tags(conn: &Connection, tenant_id: Uuid, documents: &mut [Document]) -> Result<(), StoreError> {
+    for chunk in documents.chunks_mut(TAG_LOAD_CHUNK) {
+        let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("?{}", i + 2)).collect();
+        let sql = format!(
+            // `+tenant_id` keeps the tenant filter but stops SQLite (without ANALYZE statistics) from choosing
+            // ix_document_tags_tag, which read every tag of the tenant on every page; the primary key
+            // (document_id, tag) then serves the page's ids directly.
+            "SELECT document_id, tag FROM document_tags WHERE +tenant_id = ?1 AND document_id IN ({})",
+            placeholders.join(", ")
+        );
+        let values = std::iter::once(tenant_id.to_string()).chain(chunk.iter().map(|d| d.id.to_string()));
+        let pairs = query_all(conn, &sql, params_from_iter(values), |r| {
+            let (id, tag): (String, String) = (r.get(0)?, r.get(1)?);
+            Ok(parse_uuid(&id).map(|id| (id, tag)))
+        })?;
+        let mut by_document: HashMap<Uuid, Vec<String>> = HashMap::new();
+        for (id, tag) in pairs {
+            by_document.entry(id).or_default().push(tag);
+        }
+        for document in chunk {
+            document.tags = by_document.remove(&document.id).unwrap_or_default();
+            document.tags.sort();
+        }
+    }
+    Ok(())
+}
+
+/// A live document of `tenant_id` with its tags.
+pub(super) fn read_document(conn: &Connection, tenant_id: Uuid, id: Uuid) -> Result<Option<Document>, StoreError> {
+    let sql = format!(
+        "SELECT {DOCUMENT_COLUMNS} FROM documents d WHERE d.tenant_id = ?1 AND d.id = ?2 AND d.deleted_at IS NULL"
+    );
+    let Some(document) = query_one(conn, &sql, [tenant_id.to_string(), id.to_string()], document_from_row)? else {
+        return Ok(None);
+    };
+    let mut one = [document];
+    load_tags(conn, tenant_id, &mut one)?;
+    let [document] = one;
+    Ok(Some(document))
+}
+
+/// The version of a live document of `tenant_id`, to tell a stale version from a missing document.
+pub(super) fn live_document_version(conn: &Connection, tenant_id: Uuid, id: Uuid) -> Result<Option<i64>, StoreError> {
+    conn.query_row(
+        "SELECT version FROM documents WHERE tenant_id = ?1 AND id = ?2 AND deleted_at IS NULL",
+        [tenant_id.to_string(), id.to_string()],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(classify)
+}
+
+/// Inserts the tags of `document` (duplicates written once).
+pub(super) fn insert_tags(tx: &Connection, document: &Document) -> Result<(), StoreError> {
+    let mut tags: Vec<&str> = document.tags.iter().map(String::as_str).collect();
+    tags.sort_unstable();
+    tags.dedup();
+    let mut stmt = tx
+        .prepare_cached("INSERT INTO document_tags (document_id, tenant_id, tag) VALUES (?1, ?2, ?3)")
+        .map_err(classify)?;
+    for tag in tags {
+        stmt.execute(params![document.id.to_string(), document.tenant_id.to_string(), tag]).map_err(classify)?;
+    }
+    Ok(())
+}
+
+/// `FROM`, tenant, live rows and every filter of a document listing (shared by the page and the count).
+pub(super) fn document_conditions(
+    a: &mut Assembled,
+    tenant_id: Uuid,
+    filter: &DocumentFilter,
+) -> Result<(), StoreError> {
+    if filter.tags_any.len() > MAX_TAGS_ANY {
+        return Err(StoreError::Other(anyhow::anyhow!(
+            "a listing may ask for at most {MAX_TAGS_ANY} tags, got {}",
+            filter.tags_any.len()
+        )));
+    }
+    let tenant = a.bind(tenant_id.to_string());
+    a.sql.push_str(&format!(" FROM documents d WHERE d.tenant_id = {tenant} AND d.deleted_at IS NULL"));
+    if let Some(status) = filter.status {
+        let p = a.bind(status.as_str().to_owned());
+        a.sql.push_str(&format!(" AND d.status = {p}"));
+    }
+    if let Some(doc_type) = &filter.doc_type {
+        let p = a.bind(doc_type.clone());
+        a.sql.push_str(&format!(" AND d.doc_type = {p}"));
+    }
+    if let Some(jurisdiction) = &filter.jurisdiction {
+        let p = a.bind(jurisdiction.clone());
+        a.sql.push_str(&format!(" AND d.jurisdiction = {p}"));
+    }
+    if !filter.tags_any.is_empty() {
+        let tags: Vec<String> = filter.tags_any.iter().map(|tag| a.bind(tag.clone())).collect();
+        a.sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM document_tags t WHERE t.document_id = d.id AND t.tag IN ({}))",
+            tags.join(", ")
+        ));
+    }
+    if let Some(after) = filter.updated_after {
+        let p = a.bind(timestamp(ceil_micros(after)));
+        a.sql.push_str(&format!(" AND d.updated_at >= {p}"));
+    }
+    if let Some(before) = filter.updated_before {
+        let p = a.bind(timestamp(ceil_micros(before)));
+        a.sql.push_str(&format!(" AND d.updated_at < {p}"));
+    }
+    if let Some(from) = filter.effective_from {
+        let p = a.bind(from.clamp(FIRST_DATE, LAST_DATE).to_string());
+        a.sql.push_str(&format!(" AND d.effective_date >= {p}"));
+    }
+    if let Some(to) = filter.effective_to {
+        let p = a.bind(to.clamp(FIRST_DATE, LAST_DATE).to_string());
+        a.sql.push_str(&format!(" AND d.effective_date <= {p}"));
+    }
+    if let Some(q) = &filter.q {
+        let p = a.bind(like_contains(q));
+        a.sql.push_str(&format!(" AND (d.title LIKE {p} ESCAPE '\\' OR d.summary LIKE {p} ESCAPE '\\')"));
+    }
+    Ok(())
+}
+
+/// The sort column of a listing.
+pub(super) fn sort_column(key: DocumentSortKey) -> &'static str {
+    match key {
+        DocumentSortKey::UpdatedAt => "d.updated_at",
+        DocumentSortKey::Title => "d.title",
+        DocumentSortKey::EffectiveDate => "d.effective_date",
+    }
+}
+
+/// "Strictly after the cursor" in the listing's order, written as a range on the sort index
+/// (`key >= v AND (key > v OR id > c)`, mirrored for descending order). NULL effective dates sort first
+/// ascending and last descending (SQLite's NULL order), and their cursor carries [`NO_EFFECTIVE_DATE`].
+pub(super) fn keyset(a: &mut Assembled, sort: DocumentSort, cursor: &DocumentCursor) -> Result<(), StoreError> {
+    let value: Option<Value> = match (sort.key, &cursor.value) {
+        (DocumentSortKey::UpdatedAt, SortValue::Time(t)) => Some(timestamp(*t).into()),
+        (DocumentSortKey::Title, SortValue::Text(title)) => Some(title.clone().into()),
+        (DocumentSortKey::EffectiveDate, SortValue::Date(date)) if *date == NO_EFFECTIVE_DATE => None,
+        (DocumentSortKey::EffectiveDate, SortValue::Date(date)) => {
+            Some((*date).clamp(FIRST_DATE, LAST_DATE).to_string().into())
+        }
+        (key, value) => {
+            return Err(StoreError::Other(anyhow::anyhow!("a {value:?} cursor does not fit the {key:?} order")));
+        }
+    };
+    let key = sort_column(sort.key);
+    let id = a.bind(cursor.id.to_string());
+    let (beyond, from) = if sort.descending { ("<", "<=") } else { (">", ">=") };
+    let fragment = match value {
+        Some(value) => {
+            let v = a.bind(value);
+            // Descending by date, the undated documents after these are a query of their own (`undated_tail`).
+            format!(" AND {key} {from} {v} AND ({key} {beyond} {v} OR d.id {beyond} {id})")
+        }
+        None if sort.descending => format!(" AND d.effective_date IS NULL AND d.id < {id}"),
+        None => format!(" AND (d.effective_date IS NOT NULL OR d.id > {id})"),
+    };
+    a.sql.push_str(&fragment);
+    Ok(())
+}
+
+pub(super) const IDEMPOTENCY_COLUMNS: &str = "tenant_id, idempotency_key, operation_id, request_hash, status_code, \
+    response_headers, response_body, created_at, expires_at";
+
+pub(super) fn idempotency_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<IdempotencyRecord, StoreError>> {
+    let (tenant, key, operation_id, request_hash, status): (String, String, String, String, i64) =
+        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+    let (headers, body, created, expires): (String, Vec<u8>, String, String) =
+        (r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?);
+    Ok((|| {
+        Ok(IdempotencyRecord {
+            tenant_id: parse_uuid(&tenant)?,
+            key,
+            operation_id,
+            request_hash,
+            status_code: u16::try_from(status).map_err(|_| corrupt("status code", &status.to_string()))?,
+            response_headers: headers,
+            response_body: body,
+            created_at: parse_timestamp(&created)?,
+            expires_at: parse_timestamp(&expires)?,
+        })
+    })())
+}
+
+#[async_trait]
+impl DocumentStore for SqliteStore {
+    async fn create_document(
+        &self,
+        document: &Document,
+        idempotency: Option<&IdempotencyRecord>,
+        ledger: Option<&Ledger>,
+    ) -> Result<(), StoreError> {
+        check_effective_date(document)?;
+        let (d, record, ledger) = (document.clone(), idempotency.cloned(), ledger.cloned());
+        self.write(move |tx| {
+            if let Some(r) = &record {
+                let (tenant, key) = (r.tenant_id.to_string(), r.key.as_str());
+                // An expired record no longer answers (see get_idempotency), so its key is free again.
+                tx.execute(
+                    "DELETE FROM idempotency_keys WHERE tenant_id = ?1 AND idempotency_key = ?2 AND expires_at <= ?3",
+                    params![tenant, key, timestamp(r.created_at)],
+                )
+                .map_err(classify)?;
+                tx.execute(
+                    &format!("INSERT INTO idempotency_keys ({IDEMPOTENCY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                    params![
+                        tenant,
+                        key,
+                        r.operation_id,
+                        r.request_hash,
+                        r.status_code,
+                        r.response_headers,
+                        r.response_body,
+                        timestamp(r.created_at),
+                        timestamp(r.expires_at)
+                    ],
+                )
+                .map_err(classify)?;
+            }
+            tx.execute(
+                "INSERT INTO documents (id, tenant_id, title, summary, body, doc_type, jurisdiction, status,
+                     effective_date, created_by, updated_by, created_at, updated_at, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                params![
+                    d.id.to_string(),
+                    d.tenant_id.to_string(),
+                    d.title,
+                    d.summary,
+                    d.body,
+                    d.doc_type,
+                    d.jurisdiction,
+                    d.status.as_str(),
+                    d.effective_date.map(|date| date.to_string()),
+                    d.created_by,
+                    d.updated_by,
+                    timestamp(d.created_at),
+                    timestamp(d.updated_at),
+                    d.version
+                ],
+            )
+            .map_err(classify)?;
+            insert_tags(tx, &d)?;
+            write_ledger(tx, ledger.as_ref())
+        })
+        .await
+    }
+
+    async fn get_document(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<Document>, StoreError> {
+        self.read_point(|conn| {
+            let tx = conn.unchecked_transaction().map_err(classify)?;
+            let document = read_document(&tx, tenant_id, id)?;
+            tx.commit().map_err(classify)?;
+            Ok(document)
+        })
+    }
+
+    async fn update_document(
+        &self,
+        document: &Document,
+        expected_version: i64,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<Document>, StoreError> {
+        check_effective_date(document)?;
+        let (d, ledger) = (document.clone(), ledger.cloned());
+        self.write(move |tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE documents SET title = ?1, summary = ?2, body = ?3, doc_type = ?4, jurisdiction = ?5,
+                         status = ?6, effective_date = ?7, updated_by = ?8, updated_at = ?9, version = ?12 + 1
+                     WHERE tenant_id = ?10 AND id = ?11 AND deleted_at IS NULL AND version = ?12",
+                    params![
+                        d.title,
+                        d.summary,
+                        d.body,
+                        d.doc_type,
+                        d.jurisdiction,
+                        d.status.as_str(),
+                        d.effective_date.map(|date| date.to_string()),
+                        d.updated_by,
+                        timestamp(d.updated_at),
+                        d.tenant_id.to_string(),
+                        d.id.to_string(),
+                        expected_version
+                    ],
+                )
+                .map_err(classify)?;
+            if changed == 0 {
+                return Ok(match live_document_version(tx, d.tenant_id, d.id)? {
+                    None => Update::NotFound,
+                    Some(current_version) => Update::VersionMismatch { current_version },
+                });
+            }
+            tx.execute(
+                "DELETE FROM document_tags WHERE tenant_id = ?1 AND document_id = ?2",
+                params![d.tenant_id.to_string(), d.id.to_string()],
+            )
+            .map_err(classify)?;
+            insert_tags(tx, &d)?;
+            let updated = read_document(tx, d.tenant_id, d.id)?
+                .ok_or_else(|| StoreError::Other(anyhow::anyhow!("document vanished inside its transaction")))?;
+            write_ledger(tx, ledger.as_ref())?;
+            Ok(Update::Updated(updated))
+        })
+        .await
+    }
+
+    async fn delete_document(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        by: &str,
+        now: DateTime<Utc>,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<()>, StoreError> {
+        let (by, ledger) = (by.to_owned(), ledger.cloned());
+        self.write(move |tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE documents SET deleted_at = ?1, updated_at = ?1, updated_by = ?2, version = version + 1
+                     WHERE tenant_id = ?3 AND id = ?4 AND deleted_at IS NULL AND version = ?5",
+                    params![timestamp(now), by, tenant_id.to_string(), id.to_string(), expected_version],
+                )
+                .map_err(classify)?;
+            if changed == 1 {
+                write_ledger(tx, ledger.as_ref())?;
+                return Ok(Update::Updated(()));
+            }
+            Ok(match live_document_version(tx, tenant_id, id)? {
+                None => Update::NotFound,
+                Some(current_version) => Update::VersionMismatch { current_version },
+            })
+        })
+        .await
+    }
+
+    async fn list_documents(
+        &self,
+        tenant_id: Uuid,
+        filter: &DocumentFilter,
+        sort: DocumentSort,
+        after: Option<&DocumentCursor>,
+        limit: u32,
+        count: bool,
+    ) -> Result<DocumentPage, StoreError> {
+        let limit = limit.max(1);
+        let mut page = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}"), values: Vec::new() };
+        document_conditions(&mut page, tenant_id, filter)?;
+        if let Some(cursor) = after {
+            keyset(&mut page, sort, cursor)?;
+        }
+        let direction = if sort.descending { "DESC" } else { "ASC" };
+        let fetch = page.bind(i64::from(limit) + 1);
+        page.sql.push_str(&format!(
+            " ORDER BY {key} {direction}, d.id {direction} LIMIT {fetch}",
+            key = sort_column(sort.key)
+        ));
+        let tail = if continues_into_undated(sort, after) {
+            let mut tail = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}"), values: Vec::new() };
+            document_conditions(&mut tail, tenant_id, filter)?;
+            let fetch = tail.bind(i64::from(limit) + 1);
+            tail.sql.push_str(&format!(" AND d.effective_date IS NULL ORDER BY d.id DESC LIMIT {fetch}"));
+            Some(tail)
+        } else {
+            None
+        };
+        let total = if count {
+            let mut total = Assembled { sql: "SELECT count(*)".into(), values: Vec::new() };
+            document_conditions(&mut total, tenant_id, filter)?;
+            Some(total)
+        } else {
+            None
+        };
+        self.read(move |conn| {
+            // One read transaction: the page, its tags and the count see the same snapshot.
+            let tx = conn.unchecked_transaction().map_err(classify)?;
+            let mut items = query_all(&tx, &page.sql, params_from_iter(page.values), document_from_row)?;
+            if let Some(tail) = tail.filter(|_| items.len() <= limit as usize) {
+                items.extend(query_all(&tx, &tail.sql, params_from_iter(tail.values), document_from_row)?);
+            }
+            let next = if items.len() > limit as usize {
+                items.truncate(limit as usize);
+                items.last().map(|d| cursor_of(d, sort.key))
+            } else {
+                None
+            };
+            load_tags(&tx, tenant_id, &mut items)?;
+            let total = match total {
+                Some(total) => Some(
+                    tx.query_row(&total.sql, params_from_iter(total.values), |r| r.get::<_, i64>(0))
+                        .map_err(classify)? as u64,
+                ),
+                None => None,
+            };
+            tx.commit().map_err(classify)?;
+            Ok(DocumentPage { items, next, total })
+        })
+        .await
+    }
+
+    async fn get_idempotency(
+        &self,
+        tenant_id: Uuid,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_keys
+                 WHERE tenant_id = ?1 AND idempotency_key = ?2 AND expires_at > ?3"
+            );
+            query_one(conn, &sql, params![tenant_id.to_string(), key, timestamp(now)], idempotency_from_row)
+        })
+        .await
+    }
+}

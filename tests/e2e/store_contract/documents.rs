@@ -1,0 +1,667 @@
+//! The storage contract for documents, their listing and idempotency keys.
+
+use super::*;
+
+fn date(y: i32, m: u32, d: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, d).unwrap()
+}
+
+fn by_id(mut documents: Vec<Document>) -> Vec<Document> {
+    documents.sort_by_key(|d| d.id);
+    documents
+}
+
+const UPDATED_ASC: DocumentSort = DocumentSort { key: DocumentSortKey::UpdatedAt, descending: false };
+
+/// Every match in one page, with the count.
+async fn list_all(
+    store: &Arc<dyn Store>,
+    tenant: &Tenant,
+    filter: &DocumentFilter,
+    sort: DocumentSort,
+) -> DocumentPage {
+    let page = store.list_documents(tenant.id, filter, sort, None, 1000, true).await.unwrap();
+    assert!(page.next.is_none(), "one page holds everything");
+    page
+}
+
+/// Pages through with `size` rows per page, checking each page's shape; returns the rows in order and the page count.
+async fn page_through(
+    store: &Arc<dyn Store>,
+    tenant: &Tenant,
+    filter: &DocumentFilter,
+    sort: DocumentSort,
+    size: u32,
+) -> (Vec<Document>, usize) {
+    let mut seen = Vec::new();
+    let mut cursor: Option<DocumentCursor> = None;
+    let mut pages = 0;
+    loop {
+        let page = store.list_documents(tenant.id, filter, sort, cursor.as_ref(), size, pages % 2 == 0).await.unwrap();
+        pages += 1;
+        assert!(page.items.len() <= size as usize);
+        let expected_total = if pages % 2 == 1 { page.total } else { None };
+        assert_eq!(page.total, expected_total, "a total only when asked for");
+        seen.extend(page.items.iter().cloned());
+        match page.next {
+            Some(next) => {
+                assert_eq!(page.items.len(), size as usize, "only the last page is short");
+                let last = page.items.last().unwrap();
+                assert_eq!(next.id, last.id, "the cursor is the last row's");
+                cursor = Some(next);
+            }
+            None => break,
+        }
+        assert!(pages < 1000, "paging does not end");
+    }
+    (seen, pages)
+}
+
+#[tokio::test]
+async fn documents_round_trip_with_their_tags() {
+    for_each_store("documents_round_trip_with_their_tags", |t| async move {
+        let store = migrated(&t).await;
+        let (a, _) = two_tenants(&store).await;
+        let bare = document(&a, 1);
+        store.create_document(&bare, None, None).await.unwrap();
+        assert_eq!(store.get_document(a.id, bare.id).await.unwrap(), Some(bare.clone()), "{}", t.name);
+
+        let full = Document {
+            summary: Some("Lease of the Paris office".into()),
+            body: Some("Full text ".repeat(1_000)),
+            jurisdiction: Some("FR".into()),
+            status: DocumentStatus::Published,
+            effective_date: Some(date(2026, 3, 1)),
+            tags: tags(&["tax", "lease", "hr"]),
+            created_at: t0() + Duration::microseconds(123_456),
+            updated_at: t0() + Duration::microseconds(123_456),
+            ..document(&a, 2)
+        };
+        store.create_document(&full, None, None).await.unwrap();
+        let stored = store.get_document(a.id, full.id).await.unwrap().expect("stored");
+        assert_eq!(stored.tags, tags(&["hr", "lease", "tax"]), "tags come back sorted");
+        assert_eq!(stored, Document { tags: tags(&["hr", "lease", "tax"]), ..full.clone() });
+        assert_eq!(store.get_document(a.id, doc_id(99)).await.unwrap(), None);
+
+        let later = t0() + Duration::hours(1) + Duration::microseconds(7);
+        let edited = Document {
+            title: "Office lease (signed)".into(),
+            summary: None,
+            body: Some("signed".into()),
+            doc_type: "contract".into(),
+            jurisdiction: Some("DE".into()),
+            status: DocumentStatus::Archived,
+            effective_date: None,
+            tags: tags(&["archive", "lease"]),
+            updated_by: "oid-editor".into(),
+            updated_at: later,
+            version: 1,
+            ..stored.clone()
+        };
+        let Update::Updated(updated) = store.update_document(&edited, 1, None).await.unwrap() else {
+            panic!("{}: the update at the current version applies", t.name)
+        };
+        let expected = Document { version: 2, ..edited.clone() };
+        assert_eq!(updated, expected, "every field and the tag set replaced; created_* kept");
+        assert_eq!(store.get_document(a.id, full.id).await.unwrap(), Some(expected.clone()));
+
+        let untagged = Document { tags: Vec::new(), ..expected.clone() };
+        let Update::Updated(updated) = store.update_document(&untagged, 2, None).await.unwrap() else { panic!() };
+        assert!(updated.tags.is_empty() && updated.version == 3, "{}: tags removed", t.name);
+
+        assert_eq!(
+            store.delete_document(a.id, full.id, 3, "oid-editor", later, None).await.unwrap(),
+            Update::Updated(())
+        );
+        assert_eq!(store.get_document(a.id, full.id).await.unwrap(), None);
+        assert_eq!(store.get_document(a.id, bare.id).await.unwrap(), Some(bare), "the other document is untouched");
+        assert!(matches!(store.create_document(&document(&a, 1), None, None).await, Err(StoreError::Conflict(_))));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn documents_of_another_tenant_do_not_exist() {
+    for_each_store("documents_of_another_tenant_do_not_exist", |t| async move {
+        let store = migrated(&t).await;
+        let (a, b) = two_tenants(&store).await;
+        let mine = Document { tags: tags(&["tax"]), status: DocumentStatus::Published, ..document(&a, 1) };
+        store.create_document(&mine, None, None).await.unwrap();
+
+        assert_eq!(store.get_document(b.id, mine.id).await.unwrap(), None, "{}", t.name);
+        let hijack = Document { tenant_id: b.id, title: "mine now".into(), ..mine.clone() };
+        assert_eq!(store.update_document(&hijack, 1, None).await.unwrap(), Update::NotFound);
+        assert_eq!(store.delete_document(b.id, mine.id, 1, "oid-b", t0(), None).await.unwrap(), Update::NotFound);
+        let everything = list_all(&store, &b, &DocumentFilter::default(), UPDATED_ASC).await;
+        assert!(everything.items.is_empty() && everything.total == Some(0));
+        let tagged = DocumentFilter { tags_any: tags(&["tax"]), ..Default::default() };
+        assert_eq!(list_all(&store, &b, &tagged, UPDATED_ASC).await.total, Some(0));
+
+        assert_eq!(store.get_document(a.id, mine.id).await.unwrap(), Some(mine.clone()), "A's document is intact");
+        let listed = list_all(&store, &a, &tagged, UPDATED_ASC).await;
+        assert_eq!((listed.items, listed.total), (vec![mine], Some(1)));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn soft_deleted_documents_are_invisible() {
+    for_each_store("soft_deleted_documents_are_invisible", |t| async move {
+        let store = migrated(&t).await;
+        let (a, _) = two_tenants(&store).await;
+        let kept = Document { tags: tags(&["hr"]), ..document(&a, 1) };
+        let gone = Document { tags: tags(&["hr"]), ..document(&a, 2) };
+        store.create_document(&kept, None, None).await.unwrap();
+        store.create_document(&gone, None, None).await.unwrap();
+        let now = t0() + Duration::days(1);
+        assert_eq!(store.delete_document(a.id, gone.id, 1, "oid-x", now, None).await.unwrap(), Update::Updated(()));
+
+        assert_eq!(store.get_document(a.id, gone.id).await.unwrap(), None, "{}", t.name);
+        assert_eq!(
+            store.update_document(&gone, 2, None).await.unwrap(),
+            Update::NotFound,
+            "the delete bumped the version"
+        );
+        assert_eq!(store.update_document(&gone, 1, None).await.unwrap(), Update::NotFound);
+        assert_eq!(store.delete_document(a.id, gone.id, 2, "oid-x", now, None).await.unwrap(), Update::NotFound);
+        for filter in [DocumentFilter::default(), DocumentFilter { tags_any: tags(&["hr"]), ..Default::default() }] {
+            let listed = list_all(&store, &a, &filter, UPDATED_ASC).await;
+            assert_eq!((ids(&listed.items), listed.total), (vec![kept.id], Some(1)), "{}", t.name);
+        }
+        // The deletion time is also the last update: a time filter around it still finds nothing.
+        let around = DocumentFilter { updated_after: Some(now), ..Default::default() };
+        assert_eq!(list_all(&store, &a, &around, UPDATED_ASC).await.total, Some(0));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn document_writes_are_conditional_on_the_version() {
+    for_each_store("document_writes_are_conditional_on_the_version", |t| async move {
+        let store = migrated(&t).await;
+        let (a, _) = two_tenants(&store).await;
+        let original = Document { tags: tags(&["a"]), ..document(&a, 1) };
+        store.create_document(&original, None, None).await.unwrap();
+        let edit = Document { title: "edited".into(), tags: tags(&["b"]), version: 99, ..original.clone() };
+        let Update::Updated(v2) = store.update_document(&edit, 1, None).await.unwrap() else { panic!("{}", t.name) };
+        assert_eq!(v2.version, 2, "the version follows expected_version, not document.version");
+
+        let stale = Document { title: "lost update".into(), tags: tags(&["c"]), ..original.clone() };
+        assert_eq!(
+            store.update_document(&stale, 1, None).await.unwrap(),
+            Update::VersionMismatch { current_version: 2 }
+        );
+        assert_eq!(
+            store.update_document(&stale, 3, None).await.unwrap(),
+            Update::VersionMismatch { current_version: 2 }
+        );
+        assert_eq!(
+            store.get_document(a.id, original.id).await.unwrap(),
+            Some(v2.clone()),
+            "a refused update writes nothing"
+        );
+        assert_eq!(
+            store.delete_document(a.id, original.id, 1, "oid-x", t0(), None).await.unwrap(),
+            Update::VersionMismatch { current_version: 2 },
+            "{}",
+            t.name
+        );
+        assert_eq!(store.get_document(a.id, original.id).await.unwrap(), Some(v2), "a refused delete deletes nothing");
+
+        let missing = document(&a, 50);
+        assert_eq!(store.update_document(&missing, 1, None).await.unwrap(), Update::NotFound);
+        assert_eq!(store.delete_document(a.id, missing.id, 1, "oid-x", t0(), None).await.unwrap(), Update::NotFound);
+        assert_eq!(
+            store.delete_document(a.id, original.id, 2, "oid-x", t0(), None).await.unwrap(),
+            Update::Updated(())
+        );
+    })
+    .await;
+}
+
+fn idempotency(tenant: &Tenant, key: &str, body: &str, created_at: DateTime<Utc>) -> IdempotencyRecord {
+    IdempotencyRecord {
+        tenant_id: tenant.id,
+        key: key.into(),
+        operation_id: "createDocument".into(),
+        request_hash: "ab".repeat(32),
+        status_code: 201,
+        response_headers: r#"{"location":"/api/v1/documents/1","etag":"\"1\""}"#.into(),
+        response_body: body.as_bytes().to_vec(),
+        created_at,
+        expires_at: created_at + Duration::hours(24),
+    }
+}
+
+#[tokio::test]
+async fn creating_a_document_with_a_taken_idempotency_key_writes_nothing() {
+    for_each_store("creating_a_document_with_a_taken_idempotency_key_writes_nothing", |t| async move {
+        let store = migrated(&t).await;
+        let (a, b) = two_tenants(&store).await;
+        let first = Document { tags: tags(&["x"]), ..document(&a, 1) };
+        let record = idempotency(&a, "key-1", r#"{"id":1}"#, t0());
+        store.create_document(&first, Some(&record), None).await.unwrap();
+        assert_eq!(store.get_idempotency(a.id, "key-1", t0()).await.unwrap(), Some(record.clone()), "{}", t.name);
+
+        let second = Document { tags: tags(&["y"]), ..document(&a, 2) };
+        let retry = idempotency(&a, "key-1", r#"{"id":2}"#, t0() + Duration::minutes(1));
+        assert!(
+            matches!(store.create_document(&second, Some(&retry), None).await, Err(StoreError::Conflict(_))),
+            "{}",
+            t.name
+        );
+        assert_eq!(store.get_document(a.id, second.id).await.unwrap(), None, "no second document");
+        assert_eq!(list_all(&store, &a, &DocumentFilter::default(), UPDATED_ASC).await.total, Some(1));
+        let y = DocumentFilter { tags_any: tags(&["y"]), ..Default::default() };
+        assert_eq!(list_all(&store, &a, &y, UPDATED_ASC).await.total, Some(0), "no tags of the refused document");
+        assert_eq!(
+            store.get_idempotency(a.id, "key-1", t0()).await.unwrap(),
+            Some(record.clone()),
+            "first answer kept"
+        );
+
+        // A document conflict rolls the idempotency record back too.
+        let same_id = document(&a, 1);
+        let fresh = idempotency(&a, "key-2", "{}", t0());
+        assert!(matches!(store.create_document(&same_id, Some(&fresh), None).await, Err(StoreError::Conflict(_))));
+        assert_eq!(store.get_idempotency(a.id, "key-2", t0()).await.unwrap(), None, "{}", t.name);
+
+        // Keys are per tenant.
+        let theirs = idempotency(&b, "key-1", r#"{"id":3}"#, t0());
+        store.create_document(&document(&b, 3), Some(&theirs), None).await.expect("another tenant's key space");
+        assert_eq!(store.get_idempotency(b.id, "key-1", t0()).await.unwrap(), Some(theirs));
+        assert_eq!(store.get_idempotency(a.id, "key-1", t0()).await.unwrap(), Some(record));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn idempotency_records_expire() {
+    for_each_store("idempotency_records_expire", |t| async move {
+        let store = migrated(&t).await;
+        let (a, _) = two_tenants(&store).await;
+        let record = IdempotencyRecord { response_body: vec![0, 159, 146, 150, 255], ..idempotency(&a, "k", "", t0()) };
+        store.create_document(&document(&a, 1), Some(&record), None).await.unwrap();
+        let expires = record.expires_at;
+        let at = |now| store.get_idempotency(a.id, "k", now);
+        assert_eq!(at(t0()).await.unwrap(), Some(record.clone()), "{}: binary bodies round-trip", t.name);
+        assert_eq!(at(expires - Duration::microseconds(1)).await.unwrap(), Some(record.clone()));
+        assert_eq!(at(expires).await.unwrap(), None, "{}: expired at expires_at", t.name);
+        assert_eq!(at(expires + Duration::days(1)).await.unwrap(), None);
+        assert_eq!(store.get_idempotency(a.id, "other", t0()).await.unwrap(), None);
+
+        // Before expiry the key is taken; from expiry on, it is free again and the new record answers.
+        let early = idempotency(&a, "k", "early", expires - Duration::seconds(1));
+        assert!(matches!(
+            store.create_document(&document(&a, 2), Some(&early), None).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let reuse = idempotency(&a, "k", "second", expires);
+        store.create_document(&document(&a, 2), Some(&reuse), None).await.expect("an expired key is free");
+        assert_eq!(at(expires).await.unwrap(), Some(reuse), "{}", t.name);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn document_filters_select_exactly_the_matching_documents() {
+    for_each_store("document_filters_select_exactly_the_matching_documents", |t| async move {
+        let store = migrated(&t).await;
+        let (a, b) = two_tenants(&store).await;
+        let s = |n: i64| t0() + Duration::seconds(n);
+        #[allow(clippy::type_complexity)]
+        let rows: [(&str, Option<&str>, &str, Option<&str>, DocumentStatus, Option<NaiveDate>, &[&str], i64);
+            10] = [
+            (
+                "Office lease",
+                Some("Lease renewal for the Paris office"),
+                "contract",
+                Some("FR"),
+                DocumentStatus::Published,
+                Some(date(2026, 1, 1)),
+                &["lease", "tax"],
+                1,
+            ),
+            ("Discount 50% off", None, "memo", None, DocumentStatus::Draft, None, &["pricing"], 2),
+            (
+                "Bulk order of 500 units",
+                Some("not a percentage"),
+                "memo",
+                Some("DE"),
+                DocumentStatus::Published,
+                Some(date(2026, 3, 1)),
+                &[],
+                3,
+            ),
+            (
+                "Field a_b mapping",
+                None,
+                "spec",
+                Some("FR"),
+                DocumentStatus::Archived,
+                Some(date(2025, 12, 31)),
+                &["hr"],
+                4,
+            ),
+            (
+                "Field axb mapping",
+                Some("wildcard bait"),
+                "spec",
+                Some("US"),
+                DocumentStatus::Draft,
+                Some(date(2026, 1, 1)),
+                &["hr", "tax"],
+                5,
+            ),
+            ("Notes [draft] v2", None, "memo", Some("FR"), DocumentStatus::Draft, None, &["tax"], 6),
+            (
+                "Drafting guide",
+                Some("how to write a d"),
+                "guide",
+                None,
+                DocumentStatus::Published,
+                Some(date(2026, 6, 30)),
+                &[],
+                7,
+            ),
+            (
+                "Path C:\\temp",
+                Some("backslash"),
+                "memo",
+                Some("FR"),
+                DocumentStatus::Published,
+                Some(date(2026, 1, 1)),
+                &["tax"],
+                6,
+            ),
+            (
+                "Quarterly TAX report",
+                None,
+                "report",
+                Some("DE"),
+                DocumentStatus::Published,
+                Some(date(2026, 2, 15)),
+                &["finance"],
+                8,
+            ),
+            (
+                "Employee handbook",
+                Some("HR policies and the 50% rule"),
+                "guide",
+                Some("FR"),
+                DocumentStatus::Published,
+                None,
+                &["hr"],
+                9,
+            ),
+        ];
+        let mut live = Vec::new();
+        for (n, (title, summary, doc_type, jurisdiction, status, effective_date, tag_list, second)) in
+            rows.into_iter().enumerate()
+        {
+            let d = Document {
+                title: title.into(),
+                summary: summary.map(str::to_owned),
+                doc_type: doc_type.into(),
+                jurisdiction: jurisdiction.map(str::to_owned),
+                status,
+                effective_date,
+                tags: tags(tag_list),
+                created_at: s(second),
+                updated_at: s(second),
+                ..document(&a, n as u128)
+            };
+            store.create_document(&d, None, None).await.unwrap();
+            live.push(d);
+        }
+        // Matches nearly every filter, but deleted; and the same for another tenant.
+        let bait = Document {
+            title: "Deleted lease 50% [draft] a_b C:\\".into(),
+            summary: Some("lease".into()),
+            doc_type: "memo".into(),
+            jurisdiction: Some("FR".into()),
+            status: DocumentStatus::Published,
+            effective_date: Some(date(2026, 1, 1)),
+            tags: tags(&["lease", "tax", "hr", "finance", "pricing"]),
+            created_at: s(6),
+            updated_at: s(6),
+            ..document(&a, 20)
+        };
+        store.create_document(&bait, None, None).await.unwrap();
+        store.delete_document(a.id, bait.id, 1, "oid-x", s(6), None).await.unwrap();
+        store.create_document(&Document { id: doc_id(21), tenant_id: b.id, ..bait.clone() }, None, None).await.unwrap();
+
+        let f = DocumentFilter::default;
+        let cases: Vec<(&str, DocumentFilter, usize)> = vec![
+            ("status", DocumentFilter { status: Some(DocumentStatus::Published), ..f() }, 6),
+            ("doc_type", DocumentFilter { doc_type: Some("memo".into()), ..f() }, 4),
+            ("jurisdiction", DocumentFilter { jurisdiction: Some("FR".into()), ..f() }, 5),
+            ("tags any of two", DocumentFilter { tags_any: tags(&["tax", "hr"]), ..f() }, 6),
+            ("one rare tag", DocumentFilter { tags_any: tags(&["finance"]), ..f() }, 1),
+            ("updated_after is inclusive", DocumentFilter { updated_after: Some(s(6)), ..f() }, 5),
+            ("updated_before is exclusive", DocumentFilter { updated_before: Some(s(6)), ..f() }, 5),
+            ("updated range", DocumentFilter { updated_after: Some(s(3)), updated_before: Some(s(6)), ..f() }, 3),
+            (
+                "updated_after with nanoseconds",
+                DocumentFilter { updated_after: Some(s(6) + Duration::nanoseconds(1)), ..f() },
+                3,
+            ),
+            (
+                "updated_before with nanoseconds",
+                DocumentFilter { updated_before: Some(s(6) + Duration::nanoseconds(1)), ..f() },
+                7,
+            ),
+            ("effective_from", DocumentFilter { effective_from: Some(date(2026, 1, 1)), ..f() }, 6),
+            ("effective_to", DocumentFilter { effective_to: Some(date(2026, 1, 1)), ..f() }, 4),
+            (
+                "effective on one day",
+                DocumentFilter { effective_from: Some(date(2026, 1, 1)), effective_to: Some(date(2026, 1, 1)), ..f() },
+                3,
+            ),
+            (
+                "effective dates beyond the DATE range",
+                DocumentFilter { effective_from: Some(NaiveDate::MIN), effective_to: Some(NaiveDate::MAX), ..f() },
+                7,
+            ),
+            ("q: % is literal", DocumentFilter { q: Some("50%".into()), ..f() }, 2),
+            ("q: _ is literal", DocumentFilter { q: Some("a_b".into()), ..f() }, 1),
+            ("q: [ is literal", DocumentFilter { q: Some("[draft]".into()), ..f() }, 1),
+            ("q: the escape character is literal", DocumentFilter { q: Some("C:\\".into()), ..f() }, 1),
+            ("q is case-insensitive", DocumentFilter { q: Some("LEASE".into()), ..f() }, 1),
+            ("q searches summaries", DocumentFilter { q: Some("PERCENTAGE".into()), ..f() }, 1),
+            ("q matches inside words", DocumentFilter { q: Some("tax".into()), ..f() }, 1),
+            (
+                "a combination",
+                DocumentFilter {
+                    status: Some(DocumentStatus::Published),
+                    jurisdiction: Some("FR".into()),
+                    tags_any: tags(&["tax", "finance"]),
+                    effective_from: Some(date(2026, 1, 1)),
+                    updated_before: Some(s(7)),
+                    ..f()
+                },
+                2,
+            ),
+            (
+                "every filter at once",
+                DocumentFilter {
+                    status: Some(DocumentStatus::Published),
+                    doc_type: Some("contract".into()),
+                    jurisdiction: Some("FR".into()),
+                    tags_any: tags(&["lease"]),
+                    updated_after: Some(s(1)),
+                    updated_before: Some(s(2)),
+                    effective_from: Some(date(2026, 1, 1)),
+                    effective_to: Some(date(2026, 1, 1)),
+                    q: Some("office".into()),
+                },
+                1,
+            ),
+            (
+                "nothing matches",
+                DocumentFilter { status: Some(DocumentStatus::Archived), doc_type: Some("memo".into()), ..f() },
+                0,
+            ),
+        ];
+        for (name, filter, count) in cases {
+            let expected = by_id(live.iter().filter(|d| matches(d, &filter)).cloned().collect());
+            assert_eq!(expected.len(), count, "{name}: the test's own expectation");
+            assert!(expected.len() < live.len(), "{name}: the filter must leave something out");
+            let listed = list_all(&store, &a, &filter, UPDATED_ASC).await;
+            assert_eq!(listed.total, Some(count as u64), "{}: {name}: count", t.name);
+            assert_eq!(by_id(listed.items.clone()), expected, "{}: {name}", t.name);
+            let (paged, _) = page_through(&store, &a, &filter, UPDATED_ASC, 2).await;
+            assert_eq!(paged, listed.items, "{}: {name}: pages of two give the same rows", t.name);
+        }
+        let all = list_all(&store, &a, &f(), UPDATED_ASC).await;
+        assert_eq!(all.total, Some(live.len() as u64), "{}", t.name);
+
+        let too_many = DocumentFilter { tags_any: (0..21).map(|i| format!("t{i}")).collect(), ..f() };
+        assert!(store.list_documents(a.id, &too_many, UPDATED_ASC, None, 10, false).await.is_err(), "at most 20 tags");
+        let twenty =
+            DocumentFilter { tags_any: (0..19).map(|i| format!("t{i}")).chain(["finance".into()]).collect(), ..f() };
+        assert_eq!(list_all(&store, &a, &twenty, UPDATED_ASC).await.total, Some(1), "twenty tags are fine");
+    })
+    .await;
+}
+
+/// The sort key as text that orders like the stores do for this test's data (lower-case ASCII titles; a missing
+/// effective date as the empty string, before every date).
+fn key_text(d: &Document, key: DocumentSortKey) -> String {
+    match key {
+        DocumentSortKey::UpdatedAt => d.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        DocumentSortKey::Title => d.title.clone(),
+        DocumentSortKey::EffectiveDate => d.effective_date.map(|e| e.to_string()).unwrap_or_default(),
+    }
+}
+
+/// Consecutive runs of equal keys, each as (key, sorted ids): the order a listing must follow, ties aside.
+fn tie_groups(documents: &[Document], key: DocumentSortKey) -> Vec<(String, Vec<Uuid>)> {
+    let mut groups: Vec<(String, Vec<Uuid>)> = Vec::new();
+    for d in documents {
+        let k = key_text(d, key);
+        match groups.last_mut() {
+            Some((last, ids)) if *last == k => ids.push(d.id),
+            _ => groups.push((k, vec![d.id])),
+        }
+    }
+    for (_, ids) in &mut groups {
+        ids.sort();
+    }
+    groups
+}
+
+#[tokio::test]
+async fn document_pages_follow_each_order_through_ties_and_missing_dates() {
+    for_each_store("document_pages_follow_each_order_through_ties_and_missing_dates", |t| async move {
+        let store = migrated(&t).await;
+        let (a, b) = two_tenants(&store).await;
+        let titles = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"];
+        let mut live = Vec::new();
+        for n in 0..24u128 {
+            let at = t0() + Duration::seconds((n / 3) as i64) + Duration::microseconds(250);
+            let d = Document {
+                title: titles[(n % 8) as usize].into(),
+                effective_date: if n % 5 == 0 { None } else { Some(date(2026, 1, 1 + (n % 4) as u32)) },
+                created_at: at,
+                updated_at: at,
+                ..document(&a, n)
+            };
+            store.create_document(&d, None, None).await.unwrap();
+            live.push(d);
+        }
+        let gone = Document { title: "charlie".into(), ..document(&a, 40) };
+        store.create_document(&gone, None, None).await.unwrap();
+        store.delete_document(a.id, gone.id, 1, "oid-x", t0(), None).await.unwrap();
+        store.create_document(&Document { title: "delta".into(), ..document(&b, 41) }, None, None).await.unwrap();
+
+        for key in [DocumentSortKey::UpdatedAt, DocumentSortKey::Title, DocumentSortKey::EffectiveDate] {
+            for descending in [false, true] {
+                let sort = DocumentSort { key, descending };
+                let name = format!("{}: {key:?} descending={descending}", t.name);
+                let mut expected = live.clone();
+                // SQLite's order among ties (ids as lower-case text); SQL Server orders tied GUIDs its own way.
+                expected.sort_by_key(|d| (key_text(d, key), d.id.to_string()));
+                if descending {
+                    expected.reverse();
+                }
+                let full = list_all(&store, &a, &DocumentFilter::default(), sort).await;
+                assert_eq!(full.total, Some(24), "{name}");
+                assert_eq!(tie_groups(&full.items, key), tie_groups(&expected, key), "{name}: key order");
+                assert!(tie_groups(&expected, key).len() < 24, "{name}: the data has ties");
+                if t.name == "sqlite" {
+                    assert_eq!(ids(&full.items), ids(&expected), "{name}: ties by id");
+                }
+                for size in [4, 5] {
+                    let (paged, pages) = page_through(&store, &a, &DocumentFilter::default(), sort, size).await;
+                    assert_eq!(ids(&paged), ids(&full.items), "{name}: pages of {size} match the unpaged order");
+                    assert_eq!(pages, 24usize.div_ceil(size as usize), "{name}: no empty last page");
+                }
+            }
+        }
+
+        // The cursor of an undated document carries NO_EFFECTIVE_DATE.
+        let sort = DocumentSort { key: DocumentSortKey::EffectiveDate, descending: false };
+        let first = store.list_documents(a.id, &DocumentFilter::default(), sort, None, 1, false).await.unwrap();
+        assert_eq!(first.items[0].effective_date, None, "{}: undated documents come first ascending", t.name);
+        assert_eq!(first.next.map(|c| c.value), Some(SortValue::Date(NO_EFFECTIVE_DATE)));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn document_pages_stay_exact_while_documents_are_written() {
+    for_each_store("document_pages_stay_exact_while_documents_are_written", |t| async move {
+        let store = migrated(&t).await;
+        let (a, _) = two_tenants(&store).await;
+        let other = t.second_handle().await;
+        let before: Vec<Document> =
+            (0..20).map(|n| Document { title: format!("t{n:02}"), ..document(&a, n) }).collect();
+        for d in &before {
+            store.create_document(d, None, None).await.unwrap();
+        }
+        let sort = DocumentSort { key: DocumentSortKey::Title, descending: false };
+        let mut seen: Vec<Document> = Vec::new();
+        let mut cursor: Option<DocumentCursor> = None;
+        let mut pages = 0;
+        loop {
+            let page =
+                store.list_documents(a.id, &DocumentFilter::default(), sort, cursor.as_ref(), 5, true).await.unwrap();
+            seen.extend(page.items.iter().cloned());
+            pages += 1;
+            if pages == 2 {
+                // Written by another process while a client pages (the cursor is at "t09").
+                other
+                    .create_document(&Document { title: "aaa".into(), ..document(&a, 100) }, None, None)
+                    .await
+                    .unwrap();
+                other
+                    .create_document(&Document { title: "zzz".into(), ..document(&a, 101) }, None, None)
+                    .await
+                    .unwrap();
+                let edited = Document { body: Some("edited".into()), ..before[15].clone() };
+                assert!(matches!(other.update_document(&edited, 1, None).await.unwrap(), Update::Updated(_)));
+                other.delete_document(a.id, before[17].id, 1, "oid-x", t0(), None).await.unwrap();
+            }
+            if pages == 3 {
+                assert_eq!(page.total, Some(21), "{}: the count sees the writes", t.name);
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let seen_ids = ids(&seen);
+        let unique: HashSet<_> = seen_ids.iter().collect();
+        assert_eq!(unique.len(), seen_ids.len(), "{}: no row appears twice", t.name);
+        for (n, d) in before.iter().enumerate() {
+            assert_eq!(unique.contains(&d.id), n != 17, "{}: t{n:02} seen unless deleted before its page", t.name);
+        }
+        assert!(!unique.contains(&doc_id(100)), "inserted before the cursor: not on a later page");
+        assert!(unique.contains(&doc_id(101)), "inserted after the cursor: seen once");
+        let edited = seen.iter().find(|d| d.id == before[15].id).unwrap();
+        assert_eq!((edited.version, edited.body.as_deref()), (2, Some("edited")), "{}", t.name);
+        assert_eq!(seen.len(), 20);
+    })
+    .await;
+}

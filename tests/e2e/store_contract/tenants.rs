@@ -1,0 +1,311 @@
+//! The storage contract for tenants and API clients.
+
+use super::*;
+
+#[tokio::test]
+async fn plans_and_tenants_round_trip_with_constraints() {
+    for_each_store("plans_and_tenants_round_trip_with_constraints", |t| async move {
+        let store = migrated(&t).await;
+        let pro = plan("pro", 1_000, OveragePolicy::Allow);
+        store.create_plan(&pro, None).await.unwrap();
+        assert_eq!(store.get_plan("pro").await.unwrap(), Some(pro.clone()));
+        assert_eq!(store.get_plan("none").await.unwrap(), None);
+        assert!(matches!(store.create_plan(&pro, None).await, Err(StoreError::Conflict(_))));
+
+        let acme = tenant(1, "pro", t0());
+        store.create_tenant(&acme, None).await.unwrap();
+        assert_eq!(store.get_tenant(acme.id).await.unwrap(), Some(acme.clone()));
+        assert_eq!(store.get_tenant_by_entra_id(acme.entra_tenant_id.unwrap()).await.unwrap(), Some(acme.clone()));
+        assert_eq!(store.get_tenant(Uuid::from_u128(7)).await.unwrap(), None);
+
+        let same_directory = Tenant { id: Uuid::from_u128(2), ..acme.clone() };
+        assert!(
+            matches!(store.create_tenant(&same_directory, None).await, Err(StoreError::Conflict(_))),
+            "tid is unique"
+        );
+        let no_plan =
+            Tenant { id: Uuid::from_u128(3), entra_tenant_id: None, plan_code: "ghost".into(), ..acme.clone() };
+        assert!(matches!(store.create_tenant(&no_plan, None).await, Err(StoreError::ForeignKey(_))), "{}", t.name);
+        let no_directory_a = Tenant { id: Uuid::from_u128(4), entra_tenant_id: None, ..acme.clone() };
+        let no_directory_b = Tenant { id: Uuid::from_u128(5), entra_tenant_id: None, ..acme.clone() };
+        store.create_tenant(&no_directory_a, None).await.unwrap();
+        store.create_tenant(&no_directory_b, None).await.expect("many tenants may have no Entra directory");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tenant_updates_are_conditional_on_the_version() {
+    for_each_store("tenant_updates_are_conditional_on_the_version", |t| async move {
+        let store = migrated(&t).await;
+        store.create_plan(&plan("pro", 10, OveragePolicy::Block), None).await.unwrap();
+        let acme = tenant(1, "pro", t0());
+        store.create_tenant(&acme, None).await.unwrap();
+        let later = t0() + Duration::hours(1);
+        let Update::Updated(suspended) =
+            store.set_tenant_status(acme.id, TenantStatus::Suspended, 1, later).await.unwrap()
+        else {
+            panic!("{}: the update at the current version applies", t.name)
+        };
+        assert_eq!((suspended.status, suspended.version, suspended.updated_at), (TenantStatus::Suspended, 2, later));
+        let stale = store.set_tenant_status(acme.id, TenantStatus::Active, 1, later).await.unwrap();
+        assert_eq!(stale, Update::VersionMismatch { current_version: 2 });
+        let missing = store.set_tenant_status(Uuid::from_u128(99), TenantStatus::Active, 1, later).await.unwrap();
+        assert_eq!(missing, Update::NotFound);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn keyset_pages_are_complete_and_stable_under_concurrent_inserts() {
+    for_each_store("keyset_pages_are_complete_and_stable_under_concurrent_inserts", |t| async move {
+        let store = migrated(&t).await;
+        store.create_plan(&plan("pro", 10, OveragePolicy::Block), None).await.unwrap();
+        // Ties on created_at on purpose: the id must break them.
+        let before: Vec<Tenant> = (0..23).map(|n| tenant(n, "pro", t0() + Duration::seconds((n / 3) as i64))).collect();
+        for tenant in &before {
+            store.create_tenant(tenant, None).await.unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut cursor: Option<TenantCursor> = None;
+        let mut pages = 0;
+        loop {
+            let page = store.list_tenants(cursor.as_ref(), 5).await.unwrap();
+            assert!(page.items.len() <= 5);
+            seen.extend(page.items.iter().map(|t| t.id));
+            pages += 1;
+            if pages == 2 {
+                // Rows written while a client pages: before the cursor (hidden) and after it (shown once).
+                store.create_tenant(&tenant(100, "pro", t0() - Duration::days(1)), None).await.unwrap();
+                store.create_tenant(&tenant(101, "pro", t0() + Duration::days(1)), None).await.unwrap();
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let unique: HashSet<_> = seen.iter().collect();
+        assert_eq!(unique.len(), seen.len(), "{}: no row appears twice", t.name);
+        assert!(before.iter().all(|t| unique.contains(&t.id)), "every row that existed is seen");
+        assert!(unique.contains(&Uuid::from_u128(0x1000 + 101)) && !unique.contains(&Uuid::from_u128(0x1000 + 100)));
+        assert_eq!(seen.len(), 24);
+    })
+    .await;
+}
+
+/// A registration of `app_id` for `tenant`'s own directory, active.
+fn registration(n: u128, tenant: &Tenant, app_id: &str, created_at: DateTime<Utc>, roles: &[&str]) -> ApiClient {
+    ApiClient {
+        id: Uuid::from_u128(0xC0 + n),
+        tenant_id: tenant.id,
+        directory_id: tenant.entra_tenant_id,
+        app_id: app_id.into(),
+        display_name: format!("Client {n}"),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        status: ClientStatus::Active,
+        created_at,
+        revoked_at: None,
+        decided_by: None,
+        decided_at: None,
+        version: 1,
+    }
+}
+
+#[tokio::test]
+async fn api_clients_register_once_per_tenant_and_directory_with_their_roles() {
+    for_each_store("api_clients_register_once_per_tenant_and_directory_with_their_roles", |t| async move {
+        let store = migrated(&t).await;
+        let (acme, other) = two_tenants(&store).await;
+        let home = acme.entra_tenant_id.unwrap();
+        let client = registration(1, &acme, "8d0a1c1e-app", t0(), &["Documents.Read", "Usage.Read"]);
+        store.create_api_client(&client, None).await.unwrap();
+        assert_eq!(store.api_clients_for_app(home, "8d0a1c1e-app").await.unwrap(), vec![client.clone()], "{}", t.name);
+        assert_eq!(store.api_clients_for_app(home, "unknown").await.unwrap(), vec![]);
+        let elsewhere = other.entra_tenant_id.unwrap();
+        assert_eq!(store.api_clients_for_app(elsewhere, "8d0a1c1e-app").await.unwrap(), vec![], "keyed by directory");
+        let again = ApiClient { id: Uuid::from_u128(0xC2), ..client.clone() };
+        assert!(
+            matches!(store.create_api_client(&again, None).await, Err(StoreError::Conflict(_))),
+            "one live registration per tenant, directory and application"
+        );
+        // Another tenant may register the same pair (pending): registrations never reveal each other.
+        let theirs = ApiClient {
+            id: Uuid::from_u128(0xC4),
+            tenant_id: other.id,
+            status: ClientStatus::Pending,
+            ..client.clone()
+        };
+        store.create_api_client(&theirs, None).await.unwrap();
+        // The same tenant may register the application again once the first is revoked.
+        store.revoke_api_client(acme.id, client.id, t0(), None).await.unwrap();
+        store.create_api_client(&again, None).await.unwrap();
+        let all = store.api_clients_for_app(home, "8d0a1c1e-app").await.unwrap();
+        assert_eq!(all.iter().map(|c| c.id).collect::<Vec<_>>(), vec![client.id, again.id, theirs.id], "{}", t.name);
+        let bad_role = ApiClient {
+            id: Uuid::from_u128(0xC3),
+            app_id: "other".into(),
+            roles: vec!["Root".into()],
+            ..client.clone()
+        };
+        assert!(store.create_api_client(&bad_role, None).await.is_err(), "roles are a closed set");
+        assert_eq!(
+            store.api_clients_for_app(home, "other").await.unwrap(),
+            vec![],
+            "the failed registration left nothing"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pending_registrations_are_decided_once_and_never_take_a_tenants_directory() {
+    for_each_store("pending_registrations_are_decided_once_and_never_take_a_tenants_directory", |t| async move {
+        let store = migrated(&t).await;
+        let (a, b) = two_tenants(&store).await;
+        let partner = Uuid::from_u128(0x7777);
+        let pending = |n: u128, tenant: &Tenant, directory: Uuid| ApiClient {
+            directory_id: Some(directory),
+            status: ClientStatus::Pending,
+            ..registration(n, tenant, "partner-app", t0(), &["Documents.Read"])
+        };
+        let (ours, theirs, squat) =
+            (pending(1, &a, partner), pending(2, &b, partner), pending(3, &b, a.entra_tenant_id.unwrap()));
+        for c in [&ours, &theirs, &squat] {
+            store.create_api_client(c, None).await.unwrap();
+        }
+        let at = t0() + Duration::hours(1);
+        let approve = ClientDecision { approve: true, by: "platform-admin".into(), at };
+        assert_eq!(
+            store.decide_api_client(b.id, ours.id, &approve, None).await.unwrap(),
+            Update::NotFound,
+            "{}",
+            t.name
+        );
+        let approved = ApiClient {
+            status: ClientStatus::Active,
+            decided_by: Some("platform-admin".into()),
+            decided_at: Some(at),
+            version: 2,
+            ..ours.clone()
+        };
+        assert_eq!(
+            store.decide_api_client(a.id, ours.id, &approve, None).await.unwrap(),
+            Update::Updated(approved.clone())
+        );
+        let reject = ClientDecision { approve: false, ..approve.clone() };
+        assert!(
+            matches!(store.decide_api_client(a.id, ours.id, &reject, None).await, Err(StoreError::Conflict(_))),
+            "{}: a decided registration stays decided",
+            t.name
+        );
+        assert!(
+            matches!(store.decide_api_client(b.id, theirs.id, &approve, None).await, Err(StoreError::Conflict(_))),
+            "{}: another tenant holds the pair already",
+            t.name
+        );
+        assert!(
+            matches!(store.decide_api_client(b.id, squat.id, &approve, None).await, Err(StoreError::Conflict(_))),
+            "{}: tenant A's own directory cannot be given to B",
+            t.name
+        );
+        let rejected = store.decide_api_client(b.id, squat.id, &reject, None).await.unwrap();
+        assert!(matches!(rejected, Update::Updated(ref c) if c.status == ClientStatus::Rejected), "{rejected:?}");
+        assert_eq!(store.api_clients_for_app(partner, "partner-app").await.unwrap(), vec![approved, theirs.clone()]);
+        // Revoking a rejected registration leaves it as it is; a pending one can be withdrawn.
+        let withdrawn = store.revoke_api_client(b.id, theirs.id, at, None).await.unwrap();
+        assert!(matches!(withdrawn, Update::Updated(ref c) if c.status == ClientStatus::Revoked), "{withdrawn:?}");
+        let still = store.revoke_api_client(b.id, squat.id, at, None).await.unwrap();
+        assert!(
+            matches!(still, Update::Updated(ref c) if c.status == ClientStatus::Rejected && c.revoked_at.is_none())
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tenant_changes_apply_only_given_fields_and_check_the_plan() {
+    for_each_store("tenant_changes_apply_only_given_fields_and_check_the_plan", |t| async move {
+        let store = migrated(&t).await;
+        let (a, _) = two_tenants(&store).await;
+        store.create_plan(&plan("business", 1000, OveragePolicy::Allow), None).await.unwrap();
+        let at = |h| t0() + Duration::hours(h);
+
+        let renamed = TenantChanges { name: Some("Acme SAS".into()), ..Default::default() };
+        let Update::Updated(v2) = store.update_tenant(a.id, &renamed, 1, at(1), None).await.unwrap() else {
+            panic!("{}", t.name)
+        };
+        assert_eq!(v2, Tenant { name: "Acme SAS".into(), updated_at: at(1), version: 2, ..a.clone() });
+
+        let upgrade =
+            TenantChanges { plan_code: Some("business".into()), status: Some(TenantStatus::Suspended), name: None };
+        let Update::Updated(v3) = store.update_tenant(a.id, &upgrade, 2, at(2), None).await.unwrap() else { panic!() };
+        assert_eq!(
+            v3,
+            Tenant {
+                plan_code: "business".into(),
+                status: TenantStatus::Suspended,
+                updated_at: at(2),
+                version: 3,
+                ..v2
+            },
+            "{}",
+            t.name
+        );
+
+        let ghost = TenantChanges { plan_code: Some("ghost".into()), ..Default::default() };
+        assert!(
+            matches!(store.update_tenant(a.id, &ghost, 3, at(3), None).await, Err(StoreError::ForeignKey(_))),
+            "{}",
+            t.name
+        );
+        assert_eq!(store.get_tenant(a.id).await.unwrap(), Some(v3.clone()), "the refused change wrote nothing");
+        assert_eq!(
+            store.update_tenant(a.id, &renamed, 2, at(3), None).await.unwrap(),
+            Update::VersionMismatch { current_version: 3 }
+        );
+        assert_eq!(
+            store.update_tenant(Uuid::from_u128(404), &renamed, 1, at(3), None).await.unwrap(),
+            Update::NotFound
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn api_clients_are_listed_oldest_first_and_revoked_idempotently() {
+    for_each_store("api_clients_are_listed_oldest_first_and_revoked_idempotently", |t| async move {
+        let store = migrated(&t).await;
+        let (a, b) = two_tenants(&store).await;
+        let client = |n: u128, tenant: &Tenant, created_at, roles: &[&str]| {
+            registration(n, tenant, &format!("app-{n}"), created_at, roles)
+        };
+        // Created out of order; 3 and 2 tie on created_at (the id decides).
+        let c1 = client(1, &a, t0() + Duration::seconds(2), &["Documents.Read", "Documents.Write"]);
+        let c3 = client(3, &a, t0(), &[]);
+        let c2 = client(2, &a, t0(), &["Usage.Read"]);
+        let theirs = client(4, &b, t0() - Duration::days(1), &["Tenant.Admin"]);
+        for c in [&c1, &c3, &c2, &theirs] {
+            store.create_api_client(c, None).await.unwrap();
+        }
+        assert_eq!(store.list_api_clients(a.id).await.unwrap(), vec![c2.clone(), c3.clone(), c1.clone()], "{}", t.name);
+        assert_eq!(store.list_api_clients(b.id).await.unwrap(), vec![theirs.clone()]);
+        assert!(store.list_api_clients(Uuid::from_u128(404)).await.unwrap().is_empty());
+
+        let now = t0() + Duration::hours(1);
+        assert_eq!(store.revoke_api_client(b.id, c1.id, now, None).await.unwrap(), Update::NotFound, "{}", t.name);
+        let home = a.entra_tenant_id.unwrap();
+        let lookup = |app: &'static str| {
+            let store = store.clone();
+            async move { store.api_clients_for_app(home, app).await.unwrap() }
+        };
+        assert_eq!(lookup("app-1").await[0].status, ClientStatus::Active, "another tenant cannot revoke");
+        let revoked = ApiClient { status: ClientStatus::Revoked, revoked_at: Some(now), version: 2, ..c1.clone() };
+        assert_eq!(store.revoke_api_client(a.id, c1.id, now, None).await.unwrap(), Update::Updated(revoked.clone()));
+        let again = store.revoke_api_client(a.id, c1.id, now + Duration::hours(1), None).await.unwrap();
+        assert_eq!(again, Update::Updated(revoked.clone()), "{}: revoking twice changes nothing", t.name);
+        assert_eq!(lookup("app-1").await, vec![revoked.clone()]);
+        assert_eq!(store.list_api_clients(a.id).await.unwrap(), vec![c2, c3, revoked]);
+        assert_eq!(store.revoke_api_client(a.id, Uuid::from_u128(404), now, None).await.unwrap(), Update::NotFound);
+    })
+    .await;
+}
