@@ -56,7 +56,9 @@ async fn mssql(test: &str) -> Option<TestStore> {
         let connection = connection.clone();
         Box::pin(async move {
             let config = meterline::config::StoreConfig::Mssql { connection_string: connection.into() };
-            meterline::store::open(&config).await.expect("the SQL Server store opens")
+            meterline::store::open(&config, std::sync::Arc::new(meterline::clock::SystemClock))
+                .await
+                .expect("the SQL Server store opens")
         }) as std::pin::Pin<Box<dyn Future<Output = Arc<dyn Store>> + Send>>
     };
     let store = open().await;

@@ -76,6 +76,8 @@ enum Retry {
 pub struct MssqlStore {
     pool: bb8::Pool<MssqlManager>,
     retry: Arc<RetryPolicy>,
+    /// Stamps the migration history (`applied_at`).
+    clock: Arc<dyn crate::clock::Clock>,
 }
 
 impl std::fmt::Debug for MssqlStore {
@@ -87,11 +89,23 @@ impl std::fmt::Debug for MssqlStore {
 impl MssqlStore {
     /// Builds the pool; connections are made on first use, so a database that is briefly away does not stop startup.
     pub async fn open(connection_string: &SecretString) -> Result<Self, StoreError> {
+        Self::open_with_clock(connection_string, Arc::new(crate::clock::SystemClock)).await
+    }
+
+    /// [`Self::open`] with the clock that stamps the migration history (tests inject a fixed one).
+    pub async fn open_with_clock(
+        connection_string: &SecretString,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> Result<Self, StoreError> {
         let connector = Arc::new(MssqlConnector::new(connection_string)?);
         // Three attempts bounded by POOL_WAIT each: a request fails within about 16 s when the database is away,
         // well inside the Functions HTTP limit, instead of queueing for minutes.
         let retry = RetryPolicy { max_attempts: 3, ..RetryPolicy::default() };
-        Ok(MssqlStore { pool: pool_with_timeout(connector, POOL_SIZE, POOL_WAIT).await?, retry: Arc::new(retry) })
+        Ok(MssqlStore {
+            pool: pool_with_timeout(connector, POOL_SIZE, POOL_WAIT).await?,
+            retry: Arc::new(retry),
+            clock,
+        })
     }
 
     /// Runs `op` inside one transaction on a pooled connection; commits on Ok, rolls back on Err.

@@ -44,6 +44,7 @@ impl OperationsStore for SqliteStore {
         let known = migrations::SQLITE;
         migrations::check_order(known).map_err(|e| StoreError::Other(anyhow::anyhow!(e)))?;
         // One IMMEDIATE transaction: a second process migrating at the same time waits, then sees it done.
+        let clock = self.inner.clock.clone();
         self.write(move |tx| {
             tx.execute_batch(CREATE_HISTORY).map_err(classify)?;
             let history = read_history(tx)?;
@@ -56,7 +57,7 @@ impl OperationsStore for SqliteStore {
                 })?;
                 tx.execute(
                     "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![migration.version, migration.name, migration.checksum(), timestamp(Utc::now())],
+                    params![migration.version, migration.name, migration.checksum(), timestamp(clock.now())],
                 )
                 .map_err(classify)?;
                 report.applied.push(migration.version);
