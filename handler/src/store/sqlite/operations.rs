@@ -163,3 +163,22 @@ impl OperationsStore for SqliteStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_injected_clock_stamps_the_migration_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = Utc.with_ymd_and_hms(2026, 1, 31, 12, 0, 0).unwrap();
+        let clock = Arc::new(crate::clock::ManualClock::new(at));
+        let store = SqliteStore::open_with_clock(&dir.path().join("m.db"), clock).await.unwrap();
+        store.migrate().await.unwrap();
+        let history = store.applied_migrations().await.unwrap();
+        assert!(!history.is_empty());
+        assert!(history.iter().all(|m| m.applied_at == at));
+    }
+}
