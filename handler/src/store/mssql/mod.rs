@@ -606,25 +606,6 @@ impl UsageStore for MssqlStore {
     }
 }
 
-/// Creates an empty database `name` on the server of `server_connection_string` and returns a connection
-/// string for it. For the contract tests: each test gets its own database.
-pub async fn create_test_database(server_connection_string: &str, name: &str) -> Result<String, StoreError> {
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(StoreError::Other(anyhow::anyhow!("test database names are [A-Za-z0-9_]+, got {name:?}")));
-    }
-    let connector = MssqlConnector::new(&SecretString::from(server_connection_string.to_owned()))?;
-    let mut conn = connector.connect().await?;
-    batch(&mut conn, &format!("CREATE DATABASE [{name}]")).await?;
-    let without_database: Vec<&str> = server_connection_string
-        .split(';')
-        .filter(|part| {
-            let key = part.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
-            !part.trim().is_empty() && key != "database" && key != "initial catalog"
-        })
-        .collect();
-    Ok(format!("{};Database={name}", without_database.join(";")))
-}
-
 // After `in_tx!`, which they use.
 mod documents;
 mod operations;
