@@ -162,7 +162,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
     match command {
         Command::Serve => serve(config).await,
         Command::Migrate => {
-            let store = crate::store::open(&config.store).await?;
+            let store = crate::store::open(&config.store, Arc::new(crate::clock::SystemClock)).await?;
             let report = store.migrate().await?;
             println!(
                 "{} store: applied {:?}, already applied {:?}",
@@ -173,7 +173,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::RunJob { job } => {
-            let store = crate::store::open(&config.store).await?;
+            let store = crate::store::open(&config.store, Arc::new(crate::clock::SystemClock)).await?;
             if config.auto_migrate {
                 store.migrate().await?;
             }
@@ -183,7 +183,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::RollupRerun { from, to } => {
-            let store = crate::store::open(&config.store).await?;
+            let store = crate::store::open(&config.store, Arc::new(crate::clock::SystemClock)).await?;
             if config.auto_migrate {
                 store.migrate().await?;
             }
@@ -219,7 +219,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
 
 async fn quarantine(config: Config, action: QuarantineCommand) -> anyhow::Result<()> {
     use crate::jobs::integration::{Verdict, process};
-    let store = crate::store::open(&config.store).await?;
+    let store = crate::store::open(&config.store, Arc::new(crate::clock::SystemClock)).await?;
     if config.auto_migrate {
         store.migrate().await?;
     }
@@ -267,7 +267,7 @@ async fn ensure_dev_tenant(
     ids: &dyn IdGenerator,
 ) -> anyhow::Result<()> {
     use crate::store::{OveragePolicy, Plan, StoreError, Tenant, TenantStatus};
-    let store = crate::store::open(&config.store).await?;
+    let store = crate::store::open(&config.store, Arc::new(crate::clock::SystemClock)).await?;
     store.migrate().await?;
     let now = clock.now();
     if store.get_plan("developer").await?.is_none() {

@@ -121,7 +121,7 @@ pub struct Running {
 
 /// Opens the store (migrating it when configured to), binds the port and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let store = crate::store::open(&config.store).await?;
+    let store = crate::store::open(&config.store, Arc::new(crate::clock::SystemClock)).await?;
     if config.auto_migrate {
         let report = store.migrate().await?;
         if !report.applied.is_empty() {

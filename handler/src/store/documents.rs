@@ -222,6 +222,35 @@ pub(crate) fn cursor_of(document: &Document, key: DocumentSortKey) -> DocumentCu
     DocumentCursor { value, id: document.id }
 }
 
+/// The sort value of a keyset cursor, checked against the order (a cursor of another order is refused), with
+/// dates clamped to what both stores hold; `None` is an undated document's cursor ([`NO_EFFECTIVE_DATE`]).
+pub(crate) fn keyset_value(sort: DocumentSort, cursor: &DocumentCursor) -> Result<Option<SortValue>, StoreError> {
+    match (sort.key, &cursor.value) {
+        (DocumentSortKey::UpdatedAt, SortValue::Time(t)) => Ok(Some(SortValue::Time(*t))),
+        (DocumentSortKey::Title, SortValue::Text(title)) => Ok(Some(SortValue::Text(title.clone()))),
+        (DocumentSortKey::EffectiveDate, SortValue::Date(date)) if *date == NO_EFFECTIVE_DATE => Ok(None),
+        (DocumentSortKey::EffectiveDate, SortValue::Date(date)) => {
+            Ok(Some(SortValue::Date((*date).clamp(FIRST_DATE, LAST_DATE))))
+        }
+        (key, value) => Err(StoreError::Other(anyhow::anyhow!("a {value:?} cursor does not fit the {key:?} order"))),
+    }
+}
+
+/// "Strictly after the cursor" in the listing's order, as a range on the sort index, given the placeholders of
+/// the cursor's sort value (`v`, `None` for an undated cursor) and id: `key >= v AND (key > v OR id > c)`
+/// ascending, mirrored descending. An undated cursor gets its own branch (no comparison with NULL is true):
+/// descending, the undated rest by id; ascending, every dated document or the undated ones after the id.
+/// `and` starts each condition (the stores differ only in layout).
+pub(crate) fn keyset_condition(and: &str, key: &str, descending: bool, v: Option<&str>, id: &str) -> String {
+    let (beyond, from) = if descending { ("<", "<=") } else { (">", ">=") };
+    match v {
+        // Descending by date, the undated documents after these are a query of their own.
+        Some(v) => format!("{and}{key} {from} {v} AND ({key} {beyond} {v} OR d.id {beyond} {id})"),
+        None if descending => format!("{and}d.effective_date IS NULL AND d.id < {id}"),
+        None => format!("{and}(d.effective_date IS NOT NULL OR d.id > {id})"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
@@ -270,5 +299,21 @@ mod tests {
         );
         assert_eq!(cursor_of(&undated, DocumentSortKey::EffectiveDate).value, SortValue::Date(NO_EFFECTIVE_DATE));
         assert_eq!(cursor_of(&undated, DocumentSortKey::Title).id, undated.id);
+    }
+
+    #[test]
+    fn the_keyset_plan_splits_on_an_undated_cursor_and_refuses_a_foreign_one() {
+        let by_date = |descending| DocumentSort { key: DocumentSortKey::EffectiveDate, descending };
+        let undated = DocumentCursor { value: SortValue::Date(NO_EFFECTIVE_DATE), id: Uuid::from_u128(7) };
+        assert_eq!(keyset_value(by_date(true), &undated).unwrap(), None);
+        let title = DocumentCursor { value: SortValue::Text("Lease".into()), id: Uuid::from_u128(7) };
+        assert!(keyset_value(by_date(false), &title).is_err());
+        assert_eq!(keyset_condition(" AND ", "k", false, Some("?2"), "?1"), " AND k >= ?2 AND (k > ?2 OR d.id > ?1)");
+        assert_eq!(keyset_condition(" AND ", "k", true, Some("?2"), "?1"), " AND k <= ?2 AND (k < ?2 OR d.id < ?1)");
+        assert_eq!(keyset_condition(" AND ", "k", true, None, "?1"), " AND d.effective_date IS NULL AND d.id < ?1");
+        assert_eq!(
+            keyset_condition(" AND ", "k", false, None, "?1"),
+            " AND (d.effective_date IS NOT NULL OR d.id > ?1)"
+        );
     }
 }

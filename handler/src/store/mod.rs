@@ -128,10 +128,12 @@ pub enum Update<T> {
     },
 }
 
-/// Opens the configured store. Does not migrate; see [`OperationsStore::migrate`].
-pub async fn open(config: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the configured store; `clock` stamps its migration history. Does not migrate; see [`OperationsStore::migrate`].
+pub async fn open(config: &StoreConfig, clock: Arc<dyn crate::clock::Clock>) -> anyhow::Result<Arc<dyn Store>> {
     match config {
-        StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path).await?)),
-        StoreConfig::Mssql { connection_string } => Ok(Arc::new(mssql::MssqlStore::open(connection_string).await?)),
+        StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open_with_clock(path, clock).await?)),
+        StoreConfig::Mssql { connection_string } => {
+            Ok(Arc::new(mssql::MssqlStore::open_with_clock(connection_string, clock).await?))
+        }
     }
 }

@@ -130,7 +130,9 @@ impl TestAppBuilder {
         ]);
         settings.extend(self.settings);
         let config = Config::from_lookup(|name| settings.get(name).cloned()).expect("a valid test configuration");
-        let store = meterline::store::open(&config.store).await.expect("the store opens");
+        let store = meterline::store::open(&config.store, std::sync::Arc::new(meterline::clock::SystemClock))
+            .await
+            .expect("the store opens");
         if config.auto_migrate {
             store.migrate().await.expect("the store migrates");
         }

@@ -49,14 +49,16 @@ async fn mssql(test: &str) -> Option<TestStore> {
         return None;
     };
     let database = format!("meterline_test_{}", uuid::Uuid::new_v4().simple());
-    let connection = meterline::store::mssql::create_test_database(&server, &database)
+    let connection = create_test_database(&server, &database)
         .await
         .unwrap_or_else(|e| panic!("creating SQL Server database {database}: {e:?}"));
     let open = move || {
         let connection = connection.clone();
         Box::pin(async move {
             let config = meterline::config::StoreConfig::Mssql { connection_string: connection.into() };
-            meterline::store::open(&config).await.expect("the SQL Server store opens")
+            meterline::store::open(&config, std::sync::Arc::new(meterline::clock::SystemClock))
+                .await
+                .expect("the SQL Server store opens")
         }) as std::pin::Pin<Box<dyn Future<Output = Arc<dyn Store>> + Send>>
     };
     let store = open().await;
@@ -97,4 +99,32 @@ pub fn plan(code: &str, quota: i64, at: DateTime<Utc>) -> Plan {
         updated_at: at,
         version: 1,
     }
+}
+
+/// Creates database `name` on the server of `server_connection_string` and returns a connection string for it
+/// (the same one with its `Database`/`Initial Catalog` replaced). Connects through the store's own connector,
+/// so every authentication the store accepts works here too.
+async fn create_test_database(
+    server_connection_string: &str,
+    name: &str,
+) -> Result<String, meterline::store::StoreError> {
+    use meterline::store::StoreError;
+    use meterline::store::mssql::connection::MssqlConnector;
+
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(StoreError::Other(anyhow::anyhow!("test database names are [A-Za-z0-9_]+, got {name:?}")));
+    }
+    let connector = MssqlConnector::new(&secrecy::SecretString::from(server_connection_string.to_owned()))?;
+    let mut conn = connector.connect().await?;
+    let create = format!("CREATE DATABASE [{name}]");
+    let done = conn.simple_query(create).await.map_err(|e| StoreError::Other(e.into()))?;
+    done.into_results().await.map_err(|e| StoreError::Other(e.into()))?;
+    let without_database: Vec<&str> = server_connection_string
+        .split(';')
+        .filter(|part| {
+            let key = part.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+            !part.trim().is_empty() && key != "database" && key != "initial catalog"
+        })
+        .collect();
+    Ok(format!("{};Database={name}", without_database.join(";")))
 }

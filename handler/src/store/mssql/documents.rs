@@ -127,30 +127,15 @@ fn sort_column(key: DocumentSortKey) -> &'static str {
 /// last descending, as SQLite does; a NULL effective date's cursor carries [`NO_EFFECTIVE_DATE`] (never a
 /// storable date) and gets its own branch, since no comparison with NULL is true.
 fn keyset(a: &mut Assembled, sort: DocumentSort, cursor: &DocumentCursor) -> Result<(), StoreError> {
-    let value = match (sort.key, &cursor.value) {
-        (DocumentSortKey::UpdatedAt, SortValue::Time(t)) => Some(Arg::Time(*t)),
-        (DocumentSortKey::Title, SortValue::Text(title)) => Some(Arg::Text(title.clone())),
-        (DocumentSortKey::EffectiveDate, SortValue::Date(date)) if *date == NO_EFFECTIVE_DATE => None,
-        (DocumentSortKey::EffectiveDate, SortValue::Date(date)) => {
-            Some(Arg::Date((*date).clamp(FIRST_DATE, LAST_DATE)))
-        }
-        (key, value) => {
-            return Err(StoreError::Other(anyhow::anyhow!("a {value:?} cursor does not fit the {key:?} order")));
-        }
-    };
-    let key = sort_column(sort.key);
+    let value = keyset_value(sort, cursor)?.map(|value| match value {
+        SortValue::Time(t) => Arg::Time(t),
+        SortValue::Text(title) => Arg::Text(title),
+        SortValue::Date(date) => Arg::Date(date),
+    });
     let id = a.bind(Arg::Id(cursor.id));
-    let (beyond, from) = if sort.descending { ("<", "<=") } else { (">", ">=") };
-    let fragment = match value {
-        Some(value) => {
-            let v = a.bind(value);
-            // Descending by date, the undated documents after these are a query of their own (`undated_documents`).
-            format!("\n    AND {key} {from} {v} AND ({key} {beyond} {v} OR d.id {beyond} {id})")
-        }
-        None if sort.descending => format!("\n    AND d.effective_date IS NULL AND d.id < {id}"),
-        None => format!("\n    AND (d.effective_date IS NOT NULL OR d.id > {id})"),
-    };
-    a.sql.push_str(&fragment);
+    let v = value.map(|value| a.bind(value));
+    let condition = keyset_condition("\n    AND ", sort_column(sort.key), sort.descending, v.as_deref(), &id);
+    a.sql.push_str(&condition);
     Ok(())
 }
 

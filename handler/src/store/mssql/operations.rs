@@ -77,7 +77,10 @@ pub(super) async fn read_history(conn: &mut MssqlClient) -> Result<Vec<AppliedMi
 }
 
 /// Applies pending migrations on one connection that holds the session-scoped migration lock throughout.
-pub(super) async fn migrate_locked(conn: &mut MssqlClient) -> Result<MigrationReport, StoreError> {
+pub(super) async fn migrate_locked(
+    conn: &mut MssqlClient,
+    clock: &dyn crate::clock::Clock,
+) -> Result<MigrationReport, StoreError> {
     let known = migrations::MSSQL;
     let history = read_history(conn).await?;
     let (mut report, pending) = migrations::verify(known, &history)?;
@@ -85,7 +88,7 @@ pub(super) async fn migrate_locked(conn: &mut MssqlClient) -> Result<MigrationRe
         batch(conn, "BEGIN TRANSACTION").await?;
         let applied = async {
             batch(conn, migration.sql).await?;
-            let (checksum, now) = (migration.checksum(), Utc::now());
+            let (checksum, now) = (migration.checksum(), clock.now());
             execute(conn, INSERT_HISTORY, &[&migration.version, &migration.name, &checksum.as_str(), &now]).await?;
             batch(conn, "COMMIT TRANSACTION").await
         }
@@ -137,7 +140,7 @@ impl OperationsStore for MssqlStore {
             // Under the session-owned lock: create the history table if missing, then read and apply.
             let report = async {
                 batch(&mut conn, CREATE_HISTORY).await?;
-                migrate_locked(&mut conn).await
+                migrate_locked(&mut conn, self.clock.as_ref()).await
             }
             .await;
             let unlocked = batch(&mut conn, UNLOCK_MIGRATIONS).await;

@@ -176,30 +176,15 @@ pub(super) fn sort_column(key: DocumentSortKey) -> &'static str {
 /// (`key >= v AND (key > v OR id > c)`, mirrored for descending order). NULL effective dates sort first
 /// ascending and last descending (SQLite's NULL order), and their cursor carries [`NO_EFFECTIVE_DATE`].
 pub(super) fn keyset(a: &mut Assembled, sort: DocumentSort, cursor: &DocumentCursor) -> Result<(), StoreError> {
-    let value: Option<Value> = match (sort.key, &cursor.value) {
-        (DocumentSortKey::UpdatedAt, SortValue::Time(t)) => Some(timestamp(*t).into()),
-        (DocumentSortKey::Title, SortValue::Text(title)) => Some(title.clone().into()),
-        (DocumentSortKey::EffectiveDate, SortValue::Date(date)) if *date == NO_EFFECTIVE_DATE => None,
-        (DocumentSortKey::EffectiveDate, SortValue::Date(date)) => {
-            Some((*date).clamp(FIRST_DATE, LAST_DATE).to_string().into())
-        }
-        (key, value) => {
-            return Err(StoreError::Other(anyhow::anyhow!("a {value:?} cursor does not fit the {key:?} order")));
-        }
-    };
-    let key = sort_column(sort.key);
+    let value: Option<Value> = keyset_value(sort, cursor)?.map(|value| match value {
+        SortValue::Time(t) => timestamp(t).into(),
+        SortValue::Text(title) => title.into(),
+        SortValue::Date(date) => date.to_string().into(),
+    });
     let id = a.bind(cursor.id.to_string());
-    let (beyond, from) = if sort.descending { ("<", "<=") } else { (">", ">=") };
-    let fragment = match value {
-        Some(value) => {
-            let v = a.bind(value);
-            // Descending by date, the undated documents after these are a query of their own (`undated_tail`).
-            format!(" AND {key} {from} {v} AND ({key} {beyond} {v} OR d.id {beyond} {id})")
-        }
-        None if sort.descending => format!(" AND d.effective_date IS NULL AND d.id < {id}"),
-        None => format!(" AND (d.effective_date IS NOT NULL OR d.id > {id})"),
-    };
-    a.sql.push_str(&fragment);
+    let v = value.map(|value| a.bind(value));
+    let condition = keyset_condition(" AND ", sort_column(sort.key), sort.descending, v.as_deref(), &id);
+    a.sql.push_str(&condition);
     Ok(())
 }
 

@@ -73,6 +73,8 @@ struct Inner {
     /// Bounds the reads on the blocking pool to `max_readers`, which is also how many readers stay open.
     scans: tokio::sync::Semaphore,
     max_readers: usize,
+    /// Stamps the migration history (`applied_at`).
+    clock: Arc<dyn crate::clock::Clock>,
 }
 
 impl Inner {
@@ -105,6 +107,11 @@ impl std::fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file and its folder.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_clock(path, Arc::new(crate::clock::SystemClock)).await
+    }
+
+    /// [`Self::open`] with the clock that stamps the migration history (tests inject a fixed one).
+    pub async fn open_with_clock(path: &Path, clock: Arc<dyn crate::clock::Clock>) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -124,6 +131,7 @@ impl SqliteStore {
                     readers: Mutex::new(Vec::new()),
                     scans: tokio::sync::Semaphore::new(max_readers),
                     max_readers,
+                    clock,
                 }),
             })
         })

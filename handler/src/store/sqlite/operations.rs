@@ -44,6 +44,7 @@ impl OperationsStore for SqliteStore {
         let known = migrations::SQLITE;
         migrations::check_order(known).map_err(|e| StoreError::Other(anyhow::anyhow!(e)))?;
         // One IMMEDIATE transaction: a second process migrating at the same time waits, then sees it done.
+        let clock = self.inner.clock.clone();
         self.write(move |tx| {
             tx.execute_batch(CREATE_HISTORY).map_err(classify)?;
             let history = read_history(tx)?;
@@ -56,7 +57,7 @@ impl OperationsStore for SqliteStore {
                 })?;
                 tx.execute(
                     "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![migration.version, migration.name, migration.checksum(), timestamp(Utc::now())],
+                    params![migration.version, migration.name, migration.checksum(), timestamp(clock.now())],
                 )
                 .map_err(classify)?;
                 report.applied.push(migration.version);
@@ -160,5 +161,24 @@ impl OperationsStore for SqliteStore {
             Ok(changed == 1)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_injected_clock_stamps_the_migration_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = Utc.with_ymd_and_hms(2026, 1, 31, 12, 0, 0).unwrap();
+        let clock = Arc::new(crate::clock::ManualClock::new(at));
+        let store = SqliteStore::open_with_clock(&dir.path().join("m.db"), clock).await.unwrap();
+        store.migrate().await.unwrap();
+        let history = store.applied_migrations().await.unwrap();
+        assert!(!history.is_empty());
+        assert!(history.iter().all(|m| m.applied_at == at));
     }
 }
