@@ -121,7 +121,9 @@ pub struct Running {
 
 /// Opens the store (migrating it when configured to), binds the port and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let store = crate::store::open(&config.store, Arc::new(crate::clock::SystemClock)).await?;
+    // One clock for the store (migration stamps) and the app.
+    let clock: Arc<dyn crate::clock::Clock> = Arc::new(SystemClock);
+    let store = crate::store::open(&config.store, clock.clone()).await?;
     if config.auto_migrate {
         let report = store.migrate().await?;
         if !report.applied.is_empty() {
@@ -140,7 +142,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let port = listener.local_addr()?.port();
     let workers = config.workers;
     let shutdown = config.shutdown_timeout.as_secs();
-    let state = web::Data::new(state(config, store, Arc::new(SystemClock), Arc::new(TimeOrderedIds))?);
+    let state = web::Data::new(state(config, store, clock, Arc::new(TimeOrderedIds))?);
     // Load the identity provider's keys in the background: readiness must not wait for the network.
     let auth = state.auth.clone();
     actix_web::rt::spawn(async move { auth.warm_up().await });
