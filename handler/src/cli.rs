@@ -266,9 +266,23 @@ async fn ensure_dev_tenant(
     clock: &dyn Clock,
     ids: &dyn IdGenerator,
 ) -> anyhow::Result<()> {
-    use crate::store::{OveragePolicy, Plan, StoreError, Tenant, TenantStatus};
     let store = crate::store::open(&config.store, Arc::new(crate::clock::SystemClock)).await?;
     store.migrate().await?;
+    if let Some(tenant) = seed_dev_tenant(store.as_ref(), directory, clock, ids).await? {
+        eprintln!("handler: created local tenant {tenant} for directory {directory} on plan developer");
+    }
+    Ok(())
+}
+
+/// `dev-token`'s store side, shared with the in-process test app: the `developer` plan and a tenant for
+/// `directory`, each created only if missing. Returns the id of the tenant it created, if it created one.
+pub async fn seed_dev_tenant(
+    store: &dyn crate::store::Store,
+    directory: uuid::Uuid,
+    clock: &dyn Clock,
+    ids: &dyn IdGenerator,
+) -> anyhow::Result<Option<uuid::Uuid>> {
+    use crate::store::{OveragePolicy, Plan, StoreError, Tenant, TenantStatus};
     let now = clock.now();
     if store.get_plan("developer").await?.is_none() {
         let plan = Plan {
@@ -291,21 +305,21 @@ async fn ensure_dev_tenant(
             Err(e) => return Err(e.into()),
         }
     }
-    if store.get_tenant_by_entra_id(directory).await?.is_none() {
-        let tenant = Tenant {
-            id: ids.new_id(),
-            entra_tenant_id: Some(directory),
-            name: format!("Local tenant {}", &directory.to_string()[..8]),
-            status: TenantStatus::Active,
-            plan_code: "developer".into(),
-            created_at: now,
-            updated_at: now,
-            version: 1,
-        };
-        store.create_tenant(&tenant, None).await?;
-        eprintln!("handler: created local tenant {} for directory {directory} on plan developer", tenant.id);
+    if store.get_tenant_by_entra_id(directory).await?.is_some() {
+        return Ok(None);
     }
-    Ok(())
+    let tenant = Tenant {
+        id: ids.new_id(),
+        entra_tenant_id: Some(directory),
+        name: format!("Local tenant {}", &directory.to_string()[..8]),
+        status: TenantStatus::Active,
+        plan_code: "developer".into(),
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    store.create_tenant(&tenant, None).await?;
+    Ok(Some(tenant.id))
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

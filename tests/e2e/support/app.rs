@@ -27,7 +27,7 @@ use meterline::clock::{Clock, IdGenerator, ManualClock};
 use meterline::config::Config;
 use meterline::startup::Surface;
 use meterline::state::AppState;
-use meterline::store::{OveragePolicy, Plan, Store, StoreError, Tenant, TenantStatus};
+use meterline::store::Store;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -255,42 +255,11 @@ impl TestApp {
         meterline::auth::local::mint(key, &request, self.clock.now().timestamp()).unwrap()
     }
 
-    /// `handler dev-token`'s store side: the `developer` plan and a tenant for `directory`, if missing.
+    /// `handler dev-token`'s store side (`cli::seed_dev_tenant`): the `developer` plan and a tenant for `directory`.
     async fn ensure_dev_tenant(&self, directory: Uuid) {
-        let now = self.clock.now();
-        if self.store.get_plan("developer").await.unwrap().is_none() {
-            let plan = Plan {
-                code: "developer".into(),
-                name: "Developer".into(),
-                requests_per_minute: 100_000,
-                burst: 10_000,
-                monthly_quota_units: 100_000_000,
-                overage_policy: OveragePolicy::Block,
-                currency: "EUR".into(),
-                base_price_micros: 0,
-                overage_unit_price_micros: 0,
-                created_at: now,
-                updated_at: now,
-                version: 1,
-            };
-            match self.store.create_plan(&plan, None).await {
-                Ok(()) | Err(StoreError::Conflict(_)) => {}
-                Err(err) => panic!("creating the developer plan: {err:?}"),
-            }
-        }
-        if self.store.get_tenant_by_entra_id(directory).await.unwrap().is_none() {
-            let tenant = Tenant {
-                id: self.state.ids.new_id(),
-                entra_tenant_id: Some(directory),
-                name: format!("Local tenant {}", &directory.to_string()[..8]),
-                status: TenantStatus::Active,
-                plan_code: "developer".into(),
-                created_at: now,
-                updated_at: now,
-                version: 1,
-            };
-            self.store.create_tenant(&tenant, None).await.unwrap();
-        }
+        meterline::cli::seed_dev_tenant(self.store.as_ref(), directory, self.clock.as_ref(), self.state.ids.as_ref())
+            .await
+            .expect("the developer plan and tenant");
         // Written beside the app, as the command does from its own process: nothing cached may hide it.
         self.state.lookups.invalidate();
     }
