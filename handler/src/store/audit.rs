@@ -255,16 +255,9 @@ impl ChainHeads {
     }
 }
 
-/// The page of a listing fetched with one row more than `limit` (`TOP (limit + 1)` / `LIMIT limit + 1`): the
-/// first `limit` events, and a cursor after the last of them when the extra row shows that more follow.
-pub fn audit_page(mut items: Vec<AuditEvent>, limit: u32) -> Page<AuditEvent, AuditCursor> {
-    let next = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|e| AuditCursor { occurred_at: e.occurred_at, id: e.id })
-    } else {
-        None
-    };
-    Page { items, next }
+/// The page of an audit listing fetched with one row more than `limit` (see [`Page::cut`]).
+pub fn audit_page(items: Vec<AuditEvent>, limit: u32) -> Page<AuditEvent, AuditCursor> {
+    Page::cut(items, limit, |e| AuditCursor { occurred_at: e.occurred_at, id: e.id })
 }
 
 #[cfg(test)]

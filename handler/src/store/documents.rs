@@ -111,6 +111,16 @@ pub struct Document {
     pub version: i64,
 }
 
+impl Document {
+    /// Its tags once each, in order: the rows of `document_tags` (keyed by document and tag).
+    pub(crate) fn unique_tags(&self) -> Vec<&str> {
+        let mut tags: Vec<&str> = self.tags.iter().map(String::as_str).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        tags
+    }
+}
+
 /// Filters of a document listing; every present filter must hold (tags: any of them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DocumentFilter {
@@ -210,6 +220,24 @@ pub(crate) fn check_effective_date(document: &Document) -> Result<(), StoreError
         }
         _ => Ok(()),
     }
+}
+
+/// The rows each query of a listing fetches for a page of `limit`: one more, to know whether another page follows.
+pub(crate) fn fetch_size(limit: u32) -> i64 {
+    i64::from(limit) + 1
+}
+
+/// Whether the `fetched` dated rows of a page of `limit` leave room for the undated tail (see
+/// [`continues_into_undated`]); only then is the tail read.
+pub(crate) fn room_for_undated(fetched: usize, limit: u32) -> bool {
+    fetched <= limit as usize
+}
+
+/// The page of a document listing from its rows (dated, then the undated tail) fetched with [`fetch_size`];
+/// its tags and `total` are the backend's to fill in.
+pub(crate) fn document_page(items: Vec<Document>, limit: u32, sort: DocumentSort) -> DocumentPage {
+    let Page { items, next } = Page::cut(items, limit, |d| cursor_of(d, sort.key));
+    DocumentPage { items, next, total: None }
 }
 
 /// The cursor of a listed document in `key` order (an undated document's carries [`NO_EFFECTIVE_DATE`]).

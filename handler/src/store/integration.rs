@@ -168,6 +168,30 @@ pub struct DocumentUpsert {
     pub tags: Vec<String>,
 }
 
+impl DocumentUpsert {
+    /// The document row this message makes when the document is new (version 1, created and updated by `actor`
+    /// at `now`); an existing one keeps its creation and gets the same fields.
+    pub(crate) fn to_document(&self, tenant_id: Uuid, actor: &str, now: DateTime<Utc>) -> Document {
+        Document {
+            id: self.id,
+            tenant_id,
+            title: self.title.clone(),
+            summary: self.summary.clone(),
+            body: self.body.clone(),
+            doc_type: self.doc_type.clone(),
+            jurisdiction: self.jurisdiction.clone(),
+            status: self.status,
+            effective_date: self.effective_date,
+            tags: self.tags.clone(),
+            created_by: actor.to_owned(),
+            updated_by: actor.to_owned(),
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        }
+    }
+}
+
 /// What an integration message does, applied by [`crate::store::IntegrationStore::apply_integration_event`] in the same
 /// transaction as its inbox row.
 #[derive(Debug, Clone, PartialEq, Eq)]

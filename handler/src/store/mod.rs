@@ -128,6 +128,17 @@ pub enum Update<T> {
     },
 }
 
+impl<T> Update<T> {
+    /// The same outcome with the updated value mapped.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Update<U> {
+        match self {
+            Update::Updated(value) => Update::Updated(f(value)),
+            Update::NotFound => Update::NotFound,
+            Update::VersionMismatch { current_version } => Update::VersionMismatch { current_version },
+        }
+    }
+}
+
 /// Opens the configured store; `clock` stamps its migration history. Does not migrate; see [`OperationsStore::migrate`].
 pub async fn open(config: &StoreConfig, clock: Arc<dyn crate::clock::Clock>) -> anyhow::Result<Arc<dyn Store>> {
     match config {

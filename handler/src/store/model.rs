@@ -10,6 +10,20 @@ pub struct Page<T, C> {
     pub next: Option<C>,
 }
 
+impl<T, C> Page<T, C> {
+    /// The page of a listing fetched with one row more than `limit` (`TOP (limit + 1)` / `LIMIT limit + 1`): the
+    /// first `limit` items, and the cursor of the last of them when the extra row shows that more follow.
+    pub fn cut(mut items: Vec<T>, limit: u32, cursor: impl FnOnce(&T) -> C) -> Self {
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(cursor)
+        } else {
+            None
+        };
+        Page { items, next }
+    }
+}
+
 /// A deterministic id: the first 16 bytes of SHA-256 over `namespace` and each part (length-prefixed), stamped as
 /// an RFC 9562 version-8 UUID. The same inputs give the same id in every process, so a retried write that derives
 /// its ids this way (an outbox event, a usage event from a CloudEvent) can never insert a second copy.

@@ -178,6 +178,30 @@ pub struct ApiClient {
 }
 
 /// A registration can be approved or rejected only while it is pending (both stores).
+/// The page of a tenant listing fetched with one row more than `limit` (see [`Page::cut`]).
+pub(crate) fn tenant_page(items: Vec<Tenant>, limit: u32) -> Page<Tenant, TenantCursor> {
+    Page::cut(items, limit, |t| TenantCursor { created_at: t.created_at, id: t.id })
+}
+
+/// The outcome of a conditional tenant write (`updated`: it changed the row at the expected version) from the row
+/// read before and after it in one transaction, with the outbox event announcing a status change, which the
+/// backend writes in that transaction.
+pub(crate) fn tenant_written(
+    updated: bool,
+    before: Option<Tenant>,
+    after: Option<Tenant>,
+    now: DateTime<Utc>,
+) -> Update<(Tenant, Option<OutboxMessage>)> {
+    match (updated, after) {
+        (_, None) => Update::NotFound,
+        (true, Some(tenant)) => {
+            let announcement = before.and_then(|b| OutboxMessage::tenant_status_change(b.status, &tenant, now));
+            Update::Updated((tenant, announcement))
+        }
+        (false, Some(tenant)) => Update::VersionMismatch { current_version: tenant.version },
+    }
+}
+
 pub fn check_decidable(client: &ApiClient) -> Result<(), StoreError> {
     match client.status {
         ClientStatus::Pending => Ok(()),

@@ -290,12 +290,31 @@ pub(super) async fn live_document_version(
     rows(conn, LIVE_DOCUMENT_VERSION, &[&tenant_id, &id]).await?.first().map(|r| required(r, 0)).transpose()
 }
 
+/// Inserts `document` and its tags.
+pub(super) async fn insert_document(conn: &mut MssqlClient, d: &Document) -> Result<(), StoreError> {
+    let params: [&dyn ToSql; 14] = [
+        &d.id,
+        &d.tenant_id,
+        &d.title.as_str(),
+        &d.summary.as_deref(),
+        &d.body.as_deref(),
+        &d.doc_type.as_str(),
+        &d.jurisdiction.as_deref(),
+        &d.status.as_str(),
+        &d.effective_date,
+        &d.created_by.as_str(),
+        &d.updated_by.as_str(),
+        &d.created_at,
+        &d.updated_at,
+        &d.version,
+    ];
+    execute(conn, INSERT_DOCUMENT, &params).await?;
+    insert_tags(conn, d).await
+}
+
 /// Inserts the tags of `document` (duplicates written once).
 pub(super) async fn insert_tags(conn: &mut MssqlClient, document: &Document) -> Result<(), StoreError> {
-    let mut tags: Vec<&str> = document.tags.iter().map(String::as_str).collect();
-    tags.sort_unstable();
-    tags.dedup();
-    for tag in tags {
+    for tag in document.unique_tags() {
         execute(conn, INSERT_DOCUMENT_TAG, &[&document.id, &document.tenant_id, &tag]).await?;
     }
     Ok(())
@@ -344,25 +363,7 @@ impl DocumentStore for MssqlStore {
                 ];
                 execute(conn, INSERT_IDEMPOTENCY, &params).await?;
             }
-            let d = document;
-            let params: [&dyn ToSql; 14] = [
-                &d.id,
-                &d.tenant_id,
-                &d.title.as_str(),
-                &d.summary.as_deref(),
-                &d.body.as_deref(),
-                &d.doc_type.as_str(),
-                &d.jurisdiction.as_deref(),
-                &d.status.as_str(),
-                &d.effective_date,
-                &d.created_by.as_str(),
-                &d.updated_by.as_str(),
-                &d.created_at,
-                &d.updated_at,
-                &d.version,
-            ];
-            execute(conn, INSERT_DOCUMENT, &params).await?;
-            insert_tags(conn, d).await?;
+            insert_document(conn, document).await?;
             write_ledger(conn, ledger).await
         })
     }
@@ -442,9 +443,9 @@ impl DocumentStore for MssqlStore {
         count: bool,
     ) -> Result<DocumentPage, StoreError> {
         let limit = limit.max(1);
-        let page = &list_documents(tenant_id, filter, sort, after, i64::from(limit) + 1)?;
+        let page = &list_documents(tenant_id, filter, sort, after, fetch_size(limit))?;
         let tail = &if continues_into_undated(sort, after) {
-            Some(undated_documents(tenant_id, filter, i64::from(limit) + 1)?)
+            Some(undated_documents(tenant_id, filter, fetch_size(limit))?)
         } else {
             None
         };
@@ -453,31 +454,19 @@ impl DocumentStore for MssqlStore {
         in_tx!(self, Retry::Yes, |conn| {
             let mut items =
                 assembled_rows(conn, page).await?.iter().map(document_from).collect::<Result<Vec<_>, _>>()?;
-            if let Some(tail) = tail.as_ref().filter(|_| items.len() <= limit as usize) {
+            if let Some(tail) = tail.as_ref().filter(|_| room_for_undated(items.len(), limit)) {
                 for row in assembled_rows(conn, tail).await? {
                     items.push(document_from(&row)?);
                 }
             }
-            let next = if items.len() > limit as usize {
-                items.truncate(limit as usize);
-                items.last().map(|d| cursor_of(d, sort.key))
-            } else {
-                None
-            };
-            load_tags(conn, tenant_id, &mut items).await?;
-            let total = match total {
-                Some(statement) => {
-                    let n: i64 = assembled_rows(conn, statement)
-                        .await?
-                        .first()
-                        .map(|r| required(r, 0))
-                        .transpose()?
-                        .unwrap_or(0);
-                    Some(n as u64)
-                }
-                None => None,
-            };
-            Ok(DocumentPage { items, next, total })
+            let mut page = document_page(items, limit, sort);
+            load_tags(conn, tenant_id, &mut page.items).await?;
+            if let Some(statement) = total {
+                let n: i64 =
+                    assembled_rows(conn, statement).await?.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
+                page.total = Some(n as u64);
+            }
+            Ok(page)
         })
     }
 

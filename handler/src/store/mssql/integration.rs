@@ -134,17 +134,12 @@ async fn upsert_document(
     d: &DocumentUpsert,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    if let Some(date) =
-        d.effective_date.filter(|date| !(crate::store::FIRST_DATE..=crate::store::LAST_DATE).contains(date))
-    {
-        return Err(StoreError::Other(anyhow::anyhow!("effective date {date} is outside 0001-01-01..9999-12-31")));
-    }
+    let document = d.to_document(tenant_id, actor, now);
+    crate::store::check_effective_date(&document)?;
     let owner: Option<Uuid> =
         rows(conn, DOCUMENT_OWNER, &[&d.id]).await?.first().map(|r| required(r, 0)).transpose()?;
     match owner {
-        Some(owner) if owner != tenant_id => {
-            return Err(foreign_document(d.id));
-        }
+        Some(owner) if owner != tenant_id => Err(foreign_document(d.id)),
         Some(_) => {
             let params: [&dyn ToSql; 11] = [
                 &tenant_id,
@@ -161,35 +156,10 @@ async fn upsert_document(
             ];
             execute(conn, REPLACE_DOCUMENT_FROM_EVENT, &params).await?;
             execute(conn, super::documents::DELETE_DOCUMENT_TAGS, &[&tenant_id, &d.id]).await?;
+            super::documents::insert_tags(conn, &document).await
         }
-        None => {
-            let version = 1_i64;
-            let params: [&dyn ToSql; 14] = [
-                &d.id,
-                &tenant_id,
-                &d.title.as_str(),
-                &d.summary.as_deref(),
-                &d.body.as_deref(),
-                &d.doc_type.as_str(),
-                &d.jurisdiction.as_deref(),
-                &d.status.as_str(),
-                &d.effective_date,
-                &actor,
-                &actor,
-                &now,
-                &now,
-                &version,
-            ];
-            execute(conn, super::documents::INSERT_DOCUMENT, &params).await?;
-        }
+        None => super::documents::insert_document(conn, &document).await,
     }
-    let mut tags: Vec<&str> = d.tags.iter().map(String::as_str).collect();
-    tags.sort_unstable();
-    tags.dedup();
-    for tag in tags {
-        execute(conn, super::documents::INSERT_DOCUMENT_TAG, &[&d.id, &tenant_id, &tag]).await?;
-    }
-    Ok(())
 }
 
 async fn record_usage(

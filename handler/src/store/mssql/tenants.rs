@@ -210,14 +210,8 @@ impl TenantStore for MssqlStore {
                 None => rows(conn, LIST_TENANTS_FIRST, &[&fetch]).await?,
                 Some(cursor) => rows(conn, LIST_TENANTS_AFTER, &[&cursor.created_at, &cursor.id, &fetch]).await?,
             };
-            let mut items = found.iter().map(tenant_from).collect::<Result<Vec<_>, _>>()?;
-            let next = if items.len() > limit as usize {
-                items.truncate(limit as usize);
-                items.last().map(|t| TenantCursor { created_at: t.created_at, id: t.id })
-            } else {
-                None
-            };
-            Ok(Page { items, next })
+            let items = found.iter().map(tenant_from).collect::<Result<Vec<_>, _>>()?;
+            Ok(tenant_page(items, limit))
         })
     }
 
@@ -231,15 +225,11 @@ impl TenantStore for MssqlStore {
         in_tx!(self, Retry::No, |conn| {
             let before = read_tenant(conn, id).await?;
             let changed = execute(conn, SET_TENANT_STATUS, &[&status.as_str(), &now, &id, &expected_version]).await?;
-            Ok(match (changed, read_tenant(conn, id).await?, before) {
-                (_, None, _) => Update::NotFound,
-                (1, Some(tenant), Some(before)) => {
-                    integration::announce_status_change(conn, before.status, &tenant, now).await?;
-                    Update::Updated(tenant)
-                }
-                (1, Some(tenant), None) => Update::Updated(tenant),
-                (_, Some(tenant), _) => Update::VersionMismatch { current_version: tenant.version },
-            })
+            let written = tenant_written(changed == 1, before, read_tenant(conn, id).await?, now);
+            if let Update::Updated((_, Some(announcement))) = &written {
+                integration::insert_outbox(conn, announcement).await?;
+            }
+            Ok(written.map(|(tenant, _)| tenant))
         })
     }
 
@@ -263,19 +253,14 @@ impl TenantStore for MssqlStore {
             ];
             let before = read_tenant(conn, id).await?;
             let changed = execute(conn, UPDATE_TENANT, &params).await?;
-            Ok(match (changed, read_tenant(conn, id).await?, before) {
-                (_, None, _) => Update::NotFound,
-                (1, Some(tenant), Some(before)) => {
-                    integration::announce_status_change(conn, before.status, &tenant, now).await?;
-                    write_ledger(conn, ledger).await?;
-                    Update::Updated(tenant)
+            let written = tenant_written(changed == 1, before, read_tenant(conn, id).await?, now);
+            if let Update::Updated((_, announcement)) = &written {
+                if let Some(announcement) = announcement {
+                    integration::insert_outbox(conn, announcement).await?;
                 }
-                (1, Some(tenant), None) => {
-                    write_ledger(conn, ledger).await?;
-                    Update::Updated(tenant)
-                }
-                (_, Some(tenant), _) => Update::VersionMismatch { current_version: tenant.version },
-            })
+                write_ledger(conn, ledger).await?;
+            }
+            Ok(written.map(|(tenant, _)| tenant))
         })
     }
 

@@ -93,15 +93,40 @@ pub(super) fn live_document_version(conn: &Connection, tenant_id: Uuid, id: Uuid
     .map_err(classify)
 }
 
+/// Inserts `document` and its tags.
+pub(super) fn insert_document(tx: &Connection, d: &Document) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO documents (id, tenant_id, title, summary, body, doc_type, jurisdiction, status,
+             effective_date, created_by, updated_by, created_at, updated_at, version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )
+    .map_err(classify)?
+    .execute(params![
+        d.id.to_string(),
+        d.tenant_id.to_string(),
+        d.title,
+        d.summary,
+        d.body,
+        d.doc_type,
+        d.jurisdiction,
+        d.status.as_str(),
+        d.effective_date.map(|date| date.to_string()),
+        d.created_by,
+        d.updated_by,
+        timestamp(d.created_at),
+        timestamp(d.updated_at),
+        d.version
+    ])
+    .map_err(classify)?;
+    insert_tags(tx, d)
+}
+
 /// Inserts the tags of `document` (duplicates written once).
 pub(super) fn insert_tags(tx: &Connection, document: &Document) -> Result<(), StoreError> {
-    let mut tags: Vec<&str> = document.tags.iter().map(String::as_str).collect();
-    tags.sort_unstable();
-    tags.dedup();
     let mut stmt = tx
         .prepare_cached("INSERT INTO document_tags (document_id, tenant_id, tag) VALUES (?1, ?2, ?3)")
         .map_err(classify)?;
-    for tag in tags {
+    for tag in document.unique_tags() {
         stmt.execute(params![document.id.to_string(), document.tenant_id.to_string(), tag]).map_err(classify)?;
     }
     Ok(())
@@ -246,29 +271,7 @@ impl DocumentStore for SqliteStore {
                 )
                 .map_err(classify)?;
             }
-            tx.execute(
-                "INSERT INTO documents (id, tenant_id, title, summary, body, doc_type, jurisdiction, status,
-                     effective_date, created_by, updated_by, created_at, updated_at, version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                params![
-                    d.id.to_string(),
-                    d.tenant_id.to_string(),
-                    d.title,
-                    d.summary,
-                    d.body,
-                    d.doc_type,
-                    d.jurisdiction,
-                    d.status.as_str(),
-                    d.effective_date.map(|date| date.to_string()),
-                    d.created_by,
-                    d.updated_by,
-                    timestamp(d.created_at),
-                    timestamp(d.updated_at),
-                    d.version
-                ],
-            )
-            .map_err(classify)?;
-            insert_tags(tx, &d)?;
+            insert_document(tx, &d)?;
             write_ledger(tx, ledger.as_ref())
         })
         .await
@@ -379,7 +382,7 @@ impl DocumentStore for SqliteStore {
             keyset(&mut page, sort, cursor)?;
         }
         let direction = if sort.descending { "DESC" } else { "ASC" };
-        let fetch = page.bind(i64::from(limit) + 1);
+        let fetch = page.bind(fetch_size(limit));
         page.sql.push_str(&format!(
             " ORDER BY {key} {direction}, d.id {direction} LIMIT {fetch}",
             key = sort_column(sort.key)
@@ -387,7 +390,7 @@ impl DocumentStore for SqliteStore {
         let tail = if continues_into_undated(sort, after) {
             let mut tail = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}"), values: Vec::new() };
             document_conditions(&mut tail, tenant_id, filter)?;
-            let fetch = tail.bind(i64::from(limit) + 1);
+            let fetch = tail.bind(fetch_size(limit));
             tail.sql.push_str(&format!(" AND d.effective_date IS NULL ORDER BY d.id DESC LIMIT {fetch}"));
             Some(tail)
         } else {
@@ -404,25 +407,18 @@ impl DocumentStore for SqliteStore {
             // One read transaction: the page, its tags and the count see the same snapshot.
             let tx = conn.unchecked_transaction().map_err(classify)?;
             let mut items = query_all(&tx, &page.sql, params_from_iter(page.values), document_from_row)?;
-            if let Some(tail) = tail.filter(|_| items.len() <= limit as usize) {
+            if let Some(tail) = tail.filter(|_| room_for_undated(items.len(), limit)) {
                 items.extend(query_all(&tx, &tail.sql, params_from_iter(tail.values), document_from_row)?);
             }
-            let next = if items.len() > limit as usize {
-                items.truncate(limit as usize);
-                items.last().map(|d| cursor_of(d, sort.key))
-            } else {
-                None
-            };
-            load_tags(&tx, tenant_id, &mut items)?;
-            let total = match total {
-                Some(total) => Some(
-                    tx.query_row(&total.sql, params_from_iter(total.values), |r| r.get::<_, i64>(0))
-                        .map_err(classify)? as u64,
-                ),
-                None => None,
-            };
+            let mut page = document_page(items, limit, sort);
+            load_tags(&tx, tenant_id, &mut page.items)?;
+            if let Some(total) = total {
+                let n: i64 =
+                    tx.query_row(&total.sql, params_from_iter(total.values), |r| r.get(0)).map_err(classify)?;
+                page.total = Some(n as u64);
+            }
             tx.commit().map_err(classify)?;
-            Ok(DocumentPage { items, next, total })
+            Ok(page)
         })
         .await
     }

@@ -91,11 +91,6 @@ pub(crate) fn announce_status_change(
     }
 }
 
-fn read_tenant(tx: &Connection, id: Uuid) -> Result<Option<Tenant>, StoreError> {
-    let sql = format!("SELECT {} FROM tenants WHERE id = ?1", super::TENANT_COLUMNS);
-    query_one(tx, &sql, [id.to_string()], super::tenant_from_row)
-}
-
 fn apply_effect(tx: &Connection, effect: &IntegrationEffect, now: DateTime<Utc>) -> Result<(), StoreError> {
     match effect {
         IntegrationEffect::UpsertTenant { tenant_id, name, plan_code, entra_tenant_id } => {
@@ -129,7 +124,7 @@ fn apply_effect(tx: &Connection, effect: &IntegrationEffect, now: DateTime<Utc>)
                 params![tenant_id.to_string(), status.as_str(), timestamp(now)],
             )
             .map_err(classify)?;
-            let tenant = read_tenant(tx, *tenant_id)?.ok_or_else(|| unknown_tenant(*tenant_id))?;
+            let tenant = super::tenants::read_tenant_row(tx, *tenant_id)?.ok_or_else(|| unknown_tenant(*tenant_id))?;
             announce_status_change(tx, from, &tenant, now)
         }
         IntegrationEffect::ChangePlan { tenant_id, plan_code } => {
@@ -163,19 +158,15 @@ fn upsert_document(
     d: &DocumentUpsert,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    if let Some(date) = d.effective_date.filter(|date| !(super::FIRST_DATE..=super::LAST_DATE).contains(date)) {
-        return Err(StoreError::Other(anyhow::anyhow!("effective date {date} is outside 0001-01-01..9999-12-31")));
-    }
+    let document = d.to_document(tenant_id, actor, now);
+    crate::store::check_effective_date(&document)?;
     let (id, tenant) = (d.id.to_string(), tenant_id.to_string());
     let owner: Option<String> = tx
         .query_row("SELECT tenant_id FROM documents WHERE id = ?1", [&id], |r| r.get(0))
         .optional()
         .map_err(classify)?;
-    let effective = d.effective_date.map(|date| date.to_string());
     match owner {
-        Some(owner) if owner != tenant => {
-            return Err(foreign_document(d.id));
-        }
+        Some(owner) if owner != tenant => Err(foreign_document(d.id)),
         Some(_) => {
             tx.execute(
                 "UPDATE documents SET title = ?3, summary = ?4, body = ?5, doc_type = ?6, jurisdiction = ?7, status = ?8,
@@ -190,7 +181,7 @@ fn upsert_document(
                     d.doc_type,
                     d.jurisdiction,
                     d.status.as_str(),
-                    effective,
+                    d.effective_date.map(|date| date.to_string()),
                     actor,
                     timestamp(now)
                 ],
@@ -198,40 +189,10 @@ fn upsert_document(
             .map_err(classify)?;
             tx.execute("DELETE FROM document_tags WHERE tenant_id = ?1 AND document_id = ?2", params![tenant, id])
                 .map_err(classify)?;
+            super::documents::insert_tags(tx, &document)
         }
-        None => {
-            tx.execute(
-                "INSERT INTO documents (id, tenant_id, title, summary, body, doc_type, jurisdiction, status,
-                     effective_date, created_by, updated_by, created_at, updated_at, version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?11, 1)",
-                params![
-                    id,
-                    tenant,
-                    d.title,
-                    d.summary,
-                    d.body,
-                    d.doc_type,
-                    d.jurisdiction,
-                    d.status.as_str(),
-                    effective,
-                    actor,
-                    timestamp(now)
-                ],
-            )
-            .map_err(classify)?;
-        }
+        None => super::documents::insert_document(tx, &document),
     }
-    let mut tags: Vec<&str> = d.tags.iter().map(String::as_str).collect();
-    tags.sort_unstable();
-    tags.dedup();
-    for tag in tags {
-        tx.execute(
-            "INSERT INTO document_tags (document_id, tenant_id, tag) VALUES (?1, ?2, ?3)",
-            params![id, tenant, tag],
-        )
-        .map_err(classify)?;
-    }
-    Ok(())
 }
 
 /// External usage: the quota of the event's own period is debited without a limit (overage counted), the usage

@@ -38,7 +38,6 @@ mod operations;
 mod plans;
 mod tenants;
 mod usage;
-use tenants::{TENANT_COLUMNS, tenant_from_row};
 
 mod audit;
 mod metering;

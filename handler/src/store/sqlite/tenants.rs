@@ -124,7 +124,7 @@ impl TenantStore for SqliteStore {
         let after = after.cloned();
         let limit = limit.max(1);
         self.read(move |conn| {
-            let mut items = match &after {
+            let items = match &after {
                 None => query_all(
                     conn,
                     &format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY created_at, id LIMIT ?1"),
@@ -141,13 +141,7 @@ impl TenantStore for SqliteStore {
                     tenant_from_row,
                 )?,
             };
-            let next = if items.len() > limit as usize {
-                items.truncate(limit as usize);
-                items.last().map(|t| TenantCursor { created_at: t.created_at, id: t.id })
-            } else {
-                None
-            };
-            Ok(Page { items, next })
+            Ok(tenant_page(items, limit))
         })
         .await
     }
@@ -167,16 +161,11 @@ impl TenantStore for SqliteStore {
                     params![status.as_str(), timestamp(now), id.to_string(), expected_version],
                 )
                 .map_err(classify)?;
-            let current = read_tenant_row(tx, id)?;
-            Ok(match (changed, current, before) {
-                (_, None, _) => Update::NotFound,
-                (1, Some(tenant), Some(before)) => {
-                    integration::announce_status_change(tx, before.status, &tenant, now)?;
-                    Update::Updated(tenant)
-                }
-                (1, Some(tenant), None) => Update::Updated(tenant),
-                (_, Some(tenant), _) => Update::VersionMismatch { current_version: tenant.version },
-            })
+            let written = tenant_written(changed == 1, before, read_tenant_row(tx, id)?, now);
+            if let Update::Updated((_, Some(announcement))) = &written {
+                integration::insert_outbox(tx, announcement)?;
+            }
+            Ok(written.map(|(tenant, _)| tenant))
         })
         .await
     }
@@ -207,20 +196,14 @@ impl TenantStore for SqliteStore {
                     ],
                 )
                 .map_err(classify)?;
-            let current = read_tenant_row(tx, id)?;
-            Ok(match (changed, current, before) {
-                (_, None, _) => Update::NotFound,
-                (1, Some(tenant), Some(before)) => {
-                    integration::announce_status_change(tx, before.status, &tenant, now)?;
-                    write_ledger(tx, ledger.as_ref())?;
-                    Update::Updated(tenant)
+            let written = tenant_written(changed == 1, before, read_tenant_row(tx, id)?, now);
+            if let Update::Updated((_, announcement)) = &written {
+                if let Some(announcement) = announcement {
+                    integration::insert_outbox(tx, announcement)?;
                 }
-                (1, Some(tenant), None) => {
-                    write_ledger(tx, ledger.as_ref())?;
-                    Update::Updated(tenant)
-                }
-                (_, Some(tenant), _) => Update::VersionMismatch { current_version: tenant.version },
-            })
+                write_ledger(tx, ledger.as_ref())?;
+            }
+            Ok(written.map(|(tenant, _)| tenant))
         })
         .await
     }
