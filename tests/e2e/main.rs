@@ -14,7 +14,6 @@ mod host_protocol;
 mod hostile_http;
 mod identity;
 mod integration;
-mod integration_store;
 mod layout;
 mod metering;
 mod openapi;

@@ -2,10 +2,12 @@
 
 mod audit;
 mod documents;
+mod integration;
 mod metering;
 mod operations;
 mod plans;
 mod tenants;
+pub(crate) mod usage;
 
 use std::collections::HashSet;
 use std::sync::Arc;
