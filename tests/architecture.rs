@@ -530,36 +530,23 @@ fn no_production_source_file_is_longer_than_900_lines() {
     assert!(failures.is_empty(), "production source files stay at or under 900 lines:\n{}", failures.join("\n"));
 }
 
-/// Reads of the wall clock and random ids outside `clock.rs`, each a to-do in `store/` (whose owner is
-/// splitting it): the migration runners stamp `applied_at` with `Utc::now()`, and the SQL Server retry takes
-/// its jitter from `Uuid::new_v4()`. The test fails once a listed one is gone, so the list cannot rot.
-const CLOCK_READS_TO_INJECT: &[(&str, &str)] = &[("handler/src/store/mssql/retry.rs", "Uuid::new_v4(")];
-
+/// Only `clock.rs` reads the wall clock or makes random ids; everything else takes the injected `Clock` and
+/// `IdGenerator`, so tests can fix both (the SQL Server retry seeds its jitter from the injected clock).
 #[test]
 fn only_the_injected_clock_and_id_generator_read_time_or_make_random_ids() {
     let forbidden = ["Utc::now(", "Local::now(", "SystemTime::now(", "Uuid::new_v4(", "Uuid::now_v7("];
     let mut failures = Vec::new();
-    let mut listed_and_found = BTreeSet::new();
     for module in handler_modules().into_iter().filter(|m| m.path != ["clock"]) {
         let code = code_of(&module.source);
         let name = shown(&module.file);
         for needle in forbidden {
             for (offset, _) in code.match_indices(needle) {
-                if CLOCK_READS_TO_INJECT.contains(&(name.as_str(), needle)) {
-                    listed_and_found.insert((name.clone(), needle));
-                    continue;
-                }
                 failures.push(format!(
                     "{name}:{}: {needle}…) outside clock.rs; use the injected Clock or IdGenerator (AppState::clock, \
                      AppState::ids, or clock::SystemClock / clock::TimeOrderedIds where no state exists)",
                     line_of(&module.source, offset)
                 ));
             }
-        }
-    }
-    for (file, needle) in CLOCK_READS_TO_INJECT {
-        if !listed_and_found.contains(&(file.to_string(), *needle)) {
-            failures.push(format!("{file} no longer calls {needle}…); remove it from CLOCK_READS_TO_INJECT"));
         }
     }
     assert!(failures.is_empty(), "time and randomness are injected:\n{}", failures.join("\n"));

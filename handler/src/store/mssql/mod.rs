@@ -30,7 +30,7 @@ use crate::store::{audit::*, documents::*, metering::*, operations::*, plans::*,
 use connection::{MssqlClient, MssqlConnector, MssqlManager, pool_error, pool_with_timeout};
 use errors::classify;
 use queries as q;
-use retry::{RetryPolicy, random_jitter, retry};
+use retry::{RetryPolicy, jitter_from_seed, retry};
 
 /// Connections per handler process. Azure SQL counts sessions per database; scale-out multiplies this.
 const POOL_SIZE: u32 = 16;
@@ -81,8 +81,10 @@ enum Retry {
 pub struct MssqlStore {
     pool: bb8::Pool<MssqlManager>,
     retry: Arc<RetryPolicy>,
-    /// Stamps the migration history (`applied_at`).
+    /// Stamps the migration history (`applied_at`) and seeds the retry jitter.
     clock: Arc<dyn crate::clock::Clock>,
+    /// Jitter sources handed out so far (see [`MssqlStore::jitter`]).
+    draws: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for MssqlStore {
@@ -110,7 +112,17 @@ impl MssqlStore {
             pool: pool_with_timeout(connector, POOL_SIZE, POOL_WAIT).await?,
             retry: Arc::new(retry),
             clock,
+            draws: Arc::default(),
         })
+    }
+
+    /// A jitter source for one retried operation, seeded from the injected clock's instant and how many sources
+    /// this store has handed out: the same sequence under a test clock, a different one for every operation and
+    /// every process in production (processes that retry together start at different nanoseconds).
+    fn jitter(&self) -> impl FnMut() -> f64 + Send + 'static {
+        let draw = self.draws.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = self.clock.now().timestamp_nanos_opt().unwrap_or_default() as u64;
+        jitter_from_seed(nanos ^ draw.wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
 
     /// Runs `op` inside one transaction on a pooled connection; commits on Ok, rolls back on Err.
@@ -141,7 +153,7 @@ impl MssqlStore {
         match retryable {
             Retry::No => attempt().await,
             Retry::Yes => {
-                let mut jitter = random_jitter();
+                let mut jitter = self.jitter();
                 retry(&self.retry, &mut jitter, |_| attempt()).await
             }
         }

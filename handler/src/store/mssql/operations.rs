@@ -120,7 +120,7 @@ impl OperationsStore for MssqlStore {
 
     async fn migrate(&self) -> Result<MigrationReport, StoreError> {
         migrations::check_order(migrations::MSSQL).map_err(|e| StoreError::Other(anyhow::anyhow!(e)))?;
-        let mut jitter = random_jitter();
+        let mut jitter = self.jitter();
         retry(&self.retry, &mut jitter, |_| async {
             let mut conn = self.pool.get().await.map_err(pool_error)?;
             // The applock first: two processes migrating at once must not both run the

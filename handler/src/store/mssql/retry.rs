@@ -4,8 +4,8 @@
 //! dropped connections, timeouts. Conflicts, reference violations and everything else fail at once. When the
 //! attempts run out the last error is returned, still `Unavailable`, so the API answers 503 with `Retry-After`.
 //!
-//! Randomness is injected: [`retry`] takes the jitter source, [`jitter_from_seed`] makes a deterministic one for
-//! tests and [`random_jitter`] a seeded-at-random one for production.
+//! Randomness is injected: [`retry`] takes the jitter source; [`jitter_from_seed`] makes one, which the store
+//! seeds from its injected clock (`MssqlStore::jitter`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -98,12 +98,6 @@ pub fn jitter_from_seed(seed: u64) -> impl FnMut() -> f64 + Send + 'static {
         // the top 53 bits fill an f64 mantissa exactly
         (value >> 11) as f64 / (1u64 << 53) as f64
     }
-}
-
-/// A jitter source seeded from a random v4 UUID, for production use.
-pub fn random_jitter() -> impl FnMut() -> f64 + Send + 'static {
-    let (high, low) = uuid::Uuid::new_v4().as_u64_pair();
-    jitter_from_seed(high ^ low)
 }
 
 /// The error with its causes, for the log line (`StoreError::Unavailable` alone displays as "store unavailable").
