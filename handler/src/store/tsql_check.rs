@@ -1,6 +1,7 @@
 //! Parse-checks every T-SQL statement Meterline sends to SQL Server, since no SQL Server runs on our machines.
 //!
-//! Statements come from the migration files, from `mssql::STATEMENTS` (every aggregate's list) and, for the statements assembled at run
+//! Statements come from the migration files, from `mssql::STATEMENTS` (every aggregate's list), from `mssql::generated_examples` (statements
+//! generated from a size) and, for the statements assembled at run
 //! time, from `mssql::queries::assembled_examples` (every shape the assembling functions produce). Each is parsed with sqlparser's
 //! `MsSqlDialect`; the few it cannot parse are listed in [`KNOWN_UNPARSEABLE`] with the reason, and the test
 //! fails if a listed statement starts parsing (so the list never goes stale) or an unlisted one fails.
@@ -96,6 +97,9 @@ fn all_statements() -> Vec<(String, String)> {
         for statement in split_statements(sql) {
             all.push((format!("query {name}"), statement));
         }
+    }
+    for (name, sql) in super::mssql::generated_examples() {
+        all.push((format!("generated {name}"), sql));
     }
     // Statements assembled at run time (the document listing): every shape the assembling functions produce.
     for (name, assembled) in super::mssql::queries::assembled_examples() {

@@ -74,28 +74,86 @@ pub(crate) async fn write_ledger(conn: &mut MssqlClient, ledger: Option<&Ledger>
 
 /// Inserts one usage event unless its `event_id` is stored already; returns the rows inserted (0 or 1).
 pub(crate) async fn insert_usage_event(conn: &mut MssqlClient, e: &UsageEvent) -> Result<u64, StoreError> {
-    let status = e.status as i16;
-    let (units, overage) = (e.units as i32, e.overage_units as i32);
-    let params: [&dyn ToSql; 17] = [
+    let narrow = Narrowed::of(e);
+    execute(conn, INSERT_USAGE_EVENT, &usage_event_params(e, &narrow)).await
+}
+
+/// Inserts usage events, skipping ids stored already (and repeats within `events`); returns how many were new.
+/// A whole batch is one statement, so one round trip, up to [`USAGE_EVENTS_PER_INSERT`] events.
+pub(crate) async fn insert_usage_events(conn: &mut MssqlClient, events: &[UsageEvent]) -> Result<u64, StoreError> {
+    let mut seen = std::collections::HashSet::new();
+    let unique: Vec<&UsageEvent> = events.iter().filter(|e| seen.insert(e.event_id)).collect();
+    let mut inserted = 0;
+    for chunk in unique.chunks(USAGE_EVENTS_PER_INSERT) {
+        let narrow: Vec<Narrowed> = chunk.iter().map(|e| Narrowed::of(e)).collect();
+        let params: Vec<&dyn ToSql> =
+            chunk.iter().zip(&narrow).flat_map(|(e, narrow)| usage_event_params(e, narrow)).collect();
+        inserted += execute(conn, &insert_usage_events_sql(chunk.len()), &params).await?;
+    }
+    Ok(inserted)
+}
+
+/// The columns of a usage event whose SQL types are narrower than the row type's: `SMALLINT` status, `INT` units.
+struct Narrowed {
+    status: i16,
+    units: i32,
+    overage_units: i32,
+}
+
+impl Narrowed {
+    fn of(e: &UsageEvent) -> Self {
+        Narrowed { status: e.status as i16, units: e.units as i32, overage_units: e.overage_units as i32 }
+    }
+}
+
+/// One usage event's 17 parameters, in the column order of [`INSERT_USAGE_EVENT`] and [`insert_usage_events_sql`].
+fn usage_event_params<'a>(e: &'a UsageEvent, narrow: &'a Narrowed) -> [&'a dyn ToSql; USAGE_EVENT_PARAMS] {
+    [
         &e.event_id,
-        &e.request_id.as_str(),
+        &e.request_id,
         &e.tenant_id,
-        &e.client_id.as_deref(),
-        &e.principal_id.as_deref(),
-        &e.operation_id.as_str(),
-        &e.method.as_str(),
-        &e.route_template.as_str(),
-        &status,
-        &units,
+        &e.client_id,
+        &e.principal_id,
+        &e.operation_id,
+        &e.method,
+        &e.route_template,
+        &narrow.status,
+        &narrow.units,
         &e.billable,
-        &overage,
+        &narrow.overage_units,
         &e.latency_micros,
         &e.request_bytes,
         &e.response_bytes,
         &e.occurred_at,
         &e.recorded_at,
-    ];
-    execute(conn, INSERT_USAGE_EVENT, &params).await
+    ]
+}
+
+const USAGE_EVENT_PARAMS: usize = 17;
+
+/// Usage events per multi-row insert: SQL Server takes at most 2 100 parameters a request, and a row binds 17.
+pub(crate) const USAGE_EVENTS_PER_INSERT: usize = 100;
+const _: () = assert!(USAGE_EVENTS_PER_INSERT * USAGE_EVENT_PARAMS <= 2100, "SQL Server's parameter limit");
+
+/// A multi-row insert of `rows` usage events (parameters as [`usage_event_params`], row after row). A row whose
+/// `event_id` is stored already is skipped; the key-range lock keeps two concurrent batches from both inserting
+/// one id, as in [`INSERT_USAGE_EVENT`]. The ids within one statement must differ.
+pub(crate) fn insert_usage_events_sql(rows: usize) -> String {
+    const COLUMNS: &str = "event_id, request_id, tenant_id, client_id, principal_id, operation_id, method, \
+        route_template, status, units, billable, overage_units, latency_micros, request_bytes, response_bytes, \
+        occurred_at, recorded_at";
+    let values: Vec<String> = (0..rows)
+        .map(|row| {
+            let first = row * USAGE_EVENT_PARAMS;
+            let placeholders: Vec<String> = (1..=USAGE_EVENT_PARAMS).map(|i| format!("@P{}", first + i)).collect();
+            format!("({})", placeholders.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO dbo.usage_events ({COLUMNS})\nSELECT {COLUMNS} FROM (VALUES {}) AS v ({COLUMNS})\n\
+         WHERE NOT EXISTS (SELECT 1 FROM dbo.usage_events AS u WITH (UPDLOCK, HOLDLOCK) WHERE u.event_id = v.event_id)",
+        values.join(",\n")
+    )
 }
 
 #[async_trait]
@@ -138,10 +196,7 @@ impl MeteringStore for MssqlStore {
 
     async fn record_usage(&self, usage: &[UsageEvent], audit: &[AuditEventInput]) -> Result<u64, StoreError> {
         in_tx!(self, Retry::Yes, |conn| {
-            let mut inserted = 0;
-            for e in usage {
-                inserted += insert_usage_event(conn, e).await?;
-            }
+            let inserted = insert_usage_events(conn, usage).await?;
             append_audit(conn, audit).await?;
             Ok(inserted)
         })
@@ -215,3 +270,22 @@ pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("INSERT_USAGE_EVENT", INSERT_USAGE_EVENT),
     ("COUNT_USAGE_EVENTS", COUNT_USAGE_EVENTS),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multi_row_insert_binds_each_placeholder_once() {
+        for rows in [1, 2, 7, USAGE_EVENTS_PER_INSERT] {
+            let sql = insert_usage_events_sql(rows);
+            let mut used: Vec<usize> = sql
+                .match_indices("@P")
+                .map(|(at, _)| sql[at + 2..].chars().take_while(char::is_ascii_digit).collect::<String>())
+                .map(|digits| digits.parse().unwrap())
+                .collect();
+            used.sort_unstable();
+            assert_eq!(used, (1..=rows * USAGE_EVENT_PARAMS).collect::<Vec<_>>(), "{rows} rows");
+        }
+    }
+}

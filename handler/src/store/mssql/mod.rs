@@ -215,6 +215,16 @@ pub(crate) const STATEMENTS: &[&[(&str, &str)]] = &[
     usage::STATEMENTS,
 ];
 
+/// Statements generated from a size at run time (the multi-row usage insert), at sizes that show every shape:
+/// the parse check (`store::tsql_check`) reads them with [`STATEMENTS`].
+#[cfg(test)]
+pub(crate) fn generated_examples() -> Vec<(String, String)> {
+    [1, 2, 3]
+        .into_iter()
+        .map(|n| (format!("insert_usage_events_sql({n})"), metering::insert_usage_events_sql(n)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
