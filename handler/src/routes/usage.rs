@@ -227,7 +227,9 @@ fn report_range(
         let start = window_start(granularity, t);
         if start == t { t } else { window_end(granularity, start) }
     };
+    // The default is the end of the window holding `now`, even when `now` starts it (its calls count).
     let to = round_up(params.to.unwrap_or(now));
+    let to = if params.to.is_none() && to == now { window_end(granularity, now) } else { to };
     let from = window_start(
         granularity,
         params.from.unwrap_or_else(|| match granularity {
@@ -436,4 +438,37 @@ pub async fn export_usage(
             format!("attachment; filename=\"usage-{tenant_id}-{}.csv\"", params.period),
         ))
         .streaming(header.chain(days)))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn params(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> UsageParams {
+        UsageParams { from, to, granularity: None, group_by: None, tenant_id: None }
+    }
+
+    #[test]
+    fn the_default_range_ends_with_the_window_holding_now_even_at_its_first_instant() {
+        let on_the_hour = Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 0).unwrap();
+        let (from, to) = report_range(&params(None, None), Granularity::Hour, on_the_hour).unwrap();
+        assert_eq!((from, to), (on_the_hour - TimeDelta::hours(23), on_the_hour + TimeDelta::hours(1)));
+        let (_, to) =
+            report_range(&params(None, None), Granularity::Hour, on_the_hour + TimeDelta::minutes(5)).unwrap();
+        assert_eq!(to, on_the_hour + TimeDelta::hours(1));
+        let (_, to) = report_range(&params(None, None), Granularity::Day, on_the_hour - TimeDelta::hours(12)).unwrap();
+        assert_eq!(to, on_the_hour + TimeDelta::hours(12), "midnight starts the day it is in");
+    }
+
+    #[test]
+    fn an_explicit_end_is_exclusive_and_rounded_up_to_its_window() {
+        let on_the_hour = Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 0).unwrap();
+        let (_, to) = report_range(&params(None, Some(on_the_hour)), Granularity::Hour, on_the_hour).unwrap();
+        assert_eq!(to, on_the_hour);
+        let late = on_the_hour + TimeDelta::seconds(1);
+        let (_, to) = report_range(&params(None, Some(late)), Granularity::Hour, on_the_hour).unwrap();
+        assert_eq!(to, on_the_hour + TimeDelta::hours(1));
+    }
 }
