@@ -93,12 +93,18 @@ def make_document(rng, i):
 
 
 class Server:
-    """`handler serve` in `workdir`; stop() sends SIGTERM (SIGKILL after 15 s)."""
+    """`handler serve` in `workdir`; stop() sends SIGTERM (SIGKILL after 15 s). `host_mode`: started as the
+    Functions host starts it, so it also answers the host's invocations (`POST /{FunctionName}`), which a
+    standalone server refuses with 404."""
 
-    def __init__(self, binary, workdir):
+    def __init__(self, binary, workdir, host_mode=False):
         self.port = free_port()
         env = dict(os.environ)
         env.update(METERLINE_PORT=str(self.port), METERLINE_LOG="warn", METERLINE_LOG_FORMAT="text")
+        if host_mode:
+            worker = "bench-worker"
+            env.update(FUNCTIONS_CUSTOMHANDLER_PORT=str(self.port), FUNCTIONS_CUSTOMHANDLER_WORKER_ID=worker,
+                       FUNCTIONS_APP_ROOT_PATH=workdir, FUNCTIONS_WORKER_RUNTIME="custom")
         self.log_path = os.path.join(workdir, "handler.log")
         with open(self.log_path, "ab") as log:  # a file, not a pipe: an unread pipe could stall the server
             self.proc = subprocess.Popen([binary, "serve"], cwd=workdir, env=env, stdout=log, stderr=log)
