@@ -74,6 +74,7 @@ async fn main() {
             response_bytes: 0,
             occurred_at: at,
             recorded_at: at,
+            lease_id: None,
         });
         if chunk.len() == 10_000 {
             store.record_usage_events(&chunk).await.expect("seed");

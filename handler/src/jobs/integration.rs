@@ -353,6 +353,7 @@ fn effect_of(
                 response_bytes: 0,
                 occurred_at,
                 recorded_at: now,
+                lease_id: None,
             };
             checks.finish(IntegrationEffect::RecordUsage { event, period_start, period_end })
         }

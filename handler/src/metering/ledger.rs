@@ -106,6 +106,7 @@ pub(crate) fn records(
         response_bytes,
         occurred_at: meter.occurred_at,
         recorded_at,
+        lease_id: None,
     };
     (usage, audited)
 }

@@ -179,6 +179,9 @@ pub struct UsageEvent {
     pub response_bytes: i64,
     pub occurred_at: DateTime<Utc>,
     pub recorded_at: DateTime<Utc>,
+    /// The quota lease the request spent its units from (`docs/usage.md`, "Quota leases"); `None` when it was
+    /// debited directly or cost nothing.
+    pub lease_id: Option<Uuid>,
 }
 
 /// A request's own records, handed to the store write that carries out the request so they commit in the
@@ -285,6 +288,7 @@ mod tests {
             response_bytes: 0,
             occurred_at: at,
             recorded_at: at,
+            lease_id: None,
         };
         assert_eq!(e.external_tenant().unwrap(), Uuid::from_u128(1));
         assert!(UsageEvent { tenant_id: None, ..e.clone() }.external_tenant().is_err());

@@ -51,6 +51,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite":
     1 => "0001_job_runs.sql" "job_runs",
     2 => "0002_data_model.sql" "data_model",
     3 => "0003_client_directory_binding.sql" "client_directory_binding",
+    4 => "0004_quota_leases.sql" "quota_leases",
 );
 
 /// The SQL Server migrations: the same versions and names as [`SQLITE`], in T-SQL.
@@ -58,6 +59,7 @@ pub const MSSQL: &[Migration] = migrations!("mssql":
     1 => "0001_job_runs.sql" "job_runs",
     2 => "0002_data_model.sql" "data_model",
     3 => "0003_client_directory_binding.sql" "client_directory_binding",
+    4 => "0004_quota_leases.sql" "quota_leases",
 );
 
 /// Checks that `known` is strictly increasing: a gap or reorder is a build mistake, caught by a unit test.

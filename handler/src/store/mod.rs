@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod documents;
 pub mod integration;
+pub mod leases;
 pub mod metering;
 mod migrations;
 pub mod model;
@@ -36,6 +37,7 @@ pub use usage::*;
 pub use audit::*;
 pub use documents::DocumentStore;
 pub use integration::*;
+pub use leases::*;
 pub use metering::*;
 pub use operations::OperationsStore;
 pub use plans::PlanStore;
@@ -99,7 +101,15 @@ pub struct JobRun {
 /// [`MeteringStore::record_usage`] would, ids already stored being skipped): a crash can never keep the change
 /// and lose its records. Pass `None` for writes that are not an API request's (seeding, jobs, tests).
 pub trait Store:
-    OperationsStore + TenantStore + PlanStore + DocumentStore + MeteringStore + AuditStore + IntegrationStore + UsageStore
+    OperationsStore
+    + TenantStore
+    + PlanStore
+    + DocumentStore
+    + MeteringStore
+    + QuotaLeaseStore
+    + AuditStore
+    + IntegrationStore
+    + UsageStore
 {
 }
 
@@ -109,6 +119,7 @@ impl<
         + PlanStore
         + DocumentStore
         + MeteringStore
+        + QuotaLeaseStore
         + AuditStore
         + IntegrationStore
         + UsageStore

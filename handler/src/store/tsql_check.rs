@@ -90,6 +90,10 @@ fn all_statements() -> Vec<(String, String)> {
     let mut all = Vec::new();
     for migration in MSSQL {
         for (i, statement) in split_statements(migration.sql).into_iter().enumerate() {
+            // A statement run through `EXEC (N'...')` (one literal) is parsed too, not just the EXEC around it.
+            if let Some(inner) = exec_literal(&statement) {
+                all.push((format!("migration {} statement {} (its EXEC text)", migration.version, i + 1), inner));
+            }
             all.push((format!("migration {} statement {}", migration.version, i + 1), statement));
         }
     }
@@ -108,6 +112,13 @@ fn all_statements() -> Vec<(String, String)> {
         }
     }
     all
+}
+
+/// The statement inside `EXEC (N'...')` when the argument is one string literal (quotes undoubled).
+fn exec_literal(statement: &str) -> Option<String> {
+    let literal = statement.trim().strip_prefix("EXEC (N'")?.strip_suffix("')")?;
+    // One literal: every quote inside comes doubled, so the text has no concatenation.
+    (!literal.replace("''", "").contains('\'')).then(|| literal.replace("''", "'"))
 }
 
 #[test]
@@ -147,6 +158,20 @@ fn the_dynamic_audit_table_definition_parses() {
     let statement =
         format!("CREATE TABLE dbo.audit_events {columns}").replace("PRIMARY KEY NONCLUSTERED", "PRIMARY KEY");
     Parser::parse_sql(&MsSqlDialect {}, &statement).unwrap_or_else(|e| panic!("{e}\n{statement}"));
+}
+
+#[test]
+fn the_text_of_a_one_literal_exec_is_checked_too() {
+    assert_eq!(
+        exec_literal("EXEC (N'CREATE INDEX ix ON t (c) WHERE c <> ''x''')").as_deref(),
+        Some("CREATE INDEX ix ON t (c) WHERE c <> 'x'")
+    );
+    assert_eq!(exec_literal("EXEC (N'CREATE TABLE t ' + @columns)"), None, "concatenated: checked on its own");
+    assert!(
+        all_statements()
+            .iter()
+            .any(|(origin, sql)| origin.contains("EXEC text") && sql.contains("ix_usage_events_lease"))
+    );
 }
 
 #[test]

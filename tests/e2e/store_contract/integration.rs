@@ -113,6 +113,7 @@ fn usage_effect(tenant_id: Uuid, id: &str, units: i64) -> IntegrationEffect {
             response_bytes: 0,
             occurred_at: t0(),
             recorded_at: t0(),
+            lease_id: None,
         },
         period_start: march(),
         period_end: NaiveDate::from_ymd_opt(2026, 4, 1).unwrap(),

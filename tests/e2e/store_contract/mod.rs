@@ -3,6 +3,7 @@
 mod audit;
 mod documents;
 mod integration;
+mod leases;
 mod metering;
 mod operations;
 mod plans;

@@ -99,6 +99,7 @@ pub(crate) fn event(
         response_bytes: 0,
         occurred_at,
         recorded_at,
+        lease_id: None,
     }
 }
 

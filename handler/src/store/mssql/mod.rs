@@ -194,6 +194,7 @@ fn corrupt(what: &str, raw: &str) -> StoreError {
 
 // After `in_tx!`, which they use.
 mod documents;
+mod leases;
 mod operations;
 mod plans;
 mod tenants;
@@ -210,6 +211,7 @@ pub(crate) const STATEMENTS: &[&[(&str, &str)]] = &[
     plans::STATEMENTS,
     documents::STATEMENTS,
     metering::STATEMENTS,
+    leases::STATEMENTS,
     audit::STATEMENTS,
     integration::STATEMENTS,
     usage::STATEMENTS,
