@@ -348,6 +348,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         running.port
     );
     running.server.await?;
+    // The server has drained its requests: give this process's unspent quota back rather than leave it to the
+    // reclaim after the lease expires.
+    if let Some(leases) = &running.state.leases {
+        leases.settle_all().await;
+    }
     tracing::info!("shut down on request");
     Ok(())
 }

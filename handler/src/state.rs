@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use chrono::TimeDelta;
+
 use crate::api::cursor::CursorSigner;
 use crate::api::operations::RouteTable;
 use crate::auth::Authenticator;
@@ -9,6 +11,7 @@ use crate::azure::servicebus::{ServiceBusAuth, ServiceBusSender};
 use crate::clock::{Clock, IdGenerator};
 use crate::config::Config;
 use crate::lookups::Lookups;
+use crate::metering::leases::{LeaseSettings, QuotaLeases};
 use crate::metering::recorder::UsageRecorder;
 use crate::store::Store;
 
@@ -26,6 +29,8 @@ pub struct AppState {
     pub cursors: CursorSigner,
     /// Writes usage events with group commit.
     pub recorder: UsageRecorder,
+    /// This process's quota leases; `None` when every request debits the store's counter itself.
+    pub leases: Option<QuotaLeases>,
     /// The OpenAPI document, serialized once.
     pub openapi_json: actix_web::web::Bytes,
     /// Path templates, methods and operation ids of every route: 405 answers, and which operation a request
@@ -57,6 +62,13 @@ impl AppState {
         };
         let cursors = CursorSigner::new(cursor_key);
         let recorder = UsageRecorder::start(store.clone());
+        let leases = config.usage.quota_lease.map(|validity| {
+            let settings = LeaseSettings {
+                validity: TimeDelta::from_std(validity).expect("at most 60 s"),
+                target: TimeDelta::from_std(config.usage.quota_lease_target).unwrap_or(TimeDelta::MAX),
+            };
+            QuotaLeases::new(store.clone(), clock.clone(), ids.clone(), settings)
+        });
         let lookups = Lookups::new(store.clone(), clock.clone(), config.lookup_cache_ttl);
         let outbox_sender = outbox_sender(&config)?.map(Arc::new);
         Ok(AppState {
@@ -68,6 +80,7 @@ impl AppState {
             auth,
             cursors,
             recorder,
+            leases,
             openapi_json,
             routes,
             outbox_sender,

@@ -1,6 +1,7 @@
 //! Metering: rate limits and their headers, one durable usage event per request with refunds, and plan cost
 //! overrides, in process (`startup::app`, manual clock); exact quotas under concurrency in one and two handler
-//! processes, and nothing acknowledged lost to SIGKILL, against the real binary under the host emulator.
+//! processes, and nothing acknowledged lost to SIGKILL, against the real binary under the host emulator; quota
+//! leases: spent in memory, settled exactly, reclaimed after a crash.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -8,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use meterline::clock::Clock;
+use meterline::store::QuotaLeaseStore;
 use serde_json::json;
 
 use crate::support::app::{DEV_APP_ID, TestApp};
@@ -210,7 +213,9 @@ async fn every_request_leaves_exactly_one_usage_event_and_failures_are_refunded(
     }
     let statuses: Vec<u16> = request_ids.iter().map(|(s, _)| *s).collect();
     assert_eq!(statuses, vec![200, 200, 404, 400, 401, 401, 403], "the POST lacks Documents.Write");
-    // Only the two successes are charged: getMe 1 + listDocuments 2; the 404, 400 and 403 were refunded or never debited.
+    // Only the two successes are charged: getMe 1 + listDocuments 2; the 404, 400 and 403 were refunded or never
+    // debited (settling the quota lease gives back what no billable event spent).
+    app.settle_leases().await;
     assert_eq!(count(&conn, A_UNITS), 3);
     let route: String = conn
         .query_row("SELECT route_template FROM usage_events WHERE request_id = ?1", [&request_ids[2].1], |r| r.get(0))
@@ -274,6 +279,112 @@ async fn a_killed_handler_loses_no_acknowledged_usage() {
         "every acknowledged request is debited: {used} units for {}",
         acknowledged.len()
     );
+    // The dead process's quota lease is reclaimed exactly once it is past the reclaim margin (here: as if an hour
+    // had passed): the counter is then the billable units of the stored usage events, not one more or less.
+    let store = meterline::store::SqliteStore::open(&m.root.path().join("data/meterline.db")).await.unwrap();
+    let now = chrono::Utc::now();
+    let reclaimed = store.settle_expired_quota_leases(now + chrono::Duration::hours(1), now, 1000).await.unwrap();
+    assert!(reclaimed >= 1, "the killed process held a lease");
+    let billable = count(
+        &conn,
+        "SELECT coalesce(sum(e.units), 0) FROM usage_events e JOIN tenants t ON t.id = e.tenant_id \
+         WHERE t.entra_tenant_id = 'aaaaaaaa-0000-0000-0000-0000000000aa' AND e.billable = 1",
+    );
+    assert_eq!(count(&conn, A_UNITS), billable, "the counter equals the billable units after the reclaim");
+}
+
+#[actix_web::test]
+async fn metered_calls_spend_a_quota_lease_in_memory_and_its_settlement_bills_exactly_what_succeeded() {
+    let (app, user, _admin) = metered_app(1_000_000, 100_000, 1_000, "block").await;
+    let grants = |app: &TestApp| {
+        count(
+            &app.db(),
+            "SELECT count(*) FROM quota_leases l JOIN tenants t ON t.id = l.tenant_id \
+             WHERE t.entra_tenant_id = 'aaaaaaaa-0000-0000-0000-0000000000aa'",
+        )
+    };
+    let auth = format!("Bearer {user}");
+    for _ in 0..50 {
+        assert_eq!(app.http(ClientRequest::get("/api/v1/me").header("Authorization", &auth)).await.status, 200);
+    }
+    let missing = ClientRequest::get("/api/v1/documents/00000000-0000-0000-0000-000000000000");
+    assert_eq!(app.http(missing.header("Authorization", &auth)).await.status, 404, "spends from the lease, not billed");
+    // The first grant is one request's worth; the next ones are sized from the rate the first was spent at.
+    let taken = grants(&app);
+    assert_eq!(taken, 2, "51 metered calls took {taken} grants from the store");
+    // The RateLimit header is what this process knows: the counter at its grant, less what its lease still holds.
+    let me = app.http(ClientRequest::get("/api/v1/me").header("Authorization", &auth)).await;
+    assert!(me.header("ratelimit").unwrap().contains("\"month\";r=948"), "{:?}", me.header("ratelimit"));
+    // A lease lives 5 s: past that the next call takes a fresh grant, and the expired one is settled.
+    app.clock.advance(chrono::Duration::seconds(6));
+    assert_eq!(app.http(ClientRequest::get("/api/v1/me").header("Authorization", &auth)).await.status, 200);
+    assert_eq!(grants(&app), taken + 1);
+    app.settle_leases().await;
+    let conn = app.db();
+    assert_eq!(count(&conn, "SELECT count(*) FROM quota_leases WHERE settled_at IS NULL"), 0);
+    assert_eq!(count(&conn, A_UNITS), 52, "52 successful getMe, one unit each; the 404 gave its units back");
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM usage_events e JOIN tenants t ON t.id = e.tenant_id \
+             WHERE t.entra_tenant_id = 'aaaaaaaa-0000-0000-0000-0000000000aa' AND e.lease_id IS NOT NULL AND e.billable = 1"
+        ),
+        52,
+        "every billable event names the lease it spent from"
+    );
+}
+
+#[actix_web::test]
+async fn a_block_quota_spent_through_leases_admits_exactly_the_quota() {
+    let (app, user, _admin) = metered_app(1_000_000, 100_000, 40, "block").await;
+    let auth = format!("Bearer {user}");
+    let mut statuses = Vec::new();
+    for _ in 0..45 {
+        statuses.push(app.http(ClientRequest::get("/api/v1/me").header("Authorization", &auth)).await.status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 40, "{statuses:?}");
+    assert!(statuses[40..].iter().all(|s| *s == 429), "the refusals come last: {statuses:?}");
+    app.settle_leases().await;
+    assert_eq!(count(&app.db(), A_UNITS), 40);
+}
+
+#[actix_web::test]
+async fn the_rollup_reclaims_a_lease_whose_holder_never_settled_it() {
+    let (app, user, _admin) = metered_app(1_000_000, 100_000, 1_000, "block").await;
+    let auth = format!("Bearer {user}");
+    for _ in 0..20 {
+        assert_eq!(app.http(ClientRequest::get("/api/v1/me").header("Authorization", &auth)).await.status, 200);
+    }
+    // A second process on the same store takes a lease and dies before spending it.
+    let tenant: String =
+        app.db().query_row("SELECT id FROM tenants WHERE entra_tenant_id = ?1", [DIR_A], |r| r.get(0)).unwrap();
+    let now = app.clock.now();
+    let (period_start, period_end) = meterline::metering::period(now);
+    let crashed = meterline::store::QuotaLeaseRequest {
+        lease_id: uuid::Uuid::from_u128(0xDEAD),
+        holder: "crashed".into(),
+        debit: meterline::store::QuotaDebit {
+            tenant_id: tenant.parse().unwrap(),
+            period_start,
+            period_end,
+            quota_units: 1_000,
+            overage_policy: meterline::store::OveragePolicy::Block,
+            units: 100,
+            now,
+        },
+        min_units: 1,
+        expires_at: now + chrono::Duration::seconds(5),
+        reclaim_before: now - chrono::Duration::seconds(60),
+    };
+    app.store.grant_quota_lease(&crashed).await.unwrap();
+    app.settle_leases().await;
+    assert_eq!(count(&app.db(), A_UNITS), 120, "the crashed process's 100 units are still out");
+    // Past its expiry and the reclaim margin, the rollup job settles it from its (no) usage events.
+    app.clock.advance(chrono::Duration::seconds(70));
+    let run = app.invoke_timer("UsageRollup", json!({"ScheduleStatus": null, "IsPastDue": false})).await;
+    assert_eq!(run.status, 200);
+    assert!(run.logs().iter().any(|l| l.contains("1 expired quota leases reclaimed")), "{:?}", run.logs());
+    assert_eq!(count(&app.db(), A_UNITS), 20);
 }
 
 #[actix_web::test]

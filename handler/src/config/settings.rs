@@ -188,6 +188,16 @@ pub const SETTINGS: &[SettingDoc] = &[
         description: "When the rollup's complete-through time falls this far behind, one meterline.usage.rollup-lagging.v1 event is emitted per lag episode.",
     },
     SettingDoc {
+        name: "METERLINE_QUOTA_LEASE_SECS",
+        default: "5",
+        description: "How long a process may spend a quota lease (a grant of a tenant's units, spent in memory; docs/usage.md) before it asks the store again; at most 60. 0: every metered request debits the store's counter itself.",
+    },
+    SettingDoc {
+        name: "METERLINE_QUOTA_LEASE_TARGET_MS",
+        default: "500",
+        description: "A quota grant covers about this long of the process's recent spending (at least one request, at most half of what the quota has left).",
+    },
+    SettingDoc {
         name: "METERLINE_STANDALONE_TIMERS",
         default: "true",
         description: "Standalone `serve` only: run the timer functions' jobs in-process on their schedules (the Functions host runs them otherwise).",

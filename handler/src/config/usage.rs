@@ -1,5 +1,6 @@
 //! Usage aggregation and billing settings: the rollup's batch, run time and settle margin, the lateness window
-//! before a month closes, raw-event retention, the lag alert, and whether standalone `serve` runs the timers.
+//! before a month closes, raw-event retention, the lag alert, whether standalone `serve` runs the timers, and the
+//! quota leases' lifetime and size.
 
 use std::time::Duration;
 
@@ -15,6 +16,11 @@ pub struct UsageConfig {
     pub retention: Duration,
     pub lag_alert: Duration,
     pub standalone_timers: bool,
+    /// How long a quota lease may be spent; `None` (`METERLINE_QUOTA_LEASE_SECS=0`): every metered request
+    /// debits the store's counter itself.
+    pub quota_lease: Option<Duration>,
+    /// How much of a process's recent spending one grant covers.
+    pub quota_lease_target: Duration,
 }
 
 /// Reads the rollup, lateness, retention and timer settings, each within the bounds the jobs need.
@@ -38,7 +44,17 @@ pub(super) fn usage_config(get: &dyn Fn(&str) -> Option<String>) -> Result<Usage
         Some(raw) => parse_bool("METERLINE_STANDALONE_TIMERS", &raw)?,
         None => true,
     };
+    let lease_secs = parse_number("METERLINE_QUOTA_LEASE_SECS", get("METERLINE_QUOTA_LEASE_SECS"), 5, 0)?;
+    if lease_secs > 60 {
+        return Err(ConfigError::new(
+            "METERLINE_QUOTA_LEASE_SECS",
+            format!("at most 60 (plan changes and returned units reach other processes within it), got {lease_secs}"),
+        ));
+    }
+    let target_ms = parse_number("METERLINE_QUOTA_LEASE_TARGET_MS", get("METERLINE_QUOTA_LEASE_TARGET_MS"), 500, 1)?;
     Ok(UsageConfig {
+        quota_lease: (lease_secs > 0).then(|| Duration::from_secs(lease_secs as u64)),
+        quota_lease_target: Duration::from_millis(target_ms as u64),
         rollup_batch_size: u32::try_from(batch).unwrap_or(u32::MAX),
         rollup_max_run: Duration::from_secs(max_run as u64),
         rollup_settle: Duration::from_secs(settle as u64),

@@ -3,7 +3,7 @@
 //! One invocation holds the `usage-rollup` lease (a crashed runner's lease expires), runs bounded rollup steps
 //! (`UsageStore::rollup_step`, one transaction each) until it has caught up or spent its budget, then checks the lag,
 //! writes the billing statements of months that are final, and purges raw events that are rolled up and older
-//! than the retention. Every part is idempotent: a second runner (an expired lease, a retried invocation) finds
+//! than the retention, and settles the quota leases of crashed holders. Every part is idempotent: a second runner (an expired lease, a retried invocation) finds
 //! the watermark past what was rolled up and the statements written. The invariants are in ARCHITECTURE.md and
 //! docs/data-model.md ("Usage rollup").
 
@@ -13,6 +13,7 @@ use chrono::{DateTime, Datelike, Months, NaiveDate, TimeDelta, Utc};
 use serde_json::json;
 
 use crate::error::{AppError, ErrorCode};
+use crate::metering::leases::RECLAIM_MARGIN;
 use crate::metering::period;
 use crate::state::AppState;
 use crate::store::{BillingStatement, LeaseRequest, OutboxMessage, RollupGranularity, RollupState, RollupStep};
@@ -64,6 +65,9 @@ impl<'a> Lease<'a> {
     }
 }
 
+/// Expired quota leases settled per transaction by the rollup's sweep.
+const RECLAIM_BATCH: u32 = 100;
+
 /// One invocation of the rollup job; the summary goes to the host's log and `job_runs`.
 pub async fn run(state: &AppState) -> Result<String, AppError> {
     let Some(lease) = Lease::acquire(state).await? else {
@@ -106,8 +110,18 @@ async fn work(state: &AppState, lease: &Lease<'_>) -> Result<String, AppError> {
             break;
         }
     }
+    // Quota leases whose holders crashed: settled from their usage events once past the reclaim margin.
+    let mut reclaimed = 0;
+    while within_budget() {
+        let now = state.clock.now();
+        let settled = state.store.settle_expired_quota_leases(now - RECLAIM_MARGIN, now, RECLAIM_BATCH).await?;
+        reclaimed += settled;
+        if settled < u64::from(RECLAIM_BATCH) {
+            break;
+        }
+    }
     Ok(format!(
-        "rolled up {rolled_up} events in {steps} steps; watermark {watermark}; {}; {lag}; {statements} statements written; {purged} raw events purged",
+        "rolled up {rolled_up} events in {steps} steps; watermark {watermark}; {}; {lag}; {statements} statements written; {purged} raw events purged; {reclaimed} expired quota leases reclaimed",
         if caught_up { "caught up" } else { "more to do (the next run continues)" }
     ))
 }

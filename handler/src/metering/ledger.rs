@@ -21,14 +21,31 @@ use crate::auth::Principal;
 use crate::auth::guard::Caller;
 use crate::store::{AuditEventInput, Ledger, UsageEvent};
 
-/// A quota debit the limit stage made for a request: billed with its usage event when the request succeeds,
-/// refunded by the record stage when it does not.
+/// A quota debit the limit stage made for a request: billed with its usage event when the request succeeds;
+/// when it does not, refunded by the record stage, or (taken from a quota lease) left to the lease's settlement.
 #[derive(Debug, Clone, Copy)]
 pub struct Debit {
     pub tenant_id: uuid::Uuid,
     pub period_start: chrono::NaiveDate,
     pub units: i64,
     pub overage_units: i64,
+    /// The quota lease the units came from, which the usage event names.
+    pub lease_id: Option<Uuid>,
+}
+
+/// The units this request took from a quota lease, which its usage record has not made durable yet: a usage
+/// summary read by the request counts them, as a direct debit would have ([`crate::store::spent_usage`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OwnLeasedUnits(pub i64);
+
+impl actix_web::FromRequest for OwnLeasedUnits {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let debit = req.extensions().get::<Debit>().copied();
+        std::future::ready(Ok(OwnLeasedUnits(debit.filter(|d| d.lease_id.is_some()).map_or(0, |d| d.units))))
+    }
 }
 
 /// What the record stage knows about a request before it runs: the ids of its records and what it measures.
@@ -106,7 +123,7 @@ pub(crate) fn records(
         response_bytes,
         occurred_at: meter.occurred_at,
         recorded_at,
-        lease_id: None,
+        lease_id: debit.and_then(|d| d.lease_id),
     };
     (usage, audited)
 }

@@ -4,8 +4,9 @@
 //! [`stage::record`] outside authentication, so every request (a 401 too) yields exactly one usage
 //! event, written durably before the response leaves, with the request's audit event ([`audit`]) in the same
 //! transaction when it changed state or was refused; and [`stage::limit`] after it, which applies the
-//! caller's plan: a GCRA rate limit per (tenant, client) and an atomic debit of the tenant's monthly
-//! quota, both kept in the store so scaled-out processes share them. A new endpoint gets authentication,
+//! caller's plan: a GCRA rate limit per (tenant, client), kept in the store so scaled-out processes share it,
+//! and the tenant's monthly quota, spent from this process's quota lease ([`leases`]) whose grants the store
+//! decides. A new endpoint gets authentication,
 //! limits, metering and audit by having an operation id, an `Authorized<P>` permission and an entry in
 //! [`costs::COSTS`]; if it changes state, it passes its [`ledger::ledger`] (usage and audit event, with an
 //! [`audit::AuditNote`] of what changed) to the store write, which commits them in its transaction.
@@ -13,6 +14,7 @@
 pub mod audit;
 pub mod costs;
 pub mod headers;
+pub mod leases;
 pub mod ledger;
 pub mod recorder;
 pub mod stage;

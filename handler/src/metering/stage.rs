@@ -14,6 +14,7 @@ use chrono::NaiveTime;
 
 use super::audit::{self, LimiterDecision};
 use super::headers::{LimitState, burst_state, header_fields};
+use super::leases::{LeaseTicket, Spend};
 use super::ledger::{Debit, RequestMeter, body_bytes, records};
 use super::{costs, period};
 use crate::auth::guard::Caller;
@@ -80,9 +81,28 @@ pub async fn limit(
             units,
             now,
         });
-        // One store write decides both: the rate step and, if it allows the request, the quota debit.
-        let admitted = state.store.admit(&Admission { rate: take, debit: debit_request }).await?;
-        let rate = admitted.rate;
+        let (rate, quota, ticket) = match (&state.leases, debit_request) {
+            // The rate step in the store; the units from this process's quota lease, in memory until it runs out.
+            (Some(leases), Some(debit)) => {
+                let rate = state.store.take_rate_limit(&take).await?;
+                // A request the rate limit refuses spends nothing.
+                let spent = if rate.allowed { Some(leases.spend(&debit).await?) } else { None };
+                match spent {
+                    None => (rate, None, None),
+                    Some(Spend::Accepted { ticket, overage_units, units_used, quota_units }) => {
+                        (rate, Some(QuotaOutcome::Accepted { units_used, quota_units, overage_units }), Some(ticket))
+                    }
+                    Some(Spend::Rejected { units_used, quota_units }) => {
+                        (rate, Some(QuotaOutcome::Rejected { units_used, quota_units }), None)
+                    }
+                }
+            }
+            // One store write decides both: the rate step and, if it allows the request, the quota debit.
+            (_, debit) => {
+                let admitted = state.store.admit(&Admission { rate: take, debit }).await?;
+                (admitted.rate, admitted.debit, None)
+            }
+        };
         let period_end_at = period_end.and_time(NaiveTime::MIN).and_utc();
         let (burst_remaining, burst_reset_secs) = burst_state(rate.tat_micros, now_micros, interval, burst);
         let mut limits = LimitState {
@@ -96,13 +116,11 @@ pub async fn limit(
             period_reset_secs: (period_end_at - now).num_seconds(),
         };
         // The quota numbers the headers show: the debit's answer, else (nothing debited) the counter as it is.
-        let (units_used, quota_units) = match admitted.debit {
+        let (units_used, quota_units) = match quota {
             Some(QuotaOutcome::Accepted { units_used, quota_units, .. } | QuotaOutcome::Rejected { units_used, quota_units }) => {
                 (units_used, quota_units)
             }
-            None => state
-                .store
-                .quota_usage(tenant.id, period_start)
+            None => crate::store::spent_usage(state.store.as_ref(), tenant.id, period_start, 0)
                 .await?
                 .map_or((0, plan.monthly_quota_units), |q| (q.units_used, q.quota_units)),
         };
@@ -119,10 +137,14 @@ pub async fn limit(
                 &limits,
             ));
         }
-        let debit = match admitted.debit {
-            Some(QuotaOutcome::Accepted { overage_units, .. }) => {
-                Some(Debit { tenant_id: tenant.id, period_start, units, overage_units })
-            }
+        let debit = match quota {
+            Some(QuotaOutcome::Accepted { overage_units, .. }) => Some(Debit {
+                tenant_id: tenant.id,
+                period_start,
+                units,
+                overage_units,
+                lease_id: ticket.as_ref().map(LeaseTicket::lease_id),
+            }),
             Some(QuotaOutcome::Rejected { .. }) => {
                 crate::telemetry::metrics::limiter_rejection(crate::telemetry::metrics::LimiterKind::Quota);
                 decision = Some(format!("quota-exceeded month used={units_used}/{quota_units} cost={units}"));
@@ -142,16 +164,19 @@ pub async fn limit(
             "allowed minute r={} month r={} cost={}",
             limits.burst_remaining, limits.quota_remaining, if debit.is_some() { units } else { 0 }
         ));
-        Ok::<_, AppError>((limits, debit))
+        Ok::<_, AppError>((limits, debit, ticket))
     }
     .await;
     if let Some(decision) = decision {
         req.extensions_mut().insert(LimiterDecision(decision));
     }
     match decided {
-        Ok((limits, debit)) => {
+        Ok((limits, debit, ticket)) => {
             if let Some(debit) = debit {
                 req.extensions_mut().insert(debit);
+            }
+            if let Some(ticket) = ticket {
+                req.extensions_mut().insert(ticket);
             }
             let mut res = next.call(req).await?;
             for (name, value) in header_fields(&limits) {
@@ -203,7 +228,8 @@ pub async fn record(
     if let Some(d) = debit.filter(|_| billable) {
         crate::telemetry::metrics::quota_consumed(d.units, d.overage_units)
     }
-    if let Some(debit) = debit.filter(|_| !billable)
+    // A debit from a lease needs no refund: its settlement counts only billable usage events.
+    if let Some(debit) = debit.filter(|d| !billable && d.lease_id.is_none())
         && let Err(err) = state
             .store
             .refund_quota(debit.tenant_id, debit.period_start, debit.units, debit.overage_units, state.clock.now())
@@ -218,7 +244,12 @@ pub async fn record(
     // A write that took effect committed these same ids in its own transaction already (`ledger::ledger`);
     // the store skips them, so this is then only the wait for the batch.
     let (event, audited) = records(res.request(), &meter, status, response_bytes, None, state.clock.now());
-    match state.recorder.record(event, audited).await {
+    let recorded = state.recorder.record(event, audited).await;
+    // Its record is durable now, or will never be: the lease it spent from may be settled.
+    if let Some(ticket) = res.request().extensions_mut().remove::<LeaseTicket>() {
+        ticket.finish();
+    }
+    match recorded {
         Ok(()) => Ok(res.map_into_left_body()),
         Err(err) if status.is_success() => {
             let (request, _) = res.into_parts();

@@ -16,6 +16,12 @@ pub const REQUEST_DURATION: &str = "meterline.request.duration";
 pub const LIMITER_REJECTIONS: &str = "meterline.limiter.rejections";
 /// Quota units consumed by successful requests (counter; attribute `kind`: `included` or `overage`).
 pub const QUOTA_UNITS: &str = "meterline.quota.units";
+/// Quota-lease units by what happened to them (counter; attribute `kind`: `granted`, taken from the store by a
+/// grant, or `returned`, given back unspent when the lease was settled); `meterline.quota.lease.grants` counts the
+/// grants, so grants per request is the admission's store transactions per request.
+pub const QUOTA_LEASE_UNITS: &str = "meterline.quota.lease.units";
+/// Quota-lease grants taken from the store (counter).
+pub const QUOTA_LEASE_GRANTS: &str = "meterline.quota.lease.grants";
 /// How far the usage rollup is behind, in seconds (gauge).
 pub const ROLLUP_LAG: &str = "meterline.rollup.lag";
 /// Integration messages by outcome (counter; attribute `outcome`).
@@ -71,6 +77,8 @@ pub struct Metrics {
     request_duration: Histogram<f64>,
     limiter_rejections: Counter<u64>,
     quota_units: Counter<u64>,
+    quota_lease_units: Counter<u64>,
+    quota_lease_grants: Counter<u64>,
     rollup_lag: Gauge<f64>,
     consumer_outcomes: Counter<u64>,
     outbox_backlog: Gauge<u64>,
@@ -93,6 +101,15 @@ impl Metrics {
                 .u64_counter(QUOTA_UNITS)
                 .with_unit("{unit}")
                 .with_description("Quota units consumed by successful requests")
+                .build(),
+            quota_lease_units: meter
+                .u64_counter(QUOTA_LEASE_UNITS)
+                .with_unit("{unit}")
+                .with_description("Quota units granted to this process's leases, and returned unspent")
+                .build(),
+            quota_lease_grants: meter
+                .u64_counter(QUOTA_LEASE_GRANTS)
+                .with_description("Quota-lease grants taken from the store")
                 .build(),
             rollup_lag: meter
                 .f64_gauge(ROLLUP_LAG)
@@ -136,6 +153,17 @@ impl Metrics {
         }
     }
 
+    pub fn quota_lease_granted(&self, units: i64) {
+        self.quota_lease_grants.add(1, &[]);
+        self.quota_lease_units.add(units.max(0) as u64, &[KeyValue::new("kind", "granted")]);
+    }
+
+    pub fn quota_lease_settled(&self, returned_units: i64) {
+        if returned_units > 0 {
+            self.quota_lease_units.add(returned_units as u64, &[KeyValue::new("kind", "returned")]);
+        }
+    }
+
     pub fn rollup_lag(&self, lag: Duration) {
         self.rollup_lag.record(lag.as_secs_f64(), &[]);
     }
@@ -175,6 +203,16 @@ pub fn limiter_rejection(kind: LimiterKind) {
 /// A successful request consumed `units` of its tenant's quota, `overage_units` of them beyond it.
 pub fn quota_consumed(units: i64, overage_units: i64) {
     with(|m| m.quota_consumed(units, overage_units));
+}
+
+/// This process took a quota lease of `units` from the store.
+pub fn quota_lease_granted(units: i64) {
+    with(|m| m.quota_lease_granted(units));
+}
+
+/// A quota lease was settled and gave `returned_units` back to the store.
+pub fn quota_lease_settled(returned_units: i64) {
+    with(|m| m.quota_lease_settled(returned_units));
 }
 
 /// The usage rollup finished a step and is now `lag` behind the newest usage event.

@@ -227,6 +227,13 @@ impl TestApp {
     }
 
     /// A connection to the app's SQLite database, for checking what it stored.
+    /// Settles every quota lease the app holds (as a shutdown does), so the store's counter is the units spent.
+    pub async fn settle_leases(&self) {
+        if let Some(leases) = &self.state.leases {
+            leases.settle_all().await;
+        }
+    }
+
     pub fn db(&self) -> rusqlite::Connection {
         rusqlite::Connection::open(self.root.join("data/meterline.db")).unwrap()
     }

@@ -1,0 +1,318 @@
+//! Quota leases on the request path: a process spends grants of its tenants' quota units in memory, so a metered
+//! request waits on the store for its quota only when the grant it spends from runs out or expires
+//! (docs/usage.md, "Quota leases").
+//!
+//! One [`Book`] per (tenant, period) holds the lease being spent. A request takes its units from it in order
+//! (its place in the lease gives its overage) and holds a [`LeaseTicket`] until its usage record is durable. A
+//! lease that runs out or expires is retired; once its last ticket is finished it is settled in the background,
+//! which gives its unspent units back to the store. A ticket dropped unfinished (the request future was dropped)
+//! leaves its lease to be reclaimed after [`RECLAIM_MARGIN`], when every record it could still write is durable.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use uuid::Uuid;
+
+use crate::clock::{Clock, IdGenerator};
+use crate::store::{QuotaDebit, QuotaLeaseGrant, QuotaLeaseRequest, Store, StoreError, overage_between};
+
+/// How long after its expiry an unsettled lease is taken to be its crashed holder's and settled by others. A
+/// holder stops spending a lease at expiry, and a usage record either commits within the store's bound for a
+/// write (about 16 s on SQL Server, with its retries) or is never written; the margin covers that and clock skew.
+pub const RECLAIM_MARGIN: TimeDelta = TimeDelta::seconds(60);
+
+/// The largest grant one request for a lease asks for.
+const MAX_GRANT: i64 = 1_000_000;
+
+/// How long a lease may be spent, and how much traffic a grant is sized for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseSettings {
+    /// A lease's lifetime: plan changes and returned units reach other processes within it.
+    pub validity: TimeDelta,
+    /// A grant covers about this long of the process's recent spending (at least one request).
+    pub target: TimeDelta,
+}
+
+/// What [`QuotaLeases::spend`] decided for one request.
+pub enum Spend {
+    /// The units are the request's; `overage_units` of them lie beyond the quota. `units_used` is the counter as
+    /// this process knows it: the store's at its last grant, less what its lease has not handed out yet.
+    Accepted { ticket: LeaseTicket, overage_units: i64, units_used: i64, quota_units: i64 },
+    /// Fewer units are left unleased than the request costs (under `block`).
+    Rejected { units_used: i64, quota_units: i64 },
+}
+
+/// The quota leases of this process.
+#[derive(Clone)]
+pub struct QuotaLeases {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    ids: Arc<dyn IdGenerator>,
+    holder: String,
+    settings: LeaseSettings,
+    books: Mutex<HashMap<(Uuid, NaiveDate), SharedBook>>,
+    /// Settlements running in the background, which [`QuotaLeases::settle_all`] waits for.
+    settling: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// A (tenant, period)'s book; its requests queue on the lock while a grant is taken.
+type SharedBook = Arc<tokio::sync::Mutex<Book>>;
+
+/// The lease a (tenant, period) spends from in this process, and how fast it spends.
+#[derive(Default)]
+struct Book {
+    current: Option<Spending>,
+    /// Units a second this process spent from its recent leases (an average over them).
+    rate: f64,
+    /// The store's counter and quota at the last grant or refusal.
+    last_seen: Option<(i64, i64)>,
+}
+
+struct Spending {
+    held: Arc<Held>,
+    /// Units handed out so far, in order: the next request's units start here.
+    allocated: i64,
+}
+
+/// A granted lease, shared with the tickets of the requests spending from it.
+struct Held {
+    id: Uuid,
+    first_unit: i64,
+    granted: i64,
+    units_used_at_grant: i64,
+    quota_units: i64,
+    granted_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    in_flight: AtomicU32,
+    retired: AtomicBool,
+    abandoned: AtomicBool,
+    settling: AtomicBool,
+}
+
+/// A request's claim on units of a lease, from the limit stage until its usage record is durable.
+pub struct LeaseTicket {
+    held: Arc<Held>,
+    inner: Arc<Inner>,
+    finished: bool,
+}
+
+impl LeaseTicket {
+    /// The lease the request's usage event names.
+    pub fn lease_id(&self) -> Uuid {
+        self.held.id
+    }
+
+    /// The request's records are written (or will never be): its lease may be settled once it is retired.
+    pub fn finish(mut self) {
+        self.finished = true;
+        self.held.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.inner.settle_when_done(&self.held);
+    }
+}
+
+impl Drop for LeaseTicket {
+    fn drop(&mut self) {
+        if !self.finished {
+            // The request's record may still commit: only the reclaim, after the margin, may count its lease.
+            self.held.abandoned.store(true, Ordering::SeqCst);
+            self.held.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl QuotaLeases {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        ids: Arc<dyn IdGenerator>,
+        settings: LeaseSettings,
+    ) -> Self {
+        let holder = format!("handler-{}", ids.new_id());
+        QuotaLeases {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                ids,
+                holder,
+                settings,
+                books: Mutex::new(HashMap::new()),
+                settling: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Takes `debit.units` for one request from this process's lease of the debit's period, taking a new grant
+    /// from the store when the lease has run out or expired (requests of the same period wait for that one grant).
+    pub async fn spend(&self, debit: &QuotaDebit) -> Result<Spend, StoreError> {
+        let book = self.inner.book(debit.tenant_id, debit.period_start);
+        let mut book = book.lock().await;
+        let (now, units) = (debit.now, debit.units.max(1));
+        for _ in 0..2 {
+            if let Some(spending) = book.current.as_mut()
+                && now < spending.held.expires_at
+                && spending.allocated + units <= spending.held.granted
+            {
+                let held = &spending.held;
+                let offset = spending.allocated;
+                spending.allocated += units;
+                held.in_flight.fetch_add(1, Ordering::SeqCst);
+                let quota_units = held.quota_units;
+                return Ok(Spend::Accepted {
+                    overage_units: overage_between(held.first_unit + offset, units, quota_units),
+                    units_used: held.units_used_at_grant - (held.granted - spending.allocated),
+                    quota_units,
+                    ticket: LeaseTicket { held: held.clone(), inner: self.inner.clone(), finished: false },
+                });
+            }
+            if let Some(old) = book.current.take() {
+                book.learn(&old, now);
+                self.inner.retire(&old.held);
+            }
+            let want = book.grant_size(units, self.inner.settings.target);
+            let request = QuotaLeaseRequest {
+                lease_id: self.inner.ids.new_id(),
+                holder: self.inner.holder.clone(),
+                debit: QuotaDebit { units: want, ..debit.clone() },
+                min_units: units,
+                expires_at: now + self.inner.settings.validity,
+                reclaim_before: now - RECLAIM_MARGIN,
+            };
+            match self.inner.store.grant_quota_lease(&request).await? {
+                QuotaLeaseGrant::Granted { units: granted, first_unit, units_used, quota_units } => {
+                    crate::telemetry::metrics::quota_lease_granted(granted);
+                    book.last_seen = Some((units_used, quota_units));
+                    let held = Held {
+                        id: request.lease_id,
+                        first_unit,
+                        granted,
+                        units_used_at_grant: units_used,
+                        quota_units,
+                        granted_at: now,
+                        expires_at: request.expires_at,
+                        in_flight: AtomicU32::new(0),
+                        retired: AtomicBool::new(false),
+                        abandoned: AtomicBool::new(false),
+                        settling: AtomicBool::new(false),
+                    };
+                    book.current = Some(Spending { held: Arc::new(held), allocated: 0 });
+                }
+                QuotaLeaseGrant::Exhausted { units_used, quota_units } => {
+                    book.last_seen = Some((units_used, quota_units));
+                    return Ok(Spend::Rejected { units_used, quota_units });
+                }
+            }
+        }
+        Err(StoreError::Other(anyhow::anyhow!("a fresh quota lease could not pay for the request that asked for it")))
+    }
+
+    /// Retires every lease this process holds and settles those no request is spending from, waiting for the
+    /// store and for the settlements already running (shutdown, and tests that read the counter). Leases still in
+    /// use settle when their last request finishes.
+    pub async fn settle_all(&self) {
+        let running: Vec<_> = std::mem::take(&mut *self.inner.settling.lock().expect("settlements"));
+        for settlement in running {
+            let _ = settlement.await;
+        }
+        let books: Vec<_> = self.inner.books.lock().expect("lease books").values().cloned().collect();
+        for book in books {
+            let mut book = book.lock().await;
+            if let Some(old) = book.current.take() {
+                old.held.retired.store(true, Ordering::SeqCst);
+                if old.held.in_flight.load(Ordering::SeqCst) == 0
+                    && !old.held.abandoned.load(Ordering::SeqCst)
+                    && !old.held.settling.swap(true, Ordering::SeqCst)
+                {
+                    self.inner.settle(old.held.id).await;
+                }
+            }
+        }
+    }
+
+    /// Who holds this process's leases (`quota_leases.holder`).
+    pub fn holder(&self) -> &str {
+        &self.inner.holder
+    }
+}
+
+impl Inner {
+    fn book(&self, tenant_id: Uuid, period_start: NaiveDate) -> SharedBook {
+        self.books.lock().expect("lease books").entry((tenant_id, period_start)).or_default().clone()
+    }
+
+    fn retire(self: &Arc<Self>, held: &Arc<Held>) {
+        held.retired.store(true, Ordering::SeqCst);
+        self.settle_when_done(held);
+    }
+
+    /// Settles a retired lease in the background once no request spends from it (and none was abandoned).
+    fn settle_when_done(self: &Arc<Self>, held: &Arc<Held>) {
+        if held.retired.load(Ordering::SeqCst)
+            && held.in_flight.load(Ordering::SeqCst) == 0
+            && !held.abandoned.load(Ordering::SeqCst)
+            && !held.settling.swap(true, Ordering::SeqCst)
+        {
+            let (inner, id) = (self.clone(), held.id);
+            let settlement = tokio::spawn(async move { inner.settle(id).await });
+            let mut running = self.settling.lock().expect("settlements");
+            running.retain(|s| !s.is_finished());
+            running.push(settlement);
+        }
+    }
+
+    async fn settle(&self, id: Uuid) {
+        match self.store.settle_quota_lease(id, self.clock.now()).await {
+            Ok(Some(settled)) => crate::telemetry::metrics::quota_lease_settled(settled.returned_units),
+            Ok(None) => tracing::error!(lease = %id, "a quota lease this process took is not in the store"),
+            // Not lost: the next grant of the period, or the rollup job, reclaims it after the margin.
+            Err(err) => {
+                tracing::warn!(lease = %id, error = %err, "settling a quota lease failed; it will be reclaimed")
+            }
+        }
+    }
+}
+
+impl Book {
+    /// Learns the spending rate from a lease being retired.
+    fn learn(&mut self, old: &Spending, now: DateTime<Utc>) {
+        let secs = (now - old.held.granted_at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
+        let sample = old.allocated as f64 / secs.max(0.001);
+        self.rate = if self.rate == 0.0 { sample } else { (self.rate + sample) / 2.0 };
+    }
+
+    /// The units to ask for: the recent rate over the target duration, at least one request's `units`, at most
+    /// half of what the store had left at the last grant (so near exhaustion grants shrink to single requests).
+    fn grant_size(&self, units: i64, target: TimeDelta) -> i64 {
+        let target_secs = target.num_milliseconds() as f64 / 1000.0;
+        let mut want = ((self.rate * target_secs).ceil() as i64).clamp(units, MAX_GRANT);
+        if let Some((used, quota)) = self.last_seen {
+            want = want.min(((quota - used) / 2).max(units));
+        }
+        want
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book(rate: f64, last_seen: Option<(i64, i64)>) -> Book {
+        Book { current: None, rate, last_seen }
+    }
+
+    #[test]
+    fn a_grant_covers_the_target_duration_of_recent_spending_and_half_of_what_is_left() {
+        let half_second = TimeDelta::milliseconds(500);
+        assert_eq!(book(0.0, None).grant_size(3, half_second), 3, "no history: one request");
+        assert_eq!(book(1000.0, None).grant_size(1, half_second), 500);
+        assert_eq!(book(1000.0, Some((0, 10_000))).grant_size(1, half_second), 500);
+        assert_eq!(book(1000.0, Some((9_900, 10_000))).grant_size(1, half_second), 50, "half of what is left");
+        assert_eq!(book(1000.0, Some((9_999, 10_000))).grant_size(2, half_second), 2, "at least one request");
+        assert_eq!(book(1e12, None).grant_size(1, half_second), MAX_GRANT);
+    }
+}
