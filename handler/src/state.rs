@@ -11,7 +11,7 @@ use crate::azure::servicebus::{ServiceBusAuth, ServiceBusSender};
 use crate::clock::{Clock, IdGenerator};
 use crate::config::Config;
 use crate::lookups::Lookups;
-use crate::metering::leases::{LeaseSettings, QuotaLeases};
+use crate::metering::leases::{LeaseSettings, QuotaLeases, RateLeases};
 use crate::metering::recorder::UsageRecorder;
 use crate::store::Store;
 
@@ -31,6 +31,8 @@ pub struct AppState {
     pub recorder: UsageRecorder,
     /// This process's quota leases; `None` when every request debits the store's counter itself.
     pub leases: Option<QuotaLeases>,
+    /// This process's batches of rate-limit steps; `None` when every request takes its step in the store.
+    pub rate_leases: Option<RateLeases>,
     /// The OpenAPI document, serialized once.
     pub openapi_json: actix_web::web::Bytes,
     /// Path templates, methods and operation ids of every route: 405 answers, and which operation a request
@@ -69,6 +71,10 @@ impl AppState {
             };
             QuotaLeases::new(store.clone(), clock.clone(), ids.clone(), settings)
         });
+        let rate_leases = config
+            .usage
+            .rate_lease
+            .map(|validity| RateLeases::new(store.clone(), TimeDelta::from_std(validity).expect("at most 5 s")));
         let lookups = Lookups::new(store.clone(), clock.clone(), config.lookup_cache_ttl);
         let outbox_sender = outbox_sender(&config)?.map(Arc::new);
         Ok(AppState {
@@ -81,6 +87,7 @@ impl AppState {
             cursors,
             recorder,
             leases,
+            rate_leases,
             openapi_json,
             routes,
             outbox_sender,

@@ -335,6 +335,24 @@ async fn metered_calls_spend_a_quota_lease_in_memory_and_its_settlement_bills_ex
 }
 
 #[actix_web::test]
+async fn batched_rate_steps_keep_the_rate_limit_within_its_stated_bound() {
+    // 60 a minute (one a second), a burst of 5; a request every 100 ms for 20 s.
+    let (app, user, _admin) = metered_app(60, 5, 1_000_000, "block").await;
+    let auth = format!("Bearer {user}");
+    let mut allowed = 0;
+    for _ in 0..200 {
+        let status = app.http(ClientRequest::get("/api/v1/me").header("Authorization", &auth)).await.status;
+        assert!(status == 200 || status == 429, "{status}");
+        allowed += usize::from(status == 200);
+        app.clock.advance(chrono::Duration::milliseconds(100));
+    }
+    // Single steps would allow the burst plus one a second: 5 + 19 or 20. A batch's steps are spent within
+    // METERLINE_RATE_LEASE_MS (0.5 s), so a window admits at most half a second more of the rate, and steps a
+    // batch leaves unspent are forfeited: never more than 5 + 20 + 1, never fewer than the steady rate.
+    assert!((20..=26).contains(&allowed), "{allowed} requests allowed in 20 s");
+}
+
+#[actix_web::test]
 async fn a_block_quota_spent_through_leases_admits_exactly_the_quota() {
     let (app, user, _admin) = metered_app(1_000_000, 100_000, 40, "block").await;
     let auth = format!("Bearer {user}");

@@ -198,6 +198,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         description: "A quota grant covers about this long of the process's recent spending (at least one request, at most half of what the quota has left).",
     },
     SettingDoc {
+        name: "METERLINE_RATE_LEASE_MS",
+        default: "500",
+        description: "How long a process may spend a batch of a client's rate-limit steps taken from the store at once (docs/usage.md, \"Rate leases\"); at most 5000. A window of the rate limit may admit up to this much more of the rate. 0: one store step per request.",
+    },
+    SettingDoc {
         name: "METERLINE_STANDALONE_TIMERS",
         default: "true",
         description: "Standalone `serve` only: run the timer functions' jobs in-process on their schedules (the Functions host runs them otherwise).",

@@ -21,6 +21,9 @@ pub struct UsageConfig {
     pub quota_lease: Option<Duration>,
     /// How much of a process's recent spending one grant covers.
     pub quota_lease_target: Duration,
+    /// How long a batch of rate-limit steps may be spent; `None` (`METERLINE_RATE_LEASE_MS=0`): one store step per
+    /// request.
+    pub rate_lease: Option<Duration>,
 }
 
 /// Reads the rollup, lateness, retention and timer settings, each within the bounds the jobs need.
@@ -52,7 +55,15 @@ pub(super) fn usage_config(get: &dyn Fn(&str) -> Option<String>) -> Result<Usage
         ));
     }
     let target_ms = parse_number("METERLINE_QUOTA_LEASE_TARGET_MS", get("METERLINE_QUOTA_LEASE_TARGET_MS"), 500, 1)?;
+    let rate_lease_ms = parse_number("METERLINE_RATE_LEASE_MS", get("METERLINE_RATE_LEASE_MS"), 500, 0)?;
+    if rate_lease_ms > 5_000 {
+        return Err(ConfigError::new(
+            "METERLINE_RATE_LEASE_MS",
+            format!("at most 5000 (a batch may shift this much of the rate into a window), got {rate_lease_ms}"),
+        ));
+    }
     Ok(UsageConfig {
+        rate_lease: (rate_lease_ms > 0).then(|| Duration::from_millis(rate_lease_ms as u64)),
         quota_lease: (lease_secs > 0).then(|| Duration::from_secs(lease_secs as u64)),
         quota_lease_target: Duration::from_millis(target_ms as u64),
         rollup_batch_size: u32::try_from(batch).unwrap_or(u32::MAX),

@@ -7,6 +7,9 @@
 //! lease that runs out or expires is retired; once its last ticket is finished it is settled in the background,
 //! which gives its unspent units back to the store. A ticket dropped unfinished (the request future was dropped)
 //! leaves its lease to be reclaimed after [`RECLAIM_MARGIN`], when every record it could still write is durable.
+//!
+//! [`RateLeases`] do the same for the GCRA rate limit: a batch of a (tenant, client)'s steps taken at once, spent
+//! in memory for a short validity, the rest forfeited.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -16,7 +19,10 @@ use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use uuid::Uuid;
 
 use crate::clock::{Clock, IdGenerator};
-use crate::store::{QuotaDebit, QuotaLeaseGrant, QuotaLeaseRequest, Store, StoreError, overage_between};
+use crate::store::{
+    QuotaDebit, QuotaLeaseGrant, QuotaLeaseRequest, RateLimitDecision, RateLimitTake, Store, StoreError,
+    overage_between,
+};
 
 /// How long after its expiry an unsettled lease is taken to be its crashed holder's and settled by others. A
 /// holder stops spending a lease at expiry, and a usage record either commits within the store's bound for a
@@ -56,12 +62,15 @@ struct Inner {
     ids: Arc<dyn IdGenerator>,
     holder: String,
     settings: LeaseSettings,
-    books: Mutex<HashMap<(Uuid, NaiveDate), SharedBook>>,
+    books: Books<(Uuid, NaiveDate), Book>,
     /// Settlements running in the background, which [`QuotaLeases::settle_all`] waits for.
     settling: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
-/// A (tenant, period)'s book; its requests queue on the lock while a grant is taken.
+/// A book per key; its requests queue on the book's lock while the store is asked.
+type Books<K, B> = Mutex<HashMap<K, Arc<tokio::sync::Mutex<B>>>>;
+
+/// A (tenant, period)'s book.
 type SharedBook = Arc<tokio::sync::Mutex<Book>>;
 
 /// The lease a (tenant, period) spends from in this process, and how fast it spends.
@@ -294,6 +303,87 @@ impl Book {
             want = want.min(((quota - used) / 2).max(units));
         }
         want
+    }
+}
+
+/// Rate leases: steps of a (tenant, client)'s GCRA taken from the store a batch at a time
+/// ([`crate::store::gcra_batch`]) and spent in memory until `validity` ends; steps left then are forfeited.
+#[derive(Clone)]
+pub struct RateLeases {
+    inner: Arc<RateInner>,
+}
+
+struct RateInner {
+    store: Arc<dyn Store>,
+    validity: TimeDelta,
+    books: Books<(Uuid, String), RateBook>,
+}
+
+/// A (tenant, client)'s batch of steps in this process.
+#[derive(Default)]
+struct RateBook {
+    /// Steps of the batch not handed out yet.
+    left: i64,
+    granted: i64,
+    granted_at: Option<DateTime<Utc>>,
+    valid_until: Option<DateTime<Utc>>,
+    /// The theoretical arrival time after the whole batch, and the interval it was taken at.
+    tat_micros: i64,
+    interval_micros: i64,
+    /// Steps a second this process took recently.
+    rate: f64,
+}
+
+impl RateLeases {
+    pub fn new(store: Arc<dyn Store>, validity: TimeDelta) -> Self {
+        RateLeases { inner: Arc::new(RateInner { store, validity, books: Mutex::new(HashMap::new()) }) }
+    }
+
+    /// One request's rate-limit decision: a step of this process's batch, or of a new batch from the store when
+    /// the batch is spent, expired or taken at another rate (a plan change). The decision's `tat_micros` is the
+    /// theoretical arrival time after this request, as if the batch's steps had been taken one at a time.
+    pub async fn take(&self, take: &RateLimitTake) -> Result<RateLimitDecision, StoreError> {
+        let book = self
+            .inner
+            .books
+            .lock()
+            .expect("rate books")
+            .entry((take.tenant_id, take.client_id.clone()))
+            .or_default()
+            .clone();
+        let mut book = book.lock().await;
+        let now = DateTime::<Utc>::from_timestamp_micros(take.now_micros).unwrap_or_default();
+        let interval = take.emission_interval_micros.max(1);
+        if book.left > 0 && book.valid_until.is_some_and(|v| now < v) && book.interval_micros == interval {
+            book.left -= 1;
+            return Ok(RateLimitDecision {
+                allowed: true,
+                tat_micros: book.tat_micros - book.left * interval,
+                retry_after_micros: 0,
+            });
+        }
+        if let Some(granted_at) = book.granted_at {
+            let secs = (now - granted_at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
+            let sample = (book.granted - book.left) as f64 / secs.max(0.001);
+            book.rate = if book.rate == 0.0 { sample } else { (book.rate + sample) / 2.0 };
+        }
+        let validity_secs = self.inner.validity.num_milliseconds() as f64 / 1000.0;
+        let want = ((book.rate * validity_secs).ceil() as i64).clamp(1, take.burst.max(1));
+        let tokens = self.inner.store.take_rate_tokens(take, want).await?;
+        *book = RateBook {
+            left: (tokens.granted - 1).max(0),
+            granted: tokens.granted,
+            granted_at: Some(now),
+            valid_until: Some(now + self.inner.validity),
+            tat_micros: tokens.tat_micros,
+            interval_micros: interval,
+            rate: book.rate,
+        };
+        Ok(RateLimitDecision {
+            allowed: tokens.granted > 0,
+            tat_micros: tokens.tat_micros - book.left * interval,
+            retry_after_micros: tokens.retry_after_micros,
+        })
     }
 }
 

@@ -82,11 +82,18 @@ pub async fn limit(
             now,
         });
         let (rate, quota, ticket) = match (&state.leases, debit_request) {
-            // The rate step in the store; the units from this process's quota lease, in memory until it runs out.
-            (Some(leases), Some(debit)) => {
-                let rate = state.store.take_rate_limit(&take).await?;
+            // The rate step from this process's batch (or the store), the units from its quota lease: in memory
+            // until either runs out.
+            (Some(leases), debit) => {
+                let rate = match &state.rate_leases {
+                    Some(rate_leases) => rate_leases.take(&take).await?,
+                    None => state.store.take_rate_limit(&take).await?,
+                };
                 // A request the rate limit refuses spends nothing.
-                let spent = if rate.allowed { Some(leases.spend(&debit).await?) } else { None };
+                let spent = match debit {
+                    Some(debit) if rate.allowed => Some(leases.spend(&debit).await?),
+                    _ => None,
+                };
                 match spent {
                     None => (rate, None, None),
                     Some(Spend::Accepted { ticket, overage_units, units_used, quota_units }) => {

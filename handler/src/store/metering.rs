@@ -30,6 +30,10 @@ pub trait MeteringStore: Send + Sync + 'static {
     /// One GCRA step for (tenant, client), computed with [`gcra`] under a row lock.
     async fn take_rate_limit(&self, take: &RateLimitTake) -> Result<RateLimitDecision, StoreError>;
 
+    /// Up to `want` GCRA steps for (tenant, client) at once, computed with [`gcra_batch`] under the same row lock:
+    /// a rate lease's tokens, which its process spends in memory (docs/usage.md, "Rate leases").
+    async fn take_rate_tokens(&self, take: &RateLimitTake, want: i64) -> Result<RateTokens, StoreError>;
+
     /// One request's admission in ONE transaction: [`MeteringStore::take_rate_limit`], then, if the rate limit allowed
     /// it, [`MeteringStore::debit_quota`]. One write instead of two is what the request path pays.
     async fn admit(&self, admission: &Admission) -> Result<AdmissionDecision, StoreError>;
@@ -195,13 +199,39 @@ pub struct Ledger {
 
 /// GCRA arithmetic shared by every store, so both make the same decision from the same stored state.
 pub fn gcra(stored_tat_micros: Option<i64>, take: &RateLimitTake) -> RateLimitDecision {
-    let tolerance = take.emission_interval_micros * (take.burst.max(1) - 1);
-    let tat = stored_tat_micros.unwrap_or(take.now_micros).max(take.now_micros);
-    if tat - take.now_micros <= tolerance {
-        RateLimitDecision { allowed: true, tat_micros: tat + take.emission_interval_micros, retry_after_micros: 0 }
-    } else {
-        RateLimitDecision { allowed: false, tat_micros: tat, retry_after_micros: tat - tolerance - take.now_micros }
+    let tokens = gcra_batch(stored_tat_micros, take, 1);
+    RateLimitDecision {
+        allowed: tokens.granted == 1,
+        tat_micros: tokens.tat_micros,
+        retry_after_micros: tokens.retry_after_micros,
     }
+}
+
+/// What [`gcra_batch`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateTokens {
+    /// Requests allowed now, each one emission interval of the theoretical arrival time: 0 when even one is
+    /// refused.
+    pub granted: i64,
+    /// The theoretical arrival time after the granted steps (unchanged when none is granted).
+    pub tat_micros: i64,
+    /// When none is granted: how long until one request would be allowed.
+    pub retry_after_micros: i64,
+}
+
+/// Up to `want` GCRA steps at once: as many as the burst tolerance allows, each advancing the theoretical arrival
+/// time by one emission interval, exactly as that many single steps in a row would; none (with the retry-after
+/// of one request) when even the first would be refused.
+pub fn gcra_batch(stored_tat_micros: Option<i64>, take: &RateLimitTake, want: i64) -> RateTokens {
+    let interval = take.emission_interval_micros.max(1);
+    let tolerance = interval * (take.burst.max(1) - 1);
+    let tat = stored_tat_micros.unwrap_or(take.now_micros).max(take.now_micros);
+    let room = tolerance - (tat - take.now_micros);
+    if room < 0 {
+        return RateTokens { granted: 0, tat_micros: tat, retry_after_micros: -room };
+    }
+    let granted = (room / interval + 1).min(want.max(1));
+    RateTokens { granted, tat_micros: tat + granted * interval, retry_after_micros: 0 }
 }
 
 /// Whether `units_used` has reached `threshold` percent of `quota_units` (a zero quota is reached at once).
@@ -231,6 +261,29 @@ mod tests {
             now_micros: now,
             emission_interval_micros: 1_000_000,
             burst: 3,
+        }
+    }
+
+    #[test]
+    fn a_batch_of_steps_decides_exactly_as_the_single_steps_in_a_row() {
+        for want in [1, 2, 3, 5] {
+            for start in [None, Some(500_000), Some(2_700_000), Some(9_000_000)] {
+                let batch = gcra_batch(start, &take(1_000_000), want);
+                let (mut tat, mut allowed) = (start, 0);
+                for _ in 0..want {
+                    let step = gcra(tat, &take(1_000_000));
+                    if !step.allowed {
+                        break;
+                    }
+                    (tat, allowed) = (Some(step.tat_micros), allowed + 1);
+                }
+                assert_eq!(batch.granted, allowed, "want {want} from {start:?}");
+                if allowed > 0 {
+                    assert_eq!(Some(batch.tat_micros), tat);
+                } else {
+                    assert_eq!(batch.retry_after_micros, gcra(start, &take(1_000_000)).retry_after_micros);
+                }
+            }
         }
     }
 

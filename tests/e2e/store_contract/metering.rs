@@ -99,6 +99,40 @@ async fn the_rate_limit_state_is_shared_and_exact() {
 }
 
 #[tokio::test]
+async fn batches_of_rate_steps_across_handles_never_exceed_what_single_steps_would_allow() {
+    for_each_store("batches_of_rate_steps_across_handles", |t| async move {
+        let store = migrated(&t).await;
+        let other = t.second_handle().await;
+        let take = |now_micros| RateLimitTake {
+            tenant_id: Uuid::from_u128(1),
+            client_id: "app-1".into(),
+            now_micros,
+            emission_interval_micros: 1_000_000,
+            burst: 10,
+        };
+        let now = 1_800_000_000_000_000;
+        let batches = (0..12).map(|i| {
+            let store = if i % 2 == 0 { store.clone() } else { other.clone() };
+            async move { store.take_rate_tokens(&take(now), 3).await.unwrap() }
+        });
+        let batches = futures_util::future::join_all(batches).await;
+        assert_eq!(
+            batches.iter().map(|b| b.granted).sum::<i64>(),
+            10,
+            "{}: the burst, in batches of at most 3",
+            t.name
+        );
+        assert!(batches.iter().all(|b| b.granted <= 3));
+        let refused = batches.iter().find(|b| b.granted == 0).unwrap();
+        assert_eq!(refused.retry_after_micros, 1_000_000);
+        // Two intervals later two steps are free: a batch takes them both, and single steps see the same state.
+        assert_eq!(store.take_rate_tokens(&take(now + 2_000_000), 5).await.unwrap().granted, 2);
+        assert!(!other.take_rate_limit(&take(now + 2_000_000)).await.unwrap().allowed);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn admission_debits_only_what_the_rate_limit_lets_through_across_handles() {
     for_each_store("admission_debits_only_what_the_rate_limit_lets_through_across_handles", |t| async move {
         let store = migrated(&t).await;

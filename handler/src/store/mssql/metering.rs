@@ -53,14 +53,25 @@ pub(crate) async fn debit_period(conn: &mut MssqlClient, d: &QuotaDebit) -> Resu
 
 /// One GCRA step for (tenant, client) under the state row's update lock; written only when allowed.
 pub(crate) async fn take_rate(conn: &mut MssqlClient, take: &RateLimitTake) -> Result<RateLimitDecision, StoreError> {
-    let client = take.client_id.as_str();
-    let stored: Option<i64> =
-        rows(conn, LOCK_RATE_STATE, &[&take.tenant_id, &client]).await?.first().map(|r| required(r, 0)).transpose()?;
-    let decision = gcra(stored, take);
+    let decision = gcra(lock_rate_state(conn, take).await?, take);
     if decision.allowed {
-        execute(conn, UPSERT_RATE_STATE, &[&take.tenant_id, &client, &decision.tat_micros]).await?;
+        execute(conn, UPSERT_RATE_STATE, &[&take.tenant_id, &take.client_id.as_str(), &decision.tat_micros]).await?;
     }
     Ok(decision)
+}
+
+/// Up to `want` GCRA steps for (tenant, client) at once, under the same lock; written only when some are granted.
+async fn take_rate_tokens(conn: &mut MssqlClient, take: &RateLimitTake, want: i64) -> Result<RateTokens, StoreError> {
+    let tokens = gcra_batch(lock_rate_state(conn, take).await?, take, want);
+    if tokens.granted > 0 {
+        execute(conn, UPSERT_RATE_STATE, &[&take.tenant_id, &take.client_id.as_str(), &tokens.tat_micros]).await?;
+    }
+    Ok(tokens)
+}
+
+async fn lock_rate_state(conn: &mut MssqlClient, take: &RateLimitTake) -> Result<Option<i64>, StoreError> {
+    let client = take.client_id.as_str();
+    rows(conn, LOCK_RATE_STATE, &[&take.tenant_id, &client]).await?.first().map(|r| required(r, 0)).transpose()
 }
 
 /// Writes a request's [`Ledger`] in the transaction of the write that carried the request out.
@@ -178,6 +189,10 @@ impl MeteringStore for MssqlStore {
 
     async fn quota_usage(&self, tenant_id: Uuid, period_start: NaiveDate) -> Result<Option<QuotaUsage>, StoreError> {
         in_tx!(self, Retry::Yes, |conn| read_quota(conn, tenant_id, period_start).await)
+    }
+
+    async fn take_rate_tokens(&self, take: &RateLimitTake, want: i64) -> Result<RateTokens, StoreError> {
+        in_tx!(self, Retry::No, |conn| take_rate_tokens(conn, take, want).await)
     }
 
     async fn take_rate_limit(&self, take: &RateLimitTake) -> Result<RateLimitDecision, StoreError> {

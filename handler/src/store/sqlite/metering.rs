@@ -83,24 +83,40 @@ pub(crate) fn debit_period(conn: &Connection, d: &QuotaDebit) -> Result<QuotaOut
 
 /// One GCRA step for (tenant, client); the state is written only when the request is allowed.
 pub(crate) fn take_rate(conn: &Connection, t: &RateLimitTake) -> Result<RateLimitDecision, StoreError> {
-    let (tenant, client) = (t.tenant_id.to_string(), t.client_id.clone());
-    let stored: Option<i64> = conn
-        .prepare_cached("SELECT tat_micros FROM rate_limit_state WHERE tenant_id = ?1 AND client_id = ?2")
-        .map_err(classify)?
-        .query_row(params![tenant, client], |r| r.get(0))
-        .optional()
-        .map_err(classify)?;
+    let stored = rate_state(conn, t)?;
     let decision = gcra(stored, t);
     if decision.allowed {
-        conn.prepare_cached(
-            "INSERT INTO rate_limit_state (tenant_id, client_id, tat_micros) VALUES (?1, ?2, ?3)
-             ON CONFLICT (tenant_id, client_id) DO UPDATE SET tat_micros = excluded.tat_micros",
-        )
-        .map_err(classify)?
-        .execute(params![tenant, client, decision.tat_micros])
-        .map_err(classify)?;
+        store_rate_state(conn, t, decision.tat_micros)?;
     }
     Ok(decision)
+}
+
+/// Up to `want` GCRA steps for (tenant, client) at once; the state is written only when some are granted.
+fn take_rate_tokens(conn: &Connection, t: &RateLimitTake, want: i64) -> Result<RateTokens, StoreError> {
+    let tokens = gcra_batch(rate_state(conn, t)?, t, want);
+    if tokens.granted > 0 {
+        store_rate_state(conn, t, tokens.tat_micros)?;
+    }
+    Ok(tokens)
+}
+
+fn rate_state(conn: &Connection, t: &RateLimitTake) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached("SELECT tat_micros FROM rate_limit_state WHERE tenant_id = ?1 AND client_id = ?2")
+        .map_err(classify)?
+        .query_row(params![t.tenant_id.to_string(), t.client_id], |r| r.get(0))
+        .optional()
+        .map_err(classify)
+}
+
+fn store_rate_state(conn: &Connection, t: &RateLimitTake, tat_micros: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO rate_limit_state (tenant_id, client_id, tat_micros) VALUES (?1, ?2, ?3)
+         ON CONFLICT (tenant_id, client_id) DO UPDATE SET tat_micros = excluded.tat_micros",
+    )
+    .map_err(classify)?
+    .execute(params![t.tenant_id.to_string(), t.client_id, tat_micros])
+    .map_err(classify)?;
+    Ok(())
 }
 
 /// Writes a request's [`Ledger`] in the transaction of the write that carried the request out.
@@ -175,6 +191,11 @@ impl MeteringStore for SqliteStore {
 
     async fn quota_usage(&self, tenant_id: Uuid, period_start: NaiveDate) -> Result<Option<QuotaUsage>, StoreError> {
         self.read_point(|conn| read_quota(conn, tenant_id, period_start))
+    }
+
+    async fn take_rate_tokens(&self, take: &RateLimitTake, want: i64) -> Result<RateTokens, StoreError> {
+        let t = take.clone();
+        self.write(move |conn| take_rate_tokens(conn, &t, want)).await
     }
 
     async fn take_rate_limit(&self, take: &RateLimitTake) -> Result<RateLimitDecision, StoreError> {
