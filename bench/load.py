@@ -168,6 +168,26 @@ def profile(pid, spec, args, work):
     print(f"folded stacks (flamegraph.pl or speedscope.app read them): {folded}")
 
 
+def admission_transactions(log_path):
+    """The handler's shutdown count of the store transactions its admissions took (with quota and rate leases),
+    as store transactions per request; None when leases are off or the line is missing."""
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as log:
+            lines = [line for line in log if "admission store transactions" in line]
+    except OSError:
+        return None
+    if not lines:
+        return None
+    fields = dict(re.findall(r"(quota_requests|quota_store_transactions|rate_requests|rate_store_transactions)=(\d+)",
+                             lines[-1]))
+    quota_n, quota_tx = int(fields.get("quota_requests", 0)), int(fields.get("quota_store_transactions", 0))
+    rate_n, rate_tx = int(fields.get("rate_requests", 0)), int(fields.get("rate_store_transactions", 0))
+    per = lambda tx, n: f"{tx / n:.4f}" if n else "n/a"  # noqa: E731
+    return (f"admission store transactions over the whole run: quota {quota_tx} for {quota_n} requests "
+            f"({per(quota_tx, quota_n)} per request), rate {rate_tx} for {rate_n} requests "
+            f"({per(rate_tx, rate_n)} per request)")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", default=os.path.join(HERE, "..", "target", "release", "handler"))
@@ -184,7 +204,9 @@ def main():
         raise SystemExit("wrk is missing: apt-get install wrk")
     binary = os.path.abspath(args.binary)
     work = tempfile.mkdtemp(prefix="meterline-load-")
-    os.environ.update(METERLINE_LOG="warn", METERLINE_LOG_FORMAT="text")
+    # warn, plus the shutdown line that counts the admission's store transactions (quota grants, settlements and
+    # rate batches per metered request).
+    os.environ.update(METERLINE_LOG="warn,meterline::cli=info", METERLINE_LOG_FORMAT="text")
     admin = dev_token(binary, work, "--tenant", "0b500000-0000-0000-0000-0000000000ff", "--roles", "Platform.Admin",
                       "--app-id", "bench-ops")
     token_a = dev_token(binary, work, "--tenant", TENANT_A, "--roles", "Documents.Read,Documents.Write,Tenant.Admin")
@@ -278,6 +300,9 @@ def main():
             print(f"\nHalf-load latencies skipped: {args.loadgen} is missing (cargo build --release -p loadgen).")
     finally:
         server.stop()
+        admission = admission_transactions(server.log_path)
+        if admission:
+            print(f"\n{admission}")
         shutil.rmtree(work, ignore_errors=True)
 
 

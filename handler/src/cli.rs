@@ -352,6 +352,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // reclaim after the lease expires.
     if let Some(leases) = &running.state.leases {
         leases.settle_all().await;
+        let (quota, rate) = (leases.stats(), running.state.rate_leases.as_ref().map(|r| r.stats()).unwrap_or_default());
+        tracing::info!(
+            quota_requests = quota.requests,
+            quota_store_transactions = quota.store_transactions,
+            rate_requests = rate.requests,
+            rate_store_transactions = rate.store_transactions,
+            "admission store transactions: {} for {} quota spends, {} for {} rate decisions",
+            quota.store_transactions,
+            quota.requests,
+            rate.store_transactions,
+            rate.requests
+        );
     }
     tracing::info!("shut down on request");
     Ok(())

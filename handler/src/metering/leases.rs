@@ -12,7 +12,7 @@
 //! in memory for a short validity, the rest forfeited.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
@@ -65,6 +65,19 @@ struct Inner {
     books: Books<(Uuid, NaiveDate), Book>,
     /// Settlements running in the background, which [`QuotaLeases::settle_all`] waits for.
     settling: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Requests served, grants taken and settlements made, for [`QuotaLeases::stats`].
+    spends: AtomicU64,
+    grants: AtomicU64,
+    settlements: AtomicU64,
+}
+
+/// What a process's leases did since it started: the store transactions its admissions cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseStats {
+    /// Requests that took units from a quota lease, or a step of a rate batch.
+    pub requests: u64,
+    /// Store transactions those took: quota grants and settlements, or rate batches.
+    pub store_transactions: u64,
 }
 
 /// A book per key; its requests queue on the book's lock while the store is asked.
@@ -152,6 +165,9 @@ impl QuotaLeases {
                 settings,
                 books: Mutex::new(HashMap::new()),
                 settling: Mutex::new(Vec::new()),
+                spends: AtomicU64::new(0),
+                grants: AtomicU64::new(0),
+                settlements: AtomicU64::new(0),
             }),
         }
     }
@@ -167,6 +183,7 @@ impl QuotaLeases {
                 && now < spending.held.expires_at
                 && spending.allocated + units <= spending.held.granted
             {
+                self.inner.spends.fetch_add(1, Ordering::Relaxed);
                 let held = &spending.held;
                 let offset = spending.allocated;
                 spending.allocated += units;
@@ -192,6 +209,7 @@ impl QuotaLeases {
                 expires_at: now + self.inner.settings.validity,
                 reclaim_before: now - RECLAIM_MARGIN,
             };
+            self.inner.grants.fetch_add(1, Ordering::Relaxed);
             match self.inner.store.grant_quota_lease(&request).await? {
                 QuotaLeaseGrant::Granted { units: granted, first_unit, units_used, quota_units } => {
                     crate::telemetry::metrics::quota_lease_granted(granted);
@@ -243,6 +261,15 @@ impl QuotaLeases {
         }
     }
 
+    /// The requests that spent from quota leases, and the grants and settlements they took.
+    pub fn stats(&self) -> LeaseStats {
+        LeaseStats {
+            requests: self.inner.spends.load(Ordering::Relaxed),
+            store_transactions: self.inner.grants.load(Ordering::Relaxed)
+                + self.inner.settlements.load(Ordering::Relaxed),
+        }
+    }
+
     /// Who holds this process's leases (`quota_leases.holder`).
     pub fn holder(&self) -> &str {
         &self.inner.holder
@@ -275,6 +302,7 @@ impl Inner {
     }
 
     async fn settle(&self, id: Uuid) {
+        self.settlements.fetch_add(1, Ordering::Relaxed);
         match self.store.settle_quota_lease(id, self.clock.now()).await {
             Ok(Some(settled)) => crate::telemetry::metrics::quota_lease_settled(settled.returned_units),
             Ok(None) => tracing::error!(lease = %id, "a quota lease this process took is not in the store"),
@@ -316,6 +344,8 @@ pub struct RateLeases {
 struct RateInner {
     store: Arc<dyn Store>,
     validity: TimeDelta,
+    takes: AtomicU64,
+    batches: AtomicU64,
     books: Books<(Uuid, String), RateBook>,
 }
 
@@ -336,7 +366,14 @@ struct RateBook {
 
 impl RateLeases {
     pub fn new(store: Arc<dyn Store>, validity: TimeDelta) -> Self {
-        RateLeases { inner: Arc::new(RateInner { store, validity, books: Mutex::new(HashMap::new()) }) }
+        let inner = RateInner {
+            store,
+            validity,
+            takes: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            books: Mutex::new(HashMap::new()),
+        };
+        RateLeases { inner: Arc::new(inner) }
     }
 
     /// One request's rate-limit decision: a step of this process's batch, or of a new batch from the store when
@@ -354,6 +391,7 @@ impl RateLeases {
         let mut book = book.lock().await;
         let now = DateTime::<Utc>::from_timestamp_micros(take.now_micros).unwrap_or_default();
         let interval = take.emission_interval_micros.max(1);
+        self.inner.takes.fetch_add(1, Ordering::Relaxed);
         if book.left > 0 && book.valid_until.is_some_and(|v| now < v) && book.interval_micros == interval {
             book.left -= 1;
             return Ok(RateLimitDecision {
@@ -369,6 +407,7 @@ impl RateLeases {
         }
         let validity_secs = self.inner.validity.num_milliseconds() as f64 / 1000.0;
         let want = ((book.rate * validity_secs).ceil() as i64).clamp(1, take.burst.max(1));
+        self.inner.batches.fetch_add(1, Ordering::Relaxed);
         let tokens = self.inner.store.take_rate_tokens(take, want).await?;
         *book = RateBook {
             left: (tokens.granted - 1).max(0),
@@ -384,6 +423,16 @@ impl RateLeases {
             tat_micros: tokens.tat_micros - book.left * interval,
             retry_after_micros: tokens.retry_after_micros,
         })
+    }
+}
+
+impl RateLeases {
+    /// The rate-limit decisions made, and the batches they took from the store.
+    pub fn stats(&self) -> LeaseStats {
+        LeaseStats {
+            requests: self.inner.takes.load(Ordering::Relaxed),
+            store_transactions: self.inner.batches.load(Ordering::Relaxed),
+        }
     }
 }
 
