@@ -100,7 +100,8 @@ class Server:
     def __init__(self, binary, workdir, host_mode=False):
         self.port = free_port()
         env = dict(os.environ)
-        env.update(METERLINE_PORT=str(self.port), METERLINE_LOG="warn", METERLINE_LOG_FORMAT="text")
+        env.update(METERLINE_PORT=str(self.port), METERLINE_LOG_FORMAT="text")
+        env.setdefault("METERLINE_LOG", "warn")
         if host_mode:
             worker = "bench-worker"
             env.update(FUNCTIONS_CUSTOMHANDLER_PORT=str(self.port), FUNCTIONS_CUSTOMHANDLER_WORKER_ID=worker,

@@ -95,6 +95,26 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// A period's counter as its tenant reads it (usage summaries, the RateLimit quota of requests that cost
+    /// nothing): less the units this process's quota lease holds and has not handed out, which no request has used.
+    /// Units other processes hold unspent count as used until their leases are settled (docs/usage.md).
+    pub async fn quota_usage(
+        &self,
+        tenant_id: uuid::Uuid,
+        period_start: chrono::NaiveDate,
+    ) -> Result<Option<crate::store::QuotaUsage>, crate::store::StoreError> {
+        let Some(usage) = self.store.quota_usage(tenant_id, period_start).await? else { return Ok(None) };
+        let unspent = match &self.leases {
+            Some(leases) => leases.unspent(tenant_id, period_start).await,
+            None => 0,
+        };
+        let units_used = (usage.units_used - unspent).clamp(0, usage.units_used);
+        let overage_units = usage.overage_units.min((units_used - usage.quota_units).max(0));
+        Ok(Some(crate::store::QuotaUsage { units_used, overage_units, ..usage }))
+    }
+}
+
 /// The outbox's Service Bus sender: SAS when a connection string is configured (the fallback wins, so a
 /// deployment can switch to it without removing the namespace), else the managed identity for the namespace.
 fn outbox_sender(config: &Config) -> anyhow::Result<Option<ServiceBusSender>> {

@@ -261,6 +261,15 @@ impl QuotaLeases {
         }
     }
 
+    /// The units of the period's counter this process's current lease holds and has not handed out to a request.
+    pub async fn unspent(&self, tenant_id: Uuid, period_start: NaiveDate) -> i64 {
+        let Some(book) = self.inner.books.lock().expect("lease books").get(&(tenant_id, period_start)).cloned() else {
+            return 0;
+        };
+        let book = book.lock().await;
+        book.current.as_ref().map_or(0, |c| c.held.granted - c.allocated)
+    }
+
     /// The requests that spent from quota leases, and the grants and settlements they took.
     pub fn stats(&self) -> LeaseStats {
         LeaseStats {

@@ -33,21 +33,6 @@ pub struct Debit {
     pub lease_id: Option<Uuid>,
 }
 
-/// The units this request took from a quota lease, which its usage record has not made durable yet: a usage
-/// summary read by the request counts them, as a direct debit would have ([`crate::store::spent_usage`]).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OwnLeasedUnits(pub i64);
-
-impl actix_web::FromRequest for OwnLeasedUnits {
-    type Error = actix_web::Error;
-    type Future = std::future::Ready<Result<Self, Self::Error>>;
-
-    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let debit = req.extensions().get::<Debit>().copied();
-        std::future::ready(Ok(OwnLeasedUnits(debit.filter(|d| d.lease_id.is_some()).map_or(0, |d| d.units))))
-    }
-}
-
 /// What the record stage knows about a request before it runs: the ids of its records and what it measures.
 #[derive(Debug, Clone)]
 pub struct RequestMeter {

@@ -127,7 +127,8 @@ pub async fn limit(
             Some(QuotaOutcome::Accepted { units_used, quota_units, .. } | QuotaOutcome::Rejected { units_used, quota_units }) => {
                 (units_used, quota_units)
             }
-            None => crate::store::spent_usage(state.store.as_ref(), tenant.id, period_start, 0)
+            None => state
+                .quota_usage(tenant.id, period_start)
                 .await?
                 .map_or((0, plan.monthly_quota_units), |q| (q.units_used, q.quota_units)),
         };

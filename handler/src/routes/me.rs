@@ -6,7 +6,6 @@ use serde::Serialize;
 use crate::auth::PrincipalKind;
 use crate::auth::guard::{Authenticated, Authorized};
 use crate::error::AppError;
-use crate::metering::ledger::OwnLeasedUnits;
 use crate::state::AppState;
 
 /// The caller's identity and what it may do.
@@ -65,12 +64,8 @@ pub struct MeTenant {
     )
 )]
 #[get("/me")]
-pub async fn get_me(
-    auth: Authorized<Authenticated>,
-    own: OwnLeasedUnits,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AppError> {
-    describe(&auth, own, &state).await
+pub async fn get_me(auth: Authorized<Authenticated>, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    describe(&auth, &state).await
 }
 
 /// The old name of `getMe`, kept until its sunset; responses carry `Deprecation` and `Sunset`.
@@ -85,22 +80,14 @@ pub async fn get_me(
     )
 )]
 #[get("/whoami")]
-pub async fn get_whoami(
-    auth: Authorized<Authenticated>,
-    own: OwnLeasedUnits,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AppError> {
-    describe(&auth, own, &state).await
+pub async fn get_whoami(auth: Authorized<Authenticated>, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    describe(&auth, &state).await
 }
 
-async fn quota(
-    state: &AppState,
-    tenant: &crate::store::Tenant,
-    own: OwnLeasedUnits,
-) -> Result<Option<MeQuota>, AppError> {
+async fn quota(state: &AppState, tenant: &crate::store::Tenant) -> Result<Option<MeQuota>, AppError> {
     let Some(plan) = state.store.get_plan(&tenant.plan_code).await? else { return Ok(None) };
     let (period_start, period_end) = crate::metering::period(state.clock.now());
-    let usage = crate::store::spent_usage(state.store.as_ref(), tenant.id, period_start, own.0).await?;
+    let usage = state.quota_usage(tenant.id, period_start).await?;
     // Before the period's first debit, the plan's quota applies; afterwards the stored one.
     let (quota_units, units_used, overage_units, policy) = match usage {
         Some(u) => (u.quota_units, u.units_used, u.overage_units, u.overage_policy),
@@ -117,13 +104,9 @@ async fn quota(
     }))
 }
 
-async fn describe(
-    auth: &Authorized<Authenticated>,
-    own: OwnLeasedUnits,
-    state: &AppState,
-) -> Result<HttpResponse, AppError> {
+async fn describe(auth: &Authorized<Authenticated>, state: &AppState) -> Result<HttpResponse, AppError> {
     let quota = match &auth.tenant {
-        Some(tenant) => quota(state, tenant, own).await?,
+        Some(tenant) => quota(state, tenant).await?,
         None => None,
     };
     let p = &auth.principal;

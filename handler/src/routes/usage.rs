@@ -16,7 +16,6 @@ use uuid::Uuid;
 use crate::auth::Permission;
 use crate::auth::guard::{Authorized, Caller, UsageRead};
 use crate::error::{AppError, ErrorCode};
-use crate::metering::ledger::OwnLeasedUnits;
 use crate::state::AppState;
 use crate::store::{RollupGranularity, UsageQuery, UsageTotals};
 
@@ -67,7 +66,6 @@ pub struct SummaryParams {
 pub async fn get_usage_summary(
     auth: Authorized<UsageRead>,
     params: web::Query<SummaryParams>,
-    own: OwnLeasedUnits,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let not_found = || AppError::new(ErrorCode::NotFound).with_detail("no such tenant");
@@ -76,7 +74,7 @@ pub async fn get_usage_summary(
     let plan = state.store.get_plan(&tenant.plan_code).await?.ok_or_else(not_found)?;
     let now = state.clock.now();
     let (period_start, period_end) = crate::metering::period(now);
-    let usage = crate::store::spent_usage(state.store.as_ref(), tenant.id, period_start, own.0).await?;
+    let usage = state.quota_usage(tenant.id, period_start).await?;
     let (quota_units, units_used, overage_units, policy) = match usage {
         Some(u) => (u.quota_units, u.units_used, u.overage_units, u.overage_policy),
         None => (plan.monthly_quota_units, 0, 0, plan.overage_policy),

@@ -34,10 +34,6 @@ pub trait QuotaLeaseStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<u64, StoreError>;
 
-    /// The units of a period held by unsettled leases and not yet spent by their stored billable usage events:
-    /// the part of the counter no request has used (yet). Usage summaries show the counter less this.
-    async fn units_held(&self, tenant_id: Uuid, period_start: NaiveDate) -> Result<i64, StoreError>;
-
     /// A lease as stored.
     async fn get_quota_lease(&self, lease_id: Uuid) -> Result<Option<QuotaLease>, StoreError>;
 }
@@ -92,23 +88,6 @@ pub struct QuotaLease {
     pub expires_at: DateTime<Utc>,
     pub settled_at: Option<DateTime<Utc>>,
     pub spent_units: Option<i64>,
-}
-
-/// A period's counter as its tenant reads it (usage summaries, RateLimit headers of requests that cost nothing):
-/// less the units leases hold unspent, which no request has used yet, plus `own_units` (the reading request's
-/// own, spent but not yet durable); the overage is what the units spent take beyond the quota. Equal to the
-/// stored counter once every lease of the period is settled.
-pub async fn spent_usage(
-    store: &dyn Store,
-    tenant_id: Uuid,
-    period_start: NaiveDate,
-    own_units: i64,
-) -> Result<Option<QuotaUsage>, StoreError> {
-    let Some(usage) = store.quota_usage(tenant_id, period_start).await? else { return Ok(None) };
-    let held = store.units_held(tenant_id, period_start).await?;
-    let units_used = (usage.units_used - held + own_units).clamp(0, usage.units_used);
-    let overage_units = usage.overage_units.min((units_used - usage.quota_units).max(0));
-    Ok(Some(QuotaUsage { units_used, overage_units, ..usage }))
 }
 
 /// How many units a lease gets when the counter stands at `used` of `quota`: what it asks for (`want`, at least

@@ -132,13 +132,6 @@ impl QuotaLeaseStore for MssqlStore {
         in_tx!(self, Retry::Yes, |conn| settle_expired(conn, None, before, now, limit).await)
     }
 
-    async fn units_held(&self, tenant_id: Uuid, period_start: NaiveDate) -> Result<i64, StoreError> {
-        in_tx!(self, Retry::Yes, |conn| {
-            let found = rows(conn, UNITS_HELD, &[&tenant_id, &period_start]).await?;
-            Ok(found.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0))
-        })
-    }
-
     async fn get_quota_lease(&self, lease_id: Uuid) -> Result<Option<QuotaLease>, StoreError> {
         in_tx!(self, Retry::Yes, |conn| rows(conn, GET_LEASE, &[&lease_id]).await?.first().map(lease_from).transpose())
     }
@@ -181,14 +174,6 @@ pub(crate) const EXPIRED_LEASES: &str = "SELECT TOP (@P2) lease_id FROM dbo.quot
 WHERE settled_at IS NULL AND expires_at < @P1
 ORDER BY expires_at";
 
-/// The units unsettled leases of a period hold and their stored billable events have not spent.
-pub(crate) const UNITS_HELD: &str = "SELECT COALESCE(SUM(CASE WHEN l.granted_units > s.spent
-    THEN l.granted_units - s.spent ELSE 0 END), 0) AS held
-FROM dbo.quota_leases AS l
-CROSS APPLY (SELECT COALESCE(SUM(CAST(e.units AS BIGINT)), 0) AS spent FROM dbo.usage_events AS e
-    WHERE e.lease_id = l.lease_id AND e.billable = 1) AS s
-WHERE l.tenant_id = @P1 AND l.period_start = @P2 AND l.settled_at IS NULL";
-
 /// Every statement above, by name, for the parse check (`store::tsql_check`).
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("LOCK_QUOTA_PERIOD", LOCK_QUOTA_PERIOD),
@@ -200,5 +185,4 @@ pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("MARK_LEASE_SETTLED", MARK_LEASE_SETTLED),
     ("EXPIRED_LEASES_OF_PERIOD", EXPIRED_LEASES_OF_PERIOD),
     ("EXPIRED_LEASES", EXPIRED_LEASES),
-    ("UNITS_HELD", UNITS_HELD),
 ];

@@ -170,19 +170,6 @@ impl QuotaLeaseStore for SqliteStore {
         self.write(move |tx| settle_expired(tx, None, before, now, limit)).await
     }
 
-    async fn units_held(&self, tenant_id: Uuid, period_start: chrono::NaiveDate) -> Result<i64, StoreError> {
-        self.read_point(|conn| {
-            conn.prepare_cached(
-                "SELECT coalesce(sum(max(0, l.granted_units - (SELECT coalesce(sum(e.units), 0) FROM usage_events e
-                                                            WHERE e.lease_id = l.lease_id AND e.billable = 1))), 0)
-                 FROM quota_leases l WHERE l.tenant_id = ?1 AND l.period_start = ?2 AND l.settled_at IS NULL",
-            )
-            .map_err(classify)?
-            .query_row(params![tenant_id.to_string(), period_start.to_string()], |r| r.get(0))
-            .map_err(classify)
-        })
-    }
-
     async fn get_quota_lease(&self, lease_id: Uuid) -> Result<Option<QuotaLease>, StoreError> {
         self.read_point(|conn| read_lease(conn, lease_id))
     }
