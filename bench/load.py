@@ -178,10 +178,12 @@ def admission_transactions(log_path):
         return None
     if not lines:
         return None
-    fields = dict(re.findall(r"(quota_requests|quota_store_transactions|rate_requests|rate_store_transactions)=(\d+)",
-                             lines[-1]))
-    quota_n, quota_tx = int(fields.get("quota_requests", 0)), int(fields.get("quota_store_transactions", 0))
-    rate_n, rate_tx = int(fields.get("rate_requests", 0)), int(fields.get("rate_store_transactions", 0))
+    # The message, not the fields: a terminal log colours the field names.
+    found = re.search(r"admission store transactions: (\d+) for (\d+) quota spends, (\d+) for (\d+) rate decisions",
+                      lines[-1])
+    if not found:
+        return None
+    quota_tx, quota_n, rate_tx, rate_n = (int(g) for g in found.groups())
     per = lambda tx, n: f"{tx / n:.4f}" if n else "n/a"  # noqa: E731
     return (f"admission store transactions over the whole run: quota {quota_tx} for {quota_n} requests "
             f"({per(quota_tx, quota_n)} per request), rate {rate_tx} for {rate_n} requests "
