@@ -141,6 +141,64 @@ async fn two_handler_processes_on_one_store_share_the_quota_exactly() {
     assert_eq!(count(&db(m.root.path()), A_UNITS), 100);
 }
 
+/// `n` concurrent `GET /api/v1/me`, spread over `hosts` in turn.
+async fn wave(hosts: [&HostEmulator; 3], user: &str, n: usize) -> Vec<ClientResponse> {
+    futures_util::future::join_all((0..n).map(|i| me(hosts[i % 3], user))).await
+}
+
+#[tokio::test]
+async fn three_handler_processes_lease_one_quota_exactly_and_give_back_what_they_hold_on_shutdown() {
+    let mut m = metered(1_000_000, 100_000, 1_000, "block").await;
+    let mut second = start(m.root.path()).await;
+    let mut third = start(m.root.path()).await;
+    let ok = |responses: &[ClientResponse]| responses.iter().filter(|r| r.status == 200).count();
+    // Well inside the quota every call passes; the counter also holds what the leases have not handed out yet.
+    assert_eq!(ok(&wave([&m.host, &second, &third], &m.user, 600).await), 600);
+    assert!(count(&db(m.root.path()), A_UNITS) >= 600);
+    // At the end of the quota the three processes admit exactly what is left, whichever holds it.
+    let last = wave([&m.host, &second, &third], &m.user, 900).await;
+    assert_eq!(ok(&last), 400, "{:?}", last.iter().map(|r| r.status).collect::<BTreeSet<_>>());
+    assert!(last.iter().all(|r| r.status == 200 || r.status == 429));
+    for host in [&mut m.host, &mut second, &mut third] {
+        let pid = host.pid().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert_eq!(host.wait_exit(Duration::from_secs(20)).await, Some(0), "a graceful stop");
+    }
+    let conn = db(m.root.path());
+    assert_eq!(count(&conn, "SELECT count(*) FROM quota_leases WHERE settled_at IS NULL"), 0, "all settled");
+    assert_eq!(count(&conn, A_UNITS), 1_000);
+    let billable = "SELECT coalesce(sum(e.units), 0) FROM usage_events e JOIN tenants t ON t.id = e.tenant_id \
+                    WHERE t.entra_tenant_id = 'aaaaaaaa-0000-0000-0000-0000000000aa' AND e.billable = 1";
+    assert_eq!(count(&conn, billable), 1_000);
+}
+
+#[tokio::test]
+async fn three_handler_processes_keep_a_rate_limit_within_its_stated_bound() {
+    // 600 a minute (10 a second), a burst of 5, three processes on one store, as fast as they answer for 3 s.
+    let m = metered(600, 5, 1_000_000, "block").await;
+    let (second, third) = (start(m.root.path()).await, start(m.root.path()).await);
+    let started = tokio::time::Instant::now();
+    let window = Duration::from_secs(3);
+    let hosts = [&m.host, &second, &third];
+    let workers = (0..12).map(|i| {
+        let host = hosts[i % 3];
+        let user = m.user.clone();
+        async move {
+            let mut allowed = 0;
+            while started.elapsed() < window {
+                allowed += usize::from(me(host, &user).await.status == 200);
+            }
+            allowed
+        }
+    });
+    let allowed: usize = futures_util::future::join_all(workers).await.into_iter().sum();
+    let elapsed = started.elapsed().as_secs_f64();
+    // docs/usage.md: at most burst + (W + V) / interval over any window, V = METERLINE_RATE_LEASE_MS (0.5 s).
+    let bound = 5.0 + (elapsed + 0.5) * 10.0;
+    assert!((allowed as f64) <= bound, "{allowed} allowed in {elapsed:.2} s; the bound is {bound:.0}");
+    assert!(allowed >= 5, "at least the burst: {allowed}");
+}
+
 #[actix_web::test]
 async fn the_rate_limit_admits_the_burst_then_the_rate_with_headers() {
     let (app, user, _) = metered_app(60, 5, 1_000_000, "block").await;
