@@ -116,6 +116,7 @@ async fn work(state: &AppState, lease: &Lease<'_>) -> Result<String, AppError> {
         let now = state.clock.now();
         let settled = state.store.settle_expired_quota_leases(now - RECLAIM_MARGIN, now, RECLAIM_BATCH).await?;
         reclaimed += settled;
+        crate::telemetry::metrics::quota_leases_reclaimed(settled);
         if settled < u64::from(RECLAIM_BATCH) {
             break;
         }

@@ -418,6 +418,7 @@ impl RateLeases {
         let want = ((book.rate * validity_secs).ceil() as i64).clamp(1, take.burst.max(1));
         self.inner.batches.fetch_add(1, Ordering::Relaxed);
         let tokens = self.inner.store.take_rate_tokens(take, want).await?;
+        crate::telemetry::metrics::rate_lease_steps(tokens.granted, book.left);
         *book = RateBook {
             left: (tokens.granted - 1).max(0),
             granted: tokens.granted,

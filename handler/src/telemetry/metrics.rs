@@ -22,6 +22,11 @@ pub const QUOTA_UNITS: &str = "meterline.quota.units";
 pub const QUOTA_LEASE_UNITS: &str = "meterline.quota.lease.units";
 /// Quota-lease grants taken from the store (counter).
 pub const QUOTA_LEASE_GRANTS: &str = "meterline.quota.lease.grants";
+/// Expired quota leases of crashed holders settled by the rollup job (counter).
+pub const QUOTA_LEASES_RECLAIMED: &str = "meterline.quota.lease.reclaimed";
+/// Rate-limit steps taken from the store in batches (counter; attribute `kind`: `granted`, or `forfeited` when a
+/// batch expired before its process spent them).
+pub const RATE_LEASE_STEPS: &str = "meterline.rate.lease.steps";
 /// How far the usage rollup is behind, in seconds (gauge).
 pub const ROLLUP_LAG: &str = "meterline.rollup.lag";
 /// Integration messages by outcome (counter; attribute `outcome`).
@@ -79,6 +84,8 @@ pub struct Metrics {
     quota_units: Counter<u64>,
     quota_lease_units: Counter<u64>,
     quota_lease_grants: Counter<u64>,
+    quota_leases_reclaimed: Counter<u64>,
+    rate_lease_steps: Counter<u64>,
     rollup_lag: Gauge<f64>,
     consumer_outcomes: Counter<u64>,
     outbox_backlog: Gauge<u64>,
@@ -110,6 +117,14 @@ impl Metrics {
             quota_lease_grants: meter
                 .u64_counter(QUOTA_LEASE_GRANTS)
                 .with_description("Quota-lease grants taken from the store")
+                .build(),
+            quota_leases_reclaimed: meter
+                .u64_counter(QUOTA_LEASES_RECLAIMED)
+                .with_description("Expired quota leases of crashed holders settled by the rollup job")
+                .build(),
+            rate_lease_steps: meter
+                .u64_counter(RATE_LEASE_STEPS)
+                .with_description("Rate-limit steps taken from the store in batches, and those forfeited unspent")
                 .build(),
             rollup_lag: meter
                 .f64_gauge(ROLLUP_LAG)
@@ -164,6 +179,21 @@ impl Metrics {
         }
     }
 
+    pub fn quota_leases_reclaimed(&self, leases: u64) {
+        if leases > 0 {
+            self.quota_leases_reclaimed.add(leases, &[]);
+        }
+    }
+
+    pub fn rate_lease_steps(&self, granted: i64, forfeited: i64) {
+        if granted > 0 {
+            self.rate_lease_steps.add(granted as u64, &[KeyValue::new("kind", "granted")]);
+        }
+        if forfeited > 0 {
+            self.rate_lease_steps.add(forfeited as u64, &[KeyValue::new("kind", "forfeited")]);
+        }
+    }
+
     pub fn rollup_lag(&self, lag: Duration) {
         self.rollup_lag.record(lag.as_secs_f64(), &[]);
     }
@@ -213,6 +243,16 @@ pub fn quota_lease_granted(units: i64) {
 /// A quota lease was settled and gave `returned_units` back to the store.
 pub fn quota_lease_settled(returned_units: i64) {
     with(|m| m.quota_lease_settled(returned_units));
+}
+
+/// The rollup job settled `leases` expired quota leases of crashed holders.
+pub fn quota_leases_reclaimed(leases: u64) {
+    with(|m| m.quota_leases_reclaimed(leases));
+}
+
+/// A process took `granted` rate-limit steps in a batch, and forfeited `forfeited` of its previous batch.
+pub fn rate_lease_steps(granted: i64, forfeited: i64) {
+    with(|m| m.rate_lease_steps(granted, forfeited));
 }
 
 /// The usage rollup finished a step and is now `lag` behind the newest usage event.
