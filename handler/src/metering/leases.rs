@@ -29,6 +29,12 @@ use crate::store::{
 /// write (about 16 s on SQL Server, with its retries) or is never written; the margin covers that and clock skew.
 pub const RECLAIM_MARGIN: TimeDelta = TimeDelta::seconds(60);
 
+/// The (tenant, period) books a process keeps before it forgets those without a lease.
+const MAX_QUOTA_BOOKS: usize = 10_000;
+
+/// The (tenant, client) batches a process keeps before it forgets the expired ones.
+const MAX_RATE_BOOKS: usize = 10_000;
+
 /// The largest grant one request for a lease asks for.
 const MAX_GRANT: i64 = 1_000_000;
 
@@ -267,7 +273,9 @@ impl QuotaLeases {
             return 0;
         };
         let book = book.lock().await;
-        book.current.as_ref().map_or(0, |c| c.held.granted - c.allocated)
+        let now = self.inner.clock.now();
+        // An expired lease may be settled by another process at any time: its units are then the counter's again.
+        book.current.as_ref().filter(|c| now < c.held.expires_at).map_or(0, |c| c.held.granted - c.allocated)
     }
 
     /// The requests that spent from quota leases, and the grants and settlements they took.
@@ -287,7 +295,14 @@ impl QuotaLeases {
 
 impl Inner {
     fn book(&self, tenant_id: Uuid, period_start: NaiveDate) -> SharedBook {
-        self.books.lock().expect("lease books").entry((tenant_id, period_start)).or_default().clone()
+        let mut books = self.books.lock().expect("lease books");
+        // Past a bound, forget the books that hold no lease and that no request is using (a refused tenant's, say):
+        // a book with a lease is kept until the lease is settled.
+        if books.len() >= MAX_QUOTA_BOOKS {
+            books
+                .retain(|_, book| Arc::strong_count(book) > 1 || book.try_lock().map_or(true, |b| b.current.is_some()));
+        }
+        books.entry((tenant_id, period_start)).or_default().clone()
     }
 
     fn retire(self: &Arc<Self>, held: &Arc<Held>) {
@@ -389,16 +404,20 @@ impl RateLeases {
     /// the batch is spent, expired or taken at another rate (a plan change). The decision's `tat_micros` is the
     /// theoretical arrival time after this request, as if the batch's steps had been taken one at a time.
     pub async fn take(&self, take: &RateLimitTake) -> Result<RateLimitDecision, StoreError> {
-        let book = self
-            .inner
-            .books
-            .lock()
-            .expect("rate books")
-            .entry((take.tenant_id, take.client_id.clone()))
-            .or_default()
-            .clone();
-        let mut book = book.lock().await;
         let now = DateTime::<Utc>::from_timestamp_micros(take.now_micros).unwrap_or_default();
+        let book = {
+            let mut books = self.inner.books.lock().expect("rate books");
+            // One book per client ever seen would grow without end (a client may be each user): past a bound,
+            // forget the batches that have expired and that no request is using; forgetting one forfeits nothing.
+            if books.len() >= MAX_RATE_BOOKS {
+                books.retain(|_, book| {
+                    Arc::strong_count(book) > 1
+                        || book.try_lock().map_or(true, |b| b.valid_until.is_some_and(|until| now < until))
+                });
+            }
+            books.entry((take.tenant_id, take.client_id.clone())).or_default().clone()
+        };
+        let mut book = book.lock().await;
         let interval = take.emission_interval_micros.max(1);
         self.inner.takes.fetch_add(1, Ordering::Relaxed);
         if book.left > 0 && book.valid_until.is_some_and(|v| now < v) && book.interval_micros == interval {
@@ -463,5 +482,39 @@ mod tests {
         assert_eq!(book(1000.0, Some((9_900, 10_000))).grant_size(1, half_second), 50, "half of what is left");
         assert_eq!(book(1000.0, Some((9_999, 10_000))).grant_size(2, half_second), 2, "at least one request");
         assert_eq!(book(1e12, None).grant_size(1, half_second), MAX_GRANT);
+    }
+
+    use crate::store::OperationsStore;
+
+    fn take(client: usize, now_micros: i64) -> RateLimitTake {
+        RateLimitTake {
+            tenant_id: Uuid::from_u128(7),
+            client_id: format!("client-{client}"),
+            now_micros,
+            emission_interval_micros: 1_000_000,
+            burst: 10,
+        }
+    }
+
+    #[tokio::test]
+    async fn rate_books_are_bounded_and_forgetting_an_expired_batch_changes_no_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SqliteStore::open(&dir.path().join("leases.db")).await.unwrap();
+        store.migrate().await.unwrap();
+        let leases = RateLeases::new(Arc::new(store), TimeDelta::milliseconds(500));
+        let t0 = 1_800_000_000_000_000;
+        for client in 0..MAX_RATE_BOOKS {
+            assert!(leases.take(&take(client, t0)).await.unwrap().allowed);
+        }
+        assert_eq!(leases.inner.books.lock().unwrap().len(), MAX_RATE_BOOKS);
+        // A second later every batch has expired: the next new client makes the process forget them all.
+        let later = t0 + 1_000_000;
+        assert!(leases.take(&take(MAX_RATE_BOOKS, later)).await.unwrap().allowed);
+        assert_eq!(leases.inner.books.lock().unwrap().len(), 1);
+        // A forgotten client's state is the store's: its next step continues from it (two of its burst of 10 used,
+        // one interval since: nine left).
+        let again = leases.take(&take(0, later)).await.unwrap();
+        assert!(again.allowed);
+        assert_eq!(again.tat_micros, t0 + 2_000_000, "the TAT the store kept, plus this step");
     }
 }
