@@ -168,6 +168,13 @@ def profile(pid, spec, args, work):
     print(f"folded stacks (flamegraph.pl or speedscope.app read them): {folded}")
 
 
+def cpu_seconds(pid):
+    """CPU seconds (user + system, all threads) the process has used so far, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def admission_transactions(log_path):
     """The handler's shutdown count of the store transactions its admissions took (with quota and rate leases),
     as store transactions per request; None when leases are off or the line is missing."""
@@ -277,7 +284,9 @@ def main():
         sampler = RssSampler(server.proc.pid)
         for round_no in range(args.rounds):
             for name, _, spec in scenarios:
+                cpu_before = cpu_seconds(server.proc.pid)
                 r = wrk(seconds=args.seconds, connections=args.connections, workdir=work, **spec)
+                r["cpu_s"] = cpu_seconds(server.proc.pid) - cpu_before
                 results[name].append(r)
                 print(f"round {round_no + 1} {name}: {r['rps']:.0f} req/s p50 {r['p50_us'] / 1000:.2f} ms "
                       f"p99 {r['p99_us'] / 1000:.2f} ms p99.9 {r['p999_us'] / 1000:.2f} ms non-2xx {r['non2xx']}",
@@ -294,6 +303,11 @@ def main():
             print(f"| {label} | {rps[0]:,.0f} / {statistics.median(rps):,.0f} / {rps[-1]:,.0f} | {med('p50_us'):.2f} | "
                   f"{med('p99_us'):.2f} | {med('p999_us'):.2f} | {ratio:.2f} | {sum(r['non2xx'] for r in runs)} |"
                   .replace(",", " "))
+        # The handler's own CPU time per request (all its threads, user and system), what a consumption plan's
+        # execution time is made of; docs/cost-model.md uses it.
+        print("\nhandler CPU per request (all threads, user + system; the load generator's own is not in it): " + ", ".join(
+            f"{name} {1e6 * sum(r['cpu_s'] for r in results[name]) / sum(r['requests'] for r in results[name]):.0f} µs"
+            for name, _, _ in scenarios))
         print(f"\nbinary: {os.path.getsize(binary) / 1e6:.1f} MB; RSS idle after seeding "
               f"{2 * args.documents} documents: {idle_rss / 1024:.1f} MiB; peak RSS under load: {peak_rss / 1024:.1f} MiB")
         if "document" in results and os.path.exists(args.loadgen):
