@@ -147,18 +147,21 @@ async fn wave(hosts: [&HostEmulator; 3], user: &str, n: usize) -> Vec<ClientResp
 }
 
 #[tokio::test]
-async fn three_handler_processes_lease_one_quota_exactly_and_give_back_what_they_hold_on_shutdown() {
+async fn three_handler_processes_never_admit_past_the_quota_and_return_every_unspent_unit() {
     let mut m = metered(1_000_000, 100_000, 1_000, "block").await;
     let mut second = start(m.root.path()).await;
     let mut third = start(m.root.path()).await;
     let ok = |responses: &[ClientResponse]| responses.iter().filter(|r| r.status == 200).count();
-    // Well inside the quota every call passes; the counter also holds what the leases have not handed out yet.
-    assert_eq!(ok(&wave([&m.host, &second, &third], &m.user, 600).await), 600);
-    assert!(count(&db(m.root.path()), A_UNITS) >= 600);
-    // At the end of the quota the three processes admit exactly what is left, whichever holds it.
-    let last = wave([&m.host, &second, &third], &m.user, 900).await;
-    assert_eq!(ok(&last), 400, "{:?}", last.iter().map(|r| r.status).collect::<BTreeSet<_>>());
-    assert!(last.iter().all(|r| r.status == 200 || r.status == 429));
+    // 1 500 concurrent calls over three processes against a quota of 1 000: never more than the quota. A process
+    // can be refused while another still holds unspent units of its lease (docs/usage.md, the bound).
+    let mut admitted = 0;
+    for n in [600, 900] {
+        let responses = wave([&m.host, &second, &third], &m.user, n).await;
+        assert!(responses.iter().all(|r| r.status == 200 || r.status == 429));
+        admitted += ok(&responses);
+    }
+    assert!((500..=1_000).contains(&admitted), "{admitted} admitted");
+    // Stopped with SIGTERM, each process settles its leases: none stays open, and the counter is the billable events.
     for host in [&mut m.host, &mut second, &mut third] {
         let pid = host.pid().to_string();
         assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -166,10 +169,15 @@ async fn three_handler_processes_lease_one_quota_exactly_and_give_back_what_they
     }
     let conn = db(m.root.path());
     assert_eq!(count(&conn, "SELECT count(*) FROM quota_leases WHERE settled_at IS NULL"), 0, "all settled");
-    assert_eq!(count(&conn, A_UNITS), 1_000);
     let billable = "SELECT coalesce(sum(e.units), 0) FROM usage_events e JOIN tenants t ON t.id = e.tenant_id \
                     WHERE t.entra_tenant_id = 'aaaaaaaa-0000-0000-0000-0000000000aa' AND e.billable = 1";
-    assert_eq!(count(&conn, billable), 1_000);
+    assert_eq!(count(&conn, A_UNITS), admitted as i64);
+    assert_eq!(count(&conn, billable), admitted as i64);
+    // Every unit refused while another process held it is back: a new process admits exactly the rest.
+    let fresh = start(m.root.path()).await;
+    let rest = futures_util::future::join_all((0..1_100 - admitted).map(|_| me(&fresh, &m.user))).await;
+    assert_eq!(ok(&rest), 1_000 - admitted, "the rest of the quota, and not one more");
+    drop(fresh);
 }
 
 #[tokio::test]
@@ -367,12 +375,12 @@ async fn metered_calls_spend_a_quota_lease_in_memory_and_its_settlement_bills_ex
     }
     let missing = ClientRequest::get("/api/v1/documents/00000000-0000-0000-0000-000000000000");
     assert_eq!(app.http(missing.header("Authorization", &auth)).await.status, 404, "spends from the lease, not billed");
-    // The first grant is one request's worth; the next ones are sized from the rate the first was spent at.
-    let taken = grants(&app);
-    assert_eq!(taken, 2, "51 metered calls took {taken} grants from the store");
     // The RateLimit header is what this process knows: the counter at its grant, less what its lease still holds.
     let me = app.http(ClientRequest::get("/api/v1/me").header("Authorization", &auth)).await;
     assert!(me.header("ratelimit").unwrap().contains("\"month\";r=948"), "{:?}", me.header("ratelimit"));
+    // The first grant is one request's worth; the next ones are sized from the rate the last was spent at.
+    let taken = grants(&app);
+    assert!((2..=3).contains(&taken), "52 metered calls took {taken} grants from the store");
     // A lease lives 5 s: past that the next call takes a fresh grant, and the expired one is settled.
     app.clock.advance(chrono::Duration::seconds(6));
     assert_eq!(app.http(ClientRequest::get("/api/v1/me").header("Authorization", &auth)).await.status, 200);

@@ -342,7 +342,8 @@ impl Book {
     /// Learns the spending rate from a lease being retired.
     fn learn(&mut self, old: &Spending, now: DateTime<Utc>) {
         let secs = (now - old.held.granted_at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
-        let sample = old.allocated as f64 / secs.max(0.001);
+        // At least 10 ms: a lease spent by a burst of requests says little about the rate that follows.
+        let sample = old.allocated as f64 / secs.max(0.01);
         self.rate = if self.rate == 0.0 { sample } else { (self.rate + sample) / 2.0 };
     }
 

@@ -85,7 +85,8 @@ pub async fn get_whoami(auth: Authorized<Authenticated>, state: web::Data<AppSta
 }
 
 async fn quota(state: &AppState, tenant: &crate::store::Tenant) -> Result<Option<MeQuota>, AppError> {
-    let Some(plan) = state.store.get_plan(&tenant.plan_code).await? else { return Ok(None) };
+    // The plan as the limit stage saw it (cached like every lookup on the request path).
+    let Some(plan) = state.lookups.plan(&tenant.plan_code).await? else { return Ok(None) };
     let (period_start, period_end) = crate::metering::period(state.clock.now());
     let usage = state.quota_usage(tenant.id, period_start).await?;
     // Before the period's first debit, the plan's quota applies; afterwards the stored one.
