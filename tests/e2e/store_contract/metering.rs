@@ -69,18 +69,22 @@ async fn overage_is_counted_under_allow_and_refunds_give_units_back() {
     .await;
 }
 
+/// A step of client `app-1`'s rate limit at `now_micros`: 60 a minute, a burst of 10.
+fn take(now_micros: i64) -> RateLimitTake {
+    RateLimitTake {
+        tenant_id: Uuid::from_u128(1),
+        client_id: "app-1".into(),
+        now_micros,
+        emission_interval_micros: 1_000_000,
+        burst: 10,
+    }
+}
+
 #[tokio::test]
 async fn the_rate_limit_state_is_shared_and_exact() {
     for_each_store("the_rate_limit_state_is_shared_and_exact", |t| async move {
         let store = migrated(&t).await;
         let other = t.second_handle().await;
-        let take = |now_micros| RateLimitTake {
-            tenant_id: Uuid::from_u128(1),
-            client_id: "app-1".into(),
-            now_micros,
-            emission_interval_micros: 1_000_000, // 60 per minute
-            burst: 10,
-        };
         let now = 1_800_000_000_000_000;
         let takes = (0..40).map(|i| {
             let store = if i % 2 == 0 { store.clone() } else { other.clone() };
@@ -103,13 +107,6 @@ async fn batches_of_rate_steps_across_handles_never_exceed_what_single_steps_wou
     for_each_store("batches_of_rate_steps_across_handles", |t| async move {
         let store = migrated(&t).await;
         let other = t.second_handle().await;
-        let take = |now_micros| RateLimitTake {
-            tenant_id: Uuid::from_u128(1),
-            client_id: "app-1".into(),
-            now_micros,
-            emission_interval_micros: 1_000_000,
-            burst: 10,
-        };
         let now = 1_800_000_000_000_000;
         let batches = (0..12).map(|i| {
             let store = if i % 2 == 0 { store.clone() } else { other.clone() };
