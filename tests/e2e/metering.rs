@@ -433,6 +433,36 @@ async fn a_block_quota_spent_through_leases_admits_exactly_the_quota() {
 }
 
 #[actix_web::test]
+async fn a_tenant_blocked_on_its_quota_is_served_again_once_its_plan_is_raised() {
+    let (app, user, admin) = metered_app(1_000_000, 100_000, 5, "block").await;
+    let auth = format!("Bearer {user}");
+    let me = || app.http(ClientRequest::get("/api/v1/me").header("Authorization", &auth));
+    for _ in 0..5 {
+        assert_eq!(me().await.status, 200);
+    }
+    assert_eq!(me().await.status, 429, "the quota of 5 is spent");
+    // A platform administrator raises the plan's quota; the change clears this process's lookup caches.
+    let plan = app.get(&admin, "/api/v1/plans/metered").await;
+    let etag = plan.header("etag").unwrap().to_owned();
+    let body = json!({"name": "Metered", "requestsPerMinute": 1_000_000, "burst": 100_000,
+        "monthlyQuotaUnits": 8, "overagePolicy": "block", "currency": "EUR", "basePriceMicros": 0, "overageUnitPriceMicros": 0});
+    let raised = app
+        .http(
+            ClientRequest::new("PUT", "/api/v1/plans/metered")
+                .json(&body)
+                .header("If-Match", &etag)
+                .header("Authorization", &format!("Bearer {admin}")),
+        )
+        .await;
+    assert_eq!(raised.status, 200, "{}", String::from_utf8_lossy(&raised.body));
+    let statuses: Vec<u16> =
+        futures_util::future::join_all((0..5).map(|_| me())).await.iter().map(|r| r.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "the three new units, and no more: {statuses:?}");
+    app.settle_leases().await;
+    assert_eq!(count(&app.db(), A_UNITS), 8);
+}
+
+#[actix_web::test]
 async fn the_rollup_reclaims_a_lease_whose_holder_never_settled_it() {
     let (app, user, _admin) = metered_app(1_000_000, 100_000, 1_000, "block").await;
     let auth = format!("Bearer {user}");

@@ -11,8 +11,9 @@ use super::*;
 /// Quota leases (docs/usage.md, "Quota leases"), each operation one transaction, atomic across processes.
 #[async_trait]
 pub trait QuotaLeaseStore: Send + Sync + 'static {
-    /// Settles the period's leases that expired before `request.reclaim_before` (a crashed holder's), then
-    /// debits the counter by [`lease_size`] units and records the lease: never past the quota under `block` (a
+    /// Settles the period's leases that expired before `request.reclaim_before` (a crashed holder's), raises the
+    /// period's quota snapshot to the request's when the plan's is higher (a lowered quota waits for the next
+    /// period), then debits the counter by [`lease_size`] units and records the lease: never past the quota under `block` (a
     /// partial grant when less remains, `Exhausted` when less than `min_units` does), the whole ask under `allow`.
     async fn grant_quota_lease(&self, request: &QuotaLeaseRequest) -> Result<QuotaLeaseGrant, StoreError>;
 

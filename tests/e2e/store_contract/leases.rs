@@ -225,3 +225,28 @@ async fn concurrent_grants_from_two_handles_never_take_a_block_quota_past_its_li
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_raised_quota_applies_to_the_period_at_the_next_grant_and_a_lowered_one_does_not() {
+    for_each_store("a_raised_quota_applies_at_the_next_grant", |t| async move {
+        let store = migrated(&t).await;
+        let acme = tenant_on_plan(&store, 10, OveragePolicy::Block).await;
+        store.grant_quota_lease(&request(&acme, 10, OveragePolicy::Block, 1, 10, 1)).await.unwrap();
+        assert!(matches!(
+            store.grant_quota_lease(&request(&acme, 10, OveragePolicy::Block, 2, 1, 1)).await.unwrap(),
+            QuotaLeaseGrant::Exhausted { units_used: 10, quota_units: 10 }
+        ));
+        // The tenant moves to a plan with 25 units: the next grant sees them.
+        assert_eq!(
+            store.grant_quota_lease(&request(&acme, 25, OveragePolicy::Block, 3, 20, 1)).await.unwrap(),
+            QuotaLeaseGrant::Granted { units: 15, first_unit: 10, units_used: 25, quota_units: 25 },
+            "{}",
+            t.name
+        );
+        // Back to 10: the period keeps 25 until it ends.
+        let lower = store.grant_quota_lease(&request(&acme, 10, OveragePolicy::Block, 4, 5, 1)).await.unwrap();
+        assert_eq!(lower, QuotaLeaseGrant::Exhausted { units_used: 25, quota_units: 25 });
+        assert_eq!(store.quota_usage(acme.id, february()).await.unwrap().unwrap().quota_units, 25);
+    })
+    .await;
+}

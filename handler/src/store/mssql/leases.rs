@@ -75,6 +75,8 @@ impl QuotaLeaseStore for MssqlStore {
         in_tx!(self, Retry::No, |conn| {
             let (r, d) = (request, &request.debit);
             settle_expired(conn, Some((d.tenant_id, d.period_start)), r.reclaim_before, d.now, u32::MAX).await?;
+            // A raised quota applies to the period at once; a lowered one waits for the next period.
+            execute(conn, RAISE_QUOTA, &[&d.tenant_id, &d.period_start, &d.quota_units, &d.now]).await?;
             let policy = d.overage_policy.as_str();
             let ensure: [&dyn ToSql; 6] =
                 [&d.tenant_id, &d.period_start, &d.period_end, &d.quota_units, &policy, &d.now];
@@ -137,6 +139,13 @@ impl QuotaLeaseStore for MssqlStore {
     }
 }
 
+/// Raises a period's quota snapshot to the plan's (never lowers it). Thresholds already announced this period
+/// stay announced: each is announced once a period.
+pub(crate) const RAISE_QUOTA: &str = "UPDATE dbo.quota_usage SET quota_units = @P3,
+    overage_units = CASE WHEN units_used > @P3 THEN units_used - @P3 ELSE 0 END,
+    updated_at = @P4
+WHERE tenant_id = @P1 AND period_start = @P2 AND quota_units < @P3";
+
 pub(crate) const LOCK_QUOTA_PERIOD: &str = "SELECT quota_units, units_used, overage_policy
 FROM dbo.quota_usage WITH (UPDLOCK, HOLDLOCK) WHERE tenant_id = @P1 AND period_start = @P2";
 
@@ -176,6 +185,7 @@ ORDER BY expires_at";
 
 /// Every statement above, by name, for the parse check (`store::tsql_check`).
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
+    ("RAISE_QUOTA", RAISE_QUOTA),
     ("LOCK_QUOTA_PERIOD", LOCK_QUOTA_PERIOD),
     ("INSERT_LEASE", INSERT_LEASE),
     ("GET_LEASE", GET_LEASE),
