@@ -92,6 +92,30 @@ type Books<K, B> = Mutex<HashMap<K, Arc<tokio::sync::Mutex<B>>>>;
 /// A (tenant, period)'s book.
 type SharedBook = Arc<tokio::sync::Mutex<Book>>;
 
+/// The book of `key`, made if new. Past `bound` books, first forgets those no request is using and that `keep`
+/// does not hold on to, so a process's books stay bounded however many keys it sees.
+fn book_of<K: std::hash::Hash + Eq, B: Default>(
+    books: &Books<K, B>,
+    key: K,
+    bound: usize,
+    keep: impl Fn(&B) -> bool,
+) -> Arc<tokio::sync::Mutex<B>> {
+    let mut books = books.lock().expect("books");
+    if books.len() >= bound {
+        books.retain(|_, book| Arc::strong_count(book) > 1 || book.try_lock().map_or(true, |b| keep(&b)));
+    }
+    books.entry(key).or_default().clone()
+}
+
+/// Units (or steps) a second, from what a process spent since `since`, averaged with the `previous` estimate.
+/// Measured over at least 10 ms: a lease or batch spent by a burst of requests says little about the rate that
+/// follows.
+fn blended_rate(previous: f64, spent: i64, since: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
+    let secs = (now - since).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
+    let sample = spent as f64 / secs.max(0.01);
+    if previous == 0.0 { sample } else { (previous + sample) / 2.0 }
+}
+
 /// The lease a (tenant, period) spends from in this process, and how fast it spends.
 #[derive(Default)]
 struct Book {
@@ -286,23 +310,13 @@ impl QuotaLeases {
                 + self.inner.settlements.load(Ordering::Relaxed),
         }
     }
-
-    /// Who holds this process's leases (`quota_leases.holder`).
-    pub fn holder(&self) -> &str {
-        &self.inner.holder
-    }
 }
 
 impl Inner {
     fn book(&self, tenant_id: Uuid, period_start: NaiveDate) -> SharedBook {
-        let mut books = self.books.lock().expect("lease books");
-        // Past a bound, forget the books that hold no lease and that no request is using (a refused tenant's, say):
-        // a book with a lease is kept until the lease is settled.
-        if books.len() >= MAX_QUOTA_BOOKS {
-            books
-                .retain(|_, book| Arc::strong_count(book) > 1 || book.try_lock().map_or(true, |b| b.current.is_some()));
-        }
-        books.entry((tenant_id, period_start)).or_default().clone()
+        // A book that holds no lease (a refused tenant's, say) can be forgotten; one with a lease is kept until the
+        // lease is settled.
+        book_of(&self.books, (tenant_id, period_start), MAX_QUOTA_BOOKS, |b| b.current.is_some())
     }
 
     fn retire(self: &Arc<Self>, held: &Arc<Held>) {
@@ -341,10 +355,7 @@ impl Inner {
 impl Book {
     /// Learns the spending rate from a lease being retired.
     fn learn(&mut self, old: &Spending, now: DateTime<Utc>) {
-        let secs = (now - old.held.granted_at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
-        // At least 10 ms: a lease spent by a burst of requests says little about the rate that follows.
-        let sample = old.allocated as f64 / secs.max(0.01);
-        self.rate = if self.rate == 0.0 { sample } else { (self.rate + sample) / 2.0 };
+        self.rate = blended_rate(self.rate, old.allocated, old.held.granted_at, now);
     }
 
     /// The units to ask for: the recent rate over the target duration, at least one request's `units`, at most
@@ -406,18 +417,10 @@ impl RateLeases {
     /// theoretical arrival time after this request, as if the batch's steps had been taken one at a time.
     pub async fn take(&self, take: &RateLimitTake) -> Result<RateLimitDecision, StoreError> {
         let now = DateTime::<Utc>::from_timestamp_micros(take.now_micros).unwrap_or_default();
-        let book = {
-            let mut books = self.inner.books.lock().expect("rate books");
-            // One book per client ever seen would grow without end (a client may be each user): past a bound,
-            // forget the batches that have expired and that no request is using; forgetting one forfeits nothing.
-            if books.len() >= MAX_RATE_BOOKS {
-                books.retain(|_, book| {
-                    Arc::strong_count(book) > 1
-                        || book.try_lock().map_or(true, |b| b.valid_until.is_some_and(|until| now < until))
-                });
-            }
-            books.entry((take.tenant_id, take.client_id.clone())).or_default().clone()
-        };
+        // One book per client ever seen would grow without end (a client may be each user): an expired batch can be
+        // forgotten, which forfeits nothing.
+        let key = (take.tenant_id, take.client_id.clone());
+        let book = book_of(&self.inner.books, key, MAX_RATE_BOOKS, |b| b.valid_until.is_some_and(|until| now < until));
         let mut book = book.lock().await;
         let interval = take.emission_interval_micros.max(1);
         self.inner.takes.fetch_add(1, Ordering::Relaxed);
@@ -430,9 +433,7 @@ impl RateLeases {
             });
         }
         if let Some(granted_at) = book.granted_at {
-            let secs = (now - granted_at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
-            let sample = (book.granted - book.left) as f64 / secs.max(0.001);
-            book.rate = if book.rate == 0.0 { sample } else { (book.rate + sample) / 2.0 };
+            book.rate = blended_rate(book.rate, book.granted - book.left, granted_at, now);
         }
         let validity_secs = self.inner.validity.num_milliseconds() as f64 / 1000.0;
         let want = ((book.rate * validity_secs).ceil() as i64).clamp(1, take.burst.max(1));
