@@ -6,7 +6,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use tiberius::{Row, ToSql};
 use uuid::Uuid;
 
-use super::metering::ENSURE_QUOTA_PERIOD;
+use super::metering::{debit_existing_period, ensure_period};
 use super::*;
 use crate::store::leases::*;
 
@@ -75,31 +75,32 @@ impl QuotaLeaseStore for MssqlStore {
         in_tx!(self, Retry::No, |conn| {
             let (r, d) = (request, &request.debit);
             settle_expired(conn, Some((d.tenant_id, d.period_start)), r.reclaim_before, d.now, u32::MAX).await?;
-            // A raised quota applies to the period at once; a lowered one waits for the next period.
-            execute(conn, RAISE_QUOTA, &[&d.tenant_id, &d.period_start, &d.quota_units, &d.now]).await?;
-            let policy = d.overage_policy.as_str();
-            let ensure: [&dyn ToSql; 6] =
-                [&d.tenant_id, &d.period_start, &d.period_end, &d.quota_units, &policy, &d.now];
-            execute(conn, ENSURE_QUOTA_PERIOD, &ensure).await?;
+            ensure_period(conn, d).await?;
             // The counter under its update lock: grants of one period queue here, across processes.
             let locked = rows(conn, LOCK_QUOTA_PERIOD, &[&d.tenant_id, &d.period_start]).await?;
             let row = locked.first().ok_or_else(quota_row_vanished)?;
-            let (quota, used, stored_policy): (i64, i64, String) =
+            let (mut quota, used, stored_policy): (i64, i64, String) =
                 (required(row, 0)?, required(row, 1)?, text(row, 2)?);
+            // A raised quota applies to the period at once; a lowered one waits for the next period.
+            if d.quota_units > quota {
+                execute(conn, RAISE_QUOTA, &[&d.tenant_id, &d.period_start, &d.quota_units, &d.now]).await?;
+                quota = d.quota_units;
+            }
             let policy =
                 OveragePolicy::parse(&stored_policy).ok_or_else(|| corrupt("overage policy", &stored_policy))?;
             let units = lease_size(policy, quota, used, d.units, r.min_units);
             if units == 0 {
                 return Ok(QuotaLeaseGrant::Exhausted { units_used: used, quota_units: quota });
             }
-            let (units_used, quota_units) = match debit_period(conn, &QuotaDebit { units, ..d.clone() }).await? {
-                QuotaOutcome::Accepted { units_used, quota_units, .. } => (units_used, quota_units),
-                QuotaOutcome::Rejected { .. } => {
-                    return Err(StoreError::Other(anyhow::anyhow!(
-                        "a sized lease grant was refused under the row lock"
-                    )));
-                }
-            };
+            let (units_used, quota_units) =
+                match debit_existing_period(conn, &QuotaDebit { units, ..d.clone() }).await? {
+                    QuotaOutcome::Accepted { units_used, quota_units, .. } => (units_used, quota_units),
+                    QuotaOutcome::Rejected { .. } => {
+                        return Err(StoreError::Other(anyhow::anyhow!(
+                            "a sized lease grant was refused under the row lock"
+                        )));
+                    }
+                };
             let first_unit = units_used - units;
             let params: [&dyn ToSql; 8] = [
                 &r.lease_id,

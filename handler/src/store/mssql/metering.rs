@@ -32,9 +32,19 @@ pub(crate) async fn read_quota(
 
 /// Debits a quota period (created on first use), refusing under `block` what would exceed the quota.
 pub(crate) async fn debit_period(conn: &mut MssqlClient, d: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
+    ensure_period(conn, d).await?;
+    debit_existing_period(conn, d).await
+}
+
+/// Creates the debit's period row with its quota snapshot unless it exists.
+pub(crate) async fn ensure_period(conn: &mut MssqlClient, d: &QuotaDebit) -> Result<(), StoreError> {
     let policy = d.overage_policy.as_str();
     let ensure: [&dyn ToSql; 6] = [&d.tenant_id, &d.period_start, &d.period_end, &d.quota_units, &policy, &d.now];
-    execute(conn, ENSURE_QUOTA_PERIOD, &ensure).await?;
+    execute(conn, ENSURE_QUOTA_PERIOD, &ensure).await.map(drop)
+}
+
+/// [`debit_period`] once the period row exists ([`ensure_period`]).
+pub(crate) async fn debit_existing_period(conn: &mut MssqlClient, d: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
     let updated = rows(conn, DEBIT_QUOTA, &[&d.tenant_id, &d.period_start, &d.units, &d.now]).await?;
     match updated.first() {
         Some(row) => {
