@@ -36,17 +36,19 @@ impl Template {
         Template { segments, parameters }
     }
 
-    fn is_match(&self, path: &str) -> bool {
-        let mut parts = path.split('/');
-        for segment in &self.segments {
-            match (segment, parts.next()) {
-                (Some(literal), Some(part)) if **literal == *part => {}
-                (None, Some(part)) if !part.is_empty() => {}
-                _ => return false,
-            }
-        }
-        parts.next().is_none()
+    /// Whether the path, split at `/` once by the caller ([`segments`]), fits the template.
+    fn is_match(&self, parts: &[&str]) -> bool {
+        self.segments.len() == parts.len()
+            && self.segments.iter().zip(parts).all(|(segment, part)| match segment {
+                Some(literal) => **literal == **part,
+                None => !part.is_empty(),
+            })
     }
+}
+
+/// A request path split at `/`, once per lookup rather than once per template.
+fn segments(path: &str) -> Vec<&str> {
+    path.split('/').collect()
 }
 
 /// A method served on a route, and the operation id behind it (none for the host-protocol routes).
@@ -80,10 +82,11 @@ impl RouteTable {
 
     /// The methods allowed on `path`, or `None` when no route template matches it.
     pub fn allowed_methods(&self, path: &str) -> Option<Vec<&'static str>> {
+        let parts = segments(path);
         let mut allowed: Vec<&'static str> = self
             .entries
             .iter()
-            .filter(|(def, _)| def.is_match(path))
+            .filter(|(def, _)| def.is_match(&parts))
             .flat_map(|(_, m)| m.iter().map(|(method, _)| *method))
             .collect();
         if allowed.is_empty() {
@@ -96,9 +99,10 @@ impl RouteTable {
 
     /// The operation id serving `method` on `path`. Literal templates win over parameterized ones.
     pub fn operation(&self, method: &str, path: &str) -> Option<&Arc<str>> {
+        let parts = segments(path);
         self.entries
             .iter()
-            .filter(|(template, _)| template.is_match(path))
+            .filter(|(template, _)| template.is_match(&parts))
             .filter_map(|(template, methods)| {
                 let (_, id) = methods.iter().find(|(m, _)| *m == method)?;
                 Some((template.parameters, id.as_ref()?))
