@@ -71,7 +71,8 @@ error_codes! {
     UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type"),
     /// The request body is not well-formed JSON.
     MalformedJson => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON body"),
-    /// The query string cannot be parsed into the operation's parameters.
+    /// Arguments of a command (`handler rollup --from/--to`) that cannot work; the API answers a bad query
+    /// parameter with `ValidationFailed`.
     InvalidQuery => (StatusCode::BAD_REQUEST, "invalid-query", "Invalid query parameters"),
     /// The request is well-formed but its values are not acceptable; `errors` lists each field.
     ValidationFailed => (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed", "Validation failed"),
@@ -132,20 +133,66 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// One field-level failure inside a `validation-failed` (or similar) problem.
+/// One field-level failure inside a `validation-failed` (or similar) problem. A body field has a `pointer`, a
+/// query parameter a `parameter`, a request header a `header` (the members RFC 9457's examples use).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
-    /// JSON pointer-like path of the offending field or parameter, e.g. `title` or `query.maxpagesize`.
+    /// The offending field as a path (`title`, `tags[0]`), or the parameter's or header's name.
     pub field: String,
-    /// Stable machine-readable reason, e.g. `length`, `required`, `unknown_field`.
+    /// Stable machine-readable reason, e.g. `required`, `type`, `enum`, `maxLength`, `unknown`.
     pub code: String,
     /// Human-readable explanation.
     pub message: String,
+    /// The body field as a JSON Pointer (RFC 6901), e.g. `/tags/0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+    /// The query parameter's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameter: Option<String>,
+    /// The request header's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
 }
 
 impl FieldError {
     pub fn new(field: impl Into<String>, code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), code: code.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            code: code.into(),
+            message: message.into(),
+            pointer: None,
+            parameter: None,
+            header: None,
+        }
+    }
+
+    /// A body field's failure, at `pointer` (`/tags/0`); its `field` is the same path as `tags[0]`.
+    pub fn body(pointer: &str, code: impl Into<String>, message: impl Into<String>) -> Self {
+        let field = pointer.split('/').skip(1).map(|token| token.replace("~1", "/").replace("~0", "~")).fold(
+            String::new(),
+            |path, token| match token.parse::<usize>() {
+                Ok(index) if !path.is_empty() => format!("{path}[{index}]"),
+                _ if path.is_empty() => token,
+                _ => format!("{path}.{token}"),
+            },
+        );
+        let field = if field.is_empty() { "body".to_owned() } else { field };
+        Self {
+            pointer: Some(if pointer.is_empty() { String::new() } else { pointer.to_owned() }),
+            ..Self::new(field, code, message)
+        }
+    }
+
+    /// Marks the failure as the query parameter `name`'s.
+    pub fn in_query(mut self, name: &str) -> Self {
+        self.parameter = Some(name.to_owned());
+        self
+    }
+
+    /// Marks the failure as the request header `name`'s.
+    pub fn in_header(mut self, name: &str) -> Self {
+        self.header = Some(name.to_owned());
+        self
     }
 }
 
@@ -215,6 +262,19 @@ impl AppError {
     pub fn with_field_errors(mut self, errors: Vec<FieldError>) -> Self {
         self.errors = errors;
         self
+    }
+
+    /// Field errors that are about query parameters: each names its parameter (`parameter`, its `field`).
+    pub fn with_parameter_errors(self, errors: Vec<FieldError>) -> Self {
+        self.with_field_errors(
+            errors
+                .into_iter()
+                .map(|e| {
+                    let name = e.field.clone();
+                    e.in_query(&name)
+                })
+                .collect(),
+        )
     }
 
     /// Adds an extension member to the problem body.
@@ -428,22 +488,36 @@ pub fn json_payload_error(err: actix_web::error::JsonPayloadError) -> AppError {
     }
 }
 
+/// serde_json's message without the " at line L column C" it appends: a field error names the field, not a position.
+fn without_position(err: &serde_json::Error) -> String {
+    let message = err.to_string();
+    match message.rfind(" at line ") {
+        Some(cut) => message[..cut].to_owned(),
+        None => message,
+    }
+}
+
 /// Classifies a serde_json failure: broken syntax is 400, a well-formed body of the wrong shape is 422.
 pub fn serde_json_error(err: &serde_json::Error) -> AppError {
     use serde_json::error::Category;
     match err.classify() {
         Category::Data => AppError::new(ErrorCode::ValidationFailed)
             .with_detail("the body does not match the operation's schema")
-            .with_field_errors(vec![FieldError::new("body", "invalid", err.to_string())]),
+            .with_field_errors(vec![FieldError::body("", "invalid", without_position(err))]),
         Category::Syntax | Category::Eof | Category::Io => AppError::new(ErrorCode::MalformedJson)
             .with_detail(format!("line {}, column {}: {err}", err.line(), err.column())),
     }
 }
 
-/// Maps query-string parse errors to a 400 naming the parameter problem.
+/// Maps a query string `web::Query` cannot read to a 422 (the operation's contract, `api::contract`, refuses
+/// unknown and ill-typed parameters before any handler, so this is the fallback).
 pub fn query_error(err: actix_web::error::QueryPayloadError) -> AppError {
-    AppError::new(ErrorCode::InvalidQuery)
-        .with_field_errors(vec![FieldError::new("query", "invalid", err.to_string())])
+    AppError::new(ErrorCode::ValidationFailed)
+        .with_field_errors(vec![FieldError::new(
+            "query",
+            "invalid",
+            "the query string does not fit the operation's parameters",
+        )])
         .with_detail(err.to_string())
 }
 

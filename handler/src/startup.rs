@@ -60,10 +60,13 @@ pub fn app(
     if surface == Surface::Host {
         app = app.route("/{function}", web::post().to(invoke));
     }
-    let routes = state.routes.clone();
-    app.app_data(state)
-        // The route table on its own as well: the stages below `state` find a request's operation there.
+    let (routes, contracts) = (state.routes.clone(), state.contracts.clone());
+    let app = app
+        .app_data(state)
+        // The route table and the contracts on their own as well: the stages below `state` find a request's
+        // operation and its contract there.
         .app_data(routes)
+        .app_data(contracts)
         .app_data(json_config(max_body))
         .app_data(query_config())
         .app_data(web::PayloadConfig::new(max_body))
@@ -71,7 +74,9 @@ pub fn app(
         // Innermost of the app-wide middleware, around every route and the fallback: a framework error (an
         // extractor's, actix-web's own) becomes a problem before deprecation headers are added and telemetry
         // logs the status, and inside telemetry's scope, so the problem carries the request id.
-        .wrap(from_fn(crate::error::problems))
+        .wrap(from_fn(crate::error::problems));
+    // Debug builds (every test) check each answer's status against its operation's declared ones.
+    app.wrap(actix_web::middleware::Condition::new(cfg!(debug_assertions), from_fn(crate::api::gate::conformance)))
         .wrap(from_fn(crate::api::deprecation::announce))
         .wrap(from_fn(crate::telemetry::middleware))
 }
@@ -228,7 +233,7 @@ mod tests {
         assert!(body["errors"][0]["message"].as_str().unwrap().contains("unknown field `extra`"), "{body}");
 
         let (status, body) = problem(post("maxpagesize=500").set_json(serde_json::json!({"title": "a"}))).await;
-        assert_eq!((status, body["code"].as_str()), (400, Some("InvalidQuery")));
+        assert_eq!((status, body["code"].as_str()), (422, Some("ValidationFailed")));
         assert_eq!(body["errors"][0]["field"], "query");
     }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use chrono::TimeDelta;
 
+use crate::api::contract::Contracts;
 use crate::api::cursor::CursorSigner;
 use crate::api::operations::RouteTable;
 use crate::auth::Authenticator;
@@ -40,6 +41,9 @@ pub struct AppState {
     ///
     /// [`operation_of`]: crate::api::operations::operation_of
     pub routes: actix_web::web::Data<RouteTable>,
+    /// Every operation's declared statuses and the checks its query and body pass (`api::contract`); also
+    /// registered as app data on its own, like `routes`.
+    pub contracts: actix_web::web::Data<Contracts>,
     /// Sends outbox events to Service Bus; `None` when no namespace or connection string is configured.
     pub outbox_sender: Option<Arc<ServiceBusSender>>,
 }
@@ -55,6 +59,7 @@ impl AppState {
         openapi: &utoipa::openapi::OpenApi,
     ) -> anyhow::Result<Self> {
         let routes = actix_web::web::Data::new(RouteTable::from_openapi(openapi));
+        let contracts = actix_web::web::Data::new(Contracts::from_openapi(openapi, config.max_body_bytes)?);
         let openapi_json = serde_json::to_vec(openapi).expect("the OpenAPI document serializes").into();
         let auth = Arc::new(Authenticator::from_config(&config.auth, clock.clone())?);
         let cursor_key = match &config.cursor_key {
@@ -90,6 +95,7 @@ impl AppState {
             rate_leases,
             openapi_json,
             routes,
+            contracts,
             outbox_sender,
         })
     }

@@ -165,7 +165,9 @@ async fn mutations_and_denials_are_audited_and_listed_only_to_their_tenant() {
     assert_eq!(ids(&from_create), ids(&events), "from is inclusive");
     assert!(only(&format!("to={}", urlencode(created_at))).await.is_empty(), "to is exclusive");
     let bad = send(&a.host, &a.a_auditor, ClientRequest::get(&q("outcome=maybe&colour=red"))).await;
-    assert_eq!(bad.status, 400);
+    assert_eq!(bad.status, 422);
+    let named: Vec<_> = bad.json()["errors"].as_array().unwrap().iter().map(|e| e["parameter"].clone()).collect();
+    assert_eq!(named, vec![json!("colour"), json!("outcome")], "each parameter named");
 
     // Tenant B sees none of A's events, with or without filters, and cannot use A's cursor.
     let b_all = all_events(&a.host, &a.b_auditor, "/api/v1/audit-events", 25).await;
@@ -175,7 +177,7 @@ async fn mutations_and_denials_are_audited_and_listed_only_to_their_tenant() {
     let a_page = ok(&send(&a.host, &a.a_auditor, ClientRequest::get(&q("maxpagesize=1"))).await, 200);
     let a_next = a_page["nextLink"].as_str().unwrap();
     let replayed = send(&a.host, &a.b_auditor, ClientRequest::get(a_next)).await;
-    assert_eq!(replayed.status, 400, "another tenant's cursor: {}", String::from_utf8_lossy(&replayed.body));
+    assert_eq!(replayed.status, 422, "another tenant's cursor: {}", String::from_utf8_lossy(&replayed.body));
     let b_verify = verify(&a.host, &a.b_auditor).await;
     assert_eq!((b_verify["valid"].as_bool(), b_verify["checked"].as_u64()), (Some(true), Some(0)));
 

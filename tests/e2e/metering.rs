@@ -278,8 +278,8 @@ async fn every_request_leaves_exactly_one_usage_event_and_failures_are_refunded(
         }
     }
     let statuses: Vec<u16> = request_ids.iter().map(|(s, _)| *s).collect();
-    assert_eq!(statuses, vec![200, 200, 404, 400, 401, 401, 403], "the POST lacks Documents.Write");
-    // Only the two successes are charged: getMe 1 + listDocuments 2; the 404, 400 and 403 were refunded or never
+    assert_eq!(statuses, vec![200, 200, 404, 422, 401, 401, 403], "the POST lacks Documents.Write");
+    // Only the two successes are charged: getMe 1 + listDocuments 2; the 404, 422 and 403 were refunded or never
     // debited (settling the quota lease gives back what no billable event spent).
     app.settle_leases().await;
     assert_eq!(count(&conn, A_UNITS), 3);

@@ -109,9 +109,9 @@ async fn the_summary_is_the_quota_counter_and_the_report_and_export_are_current(
         "from=1969-12-31T00:00:00Z&granularity=day",
     ] {
         let response = host.http(get(&format!("/api/v1/usage?{bad}"), &a)).await;
-        assert_eq!(response.status, 400, "{bad}");
-        assert_eq!(response.json()["code"], "InvalidQuery");
+        assert_eq!(response.status, 422, "{bad}");
+        assert_eq!(response.json()["code"], "ValidationFailed");
     }
-    assert_eq!(host.http(get("/api/v1/usage/export?period=2026-1", &a)).await.status, 400);
-    assert_eq!(host.http(get("/api/v1/usage/export?period=2999-01", &a)).await.status, 400);
+    assert_eq!(host.http(get("/api/v1/usage/export?period=2026-1", &a)).await.status, 422);
+    assert_eq!(host.http(get("/api/v1/usage/export?period=2999-01", &a)).await.status, 422);
 }

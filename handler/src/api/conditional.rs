@@ -21,11 +21,12 @@ pub enum Precondition {
 
 /// Reads `If-Match`; writes without it are refused with 428, so a lost update cannot happen by accident.
 pub fn require_if_match(req: &HttpRequest) -> Result<Precondition, AppError> {
-    let Some(value) = req.headers().get(header::IF_MATCH) else {
+    // An empty If-Match names nothing to match: as if it were missing.
+    let text = req.headers().get(header::IF_MATCH).map(|v| v.to_str().unwrap_or("").trim()).unwrap_or("");
+    if text.is_empty() {
         return Err(AppError::new(ErrorCode::PreconditionRequired)
             .with_detail("send If-Match with the resource's ETag (or *) to change it"));
-    };
-    let text = value.to_str().unwrap_or("").trim();
+    }
     if text == "*" {
         return Ok(Precondition::Any);
     }

@@ -61,9 +61,9 @@ impl CursorSigner {
     /// The position, if the cursor is intact and was issued for this same query.
     pub fn decode<T: DeserializeOwned>(&self, query: [u8; 8], cursor: &str) -> Result<T, AppError> {
         let invalid = |why: &str| {
-            AppError::new(ErrorCode::InvalidQuery)
+            AppError::new(ErrorCode::ValidationFailed)
                 .with_detail(format!("the cursor {why}; start again from the first page"))
-                .with_field_errors(vec![FieldError::new("cursor", "invalid", why)])
+                .with_parameter_errors(vec![FieldError::new("cursor", "invalid", why)])
         };
         let data = URL_SAFE_NO_PAD.decode(cursor.trim()).map_err(|_| invalid("is not a cursor this API issued"))?;
         if data.len() < 8 + MAC_LEN {

@@ -31,17 +31,19 @@ pub struct Idempotency {
 
 /// Reads the key, if any, and hashes the request: method, path and the canonical JSON of the body.
 pub fn from_request(req: &HttpRequest, canonical_body: &str) -> Result<Option<Idempotency>, AppError> {
-    let Some((name, value)) = KEY_HEADERS.iter().find_map(|h| req.headers().get(*h).map(|v| (*h, v))) else {
-        return Ok(None);
-    };
-    let key = value.to_str().unwrap_or("").trim();
-    if key.is_empty() || key.len() > 200 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![FieldError::new(
-            format!("header.{name}"),
-            "format",
-            "1 to 200 visible ASCII characters",
-        )]));
+    // Every key header sent must be well-formed, even the one that does not win.
+    let mut keys = Vec::new();
+    for name in KEY_HEADERS {
+        let Some(value) = req.headers().get(*name) else { continue };
+        let key = value.to_str().unwrap_or("").trim();
+        if key.is_empty() || key.len() > 200 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![
+                FieldError::new(*name, "format", "1 to 200 visible ASCII characters").in_header(name),
+            ]));
+        }
+        keys.push(key);
     }
+    let Some(key) = keys.first().copied() else { return Ok(None) };
     let mut hasher = Sha256::new();
     for part in [req.method().as_str(), req.path(), canonical_body] {
         hasher.update((part.len() as u64).to_be_bytes());

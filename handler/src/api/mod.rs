@@ -5,8 +5,10 @@
 //! Routes in `routes/` use these pieces so that every resource behaves the same way.
 
 pub mod conditional;
+pub mod contract;
 pub mod cursor;
 pub mod deprecation;
+pub mod gate;
 pub mod idempotency;
 pub mod list;
 pub mod operations;

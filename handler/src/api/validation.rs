@@ -20,7 +20,7 @@ pub fn require_merge_patch(req: &actix_web::HttpRequest) -> Result<(), AppError>
 pub fn validate(value: &impl Validate) -> Result<(), AppError> {
     value.validate().map_err(|errors| {
         let mut fields = Vec::new();
-        collect("", &errors, &mut fields);
+        collect("", "", &errors, &mut fields);
         fields.sort_by(|a, b| a.field.cmp(&b.field));
         AppError::new(ErrorCode::ValidationFailed)
             .with_detail(format!("{} field(s) failed validation", fields.len()))
@@ -28,20 +28,31 @@ pub fn validate(value: &impl Validate) -> Result<(), AppError> {
     })
 }
 
-fn collect(prefix: &str, errors: &ValidationErrors, out: &mut Vec<FieldError>) {
+/// Every failure under `errors`, each with its path (`tags[2]`) and JSON Pointer (`/tags/2`).
+fn collect(prefix: &str, pointer: &str, errors: &ValidationErrors, out: &mut Vec<FieldError>) {
     for (field, kind) in errors.errors() {
-        let path = if prefix.is_empty() { camel(field) } else { format!("{prefix}.{}", camel(field)) };
+        let name = camel(field);
+        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        let pointer = format!("{pointer}/{name}");
         match kind {
             ValidationErrorsKind::Field(list) => {
                 for e in list {
                     let message = e.message.as_ref().map(|m| m.to_string()).unwrap_or_else(|| describe(e));
-                    out.push(FieldError::new(path.clone(), e.code.to_string(), message));
+                    // A rule on a list's items says which item failed (`item` in its params).
+                    let at = match e.params.get("item").and_then(|i| i.as_u64()) {
+                        Some(index) => format!("{pointer}/{index}"),
+                        None => pointer.clone(),
+                    };
+                    out.push(FieldError {
+                        pointer: Some(at),
+                        ..FieldError::new(path.clone(), e.code.to_string(), message)
+                    });
                 }
             }
-            ValidationErrorsKind::Struct(inner) => collect(&path, inner, out),
+            ValidationErrorsKind::Struct(inner) => collect(&path, &pointer, inner, out),
             ValidationErrorsKind::List(items) => {
                 for (index, inner) in items {
-                    collect(&format!("{path}[{index}]"), inner, out);
+                    collect(&format!("{path}[{index}]"), &format!("{pointer}/{index}"), inner, out);
                 }
             }
         }

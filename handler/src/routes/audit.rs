@@ -113,11 +113,15 @@ pub struct AuditEventList {
 #[allow(dead_code)] // documentation only: the query is parsed by ListQuery::parse
 pub struct ListParams {
     /// An object id or application id: events whose `actorOid` or `actorAppId` is this value.
+    #[param(min_length = 1, max_length = 128)]
     actor: Option<String>,
     /// An operation id, e.g. `deleteDocument`.
+    #[param(min_length = 1, max_length = 64)]
     action: Option<String>,
     /// e.g. `documents`.
+    #[param(min_length = 1, max_length = 64)]
     resource_type: Option<String>,
+    #[param(min_length = 1, max_length = 128)]
     resource_id: Option<String>,
     outcome: Option<AuditEventOutcome>,
     /// Events at or after this instant (RFC 3339).
@@ -128,6 +132,7 @@ pub struct ListParams {
     #[param(minimum = 1, maximum = 100)]
     maxpagesize: Option<u32>,
     /// The opaque continuation token from `nextLink`.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 
@@ -187,9 +192,9 @@ impl ListQuery {
         if errors.is_empty() {
             Ok(q)
         } else {
-            Err(AppError::new(ErrorCode::InvalidQuery)
+            Err(AppError::new(ErrorCode::ValidationFailed)
                 .with_detail("some query parameters are invalid")
-                .with_field_errors(errors))
+                .with_parameter_errors(errors))
         }
     }
 
@@ -219,10 +224,6 @@ impl ListQuery {
     params(ListParams),
     responses(
         (status = 200, description = "A page, newest first: value, nextLink (absent on the last page)", body = AuditEventList),
-        (status = 400, description = "Invalid query parameters, or a cursor from another query or tenant", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Audit.Read is required, or the caller belongs to no tenant", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limit or quota exceeded", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[get("/audit-events")]
@@ -239,7 +240,7 @@ pub async fn list_audit_events(
         Some(raw) => {
             let (micros, id) = state.cursors.decode::<(i64, Uuid)>(fingerprint, raw)?;
             let occurred_at = DateTime::from_timestamp_micros(micros).ok_or_else(|| {
-                AppError::new(ErrorCode::InvalidQuery).with_field_errors(vec![FieldError::new(
+                AppError::new(ErrorCode::ValidationFailed).with_parameter_errors(vec![FieldError::new(
                     "cursor",
                     "invalid",
                     "not a cursor this API issued",
@@ -302,9 +303,6 @@ pub struct ChainVerification {
     security(("entra" = ["Audit.Read"])),
     responses(
         (status = 200, description = "The verification result (an invalid chain is still a 200)", body = ChainVerification),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Audit.Read is required, or the caller belongs to no tenant", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limit or quota exceeded", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[get("/audit-events/verify")]

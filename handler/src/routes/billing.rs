@@ -84,9 +84,6 @@ pub struct StatementParams {
     params(StatementParams),
     responses(
         (status = 200, description = "The statements", body = StatementList),
-        (status = 400, description = "Invalid query parameters", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Usage.Read is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant visible to the caller", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
@@ -109,9 +106,6 @@ pub async fn list_billing_statements(
     params(("period" = String, Path, description = "The month, `YYYY-MM`", example = "2026-01"), StatementParams),
     responses(
         (status = 200, description = "The statement", body = StatementView),
-        (status = 400, description = "Invalid query parameters", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Usage.Read is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No statement for that month (not closed yet), or no such tenant", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]

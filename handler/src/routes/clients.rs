@@ -24,6 +24,23 @@ use crate::metering::ledger::ledger;
 use crate::state::AppState;
 use crate::store::{ApiClient, ClientDecision, ClientStatus, StoreError, Update};
 
+/// A role an API client may hold in a tenant (every permission but `Platform.Admin`), as the OpenAPI document
+/// lists them; the wire value is the role's name (`tenant_roles` reads it).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only
+pub enum TenantRole {
+    #[schema(rename = "Tenant.Admin")]
+    TenantAdmin,
+    #[schema(rename = "Documents.Read")]
+    DocumentsRead,
+    #[schema(rename = "Documents.Write")]
+    DocumentsWrite,
+    #[schema(rename = "Usage.Read")]
+    UsageRead,
+    #[schema(rename = "Audit.Read")]
+    AuditRead,
+}
+
 /// Registers an application.
 #[derive(Debug, Clone, Serialize, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -32,6 +49,7 @@ use crate::store::{ApiClient, ClientDecision, ClientStatus, StoreError, Update};
 pub struct ClientCreate {
     /// The Entra application (client) id, as tokens carry it in `azp` or `appid`.
     #[validate(length(min = 1, max = 128))]
+    #[schema(min_length = 1, max_length = 128)]
     pub app_id: String,
     /// The directory (`tid`) the application's tokens will carry. Default: the tenant's own directory, where the
     /// registration is active at once; any other directory (a partner's application) needs a platform
@@ -39,9 +57,11 @@ pub struct ClientCreate {
     #[serde(default)]
     pub directory_id: Option<Uuid>,
     #[validate(length(min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200)]
     pub display_name: String,
     /// Roles the application may use in this tenant (at least one); `Platform.Admin` cannot be granted here.
     #[validate(length(min = 1, max = 5))]
+    #[schema(value_type = Vec<TenantRole>, min_items = 1, max_items = 5)]
     pub roles: Vec<String>,
 }
 
@@ -98,11 +118,7 @@ pub struct ClientList {
     responses(
         (status = 201, description = "Registered for the tenant's own directory: active", body = ClientView),
         (status = 202, description = "Registered for another directory: pending a platform administrator's approval", body = ClientView),
-        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Tenant.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The tenant has a pending or active registration of this application for this directory", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields or roles", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[post("/clients")]
@@ -199,8 +215,6 @@ fn tenant_roles(names: &[String]) -> Result<Vec<String>, AppError> {
     security(("entra" = ["Tenant.Admin"])),
     responses(
         (status = 200, description = "All of the tenant's applications", body = ClientList),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Tenant.Admin is required", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[get("/clients")]
@@ -226,8 +240,6 @@ async fn client_list(state: &AppState, tenant_id: Uuid) -> Result<HttpResponse, 
     params(("id" = Uuid, Path, description = "The registration id")),
     responses(
         (status = 200, description = "Revoked", body = ClientView),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Tenant.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such registration in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
@@ -279,8 +291,6 @@ pub struct TenantClientPath {
     params(("tenantId" = Uuid, Path, description = "The tenant id")),
     responses(
         (status = 200, description = "All of the tenant's registrations", body = ClientList),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
@@ -305,8 +315,6 @@ pub async fn list_tenant_clients(
     params(("tenantId" = Uuid, Path, description = "The tenant id"), ("id" = Uuid, Path, description = "The registration id")),
     responses(
         (status = 200, description = "Approved: active", body = ClientView),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such registration in this tenant", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not pending; or the directory is another tenant's own, or another tenant serves this application from it", body = crate::error::Problem, content_type = "application/problem+json")
     )
@@ -329,8 +337,6 @@ pub async fn approve_client(
     params(("tenantId" = Uuid, Path, description = "The tenant id"), ("id" = Uuid, Path, description = "The registration id")),
     responses(
         (status = 200, description = "Rejected", body = ClientView),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such registration in this tenant", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The registration is not pending", body = crate::error::Problem, content_type = "application/problem+json")
     )

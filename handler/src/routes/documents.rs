@@ -69,19 +69,34 @@ fn valid_tags(tags: &[String]) -> Result<(), validator::ValidationError> {
     if tags.len() > MAX_TAGS {
         return Err(validator::ValidationError::new("length").with_message(format!("at most {MAX_TAGS} tags").into()));
     }
-    for tag in tags {
+    for (item, tag) in tags.iter().enumerate() {
         if tag.trim().is_empty() || tag.chars().count() > 64 {
-            return Err(
-                validator::ValidationError::new("length").with_message("each tag has 1 to 64 characters".into())
-            );
+            let mut err =
+                validator::ValidationError::new("length").with_message("each tag has 1 to 64 characters".into());
+            err.add_param("item".into(), &item);
+            return Err(err);
         }
         if tag.contains(',') {
             // Commas separate tags in the `tag` filter.
-            return Err(validator::ValidationError::new("format").with_message("tags cannot contain commas".into()));
+            let mut err = validator::ValidationError::new("format").with_message("tags cannot contain commas".into());
+            err.add_param("item".into(), &item);
+            return Err(err);
         }
     }
     Ok(())
 }
+
+/// A document tag, as the OpenAPI document describes it (the wire value is a string).
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, min_length = 1, max_length = 64, pattern = r"^[^,]*\S[^,]*$")]
+#[allow(dead_code)] // documentation only
+pub struct Tag(String);
+
+/// One tag of the `tag` filter: 1 to 64 characters (commas separate tags).
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, min_length = 1, max_length = 64, pattern = r"\S")]
+#[allow(dead_code)] // documentation only
+pub struct TagFilter(String);
 
 /// The writable fields of a document: the body of POST and PUT, and what a merge patch produces.
 #[derive(Debug, Clone, Serialize, Deserialize, Validate, utoipa::ToSchema)]
@@ -98,18 +113,23 @@ fn valid_tags(tags: &[String]) -> Result<(), validator::ValidationError> {
 pub struct DocumentInput {
     /// 1 to 300 characters.
     #[validate(length(min = 1, max = 300))]
+    #[schema(min_length = 1, max_length = 300)]
     pub title: String,
     /// Up to 2000 characters.
     #[validate(length(max = 2000))]
+    #[schema(max_length = 2000)]
     pub summary: Option<String>,
     /// Up to 200 000 characters.
     #[validate(length(max = 200_000))]
+    #[schema(max_length = 200_000)]
     pub body: Option<String>,
     /// A short code such as `regulation` (letters, digits, `- _ . :`).
     #[validate(length(min = 1, max = 64), custom(function = "valid_code"))]
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._:-]+$")]
     pub doc_type: String,
     /// A short code such as `eu` or `us-ca`.
     #[validate(length(min = 1, max = 64), custom(function = "valid_code"))]
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._:-]+$")]
     pub jurisdiction: Option<String>,
     /// Defaults to `draft`.
     pub status: Option<Status>,
@@ -117,7 +137,31 @@ pub struct DocumentInput {
     pub effective_date: Option<NaiveDate>,
     /// Up to 20 tags of 1 to 64 characters; stored lower-case, duplicates removed.
     #[validate(custom(function = "valid_tags"))]
+    #[schema(value_type = Option<Vec<Tag>>, max_items = 20)]
     pub tags: Option<Vec<String>>,
+}
+
+/// A JSON merge patch (RFC 7396) of a document's writable fields, as the OpenAPI document describes it: a member
+/// present replaces the field, `null` removes it (`title` and `docType` cannot be removed). The handler merges the
+/// patch into the current document and validates the result as a `DocumentInput`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)] // documentation only
+pub struct DocumentPatch {
+    #[schema(nullable = false, min_length = 1, max_length = 300)]
+    title: Option<String>,
+    #[schema(max_length = 2000)]
+    summary: Option<String>,
+    #[schema(max_length = 200_000)]
+    body: Option<String>,
+    #[schema(nullable = false, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._:-]+$")]
+    doc_type: Option<String>,
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._:-]+$")]
+    jurisdiction: Option<String>,
+    status: Option<Status>,
+    effective_date: Option<NaiveDate>,
+    #[schema(value_type = Option<Vec<Tag>>, max_items = 20)]
+    tags: Option<Vec<String>>,
 }
 
 /// A document as the API shows it.
@@ -223,17 +267,11 @@ fn document_response(status: actix_web::http::StatusCode, document: &Document) -
     security(("entra" = ["Documents.Write"])),
     request_body(content = DocumentInput, description = "The new document", content_type = "application/json"),
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes the POST safe to retry for 24 hours"),
-        ("Repeatability-Request-ID" = Option<String>, Header, description = "Azure's name for Idempotency-Key")
+        ("Idempotency-Key" = Option<String>, Header, pattern = r"^[\x21-\x7E]{1,200}$", description = "Makes the POST safe to retry for 24 hours: 1 to 200 visible ASCII characters"),
+        ("Repeatability-Request-ID" = Option<String>, Header, pattern = r"^[\x21-\x7E]{1,200}$", description = "Azure's name for Idempotency-Key")
     ),
     responses(
         (status = 201, description = "Created; Location and ETag headers", body = DocumentView),
-        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Documents.Write is required", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields, or an idempotency key reused with another request", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[post("/documents")]
@@ -301,8 +339,6 @@ pub async fn create_document(
     responses(
         (status = 200, description = "The document; ETag header", body = DocumentView),
         (status = 304, description = "Not modified since the ETag in If-None-Match"),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Documents.Read is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such document in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
@@ -351,16 +387,11 @@ async fn write(
     tag = "documents",
     operation_id = "replaceDocument",
     security(("entra" = ["Documents.Write"])),
-    params(("id" = Uuid, Path, description = "The document id"), ("If-Match" = String, Header, description = "The ETag last read, or *")),
+    params(("id" = Uuid, Path, description = "The document id"), ("If-Match" = String, Header, min_length = 1, description = "The ETag last read, or *")),
     request_body(content = DocumentInput, content_type = "application/json"),
     responses(
         (status = 200, description = "Replaced; new ETag", body = DocumentView),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Documents.Write is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such document in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag is stale", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 428, description = "If-Match is missing", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[put("/documents/{id}")]
@@ -371,8 +402,9 @@ pub async fn replace_document(
     input: web::Json<DocumentInput>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
+    let id = parse_id(&id)?;
     let precondition = require_if_match(&req)?;
-    let current = state.store.get_document(auth.tenant_id()?, parse_id(&id)?).await?.ok_or_else(not_found)?;
+    let current = state.store.get_document(auth.tenant_id()?, id).await?.ok_or_else(not_found)?;
     let version = expected_version(precondition, current.version)?;
     write(&state, &req, &current, version, input.into_inner(), actor(&auth)).await
 }
@@ -382,18 +414,11 @@ pub async fn replace_document(
     tag = "documents",
     operation_id = "patchDocument",
     security(("entra" = ["Documents.Write"])),
-    params(("id" = Uuid, Path, description = "The document id"), ("If-Match" = String, Header, description = "The ETag last read, or *")),
-    request_body(content = serde_json::Value, description = "A JSON merge patch of the writable fields", content_type = "application/merge-patch+json"),
+    params(("id" = Uuid, Path, description = "The document id"), ("If-Match" = String, Header, min_length = 1, description = "The ETag last read, or *")),
+    request_body(content = DocumentPatch, description = "A JSON merge patch of the writable fields", content_type = "application/merge-patch+json"),
     responses(
         (status = 200, description = "Patched; new ETag", body = DocumentView),
-        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Documents.Write is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such document in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag is stale", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/merge-patch+json", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The patched document is invalid", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 428, description = "If-Match is missing", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[patch("/documents/{id}")]
@@ -413,8 +438,9 @@ pub async fn patch_document(
             "a merge patch is a JSON object",
         )]));
     }
+    let id = parse_id(&id)?;
     let precondition = require_if_match(&req)?;
-    let current = state.store.get_document(auth.tenant_id()?, parse_id(&id)?).await?.ok_or_else(not_found)?;
+    let current = state.store.get_document(auth.tenant_id()?, id).await?.ok_or_else(not_found)?;
     let version = expected_version(precondition, current.version)?;
     let mut merged = serde_json::to_value(DocumentInput::from_document(&current)).expect("inputs serialize");
     json_patch::merge(&mut merged, &patch);
@@ -427,14 +453,10 @@ pub async fn patch_document(
     tag = "documents",
     operation_id = "deleteDocument",
     security(("entra" = ["Documents.Write"])),
-    params(("id" = Uuid, Path, description = "The document id"), ("If-Match" = String, Header, description = "The ETag last read, or *")),
+    params(("id" = Uuid, Path, description = "The document id"), ("If-Match" = String, Header, min_length = 1, description = "The ETag last read, or *")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Documents.Write is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such document in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag is stale", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 428, description = "If-Match is missing", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[delete("/documents/{id}")]
@@ -444,9 +466,10 @@ pub async fn delete_document(
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
+    let id = parse_id(&id)?;
     let precondition = require_if_match(&req)?;
     let tenant_id = auth.tenant_id()?;
-    let current = state.store.get_document(tenant_id, parse_id(&id)?).await?.ok_or_else(not_found)?;
+    let current = state.store.get_document(tenant_id, id).await?.ok_or_else(not_found)?;
     let version = expected_version(precondition, current.version)?;
     let response = HttpResponse::NoContent().finish();
     let before = DocumentView::from(&current);
@@ -481,9 +504,12 @@ struct ListQuery {
 pub struct ListParams {
     /// `draft`, `published` or `archived`.
     status: Option<Status>,
+    #[param(min_length = 1, max_length = 64)]
     doc_type: Option<String>,
+    #[param(min_length = 1, max_length = 64)]
     jurisdiction: Option<String>,
     /// Any of these tags: repeat (`tag=a&tag=b`) or separate with commas (`tag=a,b`).
+    #[param(value_type = Option<Vec<TagFilter>>)]
     tag: Option<Vec<String>>,
     /// Updated at or after this instant (RFC 3339).
     updated_after: Option<DateTime<Utc>>,
@@ -494,8 +520,10 @@ pub struct ListParams {
     /// Effective on or before this date.
     effective_to: Option<NaiveDate>,
     /// Case-insensitive text contained in the title or summary (no wildcards).
+    #[param(min_length = 1, max_length = 200, pattern = r"\S")]
     q: Option<String>,
     /// `updatedAt`, `title` or `effectiveDate`, then `asc` or `desc` (default `updatedAt desc`).
+    #[param(pattern = r"^\s*(updatedAt|title|effectiveDate)(\s+(asc|desc))?\s*$")]
     orderby: Option<String>,
     /// Page size, 1 to 100 (default 25).
     #[param(minimum = 1, maximum = 100)]
@@ -503,6 +531,7 @@ pub struct ListParams {
     /// `true` adds the number of all matching documents as `count`.
     count: Option<bool>,
     /// The opaque continuation token from `nextLink`.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 
@@ -574,9 +603,9 @@ impl ListQuery {
             q.filter.tags_any.dedup();
             Ok(q)
         } else {
-            Err(AppError::new(ErrorCode::InvalidQuery)
+            Err(AppError::new(ErrorCode::ValidationFailed)
                 .with_detail("some query parameters are invalid")
-                .with_field_errors(errors))
+                .with_parameter_errors(errors))
         }
     }
 
@@ -653,9 +682,6 @@ impl Position {
     params(ListParams),
     responses(
         (status = 200, description = "A page: value, nextLink (absent on the last page), count (when asked)", body = DocumentList),
-        (status = 400, description = "Invalid query parameters, or a cursor from another query", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Documents.Read is required", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[get("/documents")]
@@ -671,7 +697,7 @@ pub async fn list_documents(
     let after = match &query.cursor {
         None => None,
         Some(raw) => Some(state.cursors.decode::<Position>(fingerprint, raw)?.into_cursor().ok_or_else(|| {
-            AppError::new(ErrorCode::InvalidQuery).with_field_errors(vec![FieldError::new(
+            AppError::new(ErrorCode::ValidationFailed).with_parameter_errors(vec![FieldError::new(
                 "cursor",
                 "invalid",
                 "not a cursor this API issued",

@@ -59,8 +59,6 @@ pub struct MeTenant {
     security(("entra" = [])),
     responses(
         (status = 200, description = "The caller", body = Me),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller's tenant is unknown or suspended", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[get("/me")]
@@ -75,8 +73,6 @@ pub async fn get_me(auth: Authorized<Authenticated>, state: web::Data<AppState>)
     security(("entra" = [])),
     responses(
         (status = 200, description = "The caller (deprecated: use getMe)", body = Me),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller's tenant is unknown or suspended", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[get("/whoami")]

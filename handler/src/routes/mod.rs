@@ -28,7 +28,7 @@ use crate::state::AppState;
         description = "A metered, multi-tenant API on Azure Functions. Every error is an RFC 9457 problem+json body.",
         version = "1.0.0"
     ),
-    components(schemas(crate::error::Problem, crate::error::FieldError)),
+    components(schemas(crate::error::Problem, crate::error::FieldError, documents::TagFilter)),
     modifiers(&BearerSecurity),
     tags((name = "operations", description = "Health and service description"))
 )]
@@ -67,10 +67,12 @@ pub fn configure(cfg: &mut ServiceConfig) {
     // for the audit trail with metering::audit::note.
     cfg.service(
         utoipa_actix_web::scope("/api/v1")
-            // The pipeline, innermost first: limits (plan, rate, quota) need the caller; authentication
+            // The pipeline, innermost first: the operation's contract (query parameters and body against the
+            // document, `api::contract`) once the call is admitted; limits (plan, rate, quota) need the caller; authentication
             // resolves it; framework errors (e.g. a body over `PayloadConfig`) become problems, so the record
             // stage measures the response the client gets; recording wraps them all so even a refused request
             // leaves its usage event.
+            .wrap(actix_web::middleware::from_fn(crate::api::gate::check))
             .wrap(actix_web::middleware::from_fn(crate::metering::stage::limit))
             .wrap(actix_web::middleware::from_fn(crate::auth::guard::authenticate))
             .wrap(actix_web::middleware::from_fn(crate::error::problems))
@@ -120,6 +122,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     crate::api::deprecation::mark(&mut doc);
     annotate_permissions(&mut doc);
     crate::metering::costs::annotate(&mut doc);
+    crate::api::contract::declare_statuses(&mut doc);
     doc
 }
 
@@ -234,5 +237,82 @@ mod tests {
         assert_eq!(table.allowed_methods("/api/openapi.json"), Some(vec!["GET"]));
         assert_eq!(table.operation("GET", "/api/health/ready").map(|op| &**op), Some("getReadiness"));
         assert_eq!(table.operation("POST", "/api/health/ready"), None);
+    }
+
+    fn contracts() -> crate::api::contract::Contracts {
+        crate::api::contract::Contracts::from_openapi(&openapi(), 1024).unwrap()
+    }
+
+    #[test]
+    fn every_api_operation_declares_what_the_pipeline_can_answer() {
+        let doc = openapi();
+        for (path, item) in doc.paths.paths.iter().filter(|(p, _)| p.starts_with("/api/v1/")) {
+            for op in [&item.get, &item.put, &item.post, &item.delete, &item.patch].into_iter().flatten() {
+                for status in [401, 403, 422, 429, 503] {
+                    assert!(op.responses.responses.contains_key(&status.to_string()), "{path}: {status}");
+                }
+            }
+        }
+        let contracts = contracts();
+        assert!(contracts.declares("createDocument", 415) && contracts.declares("createDocument", 413));
+        assert!(contracts.declares("replaceDocument", 412) && contracts.declares("replaceDocument", 428));
+        assert!(contracts.declares("getDocument", 404));
+        assert!(!contracts.declares("getMe", 404), "no path parameter, no resource to miss");
+        assert!(!contracts.declares("listDocuments", 415), "no body");
+    }
+
+    #[test]
+    fn unknown_and_ill_typed_query_parameters_are_each_named() {
+        let contracts = contracts();
+        let errors = contracts.query_failures("listDocuments", "maxpagesize=0&count=yes&colour=red&tag=a&tag=b,c");
+        let named: Vec<_> = errors.iter().map(|e| (e.parameter.as_deref().unwrap(), e.code.as_str())).collect();
+        assert!(named.contains(&("colour", "unknown")), "{named:?}");
+        assert!(named.contains(&("maxpagesize", "minimum")), "{named:?}");
+        assert!(named.contains(&("count", "type")), "{named:?}");
+        assert_eq!(named.len(), 3, "repeated and comma-separated tags are one list: {named:?}");
+        assert!(contracts.query_failures("listDocuments", "maxpagesize=10&count=true&tag=a").is_empty());
+        let errors = contracts.query_failures("getMe", "tenantId=x");
+        assert_eq!(errors[0].message, "not a parameter of this operation; it takes no query parameters");
+    }
+
+    #[test]
+    fn body_failures_carry_json_pointers() {
+        let body = serde_json::json!({"tags": ["a", 7], "status": "gone", "colour": 1});
+        let errors = contracts().body_failures("createDocument", &body);
+        let pointers: Vec<_> = errors.iter().map(|e| (e.pointer.as_deref().unwrap(), e.code.as_str())).collect();
+        let expected = [
+            ("/title", "required"),
+            ("/docType", "required"),
+            ("/tags/1", "type"),
+            ("/status", "enum"),
+            ("/colour", "unknown"),
+        ];
+        for expected in expected {
+            assert!(pointers.contains(&expected), "{expected:?} not in {pointers:?}");
+        }
+        assert_eq!(errors.iter().find(|e| e.pointer.as_deref() == Some("/tags/1")).unwrap().field, "tags[1]");
+        assert!(errors.iter().all(|e| !e.message.contains("line")), "no serde positions: {errors:?}");
+    }
+
+    #[actix_web::test]
+    async fn an_undeclared_status_is_a_server_error_in_debug_builds() {
+        use actix_web::{App, test};
+        let doc = openapi();
+        let contracts = web::Data::new(crate::api::contract::Contracts::from_openapi(&doc, 1024).unwrap());
+        let app = test::init_service(
+            App::new()
+                .app_data(contracts)
+                .app_data(web::Data::new(RouteTable::from_openapi(&doc)))
+                .wrap(actix_web::middleware::from_fn(crate::api::gate::conformance))
+                .route("/api/v1/me", web::get().to(|| async { HttpResponse::Conflict().finish() }))
+                .route("/api/v1/documents/{id}", web::get().to(|| async { HttpResponse::NotFound().finish() })),
+        )
+        .await;
+        let status = |path: &'static str| {
+            let app = &app;
+            async move { test::call_service(app, test::TestRequest::get().uri(path).to_request()).await.status() }
+        };
+        assert_eq!(status("/api/v1/me").await, 500, "getMe declares no 409");
+        assert_eq!(status("/api/v1/documents/x").await, 404, "getDocument declares its 404");
     }
 }

@@ -48,25 +48,32 @@ fn valid_currency(value: &str) -> Result<(), validator::ValidationError> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PlanInput {
     #[validate(length(min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Sustained request rate per API client.
     #[validate(range(min = 1, max = 1_000_000))]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub requests_per_minute: i32,
     /// Requests a client may send at once after being idle.
     #[validate(range(min = 1, max = 100_000))]
+    #[schema(minimum = 1, maximum = 100_000)]
     pub burst: i32,
     /// Billable units included per UTC calendar month.
     #[validate(range(min = 0, max = 1_000_000_000_000i64))]
+    #[schema(minimum = 0, maximum = 1e12)]
     pub monthly_quota_units: i64,
     pub overage_policy: Overage,
     /// ISO 4217, e.g. `EUR`.
     #[validate(custom(function = "valid_currency"))]
+    #[schema(pattern = r"^[A-Z]{3}$")]
     pub currency: String,
     /// Monthly base price in millionths of the currency unit.
     #[validate(range(min = 0))]
+    #[schema(minimum = 0)]
     pub base_price_micros: i64,
     /// Price of one overage unit in millionths of the currency unit.
     #[validate(range(min = 0))]
+    #[schema(minimum = 0)]
     pub overage_unit_price_micros: i64,
 }
 
@@ -80,21 +87,29 @@ pub struct PlanInput {
 pub struct PlanCreate {
     /// Unique, e.g. `pro` (lower-case letters, digits, `-`).
     #[validate(length(min = 1, max = 64), custom(function = "valid_code"))]
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[a-z0-9-]+$")]
     pub code: String,
     #[validate(length(min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     #[validate(range(min = 1, max = 1_000_000))]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub requests_per_minute: i32,
     #[validate(range(min = 1, max = 100_000))]
+    #[schema(minimum = 1, maximum = 100_000)]
     pub burst: i32,
     #[validate(range(min = 0, max = 1_000_000_000_000i64))]
+    #[schema(minimum = 0, maximum = 1e12)]
     pub monthly_quota_units: i64,
     pub overage_policy: Overage,
     #[validate(custom(function = "valid_currency"))]
+    #[schema(pattern = r"^[A-Z]{3}$")]
     pub currency: String,
     #[validate(range(min = 0))]
+    #[schema(minimum = 0)]
     pub base_price_micros: i64,
     #[validate(range(min = 0))]
+    #[schema(minimum = 0)]
     pub overage_unit_price_micros: i64,
 }
 
@@ -189,11 +204,7 @@ fn not_found() -> AppError {
     request_body(content = PlanCreate, content_type = "application/json"),
     responses(
         (status = 201, description = "Created", body = PlanView),
-        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The code exists", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[post("/plans")]
@@ -245,8 +256,6 @@ pub async fn create_plan(
     security(("entra" = ["Platform.Admin"])),
     responses(
         (status = 200, description = "All plans (there are few: one page)", body = PlanList),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[get("/plans")]
@@ -277,8 +286,6 @@ pub struct PlanList {
     responses(
         (status = 200, description = "The plan; ETag header", body = PlanView),
         (status = 304, description = "Not modified"),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such plan", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
@@ -302,16 +309,11 @@ pub async fn get_plan(
     tag = "plans",
     operation_id = "replacePlan",
     security(("entra" = ["Platform.Admin"])),
-    params(("code" = String, Path, description = "The plan code"), ("If-Match" = String, Header, description = "The ETag last read, or *")),
+    params(("code" = String, Path, description = "The plan code"), ("If-Match" = String, Header, min_length = 1, description = "The ETag last read, or *")),
     request_body(content = PlanInput, content_type = "application/json"),
     responses(
         (status = 200, description = "Replaced", body = PlanView),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such plan", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag is stale", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 428, description = "If-Match is missing", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[put("/plans/{code}")]
@@ -365,7 +367,23 @@ pub struct PlanCosts {
 #[schema(example = json!({"overrides": {"getDocument": 2, "listDocuments": 0}}))]
 pub struct PlanCostsInput {
     /// Operation id to units (0 to 1000); only metered operations can be overridden.
+    #[schema(schema_with = overrides_schema)]
     pub overrides: std::collections::BTreeMap<String, i64>,
+}
+
+/// The schema of `overrides`: names from the cost table, units 0 to 1000.
+fn overrides_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    let names = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(crate::metering::costs::COSTS.iter().map(|(op, _)| *op)));
+    let units = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).maximum(Some(1000));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some("Operation id to units (0 to 1000); only metered operations can be overridden."))
+        .property_names(Some(names))
+        .additional_properties(Some(AdditionalProperties::RefOr(units.into())))
+        .build()
 }
 
 async fn costs_view(state: &AppState, plan: &Plan) -> Result<PlanCosts, AppError> {
@@ -390,8 +408,6 @@ fn costs_table(plan: &Plan, overrides: std::collections::BTreeMap<String, i64>) 
     params(("code" = String, Path, description = "The plan code")),
     responses(
         (status = 200, description = "The plan's cost table", body = PlanCosts),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such plan", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
@@ -410,16 +426,11 @@ pub async fn get_plan_costs(
     tag = "plans",
     operation_id = "replacePlanCosts",
     security(("entra" = ["Platform.Admin"])),
-    params(("code" = String, Path, description = "The plan code"), ("If-Match" = String, Header, description = "The plan's ETag, or *")),
+    params(("code" = String, Path, description = "The plan code"), ("If-Match" = String, Header, min_length = 1, description = "The plan's ETag, or *")),
     request_body(content = PlanCostsInput, content_type = "application/json"),
     responses(
         (status = 200, description = "The new cost table", body = PlanCosts),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such plan", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag is stale", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown or unmetered operations, or units out of range", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 428, description = "If-Match is missing", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[put("/plans/{code}/costs")]

@@ -92,9 +92,6 @@ fn decode_cursor(raw: &str) -> Option<TenantCursor> {
     params(ListParams),
     responses(
         (status = 200, description = "A page of tenants", body = TenantList),
-        (status = 400, description = "Bad paging parameters", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[get("/tenants")]
@@ -105,7 +102,7 @@ pub async fn list_tenants(
 ) -> Result<HttpResponse, AppError> {
     let size = params.maxpagesize.unwrap_or(25);
     if !(1..=100).contains(&size) {
-        return Err(AppError::new(ErrorCode::InvalidQuery).with_field_errors(vec![FieldError::new(
+        return Err(AppError::new(ErrorCode::ValidationFailed).with_parameter_errors(vec![FieldError::new(
             "maxpagesize",
             "range",
             "must be between 1 and 100",
@@ -114,7 +111,7 @@ pub async fn list_tenants(
     let after = match params.cursor.as_deref() {
         None => None,
         Some(raw) => Some(decode_cursor(raw).ok_or_else(|| {
-            AppError::new(ErrorCode::InvalidQuery).with_field_errors(vec![FieldError::new(
+            AppError::new(ErrorCode::ValidationFailed).with_parameter_errors(vec![FieldError::new(
                 "cursor",
                 "invalid",
                 "not a cursor this API issued",
@@ -136,8 +133,6 @@ pub async fn list_tenants(
     responses(
         (status = 200, description = "The tenant; ETag carries its version", body = TenantView),
         (status = 304, description = "Not modified"),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
@@ -184,9 +179,11 @@ fn unknown_plan() -> AppError {
 #[schema(example = json!({"name": "Contoso Ltd", "plan": "team", "entraTenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47"}))]
 pub struct TenantCreate {
     #[validate(length(min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// The plan code.
     #[validate(length(min = 1, max = 64))]
+    #[schema(min_length = 1, max_length = 64)]
     pub plan: String,
     /// The Entra directory (`tid`) whose tokens map to this tenant; unique.
     pub entra_tenant_id: Option<Uuid>,
@@ -200,11 +197,7 @@ pub struct TenantCreate {
     request_body(content = TenantCreate, content_type = "application/json"),
     responses(
         (status = 201, description = "Created", body = TenantView),
-        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The Entra directory already has a tenant", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields or unknown plan", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[post("/tenants")]
@@ -249,9 +242,11 @@ pub async fn create_tenant(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TenantPatch {
     #[validate(length(min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
     /// Change the plan: new limits apply at once; the current period keeps its quota.
     #[validate(length(min = 1, max = 64))]
+    #[schema(min_length = 1, max_length = 64)]
     pub plan: Option<String>,
 }
 
@@ -261,8 +256,10 @@ async fn change(
     id: &str,
     changes: TenantChanges,
 ) -> Result<HttpResponse, AppError> {
+    // An id that cannot exist is a 404 before any precondition is looked at.
+    let id = parse_id(id)?;
     let precondition = require_if_match(req)?;
-    let current = state.store.get_tenant(parse_id(id)?).await?.ok_or_else(not_found)?;
+    let current = state.store.get_tenant(id).await?.ok_or_else(not_found)?;
     let version = expected_version(precondition, current.version)?;
     let now = state.clock.now();
     // The answer and the audit event describe the row as the update writes it (`version` is the current one).
@@ -288,17 +285,11 @@ async fn change(
     tag = "tenants",
     operation_id = "patchTenant",
     security(("entra" = ["Platform.Admin"])),
-    params(("id" = Uuid, Path, description = "The tenant id"), ("If-Match" = String, Header, description = "The ETag last read, or *")),
+    params(("id" = Uuid, Path, description = "The tenant id"), ("If-Match" = String, Header, min_length = 1, description = "The ETag last read, or *")),
     request_body(content = TenantPatch, content_type = "application/merge-patch+json"),
     responses(
         (status = 200, description = "Changed", body = TenantView),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag is stale", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/merge-patch+json", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields or unknown plan", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 428, description = "If-Match is missing", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[patch("/tenants/{id}")]
@@ -320,14 +311,10 @@ pub async fn patch_tenant(
     tag = "tenants",
     operation_id = "suspendTenant",
     security(("entra" = ["Platform.Admin"])),
-    params(("id" = Uuid, Path, description = "The tenant id"), ("If-Match" = String, Header, description = "The ETag last read, or *")),
+    params(("id" = Uuid, Path, description = "The tenant id"), ("If-Match" = String, Header, min_length = 1, description = "The ETag last read, or *")),
     responses(
         (status = 200, description = "Suspended", body = TenantView),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag is stale", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 428, description = "If-Match is missing", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[post("/tenants/{id}/suspend")]
@@ -345,14 +332,10 @@ pub async fn suspend_tenant(
     tag = "tenants",
     operation_id = "reactivateTenant",
     security(("entra" = ["Platform.Admin"])),
-    params(("id" = Uuid, Path, description = "The tenant id"), ("If-Match" = String, Header, description = "The ETag last read, or *")),
+    params(("id" = Uuid, Path, description = "The tenant id"), ("If-Match" = String, Header, min_length = 1, description = "The ETag last read, or *")),
     responses(
         (status = 200, description = "Active again", body = TenantView),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Platform.Admin is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag is stale", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 428, description = "If-Match is missing", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[post("/tenants/{id}/reactivate")]

@@ -56,9 +56,6 @@ pub struct SummaryParams {
     params(SummaryParams),
     responses(
         (status = 200, description = "The current period", body = UsageSummary),
-        (status = 400, description = "Invalid query parameters", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Usage.Read is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant visible to the caller", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
@@ -187,7 +184,7 @@ pub struct UsageReport {
 }
 
 fn invalid(detail: impl Into<String>) -> AppError {
-    AppError::new(ErrorCode::InvalidQuery).with_detail(detail)
+    AppError::new(ErrorCode::ValidationFailed).with_detail(detail)
 }
 
 fn month_start(t: DateTime<Utc>) -> DateTime<Utc> {
@@ -286,9 +283,6 @@ pub async fn report_rows(
     params(UsageParams),
     responses(
         (status = 200, description = "The usage per window", body = UsageReport),
-        (status = 400, description = "Invalid query parameters", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Usage.Read is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant visible to the caller", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
@@ -367,9 +361,6 @@ fn csv_field(value: &str) -> String {
     params(ExportParams),
     responses(
         (status = 200, description = "The month's usage as CSV (RFC 4180, CRLF line ends, a header line)", body = String, content_type = "text/csv"),
-        (status = 400, description = "Invalid query parameters", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Usage.Read is required", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant visible to the caller", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
