@@ -238,6 +238,7 @@ async fn real_provider_tokens_are_accepted_v1_and_v2() {
     let page = tenants.json();
     assert_eq!(page["value"].as_array().unwrap().len(), 2);
     let next = page["nextLink"].as_str().unwrap();
+    assert!(next.starts_with("https://app.azurewebsites.net/api/v1/tenants?"), "absolute, at the public host: {next}");
     assert_eq!(w.call(next, &admin).await.json()["value"].as_array().unwrap().len(), 1, "three tenants in all");
 }
 

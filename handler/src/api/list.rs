@@ -17,12 +17,52 @@ pub struct ListEnvelope<T: Serialize> {
 pub const DEFAULT_PAGE_SIZE: u32 = 25;
 pub const MAX_PAGE_SIZE: u32 = 100;
 
-/// The `nextLink` of a page: `path` with the request's query minus its `cursor`, plus the new cursor.
-pub fn next_link(path: &str, query_string: &str, cursor: &str) -> String {
+/// The `nextLink` of a page: an absolute URL at the request's public origin ([`public_origin`]), `path` with the
+/// request's query minus its `cursor`, plus the new cursor.
+pub fn next_link(req: &actix_web::HttpRequest, path: &str, cursor: &str) -> String {
+    format!("{}{}", public_origin(req), next_path(path, req.query_string(), cursor))
+}
+
+fn next_path(path: &str, query_string: &str, cursor: &str) -> String {
     let mut link = form_urlencoded::Serializer::new(String::new());
     link.extend_pairs(form_urlencoded::parse(query_string.as_bytes()).filter(|(k, _)| k != "cursor"));
     link.append_pair("cursor", cursor);
     format!("{path}?{}", link.finish())
+}
+
+/// `scheme://host[:port]` as the client addressed the API: `Forwarded` or `X-Forwarded-Host`/`-Proto` (set by the
+/// Functions front end and by API Management), else `Host`. A forwarded value that is not a plain host name or
+/// address with an optional port (a path, credentials, spaces), or a scheme other than http and https, is not
+/// trusted: the link then uses `Host`, so a forged header cannot point a client somewhere else.
+pub fn public_origin(req: &actix_web::HttpRequest) -> String {
+    let info = req.connection_info();
+    let host = Some(info.host()).filter(|h| plain_host(h)).or_else(|| {
+        let host = req.headers().get(actix_web::http::header::HOST)?.to_str().ok()?;
+        plain_host(host).then_some(host)
+    });
+    let scheme = match info.scheme() {
+        "https" => "https",
+        _ => "http",
+    };
+    format!("{scheme}://{}", host.unwrap_or("localhost"))
+}
+
+/// A host name, IPv4 address or bracketed IPv6 address, with an optional port: nothing that changes where a URL
+/// points once it is put after `scheme://`.
+fn plain_host(host: &str) -> bool {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(':') && !host.ends_with(']') => (name, Some(port)),
+        _ => (host, None),
+    };
+    let name_ok = match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(v6) => !v6.is_empty() && v6.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.'),
+        None => {
+            !name.is_empty()
+                && name.len() <= 253
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        }
+    };
+    name_ok && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.chars().all(|c| c.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -32,9 +72,41 @@ mod tests {
     #[test]
     fn next_links_keep_the_query_and_replace_the_cursor() {
         assert_eq!(
-            next_link("/api/v1/x", "tag=a%2Cb&cursor=old&maxpagesize=5", "new"),
+            next_path("/api/v1/x", "tag=a%2Cb&cursor=old&maxpagesize=5", "new"),
             "/api/v1/x?tag=a%2Cb&maxpagesize=5&cursor=new"
         );
-        assert_eq!(next_link("/api/v1/x", "", "c"), "/api/v1/x?cursor=c");
+        assert_eq!(next_path("/api/v1/x", "", "c"), "/api/v1/x?cursor=c");
+    }
+
+    fn origin(headers: &[(&str, &str)]) -> String {
+        let req = headers
+            .iter()
+            .fold(actix_web::test::TestRequest::get().uri("/api/v1/x"), |r, (k, v)| r.insert_header((*k, *v)))
+            .to_http_request();
+        public_origin(&req)
+    }
+
+    #[test]
+    fn the_public_origin_honours_forwarded_headers_only_when_they_name_a_host() {
+        assert_eq!(origin(&[("host", "api.example.com")]), "http://api.example.com");
+        let forwarded = [
+            ("host", "127.0.0.1:7071"),
+            ("x-forwarded-host", "meterline.azurewebsites.net"),
+            ("x-forwarded-proto", "https"),
+        ];
+        assert_eq!(origin(&forwarded), "https://meterline.azurewebsites.net");
+        assert_eq!(
+            origin(&[("host", "a"), ("forwarded", "host=b.example:8443;proto=https")]),
+            "https://b.example:8443"
+        );
+        assert_eq!(origin(&[("host", "[::1]:7071")]), "http://[::1]:7071");
+        for forged in ["evil.example/x", "user@evil.example", "evil.example:80:80", "a b", ""] {
+            assert_eq!(
+                origin(&[("host", "api.example.com"), ("x-forwarded-host", forged)]),
+                "http://api.example.com",
+                "{forged}"
+            );
+        }
+        assert_eq!(origin(&[("host", "a.example"), ("x-forwarded-proto", "javascript")]), "http://a.example");
     }
 }

@@ -253,7 +253,7 @@ pub async fn list_audit_events(
     let page = state.store.list_audit_events(Some(tenant_id), &query.filter, after.as_ref(), size).await?;
     let next_link = page.next.as_ref().map(|next| {
         let token = state.cursors.encode(fingerprint, &(next.occurred_at.timestamp_micros(), next.id));
-        crate::api::list::next_link("/api/v1/audit-events", req.query_string(), &token)
+        crate::api::list::next_link(&req, "/api/v1/audit-events", &token)
     });
     Ok(HttpResponse::Ok().json(ListEnvelope {
         value: page.items.iter().map(AuditEventView::from).collect(),

@@ -708,7 +708,7 @@ pub async fn list_documents(
     let page = state.store.list_documents(tenant_id, &query.filter, sort, after.as_ref(), size, query.count).await?;
     let next_link = page.next.as_ref().map(|next| {
         let token = state.cursors.encode(fingerprint, &Position::from_cursor(next));
-        crate::api::list::next_link("/api/v1/documents", req.query_string(), &token)
+        crate::api::list::next_link(&req, "/api/v1/documents", &token)
     });
     Ok(HttpResponse::Ok().json(ListEnvelope {
         value: page.items.iter().map(DocumentView::from).collect(),

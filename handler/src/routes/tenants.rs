@@ -97,6 +97,7 @@ fn decode_cursor(raw: &str) -> Option<TenantCursor> {
 #[get("/tenants")]
 pub async fn list_tenants(
     _auth: Authorized<PlatformAdmin>,
+    req: HttpRequest,
     params: web::Query<ListParams>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
@@ -119,8 +120,7 @@ pub async fn list_tenants(
         })?),
     };
     let page = state.store.list_tenants(after.as_ref(), size).await?;
-    let next_link =
-        page.next.as_ref().map(|c| format!("/api/v1/tenants?maxpagesize={size}&cursor={}", encode_cursor(c)));
+    let next_link = page.next.as_ref().map(|c| crate::api::list::next_link(&req, "/api/v1/tenants", &encode_cursor(c)));
     Ok(HttpResponse::Ok().json(TenantList { value: page.items.iter().map(TenantView::from).collect(), next_link }))
 }
 

@@ -154,6 +154,10 @@ impl Default for HostOptions {
     }
 }
 
+/// The public host name clients of the emulated Function App call, and its origin.
+pub const PUBLIC_HOST: &str = "app.azurewebsites.net";
+pub const PUBLIC_ORIGIN: &str = "https://app.azurewebsites.net";
+
 /// A request from a client of the Function App.
 #[derive(Debug, Clone)]
 pub struct ClientRequest {
@@ -496,9 +500,17 @@ impl HostEmulator {
 
     /// A client request to the Function App, routed and delivered the way the host does for HTTP functions.
     pub async fn http(&self, request: ClientRequest) -> ClientResponse {
-        let (path, raw_query) = match request.path_and_query.split_once('?') {
+        // A link the API gave out (nextLink) is absolute, at the public origin the client called.
+        let path_and_query = match request.path_and_query.strip_prefix(PUBLIC_ORIGIN) {
+            Some(rest) => rest.to_owned(),
+            None => {
+                assert!(request.path_and_query.starts_with('/'), "not a link to this app: {}", request.path_and_query);
+                request.path_and_query.clone()
+            }
+        };
+        let (path, raw_query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-            None => (request.path_and_query.clone(), None),
+            None => (path_and_query.clone(), None),
         };
         let Some((function, _)) = self.layout.route_for(&path) else {
             // No function route matches: the host answers 404 itself and never calls the handler.
@@ -553,7 +565,15 @@ impl HostEmulator {
         }
         builder = builder
             .header("X-Azure-Functions-HostVersion", HOST_VERSION)
-            .header("X-Azure-Functions-InvocationId", &invocation_id);
+            .header("X-Azure-Functions-InvocationId", &invocation_id)
+            // The platform's front end terminates TLS and says so (App Service adds X-Forwarded-Proto).
+            .header("X-Forwarded-Proto", "https");
+        if self.http_mode == HttpMode::Forwarding
+            && !request.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host"))
+        {
+            // §5.2: the host copies every incoming header, Host included: the handler sees the public host name.
+            builder = builder.header("Host", PUBLIC_HOST);
+        }
         match self.http_mode {
             HttpMode::Forwarding => {
                 let ua = match user_agent {
@@ -563,9 +583,7 @@ impl HostEmulator {
                 builder = builder.header("User-Agent", ua);
             }
             HttpMode::Proxying => {
-                builder = builder
-                    .header("x-ms-invocation-id", &invocation_id)
-                    .header("X-Forwarded-Host", "app.azurewebsites.net");
+                builder = builder.header("x-ms-invocation-id", &invocation_id).header("X-Forwarded-Host", PUBLIC_HOST);
                 if let Some(ua) = user_agent {
                     builder = builder.header("User-Agent", ua);
                 }
