@@ -406,18 +406,115 @@ impl From<crate::store::StoreError> for AppError {
 /// instead of answering is rendered by actix-web's dispatcher after every middleware; none of Meterline's
 /// does (its middleware answer with `ServiceResponse::from_err`), and the request cannot be kept here to
 /// answer in its place: holding a clone of it would break actix's routing, which needs it unshared.
+///
+/// It also answers a client that asks for the Azure REST error shape ([`wants_azure_errors`]) with the same
+/// error in that envelope ([`azure_error`]).
 pub async fn problems(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let azure = wants_azure_errors(req.headers());
     let res = next.call(req).await?;
-    match framework_problem(res.response()) {
-        None => Ok(res.map_into_left_body()),
+    let res = match framework_problem(res.response()) {
+        None => res.map_into_boxed_body(),
         Some(problem) => {
             let (request, _) = res.into_parts();
-            Ok(ServiceResponse::from_err(problem, request).map_into_right_body())
+            ServiceResponse::from_err(problem, request).map_into_boxed_body()
+        }
+    };
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with(PROBLEM_JSON));
+    if !azure || !is_problem {
+        return Ok(res);
+    }
+    let (request, response) = res.into_parts();
+    let (mut head, body) = response.into_parts();
+    let bytes = actix_web::body::to_bytes(body).await.unwrap_or_default();
+    let Ok(problem) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Ok(ServiceResponse::new(request, head.set_body(bytes).map_into_boxed_body()));
+    };
+    let envelope = serde_json::to_vec(&azure_error(&problem)).unwrap_or_default();
+    head.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    head.headers_mut().remove(header::CONTENT_LENGTH);
+    Ok(ServiceResponse::new(request, head.set_body(envelope).map_into_boxed_body()))
+}
+
+/// Whether the client asked for the Azure REST error shape: its `Accept` names `application/json` and not
+/// `application/problem+json` (what Azure SDK clients send). No `Accept`, `*/*` or a list with
+/// `application/problem+json` gets problem+json, the default.
+pub fn wants_azure_errors(headers: &actix_web::http::header::HeaderMap) -> bool {
+    let accept: Vec<String> = headers
+        .get_all(header::ACCEPT)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|range| range.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+        .collect();
+    accept.iter().any(|m| m == "application/json") && !accept.iter().any(|m| m == PROBLEM_JSON)
+}
+
+/// The Azure REST error envelope (Microsoft REST API guidelines, what Azure SDK clients read) of a problem:
+/// `{"error": {"code", "message", "target", "details", "innererror"}}` with the same stable `code`; each field
+/// error becomes a detail whose `target` is its JSON Pointer, parameter or header; the problem's `type`,
+/// `status`, `requestId` and extension members go to `innererror`.
+pub fn azure_error(problem: &serde_json::Value) -> AzureErrorResponse {
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+    let details: Vec<AzureError> = problem["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| AzureError {
+            code: text(&e["code"]).unwrap_or_default(),
+            message: text(&e["message"]).unwrap_or_default(),
+            target: text(&e["pointer"])
+                .or_else(|| text(&e["parameter"]))
+                .or_else(|| text(&e["header"]))
+                .or_else(|| text(&e["field"])),
+            details: Vec::new(),
+            innererror: None,
+        })
+        .collect();
+    let mut inner = serde_json::Map::new();
+    for (name, value) in problem.as_object().into_iter().flatten() {
+        if !["code", "title", "detail", "errors"].contains(&name.as_str()) {
+            inner.insert(name.clone(), value.clone());
         }
     }
+    AzureErrorResponse {
+        error: AzureError {
+            code: text(&problem["code"]).unwrap_or_default(),
+            message: text(&problem["detail"]).or_else(|| text(&problem["title"])).unwrap_or_default(),
+            target: (details.len() == 1).then(|| details[0].target.clone()).flatten(),
+            details,
+            innererror: Some(serde_json::Value::Object(inner)),
+        },
+    }
+}
+
+/// The Azure REST error envelope, sent instead of problem+json to a client that asks for it by `Accept`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AzureErrorResponse {
+    pub error: AzureError,
+}
+
+/// One error of the Azure REST error envelope.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AzureError {
+    /// The same stable code as the problem's `code` and `x-ms-error-code`; in `details`, the field's reason.
+    pub code: String,
+    pub message: String,
+    /// What the error is about: a body field's JSON Pointer, a query parameter or a header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(no_recursion)]
+    pub details: Vec<AzureError>,
+    /// The problem's `type`, `status`, `requestId` and extension members.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub innererror: Option<serde_json::Value>,
 }
 
 /// Whether `name` describes the replaced body; every other header of the original response is kept

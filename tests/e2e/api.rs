@@ -157,6 +157,41 @@ async fn documents_crud_with_etags_and_conditional_requests() {
 }
 
 #[actix_web::test]
+async fn a_client_that_accepts_only_json_gets_the_azure_error_envelope() {
+    let api = api().await;
+    let azure = |r: ClientRequest| r.header("Accept", "application/json");
+    let bad = api
+        .send(&api.a_writer, azure(ClientRequest::new("POST", "/api/v1/documents").json(&json!({"docType": 7}))))
+        .await;
+    assert_eq!(bad.status, 422);
+    assert_eq!(bad.header("content-type"), Some("application/json"));
+    assert_eq!(bad.header("x-ms-error-code"), Some("ValidationFailed"));
+    let body = bad.json();
+    assert_eq!(body["error"]["code"], "ValidationFailed", "{body}");
+    let targets: BTreeSet<&str> =
+        body["error"]["details"].as_array().unwrap().iter().map(|d| d["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, BTreeSet::from(["/docType", "/title"]), "{body}");
+    assert_eq!(body["error"]["innererror"]["status"], 422);
+    assert!(body["error"]["innererror"]["requestId"].is_string());
+    let missing = api
+        .send(&api.a_reader, azure(ClientRequest::get("/api/v1/documents/00000000-0000-0000-0000-000000000000")))
+        .await;
+    assert_eq!((missing.status, missing.json()["error"]["code"].as_str()), (404, Some("NotFound")));
+    let query = api.send(&api.a_reader, azure(ClientRequest::get("/api/v1/documents?colour=red"))).await.json();
+    assert_eq!(query["error"]["target"], "colour", "one detail: its target is the error's");
+    // problem+json stays the default, and wins when the client names it.
+    for accept in [None, Some("*/*"), Some("application/problem+json, application/json")] {
+        let request = ClientRequest::get("/api/v1/documents?colour=red");
+        let request = match accept {
+            Some(a) => request.header("Accept", a),
+            None => request,
+        };
+        let response = api.send(&api.a_reader, request).await;
+        assert_eq!(response.header("content-type"), Some("application/problem+json"), "{accept:?}");
+    }
+}
+
+#[actix_web::test]
 async fn bad_input_gets_field_level_problems_and_writes_nothing() {
     let api = api().await;
     let unknown = problem(

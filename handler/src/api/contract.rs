@@ -124,7 +124,9 @@ pub fn declare_statuses(doc: &mut OpenApi) {
     for (status, name, description) in PROBLEM_RESPONSES {
         let mut response = ResponseBuilder::new()
             .description(*description)
-            .content(PROBLEM_JSON, Content::new(Some(Ref::from_schema_name("Problem"))));
+            .content(PROBLEM_JSON, Content::new(Some(Ref::from_schema_name("Problem"))))
+            // For a client whose Accept names application/json and not problem+json (Azure SDK clients).
+            .content("application/json", Content::new(Some(Ref::from_schema_name("AzureErrorResponse"))));
         if *status == 429 || *status == 503 {
             for (header, kind, about) in
                 RATE_LIMIT_HEADERS.iter().filter(|(h, ..)| *status == 429 || *h == "Retry-After")
@@ -142,6 +144,18 @@ pub fn declare_statuses(doc: &mut OpenApi) {
             continue;
         }
         for op in methods(item) {
+            // A handler's own error responses: the Azure envelope too, for the clients that ask for it.
+            for (status, response) in op.responses.responses.iter_mut() {
+                if let RefOr::T(response) = response
+                    && (status.starts_with('4') || status.starts_with('5'))
+                    && response.content.contains_key(PROBLEM_JSON)
+                {
+                    response
+                        .content
+                        .entry("application/json".to_owned())
+                        .or_insert_with(|| RefOr::T(Content::new(Some(Ref::from_schema_name("AzureErrorResponse")))));
+                }
+            }
             for status in derived_statuses(op) {
                 let name = PROBLEM_RESPONSES.iter().find(|(s, ..)| *s == status).map(|(_, name, _)| *name);
                 let name = name.expect("every derived status has a shared response");

@@ -28,7 +28,13 @@ use crate::state::AppState;
         description = "A metered, multi-tenant API on Azure Functions. Every error is an RFC 9457 problem+json body.",
         version = "1.0.0"
     ),
-    components(schemas(crate::error::Problem, crate::error::FieldError, documents::TagFilter)),
+    components(schemas(
+        crate::error::Problem,
+        crate::error::FieldError,
+        crate::error::AzureErrorResponse,
+        crate::error::AzureError,
+        documents::TagFilter
+    )),
     modifiers(&BearerSecurity),
     tags((name = "operations", description = "Health and service description"))
 )]
