@@ -75,6 +75,19 @@ async fn the_summary_is_the_quota_counter_and_the_report_and_export_are_current(
     assert_eq!(export.status, 200);
     assert!(export.header("content-type").unwrap().starts_with("text/csv"));
     let csv = String::from_utf8(export.body.clone()).unwrap();
+    // The export is streamed: its usage event gets the bytes sent once the body has ended (in the background).
+    let request_id = export.header("x-request-id").unwrap().to_owned();
+    let sent = || -> i64 {
+        host.db()
+            .query_row("SELECT response_bytes FROM usage_events WHERE request_id = ?1", [&request_id], |r| r.get(0))
+            .unwrap()
+    };
+    let mut waits = 0;
+    while sent() == 0 && waits < 10_000 {
+        tokio::task::yield_now().await;
+        waits += 1;
+    }
+    assert_eq!(sent(), export.body.len() as i64, "the export's event counts the bytes streamed");
     let mut lines = csv.split("\r\n").filter(|l| !l.is_empty());
     assert_eq!(
         lines.next(),

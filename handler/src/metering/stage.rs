@@ -258,7 +258,15 @@ pub async fn record(
         ticket.finish();
     }
     match recorded {
-        Ok(()) => Ok(res.map_into_left_body()),
+        // A streamed body's size is unknown until it has been sent: its event gets it then.
+        Ok(()) if matches!(res.response().body().size(), actix_web::body::BodySize::Stream) => {
+            let report = (state.store.clone(), meter.usage_id);
+            Ok(res
+                .map_into_boxed_body()
+                .map_body(|_, body| Counted { body, bytes: 0, report: Some(report) }.boxed())
+                .map_into_left_body())
+        }
+        Ok(()) => Ok(res.map_into_boxed_body().map_into_left_body()),
         Err(err) if status.is_success() => {
             let (request, _) = res.into_parts();
             let err = AppError::new(ErrorCode::UsageNotRecorded)
@@ -271,6 +279,54 @@ pub async fn record(
             Ok(ServiceResponse::from_err(err, request).map_into_right_body())
         }
         // A request that failed anyway keeps its answer; the recorder logged the batch that lost its record.
-        Err(_) => Ok(res.map_into_left_body()),
+        Err(_) => Ok(res.map_into_boxed_body().map_into_left_body()),
+    }
+}
+
+/// A streamed response body (the CSV export) that writes the bytes it sent into its request's usage event once
+/// it ends, or once the client goes away mid-stream ([`crate::store::MeteringStore::set_response_bytes`]).
+struct Counted {
+    body: actix_web::body::BoxBody,
+    bytes: i64,
+    report: Option<(Arc<dyn crate::store::Store>, uuid::Uuid)>,
+}
+
+impl Counted {
+    fn report(&mut self) {
+        if let Some((store, event_id)) = self.report.take() {
+            let bytes = self.bytes;
+            actix_web::rt::spawn(async move {
+                if let Err(err) = store.set_response_bytes(event_id, bytes).await {
+                    tracing::warn!(error = ?err, %event_id, bytes, "recording a streamed response's size failed");
+                }
+            });
+        }
+    }
+}
+
+impl MessageBody for Counted {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<web::Bytes, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_next(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(chunk))) => self.bytes += chunk.len() as i64,
+            std::task::Poll::Ready(None | Some(Err(_))) => self.report(),
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.report();
     }
 }

@@ -55,6 +55,11 @@ pub trait MeteringStore: Send + Sync + 'static {
 
     /// How many usage events a tenant has (all time).
     async fn count_usage_events(&self, tenant_id: Uuid) -> Result<u64, StoreError>;
+
+    /// Sets the response size of a recorded event whose body was streamed after the event was written (its
+    /// size was unknown then); true if the event exists. Rollups do not read sizes, so a rolled-up event may
+    /// still change here.
+    async fn set_response_bytes(&self, event_id: Uuid, response_bytes: i64) -> Result<bool, StoreError>;
 }
 
 /// A debit against a tenant's monthly quota. The period row is created on first use with this quota snapshot.

@@ -252,3 +252,19 @@ async fn rollups_equal_a_naive_recomputation_for_random_event_streams() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_streamed_responses_size_is_set_on_its_recorded_event() {
+    for_each_store("a_streamed_responses_size_is_set_on_its_recorded_event", |t: TestStore| async move {
+        let store = t.store.clone();
+        setup_plan(&store, t0() - Duration::days(30), OveragePolicy::Allow).await;
+        let tenants = setup_tenants(&store, 9_000, 1, t0() - Duration::days(30)).await;
+        let recorded = event(&mut Rng(7), &tenants, t0(), t0());
+        store.record_usage_events(std::slice::from_ref(&recorded)).await.unwrap();
+        assert!(store.set_response_bytes(recorded.event_id, 12_345).await.unwrap());
+        assert!(store.set_response_bytes(recorded.event_id, 12_346).await.unwrap(), "set again: the last size wins");
+        assert!(!store.set_response_bytes(Uuid::from_u64_pair(1, 2), 1).await.unwrap(), "no such event");
+        assert_eq!(store.record_usage_events(&[recorded]).await.unwrap(), 0, "still one event");
+    })
+    .await;
+}

@@ -228,6 +228,13 @@ impl MeteringStore for MssqlStore {
         })
     }
 
+    async fn set_response_bytes(&self, event_id: Uuid, response_bytes: i64) -> Result<bool, StoreError> {
+        let response_bytes = response_bytes.max(0);
+        in_tx!(self, Retry::Yes, |conn| {
+            execute(conn, SET_RESPONSE_BYTES, &[&event_id, &response_bytes]).await.map(|n| n > 0)
+        })
+    }
+
     async fn count_usage_events(&self, tenant_id: Uuid) -> Result<u64, StoreError> {
         in_tx!(self, Retry::Yes, |conn| {
             let row = rows(conn, COUNT_USAGE_EVENTS, &[&tenant_id]).await?;
@@ -285,6 +292,9 @@ WHERE NOT EXISTS (SELECT 1 FROM dbo.usage_events WITH (UPDLOCK, HOLDLOCK) WHERE 
 
 pub(crate) const COUNT_USAGE_EVENTS: &str = "SELECT COUNT_BIG(*) AS n FROM dbo.usage_events WHERE tenant_id = @P1";
 
+/// The size of a streamed response, once its body has been sent.
+pub(crate) const SET_RESPONSE_BYTES: &str = "UPDATE dbo.usage_events SET response_bytes = @P2 WHERE event_id = @P1";
+
 /// Every statement above, by name, for the parse check (`store::tsql_check`).
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("ENSURE_QUOTA_PERIOD", ENSURE_QUOTA_PERIOD),
@@ -295,6 +305,7 @@ pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("UPSERT_RATE_STATE", UPSERT_RATE_STATE),
     ("INSERT_USAGE_EVENT", INSERT_USAGE_EVENT),
     ("COUNT_USAGE_EVENTS", COUNT_USAGE_EVENTS),
+    ("SET_RESPONSE_BYTES", SET_RESPONSE_BYTES),
 ];
 
 #[cfg(test)]

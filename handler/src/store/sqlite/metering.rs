@@ -229,6 +229,16 @@ impl MeteringStore for SqliteStore {
         .await
     }
 
+    async fn set_response_bytes(&self, event_id: Uuid, response_bytes: i64) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE usage_events SET response_bytes = ?2 WHERE event_id = ?1")
+                .and_then(|mut s| s.execute(params![event_id.to_string(), response_bytes.max(0)]))
+                .map(|n| n > 0)
+                .map_err(classify)
+        })
+        .await
+    }
+
     async fn count_usage_events(&self, tenant_id: Uuid) -> Result<u64, StoreError> {
         self.read(move |conn| {
             conn.query_row("SELECT count(*) FROM usage_events WHERE tenant_id = ?1", [tenant_id.to_string()], |r| {
