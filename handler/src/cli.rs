@@ -231,6 +231,8 @@ async fn quarantine(config: Config, action: QuarantineCommand) -> anyhow::Result
                     "receivedAt": m.received_at,
                     "messageId": m.message_id,
                     "deliveryCount": m.delivery_count,
+                    "deliveries": m.deliveries,
+                    "lastReceivedAt": m.last_received_at,
                     "contentType": m.content_type,
                     "reason": m.reason,
                     "bodyBytes": m.raw_body.len(),

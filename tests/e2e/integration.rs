@@ -148,11 +148,24 @@ async fn poison_messages_are_quarantined_completed_and_replayed_by_the_cli() {
     // Counted in a metric (logged as the consumer finishes; the line may arrive after the answer).
     host.wait_for_output("\"metric\":\"integration.quarantined\"", std::time::Duration::from_secs(10)).await;
 
+    // A fifth poison message, delivered twice (its first completion was lost): one row, two deliveries.
+    let mut again = ServiceBusDelivery::new("hello");
+    again.delivery_count = 2;
+    let first = host.invoke_service_bus("IntegrationEvents", &again).await.logs().join("\n");
+    let second = {
+        again.delivery_count = 3;
+        host.invoke_service_bus("IntegrationEvents", &again).await.logs().join("\n")
+    };
+    let quarantined_as = |log: &str| log.split("quarantined as ").nth(1).unwrap().split(':').next().unwrap().to_owned();
+    assert_eq!(quarantined_as(&first), quarantined_as(&second), "{first}\n{second}");
+
     let list = handler_cli(&host.app_root, &["quarantine", "list"]);
     assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
     let listed: Vec<Value> =
         String::from_utf8(list.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(listed.len(), 4);
+    assert_eq!(listed.len(), 5, "five poison messages, one of them delivered twice");
+    let redelivered = listed.iter().find(|m| m["id"] == quarantined_as(&first).as_str()).unwrap();
+    assert_eq!((redelivered["deliveries"].as_i64(), redelivered["deliveryCount"].as_i64()), (Some(2), Some(3)));
     let unknown_tenant = listed.iter().find(|m| m["reason"].as_str().unwrap().contains("unknown tenant")).unwrap();
     let not_json = listed.iter().find(|m| m["reason"].as_str().unwrap().contains("not JSON")).unwrap();
     assert_eq!(not_json["bodyBytes"], 5);

@@ -443,7 +443,7 @@ pub async fn consume(state: &AppState, message: Delivery<'_>) -> Result<String, 
             "IntegrationEvents: message {message_id} delivery {delivery}: duplicate {event_type} id={id} source={source}, already applied"
         ),
         Verdict::Poison(reason) => {
-            let quarantined = QuarantinedMessage {
+            let mut quarantined = QuarantinedMessage {
                 id: state.ids.new_id(),
                 received_at: state.clock.now(),
                 message_id: message.message_id.map(|m| clip(m, 128)),
@@ -452,8 +452,12 @@ pub async fn consume(state: &AppState, message: Delivery<'_>) -> Result<String, 
                 reason: clip(&reason, 2000),
                 raw_body: message.body.to_owned(),
                 replayed_at: None,
+                identity: Some(QuarantinedMessage::identity_of(message.message_id, message.body)),
+                deliveries: 1,
+                last_received_at: None,
             };
-            state.store.quarantine_message(&quarantined).await?;
+            // A redelivery of a message quarantined before lands on that row.
+            quarantined.id = state.store.quarantine_message(&quarantined).await?;
             let total = QUARANTINED.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(
                 metric = "integration.quarantined",

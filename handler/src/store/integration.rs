@@ -19,8 +19,9 @@ pub trait IntegrationStore: Send + Sync + 'static {
         effect: &IntegrationEffect,
     ) -> Result<ApplyOutcome, StoreError>;
 
-    /// Stores a message that can never be applied.
-    async fn quarantine_message(&self, message: &QuarantinedMessage) -> Result<(), StoreError>;
+    /// Stores a message that can never be applied, once: a message whose `identity` is stored already only adds a
+    /// delivery to that row (and raises its delivery count). Returns the id of the row that holds it.
+    async fn quarantine_message(&self, message: &QuarantinedMessage) -> Result<Uuid, StoreError>;
 
     /// Quarantined messages, newest first; at most `limit`.
     async fn list_quarantine(&self, limit: u32) -> Result<Vec<QuarantinedMessage>, StoreError>;
@@ -135,13 +136,36 @@ pub struct OutboxRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuarantinedMessage {
     pub id: Uuid,
+    /// When it was first quarantined.
     pub received_at: DateTime<Utc>,
     pub message_id: Option<String>,
+    /// The highest Service Bus delivery count seen.
     pub delivery_count: Option<i32>,
     pub content_type: Option<String>,
     pub reason: String,
     pub raw_body: String,
     pub replayed_at: Option<DateTime<Utc>>,
+    /// What makes a redelivery the same message ([`QuarantinedMessage::identity_of`]); `None` for rows quarantined
+    /// before identities were kept, which are never merged.
+    pub identity: Option<String>,
+    /// How many deliveries of it were quarantined (1 when stored; more for redeliveries).
+    pub deliveries: i64,
+    /// When the last of them arrived (`None` while there was one).
+    pub last_received_at: Option<DateTime<Utc>>,
+}
+
+impl QuarantinedMessage {
+    /// The identity of a delivered message: SHA-256 over its Service Bus message id and its body, each
+    /// length-prefixed. A redelivery has both the same; another message with the same body has another id.
+    pub fn identity_of(message_id: Option<&str>, body: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for part in [message_id.unwrap_or(""), body] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part.as_bytes());
+        }
+        hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 /// The inbox row of an integration message: its CloudEvents `(source, id)` and type.

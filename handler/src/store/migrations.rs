@@ -52,6 +52,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite":
     2 => "0002_data_model.sql" "data_model",
     3 => "0003_client_directory_binding.sql" "client_directory_binding",
     4 => "0004_quota_leases.sql" "quota_leases",
+    5 => "0005_quarantine_identity.sql" "quarantine_identity",
 );
 
 /// The SQL Server migrations: the same versions and names as [`SQLITE`], in T-SQL.
@@ -60,6 +61,7 @@ pub const MSSQL: &[Migration] = migrations!("mssql":
     2 => "0002_data_model.sql" "data_model",
     3 => "0003_client_directory_binding.sql" "client_directory_binding",
     4 => "0004_quota_leases.sql" "quota_leases",
+    5 => "0005_quarantine_identity.sql" "quarantine_identity",
 );
 
 /// Checks that `known` is strictly increasing: a gap or reorder is a build mistake, caught by a unit test.

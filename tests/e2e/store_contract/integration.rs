@@ -312,8 +312,11 @@ async fn quarantined_messages_are_listed_newest_first_and_marked_replayed() {
                 reason: format!("reason {n}"),
                 raw_body: "{\"é\": \"ünïcode\"}".into(),
                 replayed_at: None,
+                identity: Some(QuarantinedMessage::identity_of(Some(&format!("m-{n}")), "{}")),
+                deliveries: 1,
+                last_received_at: None,
             };
-            store.quarantine_message(&m).await.unwrap();
+            assert_eq!(store.quarantine_message(&m).await.unwrap(), m.id);
         }
         let listed = store.list_quarantine(2).await.unwrap();
         assert_eq!(listed.iter().map(|m| m.reason.as_str()).collect::<Vec<_>>(), vec!["reason 2", "reason 1"]);
@@ -349,4 +352,42 @@ async fn a_failed_outbox_insert_rolls_the_status_change_back() {
     raw.execute_batch("DROP TRIGGER fail_outbox").unwrap();
     store.set_tenant_status(acme.id, TenantStatus::Suspended, 1, t0()).await.unwrap();
     assert_eq!(all_outbox(&store).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_redelivered_poison_message_is_quarantined_once_and_its_deliveries_counted() {
+    for_each_store("a_redelivered_poison_message_is_quarantined_once_and_its_deliveries_counted", |t| async move {
+        let store = ready(&t).await;
+        let delivery = |n: u128, message_id: Option<&str>, body: &str, count: i32| QuarantinedMessage {
+            id: Uuid::from_u128(0xab00 + n),
+            received_at: t0() + Duration::seconds(n as i64),
+            message_id: message_id.map(str::to_owned),
+            delivery_count: Some(count),
+            content_type: None,
+            reason: "not JSON".into(),
+            raw_body: body.into(),
+            replayed_at: None,
+            identity: Some(QuarantinedMessage::identity_of(message_id, body)),
+            deliveries: 1,
+            last_received_at: None,
+        };
+        let first = store.quarantine_message(&delivery(1, Some("m-1"), "hello", 1)).await.unwrap();
+        assert_eq!(first, Uuid::from_u128(0xab01));
+        // The same message delivered again (a lost completion): the same row, one more delivery.
+        assert_eq!(store.quarantine_message(&delivery(2, Some("m-1"), "hello", 3)).await.unwrap(), first);
+        assert_eq!(store.quarantine_message(&delivery(3, Some("m-1"), "hello", 2)).await.unwrap(), first);
+        // Another message with the same body, and an old row without identity: rows of their own.
+        let other = store.quarantine_message(&delivery(4, Some("m-2"), "hello", 1)).await.unwrap();
+        assert_ne!(other, first);
+        let legacy = QuarantinedMessage { identity: None, ..delivery(5, Some("m-1"), "hello", 1) };
+        assert_eq!(store.quarantine_message(&legacy).await.unwrap(), legacy.id);
+        let held = store.get_quarantined(first).await.unwrap().unwrap();
+        assert_eq!((held.deliveries, held.delivery_count), (3, Some(3)), "{}: counted, highest count kept", t.name);
+        assert_eq!(
+            (held.received_at, held.last_received_at),
+            (t0() + Duration::seconds(1), Some(t0() + Duration::seconds(3)))
+        );
+        assert_eq!(store.list_quarantine(10).await.unwrap().len(), 3);
+    })
+    .await;
 }

@@ -197,6 +197,9 @@ pub(super) fn quarantined_from(row: &Row) -> Result<QuarantinedMessage, StoreErr
         reason: text(row, 5)?,
         raw_body: text(row, 6)?,
         replayed_at: column(row, 7)?,
+        identity: column::<&str>(row, 8)?.map(str::to_owned),
+        deliveries: i64::from(required::<i32>(row, 9)?),
+        last_received_at: column(row, 10)?,
     })
 }
 
@@ -234,13 +237,13 @@ impl IntegrationStore for MssqlStore {
         }
     }
 
-    async fn quarantine_message(&self, message: &QuarantinedMessage) -> Result<(), StoreError> {
+    async fn quarantine_message(&self, message: &QuarantinedMessage) -> Result<Uuid, StoreError> {
         in_tx!(self, Retry::Yes, |conn| {
             let m = message;
             if !rows(conn, GET_QUARANTINED, &[&m.id]).await?.is_empty() {
-                return Ok(()); // a retried insert whose first commit went through
+                return Ok(m.id); // a retried insert whose first commit went through
             }
-            let params: [&dyn ToSql; 8] = [
+            let params: [&dyn ToSql; 9] = [
                 &m.id,
                 &m.received_at,
                 &m.message_id.as_deref(),
@@ -249,8 +252,13 @@ impl IntegrationStore for MssqlStore {
                 &m.reason.as_str(),
                 &m.raw_body.as_str(),
                 &m.replayed_at,
+                &m.identity.as_deref(),
             ];
-            execute(conn, INSERT_QUARANTINE, &params).await.map(drop)
+            let row = rows(conn, QUARANTINE, &params).await?;
+            row.first()
+                .map(|r| required(r, 0))
+                .transpose()?
+                .ok_or_else(|| StoreError::Other(anyhow::anyhow!("quarantining a message returned no row id")))
         })
     }
 
@@ -366,19 +374,30 @@ OUTPUT
     - (CASE WHEN inserted.units_used - @P3 > inserted.quota_units THEN inserted.units_used - @P3 - inserted.quota_units ELSE 0 END)
 WHERE tenant_id = @P1 AND period_start = @P2";
 
-pub(crate) const INSERT_QUARANTINE: &str =
-    "INSERT INTO dbo.quarantine_messages (id, received_at, message_id, delivery_count,
-    content_type, reason, raw_body, replayed_at)
-VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8)";
+/// Quarantines a message once: a row with the same identity (held under a key-range lock, so two deliveries
+/// cannot both insert) gets one more delivery, else the message is inserted. Answers the row's id.
+pub(crate) const QUARANTINE: &str = "DECLARE @held UNIQUEIDENTIFIER;
+UPDATE dbo.quarantine_messages WITH (UPDLOCK, HOLDLOCK)
+SET @held = id,
+    deliveries = deliveries + 1,
+    last_received_at = @P2,
+    delivery_count = CASE WHEN @P4 > ISNULL(delivery_count, 0) THEN @P4 ELSE delivery_count END
+-- The parameter arrives as NVARCHAR: cast it to the column's type, so the lookup seeks the unique index.
+WHERE @P9 IS NOT NULL AND message_identity = CAST(@P9 AS CHAR(64));
+IF @held IS NULL
+    INSERT INTO dbo.quarantine_messages (id, received_at, message_id, delivery_count, content_type, reason, raw_body,
+        replayed_at, message_identity, deliveries)
+    VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, 1);
+SELECT ISNULL(@held, @P1) AS id;";
 
 pub(crate) const LIST_QUARANTINE: &str =
     "SELECT TOP (@P1) id, received_at, message_id, delivery_count, content_type, reason,
-    raw_body, replayed_at
+    raw_body, replayed_at, message_identity, deliveries, last_received_at
 FROM dbo.quarantine_messages ORDER BY received_at DESC, id DESC";
 
 pub(crate) const GET_QUARANTINED: &str =
     "SELECT id, received_at, message_id, delivery_count, content_type, reason, raw_body,
-    replayed_at
+    replayed_at, message_identity, deliveries, last_received_at
 FROM dbo.quarantine_messages WHERE id = @P1";
 
 pub(crate) const MARK_QUARANTINE_REPLAYED: &str = "UPDATE dbo.quarantine_messages SET replayed_at = @P2 WHERE id = @P1";
@@ -417,7 +436,7 @@ pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("TENANT_PLAN_QUOTA", TENANT_PLAN_QUOTA),
     ("USAGE_EVENT_EXISTS", USAGE_EVENT_EXISTS),
     ("DEBIT_QUOTA_UNCONDITIONALLY", DEBIT_QUOTA_UNCONDITIONALLY),
-    ("INSERT_QUARANTINE", INSERT_QUARANTINE),
+    ("QUARANTINE", QUARANTINE),
     ("LIST_QUARANTINE", LIST_QUARANTINE),
     ("GET_QUARANTINED", GET_QUARANTINED),
     ("MARK_QUARANTINE_REPLAYED", MARK_QUARANTINE_REPLAYED),

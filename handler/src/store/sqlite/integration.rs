@@ -279,6 +279,8 @@ fn quarantined_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Quaran
         (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
     let (content_type, reason, raw_body, replayed): (Option<String>, String, String, Option<String>) =
         (r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?);
+    let (identity, deliveries, last_received): (Option<String>, i64, Option<String>) =
+        (r.get(8)?, r.get(9)?, r.get(10)?);
     Ok((|| {
         Ok(QuarantinedMessage {
             id: parse_uuid(&id)?,
@@ -289,34 +291,46 @@ fn quarantined_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Quaran
             reason,
             raw_body,
             replayed_at: replayed.as_deref().map(parse_timestamp).transpose()?,
+            identity,
+            deliveries,
+            last_received_at: last_received.as_deref().map(parse_timestamp).transpose()?,
         })
     })())
 }
 
-const QUARANTINE_COLUMNS: &str =
-    "id, received_at, message_id, delivery_count, content_type, reason, raw_body, replayed_at";
+const QUARANTINE_COLUMNS: &str = "id, received_at, message_id, delivery_count, content_type, reason, raw_body, replayed_at, \
+     message_identity, deliveries, last_received_at";
 
-pub(super) async fn quarantine(store: &SqliteStore, m: &QuarantinedMessage) -> Result<(), StoreError> {
+pub(super) async fn quarantine(store: &SqliteStore, m: &QuarantinedMessage) -> Result<Uuid, StoreError> {
     let m = m.clone();
     store
         .write(move |tx| {
-            tx.execute(
-                &format!(
-                    "INSERT INTO quarantine_messages ({QUARANTINE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-                ),
-                params![
-                    m.id.to_string(),
-                    timestamp(m.received_at),
-                    m.message_id,
-                    m.delivery_count,
-                    m.content_type,
-                    m.reason,
-                    m.raw_body,
-                    m.replayed_at.map(timestamp)
-                ],
-            )
-            .map(drop)
-            .map_err(classify)
+            let id: String = tx
+                .query_row(
+                    &format!(
+                        "INSERT INTO quarantine_messages ({QUARANTINE_COLUMNS})
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, NULL)
+                         ON CONFLICT (message_identity) WHERE message_identity IS NOT NULL DO UPDATE SET
+                             deliveries = deliveries + 1,
+                             last_received_at = excluded.received_at,
+                             delivery_count = max(coalesce(delivery_count, 0), coalesce(excluded.delivery_count, 0))
+                         RETURNING id"
+                    ),
+                    params![
+                        m.id.to_string(),
+                        timestamp(m.received_at),
+                        m.message_id,
+                        m.delivery_count,
+                        m.content_type,
+                        m.reason,
+                        m.raw_body,
+                        m.replayed_at.map(timestamp),
+                        m.identity
+                    ],
+                    |r| r.get(0),
+                )
+                .map_err(classify)?;
+            parse_uuid(&id)
         })
         .await
 }
@@ -450,7 +464,7 @@ impl IntegrationStore for SqliteStore {
         apply(self, inbox, effect).await
     }
 
-    async fn quarantine_message(&self, message: &QuarantinedMessage) -> Result<(), StoreError> {
+    async fn quarantine_message(&self, message: &QuarantinedMessage) -> Result<Uuid, StoreError> {
         quarantine(self, message).await
     }
 
