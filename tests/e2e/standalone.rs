@@ -5,56 +5,14 @@
 //! not serve those routes at all: anyone who could reach it could otherwise run jobs or inject integration
 //! events into any tenant.
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-
 use meterline::functions::FUNCTIONS;
 use serde_json::json;
-use tokio::process::{Child, Command};
 
-use crate::support::host::free_port;
-
-struct Standalone {
-    child: Child,
-    base: String,
-    _root: tempfile::TempDir,
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
-async fn standalone() -> Standalone {
-    let root = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_handler"));
-    command.arg("serve").current_dir(root.path()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("METERLINE_") || k.starts_with("FUNCTIONS_")) {
-        command.env_remove(key);
-    }
-    command.env("METERLINE_PORT", port.to_string()).env("METERLINE_WORKERS", "1").kill_on_drop(true);
-    let mut child = command.spawn().expect("handler starts");
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{base}/api/health")).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the standalone server exited before it was ready");
-        assert!(Instant::now() < deadline, "the standalone server was not ready within 30 s");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    Standalone { child, base, _root: root }
-}
+use crate::support::standalone::Standalone;
 
 #[tokio::test]
 async fn a_standalone_server_answers_404_for_every_function_name() {
-    let server = standalone().await;
+    let server = Standalone::start().await;
     let client = reqwest::Client::new();
     // The reproduction: an integration event for some tenant, without any Authorization header.
     let injected = json!({

@@ -1,11 +1,12 @@
-//! Shared test support: the in-process app, the Functions host emulator, route-template matching, the OpenID
-//! provider, local Azure endpoints and the store harness.
+//! Shared test support: the in-process app, the Functions host emulator, a standalone server, route-template
+//! matching, the OpenID provider, local Azure endpoints and the store harness.
 
 pub mod app;
 pub mod endpoints;
 pub mod host;
 pub mod oidc;
 pub mod routes;
+pub mod standalone;
 pub mod stores;
 
 /// Runs `handler dev-token ARGS` in `root` (local auth mode; creates the tenant in that root's store) and
