@@ -218,9 +218,11 @@ pub struct Problem {
     /// The request id also returned in `x-request-id`, for support.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    /// Extension members of a problem type, e.g. `violated-policies` of `quota-exceeded`.
+    /// Extension members of a problem type, e.g. `violated-policies` of `quota-exceeded`. Not listed in the
+    /// schema (which stays open to extension members, RFC 9457 §3.2): a flattened map would make it an `allOf`
+    /// with an empty object, which generators read as "no members".
     #[serde(flatten)]
-    #[schema(value_type = Object)]
+    #[schema(ignore)]
     pub members: serde_json::Map<String, serde_json::Value>,
 }
 

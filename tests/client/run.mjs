@@ -41,9 +41,8 @@ step("openapi-typescript", [
   new URL("/api/openapi.json", base).href,
   "--output",
   join(generated, "api.d.ts"),
-  // JSON Schema's `{"type": "object"}` without properties admits any members (the Problem's extension members,
-  // the Azure envelope's innererror); without this flag they become Record<string, never>, and every member of
-  // Problem intersected with it becomes `never`.
+  // JSON Schema's `{"type": "object"}` without properties admits any members (the Azure envelope's innererror);
+  // without this flag openapi-typescript types it Record<string, never>.
   "--empty-objects-unknown",
 ]);
 // Type-checks the scenario against those types (strict; nothing is emitted when it does not compile).
