@@ -662,3 +662,40 @@ async fn usage_summaries_are_tenant_scoped_and_match_the_quota_counter() {
     assert_eq!(as_admin["tenantId"], a_id.as_str());
     problem(&api.get(&api.a_reader, "/api/v1/usage/summary").await, 403, "InsufficientScope");
 }
+
+#[actix_web::test]
+async fn tenants_carry_etags_and_every_change_needs_the_current_one() {
+    let api = api().await;
+    let list = api.get(&api.admin, "/api/v1/tenants").await.json();
+    let id = list["value"][0]["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/tenants/{id}");
+    let read = api.get(&api.admin, &path).await;
+    assert_eq!(read.status, 200);
+    let etag = read.header("etag").unwrap().to_owned();
+    let unchanged = api.send(&api.admin, ClientRequest::get(&path).header("If-None-Match", &etag)).await;
+    assert_eq!(unchanged.status, 304, "a client holding the current ETag reads nothing");
+
+    let patch = |etag: Option<&str>| {
+        let request = ClientRequest::new("PATCH", &path)
+            .body("{\"name\":\"Renamed\"}")
+            .header("Content-Type", "application/merge-patch+json");
+        match etag {
+            Some(etag) => request.header("If-Match", etag),
+            None => request,
+        }
+    };
+    problem(&api.send(&api.admin, patch(None)).await, 428, "PreconditionRequired");
+    problem(&api.send(&api.admin, patch(Some(""))).await, 428, "PreconditionRequired");
+    let renamed = api.send(&api.admin, patch(Some(&etag))).await;
+    assert_eq!(renamed.status, 200, "{}", String::from_utf8_lossy(&renamed.body));
+    let newer = renamed.header("etag").unwrap().to_owned();
+    assert_ne!(newer, etag, "a change moves the ETag");
+    let stale = api.send(&api.admin, patch(Some(&etag))).await;
+    problem(&stale, 412, "PreconditionFailed");
+    assert_eq!(stale.header("etag"), Some(newer.as_str()), "a 412 carries the current ETag");
+    let suspend = ClientRequest::new("POST", &format!("{path}/suspend"));
+    problem(&api.send(&api.admin, suspend.clone().header("If-Match", &etag)).await, 412, "PreconditionFailed");
+    let suspended = api.send(&api.admin, suspend.header("If-Match", &newer)).await;
+    assert_eq!(suspended.status, 200);
+    assert_eq!(suspended.json()["status"], "suspended");
+}
