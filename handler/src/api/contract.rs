@@ -91,6 +91,94 @@ fn methods(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Op
         .flatten()
 }
 
+/// (from operation, its status, link name, to operation, [(parameter, runtime expression)]).
+type Link = (&'static str, &'static str, &'static str, &'static str, &'static [(&'static str, &'static str)]);
+
+/// OpenAPI links (3.0 §4.8.20) from an answer to the operations a client goes on with, with the ETag it needs:
+/// (from operation, its status, link name, to operation, [(parameter, runtime expression)]). Generators and
+/// schemathesis's stateful phase follow them, so conditional writes are tried with a current ETag too.
+const LINKS: &[Link] = &[
+    ("createDocument", "201", "getDocument", "getDocument", &[("id", "$response.body#/id")]),
+    (
+        "getDocument",
+        "200",
+        "replaceDocument",
+        "replaceDocument",
+        &[("id", "$request.path.id"), ("header.If-Match", "$response.header.ETag")],
+    ),
+    (
+        "getDocument",
+        "200",
+        "patchDocument",
+        "patchDocument",
+        &[("id", "$request.path.id"), ("header.If-Match", "$response.header.ETag")],
+    ),
+    (
+        "getDocument",
+        "200",
+        "deleteDocument",
+        "deleteDocument",
+        &[("id", "$request.path.id"), ("header.If-Match", "$response.header.ETag")],
+    ),
+    ("createTenant", "201", "getTenant", "getTenant", &[("id", "$response.body#/id")]),
+    (
+        "getTenant",
+        "200",
+        "patchTenant",
+        "patchTenant",
+        &[("id", "$request.path.id"), ("header.If-Match", "$response.header.ETag")],
+    ),
+    (
+        "getTenant",
+        "200",
+        "suspendTenant",
+        "suspendTenant",
+        &[("id", "$request.path.id"), ("header.If-Match", "$response.header.ETag")],
+    ),
+    (
+        "getTenant",
+        "200",
+        "reactivateTenant",
+        "reactivateTenant",
+        &[("id", "$request.path.id"), ("header.If-Match", "$response.header.ETag")],
+    ),
+    ("createPlan", "201", "getPlan", "getPlan", &[("code", "$response.body#/code")]),
+    (
+        "getPlan",
+        "200",
+        "replacePlan",
+        "replacePlan",
+        &[("code", "$request.path.code"), ("header.If-Match", "$response.header.ETag")],
+    ),
+    ("getPlan", "200", "getPlanCosts", "getPlanCosts", &[("code", "$request.path.code")]),
+    (
+        "getPlanCosts",
+        "200",
+        "replacePlanCosts",
+        "replacePlanCosts",
+        &[("code", "$request.path.code"), ("header.If-Match", "$response.header.ETag")],
+    ),
+];
+
+/// Adds [`LINKS`] to the answers they start from.
+fn declare_links(doc: &mut OpenApi) {
+    use utoipa::openapi::link::LinkBuilder;
+    let ids: Vec<String> =
+        doc.paths.paths.values_mut().flat_map(methods).filter_map(|op| op.operation_id.clone()).collect();
+    for (from, status, name, to, parameters) in LINKS {
+        assert!(ids.iter().any(|id| id == to), "LINKS names {to}, which is not an operation");
+        let response =
+            doc.paths.paths.values_mut().flat_map(methods).find(|op| op.operation_id.as_deref() == Some(*from));
+        let Some(RefOr::T(response)) = response.and_then(|op| op.responses.responses.get_mut(*status)) else {
+            panic!("LINKS names {from} {status}, which the document does not have");
+        };
+        let link = parameters.iter().fold(LinkBuilder::new().operation_id(*to), |link, (parameter, expression)| {
+            link.parameter(*parameter, *expression)
+        });
+        response.links.insert((*name).to_owned(), RefOr::T(link.build()));
+    }
+}
+
 /// The problem statuses the pipeline and the operation's parameters can answer (see the module docs).
 fn derived_statuses(op: &Operation) -> Vec<u16> {
     let mut statuses = vec![401, 403, 422, 429, 503];
@@ -114,8 +202,9 @@ fn derived_statuses(op: &Operation) -> Vec<u16> {
 }
 
 /// Adds the shared problem responses to the components and each `/api/v1` operation's derived statuses to its
-/// responses (a status the handler declares itself keeps the handler's description).
+/// responses (a status the handler declares itself keeps the handler's description), and the [`LINKS`].
 pub fn declare_statuses(doc: &mut OpenApi) {
+    declare_links(doc);
     use utoipa::openapi::header::HeaderBuilder;
     use utoipa::openapi::response::ResponseBuilder;
     use utoipa::openapi::{Content, Ref, Type};
