@@ -666,8 +666,15 @@ async fn usage_summaries_are_tenant_scoped_and_match_the_quota_counter() {
 #[actix_web::test]
 async fn tenants_carry_etags_and_every_change_needs_the_current_one() {
     let api = api().await;
-    let list = api.get(&api.admin, "/api/v1/tenants").await.json();
+    let list = api.get(&api.admin, "/api/v1/tenants?maxpagesize=1&count=true").await.json();
     let id = list["value"][0]["id"].as_str().unwrap().to_owned();
+    let all = api.get(&api.admin, "/api/v1/tenants").await.json();
+    assert_eq!(
+        list["count"],
+        all["value"].as_array().unwrap().len(),
+        "count=true counts every tenant, as on every list"
+    );
+    assert!(all.get("count").is_none(), "only when asked");
     let path = format!("/api/v1/tenants/{id}");
     let read = api.get(&api.admin, &path).await;
     assert_eq!(read.status, 200);

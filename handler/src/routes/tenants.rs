@@ -56,6 +56,9 @@ pub struct TenantList {
     /// Absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_link: Option<String>,
+    /// The number of all tenants, when `count=true` was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -65,7 +68,10 @@ pub struct ListParams {
     #[param(minimum = 1, maximum = 100)]
     pub maxpagesize: Option<u32>,
     /// Opaque continuation token from a previous `nextLink`.
+    #[param(min_length = 1)]
     pub cursor: Option<String>,
+    /// `true` adds the number of all tenants as `count` (as on every list).
+    pub count: Option<bool>,
 }
 
 fn etag(t: &Tenant) -> String {
@@ -121,7 +127,15 @@ pub async fn list_tenants(
     };
     let page = state.store.list_tenants(after.as_ref(), size).await?;
     let next_link = page.next.as_ref().map(|c| crate::api::list::next_link(&req, "/api/v1/tenants", &encode_cursor(c)));
-    Ok(HttpResponse::Ok().json(TenantList { value: page.items.iter().map(TenantView::from).collect(), next_link }))
+    let count = match params.count {
+        Some(true) => Some(state.store.count_tenants().await?),
+        _ => None,
+    };
+    Ok(HttpResponse::Ok().json(TenantList {
+        value: page.items.iter().map(TenantView::from).collect(),
+        next_link,
+        count,
+    }))
 }
 
 /// Reads one tenant.

@@ -24,6 +24,9 @@ pub trait TenantStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Page<Tenant, TenantCursor>, StoreError>;
 
+    /// How many tenants there are (the `count` of a tenant listing).
+    async fn count_tenants(&self) -> Result<u64, StoreError>;
+
     /// Sets the status if the row is still at `expected_version`; bumps the version and `updated_at`. A change
     /// from active to suspended, or back, writes its `tenant.suspended` / `tenant.reactivated` event to the
     /// outbox in the same transaction.

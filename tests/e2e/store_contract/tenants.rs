@@ -88,6 +88,7 @@ async fn keyset_pages_are_complete_and_stable_under_concurrent_inserts() {
         assert_eq!(unique.len(), seen.len(), "{}: no row appears twice", t.name);
         assert!(before.iter().all(|t| unique.contains(&t.id)), "every row that existed is seen");
         assert!(unique.contains(&Uuid::from_u128(0x1000 + 101)) && !unique.contains(&Uuid::from_u128(0x1000 + 100)));
+        assert_eq!(store.count_tenants().await.unwrap(), 25, "{}: the count is all tenants, not a page", t.name);
         assert_eq!(seen.len(), 24);
     })
     .await;

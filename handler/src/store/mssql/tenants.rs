@@ -92,8 +92,12 @@ pub(crate) const REVOKE_API_CLIENT: &str =
     "UPDATE dbo.api_client_registrations SET status = 'revoked', revoked_at = @P3, version = version + 1
 WHERE tenant_id = @P1 AND id = @P2 AND status IN ('pending', 'active')";
 
+/// The number of tenants.
+pub(crate) const COUNT_TENANTS: &str = "SELECT COUNT_BIG(*) AS n FROM dbo.tenants";
+
 /// Every statement of this file, for `store::tsql_check` (registered in `mssql::STATEMENTS`).
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
+    ("COUNT_TENANTS", COUNT_TENANTS),
     ("INSERT_TENANT", INSERT_TENANT),
     ("GET_TENANT", GET_TENANT),
     ("GET_TENANT_BY_ENTRA_ID", GET_TENANT_BY_ENTRA_ID),
@@ -195,6 +199,14 @@ impl TenantStore for MssqlStore {
     async fn get_tenant_by_entra_id(&self, entra_tenant_id: Uuid) -> Result<Option<Tenant>, StoreError> {
         in_tx!(self, Retry::Yes, |conn| {
             rows(conn, GET_TENANT_BY_ENTRA_ID, &[&entra_tenant_id]).await?.first().map(tenant_from).transpose()
+        })
+    }
+
+    async fn count_tenants(&self) -> Result<u64, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            let row = rows(conn, COUNT_TENANTS, &[]).await?;
+            let n: i64 = row.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
+            Ok(n as u64)
         })
     }
 

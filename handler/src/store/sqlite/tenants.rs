@@ -116,6 +116,15 @@ impl TenantStore for SqliteStore {
         })
     }
 
+    async fn count_tenants(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT count(*) FROM tenants", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(classify)
+        })
+        .await
+    }
+
     async fn list_tenants(
         &self,
         after: Option<&TenantCursor>,
