@@ -164,6 +164,15 @@ async fn mutations_and_denials_are_audited_and_listed_only_to_their_tenant() {
     let from_create = only(&format!("from={}", urlencode(created_at))).await;
     assert_eq!(ids(&from_create), ids(&events), "from is inclusive");
     assert!(only(&format!("to={}", urlencode(created_at))).await.is_empty(), "to is exclusive");
+    // count=true counts every match, not the page, with the same filters as the listing.
+    for (filter, expected) in [
+        ("count=true&maxpagesize=1", json!(events.len())),
+        ("count=true&actor=a-writer&maxpagesize=1", json!(3)),
+        ("maxpagesize=1", Value::Null),
+    ] {
+        let page = ok(&send(&a.host, &a.a_auditor, ClientRequest::get(&q(filter))).await, 200);
+        assert_eq!(page["count"], expected, "{filter}: only when asked");
+    }
     let bad = send(&a.host, &a.a_auditor, ClientRequest::get(&q("outcome=maybe&colour=red"))).await;
     assert_eq!(bad.status, 422);
     let named: Vec<_> = bad.json()["errors"].as_array().unwrap().iter().map(|e| e["parameter"].clone()).collect();

@@ -104,6 +104,8 @@ pub struct AuditEventList {
     pub value: Vec<AuditEventView>,
     /// Absent on the last page.
     pub next_link: Option<String>,
+    /// The number of all matching events, when `count=true` was asked.
+    pub count: Option<u64>,
 }
 
 /// The documented query parameters of `listAuditEvents` (for the OpenAPI document).
@@ -134,6 +136,8 @@ pub struct ListParams {
     /// The opaque continuation token from `nextLink`.
     #[param(min_length = 1)]
     cursor: Option<String>,
+    /// `true` adds the number of all matching events as `count`.
+    count: Option<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -141,6 +145,7 @@ struct ListQuery {
     filter: AuditFilter,
     maxpagesize: Option<u32>,
     cursor: Option<String>,
+    count: bool,
 }
 
 impl ListQuery {
@@ -186,6 +191,11 @@ impl ListQuery {
                     _ => bad("maxpagesize", "a whole number from 1 to 100"),
                 },
                 "cursor" => q.cursor = Some(value),
+                "count" => match value.as_str() {
+                    "true" => q.count = true,
+                    "false" => q.count = false,
+                    _ => bad("count", "true or false"),
+                },
                 other => bad(other, "unknown query parameter"),
             }
         }
@@ -255,10 +265,14 @@ pub async fn list_audit_events(
         let token = state.cursors.encode(fingerprint, &(next.occurred_at.timestamp_micros(), next.id));
         crate::api::list::next_link(&req, "/api/v1/audit-events", &token)
     });
+    let count = match query.count {
+        true => Some(state.store.count_audit_events(Some(tenant_id), &query.filter).await?),
+        false => None,
+    };
     Ok(HttpResponse::Ok().json(ListEnvelope {
         value: page.items.iter().map(AuditEventView::from).collect(),
         next_link,
-        count: None,
+        count,
     }))
 }
 

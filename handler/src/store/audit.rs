@@ -20,6 +20,9 @@ pub trait AuditStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Page<AuditEvent, AuditCursor>, StoreError>;
 
+    /// How many audit events of a tenant (`None`: the platform's) match `filter` (the `count` of a listing).
+    async fn count_audit_events(&self, tenant_id: Option<Uuid>, filter: &AuditFilter) -> Result<u64, StoreError>;
+
     /// The events of `chain` with `chain_seq > after_seq`, in `chain_seq` order; at most `limit`.
     async fn audit_chain(&self, chain: &str, after_seq: i64, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
 }

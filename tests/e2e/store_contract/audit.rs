@@ -40,7 +40,7 @@ async fn audit_events_chain_per_tenant_and_list_newest_first_with_filters() {
             async move {
                 let mut ids = Vec::new();
                 let mut after = None;
-                loop {
+                let ids = loop {
                     let page = store.list_audit_events(Some(acme.id), &filter, after.as_ref(), 2).await.unwrap();
                     assert!(page.items.len() <= 2);
                     ids.extend(page.items.iter().map(|e| e.id.as_u128() - 0xA000));
@@ -48,7 +48,10 @@ async fn audit_events_chain_per_tenant_and_list_newest_first_with_filters() {
                         Some(next) => after = Some(next),
                         None => break ids,
                     }
-                }
+                };
+                // The count of a listing is what its pages hold, with the same filter.
+                assert_eq!(store.count_audit_events(Some(acme.id), &filter).await.unwrap(), ids.len() as u64);
+                ids
             }
         };
         assert_eq!(listed(all.clone()).await, vec![6, 5, 3, 1], "{}: newest first, in pages", t.name);
@@ -67,6 +70,7 @@ async fn audit_events_chain_per_tenant_and_list_newest_first_with_filters() {
         assert_eq!(by(window).await, vec![5, 3], "from inclusive, to exclusive");
         let platform_page = store.list_audit_events(None, &all, None, 10).await.unwrap();
         assert_eq!(platform_page.items.iter().map(|e| e.id).collect::<Vec<_>>(), vec![Uuid::from_u128(0xA004)]);
+        assert_eq!(store.count_audit_events(None, &all).await.unwrap(), 1, "{}: the platform's own", t.name);
     })
     .await;
 }

@@ -99,6 +99,15 @@ impl AuditStore for MssqlStore {
         })
     }
 
+    async fn count_audit_events(&self, tenant_id: Option<Uuid>, filter: &AuditFilter) -> Result<u64, StoreError> {
+        let statement = &count_audit_events(tenant_id, filter);
+        in_tx!(self, Retry::Yes, |conn| {
+            let found = assembled_rows(conn, statement).await?;
+            let n: i64 = found.first().map(|r| required(r, 0)).transpose()?.unwrap_or(0);
+            Ok(n as u64)
+        })
+    }
+
     async fn audit_chain(&self, chain: &str, after_seq: i64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
         let top = i64::from(limit.max(1));
         in_tx!(self, Retry::Yes, |conn| {
@@ -151,6 +160,25 @@ pub(crate) fn list_audit_events(
     let mut a = Assembled::default();
     let top = a.bind(Arg::Int(fetch));
     a.sql = format!(concat!("SELECT TOP ({}) ", audit_columns!(), "\nFROM dbo.audit_events"), top);
+    matching(&mut a, tenant_id, filter);
+    if let Some(cursor) = after {
+        let t = a.bind(Arg::Time(cursor.occurred_at));
+        let id = a.bind(Arg::Id(cursor.id));
+        a.sql.push_str(&format!("\n    AND occurred_at <= {t} AND (occurred_at < {t} OR id < {id})"));
+    }
+    a.sql.push_str("\nORDER BY occurred_at DESC, id DESC");
+    a
+}
+
+/// How many events of `tenant_id` match `filter`.
+pub(crate) fn count_audit_events(tenant_id: Option<Uuid>, filter: &AuditFilter) -> Assembled {
+    let mut a = Assembled { sql: "SELECT COUNT_BIG(*) AS n FROM dbo.audit_events".to_owned(), ..Assembled::default() };
+    matching(&mut a, tenant_id, filter);
+    a
+}
+
+/// The `WHERE` of a tenant's (or the platform's) events that match `filter`.
+fn matching(a: &mut Assembled, tenant_id: Option<Uuid>, filter: &AuditFilter) {
     match tenant_id {
         Some(id) => {
             let p = a.bind(Arg::Id(id));
@@ -182,13 +210,6 @@ pub(crate) fn list_audit_events(
         let p = a.bind(Arg::Time(ceil_micros(to)));
         a.sql.push_str(&format!("\n    AND occurred_at < {p}"));
     }
-    if let Some(cursor) = after {
-        let t = a.bind(Arg::Time(cursor.occurred_at));
-        let id = a.bind(Arg::Id(cursor.id));
-        a.sql.push_str(&format!("\n    AND occurred_at <= {t} AND (occurred_at < {t} OR id < {id})"));
-    }
-    a.sql.push_str("\nORDER BY occurred_at DESC, id DESC");
-    a
 }
 
 /// Every statement above, by name, for the parse check (`store::tsql_check`).

@@ -151,6 +151,8 @@ pub fn assembled_examples() -> Vec<(String, Assembled)> {
                 let name = format!("list_audit_events {tenant_name} {filter_name} cursor={}", cursor.is_some());
                 out.push((name, super::audit::list_audit_events(tenant_id, &filter, cursor, 26)));
             }
+            let name = format!("count_audit_events {tenant_name} {filter_name}");
+            out.push((name, super::audit::count_audit_events(tenant_id, &filter)));
         }
     }
     out.push(("tags_of_documents 1".into(), tags_of_documents(tenant, &[id])));

@@ -116,37 +116,7 @@ impl AuditStore for SqliteStore {
     ) -> Result<Page<AuditEvent, AuditCursor>, StoreError> {
         let limit = limit.max(1);
         let mut a = Assembled { sql: format!("SELECT {AUDIT_COLUMNS} FROM audit_events"), values: Vec::new() };
-        match tenant_id {
-            Some(id) => {
-                let p = a.bind(id.to_string());
-                a.sql.push_str(&format!(" WHERE tenant_id = {p}"));
-            }
-            None => a.sql.push_str(" WHERE tenant_id IS NULL"),
-        }
-        if let Some(actor) = &filter.actor {
-            let p = a.bind(actor.clone());
-            a.sql.push_str(&format!(" AND (actor_oid = {p} OR actor_app_id = {p})"));
-        }
-        for (column, value) in
-            [("action", &filter.action), ("resource_type", &filter.resource_type), ("resource_id", &filter.resource_id)]
-        {
-            if let Some(value) = value {
-                let p = a.bind(value.clone());
-                a.sql.push_str(&format!(" AND {column} = {p}"));
-            }
-        }
-        if let Some(outcome) = filter.outcome {
-            let p = a.bind(outcome.as_str().to_owned());
-            a.sql.push_str(&format!(" AND outcome = {p}"));
-        }
-        if let Some(from) = filter.from {
-            let p = a.bind(timestamp(ceil_micros(from)));
-            a.sql.push_str(&format!(" AND occurred_at >= {p}"));
-        }
-        if let Some(to) = filter.to {
-            let p = a.bind(timestamp(ceil_micros(to)));
-            a.sql.push_str(&format!(" AND occurred_at < {p}"));
-        }
+        matching(&mut a, tenant_id, filter);
         if let Some(cursor) = after {
             let (t, id) = (a.bind(timestamp(cursor.occurred_at)), a.bind(cursor.id.to_string()));
             a.sql.push_str(&format!(" AND occurred_at <= {t} AND (occurred_at < {t} OR id < {id})"));
@@ -160,6 +130,17 @@ impl AuditStore for SqliteStore {
         .await
     }
 
+    async fn count_audit_events(&self, tenant_id: Option<Uuid>, filter: &AuditFilter) -> Result<u64, StoreError> {
+        let mut a = Assembled { sql: "SELECT count(*) FROM audit_events".to_owned(), values: Vec::new() };
+        matching(&mut a, tenant_id, filter);
+        self.read(move |conn| {
+            conn.query_row(&a.sql, params_from_iter(a.values), |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(classify)
+        })
+        .await
+    }
+
     async fn audit_chain(&self, chain: &str, after_seq: i64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
         let chain = chain.to_owned();
         self.read(move |conn| {
@@ -169,5 +150,40 @@ impl AuditStore for SqliteStore {
             query_all(conn, &sql, params![chain, after_seq, i64::from(limit.max(1))], audit_from_row)
         })
         .await
+    }
+}
+
+/// The `WHERE` of a tenant's (or the platform's) events that match `filter`.
+fn matching(a: &mut Assembled, tenant_id: Option<Uuid>, filter: &AuditFilter) {
+    match tenant_id {
+        Some(id) => {
+            let p = a.bind(id.to_string());
+            a.sql.push_str(&format!(" WHERE tenant_id = {p}"));
+        }
+        None => a.sql.push_str(" WHERE tenant_id IS NULL"),
+    }
+    if let Some(actor) = &filter.actor {
+        let p = a.bind(actor.clone());
+        a.sql.push_str(&format!(" AND (actor_oid = {p} OR actor_app_id = {p})"));
+    }
+    for (column, value) in
+        [("action", &filter.action), ("resource_type", &filter.resource_type), ("resource_id", &filter.resource_id)]
+    {
+        if let Some(value) = value {
+            let p = a.bind(value.clone());
+            a.sql.push_str(&format!(" AND {column} = {p}"));
+        }
+    }
+    if let Some(outcome) = filter.outcome {
+        let p = a.bind(outcome.as_str().to_owned());
+        a.sql.push_str(&format!(" AND outcome = {p}"));
+    }
+    if let Some(from) = filter.from {
+        let p = a.bind(timestamp(ceil_micros(from)));
+        a.sql.push_str(&format!(" AND occurred_at >= {p}"));
+    }
+    if let Some(to) = filter.to {
+        let p = a.bind(timestamp(ceil_micros(to)));
+        a.sql.push_str(&format!(" AND occurred_at < {p}"));
     }
 }
