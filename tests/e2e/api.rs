@@ -608,9 +608,53 @@ async fn admin_resources_plans_tenants_and_clients() {
     let listed = api.get(&api.a_admin, "/api/v1/clients").await.json();
     assert_eq!(listed["value"].as_array().unwrap().len(), 1);
     let client_path = format!("/api/v1/clients/{}", client.json()["id"].as_str().unwrap());
+    let etag = client.header("etag").expect("a registration carries its ETag").to_owned();
+    assert_eq!(client.header("location"), Some(client_path.as_str()));
+    let read = api.get(&api.a_admin, &client_path).await;
+    assert_eq!((read.status, read.header("etag")), (200, Some(etag.as_str())));
+    assert_eq!(read.json()["etag"], etag.as_str(), "the body names the ETag too");
+    let unchanged = api.send(&api.a_admin, ClientRequest::get(&client_path).header("If-None-Match", &etag)).await;
+    assert_eq!(unchanged.status, 304);
+    let b_admin = api.app.token(DIR_B, "Tenant.Admin", "b-admin-app").await;
+    problem(&api.get(&b_admin, &client_path).await, 404, "NotFound");
     problem(&api.send(&api.b_writer, ClientRequest::new("DELETE", &client_path)).await, 403, "InsufficientScope");
-    let revoked = api.send(&api.a_admin, ClientRequest::new("DELETE", &client_path)).await;
+    let revoke = ClientRequest::new("DELETE", &client_path);
+    problem(&api.send(&api.a_admin, revoke.clone()).await, 428, "PreconditionRequired");
+    problem(&api.send(&b_admin, revoke.clone().header("If-Match", &etag)).await, 404, "NotFound");
+    let stale = api.send(&api.a_admin, revoke.clone().header("If-Match", "\"7\"")).await;
+    problem(&stale, 412, "PreconditionFailed");
+    assert_eq!(stale.header("etag"), Some(etag.as_str()), "a 412 carries the current ETag");
+    assert_eq!(api.get(&writer_claims, "/api/v1/me").await.status, 200, "a refused revocation revoked nothing");
+    let revoked = api.send(&api.a_admin, revoke.clone().header("If-Match", &etag)).await;
     assert_eq!(revoked.json()["status"], "revoked");
+    let after = revoked.header("etag").unwrap().to_owned();
+    assert_ne!(after, etag, "a revocation moves the ETag");
+    // Already reflected (RFC 9110 §13.1.1): a retry with the ETag it was sent with gets the same answer.
+    let again = api.send(&api.a_admin, revoke.header("If-Match", &etag)).await;
+    assert_eq!((again.status, again.header("etag")), (200, Some(after.as_str())), "revoking again changes nothing");
+    assert_eq!(again.json()["revokedAt"], revoked.json()["revokedAt"]);
+
+    // The listing pages, filters and counts like every other list.
+    for n in 0..3 {
+        let body = json!({"appId": format!("app-{n}"), "displayName": format!("App {n}"), "roles": ["Usage.Read"]});
+        assert_eq!(api.send(&api.a_admin, ClientRequest::new("POST", "/api/v1/clients").json(&body)).await.status, 201);
+    }
+    let first = api.get(&api.a_admin, "/api/v1/clients?maxpagesize=2&count=true").await.json();
+    assert_eq!(first["count"], 4, "{first}");
+    assert_eq!(first["value"].as_array().unwrap().len(), 2);
+    let next = first["nextLink"].as_str().expect("a full page links the next");
+    assert!(next.starts_with("http") && next.contains("/api/v1/clients?"), "an absolute nextLink: {next}");
+    let (all, pages) = api.all_pages(&api.a_admin, "/api/v1/clients?maxpagesize=2").await;
+    let ids = |items: &[Value]| -> Vec<String> { items.iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect() };
+    let mut seen = ids(&all);
+    seen.sort();
+    seen.dedup();
+    assert_eq!((seen.len(), pages), (4, 2), "every registration once across the pages");
+    let only_revoked = api.get(&api.a_admin, "/api/v1/clients?status=revoked&count=true").await.json();
+    let revoked_ids = ids(only_revoked["value"].as_array().unwrap());
+    assert_eq!((only_revoked["count"].clone(), revoked_ids), (json!(1), vec![client_path[16..].to_owned()]));
+    problem(&api.get(&api.a_admin, "/api/v1/clients?status=gone").await, 422, "ValidationFailed");
+    problem(&api.get(&api.a_admin, "/api/v1/clients?cursor=garbage").await, 422, "ValidationFailed");
     problem(&api.get(&writer_claims, "/api/v1/me").await, 403, "ClientRevoked");
     assert_eq!(api.get(&from_b, "/api/v1/me").await.status, 200, "nor does its revocation");
 }

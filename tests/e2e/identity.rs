@@ -481,9 +481,16 @@ fn registration(app_id: &str, directory: Option<&str>, roles: &[&str]) -> Value 
     body
 }
 
-fn approve_path(response: &ClientResponse, verb: &str) -> String {
+/// A platform administrator's `verb` (approve or reject) on the registration `response` returned, conditional on
+/// the version it showed (its ETag).
+fn decision(response: &ClientResponse, verb: &str) -> ClientRequest {
     let view = response.json();
-    format!("/api/v1/tenants/{}/clients/{}/{verb}", view["tenantId"].as_str().unwrap(), view["id"].as_str().unwrap())
+    let path = format!(
+        "/api/v1/tenants/{}/clients/{}/{verb}",
+        view["tenantId"].as_str().unwrap(),
+        view["id"].as_str().unwrap()
+    );
+    ClientRequest::new("POST", &path).header("If-Match", response.header("etag").expect("a registration's ETag"))
 }
 
 fn body_text(response: &ClientResponse) -> String {
@@ -522,13 +529,13 @@ async fn a_tenant_admin_cannot_squat_another_directorys_application() {
     assert_eq!((request.status, request.json()["status"].clone()), (202, json!("pending")), "{}", body_text(&request));
     assert_eq!(tenant_of(&w.me(&reader).await), a, "a pending registration applies to nothing");
     let admin = w.token("app-platform").await;
-    let approve = w.send(&admin, ClientRequest::new("POST", &approve_path(&request, "approve"))).await;
+    let approve = w.send(&admin, decision(&request, "approve")).await;
     assert_eq!(approve.status, 409, "{}", body_text(&approve));
     assert!(approve.json()["detail"].as_str().unwrap().contains("another tenant's own directory"));
     assert_eq!(tenant_of(&w.me(&reader).await), a);
 
     // The tenant administrator cannot approve its own request.
-    let self_approve = w.send(&b_admin, ClientRequest::new("POST", &approve_path(&request, "approve"))).await;
+    let self_approve = w.send(&b_admin, decision(&request, "approve")).await;
     assert_403(&self_approve, "InsufficientScope");
     assert_eq!(tenant_of(&w.me(&b_admin).await), b);
 }
@@ -551,7 +558,7 @@ async fn a_tenant_admin_cannot_demote_the_platform_administrator() {
         .post(&b_admin, "/api/v1/clients", &registration("app-platform", Some(DIR_PLATFORM), &["Documents.Read"]))
         .await;
     assert_eq!(request.status, 202, "{}", body_text(&request));
-    let approved = w.send(&admin, ClientRequest::new("POST", &approve_path(&request, "approve"))).await;
+    let approved = w.send(&admin, decision(&request, "approve")).await;
     assert_eq!(
         (approved.status, approved.json()["status"].clone()),
         (200, json!("active")),
@@ -593,10 +600,12 @@ async fn a_partner_application_serves_two_tenants_from_two_directories_without_c
     assert_eq!(pending["value"][0]["status"], "pending", "{pending}");
 
     // The platform approves: the partner now serves tenant A with the granted roles.
-    let approved = w.send(&admin, ClientRequest::new("POST", &approve_path(&request, "approve"))).await;
+    let approved = w.send(&admin, decision(&request, "approve")).await;
     assert_eq!(approved.status, 200, "{}", body_text(&approved));
     assert!(approved.json()["decidedAt"].is_string());
-    let again = w.send(&admin, ClientRequest::new("POST", &approve_path(&request, "reject"))).await;
+    let stale = w.send(&admin, decision(&request, "reject")).await;
+    assert_eq!(stale.status, 412, "a decision on a stale read is refused: {}", body_text(&stale));
+    let again = w.send(&admin, decision(&approved, "reject")).await;
     assert_eq!(again.status, 409, "a decided registration stays decided: {}", body_text(&again));
     let me = w.me(&partner_home).await;
     assert_eq!(tenant_of(&me), a);
@@ -624,9 +633,9 @@ async fn a_partner_application_serves_two_tenants_from_two_directories_without_c
     let b_request =
         w.post(&b_admin, "/api/v1/clients", &registration("partner-app", Some(DIR_PARTNER), &["Documents.Read"])).await;
     assert_eq!((b_request.status, b_request.json()["status"].clone()), (202, json!("pending")));
-    let refused = w.send(&admin, ClientRequest::new("POST", &approve_path(&b_request, "approve"))).await;
+    let refused = w.send(&admin, decision(&b_request, "approve")).await;
     assert_eq!(refused.status, 409, "{}", body_text(&refused));
-    let rejected = w.send(&admin, ClientRequest::new("POST", &approve_path(&b_request, "reject"))).await;
+    let rejected = w.send(&admin, decision(&b_request, "reject")).await;
     assert_eq!(rejected.json()["status"], "rejected");
     assert_eq!(tenant_of(&w.me(&partner_home).await), a);
 
@@ -637,7 +646,9 @@ async fn a_partner_application_serves_two_tenants_from_two_directories_without_c
 
     // A revokes: the partner's home-directory tokens are refused at once; B's side keeps working.
     let a_id = request.json()["id"].as_str().unwrap().to_owned();
-    let revoked = w.send(&a_admin, ClientRequest::new("DELETE", &format!("/api/v1/clients/{a_id}"))).await;
+    let a_etag = w.call(&format!("/api/v1/clients/{a_id}"), &a_admin).await.header("etag").unwrap().to_owned();
+    let revoke = ClientRequest::new("DELETE", &format!("/api/v1/clients/{a_id}")).header("If-Match", &a_etag);
+    let revoked = w.send(&a_admin, revoke).await;
     assert_eq!(revoked.json()["status"], "revoked");
     assert_403(&w.me(&partner_home).await, "ClientRevoked");
     assert_eq!(tenant_of(&w.me(&partner_in_b).await), b);

@@ -98,14 +98,18 @@ const FOLLOWS: &[(&str, &str, &str, &str, &str)] = &[
     ("createTenant", "201", "getTenant", "id", "$response.body#/id"),
     ("createPlan", "201", "getPlan", "code", "$response.body#/code"),
     ("getPlan", "200", "getPlanCosts", "code", "$request.path.code"),
+    ("registerClient", "201", "getClient", "id", "$response.body#/id"),
+    ("registerClient", "202", "getClient", "id", "$response.body#/id"),
 ];
 
-/// Reads whose `ETag` a conditional write sends back as `If-Match`: (read, path parameter, writes).
-const CONDITIONAL_WRITES: &[(&str, &str, &[&str])] = &[
-    ("getDocument", "id", &["replaceDocument", "patchDocument", "deleteDocument"]),
-    ("getTenant", "id", &["patchTenant", "suspendTenant", "reactivateTenant"]),
-    ("getPlan", "code", &["replacePlan"]),
-    ("getPlanCosts", "code", &["replacePlanCosts"]),
+/// Reads whose `ETag` a conditional write sends back as `If-Match`: (read, path parameters, writes).
+const CONDITIONAL_WRITES: &[(&str, &[&str], &[&str])] = &[
+    ("getDocument", &["id"], &["replaceDocument", "patchDocument", "deleteDocument"]),
+    ("getTenant", &["id"], &["patchTenant", "suspendTenant", "reactivateTenant"]),
+    ("getPlan", &["code"], &["replacePlan"]),
+    ("getPlanCosts", &["code"], &["replacePlanCosts"]),
+    ("getClient", &["id"], &["revokeClient"]),
+    ("getTenantClient", &["tenantId", "id"], &["approveClient", "rejectClient"]),
 ];
 
 /// OpenAPI links (3.0 §4.8.20) from an answer to the operations a client goes on with ([`FOLLOWS`]), and from a
@@ -116,10 +120,12 @@ fn declare_links(doc: &mut OpenApi) {
     for (from, status, to, parameter, value) in FOLLOWS {
         link(doc, from, status, to, &[(parameter, value)]);
     }
-    for (read, parameter, writes) in CONDITIONAL_WRITES {
-        let id = format!("$request.path.{parameter}");
+    for (read, path, writes) in CONDITIONAL_WRITES {
+        let ids: Vec<String> = path.iter().map(|parameter| format!("$request.path.{parameter}")).collect();
+        let mut parameters: Vec<(&str, &str)> = path.iter().copied().zip(ids.iter().map(String::as_str)).collect();
+        parameters.push(("header.If-Match", "$response.header.ETag"));
         for write in *writes {
-            link(doc, read, "200", write, &[(parameter, &id), ("header.If-Match", "$response.header.ETag")]);
+            link(doc, read, "200", write, &parameters);
         }
     }
 }

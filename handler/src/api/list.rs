@@ -2,6 +2,9 @@
 
 use serde::Serialize;
 
+use crate::error::{AppError, ErrorCode, FieldError};
+use crate::store::CreatedCursor;
+
 /// A page of a collection. `nextLink` is absent on the last page; `count` only when `count=true` was asked.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -16,6 +19,49 @@ pub struct ListEnvelope<T: Serialize> {
 /// Default and largest page sizes.
 pub const DEFAULT_PAGE_SIZE: u32 = 25;
 pub const MAX_PAGE_SIZE: u32 = 100;
+
+/// The page size `maxpagesize` asks for ([`DEFAULT_PAGE_SIZE`] without it), or a 422 naming it outside 1 to 100.
+pub fn page_size(maxpagesize: Option<u32>) -> Result<u32, AppError> {
+    let size = maxpagesize.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&size) {
+        return Err(AppError::new(ErrorCode::ValidationFailed).with_parameter_errors(vec![FieldError::new(
+            "maxpagesize",
+            "range",
+            "must be between 1 and 100",
+        )]));
+    }
+    Ok(size)
+}
+
+/// The `cursor` of a listing ordered by (created_at, id) (tenants, API clients): base64url of
+/// `<created_at micros>|<id>`. It names only a position; every such listing is scoped by the caller's permission
+/// before it, so a forged cursor shows nothing a first page would not.
+pub fn encode_created_cursor(c: &CreatedCursor) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}|{}", c.created_at.timestamp_micros(), c.id))
+}
+
+/// The position a `cursor` query parameter names (see [`encode_created_cursor`]), or a 422 naming `cursor`.
+pub fn created_cursor(raw: Option<&str>) -> Result<Option<CreatedCursor>, AppError> {
+    let Some(raw) = raw else { return Ok(None) };
+    decode_created_cursor(raw).map(Some).ok_or_else(|| {
+        AppError::new(ErrorCode::ValidationFailed).with_parameter_errors(vec![FieldError::new(
+            "cursor",
+            "invalid",
+            "not a cursor this API issued",
+        )])
+    })
+}
+
+fn decode_created_cursor(raw: &str) -> Option<CreatedCursor> {
+    use base64::Engine as _;
+    let text = String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
+    let (micros, id) = text.split_once('|')?;
+    Some(CreatedCursor {
+        created_at: chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id: id.parse().ok()?,
+    })
+}
 
 /// The `nextLink` of a page: an absolute URL at the request's public origin ([`public_origin`]), `path` with the
 /// request's query minus its `cursor`, plus the new cursor.
@@ -68,6 +114,18 @@ fn plain_host(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let c = CreatedCursor {
+            created_at: chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            id: uuid::Uuid::from_u128(7),
+        };
+        assert_eq!(created_cursor(Some(&encode_created_cursor(&c))).unwrap(), Some(c));
+        assert_eq!(created_cursor(None).unwrap(), None);
+        let refused = created_cursor(Some("not-a-cursor")).unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::ValidationFailed);
+    }
 
     #[test]
     fn next_links_keep_the_query_and_replace_the_cursor() {

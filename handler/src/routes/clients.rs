@@ -7,6 +7,7 @@
 //! tenant's own directory is active at once; one for another directory (a partner's application) waits for a
 //! platform administrator. Answers never reveal whether another tenant registered the same application.
 
+use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
 use chrono::{DateTime, Utc};
@@ -14,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use validator::Validate;
 
-use crate::api::list::ListEnvelope;
+use crate::api::conditional::{etag, expected_version, not_modified, precondition_failed, require_if_match};
+use crate::api::list::{ListEnvelope, created_cursor, encode_created_cursor, next_link, page_size};
 use crate::api::validation::validate;
 use crate::auth::Permission;
 use crate::auth::guard::{Authorized, PlatformAdmin, TenantAdmin};
@@ -83,6 +85,9 @@ pub struct ClientView {
     pub revoked_at: Option<DateTime<Utc>>,
     /// When a platform administrator approved or rejected it (registrations for another directory only).
     pub decided_at: Option<DateTime<Utc>>,
+    /// The registration's version as a strong ETag, as the `ETag` header carries it: revoking, approving and
+    /// rejecting take it in `If-Match`.
+    pub etag: String,
 }
 
 impl From<&ApiClient> for ClientView {
@@ -98,14 +103,70 @@ impl From<&ApiClient> for ClientView {
             created_at: c.created_at,
             revoked_at: c.revoked_at,
             decided_at: c.decided_at,
+            etag: etag(c.version),
         }
     }
 }
 
-/// The list envelope of clients, for the OpenAPI document.
+/// A registration as one answer: its view, its `ETag`, and for a new one its `Location`.
+fn respond(status: StatusCode, client: &ApiClient) -> HttpResponse {
+    let mut response = HttpResponse::build(status);
+    response.insert_header((header::ETAG, etag(client.version))).insert_header(ContentType::json());
+    if matches!(status, StatusCode::CREATED | StatusCode::ACCEPTED) {
+        response.insert_header((header::LOCATION, format!("/api/v1/clients/{}", client.id)));
+    }
+    response.json(ClientView::from(client))
+}
+
+/// A page of registrations, for the OpenAPI document.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ClientList {
     pub value: Vec<ClientView>,
+    /// Absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_link: Option<String>,
+    /// The number of all registrations the listing's filter selects, when `count=true` was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// The `status` filter of a client listing.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusFilter {
+    Pending,
+    Active,
+    Rejected,
+    Revoked,
+}
+
+impl From<StatusFilter> for ClientStatus {
+    fn from(s: StatusFilter) -> Self {
+        match s {
+            StatusFilter::Pending => ClientStatus::Pending,
+            StatusFilter::Active => ClientStatus::Active,
+            StatusFilter::Rejected => ClientStatus::Rejected,
+            StatusFilter::Revoked => ClientStatus::Revoked,
+        }
+    }
+}
+
+/// The query of a client listing (both listings take the same).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Only registrations with this status.
+    #[param(inline)]
+    pub status: Option<StatusFilter>,
+    /// Page size, 1 to 100 (default 25).
+    #[param(minimum = 1, maximum = 100)]
+    pub maxpagesize: Option<u32>,
+    /// Opaque continuation token from a previous `nextLink`.
+    #[param(min_length = 1)]
+    pub cursor: Option<String>,
+    /// `true` adds the number of all registrations the filter selects as `count` (as on every list).
+    pub count: Option<bool>,
 }
 
 /// Registers an application with the caller's tenant, for the tenant's own directory or, pending a platform
@@ -164,11 +225,8 @@ pub async fn register_client(
         version: 1,
     };
     let view = ClientView::from(&client);
-    let mut response = if status == ClientStatus::Active { HttpResponse::Created() } else { HttpResponse::Accepted() };
-    let response = response
-        .insert_header((header::LOCATION, format!("/api/v1/clients/{}", client.id)))
-        .insert_header(ContentType::json())
-        .json(&view);
+    let response =
+        respond(if status == ClientStatus::Active { StatusCode::CREATED } else { StatusCode::ACCEPTED }, &client);
     let summary = format!(
         "registered application {} of directory {directory_id} with roles {} ({})",
         client.app_id,
@@ -208,36 +266,97 @@ fn tenant_roles(names: &[String]) -> Result<Vec<String>, AppError> {
     Ok(roles)
 }
 
-/// Lists the caller's tenant's applications, oldest first.
+/// Lists the caller's tenant's applications, oldest first, in keyset pages.
 #[utoipa::path(
     tag = "clients",
     operation_id = "listClients",
     security(("entra" = ["Tenant.Admin"])),
+    params(ListParams),
     responses(
-        (status = 200, description = "All of the tenant's applications", body = ClientList),
+        (status = 200, description = "A page of the tenant's applications", body = ClientList),
     )
 )]
 #[get("/clients")]
-pub async fn list_clients(auth: Authorized<TenantAdmin>, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    client_list(&state, auth.tenant_id()?).await
+pub async fn list_clients(
+    auth: Authorized<TenantAdmin>,
+    req: HttpRequest,
+    params: web::Query<ListParams>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    client_list(&state, &req, auth.tenant_id()?, &params, "/api/v1/clients").await
 }
 
-async fn client_list(state: &AppState, tenant_id: Uuid) -> Result<HttpResponse, AppError> {
-    let clients = state.store.list_api_clients(tenant_id).await?;
+async fn client_list(
+    state: &AppState,
+    req: &HttpRequest,
+    tenant_id: Uuid,
+    params: &ListParams,
+    path: &str,
+) -> Result<HttpResponse, AppError> {
+    let size = page_size(params.maxpagesize)?;
+    let after = created_cursor(params.cursor.as_deref())?;
+    let status = params.status.map(ClientStatus::from);
+    let page = state.store.list_api_clients(tenant_id, status, after.as_ref(), size).await?;
+    let count = match params.count {
+        Some(true) => Some(state.store.count_api_clients(tenant_id, status).await?),
+        _ => None,
+    };
     Ok(HttpResponse::Ok().json(ListEnvelope {
-        value: clients.iter().map(ClientView::from).collect(),
-        next_link: None,
-        count: None,
+        value: page.items.iter().map(ClientView::from).collect(),
+        next_link: page.next.as_ref().map(|c| next_link(req, path, &encode_created_cursor(c))),
+        count,
     }))
 }
 
+/// A registration of `tenant_id`, answered 304 when `If-None-Match` names its ETag.
+async fn client_read(
+    state: &AppState,
+    req: &HttpRequest,
+    tenant_id: Uuid,
+    id: Uuid,
+    not_found: impl FnOnce() -> AppError,
+) -> Result<HttpResponse, AppError> {
+    let client = state.store.get_api_client(tenant_id, id).await?.ok_or_else(not_found)?;
+    if not_modified(req, client.version) {
+        return Ok(HttpResponse::NotModified().insert_header((header::ETAG, etag(client.version))).finish());
+    }
+    Ok(respond(StatusCode::OK, &client))
+}
+
+fn own_not_found() -> AppError {
+    AppError::new(ErrorCode::NotFound).with_detail("no registration with this id in your tenant")
+}
+
+/// Reads one of the caller's tenant's registrations.
+#[utoipa::path(
+    tag = "clients",
+    operation_id = "getClient",
+    security(("entra" = ["Tenant.Admin"])),
+    params(("id" = Uuid, Path, description = "The registration id")),
+    responses(
+        (status = 200, description = "The registration; ETag carries its version", body = ClientView),
+        (status = 304, description = "Not modified"),
+        (status = 404, description = "No such registration in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[get("/clients/{id}")]
+pub async fn get_client(
+    auth: Authorized<TenantAdmin>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let id: Uuid = id.parse().map_err(|_| own_not_found())?;
+    client_read(&state, &req, auth.tenant_id()?, id, own_not_found).await
+}
+
 /// Revokes an application (or withdraws a pending registration): its tokens stop working for this tenant at
-/// once. Revoking twice is harmless.
+/// once. Requires `If-Match`; revoking a revoked registration at its current ETag changes nothing.
 #[utoipa::path(
     tag = "clients",
     operation_id = "revokeClient",
     security(("entra" = ["Tenant.Admin"])),
-    params(("id" = Uuid, Path, description = "The registration id")),
+    params(("id" = Uuid, Path, description = "The registration id"), ("If-Match" = String, Header, min_length = 1, description = "The ETag last read, or *")),
     responses(
         (status = 200, description = "Revoked", body = ClientView),
         (status = 404, description = "No such registration in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json")
@@ -250,28 +369,32 @@ pub async fn revoke_client(
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let not_found = || AppError::new(ErrorCode::NotFound).with_detail("no registration with this id in your tenant");
-    let id: Uuid = id.parse().map_err(|_| not_found())?;
+    // An id that cannot exist is a 404 before any precondition is looked at.
+    let id: Uuid = id.parse().map_err(|_| own_not_found())?;
+    let precondition = require_if_match(&req)?;
     let tenant_id = auth.tenant_id()?;
-    let current =
-        state.store.list_api_clients(tenant_id).await?.into_iter().find(|c| c.id == id).ok_or_else(not_found)?;
-    // The row as the revocation leaves it: a pending or active client is revoked now; any other stays as it is.
+    let current = state.store.get_api_client(tenant_id, id).await?.ok_or_else(own_not_found)?;
+    // The row as the revocation leaves it: a pending or active client, still at the version the caller read, is
+    // revoked now; a revoked or rejected one stays as it is, whatever `If-Match` names (the change is already
+    // reflected, RFC 9110 §13.1.1: a retry gets the same answer).
+    let live = matches!(current.status, ClientStatus::Pending | ClientStatus::Active);
+    let version = if live { expected_version(precondition, current.version)? } else { current.version };
     let now = state.clock.now();
     let mut next = current.clone();
-    if matches!(next.status, ClientStatus::Pending | ClientStatus::Active) {
+    if live {
         (next.status, next.revoked_at, next.version) = (ClientStatus::Revoked, Some(now), next.version + 1);
     }
     let (before, after) = (ClientView::from(&current), ClientView::from(&next));
-    let response = HttpResponse::Ok().json(&after);
+    let response = respond(StatusCode::OK, &next);
     let summary = format!("revoked application {}", next.app_id);
     let ledger = ledger(&req, &response, AuditNote::new("clients", next.id, Some(&before), Some(&after), summary));
-    match state.store.revoke_api_client(tenant_id, id, now, ledger.as_ref()).await? {
-        // A concurrent revocation may have won: answer the row as stored (its audit event keeps this request's view).
-        Update::Updated(stored) => {
+    match state.store.revoke_api_client(tenant_id, id, version, now, ledger.as_ref()).await? {
+        Update::Updated(_) => {
             state.lookups.invalidate();
-            Ok(if stored == next { response } else { HttpResponse::Ok().json(ClientView::from(&stored)) })
+            Ok(response)
         }
-        Update::NotFound | Update::VersionMismatch { .. } => Err(not_found()),
+        Update::NotFound => Err(own_not_found()),
+        Update::VersionMismatch { current_version } => Err(precondition_failed(current_version)),
     }
 }
 
@@ -283,36 +406,73 @@ pub struct TenantClientPath {
     id: String,
 }
 
-/// Lists any tenant's registrations, pending ones included, oldest first.
+/// Lists any tenant's registrations, pending ones included, oldest first, in keyset pages.
 #[utoipa::path(
     tag = "clients",
     operation_id = "listTenantClients",
     security(("entra" = ["Platform.Admin"])),
-    params(("tenantId" = Uuid, Path, description = "The tenant id")),
+    params(("tenantId" = Uuid, Path, description = "The tenant id"), ListParams),
     responses(
-        (status = 200, description = "All of the tenant's registrations", body = ClientList),
+        (status = 200, description = "A page of the tenant's registrations", body = ClientList),
         (status = 404, description = "No such tenant", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[get("/tenants/{tenantId}/clients")]
 pub async fn list_tenant_clients(
     _auth: Authorized<PlatformAdmin>,
+    req: HttpRequest,
     tenant_id: web::Path<String>,
+    params: web::Query<ListParams>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let not_found = || AppError::new(ErrorCode::NotFound).with_detail("no tenant with this id");
     let tenant_id: Uuid = tenant_id.parse().map_err(|_| not_found())?;
     state.store.get_tenant(tenant_id).await?.ok_or_else(not_found)?;
-    client_list(&state, tenant_id).await
+    client_list(&state, &req, tenant_id, &params, &format!("/api/v1/tenants/{tenant_id}/clients")).await
+}
+
+fn tenant_client_not_found() -> AppError {
+    AppError::new(ErrorCode::NotFound).with_detail("no registration with this id in this tenant")
+}
+
+impl TenantClientPath {
+    /// The tenant and registration ids; one that cannot exist is a 404.
+    fn ids(&self) -> Result<(Uuid, Uuid), AppError> {
+        let parse = |raw: &str| raw.parse::<Uuid>().map_err(|_| tenant_client_not_found());
+        Ok((parse(&self.tenant_id)?, parse(&self.id)?))
+    }
+}
+
+/// Reads any tenant's registration.
+#[utoipa::path(
+    tag = "clients",
+    operation_id = "getTenantClient",
+    security(("entra" = ["Platform.Admin"])),
+    params(("tenantId" = Uuid, Path, description = "The tenant id"), ("id" = Uuid, Path, description = "The registration id")),
+    responses(
+        (status = 200, description = "The registration; ETag carries its version", body = ClientView),
+        (status = 304, description = "Not modified"),
+        (status = 404, description = "No such registration in this tenant", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[get("/tenants/{tenantId}/clients/{id}")]
+pub async fn get_tenant_client(
+    _auth: Authorized<PlatformAdmin>,
+    req: HttpRequest,
+    path: web::Path<TenantClientPath>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let (tenant_id, id) = path.ids()?;
+    client_read(&state, &req, tenant_id, id, tenant_client_not_found).await
 }
 
 /// Approves a tenant's pending registration for another directory: from now on that directory's tokens for
-/// the application map to the tenant, with at most the registration's roles.
+/// the application map to the tenant, with at most the registration's roles. Requires `If-Match`.
 #[utoipa::path(
     tag = "clients",
     operation_id = "approveClient",
     security(("entra" = ["Platform.Admin"])),
-    params(("tenantId" = Uuid, Path, description = "The tenant id"), ("id" = Uuid, Path, description = "The registration id")),
+    params(("tenantId" = Uuid, Path, description = "The tenant id"), ("id" = Uuid, Path, description = "The registration id"), ("If-Match" = String, Header, min_length = 1, description = "The ETag last read, or *")),
     responses(
         (status = 200, description = "Approved: active", body = ClientView),
         (status = 404, description = "No such registration in this tenant", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -329,12 +489,12 @@ pub async fn approve_client(
     decide(&auth, &req, &path, &state, true).await
 }
 
-/// Rejects a tenant's pending registration for another directory; it never applies.
+/// Rejects a tenant's pending registration for another directory; it never applies. Requires `If-Match`.
 #[utoipa::path(
     tag = "clients",
     operation_id = "rejectClient",
     security(("entra" = ["Platform.Admin"])),
-    params(("tenantId" = Uuid, Path, description = "The tenant id"), ("id" = Uuid, Path, description = "The registration id")),
+    params(("tenantId" = Uuid, Path, description = "The tenant id"), ("id" = Uuid, Path, description = "The registration id"), ("If-Match" = String, Header, min_length = 1, description = "The ETag last read, or *")),
     responses(
         (status = 200, description = "Rejected", body = ClientView),
         (status = 404, description = "No such registration in this tenant", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -359,11 +519,10 @@ async fn decide(
     state: &AppState,
     approve: bool,
 ) -> Result<HttpResponse, AppError> {
-    let not_found = || AppError::new(ErrorCode::NotFound).with_detail("no registration with this id in this tenant");
-    let tenant_id: Uuid = path.tenant_id.parse().map_err(|_| not_found())?;
-    let id: Uuid = path.id.parse().map_err(|_| not_found())?;
-    let current =
-        state.store.list_api_clients(tenant_id).await?.into_iter().find(|c| c.id == id).ok_or_else(not_found)?;
+    let (tenant_id, id) = path.ids()?;
+    let precondition = require_if_match(req)?;
+    let current = state.store.get_api_client(tenant_id, id).await?.ok_or_else(tenant_client_not_found)?;
+    let version = expected_version(precondition, current.version)?;
     let principal = &auth.principal;
     let by =
         principal.object_id.clone().or_else(|| principal.app_id.clone()).unwrap_or_else(|| principal.subject.clone());
@@ -376,7 +535,7 @@ async fn decide(
         next.version + 1,
     );
     let (before, after) = (ClientView::from(&current), ClientView::from(&next));
-    let response = HttpResponse::Ok().json(&after);
+    let response = respond(StatusCode::OK, &next);
     let verb = if approve { "approved" } else { "rejected" };
     let summary = format!(
         "{verb} application {} of directory {} for tenant {tenant_id}",
@@ -385,12 +544,13 @@ async fn decide(
     );
     let note = AuditNote::new("clients", id, Some(&before), Some(&after), summary).in_tenant(tenant_id);
     let ledger = ledger(req, &response, note);
-    match state.store.decide_api_client(tenant_id, id, &decision, ledger.as_ref()).await {
-        Ok(Update::Updated(stored)) => {
+    match state.store.decide_api_client(tenant_id, id, version, &decision, ledger.as_ref()).await {
+        Ok(Update::Updated(_)) => {
             state.lookups.invalidate();
-            Ok(if stored == next { response } else { HttpResponse::Ok().json(ClientView::from(&stored)) })
+            Ok(response)
         }
-        Ok(Update::NotFound | Update::VersionMismatch { .. }) => Err(not_found()),
+        Ok(Update::NotFound) => Err(tenant_client_not_found()),
+        Ok(Update::VersionMismatch { current_version }) => Err(precondition_failed(current_version)),
         Err(StoreError::Conflict(reason)) => Err(AppError::new(ErrorCode::Conflict).with_detail(reason)),
         Err(e) => Err(e.into()),
     }

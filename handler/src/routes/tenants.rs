@@ -5,6 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, get, patch, post, web};
 use validator::Validate;
 
 use crate::api::conditional::{expected_version, not_modified, precondition_failed, require_if_match};
+use crate::api::list::{created_cursor, encode_created_cursor, next_link, page_size};
 use crate::api::validation::validate;
 use crate::store::{StoreError, TenantChanges, TenantStatus, Update};
 use chrono::{DateTime, Utc};
@@ -16,7 +17,7 @@ use crate::error::{AppError, ErrorCode, FieldError};
 use crate::metering::audit::AuditNote;
 use crate::metering::ledger::ledger;
 use crate::state::AppState;
-use crate::store::{Tenant, TenantCursor};
+use crate::store::Tenant;
 
 /// A tenant, as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -32,6 +33,8 @@ pub struct TenantView {
     pub plan: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The tenant's version as a strong ETag, as the `ETag` header carries it: send it back in `If-Match`.
+    pub etag: String,
 }
 
 impl From<&Tenant> for TenantView {
@@ -44,6 +47,7 @@ impl From<&Tenant> for TenantView {
             plan: t.plan_code.clone(),
             created_at: t.created_at,
             updated_at: t.updated_at,
+            etag: etag(t),
         }
     }
 }
@@ -78,18 +82,6 @@ fn etag(t: &Tenant) -> String {
     crate::api::conditional::etag(t.version)
 }
 
-fn encode_cursor(c: &TenantCursor) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}|{}", c.created_at.timestamp_micros(), c.id))
-}
-
-fn decode_cursor(raw: &str) -> Option<TenantCursor> {
-    use base64::Engine as _;
-    let text = String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
-    let (micros, id) = text.split_once('|')?;
-    Some(TenantCursor { created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?, id: id.parse().ok()? })
-}
-
 /// Lists tenants, oldest first, in keyset pages.
 #[utoipa::path(
     tag = "tenants",
@@ -107,26 +99,10 @@ pub async fn list_tenants(
     params: web::Query<ListParams>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let size = params.maxpagesize.unwrap_or(25);
-    if !(1..=100).contains(&size) {
-        return Err(AppError::new(ErrorCode::ValidationFailed).with_parameter_errors(vec![FieldError::new(
-            "maxpagesize",
-            "range",
-            "must be between 1 and 100",
-        )]));
-    }
-    let after = match params.cursor.as_deref() {
-        None => None,
-        Some(raw) => Some(decode_cursor(raw).ok_or_else(|| {
-            AppError::new(ErrorCode::ValidationFailed).with_parameter_errors(vec![FieldError::new(
-                "cursor",
-                "invalid",
-                "not a cursor this API issued",
-            )])
-        })?),
-    };
+    let size = page_size(params.maxpagesize)?;
+    let after = created_cursor(params.cursor.as_deref())?;
     let page = state.store.list_tenants(after.as_ref(), size).await?;
-    let next_link = page.next.as_ref().map(|c| crate::api::list::next_link(&req, "/api/v1/tenants", &encode_cursor(c)));
+    let next_link = page.next.as_ref().map(|c| next_link(&req, "/api/v1/tenants", &encode_created_cursor(c)));
     let count = match params.count {
         Some(true) => Some(state.store.count_tenants().await?),
         _ => None,
@@ -360,19 +336,4 @@ pub async fn reactivate_tenant(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     change(&state, &req, &id, TenantChanges { status: Some(TenantStatus::Active), ..Default::default() }).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_garbage_is_refused() {
-        let c = TenantCursor {
-            created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
-            id: Uuid::from_u128(7),
-        };
-        assert_eq!(decode_cursor(&encode_cursor(&c)), Some(c));
-        assert_eq!(decode_cursor("not-a-cursor"), None);
-    }
 }

@@ -20,9 +20,9 @@ pub trait TenantStore: Send + Sync + 'static {
     /// more to know whether a next page exists). Rows inserted while paging never duplicate or hide others.
     async fn list_tenants(
         &self,
-        after: Option<&TenantCursor>,
+        after: Option<&CreatedCursor>,
         limit: u32,
-    ) -> Result<Page<Tenant, TenantCursor>, StoreError>;
+    ) -> Result<Page<Tenant, CreatedCursor>, StoreError>;
 
     /// How many tenants there are (the `count` of a tenant listing).
     async fn count_tenants(&self) -> Result<u64, StoreError>;
@@ -49,16 +49,32 @@ pub trait TenantStore: Send + Sync + 'static {
         ledger: Option<&Ledger>,
     ) -> Result<Update<Tenant>, StoreError>;
 
-    /// A tenant's API clients, oldest first.
-    async fn list_api_clients(&self, tenant_id: Uuid) -> Result<Vec<ApiClient>, StoreError>;
+    /// A tenant's API clients with `status` (any when `None`), ordered by (created_at, id), strictly after
+    /// `after`; at most `limit`, like [`TenantStore::list_tenants`].
+    async fn list_api_clients(
+        &self,
+        tenant_id: Uuid,
+        status: Option<ClientStatus>,
+        after: Option<&CreatedCursor>,
+        limit: u32,
+    ) -> Result<Page<ApiClient, CreatedCursor>, StoreError>;
 
-    /// Revokes a pending or active client of `tenant_id` (a client of another tenant is `NotFound`): sets
-    /// `status = 'revoked'`, `revoked_at` and bumps the version. Idempotent: revoking a revoked (or rejected)
-    /// client changes nothing and returns `Updated` with the row as it is (its first `revoked_at`, its version).
+    /// How many clients of `tenant_id` have `status` (any when `None`): the `count` of a client listing.
+    async fn count_api_clients(&self, tenant_id: Uuid, status: Option<ClientStatus>) -> Result<u64, StoreError>;
+
+    /// One client of `tenant_id` with its roles; a client of another tenant is `None`.
+    async fn get_api_client(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<ApiClient>, StoreError>;
+
+    /// Revokes a pending or active client of `tenant_id` (a client of another tenant is `NotFound`) if it is still
+    /// at `expected_version` (else `VersionMismatch`): sets `status = 'revoked'`, `revoked_at` and bumps the
+    /// version. Idempotent: revoking a revoked (or rejected) client changes nothing and returns `Updated` with the
+    /// row as it is (its first `revoked_at`, its version), whatever version was named
+    /// ([`revocation_precondition`]).
     async fn revoke_api_client(
         &self,
         tenant_id: Uuid,
         id: Uuid,
+        expected_version: i64,
         now: DateTime<Utc>,
         ledger: Option<&Ledger>,
     ) -> Result<Update<ApiClient>, StoreError>;
@@ -72,13 +88,15 @@ pub trait TenantStore: Send + Sync + 'static {
     async fn api_clients_for_app(&self, directory_id: Uuid, app_id: &str) -> Result<Vec<ApiClient>, StoreError>;
 
     /// Approves or rejects a pending registration of `tenant_id` (`NotFound` for another tenant's or an unknown
-    /// id), bumping its version, in one transaction with the ledger. `Conflict` (nothing changes) when it is not
-    /// pending, or, for an approval, when its directory is another tenant's own directory or another tenant holds
-    /// an active registration of the same (directory, application).
+    /// id) still at `expected_version` (else `VersionMismatch`), bumping its version, in one transaction with the
+    /// ledger. `Conflict` (nothing changes) when it is not pending, or, for an approval, when its directory is
+    /// another tenant's own directory or another tenant holds an active registration of the same (directory,
+    /// application).
     async fn decide_api_client(
         &self,
         tenant_id: Uuid,
         id: Uuid,
+        expected_version: i64,
         decision: &ClientDecision,
         ledger: Option<&Ledger>,
     ) -> Result<Update<ApiClient>, StoreError>;
@@ -180,12 +198,60 @@ pub struct ApiClient {
     pub version: i64,
 }
 
-/// A registration can be approved or rejected only while it is pending (both stores).
 /// The page of a tenant listing fetched with one row more than `limit` (see [`Page::cut`]).
-pub(crate) fn tenant_page(items: Vec<Tenant>, limit: u32) -> Page<Tenant, TenantCursor> {
-    Page::cut(items, limit, |t| TenantCursor { created_at: t.created_at, id: t.id })
+pub(crate) fn tenant_page(items: Vec<Tenant>, limit: u32) -> Page<Tenant, CreatedCursor> {
+    Page::cut(items, limit, |t| CreatedCursor { created_at: t.created_at, id: t.id })
 }
 
+/// The page of a client listing fetched with one row more than `limit` (see [`Page::cut`]).
+pub(crate) fn client_page(items: Vec<ApiClient>, limit: u32) -> Page<ApiClient, CreatedCursor> {
+    Page::cut(items, limit, |c| CreatedCursor { created_at: c.created_at, id: c.id })
+}
+
+/// Roles as a listing reads them, one comma-joined column per client (role names hold no comma), sorted.
+pub(crate) fn split_roles(joined: Option<&str>) -> Vec<String> {
+    let mut roles: Vec<String> = joined.unwrap_or("").split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect();
+    roles.sort();
+    roles
+}
+
+/// Why a conditional client write wrote nothing: the client is not this tenant's, or no longer at the version the
+/// caller read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    NotFound,
+    Stale { current_version: i64 },
+}
+
+impl<T> From<Refused> for Update<T> {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::NotFound => Update::NotFound,
+            Refused::Stale { current_version } => Update::VersionMismatch { current_version },
+        }
+    }
+}
+
+/// A conditional client write's precondition, checked on the row read in its transaction.
+pub(crate) fn client_precondition(current: Option<ApiClient>, expected_version: i64) -> Result<ApiClient, Refused> {
+    match current {
+        None => Err(Refused::NotFound),
+        Some(c) if c.version != expected_version => Err(Refused::Stale { current_version: c.version }),
+        Some(c) => Ok(c),
+    }
+}
+
+/// A revocation's precondition. A client already revoked or rejected passes whatever version was named: the
+/// revocation is already reflected in it and writes nothing, so the answer is the row as it is (RFC 9110 §13.1.1
+/// allows the 2xx), and a retry after a lost commit answer gets the same.
+pub(crate) fn revocation_precondition(current: Option<ApiClient>, expected_version: i64) -> Result<ApiClient, Refused> {
+    match current {
+        Some(c) if matches!(c.status, ClientStatus::Revoked | ClientStatus::Rejected) => Ok(c),
+        current => client_precondition(current, expected_version),
+    }
+}
+
+/// A registration can be approved or rejected only while it is pending (both stores).
 /// The outcome of a conditional tenant write (`updated`: it changed the row at the expected version) from the row
 /// read before and after it in one transaction, with the outbox event announcing a status change, which the
 /// backend writes in that transaction.
@@ -264,9 +330,9 @@ impl TenantChanges {
     }
 }
 
-/// A position in a keyset-paginated listing: the sort key of the last row seen and its id.
+/// A position in a listing ordered by (created_at, id) (tenants, API clients): the last row seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TenantCursor {
+pub struct CreatedCursor {
     pub created_at: DateTime<Utc>,
     pub id: Uuid,
 }

@@ -256,7 +256,7 @@ async fn a_write_commits_its_ledger_in_its_own_transaction_only_when_it_takes_ef
         assert_eq!(store.delete_document(acme.id, doc.id, 7, "oid-1", t0(), Some(&ledger(4))).await.unwrap(), Update::VersionMismatch { current_version: 1 });
         let other = tenant(2, "ghost-plan", t0());
         assert!(matches!(store.create_tenant(&other, Some(&ledger(5))).await, Err(StoreError::ForeignKey(_))));
-        assert_eq!(store.revoke_api_client(acme.id, Uuid::from_u128(404), t0(), Some(&ledger(6))).await.unwrap(), Update::NotFound);
+        assert_eq!(store.revoke_api_client(acme.id, Uuid::from_u128(404), 1, t0(), Some(&ledger(6))).await.unwrap(), Update::NotFound);
         let (usage, audit) = records().await;
         assert_eq!((usage, audit.len()), (1, 1), "{}: writes that did not take effect leave no records", t.name);
 

@@ -67,7 +67,7 @@ async fn keyset_pages_are_complete_and_stable_under_concurrent_inserts() {
             store.create_tenant(tenant, None).await.unwrap();
         }
         let mut seen = Vec::new();
-        let mut cursor: Option<TenantCursor> = None;
+        let mut cursor: Option<CreatedCursor> = None;
         let mut pages = 0;
         loop {
             let page = store.list_tenants(cursor.as_ref(), 5).await.unwrap();
@@ -138,7 +138,7 @@ async fn api_clients_register_once_per_tenant_and_directory_with_their_roles() {
         };
         store.create_api_client(&theirs, None).await.unwrap();
         // The same tenant may register the application again once the first is revoked.
-        store.revoke_api_client(acme.id, client.id, t0(), None).await.unwrap();
+        store.revoke_api_client(acme.id, client.id, 1, t0(), None).await.unwrap();
         store.create_api_client(&again, None).await.unwrap();
         let all = store.api_clients_for_app(home, "8d0a1c1e-app").await.unwrap();
         assert_eq!(all.iter().map(|c| c.id).collect::<Vec<_>>(), vec![client.id, again.id, theirs.id], "{}", t.name);
@@ -177,7 +177,7 @@ async fn pending_registrations_are_decided_once_and_never_take_a_tenants_directo
         let at = t0() + Duration::hours(1);
         let approve = ClientDecision { approve: true, by: "platform-admin".into(), at };
         assert_eq!(
-            store.decide_api_client(b.id, ours.id, &approve, None).await.unwrap(),
+            store.decide_api_client(b.id, ours.id, 1, &approve, None).await.unwrap(),
             Update::NotFound,
             "{}",
             t.name
@@ -190,32 +190,38 @@ async fn pending_registrations_are_decided_once_and_never_take_a_tenants_directo
             ..ours.clone()
         };
         assert_eq!(
-            store.decide_api_client(a.id, ours.id, &approve, None).await.unwrap(),
+            store.decide_api_client(a.id, ours.id, 1, &approve, None).await.unwrap(),
             Update::Updated(approved.clone())
+        );
+        assert_eq!(
+            store.decide_api_client(a.id, ours.id, 1, &approve, None).await.unwrap(),
+            Update::VersionMismatch { current_version: 2 },
+            "{}: a decision made on a stale read is refused",
+            t.name
         );
         let reject = ClientDecision { approve: false, ..approve.clone() };
         assert!(
-            matches!(store.decide_api_client(a.id, ours.id, &reject, None).await, Err(StoreError::Conflict(_))),
+            matches!(store.decide_api_client(a.id, ours.id, 2, &reject, None).await, Err(StoreError::Conflict(_))),
             "{}: a decided registration stays decided",
             t.name
         );
         assert!(
-            matches!(store.decide_api_client(b.id, theirs.id, &approve, None).await, Err(StoreError::Conflict(_))),
+            matches!(store.decide_api_client(b.id, theirs.id, 1, &approve, None).await, Err(StoreError::Conflict(_))),
             "{}: another tenant holds the pair already",
             t.name
         );
         assert!(
-            matches!(store.decide_api_client(b.id, squat.id, &approve, None).await, Err(StoreError::Conflict(_))),
+            matches!(store.decide_api_client(b.id, squat.id, 1, &approve, None).await, Err(StoreError::Conflict(_))),
             "{}: tenant A's own directory cannot be given to B",
             t.name
         );
-        let rejected = store.decide_api_client(b.id, squat.id, &reject, None).await.unwrap();
+        let rejected = store.decide_api_client(b.id, squat.id, 1, &reject, None).await.unwrap();
         assert!(matches!(rejected, Update::Updated(ref c) if c.status == ClientStatus::Rejected), "{rejected:?}");
         assert_eq!(store.api_clients_for_app(partner, "partner-app").await.unwrap(), vec![approved, theirs.clone()]);
         // Revoking a rejected registration leaves it as it is; a pending one can be withdrawn.
-        let withdrawn = store.revoke_api_client(b.id, theirs.id, at, None).await.unwrap();
+        let withdrawn = store.revoke_api_client(b.id, theirs.id, 1, at, None).await.unwrap();
         assert!(matches!(withdrawn, Update::Updated(ref c) if c.status == ClientStatus::Revoked), "{withdrawn:?}");
-        let still = store.revoke_api_client(b.id, squat.id, at, None).await.unwrap();
+        let still = store.revoke_api_client(b.id, squat.id, 2, at, None).await.unwrap();
         assert!(
             matches!(still, Update::Updated(ref c) if c.status == ClientStatus::Rejected && c.revoked_at.is_none())
         );
@@ -273,8 +279,8 @@ async fn tenant_changes_apply_only_given_fields_and_check_the_plan() {
 }
 
 #[tokio::test]
-async fn api_clients_are_listed_oldest_first_and_revoked_idempotently() {
-    for_each_store("api_clients_are_listed_oldest_first_and_revoked_idempotently", |t| async move {
+async fn api_clients_are_listed_in_pages_and_revoked_once_at_the_version_read() {
+    for_each_store("api_clients_are_listed_in_pages_and_revoked_once_at_the_version_read", |t| async move {
         let store = migrated(&t).await;
         let (a, b) = two_tenants(&store).await;
         let client = |n: u128, tenant: &Tenant, created_at, roles: &[&str]| {
@@ -288,25 +294,59 @@ async fn api_clients_are_listed_oldest_first_and_revoked_idempotently() {
         for c in [&c1, &c3, &c2, &theirs] {
             store.create_api_client(c, None).await.unwrap();
         }
-        assert_eq!(store.list_api_clients(a.id).await.unwrap(), vec![c2.clone(), c3.clone(), c1.clone()], "{}", t.name);
-        assert_eq!(store.list_api_clients(b.id).await.unwrap(), vec![theirs.clone()]);
-        assert!(store.list_api_clients(Uuid::from_u128(404)).await.unwrap().is_empty());
+        let list = |tenant: Uuid, status: Option<ClientStatus>| {
+            let store = store.clone();
+            async move {
+                let mut pages = Vec::new();
+                let mut after = None;
+                loop {
+                    let page = store.list_api_clients(tenant, status, after.as_ref(), 2).await.unwrap();
+                    pages.push(page.items);
+                    match page.next {
+                        Some(next) => after = Some(next),
+                        None => return pages,
+                    }
+                }
+            }
+        };
+        assert_eq!(list(a.id, None).await, vec![vec![c2.clone(), c3.clone()], vec![c1.clone()]], "{}", t.name);
+        assert_eq!(list(b.id, None).await, vec![vec![theirs.clone()]]);
+        assert_eq!(list(Uuid::from_u128(404), None).await, vec![Vec::<ApiClient>::new()]);
+        assert_eq!(store.count_api_clients(a.id, None).await.unwrap(), 3);
+        assert_eq!(store.count_api_clients(a.id, Some(ClientStatus::Revoked)).await.unwrap(), 0);
+        assert_eq!(store.get_api_client(a.id, c1.id).await.unwrap(), Some(c1.clone()), "{}", t.name);
+        assert_eq!(store.get_api_client(b.id, c1.id).await.unwrap(), None, "another tenant's client is not found");
 
         let now = t0() + Duration::hours(1);
-        assert_eq!(store.revoke_api_client(b.id, c1.id, now, None).await.unwrap(), Update::NotFound, "{}", t.name);
+        assert_eq!(store.revoke_api_client(b.id, c1.id, 1, now, None).await.unwrap(), Update::NotFound, "{}", t.name);
         let home = a.entra_tenant_id.unwrap();
         let lookup = |app: &'static str| {
             let store = store.clone();
             async move { store.api_clients_for_app(home, app).await.unwrap() }
         };
         assert_eq!(lookup("app-1").await[0].status, ClientStatus::Active, "another tenant cannot revoke");
+        assert_eq!(
+            store.revoke_api_client(a.id, c1.id, 7, now, None).await.unwrap(),
+            Update::VersionMismatch { current_version: 1 },
+            "{}: a stale version revokes nothing",
+            t.name
+        );
+        assert_eq!(lookup("app-1").await[0].status, ClientStatus::Active);
         let revoked = ApiClient { status: ClientStatus::Revoked, revoked_at: Some(now), version: 2, ..c1.clone() };
-        assert_eq!(store.revoke_api_client(a.id, c1.id, now, None).await.unwrap(), Update::Updated(revoked.clone()));
-        let again = store.revoke_api_client(a.id, c1.id, now + Duration::hours(1), None).await.unwrap();
-        assert_eq!(again, Update::Updated(revoked.clone()), "{}: revoking twice changes nothing", t.name);
+        assert_eq!(store.revoke_api_client(a.id, c1.id, 1, now, None).await.unwrap(), Update::Updated(revoked.clone()));
+        let again = store.revoke_api_client(a.id, c1.id, 1, now + Duration::hours(1), None).await.unwrap();
+        assert_eq!(
+            again,
+            Update::Updated(revoked.clone()),
+            "{}: revoking twice changes nothing, whatever version",
+            t.name
+        );
         assert_eq!(lookup("app-1").await, vec![revoked.clone()]);
-        assert_eq!(store.list_api_clients(a.id).await.unwrap(), vec![c2, c3, revoked]);
-        assert_eq!(store.revoke_api_client(a.id, Uuid::from_u128(404), now, None).await.unwrap(), Update::NotFound);
+        assert_eq!(list(a.id, None).await, vec![vec![c2.clone(), c3.clone()], vec![revoked.clone()]]);
+        assert_eq!(list(a.id, Some(ClientStatus::Revoked)).await, vec![vec![revoked]], "{}", t.name);
+        assert_eq!(list(a.id, Some(ClientStatus::Active)).await, vec![vec![c2, c3]]);
+        assert_eq!(store.count_api_clients(a.id, Some(ClientStatus::Active)).await.unwrap(), 2);
+        assert_eq!(store.revoke_api_client(a.id, Uuid::from_u128(404), 1, now, None).await.unwrap(), Update::NotFound);
     })
     .await;
 }

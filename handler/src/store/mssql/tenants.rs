@@ -71,17 +71,30 @@ pub(crate) const UPDATE_TENANT: &str =
     plan_code = COALESCE(@P3, plan_code), updated_at = @P4, version = version + 1
 WHERE id = @P5 AND version = @P6";
 
-/// A tenant's clients, oldest first; index ix_api_client_registrations_tenant.
+/// A page of a tenant's clients (`@P1` tenant, `@P2` status or NULL for any, `@P3`/`@P4` the cursor's created_at
+/// and id or NULL for the first page, `@P5` the page size plus one), each with its roles joined by commas; index
+/// ix_api_client_registrations_tenant seeks the tenant, whose few rows the rest filters.
 pub(crate) const LIST_API_CLIENTS: &str = concat!(
-    "SELECT ",
+    "SELECT TOP (@P5) ",
     api_client_columns!(),
-    " FROM dbo.api_client_registrations WHERE tenant_id = @P1 ORDER BY created_at, id"
+    ",
+    (SELECT STRING_AGG(r.role, ',') FROM dbo.api_client_roles r WHERE r.client_id = c.id) AS roles
+FROM dbo.api_client_registrations c
+WHERE tenant_id = @P1 AND (@P2 IS NULL OR status = @P2)
+    AND (@P3 IS NULL OR created_at > @P3 OR (created_at = @P3 AND id > @P4))
+ORDER BY created_at, id"
 );
 
-/// The roles of every client of a tenant (`@P1`), grouped by client in Rust.
-pub(crate) const LIST_API_CLIENT_ROLES: &str = "SELECT r.client_id, r.role
-FROM dbo.api_client_roles r JOIN dbo.api_client_registrations c ON c.id = r.client_id
-WHERE c.tenant_id = @P1 ORDER BY r.client_id, r.role";
+/// The number of a tenant's clients (`@P1`) with status `@P2` (NULL: any).
+pub(crate) const COUNT_API_CLIENTS: &str = "SELECT COUNT_BIG(*) AS n FROM dbo.api_client_registrations
+WHERE tenant_id = @P1 AND (@P2 IS NULL OR status = @P2)";
+
+/// One client of a tenant under an update lock, read by a conditional write before it checks the version.
+pub(crate) const LOCK_TENANT_API_CLIENT: &str = concat!(
+    "SELECT ",
+    api_client_columns!(),
+    " FROM dbo.api_client_registrations WITH (UPDLOCK, ROWLOCK) WHERE tenant_id = @P1 AND id = @P2"
+);
 
 /// One client of a tenant (`@P1` tenant, `@P2` id): another tenant's client is not found.
 pub(crate) const GET_TENANT_API_CLIENT: &str =
@@ -113,7 +126,8 @@ pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("API_CLIENT_ROLES", API_CLIENT_ROLES),
     ("UPDATE_TENANT", UPDATE_TENANT),
     ("LIST_API_CLIENTS", LIST_API_CLIENTS),
-    ("LIST_API_CLIENT_ROLES", LIST_API_CLIENT_ROLES),
+    ("COUNT_API_CLIENTS", COUNT_API_CLIENTS),
+    ("LOCK_TENANT_API_CLIENT", LOCK_TENANT_API_CLIENT),
     ("GET_TENANT_API_CLIENT", GET_TENANT_API_CLIENT),
     ("REVOKE_API_CLIENT", REVOKE_API_CLIENT),
 ];
@@ -162,7 +176,21 @@ pub(super) async fn read_api_client(
     tenant_id: Uuid,
     id: Uuid,
 ) -> Result<Option<ApiClient>, StoreError> {
-    let found = rows(conn, GET_TENANT_API_CLIENT, &[&tenant_id, &id]).await?;
+    read_api_client_with(conn, GET_TENANT_API_CLIENT, tenant_id, id).await
+}
+
+/// [`read_api_client`] holding an update lock on the row until the transaction ends.
+async fn lock_api_client(conn: &mut MssqlClient, tenant_id: Uuid, id: Uuid) -> Result<Option<ApiClient>, StoreError> {
+    read_api_client_with(conn, LOCK_TENANT_API_CLIENT, tenant_id, id).await
+}
+
+async fn read_api_client_with(
+    conn: &mut MssqlClient,
+    sql: &str,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Result<Option<ApiClient>, StoreError> {
+    let found = rows(conn, sql, &[&tenant_id, &id]).await?;
     let Some(mut client) = found.first().map(api_client_from).transpose()? else { return Ok(None) };
     client.roles = client_roles(conn, client.id).await?;
     Ok(Some(client))
@@ -212,9 +240,9 @@ impl TenantStore for MssqlStore {
 
     async fn list_tenants(
         &self,
-        after: Option<&TenantCursor>,
+        after: Option<&CreatedCursor>,
         limit: u32,
-    ) -> Result<Page<Tenant, TenantCursor>, StoreError> {
+    ) -> Result<Page<Tenant, CreatedCursor>, StoreError> {
         let limit = limit.max(1);
         let fetch = i64::from(limit) + 1;
         in_tx!(self, Retry::Yes, |conn| {
@@ -276,42 +304,65 @@ impl TenantStore for MssqlStore {
         })
     }
 
-    async fn list_api_clients(&self, tenant_id: Uuid) -> Result<Vec<ApiClient>, StoreError> {
+    async fn list_api_clients(
+        &self,
+        tenant_id: Uuid,
+        status: Option<ClientStatus>,
+        after: Option<&CreatedCursor>,
+        limit: u32,
+    ) -> Result<Page<ApiClient, CreatedCursor>, StoreError> {
+        let limit = limit.max(1);
+        let status = status.map(ClientStatus::as_str);
+        let (after_at, after_id) = (after.map(|c| c.created_at), after.map(|c| c.id));
+        let top = i64::from(limit) + 1;
         in_tx!(self, Retry::Yes, |conn| {
-            let mut clients = rows(conn, LIST_API_CLIENTS, &[&tenant_id])
+            let items = rows(conn, LIST_API_CLIENTS, &[&tenant_id, &status, &after_at, &after_id, &top])
                 .await?
                 .iter()
-                .map(api_client_from)
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut by_client: HashMap<Uuid, Vec<String>> = HashMap::new();
-            for row in rows(conn, LIST_API_CLIENT_ROLES, &[&tenant_id]).await? {
-                by_client.entry(required(&row, 0)?).or_default().push(text(&row, 1)?);
-            }
-            for client in &mut clients {
-                client.roles = by_client.remove(&client.id).unwrap_or_default();
-            }
-            Ok(clients)
+                .map(|row| {
+                    let roles = split_roles(column::<&str>(row, 11)?);
+                    Ok(ApiClient { roles, ..api_client_from(row)? })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok(client_page(items, limit))
         })
+    }
+
+    async fn count_api_clients(&self, tenant_id: Uuid, status: Option<ClientStatus>) -> Result<u64, StoreError> {
+        let status = status.map(ClientStatus::as_str);
+        in_tx!(self, Retry::Yes, |conn| {
+            let n: i64 = rows(conn, COUNT_API_CLIENTS, &[&tenant_id, &status])
+                .await?
+                .first()
+                .map(|row| required(row, 0))
+                .transpose()?
+                .unwrap_or(0);
+            Ok(n as u64)
+        })
+    }
+
+    async fn get_api_client(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<ApiClient>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| read_api_client(conn, tenant_id, id).await)
     }
 
     async fn revoke_api_client(
         &self,
         tenant_id: Uuid,
         id: Uuid,
+        expected_version: i64,
         now: DateTime<Utc>,
         ledger: Option<&Ledger>,
     ) -> Result<Update<ApiClient>, StoreError> {
-        // Idempotent (only an active client changes; stored ledger ids are skipped), so a transient fault may
-        // run it again.
+        // Idempotent (the version is checked under the row's update lock, only an active client changes, stored
+        // ledger ids are skipped), so a transient fault may run it again.
         in_tx!(self, Retry::Yes, |conn| {
+            if let Err(refused) = revocation_precondition(lock_api_client(conn, tenant_id, id).await?, expected_version)
+            {
+                return Ok(refused.into());
+            }
             execute(conn, REVOKE_API_CLIENT, &[&tenant_id, &id, &now]).await?;
-            Ok(match read_api_client(conn, tenant_id, id).await? {
-                Some(client) => {
-                    write_ledger(conn, ledger).await?;
-                    Update::Updated(client)
-                }
-                None => Update::NotFound,
-            })
+            write_ledger(conn, ledger).await?;
+            Ok(read_api_client(conn, tenant_id, id).await?.map_or(Update::NotFound, Update::Updated))
         })
     }
 
@@ -358,13 +409,17 @@ impl TenantStore for MssqlStore {
         &self,
         tenant_id: Uuid,
         id: Uuid,
+        expected_version: i64,
         decision: &ClientDecision,
         ledger: Option<&Ledger>,
     ) -> Result<Update<ApiClient>, StoreError> {
         // Idempotent (only a pending row changes, a decided one is a Conflict, stored ledger ids are skipped),
         // but a retry after a lost commit answer would report that Conflict: not retried.
         in_tx!(self, Retry::No, |conn| {
-            let Some(client) = read_api_client(conn, tenant_id, id).await? else { return Ok(Update::NotFound) };
+            let client = match client_precondition(lock_api_client(conn, tenant_id, id).await?, expected_version) {
+                Ok(client) => client,
+                Err(refused) => return Ok(refused.into()),
+            };
             check_decidable(&client)?;
             if decision.approve {
                 let app_id = client.app_id.as_str();

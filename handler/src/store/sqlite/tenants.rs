@@ -127,9 +127,9 @@ impl TenantStore for SqliteStore {
 
     async fn list_tenants(
         &self,
-        after: Option<&TenantCursor>,
+        after: Option<&CreatedCursor>,
         limit: u32,
-    ) -> Result<Page<Tenant, TenantCursor>, StoreError> {
+    ) -> Result<Page<Tenant, CreatedCursor>, StoreError> {
         let after = after.cloned();
         let limit = limit.max(1);
         self.read(move |conn| {
@@ -217,46 +217,74 @@ impl TenantStore for SqliteStore {
         .await
     }
 
-    async fn list_api_clients(&self, tenant_id: Uuid) -> Result<Vec<ApiClient>, StoreError> {
+    async fn list_api_clients(
+        &self,
+        tenant_id: Uuid,
+        status: Option<ClientStatus>,
+        after: Option<&CreatedCursor>,
+        limit: u32,
+    ) -> Result<Page<ApiClient, CreatedCursor>, StoreError> {
+        let after = after.cloned();
+        let limit = limit.max(1);
         self.read(move |conn| {
-            // One read transaction: the clients and their roles come from the same snapshot.
-            let tx = conn.unchecked_transaction().map_err(classify)?;
-            let tenant = tenant_id.to_string();
-            let sql =
-                format!("SELECT {API_CLIENT_COLUMNS} FROM api_client_registrations WHERE tenant_id = ?1 ORDER BY created_at, id");
-            let mut clients = query_all(&tx, &sql, [&tenant], api_client_from_row)?;
-            let roles = query_all(
-                &tx,
-                "SELECT r.client_id, r.role FROM api_client_roles r JOIN api_client_registrations c ON c.id = r.client_id
-                 WHERE c.tenant_id = ?1 ORDER BY r.client_id, r.role",
-                [&tenant],
-                |r| {
-                    let (client, role): (String, String) = (r.get(0)?, r.get(1)?);
-                    Ok(parse_uuid(&client).map(|client| (client, role)))
-                },
-            )?;
-            tx.commit().map_err(classify)?;
-            let mut by_client: HashMap<Uuid, Vec<String>> = HashMap::new();
-            for (client, role) in roles {
-                by_client.entry(client).or_default().push(role);
+            // Each client's roles come with its row (one statement, one snapshot); ix_api_client_registrations_tenant.
+            let mut sql = format!(
+                "SELECT {API_CLIENT_COLUMNS},
+                     (SELECT group_concat(r.role, ',') FROM api_client_roles r WHERE r.client_id = c.id)
+                 FROM api_client_registrations c WHERE tenant_id = ?1"
+            );
+            let mut values: Vec<rusqlite::types::Value> = vec![tenant_id.to_string().into()];
+            if let Some(status) = status {
+                values.push(status.as_str().to_owned().into());
+                sql.push_str(&format!(" AND status = ?{}", values.len()));
             }
-            for client in &mut clients {
-                client.roles = by_client.remove(&client.id).unwrap_or_default();
+            if let Some(cursor) = &after {
+                values.push(timestamp(cursor.created_at).into());
+                values.push(cursor.id.to_string().into());
+                let (at, id) = (values.len() - 1, values.len());
+                sql.push_str(&format!(" AND (created_at > ?{at} OR (created_at = ?{at} AND id > ?{id}))"));
             }
-            Ok(clients)
+            values.push(i64::from(limit + 1).into());
+            sql.push_str(&format!(" ORDER BY created_at, id LIMIT ?{}", values.len()));
+            let items = query_all(conn, &sql, rusqlite::params_from_iter(values), |r| {
+                let roles: Option<String> = r.get(11)?;
+                Ok(api_client_from_row(r)?.map(|client| ApiClient { roles: split_roles(roles.as_deref()), ..client }))
+            })?;
+            Ok(client_page(items, limit))
         })
         .await
+    }
+
+    async fn count_api_clients(&self, tenant_id: Uuid, status: Option<ClientStatus>) -> Result<u64, StoreError> {
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT count(*) FROM api_client_registrations WHERE tenant_id = ?1 AND (?2 IS NULL OR status = ?2)",
+                params![tenant_id.to_string(), status.map(ClientStatus::as_str)],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(classify)
+        })
+        .await
+    }
+
+    async fn get_api_client(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<ApiClient>, StoreError> {
+        self.read_point(|conn| read_api_client(conn, tenant_id, id))
     }
 
     async fn revoke_api_client(
         &self,
         tenant_id: Uuid,
         id: Uuid,
+        expected_version: i64,
         now: DateTime<Utc>,
         ledger: Option<&Ledger>,
     ) -> Result<Update<ApiClient>, StoreError> {
         let ledger = ledger.cloned();
         self.write(move |tx| {
+            if let Err(refused) = revocation_precondition(read_api_client(tx, tenant_id, id)?, expected_version) {
+                return Ok(refused.into());
+            }
             tx.execute(
                 "UPDATE api_client_registrations SET status = 'revoked', revoked_at = ?1, version = version + 1
                  WHERE tenant_id = ?2 AND id = ?3 AND status IN ('pending', 'active')",
@@ -264,13 +292,8 @@ impl TenantStore for SqliteStore {
             )
             .map_err(classify)?;
             // Revoked now or before: either way the client is revoked, and the row says since when.
-            Ok(match read_api_client(tx, tenant_id, id)? {
-                Some(client) => {
-                    write_ledger(tx, ledger.as_ref())?;
-                    Update::Updated(client)
-                }
-                None => Update::NotFound,
-            })
+            write_ledger(tx, ledger.as_ref())?;
+            Ok(read_api_client(tx, tenant_id, id)?.map_or(Update::NotFound, Update::Updated))
         })
         .await
     }
@@ -327,13 +350,15 @@ impl TenantStore for SqliteStore {
         &self,
         tenant_id: Uuid,
         id: Uuid,
+        expected_version: i64,
         decision: &ClientDecision,
         ledger: Option<&Ledger>,
     ) -> Result<Update<ApiClient>, StoreError> {
         let (decision, ledger) = (decision.clone(), ledger.cloned());
         self.write(move |tx| {
-            let Some(client) = read_api_client(tx, tenant_id, id)? else {
-                return Ok(Update::NotFound);
+            let client = match client_precondition(read_api_client(tx, tenant_id, id)?, expected_version) {
+                Ok(client) => client,
+                Err(refused) => return Ok(refused.into()),
             };
             check_decidable(&client)?;
             if decision.approve {
