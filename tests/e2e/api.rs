@@ -378,6 +378,24 @@ async fn listing_filters_sorts_pages_and_counts() {
     assert_eq!(first["count"], 23);
     assert_eq!(first["value"].as_array().unwrap().len(), 5);
     assert!(api.get(&api.a_reader, "/api/v1/documents").await.json().get("count").is_none(), "count is opt-in");
+    // Behind the Functions front end (or API Management) the link names the host the client called.
+    let behind = api
+        .send(
+            &api.a_reader,
+            ClientRequest::get("/api/v1/documents?maxpagesize=5")
+                .header("X-Forwarded-Host", "api.contoso.example")
+                .header("X-Forwarded-Proto", "https"),
+        )
+        .await
+        .json();
+    let link = behind["nextLink"].as_str().unwrap();
+    assert!(link.starts_with("https://api.contoso.example/api/v1/documents?"), "{link}");
+    assert!(link.contains("maxpagesize=5") && link.contains("cursor="), "the link keeps the query: {link}");
+    let forged = api
+        .send(&api.a_reader, ClientRequest::get("/api/v1/documents?maxpagesize=5").header("X-Forwarded-Host", "evil/x"))
+        .await
+        .json();
+    assert!(!forged["nextLink"].as_str().unwrap().contains("evil"), "a forwarded value that is not a host is ignored");
 
     for (query, pred) in [
         ("status=draft", &(|d: &Value| d["status"] == "draft") as &dyn Fn(&Value) -> bool),
