@@ -7,7 +7,8 @@ through the API, then drives each scenario with wrk (bench/wrk.lua) for --second
 times:
 
   baseline  GET /api/health                    no auth, no metering, no store: the actix-web ceiling here
-  me        GET /api/v1/me                     the whole pipeline, no resource read
+  me        GET /api/v1/me                     authentication, rate limit, usage record; no quota step (a
+                                               self-service read since issue 20), no resource read
   document  GET /api/v1/documents/{id}         the whole pipeline and a document read
   search    GET /api/v1/documents?q=&tag=...   the whole pipeline and a filtered, sorted keyset page
   create    POST /api/v1/documents             the whole pipeline and a document write

@@ -2,6 +2,8 @@
 //! hash-chained events; the listing is tenant-scoped with filters and keyset pages; verification finds a row edited
 //! or removed in the database.
 
+use std::collections::BTreeSet;
+
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -299,16 +301,77 @@ async fn a_rate_limited_request_leaves_a_rejected_event_with_the_limiter_decisio
         assert_eq!((event["action"].as_str(), event["actorAppId"].as_str()), (Some("getMe"), Some("c-user")));
         assert!(event["limiterDecision"].as_str().unwrap().starts_with("rate-limited minute r=0 t="), "{event}");
     }
-    // The administrator's plan change is audited on its own tenant's chain, with the tenant as resource.
-    let ops_chain = chain_of(&host, DIR_OPS);
-    let (action, resource, before, after): (String, String, Option<String>, Option<String>) = host.db()
+    // The administrator's plan change is audited on the changed tenant's chain, which the tenant reads: who
+    // changed its plan, and from what to what.
+    let c_chain = chain_of(&host, DIR_C);
+    let (action, resource, actor, before, after): (String, String, String, Option<String>, Option<String>) = host
+        .db()
         .query_row(
-            "SELECT action, resource_id, before_hash, after_hash FROM audit_events WHERE chain = ?1 AND action = 'patchTenant'",
-            [&ops_chain],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            "SELECT action, resource_id, actor_app_id, before_hash, after_hash FROM audit_events
+             WHERE chain = ?1 AND action = 'patchTenant'",
+            [&c_chain],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
         .unwrap();
-    assert_eq!((action.as_str(), resource.as_str()), ("patchTenant", c.as_str()));
+    assert_eq!((action.as_str(), resource.as_str(), actor.as_str()), ("patchTenant", c.as_str(), "ops"));
+    let seen = ok(&send(&host, &auditor, ClientRequest::get("/api/v1/audit-events?action=patchTenant")).await, 200);
+    assert_eq!(seen["value"].as_array().unwrap().len(), 1, "the tenant sees it: {seen}");
     assert!(before.is_some() && after.is_some() && before != after);
     assert_eq!(after.unwrap(), sha256(&moved.body));
+}
+
+#[actix_web::test]
+async fn a_platform_administrator_verifies_any_tenants_chain_and_the_read_is_audited_there() {
+    let Audited { host, a_writer, a_auditor, b_auditor, .. } = audited().await;
+    ok(
+        &send(
+            &host,
+            &a_writer,
+            ClientRequest::new("POST", "/api/v1/documents").json(&json!({"title": "t", "docType": "memo"})),
+        )
+        .await,
+        201,
+    );
+    let a = chain_of(&host, DIR_A).trim_start_matches("tenant:").to_owned();
+    let ops = host.token(DIR_OPS, "Platform.Admin,Audit.Read,Usage.Read", "ops").await;
+
+    let verified =
+        ok(&send(&host, &ops, ClientRequest::get(&format!("/api/v1/audit-events/verify?tenantId={a}"))).await, 200);
+    assert_eq!(verified["valid"], true, "{verified}");
+    assert!(verified["checked"].as_u64().unwrap() >= 1, "A's chain, not the administrator's: {verified}");
+    let listed = ok(
+        &send(&host, &ops, ClientRequest::get(&format!("/api/v1/audit-events?tenantId={a}&action=createDocument")))
+            .await,
+        200,
+    );
+    assert_eq!(listed["value"].as_array().unwrap().len(), 1, "{listed}");
+    ok(&send(&host, &ops, ClientRequest::get(&format!("/api/v1/billing/statements?tenantId={a}"))).await, 200);
+
+    // Each of those reads is in A's chain, where A's auditor sees who read what; the chain still verifies.
+    let seen = ok(&send(&host, &a_auditor, ClientRequest::get("/api/v1/audit-events?actor=ops")).await, 200);
+    let actions: BTreeSet<String> =
+        seen["value"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect();
+    let expected = ["listAuditEvents", "listBillingStatements", "verifyAuditChain"];
+    assert_eq!(actions, expected.into_iter().map(str::to_owned).collect::<BTreeSet<_>>(), "{seen}");
+    assert!(seen["value"][0]["summary"].as_str().unwrap().contains("platform administrator read"), "{seen}");
+    let own = ok(&send(&host, &a_auditor, ClientRequest::get("/api/v1/audit-events/verify")).await, 200);
+    assert_eq!(
+        (own["valid"].clone(), own["checked"].as_u64().unwrap()),
+        (json!(true), verified["checked"].as_u64().unwrap() + 3)
+    );
+
+    // A tenant naming another tenant learns nothing; an unknown tenant is 404 for the administrator too.
+    let b_reads_a =
+        send(&host, &b_auditor, ClientRequest::get(&format!("/api/v1/audit-events/verify?tenantId={a}"))).await;
+    assert_eq!(b_reads_a.status, 404, "{}", String::from_utf8_lossy(&b_reads_a.body));
+    let b_lists_a = send(&host, &b_auditor, ClientRequest::get(&format!("/api/v1/audit-events?tenantId={a}"))).await;
+    assert_eq!(b_lists_a.status, 404);
+    let nobody = "00000000-0000-0000-0000-00000000beef";
+    assert_eq!(
+        send(&host, &ops, ClientRequest::get(&format!("/api/v1/audit-events/verify?tenantId={nobody}"))).await.status,
+        404
+    );
+    // Reading one's own tenant is not a cross-tenant read: nothing more in A's chain.
+    let again = ok(&send(&host, &a_auditor, ClientRequest::get("/api/v1/audit-events/verify")).await, 200);
+    assert_eq!(again["checked"], own["checked"]);
 }

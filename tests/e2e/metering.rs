@@ -17,6 +17,9 @@ use crate::support::app::{DEV_APP_ID, TestApp};
 use crate::support::dev_token;
 use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, HostOptions};
 
+/// The call these tests meter: a read the quota applies to, one unit on the "metered" plan (`/api/v1/me` is a
+/// self-service read the quota does not apply to).
+const METERED: &str = "/api/v1/documents";
 const DIR_A: &str = "aaaaaaaa-0000-0000-0000-0000000000aa";
 const DIR_OPS: &str = "0b500000-0000-0000-0000-0000000000ff";
 /// Tenant A's units used this period (the platform administrator's calls are metered on its own tenant).
@@ -44,6 +47,10 @@ where
     let plan = json!({"code": "metered", "name": "Metered", "requestsPerMinute": requests_per_minute, "burst": burst,
         "monthlyQuotaUnits": quota, "overagePolicy": policy, "currency": "EUR", "basePriceMicros": 0, "overageUnitPriceMicros": 0});
     assert_eq!(send(auth(ClientRequest::new("POST", "/api/v1/plans").json(&plan))).await.status, 201);
+    // The metered call of these tests, `GET /api/v1/documents` (METERED), costs one unit on this plan.
+    let one_unit = json!({"overrides": {"listDocuments": 1}});
+    let costs = ClientRequest::new("PUT", "/api/v1/plans/metered/costs").json(&one_unit).header("If-Match", "*");
+    assert_eq!(send(auth(costs)).await.status, 200);
     let tenants = send(auth(ClientRequest::get("/api/v1/tenants"))).await.json();
     let a = tenants["value"].as_array().unwrap().iter().find(|t| t["entraTenantId"] == DIR_A).unwrap()["id"]
         .as_str()
@@ -78,6 +85,12 @@ async fn metered_app(requests_per_minute: i64, burst: i64, quota: i64, policy: &
     (app, user, admin)
 }
 
+/// One metered call ([`METERED`]).
+async fn call(host: &HostEmulator, token: &str) -> ClientResponse {
+    host.http(ClientRequest::get(METERED).header("Authorization", &format!("Bearer {token}"))).await
+}
+
+/// `GET /api/v1/me`, a self-service read: rate-limited and recorded, never refused for quota.
 async fn me(host: &HostEmulator, token: &str) -> ClientResponse {
     host.http(ClientRequest::get("/api/v1/me").header("Authorization", &format!("Bearer {token}"))).await
 }
@@ -93,7 +106,7 @@ fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
 #[tokio::test]
 async fn two_hundred_concurrent_calls_against_a_quota_of_one_hundred_accept_exactly_one_hundred() {
     let m = metered(1_000_000, 100_000, 100, "block").await;
-    let calls = (0..200).map(|_| me(&m.host, &m.user));
+    let calls = (0..200).map(|_| call(&m.host, &m.user));
     let responses = futures_util::future::join_all(calls).await;
     let ok = responses.iter().filter(|r| r.status == 200).count();
     assert_eq!(ok, 100);
@@ -106,20 +119,24 @@ async fn two_hundred_concurrent_calls_against_a_quota_of_one_hundred_accept_exac
     assert!(refused[0].header("ratelimit").unwrap().contains("\"month\";r=0"));
     let conn = db(m.root.path());
     assert_eq!(count(&conn, A_UNITS), 100);
-    assert_eq!(count(&conn, "SELECT count(*) FROM usage_events WHERE operation_id = 'getMe' AND billable = 1"), 100);
-    // The summary a tenant reads is the counter the limiter enforces (reading it is metered and refused too).
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM usage_events WHERE operation_id = 'listDocuments' AND billable = 1"),
+        100
+    );
+    // The summary a tenant reads is the counter the limiter enforces; reading it spends no quota.
     let m2 = metered(1_000_000, 100_000, 1_000, "allow").await;
+    call(&m2.host, &m2.user).await;
     me(&m2.host, &m2.user).await;
     let quota = me(&m2.host, &m2.user).await.json()["quota"].clone();
     assert_eq!(
         (quota["quotaUnits"].clone(), quota["unitsUsed"].clone(), quota["remainingUnits"].clone()),
-        (json!(1000), json!(2), json!(998))
+        (json!(1000), json!(1), json!(999))
     );
     assert_eq!(quota["overagePolicy"], "allow");
     assert_eq!(
         count(
             &conn,
-            "SELECT count(*) FROM usage_events WHERE operation_id = 'getMe' AND billable = 0 AND status = 429"
+            "SELECT count(*) FROM usage_events WHERE operation_id = 'listDocuments' AND billable = 0 AND status = 429"
         ),
         100
     );
@@ -129,7 +146,7 @@ async fn two_hundred_concurrent_calls_against_a_quota_of_one_hundred_accept_exac
 async fn two_handler_processes_on_one_store_share_the_quota_exactly() {
     let m = metered(1_000_000, 100_000, 100, "block").await;
     let second = start(m.root.path()).await;
-    let calls = (0..200).map(|i| me(if i % 2 == 0 { &m.host } else { &second }, &m.user));
+    let calls = (0..200).map(|i| call(if i % 2 == 0 { &m.host } else { &second }, &m.user));
     let responses = futures_util::future::join_all(calls).await;
     let by_status = |status| responses.iter().filter(|r| r.status == status).count();
     assert_eq!(
@@ -141,9 +158,9 @@ async fn two_handler_processes_on_one_store_share_the_quota_exactly() {
     assert_eq!(count(&db(m.root.path()), A_UNITS), 100);
 }
 
-/// `n` concurrent `GET /api/v1/me`, spread over `hosts` in turn.
+/// `n` concurrent metered calls, spread over `hosts` in turn.
 async fn wave(hosts: [&HostEmulator; 3], user: &str, n: usize) -> Vec<ClientResponse> {
-    futures_util::future::join_all((0..n).map(|i| me(hosts[i % 3], user))).await
+    futures_util::future::join_all((0..n).map(|i| call(hosts[i % 3], user))).await
 }
 
 #[tokio::test]
@@ -175,9 +192,71 @@ async fn three_handler_processes_never_admit_past_the_quota_and_return_every_uns
     assert_eq!(count(&conn, billable), admitted as i64);
     // Every unit refused while another process held it is back: a new process admits exactly the rest.
     let fresh = start(m.root.path()).await;
-    let rest = futures_util::future::join_all((0..1_100 - admitted).map(|_| me(&fresh, &m.user))).await;
+    let rest = futures_util::future::join_all((0..1_100 - admitted).map(|_| call(&fresh, &m.user))).await;
     assert_eq!(ok(&rest), 1_000 - admitted, "the rest of the quota, and not one more");
     drop(fresh);
+}
+
+#[tokio::test]
+async fn an_upgrade_serves_a_blocked_tenant_again_in_every_process_within_the_same_period() {
+    let m = metered(1_000_000, 100_000, 5, "block").await;
+    // A second process whose lookups are never cached (METERLINE_LOOKUP_CACHE_SECS=0), so it sees the change made
+    // through the first without waiting out the cache (docs/usage.md, "Plan changes": at most about 5 s).
+    let env = vec![("METERLINE_LOOKUP_CACHE_SECS".to_owned(), "0".to_owned())];
+    let second = HostEmulator::start_with(HostOptions {
+        app_root: Some(m.root.path().to_path_buf()),
+        env,
+        ..HostOptions::default()
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(call(&m.host, &m.user).await.status, 200);
+    }
+    assert_eq!(call(&m.host, &m.user).await.status, 429, "the quota of 5 is spent");
+    assert_eq!(call(&second, &m.user).await.status, 429, "in every process");
+
+    // The platform administrator moves tenant A to a plan with 9 units (listDocuments still 1 unit), through the
+    // first process.
+    let admin = dev_token(m.root.path(), &["--tenant", DIR_OPS, "--roles", "Platform.Admin", "--app-id", "ops"]);
+    let auth = |r: ClientRequest| r.header("Authorization", &format!("Bearer {admin}"));
+    let plan = json!({"code": "pro", "name": "Pro", "requestsPerMinute": 1_000_000, "burst": 100_000,
+        "monthlyQuotaUnits": 9, "overagePolicy": "block", "currency": "EUR", "basePriceMicros": 0, "overageUnitPriceMicros": 0});
+    assert_eq!(m.host.http(auth(ClientRequest::new("POST", "/api/v1/plans").json(&plan))).await.status, 201);
+    let one_unit = ClientRequest::new("PUT", "/api/v1/plans/pro/costs")
+        .json(&json!({"overrides": {"listDocuments": 1}}))
+        .header("If-Match", "*");
+    assert_eq!(m.host.http(auth(one_unit)).await.status, 200);
+    let tenant: String = db(m.root.path())
+        .query_row("SELECT id FROM tenants WHERE entra_tenant_id = ?1", [DIR_A], |r| r.get(0))
+        .unwrap();
+    let moved = m
+        .host
+        .http(auth(
+            ClientRequest::new("PATCH", &format!("/api/v1/tenants/{tenant}"))
+                .body("{\"plan\":\"pro\"}")
+                .header("Content-Type", "application/merge-patch+json")
+                .header("If-Match", "*"),
+        ))
+        .await;
+    assert_eq!(moved.status, 200, "{}", String::from_utf8_lossy(&moved.body));
+
+    // The second process serves A again at once; both together admit exactly the four new units.
+    assert_eq!(call(&second, &m.user).await.status, 200, "the upgrade applies to this period");
+    let rest =
+        futures_util::future::join_all((0..6).map(|i| call(if i % 2 == 0 { &m.host } else { &second }, &m.user))).await;
+    assert_eq!(rest.iter().filter(|r| r.status == 200).count(), 3, "the rest of the 9 units, and not one more");
+    let period = db(m.root.path())
+        .query_row("SELECT quota_units, units_used FROM quota_usage WHERE tenant_id = ?1", [&tenant], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })
+        .unwrap();
+    assert_eq!(period, (9, 9), "the period's snapshot took the new quota");
+    // The change is in the tenant's audit trail.
+    let audited = count(
+        &db(m.root.path()),
+        &format!("SELECT count(*) FROM audit_events WHERE tenant_id = '{tenant}' AND action = 'patchTenant'"),
+    );
+    assert!(audited >= 1, "the plan change is audited");
 }
 
 #[tokio::test]
@@ -194,7 +273,7 @@ async fn three_handler_processes_keep_a_rate_limit_within_its_stated_bound() {
         async move {
             let mut allowed = 0;
             while started.elapsed() < window {
-                allowed += usize::from(me(host, &user).await.status == 200);
+                allowed += usize::from(call(host, &user).await.status == 200);
             }
             allowed
         }
@@ -269,7 +348,8 @@ async fn every_request_leaves_exactly_one_usage_event_and_failures_are_refunded(
             })
             .unwrap_or_else(|e| panic!("no usage event for {id} ({status}): {e}"));
         assert_eq!(stored_status, i64::from(*status));
-        assert_eq!(billable, (200..300).contains(status), "{status} billable?");
+        let exempt = id == &request_ids[0].1;
+        assert_eq!(billable, (200..300).contains(status) && !exempt, "{status} billable? (getMe never is)");
         if *status == 401 {
             assert!(tenant.is_none(), "an unidentified caller has no tenant");
         } else {
@@ -279,10 +359,11 @@ async fn every_request_leaves_exactly_one_usage_event_and_failures_are_refunded(
     }
     let statuses: Vec<u16> = request_ids.iter().map(|(s, _)| *s).collect();
     assert_eq!(statuses, vec![200, 200, 404, 422, 401, 401, 403], "the POST lacks Documents.Write");
-    // Only the two successes are charged: getMe 1 + listDocuments 2; the 404, 422 and 403 were refunded or never
-    // debited (settling the quota lease gives back what no billable event spent).
+    // Only listDocuments is charged (1 unit on this plan): getMe is a self-service read the quota does not apply
+    // to; the 404, 422 and 403 were refunded or never debited (settling the quota lease gives back what no
+    // billable event spent).
     app.settle_leases().await;
-    assert_eq!(count(&conn, A_UNITS), 3);
+    assert_eq!(count(&conn, A_UNITS), 1);
     let route: String = conn
         .query_row("SELECT route_template FROM usage_events WHERE request_id = ?1", [&request_ids[2].1], |r| r.get(0))
         .unwrap();
@@ -292,7 +373,7 @@ async fn every_request_leaves_exactly_one_usage_event_and_failures_are_refunded(
 #[tokio::test]
 async fn a_killed_handler_loses_no_acknowledged_usage() {
     let mut m = metered(1_000_000, 100_000, 1_000_000, "block").await;
-    let url = m.host.handler_url("/api/v1/me");
+    let url = m.host.handler_url(METERED);
     let client = reqwest::Client::new();
     let auth = format!("Bearer {}", m.user);
     let pid = m.host.pid();
@@ -371,24 +452,24 @@ async fn metered_calls_spend_a_quota_lease_in_memory_and_its_settlement_bills_ex
     };
     let auth = format!("Bearer {user}");
     for _ in 0..50 {
-        assert_eq!(app.http(ClientRequest::get("/api/v1/me").header("Authorization", &auth)).await.status, 200);
+        assert_eq!(app.http(ClientRequest::get(METERED).header("Authorization", &auth)).await.status, 200);
     }
     let missing = ClientRequest::get("/api/v1/documents/00000000-0000-0000-0000-000000000000");
     assert_eq!(app.http(missing.header("Authorization", &auth)).await.status, 404, "spends from the lease, not billed");
     // The RateLimit header is what this process knows: the counter at its grant, less what its lease still holds.
-    let me = app.http(ClientRequest::get("/api/v1/me").header("Authorization", &auth)).await;
-    assert!(me.header("ratelimit").unwrap().contains("\"month\";r=948"), "{:?}", me.header("ratelimit"));
+    let metered = app.http(ClientRequest::get(METERED).header("Authorization", &auth)).await;
+    assert!(metered.header("ratelimit").unwrap().contains("\"month\";r=948"), "{:?}", metered.header("ratelimit"));
     // The first grant is one request's worth; the next ones are sized from the rate the last was spent at.
     let taken = grants(&app);
     assert!((2..=3).contains(&taken), "52 metered calls took {taken} grants from the store");
     // A lease lives 5 s: past that the next call takes a fresh grant, and the expired one is settled.
     app.clock.advance(chrono::Duration::seconds(6));
-    assert_eq!(app.http(ClientRequest::get("/api/v1/me").header("Authorization", &auth)).await.status, 200);
+    assert_eq!(app.http(ClientRequest::get(METERED).header("Authorization", &auth)).await.status, 200);
     assert_eq!(grants(&app), taken + 1);
     app.settle_leases().await;
     let conn = app.db();
     assert_eq!(count(&conn, "SELECT count(*) FROM quota_leases WHERE settled_at IS NULL"), 0);
-    assert_eq!(count(&conn, A_UNITS), 52, "52 successful getMe, one unit each; the 404 gave its units back");
+    assert_eq!(count(&conn, A_UNITS), 52, "52 successful listDocuments, one unit each; the 404 gave its units back");
     assert_eq!(
         count(
             &conn,
@@ -424,7 +505,7 @@ async fn a_block_quota_spent_through_leases_admits_exactly_the_quota() {
     let auth = format!("Bearer {user}");
     let mut statuses = Vec::new();
     for _ in 0..45 {
-        statuses.push(app.http(ClientRequest::get("/api/v1/me").header("Authorization", &auth)).await.status);
+        statuses.push(app.http(ClientRequest::get(METERED).header("Authorization", &auth)).await.status);
     }
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 40, "{statuses:?}");
     assert!(statuses[40..].iter().all(|s| *s == 429), "the refusals come last: {statuses:?}");
@@ -436,11 +517,32 @@ async fn a_block_quota_spent_through_leases_admits_exactly_the_quota() {
 async fn a_tenant_blocked_on_its_quota_is_served_again_once_its_plan_is_raised() {
     let (app, user, admin) = metered_app(1_000_000, 100_000, 5, "block").await;
     let auth = format!("Bearer {user}");
-    let me = || app.http(ClientRequest::get("/api/v1/me").header("Authorization", &auth));
+    let call = || app.http(ClientRequest::get(METERED).header("Authorization", &auth));
     for _ in 0..5 {
-        assert_eq!(me().await.status, 200);
+        assert_eq!(call().await.status, 200);
     }
-    assert_eq!(me().await.status, 429, "the quota of 5 is spent");
+    assert_eq!(call().await.status, 429, "the quota of 5 is spent");
+    // Blocked, the tenant still sees why: self-service reads spend no quota (rate-limited and recorded, unbilled).
+    let ops = app.token(DIR_A, "Usage.Read,Audit.Read", "a-ops").await;
+    let period = app.clock.now().format("%Y-%m").to_string();
+    for path in [
+        "/api/v1/me".to_owned(),
+        "/api/v1/usage/summary".to_owned(),
+        "/api/v1/usage".to_owned(),
+        format!("/api/v1/usage/export?period={period}"),
+        "/api/v1/billing/statements".to_owned(),
+        "/api/v1/audit-events".to_owned(),
+        "/api/v1/audit-events/verify".to_owned(),
+    ] {
+        let read = app.get(&ops, &path).await;
+        assert_eq!(read.status, 200, "{path}: {}", String::from_utf8_lossy(&read.body));
+        assert!(read.header("ratelimit").unwrap().contains("\"month\";r=0"), "{path} shows the exhausted quota");
+    }
+    let summary = app.get(&ops, "/api/v1/usage/summary").await.json();
+    assert_eq!((summary["unitsUsed"].clone(), summary["remainingUnits"].clone()), (json!(5), json!(0)), "{summary}");
+    let unbilled = "SELECT count(*) FROM usage_events WHERE operation_id IN ('getMe', 'getUsageSummary', 'getUsage', \
+        'exportUsage', 'listBillingStatements', 'listAuditEvents', 'verifyAuditChain') AND status = 200 AND billable = 0";
+    assert_eq!(count(&app.db(), unbilled), 8, "recorded, not billed");
     // A platform administrator raises the plan's quota; the change clears this process's lookup caches.
     let plan = app.get(&admin, "/api/v1/plans/metered").await;
     let etag = plan.header("etag").unwrap().to_owned();
@@ -456,7 +558,7 @@ async fn a_tenant_blocked_on_its_quota_is_served_again_once_its_plan_is_raised()
         .await;
     assert_eq!(raised.status, 200, "{}", String::from_utf8_lossy(&raised.body));
     let statuses: Vec<u16> =
-        futures_util::future::join_all((0..5).map(|_| me())).await.iter().map(|r| r.status).collect();
+        futures_util::future::join_all((0..5).map(|_| call())).await.iter().map(|r| r.status).collect();
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "the three new units, and no more: {statuses:?}");
     app.settle_leases().await;
     assert_eq!(count(&app.db(), A_UNITS), 8);
@@ -467,7 +569,7 @@ async fn the_rollup_reclaims_a_lease_whose_holder_never_settled_it() {
     let (app, user, _admin) = metered_app(1_000_000, 100_000, 1_000, "block").await;
     let auth = format!("Bearer {user}");
     for _ in 0..20 {
-        assert_eq!(app.http(ClientRequest::get("/api/v1/me").header("Authorization", &auth)).await.status, 200);
+        assert_eq!(app.http(ClientRequest::get(METERED).header("Authorization", &auth)).await.status, 200);
     }
     // A second process on the same store takes a lease and dies before spending it.
     let tenant: String =
@@ -507,33 +609,36 @@ async fn a_plan_can_override_what_an_operation_costs() {
     let auth = |r: ClientRequest| r.header("Authorization", &format!("Bearer {admin}"));
     let defaults = app.http(auth(ClientRequest::get("/api/v1/plans/metered/costs"))).await;
     assert_eq!(defaults.status, 200);
-    assert_eq!(defaults.json()["costs"]["getMe"], 1);
+    assert_eq!(defaults.json()["costs"]["listDocuments"], 1, "the plan's override");
+    assert_eq!(defaults.json()["costs"]["getDocument"], 1, "the default");
+    assert!(defaults.json()["costs"].get("getMe").is_none(), "a self-service read has no billed cost");
     let etag = defaults.header("etag").unwrap().to_owned();
     let bad = app
         .http(auth(
             ClientRequest::new("PUT", "/api/v1/plans/metered/costs")
-                .json(&json!({"overrides": {"getHealth": 1, "getMe": 5000}}))
+                .json(&json!({"overrides": {"getHealth": 1, "getMe": 3, "listDocuments": 5000}}))
                 .header("If-Match", &etag),
         ))
         .await;
     assert_eq!(bad.status, 422);
     let fields: BTreeSet<String> =
         bad.json()["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(fields, BTreeSet::from(["overrides.getHealth".to_owned(), "overrides.getMe".to_owned()]));
+    let expected = ["overrides.getHealth", "overrides.getMe", "overrides.listDocuments"];
+    assert_eq!(fields, expected.into_iter().map(str::to_owned).collect::<BTreeSet<_>>());
     let put = |body: serde_json::Value, etag: &str| {
         auth(ClientRequest::new("PUT", "/api/v1/plans/metered/costs").json(&body).header("If-Match", etag))
     };
-    let changed = app.http(put(json!({"overrides": {"getMe": 3}}), &etag)).await;
+    let changed = app.http(put(json!({"overrides": {"listDocuments": 3}}), &etag)).await;
     assert_eq!(changed.status, 200, "{}", String::from_utf8_lossy(&changed.body));
-    assert_eq!(changed.json()["costs"]["getMe"], 3);
+    assert_eq!(changed.json()["costs"]["listDocuments"], 3);
     assert_eq!(app.http(put(json!({"overrides": {}}), &etag)).await.status, 412, "the plan's ETag moved on");
 
     let before = count(&app.db(), A_UNITS);
-    assert_eq!(app.get(&user, "/api/v1/me").await.status, 200);
+    assert_eq!(app.get(&user, METERED).await.status, 200);
     assert_eq!(count(&app.db(), A_UNITS) - before, 3, "the override is what the call debits");
     let etag = changed.header("etag").unwrap().to_owned();
-    assert_eq!(app.http(put(json!({"overrides": {"getMe": 0}}), &etag)).await.status, 200);
+    assert_eq!(app.http(put(json!({"overrides": {"listDocuments": 0}}), &etag)).await.status, 200);
     let before = count(&app.db(), A_UNITS);
-    assert_eq!(app.get(&user, "/api/v1/me").await.status, 200);
+    assert_eq!(app.get(&user, METERED).await.status, 200);
     assert_eq!(count(&app.db(), A_UNITS), before, "a zero cost makes the call free");
 }

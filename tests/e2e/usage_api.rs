@@ -29,15 +29,17 @@ async fn the_summary_is_the_quota_counter_and_the_report_and_export_are_current(
     let a = host.token(DIR_A, "Documents.Read,Usage.Read", DEV_APP_ID).await;
     let b = host.token(DIR_B, "Usage.Read", "b-app").await;
     let reader = host.token(DIR_A, "Documents.Read", "other").await;
-    let calls = (0..7).map(|_| host.http(get("/api/v1/me", &a)));
+    let calls = (0..7).map(|_| host.http(get("/api/v1/documents", &a)));
     assert!(futures_util::future::join_all(calls).await.iter().all(|r| r.status == 200));
+    assert_eq!(host.http(get("/api/v1/me", &a)).await.status, 200);
 
-    // The summary is exact right after traffic, its own units included, though the counter also holds what the
-    // process's quota lease has not spent; once the lease is settled, the counter is exactly that too.
+    // The summary is exact right after traffic, though the counter also holds what the process's quota lease has
+    // not spent; once the lease is settled, the counter is exactly that too. Self-service reads (getMe, the
+    // summary itself) are recorded but spend no quota.
     let summary = host.http(get("/api/v1/usage/summary", &a)).await;
     assert_eq!(summary.status, 200);
     let summary = summary.json();
-    assert_eq!(summary["unitsUsed"], json!(8), "seven getMe and the summary itself");
+    assert_eq!(summary["unitsUsed"], json!(14), "seven listDocuments at 2 units");
     host.settle_leases().await;
     assert_eq!(summary["unitsUsed"], json!(units_used(&host, DIR_A)));
 
@@ -48,7 +50,7 @@ async fn the_summary_is_the_quota_counter_and_the_report_and_export_are_current(
     let rows = report["value"].as_array().unwrap();
     let by_op =
         |op: &str| rows.iter().filter(|r| r["operationId"] == op).map(|r| r["calls"].as_i64().unwrap()).sum::<i64>();
-    assert_eq!((by_op("getMe"), by_op("getUsageSummary")), (7, 1));
+    assert_eq!((by_op("listDocuments"), by_op("getMe"), by_op("getUsageSummary")), (7, 1, 1));
     let billable: i64 = rows.iter().map(|r| r["billableUnits"].as_i64().unwrap()).sum();
     assert_eq!(billable, summary["unitsUsed"].as_i64().unwrap(), "the report bills what the counter holds");
     assert!(
@@ -63,11 +65,11 @@ async fn the_summary_is_the_quota_counter_and_the_report_and_export_are_current(
             json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false}),
         )
         .await;
-    assert!(run.logs()[0].starts_with("UsageRollup: rolled up 9 events"), "{:?}", run.logs());
+    assert!(run.logs()[0].starts_with("UsageRollup: rolled up 10 events"), "{:?}", run.logs());
     let month = host.http(get("/api/v1/usage?granularity=month", &a)).await.json();
     let rows = month["value"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{month}");
-    assert_eq!(rows[0]["calls"], json!(9), "seven getMe, the summary and the hourly report");
+    assert_eq!(rows[0]["calls"], json!(10), "seven listDocuments, getMe, the summary and the hourly report");
 
     // The export: a header and one line per day, operation and client.
     let period = &summary["periodStart"].as_str().unwrap()[..7];
@@ -93,9 +95,12 @@ async fn the_summary_is_the_quota_counter_and_the_report_and_export_are_current(
         lines.next(),
         Some("period,date,tenant_id,operation_id,client_id,calls,units,billable_units,overage_units,errors")
     );
-    let get_me: Vec<&str> = lines.filter(|l| l.contains(",getMe,")).collect();
-    assert_eq!(get_me.len(), 1, "{csv}");
-    assert!(get_me[0].starts_with(&format!("{period},{period}-")) && get_me[0].contains(",7,7,7,0,0"), "{csv}");
+    let lines: Vec<&str> = lines.collect();
+    let of = |op: &str| -> Vec<&str> { lines.iter().copied().filter(|l| l.contains(&format!(",{op},"))).collect() };
+    let (listed, get_me) = (of("listDocuments"), of("getMe"));
+    assert_eq!((listed.len(), get_me.len()), (1, 1), "{csv}");
+    assert!(listed[0].starts_with(&format!("{period},{period}-")) && listed[0].ends_with(",7,14,14,0,0"), "{csv}");
+    assert!(get_me[0].ends_with(",1,1,0,0,0"), "a self-service read: its units, none billable: {csv}");
 
     // Statements: none before a month closes; a malformed or unknown period is 404.
     let statements = host.http(get("/api/v1/billing/statements", &a)).await;

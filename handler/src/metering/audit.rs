@@ -64,6 +64,11 @@ impl AuditNote {
     }
 }
 
+/// Marks a platform administrator's read of another tenant's data (`routes::scope::scoped_tenant`): the record
+/// stage audits it in that tenant's chain, though reads are otherwise not audited.
+#[derive(Debug, Clone, Copy)]
+pub struct CrossTenantRead(pub uuid::Uuid);
+
 /// Whether a method only reads: its successful requests are not audited.
 pub fn is_read(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)

@@ -15,7 +15,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::audit::{self, AuditNote, LimiterDecision};
+use super::audit::{self, AuditNote, CrossTenantRead, LimiterDecision};
 use super::costs;
 use crate::auth::Principal;
 use crate::auth::guard::Caller;
@@ -47,6 +47,19 @@ pub struct RequestMeter {
     pub request_bytes: i64,
 }
 
+/// Whether a request is audited, and with which outcome: [`audit::outcome`], and also a platform administrator's
+/// successful read of another tenant's data ([`CrossTenantRead`]), which is recorded in that tenant's chain.
+pub(crate) fn audit_outcome(
+    request: &HttpRequest,
+    method: &Method,
+    status: StatusCode,
+) -> Option<crate::store::AuditOutcome> {
+    audit::outcome(method, status).or_else(|| {
+        (status.is_success() && request.extensions().get::<CrossTenantRead>().is_some())
+            .then_some(crate::store::AuditOutcome::Succeeded)
+    })
+}
+
 /// A request's records as they stand with this answer; `note` describes what the request changed.
 pub(crate) fn records(
     request: &HttpRequest,
@@ -64,17 +77,24 @@ pub(crate) fn records(
     let billable = status.is_success() && debit.is_some();
     let request_id = crate::request::current_id().unwrap_or_default();
     let tenant_id = caller.and_then(|c| c.tenant.as_ref().map(|t| t.id));
-    let audited = audit::outcome(&meter.method, status).zip(meter.audit_id).map(|(outcome, id)| {
+    let cross_tenant = extensions.get::<CrossTenantRead>().map(|read| read.0);
+    let audited = audit_outcome(request, &meter.method, status).zip(meter.audit_id).map(|(outcome, id)| {
         // The caller's principal, else the one authentication found before the tenant refused it (403).
         let principal = caller.map(|c| c.principal.clone()).or_else(|| extensions.get::<Arc<Principal>>().cloned());
-        let summary = match note {
-            Some(note) if !note.summary.is_empty() => note.summary.clone(),
+        let summary = match (note, cross_tenant) {
+            (Some(note), _) if !note.summary.is_empty() => note.summary.clone(),
+            (_, Some(read)) => {
+                format!(
+                    "a platform administrator read tenant {read}'s data: {method} {route} answered {}",
+                    status.as_u16()
+                )
+            }
             _ => format!("{method} {route} answered {}", status.as_u16()),
         };
         let path_id = ["id", "code"].iter().find_map(|k| request.match_info().get(k).map(str::to_owned));
         AuditEventInput {
             id,
-            tenant_id: note.and_then(|n| n.tenant_id).or(tenant_id),
+            tenant_id: note.and_then(|n| n.tenant_id).or(cross_tenant).or(tenant_id),
             occurred_at: meter.occurred_at,
             actor_oid: principal.as_ref().and_then(|p| p.object_id.clone()),
             actor_app_id: principal.as_ref().and_then(|p| p.app_id.clone()),

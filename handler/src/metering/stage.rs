@@ -52,8 +52,9 @@ pub async fn limit(
         let plan = state.lookups.plan(&tenant.plan_code).await?.ok_or_else(|| {
             AppError::internal(anyhow::anyhow!("tenant {} is on plan {} which does not exist", tenant.id, tenant.plan_code))
         })?;
-        // The operation's cost: the plan's override if it has one, else the default table.
-        let units = match operation.as_deref().filter(|op| costs::units(op) > 0) {
+        // The quota units the operation spends: the plan's override if it has one, else the default table;
+        // none for a self-service read (`costs::Quota::Exempt`), which only the rate limit applies to.
+        let units = match operation.as_deref().filter(|op| costs::spends_quota(op)) {
             None => 0,
             Some(op) => {
                 let overrides = state.lookups.plan_costs(&plan.code).await?;
@@ -246,7 +247,7 @@ pub async fn record(
         tracing::error!(error = ?err, "refunding a failed request's quota debit failed");
     }
     let response_bytes = body_bytes(res.response().body());
-    if meter.audit_id.is_none() && audit::outcome(&meter.method, status).is_some() {
+    if meter.audit_id.is_none() && super::ledger::audit_outcome(res.request(), &meter.method, status).is_some() {
         meter.audit_id = Some(state.ids.new_id());
     }
     // A write that took effect committed these same ids in its own transaction already (`ledger::ledger`);

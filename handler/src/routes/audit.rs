@@ -1,13 +1,16 @@
 //! `/api/v1/audit-events`: the caller's tenant's audit trail (filters, keyset pages) and the verification of its hash chain.
 //!
 //! The events are written by the record stage (`metering::stage::record`, `metering::audit`); this module only
-//! reads them. A tenant sees only its own chain (`tenant:<id>`); a cursor is bound to the tenant and the filters.
+//! reads them. A tenant sees only its own chain (`tenant:<id>`); a platform administrator may name any tenant with
+//! `tenantId` (`routes::scope`), and that read is itself audited in the tenant's chain. A cursor is bound to the
+//! tenant and the filters.
 
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::scope::scoped_tenant;
 use crate::api::cursor::fingerprint;
 use crate::api::list::{DEFAULT_PAGE_SIZE, ListEnvelope, MAX_PAGE_SIZE};
 use crate::auth::guard::{AuditRead, Authorized};
@@ -138,6 +141,8 @@ pub struct ListParams {
     cursor: Option<String>,
     /// `true` adds the number of all matching events as `count`.
     count: Option<bool>,
+    /// Platform administrators only: the tenant whose events to list (default: the caller's).
+    tenant_id: Option<Uuid>,
 }
 
 #[derive(Debug, Default)]
@@ -146,6 +151,7 @@ struct ListQuery {
     maxpagesize: Option<u32>,
     cursor: Option<String>,
     count: bool,
+    tenant_id: Option<Uuid>,
 }
 
 impl ListQuery {
@@ -196,6 +202,10 @@ impl ListQuery {
                     "false" => q.count = false,
                     _ => bad("count", "true or false"),
                 },
+                "tenantId" => match value.parse::<Uuid>() {
+                    Ok(id) => q.tenant_id = Some(id),
+                    Err(_) => bad("tenantId", "a tenant id (UUID)"),
+                },
                 other => bad(other, "unknown query parameter"),
             }
         }
@@ -226,7 +236,7 @@ impl ListQuery {
     }
 }
 
-/// Lists the caller's tenant's audit events, newest first, in keyset pages.
+/// Lists the caller's tenant's audit events (a platform administrator: any tenant's), newest first, in keyset pages.
 #[utoipa::path(
     tag = "audit",
     operation_id = "listAuditEvents",
@@ -234,6 +244,7 @@ impl ListQuery {
     params(ListParams),
     responses(
         (status = 200, description = "A page, newest first: value, nextLink (absent on the last page)", body = AuditEventList),
+        (status = 404, description = "No such tenant visible to the caller", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[get("/audit-events")]
@@ -242,8 +253,11 @@ pub async fn list_audit_events(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let tenant_id = auth.tenant_id()?;
     let query = ListQuery::parse(req.query_string())?;
+    let tenant_id = scoped_tenant(&req, &auth, query.tenant_id)?;
+    if query.tenant_id.is_some() {
+        existing(&state, tenant_id).await?;
+    }
     let fingerprint = query.fingerprint(tenant_id);
     let after = match &query.cursor {
         None => None,
@@ -310,21 +324,47 @@ pub struct ChainVerification {
     pub head: Option<ChainHead>,
 }
 
-/// Recomputes the caller's tenant's audit chain from its first event and reports the first broken link.
+/// A tenant a platform administrator named: 404 when there is none, as for any other tenant read.
+async fn existing(state: &AppState, tenant_id: Uuid) -> Result<(), AppError> {
+    match state.store.get_tenant(tenant_id).await? {
+        Some(_) => Ok(()),
+        None => Err(AppError::new(ErrorCode::NotFound).with_detail("no such tenant")),
+    }
+}
+
+/// The query of `verifyAuditChain`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VerifyParams {
+    /// Platform administrators only: the tenant whose chain to verify (default: the caller's).
+    pub tenant_id: Option<Uuid>,
+}
+
+/// Recomputes the caller's tenant's audit chain (a platform administrator: any tenant's) from its first event and
+/// reports the first broken link.
 #[utoipa::path(
     tag = "audit",
     operation_id = "verifyAuditChain",
     security(("entra" = ["Audit.Read"])),
+    params(VerifyParams),
     responses(
         (status = 200, description = "The verification result (an invalid chain is still a 200)", body = ChainVerification),
+        (status = 404, description = "No such tenant visible to the caller", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[get("/audit-events/verify")]
 pub async fn verify_audit_chain(
     auth: Authorized<AuditRead>,
+    req: HttpRequest,
+    params: web::Query<VerifyParams>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let chain = audit_chain_key(Some(auth.tenant_id()?));
+    let tenant_id = scoped_tenant(&req, &auth, params.tenant_id)?;
+    if params.tenant_id.is_some() {
+        existing(&state, tenant_id).await?;
+    }
+    let chain = audit_chain_key(Some(tenant_id));
     let mut verifier = ChainVerifier::default();
     let mut after_seq = 0;
     let mut head = None;

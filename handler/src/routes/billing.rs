@@ -1,15 +1,16 @@
 //! `/api/v1/billing/statements` (Usage.Read): a tenant's monthly statements, written once by the usage rollup
 //! when a month is final (`jobs::rollup`), never changed afterwards.
 //!
-//! Scoping is the usage routes' ([`super::usage::scoped_tenant`]): the caller's tenant, or any named one for a
-//! platform administrator.
+//! Scoping is the usage routes' ([`super::scope::scoped_tenant`]): the caller's tenant, or any named one for a
+//! platform administrator, whose read of another tenant's statements is audited in that tenant's chain.
 
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpRequest, HttpResponse, get, web};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::usage::{parse_period, scoped_tenant};
+use super::scope::scoped_tenant;
+use super::usage::parse_period;
 use crate::auth::guard::{Authorized, UsageRead};
 use crate::error::{AppError, ErrorCode};
 use crate::jobs::rollup::period_name;
@@ -90,10 +91,11 @@ pub struct StatementParams {
 #[get("/billing/statements")]
 pub async fn list_billing_statements(
     auth: Authorized<UsageRead>,
+    req: HttpRequest,
     params: web::Query<StatementParams>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let tenant_id = scoped_tenant(&auth, params.tenant_id)?;
+    let tenant_id = scoped_tenant(&req, &auth, params.tenant_id)?;
     let statements = state.store.list_billing_statements(tenant_id).await?;
     Ok(HttpResponse::Ok().json(StatementList { value: statements.iter().map(StatementView::from).collect() }))
 }
@@ -112,11 +114,12 @@ pub async fn list_billing_statements(
 #[get("/billing/statements/{period}")]
 pub async fn get_billing_statement(
     auth: Authorized<UsageRead>,
+    req: HttpRequest,
     period: web::Path<String>,
     params: web::Query<StatementParams>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let tenant_id = scoped_tenant(&auth, params.tenant_id)?;
+    let tenant_id = scoped_tenant(&req, &auth, params.tenant_id)?;
     let not_found = || AppError::new(ErrorCode::NotFound).with_detail(format!("no statement for {period}"));
     let period_start = parse_period(&period).ok_or_else(not_found)?;
     let statement = state.store.get_billing_statement(tenant_id, period_start).await?.ok_or_else(not_found)?;

@@ -8,6 +8,7 @@ pub mod documents;
 pub mod health;
 pub mod me;
 pub mod plans;
+pub mod scope;
 pub mod tenants;
 pub mod usage;
 
@@ -228,10 +229,10 @@ mod tests {
         let costs = crate::metering::costs::COSTS;
         for (path, id) in &ids {
             if path.starts_with("/api/v1/") {
-                assert!(costs.iter().any(|(op, _)| op == id), "{id} has no entry in COSTS");
+                assert!(costs.iter().any(|(op, _, _)| op == id), "{id} has no entry in COSTS");
             }
         }
-        for (op, cost) in costs {
+        for (op, cost, _) in costs {
             assert!(ids.iter().any(|(_, id)| id == op), "COSTS names {op}, which is not an operation");
             assert!(*cost > 0);
         }

@@ -348,7 +348,7 @@ pub async fn replace_plan(
     }
 }
 
-/// A plan's cost table: what each metered operation costs its tenants.
+/// A plan's cost table: what each operation the quota applies to costs its tenants.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanCosts {
@@ -366,7 +366,8 @@ pub struct PlanCosts {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(example = json!({"overrides": {"getDocument": 2, "listDocuments": 0}}))]
 pub struct PlanCostsInput {
-    /// Operation id to units (0 to 1000); only metered operations can be overridden.
+    /// Operation id to units (0 to 1000); only operations the quota applies to (`x-meterline-quota`) can be
+    /// overridden.
     #[schema(schema_with = overrides_schema)]
     pub overrides: std::collections::BTreeMap<String, i64>,
 }
@@ -376,11 +377,11 @@ fn overrides_schema() -> utoipa::openapi::Object {
     use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
     let names = ObjectBuilder::new()
         .schema_type(Type::String)
-        .enum_values(Some(crate::metering::costs::COSTS.iter().map(|(op, _)| *op)));
+        .enum_values(Some(crate::metering::costs::billed().map(|(op, _)| op)));
     let units = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).maximum(Some(1000));
     ObjectBuilder::new()
         .schema_type(Type::Object)
-        .description(Some("Operation id to units (0 to 1000); only metered operations can be overridden."))
+        .description(Some("Operation id to units (0 to 1000); only operations the quota applies to can be overridden."))
         .property_names(Some(names))
         .additional_properties(Some(AdditionalProperties::RefOr(units.into())))
         .build()
@@ -393,9 +394,8 @@ async fn costs_view(state: &AppState, plan: &Plan) -> Result<PlanCosts, AppError
 
 /// The cost table of `plan` with these overrides.
 fn costs_table(plan: &Plan, overrides: std::collections::BTreeMap<String, i64>) -> PlanCosts {
-    let costs = crate::metering::costs::COSTS
-        .iter()
-        .map(|(op, units)| ((*op).to_owned(), overrides.get(*op).copied().unwrap_or(*units)))
+    let costs = crate::metering::costs::billed()
+        .map(|(op, units)| (op.to_owned(), overrides.get(op).copied().unwrap_or(units)))
         .collect();
     PlanCosts { plan: plan.code.clone(), costs, overrides, etag: etag(plan.version) }
 }
@@ -444,11 +444,11 @@ pub async fn replace_plan_costs(
     let precondition = require_if_match(&req)?;
     let mut errors = Vec::new();
     for (op, units) in &input.overrides {
-        if crate::metering::costs::units(op) == 0 {
+        if !crate::metering::costs::spends_quota(op) {
             errors.push(crate::error::FieldError::new(
                 format!("overrides.{op}"),
                 "unknown",
-                "not a metered operation id",
+                "not an operation the quota applies to",
             ));
         } else if !(0..=1000).contains(units) {
             errors.push(crate::error::FieldError::new(

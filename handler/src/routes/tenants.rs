@@ -213,7 +213,8 @@ pub async fn create_tenant(
     let response = respond(actix_web::http::StatusCode::CREATED, &tenant);
     let view = TenantView::from(&tenant);
     let summary = format!("created tenant on plan {}", tenant.plan_code);
-    let ledger = ledger(&req, &response, AuditNote::new("tenants", tenant.id, None, Some(&view), summary));
+    let ledger =
+        ledger(&req, &response, AuditNote::new("tenants", tenant.id, None, Some(&view), summary).in_tenant(tenant.id));
     match state.store.create_tenant(&tenant, ledger.as_ref()).await {
         Ok(()) => {
             state.lookups.invalidate();
@@ -257,7 +258,11 @@ async fn change(
     let response = respond(actix_web::http::StatusCode::OK, &next);
     let (before, after) = (TenantView::from(&current), TenantView::from(&next));
     let summary = format!("tenant {} on plan {} at version {}", next.status.as_str(), next.plan_code, next.version);
-    let ledger = ledger(req, &response, AuditNote::new("tenants", next.id, Some(&before), Some(&after), summary));
+    let ledger = ledger(
+        req,
+        &response,
+        AuditNote::new("tenants", next.id, Some(&before), Some(&after), summary).in_tenant(next.id),
+    );
     match state.store.update_tenant(current.id, &changes, version, now, ledger.as_ref()).await {
         Ok(Update::Updated(_)) => {
             state.lookups.invalidate();

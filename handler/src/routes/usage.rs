@@ -8,13 +8,13 @@
 
 use std::collections::BTreeMap;
 
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpRequest, HttpResponse, get, web};
 use chrono::{DateTime, Datelike, Months, NaiveDate, NaiveTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::auth::Permission;
-use crate::auth::guard::{Authorized, Caller, UsageRead};
+use super::scope::scoped_tenant;
+use crate::auth::guard::{Authorized, UsageRead};
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
 use crate::store::{RollupGranularity, UsageQuery, UsageTotals};
@@ -62,11 +62,12 @@ pub struct SummaryParams {
 #[get("/usage/summary")]
 pub async fn get_usage_summary(
     auth: Authorized<UsageRead>,
+    req: HttpRequest,
     params: web::Query<SummaryParams>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let not_found = || AppError::new(ErrorCode::NotFound).with_detail("no such tenant");
-    let tenant_id = scoped_tenant(&auth, params.tenant_id)?;
+    let tenant_id = scoped_tenant(&req, &auth, params.tenant_id)?;
     let tenant = state.store.get_tenant(tenant_id).await?.ok_or_else(not_found)?;
     let plan = state.store.get_plan(&tenant.plan_code).await?.ok_or_else(not_found)?;
     let now = state.clock.now();
@@ -90,19 +91,6 @@ pub async fn get_usage_summary(
         requests_per_minute: plan.requests_per_minute,
         burst: plan.burst,
     }))
-}
-
-/// The tenant a usage read is about: the caller's own, or any named one for a platform administrator. A tenant
-/// naming another tenant gets 404, as if it did not exist.
-pub fn scoped_tenant(caller: &Caller, named: Option<Uuid>) -> Result<Uuid, AppError> {
-    let own = caller.tenant.as_ref().map(|t| t.id);
-    match (named, own) {
-        (Some(named), _) if caller.permissions.contains(Permission::PlatformAdmin) => Ok(named),
-        (Some(named), Some(own)) if named == own => Ok(own),
-        (Some(_), _) => Err(AppError::new(ErrorCode::NotFound).with_detail("no such tenant")),
-        (None, Some(own)) => Ok(own),
-        (None, None) => caller.tenant_id(),
-    }
 }
 
 /// Window size of a usage report.
@@ -289,10 +277,11 @@ pub async fn report_rows(
 #[get("/usage")]
 pub async fn get_usage(
     auth: Authorized<UsageRead>,
+    req: HttpRequest,
     params: web::Query<UsageParams>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let tenant_id = scoped_tenant(&auth, params.tenant_id)?;
+    let tenant_id = scoped_tenant(&req, &auth, params.tenant_id)?;
     let granularity = params.granularity.unwrap_or(Granularity::Day);
     let (from, to) = report_range(&params, granularity, state.clock.now())?;
     let rows = report_rows(&state, tenant_id, granularity, params.group_by, from, to).await?;
@@ -367,10 +356,11 @@ fn csv_field(value: &str) -> String {
 #[get("/usage/export")]
 pub async fn export_usage(
     auth: Authorized<UsageRead>,
+    req: HttpRequest,
     params: web::Query<ExportParams>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let tenant_id = scoped_tenant(&auth, params.tenant_id)?;
+    let tenant_id = scoped_tenant(&req, &auth, params.tenant_id)?;
     let period_start = parse_period(&params.period).ok_or_else(|| invalid("`period` must be YYYY-MM"))?;
     let now = state.clock.now();
     if period_start > crate::metering::period(now).0 {

@@ -102,6 +102,19 @@ pub fn lease_size(policy: OveragePolicy, quota: i64, used: i64, want: i64, min: 
     if size >= min { size } else { 0 }
 }
 
+/// Whether the plan a grant asks under (`debit`) is an upgrade over the period's snapshot (`quota`, `policy`): a
+/// larger quota, or `allow` where the period says `block`. An upgrade applies to the period at once; a downgrade
+/// (a smaller quota, `allow` to `block`) from the next period, as Stripe applies plan changes by default.
+pub fn is_upgrade(quota: i64, policy: OveragePolicy, debit: &QuotaDebit) -> bool {
+    debit.quota_units > quota || (policy == OveragePolicy::Block && debit.overage_policy == OveragePolicy::Allow)
+}
+
+/// The period's snapshot after an upgrade ([`is_upgrade`]): the larger quota, and `allow` if either says so.
+pub fn upgraded(quota: i64, policy: OveragePolicy, debit: &QuotaDebit) -> (i64, OveragePolicy) {
+    let policy = if debit.overage_policy == OveragePolicy::Allow { OveragePolicy::Allow } else { policy };
+    (quota.max(debit.quota_units), policy)
+}
+
 /// How many of the counter's units `from + 1 ..= from + n` lie beyond `quota`.
 pub fn overage_between(from: i64, n: i64, quota: i64) -> i64 {
     (from + n - quota).max(0) - (from - quota).max(0)

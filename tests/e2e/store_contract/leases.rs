@@ -227,8 +227,8 @@ async fn concurrent_grants_from_two_handles_never_take_a_block_quota_past_its_li
 }
 
 #[tokio::test]
-async fn a_raised_quota_applies_to_the_period_at_the_next_grant_and_a_lowered_one_does_not() {
-    for_each_store("a_raised_quota_applies_at_the_next_grant", |t| async move {
+async fn an_upgrade_applies_to_the_period_at_the_next_grant_and_a_downgrade_does_not() {
+    for_each_store("an_upgrade_applies_at_the_next_grant", |t| async move {
         let store = migrated(&t).await;
         let acme = tenant_on_plan(&store, 10, OveragePolicy::Block).await;
         store.grant_quota_lease(&request(&acme, 10, OveragePolicy::Block, 1, 10, 1)).await.unwrap();
@@ -247,6 +247,19 @@ async fn a_raised_quota_applies_to_the_period_at_the_next_grant_and_a_lowered_on
         let lower = store.grant_quota_lease(&request(&acme, 10, OveragePolicy::Block, 4, 5, 1)).await.unwrap();
         assert_eq!(lower, QuotaLeaseGrant::Exhausted { units_used: 25, quota_units: 25 });
         assert_eq!(store.quota_usage(acme.id, february()).await.unwrap().unwrap().quota_units, 25);
+        // To a pay-as-you-go plan (`allow`, even with a smaller quota): an upgrade, at once; the units beyond the
+        // period's quota are overage.
+        assert_eq!(
+            store.grant_quota_lease(&request(&acme, 10, OveragePolicy::Allow, 5, 4, 1)).await.unwrap(),
+            QuotaLeaseGrant::Granted { units: 4, first_unit: 25, units_used: 29, quota_units: 25 },
+            "{}",
+            t.name
+        );
+        let period = store.quota_usage(acme.id, february()).await.unwrap().unwrap();
+        assert_eq!((period.overage_policy, period.units_used, period.overage_units), (OveragePolicy::Allow, 29, 4));
+        // And back to `block`: a downgrade, from the next period.
+        let back = store.grant_quota_lease(&request(&acme, 25, OveragePolicy::Block, 6, 1, 1)).await.unwrap();
+        assert!(matches!(back, QuotaLeaseGrant::Granted { units: 1, .. }), "{}: {back:?}", t.name);
     })
     .await;
 }

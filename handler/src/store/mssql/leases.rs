@@ -81,13 +81,15 @@ impl QuotaLeaseStore for MssqlStore {
             let row = locked.first().ok_or_else(quota_row_vanished)?;
             let (mut quota, used, stored_policy): (i64, i64, String) =
                 (required(row, 0)?, required(row, 1)?, text(row, 2)?);
-            // A raised quota applies to the period at once; a lowered one waits for the next period.
-            if d.quota_units > quota {
-                execute(conn, RAISE_QUOTA, &[&d.tenant_id, &d.period_start, &d.quota_units, &d.now]).await?;
-                quota = d.quota_units;
-            }
-            let policy =
+            let mut policy =
                 OveragePolicy::parse(&stored_policy).ok_or_else(|| corrupt("overage policy", &stored_policy))?;
+            // An upgrade (a raised quota, `block` to `allow`) applies to the period at once; a downgrade waits for
+            // the next period.
+            if is_upgrade(quota, policy, d) {
+                (quota, policy) = upgraded(quota, policy, d);
+                execute(conn, UPGRADE_PERIOD, &[&d.tenant_id, &d.period_start, &quota, &policy.as_str(), &d.now])
+                    .await?;
+            }
             let units = lease_size(policy, quota, used, d.units, r.min_units);
             if units == 0 {
                 return Ok(QuotaLeaseGrant::Exhausted { units_used: used, quota_units: quota });
@@ -140,12 +142,12 @@ impl QuotaLeaseStore for MssqlStore {
     }
 }
 
-/// Raises a period's quota snapshot to the plan's (never lowers it). Thresholds already announced this period
-/// stay announced: each is announced once a period.
-pub(crate) const RAISE_QUOTA: &str = "UPDATE dbo.quota_usage SET quota_units = @P3,
+/// Upgrades a period's snapshot to the quota and overage policy [`upgraded`] computed under the row's lock.
+/// Thresholds already announced this period stay announced: each is announced once a period.
+pub(crate) const UPGRADE_PERIOD: &str = "UPDATE dbo.quota_usage SET quota_units = @P3, overage_policy = @P4,
     overage_units = CASE WHEN units_used > @P3 THEN units_used - @P3 ELSE 0 END,
-    updated_at = @P4
-WHERE tenant_id = @P1 AND period_start = @P2 AND quota_units < @P3";
+    updated_at = @P5
+WHERE tenant_id = @P1 AND period_start = @P2";
 
 pub(crate) const LOCK_QUOTA_PERIOD: &str = "SELECT quota_units, units_used, overage_policy
 FROM dbo.quota_usage WITH (UPDLOCK, HOLDLOCK) WHERE tenant_id = @P1 AND period_start = @P2";
@@ -186,7 +188,7 @@ ORDER BY expires_at";
 
 /// Every statement above, by name, for the parse check (`store::tsql_check`).
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
-    ("RAISE_QUOTA", RAISE_QUOTA),
+    ("UPGRADE_PERIOD", UPGRADE_PERIOD),
     ("LOCK_QUOTA_PERIOD", LOCK_QUOTA_PERIOD),
     ("INSERT_LEASE", INSERT_LEASE),
     ("GET_LEASE", GET_LEASE),

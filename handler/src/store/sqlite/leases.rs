@@ -115,24 +115,27 @@ impl QuotaLeaseStore for SqliteStore {
         self.write(move |tx| {
             let d = &r.debit;
             settle_expired(tx, Some((d.tenant_id, d.period_start)), r.reclaim_before, d.now, u32::MAX)?;
-            // The period row's snapshot decides (as for a debit); before its first debit, the request's.
+            // The period row's snapshot decides (as for a debit); before its first debit, the request's. An
+            // upgrade (a raised quota, `block` to `allow`) applies to the period at once; a downgrade waits for the
+            // next period.
             let (quota, used, policy) = match read_quota(tx, d.tenant_id, d.period_start)? {
-                // A raised quota applies to the period at once; a lowered one waits for the next period.
-                Some(q) if d.quota_units > q.quota_units => {
+                Some(q) if is_upgrade(q.quota_units, q.overage_policy, d) => {
+                    let (quota, policy) = upgraded(q.quota_units, q.overage_policy, d);
                     tx.prepare_cached(
-                        "UPDATE quota_usage SET quota_units = ?3, overage_units = max(0, units_used - ?3),
-                             updated_at = ?4
+                        "UPDATE quota_usage SET quota_units = ?3, overage_policy = ?4,
+                             overage_units = max(0, units_used - ?3), updated_at = ?5
                          WHERE tenant_id = ?1 AND period_start = ?2",
                     )
                     .map_err(classify)?
                     .execute(params![
                         d.tenant_id.to_string(),
                         d.period_start.to_string(),
-                        d.quota_units,
+                        quota,
+                        policy.as_str(),
                         timestamp(d.now)
                     ])
                     .map_err(classify)?;
-                    (d.quota_units, q.units_used, q.overage_policy)
+                    (quota, q.units_used, policy)
                 }
                 Some(q) => (q.quota_units, q.units_used, q.overage_policy),
                 None => (d.quota_units, 0, d.overage_policy),
