@@ -1,5 +1,6 @@
 //! The usage API in process (`startup::app`, manual clock): the summary is the quota counter, the report and the
-//! export are current (rollups plus the tail), statements are tenant-scoped.
+//! export are current (rollups plus the tail), statements are tenant-scoped and, once a month closes, equal the
+//! usage API and the export.
 
 use serde_json::json;
 
@@ -132,4 +133,69 @@ async fn the_summary_is_the_quota_counter_and_the_report_and_export_are_current(
     }
     assert_eq!(host.http(get("/api/v1/usage/export?period=2026-1", &a)).await.status, 422);
     assert_eq!(host.http(get("/api/v1/usage/export?period=2999-01", &a)).await.status, 422);
+}
+
+#[actix_web::test]
+async fn a_closed_month_has_a_statement_equal_to_the_usage_api_and_the_export() {
+    let host = TestApp::start().await;
+    let a = host.token(DIR_A, "Documents.Read,Documents.Write,Usage.Read", DEV_APP_ID).await;
+    let created = host
+        .http(
+            ClientRequest::new("POST", "/api/v1/documents")
+                .json(&json!({"title": "t", "docType": "memo"}))
+                .header("Authorization", &format!("Bearer {a}")),
+        )
+        .await;
+    assert_eq!(created.status, 201);
+    for _ in 0..4 {
+        assert_eq!(host.http(get("/api/v1/documents", &a)).await.status, 200);
+    }
+    assert_eq!(host.http(get("/api/v1/documents/00000000-0000-0000-0000-000000000000", &a)).await.status, 404);
+    let summary = host.http(get("/api/v1/usage/summary", &a)).await.json();
+    let period = summary["periodStart"].as_str().unwrap()[..7].to_owned();
+    host.settle_leases().await;
+
+    // Past the month's end and the lateness window, one rollup run closes the month and writes its statement.
+    host.clock.advance(chrono::Duration::days(40));
+    let run = host
+        .invoke_timer(
+            "UsageRollup",
+            json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false}),
+        )
+        .await;
+    assert!(run.logs()[0].contains("statements written"), "{:?}", run.logs());
+    let a = host.token(DIR_A, "Usage.Read", DEV_APP_ID).await; // the first one has expired meanwhile
+    let listed = host.http(get("/api/v1/billing/statements", &a)).await.json();
+    let statements = listed["value"].as_array().unwrap();
+    assert_eq!(statements.len(), 1, "{listed}");
+    let statement = host.http(get(&format!("/api/v1/billing/statements/{period}"), &a)).await;
+    assert_eq!(statement.status, 200);
+    let statement = statement.json();
+    assert_eq!(statement, statements[0], "the list and the read agree");
+    // createDocument 5 + 4 x listDocuments 2: the 404 and the self-service reads are not billed.
+    assert_eq!((statement["period"].as_str(), statement["usedUnits"].as_i64()), (Some(period.as_str()), Some(13)));
+    assert_eq!(statement["planCode"], "developer");
+    assert_eq!(
+        statement["totalAmountMicros"].as_i64().unwrap(),
+        statement["baseAmountMicros"].as_i64().unwrap() + statement["overageAmountMicros"].as_i64().unwrap()
+    );
+
+    // The same month through the usage API and the export: the same billable units.
+    let start = statement["periodStart"].as_str().unwrap();
+    let end = statement["periodEnd"].as_str().unwrap();
+    let month =
+        host.http(get(&format!("/api/v1/usage?granularity=month&from={start}T00:00:00Z&to={end}T00:00:00Z"), &a)).await;
+    assert_eq!(month.status, 200, "{}", String::from_utf8_lossy(&month.body));
+    let month = month.json();
+    let billable: i64 = month["value"].as_array().unwrap().iter().map(|w| w["billableUnits"].as_i64().unwrap()).sum();
+    assert_eq!(billable, 13, "{month}");
+    let export = host.http(get(&format!("/api/v1/usage/export?period={period}"), &a)).await;
+    let csv = String::from_utf8(export.body.clone()).unwrap();
+    let exported: i64 = csv
+        .split("\r\n")
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split(',').nth(7).unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(exported, 13, "{csv}");
 }
