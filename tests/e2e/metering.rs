@@ -642,3 +642,89 @@ async fn a_plan_can_override_what_an_operation_costs() {
     assert_eq!(app.get(&user, METERED).await.status, 200);
     assert_eq!(count(&app.db(), A_UNITS), before, "a zero cost makes the call free");
 }
+
+#[actix_web::test]
+async fn a_grant_serves_a_blocked_tenant_and_shows_in_its_summary_headers_audit_and_statement() {
+    let (app, user, admin) = metered_app(1_000_000, 100_000, 5, "block").await;
+    let as_admin = |r: ClientRequest| r.header("Authorization", &format!("Bearer {admin}"));
+    let call = || app.http(ClientRequest::get(METERED).header("Authorization", &format!("Bearer {user}")));
+    for _ in 0..5 {
+        assert_eq!(call().await.status, 200);
+    }
+    assert_eq!(call().await.status, 429, "the quota of 5 is spent");
+    let tenant: String =
+        app.db().query_row("SELECT id FROM tenants WHERE entra_tenant_id = ?1", [DIR_A], |r| r.get(0)).unwrap();
+    let grants = format!("/api/v1/tenants/{tenant}/grants");
+
+    // Refused: not an administrator; an expiry in the past or past the period's end.
+    let body = json!({"units": 3, "reason": "credit for the outage of the 3rd"});
+    // (A tenant administrator of another, unblocked tenant: a blocked tenant's calls that spend quota are
+    // refused for quota before their permission is looked at.)
+    let other_admin = app.token("bbbbbbbb-0000-0000-0000-0000000000bb", "Tenant.Admin", "b-admin").await;
+    let by_tenant = app
+        .http(ClientRequest::new("POST", &grants).json(&body).header("Authorization", &format!("Bearer {other_admin}")))
+        .await;
+    assert_eq!(by_tenant.status, 403);
+    let past =
+        json!({"units": 3, "reason": "x", "expiresAt": (app.clock.now() - chrono::Duration::hours(1)).to_rfc3339()});
+    let refused = app.http(as_admin(ClientRequest::new("POST", &grants).json(&past))).await;
+    assert_eq!(refused.status, 422);
+    assert_eq!(refused.json()["errors"][0]["pointer"], "/expiresAt");
+
+    let granted = app.http(as_admin(ClientRequest::new("POST", &grants).json(&body))).await;
+    assert_eq!(granted.status, 201, "{}", String::from_utf8_lossy(&granted.body));
+    let grant = granted.json();
+    assert_eq!((grant["units"].clone(), grant["status"].clone()), (json!(3), json!("active")));
+    let grant_path = granted.header("location").unwrap().to_owned();
+    assert_eq!(grant_path, format!("{grants}/{}", grant["id"].as_str().unwrap()));
+
+    // The blocked tenant is served the three granted units, and not one more.
+    let statuses: Vec<u16> =
+        futures_util::future::join_all((0..4).map(|_| call())).await.iter().map(|r| r.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
+    let limited = call().await;
+    assert!(
+        limited.header("ratelimit-policy").unwrap().contains("\"month\";q=8"),
+        "{:?}",
+        limited.header("ratelimit-policy")
+    );
+    let ops = app.token(DIR_A, "Usage.Read,Audit.Read", "a-ops").await;
+    let summary = app.get(&ops, "/api/v1/usage/summary").await.json();
+    assert_eq!(
+        (summary["quotaUnits"].clone(), summary["grantedUnits"].clone(), summary["unitsUsed"].clone()),
+        (json!(8), json!(3), json!(8)),
+        "{summary}"
+    );
+    let audit = app.get(&ops, "/api/v1/audit-events?action=createGrant").await.json();
+    assert!(audit["value"][0]["summary"].as_str().unwrap().contains("credit for the outage"), "{audit}");
+
+    // Revoked once used up, it gives nothing back; it still counts in the period's quota.
+    let listed = app.http(as_admin(ClientRequest::get(&grants))).await.json();
+    assert_eq!(listed["value"].as_array().unwrap().len(), 1);
+    let read = app.http(as_admin(ClientRequest::get(&grant_path))).await;
+    let etag = read.header("etag").unwrap().to_owned();
+    let revoke = || as_admin(ClientRequest::new("POST", &format!("{grant_path}/revoke")));
+    assert_eq!(app.http(revoke()).await.status, 428);
+    let revoked = app.http(revoke().header("If-Match", &etag)).await;
+    assert_eq!(revoked.status, 200, "{}", String::from_utf8_lossy(&revoked.body));
+    assert_eq!(
+        (revoked.json()["status"].clone(), revoked.json()["returnedUnits"].clone()),
+        (json!("revoked"), json!(0))
+    );
+    let audit = app.get(&ops, "/api/v1/audit-events?action=revokeGrant").await.json();
+    assert_eq!(audit["value"].as_array().unwrap().len(), 1, "{audit}");
+
+    // The month's statement shows the grant.
+    app.settle_leases().await;
+    app.clock.advance(chrono::Duration::days(40));
+    let run = app.invoke_timer("UsageRollup", json!({"ScheduleStatus": null, "IsPastDue": false})).await;
+    assert!(run.logs()[0].contains("statements written"), "{:?}", run.logs());
+    let ops = app.token(DIR_A, "Usage.Read", "a-ops").await;
+    let statements = app.get(&ops, "/api/v1/billing/statements").await.json();
+    let statement = &statements["value"][0];
+    assert_eq!(
+        (statement["quotaUnits"].clone(), statement["grantedUnits"].clone(), statement["usedUnits"].clone()),
+        (json!(8), json!(3), json!(8)),
+        "{statements}"
+    );
+}

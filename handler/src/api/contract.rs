@@ -110,6 +110,7 @@ const CONDITIONAL_WRITES: &[(&str, &[&str], &[&str])] = &[
     ("getPlanCosts", &["code"], &["replacePlanCosts"]),
     ("getClient", &["id"], &["revokeClient"]),
     ("getTenantClient", &["tenantId", "id"], &["approveClient", "rejectClient"]),
+    ("getGrant", &["tenantId", "id"], &["revokeGrant"]),
 ];
 
 /// OpenAPI links (3.0 §4.8.20) from an answer to the operations a client goes on with ([`FOLLOWS`]), and from a

@@ -100,6 +100,15 @@ async fn work(state: &AppState, lease: &Lease<'_>) -> Result<String, AppError> {
     };
     let rollup = state.store.rollup_state().await?;
     let lag = check_lag(state, &rollup).await?;
+    // Quota grants that expired give back their unused units before a statement reads their period.
+    let mut expired_grants = 0;
+    while within_budget() {
+        let ended = state.store.expire_quota_grants(state.clock.now(), RECLAIM_BATCH).await?;
+        expired_grants += ended;
+        if ended < u64::from(RECLAIM_BATCH) {
+            break;
+        }
+    }
     let statements = if within_budget() { close_periods(state, &rollup, &within_budget).await? } else { 0 };
     let mut purged = 0;
     let before = state.clock.now() - delta(config.retention);
@@ -122,7 +131,7 @@ async fn work(state: &AppState, lease: &Lease<'_>) -> Result<String, AppError> {
         }
     }
     Ok(format!(
-        "rolled up {rolled_up} events in {steps} steps; watermark {watermark}; {}; {lag}; {statements} statements written; {purged} raw events purged; {reclaimed} expired quota leases reclaimed",
+        "rolled up {rolled_up} events in {steps} steps; watermark {watermark}; {}; {lag}; {statements} statements written; {purged} raw events purged; {reclaimed} expired quota leases reclaimed; {expired_grants} expired quota grants ended",
         if caught_up { "caught up" } else { "more to do (the next run continues)" }
     ))
 }
@@ -204,6 +213,7 @@ async fn close_periods(
                 overage_amount_micros: overage_amount,
                 total_amount_micros: draft.base_price_micros.saturating_add(overage_amount),
                 created_at: now,
+                granted_units: draft.granted_units,
             };
             let event = statement_ready_event(state.ids.new_id(), &statement);
             if state.store.insert_billing_statement(&statement, &event).await? {
@@ -235,6 +245,7 @@ pub fn statement_ready_event(id: uuid::Uuid, s: &BillingStatement) -> OutboxMess
             "planCode": s.plan_code,
             "currency": s.currency,
             "quotaUnits": s.quota_units,
+            "grantedUnits": s.granted_units,
             "usedUnits": s.used_units,
             "overageUnits": s.overage_units,
             "baseAmountMicros": s.base_amount_micros,

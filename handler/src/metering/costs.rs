@@ -54,6 +54,10 @@ pub const COSTS: &[(&str, i64, Quota)] = &[
     ("getTenantClient", 1, Applies),
     ("approveClient", 5, Applies),
     ("rejectClient", 5, Applies),
+    ("listGrants", 2, Applies),
+    ("createGrant", 5, Applies),
+    ("getGrant", 1, Applies),
+    ("revokeGrant", 5, Applies),
 ];
 
 fn entry(operation_id: &str) -> Option<&'static (&'static str, i64, Quota)> {

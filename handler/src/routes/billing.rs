@@ -30,7 +30,10 @@ pub struct StatementView {
     pub period_end: NaiveDate,
     pub plan_code: String,
     pub currency: String,
+    /// The month's quota: the plan's, plus `grantedUnits`.
     pub quota_units: i64,
+    /// The units quota grants added to the month (the used part of grants that ended early included).
+    pub granted_units: i64,
     /// Billable units of the month, from the rollups (what the quota counter debited).
     pub used_units: i64,
     pub overage_units: i64,
@@ -53,6 +56,7 @@ impl From<&BillingStatement> for StatementView {
             plan_code: s.plan_code.clone(),
             currency: s.currency.clone(),
             quota_units: s.quota_units,
+            granted_units: s.granted_units,
             used_units: s.used_units,
             overage_units: s.overage_units,
             base_amount_micros: s.base_amount_micros,

@@ -5,6 +5,7 @@ pub mod billing;
 pub mod clients;
 pub mod docs;
 pub mod documents;
+pub mod grants;
 pub mod health;
 pub mod me;
 pub mod plans;
@@ -111,6 +112,10 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(clients::get_tenant_client)
             .service(clients::approve_client)
             .service(clients::reject_client)
+            .service(grants::list_grants)
+            .service(grants::create_grant)
+            .service(grants::get_grant)
+            .service(grants::revoke_grant)
             .service(documents::list_documents)
             .service(documents::create_document)
             .service(documents::get_document)

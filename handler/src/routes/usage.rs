@@ -30,7 +30,10 @@ pub struct UsageSummary {
     pub period_end: NaiveDate,
     /// When the quota starts again.
     pub resets_at: DateTime<Utc>,
+    /// The period's quota: the plan's, plus the units of grants (`grantedUnits`).
     pub quota_units: i64,
+    /// The units grants added to this period's quota (open grants, and the used part of ended ones).
+    pub granted_units: i64,
     pub units_used: i64,
     pub remaining_units: i64,
     pub overage_units: i64,
@@ -73,9 +76,9 @@ pub async fn get_usage_summary(
     let now = state.clock.now();
     let (period_start, period_end) = crate::metering::period(now);
     let usage = state.quota_usage(tenant.id, period_start).await?;
-    let (quota_units, units_used, overage_units, policy) = match usage {
-        Some(u) => (u.quota_units, u.units_used, u.overage_units, u.overage_policy),
-        None => (plan.monthly_quota_units, 0, 0, plan.overage_policy),
+    let (quota_units, granted_units, units_used, overage_units, policy) = match usage {
+        Some(u) => (u.quota_units, u.granted_units, u.units_used, u.overage_units, u.overage_policy),
+        None => (plan.monthly_quota_units, 0, 0, 0, plan.overage_policy),
     };
     Ok(HttpResponse::Ok().json(UsageSummary {
         tenant_id: tenant.id,
@@ -84,6 +87,7 @@ pub async fn get_usage_summary(
         period_end,
         resets_at: period_end.and_time(NaiveTime::MIN).and_utc(),
         quota_units,
+        granted_units,
         units_used,
         remaining_units: (quota_units - units_used).max(0),
         overage_units,

@@ -95,6 +95,9 @@ pub struct QuotaUsage {
     pub overage_policy: OveragePolicy,
     pub units_used: i64,
     pub overage_units: i64,
+    /// The units of quota grants counted in `quota_units` (open grants, and the used part of ended ones): the
+    /// plan's own quota is `quota_units - granted_units`.
+    pub granted_units: i64,
 }
 
 /// A rate-limit decision request for the GCRA (generic cell rate algorithm).

@@ -53,6 +53,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite":
     3 => "0003_client_directory_binding.sql" "client_directory_binding",
     4 => "0004_quota_leases.sql" "quota_leases",
     5 => "0005_quarantine_identity.sql" "quarantine_identity",
+    6 => "0006_quota_grants.sql" "quota_grants",
 );
 
 /// The SQL Server migrations: the same versions and names as [`SQLITE`], in T-SQL.
@@ -62,6 +63,7 @@ pub const MSSQL: &[Migration] = migrations!("mssql":
     3 => "0003_client_directory_binding.sql" "client_directory_binding",
     4 => "0004_quota_leases.sql" "quota_leases",
     5 => "0005_quarantine_identity.sql" "quarantine_identity",
+    6 => "0006_quota_grants.sql" "quota_grants",
 );
 
 /// Checks that `known` is strictly increasing: a gap or reorder is a build mistake, caught by a unit test.

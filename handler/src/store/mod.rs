@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod documents;
+pub mod grants;
 pub mod integration;
 pub mod leases;
 pub mod metering;
@@ -36,6 +37,7 @@ pub use usage::*;
 
 pub use audit::*;
 pub use documents::DocumentStore;
+pub use grants::*;
 pub use integration::*;
 pub use leases::*;
 pub use metering::*;
@@ -47,8 +49,8 @@ pub use tenants::TenantStore;
 /// `use meterline::store::prelude::*;` brings all their methods into scope.
 pub mod prelude {
     pub use super::{
-        AuditStore, DocumentStore, IntegrationStore, MeteringStore, OperationsStore, PlanStore, Store, TenantStore,
-        UsageStore,
+        AuditStore, DocumentStore, IntegrationStore, MeteringStore, OperationsStore, PlanStore, QuotaGrantStore,
+        QuotaLeaseStore, Store, TenantStore, UsageStore,
     };
 }
 
@@ -107,6 +109,7 @@ pub trait Store:
     + DocumentStore
     + MeteringStore
     + QuotaLeaseStore
+    + QuotaGrantStore
     + AuditStore
     + IntegrationStore
     + UsageStore
@@ -120,6 +123,7 @@ impl<
         + DocumentStore
         + MeteringStore
         + QuotaLeaseStore
+        + QuotaGrantStore
         + AuditStore
         + IntegrationStore
         + UsageStore

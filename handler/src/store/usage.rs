@@ -233,8 +233,10 @@ pub struct StatementDraft {
     pub tenant_id: Uuid,
     pub plan_code: String,
     pub currency: String,
-    /// The period's quota snapshot (`quota_usage`), else the plan's quota.
+    /// The period's quota snapshot (`quota_usage`, grants included), else the plan's quota.
     pub quota_units: i64,
+    /// The units of that quota that grants added (`quota_usage.granted_units`).
+    pub granted_units: i64,
     pub used_units: i64,
     pub overage_units: i64,
     pub base_price_micros: i64,
@@ -257,6 +259,8 @@ pub struct BillingStatement {
     pub overage_amount_micros: i64,
     pub total_amount_micros: i64,
     pub created_at: DateTime<Utc>,
+    /// The units of `quota_units` that grants added.
+    pub granted_units: i64,
 }
 
 /// Usage aggregation and billing (see `jobs::rollup` and docs/data-model.md, "Usage rollup").

@@ -2,6 +2,7 @@
 
 mod audit;
 mod documents;
+mod grants;
 mod integration;
 mod leases;
 mod metering;

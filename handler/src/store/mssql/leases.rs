@@ -76,17 +76,19 @@ impl QuotaLeaseStore for MssqlStore {
             let (r, d) = (request, &request.debit);
             settle_expired(conn, Some((d.tenant_id, d.period_start)), r.reclaim_before, d.now, u32::MAX).await?;
             ensure_period(conn, d).await?;
+            super::grants::expire_grants(conn, Some((d.tenant_id, d.period_start)), d.now, u32::MAX).await?;
             // The counter under its update lock: grants of one period queue here, across processes.
             let locked = rows(conn, LOCK_QUOTA_PERIOD, &[&d.tenant_id, &d.period_start]).await?;
             let row = locked.first().ok_or_else(quota_row_vanished)?;
-            let (mut quota, used, stored_policy): (i64, i64, String) =
-                (required(row, 0)?, required(row, 1)?, text(row, 2)?);
+            let (mut quota, used, stored_policy, granted_units): (i64, i64, String, i64) =
+                (required(row, 0)?, required(row, 1)?, text(row, 2)?, required(row, 3)?);
             let mut policy =
                 OveragePolicy::parse(&stored_policy).ok_or_else(|| corrupt("overage policy", &stored_policy))?;
             // An upgrade (a raised quota, `block` to `allow`) applies to the period at once; a downgrade waits for
             // the next period.
-            if is_upgrade(quota, policy, d) {
-                (quota, policy) = upgraded(quota, policy, d);
+            if is_upgrade(quota - granted_units, policy, d) {
+                let (plan_quota, upgraded_policy) = upgraded(quota - granted_units, policy, d);
+                (quota, policy) = (plan_quota + granted_units, upgraded_policy);
                 execute(conn, UPGRADE_PERIOD, &[&d.tenant_id, &d.period_start, &quota, &policy.as_str(), &d.now])
                     .await?;
             }
@@ -149,7 +151,7 @@ pub(crate) const UPGRADE_PERIOD: &str = "UPDATE dbo.quota_usage SET quota_units 
     updated_at = @P5
 WHERE tenant_id = @P1 AND period_start = @P2";
 
-pub(crate) const LOCK_QUOTA_PERIOD: &str = "SELECT quota_units, units_used, overage_policy
+pub(crate) const LOCK_QUOTA_PERIOD: &str = "SELECT quota_units, units_used, overage_policy, granted_units
 FROM dbo.quota_usage WITH (UPDLOCK, HOLDLOCK) WHERE tenant_id = @P1 AND period_start = @P2";
 
 pub(crate) const INSERT_LEASE: &str = "INSERT INTO dbo.quota_leases (lease_id, tenant_id, period_start, holder,

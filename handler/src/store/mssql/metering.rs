@@ -19,6 +19,7 @@ fn quota_from(row: &Row) -> Result<QuotaUsage, StoreError> {
         overage_policy: OveragePolicy::parse(&policy).ok_or_else(|| corrupt("overage policy", &policy))?,
         units_used: required(row, 5)?,
         overage_units: required(row, 6)?,
+        granted_units: required(row, 7)?,
     })
 }
 
@@ -270,7 +271,7 @@ pub(crate) const REFUND_QUOTA: &str = "UPDATE dbo.quota_usage SET
 WHERE tenant_id = @P1 AND period_start = @P2";
 
 pub(crate) const GET_QUOTA: &str =
-    "SELECT tenant_id, period_start, period_end, quota_units, overage_policy, units_used, overage_units
+    "SELECT tenant_id, period_start, period_end, quota_units, overage_policy, units_used, overage_units, granted_units
 FROM dbo.quota_usage WHERE tenant_id = @P1 AND period_start = @P2";
 
 /// Reads the GCRA state and keeps the key locked until the transaction ends (also when the row is absent).

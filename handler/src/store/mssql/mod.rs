@@ -194,6 +194,7 @@ fn corrupt(what: &str, raw: &str) -> StoreError {
 
 // After `in_tx!`, which they use.
 mod documents;
+mod grants;
 mod leases;
 mod operations;
 mod plans;
@@ -212,6 +213,7 @@ pub(crate) const STATEMENTS: &[&[(&str, &str)]] = &[
     documents::STATEMENTS,
     metering::STATEMENTS,
     leases::STATEMENTS,
+    grants::STATEMENTS,
     audit::STATEMENTS,
     integration::STATEMENTS,
     usage::STATEMENTS,

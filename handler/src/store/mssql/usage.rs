@@ -202,6 +202,7 @@ pub(super) async fn statement_drafts(
                 overage_units: required(row, 5)?,
                 base_price_micros: required(row, 6)?,
                 overage_unit_price_micros: required(row, 7)?,
+                granted_units: required(row, 8)?,
             })
         })
         .collect()
@@ -212,7 +213,7 @@ pub(super) async fn insert_statement(
     s: &BillingStatement,
     event: &OutboxMessage,
 ) -> Result<bool, StoreError> {
-    let params: [&dyn ToSql; 13] = [
+    let params: [&dyn ToSql; 14] = [
         &s.id,
         &s.tenant_id,
         &s.period_start,
@@ -226,6 +227,7 @@ pub(super) async fn insert_statement(
         &s.overage_amount_micros,
         &s.total_amount_micros,
         &s.created_at,
+        &s.granted_units,
     ];
     let inserted = execute(conn, INSERT_STATEMENT, &params).await? == 1;
     if inserted {
@@ -249,6 +251,7 @@ pub(super) fn statement_from(row: &Row) -> Result<BillingStatement, StoreError> 
         overage_amount_micros: required(row, 10)?,
         total_amount_micros: required(row, 11)?,
         created_at: required(row, 12)?,
+        granted_units: required(row, 13)?,
     })
 }
 
@@ -555,7 +558,7 @@ pub(crate) const STATEMENT_DRAFTS: &str = "SELECT TOP (@P5) t.id, t.plan_code, p
         AND r.granularity = 'day' AND r.window_start >= @P3 AND r.window_start < @P4), 0) AS used_units,
     COALESCE((SELECT SUM(r.overage_units) FROM dbo.usage_rollups r WHERE r.tenant_id = t.id
         AND r.granularity = 'day' AND r.window_start >= @P3 AND r.window_start < @P4), 0) AS overage_units,
-    p.base_price_micros, p.overage_unit_price_micros
+    p.base_price_micros, p.overage_unit_price_micros, COALESCE(q.granted_units, 0) AS granted_units
 FROM dbo.tenants t JOIN dbo.plans p ON p.code = t.plan_code
 LEFT JOIN dbo.quota_usage q ON q.tenant_id = t.id AND q.period_start = @P1
 WHERE t.created_at < @P4 AND @P2 IS NOT NULL
@@ -565,18 +568,20 @@ ORDER BY t.id";
 /// A statement, unless the tenant has one for the period (the key-range lock closes the race).
 pub(crate) const INSERT_STATEMENT: &str = "INSERT INTO dbo.billing_statements (id, tenant_id, period_start, period_end,
     plan_code, currency, quota_units, used_units, overage_units, base_amount_micros, overage_amount_micros,
-    total_amount_micros, created_at)
-SELECT @P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13
+    total_amount_micros, created_at, granted_units)
+SELECT @P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13, @P14
 WHERE NOT EXISTS (SELECT 1 FROM dbo.billing_statements WITH (UPDLOCK, HOLDLOCK)
     WHERE tenant_id = @P2 AND period_start = @P3)";
 
 pub(crate) const LIST_STATEMENTS: &str =
     "SELECT TOP (1000) id, tenant_id, period_start, period_end, plan_code, currency,
-    quota_units, used_units, overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at
+    quota_units, used_units, overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at,
+    granted_units
 FROM dbo.billing_statements WHERE tenant_id = @P1 ORDER BY period_start DESC";
 
 pub(crate) const GET_STATEMENT: &str = "SELECT id, tenant_id, period_start, period_end, plan_code, currency,
-    quota_units, used_units, overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at
+    quota_units, used_units, overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at,
+    granted_units
 FROM dbo.billing_statements WHERE tenant_id = @P1 AND period_start = @P2";
 
 /// Every statement above, by name, for the parse check (`store::tsql_check`).

@@ -115,12 +115,14 @@ impl QuotaLeaseStore for SqliteStore {
         self.write(move |tx| {
             let d = &r.debit;
             settle_expired(tx, Some((d.tenant_id, d.period_start)), r.reclaim_before, d.now, u32::MAX)?;
+            grants::expire_grants(tx, Some((d.tenant_id, d.period_start)), d.now, u32::MAX)?;
             // The period row's snapshot decides (as for a debit); before its first debit, the request's. An
             // upgrade (a raised quota, `block` to `allow`) applies to the period at once; a downgrade waits for the
             // next period.
             let (quota, used, policy) = match read_quota(tx, d.tenant_id, d.period_start)? {
-                Some(q) if is_upgrade(q.quota_units, q.overage_policy, d) => {
-                    let (quota, policy) = upgraded(q.quota_units, q.overage_policy, d);
+                Some(q) if is_upgrade(q.quota_units - q.granted_units, q.overage_policy, d) => {
+                    let (plan_quota, policy) = upgraded(q.quota_units - q.granted_units, q.overage_policy, d);
+                    let quota = plan_quota + q.granted_units;
                     tx.prepare_cached(
                         "UPDATE quota_usage SET quota_units = ?3, overage_policy = ?4,
                              overage_units = max(0, units_used - ?3), updated_at = ?5

@@ -34,6 +34,7 @@ mod integration;
 pub(crate) use integration::{emit_quota_thresholds, insert_outbox};
 
 mod documents;
+mod grants;
 mod leases;
 mod operations;
 mod plans;

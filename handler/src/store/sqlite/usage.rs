@@ -441,7 +441,7 @@ pub(super) fn statement_drafts(
                      AND r.granularity = 'day' AND r.window_start >= ?3 AND r.window_start < ?4), 0),
                  coalesce((SELECT sum(r.overage_units) FROM usage_rollups r WHERE r.tenant_id = t.id
                      AND r.granularity = 'day' AND r.window_start >= ?3 AND r.window_start < ?4), 0),
-                 p.base_price_micros, p.overage_unit_price_micros
+                 p.base_price_micros, p.overage_unit_price_micros, coalesce(q.granted_units, 0)
              FROM tenants t JOIN plans p ON p.code = t.plan_code
              LEFT JOIN quota_usage q ON q.tenant_id = t.id AND q.period_start = ?1
              WHERE t.created_at < ?4
@@ -452,7 +452,7 @@ pub(super) fn statement_drafts(
     let rows = stmt
         .query_map(params![period_start.to_string(), period_end.to_string(), from, to, i64::from(limit.max(1))], |r| {
             let id: String = r.get(0)?;
-            let draft = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?);
+            let draft = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?);
             Ok(parse_uuid(&id).map(|tenant_id| StatementDraft {
                 tenant_id,
                 plan_code: draft.0,
@@ -462,6 +462,7 @@ pub(super) fn statement_drafts(
                 overage_units: draft.4,
                 base_price_micros: draft.5,
                 overage_unit_price_micros: draft.6,
+                granted_units: draft.7,
             }))
         })
         .map_err(classify)?;
@@ -476,8 +477,9 @@ pub(super) fn insert_statement(
     let inserted = tx
         .execute(
             "INSERT INTO billing_statements (id, tenant_id, period_start, period_end, plan_code, currency, quota_units,
-                 used_units, overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                 used_units, overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at,
+                 granted_units)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
              ON CONFLICT (tenant_id, period_start) DO NOTHING",
             params![
                 s.id.to_string(),
@@ -492,7 +494,8 @@ pub(super) fn insert_statement(
                 s.base_amount_micros,
                 s.overage_amount_micros,
                 s.total_amount_micros,
-                timestamp(s.created_at)
+                timestamp(s.created_at),
+                s.granted_units
             ],
         )
         .map_err(classify)?;
@@ -503,13 +506,14 @@ pub(super) fn insert_statement(
 }
 
 const STATEMENT_COLUMNS: &str = "id, tenant_id, period_start, period_end, plan_code, currency, quota_units, used_units, \
-    overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at";
+    overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at, granted_units";
 
 fn statement_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<BillingStatement, StoreError>> {
     let (id, tenant, start, end, created): (String, String, String, String, String) =
         (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(12)?);
     let (plan_code, currency) = (r.get(4)?, r.get(5)?);
     let numbers: (i64, i64, i64, i64, i64, i64) = (r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?);
+    let granted_units: i64 = r.get(13)?;
     Ok((|| {
         Ok(BillingStatement {
             id: parse_uuid(&id)?,
@@ -525,6 +529,7 @@ fn statement_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<BillingState
             overage_amount_micros: numbers.4,
             total_amount_micros: numbers.5,
             created_at: parse_timestamp(&created)?,
+            granted_units,
         })
     })())
 }
