@@ -2,6 +2,7 @@
 //! export are current (rollups plus the tail), statements are tenant-scoped and, once a month closes, equal the
 //! usage API and the export.
 
+use meterline::clock::Clock;
 use serde_json::json;
 
 use crate::support::app::{DEV_APP_ID, TestApp};
@@ -171,7 +172,10 @@ async fn a_closed_month_has_a_statement_equal_to_the_usage_api_and_the_export() 
     let statement = host.http(get(&format!("/api/v1/billing/statements/{period}"), &a)).await;
     assert_eq!(statement.status, 200);
     let statement = statement.json();
-    assert_eq!(statement, statements[0], "the list and the read agree");
+    let mut summary_of_read = statement.clone();
+    let lines = summary_of_read.as_object_mut().unwrap().remove("adjustments");
+    assert_eq!(summary_of_read, statements[0], "the list and the read agree");
+    assert_eq!(lines, Some(json!([])), "the read lists the adjustment lines: none");
     // createDocument 5 + 4 x listDocuments 2: the 404 and the self-service reads are not billed.
     assert_eq!((statement["period"].as_str(), statement["usedUnits"].as_i64()), (Some(period.as_str()), Some(13)));
     assert_eq!(statement["planCode"], "developer");
@@ -198,4 +202,97 @@ async fn a_closed_month_has_a_statement_equal_to_the_usage_api_and_the_export() 
         .map(|l| l.split(',').nth(7).unwrap().parse::<i64>().unwrap())
         .sum();
     assert_eq!(exported, 13, "{csv}");
+}
+
+#[actix_web::test]
+async fn usage_of_a_billed_month_that_arrives_late_is_an_adjustment_on_the_next_statement() {
+    let host = TestApp::start().await;
+    let admin = host.token("0b500000-0000-0000-0000-0000000000ff", "Platform.Admin", "ops").await;
+    let a = host.token(DIR_A, "Documents.Read,Documents.Write,Usage.Read", DEV_APP_ID).await;
+    let tenant: String =
+        host.db().query_row("SELECT id FROM tenants WHERE entra_tenant_id = ?1", [DIR_A], |r| r.get(0)).unwrap();
+    // Pay as you go: 5 units included, then 1 000 micro-EUR a unit.
+    let as_admin = |r: ClientRequest| r.header("Authorization", &format!("Bearer {admin}"));
+    let plan = json!({"code": "payg", "name": "Pay as you go", "requestsPerMinute": 1_000_000, "burst": 100_000,
+        "monthlyQuotaUnits": 5, "overagePolicy": "allow", "currency": "EUR", "basePriceMicros": 10_000_000, "overageUnitPriceMicros": 1_000});
+    assert_eq!(host.http(as_admin(ClientRequest::new("POST", "/api/v1/plans").json(&plan))).await.status, 201);
+    let moved = ClientRequest::new("PATCH", &format!("/api/v1/tenants/{tenant}"))
+        .body("{\"plan\":\"payg\"}")
+        .header("Content-Type", "application/merge-patch+json")
+        .header("If-Match", "*");
+    assert_eq!(host.http(as_admin(moved)).await.status, 200);
+    for _ in 0..4 {
+        assert_eq!(host.http(get("/api/v1/documents", &a)).await.status, 200);
+    }
+    let first_month = host.clock.now();
+    let period = first_month.format("%Y-%m").to_string();
+    host.settle_leases().await;
+
+    // The month closes: 8 units, 3 beyond the quota.
+    host.clock.advance(chrono::Duration::days(40));
+    let rollup = || host.invoke_timer("UsageRollup", json!({"ScheduleStatus": null, "IsPastDue": false}));
+    let closed = rollup().await;
+    assert!(closed.logs()[0].contains("statements written"), "{:?}", closed.logs());
+    let a = host.token(DIR_A, "Usage.Read", DEV_APP_ID).await;
+    let issued = host.http(get(&format!("/api/v1/billing/statements/{period}"), &a)).await.json();
+    assert_eq!(
+        (issued["usedUnits"].clone(), issued["overageUnits"].clone(), issued["overageAmountMicros"].clone()),
+        (json!(8), json!(3), json!(3_000)),
+        "{issued}"
+    );
+    assert_eq!((issued["adjustments"].clone(), issued["amountDueMicros"].clone()), (json!([]), json!(10_003_000)));
+
+    // Another system reports 7 units of that month afterwards.
+    let late = json!({
+        "specversion": "1.0", "id": "late-1", "source": "/ocr", "type": "meterline.usage.reported.v1",
+        "datacontenttype": "application/json",
+        "data": {"tenantId": tenant, "meter": "ocr.pages", "units": 7, "occurredAt": first_month.to_rfc3339()}
+    });
+    let mut message = crate::support::host::ServiceBusDelivery::new(&late.to_string());
+    message.content_type = Some("application/cloudevents+json".into());
+    let applied = host.invoke_service_bus("IntegrationEvents", &message).await;
+    assert!(applied.logs().join("\n").contains("applied meterline.usage.reported.v1"), "{:?}", applied.logs());
+
+    // The issued statement never changes; the next month's statement carries the difference as a line.
+    host.clock.advance(chrono::Duration::days(31));
+    let run = rollup().await;
+    assert!(run.logs()[0].contains("statements written"), "{:?}", run.logs());
+    let a = host.token(DIR_A, "Usage.Read", DEV_APP_ID).await;
+    let again = host.http(get(&format!("/api/v1/billing/statements/{period}"), &a)).await.json();
+    assert_eq!(again["usedUnits"], issued["usedUnits"], "an issued statement is never edited");
+    let listed = host.http(get("/api/v1/billing/statements", &a)).await.json();
+    let next_period = listed["value"][0]["period"].as_str().unwrap().to_owned();
+    assert_ne!(next_period, period, "{listed}");
+    let next = host.http(get(&format!("/api/v1/billing/statements/{next_period}"), &a)).await.json();
+    assert_eq!(
+        next["adjustments"],
+        json!([{"adjustsPeriod": period, "adjustsStatementId": issued["id"], "usedUnits": 7, "overageUnits": 7, "amountMicros": 7_000}]),
+        "{next}"
+    );
+    assert_eq!(next["adjustmentAmountMicros"], 7_000);
+    assert_eq!(next["amountDueMicros"].as_i64().unwrap(), next["totalAmountMicros"].as_i64().unwrap() + 7_000);
+
+    // The same as CSV, one line per charge.
+    let csv =
+        host.http(get(&format!("/api/v1/billing/statements/{next_period}"), &a).header("Accept", "text/csv")).await;
+    assert_eq!(csv.status, 200);
+    assert!(csv.header("content-type").unwrap().starts_with("text/csv"));
+    let text = String::from_utf8(csv.body.clone()).unwrap();
+    let lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines[0], "period,line,reference,units,amount_micros,currency");
+    assert!(lines.contains(&format!("{next_period},adjustment,{period},7,7000,EUR").as_str()), "{text}");
+    assert_eq!(*lines.last().unwrap(), format!("{next_period},amount_due,,,{},EUR", next["amountDueMicros"]));
+
+    // Nothing is billed twice: a third month has no adjustment for it.
+    host.clock.advance(chrono::Duration::days(31));
+    rollup().await;
+    let a = host.token(DIR_A, "Usage.Read", DEV_APP_ID).await;
+    let listed = host.http(get("/api/v1/billing/statements", &a)).await.json();
+    let third = listed["value"][0]["period"].as_str().unwrap().to_owned();
+    let third = host.http(get(&format!("/api/v1/billing/statements/{third}"), &a)).await.json();
+    assert_eq!(
+        (third["adjustments"].clone(), third["adjustmentAmountMicros"].clone()),
+        (json!([]), json!(0)),
+        "{third}"
+    );
 }

@@ -16,7 +16,9 @@ use crate::error::{AppError, ErrorCode};
 use crate::metering::leases::RECLAIM_MARGIN;
 use crate::metering::period;
 use crate::state::AppState;
-use crate::store::{BillingStatement, LeaseRequest, OutboxMessage, RollupGranularity, RollupState, RollupStep};
+use crate::store::{
+    BillingStatement, LeaseRequest, OutboxMessage, RollupGranularity, RollupState, RollupStep, StatementAdjustment,
+};
 
 /// The lease (and the job name) every runner of the rollup, and `rollup-rerun`, takes.
 pub const LEASE: &str = "usage-rollup";
@@ -199,8 +201,26 @@ async fn close_periods(
         for draft in drafts {
             let now = state.clock.now();
             let overage_amount = draft.overage_units.saturating_mul(draft.overage_unit_price_micros);
+            let id = state.ids.new_id();
+            // Usage of earlier, issued months rolled up since they were billed: adjustment lines on this one.
+            let adjustments: Vec<StatementAdjustment> = state
+                .store
+                .unbilled_usage(draft.tenant_id, month)
+                .await?
+                .into_iter()
+                .map(|u| StatementAdjustment {
+                    id: state.ids.new_id(),
+                    statement_id: id,
+                    adjusts_statement_id: u.statement_id,
+                    adjusts_period_start: u.period_start,
+                    used_units_delta: u.used_units_delta,
+                    overage_units_delta: u.overage_units_delta,
+                    amount_micros: u.overage_units_delta.saturating_mul(u.overage_unit_price_micros),
+                    created_at: now,
+                })
+                .collect();
             let statement = BillingStatement {
-                id: state.ids.new_id(),
+                id,
                 tenant_id: draft.tenant_id,
                 period_start: month,
                 period_end: end,
@@ -214,9 +234,11 @@ async fn close_periods(
                 total_amount_micros: draft.base_price_micros.saturating_add(overage_amount),
                 created_at: now,
                 granted_units: draft.granted_units,
+                overage_unit_price_micros: Some(draft.overage_unit_price_micros),
+                adjustment_amount_micros: adjustments.iter().map(|a| a.amount_micros).sum(),
             };
             let event = statement_ready_event(state.ids.new_id(), &statement);
-            if state.store.insert_billing_statement(&statement, &event).await? {
+            if state.store.insert_billing_statement(&statement, &adjustments, &event).await? {
                 written += 1;
             }
         }
@@ -251,6 +273,8 @@ pub fn statement_ready_event(id: uuid::Uuid, s: &BillingStatement) -> OutboxMess
             "baseAmountMicros": s.base_amount_micros,
             "overageAmountMicros": s.overage_amount_micros,
             "totalAmountMicros": s.total_amount_micros,
+            "adjustmentAmountMicros": s.adjustment_amount_micros,
+            "amountDueMicros": s.total_amount_micros.saturating_add(s.adjustment_amount_micros),
         })
         .to_string(),
         created_at: s.created_at,

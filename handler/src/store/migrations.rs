@@ -54,6 +54,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite":
     4 => "0004_quota_leases.sql" "quota_leases",
     5 => "0005_quarantine_identity.sql" "quarantine_identity",
     6 => "0006_quota_grants.sql" "quota_grants",
+    7 => "0007_statement_adjustments.sql" "statement_adjustments",
 );
 
 /// The SQL Server migrations: the same versions and names as [`SQLITE`], in T-SQL.
@@ -64,6 +65,7 @@ pub const MSSQL: &[Migration] = migrations!("mssql":
     4 => "0004_quota_leases.sql" "quota_leases",
     5 => "0005_quarantine_identity.sql" "quarantine_identity",
     6 => "0006_quota_grants.sql" "quota_grants",
+    7 => "0007_statement_adjustments.sql" "statement_adjustments",
 );
 
 /// Checks that `known` is strictly increasing: a gap or reorder is a build mistake, caught by a unit test.

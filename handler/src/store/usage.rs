@@ -261,6 +261,39 @@ pub struct BillingStatement {
     pub created_at: DateTime<Utc>,
     /// The units of `quota_units` that grants added.
     pub granted_units: i64,
+    /// The overage unit price it billed at (`None` on statements written before migration 7).
+    pub overage_unit_price_micros: Option<i64>,
+    /// The sum of its adjustment lines (usage of earlier, issued months rolled up after they were billed); the
+    /// tenant owes `total_amount_micros + adjustment_amount_micros`.
+    pub adjustment_amount_micros: i64,
+}
+
+/// An adjustment line on a statement: usage of an issued statement's month rolled up after it was written, billed
+/// on a later statement, never by changing the issued one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementAdjustment {
+    pub id: Uuid,
+    /// The statement the line appears on.
+    pub statement_id: Uuid,
+    /// The issued statement it corrects, and its month.
+    pub adjusts_statement_id: Uuid,
+    pub adjusts_period_start: NaiveDate,
+    pub used_units_delta: i64,
+    pub overage_units_delta: i64,
+    pub amount_micros: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What an issued statement has not billed: its month's billable and overage units as the day rollups hold them
+/// now, less what the statement and its adjustments billed (non-zero only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnbilledUsage {
+    pub statement_id: Uuid,
+    pub period_start: NaiveDate,
+    pub used_units_delta: i64,
+    pub overage_units_delta: i64,
+    /// The statement's overage unit price, else (an older statement) its plan's current one.
+    pub overage_unit_price_micros: i64,
 }
 
 /// Usage aggregation and billing (see `jobs::rollup` and docs/data-model.md, "Usage rollup").
@@ -316,13 +349,25 @@ pub trait UsageStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<StatementDraft>, StoreError>;
 
-    /// Writes a statement and its outbox event in one transaction; `false` (and nothing written) when the
-    /// tenant already has a statement for the period. Statements are never updated.
+    /// What the tenant's issued statements of months before `before` (at most the 24 before it) have not billed,
+    /// oldest first: the adjustment lines its next statement carries.
+    async fn unbilled_usage(&self, tenant_id: Uuid, before: NaiveDate) -> Result<Vec<UnbilledUsage>, StoreError>;
+
+    /// Writes a statement, its adjustment lines and its outbox event in one transaction; `false` (and nothing
+    /// written) when the tenant already has a statement for the period. Statements are never updated.
     async fn insert_billing_statement(
         &self,
         statement: &BillingStatement,
+        adjustments: &[StatementAdjustment],
         event: &OutboxMessage,
     ) -> Result<bool, StoreError>;
+
+    /// The adjustment lines on a statement of `tenant_id`, oldest adjusted month first.
+    async fn statement_adjustments(
+        &self,
+        tenant_id: Uuid,
+        statement_id: Uuid,
+    ) -> Result<Vec<StatementAdjustment>, StoreError>;
 
     /// Records that every statement of the month starting `period_start` is written.
     async fn set_closed_through(&self, period_start: NaiveDate, now: DateTime<Utc>) -> Result<(), StoreError>;

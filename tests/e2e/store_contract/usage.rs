@@ -268,3 +268,105 @@ async fn a_streamed_responses_size_is_set_on_its_recorded_event() {
     })
     .await;
 }
+
+/// A statement of `tenant` for `month` of 2026 billing `used` units (`overage` beyond the quota), with
+/// `adjustment` micro-units of adjustment lines.
+fn statement(tenant: Uuid, n: u128, month: u32, used: i64, overage: i64, adjustment: i64) -> BillingStatement {
+    let start = chrono::NaiveDate::from_ymd_opt(2026, month, 1).unwrap();
+    BillingStatement {
+        id: Uuid::from_u128(0x5747_0000 + n),
+        tenant_id: tenant,
+        period_start: start,
+        period_end: start + chrono::Months::new(1),
+        plan_code: "p".into(),
+        currency: "EUR".into(),
+        quota_units: 10,
+        used_units: used,
+        overage_units: overage,
+        base_amount_micros: 49_000_000,
+        overage_amount_micros: overage * 1_000,
+        total_amount_micros: 49_000_000 + overage * 1_000,
+        created_at: t0(),
+        granted_units: 0,
+        overage_unit_price_micros: Some(2_000),
+        adjustment_amount_micros: adjustment,
+    }
+}
+
+fn ready(n: u128) -> OutboxMessage {
+    OutboxMessage {
+        id: Uuid::from_u128(0x0B0_0000 + n),
+        event_type: "meterline.billing.statement-ready.v1".into(),
+        subject: None,
+        payload: "{}".into(),
+        created_at: t0(),
+        available_at: t0(),
+    }
+}
+
+#[tokio::test]
+async fn usage_rolled_up_after_a_statement_is_unbilled_until_an_adjustment_line_bills_it() {
+    for_each_store("usage_rolled_up_after_a_statement_is_unbilled_until_an_adjustment_line_bills_it", |t| async move {
+        let store = t.store.clone();
+        let created = t0() - Duration::days(60);
+        setup_plan(&store, created, OveragePolicy::Allow).await;
+        let tenants = setup_tenants(&store, 1, 2, created).await;
+        let (a, b) = (tenants[0], tenants[1]);
+        let in_january = Utc.with_ymd_and_hms(2026, 1, 10, 12, 0, 0).unwrap();
+        let billed = |n: u64, units: i64, overage: i64, tenant: Uuid| UsageEvent {
+            event_id: Uuid::from_u64_pair(7, n),
+            tenant_id: Some(tenant),
+            units,
+            billable: true,
+            overage_units: overage,
+            status: 200,
+            lease_id: None,
+            ..event(&mut Rng(n), &tenants, in_january, in_january)
+        };
+        store.record_usage(&[billed(1, 4, 0, a), billed(2, 9, 3, a), billed(3, 5, 0, b)], &[]).await.unwrap();
+        step(&store, t0(), 1000).await;
+        let january = statement(a, 1, 1, 13, 3, 0);
+        assert!(store.insert_billing_statement(&january, &[], &ready(1)).await.unwrap(), "{}", t.name);
+        let february = chrono::NaiveDate::from_ymd_opt(2026, 2, 1).unwrap();
+        assert_eq!(store.unbilled_usage(a, february).await.unwrap(), vec![], "{}: all billed", t.name);
+
+        // Two late January events arrive and are rolled up.
+        store.record_usage(&[billed(4, 6, 6, a), billed(5, 2, 0, b)], &[]).await.unwrap();
+        step(&store, t0() + Duration::hours(1), 1000).await;
+        let unbilled = store.unbilled_usage(a, february).await.unwrap();
+        let expected = UnbilledUsage {
+            statement_id: january.id,
+            period_start: january.period_start,
+            used_units_delta: 6,
+            overage_units_delta: 6,
+            overage_unit_price_micros: 2_000,
+        };
+        assert_eq!(unbilled, vec![expected], "{}", t.name);
+        assert_eq!(store.unbilled_usage(a, january.period_start).await.unwrap(), vec![], "only months before");
+        assert_eq!(store.unbilled_usage(b, february).await.unwrap(), vec![], "B has no statement");
+
+        let line = StatementAdjustment {
+            id: Uuid::from_u128(0xAD1),
+            statement_id: Uuid::from_u128(0x5747_0002),
+            adjusts_statement_id: january.id,
+            adjusts_period_start: january.period_start,
+            used_units_delta: 6,
+            overage_units_delta: 6,
+            amount_micros: 12_000,
+            created_at: t0(),
+        };
+        let feb = statement(a, 2, 2, 0, 0, 12_000);
+        assert!(store.insert_billing_statement(&feb, std::slice::from_ref(&line), &ready(2)).await.unwrap());
+        assert_eq!(store.statement_adjustments(a, feb.id).await.unwrap(), vec![line.clone()], "{}", t.name);
+        assert_eq!(store.statement_adjustments(b, feb.id).await.unwrap(), vec![], "another tenant sees none");
+        assert_eq!(store.get_billing_statement(a, feb.period_start).await.unwrap(), Some(feb.clone()));
+        let march = chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+        assert_eq!(store.unbilled_usage(a, march).await.unwrap(), vec![], "{}: billed once", t.name);
+        // A second write of February changes nothing, its lines included.
+        let again = StatementAdjustment { id: Uuid::from_u128(0xAD2), ..line };
+        assert!(!store.insert_billing_statement(&feb, &[again], &ready(3)).await.unwrap());
+        assert_eq!(store.statement_adjustments(a, feb.id).await.unwrap().len(), 1);
+        assert_eq!(store.get_billing_statement(a, january.period_start).await.unwrap(), Some(january), "never edited");
+    })
+    .await;
+}

@@ -211,9 +211,10 @@ pub(super) async fn statement_drafts(
 pub(super) async fn insert_statement(
     conn: &mut MssqlClient,
     s: &BillingStatement,
+    adjustments: &[StatementAdjustment],
     event: &OutboxMessage,
 ) -> Result<bool, StoreError> {
-    let params: [&dyn ToSql; 14] = [
+    let params: [&dyn ToSql; 16] = [
         &s.id,
         &s.tenant_id,
         &s.period_start,
@@ -228,9 +229,23 @@ pub(super) async fn insert_statement(
         &s.total_amount_micros,
         &s.created_at,
         &s.granted_units,
+        &s.overage_unit_price_micros,
+        &s.adjustment_amount_micros,
     ];
     let inserted = execute(conn, INSERT_STATEMENT, &params).await? == 1;
     if inserted {
+        for a in adjustments {
+            let line: [&dyn ToSql; 7] = [
+                &a.id,
+                &a.statement_id,
+                &a.adjusts_statement_id,
+                &a.used_units_delta,
+                &a.overage_units_delta,
+                &a.amount_micros,
+                &a.created_at,
+            ];
+            execute(conn, INSERT_ADJUSTMENT, &line).await?;
+        }
         insert_outbox(conn, event).await?;
     }
     Ok(inserted)
@@ -252,6 +267,8 @@ pub(super) fn statement_from(row: &Row) -> Result<BillingStatement, StoreError> 
         total_amount_micros: required(row, 11)?,
         created_at: required(row, 12)?,
         granted_units: required(row, 13)?,
+        overage_unit_price_micros: column(row, 14)?,
+        adjustment_amount_micros: required(row, 15)?,
     })
 }
 
@@ -306,13 +323,59 @@ impl UsageStore for MssqlStore {
         in_tx!(self, Retry::Yes, |conn| statement_drafts(conn, period_start, period_end, limit).await)
     }
 
+    async fn unbilled_usage(&self, tenant_id: Uuid, before: NaiveDate) -> Result<Vec<UnbilledUsage>, StoreError> {
+        let earliest = before - chrono::Months::new(24);
+        in_tx!(self, Retry::Yes, |conn| {
+            let found = rows(conn, UNBILLED_USAGE, &[&tenant_id, &before, &earliest]).await?;
+            let all = found
+                .iter()
+                .map(|row| {
+                    Ok(UnbilledUsage {
+                        statement_id: required(row, 0)?,
+                        period_start: required(row, 1)?,
+                        used_units_delta: required(row, 2)?,
+                        overage_units_delta: required(row, 3)?,
+                        overage_unit_price_micros: required(row, 4)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok(all.into_iter().filter(|u| u.used_units_delta != 0 || u.overage_units_delta != 0).collect())
+        })
+    }
+
     async fn insert_billing_statement(
         &self,
         statement: &BillingStatement,
+        adjustments: &[StatementAdjustment],
         event: &OutboxMessage,
     ) -> Result<bool, StoreError> {
-        // Idempotent: a retried insert finds the statement and writes nothing (the event went with it).
-        in_tx!(self, Retry::Yes, |conn| insert_statement(conn, statement, event).await)
+        // Idempotent: a retried insert finds the statement and writes nothing (the event and lines went with it).
+        in_tx!(self, Retry::Yes, |conn| insert_statement(conn, statement, adjustments, event).await)
+    }
+
+    async fn statement_adjustments(
+        &self,
+        tenant_id: Uuid,
+        statement_id: Uuid,
+    ) -> Result<Vec<StatementAdjustment>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            rows(conn, STATEMENT_ADJUSTMENTS, &[&tenant_id, &statement_id])
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(StatementAdjustment {
+                        id: required(row, 0)?,
+                        statement_id: required(row, 1)?,
+                        adjusts_statement_id: required(row, 2)?,
+                        adjusts_period_start: required(row, 3)?,
+                        used_units_delta: required(row, 4)?,
+                        overage_units_delta: required(row, 5)?,
+                        amount_micros: required(row, 6)?,
+                        created_at: required(row, 7)?,
+                    })
+                })
+                .collect()
+        })
     }
 
     async fn set_closed_through(&self, period_start: NaiveDate, now: DateTime<Utc>) -> Result<(), StoreError> {
@@ -568,21 +631,53 @@ ORDER BY t.id";
 /// A statement, unless the tenant has one for the period (the key-range lock closes the race).
 pub(crate) const INSERT_STATEMENT: &str = "INSERT INTO dbo.billing_statements (id, tenant_id, period_start, period_end,
     plan_code, currency, quota_units, used_units, overage_units, base_amount_micros, overage_amount_micros,
-    total_amount_micros, created_at, granted_units)
-SELECT @P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13, @P14
+    total_amount_micros, created_at, granted_units, overage_unit_price_micros, adjustment_amount_micros)
+SELECT @P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13, @P14, @P15, @P16
 WHERE NOT EXISTS (SELECT 1 FROM dbo.billing_statements WITH (UPDLOCK, HOLDLOCK)
     WHERE tenant_id = @P2 AND period_start = @P3)";
 
 pub(crate) const LIST_STATEMENTS: &str =
     "SELECT TOP (1000) id, tenant_id, period_start, period_end, plan_code, currency,
     quota_units, used_units, overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at,
-    granted_units
+    granted_units, overage_unit_price_micros, adjustment_amount_micros
 FROM dbo.billing_statements WHERE tenant_id = @P1 ORDER BY period_start DESC";
 
 pub(crate) const GET_STATEMENT: &str = "SELECT id, tenant_id, period_start, period_end, plan_code, currency,
     quota_units, used_units, overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at,
-    granted_units
+    granted_units, overage_unit_price_micros, adjustment_amount_micros
 FROM dbo.billing_statements WHERE tenant_id = @P1 AND period_start = @P2";
+
+pub(crate) const INSERT_ADJUSTMENT: &str = "INSERT INTO dbo.statement_adjustments (id, statement_id,
+    adjusts_statement_id, used_units_delta, overage_units_delta, amount_micros, created_at)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7)";
+
+/// Per issued statement of `@P1` for a month in `[@P3, @P2)`: its month's day rollups now, less what it and its
+/// adjustments billed.
+pub(crate) const UNBILLED_USAGE: &str = "SELECT s.id, s.period_start,
+    COALESCE((SELECT SUM(r.billable_units) FROM dbo.usage_rollups r WHERE r.tenant_id = s.tenant_id
+        AND r.granularity = 'day' AND r.window_start >= CAST(s.period_start AS DATETIME2(0))
+        AND r.window_start < CAST(s.period_end AS DATETIME2(0))), 0)
+      - s.used_units
+      - COALESCE((SELECT SUM(a.used_units_delta) FROM dbo.statement_adjustments a
+            WHERE a.adjusts_statement_id = s.id), 0) AS used_units_delta,
+    COALESCE((SELECT SUM(r.overage_units) FROM dbo.usage_rollups r WHERE r.tenant_id = s.tenant_id
+        AND r.granularity = 'day' AND r.window_start >= CAST(s.period_start AS DATETIME2(0))
+        AND r.window_start < CAST(s.period_end AS DATETIME2(0))), 0)
+      - s.overage_units
+      - COALESCE((SELECT SUM(a.overage_units_delta) FROM dbo.statement_adjustments a
+            WHERE a.adjusts_statement_id = s.id), 0) AS overage_units_delta,
+    COALESCE(s.overage_unit_price_micros, p.overage_unit_price_micros, 0) AS overage_unit_price_micros
+FROM dbo.billing_statements s LEFT JOIN dbo.plans p ON p.code = s.plan_code
+WHERE s.tenant_id = @P1 AND s.period_start < @P2 AND s.period_start >= @P3
+ORDER BY s.period_start";
+
+pub(crate) const STATEMENT_ADJUSTMENTS: &str = "SELECT a.id, a.statement_id, a.adjusts_statement_id, o.period_start,
+    a.used_units_delta, a.overage_units_delta, a.amount_micros, a.created_at
+FROM dbo.statement_adjustments a
+JOIN dbo.billing_statements s ON s.id = a.statement_id
+JOIN dbo.billing_statements o ON o.id = a.adjusts_statement_id
+WHERE s.tenant_id = @P1 AND a.statement_id = @P2
+ORDER BY o.period_start";
 
 /// Every statement above, by name, for the parse check (`store::tsql_check`).
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
@@ -604,6 +699,9 @@ pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("INSERT_STATEMENT", INSERT_STATEMENT),
     ("LIST_STATEMENTS", LIST_STATEMENTS),
     ("GET_STATEMENT", GET_STATEMENT),
+    ("INSERT_ADJUSTMENT", INSERT_ADJUSTMENT),
+    ("UNBILLED_USAGE", UNBILLED_USAGE),
+    ("STATEMENT_ADJUSTMENTS", STATEMENT_ADJUSTMENTS),
 ];
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use super::{SqliteStore, classify, insert_outbox, parse_date, parse_timestamp, parse_uuid, timestamp};
+use super::{SqliteStore, classify, insert_outbox, parse_date, parse_timestamp, parse_uuid, query_all, timestamp};
 use crate::store::usage::*;
 use crate::store::{OutboxMessage, StoreError, UsageStore};
 
@@ -469,17 +469,60 @@ pub(super) fn statement_drafts(
     rows.map(|row| row.map_err(classify)?).collect()
 }
 
+/// [`UsageStore::unbilled_usage`]: per issued statement, the day rollups of its month now, less what it and its
+/// adjustments billed. Rollup windows are stored as RFC 3339 text with microseconds, so a month's first instant is
+/// its date followed by `T00:00:00.000000Z`.
+fn unbilled_usage(conn: &Connection, tenant_id: Uuid, before: NaiveDate) -> Result<Vec<UnbilledUsage>, StoreError> {
+    let earliest = before - chrono::Months::new(24);
+    let rows = query_all(
+        conn,
+        "SELECT s.id, s.period_start,
+             coalesce((SELECT sum(r.billable_units) FROM usage_rollups r WHERE r.tenant_id = s.tenant_id
+                 AND r.granularity = 'day' AND r.window_start >= s.period_start || 'T00:00:00.000000Z'
+                 AND r.window_start < s.period_end || 'T00:00:00.000000Z'), 0)
+               - s.used_units
+               - coalesce((SELECT sum(a.used_units_delta) FROM statement_adjustments a
+                     WHERE a.adjusts_statement_id = s.id), 0),
+             coalesce((SELECT sum(r.overage_units) FROM usage_rollups r WHERE r.tenant_id = s.tenant_id
+                 AND r.granularity = 'day' AND r.window_start >= s.period_start || 'T00:00:00.000000Z'
+                 AND r.window_start < s.period_end || 'T00:00:00.000000Z'), 0)
+               - s.overage_units
+               - coalesce((SELECT sum(a.overage_units_delta) FROM statement_adjustments a
+                     WHERE a.adjusts_statement_id = s.id), 0),
+             coalesce(s.overage_unit_price_micros, p.overage_unit_price_micros, 0)
+         FROM billing_statements s LEFT JOIN plans p ON p.code = s.plan_code
+         WHERE s.tenant_id = ?1 AND s.period_start < ?2 AND s.period_start >= ?3
+         ORDER BY s.period_start",
+        params![tenant_id.to_string(), before.to_string(), earliest.to_string()],
+        |r| {
+            let (id, start): (String, String) = (r.get(0)?, r.get(1)?);
+            let (used, overage, price): (i64, i64, i64) = (r.get(2)?, r.get(3)?, r.get(4)?);
+            Ok((|| {
+                Ok(UnbilledUsage {
+                    statement_id: parse_uuid(&id)?,
+                    period_start: parse_date(&start)?,
+                    used_units_delta: used,
+                    overage_units_delta: overage,
+                    overage_unit_price_micros: price,
+                })
+            })())
+        },
+    )?;
+    Ok(rows.into_iter().filter(|u| u.used_units_delta != 0 || u.overage_units_delta != 0).collect())
+}
+
 pub(super) fn insert_statement(
     tx: &Connection,
     s: &BillingStatement,
+    adjustments: &[StatementAdjustment],
     event: &OutboxMessage,
 ) -> Result<bool, StoreError> {
     let inserted = tx
         .execute(
             "INSERT INTO billing_statements (id, tenant_id, period_start, period_end, plan_code, currency, quota_units,
                  used_units, overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at,
-                 granted_units)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 granted_units, overage_unit_price_micros, adjustment_amount_micros)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
              ON CONFLICT (tenant_id, period_start) DO NOTHING",
             params![
                 s.id.to_string(),
@@ -495,18 +538,39 @@ pub(super) fn insert_statement(
                 s.overage_amount_micros,
                 s.total_amount_micros,
                 timestamp(s.created_at),
-                s.granted_units
+                s.granted_units,
+                s.overage_unit_price_micros,
+                s.adjustment_amount_micros
             ],
         )
         .map_err(classify)?;
     if inserted == 1 {
+        for a in adjustments {
+            tx.prepare_cached(
+                "INSERT INTO statement_adjustments (id, statement_id, adjusts_statement_id, used_units_delta,
+                     overage_units_delta, amount_micros, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(classify)?
+            .execute(params![
+                a.id.to_string(),
+                a.statement_id.to_string(),
+                a.adjusts_statement_id.to_string(),
+                a.used_units_delta,
+                a.overage_units_delta,
+                a.amount_micros,
+                timestamp(a.created_at)
+            ])
+            .map_err(classify)?;
+        }
         insert_outbox(tx, event)?;
     }
     Ok(inserted == 1)
 }
 
 const STATEMENT_COLUMNS: &str = "id, tenant_id, period_start, period_end, plan_code, currency, quota_units, used_units, \
-    overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at, granted_units";
+    overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at, granted_units, \
+    overage_unit_price_micros, adjustment_amount_micros";
 
 fn statement_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<BillingStatement, StoreError>> {
     let (id, tenant, start, end, created): (String, String, String, String, String) =
@@ -514,6 +578,7 @@ fn statement_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<BillingState
     let (plan_code, currency) = (r.get(4)?, r.get(5)?);
     let numbers: (i64, i64, i64, i64, i64, i64) = (r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?);
     let granted_units: i64 = r.get(13)?;
+    let (overage_unit_price_micros, adjustment_amount_micros): (Option<i64>, i64) = (r.get(14)?, r.get(15)?);
     Ok((|| {
         Ok(BillingStatement {
             id: parse_uuid(&id)?,
@@ -530,6 +595,8 @@ fn statement_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<BillingState
             total_amount_micros: numbers.5,
             created_at: parse_timestamp(&created)?,
             granted_units,
+            overage_unit_price_micros,
+            adjustment_amount_micros,
         })
     })())
 }
@@ -603,13 +670,57 @@ impl UsageStore for SqliteStore {
         self.read(move |conn| statement_drafts(conn, period_start, period_end, limit)).await
     }
 
+    async fn unbilled_usage(&self, tenant_id: Uuid, before: NaiveDate) -> Result<Vec<UnbilledUsage>, StoreError> {
+        self.read(move |conn| unbilled_usage(conn, tenant_id, before)).await
+    }
+
     async fn insert_billing_statement(
         &self,
         statement: &BillingStatement,
+        adjustments: &[StatementAdjustment],
         event: &OutboxMessage,
     ) -> Result<bool, StoreError> {
-        let (statement, event) = (statement.clone(), event.clone());
-        self.write(move |tx| insert_statement(tx, &statement, &event)).await
+        let (statement, adjustments, event) = (statement.clone(), adjustments.to_vec(), event.clone());
+        self.write(move |tx| insert_statement(tx, &statement, &adjustments, &event)).await
+    }
+
+    async fn statement_adjustments(
+        &self,
+        tenant_id: Uuid,
+        statement_id: Uuid,
+    ) -> Result<Vec<StatementAdjustment>, StoreError> {
+        self.read(move |conn| {
+            query_all(
+                conn,
+                "SELECT a.id, a.statement_id, a.adjusts_statement_id, o.period_start, a.used_units_delta,
+                     a.overage_units_delta, a.amount_micros, a.created_at
+                 FROM statement_adjustments a
+                 JOIN billing_statements s ON s.id = a.statement_id
+                 JOIN billing_statements o ON o.id = a.adjusts_statement_id
+                 WHERE s.tenant_id = ?1 AND a.statement_id = ?2
+                 ORDER BY o.period_start",
+                params![tenant_id.to_string(), statement_id.to_string()],
+                |r| {
+                    let (id, statement, adjusts, period): (String, String, String, String) =
+                        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+                    let (used, overage, amount, created): (i64, i64, i64, String) =
+                        (r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?);
+                    Ok((|| {
+                        Ok(StatementAdjustment {
+                            id: parse_uuid(&id)?,
+                            statement_id: parse_uuid(&statement)?,
+                            adjusts_statement_id: parse_uuid(&adjusts)?,
+                            adjusts_period_start: parse_date(&period)?,
+                            used_units_delta: used,
+                            overage_units_delta: overage,
+                            amount_micros: amount,
+                            created_at: parse_timestamp(&created)?,
+                        })
+                    })())
+                },
+            )
+        })
+        .await
     }
 
     async fn set_closed_through(&self, period_start: NaiveDate, now: DateTime<Utc>) -> Result<(), StoreError> {
