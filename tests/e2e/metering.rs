@@ -728,3 +728,65 @@ async fn a_grant_serves_a_blocked_tenant_and_shows_in_its_summary_headers_audit_
         "{statements}"
     );
 }
+
+#[actix_web::test]
+async fn a_client_over_its_share_is_refused_while_the_tenants_other_clients_are_served() {
+    let (app, user, _admin) = metered_app(1_000_000, 100_000, 1_000, "block").await;
+    let tenant_admin = app.token(DIR_A, "Tenant.Admin", "a-admin").await;
+    let register = json!({"appId": "batch-job", "displayName": "Batch job", "roles": ["Documents.Read"]});
+    let registered = app.send(&tenant_admin, ClientRequest::new("POST", "/api/v1/clients").json(&register)).await;
+    assert_eq!(registered.status, 201, "{}", String::from_utf8_lossy(&registered.body));
+    let limits_path = format!("{}/limits", registered.header("location").unwrap());
+    let set = |limits: serde_json::Value, etag: &str| {
+        ClientRequest::new("PUT", &limits_path).json(&limits).header("If-Match", etag)
+    };
+    let etag = registered.header("etag").unwrap().to_owned();
+    assert_eq!(
+        app.send(&tenant_admin, set(json!({"quotaUnits": 3, "requestsPerMinute": null}), "\"9\"")).await.status,
+        412
+    );
+    let capped = app.send(&tenant_admin, set(json!({"quotaUnits": 3, "requestsPerMinute": null}), &etag)).await;
+    assert_eq!(capped.status, 200, "{}", String::from_utf8_lossy(&capped.body));
+    assert_eq!(capped.json()["limits"], json!({"quotaUnits": 3, "requestsPerMinute": null}));
+    let bad = app.send(&tenant_admin, set(json!({"quotaUnits": 0}), capped.header("etag").unwrap())).await;
+    assert_eq!(bad.status, 422, "{}", String::from_utf8_lossy(&bad.body));
+
+    // The batch job's calls: a failed one gives its units back; three succeed; the fourth is over its share.
+    app.settle_leases().await;
+    let before = count(&app.db(), A_UNITS);
+    let job = app.token(DIR_A, "Documents.Read", "batch-job").await;
+    let missing = app.get(&job, "/api/v1/documents/00000000-0000-0000-0000-000000000000").await;
+    assert_eq!(missing.status, 404);
+    for n in 0..3 {
+        let ok = app.get(&job, METERED).await;
+        assert_eq!(ok.status, 200, "call {n}: {}", String::from_utf8_lossy(&ok.body));
+        assert!(
+            ok.header("ratelimit-policy").unwrap().contains("\"client-month\";q=3"),
+            "{:?}",
+            ok.header("ratelimit-policy")
+        );
+    }
+    let over = app.get(&job, METERED).await;
+    assert_eq!(over.status, 429);
+    let problem = over.json();
+    assert_eq!(problem["violated-policies"], json!(["client-month"]), "{problem}");
+    assert!(over.header("ratelimit").unwrap().contains("\"client-month\";r=0"), "{:?}", over.header("ratelimit"));
+    // The tenant's other clients are served, and the refused call cost the tenant nothing.
+    assert_eq!(app.get(&user, METERED).await.status, 200);
+    app.settle_leases().await;
+    assert_eq!(count(&app.db(), A_UNITS) - before, 4, "three batch calls and one other");
+
+    // A rate cap below the plan's: the client's own policy governs, and names itself.
+    let etag = app.send(&tenant_admin, ClientRequest::get(registered.header("location").unwrap())).await;
+    let etag = etag.header("etag").unwrap().to_owned();
+    let slowed = app.send(&tenant_admin, set(json!({"quotaUnits": null, "requestsPerMinute": 1}), &etag)).await;
+    assert_eq!(slowed.status, 200);
+    app.clock.advance(chrono::Duration::seconds(1)); // past the steps already taken at the plan's rate
+    let first = app.get(&job, METERED).await;
+    assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&first.body));
+    assert!(first.header("ratelimit-policy").unwrap().starts_with("\"client-minute\";q=1;w=60"));
+    let second = app.get(&job, METERED).await;
+    assert_eq!(second.status, 429);
+    assert_eq!(second.json()["violated-policies"], json!(["client-minute"]));
+    assert_eq!(app.get(&user, METERED).await.status, 200, "other clients keep the plan's rate");
+}

@@ -108,7 +108,7 @@ const CONDITIONAL_WRITES: &[(&str, &[&str], &[&str])] = &[
     ("getTenant", &["id"], &["patchTenant", "suspendTenant", "reactivateTenant"]),
     ("getPlan", &["code"], &["replacePlan"]),
     ("getPlanCosts", &["code"], &["replacePlanCosts"]),
-    ("getClient", &["id"], &["revokeClient"]),
+    ("getClient", &["id"], &["revokeClient", "setClientLimits"]),
     ("getTenantClient", &["tenantId", "id"], &["approveClient", "rejectClient"]),
     ("getGrant", &["tenantId", "id"], &["revokeGrant"]),
 ];

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::{AuthError, Permission, PermissionSet, Principal};
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
-use crate::store::{ApiClient, ClientStatus, Tenant, TenantStatus};
+use crate::store::{ApiClient, ClientLimits, ClientStatus, Tenant, TenantStatus};
 
 /// The realm in `WWW-Authenticate` challenges.
 const REALM: &str = "meterline";
@@ -32,6 +32,8 @@ pub struct Caller {
     pub tenant: Option<Tenant>,
     /// The registered API client the call came through, if any.
     pub api_client_id: Option<Uuid>,
+    /// That registration's caps on the client's share of the tenant's limits (none without a registration).
+    pub client_limits: ClientLimits,
     pub permissions: PermissionSet,
 }
 
@@ -186,6 +188,7 @@ pub fn narrowed(token: PermissionSet, registration: &ApiClient) -> PermissionSet
 pub async fn resolve_caller(state: &AppState, principal: Arc<Principal>) -> Result<Caller, AppError> {
     let mut permissions = principal.permissions;
     let mut api_client_id = None;
+    let mut client_limits = ClientLimits::default();
     let directory = principal.directory_id.parse::<Uuid>().ok();
     let directory_tenant = match directory {
         Some(directory) => state.lookups.tenant_by_entra_id(directory).await?,
@@ -205,6 +208,7 @@ pub async fn resolve_caller(state: &AppState, principal: Arc<Principal>) -> Resu
         Some(client) => {
             permissions = narrowed(permissions, client);
             api_client_id = Some(client.id);
+            client_limits = client.limits;
             match directory_tenant {
                 Some(own) if own.id == client.tenant_id => Some(own),
                 _ => state.lookups.tenant(client.tenant_id).await?,
@@ -226,7 +230,7 @@ pub async fn resolve_caller(state: &AppState, principal: Arc<Principal>) -> Resu
         }
         Some(_) => {}
     }
-    Ok(Caller { principal, tenant, api_client_id, permissions })
+    Ok(Caller { principal, tenant, api_client_id, client_limits, permissions })
 }
 
 /// The middleware on `/api/v1`: authenticate, resolve the caller, store it in the request extensions.
@@ -275,6 +279,7 @@ mod tests {
             decided_by: None,
             decided_at: None,
             version: 1,
+            limits: ClientLimits::default(),
         }
     }
 

@@ -50,6 +50,7 @@ pub const COSTS: &[(&str, i64, Quota)] = &[
     ("registerClient", 5, Applies),
     ("getClient", 1, Applies),
     ("revokeClient", 5, Applies),
+    ("setClientLimits", 5, Applies),
     ("listTenantClients", 2, Applies),
     ("getTenantClient", 1, Applies),
     ("approveClient", 5, Applies),

@@ -31,6 +31,8 @@ pub struct Debit {
     pub overage_units: i64,
     /// The quota lease the units came from, which the usage event names.
     pub lease_id: Option<Uuid>,
+    /// The capped client (registration) whose own counter was debited the same units too.
+    pub client_id: Option<Uuid>,
 }
 
 /// What the record stage knows about a request before it runs: the ids of its records and what it measures.

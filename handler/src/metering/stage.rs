@@ -20,7 +20,7 @@ use super::{costs, period};
 use crate::auth::guard::Caller;
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
-use crate::store::{Admission, QuotaDebit, QuotaOutcome, RateLimitTake};
+use crate::store::{Admission, ClientQuotaDebit, ClientQuotaOutcome, QuotaDebit, QuotaOutcome, RateLimitTake};
 
 /// The client a rate limit applies to: the application, else the user, else the token subject.
 fn client_key(caller: &Caller) -> String {
@@ -63,8 +63,11 @@ pub async fn limit(
         };
         let now = state.clock.now();
         let now_micros = now.timestamp_micros();
-        let interval = 60_000_000 / i64::from(plan.requests_per_minute.max(1));
-        let burst = i64::from(plan.burst.max(1));
+        // A client's rate cap (its registration's) replaces the plan's per-client rate when it is lower.
+        let client_rate = caller.client_limits.requests_per_minute.filter(|cap| *cap < plan.requests_per_minute);
+        let requests_per_minute = client_rate.unwrap_or(plan.requests_per_minute);
+        let interval = 60_000_000 / i64::from(requests_per_minute.max(1));
+        let burst = i64::from(client_rate.map_or(plan.burst, |cap| plan.burst.min(cap)).max(1));
         let take = RateLimitTake {
             tenant_id: tenant.id,
             client_id: client_key(&caller),
@@ -82,7 +85,7 @@ pub async fn limit(
             units,
             now,
         });
-        let (rate, quota, ticket) = match (&state.leases, debit_request) {
+        let (rate, quota, mut ticket) = match (&state.leases, debit_request) {
             // The rate step from this process's batch (or the store), the units from its quota lease: in memory
             // until either runs out.
             (Some(leases), debit) => {
@@ -114,7 +117,9 @@ pub async fn limit(
         let period_end_at = period_end.and_time(NaiveTime::MIN).and_utc();
         let (burst_remaining, burst_reset_secs) = burst_state(rate.tat_micros, now_micros, interval, burst);
         let mut limits = LimitState {
-            requests_per_minute: i64::from(plan.requests_per_minute),
+            rate_policy: if client_rate.is_some() { "client-minute" } else { "minute" },
+            requests_per_minute: i64::from(requests_per_minute),
+            client_quota: None,
             burst,
             burst_remaining,
             burst_reset_secs,
@@ -138,21 +143,23 @@ pub async fn limit(
         if !rate.allowed {
             crate::telemetry::metrics::limiter_rejection(crate::telemetry::metrics::LimiterKind::Rate);
             let retry = (rate.retry_after_micros + 999_999) / 1_000_000;
-            decision = Some(format!("rate-limited minute r=0 t={retry}"));
+            decision = Some(format!("rate-limited {} r=0 t={retry}", limits.rate_policy));
             return Err(limited(
                 AppError::new(ErrorCode::RateLimited)
-                    .with_detail(format!("this client may send {} requests per minute; retry in {retry} s", plan.requests_per_minute))
+                    .with_detail(format!("this client may send {requests_per_minute} requests per minute; retry in {retry} s"))
+                    .with_member("violated-policies", serde_json::json!([limits.rate_policy]))
                     .with_header(header::RETRY_AFTER, HeaderValue::from(retry.max(1))),
                 &limits,
             ));
         }
-        let debit = match quota {
+        let mut debit = match quota {
             Some(QuotaOutcome::Accepted { overage_units, .. }) => Some(Debit {
                 tenant_id: tenant.id,
                 period_start,
                 units,
                 overage_units,
                 lease_id: ticket.as_ref().map(LeaseTicket::lease_id),
+                client_id: None,
             }),
             Some(QuotaOutcome::Rejected { .. }) => {
                 crate::telemetry::metrics::limiter_rejection(crate::telemetry::metrics::LimiterKind::Quota);
@@ -169,9 +176,50 @@ pub async fn limit(
             }
             None => None,
         };
+        // A capped client's share of the quota: its own counter, debited once the tenant's quota admitted the call.
+        if let (Some(client_id), Some(cap)) = (caller.api_client_id, caller.client_limits.quota_units) {
+            let used = match debit.as_mut() {
+                None => state.store.client_quota_used(client_id, period_start).await?,
+                Some(d) => {
+                    let client_debit = ClientQuotaDebit { tenant_id: tenant.id, client_id, period_start, cap, units, now };
+                    match state.store.debit_client_quota(&client_debit).await? {
+                        ClientQuotaOutcome::Accepted { units_used } => {
+                            d.client_id = Some(client_id);
+                            units_used
+                        }
+                        ClientQuotaOutcome::Rejected { units_used } => {
+                            // The tenant's units go back: a lease's at its settlement (this call's record will
+                            // not name it), a direct debit now.
+                            match ticket.take() {
+                                Some(ticket) => ticket.finish(),
+                                None => {
+                                    state.store.refund_quota(tenant.id, period_start, d.units, d.overage_units, now).await?
+                                }
+                            }
+                            limits.client_quota = Some((cap, units_used));
+                            crate::telemetry::metrics::limiter_rejection(crate::telemetry::metrics::LimiterKind::Quota);
+                            decision = Some(format!("quota-exceeded client-month used={units_used}/{cap} cost={units}"));
+                            return Err(limited(
+                                AppError::new(ErrorCode::QuotaExceeded)
+                                    .with_detail(format!(
+                                        "this client used {units_used} of the {cap} units its tenant allows it this month; this operation costs {units}"
+                                    ))
+                                    .with_member("violated-policies", serde_json::json!(["client-month"]))
+                                    .with_header(header::RETRY_AFTER, HeaderValue::from(limits.period_reset_secs.max(1))),
+                                &limits,
+                            ));
+                        }
+                    }
+                }
+            };
+            limits.client_quota = Some((cap, used));
+        }
         decision = Some(format!(
-            "allowed minute r={} month r={} cost={}",
-            limits.burst_remaining, limits.quota_remaining, if debit.is_some() { units } else { 0 }
+            "allowed {} r={} month r={} cost={}",
+            limits.rate_policy,
+            limits.burst_remaining,
+            limits.quota_remaining,
+            if debit.is_some() { units } else { 0 }
         ));
         Ok::<_, AppError>((limits, debit, ticket))
     }
@@ -236,6 +284,12 @@ pub async fn record(
     let billable = status.is_success() && debit.is_some();
     if let Some(d) = debit.filter(|_| billable) {
         crate::telemetry::metrics::quota_consumed(d.units, d.overage_units)
+    }
+    // A capped client's counter is given back whatever the tenant's debit came from.
+    if let Some((client_id, d)) = debit.filter(|_| !billable).and_then(|d| d.client_id.map(|c| (c, d)))
+        && let Err(err) = state.store.refund_client_quota(client_id, d.period_start, d.units, state.clock.now()).await
+    {
+        tracing::error!(error = ?err, "refunding a failed request's client quota debit failed");
     }
     // A debit from a lease needs no refund: its settlement counts only billable usage events.
     if let Some(debit) = debit.filter(|d| !billable && d.lease_id.is_none())

@@ -9,7 +9,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
-use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
+use actix_web::{HttpRequest, HttpResponse, delete, get, post, put, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -24,7 +24,7 @@ use crate::error::{AppError, ErrorCode, FieldError};
 use crate::metering::audit::AuditNote;
 use crate::metering::ledger::ledger;
 use crate::state::AppState;
-use crate::store::{ApiClient, ClientDecision, ClientStatus, StoreError, Update};
+use crate::store::{ApiClient, ClientDecision, ClientLimits, ClientStatus, StoreError, Update};
 
 /// A role an API client may hold in a tenant (every permission but `Platform.Admin`), as the OpenAPI document
 /// lists them; the wire value is the role's name (`tenant_roles` reads it).
@@ -85,9 +85,30 @@ pub struct ClientView {
     pub revoked_at: Option<DateTime<Utc>>,
     /// When a platform administrator approved or rejected it (registrations for another directory only).
     pub decided_at: Option<DateTime<Utc>>,
-    /// The registration's version as a strong ETag, as the `ETag` header carries it: revoking, approving and
-    /// rejecting take it in `If-Match`.
+    /// The tenant administrator's caps on this client's share of the tenant's limits.
+    pub limits: LimitsView,
+    /// The registration's version as a strong ETag, as the `ETag` header carries it: revoking, approving,
+    /// rejecting and changing its limits take it in `If-Match`.
     pub etag: String,
+}
+
+/// A client's caps: at most `quotaUnits` of the tenant's monthly quota and `requestsPerMinute` (below the plan's
+/// rate); null is no cap. Both apply to the calls of this registration's application only (docs/usage.md,
+/// "Client limits").
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"quotaUnits": 10_000, "requestsPerMinute": 60}))]
+pub struct LimitsView {
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
+    pub quota_units: Option<i64>,
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub requests_per_minute: Option<i32>,
+}
+
+impl From<ClientLimits> for LimitsView {
+    fn from(l: ClientLimits) -> Self {
+        LimitsView { quota_units: l.quota_units, requests_per_minute: l.requests_per_minute }
+    }
 }
 
 impl From<&ApiClient> for ClientView {
@@ -103,6 +124,7 @@ impl From<&ApiClient> for ClientView {
             created_at: c.created_at,
             revoked_at: c.revoked_at,
             decided_at: c.decided_at,
+            limits: c.limits.into(),
             etag: etag(c.version),
         }
     }
@@ -223,6 +245,7 @@ pub async fn register_client(
         decided_by: None,
         decided_at: None,
         version: 1,
+        limits: ClientLimits::default(),
     };
     let view = ClientView::from(&client);
     let response =
@@ -348,6 +371,54 @@ pub async fn get_client(
 ) -> Result<HttpResponse, AppError> {
     let id: Uuid = id.parse().map_err(|_| own_not_found())?;
     client_read(&state, &req, auth.tenant_id()?, id, own_not_found).await
+}
+
+/// Sets the caps on one of the tenant's applications: its share of the tenant's monthly quota and its rate.
+/// Requires `If-Match`. They apply to its calls within the lookup cache's lifetime (docs/usage.md).
+#[utoipa::path(
+    tag = "clients",
+    operation_id = "setClientLimits",
+    security(("entra" = ["Tenant.Admin"])),
+    params(("id" = Uuid, Path, description = "The registration id"), ("If-Match" = String, Header, min_length = 1, description = "The ETag last read, or *")),
+    request_body(content = LimitsView, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The registration with its new limits", body = ClientView),
+        (status = 404, description = "No such registration in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+#[put("/clients/{id}/limits")]
+pub async fn set_client_limits(
+    auth: Authorized<TenantAdmin>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    input: web::Json<LimitsView>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let id: Uuid = id.parse().map_err(|_| own_not_found())?;
+    let precondition = require_if_match(&req)?;
+    let tenant_id = auth.tenant_id()?;
+    let current = state.store.get_api_client(tenant_id, id).await?.ok_or_else(own_not_found)?;
+    let version = expected_version(precondition, current.version)?;
+    let limits = ClientLimits { quota_units: input.quota_units, requests_per_minute: input.requests_per_minute };
+    let next = ApiClient { limits, version: current.version + 1, ..current.clone() };
+    let response = respond(StatusCode::OK, &next);
+    let summary = format!(
+        "limited application {} to {} units a month and {} requests a minute",
+        next.app_id,
+        limits.quota_units.map_or_else(|| "any".to_owned(), |q| q.to_string()),
+        limits.requests_per_minute.map_or_else(|| "the plan's".to_owned(), |r| r.to_string())
+    );
+    let note =
+        AuditNote::new("clients", id, Some(&ClientView::from(&current)), Some(&ClientView::from(&next)), summary);
+    let ledger = ledger(&req, &response, note);
+    match state.store.set_client_limits(tenant_id, id, version, &limits, ledger.as_ref()).await? {
+        Update::Updated(_) => {
+            state.lookups.invalidate();
+            Ok(response)
+        }
+        Update::NotFound => Err(own_not_found()),
+        Update::VersionMismatch { current_version } => Err(precondition_failed(current_version)),
+    }
 }
 
 /// Revokes an application (or withdraws a pending registration): its tokens stop working for this tenant at

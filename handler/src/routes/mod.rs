@@ -108,6 +108,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(clients::register_client)
             .service(clients::get_client)
             .service(clients::revoke_client)
+            .service(clients::set_client_limits)
             .service(clients::list_tenant_clients)
             .service(clients::get_tenant_client)
             .service(clients::approve_client)

@@ -55,6 +55,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite":
     5 => "0005_quarantine_identity.sql" "quarantine_identity",
     6 => "0006_quota_grants.sql" "quota_grants",
     7 => "0007_statement_adjustments.sql" "statement_adjustments",
+    8 => "0008_client_limits.sql" "client_limits",
 );
 
 /// The SQL Server migrations: the same versions and names as [`SQLITE`], in T-SQL.
@@ -66,6 +67,7 @@ pub const MSSQL: &[Migration] = migrations!("mssql":
     5 => "0005_quarantine_identity.sql" "quarantine_identity",
     6 => "0006_quota_grants.sql" "quota_grants",
     7 => "0007_statement_adjustments.sql" "statement_adjustments",
+    8 => "0008_client_limits.sql" "client_limits",
 );
 
 /// Checks that `known` is strictly increasing: a gap or reorder is a build mistake, caught by a unit test.

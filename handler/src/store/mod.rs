@@ -4,6 +4,7 @@
 //! same concurrency guarantees; `tests/e2e/store_contract.rs` runs one suite against every store.
 
 pub mod audit;
+pub mod client_quota;
 pub mod documents;
 pub mod grants;
 pub mod integration;
@@ -36,6 +37,7 @@ pub use tenants::*;
 pub use usage::*;
 
 pub use audit::*;
+pub use client_quota::*;
 pub use documents::DocumentStore;
 pub use grants::*;
 pub use integration::*;
@@ -49,8 +51,8 @@ pub use tenants::TenantStore;
 /// `use meterline::store::prelude::*;` brings all their methods into scope.
 pub mod prelude {
     pub use super::{
-        AuditStore, DocumentStore, IntegrationStore, MeteringStore, OperationsStore, PlanStore, QuotaGrantStore,
-        QuotaLeaseStore, Store, TenantStore, UsageStore,
+        AuditStore, ClientQuotaStore, DocumentStore, IntegrationStore, MeteringStore, OperationsStore, PlanStore,
+        QuotaGrantStore, QuotaLeaseStore, Store, TenantStore, UsageStore,
     };
 }
 
@@ -110,6 +112,7 @@ pub trait Store:
     + MeteringStore
     + QuotaLeaseStore
     + QuotaGrantStore
+    + ClientQuotaStore
     + AuditStore
     + IntegrationStore
     + UsageStore
@@ -124,6 +127,7 @@ impl<
         + MeteringStore
         + QuotaLeaseStore
         + QuotaGrantStore
+        + ClientQuotaStore
         + AuditStore
         + IntegrationStore
         + UsageStore

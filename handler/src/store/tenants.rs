@@ -79,6 +79,17 @@ pub trait TenantStore: Send + Sync + 'static {
         ledger: Option<&Ledger>,
     ) -> Result<Update<ApiClient>, StoreError>;
 
+    /// Sets a client's limits if it is still at `expected_version` (else `VersionMismatch`; another tenant's is
+    /// `NotFound`), bumping its version, in one transaction with the ledger.
+    async fn set_client_limits(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        limits: &ClientLimits,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<ApiClient>, StoreError>;
+
     /// Registers an API client with its roles; `Conflict` if the same tenant holds a pending or active
     /// registration of the same (directory, application). Other tenants' registrations never conflict.
     async fn create_api_client(&self, client: &ApiClient, ledger: Option<&Ledger>) -> Result<(), StoreError>;
@@ -196,6 +207,16 @@ pub struct ApiClient {
     pub decided_by: Option<String>,
     pub decided_at: Option<DateTime<Utc>>,
     pub version: i64,
+    /// The tenant administrator's caps on this client's share of the tenant's limits.
+    pub limits: ClientLimits,
+}
+
+/// A tenant administrator's caps on one client's share of the tenant's limits (`None`: no cap): units of the
+/// tenant's monthly quota, and requests per minute below the plan's (docs/usage.md, "Client limits").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub quota_units: Option<i64>,
+    pub requests_per_minute: Option<i32>,
 }
 
 /// The page of a tenant listing fetched with one row more than `limit` (see [`Page::cut`]).

@@ -109,6 +109,7 @@ fn registration(n: u128, tenant: &Tenant, app_id: &str, created_at: DateTime<Utc
         decided_by: None,
         decided_at: None,
         version: 1,
+        limits: ClientLimits::default(),
     }
 }
 
@@ -347,6 +348,65 @@ async fn api_clients_are_listed_in_pages_and_revoked_once_at_the_version_read() 
         assert_eq!(list(a.id, Some(ClientStatus::Active)).await, vec![vec![c2, c3]]);
         assert_eq!(store.count_api_clients(a.id, Some(ClientStatus::Active)).await.unwrap(), 2);
         assert_eq!(store.revoke_api_client(a.id, Uuid::from_u128(404), 1, now, None).await.unwrap(), Update::NotFound);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_clients_limits_are_versioned_and_its_quota_counter_never_passes_its_cap() {
+    for_each_store("a_clients_limits_are_versioned_and_its_quota_counter_never_passes_its_cap", |t| async move {
+        let store = migrated(&t).await;
+        let (a, b) = two_tenants(&store).await;
+        let client = registration(1, &a, "capped", t0(), &["Documents.Read"]);
+        store.create_api_client(&client, None).await.unwrap();
+        let limits = ClientLimits { quota_units: Some(5), requests_per_minute: Some(30) };
+        assert_eq!(store.set_client_limits(b.id, client.id, 1, &limits, None).await.unwrap(), Update::NotFound);
+        assert_eq!(
+            store.set_client_limits(a.id, client.id, 9, &limits, None).await.unwrap(),
+            Update::VersionMismatch { current_version: 1 }
+        );
+        let limited = ApiClient { limits, version: 2, ..client.clone() };
+        assert_eq!(
+            store.set_client_limits(a.id, client.id, 1, &limits, None).await.unwrap(),
+            Update::Updated(limited.clone()),
+            "{}",
+            t.name
+        );
+        let home = a.entra_tenant_id.unwrap();
+        assert_eq!(store.api_clients_for_app(home, "capped").await.unwrap(), vec![limited], "the lookup sees them");
+
+        let february = NaiveDate::from_ymd_opt(2026, 2, 1).unwrap();
+        let debit = |units: i64| ClientQuotaDebit {
+            tenant_id: a.id,
+            client_id: client.id,
+            period_start: february,
+            cap: 5,
+            units,
+            now: t0(),
+        };
+        assert_eq!(store.client_quota_used(client.id, february).await.unwrap(), 0);
+        assert_eq!(store.debit_client_quota(&debit(3)).await.unwrap(), ClientQuotaOutcome::Accepted { units_used: 3 });
+        assert_eq!(
+            store.debit_client_quota(&debit(3)).await.unwrap(),
+            ClientQuotaOutcome::Rejected { units_used: 3 },
+            "{}: never past the cap",
+            t.name
+        );
+        assert_eq!(store.debit_client_quota(&debit(2)).await.unwrap(), ClientQuotaOutcome::Accepted { units_used: 5 });
+        store.refund_client_quota(client.id, february, 4, t0()).await.unwrap();
+        assert_eq!(store.client_quota_used(client.id, february).await.unwrap(), 1);
+        store.refund_client_quota(client.id, february, 9, t0()).await.unwrap();
+        assert_eq!(store.client_quota_used(client.id, february).await.unwrap(), 0, "never below zero");
+        // Concurrent debits from two handles: exactly the cap is admitted.
+        let other = t.second_handle().await;
+        let racing = (0..8).map(|n| {
+            let store = if n % 2 == 0 { store.clone() } else { other.clone() };
+            let d = debit(1);
+            async move { store.debit_client_quota(&d).await.unwrap() }
+        });
+        let outcomes = futures_util::future::join_all(racing).await;
+        let accepted = outcomes.iter().filter(|o| matches!(o, ClientQuotaOutcome::Accepted { .. })).count();
+        assert_eq!(accepted, 5, "{}: {outcomes:?}", t.name);
     })
     .await;
 }

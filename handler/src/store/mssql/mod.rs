@@ -193,6 +193,7 @@ fn corrupt(what: &str, raw: &str) -> StoreError {
 }
 
 // After `in_tx!`, which they use.
+mod client_quota;
 mod documents;
 mod grants;
 mod leases;
@@ -214,6 +215,7 @@ pub(crate) const STATEMENTS: &[&[(&str, &str)]] = &[
     metering::STATEMENTS,
     leases::STATEMENTS,
     grants::STATEMENTS,
+    client_quota::STATEMENTS,
     audit::STATEMENTS,
     integration::STATEMENTS,
     usage::STATEMENTS,

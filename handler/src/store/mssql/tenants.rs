@@ -32,14 +32,18 @@ WHERE id = @P3 AND version = @P4";
 macro_rules! api_client_columns {
     () => {
         "id, tenant_id, directory_id, app_id, display_name, status, created_at, revoked_at, decided_by, decided_at, \
-         version"
+         version, quota_units, requests_per_minute"
     };
 }
 
 pub(crate) const INSERT_API_CLIENT: &str =
     "INSERT INTO dbo.api_client_registrations (id, tenant_id, directory_id, app_id,
-    display_name, status, created_at, revoked_at, decided_by, decided_at, version)
-VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11)";
+    display_name, status, created_at, revoked_at, decided_by, decided_at, version, quota_units, requests_per_minute)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13)";
+
+pub(crate) const SET_CLIENT_LIMITS: &str = "UPDATE dbo.api_client_registrations
+SET quota_units = @P1, requests_per_minute = @P2, version = version + 1
+WHERE tenant_id = @P3 AND id = @P4";
 
 pub(crate) const INSERT_API_CLIENT_ROLE: &str = "INSERT INTO dbo.api_client_roles (client_id, role) VALUES (@P1, @P2)";
 
@@ -130,6 +134,7 @@ pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("LOCK_TENANT_API_CLIENT", LOCK_TENANT_API_CLIENT),
     ("GET_TENANT_API_CLIENT", GET_TENANT_API_CLIENT),
     ("REVOKE_API_CLIENT", REVOKE_API_CLIENT),
+    ("SET_CLIENT_LIMITS", SET_CLIENT_LIMITS),
 ];
 
 pub(super) fn tenant_from(row: &Row) -> Result<Tenant, StoreError> {
@@ -163,6 +168,7 @@ pub(super) fn api_client_from(row: &Row) -> Result<ApiClient, StoreError> {
         decided_by: column::<&str>(row, 8)?.map(str::to_owned),
         decided_at: column(row, 9)?,
         version: required(row, 10)?,
+        limits: ClientLimits { quota_units: column(row, 11)?, requests_per_minute: column(row, 12)? },
     })
 }
 
@@ -320,7 +326,7 @@ impl TenantStore for MssqlStore {
                 .await?
                 .iter()
                 .map(|row| {
-                    let roles = split_roles(column::<&str>(row, 11)?);
+                    let roles = split_roles(column::<&str>(row, 13)?);
                     Ok(ApiClient { roles, ..api_client_from(row)? })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
@@ -366,11 +372,31 @@ impl TenantStore for MssqlStore {
         })
     }
 
+    async fn set_client_limits(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        limits: &ClientLimits,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<ApiClient>, StoreError> {
+        // Not retried: a retry after a lost commit answer would find the version moved on.
+        in_tx!(self, Retry::No, |conn| {
+            if let Err(refused) = client_precondition(lock_api_client(conn, tenant_id, id).await?, expected_version) {
+                return Ok(refused.into());
+            }
+            let set: [&dyn ToSql; 4] = [&limits.quota_units, &limits.requests_per_minute, &tenant_id, &id];
+            execute(conn, SET_CLIENT_LIMITS, &set).await?;
+            write_ledger(conn, ledger).await?;
+            Ok(read_api_client(conn, tenant_id, id).await?.map_or(Update::NotFound, Update::Updated))
+        })
+    }
+
     async fn create_api_client(&self, client: &ApiClient, ledger: Option<&Ledger>) -> Result<(), StoreError> {
         in_tx!(self, Retry::No, |conn| {
             let c = client;
             let decided_by = c.decided_by.as_deref();
-            let params: [&dyn ToSql; 11] = [
+            let params: [&dyn ToSql; 13] = [
                 &c.id,
                 &c.tenant_id,
                 &c.directory_id,
@@ -382,6 +408,8 @@ impl TenantStore for MssqlStore {
                 &decided_by,
                 &c.decided_at,
                 &c.version,
+                &c.limits.quota_units,
+                &c.limits.requests_per_minute,
             ];
             execute(conn, INSERT_API_CLIENT, &params).await?;
             for role in &c.roles {

@@ -33,6 +33,7 @@ mod integration;
 #[allow(unused_imports)]
 pub(crate) use integration::{emit_quota_thresholds, insert_outbox};
 
+mod client_quota;
 mod documents;
 mod grants;
 mod leases;

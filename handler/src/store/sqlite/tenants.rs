@@ -27,7 +27,7 @@ pub(super) fn read_tenant_row(conn: &Connection, id: Uuid) -> Result<Option<Tena
 }
 
 pub(super) const API_CLIENT_COLUMNS: &str = "id, tenant_id, directory_id, app_id, display_name, status, created_at, revoked_at, \
-     decided_by, decided_at, version";
+     decided_by, decided_at, version, quota_units, requests_per_minute";
 
 /// An API client row without its roles (`roles` is empty; see [`read_api_client`]).
 pub(super) fn api_client_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ApiClient, StoreError>> {
@@ -35,6 +35,7 @@ pub(super) fn api_client_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Res
         (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
     let (status, created, revoked): (String, String, Option<String>) = (r.get(5)?, r.get(6)?, r.get(7)?);
     let (decided_by, decided_at, version): (Option<String>, Option<String>, i64) = (r.get(8)?, r.get(9)?, r.get(10)?);
+    let limits = ClientLimits { quota_units: r.get(11)?, requests_per_minute: r.get(12)? };
     Ok((|| {
         Ok(ApiClient {
             id: parse_uuid(&id)?,
@@ -50,6 +51,7 @@ pub(super) fn api_client_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Res
             decided_by,
             decided_at: decided_at.as_deref().map(parse_timestamp).transpose()?,
             version,
+            limits,
         })
     })())
 }
@@ -247,7 +249,7 @@ impl TenantStore for SqliteStore {
             values.push(i64::from(limit + 1).into());
             sql.push_str(&format!(" ORDER BY created_at, id LIMIT ?{}", values.len()));
             let items = query_all(conn, &sql, rusqlite::params_from_iter(values), |r| {
-                let roles: Option<String> = r.get(11)?;
+                let roles: Option<String> = r.get(13)?;
                 Ok(api_client_from_row(r)?.map(|client| ApiClient { roles: split_roles(roles.as_deref()), ..client }))
             })?;
             Ok(client_page(items, limit))
@@ -298,13 +300,38 @@ impl TenantStore for SqliteStore {
         .await
     }
 
+    async fn set_client_limits(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        limits: &ClientLimits,
+        ledger: Option<&Ledger>,
+    ) -> Result<Update<ApiClient>, StoreError> {
+        let (limits, ledger) = (*limits, ledger.cloned());
+        self.write(move |tx| {
+            if let Err(refused) = client_precondition(read_api_client(tx, tenant_id, id)?, expected_version) {
+                return Ok(refused.into());
+            }
+            tx.execute(
+                "UPDATE api_client_registrations SET quota_units = ?1, requests_per_minute = ?2, version = version + 1
+                 WHERE tenant_id = ?3 AND id = ?4",
+                params![limits.quota_units, limits.requests_per_minute, tenant_id.to_string(), id.to_string()],
+            )
+            .map_err(classify)?;
+            write_ledger(tx, ledger.as_ref())?;
+            Ok(read_api_client(tx, tenant_id, id)?.map_or(Update::NotFound, Update::Updated))
+        })
+        .await
+    }
+
     async fn create_api_client(&self, client: &ApiClient, ledger: Option<&Ledger>) -> Result<(), StoreError> {
         let (c, ledger) = (client.clone(), ledger.cloned());
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO api_client_registrations (id, tenant_id, directory_id, app_id, display_name, status,
-                     created_at, revoked_at, decided_by, decided_at, version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                     created_at, revoked_at, decided_by, decided_at, version, quota_units, requests_per_minute)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
                     c.id.to_string(),
                     c.tenant_id.to_string(),
@@ -316,7 +343,9 @@ impl TenantStore for SqliteStore {
                     c.revoked_at.map(timestamp),
                     c.decided_by,
                     c.decided_at.map(timestamp),
-                    c.version
+                    c.version,
+                    c.limits.quota_units,
+                    c.limits.requests_per_minute
                 ],
             )
             .map_err(classify)?;
