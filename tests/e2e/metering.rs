@@ -695,6 +695,7 @@ async fn a_grant_serves_a_blocked_tenant_and_shows_in_its_summary_headers_audit_
         (json!(8), json!(3), json!(8)),
         "{summary}"
     );
+    assert_eq!(app.get(&ops, "/api/v1/me").await.json()["quota"]["grantedUnits"], 3);
     let audit = app.get(&ops, "/api/v1/audit-events?action=createGrant").await.json();
     assert!(audit["value"][0]["summary"].as_str().unwrap().contains("credit for the outage"), "{audit}");
 
@@ -771,6 +772,8 @@ async fn a_client_over_its_share_is_refused_while_the_tenants_other_clients_are_
     let problem = over.json();
     assert_eq!(problem["violated-policies"], json!(["client-month"]), "{problem}");
     assert!(over.header("ratelimit").unwrap().contains("\"client-month\";r=0"), "{:?}", over.header("ratelimit"));
+    let me = app.get(&job, "/api/v1/me").await.json();
+    assert_eq!(me["quota"]["client"], json!({"quotaUnits": 3, "unitsUsed": 3}), "the client sees its own share: {me}");
     // The tenant's other clients are served, and the refused call cost the tenant nothing.
     assert_eq!(app.get(&user, METERED).await.status, 200);
     app.settle_leases().await;

@@ -35,12 +35,32 @@ pub struct MeQuota {
     pub period_start: chrono::NaiveDate,
     /// The first day of the next period (exclusive).
     pub period_end: chrono::NaiveDate,
+    /// The tenant's quota: its plan's, plus `grantedUnits`.
     pub quota_units: i64,
+    /// The units quota grants added to this period.
+    pub granted_units: i64,
     pub units_used: i64,
     pub remaining_units: i64,
     pub overage_units: i64,
     /// `block` or `allow`.
     pub overage_policy: &'static str,
+    /// This application's own share, when its registration caps it (docs/usage.md, "Client limits").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<MeClientShare>,
+}
+
+/// A capped client's share of its tenant's limits, as the limiter applies it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeClientShare {
+    /// Its cap on the tenant's monthly units, and what it used of it (absent: no cap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_units: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub units_used: Option<i64>,
+    /// Its rate cap (absent: the plan's rate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<i32>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -80,20 +100,38 @@ pub async fn get_whoami(auth: Authorized<Authenticated>, state: web::Data<AppSta
     describe(&auth, &state).await
 }
 
-async fn quota(state: &AppState, tenant: &crate::store::Tenant) -> Result<Option<MeQuota>, AppError> {
+async fn quota(
+    state: &AppState,
+    tenant: &crate::store::Tenant,
+    caller: &crate::auth::guard::Caller,
+) -> Result<Option<MeQuota>, AppError> {
     // The plan as the limit stage saw it (cached like every lookup on the request path).
     let Some(plan) = state.lookups.plan(&tenant.plan_code).await? else { return Ok(None) };
     let (period_start, period_end) = crate::metering::period(state.clock.now());
     let usage = state.quota_usage(tenant.id, period_start).await?;
     // Before the period's first debit, the plan's quota applies; afterwards the stored one.
-    let (quota_units, units_used, overage_units, policy) = match usage {
-        Some(u) => (u.quota_units, u.units_used, u.overage_units, u.overage_policy),
-        None => (plan.monthly_quota_units, 0, 0, plan.overage_policy),
+    let (quota_units, granted_units, units_used, overage_units, policy) = match usage {
+        Some(u) => (u.quota_units, u.granted_units, u.units_used, u.overage_units, u.overage_policy),
+        None => (plan.monthly_quota_units, 0, 0, 0, plan.overage_policy),
+    };
+    let limits = caller.client_limits;
+    let client = match (caller.api_client_id, limits.quota_units, limits.requests_per_minute) {
+        (Some(_), None, None) | (None, _, _) => None,
+        (Some(client_id), cap, rate) => Some(MeClientShare {
+            quota_units: cap,
+            units_used: match cap {
+                Some(_) => Some(state.store.client_quota_used(client_id, period_start).await?),
+                None => None,
+            },
+            requests_per_minute: rate,
+        }),
     };
     Ok(Some(MeQuota {
         period_start,
         period_end,
         quota_units,
+        granted_units,
+        client,
         units_used,
         remaining_units: (quota_units - units_used).max(0),
         overage_units,
@@ -103,7 +141,7 @@ async fn quota(state: &AppState, tenant: &crate::store::Tenant) -> Result<Option
 
 async fn describe(auth: &Authorized<Authenticated>, state: &AppState) -> Result<HttpResponse, AppError> {
     let quota = match &auth.tenant {
-        Some(tenant) => quota(state, tenant).await?,
+        Some(tenant) => quota(state, tenant, auth).await?,
         None => None,
     };
     let p = &auth.principal;
