@@ -61,6 +61,7 @@ fn limiter(c: &mut Criterion) {
             created_at: now,
             updated_at: now,
             version: 1,
+            billing: Default::default(),
         };
         store.create_tenant(&tenant, None).await.expect("tenant");
         Arc::new(store)

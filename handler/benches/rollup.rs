@@ -48,6 +48,7 @@ async fn main() {
             created_at: t0,
             updated_at: t0,
             version: 1,
+            billing: Default::default(),
         };
         store.create_tenant(&tenant, None).await.expect("tenant");
     }

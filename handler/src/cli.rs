@@ -319,6 +319,7 @@ pub async fn seed_dev_tenant(
         created_at: now,
         updated_at: now,
         version: 1,
+        billing: Default::default(),
     };
     store.create_tenant(&tenant, None).await?;
     Ok(Some(tenant.id))

@@ -76,6 +76,7 @@ async fn seed(store: &dyn Store, now: chrono::DateTime<Utc>) {
             created_at: now,
             updated_at: now,
             version: 1,
+            billing: Default::default(),
         };
         store.create_tenant(&tenant, None).await.unwrap();
     }

@@ -105,7 +105,8 @@ async fn every_event_type_is_applied_once_when_delivered_three_times() {
     assert_eq!(terms.created_by, "integration:/crm/acme");
     assert!(store.get_document(tenant, doc_b).await.unwrap().is_some());
     assert_eq!(store.count_usage_events(tenant).await.unwrap(), 2);
-    let (period, _) = meterline::metering::period("2026-11-24T09:30:00Z".parse().unwrap());
+    let utc_months = meterline::metering::period::BillingCalendar::default();
+    let period = utc_months.period_containing("2026-11-24T09:30:00Z".parse().unwrap()).start;
     assert_eq!(store.quota_usage(tenant, period).await.unwrap().unwrap().units_used, 10);
     let outbox = store.list_outbox(0, 100).await.unwrap();
     assert_eq!(

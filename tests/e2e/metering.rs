@@ -575,7 +575,8 @@ async fn the_rollup_reclaims_a_lease_whose_holder_never_settled_it() {
     let tenant: String =
         app.db().query_row("SELECT id FROM tenants WHERE entra_tenant_id = ?1", [DIR_A], |r| r.get(0)).unwrap();
     let now = app.clock.now();
-    let (period_start, period_end) = meterline::metering::period(now);
+    let month = meterline::metering::period::BillingCalendar::default().period_containing(now);
+    let (period_start, period_end) = (month.start, month.end);
     let crashed = meterline::store::QuotaLeaseRequest {
         lease_id: uuid::Uuid::from_u128(0xDEAD),
         holder: "crashed".into(),

@@ -53,6 +53,7 @@ async fn active_tenant(store: &Arc<dyn Store>, now: chrono::DateTime<chrono::Utc
         created_at: now,
         updated_at: now,
         version: 1,
+        billing: Default::default(),
     };
     store.create_tenant(&tenant, None).await.unwrap();
     tenant

@@ -296,3 +296,113 @@ async fn usage_of_a_billed_month_that_arrives_late_is_an_adjustment_on_the_next_
         "{third}"
     );
 }
+
+#[actix_web::test]
+async fn a_kolkata_tenant_with_anchor_15_has_one_window_for_quota_summary_series_and_statement() {
+    const DIR_K: &str = "cccccccc-0000-0000-0000-0000000000cc";
+    let host = TestApp::start().await;
+    let admin = host.token("0b500000-0000-0000-0000-0000000000ff", "Platform.Admin", "ops").await;
+    let create = |body: serde_json::Value| {
+        ClientRequest::new("POST", "/api/v1/tenants").json(&body).header("Authorization", &format!("Bearer {admin}"))
+    };
+    let lord_howe = json!({"name": "Island", "plan": "developer", "timeZone": "Australia/Lord_Howe"});
+    let refused = host.http(create(lord_howe)).await;
+    assert_eq!(refused.status, 422);
+    assert_eq!(refused.json()["errors"][0]["pointer"], "/timeZone");
+    let body = json!({"name": "Mumbai Ltd", "plan": "developer", "entraTenantId": DIR_K,
+        "billingAnchorDay": 15, "timeZone": "Asia/Kolkata"});
+    let created = host.http(create(body)).await;
+    assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+    assert_eq!(
+        (created.json()["billingAnchorDay"].clone(), created.json()["timeZone"].clone()),
+        (json!(15), json!("Asia/Kolkata"))
+    );
+    let tenant = created.json()["id"].as_str().unwrap().to_owned();
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&chrono::Utc);
+
+    // 2 March 09:17 UTC is 14:47 in Kolkata: the period that began on 15 February, local midnight.
+    let k = host.token(DIR_K, "Documents.Read,Usage.Read", DEV_APP_ID).await;
+    for _ in 0..3 {
+        assert_eq!(host.http(get("/api/v1/documents", &k)).await.status, 200);
+    }
+    let summary = host.http(get("/api/v1/usage/summary", &k)).await.json();
+    assert_eq!(
+        (summary["periodStart"].clone(), summary["periodEnd"].clone(), summary["resetsAt"].clone()),
+        (json!("2026-02-15"), json!("2026-03-15"), json!("2026-03-14T18:30:00Z")),
+        "{summary}"
+    );
+    let listed = host.http(get("/api/v1/documents", &k)).await;
+    assert!(listed.header("ratelimit-policy").unwrap().contains("\"month\";q=100000000;w=2419200"), "28 days");
+
+    // 23:30 on 14 March in Kolkata: still February's period; 00:15 on the 15th: the next one.
+    host.clock.set(at("2026-03-14T18:00:00Z"));
+    let k = host.token(DIR_K, "Documents.Read,Usage.Read", DEV_APP_ID).await;
+    assert_eq!(host.http(get("/api/v1/documents", &k)).await.status, 200);
+    host.clock.set(at("2026-03-14T18:45:00Z"));
+    assert_eq!(host.http(get("/api/v1/documents", &k)).await.status, 200);
+    let summary = host.http(get("/api/v1/usage/summary", &k)).await.json();
+    assert_eq!(
+        (summary["periodStart"].clone(), summary["unitsUsed"].clone()),
+        (json!("2026-03-15"), json!(2)),
+        "{summary}"
+    );
+    host.settle_leases().await;
+    let periods: Vec<(String, i64)> = {
+        let db = host.db();
+        let mut stmt =
+            db.prepare("SELECT period_start, units_used FROM quota_usage WHERE tenant_id = ?1 ORDER BY 1").unwrap();
+        stmt.query_map([&tenant], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    };
+    assert_eq!(
+        periods,
+        vec![("2026-02-15".to_owned(), 10), ("2026-03-15".to_owned(), 2)],
+        "the quota counts per local period"
+    );
+
+    // The daily series has Kolkata's days: they begin at 18:30 UTC.
+    let days = host
+        .http(get("/api/v1/usage?granularity=day&from=2026-03-13T18:30:00Z&to=2026-03-15T18:30:00Z", &k))
+        .await
+        .json();
+    let starts: Vec<&str> =
+        days["value"].as_array().unwrap().iter().map(|w| w["windowStart"].as_str().unwrap()).collect();
+    assert_eq!(starts, vec!["2026-03-13T18:30:00Z", "2026-03-14T18:30:00Z"], "{days}");
+    let hours = host
+        .http(get("/api/v1/usage?granularity=hour&from=2026-03-14T17:00:00Z&to=2026-03-14T20:00:00Z", &k))
+        .await
+        .json();
+    let starts: Vec<&str> =
+        hours["value"].as_array().unwrap().iter().map(|w| w["windowStart"].as_str().unwrap()).collect();
+    assert_eq!(starts, vec!["2026-03-14T17:30:00Z", "2026-03-14T18:30:00Z"], "half-hour aligned: {hours}");
+
+    // Once February's period is final, its statement covers exactly it, like the usage API's month window.
+    host.clock.set(at("2026-03-20T00:00:00Z"));
+    let run = host.invoke_timer("UsageRollup", json!({"ScheduleStatus": null, "IsPastDue": false})).await;
+    assert!(run.logs()[0].contains("statements written"), "{:?}", run.logs());
+    let k = host.token(DIR_K, "Usage.Read", DEV_APP_ID).await;
+    let statement = host.http(get("/api/v1/billing/statements/2026-02", &k)).await;
+    assert_eq!(statement.status, 200, "{}", String::from_utf8_lossy(&statement.body));
+    let statement = statement.json();
+    assert_eq!(
+        (statement["periodStart"].clone(), statement["periodEnd"].clone(), statement["usedUnits"].clone()),
+        (json!("2026-02-15"), json!("2026-03-15"), json!(10)),
+        "{statement}"
+    );
+    let month = host
+        .http(get("/api/v1/usage?granularity=month&from=2026-02-14T18:30:00Z&to=2026-03-14T18:30:00Z", &k))
+        .await
+        .json();
+    assert_eq!(month["value"].as_array().unwrap().len(), 1, "one window, the period: {month}");
+    assert_eq!(
+        (month["value"][0]["windowStart"].clone(), month["value"][0]["billableUnits"].clone()),
+        (json!("2026-02-14T18:30:00Z"), json!(10))
+    );
+    let export = host.http(get("/api/v1/usage/export?period=2026-02", &k)).await;
+    let csv = String::from_utf8(export.body.clone()).unwrap();
+    let lines: Vec<&str> = csv.split("\r\n").skip(1).filter(|l| !l.is_empty()).collect();
+    let billable: i64 = lines.iter().map(|l| l.split(',').nth(7).unwrap().parse::<i64>().unwrap()).sum();
+    assert_eq!(billable, 10, "{csv}");
+    assert!(lines.iter().all(|l| l.starts_with("2026-02,2026-0")), "{csv}");
+    assert!(lines.iter().any(|l| l.contains(",2026-03-14,")), "the 14th, local: {csv}");
+    assert!(host.http(get("/api/v1/billing/statements/2026-03", &k)).await.status == 404, "March's period is open");
+}

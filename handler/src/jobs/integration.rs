@@ -24,6 +24,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::AppError;
+use crate::metering::period::BillingCalendar;
 use crate::state::AppState;
 use crate::store::{
     ApplyOutcome, DocumentStatus, DocumentUpsert, InboxEntry, IntegrationEffect, QuarantinedMessage, TenantStatus,
@@ -334,7 +335,9 @@ fn effect_of(
             checks.opt_text("data.clientId", &d.client_id, 128);
             let occurred_at =
                 DateTime::from_timestamp_micros(d.occurred_at.timestamp_micros()).unwrap_or(d.occurred_at);
-            let (period_start, period_end) = crate::metering::period(occurred_at);
+            // The UTC month; `process` moves it to the tenant's own period once it has read the tenant.
+            let utc = BillingCalendar::default().period_containing(occurred_at);
+            let (period_start, period_end) = (utc.start, utc.end);
             let event = UsageEvent {
                 event_id: crate::store::deterministic_id("meterline.usage.reported.v1", &[source, id]),
                 request_id: clip(id, 64),
@@ -386,8 +389,16 @@ pub async fn process(state: &AppState, body: &str) -> Result<Verdict, AppError> 
         event_type: event.event_type.clone(),
         processed_at: now,
     };
-    let (event_type, id, source) = (event.event_type, event.id, event.source);
-    Ok(match state.store.apply_integration_event(&inbox, &event.effect).await? {
+    let (event_type, id, source, mut effect) = (event.event_type, event.id, event.source, event.effect);
+    // Reported usage debits the tenant's period that contains it, by the tenant's own calendar.
+    if let IntegrationEffect::RecordUsage { event: usage, period_start, period_end } = &mut effect
+        && let Some(tenant) = usage.tenant_id
+        && let Some(tenant) = state.lookups.tenant(tenant).await?
+    {
+        let period = BillingCalendar::of(&tenant).period_containing(usage.occurred_at);
+        (*period_start, *period_end) = (period.start, period.end);
+    }
+    Ok(match state.store.apply_integration_event(&inbox, &effect).await? {
         ApplyOutcome::Applied => {
             // Tenants and plans may have changed: this process's cached lookups must not serve the old rows.
             state.lookups.invalidate();

@@ -14,10 +14,11 @@ use serde_json::json;
 
 use crate::error::{AppError, ErrorCode};
 use crate::metering::leases::RECLAIM_MARGIN;
-use crate::metering::period;
+use crate::metering::period::{BillingCalendar, Period};
 use crate::state::AppState;
 use crate::store::{
     BillingStatement, LeaseRequest, OutboxMessage, RollupGranularity, RollupState, RollupStep, StatementAdjustment,
+    Tenant,
 };
 
 /// The lease (and the job name) every runner of the rollup, and `rollup-rerun`, takes.
@@ -177,73 +178,117 @@ fn month_after(month: NaiveDate) -> NaiveDate {
     month + Months::new(1)
 }
 
-/// Writes the statements of every month that is final: its end plus the lateness window lies at or before the
-/// time up to which everything recorded is rolled up. Months close in order; a month is marked closed once no
-/// tenant lacks its statement.
+/// Writes the statements of every month whose periods are final. A tenant's period that starts in month `M` (by
+/// its calendar: its anchor day at local midnight in its time zone) is final once its end plus the lateness window
+/// lies at or before the time up to which everything recorded is rolled up. Months close in order; a month is
+/// marked closed once every tenant created before its period's end has that period's statement.
 async fn close_periods(
     state: &AppState,
     rollup: &RollupState,
     within_budget: &dyn Fn() -> bool,
 ) -> Result<u64, AppError> {
     let Some(complete_through) = rollup.complete_through else { return Ok(0) };
-    let (open_month, _) = period(complete_through - delta(state.config.usage.lateness));
-    let last_final = open_month - Months::new(1);
-    let mut month = rollup.closed_through.map_or(last_final, month_after);
+    let horizon = complete_through - delta(state.config.usage.lateness);
+    // No period that starts in a month can end before that month's last day (UTC+14 is the earliest zone).
+    let could_be_final = |month: NaiveDate| {
+        month_after(month).and_hms_opt(0, 0, 0).expect("midnight").and_utc() - TimeDelta::hours(14) <= horizon
+    };
+    let first = rollup
+        .closed_through
+        .map_or_else(|| BillingCalendar::default().period_containing(horizon).start - Months::new(1), month_after);
+    let mut month = first;
     let mut written = 0;
-    while month <= last_final && within_budget() {
+    while could_be_final(month) && within_budget() {
         let end = month_after(month);
-        let drafts = state.store.statement_drafts(month, end, STATEMENT_PAGE).await?;
-        if drafts.is_empty() {
-            state.store.set_closed_through(month, state.clock.now()).await?;
-            month = end;
-            continue;
-        }
-        for draft in drafts {
-            let now = state.clock.now();
-            let overage_amount = draft.overage_units.saturating_mul(draft.overage_unit_price_micros);
-            let id = state.ids.new_id();
-            // Usage of earlier, issued months rolled up since they were billed: adjustment lines on this one.
-            let adjustments: Vec<StatementAdjustment> = state
-                .store
-                .unbilled_usage(draft.tenant_id, month)
-                .await?
-                .into_iter()
-                .map(|u| StatementAdjustment {
-                    id: state.ids.new_id(),
-                    statement_id: id,
-                    adjusts_statement_id: u.statement_id,
-                    adjusts_period_start: u.period_start,
-                    used_units_delta: u.used_units_delta,
-                    overage_units_delta: u.overage_units_delta,
-                    amount_micros: u.overage_units_delta.saturating_mul(u.overage_unit_price_micros),
-                    created_at: now,
-                })
-                .collect();
-            let statement = BillingStatement {
-                id,
-                tenant_id: draft.tenant_id,
-                period_start: month,
-                period_end: end,
-                plan_code: draft.plan_code,
-                currency: draft.currency,
-                quota_units: draft.quota_units,
-                used_units: draft.used_units,
-                overage_units: draft.overage_units,
-                base_amount_micros: draft.base_price_micros,
-                overage_amount_micros: overage_amount,
-                total_amount_micros: draft.base_price_micros.saturating_add(overage_amount),
-                created_at: now,
-                granted_units: draft.granted_units,
-                overage_unit_price_micros: Some(draft.overage_unit_price_micros),
-                adjustment_amount_micros: adjustments.iter().map(|a| a.amount_micros).sum(),
-            };
-            let event = statement_ready_event(state.ids.new_id(), &statement);
-            if state.store.insert_billing_statement(&statement, &adjustments, &event).await? {
-                written += 1;
+        let created_before = (end + Months::new(1)).and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+        let mut after = None;
+        let mut pending = false;
+        loop {
+            let tenants =
+                state.store.tenants_without_statement(month, end, created_before, after, STATEMENT_PAGE).await?;
+            for tenant in &tenants {
+                let calendar = BillingCalendar::of(tenant);
+                let billing = calendar.period_starting_in(month);
+                if tenant.created_at >= billing.ends_at {
+                    continue; // created after this period: nothing to bill for it
+                }
+                if billing.ends_at > horizon {
+                    pending = true; // its period in this month is not final yet
+                    continue;
+                }
+                if write_statement(state, tenant, &billing).await? {
+                    written += 1;
+                }
+            }
+            match tenants.last() {
+                Some(last) if tenants.len() == STATEMENT_PAGE as usize && within_budget() => after = Some(last.id),
+                Some(_) if tenants.len() == STATEMENT_PAGE as usize => return Ok(written),
+                _ => break,
             }
         }
+        if pending {
+            break;
+        }
+        state.store.set_closed_through(month, state.clock.now()).await?;
+        month = end;
     }
     Ok(written)
+}
+
+/// Writes one tenant's statement of `billing`, with its adjustment lines and its event; `false` when it exists.
+async fn write_statement(state: &AppState, tenant: &Tenant, billing: &Period) -> Result<bool, AppError> {
+    let plan = state.store.get_plan(&tenant.plan_code).await?.ok_or_else(|| {
+        AppError::internal(anyhow::anyhow!("tenant {} is on plan {} which does not exist", tenant.id, tenant.plan_code))
+    })?;
+    let quota = state.store.quota_usage(tenant.id, billing.start).await?;
+    // The period's billable and overage units from the rollups: UTC days for a UTC tenant, else its hours, which
+    // its time zone aligns so they tile the period.
+    let granularity = if tenant.billing.time_zone == "UTC" { RollupGranularity::Day } else { RollupGranularity::Hour };
+    let rollups = state.store.usage_rollups(tenant.id, granularity, billing.starts_at, billing.ends_at).await?;
+    let (used_units, overage_units) =
+        rollups.iter().fold((0, 0), |(u, o), r| (u + r.totals.billable_units, o + r.totals.overage_units));
+    let now = state.clock.now();
+    let overage_amount = overage_units.saturating_mul(plan.overage_unit_price_micros);
+    let id = state.ids.new_id();
+    // Usage of earlier, issued periods rolled up since they were billed: adjustment lines on this one.
+    let adjustments: Vec<StatementAdjustment> = state
+        .store
+        .unbilled_usage(tenant.id, billing.start)
+        .await?
+        .into_iter()
+        .map(|u| StatementAdjustment {
+            id: state.ids.new_id(),
+            statement_id: id,
+            adjusts_statement_id: u.statement_id,
+            adjusts_period_start: u.period_start,
+            used_units_delta: u.used_units_delta,
+            overage_units_delta: u.overage_units_delta,
+            amount_micros: u.overage_units_delta.saturating_mul(u.overage_unit_price_micros),
+            created_at: now,
+        })
+        .collect();
+    let statement = BillingStatement {
+        id,
+        tenant_id: tenant.id,
+        period_start: billing.start,
+        period_end: billing.end,
+        plan_code: plan.code.clone(),
+        currency: plan.currency.clone(),
+        quota_units: quota.as_ref().map_or(plan.monthly_quota_units, |q| q.quota_units),
+        used_units,
+        overage_units,
+        base_amount_micros: plan.base_price_micros,
+        overage_amount_micros: overage_amount,
+        total_amount_micros: plan.base_price_micros.saturating_add(overage_amount),
+        created_at: now,
+        granted_units: quota.as_ref().map_or(0, |q| q.granted_units),
+        starts_at: Some(billing.starts_at),
+        ends_at: Some(billing.ends_at),
+        overage_unit_price_micros: Some(plan.overage_unit_price_micros),
+        adjustment_amount_micros: adjustments.iter().map(|a| a.amount_micros).sum(),
+    };
+    let event = statement_ready_event(state.ids.new_id(), &statement);
+    Ok(state.store.insert_billing_statement(&statement, &adjustments, &event).await?)
 }
 
 /// `YYYY-MM` of a period.

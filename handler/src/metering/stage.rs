@@ -10,13 +10,13 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
-use chrono::NaiveTime;
 
 use super::audit::{self, LimiterDecision};
+use super::costs;
 use super::headers::{LimitState, burst_state, header_fields};
 use super::leases::{LeaseTicket, Spend};
 use super::ledger::{Debit, RequestMeter, body_bytes, records};
-use super::{costs, period};
+use super::period::BillingCalendar;
 use crate::auth::guard::Caller;
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
@@ -75,7 +75,8 @@ pub async fn limit(
             emission_interval_micros: interval,
             burst,
         };
-        let (period_start, period_end) = period(now);
+        let period = BillingCalendar::of(&tenant).period_containing(now);
+        let (period_start, period_end) = (period.start, period.end);
         let debit_request = (units > 0).then_some(QuotaDebit {
             tenant_id: tenant.id,
             period_start,
@@ -114,7 +115,7 @@ pub async fn limit(
                 (admitted.rate, admitted.debit, None)
             }
         };
-        let period_end_at = period_end.and_time(NaiveTime::MIN).and_utc();
+        let period_end_at = period.ends_at;
         let (burst_remaining, burst_reset_secs) = burst_state(rate.tat_micros, now_micros, interval, burst);
         let mut limits = LimitState {
             rate_policy: if client_rate.is_some() { "client-minute" } else { "minute" },
@@ -125,7 +126,7 @@ pub async fn limit(
             burst_reset_secs,
             quota_units: plan.monthly_quota_units,
             quota_remaining: plan.monthly_quota_units,
-            period_secs: (period_end_at - period_start.and_time(NaiveTime::MIN).and_utc()).num_seconds(),
+            period_secs: (period_end_at - period.starts_at).num_seconds(),
             period_reset_secs: (period_end_at - now).num_seconds(),
         };
         // The quota numbers the headers show: the debit's answer, else (nothing debited) the counter as it is.

@@ -14,6 +14,7 @@ use super::usage::parse_period;
 use crate::auth::guard::{Authorized, UsageRead};
 use crate::error::{AppError, ErrorCode};
 use crate::jobs::rollup::period_name;
+use crate::metering::period::BillingCalendar;
 use crate::state::AppState;
 use crate::store::{BillingStatement, StatementAdjustment};
 
@@ -171,7 +172,10 @@ pub async fn get_billing_statement(
 ) -> Result<HttpResponse, AppError> {
     let tenant_id = scoped_tenant(&req, &auth, params.tenant_id)?;
     let not_found = || AppError::new(ErrorCode::NotFound).with_detail(format!("no statement for {period}"));
-    let period_start = parse_period(&period).ok_or_else(not_found)?;
+    let month = parse_period(&period).ok_or_else(not_found)?;
+    // The tenant's period that starts in that month (its anchor day; the 1st for most tenants).
+    let tenant = state.lookups.tenant(tenant_id).await?.ok_or_else(not_found)?;
+    let period_start = BillingCalendar::of(&tenant).period_starting_in(month).start;
     let statement = state.store.get_billing_statement(tenant_id, period_start).await?.ok_or_else(not_found)?;
     let adjustments = state.store.statement_adjustments(tenant_id, statement.id).await?;
     if wants_csv(&req) {

@@ -8,7 +8,7 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
-use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -18,6 +18,7 @@ use crate::auth::guard::{Authorized, PlatformAdmin};
 use crate::error::{AppError, ErrorCode, FieldError};
 use crate::metering::audit::AuditNote;
 use crate::metering::ledger::ledger;
+use crate::metering::period::BillingCalendar;
 use crate::state::AppState;
 use crate::store::{PeriodPlan, QuotaGrant, Update};
 
@@ -155,8 +156,8 @@ pub async fn create_grant(
         AppError::internal(anyhow::anyhow!("tenant {tenant_id} is on plan {} which does not exist", tenant.plan_code))
     })?;
     let now = state.clock.now();
-    let (period_start, period_end) = crate::metering::period(now);
-    let end = period_end.and_time(NaiveTime::MIN).and_utc();
+    let period = BillingCalendar::of(&tenant).period_containing(now);
+    let (period_start, period_end, end) = (period.start, period.end, period.ends_at);
     let expires_at = input.expires_at.unwrap_or(end);
     if expires_at <= now || expires_at > end {
         return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![FieldError::body(
@@ -230,11 +231,13 @@ pub async fn list_grants(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let tenant_id = parse_id(&path.tenant_id, tenant_not_found)?;
-    state.store.get_tenant(tenant_id).await?.ok_or_else(tenant_not_found)?;
+    let tenant = state.store.get_tenant(tenant_id).await?.ok_or_else(tenant_not_found)?;
     let now = state.clock.now();
+    let calendar = BillingCalendar::of(&tenant);
     let period_start: NaiveDate = match &params.period {
-        None => crate::metering::period(now).0,
-        Some(raw) => parse_period(raw).ok_or_else(|| {
+        None => calendar.period_containing(now).start,
+        // The period starting in that month.
+        Some(raw) => parse_period(raw).map(|month| calendar.period_starting_in(month).start).ok_or_else(|| {
             AppError::new(ErrorCode::ValidationFailed).with_parameter_errors(vec![FieldError::new(
                 "period",
                 "format",

@@ -107,7 +107,8 @@ async fn quota(
 ) -> Result<Option<MeQuota>, AppError> {
     // The plan as the limit stage saw it (cached like every lookup on the request path).
     let Some(plan) = state.lookups.plan(&tenant.plan_code).await? else { return Ok(None) };
-    let (period_start, period_end) = crate::metering::period(state.clock.now());
+    let period = crate::metering::period::BillingCalendar::of(tenant).period_containing(state.clock.now());
+    let (period_start, period_end) = (period.start, period.end);
     let usage = state.quota_usage(tenant.id, period_start).await?;
     // Before the period's first debit, the plan's quota applies; afterwards the stored one.
     let (quota_units, granted_units, units_used, overage_units, policy) = match usage {

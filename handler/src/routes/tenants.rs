@@ -16,8 +16,9 @@ use crate::auth::guard::{Authorized, PlatformAdmin};
 use crate::error::{AppError, ErrorCode, FieldError};
 use crate::metering::audit::AuditNote;
 use crate::metering::ledger::ledger;
+use crate::metering::period::{BillingCalendar, CalendarError};
 use crate::state::AppState;
-use crate::store::Tenant;
+use crate::store::{Tenant, TenantBilling};
 
 /// A tenant, as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -31,6 +32,10 @@ pub struct TenantView {
     pub status: &'static str,
     /// The plan code.
     pub plan: String,
+    /// The day of the month (1 to 28) its billing periods start, at local midnight in `timeZone`.
+    pub billing_anchor_day: i32,
+    /// The IANA time zone of its billing periods and daily usage windows.
+    pub time_zone: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// The tenant's version as a strong ETag, as the `ETag` header carries it: send it back in `If-Match`.
@@ -45,6 +50,8 @@ impl From<&Tenant> for TenantView {
             name: t.name.clone(),
             status: t.status.as_str(),
             plan: t.plan_code.clone(),
+            billing_anchor_day: t.billing.anchor_day,
+            time_zone: t.billing.time_zone.clone(),
             created_at: t.created_at,
             updated_at: t.updated_at,
             etag: etag(t),
@@ -177,6 +184,13 @@ pub struct TenantCreate {
     pub plan: String,
     /// The Entra directory (`tid`) whose tokens map to this tenant; unique.
     pub entra_tenant_id: Option<Uuid>,
+    /// The day of the month (1 to 28) its billing periods start (default 1). Fixed once the tenant exists.
+    #[schema(minimum = 1, maximum = 28)]
+    pub billing_anchor_day: Option<i32>,
+    /// The IANA time zone of its periods and daily usage windows (default `UTC`), e.g. `Asia/Kolkata`. Fixed once
+    /// the tenant exists.
+    #[schema(min_length = 1, max_length = 64, example = "Europe/Paris")]
+    pub time_zone: Option<String>,
 }
 
 /// Onboards a tenant (status `active`).
@@ -200,6 +214,19 @@ pub async fn create_tenant(
     let input = input.into_inner();
     validate(&input)?;
     let now = state.clock.now();
+    let time_zone = input.time_zone.clone().unwrap_or_else(|| "UTC".into());
+    let calendar = BillingCalendar::new(input.billing_anchor_day.unwrap_or(1) as u32, &time_zone).map_err(|e| {
+        let (pointer, code, message) = match e {
+            CalendarError::AnchorDay => ("/billingAnchorDay", "range", "a day from 1 to 28"),
+            CalendarError::UnknownTimeZone => ("/timeZone", "unknown", "not an IANA time zone name"),
+            CalendarError::UnalignedTimeZone => (
+                "/timeZone",
+                "unsupported",
+                "the zone's offset changes its minutes over the year; usage windows cannot follow it",
+            ),
+        };
+        AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![FieldError::body(pointer, code, message)])
+    })?;
     let tenant = Tenant {
         id: state.ids.new_id(),
         entra_tenant_id: input.entra_tenant_id,
@@ -209,6 +236,11 @@ pub async fn create_tenant(
         created_at: now,
         updated_at: now,
         version: 1,
+        billing: TenantBilling {
+            anchor_day: calendar.anchor_day as i32,
+            time_zone: calendar.time_zone.name().to_owned(),
+            window_offset_minutes: calendar.window_offset_minutes().unwrap_or(0),
+        },
     };
     let response = respond(actix_web::http::StatusCode::CREATED, &tenant);
     let view = TenantView::from(&tenant);

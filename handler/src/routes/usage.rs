@@ -9,13 +9,14 @@
 use std::collections::BTreeMap;
 
 use actix_web::{HttpRequest, HttpResponse, get, web};
-use chrono::{DateTime, Datelike, Months, NaiveDate, NaiveTime, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, Months, NaiveDate, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::scope::scoped_tenant;
 use crate::auth::guard::{Authorized, UsageRead};
 use crate::error::{AppError, ErrorCode};
+use crate::metering::period::BillingCalendar;
 use crate::state::AppState;
 use crate::store::{RollupGranularity, UsageQuery, UsageTotals};
 
@@ -73,8 +74,8 @@ pub async fn get_usage_summary(
     let tenant_id = scoped_tenant(&req, &auth, params.tenant_id)?;
     let tenant = state.store.get_tenant(tenant_id).await?.ok_or_else(not_found)?;
     let plan = state.store.get_plan(&tenant.plan_code).await?.ok_or_else(not_found)?;
-    let now = state.clock.now();
-    let (period_start, period_end) = crate::metering::period(now);
+    let period = BillingCalendar::of(&tenant).period_containing(state.clock.now());
+    let (period_start, period_end) = (period.start, period.end);
     let usage = state.quota_usage(tenant.id, period_start).await?;
     let (quota_units, granted_units, units_used, overage_units, policy) = match usage {
         Some(u) => (u.quota_units, u.granted_units, u.units_used, u.overage_units, u.overage_policy),
@@ -85,7 +86,7 @@ pub async fn get_usage_summary(
         plan: plan.code,
         period_start,
         period_end,
-        resets_at: period_end.and_time(NaiveTime::MIN).and_utc(),
+        resets_at: period.ends_at,
         quota_units,
         granted_units,
         units_used,
@@ -179,24 +180,48 @@ fn invalid(detail: impl Into<String>) -> AppError {
     AppError::new(ErrorCode::ValidationFailed).with_detail(detail)
 }
 
-fn month_start(t: DateTime<Utc>) -> DateTime<Utc> {
-    crate::metering::period(t).0.and_time(NaiveTime::MIN).and_utc()
+/// A tenant's report windows: hours starting at its time zone's minutes past the UTC hour, its local days, its
+/// billing periods (`metering::period`).
+#[derive(Debug, Clone, Copy)]
+pub struct Windows {
+    pub calendar: BillingCalendar,
+    pub hour_offset_minutes: i32,
 }
 
-/// The start of the window after the one starting at `start`.
-fn window_end(granularity: Granularity, start: DateTime<Utc>) -> DateTime<Utc> {
-    match granularity {
-        Granularity::Hour => start + TimeDelta::hours(1),
-        Granularity::Day => start + TimeDelta::days(1),
-        Granularity::Month => start + Months::new(1),
+impl Windows {
+    pub fn of(tenant: &crate::store::Tenant) -> Self {
+        Windows { calendar: BillingCalendar::of(tenant), hour_offset_minutes: tenant.billing.window_offset_minutes }
     }
-}
 
-fn window_start(granularity: Granularity, t: DateTime<Utc>) -> DateTime<Utc> {
-    match granularity {
-        Granularity::Hour => RollupGranularity::Hour.window_of(t),
-        Granularity::Day => RollupGranularity::Day.window_of(t),
-        Granularity::Month => month_start(t),
+    /// The stored granularity that serves `granularity`: day rollups are UTC days, so only a UTC tenant's days
+    /// and periods are read from them; every other tenant's are summed from its (aligned) hours.
+    fn stored(&self, granularity: Granularity) -> RollupGranularity {
+        match granularity {
+            Granularity::Day | Granularity::Month if self.calendar.time_zone == chrono_tz::Tz::UTC => {
+                RollupGranularity::Day
+            }
+            _ => RollupGranularity::Hour,
+        }
+    }
+
+    fn start(&self, granularity: Granularity, t: DateTime<Utc>) -> DateTime<Utc> {
+        match granularity {
+            Granularity::Hour => {
+                let offset = TimeDelta::minutes(i64::from(self.hour_offset_minutes));
+                RollupGranularity::Hour.window_of(t - offset) + offset
+            }
+            Granularity::Day => self.calendar.day_containing(t).0,
+            Granularity::Month => self.calendar.period_containing(t).starts_at,
+        }
+    }
+
+    /// The start of the window after the one starting at `start`.
+    fn end(&self, granularity: Granularity, start: DateTime<Utc>) -> DateTime<Utc> {
+        match granularity {
+            Granularity::Hour => start + TimeDelta::hours(1),
+            Granularity::Day => self.calendar.day_containing(start).1,
+            Granularity::Month => self.calendar.period_containing(start).ends_at,
+        }
     }
 }
 
@@ -204,6 +229,7 @@ fn window_start(granularity: Granularity, t: DateTime<Utc>) -> DateTime<Utc> {
 fn report_range(
     params: &UsageParams,
     granularity: Granularity,
+    windows: &Windows,
     now: DateTime<Utc>,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), AppError> {
     // Window arithmetic works in nanoseconds since 1970 (chrono: up to the year 2262); no usage exists outside this.
@@ -213,13 +239,13 @@ fn report_range(
         }
     }
     let round_up = |t: DateTime<Utc>| {
-        let start = window_start(granularity, t);
-        if start == t { t } else { window_end(granularity, start) }
+        let start = windows.start(granularity, t);
+        if start == t { t } else { windows.end(granularity, start) }
     };
     // The default is the end of the window holding `now`, even when `now` starts it (its calls count).
     let to = round_up(params.to.unwrap_or(now));
-    let to = if params.to.is_none() && to == now { window_end(granularity, now) } else { to };
-    let from = window_start(
+    let to = if params.to.is_none() && to == now { windows.end(granularity, now) } else { to };
+    let from = windows.start(
         granularity,
         params.from.unwrap_or_else(|| match granularity {
             Granularity::Hour => to - TimeDelta::hours(24),
@@ -248,17 +274,24 @@ type ReportKey = (DateTime<Utc>, Option<String>, Option<String>);
 pub async fn report_rows(
     state: &AppState,
     tenant_id: Uuid,
+    windows: &Windows,
     granularity: Granularity,
     group_by: Option<GroupBy>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<(DateTime<Utc>, Option<String>, Option<String>, UsageTotals)>, AppError> {
-    let stored = if granularity == Granularity::Hour { RollupGranularity::Hour } else { RollupGranularity::Day };
-    let rows = state.store.usage_report(&UsageQuery { tenant_id, granularity: stored, from, to }).await?;
+    let query = UsageQuery {
+        tenant_id,
+        granularity: windows.stored(granularity),
+        from,
+        to,
+        hour_offset_minutes: windows.hour_offset_minutes,
+    };
+    let rows = state.store.usage_report(&query).await?;
     let mut merged: BTreeMap<ReportKey, UsageTotals> = BTreeMap::new();
     for row in rows {
         let key = (
-            window_start(granularity, row.window_start),
+            windows.start(granularity, row.window_start),
             (group_by == Some(GroupBy::Operation)).then(|| row.operation_id.clone()),
             (group_by == Some(GroupBy::Client)).then(|| row.client_id.clone()),
         );
@@ -286,14 +319,20 @@ pub async fn get_usage(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let tenant_id = scoped_tenant(&req, &auth, params.tenant_id)?;
+    let tenant = state
+        .lookups
+        .tenant(tenant_id)
+        .await?
+        .ok_or_else(|| AppError::new(ErrorCode::NotFound).with_detail("no such tenant"))?;
+    let windows = Windows::of(&tenant);
     let granularity = params.granularity.unwrap_or(Granularity::Day);
-    let (from, to) = report_range(&params, granularity, state.clock.now())?;
-    let rows = report_rows(&state, tenant_id, granularity, params.group_by, from, to).await?;
+    let (from, to) = report_range(&params, granularity, &windows, state.clock.now())?;
+    let rows = report_rows(&state, tenant_id, &windows, granularity, params.group_by, from, to).await?;
     let value = rows
         .into_iter()
         .map(|(window_start, operation_id, client_id, t)| UsageRowView {
             window_start,
-            window_end: window_end(granularity, window_start),
+            window_end: windows.end(granularity, window_start),
             operation_id,
             client_id,
             calls: t.calls,
@@ -365,19 +404,21 @@ pub async fn export_usage(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let tenant_id = scoped_tenant(&req, &auth, params.tenant_id)?;
-    let period_start = parse_period(&params.period).ok_or_else(|| invalid("`period` must be YYYY-MM"))?;
-    let now = state.clock.now();
-    if period_start > crate::metering::period(now).0 {
-        return Err(invalid("`period` is in the future"));
-    }
-    state
+    let month = parse_period(&params.period).ok_or_else(|| invalid("`period` must be YYYY-MM"))?;
+    let tenant = state
         .store
         .get_tenant(tenant_id)
         .await?
         .ok_or_else(|| AppError::new(ErrorCode::NotFound).with_detail("no such tenant"))?;
+    // The tenant's billing period that starts in that month, day by local day.
+    let windows = Windows::of(&tenant);
+    let billing = windows.calendar.period_starting_in(month);
+    if billing.starts_at > state.clock.now() {
+        return Err(invalid("`period` is in the future"));
+    }
     let period = params.period.clone();
-    let first_day = period_start.and_time(NaiveTime::MIN).and_utc();
-    let month_end = first_day + Months::new(1);
+    let (first_day, month_end) = (billing.starts_at, billing.ends_at);
+    let stored = windows.stored(Granularity::Day);
     let state = state.into_inner();
     // Day by day: each chunk is one day's rows, read when the client is ready for it.
     let header =
@@ -388,15 +429,21 @@ pub async fn export_usage(
             if day >= month_end {
                 return None;
             }
-            let next = day + TimeDelta::days(1);
-            let query = UsageQuery { tenant_id, granularity: RollupGranularity::Day, from: day, to: next };
+            let next = windows.end(Granularity::Day, day);
+            let query = UsageQuery {
+                tenant_id,
+                granularity: stored,
+                from: day,
+                to: next,
+                hour_offset_minutes: windows.hour_offset_minutes,
+            };
             let chunk = state.store.usage_report(&query).await.map_err(AppError::from);
             let chunk = chunk.map(|rows| {
                 let mut merged: BTreeMap<(String, String), UsageTotals> = BTreeMap::new();
                 for row in rows {
                     merged.entry((row.operation_id, row.client_id)).or_default().merge(&row.totals);
                 }
-                let date = day.date_naive();
+                let date = day.with_timezone(&windows.calendar.time_zone).date_naive();
                 let mut text = String::new();
                 for ((operation, client), t) in merged {
                     text.push_str(&format!(
@@ -431,6 +478,9 @@ mod tests {
 
     use super::*;
 
+    const UTC: Windows =
+        Windows { calendar: BillingCalendar { anchor_day: 1, time_zone: chrono_tz::Tz::UTC }, hour_offset_minutes: 0 };
+
     fn params(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> UsageParams {
         UsageParams { from, to, granularity: None, group_by: None, tenant_id: None }
     }
@@ -438,22 +488,39 @@ mod tests {
     #[test]
     fn the_default_range_ends_with_the_window_holding_now_even_at_its_first_instant() {
         let on_the_hour = Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 0).unwrap();
-        let (from, to) = report_range(&params(None, None), Granularity::Hour, on_the_hour).unwrap();
+        let (from, to) = report_range(&params(None, None), Granularity::Hour, &UTC, on_the_hour).unwrap();
         assert_eq!((from, to), (on_the_hour - TimeDelta::hours(23), on_the_hour + TimeDelta::hours(1)));
         let (_, to) =
-            report_range(&params(None, None), Granularity::Hour, on_the_hour + TimeDelta::minutes(5)).unwrap();
+            report_range(&params(None, None), Granularity::Hour, &UTC, on_the_hour + TimeDelta::minutes(5)).unwrap();
         assert_eq!(to, on_the_hour + TimeDelta::hours(1));
-        let (_, to) = report_range(&params(None, None), Granularity::Day, on_the_hour - TimeDelta::hours(12)).unwrap();
+        let (_, to) =
+            report_range(&params(None, None), Granularity::Day, &UTC, on_the_hour - TimeDelta::hours(12)).unwrap();
         assert_eq!(to, on_the_hour + TimeDelta::hours(12), "midnight starts the day it is in");
     }
 
     #[test]
     fn an_explicit_end_is_exclusive_and_rounded_up_to_its_window() {
         let on_the_hour = Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 0).unwrap();
-        let (_, to) = report_range(&params(None, Some(on_the_hour)), Granularity::Hour, on_the_hour).unwrap();
+        let (_, to) = report_range(&params(None, Some(on_the_hour)), Granularity::Hour, &UTC, on_the_hour).unwrap();
         assert_eq!(to, on_the_hour);
         let late = on_the_hour + TimeDelta::seconds(1);
-        let (_, to) = report_range(&params(None, Some(late)), Granularity::Hour, on_the_hour).unwrap();
+        let (_, to) = report_range(&params(None, Some(late)), Granularity::Hour, &UTC, on_the_hour).unwrap();
         assert_eq!(to, on_the_hour + TimeDelta::hours(1));
+    }
+
+    #[test]
+    fn a_kolkata_tenants_windows_are_its_half_hour_aligned_hours_local_days_and_periods() {
+        let kolkata = Windows { calendar: BillingCalendar::new(15, "Asia/Kolkata").unwrap(), hour_offset_minutes: 30 };
+        let t = Utc.with_ymd_and_hms(2026, 3, 20, 20, 10, 0).unwrap();
+        let at = |h, m| Utc.with_ymd_and_hms(2026, 3, 20, h, m, 0).unwrap();
+        assert_eq!(kolkata.start(Granularity::Hour, t), at(19, 30));
+        assert_eq!(kolkata.end(Granularity::Hour, at(19, 30)), at(20, 30));
+        assert_eq!(kolkata.start(Granularity::Day, t), at(18, 30), "local midnight of 21 March");
+        assert_eq!(kolkata.end(Granularity::Day, at(18, 30)), at(18, 30) + TimeDelta::days(1));
+        let period = kolkata.start(Granularity::Month, t);
+        assert_eq!(period, Utc.with_ymd_and_hms(2026, 3, 14, 18, 30, 0).unwrap(), "the period of 15 March");
+        assert_eq!(kolkata.end(Granularity::Month, period), Utc.with_ymd_and_hms(2026, 4, 14, 18, 30, 0).unwrap());
+        assert_eq!(kolkata.stored(Granularity::Day), RollupGranularity::Hour, "UTC days do not serve it");
+        assert_eq!(UTC.stored(Granularity::Month), RollupGranularity::Day);
     }
 }

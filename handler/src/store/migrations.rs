@@ -56,6 +56,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite":
     6 => "0006_quota_grants.sql" "quota_grants",
     7 => "0007_statement_adjustments.sql" "statement_adjustments",
     8 => "0008_client_limits.sql" "client_limits",
+    9 => "0009_billing_calendar.sql" "billing_calendar",
 );
 
 /// The SQL Server migrations: the same versions and names as [`SQLITE`], in T-SQL.
@@ -68,6 +69,7 @@ pub const MSSQL: &[Migration] = migrations!("mssql":
     6 => "0006_quota_grants.sql" "quota_grants",
     7 => "0007_statement_adjustments.sql" "statement_adjustments",
     8 => "0008_client_limits.sql" "client_limits",
+    9 => "0009_billing_calendar.sql" "billing_calendar",
 );
 
 /// Checks that `known` is strictly increasing: a gap or reorder is a build mistake, caught by a unit test.

@@ -151,6 +151,23 @@ pub struct Tenant {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
+    /// When its billing periods start; fixed when the tenant is created.
+    pub billing: TenantBilling,
+}
+
+/// A tenant's billing calendar as stored: its periods start on `anchor_day` at local midnight in `time_zone`;
+/// its hour rollups start `window_offset_minutes` past the UTC hour (`metering::period`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantBilling {
+    pub anchor_day: i32,
+    pub time_zone: String,
+    pub window_offset_minutes: i32,
+}
+
+impl Default for TenantBilling {
+    fn default() -> Self {
+        TenantBilling { anchor_day: 1, time_zone: "UTC".into(), window_offset_minutes: 0 }
+    }
 }
 
 /// Where an API-client registration stands.

@@ -204,6 +204,8 @@ pub struct UsageQuery {
     pub from: DateTime<Utc>,
     /// Window-aligned, exclusive.
     pub to: DateTime<Utc>,
+    /// The minutes past the UTC hour the tenant's hour windows start at (`TenantBilling::window_offset_minutes`).
+    pub hour_offset_minutes: i32,
 }
 
 /// One row of a usage report: a window, operation and client, from the rollups plus the not-yet-rolled tail.
@@ -227,22 +229,6 @@ impl From<UsageRollup> for UsageRow {
     }
 }
 
-/// What a statement is computed from, read for a tenant that has none for the period yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatementDraft {
-    pub tenant_id: Uuid,
-    pub plan_code: String,
-    pub currency: String,
-    /// The period's quota snapshot (`quota_usage`, grants included), else the plan's quota.
-    pub quota_units: i64,
-    /// The units of that quota that grants added (`quota_usage.granted_units`).
-    pub granted_units: i64,
-    pub used_units: i64,
-    pub overage_units: i64,
-    pub base_price_micros: i64,
-    pub overage_unit_price_micros: i64,
-}
-
 /// A billing statement row: one per tenant and month, written once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BillingStatement {
@@ -261,6 +247,9 @@ pub struct BillingStatement {
     pub created_at: DateTime<Utc>,
     /// The units of `quota_units` that grants added.
     pub granted_units: i64,
+    /// The instants its period began and ended (`None` on statements written before migration 9: UTC months).
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
     /// The overage unit price it billed at (`None` on statements written before migration 7).
     pub overage_unit_price_micros: Option<i64>,
     /// The sum of its adjustment lines (usage of earlier, issued months rolled up after they were billed); the
@@ -340,14 +329,17 @@ pub trait UsageStore: Send + Sync + 'static {
     /// (the tail), read from one snapshot, so no event is counted twice or missed while a rollup step commits.
     async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
 
-    /// Tenants created before `period_end` that have no statement for the period yet (at most `limit`, by id),
-    /// with their plan, quota snapshot and the period's billable and overage units from the day rollups.
-    async fn statement_drafts(
+    /// Tenants created before `created_before` that have no statement for a period starting in `[month,
+    /// month_end)`, by id after `after`, at most `limit`: the tenants whose statement of that month the rollup
+    /// job has yet to write (each has its own period in the month, by its calendar).
+    async fn tenants_without_statement(
         &self,
-        period_start: NaiveDate,
-        period_end: NaiveDate,
+        month: NaiveDate,
+        month_end: NaiveDate,
+        created_before: DateTime<Utc>,
+        after: Option<Uuid>,
         limit: u32,
-    ) -> Result<Vec<StatementDraft>, StoreError>;
+    ) -> Result<Vec<Tenant>, StoreError>;
 
     /// What the tenant's issued statements of months before `before` (at most the 24 before it) have not billed,
     /// oldest first: the adjustment lines its next statement carries.

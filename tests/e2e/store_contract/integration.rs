@@ -27,6 +27,7 @@ fn tenant(n: u128) -> Tenant {
         created_at: t0(),
         updated_at: t0(),
         version: 1,
+        billing: Default::default(),
     }
 }
 

@@ -43,6 +43,7 @@ fn tenant(n: u128, plan_code: &str, created_at: DateTime<Utc>) -> Tenant {
         created_at,
         updated_at: created_at,
         version: 1,
+        billing: Default::default(),
     }
 }
 

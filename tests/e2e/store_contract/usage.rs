@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use meterline::store::*;
 use uuid::Uuid;
 
@@ -62,6 +62,7 @@ pub(crate) async fn setup_tenants(
             created_at,
             updated_at: created_at,
             version: 1,
+            billing: Default::default(),
         };
         store.create_tenant(&tenant, None).await.unwrap();
         ids.push(tenant.id);
@@ -159,6 +160,7 @@ pub(crate) async fn reported(
             granularity,
             from: t0() - Duration::days(3),
             to: t0() + Duration::days(5),
+            hour_offset_minutes: 0,
         };
         for r in store.usage_report(&query).await.unwrap() {
             out.entry((*tenant, r.window_start, r.operation_id, r.client_id)).or_default().merge(&r.totals);
@@ -288,6 +290,8 @@ fn statement(tenant: Uuid, n: u128, month: u32, used: i64, overage: i64, adjustm
         total_amount_micros: 49_000_000 + overage * 1_000,
         created_at: t0(),
         granted_units: 0,
+        starts_at: Some(start.and_hms_opt(0, 0, 0).unwrap().and_utc()),
+        ends_at: Some((start + chrono::Months::new(1)).and_hms_opt(0, 0, 0).unwrap().and_utc()),
         overage_unit_price_micros: Some(2_000),
         adjustment_amount_micros: adjustment,
     }
@@ -367,6 +371,78 @@ async fn usage_rolled_up_after_a_statement_is_unbilled_until_an_adjustment_line_
         assert!(!store.insert_billing_statement(&feb, &[again], &ready(3)).await.unwrap());
         assert_eq!(store.statement_adjustments(a, feb.id).await.unwrap().len(), 1);
         assert_eq!(store.get_billing_statement(a, january.period_start).await.unwrap(), Some(january), "never edited");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_tenant_whose_hours_start_half_past_gets_aligned_hour_windows_and_no_utc_days() {
+    for_each_store("a_tenant_whose_hours_start_half_past_gets_aligned_hour_windows_and_no_utc_days", |t| async move {
+        let store = t.store.clone();
+        let created = t0() - Duration::days(1);
+        setup_plan(&store, created, OveragePolicy::Block).await;
+        let kolkata = Tenant {
+            id: Uuid::from_u128(0x7_1AB),
+            entra_tenant_id: None,
+            name: "Mumbai".into(),
+            status: TenantStatus::Active,
+            plan_code: "p".into(),
+            created_at: created,
+            updated_at: created,
+            version: 1,
+            billing: TenantBilling { anchor_day: 15, time_zone: "Asia/Kolkata".into(), window_offset_minutes: 30 },
+        };
+        store.create_tenant(&kolkata, None).await.unwrap();
+        assert_eq!(store.get_tenant(kolkata.id).await.unwrap().unwrap().billing, kolkata.billing, "{}", t.name);
+        let at = |h: u32, m: u32| Utc.with_ymd_and_hms(2026, 3, 1, h, m, 0).unwrap();
+        let event = |n: u64, occurred: DateTime<Utc>| UsageEvent {
+            event_id: Uuid::from_u64_pair(9, n),
+            tenant_id: Some(kolkata.id),
+            units: 1,
+            billable: true,
+            overage_units: 0,
+            status: 200,
+            lease_id: None,
+            ..super::usage::event(&mut Rng(n), &[kolkata.id], occurred, occurred)
+        };
+        store.record_usage(&[event(1, at(18, 10)), event(2, at(18, 40)), event(3, at(19, 20))], &[]).await.unwrap();
+        let query = |granularity| UsageQuery {
+            tenant_id: kolkata.id,
+            granularity,
+            from: at(17, 30),
+            to: at(20, 30),
+            hour_offset_minutes: 30,
+        };
+        let windows = |rows: Vec<UsageRow>| {
+            let mut by: BTreeMap<DateTime<Utc>, i64> = BTreeMap::new();
+            for r in rows {
+                *by.entry(r.window_start).or_default() += r.totals.calls;
+            }
+            by.into_iter().collect::<Vec<_>>()
+        };
+        let expected = vec![(at(17, 30), 1), (at(18, 30), 2)];
+        // From the tail before any step, then from the rollups after one: the same half-past windows.
+        assert_eq!(windows(store.usage_report(&query(RollupGranularity::Hour)).await.unwrap()), expected, "{}", t.name);
+        step(&store, at(23, 0), 1000).await;
+        let hours = store.usage_rollups(kolkata.id, RollupGranularity::Hour, at(0, 0), at(23, 0)).await.unwrap();
+        assert_eq!(windows(hours.into_iter().map(UsageRow::from).collect()), expected, "{}", t.name);
+        let days =
+            store.usage_rollups(kolkata.id, RollupGranularity::Day, at(0, 0), at(0, 0) + Duration::days(2)).await;
+        assert_eq!(days.unwrap(), vec![], "{}: its hours do not tile UTC days, so it has none", t.name);
+        // Re-running the UTC hour 18:00 recomputes the window that starts in it, 18:30, and nothing else.
+        store.rollup_rerun_hour(at(18, 0), at(23, 0)).await.unwrap();
+        let again = store.usage_rollups(kolkata.id, RollupGranularity::Hour, at(0, 0), at(23, 0)).await.unwrap();
+        assert_eq!(windows(again.into_iter().map(UsageRow::from).collect()), expected);
+
+        // It lacks a statement for a period starting in March until one is written.
+        let (march, april) =
+            (NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(), NaiveDate::from_ymd_opt(2026, 4, 1).unwrap());
+        let lacking = store.tenants_without_statement(march, april, at(23, 0), None, 10).await.unwrap();
+        assert_eq!(lacking.iter().map(|t| t.id).collect::<Vec<_>>(), vec![kolkata.id], "{}", t.name);
+        assert_eq!(
+            store.tenants_without_statement(march, april, at(23, 0), Some(kolkata.id), 10).await.unwrap(),
+            vec![]
+        );
     })
     .await;
 }

@@ -3,25 +3,30 @@
 use super::*;
 
 pub(crate) const INSERT_TENANT: &str =
-    "INSERT INTO dbo.tenants (id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version)
-VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8)";
+    "INSERT INTO dbo.tenants (id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version,
+    billing_anchor_day, time_zone, window_offset_minutes)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11)";
 
 pub(crate) const GET_TENANT: &str =
-    "SELECT id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version
+    "SELECT id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version,
+    billing_anchor_day, time_zone, window_offset_minutes
 FROM dbo.tenants WHERE id = @P1";
 
 pub(crate) const GET_TENANT_BY_ENTRA_ID: &str =
-    "SELECT id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version
+    "SELECT id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version,
+    billing_anchor_day, time_zone, window_offset_minutes
 FROM dbo.tenants WHERE entra_tenant_id = @P1";
 
 /// First page of tenants: `@P1` is the page size plus one (to know whether another page follows).
 pub(crate) const LIST_TENANTS_FIRST: &str =
-    "SELECT TOP (@P1) id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version
+    "SELECT TOP (@P1) id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version,
+    billing_anchor_day, time_zone, window_offset_minutes
 FROM dbo.tenants ORDER BY created_at, id";
 
 /// Next page after the cursor (`@P1` created_at, `@P2` id); index ix_tenants_created.
 pub(crate) const LIST_TENANTS_AFTER: &str =
-    "SELECT TOP (@P3) id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version
+    "SELECT TOP (@P3) id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version,
+    billing_anchor_day, time_zone, window_offset_minutes
 FROM dbo.tenants WHERE created_at > @P1 OR (created_at = @P1 AND id > @P2) ORDER BY created_at, id";
 
 pub(crate) const SET_TENANT_STATUS: &str =
@@ -148,6 +153,11 @@ pub(super) fn tenant_from(row: &Row) -> Result<Tenant, StoreError> {
         created_at: required(row, 5)?,
         updated_at: required(row, 6)?,
         version: required(row, 7)?,
+        billing: TenantBilling {
+            anchor_day: required(row, 8)?,
+            time_zone: text(row, 9)?,
+            window_offset_minutes: required(row, 10)?,
+        },
     })
 }
 
@@ -211,7 +221,7 @@ impl TenantStore for MssqlStore {
     async fn create_tenant(&self, tenant: &Tenant, ledger: Option<&Ledger>) -> Result<(), StoreError> {
         in_tx!(self, Retry::No, |conn| {
             let t = tenant;
-            let params: [&dyn ToSql; 8] = [
+            let params: [&dyn ToSql; 11] = [
                 &t.id,
                 &t.entra_tenant_id,
                 &t.name.as_str(),
@@ -220,6 +230,9 @@ impl TenantStore for MssqlStore {
                 &t.created_at,
                 &t.updated_at,
                 &t.version,
+                &t.billing.anchor_day,
+                &t.billing.time_zone.as_str(),
+                &t.billing.window_offset_minutes,
             ];
             execute(conn, INSERT_TENANT, &params).await?;
             write_ledger(conn, ledger).await

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::integration::insert_outbox;
 use super::{MssqlClient, column, execute, required, rows, text};
 use crate::store::usage::*;
-use crate::store::{OutboxMessage, StoreError};
+use crate::store::{OutboxMessage, StoreError, Tenant};
 
 async fn lock_position(conn: &mut MssqlClient, name: &str, now: DateTime<Utc>) -> Result<i64, StoreError> {
     let found = rows(conn, LOCK_POSITION, &[&name, &now]).await?;
@@ -167,45 +167,33 @@ pub(super) async fn usage_report(conn: &mut MssqlClient, query: &UsageQuery) -> 
         .into_iter()
         .map(UsageRow::from)
         .collect();
-    let tail = match query.granularity {
-        RollupGranularity::Hour => USAGE_TAIL_HOURS,
-        RollupGranularity::Day => USAGE_TAIL_DAYS,
+    let offset = query.hour_offset_minutes;
+    let found = match query.granularity {
+        RollupGranularity::Hour => {
+            let params: [&dyn ToSql; 5] = [&watermark, &query.tenant_id, &query.from, &query.to, &offset];
+            rows(conn, USAGE_TAIL_HOURS, &params).await?
+        }
+        RollupGranularity::Day => {
+            rows(conn, USAGE_TAIL_DAYS, &[&watermark, &query.tenant_id, &query.from, &query.to]).await?
+        }
     };
-    for row in rows(conn, tail, &[&watermark, &query.tenant_id, &query.from, &query.to]).await? {
+    for row in found {
         out.push(usage_row_from(&row)?);
     }
     Ok(out)
 }
 
-fn midnight(date: NaiveDate) -> DateTime<Utc> {
-    date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc()
-}
-
-pub(super) async fn statement_drafts(
+pub(super) async fn tenants_without_statement(
     conn: &mut MssqlClient,
-    period_start: NaiveDate,
-    period_end: NaiveDate,
+    month: NaiveDate,
+    month_end: NaiveDate,
+    created_before: DateTime<Utc>,
+    after: Option<Uuid>,
     limit: u32,
-) -> Result<Vec<StatementDraft>, StoreError> {
-    let (from, to, top) = (midnight(period_start), midnight(period_end), i64::from(limit.max(1)));
-    let params: [&dyn ToSql; 5] = [&period_start, &period_end, &from, &to, &top];
-    rows(conn, STATEMENT_DRAFTS, &params)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(StatementDraft {
-                tenant_id: required(row, 0)?,
-                plan_code: text(row, 1)?,
-                currency: text(row, 2)?,
-                quota_units: required(row, 3)?,
-                used_units: required(row, 4)?,
-                overage_units: required(row, 5)?,
-                base_price_micros: required(row, 6)?,
-                overage_unit_price_micros: required(row, 7)?,
-                granted_units: required(row, 8)?,
-            })
-        })
-        .collect()
+) -> Result<Vec<Tenant>, StoreError> {
+    let top = i64::from(limit.max(1));
+    let params: [&dyn ToSql; 5] = [&month, &month_end, &created_before, &after, &top];
+    rows(conn, TENANTS_WITHOUT_STATEMENT, &params).await?.iter().map(super::tenants::tenant_from).collect()
 }
 
 pub(super) async fn insert_statement(
@@ -214,7 +202,7 @@ pub(super) async fn insert_statement(
     adjustments: &[StatementAdjustment],
     event: &OutboxMessage,
 ) -> Result<bool, StoreError> {
-    let params: [&dyn ToSql; 16] = [
+    let params: [&dyn ToSql; 18] = [
         &s.id,
         &s.tenant_id,
         &s.period_start,
@@ -231,6 +219,8 @@ pub(super) async fn insert_statement(
         &s.granted_units,
         &s.overage_unit_price_micros,
         &s.adjustment_amount_micros,
+        &s.starts_at,
+        &s.ends_at,
     ];
     let inserted = execute(conn, INSERT_STATEMENT, &params).await? == 1;
     if inserted {
@@ -269,6 +259,8 @@ pub(super) fn statement_from(row: &Row) -> Result<BillingStatement, StoreError> 
         granted_units: required(row, 13)?,
         overage_unit_price_micros: column(row, 14)?,
         adjustment_amount_micros: required(row, 15)?,
+        starts_at: column(row, 16)?,
+        ends_at: column(row, 17)?,
     })
 }
 
@@ -314,13 +306,17 @@ impl UsageStore for MssqlStore {
         in_tx!(self, Retry::Yes, |conn| usage_report(conn, query).await)
     }
 
-    async fn statement_drafts(
+    async fn tenants_without_statement(
         &self,
-        period_start: NaiveDate,
-        period_end: NaiveDate,
+        month: NaiveDate,
+        month_end: NaiveDate,
+        created_before: DateTime<Utc>,
+        after: Option<Uuid>,
         limit: u32,
-    ) -> Result<Vec<StatementDraft>, StoreError> {
-        in_tx!(self, Retry::Yes, |conn| statement_drafts(conn, period_start, period_end, limit).await)
+    ) -> Result<Vec<Tenant>, StoreError> {
+        in_tx!(self, Retry::Yes, |conn| {
+            tenants_without_statement(conn, month, month_end, created_before, after, limit).await
+        })
     }
 
     async fn unbilled_usage(&self, tenant_id: Uuid, before: NaiveDate) -> Result<Vec<UnbilledUsage>, StoreError> {
@@ -555,30 +551,41 @@ pub(crate) const COUNT_SEQ_RANGE: &str =
 pub(crate) const ROLLUP_HOURS_OF_NEW_EVENTS: &str = tsql_merge_rollups!(
     "hour",
     tsql_hours_source!(
-        "SELECT DISTINCT tenant_id, DATEADD(HOUR, DATEDIFF(HOUR, CAST('2000-01-01' AS DATETIME2(0)), occurred_at), CAST('2000-01-01' AS DATETIME2(0))) AS ws
-        FROM dbo.usage_events WHERE seq > @P3 AND seq <= @P1 AND tenant_id IS NOT NULL"
+        "SELECT DISTINCT e.tenant_id, DATEADD(MINUTE, t.window_offset_minutes, DATEADD(HOUR,
+            DATEDIFF(HOUR, CAST('2000-01-01' AS DATETIME2(0)), DATEADD(MINUTE, -t.window_offset_minutes, e.occurred_at)),
+            CAST('2000-01-01' AS DATETIME2(0)))) AS ws
+        FROM dbo.usage_events e JOIN dbo.tenants t ON t.id = e.tenant_id
+        WHERE e.seq > @P3 AND e.seq <= @P1"
     )
 );
 
-/// The day windows of the events with `seq` in `(@P3, @P1]`, recomputed from the hour rollups.
+/// The day windows of the events with `seq` in `(@P3, @P1]`, recomputed from the hour rollups. A tenant whose
+/// hours start off the UTC hour (`window_offset_minutes`) has no UTC day rollups: its hours do not tile UTC days.
 pub(crate) const ROLLUP_DAYS_OF_NEW_EVENTS: &str = tsql_merge_rollups!(
     "day",
     tsql_days_source!(
-        "SELECT DISTINCT tenant_id, CAST(CAST(occurred_at AS DATE) AS DATETIME2(0)) AS ws
-        FROM dbo.usage_events WHERE seq > @P3 AND seq <= @P1 AND tenant_id IS NOT NULL"
+        "SELECT DISTINCT e.tenant_id, CAST(CAST(e.occurred_at AS DATE) AS DATETIME2(0)) AS ws
+        FROM dbo.usage_events e JOIN dbo.tenants t ON t.id = e.tenant_id
+        WHERE e.seq > @P3 AND e.seq <= @P1 AND t.window_offset_minutes = 0"
     )
 );
 
-/// The hour `@P3` of every tenant, recomputed from raw events with `seq <= @P1`.
+/// The hour window of every tenant that starts within the UTC hour `@P3` (at its `window_offset_minutes`),
+/// recomputed from raw events with `seq <= @P1`.
 pub(crate) const ROLLUP_HOUR_OF_EVERY_TENANT: &str = tsql_merge_rollups!(
     "hour",
-    tsql_hours_source!("SELECT id AS tenant_id, CAST(@P3 AS DATETIME2(0)) AS ws FROM dbo.tenants")
+    tsql_hours_source!(
+        "SELECT id AS tenant_id, DATEADD(MINUTE, window_offset_minutes, CAST(@P3 AS DATETIME2(0))) AS ws FROM dbo.tenants"
+    )
 );
 
 /// The day containing `@P3` of every tenant, recomputed from the hour rollups.
 pub(crate) const ROLLUP_DAY_OF_EVERY_TENANT: &str = tsql_merge_rollups!(
     "day",
-    tsql_days_source!("SELECT id AS tenant_id, CAST(CAST(@P3 AS DATE) AS DATETIME2(0)) AS ws FROM dbo.tenants")
+    tsql_days_source!(
+        "SELECT id AS tenant_id, CAST(CAST(@P3 AS DATE) AS DATETIME2(0)) AS ws FROM dbo.tenants
+        WHERE window_offset_minutes = 0"
+    )
 );
 
 /// At most `@P3` rolled-up events (`seq <= @P1`) recorded before `@P2`, from the oldest `seq`.
@@ -590,18 +597,19 @@ pub(crate) const USAGE_ROLLUPS: &str = "SELECT window_start, operation_id, clien
 FROM dbo.usage_rollups WHERE tenant_id = @P1 AND granularity = @P2 AND window_start >= @P3 AND window_start < @P4
 ORDER BY window_start, operation_id, client_id";
 
-/// The tail of a tenant's usage: events past the watermark `@P1`, per hour, operation and client.
+/// The tail of a tenant's usage: events past the watermark `@P1`, per hour window (starting `@P5` minutes past
+/// the UTC hour, the tenant's `window_offset_minutes`), operation and client.
 pub(crate) const USAGE_TAIL_HOURS: &str = concat!(
-    "SELECT ",
-    tsql_hour_of!("e.occurred_at"),
-    " AS ws, e.operation_id, COALESCE(e.client_id, N'') AS client_id,
+    "SELECT DATEADD(MINUTE, @P5, ",
+    tsql_hour_of!("DATEADD(MINUTE, -@P5, e.occurred_at)"),
+    ") AS ws, e.operation_id, COALESCE(e.client_id, N'') AS client_id,
         ",
     tsql_sums_of_events!(),
     "
 FROM dbo.usage_events e WHERE e.seq > @P1 AND e.tenant_id = @P2 AND e.occurred_at >= @P3 AND e.occurred_at < @P4
-GROUP BY ",
-    tsql_hour_of!("e.occurred_at"),
-    ", e.operation_id, COALESCE(e.client_id, N'')"
+GROUP BY DATEADD(MINUTE, @P5, ",
+    tsql_hour_of!("DATEADD(MINUTE, -@P5, e.occurred_at)"),
+    "), e.operation_id, COALESCE(e.client_id, N'')"
 );
 
 /// The same per day.
@@ -614,55 +622,54 @@ FROM dbo.usage_events e WHERE e.seq > @P1 AND e.tenant_id = @P2 AND e.occurred_a
 GROUP BY CAST(CAST(e.occurred_at AS DATE) AS DATETIME2(0)), e.operation_id, COALESCE(e.client_id, N'')"
 );
 
-/// Tenants created before the period's end (`@P4`) without a statement for `@P1`, with the period's usage.
-pub(crate) const STATEMENT_DRAFTS: &str = "SELECT TOP (@P5) t.id, t.plan_code, p.currency,
-    COALESCE(q.quota_units, p.monthly_quota_units) AS quota_units,
-    COALESCE((SELECT SUM(r.billable_units) FROM dbo.usage_rollups r WHERE r.tenant_id = t.id
-        AND r.granularity = 'day' AND r.window_start >= @P3 AND r.window_start < @P4), 0) AS used_units,
-    COALESCE((SELECT SUM(r.overage_units) FROM dbo.usage_rollups r WHERE r.tenant_id = t.id
-        AND r.granularity = 'day' AND r.window_start >= @P3 AND r.window_start < @P4), 0) AS overage_units,
-    p.base_price_micros, p.overage_unit_price_micros, COALESCE(q.granted_units, 0) AS granted_units
-FROM dbo.tenants t JOIN dbo.plans p ON p.code = t.plan_code
-LEFT JOIN dbo.quota_usage q ON q.tenant_id = t.id AND q.period_start = @P1
-WHERE t.created_at < @P4 AND @P2 IS NOT NULL
-    AND NOT EXISTS (SELECT 1 FROM dbo.billing_statements b WHERE b.tenant_id = t.id AND b.period_start = @P1)
+/// Tenants created before `@P3` without a statement for a period starting in `[@P1, @P2)`, by id after `@P4`
+/// (NULL: from the first), at most `@P5`.
+pub(crate) const TENANTS_WITHOUT_STATEMENT: &str = "SELECT TOP (@P5) t.id, t.entra_tenant_id, t.name, t.status,
+    t.plan_code, t.created_at, t.updated_at, t.version, t.billing_anchor_day, t.time_zone, t.window_offset_minutes
+FROM dbo.tenants t
+WHERE t.created_at < @P3 AND (@P4 IS NULL OR t.id > @P4)
+    AND NOT EXISTS (SELECT 1 FROM dbo.billing_statements b WHERE b.tenant_id = t.id
+        AND b.period_start >= @P1 AND b.period_start < @P2)
 ORDER BY t.id";
 
 /// A statement, unless the tenant has one for the period (the key-range lock closes the race).
 pub(crate) const INSERT_STATEMENT: &str = "INSERT INTO dbo.billing_statements (id, tenant_id, period_start, period_end,
     plan_code, currency, quota_units, used_units, overage_units, base_amount_micros, overage_amount_micros,
-    total_amount_micros, created_at, granted_units, overage_unit_price_micros, adjustment_amount_micros)
-SELECT @P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13, @P14, @P15, @P16
+    total_amount_micros, created_at, granted_units, overage_unit_price_micros, adjustment_amount_micros, starts_at,
+    ends_at)
+SELECT @P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13, @P14, @P15, @P16, @P17, @P18
 WHERE NOT EXISTS (SELECT 1 FROM dbo.billing_statements WITH (UPDLOCK, HOLDLOCK)
     WHERE tenant_id = @P2 AND period_start = @P3)";
 
 pub(crate) const LIST_STATEMENTS: &str =
     "SELECT TOP (1000) id, tenant_id, period_start, period_end, plan_code, currency,
     quota_units, used_units, overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at,
-    granted_units, overage_unit_price_micros, adjustment_amount_micros
+    granted_units, overage_unit_price_micros, adjustment_amount_micros, starts_at, ends_at
 FROM dbo.billing_statements WHERE tenant_id = @P1 ORDER BY period_start DESC";
 
 pub(crate) const GET_STATEMENT: &str = "SELECT id, tenant_id, period_start, period_end, plan_code, currency,
     quota_units, used_units, overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at,
-    granted_units, overage_unit_price_micros, adjustment_amount_micros
+    granted_units, overage_unit_price_micros, adjustment_amount_micros, starts_at, ends_at
 FROM dbo.billing_statements WHERE tenant_id = @P1 AND period_start = @P2";
 
 pub(crate) const INSERT_ADJUSTMENT: &str = "INSERT INTO dbo.statement_adjustments (id, statement_id,
     adjusts_statement_id, used_units_delta, overage_units_delta, amount_micros, created_at)
 VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7)";
 
-/// Per issued statement of `@P1` for a month in `[@P3, @P2)`: its month's day rollups now, less what it and its
-/// adjustments billed.
+/// Per issued statement of `@P1` for a period starting in `[@P3, @P2)`: the hour rollups of its period now (its
+/// instants; without them a UTC month), less what it and its adjustments billed.
 pub(crate) const UNBILLED_USAGE: &str = "SELECT s.id, s.period_start,
     COALESCE((SELECT SUM(r.billable_units) FROM dbo.usage_rollups r WHERE r.tenant_id = s.tenant_id
-        AND r.granularity = 'day' AND r.window_start >= CAST(s.period_start AS DATETIME2(0))
-        AND r.window_start < CAST(s.period_end AS DATETIME2(0))), 0)
+        AND r.granularity = 'hour'
+        AND r.window_start >= COALESCE(s.starts_at, CAST(s.period_start AS DATETIME2(6)))
+        AND r.window_start < COALESCE(s.ends_at, CAST(s.period_end AS DATETIME2(6)))), 0)
       - s.used_units
       - COALESCE((SELECT SUM(a.used_units_delta) FROM dbo.statement_adjustments a
             WHERE a.adjusts_statement_id = s.id), 0) AS used_units_delta,
     COALESCE((SELECT SUM(r.overage_units) FROM dbo.usage_rollups r WHERE r.tenant_id = s.tenant_id
-        AND r.granularity = 'day' AND r.window_start >= CAST(s.period_start AS DATETIME2(0))
-        AND r.window_start < CAST(s.period_end AS DATETIME2(0))), 0)
+        AND r.granularity = 'hour'
+        AND r.window_start >= COALESCE(s.starts_at, CAST(s.period_start AS DATETIME2(6)))
+        AND r.window_start < COALESCE(s.ends_at, CAST(s.period_end AS DATETIME2(6)))), 0)
       - s.overage_units
       - COALESCE((SELECT SUM(a.overage_units_delta) FROM dbo.statement_adjustments a
             WHERE a.adjusts_statement_id = s.id), 0) AS overage_units_delta,
@@ -695,7 +702,7 @@ pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("USAGE_ROLLUPS", USAGE_ROLLUPS),
     ("USAGE_TAIL_HOURS", USAGE_TAIL_HOURS),
     ("USAGE_TAIL_DAYS", USAGE_TAIL_DAYS),
-    ("STATEMENT_DRAFTS", STATEMENT_DRAFTS),
+    ("TENANTS_WITHOUT_STATEMENT", TENANTS_WITHOUT_STATEMENT),
     ("INSERT_STATEMENT", INSERT_STATEMENT),
     ("LIST_STATEMENTS", LIST_STATEMENTS),
     ("GET_STATEMENT", GET_STATEMENT),

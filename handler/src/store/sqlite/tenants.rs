@@ -2,12 +2,14 @@
 
 use super::*;
 
-pub(super) const TENANT_COLUMNS: &str = "id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version";
+pub(super) const TENANT_COLUMNS: &str = "id, entra_tenant_id, name, status, plan_code, created_at, updated_at, version, \
+     billing_anchor_day, time_zone, window_offset_minutes";
 
 pub(super) fn tenant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Tenant, StoreError>> {
     let (id, entra, name, status, plan_code): (String, Option<String>, String, String, String) =
         (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
     let (created, updated, version): (String, String, i64) = (r.get(5)?, r.get(6)?, r.get(7)?);
+    let billing = TenantBilling { anchor_day: r.get(8)?, time_zone: r.get(9)?, window_offset_minutes: r.get(10)? };
     Ok((|| {
         Ok(Tenant {
             id: parse_uuid(&id)?,
@@ -18,6 +20,7 @@ pub(super) fn tenant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<
             created_at: parse_timestamp(&created)?,
             updated_at: parse_timestamp(&updated)?,
             version,
+            billing,
         })
     })())
 }
@@ -80,7 +83,8 @@ impl TenantStore for SqliteStore {
     async fn create_tenant(&self, tenant: &Tenant, ledger: Option<&Ledger>) -> Result<(), StoreError> {
         let (t, ledger) = (tenant.clone(), ledger.cloned());
         self.write(move |tx| {
-            let sql = format!("INSERT INTO tenants ({TENANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
+            let sql =
+                format!("INSERT INTO tenants ({TENANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)");
             tx.execute(
                 &sql,
                 params![
@@ -91,7 +95,10 @@ impl TenantStore for SqliteStore {
                     t.plan_code,
                     timestamp(t.created_at),
                     timestamp(t.updated_at),
-                    t.version
+                    t.version,
+                    t.billing.anchor_day,
+                    t.billing.time_zone,
+                    t.billing.window_offset_minutes
                 ],
             )
             .map_err(classify)?;

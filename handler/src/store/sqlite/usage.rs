@@ -11,9 +11,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
+use super::tenants::{TENANT_COLUMNS, tenant_from_row};
 use super::{SqliteStore, classify, insert_outbox, parse_date, parse_timestamp, parse_uuid, query_all, timestamp};
 use crate::store::usage::*;
-use crate::store::{OutboxMessage, StoreError, UsageStore};
+use crate::store::{OutboxMessage, StoreError, Tenant, UsageStore};
 
 /// The twelve cumulative latency counts of the calls in a group of `usage_events e`, as JSON array text.
 macro_rules! histogram_of_events {
@@ -65,11 +66,11 @@ fn recompute_hours(windows: &str) -> String {
     format!(
         "WITH w AS ({windows})
 INSERT INTO usage_rollups ({ROLLUP_COLUMNS})
-SELECT e.tenant_id, 'hour', w.hour || ':00:00.000000Z', e.operation_id, coalesce(e.client_id, ''), {sums}, ?2
+SELECT e.tenant_id, 'hour', w.ws, e.operation_id, coalesce(e.client_id, ''), {sums}, ?2
 FROM w JOIN usage_events e ON e.tenant_id = w.tenant_id
-    AND e.occurred_at >= w.hour || ':00:00.000000Z' AND e.occurred_at <= w.hour || ':59:59.999999Z'
+    AND e.occurred_at >= w.ws AND e.occurred_at < strftime('%Y-%m-%dT%H:%M:00.000000Z', w.ws, '+1 hour')
 WHERE e.seq <= ?1
-GROUP BY e.tenant_id, w.hour, e.operation_id, coalesce(e.client_id, '')
+GROUP BY e.tenant_id, w.ws, e.operation_id, coalesce(e.client_id, '')
 {UPSERT_TAIL}",
         sums = sums_of_events!()
     )
@@ -93,9 +94,13 @@ GROUP BY r.tenant_id, d.day, r.operation_id, r.client_id
     )
 }
 
-/// One hour (`?3`, like `2026-01-31T23`) or its day, for every tenant.
-const ONE_HOUR_OF_EVERY_TENANT: &str = "SELECT id AS tenant_id, ?3 AS hour FROM tenants";
-const ONE_DAY_OF_EVERY_TENANT: &str = "SELECT id AS tenant_id, substr(?3, 1, 10) AS day FROM tenants";
+/// The hour window of every tenant that starts within the UTC hour `?3` (like `2026-01-31T23`, at the tenant's
+/// `window_offset_minutes`), or the UTC day of that hour for every tenant with UTC-aligned hours (the others have
+/// no day rollups: their hours do not tile UTC days).
+const ONE_HOUR_OF_EVERY_TENANT: &str =
+    "SELECT id AS tenant_id, ?3 || printf(':%02d:00.000000Z', window_offset_minutes) AS ws FROM tenants";
+const ONE_DAY_OF_EVERY_TENANT: &str =
+    "SELECT id AS tenant_id, substr(?3, 1, 10) AS day FROM tenants WHERE window_offset_minutes = 0";
 
 pub(super) fn read_position(conn: &Connection, name: &str) -> Result<i64, StoreError> {
     conn.query_row("SELECT position FROM job_watermarks WHERE name = ?1", [name], |r| r.get(0))
@@ -147,9 +152,10 @@ pub(super) fn rollup_step(tx: &Connection, step: &RollupStep) -> Result<RollupPr
     let mut rolled_up = 0;
     if new_watermark > watermark {
         let now = timestamp(step.now);
-        let (events, hours) = sum_new_events(tx, watermark, new_watermark)?;
+        let offsets = window_offsets(tx)?;
+        let (events, hours) = sum_new_events(tx, watermark, new_watermark, &offsets)?;
         rolled_up = events;
-        let days = days_of(&hours);
+        let days = days_of(&hours, &offsets);
         add_onto(tx, "hour", &hours, &now)?;
         add_onto(tx, "day", &days, &now)?;
         write_position(tx, ROLLUP_WATERMARK, new_watermark, step.now)?;
@@ -171,12 +177,40 @@ struct WindowDelta {
     totals: UsageTotals,
 }
 
-/// Sums the events with `seq` in `(after, through]` per hour window, in one pass in `seq` order (consecutive
-/// rows of the table, no index). Returns how many events there were, with a tenant or not, and the sums.
-fn sum_new_events(tx: &Connection, after: i64, through: i64) -> Result<(u64, Vec<WindowDelta>), StoreError> {
+/// The tenants whose hour windows start off the UTC hour, with the minutes past it (their time zone's).
+fn window_offsets(tx: &Connection) -> Result<HashMap<String, i64>, StoreError> {
+    let mut stmt = tx
+        .prepare_cached("SELECT id, window_offset_minutes FROM tenants WHERE window_offset_minutes <> 0")
+        .map_err(classify)?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(classify)?;
+    rows.map(|row| row.map_err(classify)).collect()
+}
+
+/// The start of the hour window holding the event time `occurred` (`2026-01-31T23:59:00.000000Z`) for hours
+/// starting `offset` minutes past the UTC hour, in the same text form.
+fn aligned_hour(occurred: &str, offset: i64) -> String {
+    match DateTime::parse_from_rfc3339(occurred) {
+        Ok(t) => {
+            let shifted = t.with_timezone(&Utc) - chrono::Duration::minutes(offset);
+            let hour = RollupGranularity::Hour.window_of(shifted) + chrono::Duration::minutes(offset);
+            timestamp(hour)
+        }
+        Err(_) => format!("{}:00:00.000000Z", occurred.get(..13).unwrap_or(occurred)),
+    }
+}
+
+/// Sums the events with `seq` in `(after, through]` per hour window (of each tenant's alignment, `offsets`), in
+/// one pass in `seq` order (consecutive rows of the table, no index). Returns how many events there were, with a
+/// tenant or not, and the sums.
+fn sum_new_events(
+    tx: &Connection,
+    after: i64,
+    through: i64,
+    offsets: &HashMap<String, i64>,
+) -> Result<(u64, Vec<WindowDelta>), StoreError> {
     let mut stmt = tx
         .prepare_cached(
-            "SELECT tenant_id, substr(occurred_at, 1, 13), operation_id, coalesce(client_id, ''), units, billable,
+            "SELECT tenant_id, occurred_at, operation_id, coalesce(client_id, ''), units, billable,
                  overage_units, status, latency_micros
              FROM usage_events WHERE seq > ?1 AND seq <= ?2",
         )
@@ -191,7 +225,16 @@ fn sum_new_events(tx: &Connection, after: i64, through: i64) -> Result<(u64, Vec
         let text =
             |i: usize| row.get_ref(i).and_then(|v| v.as_str_or_null().map_err(rusqlite::Error::from)).map_err(classify);
         let Some(tenant_id) = text(0)? else { continue };
-        let (hour, operation_id, client_id) = (text(1)?.unwrap_or(""), text(2)?.unwrap_or(""), text(3)?.unwrap_or(""));
+        let (occurred, operation_id, client_id) =
+            (text(1)?.unwrap_or(""), text(2)?.unwrap_or(""), text(3)?.unwrap_or(""));
+        let aligned;
+        let hour = match offsets.get(tenant_id) {
+            Some(offset) => {
+                aligned = aligned_hour(occurred, *offset);
+                aligned.as_str()
+            }
+            None => occurred.get(..13).unwrap_or(occurred),
+        };
         // Lengths first, so no two windows share a key whatever their ids contain.
         key.clear();
         let _ = write!(
@@ -207,7 +250,7 @@ fn sum_new_events(tx: &Connection, after: i64, through: i64) -> Result<(u64, Vec
                 index.insert(key.clone(), deltas.len());
                 deltas.push(WindowDelta {
                     tenant_id: tenant_id.to_owned(),
-                    window_start: format!("{hour}:00:00.000000Z"),
+                    window_start: if hour.len() == 13 { format!("{hour}:00:00.000000Z") } else { hour.to_owned() },
                     operation_id: operation_id.to_owned(),
                     client_id: client_id.to_owned(),
                     totals: UsageTotals::default(),
@@ -221,10 +264,10 @@ fn sum_new_events(tx: &Connection, after: i64, through: i64) -> Result<(u64, Vec
     Ok((events, deltas))
 }
 
-/// The day windows' deltas: the hour deltas summed per day.
-fn days_of(hours: &[WindowDelta]) -> Vec<WindowDelta> {
+/// The day windows' deltas: the hour deltas summed per UTC day, for the tenants whose hours tile UTC days.
+fn days_of(hours: &[WindowDelta], offsets: &HashMap<String, i64>) -> Vec<WindowDelta> {
     let mut days: BTreeMap<(&str, &str, &str, &str), UsageTotals> = BTreeMap::new();
-    for hour in hours {
+    for hour in hours.iter().filter(|h| !offsets.contains_key(&h.tenant_id)) {
         let day = hour.window_start.get(..10).unwrap_or(&hour.window_start);
         days.entry((&hour.tenant_id, day, &hour.operation_id, &hour.client_id)).or_default().merge(&hour.totals);
     }
@@ -395,21 +438,30 @@ pub(super) fn usage_report(conn: &Connection, q: &UsageQuery) -> Result<Vec<Usag
         let watermark = read_position(conn, ROLLUP_WATERMARK)?;
         let mut out: Vec<UsageRow> =
             usage_rollups(conn, q.tenant_id, q.granularity, q.from, q.to)?.into_iter().map(UsageRow::from).collect();
-        let (prefix, suffix) = match q.granularity {
-            RollupGranularity::Hour => (13, ":00:00.000000Z"),
-            RollupGranularity::Day => (10, "T00:00:00.000000Z"),
+        // Hour windows start `?5` minutes past the UTC hour (the tenant's alignment); days are UTC days.
+        let window = match q.granularity {
+            RollupGranularity::Hour => {
+                "strftime('%Y-%m-%dT%H:%M:00.000000Z', strftime('%Y-%m-%d %H:00:00', substr(e.occurred_at, 1, 19), \
+                 printf('-%d minutes', ?5)), printf('+%d minutes', ?5))"
+            }
+            RollupGranularity::Day => "substr(e.occurred_at, 1, 10) || 'T00:00:00.000000Z'",
         };
         // `+e.tenant_id`: read the tail through the primary key (seq > watermark), the short end of the table.
         let sql = format!(
-            "SELECT substr(e.occurred_at, 1, {prefix}) || '{suffix}', e.operation_id, coalesce(e.client_id, ''), {sums}
+            "SELECT {window}, e.operation_id, coalesce(e.client_id, ''), {sums}
              FROM usage_events e
              WHERE e.seq > ?1 AND +e.tenant_id = ?2 AND e.occurred_at >= ?3 AND e.occurred_at < ?4
              GROUP BY 1, 2, 3",
             sums = sums_of_events!()
         );
         let mut stmt = conn.prepare_cached(&sql).map_err(classify)?;
+        let mut args: Vec<rusqlite::types::Value> =
+            vec![watermark.into(), q.tenant_id.to_string().into(), timestamp(q.from).into(), timestamp(q.to).into()];
+        if q.granularity == RollupGranularity::Hour {
+            args.push(i64::from(q.hour_offset_minutes).into());
+        }
         let rows = stmt
-            .query_map(params![watermark, q.tenant_id.to_string(), timestamp(q.from), timestamp(q.to)], |r| {
+            .query_map(rusqlite::params_from_iter(args), |r| {
                 let (window, operation_id, client_id): (String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
                 let totals = totals_from(r, 3)?;
                 Ok((|| {
@@ -426,66 +478,55 @@ pub(super) fn usage_report(conn: &Connection, q: &UsageQuery) -> Result<Vec<Usag
     result
 }
 
-pub(super) fn statement_drafts(
+/// [`UsageStore::tenants_without_statement`].
+pub(super) fn tenants_without_statement(
     conn: &Connection,
-    period_start: NaiveDate,
-    period_end: NaiveDate,
+    month: NaiveDate,
+    month_end: NaiveDate,
+    created_before: DateTime<Utc>,
+    after: Option<Uuid>,
     limit: u32,
-) -> Result<Vec<StatementDraft>, StoreError> {
-    let from = timestamp(period_start.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
-    let to = timestamp(period_end.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT t.id, t.plan_code, p.currency, coalesce(q.quota_units, p.monthly_quota_units),
-                 coalesce((SELECT sum(r.billable_units) FROM usage_rollups r WHERE r.tenant_id = t.id
-                     AND r.granularity = 'day' AND r.window_start >= ?3 AND r.window_start < ?4), 0),
-                 coalesce((SELECT sum(r.overage_units) FROM usage_rollups r WHERE r.tenant_id = t.id
-                     AND r.granularity = 'day' AND r.window_start >= ?3 AND r.window_start < ?4), 0),
-                 p.base_price_micros, p.overage_unit_price_micros, coalesce(q.granted_units, 0)
-             FROM tenants t JOIN plans p ON p.code = t.plan_code
-             LEFT JOIN quota_usage q ON q.tenant_id = t.id AND q.period_start = ?1
-             WHERE t.created_at < ?4
-               AND NOT EXISTS (SELECT 1 FROM billing_statements b WHERE b.tenant_id = t.id AND b.period_start = ?1)
-             ORDER BY t.id LIMIT ?5",
-        )
-        .map_err(classify)?;
-    let rows = stmt
-        .query_map(params![period_start.to_string(), period_end.to_string(), from, to, i64::from(limit.max(1))], |r| {
-            let id: String = r.get(0)?;
-            let draft = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?);
-            Ok(parse_uuid(&id).map(|tenant_id| StatementDraft {
-                tenant_id,
-                plan_code: draft.0,
-                currency: draft.1,
-                quota_units: draft.2,
-                used_units: draft.3,
-                overage_units: draft.4,
-                base_price_micros: draft.5,
-                overage_unit_price_micros: draft.6,
-                granted_units: draft.7,
-            }))
-        })
-        .map_err(classify)?;
-    rows.map(|row| row.map_err(classify)?).collect()
+) -> Result<Vec<Tenant>, StoreError> {
+    query_all(
+        conn,
+        &format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants t
+             WHERE t.created_at < ?3 AND t.id > ?4
+               AND NOT EXISTS (SELECT 1 FROM billing_statements b WHERE b.tenant_id = t.id
+                   AND b.period_start >= ?1 AND b.period_start < ?2)
+             ORDER BY t.id LIMIT ?5"
+        ),
+        params![
+            month.to_string(),
+            month_end.to_string(),
+            timestamp(created_before),
+            after.map_or_else(String::new, |id| id.to_string()),
+            i64::from(limit.max(1))
+        ],
+        tenant_from_row,
+    )
 }
 
-/// [`UsageStore::unbilled_usage`]: per issued statement, the day rollups of its month now, less what it and its
-/// adjustments billed. Rollup windows are stored as RFC 3339 text with microseconds, so a month's first instant is
-/// its date followed by `T00:00:00.000000Z`.
+/// [`UsageStore::unbilled_usage`]: per issued statement, the hour rollups of its period now (its instants; a
+/// statement without them is a UTC month), less what it and its adjustments billed. Rollup windows are stored as
+/// RFC 3339 text with microseconds, so a UTC month's first instant is its date followed by `T00:00:00.000000Z`.
+/// A tenant's hour windows are aligned to its time zone, so they tile its periods exactly.
 fn unbilled_usage(conn: &Connection, tenant_id: Uuid, before: NaiveDate) -> Result<Vec<UnbilledUsage>, StoreError> {
     let earliest = before - chrono::Months::new(24);
     let rows = query_all(
         conn,
         "SELECT s.id, s.period_start,
              coalesce((SELECT sum(r.billable_units) FROM usage_rollups r WHERE r.tenant_id = s.tenant_id
-                 AND r.granularity = 'day' AND r.window_start >= s.period_start || 'T00:00:00.000000Z'
-                 AND r.window_start < s.period_end || 'T00:00:00.000000Z'), 0)
+                 AND r.granularity = 'hour'
+                 AND r.window_start >= coalesce(s.starts_at, s.period_start || 'T00:00:00.000000Z')
+                 AND r.window_start < coalesce(s.ends_at, s.period_end || 'T00:00:00.000000Z')), 0)
                - s.used_units
                - coalesce((SELECT sum(a.used_units_delta) FROM statement_adjustments a
                      WHERE a.adjusts_statement_id = s.id), 0),
              coalesce((SELECT sum(r.overage_units) FROM usage_rollups r WHERE r.tenant_id = s.tenant_id
-                 AND r.granularity = 'day' AND r.window_start >= s.period_start || 'T00:00:00.000000Z'
-                 AND r.window_start < s.period_end || 'T00:00:00.000000Z'), 0)
+                 AND r.granularity = 'hour'
+                 AND r.window_start >= coalesce(s.starts_at, s.period_start || 'T00:00:00.000000Z')
+                 AND r.window_start < coalesce(s.ends_at, s.period_end || 'T00:00:00.000000Z')), 0)
                - s.overage_units
                - coalesce((SELECT sum(a.overage_units_delta) FROM statement_adjustments a
                      WHERE a.adjusts_statement_id = s.id), 0),
@@ -521,8 +562,8 @@ pub(super) fn insert_statement(
         .execute(
             "INSERT INTO billing_statements (id, tenant_id, period_start, period_end, plan_code, currency, quota_units,
                  used_units, overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at,
-                 granted_units, overage_unit_price_micros, adjustment_amount_micros)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                 granted_units, overage_unit_price_micros, adjustment_amount_micros, starts_at, ends_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
              ON CONFLICT (tenant_id, period_start) DO NOTHING",
             params![
                 s.id.to_string(),
@@ -540,7 +581,9 @@ pub(super) fn insert_statement(
                 timestamp(s.created_at),
                 s.granted_units,
                 s.overage_unit_price_micros,
-                s.adjustment_amount_micros
+                s.adjustment_amount_micros,
+                s.starts_at.map(timestamp),
+                s.ends_at.map(timestamp)
             ],
         )
         .map_err(classify)?;
@@ -570,7 +613,7 @@ pub(super) fn insert_statement(
 
 const STATEMENT_COLUMNS: &str = "id, tenant_id, period_start, period_end, plan_code, currency, quota_units, used_units, \
     overage_units, base_amount_micros, overage_amount_micros, total_amount_micros, created_at, granted_units, \
-    overage_unit_price_micros, adjustment_amount_micros";
+    overage_unit_price_micros, adjustment_amount_micros, starts_at, ends_at";
 
 fn statement_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<BillingStatement, StoreError>> {
     let (id, tenant, start, end, created): (String, String, String, String, String) =
@@ -579,6 +622,7 @@ fn statement_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<BillingState
     let numbers: (i64, i64, i64, i64, i64, i64) = (r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?);
     let granted_units: i64 = r.get(13)?;
     let (overage_unit_price_micros, adjustment_amount_micros): (Option<i64>, i64) = (r.get(14)?, r.get(15)?);
+    let (starts_at, ends_at): (Option<String>, Option<String>) = (r.get(16)?, r.get(17)?);
     Ok((|| {
         Ok(BillingStatement {
             id: parse_uuid(&id)?,
@@ -597,6 +641,8 @@ fn statement_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<BillingState
             granted_units,
             overage_unit_price_micros,
             adjustment_amount_micros,
+            starts_at: starts_at.as_deref().map(parse_timestamp).transpose()?,
+            ends_at: ends_at.as_deref().map(parse_timestamp).transpose()?,
         })
     })())
 }
@@ -661,13 +707,15 @@ impl UsageStore for SqliteStore {
         self.read(move |conn| usage_report(conn, &query)).await
     }
 
-    async fn statement_drafts(
+    async fn tenants_without_statement(
         &self,
-        period_start: NaiveDate,
-        period_end: NaiveDate,
+        month: NaiveDate,
+        month_end: NaiveDate,
+        created_before: DateTime<Utc>,
+        after: Option<Uuid>,
         limit: u32,
-    ) -> Result<Vec<StatementDraft>, StoreError> {
-        self.read(move |conn| statement_drafts(conn, period_start, period_end, limit)).await
+    ) -> Result<Vec<Tenant>, StoreError> {
+        self.read(move |conn| tenants_without_statement(conn, month, month_end, created_before, after, limit)).await
     }
 
     async fn unbilled_usage(&self, tenant_id: Uuid, before: NaiveDate) -> Result<Vec<UnbilledUsage>, StoreError> {
