@@ -598,18 +598,19 @@ FROM dbo.usage_rollups WHERE tenant_id = @P1 AND granularity = @P2 AND window_st
 ORDER BY window_start, operation_id, client_id";
 
 /// The tail of a tenant's usage: events past the watermark `@P1`, per hour window (starting `@P5` minutes past
-/// the UTC hour, the tenant's `window_offset_minutes`), operation and client.
+/// the UTC hour, the tenant's `window_offset_minutes`), operation and client. The window is computed once per row
+/// (`CROSS APPLY`) and grouped by name, so the grouping never depends on matching two parameterized expressions.
 pub(crate) const USAGE_TAIL_HOURS: &str = concat!(
-    "SELECT DATEADD(MINUTE, @P5, ",
-    tsql_hour_of!("DATEADD(MINUTE, -@P5, e.occurred_at)"),
-    ") AS ws, e.operation_id, COALESCE(e.client_id, N'') AS client_id,
+    "SELECT w.ws, e.operation_id, COALESCE(e.client_id, N'') AS client_id,
         ",
     tsql_sums_of_events!(),
     "
-FROM dbo.usage_events e WHERE e.seq > @P1 AND e.tenant_id = @P2 AND e.occurred_at >= @P3 AND e.occurred_at < @P4
-GROUP BY DATEADD(MINUTE, @P5, ",
+FROM dbo.usage_events e
+CROSS APPLY (SELECT DATEADD(MINUTE, @P5, ",
     tsql_hour_of!("DATEADD(MINUTE, -@P5, e.occurred_at)"),
-    "), e.operation_id, COALESCE(e.client_id, N'')"
+    ") AS ws) AS w
+WHERE e.seq > @P1 AND e.tenant_id = @P2 AND e.occurred_at >= @P3 AND e.occurred_at < @P4
+GROUP BY w.ws, e.operation_id, COALESCE(e.client_id, N'')"
 );
 
 /// The same per day.
