@@ -183,20 +183,21 @@ pub async fn limit(
                 None => state.store.client_quota_used(client_id, period_start).await?,
                 Some(d) => {
                     let client_debit = ClientQuotaDebit { tenant_id: tenant.id, client_id, period_start, cap, units, now };
-                    match state.store.debit_client_quota(&client_debit).await? {
+                    let outcome = state.store.debit_client_quota(&client_debit).await;
+                    if !matches!(outcome, Ok(ClientQuotaOutcome::Accepted { .. })) {
+                        // Refused by the cap, or the store failed: the tenant's units go back, a lease's at its
+                        // settlement (this call's record will not name it), a direct debit now.
+                        match ticket.take() {
+                            Some(ticket) => ticket.finish(),
+                            None => state.store.refund_quota(tenant.id, period_start, d.units, d.overage_units, now).await?,
+                        }
+                    }
+                    match outcome? {
                         ClientQuotaOutcome::Accepted { units_used } => {
                             d.client_id = Some(client_id);
                             units_used
                         }
                         ClientQuotaOutcome::Rejected { units_used } => {
-                            // The tenant's units go back: a lease's at its settlement (this call's record will
-                            // not name it), a direct debit now.
-                            match ticket.take() {
-                                Some(ticket) => ticket.finish(),
-                                None => {
-                                    state.store.refund_quota(tenant.id, period_start, d.units, d.overage_units, now).await?
-                                }
-                            }
                             limits.client_quota = Some((cap, units_used));
                             crate::telemetry::metrics::limiter_rejection(crate::telemetry::metrics::LimiterKind::Quota);
                             decision = Some(format!("quota-exceeded client-month used={units_used}/{cap} cost={units}"));
