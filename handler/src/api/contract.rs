@@ -268,15 +268,51 @@ impl std::fmt::Debug for Contracts {
     }
 }
 
-/// A schema that resolves the document's `#/components/schemas/...` references: the document's schemas ride
-/// along under the same pointer.
+/// A schema that resolves the document's `#/components/schemas/...` references: the schemas it reaches ride
+/// along under the same pointer. Only those: every operation's validators keep their root document, so carrying
+/// all of the document's schemas in each would grow memory with operations times schemas.
 fn rooted(schema: Value, schemas: &Value) -> Value {
+    let mut reached = serde_json::Map::new();
+    let mut pending = vec![schema.clone()];
+    while let Some(next) = pending.pop() {
+        for name in references(&next) {
+            if !reached.contains_key(&name)
+                && let Some(target) = schemas.get(&name)
+            {
+                reached.insert(name, target.clone());
+                pending.push(target.clone());
+            }
+        }
+    }
     let mut root = match schema {
         Value::Object(map) => map,
         other => return other,
     };
-    root.insert("components".into(), json!({ "schemas": schemas }));
+    if !reached.is_empty() {
+        root.insert("components".into(), json!({ "schemas": reached }));
+    }
     Value::Object(root)
+}
+
+/// The component schema names `value` refers to (`{"$ref": "#/components/schemas/Name"}`), at any depth.
+fn references(value: &Value) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(map) => {
+                if let Some(name) =
+                    map.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/components/schemas/"))
+                {
+                    names.push(name.to_owned());
+                }
+                stack.extend(map.values());
+            }
+            Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    names
 }
 
 fn validator(schema: &Value) -> anyhow::Result<jsonschema::Validator> {
