@@ -240,13 +240,37 @@ struct QueryContract {
     kinds: BTreeMap<String, Kind>,
     /// Whether a parameter is required: only then can an empty query string fail.
     any_required: bool,
-    validator: jsonschema::Validator,
+    validator: LazyValidator,
 }
 
 struct BodyContract {
     media_types: Vec<String>,
     required: bool,
-    validator: jsonschema::Validator,
+    validator: LazyValidator,
+}
+
+/// A validator compiled on its operation's first use, so a start (a cold start under the Functions host) does not
+/// compile 80-odd schemas for operations it may never serve. Debug builds (every test) compile them all at
+/// startup, so a schema that does not compile fails the tests, never a request.
+struct LazyValidator {
+    schema: Value,
+    compiled: std::sync::OnceLock<jsonschema::Validator>,
+}
+
+impl LazyValidator {
+    fn new(schema: Value) -> anyhow::Result<Self> {
+        let lazy = LazyValidator { schema, compiled: std::sync::OnceLock::new() };
+        if cfg!(debug_assertions) {
+            let compiled = validator(&lazy.schema)?;
+            let _ = lazy.compiled.set(compiled);
+        }
+        Ok(lazy)
+    }
+
+    fn get(&self) -> &jsonschema::Validator {
+        self.compiled
+            .get_or_init(|| validator(&self.schema).expect("every schema compiles (debug builds check them all)"))
+    }
 }
 
 struct OperationContract {
@@ -374,8 +398,11 @@ impl Contracts {
                     "additionalProperties": false,
                 });
                 let any_required = !required.is_empty();
-                let query =
-                    QueryContract { kinds, any_required, validator: validator(&rooted(query_schema, &schemas))? };
+                let query = QueryContract {
+                    kinds,
+                    any_required,
+                    validator: LazyValidator::new(rooted(query_schema, &schemas))?,
+                };
                 let body = match op.get("requestBody") {
                     None => None,
                     Some(body) => {
@@ -385,7 +412,7 @@ impl Contracts {
                         Some(BodyContract {
                             media_types: content.keys().map(|m| m.to_ascii_lowercase()).collect(),
                             required: body["required"] == true,
-                            validator: validator(&rooted(schema, &schemas))?,
+                            validator: LazyValidator::new(rooted(schema, &schemas))?,
                         })
                     }
                 };
@@ -430,7 +457,7 @@ impl Contracts {
     /// The failures of `body` against `operation`'s body schema (none without one).
     pub fn body_failures(&self, operation: &str, body: &Value) -> Vec<FieldError> {
         let body_contract = self.operations.get(operation).and_then(|op| op.body.as_ref());
-        body_contract.map(|contract| body_failures(&contract.validator, body)).unwrap_or_default()
+        body_contract.map(|contract| body_failures(contract.validator.get(), body)).unwrap_or_default()
     }
 
     /// The query string's failures against the operation's parameters: unknown names, repeated single values,
@@ -469,7 +496,7 @@ impl Contracts {
             instance.insert(name, value);
         }
         let instance = Value::Object(instance);
-        for failure in contract.validator.iter_errors(&instance).take(MAX_FIELD_ERRORS) {
+        for failure in contract.validator.get().iter_errors(&instance).take(MAX_FIELD_ERRORS) {
             let pointer = failure.instance_path().to_string();
             let name = match failure.kind() {
                 jsonschema::error::ValidationErrorKind::Required { property } => {
@@ -590,7 +617,7 @@ async fn checked(
             ))
         })?
     };
-    errors.extend(body_failures(&body.validator, &value));
+    errors.extend(body_failures(body.validator.get(), &value));
     // JSON has one number type: `1082.0` is the integer the schema allowed, but serde refuses it for an `i32`.
     // The handler gets the body as sent, or with such numbers written as integers.
     let bytes = match integral(value) {
