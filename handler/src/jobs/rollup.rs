@@ -243,7 +243,8 @@ async fn write_statement(state: &AppState, tenant: &Tenant, billing: &Period) ->
     let quota = state.store.quota_usage(tenant.id, billing.start).await?;
     // The period's billable and overage units from the rollups: UTC days for a UTC tenant, else its hours, which
     // its time zone aligns so they tile the period.
-    let granularity = if tenant.billing.time_zone == "UTC" { RollupGranularity::Day } else { RollupGranularity::Hour };
+    let utc_days = BillingCalendar::of(tenant).has_utc_days();
+    let granularity = if utc_days { RollupGranularity::Day } else { RollupGranularity::Hour };
     let rollups = state.store.usage_rollups(tenant.id, granularity, billing.starts_at, billing.ends_at).await?;
     let (used_units, overage_units) =
         rollups.iter().fold((0, 0), |(u, o), r| (u + r.totals.billable_units, o + r.totals.overage_units));

@@ -78,9 +78,10 @@ impl BillingCalendar {
         Some(first)
     }
 
-    /// Whether this is the default calendar (UTC calendar months), which the day rollups serve directly.
-    pub fn is_utc_months(&self) -> bool {
-        self.anchor_day == 1 && self.time_zone == Tz::UTC
+    /// Whether the tenant's local days are UTC days, so the day rollups (UTC days) serve its days and periods;
+    /// any other tenant's are summed from its hour rollups.
+    pub fn has_utc_days(&self) -> bool {
+        self.time_zone == Tz::UTC
     }
 
     /// The instant local `date` begins: its local midnight, or, where a daylight-saving change skips midnight,
@@ -150,7 +151,7 @@ mod tests {
         assert_eq!((p.starts_at, p.ends_at), (at("2026-12-01T00:00:00Z"), at("2027-01-01T00:00:00Z")));
         let p = c.period_containing(at("2028-02-29T00:00:00Z"));
         assert_eq!((p.start.to_string(), p.end.to_string()), ("2028-02-01".into(), "2028-03-01".into()));
-        assert!(c.is_utc_months());
+        assert!(c.has_utc_days());
         assert_eq!(c.window_offset_minutes(), Some(0));
     }
 

@@ -197,9 +197,7 @@ impl Windows {
     /// and periods are read from them; every other tenant's are summed from its (aligned) hours.
     fn stored(&self, granularity: Granularity) -> RollupGranularity {
         match granularity {
-            Granularity::Day | Granularity::Month if self.calendar.time_zone == chrono_tz::Tz::UTC => {
-                RollupGranularity::Day
-            }
+            Granularity::Day | Granularity::Month if self.calendar.has_utc_days() => RollupGranularity::Day,
             _ => RollupGranularity::Hour,
         }
     }

@@ -36,6 +36,21 @@ pub struct PeriodPlan {
     pub overage_policy: OveragePolicy,
 }
 
+impl PeriodPlan {
+    /// The period row `grant` creates when it is its period's first use: the snapshot a first debit would take.
+    pub(crate) fn first_use(&self, grant: &QuotaGrant) -> QuotaDebit {
+        QuotaDebit {
+            tenant_id: grant.tenant_id,
+            period_start: grant.period_start,
+            period_end: self.period_end,
+            quota_units: self.quota_units,
+            overage_policy: self.overage_policy,
+            units: 0,
+            now: grant.granted_at,
+        }
+    }
+}
+
 #[async_trait]
 pub trait QuotaGrantStore: Send + Sync {
     /// Records an open grant and raises its period's quota (`quota_units` and `granted_units` of `quota_usage`) by
@@ -79,9 +94,27 @@ pub fn returned_units(units: i64, quota: i64, used: i64) -> i64 {
     units.min((quota - used).max(0))
 }
 
-/// Whether a grant is in force at `now`.
-pub fn is_open(grant: &QuotaGrant, now: DateTime<Utc>) -> bool {
-    grant.ended_at.is_none() && grant.expires_at > now
+/// What a revocation does with the grant as read in its transaction (both stores).
+#[derive(Debug)]
+pub(crate) enum Revocation {
+    /// Nothing to write; the answer: no such grant, a stale version, or a grant already ended (the revocation is
+    /// already reflected, whatever version was named).
+    Answer(Update<QuotaGrant>),
+    /// End it at `at`: revoked by the caller when `revoked`, else it expired then and no sweep has ended it yet.
+    End { grant: QuotaGrant, at: DateTime<Utc>, revoked: bool },
+}
+
+/// [`Revocation`] of `current` at `now`, if the caller read it at `expected_version`.
+pub(crate) fn revocation(current: Option<QuotaGrant>, expected_version: i64, now: DateTime<Utc>) -> Revocation {
+    match current {
+        None => Revocation::Answer(Update::NotFound),
+        Some(g) if g.ended_at.is_some() => Revocation::Answer(Update::Updated(g)),
+        Some(g) if g.version != expected_version => {
+            Revocation::Answer(Update::VersionMismatch { current_version: g.version })
+        }
+        Some(g) if g.expires_at <= now => Revocation::End { at: g.expires_at, grant: g, revoked: false },
+        Some(g) => Revocation::End { grant: g, at: now, revoked: true },
+    }
 }
 
 #[cfg(test)]

@@ -83,16 +83,7 @@ impl QuotaGrantStore for MssqlStore {
         // Not retried: a retry after a lost commit answer would fail on the grant id it had already stored.
         in_tx!(self, Retry::No, |conn| {
             let g = grant;
-            let period = QuotaDebit {
-                tenant_id: g.tenant_id,
-                period_start: g.period_start,
-                period_end: plan.period_end,
-                quota_units: plan.quota_units,
-                overage_policy: plan.overage_policy,
-                units: 0,
-                now: g.granted_at,
-            };
-            ensure_period(conn, &period).await?;
+            ensure_period(conn, &plan.first_use(g)).await?;
             execute(conn, ADD_GRANT_UNITS, &[&g.tenant_id, &g.period_start, &g.units, &g.granted_at]).await?;
             let insert: [&dyn ToSql; 9] = [
                 &g.id,
@@ -135,22 +126,17 @@ impl QuotaGrantStore for MssqlStore {
         // run it again.
         in_tx!(self, Retry::Yes, |conn| {
             let current = rows(conn, LOCK_GRANT, &[&tenant_id, &id]).await?.first().map(grant_from).transpose()?;
-            let grant = match current {
-                None => return Ok(Update::NotFound),
-                Some(g) if g.ended_at.is_some() => return Ok(Update::Updated(g)),
-                Some(g) if g.version != expected_version => {
-                    return Ok(Update::VersionMismatch { current_version: g.version });
+            match revocation(current, expected_version, now) {
+                Revocation::Answer(answer) => Ok(answer),
+                Revocation::End { grant, at, revoked } => {
+                    let ended = end_grant(conn, &grant, revoked.then_some(by), at).await?;
+                    // Only a revocation is the request's change; an expiry it merely came across is not.
+                    if revoked {
+                        write_ledger(conn, ledger).await?;
+                    }
+                    Ok(Update::Updated(ended))
                 }
-                // Expired but not swept yet: it ends at its expiry, not as a revocation.
-                Some(g) if g.expires_at <= now => {
-                    let expired_at = g.expires_at;
-                    return Ok(Update::Updated(end_grant(conn, &g, None, expired_at).await?));
-                }
-                Some(g) => g,
-            };
-            let ended = end_grant(conn, &grant, Some(by), now).await?;
-            write_ledger(conn, ledger).await?;
-            Ok(Update::Updated(ended))
+            }
         })
     }
 

@@ -6,6 +6,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, params};
 use uuid::Uuid;
 
+use super::metering::ensure_period;
 use super::*;
 use crate::store::grants::*;
 
@@ -119,20 +120,7 @@ impl QuotaGrantStore for SqliteStore {
         let (g, plan, ledger) = (grant.clone(), plan.clone(), ledger.cloned());
         self.write(move |tx| {
             let (tenant, start) = (g.tenant_id.to_string(), g.period_start.to_string());
-            tx.prepare_cached(
-                "INSERT INTO quota_usage (tenant_id, period_start, period_end, quota_units, overage_policy, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant_id, period_start) DO NOTHING",
-            )
-            .map_err(classify)?
-            .execute(params![
-                tenant,
-                start,
-                plan.period_end.to_string(),
-                plan.quota_units,
-                plan.overage_policy.as_str(),
-                timestamp(g.granted_at)
-            ])
-            .map_err(classify)?;
+            ensure_period(tx, &plan.first_use(&g))?;
             tx.prepare_cached(
                 "UPDATE quota_usage SET quota_units = quota_units + ?3, granted_units = granted_units + ?3,
                      overage_units = max(0, units_used - quota_units - ?3), updated_at = ?4
@@ -194,22 +182,17 @@ impl QuotaGrantStore for SqliteStore {
     ) -> Result<Update<QuotaGrant>, StoreError> {
         let (by, ledger) = (by.to_owned(), ledger.cloned());
         self.write(move |tx| {
-            let grant = match read_grant(tx, tenant_id, id)? {
-                None => return Ok(Update::NotFound),
-                Some(g) if g.ended_at.is_some() => return Ok(Update::Updated(g)),
-                Some(g) if g.version != expected_version => {
-                    return Ok(Update::VersionMismatch { current_version: g.version });
+            match revocation(read_grant(tx, tenant_id, id)?, expected_version, now) {
+                Revocation::Answer(answer) => Ok(answer),
+                Revocation::End { grant, at, revoked } => {
+                    let ended = end_grant(tx, &grant, revoked.then_some(by.as_str()), at)?;
+                    // Only a revocation is the request's change; an expiry it merely came across is not.
+                    if revoked {
+                        write_ledger(tx, ledger.as_ref())?;
+                    }
+                    Ok(Update::Updated(ended))
                 }
-                // Expired but not swept yet: it ends at its expiry, not as a revocation.
-                Some(g) if g.expires_at <= now => {
-                    let expired_at = g.expires_at;
-                    return Ok(Update::Updated(end_grant(tx, &g, None, expired_at)?));
-                }
-                Some(g) => g,
-            };
-            let ended = end_grant(tx, &grant, Some(&by), now)?;
-            write_ledger(tx, ledger.as_ref())?;
-            Ok(Update::Updated(ended))
+            }
         })
         .await
     }

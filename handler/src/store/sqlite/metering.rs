@@ -36,23 +36,29 @@ pub(crate) fn read_quota(
     })
 }
 
-/// Debits a quota period (created on first use), refusing under `block` what would exceed the quota.
-pub(crate) fn debit_period(conn: &Connection, d: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
-    let (tenant, start) = (d.tenant_id.to_string(), d.period_start.to_string());
+/// Creates the debit's period row with its quota snapshot unless it exists (its `units` are not used).
+pub(crate) fn ensure_period(conn: &Connection, d: &QuotaDebit) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO quota_usage (tenant_id, period_start, period_end, quota_units, overage_policy, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant_id, period_start) DO NOTHING",
     )
     .map_err(classify)?
     .execute(params![
-        tenant,
-        start,
+        d.tenant_id.to_string(),
+        d.period_start.to_string(),
         d.period_end.to_string(),
         d.quota_units,
         d.overage_policy.as_str(),
         timestamp(d.now)
     ])
-    .map_err(classify)?;
+    .map_err(classify)
+    .map(drop)
+}
+
+/// Debits a quota period (created on first use), refusing under `block` what would exceed the quota.
+pub(crate) fn debit_period(conn: &Connection, d: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
+    let (tenant, start) = (d.tenant_id.to_string(), d.period_start.to_string());
+    ensure_period(conn, d)?;
     // One conditional UPDATE: the same statement shape as on SQL Server, so both refuse identically.
     let updated: Option<(i64, i64, i64)> = conn
         .prepare_cached("UPDATE quota_usage SET
