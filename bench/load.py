@@ -193,9 +193,22 @@ def admission_transactions(log_path):
         return None
     quota_tx, quota_n, rate_tx, rate_n = (int(g) for g in found.groups())
     per = lambda tx, n: f"{tx / n:.4f}" if n else "n/a"  # noqa: E731
-    return (f"admission store transactions over the whole run: quota {quota_tx} for {quota_n} requests "
+    said = (f"admission store transactions over the whole run: quota {quota_tx} for {quota_n} requests "
             f"({per(quota_tx, quota_n)} per request), rate {rate_tx} for {rate_n} requests "
             f"({per(rate_tx, rate_n)} per request)")
+    # The other store write of a metered call: its usage record, group-committed with its neighbours'.
+    usage = [re.search(r"usage record store transactions: (\d+) for (\d+) usage events", line) for line in lines_of(log_path)]
+    usage = [u for u in usage if u]
+    if usage:
+        tx, n = (int(g) for g in usage[-1].groups())
+        said += (f"\nusage record store transactions over the whole run: {tx} for {n} usage events "
+                 f"({per(tx, n)} per request, {n / tx if tx else 0:.1f} events per commit)")
+    return said
+
+
+def lines_of(path):
+    with open(path, encoding="utf-8", errors="replace") as log:
+        return log.readlines()
 
 
 def main():

@@ -368,6 +368,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             rate.requests
         );
     }
+    let usage = running.state.recorder.stats();
+    tracing::info!(
+        usage_events = usage.events,
+        usage_store_transactions = usage.batches,
+        "usage record store transactions: {} for {} usage events",
+        usage.batches,
+        usage.events
+    );
     tracing::info!("shut down on request");
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! whose requests have not been answered yet, so no client ever holds a 2xx without its usage record.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,6 +26,21 @@ type Entry = (UsageEvent, Option<AuditEventInput>, Waiter);
 #[derive(Clone)]
 pub struct UsageRecorder {
     queue: mpsc::Sender<Entry>,
+    counts: Arc<Counts>,
+}
+
+/// What the recorder has written so far: how well group commit amortises the store's transactions.
+#[derive(Debug, Default)]
+struct Counts {
+    batches: AtomicU64,
+    events: AtomicU64,
+}
+
+/// [`UsageRecorder::stats`]: store transactions (batches) and the usage events they committed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RecorderStats {
+    pub batches: u64,
+    pub events: u64,
 }
 
 impl std::fmt::Debug for UsageRecorder {
@@ -37,6 +53,8 @@ impl UsageRecorder {
     /// Starts the writer task on the current runtime.
     pub fn start(store: Arc<dyn Store>) -> Self {
         let (queue, mut events) = mpsc::channel::<Entry>(MAX_BATCH * 8);
+        let counts = Arc::new(Counts::default());
+        let counted = Arc::clone(&counts);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while events.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -49,6 +67,8 @@ impl UsageRecorder {
                     waiters.push(waiter);
                 }
                 let result = store.record_usage(&records, &audit).await.map(drop).map_err(Arc::new);
+                counted.batches.fetch_add(1, Ordering::Relaxed);
+                counted.events.fetch_add(records.len() as u64, Ordering::Relaxed);
                 if let Err(err) = &result {
                     tracing::error!(error = ?err, events = records.len(), "usage batch failed; its requests answer 503");
                 }
@@ -57,7 +77,15 @@ impl UsageRecorder {
                 }
             }
         });
-        UsageRecorder { queue }
+        UsageRecorder { queue, counts }
+    }
+
+    /// The batches (one store transaction each) and events written since the start.
+    pub fn stats(&self) -> RecorderStats {
+        RecorderStats {
+            batches: self.counts.batches.load(Ordering::Relaxed),
+            events: self.counts.events.load(Ordering::Relaxed),
+        }
     }
 
     /// Records `event` (and `audit`, appended to its chain in the same transaction) durably; returns once
