@@ -152,6 +152,9 @@ pub struct FieldError {
     /// The request header's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// Where in the value the failure is, as a 1-based character offset (e.g. an unclosed quote in `q`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<usize>,
 }
 
 impl FieldError {
@@ -163,6 +166,7 @@ impl FieldError {
             pointer: None,
             parameter: None,
             header: None,
+            position: None,
         }
     }
 
@@ -186,6 +190,12 @@ impl FieldError {
     /// Marks the failure as the query parameter `name`'s.
     pub fn in_query(mut self, name: &str) -> Self {
         self.parameter = Some(name.to_owned());
+        self
+    }
+
+    /// Points at the `position`th character (1-based) of the value.
+    pub fn at(mut self, position: usize) -> Self {
+        self.position = Some(position);
         self
     }
 

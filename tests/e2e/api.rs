@@ -365,6 +365,70 @@ async fn seed_listing(api: &Api) -> Vec<Value> {
 }
 
 #[actix_web::test]
+async fn search_ranks_pages_highlights_and_counts_facets() {
+    let api = api().await;
+    seed_listing(&api).await;
+    // Relevance is the default order with q; its pages follow a signed cursor like every listing.
+    let (ranked, pages) = api.all_pages(&api.a_reader, "/api/v1/documents?q=annual%20report&maxpagesize=3").await;
+    assert_eq!((ranked.len(), pages), (8, 3));
+    let one_page = api.get(&api.a_reader, "/api/v1/documents?q=annual%20report&maxpagesize=100").await.json();
+    assert_eq!(one_page["value"].as_array().unwrap(), &ranked, "pages of three list what one page lists, in order");
+    let explicit =
+        api.get(&api.a_reader, "/api/v1/documents?q=annual%20report&orderby=relevance&maxpagesize=100").await.json();
+    assert_eq!(explicit["value"], one_page["value"]);
+
+    let found = api
+        .get(&api.a_reader, "/api/v1/documents?q=%22annual%20report%22%20of*&highlight=true&facets=docType,tags,status")
+        .await;
+    assert_eq!(found.status, 200, "{}", String::from_utf8_lossy(&found.body));
+    let found = found.json();
+    assert!(found["value"].as_array().unwrap().is_empty(), "no annual report says 'of…'");
+    let found = api
+        .get(&api.a_reader, "/api/v1/documents?q=50%20cases&highlight=true&facets=docType,tags,status,jurisdiction")
+        .await
+        .json();
+    let hit = &found["value"][0];
+    assert_eq!(found["value"].as_array().unwrap().len(), 1);
+    assert_eq!(hit["highlights"]["summary"], "covers <mark>50</mark>% of_<mark>cases</mark>");
+    assert!(hit["highlights"].get("title").is_none(), "the title has no match: {hit}");
+    assert_eq!(found["facets"]["docType"], json!([{"value": "guidance", "count": 1}]));
+    assert_eq!(found["facets"]["tags"], json!([{"value": "customs", "count": 1}, {"value": "eu", "count": 1}]));
+    assert_eq!(found["facets"]["jurisdiction"], json!([{"value": "us", "count": 1}]));
+    let everything = api.get(&api.a_reader, "/api/v1/documents?facets=docType&maxpagesize=1").await.json();
+    assert_eq!(
+        everything["facets"]["docType"],
+        json!([{"value": "regulation", "count": 12}, {"value": "guidance", "count": 11}]),
+        "facets count every match, not the page"
+    );
+    let plain = api.get(&api.a_reader, "/api/v1/documents?q=annual").await.json();
+    assert!(plain["value"][0].get("highlights").is_none(), "highlights are opt-in");
+
+    // What the grammar refuses is a 422 naming q and the character; nothing reaches the index as syntax.
+    for (query, position) in [
+        ("q=%22unclosed%20phrase", 1),
+        ("q=tax%20-", 5),
+        ("q=ta*x", 3),
+        ("q=-tax", 1),
+        ("q=a*", 1),
+        ("q=title%3Aannual%20OR%20NEAR(x)%20annual%22%20OR%20%22x", 0),
+    ] {
+        let res = api.get(&api.a_reader, &format!("/api/v1/documents?{query}")).await;
+        if position == 0 {
+            assert_eq!(res.status, 200, "{query}: FTS5 syntax is only words here");
+            continue;
+        }
+        assert_eq!(res.status, 422, "{query}: {}", String::from_utf8_lossy(&res.body));
+        let problem = res.json();
+        let error = &problem["errors"][0];
+        assert_eq!((error["parameter"].as_str(), error["position"].as_u64()), (Some("q"), Some(position)), "{query}");
+    }
+    for query in ["orderby=relevance", "highlight=true", "q=tax&orderby=relevance%20desc", "facets=colour"] {
+        let res = api.get(&api.a_reader, &format!("/api/v1/documents?{query}")).await;
+        assert_eq!(res.status, 422, "{query}");
+    }
+}
+
+#[actix_web::test]
 async fn listing_filters_sorts_pages_and_counts() {
     let api = api().await;
     let made = seed_listing(&api).await;
@@ -405,6 +469,11 @@ async fn listing_filters_sorts_pages_and_counts() {
         ("q=ANNUAL", &|d: &Value| d["title"].as_str().unwrap().starts_with("Annual")),
         ("q=50%25%20of_", &|d: &Value| d["summary"] == "covers 50% of_cases"),
         ("q=5_%25", &|_: &Value| false),
+        ("q=%22annual%20report%22", &|d: &Value| d["title"].as_str().unwrap().starts_with("Annual")),
+        ("q=month*", &|d: &Value| d["title"].as_str().unwrap().starts_with("monthly")),
+        ("q=report%20-annual%20-eu", &|d: &Value| {
+            d["title"].as_str().unwrap().starts_with("monthly") && !d["tags"].as_array().unwrap().contains(&json!("eu"))
+        }),
         ("effectiveFrom=2026-03-01&effectiveTo=2026-06-30", &|d: &Value| {
             d["effectiveDate"].as_str().is_some_and(|e| ("2026-03-01".."2026-07-01").contains(&e))
         }),

@@ -12,4 +12,5 @@ pub mod gate;
 pub mod idempotency;
 pub mod list;
 pub mod operations;
+pub mod search;
 pub mod validation;

@@ -12,7 +12,8 @@ use validator::Validate;
 use crate::api::conditional::{etag, expected_version, not_modified, precondition_failed, require_if_match};
 use crate::api::cursor::fingerprint;
 use crate::api::idempotency;
-use crate::api::list::{DEFAULT_PAGE_SIZE, ListEnvelope, MAX_PAGE_SIZE};
+use crate::api::list::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::api::search::{self, FacetCounts, Highlights};
 use crate::api::validation::validate;
 use crate::auth::guard::{Authorized, DocumentsRead, DocumentsWrite};
 use crate::error::{AppError, ErrorCode, FieldError, serde_json_error};
@@ -20,8 +21,8 @@ use crate::metering::audit::AuditNote;
 use crate::metering::ledger::ledger;
 use crate::state::AppState;
 use crate::store::{
-    Document, DocumentCursor, DocumentFilter, DocumentSort, DocumentSortKey, DocumentStatus, SortValue, StoreError,
-    Update,
+    Document, DocumentCursor, DocumentFilter, DocumentSort, DocumentSortKey, DocumentStatus, FacetField, SortValue,
+    StoreError, Update,
 };
 
 /// Most tags per document, and per `tag` filter.
@@ -183,6 +184,9 @@ pub struct DocumentView {
     pub updated_at: DateTime<Utc>,
     /// The same strong ETag the `ETag` header carries.
     pub etag: String,
+    /// In a search with `highlight=true`: where the search's words are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub highlights: Option<Highlights>,
 }
 
 impl From<&Document> for DocumentView {
@@ -202,6 +206,7 @@ impl From<&Document> for DocumentView {
             created_at: d.created_at,
             updated_at: d.updated_at,
             etag: etag(d.version),
+            highlights: None,
         }
     }
 }
@@ -494,6 +499,8 @@ struct ListQuery {
     maxpagesize: Option<u32>,
     count: bool,
     cursor: Option<String>,
+    highlight: bool,
+    facets: Vec<FacetField>,
 }
 
 /// The documented query parameters of `listDocuments` (for the OpenAPI document).
@@ -519,12 +526,22 @@ pub struct ListParams {
     effective_from: Option<NaiveDate>,
     /// Effective on or before this date.
     effective_to: Option<NaiveDate>,
-    /// Case-insensitive text contained in the title or summary (no wildcards).
+    /// A full-text search of title, summary, body and tags: words (all must match), `"phrases"`, `prefix*` and
+    /// `-exclusions`, e.g. `customs "union code" regulat* -draft` (docs/api-design.md, "Search"). Results come
+    /// best match first unless `orderby` says otherwise.
     #[param(min_length = 1, max_length = 200, pattern = r"\S")]
     q: Option<String>,
-    /// `updatedAt`, `title` or `effectiveDate`, then `asc` or `desc` (default `updatedAt desc`).
-    #[param(pattern = r"^\s*(updatedAt|title|effectiveDate)(\s+(asc|desc))?\s*$")]
+    /// `updatedAt`, `title` or `effectiveDate`, then `asc` or `desc` (default `updatedAt desc`); or `relevance`,
+    /// only with `q` (the default then).
+    #[param(pattern = r"^\s*((updatedAt|title|effectiveDate)(\s+(asc|desc))?|relevance(\s+asc)?)\s*$")]
     orderby: Option<String>,
+    /// With `q`: `true` adds `highlights` to each document, the matching words of its title, summary and body
+    /// marked with `<mark>` (HTML-escaped text; summary and body cut to a snippet around the first match).
+    highlight: Option<bool>,
+    /// Counts per value over all matching documents (not just this page) of these fields, comma-separated:
+    /// `docType`, `jurisdiction`, `tags`, `status`; at most 20 values each, commonest first.
+    #[param(pattern = r"^\s*(docType|jurisdiction|tags|status)(\s*,\s*(docType|jurisdiction|tags|status))*\s*$")]
+    facets: Option<String>,
     /// Page size, 1 to 100 (default 25).
     #[param(minimum = 1, maximum = 100)]
     maxpagesize: Option<u32>,
@@ -539,6 +556,7 @@ impl ListQuery {
     fn parse(query: &str) -> Result<Self, AppError> {
         let mut q = ListQuery::default();
         let mut errors = Vec::new();
+        let mut search_error = None;
         let mut bad = |field: &str, message: &str| errors.push(FieldError::new(field, "invalid", message));
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             let value = value.into_owned();
@@ -572,12 +590,25 @@ impl ListQuery {
                     Some(d) => q.filter.effective_to = Some(d),
                     None => bad("effectiveTo", "a date, e.g. 2026-01-31"),
                 },
-                "q" if !value.trim().is_empty() && value.chars().count() <= 200 => {
-                    q.filter.q = Some(value.trim().into())
-                }
+                "q" if !value.trim().is_empty() && value.chars().count() <= 200 => match search::parse(&value) {
+                    Ok(query) => q.filter.search = Some(query),
+                    Err(e) => search_error = Some(*e),
+                },
                 "orderby" => match parse_orderby(&value) {
                     Some(sort) => q.sort = Some(sort),
-                    None => bad("orderby", "updatedAt, title or effectiveDate, optionally followed by asc or desc"),
+                    None => bad(
+                        "orderby",
+                        "updatedAt, title or effectiveDate, optionally followed by asc or desc; or relevance",
+                    ),
+                },
+                "highlight" => match value.as_str() {
+                    "true" => q.highlight = true,
+                    "false" => q.highlight = false,
+                    _ => bad("highlight", "true or false"),
+                },
+                "facets" => match value.split(',').map(|f| parse_facet(f.trim())).collect::<Option<Vec<_>>>() {
+                    Some(fields) => q.facets.extend(fields),
+                    None => bad("facets", "docType, jurisdiction, tags or status, separated by commas"),
                 },
                 "maxpagesize" => match value.parse::<u32>() {
                     Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => q.maxpagesize = Some(n),
@@ -598,7 +629,16 @@ impl ListQuery {
         if q.filter.tags_any.len() > MAX_TAGS {
             bad("tag", "at most 20 tags");
         }
+        if q.sort.is_some_and(|s| s.key == DocumentSortKey::Relevance) && q.filter.search.is_none() {
+            bad("orderby", "relevance needs a search (q)");
+        }
+        if q.highlight && q.filter.search.is_none() {
+            bad("highlight", "highlights need a search (q)");
+        }
+        errors.extend(search_error);
         if errors.is_empty() {
+            q.facets.sort_by_key(|f| *f as u8);
+            q.facets.dedup();
             q.filter.tags_any.sort();
             q.filter.tags_any.dedup();
             Ok(q)
@@ -623,7 +663,7 @@ impl ListQuery {
             f.updated_before.map(|t| t.to_rfc3339()).unwrap_or_default(),
             f.effective_from.map(|d| d.to_string()).unwrap_or_default(),
             f.effective_to.map(|d| d.to_string()).unwrap_or_default(),
-            f.q.clone().unwrap_or_default(),
+            f.search.as_ref().map(|s| s.canonical()).unwrap_or_default(),
             format!("{:?}/{}", sort.key, sort.descending),
         ];
         fingerprint(&parts.iter().map(String::as_str).collect::<Vec<_>>())
@@ -636,14 +676,25 @@ fn parse_orderby(raw: &str) -> Option<DocumentSort> {
         "updatedAt" => DocumentSortKey::UpdatedAt,
         "title" => DocumentSortKey::Title,
         "effectiveDate" => DocumentSortKey::EffectiveDate,
+        "relevance" => DocumentSortKey::Relevance,
         _ => return None,
     };
     let descending = match parts.next() {
         None | Some("asc") => false,
-        Some("desc") => true,
+        Some("desc") if key != DocumentSortKey::Relevance => true,
         Some(_) => return None,
     };
     parts.next().is_none().then_some(DocumentSort { key, descending })
+}
+
+fn parse_facet(raw: &str) -> Option<FacetField> {
+    Some(match raw {
+        "docType" => FacetField::DocType,
+        "jurisdiction" => FacetField::Jurisdiction,
+        "tags" => FacetField::Tags,
+        "status" => FacetField::Status,
+        _ => return None,
+    })
 }
 
 /// The cursor's payload: the last row's sort value and id.
@@ -652,6 +703,7 @@ enum Position {
     T(i64, Uuid),
     S(String, Uuid),
     D(NaiveDate, Uuid),
+    R(i64, Uuid),
 }
 
 impl Position {
@@ -660,6 +712,7 @@ impl Position {
             SortValue::Time(t) => Position::T(t.timestamp_micros(), c.id),
             SortValue::Text(s) => Position::S(s.clone(), c.id),
             SortValue::Date(d) => Position::D(*d, c.id),
+            SortValue::Rank(r) => Position::R(*r, c.id),
         }
     }
 
@@ -670,6 +723,7 @@ impl Position {
             }
             Position::S(s, id) => DocumentCursor { value: SortValue::Text(s), id },
             Position::D(d, id) => DocumentCursor { value: SortValue::Date(d), id },
+            Position::R(r, id) => DocumentCursor { value: SortValue::Rank(r), id },
         })
     }
 }
@@ -692,7 +746,11 @@ pub async fn list_documents(
 ) -> Result<HttpResponse, AppError> {
     let tenant_id = auth.tenant_id()?;
     let query = ListQuery::parse(req.query_string())?;
-    let sort = query.sort.unwrap_or(DocumentSort { key: DocumentSortKey::UpdatedAt, descending: true });
+    let default = match query.filter.search {
+        Some(_) => DocumentSort { key: DocumentSortKey::Relevance, descending: false },
+        None => DocumentSort { key: DocumentSortKey::UpdatedAt, descending: true },
+    };
+    let sort = query.sort.unwrap_or(default);
     let fingerprint = query.fingerprint(tenant_id, sort);
     let after = match &query.cursor {
         None => None,
@@ -706,26 +764,37 @@ pub async fn list_documents(
     };
     let size = query.maxpagesize.unwrap_or(DEFAULT_PAGE_SIZE);
     let page = state.store.list_documents(tenant_id, &query.filter, sort, after.as_ref(), size, query.count).await?;
+    let facets = match query.facets.is_empty() {
+        true => None,
+        false => Some(FacetCounts::from(state.store.document_facets(tenant_id, &query.filter, &query.facets).await?)),
+    };
     let next_link = page.next.as_ref().map(|next| {
         let token = state.cursors.encode(fingerprint, &Position::from_cursor(next));
         crate::api::list::next_link(&req, "/api/v1/documents", &token)
     });
-    Ok(HttpResponse::Ok().json(ListEnvelope {
-        value: page.items.iter().map(DocumentView::from).collect(),
-        next_link,
-        count: page.total,
-    }))
+    let highlighted = query.filter.search.as_ref().filter(|_| query.highlight);
+    let value = page
+        .items
+        .iter()
+        .map(|d| DocumentView { highlights: highlighted.map(|q| Highlights::of(d, q)), ..DocumentView::from(d) })
+        .collect();
+    Ok(HttpResponse::Ok().json(DocumentList { value, next_link, count: page.total, facets }))
 }
 
-/// The list envelope of documents, for the OpenAPI document.
+/// A page of documents.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DocumentList {
     pub value: Vec<DocumentView>,
     /// Absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub next_link: Option<String>,
     /// With `count=true`: every matching document, not just this page.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// With `facets`: counts per value over every matching document.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facets: Option<FacetCounts>,
 }
 
 #[cfg(test)]
@@ -743,7 +812,7 @@ mod tests {
         assert!(ListQuery::parse("tag=a,,b").is_err(), "empty tags are refused");
         assert_eq!(q.sort, Some(DocumentSort { key: DocumentSortKey::Title, descending: true }));
         assert_eq!((q.maxpagesize, q.count), (Some(10), true));
-        assert_eq!(q.filter.q.as_deref(), Some("50%"));
+        assert_eq!(q.filter.search.as_ref().map(|s| s.canonical()).as_deref(), Some("50"));
         let err =
             ListQuery::parse("status=gone&maxpagesize=0&orderby=size&colour=red&updatedAfter=yesterday").unwrap_err();
         let fields: Vec<_> = err.field_errors().iter().map(|f| f.field.as_str()).collect();

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
+use super::search::SearchQuery;
 use super::*;
 
 /// Documents and the idempotency records of the requests that created them; every method is scoped by tenant, and another tenant's document does not exist.
@@ -44,7 +45,8 @@ pub trait DocumentStore: Send + Sync + 'static {
     ) -> Result<Update<()>, StoreError>;
 
     /// One keyset page of live documents matching `filter`, in `sort` order with id as the tie-breaker.
-    /// `tags_any` may hold at most 20 tags (more is an error: the API must refuse them first).
+    /// `tags_any` may hold at most 20 tags (more is an error: the API must refuse them first). Relevance order
+    /// needs `filter.search` ([`check_sort`]).
     async fn list_documents(
         &self,
         tenant_id: Uuid,
@@ -54,6 +56,15 @@ pub trait DocumentStore: Send + Sync + 'static {
         limit: u32,
         count: bool,
     ) -> Result<DocumentPage, StoreError>;
+
+    /// The counts of each of `fields` over every live document of the tenant matching `filter` (not a page):
+    /// at most [`FACET_VALUES`] values per field, commonest first.
+    async fn document_facets(
+        &self,
+        tenant_id: Uuid,
+        filter: &DocumentFilter,
+        fields: &[FacetField],
+    ) -> Result<Vec<Facet>, StoreError>;
 
     /// A stored idempotency record that has not expired at `now`.
     async fn get_idempotency(
@@ -137,8 +148,28 @@ pub struct DocumentFilter {
     pub effective_from: Option<NaiveDate>,
     /// `effective_date <= effective_to`.
     pub effective_to: Option<NaiveDate>,
-    /// Case-insensitive substring of title or summary; `%`, `_` and `[` match themselves.
-    pub q: Option<String>,
+    /// A full-text search of title, summary, body and tags (`store::search`).
+    pub search: Option<SearchQuery>,
+}
+
+/// What a facet counts: the values of one field over a whole result set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FacetField {
+    DocType,
+    Jurisdiction,
+    Tags,
+    Status,
+}
+
+/// The most values a facet returns: the commonest, ties by value.
+pub const FACET_VALUES: u32 = 20;
+
+/// The counts of one facet: at most [`FACET_VALUES`] values, commonest first (ties by value); documents without a
+/// value (no jurisdiction, no tags) are not counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facet {
+    pub field: FacetField,
+    pub values: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +178,8 @@ pub enum DocumentSortKey {
     Title,
     /// Documents without an effective date sort as if dated [`NO_EFFECTIVE_DATE`].
     EffectiveDate,
+    /// Only with a search: the store's rank, best first (a lower rank is a better match; ascending only).
+    Relevance,
 }
 
 /// Where documents without an effective date sort: before every real date.
@@ -173,6 +206,8 @@ pub enum SortValue {
     Time(DateTime<Utc>),
     Text(String),
     Date(NaiveDate),
+    /// A search rank (lower is better), as the store computed it.
+    Rank(i64),
 }
 
 /// Keyset position: the last row's sort value and id (the tie-breaker, in the same direction).
@@ -233,21 +268,33 @@ pub(crate) fn room_for_undated(fetched: usize, limit: u32) -> bool {
     fetched <= limit as usize
 }
 
-/// The page of a document listing from its rows (dated, then the undated tail) fetched with [`fetch_size`];
-/// its tags and `total` are the backend's to fill in.
-pub(crate) fn document_page(items: Vec<Document>, limit: u32, sort: DocumentSort) -> DocumentPage {
-    let Page { items, next } = Page::cut(items, limit, |d| cursor_of(d, sort.key));
-    DocumentPage { items, next, total: None }
+/// The page of a document listing from its rows (dated, then the undated tail) fetched with [`fetch_size`],
+/// each with its rank (0 when the listing is no search); its tags and `total` are the backend's to fill in.
+pub(crate) fn document_page(items: Vec<(Document, i64)>, limit: u32, sort: DocumentSort) -> DocumentPage {
+    let Page { items, next } = Page::cut(items, limit, |(d, rank)| cursor_of(d, *rank, sort.key));
+    DocumentPage { items: items.into_iter().map(|(d, _)| d).collect(), next, total: None }
 }
 
-/// The cursor of a listed document in `key` order (an undated document's carries [`NO_EFFECTIVE_DATE`]).
-pub(crate) fn cursor_of(document: &Document, key: DocumentSortKey) -> DocumentCursor {
+/// The cursor of a listed document (of search rank `rank`) in `key` order (an undated document's carries
+/// [`NO_EFFECTIVE_DATE`]).
+pub(crate) fn cursor_of(document: &Document, rank: i64, key: DocumentSortKey) -> DocumentCursor {
     let value = match key {
         DocumentSortKey::UpdatedAt => SortValue::Time(document.updated_at),
         DocumentSortKey::Title => SortValue::Text(document.title.clone()),
         DocumentSortKey::EffectiveDate => SortValue::Date(document.effective_date.unwrap_or(NO_EFFECTIVE_DATE)),
+        DocumentSortKey::Relevance => SortValue::Rank(rank),
     };
     DocumentCursor { value, id: document.id }
+}
+
+/// Whether a listing in `sort` order can be served: relevance needs a search to rank by, and is best first only.
+pub(crate) fn check_sort(sort: DocumentSort, filter: &DocumentFilter) -> Result<(), StoreError> {
+    match sort.key {
+        DocumentSortKey::Relevance if filter.search.is_none() || sort.descending => {
+            Err(StoreError::Other(anyhow::anyhow!("relevance order needs a search and is ascending by rank only")))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The sort value of a keyset cursor, checked against the order (a cursor of another order is refused), with
@@ -260,6 +307,7 @@ pub(crate) fn keyset_value(sort: DocumentSort, cursor: &DocumentCursor) -> Resul
         (DocumentSortKey::EffectiveDate, SortValue::Date(date)) => {
             Ok(Some(SortValue::Date((*date).clamp(FIRST_DATE, LAST_DATE))))
         }
+        (DocumentSortKey::Relevance, SortValue::Rank(rank)) => Ok(Some(SortValue::Rank(*rank))),
         (key, value) => Err(StoreError::Other(anyhow::anyhow!("a {value:?} cursor does not fit the {key:?} order"))),
     }
 }
@@ -319,14 +367,14 @@ mod tests {
     fn the_cursor_carries_the_sort_value_and_an_undated_document_sorts_first() {
         let dated = document(NaiveDate::from_ymd_opt(2026, 2, 1));
         let undated = document(None);
-        assert_eq!(cursor_of(&dated, DocumentSortKey::Title).value, SortValue::Text("Lease".into()));
-        assert_eq!(cursor_of(&dated, DocumentSortKey::UpdatedAt).value, SortValue::Time(dated.updated_at));
+        assert_eq!(cursor_of(&dated, 0, DocumentSortKey::Title).value, SortValue::Text("Lease".into()));
+        assert_eq!(cursor_of(&dated, 0, DocumentSortKey::UpdatedAt).value, SortValue::Time(dated.updated_at));
         assert_eq!(
-            cursor_of(&dated, DocumentSortKey::EffectiveDate).value,
+            cursor_of(&dated, 0, DocumentSortKey::EffectiveDate).value,
             SortValue::Date(dated.effective_date.unwrap())
         );
-        assert_eq!(cursor_of(&undated, DocumentSortKey::EffectiveDate).value, SortValue::Date(NO_EFFECTIVE_DATE));
-        assert_eq!(cursor_of(&undated, DocumentSortKey::Title).id, undated.id);
+        assert_eq!(cursor_of(&undated, 0, DocumentSortKey::EffectiveDate).value, SortValue::Date(NO_EFFECTIVE_DATE));
+        assert_eq!(cursor_of(&undated, 0, DocumentSortKey::Title).id, undated.id);
     }
 
     #[test]

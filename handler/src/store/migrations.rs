@@ -57,6 +57,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite":
     7 => "0007_statement_adjustments.sql" "statement_adjustments",
     8 => "0008_client_limits.sql" "client_limits",
     9 => "0009_billing_calendar.sql" "billing_calendar",
+    10 => "0010_document_search.sql" "document_search",
 );
 
 /// The SQL Server migrations: the same versions and names as [`SQLITE`], in T-SQL.
@@ -70,6 +71,7 @@ pub const MSSQL: &[Migration] = migrations!("mssql":
     7 => "0007_statement_adjustments.sql" "statement_adjustments",
     8 => "0008_client_limits.sql" "client_limits",
     9 => "0009_billing_calendar.sql" "billing_calendar",
+    10 => "0010_document_search.sql" "document_search",
 );
 
 /// Checks that `known` is strictly increasing: a gap or reorder is a build mistake, caught by a unit test.

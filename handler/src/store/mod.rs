@@ -15,6 +15,7 @@ pub mod model;
 pub mod mssql;
 pub mod operations;
 pub mod plans;
+pub mod search;
 mod sqlite;
 pub mod tenants;
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The storage contract for documents, their listing and idempotency keys.
 
 use super::*;
+use meterline::api::search as api_search;
 
 fn date(y: i32, m: u32, d: u32) -> NaiveDate {
     NaiveDate::from_ymd_opt(y, m, d).unwrap()
@@ -432,6 +433,7 @@ async fn document_filters_select_exactly_the_matching_documents() {
         store.create_document(&Document { id: doc_id(21), tenant_id: b.id, ..bait.clone() }, None, None).await.unwrap();
 
         let f = DocumentFilter::default;
+        let search = |q: &str| DocumentFilter { search: Some(api_search::parse(q).unwrap()), ..f() };
         let cases: Vec<(&str, DocumentFilter, usize)> = vec![
             ("status", DocumentFilter { status: Some(DocumentStatus::Published), ..f() }, 6),
             ("doc_type", DocumentFilter { doc_type: Some("memo".into()), ..f() }, 4),
@@ -463,13 +465,15 @@ async fn document_filters_select_exactly_the_matching_documents() {
                 DocumentFilter { effective_from: Some(NaiveDate::MIN), effective_to: Some(NaiveDate::MAX), ..f() },
                 7,
             ),
-            ("q: % is literal", DocumentFilter { q: Some("50%".into()), ..f() }, 2),
-            ("q: _ is literal", DocumentFilter { q: Some("a_b".into()), ..f() }, 1),
-            ("q: [ is literal", DocumentFilter { q: Some("[draft]".into()), ..f() }, 1),
-            ("q: the escape character is literal", DocumentFilter { q: Some("C:\\".into()), ..f() }, 1),
-            ("q is case-insensitive", DocumentFilter { q: Some("LEASE".into()), ..f() }, 1),
-            ("q searches summaries", DocumentFilter { q: Some("PERCENTAGE".into()), ..f() }, 1),
-            ("q matches inside words", DocumentFilter { q: Some("tax".into()), ..f() }, 1),
+            ("search: a word, in any field, any case", search("TAX"), 5),
+            ("search: every word must match", search("field mapping"), 2),
+            ("search: punctuation splits words, so a_b is the phrase a b", search("a_b"), 1),
+            ("search: a phrase", search(r#""lease renewal""#), 1),
+            ("search: a phrase stays inside one field", search(r#""lease lease""#), 0),
+            ("search: a prefix", search("draft*"), 2),
+            ("search: an exclusion", search("50 -discount"), 1),
+            ("search: diacritics are ignored", search("HANDBÖOK"), 1),
+            ("search: a path is a phrase of its words", search("c:\\temp"), 1),
             (
                 "a combination",
                 DocumentFilter {
@@ -493,7 +497,7 @@ async fn document_filters_select_exactly_the_matching_documents() {
                     updated_before: Some(s(2)),
                     effective_from: Some(date(2026, 1, 1)),
                     effective_to: Some(date(2026, 1, 1)),
-                    q: Some("office".into()),
+                    search: Some(api_search::parse("office").unwrap()),
                 },
                 1,
             ),
@@ -507,6 +511,7 @@ async fn document_filters_select_exactly_the_matching_documents() {
             let expected = by_id(live.iter().filter(|d| matches(d, &filter)).cloned().collect());
             assert_eq!(expected.len(), count, "{name}: the test's own expectation");
             assert!(expected.len() < live.len(), "{name}: the filter must leave something out");
+            assert!(!expected.is_empty() || name.contains("nothing") || name.contains("one field"), "{name}");
             let listed = list_all(&store, &a, &filter, UPDATED_ASC).await;
             assert_eq!(listed.total, Some(count as u64), "{}: {name}: count", t.name);
             assert_eq!(by_id(listed.items.clone()), expected, "{}: {name}", t.name);
@@ -532,6 +537,7 @@ fn key_text(d: &Document, key: DocumentSortKey) -> String {
         DocumentSortKey::UpdatedAt => d.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         DocumentSortKey::Title => d.title.clone(),
         DocumentSortKey::EffectiveDate => d.effective_date.map(|e| e.to_string()).unwrap_or_default(),
+        DocumentSortKey::Relevance => unreachable!("these listings are no searches"),
     }
 }
 
@@ -662,6 +668,188 @@ async fn document_pages_stay_exact_while_documents_are_written() {
         let edited = seen.iter().find(|d| d.id == before[15].id).unwrap();
         assert_eq!((edited.version, edited.body.as_deref()), (2, Some("edited")), "{}", t.name);
         assert_eq!(seen.len(), 20);
+    })
+    .await;
+}
+
+const RELEVANCE: DocumentSort = DocumentSort { key: DocumentSortKey::Relevance, descending: false };
+
+fn searching(q: &str) -> DocumentFilter {
+    DocumentFilter { search: Some(api_search::parse(q).unwrap()), ..DocumentFilter::default() }
+}
+
+/// The titles a search lists in relevance order, one page.
+async fn ranked_titles(store: &Arc<dyn Store>, tenant: &Tenant, q: &str) -> Vec<String> {
+    list_all(store, tenant, &searching(q), RELEVANCE).await.items.into_iter().map(|d| d.title).collect()
+}
+
+#[tokio::test]
+async fn the_search_index_follows_every_write_and_ranks_by_relevance() {
+    for_each_store("the_search_index_follows_every_write_and_ranks_by_relevance", |t| async move {
+        let store = migrated(&t).await;
+        let (a, b) = two_tenants(&store).await;
+        let doc = |n: u128, title: &str, body: &str, tag_list: &[&str]| Document {
+            title: title.into(),
+            body: Some(body.into()),
+            tags: tags(tag_list),
+            ..document(&a, n)
+        };
+        let title_hit = doc(1, "Customs code of the Union", "General provisions.", &[]);
+        let body_hit = doc(2, "Trade guide", "Goods leave the territory after a customs declaration.", &[]);
+        let tag_hit = doc(3, "Export checklist", "Papers to prepare.", &["customs"]);
+        let miss = doc(4, "Office lease", "Rent is due monthly.", &["lease"]);
+        for d in [&title_hit, &body_hit, &tag_hit, &miss] {
+            store.create_document(d, None, None).await.unwrap();
+        }
+        // Another tenant's match is never listed.
+        let other = Document { id: doc_id(90), tenant_id: b.id, ..title_hit.clone() };
+        store.create_document(&other, None, None).await.unwrap();
+
+        let ranked = ranked_titles(&store, &a, "customs").await;
+        assert_eq!(ranked.len(), 3, "{}: {ranked:?}", t.name);
+        assert_eq!(ranked[0], title_hit.title, "{}: a title match ranks first: {ranked:?}", t.name);
+        assert!(!ranked.contains(&miss.title), "{}", t.name);
+
+        // Pages of one follow the same order through the rank cursor.
+        let (paged, pages) = page_through(&store, &a, &searching("customs"), RELEVANCE, 1).await;
+        assert_eq!(pages, 3, "{}", t.name);
+        assert_eq!(paged.into_iter().map(|d| d.title).collect::<Vec<_>>(), ranked, "{}", t.name);
+
+        // Updates re-index the new text and tags; deletes take the document out.
+        let moved = Document { body: Some("Rent and customs duties are due monthly.".into()), ..miss.clone() };
+        assert!(matches!(store.update_document(&moved, 1, None).await.unwrap(), Update::Updated(_)));
+        let untagged = Document { tags: Vec::new(), ..tag_hit.clone() };
+        assert!(matches!(store.update_document(&untagged, 1, None).await.unwrap(), Update::Updated(_)));
+        store.delete_document(a.id, body_hit.id, 1, "oid-x", t0(), None).await.unwrap();
+        let after = ranked_titles(&store, &a, "customs").await;
+        assert_eq!(after.len(), 2, "{}: {after:?}", t.name);
+        assert!(after.contains(&miss.title) && after.contains(&title_hit.title), "{}: {after:?}", t.name);
+        assert!(ranked_titles(&store, &a, "declaration").await.is_empty(), "{}: deleted text is gone", t.name);
+        assert_eq!(ranked_titles(&store, &a, "rent -lease").await, Vec::<String>::new(), "{}", t.name);
+        assert_eq!(ranked_titles(&store, &a, "rent -customs").await, Vec::<String>::new(), "{}", t.name);
+        assert_eq!(
+            ranked_titles(&store, &a, r#""customs duties" month*"#).await,
+            vec![miss.title.clone()],
+            "{}",
+            t.name
+        );
+
+        // Relevance needs a search, and is ascending only.
+        assert!(store.list_documents(a.id, &DocumentFilter::default(), RELEVANCE, None, 10, false).await.is_err());
+        let descending = DocumentSort { descending: true, ..RELEVANCE };
+        assert!(store.list_documents(a.id, &searching("customs"), descending, None, 10, false).await.is_err());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_search_ranks_the_documents_people_expect_at_the_top() {
+    for_each_store("a_search_ranks_the_documents_people_expect_at_the_top", |t| async move {
+        let store = migrated(&t).await;
+        let (a, _) = two_tenants(&store).await;
+        // A small corpus of guidance and regulations; each query below has the documents a reader means.
+        let corpus: [(&str, &str, &str); 12] = [
+            (
+                "Union Customs Code",
+                "Rules for goods entering or leaving the customs territory of the Union.",
+                "customs",
+            ),
+            ("Customs valuation guide", "How the customs value of imported goods is determined.", "customs"),
+            ("VAT on e-commerce", "Value added tax rules for distance sales of goods to consumers.", "tax"),
+            ("General Data Protection Regulation", "Processing of personal data and its free movement.", "privacy"),
+            ("Data protection impact assessment", "When processing of personal data needs an assessment.", "privacy"),
+            ("Emissions trading system", "Allowances for greenhouse gas emissions of installations.", "climate"),
+            ("Carbon border adjustment mechanism", "A carbon price on imported goods such as steel.", "climate"),
+            ("Office lease template", "A lease for office space with renewal terms.", "contracts"),
+            ("Employee handbook", "Working time, holidays and conduct.", "hr"),
+            ("Anti-money laundering directive", "Customer due diligence for obliged entities.", "finance"),
+            ("Corporate tax guide", "Tax rates and deductions for companies.", "tax"),
+            ("Product safety regulation", "General safety requirements for consumer products.", "consumer"),
+        ];
+        for (n, (title, summary, tag)) in corpus.iter().enumerate() {
+            let d = Document {
+                title: (*title).into(),
+                summary: Some((*summary).into()),
+                body: Some(format!("{summary} {title}.")),
+                tags: tags(&[tag]),
+                ..document(&a, n as u128)
+            };
+            store.create_document(&d, None, None).await.unwrap();
+        }
+        for (q, expected) in [
+            ("customs", &["Union Customs Code", "Customs valuation guide"][..]),
+            ("personal data", &["General Data Protection Regulation", "Data protection impact assessment"]),
+            (r#""data protection""#, &["General Data Protection Regulation", "Data protection impact assessment"]),
+            ("emission*", &["Emissions trading system"]),
+            ("tax -corporate", &["VAT on e-commerce"]),
+            ("carbon imported", &["Carbon border adjustment mechanism"]),
+            ("lease", &["Office lease template"]),
+        ] {
+            let ranked = ranked_titles(&store, &a, q).await;
+            let top: Vec<&str> = ranked.iter().take(expected.len()).map(String::as_str).collect();
+            let mut top_sorted = top.clone();
+            top_sorted.sort();
+            let mut want = expected.to_vec();
+            want.sort();
+            assert_eq!(top_sorted, want, "{}: {q}: the top {} of {ranked:?}", t.name, expected.len());
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn facets_count_every_match_not_just_the_page() {
+    for_each_store("facets_count_every_match_not_just_the_page", |t| async move {
+        let store = migrated(&t).await;
+        let (a, b) = two_tenants(&store).await;
+        let rows: [(&str, &str, Option<&str>, &[&str]); 6] = [
+            ("Customs code", "regulation", Some("eu"), &["customs", "trade"]),
+            ("Customs guide", "guidance", Some("eu"), &["customs"]),
+            ("Customs form", "form", Some("fr"), &["customs", "forms"]),
+            ("Customs notice", "guidance", None, &[]),
+            ("Tax guide", "guidance", Some("eu"), &["tax"]),
+            ("Deleted customs memo", "memo", Some("de"), &["customs"]),
+        ];
+        for (n, (title, doc_type, jurisdiction, tag_list)) in rows.iter().enumerate() {
+            let d = Document {
+                title: (*title).into(),
+                doc_type: (*doc_type).into(),
+                jurisdiction: jurisdiction.map(str::to_owned),
+                tags: tags(tag_list),
+                ..document(&a, n as u128)
+            };
+            store.create_document(&d, None, None).await.unwrap();
+        }
+        store.delete_document(a.id, doc_id(5), 1, "oid-x", t0(), None).await.unwrap();
+        store
+            .create_document(&Document { title: "Customs code".into(), ..document(&b, 50) }, None, None)
+            .await
+            .unwrap();
+
+        let fields = [FacetField::DocType, FacetField::Jurisdiction, FacetField::Tags, FacetField::Status];
+        let facets = store.document_facets(a.id, &searching("customs"), &fields).await.unwrap();
+        let of = |field: FacetField| {
+            facets
+                .iter()
+                .find(|f| f.field == field)
+                .unwrap()
+                .values
+                .iter()
+                .map(|(v, n)| (v.as_str(), *n))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of(FacetField::DocType), vec![("guidance", 2), ("form", 1), ("regulation", 1)], "{}", t.name);
+        assert_eq!(of(FacetField::Jurisdiction), vec![("eu", 2), ("fr", 1)], "{}", t.name);
+        assert_eq!(of(FacetField::Tags), vec![("customs", 3), ("forms", 1), ("trade", 1)], "{}", t.name);
+        assert_eq!(of(FacetField::Status), vec![("draft", 4)], "{}", t.name);
+        // Without a search: every live document of the tenant.
+        let all = store.document_facets(a.id, &DocumentFilter::default(), &[FacetField::DocType]).await.unwrap();
+        assert_eq!(
+            all[0].values,
+            vec![("guidance".into(), 3), ("form".into(), 1), ("regulation".into(), 1)],
+            "{}",
+            t.name
+        );
     })
     .await;
 }

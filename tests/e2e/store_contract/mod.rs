@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use meterline::store::search::{self, SearchQuery, TermKind};
 use meterline::store::*;
 use uuid::Uuid;
 
@@ -103,7 +104,6 @@ fn ids(documents: &[Document]) -> Vec<Uuid> {
 
 /// What `list_documents` must select, written independently of the stores.
 fn matches(d: &Document, f: &DocumentFilter) -> bool {
-    let contains = |text: &str, q: &str| text.to_ascii_lowercase().contains(&q.to_ascii_lowercase());
     f.status.is_none_or(|s| d.status == s)
         && f.doc_type.as_ref().is_none_or(|x| &d.doc_type == x)
         && f.jurisdiction.as_ref().is_none_or(|x| d.jurisdiction.as_ref() == Some(x))
@@ -112,7 +112,27 @@ fn matches(d: &Document, f: &DocumentFilter) -> bool {
         && f.updated_before.is_none_or(|x| d.updated_at < x)
         && f.effective_from.is_none_or(|x| d.effective_date.is_some_and(|e| e >= x))
         && f.effective_to.is_none_or(|x| d.effective_date.is_some_and(|e| e <= x))
-        && f.q.as_ref().is_none_or(|q| contains(&d.title, q) || d.summary.as_deref().is_some_and(|s| contains(s, q)))
+        && f.search.as_ref().is_none_or(|q| search_matches(d, q))
+}
+
+/// The search's meaning, written out plainly: every required term in some field, no excluded one; a phrase is
+/// consecutive words of one field.
+fn search_matches(d: &Document, q: &SearchQuery) -> bool {
+    let tags = d.tags.join(" ");
+    let fields: Vec<Vec<String>> =
+        [Some(d.title.as_str()), d.summary.as_deref(), d.body.as_deref(), Some(tags.as_str())]
+            .into_iter()
+            .flatten()
+            .map(|text| search::words(text).map(|(w, _)| w).collect())
+            .collect();
+    let has = |kind: &TermKind| {
+        fields.iter().any(|words| match kind {
+            TermKind::Word(w) => words.contains(w),
+            TermKind::Prefix(p) => words.iter().any(|w| w.starts_with(p.as_str())),
+            TermKind::Phrase(phrase) => words.windows(phrase.len()).any(|window| window == phrase.as_slice()),
+        })
+    };
+    q.required().all(has) && !q.excluded().any(has)
 }
 
 fn audit_input(n: u128, tenant_id: Option<Uuid>, minute: i64) -> AuditEventInput {

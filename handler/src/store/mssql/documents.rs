@@ -1,7 +1,8 @@
 //! The SQL Server document store: `impl DocumentStore for MssqlStore` (documents, tags, listing, idempotency keys).
 
-use super::queries::{Arg, Assembled, like_contains};
+use super::queries::{Arg, Assembled};
 use super::*;
+use crate::store::search::{SearchQuery, TermKind, indexed_words};
 
 /// The document columns in the order `MssqlStore` reads them, from the table aliased `d`.
 macro_rules! document_columns {
@@ -44,6 +45,18 @@ pub(crate) const SOFT_DELETE_DOCUMENT: &str =
     "UPDATE dbo.documents SET deleted_at = @P1, updated_at = @P1, updated_by = @P2, version = version + 1
 WHERE tenant_id = @P3 AND id = @P4 AND deleted_at IS NULL AND version = @P5";
 
+/// The search index of a document (`@P1`), before it is indexed again or when it is deleted.
+pub(crate) const DELETE_DOCUMENT_WORDS: &str = "DELETE FROM dbo.document_words WHERE document_id = @P1";
+pub(crate) const DELETE_DOCUMENT_SEARCH_TEXT: &str = "DELETE FROM dbo.document_search_text WHERE document_id = @P1";
+
+/// A document's words in order (`@P1` document, `@P2` the text of [`indexed_words`]), for phrases.
+pub(crate) const INSERT_DOCUMENT_SEARCH_TEXT: &str =
+    "INSERT INTO dbo.document_search_text (document_id, words) VALUES (@P1, @P2)";
+
+/// Live documents not in the search index yet (the ones stored before migration 10), a batch at a time.
+pub(crate) const UNINDEXED_DOCUMENTS: &str = "SELECT TOP (100) d.tenant_id, d.id FROM dbo.documents d
+WHERE d.deleted_at IS NULL AND NOT EXISTS (SELECT 1 FROM dbo.document_search_text s WHERE s.document_id = d.id)";
+
 /// Frees a key whose record has expired (`expires_at <= @P3`): an expired record no longer answers.
 pub(crate) const DELETE_EXPIRED_IDEMPOTENCY_KEY: &str =
     "DELETE FROM dbo.idempotency_keys WHERE tenant_id = @P1 AND idempotency_key = @P2 AND expires_at <= @P3";
@@ -71,7 +84,13 @@ fn document_conditions(a: &mut Assembled, tenant_id: Uuid, filter: &DocumentFilt
     }
     // `deleted_at IS NULL` is written literally: SQL Server only uses the filtered indexes when the query says so.
     let tenant = a.bind(Arg::Id(tenant_id));
+    if let Some(search) = &filter.search {
+        rank_apply(a, &tenant, search);
+    }
     a.sql.push_str(&format!("\nWHERE d.tenant_id = {tenant} AND d.deleted_at IS NULL"));
+    if let Some(search) = &filter.search {
+        search_conditions(a, &tenant, search);
+    }
     if let Some(status) = filter.status {
         let p = a.bind(Arg::Text(status.as_str().to_owned()));
         a.sql.push_str(&format!("\n    AND d.status = {p}"));
@@ -107,11 +126,63 @@ fn document_conditions(a: &mut Assembled, tenant_id: Uuid, filter: &DocumentFilt
         let p = a.bind(Arg::Date(to.clamp(FIRST_DATE, LAST_DATE)));
         a.sql.push_str(&format!("\n    AND d.effective_date <= {p}"));
     }
-    if let Some(q) = &filter.q {
-        let p = a.bind(Arg::Text(like_contains(q)));
-        a.sql.push_str(&format!("\n    AND (d.title LIKE {p} ESCAPE '\\' OR d.summary LIKE {p} ESCAPE '\\')"));
-    }
     Ok(())
+}
+
+/// The word of `kind` (or each word of a phrase) as a condition on `dbo.document_words` aliased `alias`: equality,
+/// or `LIKE 'prefix%'` (a word is letters and digits only, so it holds no `LIKE` wildcard).
+fn word_condition(a: &mut Assembled, alias: &str, kind: &TermKind) -> Vec<String> {
+    match kind {
+        TermKind::Word(w) => vec![format!("{alias}.word = {}", a.bind(Arg::Text(w.clone())))],
+        TermKind::Prefix(p) => vec![format!("{alias}.word LIKE {}", a.bind(Arg::Text(format!("{p}%"))))],
+        TermKind::Phrase(words) => {
+            words.iter().map(|w| format!("{alias}.word = {}", a.bind(Arg::Text(w.clone())))).collect()
+        }
+    }
+}
+
+/// `CROSS APPLY` of the search rank, `r.rank`: minus the summed weights of the document's words that the
+/// required terms look for (lower is better, as SQLite's bm25).
+fn rank_apply(a: &mut Assembled, tenant: &str, search: &SearchQuery) {
+    let mut wanted = Vec::new();
+    for kind in search.required() {
+        wanted.extend(word_condition(a, "x", kind));
+    }
+    a.sql.push_str(&format!(
+        "\nCROSS APPLY (SELECT -ISNULL(SUM(x.weight), 0) AS rank FROM dbo.document_words x \
+         WHERE x.tenant_id = {tenant} AND x.document_id = d.id AND ({})) r",
+        wanted.join(" OR ")
+    ));
+}
+
+/// Every required term in the document, no excluded one: each word through `dbo.document_words`, a phrase's
+/// order through `dbo.document_search_text` (` w1 w2 ` inside the words of one field).
+fn search_conditions(a: &mut Assembled, tenant: &str, search: &SearchQuery) {
+    let term = |a: &mut Assembled, kind: &TermKind| -> String {
+        let mut parts: Vec<String> = word_condition(a, "w", kind)
+            .into_iter()
+            .map(|word| {
+                format!(
+                    "d.id IN (SELECT w.document_id FROM dbo.document_words w WHERE w.tenant_id = {tenant} AND {word})"
+                )
+            })
+            .collect();
+        if let TermKind::Phrase(words) = kind {
+            let pattern = a.bind(Arg::Text(format!("% {} %", words.join(" "))));
+            parts.push(format!(
+                "EXISTS (SELECT 1 FROM dbo.document_search_text s WHERE s.document_id = d.id AND s.words LIKE {pattern})"
+            ));
+        }
+        format!("({})", parts.join(" AND "))
+    };
+    for kind in search.required() {
+        let condition = term(a, kind);
+        a.sql.push_str(&format!("\n    AND {condition}"));
+    }
+    for kind in search.excluded() {
+        let condition = term(a, kind);
+        a.sql.push_str(&format!("\n    AND NOT {condition}"));
+    }
 }
 
 fn sort_column(key: DocumentSortKey) -> &'static str {
@@ -119,7 +190,13 @@ fn sort_column(key: DocumentSortKey) -> &'static str {
         DocumentSortKey::UpdatedAt => "d.updated_at",
         DocumentSortKey::Title => "d.title",
         DocumentSortKey::EffectiveDate => "d.effective_date",
+        DocumentSortKey::Relevance => "r.rank",
     }
+}
+
+/// The rank column every listing selects after the document's: the search rank, or 0 for a plain listing.
+fn rank_column(filter: &DocumentFilter) -> &'static str {
+    if filter.search.is_some() { "r.rank" } else { "CAST(0 AS BIGINT)" }
 }
 
 /// "Strictly after the cursor" in the listing's order, as a range on the sort index:
@@ -131,6 +208,7 @@ fn keyset(a: &mut Assembled, sort: DocumentSort, cursor: &DocumentCursor) -> Res
         SortValue::Time(t) => Arg::Time(t),
         SortValue::Text(title) => Arg::Text(title),
         SortValue::Date(date) => Arg::Date(date),
+        SortValue::Rank(rank) => Arg::Int(rank),
     });
     let id = a.bind(Arg::Id(cursor.id));
     let v = value.map(|value| a.bind(value));
@@ -150,7 +228,8 @@ pub(crate) fn list_documents(
 ) -> Result<Assembled, StoreError> {
     let mut a = Assembled::default();
     let top = a.bind(Arg::Int(fetch));
-    a.sql = format!(concat!("SELECT TOP ({}) ", document_columns!(), "\nFROM dbo.documents d"), top);
+    let rank = rank_column(filter);
+    a.sql = format!(concat!("SELECT TOP ({}) ", document_columns!(), ", {}\nFROM dbo.documents d"), top, rank);
     document_conditions(&mut a, tenant_id, filter)?;
     if let Some(cursor) = after {
         keyset(&mut a, sort, cursor)?;
@@ -165,7 +244,8 @@ pub(crate) fn list_documents(
 pub(crate) fn undated_documents(tenant_id: Uuid, filter: &DocumentFilter, fetch: i64) -> Result<Assembled, StoreError> {
     let mut a = Assembled::default();
     let top = a.bind(Arg::Int(fetch));
-    a.sql = format!(concat!("SELECT TOP ({}) ", document_columns!(), "\nFROM dbo.documents d"), top);
+    let rank = rank_column(filter);
+    a.sql = format!(concat!("SELECT TOP ({}) ", document_columns!(), ", {}\nFROM dbo.documents d"), top, rank);
     document_conditions(&mut a, tenant_id, filter)?;
     a.sql.push_str("\n    AND d.effective_date IS NULL\nORDER BY d.id DESC");
     Ok(a)
@@ -176,6 +256,55 @@ pub(crate) fn count_documents(tenant_id: Uuid, filter: &DocumentFilter) -> Resul
     let mut a = Assembled { sql: "SELECT COUNT_BIG(*) AS n\nFROM dbo.documents d".into(), args: Vec::new() };
     document_conditions(&mut a, tenant_id, filter)?;
     Ok(a)
+}
+
+/// The commonest values of one facet over every live document of the tenant matching `filter`.
+pub(crate) fn facet_values(
+    tenant_id: Uuid,
+    filter: &DocumentFilter,
+    field: FacetField,
+) -> Result<Assembled, StoreError> {
+    let mut a = Assembled::default();
+    let top = a.bind(Arg::Int(i64::from(FACET_VALUES)));
+    if field == FacetField::Tags {
+        a.sql = format!(
+            "SELECT TOP ({top}) t.tag, COUNT_BIG(*) AS n FROM dbo.document_tags t\nWHERE t.document_id IN (SELECT d.id FROM dbo.documents d"
+        );
+        document_conditions(&mut a, tenant_id, filter)?;
+        a.sql.push_str(")\nGROUP BY t.tag ORDER BY n DESC, t.tag");
+    } else {
+        let column = match field {
+            FacetField::DocType => "d.doc_type",
+            FacetField::Jurisdiction => "d.jurisdiction",
+            FacetField::Status | FacetField::Tags => "d.status",
+        };
+        a.sql = format!("SELECT TOP ({top}) {column}, COUNT_BIG(*) AS n FROM dbo.documents d");
+        document_conditions(&mut a, tenant_id, filter)?;
+        a.sql.push_str(&format!("\n    AND {column} IS NOT NULL\nGROUP BY {column} ORDER BY n DESC, {column}"));
+    }
+    Ok(a)
+}
+
+/// Words per multi-row insert of [`insert_words`]: 4 parameters each, under SQL Server's 2 100 per request.
+pub(crate) const WORDS_PER_INSERT: usize = 500;
+
+/// One multi-row insert of a document's words (at most [`WORDS_PER_INSERT`]) with their weights.
+pub(crate) fn insert_words(tenant_id: Uuid, document_id: Uuid, words: &[(String, i32)]) -> Assembled {
+    let mut a = Assembled::default();
+    let rows: Vec<String> = words
+        .iter()
+        .map(|(word, weight)| {
+            let (t, w, d, n) = (
+                a.bind(Arg::Id(tenant_id)),
+                a.bind(Arg::Text(word.clone())),
+                a.bind(Arg::Id(document_id)),
+                a.bind(Arg::Int(i64::from(*weight))),
+            );
+            format!("({t}, {w}, {d}, {n})")
+        })
+        .collect();
+    a.sql = format!("INSERT INTO dbo.document_words (tenant_id, word, document_id, weight) VALUES {}", rows.join(", "));
+    a
 }
 
 /// Ids per `IN (...)` list of [`tags_of_documents`], well below SQL Server's 2100 parameters per request.
@@ -205,6 +334,10 @@ pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("DELETE_EXPIRED_IDEMPOTENCY_KEY", DELETE_EXPIRED_IDEMPOTENCY_KEY),
     ("INSERT_IDEMPOTENCY", INSERT_IDEMPOTENCY),
     ("GET_IDEMPOTENCY", GET_IDEMPOTENCY),
+    ("DELETE_DOCUMENT_WORDS", DELETE_DOCUMENT_WORDS),
+    ("DELETE_DOCUMENT_SEARCH_TEXT", DELETE_DOCUMENT_SEARCH_TEXT),
+    ("INSERT_DOCUMENT_SEARCH_TEXT", INSERT_DOCUMENT_SEARCH_TEXT),
+    ("UNINDEXED_DOCUMENTS", UNINDEXED_DOCUMENTS),
 ];
 
 impl ToSql for q::Arg {
@@ -309,7 +442,49 @@ pub(super) async fn insert_document(conn: &mut MssqlClient, d: &Document) -> Res
         &d.version,
     ];
     execute(conn, INSERT_DOCUMENT, &params).await?;
-    insert_tags(conn, d).await
+    insert_tags(conn, d).await?;
+    index_document(conn, d).await
+}
+
+/// Writes a live document's words and their order into the search index (`document_words`, migration 10).
+pub(super) async fn index_document(conn: &mut MssqlClient, d: &Document) -> Result<(), StoreError> {
+    let tags = d.unique_tags().join(" ");
+    let (words, text) =
+        indexed_words([d.title.as_str(), d.summary.as_deref().unwrap_or(""), d.body.as_deref().unwrap_or(""), &tags]);
+    for chunk in words.chunks(WORDS_PER_INSERT) {
+        assembled_rows(conn, &insert_words(d.tenant_id, d.id, chunk)).await?;
+    }
+    execute(conn, INSERT_DOCUMENT_SEARCH_TEXT, &[&d.id, &text.as_str()]).await.map(drop)
+}
+
+/// Takes a document out of the search index.
+pub(super) async fn unindex_document(conn: &mut MssqlClient, id: Uuid) -> Result<(), StoreError> {
+    execute(conn, DELETE_DOCUMENT_WORDS, &[&id]).await?;
+    execute(conn, DELETE_DOCUMENT_SEARCH_TEXT, &[&id]).await.map(drop)
+}
+
+/// Indexes a live document's new fields and tags in place of its old ones.
+pub(super) async fn reindex_document(conn: &mut MssqlClient, d: &Document) -> Result<(), StoreError> {
+    unindex_document(conn, d.id).await?;
+    index_document(conn, d).await
+}
+
+/// Indexes every live document stored before the search index existed; runs inside migration 10's transaction.
+pub(super) async fn index_stored_documents(conn: &mut MssqlClient) -> Result<u64, StoreError> {
+    let mut indexed = 0;
+    loop {
+        let batch = rows(conn, UNINDEXED_DOCUMENTS, &[]).await?;
+        if batch.is_empty() {
+            return Ok(indexed);
+        }
+        for row in &batch {
+            let (tenant_id, id): (Uuid, Uuid) = (required(row, 0)?, required(row, 1)?);
+            if let Some(document) = read_document(conn, tenant_id, id).await? {
+                index_document(conn, &document).await?;
+                indexed += 1;
+            }
+        }
+    }
 }
 
 /// Inserts the tags of `document` (duplicates written once).
@@ -403,6 +578,7 @@ impl DocumentStore for MssqlStore {
             }
             execute(conn, DELETE_DOCUMENT_TAGS, &[&d.tenant_id, &d.id]).await?;
             insert_tags(conn, d).await?;
+            reindex_document(conn, d).await?;
             let updated = read_document(conn, d.tenant_id, d.id)
                 .await?
                 .ok_or_else(|| StoreError::Other(anyhow::anyhow!("document vanished inside its transaction")))?;
@@ -423,6 +599,7 @@ impl DocumentStore for MssqlStore {
         in_tx!(self, Retry::No, |conn| {
             let params: [&dyn ToSql; 5] = [&now, &by, &tenant_id, &id, &expected_version];
             if execute(conn, SOFT_DELETE_DOCUMENT, &params).await? == 1 {
+                unindex_document(conn, id).await?;
                 write_ledger(conn, ledger).await?;
                 return Ok(Update::Updated(()));
             }
@@ -442,6 +619,7 @@ impl DocumentStore for MssqlStore {
         limit: u32,
         count: bool,
     ) -> Result<DocumentPage, StoreError> {
+        check_sort(sort, filter)?;
         let limit = limit.max(1);
         let page = &list_documents(tenant_id, filter, sort, after, fetch_size(limit))?;
         let tail = &if continues_into_undated(sort, after) {
@@ -452,11 +630,12 @@ impl DocumentStore for MssqlStore {
         let total = &if count { Some(count_documents(tenant_id, filter)?) } else { None };
         // One transaction; see docs/data-model.md on what the count and the page can see under READ COMMITTED.
         in_tx!(self, Retry::Yes, |conn| {
-            let mut items =
-                assembled_rows(conn, page).await?.iter().map(document_from).collect::<Result<Vec<_>, _>>()?;
+            let ranked =
+                |row: &Row| -> Result<(Document, i64), StoreError> { Ok((document_from(row)?, required(row, 14)?)) };
+            let mut items = assembled_rows(conn, page).await?.iter().map(ranked).collect::<Result<Vec<_>, _>>()?;
             if let Some(tail) = tail.as_ref().filter(|_| room_for_undated(items.len(), limit)) {
                 for row in assembled_rows(conn, tail).await? {
-                    items.push(document_from(&row)?);
+                    items.push(ranked(&row)?);
                 }
             }
             let mut page = document_page(items, limit, sort);
@@ -467,6 +646,29 @@ impl DocumentStore for MssqlStore {
                 page.total = Some(n as u64);
             }
             Ok(page)
+        })
+    }
+
+    async fn document_facets(
+        &self,
+        tenant_id: Uuid,
+        filter: &DocumentFilter,
+        fields: &[FacetField],
+    ) -> Result<Vec<Facet>, StoreError> {
+        let queries = &fields
+            .iter()
+            .map(|&field| Ok((field, facet_values(tenant_id, filter, field)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        in_tx!(self, Retry::Yes, |conn| {
+            let mut facets = Vec::with_capacity(queries.len());
+            for (field, statement) in queries {
+                let mut values = Vec::new();
+                for row in assembled_rows(conn, statement).await? {
+                    values.push((text(&row, 0)?, required::<i64>(&row, 1)? as u64));
+                }
+                facets.push(Facet { field: *field, values });
+            }
+            Ok(facets)
         })
     }
 

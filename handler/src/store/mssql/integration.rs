@@ -156,7 +156,8 @@ async fn upsert_document(
             ];
             execute(conn, REPLACE_DOCUMENT_FROM_EVENT, &params).await?;
             execute(conn, super::documents::DELETE_DOCUMENT_TAGS, &[&tenant_id, &d.id]).await?;
-            super::documents::insert_tags(conn, &document).await
+            super::documents::insert_tags(conn, &document).await?;
+            super::documents::reindex_document(conn, &document).await
         }
         None => super::documents::insert_document(conn, &document).await,
     }

@@ -88,6 +88,10 @@ pub(super) async fn migrate_locked(
         batch(conn, "BEGIN TRANSACTION").await?;
         let applied = async {
             batch(conn, migration.sql).await?;
+            if migration.name == "document_search" {
+                // The words of the documents already stored: the index is complete when the migration commits.
+                super::documents::index_stored_documents(conn).await?;
+            }
             let (checksum, now) = (migration.checksum(), clock.now());
             execute(conn, INSERT_HISTORY, &[&migration.version, &migration.name, &checksum.as_str(), &now]).await?;
             batch(conn, "COMMIT TRANSACTION").await

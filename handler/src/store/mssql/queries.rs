@@ -1,5 +1,5 @@
 //! The T-SQL statements of the SQL Server store not yet moved to their aggregate's file, and what the
-//! statements assembled at run time share (`Arg`, `Assembled`, `like_contains`, `ceil_micros`, the `DATE` range).
+//! statements assembled at run time share (`Arg`, `Assembled`, `ceil_micros`, the `DATE` range).
 //!
 //! Parameters are tiberius' positional `@P1`, `@P2`, …; ids bind as UNIQUEIDENTIFIER, times as DATETIME2.
 //!
@@ -50,30 +50,16 @@ impl Assembled {
     }
 }
 
-/// `LIKE` pattern for "contains `text`", with T-SQL's wildcards `%`, `_`, `[` and the escape character `\`
-/// escaped; used with `ESCAPE '\'`.
-pub fn like_contains(text: &str) -> String {
-    let mut pattern = String::with_capacity(text.len() + 2);
-    pattern.push('%');
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '[' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
-}
-
 /// Every shape the assembling functions produce, named, for the parse check (`store::tsql_check`).
 #[cfg(test)]
 pub fn assembled_examples() -> Vec<(String, Assembled)> {
     use chrono::TimeZone;
 
     use super::documents::{count_documents, list_documents, tags_of_documents, undated_documents};
+    use crate::store::search::{SearchQuery, SearchTerm, TermKind};
     use crate::store::{
         AuditCursor, AuditFilter, DocumentCursor, DocumentFilter, DocumentSort, DocumentSortKey, DocumentStatus,
-        NO_EFFECTIVE_DATE, SortValue,
+        FacetField, NO_EFFECTIVE_DATE, SortValue,
     };
 
     let tenant = Uuid::from_u128(1);
@@ -89,7 +75,15 @@ pub fn assembled_examples() -> Vec<(String, Assembled)> {
         updated_before: Some(t),
         effective_from: Some(date),
         effective_to: Some(date),
-        q: Some("50% [draft]_\\".into()),
+        search: Some(SearchQuery {
+            terms: vec![
+                SearchTerm { kind: TermKind::Word("customs".into()), excluded: false },
+                SearchTerm { kind: TermKind::Phrase(vec!["union".into(), "code".into()]), excluded: false },
+                SearchTerm { kind: TermKind::Prefix("regul".into()), excluded: false },
+                SearchTerm { kind: TermKind::Word("draft".into()), excluded: true },
+                SearchTerm { kind: TermKind::Phrase(vec!["old".into(), "text".into()]), excluded: true },
+            ],
+        }),
     };
     let alone: Vec<(&str, DocumentFilter)> = vec![
         ("status", DocumentFilter { status: full.status, ..Default::default() }),
@@ -100,16 +94,19 @@ pub fn assembled_examples() -> Vec<(String, Assembled)> {
         ("updated_before", DocumentFilter { updated_before: full.updated_before, ..Default::default() }),
         ("effective_from", DocumentFilter { effective_from: full.effective_from, ..Default::default() }),
         ("effective_to", DocumentFilter { effective_to: full.effective_to, ..Default::default() }),
-        ("q", DocumentFilter { q: full.q.clone(), ..Default::default() }),
+        ("search", DocumentFilter { search: full.search.clone(), ..Default::default() }),
         ("all filters", full.clone()),
         ("no filter", DocumentFilter::default()),
     ];
     let mut out = Vec::new();
-    for key in [DocumentSortKey::UpdatedAt, DocumentSortKey::Title, DocumentSortKey::EffectiveDate] {
+    for key in
+        [DocumentSortKey::UpdatedAt, DocumentSortKey::Title, DocumentSortKey::EffectiveDate, DocumentSortKey::Relevance]
+    {
         let value = match key {
             DocumentSortKey::UpdatedAt => SortValue::Time(t),
             DocumentSortKey::Title => SortValue::Text("Lease".into()),
             DocumentSortKey::EffectiveDate => SortValue::Date(date),
+            DocumentSortKey::Relevance => SortValue::Rank(-42),
         };
         let mut cursors = vec![("first page", None), ("next page", Some(DocumentCursor { value, id }))];
         if key == DocumentSortKey::EffectiveDate {
@@ -120,6 +117,9 @@ pub fn assembled_examples() -> Vec<(String, Assembled)> {
             for (cursor_name, cursor) in &cursors {
                 for filter in [&DocumentFilter::default(), &full] {
                     let sort = DocumentSort { key, descending };
+                    if crate::store::check_sort(sort, filter).is_err() {
+                        continue;
+                    }
                     let name = format!("list_documents {key:?} descending={descending} {cursor_name} {filter:?}");
                     out.push((name, list_documents(tenant, filter, sort, cursor.as_ref(), 21).expect("assembles")));
                 }
@@ -155,6 +155,14 @@ pub fn assembled_examples() -> Vec<(String, Assembled)> {
             out.push((name, super::audit::count_audit_events(tenant_id, &filter)));
         }
     }
+    for (name, filter) in [("no filter", DocumentFilter::default()), ("all filters", full.clone())] {
+        for field in [FacetField::DocType, FacetField::Jurisdiction, FacetField::Tags, FacetField::Status] {
+            let facet = super::documents::facet_values(tenant, &filter, field).expect("assembles");
+            out.push((format!("facet_values {field:?} {name}"), facet));
+        }
+    }
+    let (words, _) = crate::store::search::indexed_words(["Customs code", "", "union", "trade"]);
+    out.push(("insert_words".into(), super::documents::insert_words(tenant, id, &words)));
     out.push(("tags_of_documents 1".into(), tags_of_documents(tenant, &[id])));
     out.push(("tags_of_documents 3".into(), tags_of_documents(tenant, &[id, tenant, id])));
     out

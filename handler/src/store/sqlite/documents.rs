@@ -118,7 +118,42 @@ pub(super) fn insert_document(tx: &Connection, d: &Document) -> Result<(), Store
         d.version
     ])
     .map_err(classify)?;
-    insert_tags(tx, d)
+    insert_tags(tx, d)?;
+    index_document(tx, d)
+}
+
+/// Adds a live document, with its tags, to the search index (`document_search`, migration 10).
+fn index_document(tx: &Connection, d: &Document) -> Result<(), StoreError> {
+    tx.prepare_cached("INSERT INTO document_search_keys (document_id, tenant_id) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute(params![d.id.to_string(), d.tenant_id.to_string()]))
+        .map_err(classify)?;
+    let rowid = tx.last_insert_rowid();
+    tx.prepare_cached("INSERT INTO document_search (rowid, title, summary, body, tags) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .and_then(|mut s| s.execute(params![rowid, d.title, d.summary, d.body, d.unique_tags().join(" ")]))
+        .map_err(classify)
+        .map(drop)
+}
+
+/// Takes a document out of the search index (deleted, or about to be indexed again).
+pub(super) fn unindex_document(tx: &Connection, id: Uuid) -> Result<(), StoreError> {
+    let rowid: Option<i64> = tx
+        .prepare_cached("SELECT search_rowid FROM document_search_keys WHERE document_id = ?1")
+        .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
+        .map_err(classify)?;
+    if let Some(rowid) = rowid {
+        for sql in
+            ["DELETE FROM document_search WHERE rowid = ?1", "DELETE FROM document_search_keys WHERE search_rowid = ?1"]
+        {
+            tx.prepare_cached(sql).and_then(|mut s| s.execute([rowid])).map_err(classify)?;
+        }
+    }
+    Ok(())
+}
+
+/// Indexes a live document's new fields and tags in place of its old ones.
+pub(super) fn reindex_document(tx: &Connection, d: &Document) -> Result<(), StoreError> {
+    unindex_document(tx, d.id)?;
+    index_document(tx, d)
 }
 
 /// Inserts the tags of `document` (duplicates written once).
@@ -145,7 +180,19 @@ pub(super) fn document_conditions(
         )));
     }
     let tenant = a.bind(tenant_id.to_string());
-    a.sql.push_str(&format!(" FROM documents d WHERE d.tenant_id = {tenant} AND d.deleted_at IS NULL"));
+    match &filter.search {
+        // The index drives: its matches, then their documents by key.
+        Some(search) => {
+            let matching = a.bind(search.fts5());
+            a.sql.push_str(&format!(
+                " FROM document_search s JOIN document_search_keys k ON k.search_rowid = s.rowid \
+                 JOIN documents d ON d.id = k.document_id \
+                 WHERE document_search MATCH {matching} AND k.tenant_id = {tenant} AND d.tenant_id = {tenant} \
+                 AND d.deleted_at IS NULL"
+            ));
+        }
+        None => a.sql.push_str(&format!(" FROM documents d WHERE d.tenant_id = {tenant} AND d.deleted_at IS NULL")),
+    }
     if let Some(status) = filter.status {
         let p = a.bind(status.as_str().to_owned());
         a.sql.push_str(&format!(" AND d.status = {p}"));
@@ -181,12 +228,12 @@ pub(super) fn document_conditions(
         let p = a.bind(to.clamp(FIRST_DATE, LAST_DATE).to_string());
         a.sql.push_str(&format!(" AND d.effective_date <= {p}"));
     }
-    if let Some(q) = &filter.q {
-        let p = a.bind(like_contains(q));
-        a.sql.push_str(&format!(" AND (d.title LIKE {p} ESCAPE '\\' OR d.summary LIKE {p} ESCAPE '\\')"));
-    }
     Ok(())
 }
+
+/// A search match's rank: bm25 with the fields weighted (`store::search::FIELD_WEIGHTS`), lower is better, as an
+/// integer (millionths) so that a cursor holds it exactly. Only valid in a query that matches `document_search`.
+const RANK: &str = "CAST(bm25(document_search, 10.0, 4.0, 1.0, 3.0) * 1000000 AS INTEGER)";
 
 /// The sort column of a listing.
 pub(super) fn sort_column(key: DocumentSortKey) -> &'static str {
@@ -194,7 +241,19 @@ pub(super) fn sort_column(key: DocumentSortKey) -> &'static str {
         DocumentSortKey::UpdatedAt => "d.updated_at",
         DocumentSortKey::Title => "d.title",
         DocumentSortKey::EffectiveDate => "d.effective_date",
+        DocumentSortKey::Relevance => RANK,
     }
+}
+
+/// The rank column every listing selects after the document's: the search rank, or 0 for a plain listing.
+fn rank_column(filter: &DocumentFilter) -> &'static str {
+    if filter.search.is_some() { RANK } else { "0" }
+}
+
+/// A listed row: the document (without tags) and its rank.
+fn ranked_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<(Document, i64), StoreError>> {
+    let rank: i64 = r.get(14)?;
+    Ok(document_from_row(r)?.map(|d| (d, rank)))
 }
 
 /// "Strictly after the cursor" in the listing's order, written as a range on the sort index
@@ -205,12 +264,23 @@ pub(super) fn keyset(a: &mut Assembled, sort: DocumentSort, cursor: &DocumentCur
         SortValue::Time(t) => timestamp(t).into(),
         SortValue::Text(title) => title.into(),
         SortValue::Date(date) => date.to_string().into(),
+        SortValue::Rank(rank) => rank.into(),
     });
     let id = a.bind(cursor.id.to_string());
     let v = value.map(|value| a.bind(value));
     let condition = keyset_condition(" AND ", sort_column(sort.key), sort.descending, v.as_deref(), &id);
     a.sql.push_str(&condition);
     Ok(())
+}
+
+/// The column a facet counts (tags have their own table).
+fn facet_column(field: FacetField) -> &'static str {
+    match field {
+        FacetField::DocType => "d.doc_type",
+        FacetField::Jurisdiction => "d.jurisdiction",
+        FacetField::Status => "d.status",
+        FacetField::Tags => "t.tag",
+    }
 }
 
 pub(super) const IDEMPOTENCY_COLUMNS: &str = "tenant_id, idempotency_key, operation_id, request_hash, status_code, \
@@ -328,6 +398,7 @@ impl DocumentStore for SqliteStore {
             )
             .map_err(classify)?;
             insert_tags(tx, &d)?;
+            reindex_document(tx, &d)?;
             let updated = read_document(tx, d.tenant_id, d.id)?
                 .ok_or_else(|| StoreError::Other(anyhow::anyhow!("document vanished inside its transaction")))?;
             write_ledger(tx, ledger.as_ref())?;
@@ -355,6 +426,7 @@ impl DocumentStore for SqliteStore {
                 )
                 .map_err(classify)?;
             if changed == 1 {
+                unindex_document(tx, id)?;
                 write_ledger(tx, ledger.as_ref())?;
                 return Ok(Update::Updated(()));
             }
@@ -375,8 +447,10 @@ impl DocumentStore for SqliteStore {
         limit: u32,
         count: bool,
     ) -> Result<DocumentPage, StoreError> {
+        check_sort(sort, filter)?;
         let limit = limit.max(1);
-        let mut page = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}"), values: Vec::new() };
+        let rank = rank_column(filter);
+        let mut page = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}, {rank}"), values: Vec::new() };
         document_conditions(&mut page, tenant_id, filter)?;
         if let Some(cursor) = after {
             keyset(&mut page, sort, cursor)?;
@@ -388,7 +462,7 @@ impl DocumentStore for SqliteStore {
             key = sort_column(sort.key)
         ));
         let tail = if continues_into_undated(sort, after) {
-            let mut tail = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}"), values: Vec::new() };
+            let mut tail = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}, {rank}"), values: Vec::new() };
             document_conditions(&mut tail, tenant_id, filter)?;
             let fetch = tail.bind(fetch_size(limit));
             tail.sql.push_str(&format!(" AND d.effective_date IS NULL ORDER BY d.id DESC LIMIT {fetch}"));
@@ -406,9 +480,9 @@ impl DocumentStore for SqliteStore {
         self.read(move |conn| {
             // One read transaction: the page, its tags and the count see the same snapshot.
             let tx = conn.unchecked_transaction().map_err(classify)?;
-            let mut items = query_all(&tx, &page.sql, params_from_iter(page.values), document_from_row)?;
+            let mut items = query_all(&tx, &page.sql, params_from_iter(page.values), ranked_from_row)?;
             if let Some(tail) = tail.filter(|_| room_for_undated(items.len(), limit)) {
-                items.extend(query_all(&tx, &tail.sql, params_from_iter(tail.values), document_from_row)?);
+                items.extend(query_all(&tx, &tail.sql, params_from_iter(tail.values), ranked_from_row)?);
             }
             let mut page = document_page(items, limit, sort);
             load_tags(&tx, tenant_id, &mut page.items)?;
@@ -419,6 +493,49 @@ impl DocumentStore for SqliteStore {
             }
             tx.commit().map_err(classify)?;
             Ok(page)
+        })
+        .await
+    }
+
+    async fn document_facets(
+        &self,
+        tenant_id: Uuid,
+        filter: &DocumentFilter,
+        fields: &[FacetField],
+    ) -> Result<Vec<Facet>, StoreError> {
+        let mut queries = Vec::new();
+        for &field in fields {
+            let mut a = Assembled::default();
+            match field {
+                FacetField::Tags => {
+                    a.sql.push_str("SELECT t.tag, count(*) FROM document_tags t WHERE t.document_id IN (SELECT d.id");
+                    document_conditions(&mut a, tenant_id, filter)?;
+                    a.sql.push_str(") GROUP BY t.tag");
+                }
+                _ => {
+                    let column = facet_column(field);
+                    a.sql.push_str(&format!("SELECT {column}, count(*)"));
+                    document_conditions(&mut a, tenant_id, filter)?;
+                    a.sql.push_str(&format!(" AND {column} IS NOT NULL GROUP BY {column}"));
+                }
+            }
+            let top = a.bind(i64::from(FACET_VALUES));
+            a.sql.push_str(&format!(" ORDER BY 2 DESC, 1 LIMIT {top}"));
+            queries.push((field, a));
+        }
+        self.read(move |conn| {
+            // One snapshot for every facet.
+            let tx = conn.unchecked_transaction().map_err(classify)?;
+            let mut facets = Vec::with_capacity(queries.len());
+            for (field, a) in queries {
+                let values = query_all(&tx, &a.sql, params_from_iter(a.values), |r| {
+                    let (value, n): (String, i64) = (r.get(0)?, r.get(1)?);
+                    Ok(Ok((value, n as u64)))
+                })?;
+                facets.push(Facet { field, values });
+            }
+            tx.commit().map_err(classify)?;
+            Ok(facets)
         })
         .await
     }

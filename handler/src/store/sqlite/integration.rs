@@ -189,7 +189,8 @@ fn upsert_document(
             .map_err(classify)?;
             tx.execute("DELETE FROM document_tags WHERE tenant_id = ?1 AND document_id = ?2", params![tenant, id])
                 .map_err(classify)?;
-            super::documents::insert_tags(tx, &document)
+            super::documents::insert_tags(tx, &document)?;
+            super::documents::reindex_document(tx, &document)
         }
         None => super::documents::insert_document(tx, &document),
     }

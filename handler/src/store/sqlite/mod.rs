@@ -249,21 +249,6 @@ fn query_all<T>(
     rows.map(|row| row.map_err(classify)?).collect()
 }
 
-/// `LIKE` pattern for "contains `text`", with SQLite's wildcards `%`, `_` and the escape character `\`
-/// escaped (used with `ESCAPE '\'`; `[` is not special in SQLite's LIKE).
-fn like_contains(text: &str) -> String {
-    let mut pattern = String::with_capacity(text.len() + 2);
-    pattern.push('%');
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
-}
-
 /// A statement assembled from fixed fragments, with its values bound in placeholder order (`?1` first).
 #[derive(Default)]
 struct Assembled {

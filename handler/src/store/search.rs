@@ -1,0 +1,202 @@
+//! Full-text search over documents, as both stores see it: the parsed query, the word rule and the field weights.
+//!
+//! A document's searchable text is its title, summary, body and tags. Both stores cut it into words the same
+//! way ([`words`]): a word is a run of letters and digits (any script), folded to lower case with diacritics
+//! removed, so `Régulation` and `regulation` are one word and `co-operation` is two. There is no stemming: the
+//! documents are legal texts in many languages, and a prefix (`regulat*`) reaches a word's forms in any of them.
+//! The API parses what a client typed into a [`SearchQuery`] (`api::search`); the stores only ever see that.
+
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::is_combining_mark;
+
+/// A parsed search: every term that is not excluded must match, no excluded term may. At least one term is
+/// not excluded (the parser refuses a query of exclusions only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchQuery {
+    pub terms: Vec<SearchTerm>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchTerm {
+    pub kind: TermKind,
+    /// `-term`: documents containing it are left out.
+    pub excluded: bool,
+}
+
+/// What one term matches; every word in it is already folded ([`fold`]) and made only of letters and digits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TermKind {
+    /// The word itself.
+    Word(String),
+    /// Any word starting with it (at least [`MIN_PREFIX`] characters).
+    Prefix(String),
+    /// These words next to each other in this order, within one field.
+    Phrase(Vec<String>),
+}
+
+/// The fewest characters before a `*`.
+pub const MIN_PREFIX: usize = 2;
+/// The most terms in one query.
+pub const MAX_TERMS: usize = 16;
+/// The longest word the index keeps whole (longer words still match, on their first 64 characters).
+pub const MAX_WORD: usize = 64;
+
+/// How much a match in each field counts toward relevance: title, summary, body, tags.
+pub const FIELD_WEIGHTS: [f64; 4] = [10.0, 4.0, 1.0, 3.0];
+
+impl SearchQuery {
+    /// The terms that must match.
+    pub fn required(&self) -> impl Iterator<Item = &TermKind> {
+        self.terms.iter().filter(|t| !t.excluded).map(|t| &t.kind)
+    }
+
+    /// The terms that must not match.
+    pub fn excluded(&self) -> impl Iterator<Item = &TermKind> {
+        self.terms.iter().filter(|t| t.excluded).map(|t| &t.kind)
+    }
+
+    /// A canonical spelling of the query (a cursor's fingerprint includes it): two queries that parse alike
+    /// spell alike.
+    pub fn canonical(&self) -> String {
+        let spelled: Vec<String> = self
+            .terms
+            .iter()
+            .map(|t| {
+                let sign = if t.excluded { "-" } else { "" };
+                match &t.kind {
+                    TermKind::Word(w) => format!("{sign}{w}"),
+                    TermKind::Prefix(p) => format!("{sign}{p}*"),
+                    TermKind::Phrase(words) => format!("{sign}\"{}\"", words.join(" ")),
+                }
+            })
+            .collect();
+        spelled.join(" ")
+    }
+
+    /// The query as an SQLite FTS5 `MATCH` expression. Every word is double-quoted and made only of letters and
+    /// digits, so nothing a client typed can be read as FTS5 syntax.
+    pub fn fts5(&self) -> String {
+        let quoted = |kind: &TermKind| match kind {
+            TermKind::Word(w) => format!("\"{w}\""),
+            TermKind::Prefix(p) => format!("\"{p}\" *"),
+            TermKind::Phrase(words) => format!("\"{}\"", words.join(" ")),
+        };
+        let required: Vec<String> = self.required().map(quoted).collect();
+        let mut expression = format!("({})", required.join(" AND "));
+        for kind in self.excluded() {
+            expression.push_str(&format!(" NOT {}", quoted(kind)));
+        }
+        expression
+    }
+}
+
+impl TermKind {
+    /// Whether `word` (folded) is one this term matches on its own (a phrase's words each count).
+    pub fn matches_word(&self, word: &str) -> bool {
+        match self {
+            TermKind::Word(w) => w == word,
+            TermKind::Prefix(p) => word.starts_with(p.as_str()),
+            TermKind::Phrase(words) => words.iter().any(|w| w == word),
+        }
+    }
+}
+
+/// What the SQL Server store indexes of a document (its title, summary, body and tags): each word once with its
+/// weight (per field, the field's weight from [`FIELD_WEIGHTS`] times the word's occurrences there, at most 10),
+/// and the words of each field in order, as ` w1 w2 | w3 … ` (fields separated by `|`), for phrases. Words longer
+/// than [`MAX_WORD`] characters are cut to it.
+pub fn indexed_words(fields: [&str; 4]) -> (Vec<(String, i32)>, String) {
+    let mut weights: std::collections::BTreeMap<String, [i32; 4]> = std::collections::BTreeMap::new();
+    let mut text = String::from(" ");
+    for (field, content) in fields.iter().enumerate() {
+        if field > 0 {
+            text.push_str("| ");
+        }
+        for (word, _) in words(content) {
+            let word: String = word.chars().take(MAX_WORD).collect();
+            text.push_str(&word);
+            text.push(' ');
+            let counts = weights.entry(word).or_default();
+            counts[field] = (counts[field] + 1).min(10);
+        }
+    }
+    let weighted = weights
+        .into_iter()
+        .map(|(word, counts)| {
+            let weight = counts.iter().zip(FIELD_WEIGHTS).map(|(n, w)| n * w as i32).sum();
+            (word, weight)
+        })
+        .collect();
+    (weighted, text)
+}
+
+/// Lower case without diacritics: `Émission` -> `emission`.
+pub fn fold(word: &str) -> String {
+    word.nfd().filter(|c| !is_combining_mark(*c)).flat_map(char::to_lowercase).collect()
+}
+
+/// Whether `c` belongs to a word (letters and digits of any script, and combining marks, which folding drops).
+pub fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || is_combining_mark(c)
+}
+
+/// The words of `text`, folded, each with its byte range in `text`.
+pub fn words(text: &str) -> impl Iterator<Item = (String, std::ops::Range<usize>)> + '_ {
+    let mut rest = text.char_indices().peekable();
+    std::iter::from_fn(move || {
+        while rest.peek().is_some_and(|(_, c)| !is_word_char(*c)) {
+            rest.next();
+        }
+        let (start, _) = *rest.peek()?;
+        let mut end = start;
+        while let Some((at, c)) = rest.peek().copied().filter(|(_, c)| is_word_char(*c)) {
+            end = at + c.len_utf8();
+            rest.next();
+        }
+        let word = fold(&text[start..end]);
+        // A run of combining marks alone folds to nothing: not a word.
+        Some(Some((word, start..end)).filter(|(w, _)| !w.is_empty()))
+    })
+    .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_runs_of_letters_and_digits_folded_to_lower_case_without_diacritics() {
+        let found: Vec<String> =
+            words("Régulation (EU) 2016/679 — co-operation, ÉMISSIONS naïve straße").map(|w| w.0).collect();
+        assert_eq!(found, ["regulation", "eu", "2016", "679", "co", "operation", "emissions", "naive", "straße"]);
+        let text = "Zoll: Ausfuhr";
+        let ranges: Vec<&str> = words(text).map(|(_, r)| &text[r]).collect();
+        assert_eq!(ranges, ["Zoll", "Ausfuhr"]);
+        assert_eq!(words("  ,;- ").count(), 0);
+    }
+
+    #[test]
+    fn indexed_words_weigh_each_field_and_keep_the_word_order_of_each() {
+        let (weighted, text) = indexed_words(["Customs code", "", "customs customs union", "trade"]);
+        assert_eq!(
+            weighted,
+            vec![("code".to_owned(), 10), ("customs".to_owned(), 12), ("trade".to_owned(), 3), ("union".to_owned(), 1)]
+        );
+        assert_eq!(text, " customs code | | customs customs union | trade ");
+    }
+
+    #[test]
+    fn the_fts5_expression_quotes_every_word_and_puts_exclusions_last() {
+        let query = SearchQuery {
+            terms: vec![
+                SearchTerm { kind: TermKind::Word("customs".into()), excluded: false },
+                SearchTerm { kind: TermKind::Phrase(vec!["union".into(), "code".into()]), excluded: true },
+                SearchTerm { kind: TermKind::Prefix("regul".into()), excluded: false },
+            ],
+        };
+        assert_eq!(query.fts5(), r#"("customs" AND "regul" *) NOT "union code""#);
+        assert_eq!(query.canonical(), r#"customs -"union code" regul*"#);
+        assert!(TermKind::Prefix("regul".into()).matches_word("regulation"));
+        assert!(!TermKind::Word("regul".into()).matches_word("regulation"));
+    }
+}
