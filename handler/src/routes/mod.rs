@@ -9,6 +9,7 @@ pub mod grants;
 pub mod health;
 pub mod me;
 pub mod plans;
+pub mod platform;
 pub mod scope;
 pub mod tenants;
 pub mod usage;
@@ -90,6 +91,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(usage::get_usage_summary)
             .service(usage::get_usage)
             .service(usage::export_usage)
+            .service(platform::list_tenant_usage)
+            .service(platform::get_usage_pipeline)
             .service(billing::list_billing_statements)
             .service(billing::get_billing_statement)
             .service(tenants::list_tenants)
