@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod billing;
 pub mod clients;
+pub mod dashboard;
 pub mod docs;
 pub mod documents;
 pub mod grants;
@@ -71,6 +72,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     // Before any scope: a resource registered after a scope with the same prefix is never reached.
     cfg.service(openapi_document);
     cfg.configure(docs::configure); // Swagger UI at /api/docs; not an API operation, not in the document
+    cfg.configure(dashboard::configure); // the usage dashboard at /api/dashboard; a page over the API, not an operation
     // Everything under /api/v1 passes one pipeline: metering and audit, authentication, limits. Each handler
     // declares its permission in its signature; its cost is in metering::costs; a state change is described
     // for the audit trail with metering::audit::note.
