@@ -2,14 +2,15 @@
 //! `support::app::TestApp` over a fresh SQLite store, with a manual clock and deterministic ids. What needs a
 //! process starts the real `handler` binary and speaks to it the way the Azure Functions host does: the host
 //! protocol, startup and exit codes, SIGKILL durability, two processes on one store, Key Vault and the managed
-//! identity, telemetry export, hostile raw HTTP, the docs page in headless Chromium and a client generated from
-//! the served OpenAPI document.
+//! identity, telemetry export, hostile raw HTTP, the docs page and the usage dashboard in headless Chromium and a
+//! client generated from the served OpenAPI document.
 //!
 //! One test binary (faster to link than one per file); each module is one concern.
 
 mod api;
 mod audit;
 mod cli;
+mod dashboard;
 mod docs_page;
 mod generated_client;
 mod host_protocol;

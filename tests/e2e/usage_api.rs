@@ -406,3 +406,70 @@ async fn a_kolkata_tenant_with_anchor_15_has_one_window_for_quota_summary_series
     assert!(lines.iter().any(|l| l.contains(",2026-03-14,")), "the 14th, local: {csv}");
     assert!(host.http(get("/api/v1/billing/statements/2026-03", &k)).await.status == 404, "March's period is open");
 }
+
+#[actix_web::test]
+async fn the_summary_projects_the_period_and_the_platform_reads_every_tenant_and_the_pipeline() {
+    let host = TestApp::start().await;
+    let a = host.token(DIR_A, "Documents.Read,Usage.Read", DEV_APP_ID).await;
+    let b = host.token(DIR_B, "Documents.Read,Usage.Read", "b-app").await;
+    let admin = host.token("0000000f-0000-0000-0000-00000000000f", "Platform.Admin", "ops").await;
+    for _ in 0..3 {
+        assert_eq!(host.http(get("/api/v1/documents", &a)).await.status, 200);
+    }
+    assert_eq!(host.http(get("/api/v1/documents", &b)).await.status, 200);
+
+    // The summary says when it is of, in which zone, and where the period's rate so far leads.
+    let summary = host.http(get("/api/v1/usage/summary", &a)).await.json();
+    let now = host.clock.now();
+    assert_eq!(summary["asOf"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap(), now);
+    assert_eq!(
+        (summary["timeZone"].as_str(), summary["periodStartsAt"].as_str()),
+        (Some("UTC"), Some("2026-03-01T00:00:00Z"))
+    );
+    let starts: chrono::DateTime<chrono::Utc> = "2026-03-01T00:00:00Z".parse().unwrap();
+    let ends: chrono::DateTime<chrono::Utc> = summary["resetsAt"].as_str().unwrap().parse().unwrap();
+    let (elapsed, total) = ((now - starts).num_seconds(), (ends - starts).num_seconds());
+    assert_eq!(summary["unitsUsed"], json!(6));
+    assert_eq!(summary["projectedUnits"], json!(6 * total / elapsed));
+    assert!(summary.get("projectedExhaustionAt").is_none(), "a quota of 100 million lasts the period: {summary}");
+
+    // Every tenant's period, most used first, for platform administrators only.
+    assert_eq!(host.http(get("/api/v1/usage/tenants", &a)).await.status, 403);
+    assert_eq!(host.http(get("/api/v1/usage/pipeline", &a)).await.status, 403);
+    let all = host.http(get("/api/v1/usage/tenants", &admin)).await;
+    assert_eq!(all.status, 200, "{}", String::from_utf8_lossy(&all.body));
+    let all = all.json();
+    assert_eq!(all["truncated"], json!(false));
+    let used: Vec<i64> = all["value"].as_array().unwrap().iter().map(|t| t["unitsUsed"].as_i64().unwrap()).collect();
+    assert_eq!(used, vec![6, 2, 0], "A, B and the administrator's own tenant, most used first");
+    let first = &all["value"][0];
+    assert_eq!(first["tenantId"], summary["tenantId"]);
+    for field in ["quotaUnits", "remainingUnits", "periodStartsAt", "resetsAt", "projectedUnits", "timeZone"] {
+        assert_eq!(first[field], summary[field], "{field}");
+    }
+    assert_eq!((first["status"].as_str(), first["usedPercent"].as_i64()), (Some("active"), Some(0)));
+
+    // The pipeline: no rollup yet, then one run: its lag is now minus what it completed.
+    let pipeline = host.http(get("/api/v1/usage/pipeline", &admin)).await.json();
+    assert_eq!(pipeline["rollup"]["watermark"], json!(0));
+    assert!(pipeline["rollup"].get("lagSeconds").is_none(), "{pipeline}");
+    assert_eq!(pipeline["quarantine"]["open"], json!(0));
+    host.clock.advance(chrono::Duration::seconds(121));
+    let run = host
+        .invoke_timer(
+            "UsageRollup",
+            json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false}),
+        )
+        .await;
+    assert!(run.logs()[0].starts_with("UsageRollup: rolled up"), "{:?}", run.logs());
+    host.clock.advance(chrono::Duration::seconds(30));
+    let pipeline = host.http(get("/api/v1/usage/pipeline", &admin)).await.json();
+    let complete: chrono::DateTime<chrono::Utc> =
+        pipeline["rollup"]["completeThrough"].as_str().unwrap().parse().unwrap();
+    assert_eq!(pipeline["rollup"]["lagSeconds"], json!((host.clock.now() - complete).num_seconds()));
+    assert!(pipeline["rollup"]["watermark"].as_i64().unwrap() > 0);
+    assert_eq!(
+        (pipeline["outbox"]["capped"].as_bool(), pipeline["quarantine"]["capped"].as_bool()),
+        (Some(false), Some(false))
+    );
+}

@@ -37,6 +37,7 @@ pub const FUNCTIONS: &[FunctionDef] = &[
     FunctionDef { name: "Health", trigger_binding: "req", trigger: Trigger::Http { route: "health/{*rest}" } },
     FunctionDef { name: "OpenApi", trigger_binding: "req", trigger: Trigger::Http { route: "openapi.json" } },
     FunctionDef { name: "Docs", trigger_binding: "req", trigger: Trigger::Http { route: "docs/{*rest}" } },
+    FunctionDef { name: "Dashboard", trigger_binding: "req", trigger: Trigger::Http { route: "dashboard/{*rest}" } },
     FunctionDef { name: "Me", trigger_binding: "req", trigger: Trigger::Http { route: "v1/me" } },
     FunctionDef { name: "WhoAmI", trigger_binding: "req", trigger: Trigger::Http { route: "v1/whoami" } },
     FunctionDef { name: "Documents", trigger_binding: "req", trigger: Trigger::Http { route: "v1/documents/{*rest}" } },

@@ -24,6 +24,8 @@ pub const COSTS: &[(&str, i64, Quota)] = &[
     ("getUsageSummary", 1, Exempt),
     ("getUsage", 2, Exempt),
     ("exportUsage", 10, Exempt),
+    ("listTenantUsage", 10, Exempt),
+    ("getUsagePipeline", 2, Exempt),
     ("listBillingStatements", 2, Exempt),
     ("getBillingStatement", 1, Exempt),
     ("listAuditEvents", 2, Exempt),

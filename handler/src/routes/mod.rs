@@ -3,12 +3,14 @@
 pub mod audit;
 pub mod billing;
 pub mod clients;
+pub mod dashboard;
 pub mod docs;
 pub mod documents;
 pub mod grants;
 pub mod health;
 pub mod me;
 pub mod plans;
+pub mod platform;
 pub mod scope;
 pub mod tenants;
 pub mod usage;
@@ -70,6 +72,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     // Before any scope: a resource registered after a scope with the same prefix is never reached.
     cfg.service(openapi_document);
     cfg.configure(docs::configure); // Swagger UI at /api/docs; not an API operation, not in the document
+    cfg.configure(dashboard::configure); // the usage dashboard at /api/dashboard; a page over the API, not an operation
     // Everything under /api/v1 passes one pipeline: metering and audit, authentication, limits. Each handler
     // declares its permission in its signature; its cost is in metering::costs; a state change is described
     // for the audit trail with metering::audit::note.
@@ -90,6 +93,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(usage::get_usage_summary)
             .service(usage::get_usage)
             .service(usage::export_usage)
+            .service(platform::list_tenant_usage)
+            .service(platform::get_usage_pipeline)
             .service(billing::list_billing_statements)
             .service(billing::get_billing_statement)
             .service(tenants::list_tenants)

@@ -26,9 +26,15 @@ use crate::store::{RollupGranularity, UsageQuery, UsageTotals};
 pub struct UsageSummary {
     pub tenant_id: Uuid,
     pub plan: String,
+    /// The instant the figures are of (the service's clock): the end of the elapsed part of the period.
+    pub as_of: DateTime<Utc>,
+    /// The IANA time zone of the tenant's periods and days.
+    pub time_zone: String,
     pub period_start: NaiveDate,
     /// The first day of the next period (exclusive).
     pub period_end: NaiveDate,
+    /// The instant the period began: local midnight of `periodStart` in `timeZone`.
+    pub period_starts_at: DateTime<Utc>,
     /// When the quota starts again.
     pub resets_at: DateTime<Utc>,
     /// The period's quota: the plan's, plus the units of grants (`grantedUnits`).
@@ -42,6 +48,77 @@ pub struct UsageSummary {
     pub overage_policy: &'static str,
     pub requests_per_minute: i32,
     pub burst: i32,
+    /// The units used by the period's end if the period's average rate so far goes on (`unitsUsed` when the
+    /// period has not begun or nothing is used yet).
+    pub projected_units: i64,
+    /// When the quota runs out if that rate goes on; absent when it would not run out before `resetsAt`, when
+    /// nothing is used yet, or when it is already spent (`remainingUnits` 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub projected_exhaustion_at: Option<DateTime<Utc>>,
+}
+
+/// The period's use projected at its average rate so far: the units used at `ends_at`, and the instant the quota
+/// runs out when that is before `ends_at`. Integer arithmetic in whole seconds, rounded down.
+pub fn project(
+    used: i64,
+    quota: i64,
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> (i64, Option<DateTime<Utc>>) {
+    let elapsed = (now - starts_at).num_seconds();
+    let total = (ends_at - starts_at).num_seconds();
+    if used <= 0 || elapsed <= 0 || now >= ends_at {
+        return (used.max(0), None);
+    }
+    let projected = i64::try_from(i128::from(used) * i128::from(total) / i128::from(elapsed)).unwrap_or(i64::MAX);
+    if used >= quota {
+        return (projected, None);
+    }
+    // Seconds until the remaining units are used at `used / elapsed` units a second.
+    let seconds = i128::from(quota - used) * i128::from(elapsed) / i128::from(used);
+    // Only an instant before the period's end is a projection; anything later (however far) is none.
+    let left = (ends_at - now).num_seconds();
+    let exhaustion = (seconds < i128::from(left)).then(|| now + TimeDelta::seconds(seconds as i64));
+    (projected, exhaustion)
+}
+
+/// A tenant's current period as the limiter sees it: the quota counter (less what quota leases hold unspent), or
+/// the plan's quota before the period's first debit, with the projection at the period's rate so far.
+pub async fn period_summary(
+    state: &AppState,
+    tenant: &crate::store::Tenant,
+    plan: &crate::store::Plan,
+) -> Result<UsageSummary, AppError> {
+    let now = state.clock.now();
+    let period = BillingCalendar::of(tenant).period_containing(now);
+    let usage = state.quota_usage(tenant.id, period.start).await?;
+    let (quota_units, granted_units, units_used, overage_units, policy) = match usage {
+        Some(u) => (u.quota_units, u.granted_units, u.units_used, u.overage_units, u.overage_policy),
+        None => (plan.monthly_quota_units, 0, 0, 0, plan.overage_policy),
+    };
+    let (projected_units, projected_exhaustion_at) =
+        project(units_used, quota_units, period.starts_at, period.ends_at, now);
+    Ok(UsageSummary {
+        tenant_id: tenant.id,
+        plan: plan.code.clone(),
+        as_of: now,
+        time_zone: tenant.billing.time_zone.clone(),
+        period_start: period.start,
+        period_end: period.end,
+        period_starts_at: period.starts_at,
+        resets_at: period.ends_at,
+        quota_units,
+        granted_units,
+        units_used,
+        remaining_units: (quota_units - units_used).max(0),
+        overage_units,
+        overage_policy: policy.as_str(),
+        requests_per_minute: plan.requests_per_minute,
+        burst: plan.burst,
+        projected_units,
+        projected_exhaustion_at,
+    })
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -52,7 +129,8 @@ pub struct SummaryParams {
     pub tenant_id: Option<Uuid>,
 }
 
-/// The tenant's quota and use in the current UTC calendar month, and its rate policy.
+/// The tenant's quota and use in its current billing period, its rate policy, and where the period's rate so
+/// far leads.
 #[utoipa::path(
     tag = "usage",
     operation_id = "getUsageSummary",
@@ -74,28 +152,7 @@ pub async fn get_usage_summary(
     let tenant_id = scoped_tenant(&req, &auth, params.tenant_id)?;
     let tenant = state.store.get_tenant(tenant_id).await?.ok_or_else(not_found)?;
     let plan = state.store.get_plan(&tenant.plan_code).await?.ok_or_else(not_found)?;
-    let period = BillingCalendar::of(&tenant).period_containing(state.clock.now());
-    let (period_start, period_end) = (period.start, period.end);
-    let usage = state.quota_usage(tenant.id, period_start).await?;
-    let (quota_units, granted_units, units_used, overage_units, policy) = match usage {
-        Some(u) => (u.quota_units, u.granted_units, u.units_used, u.overage_units, u.overage_policy),
-        None => (plan.monthly_quota_units, 0, 0, 0, plan.overage_policy),
-    };
-    Ok(HttpResponse::Ok().json(UsageSummary {
-        tenant_id: tenant.id,
-        plan: plan.code,
-        period_start,
-        period_end,
-        resets_at: period.ends_at,
-        quota_units,
-        granted_units,
-        units_used,
-        remaining_units: (quota_units - units_used).max(0),
-        overage_units,
-        overage_policy: policy.as_str(),
-        requests_per_minute: plan.requests_per_minute,
-        burst: plan.burst,
-    }))
+    Ok(HttpResponse::Ok().json(period_summary(&state, &tenant, &plan).await?))
 }
 
 /// Window size of a usage report.
@@ -504,6 +561,21 @@ mod tests {
         let late = on_the_hour + TimeDelta::seconds(1);
         let (_, to) = report_range(&params(None, Some(late)), Granularity::Hour, &UTC, on_the_hour).unwrap();
         assert_eq!(to, on_the_hour + TimeDelta::hours(1));
+    }
+
+    #[test]
+    fn the_projection_follows_the_periods_average_rate_so_far() {
+        let start = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+        let end = Utc.with_ymd_and_hms(2026, 3, 31, 0, 0, 0).unwrap();
+        let day = |d: i64| start + TimeDelta::days(d);
+        // 100 units in 10 of 30 days: 300 by the end; 1000 units are spent after 100 days, past the end.
+        assert_eq!(project(100, 1000, start, end, day(10)), (300, None));
+        // 100 in 10 days against a quota of 200: the other 100 last another 10 days.
+        assert_eq!(project(100, 200, start, end, day(10)), (300, Some(day(20))));
+        assert_eq!(project(0, 200, start, end, day(10)), (0, None), "no rate yet");
+        assert_eq!(project(250, 200, start, end, day(10)), (750, None), "already spent");
+        assert_eq!(project(5, 200, start, end, start), (5, None), "the period has just begun");
+        assert_eq!(project(1, i64::MAX, start, end, day(10)), (3, None), "a vast quota never runs out");
     }
 
     #[test]
