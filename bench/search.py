@@ -60,7 +60,7 @@ def run_size(binary, size, seconds, connections):
         server.wait_ready()
         base = f"http://127.0.0.1:{server.port}"
         call(base, "POST", "/api/v1/plans", admin, {
-            "code": "unthrottled", "name": "Unthrottled", "requestsPerMinute": 10000000, "burst": 1000000,
+            "code": "unthrottled", "name": "Unthrottled", "requestsPerMinute": 1000000, "burst": 100000,
             "monthlyQuotaUnits": 1000000000, "overagePolicy": "allow", "currency": "EUR", "basePriceMicros": 0,
             "overageUnitPriceMicros": 0})
         call(base, "GET", "/api/v1/me", token)  # the tenant exists from its first call

@@ -422,7 +422,9 @@ async fn search_ranks_pages_highlights_and_counts_facets() {
         let error = &problem["errors"][0];
         assert_eq!((error["parameter"].as_str(), error["position"].as_u64()), (Some("q"), Some(position)), "{query}");
     }
-    for query in ["orderby=relevance", "highlight=true", "q=tax&orderby=relevance%20desc", "facets=colour"] {
+    let unhighlighted = api.get(&api.a_reader, "/api/v1/documents?highlight=true&maxpagesize=1").await.json();
+    assert!(unhighlighted["value"][0].get("highlights").is_none(), "without q there is nothing to highlight");
+    for query in ["orderby=relevance", "q=tax&orderby=relevance%20desc", "facets=colour"] {
         let res = api.get(&api.a_reader, &format!("/api/v1/documents?{query}")).await;
         assert_eq!(res.status, 422, "{query}");
     }

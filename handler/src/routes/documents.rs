@@ -632,9 +632,6 @@ impl ListQuery {
         if q.sort.is_some_and(|s| s.key == DocumentSortKey::Relevance) && q.filter.search.is_none() {
             bad("orderby", "relevance needs a search (q)");
         }
-        if q.highlight && q.filter.search.is_none() {
-            bad("highlight", "highlights need a search (q)");
-        }
         errors.extend(search_error);
         if errors.is_empty() {
             q.facets.sort_by_key(|f| *f as u8);
