@@ -76,6 +76,7 @@ async fn main() {
             occurred_at: at,
             recorded_at: at,
             lease_id: None,
+            refusal: None,
         });
         if chunk.len() == 10_000 {
             store.record_usage_events(&chunk).await.expect("seed");

@@ -433,6 +433,12 @@ async fn the_dashboard_shows_the_apis_figures_in_a_real_browser_to_those_allowed
     }
     let list_errors = sum_by(ops, "operationId", "errors", "listDocuments");
     assert!(list_errors >= (world.rate_limited + world.quota_refused) as i64, "the refusals are errors");
+    // Refusals by the limit that refused them: exactly the 429s the seeding saw, by their problem code.
+    let total = |field: &str| ops.iter().map(|r| r[field].as_i64().unwrap()).sum::<i64>();
+    assert_eq!(total("rateLimited"), world.rate_limited as i64, "every rate-limit refusal, and only those");
+    assert_eq!(total("quotaRefused"), world.quota_refused as i64, "every quota refusal, and only those");
+    assert_eq!(figure(tenant, "period-rate-limited"), json!(total("rateLimited")));
+    assert_eq!(figure(tenant, "period-quota-refused"), json!(total("quotaRefused")));
     let clients = api(window("granularity=month&groupBy=client")).await.json();
     let clients = clients["value"].as_array().unwrap();
     let (_, shown) = table(tenant, "clients");
@@ -445,8 +451,10 @@ async fn the_dashboard_shows_the_apis_figures_in_a_real_browser_to_those_allowed
     // Errors per day: the errors of every day (the page's own reads all succeed).
     let totals = api(window("granularity=day")).await.json();
     let (_, shown) = table(tenant, "errors");
+    assert_eq!(shown.len(), totals["value"].as_array().unwrap().len());
     for (row, api_row) in shown.iter().zip(totals["value"].as_array().unwrap()) {
         assert_eq!(row[2], api_row["errors"]);
+        assert_eq!((&row[4], &row[5]), (&api_row["rateLimited"], &api_row["quotaRefused"]), "refusals of {}", row[0]);
     }
 
     // Statements: February's, closed by the rollup.

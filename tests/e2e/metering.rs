@@ -794,3 +794,59 @@ async fn a_client_over_its_share_is_refused_while_the_tenants_other_clients_are_
     assert_eq!(second.json()["violated-policies"], json!(["client-minute"]));
     assert_eq!(app.get(&user, METERED).await.status, 200, "other clients keep the plan's rate");
 }
+
+#[tokio::test]
+async fn a_refused_call_names_the_limit_that_refused_it_and_the_usage_report_counts_each() {
+    // A burst of 3 per minute and a quota of 6 units (listDocuments costs 1 on this plan).
+    let (app, user, _) = metered_app(3, 3, 6, "block").await;
+    let usage = app.token(DIR_A, "Usage.Read", DEV_APP_ID).await;
+    let mut refused = std::collections::BTreeMap::new();
+    let mut call = async || {
+        let response = app.http(ClientRequest::get(METERED).header("Authorization", &format!("Bearer {user}"))).await;
+        if response.status == 429 {
+            *refused.entry(response.header("x-ms-error-code").unwrap().to_owned()).or_insert(0) += 1;
+        }
+        response.status
+    };
+    // The burst, then a refusal by the rate limit.
+    let statuses = [call().await, call().await, call().await, call().await];
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    // A minute later the rate allows three more, which spend the quota; then the quota refuses.
+    app.clock.advance(chrono::Duration::seconds(61));
+    let statuses = [call().await, call().await, call().await];
+    assert_eq!(statuses, [200, 200, 200]);
+    app.clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(call().await, 429);
+    assert_eq!(refused, [("QuotaExceeded".to_owned(), 1), ("RateLimited".to_owned(), 1)].into());
+
+    let conn = app.db();
+    let named: Vec<(i64, Option<String>)> = conn
+        .prepare("SELECT status, refusal FROM usage_events WHERE operation_id = 'listDocuments' ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let refusals: Vec<Option<&str>> = named.iter().map(|(_, r)| r.as_deref()).collect();
+    assert_eq!(refusals, [None, None, None, Some("rate"), None, None, None, Some("quota")], "{named:?}");
+
+    // The report counts them from the raw events (the tail), then from the rollups, the same.
+    let report = async || {
+        let request = ClientRequest::get("/api/v1/usage?granularity=month&groupBy=operation")
+            .header("Authorization", &format!("Bearer {usage}"));
+        let report = app.http(request).await.json();
+        let row = report["value"].as_array().unwrap().iter().find(|r| r["operationId"] == "listDocuments").cloned();
+        let row = row.unwrap_or_else(|| panic!("{report}"));
+        (row["calls"].as_i64(), row["errors"].as_i64(), row["rateLimited"].as_i64(), row["quotaRefused"].as_i64())
+    };
+    assert_eq!(report().await, (Some(8), Some(2), Some(1), Some(1)));
+    app.clock.advance(chrono::Duration::seconds(121));
+    let run = app
+        .invoke_timer(
+            "UsageRollup",
+            json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false}),
+        )
+        .await;
+    assert!(run.logs()[0].starts_with("UsageRollup: rolled up"), "{:?}", run.logs());
+    assert_eq!(report().await, (Some(8), Some(2), Some(1), Some(1)), "the same from the rollups");
+}

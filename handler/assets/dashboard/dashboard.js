@@ -465,15 +465,17 @@ async function renderTenant(tenantId, periodStart) {
     xs,
     [
       { label: "Errors", values: totals.map((r) => r.errors) },
+      { label: "Refused by rate limit", values: totals.map((r) => r.rateLimited) },
+      { label: "Refused by quota", values: totals.map((r) => r.quotaRefused) },
       { label: "Error rate %", values: totals.map((r) => (r.calls ? Math.round((1000 * r.errors) / r.calls) / 10 : 0)), format: (v) => `${v} %` },
     ],
-    { timeZone: tz, yLabel: "errors / %" },
+    { timeZone: tz, yLabel: "calls / %" },
   );
   fillTable(
     "errors",
-    "Calls answered 400 or above, per day",
-    [{ label: "Day" }, { label: "Calls", num: true }, { label: "Errors", num: true }, { label: "Error rate", num: true }],
-    totals.map((r) => [day(r.windowStart), r.calls, r.errors, r.calls ? percent.format(r.errors / r.calls) : "—"]),
+    "Calls answered 400 or above per day, and the calls among them that a rate limit or a quota refused (429)",
+    [{ label: "Day" }, { label: "Calls", num: true }, { label: "Errors", num: true }, { label: "Error rate", num: true }, { label: "Refused by rate limit", num: true }, { label: "Refused by quota", num: true }],
+    totals.map((r) => [day(r.windowStart), r.calls, r.errors, r.calls ? percent.format(r.errors / r.calls) : "—", r.rateLimited, r.quotaRefused]),
   );
   const ms = (micros) => Math.round(micros / 100) / 10;
   lineChart(
@@ -502,9 +504,13 @@ async function renderTenant(tenantId, periodStart) {
   );
   const periodCalls = ops.reduce((s, r) => s + r.calls, 0);
   const periodErrors = ops.reduce((s, r) => s + r.errors, 0);
+  const periodRateLimited = ops.reduce((s, r) => s + r.rateLimited, 0);
+  const periodQuotaRefused = ops.reduce((s, r) => s + r.quotaRefused, 0);
   $("#quota-figures").append(
     figure("period-calls", "Calls in the period shown", periodCalls),
     figure("period-errors", "Errors in the period shown", periodErrors, { note: periodCalls ? `${percent.format(periodErrors / periodCalls)} of calls` : null }),
+    figure("period-rate-limited", "Refused by rate limit", periodRateLimited, { note: "429, this period" }),
+    figure("period-quota-refused", "Refused by quota", periodQuotaRefused, { note: "429, this period" }),
   );
   const top = [...clients.body.value].sort((a, b) => b.calls - a.calls).slice(0, 10);
   fillTable(

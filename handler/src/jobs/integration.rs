@@ -357,6 +357,7 @@ fn effect_of(
                 occurred_at,
                 recorded_at: now,
                 lease_id: None,
+                refusal: None,
             };
             checks.finish(IntegrationEffect::RecordUsage { event, period_start, period_end })
         }

@@ -152,6 +152,7 @@ mod tests {
             occurred_at: at,
             recorded_at: at,
             lease_id: None,
+            refusal: None,
         };
         // On this single-threaded runtime all three are queued before the writer task runs: one batch.
         let results = futures_util::future::join_all((1..=3).map(|n| recorder.record(event(n), None))).await;

@@ -20,7 +20,7 @@ use super::period::BillingCalendar;
 use crate::auth::guard::Caller;
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
-use crate::store::{Admission, ClientQuotaDebit, ClientQuotaOutcome, QuotaDebit, QuotaOutcome, RateLimitTake};
+use crate::store::{Admission, ClientQuotaDebit, ClientQuotaOutcome, QuotaDebit, QuotaOutcome, RateLimitTake, Refusal};
 
 /// The client a rate limit applies to: the application, else the user, else the token subject.
 fn client_key(caller: &Caller) -> String {
@@ -48,6 +48,7 @@ pub async fn limit(
     };
     let operation = crate::api::operations::operation_of(&req);
     let mut decision = None;
+    let mut refused = None;
     let decided = async {
         let plan = state.lookups.plan(&tenant.plan_code).await?.ok_or_else(|| {
             AppError::internal(anyhow::anyhow!("tenant {} is on plan {} which does not exist", tenant.id, tenant.plan_code))
@@ -145,6 +146,7 @@ pub async fn limit(
             crate::telemetry::metrics::limiter_rejection(crate::telemetry::metrics::LimiterKind::Rate);
             let retry = (rate.retry_after_micros + 999_999) / 1_000_000;
             decision = Some(format!("rate-limited {} r=0 t={retry}", limits.rate_policy));
+            refused = Some(Refusal::Rate);
             return Err(limited(
                 AppError::new(ErrorCode::RateLimited)
                     .with_detail(format!("this client may send {requests_per_minute} requests per minute; retry in {retry} s"))
@@ -165,6 +167,7 @@ pub async fn limit(
             Some(QuotaOutcome::Rejected { .. }) => {
                 crate::telemetry::metrics::limiter_rejection(crate::telemetry::metrics::LimiterKind::Quota);
                 decision = Some(format!("quota-exceeded month used={units_used}/{quota_units} cost={units}"));
+                refused = Some(Refusal::Quota);
                 return Err(limited(
                     AppError::new(ErrorCode::QuotaExceeded)
                         .with_detail(format!(
@@ -201,6 +204,7 @@ pub async fn limit(
                             limits.client_quota = Some((cap, units_used));
                             crate::telemetry::metrics::limiter_rejection(crate::telemetry::metrics::LimiterKind::Quota);
                             decision = Some(format!("quota-exceeded client-month used={units_used}/{cap} cost={units}"));
+                            refused = Some(Refusal::Quota);
                             return Err(limited(
                                 AppError::new(ErrorCode::QuotaExceeded)
                                     .with_detail(format!(
@@ -228,6 +232,9 @@ pub async fn limit(
     .await;
     if let Some(decision) = decision {
         req.extensions_mut().insert(LimiterDecision(decision));
+    }
+    if let Some(refusal) = refused {
+        req.extensions_mut().insert(refusal);
     }
     match decided {
         Ok((limits, debit, ticket)) => {

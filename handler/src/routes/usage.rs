@@ -217,6 +217,10 @@ pub struct UsageRowView {
     pub overage_units: i64,
     /// Calls answered 400 or above.
     pub errors: i64,
+    /// Calls refused by a rate limit (429, among `errors`).
+    pub rate_limited: i64,
+    /// Calls refused by a quota (429, among `errors`).
+    pub quota_refused: i64,
     pub latency: LatencyView,
 }
 
@@ -395,6 +399,8 @@ pub async fn get_usage(
             billable_units: t.billable_units,
             overage_units: t.overage_units,
             errors: t.errors,
+            rate_limited: t.rate_limited,
+            quota_refused: t.quota_refused,
             latency: LatencyView {
                 avg_micros: if t.calls > 0 { t.latency_sum_micros / t.calls } else { 0 },
                 max_micros: t.latency_max_micros,

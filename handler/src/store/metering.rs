@@ -194,6 +194,25 @@ pub struct UsageEvent {
     /// The quota lease the request spent its units from (`docs/usage.md`, "Quota leases"); `None` when it was
     /// debited directly or cost nothing.
     pub lease_id: Option<Uuid>,
+    /// Which limit refused the request (a 429 of the limit stage); `None` for every other answer.
+    pub refusal: Option<Refusal>,
+}
+
+/// The limit that refused a request: a rate limit (the tenant's or a client's per minute) or a quota (the
+/// tenant's or a capped client's per period).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    Rate,
+    Quota,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Rate => "rate",
+            Refusal::Quota => "quota",
+        }
+    }
 }
 
 /// A request's own records, handed to the store write that carries out the request so they commit in the
@@ -350,6 +369,7 @@ mod tests {
             occurred_at: at,
             recorded_at: at,
             lease_id: None,
+            refusal: None,
         };
         assert_eq!(e.external_tenant().unwrap(), Uuid::from_u128(1));
         assert!(UsageEvent { tenant_id: None, ..e.clone() }.external_tenant().is_err());

@@ -58,6 +58,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite":
     8 => "0008_client_limits.sql" "client_limits",
     9 => "0009_billing_calendar.sql" "billing_calendar",
     10 => "0010_document_search.sql" "document_search",
+    11 => "0011_refusals.sql" "refusals",
 );
 
 /// The SQL Server migrations: the same versions and names as [`SQLITE`], in T-SQL.
@@ -72,6 +73,7 @@ pub const MSSQL: &[Migration] = migrations!("mssql":
     8 => "0008_client_limits.sql" "client_limits",
     9 => "0009_billing_calendar.sql" "billing_calendar",
     10 => "0010_document_search.sql" "document_search",
+    11 => "0011_refusals.sql" "refusals",
 );
 
 /// Checks that `known` is strictly increasing: a gap or reorder is a build mistake, caught by a unit test.

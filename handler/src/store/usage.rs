@@ -123,20 +123,38 @@ pub struct UsageTotals {
     pub latency_max_micros: i64,
     /// Cumulative counts, one per [`LATENCY_BOUNDS_MICROS`] element.
     pub latency_histogram: Vec<i64>,
+    /// Calls refused by a rate limit (429), counted among `errors` too.
+    pub rate_limited: i64,
+    /// Calls refused by a quota (429), counted among `errors` too.
+    pub quota_refused: i64,
+}
+
+/// One call, as a rollup counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    pub units: i64,
+    pub billable: bool,
+    pub overage_units: i64,
+    pub status: i32,
+    pub latency_micros: i64,
+    pub refusal: Option<Refusal>,
 }
 
 impl UsageTotals {
     /// The totals of one call.
-    pub fn of_call(units: i64, billable: bool, overage_units: i64, status: i32, latency_micros: i64) -> Self {
+    pub fn of_call(call: Call) -> Self {
         let mut totals = UsageTotals::default();
-        totals.add_call(units, billable, overage_units, status, latency_micros);
+        totals.add_call(call);
         totals
     }
 
     /// Adds one call into `self` (what [`merge`](Self::merge) of [`of_call`](Self::of_call) does, without
     /// building a second histogram).
-    pub fn add_call(&mut self, units: i64, billable: bool, overage_units: i64, status: i32, latency_micros: i64) {
+    pub fn add_call(&mut self, call: Call) {
+        let Call { units, billable, overage_units, status, latency_micros, refusal } = call;
         self.calls += 1;
+        self.rate_limited += i64::from(refusal == Some(Refusal::Rate));
+        self.quota_refused += i64::from(refusal == Some(Refusal::Quota));
         self.units += units;
         if billable {
             self.billable_units += units;
@@ -160,6 +178,8 @@ impl UsageTotals {
         self.billable_units += other.billable_units;
         self.overage_units += other.overage_units;
         self.errors += other.errors;
+        self.rate_limited += other.rate_limited;
+        self.quota_refused += other.quota_refused;
         self.latency_sum_micros += other.latency_sum_micros;
         self.latency_max_micros = self.latency_max_micros.max(other.latency_max_micros);
         if self.latency_histogram.len() < other.latency_histogram.len() {
@@ -378,19 +398,26 @@ pub trait UsageStore: Send + Sync + 'static {
 mod tests {
     use super::*;
 
+    fn call(units: i64, billable: bool, status: i32, latency_micros: i64, refusal: Option<Refusal>) -> Call {
+        Call { units, billable, overage_units: 0, status, latency_micros, refusal }
+    }
+
     #[test]
     fn histograms_are_cumulative_and_merge_by_addition() {
-        let mut a = UsageTotals::of_call(2, true, 0, 200, 1_500);
+        let mut a = UsageTotals::of_call(call(2, true, 200, 1_500, None));
         assert_eq!(a.latency_histogram[..3], [0, 1, 1]);
-        a.merge(&UsageTotals::of_call(2, false, 0, 500, 700));
-        assert_eq!((a.calls, a.units, a.billable_units, a.errors, a.latency_max_micros), (2, 4, 2, 1, 1_500));
-        assert_eq!(a.latency_histogram[..3], [1, 2, 2]);
-        let mut added = UsageTotals::of_call(2, true, 0, 200, 1_500);
-        added.add_call(2, false, 0, 500, 700);
+        a.merge(&UsageTotals::of_call(call(2, false, 500, 700, None)));
+        a.merge(&UsageTotals::of_call(call(2, false, 429, 900, Some(Refusal::Quota))));
+        assert_eq!((a.calls, a.units, a.billable_units, a.errors, a.latency_max_micros), (3, 6, 2, 2, 1_500));
+        assert_eq!((a.rate_limited, a.quota_refused), (0, 1));
+        assert_eq!(a.latency_histogram[..3], [2, 3, 3]);
+        let mut added = UsageTotals::of_call(call(2, true, 200, 1_500, None));
+        added.add_call(call(2, false, 500, 700, None));
+        added.add_call(call(2, false, 429, 900, Some(Refusal::Quota)));
         assert_eq!(added, a, "adding a call in place is merging its totals");
         assert_eq!(a.latency_quantile_micros(0.5), 1_000);
         assert_eq!(a.latency_quantile_micros(0.95), 1_500, "never above the maximum");
-        let slow = UsageTotals::of_call(1, true, 0, 200, 9_000_000);
+        let slow = UsageTotals::of_call(call(1, true, 200, 9_000_000, None));
         assert_eq!(slow.latency_quantile_micros(0.5), 9_000_000, "beyond the last bound: the maximum");
         assert_eq!(UsageTotals::parse_histogram(&a.histogram_json()), Some(a.latency_histogram.clone()));
     }

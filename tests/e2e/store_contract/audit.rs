@@ -99,6 +99,7 @@ async fn audit_events_commit_with_their_usage_batch_or_not_at_all() {
             occurred_at: t0(),
             recorded_at: t0(),
             lease_id: None,
+            refusal: None,
         };
         let ghost = usage(2, Uuid::from_u128(404));
         assert!(

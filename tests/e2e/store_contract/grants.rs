@@ -132,6 +132,7 @@ async fn a_grant_raises_the_period_at_once_and_gives_back_only_its_unused_part()
                 occurred_at: t0(),
                 recorded_at: t0(),
                 lease_id: Some(first),
+                refusal: None,
             })
             .collect();
         store.record_usage(&spent, &[]).await.unwrap();

@@ -115,6 +115,7 @@ fn usage_effect(tenant_id: Uuid, id: &str, units: i64) -> IntegrationEffect {
             occurred_at: t0(),
             recorded_at: t0(),
             lease_id: None,
+            refusal: None,
         },
         period_start: march(),
         period_end: NaiveDate::from_ymd_opt(2026, 4, 1).unwrap(),

@@ -48,6 +48,7 @@ fn spent(tenant: &Tenant, lease: Uuid, n: u128, units: i64, billable: bool) -> U
         occurred_at: t0(),
         recorded_at: t0(),
         lease_id: Some(lease),
+        refusal: None,
     }
 }
 

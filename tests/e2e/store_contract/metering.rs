@@ -193,6 +193,7 @@ async fn usage_events_are_idempotent_by_event_id() {
             occurred_at: t0(),
             recorded_at: t0(),
             lease_id: None,
+            refusal: None,
         };
         assert_eq!(store.record_usage_events(&[event(1), event(2), event(3)]).await.unwrap(), 3);
         assert_eq!(store.record_usage_events(&[event(2), event(3), event(4)]).await.unwrap(), 1, "{}", t.name);
@@ -239,6 +240,7 @@ async fn a_write_commits_its_ledger_in_its_own_transaction_only_when_it_takes_ef
                 occurred_at: t0(),
                 recorded_at: t0(),
                 lease_id: None,
+                refusal: None,
             },
             audit: Some(audit_input(n, Some(acme.id), 1)),
         };

@@ -81,6 +81,13 @@ pub(crate) fn event(
     let clients = [None, Some("Me"), Some("app-b, \"quoted\"")];
     let units = rng.below(6) as i64;
     let billable = rng.below(4) != 0;
+    let status = [200, 201, 404, 429, 503][rng.below(5) as usize];
+    // Most 429s name the limit that refused them; a few do not (a refusal recorded before refusals were).
+    let refusal = match (status, rng.below(3)) {
+        (429, 0) => Some(Refusal::Rate),
+        (429, 1) => Some(Refusal::Quota),
+        _ => None,
+    };
     UsageEvent {
         event_id: Uuid::from_u64_pair(rng.next(), rng.next()),
         request_id: "r".into(),
@@ -90,7 +97,7 @@ pub(crate) fn event(
         operation_id: ops[rng.below(4) as usize].into(),
         method: "GET".into(),
         route_template: "/x".into(),
-        status: [200, 201, 404, 429, 503][rng.below(5) as usize],
+        status,
         units,
         billable,
         overage_units: if billable { rng.below(units as u64 + 1) as i64 } else { 0 },
@@ -101,6 +108,7 @@ pub(crate) fn event(
         occurred_at,
         recorded_at,
         lease_id: None,
+        refusal,
     }
 }
 
@@ -121,13 +129,14 @@ pub(crate) fn naive(events: &[UsageEvent], granularity: RollupGranularity) -> BT
             e.operation_id.clone(),
             e.client_id.clone().unwrap_or_default(),
         );
-        out.entry(key).or_default().merge(&UsageTotals::of_call(
-            e.units,
-            e.billable,
-            e.overage_units,
-            e.status,
-            e.latency_micros,
-        ));
+        out.entry(key).or_default().merge(&UsageTotals::of_call(Call {
+            units: e.units,
+            billable: e.billable,
+            overage_units: e.overage_units,
+            status: e.status,
+            latency_micros: e.latency_micros,
+            refusal: e.refusal,
+        }));
     }
     out
 }

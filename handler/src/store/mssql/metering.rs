@@ -115,20 +115,27 @@ pub(crate) async fn insert_usage_events(conn: &mut MssqlClient, events: &[UsageE
     Ok(inserted)
 }
 
-/// The columns of a usage event whose SQL types are narrower than the row type's: `SMALLINT` status, `INT` units.
+/// The columns of a usage event whose SQL types differ from the row type's: `SMALLINT` status, `INT` units, the
+/// refusal as text.
 struct Narrowed {
     status: i16,
     units: i32,
     overage_units: i32,
+    refusal: Option<&'static str>,
 }
 
 impl Narrowed {
     fn of(e: &UsageEvent) -> Self {
-        Narrowed { status: e.status as i16, units: e.units as i32, overage_units: e.overage_units as i32 }
+        Narrowed {
+            status: e.status as i16,
+            units: e.units as i32,
+            overage_units: e.overage_units as i32,
+            refusal: e.refusal.map(Refusal::as_str),
+        }
     }
 }
 
-/// One usage event's 18 parameters, in the column order of [`INSERT_USAGE_EVENT`] and [`insert_usage_events_sql`].
+/// One usage event's 19 parameters, in the column order of [`INSERT_USAGE_EVENT`] and [`insert_usage_events_sql`].
 fn usage_event_params<'a>(e: &'a UsageEvent, narrow: &'a Narrowed) -> [&'a dyn ToSql; USAGE_EVENT_PARAMS] {
     [
         &e.event_id,
@@ -149,12 +156,13 @@ fn usage_event_params<'a>(e: &'a UsageEvent, narrow: &'a Narrowed) -> [&'a dyn T
         &e.occurred_at,
         &e.recorded_at,
         &e.lease_id,
+        &narrow.refusal,
     ]
 }
 
-const USAGE_EVENT_PARAMS: usize = 18;
+const USAGE_EVENT_PARAMS: usize = 19;
 
-/// Usage events per multi-row insert: SQL Server takes at most 2 100 parameters a request, and a row binds 18.
+/// Usage events per multi-row insert: SQL Server takes at most 2 100 parameters a request, and a row binds 19.
 pub(crate) const USAGE_EVENTS_PER_INSERT: usize = 100;
 const _: () = assert!(USAGE_EVENTS_PER_INSERT * USAGE_EVENT_PARAMS <= 2100, "SQL Server's parameter limit");
 
@@ -164,7 +172,7 @@ const _: () = assert!(USAGE_EVENTS_PER_INSERT * USAGE_EVENT_PARAMS <= 2100, "SQL
 pub(crate) fn insert_usage_events_sql(rows: usize) -> String {
     const COLUMNS: &str = "event_id, request_id, tenant_id, client_id, principal_id, operation_id, method, \
         route_template, status, units, billable, overage_units, latency_micros, request_bytes, response_bytes, \
-        occurred_at, recorded_at, lease_id";
+        occurred_at, recorded_at, lease_id, refusal";
     let values: Vec<String> = (0..rows)
         .map(|row| {
             let first = row * USAGE_EVENT_PARAMS;
@@ -287,8 +295,8 @@ IF @@ROWCOUNT = 0
 pub(crate) const INSERT_USAGE_EVENT: &str =
     "INSERT INTO dbo.usage_events (event_id, request_id, tenant_id, client_id, principal_id,
     operation_id, method, route_template, status, units, billable, overage_units, latency_micros, request_bytes,
-    response_bytes, occurred_at, recorded_at, lease_id)
-SELECT @P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13, @P14, @P15, @P16, @P17, @P18
+    response_bytes, occurred_at, recorded_at, lease_id, refusal)
+SELECT @P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13, @P14, @P15, @P16, @P17, @P18, @P19
 WHERE NOT EXISTS (SELECT 1 FROM dbo.usage_events WITH (UPDLOCK, HOLDLOCK) WHERE event_id = @P1)";
 
 pub(crate) const COUNT_USAGE_EVENTS: &str = "SELECT COUNT_BIG(*) AS n FROM dbo.usage_events WHERE tenant_id = @P1";

@@ -122,6 +122,8 @@ fn totals_from(row: &Row, first: usize) -> Result<UsageTotals, StoreError> {
         latency_max_micros: required(row, first + 6)?,
         latency_histogram: UsageTotals::parse_histogram(&histogram)
             .ok_or_else(|| StoreError::Other(anyhow::anyhow!("bad latency histogram {histogram:?} in the database")))?,
+        rate_limited: required(row, first + 8)?,
+        quota_refused: required(row, first + 9)?,
     })
 }
 
@@ -443,7 +445,9 @@ macro_rules! tsql_sums_of_events {
         SUM(e.latency_micros) AS latency_sum_micros, MAX(e.latency_micros) AS latency_max_micros,
         ",
             tsql_histogram_of_events!(),
-            " AS latency_histogram"
+            " AS latency_histogram,
+        SUM(CASE WHEN e.refusal = N'rate' THEN CAST(1 AS BIGINT) ELSE 0 END) AS rate_limited,
+        SUM(CASE WHEN e.refusal = N'quota' THEN CAST(1 AS BIGINT) ELSE 0 END) AS quota_refused"
         )
     };
 }
@@ -473,13 +477,16 @@ ON t.tenant_id = s.tenant_id AND t.granularity = '",
     AND t.operation_id = s.operation_id AND t.client_id = s.client_id
 WHEN MATCHED THEN UPDATE SET calls = s.calls, units = s.units, billable_units = s.billable_units,
     overage_units = s.overage_units, errors = s.errors, latency_sum_micros = s.latency_sum_micros,
-    latency_max_micros = s.latency_max_micros, latency_histogram = s.latency_histogram, updated_at = @P2
+    latency_max_micros = s.latency_max_micros, latency_histogram = s.latency_histogram,
+    rate_limited = s.rate_limited, quota_refused = s.quota_refused, updated_at = @P2
 WHEN NOT MATCHED THEN INSERT (tenant_id, granularity, window_start, operation_id, client_id, calls, units,
-    billable_units, overage_units, errors, latency_sum_micros, latency_max_micros, latency_histogram, updated_at)
+    billable_units, overage_units, errors, latency_sum_micros, latency_max_micros, latency_histogram, rate_limited,
+    quota_refused, updated_at)
 VALUES (s.tenant_id, '",
             $granularity,
             "', s.ws, s.operation_id, s.client_id, s.calls, s.units, s.billable_units,
-    s.overage_units, s.errors, s.latency_sum_micros, s.latency_max_micros, s.latency_histogram, @P2);"
+    s.overage_units, s.errors, s.latency_sum_micros, s.latency_max_micros, s.latency_histogram, s.rate_limited,
+    s.quota_refused, @P2);"
         )
     };
 }
@@ -510,7 +517,7 @@ macro_rules! tsql_days_source {
         SUM(r.latency_sum_micros) AS latency_sum_micros, MAX(r.latency_max_micros) AS latency_max_micros,
         ",
             tsql_histogram_of_rollups!(),
-            " AS latency_histogram
+            " AS latency_histogram, SUM(r.rate_limited) AS rate_limited, SUM(r.quota_refused) AS quota_refused
     FROM (",
             $days,
             ") AS d
@@ -593,7 +600,7 @@ pub(crate) const PURGE_USAGE_EVENTS: &str = "DELETE FROM dbo.usage_events
 WHERE seq IN (SELECT TOP (@P3) seq FROM dbo.usage_events WHERE seq <= @P1 ORDER BY seq) AND recorded_at < @P2";
 
 pub(crate) const USAGE_ROLLUPS: &str = "SELECT window_start, operation_id, client_id, calls, units, billable_units,
-    overage_units, errors, latency_sum_micros, latency_max_micros, latency_histogram
+    overage_units, errors, latency_sum_micros, latency_max_micros, latency_histogram, rate_limited, quota_refused
 FROM dbo.usage_rollups WHERE tenant_id = @P1 AND granularity = @P2 AND window_start >= @P3 AND window_start < @P4
 ORDER BY window_start, operation_id, client_id";
 

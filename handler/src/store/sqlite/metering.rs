@@ -141,8 +141,8 @@ pub(crate) fn insert_usage_event(conn: &Connection, e: &UsageEvent) -> Result<us
     conn.prepare_cached(
         "INSERT INTO usage_events (event_id, request_id, tenant_id, client_id, principal_id, operation_id, method,
              route_template, status, units, billable, overage_units, latency_micros, request_bytes,
-             response_bytes, occurred_at, recorded_at, lease_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+             response_bytes, occurred_at, recorded_at, lease_id, refusal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
          ON CONFLICT (event_id) DO NOTHING",
     )
     .map_err(classify)?
@@ -164,7 +164,8 @@ pub(crate) fn insert_usage_event(conn: &Connection, e: &UsageEvent) -> Result<us
         e.response_bytes,
         timestamp(e.occurred_at),
         timestamp(e.recorded_at),
-        e.lease_id.map(|id| id.to_string())
+        e.lease_id.map(|id| id.to_string()),
+        e.refusal.map(Refusal::as_str)
     ])
     .map_err(classify)
 }

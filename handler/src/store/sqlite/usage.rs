@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::tenants::{TENANT_COLUMNS, tenant_from_row};
 use super::{SqliteStore, classify, insert_outbox, parse_date, parse_timestamp, parse_uuid, query_all, timestamp};
 use crate::store::usage::*;
-use crate::store::{OutboxMessage, StoreError, Tenant, UsageStore};
+use crate::store::{OutboxMessage, Refusal, StoreError, Tenant, UsageStore};
 
 /// The twelve cumulative latency counts of the calls in a group of `usage_events e`, as JSON array text.
 macro_rules! histogram_of_events {
@@ -40,13 +40,14 @@ macro_rules! histogram_of_rollups {
     };
 }
 
-/// The sums of a group of `usage_events e`, in rollup column order (calls .. latency_histogram).
+/// The sums of a group of `usage_events e`, in rollup column order (calls .. quota_refused).
 macro_rules! sums_of_events {
     () => {
         concat!(
             "count(*), sum(e.units), sum(CASE WHEN e.billable = 1 THEN e.units ELSE 0 END), sum(e.overage_units), \
              sum(e.status >= 400), sum(e.latency_micros), max(e.latency_micros), ",
-            histogram_of_events!()
+            histogram_of_events!(),
+            ", count(CASE WHEN e.refusal = 'rate' THEN 1 END), count(CASE WHEN e.refusal = 'quota' THEN 1 END)"
         )
     };
 }
@@ -55,10 +56,11 @@ const UPSERT_TAIL: &str = "ON CONFLICT (tenant_id, granularity, window_start, op
     calls = excluded.calls, units = excluded.units, billable_units = excluded.billable_units,
     overage_units = excluded.overage_units, errors = excluded.errors, latency_sum_micros = excluded.latency_sum_micros,
     latency_max_micros = excluded.latency_max_micros, latency_histogram = excluded.latency_histogram,
-    updated_at = excluded.updated_at";
+    rate_limited = excluded.rate_limited, quota_refused = excluded.quota_refused, updated_at = excluded.updated_at";
 
 const ROLLUP_COLUMNS: &str = "tenant_id, granularity, window_start, operation_id, client_id, calls, units, \
-    billable_units, overage_units, errors, latency_sum_micros, latency_max_micros, latency_histogram, updated_at";
+    billable_units, overage_units, errors, latency_sum_micros, latency_max_micros, latency_histogram, rate_limited, \
+    quota_refused, updated_at";
 
 /// Recomputes the hour windows listed by `windows` (a query of `tenant_id, hour` with `hour` like
 /// `2026-01-31T23`) from raw events with `seq <= ?1`; `?2` is `updated_at`.
@@ -84,7 +86,7 @@ fn recompute_days(days: &str) -> String {
 INSERT INTO usage_rollups ({ROLLUP_COLUMNS})
 SELECT r.tenant_id, 'day', d.day || 'T00:00:00.000000Z', r.operation_id, r.client_id, sum(r.calls), sum(r.units),
     sum(r.billable_units), sum(r.overage_units), sum(r.errors), sum(r.latency_sum_micros), max(r.latency_max_micros),
-    {histogram}, ?2
+    {histogram}, sum(r.rate_limited), sum(r.quota_refused), ?2
 FROM d JOIN usage_rollups r ON r.tenant_id = d.tenant_id AND r.granularity = 'hour'
     AND r.window_start >= d.day || 'T00:00:00.000000Z' AND r.window_start <= d.day || 'T23:59:59.999999Z'
 WHERE ?1 IS NOT NULL
@@ -211,7 +213,7 @@ fn sum_new_events(
     let mut stmt = tx
         .prepare_cached(
             "SELECT tenant_id, occurred_at, operation_id, coalesce(client_id, ''), units, billable,
-                 overage_units, status, latency_micros
+                 overage_units, status, latency_micros, refusal
              FROM usage_events WHERE seq > ?1 AND seq <= ?2",
         )
         .map_err(classify)?;
@@ -259,7 +261,19 @@ fn sum_new_events(
             }
         };
         let number = |i: usize| row.get::<_, i64>(i).map_err(classify);
-        deltas[i].totals.add_call(number(4)?, number(5)? == 1, number(6)?, number(7)? as i32, number(8)?);
+        let refusal = match text(9)? {
+            Some("rate") => Some(Refusal::Rate),
+            Some("quota") => Some(Refusal::Quota),
+            _ => None,
+        };
+        deltas[i].totals.add_call(Call {
+            units: number(4)?,
+            billable: number(5)? == 1,
+            overage_units: number(6)?,
+            status: number(7)? as i32,
+            latency_micros: number(8)?,
+            refusal,
+        });
     }
     Ok((events, deltas))
 }
@@ -287,7 +301,7 @@ fn add_onto(tx: &Connection, granularity: &str, deltas: &[WindowDelta], now: &st
     let mut read = tx
         .prepare_cached(
             "SELECT calls, units, billable_units, overage_units, errors, latency_sum_micros, latency_max_micros,
-                 latency_histogram
+                 latency_histogram, rate_limited, quota_refused
              FROM usage_rollups
              WHERE tenant_id = ?1 AND granularity = ?2 AND window_start = ?3 AND operation_id = ?4
                  AND client_id = ?5",
@@ -296,7 +310,7 @@ fn add_onto(tx: &Connection, granularity: &str, deltas: &[WindowDelta], now: &st
     let mut write = tx
         .prepare_cached(&format!(
             "INSERT INTO usage_rollups ({ROLLUP_COLUMNS})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) {UPSERT_TAIL}"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) {UPSERT_TAIL}"
         ))
         .map_err(classify)?;
     for delta in deltas {
@@ -319,6 +333,8 @@ fn add_onto(tx: &Connection, granularity: &str, deltas: &[WindowDelta], now: &st
                 totals.latency_sum_micros,
                 totals.latency_max_micros,
                 totals.histogram_json(),
+                totals.rate_limited,
+                totals.quota_refused,
                 now,
             ])
             .map_err(classify)?;
@@ -374,6 +390,7 @@ pub(super) fn set_lagging(
 
 fn totals_from(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Result<UsageTotals, StoreError>> {
     let histogram: String = r.get(first + 7)?;
+    let (rate_limited, quota_refused): (i64, i64) = (r.get(first + 8)?, r.get(first + 9)?);
     let sums: (i64, i64, i64, i64, i64, i64, i64) = (
         r.get(first)?,
         r.get(first + 1)?,
@@ -394,6 +411,8 @@ fn totals_from(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Result<U
             latency_sum_micros: sums.5,
             latency_max_micros: sums.6,
             latency_histogram,
+            rate_limited,
+            quota_refused,
         }))
 }
 
@@ -407,7 +426,7 @@ pub(super) fn usage_rollups(
     let mut stmt = conn
         .prepare_cached(
             "SELECT window_start, operation_id, client_id, calls, units, billable_units, overage_units, errors,
-                 latency_sum_micros, latency_max_micros, latency_histogram
+                 latency_sum_micros, latency_max_micros, latency_histogram, rate_limited, quota_refused
              FROM usage_rollups WHERE tenant_id = ?1 AND granularity = ?2 AND window_start >= ?3 AND window_start < ?4
              ORDER BY window_start, operation_id, client_id",
         )
