@@ -37,6 +37,10 @@ const POOL_SIZE: u32 = 16;
 
 /// How long an operation waits for a pooled connection before it fails as unavailable (then 503).
 const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Transactions that may wait for or hold a pooled connection at once: four per connection. Past it a
+/// transaction is refused with 503 `overloaded` at once rather than queueing behind a pool that is not keeping
+/// up (each waiter would otherwise wait POOL_WAIT per attempt).
+const MAX_WAITING: usize = 4 * POOL_SIZE as usize;
 
 /// A pooled connection owned by the operation that uses it.
 type Pooled = bb8::PooledConnection<'static, MssqlManager>;
@@ -85,6 +89,11 @@ pub struct MssqlStore {
     clock: Arc<dyn crate::clock::Clock>,
     /// Jitter sources handed out so far (see [`MssqlStore::jitter`]).
     draws: Arc<std::sync::atomic::AtomicU64>,
+    /// Every transaction passes it (with its retries, as one call): opened by transactions that end
+    /// unavailable, it refuses at once while open instead of queueing on a pool that cannot connect.
+    breaker: Arc<crate::resilience::Breaker>,
+    /// Bounds the transactions waiting for a pooled connection; past it a transaction is refused at once.
+    waiting: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for MssqlStore {
@@ -111,6 +120,8 @@ impl MssqlStore {
         Ok(MssqlStore {
             pool: pool_with_timeout(connector, POOL_SIZE, POOL_WAIT).await?,
             retry: Arc::new(retry),
+            breaker: crate::resilience::Breaker::new("store", crate::resilience::BreakerPolicy::DEFAULT, clock.clone()),
+            waiting: Arc::new(tokio::sync::Semaphore::new(MAX_WAITING)),
             clock,
             draws: Arc::default(),
         })
@@ -129,6 +140,22 @@ impl MssqlStore {
     /// `op` takes the connection and hands it back with its result (see [`in_tx!`]), which keeps the
     /// future free of higher-ranked borrows, so it stays `Send`.
     async fn transaction<T, F, Fut>(&self, retryable: Retry, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Pooled) -> Fut,
+        Fut: Future<Output = (Pooled, Result<T, StoreError>)>,
+    {
+        // At most MAX_WAITING transactions wait for or hold a connection; the next is shed at once.
+        let Ok(_slot) = self.waiting.clone().try_acquire_owned() else {
+            return Err(StoreError::Unavailable(anyhow::Error::new(crate::resilience::Refusal::overloaded("store"))));
+        };
+        let attempt = self.breaker.admit().map_err(|r| StoreError::Unavailable(anyhow::Error::new(r)))?;
+        let result = self.transaction_attempts(retryable, op).await;
+        attempt.finish(!matches!(result, Err(StoreError::Unavailable(_))));
+        result
+    }
+
+    /// [`Self::transaction`] past the load shedding and the breaker: the attempts, retried if `retryable`.
+    async fn transaction_attempts<T, F, Fut>(&self, retryable: Retry, op: F) -> Result<T, StoreError>
     where
         F: Fn(Pooled) -> Fut,
         Fut: Future<Output = (Pooled, Result<T, StoreError>)>,
