@@ -11,6 +11,7 @@ mod api;
 mod audit;
 mod cli;
 mod docs_page;
+mod faults;
 mod generated_client;
 mod host_protocol;
 mod hostile_http;
