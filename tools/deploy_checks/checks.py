@@ -7,7 +7,9 @@
 - every setting the handler reads (`handler settings`) is set by the Function App's Bicep or allowlisted with a
   reason (`bicep/settings-allowlist.json`), every app setting Bicep sets is explained, and every function.json
   `connection` has its settings in Bicep;
-- both GitHub workflows are valid YAML with the jobs the team relies on.
+- both GitHub workflows are valid YAML with the jobs the team relies on;
+- every alert rule in `bicep/modules/alerts.bicep` has its runbook entry in `docs/operations.md` (a `###`
+  heading with the rule's name), and every runbook link in that file points at an existing entry.
 
 Each check returns a list of problems (empty: fine), so tests can feed it broken inputs and see it fail.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -204,4 +207,22 @@ def workflow_problems(root: Path = ROOT, expected: dict[str, set[str]] = WORKFLO
                 problems.append(f".github/workflows/{name}: job `{job_name}` has no steps")
             elif "uses" not in job and "runs-on" not in job:
                 problems.append(f".github/workflows/{name}: job `{job_name}` has no runs-on")
+    return problems
+
+
+def alert_runbook_problems(root: Path = ROOT) -> list[str]:
+    alerts = (root / "bicep" / "modules" / "alerts.bicep").read_text()
+    runbook = (root / "docs" / "operations.md").read_text()
+    headings = set(re.findall(r"^### ([a-z0-9-]+)\s*$", runbook, flags=re.MULTILINE))
+    rules_block = alerts.split("var rules = [", 1)[1].split("\n]\n", 1)[0] if "var rules = [" in alerts else ""
+    rules = re.findall(r"^\s+name: '([a-z0-9-]+)'\s*$", rules_block, flags=re.MULTILINE)
+    problems = []
+    if not rules:
+        problems.append("bicep/modules/alerts.bicep: no alert rules found in `var rules`")
+    for rule in rules:
+        if rule not in headings:
+            problems.append(f"alert rule `{rule}` has no runbook entry (`### {rule}`) in docs/operations.md")
+    for anchor in sorted(set(re.findall(r"docs/operations\.md#([a-z0-9-]+)", alerts))):
+        if anchor not in headings:
+            problems.append(f"bicep/modules/alerts.bicep links docs/operations.md#{anchor}, which has no entry")
     return problems

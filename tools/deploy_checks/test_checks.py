@@ -32,7 +32,7 @@ class Copy:
     def __enter__(self) -> Path:
         self.dir = tempfile.TemporaryDirectory()
         root = Path(self.dir.name)
-        for part in ["bicep", "schemas", "functions", ".github"]:
+        for part in ["bicep", "schemas", "functions", ".github", "docs"]:
             shutil.copytree(ROOT / part, root / part)
         shutil.copy(ROOT / "host.json", root / "host.json")
         return root
@@ -190,6 +190,31 @@ class WorkflowTests(unittest.TestCase):
             problems = checks.workflow_problems(root)
         self.assertIn(".github/workflows/ci.yml: job `bicep` is missing", problems)
         self.assertTrue(any(p.startswith(".github/workflows/deploy.yml: ") for p in problems), problems)
+
+
+class AlertTests(unittest.TestCase):
+    def test_every_alert_rule_has_its_runbook_entry(self):
+        self.assertEqual(checks.alert_runbook_problems(), [])
+        rules = (ROOT / "bicep/modules/alerts.bicep").read_text().split("var rules = [", 1)[1]
+        for name in ["handler-5xx-rate", "p95-latency", "breaker-open", "quota-threshold-events", "rollup-lag",
+                     "quarantine-count", "outbox-backlog"]:
+            self.assertIn(f"name: '{name}'", rules)
+
+    def test_a_rule_without_an_entry_or_a_dangling_link_is_reported(self):
+        with Copy() as root:
+            alerts = root / "bicep/modules/alerts.bicep"
+            alerts.write_text(alerts.read_text().replace("name: 'breaker-open'", "name: 'breaker-flapping'"))
+            runbook = root / "docs/operations.md"
+            runbook.write_text(runbook.read_text().replace("### outbox-backlog\n", "### outbox-queue\n"))
+            problems = checks.alert_runbook_problems(root)
+        self.assertEqual(
+            problems,
+            [
+                "alert rule `breaker-flapping` has no runbook entry (`### breaker-flapping`) in docs/operations.md",
+                "alert rule `outbox-backlog` has no runbook entry (`### outbox-backlog`) in docs/operations.md",
+                "bicep/modules/alerts.bicep links docs/operations.md#outbox-backlog, which has no entry",
+            ],
+        )
 
 
 if __name__ == "__main__":

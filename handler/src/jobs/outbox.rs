@@ -175,6 +175,7 @@ async fn publish_batch(
         attempt.finish(sent.is_ok());
         match sent {
             Ok(()) => {
+                crate::telemetry::metrics::outbox_published(&row.message.event_type);
                 let (store, id, now) = (state.store.clone(), row.message.id, state.clock.now());
                 marks.spawn(async move { store.mark_outbox_sent(id, now).await });
                 run.sent += 1;

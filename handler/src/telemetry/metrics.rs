@@ -33,6 +33,9 @@ pub const ROLLUP_LAG: &str = "meterline.rollup.lag";
 pub const CONSUMER_OUTCOMES: &str = "meterline.consumer.outcomes";
 /// Outbox events waiting to be published (gauge).
 pub const OUTBOX_BACKLOG: &str = "meterline.outbox.backlog";
+/// Outbox events Service Bus took (counter; attribute `type`, the CloudEvents type: the quota threshold alert
+/// counts `meterline.quota.threshold-crossed.v1`).
+pub const OUTBOX_PUBLISHED: &str = "meterline.outbox.published";
 /// A dependency's circuit breaker: 0 closed, 1 half-open, 2 open (gauge; attribute `dependency`).
 pub const BREAKER_STATE: &str = "meterline.breaker.state";
 /// Circuit breaker state changes (counter; attributes `dependency`, `to`: `open`, `half-open` or `closed`).
@@ -96,6 +99,7 @@ pub struct Metrics {
     rollup_lag: Gauge<f64>,
     consumer_outcomes: Counter<u64>,
     outbox_backlog: Gauge<u64>,
+    outbox_published: Counter<u64>,
     breaker_state: Gauge<u64>,
     breaker_transitions: Counter<u64>,
     dependency_refusals: Counter<u64>,
@@ -149,6 +153,11 @@ impl Metrics {
                 .u64_gauge(OUTBOX_BACKLOG)
                 .with_unit("{event}")
                 .with_description("Outbox events waiting to be published")
+                .build(),
+            outbox_published: meter
+                .u64_counter(OUTBOX_PUBLISHED)
+                .with_unit("{event}")
+                .with_description("Outbox events Service Bus took, by CloudEvents type")
                 .build(),
             breaker_state: meter
                 .u64_gauge(BREAKER_STATE)
@@ -228,6 +237,10 @@ impl Metrics {
         self.outbox_backlog.record(events, &[]);
     }
 
+    pub fn outbox_published(&self, event_type: &str) {
+        self.outbox_published.add(1, &[KeyValue::new("type", event_type.to_owned())]);
+    }
+
     pub fn breaker_state(&self, dependency: &'static str, level: u64) {
         self.breaker_state.record(level, &[KeyValue::new("dependency", dependency)]);
     }
@@ -302,6 +315,11 @@ pub fn consumer_outcome(outcome: ConsumerOutcome) {
 /// The outbox publisher saw `events` unpublished events.
 pub fn outbox_backlog(events: u64) {
     with(|m| m.outbox_backlog(events));
+}
+
+/// Service Bus took an outbox event of `event_type`.
+pub fn outbox_published(event_type: &str) {
+    with(|m| m.outbox_published(event_type));
 }
 
 /// A dependency's circuit breaker is now at `level` (0 closed, 1 half-open, 2 open).
