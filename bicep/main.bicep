@@ -273,6 +273,15 @@ module apim 'modules/apim.bicep' = if (deployApim) {
   }
 }
 
+// With API Management, the Function App takes API traffic from it alone (apim-lock.bicep; tools/deploy_checks).
+module apimLock 'modules/apim-lock.bicep' = if (deployApim) {
+  name: 'apim-lock'
+  params: {
+    functionAppName: functionApp.outputs.name
+    apimAddresses: deployApim ? apim.outputs.addresses : []
+  }
+}
+
 module alerts 'modules/alerts.bicep' = {
   name: 'alerts'
   params: {
@@ -304,3 +313,5 @@ output serviceBusNamespace string = serviceBus.outputs.namespaceFqdn
 output sqlServer string = sqlServerFqdn
 output sqlDatabase string = sqlDatabaseName
 output apimGatewayUrl string = deployApim ? apim.outputs.gatewayUrl : ''
+@description('Where clients (and the deployment\'s smoke test) reach the API: the API Management gateway when it is deployed, since the Function App then refuses direct calls.')
+output apiBaseUrl string = deployApim ? '${apim.outputs.gatewayUrl}/api' : 'https://${functionApp.outputs.defaultHostName}/api'

@@ -8,6 +8,9 @@
   reason (`bicep/settings-allowlist.json`), every app setting Bicep sets is explained, and every function.json
   `connection` has its settings in Bicep;
 - both GitHub workflows are valid YAML with the jobs the team relies on;
+- with the API Management option, the Function App cannot be reached around it: `main.bicep` deploys
+  `modules/apim-lock.bicep` under the same condition, fed the instance's addresses; the lock denies by default
+  and allows only those addresses; and no template reads a function or host key (`listKeys`);
 - every alert rule in `bicep/modules/alerts.bicep` has its runbook entry in `docs/operations.md` (a `###`
   heading with the rule's name), and every runbook link in that file points at an existing entry.
 
@@ -225,4 +228,63 @@ def alert_runbook_problems(root: Path = ROOT) -> list[str]:
     for anchor in sorted(set(re.findall(r"docs/operations\.md#([a-z0-9-]+)", alerts))):
         if anchor not in headings:
             problems.append(f"bicep/modules/alerts.bicep links docs/operations.md#{anchor}, which has no entry")
+    return problems
+
+
+def _mentions(node, text: str) -> bool:
+    """Whether a pycep expression tree mentions `text` anywhere (in a string or an identifier)."""
+    if isinstance(node, dict):
+        return any(_mentions(v, text) for v in node.values())
+    if isinstance(node, list):
+        return any(_mentions(v, text) for v in node)
+    return text in str(node)
+
+
+def apim_bypass_problems(root: Path = ROOT) -> list[str]:
+    main = parse_bicep(root / "bicep" / "main.bicep")
+    modules = main.get("modules", {})
+    apim = [(n, m) for n, m in modules.items() if m["detail"]["path"] == "modules/apim.bicep"]
+    if not apim:
+        return []  # no API Management option: nothing to bypass
+    problems = []
+    apim_name, apim_module = apim[0]
+    condition = apim_module["config"].get("condition")
+    locks = [(n, m) for n, m in modules.items() if m["detail"]["path"] == "modules/apim-lock.bicep"]
+    if not locks:
+        problems.append(
+            "bicep/main.bicep: the API Management option leaves the Function App reachable directly "
+            "(no module deploys modules/apim-lock.bicep)"
+        )
+    for name, lock in locks:
+        config = lock["config"]
+        if config.get("condition") != condition:
+            problems.append(
+                f"bicep/main.bicep: module `{name}` (apim-lock) must be deployed exactly when `{apim_name}` is "
+                f"(condition {condition!r}, not {config.get('condition')!r})"
+            )
+        if not _mentions(config.get("config", {}).get("params", {}).get("apimAddresses"), apim_name):
+            problems.append(f"bicep/main.bicep: module `{name}` must allow the addresses `{apim_name}` outputs")
+    lock_path = root / "bicep" / "modules" / "apim-lock.bicep"
+    if lock_path.exists():
+        resources = parse_bicep(lock_path).get("resources", {})
+        configs = [
+            r.get("config", {}) for r in resources.values() if str(r.get("type", "")).startswith("Microsoft.Web/sites/config")
+        ]
+        web = [c.get("config", c) if "condition" in c else c for c in configs]
+        props = [w.get("properties", {}) for w in web if w.get("name") == "web"]
+        if not props:
+            problems.append("bicep/modules/apim-lock.bicep: sets no Function App access restrictions (sites/config `web`)")
+        for p in props:
+            if p.get("ipSecurityRestrictionsDefaultAction") != "Deny":
+                problems.append(
+                    "bicep/modules/apim-lock.bicep: the Function App's access restrictions must deny by default, "
+                    f"not {p.get('ipSecurityRestrictionsDefaultAction')!r}"
+                )
+            if not _mentions(p.get("ipSecurityRestrictions"), "apimAddresses") or not _mentions(
+                p.get("ipSecurityRestrictions"), "Allow"
+            ):
+                problems.append("bicep/modules/apim-lock.bicep: the access restrictions must allow the API Management addresses")
+    for path in sorted((root / "bicep").rglob("*.bicep")):
+        if "listKeys(" in path.read_text():
+            problems.append(f"{path.relative_to(root)}: reads a key into the template at deploy time (listKeys)")
     return problems

@@ -192,6 +192,41 @@ class WorkflowTests(unittest.TestCase):
         self.assertTrue(any(p.startswith(".github/workflows/deploy.yml: ") for p in problems), problems)
 
 
+class ApimTests(unittest.TestCase):
+    def test_the_shipped_template_leaves_no_way_around_api_management(self):
+        self.assertEqual(checks.apim_bypass_problems(), [])
+
+    def test_a_template_that_leaves_the_function_app_reachable_fails(self):
+        with Copy() as root:
+            main = root / "bicep/main.bicep"
+            text = main.read_text()
+            start = text.index("module apimLock ")
+            end = text.index("\n}\n", start) + 3
+            main.write_text(text[:start] + text[end:])
+            problems = checks.apim_bypass_problems(root)
+        self.assertEqual(
+            problems,
+            [
+                "bicep/main.bicep: the API Management option leaves the Function App reachable directly "
+                "(no module deploys modules/apim-lock.bicep)"
+            ],
+        )
+
+    def test_a_lock_that_allows_by_default_or_a_listed_key_fails(self):
+        with Copy() as root:
+            lock = root / "bicep/modules/apim-lock.bicep"
+            lock.write_text(lock.read_text().replace("ipSecurityRestrictionsDefaultAction: 'Deny'", "ipSecurityRestrictionsDefaultAction: 'Allow'"))
+            main = root / "bicep/main.bicep"
+            main.write_text(main.read_text().replace("module apimLock 'modules/apim-lock.bicep' = if (deployApim)", "module apimLock 'modules/apim-lock.bicep' = if (false)"))
+            apim = root / "bicep/modules/apim.bicep"
+            apim.write_text(apim.read_text() + "\noutput key string = listKeys('${service.id}/host/default', '2024-04-01').functionKeys.default\n")
+            problems = checks.apim_bypass_problems(root)
+        self.assertEqual(len(problems), 3, problems)
+        self.assertIn("must be deployed exactly when `apim` is", problems[0])
+        self.assertIn("must deny by default, not 'Allow'", problems[1])
+        self.assertEqual(problems[2], "bicep/modules/apim.bicep: reads a key into the template at deploy time (listKeys)")
+
+
 class AlertTests(unittest.TestCase):
     def test_every_alert_rule_has_its_runbook_entry(self):
         self.assertEqual(checks.alert_runbook_problems(), [])
