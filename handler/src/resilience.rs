@@ -36,8 +36,8 @@ impl BreakerPolicy {
     /// not hammered, short enough that a recovered one is found again within one `Retry-After`.
     pub const DEFAULT: BreakerPolicy = BreakerPolicy { failures_to_open: 5, open_for: Duration::from_secs(5) };
 
-    /// For a client whose every call already retries inside its pipeline (Service Bus: four tries with
-    /// backoff, about 3 s when the namespace refuses connections): three such calls in a row, then 5 s.
+    /// For a client whose every call already retries inside its pipeline (Service Bus and Key Vault: four tries
+    /// with backoff, about 3 s when the service refuses connections): three such calls in a row, then 5 s.
     pub const RETRIED_CALLS: BreakerPolicy = BreakerPolicy { failures_to_open: 3, open_for: Duration::from_secs(5) };
 }
 

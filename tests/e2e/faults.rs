@@ -8,6 +8,9 @@
 //! - Service Bus: a TCP proxy of ours ([`FaultProxy`]) between the handler and the local Service Bus endpoint
 //!   refuses every connection. The outbox breaker opens, publisher runs stop at once instead of failing each
 //!   row, and once the bus is back every event is delivered.
+//! - Key Vault: the same proxy between the handler and the local Key Vault while the handler refreshes its
+//!   secrets every second. The vault's breaker opens, refresh rounds come back at once while it is open (the
+//!   handler keeps the values it has), and a secret rotated during the outage is read once the vault returns.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +22,7 @@ use meterline::store::{SqliteStore, Tenant, TenantStatus};
 use serde_json::{Value, json};
 
 use crate::metering::{METERED, metered};
+use crate::outbox::key_vault;
 use crate::support::endpoints::{Reply, Seen, TestCa, TestServer, identity_env, managed_identity_endpoint};
 use crate::support::host::{HostEmulator, HostOptions};
 use crate::support::proxy::{FaultProxy, Mode};
@@ -316,4 +320,83 @@ async fn a_refusing_service_bus_opens_the_outbox_breaker_and_every_event_is_deli
     assert!(!paused.is_empty(), "publisher runs while the breaker is open stop at once");
     assert!(refusal_p99 < Duration::from_millis(1000), "paused runs come back fast: p99 {refusal_p99:?}");
     assert_eq!(breaker_state(&client, &ready, "servicebus").await, "closed");
+}
+
+/// The JSON log lines of `host` with `message`, as values.
+fn log_lines(host: &HostEmulator, message: &str) -> Vec<Value> {
+    host.output()
+        .iter()
+        .filter(|l| l.contains(message))
+        .filter_map(|l| serde_json::from_str::<Value>(&l[l.find('{').unwrap_or(0)..]).ok())
+        .collect()
+}
+
+/// A field of a JSON log line, wherever the formatter put it.
+fn field(line: &Value, name: &str) -> Option<Value> {
+    line.get(name).or_else(|| line.get("fields").and_then(|f| f.get(name))).cloned()
+}
+
+#[tokio::test]
+async fn a_refusing_key_vault_opens_its_breaker_keeps_the_secrets_and_reads_the_rotated_one_once_back() {
+    let ca = TestCa::new();
+    let identity = managed_identity_endpoint().await;
+    let secrets = Arc::new(Mutex::new(vec![("cursor-key".to_owned(), "a".repeat(40))]));
+    let vault = key_vault(&ca, secrets.clone()).await;
+    let proxy = FaultProxy::start(vault.port).await;
+    let mut env = identity_env(&identity, &ca);
+    env.push(("METERLINE_KEYVAULT_URL".into(), format!("https://127.0.0.1:{}", proxy.port)));
+    env.push(("METERLINE_CURSOR_KEY_SECRET_NAME".into(), "cursor-key".into()));
+    env.push(("METERLINE_KEYVAULT_REFRESH_SECS".into(), "1".into()));
+    let host = HostEmulator::start_with(HostOptions { env, ..HostOptions::default() }).await;
+    let ready = host.handler_url("/api/health/ready");
+    let client = reqwest::Client::new();
+    const MESSAGE: &str = "Key Vault secrets refreshed";
+    let rounds = || log_lines(&host, MESSAGE);
+    until("a first refresh round", Duration::from_secs(30), async || !rounds().is_empty()).await;
+    assert_eq!(breaker_state(&client, &ready, "keyvault").await, "closed");
+
+    // The fault: the vault refuses every connection; the secret is rotated meanwhile.
+    const OUTAGE: Duration = Duration::from_secs(25);
+    proxy.set(Mode::Refuse);
+    secrets.lock().unwrap()[0].1 = "b".repeat(40);
+    let fault = Instant::now();
+    let before = rounds().len();
+    let opened = until("the Key Vault breaker opens", OUTAGE, async || {
+        breaker_state(&client, &ready, "keyvault").await == "open"
+    })
+    .await;
+    let opened_at = rounds().len();
+    tokio::time::sleep_until((fault + OUTAGE).into()).await; // the outage lasts OUTAGE
+    // Rounds that started with the breaker open (a round that carried the half-open probe is not a refusal).
+    let while_open: Vec<Value> = rounds()[opened_at..]
+        .iter()
+        .filter(|l| field(l, "breaker").and_then(|b| b.as_str().map(str::to_owned)).as_deref() == Some("open"))
+        .cloned()
+        .collect();
+    let failed_rounds = rounds()[before..].iter().filter(|l| field(l, "refreshed") == Some(json!(0))).count();
+    proxy.set(Mode::Forward);
+    let restored = Instant::now();
+    let recovered = until("a refresh round reads the vault again", Duration::from_secs(30), async || {
+        rounds().iter().skip(opened_at).any(|l| field(l, "refreshed") == Some(json!(1)))
+    })
+    .await;
+    let took: Vec<Duration> = while_open
+        .iter()
+        .filter_map(|l| field(l, "took_us").and_then(|t| t.as_u64()).map(Duration::from_micros))
+        .collect();
+    let refusal_p99 = p99(took.clone());
+    assert_eq!(breaker_state(&client, &ready, "keyvault").await, "closed");
+    let vault_reads = vault.seen().iter().filter(|r| r.path.starts_with("/secrets/")).count();
+    println!(
+        "Key Vault refused connections for {OUTAGE:?} with a refresh every second: time to open {:?}, refresh \
+         rounds refused while open {} with p99 {refusal_p99:?} ({failed_rounds} rounds without a read in all), \
+         time to read the rotated secret {:?} after it returned, vault reads in all {vault_reads}",
+        opened - fault,
+        took.len(),
+        recovered - restored,
+    );
+    assert!(opened - fault < OUTAGE, "three failed reads (four tries each) open it within the outage");
+    assert!(!took.is_empty(), "refresh rounds ran while the breaker was open");
+    assert!(refusal_p99 < Duration::from_millis(200), "refused rounds come back at once: p99 {refusal_p99:?}");
+    assert!(recovered - restored < Duration::from_secs(15), "the rotated secret is read without a restart");
 }

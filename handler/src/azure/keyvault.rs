@@ -6,7 +6,7 @@
 //! nothing from this module: the platform resolves them into plain environment variables (README, "Secrets").
 //!
 //! Each HTTP try is bounded by [`TRY_TIMEOUT`], and every read passes the Key Vault circuit breaker: while it is
-//! open (five failed reads in a row) a refresh skips the vault at once and the cells keep their last values.
+//! open (three failed reads in a row, each already retried) a refresh skips the vault at once and the cells keep their last values.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,7 +45,9 @@ impl KeyVault {
         let client = SecretClient::new(url, credential, options)
             .map_err(|e| anyhow::anyhow!("Key Vault client for {url}: {e}"))?;
         let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
-        Ok(Self { client, url: url.to_owned(), breaker: Breaker::new("keyvault", BreakerPolicy::DEFAULT, clock) })
+        // Each read is already four tries (client_options' retry policy): three failed reads open the breaker.
+        let breaker = Breaker::new("keyvault", BreakerPolicy::RETRIED_CALLS, clock);
+        Ok(Self { client, url: url.to_owned(), breaker })
     }
 
     /// The same client with `breaker` (tests pass one on a manual clock).
@@ -160,8 +162,12 @@ impl VaultSecrets {
             ticks.tick().await; // the first tick is immediate: the values were just loaded
             loop {
                 ticks.tick().await;
+                // The breaker's state as the round starts (`open`: every read is refused) and how long it took.
+                let breaker = vault.breaker().state().as_str();
+                let started = std::time::Instant::now();
                 let refreshed = refresh_cells(&vault, &cells).await;
-                tracing::info!(refreshed, total = cells.len(), "Key Vault secrets refreshed");
+                let took_us = started.elapsed().as_micros() as u64;
+                tracing::info!(refreshed, total = cells.len(), took_us, breaker, "Key Vault secrets refreshed");
             }
         });
     }
@@ -174,6 +180,10 @@ async fn refresh_cells(vault: &KeyVault, cells: &BTreeMap<String, SecretCell>) -
             Ok(value) => {
                 cell.set(value);
                 refreshed += 1;
+            }
+            // The breaker logged its opening once; the rounds it refuses are counted, not logged per secret.
+            Err(err) if crate::resilience::Refusal::find(&err).is_some() => {
+                tracing::debug!(secret = %name, error = %format!("{err:#}"), "Key Vault refresh refused; keeping the previous value")
             }
             Err(err) => {
                 tracing::warn!(secret = %name, error = %format!("{err:#}"), "Key Vault refresh failed; keeping the previous value")
