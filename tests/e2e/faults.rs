@@ -8,6 +8,9 @@
 //! - Service Bus: a TCP proxy of ours ([`FaultProxy`]) between the handler and the local Service Bus endpoint
 //!   refuses every connection. The outbox breaker opens, publisher runs stop at once instead of failing each
 //!   row, and once the bus is back every event is delivered.
+//! - The OpenID provider: the same proxy in front of its discovery endpoint, while clients call with tokens
+//!   whose key is loaded and with tokens naming an unknown key (each makes the handler fetch the keys again).
+//!   Tokens with loaded keys keep being served; the openid breaker opens and unknown keys are refused at once.
 //! - Key Vault: the same proxy between the handler and the local Key Vault while the handler refreshes its
 //!   secrets every second. The vault's breaker opens, refresh rounds come back at once while it is open (the
 //!   handler keeps the values it has), and a secret rotated during the outage is read once the vault returns.
@@ -21,10 +24,12 @@ use meterline::store::prelude::*;
 use meterline::store::{SqliteStore, Tenant, TenantStatus};
 use serde_json::{Value, json};
 
+use crate::identity::{AUDIENCE, DIR_A, clients, entra_settings, seed};
 use crate::metering::{METERED, metered};
 use crate::outbox::key_vault;
 use crate::support::endpoints::{Reply, Seen, TestCa, TestServer, identity_env, managed_identity_endpoint};
 use crate::support::host::{HostEmulator, HostOptions};
+use crate::support::oidc::{OidcProvider, Signer, forge};
 use crate::support::proxy::{FaultProxy, Mode};
 use crate::support::stores;
 
@@ -399,4 +404,113 @@ async fn a_refusing_key_vault_opens_its_breaker_keeps_the_secrets_and_reads_the_
     assert!(!took.is_empty(), "refresh rounds ran while the breaker was open");
     assert!(refusal_p99 < Duration::from_millis(200), "refused rounds come back at once: p99 {refusal_p99:?}");
     assert!(recovered - restored < Duration::from_secs(15), "the rotated secret is read without a restart");
+}
+
+#[tokio::test]
+async fn a_refusing_openid_provider_opens_its_breaker_while_loaded_keys_keep_serving() {
+    let provider = OidcProvider::start(AUDIENCE, clients()).await;
+    let discovery_port: u16 = provider.issuer().rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = FaultProxy::start(discovery_port).await;
+    let root = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&root.path().join("data/meterline.db")).await.unwrap();
+    store.migrate().await.unwrap();
+    seed(&store, chrono::Utc::now()).await;
+    // Discovery through the proxy (the JWKS address it returns is the provider's own); every unknown key refetches.
+    let env = entra_settings(&provider, 0)
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "METERLINE_AUTH_AUTHORITY" => (k, format!("http://127.0.0.1:{}", proxy.port)),
+            _ => (k, v),
+        })
+        .collect();
+    let host = HostEmulator::start_with(HostOptions {
+        app_root: Some(root.path().to_path_buf()),
+        env,
+        ..HostOptions::default()
+    })
+    .await;
+    let (me, ready) = (host.handler_url("/api/v1/me"), host.handler_url("/api/health/ready"));
+    let client = reqwest::Client::new();
+    let known = format!("Bearer {}", provider.token("app-a-reader").await);
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({
+        "iss": provider.issuer(), "aud": AUDIENCE, "sub": "app-a-reader", "azp": "app-a-reader", "tid": DIR_A,
+        "roles": ["Documents.Read"], "idtyp": "app", "iat": now, "nbf": now, "exp": now + 600
+    });
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": "a-key-not-in-the-jwks"});
+    let unknown = format!("Bearer {}", forge(&header, &claims, Signer::Rs256(&provider.signing_key())));
+    until("the keys are loaded", Duration::from_secs(30), async || {
+        client.get(&me).header("Authorization", &known).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+
+    // Steady load: a call with a loaded key every 200 ms (the plan allows 10 a second), one with an unknown key
+    // every 20 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples = Arc::new(Mutex::new(Vec::<(bool, Sample)>::new()));
+    let workers: Vec<_> = [(known.clone(), 200, true), (unknown, 20, false)]
+        .into_iter()
+        .map(|(auth, pause, loaded)| {
+            let (client, me, stop, samples) = (client.clone(), me.clone(), stop.clone(), samples.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let response = client.get(&me).header("Authorization", &auth).send().await.unwrap();
+                    let sample = Sample {
+                        started,
+                        latency: started.elapsed(),
+                        status: response.status().as_u16(),
+                        request_id: response.headers()["x-request-id"].to_str().unwrap().to_owned(),
+                    };
+                    samples.lock().unwrap().push((loaded, sample));
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            })
+        })
+        .collect();
+    until("the load runs", Duration::from_secs(30), async || samples.lock().unwrap().len() >= 20).await;
+
+    const OUTAGE: Duration = Duration::from_secs(8);
+    proxy.set(Mode::Refuse);
+    let fault = Instant::now();
+    let opened =
+        until("the OpenID breaker opens", OUTAGE, async || breaker_state(&client, &ready, "openid").await == "open")
+            .await;
+    tokio::time::sleep_until((fault + OUTAGE).into()).await;
+    let restored_at = Instant::now();
+    proxy.set(Mode::Forward);
+    let recovered = until("the OpenID breaker closes", Duration::from_secs(30), async || {
+        breaker_state(&client, &ready, "openid").await == "closed"
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let samples = samples.lock().unwrap().clone();
+    let during: Vec<&Sample> =
+        samples.iter().filter(|(_, s)| s.started >= fault && s.started < restored_at).map(|(_, s)| s).collect();
+    let loaded_during: Vec<&Sample> = samples
+        .iter()
+        .filter(|(loaded, s)| *loaded && s.started >= fault && s.started < restored_at)
+        .map(|(_, s)| s)
+        .collect();
+    let refused: Vec<Duration> =
+        during.iter().filter(|s| s.started >= opened && s.status == 503).map(|s| s.latency).collect();
+    let refusal_p99 = p99(refused.clone());
+    let loaded_failed = loaded_during.iter().filter(|s| s.status != 200).count();
+    println!(
+        "the OpenID provider refused connections for {OUTAGE:?}: time to open {:?}, unknown-key calls refused while \
+         open {} with p99 {refusal_p99:?}, calls with a loaded key during the outage {} of which failed \
+         {loaded_failed}, time to close {:?} after it returned",
+        opened - fault,
+        refused.len(),
+        loaded_during.len(),
+        recovered - restored_at,
+    );
+    assert!(opened - fault < OUTAGE, "five failed fetches open it within the outage");
+    assert!(refusal_p99 < Duration::from_millis(500), "refusals come back fast: p99 {refusal_p99:?}");
+    assert!(!loaded_during.is_empty());
+    assert_eq!(loaded_failed, 0, "tokens signed by loaded keys are served throughout the outage");
+    assert!(recovered - restored_at < Duration::from_secs(10), "closes after its probe, without a restart");
 }
