@@ -40,6 +40,23 @@ struct Sample {
     latency: Duration,
     status: u16,
     request_id: String,
+    /// `Retry-After` and the problem's media type, when the answer is a refusal.
+    retry_after: Option<String>,
+    problem: bool,
+}
+
+impl Sample {
+    fn of(started: Instant, response: &reqwest::Response) -> Self {
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Sample {
+            started,
+            latency: started.elapsed(),
+            status: response.status().as_u16(),
+            request_id: header("x-request-id").expect("every answer has a request id"),
+            retry_after: header("retry-after"),
+            problem: header("content-type").as_deref() == Some("application/problem+json"),
+        }
+    }
 }
 
 /// The 99th percentile of `latencies` (nearest rank).
@@ -90,12 +107,7 @@ async fn a_stalled_store_opens_its_breaker_refuses_fast_loses_no_usage_and_recov
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
                     let response = client.get(&url).header("Authorization", &auth).send().await.unwrap();
-                    let sample = Sample {
-                        started,
-                        latency: started.elapsed(),
-                        status: response.status().as_u16(),
-                        request_id: response.headers()["x-request-id"].to_str().unwrap().to_owned(),
-                    };
+                    let sample = Sample::of(started, &response);
                     samples.lock().unwrap().push(sample);
                     // Steady, not flat out: the machine is shared.
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -147,6 +159,10 @@ async fn a_stalled_store_opens_its_breaker_refuses_fast_loses_no_usage_and_recov
     let samples = samples.lock().unwrap().clone();
     assert!(!during_open.is_empty(), "requests were refused while the breaker was open");
     assert!(during_open.iter().all(|s| s.status == 503), "no 2xx while the store is stalled: {during_open:?}");
+    assert!(
+        during_open.iter().all(|s| s.problem && s.retry_after.as_deref().is_some_and(|r| r.parse::<u64>().is_ok())),
+        "every refusal is problem+json with Retry-After: {during_open:?}"
+    );
     let refusal_p99 = p99(during_open.iter().map(|s| s.latency).collect());
     let conn = rusqlite::Connection::open(m.root.path().join("data/meterline.db")).unwrap();
     let count = |sql: &str, id: &str| -> i64 { conn.query_row(sql, [id], |r| r.get(0)).unwrap() };
@@ -456,12 +472,7 @@ async fn a_refusing_openid_provider_opens_its_breaker_while_loaded_keys_keep_ser
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
                     let response = client.get(&me).header("Authorization", &auth).send().await.unwrap();
-                    let sample = Sample {
-                        started,
-                        latency: started.elapsed(),
-                        status: response.status().as_u16(),
-                        request_id: response.headers()["x-request-id"].to_str().unwrap().to_owned(),
-                    };
+                    let sample = Sample::of(started, &response);
                     samples.lock().unwrap().push((loaded, sample));
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
@@ -510,6 +521,10 @@ async fn a_refusing_openid_provider_opens_its_breaker_while_loaded_keys_keep_ser
     );
     assert!(opened - fault < OUTAGE, "five failed fetches open it within the outage");
     assert!(refusal_p99 < Duration::from_millis(500), "refusals come back fast: p99 {refusal_p99:?}");
+    assert!(
+        during.iter().filter(|s| s.status == 503).all(|s| s.problem && s.retry_after.is_some()),
+        "every refusal is problem+json with Retry-After"
+    );
     assert!(!loaded_during.is_empty());
     assert_eq!(loaded_failed, 0, "tokens signed by loaded keys are served throughout the outage");
     assert!(recovered - restored_at < Duration::from_secs(10), "closes after its probe, without a restart");
