@@ -92,6 +92,16 @@ param instanceMemoryMB int = 2048
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
+@description('Flex Consumption: concurrent HTTP requests per instance before the platform adds one. 16 matches what was measured (BENCHMARKS.md: with 16 connections one 2-core process serves 10 000-12 000 single-row reads/s at p99 < 3 ms and 3 800 creates/s at p99 7.5 ms) and the SQL Server pool of 16 connections per process (store/mssql: past 64 waiting transactions it sheds with 503 overloaded), so a request in flight normally holds a connection instead of queueing for one.')
+@minValue(1)
+@maxValue(1000)
+param httpPerInstanceConcurrency int = 16
+
+@description('Flex Consumption: instances kept warm for HTTP. The handler itself starts in 14.5 ms (BENCHMARKS.md, cold start), so what a first request waits for is the platform allocating an instance; one always-ready instance removes that for the steady trickle of traffic, and scale-out above it is on demand. 0 saves its cost (dev).')
+@minValue(0)
+@maxValue(20)
+param alwaysReadyInstances int = 1
+
 @description('METERLINE_LOG for the handler.')
 param logFilter string = 'info'
 
@@ -118,6 +128,15 @@ param apimCallsPerMinute int = 1200
 // --- alerts ---------------------------------------------------------------------------------------------------
 @description('E-mail addresses that receive alerts; empty creates the alert rules without an action group.')
 param alertEmails array = []
+
+@description('An existing action group (resource id) that receives every alert as well; empty for none.')
+param alertActionGroupId string = ''
+
+@description('Alert when the 95th percentile of request durations exceeds this many milliseconds over 15 minutes. BENCHMARKS.md measures p99 under 8 ms for every single-row call on SQLite (30 ms for a search); Azure SQL and the Functions host add tens of milliseconds, so 1 s means something is wrong, not slow.')
+param alertP95LatencyMs int = 1000
+
+@description('Alert when more than this many quota threshold events (80 % or 100 % of a quota) are published in 15 minutes; 0 alerts on every one (severity 3, informational).')
+param alertQuotaThresholdEvents int = 0
 
 @description('Alert when more than this share of requests (0-1) fail with 5xx over 15 minutes.')
 param alert5xxRateThreshold string = '0.05'
@@ -234,6 +253,8 @@ module functionApp 'modules/functionapp.bicep' = {
     logFilter: logFilter
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
+    httpPerInstanceConcurrency: httpPerInstanceConcurrency
+    alwaysReadyInstances: alwaysReadyInstances
   }
 }
 
@@ -252,6 +273,15 @@ module apim 'modules/apim.bicep' = if (deployApim) {
   }
 }
 
+// With API Management, the Function App takes API traffic from it alone (apim-lock.bicep; tools/deploy_checks).
+module apimLock 'modules/apim-lock.bicep' = if (deployApim) {
+  name: 'apim-lock'
+  params: {
+    functionAppName: functionApp.outputs.name
+    apimAddresses: deployApim ? apim.outputs.addresses : []
+  }
+}
+
 module alerts 'modules/alerts.bicep' = {
   name: 'alerts'
   params: {
@@ -263,7 +293,10 @@ module alerts 'modules/alerts.bicep' = {
     serviceBusNamespaceId: serviceBus.outputs.namespaceId
     integrationQueueName: integrationQueueName
     alertEmails: alertEmails
+    actionGroupId: alertActionGroupId
     fiveXxRateThreshold: alert5xxRateThreshold
+    p95LatencyMs: alertP95LatencyMs
+    quotaThresholdEvents: alertQuotaThresholdEvents
     rollupLagSeconds: alertRollupLagSeconds
     quarantineCount: alertQuarantineCount
     outboxBacklog: alertOutboxBacklog
@@ -280,3 +313,5 @@ output serviceBusNamespace string = serviceBus.outputs.namespaceFqdn
 output sqlServer string = sqlServerFqdn
 output sqlDatabase string = sqlDatabaseName
 output apimGatewayUrl string = deployApim ? apim.outputs.gatewayUrl : ''
+@description('Where clients (and the deployment\'s smoke test) reach the API: the API Management gateway when it is deployed, since the Function App then refuses direct calls.')
+output apiBaseUrl string = deployApim ? '${apim.outputs.gatewayUrl}/api' : 'https://${functionApp.outputs.defaultHostName}/api'

@@ -1,6 +1,7 @@
-// The four alerts of docs/operations.md ("Alerts"), on Application Insights data: requests (the Functions
-// host records every invocation) and the handler's OpenTelemetry metrics (customMetrics; names from
-// handler/src/telemetry/metrics.rs), plus Service Bus dead letters as a second quarantine signal.
+// The alerts of docs/operations.md ("Alerts"; tools/deploy_checks requires a runbook entry for each rule), on
+// Application Insights data: requests (the Functions host records every invocation) and the handler's
+// OpenTelemetry metrics (customMetrics; names from handler/src/telemetry/metrics.rs), plus Service Bus dead
+// letters as a second quarantine signal. They go to the action group of alertEmails and to actionGroupId.
 param baseName string
 param location string
 param tags object
@@ -9,7 +10,11 @@ param functionAppId string
 param serviceBusNamespaceId string
 param integrationQueueName string
 param alertEmails array
+@description('An existing action group (resource id) that receives every alert too; empty for none.')
+param actionGroupId string
 param fiveXxRateThreshold string
+param p95LatencyMs int
+param quotaThresholdEvents int
 param rollupLagSeconds int
 param quarantineCount int
 param outboxBacklog int
@@ -29,9 +34,11 @@ resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = if (!empty(a
   }
 }
 
-var actions = empty(alertEmails) ? [] : [
+var actions = concat(empty(alertEmails) ? [] : [
   actionGroup.id
-]
+], empty(actionGroupId) ? [] : [
+  actionGroupId
+])
 
 var rules = [
   {
@@ -42,6 +49,34 @@ var rules = [
     measure: 'rate'
     aggregation: 'Maximum'
     threshold: json(fiveXxRateThreshold)
+  }
+  {
+    name: 'p95-latency'
+    severity: 2
+    description: 'The 95th percentile of API request durations exceeded ${p95LatencyMs} ms over 15 minutes (docs/operations.md#p95-latency).'
+    query: 'requests | where cloud_RoleName has "func-${baseName}" | summarize total = count(), p95 = percentile(duration, 95) | where total >= 20'
+    measure: 'p95'
+    aggregation: 'Maximum'
+    threshold: p95LatencyMs
+  }
+  {
+    name: 'breaker-open'
+    severity: 1
+    description: 'A dependency circuit breaker (store, servicebus, keyvault, openid) was open in the last 15 minutes (docs/operations.md#breaker-open).'
+    query: 'customMetrics | where name == "meterline.breaker.state" | summarize state = max(value)'
+    measure: 'state'
+    aggregation: 'Maximum'
+    // 0 closed, 1 half-open, 2 open.
+    threshold: 1
+  }
+  {
+    name: 'quota-threshold-events'
+    severity: 3
+    description: 'More than ${quotaThresholdEvents} quota threshold events (a tenant reached 80 % or 100 % of its quota) were published in 15 minutes (docs/operations.md#quota-threshold-events).'
+    query: 'customMetrics | where name == "meterline.outbox.published" and tostring(customDimensions.type) == "meterline.quota.threshold-crossed.v1" | summarize crossed = sum(valueSum)'
+    measure: 'crossed'
+    aggregation: 'Total'
+    threshold: quotaThresholdEvents
   }
   {
     name: 'rollup-lag'

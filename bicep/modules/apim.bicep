@@ -1,6 +1,9 @@
 // Optional API Management in front of the Function App (main.bicep: deployApim, off by default).
 // An outer shield only: it rejects requests without a valid Entra token and throttles per calling client
 // coarsely; the handler still authenticates every request and enforces each plan's exact limits.
+// It cannot be bypassed: apim-lock.bicep lets only this instance's addresses reach the Function App, so the
+// backend needs no function key (the HTTP functions are anonymous; the handler authenticates every call) and no
+// host key is read into the template at deploy time.
 param name string
 param location string
 param tags object
@@ -21,10 +24,6 @@ param callsPerMinute int
 ])
 param skuName string = 'BasicV2'
 
-resource functionApp 'Microsoft.Web/sites@2024-04-01' existing = {
-  name: functionAppName
-}
-
 resource service 'Microsoft.ApiManagement/service@2023-05-01-preview' = {
   name: name
   location: location
@@ -39,34 +38,13 @@ resource service 'Microsoft.ApiManagement/service@2023-05-01-preview' = {
   }
 }
 
-// The backend's function key, kept as a secret named value (never in the policy text).
-resource functionKey 'Microsoft.ApiManagement/service/namedValues@2023-05-01-preview' = {
-  parent: service
-  name: 'meterline-function-key'
-  properties: {
-    displayName: 'meterline-function-key'
-    secret: true
-    value: listKeys('${functionApp.id}/host/default', '2024-04-01').functionKeys.default
-  }
-}
-
 resource backend 'Microsoft.ApiManagement/service/backends@2023-05-01-preview' = {
   parent: service
   name: 'meterline-functions'
   properties: {
     protocol: 'http'
     url: 'https://${functionAppHostName}/api'
-    credentials: {
-      header: {
-        'x-functions-key': [
-          '{{meterline-function-key}}'
-        ]
-      }
-    }
   }
-  dependsOn: [
-    functionKey
-  ]
 }
 
 resource api 'Microsoft.ApiManagement/service/apis@2023-05-01-preview' = {
@@ -139,4 +117,31 @@ resource apiPolicy 'Microsoft.ApiManagement/service/apis/policies@2023-05-01-pre
   ]
 }
 
+// Readiness through the gateway without a token (the deployment's smoke test polls it): this operation's policy
+// has no <base />, so the API's token validation does not apply; it is rate-limited per caller address instead.
+resource ready 'Microsoft.ApiManagement/service/apis/operations@2023-05-01-preview' = {
+  parent: api
+  name: 'get-health-ready'
+  properties: {
+    displayName: 'GET /health/ready'
+    method: 'GET'
+    urlTemplate: '/health/ready'
+  }
+}
+
+resource readyPolicy 'Microsoft.ApiManagement/service/apis/operations/policies@2023-05-01-preview' = {
+  parent: ready
+  name: 'policy'
+  properties: {
+    format: 'rawxml'
+    value: '<policies><inbound><rate-limit-by-key calls="60" renewal-period="60" counter-key="@(context.Request.IpAddress)" /><set-backend-service backend-id="meterline-functions" /></inbound><backend><forward-request /></backend><outbound /><on-error /></policies>'
+  }
+  dependsOn: [
+    backend
+  ]
+}
+
 output gatewayUrl string = service.properties.gatewayUrl
+// The addresses the Function App lets in (apim-lock.bicep): the classic tiers' public addresses, and the v2
+// tiers' outbound ones.
+output addresses array = union(service.properties.?publicIPAddresses ?? [], service.properties.?outboundPublicIPAddresses ?? [])

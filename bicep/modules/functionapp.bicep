@@ -27,6 +27,8 @@ param authPlatformDirectories array
 param logFilter string
 param instanceMemoryMB int
 param maximumInstanceCount int
+param httpPerInstanceConcurrency int
+param alwaysReadyInstances int
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
@@ -117,6 +119,18 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         instanceMemoryMB: instanceMemoryMB
         maximumInstanceCount: maximumInstanceCount
+        // main.bicep's descriptions give the measurements behind the defaults (BENCHMARKS.md).
+        alwaysReady: alwaysReadyInstances == 0 ? [] : [
+          {
+            name: 'http'
+            instanceCount: alwaysReadyInstances
+          }
+        ]
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'custom'

@@ -160,7 +160,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         vault.spawn_refresh(settings.refresh);
     }
     match command {
-        Command::Serve => serve(config).await,
+        Command::Serve => serve(config, vault.iter().map(|v| v.breaker().clone()).collect()).await,
         Command::Migrate => {
             let store = crate::store::open(&config.store, Arc::new(crate::clock::SystemClock)).await?;
             let report = store.migrate().await?;
@@ -325,13 +325,13 @@ pub async fn seed_dev_tenant(
     Ok(Some(tenant.id))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, breakers: Vec<Arc<crate::resilience::Breaker>>) -> anyhow::Result<()> {
     let runtime = config.runtime.clone();
     let store_kind = match &config.store {
         crate::config::StoreConfig::Sqlite { path } => format!("sqlite ({})", path.display()),
         crate::config::StoreConfig::Mssql { .. } => "mssql".to_owned(),
     };
-    let running = crate::startup::start(config).await?;
+    let running = crate::startup::start(config, breakers).await?;
     if matches!(runtime, Runtime::Standalone) && running.state.config.usage.standalone_timers {
         crate::jobs::schedule::start(running.state.clone().into_inner(), crate::functions::timers());
     }

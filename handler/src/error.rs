@@ -110,6 +110,12 @@ error_codes! {
     InvalidInvocation => (StatusCode::BAD_REQUEST, "invalid-invocation", "Invalid invocation payload"),
     /// The store cannot be reached or refused the work; retrying later may succeed.
     StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", "Store unavailable"),
+    /// A dependency (`dependency` member: `store`, `servicebus`, `keyvault`, `openid`) failed repeatedly, so its
+    /// circuit breaker refuses calls for a while instead of waiting on it; `Retry-After` says when to try again.
+    DependencyUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable", "Dependency unavailable"),
+    /// Too much work already waits for a dependency (`dependency` member), so the request was refused at once
+    /// instead of queueing into a timeout; nothing it asked for took effect. `Retry-After` says when to retry.
+    Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Service overloaded"),
     /// An unexpected failure inside Meterline; the cause is logged, never shown.
     Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error"),
 }
@@ -391,9 +397,38 @@ impl ResponseError for AppError {
     }
 }
 
+impl From<crate::resilience::Refusal> for AppError {
+    fn from(refusal: crate::resilience::Refusal) -> Self {
+        use crate::resilience::RefusalKind;
+        let (code, detail) = match refusal.kind {
+            RefusalKind::CircuitOpen => (
+                ErrorCode::DependencyUnavailable,
+                format!("{} is failing, so calls to it are paused; retry later", refusal.dependency),
+            ),
+            RefusalKind::Overloaded => (
+                ErrorCode::Overloaded,
+                format!(
+                    "too much work is waiting for {}; the request was not carried out, retry later",
+                    refusal.dependency
+                ),
+            ),
+        };
+        let seconds = refusal.retry_after.as_secs().max(1);
+        AppError::new(code)
+            .with_detail(detail)
+            .with_member("dependency", serde_json::Value::String(refusal.dependency.to_owned()))
+            .with_header(header::RETRY_AFTER, HeaderValue::from(seconds))
+            // An expected answer while the dependency is down: counted, not logged per request.
+            .with_logged_source(refusal)
+    }
+}
+
 impl From<crate::store::StoreError> for AppError {
     fn from(err: crate::store::StoreError) -> Self {
         match err {
+            crate::store::StoreError::Unavailable(ref cause) if crate::resilience::Refusal::find(cause).is_some() => {
+                crate::resilience::Refusal::find(cause).expect("matched above").into()
+            }
             crate::store::StoreError::Unavailable(_) => AppError::new(ErrorCode::StoreUnavailable)
                 .with_detail("the store is temporarily unavailable; retry later")
                 .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
@@ -645,6 +680,28 @@ mod tests {
             assert!(code.slug().chars().all(|c| c.is_ascii_lowercase() || c == '-'), "{code}");
             assert!(code.status().is_client_error() || code.status().is_server_error(), "{code}");
         }
+    }
+
+    #[test]
+    fn refusals_answer_503_with_retry_after_and_the_dependency_whether_direct_or_through_the_store() {
+        use crate::resilience::{Refusal, RefusalKind};
+        let open = Refusal {
+            dependency: "servicebus",
+            kind: RefusalKind::CircuitOpen,
+            retry_after: std::time::Duration::from_millis(3_400),
+        };
+        let err = AppError::from(open);
+        assert_eq!(err.code(), ErrorCode::DependencyUnavailable);
+        let response = err.error_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "3");
+        assert_eq!(err.to_problem(None).members["dependency"], "servicebus");
+        let shed = crate::store::StoreError::Unavailable(anyhow::Error::new(Refusal::overloaded("store")));
+        let err = AppError::from(shed);
+        assert_eq!(err.code(), ErrorCode::Overloaded);
+        assert_eq!(err.error_response().headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let plain = crate::store::StoreError::Unavailable(anyhow::anyhow!("connection reset"));
+        assert_eq!(AppError::from(plain).code(), ErrorCode::StoreUnavailable);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod lookups;
 pub mod metering;
 pub mod request;
+pub mod resilience;
 pub mod routes;
 pub mod startup;
 pub mod state;

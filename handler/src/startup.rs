@@ -125,7 +125,9 @@ pub struct Running {
 }
 
 /// Opens the store (migrating it when configured to), binds the port and starts serving.
-pub async fn start(config: Config) -> anyhow::Result<Running> {
+/// `breakers` are those of dependencies called before the app exists (Key Vault's, from `cli`), listed by
+/// readiness with the app's own.
+pub async fn start(config: Config, breakers: Vec<Arc<crate::resilience::Breaker>>) -> anyhow::Result<Running> {
     // One clock for the store (migration stamps) and the app.
     let clock: Arc<dyn crate::clock::Clock> = Arc::new(SystemClock);
     let store = crate::store::open(&config.store, clock.clone()).await?;
@@ -147,7 +149,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let port = listener.local_addr()?.port();
     let workers = config.workers;
     let shutdown = config.shutdown_timeout.as_secs();
-    let state = web::Data::new(state(config, store, clock, Arc::new(TimeOrderedIds))?);
+    let mut state = state(config, store, clock, Arc::new(TimeOrderedIds))?;
+    state.breakers.extend(breakers);
+    let state = web::Data::new(state);
     // Load the identity provider's keys in the background: readiness must not wait for the network.
     let auth = state.auth.clone();
     actix_web::rt::spawn(async move { auth.warm_up().await });

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::lookups::Lookups;
 use crate::metering::leases::{LeaseSettings, QuotaLeases, RateLeases};
 use crate::metering::recorder::UsageRecorder;
+use crate::resilience::{Breaker, BreakerPolicy};
 use crate::store::Store;
 
 /// Shared application state, registered as `web::Data<AppState>`.
@@ -46,6 +47,11 @@ pub struct AppState {
     pub contracts: actix_web::web::Data<Contracts>,
     /// Sends outbox events to Service Bus; `None` when no namespace or connection string is configured.
     pub outbox_sender: Option<Arc<ServiceBusSender>>,
+    /// Every send to Service Bus passes it (`jobs::outbox`): while open, a run stops instead of failing each row.
+    pub servicebus_breaker: Arc<Breaker>,
+    /// The breakers of every dependency this process calls (the store's, the OpenID provider's, Service Bus's
+    /// when configured, Key Vault's when `cli` read secrets), as `GET /api/health/ready` lists them.
+    pub breakers: Vec<Arc<Breaker>>,
 }
 
 impl AppState {
@@ -82,6 +88,12 @@ impl AppState {
             .map(|validity| RateLeases::new(store.clone(), TimeDelta::from_std(validity).expect("at most 5 s")));
         let lookups = Lookups::new(store.clone(), clock.clone(), config.lookup_cache_ttl);
         let outbox_sender = outbox_sender(&config)?.map(Arc::new);
+        let servicebus_breaker = Breaker::new("servicebus", BreakerPolicy::RETRIED_CALLS, clock.clone());
+        let mut breakers = vec![store.breaker().clone()];
+        breakers.extend(auth.breaker());
+        if outbox_sender.is_some() {
+            breakers.push(servicebus_breaker.clone());
+        }
         Ok(AppState {
             config: Arc::new(config),
             store,
@@ -97,6 +109,8 @@ impl AppState {
             routes,
             contracts,
             outbox_sender,
+            servicebus_breaker,
+            breakers,
         })
     }
 }

@@ -16,8 +16,8 @@ use crate::support::oidc::{OidcProvider, Signer, TestClient, decode_unverified, 
 use crate::support::routes::sample_path;
 use crate::support::stores;
 
-const AUDIENCE: &str = "api://meterline-test";
-const DIR_A: &str = "aaaaaaaa-0000-0000-0000-000000000001";
+pub(crate) const AUDIENCE: &str = "api://meterline-test";
+pub(crate) const DIR_A: &str = "aaaaaaaa-0000-0000-0000-000000000001";
 const DIR_B: &str = "bbbbbbbb-0000-0000-0000-000000000002";
 const DIR_PLATFORM: &str = "cccccccc-0000-0000-0000-000000000003";
 const DIR_SUSPENDED: &str = "dddddddd-0000-0000-0000-000000000004";
@@ -30,7 +30,7 @@ const DIR_PARTNER: &str = "99999999-0000-0000-0000-000000000007";
 
 const ALL_TENANT_ROLES: &[&str] = &["Tenant.Admin", "Documents.Read", "Documents.Write", "Usage.Read", "Audit.Read"];
 
-fn clients() -> Vec<TestClient> {
+pub(crate) fn clients() -> Vec<TestClient> {
     vec![
         TestClient::new("app-a-reader", DIR_A, &["Documents.Read"]),
         TestClient::new("app-a-nothing", DIR_A, &[]),
@@ -57,7 +57,7 @@ struct World {
 }
 
 /// The plan "pro" and the tenants of directories A (id 1), B (id 2) and the suspended one (id 4), created at `now`.
-async fn seed(store: &dyn Store, now: chrono::DateTime<Utc>) {
+pub(crate) async fn seed(store: &dyn Store, now: chrono::DateTime<Utc>) {
     store
         .create_plan(&Plan { requests_per_minute: 600, burst: 50, ..stores::plan("pro", 100_000, now) }, None)
         .await
@@ -88,7 +88,7 @@ fn allowed_tenants() -> String {
 }
 
 /// The settings that make the handler trust `provider`, with the given unknown-`kid` refetch interval.
-fn entra_settings(provider: &OidcProvider, min_refetch_secs: u64) -> Vec<(String, String)> {
+pub(crate) fn entra_settings(provider: &OidcProvider, min_refetch_secs: u64) -> Vec<(String, String)> {
     vec![
         ("METERLINE_AUTH_MODE".into(), "entra".into()),
         ("METERLINE_AUTH_AUTHORITY".into(), provider.issuer()),

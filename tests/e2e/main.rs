@@ -12,6 +12,7 @@ mod audit;
 mod cli;
 mod dashboard;
 mod docs_page;
+mod faults;
 mod generated_client;
 mod host_protocol;
 mod hostile_http;

@@ -19,17 +19,17 @@ use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, HostOpti
 
 /// The call these tests meter: a read the quota applies to, one unit on the "metered" plan (`/api/v1/me` is a
 /// self-service read the quota does not apply to).
-const METERED: &str = "/api/v1/documents";
+pub(crate) const METERED: &str = "/api/v1/documents";
 const DIR_A: &str = "aaaaaaaa-0000-0000-0000-0000000000aa";
 const DIR_OPS: &str = "0b500000-0000-0000-0000-0000000000ff";
 /// Tenant A's units used this period (the platform administrator's calls are metered on its own tenant).
 const A_UNITS: &str = "SELECT coalesce(sum(q.units_used), 0) FROM quota_usage q JOIN tenants t ON t.id = q.tenant_id \
     WHERE t.entra_tenant_id = 'aaaaaaaa-0000-0000-0000-0000000000aa'";
 
-struct Metered {
-    host: HostEmulator,
-    root: tempfile::TempDir,
-    user: String,
+pub(crate) struct Metered {
+    pub(crate) host: HostEmulator,
+    pub(crate) root: tempfile::TempDir,
+    pub(crate) user: String,
 }
 
 async fn start(root: &std::path::Path) -> HostEmulator {
@@ -67,7 +67,7 @@ where
 }
 
 /// A handler process with tenant A moved to a plan with the given limits; `user` is a Documents.Read token of A.
-async fn metered(requests_per_minute: i64, burst: i64, quota: i64, policy: &str) -> Metered {
+pub(crate) async fn metered(requests_per_minute: i64, burst: i64, quota: i64, policy: &str) -> Metered {
     let root = tempfile::tempdir().unwrap();
     let user = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Documents.Read"]);
     let admin = dev_token(root.path(), &["--tenant", DIR_OPS, "--roles", "Platform.Admin", "--app-id", "ops"]);

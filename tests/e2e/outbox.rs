@@ -185,7 +185,7 @@ async fn one_run_drains_a_backlog_larger_than_a_batch_in_order() {
 
 /// A Key Vault answering `GET /secrets/{name}/` with the current value of `secrets`, after the authentication
 /// authentication challenge `SecretClient` expects first.
-async fn key_vault(ca: &TestCa, secrets: Arc<Mutex<Vec<(String, String)>>>) -> TestServer {
+pub(crate) async fn key_vault(ca: &TestCa, secrets: Arc<Mutex<Vec<(String, String)>>>) -> TestServer {
     TestServer::https(ca, move |request: &Seen| {
         let Some(auth) = request.header("authorization") else {
             return Reply::Respond {

@@ -7,7 +7,12 @@
 - every setting the handler reads (`handler settings`) is set by the Function App's Bicep or allowlisted with a
   reason (`bicep/settings-allowlist.json`), every app setting Bicep sets is explained, and every function.json
   `connection` has its settings in Bicep;
-- both GitHub workflows are valid YAML with the jobs the team relies on.
+- both GitHub workflows are valid YAML with the jobs the team relies on;
+- with the API Management option, the Function App cannot be reached around it: `main.bicep` deploys
+  `modules/apim-lock.bicep` under the same condition, fed the instance's addresses; the lock denies by default
+  and allows only those addresses; and no template reads a function or host key (`listKeys`);
+- every alert rule in `bicep/modules/alerts.bicep` has its runbook entry in `docs/operations.md` (a `###`
+  heading with the rule's name), and every runbook link in that file points at an existing entry.
 
 Each check returns a list of problems (empty: fine), so tests can feed it broken inputs and see it fail.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -204,4 +210,81 @@ def workflow_problems(root: Path = ROOT, expected: dict[str, set[str]] = WORKFLO
                 problems.append(f".github/workflows/{name}: job `{job_name}` has no steps")
             elif "uses" not in job and "runs-on" not in job:
                 problems.append(f".github/workflows/{name}: job `{job_name}` has no runs-on")
+    return problems
+
+
+def alert_runbook_problems(root: Path = ROOT) -> list[str]:
+    alerts = (root / "bicep" / "modules" / "alerts.bicep").read_text()
+    runbook = (root / "docs" / "operations.md").read_text()
+    headings = set(re.findall(r"^### ([a-z0-9-]+)\s*$", runbook, flags=re.MULTILINE))
+    rules_block = alerts.split("var rules = [", 1)[1].split("\n]\n", 1)[0] if "var rules = [" in alerts else ""
+    rules = re.findall(r"^\s+name: '([a-z0-9-]+)'\s*$", rules_block, flags=re.MULTILINE)
+    problems = []
+    if not rules:
+        problems.append("bicep/modules/alerts.bicep: no alert rules found in `var rules`")
+    for rule in rules:
+        if rule not in headings:
+            problems.append(f"alert rule `{rule}` has no runbook entry (`### {rule}`) in docs/operations.md")
+    for anchor in sorted(set(re.findall(r"docs/operations\.md#([a-z0-9-]+)", alerts))):
+        if anchor not in headings:
+            problems.append(f"bicep/modules/alerts.bicep links docs/operations.md#{anchor}, which has no entry")
+    return problems
+
+
+def _mentions(node, text: str) -> bool:
+    """Whether a pycep expression tree mentions `text` anywhere (in a string or an identifier)."""
+    if isinstance(node, dict):
+        return any(_mentions(v, text) for v in node.values())
+    if isinstance(node, list):
+        return any(_mentions(v, text) for v in node)
+    return text in str(node)
+
+
+def apim_bypass_problems(root: Path = ROOT) -> list[str]:
+    main = parse_bicep(root / "bicep" / "main.bicep")
+    modules = main.get("modules", {})
+    apim = [(n, m) for n, m in modules.items() if m["detail"]["path"] == "modules/apim.bicep"]
+    if not apim:
+        return []  # no API Management option: nothing to bypass
+    problems = []
+    apim_name, apim_module = apim[0]
+    condition = apim_module["config"].get("condition")
+    locks = [(n, m) for n, m in modules.items() if m["detail"]["path"] == "modules/apim-lock.bicep"]
+    if not locks:
+        problems.append(
+            "bicep/main.bicep: the API Management option leaves the Function App reachable directly "
+            "(no module deploys modules/apim-lock.bicep)"
+        )
+    for name, lock in locks:
+        config = lock["config"]
+        if config.get("condition") != condition:
+            problems.append(
+                f"bicep/main.bicep: module `{name}` (apim-lock) must be deployed exactly when `{apim_name}` is "
+                f"(condition {condition!r}, not {config.get('condition')!r})"
+            )
+        if not _mentions(config.get("config", {}).get("params", {}).get("apimAddresses"), apim_name):
+            problems.append(f"bicep/main.bicep: module `{name}` must allow the addresses `{apim_name}` outputs")
+    lock_path = root / "bicep" / "modules" / "apim-lock.bicep"
+    if lock_path.exists():
+        resources = parse_bicep(lock_path).get("resources", {})
+        configs = [
+            r.get("config", {}) for r in resources.values() if str(r.get("type", "")).startswith("Microsoft.Web/sites/config")
+        ]
+        web = [c.get("config", c) if "condition" in c else c for c in configs]
+        props = [w.get("properties", {}) for w in web if w.get("name") == "web"]
+        if not props:
+            problems.append("bicep/modules/apim-lock.bicep: sets no Function App access restrictions (sites/config `web`)")
+        for p in props:
+            if p.get("ipSecurityRestrictionsDefaultAction") != "Deny":
+                problems.append(
+                    "bicep/modules/apim-lock.bicep: the Function App's access restrictions must deny by default, "
+                    f"not {p.get('ipSecurityRestrictionsDefaultAction')!r}"
+                )
+            if not _mentions(p.get("ipSecurityRestrictions"), "apimAddresses") or not _mentions(
+                p.get("ipSecurityRestrictions"), "Allow"
+            ):
+                problems.append("bicep/modules/apim-lock.bicep: the access restrictions must allow the API Management addresses")
+    for path in sorted((root / "bicep").rglob("*.bicep")):
+        if "listKeys(" in path.read_text():
+            problems.append(f"{path.relative_to(root)}: reads a key into the template at deploy time (listKeys)")
     return problems

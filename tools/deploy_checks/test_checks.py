@@ -32,7 +32,7 @@ class Copy:
     def __enter__(self) -> Path:
         self.dir = tempfile.TemporaryDirectory()
         root = Path(self.dir.name)
-        for part in ["bicep", "schemas", "functions", ".github"]:
+        for part in ["bicep", "schemas", "functions", ".github", "docs"]:
             shutil.copytree(ROOT / part, root / part)
         shutil.copy(ROOT / "host.json", root / "host.json")
         return root
@@ -190,6 +190,66 @@ class WorkflowTests(unittest.TestCase):
             problems = checks.workflow_problems(root)
         self.assertIn(".github/workflows/ci.yml: job `bicep` is missing", problems)
         self.assertTrue(any(p.startswith(".github/workflows/deploy.yml: ") for p in problems), problems)
+
+
+class ApimTests(unittest.TestCase):
+    def test_the_shipped_template_leaves_no_way_around_api_management(self):
+        self.assertEqual(checks.apim_bypass_problems(), [])
+
+    def test_a_template_that_leaves_the_function_app_reachable_fails(self):
+        with Copy() as root:
+            main = root / "bicep/main.bicep"
+            text = main.read_text()
+            start = text.index("module apimLock ")
+            end = text.index("\n}\n", start) + 3
+            main.write_text(text[:start] + text[end:])
+            problems = checks.apim_bypass_problems(root)
+        self.assertEqual(
+            problems,
+            [
+                "bicep/main.bicep: the API Management option leaves the Function App reachable directly "
+                "(no module deploys modules/apim-lock.bicep)"
+            ],
+        )
+
+    def test_a_lock_that_allows_by_default_or_a_listed_key_fails(self):
+        with Copy() as root:
+            lock = root / "bicep/modules/apim-lock.bicep"
+            lock.write_text(lock.read_text().replace("ipSecurityRestrictionsDefaultAction: 'Deny'", "ipSecurityRestrictionsDefaultAction: 'Allow'"))
+            main = root / "bicep/main.bicep"
+            main.write_text(main.read_text().replace("module apimLock 'modules/apim-lock.bicep' = if (deployApim)", "module apimLock 'modules/apim-lock.bicep' = if (false)"))
+            apim = root / "bicep/modules/apim.bicep"
+            apim.write_text(apim.read_text() + "\noutput key string = listKeys('${service.id}/host/default', '2024-04-01').functionKeys.default\n")
+            problems = checks.apim_bypass_problems(root)
+        self.assertEqual(len(problems), 3, problems)
+        self.assertIn("must be deployed exactly when `apim` is", problems[0])
+        self.assertIn("must deny by default, not 'Allow'", problems[1])
+        self.assertEqual(problems[2], "bicep/modules/apim.bicep: reads a key into the template at deploy time (listKeys)")
+
+
+class AlertTests(unittest.TestCase):
+    def test_every_alert_rule_has_its_runbook_entry(self):
+        self.assertEqual(checks.alert_runbook_problems(), [])
+        rules = (ROOT / "bicep/modules/alerts.bicep").read_text().split("var rules = [", 1)[1]
+        for name in ["handler-5xx-rate", "p95-latency", "breaker-open", "quota-threshold-events", "rollup-lag",
+                     "quarantine-count", "outbox-backlog"]:
+            self.assertIn(f"name: '{name}'", rules)
+
+    def test_a_rule_without_an_entry_or_a_dangling_link_is_reported(self):
+        with Copy() as root:
+            alerts = root / "bicep/modules/alerts.bicep"
+            alerts.write_text(alerts.read_text().replace("name: 'breaker-open'", "name: 'breaker-flapping'"))
+            runbook = root / "docs/operations.md"
+            runbook.write_text(runbook.read_text().replace("### outbox-backlog\n", "### outbox-queue\n"))
+            problems = checks.alert_runbook_problems(root)
+        self.assertEqual(
+            problems,
+            [
+                "alert rule `breaker-flapping` has no runbook entry (`### breaker-flapping`) in docs/operations.md",
+                "alert rule `outbox-backlog` has no runbook entry (`### outbox-backlog`) in docs/operations.md",
+                "bicep/modules/alerts.bicep links docs/operations.md#outbox-backlog, which has no entry",
+            ],
+        )
 
 
 if __name__ == "__main__":

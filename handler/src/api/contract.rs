@@ -70,7 +70,8 @@ const PROBLEM_RESPONSES: &[(u16, &str, &str)] = &[
         503,
         "ServiceUnavailable",
         "The store (`store-unavailable`), the usage record (`usage-not-recorded`) or the identity provider \
-         (`identity-provider-unavailable`) is unavailable; retry after `Retry-After`.",
+         (`identity-provider-unavailable`) is unavailable, a dependency's circuit breaker is open \
+         (`dependency-unavailable`), or too much work waits for the store (`overloaded`); retry after `Retry-After`.",
     ),
 ];
 

@@ -138,6 +138,9 @@ pub fn challenge(err: AuthError) -> AppError {
                 .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"meterline\", error=\"invalid_token\"")),
             )
         }
+        AuthError::ProviderUnavailable(cause) if crate::resilience::Refusal::find(&cause).is_some() => {
+            crate::resilience::Refusal::find(&cause).expect("matched above").into()
+        }
         AuthError::ProviderUnavailable(cause) => AppError::new(ErrorCode::IdentityProviderUnavailable)
             .with_detail("the identity provider's signing keys cannot be loaded; retry later")
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("10"))

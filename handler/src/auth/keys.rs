@@ -104,11 +104,27 @@ pub struct KeyCache {
     loaded: RwLock<Loaded>,
     /// Single flight: one fetch at a time; others wait and then read what it loaded.
     fetching: tokio::sync::Mutex<()>,
+    /// Every fetch passes it: while open, a refresh fails at once (the last good keys keep serving).
+    breaker: Arc<crate::resilience::Breaker>,
 }
 
 impl KeyCache {
     pub fn new(fetcher: Arc<dyn KeyFetcher>, clock: Arc<dyn Clock>, timing: CacheTiming) -> Arc<Self> {
-        Arc::new(KeyCache { fetcher, clock, timing, loaded: RwLock::default(), fetching: tokio::sync::Mutex::new(()) })
+        let breaker =
+            crate::resilience::Breaker::new("openid", crate::resilience::BreakerPolicy::DEFAULT, clock.clone());
+        Arc::new(KeyCache {
+            fetcher,
+            clock,
+            timing,
+            loaded: RwLock::default(),
+            fetching: tokio::sync::Mutex::new(()),
+            breaker,
+        })
+    }
+
+    /// The OpenID provider's circuit breaker.
+    pub fn breaker(&self) -> &Arc<crate::resilience::Breaker> {
+        &self.breaker
     }
 
     fn age_exceeds(&self, at: Option<DateTime<Utc>>, limit: Duration) -> bool {
@@ -172,6 +188,7 @@ impl KeyCache {
         if !self.age_exceeds(last_attempt, min_gap) {
             return Ok(()); // Someone fetched recently: use what is loaded.
         }
+        let attempt = self.breaker.admit().map_err(|r| KeyError::ProviderUnavailable(anyhow::Error::new(r)))?;
         self.loaded.write().expect("key cache lock").last_attempt = Some(self.clock.now());
         let fetched = async {
             let metadata = self.fetcher.metadata().await?;
@@ -179,6 +196,7 @@ impl KeyCache {
             anyhow::Ok((metadata, set))
         }
         .await;
+        attempt.finish(fetched.is_ok());
         let (metadata, set) = fetched.map_err(KeyError::ProviderUnavailable)?;
         let keys = usable_keys(&set);
         if keys.is_empty() {
@@ -297,5 +315,29 @@ mod tests {
         *fake.down.lock().unwrap() = true;
         assert!(matches!(cache.key("k1").await, Err(KeyError::ProviderUnavailable(_))));
         assert!(matches!(cache.metadata().await, Err(KeyError::ProviderUnavailable(_))));
+    }
+
+    #[tokio::test]
+    async fn a_provider_that_keeps_failing_opens_the_breaker_which_refuses_without_fetching_then_probes() {
+        use crate::resilience::{BreakerState, Refusal, RefusalKind};
+        let (fake, clock, _) = setup(vec!["k1"]);
+        // Refetches allowed every second, so the breaker (open for 5 s) is what holds them back.
+        let timing = CacheTiming { refresh: Duration::from_secs(3600), min_refetch: Duration::from_secs(1) };
+        let cache = KeyCache::new(fake.clone(), clock.clone(), timing);
+        *fake.down.lock().unwrap() = true;
+        for _ in 0..crate::resilience::BreakerPolicy::DEFAULT.failures_to_open {
+            clock.advance(chrono::Duration::seconds(2));
+            assert!(matches!(cache.key("k1").await, Err(KeyError::ProviderUnavailable(_))));
+        }
+        assert_eq!(cache.breaker().state(), BreakerState::Open);
+        clock.advance(chrono::Duration::seconds(2));
+        let calls = fake.metadata_calls.load(Ordering::SeqCst);
+        let Err(KeyError::ProviderUnavailable(cause)) = cache.refresh().await else { panic!("refused") };
+        assert_eq!(Refusal::find(&cause).map(|r| r.kind), Some(RefusalKind::CircuitOpen));
+        assert_eq!(fake.metadata_calls.load(Ordering::SeqCst), calls, "an open breaker does not call the provider");
+        *fake.down.lock().unwrap() = false;
+        clock.advance(chrono::Duration::seconds(3));
+        assert!(cache.key("k1").await.is_ok(), "the half-open probe finds the provider back");
+        assert_eq!(cache.breaker().state(), BreakerState::Closed);
     }
 }

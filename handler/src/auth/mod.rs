@@ -158,6 +158,14 @@ impl Authenticator {
         Authenticator { keys, settings, clock, cache }
     }
 
+    /// The OpenID provider's circuit breaker, when keys come from one (not in local mode).
+    pub fn breaker(&self) -> Option<Arc<crate::resilience::Breaker>> {
+        match &self.keys {
+            KeySource::Oidc(cache) => Some(cache.breaker().clone()),
+            KeySource::Local { .. } => None,
+        }
+    }
+
     /// Loads the provider's keys ahead of the first request (best effort; failures are logged).
     pub async fn warm_up(&self) {
         if let KeySource::Oidc(cache) = &self.keys

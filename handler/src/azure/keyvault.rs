@@ -4,6 +4,9 @@
 //! Settings name the secrets (`METERLINE_KEYVAULT_URL` plus `*_SECRET_NAME`; see `config::KeyVaultConfig`).
 //! The zero-code alternative, Functions' own `@Microsoft.KeyVault(SecretUri=…)` app-setting references, needs
 //! nothing from this module: the platform resolves them into plain environment variables (README, "Secrets").
+//!
+//! Each HTTP try is bounded by [`TRY_TIMEOUT`], and every read passes the Key Vault circuit breaker: while it is
+//! open (three failed reads in a row, each already retried) a refresh skips the vault at once and the cells keep their last values.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,11 +17,16 @@ use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use secrecy::SecretString;
 
 use super::SecretCell;
+use crate::resilience::{Breaker, BreakerPolicy};
+
+/// How long one HTTP try to the vault may take (the retry policy below bounds the tries).
+pub const TRY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A Key Vault, read through `SecretClient`.
 pub struct KeyVault {
     client: SecretClient,
     url: String,
+    breaker: Arc<Breaker>,
 }
 
 impl std::fmt::Debug for KeyVault {
@@ -36,11 +44,32 @@ impl KeyVault {
     ) -> anyhow::Result<Self> {
         let client = SecretClient::new(url, credential, options)
             .map_err(|e| anyhow::anyhow!("Key Vault client for {url}: {e}"))?;
-        Ok(Self { client, url: url.to_owned() })
+        let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
+        // Each read is already four tries (client_options' retry policy): three failed reads open the breaker.
+        let breaker = Breaker::new("keyvault", BreakerPolicy::RETRIED_CALLS, clock);
+        Ok(Self { client, url: url.to_owned(), breaker })
     }
 
-    /// The current version of secret `name`.
+    /// The same client with `breaker` (tests pass one on a manual clock).
+    pub fn with_breaker(mut self, breaker: Arc<Breaker>) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// The vault's circuit breaker.
+    pub fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
+    }
+
+    /// The current version of secret `name`; refused at once while the vault's breaker is open.
     pub async fn get(&self, name: &str) -> anyhow::Result<SecretString> {
+        let attempt = self.breaker.admit()?;
+        let read = self.read(name).await;
+        attempt.finish(read.is_ok());
+        read
+    }
+
+    async fn read(&self, name: &str) -> anyhow::Result<SecretString> {
         let secret = self
             .client
             .get_secret(name, None)
@@ -75,6 +104,10 @@ pub fn client_options(url: &str) -> SecretClientOptions {
         host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
     });
     let mut options = SecretClientOptions { verify_challenge_resource: Some(!loopback), ..Default::default() };
+    // Each try is bounded (the SDK's default transport has no timeout: a vault that stalls would stall startup).
+    if let Ok(http) = reqwest_azure::Client::builder().timeout(TRY_TIMEOUT).build() {
+        options.client_options.transport = Some(azure_core::http::Transport::new(Arc::new(http)));
+    }
     // Startup waits for the secrets, and the Functions host allows about 30 s until the port opens: a few quick
     // retries, then fail (the host restarts the handler) rather than the SDK's default minute.
     options.client_options.retry =
@@ -111,6 +144,11 @@ impl VaultSecrets {
         self.cells.get(name).cloned()
     }
 
+    /// The vault's circuit breaker.
+    pub fn breaker(&self) -> &Arc<Breaker> {
+        self.vault.breaker()
+    }
+
     /// Reads every secret again now; a secret that cannot be read keeps its previous value.
     pub async fn refresh(&self) -> usize {
         refresh_cells(&self.vault, &self.cells).await
@@ -124,8 +162,12 @@ impl VaultSecrets {
             ticks.tick().await; // the first tick is immediate: the values were just loaded
             loop {
                 ticks.tick().await;
+                // The breaker's state as the round starts (`open`: every read is refused) and how long it took.
+                let breaker = vault.breaker().state().as_str();
+                let started = std::time::Instant::now();
                 let refreshed = refresh_cells(&vault, &cells).await;
-                tracing::info!(refreshed, total = cells.len(), "Key Vault secrets refreshed");
+                let took_us = started.elapsed().as_micros() as u64;
+                tracing::info!(refreshed, total = cells.len(), took_us, breaker, "Key Vault secrets refreshed");
             }
         });
     }
@@ -138,6 +180,10 @@ async fn refresh_cells(vault: &KeyVault, cells: &BTreeMap<String, SecretCell>) -
             Ok(value) => {
                 cell.set(value);
                 refreshed += 1;
+            }
+            // The breaker logged its opening once; the rounds it refuses are counted, not logged per secret.
+            Err(err) if crate::resilience::Refusal::find(&err).is_some() => {
+                tracing::debug!(secret = %name, error = %format!("{err:#}"), "Key Vault refresh refused; keeping the previous value")
             }
             Err(err) => {
                 tracing::warn!(secret = %name, error = %format!("{err:#}"), "Key Vault refresh failed; keeping the previous value")

@@ -8,6 +8,11 @@
 //! `MessageId`, which consumers and duplicate detection drop; never a loss). A failed send (after the pipeline's
 //! own retries of 408/429/5xx and timeouts) records the error and moves `available_at` forward with exponential
 //! backoff, so one broken event does not block the others or hammer Service Bus.
+//!
+//! Every send passes the Service Bus circuit breaker (`AppState::servicebus_breaker`). Once it opens (three
+//! failed sends in a row, each already four tries), the run stops at once and leaves the remaining rows due as they are, without an
+//! attempt or backoff charged to them: when Service Bus is back, the breaker's probe finds it, and every row
+//! goes out on the next run instead of after a backoff each row earned only by the outage.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -80,7 +85,7 @@ pub async fn publish(state: &AppState) -> Result<String, AppError> {
     let mut run = Run::default();
     let result = loop {
         match publish_batch(state, sender, &mut lease, &mut run).await {
-            Ok(true) if started.elapsed() < RUN_BUDGET => continue,
+            Ok(true) if started.elapsed() < RUN_BUDGET && !run.paused => continue,
             Ok(_) => break Ok(()),
             Err(err) => break Err(err),
         }
@@ -92,7 +97,11 @@ pub async fn publish(state: &AppState) -> Result<String, AppError> {
     // The backlog metric (an alert watches it): what is still due after this run, counted up to 1000.
     let backlog = if run.full { state.store.pending_outbox(state.clock.now(), 1000).await?.len() as u64 } else { 0 };
     crate::telemetry::metrics::outbox_backlog(backlog);
-    let more = if run.full { " (batch full: more may be due)" } else { "" };
+    let more = match (run.paused, run.full) {
+        (true, _) => " (paused: the Service Bus circuit is open; the rest wait, uncharged)",
+        (false, true) => " (batch full: more may be due)",
+        (false, false) => "",
+    };
     Ok(format!("published {} of {} due events, {} failed{more}", run.sent, run.due, run.failed))
 }
 
@@ -125,6 +134,8 @@ struct Run {
     failed: usize,
     /// The last batch read was full: more may be due.
     full: bool,
+    /// The Service Bus breaker refused a send: the run stopped there.
+    paused: bool,
 }
 
 /// Sends one batch of due rows, in order; true if it was full and the lease is still held (read another).
@@ -156,8 +167,15 @@ async fn publish_batch(
             content_type: "application/cloudevents+json; charset=utf-8".to_owned(),
             body: cloud_event(row, &config.outbox_source).to_string(),
         };
-        match sender.send(&message, state.clock.now().timestamp()).await {
+        let Ok(attempt) = state.servicebus_breaker.admit() else {
+            run.paused = true;
+            break;
+        };
+        let sent = sender.send(&message, state.clock.now().timestamp()).await;
+        attempt.finish(sent.is_ok());
+        match sent {
             Ok(()) => {
+                crate::telemetry::metrics::outbox_published(&row.message.event_type);
                 let (store, id, now) = (state.store.clone(), row.message.id, state.clock.now());
                 marks.spawn(async move { store.mark_outbox_sent(id, now).await });
                 run.sent += 1;
@@ -180,7 +198,7 @@ async fn publish_batch(
     while let Some(mark) = marks.join_next().await {
         mark.map_err(|e| AppError::internal(anyhow::anyhow!("marking an outbox row sent panicked: {e}")))??;
     }
-    Ok(held && run.full)
+    Ok(held && run.full && !run.paused)
 }
 
 fn worker_name(state: &AppState) -> String {

@@ -69,8 +69,16 @@ impl UsageRecorder {
                 let result = store.record_usage(&records, &audit).await.map(drop).map_err(Arc::new);
                 counted.batches.fetch_add(1, Ordering::Relaxed);
                 counted.events.fetch_add(records.len() as u64, Ordering::Relaxed);
-                if let Err(err) = &result {
-                    tracing::error!(error = ?err, events = records.len(), "usage batch failed; its requests answer 503");
+                match &result {
+                    // Refused without reaching the store (breaker open, writer overloaded): the breaker logged
+                    // its opening once and the refusals are counted (`meterline.dependency.refusals`).
+                    Err(err) if refusal(err).is_some() => {
+                        tracing::debug!(error = ?err, events = records.len(), "usage batch refused; its requests answer 503")
+                    }
+                    Err(err) => {
+                        tracing::error!(error = ?err, events = records.len(), "usage batch failed; its requests answer 503")
+                    }
+                    Ok(()) => {}
                 }
                 for waiter in waiters {
                     let _ = waiter.send(result.clone());
@@ -99,9 +107,20 @@ impl UsageRecorder {
             .map_err(|_| StoreError::Unavailable(anyhow::anyhow!("the usage recorder has stopped")))?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(StoreError::Unavailable(anyhow::anyhow!("recording usage failed: {err}"))),
+            Ok(Err(err)) => Err(StoreError::Unavailable(match refusal(&err) {
+                Some(refused) => anyhow::Error::new(refused).context("recording usage was refused"),
+                None => anyhow::anyhow!("recording usage failed: {err}"),
+            })),
             Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!("the usage recorder has stopped"))),
         }
+    }
+}
+
+/// The refusal a failed batch met, if the store refused it without trying (`resilience`).
+fn refusal(err: &StoreError) -> Option<crate::resilience::Refusal> {
+    match err {
+        StoreError::Unavailable(cause) => crate::resilience::Refusal::find(cause),
+        _ => None,
     }
 }
 

@@ -337,13 +337,25 @@ pub async fn record(
                 .with_detail(
                     "the request's usage record could not be written; it may have taken effect, retry it idempotently",
                 )
-                .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+                // A store that refused the record at once (breaker open, writer overloaded) says when to retry.
+                .with_header(header::RETRY_AFTER, HeaderValue::from(retry_after(&err)))
                 // The recorder logged the failed batch once; its requests do not log it again each.
                 .with_logged_source(err);
             Ok(ServiceResponse::from_err(err, request).map_into_right_body())
         }
         // A request that failed anyway keeps its answer; the recorder logged the batch that lost its record.
         Err(_) => Ok(res.map_into_boxed_body().map_into_left_body()),
+    }
+}
+
+/// Seconds a client should wait after its usage record failed: the refusal's own when the store refused the
+/// record without trying (`resilience`), else 5.
+fn retry_after(err: &crate::store::StoreError) -> u64 {
+    match err {
+        crate::store::StoreError::Unavailable(cause) => {
+            crate::resilience::Refusal::find(cause).map_or(5, |r| r.retry_after.as_secs().max(1))
+        }
+        _ => 5,
     }
 }
 

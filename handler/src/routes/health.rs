@@ -1,4 +1,5 @@
-//! Liveness and readiness: `GET /api/health` (the process answers) and `GET /api/health/ready` (the store answers).
+//! Liveness and readiness: `GET /api/health` (the process answers) and `GET /api/health/ready` (the store
+//! answers, and every dependency's circuit breaker is listed; an open store breaker is not ready).
 
 use actix_web::{HttpResponse, get, web};
 use serde::Serialize;
@@ -16,6 +17,40 @@ pub struct HealthStatus {
     /// The store kind, on readiness answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<&'static str>,
+    /// The circuit breaker of each dependency this process calls, on readiness answers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub breakers: Vec<BreakerStatus>,
+}
+
+/// One dependency's circuit breaker, as readiness shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerStatus {
+    /// `store`, `openid`, `servicebus` or `keyvault`.
+    pub dependency: &'static str,
+    /// `closed` (calls pass), `open` (calls are refused at once) or `half-open` (one probe call at a time).
+    #[schema(example = "closed")]
+    pub state: &'static str,
+    /// Seconds until an open breaker lets a probe through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
+}
+
+/// The breakers' states now.
+pub fn breaker_statuses(state: &AppState) -> Vec<BreakerStatus> {
+    state
+        .breakers
+        .iter()
+        .map(|breaker| {
+            let current = breaker.state();
+            BreakerStatus {
+                dependency: breaker.name(),
+                state: current.as_str(),
+                retry_after_seconds: (current == crate::resilience::BreakerState::Open)
+                    .then(|| breaker.retry_after().as_secs().max(1)),
+            }
+        })
+        .collect()
 }
 
 /// Liveness: answers as long as the process serves HTTP. Touches nothing else.
@@ -26,24 +61,41 @@ pub struct HealthStatus {
 )]
 #[get("/health")]
 pub async fn live() -> HttpResponse {
-    HttpResponse::Ok().json(HealthStatus { status: "ok", version: env!("CARGO_PKG_VERSION"), store: None })
+    HttpResponse::Ok().json(HealthStatus {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        store: None,
+        breakers: Vec::new(),
+    })
 }
 
-/// Readiness: answers 200 only when the store answers a query.
+/// Readiness: answers 200 only when the store answers a query and its circuit breaker is not open; lists the
+/// state of every dependency's breaker (a 503 lists them in its `breakers` member).
 #[utoipa::path(
     tag = "operations",
     operation_id = "getReadiness",
     responses(
         (status = 200, description = "The handler and its store are ready", body = HealthStatus),
-        (status = 503, description = "The store is unreachable", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 503, description = "The store is unreachable, or its circuit breaker is open", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[get("/health/ready")]
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    let breakers = breaker_statuses(&state);
+    let store_breaker = state.store.breaker();
+    if store_breaker.state() == crate::resilience::BreakerState::Open {
+        let refusal = crate::resilience::Refusal {
+            dependency: "store",
+            kind: crate::resilience::RefusalKind::CircuitOpen,
+            retry_after: store_breaker.retry_after(),
+        };
+        return Err(AppError::from(refusal).with_member("breakers", serde_json::json!(breakers)));
+    }
     state.store.ping().await?;
     Ok(HttpResponse::Ok().json(HealthStatus {
         status: "ready",
         version: env!("CARGO_PKG_VERSION"),
         store: Some(state.store.kind()),
+        breakers,
     }))
 }

@@ -10,6 +10,9 @@ pub trait OperationsStore: Send + Sync + 'static {
     /// Short name of the implementation (`sqlite`, `mssql`), for logs and health output.
     fn kind(&self) -> &'static str;
 
+    /// The circuit breaker every write (SQLite) or transaction (SQL Server) passes, for health and tests.
+    fn breaker(&self) -> &std::sync::Arc<crate::resilience::Breaker>;
+
     /// Succeeds when the store answers a trivial query.
     async fn ping(&self) -> Result<(), StoreError>;
 

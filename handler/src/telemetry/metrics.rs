@@ -33,6 +33,16 @@ pub const ROLLUP_LAG: &str = "meterline.rollup.lag";
 pub const CONSUMER_OUTCOMES: &str = "meterline.consumer.outcomes";
 /// Outbox events waiting to be published (gauge).
 pub const OUTBOX_BACKLOG: &str = "meterline.outbox.backlog";
+/// Outbox events Service Bus took (counter; attribute `type`, the CloudEvents type: the quota threshold alert
+/// counts `meterline.quota.threshold-crossed.v1`).
+pub const OUTBOX_PUBLISHED: &str = "meterline.outbox.published";
+/// A dependency's circuit breaker: 0 closed, 1 half-open, 2 open (gauge; attribute `dependency`).
+pub const BREAKER_STATE: &str = "meterline.breaker.state";
+/// Circuit breaker state changes (counter; attributes `dependency`, `to`: `open`, `half-open` or `closed`).
+pub const BREAKER_TRANSITIONS: &str = "meterline.breaker.transitions";
+/// Calls refused without reaching their dependency (counter; attributes `dependency`, `kind`: `circuit-open`
+/// or `overloaded`, shed because too much work already waited).
+pub const DEPENDENCY_REFUSALS: &str = "meterline.dependency.refusals";
 
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +99,10 @@ pub struct Metrics {
     rollup_lag: Gauge<f64>,
     consumer_outcomes: Counter<u64>,
     outbox_backlog: Gauge<u64>,
+    outbox_published: Counter<u64>,
+    breaker_state: Gauge<u64>,
+    breaker_transitions: Counter<u64>,
+    dependency_refusals: Counter<u64>,
 }
 
 impl Metrics {
@@ -139,6 +153,23 @@ impl Metrics {
                 .u64_gauge(OUTBOX_BACKLOG)
                 .with_unit("{event}")
                 .with_description("Outbox events waiting to be published")
+                .build(),
+            outbox_published: meter
+                .u64_counter(OUTBOX_PUBLISHED)
+                .with_unit("{event}")
+                .with_description("Outbox events Service Bus took, by CloudEvents type")
+                .build(),
+            breaker_state: meter
+                .u64_gauge(BREAKER_STATE)
+                .with_description("Circuit breaker state by dependency: 0 closed, 1 half-open, 2 open")
+                .build(),
+            breaker_transitions: meter
+                .u64_counter(BREAKER_TRANSITIONS)
+                .with_description("Circuit breaker state changes by dependency and new state")
+                .build(),
+            dependency_refusals: meter
+                .u64_counter(DEPENDENCY_REFUSALS)
+                .with_description("Calls refused without reaching their dependency: circuit open or overloaded")
                 .build(),
         }
     }
@@ -205,6 +236,22 @@ impl Metrics {
     pub fn outbox_backlog(&self, events: u64) {
         self.outbox_backlog.record(events, &[]);
     }
+
+    pub fn outbox_published(&self, event_type: &str) {
+        self.outbox_published.add(1, &[KeyValue::new("type", event_type.to_owned())]);
+    }
+
+    pub fn breaker_state(&self, dependency: &'static str, level: u64) {
+        self.breaker_state.record(level, &[KeyValue::new("dependency", dependency)]);
+    }
+
+    pub fn breaker_transition(&self, dependency: &'static str, to: &'static str) {
+        self.breaker_transitions.add(1, &[KeyValue::new("dependency", dependency), KeyValue::new("to", to)]);
+    }
+
+    pub fn dependency_refusal(&self, dependency: &'static str, kind: &'static str) {
+        self.dependency_refusals.add(1, &[KeyValue::new("dependency", dependency), KeyValue::new("kind", kind)]);
+    }
 }
 
 static GLOBAL: OnceLock<Metrics> = OnceLock::new();
@@ -268,6 +315,26 @@ pub fn consumer_outcome(outcome: ConsumerOutcome) {
 /// The outbox publisher saw `events` unpublished events.
 pub fn outbox_backlog(events: u64) {
     with(|m| m.outbox_backlog(events));
+}
+
+/// Service Bus took an outbox event of `event_type`.
+pub fn outbox_published(event_type: &str) {
+    with(|m| m.outbox_published(event_type));
+}
+
+/// A dependency's circuit breaker is now at `level` (0 closed, 1 half-open, 2 open).
+pub fn breaker_state(dependency: &'static str, level: u64) {
+    with(|m| m.breaker_state(dependency, level));
+}
+
+/// A dependency's circuit breaker changed state to `to`.
+pub fn breaker_transition(dependency: &'static str, to: &'static str) {
+    with(|m| m.breaker_transition(dependency, to));
+}
+
+/// A call was refused without reaching `dependency` (`kind`: `circuit-open` or `overloaded`).
+pub fn dependency_refusal(dependency: &'static str, kind: &'static str) {
+    with(|m| m.dependency_refusal(dependency, kind));
 }
 
 #[cfg(test)]

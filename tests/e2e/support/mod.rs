@@ -5,6 +5,7 @@ pub mod app;
 pub mod endpoints;
 pub mod host;
 pub mod oidc;
+pub mod proxy;
 pub mod routes;
 pub mod standalone;
 pub mod stores;

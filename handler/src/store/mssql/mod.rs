@@ -37,6 +37,10 @@ const POOL_SIZE: u32 = 16;
 
 /// How long an operation waits for a pooled connection before it fails as unavailable (then 503).
 const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Transactions that may wait for or hold a pooled connection at once: four per connection. Past it a
+/// transaction is refused with 503 `overloaded` at once rather than queueing behind a pool that is not keeping
+/// up (each waiter would otherwise wait POOL_WAIT per attempt).
+const MAX_WAITING: usize = 4 * POOL_SIZE as usize;
 
 /// A pooled connection owned by the operation that uses it.
 type Pooled = bb8::PooledConnection<'static, MssqlManager>;
@@ -85,6 +89,11 @@ pub struct MssqlStore {
     clock: Arc<dyn crate::clock::Clock>,
     /// Jitter sources handed out so far (see [`MssqlStore::jitter`]).
     draws: Arc<std::sync::atomic::AtomicU64>,
+    /// Every transaction passes it (with its retries, as one call): opened by transactions that end
+    /// unavailable, it refuses at once while open instead of queueing on a pool that cannot connect.
+    breaker: Arc<crate::resilience::Breaker>,
+    /// Bounds the transactions waiting for a pooled connection; past it a transaction is refused at once.
+    waiting: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for MssqlStore {
@@ -104,13 +113,24 @@ impl MssqlStore {
         connection_string: &SecretString,
         clock: Arc<dyn crate::clock::Clock>,
     ) -> Result<Self, StoreError> {
+        Self::open_with_pool_wait(connection_string, clock, POOL_WAIT).await
+    }
+
+    /// [`Self::open_with_clock`] whose pool gives up on a connection after `pool_wait` (tests shorten it).
+    async fn open_with_pool_wait(
+        connection_string: &SecretString,
+        clock: Arc<dyn crate::clock::Clock>,
+        pool_wait: std::time::Duration,
+    ) -> Result<Self, StoreError> {
         let connector = Arc::new(MssqlConnector::new(connection_string)?);
         // Three attempts bounded by POOL_WAIT each: a request fails within about 16 s when the database is away,
         // well inside the Functions HTTP limit, instead of queueing for minutes.
         let retry = RetryPolicy { max_attempts: 3, ..RetryPolicy::default() };
         Ok(MssqlStore {
-            pool: pool_with_timeout(connector, POOL_SIZE, POOL_WAIT).await?,
+            pool: pool_with_timeout(connector, POOL_SIZE, pool_wait).await?,
             retry: Arc::new(retry),
+            breaker: crate::resilience::Breaker::new("store", crate::resilience::BreakerPolicy::DEFAULT, clock.clone()),
+            waiting: Arc::new(tokio::sync::Semaphore::new(MAX_WAITING)),
             clock,
             draws: Arc::default(),
         })
@@ -129,6 +149,22 @@ impl MssqlStore {
     /// `op` takes the connection and hands it back with its result (see [`in_tx!`]), which keeps the
     /// future free of higher-ranked borrows, so it stays `Send`.
     async fn transaction<T, F, Fut>(&self, retryable: Retry, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Pooled) -> Fut,
+        Fut: Future<Output = (Pooled, Result<T, StoreError>)>,
+    {
+        // At most MAX_WAITING transactions wait for or hold a connection; the next is shed at once.
+        let Ok(_slot) = self.waiting.clone().try_acquire_owned() else {
+            return Err(StoreError::Unavailable(anyhow::Error::new(crate::resilience::Refusal::overloaded("store"))));
+        };
+        let attempt = self.breaker.admit().map_err(|r| StoreError::Unavailable(anyhow::Error::new(r)))?;
+        let result = self.transaction_attempts(retryable, op).await;
+        attempt.finish(!matches!(result, Err(StoreError::Unavailable(_))));
+        result
+    }
+
+    /// [`Self::transaction`] past the load shedding and the breaker: the attempts, retried if `retryable`.
+    async fn transaction_attempts<T, F, Fut>(&self, retryable: Retry, op: F) -> Result<T, StoreError>
     where
         F: Fn(Pooled) -> Fut,
         Fut: Future<Output = (Pooled, Result<T, StoreError>)>,
@@ -234,6 +270,73 @@ pub(crate) fn generated_examples() -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::resilience::{BreakerState, Refusal, RefusalKind};
+
+    /// A store over a port nothing listens on, whose pool gives up after `wait`, on a manual clock.
+    async fn unreachable(wait: std::time::Duration) -> (Arc<ManualClock>, MssqlStore) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let clock = Arc::new(ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap()));
+        let connection = SecretString::from(format!("Server=tcp:127.0.0.1,{port};User Id=app;Password=pw"));
+        let store = MssqlStore::open_with_pool_wait(&connection, clock.clone(), wait).await.unwrap();
+        (clock, store)
+    }
+
+    async fn nothing(store: &MssqlStore) -> Result<(), StoreError> {
+        store.transaction(Retry::No, |pooled: Pooled| async move { (pooled, Ok(())) }).await
+    }
+
+    fn refusal(result: &Result<(), StoreError>) -> Option<RefusalKind> {
+        match result {
+            Err(StoreError::Unavailable(cause)) => Refusal::find(cause).map(|r| r.kind),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_opens_the_breaker_which_refuses_without_waiting_for_the_pool() {
+        let (clock, store) = unreachable(std::time::Duration::from_millis(50)).await;
+        for _ in 0..crate::resilience::BreakerPolicy::DEFAULT.failures_to_open {
+            let failed = nothing(&store).await;
+            assert!(matches!(failed, Err(StoreError::Unavailable(_))) && refusal(&failed).is_none(), "{failed:?}");
+        }
+        assert_eq!(store.breaker.state(), BreakerState::Open);
+        let started = std::time::Instant::now();
+        assert_eq!(refusal(&nothing(&store).await), Some(RefusalKind::CircuitOpen));
+        assert!(started.elapsed() < std::time::Duration::from_millis(50), "no pool wait: {:?}", started.elapsed());
+        // Half-open after 5 s on the store's clock: the probe reaches the (still unreachable) pool and reopens it.
+        clock.advance(chrono::Duration::seconds(5));
+        let probe = nothing(&store).await;
+        assert!(refusal(&probe).is_none(), "the probe is let through: {probe:?}");
+        assert_eq!(store.breaker.state(), BreakerState::Open);
+    }
+
+    #[tokio::test]
+    async fn transactions_past_the_waiting_bound_are_shed_at_once() {
+        let (_clock, store) = unreachable(std::time::Duration::from_secs(2)).await;
+        let store = Arc::new(store);
+        let waiting: Vec<_> = (0..MAX_WAITING)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { nothing(&store).await })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while store.waiting.available_permits() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the waiters take every slot");
+            tokio::task::yield_now().await;
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(refusal(&nothing(&store).await), Some(RefusalKind::Overloaded));
+        assert!(started.elapsed() < std::time::Duration::from_millis(50), "shed at once: {:?}", started.elapsed());
+        for task in waiting {
+            assert!(matches!(task.await.unwrap(), Err(StoreError::Unavailable(_))));
+        }
+    }
 
     /// The `const NAME: &str` items of `source` whose value is T-SQL (a statement keyword, a `dbo.` table or
     /// a statement built by `concat!`/a `tsql_` macro), read from the source text.

@@ -117,6 +117,10 @@ impl OperationsStore for MssqlStore {
         "mssql"
     }
 
+    fn breaker(&self) -> &std::sync::Arc<crate::resilience::Breaker> {
+        &self.breaker
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.pool.get().await.map_err(pool_error)?;
         batch(&mut conn, PING).await

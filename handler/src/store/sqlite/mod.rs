@@ -26,7 +26,7 @@ use super::migrations::{self, AppliedMigration, MigrationReport};
 use super::model::*;
 use super::{DocumentStore, JobRun, OperationsStore, PlanStore, StoreError, TenantStore, Update};
 use super::{audit::*, documents::*, metering::*, operations::*, plans::*, tenants::*};
-use writer::Writer;
+use writer::{Bounds, Writer};
 
 mod integration;
 /// Store-internal helpers that write outbox events inside an open write transaction.
@@ -77,6 +77,9 @@ struct Inner {
     max_readers: usize,
     /// Stamps the migration history (`applied_at`).
     clock: Arc<dyn crate::clock::Clock>,
+    /// Every write passes it: opened by failed batches (a file lock held elsewhere past the busy timeout, a
+    /// full disk, writes that waited too long to start), it refuses writes at once while open.
+    breaker: Arc<crate::resilience::Breaker>,
 }
 
 impl Inner {
@@ -124,7 +127,7 @@ impl SqliteStore {
             let mut writer = connect(&path)?;
             writer.pragma_update(None, "journal_mode", "WAL").map_err(classify)?;
             checkpoint::install(&mut writer, &path, checkpoint::Thresholds::DEFAULT)?;
-            let writer = Writer::start(writer)?;
+            let writer = Writer::start(writer, Bounds::DEFAULT)?;
             let max_readers = max_readers();
             Ok(SqliteStore {
                 inner: Arc::new(Inner {
@@ -133,6 +136,11 @@ impl SqliteStore {
                     readers: Mutex::new(Vec::new()),
                     scans: tokio::sync::Semaphore::new(max_readers),
                     max_readers,
+                    breaker: crate::resilience::Breaker::new(
+                        "store",
+                        crate::resilience::BreakerPolicy::DEFAULT,
+                        clock.clone(),
+                    ),
                     clock,
                 }),
             })
@@ -165,13 +173,21 @@ impl SqliteStore {
     }
 
     /// Runs `f` as one write of the next group commit (see [`writer`]); returns once it is committed.
-    /// If `f` fails, its changes are rolled back and nothing else is affected.
+    /// If `f` fails, its changes are rolled back and nothing else is affected. Refused at once, without
+    /// running, when the writer's queue is full or the store's breaker is open (a [`crate::resilience::Refusal`]).
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.inner.writer.write(f).await
+        // A full queue is our own back-pressure, not a failure of the store: refused before the breaker counts.
+        if self.inner.writer.is_full() {
+            return Err(StoreError::Unavailable(anyhow::Error::new(crate::resilience::Refusal::overloaded("store"))));
+        }
+        let attempt = self.inner.breaker.admit().map_err(|r| StoreError::Unavailable(anyhow::Error::new(r)))?;
+        let result = self.inner.writer.write(f).await;
+        attempt.finish(!matches!(result, Err(StoreError::Unavailable(_))));
+        result
     }
 }
 

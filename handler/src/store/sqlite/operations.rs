@@ -36,6 +36,10 @@ impl OperationsStore for SqliteStore {
         "sqlite"
     }
 
+    fn breaker(&self) -> &std::sync::Arc<crate::resilience::Breaker> {
+        &self.inner.breaker
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(drop).map_err(classify)).await
     }

@@ -8,20 +8,54 @@
 //! A failed `COMMIT` fails them all. Under load a batch forms by itself while the previous one commits;
 //! when idle, a write runs at once. Callers see the same guarantee as before: when `write` returns Ok, the
 //! change is committed (durable against a killed process, `synchronous=NORMAL` in WAL mode).
+//!
+//! The wait is bounded ([`Bounds`]): a write that finds [`Bounds::max_queued`] writes already waiting to start is refused
+//! at once, and a caller that has waited [`Bounds::max_wait`] for a write that has not started takes it back
+//! (the writer thread skips it) and is refused. Both refusals are [`Refusal::overloaded`], so the request answers
+//! 503 `overloaded` at once instead of queueing into a timeout when the writer is stalled (a batch waiting on
+//! the file lock another process holds, a slow disk), and nothing of the refused write ever takes effect.
+//! A write that has started is waited for: it is in the store, no longer waiting for it.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use crate::resilience::Refusal;
 use crate::store::StoreError;
 
 /// Most writes committed in one transaction; bounds how long one batch holds the file lock.
 const MAX_BATCH: usize = 256;
 
+/// How much work may wait for the writer thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Bounds {
+    /// Writes waiting to start (queued, neither started nor taken back) past which a new one is refused at once.
+    pub max_queued: usize,
+    /// How long a caller waits for its write to start before taking it back and being refused.
+    pub max_wait: Duration,
+}
+
+impl Bounds {
+    /// Four full batches queued, half a second of waiting. A batch commits in milliseconds (BENCHMARKS.md), so
+    /// neither bound is reached unless the writer is stalled; then a write is refused within half a second
+    /// instead of waiting out the five-second busy timeout of every batch in front of it, and the usage
+    /// recorder's serial batches (one write each) open the store breaker within about 2.5 s.
+    pub(super) const DEFAULT: Bounds = Bounds { max_queued: 4 * MAX_BATCH, max_wait: Duration::from_millis(500) };
+}
+
+/// Where a queued write is: taken back by its caller, or started by the writer thread (whichever comes first).
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
 /// A write waiting for the writer thread: runs inside the batch, answers after the commit.
 trait Job: Send {
+    /// Claims the write for the writer thread; false if its caller took it back (then it never runs).
+    fn start(&self) -> bool;
     /// Runs the write on the connection (inside its savepoint); true if it succeeded.
     fn run(&mut self, conn: &Connection) -> bool;
     /// Answers the caller: its own result if the batch committed, else the batch's failure.
@@ -29,6 +63,9 @@ trait Job: Send {
 }
 
 struct Pending<T, F> {
+    stage: Arc<AtomicU8>,
+    /// The writer's count of writes waiting to start, which whoever moves this one out of `QUEUED` decrements.
+    waiting: Arc<AtomicUsize>,
     write: Option<F>,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
@@ -39,6 +76,14 @@ where
     T: Send,
     F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
 {
+    fn start(&self) -> bool {
+        let started = self.stage.compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        if started {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        started
+    }
+
     fn run(&mut self, conn: &Connection) -> bool {
         let write = self.write.take().expect("a job runs once");
         let result = catch_unwind(AssertUnwindSafe(|| write(conn)))
@@ -49,6 +94,10 @@ where
     }
 
     fn finish(self: Box<Self>, batch_failure: Option<&str>) {
+        // Never started (its batch failed first): it no longer waits either.
+        if self.stage.compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
         let result = match (batch_failure, self.result) {
             (None, Some(result)) => result,
             (Some(why), _) => Err(StoreError::Unavailable(anyhow::anyhow!("the write batch failed: {why}"))),
@@ -61,30 +110,61 @@ where
 /// The handle writes are queued on; the thread stops when the last handle is dropped.
 pub(super) struct Writer {
     queue: mpsc::Sender<Box<dyn Job>>,
+    /// Writes queued that have neither started nor been taken back by their callers.
+    queued: Arc<AtomicUsize>,
+    bounds: Bounds,
 }
 
 impl Writer {
     /// Starts the writer thread, which owns `conn` from now on.
-    pub(super) fn start(conn: Connection) -> Result<Writer, StoreError> {
+    pub(super) fn start(conn: Connection, bounds: Bounds) -> Result<Writer, StoreError> {
         let (queue, jobs) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name("sqlite-writer".to_owned())
             .spawn(move || run(conn, jobs))
             .map_err(|e| StoreError::Other(anyhow::Error::new(e).context("starting the SQLite writer thread")))?;
-        Ok(Writer { queue })
+        Ok(Writer { queue, queued: Arc::default(), bounds })
     }
 
-    /// Runs `write` in the next batch; returns its result once the batch has committed.
+    /// Whether a write now would be refused for the queue's depth.
+    pub(super) fn is_full(&self) -> bool {
+        self.queued.load(Ordering::Acquire) >= self.bounds.max_queued
+    }
+
+    /// Runs `write` in the next batch; returns its result once the batch has committed, or a
+    /// [`Refusal::overloaded`] (and the write never runs) if the queue is full or it did not start in time.
     pub(super) async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        let job = Box::new(Pending { write: Some(write), result: None, reply });
-        self.queue.send(job).map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        if self.is_full() {
+            return Err(overloaded());
+        }
+        let (reply, mut answer) = oneshot::channel();
+        let stage = Arc::new(AtomicU8::new(QUEUED));
+        let waiting = self.queued.clone();
+        let job = Box::new(Pending { stage: stage.clone(), waiting, write: Some(write), result: None, reply });
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if let Err(unsent) = self.queue.send(job) {
+            drop(unsent); // dropped without finish: undo its count here
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(stopped());
+        }
+        match tokio::time::timeout(self.bounds.max_wait, &mut answer).await {
+            Ok(answered) => answered.map_err(|_| stopped())?,
+            Err(_) if stage.compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok() => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                Err(overloaded())
+            }
+            // Started before we gave up: it is running in the store now, so its answer is the outcome.
+            Err(_) => answer.await.map_err(|_| stopped())?,
+        }
     }
+}
+
+fn overloaded() -> StoreError {
+    StoreError::Unavailable(anyhow::Error::new(Refusal::overloaded("store")))
 }
 
 fn stopped() -> StoreError {
@@ -123,6 +203,9 @@ fn commit_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), Str
     conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| format!("BEGIN IMMEDIATE: {e}"))?;
     let outcome = (|| {
         for job in batch.iter_mut() {
+            if !job.start() {
+                continue; // its caller stopped waiting before the batch got the lock: it never runs
+            }
             statement(conn, "SAVEPOINT job")?;
             if job.run(conn) {
                 statement(conn, "RELEASE job")?;
@@ -147,7 +230,7 @@ mod tests {
         let path = dir.path().join("w.db");
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (n INTEGER PRIMARY KEY)").unwrap();
-        (Writer::start(conn).unwrap(), Connection::open(&path).unwrap())
+        (Writer::start(conn, Bounds::DEFAULT).unwrap(), Connection::open(&path).unwrap())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,6 +276,72 @@ mod tests {
             .collect();
         let expected: Vec<i64> = (0..200).filter(|n| n % 10 != 3 && n % 10 != 7).collect();
         assert_eq!(stored, expected, "exactly the successful writes are committed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_writer_refuses_past_its_bounds_at_once_and_refused_writes_never_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (n INTEGER PRIMARY KEY)").unwrap();
+        let bounds = Bounds { max_queued: 4, max_wait: Duration::from_millis(200) };
+        let writer = Arc::new(Writer::start(conn, bounds).unwrap());
+        let insert = |n: i64| {
+            move |conn: &Connection| {
+                conn.execute("INSERT INTO t (n) VALUES (?1)", [n]).map(drop).map_err(|e| StoreError::Other(e.into()))
+            }
+        };
+        let is_overloaded = |result: &Result<(), StoreError>| match result {
+            Err(StoreError::Unavailable(cause)) => Refusal::find(cause) == Some(Refusal::overloaded("store")),
+            _ => false,
+        };
+        // Another connection holds the write lock: the writer's next BEGIN IMMEDIATE waits (busy timeout 5 s).
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+        let waited = std::time::Instant::now();
+        let first = writer.write(insert(1)).await;
+        assert!(is_overloaded(&first), "a write that cannot start in time is refused: {first:?}");
+        assert!(
+            waited.elapsed() < Duration::from_secs(2),
+            "after max_wait, not the busy timeout: {:?}",
+            waited.elapsed()
+        );
+
+        let queued: Vec<_> = (2..6)
+            .map(|n| {
+                let writer = writer.clone();
+                tokio::spawn(async move { writer.write(insert(n)).await })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !writer.is_full() {
+            assert!(std::time::Instant::now() < deadline, "four queued writes fill the queue");
+            tokio::task::yield_now().await;
+        }
+        let shed = std::time::Instant::now();
+        let refused = writer.write(insert(6)).await;
+        assert!(is_overloaded(&refused), "a full queue refuses at once: {refused:?}");
+        assert!(shed.elapsed() < Duration::from_millis(50), "{:?}", shed.elapsed());
+        for task in queued {
+            let result = task.await.unwrap();
+            assert!(is_overloaded(&result), "{result:?}");
+        }
+
+        assert!(!writer.is_full(), "writes taken back no longer count against the queue");
+        holder.execute_batch("COMMIT").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while let Err(err) = writer.write(insert(7)).await {
+            assert!(std::time::Instant::now() < deadline, "the writer works again once the lock is free: {err:?}");
+        }
+        let stored: Vec<i64> = holder
+            .prepare("SELECT n FROM t ORDER BY n")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(stored, vec![7], "no refused write ran, even after the writer got the lock");
     }
 
     #[tokio::test]

@@ -1,0 +1,531 @@
+//! Fault injection against the real binary under the host emulator: under steady load a dependency stalls or
+//! refuses for several seconds, then returns. Each test measures and prints the time the breaker took to open,
+//! the refusals' p99 latency while it was open, the time to recover (no restart), and what was lost (nothing).
+//!
+//! - The store: another process holds SQLite's write lock, so the handler's writer stalls on it (what a slow
+//!   disk or a second writer looks like). Requests wait at most the writer's wait bound, the store breaker
+//!   opens, refusals come back at once, and every request that was answered 2xx has its usage record.
+//! - Service Bus: a TCP proxy of ours ([`FaultProxy`]) between the handler and the local Service Bus endpoint
+//!   refuses every connection. The outbox breaker opens, publisher runs stop at once instead of failing each
+//!   row, and once the bus is back every event is delivered.
+//! - The OpenID provider: the same proxy in front of its discovery endpoint, while clients call with tokens
+//!   whose key is loaded and with tokens naming an unknown key (each makes the handler fetch the keys again).
+//!   Tokens with loaded keys keep being served; the openid breaker opens and unknown keys are refused at once.
+//! - Key Vault: the same proxy between the handler and the local Key Vault while the handler refreshes its
+//!   secrets every second. The vault's breaker opens, refresh rounds come back at once while it is open (the
+//!   handler keeps the values it has), and a secret rotated during the outage is read once the vault returns.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meterline::store::prelude::*;
+use meterline::store::{SqliteStore, Tenant, TenantStatus};
+use serde_json::{Value, json};
+
+use crate::identity::{AUDIENCE, DIR_A, clients, entra_settings, seed};
+use crate::metering::{METERED, metered};
+use crate::outbox::key_vault;
+use crate::support::endpoints::{Reply, Seen, TestCa, TestServer, identity_env, managed_identity_endpoint};
+use crate::support::host::{HostEmulator, HostOptions};
+use crate::support::oidc::{OidcProvider, Signer, forge};
+use crate::support::proxy::{FaultProxy, Mode};
+use crate::support::stores;
+
+/// One answered request of the load.
+#[derive(Debug, Clone)]
+struct Sample {
+    started: Instant,
+    latency: Duration,
+    status: u16,
+    request_id: String,
+    /// `Retry-After` and the problem's media type, when the answer is a refusal.
+    retry_after: Option<String>,
+    problem: bool,
+}
+
+impl Sample {
+    fn of(started: Instant, response: &reqwest::Response) -> Self {
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Sample {
+            started,
+            latency: started.elapsed(),
+            status: response.status().as_u16(),
+            request_id: header("x-request-id").expect("every answer has a request id"),
+            retry_after: header("retry-after"),
+            problem: header("content-type").as_deref() == Some("application/problem+json"),
+        }
+    }
+}
+
+/// The 99th percentile of `latencies` (nearest rank).
+fn p99(mut latencies: Vec<Duration>) -> Duration {
+    assert!(!latencies.is_empty(), "no latencies to take a percentile of");
+    latencies.sort();
+    let rank = ((latencies.len() as f64) * 0.99).ceil() as usize;
+    latencies[rank.clamp(1, latencies.len()) - 1]
+}
+
+/// Polls `check` every 20 ms until it is true; panics with `what` after `within`. Returns when it became true.
+async fn until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) -> Instant {
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return Instant::now();
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The state `GET /api/health/ready` reports for `dependency`'s breaker (`closed`, `open`, `half-open`).
+async fn breaker_state(client: &reqwest::Client, url: &str, dependency: &str) -> String {
+    let Ok(response) = client.get(url).send().await else { return "unreachable".into() };
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    body["breakers"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["dependency"] == dependency))
+        .and_then(|b| b["state"].as_str())
+        .unwrap_or("missing")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_stalled_store_opens_its_breaker_refuses_fast_loses_no_usage_and_recovers_without_a_restart() {
+    let m = metered(1_000_000, 100_000, 1_000_000, "block").await;
+    let (url, ready) = (m.host.handler_url(METERED), m.host.handler_url("/api/health/ready"));
+    let client = reqwest::Client::new();
+    let auth = format!("Bearer {}", m.user);
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
+    let workers: Vec<_> = (0..6)
+        .map(|_| {
+            let (client, url, auth, stop, samples) =
+                (client.clone(), url.clone(), auth.clone(), stop.clone(), samples.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let response = client.get(&url).header("Authorization", &auth).send().await.unwrap();
+                    let sample = Sample::of(started, &response);
+                    samples.lock().unwrap().push(sample);
+                    // Steady, not flat out: the machine is shared.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect();
+    let successes = |samples: &Mutex<Vec<Sample>>| samples.lock().unwrap().iter().filter(|s| s.status == 200).count();
+    until("the load runs", Duration::from_secs(60), async || successes(&samples) >= 100).await;
+    assert_eq!(breaker_state(&client, &ready, "store").await, "closed");
+
+    // The fault: another connection takes SQLite's write lock and holds it for OUTAGE.
+    const OUTAGE: Duration = Duration::from_secs(6);
+    let db = m.root.path().join("data/meterline.db");
+    let holder = tokio::task::spawn_blocking(move || {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        conn
+    })
+    .await
+    .unwrap();
+    let fault = Instant::now();
+    let opened = until("the store breaker opens", Duration::from_secs(15), async || {
+        breaker_state(&client, &ready, "store").await == "open"
+    })
+    .await;
+    tokio::time::sleep_until((fault + OUTAGE).into()).await; // the outage lasts OUTAGE, whatever the breaker does
+    let during_open: Vec<Sample> = samples
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.started >= opened && s.started + s.latency <= Instant::now())
+        .cloned()
+        .collect();
+    tokio::task::spawn_blocking(move || holder.execute_batch("ROLLBACK").unwrap()).await.unwrap();
+    let released = Instant::now();
+    let recovered = until("a request succeeds again", Duration::from_secs(30), async || {
+        samples.lock().unwrap().iter().any(|s| s.status == 200 && s.started >= released)
+    })
+    .await;
+    let after = successes(&samples);
+    until("the load runs on", Duration::from_secs(30), async || successes(&samples) >= after + 50).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert_eq!(breaker_state(&client, &ready, "store").await, "closed", "closed again after its probe succeeded");
+
+    let samples = samples.lock().unwrap().clone();
+    assert!(!during_open.is_empty(), "requests were refused while the breaker was open");
+    assert!(during_open.iter().all(|s| s.status == 503), "no 2xx while the store is stalled: {during_open:?}");
+    assert!(
+        during_open.iter().all(|s| s.problem && s.retry_after.as_deref().is_some_and(|r| r.parse::<u64>().is_ok())),
+        "every refusal is problem+json with Retry-After: {during_open:?}"
+    );
+    let refusal_p99 = p99(during_open.iter().map(|s| s.latency).collect());
+    let conn = rusqlite::Connection::open(m.root.path().join("data/meterline.db")).unwrap();
+    let count = |sql: &str, id: &str| -> i64 { conn.query_row(sql, [id], |r| r.get(0)).unwrap() };
+    let acknowledged: Vec<&Sample> = samples.iter().filter(|s| s.status == 200).collect();
+    let lost = acknowledged
+        .iter()
+        .filter(|s| {
+            count("SELECT count(*) FROM usage_events WHERE request_id = ?1 AND billable = 1", &s.request_id) != 1
+        })
+        .count();
+    let refused: Vec<&Sample> = samples.iter().filter(|s| s.status == 503).collect();
+    let refused_recorded_as_success = refused
+        .iter()
+        .filter(|s| {
+            count("SELECT count(*) FROM usage_events WHERE request_id = ?1 AND status < 300", &s.request_id) != 0
+        })
+        .count();
+    let output = m.host.output_text();
+    let openings = output.matches("circuit breaker opened").count();
+    println!(
+        "store stalled for {OUTAGE:?} under load: time to open {:?}, refusals while open {} with p99 {refusal_p99:?}, \
+         time to recover {:?} after the stall ended, {} requests acknowledged, usage records lost: {lost}, \
+         refused requests recorded as successes: {refused_recorded_as_success}, breaker openings logged: {openings}",
+        opened - fault,
+        during_open.len(),
+        recovered - released,
+        acknowledged.len(),
+    );
+    assert!(opened - fault < Duration::from_secs(5), "five failed writes (each bounded by the 0.5 s wait) open it");
+    assert!(refusal_p99 < Duration::from_millis(500), "refusals come back fast: p99 {refusal_p99:?}");
+    assert!(recovered - released < Duration::from_secs(10), "recovers within the open period plus a probe");
+    assert_eq!(lost, 0, "no acknowledged request loses its usage record");
+    assert_eq!(refused_recorded_as_success, 0, "a refused request is never recorded as a success");
+    assert!(openings >= 1, "the opening is logged: {output}");
+}
+
+/// One `OutboxPublisher` timer invocation: when it started, how long it took, its summary.
+#[derive(Debug)]
+struct Run {
+    started: Instant,
+    took: Duration,
+    logs: String,
+}
+
+async fn publish(host: &HostEmulator, runs: &mut Vec<Run>) {
+    let timer = json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false});
+    let started = Instant::now();
+    let run = host.invoke_timer("OutboxPublisher", timer).await;
+    runs.push(Run { started, took: started.elapsed(), logs: run.logs().join(" ") });
+    // A timer every 100 ms: steady, and far more often than the real 30 s, so the test sees every phase.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// A Service Bus endpoint that takes every send (201) and remembers the CloudEvents ids it got.
+async fn service_bus(ca: &TestCa) -> TestServer {
+    TestServer::https(ca, |request: &Seen| {
+        if request.method == "POST" && request.path.ends_with("/messages") {
+            Reply::status(201)
+        } else {
+            Reply::status(404)
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_refusing_service_bus_opens_the_outbox_breaker_and_every_event_is_delivered_once_it_returns() {
+    let ca = TestCa::new();
+    let identity = managed_identity_endpoint().await;
+    let bus = service_bus(&ca).await;
+    let proxy = FaultProxy::start(bus.port).await;
+    let mut env = identity_env(&identity, &ca);
+    env.push(("METERLINE_SERVICEBUS_NAMESPACE".into(), format!("127.0.0.1:{}", proxy.port)));
+    env.push(("METERLINE_OUTBOX_SEND_TIMEOUT_SECS".into(), "2".into()));
+    let host = HostEmulator::start_with(HostOptions { env, ..HostOptions::default() }).await;
+    let ready = host.handler_url("/api/health/ready");
+    let client = reqwest::Client::new();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&host.app_root.join("data/meterline.db")).await.unwrap());
+    let now = chrono::Utc::now();
+    store.create_plan(&stores::plan("basic", 10, now), None).await.unwrap();
+    let tenant = Tenant {
+        id: uuid::Uuid::new_v4(),
+        entra_tenant_id: None,
+        name: "Acme".into(),
+        status: TenantStatus::Active,
+        plan_code: "basic".into(),
+        created_at: now,
+        updated_at: now,
+        version: 1,
+        billing: Default::default(),
+    };
+    store.create_tenant(&tenant, None).await.unwrap();
+
+    // Steady load: a status change (one outbox event) every 100 ms, for the whole outage and a while after.
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (store, stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut version = 1;
+            while !stop.load(Ordering::Relaxed) {
+                let status = if version % 2 == 1 { TenantStatus::Suspended } else { TenantStatus::Active };
+                store.set_tenant_status(tenant.id, status, version, chrono::Utc::now()).await.unwrap();
+                version += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            version - 1
+        })
+    };
+    let mut runs: Vec<Run> = Vec::new();
+    for _ in 0..3 {
+        publish(&host, &mut runs).await;
+    }
+    assert!(!bus.seen().is_empty(), "events flow before the outage: {runs:?}");
+
+    // The fault: Service Bus refuses every connection for OUTAGE.
+    const OUTAGE: Duration = Duration::from_secs(20);
+    proxy.set(Mode::Refuse);
+    let fault = Instant::now();
+    let watcher = {
+        let (client, ready) = (client.clone(), ready.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + OUTAGE;
+            while breaker_state(&client, &ready, "servicebus").await != "open" {
+                if Instant::now() >= deadline {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Some(Instant::now())
+        })
+    };
+    while fault.elapsed() < OUTAGE {
+        publish(&host, &mut runs).await;
+    }
+    let Some(opened) = watcher.await.unwrap() else {
+        panic!("the Service Bus breaker did not open within the outage; the runs: {runs:#?}")
+    };
+    proxy.set(Mode::Forward);
+    let restored = Instant::now();
+    // Runs refused outright: started once the breaker was open, ended before the bus returned, sent nothing and
+    // failed nothing (a run that carried the half-open probe is not a refusal).
+    let paused: Vec<Duration> = runs
+        .iter()
+        .filter(|r| r.started >= opened && r.started + r.took <= restored)
+        .filter(|r| r.logs.contains("paused") && r.logs.contains("published 0 of") && r.logs.contains(", 0 failed"))
+        .map(|r| r.took)
+        .collect();
+    stop.store(true, Ordering::Relaxed);
+    let changes = producer.await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let delivered = loop {
+        publish(&host, &mut runs).await;
+        let pending = store.pending_outbox(chrono::Utc::now() + chrono::Duration::hours(1), 1000).await.unwrap();
+        if pending.is_empty() {
+            break Instant::now();
+        }
+        assert!(Instant::now() < deadline, "{} events still pending: {:?}", pending.len(), runs.last());
+    };
+    let rows = store.list_outbox(0, 1000).await.unwrap();
+    let seen: BTreeSet<String> = bus.seen().iter().map(|r| r.json()["id"].as_str().unwrap().to_owned()).collect();
+    let lost = rows.iter().filter(|r| r.sent_at.is_none() || !seen.contains(&r.message.id.to_string())).count();
+    let refusal_p99 = if paused.is_empty() { Duration::ZERO } else { p99(paused.clone()) };
+    println!(
+        "Service Bus refused connections for {OUTAGE:?} while {changes} events were produced: time to open {:?}, \
+         publisher runs refused while open {} with p99 {refusal_p99:?}, time to deliver everything {:?} after it \
+         returned, outbox messages lost: {lost} of {}",
+        opened - fault,
+        paused.len(),
+        delivered - restored,
+        rows.len(),
+    );
+    assert!(rows.len() as i64 >= changes, "every change has its event");
+    assert_eq!(lost, 0, "every outbox event reaches Service Bus once it is back");
+    assert!(opened - fault < OUTAGE, "three failed sends (four tries each) open it within the outage");
+    assert!(!paused.is_empty(), "publisher runs while the breaker is open stop at once");
+    assert!(refusal_p99 < Duration::from_millis(1000), "paused runs come back fast: p99 {refusal_p99:?}");
+    assert_eq!(breaker_state(&client, &ready, "servicebus").await, "closed");
+}
+
+/// The JSON log lines of `host` with `message`, as values.
+fn log_lines(host: &HostEmulator, message: &str) -> Vec<Value> {
+    host.output()
+        .iter()
+        .filter(|l| l.contains(message))
+        .filter_map(|l| serde_json::from_str::<Value>(&l[l.find('{').unwrap_or(0)..]).ok())
+        .collect()
+}
+
+/// A field of a JSON log line, wherever the formatter put it.
+fn field(line: &Value, name: &str) -> Option<Value> {
+    line.get(name).or_else(|| line.get("fields").and_then(|f| f.get(name))).cloned()
+}
+
+#[tokio::test]
+async fn a_refusing_key_vault_opens_its_breaker_keeps_the_secrets_and_reads_the_rotated_one_once_back() {
+    let ca = TestCa::new();
+    let identity = managed_identity_endpoint().await;
+    let secrets = Arc::new(Mutex::new(vec![("cursor-key".to_owned(), "a".repeat(40))]));
+    let vault = key_vault(&ca, secrets.clone()).await;
+    let proxy = FaultProxy::start(vault.port).await;
+    let mut env = identity_env(&identity, &ca);
+    env.push(("METERLINE_KEYVAULT_URL".into(), format!("https://127.0.0.1:{}", proxy.port)));
+    env.push(("METERLINE_CURSOR_KEY_SECRET_NAME".into(), "cursor-key".into()));
+    env.push(("METERLINE_KEYVAULT_REFRESH_SECS".into(), "1".into()));
+    let host = HostEmulator::start_with(HostOptions { env, ..HostOptions::default() }).await;
+    let ready = host.handler_url("/api/health/ready");
+    let client = reqwest::Client::new();
+    const MESSAGE: &str = "Key Vault secrets refreshed";
+    let rounds = || log_lines(&host, MESSAGE);
+    until("a first refresh round", Duration::from_secs(30), async || !rounds().is_empty()).await;
+    assert_eq!(breaker_state(&client, &ready, "keyvault").await, "closed");
+
+    // The fault: the vault refuses every connection; the secret is rotated meanwhile.
+    const OUTAGE: Duration = Duration::from_secs(25);
+    proxy.set(Mode::Refuse);
+    secrets.lock().unwrap()[0].1 = "b".repeat(40);
+    let fault = Instant::now();
+    let before = rounds().len();
+    let opened = until("the Key Vault breaker opens", OUTAGE, async || {
+        breaker_state(&client, &ready, "keyvault").await == "open"
+    })
+    .await;
+    let opened_at = rounds().len();
+    tokio::time::sleep_until((fault + OUTAGE).into()).await; // the outage lasts OUTAGE
+    // Rounds that started with the breaker open (a round that carried the half-open probe is not a refusal).
+    let while_open: Vec<Value> = rounds()[opened_at..]
+        .iter()
+        .filter(|l| field(l, "breaker").and_then(|b| b.as_str().map(str::to_owned)).as_deref() == Some("open"))
+        .cloned()
+        .collect();
+    let failed_rounds = rounds()[before..].iter().filter(|l| field(l, "refreshed") == Some(json!(0))).count();
+    proxy.set(Mode::Forward);
+    let restored = Instant::now();
+    let recovered = until("a refresh round reads the vault again", Duration::from_secs(30), async || {
+        rounds().iter().skip(opened_at).any(|l| field(l, "refreshed") == Some(json!(1)))
+    })
+    .await;
+    let took: Vec<Duration> = while_open
+        .iter()
+        .filter_map(|l| field(l, "took_us").and_then(|t| t.as_u64()).map(Duration::from_micros))
+        .collect();
+    let refusal_p99 = p99(took.clone());
+    assert_eq!(breaker_state(&client, &ready, "keyvault").await, "closed");
+    let vault_reads = vault.seen().iter().filter(|r| r.path.starts_with("/secrets/")).count();
+    println!(
+        "Key Vault refused connections for {OUTAGE:?} with a refresh every second: time to open {:?}, refresh \
+         rounds refused while open {} with p99 {refusal_p99:?} ({failed_rounds} rounds without a read in all), \
+         time to read the rotated secret {:?} after it returned, vault reads in all {vault_reads}",
+        opened - fault,
+        took.len(),
+        recovered - restored,
+    );
+    assert!(opened - fault < OUTAGE, "three failed reads (four tries each) open it within the outage");
+    assert!(!took.is_empty(), "refresh rounds ran while the breaker was open");
+    assert!(refusal_p99 < Duration::from_millis(200), "refused rounds come back at once: p99 {refusal_p99:?}");
+    assert!(recovered - restored < Duration::from_secs(15), "the rotated secret is read without a restart");
+}
+
+#[tokio::test]
+async fn a_refusing_openid_provider_opens_its_breaker_while_loaded_keys_keep_serving() {
+    let provider = OidcProvider::start(AUDIENCE, clients()).await;
+    let discovery_port: u16 = provider.issuer().rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = FaultProxy::start(discovery_port).await;
+    let root = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&root.path().join("data/meterline.db")).await.unwrap();
+    store.migrate().await.unwrap();
+    seed(&store, chrono::Utc::now()).await;
+    // Discovery through the proxy (the JWKS address it returns is the provider's own); every unknown key refetches.
+    let env = entra_settings(&provider, 0)
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "METERLINE_AUTH_AUTHORITY" => (k, format!("http://127.0.0.1:{}", proxy.port)),
+            _ => (k, v),
+        })
+        .collect();
+    let host = HostEmulator::start_with(HostOptions {
+        app_root: Some(root.path().to_path_buf()),
+        env,
+        ..HostOptions::default()
+    })
+    .await;
+    let (me, ready) = (host.handler_url("/api/v1/me"), host.handler_url("/api/health/ready"));
+    let client = reqwest::Client::new();
+    let known = format!("Bearer {}", provider.token("app-a-reader").await);
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({
+        "iss": provider.issuer(), "aud": AUDIENCE, "sub": "app-a-reader", "azp": "app-a-reader", "tid": DIR_A,
+        "roles": ["Documents.Read"], "idtyp": "app", "iat": now, "nbf": now, "exp": now + 600
+    });
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": "a-key-not-in-the-jwks"});
+    let unknown = format!("Bearer {}", forge(&header, &claims, Signer::Rs256(&provider.signing_key())));
+    until("the keys are loaded", Duration::from_secs(30), async || {
+        client.get(&me).header("Authorization", &known).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+
+    // Steady load: a call with a loaded key every 200 ms (the plan allows 10 a second), one with an unknown key
+    // every 20 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples = Arc::new(Mutex::new(Vec::<(bool, Sample)>::new()));
+    let workers: Vec<_> = [(known.clone(), 200, true), (unknown, 20, false)]
+        .into_iter()
+        .map(|(auth, pause, loaded)| {
+            let (client, me, stop, samples) = (client.clone(), me.clone(), stop.clone(), samples.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let response = client.get(&me).header("Authorization", &auth).send().await.unwrap();
+                    let sample = Sample::of(started, &response);
+                    samples.lock().unwrap().push((loaded, sample));
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            })
+        })
+        .collect();
+    until("the load runs", Duration::from_secs(30), async || samples.lock().unwrap().len() >= 20).await;
+
+    const OUTAGE: Duration = Duration::from_secs(8);
+    proxy.set(Mode::Refuse);
+    let fault = Instant::now();
+    let opened =
+        until("the OpenID breaker opens", OUTAGE, async || breaker_state(&client, &ready, "openid").await == "open")
+            .await;
+    tokio::time::sleep_until((fault + OUTAGE).into()).await;
+    let restored_at = Instant::now();
+    proxy.set(Mode::Forward);
+    let recovered = until("the OpenID breaker closes", Duration::from_secs(30), async || {
+        breaker_state(&client, &ready, "openid").await == "closed"
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let samples = samples.lock().unwrap().clone();
+    let during: Vec<&Sample> =
+        samples.iter().filter(|(_, s)| s.started >= fault && s.started < restored_at).map(|(_, s)| s).collect();
+    let loaded_during: Vec<&Sample> = samples
+        .iter()
+        .filter(|(loaded, s)| *loaded && s.started >= fault && s.started < restored_at)
+        .map(|(_, s)| s)
+        .collect();
+    let refused: Vec<Duration> =
+        during.iter().filter(|s| s.started >= opened && s.status == 503).map(|s| s.latency).collect();
+    let refusal_p99 = p99(refused.clone());
+    let loaded_failed = loaded_during.iter().filter(|s| s.status != 200).count();
+    println!(
+        "the OpenID provider refused connections for {OUTAGE:?}: time to open {:?}, unknown-key calls refused while \
+         open {} with p99 {refusal_p99:?}, calls with a loaded key during the outage {} of which failed \
+         {loaded_failed}, time to close {:?} after it returned",
+        opened - fault,
+        refused.len(),
+        loaded_during.len(),
+        recovered - restored_at,
+    );
+    assert!(opened - fault < OUTAGE, "five failed fetches open it within the outage");
+    assert!(refusal_p99 < Duration::from_millis(500), "refusals come back fast: p99 {refusal_p99:?}");
+    assert!(
+        during.iter().filter(|s| s.status == 503).all(|s| s.problem && s.retry_after.is_some()),
+        "every refusal is problem+json with Retry-After"
+    );
+    assert!(!loaded_during.is_empty());
+    assert_eq!(loaded_failed, 0, "tokens signed by loaded keys are served throughout the outage");
+    assert!(recovered - restored_at < Duration::from_secs(10), "closes after its probe, without a restart");
+}
