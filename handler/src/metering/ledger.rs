@@ -19,7 +19,7 @@ use super::audit::{self, AuditNote, CrossTenantRead, LimiterDecision};
 use super::costs;
 use crate::auth::Principal;
 use crate::auth::guard::Caller;
-use crate::store::{AuditEventInput, Ledger, Refusal, UsageEvent};
+use crate::store::{AuditEventInput, Ledger, LimitRefusal, UsageEvent};
 
 /// A quota debit the limit stage made for a request: billed with its usage event when the request succeeds;
 /// when it does not, refunded by the record stage, or (taken from a quota lease) left to the lease's settlement.
@@ -132,7 +132,7 @@ pub(crate) fn records(
         recorded_at,
         lease_id: debit.and_then(|d| d.lease_id),
         // Only the limit stage's own 429 names a limit; a later failure of the same request is no refusal.
-        refusal: extensions.get::<Refusal>().copied().filter(|_| status == StatusCode::TOO_MANY_REQUESTS),
+        refusal: extensions.get::<LimitRefusal>().copied().filter(|_| status == StatusCode::TOO_MANY_REQUESTS),
     };
     (usage, audited)
 }

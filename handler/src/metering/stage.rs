@@ -20,7 +20,9 @@ use super::period::BillingCalendar;
 use crate::auth::guard::Caller;
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
-use crate::store::{Admission, ClientQuotaDebit, ClientQuotaOutcome, QuotaDebit, QuotaOutcome, RateLimitTake, Refusal};
+use crate::store::{
+    Admission, ClientQuotaDebit, ClientQuotaOutcome, LimitRefusal, QuotaDebit, QuotaOutcome, RateLimitTake,
+};
 
 /// The client a rate limit applies to: the application, else the user, else the token subject.
 fn client_key(caller: &Caller) -> String {
@@ -146,7 +148,7 @@ pub async fn limit(
             crate::telemetry::metrics::limiter_rejection(crate::telemetry::metrics::LimiterKind::Rate);
             let retry = (rate.retry_after_micros + 999_999) / 1_000_000;
             decision = Some(format!("rate-limited {} r=0 t={retry}", limits.rate_policy));
-            refused = Some(Refusal::Rate);
+            refused = Some(LimitRefusal::Rate);
             return Err(limited(
                 AppError::new(ErrorCode::RateLimited)
                     .with_detail(format!("this client may send {requests_per_minute} requests per minute; retry in {retry} s"))
@@ -167,7 +169,7 @@ pub async fn limit(
             Some(QuotaOutcome::Rejected { .. }) => {
                 crate::telemetry::metrics::limiter_rejection(crate::telemetry::metrics::LimiterKind::Quota);
                 decision = Some(format!("quota-exceeded month used={units_used}/{quota_units} cost={units}"));
-                refused = Some(Refusal::Quota);
+                refused = Some(LimitRefusal::Quota);
                 return Err(limited(
                     AppError::new(ErrorCode::QuotaExceeded)
                         .with_detail(format!(
@@ -204,7 +206,7 @@ pub async fn limit(
                             limits.client_quota = Some((cap, units_used));
                             crate::telemetry::metrics::limiter_rejection(crate::telemetry::metrics::LimiterKind::Quota);
                             decision = Some(format!("quota-exceeded client-month used={units_used}/{cap} cost={units}"));
-                            refused = Some(Refusal::Quota);
+                            refused = Some(LimitRefusal::Quota);
                             return Err(limited(
                                 AppError::new(ErrorCode::QuotaExceeded)
                                     .with_detail(format!(

@@ -195,22 +195,22 @@ pub struct UsageEvent {
     /// debited directly or cost nothing.
     pub lease_id: Option<Uuid>,
     /// Which limit refused the request (a 429 of the limit stage); `None` for every other answer.
-    pub refusal: Option<Refusal>,
+    pub refusal: Option<LimitRefusal>,
 }
 
 /// The limit that refused a request: a rate limit (the tenant's or a client's per minute) or a quota (the
 /// tenant's or a capped client's per period).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Refusal {
+pub enum LimitRefusal {
     Rate,
     Quota,
 }
 
-impl Refusal {
+impl LimitRefusal {
     pub fn as_str(self) -> &'static str {
         match self {
-            Refusal::Rate => "rate",
-            Refusal::Quota => "quota",
+            LimitRefusal::Rate => "rate",
+            LimitRefusal::Quota => "quota",
         }
     }
 }

@@ -137,7 +137,7 @@ pub struct Call {
     pub overage_units: i64,
     pub status: i32,
     pub latency_micros: i64,
-    pub refusal: Option<Refusal>,
+    pub refusal: Option<LimitRefusal>,
 }
 
 impl UsageTotals {
@@ -153,8 +153,8 @@ impl UsageTotals {
     pub fn add_call(&mut self, call: Call) {
         let Call { units, billable, overage_units, status, latency_micros, refusal } = call;
         self.calls += 1;
-        self.rate_limited += i64::from(refusal == Some(Refusal::Rate));
-        self.quota_refused += i64::from(refusal == Some(Refusal::Quota));
+        self.rate_limited += i64::from(refusal == Some(LimitRefusal::Rate));
+        self.quota_refused += i64::from(refusal == Some(LimitRefusal::Quota));
         self.units += units;
         if billable {
             self.billable_units += units;
@@ -398,7 +398,7 @@ pub trait UsageStore: Send + Sync + 'static {
 mod tests {
     use super::*;
 
-    fn call(units: i64, billable: bool, status: i32, latency_micros: i64, refusal: Option<Refusal>) -> Call {
+    fn call(units: i64, billable: bool, status: i32, latency_micros: i64, refusal: Option<LimitRefusal>) -> Call {
         Call { units, billable, overage_units: 0, status, latency_micros, refusal }
     }
 
@@ -407,13 +407,13 @@ mod tests {
         let mut a = UsageTotals::of_call(call(2, true, 200, 1_500, None));
         assert_eq!(a.latency_histogram[..3], [0, 1, 1]);
         a.merge(&UsageTotals::of_call(call(2, false, 500, 700, None)));
-        a.merge(&UsageTotals::of_call(call(2, false, 429, 900, Some(Refusal::Quota))));
+        a.merge(&UsageTotals::of_call(call(2, false, 429, 900, Some(LimitRefusal::Quota))));
         assert_eq!((a.calls, a.units, a.billable_units, a.errors, a.latency_max_micros), (3, 6, 2, 2, 1_500));
         assert_eq!((a.rate_limited, a.quota_refused), (0, 1));
         assert_eq!(a.latency_histogram[..3], [2, 3, 3]);
         let mut added = UsageTotals::of_call(call(2, true, 200, 1_500, None));
         added.add_call(call(2, false, 500, 700, None));
-        added.add_call(call(2, false, 429, 900, Some(Refusal::Quota)));
+        added.add_call(call(2, false, 429, 900, Some(LimitRefusal::Quota)));
         assert_eq!(added, a, "adding a call in place is merging its totals");
         assert_eq!(a.latency_quantile_micros(0.5), 1_000);
         assert_eq!(a.latency_quantile_micros(0.95), 1_500, "never above the maximum");

@@ -84,8 +84,8 @@ pub(crate) fn event(
     let status = [200, 201, 404, 429, 503][rng.below(5) as usize];
     // Most 429s name the limit that refused them; a few do not (a refusal recorded before refusals were).
     let refusal = match (status, rng.below(3)) {
-        (429, 0) => Some(Refusal::Rate),
-        (429, 1) => Some(Refusal::Quota),
+        (429, 0) => Some(LimitRefusal::Rate),
+        (429, 1) => Some(LimitRefusal::Quota),
         _ => None,
     };
     UsageEvent {

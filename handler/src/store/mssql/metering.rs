@@ -130,7 +130,7 @@ impl Narrowed {
             status: e.status as i16,
             units: e.units as i32,
             overage_units: e.overage_units as i32,
-            refusal: e.refusal.map(Refusal::as_str),
+            refusal: e.refusal.map(LimitRefusal::as_str),
         }
     }
 }

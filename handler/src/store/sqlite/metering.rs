@@ -165,7 +165,7 @@ pub(crate) fn insert_usage_event(conn: &Connection, e: &UsageEvent) -> Result<us
         timestamp(e.occurred_at),
         timestamp(e.recorded_at),
         e.lease_id.map(|id| id.to_string()),
-        e.refusal.map(Refusal::as_str)
+        e.refusal.map(LimitRefusal::as_str)
     ])
     .map_err(classify)
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::tenants::{TENANT_COLUMNS, tenant_from_row};
 use super::{SqliteStore, classify, insert_outbox, parse_date, parse_timestamp, parse_uuid, query_all, timestamp};
 use crate::store::usage::*;
-use crate::store::{OutboxMessage, Refusal, StoreError, Tenant, UsageStore};
+use crate::store::{LimitRefusal, OutboxMessage, StoreError, Tenant, UsageStore};
 
 /// The twelve cumulative latency counts of the calls in a group of `usage_events e`, as JSON array text.
 macro_rules! histogram_of_events {
@@ -262,8 +262,8 @@ fn sum_new_events(
         };
         let number = |i: usize| row.get::<_, i64>(i).map_err(classify);
         let refusal = match text(9)? {
-            Some("rate") => Some(Refusal::Rate),
-            Some("quota") => Some(Refusal::Quota),
+            Some("rate") => Some(LimitRefusal::Rate),
+            Some("quota") => Some(LimitRefusal::Quota),
             _ => None,
         };
         deltas[i].totals.add_call(Call {
