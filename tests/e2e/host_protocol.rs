@@ -47,6 +47,7 @@ async fn forwarded_requests_reach_the_router_in_both_http_modes() {
             .await;
         assert_eq!(ready.status, 200);
         assert_eq!(ready.json()["store"], "sqlite");
+        assert_eq!(ready.json()["searchIndex"], "fts5", "the full-text index document search uses");
         assert_eq!(ready.header("x-ms-client-request-id"), Some("client-42"));
 
         let openapi = host.http(ClientRequest::get("/api/openapi.json")).await;

@@ -17,6 +17,9 @@ pub struct HealthStatus {
     /// The store kind, on readiness answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<&'static str>,
+    /// The full-text index document search uses (`fts5` or `word-index`), on readiness answers.
+    #[serde(rename = "searchIndex", skip_serializing_if = "Option::is_none")]
+    pub search_index: Option<&'static str>,
     /// The circuit breaker of each dependency this process calls, on readiness answers.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub breakers: Vec<BreakerStatus>,
@@ -65,6 +68,7 @@ pub async fn live() -> HttpResponse {
         status: "ok",
         version: env!("CARGO_PKG_VERSION"),
         store: None,
+        search_index: None,
         breakers: Vec::new(),
     })
 }
@@ -96,6 +100,7 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, AppError>
         status: "ready",
         version: env!("CARGO_PKG_VERSION"),
         store: Some(state.store.kind()),
+        search_index: Some(state.store.search_index()),
         breakers,
     }))
 }

@@ -10,6 +10,10 @@ pub trait OperationsStore: Send + Sync + 'static {
     /// Short name of the implementation (`sqlite`, `mssql`), for logs and health output.
     fn kind(&self) -> &'static str;
 
+    /// The full-text index `q` searches (docs/data-model.md): `fts5` (SQLite's FTS5) or `word-index` (the
+    /// handler's own word table on SQL Server, which every SQL Server flavour can hold).
+    fn search_index(&self) -> &'static str;
+
     /// The circuit breaker every write (SQLite) or transaction (SQL Server) passes, for health and tests.
     fn breaker(&self) -> &std::sync::Arc<crate::resilience::Breaker>;
 

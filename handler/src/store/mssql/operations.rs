@@ -117,6 +117,10 @@ impl OperationsStore for MssqlStore {
         "mssql"
     }
 
+    fn search_index(&self) -> &'static str {
+        "word-index"
+    }
+
     fn breaker(&self) -> &std::sync::Arc<crate::resilience::Breaker> {
         &self.breaker
     }

@@ -36,6 +36,10 @@ impl OperationsStore for SqliteStore {
         "sqlite"
     }
 
+    fn search_index(&self) -> &'static str {
+        "fts5"
+    }
+
     fn breaker(&self) -> &std::sync::Arc<crate::resilience::Breaker> {
         &self.inner.breaker
     }
