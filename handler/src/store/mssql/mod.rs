@@ -41,6 +41,11 @@ const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// transaction is refused with 503 `overloaded` at once rather than queueing behind a pool that is not keeping
 /// up (each waiter would otherwise wait POOL_WAIT per attempt).
 const MAX_WAITING: usize = 4 * POOL_SIZE as usize;
+/// The longest one attempt of a transaction may take, from the wait for a connection to its `COMMIT`: past it the
+/// attempt fails as unavailable (503) and its connection is discarded. tiberius has no statement timeout of its
+/// own; 15 s is half of ADO.NET's default command timeout, a store call's whole budget within an HTTP request
+/// (three attempts at most: `RetryPolicy`), and far above what this store's statements take.
+const TRANSACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A pooled connection owned by the operation that uses it.
 type Pooled = bb8::PooledConnection<'static, MssqlManager>;
@@ -94,6 +99,8 @@ pub struct MssqlStore {
     breaker: Arc<crate::resilience::Breaker>,
     /// Bounds the transactions waiting for a pooled connection; past it a transaction is refused at once.
     waiting: Arc<tokio::sync::Semaphore>,
+    /// [`TRANSACTION_TIMEOUT`] (tests shorten it).
+    transaction_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for MssqlStore {
@@ -131,6 +138,7 @@ impl MssqlStore {
             retry: Arc::new(retry),
             breaker: crate::resilience::Breaker::new("store", crate::resilience::BreakerPolicy::DEFAULT, clock.clone()),
             waiting: Arc::new(tokio::sync::Semaphore::new(MAX_WAITING)),
+            transaction_timeout: TRANSACTION_TIMEOUT,
             clock,
             draws: Arc::default(),
         })
@@ -171,19 +179,35 @@ impl MssqlStore {
     {
         let (this, op) = (self, &op);
         let attempt = move || async move {
-            let mut conn = this.pool.get_owned().await.map_err(pool_error)?;
-            batch(&mut conn, "BEGIN TRANSACTION").await?;
-            let (mut conn, result) = op(conn).await;
-            match result {
-                Ok(value) => {
-                    batch(&mut conn, "COMMIT TRANSACTION").await?;
-                    Ok(value)
+            let unfinished = async {
+                let mut conn = this.pool.get_owned().await.map_err(pool_error)?;
+                // Cleared only once the transaction has ended; cut off before, the pool discards the connection.
+                conn.in_flight = true;
+                batch(&mut conn, "BEGIN TRANSACTION").await?;
+                let (mut conn, result) = op(conn).await;
+                match result {
+                    Ok(value) => {
+                        batch(&mut conn, "COMMIT TRANSACTION").await?;
+                        conn.in_flight = false;
+                        Ok(value)
+                    }
+                    Err(err) => {
+                        // XACT_ABORT has already rolled back on a server error; this covers errors raised in Rust.
+                        let rolled_back = batch(&mut conn, "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION").await;
+                        conn.in_flight = rolled_back.is_err();
+                        Err(err)
+                    }
                 }
-                Err(err) => {
-                    // XACT_ABORT has already rolled back on a server error; this covers errors raised in Rust.
-                    let _ = batch(&mut conn, "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION").await;
-                    Err(err)
-                }
+            };
+            // The bound of every SQL Server call: the wait for a connection and every statement of the transaction.
+            // A transaction cut off may still have committed (a lost COMMIT answer), so only idempotent work is
+            // tried again (`Retry::Yes`); a debit answers 503, as for any other lost answer.
+            match tokio::time::timeout(this.transaction_timeout, unfinished).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
+                    "the SQL Server transaction did not finish within {:?}; its connection is discarded",
+                    this.transaction_timeout
+                ))),
             }
         };
         match retryable {
@@ -295,6 +319,35 @@ mod tests {
             Err(StoreError::Unavailable(cause)) => Refusal::find(cause).map(|r| r.kind),
             _ => None,
         }
+    }
+
+    /// A transaction against a server that accepts the connection and never answers ends at the transaction
+    /// timeout, not at the pool's (longer) wait; on paused time, so nothing waits for the wall clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_never_answers_fails_the_transaction_at_its_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts and holds every connection, reading nothing and answering nothing.
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let clock = Arc::new(ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap()));
+        let connection = SecretString::from(format!("Server=tcp:127.0.0.1,{port};User Id=app;Password=pw"));
+        let pool_wait = std::time::Duration::from_secs(600);
+        let mut store = MssqlStore::open_with_pool_wait(&connection, clock, pool_wait).await.unwrap();
+        store.transaction_timeout = std::time::Duration::from_secs(2);
+        let started = tokio::time::Instant::now();
+        let failed = nothing(&store).await;
+        let message = match &failed {
+            Err(StoreError::Unavailable(cause)) => cause.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert!(message.contains("did not finish within 2s"), "{message}");
+        assert!(started.elapsed() < pool_wait, "the timeout, not the pool's wait: {:?}", started.elapsed());
+        held.abort();
     }
 
     #[tokio::test]

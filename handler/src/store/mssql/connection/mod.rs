@@ -262,12 +262,40 @@ impl MssqlManager {
     }
 }
 
+/// A pooled connection: the client, and whether a transaction on it is unfinished. A transaction cut off by its
+/// timeout (`MssqlStore::transaction`) drops its future mid-request, leaving `in_flight` set: the pool then
+/// discards the connection instead of handing out one with a request and its answer still on the wire.
+pub struct MssqlConn {
+    client: MssqlClient,
+    pub(crate) in_flight: bool,
+}
+
+impl fmt::Debug for MssqlConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MssqlConn").field("in_flight", &self.in_flight).finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for MssqlConn {
+    type Target = MssqlClient;
+
+    fn deref(&self) -> &MssqlClient {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for MssqlConn {
+    fn deref_mut(&mut self) -> &mut MssqlClient {
+        &mut self.client
+    }
+}
+
 impl bb8::ManageConnection for MssqlManager {
-    type Connection = MssqlClient;
+    type Connection = MssqlConn;
     type Error = StoreError;
 
     /// Connects, then sets the session options every statement of the store relies on (see `queries::SESSION_OPTIONS`).
-    async fn connect(&self) -> Result<MssqlClient, StoreError> {
+    async fn connect(&self) -> Result<MssqlConn, StoreError> {
         let mut conn = self.connector.connect().await?;
         conn.simple_query(super::queries::SESSION_OPTIONS)
             .await
@@ -275,18 +303,19 @@ impl bb8::ManageConnection for MssqlManager {
             .into_results()
             .await
             .map_err(classify)?;
-        Ok(conn)
+        Ok(MssqlConn { client: conn, in_flight: false })
     }
 
-    async fn is_valid(&self, conn: &mut MssqlClient) -> Result<(), StoreError> {
+    async fn is_valid(&self, conn: &mut MssqlConn) -> Result<(), StoreError> {
         conn.simple_query("SELECT 1").await.map_err(classify)?.into_row().await.map_err(classify)?;
         Ok(())
     }
 
-    /// tiberius does not expose whether a connection is closed or poisoned; a broken connection fails the
-    /// `SELECT 1` of [`is_valid`](Self::is_valid) when it is next checked out (`test_on_check_out`) and is dropped.
-    fn has_broken(&self, _conn: &mut MssqlClient) -> bool {
-        false
+    /// A connection whose transaction never finished (see [`MssqlConn`]) is broken. Otherwise tiberius does not
+    /// expose whether a connection is closed or poisoned; such a connection fails the `SELECT 1` of
+    /// [`is_valid`](Self::is_valid) when it is next checked out (`test_on_check_out`) and is dropped.
+    fn has_broken(&self, conn: &mut MssqlConn) -> bool {
+        conn.in_flight
     }
 }
 
@@ -542,11 +571,14 @@ mod tests {
             .unwrap()
             .without_tls_for_tests();
         // The connector alone logs in; the pool's manager then sets session options, which meets the hang-up.
-        let mut conn = c.connect().await.unwrap();
+        let mut conn = MssqlConn { client: c.connect().await.unwrap(), in_flight: false };
         let manager = MssqlManager::new(Arc::new(c));
         let err = bb8::ManageConnection::is_valid(&manager, &mut conn).await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
         assert!(!bb8::ManageConnection::has_broken(&manager, &mut conn));
+        // A transaction cut off by its timeout leaves the flag set: the pool discards the connection.
+        conn.in_flight = true;
+        assert!(bb8::ManageConnection::has_broken(&manager, &mut conn));
         let err = bb8::ManageConnection::connect(&manager).await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     }
