@@ -853,3 +853,32 @@ async fn facets_count_every_match_not_just_the_page() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_search_for_a_word_most_documents_contain_pages_in_date_order_like_any_listing() {
+    for_each_store("a_search_for_a_word_most_documents_contain_pages_in_date_order_like_any_listing", |t| async move {
+        let store = migrated(&t).await;
+        let (a, _) = two_tenants(&store).await;
+        // More matches than the SQLite store drives from the index (2 000): it then walks the date order and checks
+        // each document against the index. Every seventh document lacks the word.
+        let mut expected = Vec::new();
+        for n in 0..2_500u128 {
+            let title = if n % 7 == 0 { format!("rare {n}") } else { format!("common word {n}") };
+            let d = Document { title, ..document(&a, n) };
+            store.create_document(&d, None, None).await.unwrap();
+            if n % 7 != 0 {
+                expected.push(d.id);
+            }
+        }
+        expected.reverse(); // newest first: `document(n)` is a second later for each n
+        let newest_first = DocumentSort { key: DocumentSortKey::UpdatedAt, descending: true };
+        let (paged, pages) = page_through(&store, &a, &searching("common"), newest_first, 500).await;
+        assert_eq!((expected.len(), pages), (2_142, 5), "{}", t.name);
+        assert_eq!(paged.iter().map(|d| d.id).collect::<Vec<_>>(), expected, "{}", t.name);
+        let first = store.list_documents(a.id, &searching("common -word"), newest_first, None, 10, true).await.unwrap();
+        assert!(first.items.is_empty() && first.total == Some(0), "{}: {:?}", t.name, first.total);
+        let ranked = store.list_documents(a.id, &searching("common"), RELEVANCE, None, 5, true).await.unwrap();
+        assert_eq!((ranked.items.len(), ranked.total), (5, Some(expected.len() as u64)), "{}", t.name);
+    })
+    .await;
+}

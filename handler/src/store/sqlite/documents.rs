@@ -167,11 +167,50 @@ pub(super) fn insert_tags(tx: &Connection, document: &Document) -> Result<(), St
     Ok(())
 }
 
+/// How a search reaches its documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SearchPlan {
+    /// The index drives: its matches, then their documents by key. Right when the matches are few, and the only
+    /// way to rank them (`bm25` needs the index as the outer loop).
+    Drive,
+    /// The listing's sort index drives and each document is checked against the index by its rowid: a page in
+    /// date or title order of a word most documents contain stops after a page of matches, instead of joining
+    /// and sorting all of them.
+    Check,
+}
+
+/// Matches (of every tenant) past which a search in another order than relevance is checked per document
+/// ([`SearchPlan::Check`]) rather than driven by the index: counting this many costs a walk of one doclist.
+const DRIVE_AT_MOST: i64 = 2_000;
+
+/// The plan for a page of `filter` in `sort` order: [`SearchPlan::Check`] for a search in another order than
+/// relevance that matches more than [`DRIVE_AT_MOST`] documents, else [`SearchPlan::Drive`].
+fn search_plan(conn: &Connection, filter: &DocumentFilter, sort: DocumentSort) -> Result<SearchPlan, StoreError> {
+    let Some(search) = filter.search.as_ref().filter(|_| sort.key != DocumentSortKey::Relevance) else {
+        return Ok(SearchPlan::Drive);
+    };
+    let matches: i64 = conn
+        .prepare_cached("SELECT count(*) FROM (SELECT 1 FROM document_search WHERE document_search MATCH ?1 LIMIT ?2)")
+        .and_then(|mut s| s.query_row(params![search.fts5(), DRIVE_AT_MOST + 1], |r| r.get(0)))
+        .map_err(classify)?;
+    Ok(if matches > DRIVE_AT_MOST { SearchPlan::Check } else { SearchPlan::Drive })
+}
+
 /// `FROM`, tenant, live rows and every filter of a document listing (shared by the page and the count).
 pub(super) fn document_conditions(
     a: &mut Assembled,
     tenant_id: Uuid,
     filter: &DocumentFilter,
+) -> Result<(), StoreError> {
+    conditions_with(a, tenant_id, filter, SearchPlan::Drive)
+}
+
+/// [`document_conditions`] with a search reached as `plan` says.
+fn conditions_with(
+    a: &mut Assembled,
+    tenant_id: Uuid,
+    filter: &DocumentFilter,
+    plan: SearchPlan,
 ) -> Result<(), StoreError> {
     if filter.tags_any.len() > MAX_TAGS_ANY {
         return Err(StoreError::Other(anyhow::anyhow!(
@@ -181,6 +220,14 @@ pub(super) fn document_conditions(
     }
     let tenant = a.bind(tenant_id.to_string());
     match &filter.search {
+        Some(search) if plan == SearchPlan::Check => {
+            let matching = a.bind(search.fts5());
+            a.sql.push_str(&format!(
+                " FROM documents d WHERE d.tenant_id = {tenant} AND d.deleted_at IS NULL AND EXISTS (SELECT 1 \
+                 FROM document_search_keys k JOIN document_search s ON s.rowid = k.search_rowid \
+                 WHERE k.document_id = d.id AND document_search MATCH {matching})"
+            ));
+        }
         // The index drives: its matches, then their documents by key.
         Some(search) => {
             let matching = a.bind(search.fts5());
@@ -245,9 +292,10 @@ pub(super) fn sort_column(key: DocumentSortKey) -> &'static str {
     }
 }
 
-/// The rank column every listing selects after the document's: the search rank, or 0 for a plain listing.
-fn rank_column(filter: &DocumentFilter) -> &'static str {
-    if filter.search.is_some() { RANK } else { "0" }
+/// The rank column every listing selects after the document's: the search rank when the index drives a search,
+/// else 0 (a plain listing, or a search checked per document, which is never in relevance order).
+fn rank_column(filter: &DocumentFilter, plan: SearchPlan) -> &'static str {
+    if filter.search.is_some() && plan == SearchPlan::Drive { RANK } else { "0" }
 }
 
 /// A listed row: the document (without tags) and its rank.
@@ -449,37 +497,39 @@ impl DocumentStore for SqliteStore {
     ) -> Result<DocumentPage, StoreError> {
         check_sort(sort, filter)?;
         let limit = limit.max(1);
-        let rank = rank_column(filter);
-        let mut page = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}, {rank}"), values: Vec::new() };
-        document_conditions(&mut page, tenant_id, filter)?;
-        if let Some(cursor) = after {
-            keyset(&mut page, sort, cursor)?;
-        }
-        let direction = if sort.descending { "DESC" } else { "ASC" };
-        let fetch = page.bind(fetch_size(limit));
-        page.sql.push_str(&format!(
-            " ORDER BY {key} {direction}, d.id {direction} LIMIT {fetch}",
-            key = sort_column(sort.key)
-        ));
-        let tail = if continues_into_undated(sort, after) {
-            let mut tail = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}, {rank}"), values: Vec::new() };
-            document_conditions(&mut tail, tenant_id, filter)?;
-            let fetch = tail.bind(fetch_size(limit));
-            tail.sql.push_str(&format!(" AND d.effective_date IS NULL ORDER BY d.id DESC LIMIT {fetch}"));
-            Some(tail)
-        } else {
-            None
-        };
-        let total = if count {
-            let mut total = Assembled { sql: "SELECT count(*)".into(), values: Vec::new() };
-            document_conditions(&mut total, tenant_id, filter)?;
-            Some(total)
-        } else {
-            None
-        };
+        let (filter, after) = (filter.clone(), after.cloned());
         self.read(move |conn| {
-            // One read transaction: the page, its tags and the count see the same snapshot.
+            // One read transaction: the plan's count, the page, its tags and the count see the same snapshot.
             let tx = conn.unchecked_transaction().map_err(classify)?;
+            let plan = search_plan(&tx, &filter, sort)?;
+            let rank = rank_column(&filter, plan);
+            let mut page = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}, {rank}"), values: Vec::new() };
+            conditions_with(&mut page, tenant_id, &filter, plan)?;
+            if let Some(cursor) = &after {
+                keyset(&mut page, sort, cursor)?;
+            }
+            let direction = if sort.descending { "DESC" } else { "ASC" };
+            let fetch = page.bind(fetch_size(limit));
+            page.sql.push_str(&format!(
+                " ORDER BY {key} {direction}, d.id {direction} LIMIT {fetch}",
+                key = sort_column(sort.key)
+            ));
+            let tail = if continues_into_undated(sort, after.as_ref()) {
+                let mut tail = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}, {rank}"), values: Vec::new() };
+                conditions_with(&mut tail, tenant_id, &filter, plan)?;
+                let fetch = tail.bind(fetch_size(limit));
+                tail.sql.push_str(&format!(" AND d.effective_date IS NULL ORDER BY d.id DESC LIMIT {fetch}"));
+                Some(tail)
+            } else {
+                None
+            };
+            let total = if count {
+                let mut total = Assembled { sql: "SELECT count(*)".into(), values: Vec::new() };
+                document_conditions(&mut total, tenant_id, &filter)?;
+                Some(total)
+            } else {
+                None
+            };
             let mut items = query_all(&tx, &page.sql, params_from_iter(page.values), ranked_from_row)?;
             if let Some(tail) = tail.filter(|_| room_for_undated(items.len(), limit)) {
                 items.extend(query_all(&tx, &tail.sql, params_from_iter(tail.values), ranked_from_row)?);
