@@ -1,6 +1,7 @@
 //! The SQLite document store: `impl DocumentStore for SqliteStore` (documents, tags, listing, idempotency keys).
 
 use super::*;
+use crate::store::search::SearchQuery;
 
 /// The most tags a listing may ask for (`DocumentFilter::tags_any`): each is one bound parameter.
 pub(super) const MAX_TAGS_ANY: usize = 20;
@@ -183,17 +184,78 @@ pub(super) enum SearchPlan {
 /// ([`SearchPlan::Check`]) rather than driven by the index: counting this many costs a walk of one doclist.
 const DRIVE_AT_MOST: i64 = 2_000;
 
+/// Matches (of every tenant) up to which a search is served on the calling thread: ranking and joining this many
+/// takes about as long as a point lookup (BENCHMARKS.md, "Search at 10 000 and 100 000 documents").
+const INLINE_AT_MOST: i64 = 200;
+
+/// How many documents of every tenant `search` matches, counted up to `cap + 1` (one walk of the doclists).
+fn matches_at_most(conn: &Connection, search: &SearchQuery, cap: i64) -> Result<i64, StoreError> {
+    conn.prepare_cached("SELECT count(*) FROM (SELECT 1 FROM document_search WHERE document_search MATCH ?1 LIMIT ?2)")
+        .and_then(|mut s| s.query_row(params![search.fts5(), cap + 1], |r| r.get(0)))
+        .map_err(classify)
+}
+
 /// The plan for a page of `filter` in `sort` order: [`SearchPlan::Check`] for a search in another order than
 /// relevance that matches more than [`DRIVE_AT_MOST`] documents, else [`SearchPlan::Drive`].
 fn search_plan(conn: &Connection, filter: &DocumentFilter, sort: DocumentSort) -> Result<SearchPlan, StoreError> {
     let Some(search) = filter.search.as_ref().filter(|_| sort.key != DocumentSortKey::Relevance) else {
         return Ok(SearchPlan::Drive);
     };
-    let matches: i64 = conn
-        .prepare_cached("SELECT count(*) FROM (SELECT 1 FROM document_search WHERE document_search MATCH ?1 LIMIT ?2)")
-        .and_then(|mut s| s.query_row(params![search.fts5(), DRIVE_AT_MOST + 1], |r| r.get(0)))
-        .map_err(classify)?;
+    let matches = matches_at_most(conn, search, DRIVE_AT_MOST)?;
     Ok(if matches > DRIVE_AT_MOST { SearchPlan::Check } else { SearchPlan::Drive })
+}
+
+/// One page of a listing on `conn`, in one read transaction: the plan's count, the page, its tags and the count see
+/// the same snapshot.
+fn list_on(
+    conn: &Connection,
+    tenant_id: Uuid,
+    filter: &DocumentFilter,
+    sort: DocumentSort,
+    after: Option<&DocumentCursor>,
+    limit: u32,
+    count: bool,
+) -> Result<DocumentPage, StoreError> {
+    let tx = conn.unchecked_transaction().map_err(classify)?;
+    let plan = search_plan(&tx, filter, sort)?;
+    let rank = rank_column(filter, plan);
+    let mut page = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}, {rank}"), values: Vec::new() };
+    conditions_with(&mut page, tenant_id, filter, plan)?;
+    if let Some(cursor) = after {
+        keyset(&mut page, sort, cursor)?;
+    }
+    let direction = if sort.descending { "DESC" } else { "ASC" };
+    let fetch = page.bind(fetch_size(limit));
+    page.sql
+        .push_str(&format!(" ORDER BY {key} {direction}, d.id {direction} LIMIT {fetch}", key = sort_column(sort.key)));
+    let tail = if continues_into_undated(sort, after) {
+        let mut tail = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}, {rank}"), values: Vec::new() };
+        conditions_with(&mut tail, tenant_id, filter, plan)?;
+        let fetch = tail.bind(fetch_size(limit));
+        tail.sql.push_str(&format!(" AND d.effective_date IS NULL ORDER BY d.id DESC LIMIT {fetch}"));
+        Some(tail)
+    } else {
+        None
+    };
+    let total = if count {
+        let mut total = Assembled { sql: "SELECT count(*)".into(), values: Vec::new() };
+        document_conditions(&mut total, tenant_id, filter)?;
+        Some(total)
+    } else {
+        None
+    };
+    let mut items = query_all(&tx, &page.sql, params_from_iter(page.values), ranked_from_row)?;
+    if let Some(tail) = tail.filter(|_| room_for_undated(items.len(), limit)) {
+        items.extend(query_all(&tx, &tail.sql, params_from_iter(tail.values), ranked_from_row)?);
+    }
+    let mut page = document_page(items, limit, sort);
+    load_tags(&tx, tenant_id, &mut page.items)?;
+    if let Some(total) = total {
+        let n: i64 = tx.query_row(&total.sql, params_from_iter(total.values), |r| r.get(0)).map_err(classify)?;
+        page.total = Some(n as u64);
+    }
+    tx.commit().map_err(classify)?;
+    Ok(page)
 }
 
 /// `FROM`, tenant, live rows and every filter of a document listing (shared by the page and the count).
@@ -497,54 +559,15 @@ impl DocumentStore for SqliteStore {
     ) -> Result<DocumentPage, StoreError> {
         check_sort(sort, filter)?;
         let limit = limit.max(1);
+        // A search with few matches is as cheap as a point lookup: served on the calling thread, like one.
+        if let Some(search) = &filter.search {
+            let few = self.read_point(|conn| Ok(matches_at_most(conn, search, INLINE_AT_MOST)? <= INLINE_AT_MOST))?;
+            if few {
+                return self.read_point(|conn| list_on(conn, tenant_id, filter, sort, after, limit, count));
+            }
+        }
         let (filter, after) = (filter.clone(), after.cloned());
-        self.read(move |conn| {
-            // One read transaction: the plan's count, the page, its tags and the count see the same snapshot.
-            let tx = conn.unchecked_transaction().map_err(classify)?;
-            let plan = search_plan(&tx, &filter, sort)?;
-            let rank = rank_column(&filter, plan);
-            let mut page = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}, {rank}"), values: Vec::new() };
-            conditions_with(&mut page, tenant_id, &filter, plan)?;
-            if let Some(cursor) = &after {
-                keyset(&mut page, sort, cursor)?;
-            }
-            let direction = if sort.descending { "DESC" } else { "ASC" };
-            let fetch = page.bind(fetch_size(limit));
-            page.sql.push_str(&format!(
-                " ORDER BY {key} {direction}, d.id {direction} LIMIT {fetch}",
-                key = sort_column(sort.key)
-            ));
-            let tail = if continues_into_undated(sort, after.as_ref()) {
-                let mut tail = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}, {rank}"), values: Vec::new() };
-                conditions_with(&mut tail, tenant_id, &filter, plan)?;
-                let fetch = tail.bind(fetch_size(limit));
-                tail.sql.push_str(&format!(" AND d.effective_date IS NULL ORDER BY d.id DESC LIMIT {fetch}"));
-                Some(tail)
-            } else {
-                None
-            };
-            let total = if count {
-                let mut total = Assembled { sql: "SELECT count(*)".into(), values: Vec::new() };
-                document_conditions(&mut total, tenant_id, &filter)?;
-                Some(total)
-            } else {
-                None
-            };
-            let mut items = query_all(&tx, &page.sql, params_from_iter(page.values), ranked_from_row)?;
-            if let Some(tail) = tail.filter(|_| room_for_undated(items.len(), limit)) {
-                items.extend(query_all(&tx, &tail.sql, params_from_iter(tail.values), ranked_from_row)?);
-            }
-            let mut page = document_page(items, limit, sort);
-            load_tags(&tx, tenant_id, &mut page.items)?;
-            if let Some(total) = total {
-                let n: i64 =
-                    tx.query_row(&total.sql, params_from_iter(total.values), |r| r.get(0)).map_err(classify)?;
-                page.total = Some(n as u64);
-            }
-            tx.commit().map_err(classify)?;
-            Ok(page)
-        })
-        .await
+        self.read(move |conn| list_on(conn, tenant_id, &filter, sort, after.as_ref(), limit, count)).await
     }
 
     async fn document_facets(
