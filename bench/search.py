@@ -25,7 +25,7 @@ import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from load import call, dev_token, wrk  # noqa: E402  (same directory)
+from load import call, dev_token, unthrottle, wrk  # noqa: E402  (same directory)
 from paging import Server, seed  # noqa: E402
 
 TENANT = "0b500000-0000-0000-0000-00000000000a"
@@ -59,16 +59,8 @@ def run_size(binary, size, seconds, connections):
     try:
         server.wait_ready()
         base = f"http://127.0.0.1:{server.port}"
-        call(base, "POST", "/api/v1/plans", admin, {
-            "code": "unthrottled", "name": "Unthrottled", "requestsPerMinute": 1000000, "burst": 100000,
-            "monthlyQuotaUnits": 1000000000, "overagePolicy": "allow", "currency": "EUR", "basePriceMicros": 0,
-            "overageUnitPriceMicros": 0})
         call(base, "GET", "/api/v1/me", token)  # the tenant exists from its first call
-        for tenant in call(base, "GET", "/api/v1/tenants", admin)["value"]:
-            if tenant["entraTenantId"] == TENANT:
-                tenant_id = tenant["id"]
-                call(base, "PATCH", f"/api/v1/tenants/{tenant_id}", admin, {"plan": "unthrottled"},
-                     "application/merge-patch+json", {"If-Match": "*"})
+        tenant_id = unthrottle(base, admin, (TENANT,))[TENANT]
         docs, secs = seed(server.port, token, size, 8)
         print(f"seeded {size} documents in {secs:.1f} s ({size / secs:.0f}/s)", file=sys.stderr)
         number = docs[len(docs) // 2]["title"].rsplit(" ", 1)[-1]
