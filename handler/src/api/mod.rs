@@ -12,5 +12,6 @@ pub mod gate;
 pub mod idempotency;
 pub mod list;
 pub mod operations;
+pub mod page;
 pub mod search;
 pub mod validation;

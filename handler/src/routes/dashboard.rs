@@ -9,8 +9,8 @@
 //! `/api/docs`: it holds no data, and every figure it shows comes from an `/api/v1` call with the user's token, so
 //! a caller sees exactly what the API lets it see. Its routes are plain actix resources, not API operations.
 
-use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, guard, web};
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
 use serde::Serialize;
 use utoipa_actix_web::service_config::ServiceConfig;
 
@@ -130,31 +130,7 @@ fn origin_of(url: &str) -> Option<&str> {
 
 /// Registers the page. Call it before the `/api` scope, which would otherwise swallow `/api/dashboard`.
 pub fn configure(cfg: &mut ServiceConfig) {
-    cfg.map(|cfg| {
-        cfg.service(
-            web::resource(PATH)
-                .route(web::route().guard(get_or_head()).to(redirect_to_slash))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource(format!("{PATH}/{{file:.*}}"))
-                .route(web::route().guard(get_or_head()).to(file))
-                .default_service(web::to(method_not_allowed)),
-        )
-    });
-}
-
-fn get_or_head() -> impl guard::Guard {
-    guard::Any(guard::Get()).or(guard::Head())
-}
-
-/// `GET /api/dashboard`: the page lives at `/api/dashboard/`.
-async fn redirect_to_slash(req: HttpRequest) -> HttpResponse {
-    let location = match req.query_string() {
-        "" => format!("{PATH}/"),
-        query => format!("{PATH}/?{query}"),
-    };
-    HttpResponse::PermanentRedirect().insert_header((header::LOCATION, location)).finish()
+    cfg.map(|cfg| crate::api::page::serve(cfg, PATH, file));
 }
 
 /// `GET /api/dashboard/{file}`: a file of the page, or its sign-in settings (`config.json`).
@@ -179,13 +155,6 @@ async fn file(file: web::Path<String>, state: web::Data<AppState>) -> Result<Htt
     // The page and its script must follow the deployed API; the vendored libraries change only with a build.
     let cache = if name.starts_with("vendor/") { "public, max-age=3600" } else { "no-cache" };
     Ok(response.content_type(asset.content_type).insert_header((header::CACHE_CONTROL, cache)).body(asset.bytes))
-}
-
-/// Any other method on the page's paths.
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, AppError> {
-    Err(AppError::new(ErrorCode::MethodNotAllowed)
-        .with_detail(format!("{} is not allowed on {}; allowed: GET, HEAD", req.method(), req.path()))
-        .with_header(header::ALLOW, HeaderValue::from_static("GET, HEAD")))
 }
 
 #[cfg(test)]

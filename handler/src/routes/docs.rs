@@ -8,8 +8,8 @@
 
 use std::sync::{Arc, LazyLock};
 
-use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, guard, web};
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
 use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_swagger_ui::Config;
 
@@ -41,31 +41,7 @@ static CONFIG: LazyLock<Arc<Config<'static>>> = LazyLock::new(|| {
 
 /// Registers the page. Call it before the `/api` scope, which would otherwise swallow `/api/docs`.
 pub fn configure(cfg: &mut ServiceConfig) {
-    cfg.map(|cfg| {
-        cfg.service(
-            web::resource(PATH)
-                .route(web::route().guard(get_or_head()).to(redirect_to_slash))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource(format!("{PATH}/{{file:.*}}"))
-                .route(web::route().guard(get_or_head()).to(asset))
-                .default_service(web::to(method_not_allowed)),
-        )
-    });
-}
-
-fn get_or_head() -> impl guard::Guard {
-    guard::Any(guard::Get()).or(guard::Head())
-}
-
-/// `GET /api/docs`: the page lives at `/api/docs/` so that its relative asset links stay under `/api/docs/`.
-async fn redirect_to_slash(req: HttpRequest) -> HttpResponse {
-    let location = match req.query_string() {
-        "" => format!("{PATH}/"),
-        query => format!("{PATH}/?{query}"),
-    };
-    HttpResponse::PermanentRedirect().insert_header((header::LOCATION, location)).finish()
+    cfg.map(|cfg| crate::api::page::serve(cfg, PATH, asset));
 }
 
 /// `GET /api/docs/{file}`: one Swagger UI file; the empty name is `index.html`.
@@ -91,13 +67,6 @@ async fn asset(file: web::Path<String>) -> Result<HttpResponse, AppError> {
         response.insert_header((header::CONTENT_ENCODING, "gzip"));
     }
     Ok(response.body(served.bytes.into_owned()))
-}
-
-/// Any other method on the page's paths.
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, AppError> {
-    Err(AppError::new(ErrorCode::MethodNotAllowed)
-        .with_detail(format!("{} is not allowed on {}; allowed: GET, HEAD", req.method(), req.path()))
-        .with_header(header::ALLOW, HeaderValue::from_static("GET, HEAD")))
 }
 
 #[cfg(test)]
