@@ -141,7 +141,7 @@ fn word_condition(a: &mut Assembled, alias: &str, kind: &TermKind) -> Vec<String
     }
 }
 
-/// `CROSS APPLY` of the search rank, `r.rank`: minus the summed weights of the document's words that the
+/// `CROSS APPLY` of the search rank, `r.score`: minus the summed weights of the document's words that the
 /// required terms look for (lower is better, as SQLite's bm25).
 fn rank_apply(a: &mut Assembled, tenant: &str, search: &SearchQuery) {
     let mut wanted = Vec::new();
@@ -149,7 +149,7 @@ fn rank_apply(a: &mut Assembled, tenant: &str, search: &SearchQuery) {
         wanted.extend(word_condition(a, "x", kind));
     }
     a.sql.push_str(&format!(
-        "\nCROSS APPLY (SELECT -ISNULL(SUM(x.weight), 0) AS rank FROM dbo.document_words x \
+        "\nCROSS APPLY (SELECT CAST(-ISNULL(SUM(x.weight), 0) AS BIGINT) AS score FROM dbo.document_words x \
          WHERE x.tenant_id = {tenant} AND x.document_id = d.id AND ({})) r",
         wanted.join(" OR ")
     ));
@@ -190,13 +190,13 @@ fn sort_column(key: DocumentSortKey) -> &'static str {
         DocumentSortKey::UpdatedAt => "d.updated_at",
         DocumentSortKey::Title => "d.title",
         DocumentSortKey::EffectiveDate => "d.effective_date",
-        DocumentSortKey::Relevance => "r.rank",
+        DocumentSortKey::Relevance => "r.score",
     }
 }
 
 /// The rank column every listing selects after the document's: the search rank, or 0 for a plain listing.
 fn rank_column(filter: &DocumentFilter) -> &'static str {
-    if filter.search.is_some() { "r.rank" } else { "CAST(0 AS BIGINT)" }
+    if filter.search.is_some() { "r.score" } else { "CAST(0 AS BIGINT)" }
 }
 
 /// "Strictly after the cursor" in the listing's order, as a range on the sort index:
