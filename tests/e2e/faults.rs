@@ -21,17 +21,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meterline::store::prelude::*;
-use meterline::store::{SqliteStore, Tenant, TenantStatus};
+use meterline::store::{SqliteStore, TenantStatus};
 use serde_json::{Value, json};
 
 use crate::identity::{AUDIENCE, DIR_A, clients, entra_settings, seed};
 use crate::metering::{METERED, metered};
-use crate::outbox::key_vault;
+use crate::outbox::{self, key_vault};
 use crate::support::endpoints::{Reply, Seen, TestCa, TestServer, identity_env, managed_identity_endpoint};
 use crate::support::host::{HostEmulator, HostOptions};
 use crate::support::oidc::{OidcProvider, Signer, forge};
 use crate::support::proxy::{FaultProxy, Mode};
-use crate::support::stores;
 
 /// One answered request of the load.
 #[derive(Debug, Clone)]
@@ -242,19 +241,8 @@ async fn a_refusing_service_bus_opens_the_outbox_breaker_and_every_event_is_deli
     let client = reqwest::Client::new();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&host.app_root.join("data/meterline.db")).await.unwrap());
     let now = chrono::Utc::now();
-    store.create_plan(&stores::plan("basic", 10, now), None).await.unwrap();
-    let tenant = Tenant {
-        id: uuid::Uuid::new_v4(),
-        entra_tenant_id: None,
-        name: "Acme".into(),
-        status: TenantStatus::Active,
-        plan_code: "basic".into(),
-        created_at: now,
-        updated_at: now,
-        version: 1,
-        billing: Default::default(),
-    };
-    store.create_tenant(&tenant, None).await.unwrap();
+    outbox::plan(&store, 10, now).await;
+    let tenant = outbox::active_tenant(&store, now).await;
 
     // Steady load: a status change (one outbox event) every 100 ms, for the whole outage and a while after.
     let stop = Arc::new(AtomicBool::new(false));

@@ -38,12 +38,12 @@ async fn service_bus(ca: &TestCa, script: Vec<Reply>) -> (TestServer, Arc<Mutex<
     (server, script)
 }
 
-async fn plan(store: &Arc<dyn Store>, quota: i64, now: chrono::DateTime<chrono::Utc>) {
+pub(crate) async fn plan(store: &Arc<dyn Store>, quota: i64, now: chrono::DateTime<chrono::Utc>) {
     store.create_plan(&stores::plan("basic", quota, now), None).await.unwrap();
 }
 
 /// Creates an active tenant "Acme" on the plan "basic".
-async fn active_tenant(store: &Arc<dyn Store>, now: chrono::DateTime<chrono::Utc>) -> Tenant {
+pub(crate) async fn active_tenant(store: &Arc<dyn Store>, now: chrono::DateTime<chrono::Utc>) -> Tenant {
     let tenant = Tenant {
         id: Uuid::new_v4(),
         entra_tenant_id: None,
