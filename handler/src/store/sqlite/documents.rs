@@ -184,10 +184,6 @@ pub(super) enum SearchPlan {
 /// ([`SearchPlan::Check`]) rather than driven by the index: counting this many costs a walk of one doclist.
 const DRIVE_AT_MOST: i64 = 2_000;
 
-/// Matches (of every tenant) up to which a search is served on the calling thread: ranking and joining this many
-/// takes about as long as a point lookup (BENCHMARKS.md, "Search at 10 000 and 100 000 documents").
-const INLINE_AT_MOST: i64 = 200;
-
 /// How many documents of every tenant `search` matches, counted up to `cap + 1` (one walk of the doclists).
 fn matches_at_most(conn: &Connection, search: &SearchQuery, cap: i64) -> Result<i64, StoreError> {
     conn.prepare_cached("SELECT count(*) FROM (SELECT 1 FROM document_search WHERE document_search MATCH ?1 LIMIT ?2)")
@@ -559,13 +555,6 @@ impl DocumentStore for SqliteStore {
     ) -> Result<DocumentPage, StoreError> {
         check_sort(sort, filter)?;
         let limit = limit.max(1);
-        // A search with few matches is as cheap as a point lookup: served on the calling thread, like one.
-        if let Some(search) = &filter.search {
-            let few = self.read_point(|conn| Ok(matches_at_most(conn, search, INLINE_AT_MOST)? <= INLINE_AT_MOST))?;
-            if few {
-                return self.read_point(|conn| list_on(conn, tenant_id, filter, sort, after, limit, count));
-            }
-        }
         let (filter, after) = (filter.clone(), after.cloned());
         self.read(move |conn| list_on(conn, tenant_id, &filter, sort, after.as_ref(), limit, count)).await
     }
