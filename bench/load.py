@@ -172,7 +172,10 @@ def profile(pid, spec, args, work):
                               "--percent-limit", "1.5"], capture_output=True, text=True).stdout
         rows = [line for line in out.splitlines() if line.strip() and not line.startswith("#")]
         print(f"{title}:\n```\n" + "\n".join(rows[:25]) + "\n```\n")
-    folded = os.path.abspath(f"perf-{args.profile}.folded")
+    # Under the repository's target/, never into whatever directory the command was run from.
+    out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "bench")
+    os.makedirs(out_dir, exist_ok=True)
+    folded = os.path.normpath(os.path.join(out_dir, f"perf-{args.profile}.folded"))
     script = subprocess.run(["perf", "script", "-i", data], capture_output=True, text=True).stdout
     stacks = {}
     for block in script.split("\n\n"):

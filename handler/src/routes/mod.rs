@@ -88,6 +88,15 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .wrap(actix_web::middleware::from_fn(crate::auth::guard::authenticate))
             .wrap(actix_web::middleware::from_fn(crate::error::problems))
             .wrap(actix_web::middleware::from_fn(crate::metering::stage::record))
+            // actix tries the routes in this order, a regular expression per templated path, so the data
+            // plane (documents, then the caller) comes first: a document read is not matched against every
+            // control-plane template before its own (BENCHMARKS.md, "Route order").
+            .service(documents::list_documents)
+            .service(documents::create_document)
+            .service(documents::get_document)
+            .service(documents::replace_document)
+            .service(documents::patch_document)
+            .service(documents::delete_document)
             .service(me::get_me)
             .service(me::get_whoami)
             .service(usage::get_usage_summary)
@@ -122,12 +131,6 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(grants::create_grant)
             .service(grants::get_grant)
             .service(grants::revoke_grant)
-            .service(documents::list_documents)
-            .service(documents::create_document)
-            .service(documents::get_document)
-            .service(documents::replace_document)
-            .service(documents::patch_document)
-            .service(documents::delete_document)
             .service(audit::verify_audit_chain)
             .service(audit::list_audit_events),
     );
