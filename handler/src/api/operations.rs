@@ -97,6 +97,13 @@ impl RouteTable {
         Some(allowed)
     }
 
+    /// How many route templates match `path` (the route table's own check that its order is free).
+    #[cfg(test)]
+    pub(crate) fn templates_matching(&self, path: &str) -> usize {
+        let parts = segments(path);
+        self.entries.iter().filter(|(template, _)| template.is_match(&parts)).count()
+    }
+
     /// The operation id serving `method` on `path`. Literal templates win over parameterized ones.
     pub fn operation(&self, method: &str, path: &str) -> Option<&Arc<str>> {
         let parts = segments(path);

@@ -19,15 +19,20 @@ where
     Args: FromRequest + 'static,
     F::Output: Responder + 'static,
 {
+    // A scope matches its fixed prefix by comparing strings; only a request under it meets the file
+    // template's regular expression (actix tries each app-level route in turn, and these come before the API).
     cfg.service(
-        web::resource(path)
-            .route(web::route().guard(get_or_head()).to(move |req: HttpRequest| redirect_to_slash(req, path)))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource(format!("{path}/{{file:.*}}"))
-            .route(web::route().guard(get_or_head()).to(file))
-            .default_service(web::to(method_not_allowed)),
+        web::scope(path)
+            .service(
+                web::resource("")
+                    .route(web::route().guard(get_or_head()).to(move |req: HttpRequest| redirect_to_slash(req, path)))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/{file:.*}")
+                    .route(web::route().guard(get_or_head()).to(file))
+                    .default_service(web::to(method_not_allowed)),
+            ),
     )
 }
 

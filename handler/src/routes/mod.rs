@@ -88,17 +88,18 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .wrap(actix_web::middleware::from_fn(crate::auth::guard::authenticate))
             .wrap(actix_web::middleware::from_fn(crate::error::problems))
             .wrap(actix_web::middleware::from_fn(crate::metering::stage::record))
-            // actix tries the routes in this order, a regular expression per templated path, so the data
-            // plane (documents, then the caller) comes first: a document read is not matched against every
-            // control-plane template before its own (BENCHMARKS.md, "Route order").
+            // actix tries the routes in this order, a regular expression per templated path (no two templates
+            // match the same path, so the order decides only the cost). The data plane comes first, its fixed
+            // paths before its templated ones: `me` meets no expression, a document read only its own
+            // (BENCHMARKS.md, "Route order").
+            .service(me::get_me)
+            .service(me::get_whoami)
             .service(documents::list_documents)
             .service(documents::create_document)
             .service(documents::get_document)
             .service(documents::replace_document)
             .service(documents::patch_document)
             .service(documents::delete_document)
-            .service(me::get_me)
-            .service(me::get_whoami)
             .service(usage::get_usage_summary)
             .service(usage::get_usage)
             .service(usage::export_usage)
@@ -260,6 +261,21 @@ mod tests {
         assert_eq!(table.allowed_methods("/api/openapi.json"), Some(vec!["GET"]));
         assert_eq!(table.operation("GET", "/api/health/ready").map(|op| &**op), Some("getReadiness"));
         assert_eq!(table.operation("POST", "/api/health/ready"), None);
+    }
+
+    /// `configure` orders the routes by cost (actix tries them in turn), which is safe only while no path
+    /// fits two templates: a fixed segment that is also another template's parameter would make the order
+    /// decide which handler runs.
+    #[test]
+    fn no_path_fits_two_route_templates() {
+        let doc = openapi();
+        let table = RouteTable::from_openapi(&doc);
+        for template in doc.paths.paths.keys() {
+            let path: Vec<&str> =
+                template.split('/').map(|s| if s.starts_with('{') && s.ends_with('}') { "x" } else { s }).collect();
+            let path = path.join("/");
+            assert_eq!(table.templates_matching(&path), 1, "{path} (from {template}) fits another template too");
+        }
     }
 
     fn contracts() -> crate::api::contract::Contracts {
