@@ -227,15 +227,46 @@ async fn service_bus(ca: &TestCa) -> TestServer {
     .await
 }
 
+/// The per-try timeout the fault tests give the Service Bus, Key Vault and OpenID clients (their settings'
+/// minimum), so a stalled dependency's calls end within seconds.
+const TRY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The longest a Service Bus send or Key Vault read may take: four tries of [`TRY_TIMEOUT`] each, plus the
+/// retry policy's three backoffs (0.4, 0.8 and 1.6 s, each with up to 255 ms of jitter: under 3.6 s), plus 1 s
+/// for timers firing late on a shared machine.
+const RETRIED_CALL_BOUND: Duration = Duration::from_millis(4 * TRY_TIMEOUT.as_millis() as u64 + 3_600 + 1_000);
+
+/// How a fault reads in the printed figures.
+fn doing(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Refuse => "refused connections",
+        Mode::Stall => "stalled (connections accepted, nothing answered)",
+        Mode::Forward => unreachable!("forwarding is no fault"),
+    }
+}
+
 #[tokio::test]
 async fn a_refusing_service_bus_opens_the_outbox_breaker_and_every_event_is_delivered_once_it_returns() {
+    service_bus_outage(Mode::Refuse, Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
+async fn a_stalling_service_bus_bounds_each_send_opens_the_breaker_and_every_event_is_delivered_once_it_returns() {
+    // Three sends of four timed-out tries and their backoffs (about 7 s each) open the breaker after about 22 s.
+    service_bus_outage(Mode::Stall, Duration::from_secs(28)).await;
+}
+
+/// Service Bus refuses or stalls for `outage` while events are produced: the outbox breaker opens within the
+/// outage, each failed send is bounded, runs while it is open stop at once, and every event is delivered once
+/// the bus is back.
+async fn service_bus_outage(mode: Mode, outage: Duration) {
     let ca = TestCa::new();
     let identity = managed_identity_endpoint().await;
     let bus = service_bus(&ca).await;
     let proxy = FaultProxy::start(bus.port).await;
     let mut env = identity_env(&identity, &ca);
     env.push(("METERLINE_SERVICEBUS_NAMESPACE".into(), format!("127.0.0.1:{}", proxy.port)));
-    env.push(("METERLINE_OUTBOX_SEND_TIMEOUT_SECS".into(), "2".into()));
+    env.push(("METERLINE_OUTBOX_SEND_TIMEOUT_SECS".into(), TRY_TIMEOUT.as_secs().to_string()));
     let host = HostEmulator::start_with(HostOptions { env, ..HostOptions::default() }).await;
     let ready = host.handler_url("/api/health/ready");
     let client = reqwest::Client::new();
@@ -265,14 +296,13 @@ async fn a_refusing_service_bus_opens_the_outbox_breaker_and_every_event_is_deli
     }
     assert!(!bus.seen().is_empty(), "events flow before the outage: {runs:?}");
 
-    // The fault: Service Bus refuses every connection for OUTAGE.
-    const OUTAGE: Duration = Duration::from_secs(20);
-    proxy.set(Mode::Refuse);
+    // The fault, for `outage`.
+    proxy.set(mode);
     let fault = Instant::now();
     let watcher = {
         let (client, ready) = (client.clone(), ready.clone());
         tokio::spawn(async move {
-            let deadline = Instant::now() + OUTAGE;
+            let deadline = Instant::now() + outage;
             while breaker_state(&client, &ready, "servicebus").await != "open" {
                 if Instant::now() >= deadline {
                     return None;
@@ -282,7 +312,7 @@ async fn a_refusing_service_bus_opens_the_outbox_breaker_and_every_event_is_deli
             Some(Instant::now())
         })
     };
-    while fault.elapsed() < OUTAGE {
+    while fault.elapsed() < outage {
         publish(&host, &mut runs).await;
     }
     let Some(opened) = watcher.await.unwrap() else {
@@ -314,18 +344,27 @@ async fn a_refusing_service_bus_opens_the_outbox_breaker_and_every_event_is_deli
     let seen: BTreeSet<String> = bus.seen().iter().map(|r| r.json()["id"].as_str().unwrap().to_owned()).collect();
     let lost = rows.iter().filter(|r| r.sent_at.is_none() || !seen.contains(&r.message.id.to_string())).count();
     let refusal_p99 = if paused.is_empty() { Duration::ZERO } else { p99(paused.clone()) };
+    let failed_sends: Vec<Duration> = log_lines(&host, "outbox event not published")
+        .iter()
+        .filter_map(|l| field(l, "took_ms").and_then(|t| t.as_u64()).map(Duration::from_millis))
+        .collect();
+    let longest_send = failed_sends.iter().max().copied().unwrap_or_default();
     println!(
-        "Service Bus refused connections for {OUTAGE:?} while {changes} events were produced: time to open {:?}, \
-         publisher runs refused while open {} with p99 {refusal_p99:?}, time to deliver everything {:?} after it \
-         returned, outbox messages lost: {lost} of {}",
+        "Service Bus {} for {outage:?} while {changes} events were produced: time to open {:?}, {} failed sends \
+         (the longest {longest_send:?}, bound {RETRIED_CALL_BOUND:?}), publisher runs refused while open {} with \
+         p99 {refusal_p99:?}, time to deliver everything {:?} after it returned, outbox messages lost: {lost} of {}",
+        doing(mode),
         opened - fault,
+        failed_sends.len(),
         paused.len(),
         delivered - restored,
         rows.len(),
     );
     assert!(rows.len() as i64 >= changes, "every change has its event");
     assert_eq!(lost, 0, "every outbox event reaches Service Bus once it is back");
-    assert!(opened - fault < OUTAGE, "three failed sends (four tries each) open it within the outage");
+    assert!(opened - fault < outage, "three failed sends (four tries each) open it within the outage");
+    assert!(failed_sends.len() >= 3, "the sends that opened the breaker failed and were logged");
+    assert!(longest_send <= RETRIED_CALL_BOUND, "every send is bounded by its tries' timeouts: {failed_sends:?}");
     assert!(!paused.is_empty(), "publisher runs while the breaker is open stop at once");
     assert!(refusal_p99 < Duration::from_millis(1000), "paused runs come back fast: p99 {refusal_p99:?}");
     assert_eq!(breaker_state(&client, &ready, "servicebus").await, "closed");
@@ -347,6 +386,19 @@ fn field(line: &Value, name: &str) -> Option<Value> {
 
 #[tokio::test]
 async fn a_refusing_key_vault_opens_its_breaker_keeps_the_secrets_and_reads_the_rotated_one_once_back() {
+    key_vault_outage(Mode::Refuse, Duration::from_secs(25)).await;
+}
+
+#[tokio::test]
+async fn a_stalling_key_vault_bounds_each_read_opens_its_breaker_and_reads_the_rotated_secret_once_back() {
+    // Three reads of four timed-out tries and their backoffs (about 7 s each) open the breaker after about 22 s.
+    key_vault_outage(Mode::Stall, Duration::from_secs(30)).await;
+}
+
+/// Key Vault refuses or stalls for `outage` while the handler refreshes its secrets every second and the secret is
+/// rotated: the breaker opens within the outage, each round that reads is bounded, rounds while it is open come
+/// back at once (keeping the values), and the rotated secret is read once the vault is back.
+async fn key_vault_outage(mode: Mode, outage: Duration) {
     let ca = TestCa::new();
     let identity = managed_identity_endpoint().await;
     let secrets = Arc::new(Mutex::new(vec![("cursor-key".to_owned(), "a".repeat(40))]));
@@ -356,6 +408,7 @@ async fn a_refusing_key_vault_opens_its_breaker_keeps_the_secrets_and_reads_the_
     env.push(("METERLINE_KEYVAULT_URL".into(), format!("https://127.0.0.1:{}", proxy.port)));
     env.push(("METERLINE_CURSOR_KEY_SECRET_NAME".into(), "cursor-key".into()));
     env.push(("METERLINE_KEYVAULT_REFRESH_SECS".into(), "1".into()));
+    env.push(("METERLINE_KEYVAULT_TIMEOUT_SECS".into(), TRY_TIMEOUT.as_secs().to_string()));
     let host = HostEmulator::start_with(HostOptions { env, ..HostOptions::default() }).await;
     let ready = host.handler_url("/api/health/ready");
     let client = reqwest::Client::new();
@@ -364,54 +417,75 @@ async fn a_refusing_key_vault_opens_its_breaker_keeps_the_secrets_and_reads_the_
     until("a first refresh round", Duration::from_secs(30), async || !rounds().is_empty()).await;
     assert_eq!(breaker_state(&client, &ready, "keyvault").await, "closed");
 
-    // The fault: the vault refuses every connection; the secret is rotated meanwhile.
-    const OUTAGE: Duration = Duration::from_secs(25);
-    proxy.set(Mode::Refuse);
+    // The fault, for `outage`; the secret is rotated meanwhile.
+    proxy.set(mode);
     secrets.lock().unwrap()[0].1 = "b".repeat(40);
     let fault = Instant::now();
     let before = rounds().len();
-    let opened = until("the Key Vault breaker opens", OUTAGE, async || {
+    let opened = until("the Key Vault breaker opens", outage, async || {
         breaker_state(&client, &ready, "keyvault").await == "open"
     })
     .await;
     let opened_at = rounds().len();
-    tokio::time::sleep_until((fault + OUTAGE).into()).await; // the outage lasts OUTAGE
+    tokio::time::sleep_until((fault + outage).into()).await; // the outage lasts `outage`
+    let breaker_at_start = |l: &Value| field(l, "breaker").and_then(|b| b.as_str().map(str::to_owned));
+    let took = |l: &Value| field(l, "took_us").and_then(|t| t.as_u64()).map(Duration::from_micros);
     // Rounds that started with the breaker open (a round that carried the half-open probe is not a refusal).
-    let while_open: Vec<Value> = rounds()[opened_at..]
-        .iter()
-        .filter(|l| field(l, "breaker").and_then(|b| b.as_str().map(str::to_owned)).as_deref() == Some("open"))
-        .cloned()
-        .collect();
+    let while_open: Vec<Value> =
+        rounds()[opened_at..].iter().filter(|l| breaker_at_start(l).as_deref() == Some("open")).cloned().collect();
     let failed_rounds = rounds()[before..].iter().filter(|l| field(l, "refreshed") == Some(json!(0))).count();
+    // Rounds during the outage that called the vault (one secret: one read each) and failed.
+    let failed_reads: Vec<Duration> = rounds()[before..]
+        .iter()
+        .filter(|l| field(l, "refreshed") == Some(json!(0)) && breaker_at_start(l).as_deref() != Some("open"))
+        .filter_map(took)
+        .collect();
     proxy.set(Mode::Forward);
     let restored = Instant::now();
     let recovered = until("a refresh round reads the vault again", Duration::from_secs(30), async || {
         rounds().iter().skip(opened_at).any(|l| field(l, "refreshed") == Some(json!(1)))
     })
     .await;
-    let took: Vec<Duration> = while_open
-        .iter()
-        .filter_map(|l| field(l, "took_us").and_then(|t| t.as_u64()).map(Duration::from_micros))
-        .collect();
-    let refusal_p99 = p99(took.clone());
+    let refused: Vec<Duration> = while_open.iter().filter_map(took).collect();
+    let refusal_p99 = p99(refused.clone());
+    let longest_read = failed_reads.iter().max().copied().unwrap_or_default();
     assert_eq!(breaker_state(&client, &ready, "keyvault").await, "closed");
     let vault_reads = vault.seen().iter().filter(|r| r.path.starts_with("/secrets/")).count();
     println!(
-        "Key Vault refused connections for {OUTAGE:?} with a refresh every second: time to open {:?}, refresh \
-         rounds refused while open {} with p99 {refusal_p99:?} ({failed_rounds} rounds without a read in all), \
-         time to read the rotated secret {:?} after it returned, vault reads in all {vault_reads}",
+        "Key Vault {} for {outage:?} with a refresh every second: time to open {:?}, {} failed reads (the longest \
+         {longest_read:?}, bound {RETRIED_CALL_BOUND:?}), refresh rounds refused while open {} with p99 \
+         {refusal_p99:?} ({failed_rounds} rounds without a read in all), time to read the rotated secret {:?} after \
+         it returned, vault reads in all {vault_reads}",
+        doing(mode),
         opened - fault,
-        took.len(),
+        failed_reads.len(),
+        refused.len(),
         recovered - restored,
     );
-    assert!(opened - fault < OUTAGE, "three failed reads (four tries each) open it within the outage");
-    assert!(!took.is_empty(), "refresh rounds ran while the breaker was open");
+    assert!(opened - fault < outage, "three failed reads (four tries each) open it within the outage");
+    assert!(failed_reads.len() >= 3, "the reads that opened the breaker failed: {:?}", rounds());
+    assert!(longest_read <= RETRIED_CALL_BOUND, "every read is bounded by its tries' timeouts: {failed_reads:?}");
+    assert!(!refused.is_empty(), "refresh rounds ran while the breaker was open");
     assert!(refusal_p99 < Duration::from_millis(200), "refused rounds come back at once: p99 {refusal_p99:?}");
     assert!(recovered - restored < Duration::from_secs(15), "the rotated secret is read without a restart");
 }
 
 #[tokio::test]
 async fn a_refusing_openid_provider_opens_its_breaker_while_loaded_keys_keep_serving() {
+    openid_outage(Mode::Refuse, Duration::from_secs(8)).await;
+}
+
+#[tokio::test]
+async fn a_stalling_openid_provider_bounds_each_fetch_opens_its_breaker_while_loaded_keys_keep_serving() {
+    // Five fetches that time out after a second each open the breaker after about 5 s.
+    openid_outage(Mode::Stall, Duration::from_secs(10)).await;
+}
+
+/// The OpenID provider's discovery endpoint refuses or stalls for `outage` while clients call with loaded and
+/// unknown keys: calls with loaded keys are served throughout, every call is bounded by the fetch timeout, the
+/// breaker opens within the outage, unknown keys are refused at once while it is open, and it closes once the
+/// provider is back.
+async fn openid_outage(mode: Mode, outage: Duration) {
     let provider = OidcProvider::start(AUDIENCE, clients()).await;
     let discovery_port: u16 = provider.issuer().rsplit(':').next().unwrap().parse().unwrap();
     let proxy = FaultProxy::start(discovery_port).await;
@@ -420,13 +494,14 @@ async fn a_refusing_openid_provider_opens_its_breaker_while_loaded_keys_keep_ser
     store.migrate().await.unwrap();
     seed(&store, chrono::Utc::now()).await;
     // Discovery through the proxy (the JWKS address it returns is the provider's own); every unknown key refetches.
-    let env = entra_settings(&provider, 0)
+    let mut env: Vec<(String, String)> = entra_settings(&provider, 0)
         .into_iter()
         .map(|(k, v)| match k.as_str() {
             "METERLINE_AUTH_AUTHORITY" => (k, format!("http://127.0.0.1:{}", proxy.port)),
             _ => (k, v),
         })
         .collect();
+    env.push(("METERLINE_AUTH_JWKS_TIMEOUT_SECS".into(), TRY_TIMEOUT.as_secs().to_string()));
     let host = HostEmulator::start_with(HostOptions {
         app_root: Some(root.path().to_path_buf()),
         env,
@@ -469,13 +544,12 @@ async fn a_refusing_openid_provider_opens_its_breaker_while_loaded_keys_keep_ser
         .collect();
     until("the load runs", Duration::from_secs(30), async || samples.lock().unwrap().len() >= 20).await;
 
-    const OUTAGE: Duration = Duration::from_secs(8);
-    proxy.set(Mode::Refuse);
+    proxy.set(mode);
     let fault = Instant::now();
     let opened =
-        until("the OpenID breaker opens", OUTAGE, async || breaker_state(&client, &ready, "openid").await == "open")
+        until("the OpenID breaker opens", outage, async || breaker_state(&client, &ready, "openid").await == "open")
             .await;
-    tokio::time::sleep_until((fault + OUTAGE).into()).await;
+    tokio::time::sleep_until((fault + outage).into()).await;
     let restored_at = Instant::now();
     proxy.set(Mode::Forward);
     let recovered = until("the OpenID breaker closes", Duration::from_secs(30), async || {
@@ -498,16 +572,21 @@ async fn a_refusing_openid_provider_opens_its_breaker_while_loaded_keys_keep_ser
         during.iter().filter(|s| s.started >= opened && s.status == 503).map(|s| s.latency).collect();
     let refusal_p99 = p99(refused.clone());
     let loaded_failed = loaded_during.iter().filter(|s| s.status != 200).count();
+    // A call waits for at most the fetch in flight and its own (single flight), each bounded by the timeout.
+    let bound = 2 * TRY_TIMEOUT + Duration::from_millis(500);
+    let slowest = during.iter().map(|s| s.latency).max().unwrap_or_default();
     println!(
-        "the OpenID provider refused connections for {OUTAGE:?}: time to open {:?}, unknown-key calls refused while \
-         open {} with p99 {refusal_p99:?}, calls with a loaded key during the outage {} of which failed \
-         {loaded_failed}, time to close {:?} after it returned",
+        "the OpenID provider {} for {outage:?}: time to open {:?}, slowest call during the outage {slowest:?} \
+         (bound {bound:?}), unknown-key calls refused while open {} with p99 {refusal_p99:?}, calls with a loaded \
+         key during the outage {} of which failed {loaded_failed}, time to close {:?} after it returned",
+        doing(mode),
         opened - fault,
         refused.len(),
         loaded_during.len(),
         recovered - restored_at,
     );
-    assert!(opened - fault < OUTAGE, "five failed fetches open it within the outage");
+    assert!(opened - fault < outage, "five failed fetches open it within the outage");
+    assert!(slowest <= bound, "every call is bounded by the fetch timeout: the slowest took {slowest:?}");
     assert!(refusal_p99 < Duration::from_millis(500), "refusals come back fast: p99 {refusal_p99:?}");
     assert!(
         during.iter().filter(|s| s.status == 503).all(|s| s.problem && s.retry_after.is_some()),
