@@ -15,11 +15,13 @@
 //!   secrets every second. The vault's breaker opens, refresh rounds come back at once while it is open (the
 //!   handler keeps the values it has), and a secret rotated during the outage is read once the vault returns.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use meterline::clock::{SystemClock, TimeOrderedIds};
+use meterline::store::mssql::connection::MssqlConnector;
 use meterline::store::prelude::*;
 use meterline::store::{SqliteStore, TenantStatus};
 use serde_json::{Value, json};
@@ -27,10 +29,12 @@ use serde_json::{Value, json};
 use crate::identity::{AUDIENCE, DIR_A, clients, entra_settings, seed};
 use crate::metering::{METERED, metered};
 use crate::outbox::{self, key_vault};
+use crate::support::dev_token;
 use crate::support::endpoints::{Reply, Seen, TestCa, TestServer, identity_env, managed_identity_endpoint};
 use crate::support::host::{HostEmulator, HostOptions};
 use crate::support::oidc::{OidcProvider, Signer, forge};
 use crate::support::proxy::{FaultProxy, Mode};
+use crate::support::stores::create_test_database;
 
 /// One answered request of the load.
 #[derive(Debug, Clone)]
@@ -90,112 +94,352 @@ async fn breaker_state(client: &reqwest::Client, url: &str, dependency: &str) ->
         .to_owned()
 }
 
+/// Steady load on the handler: each caller calls `url` with its `Authorization`, pausing between calls; every
+/// answer is kept as a [`Sample`] with the caller's tag.
+struct Load {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<(bool, Sample)>>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts one task per `(authorization, pause, tag)`.
+    fn start(url: &str, callers: Vec<(String, Duration, bool)>) -> Self {
+        let client = reqwest::Client::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let workers = callers
+            .into_iter()
+            .map(|(auth, pause, tag)| {
+                let (client, url, stop, samples) = (client.clone(), url.to_owned(), stop.clone(), samples.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let started = Instant::now();
+                        let response = client.get(&url).header("Authorization", &auth).send().await.unwrap();
+                        let sample = Sample::of(started, &response);
+                        samples.lock().unwrap().push((tag, sample));
+                        // Steady, not flat out: the machine is shared.
+                        tokio::time::sleep(pause).await;
+                    }
+                })
+            })
+            .collect();
+        Load { stop, samples, workers }
+    }
+
+    /// `callers` callers of `url` with `auth`, 5 ms apart each.
+    fn uniform(url: &str, auth: &str, callers: usize) -> Self {
+        Load::start(url, (0..callers).map(|_| (auth.to_owned(), Duration::from_millis(5), true)).collect())
+    }
+
+    fn samples(&self) -> Vec<Sample> {
+        self.samples.lock().unwrap().iter().map(|(_, s)| s.clone()).collect()
+    }
+
+    fn len(&self) -> usize {
+        self.samples.lock().unwrap().len()
+    }
+
+    fn successes(&self) -> usize {
+        self.samples.lock().unwrap().iter().filter(|(_, s)| s.status == 200).count()
+    }
+
+    /// Stops every caller and returns every answer with its caller's tag.
+    async fn stop(self) -> Vec<(bool, Sample)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            worker.await.unwrap();
+        }
+        self.samples.lock().unwrap().clone()
+    }
+}
+
+/// One store outage under [`Load`], measured by [`store_outage`].
+#[derive(Debug)]
+struct StoreOutage {
+    fault: Instant,
+    opened: Instant,
+    released: Instant,
+    recovered: Instant,
+    /// Requests that started once the breaker was open and were answered before the store came back.
+    during_open: Vec<Sample>,
+    /// The slowest request that started during the outage.
+    slowest: Duration,
+}
+
+impl StoreOutage {
+    /// Checks that every request answered while the breaker was open was a fast refusal, and returns its p99.
+    fn refusals_p99(&self) -> Duration {
+        let during_open = &self.during_open;
+        assert!(!during_open.is_empty(), "requests were refused while the breaker was open");
+        assert!(during_open.iter().all(|s| s.status == 503), "no 2xx while the store is away: {during_open:?}");
+        assert!(
+            during_open.iter().all(|s| s.problem && s.retry_after.as_deref().is_some_and(|r| r.parse::<u64>().is_ok())),
+            "every refusal is problem+json with Retry-After: {during_open:?}"
+        );
+        p99(during_open.iter().map(|s| s.latency).collect())
+    }
+}
+
+/// Under `load`, takes the store away (`take_away` returns once the fault is in place) for `outage`, gives it back
+/// (`give_back`), and measures: when the store breaker opened (it must within the outage), the requests answered
+/// while it was open, the slowest request of the outage, and when a request succeeded again (no restart).
+async fn store_outage<Held>(
+    load: &Load,
+    ready: &str,
+    outage: Duration,
+    take_away: impl AsyncFnOnce() -> Held,
+    give_back: impl AsyncFnOnce(Held),
+) -> StoreOutage {
+    let client = reqwest::Client::new();
+    assert_eq!(breaker_state(&client, ready, "store").await, "closed");
+    let held = take_away().await;
+    let fault = Instant::now();
+    let opened =
+        until("the store breaker opens", outage, async || breaker_state(&client, ready, "store").await == "open").await;
+    tokio::time::sleep_until((fault + outage).into()).await; // the outage lasts `outage`, whatever the breaker does
+    let now = Instant::now();
+    let during_open: Vec<Sample> =
+        load.samples().into_iter().filter(|s| s.started >= opened && s.started + s.latency <= now).collect();
+    give_back(held).await;
+    let released = Instant::now();
+    let recovered = until("a request succeeds again", Duration::from_secs(30), async || {
+        load.samples().iter().any(|s| s.status == 200 && s.started >= released)
+    })
+    .await;
+    let after = load.successes();
+    until("the load runs on", Duration::from_secs(30), async || load.successes() >= after + 50).await;
+    assert_eq!(breaker_state(&client, ready, "store").await, "closed", "closed again after its probe succeeded");
+    let slowest = load
+        .samples()
+        .iter()
+        .filter(|s| s.started >= fault && s.started < released)
+        .map(|s| s.latency)
+        .max()
+        .unwrap_or_default();
+    StoreOutage { fault, opened, released, recovered, during_open, slowest }
+}
+
+/// Acknowledged (200) requests without exactly one billable usage record, and refused (503) requests recorded as
+/// successes, given every usage record as `(request id, billable, status)`.
+fn usage_losses(samples: &[Sample], records: &[(String, bool, i64)]) -> (usize, usize) {
+    let mut billable: HashMap<&str, usize> = HashMap::new();
+    let mut succeeded: HashSet<&str> = HashSet::new();
+    for (request_id, is_billable, status) in records {
+        if *is_billable {
+            *billable.entry(request_id).or_default() += 1;
+        }
+        if *status < 300 {
+            succeeded.insert(request_id);
+        }
+    }
+    let lost = samples.iter().filter(|s| s.status == 200 && billable.get(s.request_id.as_str()) != Some(&1)).count();
+    let refused_as_success =
+        samples.iter().filter(|s| s.status == 503 && succeeded.contains(s.request_id.as_str())).count();
+    (lost, refused_as_success)
+}
+
 #[tokio::test]
 async fn a_stalled_store_opens_its_breaker_refuses_fast_loses_no_usage_and_recovers_without_a_restart() {
     let m = metered(1_000_000, 100_000, 1_000_000, "block").await;
     let (url, ready) = (m.host.handler_url(METERED), m.host.handler_url("/api/health/ready"));
-    let client = reqwest::Client::new();
-    let auth = format!("Bearer {}", m.user);
-    let stop = Arc::new(AtomicBool::new(false));
-    let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
-    let workers: Vec<_> = (0..6)
-        .map(|_| {
-            let (client, url, auth, stop, samples) =
-                (client.clone(), url.clone(), auth.clone(), stop.clone(), samples.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let started = Instant::now();
-                    let response = client.get(&url).header("Authorization", &auth).send().await.unwrap();
-                    let sample = Sample::of(started, &response);
-                    samples.lock().unwrap().push(sample);
-                    // Steady, not flat out: the machine is shared.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            })
-        })
-        .collect();
-    let successes = |samples: &Mutex<Vec<Sample>>| samples.lock().unwrap().iter().filter(|s| s.status == 200).count();
-    until("the load runs", Duration::from_secs(60), async || successes(&samples) >= 100).await;
-    assert_eq!(breaker_state(&client, &ready, "store").await, "closed");
+    let load = Load::uniform(&url, &format!("Bearer {}", m.user), 6);
+    until("the load runs", Duration::from_secs(60), async || load.successes() >= 100).await;
 
     // The fault: another connection takes SQLite's write lock and holds it for OUTAGE.
     const OUTAGE: Duration = Duration::from_secs(6);
     let db = m.root.path().join("data/meterline.db");
-    let holder = tokio::task::spawn_blocking(move || {
-        let conn = rusqlite::Connection::open(db).unwrap();
-        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-        conn
-    })
-    .await
-    .unwrap();
-    let fault = Instant::now();
-    let opened = until("the store breaker opens", Duration::from_secs(15), async || {
-        breaker_state(&client, &ready, "store").await == "open"
-    })
-    .await;
-    tokio::time::sleep_until((fault + OUTAGE).into()).await; // the outage lasts OUTAGE, whatever the breaker does
-    let during_open: Vec<Sample> = samples
-        .lock()
+    let take_lock = async || {
+        tokio::task::spawn_blocking(move || {
+            let conn = rusqlite::Connection::open(db).unwrap();
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            conn
+        })
+        .await
         .unwrap()
-        .iter()
-        .filter(|s| s.started >= opened && s.started + s.latency <= Instant::now())
-        .cloned()
-        .collect();
-    tokio::task::spawn_blocking(move || holder.execute_batch("ROLLBACK").unwrap()).await.unwrap();
-    let released = Instant::now();
-    let recovered = until("a request succeeds again", Duration::from_secs(30), async || {
-        samples.lock().unwrap().iter().any(|s| s.status == 200 && s.started >= released)
-    })
-    .await;
-    let after = successes(&samples);
-    until("the load runs on", Duration::from_secs(30), async || successes(&samples) >= after + 50).await;
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.await.unwrap();
-    }
-    assert_eq!(breaker_state(&client, &ready, "store").await, "closed", "closed again after its probe succeeded");
+    };
+    let release = async |holder: rusqlite::Connection| {
+        tokio::task::spawn_blocking(move || holder.execute_batch("ROLLBACK").unwrap()).await.unwrap()
+    };
+    let outage = store_outage(&load, &ready, OUTAGE, take_lock, release).await;
+    let samples: Vec<Sample> = load.stop().await.into_iter().map(|(_, s)| s).collect();
 
-    let samples = samples.lock().unwrap().clone();
-    assert!(!during_open.is_empty(), "requests were refused while the breaker was open");
-    assert!(during_open.iter().all(|s| s.status == 503), "no 2xx while the store is stalled: {during_open:?}");
-    assert!(
-        during_open.iter().all(|s| s.problem && s.retry_after.as_deref().is_some_and(|r| r.parse::<u64>().is_ok())),
-        "every refusal is problem+json with Retry-After: {during_open:?}"
-    );
-    let refusal_p99 = p99(during_open.iter().map(|s| s.latency).collect());
+    let refusal_p99 = outage.refusals_p99();
     let conn = rusqlite::Connection::open(m.root.path().join("data/meterline.db")).unwrap();
-    let count = |sql: &str, id: &str| -> i64 { conn.query_row(sql, [id], |r| r.get(0)).unwrap() };
-    let acknowledged: Vec<&Sample> = samples.iter().filter(|s| s.status == 200).collect();
-    let lost = acknowledged
-        .iter()
-        .filter(|s| {
-            count("SELECT count(*) FROM usage_events WHERE request_id = ?1 AND billable = 1", &s.request_id) != 1
-        })
-        .count();
-    let refused: Vec<&Sample> = samples.iter().filter(|s| s.status == 503).collect();
-    let refused_recorded_as_success = refused
-        .iter()
-        .filter(|s| {
-            count("SELECT count(*) FROM usage_events WHERE request_id = ?1 AND status < 300", &s.request_id) != 0
-        })
-        .count();
+    let records: Vec<(String, bool, i64)> = conn
+        .prepare("SELECT request_id, billable, status FROM usage_events")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? == 1, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let (lost, refused_recorded_as_success) = usage_losses(&samples, &records);
+    let acknowledged = samples.iter().filter(|s| s.status == 200).count();
     let output = m.host.output_text();
     let openings = output.matches("circuit breaker opened").count();
     println!(
         "store stalled for {OUTAGE:?} under load: time to open {:?}, refusals while open {} with p99 {refusal_p99:?}, \
-         time to recover {:?} after the stall ended, {} requests acknowledged, usage records lost: {lost}, \
-         refused requests recorded as successes: {refused_recorded_as_success}, breaker openings logged: {openings}",
-        opened - fault,
-        during_open.len(),
-        recovered - released,
-        acknowledged.len(),
+         slowest request of the outage {:?}, time to recover {:?} after the stall ended, {acknowledged} requests \
+         acknowledged, usage records lost: {lost}, refused requests recorded as successes: \
+         {refused_recorded_as_success}, breaker openings logged: {openings}",
+        outage.opened - outage.fault,
+        outage.during_open.len(),
+        outage.slowest,
+        outage.recovered - outage.released,
     );
-    assert!(opened - fault < Duration::from_secs(5), "five failed writes (each bounded by the 0.5 s wait) open it");
+    assert!(
+        outage.opened - outage.fault < Duration::from_secs(5),
+        "five failed writes (each bounded by the 0.5 s wait) open it"
+    );
     assert!(refusal_p99 < Duration::from_millis(500), "refusals come back fast: p99 {refusal_p99:?}");
-    assert!(recovered - released < Duration::from_secs(10), "recovers within the open period plus a probe");
+    assert!(
+        outage.recovered - outage.released < Duration::from_secs(10),
+        "recovers within the open period plus a probe"
+    );
     assert_eq!(lost, 0, "no acknowledged request loses its usage record");
     assert_eq!(refused_recorded_as_success, 0, "a refused request is never recorded as a success");
     assert!(openings >= 1, "the opening is logged: {output}");
+}
+
+/// `(host, port)` of a connection string's `Server` (or `Data Source`): `[tcp:]host[,port]`, port 1433 if absent.
+fn sql_server_address(connection: &str) -> (String, u16) {
+    let server = connection
+        .split(';')
+        .filter_map(|part| part.split_once('='))
+        .find(|(key, _)| matches!(key.trim().to_ascii_lowercase().as_str(), "server" | "data source"))
+        .map(|(_, value)| value.trim())
+        .expect("MSSQL_TEST_CONNECTION_STRING names a Server");
+    let server = server.strip_prefix("tcp:").unwrap_or(server);
+    match server.split_once(',') {
+        Some((host, port)) => (host.trim().to_owned(), port.trim().parse().expect("a numeric port in Server")),
+        None => (server.to_owned(), 1433),
+    }
+}
+
+/// `connection` with its `Server` (or `Data Source`) replaced by `server`.
+fn with_sql_server(connection: &str, server: &str) -> String {
+    connection
+        .split(';')
+        .map(|part| match part.split_once('=') {
+            Some((key, _)) if matches!(key.trim().to_ascii_lowercase().as_str(), "server" | "data source") => {
+                format!("Server={server}")
+            }
+            _ => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// Every usage record of a SQL Server database as `(request id, billable, status)`.
+async fn sql_server_usage(connection: &str) -> Vec<(String, bool, i64)> {
+    let connector = MssqlConnector::new(&secrecy::SecretString::from(connection.to_owned())).unwrap();
+    let mut conn = connector.connect().await.unwrap();
+    let stream =
+        conn.simple_query("SELECT request_id, billable, CAST(status AS INT) FROM dbo.usage_events").await.unwrap();
+    let rows = stream.into_first_result().await.unwrap();
+    rows.iter()
+        .map(|row| {
+            let request_id: &str = row.get(0).expect("request_id is NOT NULL");
+            let billable: bool = row.get(1).expect("billable is NOT NULL");
+            let status: i32 = row.get(2).expect("status is NOT NULL");
+            (request_id.to_owned(), billable, i64::from(status))
+        })
+        .collect()
+}
+
+/// SQL Server behind the fault proxy, whenever `MSSQL_TEST_CONNECTION_STRING` is set (the `mssql` CI job): under
+/// steady metered load it refuses connections, comes back, then stalls (connections held, nothing answered), and
+/// comes back again. Each time the store breaker opens within the outage, refusals while open come back fast,
+/// every request is answered within the store's bound (a store call's attempts together within the 15 s
+/// transaction timeout; a request makes at most two store calls that can wait on it, its work and its usage
+/// record), the handler recovers without a restart, and every acknowledged request has its usage record.
+///
+/// The proxy changes the server's address, so the server's certificate must be trusted as `localhost`
+/// (`TrustServerCertificate=true`, as in CI), and a server that redirects clients elsewhere (Azure SQL's Redirect
+/// connection policy) would route around the proxy after the login.
+#[tokio::test]
+async fn sql_server_refusing_then_stalling_opens_the_store_breaker_bounds_latency_and_loses_no_usage() {
+    let Ok(server) = std::env::var("MSSQL_TEST_CONNECTION_STRING") else {
+        println!("skipped: MSSQL_TEST_CONNECTION_STRING is not set");
+        return;
+    };
+    let database = format!("meterline_faults_{}", uuid::Uuid::new_v4().simple());
+    let direct = create_test_database(&server, &database).await.unwrap();
+    let store = meterline::store::open(
+        &meterline::config::StoreConfig::Mssql { connection_string: direct.clone().into() },
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let directory: uuid::Uuid = DIR_A.parse().unwrap();
+    meterline::cli::seed_dev_tenant(store.as_ref(), directory, &SystemClock, &TimeOrderedIds).await.unwrap();
+    let proxy = FaultProxy::start_to(sql_server_address(&direct)).await;
+    let through_proxy = with_sql_server(&direct, &format!("tcp:localhost,{}", proxy.port));
+
+    let root = tempfile::tempdir().unwrap();
+    // Signed with the development key under `root`, which the handler started there trusts.
+    let user = dev_token(root.path(), &["--tenant", DIR_A, "--roles", "Documents.Read"]);
+    let env = vec![
+        ("METERLINE_STORE".to_owned(), "mssql".to_owned()),
+        ("METERLINE_MSSQL_CONNECTION_STRING".to_owned(), through_proxy),
+    ];
+    let host = HostEmulator::start_with(HostOptions {
+        app_root: Some(root.path().to_path_buf()),
+        env,
+        ..HostOptions::default()
+    })
+    .await;
+    let (url, ready) = (host.handler_url(METERED), host.handler_url("/api/health/ready"));
+    let load = Load::uniform(&url, &format!("Bearer {user}"), 6);
+    until("the load runs", Duration::from_secs(60), async || load.successes() >= 100).await;
+
+    // A bound a request cannot pass: two store calls of TRANSACTION_TIMEOUT (15 s) each, plus a margin.
+    let bound = Duration::from_secs(2 * 15 + 5);
+    let mut phases = Vec::new();
+    // Refusing: the pool's connections are cut and new ones refused; a call fails within its pool waits (5 s each,
+    // three attempts for a read: the 15 s timeout). Stalling: every call runs into the 15 s timeout. Either way
+    // the breaker opens about 15 s in, once the first calls of the six callers have failed.
+    for (mode, outage) in [(Mode::Refuse, Duration::from_secs(25)), (Mode::Stall, Duration::from_secs(30))] {
+        let take_away = async || proxy.set(mode);
+        let give_back = async |()| proxy.set(Mode::Forward);
+        let measured = store_outage(&load, &ready, outage, take_away, give_back).await;
+        let refusal_p99 = measured.refusals_p99();
+        println!(
+            "SQL Server {} for {outage:?} under load: time to open {:?}, refusals while open {} with p99 \
+             {refusal_p99:?}, slowest request of the outage {:?} (bound {bound:?}), time to recover {:?} after it \
+             returned",
+            doing(mode),
+            measured.opened - measured.fault,
+            measured.during_open.len(),
+            measured.slowest,
+            measured.recovered - measured.released,
+        );
+        phases.push((mode, refusal_p99, measured));
+    }
+    let samples: Vec<Sample> = load.stop().await.into_iter().map(|(_, s)| s).collect();
+    let (lost, refused_recorded_as_success) = usage_losses(&samples, &sql_server_usage(&direct).await);
+    let acknowledged = samples.iter().filter(|s| s.status == 200).count();
+    let openings = host.output_text().matches("circuit breaker opened").count();
+    println!(
+        "SQL Server under load: {acknowledged} requests acknowledged, usage records lost: {lost}, refused requests \
+         recorded as successes: {refused_recorded_as_success}, breaker openings logged: {openings}"
+    );
+    for (mode, refusal_p99, measured) in &phases {
+        assert!(*refusal_p99 < Duration::from_millis(500), "{mode:?}: refusals come back fast: p99 {refusal_p99:?}");
+        assert!(
+            measured.slowest <= bound,
+            "{mode:?}: every request is bounded: the slowest took {:?}",
+            measured.slowest
+        );
+        assert!(
+            measured.recovered - measured.released < Duration::from_secs(20),
+            "{mode:?}: recovers within the open period plus a probe, without a restart"
+        );
+    }
+    assert_eq!(lost, 0, "no acknowledged request loses its usage record");
+    assert_eq!(refused_recorded_as_success, 0, "a refused request is never recorded as a success");
+    assert!(openings >= 2, "each opening is logged");
 }
 
 /// One `OutboxPublisher` timer invocation: when it started, how long it took, its summary.
@@ -524,25 +768,12 @@ async fn openid_outage(mode: Mode, outage: Duration) {
     .await;
 
     // Steady load: a call with a loaded key every 200 ms (the plan allows 10 a second), one with an unknown key
-    // every 20 ms.
-    let stop = Arc::new(AtomicBool::new(false));
-    let samples = Arc::new(Mutex::new(Vec::<(bool, Sample)>::new()));
-    let workers: Vec<_> = [(known.clone(), 200, true), (unknown, 20, false)]
-        .into_iter()
-        .map(|(auth, pause, loaded)| {
-            let (client, me, stop, samples) = (client.clone(), me.clone(), stop.clone(), samples.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let started = Instant::now();
-                    let response = client.get(&me).header("Authorization", &auth).send().await.unwrap();
-                    let sample = Sample::of(started, &response);
-                    samples.lock().unwrap().push((loaded, sample));
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
-                }
-            })
-        })
-        .collect();
-    until("the load runs", Duration::from_secs(30), async || samples.lock().unwrap().len() >= 20).await;
+    // every 20 ms; each sample is tagged with whether its key is loaded.
+    let load = Load::start(
+        &me,
+        vec![(known.clone(), Duration::from_millis(200), true), (unknown, Duration::from_millis(20), false)],
+    );
+    until("the load runs", Duration::from_secs(30), async || load.len() >= 20).await;
 
     proxy.set(mode);
     let fault = Instant::now();
@@ -556,11 +787,7 @@ async fn openid_outage(mode: Mode, outage: Duration) {
         breaker_state(&client, &ready, "openid").await == "closed"
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.await.unwrap();
-    }
-    let samples = samples.lock().unwrap().clone();
+    let samples = load.stop().await;
     let during: Vec<&Sample> =
         samples.iter().filter(|(_, s)| s.started >= fault && s.started < restored_at).map(|(_, s)| s).collect();
     let loaded_during: Vec<&Sample> = samples
