@@ -325,8 +325,8 @@ mod tests {
     }
 
     /// A transaction against a server that accepts the connection and never answers ends at the transaction
-    /// timeout, not at the pool's (longer) wait, and a retried one at the same timeout, not one per attempt; on
-    /// paused time, so nothing waits for the wall clock.
+    /// timeout, not at the pool's (longer) wait, and a retried one or a readiness ping at the same timeout, not one
+    /// per attempt or the pool's wait; on paused time, so nothing waits for the wall clock.
     #[tokio::test(start_paused = true)]
     async fn a_server_that_never_answers_fails_the_transaction_and_all_its_attempts_at_its_timeout() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -357,6 +357,12 @@ mod tests {
         assert!(matches!(retried, Err(StoreError::Unavailable(_))), "{retried:?}");
         let took = started.elapsed();
         assert!(took < std::time::Duration::from_secs(3), "one timeout for all its attempts, not one each: {took:?}");
+        // The readiness probe's ping is bounded the same way.
+        let started = tokio::time::Instant::now();
+        let ping = store.ping().await;
+        assert!(matches!(ping, Err(StoreError::Unavailable(_))), "{ping:?}");
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_secs(3), "the ping ends at the timeout: {took:?}");
         held.abort();
     }
 
