@@ -1,19 +1,32 @@
 //! Fault injection against the real binary under the host emulator: under steady load a dependency stalls or
 //! refuses for several seconds, then returns. Each test measures and prints the time the breaker took to open,
-//! the refusals' p99 latency while it was open, the time to recover (no restart), and what was lost (nothing).
+//! how long the slowest call took against its bound, the refusals' p99 latency while it was open, the time to
+//! recover (no restart), and what was lost (nothing).
+//!
+//! The network dependencies sit behind a TCP proxy of ours ([`FaultProxy`]) and each is tested twice, with one
+//! test body taking the fault's [`Mode`]: **refusing** (connections closed at once: a dependency that is down;
+//! every call fails fast) and **stalling** (connections accepted and held, nothing answered: a dependency that
+//! hangs; only the handler's own timeouts end its calls, so the stall tests are what prove every outbound call
+//! is bounded). The stall tests give the clients their settings' 1 s minimum per try, so an outage that
+//! outlasts the calls that open a breaker fits in half a minute.
 //!
 //! - The store: another process holds SQLite's write lock, so the handler's writer stalls on it (what a slow
 //!   disk or a second writer looks like). Requests wait at most the writer's wait bound, the store breaker
 //!   opens, refusals come back at once, and every request that was answered 2xx has its usage record.
-//! - Service Bus: a TCP proxy of ours ([`FaultProxy`]) between the handler and the local Service Bus endpoint
-//!   refuses every connection. The outbox breaker opens, publisher runs stop at once instead of failing each
+//! - SQL Server, whenever `MSSQL_TEST_CONNECTION_STRING` is set (else it prints that it skipped): the handler on
+//!   a fresh database behind the proxy, which refuses and then stalls under the same load. The breaker opens,
+//!   no request outlasts two store calls' transaction timeout, and every 2xx has its usage record.
+//! - Service Bus: the proxy between the handler and the local Service Bus endpoint. The outbox breaker opens,
+//!   every failed send is bounded by its tries' timeouts, publisher runs stop at once instead of failing each
 //!   row, and once the bus is back every event is delivered.
-//! - The OpenID provider: the same proxy in front of its discovery endpoint, while clients call with tokens
-//!   whose key is loaded and with tokens naming an unknown key (each makes the handler fetch the keys again).
-//!   Tokens with loaded keys keep being served; the openid breaker opens and unknown keys are refused at once.
-//! - Key Vault: the same proxy between the handler and the local Key Vault while the handler refreshes its
-//!   secrets every second. The vault's breaker opens, refresh rounds come back at once while it is open (the
-//!   handler keeps the values it has), and a secret rotated during the outage is read once the vault returns.
+//! - The OpenID provider: the proxy in front of its discovery endpoint, while clients call with tokens whose key
+//!   is loaded and with tokens naming an unknown key (each makes the handler fetch the keys again). Tokens with
+//!   loaded keys keep being served, no call outlasts the fetch timeout twice over, the openid breaker opens and
+//!   unknown keys are refused at once.
+//! - Key Vault: the proxy between the handler and the local Key Vault while the handler refreshes its secrets
+//!   every second. The vault's breaker opens, every failed read is bounded, refresh rounds come back at once
+//!   while it is open (the handler keeps the values it has), and a secret rotated during the outage is read once
+//!   the vault returns.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
