@@ -38,7 +38,7 @@ async fn child() {
     let credential = meterline::azure::managed_identity(None).unwrap();
 
     // Without the test CA in the transport, the vault's certificate is refused: trust comes from the options below.
-    let mut no_retries = client_options(&url);
+    let mut no_retries = client_options(&url, std::time::Duration::from_secs(5));
     no_retries.client_options.retry = azure_core::http::RetryOptions::none();
     let untrusting = KeyVault::new(&url, credential.clone(), Some(no_retries)).unwrap();
     assert!(untrusting.get("database").await.is_err(), "an unknown CA must not be trusted");
@@ -48,7 +48,7 @@ async fn child() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let mut options = client_options(&url);
+    let mut options = client_options(&url, std::time::Duration::from_secs(5));
     options.client_options = ClientOptions { transport: Some(Transport::new(Arc::new(http))), ..Default::default() };
     let vault = KeyVault::new(&url, credential, Some(options)).unwrap();
     let secrets = VaultSecrets::load(vault, &["database", "cursor"]).await.unwrap();

@@ -143,7 +143,7 @@ pub fn main() -> ExitCode {
 async fn load_vault_secrets(config: &mut Config) -> anyhow::Result<Option<crate::azure::keyvault::VaultSecrets>> {
     let Some(vault) = config.integration.keyvault.clone() else { return Ok(None) };
     let credential = crate::azure::managed_identity(config.integration.managed_identity_client_id.as_deref())?;
-    let options = crate::azure::keyvault::client_options(&vault.url);
+    let options = crate::azure::keyvault::client_options(&vault.url, vault.timeout);
     let client = crate::azure::keyvault::KeyVault::new(&vault.url, credential, Some(options))?;
     let secrets = crate::azure::keyvault::VaultSecrets::load(client, &vault.secret_names()).await?;
     config.apply_vault_secrets(&secrets)?;

@@ -129,7 +129,7 @@ impl Authenticator {
     pub fn from_config(config: &crate::config::AuthConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let (keys, audiences) = match &config.mode {
             crate::config::AuthMode::Entra { authority, audiences } => {
-                let fetcher = Arc::new(keys::HttpFetcher::new(authority, Duration::from_secs(5))?);
+                let fetcher = Arc::new(keys::HttpFetcher::new(authority, config.jwks_timeout)?);
                 let timing = keys::CacheTiming { refresh: config.jwks_refresh, min_refetch: config.jwks_min_refetch };
                 (KeySource::Oidc(KeyCache::new(fetcher, clock.clone(), timing)), audiences.clone())
             }

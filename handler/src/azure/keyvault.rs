@@ -5,7 +5,7 @@
 //! The zero-code alternative, Functions' own `@Microsoft.KeyVault(SecretUri=…)` app-setting references, needs
 //! nothing from this module: the platform resolves them into plain environment variables (README, "Secrets").
 //!
-//! Each HTTP try is bounded by [`TRY_TIMEOUT`], and every read passes the Key Vault circuit breaker: while it is
+//! Each HTTP try is bounded by `METERLINE_KEYVAULT_TIMEOUT_SECS` (default 5 s, [`client_options`]), and every read passes the Key Vault circuit breaker: while it is
 //! open (three failed reads in a row, each already retried) a refresh skips the vault at once and the cells keep their last values.
 
 use std::collections::BTreeMap;
@@ -18,9 +18,6 @@ use secrecy::SecretString;
 
 use super::SecretCell;
 use crate::resilience::{Breaker, BreakerPolicy};
-
-/// How long one HTTP try to the vault may take (the retry policy below bounds the tries).
-pub const TRY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A Key Vault, read through `SecretClient`.
 pub struct KeyVault {
@@ -97,15 +94,15 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// authentication challenge is a parent domain of the vault's host (`vault.azure.net` for
 /// `<name>.vault.azure.net`), so a look-alike URL cannot collect a token for real vaults. An IP address has no
 /// parent domain, so for a vault on a loopback address (a local emulator; tokens never leave the machine) the
-/// check is off; everywhere else it stays on.
-pub fn client_options(url: &str) -> SecretClientOptions {
+/// check is off; everywhere else it stays on. `try_timeout` bounds each HTTP try (the retry policy bounds the tries).
+pub fn client_options(url: &str, try_timeout: Duration) -> SecretClientOptions {
     let loopback = azure_core::http::Url::parse(url).ok().is_some_and(|u| {
         let host = u.host_str().unwrap_or_default().trim_matches(['[', ']']);
         host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
     });
     let mut options = SecretClientOptions { verify_challenge_resource: Some(!loopback), ..Default::default() };
     // Each try is bounded (the SDK's default transport has no timeout: a vault that stalls would stall startup).
-    if let Ok(http) = reqwest_azure::Client::builder().timeout(TRY_TIMEOUT).build() {
+    if let Ok(http) = reqwest_azure::Client::builder().timeout(try_timeout).build() {
         options.client_options.transport = Some(azure_core::http::Transport::new(Arc::new(http)));
     }
     // Startup waits for the secrets, and the Functions host allows about 30 s until the port opens: a few quick
@@ -199,10 +196,22 @@ mod tests {
 
     #[test]
     fn the_challenge_check_is_off_only_for_loopback_vaults() {
-        assert_eq!(client_options("https://meterline.vault.azure.net").verify_challenge_resource, Some(true));
-        assert_eq!(client_options("https://127.0.0.1:8443").verify_challenge_resource, Some(false));
-        assert_eq!(client_options("https://[::1]:8443").verify_challenge_resource, Some(false));
-        assert_eq!(client_options("https://localhost:8443").verify_challenge_resource, Some(false));
-        assert_eq!(client_options("https://127.0.0.1.evil.example").verify_challenge_resource, Some(true));
+        assert_eq!(
+            client_options("https://meterline.vault.azure.net", Duration::from_secs(5)).verify_challenge_resource,
+            Some(true)
+        );
+        assert_eq!(
+            client_options("https://127.0.0.1:8443", Duration::from_secs(5)).verify_challenge_resource,
+            Some(false)
+        );
+        assert_eq!(client_options("https://[::1]:8443", Duration::from_secs(5)).verify_challenge_resource, Some(false));
+        assert_eq!(
+            client_options("https://localhost:8443", Duration::from_secs(5)).verify_challenge_resource,
+            Some(false)
+        );
+        assert_eq!(
+            client_options("https://127.0.0.1.evil.example", Duration::from_secs(5)).verify_challenge_resource,
+            Some(true)
+        );
     }
 }

@@ -8,17 +8,33 @@ pub mod keyvault;
 pub mod servicebus;
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use azure_core::credentials::TokenCredential;
 use azure_identity::{ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId};
 use secrecy::SecretString;
 
-/// The Function App's managed identity: system-assigned, or the user-assigned one with `client_id`.
+/// How long one try to the managed identity endpoint may take. A Service Bus send or Key Vault read waits for its
+/// token before its own timed try starts, and the SDK's default transport waits up to 60 s per read, retried for
+/// a minute: a stalled identity endpoint would hold a send for two minutes.
+pub const IDENTITY_TRY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Function App's managed identity: system-assigned, or the user-assigned one with `client_id`. Each token
+/// request is bounded: [`IDENTITY_TRY_TIMEOUT`] per try, three tries within about 20 s.
 pub fn managed_identity(client_id: Option<&str>) -> anyhow::Result<Arc<dyn TokenCredential>> {
-    let options = ManagedIdentityCredentialOptions {
+    let mut options = ManagedIdentityCredentialOptions {
         user_assigned_id: client_id.map(|id| UserAssignedId::ClientId(id.to_owned())),
         ..Default::default()
     };
+    let http = reqwest_azure::Client::builder().timeout(IDENTITY_TRY_TIMEOUT).build()?;
+    options.client_options.transport = Some(azure_core::http::Transport::new(Arc::new(http)));
+    options.client_options.retry =
+        azure_core::http::RetryOptions::exponential(azure_core::http::ExponentialRetryOptions {
+            max_retries: 2,
+            initial_delay: azure_core::time::Duration::milliseconds(200),
+            max_delay: azure_core::time::Duration::seconds(2),
+            max_total_elapsed: azure_core::time::Duration::seconds(10),
+        });
     let credential: Arc<dyn TokenCredential> = ManagedIdentityCredential::new(Some(options))?;
     Ok(credential)
 }

@@ -26,6 +26,8 @@ pub struct AuthConfig {
     pub clock_skew: Duration,
     pub jwks_refresh: Duration,
     pub jwks_min_refetch: Duration,
+    /// Bounds one fetch of the discovery document or the key set.
+    pub jwks_timeout: Duration,
     pub token_cache_size: usize,
 }
 
@@ -93,6 +95,8 @@ pub(super) fn auth_config(get: &dyn Fn(&str) -> Option<String>, in_azure: bool) 
     let refresh = parse_number("METERLINE_AUTH_JWKS_REFRESH_SECS", get("METERLINE_AUTH_JWKS_REFRESH_SECS"), 3600, 60)?;
     let refetch =
         parse_number("METERLINE_AUTH_JWKS_MIN_REFETCH_SECS", get("METERLINE_AUTH_JWKS_MIN_REFETCH_SECS"), 300, 0)?;
+    let fetch_timeout =
+        parse_number("METERLINE_AUTH_JWKS_TIMEOUT_SECS", get("METERLINE_AUTH_JWKS_TIMEOUT_SECS"), 5, 1)?;
     let cache = parse_number("METERLINE_AUTH_TOKEN_CACHE_SIZE", get("METERLINE_AUTH_TOKEN_CACHE_SIZE"), 10_000, 1)?;
     Ok(AuthConfig {
         mode,
@@ -101,6 +105,7 @@ pub(super) fn auth_config(get: &dyn Fn(&str) -> Option<String>, in_azure: bool) 
         clock_skew: Duration::from_secs(skew as u64),
         jwks_refresh: Duration::from_secs(refresh as u64),
         jwks_min_refetch: Duration::from_secs(refetch as u64),
+        jwks_timeout: Duration::from_secs(fetch_timeout as u64),
         token_cache_size: cache,
     })
 }

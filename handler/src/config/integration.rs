@@ -27,6 +27,8 @@ pub struct IntegrationConfig {
 pub struct KeyVaultConfig {
     pub url: String,
     pub refresh: Duration,
+    /// Bounds one HTTP try to the vault (`azure::keyvault::client_options`).
+    pub timeout: Duration,
     pub mssql_connection_string_secret: Option<String>,
     pub cursor_key_secret: Option<String>,
     pub servicebus_connection_string_secret: Option<String>,
@@ -63,9 +65,11 @@ pub(super) fn keyvault_config(get: &dyn Fn(&str) -> Option<String>) -> Result<Op
         return Err(ConfigError::new("METERLINE_KEYVAULT_URL", format!("must be an https URL, got {url:?}")));
     }
     let refresh = parse_number("METERLINE_KEYVAULT_REFRESH_SECS", get("METERLINE_KEYVAULT_REFRESH_SECS"), 3600, 1)?;
+    let timeout = parse_number("METERLINE_KEYVAULT_TIMEOUT_SECS", get("METERLINE_KEYVAULT_TIMEOUT_SECS"), 5, 1)?;
     Ok(Some(KeyVaultConfig {
         url,
         refresh: Duration::from_secs(refresh as u64),
+        timeout: Duration::from_secs(timeout as u64),
         mssql_connection_string_secret: get("METERLINE_MSSQL_CONNECTION_STRING_SECRET_NAME"),
         cursor_key_secret: get("METERLINE_CURSOR_KEY_SECRET_NAME"),
         servicebus_connection_string_secret: get("METERLINE_SERVICEBUS_CONNECTION_STRING_SECRET_NAME"),

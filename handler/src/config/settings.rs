@@ -118,6 +118,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         description: "Least time between two key fetches caused by tokens with an unknown key id (kid).",
     },
     SettingDoc {
+        name: "METERLINE_AUTH_JWKS_TIMEOUT_SECS",
+        default: "5",
+        description: "Timeout of one fetch of the identity provider's discovery document or signing keys.",
+    },
+    SettingDoc {
         name: "METERLINE_AUTH_TOKEN_CACHE_SIZE",
         default: "10000",
         description: "How many validated tokens are kept (until they expire) so a busy client pays for signature checks once.",
@@ -261,6 +266,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         name: "METERLINE_KEYVAULT_REFRESH_SECS",
         default: "3600",
         description: "How often secrets read from Key Vault are read again, so a rotated secret takes effect without a restart where it can (the Service Bus key).",
+    },
+    SettingDoc {
+        name: "METERLINE_KEYVAULT_TIMEOUT_SECS",
+        default: "5",
+        description: "Timeout of one HTTP try when reading a secret from Key Vault (a read is retried up to 3 times with backoff).",
     },
     SettingDoc {
         name: "METERLINE_MSSQL_CONNECTION_STRING_SECRET_NAME",

@@ -171,6 +171,7 @@ async fn publish_batch(
             run.paused = true;
             break;
         };
+        let started = std::time::Instant::now();
         let sent = sender.send(&message, state.clock.now().timestamp()).await;
         attempt.finish(sent.is_ok());
         match sent {
@@ -187,6 +188,7 @@ async fn publish_batch(
                     event_type = %row.message.event_type,
                     attempts = row.attempts + 1,
                     next_attempt_at = %next,
+                    took_ms = started.elapsed().as_millis() as u64,
                     error = %err,
                     "outbox event not published; it will be retried"
                 );

@@ -104,7 +104,7 @@ pub fn plan(code: &str, quota: i64, at: DateTime<Utc>) -> Plan {
 /// Creates database `name` on the server of `server_connection_string` and returns a connection string for it
 /// (the same one with its `Database`/`Initial Catalog` replaced). Connects through the store's own connector,
 /// so every authentication the store accepts works here too.
-async fn create_test_database(
+pub(crate) async fn create_test_database(
     server_connection_string: &str,
     name: &str,
 ) -> Result<String, meterline::store::StoreError> {

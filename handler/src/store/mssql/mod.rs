@@ -41,10 +41,12 @@ const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// transaction is refused with 503 `overloaded` at once rather than queueing behind a pool that is not keeping
 /// up (each waiter would otherwise wait POOL_WAIT per attempt).
 const MAX_WAITING: usize = 4 * POOL_SIZE as usize;
-/// The longest one attempt of a transaction may take, from the wait for a connection to its `COMMIT`: past it the
-/// attempt fails as unavailable (503) and its connection is discarded. tiberius has no statement timeout of its
-/// own; 15 s is half of ADO.NET's default command timeout, a store call's whole budget within an HTTP request
-/// (three attempts at most: `RetryPolicy`), and far above what this store's statements take.
+/// The longest one store call may take, all its attempts together, from the first wait for a connection to the
+/// last `COMMIT`: past it the call fails as unavailable (503) and the connection in use is discarded. tiberius has
+/// no statement timeout of its own; 15 s is half of ADO.NET's default command timeout, a store call's whole
+/// budget within an HTTP request (three attempts at most: `RetryPolicy`), and far above what this store's
+/// statements take. It bounds the attempts together, not each: against a stalled server every attempt would
+/// run into it, and three in a row would hold a request for 45 s.
 const TRANSACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A pooled connection owned by the operation that uses it.
@@ -130,8 +132,8 @@ impl MssqlStore {
         pool_wait: std::time::Duration,
     ) -> Result<Self, StoreError> {
         let connector = Arc::new(MssqlConnector::new(connection_string)?);
-        // Three attempts bounded by POOL_WAIT each: a request fails within about 16 s when the database is away,
-        // well inside the Functions HTTP limit, instead of queueing for minutes.
+        // Three attempts, each waiting at most POOL_WAIT for a connection, all within TRANSACTION_TIMEOUT: a store
+        // call fails within 15 s when the database is away or stalled, well inside the Functions HTTP limit.
         let retry = RetryPolicy { max_attempts: 3, ..RetryPolicy::default() };
         Ok(MssqlStore {
             pool: pool_with_timeout(connector, POOL_SIZE, pool_wait).await?,
@@ -171,7 +173,8 @@ impl MssqlStore {
         result
     }
 
-    /// [`Self::transaction`] past the load shedding and the breaker: the attempts, retried if `retryable`.
+    /// [`Self::transaction`] past the load shedding and the breaker: the attempts, retried if `retryable`, all
+    /// within [`TRANSACTION_TIMEOUT`].
     async fn transaction_attempts<T, F, Fut>(&self, retryable: Retry, op: F) -> Result<T, StoreError>
     where
         F: Fn(Pooled) -> Fut,
@@ -179,43 +182,43 @@ impl MssqlStore {
     {
         let (this, op) = (self, &op);
         let attempt = move || async move {
-            let unfinished = async {
-                let mut conn = this.pool.get_owned().await.map_err(pool_error)?;
-                // Cleared only once the transaction has ended; cut off before, the pool discards the connection.
-                conn.in_flight = true;
-                batch(&mut conn, "BEGIN TRANSACTION").await?;
-                let (mut conn, result) = op(conn).await;
-                match result {
-                    Ok(value) => {
-                        batch(&mut conn, "COMMIT TRANSACTION").await?;
-                        conn.in_flight = false;
-                        Ok(value)
-                    }
-                    Err(err) => {
-                        // XACT_ABORT has already rolled back on a server error; this covers errors raised in Rust.
-                        let rolled_back = batch(&mut conn, "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION").await;
-                        conn.in_flight = rolled_back.is_err();
-                        Err(err)
-                    }
+            let mut conn = this.pool.get_owned().await.map_err(pool_error)?;
+            // Cleared only once the transaction has ended; cut off before, the pool discards the connection.
+            conn.in_flight = true;
+            batch(&mut conn, "BEGIN TRANSACTION").await?;
+            let (mut conn, result) = op(conn).await;
+            match result {
+                Ok(value) => {
+                    batch(&mut conn, "COMMIT TRANSACTION").await?;
+                    conn.in_flight = false;
+                    Ok(value)
                 }
-            };
-            // The bound of every SQL Server call: the wait for a connection and every statement of the transaction.
-            // A transaction cut off may still have committed (a lost COMMIT answer), so only idempotent work is
-            // tried again (`Retry::Yes`); a debit answers 503, as for any other lost answer.
-            match tokio::time::timeout(this.transaction_timeout, unfinished).await {
-                Ok(result) => result,
-                Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
-                    "the SQL Server transaction did not finish within {:?}; its connection is discarded",
-                    this.transaction_timeout
-                ))),
+                Err(err) => {
+                    // XACT_ABORT has already rolled back on a server error; this covers errors raised in Rust.
+                    let rolled_back = batch(&mut conn, "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION").await;
+                    conn.in_flight = rolled_back.is_err();
+                    Err(err)
+                }
             }
         };
-        match retryable {
-            Retry::No => attempt().await,
-            Retry::Yes => {
-                let mut jitter = self.jitter();
-                retry(&self.retry, &mut jitter, |_| attempt()).await
+        let attempts = async {
+            match retryable {
+                Retry::No => attempt().await,
+                Retry::Yes => {
+                    let mut jitter = self.jitter();
+                    retry(&self.retry, &mut jitter, |_| attempt()).await
+                }
             }
+        };
+        // The bound of every SQL Server call: the waits for a connection and every statement of every attempt. A
+        // transaction cut off may still have committed (a lost COMMIT answer), so only idempotent work is retried
+        // (`Retry::Yes`) and a debit answers 503, as for any other lost answer.
+        match tokio::time::timeout(self.transaction_timeout, attempts).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
+                "the SQL Server transaction did not finish within {:?}; its connection is discarded",
+                self.transaction_timeout
+            ))),
         }
     }
 }
@@ -322,9 +325,10 @@ mod tests {
     }
 
     /// A transaction against a server that accepts the connection and never answers ends at the transaction
-    /// timeout, not at the pool's (longer) wait; on paused time, so nothing waits for the wall clock.
+    /// timeout, not at the pool's (longer) wait, and a retried one or a readiness ping at the same timeout, not one
+    /// per attempt or the pool's wait; on paused time, so nothing waits for the wall clock.
     #[tokio::test(start_paused = true)]
-    async fn a_server_that_never_answers_fails_the_transaction_at_its_timeout() {
+    async fn a_server_that_never_answers_fails_the_transaction_and_all_its_attempts_at_its_timeout() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         // Accepts and holds every connection, reading nothing and answering nothing.
@@ -347,6 +351,18 @@ mod tests {
         };
         assert!(message.contains("did not finish within 2s"), "{message}");
         assert!(started.elapsed() < pool_wait, "the timeout, not the pool's wait: {:?}", started.elapsed());
+        // A retried call is bounded as a whole: against a silent server each of its attempts would time out.
+        let started = tokio::time::Instant::now();
+        let retried = store.transaction(Retry::Yes, |pooled: Pooled| async move { (pooled, Ok(())) }).await;
+        assert!(matches!(retried, Err(StoreError::Unavailable(_))), "{retried:?}");
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_secs(3), "one timeout for all its attempts, not one each: {took:?}");
+        // The readiness probe's ping is bounded the same way.
+        let started = tokio::time::Instant::now();
+        let ping = store.ping().await;
+        assert!(matches!(ping, Err(StoreError::Unavailable(_))), "{ping:?}");
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_secs(3), "the ping ends at the timeout: {took:?}");
         held.abort();
     }
 

@@ -125,9 +125,11 @@ impl OperationsStore for MssqlStore {
         &self.breaker
     }
 
+    /// Through the breaker and within the transaction timeout like every other call: a bare pooled query would
+    /// hang the readiness probe for as long as a stalled server holds it, and a probe cut off by its client
+    /// would hand the pool a connection with a request still on the wire.
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.pool.get().await.map_err(pool_error)?;
-        batch(&mut conn, PING).await
+        in_tx!(self, Retry::No, |conn| batch(conn, PING).await)
     }
 
     async fn migrate(&self) -> Result<MigrationReport, StoreError> {
