@@ -196,22 +196,11 @@ mod tests {
 
     #[test]
     fn the_challenge_check_is_off_only_for_loopback_vaults() {
-        assert_eq!(
-            client_options("https://meterline.vault.azure.net", Duration::from_secs(5)).verify_challenge_resource,
-            Some(true)
-        );
-        assert_eq!(
-            client_options("https://127.0.0.1:8443", Duration::from_secs(5)).verify_challenge_resource,
-            Some(false)
-        );
-        assert_eq!(client_options("https://[::1]:8443", Duration::from_secs(5)).verify_challenge_resource, Some(false));
-        assert_eq!(
-            client_options("https://localhost:8443", Duration::from_secs(5)).verify_challenge_resource,
-            Some(false)
-        );
-        assert_eq!(
-            client_options("https://127.0.0.1.evil.example", Duration::from_secs(5)).verify_challenge_resource,
-            Some(true)
-        );
+        let checked = |url: &str| client_options(url, Duration::from_secs(5)).verify_challenge_resource;
+        assert_eq!(checked("https://meterline.vault.azure.net"), Some(true));
+        assert_eq!(checked("https://127.0.0.1:8443"), Some(false));
+        assert_eq!(checked("https://[::1]:8443"), Some(false));
+        assert_eq!(checked("https://localhost:8443"), Some(false));
+        assert_eq!(checked("https://127.0.0.1.evil.example"), Some(true));
     }
 }
