@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
-use super::search::SearchQuery;
+use super::search::{SearchQuery, SearchWindow};
 use super::*;
 
 /// Documents and the idempotency records of the requests that created them; every method is scoped by tenant, and another tenant's document does not exist.
@@ -56,6 +56,17 @@ pub trait DocumentStore: Send + Sync + 'static {
         limit: u32,
         count: bool,
     ) -> Result<DocumentPage, StoreError>;
+
+    /// The window of a search (`filter.search`) that matches more than `size` live documents of the tenant with
+    /// every filter (its `window` aside): the `size` most recently written ([`SearchWindow`]); `None` without a
+    /// search or when it matches at most `size`. Its cost is bounded by `size`: it walks the matches newest first
+    /// and stops after `size + 1`.
+    async fn search_window(
+        &self,
+        tenant_id: Uuid,
+        filter: &DocumentFilter,
+        size: u32,
+    ) -> Result<Option<SearchWindow>, StoreError>;
 
     /// The counts of each of `fields` over every live document of the tenant matching `filter` (not a page):
     /// at most [`FACET_VALUES`] values per field, commonest first.
@@ -150,6 +161,8 @@ pub struct DocumentFilter {
     pub effective_to: Option<NaiveDate>,
     /// A full-text search of title, summary, body and tags (`store::search`).
     pub search: Option<SearchQuery>,
+    /// With `search`: only its matches in this window ([`DocumentStore::search_window`]).
+    pub window: Option<SearchWindow>,
 }
 
 /// What a facet counts: the values of one field over a whole result set.

@@ -2,7 +2,7 @@
 
 use super::queries::{Arg, Assembled};
 use super::*;
-use crate::store::search::{SearchQuery, TermKind, indexed_words};
+use crate::store::search::{SearchQuery, SearchWindow, TermKind, WritePosition, indexed_words};
 
 /// The document columns in the order `MssqlStore` reads them, from the table aliased `d`.
 macro_rules! document_columns {
@@ -74,8 +74,14 @@ FROM dbo.idempotency_keys WHERE tenant_id = @P1 AND idempotency_key = @P2 AND ex
 /// The most tags a listing may ask for (`DocumentFilter::tags_any`): each is one parameter of the `IN` list.
 pub(crate) const MAX_TAGS_ANY: usize = 20;
 
-/// Tenant, live rows and every filter of a document listing, after `FROM dbo.documents d`.
+/// Tenant, live rows and every filter of a document listing, after `FROM dbo.documents d`; with a search, its
+/// rank as `r.score`.
 fn document_conditions(a: &mut Assembled, tenant_id: Uuid, filter: &DocumentFilter) -> Result<(), StoreError> {
+    conditions(a, tenant_id, filter, true)
+}
+
+/// [`document_conditions`], with the search's rank only when `ranked`.
+fn conditions(a: &mut Assembled, tenant_id: Uuid, filter: &DocumentFilter, ranked: bool) -> Result<(), StoreError> {
     if filter.tags_any.len() > MAX_TAGS_ANY {
         return Err(StoreError::Other(anyhow::anyhow!(
             "a listing may ask for at most {MAX_TAGS_ANY} tags, got {}",
@@ -84,12 +90,15 @@ fn document_conditions(a: &mut Assembled, tenant_id: Uuid, filter: &DocumentFilt
     }
     // `deleted_at IS NULL` is written literally: SQL Server only uses the filtered indexes when the query says so.
     let tenant = a.bind(Arg::Id(tenant_id));
-    if let Some(search) = &filter.search {
+    if let Some(search) = filter.search.as_ref().filter(|_| ranked) {
         rank_apply(a, &tenant, search);
     }
     a.sql.push_str(&format!("\nWHERE d.tenant_id = {tenant} AND d.deleted_at IS NULL"));
     if let Some(search) = &filter.search {
         search_conditions(a, &tenant, search);
+        if let Some(window) = filter.window {
+            window_conditions(a, window);
+        }
     }
     if let Some(status) = filter.status {
         let p = a.bind(Arg::Text(status.as_str().to_owned()));
@@ -183,6 +192,35 @@ fn search_conditions(a: &mut Assembled, tenant: &str, search: &SearchQuery) {
         let condition = term(a, kind);
         a.sql.push_str(&format!("\n    AND NOT {condition}"));
     }
+}
+
+/// The documents of a search window: written after `window.after` and up to `window.through`, positions being
+/// (`updated_at` in microseconds, id) ([`WritePosition`]), as a range of `ix_documents_updated`.
+fn window_conditions(a: &mut Assembled, window: SearchWindow) {
+    let mut bound = |p: WritePosition| {
+        let at = DateTime::from_timestamp_micros(p.at).unwrap_or(DateTime::<Utc>::MIN_UTC);
+        (a.bind(Arg::Time(at)), a.bind(Arg::Id(p.id)))
+    };
+    let ((after, after_id), (through, through_id)) = (bound(window.after), bound(window.through));
+    a.sql.push_str(&format!(
+        "\n    AND d.updated_at >= {after} AND (d.updated_at > {after} OR d.id > {after_id})\
+         \n    AND d.updated_at <= {through} AND (d.updated_at < {through} OR d.id <= {through_id})"
+    ));
+}
+
+/// The newest match (`n` = 1) and the one past `size` (`n` = `size + 1`, if the search has that many) of a search
+/// with every filter, newest first by (`updated_at`, id): a walk of `ix_documents_updated` that stops after
+/// `size + 1` matches. Both rows present make the window (see [`search_window_from`]).
+pub(crate) fn search_window(tenant_id: Uuid, filter: &DocumentFilter, size: u32) -> Result<Assembled, StoreError> {
+    let mut a = Assembled::default();
+    let walk = a.bind(Arg::Int(i64::from(size) + 1));
+    a.sql = format!(
+        "SELECT m.updated_at, m.id, m.n FROM (SELECT TOP ({walk}) d.updated_at, d.id, \
+         ROW_NUMBER() OVER (ORDER BY d.updated_at DESC, d.id DESC) AS n\nFROM dbo.documents d"
+    );
+    conditions(&mut a, tenant_id, &DocumentFilter { window: None, ..filter.clone() }, false)?;
+    a.sql.push_str(&format!("\nORDER BY d.updated_at DESC, d.id DESC) m\nWHERE m.n = 1 OR m.n = {walk}"));
+    Ok(a)
 }
 
 fn sort_column(key: DocumentSortKey) -> &'static str {
@@ -646,6 +684,34 @@ impl DocumentStore for MssqlStore {
                 page.total = Some(n as u64);
             }
             Ok(page)
+        })
+    }
+
+    async fn search_window(
+        &self,
+        tenant_id: Uuid,
+        filter: &DocumentFilter,
+        size: u32,
+    ) -> Result<Option<SearchWindow>, StoreError> {
+        if filter.search.is_none() {
+            return Ok(None);
+        }
+        let statement = &search_window(tenant_id, filter, size)?;
+        in_tx!(self, Retry::Yes, |conn| {
+            let mut newest = None;
+            let mut past = None;
+            for row in assembled_rows(conn, statement).await? {
+                let at: DateTime<Utc> = required(&row, 0)?;
+                let position = WritePosition { at: at.timestamp_micros(), id: required(&row, 1)? };
+                match required::<i64>(&row, 2)? {
+                    1 => newest = Some(position),
+                    _ => past = Some(position),
+                }
+            }
+            Ok(match (newest, past) {
+                (Some(through), Some(after)) if size > 0 => Some(SearchWindow { size, after, through }),
+                _ => None,
+            })
         })
     }
 

@@ -1,7 +1,7 @@
 //! The SQLite document store: `impl DocumentStore for SqliteStore` (documents, tags, listing, idempotency keys).
 
 use super::*;
-use crate::store::search::SearchQuery;
+use crate::store::search::{SearchQuery, SearchWindow, WritePosition};
 
 /// The most tags a listing may ask for (`DocumentFilter::tags_any`): each is one bound parameter.
 pub(super) const MAX_TAGS_ANY: usize = 20;
@@ -280,19 +280,22 @@ fn conditions_with(
     match &filter.search {
         Some(search) if plan == SearchPlan::Check => {
             let matching = a.bind(search.fts5());
+            let window = window_condition(a, "k.search_rowid", filter.window);
             a.sql.push_str(&format!(
                 " FROM documents d WHERE d.tenant_id = {tenant} AND d.deleted_at IS NULL AND EXISTS (SELECT 1 \
                  FROM document_search_keys k JOIN document_search s ON s.rowid = k.search_rowid \
-                 WHERE k.document_id = d.id AND document_search MATCH {matching})"
+                 WHERE k.document_id = d.id AND document_search MATCH {matching}{window})"
             ));
         }
-        // The index drives: its matches, then their documents by key.
+        // The index drives: its matches, then their documents by key. A window is a rowid range of the index,
+        // which FTS5 seeks to (it reads only the doclist entries inside).
         Some(search) => {
             let matching = a.bind(search.fts5());
+            let window = window_condition(a, "s.rowid", filter.window);
             a.sql.push_str(&format!(
                 " FROM document_search s JOIN document_search_keys k ON k.search_rowid = s.rowid \
                  JOIN documents d ON d.id = k.document_id \
-                 WHERE document_search MATCH {matching} AND k.tenant_id = {tenant} AND d.tenant_id = {tenant} \
+                 WHERE document_search MATCH {matching}{window} AND k.tenant_id = {tenant} AND d.tenant_id = {tenant} \
                  AND d.deleted_at IS NULL"
             ));
         }
@@ -334,6 +337,47 @@ fn conditions_with(
         a.sql.push_str(&format!(" AND d.effective_date <= {p}"));
     }
     Ok(())
+}
+
+/// ` AND {rowid} > after AND {rowid} <= through` for a search window (its positions are search index rowids,
+/// [`WritePosition`]), else nothing.
+fn window_condition(a: &mut Assembled, rowid: &str, window: Option<SearchWindow>) -> String {
+    let Some(window) = window else { return String::new() };
+    let (after, through) = (a.bind(window.after.at), a.bind(window.through.at));
+    format!(" AND {rowid} > {after} AND {rowid} <= {through}")
+}
+
+/// The window of a search with more than `size` matches: the rowids of the `size + 1` newest matches of the
+/// tenant with every filter, walked newest first in the index's rowid order (a rowid is given at each write of a
+/// document, so the order is the order of writes), and the window the `size` newest of them. One doclist walk
+/// that stops after `size + 1` matches.
+fn search_window_on(
+    conn: &Connection,
+    tenant_id: Uuid,
+    filter: &DocumentFilter,
+    size: u32,
+) -> Result<Option<SearchWindow>, StoreError> {
+    if filter.search.is_none() {
+        return Ok(None);
+    }
+    let unwindowed = DocumentFilter { window: None, ..filter.clone() };
+    let mut a =
+        Assembled { sql: "SELECT min(rowid), max(rowid), count(*) FROM (SELECT s.rowid".into(), values: Vec::new() };
+    conditions_with(&mut a, tenant_id, &unwindowed, SearchPlan::Drive)?;
+    let walk = a.bind(i64::from(size) + 1);
+    a.sql.push_str(&format!(" ORDER BY s.rowid DESC LIMIT {walk})"));
+    let (oldest, newest, walked): (Option<i64>, Option<i64>, i64) = conn
+        .prepare_cached(&a.sql)
+        .and_then(|mut s| s.query_row(params_from_iter(a.values), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
+        .map_err(classify)?;
+    Ok(match (oldest, newest) {
+        (Some(oldest), Some(newest)) if walked > i64::from(size) => Some(SearchWindow {
+            size,
+            after: WritePosition { at: oldest, id: Uuid::nil() },
+            through: WritePosition { at: newest, id: Uuid::nil() },
+        }),
+        _ => None,
+    })
 }
 
 /// A search match's rank: bm25 with the fields weighted (`store::search::FIELD_WEIGHTS`), lower is better, as an
@@ -559,6 +603,16 @@ impl DocumentStore for SqliteStore {
         self.read(move |conn| list_on(conn, tenant_id, &filter, sort, after.as_ref(), limit, count)).await
     }
 
+    async fn search_window(
+        &self,
+        tenant_id: Uuid,
+        filter: &DocumentFilter,
+        size: u32,
+    ) -> Result<Option<SearchWindow>, StoreError> {
+        let filter = filter.clone();
+        self.read(move |conn| search_window_on(conn, tenant_id, &filter, size)).await
+    }
+
     async fn document_facets(
         &self,
         tenant_id: Uuid,
@@ -570,9 +624,11 @@ impl DocumentStore for SqliteStore {
             let mut a = Assembled::default();
             match field {
                 FacetField::Tags => {
-                    a.sql.push_str("SELECT t.tag, count(*) FROM document_tags t WHERE t.document_id IN (SELECT d.id");
+                    // The matches first, then their tags by key: `document_id IN (matches)` let SQLite walk every
+                    // document of the tenant and run the search once per document.
+                    a.sql.push_str("SELECT t.tag, count(*) FROM (SELECT d.id");
                     document_conditions(&mut a, tenant_id, filter)?;
-                    a.sql.push_str(") GROUP BY t.tag");
+                    a.sql.push_str(") m CROSS JOIN document_tags t ON t.document_id = m.id GROUP BY t.tag");
                 }
                 _ => {
                     let column = facet_column(field);
