@@ -781,13 +781,11 @@ pub async fn list_documents(
     // A search in relevance order that matches more than the window ranks its most recently written matches
     // only (`store::search::SEARCH_WINDOW`): chosen on the first page, carried in the cursor after it.
     let ranked = sort.key == DocumentSortKey::Relevance;
-    let window = match (&query.filter.search, &after) {
-        (Some(_), None) if ranked => state.store.search_window(tenant_id, &query.filter, state.search_window).await?,
-        _ => carried,
-    };
-    let filter = DocumentFilter { window, ..query.filter.clone() };
+    let take_window = (ranked && after.is_none()).then_some(state.search_window);
+    let filter = DocumentFilter { window: carried, take_window, ..query.filter.clone() };
     let size = query.maxpagesize.unwrap_or(DEFAULT_PAGE_SIZE);
     let page = state.store.list_documents(tenant_id, &filter, sort, after.as_ref(), size, query.count).await?;
+    let window = page.window;
     // Facets count the listing's window; in another order (or on a later page without one, when writes may have
     // added matches since) a window of their own bounds them the same way.
     let mut facet_window = window;

@@ -499,6 +499,7 @@ async fn document_filters_select_exactly_the_matching_documents() {
                     effective_to: Some(date(2026, 1, 1)),
                     search: Some(api_search::parse("office").unwrap()),
                     window: None,
+                    take_window: None,
                 },
                 1,
             ),
@@ -937,6 +938,12 @@ async fn a_search_past_its_window_ranks_counts_and_facets_only_its_most_recent_m
         );
         assert_eq!(page.total, Some(5), "{}: the count is the window's", t.name);
         assert_eq!(page.items[0].title, "Customs guide 9", "{}: in rank order inside the window", t.name);
+        // A listing that takes its window itself (as the API's first page does) takes the same one, and reports it.
+        let taking = |size| DocumentFilter { take_window: Some(size), ..customs.clone() };
+        let taken = list_all(&store, &a, &taking(5), RELEVANCE).await;
+        assert_eq!((taken.window, &taken.items, taken.total), (Some(window), &page.items, Some(5)), "{}", t.name);
+        let whole = list_all(&store, &a, &taking(12), RELEVANCE).await;
+        assert_eq!((whole.window, whole.total), (None, Some(12)), "{}", t.name);
         // The same documents in date order: the window holds exactly the newest five.
         let by_date = list_all(&store, &a, &windowed, UPDATED_ASC).await;
         assert_eq!(ids(&by_date.items), newest, "{}", t.name);

@@ -218,9 +218,26 @@ pub(crate) fn search_window(tenant_id: Uuid, filter: &DocumentFilter, size: u32)
         "SELECT m.updated_at, m.id, m.n FROM (SELECT TOP ({walk}) d.updated_at, d.id, \
          ROW_NUMBER() OVER (ORDER BY d.updated_at DESC, d.id DESC) AS n\nFROM dbo.documents d"
     );
-    conditions(&mut a, tenant_id, &DocumentFilter { window: None, ..filter.clone() }, false)?;
+    conditions(&mut a, tenant_id, &filter.unwindowed(), false)?;
     a.sql.push_str(&format!("\nORDER BY d.updated_at DESC, d.id DESC) m\nWHERE m.n = 1 OR m.n = {walk}"));
     Ok(a)
+}
+
+/// The window from the rows of [`search_window`]: both the newest match and the one past `size` present.
+fn window_from(rows: Vec<Row>, size: u32) -> Result<Option<SearchWindow>, StoreError> {
+    let (mut newest, mut past) = (None, None);
+    for row in rows {
+        let at: DateTime<Utc> = required(&row, 0)?;
+        let position = WritePosition { at: at.timestamp_micros(), id: required(&row, 1)? };
+        match required::<i64>(&row, 2)? {
+            1 => newest = Some(position),
+            _ => past = Some(position),
+        }
+    }
+    Ok(match (newest, past) {
+        (Some(through), Some(after)) if size > 0 => Some(SearchWindow { size, after, through }),
+        _ => None,
+    })
 }
 
 fn sort_column(key: DocumentSortKey) -> &'static str {
@@ -659,15 +676,26 @@ impl DocumentStore for MssqlStore {
     ) -> Result<DocumentPage, StoreError> {
         check_sort(sort, filter)?;
         let limit = limit.max(1);
-        let page = &list_documents(tenant_id, filter, sort, after, fetch_size(limit))?;
-        let tail = &if continues_into_undated(sort, after) {
-            Some(undated_documents(tenant_id, filter, fetch_size(limit))?)
-        } else {
-            None
-        };
-        let total = &if count { Some(count_documents(tenant_id, filter)?) } else { None };
+        let take =
+            &filter.window_to_take().map(|size| Ok((size, search_window(tenant_id, filter, size)?))).transpose()?;
         // One transaction; see docs/data-model.md on what the count and the page can see under READ COMMITTED.
         in_tx!(self, Retry::Yes, |conn| {
+            let taken;
+            let filter = match take {
+                Some((size, statement)) => {
+                    let window = window_from(assembled_rows(conn, statement).await?, *size)?;
+                    taken = DocumentFilter { window, ..filter.unwindowed() };
+                    &taken
+                }
+                None => filter,
+            };
+            let page = &list_documents(tenant_id, filter, sort, after, fetch_size(limit))?;
+            let tail = &if continues_into_undated(sort, after) {
+                Some(undated_documents(tenant_id, filter, fetch_size(limit))?)
+            } else {
+                None
+            };
+            let total = &if count { Some(count_documents(tenant_id, filter)?) } else { None };
             let ranked =
                 |row: &Row| -> Result<(Document, i64), StoreError> { Ok((document_from(row)?, required(row, 14)?)) };
             let mut items = assembled_rows(conn, page).await?.iter().map(ranked).collect::<Result<Vec<_>, _>>()?;
@@ -677,6 +705,7 @@ impl DocumentStore for MssqlStore {
                 }
             }
             let mut page = document_page(items, limit, sort);
+            page.window = filter.window;
             load_tags(conn, tenant_id, &mut page.items).await?;
             if let Some(statement) = total {
                 let n: i64 =
@@ -697,22 +726,7 @@ impl DocumentStore for MssqlStore {
             return Ok(None);
         }
         let statement = &search_window(tenant_id, filter, size)?;
-        in_tx!(self, Retry::Yes, |conn| {
-            let mut newest = None;
-            let mut past = None;
-            for row in assembled_rows(conn, statement).await? {
-                let at: DateTime<Utc> = required(&row, 0)?;
-                let position = WritePosition { at: at.timestamp_micros(), id: required(&row, 1)? };
-                match required::<i64>(&row, 2)? {
-                    1 => newest = Some(position),
-                    _ => past = Some(position),
-                }
-            }
-            Ok(match (newest, past) {
-                (Some(through), Some(after)) if size > 0 => Some(SearchWindow { size, after, through }),
-                _ => None,
-            })
-        })
+        in_tx!(self, Retry::Yes, |conn| window_from(assembled_rows(conn, statement).await?, size))
     }
 
     async fn document_facets(

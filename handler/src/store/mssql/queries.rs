@@ -89,6 +89,7 @@ pub fn assembled_examples() -> Vec<(String, Assembled)> {
             after: WritePosition { at: t.timestamp_micros() - 1, id: tenant },
             through: WritePosition { at: t.timestamp_micros(), id },
         }),
+        take_window: None,
     };
     let alone: Vec<(&str, DocumentFilter)> = vec![
         ("status", DocumentFilter { status: full.status, ..Default::default() }),

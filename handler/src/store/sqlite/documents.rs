@@ -213,6 +213,14 @@ fn list_on(
     count: bool,
 ) -> Result<DocumentPage, StoreError> {
     let tx = conn.unchecked_transaction().map_err(classify)?;
+    let taken;
+    let filter = match filter.window_to_take() {
+        Some(size) => {
+            taken = DocumentFilter { window: search_window_on(&tx, tenant_id, filter, size)?, ..filter.unwindowed() };
+            &taken
+        }
+        None => filter,
+    };
     let plan = search_plan(&tx, filter, sort)?;
     let rank = rank_column(filter, plan);
     let mut page = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}, {rank}"), values: Vec::new() };
@@ -245,6 +253,7 @@ fn list_on(
         items.extend(query_all(&tx, &tail.sql, params_from_iter(tail.values), ranked_from_row)?);
     }
     let mut page = document_page(items, limit, sort);
+    page.window = filter.window;
     load_tags(&tx, tenant_id, &mut page.items)?;
     if let Some(total) = total {
         let n: i64 = tx.query_row(&total.sql, params_from_iter(total.values), |r| r.get(0)).map_err(classify)?;
@@ -360,7 +369,7 @@ fn search_window_on(
     if filter.search.is_none() {
         return Ok(None);
     }
-    let unwindowed = DocumentFilter { window: None, ..filter.clone() };
+    let unwindowed = filter.unwindowed();
     let mut a =
         Assembled { sql: "SELECT min(rowid), max(rowid), count(*) FROM (SELECT s.rowid".into(), values: Vec::new() };
     conditions_with(&mut a, tenant_id, &unwindowed, SearchPlan::Drive)?;
