@@ -213,6 +213,11 @@ fn list_on(
     count: bool,
 ) -> Result<DocumentPage, StoreError> {
     let tx = conn.unchecked_transaction().map_err(classify)?;
+    if let (Some(size), DocumentSortKey::Relevance, None) = (filter.window_to_take(), sort.key, after) {
+        let page = first_ranked_page(&tx, tenant_id, filter, size, limit, count)?;
+        tx.commit().map_err(classify)?;
+        return Ok(page);
+    }
     let taken;
     let filter = match filter.window_to_take() {
         Some(size) => {
@@ -260,6 +265,65 @@ fn list_on(
         page.total = Some(n as u64);
     }
     tx.commit().map_err(classify)?;
+    Ok(page)
+}
+
+/// The first page of a search in relevance order that takes its window: one walk of its `size + 1` newest matches
+/// ranks each, which gives the window, the count and the page at once (a walk to find the window, then a ranking
+/// of it, read every match twice: for a phrase, whose matches are checked word position by word position, the
+/// walk alone cost as much as ranking them). The page's documents are then read by key.
+fn first_ranked_page(
+    conn: &Connection,
+    tenant_id: Uuid,
+    filter: &DocumentFilter,
+    size: u32,
+    limit: u32,
+    count: bool,
+) -> Result<DocumentPage, StoreError> {
+    let mut walk = Assembled { sql: format!("SELECT s.rowid, d.id, {RANK}"), values: Vec::new() };
+    conditions_with(&mut walk, tenant_id, &filter.unwindowed(), SearchPlan::Drive)?;
+    let most = walk.bind(i64::from(size) + 1);
+    walk.sql.push_str(&format!(" ORDER BY s.rowid DESC LIMIT {most}"));
+    let mut matches: Vec<(i64, String, i64)> =
+        query_all(conn, &walk.sql, params_from_iter(walk.values), |r| Ok(Ok((r.get(0)?, r.get(1)?, r.get(2)?))))?;
+    let window = match (matches.len() > size as usize, matches.first()) {
+        (true, Some(&(newest, _, _))) => matches.pop().map(|(past, _, _)| SearchWindow {
+            size,
+            after: WritePosition { at: past, id: Uuid::nil() },
+            through: WritePosition { at: newest, id: Uuid::nil() },
+        }),
+        _ => None,
+    };
+    let total = matches.len() as u64;
+    // Best first, then by id: the order of the page query (`ORDER BY rank, d.id`; ids are lower-case text).
+    matches.sort_unstable_by(|x, y| (x.2, &x.1).cmp(&(y.2, &y.1)));
+    matches.truncate(fetch_size(limit) as usize);
+    let mut read = Assembled {
+        sql: format!("SELECT {DOCUMENT_COLUMNS} FROM documents d WHERE d.tenant_id = "),
+        values: Vec::new(),
+    };
+    let tenant = read.bind(tenant_id.to_string());
+    let ids: Vec<String> = matches.iter().map(|(_, id, _)| read.bind(id.clone())).collect();
+    read.sql.push_str(&format!("{tenant} AND d.id IN ({})", ids.join(", ")));
+    let mut documents: HashMap<Uuid, Document> = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        query_all(conn, &read.sql, params_from_iter(read.values), document_from_row)?
+            .into_iter()
+            .map(|d| (d.id, d))
+            .collect()
+    };
+    let mut items = Vec::with_capacity(matches.len());
+    for (_, id, rank) in matches {
+        let document = documents
+            .remove(&parse_uuid(&id)?)
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("a matched document vanished inside its transaction")))?;
+        items.push((document, rank));
+    }
+    let mut page = document_page(items, limit, DocumentSort { key: DocumentSortKey::Relevance, descending: false });
+    page.window = window;
+    load_tags(conn, tenant_id, &mut page.items)?;
+    page.total = count.then_some(total);
     Ok(page)
 }
 
