@@ -962,10 +962,23 @@ async fn a_search_past_its_window_ranks_counts_and_facets_only_its_most_recent_m
         assert_eq!(facets[0].values, vec![("memo".into(), 4), ("guidance".into(), 1)], "{}", t.name);
         assert_eq!(facets[1].values, vec![("odd".into(), 3), ("even".into(), 2)], "{}", t.name);
 
+        // A first page that takes the window ranks it as the window's own pages do (ties by id included): paging
+        // on from it with the window it reports lists the same documents in the same order.
+        let ranked = ids(&page.items);
+        let first = store.list_documents(a.id, &taking(5), RELEVANCE, None, 2, true).await.unwrap();
+        assert_eq!((first.window, first.total), (Some(window), Some(5)), "{}", t.name);
+        let mut from_first = ids(&first.items);
+        let mut cursor = first.next.clone();
+        while let Some(after) = cursor {
+            let next = store.list_documents(a.id, &windowed, RELEVANCE, Some(&after), 2, false).await.unwrap();
+            from_first.extend(ids(&next.items));
+            cursor = next.next;
+        }
+        assert_eq!(from_first, ranked, "{}", t.name);
+
         // Paging one at a time through the window lists each of its documents once, in rank order, though a
         // better match is written between pages (it is newer than the window) and an older one is changed (a
         // change is a write: it leaves the window it was never in, and does not enter it).
-        let ranked = ids(&page.items);
         let mut seen = Vec::new();
         let mut cursor: Option<DocumentCursor> = None;
         for turn in 0.. {
