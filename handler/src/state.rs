@@ -52,6 +52,8 @@ pub struct AppState {
     /// The breakers of every dependency this process calls (the store's, the OpenID provider's, Service Bus's
     /// when configured, Key Vault's when `cli` read secrets), as `GET /api/health/ready` lists them.
     pub breakers: Vec<Arc<Breaker>>,
+    /// The most matches a search in relevance order ranks (`store::search::SEARCH_WINDOW`; tests lower it).
+    pub search_window: u32,
 }
 
 impl AppState {
@@ -111,6 +113,7 @@ impl AppState {
             outbox_sender,
             servicebus_breaker,
             breakers,
+            search_window: crate::store::search::SEARCH_WINDOW,
         })
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use crate::support::app::{DEV_APP_ID, TestApp};
+use crate::support::app::{DEV_APP_ID, TestApp, TestAppBuilder};
 use crate::support::host::{ClientRequest, ClientResponse};
 
 const DIR_A: &str = "aaaaaaaa-0000-0000-0000-00000000000a";
@@ -31,6 +31,11 @@ async fn api_with(settings: &[(&str, &str)]) -> Api {
     for (name, value) in settings {
         builder = builder.setting(name, *value);
     }
+    api_of(builder).await
+}
+
+/// [`api`] on the app `builder` makes.
+async fn api_of(builder: TestAppBuilder) -> Api {
     let app = builder.start().await;
     let a_writer = app.token(DIR_A, "Documents.Read,Documents.Write", DEV_APP_ID).await;
     let a_reader = app.token(DIR_A, "Documents.Read", "reader-app").await;
@@ -428,6 +433,50 @@ async fn search_ranks_pages_highlights_and_counts_facets() {
         let res = api.get(&api.a_reader, &format!("/api/v1/documents?{query}")).await;
         assert_eq!(res.status, 422, "{query}");
     }
+}
+
+#[actix_web::test]
+async fn a_search_past_its_window_says_so_and_pages_through_the_newest_matches() {
+    let api = api_of(TestApp::builder().configure(|state| state.search_window = 5)).await;
+    let made = seed_listing(&api).await;
+    let id_set = |items: &[Value]| items.iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect::<BTreeSet<_>>();
+    let newest = id_set(&made[18..]);
+
+    // Every document says "report": 23 matches, past the window of 5. The pages, the count and the facets cover
+    // the five most recently written; every page says so, and a match written between pages does not join.
+    let first = api.get(&api.a_reader, "/api/v1/documents?q=report&count=true&facets=docType&maxpagesize=2").await;
+    assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&first.body));
+    let first = first.json();
+    assert_eq!(first["searchCoverage"], json!({"window": 5}));
+    assert_eq!(first["count"], 5);
+    let faceted: u64 =
+        first["facets"]["docType"].as_array().unwrap().iter().map(|v| v["count"].as_u64().unwrap()).sum();
+    assert_eq!(faceted, 5, "facets count the window: {}", first["facets"]);
+    let later = api.create(&api.a_writer, json!({"title": "Report report report", "docType": "memo"})).await;
+    assert_eq!(later.status, 201);
+    let mut seen: Vec<Value> = first["value"].as_array().unwrap().clone();
+    let mut link = first["nextLink"].as_str().map(str::to_owned);
+    while let Some(path) = link {
+        let page = api.get(&api.a_reader, &path).await.json();
+        assert_eq!(page["searchCoverage"], json!({"window": 5}), "{page}");
+        seen.extend(page["value"].as_array().unwrap().iter().cloned());
+        link = page["nextLink"].as_str().map(str::to_owned);
+    }
+    assert_eq!(seen.len(), 5, "each document of the window once");
+    assert_eq!(id_set(&seen), newest);
+
+    // A search within the window's reach, and a listing without a search, do not carry the member.
+    for path in ["/api/v1/documents?q=50%20cases&facets=docType", "/api/v1/documents?facets=docType&count=true"] {
+        let page = api.get(&api.a_reader, path).await.json();
+        assert!(page.get("searchCoverage").is_none(), "{path}: {page}");
+    }
+    // In date order the pages list every match; facets (only) cover the window, and the member says it applied.
+    let dated = "/api/v1/documents?q=report&orderby=updatedAt%20desc&count=true&maxpagesize=100";
+    let plain = api.get(&api.a_reader, dated).await.json();
+    assert_eq!((plain["count"].as_u64(), plain.get("searchCoverage")), (Some(24), None));
+    let faceted = api.get(&api.a_reader, &format!("{dated}&facets=status")).await.json();
+    assert_eq!(faceted["value"].as_array().unwrap().len(), 24);
+    assert_eq!(faceted["searchCoverage"], json!({"window": 5}));
 }
 
 #[actix_web::test]

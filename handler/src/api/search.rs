@@ -226,6 +226,19 @@ impl From<Vec<Facet>> for FacetCounts {
     }
 }
 
+/// Present on a search's list response only when the search matched more documents than its window (2 000):
+/// ranking costs in proportion to the matches, so of a search for a word most documents contain only the `window`
+/// most recently written matches (created or changed; every filter applied first) are ranked. In relevance order
+/// the pages, `count` and `facets` then cover those; in another order the pages list every match and only
+/// `facets` cover the window. A narrower search (another word, a phrase, a filter) reaches the older matches.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"window": 2000}))]
+pub struct SearchCoverage {
+    /// How many matches, the most recently written, were ranked (and counted and faceted).
+    pub window: u32,
+}
+
 fn escape_into(out: &mut String, text: &str) {
     for c in text.chars() {
         match c {

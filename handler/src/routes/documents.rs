@@ -13,13 +13,14 @@ use crate::api::conditional::{etag, expected_version, not_modified, precondition
 use crate::api::cursor::fingerprint;
 use crate::api::idempotency;
 use crate::api::list::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
-use crate::api::search::{self, FacetCounts, Highlights};
+use crate::api::search::{self, FacetCounts, Highlights, SearchCoverage};
 use crate::api::validation::validate;
 use crate::auth::guard::{Authorized, DocumentsRead, DocumentsWrite};
 use crate::error::{AppError, ErrorCode, FieldError, serde_json_error};
 use crate::metering::audit::AuditNote;
 use crate::metering::ledger::ledger;
 use crate::state::AppState;
+use crate::store::search::{SearchWindow, WritePosition};
 use crate::store::{
     Document, DocumentCursor, DocumentFilter, DocumentSort, DocumentSortKey, DocumentStatus, FacetField, SortValue,
     StoreError, Update,
@@ -539,7 +540,8 @@ pub struct ListParams {
     /// marked with `<mark>` (HTML-escaped text; summary and body cut to a snippet around the first match).
     highlight: Option<bool>,
     /// Counts per value over all matching documents (not just this page) of these fields, comma-separated:
-    /// `docType`, `jurisdiction`, `tags`, `status`; at most 20 values each, commonest first.
+    /// `docType`, `jurisdiction`, `tags`, `status`; at most 20 values each, commonest first. For a search past its
+    /// window, over the window (`searchCoverage`).
     #[param(pattern = r"^\s*(docType|jurisdiction|tags|status)(\s*,\s*(docType|jurisdiction|tags|status))*\s*$")]
     facets: Option<String>,
     /// Page size, 1 to 100 (default 25).
@@ -694,33 +696,46 @@ fn parse_facet(raw: &str) -> Option<FacetField> {
     })
 }
 
-/// The cursor's payload: the last row's sort value and id.
+/// The cursor's payload: the last row's sort value and id; in relevance order past the search window, also the
+/// window (size, then the positions after and through which it lies), so that every page ranks the same matches.
 #[derive(Debug, Serialize, Deserialize)]
 enum Position {
     T(i64, Uuid),
     S(String, Uuid),
     D(NaiveDate, Uuid),
     R(i64, Uuid),
+    W(i64, Uuid, (u32, i64, Uuid, i64, Uuid)),
 }
 
 impl Position {
-    fn from_cursor(c: &DocumentCursor) -> Self {
-        match &c.value {
-            SortValue::Time(t) => Position::T(t.timestamp_micros(), c.id),
-            SortValue::Text(s) => Position::S(s.clone(), c.id),
-            SortValue::Date(d) => Position::D(*d, c.id),
-            SortValue::Rank(r) => Position::R(*r, c.id),
+    fn from_cursor(c: &DocumentCursor, window: Option<SearchWindow>) -> Self {
+        match (&c.value, window) {
+            (SortValue::Time(t), _) => Position::T(t.timestamp_micros(), c.id),
+            (SortValue::Text(s), _) => Position::S(s.clone(), c.id),
+            (SortValue::Date(d), _) => Position::D(*d, c.id),
+            (SortValue::Rank(r), None) => Position::R(*r, c.id),
+            (SortValue::Rank(r), Some(w)) => {
+                Position::W(*r, c.id, (w.size, w.after.at, w.after.id, w.through.at, w.through.id))
+            }
         }
     }
 
-    fn into_cursor(self) -> Option<DocumentCursor> {
+    fn into_cursor(self) -> Option<(DocumentCursor, Option<SearchWindow>)> {
         Some(match self {
             Position::T(micros, id) => {
-                DocumentCursor { value: SortValue::Time(DateTime::from_timestamp_micros(micros)?), id }
+                (DocumentCursor { value: SortValue::Time(DateTime::from_timestamp_micros(micros)?), id }, None)
             }
-            Position::S(s, id) => DocumentCursor { value: SortValue::Text(s), id },
-            Position::D(d, id) => DocumentCursor { value: SortValue::Date(d), id },
-            Position::R(r, id) => DocumentCursor { value: SortValue::Rank(r), id },
+            Position::S(s, id) => (DocumentCursor { value: SortValue::Text(s), id }, None),
+            Position::D(d, id) => (DocumentCursor { value: SortValue::Date(d), id }, None),
+            Position::R(r, id) => (DocumentCursor { value: SortValue::Rank(r), id }, None),
+            Position::W(r, id, (size, after_at, after_id, through_at, through_id)) => {
+                let window = SearchWindow {
+                    size,
+                    after: WritePosition { at: after_at, id: after_id },
+                    through: WritePosition { at: through_at, id: through_id },
+                };
+                (DocumentCursor { value: SortValue::Rank(r), id }, Some(window))
+            }
         })
     }
 }
@@ -749,24 +764,43 @@ pub async fn list_documents(
     };
     let sort = query.sort.unwrap_or(default);
     let fingerprint = query.fingerprint(tenant_id, sort);
-    let after = match &query.cursor {
-        None => None,
-        Some(raw) => Some(state.cursors.decode::<Position>(fingerprint, raw)?.into_cursor().ok_or_else(|| {
-            AppError::new(ErrorCode::ValidationFailed).with_parameter_errors(vec![FieldError::new(
-                "cursor",
-                "invalid",
-                "not a cursor this API issued",
-            )])
-        })?),
+    let (after, carried) = match &query.cursor {
+        None => (None, None),
+        Some(raw) => {
+            let (cursor, window) =
+                state.cursors.decode::<Position>(fingerprint, raw)?.into_cursor().ok_or_else(|| {
+                    AppError::new(ErrorCode::ValidationFailed).with_parameter_errors(vec![FieldError::new(
+                        "cursor",
+                        "invalid",
+                        "not a cursor this API issued",
+                    )])
+                })?;
+            (Some(cursor), window)
+        }
     };
+    // A search in relevance order that matches more than the window ranks its most recently written matches
+    // only (`store::search::SEARCH_WINDOW`): chosen on the first page, carried in the cursor after it.
+    let ranked = sort.key == DocumentSortKey::Relevance;
+    let take_window = (ranked && after.is_none()).then_some(state.search_window);
+    let filter = DocumentFilter { window: carried, take_window, ..query.filter.clone() };
     let size = query.maxpagesize.unwrap_or(DEFAULT_PAGE_SIZE);
-    let page = state.store.list_documents(tenant_id, &query.filter, sort, after.as_ref(), size, query.count).await?;
+    let page = state.store.list_documents(tenant_id, &filter, sort, after.as_ref(), size, query.count).await?;
+    let window = page.window;
+    // Facets count the listing's window; in another order (or on a later page without one, when writes may have
+    // added matches since) a window of their own bounds them the same way.
+    let mut facet_window = window;
     let facets = match query.facets.is_empty() {
         true => None,
-        false => Some(FacetCounts::from(state.store.document_facets(tenant_id, &query.filter, &query.facets).await?)),
+        false => {
+            if window.is_none() && query.filter.search.is_some() && !(ranked && after.is_none()) {
+                facet_window = state.store.search_window(tenant_id, &query.filter, state.search_window).await?;
+            }
+            let filter = DocumentFilter { window: facet_window, ..query.filter.clone() };
+            Some(FacetCounts::from(state.store.document_facets(tenant_id, &filter, &query.facets).await?))
+        }
     };
     let next_link = page.next.as_ref().map(|next| {
-        let token = state.cursors.encode(fingerprint, &Position::from_cursor(next));
+        let token = state.cursors.encode(fingerprint, &Position::from_cursor(next, window));
         crate::api::list::next_link(&req, "/api/v1/documents", &token)
     });
     let highlighted = query.filter.search.as_ref().filter(|_| query.highlight);
@@ -775,7 +809,8 @@ pub async fn list_documents(
         .iter()
         .map(|d| DocumentView { highlights: highlighted.map(|q| Highlights::of(d, q)), ..DocumentView::from(d) })
         .collect();
-    Ok(HttpResponse::Ok().json(DocumentList { value, next_link, count: page.total, facets }))
+    let search_coverage = window.or(facet_window).map(|w| SearchCoverage { window: w.size });
+    Ok(HttpResponse::Ok().json(DocumentList { value, next_link, count: page.total, facets, search_coverage }))
 }
 
 /// A page of documents.
@@ -786,12 +821,18 @@ pub struct DocumentList {
     /// Absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_link: Option<String>,
-    /// With `count=true`: every matching document, not just this page.
+    /// With `count=true`: every matching document, not just this page (the search window's when
+    /// `searchCoverage` is present in relevance order).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
-    /// With `facets`: counts per value over every matching document.
+    /// With `facets`: counts per value over every matching document (over the search window when
+    /// `searchCoverage` is present).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub facets: Option<FacetCounts>,
+    /// Present only when a search matched more documents than it ranks: then only the most recently written
+    /// `window` of them were ranked, counted and faceted (docs/api-design.md, "Search").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search_coverage: Option<SearchCoverage>,
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
-use super::search::SearchQuery;
+use super::search::{SearchQuery, SearchWindow};
 use super::*;
 
 /// Documents and the idempotency records of the requests that created them; every method is scoped by tenant, and another tenant's document does not exist.
@@ -56,6 +56,17 @@ pub trait DocumentStore: Send + Sync + 'static {
         limit: u32,
         count: bool,
     ) -> Result<DocumentPage, StoreError>;
+
+    /// The window of a search (`filter.search`) that matches more than `size` live documents of the tenant with
+    /// every filter (its `window` aside): the `size` most recently written ([`SearchWindow`]); `None` without a
+    /// search or when it matches at most `size`. Its cost is bounded by `size`: it walks the matches newest first
+    /// and stops after `size + 1`.
+    async fn search_window(
+        &self,
+        tenant_id: Uuid,
+        filter: &DocumentFilter,
+        size: u32,
+    ) -> Result<Option<SearchWindow>, StoreError>;
 
     /// The counts of each of `fields` over every live document of the tenant matching `filter` (not a page):
     /// at most [`FACET_VALUES`] values per field, commonest first.
@@ -150,6 +161,23 @@ pub struct DocumentFilter {
     pub effective_to: Option<NaiveDate>,
     /// A full-text search of title, summary, body and tags (`store::search`).
     pub search: Option<SearchQuery>,
+    /// With `search`: only its matches in this window ([`DocumentStore::search_window`]).
+    pub window: Option<SearchWindow>,
+    /// With `search` and no `window`: a listing takes the search's window of this size itself, in the read of its
+    /// page (one snapshot and no second call), and reports it in [`DocumentPage::window`].
+    pub take_window: Option<u32>,
+}
+
+impl DocumentFilter {
+    /// The filter without a window: the one a window is taken over.
+    pub(crate) fn unwindowed(&self) -> DocumentFilter {
+        DocumentFilter { window: None, take_window: None, ..self.clone() }
+    }
+
+    /// Whether a listing of this filter takes its search's window first: its size.
+    pub(crate) fn window_to_take(&self) -> Option<u32> {
+        self.take_window.filter(|_| self.search.is_some() && self.window.is_none())
+    }
 }
 
 /// What a facet counts: the values of one field over a whole result set.
@@ -223,6 +251,8 @@ pub struct DocumentPage {
     pub items: Vec<Document>,
     pub next: Option<DocumentCursor>,
     pub total: Option<u64>,
+    /// The search window the page (and `total`) cover: the filter's, or the one it took ([`DocumentFilter::take_window`]).
+    pub window: Option<SearchWindow>,
 }
 
 /// A stored first response to a POST carrying an idempotency key.
@@ -272,7 +302,7 @@ pub(crate) fn room_for_undated(fetched: usize, limit: u32) -> bool {
 /// each with its rank (0 when the listing is no search); its tags and `total` are the backend's to fill in.
 pub(crate) fn document_page(items: Vec<(Document, i64)>, limit: u32, sort: DocumentSort) -> DocumentPage {
     let Page { items, next } = Page::cut(items, limit, |(d, rank)| cursor_of(d, *rank, sort.key));
-    DocumentPage { items: items.into_iter().map(|(d, _)| d).collect(), next, total: None }
+    DocumentPage { items: items.into_iter().map(|(d, _)| d).collect(), next, total: None, window: None }
 }
 
 /// The cursor of a listed document (of search rank `rank`) in `key` order (an undated document's carries

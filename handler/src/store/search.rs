@@ -44,6 +44,34 @@ pub const MAX_WORD: usize = 64;
 /// How much a match in each field counts toward relevance: title, summary, body, tags.
 pub const FIELD_WEIGHTS: [f64; 4] = [10.0, 4.0, 1.0, 3.0];
 
+/// The most matches a search in relevance order ranks, and its facets count: past this many, only the most
+/// recently written matches are ([`SearchWindow`]). Neither store can rank without scoring every match (FTS5 has
+/// no top-k pruning: bm25 and the join cost about a microsecond per match), so an unbounded window makes a
+/// search for a word in most documents as slow as ranking all of them (BENCHMARKS.md, "Search at 10 000 and
+/// 100 000 documents").
+pub const SEARCH_WINDOW: u32 = 2_000;
+
+/// The matches a search ranks when it has more than `size` (after every filter): those written after `after`
+/// and up to `through` in the store's order of writes, the `size` most recent ones when the window was taken.
+/// Chosen on a search's first page and carried in its cursor, so every page ranks the same documents: one
+/// written later falls after `through`, one changed later moves there (a change is a write), one deleted leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchWindow {
+    pub size: u32,
+    /// Exclusive: the newest match left out when the window was taken.
+    pub after: WritePosition,
+    /// Inclusive: the newest match when the window was taken.
+    pub through: WritePosition,
+}
+
+/// A document's place in a store's order of writes, opaque outside the store: on SQLite its search index rowid
+/// (the id is unused, nil), on SQL Server its `updated_at` in microseconds and its id (the tie-breaker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WritePosition {
+    pub at: i64,
+    pub id: uuid::Uuid,
+}
+
 impl SearchQuery {
     /// The terms that must match.
     pub fn required(&self) -> impl Iterator<Item = &TermKind> {

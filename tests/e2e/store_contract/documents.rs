@@ -498,6 +498,8 @@ async fn document_filters_select_exactly_the_matching_documents() {
                     effective_from: Some(date(2026, 1, 1)),
                     effective_to: Some(date(2026, 1, 1)),
                     search: Some(api_search::parse("office").unwrap()),
+                    window: None,
+                    take_window: None,
                 },
                 1,
             ),
@@ -855,30 +857,159 @@ async fn facets_count_every_match_not_just_the_page() {
 }
 
 #[tokio::test]
-async fn a_search_for_a_word_most_documents_contain_pages_in_date_order_like_any_listing() {
-    for_each_store("a_search_for_a_word_most_documents_contain_pages_in_date_order_like_any_listing", |t| async move {
+async fn a_search_for_a_word_most_documents_contain_pages_in_date_order_and_ranks_its_newest() {
+    for_each_store(
+        "a_search_for_a_word_most_documents_contain_pages_in_date_order_and_ranks_its_newest",
+        |t| async move {
+            let store = migrated(&t).await;
+            let (a, _) = two_tenants(&store).await;
+            // More matches than the SQLite store drives from the index (2 000): it then walks the date order and checks
+            // each document against the index. Every seventh document lacks the word.
+            let mut expected = Vec::new();
+            for n in 0..2_500u128 {
+                let title = if n % 7 == 0 { format!("rare {n}") } else { format!("common word {n}") };
+                let d = Document { title, ..document(&a, n) };
+                store.create_document(&d, None, None).await.unwrap();
+                if n % 7 != 0 {
+                    expected.push(d.id);
+                }
+            }
+            expected.reverse(); // newest first: `document(n)` is a second later for each n
+            let newest_first = DocumentSort { key: DocumentSortKey::UpdatedAt, descending: true };
+            let (paged, pages) = page_through(&store, &a, &searching("common"), newest_first, 500).await;
+            assert_eq!((expected.len(), pages), (2_142, 5), "{}", t.name);
+            assert_eq!(paged.iter().map(|d| d.id).collect::<Vec<_>>(), expected, "{}", t.name);
+            let first =
+                store.list_documents(a.id, &searching("common -word"), newest_first, None, 10, true).await.unwrap();
+            assert!(first.items.is_empty() && first.total == Some(0), "{}: {:?}", t.name, first.total);
+            let ranked = store.list_documents(a.id, &searching("common"), RELEVANCE, None, 5, true).await.unwrap();
+            assert_eq!((ranked.items.len(), ranked.total), (5, Some(expected.len() as u64)), "{}", t.name);
+            // The production window: 2 142 matches pass it, and it holds the 2 000 most recently written.
+            let size = search::SEARCH_WINDOW;
+            let window = store.search_window(a.id, &searching("common"), size).await.unwrap().expect("past the window");
+            let windowed = DocumentFilter { window: Some(window), ..searching("common") };
+            let (in_window, _) = page_through(&store, &a, &windowed, RELEVANCE, 500).await;
+            assert_eq!(in_window.len(), size as usize, "{}", t.name);
+            let newest: std::collections::BTreeSet<Uuid> = expected[..size as usize].iter().copied().collect();
+            assert_eq!(in_window.iter().map(|d| d.id).collect::<std::collections::BTreeSet<_>>(), newest, "{}", t.name);
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_search_past_its_window_ranks_counts_and_facets_only_its_most_recent_matches() {
+    for_each_store("a_search_past_its_window_ranks_counts_and_facets_only_its_most_recent_matches", |t| async move {
         let store = migrated(&t).await;
-        let (a, _) = two_tenants(&store).await;
-        // More matches than the SQLite store drives from the index (2 000): it then walks the date order and checks
-        // each document against the index. Every seventh document lacks the word.
-        let mut expected = Vec::new();
-        for n in 0..2_500u128 {
-            let title = if n % 7 == 0 { format!("rare {n}") } else { format!("common word {n}") };
-            let d = Document { title, ..document(&a, n) };
+        let (a, b) = two_tenants(&store).await;
+        // Twelve matches written in the order of n, every third a guide (a title match ranks better than a body
+        // match, so rank order is not write order); a document without the word, and another tenant's match.
+        let mut written = Vec::new();
+        for n in 0..12u128 {
+            let (title, doc_type) = if n % 3 == 0 { ("Customs guide", "guidance") } else { ("Notice", "memo") };
+            let d = Document {
+                title: format!("{title} {n}"),
+                body: Some("Goods pass customs.".into()),
+                doc_type: doc_type.into(),
+                tags: tags(&[if n % 2 == 0 { "even" } else { "odd" }]),
+                ..document(&a, n)
+            };
             store.create_document(&d, None, None).await.unwrap();
-            if n % 7 != 0 {
-                expected.push(d.id);
+            written.push(d);
+        }
+        store.create_document(&Document { title: "Rent".into(), ..document(&a, 20) }, None, None).await.unwrap();
+        let foreign = Document { title: "Customs guide".into(), ..document(&b, 21) };
+        store.create_document(&foreign, None, None).await.unwrap();
+        let customs = searching("customs");
+
+        // At most `size` matches: no window. More: the `size` most recently written.
+        assert_eq!(store.search_window(a.id, &customs, 12).await.unwrap(), None, "{}", t.name);
+        assert_eq!(store.search_window(a.id, &DocumentFilter::default(), 1).await.unwrap(), None, "{}", t.name);
+        let window = store.search_window(a.id, &customs, 5).await.unwrap().expect("12 matches pass a window of 5");
+        assert_eq!(window.size, 5, "{}", t.name);
+        let windowed = DocumentFilter { window: Some(window), ..customs.clone() };
+        let page = list_all(&store, &a, &windowed, RELEVANCE).await;
+        let newest: Vec<Uuid> = ids(&written[7..]);
+        assert_eq!(
+            by_id(page.items.clone()).iter().map(|d| d.id).collect::<Vec<_>>(),
+            ids(&by_id(written[7..].to_vec())),
+            "{}",
+            t.name
+        );
+        assert_eq!(page.total, Some(5), "{}: the count is the window's", t.name);
+        assert_eq!(page.items[0].title, "Customs guide 9", "{}: in rank order inside the window", t.name);
+        // A listing that takes its window itself (as the API's first page does) takes the same one, and reports it.
+        let taking = |size| DocumentFilter { take_window: Some(size), ..customs.clone() };
+        let taken = list_all(&store, &a, &taking(5), RELEVANCE).await;
+        assert_eq!((taken.window, &taken.items, taken.total), (Some(window), &page.items, Some(5)), "{}", t.name);
+        let whole = list_all(&store, &a, &taking(12), RELEVANCE).await;
+        assert_eq!((whole.window, whole.total), (None, Some(12)), "{}", t.name);
+        // The same documents in date order: the window holds exactly the newest five.
+        let by_date = list_all(&store, &a, &windowed, UPDATED_ASC).await;
+        assert_eq!(ids(&by_date.items), newest, "{}", t.name);
+
+        // Filters apply before the window: the newest two guides are 9 and 6, not the newest matches.
+        let guides = DocumentFilter { doc_type: Some("guidance".into()), ..customs.clone() };
+        let window_of_guides = store.search_window(a.id, &guides, 2).await.unwrap().expect("four guides");
+        let two =
+            list_all(&store, &a, &DocumentFilter { window: Some(window_of_guides), ..guides.clone() }, RELEVANCE).await;
+        assert_eq!(ids(&by_id(two.items)), ids(&by_id(vec![written[6].clone(), written[9].clone()])), "{}", t.name);
+        assert_eq!(store.search_window(a.id, &guides, 4).await.unwrap(), None, "{}", t.name);
+
+        // Facets over the window count its five documents only.
+        let fields = [FacetField::DocType, FacetField::Tags];
+        let facets = store.document_facets(a.id, &windowed, &fields).await.unwrap();
+        assert_eq!(facets[0].values, vec![("memo".into(), 4), ("guidance".into(), 1)], "{}", t.name);
+        assert_eq!(facets[1].values, vec![("odd".into(), 3), ("even".into(), 2)], "{}", t.name);
+
+        // A first page that takes the window ranks it as the window's own pages do (ties by id included): paging
+        // on from it with the window it reports lists the same documents in the same order.
+        let ranked = ids(&page.items);
+        let first = store.list_documents(a.id, &taking(5), RELEVANCE, None, 2, true).await.unwrap();
+        assert_eq!((first.window, first.total), (Some(window), Some(5)), "{}", t.name);
+        let mut from_first = ids(&first.items);
+        let mut cursor = first.next.clone();
+        while let Some(after) = cursor {
+            let next = store.list_documents(a.id, &windowed, RELEVANCE, Some(&after), 2, false).await.unwrap();
+            from_first.extend(ids(&next.items));
+            cursor = next.next;
+        }
+        assert_eq!(from_first, ranked, "{}", t.name);
+
+        // Paging one at a time through the window lists each of its documents once, in rank order, though a
+        // better match is written between pages (it is newer than the window) and an older one is changed (a
+        // change is a write: it leaves the window it was never in, and does not enter it).
+        let mut seen = Vec::new();
+        let mut cursor: Option<DocumentCursor> = None;
+        for turn in 0.. {
+            let page = store.list_documents(a.id, &windowed, RELEVANCE, cursor.as_ref(), 2, false).await.unwrap();
+            seen.extend(ids(&page.items));
+            if turn == 0 {
+                let better = Document { title: "Customs customs customs".into(), ..document(&a, 30) };
+                store.create_document(&better, None, None).await.unwrap();
+                let old = Document {
+                    title: "Customs guide customs".into(),
+                    updated_at: t0() + Duration::days(1),
+                    ..written[0].clone()
+                };
+                assert!(
+                    matches!(store.update_document(&old, 1, None).await.unwrap(), Update::Updated(_)),
+                    "{}",
+                    t.name
+                );
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
             }
         }
-        expected.reverse(); // newest first: `document(n)` is a second later for each n
-        let newest_first = DocumentSort { key: DocumentSortKey::UpdatedAt, descending: true };
-        let (paged, pages) = page_through(&store, &a, &searching("common"), newest_first, 500).await;
-        assert_eq!((expected.len(), pages), (2_142, 5), "{}", t.name);
-        assert_eq!(paged.iter().map(|d| d.id).collect::<Vec<_>>(), expected, "{}", t.name);
-        let first = store.list_documents(a.id, &searching("common -word"), newest_first, None, 10, true).await.unwrap();
-        assert!(first.items.is_empty() && first.total == Some(0), "{}: {:?}", t.name, first.total);
-        let ranked = store.list_documents(a.id, &searching("common"), RELEVANCE, None, 5, true).await.unwrap();
-        assert_eq!((ranked.items.len(), ranked.total), (5, Some(expected.len() as u64)), "{}", t.name);
+        assert_eq!(seen, ranked, "{}", t.name);
+        // A new first page takes a new window, which holds the new match and the changed one.
+        let again = store.search_window(a.id, &customs, 5).await.unwrap().unwrap();
+        let now = list_all(&store, &a, &DocumentFilter { window: Some(again), ..customs.clone() }, RELEVANCE).await;
+        let now_ids = ids(&now.items);
+        assert!(now_ids.contains(&doc_id(30)) && now_ids.contains(&written[0].id), "{}: {now_ids:?}", t.name);
+        assert!(!ids(&now.items).contains(&foreign.id), "{}", t.name);
     })
     .await;
 }

@@ -2,7 +2,7 @@
 
 use super::queries::{Arg, Assembled};
 use super::*;
-use crate::store::search::{SearchQuery, TermKind, indexed_words};
+use crate::store::search::{SearchQuery, SearchWindow, TermKind, WritePosition, indexed_words};
 
 /// The document columns in the order `MssqlStore` reads them, from the table aliased `d`.
 macro_rules! document_columns {
@@ -74,8 +74,14 @@ FROM dbo.idempotency_keys WHERE tenant_id = @P1 AND idempotency_key = @P2 AND ex
 /// The most tags a listing may ask for (`DocumentFilter::tags_any`): each is one parameter of the `IN` list.
 pub(crate) const MAX_TAGS_ANY: usize = 20;
 
-/// Tenant, live rows and every filter of a document listing, after `FROM dbo.documents d`.
+/// Tenant, live rows and every filter of a document listing, after `FROM dbo.documents d`; with a search, its
+/// rank as `r.score`.
 fn document_conditions(a: &mut Assembled, tenant_id: Uuid, filter: &DocumentFilter) -> Result<(), StoreError> {
+    conditions(a, tenant_id, filter, true)
+}
+
+/// [`document_conditions`], with the search's rank only when `ranked`.
+fn conditions(a: &mut Assembled, tenant_id: Uuid, filter: &DocumentFilter, ranked: bool) -> Result<(), StoreError> {
     if filter.tags_any.len() > MAX_TAGS_ANY {
         return Err(StoreError::Other(anyhow::anyhow!(
             "a listing may ask for at most {MAX_TAGS_ANY} tags, got {}",
@@ -84,12 +90,15 @@ fn document_conditions(a: &mut Assembled, tenant_id: Uuid, filter: &DocumentFilt
     }
     // `deleted_at IS NULL` is written literally: SQL Server only uses the filtered indexes when the query says so.
     let tenant = a.bind(Arg::Id(tenant_id));
-    if let Some(search) = &filter.search {
+    if let Some(search) = filter.search.as_ref().filter(|_| ranked) {
         rank_apply(a, &tenant, search);
     }
     a.sql.push_str(&format!("\nWHERE d.tenant_id = {tenant} AND d.deleted_at IS NULL"));
     if let Some(search) = &filter.search {
         search_conditions(a, &tenant, search);
+        if let Some(window) = filter.window {
+            window_conditions(a, window);
+        }
     }
     if let Some(status) = filter.status {
         let p = a.bind(Arg::Text(status.as_str().to_owned()));
@@ -183,6 +192,52 @@ fn search_conditions(a: &mut Assembled, tenant: &str, search: &SearchQuery) {
         let condition = term(a, kind);
         a.sql.push_str(&format!("\n    AND NOT {condition}"));
     }
+}
+
+/// The documents of a search window: written after `window.after` and up to `window.through`, positions being
+/// (`updated_at` in microseconds, id) ([`WritePosition`]), as a range of `ix_documents_updated`.
+fn window_conditions(a: &mut Assembled, window: SearchWindow) {
+    let mut bound = |p: WritePosition| {
+        let at = DateTime::from_timestamp_micros(p.at).unwrap_or(DateTime::<Utc>::MIN_UTC);
+        (a.bind(Arg::Time(at)), a.bind(Arg::Id(p.id)))
+    };
+    let ((after, after_id), (through, through_id)) = (bound(window.after), bound(window.through));
+    a.sql.push_str(&format!(
+        "\n    AND d.updated_at >= {after} AND (d.updated_at > {after} OR d.id > {after_id})\
+         \n    AND d.updated_at <= {through} AND (d.updated_at < {through} OR d.id <= {through_id})"
+    ));
+}
+
+/// The newest match (`n` = 1) and the one past `size` (`n` = `size + 1`, if the search has that many) of a search
+/// with every filter, newest first by (`updated_at`, id): a walk of `ix_documents_updated` that stops after
+/// `size + 1` matches. Both rows present make the window (see [`search_window_from`]).
+pub(crate) fn search_window(tenant_id: Uuid, filter: &DocumentFilter, size: u32) -> Result<Assembled, StoreError> {
+    let mut a = Assembled::default();
+    let walk = a.bind(Arg::Int(i64::from(size) + 1));
+    a.sql = format!(
+        "SELECT m.updated_at, m.id, m.n FROM (SELECT TOP ({walk}) d.updated_at, d.id, \
+         ROW_NUMBER() OVER (ORDER BY d.updated_at DESC, d.id DESC) AS n\nFROM dbo.documents d"
+    );
+    conditions(&mut a, tenant_id, &filter.unwindowed(), false)?;
+    a.sql.push_str(&format!("\nORDER BY d.updated_at DESC, d.id DESC) m\nWHERE m.n = 1 OR m.n = {walk}"));
+    Ok(a)
+}
+
+/// The window from the rows of [`search_window`]: both the newest match and the one past `size` present.
+fn window_from(rows: Vec<Row>, size: u32) -> Result<Option<SearchWindow>, StoreError> {
+    let (mut newest, mut past) = (None, None);
+    for row in rows {
+        let at: DateTime<Utc> = required(&row, 0)?;
+        let position = WritePosition { at: at.timestamp_micros(), id: required(&row, 1)? };
+        match required::<i64>(&row, 2)? {
+            1 => newest = Some(position),
+            _ => past = Some(position),
+        }
+    }
+    Ok(match (newest, past) {
+        (Some(through), Some(after)) if size > 0 => Some(SearchWindow { size, after, through }),
+        _ => None,
+    })
 }
 
 fn sort_column(key: DocumentSortKey) -> &'static str {
@@ -621,15 +676,26 @@ impl DocumentStore for MssqlStore {
     ) -> Result<DocumentPage, StoreError> {
         check_sort(sort, filter)?;
         let limit = limit.max(1);
-        let page = &list_documents(tenant_id, filter, sort, after, fetch_size(limit))?;
-        let tail = &if continues_into_undated(sort, after) {
-            Some(undated_documents(tenant_id, filter, fetch_size(limit))?)
-        } else {
-            None
-        };
-        let total = &if count { Some(count_documents(tenant_id, filter)?) } else { None };
+        let take =
+            &filter.window_to_take().map(|size| Ok((size, search_window(tenant_id, filter, size)?))).transpose()?;
         // One transaction; see docs/data-model.md on what the count and the page can see under READ COMMITTED.
         in_tx!(self, Retry::Yes, |conn| {
+            let taken;
+            let filter = match take {
+                Some((size, statement)) => {
+                    let window = window_from(assembled_rows(conn, statement).await?, *size)?;
+                    taken = DocumentFilter { window, ..filter.unwindowed() };
+                    &taken
+                }
+                None => filter,
+            };
+            let page = &list_documents(tenant_id, filter, sort, after, fetch_size(limit))?;
+            let tail = &if continues_into_undated(sort, after) {
+                Some(undated_documents(tenant_id, filter, fetch_size(limit))?)
+            } else {
+                None
+            };
+            let total = &if count { Some(count_documents(tenant_id, filter)?) } else { None };
             let ranked =
                 |row: &Row| -> Result<(Document, i64), StoreError> { Ok((document_from(row)?, required(row, 14)?)) };
             let mut items = assembled_rows(conn, page).await?.iter().map(ranked).collect::<Result<Vec<_>, _>>()?;
@@ -639,6 +705,7 @@ impl DocumentStore for MssqlStore {
                 }
             }
             let mut page = document_page(items, limit, sort);
+            page.window = filter.window;
             load_tags(conn, tenant_id, &mut page.items).await?;
             if let Some(statement) = total {
                 let n: i64 =
@@ -647,6 +714,19 @@ impl DocumentStore for MssqlStore {
             }
             Ok(page)
         })
+    }
+
+    async fn search_window(
+        &self,
+        tenant_id: Uuid,
+        filter: &DocumentFilter,
+        size: u32,
+    ) -> Result<Option<SearchWindow>, StoreError> {
+        if filter.search.is_none() {
+            return Ok(None);
+        }
+        let statement = &search_window(tenant_id, filter, size)?;
+        in_tx!(self, Retry::Yes, |conn| window_from(assembled_rows(conn, statement).await?, size))
     }
 
     async fn document_facets(

@@ -56,7 +56,7 @@ pub fn assembled_examples() -> Vec<(String, Assembled)> {
     use chrono::TimeZone;
 
     use super::documents::{count_documents, list_documents, tags_of_documents, undated_documents};
-    use crate::store::search::{SearchQuery, SearchTerm, TermKind};
+    use crate::store::search::{SearchQuery, SearchTerm, SearchWindow, TermKind, WritePosition};
     use crate::store::{
         AuditCursor, AuditFilter, DocumentCursor, DocumentFilter, DocumentSort, DocumentSortKey, DocumentStatus,
         FacetField, NO_EFFECTIVE_DATE, SortValue,
@@ -84,6 +84,12 @@ pub fn assembled_examples() -> Vec<(String, Assembled)> {
                 SearchTerm { kind: TermKind::Phrase(vec!["old".into(), "text".into()]), excluded: true },
             ],
         }),
+        window: Some(SearchWindow {
+            size: 2_000,
+            after: WritePosition { at: t.timestamp_micros() - 1, id: tenant },
+            through: WritePosition { at: t.timestamp_micros(), id },
+        }),
+        take_window: None,
     };
     let alone: Vec<(&str, DocumentFilter)> = vec![
         ("status", DocumentFilter { status: full.status, ..Default::default() }),
@@ -95,6 +101,10 @@ pub fn assembled_examples() -> Vec<(String, Assembled)> {
         ("effective_from", DocumentFilter { effective_from: full.effective_from, ..Default::default() }),
         ("effective_to", DocumentFilter { effective_to: full.effective_to, ..Default::default() }),
         ("search", DocumentFilter { search: full.search.clone(), ..Default::default() }),
+        (
+            "search in a window",
+            DocumentFilter { search: full.search.clone(), window: full.window, ..Default::default() },
+        ),
         ("all filters", full.clone()),
         ("no filter", DocumentFilter::default()),
     ];
@@ -161,6 +171,14 @@ pub fn assembled_examples() -> Vec<(String, Assembled)> {
             out.push((format!("facet_values {field:?} {name}"), facet));
         }
     }
+    for (name, filter) in &alone {
+        if filter.search.is_some() {
+            let window = super::documents::search_window(tenant, filter, 2_000).expect("assembles");
+            out.push((format!("search_window {name}"), window));
+        }
+    }
+    let window = super::documents::search_window(tenant, &full, 2_000).expect("assembles");
+    out.push(("search_window all filters".into(), window));
     let (words, _) = crate::store::search::indexed_words(["Customs code", "", "union", "trade"]);
     out.push(("insert_words".into(), super::documents::insert_words(tenant, id, &words)));
     out.push(("tags_of_documents 1".into(), tags_of_documents(tenant, &[id])));

@@ -1,7 +1,7 @@
 //! The SQLite document store: `impl DocumentStore for SqliteStore` (documents, tags, listing, idempotency keys).
 
 use super::*;
-use crate::store::search::SearchQuery;
+use crate::store::search::{SearchQuery, SearchWindow, WritePosition};
 
 /// The most tags a listing may ask for (`DocumentFilter::tags_any`): each is one bound parameter.
 pub(super) const MAX_TAGS_ANY: usize = 20;
@@ -213,6 +213,19 @@ fn list_on(
     count: bool,
 ) -> Result<DocumentPage, StoreError> {
     let tx = conn.unchecked_transaction().map_err(classify)?;
+    if let (Some(size), DocumentSortKey::Relevance, None) = (filter.window_to_take(), sort.key, after) {
+        let page = first_ranked_page(&tx, tenant_id, filter, size, limit, count)?;
+        tx.commit().map_err(classify)?;
+        return Ok(page);
+    }
+    let taken;
+    let filter = match filter.window_to_take() {
+        Some(size) => {
+            taken = DocumentFilter { window: search_window_on(&tx, tenant_id, filter, size)?, ..filter.unwindowed() };
+            &taken
+        }
+        None => filter,
+    };
     let plan = search_plan(&tx, filter, sort)?;
     let rank = rank_column(filter, plan);
     let mut page = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}, {rank}"), values: Vec::new() };
@@ -245,12 +258,72 @@ fn list_on(
         items.extend(query_all(&tx, &tail.sql, params_from_iter(tail.values), ranked_from_row)?);
     }
     let mut page = document_page(items, limit, sort);
+    page.window = filter.window;
     load_tags(&tx, tenant_id, &mut page.items)?;
     if let Some(total) = total {
         let n: i64 = tx.query_row(&total.sql, params_from_iter(total.values), |r| r.get(0)).map_err(classify)?;
         page.total = Some(n as u64);
     }
     tx.commit().map_err(classify)?;
+    Ok(page)
+}
+
+/// The first page of a search in relevance order that takes its window: one walk of its `size + 1` newest matches
+/// ranks each, which gives the window, the count and the page at once (a walk to find the window, then a ranking
+/// of it, read every match twice: for a phrase, whose matches are checked word position by word position, the
+/// walk alone cost as much as ranking them). The page's documents are then read by key.
+fn first_ranked_page(
+    conn: &Connection,
+    tenant_id: Uuid,
+    filter: &DocumentFilter,
+    size: u32,
+    limit: u32,
+    count: bool,
+) -> Result<DocumentPage, StoreError> {
+    let mut walk = Assembled { sql: format!("SELECT s.rowid, d.id, {RANK}"), values: Vec::new() };
+    conditions_with(&mut walk, tenant_id, &filter.unwindowed(), SearchPlan::Drive)?;
+    let most = walk.bind(i64::from(size) + 1);
+    walk.sql.push_str(&format!(" ORDER BY s.rowid DESC LIMIT {most}"));
+    let mut matches: Vec<(i64, String, i64)> =
+        query_all(conn, &walk.sql, params_from_iter(walk.values), |r| Ok(Ok((r.get(0)?, r.get(1)?, r.get(2)?))))?;
+    let window = match (matches.len() > size as usize, matches.first()) {
+        (true, Some(&(newest, _, _))) => matches.pop().map(|(past, _, _)| SearchWindow {
+            size,
+            after: WritePosition { at: past, id: Uuid::nil() },
+            through: WritePosition { at: newest, id: Uuid::nil() },
+        }),
+        _ => None,
+    };
+    let total = matches.len() as u64;
+    // Best first, then by id: the order of the page query (`ORDER BY rank, d.id`; ids are lower-case text).
+    matches.sort_unstable_by(|x, y| (x.2, &x.1).cmp(&(y.2, &y.1)));
+    matches.truncate(fetch_size(limit) as usize);
+    let mut read = Assembled {
+        sql: format!("SELECT {DOCUMENT_COLUMNS} FROM documents d WHERE d.tenant_id = "),
+        values: Vec::new(),
+    };
+    let tenant = read.bind(tenant_id.to_string());
+    let ids: Vec<String> = matches.iter().map(|(_, id, _)| read.bind(id.clone())).collect();
+    read.sql.push_str(&format!("{tenant} AND d.id IN ({})", ids.join(", ")));
+    let mut documents: HashMap<Uuid, Document> = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        query_all(conn, &read.sql, params_from_iter(read.values), document_from_row)?
+            .into_iter()
+            .map(|d| (d.id, d))
+            .collect()
+    };
+    let mut items = Vec::with_capacity(matches.len());
+    for (_, id, rank) in matches {
+        let document = documents
+            .remove(&parse_uuid(&id)?)
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("a matched document vanished inside its transaction")))?;
+        items.push((document, rank));
+    }
+    let mut page = document_page(items, limit, DocumentSort { key: DocumentSortKey::Relevance, descending: false });
+    page.window = window;
+    load_tags(conn, tenant_id, &mut page.items)?;
+    page.total = count.then_some(total);
     Ok(page)
 }
 
@@ -280,19 +353,22 @@ fn conditions_with(
     match &filter.search {
         Some(search) if plan == SearchPlan::Check => {
             let matching = a.bind(search.fts5());
+            let window = window_condition(a, "k.search_rowid", filter.window);
             a.sql.push_str(&format!(
                 " FROM documents d WHERE d.tenant_id = {tenant} AND d.deleted_at IS NULL AND EXISTS (SELECT 1 \
                  FROM document_search_keys k JOIN document_search s ON s.rowid = k.search_rowid \
-                 WHERE k.document_id = d.id AND document_search MATCH {matching})"
+                 WHERE k.document_id = d.id AND document_search MATCH {matching}{window})"
             ));
         }
-        // The index drives: its matches, then their documents by key.
+        // The index drives: its matches, then their documents by key. A window is a rowid range of the index,
+        // which FTS5 seeks to (it reads only the doclist entries inside).
         Some(search) => {
             let matching = a.bind(search.fts5());
+            let window = window_condition(a, "s.rowid", filter.window);
             a.sql.push_str(&format!(
                 " FROM document_search s JOIN document_search_keys k ON k.search_rowid = s.rowid \
                  JOIN documents d ON d.id = k.document_id \
-                 WHERE document_search MATCH {matching} AND k.tenant_id = {tenant} AND d.tenant_id = {tenant} \
+                 WHERE document_search MATCH {matching}{window} AND k.tenant_id = {tenant} AND d.tenant_id = {tenant} \
                  AND d.deleted_at IS NULL"
             ));
         }
@@ -334,6 +410,47 @@ fn conditions_with(
         a.sql.push_str(&format!(" AND d.effective_date <= {p}"));
     }
     Ok(())
+}
+
+/// ` AND {rowid} > after AND {rowid} <= through` for a search window (its positions are search index rowids,
+/// [`WritePosition`]), else nothing.
+fn window_condition(a: &mut Assembled, rowid: &str, window: Option<SearchWindow>) -> String {
+    let Some(window) = window else { return String::new() };
+    let (after, through) = (a.bind(window.after.at), a.bind(window.through.at));
+    format!(" AND {rowid} > {after} AND {rowid} <= {through}")
+}
+
+/// The window of a search with more than `size` matches: the rowids of the `size + 1` newest matches of the
+/// tenant with every filter, walked newest first in the index's rowid order (a rowid is given at each write of a
+/// document, so the order is the order of writes), and the window the `size` newest of them. One doclist walk
+/// that stops after `size + 1` matches.
+fn search_window_on(
+    conn: &Connection,
+    tenant_id: Uuid,
+    filter: &DocumentFilter,
+    size: u32,
+) -> Result<Option<SearchWindow>, StoreError> {
+    if filter.search.is_none() {
+        return Ok(None);
+    }
+    let unwindowed = filter.unwindowed();
+    let mut a =
+        Assembled { sql: "SELECT min(rowid), max(rowid), count(*) FROM (SELECT s.rowid".into(), values: Vec::new() };
+    conditions_with(&mut a, tenant_id, &unwindowed, SearchPlan::Drive)?;
+    let walk = a.bind(i64::from(size) + 1);
+    a.sql.push_str(&format!(" ORDER BY s.rowid DESC LIMIT {walk})"));
+    let (oldest, newest, walked): (Option<i64>, Option<i64>, i64) = conn
+        .prepare_cached(&a.sql)
+        .and_then(|mut s| s.query_row(params_from_iter(a.values), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
+        .map_err(classify)?;
+    Ok(match (oldest, newest) {
+        (Some(oldest), Some(newest)) if walked > i64::from(size) => Some(SearchWindow {
+            size,
+            after: WritePosition { at: oldest, id: Uuid::nil() },
+            through: WritePosition { at: newest, id: Uuid::nil() },
+        }),
+        _ => None,
+    })
 }
 
 /// A search match's rank: bm25 with the fields weighted (`store::search::FIELD_WEIGHTS`), lower is better, as an
@@ -559,6 +676,16 @@ impl DocumentStore for SqliteStore {
         self.read(move |conn| list_on(conn, tenant_id, &filter, sort, after.as_ref(), limit, count)).await
     }
 
+    async fn search_window(
+        &self,
+        tenant_id: Uuid,
+        filter: &DocumentFilter,
+        size: u32,
+    ) -> Result<Option<SearchWindow>, StoreError> {
+        let filter = filter.clone();
+        self.read(move |conn| search_window_on(conn, tenant_id, &filter, size)).await
+    }
+
     async fn document_facets(
         &self,
         tenant_id: Uuid,
@@ -570,9 +697,11 @@ impl DocumentStore for SqliteStore {
             let mut a = Assembled::default();
             match field {
                 FacetField::Tags => {
-                    a.sql.push_str("SELECT t.tag, count(*) FROM document_tags t WHERE t.document_id IN (SELECT d.id");
+                    // The matches first, then their tags by key: `document_id IN (matches)` let SQLite walk every
+                    // document of the tenant and run the search once per document.
+                    a.sql.push_str("SELECT t.tag, count(*) FROM (SELECT d.id");
                     document_conditions(&mut a, tenant_id, filter)?;
-                    a.sql.push_str(") GROUP BY t.tag");
+                    a.sql.push_str(") m CROSS JOIN document_tags t ON t.document_id = m.id GROUP BY t.tag");
                 }
                 _ => {
                     let column = facet_column(field);
