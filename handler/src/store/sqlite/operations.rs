@@ -264,7 +264,7 @@ mod tests {
         for migration in migrations::SQLITE.iter().filter(|m| m.version <= upto) {
             let tx = conn.unchecked_transaction().unwrap();
             tx.execute_batch(migration.sql).unwrap();
-            record_applied(&tx, migration, Utc::now()).unwrap();
+            record_applied(&tx, migration, DateTime::from_timestamp(1_800_000_000, 0).unwrap()).unwrap();
             tx.commit().unwrap();
         }
     }
