@@ -200,6 +200,12 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "foreign_keys", "ON").map_err(classify)?;
     // The request path's statements stay prepared (the dynamic listings take a few slots more).
     conn.set_prepared_statement_cache_capacity(64);
+    // The query planner's stability guarantee: a plan never depends on a bound value. Without it SQLite marked
+    // the search statements to be prepared again whenever a parameter was bound to a new value, so every search
+    // (a new `MATCH` string each time) re-parsed and re-planned its statement: 40 % of the search's time on the
+    // blocking pool (BENCHMARKS.md, "Prepared once"). No plan here relies on a bound value: partial indexes are
+    // chosen from `IS NOT NULL` terms, no `LIKE` pattern is bound, and SQLite has no STAT4 statistics here.
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(classify)?;
     Ok(conn)
 }
 
