@@ -101,19 +101,13 @@ pub fn client_options(url: &str, try_timeout: Duration) -> SecretClientOptions {
         host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
     });
     let mut options = SecretClientOptions { verify_challenge_resource: Some(!loopback), ..Default::default() };
-    // Each try is bounded (the SDK's default transport has no timeout: a vault that stalls would stall startup).
-    if let Ok(http) = reqwest_azure::Client::builder().timeout(try_timeout).build() {
-        options.client_options.transport = Some(azure_core::http::Transport::new(Arc::new(http)));
+    // Each try is bounded (a vault that stalls would stall startup), and startup waits for the secrets while the
+    // Functions host allows about 30 s until the port opens: a few quick retries, then fail (the host restarts the
+    // handler) rather than the SDK's default minute. Should the bounded transport fail to build, the SDK's own
+    // remains, as before this bound existed.
+    if let Err(err) = super::bound_tries(&mut options.client_options, try_timeout, 3) {
+        tracing::warn!(error = %err, "Key Vault calls use the SDK's default transport and retries");
     }
-    // Startup waits for the secrets, and the Functions host allows about 30 s until the port opens: a few quick
-    // retries, then fail (the host restarts the handler) rather than the SDK's default minute.
-    options.client_options.retry =
-        azure_core::http::RetryOptions::exponential(azure_core::http::ExponentialRetryOptions {
-            max_retries: 3,
-            initial_delay: azure_core::time::Duration::milliseconds(200),
-            max_delay: azure_core::time::Duration::seconds(2),
-            max_total_elapsed: azure_core::time::Duration::seconds(10),
-        });
     options
 }
 

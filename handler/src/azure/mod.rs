@@ -26,17 +26,27 @@ pub fn managed_identity(client_id: Option<&str>) -> anyhow::Result<Arc<dyn Token
         user_assigned_id: client_id.map(|id| UserAssignedId::ClientId(id.to_owned())),
         ..Default::default()
     };
-    let http = reqwest_azure::Client::builder().timeout(IDENTITY_TRY_TIMEOUT).build()?;
-    options.client_options.transport = Some(azure_core::http::Transport::new(Arc::new(http)));
-    options.client_options.retry =
-        azure_core::http::RetryOptions::exponential(azure_core::http::ExponentialRetryOptions {
-            max_retries: 2,
-            initial_delay: azure_core::time::Duration::milliseconds(200),
-            max_delay: azure_core::time::Duration::seconds(2),
-            max_total_elapsed: azure_core::time::Duration::seconds(10),
-        });
+    bound_tries(&mut options.client_options, IDENTITY_TRY_TIMEOUT, 2)?;
     let credential: Arc<dyn TokenCredential> = ManagedIdentityCredential::new(Some(options))?;
     Ok(credential)
+}
+
+/// Bounds an Azure SDK client's calls: each HTTP try by `try_timeout` (the SDK's default transport waits up to a
+/// minute per read), then at most `max_retries` more tries, 200 ms to 2 s apart, none started after 10 s.
+pub(crate) fn bound_tries(
+    options: &mut azure_core::http::ClientOptions,
+    try_timeout: Duration,
+    max_retries: u32,
+) -> anyhow::Result<()> {
+    let http = reqwest_azure::Client::builder().timeout(try_timeout).build()?;
+    options.transport = Some(azure_core::http::Transport::new(Arc::new(http)));
+    options.retry = azure_core::http::RetryOptions::exponential(azure_core::http::ExponentialRetryOptions {
+        max_retries,
+        initial_delay: azure_core::time::Duration::milliseconds(200),
+        max_delay: azure_core::time::Duration::seconds(2),
+        max_total_elapsed: azure_core::time::Duration::seconds(10),
+    });
+    Ok(())
 }
 
 /// A secret that a background refresh may replace while readers hold the cell (Key Vault rotation).
