@@ -19,7 +19,7 @@ use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use serde_json::{Value, json};
 
 use crate::support::app::TestApp;
-use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, repo_root};
+use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, on_schedule, repo_root};
 
 const DIR_A: &str = "aaaaaaaa-0000-0000-0000-0000000000aa";
 const DIR_B: &str = "bbbbbbbb-0000-0000-0000-0000000000bb";
@@ -182,13 +182,7 @@ async fn seed() -> World {
 
     // The rollup runs (closing February and writing its statements); the last minutes stay in the tail.
     world.app.clock.set(at(9, 15, 40));
-    let run = world
-        .app
-        .invoke_timer(
-            "UsageRollup",
-            json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false}),
-        )
-        .await;
+    let run = world.app.invoke_timer("UsageRollup", on_schedule()).await;
     assert!(run.logs()[0].starts_with("UsageRollup: rolled up"), "{:?}", run.logs());
     world.app.clock.set(at(9, 15, 47));
     world.traffic(DIR_C, 2, false).await;

@@ -44,7 +44,7 @@ use crate::metering::{METERED, metered};
 use crate::outbox::{self, key_vault};
 use crate::support::dev_token;
 use crate::support::endpoints::{Reply, Seen, TestCa, TestServer, identity_env, managed_identity_endpoint};
-use crate::support::host::{HostEmulator, HostOptions};
+use crate::support::host::{HostEmulator, HostOptions, on_schedule};
 use crate::support::oidc::{OidcProvider, Signer, forge};
 use crate::support::proxy::{FaultProxy, Mode};
 use crate::support::stores::create_test_database;
@@ -464,7 +464,7 @@ struct Run {
 }
 
 async fn publish(host: &HostEmulator, runs: &mut Vec<Run>) {
-    let timer = json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false});
+    let timer = on_schedule();
     let started = Instant::now();
     let run = host.invoke_timer("OutboxPublisher", timer).await;
     runs.push(Run { started, took: started.elapsed(), logs: run.logs().join(" ") });

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::support::app::{DEV_APP_ID, TestApp};
 use crate::support::dev_token;
-use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, HostOptions};
+use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, HostOptions, on_schedule};
 
 /// The call these tests meter: a read the quota applies to, one unit on the "metered" plan (`/api/v1/me` is a
 /// self-service read the quota does not apply to).
@@ -841,12 +841,7 @@ async fn a_refused_call_names_the_limit_that_refused_it_and_the_usage_report_cou
     };
     assert_eq!(report().await, (Some(8), Some(2), Some(1), Some(1)));
     app.clock.advance(chrono::Duration::seconds(121));
-    let run = app
-        .invoke_timer(
-            "UsageRollup",
-            json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false}),
-        )
-        .await;
+    let run = app.invoke_timer("UsageRollup", on_schedule()).await;
     assert!(run.logs()[0].starts_with("UsageRollup: rolled up"), "{:?}", run.logs());
     assert_eq!(report().await, (Some(8), Some(2), Some(1), Some(1)), "the same from the rollups");
 }

@@ -20,7 +20,7 @@ use crate::support::app::TestApp;
 use crate::support::endpoints::{
     IdentityStub, Reply, Seen, TestCa, TestServer, identity_env, managed_identity_endpoint, trusting_client,
 };
-use crate::support::host::{HostEmulator, HostOptions, ServiceBusDelivery};
+use crate::support::host::{HostEmulator, HostOptions, ServiceBusDelivery, on_schedule};
 use crate::support::stores;
 
 /// A Service Bus endpoint answering each send with the next status of `script` (201 once it runs out).
@@ -109,7 +109,7 @@ async fn a_quota_threshold_event_is_sent_with_the_identity_token_after_5xx_and_m
     assert_eq!(rows.len(), 1, "exactly one outbox event: {rows:#?}");
     let event_id = rows[0].message.id;
 
-    let timer = json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false});
+    let timer = on_schedule();
     let first = app.invoke_timer("OutboxPublisher", timer.clone()).await;
     assert!(first.logs()[0].contains("published 0 of 1 due events, 1 failed"), "{:?}", first.logs());
     assert_eq!(bus.seen().len(), 4, "one try and three retries");
@@ -167,7 +167,7 @@ async fn one_run_drains_a_backlog_larger_than_a_batch_in_order() {
     let rows = store.list_outbox(0, 10).await.unwrap();
     assert_eq!(rows.len(), 5);
 
-    let timer = json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false});
+    let timer = on_schedule();
     let run = host.invoke_timer("OutboxPublisher", timer).await;
     assert!(run.logs()[0].contains("published 5 of 5 due events, 0 failed"), "batches of 2, one run: {:?}", run.logs());
     let sent: Vec<String> = bus.seen().iter().map(|r| r.json()["id"].as_str().unwrap().to_owned()).collect();
@@ -329,7 +329,7 @@ async fn a_secret_rotated_in_key_vault_reaches_the_running_handler() {
             "data": {"tenantId": tenant}})
         .to_string()
     };
-    let timer = json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false});
+    let timer = on_schedule();
     let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
     for body in [upsert("a-1", first), suspend("a-2", first)] {
         host.invoke_service_bus("IntegrationEvents", &ServiceBusDelivery::new(&body)).await.accepted();

@@ -6,7 +6,7 @@ use meterline::clock::Clock;
 use serde_json::json;
 
 use crate::support::app::{DEV_APP_ID, TestApp};
-use crate::support::host::ClientRequest;
+use crate::support::host::{ClientRequest, on_schedule};
 
 const DIR_A: &str = "aaaaaaaa-0000-0000-0000-0000000000aa";
 const DIR_B: &str = "bbbbbbbb-0000-0000-0000-0000000000bb";
@@ -61,12 +61,7 @@ async fn the_summary_is_the_quota_counter_and_the_report_and_export_are_current(
 
     // After a rollup run past the settle margin the numbers are the same, now from the rollups.
     host.clock.advance(chrono::Duration::seconds(121));
-    let run = host
-        .invoke_timer(
-            "UsageRollup",
-            json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false}),
-        )
-        .await;
+    let run = host.invoke_timer("UsageRollup", on_schedule()).await;
     assert!(run.logs()[0].starts_with("UsageRollup: rolled up 10 events"), "{:?}", run.logs());
     let month = host.http(get("/api/v1/usage?granularity=month", &a)).await.json();
     let rows = month["value"].as_array().unwrap();
@@ -158,12 +153,7 @@ async fn a_closed_month_has_a_statement_equal_to_the_usage_api_and_the_export() 
 
     // Past the month's end and the lateness window, one rollup run closes the month and writes its statement.
     host.clock.advance(chrono::Duration::days(40));
-    let run = host
-        .invoke_timer(
-            "UsageRollup",
-            json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false}),
-        )
-        .await;
+    let run = host.invoke_timer("UsageRollup", on_schedule()).await;
     assert!(run.logs()[0].contains("statements written"), "{:?}", run.logs());
     let a = host.token(DIR_A, "Usage.Read", DEV_APP_ID).await; // the first one has expired meanwhile
     let listed = host.http(get("/api/v1/billing/statements", &a)).await.json();
@@ -455,12 +445,7 @@ async fn the_summary_projects_the_period_and_the_platform_reads_every_tenant_and
     assert!(pipeline["rollup"].get("lagSeconds").is_none(), "{pipeline}");
     assert_eq!(pipeline["quarantine"]["open"], json!(0));
     host.clock.advance(chrono::Duration::seconds(121));
-    let run = host
-        .invoke_timer(
-            "UsageRollup",
-            json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false}),
-        )
-        .await;
+    let run = host.invoke_timer("UsageRollup", on_schedule()).await;
     assert!(run.logs()[0].starts_with("UsageRollup: rolled up"), "{:?}", run.logs());
     host.clock.advance(chrono::Duration::seconds(30));
     let pipeline = host.http(get("/api/v1/usage/pipeline", &admin)).await.json();

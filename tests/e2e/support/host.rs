@@ -738,6 +738,11 @@ impl HostEmulator {
     }
 }
 
+/// The `TimerInfo` of an on-time run, as the host sends it for a schedule that adjusts for DST.
+pub fn on_schedule() -> Value {
+    json!({"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false})
+}
+
 /// The envelope of a timer invocation (§7) with the given `TimerInfo` object.
 pub fn timer_envelope(layout: &AppLayout, function: &str, timer_info: Value) -> Value {
     let spec = layout.function(function);

@@ -226,6 +226,16 @@ fn commit_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), Str
 mod tests {
     use super::*;
 
+    /// The rows of the tests' table `t`, in order.
+    fn stored(conn: &Connection) -> Vec<i64> {
+        conn.prepare("SELECT n FROM t ORDER BY n")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
     fn writer_on(dir: &tempfile::TempDir) -> (Writer, Connection) {
         let path = dir.path().join("w.db");
         let conn = Connection::open(&path).unwrap();
@@ -267,13 +277,7 @@ mod tests {
                 _ => assert_eq!(result.as_ref().unwrap(), &(n as i64)),
             }
         }
-        let stored: Vec<i64> = reader
-            .prepare("SELECT n FROM t ORDER BY n")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let stored = stored(&reader);
         let expected: Vec<i64> = (0..200).filter(|n| n % 10 != 3 && n % 10 != 7).collect();
         assert_eq!(stored, expected, "exactly the successful writes are committed");
     }
@@ -334,13 +338,7 @@ mod tests {
         while let Err(err) = writer.write(insert(7)).await {
             assert!(std::time::Instant::now() < deadline, "the writer works again once the lock is free: {err:?}");
         }
-        let stored: Vec<i64> = holder
-            .prepare("SELECT n FROM t ORDER BY n")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let stored = stored(&holder);
         assert_eq!(stored, vec![7], "no refused write ran, even after the writer got the lock");
     }
 
