@@ -76,7 +76,7 @@ impl AppState {
             None => [ids.new_id().as_bytes().as_slice(), ids.new_id().as_bytes().as_slice()].concat(),
         };
         let cursors = CursorSigner::new(cursor_key);
-        let recorder = UsageRecorder::start(store.clone());
+        let recorder = UsageRecorder::new(store.clone());
         let leases = config.usage.quota_lease.map(|validity| {
             let settings = LeaseSettings {
                 validity: TimeDelta::from_std(validity).expect("at most 60 s"),

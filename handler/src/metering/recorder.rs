@@ -2,15 +2,18 @@
 //! and each response waits until the transaction holding its event has committed. A request's audit event,
 //! if it has one, rides in the same batch and the same transaction (`MeteringStore::record_usage`).
 //!
-//! One task owns the writing. It takes every event waiting in the queue (up to a batch limit), writes
-//! them together, then answers each waiter. Under load a batch forms by itself while the previous one
-//! commits; when idle, an event is written at once. A killed process (SIGKILL) can lose only events
-//! whose requests have not been answered yet, so no client ever holds a 2xx without its usage record.
+//! Requests queue their events; the first to find no flush running starts one, a task on its own thread
+//! that writes every event waiting (up to a batch limit), answers each waiter and repeats until the queue
+//! is empty, then ends. Under load a batch forms by itself while the previous one commits; when idle, an
+//! event is written at once. There is no recorder thread or long-lived task: the flush runs on the runtime
+//! of the request that started it, so on the embedded store an uncontended batch commits without any
+//! thread hand-off (`store::sqlite::writer`). A killed process (SIGKILL) can lose only events whose
+//! requests have not been answered yet, so no client ever holds a 2xx without its usage record.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::store::{AuditEventInput, Store, StoreError, UsageEvent};
 
@@ -25,8 +28,16 @@ type Entry = (UsageEvent, Option<AuditEventInput>, Waiter);
 /// The handle requests use to record their usage event.
 #[derive(Clone)]
 pub struct UsageRecorder {
-    queue: mpsc::Sender<Entry>,
-    counts: Arc<Counts>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    /// Events waiting for a batch, oldest first.
+    waiting: Mutex<Vec<Entry>>,
+    /// Whether a flush is running (at most one at a time).
+    flushing: AtomicBool,
+    counts: Counts,
 }
 
 /// What the recorder has written so far: how well group commit amortises the store's transactions.
@@ -49,69 +60,115 @@ impl std::fmt::Debug for UsageRecorder {
     }
 }
 
+/// A queue's updates cannot panic, so a poisoned lock is as good as a clean one.
+fn lock(waiting: &Mutex<Vec<Entry>>) -> MutexGuard<'_, Vec<Entry>> {
+    waiting.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl UsageRecorder {
-    /// Starts the writer task on the current runtime.
-    pub fn start(store: Arc<dyn Store>) -> Self {
-        let (queue, mut events) = mpsc::channel::<Entry>(MAX_BATCH * 8);
-        let counts = Arc::new(Counts::default());
-        let counted = Arc::clone(&counts);
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(MAX_BATCH);
-            while events.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                let mut records = Vec::with_capacity(batch.len());
-                let mut audit = Vec::new();
-                let mut waiters = Vec::with_capacity(batch.len());
-                for (usage, audited, waiter) in batch.drain(..) {
-                    records.push(usage);
-                    audit.extend(audited);
-                    waiters.push(waiter);
-                }
-                let result = store.record_usage(&records, &audit).await.map(drop).map_err(Arc::new);
-                counted.batches.fetch_add(1, Ordering::Relaxed);
-                counted.events.fetch_add(records.len() as u64, Ordering::Relaxed);
-                match &result {
-                    // Refused without reaching the store (breaker open, writer overloaded): the breaker logged
-                    // its opening once and the refusals are counted (`meterline.dependency.refusals`).
-                    Err(err) if refusal(err).is_some() => {
-                        tracing::debug!(error = ?err, events = records.len(), "usage batch refused; its requests answer 503")
-                    }
-                    Err(err) => {
-                        tracing::error!(error = ?err, events = records.len(), "usage batch failed; its requests answer 503")
-                    }
-                    Ok(()) => {}
-                }
-                for waiter in waiters {
-                    let _ = waiter.send(result.clone());
-                }
-            }
-        });
-        UsageRecorder { queue, counts }
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        let inner =
+            Inner { store, waiting: Mutex::default(), flushing: AtomicBool::new(false), counts: Counts::default() };
+        UsageRecorder { inner: Arc::new(inner) }
     }
 
     /// The batches (one store transaction each) and events written since the start.
     pub fn stats(&self) -> RecorderStats {
         RecorderStats {
-            batches: self.counts.batches.load(Ordering::Relaxed),
-            events: self.counts.events.load(Ordering::Relaxed),
+            batches: self.inner.counts.batches.load(Ordering::Relaxed),
+            events: self.inner.counts.events.load(Ordering::Relaxed),
         }
     }
 
     /// Records `event` (and `audit`, appended to its chain in the same transaction) durably; returns once
-    /// its batch has committed. A failed batch is logged here, once for all its requests, so callers do not
-    /// log the error again (a stopped recorder means its task panicked, which logged the panic).
+    /// its batch has committed. A failed batch is logged once for all its requests, so callers do not log
+    /// the error again.
     pub async fn record(&self, event: UsageEvent, audit: Option<AuditEventInput>) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
-        self.queue
-            .send((event, audit, done))
-            .await
-            .map_err(|_| StoreError::Unavailable(anyhow::anyhow!("the usage recorder has stopped")))?;
+        lock(&self.inner.waiting).push((event, audit, done));
+        if !self.inner.flushing.swap(true, Ordering::AcqRel) {
+            // A task, not this request's future: a client that goes away must not stop other requests' batch.
+            let flush = Flush { inner: Arc::clone(&self.inner), holding: true };
+            tokio::spawn(async move { flush.run().await });
+        }
         match wait.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => Err(StoreError::Unavailable(match refusal(&err) {
                 Some(refused) => anyhow::Error::new(refused).context("recording usage was refused"),
                 None => anyhow::anyhow!("recording usage failed: {err}"),
             })),
-            Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!("the usage recorder has stopped"))),
+            Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!("the usage recorder's flush was stopped"))),
+        }
+    }
+}
+
+/// The running flush: holds [`Inner::flushing`] and clears it when it ends, also if its task is dropped
+/// (its runtime shutting down), so the next event starts a new one.
+struct Flush {
+    inner: Arc<Inner>,
+    /// Whether this flush still holds the flag.
+    holding: bool,
+}
+
+impl Flush {
+    async fn run(mut self) {
+        let inner = Arc::clone(&self.inner);
+        loop {
+            let batch: Vec<Entry> = {
+                let mut waiting = lock(&inner.waiting);
+                let n = waiting.len().min(MAX_BATCH);
+                waiting.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                inner.flushing.store(false, Ordering::Release);
+                // An event queued after the take above found the flag still set and started no flush: take
+                // the flag back for it, unless a flush it started has it.
+                if lock(&inner.waiting).is_empty() || inner.flushing.swap(true, Ordering::AcqRel) {
+                    self.holding = false;
+                    return;
+                }
+                continue;
+            }
+            inner.write(batch).await;
+        }
+    }
+}
+
+impl Drop for Flush {
+    fn drop(&mut self) {
+        if self.holding {
+            self.inner.flushing.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Inner {
+    /// Writes one batch and answers its waiters.
+    async fn write(&self, batch: Vec<Entry>) {
+        let mut records = Vec::with_capacity(batch.len());
+        let mut audit = Vec::new();
+        let mut waiters = Vec::with_capacity(batch.len());
+        for (usage, audited, waiter) in batch {
+            records.push(usage);
+            audit.extend(audited);
+            waiters.push(waiter);
+        }
+        let result = self.store.record_usage(&records, &audit).await.map(drop).map_err(Arc::new);
+        self.counts.batches.fetch_add(1, Ordering::Relaxed);
+        self.counts.events.fetch_add(records.len() as u64, Ordering::Relaxed);
+        match &result {
+            // Refused without reaching the store (breaker open, writer overloaded): the breaker logged
+            // its opening once and the refusals are counted (`meterline.dependency.refusals`).
+            Err(err) if refusal(err).is_some() => {
+                tracing::debug!(error = ?err, events = records.len(), "usage batch refused; its requests answer 503")
+            }
+            Err(err) => {
+                tracing::error!(error = ?err, events = records.len(), "usage batch failed; its requests answer 503")
+            }
+            Ok(()) => {}
+        }
+        for waiter in waiters {
+            let _ = waiter.send(result.clone());
         }
     }
 }
@@ -149,7 +206,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("r.db")).await.unwrap());
         store.migrate().await.unwrap();
-        let recorder = UsageRecorder::start(store);
+        let recorder = UsageRecorder::new(store);
         let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         // A tenant that does not exist: the batch's foreign key fails, and with it every event in it.
         let event = |n: u128| UsageEvent {
@@ -173,7 +230,7 @@ mod tests {
             lease_id: None,
             refusal: None,
         };
-        // On this single-threaded runtime all three are queued before the writer task runs: one batch.
+        // On this single-threaded runtime all three are queued before the flush task runs: one batch.
         let results = futures_util::future::join_all((1..=3).map(|n| recorder.record(event(n), None))).await;
         assert!(results.iter().all(Result::is_err), "{results:?}");
         assert_eq!(lines.load(std::sync::atomic::Ordering::SeqCst), 1, "one line for the batch, none per request");

@@ -227,7 +227,7 @@ impl MeteringStore for SqliteStore {
 
     async fn record_usage(&self, usage: &[UsageEvent], audit: &[AuditEventInput]) -> Result<u64, StoreError> {
         let (events, audit) = (usage.to_vec(), audit.to_vec());
-        self.write(move |tx| {
+        self.write_here(move |tx| {
             let mut inserted = 0;
             for e in &events {
                 inserted += insert_usage_event(tx, e)? as u64;

@@ -180,12 +180,30 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.write_on(f, false).await
+    }
+
+    /// [`Self::write`] for a short write on every request's path (a usage batch), which the calling thread
+    /// commits itself when no batch is committing ([`writer::Writer::write_here`]).
+    async fn write_here<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write_on(f, true).await
+    }
+
+    async fn write_on<T, F>(&self, f: F, here: bool) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         // A full queue is our own back-pressure, not a failure of the store: refused before the breaker counts.
         if self.inner.writer.is_full() {
             return Err(StoreError::Unavailable(anyhow::Error::new(crate::resilience::Refusal::overloaded("store"))));
         }
         let attempt = self.inner.breaker.admit().map_err(|r| StoreError::Unavailable(anyhow::Error::new(r)))?;
-        let result = self.inner.writer.write(f).await;
+        let result = if here { self.inner.writer.write_here(f).await } else { self.inner.writer.write(f).await };
         attempt.finish(!matches!(result, Err(StoreError::Unavailable(_))));
         result
     }

@@ -16,9 +16,10 @@
 //! the file lock another process holds, a slow disk), and nothing of the refused write ever takes effect.
 //! A write that has started is waited for: it is in the store, no longer waiting for it.
 
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -56,6 +57,8 @@ const ABANDONED: u8 = 2;
 trait Job: Send {
     /// Claims the write for the writer thread; false if its caller took it back (then it never runs).
     fn start(&self) -> bool;
+    /// Whether a caller's thread may run it ([`Writer::write_here`]); else only the writer thread does.
+    fn here(&self) -> bool;
     /// Runs the write on the connection (inside its savepoint); true if it succeeded.
     fn run(&mut self, conn: &Connection) -> bool;
     /// Answers the caller: its own result if the batch committed, else the batch's failure.
@@ -64,6 +67,7 @@ trait Job: Send {
 
 struct Pending<T, F> {
     stage: Arc<AtomicU8>,
+    here: bool,
     /// The writer's count of writes waiting to start, which whoever moves this one out of `QUEUED` decrements.
     waiting: Arc<AtomicUsize>,
     write: Option<F>,
@@ -82,6 +86,10 @@ where
             self.waiting.fetch_sub(1, Ordering::AcqRel);
         }
         started
+    }
+
+    fn here(&self) -> bool {
+        self.here
     }
 
     fn run(&mut self, conn: &Connection) -> bool {
@@ -107,23 +115,49 @@ where
     }
 }
 
-/// The handle writes are queued on; the thread stops when the last handle is dropped.
+/// The handle writes are queued on; the thread stops when it is dropped.
 pub(super) struct Writer {
-    queue: mpsc::Sender<Box<dyn Job>>,
+    shared: Arc<Shared>,
     /// Writes queued that have neither started nor been taken back by their callers.
     queued: Arc<AtomicUsize>,
     bounds: Bounds,
 }
 
+/// What the handle, the writer thread and the callers committing on their own threads share.
+struct Shared {
+    /// The write connection, held by whoever commits a batch: a caller ([`Writer::write`]) or the thread.
+    conn: Mutex<Connection>,
+    jobs: Mutex<Queue>,
+    /// Wakes the writer thread when it waits (`Queue::thread_waiting`).
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Writes waiting for a batch, oldest first.
+    waiting: VecDeque<Box<dyn Job>>,
+    /// The writer thread is (about to be) parked on [`Shared::ready`].
+    thread_waiting: bool,
+    /// The handle is gone: the thread commits what is left and ends.
+    stopping: bool,
+}
+
+/// A lock nothing can leave half-updated: a poisoned one is as good as a clean one (every write runs under
+/// `catch_unwind`, and the queue's updates cannot panic).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Writer {
-    /// Starts the writer thread, which owns `conn` from now on.
+    /// Starts the writer thread; `conn` is written through this writer only from now on.
     pub(super) fn start(conn: Connection, bounds: Bounds) -> Result<Writer, StoreError> {
-        let (queue, jobs) = mpsc::channel::<Box<dyn Job>>();
+        let shared = Arc::new(Shared { conn: Mutex::new(conn), jobs: Mutex::default(), ready: Condvar::new() });
+        let for_thread = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("sqlite-writer".to_owned())
-            .spawn(move || run(conn, jobs))
+            .spawn(move || run(&for_thread))
             .map_err(|e| StoreError::Other(anyhow::Error::new(e).context("starting the SQLite writer thread")))?;
-        Ok(Writer { queue, queued: Arc::default(), bounds })
+        Ok(Writer { shared, queued: Arc::default(), bounds })
     }
 
     /// Whether a write now would be refused for the queue's depth.
@@ -131,9 +165,27 @@ impl Writer {
         self.queued.load(Ordering::Acquire) >= self.bounds.max_queued
     }
 
-    /// Runs `write` in the next batch; returns its result once the batch has committed, or a
-    /// [`Refusal::overloaded`] (and the write never runs) if the queue is full or it did not start in time.
+    /// Runs `write` in the next batch on the writer thread; returns its result once the batch has committed, or
+    /// a [`Refusal::overloaded`] (and the write never runs) if the queue is full or it did not start in time.
     pub(super) async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.queue(write, false).await
+    }
+
+    /// [`Self::write`] for a short write on a request's path (a usage batch): if no batch is committing, the
+    /// calling thread commits it at once with whatever else short is waiting ([`Shared::commit_here`]).
+    pub(super) async fn write_here<T, F>(&self, write: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.queue(write, true).await
+    }
+
+    async fn queue<T, F>(&self, write: F, here: bool) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -144,13 +196,13 @@ impl Writer {
         let (reply, mut answer) = oneshot::channel();
         let stage = Arc::new(AtomicU8::new(QUEUED));
         let waiting = self.queued.clone();
-        let job = Box::new(Pending { stage: stage.clone(), waiting, write: Some(write), result: None, reply });
+        let job = Box::new(Pending { stage: stage.clone(), here, waiting, write: Some(write), result: None, reply });
         self.queued.fetch_add(1, Ordering::AcqRel);
-        if let Err(unsent) = self.queue.send(job) {
-            drop(unsent); // dropped without finish: undo its count here
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(stopped());
+        lock(&self.shared.jobs).waiting.push_back(job);
+        if here {
+            self.shared.commit_here();
         }
+        self.shared.hand_over();
         match tokio::time::timeout(self.bounds.max_wait, &mut answer).await {
             Ok(answered) => answered.map_err(|_| stopped())?,
             Err(_) if stage.compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok() => {
@@ -163,6 +215,13 @@ impl Writer {
     }
 }
 
+impl Drop for Writer {
+    fn drop(&mut self) {
+        lock(&self.shared.jobs).stopping = true;
+        self.shared.ready.notify_one();
+    }
+}
+
 fn overloaded() -> StoreError {
     StoreError::Unavailable(anyhow::Error::new(Refusal::overloaded("store")))
 }
@@ -171,25 +230,103 @@ fn stopped() -> StoreError {
     StoreError::Unavailable(anyhow::anyhow!("the SQLite writer thread has stopped"))
 }
 
-/// The writer thread: batch, run, commit, answer, until every handle is gone.
-fn run(conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
-    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = jobs.recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+impl Shared {
+    /// Commits the short writes at the front of the queue on the calling thread, unless a batch is committing
+    /// already (then whoever commits it looks at the queue again once done).
+    ///
+    /// Handing each batch to the writer thread and its answers back cost two thread wake-ups per batch, much
+    /// of a metered call's latency when the CPU is not saturated (BENCHMARKS.md, "Usage batches committed on
+    /// the caller's thread"). A caller's thread does not wait for another process's file lock (busy timeout 0
+    /// for its attempt): a batch that finds the file locked goes back to the queue for the writer thread, whose
+    /// wait is bounded by the busy timeout and each caller's `max_wait`.
+    fn commit_here(&self) {
+        let conn = match self.conn.try_lock() {
+            Ok(conn) => conn,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        let _ = conn.busy_timeout(Duration::ZERO);
+        self.commit_waiting(&conn, Caller::Request);
+        let _ = conn.busy_timeout(super::BUSY_TIMEOUT);
+    }
+
+    /// Wakes the writer thread if it sleeps while writes wait. Every caller calls it after queueing (and
+    /// after committing on its own thread, once the connection is released), so a write queued while someone
+    /// else held the connection is never left without a committer: it was queued before the holder released
+    /// the connection, so the holder's call here sees it.
+    fn hand_over(&self) {
+        let queue = lock(&self.jobs);
+        if !queue.waiting.is_empty() && queue.thread_waiting {
+            drop(queue);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Takes up to [`MAX_BATCH`] waiting writes (on a request's thread only the short ones at the front) and
+    /// commits them as one batch (see [`commit_batch`]), then answers each caller.
+    fn commit_waiting(&self, conn: &Connection, caller: Caller) {
+        let mut batch: Vec<Box<dyn Job>> = {
+            let mut queue = lock(&self.jobs);
+            let n =
+                queue.waiting.iter().take(MAX_BATCH).take_while(|job| caller == Caller::Thread || job.here()).count();
+            queue.waiting.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let failure = match commit_batch(conn, &mut batch) {
+            Ok(()) => None,
+            // Not started (a job starts after BEGIN): back to the front of the queue, in order, for the thread.
+            Err(Failure::Locked(_)) if caller == Caller::Request => {
+                let mut queue = lock(&self.jobs);
+                for job in batch.into_iter().rev() {
+                    queue.waiting.push_front(job);
+                }
+                return;
             }
-        }
-        let failure = commit_batch(&conn, &mut batch).err();
-        if let Some(why) = &failure {
-            tracing::error!(writes = batch.len(), error = %why, "an SQLite write batch failed; its writes answer 503");
-        }
+            Err(Failure::Locked(why) | Failure::Failed(why)) => {
+                tracing::error!(writes = batch.len(), error = %why, "an SQLite write batch failed; its writes answer 503");
+                Some(why)
+            }
+        };
         for job in batch.drain(..) {
             job.finish(failure.as_deref());
         }
     }
+}
+
+/// Who commits a batch: a request's thread (which never waits for the file lock) or the writer thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Request,
+    Thread,
+}
+
+/// The writer thread: commits whatever callers left in the queue (the file was locked, or they queued while
+/// another batch was committing), until the handle is gone and the queue is empty.
+fn run(shared: &Shared) {
+    loop {
+        {
+            let mut queue = lock(&shared.jobs);
+            while queue.waiting.is_empty() {
+                if queue.stopping {
+                    return;
+                }
+                queue.thread_waiting = true;
+                queue = shared.ready.wait(queue).unwrap_or_else(PoisonError::into_inner);
+                queue.thread_waiting = false;
+            }
+        }
+        let conn = lock(&shared.conn);
+        shared.commit_waiting(&conn, Caller::Thread);
+    }
+}
+
+/// Why a batch did not commit.
+enum Failure {
+    /// `BEGIN IMMEDIATE` found the file locked by another connection (past the busy timeout, if any).
+    Locked(String),
+    Failed(String),
 }
 
 /// Runs one parameterless statement, prepared once per connection.
@@ -198,9 +335,16 @@ fn statement(conn: &Connection, sql: &str) -> Result<(), String> {
 }
 
 /// Runs every job of the batch in its own savepoint inside one IMMEDIATE transaction and commits.
-fn commit_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), String> {
-    // IMMEDIATE takes the file lock now (waiting up to the busy timeout for another process).
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| format!("BEGIN IMMEDIATE: {e}"))?;
+fn commit_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), Failure> {
+    // IMMEDIATE takes the file lock now (waiting up to the connection's busy timeout for another process).
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let why = format!("BEGIN IMMEDIATE: {e}");
+        let locked = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
+        return Err(if locked { Failure::Locked(why) } else { Failure::Failed(why) });
+    }
     let outcome = (|| {
         for job in batch.iter_mut() {
             if !job.start() {
@@ -219,7 +363,7 @@ fn commit_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), Str
     if outcome.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
     }
-    outcome
+    outcome.map_err(Failure::Failed)
 }
 
 #[cfg(test)]
@@ -243,6 +387,59 @@ mod tests {
         (Writer::start(conn, Bounds::DEFAULT).unwrap(), Connection::open(&path).unwrap())
     }
 
+    /// The name of the thread a write ran on.
+    fn thread_name() -> String {
+        std::thread::current().name().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_short_write_commits_on_its_callers_thread_and_any_other_on_the_writer_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, reader) = writer_on(&dir);
+        let caller = thread_name();
+        let here = writer
+            .write_here(|conn| {
+                conn.execute("INSERT INTO t (n) VALUES (1)", []).map_err(|e| StoreError::Other(e.into()))?;
+                Ok(thread_name())
+            })
+            .await
+            .unwrap();
+        assert_eq!(here, caller, "no batch was committing: the caller committed its own");
+        let queued = writer
+            .write(|conn| {
+                conn.execute("INSERT INTO t (n) VALUES (2)", []).map_err(|e| StoreError::Other(e.into()))?;
+                Ok(thread_name())
+            })
+            .await
+            .unwrap();
+        assert_eq!(queued, "sqlite-writer");
+        assert_eq!(stored(&reader), vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_callers_thread_never_waits_for_another_process_lock() {
+        use futures_util::FutureExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, reader) = writer_on(&dir);
+        let holder = Connection::open(dir.path().join("w.db")).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let write = writer.write_here(|conn| {
+            conn.execute("INSERT INTO t (n) VALUES (1)", []).map_err(|e| StoreError::Other(e.into()))?;
+            Ok(thread_name())
+        });
+        let mut write = std::pin::pin!(write);
+        let polled = std::time::Instant::now();
+        assert!((&mut write).now_or_never().is_none(), "the file is locked: not committed yet");
+        assert!(
+            polled.elapsed() < Duration::from_secs(1),
+            "the caller's attempt gave up at once instead of waiting out the 5 s busy timeout: {:?}",
+            polled.elapsed()
+        );
+        holder.execute_batch("COMMIT").unwrap();
+        assert_eq!(write.await.unwrap(), "sqlite-writer", "the writer thread committed it once the lock was free");
+        assert_eq!(stored(&reader), vec![1]);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_or_panicking_write_rolls_back_alone_and_the_rest_of_its_batch_commits() {
         let dir = tempfile::tempdir().unwrap();
@@ -252,17 +449,16 @@ mod tests {
             .map(|n| {
                 let writer = writer.clone();
                 tokio::spawn(async move {
-                    writer
-                        .write(move |conn| {
-                            conn.execute("INSERT INTO t (n) VALUES (?1)", [n])
-                                .map_err(|e| StoreError::Other(e.into()))?;
-                            match n % 10 {
-                                3 => Err(StoreError::Conflict(format!("write {n} refused"))),
-                                7 => panic!("write {n} panics"),
-                                _ => Ok(n),
-                            }
-                        })
-                        .await
+                    let write = move |conn: &Connection| {
+                        conn.execute("INSERT INTO t (n) VALUES (?1)", [n]).map_err(|e| StoreError::Other(e.into()))?;
+                        match n % 10 {
+                            3 => Err(StoreError::Conflict(format!("write {n} refused"))),
+                            7 => panic!("write {n} panics"),
+                            _ => Ok(n),
+                        }
+                    };
+                    // Half on the writer thread, half committed by whichever caller finds the connection free.
+                    if n % 2 == 0 { writer.write(write).await } else { writer.write_here(write).await }
                 })
             })
             .collect();
