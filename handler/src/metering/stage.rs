@@ -33,6 +33,17 @@ fn client_key(caller: &Caller) -> String {
         .unwrap_or_else(|| format!("sub:{}", p.subject))
 }
 
+/// The quota counters [`limit`] read for a call that spent no units (a self-service read such as `getMe`),
+/// left on the request so its handler shows the numbers its RateLimit headers show without reading them again.
+#[derive(Debug, Clone)]
+pub struct QuotaReading {
+    pub period_start: chrono::NaiveDate,
+    /// The tenant's counter as [`AppState::quota_usage`] reports it; none before the period's first debit.
+    pub usage: Option<crate::store::QuotaUsage>,
+    /// The calling client's own counter, when its registration caps its share of the quota.
+    pub client_units_used: Option<i64>,
+}
+
 fn state_of(req: &ServiceRequest) -> web::Data<AppState> {
     req.app_data::<web::Data<AppState>>().expect("AppState is registered").clone()
 }
@@ -51,6 +62,7 @@ pub async fn limit(
     let operation = crate::api::operations::operation_of(&req);
     let mut decision = None;
     let mut refused = None;
+    let mut reading = None;
     let decided = async {
         let plan = state.lookups.plan(&tenant.plan_code).await?.ok_or_else(|| {
             AppError::internal(anyhow::anyhow!("tenant {} is on plan {} which does not exist", tenant.id, tenant.plan_code))
@@ -137,10 +149,12 @@ pub async fn limit(
             Some(QuotaOutcome::Accepted { units_used, quota_units, .. } | QuotaOutcome::Rejected { units_used, quota_units }) => {
                 (units_used, quota_units)
             }
-            None => state
-                .quota_usage(tenant.id, period_start)
-                .await?
-                .map_or((0, plan.monthly_quota_units), |q| (q.units_used, q.quota_units)),
+            None => {
+                let usage = state.quota_usage(tenant.id, period_start).await?;
+                let shown = usage.as_ref().map_or((0, plan.monthly_quota_units), |q| (q.units_used, q.quota_units));
+                reading = Some(QuotaReading { period_start, usage, client_units_used: None });
+                shown
+            }
         };
         limits.quota_units = quota_units;
         limits.quota_remaining = (quota_units - units_used).max(0);
@@ -185,7 +199,13 @@ pub async fn limit(
         // A capped client's share of the quota: its own counter, debited once the tenant's quota admitted the call.
         if let (Some(client_id), Some(cap)) = (caller.api_client_id, caller.client_limits.quota_units) {
             let used = match debit.as_mut() {
-                None => state.store.client_quota_used(client_id, period_start).await?,
+                None => {
+                    let used = state.store.client_quota_used(client_id, period_start).await?;
+                    if let Some(reading) = reading.as_mut() {
+                        reading.client_units_used = Some(used);
+                    }
+                    used
+                }
                 Some(d) => {
                     let client_debit = ClientQuotaDebit { tenant_id: tenant.id, client_id, period_start, cap, units, now };
                     let outcome = state.store.debit_client_quota(&client_debit).await;
@@ -237,6 +257,9 @@ pub async fn limit(
     }
     if let Some(refusal) = refused {
         req.extensions_mut().insert(refusal);
+    }
+    if let Some(reading) = reading {
+        req.extensions_mut().insert(reading);
     }
     match decided {
         Ok((limits, debit, ticket)) => {

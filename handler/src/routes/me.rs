@@ -1,11 +1,12 @@
 //! `GET /api/v1/me`: who the caller is, as Meterline sees it: principal, tenant, plan and effective permissions.
 
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, get, web};
 use serde::Serialize;
 
 use crate::auth::PrincipalKind;
 use crate::auth::guard::{Authenticated, Authorized};
 use crate::error::AppError;
+use crate::metering::stage::QuotaReading;
 use crate::state::AppState;
 
 /// The caller's identity and what it may do.
@@ -82,8 +83,12 @@ pub struct MeTenant {
     )
 )]
 #[get("/me")]
-pub async fn get_me(auth: Authorized<Authenticated>, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    describe(&auth, &state).await
+pub async fn get_me(
+    auth: Authorized<Authenticated>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, AppError> {
+    describe(&auth, &state, &req).await
 }
 
 /// The old name of `getMe`, kept until its sunset; responses carry `Deprecation` and `Sunset`.
@@ -96,20 +101,30 @@ pub async fn get_me(auth: Authorized<Authenticated>, state: web::Data<AppState>)
     )
 )]
 #[get("/whoami")]
-pub async fn get_whoami(auth: Authorized<Authenticated>, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    describe(&auth, &state).await
+pub async fn get_whoami(
+    auth: Authorized<Authenticated>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, AppError> {
+    describe(&auth, &state, &req).await
 }
 
 async fn quota(
     state: &AppState,
     tenant: &crate::store::Tenant,
     caller: &crate::auth::guard::Caller,
+    reading: Option<QuotaReading>,
 ) -> Result<Option<MeQuota>, AppError> {
     // The plan as the limit stage saw it (cached like every lookup on the request path).
     let Some(plan) = state.lookups.plan(&tenant.plan_code).await? else { return Ok(None) };
     let period = crate::metering::period::BillingCalendar::of(tenant).period_containing(state.clock.now());
     let (period_start, period_end) = (period.start, period.end);
-    let usage = state.quota_usage(tenant.id, period_start).await?;
+    // The counters the limit stage read for this call's RateLimit headers, unless the period turned since.
+    let reading = reading.filter(|r| r.period_start == period_start);
+    let (usage, client_units_used) = match reading {
+        Some(r) => (r.usage, r.client_units_used),
+        None => (state.quota_usage(tenant.id, period_start).await?, None),
+    };
     // Before the period's first debit, the plan's quota applies; afterwards the stored one.
     let (quota_units, granted_units, units_used, overage_units, policy) = match usage {
         Some(u) => (u.quota_units, u.granted_units, u.units_used, u.overage_units, u.overage_policy),
@@ -120,9 +135,10 @@ async fn quota(
         (Some(_), None, None) | (None, _, _) => None,
         (Some(client_id), cap, rate) => Some(MeClientShare {
             quota_units: cap,
-            units_used: match cap {
-                Some(_) => Some(state.store.client_quota_used(client_id, period_start).await?),
-                None => None,
+            units_used: match (cap, client_units_used) {
+                (Some(_), Some(used)) => Some(used),
+                (Some(_), None) => Some(state.store.client_quota_used(client_id, period_start).await?),
+                (None, _) => None,
             },
             requests_per_minute: rate,
         }),
@@ -140,9 +156,14 @@ async fn quota(
     }))
 }
 
-async fn describe(auth: &Authorized<Authenticated>, state: &AppState) -> Result<HttpResponse, AppError> {
+async fn describe(
+    auth: &Authorized<Authenticated>,
+    state: &AppState,
+    req: &HttpRequest,
+) -> Result<HttpResponse, AppError> {
+    let reading = req.extensions().get::<QuotaReading>().cloned();
     let quota = match &auth.tenant {
-        Some(tenant) => quota(state, tenant, auth).await?,
+        Some(tenant) => quota(state, tenant, auth, reading).await?,
         None => None,
     };
     let p = &auth.principal;
