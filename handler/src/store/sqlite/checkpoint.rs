@@ -73,8 +73,8 @@ pub(super) fn install(writer: &mut Connection, path: &Path, at: Thresholds) -> R
         })
         .map_err(|e| StoreError::Other(anyhow::Error::new(e).context("starting the SQLite checkpoint thread")))?;
     writer.pragma_update(None, "journal_size_limit", at.wal_size_limit()).map_err(classify)?;
-    // The hook runs on the writer thread after each commit. It must answer Ok: an error would make the
-    // (already durable) commit report a failure.
+    // The hook runs after each commit, on whichever thread committed (`writer`). It must answer Ok: an error
+    // would make the (already durable) commit report a failure.
     // The WAL size at the last wake-up; a smaller size than it means the WAL was rewound since.
     let mut woken_at: c_int = 0;
     writer

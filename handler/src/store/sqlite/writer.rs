@@ -1,17 +1,21 @@
-//! Group commit for the embedded store: one thread owns the write connection and commits concurrent writes together.
+//! Group commit for the embedded store: whoever holds the write connection commits every write waiting together.
 //!
 //! SQLite has one writer per file. Giving every write its own `BEGIN IMMEDIATE … COMMIT` makes each pay for
 //! the lock, the WAL append of every page it touched and the wake-up of the next waiter, one after the
-//! other. Here the writer thread takes every write waiting in its queue (up to [`MAX_BATCH`]), runs each in
-//! its own `SAVEPOINT` inside one `BEGIN IMMEDIATE` transaction, commits once, and only then answers each
-//! caller. A write that fails rolls back to its savepoint and gets its own error; the others still commit.
-//! A failed `COMMIT` fails them all. Under load a batch forms by itself while the previous one commits;
+//! other. Here the holder of the write connection takes every write waiting in the queue (up to [`MAX_BATCH`]),
+//! runs each in its own `SAVEPOINT` inside one `BEGIN IMMEDIATE` transaction, commits once, and only then
+//! answers each caller. A write that fails rolls back to its savepoint and gets its own error; the others still
+//! commit. A failed `COMMIT` fails them all. Under load a batch forms by itself while the previous one commits;
 //! when idle, a write runs at once. Callers see the same guarantee as before: when `write` returns Ok, the
 //! change is committed (durable against a killed process, `synchronous=NORMAL` in WAL mode).
 //!
+//! The holder is the writer thread, or, for a short write on a request's path ([`Writer::write_here`]: a usage
+//! batch), the caller's own thread when no batch is committing ([`Shared::commit_here`]), which saves the
+//! hand-off to the thread and back. The WAL hook (`checkpoint`) runs in whichever thread commits.
+//!
 //! The wait is bounded ([`Bounds`]): a write that finds [`Bounds::max_queued`] writes already waiting to start is refused
 //! at once, and a caller that has waited [`Bounds::max_wait`] for a write that has not started takes it back
-//! (the writer thread skips it) and is refused. Both refusals are [`Refusal::overloaded`], so the request answers
+//! (whoever commits skips it) and is refused. Both refusals are [`Refusal::overloaded`], so the request answers
 //! 503 `overloaded` at once instead of queueing into a timeout when the writer is stalled (a batch waiting on
 //! the file lock another process holds, a slow disk), and nothing of the refused write ever takes effect.
 //! A write that has started is waited for: it is in the store, no longer waiting for it.
