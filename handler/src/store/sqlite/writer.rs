@@ -396,26 +396,22 @@ mod tests {
         std::thread::current().name().unwrap_or_default().to_owned()
     }
 
+    /// A write of `n` into `t` that answers the name of the thread it ran on.
+    fn insert_naming_thread(n: i64) -> impl FnOnce(&Connection) -> Result<String, StoreError> + Send + 'static {
+        move |conn| {
+            conn.execute("INSERT INTO t (n) VALUES (?1)", [n]).map_err(|e| StoreError::Other(e.into()))?;
+            Ok(thread_name())
+        }
+    }
+
     #[tokio::test]
     async fn a_short_write_commits_on_its_callers_thread_and_any_other_on_the_writer_thread() {
         let dir = tempfile::tempdir().unwrap();
         let (writer, reader) = writer_on(&dir);
         let caller = thread_name();
-        let here = writer
-            .write_here(|conn| {
-                conn.execute("INSERT INTO t (n) VALUES (1)", []).map_err(|e| StoreError::Other(e.into()))?;
-                Ok(thread_name())
-            })
-            .await
-            .unwrap();
+        let here = writer.write_here(insert_naming_thread(1)).await.unwrap();
         assert_eq!(here, caller, "no batch was committing: the caller committed its own");
-        let queued = writer
-            .write(|conn| {
-                conn.execute("INSERT INTO t (n) VALUES (2)", []).map_err(|e| StoreError::Other(e.into()))?;
-                Ok(thread_name())
-            })
-            .await
-            .unwrap();
+        let queued = writer.write(insert_naming_thread(2)).await.unwrap();
         assert_eq!(queued, "sqlite-writer");
         assert_eq!(stored(&reader), vec![1, 2]);
     }
@@ -427,10 +423,7 @@ mod tests {
         let (writer, reader) = writer_on(&dir);
         let holder = Connection::open(dir.path().join("w.db")).unwrap();
         holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let write = writer.write_here(|conn| {
-            conn.execute("INSERT INTO t (n) VALUES (1)", []).map_err(|e| StoreError::Other(e.into()))?;
-            Ok(thread_name())
-        });
+        let write = writer.write_here(insert_naming_thread(1));
         let mut write = std::pin::pin!(write);
         let polled = std::time::Instant::now();
         assert!((&mut write).now_or_never().is_none(), "the file is locked: not committed yet");
