@@ -59,6 +59,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite":
     9 => "0009_billing_calendar.sql" "billing_calendar",
     10 => "0010_document_search.sql" "document_search",
     11 => "0011_refusals.sql" "refusals",
+    12 => "0012_search_keys_never_reused.sql" "search_keys_never_reused",
 );
 
 /// The SQL Server migrations: the same versions and names as [`SQLITE`], in T-SQL.
@@ -74,6 +75,7 @@ pub const MSSQL: &[Migration] = migrations!("mssql":
     9 => "0009_billing_calendar.sql" "billing_calendar",
     10 => "0010_document_search.sql" "document_search",
     11 => "0011_refusals.sql" "refusals",
+    12 => "0012_search_keys_never_reused.sql" "search_keys_never_reused",
 );
 
 /// Checks that `known` is strictly increasing: a gap or reorder is a build mistake, caught by a unit test.

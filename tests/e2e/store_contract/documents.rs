@@ -898,6 +898,36 @@ async fn a_search_for_a_word_most_documents_contain_pages_in_date_order_and_rank
 }
 
 #[tokio::test]
+async fn a_document_written_after_the_newest_match_was_deleted_stays_outside_an_older_window() {
+    for_each_store(
+        "a_document_written_after_the_newest_match_was_deleted_stays_outside_an_older_window",
+        |t| async move {
+            let store = migrated(&t).await;
+            let (a, _) = two_tenants(&store).await;
+            let customs = |n| Document { title: format!("Customs notice {n}"), ..document(&a, n) };
+            for n in 0..6 {
+                store.create_document(&customs(n), None, None).await.unwrap();
+            }
+            let filter = searching("customs");
+            let window = store.search_window(a.id, &filter, 3).await.unwrap().expect("six matches pass a window of 3");
+            // The newest match goes, then a new one is written: on SQLite it takes the next search key, never the
+            // deleted one's again, so it is newer than the window (as on SQL Server, whose window is of write times).
+            let newest = customs(5);
+            let deleted =
+                store.delete_document(a.id, newest.id, 1, "oid-editor", newest.updated_at, None).await.unwrap();
+            assert_eq!(deleted, Update::Updated(()), "{}", t.name);
+            store.create_document(&customs(6), None, None).await.unwrap();
+
+            let windowed = DocumentFilter { window: Some(window), ..filter.clone() };
+            let page = list_all(&store, &a, &windowed, UPDATED_ASC).await;
+            assert_eq!(ids(&page.items), vec![doc_id(3), doc_id(4)], "{}", t.name);
+            assert_eq!(page.total, Some(2), "{}", t.name);
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_search_past_its_window_ranks_counts_and_facets_only_its_most_recent_matches() {
     for_each_store("a_search_past_its_window_ranks_counts_and_facets_only_its_most_recent_matches", |t| async move {
         let store = migrated(&t).await;

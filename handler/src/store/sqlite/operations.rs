@@ -302,6 +302,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn migration_12_keeps_every_search_key_and_never_gives_a_deleted_one_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = connect(&dir.path().join("keys.db")).unwrap();
+        migrate_one_by_one(&conn, 11);
+        // Two documents (their tenant is not needed here) and their keys, as migration 10 and the writes left them.
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             INSERT INTO documents (id, tenant_id, title, doc_type, status, created_by, updated_by, created_at,
+                 updated_at, version)
+             VALUES ('d3', 't', 'customs', 'memo', 'draft', 'a', 'a', '2027-01-01T00:00:00Z', '2027-01-01T00:00:00Z', 1),
+                    ('d7', 't', 'tax', 'memo', 'draft', 'a', 'a', '2027-01-01T00:00:00Z', '2027-01-01T00:00:00Z', 1),
+                    ('d8', 't', 'rent', 'memo', 'draft', 'a', 'a', '2027-01-01T00:00:00Z', '2027-01-01T00:00:00Z', 1);
+             INSERT INTO document_search_keys (search_rowid, document_id, tenant_id) VALUES (3, 'd3', 't'), (7, 'd7', 't');
+             INSERT INTO document_search (rowid, title, summary, body, tags) VALUES (3, 'customs', '', '', ''), (7, 'tax', '', '', '');",
+        )
+        .unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).await.unwrap();
+        assert_eq!(store.migrate().await.unwrap().applied, vec![12]);
+        let keys = |conn: &Connection| -> Vec<(i64, String)> {
+            conn.prepare("SELECT search_rowid, document_id FROM document_search_keys ORDER BY search_rowid")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(keys(&conn), vec![(3, "d3".to_owned()), (7, "d7".to_owned())]);
+        let found: i64 = conn
+            .query_row(
+                "SELECT k.search_rowid FROM document_search s JOIN document_search_keys k ON k.search_rowid = s.rowid \
+                 WHERE document_search MATCH 'tax'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(found, 7, "the index still finds its documents through the keys");
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             DELETE FROM document_search_keys WHERE search_rowid = 7;
+             INSERT INTO document_search_keys (document_id, tenant_id) VALUES ('d8', 't');",
+        )
+        .unwrap();
+        assert_eq!(keys(&conn), vec![(3, "d3".to_owned()), (8, "d8".to_owned())], "7 is not given again");
+    }
+
+    #[tokio::test]
     async fn a_database_migrated_part_of_the_way_takes_the_remaining_migrations_not_the_baseline() {
         let dir = tempfile::tempdir().unwrap();
         let latest = migrations::SQLITE.last().unwrap().version;
