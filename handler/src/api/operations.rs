@@ -16,6 +16,9 @@ use actix_web::web;
 #[derive(Debug, Default)]
 pub struct RouteTable {
     entries: Vec<(Template, Vec<RouteMethod>)>,
+    /// The indexes in `entries` of the templates of each segment count: a path is compared only with the
+    /// templates it could fit (a dozen of the 45 for a document's path instead of all of them).
+    by_length: Vec<Vec<usize>>,
 }
 
 /// A path template split at `/`: literal segments match exactly, a `{name}` segment matches any non-empty
@@ -36,10 +39,11 @@ impl Template {
         Template { segments, parameters }
     }
 
-    /// Whether the path, split at `/` once by the caller ([`segments`]), fits the template.
+    /// Whether the path, split at `/` once by the caller ([`segments`]), fits the template. Compared from the
+    /// end: every API path starts `/api/v1/`, so the first segments that differ are the last ones.
     fn is_match(&self, parts: &[&str]) -> bool {
         self.segments.len() == parts.len()
-            && self.segments.iter().zip(parts).all(|(segment, part)| match segment {
+            && self.segments.iter().rev().zip(parts.iter().rev()).all(|(segment, part)| match segment {
                 Some(literal) => **literal == **part,
                 None => !part.is_empty(),
             })
@@ -71,24 +75,35 @@ impl RouteTable {
                 .iter()
                 .filter_map(|(m, op)| op.as_ref().map(|op| (*m, op.operation_id.as_deref().map(Arc::from))))
                 .collect();
-            table.entries.push((Template::parse(path), methods));
+            table.push(Template::parse(path), methods);
         }
         table
     }
 
     pub fn add(&mut self, template: &str, methods: Vec<&'static str>) {
-        self.entries.push((Template::parse(template), methods.into_iter().map(|m| (m, None)).collect()));
+        self.push(Template::parse(template), methods.into_iter().map(|m| (m, None)).collect());
+    }
+
+    fn push(&mut self, template: Template, methods: Vec<RouteMethod>) {
+        let length = template.segments.len();
+        if self.by_length.len() <= length {
+            self.by_length.resize_with(length + 1, Vec::new);
+        }
+        self.by_length[length].push(self.entries.len());
+        self.entries.push((template, methods));
+    }
+
+    /// The templates `parts` fits.
+    fn matching<'a, 'p>(&'a self, parts: &'p [&'p str]) -> impl Iterator<Item = &'a (Template, Vec<RouteMethod>)> {
+        let candidates = self.by_length.get(parts.len()).map_or(&[][..], Vec::as_slice);
+        candidates.iter().map(|&i| &self.entries[i]).filter(move |(template, _)| template.is_match(parts))
     }
 
     /// The methods allowed on `path`, or `None` when no route template matches it.
     pub fn allowed_methods(&self, path: &str) -> Option<Vec<&'static str>> {
         let parts = segments(path);
-        let mut allowed: Vec<&'static str> = self
-            .entries
-            .iter()
-            .filter(|(def, _)| def.is_match(&parts))
-            .flat_map(|(_, m)| m.iter().map(|(method, _)| *method))
-            .collect();
+        let mut allowed: Vec<&'static str> =
+            self.matching(&parts).flat_map(|(_, m)| m.iter().map(|(method, _)| *method)).collect();
         if allowed.is_empty() {
             return None;
         }
@@ -101,15 +116,13 @@ impl RouteTable {
     #[cfg(test)]
     pub(crate) fn templates_matching(&self, path: &str) -> usize {
         let parts = segments(path);
-        self.entries.iter().filter(|(template, _)| template.is_match(&parts)).count()
+        self.matching(&parts).count()
     }
 
     /// The operation id serving `method` on `path`. Literal templates win over parameterized ones.
     pub fn operation(&self, method: &str, path: &str) -> Option<&Arc<str>> {
         let parts = segments(path);
-        self.entries
-            .iter()
-            .filter(|(template, _)| template.is_match(&parts))
+        self.matching(&parts)
             .filter_map(|(template, methods)| {
                 let (_, id) = methods.iter().find(|(m, _)| *m == method)?;
                 Some((template.parameters, id.as_ref()?))
