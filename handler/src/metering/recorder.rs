@@ -80,10 +80,35 @@ impl UsageRecorder {
         }
     }
 
-    /// Records `event` (and `audit`, appended to its chain in the same transaction) durably; returns once
-    /// its batch has committed. A failed batch is logged once for all its requests, so callers do not log
-    /// the error again.
-    pub async fn record(&self, event: UsageEvent, audit: Option<AuditEventInput>) -> Result<(), StoreError> {
+    /// Records the usage event `build` makes (and its audit event, appended to its chain in the same transaction)
+    /// durably; returns once its batch has committed. A failed batch is logged once for all its requests, so
+    /// callers do not log the error again.
+    ///
+    /// A flush runs on the runtime of the request that started it, so it can be dropped with that runtime (an
+    /// actix worker that stops while another still serves requests) before it answers; then its requests make
+    /// their records again and queue them on their own runtime. The store skips an event or audit id it has, so
+    /// whether or not the dropped flush had committed it, each record is stored once.
+    pub async fn record(&self, build: impl Fn() -> (UsageEvent, Option<AuditEventInput>)) -> Result<(), StoreError> {
+        let answer = match self.queue(build()).await {
+            Err(_dropped) => self.queue(build()).await,
+            answer => answer,
+        };
+        match answer {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(StoreError::Unavailable(match refusal(&err) {
+                Some(refused) => anyhow::Error::new(refused).context("recording usage was refused"),
+                None => anyhow::anyhow!("recording usage failed: {err}"),
+            })),
+            Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!("the usage recorder's flush was stopped twice"))),
+        }
+    }
+
+    /// Queues one record, starts a flush if none is running, and waits for its answer (an error if the flush that
+    /// took it was dropped before answering).
+    async fn queue(
+        &self,
+        (event, audit): (UsageEvent, Option<AuditEventInput>),
+    ) -> Result<Result<(), Arc<StoreError>>, oneshot::error::RecvError> {
         let (done, wait) = oneshot::channel();
         lock(&self.inner.waiting).push((event, audit, done));
         if !self.inner.flushing.swap(true, Ordering::AcqRel) {
@@ -91,14 +116,7 @@ impl UsageRecorder {
             let flush = Flush { inner: Arc::clone(&self.inner), holding: true };
             tokio::spawn(async move { flush.run().await });
         }
-        match wait.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(StoreError::Unavailable(match refusal(&err) {
-                Some(refused) => anyhow::Error::new(refused).context("recording usage was refused"),
-                None => anyhow::anyhow!("recording usage failed: {err}"),
-            })),
-            Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!("the usage recorder's flush was stopped"))),
-        }
+        wait.await
     }
 }
 
@@ -135,9 +153,13 @@ impl Flush {
 }
 
 impl Drop for Flush {
+    /// A flush dropped before it ended (its runtime shut down) frees the flag and lets go of the records still
+    /// queued, whose requests then queue them again ([`UsageRecorder::record`]): left queued, they could wait for a
+    /// flush that no request starts. The flag goes first, so a record queued meanwhile starts a flush of its own.
     fn drop(&mut self) {
         if self.holding {
             self.inner.flushing.store(false, Ordering::Release);
+            drop(std::mem::take(&mut *lock(&self.inner.waiting)));
         }
     }
 }
@@ -197,22 +219,13 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_failed_batch_fails_each_of_its_requests_and_is_logged_once() {
-        use crate::store::prelude::*;
-        use tracing_subscriber::layer::SubscriberExt as _;
-        let lines = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(ErrorLines(lines.clone())));
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("r.db")).await.unwrap());
-        store.migrate().await.unwrap();
-        let recorder = UsageRecorder::new(store);
+    /// A `getMe` usage event with id `n`.
+    fn event(n: u128, tenant_id: Option<uuid::Uuid>) -> UsageEvent {
         let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        // A tenant that does not exist: the batch's foreign key fails, and with it every event in it.
-        let event = |n: u128| UsageEvent {
+        UsageEvent {
             event_id: uuid::Uuid::from_u128(n),
             request_id: format!("r{n}"),
-            tenant_id: Some(uuid::Uuid::from_u128(404)),
+            tenant_id,
             client_id: None,
             principal_id: None,
             operation_id: "getMe".into(),
@@ -229,9 +242,59 @@ mod tests {
             recorded_at: at,
             lease_id: None,
             refusal: None,
-        };
+        }
+    }
+
+    #[test]
+    fn the_records_of_a_flush_dropped_with_its_runtime_are_made_again_and_stored_once() {
+        use crate::store::prelude::*;
+        use futures_util::FutureExt as _;
+        let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let main = runtime();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let store = main.block_on(async {
+            let store = SqliteStore::open(&path).await.unwrap();
+            store.migrate().await.unwrap();
+            Arc::new(store)
+        });
+        let recorder = UsageRecorder::new(store);
+        // A worker's request queues its record and starts the flush on the worker's runtime, which stops (the
+        // request gone with it) before the flush has run.
+        let worker = runtime();
+        worker.block_on(async { assert!(recorder.record(|| (event(1, None), None)).now_or_never().is_none()) });
+        // Another worker's request queues behind that flush.
+        let mut other = Box::pin(recorder.record(|| (event(2, None), None)));
+        main.block_on(async { assert!((&mut other).now_or_never().is_none(), "waits for the running flush") });
+        drop(worker);
+
+        main.block_on(other).expect("made again and recorded on its own runtime");
+        let stored: Vec<String> = rusqlite::Connection::open(&path)
+            .unwrap()
+            .prepare("SELECT event_id FROM usage_events")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(stored, vec![uuid::Uuid::from_u128(2).to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_each_of_its_requests_and_is_logged_once() {
+        use crate::store::prelude::*;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let lines = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(ErrorLines(lines.clone())));
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("r.db")).await.unwrap());
+        store.migrate().await.unwrap();
+        let recorder = UsageRecorder::new(store);
+        // A tenant that does not exist: the batch's foreign key fails, and with it every event in it.
+        let missing = Some(uuid::Uuid::from_u128(404));
         // On this single-threaded runtime all three are queued before the flush task runs: one batch.
-        let results = futures_util::future::join_all((1..=3).map(|n| recorder.record(event(n), None))).await;
+        let results =
+            futures_util::future::join_all((1..=3).map(|n| recorder.record(move || (event(n, missing), None)))).await;
         assert!(results.iter().all(Result::is_err), "{results:?}");
         assert_eq!(lines.load(std::sync::atomic::Ordering::SeqCst), 1, "one line for the batch, none per request");
     }

@@ -339,9 +339,9 @@ pub async fn record(
         meter.audit_id = Some(state.ids.new_id());
     }
     // A write that took effect committed these same ids in its own transaction already (`ledger::ledger`);
-    // the store skips them, so this is then only the wait for the batch.
-    let (event, audited) = records(res.request(), &meter, status, response_bytes, None, state.clock.now());
-    let recorded = state.recorder.record(event, audited).await;
+    // the store skips them, so this is then only the wait for the batch (and a record made again is stored once).
+    let recorded =
+        state.recorder.record(|| records(res.request(), &meter, status, response_bytes, None, state.clock.now())).await;
     // Its record is durable now, or will never be: the lease it spent from may be settled.
     if let Some(ticket) = res.request().extensions_mut().remove::<LeaseTicket>() {
         ticket.finish();
