@@ -2,8 +2,8 @@
 //! and each response waits until the transaction holding its event has committed. A request's audit event,
 //! if it has one, rides in the same batch and the same transaction (`MeteringStore::record_usage`).
 //!
-//! Requests queue their events; the first to find no flush running starts one, a task on its own thread
-//! that writes every event waiting (up to a batch limit), answers each waiter and repeats until the queue
+//! Requests queue their events; the first to find no flush running starts one, a task on its own runtime
+//! (its actix worker's thread) that writes every event waiting (up to a batch limit), answers each waiter and repeats until the queue
 //! is empty, then ends. Under load a batch forms by itself while the previous one commits; when idle, an
 //! event is written at once. There is no recorder thread or long-lived task: the flush runs on the runtime
 //! of the request that started it, so on the embedded store an uncontended batch commits without any

@@ -11,8 +11,18 @@ pub(super) const TAG_LOAD_CHUNK: usize = 500;
 
 pub(super) const DOCUMENT_COLUMNS: &str = "d.id, d.tenant_id, d.title, d.summary, d.body, d.doc_type, d.jurisdiction, d.status, \
     d.effective_date, d.created_by, d.updated_by, d.created_at, d.updated_at, d.version";
-/// How many columns [`DOCUMENT_COLUMNS`] names ([`document_from_row`] reads them by position).
-const DOCUMENT_COLUMN_COUNT: usize = 14;
+/// How many columns [`DOCUMENT_COLUMNS`] names ([`document_from_row`] reads them by position): counted from it.
+const DOCUMENT_COLUMN_COUNT: usize = {
+    let bytes = DOCUMENT_COLUMNS.as_bytes();
+    let (mut i, mut columns) = (0, 1);
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            columns += 1;
+        }
+        i += 1;
+    }
+    columns
+};
 
 /// A document row without its tags (see [`load_tags`]).
 pub(super) fn document_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Document, StoreError>> {
