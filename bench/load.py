@@ -36,7 +36,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from paging import Server, seed  # noqa: E402  (same directory)
+from paging import Server, seed, wait_for_compaction  # noqa: E402  (same directory)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TENANT_A = "00000000-0000-0000-0000-00000000a0a0"
@@ -253,7 +253,8 @@ def main():
     work = tempfile.mkdtemp(prefix="meterline-load-")
     # warn, plus the shutdown line that counts the admission's store transactions (quota grants, settlements and
     # rate batches per metered request).
-    os.environ.update(METERLINE_LOG="warn,meterline::cli=info", METERLINE_LOG_FORMAT="text")
+    os.environ.update(METERLINE_LOG="warn,meterline::cli=info,meterline::store::sqlite::search_upkeep=info",
+                      METERLINE_LOG_FORMAT="text")
     admin = dev_token(binary, work, "--tenant", "0b500000-0000-0000-0000-0000000000ff", "--roles", "Platform.Admin",
                       "--app-id", "bench-ops")
     token_a = dev_token(binary, work, "--tenant", TENANT_A, "--roles", "Documents.Read,Documents.Write,Tenant.Admin")
@@ -284,6 +285,7 @@ def main():
             docs, secs = seed(server.port, token, args.documents, 8)
             seeded[name] = docs
             print(f"seeded {len(docs)} documents into tenant {name} in {secs:.1f} s", file=sys.stderr)
+        print(f"search index compaction after the seeding: {wait_for_compaction(server.log_path)}", file=sys.stderr)
         doc_id = seeded["b"][len(seeded["b"]) // 2]["id"]
         idle_rss = rss_kib(server.proc.pid)
 

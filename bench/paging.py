@@ -92,6 +92,21 @@ def make_document(rng, i):
     return doc
 
 
+def wait_for_compaction(log_path, timeout=30.0):
+    """Waits for the store to merge its search index once the seeding's writes have paused (a log line of
+    `store::sqlite::search_upkeep`, 5 s after the last write); says how long that took. A build without the
+    upkeep never logs one: the run goes on after `timeout` with the index as the writes left it."""
+    def compactions():
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            return f.read().count("search index compacted")
+    before, start = compactions(), time.monotonic()
+    while time.monotonic() - start < timeout:
+        if compactions() > before:
+            return f"done {time.monotonic() - start:.1f} s after the last write"
+        time.sleep(0.2)
+    return f"none within {timeout:.0f} s"
+
+
 class Server:
     """`handler serve` in `workdir`; stop() sends SIGTERM (SIGKILL after 15 s). `host_mode`: started as the
     Functions host starts it, so it also answers the host's invocations (`POST /{FunctionName}`), which a

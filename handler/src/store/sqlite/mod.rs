@@ -6,9 +6,11 @@
 //! ([`writer`]: group commit, one savepoint per write). Its transactions use `BEGIN IMMEDIATE`, so two
 //! handler processes on one file queue on the file lock instead of failing half-way. With `synchronous=NORMAL`
 //! in WAL mode a committed transaction survives a killed process (SIGKILL); only an OS crash can lose the tail.
-//! WAL checkpoints run on their own thread ([`checkpoint`]).
+//! WAL checkpoints run on their own thread ([`checkpoint`]); the full-text index is merged into one segment
+//! when document writes pause ([`search_upkeep`]).
 
 mod checkpoint;
+mod search_upkeep;
 mod writer;
 
 use std::collections::HashMap;
@@ -115,8 +117,16 @@ impl SqliteStore {
         Self::open_with_clock(path, Arc::new(crate::clock::SystemClock)).await
     }
 
-    /// [`Self::open`] with the clock that stamps the migration history (tests inject a fixed one).
+    /// [`Self::open`] with the clock that stamps the migration history and times the search index's upkeep
+    /// (tests inject a fixed one).
     pub async fn open_with_clock(path: &Path, clock: Arc<dyn crate::clock::Clock>) -> Result<Self, StoreError> {
+        let store = Self::open_unattended(path, clock).await?;
+        search_upkeep::spawn(&store.inner);
+        Ok(store)
+    }
+
+    /// [`Self::open_with_clock`] without the task that compacts the search index: for tests that drive it.
+    async fn open_unattended(path: &Path, clock: Arc<dyn crate::clock::Clock>) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
