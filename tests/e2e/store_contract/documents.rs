@@ -928,6 +928,38 @@ async fn a_document_written_after_the_newest_match_was_deleted_stays_outside_an_
 }
 
 #[tokio::test]
+async fn a_search_window_and_its_first_page_hold_only_the_tenants_live_matches() {
+    for_each_store("a_search_window_and_its_first_page_hold_only_the_tenants_live_matches", |t| async move {
+        let store = migrated(&t).await;
+        let (a, b) = two_tenants(&store).await;
+        let mut written = Vec::new();
+        for n in 0..6u128 {
+            let d = Document { title: format!("Customs notice {n}"), ..document(&a, n) };
+            store.create_document(&d, None, None).await.unwrap();
+            written.push(d);
+        }
+        // Written after all of them: another tenant's match, and a match of this tenant deleted since. Neither
+        // may take a place in the window (SQLite walks the index's keys without reading the documents here).
+        let foreign = Document { title: "Customs notice".into(), ..document(&b, 30) };
+        store.create_document(&foreign, None, None).await.unwrap();
+        let gone = Document { title: "Customs notice gone".into(), ..document(&a, 31) };
+        store.create_document(&gone, None, None).await.unwrap();
+        store.delete_document(a.id, gone.id, 1, "oid-x", t0(), None).await.unwrap();
+
+        let customs = searching("customs");
+        let window =
+            store.search_window(a.id, &customs, 3).await.unwrap().expect("six live matches pass a window of 3");
+        let taking = DocumentFilter { take_window: Some(3), ..customs.clone() };
+        let first = store.list_documents(a.id, &taking, RELEVANCE, None, 10, true).await.unwrap();
+        assert_eq!((first.window, first.total), (Some(window), Some(3)), "{}", t.name);
+        assert_eq!(ids(&by_id(first.items)), ids(&by_id(written[3..].to_vec())), "{}", t.name);
+        let windowed = DocumentFilter { window: Some(window), ..customs.clone() };
+        assert_eq!(list_all(&store, &a, &windowed, UPDATED_ASC).await.items.len(), 3, "{}", t.name);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_search_past_its_window_ranks_counts_and_facets_only_its_most_recent_matches() {
     for_each_store("a_search_past_its_window_ranks_counts_and_facets_only_its_most_recent_matches", |t| async move {
         let store = migrated(&t).await;
