@@ -10,7 +10,8 @@
 //! and is not what this process's last compaction left, merges the index into one segment
 //! ([`SqliteStore::compact_search_index`]): one `merge` with a negative page count starts a merge of every
 //! segment, then steps of [`STEP_PAGES`] pages continue it until a step leaves the structure unchanged. Each step
-//! is a write of its own on the writer, a few milliseconds, so other writes commit between steps. A document
+//! is a write of its own on the writer, a few milliseconds, and the task waits four times a step's duration before
+//! the next, so other writes commit between steps and few of them wait for one. A document
 //! written meanwhile only adds a small segment, which the next quiet period merges.
 //!
 //! A negative `merge` restarts any merge in progress, and one per document write ran FTS5 out of segment ids
@@ -18,7 +19,7 @@
 //! period and process. The search index is only an index: a merge changes how its entries are stored, never which.
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use rusqlite::{Connection, OptionalExtension};
@@ -36,6 +37,10 @@ const POLL: Duration = Duration::from_secs(1);
 /// Pages a merge step writes at least (FTS5 finishes the term it is in): at 100 000 documents 133 steps of
 /// 4 ms on average and 14 ms at most; 64 pages made fewer steps no shorter at their longest (BENCHMARKS.md).
 const STEP_PAGES: i64 = 16;
+
+/// How much of the writer's time a compaction leaves to other writes: after each step the task waits this many
+/// times the step's own duration, so a fifth as many usage batches queue behind a step as if it stepped at once.
+const PACE: u32 = 4;
 
 /// A compaction gives up after this many steps (the index at 100 000 documents takes about 130): it only stops
 /// a merge that documents written during it keep feeding; the next quiet period goes on from where it stopped.
@@ -55,6 +60,8 @@ pub struct Compaction {
 struct Upkeep {
     seen: Option<(Vec<u8>, DateTime<Utc>)>,
     merged: Option<Vec<u8>>,
+    /// [`PACE`] in the task; 0 (step at once) in tests, which must not wait on the wall clock.
+    pace: u32,
 }
 
 impl Upkeep {
@@ -112,13 +119,22 @@ impl SqliteStore {
     /// Merges the full-text index into one segment, a step at a time on the writer (see the module doc).
     /// Searches answer the same before and after; only their cost changes.
     pub async fn compact_search_index(&self) -> Result<Compaction, StoreError> {
+        self.compact_paced(0).await
+    }
+
+    /// [`Self::compact_search_index`], waiting `pace` times each step's duration after it.
+    async fn compact_paced(&self, pace: u32) -> Result<Compaction, StoreError> {
         let mut steps = 0;
         loop {
             let pages = if steps == 0 { -STEP_PAGES } else { STEP_PAGES };
+            let started = Instant::now();
             let (changed, structure) = self.write(move |conn| merge_step(conn, pages)).await?;
             steps += 1;
             if !changed || steps >= MAX_STEPS {
                 return Ok(Compaction { steps, structure });
+            }
+            if pace > 0 {
+                tokio::time::sleep(started.elapsed() * pace).await;
             }
         }
     }
@@ -132,7 +148,7 @@ pub(super) fn spawn(inner: &Arc<Inner>) {
     runtime.spawn(async move {
         let mut ticks = tokio::time::interval(POLL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut upkeep = Upkeep::default();
+        let mut upkeep = Upkeep { pace: PACE, ..Upkeep::default() };
         loop {
             ticks.tick().await;
             let Some(inner) = store.upgrade() else { return };
@@ -154,7 +170,7 @@ impl SqliteStore {
         if !due {
             return None;
         }
-        match self.compact_search_index().await {
+        match self.compact_paced(upkeep.pace).await {
             Ok(done) => {
                 tracing::info!(steps = done.steps, "search index compacted into one segment");
                 upkeep.merged(done.structure.clone(), self.inner.clock.now());
