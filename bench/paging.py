@@ -92,17 +92,22 @@ def make_document(rng, i):
     return doc
 
 
-def wait_for_compaction(log_path, timeout=30.0):
-    """Waits for the store to merge its search index once the seeding's writes have paused (a log line of
-    `store::sqlite::search_upkeep`, 5 s after the last write); says how long that took. A build without the
+def compactions(log_path):
+    """How many times the store has merged its search index so far (`store::sqlite::search_upkeep`'s log line,
+    logged at info when METERLINE_LOG enables it)."""
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        return f.read().count("search index compacted")
+
+
+def wait_for_compaction(log_path, timeout=30.0, before=None):
+    """Waits for a compaction of the search index past the `before`-th (default: the ones so far): the store merges
+    the index 5 s after its last document write, in paced steps. Says how long that took. A build without the
     upkeep never logs one: the run goes on after `timeout` with the index as the writes left it."""
-    def compactions():
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            return f.read().count("search index compacted")
-    before, start = compactions(), time.monotonic()
+    before = compactions(log_path) if before is None else before
+    start = time.monotonic()
     while time.monotonic() - start < timeout:
-        if compactions() > before:
-            return f"done {time.monotonic() - start:.1f} s after the last write"
+        if compactions(log_path) > before:
+            return f"done, waited {time.monotonic() - start:.1f} s"
         time.sleep(0.2)
     return f"none within {timeout:.0f} s"
 
