@@ -204,6 +204,11 @@ pub(super) enum SearchPlan {
     Keys,
 }
 
+/// Whether [`conditions_with`] reads only the index's keys for `filter` under `plan` (no `d` in the `FROM`).
+fn reads_keys_only(filter: &DocumentFilter, plan: SearchPlan) -> bool {
+    plan == SearchPlan::Keys && filter.search.is_some() && searches_only(filter)
+}
+
 /// Whether `filter` asks about nothing but the search (and its window): no condition on the documents' fields.
 fn searches_only(filter: &DocumentFilter) -> bool {
     let DocumentFilter {
@@ -409,7 +414,7 @@ fn conditions_with(
                  WHERE k.document_id = d.id AND document_search MATCH {matching}{window})"
             ));
         }
-        Some(search) if plan == SearchPlan::Keys && searches_only(filter) => {
+        Some(search) if reads_keys_only(filter, plan) => {
             let matching = a.bind(search.fts5());
             let window = window_condition(a, "s.rowid", filter.window);
             a.sql.push_str(&format!(
@@ -554,6 +559,15 @@ pub(super) fn keyset(a: &mut Assembled, sort: DocumentSort, cursor: &DocumentCur
 }
 
 /// The column a facet counts (tags have their own table).
+/// A facet's values, commonest first and ties by value (SQLite's `ORDER BY 2 DESC, 1` on text: byte order), at
+/// most [`FACET_VALUES`].
+fn commonest(counts: HashMap<String, u64>) -> Vec<(String, u64)> {
+    let mut values: Vec<(String, u64)> = counts.into_iter().collect();
+    values.sort_unstable_by(|(a, m), (b, n)| n.cmp(m).then_with(|| a.cmp(b)));
+    values.truncate(FACET_VALUES as usize);
+    values
+}
+
 fn facet_column(field: FacetField) -> &'static str {
     match field {
         FacetField::DocType => "d.doc_type",
@@ -744,41 +758,57 @@ impl DocumentStore for SqliteStore {
         filter: &DocumentFilter,
         fields: &[FacetField],
     ) -> Result<Vec<Facet>, StoreError> {
-        let mut queries = Vec::new();
-        for &field in fields {
-            let mut a = Assembled::default();
-            match field {
-                FacetField::Tags => {
-                    // The matches first, then their tags by key: `document_id IN (matches)` let SQLite walk every
-                    // document of the tenant and run the search once per document.
-                    a.sql.push_str("SELECT t.tag, count(*) FROM (SELECT d.id");
-                    document_conditions(&mut a, tenant_id, filter)?;
-                    a.sql.push_str(") m CROSS JOIN document_tags t ON t.document_id = m.id GROUP BY t.tag");
-                }
-                _ => {
-                    let column = facet_column(field);
-                    a.sql.push_str(&format!("SELECT {column}, count(*)"));
-                    document_conditions(&mut a, tenant_id, filter)?;
-                    a.sql.push_str(&format!(" AND {column} IS NOT NULL GROUP BY {column}"));
-                }
-            }
-            let top = a.bind(i64::from(FACET_VALUES));
-            a.sql.push_str(&format!(" ORDER BY 2 DESC, 1 LIMIT {top}"));
-            queries.push((field, a));
-        }
+        // One walk of the matches reads every facet that is a column of the document; the tags take a second,
+        // from the matches to their tags by key (`document_id IN (matches)` let SQLite walk every document of
+        // the tenant and run the search once per document), which needs only the index's keys when it can.
+        let columns: Vec<FacetField> = fields.iter().copied().filter(|f| *f != FacetField::Tags).collect();
+        let by_column = (!columns.is_empty())
+            .then(|| {
+                let selected: Vec<&str> = columns.iter().map(|&f| facet_column(f)).collect();
+                let mut a = Assembled { sql: format!("SELECT {}", selected.join(", ")), values: Vec::new() };
+                document_conditions(&mut a, tenant_id, filter).map(|()| a)
+            })
+            .transpose()?;
+        let by_tag = fields
+            .contains(&FacetField::Tags)
+            .then(|| {
+                let id = if reads_keys_only(filter, SearchPlan::Keys) { "k.document_id" } else { "d.id" };
+                let mut a = Assembled { sql: format!("SELECT t.tag, count(*) FROM (SELECT {id} AS id"), values: Vec::new() };
+                conditions_with(&mut a, tenant_id, filter, SearchPlan::Keys)?;
+                let top = a.bind(i64::from(FACET_VALUES));
+                a.sql.push_str(&format!(
+                    ") m CROSS JOIN document_tags t ON t.document_id = m.id GROUP BY t.tag ORDER BY 2 DESC, 1 LIMIT {top}"
+                ));
+                Ok::<_, StoreError>(a)
+            })
+            .transpose()?;
+        let fields = fields.to_vec();
         self.read(move |conn| {
             // One snapshot for every facet.
             let tx = conn.unchecked_transaction().map_err(classify)?;
-            let mut facets = Vec::with_capacity(queries.len());
-            for (field, a) in queries {
-                let values = query_all(&tx, &a.sql, params_from_iter(a.values), |r| {
+            let mut counted: Vec<HashMap<String, u64>> = vec![HashMap::new(); columns.len()];
+            if let Some(a) = by_column {
+                let mut stmt = tx.prepare_cached(&a.sql).map_err(classify)?;
+                let mut rows = stmt.query(params_from_iter(a.values)).map_err(classify)?;
+                while let Some(row) = rows.next().map_err(classify)? {
+                    for (i, counts) in counted.iter_mut().enumerate() {
+                        if let Some(value) = row.get::<_, Option<String>>(i).map_err(classify)? {
+                            *counts.entry(value).or_default() += 1;
+                        }
+                    }
+                }
+            }
+            let tags = match by_tag {
+                Some(a) => query_all(&tx, &a.sql, params_from_iter(a.values), |r| {
                     let (value, n): (String, i64) = (r.get(0)?, r.get(1)?);
                     Ok(Ok((value, n as u64)))
-                })?;
-                facets.push(Facet { field, values });
-            }
+                })?,
+                None => Vec::new(),
+            };
             tx.commit().map_err(classify)?;
-            Ok(facets)
+            let by_field: HashMap<FacetField, Vec<(String, u64)>> =
+                columns.into_iter().zip(counted.into_iter().map(commonest)).chain([(FacetField::Tags, tags)]).collect();
+            Ok(fields.into_iter().map(|field| Facet { field, values: by_field[&field].clone() }).collect())
         })
         .await
     }
@@ -798,5 +828,23 @@ impl DocumentStore for SqliteStore {
             query_one(conn, &sql, params![tenant_id.to_string(), key, timestamp(now)], idempotency_from_row)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_facet_keeps_its_commonest_values_ties_in_byte_order() {
+        let mut counts: HashMap<String, u64> = (0..30).map(|i| (format!("v{i:02}"), 1)).collect();
+        counts.insert("Zeta".into(), 5);
+        counts.insert("alpha".into(), 5);
+        counts.insert("Éire".into(), 2);
+        let values = commonest(counts);
+        assert_eq!(values.len(), FACET_VALUES as usize);
+        assert_eq!(values[..3], [("Zeta".into(), 5), ("alpha".into(), 5), ("Éire".into(), 2)]);
+        assert_eq!(values[3], ("v00".into(), 1));
+        assert_eq!(values.last().unwrap(), &("v16".into(), 1));
     }
 }
