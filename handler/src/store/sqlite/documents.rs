@@ -558,7 +558,6 @@ pub(super) fn keyset(a: &mut Assembled, sort: DocumentSort, cursor: &DocumentCur
     Ok(())
 }
 
-/// The column a facet counts (tags have their own table).
 /// A facet's values, commonest first and ties by value (SQLite's `ORDER BY 2 DESC, 1` on text: byte order), at
 /// most [`FACET_VALUES`].
 fn commonest(counts: HashMap<String, u64>) -> Vec<(String, u64)> {
@@ -568,6 +567,7 @@ fn commonest(counts: HashMap<String, u64>) -> Vec<(String, u64)> {
     values
 }
 
+/// The column a facet counts (tags have their own table).
 fn facet_column(field: FacetField) -> &'static str {
     match field {
         FacetField::DocType => "d.doc_type",
