@@ -81,6 +81,14 @@ impl Upkeep {
         self.seen = structure.clone().map(|s| (s, now));
         self.merged = structure;
     }
+
+    /// A compaction failed at `now`: the next try waits a whole quiet period, not the next poll (a store that
+    /// refuses writes, or a full disk, would otherwise be asked every second).
+    fn failed(&mut self, now: DateTime<Utc>) {
+        if let Some((_, since)) = &mut self.seen {
+            *since = now;
+        }
+    }
 }
 
 /// FTS5's structure record of `document_search` (row 10 of its data table); `None` before migration 10.
@@ -178,6 +186,7 @@ impl SqliteStore {
             }
             Err(err) => {
                 tracing::warn!(error = %err, "compacting the search index failed; the next quiet period retries");
+                upkeep.failed(self.inner.clock.now());
                 None
             }
         }
@@ -208,6 +217,9 @@ mod tests {
         assert!(!upkeep.observe(Some(vec![3]), at(100)), "what the compaction left is not merged again");
         assert!(!upkeep.observe(Some(vec![4]), at(101)));
         assert!(upkeep.observe(Some(vec![4]), at(106)), "written since: merged once quiet again");
+        upkeep.failed(at(107));
+        assert!(!upkeep.observe(Some(vec![4]), at(108)), "a failed compaction is not retried at the next poll");
+        assert!(upkeep.observe(Some(vec![4]), at(112)), "but after another quiet period");
     }
 
     /// Index entries written one transaction each, as the API writes documents (`rowid` from `first`).
