@@ -29,7 +29,7 @@ use crate::store::StoreError;
 
 /// How long the index must stay unwritten before it is merged: a burst of document writes (an import, a batch
 /// of edits) is merged once, after it, not after each write.
-pub(super) const QUIET: TimeDelta = TimeDelta::seconds(5);
+const QUIET: TimeDelta = TimeDelta::seconds(5);
 
 /// How often the task reads the structure record.
 const POLL: Duration = Duration::from_secs(1);
@@ -53,6 +53,8 @@ pub struct Compaction {
     pub steps: u32,
     /// The structure record the last step left; `None` if the index does not exist (an unmigrated store).
     structure: Option<Vec<u8>>,
+    /// The last step found nothing left to merge; false if the compaction gave up after [`MAX_STEPS`].
+    complete: bool,
 }
 
 /// When to compact: the structure record as last read, since when it has been so, and what the last compaction left.
@@ -139,7 +141,7 @@ impl SqliteStore {
             let (changed, structure) = self.write(move |conn| merge_step(conn, pages)).await?;
             steps += 1;
             if !changed || steps >= MAX_STEPS {
-                return Ok(Compaction { steps, structure });
+                return Ok(Compaction { steps, structure, complete: !changed });
             }
             if pace > 0 {
                 tokio::time::sleep(started.elapsed() * pace).await;
@@ -179,9 +181,18 @@ impl SqliteStore {
             return None;
         }
         match self.compact_paced(upkeep.pace).await {
-            Ok(done) => {
+            Ok(done) if done.complete => {
                 tracing::info!(steps = done.steps, "search index compacted into one segment");
                 upkeep.merged(done.structure.clone(), self.inner.clock.now());
+                Some(done)
+            }
+            // Documents written during it kept it going: the next quiet period goes on from where it stopped.
+            Ok(done) => {
+                tracing::info!(
+                    steps = done.steps,
+                    "search index merge stopped before the end; the next quiet period goes on"
+                );
+                upkeep.failed(self.inner.clock.now());
                 Some(done)
             }
             Err(err) => {
@@ -259,6 +270,7 @@ mod tests {
 
         let done = store.compact_search_index().await.unwrap();
         assert!(done.steps >= 2, "the merge is started, then stepped until a step finds nothing left");
+        assert!(done.complete);
         assert_eq!(segments(&conn), 1);
         let after = (matches(&conn, "regulation"), matches(&conn, "title"), matches(&conn, "tax*"));
         assert_eq!((before.1, before.2, before.3), after);
