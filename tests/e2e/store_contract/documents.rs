@@ -864,21 +864,39 @@ async fn a_search_for_a_word_most_documents_contain_pages_in_date_order_and_rank
             let store = migrated(&t).await;
             let (a, _) = two_tenants(&store).await;
             // More matches than the SQLite store drives from the index (2 000): it then walks the date order and checks
-            // each document against the index. Every seventh document lacks the word.
-            let mut expected = Vec::new();
+            // each document against the index. Every seventh document lacks the word; every third has a tag and
+            // every fifth is a ruling, which the walk tests before the index.
+            let (mut expected, mut tagged, mut tagged_rulings) = (Vec::new(), Vec::new(), Vec::new());
             for n in 0..2_500u128 {
                 let title = if n % 7 == 0 { format!("rare {n}") } else { format!("common word {n}") };
-                let d = Document { title, ..document(&a, n) };
+                let labels = if n % 3 == 0 { tags(&["picked"]) } else { Vec::new() };
+                let doc_type = if n % 5 == 0 { "ruling" } else { "memo" }.to_owned();
+                let d = Document { title, tags: labels, doc_type, ..document(&a, n) };
                 store.create_document(&d, None, None).await.unwrap();
                 if n % 7 != 0 {
                     expected.push(d.id);
+                    if n % 3 == 0 {
+                        tagged.push(d.id);
+                        if n % 5 == 0 {
+                            tagged_rulings.push(d.id);
+                        }
+                    }
                 }
             }
-            expected.reverse(); // newest first: `document(n)` is a second later for each n
+            // newest first: `document(n)` is a second later for each n
+            for ids in [&mut expected, &mut tagged, &mut tagged_rulings] {
+                ids.reverse();
+            }
             let newest_first = DocumentSort { key: DocumentSortKey::UpdatedAt, descending: true };
             let (paged, pages) = page_through(&store, &a, &searching("common"), newest_first, 500).await;
             assert_eq!((expected.len(), pages), (2_142, 5), "{}", t.name);
             assert_eq!(paged.iter().map(|d| d.id).collect::<Vec<_>>(), expected, "{}", t.name);
+            let with_tag = DocumentFilter { tags_any: tags(&["picked"]), ..searching("common") };
+            let (paged, _) = page_through(&store, &a, &with_tag, newest_first, 100).await;
+            assert_eq!((paged.len(), paged.iter().map(|d| d.id).collect::<Vec<_>>()), (714, tagged), "{}", t.name);
+            let rulings = DocumentFilter { doc_type: Some("ruling".into()), ..with_tag };
+            let (paged, _) = page_through(&store, &a, &rulings, newest_first, 40).await;
+            assert_eq!(paged.iter().map(|d| d.id).collect::<Vec<_>>(), tagged_rulings, "{}", t.name);
             let first =
                 store.list_documents(a.id, &searching("common -word"), newest_first, None, 10, true).await.unwrap();
             assert!(first.items.is_empty() && first.total == Some(0), "{}: {:?}", t.name, first.total);

@@ -245,20 +245,62 @@ fn matches_at_most(conn: &Connection, search: &SearchQuery, cap: i64) -> Result<
         .map_err(classify)
 }
 
+/// How long [`PlanCache`] keeps a search's plan.
+const PLAN_KEPT_FOR: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+/// How many searches' plans [`PlanCache`] keeps at most; when full it starts again empty.
+const PLANS_KEPT: usize = 1_024;
+
+/// The plans of recent searches in another order than relevance, by their index expression. Choosing one counts
+/// the matches up to [`DRIVE_AT_MOST`], a walk of that many doclist entries for a common word (a tenth of a
+/// date-order search's time, BENCHMARKS.md), and how many documents hold a word changes slowly. A plan kept past
+/// such a change costs time, never a result: both plans return the same page.
+#[derive(Default)]
+pub(super) struct PlanCache(Mutex<HashMap<String, (SearchPlan, DateTime<Utc>)>>);
+
+impl PlanCache {
+    fn get(&self, expression: &str, now: DateTime<Utc>) -> Option<SearchPlan> {
+        let plans = self.0.lock().expect("plan cache lock");
+        plans.get(expression).filter(|(_, chosen)| now - *chosen < PLAN_KEPT_FOR).map(|(plan, _)| *plan)
+    }
+
+    fn put(&self, expression: String, plan: SearchPlan, now: DateTime<Utc>) {
+        let mut plans = self.0.lock().expect("plan cache lock");
+        if plans.len() >= PLANS_KEPT {
+            plans.clear();
+        }
+        plans.insert(expression, (plan, now));
+    }
+}
+
 /// The plan for a page of `filter` in `sort` order: [`SearchPlan::Check`] for a search in another order than
 /// relevance that matches more than [`DRIVE_AT_MOST`] documents, else [`SearchPlan::Drive`].
-fn search_plan(conn: &Connection, filter: &DocumentFilter, sort: DocumentSort) -> Result<SearchPlan, StoreError> {
+fn search_plan(
+    conn: &Connection,
+    plans: &PlanCache,
+    now: DateTime<Utc>,
+    filter: &DocumentFilter,
+    sort: DocumentSort,
+) -> Result<SearchPlan, StoreError> {
     let Some(search) = filter.search.as_ref().filter(|_| sort.key != DocumentSortKey::Relevance) else {
         return Ok(SearchPlan::Drive);
     };
+    let expression = search.fts5();
+    if let Some(plan) = plans.get(&expression, now) {
+        return Ok(plan);
+    }
     let matches = matches_at_most(conn, search, DRIVE_AT_MOST)?;
-    Ok(if matches > DRIVE_AT_MOST { SearchPlan::Check } else { SearchPlan::Drive })
+    let plan = if matches > DRIVE_AT_MOST { SearchPlan::Check } else { SearchPlan::Drive };
+    plans.put(expression, plan, now);
+    Ok(plan)
 }
 
 /// One page of a listing on `conn`, in one read transaction: the plan's count, the page, its tags and the count see
 /// the same snapshot.
+#[allow(clippy::too_many_arguments)]
 fn list_on(
     conn: &Connection,
+    plans: &PlanCache,
+    now: DateTime<Utc>,
     tenant_id: Uuid,
     filter: &DocumentFilter,
     sort: DocumentSort,
@@ -280,7 +322,7 @@ fn list_on(
         }
         None => filter,
     };
-    let plan = search_plan(&tx, filter, sort)?;
+    let plan = search_plan(&tx, plans, now, filter, sort)?;
     let rank = rank_column(filter, plan);
     let mut page = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}, {rank}"), values: Vec::new() };
     conditions_with(&mut page, tenant_id, filter, plan)?;
@@ -404,13 +446,15 @@ fn conditions_with(
         )));
     }
     let tenant = a.bind(tenant_id.to_string());
+    // The check of a document against the index, under the Check plan: written after every other condition.
+    let mut check = None;
     match &filter.search {
         Some(search) if plan == SearchPlan::Check => {
             let matching = a.bind(search.fts5());
             let window = window_condition(a, "k.search_rowid", filter.window);
-            a.sql.push_str(&format!(
-                " FROM documents d WHERE d.tenant_id = {tenant} AND d.deleted_at IS NULL AND EXISTS (SELECT 1 \
-                 FROM document_search_keys k JOIN document_search s ON s.rowid = k.search_rowid \
+            a.sql.push_str(&format!(" FROM documents d WHERE d.tenant_id = {tenant} AND d.deleted_at IS NULL"));
+            check = Some(format!(
+                "EXISTS (SELECT 1 FROM document_search_keys k JOIN document_search s ON s.rowid = k.search_rowid \
                  WHERE k.document_id = d.id AND document_search MATCH {matching}{window})"
             ));
         }
@@ -448,13 +492,10 @@ fn conditions_with(
         let p = a.bind(jurisdiction.clone());
         a.sql.push_str(&format!(" AND d.jurisdiction = {p}"));
     }
-    if !filter.tags_any.is_empty() {
+    let tagged = (!filter.tags_any.is_empty()).then(|| {
         let tags: Vec<String> = filter.tags_any.iter().map(|tag| a.bind(tag.clone())).collect();
-        a.sql.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM document_tags t WHERE t.document_id = d.id AND t.tag IN ({}))",
-            tags.join(", ")
-        ));
-    }
+        format!("EXISTS (SELECT 1 FROM document_tags t WHERE t.document_id = d.id AND t.tag IN ({}))", tags.join(", "))
+    });
     if let Some(after) = filter.updated_after {
         let p = a.bind(timestamp(ceil_micros(after)));
         a.sql.push_str(&format!(" AND d.updated_at >= {p}"));
@@ -470,6 +511,14 @@ fn conditions_with(
     if let Some(to) = filter.effective_to {
         let p = a.bind(to.clamp(FIRST_DATE, LAST_DATE).to_string());
         a.sql.push_str(&format!(" AND d.effective_date <= {p}"));
+    }
+    // SQLite tests a document's own columns before either subquery, but turns the tags' `EXISTS` into a join
+    // it runs after the index check: a `CASE` keeps the cheap tag test first, so the index (a seek of every
+    // term's doclist, about 3 µs) checks only the documents with the tag (BENCHMARKS.md, "Checked last").
+    match (tagged, check) {
+        (Some(tagged), Some(check)) => a.sql.push_str(&format!(" AND CASE WHEN {tagged} THEN {check} ELSE 0 END")),
+        (Some(only), None) | (None, Some(only)) => a.sql.push_str(&format!(" AND {only}")),
+        (None, None) => {}
     }
     Ok(())
 }
@@ -739,7 +788,9 @@ impl DocumentStore for SqliteStore {
         check_sort(sort, filter)?;
         let limit = limit.max(1);
         let (filter, after) = (filter.clone(), after.cloned());
-        self.read(move |conn| list_on(conn, tenant_id, &filter, sort, after.as_ref(), limit, count)).await
+        let (inner, now) = (self.inner.clone(), self.inner.clock.now());
+        self.read(move |conn| list_on(conn, &inner.plans, now, tenant_id, &filter, sort, after.as_ref(), limit, count))
+            .await
     }
 
     async fn search_window(
@@ -846,5 +897,23 @@ mod tests {
         assert_eq!(values[..3], [("Zeta".into(), 5), ("alpha".into(), 5), ("Éire".into(), 2)]);
         assert_eq!(values[3], ("v00".into(), 1));
         assert_eq!(values.last().unwrap(), &("v16".into(), 1));
+    }
+
+    #[test]
+    fn a_search_plan_is_kept_for_a_while_and_the_cache_stays_bounded() {
+        let plans = PlanCache::default();
+        let t0 = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        plans.put("regulation".into(), SearchPlan::Check, t0);
+        assert_eq!(
+            plans.get("regulation", t0 + PLAN_KEPT_FOR - chrono::TimeDelta::seconds(1)),
+            Some(SearchPlan::Check)
+        );
+        assert_eq!(plans.get("regulation", t0 + PLAN_KEPT_FOR), None, "counted again once it is old");
+        assert_eq!(plans.get("regulations", t0), None);
+        for n in 0..PLANS_KEPT {
+            plans.put(format!("word{n}"), SearchPlan::Drive, t0);
+        }
+        assert!(plans.0.lock().unwrap().len() <= PLANS_KEPT);
+        assert_eq!(plans.get("regulation", t0), None, "a full cache starts again empty");
     }
 }

@@ -82,6 +82,8 @@ struct Inner {
     /// Every write passes it: opened by failed batches (a file lock held elsewhere past the busy timeout, a
     /// full disk, writes that waited too long to start), it refuses writes at once while open.
     breaker: Arc<crate::resilience::Breaker>,
+    /// The plans of recent searches ([`documents::PlanCache`]).
+    plans: documents::PlanCache,
 }
 
 impl Inner {
@@ -152,6 +154,7 @@ impl SqliteStore {
                         clock.clone(),
                     ),
                     clock,
+                    plans: documents::PlanCache::default(),
                 }),
             })
         })
