@@ -41,6 +41,7 @@ mod grants;
 mod leases;
 mod operations;
 mod plans;
+mod search_plan;
 mod tenants;
 mod usage;
 
@@ -82,8 +83,8 @@ struct Inner {
     /// Every write passes it: opened by failed batches (a file lock held elsewhere past the busy timeout, a
     /// full disk, writes that waited too long to start), it refuses writes at once while open.
     breaker: Arc<crate::resilience::Breaker>,
-    /// The plans of recent searches ([`documents::PlanCache`]).
-    plans: documents::PlanCache,
+    /// The plans of recent searches ([`search_plan::PlanCache`]).
+    plans: search_plan::PlanCache,
 }
 
 impl Inner {
@@ -154,7 +155,7 @@ impl SqliteStore {
                         clock.clone(),
                     ),
                     clock,
-                    plans: documents::PlanCache::default(),
+                    plans: search_plan::PlanCache::default(),
                 }),
             })
         })
