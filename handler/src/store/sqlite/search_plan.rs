@@ -2,7 +2,6 @@
 //! listing's sort index and checking each document against it; and the plans of recent searches ([`PlanCache`]).
 
 use super::*;
-use crate::store::search::SearchQuery;
 
 /// How a search reaches its documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +20,7 @@ pub(super) enum SearchPlan {
     Keys,
 }
 
-/// Whether [`conditions_with`] reads only the index's keys for `filter` under `plan` (no `d` in the `FROM`).
+/// Whether `documents::conditions_with` reads only the index's keys for `filter` under `plan` (no `d` in the `FROM`).
 pub(super) fn reads_keys_only(filter: &DocumentFilter, plan: SearchPlan) -> bool {
     plan == SearchPlan::Keys && filter.search.is_some() && searches_only(filter)
 }
@@ -55,10 +54,11 @@ fn searches_only(filter: &DocumentFilter) -> bool {
 /// ([`SearchPlan::Check`]) rather than driven by the index: counting this many costs a walk of one doclist.
 const DRIVE_AT_MOST: i64 = 2_000;
 
-/// How many documents of every tenant `search` matches, counted up to `cap + 1` (one walk of the doclists).
-fn matches_at_most(conn: &Connection, search: &SearchQuery, cap: i64) -> Result<i64, StoreError> {
+/// How many documents of every tenant the index expression `expression` (`SearchQuery::fts5`) matches, counted
+/// up to `cap + 1` (one walk of the doclists).
+fn matches_at_most(conn: &Connection, expression: &str, cap: i64) -> Result<i64, StoreError> {
     conn.prepare_cached("SELECT count(*) FROM (SELECT 1 FROM document_search WHERE document_search MATCH ?1 LIMIT ?2)")
-        .and_then(|mut s| s.query_row(params![search.fts5(), cap + 1], |r| r.get(0)))
+        .and_then(|mut s| s.query_row(params![expression, cap + 1], |r| r.get(0)))
         .map_err(classify)
 }
 
@@ -105,7 +105,7 @@ pub(super) fn search_plan(
     if let Some(plan) = plans.get(&expression, now) {
         return Ok(plan);
     }
-    let matches = matches_at_most(conn, search, DRIVE_AT_MOST)?;
+    let matches = matches_at_most(conn, &expression, DRIVE_AT_MOST)?;
     let plan = if matches > DRIVE_AT_MOST { SearchPlan::Check } else { SearchPlan::Drive };
     plans.put(expression, plan, now);
     Ok(plan)
