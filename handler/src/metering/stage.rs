@@ -21,7 +21,8 @@ use crate::auth::guard::Caller;
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
 use crate::store::{
-    Admission, ClientQuotaDebit, ClientQuotaOutcome, LimitRefusal, QuotaDebit, QuotaOutcome, RateLimitTake,
+    Admission, ClientQuotaDebit, ClientQuotaOutcome, LimitRefusal, QuotaDebit, QuotaOutcome, RateLimitDecision,
+    RateLimitTake,
 };
 
 /// The client a rate limit applies to: the application, else the user, else the token subject.
@@ -48,8 +49,9 @@ fn state_of(req: &ServiceRequest) -> web::Data<AppState> {
     req.app_data::<web::Data<AppState>>().expect("AppState is registered").clone()
 }
 
-/// Applies the caller's plan: GCRA rate limit per (tenant, client), then the monthly quota debit.
-/// Callers without a tenant (platform administrators) are not limited here.
+/// Applies the caller's plan: the GCRA rate limit per (tenant, client), then the quota debit of an operation that
+/// spends units, then a capped client's own share; puts the RateLimit headers on the answer. Callers without a
+/// tenant (platform administrators) are not limited here.
 pub async fn limit(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -60,209 +62,11 @@ pub async fn limit(
         return Ok(next.call(req).await?.map_into_left_body());
     };
     let operation = crate::api::operations::operation_of(&req);
-    let mut decision = None;
-    let mut refused = None;
-    let mut reading = None;
-    let decided = async {
-        let plan = state.lookups.plan(&tenant.plan_code).await?.ok_or_else(|| {
-            AppError::internal(anyhow::anyhow!("tenant {} is on plan {} which does not exist", tenant.id, tenant.plan_code))
-        })?;
-        // The quota units the operation spends: the plan's override if it has one, else the default table;
-        // none for a self-service read (`costs::Quota::Exempt`), which only the rate limit applies to.
-        let units = match operation.as_deref().filter(|op| costs::spends_quota(op)) {
-            None => 0,
-            Some(op) => {
-                let overrides = state.lookups.plan_costs(&plan.code).await?;
-                overrides.iter().find(|(o, _)| o == op).map_or_else(|| costs::units(op), |(_, units)| *units)
-            }
-        };
-        let now = state.clock.now();
-        let now_micros = now.timestamp_micros();
-        // A client's rate cap (its registration's) replaces the plan's per-client rate when it is lower.
-        let client_rate = caller.client_limits.requests_per_minute.filter(|cap| *cap < plan.requests_per_minute);
-        let requests_per_minute = client_rate.unwrap_or(plan.requests_per_minute);
-        let interval = 60_000_000 / i64::from(requests_per_minute.max(1));
-        let burst = i64::from(client_rate.map_or(plan.burst, |cap| plan.burst.min(cap)).max(1));
-        let take = RateLimitTake {
-            tenant_id: tenant.id,
-            client_id: client_key(&caller),
-            now_micros,
-            emission_interval_micros: interval,
-            burst,
-        };
-        let period = BillingCalendar::of(&tenant).period_containing(now);
-        let (period_start, period_end) = (period.start, period.end);
-        let debit_request = (units > 0).then_some(QuotaDebit {
-            tenant_id: tenant.id,
-            period_start,
-            period_end,
-            quota_units: plan.monthly_quota_units,
-            overage_policy: plan.overage_policy,
-            units,
-            now,
-        });
-        let (rate, quota, mut ticket) = match (&state.leases, debit_request) {
-            // The rate step from this process's batch (or the store), the units from its quota lease: in memory
-            // until either runs out.
-            (Some(leases), debit) => {
-                let rate = match &state.rate_leases {
-                    Some(rate_leases) => rate_leases.take(&take).await?,
-                    None => state.store.take_rate_limit(&take).await?,
-                };
-                // A request the rate limit refuses spends nothing.
-                let spent = match debit {
-                    Some(debit) if rate.allowed => Some(leases.spend(&debit).await?),
-                    _ => None,
-                };
-                match spent {
-                    None => (rate, None, None),
-                    Some(Spend::Accepted { ticket, overage_units, units_used, quota_units }) => {
-                        (rate, Some(QuotaOutcome::Accepted { units_used, quota_units, overage_units }), Some(ticket))
-                    }
-                    Some(Spend::Rejected { units_used, quota_units }) => {
-                        (rate, Some(QuotaOutcome::Rejected { units_used, quota_units }), None)
-                    }
-                }
-            }
-            // One store write decides both: the rate step and, if it allows the request, the quota debit.
-            (_, debit) => {
-                let admitted = state.store.admit(&Admission { rate: take, debit }).await?;
-                (admitted.rate, admitted.debit, None)
-            }
-        };
-        let period_end_at = period.ends_at;
-        let (burst_remaining, burst_reset_secs) = burst_state(rate.tat_micros, now_micros, interval, burst);
-        let mut limits = LimitState {
-            rate_policy: if client_rate.is_some() { "client-minute" } else { "minute" },
-            requests_per_minute: i64::from(requests_per_minute),
-            client_quota: None,
-            burst,
-            burst_remaining,
-            burst_reset_secs,
-            quota_units: plan.monthly_quota_units,
-            quota_remaining: plan.monthly_quota_units,
-            period_secs: (period_end_at - period.starts_at).num_seconds(),
-            period_reset_secs: (period_end_at - now).num_seconds(),
-        };
-        // The quota numbers the headers show: the debit's answer, else (nothing debited) the counter as it is.
-        let (units_used, quota_units) = match quota {
-            Some(QuotaOutcome::Accepted { units_used, quota_units, .. } | QuotaOutcome::Rejected { units_used, quota_units }) => {
-                (units_used, quota_units)
-            }
-            None => {
-                let usage = state.quota_usage(tenant.id, period_start).await?;
-                let shown = usage.as_ref().map_or((0, plan.monthly_quota_units), |q| (q.units_used, q.quota_units));
-                reading = Some(QuotaReading { period_start, usage, client_units_used: None });
-                shown
-            }
-        };
-        limits.quota_units = quota_units;
-        limits.quota_remaining = (quota_units - units_used).max(0);
-        if !rate.allowed {
-            crate::telemetry::metrics::limiter_rejection(crate::telemetry::metrics::LimiterKind::Rate);
-            let retry = (rate.retry_after_micros + 999_999) / 1_000_000;
-            decision = Some(format!("rate-limited {} r=0 t={retry}", limits.rate_policy));
-            refused = Some(LimitRefusal::Rate);
-            return Err(limited(
-                AppError::new(ErrorCode::RateLimited)
-                    .with_detail(format!("this client may send {requests_per_minute} requests per minute; retry in {retry} s"))
-                    .with_member("violated-policies", serde_json::json!([limits.rate_policy]))
-                    .with_header(header::RETRY_AFTER, HeaderValue::from(retry.max(1))),
-                &limits,
-            ));
-        }
-        let mut debit = match quota {
-            Some(QuotaOutcome::Accepted { overage_units, .. }) => Some(Debit {
-                tenant_id: tenant.id,
-                period_start,
-                units,
-                overage_units,
-                lease_id: ticket.as_ref().map(LeaseTicket::lease_id),
-                client_id: None,
-            }),
-            Some(QuotaOutcome::Rejected { .. }) => {
-                crate::telemetry::metrics::limiter_rejection(crate::telemetry::metrics::LimiterKind::Quota);
-                decision = Some(format!("quota-exceeded month used={units_used}/{quota_units} cost={units}"));
-                refused = Some(LimitRefusal::Quota);
-                return Err(limited(
-                    AppError::new(ErrorCode::QuotaExceeded)
-                        .with_detail(format!(
-                            "the tenant used {units_used} of its {quota_units} units this month; this operation costs {units}"
-                        ))
-                        .with_member("violated-policies", serde_json::json!(["month"]))
-                        .with_header(header::RETRY_AFTER, HeaderValue::from(limits.period_reset_secs.max(1))),
-                    &limits,
-                ));
-            }
-            None => None,
-        };
-        // A capped client's share of the quota: its own counter, debited once the tenant's quota admitted the call.
-        if let (Some(client_id), Some(cap)) = (caller.api_client_id, caller.client_limits.quota_units) {
-            let used = match debit.as_mut() {
-                None => {
-                    let used = state.store.client_quota_used(client_id, period_start).await?;
-                    if let Some(reading) = reading.as_mut() {
-                        reading.client_units_used = Some(used);
-                    }
-                    used
-                }
-                Some(d) => {
-                    let client_debit = ClientQuotaDebit { tenant_id: tenant.id, client_id, period_start, cap, units, now };
-                    let outcome = state.store.debit_client_quota(&client_debit).await;
-                    if !matches!(outcome, Ok(ClientQuotaOutcome::Accepted { .. })) {
-                        // Refused by the cap, or the store failed: the tenant's units go back, a lease's at its
-                        // settlement (this call's record will not name it), a direct debit now.
-                        match ticket.take() {
-                            Some(ticket) => ticket.finish(),
-                            None => state.store.refund_quota(tenant.id, period_start, d.units, d.overage_units, now).await?,
-                        }
-                    }
-                    match outcome? {
-                        ClientQuotaOutcome::Accepted { units_used } => {
-                            d.client_id = Some(client_id);
-                            units_used
-                        }
-                        ClientQuotaOutcome::Rejected { units_used } => {
-                            limits.client_quota = Some((cap, units_used));
-                            crate::telemetry::metrics::limiter_rejection(crate::telemetry::metrics::LimiterKind::Quota);
-                            decision = Some(format!("quota-exceeded client-month used={units_used}/{cap} cost={units}"));
-                            refused = Some(LimitRefusal::Quota);
-                            return Err(limited(
-                                AppError::new(ErrorCode::QuotaExceeded)
-                                    .with_detail(format!(
-                                        "this client used {units_used} of the {cap} units its tenant allows it this month; this operation costs {units}"
-                                    ))
-                                    .with_member("violated-policies", serde_json::json!(["client-month"]))
-                                    .with_header(header::RETRY_AFTER, HeaderValue::from(limits.period_reset_secs.max(1))),
-                                &limits,
-                            ));
-                        }
-                    }
-                }
-            };
-            limits.client_quota = Some((cap, used));
-        }
-        decision = Some(format!(
-            "allowed {} r={} month r={} cost={}",
-            limits.rate_policy,
-            limits.burst_remaining,
-            limits.quota_remaining,
-            if debit.is_some() { units } else { 0 }
-        ));
-        Ok::<_, AppError>((limits, debit, ticket))
-    }
-    .await;
-    if let Some(decision) = decision {
-        req.extensions_mut().insert(LimiterDecision(decision));
-    }
-    if let Some(refusal) = refused {
-        req.extensions_mut().insert(refusal);
-    }
-    if let Some(reading) = reading {
-        req.extensions_mut().insert(reading);
-    }
+    let mut verdict = Verdict::default();
+    let decided = verdict.decide(&state, &caller, &tenant, operation.as_deref()).await;
+    verdict.leave_on(&req);
     match decided {
-        Ok((limits, debit, ticket)) => {
+        Ok(Admitted { limits, debit, ticket }) => {
             if let Some(debit) = debit {
                 req.extensions_mut().insert(debit);
             }
@@ -282,8 +86,244 @@ pub async fn limit(
     }
 }
 
-fn limited(err: AppError, limits: &LimitState) -> AppError {
-    header_fields(limits).into_iter().fold(err, |err, (name, value)| err.with_header(name, value))
+/// A call [`limit`] let through: the figures for its headers, the quota debit it made (none for an operation
+/// that spends nothing) and the lease whose units it spends.
+struct Admitted {
+    limits: LimitState,
+    debit: Option<Debit>,
+    ticket: Option<LeaseTicket>,
+}
+
+/// What [`limit`] leaves on the request whether or not it admits the call.
+#[derive(Default)]
+struct Verdict {
+    /// The limiter's decision, for the call's audit event.
+    decision: Option<String>,
+    /// Which limit refused the call, for its usage event.
+    refused: Option<LimitRefusal>,
+    /// The counters read for a call that spent no units, for its handler.
+    reading: Option<QuotaReading>,
+}
+
+impl Verdict {
+    fn leave_on(self, req: &ServiceRequest) {
+        let mut extensions = req.extensions_mut();
+        if let Some(decision) = self.decision {
+            extensions.insert(LimiterDecision(decision));
+        }
+        if let Some(refusal) = self.refused {
+            extensions.insert(refusal);
+        }
+        if let Some(reading) = self.reading {
+            extensions.insert(reading);
+        }
+    }
+
+    /// Refuses the call by `refusal`: counted, noted for its audit and usage events, answered with `limits`.
+    fn refuse(&mut self, refusal: LimitRefusal, decision: String, err: AppError, limits: &LimitState) -> AppError {
+        use crate::telemetry::metrics::{LimiterKind, limiter_rejection};
+        limiter_rejection(match refusal {
+            LimitRefusal::Rate => LimiterKind::Rate,
+            LimitRefusal::Quota => LimiterKind::Quota,
+        });
+        self.decision = Some(decision);
+        self.refused = Some(refusal);
+        header_fields(limits).into_iter().fold(err, |err, (name, value)| err.with_header(name, value))
+    }
+
+    async fn decide(
+        &mut self,
+        state: &AppState,
+        caller: &Caller,
+        tenant: &crate::store::Tenant,
+        operation: Option<&str>,
+    ) -> Result<Admitted, AppError> {
+        let plan = state.lookups.plan(&tenant.plan_code).await?.ok_or_else(|| {
+            AppError::internal(anyhow::anyhow!(
+                "tenant {} is on plan {} which does not exist",
+                tenant.id,
+                tenant.plan_code
+            ))
+        })?;
+        let units = units_of(state, &plan.code, operation).await?;
+        let now = state.clock.now();
+        let now_micros = now.timestamp_micros();
+        // A client's rate cap (its registration's) replaces the plan's per-client rate when it is lower.
+        let client_rate = caller.client_limits.requests_per_minute.filter(|cap| *cap < plan.requests_per_minute);
+        let requests_per_minute = client_rate.unwrap_or(plan.requests_per_minute);
+        let interval = 60_000_000 / i64::from(requests_per_minute.max(1));
+        let burst = i64::from(client_rate.map_or(plan.burst, |cap| plan.burst.min(cap)).max(1));
+        let take = RateLimitTake {
+            tenant_id: tenant.id,
+            client_id: client_key(caller),
+            now_micros,
+            emission_interval_micros: interval,
+            burst,
+        };
+        let period = BillingCalendar::of(tenant).period_containing(now);
+        let period_start = period.start;
+        let debit_request = (units > 0).then_some(QuotaDebit {
+            tenant_id: tenant.id,
+            period_start,
+            period_end: period.end,
+            quota_units: plan.monthly_quota_units,
+            overage_policy: plan.overage_policy,
+            units,
+            now,
+        });
+        let (rate, quota, mut ticket) = admit(state, take, debit_request).await?;
+        let (burst_remaining, burst_reset_secs) = burst_state(rate.tat_micros, now_micros, interval, burst);
+        let mut limits = LimitState {
+            rate_policy: if client_rate.is_some() { "client-minute" } else { "minute" },
+            requests_per_minute: i64::from(requests_per_minute),
+            client_quota: None,
+            burst,
+            burst_remaining,
+            burst_reset_secs,
+            quota_units: plan.monthly_quota_units,
+            quota_remaining: plan.monthly_quota_units,
+            period_secs: (period.ends_at - period.starts_at).num_seconds(),
+            period_reset_secs: (period.ends_at - now).num_seconds(),
+        };
+        // The quota numbers the headers show: the debit's answer, else (nothing debited) the counter as it is.
+        let (units_used, quota_units) = match quota {
+            Some(
+                QuotaOutcome::Accepted { units_used, quota_units, .. }
+                | QuotaOutcome::Rejected { units_used, quota_units },
+            ) => (units_used, quota_units),
+            None => {
+                let usage = state.quota_usage(tenant.id, period_start).await?;
+                let shown = usage.as_ref().map_or((0, plan.monthly_quota_units), |q| (q.units_used, q.quota_units));
+                self.reading = Some(QuotaReading { period_start, usage, client_units_used: None });
+                shown
+            }
+        };
+        limits.quota_units = quota_units;
+        limits.quota_remaining = (quota_units - units_used).max(0);
+        if !rate.allowed {
+            let retry = (rate.retry_after_micros + 999_999) / 1_000_000;
+            let err = AppError::new(ErrorCode::RateLimited)
+                .with_detail(format!(
+                    "this client may send {requests_per_minute} requests per minute; retry in {retry} s"
+                ))
+                .with_member("violated-policies", serde_json::json!([limits.rate_policy]))
+                .with_header(header::RETRY_AFTER, HeaderValue::from(retry.max(1)));
+            let decision = format!("rate-limited {} r=0 t={retry}", limits.rate_policy);
+            return Err(self.refuse(LimitRefusal::Rate, decision, err, &limits));
+        }
+        let mut debit = match quota {
+            Some(QuotaOutcome::Accepted { overage_units, .. }) => Some(Debit {
+                tenant_id: tenant.id,
+                period_start,
+                units,
+                overage_units,
+                lease_id: ticket.as_ref().map(LeaseTicket::lease_id),
+                client_id: None,
+            }),
+            Some(QuotaOutcome::Rejected { .. }) => {
+                let err = AppError::new(ErrorCode::QuotaExceeded)
+                    .with_detail(format!(
+                        "the tenant used {units_used} of its {quota_units} units this month; this operation costs {units}"
+                    ))
+                    .with_member("violated-policies", serde_json::json!(["month"]))
+                    .with_header(header::RETRY_AFTER, HeaderValue::from(limits.period_reset_secs.max(1)));
+                let decision = format!("quota-exceeded month used={units_used}/{quota_units} cost={units}");
+                return Err(self.refuse(LimitRefusal::Quota, decision, err, &limits));
+            }
+            None => None,
+        };
+        // A capped client's share of the quota: its own counter, debited once the tenant's quota admitted the call.
+        if let (Some(client_id), Some(cap)) = (caller.api_client_id, caller.client_limits.quota_units) {
+            let used = match debit.as_mut() {
+                None => {
+                    let used = state.store.client_quota_used(client_id, period_start).await?;
+                    if let Some(reading) = self.reading.as_mut() {
+                        reading.client_units_used = Some(used);
+                    }
+                    used
+                }
+                Some(d) => {
+                    let client_debit =
+                        ClientQuotaDebit { tenant_id: tenant.id, client_id, period_start, cap, units, now };
+                    let outcome = state.store.debit_client_quota(&client_debit).await;
+                    if !matches!(outcome, Ok(ClientQuotaOutcome::Accepted { .. })) {
+                        // Refused by the cap, or the store failed: the tenant's units go back, a lease's at its
+                        // settlement (this call's record will not name it), a direct debit now.
+                        match ticket.take() {
+                            Some(ticket) => ticket.finish(),
+                            None => {
+                                state.store.refund_quota(tenant.id, period_start, d.units, d.overage_units, now).await?
+                            }
+                        }
+                    }
+                    match outcome? {
+                        ClientQuotaOutcome::Accepted { units_used } => {
+                            d.client_id = Some(client_id);
+                            units_used
+                        }
+                        ClientQuotaOutcome::Rejected { units_used } => {
+                            limits.client_quota = Some((cap, units_used));
+                            let err = AppError::new(ErrorCode::QuotaExceeded)
+                                .with_detail(format!(
+                                    "this client used {units_used} of the {cap} units its tenant allows it this month; this operation costs {units}"
+                                ))
+                                .with_member("violated-policies", serde_json::json!(["client-month"]))
+                                .with_header(header::RETRY_AFTER, HeaderValue::from(limits.period_reset_secs.max(1)));
+                            let decision = format!("quota-exceeded client-month used={units_used}/{cap} cost={units}");
+                            return Err(self.refuse(LimitRefusal::Quota, decision, err, &limits));
+                        }
+                    }
+                }
+            };
+            limits.client_quota = Some((cap, used));
+        }
+        self.decision = Some(format!(
+            "allowed {} r={} month r={} cost={}",
+            limits.rate_policy,
+            limits.burst_remaining,
+            limits.quota_remaining,
+            if debit.is_some() { units } else { 0 }
+        ));
+        Ok(Admitted { limits, debit, ticket })
+    }
+}
+
+/// The quota units `operation` spends on `plan`: the plan's override if it has one, else the default table; none
+/// for a self-service read (`costs::Quota::Exempt`), which only the rate limit applies to.
+async fn units_of(state: &AppState, plan: &str, operation: Option<&str>) -> Result<i64, AppError> {
+    let Some(op) = operation.filter(|op| costs::spends_quota(op)) else { return Ok(0) };
+    let overrides = state.lookups.plan_costs(plan).await?;
+    Ok(overrides.iter().find(|(o, _)| o == op).map_or_else(|| costs::units(op), |(_, units)| *units))
+}
+
+/// The rate step and the quota debit: with leases, from this process's rate batch and quota lease (in memory
+/// until either runs out); without, one store write that decides both. A request the rate limit refuses spends
+/// no units.
+async fn admit(
+    state: &AppState,
+    take: RateLimitTake,
+    debit: Option<QuotaDebit>,
+) -> Result<(RateLimitDecision, Option<QuotaOutcome>, Option<LeaseTicket>), AppError> {
+    let Some(leases) = &state.leases else {
+        let admitted = state.store.admit(&Admission { rate: take, debit }).await?;
+        return Ok((admitted.rate, admitted.debit, None));
+    };
+    let rate = match &state.rate_leases {
+        Some(rate_leases) => rate_leases.take(&take).await?,
+        None => state.store.take_rate_limit(&take).await?,
+    };
+    let spent = match debit {
+        Some(debit) if rate.allowed => leases.spend(&debit).await?,
+        _ => return Ok((rate, None, None)),
+    };
+    Ok(match spent {
+        Spend::Accepted { ticket, overage_units, units_used, quota_units } => {
+            (rate, Some(QuotaOutcome::Accepted { units_used, quota_units, overage_units }), Some(ticket))
+        }
+        Spend::Rejected { units_used, quota_units } => {
+            (rate, Some(QuotaOutcome::Rejected { units_used, quota_units }), None)
+        }
+    })
 }
 
 /// Writes exactly one usage event per request, durably, before the response leaves, and in the same
