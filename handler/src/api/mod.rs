@@ -1,5 +1,5 @@
 //! The HTTP API's shared conventions (written down in `docs/api-design.md`): ETags and conditional requests,
-//! signed keyset cursors, idempotent creation, validation errors, list envelopes, deprecation headers, and the
+//! sealed keyset cursors, idempotent creation, validation errors, list envelopes, deprecation headers, and the
 //! route table that says which operation a request is.
 //!
 //! Routes in `routes/` use these pieces so that every resource behaves the same way.
