@@ -132,9 +132,8 @@ impl AppState {
             Some(leases) => leases.unspent(tenant_id, period_start).await,
             None => 0,
         };
-        let units_used = (usage.units_used - unspent).clamp(0, usage.units_used);
-        let overage_units = usage.overage_units.min((units_used - usage.quota_units).max(0));
-        Ok(Some(crate::store::QuotaUsage { units_used, overage_units, ..usage }))
+        let units_used = usage.units_used - unspent;
+        Ok(Some(usage.with_units_used(units_used)))
     }
 }
 

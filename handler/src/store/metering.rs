@@ -100,6 +100,16 @@ pub struct QuotaUsage {
     pub granted_units: i64,
 }
 
+impl QuotaUsage {
+    /// The same period with `units_used` in place of the counter (units a lease holds unspent taken off), its
+    /// overage no more than what then lies beyond the quota.
+    pub fn with_units_used(self, units_used: i64) -> QuotaUsage {
+        let units_used = units_used.clamp(0, self.units_used);
+        let overage_units = self.overage_units.min((units_used - self.quota_units).max(0));
+        QuotaUsage { units_used, overage_units, ..self }
+    }
+}
+
 /// A rate-limit decision request for the GCRA (generic cell rate algorithm).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitTake {

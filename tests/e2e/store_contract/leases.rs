@@ -264,3 +264,56 @@ async fn an_upgrade_applies_to_the_period_at_the_next_grant_and_a_downgrade_does
     })
     .await;
 }
+
+/// The thresholds announced so far: (threshold, the `unitsUsed` the event states).
+async fn thresholds(store: &Arc<dyn Store>) -> Vec<(i64, i64)> {
+    let rows = store.list_outbox(0, 100).await.unwrap();
+    rows.iter()
+        .filter(|r| r.message.event_type == "meterline.quota.threshold-crossed.v1")
+        .map(|r| {
+            let d: serde_json::Value = serde_json::from_str(&r.message.payload).unwrap();
+            (d["threshold"].as_i64().unwrap(), d["unitsUsed"].as_i64().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn thresholds_are_announced_on_billable_usage_not_on_units_a_lease_holds() {
+    for_each_store("thresholds_are_announced_on_billable_usage_not_on_units_a_lease_holds", |t| async move {
+        let store = migrated(&t).await;
+        let acme = tenant_on_plan(&store, 100, OveragePolicy::Block).await;
+        // A grant of 90 takes the counter to 90 % with nothing used.
+        let first = request(&acme, 100, OveragePolicy::Block, 1, 90, 1);
+        store.grant_quota_lease(&first).await.unwrap();
+        assert_eq!(thresholds(&store).await, vec![], "{}: a grant is not usage", t.name);
+        // 79 units spent, then another grant (the counter at 95): billable usage is still below 80 %.
+        let events: Vec<_> = (1..=79).map(|n| spent(&acme, first.lease_id, n, 1, true)).collect();
+        store.record_usage_events(&events).await.unwrap();
+        let second = request(&acme, 100, OveragePolicy::Block, 2, 5, 1);
+        store.grant_quota_lease(&second).await.unwrap();
+        assert_eq!(thresholds(&store).await, vec![], "{}: 79 of 100 used", t.name);
+        // One more billable unit and a failed request: 80 % is announced at the settlement, with what was used.
+        store
+            .record_usage_events(&[
+                spent(&acme, first.lease_id, 80, 1, true),
+                spent(&acme, first.lease_id, 81, 3, false),
+            ])
+            .await
+            .unwrap();
+        store.settle_quota_lease(first.lease_id, t0()).await.unwrap();
+        assert_eq!(thresholds(&store).await, vec![(80, 80)], "{}", t.name);
+        store.settle_quota_lease(second.lease_id, t0()).await.unwrap();
+        assert_eq!(used(&store, &acme).await, (80, 0));
+        // The rest of the quota granted and spent: 100 % is announced when that lease settles.
+        let third = request(&acme, 100, OveragePolicy::Block, 3, 20, 1);
+        store.grant_quota_lease(&third).await.unwrap();
+        assert_eq!(thresholds(&store).await, vec![(80, 80)], "{}: the counter at 100, 80 used", t.name);
+        let events: Vec<_> = (100..120).map(|n| spent(&acme, third.lease_id, n, 1, true)).collect();
+        store.record_usage_events(&events).await.unwrap();
+        let exhausted = store.grant_quota_lease(&request(&acme, 100, OveragePolicy::Block, 4, 1, 1)).await.unwrap();
+        assert_eq!(exhausted, QuotaLeaseGrant::Exhausted { units_used: 100, quota_units: 100 });
+        store.settle_quota_lease(third.lease_id, t0()).await.unwrap();
+        assert_eq!(thresholds(&store).await, vec![(80, 80), (100, 100)], "{}", t.name);
+    })
+    .await;
+}

@@ -24,18 +24,30 @@ pub(crate) async fn insert_outbox(conn: &mut MssqlClient, m: &OutboxMessage) -> 
     execute(conn, INSERT_OUTBOX, &params).await.map(drop)
 }
 
-/// Flags the 80 % and 100 % thresholds of a period once its counter has reached them (one conditional UPDATE
-/// each, so exactly one transaction announces a threshold) and writes each newly crossed threshold's
-/// `meterline.quota.threshold-crossed.v1` event, inside the caller's transaction.
+/// Flags the 80 % and 100 % thresholds of a period once its billable usage has reached them (one conditional
+/// UPDATE each, so exactly one transaction announces a threshold) and writes each newly crossed threshold's
+/// `meterline.quota.threshold-crossed.v1` event, inside the caller's transaction. Billable usage is the counter
+/// less what the period's open leases have not spent (as on SQLite: `store::sqlite::emit_quota_thresholds`).
 pub(crate) async fn emit_quota_thresholds(
     conn: &mut MssqlClient,
     tenant_id: Uuid,
     period_start: NaiveDate,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    // The counter bounds billable usage from above: below 80 % of the quota, or with both announced, nothing to do.
+    if rows(conn, QUOTA_THRESHOLD_DUE, &[&tenant_id, &period_start]).await?.is_empty() {
+        return Ok(());
+    }
+    let used: i64 = rows(conn, BILLABLE_UNITS_USED, &[&tenant_id, &period_start])
+        .await?
+        .first()
+        .map(|r| required(r, 0))
+        .transpose()?
+        .ok_or_else(quota_row_vanished)?;
     for (threshold, statement) in [(80_i64, FLAG_QUOTA_80), (100, FLAG_QUOTA_100)] {
-        if execute(conn, statement, &[&tenant_id, &period_start]).await? == 1 {
+        if execute(conn, statement, &[&tenant_id, &period_start, &used]).await? == 1 {
             let usage = read_quota(conn, tenant_id, period_start).await?.ok_or_else(quota_row_vanished)?;
+            let usage = usage.with_units_used(used);
             insert_outbox(conn, &OutboxMessage::quota_threshold_crossed(&usage, threshold, now)).await?;
         }
     }
@@ -318,13 +330,30 @@ pub(crate) const INSERT_OUTBOX: &str =
     "INSERT INTO dbo.outbox_messages (id, event_type, subject, payload, created_at, available_at)
 VALUES (@P1, @P2, @P3, @P4, @P5, @P6)";
 
-/// Flags the 80 % threshold of a period once it is reached; one row changed means this transaction announces it.
-pub(crate) const FLAG_QUOTA_80: &str = "UPDATE dbo.quota_usage SET notified_80 = 1
-WHERE tenant_id = @P1 AND period_start = @P2 AND notified_80 = 0 AND units_used > 0 AND units_used * 100 >= quota_units * 80";
+/// A row when a threshold of the period may be due: one not announced yet, and the counter (an upper bound of
+/// billable usage) at 80 % of the quota or more.
+pub(crate) const QUOTA_THRESHOLD_DUE: &str = "SELECT 1 AS due FROM dbo.quota_usage
+WHERE tenant_id = @P1 AND period_start = @P2 AND (notified_80 = 0 OR notified_100 = 0)
+  AND units_used * 100 >= quota_units * 80";
 
-/// Flags the 100 % threshold of a period once it is reached.
+/// The period's billable usage: the counter less what each open lease has not spent (its grant less the billable
+/// units of the usage events that name it).
+pub(crate) const BILLABLE_UNITS_USED: &str = "SELECT q.units_used - COALESCE((
+    SELECT SUM(CASE WHEN l.granted_units > s.spent THEN l.granted_units - s.spent ELSE 0 END)
+    FROM dbo.quota_leases AS l
+    CROSS APPLY (SELECT COALESCE(SUM(CAST(e.units AS BIGINT)), 0) AS spent FROM dbo.usage_events AS e
+                 WHERE e.lease_id = l.lease_id AND e.billable = 1) AS s
+    WHERE l.tenant_id = q.tenant_id AND l.period_start = q.period_start AND l.settled_at IS NULL), 0) AS used
+FROM dbo.quota_usage AS q WHERE q.tenant_id = @P1 AND q.period_start = @P2";
+
+/// Flags the 80 % threshold of a period once billable usage (`@P3`) reached it; one row changed means this
+/// transaction announces it.
+pub(crate) const FLAG_QUOTA_80: &str = "UPDATE dbo.quota_usage SET notified_80 = 1
+WHERE tenant_id = @P1 AND period_start = @P2 AND notified_80 = 0 AND @P3 > 0 AND @P3 * 100 >= quota_units * 80";
+
+/// Flags the 100 % threshold of a period once billable usage (`@P3`) reached it.
 pub(crate) const FLAG_QUOTA_100: &str = "UPDATE dbo.quota_usage SET notified_100 = 1
-WHERE tenant_id = @P1 AND period_start = @P2 AND notified_100 = 0 AND units_used > 0 AND units_used >= quota_units";
+WHERE tenant_id = @P1 AND period_start = @P2 AND notified_100 = 0 AND @P3 > 0 AND @P3 >= quota_units";
 
 /// Inserts the inbox row unless `(source, event_id)` is there; the key-range lock makes a concurrent delivery of
 /// the same message wait and then insert nothing (0 rows: a duplicate).
@@ -424,6 +453,8 @@ FROM dbo.outbox_messages WHERE seq > @P1 ORDER BY seq";
 /// Every statement above, by name, for the parse check (`store::tsql_check`).
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("INSERT_OUTBOX", INSERT_OUTBOX),
+    ("QUOTA_THRESHOLD_DUE", QUOTA_THRESHOLD_DUE),
+    ("BILLABLE_UNITS_USED", BILLABLE_UNITS_USED),
     ("FLAG_QUOTA_80", FLAG_QUOTA_80),
     ("FLAG_QUOTA_100", FLAG_QUOTA_100),
     ("INSERT_INBOX", INSERT_INBOX),

@@ -44,6 +44,7 @@ async fn settle(
     let back: [&dyn ToSql; 4] = [&lease.tenant_id, &lease.period_start, &settled.returned_units, &now];
     execute(conn, RETURN_LEASE_UNITS, &back).await?;
     execute(conn, MARK_LEASE_SETTLED, &[&lease_id, &now, &settled.spent_units]).await?;
+    emit_quota_thresholds(conn, lease.tenant_id, lease.period_start, now).await?;
     Ok(Some(settled))
 }
 
@@ -117,6 +118,8 @@ impl QuotaLeaseStore for MssqlStore {
                 &r.expires_at,
             ];
             execute(conn, INSERT_LEASE, &params).await?;
+            // The usage events recorded since the last grant or settlement may have crossed a threshold.
+            emit_quota_thresholds(conn, d.tenant_id, d.period_start, d.now).await?;
             Ok(granted(units, units_used, quota_units))
         })
     }

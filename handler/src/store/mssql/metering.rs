@@ -31,7 +31,19 @@ pub(crate) async fn read_quota(
     rows(conn, GET_QUOTA, &[&tenant_id, &start]).await?.first().map(quota_from).transpose()
 }
 
-/// Debits a quota period (created on first use), refusing under `block` what would exceed the quota.
+/// [`debit_period`], then the thresholds it may have taken billable usage past (a debit that is not a lease's grant).
+pub(crate) async fn debit_and_announce(conn: &mut MssqlClient, d: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
+    let outcome = debit_period(conn, d).await?;
+    if let QuotaOutcome::Accepted { units_used, quota_units, .. } = outcome
+        && d.crossed_threshold(units_used, quota_units)
+    {
+        emit_quota_thresholds(conn, d.tenant_id, d.period_start, d.now).await?;
+    }
+    Ok(outcome)
+}
+
+/// Debits a quota period (created on first use), refusing under `block` what would exceed the quota. Announces no
+/// threshold: a lease's grant is not usage; see [`debit_and_announce`].
 pub(crate) async fn debit_period(conn: &mut MssqlClient, d: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
     ensure_period(conn, d).await?;
     debit_existing_period(conn, d).await
@@ -48,13 +60,11 @@ pub(crate) async fn ensure_period(conn: &mut MssqlClient, d: &QuotaDebit) -> Res
 pub(crate) async fn debit_existing_period(conn: &mut MssqlClient, d: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
     let updated = rows(conn, DEBIT_QUOTA, &[&d.tenant_id, &d.period_start, &d.units, &d.now]).await?;
     match updated.first() {
-        Some(row) => {
-            let (units_used, quota_units) = (required(row, 0)?, required(row, 1)?);
-            if d.crossed_threshold(units_used, quota_units) {
-                emit_quota_thresholds(conn, d.tenant_id, d.period_start, d.now).await?;
-            }
-            Ok(QuotaOutcome::Accepted { units_used, quota_units, overage_units: required(row, 2)? })
-        }
+        Some(row) => Ok(QuotaOutcome::Accepted {
+            units_used: required(row, 0)?,
+            quota_units: required(row, 1)?,
+            overage_units: required(row, 2)?,
+        }),
         None => {
             let current = read_quota(conn, d.tenant_id, d.period_start).await?.ok_or_else(quota_row_vanished)?;
             Ok(QuotaOutcome::Rejected { units_used: current.units_used, quota_units: current.quota_units })
@@ -190,7 +200,7 @@ pub(crate) fn insert_usage_events_sql(rows: usize) -> String {
 #[async_trait]
 impl MeteringStore for MssqlStore {
     async fn debit_quota(&self, debit: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
-        in_tx!(self, Retry::No, |conn| debit_period(conn, debit).await)
+        in_tx!(self, Retry::No, |conn| debit_and_announce(conn, debit).await)
     }
 
     async fn refund_quota(
@@ -222,7 +232,7 @@ impl MeteringStore for MssqlStore {
         in_tx!(self, Retry::No, |conn| {
             let rate = take_rate(conn, &admission.rate).await?;
             let debit = match &admission.debit {
-                Some(d) if rate.allowed => Some(debit_period(conn, d).await?),
+                Some(d) if rate.allowed => Some(debit_and_announce(conn, d).await?),
                 _ => None,
             };
             Ok(AdmissionDecision { rate, debit })

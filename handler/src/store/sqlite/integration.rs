@@ -34,28 +34,60 @@ pub(crate) fn insert_outbox(tx: &Connection, m: &OutboxMessage) -> Result<(), St
     .map_err(classify)
 }
 
-/// Marks the 80 % and 100 % thresholds of a period's counter as notified once it has reached them, each with a
-/// conditional UPDATE (so exactly one transaction announces a threshold), and writes each newly crossed
+/// Marks the 80 % and 100 % thresholds of a period as notified once its billable usage has reached them, each
+/// with a conditional UPDATE (so exactly one transaction announces a threshold), and writes each newly crossed
 /// threshold's `meterline.quota.threshold-crossed.v1` event, all inside the caller's write transaction.
+///
+/// Billable usage, not the counter: the counter holds an open quota lease's whole grant from the moment it is
+/// granted, so it runs ahead of what requests used. The billable figure is the counter less what each open lease
+/// has not spent yet (its grant less the billable units of the stored usage events that name it), which is what
+/// the lease's settlement will leave. Called wherever either can have moved: a direct debit, a grant, a settlement.
 pub(crate) fn emit_quota_thresholds(
     tx: &Connection,
     tenant_id: Uuid,
     period_start: chrono::NaiveDate,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    let (tenant, start) = (tenant_id.to_string(), period_start.to_string());
+    // The counter bounds billable usage from above: below 80 % of the quota, or with both announced, nothing to do.
+    let due: Option<i64> = tx
+        .prepare_cached(
+            "SELECT 1 FROM quota_usage WHERE tenant_id = ?1 AND period_start = ?2
+               AND (notified_80 = 0 OR notified_100 = 0) AND units_used * 100 >= quota_units * 80",
+        )
+        .map_err(classify)?
+        .query_row(params![tenant, start], |r| r.get(0))
+        .optional()
+        .map_err(classify)?;
+    if due.is_none() {
+        return Ok(());
+    }
+    let used: i64 = tx
+        .prepare_cached(
+            "SELECT q.units_used - coalesce((
+                 SELECT sum(max(0, l.granted_units - (SELECT coalesce(sum(e.units), 0) FROM usage_events e
+                                                      WHERE e.lease_id = l.lease_id AND e.billable = 1)))
+                 FROM quota_leases l
+                 WHERE l.tenant_id = q.tenant_id AND l.period_start = q.period_start AND l.settled_at IS NULL), 0)
+             FROM quota_usage q WHERE q.tenant_id = ?1 AND q.period_start = ?2",
+        )
+        .map_err(classify)?
+        .query_row(params![tenant, start], |r| r.get(0))
+        .map_err(classify)?;
     for (threshold, column) in [(80_i64, "notified_80"), (100, "notified_100")] {
         let flipped = tx
             .execute(
                 &format!(
                     "UPDATE quota_usage SET {column} = 1
-                     WHERE tenant_id = ?1 AND period_start = ?2 AND {column} = 0 AND units_used > 0
-                       AND units_used * 100 >= quota_units * ?3"
+                     WHERE tenant_id = ?1 AND period_start = ?2 AND {column} = 0 AND ?3 > 0
+                       AND ?3 * 100 >= quota_units * ?4"
                 ),
-                params![tenant_id.to_string(), period_start.to_string(), threshold],
+                params![tenant, start, used, threshold],
             )
             .map_err(classify)?;
         if flipped == 1 {
             let usage = read_quota(tx, tenant_id, period_start)?.ok_or_else(quota_row_vanished)?;
+            let usage = usage.with_units_used(used);
             insert_outbox(tx, &OutboxMessage::quota_threshold_crossed(&usage, threshold, now))?;
         }
     }

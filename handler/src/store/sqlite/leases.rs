@@ -67,6 +67,7 @@ fn settle(tx: &Connection, lease_id: Uuid, now: DateTime<Utc>) -> Result<Option<
         .map_err(classify)?
         .execute(params![lease_id.to_string(), timestamp(now), settled.spent_units])
         .map_err(classify)?;
+    emit_quota_thresholds(tx, lease.tenant_id, lease.period_start, now)?;
     Ok(Some(settled))
 }
 
@@ -170,6 +171,8 @@ impl QuotaLeaseStore for SqliteStore {
                 timestamp(r.expires_at)
             ])
             .map_err(classify)?;
+            // The usage events recorded since the last grant or settlement may have crossed a threshold.
+            emit_quota_thresholds(tx, d.tenant_id, d.period_start, d.now)?;
             Ok(granted(units, units_used, quota_units))
         })
         .await

@@ -55,7 +55,19 @@ pub(crate) fn ensure_period(conn: &Connection, d: &QuotaDebit) -> Result<(), Sto
     .map(drop)
 }
 
-/// Debits a quota period (created on first use), refusing under `block` what would exceed the quota.
+/// [`debit_period`], then the thresholds it may have taken billable usage past (a debit that is not a lease's grant).
+pub(crate) fn debit_and_announce(conn: &Connection, d: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
+    let outcome = debit_period(conn, d)?;
+    if let QuotaOutcome::Accepted { units_used, quota_units, .. } = outcome
+        && d.crossed_threshold(units_used, quota_units)
+    {
+        emit_quota_thresholds(conn, d.tenant_id, d.period_start, d.now)?;
+    }
+    Ok(outcome)
+}
+
+/// Debits a quota period (created on first use), refusing under `block` what would exceed the quota. Announces no
+/// threshold: a lease's grant is not usage ([`emit_quota_thresholds`]); see [`debit_and_announce`].
 pub(crate) fn debit_period(conn: &Connection, d: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
     let (tenant, start) = (d.tenant_id.to_string(), d.period_start.to_string());
     ensure_period(conn, d)?;
@@ -77,9 +89,6 @@ pub(crate) fn debit_period(conn: &Connection, d: &QuotaDebit) -> Result<QuotaOut
         .map_err(classify)?;
     Ok(match updated {
         Some((units_used, quota_units, overage_units)) => {
-            if d.crossed_threshold(units_used, quota_units) {
-                emit_quota_thresholds(conn, d.tenant_id, d.period_start, d.now)?;
-            }
             QuotaOutcome::Accepted { units_used, quota_units, overage_units }
         }
         None => {
@@ -174,7 +183,7 @@ pub(crate) fn insert_usage_event(conn: &Connection, e: &UsageEvent) -> Result<us
 impl MeteringStore for SqliteStore {
     async fn debit_quota(&self, debit: &QuotaDebit) -> Result<QuotaOutcome, StoreError> {
         let d = debit.clone();
-        self.write(move |conn| debit_period(conn, &d)).await
+        self.write(move |conn| debit_and_announce(conn, &d)).await
     }
 
     async fn refund_quota(
@@ -217,7 +226,7 @@ impl MeteringStore for SqliteStore {
         self.write(move |conn| {
             let rate = take_rate(conn, &a.rate)?;
             let debit = match &a.debit {
-                Some(d) if rate.allowed => Some(debit_period(conn, d)?),
+                Some(d) if rate.allowed => Some(debit_and_announce(conn, d)?),
                 _ => None,
             };
             Ok(AdmissionDecision { rate, debit })
