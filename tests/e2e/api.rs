@@ -436,6 +436,45 @@ async fn search_ranks_pages_highlights_and_counts_facets() {
 }
 
 #[actix_web::test]
+async fn relevance_pages_neither_repeat_nor_skip_while_other_documents_are_written() {
+    let api = api().await;
+    // Bodies of one length with `budget` once to five times: the order is how often, then the id, whatever the
+    // index's average length does.
+    let mut written = Vec::new();
+    for i in 0..30 {
+        let n = 1 + i % 5;
+        let body = [vec!["budget"; n], vec!["filler"; 8 - n]].concat().join(" ");
+        let created =
+            api.create(&api.a_writer, json!({"title": format!("Report {i}"), "docType": "memo", "body": body})).await;
+        assert_eq!(created.status, 201);
+        written.push(created.json()["id"].as_str().unwrap().to_owned());
+    }
+    // Between pages, documents no page holds are written: another tenant's with the word (more documents hold
+    // it, index-wide), this tenant's without it (more documents, another average length). Every rank moves.
+    let mut seen = Vec::new();
+    let mut link = Some("/api/v1/documents?q=budget&maxpagesize=4".to_owned());
+    let mut round = 0;
+    while let Some(path) = link {
+        let page = api.get(&api.a_reader, &path).await;
+        assert_eq!(page.status, 200, "{}", String::from_utf8_lossy(&page.body));
+        let page = page.json();
+        seen.extend(page["value"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_owned()));
+        link = page["nextLink"].as_str().map(str::to_owned);
+        let theirs =
+            json!({"title": "Theirs", "docType": "memo", "body": "budget budget budget in a longer body of words"});
+        assert_eq!(api.create(&api.b_writer, theirs).await.status, 201);
+        let ours = json!({"title": format!("Unrelated {round}"), "docType": "memo", "body": "nothing to find"});
+        assert_eq!(api.create(&api.a_writer, ours).await.status, 201);
+        round += 1;
+        assert!(round < 20, "runaway paging");
+    }
+    assert_eq!(seen.len(), written.len(), "{seen:?}");
+    for id in &written {
+        assert_eq!(seen.iter().filter(|s| *s == id).count(), 1, "{id} once");
+    }
+}
+
+#[actix_web::test]
 async fn a_search_past_its_window_says_so_and_pages_through_the_newest_matches() {
     let api = api_of(TestApp::builder().configure(|state| state.search_window = 5)).await;
     let made = seed_listing(&api).await;

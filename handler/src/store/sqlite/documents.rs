@@ -220,6 +220,14 @@ fn list_on(
     let rank = rank_column(filter, plan);
     let mut page = Assembled { sql: format!("SELECT {DOCUMENT_COLUMNS}, {rank}"), values: Vec::new() };
     conditions_with(&mut page, tenant_id, filter, plan)?;
+    let reranked;
+    let after = match after {
+        Some(cursor) if sort.key == DocumentSortKey::Relevance => {
+            reranked = rank_now(&tx, tenant_id, filter, cursor)?;
+            Some(&reranked)
+        }
+        after => after,
+    };
     if let Some(cursor) = after {
         keyset(&mut page, sort, cursor)?;
     }
@@ -256,6 +264,40 @@ fn list_on(
     }
     tx.commit().map_err(classify)?;
     Ok(page)
+}
+
+/// A relevance cursor with its document's rank as it is now. bm25 weighs each word by how many documents of the whole
+/// index hold it and each field by the index's average length, so any write (another tenant's too) moves every
+/// rank a little, and a page that went on from the rank the cursor was issued with would repeat or skip documents
+/// nobody changed. Going on from where the cursor's document ranks now keeps the order of the others as it was
+/// (a write scales their ranks alike). A cursor whose document no longer matches, or left the search's window,
+/// keeps its own rank.
+fn rank_now(
+    conn: &Connection,
+    tenant_id: Uuid,
+    filter: &DocumentFilter,
+    cursor: &DocumentCursor,
+) -> Result<DocumentCursor, StoreError> {
+    let Some(search) = &filter.search else { return Ok(cursor.clone()) };
+    let mut a = Assembled {
+        sql: format!("SELECT {RANK} FROM document_search s WHERE document_search MATCH "),
+        values: Vec::new(),
+    };
+    let matching = a.bind(search.fts5());
+    let (id, tenant) = (a.bind(cursor.id.to_string()), a.bind(tenant_id.to_string()));
+    let window = window_condition(&mut a, "s.rowid", filter.window);
+    a.sql.push_str(&format!(
+        "{matching} AND s.rowid = (SELECT search_rowid FROM document_search_keys WHERE document_id = {id} \
+         AND tenant_id = {tenant}){window}"
+    ));
+    let rank: Option<i64> = conn
+        .prepare_cached(&a.sql)
+        .and_then(|mut s| s.query_row(params_from_iter(a.values), |r| r.get(0)).optional())
+        .map_err(classify)?;
+    Ok(match rank {
+        Some(rank) => DocumentCursor { value: SortValue::Rank(rank), id: cursor.id },
+        None => cursor.clone(),
+    })
 }
 
 /// The first page of a search in relevance order that takes its window: one walk of its `size + 1` newest matches
@@ -459,8 +501,10 @@ fn search_window_on(
 }
 
 /// A search match's rank: bm25 with the fields weighted (`store::search::FIELD_WEIGHTS`), lower is better, as an
-/// integer (millionths) so that a cursor holds it exactly. Only valid in a query that matches `document_search`.
-const RANK: &str = "CAST(bm25(document_search, 10.0, 4.0, 1.0, 3.0) * 1000000 AS INTEGER)";
+/// integer (10^-12 of a point) so that a cursor holds it exactly. That fine: a word in more than half of the
+/// index's documents gets FTS5's floor weight of 10^-6, so its matches score about 10^-6 a point, and millionths
+/// tied them all. Only valid in a query that matches `document_search`.
+const RANK: &str = "CAST(bm25(document_search, 10.0, 4.0, 1.0, 3.0) * 1000000000000 AS INTEGER)";
 
 /// The sort column of a listing.
 pub(super) fn sort_column(key: DocumentSortKey) -> &'static str {
