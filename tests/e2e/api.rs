@@ -253,6 +253,22 @@ async fn bad_input_gets_field_level_problems_and_writes_nothing() {
         422,
         "ValidationFailed",
     );
+    // What the stores cannot hold or keep as sent is refused with its pointer too: year 0 (SQL Server's DATE starts
+    // at year 1), a tag that lower-casing takes past 64 characters ('İ' is two), a tag of a comma and spaces.
+    let refused = [
+        (json!({"title": "t", "docType": "x", "effectiveDate": "0000-01-01"}), "/effectiveDate"),
+        (json!({"title": "t", "docType": "x", "tags": ["\u{130}".repeat(33)]}), "/tags/0"),
+        (json!({"title": "t", "docType": "x", "tags": [" , "]}), "/tags/0"),
+    ];
+    for (body, pointer) in refused {
+        let refused = problem(&api.create(&api.a_writer, body.clone()).await, 422, "ValidationFailed");
+        assert_eq!(refused["errors"][0]["pointer"], pointer, "{body}: {refused}");
+    }
+    for query in ["effectiveTo=0000-01-01", "effectiveFrom=0000-12-31"] {
+        let res =
+            problem(&api.get(&api.a_reader, &format!("/api/v1/documents?{query}")).await, 422, "ValidationFailed");
+        assert!(res["errors"][0]["parameter"].as_str().unwrap().starts_with("effective"), "{res}");
+    }
     let malformed =
         ClientRequest::new("POST", "/api/v1/documents").body("{\"title\":").header("Content-Type", "application/json");
     problem(&api.send(&api.a_writer, malformed).await, 400, "MalformedJson");

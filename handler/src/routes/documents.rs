@@ -67,12 +67,26 @@ fn valid_code(value: &str) -> Result<(), validator::ValidationError> {
     }
 }
 
+/// Whether both stores can hold `date` (SQL Server's `DATE` starts at year 1, chrono's dates before it).
+fn storable_date(date: NaiveDate) -> bool {
+    (crate::store::FIRST_DATE..=crate::store::LAST_DATE).contains(&date)
+}
+
+fn valid_effective_date(date: &NaiveDate) -> Result<(), validator::ValidationError> {
+    if storable_date(*date) {
+        Ok(())
+    } else {
+        Err(validator::ValidationError::new("range").with_message("a date from 0001-01-01 to 9999-12-31".into()))
+    }
+}
+
 fn valid_tags(tags: &[String]) -> Result<(), validator::ValidationError> {
     if tags.len() > MAX_TAGS {
         return Err(validator::ValidationError::new("length").with_message(format!("at most {MAX_TAGS} tags").into()));
     }
     for (item, tag) in tags.iter().enumerate() {
-        if tag.trim().is_empty() || tag.chars().count() > 64 {
+        // As stored: trimmed and lower-cased, which can lengthen it ('İ' is two characters in lower case).
+        if tag.trim().is_empty() || tag.trim().to_lowercase().chars().count() > 64 {
             let mut err =
                 validator::ValidationError::new("length").with_message("each tag has 1 to 64 characters".into());
             err.add_param("item".into(), &item);
@@ -90,7 +104,7 @@ fn valid_tags(tags: &[String]) -> Result<(), validator::ValidationError> {
 
 /// A document tag, as the OpenAPI document describes it (the wire value is a string).
 #[derive(utoipa::ToSchema)]
-#[schema(value_type = String, min_length = 1, max_length = 64, pattern = r"^[^,]*\S[^,]*$")]
+#[schema(value_type = String, min_length = 1, max_length = 64, pattern = r"^[^,]*[^,\s][^,]*$")]
 #[allow(dead_code)] // documentation only
 pub struct Tag(String);
 
@@ -135,7 +149,8 @@ pub struct DocumentInput {
     pub jurisdiction: Option<String>,
     /// Defaults to `draft`.
     pub status: Option<Status>,
-    /// ISO 8601 date, e.g. `2026-01-31`.
+    /// ISO 8601 date from 0001-01-01 to 9999-12-31, e.g. `2026-01-31`.
+    #[validate(custom(function = "valid_effective_date"))]
     pub effective_date: Option<NaiveDate>,
     /// Up to 20 tags of 1 to 64 characters; stored lower-case, duplicates removed.
     #[validate(custom(function = "valid_tags"))]
@@ -563,7 +578,7 @@ impl ListQuery {
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             let value = value.into_owned();
             let time = |v: &str| DateTime::parse_from_rfc3339(v).ok().map(|t| t.with_timezone(&Utc));
-            let date = |v: &str| NaiveDate::parse_from_str(v, "%Y-%m-%d").ok();
+            let date = |v: &str| NaiveDate::parse_from_str(v, "%Y-%m-%d").ok().filter(|d| storable_date(*d));
             match key.as_ref() {
                 "status" => match DocumentStatus::parse(&value) {
                     Some(s) => q.filter.status = Some(s),
@@ -586,11 +601,11 @@ impl ListQuery {
                 },
                 "effectiveFrom" => match date(&value) {
                     Some(d) => q.filter.effective_from = Some(d),
-                    None => bad("effectiveFrom", "a date, e.g. 2026-01-31"),
+                    None => bad("effectiveFrom", "a date from 0001-01-01 to 9999-12-31, e.g. 2026-01-31"),
                 },
                 "effectiveTo" => match date(&value) {
                     Some(d) => q.filter.effective_to = Some(d),
-                    None => bad("effectiveTo", "a date, e.g. 2026-01-31"),
+                    None => bad("effectiveTo", "a date from 0001-01-01 to 9999-12-31, e.g. 2026-01-31"),
                 },
                 "q" if !value.trim().is_empty() && value.chars().count() <= 200 => match search::parse(&value) {
                     Ok(query) => q.filter.search = Some(query),
