@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use meterline::clock::Clock;
 use meterline::store::QuotaLeaseStore;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::app::{DEV_APP_ID, TestApp};
 use crate::support::dev_token;
@@ -672,8 +672,15 @@ async fn a_grant_serves_a_blocked_tenant_and_shows_in_its_summary_headers_audit_
     assert_eq!(refused.status, 422);
     assert_eq!(refused.json()["errors"][0]["pointer"], "/expiresAt");
 
-    let granted = app.http(as_admin(ClientRequest::new("POST", &grants).json(&body))).await;
+    let keyed = |body: &Value| ClientRequest::new("POST", &grants).json(body).header("Idempotency-Key", "grant-1");
+    let granted = app.http(as_admin(keyed(&body))).await;
     assert_eq!(granted.status, 201, "{}", String::from_utf8_lossy(&granted.body));
+    // A retry with its key replays the answer and grants nothing more; the key with another body is refused.
+    let retried = app.http(as_admin(keyed(&body))).await;
+    assert_eq!((retried.status, retried.header("idempotency-replayed")), (201, Some("true")));
+    assert_eq!(retried.json(), granted.json());
+    let reused = app.http(as_admin(keyed(&json!({"units": 30, "reason": "another"})))).await;
+    assert_eq!((reused.status, reused.header("x-ms-error-code")), (422, Some("IdempotencyKeyReused")));
     let grant = granted.json();
     assert_eq!((grant["units"].clone(), grant["status"].clone()), (json!(3), json!("active")));
     let grant_path = granted.header("location").unwrap().to_owned();

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::error::{AppError, ErrorCode, FieldError};
-use crate::store::IdempotencyRecord;
+use crate::store::{IdempotencyRecord, Store};
 
 /// Headers that carry an idempotency key, in order of preference.
 pub const KEY_HEADERS: &[&str] = &["idempotency-key", "repeatability-request-id"];
@@ -74,6 +74,35 @@ pub fn replay(record: &IdempotencyRecord, request: &Idempotency) -> Result<HttpR
     }
     response.insert_header(("idempotency-replayed", "true"));
     Ok(response.body(record.response_body.clone()))
+}
+
+/// The response to replay when a request with `key` was answered already in `tenant_id` (or 422 when it asked for
+/// something else); `None` when there is no key or no stored response.
+pub async fn stored_response(
+    store: &dyn Store,
+    tenant_id: Uuid,
+    key: Option<&Idempotency>,
+    now: DateTime<Utc>,
+) -> Result<Option<HttpResponse>, AppError> {
+    let Some(key) = key else { return Ok(None) };
+    match store.get_idempotency(tenant_id, &key.key, now).await? {
+        Some(record) => replay(&record, key).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The answer to a create that lost the race for its key (the store refused the record as a `Conflict`): the
+/// response of the request that stored it first, or 422 if that one asked for something else.
+pub async fn answer_lost_race(
+    store: &dyn Store,
+    tenant_id: Uuid,
+    key: &Idempotency,
+    now: DateTime<Utc>,
+) -> Result<HttpResponse, AppError> {
+    let record = store.get_idempotency(tenant_id, &key.key, now).await?.ok_or_else(|| {
+        AppError::new(ErrorCode::Conflict).with_detail("a request with this idempotency key is being processed")
+    })?;
+    replay(&record, key)
 }
 
 /// The record to store with a created resource: the response it answers with.

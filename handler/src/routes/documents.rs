@@ -308,10 +308,8 @@ pub async fn create_document(
     let canonical = serde_json::to_string(&serde_json::to_value(&input).expect("inputs serialize")).expect("JSON");
     let key = idempotency::from_request(&req, &canonical)?;
     let now = state.clock.now();
-    if let Some(key) = &key
-        && let Some(record) = state.store.get_idempotency(tenant_id, &key.key, now).await?
-    {
-        return idempotency::replay(&record, key);
+    if let Some(replayed) = idempotency::stored_response(&*state.store, tenant_id, key.as_ref(), now).await? {
+        return Ok(replayed);
     }
     let who = actor(&auth);
     let mut document = Document {
@@ -340,12 +338,8 @@ pub async fn create_document(
     match state.store.create_document(&document, record.as_ref(), ledger.as_ref()).await {
         Ok(()) => Ok(response),
         // Another request with the same key committed first: answer as it did (or 422 if it differed).
-        Err(StoreError::Conflict(_)) if key.is_some() => {
-            let key = key.expect("checked");
-            let record = state.store.get_idempotency(tenant_id, &key.key, now).await?.ok_or_else(|| {
-                AppError::new(ErrorCode::Conflict).with_detail("a request with this idempotency key is being processed")
-            })?;
-            idempotency::replay(&record, &key)
+        Err(StoreError::Conflict(_)) if let Some(key) = &key => {
+            idempotency::answer_lost_race(&*state.store, tenant_id, key, now).await
         }
         Err(err) => Err(err.into()),
     }

@@ -14,13 +14,14 @@ use uuid::Uuid;
 
 use super::usage::parse_period;
 use crate::api::conditional::{etag, expected_version, precondition_failed, require_if_match};
+use crate::api::idempotency;
 use crate::auth::guard::{Authorized, PlatformAdmin};
 use crate::error::{AppError, ErrorCode, FieldError};
 use crate::metering::audit::AuditNote;
 use crate::metering::ledger::ledger;
 use crate::metering::period::BillingCalendar;
 use crate::state::AppState;
-use crate::store::{PeriodPlan, QuotaGrant, Update};
+use crate::store::{PeriodPlan, QuotaGrant, StoreError, Update};
 
 /// A grant as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -73,7 +74,7 @@ impl GrantView {
 }
 
 /// A new grant.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(example = json!({"units": 500, "reason": "credit for the incident of 3 March"}))]
 pub struct GrantInput {
@@ -130,12 +131,17 @@ fn actor(auth: &Authorized<PlatformAdmin>) -> String {
     p.object_id.clone().or_else(|| p.app_id.clone()).unwrap_or_else(|| p.subject.clone())
 }
 
-/// Adds units to a tenant's current period.
+/// Adds units to a tenant's current period. With `Idempotency-Key` (or `Repeatability-Request-ID`), a retry replays
+/// the first response instead of granting again.
 #[utoipa::path(
     tag = "grants",
     operation_id = "createGrant",
     security(("entra" = ["Platform.Admin"])),
-    params(("tenantId" = Uuid, Path, description = "The tenant id")),
+    params(
+        ("tenantId" = Uuid, Path, description = "The tenant id"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = r"^[\x21-\x7E]{1,200}$", description = "Makes the POST safe to retry for 24 hours: 1 to 200 visible ASCII characters"),
+        ("Repeatability-Request-ID" = Option<String>, Header, pattern = r"^[\x21-\x7E]{1,200}$", description = "Azure's name for Idempotency-Key")
+    ),
     request_body(content = GrantInput, content_type = "application/json"),
     responses(
         (status = 201, description = "Granted; the period's quota is raised at once", body = GrantView),
@@ -156,6 +162,12 @@ pub async fn create_grant(
         AppError::internal(anyhow::anyhow!("tenant {tenant_id} is on plan {} which does not exist", tenant.plan_code))
     })?;
     let now = state.clock.now();
+    // A key is the target tenant's: a retried grant replays its first answer instead of granting twice.
+    let canonical = serde_json::to_string(&serde_json::to_value(&*input).expect("inputs serialize")).expect("JSON");
+    let key = idempotency::from_request(&req, &canonical)?;
+    if let Some(replayed) = idempotency::stored_response(&*state.store, tenant_id, key.as_ref(), now).await? {
+        return Ok(replayed);
+    }
     let period = BillingCalendar::of(&tenant).period_containing(now);
     let (period_start, period_end, end) = (period.start, period.end, period.ends_at);
     let expires_at = input.expires_at.unwrap_or(end);
@@ -192,8 +204,15 @@ pub async fn create_grant(
     let note = AuditNote::new("grants", grant.id, None, Some(&view), summary).in_tenant(tenant_id);
     let ledger = ledger(&req, &response, note);
     let period = PeriodPlan { period_end, quota_units: plan.monthly_quota_units, overage_policy: plan.overage_policy };
-    state.store.create_quota_grant(&grant, &period, ledger.as_ref()).await?;
-    Ok(response)
+    let body = serde_json::to_vec(&view).expect("views serialize");
+    let record = key.as_ref().map(|k| idempotency::record(tenant_id, k, "createGrant", &response, &body, now));
+    match state.store.create_quota_grant(&grant, &period, record.as_ref(), ledger.as_ref()).await {
+        Ok(()) => Ok(response),
+        Err(StoreError::Conflict(_)) if let Some(key) = &key => {
+            idempotency::answer_lost_race(&*state.store, tenant_id, key, now).await
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// The query of a grant listing.

@@ -54,11 +54,13 @@ impl PeriodPlan {
 #[async_trait]
 pub trait QuotaGrantStore: Send + Sync {
     /// Records an open grant and raises its period's quota (`quota_units` and `granted_units` of `quota_usage`) by
-    /// its units, in one transaction with the ledger; the period row is created from `plan` if it has none yet.
+    /// its units, in one transaction with the ledger and the response stored under its idempotency key (a key in
+    /// use is a `Conflict` and nothing is written); the period row is created from `plan` if it has none yet.
     async fn create_quota_grant(
         &self,
         grant: &QuotaGrant,
         plan: &PeriodPlan,
+        idempotency: Option<&IdempotencyRecord>,
         ledger: Option<&Ledger>,
     ) -> Result<(), StoreError>;
 

@@ -66,7 +66,7 @@ async fn a_grant_raises_the_period_at_once_and_gives_back_only_its_unused_part()
         let late = t0() + Duration::days(20);
         // The first use of February is a grant: the period row starts from the plan (10) plus the grant.
         let five = grant(&a, 1, 5, late);
-        store.create_quota_grant(&five, &feb_plan(10), None).await.unwrap();
+        store.create_quota_grant(&five, &feb_plan(10), None, None).await.unwrap();
         assert_eq!(period(&store, &a).await, (15, 5, 0), "{}", t.name);
         // A lease takes all 15; the 16th unit is refused.
         let took = store.grant_quota_lease(&lease(&a, 1, 10, 100, t0())).await.unwrap();
@@ -77,7 +77,7 @@ async fn a_grant_raises_the_period_at_once_and_gives_back_only_its_unused_part()
         ));
         // A second grant serves the blocked tenant at the next lease grant.
         let three = grant(&a, 2, 3, late);
-        store.create_quota_grant(&three, &feb_plan(10), None).await.unwrap();
+        store.create_quota_grant(&three, &feb_plan(10), None, None).await.unwrap();
         assert!(matches!(
             store.grant_quota_lease(&lease(&a, 3, 10, 100, t0())).await.unwrap(),
             QuotaLeaseGrant::Granted { units: 3, units_used: 18, quota_units: 18, .. }
@@ -167,7 +167,7 @@ async fn a_lease_grant_ends_its_periods_expired_grants_before_it_reads_the_count
         let store = migrated(&t).await;
         let (a, _) = two_tenants(&store).await;
         let soon = t0() + Duration::hours(1);
-        store.create_quota_grant(&grant(&a, 1, 5, soon), &feb_plan(10), None).await.unwrap();
+        store.create_quota_grant(&grant(&a, 1, 5, soon), &feb_plan(10), None, None).await.unwrap();
         let before = store.grant_quota_lease(&lease(&a, 1, 10, 100, t0())).await.unwrap();
         assert!(matches!(before, QuotaLeaseGrant::Granted { units: 15, .. }), "{}: {before:?}", t.name);
         store.settle_quota_lease(Uuid::from_u128(0x7_0001), t0()).await.unwrap();

@@ -565,6 +565,31 @@ pub(super) fn idempotency_from(row: &Row) -> Result<IdempotencyRecord, StoreErro
     })
 }
 
+/// Stores the response a created resource answers with under its idempotency key, in the creating transaction;
+/// a key in use is a `Conflict` (the primary key), which the caller answers by replaying the stored response.
+pub(super) async fn store_idempotency(
+    conn: &mut MssqlClient,
+    record: Option<&IdempotencyRecord>,
+) -> Result<(), StoreError> {
+    let Some(r) = record else { return Ok(()) };
+    let key = r.key.as_str();
+    execute(conn, DELETE_EXPIRED_IDEMPOTENCY_KEY, &[&r.tenant_id, &key, &r.created_at]).await?;
+    let status = i16::try_from(r.status_code)
+        .map_err(|_| StoreError::Other(anyhow::anyhow!("status code {} out of range", r.status_code)))?;
+    let params: [&dyn ToSql; 9] = [
+        &r.tenant_id,
+        &key,
+        &r.operation_id.as_str(),
+        &r.request_hash.as_str(),
+        &status,
+        &r.response_headers.as_str(),
+        &r.response_body.as_slice(),
+        &r.created_at,
+        &r.expires_at,
+    ];
+    execute(conn, INSERT_IDEMPOTENCY, &params).await.map(drop)
+}
+
 #[async_trait]
 impl DocumentStore for MssqlStore {
     async fn create_document(
@@ -575,24 +600,7 @@ impl DocumentStore for MssqlStore {
     ) -> Result<(), StoreError> {
         check_effective_date(document)?;
         in_tx!(self, Retry::No, |conn| {
-            if let Some(r) = idempotency {
-                let key = r.key.as_str();
-                execute(conn, DELETE_EXPIRED_IDEMPOTENCY_KEY, &[&r.tenant_id, &key, &r.created_at]).await?;
-                let status = i16::try_from(r.status_code)
-                    .map_err(|_| StoreError::Other(anyhow::anyhow!("status code {} out of range", r.status_code)))?;
-                let params: [&dyn ToSql; 9] = [
-                    &r.tenant_id,
-                    &key,
-                    &r.operation_id.as_str(),
-                    &r.request_hash.as_str(),
-                    &status,
-                    &r.response_headers.as_str(),
-                    &r.response_body.as_slice(),
-                    &r.created_at,
-                    &r.expires_at,
-                ];
-                execute(conn, INSERT_IDEMPOTENCY, &params).await?;
-            }
+            store_idempotency(conn, idempotency).await?;
             insert_document(conn, document).await?;
             write_ledger(conn, ledger).await
         })

@@ -78,10 +78,12 @@ impl QuotaGrantStore for MssqlStore {
         &self,
         grant: &QuotaGrant,
         plan: &PeriodPlan,
+        idempotency: Option<&IdempotencyRecord>,
         ledger: Option<&Ledger>,
     ) -> Result<(), StoreError> {
         // Not retried: a retry after a lost commit answer would fail on the grant id it had already stored.
         in_tx!(self, Retry::No, |conn| {
+            super::documents::store_idempotency(conn, idempotency).await?;
             let g = grant;
             ensure_period(conn, &plan.first_use(g)).await?;
             execute(conn, ADD_GRANT_UNITS, &[&g.tenant_id, &g.period_start, &g.units, &g.granted_at]).await?;

@@ -587,6 +587,35 @@ pub(super) fn idempotency_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Re
     })())
 }
 
+/// Stores the response a created resource answers with under its idempotency key, in the creating transaction;
+/// a key in use is a `Conflict` (the unique key), which the caller answers by replaying the stored response.
+pub(super) fn store_idempotency(tx: &Connection, record: Option<&IdempotencyRecord>) -> Result<(), StoreError> {
+    let Some(r) = record else { return Ok(()) };
+    let (tenant, key) = (r.tenant_id.to_string(), r.key.as_str());
+    // An expired record no longer answers (see get_idempotency), so its key is free again.
+    tx.execute(
+        "DELETE FROM idempotency_keys WHERE tenant_id = ?1 AND idempotency_key = ?2 AND expires_at <= ?3",
+        params![tenant, key, timestamp(r.created_at)],
+    )
+    .map_err(classify)?;
+    tx.execute(
+        &format!("INSERT INTO idempotency_keys ({IDEMPOTENCY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+        params![
+            tenant,
+            key,
+            r.operation_id,
+            r.request_hash,
+            r.status_code,
+            r.response_headers,
+            r.response_body,
+            timestamp(r.created_at),
+            timestamp(r.expires_at)
+        ],
+    )
+    .map_err(classify)
+    .map(drop)
+}
+
 #[async_trait]
 impl DocumentStore for SqliteStore {
     async fn create_document(
@@ -598,30 +627,7 @@ impl DocumentStore for SqliteStore {
         check_effective_date(document)?;
         let (d, record, ledger) = (document.clone(), idempotency.cloned(), ledger.cloned());
         self.write(move |tx| {
-            if let Some(r) = &record {
-                let (tenant, key) = (r.tenant_id.to_string(), r.key.as_str());
-                // An expired record no longer answers (see get_idempotency), so its key is free again.
-                tx.execute(
-                    "DELETE FROM idempotency_keys WHERE tenant_id = ?1 AND idempotency_key = ?2 AND expires_at <= ?3",
-                    params![tenant, key, timestamp(r.created_at)],
-                )
-                .map_err(classify)?;
-                tx.execute(
-                    &format!("INSERT INTO idempotency_keys ({IDEMPOTENCY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
-                    params![
-                        tenant,
-                        key,
-                        r.operation_id,
-                        r.request_hash,
-                        r.status_code,
-                        r.response_headers,
-                        r.response_body,
-                        timestamp(r.created_at),
-                        timestamp(r.expires_at)
-                    ],
-                )
-                .map_err(classify)?;
-            }
+            store_idempotency(tx, record.as_ref())?;
             insert_document(tx, &d)?;
             write_ledger(tx, ledger.as_ref())
         })

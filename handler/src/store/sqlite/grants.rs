@@ -115,10 +115,12 @@ impl QuotaGrantStore for SqliteStore {
         &self,
         grant: &QuotaGrant,
         plan: &PeriodPlan,
+        idempotency: Option<&IdempotencyRecord>,
         ledger: Option<&Ledger>,
     ) -> Result<(), StoreError> {
-        let (g, plan, ledger) = (grant.clone(), plan.clone(), ledger.cloned());
+        let (g, plan, record, ledger) = (grant.clone(), plan.clone(), idempotency.cloned(), ledger.cloned());
         self.write(move |tx| {
+            super::documents::store_idempotency(tx, record.as_ref())?;
             let (tenant, start) = (g.tenant_id.to_string(), g.period_start.to_string());
             ensure_period(tx, &plan.first_use(&g))?;
             tx.prepare_cached(
