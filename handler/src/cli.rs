@@ -332,6 +332,10 @@ async fn serve(config: Config, breakers: Vec<Arc<crate::resilience::Breaker>>) -
         crate::config::StoreConfig::Mssql { .. } => "mssql".to_owned(),
     };
     let running = crate::startup::start(config, breakers).await?;
+    if let Some(leases) = &running.state.leases {
+        // Leases that expire while their tenant is idle go back within a second, not at its next request.
+        leases.sweep_every(std::time::Duration::from_secs(1));
+    }
     if matches!(runtime, Runtime::Standalone) && running.state.config.usage.standalone_timers {
         crate::jobs::schedule::start(running.state.clone().into_inner(), crate::functions::timers());
     }

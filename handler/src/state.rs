@@ -120,7 +120,7 @@ impl AppState {
 
 impl AppState {
     /// A period's counter as its tenant reads it (usage summaries, the RateLimit quota of requests that cost
-    /// nothing): less the units this process's quota lease holds and has not handed out, which no request has used.
+    /// nothing): less the units this process's unsettled quota leases hold that no billable request used.
     /// Units other processes hold unspent count as used until their leases are settled (docs/usage.md).
     pub async fn quota_usage(
         &self,

@@ -645,6 +645,37 @@ async fn a_plan_can_override_what_an_operation_costs() {
 }
 
 #[actix_web::test]
+async fn with_one_process_the_summary_and_headers_count_billable_units_and_an_idle_lease_goes_back() {
+    let (app, user, _) = metered_app(1_000_000, 100_000, 1_000, "block").await;
+    let ops = app.token(DIR_A, "Usage.Read", "a-ops").await;
+    let billable = "SELECT coalesce(sum(e.units), 0) FROM usage_events e JOIN tenants t ON t.id = e.tenant_id \
+        WHERE t.entra_tenant_id = 'aaaaaaaa-0000-0000-0000-0000000000aa' AND e.billable = 1";
+    let get = |path: String| app.http(ClientRequest::get(&path).header("Authorization", &format!("Bearer {user}")));
+    // Two reads and two that fail (a document that is not there): each takes its units from the lease, and the
+    // failed ones give them back when it settles.
+    for path in [METERED.to_owned(), format!("{METERED}/{}", uuid::Uuid::nil()), METERED.to_owned()] {
+        get(path).await;
+    }
+    let missing = get(format!("{METERED}/{}", uuid::Uuid::from_u128(7))).await;
+    assert_eq!(missing.status, 404);
+    let used = count(&app.db(), billable);
+    assert!(used > 0);
+    let summary = app.get(&ops, "/api/v1/usage/summary").await.json();
+    assert_eq!(summary["unitsUsed"], used, "{summary}: what the billable calls used, not what the lease handed out");
+    let next = get(METERED.to_owned()).await;
+    let used = count(&app.db(), billable);
+    let header = next.header("ratelimit").unwrap().to_owned();
+    assert!(header.contains(&format!("\"month\";r={}", 1_000 - used)), "{header}: {used} used");
+    // No request comes after the lease expires: the sweep retires it and its settlement gives the rest back.
+    assert!(count(&app.db(), A_UNITS) > used, "the store's counter holds the lease's whole grant");
+    app.clock.advance(chrono::Duration::seconds(6));
+    let leases = app.state.leases.as_ref().unwrap();
+    leases.sweep().await;
+    leases.settled().await;
+    assert_eq!(count(&app.db(), A_UNITS), used, "the counter equals the billable units");
+}
+
+#[actix_web::test]
 async fn a_grant_serves_a_blocked_tenant_and_shows_in_its_summary_headers_audit_and_statement() {
     let (app, user, admin) = metered_app(1_000_000, 100_000, 5, "block").await;
     let as_admin = |r: ClientRequest| r.header("Authorization", &format!("Bearer {admin}"));

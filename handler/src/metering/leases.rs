@@ -12,7 +12,7 @@
 //! in memory for a short validity, the rest forfeited.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
@@ -120,6 +120,8 @@ fn blended_rate(previous: f64, spent: i64, since: DateTime<Utc>, now: DateTime<U
 #[derive(Default)]
 struct Book {
     current: Option<Spending>,
+    /// Leases retired and not settled yet: the counter still holds what they did not spend.
+    retired: Vec<Spending>,
     /// Units a second this process spent from its recent leases (an average over them).
     rate: f64,
     /// The store's counter and quota at the last grant or refusal.
@@ -142,15 +144,28 @@ struct Held {
     granted_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
     in_flight: AtomicU32,
+    /// Units handed to requests that then failed (not billable): the settlement gives them back.
+    refunded: AtomicI64,
     retired: AtomicBool,
     abandoned: AtomicBool,
     settling: AtomicBool,
+    /// The store has settled it: the counter no longer holds its units.
+    settled: AtomicBool,
+}
+
+impl Spending {
+    /// Units of the counter this lease holds that no billable request used: not handed out, or handed to a
+    /// request that failed. Its settlement gives them back; until then they count as used in the store.
+    fn held_back(&self) -> i64 {
+        self.held.granted - self.allocated + self.held.refunded.load(Ordering::SeqCst)
+    }
 }
 
 /// A request's claim on units of a lease, from the limit stage until its usage record is durable.
 pub struct LeaseTicket {
     held: Arc<Held>,
     inner: Arc<Inner>,
+    units: i64,
     finished: bool,
 }
 
@@ -160,9 +175,13 @@ impl LeaseTicket {
         self.held.id
     }
 
-    /// The request's records are written (or will never be): its lease may be settled once it is retired.
-    pub fn finish(mut self) {
+    /// The request's records are written (or will never be): its lease may be settled once it is retired. A request
+    /// that is not `billable` gives its units back at the settlement.
+    pub fn finish(mut self, billable: bool) {
         self.finished = true;
+        if !billable {
+            self.held.refunded.fetch_add(self.units, Ordering::SeqCst);
+        }
         self.held.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.inner.settle_when_done(&self.held);
     }
@@ -221,15 +240,12 @@ impl QuotaLeases {
                 let quota_units = held.quota_units;
                 return Ok(Spend::Accepted {
                     overage_units: overage_between(held.first_unit + offset, units, quota_units),
-                    units_used: held.units_used_at_grant - (held.granted - spending.allocated),
+                    units_used: held.units_used_at_grant - spending.held_back(),
                     quota_units,
-                    ticket: LeaseTicket { held: held.clone(), inner: self.inner.clone(), finished: false },
+                    ticket: LeaseTicket { held: held.clone(), inner: self.inner.clone(), units, finished: false },
                 });
             }
-            if let Some(old) = book.current.take() {
-                book.learn(&old, now);
-                self.inner.retire(&old.held);
-            }
+            book.retire_current(&self.inner, now);
             let want = book.grant_size(units, self.inner.settings.target);
             let request = QuotaLeaseRequest {
                 lease_id: self.inner.ids.new_id(),
@@ -253,9 +269,11 @@ impl QuotaLeases {
                         granted_at: now,
                         expires_at: request.expires_at,
                         in_flight: AtomicU32::new(0),
+                        refunded: AtomicI64::new(0),
                         retired: AtomicBool::new(false),
                         abandoned: AtomicBool::new(false),
                         settling: AtomicBool::new(false),
+                        settled: AtomicBool::new(false),
                     };
                     book.current = Some(Spending { held: Arc::new(held), allocated: 0 });
                 }
@@ -272,10 +290,7 @@ impl QuotaLeases {
     /// store and for the settlements already running (shutdown, and tests that read the counter). Leases still in
     /// use settle when their last request finishes.
     pub async fn settle_all(&self) {
-        let running: Vec<_> = std::mem::take(&mut *self.inner.settling.lock().expect("settlements"));
-        for settlement in running {
-            let _ = settlement.await;
-        }
+        self.settled().await;
         let books: Vec<_> = self.inner.books.lock().expect("lease books").values().cloned().collect();
         for book in books {
             let mut book = book.lock().await;
@@ -285,21 +300,68 @@ impl QuotaLeases {
                     && !old.held.abandoned.load(Ordering::SeqCst)
                     && !old.held.settling.swap(true, Ordering::SeqCst)
                 {
-                    self.inner.settle(old.held.id).await;
+                    self.inner.settle(&old.held).await;
                 }
+                book.retired.push(old);
             }
         }
     }
 
-    /// The units of the period's counter this process's current lease holds and has not handed out to a request.
+    /// Waits for the settlements running in the background.
+    pub async fn settled(&self) {
+        let running: Vec<_> = std::mem::take(&mut *self.inner.settling.lock().expect("settlements"));
+        for settlement in running {
+            let _ = settlement.await;
+        }
+    }
+
+    /// The units of the period's counter this process's unsettled leases hold and no billable request used: not
+    /// handed out yet, or handed to requests that failed. Their settlements give them back.
     pub async fn unspent(&self, tenant_id: Uuid, period_start: NaiveDate) -> i64 {
         let Some(book) = self.inner.books.lock().expect("lease books").get(&(tenant_id, period_start)).cloned() else {
             return 0;
         };
-        let book = book.lock().await;
+        let mut book = book.lock().await;
         let now = self.inner.clock.now();
-        // An expired lease may be settled by another process at any time: its units are then the counter's again.
-        book.current.as_ref().filter(|c| now < c.held.expires_at).map_or(0, |c| c.held.granted - c.allocated)
+        book.forget_settled(now);
+        // Past the reclaim margin another process may settle an expired lease at any time: then its units are the
+        // counter's again, so they are no longer counted here.
+        book.current
+            .iter()
+            .chain(&book.retired)
+            .filter(|s| !s.held.settled.load(Ordering::SeqCst) && now < s.held.expires_at + RECLAIM_MARGIN)
+            .map(Spending::held_back)
+            .sum()
+    }
+
+    /// Retires the leases that expired while no request came to spend them, so their settlement gives their
+    /// unspent units back within a sweep of their expiry instead of at the period's next request (or the reclaim,
+    /// a minute later). The server runs it every second ([`QuotaLeases::sweep_every`]).
+    pub async fn sweep(&self) {
+        let now = self.inner.clock.now();
+        let books: Vec<_> = self.inner.books.lock().expect("lease books").values().cloned().collect();
+        for book in books {
+            // A book in use is being spent or renewed: its own request retires what expired.
+            let Ok(mut book) = book.try_lock() else { continue };
+            if book.current.as_ref().is_some_and(|c| now >= c.held.expires_at) {
+                book.retire_current(&self.inner, now);
+            }
+            book.forget_settled(now);
+        }
+    }
+
+    /// Sweeps every `interval` on the current runtime until the leases are dropped.
+    pub fn sweep_every(&self, interval: std::time::Duration) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                QuotaLeases { inner }.sweep().await;
+            }
+        });
     }
 
     /// The requests that spent from quota leases, and the grants and settlements they took.
@@ -331,18 +393,22 @@ impl Inner {
             && !held.abandoned.load(Ordering::SeqCst)
             && !held.settling.swap(true, Ordering::SeqCst)
         {
-            let (inner, id) = (self.clone(), held.id);
-            let settlement = tokio::spawn(async move { inner.settle(id).await });
+            let (inner, held) = (self.clone(), held.clone());
+            let settlement = tokio::spawn(async move { inner.settle(&held).await });
             let mut running = self.settling.lock().expect("settlements");
             running.retain(|s| !s.is_finished());
             running.push(settlement);
         }
     }
 
-    async fn settle(&self, id: Uuid) {
+    async fn settle(&self, held: &Held) {
+        let id = held.id;
         self.settlements.fetch_add(1, Ordering::Relaxed);
         match self.store.settle_quota_lease(id, self.clock.now()).await {
-            Ok(Some(settled)) => crate::telemetry::metrics::quota_lease_settled(settled.returned_units),
+            Ok(Some(settled)) => {
+                held.settled.store(true, Ordering::SeqCst);
+                crate::telemetry::metrics::quota_lease_settled(settled.returned_units)
+            }
             Ok(None) => tracing::error!(lease = %id, "a quota lease this process took is not in the store"),
             // Not lost: the next grant of the period, or the rollup job, reclaims it after the margin.
             Err(err) => {
@@ -353,6 +419,23 @@ impl Inner {
 }
 
 impl Book {
+    /// Retires the lease being spent, if any: no request takes units from it any more, and it is settled once its
+    /// last request has finished.
+    fn retire_current(&mut self, inner: &Arc<Inner>, now: DateTime<Utc>) {
+        if let Some(old) = self.current.take() {
+            self.learn(&old, now);
+            inner.retire(&old.held);
+            self.forget_settled(now);
+            self.retired.push(old);
+        }
+    }
+
+    /// Forgets the retired leases that are settled, or past the margin after which another process may settle
+    /// them (one whose request was abandoned is reclaimed so).
+    fn forget_settled(&mut self, now: DateTime<Utc>) {
+        self.retired.retain(|s| !s.held.settled.load(Ordering::SeqCst) && now < s.held.expires_at + RECLAIM_MARGIN);
+    }
+
     /// Learns the spending rate from a lease being retired.
     fn learn(&mut self, old: &Spending, now: DateTime<Utc>) {
         self.rate = blended_rate(self.rate, old.allocated, old.held.granted_at, now);
@@ -472,7 +555,7 @@ mod tests {
     use super::*;
 
     fn book(rate: f64, last_seen: Option<(i64, i64)>) -> Book {
-        Book { current: None, rate, last_seen }
+        Book { current: None, retired: Vec::new(), rate, last_seen }
     }
 
     #[test]

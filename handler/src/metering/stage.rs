@@ -250,7 +250,7 @@ impl Verdict {
                         // Refused by the cap, or the store failed: the tenant's units go back, a lease's at its
                         // settlement (this call's record will not name it), a direct debit now.
                         match ticket.take() {
-                            Some(ticket) => ticket.finish(),
+                            Some(ticket) => ticket.finish(false),
                             None => {
                                 state.store.refund_quota(tenant.id, period_start, d.units, d.overage_units, now).await?
                             }
@@ -384,7 +384,7 @@ pub async fn record(
         state.recorder.record(|| records(res.request(), &meter, status, response_bytes, None, state.clock.now())).await;
     // Its record is durable now, or will never be: the lease it spent from may be settled.
     if let Some(ticket) = res.request().extensions_mut().remove::<LeaseTicket>() {
-        ticket.finish();
+        ticket.finish(billable);
     }
     match recorded {
         // A streamed body's size is unknown until it has been sent: its event gets it then.
