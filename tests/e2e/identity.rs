@@ -682,3 +682,22 @@ async fn platform_admin_counts_only_from_the_platform_directory() {
     assert_403(&w.call(&a_tenant, &rogue).await, "InsufficientScope");
     assert_eq!(w.call("/api/v1/tenants", &w.token("app-platform").await).await.status, 200);
 }
+
+#[actix_web::test]
+async fn a_registration_caps_its_application_however_its_id_is_spelled() {
+    let w = local().await;
+    let a_admin = w.token("app-a-admin").await;
+    let app_id = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
+    // Pasted in upper case with spaces around it; tokens carry the GUID in lower case.
+    let spelled = format!(" {} ", app_id.to_uppercase());
+    let registered = w.post(&a_admin, "/api/v1/clients", &registration(&spelled, None, &["Documents.Read"])).await;
+    assert_eq!(registered.status, 201, "{}", body_text(&registered));
+    assert_eq!(registered.json()["appId"], app_id, "stored as tokens carry it");
+    let token = w.app.mint(DIR_A, &["Documents.Read", "Documents.Write", "Usage.Read"], app_id);
+    assert_eq!(w.me(&token).await.json()["permissions"], json!(["Documents.Read"]), "the cap applies");
+    let again =
+        w.post(&a_admin, "/api/v1/clients", &registration(app_id, None, &["Documents.Read", "Usage.Read"])).await;
+    assert_eq!(again.status, 409, "one application, one registration: {}", body_text(&again));
+    let blank = w.post(&a_admin, "/api/v1/clients", &registration("   ", None, &["Documents.Read"])).await;
+    assert_eq!(blank.status, 422, "{}", body_text(&blank));
+}

@@ -222,7 +222,17 @@ pub async fn register_client(
             "the tenant has no Entra directory of its own: name the directory whose tokens the application carries",
         )]));
     };
-    if auth.principal.app_id.as_deref() == Some(input.app_id.as_str()) {
+    // As tokens are compared with it: Entra's application ids are GUIDs, which a registration may spell in upper
+    // case or with stray spaces; a cap under another spelling would never apply on SQLite (SQL Server ignores case).
+    let app_id = crate::auth::app_key(&input.app_id);
+    if app_id.is_empty() {
+        return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![FieldError::body(
+            "/appId",
+            "length",
+            "an application id, not only spaces",
+        )]));
+    }
+    if auth.principal.app_id.as_deref().map(crate::auth::app_key) == Some(app_id.clone()) {
         // Registering the calling application would cap its own roles, and could lock its caller out.
         return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![FieldError::new(
             "appId",
@@ -236,7 +246,7 @@ pub async fn register_client(
         id: state.ids.new_id(),
         tenant_id,
         directory_id: Some(directory_id),
-        app_id: input.app_id,
+        app_id,
         display_name: input.display_name,
         roles,
         status,

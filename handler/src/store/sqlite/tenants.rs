@@ -371,7 +371,7 @@ impl TenantStore for SqliteStore {
     async fn api_clients_for_app(&self, directory_id: Uuid, app_id: &str) -> Result<Vec<ApiClient>, StoreError> {
         self.read_point(|conn| {
             let sql = format!(
-                "SELECT {API_CLIENT_COLUMNS} FROM api_client_registrations WHERE directory_id = ?1 AND app_id = ?2
+                "SELECT {API_CLIENT_COLUMNS} FROM api_client_registrations WHERE directory_id = ?1 AND app_id = ?2 COLLATE NOCASE
                  ORDER BY created_at, id"
             );
             let mut clients = query_all(conn, &sql, params![directory_id.to_string(), app_id], api_client_from_row)?;
@@ -410,7 +410,7 @@ impl TenantStore for SqliteStore {
                 let taken: Option<String> = tx
                     .query_row(
                         "SELECT id FROM api_client_registrations
-                         WHERE directory_id = ?1 AND app_id = ?2 AND status = 'active' AND tenant_id <> ?3 LIMIT 1",
+                         WHERE directory_id = ?1 AND app_id = ?2 COLLATE NOCASE AND status = 'active' AND tenant_id <> ?3 LIMIT 1",
                         params![directory, client.app_id, tenant_id.to_string()],
                         |r| r.get(0),
                     )
