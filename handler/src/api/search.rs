@@ -66,6 +66,11 @@ pub fn parse(raw: &str) -> Result<SearchQuery, Box<FieldError>> {
                 return fail(begin + star, "syntax", "'*' is only allowed at the end of a word");
             }
             let found: Vec<String> = words(body).map(|(w, _)| w).collect();
+            // Punctuation or symbols standing alone (`Q & A`, `title : x`, an emoji) separate words like a space;
+            // with an operator (`-`, `*`) there is nothing for the operator to apply to.
+            if found.is_empty() && !excluded && !prefix {
+                continue;
+            }
             if found.is_empty() {
                 return fail(begin, "syntax", "a term needs at least one letter or digit");
             }
@@ -275,6 +280,9 @@ mod tests {
             ]
         );
         assert_eq!(terms(r#""émission""#), vec![(r#"Word("emission")"#.into(), false)]);
+        // Punctuation and symbols standing alone separate words, as they do inside a word.
+        assert_eq!(terms("Q & A"), terms("q a"));
+        assert_eq!(terms("title : customs \u{1F680}"), terms("title customs"));
     }
 
     #[test]
@@ -290,7 +298,8 @@ mod tests {
             (r#""union code"*"#, 13, "not a phrase"),
             (r#"tax """#, 5, "at least one word"),
             ("-tax -customs", 1, "not excluded"),
-            ("&& ||", 1, "letter or digit"),
+            ("&& ||", 1, "at least one word"),
+            ("-& tax", 2, "letter or digit"),
         ] {
             let err = parse(raw).unwrap_err();
             assert_eq!(err.position, Some(position), "{raw}: {err:?}");
