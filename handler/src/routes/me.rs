@@ -26,7 +26,8 @@ pub struct Me {
     pub permissions: Vec<&'static str>,
     /// The Meterline tenant every data access is scoped to; absent for platform administrators without one.
     pub tenant: Option<MeTenant>,
-    /// The tenant's quota in the current UTC calendar month; the same numbers the limiter enforces.
+    /// The tenant's quota in its current billing period (its calendar: anchor day and time zone); the same numbers
+    /// the limiter enforces.
     pub quota: Option<MeQuota>,
 }
 

@@ -58,7 +58,7 @@ pub struct PlanInput {
     #[validate(range(min = 1, max = 100_000))]
     #[schema(minimum = 1, maximum = 100_000)]
     pub burst: i32,
-    /// Billable units included per UTC calendar month.
+    /// Billable units included per billing period (a calendar month from the tenant's anchor day, in its time zone).
     #[validate(range(min = 0, max = 1_000_000_000_000i64))]
     #[schema(minimum = 0, maximum = 1e12)]
     pub monthly_quota_units: i64,
