@@ -107,6 +107,13 @@ async fn documents_crud_with_etags_and_conditional_requests() {
     let cached = api.send(&api.a_reader, ClientRequest::get(&path).header("If-None-Match", &etag)).await;
     assert_eq!(cached.status, 304);
     assert!(cached.body.is_empty());
+    // RFC 9110 §13.1.1: a read under an If-Match that is not current is 412; the current one or * reads.
+    let stale_read = api.send(&api.a_reader, ClientRequest::get(&path).header("If-Match", "\"99\"")).await;
+    problem(&stale_read, 412, "PreconditionFailed");
+    assert_eq!(stale_read.header("etag"), Some(etag.as_str()));
+    for current in [etag.as_str(), "*"] {
+        assert_eq!(api.send(&api.a_reader, ClientRequest::get(&path).header("If-Match", current)).await.status, 200);
+    }
 
     let replacement = json!({"title": "Customs code (2026)", "docType": "regulation", "summary": "Consolidated text"});
     let put = |etag: Option<&str>| {
@@ -120,7 +127,12 @@ async fn documents_crud_with_etags_and_conditional_requests() {
     let stale = api.send(&api.a_writer, put(Some("\"99\""))).await;
     problem(&stale, 412, "PreconditionFailed");
     assert_eq!(stale.header("etag"), Some(etag.as_str()), "412 tells the current ETag");
-    let replaced = api.send(&api.a_writer, put(Some(&etag))).await;
+    // RFC 9110 §13.1.2: If-None-Match on a write names what must not be current: * (it exists) or its ETag.
+    for unwanted in ["*", etag.as_str()] {
+        let refused = api.send(&api.a_writer, put(Some(&etag)).header("If-None-Match", unwanted)).await;
+        problem(&refused, 412, "PreconditionFailed");
+    }
+    let replaced = api.send(&api.a_writer, put(Some(&etag)).header("If-None-Match", "\"99\"")).await;
     assert_eq!(replaced.status, 200);
     let etag2 = replaced.header("etag").unwrap().to_owned();
     assert_ne!(etag2, etag);

@@ -1,4 +1,6 @@
-//! Strong ETags from row versions, and the conditional-request rules: If-Match on writes, If-None-Match on reads.
+//! Strong ETags from row versions, and the conditional-request rules (RFC 9110 §13): If-Match is required on
+//! writes and checked on reads (412), If-None-Match answers a read 304 and refuses a write that names the current
+//! version or `*` (412).
 
 use actix_web::HttpRequest;
 use actix_web::http::header::{self, HeaderValue};
@@ -52,6 +54,27 @@ pub fn precondition_failed(current: i64) -> AppError {
     AppError::new(ErrorCode::PreconditionFailed)
         .with_detail("the resource changed since the ETag in If-Match was read")
         .with_header(header::ETAG, HeaderValue::from_str(&etag(current)).expect("an ETag is header text"))
+}
+
+/// `If-Match` on a read (RFC 9110 §13.1.1): absent, empty or `*` passes (the resource exists); otherwise one of its
+/// strong ETags must be the current one, else 412 with the current ETag.
+pub fn check_if_match_on_read(req: &HttpRequest, version: i64) -> Result<(), AppError> {
+    let text = req.headers().get(header::IF_MATCH).map(|v| v.to_str().unwrap_or("").trim()).unwrap_or("");
+    if text.is_empty() || text == "*" || text.split(',').map(str::trim).filter_map(parse_strong).any(|v| v == version) {
+        return Ok(());
+    }
+    Err(precondition_failed(version))
+}
+
+/// `If-None-Match` on a write (RFC 9110 §13.1.2): `*` (the resource must not exist, and ours always does when
+/// written) or a tag of the current version refuses the write with 412.
+pub fn check_if_none_match_on_write(req: &HttpRequest, version: i64) -> Result<(), AppError> {
+    if !not_modified(req, version) {
+        return Ok(());
+    }
+    Err(AppError::new(ErrorCode::PreconditionFailed)
+        .with_detail("If-None-Match names the resource's current version (or *, and it exists)")
+        .with_header(header::ETAG, HeaderValue::from_str(&etag(version)).expect("an ETag is header text")))
 }
 
 /// Whether `If-None-Match` matches `version` (then a GET answers 304).

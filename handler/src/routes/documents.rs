@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use validator::Validate;
 
-use crate::api::conditional::{etag, expected_version, not_modified, precondition_failed, require_if_match};
+use crate::api::conditional::{
+    check_if_match_on_read, check_if_none_match_on_write, etag, expected_version, not_modified, precondition_failed,
+    require_if_match,
+};
 use crate::api::cursor::fingerprint;
 use crate::api::idempotency;
 use crate::api::list::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
@@ -345,15 +348,21 @@ pub async fn create_document(
     }
 }
 
-/// Reads a document. `If-None-Match` with its ETag answers 304.
+/// Reads a document. `If-None-Match` with its ETag answers 304; `If-Match` with another version than the current
+/// one answers 412.
 #[utoipa::path(
     tag = "documents",
     operation_id = "getDocument",
     security(("entra" = ["Documents.Read"])),
-    params(("id" = Uuid, Path, description = "The document id"), ("If-None-Match" = Option<String>, Header, description = "An ETag the client holds")),
+    params(
+        ("id" = Uuid, Path, description = "The document id"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag the client holds"),
+        ("If-Match" = Option<String>, Header, description = "Read only if this ETag is current (or *)")
+    ),
     responses(
         (status = 200, description = "The document; ETag header", body = DocumentView),
         (status = 304, description = "Not modified since the ETag in If-None-Match"),
+        (status = 412, description = "If-Match names another version; the ETag header has the current one", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such document in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
@@ -365,6 +374,7 @@ pub async fn get_document(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let document = state.store.get_document(auth.tenant_id()?, parse_id(&id)?).await?.ok_or_else(not_found)?;
+    check_if_match_on_read(&req, document.version)?;
     if not_modified(&req, document.version) {
         return Ok(HttpResponse::NotModified().insert_header((header::ETAG, etag(document.version))).finish());
     }
@@ -421,6 +431,7 @@ pub async fn replace_document(
     let precondition = require_if_match(&req)?;
     let current = state.store.get_document(auth.tenant_id()?, id).await?.ok_or_else(not_found)?;
     let version = expected_version(precondition, current.version)?;
+    check_if_none_match_on_write(&req, current.version)?;
     write(&state, &req, &current, version, input.into_inner(), actor(&auth)).await
 }
 
@@ -457,6 +468,7 @@ pub async fn patch_document(
     let precondition = require_if_match(&req)?;
     let current = state.store.get_document(auth.tenant_id()?, id).await?.ok_or_else(not_found)?;
     let version = expected_version(precondition, current.version)?;
+    check_if_none_match_on_write(&req, current.version)?;
     let mut merged = serde_json::to_value(DocumentInput::from_document(&current)).expect("inputs serialize");
     json_patch::merge(&mut merged, &patch);
     let replacement: DocumentInput = serde_json::from_value(merged).map_err(|e| serde_json_error(&e))?;
@@ -486,6 +498,7 @@ pub async fn delete_document(
     let tenant_id = auth.tenant_id()?;
     let current = state.store.get_document(tenant_id, id).await?.ok_or_else(not_found)?;
     let version = expected_version(precondition, current.version)?;
+    check_if_none_match_on_write(&req, current.version)?;
     let response = HttpResponse::NoContent().finish();
     let before = DocumentView::from(&current);
     let summary = format!("deleted document at version {}", current.version);
