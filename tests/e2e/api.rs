@@ -145,6 +145,13 @@ async fn documents_crud_with_etags_and_conditional_requests() {
             .header("If-Match", etag)
     };
     problem(&api.send(&api.a_writer, merge("application/json", &etag2)).await, 415, "UnsupportedMediaType");
+    // A member twice in a merge patch is refused, not resolved to the last of the two.
+    let twice = ClientRequest::new("PATCH", &path)
+        .body(r#"{"title":"first","title":"second"}"#)
+        .header("Content-Type", "application/merge-patch+json")
+        .header("If-Match", &etag2);
+    let twice = problem(&api.send(&api.a_writer, twice).await, 422, "ValidationFailed");
+    assert_eq!(twice["errors"][0]["pointer"], "/title", "{twice}");
     let patched = api.send(&api.a_writer, merge("application/merge-patch+json", &etag2)).await;
     assert_eq!(patched.status, 200, "{}", String::from_utf8_lossy(&patched.body));
     let patched_body = patched.json();
@@ -276,6 +283,15 @@ async fn bad_input_gets_field_level_problems_and_writes_nothing() {
         let refused = problem(&api.create(&api.a_writer, body.clone()).await, 422, "ValidationFailed");
         assert_eq!(refused["errors"][0]["pointer"], pointer, "{body}: {refused}");
     }
+    // A member twice in one object: refused wherever it is, not resolved to one of the two.
+    let twice = ClientRequest::new("POST", "/api/v1/documents")
+        .body(r#"{"title":"a","docType":"memo","title":"b"}"#)
+        .header("Content-Type", "application/json");
+    let twice = problem(&api.send(&api.a_writer, twice).await, 422, "ValidationFailed");
+    assert_eq!(
+        (twice["errors"][0]["pointer"].as_str(), twice["errors"][0]["code"].as_str()),
+        (Some("/title"), Some("duplicate"))
+    );
     for query in ["effectiveTo=0000-01-01", "effectiveFrom=0000-12-31"] {
         let res =
             problem(&api.get(&api.a_reader, &format!("/api/v1/documents?{query}")).await, 422, "ValidationFailed");

@@ -611,13 +611,19 @@ async fn checked(
         return Err(AppError::new(ErrorCode::MalformedJson).with_detail("the body is empty; this operation takes JSON"));
     } else {
         serde_json::from_slice(&bytes).map_err(|e| {
+            // serde's message ends with its own "at line L column C": said once, in words.
+            let message = e.to_string();
+            let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
             AppError::new(ErrorCode::MalformedJson).with_detail(format!(
-                "the body is not JSON: {e} (line {}, column {})",
+                "the body is not JSON: {message} (line {}, column {})",
                 e.line(),
                 e.column()
             ))
         })?
     };
+    if let Some(pointer) = crate::api::validation::duplicate_member(&bytes) {
+        errors.push(FieldError::body(&pointer, "duplicate", "this member appears more than once in its object"));
+    }
     errors.extend(body_failures(body.validator.get(), &value));
     // JSON has one number type: `1082.0` is the integer the schema allowed, but serde refuses it for an `i32`.
     // The handler gets the body as sent, or with such numbers written as integers.

@@ -70,6 +70,80 @@ fn describe(e: &validator::ValidationError) -> String {
     }
 }
 
+/// The JSON Pointer of the first object member that appears twice in its object, if any. RFC 8259 leaves such a
+/// body's meaning to the parser (serde keeps the last value, or refuses it for a struct, without saying where);
+/// I-JSON (RFC 7493) refuses it, and so does every body here, naming the member.
+pub fn duplicate_member(json: &[u8]) -> Option<String> {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    struct Walk<'a> {
+        path: &'a mut Vec<String>,
+        found: &'a mut Option<String>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let pointer_part = key.replace('~', "~0").replace('/', "~1");
+                if !seen.insert(key) && self.found.is_none() {
+                    *self.found = Some(format!("{}/{pointer_part}", self.path.concat()));
+                }
+                self.path.push(format!("/{pointer_part}"));
+                map.next_value_seed(Walk { path: self.path, found: self.found })?;
+                self.path.pop();
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut index = 0;
+            loop {
+                self.path.push(format!("/{index}"));
+                let more = seq.next_element_seed(Walk { path: self.path, found: self.found })?;
+                self.path.pop();
+                if more.is_none() {
+                    return Ok(());
+                }
+                index += 1;
+            }
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+
+    let (mut path, mut found) = (Vec::new(), None);
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    Walk { path: &mut path, found: &mut found }.deserialize(&mut deserializer).ok()?;
+    found
+}
+
 /// `doc_type` becomes `docType`: error paths use the wire names.
 fn camel(field: &str) -> String {
     let mut out = String::with_capacity(field.len());
@@ -107,5 +181,19 @@ mod tests {
         assert_eq!(fields, vec![("docType", "length"), ("size", "range")]);
         assert_eq!(err.field_errors()[0].message, "length must be between 1 and 3");
         assert!(validate(&Input { doc_type: "ok".into(), size: 5 }).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod duplicate_tests {
+    use super::duplicate_member;
+
+    #[test]
+    fn a_member_twice_in_one_object_is_found_with_its_pointer() {
+        assert_eq!(duplicate_member(br#"{"title":"a","docType":"b","title":"c"}"#).as_deref(), Some("/title"));
+        assert_eq!(duplicate_member(br#"{"tags":["a"],"x":{"a/b":1,"a/b":2}}"#).as_deref(), Some("/x/a~1b"));
+        assert_eq!(duplicate_member(br#"{"list":[{"k":1},{"k":1,"k":2}]}"#).as_deref(), Some("/list/1/k"));
+        assert_eq!(duplicate_member(br#"{"a":{"k":1},"b":{"k":1}}"#), None, "the same name in two objects");
+        assert_eq!(duplicate_member(br#"[1, "x", null, true, 2.5]"#), None);
     }
 }
