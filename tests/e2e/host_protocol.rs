@@ -94,7 +94,7 @@ async fn errors_on_forwarded_requests_are_problem_json() {
 
     let wrong_method = host.http(ClientRequest::new("DELETE", "/api/health/ready")).await;
     assert_eq!(wrong_method.status, 405);
-    assert_eq!(wrong_method.header("allow"), Some("GET"));
+    assert_eq!(wrong_method.header("allow"), Some("GET, HEAD"));
     assert_problem(&wrong_method.json(), 405, "MethodNotAllowed");
 
     // No function.json route matches: the host itself answers and the handler never sees the request.
@@ -129,7 +129,7 @@ async fn default_mode_http_invocations_answer_through_outputs_res() {
     let (_, wrong) =
         host.invoke_http_default("Health", ClientRequest::new("POST", "/api/health").json(&json!({"a": 1}))).await;
     assert_eq!(wrong.status, 405);
-    assert_eq!(wrong.header("allow"), Some("GET"));
+    assert_eq!(wrong.header("allow"), Some("GET, HEAD"));
 }
 
 #[tokio::test]

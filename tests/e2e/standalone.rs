@@ -37,3 +37,21 @@ async fn a_standalone_server_answers_404_for_every_function_name() {
     let unauthenticated = client.get(format!("{}/api/v1/me", server.base)).send().await.unwrap();
     assert_eq!(unauthenticated.status(), 401);
 }
+
+#[tokio::test]
+async fn head_answers_what_get_answers_without_the_content() {
+    let server = Standalone::start().await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/openapi.json", server.base);
+    let got = client.get(&url).send().await.unwrap();
+    let length = got.headers()["content-length"].to_str().unwrap().to_owned();
+    let content_type = got.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(!got.bytes().await.unwrap().is_empty());
+    let head = client.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200, "RFC 9110 §9.1: a server that answers GET answers HEAD");
+    assert_eq!(head.headers()["content-length"].to_str().unwrap(), length, "the GET's length");
+    assert_eq!(head.headers()["content-type"].to_str().unwrap(), content_type);
+    assert!(head.bytes().await.unwrap().is_empty(), "and no content");
+    let refused = client.head(format!("{}/api/v1/me", server.base)).send().await.unwrap();
+    assert_eq!(refused.status(), 401, "a HEAD is authenticated as its GET is");
+}

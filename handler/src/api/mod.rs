@@ -9,6 +9,7 @@ pub mod contract;
 pub mod cursor;
 pub mod deprecation;
 pub mod gate;
+pub mod head;
 pub mod idempotency;
 pub mod list;
 pub mod operations;

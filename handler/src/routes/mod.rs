@@ -184,7 +184,11 @@ async fn openapi_document(state: web::Data<AppState>) -> HttpResponse {
 pub async fn not_matched(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let path = echoed(req.path());
     Err(match state.routes.allowed_methods(req.path()) {
-        Some(methods) => {
+        Some(mut methods) => {
+            // Every GET answers HEAD too (`api::head`).
+            if methods.contains(&"GET") {
+                methods.push("HEAD");
+            }
             let allow = methods.join(", ");
             AppError::new(ErrorCode::MethodNotAllowed)
                 .with_detail(format!("{} is not allowed on {path}; allowed: {allow}", req.method()))
