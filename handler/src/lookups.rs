@@ -111,9 +111,9 @@ impl Lookups {
     }
 
     /// Every registration of the application `app_id` for the directory `directory` (see [`crate::auth::guard`]).
-    /// `app_id` is compared as registrations store it ([`crate::auth::app_key`]).
+    /// `app_id` is compared as registrations store it ([`crate::store::app_key`]).
     pub async fn api_clients_for_app(&self, directory: Uuid, app_id: &str) -> Result<Arc<Vec<ApiClient>>, StoreError> {
-        let app_id = crate::auth::app_key(app_id);
+        let app_id = crate::store::app_key(app_id);
         read_through!(
             self,
             clients,

@@ -292,13 +292,6 @@ fn principal_from(claims: Claims, tid: String) -> Principal {
     }
 }
 
-/// An application id as registrations store it and tokens are compared with it: trimmed and lower case. Entra's
-/// application ids are GUIDs (tokens carry them lower case); SQL Server compares text ignoring case and SQLite does
-/// not, so without this a registration spelled in upper case would cap its application on one store only.
-pub fn app_key(app_id: &str) -> String {
-    app_id.trim().to_lowercase()
-}
-
 /// The issuers a token from directory `tid` may carry, given the provider's issuer (perhaps a `{tenantid}` template).
 ///
 /// For Entra ID authorities, a directory's v1 (`https://sts.windows.net/{tid}/`) and v2

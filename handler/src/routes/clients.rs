@@ -224,7 +224,7 @@ pub async fn register_client(
     };
     // As tokens are compared with it: Entra's application ids are GUIDs, which a registration may spell in upper
     // case or with stray spaces; a cap under another spelling would never apply on SQLite (SQL Server ignores case).
-    let app_id = crate::auth::app_key(&input.app_id);
+    let app_id = crate::store::app_key(&input.app_id);
     if app_id.is_empty() {
         return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![FieldError::body(
             "/appId",
@@ -232,7 +232,7 @@ pub async fn register_client(
             "an application id, not only spaces",
         )]));
     }
-    if auth.principal.app_id.as_deref().map(crate::auth::app_key) == Some(app_id.clone()) {
+    if auth.principal.app_id.as_deref().map(crate::store::app_key) == Some(app_id.clone()) {
         // Registering the calling application would cap its own roles, and could lock its caller out.
         return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![FieldError::new(
             "appId",

@@ -204,6 +204,13 @@ impl ClientStatus {
     }
 }
 
+/// An application id as registrations store it and tokens are compared with it: trimmed and lower case. Entra's
+/// application ids are GUIDs (tokens carry them lower case); SQL Server compares text ignoring case and SQLite does
+/// not, so without this a registration spelled in upper case would cap its application on one store only.
+pub fn app_key(app_id: &str) -> String {
+    app_id.trim().to_lowercase()
+}
+
 /// An application registered to a tenant for one directory: tokens whose `tid` is `directory_id` and whose
 /// `azp`/`appid` is `app_id` map to `tenant_id`, with at most `roles` (docs/security.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
