@@ -278,6 +278,7 @@ async fn bad_input_gets_field_level_problems_and_writes_nothing() {
         (json!({"title": "t", "docType": "x", "effectiveDate": "0000-01-01"}), "/effectiveDate"),
         (json!({"title": "t", "docType": "x", "tags": ["\u{130}".repeat(33)]}), "/tags/0"),
         (json!({"title": "t", "docType": "x", "tags": [" , "]}), "/tags/0"),
+        (json!({"title": "   ", "docType": "x"}), "/title"),
     ];
     for (body, pointer) in refused {
         let refused = problem(&api.create(&api.a_writer, body.clone()).await, 422, "ValidationFailed");

@@ -269,6 +269,13 @@ async fn the_negative_matrix() {
     let foreign = w.provider.token("app-foreign").await;
     assert_401(&w.me(&foreign).await, "tenant is not allowed");
 
+    // Two credentials, even a good one first: which one counts would be a guess.
+    let good = w.provider.token("app-a-reader").await;
+    let doubled = ClientRequest::get("/api/v1/me")
+        .header("Authorization", &format!("Bearer {good}"))
+        .header("Authorization", &format!("Bearer {foreign}"));
+    assert_401(&w.host.http(doubled).await, "more than one Authorization header");
+
     let claims = w.claims(DIR_A);
     let none = forge(&json!({"alg": "none", "typ": "JWT"}), &claims, Signer::None);
     assert_401(&w.me(&none).await, "not a well-formed JWT");

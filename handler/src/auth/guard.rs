@@ -149,7 +149,12 @@ pub fn challenge(err: AuthError) -> AppError {
 }
 
 fn bearer_token(req: &ServiceRequest) -> Result<&str, AuthError> {
-    let value = req.headers().get(header::AUTHORIZATION).ok_or(AuthError::Missing)?;
+    let mut values = req.headers().get_all(header::AUTHORIZATION);
+    let value = values.next().ok_or(AuthError::Missing)?;
+    // Two credentials are one too many (RFC 6750 §3.1, invalid_request): taking either would be a guess.
+    if values.next().is_some() {
+        return Err(AuthError::Invalid("the request carries more than one Authorization header".into()));
+    }
     let value = value.to_str().map_err(|_| AuthError::Invalid("the Authorization header is not text".into()))?;
     let (scheme, token) = value.split_once(' ').ok_or(AuthError::Missing)?;
     if !scheme.eq_ignore_ascii_case("bearer") {

@@ -53,6 +53,14 @@ fn valid_code(value: &str) -> Result<(), validator::ValidationError> {
 }
 
 /// Whether both stores can hold `date` (SQL Server's `DATE` starts at year 1, chrono's dates before it).
+fn not_blank(value: &str) -> Result<(), validator::ValidationError> {
+    if value.trim().is_empty() {
+        Err(validator::ValidationError::new("blank").with_message("more than spaces".into()))
+    } else {
+        Ok(())
+    }
+}
+
 pub(super) fn storable_date(date: NaiveDate) -> bool {
     (crate::store::FIRST_DATE..=crate::store::LAST_DATE).contains(&date)
 }
@@ -113,7 +121,7 @@ pub struct TagFilter(String);
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DocumentInput {
     /// 1 to 300 characters.
-    #[validate(length(min = 1, max = 300))]
+    #[validate(length(min = 1, max = 300), custom(function = "not_blank"))]
     #[schema(min_length = 1, max_length = 300)]
     pub title: String,
     /// Up to 2000 characters.
