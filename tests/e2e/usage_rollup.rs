@@ -79,6 +79,46 @@ fn outbox(path: &std::path::Path) -> Vec<(String, Option<String>, serde_json::Va
 }
 
 #[tokio::test]
+async fn the_first_month_close_ever_bills_the_months_before_it_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("first.db");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let october = Utc.with_ymd_and_hms(2025, 10, 1, 0, 0, 0).unwrap();
+    setup_plan(&store, october, OveragePolicy::Allow).await;
+    // Tenants since October, with usage every month until the job first runs in February (its timer was down, or
+    // the usage came from another system); one more created in December owes nothing before it.
+    let tenants = setup_tenants(&store, 0, 2, october).await;
+    let december = setup_tenants(&store, 5, 1, Utc.with_ymd_and_hms(2025, 12, 1, 0, 0, 0).unwrap()).await;
+    let mut rng = Rng(11);
+    let events: Vec<UsageEvent> = (0..120)
+        .map(|i| {
+            let at = october + Duration::days(i);
+            event(&mut rng, &tenants, at, at + Duration::seconds(1))
+        })
+        .collect();
+    store.record_usage_events(&events).await.unwrap();
+    let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 2, 1, 0, 30, 0).unwrap()));
+    let settings = [("METERLINE_USAGE_LATENESS_SECS", "900"), ("METERLINE_ROLLUP_SETTLE_SECS", "120")];
+    let state = app_state(store.clone(), clock.clone(), dir.path(), &settings);
+    let outcome = jobs::run(&state, Job::UsageRollup, JobTrigger::Cli).await.unwrap();
+    assert!(outcome.summary.contains("10 statements written"), "{}", outcome.summary);
+    for tenant in &tenants {
+        let periods: Vec<String> = store
+            .list_billing_statements(*tenant)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.period_start.format("%Y-%m").to_string())
+            .collect();
+        let mut periods = periods;
+        periods.sort();
+        assert_eq!(periods, ["2025-10", "2025-11", "2025-12", "2026-01"], "{tenant}");
+    }
+    let late = store.list_billing_statements(december[0]).await.unwrap();
+    assert_eq!(late.len(), 2, "December and January only: {late:?}");
+}
+
+#[tokio::test]
 async fn a_final_month_gets_one_immutable_statement_with_its_event_then_raw_events_are_purged() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("close.db");

@@ -178,6 +178,10 @@ fn month_after(month: NaiveDate) -> NaiveDate {
     month + Months::new(1)
 }
 
+/// How many months before the current one the first run of the month close looks at: the months whose late
+/// usage a statement still adjusts (`UsageStore::unbilled_usage`).
+const FIRST_CLOSE_LOOKBACK_MONTHS: u32 = 24;
+
 /// Writes the statements of every month whose periods are final. A tenant's period that starts in month `M` (by
 /// its calendar: its anchor day at local midnight in its time zone) is final once its end plus the lateness window
 /// lies at or before the time up to which everything recorded is rolled up. Months close in order; a month is
@@ -193,9 +197,13 @@ async fn close_periods(
     let could_be_final = |month: NaiveDate| {
         month_after(month).and_hms_opt(0, 0, 0).expect("midnight").and_utc() - TimeDelta::hours(14) <= horizon
     };
-    let first = rollup
-        .closed_through
-        .map_or_else(|| BillingCalendar::default().period_containing(horizon).start - Months::new(1), month_after);
+    // The first run ever looks back as far as late usage is billed (a tenant created since skips what came before
+    // it), so months with usage from before the job first ran (a timer that was down, usage imported from another
+    // system) get their statements too; later runs go on from the last month closed.
+    let first = rollup.closed_through.map_or_else(
+        || BillingCalendar::default().period_containing(horizon).start - Months::new(FIRST_CLOSE_LOOKBACK_MONTHS),
+        month_after,
+    );
     let mut month = first;
     let mut written = 0;
     while could_be_final(month) && within_budget() {
