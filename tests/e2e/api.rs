@@ -101,6 +101,17 @@ async fn documents_crud_with_etags_and_conditional_requests() {
     let etag = created.header("etag").unwrap().to_owned();
     assert_eq!(body["etag"], etag);
     assert_eq!(body["tags"], json!(["eu", "tax"]), "tags are normalized");
+    // So are the codes, written and filtered by: both stores find and count them alike.
+    let coded =
+        api.create(&api.a_writer, json!({"title": "Coded", "docType": "Guidance", "jurisdiction": "EU"})).await;
+    assert_eq!(
+        (coded.json()["docType"].clone(), coded.json()["jurisdiction"].clone()),
+        (json!("guidance"), json!("eu"))
+    );
+    for filter in ["jurisdiction=EU", "jurisdiction=eu", "docType=GUIDANCE"] {
+        let found = api.get(&api.a_reader, &format!("/api/v1/documents?{filter}")).await.json();
+        assert_eq!(found["value"].as_array().unwrap().len(), 1, "{filter}: {found}");
+    }
 
     let read = api.get(&api.a_reader, &path).await;
     assert_eq!((read.status, read.header("etag")), (200, Some(etag.as_str())));

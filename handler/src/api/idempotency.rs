@@ -56,9 +56,10 @@ pub fn from_request(req: &HttpRequest, canonical_body: &str) -> Result<Option<Id
 /// The stored response to replay, or 422 when the key was used for a different request.
 pub fn replay(record: &IdempotencyRecord, request: &Idempotency) -> Result<HttpResponse, AppError> {
     if record.request_hash != request.request_hash {
+        // The key is not repeated back: a problem detail never quotes what the client sent.
         return Err(AppError::new(ErrorCode::IdempotencyKeyReused).with_detail(format!(
-            "the key {:?} was first used with a different request (operation {}); use a new key",
-            request.key, record.operation_id
+            "this idempotency key was first used with a different request (operation {}); use a new key",
+            record.operation_id
         )));
     }
     let status = StatusCode::from_u16(record.status_code).unwrap_or(StatusCode::OK);

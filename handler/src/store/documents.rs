@@ -271,6 +271,12 @@ pub struct IdempotencyRecord {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A document's `doc_type` or `jurisdiction` as stored and compared: trimmed and lower case (both are ASCII codes),
+/// so both stores match and group them alike (SQL Server ignores case, SQLite does not).
+pub fn document_code(code: &str) -> String {
+    code.trim().to_ascii_lowercase()
+}
+
 /// The first and last dates both stores can hold (SQL Server `DATE`); dates outside are clamped in filters and
 /// cursors, which changes no answer because no stored date lies outside (tiberius would otherwise encode them
 /// as a wrong date).

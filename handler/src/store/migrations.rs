@@ -60,6 +60,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite":
     10 => "0010_document_search.sql" "document_search",
     11 => "0011_refusals.sql" "refusals",
     12 => "0012_search_keys_never_reused.sql" "search_keys_never_reused",
+    13 => "0013_document_codes_lower_case.sql" "document_codes_lower_case",
 );
 
 /// The SQL Server migrations: the same versions and names as [`SQLITE`], in T-SQL.
@@ -76,6 +77,7 @@ pub const MSSQL: &[Migration] = migrations!("mssql":
     10 => "0010_document_search.sql" "document_search",
     11 => "0011_refusals.sql" "refusals",
     12 => "0012_search_keys_never_reused.sql" "search_keys_never_reused",
+    13 => "0013_document_codes_lower_case.sql" "document_codes_lower_case",
 );
 
 /// Checks that `known` is strictly increasing: a gap or reorder is a build mistake, caught by a unit test.

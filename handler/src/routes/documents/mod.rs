@@ -363,8 +363,12 @@ impl ListQuery {
                     Some(s) => q.filter.status = Some(s),
                     None => bad("status", "draft, published or archived"),
                 },
-                "docType" if !value.is_empty() && value.len() <= 64 => q.filter.doc_type = Some(value),
-                "jurisdiction" if !value.is_empty() && value.len() <= 64 => q.filter.jurisdiction = Some(value),
+                "docType" if !value.is_empty() && value.len() <= 64 => {
+                    q.filter.doc_type = Some(crate::store::document_code(&value))
+                }
+                "jurisdiction" if !value.is_empty() && value.len() <= 64 => {
+                    q.filter.jurisdiction = Some(crate::store::document_code(&value))
+                }
                 // Repeated (`tag=a&tag=b`) or comma-separated: the Functions host joins repeated keys with
                 // commas when it forwards a request, so both forms must mean the same.
                 "tag" if value.split(',').all(|t| !t.trim().is_empty() && t.trim().chars().count() <= 64) => {

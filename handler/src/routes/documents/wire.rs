@@ -242,8 +242,8 @@ impl DocumentInput {
         target.title = self.title;
         target.summary = self.summary;
         target.body = self.body;
-        target.doc_type = self.doc_type;
-        target.jurisdiction = self.jurisdiction;
+        target.doc_type = crate::store::document_code(&self.doc_type);
+        target.jurisdiction = self.jurisdiction.as_deref().map(crate::store::document_code);
         target.status = self.status.unwrap_or(Status::Draft).into();
         target.effective_date = self.effective_date;
         target.tags = tags;

@@ -302,6 +302,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn migration_13_lower_cases_document_codes_and_versions_what_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = connect(&dir.path().join("codes.db")).unwrap();
+        migrate_one_by_one(&conn, 12);
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             INSERT INTO documents (id, tenant_id, title, doc_type, jurisdiction, status, created_by, updated_by,
+                 created_at, updated_at, version)
+             VALUES ('d1', 't', 'a', 'Guidance', 'EU', 'draft', 'a', 'a', '2027-01-01T00:00:00Z', '2027-01-01T00:00:00Z', 4),
+                    ('d2', 't', 'b', 'memo', 'US-ca', 'draft', 'a', 'a', '2027-01-01T00:00:00Z', '2027-01-01T00:00:00Z', 2),
+                    ('d3', 't', 'c', 'memo', NULL, 'draft', 'a', 'a', '2027-01-01T00:00:00Z', '2027-01-01T00:00:00Z', 1);",
+        )
+        .unwrap();
+        let store = SqliteStore::open(&dir.path().join("codes.db")).await.unwrap();
+        assert_eq!(store.migrate().await.unwrap().applied, vec![13]);
+        let rows: Vec<(String, String, Option<String>, i64)> = conn
+            .prepare("SELECT id, doc_type, jurisdiction, version FROM documents ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let expected = [
+            ("d1".to_owned(), "guidance".to_owned(), Some("eu".to_owned()), 5),
+            ("d2".to_owned(), "memo".to_owned(), Some("us-ca".to_owned()), 3),
+            ("d3".to_owned(), "memo".to_owned(), None, 1),
+        ];
+        assert_eq!(rows, expected, "lower case, and a new version (ETag) only where it changed");
+    }
+
+    #[tokio::test]
     async fn migration_12_keeps_every_search_key_and_never_gives_a_deleted_one_again() {
         let dir = tempfile::tempdir().unwrap();
         let conn = connect(&dir.path().join("keys.db")).unwrap();
@@ -319,7 +350,7 @@ mod tests {
         )
         .unwrap();
         let store = SqliteStore::open(&dir.path().join("keys.db")).await.unwrap();
-        assert_eq!(store.migrate().await.unwrap().applied, vec![12]);
+        assert_eq!(store.migrate().await.unwrap().applied, vec![12, 13]);
         let keys = |conn: &Connection| -> Vec<(i64, String)> {
             conn.prepare("SELECT search_rowid, document_id FROM document_search_keys ORDER BY search_rowid")
                 .unwrap()
