@@ -102,8 +102,7 @@ async fn documents_crud_with_etags_and_conditional_requests() {
     assert_eq!(body["etag"], etag);
     assert_eq!(body["tags"], json!(["eu", "tax"]), "tags are normalized");
     // So are the codes, written and filtered by: both stores find and count them alike.
-    let coded =
-        api.create(&api.a_writer, json!({"title": "Coded", "docType": "Guidance", "jurisdiction": "EU"})).await;
+    let coded = api.create(&api.a_writer, json!({"title": "Coded", "docType": "Guidance", "jurisdiction": "EU"})).await;
     assert_eq!(
         (coded.json()["docType"].clone(), coded.json()["jurisdiction"].clone()),
         (json!("guidance"), json!("eu"))
