@@ -59,12 +59,14 @@ impl BillingCalendar {
     }
 
     /// The minutes past the UTC hour at which this zone's local hours begin (0 for most zones, 30 for
-    /// Asia/Kolkata, 45 for Asia/Kathmandu), if that is the same all year in every year from 1990 to 2100; hour
-    /// rollups of the tenant are aligned to it, so its local days and periods are whole hour windows.
+    /// Asia/Kolkata, 15 for Asia/Kathmandu: UTC+5:45, so its local midnight is 18:15 UTC), if that is the same all
+    /// year in every year from 1990 to 2100; hour rollups of the tenant are aligned to it, so its local days and
+    /// periods are whole hour windows.
     pub fn window_offset_minutes(&self) -> Option<i32> {
         let minutes = |t: DateTime<Utc>| {
             let offset = self.time_zone.offset_from_utc_datetime(&t.naive_utc()).fix().local_minus_utc();
-            (offset / 60).rem_euclid(60)
+            // A local hour starts where the local clock reads :00, that is `-offset` minutes past a UTC hour.
+            (-offset / 60).rem_euclid(60)
         };
         let first = minutes(Utc.with_ymd_and_hms(1990, 1, 1, 0, 0, 0).single()?);
         let mut t = Utc.with_ymd_and_hms(1990, 1, 1, 0, 0, 0).single()?;
@@ -185,6 +187,10 @@ mod tests {
         assert_eq!(BillingCalendar::new(0, "UTC"), Err(CalendarError::AnchorDay));
         assert_eq!(BillingCalendar::new(1, "Mars/Olympus"), Err(CalendarError::UnknownTimeZone));
         assert_eq!(BillingCalendar::new(1, "Australia/Lord_Howe"), Err(CalendarError::UnalignedTimeZone));
-        assert_eq!(BillingCalendar::new(1, "Asia/Kathmandu").unwrap().window_offset_minutes(), Some(45));
+        let kathmandu = BillingCalendar::new(1, "Asia/Kathmandu").unwrap();
+        assert_eq!(kathmandu.window_offset_minutes(), Some(15), "local midnight is 18:15 UTC");
+        assert_eq!(kathmandu.period_containing(at("2026-03-10T00:00:00Z")).starts_at, at("2026-02-28T18:15:00Z"));
+        assert_eq!(BillingCalendar::new(1, "Australia/Eucla").unwrap().window_offset_minutes(), Some(15));
+        assert_eq!(BillingCalendar::new(1, "America/St_Johns").unwrap().window_offset_minutes(), Some(30));
     }
 }

@@ -61,6 +61,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite":
     11 => "0011_refusals.sql" "refusals",
     12 => "0012_search_keys_never_reused.sql" "search_keys_never_reused",
     13 => "0013_document_codes_lower_case.sql" "document_codes_lower_case",
+    14 => "0014_quarter_hour_zone_windows.sql" "quarter_hour_zone_windows",
 );
 
 /// The SQL Server migrations: the same versions and names as [`SQLITE`], in T-SQL.
@@ -78,6 +79,7 @@ pub const MSSQL: &[Migration] = migrations!("mssql":
     11 => "0011_refusals.sql" "refusals",
     12 => "0012_search_keys_never_reused.sql" "search_keys_never_reused",
     13 => "0013_document_codes_lower_case.sql" "document_codes_lower_case",
+    14 => "0014_quarter_hour_zone_windows.sql" "quarter_hour_zone_windows",
 );
 
 /// Checks that `known` is strictly increasing: a gap or reorder is a build mistake, caught by a unit test.
