@@ -523,6 +523,7 @@ async fn the_dashboard_shows_the_apis_figures_in_a_real_browser_to_those_allowed
     let b_naming_a = &seen["b-naming-a"];
     let text = b_naming_a["refusal"].as_str().unwrap_or_else(|| panic!("no refusal shown: {b_naming_a}"));
     assert!(text.contains("No such tenant"), "{text}");
+    assert!(!text.contains("HTTP 404"), "the API's own reason, not the status: {text}");
     assert_eq!(b_naming_a["figures"], json!({}));
     assert_eq!(b_naming_a["tenantViewShown"], json!(false));
 

@@ -41,17 +41,31 @@ function setStatus(text) {
 
 class ApiError extends Error {
   constructor(status, problem) {
-    super(problem?.detail || problem?.title || `HTTP ${status}`);
+    super(problem?.detail || problem?.title || problem?.error?.message || `HTTP ${status}`);
     this.status = status;
     this.problem = problem;
   }
 }
 
-async function api(path, { accept = "application/json" } = {}) {
-  const response = await fetch(`${API}${path}`, {
-    headers: { Authorization: `Bearer ${state.token}`, Accept: accept },
-    cache: "no-store",
-  });
+// JSON, and problem+json for errors: a client that accepts only application/json gets Azure's error envelope.
+const JSON_ACCEPT = "application/json, application/problem+json";
+
+// A rate limit's refusal is retried after its Retry-After when that is short (a page load is several calls, and a
+// plan with a small burst refuses some of them); a quota's (until the period ends) is not.
+const RETRIES = 3;
+const LONGEST_RETRY_SECS = 10;
+
+async function api(path, { accept = JSON_ACCEPT } = {}) {
+  let response;
+  for (let attempt = 0; ; attempt += 1) {
+    response = await fetch(`${API}${path}`, {
+      headers: { Authorization: `Bearer ${state.token}`, Accept: accept },
+      cache: "no-store",
+    });
+    const wait = Number(response.headers.get("Retry-After"));
+    if (response.status !== 429 || attempt >= RETRIES || !(wait >= 0 && wait <= LONGEST_RETRY_SECS)) break;
+    await new Promise((resolve) => setTimeout(resolve, Math.max(wait, 1) * 1000));
+  }
   if (!response.ok) {
     let problem = null;
     try { problem = await response.json(); } catch { /* not a problem body */ }
@@ -208,6 +222,15 @@ async function render() {
       await renderTenant(tenantId, period);
     }
   } catch (error) {
+    // A token that expired since the page loaded: sign in again, as on a first load.
+    if (error instanceof ApiError && error.status === 401) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      state.me = null;
+      clearViews();
+      refuse("Your sign-in is no longer accepted", `${error.message}. Sign in again.`);
+      showSignIn();
+      return;
+    }
     if (error instanceof ApiError && (error.status === 403 || error.status === 404)) {
       $("#tenant-view").hidden = true;
       $("#platform-view").hidden = true;
