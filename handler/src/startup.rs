@@ -137,6 +137,9 @@ pub async fn start(config: Config, breakers: Vec<Arc<crate::resilience::Breaker>
         if !report.applied.is_empty() {
             tracing::info!(applied = ?report.applied, store = store.kind(), "applied migrations");
         }
+    } else {
+        // Without it the schema must already be this build's: the port opens only on a store it can serve.
+        crate::store::check_migrated(store.as_ref()).await?;
     }
     let surface = Surface::of(&config.runtime);
     // Config already refuses this; the invocation routes must never listen beyond loopback, whatever changes there.

@@ -97,3 +97,17 @@ async fn a_requested_shutdown_exits_zero_and_says_so() {
     host.wait_output_complete(Duration::from_secs(15)).await;
     assert!(host.output_text().contains("shut down on request"), "{}", host.output_text());
 }
+
+#[test]
+fn without_auto_migration_an_unmigrated_store_stops_the_process_before_the_port_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    // `timeout` only bounds a regression (a server that started would run until killed, exit 124).
+    let mut command = Command::new("timeout");
+    command.args(["60", env!("CARGO_BIN_EXE_handler"), "serve"]).current_dir(dir.path());
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("METERLINE_") || k.starts_with("FUNCTIONS_")) {
+        command.env_remove(key);
+    }
+    let output = command.envs([("METERLINE_AUTO_MIGRATE", "false"), ("METERLINE_PORT", "0")]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("run `handler migrate` first"), "{}", stderr(&output));
+}

@@ -78,6 +78,10 @@ pub enum StoreError {
     /// The database has migrations this binary does not know: it is older than the schema.
     #[error("the database has migration {version} which this binary does not know; deploy a newer handler")]
     UnknownMigration { version: i64 },
+    #[error(
+        "the database lacks migrations {versions:?} and METERLINE_AUTO_MIGRATE is off: run `handler migrate` first"
+    )]
+    MigrationsPending { versions: Vec<i64> },
     #[error(transparent)]
     Other(anyhow::Error),
 }
@@ -167,4 +171,19 @@ pub async fn open(config: &StoreConfig, clock: Arc<dyn crate::clock::Clock>) -> 
             Ok(Arc::new(mssql::MssqlStore::open_with_clock(connection_string, clock).await?))
         }
     }
+}
+
+/// Refuses a store whose schema is not this build's: a migration it lacks (with `METERLINE_AUTO_MIGRATE` off,
+/// nothing applies it, and every call would fail), one it has that this build does not know, or one changed since
+/// it was applied. What `migrate` checks before it applies anything, without applying anything.
+pub async fn check_migrated(store: &dyn Store) -> Result<(), StoreError> {
+    let known = match store.kind() {
+        "mssql" => migrations::MSSQL,
+        _ => migrations::SQLITE,
+    };
+    let (_, pending) = migrations::verify(known, &store.applied_migrations().await?)?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::MigrationsPending { versions: pending.iter().map(|m| m.version).collect() })
 }

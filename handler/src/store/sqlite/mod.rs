@@ -248,7 +248,11 @@ fn classify(err: rusqlite::Error) -> StoreError {
             SqliteCode::DatabaseBusy
             | SqliteCode::DatabaseLocked
             | SqliteCode::CannotOpen
-            | SqliteCode::SystemIoFailure,
+            | SqliteCode::SystemIoFailure
+            // A file or folder made read-only under a running process: every write fails until it is fixed, so the
+            // calls answer 503 and the breaker opens (readiness then takes the instance out), rather than 500.
+            | SqliteCode::ReadOnly
+            | SqliteCode::DiskFull,
         ) => StoreError::Unavailable(err.into()),
         Some(SqliteCode::ConstraintViolation) => match &err {
             rusqlite::Error::SqliteFailure(e, _) if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => {
@@ -315,5 +319,20 @@ impl Assembled {
     fn bind(&mut self, value: impl Into<Value>) -> String {
         self.values.push(value.into());
         format!("?{}", self.values.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_that_cannot_be_written_is_unavailable_not_a_bug() {
+        for code in [rusqlite::ffi::SQLITE_READONLY, rusqlite::ffi::SQLITE_FULL, rusqlite::ffi::SQLITE_BUSY] {
+            let err = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+            assert!(matches!(classify(err), StoreError::Unavailable(_)), "code {code}");
+        }
+        let bug = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR), None);
+        assert!(matches!(classify(bug), StoreError::Other(_)));
     }
 }
