@@ -101,21 +101,33 @@ fn parse_ttl(raw: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| format!("expected a duration like 90s, 30m, 1h or 1d, got {raw:?}"))
 }
 
+/// Prints a document to standard output. A reader that stops early (`handler settings | head`) closes the pipe:
+/// that ends the output, not the process with a panic.
+fn print_document(text: &str) -> ExitCode {
+    use std::io::Write as _;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("handler: cannot write the output: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Parses the command line and runs the command; the result is the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Openapi) = cli.command {
         let doc = crate::routes::openapi();
-        println!("{}", serde_json::to_string_pretty(&doc).expect("the OpenAPI document serializes"));
-        return ExitCode::SUCCESS;
+        return print_document(&serde_json::to_string_pretty(&doc).expect("the OpenAPI document serializes"));
     }
     if let Some(Command::Settings) = cli.command {
         let settings: Vec<_> = crate::config::SETTINGS
             .iter()
             .map(|s| serde_json::json!({"name": s.name, "default": s.default, "description": s.description}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&settings).expect("settings serialize"));
-        return ExitCode::SUCCESS;
+        return print_document(&serde_json::to_string_pretty(&settings).expect("settings serialize"));
     }
     let config = match Config::from_env() {
         Ok(config) => config,

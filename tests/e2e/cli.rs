@@ -111,3 +111,20 @@ fn without_auto_migration_an_unmigrated_store_stops_the_process_before_the_port_
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(stderr(&output).contains("run `handler migrate` first"), "{}", stderr(&output));
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_output_without_a_panic() {
+    use std::io::Read as _;
+    // The OpenAPI document is larger than a pipe holds, so the handler is still writing when the reader leaves.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_handler"))
+        .arg("openapi")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+}
