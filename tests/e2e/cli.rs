@@ -25,6 +25,7 @@ fn bad_configuration_exits_non_zero_with_one_line_naming_the_setting() {
         (vec![("METERLINE_PORT", "eighty")], "METERLINE_PORT"),
         (vec![("FUNCTIONS_CUSTOMHANDLER_PORT", "0")], "FUNCTIONS_CUSTOMHANDLER_PORT"),
         (vec![("METERLINE_STORE", "oracle")], "METERLINE_STORE"),
+        (vec![("METERLINE_SERVICEBUS_CONNECTION_STRING", "garbage")], "METERLINE_SERVICEBUS_CONNECTION_STRING"),
         // Host mode serves invocation routes that trust their caller: it listens on loopback or not at all.
         (
             vec![("FUNCTIONS_CUSTOMHANDLER_PORT", "7999"), ("METERLINE_BIND_ADDRESS", "0.0.0.0")],

@@ -68,6 +68,11 @@ struct SasParts {
     key: String,
 }
 
+/// Whether `raw` is a SAS connection string the sender can use; the error says what it lacks.
+pub fn check_connection_string(raw: &str) -> Result<(), String> {
+    parse_connection_string(raw).map(drop)
+}
+
 fn parse_connection_string(raw: &str) -> Result<SasParts, String> {
     let mut endpoint = None;
     let (mut key_name, mut key) = (None, None);

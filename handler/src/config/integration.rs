@@ -81,6 +81,11 @@ pub(super) fn integration_config(
     get: &dyn Fn(&str) -> Option<String>,
     keyvault: Option<KeyVaultConfig>,
 ) -> Result<IntegrationConfig, ConfigError> {
+    // Refused here (exit 2, naming the setting) rather than when the sender is built.
+    if let Some(raw) = get("METERLINE_SERVICEBUS_CONNECTION_STRING") {
+        crate::azure::servicebus::check_connection_string(&raw)
+            .map_err(|why| ConfigError::new("METERLINE_SERVICEBUS_CONNECTION_STRING", why))?;
+    }
     Ok(IntegrationConfig {
         servicebus_namespace: get("METERLINE_SERVICEBUS_NAMESPACE")
             .map(|ns| ns.trim_start_matches("https://").trim_start_matches("sb://").trim_end_matches('/').to_owned()),
