@@ -213,6 +213,7 @@ pub fn declare_statuses(doc: &mut OpenApi) {
                         .or_insert_with(|| RefOr::T(Content::new(Some(Ref::from_schema_name("AzureErrorResponse")))));
                 }
             }
+            declare_success_headers(op);
             for status in derived_statuses(op) {
                 let name = PROBLEM_RESPONSES.iter().find(|(s, ..)| *s == status).map(|(_, name, _)| *name);
                 let name = name.expect("every derived status has a shared response");
@@ -221,6 +222,51 @@ pub fn declare_statuses(doc: &mut OpenApi) {
                     .entry(status.to_string())
                     .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
             }
+        }
+    }
+}
+
+/// The views a single resource is answered with, each with its `ETag` header (the version it shows).
+const VIEWS_WITH_ETAG: &[&str] = &["DocumentView", "TenantView", "PlanView", "ClientView", "GrantView"];
+
+/// The header fields of an operation's successful answers, so a generated client can read them: `RateLimit` and
+/// `RateLimit-Policy` (on every answer of a caller with a tenant; not required, a platform administrator without
+/// one is not limited), `Location` on a 201, and `ETag` where a single resource's view is the body.
+fn declare_success_headers(op: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::{ObjectBuilder, Type};
+
+    let text = |about: &str| {
+        RefOr::T(
+            HeaderBuilder::new()
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                .description(Some(about))
+                .build(),
+        )
+    };
+    for (status, response) in op.responses.responses.iter_mut() {
+        let RefOr::T(response) = response else { continue };
+        if !status.starts_with('2') {
+            continue;
+        }
+        for (header, _, about) in RATE_LIMIT_HEADERS.iter().filter(|(h, ..)| *h != "Retry-After") {
+            response.headers.entry((*header).to_owned()).or_insert_with(|| text(about));
+        }
+        if status == "201" {
+            response.headers.entry("Location".to_owned()).or_insert_with(|| text("The created resource's path."));
+        }
+        let view = match response.content.get("application/json") {
+            Some(RefOr::T(content)) => match &content.schema {
+                Some(RefOr::Ref(r)) => r.ref_location.rsplit('/').next(),
+                _ => None,
+            },
+            _ => None,
+        };
+        if view.is_some_and(|v| VIEWS_WITH_ETAG.contains(&v)) {
+            response
+                .headers
+                .entry("ETag".to_owned())
+                .or_insert_with(|| text("The strong ETag of the version shown, for If-Match and If-None-Match."));
         }
     }
 }
