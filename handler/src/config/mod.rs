@@ -371,8 +371,11 @@ mod tests {
                 .unwrap();
         assert!(!c.auto_migrate);
         assert!(!format!("{c:?}").contains("hunter2"));
-        let sas =
-            config(&[("METERLINE_SERVICEBUS_CONNECTION_STRING", "Endpoint=sb://x/;SharedAccessKey=hunter3")]).unwrap();
+        let sas = config(&[(
+            "METERLINE_SERVICEBUS_CONNECTION_STRING",
+            "Endpoint=sb://x/;SharedAccessKeyName=k;SharedAccessKey=hunter3",
+        )])
+        .unwrap();
         assert!(!format!("{sas:?}").contains("hunter3"));
     }
 }

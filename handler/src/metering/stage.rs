@@ -221,12 +221,10 @@ impl Verdict {
                 client_id: None,
             }),
             Some(QuotaOutcome::Rejected { .. }) => {
-                let err = AppError::new(ErrorCode::QuotaExceeded)
-                    .with_detail(format!(
-                        "the tenant used {units_used} of its {quota_units} units this month; this operation costs {units}"
-                    ))
-                    .with_member("violated-policies", serde_json::json!(["month"]))
-                    .with_header(header::RETRY_AFTER, HeaderValue::from(limits.period_reset_secs.max(1)));
+                let detail = format!(
+                    "the tenant used {units_used} of its {quota_units} units this month; this operation costs {units}"
+                );
+                let err = quota_exceeded("month", detail, &limits);
                 let decision = format!("quota-exceeded month used={units_used}/{quota_units} cost={units}");
                 return Err(self.refuse(LimitRefusal::Quota, decision, err, &limits));
             }
@@ -263,12 +261,10 @@ impl Verdict {
                         }
                         ClientQuotaOutcome::Rejected { units_used } => {
                             limits.client_quota = Some((cap, units_used));
-                            let err = AppError::new(ErrorCode::QuotaExceeded)
-                                .with_detail(format!(
-                                    "this client used {units_used} of the {cap} units its tenant allows it this month; this operation costs {units}"
-                                ))
-                                .with_member("violated-policies", serde_json::json!(["client-month"]))
-                                .with_header(header::RETRY_AFTER, HeaderValue::from(limits.period_reset_secs.max(1)));
+                            let detail = format!(
+                                "this client used {units_used} of the {cap} units its tenant allows it this month; this operation costs {units}"
+                            );
+                            let err = quota_exceeded("client-month", detail, &limits);
                             let decision = format!("quota-exceeded client-month used={units_used}/{cap} cost={units}");
                             return Err(self.refuse(LimitRefusal::Quota, decision, err, &limits));
                         }
@@ -286,6 +282,14 @@ impl Verdict {
         ));
         Ok(Admitted { limits, debit, ticket })
     }
+}
+
+/// A quota refusal by `policy` (`month` or `client-month`): 429 `quota-exceeded`, to retry when the period ends.
+fn quota_exceeded(policy: &str, detail: String, limits: &LimitState) -> AppError {
+    AppError::new(ErrorCode::QuotaExceeded)
+        .with_detail(detail)
+        .with_member("violated-policies", serde_json::json!([policy]))
+        .with_header(header::RETRY_AFTER, HeaderValue::from(limits.period_reset_secs.max(1)))
 }
 
 /// The quota units `operation` spends on `plan`: the plan's override if it has one, else the default table; none
