@@ -543,17 +543,20 @@ async function renderTenant(tenantId, periodStart) {
     top.map((r) => [r.clientId || "(none)", r.calls, r.units, r.errors]),
   );
 
-  // The limits in force: the plan's, and the RateLimit-Policy header the API sends with every answer.
+  // The limits in force: the plan's, and the RateLimit-Policy header the API sends with every answer. The
+  // headers are the caller's: an administrator reading another tenant sees its own, and is told so.
   const limits = $("#limits");
   const policy = summaryAnswer.headers.get("RateLimit-Policy");
   const limit = summaryAnswer.headers.get("RateLimit");
+  const own = !tenantId || tenantId === state.me?.tenant?.id;
+  const yours = own ? "" : " (your own calls)";
   limits.replaceChildren(
     el("dt", { text: "Requests per minute" }), el("dd", { "data-figure": "requests-per-minute", "data-value": summary.requestsPerMinute, text: num(summary.requestsPerMinute) }),
     el("dt", { text: "Burst" }), el("dd", { "data-figure": "burst", "data-value": summary.burst, text: num(summary.burst) }),
     el("dt", { text: "Over quota" }), el("dd", { text: summary.overagePolicy === "block" ? "calls are refused (block)" : "calls go on and are billed as overage (allow)" }),
     el("dt", { text: "Plan" }), el("dd", { text: summary.plan }),
-    el("dt", { text: "RateLimit-Policy" }), el("dd", {}, el("code", { "data-figure": "ratelimit-policy", text: policy ?? "(not sent)" })),
-    el("dt", { text: "RateLimit" }), el("dd", {}, el("code", { text: limit ?? "(not sent)" })),
+    el("dt", { text: `RateLimit-Policy${yours}` }), el("dd", {}, el("code", { "data-figure": "ratelimit-policy", text: policy ?? "(not sent)" })),
+    el("dt", { text: `RateLimit${yours}` }), el("dd", {}, el("code", { text: limit ?? "(not sent)" })),
   );
 
   // Statements, each with its CSV.
@@ -562,9 +565,18 @@ async function renderTenant(tenantId, periodStart) {
     "statements",
     "Issued monthly statements, newest first",
     [{ label: "Period" }, { label: "Used units", num: true }, { label: "Overage units", num: true }, { label: "Amount due", num: true }, { label: "CSV" }],
-    list.map((s) => [s.period, s.usedUnits, s.overageUnits, `${(s.amountDueMicros / 1e6).toFixed(2)} ${s.currency}`, csvButton(s.period, tenantId)]),
+    list.map((s) => [s.period, s.usedUnits, s.overageUnits, money(s.amountDueMicros, s.currency), csvButton(s.period, tenantId)]),
   );
   setStatus(`Usage of ${day(selected.start)} – ${day(new Date(Date.parse(selected.end) - 1).toISOString())}`);
+}
+
+// An amount in millionths of `currency`, with that currency's own minor units (none for JPY, two for EUR).
+function money(micros, currency) {
+  try {
+    return new Intl.NumberFormat(undefined, { style: "currency", currency }).format(micros / 1e6);
+  } catch {
+    return `${(micros / 1e6).toFixed(2)} ${currency}`;
+  }
 }
 
 function csvButton(period, tenantId) {
