@@ -22,6 +22,20 @@ pub const RETENTION: Duration = Duration::hours(24);
 /// Response headers worth replaying.
 const REPLAYED_HEADERS: &[&str] = &["location", "etag", "content-type"];
 
+/// The request headers that carry a key, as every creating operation declares them in the OpenAPI document
+/// (`params(IdempotencyHeaders)`); [`from_request`] reads them.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // documentation only
+pub struct IdempotencyHeaders {
+    /// Makes the POST safe to retry for 24 hours: 1 to 200 visible ASCII characters
+    #[param(rename = "Idempotency-Key", pattern = r"^[\x21-\x7E]{1,200}$")]
+    idempotency_key: Option<String>,
+    /// Azure's name for Idempotency-Key
+    #[param(rename = "Repeatability-Request-ID", pattern = r"^[\x21-\x7E]{1,200}$")]
+    repeatability_request_id: Option<String>,
+}
+
 /// A request's idempotency key and the hash of what it asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Idempotency {

@@ -159,6 +159,12 @@ impl Spending {
     fn held_back(&self) -> i64 {
         self.held.granted - self.allocated + self.held.refunded.load(Ordering::SeqCst)
     }
+
+    /// Whether the counter may still hold what this lease holds back: not settled, and not yet past the margin
+    /// after which another process may settle it (one whose request was abandoned is reclaimed so).
+    fn outstanding(&self, now: DateTime<Utc>) -> bool {
+        !self.held.settled.load(Ordering::SeqCst) && now < self.held.expires_at + RECLAIM_MARGIN
+    }
 }
 
 /// A request's claim on units of a lease, from the limit stage until its usage record is durable.
@@ -321,17 +327,9 @@ impl QuotaLeases {
         let Some(book) = self.inner.books.lock().expect("lease books").get(&(tenant_id, period_start)).cloned() else {
             return 0;
         };
-        let mut book = book.lock().await;
+        let book = book.lock().await;
         let now = self.inner.clock.now();
-        book.forget_settled(now);
-        // Past the reclaim margin another process may settle an expired lease at any time: then its units are the
-        // counter's again, so they are no longer counted here.
-        book.current
-            .iter()
-            .chain(&book.retired)
-            .filter(|s| !s.held.settled.load(Ordering::SeqCst) && now < s.held.expires_at + RECLAIM_MARGIN)
-            .map(Spending::held_back)
-            .sum()
+        book.current.iter().chain(&book.retired).filter(|s| s.outstanding(now)).map(Spending::held_back).sum()
     }
 
     /// Retires the leases that expired while no request came to spend them, so their settlement gives their
@@ -345,8 +343,9 @@ impl QuotaLeases {
             let Ok(mut book) = book.try_lock() else { continue };
             if book.current.as_ref().is_some_and(|c| now >= c.held.expires_at) {
                 book.retire_current(&self.inner, now);
+            } else {
+                book.forget_settled(now);
             }
-            book.forget_settled(now);
         }
     }
 
@@ -430,10 +429,9 @@ impl Book {
         }
     }
 
-    /// Forgets the retired leases that are settled, or past the margin after which another process may settle
-    /// them (one whose request was abandoned is reclaimed so).
+    /// Forgets the retired leases that are no longer [`Spending::outstanding`].
     fn forget_settled(&mut self, now: DateTime<Utc>) {
-        self.retired.retain(|s| !s.held.settled.load(Ordering::SeqCst) && now < s.held.expires_at + RECLAIM_MARGIN);
+        self.retired.retain(|s| s.outstanding(now));
     }
 
     /// Learns the spending rate from a lease being retired.

@@ -139,8 +139,7 @@ fn actor(auth: &Authorized<PlatformAdmin>) -> String {
     security(("entra" = ["Platform.Admin"])),
     params(
         ("tenantId" = Uuid, Path, description = "The tenant id"),
-        ("Idempotency-Key" = Option<String>, Header, pattern = r"^[\x21-\x7E]{1,200}$", description = "Makes the POST safe to retry for 24 hours: 1 to 200 visible ASCII characters"),
-        ("Repeatability-Request-ID" = Option<String>, Header, pattern = r"^[\x21-\x7E]{1,200}$", description = "Azure's name for Idempotency-Key")
+        idempotency::IdempotencyHeaders
     ),
     request_body(content = GrantInput, content_type = "application/json"),
     responses(

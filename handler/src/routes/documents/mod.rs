@@ -62,10 +62,7 @@ fn document_response(status: actix_web::http::StatusCode, document: &Document) -
     operation_id = "createDocument",
     security(("entra" = ["Documents.Write"])),
     request_body(content = DocumentInput, description = "The new document", content_type = "application/json"),
-    params(
-        ("Idempotency-Key" = Option<String>, Header, pattern = r"^[\x21-\x7E]{1,200}$", description = "Makes the POST safe to retry for 24 hours: 1 to 200 visible ASCII characters"),
-        ("Repeatability-Request-ID" = Option<String>, Header, pattern = r"^[\x21-\x7E]{1,200}$", description = "Azure's name for Idempotency-Key")
-    ),
+    params(idempotency::IdempotencyHeaders),
     responses(
         (status = 201, description = "Created; Location and ETag headers", body = DocumentView),
     )
