@@ -14,6 +14,7 @@ mod dashboard;
 mod docs_page;
 mod faults;
 mod generated_client;
+mod health;
 mod host_protocol;
 mod hostile_http;
 mod identity;

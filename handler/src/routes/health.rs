@@ -1,5 +1,6 @@
 //! Liveness and readiness: `GET /api/health` (the process answers) and `GET /api/health/ready` (the store
-//! answers, and every dependency's circuit breaker is listed; an open store breaker is not ready).
+//! answers, and every dependency's circuit breaker is listed; an open store breaker is not ready, a half-open one
+//! is ready once the store takes a write).
 
 use actix_web::{HttpResponse, get, web};
 use serde::Serialize;
@@ -73,34 +74,41 @@ pub async fn live() -> HttpResponse {
     })
 }
 
-/// Readiness: answers 200 only when the store answers a query and its circuit breaker is not open; lists the
-/// state of every dependency's breaker (a 503 lists them in its `breakers` member).
+/// Readiness: answers 200 only when the store answers a query and its circuit breaker is not open, and while the
+/// breaker is half-open only when the store takes a write (the breaker's probe); lists the state of every
+/// dependency's breaker (a 503 lists them in its `breakers` member).
 #[utoipa::path(
     tag = "operations",
     operation_id = "getReadiness",
     responses(
         (status = 200, description = "The handler and its store are ready", body = HealthStatus),
-        (status = 503, description = "The store is unreachable, or its circuit breaker is open", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 503, description = "The store is unreachable, its circuit breaker is open, or half-open and a write still fails", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[get("/health/ready")]
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let breakers = breaker_statuses(&state);
+    use crate::resilience::{BreakerState, Refusal, RefusalKind};
     let store_breaker = state.store.breaker();
-    if store_breaker.state() == crate::resilience::BreakerState::Open {
-        let refusal = crate::resilience::Refusal {
-            dependency: "store",
-            kind: crate::resilience::RefusalKind::CircuitOpen,
-            retry_after: store_breaker.retry_after(),
-        };
-        return Err(AppError::from(refusal).with_member("breakers", serde_json::json!(breakers)));
+    let listed = |err: AppError| err.with_member("breakers", serde_json::json!(breaker_statuses(&state)));
+    match store_breaker.state() {
+        BreakerState::Open => {
+            let retry_after = store_breaker.retry_after();
+            return Err(listed(AppError::from(Refusal {
+                dependency: "store",
+                kind: RefusalKind::CircuitOpen,
+                retry_after,
+            })));
+        }
+        // The probe decides: readiness is asked when no traffic comes (the instance is out of rotation), and
+        // a read answers from a store whose writes still fail, so a half-open store proves it takes a write.
+        BreakerState::HalfOpen => state.store.probe_write().await.map_err(|err| listed(err.into()))?,
+        BreakerState::Closed => state.store.ping().await?,
     }
-    state.store.ping().await?;
     Ok(HttpResponse::Ok().json(HealthStatus {
         status: "ready",
         version: env!("CARGO_PKG_VERSION"),
         store: Some(state.store.kind()),
         search_index: Some(state.store.search_index()),
-        breakers,
+        breakers: breaker_statuses(&state),
     }))
 }

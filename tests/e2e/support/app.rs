@@ -130,13 +130,12 @@ impl TestAppBuilder {
         ]);
         settings.extend(self.settings);
         let config = Config::from_lookup(|name| settings.get(name).cloned()).expect("a valid test configuration");
-        let store = meterline::store::open(&config.store, std::sync::Arc::new(meterline::clock::SystemClock))
-            .await
-            .expect("the store opens");
+        // One clock for the app and its store: the store's breaker and upkeep move only when a test moves it.
+        let clock = Arc::new(ManualClock::new(self.start));
+        let store = meterline::store::open(&config.store, clock.clone()).await.expect("the store opens");
         if config.auto_migrate {
             store.migrate().await.expect("the store migrates");
         }
-        let clock = Arc::new(ManualClock::new(self.start));
         let mut state = meterline::startup::state(config, store.clone(), clock.clone(), Arc::new(TestIds::default()))
             .expect("the app state");
         for change in self.configure {

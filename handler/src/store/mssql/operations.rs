@@ -28,6 +28,12 @@ pub(crate) const INSERT_HISTORY: &str =
 
 pub(crate) const PING: &str = "SELECT 1 AS ok";
 
+/// [`OperationsStore::probe_write`]: one row updated to itself. A database set read-only (or a read-only replica)
+/// refuses it; SQL Server may skip logging an update that changes nothing, so a full log is found by the next
+/// real write instead.
+pub(crate) const PROBE_WRITE: &str = "UPDATE dbo.schema_migrations SET applied_at = applied_at
+WHERE version = (SELECT MAX(version) FROM dbo.schema_migrations)";
+
 pub(crate) const INSERT_JOB_RUN: &str =
     "INSERT INTO dbo.job_runs (id, job, trigger_kind, is_past_due, started_at, finished_at, outcome, detail)
 VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8)";
@@ -55,6 +61,7 @@ pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("READ_HISTORY", READ_HISTORY),
     ("INSERT_HISTORY", INSERT_HISTORY),
     ("PING", PING),
+    ("PROBE_WRITE", PROBE_WRITE),
     ("INSERT_JOB_RUN", INSERT_JOB_RUN),
     ("RECENT_JOB_RUNS", RECENT_JOB_RUNS),
     ("ACQUIRE_LEASE", ACQUIRE_LEASE),
@@ -130,6 +137,10 @@ impl OperationsStore for MssqlStore {
     /// would hand the pool a connection with a request still on the wire.
     async fn ping(&self) -> Result<(), StoreError> {
         in_tx!(self, Retry::No, |conn| batch(conn, PING).await)
+    }
+
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        in_tx!(self, Retry::No, |conn| batch(conn, PROBE_WRITE).await)
     }
 
     async fn migrate(&self) -> Result<MigrationReport, StoreError> {
