@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use crate::clock::{Clock, IdGenerator, SystemClock, TimeOrderedIds};
 use crate::config::{Config, Runtime};
 use crate::jobs::{self, Job, JobTrigger};
+use crate::store::StoreError;
 use crate::telemetry::LogSink;
 
 /// Exit code for an unusable configuration.
@@ -143,6 +144,12 @@ pub fn main() -> ExitCode {
     telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The store's setting names something that is not a usable store: as unusable as a malformed setting.
+        Err(err) if err.chain().any(|cause| matches!(cause.downcast_ref(), Some(StoreError::Unusable { .. }))) => {
+            tracing::error!(error = %format!("{err:#}"), "handler failed: configuration error");
+            eprintln!("handler: configuration error: {err:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(err) => {
             tracing::error!(error = %format!("{err:#}"), "handler failed");
             eprintln!("handler: {err:#}");

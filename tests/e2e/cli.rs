@@ -114,6 +114,54 @@ fn without_auto_migration_an_unmigrated_store_stops_the_process_before_the_port_
 }
 
 #[test]
+fn a_store_path_naming_something_else_is_a_configuration_error_that_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.db");
+    std::fs::write(&text, "these are notes, not a database\n").unwrap();
+    let foreign = dir.path().join("crm.db");
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
+        .unwrap();
+    for (file, says) in
+        [(&text, "is not a SQLite database"), (&foreign, "is not a Meterline database: it has tables (customers)")]
+    {
+        let before = std::fs::read(file).unwrap();
+        let output = handler(dir.path(), &["migrate"], &[("METERLINE_SQLITE_PATH", file.to_str().unwrap())]);
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{text}");
+        assert!(text.contains("handler: configuration error: METERLINE_SQLITE_PATH: "), "{text}");
+        assert!(text.contains(&format!("{} {says}", file.display())), "{text}");
+        assert!(std::fs::read(file).unwrap() == before, "the file is left as it was");
+    }
+}
+
+#[test]
+fn a_migration_waits_for_another_process_holding_the_write_lock() {
+    use std::io::{BufRead as _, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let first = handler(dir.path(), &["migrate"], &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let holder = rusqlite::Connection::open(dir.path().join("data/meterline.db")).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_handler"));
+    command.arg("migrate").current_dir(dir.path()).stdout(std::process::Stdio::piped());
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("METERLINE_") || k.starts_with("FUNCTIONS_")) {
+        command.env_remove(key);
+    }
+    let mut child = command.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let waiting = lines.by_ref().map(Result::unwrap).find(|line| line.contains("locked by another connection"));
+    assert!(waiting.is_some(), "the migration says it waits for the lock");
+    holder.execute_batch("ROLLBACK").unwrap();
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "it migrates once the lock is free: {rest:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("already applied [1, 2"), "{output:?}");
+}
+
+#[test]
 fn a_reader_that_stops_early_ends_the_output_without_a_panic() {
     use std::io::Read as _;
     // The OpenAPI document is larger than a pipe holds, so the handler is still writing when the reader leaves.

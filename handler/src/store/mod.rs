@@ -82,6 +82,10 @@ pub enum StoreError {
         "the database lacks migrations {versions:?} and METERLINE_AUTO_MIGRATE is off: run `handler migrate` first"
     )]
     MigrationsPending { versions: Vec<i64> },
+    /// What the store's setting names is not a store this handler can use (a file that is not a SQLite database,
+    /// or another application's database): a configuration error, which the command line exits 2 for.
+    #[error("{setting}: {reason}")]
+    Unusable { setting: &'static str, reason: String },
     #[error(transparent)]
     Other(anyhow::Error),
 }

@@ -138,6 +138,20 @@ impl SqliteStore {
                 })?;
             }
             let mut writer = connect(&path)?;
+            // Before anything is written (switching to WAL rewrites the header): another application's file is
+            // left as it is.
+            let foreign = operations::foreign_tables(&writer)?;
+            if !foreign.is_empty() {
+                return Err(StoreError::Unusable {
+                    setting: "METERLINE_SQLITE_PATH",
+                    reason: format!(
+                        "{} is not a Meterline database: it has tables ({}) and no migration history; name a new file \
+                         or a Meterline database",
+                        path.display(),
+                        foreign.join(", ")
+                    ),
+                });
+            }
             writer.pragma_update(None, "journal_mode", "WAL").map_err(classify)?;
             checkpoint::install(&mut writer, &path, checkpoint::Thresholds::DEFAULT)?;
             let writer = Writer::start(writer, Bounds::DEFAULT)?;
@@ -197,6 +211,46 @@ impl SqliteStore {
         self.write_on(f, false).await
     }
 
+    /// Runs `f` in one IMMEDIATE transaction on a connection of its own, outside the writer, waiting up to
+    /// `lock_wait` for another connection's write lock: for a migration, which at startup may wait for another
+    /// process migrating the same file, longer than the writer lets a request's write wait.
+    async fn write_alone<T, F>(&self, lock_wait: Duration, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let path = self.inner.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = connect(&path)?;
+            let locked = |e: &rusqlite::Error| {
+                matches!(e.sqlite_error_code(), Some(SqliteCode::DatabaseBusy | SqliteCode::DatabaseLocked))
+            };
+            conn.busy_timeout(Duration::ZERO).map_err(classify)?;
+            if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                if !locked(&e) {
+                    return Err(classify(e));
+                }
+                tracing::info!(path = %path.display(), wait_seconds = lock_wait.as_secs(), "the SQLite store is locked by another connection; waiting for it");
+                conn.busy_timeout(lock_wait).map_err(classify)?;
+                conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| match locked(&e) {
+                    true => StoreError::Unavailable(anyhow::anyhow!(
+                        "{} stayed locked by another connection for {} s",
+                        path.display(),
+                        lock_wait.as_secs()
+                    )),
+                    false => classify(e),
+                })?;
+            }
+            let result = f(&conn).and_then(|value| conn.execute_batch("COMMIT").map(|()| value).map_err(classify));
+            if result.is_err() && !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Other(e.into()))?
+    }
+
     /// [`Self::write`] for a short write on every request's path (a usage batch), which the calling thread
     /// commits itself when no batch is committing ([`writer::Writer::write_here`]).
     async fn write_here<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -227,6 +281,14 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError::Unavailable(anyhow::Error::new(e).context(format!("opening {}", path.display()))))?;
+    // The first statements that read the file: where a file that is not a database is found.
+    let classify = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(SqliteCode::NotADatabase) => StoreError::Unusable {
+            setting: "METERLINE_SQLITE_PATH",
+            reason: format!("{} is not a SQLite database ({e})", path.display()),
+        },
+        _ => classify(e),
+    };
     conn.busy_timeout(BUSY_TIMEOUT).map_err(classify)?;
     conn.pragma_update(None, "synchronous", "NORMAL").map_err(classify)?;
     conn.pragma_update(None, "foreign_keys", "ON").map_err(classify)?;

@@ -34,10 +34,30 @@ fn baseline_version() -> i64 {
         .expect("the SQLite baseline starts with its version")
 }
 
+/// How long a migration waits for another connection's write lock (another process migrating the same file
+/// at startup, or serving on it), where a request's write waits half a second.
+const MIGRATION_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Whether the database holds nothing but the (just created) migration history.
 fn has_no_schema(conn: &Connection) -> Result<bool, StoreError> {
     conn.query_row("SELECT count(*) = 0 FROM sqlite_schema WHERE name <> 'schema_migrations'", [], |r| r.get(0))
         .map_err(classify)
+}
+
+/// Another application's tables (a few, by name), if the database has tables and no migration history:
+/// Meterline never creates a table without recording its migration in the same transaction.
+pub(super) fn foreign_tables(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    if !read_history(conn)?.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name <> 'schema_migrations'
+             AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name LIMIT 5",
+        )
+        .map_err(classify)?;
+    let names = stmt.query_map([], |r| r.get(0)).map_err(classify)?.collect::<Result<_, _>>().map_err(classify)?;
+    Ok(names)
 }
 
 pub(super) fn read_history(conn: &Connection) -> Result<Vec<AppliedMigration>, StoreError> {
@@ -97,7 +117,7 @@ impl OperationsStore for SqliteStore {
         migrations::check_order(known).map_err(|e| StoreError::Other(anyhow::anyhow!(e)))?;
         // One IMMEDIATE transaction: a second process migrating at the same time waits, then sees it done.
         let clock = self.inner.clock.clone();
-        self.write(move |tx| {
+        self.write_alone(MIGRATION_LOCK_WAIT, move |tx| {
             tx.execute_batch(CREATE_HISTORY).map_err(classify)?;
             let history = read_history(tx)?;
             let (mut report, mut pending) = migrations::verify(known, &history)?;
