@@ -176,6 +176,30 @@ async fn documents_crud_with_etags_and_conditional_requests() {
         problem(&api.send(&api.a_writer, bad_patch).await, 422, "ValidationFailed")["errors"][0]["field"],
         "title"
     );
+    // A patch that changes nothing makes no new version; a stale ETag is still refused.
+    for nothing in [json!({}), json!({"title": "Customs code (2026)"})] {
+        let unchanged = ClientRequest::new("PATCH", &path)
+            .body(nothing.to_string())
+            .header("Content-Type", "application/merge-patch+json")
+            .header("If-Match", &etag3);
+        let unchanged = api.send(&api.a_writer, unchanged).await;
+        assert_eq!(unchanged.status, 200, "{}", String::from_utf8_lossy(&unchanged.body));
+        assert_eq!(unchanged.header("etag"), Some(etag3.as_str()), "{nothing}");
+        assert_eq!(unchanged.json()["title"], "Customs code (2026)");
+    }
+    let versions: i64 = api
+        .app
+        .db()
+        .query_row("SELECT count(*) FROM audit_events WHERE summary LIKE 'updated document to version%'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(versions, 2, "the two patches above that changed something, not these");
+    let stale = ClientRequest::new("PATCH", &path)
+        .body("{}")
+        .header("Content-Type", "application/merge-patch+json")
+        .header("If-Match", &etag2);
+    problem(&api.send(&api.a_writer, stale).await, 412, "PreconditionFailed");
 
     problem(&api.send(&api.a_writer, ClientRequest::new("DELETE", &path)).await, 428, "PreconditionRequired");
     let deleted = api.send(&api.a_writer, ClientRequest::new("DELETE", &path).header("If-Match", &etag3)).await;

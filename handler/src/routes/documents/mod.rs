@@ -161,6 +161,11 @@ async fn write(
     validate(&replacement)?;
     let mut next = current.clone();
     replacement.apply(&mut next);
+    if next == *current {
+        // Nothing changes (an empty merge patch, a PUT of what is stored): no new version and nothing written;
+        // the answer is the stored document and its ETag. The call is metered and audited as every write call is.
+        return Ok(document_response(actix_web::http::StatusCode::OK, current).0);
+    }
     next.updated_by = who;
     next.updated_at = state.clock.now();
     next.version = precondition_version + 1;
@@ -176,7 +181,8 @@ async fn write(
     }
 }
 
-/// Replaces a document's writable fields. Requires `If-Match`.
+/// Replaces a document's writable fields. Requires `If-Match`. A replacement equal to what is stored answers the
+/// document as it is, version unchanged.
 #[utoipa::path(
     tag = "documents",
     operation_id = "replaceDocument",
@@ -184,7 +190,7 @@ async fn write(
     params(("id" = Uuid, Path, description = "The document id"), ("If-Match" = String, Header, min_length = 1, description = "The ETag last read, or *")),
     request_body(content = DocumentInput, content_type = "application/json"),
     responses(
-        (status = 200, description = "Replaced; new ETag", body = DocumentView),
+        (status = 200, description = "Replaced; new ETag (the same one when nothing changes)", body = DocumentView),
         (status = 404, description = "No such document in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -205,6 +211,7 @@ pub async fn replace_document(
 }
 
 /// Changes some fields with a JSON merge patch (RFC 7396; `null` removes an optional field). Requires `If-Match`.
+/// A patch that changes nothing (`{}`, or the values stored) answers the document as it is, version unchanged.
 #[utoipa::path(
     tag = "documents",
     operation_id = "patchDocument",
@@ -212,7 +219,7 @@ pub async fn replace_document(
     params(("id" = Uuid, Path, description = "The document id"), ("If-Match" = String, Header, min_length = 1, description = "The ETag last read, or *")),
     request_body(content = DocumentPatch, description = "A JSON merge patch of the writable fields", content_type = "application/merge-patch+json"),
     responses(
-        (status = 200, description = "Patched; new ETag", body = DocumentView),
+        (status = 200, description = "Patched; new ETag (the same one when the patch changes nothing)", body = DocumentView),
         (status = 404, description = "No such document in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
