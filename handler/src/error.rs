@@ -489,17 +489,34 @@ pub async fn problems(
     Ok(ServiceResponse::new(request, head.set_body(envelope).map_into_boxed_body()))
 }
 
-/// Whether the client asked for the Azure REST error shape: its `Accept` names `application/json` and not
-/// `application/problem+json` (what Azure SDK clients send). No `Accept`, `*/*` or a list with
-/// `application/problem+json` gets problem+json, the default.
+/// Whether the client asked for the Azure REST error shape: its `Accept` prefers `application/json` to
+/// `application/problem+json` (RFC 9110 §12.5.1: each type's quality is that of the most specific range matching
+/// it). What Azure SDK clients send (`application/json` alone) gets the envelope, and so does
+/// `application/problem+json;q=0, application/json`. No `Accept`, `*/*`, a tie, or a list that accepts neither
+/// gets problem+json, the default.
 pub fn wants_azure_errors(headers: &actix_web::http::header::HeaderMap) -> bool {
-    let accept: Vec<String> = headers
+    let ranges: Vec<(String, f32)> = headers
         .get_all(header::ACCEPT)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|range| range.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+        .filter_map(|range| {
+            let mut parts = range.split(';');
+            let media = parts.next()?.trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+                .map_or(Some(1.0), |(_, q)| q.trim().parse::<f32>().ok().filter(|q| (0.0..=1.0).contains(q)))?;
+            (!media.is_empty()).then_some((media, q))
+        })
         .collect();
-    accept.iter().any(|m| m == "application/json") && !accept.iter().any(|m| m == PROBLEM_JSON)
+    let quality = |media: &str| {
+        let wildcard = format!("{}/*", media.split('/').next().unwrap_or_default());
+        [media, wildcard.as_str(), "*/*"]
+            .iter()
+            .find_map(|candidate| ranges.iter().find(|(range, _)| range == candidate).map(|(_, q)| *q))
+            .unwrap_or(0.0)
+    };
+    quality("application/json") > quality(PROBLEM_JSON)
 }
 
 /// The Azure REST error envelope (Microsoft REST API guidelines, what Azure SDK clients read) of a problem:
@@ -668,6 +685,32 @@ pub fn query_error(err: actix_web::error::QueryPayloadError) -> AppError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_error_shape_follows_the_accept_header_qualities() {
+        let wants = |accept: Option<&str>| {
+            let mut headers = actix_web::http::header::HeaderMap::new();
+            if let Some(accept) = accept {
+                headers.insert(header::ACCEPT, HeaderValue::from_str(accept).unwrap());
+            }
+            wants_azure_errors(&headers)
+        };
+        for (accept, azure) in [
+            (None, false),
+            (Some("application/json"), true),
+            (Some("application/json, application/problem+json"), false),
+            (Some("application/problem+json;q=0, application/json"), true),
+            (Some("application/problem+json; q=0.2, application/json;q=0.9"), true),
+            (Some("application/json;q=0.5, */*"), false),
+            (Some("application/json, */*;q=0.1"), true),
+            (Some("application/*"), false),
+            (Some("*/*"), false),
+            (Some("text/html"), false),
+            (Some("application/json;q=bogus"), false),
+        ] {
+            assert_eq!(wants(accept), azure, "{accept:?}");
+        }
+    }
     use std::collections::HashSet;
 
     #[test]
