@@ -118,7 +118,12 @@ function observe() {
       const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
       for (let i = 3; i < pixels.length; i += 4) if (pixels[i] !== 0) painted += 1;
     }
-    charts[container.dataset.chart] = { drawn: container.dataset.drawn === "true", width: canvas?.width ?? 0, paintedPixels: painted };
+    charts[container.dataset.chart] = {
+      drawn: container.dataset.drawn === "true",
+      width: canvas?.width ?? 0,
+      paintedPixels: painted,
+      xSpanSeconds: container.dataset.xSpan === undefined ? null : Number(container.dataset.xSpan),
+    };
   }
   const refusal = document.querySelector("#refusal");
   return {

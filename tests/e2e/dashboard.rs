@@ -324,7 +324,19 @@ async fn the_dashboard_shows_the_apis_figures_in_a_real_browser_to_those_allowed
     let b_page = world.mint(DIR_B, &["Usage.Read"], PAGE_APP);
     let admin = world.mint(DIR_OPS, &["Platform.Admin", "Usage.Read"], PAGE_APP);
     let a_id = world.a_id.clone();
+    // February, the closed period A's page can pick (one day of traffic, the 27th).
+    let months = world.app.http(auth(&a_page, ClientRequest::get("/api/v1/usage?granularity=month"))).await.json();
+    let february = months["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["windowStart"].as_str().unwrap().starts_with("2026-02"))
+        .unwrap()["windowStart"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let sessions = json!([
+        {"name": "february", "token": a_page, "hash": format!("#tenant&period={february}")},
         {"name": "tenant", "token": a_page, "hash": "", "axe": true, "hover": "daily", "screenshot": "dashboard-tenant.png"},
         {"name": "phone", "token": a_page, "hash": "", "viewport": {"width": 390, "height": 844},
             "screenshot": "dashboard-tenant-phone.png"},
@@ -466,6 +478,27 @@ async fn the_dashboard_shows_the_apis_figures_in_a_real_browser_to_those_allowed
         "numbers on hover: {hover:?}"
     );
     check_axe("tenant", tenant);
+
+    // An earlier period picked: its figures are its statement's, and a one-day series spans one day.
+    let february = &seen["february"];
+    let statement = &statements["value"][0];
+    for (figure_name, field) in [
+        ("units-used", "usedUnits"),
+        ("quota-units", "quotaUnits"),
+        ("overage-units", "overageUnits"),
+        ("amount-due", "amountDueMicros"),
+    ] {
+        assert_eq!(figure(february, figure_name), statement[field], "February's {figure_name} = statement.{field}");
+    }
+    assert!(
+        february["figures"]["remaining-units"].is_null(),
+        "no live counter for a closed period: {}",
+        february["figures"]
+    );
+    for chart in ["errors", "latency", "daily"] {
+        assert_eq!(february["charts"][chart]["xSpanSeconds"], json!(86_400), "{chart}: {}", february["charts"][chart]);
+    }
+    check_charts("february", february, &["daily", "errors", "latency"]);
 
     // On a phone the same page fits the screen's width and still draws.
     let phone = &seen["phone"];

@@ -295,6 +295,17 @@ function chartWidth(container) {
   return Math.max(280, container.clientWidth || container.parentElement.clientWidth - 32);
 }
 
+// A time axis from half a step before the first window to half a step after the last, read from the data: for a
+// single point uPlot passes a maximum 1 000 days past it, which drew one day's figures on a three-year axis.
+const timeRange = (stepSeconds) => (u, min, max) => {
+  const xs = u.data?.[0] ?? [];
+  const [first, last] = xs.length ? [xs[0], xs[xs.length - 1]] : [min, max];
+  return [first - stepSeconds / 2, last + stepSeconds / 2];
+};
+
+// Records the seconds the x axis spans on the chart's element once drawn (what the browser tests read).
+const spanHook = (container) => ({ draw: [(u) => (container.dataset.xSpan = String(Math.round(u.scales.x.max - u.scales.x.min)))] });
+
 // Stacked bars: each series is drawn as the running total of itself and those after it, largest first, so the
 // bars stack; the legend and the hover show each series' own value.
 function stackedChart(name, xs, series, { timeZone, stepSeconds }) {
@@ -305,9 +316,10 @@ function stackedChart(name, xs, series, { timeZone, stepSeconds }) {
     width: chartWidth(container),
     height: 240,
     tzDate: timeZone ? (ts) => window.uPlot.tzDate(new Date(ts * 1000), timeZone) : undefined,
-    scales: { x: { time: true, range: (u, min, max) => [min - stepSeconds / 2, max + stepSeconds / 2] }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+    scales: { x: { time: true, range: timeRange(stepSeconds) }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
     axes: [{}, { size: 56 }],
     legend: { live: true },
+    hooks: spanHook(container),
     series: [
       {},
       ...series.map((s, i) => ({
@@ -326,7 +338,7 @@ function stackedChart(name, xs, series, { timeZone, stepSeconds }) {
   return chart;
 }
 
-function lineChart(name, xs, series, { timeZone, yLabel }) {
+function lineChart(name, xs, series, { timeZone, yLabel, stepSeconds }) {
   const container = document.querySelector(`[data-chart="${name}"]`);
   container.replaceChildren();
   const chart = new window.uPlot(
@@ -334,8 +346,9 @@ function lineChart(name, xs, series, { timeZone, yLabel }) {
       width: chartWidth(container),
       height: 240,
       tzDate: timeZone ? (ts) => window.uPlot.tzDate(new Date(ts * 1000), timeZone) : undefined,
-      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+      scales: { x: { time: true, range: timeRange(stepSeconds) }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
       axes: [{}, { size: 56, label: yLabel }],
+      hooks: spanHook(container),
       series: [
         {},
         ...series.map((s, i) => ({
@@ -431,12 +444,12 @@ async function renderTenant(tenantId, periodStart) {
   $("#time-zone").textContent = `Times in ${tz}, the tenant's time zone · as of ${dayHour(summary.asOf)}`;
   $("#tenant-title").textContent = tenantId ? `Tenant usage · ${tenantId}` : `Tenant usage · ${state.me.tenant?.name ?? ""}`;
 
-  // The quota figures of the current period (the limiter's counter).
+  // The quota figures: of the current period, the limiter's counter; of an earlier one, its statement.
   const used = summary.unitsUsed;
   const quota = summary.quotaUnits;
   const share = quota > 0 ? used / quota : 0;
   const tone = share >= 1 ? "bad" : share >= 0.8 ? "warn" : null;
-  $("#quota-figures").replaceChildren(
+  const currentFigures = () => [
     figure("units-used", "Units used this period", used, { tone, meter: share, note: quota > 0 ? `${percent.format(share)} of ${num(quota)}` : null }),
     figure("quota-units", "Quota (with grants)", quota, { note: summary.grantedUnits ? `${num(summary.grantedUnits)} granted` : "no grants" }),
     figure("granted-units", "Granted units", summary.grantedUnits),
@@ -448,7 +461,18 @@ async function renderTenant(tenantId, periodStart) {
       tone: summary.projectedExhaustionAt || summary.remainingUnits === 0 ? "bad" : null,
       note: "at the period's rate so far",
     }),
-  );
+  ];
+  // A closed period's figures are its statement's (`periodStart` is the tenant's local date the period starts).
+  const localDate = new Intl.DateTimeFormat("en-CA", { timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit" });
+  const closedFigures = (statement) =>
+    statement
+      ? [
+          figure("units-used", "Units used in the period shown", statement.usedUnits, { note: `statement ${statement.period}` }),
+          figure("quota-units", "Quota (with grants)", statement.quotaUnits, { note: statement.grantedUnits ? `${num(statement.grantedUnits)} granted` : "no grants" }),
+          figure("overage-units", "Overage", statement.overageUnits, { tone: statement.overageUnits > 0 ? "bad" : null }),
+          figure("amount-due", "Amount due", statement.amountDueMicros, { display: money(statement.amountDueMicros, statement.currency) }),
+        ]
+      : [figure("units-used", "Units used in the period shown", null, { display: "no statement", note: "the period has not been closed yet" })];
 
   const range = { ...scope, from: selected.start, to: selected.end };
   const [daily, dailyTotals, operations, clients, hourly, statements] = await Promise.all([
@@ -459,6 +483,13 @@ async function renderTenant(tenantId, periodStart) {
     api(`/usage${query({ ...scope, granularity: "hour", groupBy: "operation", from: new Date(Date.parse(summary.asOf) - 48 * 3600 * 1000).toISOString() })}`),
     api(`/billing/statements${query(scope)}`),
   ]);
+
+  if (selected.current) {
+    $("#quota-figures").replaceChildren(...currentFigures());
+  } else {
+    const start = localDate.format(new Date(selected.start));
+    $("#quota-figures").replaceChildren(...closedFigures(statements.body.value.find((s) => s.periodStart === start)));
+  }
 
   // Daily calls by operation.
   const d = pivot(daily.body.value, "operationId", "calls");
@@ -492,7 +523,7 @@ async function renderTenant(tenantId, periodStart) {
       { label: "Refused by quota", values: totals.map((r) => r.quotaRefused) },
       { label: "Error rate %", values: totals.map((r) => (r.calls ? Math.round((1000 * r.errors) / r.calls) / 10 : 0)), format: (v) => `${v} %` },
     ],
-    { timeZone: tz, yLabel: "calls / %" },
+    { timeZone: tz, yLabel: "calls / %", stepSeconds: 86400 },
   );
   fillTable(
     "errors",
@@ -508,7 +539,7 @@ async function renderTenant(tenantId, periodStart) {
       { label: "p50 ms", values: totals.map((r) => ms(r.latency.p50Micros)), format: (v) => `${v} ms` },
       { label: "p95 ms", values: totals.map((r) => ms(r.latency.p95Micros)), format: (v) => `${v} ms` },
     ],
-    { timeZone: tz, yLabel: "ms" },
+    { timeZone: tz, yLabel: "ms", stepSeconds: 86400 },
   );
   fillTable(
     "latency",
@@ -530,7 +561,7 @@ async function renderTenant(tenantId, periodStart) {
   const periodRateLimited = ops.reduce((s, r) => s + r.rateLimited, 0);
   const periodQuotaRefused = ops.reduce((s, r) => s + r.quotaRefused, 0);
   $("#quota-figures").append(
-    figure("period-calls", "Calls in the period shown", periodCalls),
+    figure("period-calls", "Calls in the period shown", periodCalls, { note: "this page's own reads included" }),
     figure("period-errors", "Errors in the period shown", periodErrors, { note: periodCalls ? `${percent.format(periodErrors / periodCalls)} of calls` : null }),
     figure("period-rate-limited", "Refused by rate limit", periodRateLimited, { note: "429, this period" }),
     figure("period-quota-refused", "Refused by quota", periodQuotaRefused, { note: "429, this period" }),
