@@ -6,7 +6,7 @@
 use chrono::Utc;
 use meterline::clock::Clock;
 use meterline::store::prelude::*;
-use meterline::store::{Plan, SqliteStore, Tenant, TenantStatus};
+use meterline::store::{ApiClient, ClientStatus, Plan, SqliteStore, Tenant, TenantStatus};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -560,23 +560,56 @@ async fn a_tenant_admin_cannot_demote_the_platform_administrator() {
     assert_eq!(tenants.status, 200, "the platform administrator keeps its permissions: {}", body_text(&tenants));
     assert!(w.me(&admin).await.json()["tenant"].is_null(), "and belongs to no tenant");
 
-    // Even a registration for the platform's own directory, approved by the platform itself, cannot take
-    // Platform.Admin away: a registration caps tenant roles only.
+    // No tenant registers the platform directory's applications: approved, one would map the platform
+    // administrator into a tenant, and revoked, it would lock the platform out.
     let request = w
         .post(&b_admin, "/api/v1/clients", &registration("app-platform", Some(DIR_PLATFORM), &["Documents.Read"]))
         .await;
-    assert_eq!(request.status, 202, "{}", body_text(&request));
-    let approved = w.send(&admin, decision(&request, "approve")).await;
-    assert_eq!(
-        (approved.status, approved.json()["status"].clone()),
-        (200, json!("active")),
-        "{}",
-        body_text(&approved)
-    );
-    let me = w.me(&admin).await.json();
-    assert_eq!(me["permissions"], json!(["Platform.Admin"]), "the grant adds nothing the token lacks: {me}");
-    assert_eq!(me["tenant"]["id"], Uuid::from_u128(2).to_string(), "the approved registration maps it into B");
+    assert_eq!(request.status, 422, "{}", body_text(&request));
+    assert_eq!(request.json()["errors"][0]["field"], "directoryId");
     assert_eq!(w.call("/api/v1/tenants", &admin).await.status, 200);
+}
+
+#[actix_web::test]
+async fn no_tenant_registration_locks_an_application_out_of_a_directory_it_does_not_own() {
+    let w = local().await;
+    let b_admin = w.token("app-b-everything").await;
+    let admin = w.token("app-platform").await;
+    let partner_home = w.token("partner-home").await;
+    assert_403(&w.me(&partner_home).await, "UnknownTenant");
+
+    // The reproduction: B files a request for the partner's application in the partner's own directory (which no
+    // tenant owns), then withdraws it while pending. It never applied, so it refuses nothing.
+    let request =
+        w.post(&b_admin, "/api/v1/clients", &registration("partner-app", Some(DIR_PARTNER), &["Documents.Read"])).await;
+    assert_eq!(request.status, 202, "{}", body_text(&request));
+    let path = format!("/api/v1/clients/{}", request.json()["id"].as_str().unwrap());
+    let withdrawn = w.send(&b_admin, ClientRequest::new("DELETE", &path).header("If-Match", "*")).await;
+    assert_eq!(withdrawn.json()["status"], "revoked", "{}", body_text(&withdrawn));
+    assert_403(&w.me(&partner_home).await, "UnknownTenant");
+
+    // A registration of the platform's application for its directory from before that was refused, approved and
+    // then revoked by its tenant, leaves the platform administrator's token as if it had never been made.
+    let now = w.app.clock.now();
+    let old = ApiClient {
+        id: Uuid::from_u128(77),
+        tenant_id: Uuid::from_u128(2),
+        directory_id: Some(DIR_PLATFORM.parse().unwrap()),
+        app_id: "app-platform".into(),
+        display_name: "from before".into(),
+        roles: vec!["Documents.Read".into()],
+        status: ClientStatus::Revoked,
+        created_at: now,
+        revoked_at: Some(now),
+        decided_by: Some("an administrator".into()),
+        decided_at: Some(now),
+        version: 3,
+        limits: Default::default(),
+    };
+    w.app.store.create_api_client(&old, None).await.unwrap();
+    assert_eq!(w.call("/api/v1/tenants", &admin).await.status, 200, "the platform is not locked out");
+    let me = w.me(&admin).await.json();
+    assert!(me["tenant"].is_null(), "nor mapped into B: {me}");
 }
 
 #[actix_web::test]

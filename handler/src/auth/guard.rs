@@ -170,11 +170,18 @@ fn bearer_token(req: &ServiceRequest) -> Result<&str, AuthError> {
 /// token's own `tid`: a registration for another directory never narrows or redirects a caller. When the
 /// directory is some tenant's own directory (`directory_tenant`), only that tenant's registrations count, so a
 /// registration another tenant obtained for it earlier cannot take the directory's tokens away from its owner.
-/// Pending and rejected registrations apply to nothing; an active one wins over a revoked one, the newest first.
+/// Pending and rejected registrations apply to nothing, and neither does a revoked one that never applied (a
+/// registration for a directory no tenant owns applies only once a platform administrator approved it, so one
+/// withdrawn while pending cannot refuse the directory's tokens); an active one wins over a revoked one, the
+/// newest first.
 pub fn applicable_registration(registrations: &[ApiClient], directory_tenant: Option<Uuid>) -> Option<&ApiClient> {
     registrations
         .iter()
-        .filter(|c| matches!(c.status, ClientStatus::Active | ClientStatus::Revoked))
+        .filter(|c| match c.status {
+            ClientStatus::Active => true,
+            ClientStatus::Revoked => directory_tenant.is_some() || c.decided_at.is_some(),
+            ClientStatus::Pending | ClientStatus::Rejected => false,
+        })
         .filter(|c| directory_tenant.is_none_or(|t| c.tenant_id == t))
         .max_by_key(|c| (c.status == ClientStatus::Active, c.created_at, c.id))
 }
@@ -209,6 +216,11 @@ pub async fn resolve_caller(state: &AppState, principal: Arc<Principal>) -> Resu
     let registration =
         registrations.as_deref().and_then(|r| applicable_registration(r, directory_tenant.as_ref().map(|t| t.id)));
     let tenant = match registration {
+        // No tenant's registration demotes the platform administrator (`narrowed`), nor locks it out: a revoked
+        // one leaves its token as if it had never been registered.
+        Some(client) if client.status == ClientStatus::Revoked && permissions.contains(Permission::PlatformAdmin) => {
+            directory_tenant
+        }
         Some(client) if client.status == ClientStatus::Revoked => {
             return Err(AppError::new(ErrorCode::ClientRevoked)
                 .with_detail("this application's registration with its tenant was revoked"));

@@ -153,6 +153,12 @@ impl Authenticator {
         Ok(Self::new(keys, settings, clock))
     }
 
+    /// Whether `directory` is one of the configured platform directories (none are when the setting is unset).
+    /// A platform directory's applications are the platform's: no tenant registers them.
+    pub fn is_platform_directory(&self, directory: uuid::Uuid) -> bool {
+        self.settings.platform_directories.as_ref().is_some_and(|p| p.contains(&directory.to_string()))
+    }
+
     pub fn new(keys: KeySource, settings: AuthSettings, clock: Arc<dyn Clock>) -> Self {
         let cache = quick_cache::sync::Cache::new(settings.cache_size.max(1));
         Authenticator { keys, settings, clock, cache }

@@ -222,6 +222,13 @@ pub async fn register_client(
             "the tenant has no Entra directory of its own: name the directory whose tokens the application carries",
         )]));
     };
+    if state.auth.is_platform_directory(directory_id) {
+        return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![FieldError::new(
+            "directoryId",
+            "platform",
+            "a platform directory's applications are the platform's; no tenant registers them",
+        )]));
+    }
     // As tokens are compared with it: Entra's application ids are GUIDs, which a registration may spell in upper
     // case or with stray spaces; a cap under another spelling would never apply on SQLite (SQL Server ignores case).
     let app_id = crate::store::app_key(&input.app_id);
@@ -604,6 +611,11 @@ async fn decide(
     let precondition = require_if_match(req)?;
     let current = state.store.get_api_client(tenant_id, id).await?.ok_or_else(tenant_client_not_found)?;
     let version = expected_version(precondition, current.version)?;
+    if approve && current.directory_id.is_some_and(|d| state.auth.is_platform_directory(d)) {
+        // Approved, the platform's own application would answer to a tenant (its tenant, its roles capped).
+        return Err(AppError::new(ErrorCode::Conflict)
+            .with_detail("the registration names a platform directory, whose applications no tenant may register"));
+    }
     let principal = &auth.principal;
     let by =
         principal.object_id.clone().or_else(|| principal.app_id.clone()).unwrap_or_else(|| principal.subject.clone());
