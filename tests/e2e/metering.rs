@@ -703,13 +703,34 @@ async fn a_grant_serves_a_blocked_tenant_and_shows_in_its_summary_headers_audit_
     assert_eq!(refused.status, 422);
     assert_eq!(refused.json()["errors"][0]["pointer"], "/expiresAt");
 
+    // The tenant's own callers used the key first (for a document): a grant's keys are kept apart from theirs.
+    app.db()
+        .execute(
+            "INSERT INTO idempotency_keys VALUES (?1, 'grant-1', 'createDocument', ?2, 201, '{}', x'', ?3, ?3)",
+            rusqlite::params![tenant, "0".repeat(64), (app.clock.now() + chrono::Duration::hours(1)).to_rfc3339()],
+        )
+        .unwrap();
     let keyed = |body: &Value| ClientRequest::new("POST", &grants).json(body).header("Idempotency-Key", "grant-1");
     let granted = app.http(as_admin(keyed(&body))).await;
     assert_eq!(granted.status, 201, "{}", String::from_utf8_lossy(&granted.body));
-    // A retry with its key replays the answer and grants nothing more; the key with another body is refused.
+    // A retry with its key replays the answer and grants nothing more, however the tenant id is spelled; the key
+    // with another body is refused.
     let retried = app.http(as_admin(keyed(&body))).await;
     assert_eq!((retried.status, retried.header("idempotency-replayed")), (201, Some("true")));
     assert_eq!(retried.json(), granted.json());
+    let upper = ClientRequest::new(
+        "POST",
+        &grants.to_uppercase().replace("/API/V1/TENANTS/", "/api/v1/tenants/").replace("/GRANTS", "/grants"),
+    )
+    .json(&body)
+    .header("Idempotency-Key", "grant-1");
+    let retried = app.http(as_admin(upper)).await;
+    assert_eq!(
+        (retried.status, retried.header("idempotency-replayed")),
+        (201, Some("true")),
+        "{}",
+        String::from_utf8_lossy(&retried.body)
+    );
     let reused = app.http(as_admin(keyed(&json!({"units": 30, "reason": "another"})))).await;
     assert_eq!((reused.status, reused.header("x-ms-error-code")), (422, Some("IdempotencyKeyReused")));
     let grant = granted.json();

@@ -59,12 +59,21 @@ pub fn from_request(req: &HttpRequest, canonical_body: &str) -> Result<Option<Id
     }
     let Some(key) = keys.first().copied() else { return Ok(None) };
     let mut hasher = Sha256::new();
-    for part in [req.method().as_str(), req.path(), canonical_body] {
+    // The path in lower case: its ids are GUIDs, which a retry may spell otherwise, and its words are lower case.
+    let path = req.path().to_ascii_lowercase();
+    for part in [req.method().as_str(), path.as_str(), canonical_body] {
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part.as_bytes());
     }
     let request_hash = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok(Some(Idempotency { key: key.to_owned(), request_hash }))
+}
+
+/// Where a platform administrator's grant to `tenant_id` keeps its idempotency keys: apart from the keys the
+/// tenant's own callers choose (the same table, keyed by scope and key), so a tenant can neither block a grant by
+/// using its key first nor learn that a key was used for one.
+pub fn grant_scope(tenant_id: Uuid) -> Uuid {
+    crate::store::deterministic_id("meterline.idempotency.grants", &[&tenant_id.to_string()])
 }
 
 /// The stored response to replay, or 422 when the key was used for a different request.
@@ -91,7 +100,8 @@ pub fn replay(record: &IdempotencyRecord, request: &Idempotency) -> Result<HttpR
     Ok(response.body(record.response_body.clone()))
 }
 
-/// The response to replay when a request with `key` was answered already in `tenant_id` (or 422 when it asked for
+/// The response to replay when a request with `key` was answered already in `tenant_id`, the key's scope (the
+/// caller's tenant, or [`grant_scope`]), or 422 when it asked for
 /// something else); `None` when there is no key or no stored response.
 pub async fn stored_response(
     store: &dyn Store,

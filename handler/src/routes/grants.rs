@@ -161,10 +161,12 @@ pub async fn create_grant(
         AppError::internal(anyhow::anyhow!("tenant {tenant_id} is on plan {} which does not exist", tenant.plan_code))
     })?;
     let now = state.clock.now();
-    // A key is the target tenant's: a retried grant replays its first answer instead of granting twice.
+    // A key belongs to the grants of the target tenant (apart from its own callers' keys): a retried grant replays
+    // its first answer instead of granting twice.
     let canonical = serde_json::to_string(&serde_json::to_value(&*input).expect("inputs serialize")).expect("JSON");
     let key = idempotency::from_request(&req, &canonical)?;
-    if let Some(replayed) = idempotency::stored_response(&*state.store, tenant_id, key.as_ref(), now).await? {
+    let scope = idempotency::grant_scope(tenant_id);
+    if let Some(replayed) = idempotency::stored_response(&*state.store, scope, key.as_ref(), now).await? {
         return Ok(replayed);
     }
     let period = BillingCalendar::of(&tenant).period_containing(now);
@@ -204,11 +206,11 @@ pub async fn create_grant(
     let ledger = ledger(&req, &response, note);
     let period = PeriodPlan { period_end, quota_units: plan.monthly_quota_units, overage_policy: plan.overage_policy };
     let body = serde_json::to_vec(&view).expect("views serialize");
-    let record = key.as_ref().map(|k| idempotency::record(tenant_id, k, "createGrant", &response, &body, now));
+    let record = key.as_ref().map(|k| idempotency::record(scope, k, "createGrant", &response, &body, now));
     match state.store.create_quota_grant(&grant, &period, record.as_ref(), ledger.as_ref()).await {
         Ok(()) => Ok(response),
         Err(StoreError::Conflict(_)) if let Some(key) = &key => {
-            idempotency::answer_lost_race(&*state.store, tenant_id, key, now).await
+            idempotency::answer_lost_race(&*state.store, scope, key, now).await
         }
         Err(err) => Err(err.into()),
     }
