@@ -684,6 +684,19 @@ async fn a_grant_serves_a_blocked_tenant_and_shows_in_its_summary_headers_audit_
         assert_eq!(call().await.status, 200);
     }
     assert_eq!(call().await.status, 429, "the quota of 5 is spent");
+    // A percent-encoded path is the same operation (RFC 3986 §6.2.2.2): refused as it, and recorded as it.
+    for encoded in ["/api/v1/%64ocuments", "/api/v1/docum%65nts", "/%61pi/%761/documents"] {
+        let res = app.http(ClientRequest::get(encoded).header("Authorization", &format!("Bearer {user}"))).await;
+        assert_eq!(res.status, 429, "{encoded}: {}", String::from_utf8_lossy(&res.body));
+        assert!(res.header("ratelimit-policy").is_some(), "{encoded}");
+    }
+    let unknown: i64 = app
+        .db()
+        .query_row("SELECT count(*) FROM usage_events WHERE operation_id = 'unknown' AND status < 400", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(unknown, 0, "no served call is recorded as no operation");
     let tenant: String =
         app.db().query_row("SELECT id FROM tenants WHERE entra_tenant_id = ?1", [DIR_A], |r| r.get(0)).unwrap();
     let grants = format!("/api/v1/tenants/{tenant}/grants");

@@ -60,7 +60,7 @@ pub fn from_request(req: &HttpRequest, canonical_body: &str) -> Result<Option<Id
     let Some(key) = keys.first().copied() else { return Ok(None) };
     let mut hasher = Sha256::new();
     // The path in lower case: its ids are GUIDs, which a retry may spell otherwise, and its words are lower case.
-    let path = req.path().to_ascii_lowercase();
+    let path = super::operations::routed_path(req.match_info()).to_ascii_lowercase();
     for part in [req.method().as_str(), path.as_str(), canonical_body] {
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part.as_bytes());

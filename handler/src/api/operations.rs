@@ -137,6 +137,14 @@ impl RouteTable {
 #[derive(Debug, Clone)]
 struct MatchedOperation(Option<Arc<str>>);
 
+/// The path as the router matches it: percent-encoded characters that need no encoding decoded (`%64ocuments` is
+/// `documents`, RFC 3986 §6.2.2.2). Every lookup that decides what a request is (its operation, and so its cost,
+/// its quota and its contract; the methods a path allows) reads this, never the raw `path()`: a lookup that saw
+/// another path than the router would let a served request pass as no operation at all, unmetered.
+pub fn routed_path(info: &actix_web::dev::Path<actix_web::dev::Url>) -> &str {
+    info.as_str()
+}
+
 /// The operation id of the request (`None` for a path or method no operation serves, or an app without a
 /// route table registered).
 pub fn operation_of(req: &ServiceRequest) -> Option<Arc<str>> {
@@ -144,7 +152,7 @@ pub fn operation_of(req: &ServiceRequest) -> Option<Arc<str>> {
         return found.clone();
     }
     let routes = req.app_data::<web::Data<RouteTable>>()?;
-    let found = routes.operation(req.method().as_str(), req.path()).cloned();
+    let found = routes.operation(req.method().as_str(), routed_path(req.match_info())).cloned();
     req.extensions_mut().insert(MatchedOperation(found.clone()));
     found
 }
@@ -152,6 +160,15 @@ pub fn operation_of(req: &ServiceRequest) -> Option<Arc<str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_routed_path_is_the_one_the_router_matches() {
+        let req = actix_web::test::TestRequest::get().uri("/api/v1/%64ocum%65nts?q=%64").to_srv_request();
+        assert_eq!(routed_path(req.match_info()), "/api/v1/documents");
+        assert_eq!(req.path(), "/api/v1/%64ocum%65nts", "what the raw path says");
+        let slash = actix_web::test::TestRequest::get().uri("/api/v1/documents%2Fx").to_srv_request();
+        assert_eq!(routed_path(slash.match_info()), "/api/v1/documents%2Fx", "an encoded slash stays encoded");
+    }
 
     #[test]
     fn route_table_knows_templates_and_methods() {

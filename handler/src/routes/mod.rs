@@ -183,7 +183,7 @@ async fn openapi_document(state: web::Data<AppState>) -> HttpResponse {
 /// The default service: 405 with `Allow` when the path exists under other methods, else 404.
 pub async fn not_matched(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let path = echoed(req.path());
-    Err(match state.routes.allowed_methods(req.path()) {
+    Err(match state.routes.allowed_methods(crate::api::operations::routed_path(req.match_info())) {
         Some(mut methods) => {
             // Every GET answers HEAD too (`api::head`).
             if methods.contains(&"GET") {
