@@ -303,17 +303,33 @@ mod tests {
         }
     }
 
+    /// `client` as a platform administrator decided it.
+    fn decided(mut client: ApiClient) -> ApiClient {
+        client.decided_by = Some("platform".into());
+        client.decided_at = Some(client.created_at);
+        client
+    }
+
     #[test]
     fn only_active_or_revoked_registrations_apply_and_the_directorys_own_tenant_wins() {
         use ClientStatus::*;
         let pending = registration(1, 7, Pending, 0, &[]);
         let rejected = registration(2, 7, Rejected, 1, &[]);
         assert_eq!(applicable_registration(&[pending.clone(), rejected.clone()], None), None);
-        let revoked = registration(3, 7, Revoked, 2, &[]);
+        // Revoked after a platform administrator approved it (the directory is no tenant's).
+        let revoked = decided(registration(3, 7, Revoked, 2, &[]));
         let active = registration(4, 7, Active, 1, &[]);
         let all = [pending, rejected, revoked.clone(), active.clone()];
         assert_eq!(applicable_registration(&all, None), Some(&active), "active wins over a newer revoked one");
         assert_eq!(applicable_registration(&all[..3], None), Some(&revoked), "a revoked one refuses the caller");
+        // Withdrawn while pending (revoked, never decided): it never applied, so it refuses nothing.
+        let withdrawn = registration(6, 7, Revoked, 3, &[]);
+        assert_eq!(applicable_registration(std::slice::from_ref(&withdrawn), None), None);
+        assert_eq!(
+            applicable_registration(&[withdrawn.clone()], Some(Uuid::from_u128(7))),
+            Some(&withdrawn),
+            "the directory's own tenant's registrations were active from the start"
+        );
         // Tenant 8 owns the directory: tenant 7's (foreign) registrations of it are inert.
         assert_eq!(applicable_registration(&all, Some(Uuid::from_u128(8))), None);
         let owners = registration(5, 8, Active, 0, &[]);
