@@ -195,6 +195,53 @@ async fn a_closed_month_has_a_statement_equal_to_the_usage_api_and_the_export() 
 }
 
 #[actix_web::test]
+async fn overage_that_a_later_grant_covers_is_not_billed() {
+    let host = TestApp::start().await;
+    let admin = host.token("0b500000-0000-0000-0000-0000000000ff", "Platform.Admin", "ops").await;
+    let a = host.token(DIR_A, "Documents.Read,Documents.Write,Usage.Read", DEV_APP_ID).await;
+    let tenant: String =
+        host.db().query_row("SELECT id FROM tenants WHERE entra_tenant_id = ?1", [DIR_A], |r| r.get(0)).unwrap();
+    let as_admin = |r: ClientRequest| r.header("Authorization", &format!("Bearer {admin}"));
+    let plan = json!({"code": "payg", "name": "Pay as you go", "requestsPerMinute": 1_000_000, "burst": 100_000,
+        "monthlyQuotaUnits": 5, "overagePolicy": "allow", "currency": "EUR", "basePriceMicros": 10_000_000, "overageUnitPriceMicros": 1_000});
+    assert_eq!(host.http(as_admin(ClientRequest::new("POST", "/api/v1/plans").json(&plan))).await.status, 201);
+    let moved = ClientRequest::new("PATCH", &format!("/api/v1/tenants/{tenant}"))
+        .body("{\"plan\":\"payg\"}")
+        .header("Content-Type", "application/merge-patch+json")
+        .header("If-Match", "*");
+    assert_eq!(host.http(as_admin(moved)).await.status, 200);
+    // 8 units on a quota of 5: 3 beyond it, admitted as overage.
+    for _ in 0..4 {
+        assert_eq!(host.http(get("/api/v1/documents", &a)).await.status, 200);
+    }
+    let period = host.clock.now().format("%Y-%m").to_string();
+    host.settle_leases().await;
+    assert_eq!(host.http(get("/api/v1/usage/summary", &a)).await.json()["overageUnits"], 3);
+    // Then a platform administrator grants 10 units for the period: they cover the overage, as the summary shows.
+    let grant = ClientRequest::new("POST", &format!("/api/v1/tenants/{tenant}/grants"))
+        .json(&json!({"units": 10, "reason": "goodwill"}));
+    assert_eq!(host.http(as_admin(grant)).await.status, 201);
+    assert_eq!(host.http(get("/api/v1/usage/summary", &a)).await.json()["overageUnits"], 0);
+
+    // The month closes: the statement bills what the summary showed, no overage.
+    host.clock.advance(chrono::Duration::days(40));
+    let closed = host.invoke_timer("UsageRollup", on_schedule()).await;
+    assert!(closed.logs()[0].contains("statements written"), "{:?}", closed.logs());
+    let a = host.token(DIR_A, "Usage.Read", DEV_APP_ID).await;
+    let issued = host.http(get(&format!("/api/v1/billing/statements/{period}"), &a)).await.json();
+    assert_eq!(
+        (issued["usedUnits"].clone(), issued["overageUnits"].clone(), issued["overageAmountMicros"].clone()),
+        (json!(8), json!(0), json!(0)),
+        "{issued}"
+    );
+    assert_eq!(
+        (issued["grantedUnits"].clone(), issued["amountDueMicros"].clone()),
+        (json!(3), json!(10_000_000)),
+        "{issued}"
+    );
+}
+
+#[actix_web::test]
 async fn usage_of_a_billed_month_that_arrives_late_is_an_adjustment_on_the_next_statement() {
     let host = TestApp::start().await;
     let admin = host.token("0b500000-0000-0000-0000-0000000000ff", "Platform.Admin", "ops").await;

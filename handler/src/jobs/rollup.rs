@@ -254,8 +254,9 @@ async fn write_statement(state: &AppState, tenant: &Tenant, billing: &Period) ->
     let utc_days = BillingCalendar::of(tenant).has_utc_days();
     let granularity = if utc_days { RollupGranularity::Day } else { RollupGranularity::Hour };
     let rollups = state.store.usage_rollups(tenant.id, granularity, billing.starts_at, billing.ends_at).await?;
-    let (used_units, overage_units) =
-        rollups.iter().fold((0, 0), |(u, o), r| (u + r.totals.billable_units, o + r.totals.overage_units));
+    let used_units: i64 = rollups.iter().map(|r| r.totals.billable_units).sum();
+    let quota_units = quota.as_ref().map_or(plan.monthly_quota_units, |q| q.quota_units);
+    let overage_units = crate::store::period_overage(used_units, quota_units);
     let now = state.clock.now();
     let overage_amount = overage_units.saturating_mul(plan.overage_unit_price_micros);
     let id = state.ids.new_id();
@@ -283,7 +284,7 @@ async fn write_statement(state: &AppState, tenant: &Tenant, billing: &Period) ->
         period_end: billing.end,
         plan_code: plan.code.clone(),
         currency: plan.currency.clone(),
-        quota_units: quota.as_ref().map_or(plan.monthly_quota_units, |q| q.quota_units),
+        quota_units,
         used_units,
         overage_units,
         base_amount_micros: plan.base_price_micros,

@@ -293,6 +293,15 @@ pub struct StatementAdjustment {
     pub created_at: DateTime<Utc>,
 }
 
+/// A period's overage: the billable units past its quota as the period ended (the plan's units, an upgrade made
+/// during the period and the grant units used included), whatever the quota was when each call was admitted. A
+/// grant or an upgrade that comes after an overage covers it, as the usage summary shows at once; the statement
+/// bills what the summary showed at the period's end. Each usage event's `overage_units` stays what its admission
+/// saw (the usage report sums those).
+pub fn period_overage(used_units: i64, quota_units: i64) -> i64 {
+    used_units.saturating_sub(quota_units).max(0)
+}
+
 /// What an issued statement has not billed: its month's billable and overage units as the day rollups hold them
 /// now, less what the statement and its adjustments billed (non-zero only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -362,7 +371,9 @@ pub trait UsageStore: Send + Sync + 'static {
     ) -> Result<Vec<Tenant>, StoreError>;
 
     /// What the tenant's issued statements of months before `before` (at most the 24 before it) have not billed,
-    /// oldest first: the adjustment lines its next statement carries.
+    /// oldest first: the adjustment lines its next statement carries. The units are the period's billable units
+    /// rolled up since; the overage is what all of them make past the statement's quota ([`period_overage`]) less
+    /// the overage already billed, never below zero (a statement never credits overage it billed).
     async fn unbilled_usage(&self, tenant_id: Uuid, before: NaiveDate) -> Result<Vec<UnbilledUsage>, StoreError>;
 
     /// Writes a statement, its adjustment lines and its outbox event in one transaction; `false` (and nothing

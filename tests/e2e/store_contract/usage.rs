@@ -342,9 +342,13 @@ async fn usage_rolled_up_after_a_statement_is_unbilled_until_an_adjustment_line_
         assert!(store.insert_billing_statement(&january, &[], &ready(1)).await.unwrap(), "{}", t.name);
         let february = chrono::NaiveDate::from_ymd_opt(2026, 2, 1).unwrap();
         assert_eq!(store.unbilled_usage(a, february).await.unwrap(), vec![], "{}: all billed", t.name);
+        // B's January: 5 of its quota of 10 used.
+        let b_january = statement(b, 9, 1, 5, 0, 0);
+        assert!(store.insert_billing_statement(&b_january, &[], &ready(9)).await.unwrap(), "{}", t.name);
 
-        // Two late January events arrive and are rolled up.
-        store.record_usage(&[billed(4, 6, 6, a), billed(5, 2, 0, b)], &[]).await.unwrap();
+        // Two late January events arrive and are rolled up. B's was admitted as overage (before a grant, say),
+        // but its period's quota covers it: overage is what the period's units make past its quota.
+        store.record_usage(&[billed(4, 6, 6, a), billed(5, 2, 2, b)], &[]).await.unwrap();
         step(&store, t0() + Duration::hours(1), 1000).await;
         let unbilled = store.unbilled_usage(a, february).await.unwrap();
         let expected = UnbilledUsage {
@@ -356,7 +360,14 @@ async fn usage_rolled_up_after_a_statement_is_unbilled_until_an_adjustment_line_
         };
         assert_eq!(unbilled, vec![expected], "{}", t.name);
         assert_eq!(store.unbilled_usage(a, january.period_start).await.unwrap(), vec![], "only months before");
-        assert_eq!(store.unbilled_usage(b, february).await.unwrap(), vec![], "B has no statement");
+        let b_unbilled = UnbilledUsage {
+            statement_id: b_january.id,
+            period_start: b_january.period_start,
+            used_units_delta: 2,
+            overage_units_delta: 0,
+            overage_unit_price_micros: 2_000,
+        };
+        assert_eq!(store.unbilled_usage(b, february).await.unwrap(), vec![b_unbilled], "{}: within B's quota", t.name);
 
         let line = StatementAdjustment {
             id: Uuid::from_u128(0xAD1),

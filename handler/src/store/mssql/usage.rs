@@ -664,25 +664,25 @@ pub(crate) const INSERT_ADJUSTMENT: &str = "INSERT INTO dbo.statement_adjustment
     adjusts_statement_id, used_units_delta, overage_units_delta, amount_micros, created_at)
 VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7)";
 
-/// Per issued statement of `@P1` for a period starting in `[@P3, @P2)`: the hour rollups of its period now (its
-/// instants; without them a UTC month), less what it and its adjustments billed.
+/// Per issued statement of `@P1` for a period starting in `[@P3, @P2)`: the billable units of its period's hour
+/// rollups now (its instants; without them a UTC month) less what it and its adjustments billed, and the overage
+/// those units make past its quota (`store::usage::period_overage`) less the overage billed, never below zero
+/// (`UsageStore::unbilled_usage`).
 pub(crate) const UNBILLED_USAGE: &str = "SELECT s.id, s.period_start,
-    COALESCE((SELECT SUM(r.billable_units) FROM dbo.usage_rollups r WHERE r.tenant_id = s.tenant_id
-        AND r.granularity = 'hour'
-        AND r.window_start >= COALESCE(s.starts_at, CAST(s.period_start AS DATETIME2(6)))
-        AND r.window_start < COALESCE(s.ends_at, CAST(s.period_end AS DATETIME2(6)))), 0)
-      - s.used_units
-      - COALESCE((SELECT SUM(a.used_units_delta) FROM dbo.statement_adjustments a
-            WHERE a.adjusts_statement_id = s.id), 0) AS used_units_delta,
-    COALESCE((SELECT SUM(r.overage_units) FROM dbo.usage_rollups r WHERE r.tenant_id = s.tenant_id
-        AND r.granularity = 'hour'
-        AND r.window_start >= COALESCE(s.starts_at, CAST(s.period_start AS DATETIME2(6)))
-        AND r.window_start < COALESCE(s.ends_at, CAST(s.period_end AS DATETIME2(6)))), 0)
-      - s.overage_units
-      - COALESCE((SELECT SUM(a.overage_units_delta) FROM dbo.statement_adjustments a
-            WHERE a.adjusts_statement_id = s.id), 0) AS overage_units_delta,
+    u.used_total - s.used_units - a.adjusted_used AS used_units_delta,
+    CASE WHEN o.overage_due > 0 THEN o.overage_due ELSE 0 END AS overage_units_delta,
     COALESCE(s.overage_unit_price_micros, p.overage_unit_price_micros, 0) AS overage_unit_price_micros
-FROM dbo.billing_statements s LEFT JOIN dbo.plans p ON p.code = s.plan_code
+FROM dbo.billing_statements s
+LEFT JOIN dbo.plans p ON p.code = s.plan_code
+CROSS APPLY (SELECT COALESCE(SUM(r.billable_units), 0) AS used_total FROM dbo.usage_rollups r
+    WHERE r.tenant_id = s.tenant_id AND r.granularity = 'hour'
+        AND r.window_start >= COALESCE(s.starts_at, CAST(s.period_start AS DATETIME2(6)))
+        AND r.window_start < COALESCE(s.ends_at, CAST(s.period_end AS DATETIME2(6)))) u
+CROSS APPLY (SELECT COALESCE(SUM(x.used_units_delta), 0) AS adjusted_used,
+        COALESCE(SUM(x.overage_units_delta), 0) AS adjusted_overage
+    FROM dbo.statement_adjustments x WHERE x.adjusts_statement_id = s.id) a
+CROSS APPLY (SELECT CASE WHEN u.used_total > s.quota_units THEN u.used_total - s.quota_units ELSE 0 END
+        - s.overage_units - a.adjusted_overage AS overage_due) o
 WHERE s.tenant_id = @P1 AND s.period_start < @P2 AND s.period_start >= @P3
 ORDER BY s.period_start";
 

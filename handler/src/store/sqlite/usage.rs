@@ -535,23 +535,21 @@ fn unbilled_usage(conn: &Connection, tenant_id: Uuid, before: NaiveDate) -> Resu
     let rows = query_all(
         conn,
         "SELECT s.id, s.period_start,
-             coalesce((SELECT sum(r.billable_units) FROM usage_rollups r WHERE r.tenant_id = s.tenant_id
-                 AND r.granularity = 'hour'
-                 AND r.window_start >= coalesce(s.starts_at, s.period_start || 'T00:00:00.000000Z')
-                 AND r.window_start < coalesce(s.ends_at, s.period_end || 'T00:00:00.000000Z')), 0)
-               - s.used_units
-               - coalesce((SELECT sum(a.used_units_delta) FROM statement_adjustments a
-                     WHERE a.adjusts_statement_id = s.id), 0),
-             coalesce((SELECT sum(r.overage_units) FROM usage_rollups r WHERE r.tenant_id = s.tenant_id
-                 AND r.granularity = 'hour'
-                 AND r.window_start >= coalesce(s.starts_at, s.period_start || 'T00:00:00.000000Z')
-                 AND r.window_start < coalesce(s.ends_at, s.period_end || 'T00:00:00.000000Z')), 0)
-               - s.overage_units
-               - coalesce((SELECT sum(a.overage_units_delta) FROM statement_adjustments a
-                     WHERE a.adjusts_statement_id = s.id), 0),
+             s.used_total - s.used_units - s.adjusted_used,
+             max(0, max(0, s.used_total - s.quota_units) - s.overage_units - s.adjusted_overage),
              coalesce(s.overage_unit_price_micros, p.overage_unit_price_micros, 0)
-         FROM billing_statements s LEFT JOIN plans p ON p.code = s.plan_code
-         WHERE s.tenant_id = ?1 AND s.period_start < ?2 AND s.period_start >= ?3
+         FROM (SELECT b.*,
+                 coalesce((SELECT sum(r.billable_units) FROM usage_rollups r WHERE r.tenant_id = b.tenant_id
+                     AND r.granularity = 'hour'
+                     AND r.window_start >= coalesce(b.starts_at, b.period_start || 'T00:00:00.000000Z')
+                     AND r.window_start < coalesce(b.ends_at, b.period_end || 'T00:00:00.000000Z')), 0) AS used_total,
+                 coalesce((SELECT sum(a.used_units_delta) FROM statement_adjustments a
+                     WHERE a.adjusts_statement_id = b.id), 0) AS adjusted_used,
+                 coalesce((SELECT sum(a.overage_units_delta) FROM statement_adjustments a
+                     WHERE a.adjusts_statement_id = b.id), 0) AS adjusted_overage
+               FROM billing_statements b
+               WHERE b.tenant_id = ?1 AND b.period_start < ?2 AND b.period_start >= ?3) s
+         LEFT JOIN plans p ON p.code = s.plan_code
          ORDER BY s.period_start",
         params![tenant_id.to_string(), before.to_string(), earliest.to_string()],
         |r| {
