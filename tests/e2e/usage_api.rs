@@ -248,10 +248,10 @@ async fn usage_of_a_billed_month_that_arrives_late_is_an_adjustment_on_the_next_
     let a = host.token(DIR_A, "Documents.Read,Documents.Write,Usage.Read", DEV_APP_ID).await;
     let tenant: String =
         host.db().query_row("SELECT id FROM tenants WHERE entra_tenant_id = ?1", [DIR_A], |r| r.get(0)).unwrap();
-    // Pay as you go: 5 units included, then 1 000 micro-EUR a unit.
+    // Pay as you go: 5 units included, then a cent a unit.
     let as_admin = |r: ClientRequest| r.header("Authorization", &format!("Bearer {admin}"));
     let plan = json!({"code": "payg", "name": "Pay as you go", "requestsPerMinute": 1_000_000, "burst": 100_000,
-        "monthlyQuotaUnits": 5, "overagePolicy": "allow", "currency": "EUR", "basePriceMicros": 10_000_000, "overageUnitPriceMicros": 1_000});
+        "monthlyQuotaUnits": 5, "overagePolicy": "allow", "currency": "EUR", "basePriceMicros": 10_000_000, "overageUnitPriceMicros": 10_000});
     assert_eq!(host.http(as_admin(ClientRequest::new("POST", "/api/v1/plans").json(&plan))).await.status, 201);
     let moved = ClientRequest::new("PATCH", &format!("/api/v1/tenants/{tenant}"))
         .body("{\"plan\":\"payg\"}")
@@ -274,10 +274,10 @@ async fn usage_of_a_billed_month_that_arrives_late_is_an_adjustment_on_the_next_
     let issued = host.http(get(&format!("/api/v1/billing/statements/{period}"), &a)).await.json();
     assert_eq!(
         (issued["usedUnits"].clone(), issued["overageUnits"].clone(), issued["overageAmountMicros"].clone()),
-        (json!(8), json!(3), json!(3_000)),
+        (json!(8), json!(3), json!(30_000)),
         "{issued}"
     );
-    assert_eq!((issued["adjustments"].clone(), issued["amountDueMicros"].clone()), (json!([]), json!(10_003_000)));
+    assert_eq!((issued["adjustments"].clone(), issued["amountDueMicros"].clone()), (json!([]), json!(10_030_000)));
 
     // Another system reports 7 units of that month afterwards.
     let late = json!({
@@ -303,11 +303,11 @@ async fn usage_of_a_billed_month_that_arrives_late_is_an_adjustment_on_the_next_
     let next = host.http(get(&format!("/api/v1/billing/statements/{next_period}"), &a)).await.json();
     assert_eq!(
         next["adjustments"],
-        json!([{"adjustsPeriod": period, "adjustsStatementId": issued["id"], "usedUnits": 7, "overageUnits": 7, "amountMicros": 7_000}]),
+        json!([{"adjustsPeriod": period, "adjustsStatementId": issued["id"], "usedUnits": 7, "overageUnits": 7, "amountMicros": 70_000}]),
         "{next}"
     );
-    assert_eq!(next["adjustmentAmountMicros"], 7_000);
-    assert_eq!(next["amountDueMicros"].as_i64().unwrap(), next["totalAmountMicros"].as_i64().unwrap() + 7_000);
+    assert_eq!(next["adjustmentAmountMicros"], 70_000);
+    assert_eq!(next["amountDueMicros"].as_i64().unwrap(), next["totalAmountMicros"].as_i64().unwrap() + 70_000);
 
     // The same as CSV, one line per charge.
     let csv =
@@ -317,7 +317,7 @@ async fn usage_of_a_billed_month_that_arrives_late_is_an_adjustment_on_the_next_
     let text = String::from_utf8(csv.body.clone()).unwrap();
     let lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
     assert_eq!(lines[0], "period,line,reference,units,amount_micros,currency");
-    assert!(lines.contains(&format!("{next_period},adjustment,{period},7,7000,EUR").as_str()), "{text}");
+    assert!(lines.contains(&format!("{next_period},adjustment,{period},7,70000,EUR").as_str()), "{text}");
     assert_eq!(*lines.last().unwrap(), format!("{next_period},amount_due,,,{},EUR", next["amountDueMicros"]));
 
     // Nothing is billed twice: a third month has no adjustment for it.

@@ -151,10 +151,13 @@ async fn a_final_month_gets_one_immutable_statement_with_its_event_then_raw_even
         assert_eq!(statements.len(), 1);
         let s = &statements[0];
         let used: i64 = expected.iter().filter(|(k, _)| k.0 == *tenant).map(|(_, t)| t.billable_units).sum();
-        let overage: i64 = expected.iter().filter(|(k, _)| k.0 == *tenant).map(|(_, t)| t.overage_units).sum();
+        // Billed: the units past the quota of 10, at 1 000 micro-EUR each, rounded to the cent.
+        let overage = (used - 10).max(0);
+        let amount = meterline::store::to_minor_unit(overage * 1_000, "EUR");
+        assert_eq!(amount % 10_000, 0, "whole cents");
         assert_eq!((s.used_units, s.overage_units, s.quota_units), (used, overage, 10));
-        assert_eq!((s.base_amount_micros, s.overage_amount_micros), (49_000_000, overage * 1_000));
-        assert_eq!(s.total_amount_micros, 49_000_000 + overage * 1_000);
+        assert_eq!((s.base_amount_micros, s.overage_amount_micros), (49_000_000, amount));
+        assert_eq!(s.total_amount_micros, 49_000_000 + amount);
         assert_eq!(store.get_billing_statement(*tenant, s.period_start).await.unwrap().as_ref(), Some(s));
     }
     assert!(store.list_billing_statements(late_tenant[0]).await.unwrap().is_empty(), "created after January");

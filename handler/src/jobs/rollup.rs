@@ -258,7 +258,10 @@ async fn write_statement(state: &AppState, tenant: &Tenant, billing: &Period) ->
     let quota_units = quota.as_ref().map_or(plan.monthly_quota_units, |q| q.quota_units);
     let overage_units = crate::store::period_overage(used_units, quota_units);
     let now = state.clock.now();
-    let overage_amount = overage_units.saturating_mul(plan.overage_unit_price_micros);
+    // Every amount a statement charges is whole minor units of its currency (ISO 4217).
+    let charge = |micros: i64| crate::store::to_minor_unit(micros, &plan.currency);
+    let overage_amount = charge(overage_units.saturating_mul(plan.overage_unit_price_micros));
+    let base_amount = charge(plan.base_price_micros);
     let id = state.ids.new_id();
     // Usage of earlier, issued periods rolled up since they were billed: adjustment lines on this one.
     let adjustments: Vec<StatementAdjustment> = state
@@ -273,7 +276,7 @@ async fn write_statement(state: &AppState, tenant: &Tenant, billing: &Period) ->
             adjusts_period_start: u.period_start,
             used_units_delta: u.used_units_delta,
             overage_units_delta: u.overage_units_delta,
-            amount_micros: u.overage_units_delta.saturating_mul(u.overage_unit_price_micros),
+            amount_micros: charge(u.overage_units_delta.saturating_mul(u.overage_unit_price_micros)),
             created_at: now,
         })
         .collect();
@@ -287,9 +290,9 @@ async fn write_statement(state: &AppState, tenant: &Tenant, billing: &Period) ->
         quota_units,
         used_units,
         overage_units,
-        base_amount_micros: plan.base_price_micros,
+        base_amount_micros: base_amount,
         overage_amount_micros: overage_amount,
-        total_amount_micros: plan.base_price_micros.saturating_add(overage_amount),
+        total_amount_micros: base_amount.saturating_add(overage_amount),
         created_at: now,
         granted_units: quota.as_ref().map_or(0, |q| q.granted_units),
         starts_at: Some(billing.starts_at),

@@ -35,11 +35,13 @@ fn valid_code(value: &str) -> Result<(), validator::ValidationError> {
     }
 }
 
+/// An ISO 4217 currency with a minor unit (statements round every amount to it): `EUR`, `JPY`, `KWD`; not `XXX`
+/// (no currency) nor `XAU` (gold).
 fn valid_currency(value: &str) -> Result<(), validator::ValidationError> {
-    if value.len() == 3 && value.chars().all(|c| c.is_ascii_uppercase()) {
-        Ok(())
-    } else {
-        Err(validator::ValidationError::new("format").with_message("an ISO 4217 code such as EUR".into()))
+    match iso_currency::Currency::from_code(value).and_then(|c| c.exponent()) {
+        Some(_) if value.len() == 3 && value.chars().all(|c| c.is_ascii_uppercase()) => Ok(()),
+        _ => Err(validator::ValidationError::new("format")
+            .with_message("an ISO 4217 currency code with a minor unit, such as EUR".into())),
     }
 }
 
@@ -63,7 +65,8 @@ pub struct PlanInput {
     #[schema(minimum = 0, maximum = 1e12)]
     pub monthly_quota_units: i64,
     pub overage_policy: Overage,
-    /// ISO 4217, e.g. `EUR`.
+    /// An ISO 4217 currency with a minor unit, e.g. `EUR` or `JPY` (not `XXX` or `XAU`): statements round every
+    /// amount to it.
     #[validate(custom(function = "valid_currency"))]
     #[schema(pattern = r"^[A-Z]{3}$")]
     pub currency: String,
@@ -484,5 +487,20 @@ pub async fn replace_plan_costs(
         }
         Update::NotFound => Err(not_found()),
         Update::VersionMismatch { current_version } => Err(precondition_failed(current_version)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_currency_is_an_iso_4217_currency_with_a_minor_unit() {
+        for ok in ["EUR", "USD", "JPY", "KWD", "CHF"] {
+            assert!(valid_currency(ok).is_ok(), "{ok}");
+        }
+        for bad in ["XXX", "XAU", "ABC", "eur", "EURO", ""] {
+            assert!(valid_currency(bad).is_err(), "{bad}");
+        }
     }
 }

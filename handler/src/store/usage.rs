@@ -293,6 +293,16 @@ pub struct StatementAdjustment {
     pub created_at: DateTime<Utc>,
 }
 
+/// `micros` (millionths of `currency`) rounded to the currency's minor unit (ISO 4217: cents for EUR, whole yen
+/// for JPY, thousandths for KWD), half away from zero: what a statement can charge. A code without a minor unit
+/// of its own (none passes plan validation) keeps two decimals.
+pub fn to_minor_unit(micros: i64, currency: &str) -> i64 {
+    let exponent = iso_currency::Currency::from_code(currency).and_then(|c| c.exponent()).unwrap_or(2).min(6);
+    let step = 10_i64.pow(6 - u32::from(exponent));
+    let rounded = (micros.unsigned_abs() + step.unsigned_abs() / 2) / step.unsigned_abs() * step.unsigned_abs();
+    i64::try_from(rounded).map_or(i64::MAX, |r| if micros < 0 { -r } else { r })
+}
+
 /// A period's overage: the billable units past its quota as the period ended (the plan's units, an upgrade made
 /// during the period and the grant units used included), whatever the quota was when each call was admitted. A
 /// grant or an upgrade that comes after an overage covers it, as the usage summary shows at once; the statement
@@ -408,6 +418,17 @@ pub trait UsageStore: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amounts_are_rounded_to_the_currencys_minor_unit() {
+        assert_eq!(to_minor_unit(1_004_500_000, "JPY"), 1_005_000_000, "half a yen rounds up");
+        assert_eq!(to_minor_unit(1_004_499_999, "JPY"), 1_004_000_000);
+        assert_eq!(to_minor_unit(12_345_678, "EUR"), 12_350_000);
+        assert_eq!(to_minor_unit(12_344_999, "EUR"), 12_340_000);
+        assert_eq!(to_minor_unit(1_234_567, "KWD"), 1_235_000, "three decimals");
+        assert_eq!(to_minor_unit(-1_005_000, "EUR"), -1_010_000, "a credit rounds away from zero too");
+        assert_eq!(to_minor_unit(0, "EUR"), 0);
+    }
 
     fn call(units: i64, billable: bool, status: i32, latency_micros: i64, refusal: Option<LimitRefusal>) -> Call {
         Call { units, billable, overage_units: 0, status, latency_micros, refusal }
