@@ -326,7 +326,7 @@ mod tests {
         let withdrawn = registration(6, 7, Revoked, 3, &[]);
         assert_eq!(applicable_registration(std::slice::from_ref(&withdrawn), None), None);
         assert_eq!(
-            applicable_registration(&[withdrawn.clone()], Some(Uuid::from_u128(7))),
+            applicable_registration(std::slice::from_ref(&withdrawn), Some(Uuid::from_u128(7))),
             Some(&withdrawn),
             "the directory's own tenant's registrations were active from the start"
         );
