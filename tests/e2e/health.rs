@@ -40,3 +40,21 @@ async fn a_half_open_store_is_ready_only_once_it_takes_a_write() {
     app.clock.advance(chrono::TimeDelta::from_std(Duration::from_secs(6)).unwrap());
     assert_eq!(ready(&app).await, (200, "closed".to_owned()), "the probe closed it");
 }
+
+#[actix_web::test]
+async fn a_store_file_removed_under_the_process_is_not_ready_and_acknowledges_no_write() {
+    let app = TestApp::start().await;
+    let token = app.token("aaaaaaaa-0000-0000-0000-0000000000aa", "Documents.Write", "writer").await;
+    let create = || {
+        ClientRequest::new("POST", "/api/v1/documents")
+            .json(&serde_json::json!({"title": "kept?", "docType": "memo"}))
+            .header("Authorization", &format!("Bearer {token}"))
+    };
+    assert_eq!(app.http(create()).await.status, 201);
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::remove_file(app.root.join(format!("data/meterline.db{suffix}"))).unwrap();
+    }
+    let refused = app.http(create()).await;
+    assert_eq!(refused.status, 503, "{}", String::from_utf8_lossy(&refused.body));
+    assert_eq!(ready(&app).await.0, 503, "readiness takes the instance out");
+}

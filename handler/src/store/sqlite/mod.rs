@@ -28,7 +28,7 @@ use super::migrations::{self, AppliedMigration, MigrationReport};
 use super::model::*;
 use super::{DocumentStore, JobRun, OperationsStore, PlanStore, StoreError, TenantStore, Update};
 use super::{audit::*, documents::*, metering::*, operations::*, plans::*, tenants::*};
-use writer::{Bounds, Writer};
+use writer::{Bounds, FileIdentity, Writer};
 
 mod integration;
 /// Store-internal helpers that write outbox events inside an open write transaction.
@@ -73,6 +73,8 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
+    /// The file opened at `path`: readiness and every write batch check the path still names it.
+    file: FileIdentity,
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
     /// Bounds the reads on the blocking pool to `max_readers`, which is also how many readers stay open.
@@ -154,11 +156,13 @@ impl SqliteStore {
             }
             writer.pragma_update(None, "journal_mode", "WAL").map_err(classify)?;
             checkpoint::install(&mut writer, &path, checkpoint::Thresholds::DEFAULT)?;
-            let writer = Writer::start(writer, Bounds::DEFAULT)?;
+            let file = FileIdentity::of(&path);
+            let writer = Writer::start(writer, file.clone(), Bounds::DEFAULT)?;
             let max_readers = max_readers();
             Ok(SqliteStore {
                 inner: Arc::new(Inner {
                     path,
+                    file,
                     writer,
                     readers: Mutex::new(Vec::new()),
                     scans: tokio::sync::Semaphore::new(max_readers),

@@ -105,6 +105,9 @@ impl OperationsStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        // A file removed or replaced under the process still answers reads (and took writes, before each batch
+        // checked): not ready.
+        self.inner.file.check().map_err(|why| StoreError::Unavailable(anyhow::anyhow!(why)))?;
         self.read(|conn| conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(drop).map_err(classify)).await
     }
 

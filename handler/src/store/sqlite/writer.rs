@@ -128,9 +128,49 @@ pub(super) struct Writer {
 }
 
 /// What the handle, the writer thread and the callers committing on their own threads share.
+/// The database file the store opened, by device and inode. SQLite keeps writing to an open file that was deleted
+/// or replaced (another file moved over the path): the commits succeed, and everything written is gone at the next
+/// start, which opens a new, empty file. Every batch checks, inside its transaction and before `COMMIT`, that the
+/// path still names the file it writes, so such writes fail (503) instead of being acknowledged.
+#[derive(Debug, Clone)]
+pub(super) struct FileIdentity {
+    path: std::path::PathBuf,
+    id: Option<(u64, u64)>,
+}
+
+impl FileIdentity {
+    /// The identity of the file at `path` now (on platforms without inodes, a check that always passes).
+    pub(super) fn of(path: &std::path::Path) -> Self {
+        FileIdentity { path: path.to_path_buf(), id: Self::id(path).ok() }
+    }
+
+    #[cfg(unix)]
+    fn id(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).map(|m| (m.dev(), m.ino()))
+    }
+
+    #[cfg(not(unix))]
+    fn id(_path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+        Ok((0, 0))
+    }
+
+    /// Whether the path still names the file opened; why not, if not.
+    pub(super) fn check(&self) -> Result<(), String> {
+        let Some(opened) = self.id else { return Ok(()) };
+        match Self::id(&self.path) {
+            Ok(now) if now == opened => Ok(()),
+            Ok(_) => Err(format!("{} was replaced by another file while open", self.path.display())),
+            Err(e) => Err(format!("{} was removed while open ({e})", self.path.display())),
+        }
+    }
+}
+
 struct Shared {
     /// The write connection, held by whoever commits a batch: a caller ([`Writer::write`]) or the thread.
     conn: Mutex<Connection>,
+    /// The file the connection writes; every batch checks it before committing.
+    file: FileIdentity,
     jobs: Mutex<Queue>,
     /// Wakes the writer thread when it waits (`Queue::thread_waiting`).
     ready: Condvar,
@@ -154,8 +194,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Writer {
     /// Starts the writer thread; `conn` is written through this writer only from now on.
-    pub(super) fn start(conn: Connection, bounds: Bounds) -> Result<Writer, StoreError> {
-        let shared = Arc::new(Shared { conn: Mutex::new(conn), jobs: Mutex::default(), ready: Condvar::new() });
+    pub(super) fn start(conn: Connection, file: FileIdentity, bounds: Bounds) -> Result<Writer, StoreError> {
+        let shared = Arc::new(Shared { conn: Mutex::new(conn), file, jobs: Mutex::default(), ready: Condvar::new() });
         let for_thread = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("sqlite-writer".to_owned())
@@ -278,7 +318,7 @@ impl Shared {
         if batch.is_empty() {
             return;
         }
-        let failure = match commit_batch(conn, &mut batch) {
+        let failure = match commit_batch(conn, &self.file, &mut batch) {
             Ok(()) => None,
             // Not started (a job starts after BEGIN): back to the front of the queue, in order, for the thread.
             Err(Failure::Locked(_)) if caller == Caller::Request => {
@@ -339,7 +379,7 @@ fn statement(conn: &Connection, sql: &str) -> Result<(), String> {
 }
 
 /// Runs every job of the batch in its own savepoint inside one IMMEDIATE transaction and commits.
-fn commit_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), Failure> {
+fn commit_batch(conn: &Connection, file: &FileIdentity, batch: &mut [Box<dyn Job>]) -> Result<(), Failure> {
     // IMMEDIATE takes the file lock now (waiting up to the connection's busy timeout for another process).
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let why = format!("BEGIN IMMEDIATE: {e}");
@@ -362,6 +402,7 @@ fn commit_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), Fai
                 statement(conn, "RELEASE job")?;
             }
         }
+        file.check()?;
         conn.execute_batch("COMMIT").map_err(|e| format!("COMMIT: {e}"))
     })();
     if outcome.is_err() && !conn.is_autocommit() {
@@ -388,7 +429,7 @@ mod tests {
         let path = dir.path().join("w.db");
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (n INTEGER PRIMARY KEY)").unwrap();
-        (Writer::start(conn, Bounds::DEFAULT).unwrap(), Connection::open(&path).unwrap())
+        (Writer::start(conn, FileIdentity::of(&path), Bounds::DEFAULT).unwrap(), Connection::open(&path).unwrap())
     }
 
     /// The name of the thread a write ran on.
@@ -475,6 +516,27 @@ mod tests {
         assert_eq!(stored, expected, "exactly the successful writes are committed");
     }
 
+    #[tokio::test]
+    async fn a_write_to_a_file_removed_or_replaced_while_open_fails_instead_of_being_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _reader) = writer_on(&dir);
+        let insert = |n: i64| {
+            move |conn: &Connection| {
+                conn.execute("INSERT INTO t (n) VALUES (?1)", [n]).map(drop).map_err(|e| StoreError::Other(e.into()))
+            }
+        };
+        writer.write(insert(1)).await.unwrap();
+        let path = dir.path().join("w.db");
+        std::fs::rename(&path, dir.path().join("moved.db")).unwrap();
+        let removed = writer.write(insert(2)).await.unwrap_err();
+        assert!(matches!(removed, StoreError::Unavailable(_)));
+        let why = format!("{:#}", anyhow::Error::new(removed));
+        assert!(why.contains("was removed while open"), "{why}");
+        std::fs::write(&path, b"another file now").unwrap();
+        let replaced = format!("{:#}", anyhow::Error::new(writer.write(insert(3)).await.unwrap_err()));
+        assert!(replaced.contains("was replaced by another file while open"), "{replaced}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stalled_writer_refuses_past_its_bounds_at_once_and_refused_writes_never_run() {
         let dir = tempfile::tempdir().unwrap();
@@ -482,7 +544,7 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (n INTEGER PRIMARY KEY)").unwrap();
         let bounds = Bounds { max_queued: 4, max_wait: Duration::from_millis(200) };
-        let writer = Arc::new(Writer::start(conn, bounds).unwrap());
+        let writer = Arc::new(Writer::start(conn, FileIdentity::of(&path), bounds).unwrap());
         let insert = |n: i64| {
             move |conn: &Connection| {
                 conn.execute("INSERT INTO t (n) VALUES (?1)", [n]).map(drop).map_err(|e| StoreError::Other(e.into()))
