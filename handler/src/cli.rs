@@ -183,8 +183,12 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         Command::Migrate => {
             let store = crate::store::open(&config.store, Arc::new(crate::clock::SystemClock)).await?;
             let report = store.migrate().await?;
+            let newer = match report.newer.is_empty() {
+                true => String::new(),
+                false => format!(", newer than this release {:?}", report.newer),
+            };
             println!(
-                "{} store: applied {:?}, already applied {:?}",
+                "{} store: applied {:?}, already applied {:?}{newer}",
                 store.kind(),
                 report.applied,
                 report.already_applied

@@ -132,14 +132,18 @@ pub async fn start(config: Config, breakers: Vec<Arc<crate::resilience::Breaker>
     // One clock for the store (migration stamps) and the app.
     let clock: Arc<dyn crate::clock::Clock> = Arc::new(SystemClock);
     let store = crate::store::open(&config.store, clock.clone()).await?;
-    if config.auto_migrate {
+    let report = if config.auto_migrate {
         let report = store.migrate().await?;
         if !report.applied.is_empty() {
             tracing::info!(applied = ?report.applied, store = store.kind(), "applied migrations");
         }
+        report
     } else {
         // Without it the schema must already be this build's: the port opens only on a store it can serve.
-        crate::store::check_migrated(store.as_ref()).await?;
+        crate::store::check_migrated(store.as_ref()).await?
+    };
+    if !report.newer.is_empty() {
+        tracing::warn!(newer = ?report.newer, store = store.kind(), "the database has migrations of a newer release; this release runs on it (each migration keeps the release before it working)");
     }
     let surface = Surface::of(&config.runtime);
     // Config already refuses this; the invocation routes must never listen beyond loopback, whatever changes there.

@@ -114,6 +114,26 @@ fn without_auto_migration_an_unmigrated_store_stops_the_process_before_the_port_
 }
 
 #[test]
+fn a_database_a_newer_release_migrated_first_is_served_and_migrated_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(handler(dir.path(), &["migrate"], &[]).status.success());
+    // Release N+1's deployment ran its migration before its code reached every instance.
+    rusqlite::Connection::open(dir.path().join("data/meterline.db"))
+        .unwrap()
+        .execute(
+            "INSERT INTO schema_migrations VALUES (99, 'from_the_next_release', ?1, '2026-01-01T00:00:00Z')",
+            ["f".repeat(64)],
+        )
+        .unwrap();
+    let migrate = handler(dir.path(), &["migrate"], &[]);
+    assert!(migrate.status.success(), "{}", stderr(&migrate));
+    assert!(String::from_utf8_lossy(&migrate.stdout).contains("applied [], already applied [1, 2"), "{migrate:?}");
+    assert!(String::from_utf8_lossy(&migrate.stdout).contains("newer than this release [99]"), "{migrate:?}");
+    let job = handler(dir.path(), &["run-job", "usage-rollup"], &[("METERLINE_AUTO_MIGRATE", "false")]);
+    assert!(job.status.success(), "the release before runs on it: {}", stderr(&job));
+}
+
+#[test]
 fn a_store_path_naming_something_else_is_a_configuration_error_that_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("notes.db");

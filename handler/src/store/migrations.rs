@@ -34,6 +34,10 @@ pub struct MigrationReport {
     pub applied: Vec<i64>,
     /// Versions that were already present.
     pub already_applied: Vec<i64>,
+    /// Applied versions newer than every migration this build knows: a newer release migrated the database
+    /// first (deployments migrate before they deploy the code). This release runs on it, since each migration
+    /// keeps the release before it working (docs/data-model.md, "Migrations").
+    pub newer: Vec<i64>,
 }
 
 macro_rules! migrations {
@@ -93,15 +97,21 @@ pub fn check_order(known: &[Migration]) -> Result<(), String> {
 }
 
 /// Verifies the applied `history` against the `known` migrations, the same way in every store: an applied
-/// version the build does not know is `UnknownMigration`, one whose checksum changed is `MigrationChanged`.
+/// version the build does not know is `UnknownMigration` (unless it is newer than all it knows, and nothing it
+/// knows is missing: a newer release's, in `newer`), one whose checksum changed is `MigrationChanged`.
 /// Returns the report with `already_applied` filled in and the migrations still to apply, in order.
 pub(crate) fn verify<'a>(
     known: &'a [Migration],
     history: &[AppliedMigration],
 ) -> Result<(MigrationReport, Vec<&'a Migration>), super::StoreError> {
     let mut report = MigrationReport::default();
+    let newest = known.iter().map(|m| m.version).max().unwrap_or(0);
     for applied in history {
         let Some(migration) = known.iter().find(|m| m.version == applied.version) else {
+            if applied.version > newest {
+                report.newer.push(applied.version);
+                continue;
+            }
             return Err(super::StoreError::UnknownMigration { version: applied.version });
         };
         if migration.checksum() != applied.checksum {
@@ -114,7 +124,11 @@ pub(crate) fn verify<'a>(
         }
         report.already_applied.push(applied.version);
     }
-    let pending = known.iter().filter(|m| !report.already_applied.contains(&m.version)).collect();
+    let pending: Vec<&Migration> = known.iter().filter(|m| !report.already_applied.contains(&m.version)).collect();
+    if let (Some(newer), false) = (report.newer.first(), pending.is_empty()) {
+        // A newer release's migration on a database that lacks one of ours: not a sequence any deployment makes.
+        return Err(super::StoreError::UnknownMigration { version: *newer });
+    }
     Ok((report, pending))
 }
 
@@ -147,6 +161,23 @@ mod tests {
         let mut unknown = applied(&SQLITE[0], SQLITE[0].checksum());
         unknown.version = 999;
         assert!(matches!(verify(SQLITE, &[unknown]), Err(super::super::StoreError::UnknownMigration { version: 999 })));
+    }
+
+    #[test]
+    fn a_newer_releases_migrations_on_top_of_all_of_ours_are_tolerated() {
+        let mut history: Vec<AppliedMigration> = SQLITE.iter().map(|m| applied(m, m.checksum())).collect();
+        let mut next = applied(&SQLITE[0], "f".repeat(64));
+        next.version = SQLITE.last().unwrap().version + 1;
+        history.push(next.clone());
+        let (report, pending) = verify(SQLITE, &history).unwrap();
+        assert_eq!((report.newer, pending.len()), (vec![next.version], 0));
+        // With one of ours missing beneath it, it is no sequence a deployment makes.
+        history.remove(SQLITE.len() - 1);
+        assert!(matches!(verify(SQLITE, &history), Err(super::super::StoreError::UnknownMigration { .. })));
+        // A version inside our range that we do not have is still refused.
+        let mut stray = applied(&SQLITE[0], "0".repeat(64));
+        stray.version = 0;
+        assert!(matches!(verify(SQLITE, &[stray]), Err(super::super::StoreError::UnknownMigration { version: 0 })));
     }
 
     #[test]

@@ -178,16 +178,16 @@ pub async fn open(config: &StoreConfig, clock: Arc<dyn crate::clock::Clock>) -> 
 }
 
 /// Refuses a store whose schema is not this build's: a migration it lacks (with `METERLINE_AUTO_MIGRATE` off,
-/// nothing applies it, and every call would fail), one it has that this build does not know, or one changed since
-/// it was applied. What `migrate` checks before it applies anything, without applying anything.
-pub async fn check_migrated(store: &dyn Store) -> Result<(), StoreError> {
+/// nothing applies it, and every call would fail), one it has that this build does not know (but a newer
+/// release's on top of all of ours, which the report lists), or one changed since it was applied. What `migrate` checks before it applies anything, without applying anything.
+pub async fn check_migrated(store: &dyn Store) -> Result<MigrationReport, StoreError> {
     let known = match store.kind() {
         "mssql" => migrations::MSSQL,
         _ => migrations::SQLITE,
     };
-    let (_, pending) = migrations::verify(known, &store.applied_migrations().await?)?;
+    let (report, pending) = migrations::verify(known, &store.applied_migrations().await?)?;
     if pending.is_empty() {
-        return Ok(());
+        return Ok(report);
     }
     Err(StoreError::MigrationsPending { versions: pending.iter().map(|m| m.version).collect() })
 }
