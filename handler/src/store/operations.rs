@@ -20,8 +20,8 @@ pub trait OperationsStore: Send + Sync + 'static {
     /// Succeeds when the store answers a trivial query.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Succeeds when the store takes a write: the newest row of the migration history written again as it is
-    /// (nothing any caller reads changes). Through the store's breaker like every write, so while the breaker is
+    /// Succeeds when the store takes a write that nothing any caller reads sees (SQLite: 128 KiB written and
+    /// removed again; SQL Server: the newest migration history row rewritten as it is). Through the store's breaker like every write, so while the breaker is
     /// half-open this is its probe: readiness asks it then, because a read answers from a store whose writes
     /// still fail (a full disk, a read-only file), and a ready instance takes traffic that would only fail.
     async fn probe_write(&self) -> Result<(), StoreError>;

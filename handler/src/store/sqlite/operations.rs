@@ -9,10 +9,16 @@ pub(super) const CREATE_HISTORY: &str = "CREATE TABLE IF NOT EXISTS schema_migra
     applied_at TEXT    NOT NULL
 ) STRICT";
 
-/// [`OperationsStore::probe_write`]: a real write (a row of a page rewritten, committed through the WAL) that
-/// leaves every value as it was.
-const PROBE_WRITE: &str = "UPDATE schema_migrations SET applied_at = applied_at
-WHERE version = (SELECT MAX(version) FROM schema_migrations)";
+/// [`OperationsStore::probe_write`] on SQLite, first: a row with 128 KiB in it, committed (new pages through the
+/// WAL), in a scope no tenant has. A one-page rewrite was not enough: on a full disk it still committed in WAL
+/// frames already there while every real write failed. Then [`PROBE_CLEAR`] removes it.
+const PROBE_WRITE: &str = "INSERT OR REPLACE INTO idempotency_keys (tenant_id, idempotency_key, operation_id,
+    request_hash, status_code, response_headers, response_body, created_at, expires_at)
+VALUES ('00000000-0000-0000-0000-000000000000', 'meterline:readiness-probe', 'readiness',
+    '0000000000000000000000000000000000000000000000000000000000000000', 0, '{}', zeroblob(131072), ?1, ?1)";
+
+const PROBE_CLEAR: &str = "DELETE FROM idempotency_keys
+WHERE tenant_id = '00000000-0000-0000-0000-000000000000' AND idempotency_key = 'meterline:readiness-probe'";
 
 /// The schema the SQLite migrations build, as one script: a database with no schema yet is created from it in
 /// one step, and its migrations up to [`baseline_version`] are recorded as applied. Replaying each migration
@@ -112,7 +118,9 @@ impl OperationsStore for SqliteStore {
     }
 
     async fn probe_write(&self) -> Result<(), StoreError> {
-        self.write(|tx| tx.execute(PROBE_WRITE, []).map(drop).map_err(classify)).await
+        let at = timestamp(self.inner.clock.now());
+        self.write(move |tx| tx.execute(PROBE_WRITE, [at]).map(drop).map_err(classify)).await?;
+        self.write(|tx| tx.execute(PROBE_CLEAR, []).map(drop).map_err(classify)).await
     }
 
     async fn migrate(&self) -> Result<MigrationReport, StoreError> {
