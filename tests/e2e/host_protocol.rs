@@ -156,6 +156,25 @@ async fn unknown_function_names_get_a_404_problem_wrapped_for_their_trigger() {
     assert_problem(&body, 404, "UnknownFunction");
 }
 
+#[tokio::test]
+async fn a_default_mode_url_with_characters_a_uri_cannot_carry_is_answered_not_dropped() {
+    let host = HostEmulator::start().await;
+    for url in
+        ["http://app/api/v1/documents?q=a\"b", "http://app/api/v1/documents/é", "http://app/api/v1/documents?q=<x y>"]
+    {
+        let answered = host
+            .invoke(
+                "Documents",
+                &json!({"Data": {"req": {"Url": url, "Method": "GET", "Headers": {}}}, "Metadata": {}}),
+            )
+            .await;
+        assert_eq!(answered.status, 200, "{url}");
+        let res = &answered.outputs()["res"];
+        assert_eq!(res["statusCode"], "401", "{url}: the API answered it (no token): {res}");
+    }
+    assert!(!host.output_text().contains("panicked"), "{}", host.output_text());
+}
+
 async fn job_runs(host: &HostEmulator, job: &str) -> Vec<meterline::store::JobRun> {
     use meterline::store::prelude::*;
     let store = meterline::store::SqliteStore::open(&host.app_root.join("data/meterline.db")).await.unwrap();

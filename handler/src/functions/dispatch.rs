@@ -105,6 +105,11 @@ async fn invoke_http(
         AppError::new(ErrorCode::InvalidInvocation).with_detail(format!("Data.{binding} (the HTTP request) is missing"))
     })?;
     let request = HttpRequestData::from_value(data)?;
+    // `TestRequest::uri` panics on a target `http::Uri` refuses; refused here first, as a bad invocation.
+    request.path_and_query.parse::<actix_web::http::Uri>().map_err(|_| {
+        AppError::new(ErrorCode::InvalidInvocation)
+            .with_detail(format!("Data.{binding}.Url is not a valid request URL"))
+    })?;
     let mut test_request = actix_web::test::TestRequest::default()
         .method(request.method.parse().map_err(|_| {
             AppError::new(ErrorCode::InvalidInvocation).with_detail(format!("bad HTTP method {:?}", request.method))

@@ -229,11 +229,26 @@ impl HttpRequestData {
     }
 }
 
+/// Bytes a request target may not carry as they are (RFC 3986 §2, and what `http::Uri` refuses): controls, space,
+/// `"`, `<`, `>`, `\`, `^`, `` ` ``, `{`, `|`, `}` and every non-ASCII byte. The host can hand over a URL with
+/// them decoded (`é`, a quote in a query); they are percent-encoded, as the client's own request had them.
+const NOT_IN_A_URI: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'<')
+    .add(b'>')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
 fn path_and_query_of(url: &str) -> Option<String> {
     let rest = url.split_once("://").map(|(_, rest)| rest)?;
     let start = rest.find(['/', '?']).unwrap_or(rest.len());
-    let tail = &rest[start..];
-    Some(if tail.starts_with('/') { tail.to_owned() } else { format!("/{tail}") })
+    let tail = percent_encoding::utf8_percent_encode(&rest[start..], NOT_IN_A_URI).to_string();
+    Some(if tail.starts_with('/') { tail } else { format!("/{tail}") })
 }
 
 fn encode_query_part(raw: &str) -> String {
@@ -455,6 +470,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(old.path_and_query, "/api/x?a%20b=1%262");
+        // Characters a URI cannot carry as they are, handed over decoded, arrive encoded (and so parse).
+        let raw = serde_json::json!({"Url": "http://app/api/v1/documents/é?q=a\"b <c>", "Method": "GET"});
+        let decoded = HttpRequestData::from_value(&raw).unwrap();
+        assert_eq!(decoded.path_and_query, "/api/v1/documents/%C3%A9?q=a%22b%20%3Cc%3E");
+        assert!(decoded.path_and_query.parse::<actix_web::http::Uri>().is_ok());
         assert!(old.body.is_none());
         assert!(HttpRequestData::from_value(&json!({"Url": "/relative", "Method": "GET"})).is_err());
     }
