@@ -89,7 +89,8 @@ enum Command {
 enum QuarantineCommand {
     /// Print quarantined messages, newest first, one JSON object per line (without their bodies).
     List {
-        #[arg(long, default_value_t = 50)]
+        /// How many to print, 1 to 1 000.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
     },
     /// Run a quarantined message's stored body through the consumer again; marks it replayed when it applies
@@ -146,7 +147,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // The store's setting names something that is not a usable store: as unusable as a malformed setting.
         Err(err) if err.chain().any(|cause| matches!(cause.downcast_ref(), Some(StoreError::Unusable { .. }))) => {
-            tracing::error!(error = %format!("{err:#}"), "handler failed: configuration error");
+            // One line, as for a setting refused before anything started.
             eprintln!("handler: configuration error: {err:#}");
             ExitCode::from(EXIT_CONFIG)
         }

@@ -143,16 +143,21 @@ fn a_store_path_naming_something_else_is_a_configuration_error_that_changes_noth
         .unwrap()
         .execute_batch("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
         .unwrap();
-    for (file, says) in
-        [(&text, "is not a SQLite database"), (&foreign, "is not a Meterline database: it has tables (customers)")]
-    {
-        let before = std::fs::read(file).unwrap();
+    let folder = dir.path().join("a-folder");
+    std::fs::create_dir(&folder).unwrap();
+    for (file, says) in [
+        (&text, "is not a SQLite database"),
+        (&foreign, "is not a Meterline database: it has tables (customers)"),
+        (&folder, "is a folder, not a database file"),
+    ] {
+        let before = std::fs::read(file).unwrap_or_default();
         let output = handler(dir.path(), &["migrate"], &[("METERLINE_SQLITE_PATH", file.to_str().unwrap())]);
         let text = stderr(&output);
         assert_eq!(output.status.code(), Some(2), "{text}");
-        assert!(text.contains("handler: configuration error: METERLINE_SQLITE_PATH: "), "{text}");
+        assert!(text.starts_with("handler: configuration error: METERLINE_SQLITE_PATH: "), "{text}");
+        assert_eq!(text.lines().count(), 1, "one line: {text}");
         assert!(text.contains(&format!("{} {says}", file.display())), "{text}");
-        assert!(std::fs::read(file).unwrap() == before, "the file is left as it was");
+        assert!(std::fs::read(file).unwrap_or_default() == before, "the file is left as it was");
     }
 }
 

@@ -196,8 +196,15 @@ async fn a_final_month_gets_one_immutable_statement_with_its_event_then_raw_even
         store.usage_rollups(tenants[0], RollupGranularity::Day, january, january + Duration::days(31)).await.unwrap(),
         jan_rollups
     );
-    // A re-run over purged hours is refused instead of wiping their rollups.
+    // A re-run over purged hours is refused instead of wiping their rollups; so are ranges out of any clock's
+    // reach and ranges past now, as errors, not panics or hours of work.
     assert!(jobs::rollup::rerun(&state, january, january + Duration::days(1)).await.is_err());
+    let year_one = Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).unwrap();
+    assert!(jobs::rollup::rerun(&state, year_one, year_one + Duration::days(1)).await.is_err());
+    let now = clock.now();
+    let far = Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap();
+    let refused = jobs::rollup::rerun(&state, now - Duration::hours(2), far).await.unwrap_err();
+    assert!(format!("{refused:?}").contains("current hour"), "{refused:?}");
 }
 
 #[tokio::test]

@@ -184,6 +184,13 @@ impl Config {
         let max_body_bytes = parse_number("METERLINE_MAX_BODY_BYTES", get("METERLINE_MAX_BODY_BYTES"), 1_048_576, 1)?;
         let default_workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let workers = parse_number("METERLINE_WORKERS", get("METERLINE_WORKERS"), default_workers, 1)?;
+        if workers > MAX_WORKERS {
+            // actix-web's own limit, which it enforces with a panic.
+            return Err(ConfigError::new(
+                "METERLINE_WORKERS",
+                format!("expected at most {MAX_WORKERS}, got {workers}"),
+            ));
+        }
         let shutdown_secs =
             parse_number("METERLINE_SHUTDOWN_TIMEOUT_SECS", get("METERLINE_SHUTDOWN_TIMEOUT_SECS"), 10, 0)?;
 
@@ -262,6 +269,9 @@ fn parse_bool(setting: &'static str, raw: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// The most HTTP worker threads actix-web starts.
+const MAX_WORKERS: usize = 512;
+
 fn parse_number(setting: &'static str, raw: Option<String>, default: usize, min: usize) -> Result<usize, ConfigError> {
     match raw {
         None => Ok(default),
@@ -281,6 +291,13 @@ mod tests {
     pub(super) fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn workers_are_bounded_by_what_the_server_starts() {
+        assert_eq!(config(&[("METERLINE_WORKERS", "512")]).unwrap().workers, 512);
+        let err = config(&[("METERLINE_WORKERS", "100000")]).unwrap_err();
+        assert!(err.to_string().contains("METERLINE_WORKERS") && err.to_string().contains("at most 512"), "{err}");
     }
 
     #[test]

@@ -344,12 +344,16 @@ pub fn statement_ready_event(id: uuid::Uuid, s: &BillingStatement) -> OutboxMess
 /// from the raw events rolled up so far. Refused where raw events may already be purged.
 pub async fn rerun(state: &AppState, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<String, AppError> {
     let now = state.clock.now();
-    let first = RollupGranularity::Hour.window_of(from);
     let horizon = now - delta(state.config.usage.retention) + TimeDelta::hours(1);
     if from >= to {
         return Err(AppError::new(ErrorCode::InvalidQuery).with_detail("--from must be before --to"));
     }
-    if first < horizon {
+    if to > now + TimeDelta::hours(1) {
+        return Err(AppError::new(ErrorCode::InvalidQuery)
+            .with_detail(format!("--to may not lie past the current hour ({now}): no usage is recorded there yet")));
+    }
+    // Checked before the hour is computed from it: a year 1 start is out of the clock's range.
+    if from < horizon - TimeDelta::hours(1) || RollupGranularity::Hour.window_of(from) < horizon {
         return Err(AppError::new(ErrorCode::InvalidQuery).with_detail(format!(
             "raw events before {horizon} may be purged (METERLINE_USAGE_RETENTION_DAYS); re-aggregating there would lose usage"
         )));
@@ -359,6 +363,7 @@ pub async fn rerun(state: &AppState, from: DateTime<Utc>, to: DateTime<Utc>) -> 
             AppError::new(ErrorCode::Conflict).with_detail("another runner holds the usage-rollup lease; retry")
         );
     };
+    let first = RollupGranularity::Hour.window_of(from);
     let mut hour = first;
     let (mut hours, mut rows) = (0u64, 0u64);
     let result = async {

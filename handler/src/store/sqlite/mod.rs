@@ -139,6 +139,12 @@ impl SqliteStore {
                     StoreError::Unavailable(anyhow::Error::new(e).context(format!("creating {}", dir.display())))
                 })?;
             }
+            if path.is_dir() {
+                return Err(StoreError::Unusable {
+                    setting: "METERLINE_SQLITE_PATH",
+                    reason: format!("{} is a folder, not a database file", path.display()),
+                });
+            }
             let mut writer = connect(&path)?;
             // Before anything is written (switching to WAL rewrites the header): another application's file is
             // left as it is.
