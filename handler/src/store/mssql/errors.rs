@@ -54,9 +54,28 @@ pub fn is_transient_number(n: u32) -> bool {
     TRANSIENT_NUMBERS.contains(&n)
 }
 
+/// Error numbers of a database that cannot take writes now: read-only (3906), its log or a filegroup full (9002,
+/// 1105, 1101), or the Azure SQL size quota reached (40544, 40552). Not a bug in the statement: the store is
+/// unavailable (503, the breaker opens, readiness follows), as on SQLite for a read-only or full file.
+const UNWRITABLE_NUMBERS: &[u32] = &[3906, 9002, 1105, 1101, 40544, 40552];
+
 /// True only for [`StoreError::Unavailable`]: the only class worth trying again.
 pub fn is_retryable(err: &StoreError) -> bool {
     matches!(err, StoreError::Unavailable(_))
+}
+
+/// The server rolled the whole transaction back: nothing of it took effect.
+#[derive(Debug, thiserror::Error)]
+#[error("SQL Server error {number} (the transaction was rolled back): {message}")]
+pub struct RolledBack {
+    number: u32,
+    message: String,
+}
+
+/// True for a failure the server proves took nothing into effect (a deadlock victim), which even work that is not
+/// idempotent may try again.
+pub fn was_rolled_back(err: &StoreError) -> bool {
+    matches!(err, StoreError::Unavailable(cause) if cause.chain().any(|c| c.is::<RolledBack>()))
 }
 
 /// Classifies an error the server sent, from its number and message.
@@ -71,6 +90,10 @@ pub fn classify_server_error(number: u32, message: &str) -> StoreError {
             StoreError::Other(anyhow::anyhow!("SQL Server error {number}: {message}"))
         }
         CONSTRAINT_CONFLICT => StoreError::ForeignKey(message.to_string()),
+        DEADLOCK_VICTIM => StoreError::Unavailable(RolledBack { number, message: message.to_owned() }.into()),
+        n if UNWRITABLE_NUMBERS.contains(&n) => {
+            StoreError::Unavailable(anyhow::anyhow!("SQL Server error {n} (the database takes no writes): {message}"))
+        }
         n if is_transient_number(n) => {
             StoreError::Unavailable(anyhow::anyhow!("SQL Server error {n} (transient): {message}"))
         }
@@ -149,6 +172,16 @@ mod tests {
             assert!(is_retryable(&err), "{n}");
         }
         assert_eq!(CLIENT_TIMEOUT, u32::MAX - 1);
+    }
+
+    #[test]
+    fn a_database_that_takes_no_writes_is_unavailable_not_a_bug() {
+        for n in [3906, 9002, 1105, 1101, 40544, 40552] {
+            let err = classify_server_error(n, "read-only or full");
+            assert!(matches!(err, StoreError::Unavailable(_)), "{n} gave {err:?}");
+            assert!(!was_rolled_back(&err), "{n}");
+        }
+        assert!(was_rolled_back(&classify_server_error(1205, "deadlock victim")));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::store::{audit::*, documents::*, metering::*, operations::*, plans::*,
 use connection::{MssqlClient, MssqlConnector, MssqlManager, pool_error, pool_with_timeout};
 use errors::classify;
 use queries as q;
-use retry::{RetryPolicy, jitter_from_seed, retry};
+use retry::{RetryPolicy, jitter_from_seed, retry, retry_rolled_back};
 
 /// Connections per handler process. Azure SQL counts sessions per database; scale-out multiplies this.
 const POOL_SIZE: u32 = 16;
@@ -202,12 +202,11 @@ impl MssqlStore {
             }
         };
         let attempts = async {
+            let mut jitter = self.jitter();
             match retryable {
-                Retry::No => attempt().await,
-                Retry::Yes => {
-                    let mut jitter = self.jitter();
-                    retry(&self.retry, &mut jitter, |_| attempt()).await
-                }
+                // A deadlock victim's transaction was rolled back whole: even a debit may run again.
+                Retry::No => retry_rolled_back(&self.retry, &mut jitter, |_| attempt()).await,
+                Retry::Yes => retry(&self.retry, &mut jitter, |_| attempt()).await,
             }
         };
         // The bound of every SQL Server call: the waits for a connection and every statement of every attempt. A

@@ -1,6 +1,7 @@
 //! Bounded retry with exponential backoff and full jitter, for idempotent SQL Server work hit by transient faults.
 //!
-//! Only [`StoreError::Unavailable`] is retried (see [`is_retryable`]): throttling, failover, deadlock victims,
+//! Only [`StoreError::Unavailable`] is retried (see [`is_retryable`]; for work that is not idempotent only a
+//! deadlock victim, rolled back whole: [`retry_rolled_back`]): throttling, failover, deadlock victims,
 //! dropped connections, timeouts. Conflicts, reference violations and everything else fail at once. When the
 //! attempts run out the last error is returned, still `Unavailable`, so the API answers 503 with `Retry-After`.
 //!
@@ -10,7 +11,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::errors::is_retryable;
+use super::errors::{is_retryable, was_rolled_back};
 use crate::store::StoreError;
 
 /// How often and how patiently to retry.
@@ -52,10 +53,33 @@ pub fn backoff_delay(policy: &RetryPolicy, attempt: u32, jitter_fraction: f64) -
 /// statements, commit, all inside `op`, on a connection taken inside `op`). Never retry a single statement of a
 /// larger transaction, nor work whose failure can leave effects behind: after a dropped connection or a timeout
 /// the server may have committed, so non-idempotent work could be applied twice.
-pub async fn retry<T, F, Fut>(
+pub async fn retry<T, F, Fut>(policy: &RetryPolicy, jitter: &mut impl FnMut() -> f64, op: F) -> Result<T, StoreError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    retry_when(policy, jitter, op, is_retryable).await
+}
+
+/// [`retry`] for work that is not idempotent: only a failure the server proves took nothing into effect (a
+/// deadlock victim's transaction is rolled back whole, [`was_rolled_back`]) is tried again.
+pub async fn retry_rolled_back<T, F, Fut>(
+    policy: &RetryPolicy,
+    jitter: &mut impl FnMut() -> f64,
+    op: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    retry_when(policy, jitter, op, was_rolled_back).await
+}
+
+async fn retry_when<T, F, Fut>(
     policy: &RetryPolicy,
     jitter: &mut impl FnMut() -> f64,
     mut op: F,
+    worth_retrying: fn(&StoreError) -> bool,
 ) -> Result<T, StoreError>
 where
     F: FnMut(u32) -> Fut,
@@ -66,7 +90,7 @@ where
     loop {
         match op(attempt).await {
             Ok(value) => return Ok(value),
-            Err(err) if !is_retryable(&err) => return Err(err),
+            Err(err) if !worth_retrying(&err) => return Err(err),
             Err(StoreError::Unavailable(cause)) if attempt >= max_attempts => {
                 return Err(StoreError::Unavailable(cause.context(format!("gave up after {attempt} attempts"))));
             }
@@ -183,6 +207,27 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         // two sleeps at full jitter: 100 ms + 200 ms of (paused, auto-advanced) time
         assert_eq!(started.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_that_is_not_idempotent_is_retried_only_after_a_deadlock_rolled_it_back() {
+        let deadlock = || super::super::errors::classify_server_error(1205, "chosen as the deadlock victim");
+        let calls = AtomicU32::new(0);
+        let result = retry_rolled_back(&policy(), &mut || 0.0, |attempt| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move { if attempt < 2 { Err(deadlock()) } else { Ok(attempt) } }
+        })
+        .await;
+        assert_eq!((result.unwrap(), calls.load(Ordering::SeqCst)), (2, 2));
+        // Another transient failure (a timeout, a dropped connection) may have committed: not tried again.
+        let calls = AtomicU32::new(0);
+        let result: Result<(), _> = retry_rolled_back(&policy(), &mut || 0.0, |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move { Err(transient()) }
+        })
+        .await;
+        assert!(result.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]
