@@ -313,6 +313,10 @@ async fn bad_input_gets_field_level_problems_and_writes_nothing() {
         (json!({"title": "t", "docType": "x", "tags": ["\u{130}".repeat(33)]}), "/tags/0"),
         (json!({"title": "t", "docType": "x", "tags": [" , "]}), "/tags/0"),
         (json!({"title": "   ", "docType": "x"}), "/title"),
+        // Lengths as SQL Server's NVARCHAR counts them: an emoji is two UTF-16 code units.
+        (json!({"title": format!("{}\u{1F600}", "a".repeat(299)), "docType": "x"}), "/title"),
+        (json!({"title": "t", "docType": "x", "summary": "\u{1F600}".repeat(1001)}), "/summary"),
+        (json!({"title": "t", "docType": "x", "tags": ["\u{1F600}".repeat(33)]}), "/tags/0"),
     ];
     for (body, pointer) in refused {
         let refused = problem(&api.create(&api.a_writer, body.clone()).await, 422, "ValidationFailed");
@@ -341,6 +345,8 @@ async fn bad_input_gets_field_level_problems_and_writes_nothing() {
     problem(&api.create(&api.a_writer, huge).await, 413, "PayloadTooLarge");
     let list = api.get(&api.a_reader, "/api/v1/documents?count=true").await.json();
     assert_eq!(list["count"], 0, "no rejected request wrote anything");
+    let longest = json!({"title": "\u{e9}".repeat(300), "docType": "x", "summary": "\u{1F600}".repeat(1000)});
+    assert_eq!(api.create(&api.a_writer, longest).await.status, 201, "300 characters of the BMP, 1 000 emoji");
 }
 
 #[actix_web::test]

@@ -715,6 +715,16 @@ async fn a_grant_serves_a_blocked_tenant_and_shows_in_its_summary_headers_audit_
     let refused = app.http(as_admin(ClientRequest::new("POST", &grants).json(&past))).await;
     assert_eq!(refused.status, 422);
     assert_eq!(refused.json()["errors"][0]["pointer"], "/expiresAt");
+    for (bad, pointer) in [
+        (json!({"units": 0, "reason": "x"}), "/units"),
+        (json!({"units": -5, "reason": "x"}), "/units"),
+        (json!({"units": 3, "reason": "   "}), "/reason"),
+        (json!({"units": 3, "reason": "r".repeat(501)}), "/reason"),
+    ] {
+        let refused = app.http(as_admin(ClientRequest::new("POST", &grants).json(&bad))).await;
+        assert_eq!(refused.status, 422, "{bad}: {}", String::from_utf8_lossy(&refused.body));
+        assert_eq!(refused.json()["errors"][0]["pointer"], pointer, "{bad}");
+    }
 
     // The tenant's own callers used the key first (for a document): a grant's keys are kept apart from theirs.
     app.db()

@@ -87,11 +87,11 @@ pub fn parse(raw: &str) -> Result<SearchQuery, Box<FieldError>> {
             }
         };
         let longest = match &kind {
-            TermKind::Word(w) | TermKind::Prefix(w) => w.chars().count(),
-            TermKind::Phrase(ws) => ws.iter().map(|w| w.chars().count()).max().unwrap_or(0),
+            TermKind::Word(w) | TermKind::Prefix(w) => crate::store::utf16_width(w),
+            TermKind::Phrase(ws) => ws.iter().map(|w| crate::store::utf16_width(w)).max().unwrap_or(0),
         };
         if longest > MAX_WORD {
-            return fail(start, "maxLength", "a word has at most 64 characters");
+            return fail(start, "maxLength", "a word has at most 64 characters (UTF-16 code units)");
         }
         terms.push(SearchTerm { kind, excluded });
         if terms.len() > MAX_TERMS {

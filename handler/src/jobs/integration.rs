@@ -30,6 +30,7 @@ use crate::store::{
     ApplyOutcome, DocumentStatus, DocumentUpsert, InboxEntry, IntegrationEffect, QuarantinedMessage, TenantStatus,
     UsageEvent,
 };
+use crate::store::{clip_utf16 as clip, utf16_width as width};
 use crate::telemetry::metrics::{self, ConsumerOutcome};
 
 /// The event types this consumer applies, with the `data` schema each is checked against (`docs/events.md`).
@@ -89,11 +90,7 @@ struct Envelope {
     data: Option<Value>,
 }
 
-/// Length as SQL Server's `NVARCHAR(n)` counts it (UTF-16 code units), so both stores accept the same texts.
-fn width(text: &str) -> usize {
-    text.encode_utf16().count()
-}
-
+/// A text of 1 to `max` UTF-16 code units (as SQL Server's `NVARCHAR(n)` counts, so both stores take the same).
 fn required_text(value: Option<Value>, name: &str, max: usize) -> Result<String, String> {
     match value {
         Some(Value::String(s)) if !s.trim().is_empty() && width(&s) <= max => Ok(s),
@@ -366,15 +363,6 @@ fn effect_of(
 }
 
 /// At most `max` UTF-16 code units of `text` (an `NVARCHAR(max)` column), cut at a character boundary.
-fn clip(text: &str, max: usize) -> String {
-    let mut units = 0;
-    text.chars()
-        .take_while(|c| {
-            units += c.len_utf16();
-            units <= max
-        })
-        .collect()
-}
 
 /// Decodes and applies one message body. `Err` is transient (the host should redeliver); a message that can
 /// never apply is `Ok(Verdict::Poison)` and nothing was written.

@@ -86,7 +86,8 @@ pub async fn run(state: &AppState, job: Job, trigger: JobTrigger) -> Result<JobO
         started_at,
         finished_at: state.clock.now(),
         outcome: if result.is_ok() { "succeeded" } else { "failed" }.to_owned(),
-        detail: summary.clone(),
+        // `job_runs.detail` holds 2 000 (an NVARCHAR on SQL Server): a long error chain must not fail the record.
+        detail: crate::store::clip_utf16(&summary, 2000),
     };
     state.store.record_job_run(&run).await?;
     tracing::info!(job = job.name(), trigger = trigger_kind, is_past_due, outcome = %run.outcome, "{summary}");

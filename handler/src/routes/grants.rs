@@ -74,18 +74,29 @@ impl GrantView {
 }
 
 /// A new grant.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema, validator::Validate)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(example = json!({"units": 500, "reason": "credit for the incident of 3 March"}))]
 pub struct GrantInput {
     /// Units added to the tenant's current period.
+    #[validate(range(min = 1, max = 1_000_000_000))]
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub units: i64,
-    /// Why, as the tenant will read it in its audit trail and statement.
+    /// Why, as the tenant will read it in its audit trail and statement: 1 to 500 characters (UTF-16 code units),
+    /// not only spaces.
+    #[validate(custom(function = "valid_reason"))]
     #[schema(min_length = 1, max_length = 500)]
     pub reason: String,
     /// When its unused part lapses: after now, at the latest the period's end (the default).
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+fn valid_reason(reason: &str) -> Result<(), validator::ValidationError> {
+    let width = crate::store::utf16_width(reason.trim());
+    if (1..=500).contains(&width) {
+        return Ok(());
+    }
+    Err(validator::ValidationError::new("length").with_message("1 to 500 characters, not only spaces".into()))
 }
 
 /// The path of a tenant's grants.
@@ -155,6 +166,7 @@ pub async fn create_grant(
     input: web::Json<GrantInput>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
+    crate::api::validation::validate(&*input)?;
     let tenant_id = parse_id(&path.tenant_id, tenant_not_found)?;
     let tenant = state.store.get_tenant(tenant_id).await?.ok_or_else(tenant_not_found)?;
     let plan = state.store.get_plan(&tenant.plan_code).await?.ok_or_else(|| {

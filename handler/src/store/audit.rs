@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use uuid::Uuid;
 
+use super::model::clip_utf16 as clip;
 use super::*;
 
 /// Reading the audit trail (appending happens with the usage records, see [`MeteringStore::record_usage`]).
@@ -115,20 +116,6 @@ pub fn audit_chain_key(tenant_id: Option<Uuid>) -> String {
         Some(id) => format!("tenant:{}", id.hyphenated()),
         None => "platform".to_owned(),
     }
-}
-
-/// Keeps at most `max` UTF-16 code units (SQL Server's `NVARCHAR(n)` counts those), cutting at a character.
-fn clip(text: &str, max: usize) -> String {
-    let mut units = 0;
-    let mut end = 0;
-    for (i, c) in text.char_indices() {
-        units += c.len_utf16();
-        if units > max {
-            break;
-        }
-        end = i + c.len_utf8();
-    }
-    text[..end].to_owned()
 }
 
 /// A hash column holds 64 lower-case hex digits or nothing.

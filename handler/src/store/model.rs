@@ -27,6 +27,26 @@ impl<T, C> Page<T, C> {
 /// A deterministic id: the first 16 bytes of SHA-256 over `namespace` and each part (length-prefixed), stamped as
 /// an RFC 9562 version-8 UUID. The same inputs give the same id in every process, so a retried write that derives
 /// its ids this way (an outbox event, a usage event from a CloudEvent) can never insert a second copy.
+/// How long `text` is as SQL Server's `NVARCHAR(n)` counts: UTF-16 code units (a character outside the Basic
+/// Multilingual Plane, an emoji, counts as two). Every text limit a column enforces is checked this way first.
+pub fn utf16_width(text: &str) -> usize {
+    text.encode_utf16().count()
+}
+
+/// Keeps at most `max` UTF-16 code units of `text` ([`utf16_width`]), cutting at a character.
+pub fn clip_utf16(text: &str, max: usize) -> String {
+    let mut units = 0;
+    let mut end = 0;
+    for (i, c) in text.char_indices() {
+        units += c.len_utf16();
+        if units > max {
+            break;
+        }
+        end = i + c.len_utf8();
+    }
+    text[..end].to_owned()
+}
+
 pub fn deterministic_id(namespace: &str, parts: &[&str]) -> Uuid {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();

@@ -132,7 +132,7 @@ impl TermKind {
 /// What the SQL Server store indexes of a document (its title, summary, body and tags): each word once with its
 /// weight (per field, the field's weight from [`FIELD_WEIGHTS`] times the word's occurrences there, at most 10),
 /// and the words of each field in order, as ` w1 w2 | w3 … ` (fields separated by `|`), for phrases. Words longer
-/// than [`MAX_WORD`] characters are cut to it.
+/// than [`MAX_WORD`] UTF-16 code units (`document_words.word` is an `NVARCHAR(64)`) are cut to it.
 pub fn indexed_words(fields: [&str; 4]) -> (Vec<(String, i32)>, String) {
     let mut weights: std::collections::BTreeMap<String, [i32; 4]> = std::collections::BTreeMap::new();
     let mut text = String::from(" ");
@@ -141,7 +141,7 @@ pub fn indexed_words(fields: [&str; 4]) -> (Vec<(String, i32)>, String) {
             text.push_str("| ");
         }
         for (word, _) in words(content) {
-            let word: String = word.chars().take(MAX_WORD).collect();
+            let word = super::clip_utf16(&word, MAX_WORD);
             text.push_str(&word);
             text.push(' ');
             let counts = weights.entry(word).or_default();

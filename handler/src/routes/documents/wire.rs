@@ -61,6 +61,24 @@ fn not_blank(value: &str) -> Result<(), validator::ValidationError> {
     }
 }
 
+/// At most `max` characters as the store counts them: UTF-16 code units, as SQL Server's `NVARCHAR(n)` does (an
+/// emoji counts as two), so a text one store takes the other takes too.
+fn fits(value: &str, max: usize) -> Result<(), validator::ValidationError> {
+    if crate::store::utf16_width(value) <= max {
+        return Ok(());
+    }
+    Err(validator::ValidationError::new("length")
+        .with_message(format!("at most {max} characters (UTF-16 code units: an emoji counts as two)").into()))
+}
+
+fn title_fits(value: &str) -> Result<(), validator::ValidationError> {
+    fits(value, 300)
+}
+
+fn summary_fits(value: &str) -> Result<(), validator::ValidationError> {
+    fits(value, 2000)
+}
+
 pub(super) fn storable_date(date: NaiveDate) -> bool {
     (crate::store::FIRST_DATE..=crate::store::LAST_DATE).contains(&date)
 }
@@ -79,9 +97,9 @@ fn valid_tags(tags: &[String]) -> Result<(), validator::ValidationError> {
     }
     for (item, tag) in tags.iter().enumerate() {
         // As stored: trimmed and lower-cased, which can lengthen it ('İ' is two characters in lower case).
-        if tag.trim().is_empty() || tag.trim().to_lowercase().chars().count() > 64 {
-            let mut err =
-                validator::ValidationError::new("length").with_message("each tag has 1 to 64 characters".into());
+        if tag.trim().is_empty() || crate::store::utf16_width(&tag.trim().to_lowercase()) > 64 {
+            let mut err = validator::ValidationError::new("length")
+                .with_message("each tag has 1 to 64 characters (UTF-16 code units)".into());
             err.add_param("item".into(), &item);
             return Err(err);
         }
@@ -120,12 +138,12 @@ pub struct TagFilter(String);
 }))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DocumentInput {
-    /// 1 to 300 characters.
-    #[validate(length(min = 1, max = 300), custom(function = "not_blank"))]
+    /// 1 to 300 characters (UTF-16 code units: an emoji counts as two).
+    #[validate(length(min = 1), custom(function = "title_fits"), custom(function = "not_blank"))]
     #[schema(min_length = 1, max_length = 300)]
     pub title: String,
-    /// Up to 2000 characters.
-    #[validate(length(max = 2000))]
+    /// Up to 2000 characters (UTF-16 code units).
+    #[validate(custom(function = "summary_fits"))]
     #[schema(max_length = 2000)]
     pub summary: Option<String>,
     /// Up to 200 000 characters.
