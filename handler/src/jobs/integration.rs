@@ -362,8 +362,6 @@ fn effect_of(
     }
 }
 
-/// At most `max` UTF-16 code units of `text` (an `NVARCHAR(max)` column), cut at a character boundary.
-
 /// Decodes and applies one message body. `Err` is transient (the host should redeliver); a message that can
 /// never apply is `Ok(Verdict::Poison)` and nothing was written.
 pub async fn process(state: &AppState, body: &str) -> Result<Verdict, AppError> {
