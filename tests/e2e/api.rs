@@ -412,6 +412,13 @@ async fn idempotent_creation_replays_and_refuses_a_reused_key() {
     );
     let azure = api.send(&api.a_writer, with_key("Repeatability-Request-ID", "r-1", doc("Azure style"))).await;
     assert_eq!(azure.status, 201);
+    // Keys compare without regard to case (as SQL Server compares them); two different keys on one request are
+    // refused, since a retry with only one of them would create the document again.
+    let upper = api.send(&api.a_writer, with_key("Idempotency-Key", "K-1", doc("Once"))).await;
+    assert_eq!((upper.status, upper.header("idempotency-replayed")), (201, Some("true")));
+    let both = with_key("Idempotency-Key", "k-2", doc("Two keys")).header("Repeatability-Request-ID", "k-3");
+    let both = problem(&api.send(&api.a_writer, both).await, 422, "ValidationFailed");
+    assert_eq!(both["errors"][0]["header"], "repeatability-request-id", "{both}");
 
     // Ten concurrent retries with one key create one document.
     let racers = (0..10).map(|_| api.send(&api.a_writer, with_key("Idempotency-Key", "race", doc("Raced"))));

@@ -57,6 +57,15 @@ pub fn from_request(req: &HttpRequest, canonical_body: &str) -> Result<Option<Id
         }
         keys.push(key);
     }
+    if let [first, second] = keys[..]
+        && !first.eq_ignore_ascii_case(second)
+    {
+        // Two keys for one request: a retry carrying only the second would create the resource again.
+        return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![
+            FieldError::new(KEY_HEADERS[1], "conflict", "names another key than Idempotency-Key; send one key")
+                .in_header(KEY_HEADERS[1]),
+        ]));
+    }
     let Some(key) = keys.first().copied() else { return Ok(None) };
     let mut hasher = Sha256::new();
     // The path in lower case: its ids are GUIDs, which a retry may spell otherwise, and its words are lower case.

@@ -594,7 +594,8 @@ pub(super) fn store_idempotency(tx: &Connection, record: Option<&IdempotencyReco
     let (tenant, key) = (r.tenant_id.to_string(), r.key.as_str());
     // An expired record no longer answers (see get_idempotency), so its key is free again.
     tx.execute(
-        "DELETE FROM idempotency_keys WHERE tenant_id = ?1 AND idempotency_key = ?2 AND expires_at <= ?3",
+        // Keys compare without regard to case, as SQL Server's default collation compares its key column.
+        "DELETE FROM idempotency_keys WHERE tenant_id = ?1 AND idempotency_key = ?2 COLLATE NOCASE AND expires_at <= ?3",
         params![tenant, key, timestamp(r.created_at)],
     )
     .map_err(classify)?;
@@ -818,7 +819,7 @@ impl DocumentStore for SqliteStore {
         self.read(move |conn| {
             let sql = format!(
                 "SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_keys
-                 WHERE tenant_id = ?1 AND idempotency_key = ?2 AND expires_at > ?3"
+                 WHERE tenant_id = ?1 AND idempotency_key = ?2 COLLATE NOCASE AND expires_at > ?3"
             );
             query_one(conn, &sql, params![tenant_id.to_string(), key, timestamp(now)], idempotency_from_row)
         })
