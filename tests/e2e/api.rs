@@ -134,9 +134,11 @@ async fn documents_crud_with_etags_and_conditional_requests() {
         r
     };
     problem(&api.send(&api.a_writer, put(None)).await, 428, "PreconditionRequired");
-    let stale = api.send(&api.a_writer, put(Some("\"99\""))).await;
-    problem(&stale, 412, "PreconditionFailed");
-    assert_eq!(stale.header("etag"), Some(etag.as_str()), "412 tells the current ETag");
+    for stale_tag in ["\"99\"", "\"abc\"", "W/\"1\"", "abc"] {
+        let stale = api.send(&api.a_writer, put(Some(stale_tag))).await;
+        problem(&stale, 412, "PreconditionFailed");
+        assert_eq!(stale.header("etag"), Some(etag.as_str()), "{stale_tag}: 412 tells the current ETag");
+    }
     // RFC 9110 §13.1.2: If-None-Match on a write names what must not be current: * (it exists) or its ETag.
     for unwanted in ["*", etag.as_str()] {
         let refused = api.send(&api.a_writer, put(Some(&etag)).header("If-None-Match", unwanted)).await;
@@ -926,6 +928,11 @@ async fn admin_resources_plans_tenants_and_clients() {
     problem(&api.get(&api.a_admin, "/api/v1/clients?cursor=garbage").await, 422, "ValidationFailed");
     problem(&api.get(&writer_claims, "/api/v1/me").await, 403, "ClientRevoked");
     assert_eq!(api.get(&from_b, "/api/v1/me").await.status, 200, "nor does its revocation");
+    // Revoking it again is already reflected: 200 whatever If-Match names, an opaque or weak ETag included.
+    for named in ["\"999\"", "\"zzz\"", "W/\"1\""] {
+        let again = api.send(&api.a_admin, ClientRequest::new("DELETE", &client_path).header("If-Match", named)).await;
+        assert_eq!((again.status, again.json()["status"].clone()), (200, json!("revoked")), "{named}");
+    }
 }
 
 #[actix_web::test]

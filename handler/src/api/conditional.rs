@@ -19,6 +19,9 @@ pub enum Precondition {
     Any,
     /// `If-Match: "<n>"`: exactly this version.
     Version(i64),
+    /// An `If-Match` no version of ours can match (weak or foreign ETags only): 412 with the current ETag once the
+    /// resource is found (or whatever the write answers when its change is already reflected).
+    Unmatchable,
 }
 
 /// Reads `If-Match`; writes without it are refused with 428, so a lost update cannot happen by accident.
@@ -33,11 +36,7 @@ pub fn require_if_match(req: &HttpRequest) -> Result<Precondition, AppError> {
         return Ok(Precondition::Any);
     }
     // A list of ETags is allowed by RFC 9110; only one of ours can match, so take the first strong one.
-    text.split(',')
-        .map(str::trim)
-        .find_map(parse_strong)
-        .map(Precondition::Version)
-        .ok_or_else(|| AppError::new(ErrorCode::PreconditionFailed).with_detail("If-Match names no current ETag"))
+    Ok(text.split(',').map(str::trim).find_map(parse_strong).map_or(Precondition::Unmatchable, Precondition::Version))
 }
 
 /// The version a precondition pins, given the current one; 412 on mismatch.
@@ -45,7 +44,7 @@ pub fn expected_version(precondition: Precondition, current: i64) -> Result<i64,
     match precondition {
         Precondition::Any => Ok(current),
         Precondition::Version(v) if v == current => Ok(v),
-        Precondition::Version(_) => Err(precondition_failed(current)),
+        Precondition::Version(_) | Precondition::Unmatchable => Err(precondition_failed(current)),
     }
 }
 
