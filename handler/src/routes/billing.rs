@@ -153,13 +153,14 @@ pub async fn list_billing_statements(
     tag = "billing",
     operation_id = "getBillingStatement",
     security(("entra" = ["Usage.Read"])),
-    params(("period" = String, Path, description = "The month, `YYYY-MM`", example = "2026-01"), StatementParams),
+    params(("period" = String, Path, description = "The month, `YYYY-MM`", example = "2026-01", pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])$"), StatementParams),
     responses(
         (status = 200, description = "The statement; `text/csv` when asked for: `period,line,reference,units,amount_micros,currency` with lines `base`, `used`, `granted`, `overage`, one `adjustment` per adjusted month (reference: that month) and `amount_due`", content(
             (StatementView = "application/json"),
             (String = "text/csv")
         )),
-        (status = 404, description = "No statement for that month (not closed yet), or no such tenant", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 404, description = "No statement for that month (not closed yet), or no such tenant", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`period` is not a month (`YYYY-MM`)", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[get("/billing/statements/{period}")]
@@ -171,8 +172,12 @@ pub async fn get_billing_statement(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let tenant_id = scoped_tenant(&req, &auth, params.tenant_id)?;
+    let month = parse_period(&period).ok_or_else(|| {
+        AppError::new(ErrorCode::ValidationFailed).with_detail("`period` must be YYYY-MM").with_field_errors(vec![
+            crate::error::FieldError::new("period", "format", "a month, YYYY-MM"),
+        ])
+    })?;
     let not_found = || AppError::new(ErrorCode::NotFound).with_detail(format!("no statement for {period}"));
-    let month = parse_period(&period).ok_or_else(not_found)?;
     // The tenant's period that starts in that month (its anchor day; the 1st for most tenants).
     let tenant = state.lookups.tenant(tenant_id).await?.ok_or_else(not_found)?;
     let period_start = BillingCalendar::of(&tenant).period_starting_in(month).start;

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::scope::scoped_tenant;
 use crate::auth::guard::{Authorized, UsageRead};
-use crate::error::{AppError, ErrorCode};
+use crate::error::{AppError, ErrorCode, FieldError};
 use crate::metering::period::BillingCalendar;
 use crate::state::AppState;
 use crate::store::{RollupGranularity, UsageQuery, UsageTotals};
@@ -237,8 +237,12 @@ pub struct UsageReport {
     pub value: Vec<UsageRowView>,
 }
 
-fn invalid(detail: impl Into<String>) -> AppError {
-    AppError::new(ErrorCode::ValidationFailed).with_detail(detail)
+/// 422 naming the query parameter `name` that failed (`code`, `message`, which never quotes the value).
+fn invalid(name: &str, code: &str, message: impl Into<String>) -> AppError {
+    let message = message.into();
+    AppError::new(ErrorCode::ValidationFailed)
+        .with_detail(format!("`{name}` {message}"))
+        .with_field_errors(vec![FieldError::new(name, code, message).in_query(name)])
 }
 
 /// A tenant's report windows: hours starting at its time zone's minutes past the UTC hour, its local days, its
@@ -293,8 +297,8 @@ fn report_range(
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), AppError> {
     // Window arithmetic works in nanoseconds since 1970 (chrono: up to the year 2262); no usage exists outside this.
     for (name, t) in [("from", params.from), ("to", params.to)] {
-        if let Some(t) = t.filter(|t| !(2000..=2200).contains(&t.year())) {
-            return Err(invalid(format!("`{name}` ({t}) must lie between the years 2000 and 2200")));
+        if t.is_some_and(|t| !(2000..=2200).contains(&t.year())) {
+            return Err(invalid(name, "range", "must lie between the years 2000 and 2200"));
         }
     }
     let round_up = |t: DateTime<Utc>| {
@@ -313,7 +317,7 @@ fn report_range(
         }),
     );
     if from >= to {
-        return Err(invalid("`from` must be before `to`"));
+        return Err(invalid("from", "order", "must be before `to`"));
     }
     let (limit, name) = match granularity {
         Granularity::Hour => (to - TimeDelta::days(31), "31 days for hourly windows"),
@@ -321,7 +325,7 @@ fn report_range(
         Granularity::Month => (to - Months::new(36), "36 months for monthly windows"),
     };
     if from < limit {
-        return Err(invalid(format!("the range is too long: at most {name}")));
+        return Err(invalid("from", "range", format!("is too far before `to`: at most {name}")));
     }
     Ok((from, to))
 }
@@ -465,7 +469,7 @@ pub async fn export_usage(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let tenant_id = scoped_tenant(&req, &auth, params.tenant_id)?;
-    let month = parse_period(&params.period).ok_or_else(|| invalid("`period` must be YYYY-MM"))?;
+    let month = parse_period(&params.period).ok_or_else(|| invalid("period", "format", "must be YYYY-MM"))?;
     let tenant = state
         .store
         .get_tenant(tenant_id)
@@ -475,7 +479,7 @@ pub async fn export_usage(
     let windows = Windows::of(&tenant);
     let billing = windows.calendar.period_starting_in(month);
     if billing.starts_at > state.clock.now() {
-        return Err(invalid("`period` is in the future"));
+        return Err(invalid("period", "range", "is in the future"));
     }
     let period = params.period.clone();
     let (first_day, month_end) = (billing.starts_at, billing.ends_at);
