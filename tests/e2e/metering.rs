@@ -614,6 +614,9 @@ async fn a_plan_can_override_what_an_operation_costs() {
     assert_eq!(defaults.json()["costs"]["getDocument"], 1, "the default");
     assert!(defaults.json()["costs"].get("getMe").is_none(), "a self-service read has no billed cost");
     let etag = defaults.header("etag").unwrap().to_owned();
+    let unchanged =
+        app.http(auth(ClientRequest::get("/api/v1/plans/metered/costs").header("If-None-Match", &etag))).await;
+    assert_eq!((unchanged.status, unchanged.header("etag")), (304, Some(etag.as_str())), "a cache revalidates it");
     let bad = app
         .http(auth(
             ClientRequest::new("PUT", "/api/v1/plans/metered/costs")

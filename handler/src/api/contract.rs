@@ -227,7 +227,7 @@ pub fn declare_statuses(doc: &mut OpenApi) {
 }
 
 /// The views a single resource is answered with, each with its `ETag` header (the version it shows).
-const VIEWS_WITH_ETAG: &[&str] = &["DocumentView", "TenantView", "PlanView", "ClientView", "GrantView"];
+const VIEWS_WITH_ETAG: &[&str] = &["DocumentView", "TenantView", "PlanView", "PlanCosts", "ClientView", "GrantView"];
 
 /// The header fields of an operation's successful answers, so a generated client can read them: `RateLimit` and
 /// `RateLimit-Policy` (on every answer of a caller with a tenant; not required, a platform administrator without

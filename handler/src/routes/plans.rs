@@ -410,17 +410,22 @@ fn costs_table(plan: &Plan, overrides: std::collections::BTreeMap<String, i64>) 
     security(("entra" = ["Platform.Admin"])),
     params(("code" = String, Path, description = "The plan code")),
     responses(
-        (status = 200, description = "The plan's cost table", body = PlanCosts),
+        (status = 200, description = "The plan's cost table; the plan's ETag", body = PlanCosts),
+        (status = 304, description = "Not modified"),
         (status = 404, description = "No such plan", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[get("/plans/{code}/costs")]
 pub async fn get_plan_costs(
     _auth: Authorized<PlatformAdmin>,
+    req: HttpRequest,
     code: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let plan = state.store.get_plan(&code).await?.ok_or_else(not_found)?;
+    if not_modified(&req, plan.version) {
+        return Ok(HttpResponse::NotModified().insert_header((header::ETAG, etag(plan.version))).finish());
+    }
     Ok(HttpResponse::Ok().insert_header((header::ETAG, etag(plan.version))).json(costs_view(&state, &plan).await?))
 }
 
