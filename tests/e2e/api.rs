@@ -845,6 +845,26 @@ async fn admin_resources_plans_tenants_and_clients() {
         .await;
     assert_eq!(patched.json()["plan"], "team");
     let etag = patched.header("etag").unwrap().to_owned();
+    // What changes nothing makes no version (suspending a suspended tenant, an empty patch, the plan it has);
+    // a name or plan cannot be removed, nor a name be only spaces.
+    let merge = |body: &str| {
+        ClientRequest::new("PATCH", &a_path)
+            .body(body.to_owned())
+            .header("Content-Type", "application/merge-patch+json")
+            .header("If-Match", &etag)
+    };
+    let again =
+        api.send(&api.admin, ClientRequest::new("POST", &format!("{a_path}/suspend")).header("If-Match", &etag));
+    assert_eq!(again.await.header("etag"), Some(etag.as_str()), "already suspended");
+    for nothing in ["{}", "{\"plan\":\"team\"}"] {
+        let same = api.send(&api.admin, merge(nothing)).await;
+        assert_eq!((same.status, same.header("etag")), (200, Some(etag.as_str())), "{nothing}");
+    }
+    for (bad, pointer) in [("{\"name\":null}", "/name"), ("{\"plan\":null}", "/plan"), ("{\"name\":\"   \"}", "/name")]
+    {
+        let refused = problem(&api.send(&api.admin, merge(bad)).await, 422, "ValidationFailed");
+        assert_eq!(refused["errors"][0]["pointer"], pointer, "{bad}: {refused}");
+    }
     api.send(&api.admin, ClientRequest::new("POST", &format!("{a_path}/reactivate")).header("If-Match", &etag)).await;
     assert_eq!(api.get(&api.a_reader, "/api/v1/documents").await.status, 200);
 

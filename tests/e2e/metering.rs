@@ -837,6 +837,13 @@ async fn a_client_over_its_share_is_refused_while_the_tenants_other_clients_are_
     assert_eq!(capped.json()["limits"], json!({"quotaUnits": 3, "requestsPerMinute": null}));
     let bad = app.send(&tenant_admin, set(json!({"quotaUnits": 0}), capped.header("etag").unwrap())).await;
     assert_eq!(bad.status, 422, "{}", String::from_utf8_lossy(&bad.body));
+    // The same limits again make no version; a rate at or above the plan's is no cap.
+    let capped_etag = capped.header("etag").unwrap().to_owned();
+    let same = app.send(&tenant_admin, set(json!({"quotaUnits": 3, "requestsPerMinute": null}), &capped_etag)).await;
+    assert_eq!((same.status, same.header("etag")), (200, Some(capped_etag.as_str())));
+    let above =
+        app.send(&tenant_admin, set(json!({"quotaUnits": 3, "requestsPerMinute": 1_000_000}), &capped_etag)).await;
+    assert_eq!((above.status, above.json()["errors"][0]["pointer"].clone()), (422, json!("/requestsPerMinute")));
 
     // The batch job's calls: a failed one gives its units back; three succeed; the fourth is over its share.
     app.settle_leases().await;

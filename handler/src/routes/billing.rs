@@ -173,9 +173,9 @@ pub async fn get_billing_statement(
 ) -> Result<HttpResponse, AppError> {
     let tenant_id = scoped_tenant(&req, &auth, params.tenant_id)?;
     let month = parse_period(&period).ok_or_else(|| {
-        AppError::new(ErrorCode::ValidationFailed).with_detail("`period` must be YYYY-MM").with_field_errors(vec![
-            crate::error::FieldError::new("period", "format", "a month, YYYY-MM"),
-        ])
+        AppError::new(ErrorCode::ValidationFailed)
+            .with_detail("`period` must be YYYY-MM")
+            .with_field_errors(vec![crate::error::FieldError::new("period", "format", "a month, YYYY-MM")])
     })?;
     let not_found = || AppError::new(ErrorCode::NotFound).with_detail(format!("no statement for {period}"));
     // The tenant's period that starts in that month (its anchor day; the 1st for most tenants).

@@ -400,7 +400,8 @@ pub async fn get_client(
     request_body(content = LimitsView, content_type = "application/json"),
     responses(
         (status = 200, description = "The registration with its new limits", body = ClientView),
-        (status = 404, description = "No such registration in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 404, description = "No such registration in the caller's tenant", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The registration is revoked or rejected", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 #[put("/clients/{id}/limits")]
@@ -417,6 +418,29 @@ pub async fn set_client_limits(
     let current = state.store.get_api_client(tenant_id, id).await?.ok_or_else(own_not_found)?;
     let version = expected_version(precondition, current.version)?;
     let limits = ClientLimits { quota_units: input.quota_units, requests_per_minute: input.requests_per_minute };
+    if matches!(current.status, ClientStatus::Revoked | ClientStatus::Rejected) {
+        return Err(AppError::new(ErrorCode::Conflict).with_detail(format!(
+            "the registration is {}: no call of its application is served",
+            current.status.as_str()
+        )));
+    }
+    if let (Some(rate), Some(tenant)) = (limits.requests_per_minute, auth.tenant.as_ref())
+        && let Some(plan) = state.store.get_plan(&tenant.plan_code).await?
+        && i64::from(rate) >= i64::from(plan.requests_per_minute)
+    {
+        return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![FieldError::body(
+            "/requestsPerMinute",
+            "maximum",
+            format!(
+                "a cap is below the plan's {} requests a minute (at or above it, the plan's rate applies)",
+                plan.requests_per_minute
+            ),
+        )]));
+    }
+    if limits == current.limits {
+        // Already so: no new version, so every other administrator's ETag stays good.
+        return Ok(respond(StatusCode::OK, &current));
+    }
     let next = ApiClient { limits, version: current.version + 1, ..current.clone() };
     let response = respond(StatusCode::OK, &next);
     let summary = format!(

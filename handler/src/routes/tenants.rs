@@ -264,13 +264,21 @@ pub async fn create_tenant(
 #[derive(Debug, Clone, Default, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TenantPatch {
-    #[validate(length(min = 1, max = 200))]
-    #[schema(min_length = 1, max_length = 200)]
+    /// A new name, not only spaces. Required members cannot be removed: `null` is refused.
+    #[validate(length(min = 1, max = 200), custom(function = "not_blank"))]
+    #[schema(min_length = 1, max_length = 200, nullable = false)]
     pub name: Option<String>,
     /// Change the plan: new limits apply at once; the current period keeps its quota.
     #[validate(length(min = 1, max = 64))]
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, nullable = false)]
     pub plan: Option<String>,
+}
+
+fn not_blank(value: &str) -> Result<(), validator::ValidationError> {
+    match value.trim().is_empty() {
+        true => Err(validator::ValidationError::new("blank").with_message("more than spaces".into())),
+        false => Ok(()),
+    }
 }
 
 async fn change(
@@ -287,6 +295,11 @@ async fn change(
     let now = state.clock.now();
     // The answer and the audit event describe the row as the update writes it (`version` is the current one).
     let next = changes.applied_to(&current, now);
+    if (&next.name, next.status, &next.plan_code) == (&current.name, current.status, &current.plan_code) {
+        // Nothing changes (an empty patch, the plan it has, suspending a suspended tenant): no new version, and
+        // every other client's ETag stays good.
+        return Ok(respond(actix_web::http::StatusCode::OK, &current));
+    }
     let response = respond(actix_web::http::StatusCode::OK, &next);
     let (before, after) = (TenantView::from(&current), TenantView::from(&next));
     let summary = format!("tenant {} on plan {} at version {}", next.status.as_str(), next.plan_code, next.version);
@@ -328,7 +341,17 @@ pub async fn patch_tenant(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     crate::api::validation::require_merge_patch(&req)?;
-    let patch: TenantPatch = serde_json::from_slice(&body).map_err(|e| crate::error::serde_json_error(&e))?;
+    let raw: serde_json::Value = serde_json::from_slice(&body).map_err(|e| crate::error::serde_json_error(&e))?;
+    // In a merge patch `null` removes a member (RFC 7396); a tenant's name and plan cannot be removed.
+    let removed: Vec<FieldError> = ["name", "plan"]
+        .into_iter()
+        .filter(|member| raw.get(member).is_some_and(serde_json::Value::is_null))
+        .map(|member| FieldError::body(&format!("/{member}"), "required", "cannot be removed (null)"))
+        .collect();
+    if !removed.is_empty() {
+        return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(removed));
+    }
+    let patch: TenantPatch = serde_json::from_value(raw).map_err(|e| crate::error::serde_json_error(&e))?;
     validate(&patch)?;
     change(&state, &req, &id, TenantChanges { name: patch.name, status: None, plan_code: patch.plan }).await
 }

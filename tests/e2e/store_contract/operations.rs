@@ -109,7 +109,7 @@ async fn leases_admit_one_holder_until_they_expire() {
 }
 
 #[tokio::test]
-async fn a_changed_or_unknown_migration_is_refused() {
+async fn a_changed_or_unknown_migration_is_refused_and_a_newer_releases_is_listed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.db");
     let store = SqliteStore::open(&path).await.unwrap();
@@ -123,6 +123,11 @@ async fn a_changed_or_unknown_migration_is_refused() {
     conn.execute("INSERT INTO schema_migrations VALUES (99, 'future', 'x', '2030-01-01T00:00:00Z')", []).unwrap();
     conn.execute("UPDATE schema_migrations SET checksum = ?1 WHERE version = 1", [SQLITE_MIGRATIONS[0].checksum()])
         .unwrap();
+    // On top of all of ours: a newer release's, listed and left alone.
+    let report = store.migrate().await.unwrap();
+    assert_eq!((report.applied.len(), report.newer), (0, vec![99]));
+    // Under one of ours (version 0 is none of ours): refused.
+    conn.execute("INSERT INTO schema_migrations VALUES (0, 'stray', 'x', '2030-01-01T00:00:00Z')", []).unwrap();
     drop(conn);
-    assert!(store.migrate().await.unwrap_err().to_string().contains("migration 99"));
+    assert!(store.migrate().await.unwrap_err().to_string().contains("migration 0"));
 }
