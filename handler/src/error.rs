@@ -332,8 +332,17 @@ impl AppError {
 
     /// Builds the problem body; server errors never carry their internal detail.
     pub fn to_problem(&self, request_id: Option<String>) -> Problem {
-        // Internal errors never show detail; 503s carry a deliberate, safe one.
-        let detail = if self.code == ErrorCode::Internal { None } else { self.detail.clone() };
+        // Internal errors never show detail; 503s carry a deliberate, safe one. Field errors without a detail of
+        // their own get one that counts them and says the first (api-design.md: every error has a detail).
+        let detail = match (self.code, &self.detail, self.errors.first()) {
+            (ErrorCode::Internal, ..) => None,
+            (_, Some(detail), _) => Some(detail.clone()),
+            (_, None, Some(first)) if self.errors.len() == 1 => Some(format!("`{}`: {}", first.field, first.message)),
+            (_, None, Some(first)) => {
+                Some(format!("{} fields failed validation; `{}`: {}", self.errors.len(), first.field, first.message))
+            }
+            (_, None, None) => None,
+        };
         Problem {
             type_uri: self.code.type_uri(),
             title: self.code.title().to_owned(),

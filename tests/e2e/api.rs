@@ -956,6 +956,29 @@ async fn admin_resources_plans_tenants_and_clients() {
 }
 
 #[actix_web::test]
+async fn a_number_out_of_range_or_a_field_error_without_detail_still_names_its_field() {
+    let api = api().await;
+    let plan = |base: &str| {
+        let body = format!(
+            r#"{{"code":"big","name":"Big","requestsPerMinute":10,"burst":10,"monthlyQuotaUnits":10,"overagePolicy":"block","currency":"EUR","basePriceMicros":{base},"overageUnitPriceMicros":0}}"#
+        );
+        ClientRequest::new("POST", "/api/v1/plans").body(body).header("Content-Type", "application/json")
+    };
+    for base in ["9223372036854775808", "1000000000000000001"] {
+        let refused = problem(&api.send(&api.admin, plan(base)).await, 422, "ValidationFailed");
+        assert_eq!(refused["errors"][0]["pointer"], "/basePriceMicros", "{base}: {refused}");
+        assert!(!refused.to_string().contains(base), "the value is not quoted: {refused}");
+        assert!(refused["detail"].is_string(), "{refused}");
+    }
+    // A malformed key header: the problem has a detail too, built from its field error.
+    let bad_key = ClientRequest::new("POST", "/api/v1/documents")
+        .json(&json!({"title": "t", "docType": "memo"}))
+        .header("Idempotency-Key", "has space");
+    let refused = problem(&api.send(&api.a_writer, bad_key).await, 422, "ValidationFailed");
+    assert!(refused["detail"].as_str().is_some_and(|d| d.contains("idempotency-key")), "{refused}");
+}
+
+#[actix_web::test]
 async fn deprecated_operations_announce_their_sunset() {
     let api = api().await;
     let old = api.get(&api.a_reader, "/api/v1/whoami").await;

@@ -70,13 +70,14 @@ pub struct PlanInput {
     #[validate(custom(function = "valid_currency"))]
     #[schema(pattern = r"^[A-Z]{3}$")]
     pub currency: String,
-    /// Monthly base price in millionths of the currency unit.
-    #[validate(range(min = 0))]
-    #[schema(minimum = 0)]
+    /// Monthly base price in millionths of the currency unit, at most 10^15 (a billion units of the currency).
+    #[validate(range(min = 0, max = 1_000_000_000_000_000i64))]
+    #[schema(minimum = 0, maximum = 1e15)]
     pub base_price_micros: i64,
-    /// Price of one overage unit in millionths of the currency unit.
-    #[validate(range(min = 0))]
-    #[schema(minimum = 0)]
+    /// Price of one overage unit in millionths of the currency unit, at most 10^12 (a million units of the
+    /// currency), so a statement's amounts never overflow.
+    #[validate(range(min = 0, max = 1_000_000_000_000i64))]
+    #[schema(minimum = 0, maximum = 1e12)]
     pub overage_unit_price_micros: i64,
 }
 
@@ -108,11 +109,11 @@ pub struct PlanCreate {
     #[validate(custom(function = "valid_currency"))]
     #[schema(pattern = r"^[A-Z]{3}$")]
     pub currency: String,
-    #[validate(range(min = 0))]
-    #[schema(minimum = 0)]
+    #[validate(range(min = 0, max = 1_000_000_000_000_000i64))]
+    #[schema(minimum = 0, maximum = 1e15)]
     pub base_price_micros: i64,
-    #[validate(range(min = 0))]
-    #[schema(minimum = 0)]
+    #[validate(range(min = 0, max = 1_000_000_000_000i64))]
+    #[schema(minimum = 0, maximum = 1e12)]
     pub overage_unit_price_micros: i64,
 }
 

@@ -167,7 +167,7 @@ fn respond(status: actix_web::http::StatusCode, tenant: &Tenant) -> HttpResponse
 fn unknown_plan() -> AppError {
     AppError::new(ErrorCode::ValidationFailed)
         .with_detail("the plan does not exist")
-        .with_field_errors(vec![FieldError::new("plan", "unknown", "no plan with this code")])
+        .with_field_errors(vec![FieldError::body("/plan", "unknown", "no plan with this code")])
 }
 
 /// A new tenant.
