@@ -104,12 +104,12 @@ mod tests {
         assert_eq!(expected_version(require_if_match(&exact).unwrap(), 7).unwrap(), 7);
         let stale = expected_version(require_if_match(&exact).unwrap(), 8).unwrap_err();
         assert_eq!(stale.code(), ErrorCode::PreconditionFailed);
-        let garbage = TestRequest::default().insert_header(("If-Match", "W/\"7\"")).to_http_request();
-        assert_eq!(
-            require_if_match(&garbage).unwrap_err().code(),
-            ErrorCode::PreconditionFailed,
-            "weak tags never match writes"
-        );
+        let weak = TestRequest::default().insert_header(("If-Match", "W/\"7\"")).to_http_request();
+        assert_eq!(require_if_match(&weak).unwrap(), Precondition::Unmatchable, "weak tags never match writes");
+        let refused = expected_version(Precondition::Unmatchable, 7).unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::PreconditionFailed);
+        let answered = actix_web::ResponseError::error_response(&refused);
+        assert_eq!(answered.headers().get(header::ETAG).and_then(|v| v.to_str().ok()), Some("\"7\""), "current ETag");
     }
 
     #[test]
