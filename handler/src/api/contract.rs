@@ -184,6 +184,21 @@ pub fn declare_statuses(doc: &mut OpenApi) {
             .content(PROBLEM_JSON, Content::new(Some(Ref::from_schema_name("Problem"))))
             // For a client whose Accept names application/json and not problem+json (Azure SDK clients).
             .content("application/json", Content::new(Some(Ref::from_schema_name("AzureErrorResponse"))));
+        let text = |about: &str| {
+            HeaderBuilder::new()
+                .schema(Some(utoipa::openapi::ObjectBuilder::new().schema_type(Type::String)))
+                .description(Some(about))
+                .build()
+        };
+        response = response
+            .header("x-request-id", text("The request's id, as `requestId` in the body; quote it when asking for help."))
+            .header("x-ms-error-code", text("The problem's `code` (Azure REST API guidelines)."));
+        if *status == 401 {
+            response = response.header("WWW-Authenticate", text("The bearer challenge (RFC 6750 §3)."));
+        }
+        if *status == 412 {
+            response = response.header("ETag", text("The current ETag, to read again and retry with."));
+        }
         if *status == 429 || *status == 503 {
             for (header, kind, about) in
                 RATE_LIMIT_HEADERS.iter().filter(|(h, ..)| *status == 429 || *h == "Retry-After")
@@ -246,13 +261,23 @@ fn declare_success_headers(op: &mut utoipa::openapi::path::Operation) {
     };
     for (status, response) in op.responses.responses.iter_mut() {
         let RefOr::T(response) = response else { continue };
+        if status == "304" {
+            response.headers.entry("ETag".to_owned()).or_insert_with(|| text("The current ETag (unchanged)."));
+        }
+        if !status.starts_with('2') && status != "304" {
+            continue;
+        }
+        response
+            .headers
+            .entry("x-request-id".to_owned())
+            .or_insert_with(|| text("The request's id; quote it when asking for help."));
         if !status.starts_with('2') {
             continue;
         }
         for (header, _, about) in RATE_LIMIT_HEADERS.iter().filter(|(h, ..)| *h != "Retry-After") {
             response.headers.entry((*header).to_owned()).or_insert_with(|| text(about));
         }
-        if status == "201" {
+        if status == "201" || status == "202" {
             response.headers.entry("Location".to_owned()).or_insert_with(|| text("The created resource's path."));
         }
         let view = match response.content.get("application/json") {
