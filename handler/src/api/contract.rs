@@ -191,7 +191,10 @@ pub fn declare_statuses(doc: &mut OpenApi) {
                 .build()
         };
         response = response
-            .header("x-request-id", text("The request's id, as `requestId` in the body; quote it when asking for help."))
+            .header(
+                "x-request-id",
+                text("The request's id, as `requestId` in the body; quote it when asking for help."),
+            )
             .header("x-ms-error-code", text("The problem's `code` (Azure REST API guidelines)."));
         if *status == 401 {
             response = response.header("WWW-Authenticate", text("The bearer challenge (RFC 6750 §3)."));

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::api::cursor::{CursorSigner, fingerprint};
 use crate::error::{AppError, ErrorCode, FieldError};
 use crate::store::CreatedCursor;
 
@@ -33,34 +34,29 @@ pub fn page_size(maxpagesize: Option<u32>) -> Result<u32, AppError> {
     Ok(size)
 }
 
-/// The `cursor` of a listing ordered by (created_at, id) (tenants, API clients): base64url of
-/// `<created_at micros>|<id>`. It names only a position; every such listing is scoped by the caller's permission
-/// before it, so a forged cursor shows nothing a first page would not.
-pub fn encode_created_cursor(c: &CreatedCursor) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}|{}", c.created_at.timestamp_micros(), c.id))
+/// The `cursor` of a listing ordered by (created_at, id) (tenants, API clients): the position, sealed like every
+/// cursor ([`crate::api::cursor::CursorSigner`]) for the listing it belongs to (`listing`: its path, its scope and
+/// its filters), so a cursor is neither readable nor forgeable nor usable on another listing.
+pub fn encode_created_cursor(cursors: &CursorSigner, listing: &[&str], c: &CreatedCursor) -> String {
+    cursors.encode(fingerprint(listing), &(c.created_at.timestamp_micros(), c.id))
 }
 
 /// The position a `cursor` query parameter names (see [`encode_created_cursor`]), or a 422 naming `cursor`.
-pub fn created_cursor(raw: Option<&str>) -> Result<Option<CreatedCursor>, AppError> {
+pub fn created_cursor(
+    cursors: &CursorSigner,
+    listing: &[&str],
+    raw: Option<&str>,
+) -> Result<Option<CreatedCursor>, AppError> {
     let Some(raw) = raw else { return Ok(None) };
-    decode_created_cursor(raw).map(Some).ok_or_else(|| {
+    let (micros, id) = cursors.decode::<(i64, uuid::Uuid)>(fingerprint(listing), raw)?;
+    let created_at = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(|| {
         AppError::new(ErrorCode::ValidationFailed).with_parameter_errors(vec![FieldError::new(
             "cursor",
             "invalid",
             "not a cursor this API issued",
         )])
-    })
-}
-
-fn decode_created_cursor(raw: &str) -> Option<CreatedCursor> {
-    use base64::Engine as _;
-    let text = String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
-    let (micros, id) = text.split_once('|')?;
-    Some(CreatedCursor {
-        created_at: chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-        id: id.parse().ok()?,
-    })
+    })?;
+    Ok(Some(CreatedCursor { created_at, id }))
 }
 
 /// The `nextLink` of a page: an absolute URL at the request's public origin ([`public_origin`]), `path` with the
@@ -121,10 +117,22 @@ mod tests {
             created_at: chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
             id: uuid::Uuid::from_u128(7),
         };
-        assert_eq!(created_cursor(Some(&encode_created_cursor(&c))).unwrap(), Some(c));
-        assert_eq!(created_cursor(None).unwrap(), None);
-        let refused = created_cursor(Some("not-a-cursor")).unwrap_err();
-        assert_eq!(refused.code(), ErrorCode::ValidationFailed);
+        let cursors = CursorSigner::new(vec![7; 32]);
+        let listing = ["/api/v1/clients", "tenant-a", "status=active"];
+        let token = encode_created_cursor(&cursors, &listing, &c);
+        assert_eq!(created_cursor(&cursors, &listing, Some(&token)).unwrap(), Some(c));
+        assert_eq!(created_cursor(&cursors, &listing, None).unwrap(), None);
+        for (listing, raw) in [
+            (listing, "not-a-cursor"),
+            // A plain `micros|id` in base64url, as cursors were before: not one this API issues now.
+            (listing, "MTcwMDAwMDAwMDEyMzQ1Nnw3"),
+            // Another tenant's listing, or another filter.
+            (["/api/v1/clients", "tenant-b", "status=active"], token.as_str()),
+            (["/api/v1/clients", "tenant-a", "status=revoked"], token.as_str()),
+        ] {
+            let refused = created_cursor(&cursors, &listing, Some(raw)).unwrap_err();
+            assert_eq!(refused.code(), ErrorCode::ValidationFailed, "{listing:?} {raw}");
+        }
     }
 
     #[test]

@@ -334,8 +334,10 @@ async fn client_list(
     path: &str,
 ) -> Result<HttpResponse, AppError> {
     let size = page_size(params.maxpagesize)?;
-    let after = created_cursor(params.cursor.as_deref())?;
     let status = params.status.map(ClientStatus::from);
+    let (scope, filter) = (tenant_id.to_string(), status.map_or("any", ClientStatus::as_str));
+    let listing = [path, scope.as_str(), filter];
+    let after = created_cursor(&state.cursors, &listing, params.cursor.as_deref())?;
     let page = state.store.list_api_clients(tenant_id, status, after.as_ref(), size).await?;
     let count = match params.count {
         Some(true) => Some(state.store.count_api_clients(tenant_id, status).await?),
@@ -343,7 +345,10 @@ async fn client_list(
     };
     Ok(HttpResponse::Ok().json(ListEnvelope {
         value: page.items.iter().map(ClientView::from).collect(),
-        next_link: page.next.as_ref().map(|c| next_link(req, path, &encode_created_cursor(c))),
+        next_link: page
+            .next
+            .as_ref()
+            .map(|c| next_link(req, path, &encode_created_cursor(&state.cursors, &listing, c))),
         count,
     }))
 }

@@ -107,9 +107,13 @@ pub async fn list_tenants(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let size = page_size(params.maxpagesize)?;
-    let after = created_cursor(params.cursor.as_deref())?;
+    let listing = ["/api/v1/tenants"];
+    let after = created_cursor(&state.cursors, &listing, params.cursor.as_deref())?;
     let page = state.store.list_tenants(after.as_ref(), size).await?;
-    let next_link = page.next.as_ref().map(|c| next_link(&req, "/api/v1/tenants", &encode_created_cursor(c)));
+    let next_link = page
+        .next
+        .as_ref()
+        .map(|c| next_link(&req, "/api/v1/tenants", &encode_created_cursor(&state.cursors, &listing, c)));
     let count = match params.count {
         Some(true) => Some(state.store.count_tenants().await?),
         _ => None,
