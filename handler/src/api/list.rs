@@ -82,10 +82,8 @@ pub fn public_origin(req: &actix_web::HttpRequest) -> String {
         let host = req.headers().get(actix_web::http::header::HOST)?.to_str().ok()?;
         plain_host(host).then_some(host)
     });
-    let scheme = match info.scheme() {
-        "https" => "https",
-        _ => "http",
-    };
+    // Schemes compare without regard to case (RFC 3986 §3.1).
+    let scheme = if info.scheme().eq_ignore_ascii_case("https") { "https" } else { "http" };
     format!("{scheme}://{}", host.unwrap_or("localhost"))
 }
 
@@ -104,7 +102,7 @@ fn plain_host(host: &str) -> bool {
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
         }
     };
-    name_ok && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.chars().all(|c| c.is_ascii_digit()))
+    name_ok && port.is_none_or(|p| p.chars().all(|c| c.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
 #[cfg(test)]
@@ -166,7 +164,20 @@ mod tests {
             "https://b.example:8443"
         );
         assert_eq!(origin(&[("host", "[::1]:7071")]), "http://[::1]:7071");
-        for forged in ["evil.example/x", "user@evil.example", "evil.example:80:80", "a b", ""] {
+        assert_eq!(
+            origin(&[("host", "a.example"), ("x-forwarded-host", "b.example"), ("x-forwarded-proto", "HTTPS")]),
+            "https://b.example",
+            "a scheme in capitals is the same scheme"
+        );
+        for forged in [
+            "evil.example/x",
+            "user@evil.example",
+            "evil.example:80:80",
+            "a b",
+            "",
+            "api.example:99999",
+            "api.example:0",
+        ] {
             assert_eq!(
                 origin(&[("host", "api.example.com"), ("x-forwarded-host", forged)]),
                 "http://api.example.com",
