@@ -74,6 +74,7 @@ fn limiter(c: &mut Criterion) {
             period_end: NaiveDate::from_ymd_opt(2026, 12, 1).unwrap(),
             quota_units: i64::MAX / 4,
             overage_policy: OveragePolicy::Block,
+            plan_code: "bench".into(),
             units: 1,
             now,
         }),

@@ -586,6 +586,7 @@ async fn the_rollup_reclaims_a_lease_whose_holder_never_settled_it() {
             period_end,
             quota_units: 1_000,
             overage_policy: meterline::store::OveragePolicy::Block,
+            plan_code: "metered".into(),
             units: 100,
             now,
         },

@@ -253,6 +253,49 @@ async fn overage_that_a_later_grant_covers_is_not_billed() {
 }
 
 #[actix_web::test]
+async fn a_late_downgrade_prices_its_period_on_the_plan_the_period_was_on() {
+    let host = TestApp::start().await;
+    let admin = host.token("0b500000-0000-0000-0000-0000000000ff", "Platform.Admin", "ops").await;
+    let a = host.token(DIR_A, "Documents.Read,Usage.Read", DEV_APP_ID).await;
+    let tenant: String =
+        host.db().query_row("SELECT id FROM tenants WHERE entra_tenant_id = ?1", [DIR_A], |r| r.get(0)).unwrap();
+    let as_admin = |r: ClientRequest| r.header("Authorization", &format!("Bearer {admin}"));
+    for (code, base) in [("pricey", 99_000_000), ("cheap", 19_990_000)] {
+        let plan = json!({"code": code, "name": code, "requestsPerMinute": 1_000_000, "burst": 100_000,
+            "monthlyQuotaUnits": 1_000, "overagePolicy": "block", "currency": "EUR", "basePriceMicros": base,
+            "overageUnitPriceMicros": 0});
+        assert_eq!(host.http(as_admin(ClientRequest::new("POST", "/api/v1/plans").json(&plan))).await.status, 201);
+    }
+    let move_to = |code: &str| {
+        ClientRequest::new("PATCH", &format!("/api/v1/tenants/{tenant}"))
+            .body(format!("{{\"plan\":\"{code}\"}}"))
+            .header("Content-Type", "application/merge-patch+json")
+            .header("If-Match", "*")
+    };
+    assert_eq!(host.http(as_admin(move_to("pricey"))).await.status, 200);
+    for _ in 0..3 {
+        assert_eq!(host.http(get("/api/v1/documents", &a)).await.status, 200);
+    }
+    let period = host.clock.now().format("%Y-%m").to_string();
+    host.settle_leases().await;
+    // On the period's last days the tenant moves to the cheaper plan: it applies from the next period.
+    host.clock.advance(chrono::Duration::days(25));
+    let admin = host.token("0b500000-0000-0000-0000-0000000000ff", "Platform.Admin", "ops").await; // a new one
+    let moved = host.http(move_to("cheap").header("Authorization", &format!("Bearer {admin}"))).await;
+    assert_eq!(moved.status, 200);
+    host.clock.advance(chrono::Duration::days(15));
+    let closed = host.invoke_timer("UsageRollup", on_schedule()).await;
+    assert!(closed.logs()[0].contains("statements written"), "{:?}", closed.logs());
+    let a = host.token(DIR_A, "Usage.Read", DEV_APP_ID).await;
+    let issued = host.http(get(&format!("/api/v1/billing/statements/{period}"), &a)).await.json();
+    assert_eq!(
+        (issued["planCode"].clone(), issued["baseAmountMicros"].clone()),
+        (json!("pricey"), json!(99_000_000)),
+        "the period's plan, not the one the tenant moved to: {issued}"
+    );
+}
+
+#[actix_web::test]
 async fn usage_of_a_billed_month_that_arrives_late_is_an_adjustment_on_the_next_statement() {
     let host = TestApp::start().await;
     let admin = host.token("0b500000-0000-0000-0000-0000000000ff", "Platform.Admin", "ops").await;

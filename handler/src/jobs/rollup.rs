@@ -245,10 +245,16 @@ async fn close_periods(
 
 /// Writes one tenant's statement of `billing`, with its adjustment lines and its event; `false` when it exists.
 async fn write_statement(state: &AppState, tenant: &Tenant, billing: &Period) -> Result<bool, AppError> {
-    let plan = state.store.get_plan(&tenant.plan_code).await?.ok_or_else(|| {
-        AppError::internal(anyhow::anyhow!("tenant {} is on plan {} which does not exist", tenant.id, tenant.plan_code))
-    })?;
     let quota = state.store.quota_usage(tenant.id, billing.start).await?;
+    // The plan the period is billed on: the one its counter was created on or upgraded to (a downgrade applies
+    // from the next period, price and quota alike); the tenant's plan for a period without one.
+    let code = quota.as_ref().and_then(|q| q.plan_code.clone()).unwrap_or_else(|| tenant.plan_code.clone());
+    let plan = state.store.get_plan(&code).await?.ok_or_else(|| {
+        AppError::internal(anyhow::anyhow!(
+            "tenant {}'s period is billed on plan {code}, which does not exist",
+            tenant.id
+        ))
+    })?;
     // The period's billable and overage units from the rollups: UTC days for a UTC tenant, else its hours, which
     // its time zone aligns so they tile the period.
     let utc_days = BillingCalendar::of(tenant).has_utc_days();

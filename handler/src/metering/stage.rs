@@ -168,6 +168,7 @@ impl Verdict {
             period_end: period.end,
             quota_units: plan.monthly_quota_units,
             overage_policy: plan.overage_policy,
+            plan_code: plan.code.clone(),
             units,
             now,
         });

@@ -216,7 +216,12 @@ pub async fn create_grant(
     );
     let note = AuditNote::new("grants", grant.id, None, Some(&view), summary).in_tenant(tenant_id);
     let ledger = ledger(&req, &response, note);
-    let period = PeriodPlan { period_end, quota_units: plan.monthly_quota_units, overage_policy: plan.overage_policy };
+    let period = PeriodPlan {
+        period_end,
+        quota_units: plan.monthly_quota_units,
+        overage_policy: plan.overage_policy,
+        plan_code: plan.code.clone(),
+    };
     let body = serde_json::to_vec(&view).expect("views serialize");
     let record = key.as_ref().map(|k| idempotency::record(scope, k, "createGrant", &response, &body, now));
     match state.store.create_quota_grant(&grant, &period, record.as_ref(), ledger.as_ref()).await {

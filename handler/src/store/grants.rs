@@ -34,6 +34,8 @@ pub struct PeriodPlan {
     pub period_end: NaiveDate,
     pub quota_units: i64,
     pub overage_policy: OveragePolicy,
+    /// The tenant's plan, which a period the grant creates is billed on.
+    pub plan_code: String,
 }
 
 impl PeriodPlan {
@@ -45,6 +47,7 @@ impl PeriodPlan {
             period_end: self.period_end,
             quota_units: self.quota_units,
             overage_policy: self.overage_policy,
+            plan_code: self.plan_code.clone(),
             units: 0,
             now: grant.granted_at,
         }

@@ -72,6 +72,8 @@ pub struct QuotaDebit {
     pub period_end: NaiveDate,
     pub quota_units: i64,
     pub overage_policy: OveragePolicy,
+    /// The tenant's plan now: the plan a period this debit creates (or upgrades) is billed on.
+    pub plan_code: String,
     pub units: i64,
     pub now: DateTime<Utc>,
 }
@@ -98,6 +100,8 @@ pub struct QuotaUsage {
     /// The units of quota grants counted in `quota_units` (open grants, and the used part of ended ones): the
     /// plan's own quota is `quota_units - granted_units`.
     pub granted_units: i64,
+    /// The plan the period is billed on (migration 15; `None` for periods created before it).
+    pub plan_code: Option<String>,
 }
 
 impl QuotaUsage {
@@ -349,6 +353,7 @@ mod tests {
             period_end: NaiveDate::from_ymd_opt(2026, 2, 1).unwrap(),
             quota_units: 100,
             overage_policy: OveragePolicy::Allow,
+            plan_code: "p".into(),
             units: 5,
             now: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
         };

@@ -66,6 +66,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite":
     12 => "0012_search_keys_never_reused.sql" "search_keys_never_reused",
     13 => "0013_document_codes_lower_case.sql" "document_codes_lower_case",
     14 => "0014_quarter_hour_zone_windows.sql" "quarter_hour_zone_windows",
+    15 => "0015_period_plan.sql" "period_plan",
 );
 
 /// The SQL Server migrations: the same versions and names as [`SQLITE`], in T-SQL.
@@ -84,6 +85,7 @@ pub const MSSQL: &[Migration] = migrations!("mssql":
     12 => "0012_search_keys_never_reused.sql" "search_keys_never_reused",
     13 => "0013_document_codes_lower_case.sql" "document_codes_lower_case",
     14 => "0014_quarter_hour_zone_windows.sql" "quarter_hour_zone_windows",
+    15 => "0015_period_plan.sql" "period_plan",
 );
 
 /// Checks that `known` is strictly increasing: a gap or reorder is a build mistake, caught by a unit test.

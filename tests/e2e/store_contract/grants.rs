@@ -13,6 +13,7 @@ fn feb_plan(quota: i64) -> PeriodPlan {
         period_end: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
         quota_units: quota,
         overage_policy: OveragePolicy::Block,
+        plan_code: "pro".into(),
     }
 }
 
@@ -44,6 +45,7 @@ fn lease(tenant: &Tenant, n: u128, quota: i64, want: i64, now: DateTime<Utc>) ->
             period_end: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
             quota_units: quota,
             overage_policy: OveragePolicy::Block,
+            plan_code: tenant.plan_code.clone(),
             units: want,
             now,
         },

@@ -18,6 +18,7 @@ fn request(tenant: &Tenant, quota: i64, policy: OveragePolicy, n: u128, want: i6
             period_end: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
             quota_units: quota,
             overage_policy: policy,
+            plan_code: tenant.plan_code.clone(),
             units: want,
             now: t0(),
         },
@@ -244,20 +245,32 @@ async fn an_upgrade_applies_to_the_period_at_the_next_grant_and_a_downgrade_does
             "{}",
             t.name
         );
-        // Back to 10: the period keeps 25 until it ends.
-        let lower = store.grant_quota_lease(&request(&acme, 10, OveragePolicy::Block, 4, 5, 1)).await.unwrap();
+        // Back to 10: the period keeps 25 until it ends, and the plan it is billed on.
+        let period_plan = || async { store.quota_usage(acme.id, february()).await.unwrap().unwrap().plan_code };
+        assert_eq!(period_plan().await.as_deref(), Some(acme.plan_code.as_str()), "{}", t.name);
+        let small = QuotaLeaseRequest {
+            debit: QuotaDebit { plan_code: "small".into(), ..request(&acme, 10, OveragePolicy::Block, 4, 5, 1).debit },
+            ..request(&acme, 10, OveragePolicy::Block, 4, 5, 1)
+        };
+        let lower = store.grant_quota_lease(&small).await.unwrap();
         assert_eq!(lower, QuotaLeaseGrant::Exhausted { units_used: 25, quota_units: 25 });
         assert_eq!(store.quota_usage(acme.id, february()).await.unwrap().unwrap().quota_units, 25);
+        assert_eq!(period_plan().await.as_deref(), Some(acme.plan_code.as_str()), "{}: a downgrade waits", t.name);
         // To a pay-as-you-go plan (`allow`, even with a smaller quota): an upgrade, at once; the units beyond the
-        // period's quota are overage.
+        // period's quota are overage, and the period is billed on that plan.
+        let payg = QuotaLeaseRequest {
+            debit: QuotaDebit { plan_code: "payg".into(), ..request(&acme, 10, OveragePolicy::Allow, 5, 4, 1).debit },
+            ..request(&acme, 10, OveragePolicy::Allow, 5, 4, 1)
+        };
         assert_eq!(
-            store.grant_quota_lease(&request(&acme, 10, OveragePolicy::Allow, 5, 4, 1)).await.unwrap(),
+            store.grant_quota_lease(&payg).await.unwrap(),
             QuotaLeaseGrant::Granted { units: 4, first_unit: 25, units_used: 29, quota_units: 25 },
             "{}",
             t.name
         );
         let period = store.quota_usage(acme.id, february()).await.unwrap().unwrap();
         assert_eq!((period.overage_policy, period.units_used, period.overage_units), (OveragePolicy::Allow, 29, 4));
+        assert_eq!(period.plan_code.as_deref(), Some("payg"), "{}", t.name);
         // And back to `block`: a downgrade, from the next period.
         let back = store.grant_quota_lease(&request(&acme, 25, OveragePolicy::Block, 6, 1, 1)).await.unwrap();
         assert!(matches!(back, QuotaLeaseGrant::Granted { units: 1, .. }), "{}: {back:?}", t.name);

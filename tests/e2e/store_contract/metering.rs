@@ -9,6 +9,7 @@ fn debit(tenant: &Tenant, quota: i64, policy: OveragePolicy, units: i64) -> Quot
         period_end: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
         quota_units: quota,
         overage_policy: policy,
+        plan_code: tenant.plan_code.clone(),
         units,
         now: t0(),
     }

@@ -184,11 +184,12 @@ async fn record_usage(
     let tenant_id = e.external_tenant()?;
     let plan = rows(conn, TENANT_PLAN_QUOTA, &[&tenant_id]).await?;
     let row = plan.first().ok_or_else(|| unknown_tenant(tenant_id))?;
-    let (quota, policy): (i64, String) = (required(row, 0)?, text(row, 1)?);
+    let (quota, policy, plan_code): (i64, String, String) = (required(row, 0)?, text(row, 1)?, text(row, 2)?);
     if !rows(conn, USAGE_EVENT_EXISTS, &[&e.event_id]).await?.is_empty() {
         return Ok(());
     }
-    let ensure: [&dyn ToSql; 6] = [&tenant_id, &period_start, &period_end, &quota, &policy.as_str(), &e.recorded_at];
+    let ensure: [&dyn ToSql; 7] =
+        [&tenant_id, &period_start, &period_end, &quota, &policy.as_str(), &e.recorded_at, &plan_code.as_str()];
     execute(conn, ENSURE_QUOTA_PERIOD, &ensure).await?;
     let overage: i64 = rows(conn, DEBIT_QUOTA_UNCONDITIONALLY, &[&tenant_id, &period_start, &e.units, &e.recorded_at])
         .await?
@@ -387,7 +388,7 @@ pub(crate) const REPLACE_DOCUMENT_FROM_EVENT: &str = "UPDATE dbo.documents SET t
 WHERE tenant_id = @P1 AND id = @P2";
 
 /// The quota and overage policy of a tenant's plan.
-pub(crate) const TENANT_PLAN_QUOTA: &str = "SELECT p.monthly_quota_units, p.overage_policy
+pub(crate) const TENANT_PLAN_QUOTA: &str = "SELECT p.monthly_quota_units, p.overage_policy, p.code
 FROM dbo.tenants t JOIN dbo.plans p ON p.code = t.plan_code WHERE t.id = @P1";
 
 pub(crate) const USAGE_EVENT_EXISTS: &str = "SELECT 1 AS found FROM dbo.usage_events WHERE event_id = @P1";

@@ -20,6 +20,7 @@ fn quota_from(row: &Row) -> Result<QuotaUsage, StoreError> {
         units_used: required(row, 5)?,
         overage_units: required(row, 6)?,
         granted_units: required(row, 7)?,
+        plan_code: row.get::<&str, _>(8).map(str::to_owned),
     })
 }
 
@@ -52,7 +53,9 @@ pub(crate) async fn debit_period(conn: &mut MssqlClient, d: &QuotaDebit) -> Resu
 /// Creates the debit's period row with its quota snapshot unless it exists.
 pub(crate) async fn ensure_period(conn: &mut MssqlClient, d: &QuotaDebit) -> Result<(), StoreError> {
     let policy = d.overage_policy.as_str();
-    let ensure: [&dyn ToSql; 6] = [&d.tenant_id, &d.period_start, &d.period_end, &d.quota_units, &policy, &d.now];
+    let plan_code = d.plan_code.as_str();
+    let ensure: [&dyn ToSql; 7] =
+        [&d.tenant_id, &d.period_start, &d.period_end, &d.quota_units, &policy, &d.now, &plan_code];
     execute(conn, ENSURE_QUOTA_PERIOD, &ensure).await.map(drop)
 }
 
@@ -266,8 +269,8 @@ impl MeteringStore for MssqlStore {
 /// Creates the period's counter row on first use, under a key-range lock so two first debits cannot both insert.
 pub(crate) const ENSURE_QUOTA_PERIOD: &str = "IF NOT EXISTS (SELECT 1 FROM dbo.quota_usage WITH (UPDLOCK, HOLDLOCK)
     WHERE tenant_id = @P1 AND period_start = @P2)
-INSERT INTO dbo.quota_usage (tenant_id, period_start, period_end, quota_units, overage_policy, updated_at)
-VALUES (@P1, @P2, @P3, @P4, @P5, @P6)";
+INSERT INTO dbo.quota_usage (tenant_id, period_start, period_end, quota_units, overage_policy, updated_at, plan_code)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7)";
 
 /// The debit: one conditional UPDATE, so concurrent debits can never take the counter past the quota under
 /// `block`. Outputs the new total, the quota and this debit's overage units; no row means rejected.
@@ -289,7 +292,8 @@ pub(crate) const REFUND_QUOTA: &str = "UPDATE dbo.quota_usage SET
 WHERE tenant_id = @P1 AND period_start = @P2";
 
 pub(crate) const GET_QUOTA: &str =
-    "SELECT tenant_id, period_start, period_end, quota_units, overage_policy, units_used, overage_units, granted_units
+    "SELECT tenant_id, period_start, period_end, quota_units, overage_policy, units_used, overage_units, granted_units,
+    plan_code
 FROM dbo.quota_usage WHERE tenant_id = @P1 AND period_start = @P2";
 
 /// Reads the GCRA state and keeps the key locked until the transaction ends (also when the row is absent).

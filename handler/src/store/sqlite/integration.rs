@@ -238,16 +238,16 @@ fn record_usage(
 ) -> Result<(), StoreError> {
     let tenant_id = e.external_tenant()?;
     let tenant = tenant_id.to_string();
-    let plan: Option<(i64, String)> = tx
+    let plan: Option<(i64, String, String)> = tx
         .query_row(
-            "SELECT p.monthly_quota_units, p.overage_policy FROM tenants t JOIN plans p ON p.code = t.plan_code
+            "SELECT p.monthly_quota_units, p.overage_policy, p.code FROM tenants t JOIN plans p ON p.code = t.plan_code
              WHERE t.id = ?1",
             [&tenant],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()
         .map_err(classify)?;
-    let (quota, policy) = plan.ok_or_else(|| unknown_tenant(tenant_id))?;
+    let (quota, policy, plan_code) = plan.ok_or_else(|| unknown_tenant(tenant_id))?;
     let stored: Option<i64> = tx
         .query_row("SELECT 1 FROM usage_events WHERE event_id = ?1", [e.event_id.to_string()], |r| r.get(0))
         .optional()
@@ -257,9 +257,10 @@ fn record_usage(
     }
     let start = period_start.to_string();
     tx.execute(
-        "INSERT INTO quota_usage (tenant_id, period_start, period_end, quota_units, overage_policy, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant_id, period_start) DO NOTHING",
-        params![tenant, start, period_end.to_string(), quota, policy, timestamp(e.recorded_at)],
+        "INSERT INTO quota_usage (tenant_id, period_start, period_end, quota_units, overage_policy, updated_at,
+             plan_code)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (tenant_id, period_start) DO NOTHING",
+        params![tenant, start, period_end.to_string(), quota, policy, timestamp(e.recorded_at), plan_code],
     )
     .map_err(classify)?;
     let overage: i64 = tx

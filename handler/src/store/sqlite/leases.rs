@@ -126,7 +126,7 @@ impl QuotaLeaseStore for SqliteStore {
                     let quota = plan_quota + q.granted_units;
                     tx.prepare_cached(
                         "UPDATE quota_usage SET quota_units = ?3, overage_policy = ?4,
-                             overage_units = max(0, units_used - ?3), updated_at = ?5
+                             overage_units = max(0, units_used - ?3), updated_at = ?5, plan_code = ?6
                          WHERE tenant_id = ?1 AND period_start = ?2",
                     )
                     .map_err(classify)?
@@ -135,7 +135,8 @@ impl QuotaLeaseStore for SqliteStore {
                         d.period_start.to_string(),
                         quota,
                         policy.as_str(),
-                        timestamp(d.now)
+                        timestamp(d.now),
+                        d.plan_code
                     ])
                     .map_err(classify)?;
                     (quota, q.units_used, policy)

@@ -15,12 +15,13 @@ pub(crate) fn read_quota(
     period_start: NaiveDate,
 ) -> Result<Option<QuotaUsage>, StoreError> {
     let sql = "SELECT tenant_id, period_start, period_end, quota_units, overage_policy, units_used, overage_units,
-                      granted_units
+                      granted_units, plan_code
                FROM quota_usage WHERE tenant_id = ?1 AND period_start = ?2";
     query_one(conn, sql, params![tenant_id.to_string(), period_start.to_string()], |r| {
         let (tenant, start, end, policy): (String, String, String, String) =
             (r.get(0)?, r.get(1)?, r.get(2)?, r.get(4)?);
         let (quota, used, overage, granted): (i64, i64, i64, i64) = (r.get(3)?, r.get(5)?, r.get(6)?, r.get(7)?);
+        let plan_code: Option<String> = r.get(8)?;
         Ok((|| {
             Ok(QuotaUsage {
                 tenant_id: parse_uuid(&tenant)?,
@@ -31,6 +32,7 @@ pub(crate) fn read_quota(
                 units_used: used,
                 overage_units: overage,
                 granted_units: granted,
+                plan_code,
             })
         })())
     })
@@ -39,8 +41,9 @@ pub(crate) fn read_quota(
 /// Creates the debit's period row with its quota snapshot unless it exists (its `units` are not used).
 pub(crate) fn ensure_period(conn: &Connection, d: &QuotaDebit) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO quota_usage (tenant_id, period_start, period_end, quota_units, overage_policy, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant_id, period_start) DO NOTHING",
+        "INSERT INTO quota_usage (tenant_id, period_start, period_end, quota_units, overage_policy, updated_at,
+             plan_code)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (tenant_id, period_start) DO NOTHING",
     )
     .map_err(classify)?
     .execute(params![
@@ -49,7 +52,8 @@ pub(crate) fn ensure_period(conn: &Connection, d: &QuotaDebit) -> Result<(), Sto
         d.period_end.to_string(),
         d.quota_units,
         d.overage_policy.as_str(),
-        timestamp(d.now)
+        timestamp(d.now),
+        d.plan_code
     ])
     .map_err(classify)
     .map(drop)
