@@ -6,7 +6,7 @@ use meterline::clock::Clock;
 use serde_json::json;
 
 use crate::support::app::{DEV_APP_ID, TestApp};
-use crate::support::host::{ClientRequest, on_schedule};
+use crate::support::host::{ClientRequest, ClientResponse, on_schedule};
 
 const DIR_A: &str = "aaaaaaaa-0000-0000-0000-0000000000aa";
 const DIR_B: &str = "bbbbbbbb-0000-0000-0000-0000000000bb";
@@ -23,6 +23,35 @@ fn units_used(app: &TestApp, directory: &str) -> i64 {
             |r| r.get(0),
         )
         .unwrap()
+}
+
+/// A platform administrator's request (a token minted now: a test that moves the clock past an hour needs a new one).
+async fn as_admin(host: &TestApp, request: ClientRequest) -> ClientResponse {
+    let admin = host.token("0b500000-0000-0000-0000-0000000000ff", "Platform.Admin", "ops").await;
+    host.http(request.header("Authorization", &format!("Bearer {admin}"))).await
+}
+
+/// Tenant A's id.
+fn tenant_a(host: &TestApp) -> String {
+    host.db().query_row("SELECT id FROM tenants WHERE entra_tenant_id = ?1", [DIR_A], |r| r.get(0)).unwrap()
+}
+
+/// A plan `code` in EUR at a million requests a minute: `quota` units a month under `policy`, then `overage` micro-EUR
+/// a unit, for `base` micro-EUR a month.
+async fn create_plan(host: &TestApp, code: &str, quota: i64, policy: &str, base: i64, overage: i64) {
+    let plan = json!({"code": code, "name": code, "requestsPerMinute": 1_000_000, "burst": 100_000,
+        "monthlyQuotaUnits": quota, "overagePolicy": policy, "currency": "EUR", "basePriceMicros": base,
+        "overageUnitPriceMicros": overage});
+    assert_eq!(as_admin(host, ClientRequest::new("POST", "/api/v1/plans").json(&plan)).await.status, 201);
+}
+
+/// Moves `tenant` to the plan `code`.
+async fn move_to(host: &TestApp, tenant: &str, code: &str) {
+    let moved = ClientRequest::new("PATCH", &format!("/api/v1/tenants/{tenant}"))
+        .body(format!("{{\"plan\":\"{code}\"}}"))
+        .header("Content-Type", "application/merge-patch+json")
+        .header("If-Match", "*");
+    assert_eq!(as_admin(host, moved).await.status, 200);
 }
 
 #[actix_web::test]
@@ -208,19 +237,10 @@ async fn a_closed_month_has_a_statement_equal_to_the_usage_api_and_the_export() 
 #[actix_web::test]
 async fn overage_that_a_later_grant_covers_is_not_billed() {
     let host = TestApp::start().await;
-    let admin = host.token("0b500000-0000-0000-0000-0000000000ff", "Platform.Admin", "ops").await;
     let a = host.token(DIR_A, "Documents.Read,Documents.Write,Usage.Read", DEV_APP_ID).await;
-    let tenant: String =
-        host.db().query_row("SELECT id FROM tenants WHERE entra_tenant_id = ?1", [DIR_A], |r| r.get(0)).unwrap();
-    let as_admin = |r: ClientRequest| r.header("Authorization", &format!("Bearer {admin}"));
-    let plan = json!({"code": "payg", "name": "Pay as you go", "requestsPerMinute": 1_000_000, "burst": 100_000,
-        "monthlyQuotaUnits": 5, "overagePolicy": "allow", "currency": "EUR", "basePriceMicros": 10_000_000, "overageUnitPriceMicros": 1_000});
-    assert_eq!(host.http(as_admin(ClientRequest::new("POST", "/api/v1/plans").json(&plan))).await.status, 201);
-    let moved = ClientRequest::new("PATCH", &format!("/api/v1/tenants/{tenant}"))
-        .body("{\"plan\":\"payg\"}")
-        .header("Content-Type", "application/merge-patch+json")
-        .header("If-Match", "*");
-    assert_eq!(host.http(as_admin(moved)).await.status, 200);
+    let tenant = tenant_a(&host);
+    create_plan(&host, "payg", 5, "allow", 10_000_000, 1_000).await;
+    move_to(&host, &tenant, "payg").await;
     // 8 units on a quota of 5: 3 beyond it, admitted as overage.
     for _ in 0..4 {
         assert_eq!(host.http(get("/api/v1/documents", &a)).await.status, 200);
@@ -231,7 +251,7 @@ async fn overage_that_a_later_grant_covers_is_not_billed() {
     // Then a platform administrator grants 10 units for the period: they cover the overage, as the summary shows.
     let grant = ClientRequest::new("POST", &format!("/api/v1/tenants/{tenant}/grants"))
         .json(&json!({"units": 10, "reason": "goodwill"}));
-    assert_eq!(host.http(as_admin(grant)).await.status, 201);
+    assert_eq!(as_admin(&host, grant).await.status, 201);
     assert_eq!(host.http(get("/api/v1/usage/summary", &a)).await.json()["overageUnits"], 0);
 
     // The month closes: the statement bills what the summary showed, no overage.
@@ -255,24 +275,11 @@ async fn overage_that_a_later_grant_covers_is_not_billed() {
 #[actix_web::test]
 async fn a_late_downgrade_prices_its_period_on_the_plan_the_period_was_on() {
     let host = TestApp::start().await;
-    let admin = host.token("0b500000-0000-0000-0000-0000000000ff", "Platform.Admin", "ops").await;
     let a = host.token(DIR_A, "Documents.Read,Usage.Read", DEV_APP_ID).await;
-    let tenant: String =
-        host.db().query_row("SELECT id FROM tenants WHERE entra_tenant_id = ?1", [DIR_A], |r| r.get(0)).unwrap();
-    let as_admin = |r: ClientRequest| r.header("Authorization", &format!("Bearer {admin}"));
-    for (code, base) in [("pricey", 99_000_000), ("cheap", 19_990_000)] {
-        let plan = json!({"code": code, "name": code, "requestsPerMinute": 1_000_000, "burst": 100_000,
-            "monthlyQuotaUnits": 1_000, "overagePolicy": "block", "currency": "EUR", "basePriceMicros": base,
-            "overageUnitPriceMicros": 0});
-        assert_eq!(host.http(as_admin(ClientRequest::new("POST", "/api/v1/plans").json(&plan))).await.status, 201);
-    }
-    let move_to = |code: &str| {
-        ClientRequest::new("PATCH", &format!("/api/v1/tenants/{tenant}"))
-            .body(format!("{{\"plan\":\"{code}\"}}"))
-            .header("Content-Type", "application/merge-patch+json")
-            .header("If-Match", "*")
-    };
-    assert_eq!(host.http(as_admin(move_to("pricey"))).await.status, 200);
+    let tenant = tenant_a(&host);
+    create_plan(&host, "pricey", 1_000, "block", 99_000_000, 0).await;
+    create_plan(&host, "cheap", 1_000, "block", 19_990_000, 0).await;
+    move_to(&host, &tenant, "pricey").await;
     for _ in 0..3 {
         assert_eq!(host.http(get("/api/v1/documents", &a)).await.status, 200);
     }
@@ -280,9 +287,7 @@ async fn a_late_downgrade_prices_its_period_on_the_plan_the_period_was_on() {
     host.settle_leases().await;
     // On the period's last days the tenant moves to the cheaper plan: it applies from the next period.
     host.clock.advance(chrono::Duration::days(25));
-    let admin = host.token("0b500000-0000-0000-0000-0000000000ff", "Platform.Admin", "ops").await; // a new one
-    let moved = host.http(move_to("cheap").header("Authorization", &format!("Bearer {admin}"))).await;
-    assert_eq!(moved.status, 200);
+    move_to(&host, &tenant, "cheap").await;
     host.clock.advance(chrono::Duration::days(15));
     let closed = host.invoke_timer("UsageRollup", on_schedule()).await;
     assert!(closed.logs()[0].contains("statements written"), "{:?}", closed.logs());
@@ -298,20 +303,11 @@ async fn a_late_downgrade_prices_its_period_on_the_plan_the_period_was_on() {
 #[actix_web::test]
 async fn usage_of_a_billed_month_that_arrives_late_is_an_adjustment_on_the_next_statement() {
     let host = TestApp::start().await;
-    let admin = host.token("0b500000-0000-0000-0000-0000000000ff", "Platform.Admin", "ops").await;
     let a = host.token(DIR_A, "Documents.Read,Documents.Write,Usage.Read", DEV_APP_ID).await;
-    let tenant: String =
-        host.db().query_row("SELECT id FROM tenants WHERE entra_tenant_id = ?1", [DIR_A], |r| r.get(0)).unwrap();
+    let tenant = tenant_a(&host);
     // Pay as you go: 5 units included, then a cent a unit.
-    let as_admin = |r: ClientRequest| r.header("Authorization", &format!("Bearer {admin}"));
-    let plan = json!({"code": "payg", "name": "Pay as you go", "requestsPerMinute": 1_000_000, "burst": 100_000,
-        "monthlyQuotaUnits": 5, "overagePolicy": "allow", "currency": "EUR", "basePriceMicros": 10_000_000, "overageUnitPriceMicros": 10_000});
-    assert_eq!(host.http(as_admin(ClientRequest::new("POST", "/api/v1/plans").json(&plan))).await.status, 201);
-    let moved = ClientRequest::new("PATCH", &format!("/api/v1/tenants/{tenant}"))
-        .body("{\"plan\":\"payg\"}")
-        .header("Content-Type", "application/merge-patch+json")
-        .header("If-Match", "*");
-    assert_eq!(host.http(as_admin(moved)).await.status, 200);
+    create_plan(&host, "payg", 5, "allow", 10_000_000, 10_000).await;
+    move_to(&host, &tenant, "payg").await;
     for _ in 0..4 {
         assert_eq!(host.http(get("/api/v1/documents", &a)).await.status, 200);
     }
