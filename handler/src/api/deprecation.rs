@@ -54,6 +54,23 @@ pub fn mark(openapi: &mut utoipa::openapi::OpenApi) {
         {
             if let Some(d) = DEPRECATED.iter().find(|d| op.operation_id.as_deref() == Some(d.operation_id)) {
                 op.deprecated = Some(utoipa::openapi::Deprecated::True);
+                // The headers every answer carries, declared on the operation's own answers so a client reads them.
+                for response in op.responses.responses.values_mut() {
+                    let utoipa::openapi::RefOr::T(response) = response else { continue };
+                    for (name, about) in [
+                        ("Deprecation", "When the operation was deprecated (RFC 9745), e.g. `@1793491200`."),
+                        ("Sunset", "When it stops working (RFC 8594), an HTTP date."),
+                        ("Link", "The operation to use instead: `<path>; rel=\"successor-version\"`."),
+                    ] {
+                        let header = utoipa::openapi::header::HeaderBuilder::new()
+                            .schema(Some(
+                                utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::Type::String),
+                            ))
+                            .description(Some(about))
+                            .build();
+                        response.headers.entry(name.to_owned()).or_insert(utoipa::openapi::RefOr::T(header));
+                    }
+                }
                 let mut extensions = op.extensions.take().unwrap_or_default();
                 extensions.insert("x-sunset".into(), serde_json::Value::String(d.sunset.into()));
                 op.extensions = Some(extensions);
