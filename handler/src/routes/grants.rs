@@ -188,7 +188,10 @@ pub async fn create_grant(
         return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![FieldError::body(
             "/expiresAt",
             "range",
-            format!("must lie after now and at the latest at the period's end, {}", end.to_rfc3339()),
+            format!(
+                "must lie after now and at the latest at the period's end, {}",
+                end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
         )]));
     }
     let grant = QuotaGrant {
@@ -211,7 +214,7 @@ pub async fn create_grant(
         "granted {} units to period {} until {}: {}",
         grant.units,
         view.period,
-        expires_at.to_rfc3339(),
+        expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         grant.reason
     );
     let note = AuditNote::new("grants", grant.id, None, Some(&view), summary).in_tenant(tenant_id);
