@@ -134,7 +134,8 @@ async fn documents_crud_with_etags_and_conditional_requests() {
         r
     };
     problem(&api.send(&api.a_writer, put(None)).await, 428, "PreconditionRequired");
-    for stale_tag in ["\"99\"", "\"abc\"", "W/\"1\"", "abc"] {
+    // Strong comparison compares the tags (RFC 9110 §8.8.3.2): "01" and "+1" are not "1".
+    for stale_tag in ["\"99\"", "\"abc\"", "W/\"1\"", "abc", "\"01\"", "\"+1\""] {
         let stale = api.send(&api.a_writer, put(Some(stale_tag))).await;
         problem(&stale, 412, "PreconditionFailed");
         assert_eq!(stale.header("etag"), Some(etag.as_str()), "{stale_tag}: 412 tells the current ETag");
@@ -421,6 +422,9 @@ async fn idempotent_creation_replays_and_refuses_a_reused_key() {
     let both = with_key("Idempotency-Key", "k-2", doc("Two keys")).header("Repeatability-Request-ID", "k-3");
     let both = problem(&api.send(&api.a_writer, both).await, 422, "ValidationFailed");
     assert_eq!(both["errors"][0]["header"], "repeatability-request-id", "{both}");
+    let twice = with_key("Idempotency-Key", "k-4", doc("Two keys")).header("Idempotency-Key", "k-5");
+    let twice = problem(&api.send(&api.a_writer, twice).await, 422, "ValidationFailed");
+    assert_eq!(twice["errors"][0]["header"], "idempotency-key", "{twice}");
 
     // Ten concurrent retries with one key create one document.
     let racers = (0..10).map(|_| api.send(&api.a_writer, with_key("Idempotency-Key", "race", doc("Raced"))));
@@ -856,6 +860,12 @@ async fn admin_resources_plans_tenants_and_clients() {
     let again =
         api.send(&api.admin, ClientRequest::new("POST", &format!("{a_path}/suspend")).header("If-Match", &etag));
     assert_eq!(again.await.header("etag"), Some(etag.as_str()), "already suspended");
+    let chain: String = api
+        .app
+        .db()
+        .query_row("SELECT chain FROM audit_events WHERE summary LIKE 'tenant suspended unchanged%'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(chain, format!("tenant:{}", &a_path["/api/v1/tenants/".len()..]), "audited in the tenant's own chain");
     for nothing in ["{}", "{\"plan\":\"team\"}"] {
         let same = api.send(&api.admin, merge(nothing)).await;
         assert_eq!((same.status, same.header("etag")), (200, Some(etag.as_str())), "{nothing}");
@@ -976,6 +986,14 @@ async fn a_number_out_of_range_or_a_field_error_without_detail_still_names_its_f
         .header("Idempotency-Key", "has space");
     let refused = problem(&api.send(&api.a_writer, bad_key).await, 422, "ValidationFailed");
     assert!(refused["detail"].as_str().is_some_and(|d| d.contains("idempotency-key")), "{refused}");
+    // Names as SQL Server counts them: 101 emoji are 202 UTF-16 code units, past a 200-character name.
+    let emoji = json!({"appId": "emoji-app", "displayName": "\u{1F600}".repeat(101), "roles": ["Documents.Read"]});
+    let refused = problem(
+        &api.send(&api.a_admin, ClientRequest::new("POST", "/api/v1/clients").json(&emoji)).await,
+        422,
+        "ValidationFailed",
+    );
+    assert_eq!(refused["errors"][0]["pointer"], "/displayName", "{refused}");
 }
 
 #[actix_web::test]

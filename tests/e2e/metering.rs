@@ -701,6 +701,11 @@ async fn a_grant_serves_a_blocked_tenant_and_shows_in_its_summary_headers_audit_
         })
         .unwrap();
     assert_eq!(unknown, 0, "no served call is recorded as no operation");
+    let unmatched: i64 = app
+        .db()
+        .query_row("SELECT count(*) FROM usage_events WHERE route_template = 'unmatched'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(unmatched, 0, "a refused encoded path is recorded under its route, as the raw one is");
     let tenant: String =
         app.db().query_row("SELECT id FROM tenants WHERE entra_tenant_id = ?1", [DIR_A], |r| r.get(0)).unwrap();
     let grants = format!("/api/v1/tenants/{tenant}/grants");

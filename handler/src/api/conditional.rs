@@ -85,8 +85,12 @@ pub fn not_modified(req: &HttpRequest, version: i64) -> bool {
         .any(|tag| tag == "*" || parse_strong(tag.trim_start_matches("W/")).is_some_and(|v| v == version))
 }
 
+/// The version a strong ETag of ours names: `"<n>"` exactly as [`etag`] writes it (strong comparison compares the
+/// opaque tags, RFC 9110 §8.8.3.2: `"03"` or `"+3"` is another tag than `"3"`, and matches nothing).
 fn parse_strong(tag: &str) -> Option<i64> {
-    tag.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
+    let digits = tag.strip_prefix('"')?.strip_suffix('"')?;
+    let version: i64 = digits.parse().ok()?;
+    (version.to_string() == digits).then_some(version)
 }
 
 #[cfg(test)]

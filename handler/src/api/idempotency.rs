@@ -45,27 +45,27 @@ pub struct Idempotency {
 
 /// Reads the key, if any, and hashes the request: method, path and the canonical JSON of the body.
 pub fn from_request(req: &HttpRequest, canonical_body: &str) -> Result<Option<Idempotency>, AppError> {
-    // Every key header sent must be well-formed, even the one that does not win.
-    let mut keys = Vec::new();
+    // Every key sent must be well-formed, even one that does not win; and they must all be one key (either header,
+    // each header any number of times): a retry carrying only another of them would create the resource again.
+    let mut keys: Vec<(&str, &str)> = Vec::new();
     for name in KEY_HEADERS {
-        let Some(value) = req.headers().get(*name) else { continue };
-        let key = value.to_str().unwrap_or("").trim();
-        if key.is_empty() || key.len() > 200 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![
-                FieldError::new(*name, "format", "1 to 200 visible ASCII characters").in_header(name),
-            ]));
+        for value in req.headers().get_all(*name) {
+            let key = value.to_str().unwrap_or("").trim();
+            if key.is_empty() || key.len() > 200 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![
+                    FieldError::new(*name, "format", "1 to 200 visible ASCII characters").in_header(name),
+                ]));
+            }
+            keys.push((name, key));
         }
-        keys.push(key);
     }
-    if let [first, second] = keys[..]
-        && !first.eq_ignore_ascii_case(second)
-    {
-        // Two keys for one request: a retry carrying only the second would create the resource again.
+    if let Some((name, _)) = keys.iter().find(|(_, key)| !key.eq_ignore_ascii_case(keys[0].1)) {
         return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![
-            FieldError::new(KEY_HEADERS[1], "conflict", "names another key than Idempotency-Key; send one key")
-                .in_header(KEY_HEADERS[1]),
+            FieldError::new(*name, "conflict", "names another key than the first key header; send one key")
+                .in_header(name),
         ]));
     }
+    let keys: Vec<&str> = keys.into_iter().map(|(_, key)| key).collect();
     let Some(key) = keys.first().copied() else { return Ok(None) };
     let mut hasher = Sha256::new();
     // The path in lower case: its ids are GUIDs, which a retry may spell otherwise, and its words are lower case.

@@ -26,6 +26,8 @@ pub struct RouteTable {
 /// regular expression per template.
 #[derive(Debug)]
 struct Template {
+    /// As declared: `/api/v1/documents/{id}`.
+    text: Box<str>,
     /// `None` for a `{parameter}` segment.
     segments: Vec<Option<Box<str>>>,
     parameters: usize,
@@ -36,7 +38,7 @@ impl Template {
         let segments: Vec<_> =
             template.split('/').map(|s| (!(s.starts_with('{') && s.ends_with('}'))).then(|| Box::from(s))).collect();
         let parameters = segments.iter().filter(|s| s.is_none()).count();
-        Template { segments, parameters }
+        Template { text: Box::from(template), segments, parameters }
     }
 
     /// Whether the path, split at `/` once by the caller ([`segments`]), fits the template. Compared from the
@@ -117,6 +119,16 @@ impl RouteTable {
     pub(crate) fn templates_matching(&self, path: &str) -> usize {
         let parts = segments(path);
         self.matching(&parts).count()
+    }
+
+    /// The template of the route serving `method` on `path` (literal templates win), as the router would have
+    /// matched it: what a request answered before routing (a refusal, a malformed body) is recorded under.
+    pub fn template(&self, method: &str, path: &str) -> Option<&str> {
+        let parts = segments(path);
+        self.matching(&parts)
+            .filter(|(_, methods)| methods.iter().any(|(m, _)| *m == method))
+            .min_by_key(|(template, _)| template.parameters)
+            .map(|(template, _)| &*template.text)
     }
 
     /// The operation id serving `method` on `path`. Literal templates win over parameterized ones.

@@ -161,6 +161,26 @@ fn camel(field: &str) -> String {
     out
 }
 
+/// At most `max` characters as the stores count them: UTF-16 code units, as SQL Server's `NVARCHAR(n)` does (an
+/// emoji counts as two), so a text one store takes the other takes too.
+pub fn utf16_at_most(value: &str, max: usize) -> Result<(), validator::ValidationError> {
+    if crate::store::utf16_width(value) <= max {
+        return Ok(());
+    }
+    Err(validator::ValidationError::new("length")
+        .with_message(format!("at most {max} characters (UTF-16 code units: an emoji counts as two)").into()))
+}
+
+/// [`utf16_at_most`] 128, for `validator`'s `custom` (an application id).
+pub fn utf16_at_most_128(value: &str) -> Result<(), validator::ValidationError> {
+    utf16_at_most(value, 128)
+}
+
+/// [`utf16_at_most`] 200, for `validator`'s `custom` (a name).
+pub fn utf16_at_most_200(value: &str) -> Result<(), validator::ValidationError> {
+    utf16_at_most(value, 200)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,7 +74,16 @@ pub(crate) fn records(
     let extensions = request.extensions();
     let caller = extensions.get::<Arc<Caller>>();
     let debit = extensions.get::<Debit>().copied();
-    let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    // Answered before the router ran (a refusal, a malformed body), a request has no pattern of its own: the route
+    // table's, for the path the router would match (a percent-encoded one included).
+    let route = request
+        .match_pattern()
+        .or_else(|| {
+            let table = request.app_data::<actix_web::web::Data<crate::api::operations::RouteTable>>()?;
+            let path = crate::api::operations::routed_path(request.match_info());
+            table.template(request.method().as_str(), path).map(str::to_owned)
+        })
+        .unwrap_or_else(|| "unmatched".to_owned());
     let method = meter.method.to_string();
     let billable = status.is_success() && debit.is_some();
     let request_id = crate::request::current_id().unwrap_or_default();

@@ -385,8 +385,13 @@ pub async fn record(
     }
     // A write that took effect committed these same ids in its own transaction already (`ledger::ledger`);
     // the store skips them, so this is then only the wait for the batch (and a record made again is stored once).
-    let recorded =
-        state.recorder.record(|| records(res.request(), &meter, status, response_bytes, None, state.clock.now())).await;
+    // A handler that wrote nothing may still say what its request was about (a change that was already so), for
+    // the audit event's resource and chain.
+    let note = res.request().extensions().get::<super::audit::AuditNote>().cloned();
+    let recorded = state
+        .recorder
+        .record(|| records(res.request(), &meter, status, response_bytes, note.as_ref(), state.clock.now()))
+        .await;
     // Its record is durable now, or will never be: the lease it spent from may be settled.
     if let Some(ticket) = res.request().extensions_mut().remove::<LeaseTicket>() {
         ticket.finish(billable);

@@ -50,7 +50,7 @@ pub enum TenantRole {
     "roles": ["Documents.Read", "Usage.Read"]}))]
 pub struct ClientCreate {
     /// The Entra application (client) id, as tokens carry it in `azp` or `appid`.
-    #[validate(length(min = 1, max = 128))]
+    #[validate(length(min = 1), custom(function = "crate::api::validation::utf16_at_most_128"))]
     #[schema(min_length = 1, max_length = 128)]
     pub app_id: String,
     /// The directory (`tid`) the application's tokens will carry. Default: the tenant's own directory, where the
@@ -58,7 +58,7 @@ pub struct ClientCreate {
     /// administrator's approval and answers 202 with the registration `pending`.
     #[serde(default)]
     pub directory_id: Option<Uuid>,
-    #[validate(length(min = 1, max = 200))]
+    #[validate(length(min = 1), custom(function = "crate::api::validation::utf16_at_most_200"))]
     #[schema(min_length = 1, max_length = 200)]
     pub display_name: String,
     /// Roles the application may use in this tenant (at least one); `Platform.Admin` cannot be granted here.

@@ -49,7 +49,7 @@ fn valid_currency(value: &str) -> Result<(), validator::ValidationError> {
 #[derive(Debug, Clone, Serialize, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PlanInput {
-    #[validate(length(min = 1, max = 200))]
+    #[validate(length(min = 1), custom(function = "crate::api::validation::utf16_at_most_200"))]
     #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Sustained request rate per API client.
@@ -93,7 +93,7 @@ pub struct PlanCreate {
     #[validate(length(min = 1, max = 64), custom(function = "valid_code"))]
     #[schema(min_length = 1, max_length = 64, pattern = r"^[a-z0-9-]+$")]
     pub code: String,
-    #[validate(length(min = 1, max = 200))]
+    #[validate(length(min = 1), custom(function = "crate::api::validation::utf16_at_most_200"))]
     #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     #[validate(range(min = 1, max = 1_000_000))]

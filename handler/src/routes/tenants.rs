@@ -179,7 +179,7 @@ fn unknown_plan() -> AppError {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(example = json!({"name": "Contoso Ltd", "plan": "team", "entraTenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47"}))]
 pub struct TenantCreate {
-    #[validate(length(min = 1, max = 200))]
+    #[validate(length(min = 1), custom(function = "crate::api::validation::utf16_at_most_200"))]
     #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// The plan code.
@@ -269,7 +269,11 @@ pub async fn create_tenant(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TenantPatch {
     /// A new name, not only spaces. Required members cannot be removed: `null` is refused.
-    #[validate(length(min = 1, max = 200), custom(function = "not_blank"))]
+    #[validate(
+        length(min = 1),
+        custom(function = "crate::api::validation::utf16_at_most_200"),
+        custom(function = "not_blank")
+    )]
     #[schema(min_length = 1, max_length = 200, nullable = false)]
     pub name: Option<String>,
     /// Change the plan: new limits apply at once; the current period keeps its quota.
@@ -301,7 +305,11 @@ async fn change(
     let next = changes.applied_to(&current, now);
     if (&next.name, next.status, &next.plan_code) == (&current.name, current.status, &current.plan_code) {
         // Nothing changes (an empty patch, the plan it has, suspending a suspended tenant): no new version, and
-        // every other client's ETag stays good.
+        // every other client's ETag stays good. The call is still audited in the tenant's chain.
+        let view = TenantView::from(&current);
+        let summary = format!("tenant {} unchanged at version {}", current.status.as_str(), current.version);
+        let note = AuditNote::new("tenants", current.id, Some(&view), Some(&view), summary).in_tenant(current.id);
+        actix_web::HttpMessage::extensions_mut(req).insert(note);
         return Ok(respond(actix_web::http::StatusCode::OK, &current));
     }
     let response = respond(actix_web::http::StatusCode::OK, &next);

@@ -61,22 +61,12 @@ fn not_blank(value: &str) -> Result<(), validator::ValidationError> {
     }
 }
 
-/// At most `max` characters as the store counts them: UTF-16 code units, as SQL Server's `NVARCHAR(n)` does (an
-/// emoji counts as two), so a text one store takes the other takes too.
-fn fits(value: &str, max: usize) -> Result<(), validator::ValidationError> {
-    if crate::store::utf16_width(value) <= max {
-        return Ok(());
-    }
-    Err(validator::ValidationError::new("length")
-        .with_message(format!("at most {max} characters (UTF-16 code units: an emoji counts as two)").into()))
-}
-
 fn title_fits(value: &str) -> Result<(), validator::ValidationError> {
-    fits(value, 300)
+    crate::api::validation::utf16_at_most(value, 300)
 }
 
 fn summary_fits(value: &str) -> Result<(), validator::ValidationError> {
-    fits(value, 2000)
+    crate::api::validation::utf16_at_most(value, 2000)
 }
 
 pub(super) fn storable_date(date: NaiveDate) -> bool {
