@@ -145,10 +145,19 @@ fn a_store_path_naming_something_else_is_a_configuration_error_that_changes_noth
         .unwrap();
     let folder = dir.path().join("a-folder");
     std::fs::create_dir(&folder).unwrap();
+    // golang-migrate's history table has our table's name, not its columns.
+    let migrated = dir.path().join("go.db");
+    rusqlite::Connection::open(&migrated)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE schema_migrations (version uint64, dirty bool); INSERT INTO schema_migrations VALUES (3, 0);",
+        )
+        .unwrap();
     for (file, says) in [
         (&text, "is not a SQLite database"),
         (&foreign, "is not a Meterline database: it has tables (customers)"),
         (&folder, "is a folder, not a database file"),
+        (&migrated, "is not a Meterline database: it has tables (schema_migrations)"),
     ] {
         let before = std::fs::read(file).unwrap_or_default();
         let output = handler(dir.path(), &["migrate"], &[("METERLINE_SQLITE_PATH", file.to_str().unwrap())]);

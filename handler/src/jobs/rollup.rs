@@ -266,8 +266,7 @@ async fn write_statement(state: &AppState, tenant: &Tenant, billing: &Period) ->
     let now = state.clock.now();
     // Every amount a statement charges is whole minor units of its currency (ISO 4217).
     let charge = |micros: i64| crate::store::to_minor_unit(micros, &plan.currency);
-    let overage_amount = charge(overage_units.saturating_mul(plan.overage_unit_price_micros));
-    let base_amount = charge(plan.base_price_micros);
+    let (base_amount, overage_amount) = statement_amounts(&plan, overage_units);
     let id = state.ids.new_id();
     // Usage of earlier, issued periods rolled up since they were billed: adjustment lines on this one.
     let adjustments: Vec<StatementAdjustment> = state
@@ -308,6 +307,16 @@ async fn write_statement(state: &AppState, tenant: &Tenant, billing: &Period) ->
     };
     let event = statement_ready_event(state.ids.new_id(), &statement);
     Ok(state.store.insert_billing_statement(&statement, &adjustments, &event).await?)
+}
+
+/// A statement's base and overage amounts, in whole minor units of the plan's currency. The overage is capped so
+/// that base plus overage still fits an i64 (the table checks that the total is their sum): no honest usage bills
+/// past 9.2 trillion currency units, and one tenant's statement must not stop the month close for all the others.
+fn statement_amounts(plan: &crate::store::Plan, overage_units: i64) -> (i64, i64) {
+    let charge = |micros: i64| crate::store::to_minor_unit(micros, &plan.currency);
+    let base = charge(plan.base_price_micros);
+    let overage = charge(overage_units.saturating_mul(plan.overage_unit_price_micros)).min(i64::MAX - base);
+    (base, overage)
 }
 
 /// `YYYY-MM` of a period.
@@ -386,4 +395,32 @@ pub async fn rerun(state: &AppState, from: DateTime<Utc>, to: DateTime<Utc>) -> 
     .await;
     lease.release().await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_statements_amounts_always_add_up_to_a_total_that_fits() {
+        let plan = crate::store::Plan {
+            code: "max".into(),
+            name: "Max".into(),
+            requests_per_minute: 1,
+            burst: 1,
+            monthly_quota_units: 0,
+            overage_policy: crate::store::OveragePolicy::Allow,
+            currency: "EUR".into(),
+            base_price_micros: 1_000_000_000_000_000,
+            overage_unit_price_micros: 1_000_000_000_000,
+            created_at: DateTime::UNIX_EPOCH,
+            updated_at: DateTime::UNIX_EPOCH,
+            version: 1,
+        };
+        // Ten billion overage units at the highest price: far past i64 micro-units.
+        let (base, overage) = statement_amounts(&plan, 10_000_000_000);
+        assert!(base.checked_add(overage).is_some(), "{base} + {overage}");
+        assert_eq!(base, 1_000_000_000_000_000);
+        assert_eq!(statement_amounts(&plan, 3).1, 3_000_000_000_000);
+    }
 }

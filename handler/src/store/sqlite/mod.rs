@@ -330,6 +330,10 @@ fn classify(err: rusqlite::Error) -> StoreError {
             rusqlite::Error::SqliteFailure(e, _) if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => {
                 StoreError::ForeignKey(err.to_string())
             }
+            // A CHECK that fails is a bug of ours (a value the code should have refused), not a duplicate key.
+            rusqlite::Error::SqliteFailure(e, _) if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_CHECK => {
+                StoreError::Other(err.into())
+            }
             _ => StoreError::Conflict(err.to_string()),
         },
         _ => StoreError::Other(err.into()),
@@ -406,5 +410,8 @@ mod tests {
         }
         let bug = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR), None);
         assert!(matches!(classify(bug), StoreError::Other(_)));
+        let check =
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_CHECK), None);
+        assert!(matches!(classify(check), StoreError::Other(_)), "a failed CHECK is no conflict");
     }
 }

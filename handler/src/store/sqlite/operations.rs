@@ -53,16 +53,26 @@ fn has_no_schema(conn: &Connection) -> Result<bool, StoreError> {
 /// Another application's tables (a few, by name), if the database has tables and no migration history:
 /// Meterline never creates a table without recording its migration in the same transaction.
 pub(super) fn foreign_tables(conn: &Connection) -> Result<Vec<String>, StoreError> {
-    if !read_history(conn)?.is_empty() {
+    // Another tool's history table (golang-migrate's, Rails') has the name but not our columns.
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('schema_migrations')")
+        .and_then(|mut stmt| stmt.query_map([], |r| r.get(0))?.collect())
+        .map_err(classify)?;
+    let ours = ["version", "name", "checksum", "applied_at"].iter().all(|c| columns.iter().any(|n| n == c));
+    if (columns.is_empty() || ours) && !read_history(conn)?.is_empty() {
         return Ok(Vec::new());
     }
     let mut stmt = conn
         .prepare(
-            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name <> 'schema_migrations'
-             AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name LIMIT 5",
+            "SELECT name FROM sqlite_schema WHERE type = 'table'
+             AND (name <> 'schema_migrations' OR ?1) AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name LIMIT 5",
         )
         .map_err(classify)?;
-    let names = stmt.query_map([], |r| r.get(0)).map_err(classify)?.collect::<Result<_, _>>().map_err(classify)?;
+    let names = stmt
+        .query_map([!columns.is_empty() && !ours], |r| r.get(0))
+        .map_err(classify)?
+        .collect::<Result<_, _>>()
+        .map_err(classify)?;
     Ok(names)
 }
 
