@@ -115,6 +115,13 @@ pub fn upgraded(quota: i64, policy: OveragePolicy, debit: &QuotaDebit) -> (i64, 
     (quota.max(debit.quota_units), policy)
 }
 
+/// The plan an upgraded period is billed on from now: the new plan when its quota is at least the period's own
+/// (`plan_quota`, grants left out), else `None`, the plan the period is billed on already. A move to `allow` with a
+/// smaller quota is an upgrade of the policy only: the period keeps its larger quota, and so its price.
+pub fn upgraded_plan_code(plan_quota: i64, debit: &QuotaDebit) -> Option<String> {
+    (debit.quota_units >= plan_quota).then(|| debit.plan_code.clone())
+}
+
 /// How many of the counter's units `from + 1 ..= from + n` lie beyond `quota`.
 pub fn overage_between(from: i64, n: i64, quota: i64) -> i64 {
     (from + n - quota).max(0) - (from - quota).max(0)

@@ -238,16 +238,23 @@ async fn an_upgrade_applies_to_the_period_at_the_next_grant_and_a_downgrade_does
             store.grant_quota_lease(&request(&acme, 10, OveragePolicy::Block, 2, 1, 1)).await.unwrap(),
             QuotaLeaseGrant::Exhausted { units_used: 10, quota_units: 10 }
         ));
-        // The tenant moves to a plan with 25 units: the next grant sees them.
+        // The tenant moves to a plan with 25 units: the next grant sees them, and the period is billed on it.
+        let bigger = QuotaLeaseRequest {
+            debit: QuotaDebit {
+                plan_code: "bigger".into(),
+                ..request(&acme, 25, OveragePolicy::Block, 3, 20, 1).debit
+            },
+            ..request(&acme, 25, OveragePolicy::Block, 3, 20, 1)
+        };
         assert_eq!(
-            store.grant_quota_lease(&request(&acme, 25, OveragePolicy::Block, 3, 20, 1)).await.unwrap(),
+            store.grant_quota_lease(&bigger).await.unwrap(),
             QuotaLeaseGrant::Granted { units: 15, first_unit: 10, units_used: 25, quota_units: 25 },
             "{}",
             t.name
         );
         // Back to 10: the period keeps 25 until it ends, and the plan it is billed on.
         let period_plan = || async { store.quota_usage(acme.id, february()).await.unwrap().unwrap().plan_code };
-        assert_eq!(period_plan().await.as_deref(), Some(acme.plan_code.as_str()), "{}", t.name);
+        assert_eq!(period_plan().await.as_deref(), Some("bigger"), "{}", t.name);
         let small = QuotaLeaseRequest {
             debit: QuotaDebit { plan_code: "small".into(), ..request(&acme, 10, OveragePolicy::Block, 4, 5, 1).debit },
             ..request(&acme, 10, OveragePolicy::Block, 4, 5, 1)
@@ -255,9 +262,9 @@ async fn an_upgrade_applies_to_the_period_at_the_next_grant_and_a_downgrade_does
         let lower = store.grant_quota_lease(&small).await.unwrap();
         assert_eq!(lower, QuotaLeaseGrant::Exhausted { units_used: 25, quota_units: 25 });
         assert_eq!(store.quota_usage(acme.id, february()).await.unwrap().unwrap().quota_units, 25);
-        assert_eq!(period_plan().await.as_deref(), Some(acme.plan_code.as_str()), "{}: a downgrade waits", t.name);
+        assert_eq!(period_plan().await.as_deref(), Some("bigger"), "{}: a downgrade waits", t.name);
         // To a pay-as-you-go plan (`allow`, even with a smaller quota): an upgrade, at once; the units beyond the
-        // period's quota are overage, and the period is billed on that plan.
+        // period's quota are overage.
         let payg = QuotaLeaseRequest {
             debit: QuotaDebit { plan_code: "payg".into(), ..request(&acme, 10, OveragePolicy::Allow, 5, 4, 1).debit },
             ..request(&acme, 10, OveragePolicy::Allow, 5, 4, 1)
@@ -270,7 +277,9 @@ async fn an_upgrade_applies_to_the_period_at_the_next_grant_and_a_downgrade_does
         );
         let period = store.quota_usage(acme.id, february()).await.unwrap().unwrap();
         assert_eq!((period.overage_policy, period.units_used, period.overage_units), (OveragePolicy::Allow, 29, 4));
-        assert_eq!(period.plan_code.as_deref(), Some("payg"), "{}", t.name);
+        // An upgrade of the policy only (its quota is smaller): the period keeps its quota and the plan it is billed
+        // on, never the larger quota at the smaller plan's price.
+        assert_eq!(period.plan_code.as_deref(), Some("bigger"), "{}", t.name);
         // And back to `block`: a downgrade, from the next period.
         let back = store.grant_quota_lease(&request(&acme, 25, OveragePolicy::Block, 6, 1, 1)).await.unwrap();
         assert!(matches!(back, QuotaLeaseGrant::Granted { units: 1, .. }), "{}: {back:?}", t.name);

@@ -89,8 +89,8 @@ impl QuotaLeaseStore for MssqlStore {
             // the next period.
             if is_upgrade(quota - granted_units, policy, d) {
                 let (plan_quota, upgraded_policy) = upgraded(quota - granted_units, policy, d);
+                let plan_code = crate::store::upgraded_plan_code(quota - granted_units, d);
                 (quota, policy) = (plan_quota + granted_units, upgraded_policy);
-                let plan_code = d.plan_code.as_str();
                 execute(
                     conn,
                     UPGRADE_PERIOD,
@@ -156,7 +156,7 @@ impl QuotaLeaseStore for MssqlStore {
 /// Thresholds already announced this period stay announced: each is announced once a period.
 pub(crate) const UPGRADE_PERIOD: &str = "UPDATE dbo.quota_usage SET quota_units = @P3, overage_policy = @P4,
     overage_units = CASE WHEN units_used > @P3 THEN units_used - @P3 ELSE 0 END,
-    updated_at = @P5, plan_code = @P6
+    updated_at = @P5, plan_code = COALESCE(@P6, plan_code)
 WHERE tenant_id = @P1 AND period_start = @P2";
 
 pub(crate) const LOCK_QUOTA_PERIOD: &str = "SELECT quota_units, units_used, overage_policy, granted_units

@@ -124,9 +124,11 @@ impl QuotaLeaseStore for SqliteStore {
                 Some(q) if is_upgrade(q.quota_units - q.granted_units, q.overage_policy, d) => {
                     let (plan_quota, policy) = upgraded(q.quota_units - q.granted_units, q.overage_policy, d);
                     let quota = plan_quota + q.granted_units;
+                    let billed_on = crate::store::upgraded_plan_code(q.quota_units - q.granted_units, d);
                     tx.prepare_cached(
                         "UPDATE quota_usage SET quota_units = ?3, overage_policy = ?4,
-                             overage_units = max(0, units_used - ?3), updated_at = ?5, plan_code = ?6
+                             overage_units = max(0, units_used - ?3), updated_at = ?5,
+                             plan_code = coalesce(?6, plan_code)
                          WHERE tenant_id = ?1 AND period_start = ?2",
                     )
                     .map_err(classify)?
@@ -136,7 +138,7 @@ impl QuotaLeaseStore for SqliteStore {
                         quota,
                         policy.as_str(),
                         timestamp(d.now),
-                        d.plan_code
+                        billed_on
                     ])
                     .map_err(classify)?;
                     (quota, q.units_used, policy)
