@@ -382,6 +382,30 @@ async fn usage_of_a_billed_month_that_arrives_late_is_an_adjustment_on_the_next_
         (json!([]), json!(0)),
         "{third}"
     );
+
+    // The tenant moves to a plan in yen; more late usage of the first (euro) month arrives. A euro amount is never
+    // summed into a statement in yen: the next statement has no line for it.
+    let yen = json!({"code": "yen", "name": "Yen", "requestsPerMinute": 1_000_000, "burst": 100_000,
+        "monthlyQuotaUnits": 5, "overagePolicy": "allow", "currency": "JPY", "basePriceMicros": 1_000_000_000,
+        "overageUnitPriceMicros": 1_000_000});
+    assert_eq!(as_admin(&host, ClientRequest::new("POST", "/api/v1/plans").json(&yen)).await.status, 201);
+    move_to(&host, &tenant, "yen").await;
+    let later = json!({
+        "specversion": "1.0", "id": "late-2", "source": "/ocr", "type": "meterline.usage.reported.v1",
+        "datacontenttype": "application/json",
+        "data": {"tenantId": tenant, "meter": "ocr.pages", "units": 4, "occurredAt": first_month.to_rfc3339()}
+    });
+    let mut message = crate::support::host::ServiceBusDelivery::new(&later.to_string());
+    message.content_type = Some("application/cloudevents+json".into());
+    host.invoke_service_bus("IntegrationEvents", &message).await;
+    host.clock.advance(chrono::Duration::days(31));
+    rollup().await;
+    let a = host.token(DIR_A, "Usage.Read", DEV_APP_ID).await;
+    let listed = host.http(get("/api/v1/billing/statements", &a)).await.json();
+    let fourth = listed["value"][0]["period"].as_str().unwrap().to_owned();
+    let fourth = host.http(get(&format!("/api/v1/billing/statements/{fourth}"), &a)).await.json();
+    assert_eq!(fourth["currency"], "JPY", "{fourth}");
+    assert_eq!(fourth["adjustments"], json!([]), "no euro line in a yen statement: {fourth}");
 }
 
 #[actix_web::test]

@@ -274,6 +274,16 @@ async fn write_statement(state: &AppState, tenant: &Tenant, billing: &Period) ->
         .unbilled_usage(tenant.id, billing.start)
         .await?
         .into_iter()
+        .filter(|u| {
+            // An amount in another currency is never summed into this one: the line waits for a statement in the
+            // adjusted statement's currency (a tenant that changed currency since).
+            let same = u.currency == plan.currency;
+            if !same {
+                tracing::warn!(tenant = %tenant.id, adjusts = %u.period_start, currency = %u.currency,
+                    "late usage of a statement in another currency is left for a statement in that currency");
+            }
+            same
+        })
         .map(|u| StatementAdjustment {
             id: state.ids.new_id(),
             statement_id: id,

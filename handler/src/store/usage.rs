@@ -322,6 +322,8 @@ pub struct UnbilledUsage {
     pub overage_units_delta: i64,
     /// The statement's overage unit price, else (an older statement) its plan's current one.
     pub overage_unit_price_micros: i64,
+    /// The adjusted statement's currency: a line is billed only on a statement in the same currency.
+    pub currency: String,
 }
 
 /// Usage aggregation and billing (see `jobs::rollup` and docs/data-model.md, "Usage rollup").

@@ -357,6 +357,7 @@ async fn usage_rolled_up_after_a_statement_is_unbilled_until_an_adjustment_line_
             used_units_delta: 6,
             overage_units_delta: 6,
             overage_unit_price_micros: 2_000,
+            currency: "EUR".into(),
         };
         assert_eq!(unbilled, vec![expected], "{}", t.name);
         assert_eq!(store.unbilled_usage(a, january.period_start).await.unwrap(), vec![], "only months before");
@@ -366,6 +367,7 @@ async fn usage_rolled_up_after_a_statement_is_unbilled_until_an_adjustment_line_
             used_units_delta: 2,
             overage_units_delta: 0,
             overage_unit_price_micros: 2_000,
+            currency: "EUR".into(),
         };
         assert_eq!(store.unbilled_usage(b, february).await.unwrap(), vec![b_unbilled], "{}: within B's quota", t.name);
 

@@ -334,6 +334,7 @@ impl UsageStore for MssqlStore {
                         used_units_delta: required(row, 2)?,
                         overage_units_delta: required(row, 3)?,
                         overage_unit_price_micros: required(row, 4)?,
+                        currency: text(row, 5)?,
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
@@ -671,7 +672,7 @@ VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7)";
 pub(crate) const UNBILLED_USAGE: &str = "SELECT s.id, s.period_start,
     u.used_total - s.used_units - a.adjusted_used AS used_units_delta,
     CASE WHEN o.overage_due > 0 THEN o.overage_due ELSE 0 END AS overage_units_delta,
-    COALESCE(s.overage_unit_price_micros, p.overage_unit_price_micros, 0) AS overage_unit_price_micros
+    COALESCE(s.overage_unit_price_micros, p.overage_unit_price_micros, 0) AS overage_unit_price_micros, s.currency
 FROM dbo.billing_statements s
 LEFT JOIN dbo.plans p ON p.code = s.plan_code
 CROSS APPLY (SELECT COALESCE(SUM(r.billable_units), 0) AS used_total FROM dbo.usage_rollups r

@@ -537,7 +537,7 @@ fn unbilled_usage(conn: &Connection, tenant_id: Uuid, before: NaiveDate) -> Resu
         "SELECT s.id, s.period_start,
              s.used_total - s.used_units - s.adjusted_used,
              max(0, max(0, s.used_total - s.quota_units) - s.overage_units - s.adjusted_overage),
-             coalesce(s.overage_unit_price_micros, p.overage_unit_price_micros, 0)
+             coalesce(s.overage_unit_price_micros, p.overage_unit_price_micros, 0), s.currency
          FROM (SELECT b.*,
                  coalesce((SELECT sum(r.billable_units) FROM usage_rollups r WHERE r.tenant_id = b.tenant_id
                      AND r.granularity = 'hour'
@@ -555,6 +555,7 @@ fn unbilled_usage(conn: &Connection, tenant_id: Uuid, before: NaiveDate) -> Resu
         |r| {
             let (id, start): (String, String) = (r.get(0)?, r.get(1)?);
             let (used, overage, price): (i64, i64, i64) = (r.get(2)?, r.get(3)?, r.get(4)?);
+            let currency: String = r.get(5)?;
             Ok((|| {
                 Ok(UnbilledUsage {
                     statement_id: parse_uuid(&id)?,
@@ -562,6 +563,7 @@ fn unbilled_usage(conn: &Connection, tenant_id: Uuid, before: NaiveDate) -> Resu
                     used_units_delta: used,
                     overage_units_delta: overage,
                     overage_unit_price_micros: price,
+                    currency,
                 })
             })())
         },
