@@ -610,6 +610,19 @@ async fn no_tenant_registration_locks_an_application_out_of_a_directory_it_does_
     assert_eq!(w.call("/api/v1/tenants", &admin).await.status, 200, "the platform is not locked out");
     let me = w.me(&admin).await.json();
     assert!(me["tenant"].is_null(), "nor mapped into B: {me}");
+    // Nor does one from before that is still active map the platform's application into B or cap it.
+    let active = ApiClient {
+        id: Uuid::from_u128(78),
+        status: ClientStatus::Active,
+        revoked_at: None,
+        roles: vec!["Documents.Read".into()],
+        ..old
+    };
+    w.app.store.create_api_client(&active, None).await.unwrap();
+    w.app.state.lookups.invalidate(); // as the API's own writes do
+    let me = w.me(&admin).await.json();
+    assert!(me["tenant"].is_null(), "a platform directory's application answers to no tenant: {me}");
+    assert_eq!(me["permissions"], json!(["Platform.Admin"]), "{me}");
 }
 
 #[actix_web::test]

@@ -210,6 +210,9 @@ pub async fn resolve_caller(state: &AppState, principal: Arc<Principal>) -> Resu
         None => None,
     };
     let registrations = match (directory, &principal.app_id) {
+        // A platform directory's applications are the platform's: no tenant's registration (one made before the
+        // directory was configured as a platform directory included) maps or caps them.
+        (Some(directory), _) if state.auth.is_platform_directory(directory) => None,
         (Some(directory), Some(app_id)) => Some(state.lookups.api_clients_for_app(directory, app_id).await?),
         _ => None,
     };
