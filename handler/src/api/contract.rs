@@ -184,23 +184,17 @@ pub fn declare_statuses(doc: &mut OpenApi) {
             .content(PROBLEM_JSON, Content::new(Some(Ref::from_schema_name("Problem"))))
             // For a client whose Accept names application/json and not problem+json (Azure SDK clients).
             .content("application/json", Content::new(Some(Ref::from_schema_name("AzureErrorResponse"))));
-        let text = |about: &str| {
-            HeaderBuilder::new()
-                .schema(Some(utoipa::openapi::ObjectBuilder::new().schema_type(Type::String)))
-                .description(Some(about))
-                .build()
-        };
         response = response
             .header(
                 "x-request-id",
-                text("The request's id, as `requestId` in the body; quote it when asking for help."),
+                text_header("The request's id, as `requestId` in the body; quote it when asking for help."),
             )
-            .header("x-ms-error-code", text("The problem's `code` (Azure REST API guidelines)."));
+            .header("x-ms-error-code", text_header("The problem's `code` (Azure REST API guidelines)."));
         if *status == 401 {
-            response = response.header("WWW-Authenticate", text("The bearer challenge (RFC 6750 §3)."));
+            response = response.header("WWW-Authenticate", text_header("The bearer challenge (RFC 6750 §3)."));
         }
         if *status == 412 {
-            response = response.header("ETag", text("The current ETag, to read again and retry with."));
+            response = response.header("ETag", text_header("The current ETag, to read again and retry with."));
         }
         if *status == 429 || *status == 503 {
             for (header, kind, about) in
@@ -244,6 +238,14 @@ pub fn declare_statuses(doc: &mut OpenApi) {
     }
 }
 
+/// A string header field an answer carries, described by `about`.
+pub fn text_header(about: &str) -> utoipa::openapi::Header {
+    utoipa::openapi::header::HeaderBuilder::new()
+        .schema(Some(utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::Type::String)))
+        .description(Some(about))
+        .build()
+}
+
 /// The views a single resource is answered with, each with its `ETag` header (the version it shows).
 const VIEWS_WITH_ETAG: &[&str] = &["DocumentView", "TenantView", "PlanView", "PlanCosts", "ClientView", "GrantView"];
 
@@ -251,17 +253,7 @@ const VIEWS_WITH_ETAG: &[&str] = &["DocumentView", "TenantView", "PlanView", "Pl
 /// `RateLimit-Policy` (on every answer of a caller with a tenant; not required, a platform administrator without
 /// one is not limited), `Location` on a 201, and `ETag` where a single resource's view is the body.
 fn declare_success_headers(op: &mut utoipa::openapi::path::Operation) {
-    use utoipa::openapi::header::HeaderBuilder;
-    use utoipa::openapi::{ObjectBuilder, Type};
-
-    let text = |about: &str| {
-        RefOr::T(
-            HeaderBuilder::new()
-                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
-                .description(Some(about))
-                .build(),
-        )
-    };
+    let text = |about: &str| RefOr::T(text_header(about));
     for (status, response) in op.responses.responses.iter_mut() {
         let RefOr::T(response) = response else { continue };
         if status == "304" {

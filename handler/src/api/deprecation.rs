@@ -62,13 +62,8 @@ pub fn mark(openapi: &mut utoipa::openapi::OpenApi) {
                         ("Sunset", "When it stops working (RFC 8594), an HTTP date."),
                         ("Link", "The operation to use instead: `<path>; rel=\"successor-version\"`."),
                     ] {
-                        let header = utoipa::openapi::header::HeaderBuilder::new()
-                            .schema(Some(
-                                utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::Type::String),
-                            ))
-                            .description(Some(about))
-                            .build();
-                        response.headers.entry(name.to_owned()).or_insert(utoipa::openapi::RefOr::T(header));
+                        let header = utoipa::openapi::RefOr::T(super::contract::text_header(about));
+                        response.headers.entry(name.to_owned()).or_insert(header);
                     }
                 }
                 let mut extensions = op.extensions.take().unwrap_or_default();

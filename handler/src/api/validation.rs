@@ -161,6 +161,14 @@ fn camel(field: &str) -> String {
     out
 }
 
+/// More than spaces, for `validator`'s `custom` (titles, names).
+pub fn not_blank(value: &str) -> Result<(), validator::ValidationError> {
+    match value.trim().is_empty() {
+        true => Err(validator::ValidationError::new("blank").with_message("more than spaces".into())),
+        false => Ok(()),
+    }
+}
+
 /// At most `max` characters as the stores count them: UTF-16 code units, as SQL Server's `NVARCHAR(n)` does (an
 /// emoji counts as two), so a text one store takes the other takes too.
 pub fn utf16_at_most(value: &str, max: usize) -> Result<(), validator::ValidationError> {

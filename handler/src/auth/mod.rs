@@ -156,7 +156,10 @@ impl Authenticator {
     /// Whether `directory` is one of the configured platform directories (none are when the setting is unset).
     /// A platform directory's applications are the platform's: no tenant registers them.
     pub fn is_platform_directory(&self, directory: uuid::Uuid) -> bool {
-        self.settings.platform_directories.as_ref().is_some_and(|p| p.contains(&directory.to_string()))
+        // Asked on every request: the id spelled as the set holds it, on the stack.
+        let mut spelled = uuid::Uuid::encode_buffer();
+        let spelled: &str = directory.hyphenated().encode_lower(&mut spelled);
+        self.settings.platform_directories.as_ref().is_some_and(|p| p.contains(spelled))
     }
 
     pub fn new(keys: KeySource, settings: AuthSettings, clock: Arc<dyn Clock>) -> Self {

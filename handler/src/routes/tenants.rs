@@ -272,7 +272,7 @@ pub struct TenantPatch {
     #[validate(
         length(min = 1),
         custom(function = "crate::api::validation::utf16_at_most_200"),
-        custom(function = "not_blank")
+        custom(function = "crate::api::validation::not_blank")
     )]
     #[schema(min_length = 1, max_length = 200, nullable = false)]
     pub name: Option<String>,
@@ -280,13 +280,6 @@ pub struct TenantPatch {
     #[validate(length(min = 1, max = 64))]
     #[schema(min_length = 1, max_length = 64, nullable = false)]
     pub plan: Option<String>,
-}
-
-fn not_blank(value: &str) -> Result<(), validator::ValidationError> {
-    match value.trim().is_empty() {
-        true => Err(validator::ValidationError::new("blank").with_message("more than spaces".into())),
-        false => Ok(()),
-    }
 }
 
 async fn change(

@@ -52,15 +52,6 @@ fn valid_code(value: &str) -> Result<(), validator::ValidationError> {
     }
 }
 
-/// Whether both stores can hold `date` (SQL Server's `DATE` starts at year 1, chrono's dates before it).
-fn not_blank(value: &str) -> Result<(), validator::ValidationError> {
-    if value.trim().is_empty() {
-        Err(validator::ValidationError::new("blank").with_message("more than spaces".into()))
-    } else {
-        Ok(())
-    }
-}
-
 fn title_fits(value: &str) -> Result<(), validator::ValidationError> {
     crate::api::validation::utf16_at_most(value, 300)
 }
@@ -69,6 +60,7 @@ fn summary_fits(value: &str) -> Result<(), validator::ValidationError> {
     crate::api::validation::utf16_at_most(value, 2000)
 }
 
+/// Whether both stores can hold `date` (SQL Server's `DATE` starts at year 1, chrono's dates before it).
 pub(super) fn storable_date(date: NaiveDate) -> bool {
     (crate::store::FIRST_DATE..=crate::store::LAST_DATE).contains(&date)
 }
@@ -129,7 +121,11 @@ pub struct TagFilter(String);
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DocumentInput {
     /// 1 to 300 characters (UTF-16 code units: an emoji counts as two).
-    #[validate(length(min = 1), custom(function = "title_fits"), custom(function = "not_blank"))]
+    #[validate(
+        length(min = 1),
+        custom(function = "title_fits"),
+        custom(function = "crate::api::validation::not_blank")
+    )]
     #[schema(min_length = 1, max_length = 300)]
     pub title: String,
     /// Up to 2000 characters (UTF-16 code units).
