@@ -67,6 +67,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite":
     13 => "0013_document_codes_lower_case.sql" "document_codes_lower_case",
     14 => "0014_quarter_hour_zone_windows.sql" "quarter_hour_zone_windows",
     15 => "0015_period_plan.sql" "period_plan",
+    16 => "0016_tags_compared_exactly.sql" "tags_compared_exactly",
 );
 
 /// The SQL Server migrations: the same versions and names as [`SQLITE`], in T-SQL.
@@ -86,6 +87,7 @@ pub const MSSQL: &[Migration] = migrations!("mssql":
     13 => "0013_document_codes_lower_case.sql" "document_codes_lower_case",
     14 => "0014_quarter_hour_zone_windows.sql" "quarter_hour_zone_windows",
     15 => "0015_period_plan.sql" "period_plan",
+    16 => "0016_tags_compared_exactly.sql" "tags_compared_exactly",
 );
 
 /// Checks that `known` is strictly increasing: a gap or reorder is a build mistake, caught by a unit test.

@@ -35,6 +35,15 @@ const KNOWN_UNPARSEABLE: &[Unparseable] = &[
         why: "EXEC @status = proc reads a procedure's return code; sqlparser lacks the assignment form",
         rewrites: &[("EXEC @status = sp_getapplock", "EXEC sp_getapplock")],
     },
+    Unparseable {
+        prefix: "ALTER TABLE dbo.document_tags ALTER COLUMN tag NVARCHAR(64)",
+        why: "T-SQL's ALTER COLUMN takes the whole new definition, `type [COLLATE name] [NOT] NULL`; sqlparser knows \
+              only the standard's SET DATA TYPE form, without a collation",
+        rewrites: &[(
+            "ALTER COLUMN tag NVARCHAR(64) COLLATE Latin1_General_100_BIN2 NOT NULL",
+            "ALTER COLUMN tag SET DATA TYPE NVARCHAR(64)",
+        )],
+    },
 ];
 
 /// Splits a T-SQL script into statements at `;` outside strings, bracketed names and comments.

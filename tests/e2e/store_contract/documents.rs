@@ -856,6 +856,44 @@ async fn facets_count_every_match_not_just_the_page() {
     .await;
 }
 
+/// Tags are compared exactly, as SQLite's BINARY does, on every store: SQL Server's default collations would call
+/// `straße` and `strasse`, or a full-width and an ASCII spelling, the same tag (migration 16 there).
+#[tokio::test]
+async fn tags_that_differ_in_any_character_are_different_tags() {
+    for_each_store("tags_that_differ_in_any_character_are_different_tags", |t| async move {
+        let store = migrated(&t).await;
+        let (a, _) = two_tenants(&store).await;
+        let spellings = ["straße", "strasse", "ｔａｘ", "tax", "café", "cafe\u{301}"];
+        let both = Document { tags: tags(&spellings), ..document(&a, 1) };
+        store.create_document(&both, None, None).await.unwrap();
+        let stored = store.get_document(a.id, both.id).await.unwrap().expect("stored");
+        let mut expected: Vec<String> = spellings.iter().map(|s| s.to_string()).collect();
+        expected.sort();
+        assert_eq!(stored.tags, expected, "{}: six tags, none folded into another", t.name);
+        for (n, tag) in spellings.iter().enumerate() {
+            let one = Document { tags: tags(&[tag]), ..document(&a, 10 + n as u128) };
+            store.create_document(&one, None, None).await.unwrap();
+        }
+        for tag in spellings {
+            let filter = DocumentFilter { tags_any: vec![tag.to_owned()], ..DocumentFilter::default() };
+            let found = list_all(&store, &a, &filter, UPDATED_ASC).await;
+            let mut ids: Vec<_> = found.items.iter().map(|d| d.id).collect();
+            ids.sort();
+            let n = spellings.iter().position(|s| *s == tag).unwrap();
+            let mut expected = vec![doc_id(1), doc_id(10 + n as u128)];
+            expected.sort();
+            assert_eq!(ids, expected, "{}: the tag {tag:?} alone", t.name);
+        }
+        let facets = store.document_facets(a.id, &DocumentFilter::default(), &[FacetField::Tags]).await.unwrap();
+        let mut counted = facets[0].values.clone();
+        counted.sort();
+        let mut expected: Vec<(String, u64)> = spellings.iter().map(|s| (s.to_string(), 2)).collect();
+        expected.sort();
+        assert_eq!(counted, expected, "{}: a facet value per spelling", t.name);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_search_for_a_word_most_documents_contain_pages_in_date_order_and_ranks_its_newest() {
     for_each_store(

@@ -366,7 +366,7 @@ mod tests {
         )
         .unwrap();
         let store = SqliteStore::open(&dir.path().join("codes.db")).await.unwrap();
-        assert_eq!(store.migrate().await.unwrap().applied, vec![13, 14, 15]);
+        assert_eq!(store.migrate().await.unwrap().applied, vec![13, 14, 15, 16]);
         let rows: Vec<(String, String, Option<String>, i64)> = conn
             .prepare("SELECT id, doc_type, jurisdiction, version FROM documents ORDER BY id")
             .unwrap()
@@ -400,7 +400,7 @@ mod tests {
         )
         .unwrap();
         let store = SqliteStore::open(&dir.path().join("keys.db")).await.unwrap();
-        assert_eq!(store.migrate().await.unwrap().applied, vec![12, 13, 14, 15]);
+        assert_eq!(store.migrate().await.unwrap().applied, vec![12, 13, 14, 15, 16]);
         let keys = |conn: &Connection| -> Vec<(i64, String)> {
             conn.prepare("SELECT search_rowid, document_id FROM document_search_keys ORDER BY search_rowid")
                 .unwrap()

@@ -1,0 +1,2 @@
+-- Nothing to change here: SQLite compares tags with its BINARY collation, exactly. The SQL Server migration of the
+-- same version gives its tags a binary collation, so both stores agree that `straße` and `strasse` are two tags.
