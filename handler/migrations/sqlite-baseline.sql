@@ -1,4 +1,4 @@
--- The schema after SQLite migration 16, generated from the migrations by
+-- The schema after SQLite migration 17, generated from the migrations by
 -- `UPDATE_SNAPSHOTS=1 cargo test -p handler --lib baseline`: do not edit.
 
 CREATE TABLE job_runs (
@@ -360,14 +360,14 @@ CREATE TABLE client_quota_usage (
     PRIMARY KEY (client_id, period_start)
 ) STRICT;
 
-CREATE VIRTUAL TABLE document_search USING fts5 (
-    title, summary, body, tags,
-    tokenize = 'unicode61 remove_diacritics 2',
-    prefix = '2 3'
-);
-
 CREATE TABLE "document_search_keys" (
     search_rowid INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
     document_id  TEXT    NOT NULL UNIQUE REFERENCES documents (id) ON DELETE CASCADE,
     tenant_id    TEXT    NOT NULL
 ) STRICT;
+
+CREATE VIRTUAL TABLE document_search USING fts5 (
+    title, summary, body, tags,
+    tokenize = 'ascii',
+    prefix = '2 3'
+);

@@ -68,6 +68,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite":
     14 => "0014_quarter_hour_zone_windows.sql" "quarter_hour_zone_windows",
     15 => "0015_period_plan.sql" "period_plan",
     16 => "0016_tags_compared_exactly.sql" "tags_compared_exactly",
+    17 => "0017_search_words_folded_once.sql" "search_words_folded_once",
 );
 
 /// The SQL Server migrations: the same versions and names as [`SQLITE`], in T-SQL.
@@ -88,6 +89,7 @@ pub const MSSQL: &[Migration] = migrations!("mssql":
     14 => "0014_quarter_hour_zone_windows.sql" "quarter_hour_zone_windows",
     15 => "0015_period_plan.sql" "period_plan",
     16 => "0016_tags_compared_exactly.sql" "tags_compared_exactly",
+    17 => "0017_search_words_folded_once.sql" "search_words_folded_once",
 );
 
 /// Checks that `known` is strictly increasing: a gap or reorder is a build mistake, caught by a unit test.

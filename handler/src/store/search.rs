@@ -1,8 +1,9 @@
 //! Full-text search over documents, as both stores see it: the parsed query, the word rule and the field weights.
 //!
 //! A document's searchable text is its title, summary, body and tags. Both stores cut it into words the same
-//! way ([`words`]): a word is a run of letters and digits (any script), folded to lower case with diacritics
-//! removed, so `Régulation` and `regulation` are one word and `co-operation` is two. There is no stemming: the
+//! way ([`words`]): a word is a run of letters and digits (any script), folded to lower case with the diacritics
+//! of Latin and Greek letters removed ([`fold`]), so `Régulation` and `regulation` are one word and `co-operation`
+//! is two. There is no stemming: the
 //! documents are legal texts in many languages, and a prefix (`regulat*`) reaches a word's forms in any of them.
 //! The API parses what a client typed into a [`SearchQuery`] (`api::search`); the stores only ever see that.
 
@@ -158,9 +159,67 @@ pub fn indexed_words(fields: [&str; 4]) -> (Vec<(String, i32)>, String) {
     (weighted, text)
 }
 
-/// Lower case without diacritics: `Émission` -> `emission`.
+/// Lower case without the diacritics of Latin and Greek letters: `Émission` -> `emission`, `Νόμος` -> `νομοσ`.
+///
+/// Other scripts keep their marks, which are part of their letters (the Japanese `ガ` is not `カ`, a Devanagari
+/// vowel sign is a vowel), except the diaeresis of Cyrillic (`ё` is written `е` as often as not). The result is
+/// composed again (NFC), so a Hangul syllable stays one syllable, and a Greek final sigma is a sigma. Both stores
+/// index the words folded here and every query is folded here, so a word is found by any spelling that folds to
+/// it, in every script Rust's Unicode tables know.
 pub fn fold(word: &str) -> String {
-    word.nfd().filter(|c| !is_combining_mark(*c)).flat_map(char::to_lowercase).collect()
+    let lower: String = word.chars().flat_map(char::to_lowercase).collect();
+    let mut bare = String::with_capacity(lower.len());
+    let mut base = Script::Other;
+    for c in lower.nfd() {
+        if is_combining_mark(c) {
+            let dropped = match base {
+                Script::LatinOrGreek => true,
+                Script::Cyrillic => c == '\u{308}',
+                Script::Other => false,
+            };
+            if !dropped {
+                bare.push(c);
+            }
+        } else {
+            base = Script::of(c);
+            bare.push(c);
+        }
+    }
+    bare.nfc().map(|c| if c == 'ς' { 'σ' } else { c }).collect()
+}
+
+/// Which diacritics [`fold`] drops after a letter: by the letter's script.
+#[derive(Clone, Copy)]
+enum Script {
+    LatinOrGreek,
+    Cyrillic,
+    Other,
+}
+
+impl Script {
+    fn of(c: char) -> Script {
+        match c as u32 {
+            0x0000..=0x024F | 0x1E00..=0x1EFF | 0x2C60..=0x2C7F | 0xA720..=0xA7FF | 0xAB30..=0xAB6F => {
+                Script::LatinOrGreek
+            }
+            0x0370..=0x03FF | 0x1F00..=0x1FFF => Script::LatinOrGreek,
+            0x0400..=0x052F | 0x1C80..=0x1C8F | 0x2DE0..=0x2DFF | 0xA640..=0xA69F => Script::Cyrillic,
+            _ => Script::Other,
+        }
+    }
+}
+
+/// `text` as the SQLite index stores it: its words ([`words`]), folded, separated by single spaces. The index's
+/// tokenizer (FTS5's `ascii`, which splits only at ASCII punctuation and spaces) then sees exactly these words.
+pub fn folded_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (word, _) in words(text) {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&word);
+    }
+    out
 }
 
 /// Whether `c` belongs to a word (letters and digits of any script, and combining marks, which folding drops).
@@ -201,6 +260,24 @@ mod tests {
         let ranges: Vec<&str> = words(text).map(|(_, r)| &text[r]).collect();
         assert_eq!(ranges, ["Zoll", "Ausfuhr"]);
         assert_eq!(words("  ,;- ").count(), 0);
+    }
+
+    #[test]
+    fn folding_drops_the_diacritics_of_latin_and_greek_and_keeps_the_letters_of_other_scripts() {
+        let folded = |text: &str| words(text).map(|w| w.0).collect::<Vec<_>>();
+        assert_eq!(folded("İstanbul ÉCOLE cafe\u{301} Łódź"), ["istanbul", "ecole", "cafe", "łodz"]);
+        assert_eq!(folded("Νόμος ΣΊΣΥΦΟΣ"), ["νομοσ", "σισυφοσ"], "Greek: no accents, one sigma");
+        assert_eq!(folded("Ёлка мой"), ["елка", "мой"], "Cyrillic: the diaeresis only");
+        assert_eq!(
+            folded("서울 ガイド が भाषा தமிழ்"),
+            ["서울", "ガイド", "が", "भाषा", "தமிழ்"],
+            "marks kept, composed"
+        );
+        assert_eq!(folded("\u{1100}\u{1161}"), ["가"], "conjoining jamo compose into the syllable");
+        assert_eq!(folded_text("Régulation (EU) 2016/679, ガイド"), "regulation eu 2016 679 ガイド");
+        for word in ["서울", "νομοσ", "ガイド", "भाषा", "கஅ"] {
+            assert_eq!(fold(&fold(word)), fold(word), "folding twice changes nothing: {word}");
+        }
     }
 
     #[test]

@@ -685,6 +685,61 @@ async fn ranked_titles(store: &Arc<dyn Store>, tenant: &Tenant, q: &str) -> Vec<
     list_all(store, tenant, &searching(q), RELEVANCE).await.items.into_iter().map(|d| d.title).collect()
 }
 
+/// A word of any script is found by its own spelling, and by the spellings that fold to it: the index and the
+/// query fold words the same way (`store::search::fold`) on both stores.
+#[tokio::test]
+async fn a_word_of_any_script_is_found_by_how_it_is_written() {
+    for_each_store("a_word_of_any_script_is_found_by_how_it_is_written", |t| async move {
+        let store = migrated(&t).await;
+        let (a, _) = two_tenants(&store).await;
+        let texts = [
+            "서울 한국어",
+            "νόμος ΣΊΣΥΦΟΣ Ελληνικά",
+            "ガイド が",
+            "भाषा বাংলা தமிழ்",
+            "мой Русский Ёлка",
+            "كَتَبَ שָׁלוֹם",
+            "𞤀𞤣𞤤𞤢𞤥",
+            "Régulation straße",
+        ];
+        for (n, text) in texts.iter().enumerate() {
+            let d = Document { title: format!("doc {n}"), body: Some((*text).into()), ..document(&a, n as u128) };
+            store.create_document(&d, None, None).await.unwrap();
+        }
+        let cases: &[(&str, usize)] = &[
+            ("서울", 0),
+            ("한국*", 0),
+            ("νόμος", 1),
+            ("νομος", 1),
+            ("σισυφος", 1),
+            ("ελλην*", 1),
+            ("ガイド", 2),
+            ("が", 2),
+            ("भाषा", 3),
+            ("தமிழ்", 3),
+            ("мой", 4),
+            ("елка", 4),
+            ("русский", 4),
+            ("كَتَبَ", 5),
+            ("שָׁלוֹם", 5),
+            ("𞤀𞤣𞤤𞤢𞤥", 6),
+            ("regulation", 7),
+            ("STRASSE", 99),
+        ];
+        for (q, expected) in cases {
+            let found = list_all(&store, &a, &searching(q), RELEVANCE).await;
+            let titles: Vec<String> = found.items.into_iter().map(|d| d.title).collect();
+            let want: Vec<String> = if *expected == 99 { Vec::new() } else { vec![format!("doc {expected}")] };
+            assert_eq!(titles, want, "{}: {q}", t.name);
+        }
+        // `мой` and `мои` are two words: the breve of й is part of the letter.
+        assert!(list_all(&store, &a, &searching("мои"), RELEVANCE).await.items.is_empty(), "{}", t.name);
+        // `が` and `か` are two words: the voiced mark is part of the kana.
+        assert!(list_all(&store, &a, &searching("か"), RELEVANCE).await.items.is_empty(), "{}", t.name);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_search_index_follows_every_write_and_ranks_by_relevance() {
     for_each_store("the_search_index_follows_every_write_and_ranks_by_relevance", |t| async move {

@@ -149,10 +149,47 @@ fn index_document(tx: &Connection, d: &Document) -> Result<(), StoreError> {
         .and_then(|mut s| s.execute(params![d.id.to_string(), d.tenant_id.to_string()]))
         .map_err(classify)?;
     let rowid = tx.last_insert_rowid();
+    insert_search_row(tx, rowid, d)
+}
+
+/// The index's row of a document: each field's words as `store::search::folded_text` folds them (the index's
+/// `ascii` tokenizer, migration 17, splits only at the spaces between them), so the index holds exactly the words
+/// a query is folded to.
+pub(super) fn insert_search_row(tx: &Connection, rowid: i64, d: &Document) -> Result<(), StoreError> {
+    use crate::store::search::folded_text;
+    let fields = [
+        folded_text(&d.title),
+        folded_text(d.summary.as_deref().unwrap_or("")),
+        folded_text(d.body.as_deref().unwrap_or("")),
+        folded_text(&d.unique_tags().join(" ")),
+    ];
     tx.prepare_cached("INSERT INTO document_search (rowid, title, summary, body, tags) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .and_then(|mut s| s.execute(params![rowid, d.title, d.summary, d.body, d.unique_tags().join(" ")]))
+        .and_then(|mut s| s.execute(params![rowid, fields[0], fields[1], fields[2], fields[3]]))
         .map_err(classify)
         .map(drop)
+}
+
+/// Writes the index's row of every live document again (migration 17, after it made the index anew with the
+/// words folded in Rust).
+pub(super) fn index_stored_documents(tx: &Connection) -> Result<u64, StoreError> {
+    let keys: Vec<(i64, String, String)> = {
+        let mut stmt = tx
+            .prepare("SELECT search_rowid, tenant_id, document_id FROM document_search_keys ORDER BY search_rowid")
+            .map_err(classify)?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(classify)?
+            .collect::<Result<_, _>>()
+            .map_err(classify)?
+    };
+    let mut indexed = 0;
+    for (rowid, tenant, id) in keys {
+        let (tenant, id) = (parse_uuid(&tenant)?, parse_uuid(&id)?);
+        if let Some(document) = read_document(tx, tenant, id)? {
+            insert_search_row(tx, rowid, &document)?;
+            indexed += 1;
+        }
+    }
+    Ok(indexed)
 }
 
 /// Takes a document out of the search index (deleted, or about to be indexed again).

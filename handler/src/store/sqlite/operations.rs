@@ -159,6 +159,9 @@ impl OperationsStore for SqliteStore {
                         anyhow::Error::new(e).context(format!("applying migration {}", migration.version)),
                     )
                 })?;
+                if migration.name == "search_words_folded_once" {
+                    super::documents::index_stored_documents(tx)?;
+                }
                 record_applied(tx, migration, clock.now())?;
                 report.applied.push(migration.version);
             }
@@ -366,7 +369,7 @@ mod tests {
         )
         .unwrap();
         let store = SqliteStore::open(&dir.path().join("codes.db")).await.unwrap();
-        assert_eq!(store.migrate().await.unwrap().applied, vec![13, 14, 15, 16]);
+        assert_eq!(store.migrate().await.unwrap().applied, vec![13, 14, 15, 16, 17]);
         let rows: Vec<(String, String, Option<String>, i64)> = conn
             .prepare("SELECT id, doc_type, jurisdiction, version FROM documents ORDER BY id")
             .unwrap()
@@ -392,15 +395,15 @@ mod tests {
             "PRAGMA foreign_keys = OFF;
              INSERT INTO documents (id, tenant_id, title, doc_type, status, created_by, updated_by, created_at,
                  updated_at, version)
-             VALUES ('d3', 't', 'customs', 'memo', 'draft', 'a', 'a', '2027-01-01T00:00:00Z', '2027-01-01T00:00:00Z', 1),
-                    ('d7', 't', 'tax', 'memo', 'draft', 'a', 'a', '2027-01-01T00:00:00Z', '2027-01-01T00:00:00Z', 1),
-                    ('d8', 't', 'rent', 'memo', 'draft', 'a', 'a', '2027-01-01T00:00:00Z', '2027-01-01T00:00:00Z', 1);
-             INSERT INTO document_search_keys (search_rowid, document_id, tenant_id) VALUES (3, 'd3', 't'), (7, 'd7', 't');
+             VALUES ('00000000-0000-0000-0000-0000000000d3', '00000000-0000-0000-0000-000000000001', 'customs', 'memo', 'draft', 'a', 'a', '2027-01-01T00:00:00Z', '2027-01-01T00:00:00Z', 1),
+                    ('00000000-0000-0000-0000-0000000000d7', '00000000-0000-0000-0000-000000000001', 'tax', 'memo', 'draft', 'a', 'a', '2027-01-01T00:00:00Z', '2027-01-01T00:00:00Z', 1),
+                    ('00000000-0000-0000-0000-0000000000d8', '00000000-0000-0000-0000-000000000001', 'rent', 'memo', 'draft', 'a', 'a', '2027-01-01T00:00:00Z', '2027-01-01T00:00:00Z', 1);
+             INSERT INTO document_search_keys (search_rowid, document_id, tenant_id) VALUES (3, '00000000-0000-0000-0000-0000000000d3', '00000000-0000-0000-0000-000000000001'), (7, '00000000-0000-0000-0000-0000000000d7', '00000000-0000-0000-0000-000000000001');
              INSERT INTO document_search (rowid, title, summary, body, tags) VALUES (3, 'customs', '', '', ''), (7, 'tax', '', '', '');",
         )
         .unwrap();
         let store = SqliteStore::open(&dir.path().join("keys.db")).await.unwrap();
-        assert_eq!(store.migrate().await.unwrap().applied, vec![12, 13, 14, 15, 16]);
+        assert_eq!(store.migrate().await.unwrap().applied, vec![12, 13, 14, 15, 16, 17]);
         let keys = |conn: &Connection| -> Vec<(i64, String)> {
             conn.prepare("SELECT search_rowid, document_id FROM document_search_keys ORDER BY search_rowid")
                 .unwrap()
@@ -409,7 +412,13 @@ mod tests {
                 .map(Result::unwrap)
                 .collect()
         };
-        assert_eq!(keys(&conn), vec![(3, "d3".to_owned()), (7, "d7".to_owned())]);
+        assert_eq!(
+            keys(&conn),
+            vec![
+                (3, "00000000-0000-0000-0000-0000000000d3".to_owned()),
+                (7, "00000000-0000-0000-0000-0000000000d7".to_owned())
+            ]
+        );
         let found: i64 = conn
             .query_row(
                 "SELECT k.search_rowid FROM document_search s JOIN document_search_keys k ON k.search_rowid = s.rowid \
@@ -422,10 +431,52 @@ mod tests {
         conn.execute_batch(
             "PRAGMA foreign_keys = OFF;
              DELETE FROM document_search_keys WHERE search_rowid = 7;
-             INSERT INTO document_search_keys (document_id, tenant_id) VALUES ('d8', 't');",
+             INSERT INTO document_search_keys (document_id, tenant_id) VALUES ('00000000-0000-0000-0000-0000000000d8', '00000000-0000-0000-0000-000000000001');",
         )
         .unwrap();
-        assert_eq!(keys(&conn), vec![(3, "d3".to_owned()), (8, "d8".to_owned())], "7 is not given again");
+        assert_eq!(
+            keys(&conn),
+            vec![
+                (3, "00000000-0000-0000-0000-0000000000d3".to_owned()),
+                (8, "00000000-0000-0000-0000-0000000000d8".to_owned())
+            ],
+            "7 is not given again"
+        );
+    }
+
+    #[tokio::test]
+    async fn migration_17_indexes_the_stored_documents_again_with_the_words_folded_as_queries_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = connect(&dir.path().join("words.db")).unwrap();
+        migrate_one_by_one(&conn, 16);
+        // A document as the store wrote it before: its text in the unicode61 index, where a Hangul or Greek word
+        // folded otherwise than a query is folded.
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             INSERT INTO documents (id, tenant_id, title, summary, body, doc_type, status, created_by, updated_by,
+                 created_at, updated_at, version)
+             VALUES ('00000000-0000-0000-0000-0000000000d1', '00000000-0000-0000-0000-000000000001', '서울 guide',
+                 'Νόμος', 'ガイド', 'memo', 'draft', 'a', 'a', '2027-01-01T00:00:00Z', '2027-01-01T00:00:00Z', 1);
+             INSERT INTO document_tags (document_id, tenant_id, tag)
+             VALUES ('00000000-0000-0000-0000-0000000000d1', '00000000-0000-0000-0000-000000000001', 'ёлка');
+             INSERT INTO document_search_keys (search_rowid, document_id, tenant_id)
+             VALUES (4, '00000000-0000-0000-0000-0000000000d1', '00000000-0000-0000-0000-000000000001');
+             INSERT INTO document_search (rowid, title, summary, body, tags) VALUES (4, '서울 guide', 'Νόμος', 'ガイド', 'ёлка');",
+        )
+        .unwrap();
+        let store = SqliteStore::open(&dir.path().join("words.db")).await.unwrap();
+        assert_eq!(store.migrate().await.unwrap().applied, vec![17]);
+        for word in ["서울", "guide", "νόμοσ", "νομος", "ガイド", "елка"] {
+            let query = crate::store::search::fold(word);
+            let found: Vec<i64> = conn
+                .prepare("SELECT rowid FROM document_search WHERE document_search MATCH ?1")
+                .unwrap()
+                .query_map([format!("\"{query}\"")], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(found, vec![4], "{word} finds the stored document");
+        }
     }
 
     #[tokio::test]
