@@ -243,6 +243,21 @@ pub enum SortValue {
 pub struct DocumentCursor {
     pub value: SortValue,
     pub id: Uuid,
+    /// In relevance order: the page's last documents, the last first (at most [`RANK_ANCHORS`]), each with the
+    /// version the page read. A store whose ranks move with every write (SQLite's bm25) goes on after the first of
+    /// them that still matches unchanged, ranked as it is now; empty in the other orders.
+    pub anchors: Vec<(Uuid, i64)>,
+}
+
+/// How many of a relevance page's last documents its cursor names ([`DocumentCursor::anchors`]): the next page
+/// goes on from where it left off unless all of them were written or deleted in between.
+pub const RANK_ANCHORS: usize = 4;
+
+impl DocumentCursor {
+    /// A cursor at `value`, `id`, naming no anchors.
+    pub fn at(value: SortValue, id: Uuid) -> Self {
+        DocumentCursor { value, id, anchors: Vec::new() }
+    }
 }
 
 /// A page of documents; `total` only when counting was asked for (all matches, not just this page).
@@ -307,7 +322,10 @@ pub(crate) fn room_for_undated(fetched: usize, limit: u32) -> bool {
 /// The page of a document listing from its rows (dated, then the undated tail) fetched with [`fetch_size`],
 /// each with its rank (0 when the listing is no search); its tags and `total` are the backend's to fill in.
 pub(crate) fn document_page(items: Vec<(Document, i64)>, limit: u32, sort: DocumentSort) -> DocumentPage {
-    let Page { items, next } = Page::cut(items, limit, |(d, rank)| cursor_of(d, *rank, sort.key));
+    let Page { items, mut next } = Page::cut(items, limit, |(d, rank)| cursor_of(d, *rank, sort.key));
+    if let (Some(next), DocumentSortKey::Relevance) = (next.as_mut(), sort.key) {
+        next.anchors = items.iter().rev().take(RANK_ANCHORS).map(|(d, _)| (d.id, d.version)).collect();
+    }
     DocumentPage { items: items.into_iter().map(|(d, _)| d).collect(), next, total: None, window: None }
 }
 
@@ -320,7 +338,7 @@ pub(crate) fn cursor_of(document: &Document, rank: i64, key: DocumentSortKey) ->
         DocumentSortKey::EffectiveDate => SortValue::Date(document.effective_date.unwrap_or(NO_EFFECTIVE_DATE)),
         DocumentSortKey::Relevance => SortValue::Rank(rank),
     };
-    DocumentCursor { value, id: document.id }
+    DocumentCursor::at(value, document.id)
 }
 
 /// Whether a listing in `sort` order can be served: relevance needs a search to rank by, and is best first only.
@@ -416,9 +434,9 @@ mod tests {
     #[test]
     fn the_keyset_plan_splits_on_an_undated_cursor_and_refuses_a_foreign_one() {
         let by_date = |descending| DocumentSort { key: DocumentSortKey::EffectiveDate, descending };
-        let undated = DocumentCursor { value: SortValue::Date(NO_EFFECTIVE_DATE), id: Uuid::from_u128(7) };
+        let undated = DocumentCursor::at(SortValue::Date(NO_EFFECTIVE_DATE), Uuid::from_u128(7));
         assert_eq!(keyset_value(by_date(true), &undated).unwrap(), None);
-        let title = DocumentCursor { value: SortValue::Text("Lease".into()), id: Uuid::from_u128(7) };
+        let title = DocumentCursor::at(SortValue::Text("Lease".into()), Uuid::from_u128(7));
         assert!(keyset_value(by_date(false), &title).is_err());
         assert_eq!(keyset_condition(" AND ", "k", false, Some("?2"), "?1"), " AND k >= ?2 AND (k > ?2 OR d.id > ?1)");
         assert_eq!(keyset_condition(" AND ", "k", true, Some("?2"), "?1"), " AND k <= ?2 AND (k < ?2 OR d.id < ?1)");

@@ -685,6 +685,64 @@ async fn ranked_titles(store: &Arc<dyn Store>, tenant: &Tenant, q: &str) -> Vec<
     list_all(store, tenant, &searching(q), RELEVANCE).await.items.into_iter().map(|d| d.title).collect()
 }
 
+/// In relevance order, writing or deleting the last document of a page between pages repeats or skips no other
+/// document: the next page goes on from the page's last document that nobody changed.
+#[tokio::test]
+async fn relevance_pages_go_on_past_a_last_document_that_was_written_or_deleted() {
+    for_each_store("relevance_pages_go_on_past_a_last_document_that_was_written_or_deleted", |t| async move {
+        let store = migrated(&t).await;
+        let (a, _) = two_tenants(&store).await;
+        // Document n holds the word n times: in relevance order 20, 19, ... 1.
+        for n in 1..=20u128 {
+            let d = Document {
+                title: format!("doc {n}"),
+                body: Some(format!("{} filler text", "kiwi ".repeat(n as usize))),
+                ..document(&a, n)
+            };
+            store.create_document(&d, None, None).await.unwrap();
+        }
+        let filter = searching("kiwi");
+        for change in ["delete", "rank lower", "rank higher"] {
+            let first = store.list_documents(a.id, &filter, RELEVANCE, None, 5, false).await.unwrap();
+            let shown: Vec<String> = first.items.iter().map(|d| d.title.clone()).collect();
+            let last = first.items.last().unwrap().clone();
+            match change {
+                "delete" => {
+                    store.delete_document(a.id, last.id, last.version, "oid-x", t0(), None).await.unwrap();
+                }
+                _ => {
+                    let times = if change == "rank lower" { 1 } else { 40 };
+                    let body = Some(format!("{} filler text", "kiwi ".repeat(times)));
+                    let edited = Document { body, ..last.clone() };
+                    store.update_document(&edited, last.version, None).await.unwrap();
+                }
+            }
+            let mut rest = Vec::new();
+            let mut cursor = first.next.clone();
+            while let Some(after) = cursor {
+                let page = store.list_documents(a.id, &filter, RELEVANCE, Some(&after), 5, false).await.unwrap();
+                rest.extend(page.items.iter().map(|d| d.title.clone()));
+                cursor = page.next;
+            }
+            let untouched: Vec<String> =
+                rest.iter().filter(|title| **title != last.title && !shown.contains(title)).cloned().collect();
+            let repeated: Vec<&String> = rest.iter().filter(|title| shown[..4].contains(title)).collect();
+            assert!(repeated.is_empty(), "{}, {change}: untouched documents came again: {repeated:?}", t.name);
+            let all: Vec<String> = store
+                .list_documents(a.id, &filter, RELEVANCE, None, 100, false)
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|d| d.title)
+                .filter(|title| *title != last.title && !shown.contains(title))
+                .collect();
+            assert_eq!(untouched, all, "{}, {change}: every untouched document after the page, once, in order", t.name);
+        }
+    })
+    .await;
+}
+
 /// A word of any script is found by its own spelling, and by the spellings that fold to it: the index and the
 /// query fold words the same way (`store::search::fold`) on both stores.
 #[tokio::test]

@@ -498,8 +498,10 @@ fn parse_facet(raw: &str) -> Option<FacetField> {
     })
 }
 
-/// The cursor's payload: the last row's sort value and id; in relevance order past the search window, also the
-/// window (size, then the positions after and through which it lies), so that every page ranks the same matches.
+/// The cursor's payload: the last row's sort value and id; in relevance order also the page's last documents with
+/// their versions (`DocumentCursor::anchors`) and, past the search window, the window (size, then the positions
+/// after and through which it lies), so that every page ranks the same matches. `R` and `W` are the relevance
+/// forms of cursors issued before the anchors, still read.
 #[derive(Debug, Serialize, Deserialize)]
 enum Position {
     T(i64, Uuid),
@@ -507,36 +509,43 @@ enum Position {
     D(NaiveDate, Uuid),
     R(i64, Uuid),
     W(i64, Uuid, (u32, i64, Uuid, i64, Uuid)),
+    A(i64, Uuid, Vec<(Uuid, i64)>, Option<(u32, i64, Uuid, i64, Uuid)>),
 }
 
 impl Position {
     fn from_cursor(c: &DocumentCursor, window: Option<SearchWindow>) -> Self {
-        match (&c.value, window) {
-            (SortValue::Time(t), _) => Position::T(t.timestamp_micros(), c.id),
-            (SortValue::Text(s), _) => Position::S(s.clone(), c.id),
-            (SortValue::Date(d), _) => Position::D(*d, c.id),
-            (SortValue::Rank(r), None) => Position::R(*r, c.id),
-            (SortValue::Rank(r), Some(w)) => {
-                Position::W(*r, c.id, (w.size, w.after.at, w.after.id, w.through.at, w.through.id))
-            }
+        match &c.value {
+            SortValue::Time(t) => Position::T(t.timestamp_micros(), c.id),
+            SortValue::Text(s) => Position::S(s.clone(), c.id),
+            SortValue::Date(d) => Position::D(*d, c.id),
+            SortValue::Rank(r) => Position::A(
+                *r,
+                c.id,
+                c.anchors.clone(),
+                window.map(|w| (w.size, w.after.at, w.after.id, w.through.at, w.through.id)),
+            ),
         }
     }
 
     fn into_cursor(self) -> Option<(DocumentCursor, Option<SearchWindow>)> {
+        let window = |(size, after_at, after_id, through_at, through_id): (u32, i64, Uuid, i64, Uuid)| SearchWindow {
+            size,
+            after: WritePosition { at: after_at, id: after_id },
+            through: WritePosition { at: through_at, id: through_id },
+        };
         Some(match self {
             Position::T(micros, id) => {
-                (DocumentCursor { value: SortValue::Time(DateTime::from_timestamp_micros(micros)?), id }, None)
+                (DocumentCursor::at(SortValue::Time(DateTime::from_timestamp_micros(micros)?), id), None)
             }
-            Position::S(s, id) => (DocumentCursor { value: SortValue::Text(s), id }, None),
-            Position::D(d, id) => (DocumentCursor { value: SortValue::Date(d), id }, None),
-            Position::R(r, id) => (DocumentCursor { value: SortValue::Rank(r), id }, None),
-            Position::W(r, id, (size, after_at, after_id, through_at, through_id)) => {
-                let window = SearchWindow {
-                    size,
-                    after: WritePosition { at: after_at, id: after_id },
-                    through: WritePosition { at: through_at, id: through_id },
-                };
-                (DocumentCursor { value: SortValue::Rank(r), id }, Some(window))
+            Position::S(s, id) => (DocumentCursor::at(SortValue::Text(s), id), None),
+            Position::D(d, id) => (DocumentCursor::at(SortValue::Date(d), id), None),
+            Position::R(r, id) => (DocumentCursor::at(SortValue::Rank(r), id), None),
+            Position::W(r, id, w) => (DocumentCursor::at(SortValue::Rank(r), id), Some(window(w))),
+            Position::A(r, id, anchors, w) => {
+                if anchors.len() > crate::store::RANK_ANCHORS {
+                    return None;
+                }
+                (DocumentCursor { value: SortValue::Rank(r), id, anchors }, w.map(window))
             }
         })
     }

@@ -118,9 +118,9 @@ pub fn assembled_examples() -> Vec<(String, Assembled)> {
             DocumentSortKey::EffectiveDate => SortValue::Date(date),
             DocumentSortKey::Relevance => SortValue::Rank(-42),
         };
-        let mut cursors = vec![("first page", None), ("next page", Some(DocumentCursor { value, id }))];
+        let mut cursors = vec![("first page", None), ("next page", Some(DocumentCursor::at(value, id)))];
         if key == DocumentSortKey::EffectiveDate {
-            let undated = DocumentCursor { value: SortValue::Date(NO_EFFECTIVE_DATE), id };
+            let undated = DocumentCursor::at(SortValue::Date(NO_EFFECTIVE_DATE), id);
             cursors.push(("next page after an undated document", Some(undated)));
         }
         for descending in [false, true] {

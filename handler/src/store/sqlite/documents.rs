@@ -306,9 +306,11 @@ fn list_on(
 /// A relevance cursor with its document's rank as it is now. bm25 weighs each word by how many documents of the whole
 /// index hold it and each field by the index's average length, so any write (another tenant's too) moves every
 /// rank a little, and a page that went on from the rank the cursor was issued with would repeat or skip documents
-/// nobody changed. Going on from where the cursor's document ranks now keeps the order of the others as it was
-/// (a write scales their ranks alike). A cursor whose document no longer matches, or left the search's window,
-/// keeps its own rank.
+/// nobody changed. Going on from where one of the page's documents ranks now keeps the order of the others as it
+/// was: the first of the cursor's anchors (its page's last documents, the last first) that still matches at the
+/// version the page read. One that was written since ranks anew, and one that was deleted no longer ranks at all;
+/// going on from either would skip or repeat the documents around it. Only when every anchor changed (or a cursor
+/// issued before anchors names none) does the page go on from the rank the cursor was issued with.
 fn rank_now(
     conn: &Connection,
     tenant_id: Uuid,
@@ -316,25 +318,39 @@ fn rank_now(
     cursor: &DocumentCursor,
 ) -> Result<DocumentCursor, StoreError> {
     let Some(search) = &filter.search else { return Ok(cursor.clone()) };
-    let mut a = Assembled {
-        sql: format!("SELECT {RANK} FROM document_search s WHERE document_search MATCH "),
-        values: Vec::new(),
+    let anchors: Vec<(Uuid, Option<i64>)> = if cursor.anchors.is_empty() {
+        vec![(cursor.id, None)]
+    } else {
+        cursor.anchors.iter().map(|(id, version)| (*id, Some(*version))).collect()
     };
-    let matching = a.bind(search.fts5());
-    let (id, tenant) = (a.bind(cursor.id.to_string()), a.bind(tenant_id.to_string()));
-    let window = window_condition(&mut a, "s.rowid", filter.window);
-    a.sql.push_str(&format!(
-        "{matching} AND s.rowid = (SELECT search_rowid FROM document_search_keys WHERE document_id = {id} \
-         AND tenant_id = {tenant}){window}"
-    ));
-    let rank: Option<i64> = conn
-        .prepare_cached(&a.sql)
-        .and_then(|mut s| s.query_row(params_from_iter(a.values), |r| r.get(0)).optional())
-        .map_err(classify)?;
-    Ok(match rank {
-        Some(rank) => DocumentCursor { value: SortValue::Rank(rank), id: cursor.id },
-        None => cursor.clone(),
-    })
+    for (id, version) in anchors {
+        let mut a = Assembled {
+            sql: format!(
+                "SELECT {RANK} FROM document_search s JOIN document_search_keys k ON k.search_rowid = s.rowid \
+                 JOIN documents d ON d.id = k.document_id WHERE document_search MATCH "
+            ),
+            values: Vec::new(),
+        };
+        let matching = a.bind(search.fts5());
+        let (id_value, tenant) = (a.bind(id.to_string()), a.bind(tenant_id.to_string()));
+        let window = window_condition(&mut a, "s.rowid", filter.window);
+        let version = match version {
+            Some(version) => format!(" AND d.version = {}", a.bind(version)),
+            None => String::new(),
+        };
+        a.sql.push_str(&format!(
+            "{matching} AND k.document_id = {id_value} AND k.tenant_id = {tenant} AND d.tenant_id = {tenant}\
+             {version}{window}"
+        ));
+        let rank: Option<i64> = conn
+            .prepare_cached(&a.sql)
+            .and_then(|mut s| s.query_row(params_from_iter(a.values), |r| r.get(0)).optional())
+            .map_err(classify)?;
+        if let Some(rank) = rank {
+            return Ok(DocumentCursor::at(SortValue::Rank(rank), id));
+        }
+    }
+    Ok(cursor.clone())
 }
 
 /// The first page of a search in relevance order that takes its window: one walk of its `size + 1` newest matches
