@@ -737,6 +737,9 @@ async fn cursors_and_query_parameters_are_checked() {
         "count=yes",
         "updatedAfter=yesterday",
         "effectiveFrom=2026-13-01",
+        "docType=%20",
+        "docType=me%20mo",
+        "jurisdiction=%C3%A9u",
     ] {
         let body = problem(&api.get(&api.a_reader, &format!("/api/v1/documents?{bad}")).await, 422, "ValidationFailed");
         assert_eq!(body["errors"][0]["parameter"], bad.split('=').next().unwrap(), "{bad}");

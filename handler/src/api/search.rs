@@ -16,7 +16,7 @@ use crate::store::{Document, Facet, FacetField};
 
 /// Parses `q`; the error is the `q` parameter's, at the character (1-based) where the problem starts.
 pub fn parse(raw: &str) -> Result<SearchQuery, Box<FieldError>> {
-    let chars: Vec<char> = raw.chars().collect();
+    let chars: Vec<char> = raw.chars().map(operator).collect();
     let fail = |at: usize, code: &str, message: &str| {
         Err(Box::new(
             FieldError::new("q", code, format!("{message} (at character {})", at + 1)).in_query("q").at(at + 1),
@@ -42,6 +42,13 @@ pub fn parse(raw: &str) -> Result<SearchQuery, Box<FieldError>> {
             let Some(close) = chars[open + 1..].iter().position(|c| *c == '"').map(|p| open + 1 + p) else {
                 return fail(open, "syntax", "this quote is never closed");
             };
+            if let Some(star) = chars[open + 1..close].iter().position(|c| *c == '*') {
+                return fail(
+                    open + 1 + star,
+                    "syntax",
+                    "'*' makes a prefix of a word outside quotes, not inside a phrase",
+                );
+            }
             let text: String = chars[open + 1..close].iter().collect();
             let found: Vec<String> = words(&text).map(|(w, _)| w).collect();
             if found.is_empty() {
@@ -102,6 +109,17 @@ pub fn parse(raw: &str) -> Result<SearchQuery, Box<FieldError>> {
         Some(_) => Ok(SearchQuery { terms }),
         None if terms.is_empty() => fail(0, "syntax", "a search needs at least one word"),
         None => fail(0, "syntax", "a search needs at least one term that is not excluded with '-'"),
+    }
+}
+
+/// The operator a typographic character stands for, as word processors and keyboards write them: curly, low and
+/// angle quotes and the full-width quote are `"`; the en and em dashes and the minus sign are `-`. Each stays one
+/// character, so positions in errors still count the characters the client sent.
+fn operator(c: char) -> char {
+    match c {
+        '\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{201F}' | '\u{00AB}' | '\u{00BB}' | '\u{FF02}' => '"',
+        '\u{2013}' | '\u{2014}' | '\u{2212}' | '\u{FE63}' | '\u{FF0D}' => '-',
+        c => c,
     }
 }
 
@@ -283,6 +301,15 @@ mod tests {
         // Punctuation and symbols standing alone separate words, as they do inside a word.
         assert_eq!(terms("Q & A"), terms("q a"));
         assert_eq!(terms("title : customs \u{1F680}"), terms("title customs"));
+        // Typographic quotes and dashes are the operators they stand for.
+        assert_eq!(
+            terms("\u{201C}customs union\u{201D} \u{2013}draft \u{2212}old"),
+            terms(r#""customs union" -draft -old"#)
+        );
+        assert_eq!(
+            terms("\u{00AB} customs union \u{00BB} \u{201E}tax code\u{201C}"),
+            terms(r#""customs union" "tax code""#)
+        );
     }
 
     #[test]
@@ -296,6 +323,8 @@ mod tests {
             ("a*", 1, "at least 2"),
             ("co-op*", 1, "single word"),
             (r#""union code"*"#, 13, "not a phrase"),
+            (r#"tax "cust*""#, 10, "not inside a phrase"),
+            ("tax \u{201C}a* b\u{201D}", 7, "not inside a phrase"),
             (r#"tax """#, 5, "at least one word"),
             ("-tax -customs", 1, "not excluded"),
             ("&& ||", 1, "at least one word"),

@@ -310,9 +310,11 @@ struct ListQuery {
 pub struct ListParams {
     /// `draft`, `published` or `archived`.
     status: Option<Status>,
-    #[param(min_length = 1, max_length = 64)]
+    /// A document type as documents are written with it (letters, digits, `.`, `_`, `:`, `-`; any case).
+    #[param(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._:-]+$")]
     doc_type: Option<String>,
-    #[param(min_length = 1, max_length = 64)]
+    /// A jurisdiction code as documents are written with it (letters, digits, `.`, `_`, `:`, `-`; any case).
+    #[param(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._:-]+$")]
     jurisdiction: Option<String>,
     /// Any of these tags: repeat (`tag=a&tag=b`) or separate with commas (`tag=a,b`).
     #[param(value_type = Option<Vec<TagFilter>>)]
@@ -367,12 +369,8 @@ impl ListQuery {
                     Some(s) => q.filter.status = Some(s),
                     None => bad("status", "draft, published or archived"),
                 },
-                "docType" if !value.is_empty() && value.len() <= 64 => {
-                    q.filter.doc_type = Some(crate::store::document_code(&value))
-                }
-                "jurisdiction" if !value.is_empty() && value.len() <= 64 => {
-                    q.filter.jurisdiction = Some(crate::store::document_code(&value))
-                }
+                "docType" if is_code(&value) => q.filter.doc_type = Some(crate::store::document_code(&value)),
+                "jurisdiction" if is_code(&value) => q.filter.jurisdiction = Some(crate::store::document_code(&value)),
                 // Repeated (`tag=a&tag=b`) or comma-separated: the Functions host joins repeated keys with
                 // commas when it forwards a request, so both forms must mean the same.
                 "tag" if value.split(',').all(|t| !t.trim().is_empty() && t.trim().chars().count() <= 64) => {
@@ -424,7 +422,7 @@ impl ListQuery {
                     _ => bad("count", "true or false"),
                 },
                 "cursor" => q.cursor = Some(value),
-                "docType" | "jurisdiction" => bad(&key, "1 to 64 characters"),
+                "docType" | "jurisdiction" => bad(&key, "1 to 64 letters, digits, '.', '_', ':' or '-'"),
                 "tag" => bad("tag", "1 to 64 characters"),
                 "q" => bad("q", "1 to 200 characters"),
                 other => bad(other, "unknown query parameter"),
@@ -486,6 +484,12 @@ fn parse_orderby(raw: &str) -> Option<DocumentSort> {
         Some(_) => return None,
     };
     parts.next().is_none().then_some(DocumentSort { key, descending })
+}
+
+/// Whether a `docType` or `jurisdiction` filter could name a code a document is written with (the write's pattern,
+/// `^[A-Za-z0-9._:-]+$`, at most 64 characters): another value matches nothing, and says so.
+fn is_code(value: &str) -> bool {
+    (1..=64).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphanumeric() || b".:_-".contains(&b))
 }
 
 fn parse_facet(raw: &str) -> Option<FacetField> {
