@@ -344,6 +344,31 @@ async fn bad_input_gets_field_level_problems_and_writes_nothing() {
     problem(&api.send(&api.a_writer, malformed).await, 400, "MalformedJson");
     let text = ClientRequest::new("POST", "/api/v1/documents").body("title=x").header("Content-Type", "text/plain");
     problem(&api.send(&api.a_writer, text).await, 415, "UnsupportedMediaType");
+    // A body in a content coding this API does not decode, or in another charset than UTF-8, is 415 (RFC 9110
+    // §8.4, RFC 7694), however well formed it looks.
+    let valid = json!({"title": "t", "docType": "x"}).to_string();
+    for coding in ["gzip", "br", "x-bogus", "identity, gzip"] {
+        let coded = ClientRequest::new("POST", "/api/v1/documents")
+            .body(valid.clone())
+            .header("Content-Type", "application/json")
+            .header("Content-Encoding", coding);
+        let res = api.send(&api.a_writer, coded).await;
+        assert_eq!(res.header("accept-encoding"), Some("identity"), "{coding}");
+        problem(&res, 415, "UnsupportedMediaType");
+    }
+    let latin1 = ClientRequest::new("POST", "/api/v1/documents")
+        .body(valid.clone())
+        .header("Content-Type", "application/json; charset=iso-8859-1");
+    problem(&api.send(&api.a_writer, latin1).await, 415, "UnsupportedMediaType");
+    let identity = ClientRequest::new("POST", "/api/v1/documents")
+        .body(valid.clone())
+        .header("Content-Type", "application/json; charset=UTF-8")
+        .header("Content-Encoding", "identity");
+    let created = api.send(&api.a_writer, identity).await;
+    assert_eq!(created.status, 201, "identity and UTF-8 are what a body is anyway");
+    let created_id = created.json()["id"].as_str().unwrap().to_owned();
+    let gone = ClientRequest::new("DELETE", &format!("/api/v1/documents/{created_id}")).header("If-Match", "*");
+    assert_eq!(api.send(&api.a_writer, gone).await.status, 204);
     let huge = json!({"title": "t", "docType": "x", "body": "x".repeat(1_100_000)});
     problem(&api.create(&api.a_writer, huge).await, 413, "PayloadTooLarge");
     let list = api.get(&api.a_reader, "/api/v1/documents?count=true").await.json();

@@ -652,6 +652,26 @@ fn media_type(req: &ServiceRequest) -> Option<String> {
     Some(value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
 }
 
+/// The `charset` parameter of the body's media type, lower case, if it names one.
+fn charset(req: &ServiceRequest) -> Option<String> {
+    let value = req.headers().get(header::CONTENT_TYPE)?.to_str().ok()?;
+    value.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim().eq_ignore_ascii_case("charset").then(|| value.trim().trim_matches('"').to_ascii_lowercase())
+    })
+}
+
+/// The request's `Content-Encoding` when it names a coding other than `identity` (every field, each a list).
+fn content_coding(req: &ServiceRequest) -> Option<String> {
+    let codings: Vec<String> = req
+        .headers()
+        .get_all(header::CONTENT_ENCODING)
+        .flat_map(|v| v.to_str().unwrap_or("?").split(',').map(|c| c.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+        .filter(|c| !c.is_empty() && c != "identity")
+        .collect();
+    (!codings.is_empty()).then(|| codings.join(", "))
+}
+
 async fn checked(
     contracts: &Contracts,
     contract: &OperationContract,
@@ -671,6 +691,17 @@ async fn checked(
             return Err(AppError::new(ErrorCode::UnsupportedMediaType)
                 .with_detail(format!("this operation takes a body of type {}", body.media_types.join(" or "))));
         }
+    }
+    if let Some(charset) = charset(req).filter(|c| c != "utf-8" && c != "utf8") {
+        return Err(AppError::new(ErrorCode::UnsupportedMediaType)
+            .with_detail(format!("bodies are JSON in UTF-8 (RFC 8259), not {charset}")));
+    }
+    if let Some(coding) = content_coding(req) {
+        // RFC 9110 §8.4 and RFC 7694: a body in a coding the server does not decode is 415, and Accept-Encoding
+        // on the answer says which codings it takes.
+        return Err(AppError::new(ErrorCode::UnsupportedMediaType)
+            .with_detail(format!("bodies are taken without a content coding, not {coding}: send them as they are"))
+            .with_header(header::ACCEPT_ENCODING, header::HeaderValue::from_static("identity")));
     }
     let bytes = read_body(req, contracts.max_body, declared).await?;
     let value: Value = if bytes.is_empty() {
