@@ -765,6 +765,8 @@ async fn cursors_and_query_parameters_are_checked() {
         "docType=%20",
         "docType=me%20mo",
         "jurisdiction=%C3%A9u",
+        "q=%C3customs",
+        "q=%FF%FE",
     ] {
         let body = problem(&api.get(&api.a_reader, &format!("/api/v1/documents?{bad}")).await, 422, "ValidationFailed");
         assert_eq!(body["errors"][0]["parameter"], bad.split('=').next().unwrap(), "{bad}");

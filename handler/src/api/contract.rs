@@ -534,7 +534,7 @@ impl Contracts {
         if query.is_empty() && !contract.any_required {
             return Vec::new();
         }
-        let mut errors = Vec::new();
+        let mut errors = not_utf8(query);
         let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             values.entry(name.into_owned()).or_default().push(value.into_owned());
@@ -650,6 +650,24 @@ fn escape(name: &str) -> String {
 fn media_type(req: &ServiceRequest) -> Option<String> {
     let value = req.headers().get(header::CONTENT_TYPE)?.to_str().ok()?;
     Some(value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+}
+
+/// The parameters whose name or value percent-decodes to bytes that are not UTF-8 (`q=%C3customs`): one failure
+/// each, where a lossy decoding would have searched, filtered or paged by other text than the client sent.
+fn not_utf8(query: &str) -> Vec<FieldError> {
+    let decodes =
+        |part: &str| percent_encoding::percent_decode(part.replace('+', " ").as_bytes()).decode_utf8().is_ok();
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (!decodes(name) || !decodes(value)).then(|| {
+                let shown = percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned();
+                FieldError::new(&shown, "encoding", "its percent-encoded bytes are not UTF-8 text").in_query(&shown)
+            })
+        })
+        .collect()
 }
 
 /// The `charset` parameter of the body's media type, lower case, if it names one.
