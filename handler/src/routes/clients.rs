@@ -78,8 +78,10 @@ pub struct ClientView {
     pub directory_id: Option<Uuid>,
     pub app_id: String,
     pub display_name: String,
+    #[schema(value_type = Vec<TenantRole>)]
     pub roles: Vec<String>,
     /// `pending` (waits for a platform administrator), `active`, `rejected` or `revoked`.
+    #[schema(value_type = RegistrationStatus)]
     pub status: &'static str,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -153,23 +155,23 @@ pub struct ClientList {
     pub count: Option<u64>,
 }
 
-/// The `status` filter of a client listing.
+/// A client registration's status: `pending` (waits for a platform administrator), `active`, `rejected` or `revoked`.
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum StatusFilter {
+pub enum RegistrationStatus {
     Pending,
     Active,
     Rejected,
     Revoked,
 }
 
-impl From<StatusFilter> for ClientStatus {
-    fn from(s: StatusFilter) -> Self {
+impl From<RegistrationStatus> for ClientStatus {
+    fn from(s: RegistrationStatus) -> Self {
         match s {
-            StatusFilter::Pending => ClientStatus::Pending,
-            StatusFilter::Active => ClientStatus::Active,
-            StatusFilter::Rejected => ClientStatus::Rejected,
-            StatusFilter::Revoked => ClientStatus::Revoked,
+            RegistrationStatus::Pending => ClientStatus::Pending,
+            RegistrationStatus::Active => ClientStatus::Active,
+            RegistrationStatus::Rejected => ClientStatus::Rejected,
+            RegistrationStatus::Revoked => ClientStatus::Revoked,
         }
     }
 }
@@ -180,7 +182,7 @@ impl From<StatusFilter> for ClientStatus {
 pub struct ListParams {
     /// Only registrations with this status.
     #[param(inline)]
-    pub status: Option<StatusFilter>,
+    pub status: Option<RegistrationStatus>,
     /// Page size, 1 to 100 (default 25).
     #[param(minimum = 1, maximum = 100)]
     pub maxpagesize: Option<u32>,

@@ -23,6 +23,15 @@ use crate::metering::period::BillingCalendar;
 use crate::state::AppState;
 use crate::store::{PeriodPlan, QuotaGrant, StoreError, Update};
 
+/// A grant's status: `active`, `expired` or `revoked`.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantStatus {
+    Active,
+    Expired,
+    Revoked,
+}
+
 /// A grant as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -38,6 +47,7 @@ pub struct GrantView {
     pub granted_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     /// `active`, `expired` or `revoked`.
+    #[schema(value_type = GrantStatus)]
     pub status: &'static str,
     /// When it expired or was revoked.
     #[serde(skip_serializing_if = "Option::is_none")]

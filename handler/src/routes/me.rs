@@ -9,11 +9,20 @@ use crate::error::AppError;
 use crate::metering::stage::QuotaReading;
 use crate::state::AppState;
 
+/// How the caller holds its token: `app` (client credentials) or `delegated` (on behalf of a user).
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CallerKind {
+    App,
+    Delegated,
+}
+
 /// The caller's identity and what it may do.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Me {
     /// `app` (client credentials) or `delegated` (on behalf of a user).
+    #[schema(value_type = CallerKind)]
     pub kind: &'static str,
     pub subject: String,
     pub object_id: Option<String>,
@@ -45,6 +54,7 @@ pub struct MeQuota {
     pub remaining_units: i64,
     pub overage_units: i64,
     /// `block` or `allow`.
+    #[schema(value_type = crate::routes::plans::Overage)]
     pub overage_policy: &'static str,
     /// This application's own share, when its registration caps it (docs/usage.md, "Client limits").
     #[serde(skip_serializing_if = "Option::is_none")]

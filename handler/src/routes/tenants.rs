@@ -20,6 +20,15 @@ use crate::metering::period::{BillingCalendar, CalendarError};
 use crate::state::AppState;
 use crate::store::{Tenant, TenantBilling};
 
+/// A tenant's status: `active`, `suspended` (its calls are refused) or `closed`.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantStatusName {
+    Active,
+    Suspended,
+    Closed,
+}
+
 /// A tenant, as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -29,6 +38,7 @@ pub struct TenantView {
     pub entra_tenant_id: Option<Uuid>,
     pub name: String,
     /// `active`, `suspended` or `closed`.
+    #[schema(value_type = TenantStatusName)]
     pub status: &'static str,
     /// The plan code.
     pub plan: String,

@@ -45,6 +45,7 @@ pub struct UsageSummary {
     pub remaining_units: i64,
     pub overage_units: i64,
     /// `block` or `allow`.
+    #[schema(value_type = crate::routes::plans::Overage)]
     pub overage_policy: &'static str,
     pub requests_per_minute: i32,
     pub burst: i32,
