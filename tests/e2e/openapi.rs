@@ -32,6 +32,14 @@ fn every_operation_has_an_id_a_permission_and_error_responses() {
             assert!(op["x-meterline-permission"].is_string(), "{id}");
             let responses = op["responses"].as_object().unwrap();
             if path.starts_with("/api/v1/") {
+                let idempotent =
+                    op["parameters"].as_array().is_some_and(|ps| ps.iter().any(|p| p["name"] == "Idempotency-Key"));
+                if idempotent && let Some(created) = responses.get("201") {
+                    assert!(
+                        created["headers"]["Idempotency-Replayed"].is_object(),
+                        "{id} 201 declares Idempotency-Replayed"
+                    );
+                }
                 for status in ["401", "403"] {
                     assert!(responses.contains_key(status), "{id} documents no {status}");
                 }
@@ -47,6 +55,18 @@ fn every_operation_has_an_id_a_permission_and_error_responses() {
                         response["content"]["application/problem+json"].is_object(),
                         "{id} {status} is documented as problem+json"
                     );
+                    // Every problem carries these, inline responses as much as the shared ones.
+                    for header in ["x-request-id", "x-ms-error-code"] {
+                        assert!(response["headers"][header].is_object(), "{id} {status} declares {header}");
+                    }
+                    let needs = match status.as_str() {
+                        "401" | "403" => Some("WWW-Authenticate"),
+                        "412" => Some("ETag"),
+                        _ => None,
+                    };
+                    if let Some(header) = needs {
+                        assert!(response["headers"][header].is_object(), "{id} {status} declares {header}");
+                    }
                 }
             }
         }

@@ -190,8 +190,8 @@ pub fn declare_statuses(doc: &mut OpenApi) {
                 text_header("The request's id, as `requestId` in the body; quote it when asking for help."),
             )
             .header("x-ms-error-code", text_header("The problem's `code` (Azure REST API guidelines)."));
-        if *status == 401 {
-            response = response.header("WWW-Authenticate", text_header("The bearer challenge (RFC 6750 §3)."));
+        if *status == 401 || *status == 403 {
+            response = response.header("WWW-Authenticate", text_header(CHALLENGE[usize::from(*status == 403)]));
         }
         if *status == 412 {
             response = response.header("ETag", text_header("The current ETag, to read again and retry with."));
@@ -213,7 +213,8 @@ pub fn declare_statuses(doc: &mut OpenApi) {
             continue;
         }
         for op in methods(item) {
-            // A handler's own error responses: the Azure envelope too, for the clients that ask for it.
+            // A handler's own error responses: the Azure envelope too, for the clients that ask for it, and the
+            // header fields every problem carries (as the shared responses declare them).
             for (status, response) in op.responses.responses.iter_mut() {
                 if let RefOr::T(response) = response
                     && (status.starts_with('4') || status.starts_with('5'))
@@ -223,6 +224,17 @@ pub fn declare_statuses(doc: &mut OpenApi) {
                         .content
                         .entry("application/json".to_owned())
                         .or_insert_with(|| RefOr::T(Content::new(Some(Ref::from_schema_name("AzureErrorResponse")))));
+                    let mut add = |name: &str, about: &str| {
+                        response.headers.entry(name.to_owned()).or_insert_with(|| RefOr::T(text_header(about)));
+                    };
+                    add("x-request-id", "The request's id, as `requestId` in the body; quote it when asking for help.");
+                    add("x-ms-error-code", "The problem's `code` (Azure REST API guidelines).");
+                    if status == "412" {
+                        add("ETag", "The current ETag, to read again and retry with.");
+                    }
+                    if status == "403" {
+                        add("WWW-Authenticate", CHALLENGE[1]);
+                    }
                 }
             }
             declare_success_headers(op);
@@ -237,6 +249,12 @@ pub fn declare_statuses(doc: &mut OpenApi) {
         }
     }
 }
+
+/// What `WWW-Authenticate` says on a 401 and on a 403.
+const CHALLENGE: [&str; 2] = [
+    "The bearer challenge (RFC 6750 §3).",
+    "The bearer challenge with `error=\"insufficient_scope\"` (RFC 6750 §3.1): the token lacks the permission.",
+];
 
 /// A string header field an answer carries, described by `about`.
 pub fn text_header(about: &str) -> utoipa::openapi::Header {
@@ -254,6 +272,11 @@ const VIEWS_WITH_ETAG: &[&str] = &["DocumentView", "TenantView", "PlanView", "Pl
 /// one is not limited), `Location` on a 201, and `ETag` where a single resource's view is the body.
 fn declare_success_headers(op: &mut utoipa::openapi::path::Operation) {
     let text = |about: &str| RefOr::T(text_header(about));
+    let takes_idempotency_key = op
+        .parameters
+        .iter()
+        .flatten()
+        .any(|p| matches!(p, RefOr::T(p) if p.name.eq_ignore_ascii_case("Idempotency-Key")));
     for (status, response) in op.responses.responses.iter_mut() {
         let RefOr::T(response) = response else { continue };
         if status == "304" {
@@ -274,6 +297,11 @@ fn declare_success_headers(op: &mut utoipa::openapi::path::Operation) {
         }
         if status == "201" || status == "202" {
             response.headers.entry("Location".to_owned()).or_insert_with(|| text("The created resource's path."));
+            if takes_idempotency_key {
+                response.headers.entry("Idempotency-Replayed".to_owned()).or_insert_with(|| {
+                    text("`true` when this is the stored answer of an earlier request with the same Idempotency-Key.")
+                });
+            }
         }
         let view = match response.content.get("application/json") {
             Some(RefOr::T(content)) => match &content.schema {
