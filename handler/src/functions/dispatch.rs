@@ -110,15 +110,25 @@ async fn invoke_http(
         AppError::new(ErrorCode::InvalidInvocation)
             .with_detail(format!("Data.{binding}.Url is not a valid request URL"))
     })?;
+    // The absolute target the client called: the API reads its scheme and authority where a direct request has
+    // none (`api::list::public_origin`: forwarded headers first, then `Host`, then this), so links it builds name
+    // the client's origin, not the server's configured `localhost:8080`.
+    let target = request
+        .origin
+        .as_ref()
+        .map(|origin| format!("{origin}{}", request.path_and_query))
+        .filter(|target| target.parse::<actix_web::http::Uri>().is_ok())
+        .unwrap_or_else(|| request.path_and_query.clone());
     let mut test_request = actix_web::test::TestRequest::default()
         .method(request.method.parse().map_err(|_| {
             AppError::new(ErrorCode::InvalidInvocation).with_detail(format!("bad HTTP method {:?}", request.method))
         })?)
-        .uri(&request.path_and_query)
+        .uri(&target)
         .peer_addr(outer.peer_addr().unwrap_or_else(|| ([127, 0, 0, 1], 0).into()));
     for (name, value) in &request.headers {
-        // Framing headers describe the client's connection, not the request we rebuild here.
-        if ["content-length", "transfer-encoding", "connection", "host"].iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        // Framing headers describe the client's connection, not the request we rebuild here. `Host` is the
+        // client's (the host copies its request's headers), so it stays, as forwarding keeps it.
+        if ["content-length", "transfer-encoding", "connection"].iter().any(|h| name.eq_ignore_ascii_case(h)) {
             continue;
         }
         if let (Ok(name), Ok(value)) =
