@@ -239,6 +239,26 @@ async fn default_mode_links_name_the_origin_the_client_called_as_direct_requests
     }
 }
 
+#[actix_web::test]
+async fn a_binary_answer_in_default_mode_reaches_the_client_as_a_problem_in_a_successful_invocation() {
+    let app = TestApp::start().await;
+    let text = app.invoke("Docs", &get_envelope("https://h/api/docs/swagger-initializer.js", &[("Host", "h")])).await;
+    assert_eq!(text.status, 200);
+    let res = &text.outputs()["res"];
+    assert_eq!(res["statusCode"], "200", "{res}");
+    assert!(res["body"].as_str().unwrap().contains("/api/openapi.json"), "text passes as it is: {res}");
+
+    let image = app.invoke("Docs", &get_envelope("https://h/api/docs/favicon-32x32.png", &[("Host", "h")])).await;
+    assert_eq!(image.status, 200, "the host passes Outputs.res to the client only from a 2xx invocation");
+    let res = &image.outputs()["res"];
+    assert_eq!(res["statusCode"], "502", "{res}");
+    assert_eq!(res["headers"]["content-type"], "application/problem+json");
+    let problem: Value = serde_json::from_str(res["body"].as_str().unwrap()).unwrap();
+    assert_problem(&problem, 502, "BinaryResponseUnsupported");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("image/png") && detail.contains("enableProxyingHttpRequest"), "{detail}");
+}
+
 async fn job_runs(host: &HostEmulator, job: &str) -> Vec<meterline::store::JobRun> {
     use meterline::store::prelude::*;
     let store = meterline::store::SqliteStore::open(&host.app_root.join("data/meterline.db")).await.unwrap();
