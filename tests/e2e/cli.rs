@@ -41,6 +41,24 @@ fn bad_configuration_exits_non_zero_with_one_line_naming_the_setting() {
 }
 
 #[test]
+fn values_past_their_bounds_exit_2_with_one_line_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    // Once a panic (DateTime - TimeDelta) that left the rollup's lease held, or a purge horizon wrapped to hours.
+    for (setting, value) in [
+        ("METERLINE_ROLLUP_SETTLE_SECS", "18446744073709551615"),
+        ("METERLINE_USAGE_RETENTION_DAYS", "18446744073709551615"),
+        ("METERLINE_USAGE_RETENTION_DAYS", "213503982334602"),
+    ] {
+        let output = handler(dir.path(), &["run-job", "usage-rollup"], &[(setting, value)]);
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{setting}={value}: {text}");
+        assert_eq!(text.lines().count(), 1, "exactly one line: {text}");
+        assert!(text.starts_with(&format!("handler: configuration error: {setting}: expected at most ")), "{text}");
+    }
+    assert!(!dir.path().join("data").exists(), "refused before the store was opened");
+}
+
+#[test]
 fn a_port_already_taken_is_a_failure_exit_not_zero() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
