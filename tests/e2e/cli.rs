@@ -59,6 +59,22 @@ fn values_past_their_bounds_exit_2_with_one_line_before_anything_runs() {
 }
 
 #[test]
+fn an_unusable_sql_server_connection_string_exits_2_with_one_line_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    for connection_string in ["hunter2", "Server=db;User Id=a;Password=hunter2;Encrypt=maybe"] {
+        let env = [("METERLINE_STORE", "mssql"), ("METERLINE_MSSQL_CONNECTION_STRING", connection_string)];
+        let output = handler(dir.path(), &["migrate"], &env);
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{text}");
+        assert_eq!(text.lines().count(), 1, "exactly one line: {text}");
+        let expected =
+            "handler: configuration error: METERLINE_MSSQL_CONNECTION_STRING: invalid SQL Server connection string: ";
+        assert!(text.starts_with(expected), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}
+
+#[test]
 fn a_port_already_taken_is_a_failure_exit_not_zero() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
