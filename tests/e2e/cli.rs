@@ -75,6 +75,25 @@ fn an_unusable_sql_server_connection_string_exits_2_with_one_line_and_no_secret(
 }
 
 #[test]
+fn dev_tokens_live_at_most_a_year_and_never_wrap_into_the_past() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    for ttl in ["106751991167301d", "213503982334602d", "366d"] {
+        let output = handler(dir.path(), &["dev-token", "--ttl", ttl], &[]);
+        assert_eq!(output.status.code(), Some(2), "{ttl}: {}", stderr(&output));
+        assert!(output.stdout.is_empty(), "no token for {ttl}");
+        assert!(stderr(&output).contains("at most 365d"), "{}", stderr(&output));
+    }
+    let year = handler(dir.path(), &["dev-token", "--ttl", "365d"], &[]);
+    assert!(year.status.success(), "{}", stderr(&year));
+    let token = String::from_utf8(year.stdout).unwrap();
+    let payload = token.trim().split('.').nth(1).unwrap();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 365 * 86_400);
+}
+
+#[test]
 fn a_port_already_taken_is_a_failure_exit_not_zero() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
