@@ -76,8 +76,8 @@ enum Command {
         /// Comma-separated delegated scopes; when given, the token is a delegated (user) token.
         #[arg(long, value_delimiter = ',')]
         scopes: Vec<String>,
-        /// Lifetime, e.g. 90s, 30m, 1h, 1d.
-        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        /// Lifetime, e.g. 90s, 30m, 1h, 1d; at most 365d.
+        #[arg(long, default_value = "1h", value_parser = crate::auth::local::parse_ttl)]
         ttl: std::time::Duration,
         /// The calling application's id (`azp`).
         #[arg(long, default_value = "meterline-dev-client")]
@@ -96,11 +96,6 @@ enum QuarantineCommand {
     /// Run a quarantined message's stored body through the consumer again; marks it replayed when it applies
     /// (or was applied already), and fails with the reason when it still cannot.
     Replay { id: uuid::Uuid },
-}
-
-fn parse_ttl(raw: &str) -> Result<std::time::Duration, String> {
-    crate::auth::local::parse_ttl(raw)
-        .ok_or_else(|| format!("expected a duration like 90s, 30m, 1h or 1d, got {raw:?}"))
 }
 
 /// Prints a document to standard output. A reader that stops early (`handler settings | head`) closes the pipe:

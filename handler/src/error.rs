@@ -116,6 +116,9 @@ error_codes! {
     /// Too much work already waits for a dependency (`dependency` member), so the request was refused at once
     /// instead of queueing into a timeout; nothing it asked for took effect. `Retry-After` says when to retry.
     Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Service overloaded"),
+    /// A default-mode HTTP invocation of the Functions host was answered with a body that is not text (an image, a
+    /// font): that mode carries text only, so the client gets this instead; forwarding or proxying carries it.
+    BinaryResponseUnsupported => (StatusCode::BAD_GATEWAY, "binary-response-unsupported", "Binary response not supported"),
     /// An unexpected failure inside Meterline; the cause is logged, never shown.
     Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error"),
 }

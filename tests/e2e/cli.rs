@@ -41,6 +41,59 @@ fn bad_configuration_exits_non_zero_with_one_line_naming_the_setting() {
 }
 
 #[test]
+fn values_past_their_bounds_exit_2_with_one_line_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    // Once a panic (DateTime - TimeDelta) that left the rollup's lease held, or a purge horizon wrapped to hours.
+    for (setting, value) in [
+        ("METERLINE_ROLLUP_SETTLE_SECS", "18446744073709551615"),
+        ("METERLINE_USAGE_RETENTION_DAYS", "18446744073709551615"),
+        ("METERLINE_USAGE_RETENTION_DAYS", "213503982334602"),
+    ] {
+        let output = handler(dir.path(), &["run-job", "usage-rollup"], &[(setting, value)]);
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{setting}={value}: {text}");
+        assert_eq!(text.lines().count(), 1, "exactly one line: {text}");
+        assert!(text.starts_with(&format!("handler: configuration error: {setting}: expected at most ")), "{text}");
+    }
+    assert!(!dir.path().join("data").exists(), "refused before the store was opened");
+}
+
+#[test]
+fn an_unusable_sql_server_connection_string_exits_2_with_one_line_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    for connection_string in ["hunter2", "Server=db;User Id=a;Password=hunter2;Encrypt=maybe"] {
+        let env = [("METERLINE_STORE", "mssql"), ("METERLINE_MSSQL_CONNECTION_STRING", connection_string)];
+        let output = handler(dir.path(), &["migrate"], &env);
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{text}");
+        assert_eq!(text.lines().count(), 1, "exactly one line: {text}");
+        let expected =
+            "handler: configuration error: METERLINE_MSSQL_CONNECTION_STRING: invalid SQL Server connection string: ";
+        assert!(text.starts_with(expected), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}
+
+#[test]
+fn dev_tokens_live_at_most_a_year_and_never_wrap_into_the_past() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    for ttl in ["106751991167301d", "213503982334602d", "366d"] {
+        let output = handler(dir.path(), &["dev-token", "--ttl", ttl], &[]);
+        assert_eq!(output.status.code(), Some(2), "{ttl}: {}", stderr(&output));
+        assert!(output.stdout.is_empty(), "no token for {ttl}");
+        assert!(stderr(&output).contains("at most 365d"), "{}", stderr(&output));
+    }
+    let year = handler(dir.path(), &["dev-token", "--ttl", "365d"], &[]);
+    assert!(year.status.success(), "{}", stderr(&year));
+    let token = String::from_utf8(year.stdout).unwrap();
+    let payload = token.trim().split('.').nth(1).unwrap();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 365 * 86_400);
+}
+
+#[test]
 fn a_port_already_taken_is_a_failure_exit_not_zero() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

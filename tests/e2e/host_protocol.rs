@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::support::app::{DEV_APP_ID, TestApp};
 use crate::support::host::{ClientRequest, HostEmulator, HostOptions, HttpMode, ServiceBusDelivery, json_text};
 
 fn assert_problem(body: &Value, status: u16, code: &str) {
@@ -173,6 +174,89 @@ async fn a_default_mode_url_with_characters_a_uri_cannot_carry_is_answered_not_d
         assert_eq!(res["statusCode"], "401", "{url}: the API answered it (no token): {res}");
     }
     assert!(!host.output_text().contains("panicked"), "{}", host.output_text());
+}
+
+/// A default-mode `GET` envelope as the host builds it: `Url`, and the client's headers (`Host` among them).
+fn get_envelope(url: &str, headers: &[(&str, &str)]) -> Value {
+    let headers: serde_json::Map<String, Value> = headers.iter().map(|(n, v)| ((*n).to_owned(), json!([v]))).collect();
+    json!({"Data": {"req": {"Url": url, "Method": "GET", "Headers": headers, "Query": {}}}, "Metadata": {}})
+}
+
+#[actix_web::test]
+async fn default_mode_links_name_the_origin_the_client_called_as_direct_requests_do() {
+    let app = TestApp::start().await;
+    let token = app.token("aaaaaaaa-0000-0000-0000-00000000000a", "Documents.Read,Documents.Write", DEV_APP_ID).await;
+    for title in ["one", "two"] {
+        let body = json!({"title": title, "docType": "memo"});
+        let created = app.send(&token, ClientRequest::new("POST", "/api/v1/documents").json(&body)).await;
+        assert_eq!(created.status, 201);
+    }
+    let origin = |link: &str| link.split("/api/v1/documents?").next().unwrap().to_owned();
+    let direct = app
+        .send(
+            &token,
+            ClientRequest::get("/api/v1/documents?maxpagesize=1")
+                .header("Host", "meterline.azurewebsites.net")
+                .header("X-Forwarded-Proto", "https"),
+        )
+        .await
+        .json();
+    assert_eq!(origin(direct["nextLink"].as_str().unwrap()), "https://meterline.azurewebsites.net");
+    let bearer = format!("Bearer {token}");
+    let url = "https://meterline.azurewebsites.net/api/v1/documents?maxpagesize=1";
+    for (url, headers, expected) in [
+        // What a direct request with these headers gets.
+        (
+            url,
+            vec![("Host", "meterline.azurewebsites.net"), ("X-Forwarded-Proto", "https")],
+            "https://meterline.azurewebsites.net",
+        ),
+        // No forwarded scheme: the Url's, which is the scheme the host was called with.
+        (url, vec![("Host", "meterline.azurewebsites.net")], "https://meterline.azurewebsites.net"),
+        // No Host header: the Url's authority.
+        ("http://api.contoso.example:8443/api/v1/documents?maxpagesize=1", vec![], "http://api.contoso.example:8443"),
+        // Forwarded headers first, as on a direct request.
+        (
+            "http://127.0.0.1:7071/api/v1/documents?maxpagesize=1",
+            vec![
+                ("Host", "127.0.0.1:7071"),
+                ("X-Forwarded-Host", "api.contoso.example"),
+                ("X-Forwarded-Proto", "https"),
+            ],
+            "https://api.contoso.example",
+        ),
+    ] {
+        let mut headers = headers;
+        headers.push(("Authorization", &bearer));
+        let answered = app.invoke("Documents", &get_envelope(url, &headers)).await;
+        assert_eq!(answered.status, 200);
+        let res = &answered.outputs()["res"];
+        assert_eq!(res["statusCode"], "200", "{res}");
+        let page: Value = serde_json::from_str(res["body"].as_str().unwrap()).unwrap();
+        let link = page["nextLink"].as_str().unwrap();
+        assert_eq!(origin(link), expected, "{url} {headers:?}");
+        assert!(link.contains("/api/v1/documents?maxpagesize=1&cursor="), "{link}");
+    }
+}
+
+#[actix_web::test]
+async fn a_binary_answer_in_default_mode_reaches_the_client_as_a_problem_in_a_successful_invocation() {
+    let app = TestApp::start().await;
+    let text = app.invoke("Docs", &get_envelope("https://h/api/docs/swagger-initializer.js", &[("Host", "h")])).await;
+    assert_eq!(text.status, 200);
+    let res = &text.outputs()["res"];
+    assert_eq!(res["statusCode"], "200", "{res}");
+    assert!(res["body"].as_str().unwrap().contains("/api/openapi.json"), "text passes as it is: {res}");
+
+    let image = app.invoke("Docs", &get_envelope("https://h/api/docs/favicon-32x32.png", &[("Host", "h")])).await;
+    assert_eq!(image.status, 200, "the host passes Outputs.res to the client only from a 2xx invocation");
+    let res = &image.outputs()["res"];
+    assert_eq!(res["statusCode"], "502", "{res}");
+    assert_eq!(res["headers"]["content-type"], "application/problem+json");
+    let problem: Value = serde_json::from_str(res["body"].as_str().unwrap()).unwrap();
+    assert_problem(&problem, 502, "BinaryResponseUnsupported");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("image/png") && detail.contains("enableProxyingHttpRequest"), "{detail}");
 }
 
 async fn job_runs(host: &HostEmulator, job: &str) -> Vec<meterline::store::JobRun> {

@@ -52,8 +52,9 @@ fn every_setting_is_documented_in_the_example_settings_and_the_readme() {
         serde_json::from_slice(&std::fs::read(repo_root().join("local.settings.json.example")).unwrap()).unwrap();
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
     for setting in meterline::config::SETTINGS {
-        let host_provided =
-            setting.name.starts_with("FUNCTIONS_CUSTOMHANDLER") || setting.name == "WEBSITE_INSTANCE_ID";
+        let host_provided = setting.name.starts_with("FUNCTIONS_CUSTOMHANDLER")
+            || setting.name.starts_with("FUNCTIONS_HTTPWORKER")
+            || setting.name == "WEBSITE_INSTANCE_ID";
         if !host_provided {
             assert!(example["Values"].get(setting.name).is_some(), "{} missing from Values", setting.name);
         }

@@ -101,7 +101,7 @@ pub fn mint(key: &DevKey, request: &DevTokenRequest, now: i64) -> anyhow::Result
         "azp": request.app_id,
         "iat": now,
         "nbf": now,
-        "exp": now + request.ttl.as_secs() as i64,
+        "exp": expiry(now, request.ttl)?,
     });
     if request.scopes.is_empty() {
         claims["roles"] = json!(request.roles);
@@ -116,19 +116,37 @@ pub fn mint(key: &DevKey, request: &DevTokenRequest, now: i64) -> anyhow::Result
     Ok(jsonwebtoken::encode(&header, &claims, &key.encoding)?)
 }
 
-/// Parses `90s`, `30m`, `1h`, `2d` or plain seconds.
-pub fn parse_ttl(raw: &str) -> Option<std::time::Duration> {
-    let raw = raw.trim();
-    let (number, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
-    let n: u64 = number.parse().ok()?;
-    let seconds = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return None,
+/// The longest lifetime a development token may have: a year, far inside what a timestamp holds.
+pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+/// `exp` of a token issued at `now` that lives `ttl`: checked, so no lifetime wraps into a token already expired.
+fn expiry(now: i64, ttl: std::time::Duration) -> anyhow::Result<i64> {
+    i64::try_from(ttl.as_secs())
+        .ok()
+        .and_then(|ttl| now.checked_add(ttl))
+        .ok_or_else(|| anyhow::anyhow!("a token issued at {now} cannot live {ttl:?}"))
+}
+
+/// Parses `90s`, `30m`, `1h`, `2d` or plain seconds: more than nothing and at most [`MAX_TTL`].
+pub fn parse_ttl(raw: &str) -> Result<std::time::Duration, String> {
+    let unusable = || format!("expected a duration like 90s, 30m, 1h or 1d, got {raw:?}");
+    let trimmed = raw.trim();
+    let (number, unit) = trimmed.split_at(trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len()));
+    let n: u64 = number.parse().map_err(|_| unusable())?;
+    let unit_secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(unusable()),
     };
-    (seconds > 0).then(|| std::time::Duration::from_secs(seconds))
+    let too_long = || format!("{raw:?} is too long: a development token lives at most 365d");
+    let seconds = n.checked_mul(unit_secs).ok_or_else(too_long)?;
+    match std::time::Duration::from_secs(seconds) {
+        ttl if ttl.is_zero() => Err(unusable()),
+        ttl if ttl > MAX_TTL => Err(too_long()),
+        ttl => Ok(ttl),
+    }
 }
 
 #[cfg(test)]
@@ -137,12 +155,18 @@ mod tests {
 
     #[test]
     fn ttls_parse() {
-        assert_eq!(parse_ttl("1h"), Some(std::time::Duration::from_secs(3600)));
-        assert_eq!(parse_ttl("90"), Some(std::time::Duration::from_secs(90)));
-        assert_eq!(parse_ttl("2d"), Some(std::time::Duration::from_secs(172_800)));
-        assert_eq!(parse_ttl("0s"), None);
-        assert_eq!(parse_ttl("1w"), None);
-        assert_eq!(parse_ttl("h"), None);
+        assert_eq!(parse_ttl("1h"), Ok(std::time::Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("90"), Ok(std::time::Duration::from_secs(90)));
+        assert_eq!(parse_ttl("2d"), Ok(std::time::Duration::from_secs(172_800)));
+        assert_eq!(parse_ttl("365d"), Ok(MAX_TTL));
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("1w").is_err());
+        assert!(parse_ttl("h").is_err());
+        // Past a year, past an i64 of seconds once added to now, past a u64 of seconds: refused, never wrapped.
+        for long in ["366d", "31536001", "106751991167301d", "213503982334602d", "18446744073709551615d"] {
+            assert!(parse_ttl(long).unwrap_err().contains("at most 365d"), "{long}");
+        }
+        assert!(expiry(1_700_000_000, std::time::Duration::from_secs(u64::MAX)).is_err());
     }
 
     #[test]

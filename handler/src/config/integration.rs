@@ -64,8 +64,9 @@ pub(super) fn keyvault_config(get: &dyn Fn(&str) -> Option<String>) -> Result<Op
     if !url.starts_with("https://") {
         return Err(ConfigError::new("METERLINE_KEYVAULT_URL", format!("must be an https URL, got {url:?}")));
     }
-    let refresh = parse_number("METERLINE_KEYVAULT_REFRESH_SECS", get("METERLINE_KEYVAULT_REFRESH_SECS"), 3600, 1)?;
-    let timeout = parse_number("METERLINE_KEYVAULT_TIMEOUT_SECS", get("METERLINE_KEYVAULT_TIMEOUT_SECS"), 5, 1)?;
+    let refresh =
+        parse_number("METERLINE_KEYVAULT_REFRESH_SECS", get("METERLINE_KEYVAULT_REFRESH_SECS"), 3600, 1..=86_400)?;
+    let timeout = parse_number("METERLINE_KEYVAULT_TIMEOUT_SECS", get("METERLINE_KEYVAULT_TIMEOUT_SECS"), 5, 1..=60)?;
     Ok(Some(KeyVaultConfig {
         url,
         refresh: Duration::from_secs(refresh as u64),
@@ -93,12 +94,17 @@ pub(super) fn integration_config(
             .map(|cs| crate::azure::SecretCell::new(SecretString::from(cs))),
         outbox_topic: get("METERLINE_OUTBOX_TOPIC").unwrap_or_else(|| "meterline-events".into()),
         outbox_source: get("METERLINE_OUTBOX_SOURCE").unwrap_or_else(|| "/meterline".into()),
-        outbox_batch_size: parse_number("METERLINE_OUTBOX_BATCH_SIZE", get("METERLINE_OUTBOX_BATCH_SIZE"), 100, 1)?,
+        outbox_batch_size: parse_number(
+            "METERLINE_OUTBOX_BATCH_SIZE",
+            get("METERLINE_OUTBOX_BATCH_SIZE"),
+            100,
+            1..=1_000,
+        )?,
         outbox_send_timeout: Duration::from_secs(parse_number(
             "METERLINE_OUTBOX_SEND_TIMEOUT_SECS",
             get("METERLINE_OUTBOX_SEND_TIMEOUT_SECS"),
             10,
-            1,
+            1..=60,
         )? as u64),
         managed_identity_client_id: get("METERLINE_MANAGED_IDENTITY_CLIENT_ID"),
         keyvault,

@@ -8,6 +8,7 @@
 //! Vault), `telemetry.rs` (export), `usage.rs` (rollup and billing); `settings.rs` documents every setting.
 
 use std::net::IpAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -181,20 +182,31 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&log_filter)
             .map_err(|e| ConfigError::new("METERLINE_LOG", format!("invalid filter {log_filter:?}: {e}")))?;
 
-        let max_body_bytes = parse_number("METERLINE_MAX_BODY_BYTES", get("METERLINE_MAX_BODY_BYTES"), 1_048_576, 1)?;
-        let default_workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let workers = parse_number("METERLINE_WORKERS", get("METERLINE_WORKERS"), default_workers, 1)?;
-        if workers > MAX_WORKERS {
-            // actix-web's own limit, which it enforces with a panic.
-            return Err(ConfigError::new(
-                "METERLINE_WORKERS",
-                format!("expected at most {MAX_WORKERS}, got {workers}"),
-            ));
-        }
-        let shutdown_secs =
-            parse_number("METERLINE_SHUTDOWN_TIMEOUT_SECS", get("METERLINE_SHUTDOWN_TIMEOUT_SECS"), 10, 0)?;
+        let max_body_bytes = parse_bounded(
+            "METERLINE_MAX_BODY_BYTES",
+            get("METERLINE_MAX_BODY_BYTES"),
+            1_048_576,
+            1..=MAX_BODY_BYTES,
+            "the Functions host's own limit on a request body",
+        )?;
+        let default_workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(MAX_WORKERS);
+        // actix-web's own limit, which it enforces with a panic.
+        let workers = parse_number("METERLINE_WORKERS", get("METERLINE_WORKERS"), default_workers, 1..=MAX_WORKERS)?;
+        let shutdown_secs = parse_bounded(
+            "METERLINE_SHUTDOWN_TIMEOUT_SECS",
+            get("METERLINE_SHUTDOWN_TIMEOUT_SECS"),
+            10,
+            0..=600,
+            "the longest function timeout on a Consumption plan",
+        )?;
 
-        let lookup_cache_secs = parse_number("METERLINE_LOOKUP_CACHE_SECS", get("METERLINE_LOOKUP_CACHE_SECS"), 5, 0)?;
+        let lookup_cache_secs = parse_bounded(
+            "METERLINE_LOOKUP_CACHE_SECS",
+            get("METERLINE_LOOKUP_CACHE_SECS"),
+            5,
+            0..=300,
+            "another instance serves a suspended tenant or a revoked client for up to this long",
+        )?;
         let in_azure = get("WEBSITE_INSTANCE_ID").is_some();
         let auth = auth::auth_config(&get, in_azure)?;
         let usage = usage::usage_config(&get)?;
@@ -269,17 +281,50 @@ fn parse_bool(setting: &'static str, raw: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// The largest request body the Functions host passes on (`FUNCTIONS_REQUEST_BODY_SIZE_LIMIT`'s default, 100 MiB).
+const MAX_BODY_BYTES: usize = 104_857_600;
+
 /// The most HTTP worker threads actix-web starts.
 const MAX_WORKERS: usize = 512;
 
-fn parse_number(setting: &'static str, raw: Option<String>, default: usize, min: usize) -> Result<usize, ConfigError> {
-    match raw {
-        None => Ok(default),
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(n) if n >= min => Ok(n),
-            _ => Err(ConfigError::new(setting, format!("expected a whole number >= {min}, got {raw:?}"))),
-        },
+/// A whole-number setting within `range` (every number Meterline reads has an upper bound, so no value can
+/// overflow a duration or an instant later), or `default` when unset.
+fn parse_number(
+    setting: &'static str,
+    raw: Option<String>,
+    default: usize,
+    range: RangeInclusive<usize>,
+) -> Result<usize, ConfigError> {
+    parse_bounded(setting, raw, default, range, "")
+}
+
+/// [`parse_number`], saying `why` the upper bound is what it is when a value passes it.
+fn parse_bounded(
+    setting: &'static str,
+    raw: Option<String>,
+    default: usize,
+    range: RangeInclusive<usize>,
+    why: &str,
+) -> Result<usize, ConfigError> {
+    let Some(raw) = raw else { return Ok(default) };
+    let (min, max) = (*range.start(), *range.end());
+    match raw.parse::<u128>() {
+        Ok(n) if n > max as u128 => {
+            let why = if why.is_empty() { String::new() } else { format!(" ({why})") };
+            Err(ConfigError::new(setting, format!("expected at most {max}{why}, got {n}")))
+        }
+        Ok(n) if n >= min as u128 => Ok(n as usize),
+        _ => Err(ConfigError::new(setting, format!("expected a whole number from {min} to {max}, got {raw:?}"))),
     }
+}
+
+/// `count` times `unit`, refused (naming the setting) where the product does not fit a duration: checked, never
+/// wrapped, even though the bounds of [`parse_number`] already keep every setting far from that.
+fn duration(setting: &'static str, count: usize, unit: Duration) -> Result<Duration, ConfigError> {
+    u32::try_from(count)
+        .ok()
+        .and_then(|count| unit.checked_mul(count))
+        .ok_or_else(|| ConfigError::new(setting, format!("{count} is too long a time")))
 }
 
 #[cfg(test)]
@@ -298,6 +343,41 @@ mod tests {
         assert_eq!(config(&[("METERLINE_WORKERS", "512")]).unwrap().workers, 512);
         let err = config(&[("METERLINE_WORKERS", "100000")]).unwrap_err();
         assert!(err.to_string().contains("METERLINE_WORKERS") && err.to_string().contains("at most 512"), "{err}");
+    }
+
+    #[test]
+    fn every_number_has_an_upper_bound_so_no_value_overflows_later() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
+        let source: String = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap())
+            .collect();
+        let numbers: Vec<&str> = source
+            .split("parse_number(")
+            .chain(source.split("parse_bounded("))
+            .skip(1)
+            .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
+            .filter(|name| name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+            .collect();
+        assert!(numbers.len() >= 20, "{numbers:?}");
+        for setting in numbers {
+            // Key Vault's settings are read only with a vault.
+            let vault = ("METERLINE_KEYVAULT_URL", "https://meterline.vault.azure.net");
+            for huge in ["18446744073709551615", "213503982334602", "340282366920938463463374607431768211456"] {
+                let err = config(&[(setting, huge), vault]).unwrap_err();
+                assert_eq!(err.setting, setting, "{setting}={huge}");
+                assert_eq!(err.to_string().lines().count(), 1);
+            }
+        }
+        let err = config(&[("METERLINE_USAGE_RETENTION_DAYS", "213503982334602")]).unwrap_err();
+        assert!(err.to_string().contains("at most 3660"), "{err}");
+        let err = config(&[("METERLINE_ROLLUP_SETTLE_SECS", "18446744073709551615")]).unwrap_err();
+        assert!(err.to_string().contains("at most 3600"), "{err}");
+        let longest = config(&[("METERLINE_USAGE_RETENTION_DAYS", "3660"), ("METERLINE_ROLLUP_SETTLE_SECS", "3600")]);
+        let usage = longest.unwrap().usage;
+        assert_eq!(usage.retention, Duration::from_secs(3660 * 86_400));
+        assert_eq!(usage.rollup_settle, Duration::from_secs(3600));
+        assert!(duration("X", usize::MAX, Duration::from_secs(86_400)).is_err(), "checked, not wrapped");
     }
 
     #[test]

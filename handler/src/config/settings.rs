@@ -22,6 +22,16 @@ pub const SETTINGS: &[SettingDoc] = &[
         description: "Set by the Azure Functions host: a GUID for this handler process, added to every log line.",
     },
     SettingDoc {
+        name: "FUNCTIONS_HTTPWORKER_PORT",
+        default: "(unset)",
+        description: "Set by the Azure Functions host: the legacy name of FUNCTIONS_CUSTOMHANDLER_PORT, read when that is unset.",
+    },
+    SettingDoc {
+        name: "FUNCTIONS_HTTPWORKER_ID",
+        default: "(unset)",
+        description: "Set by the Azure Functions host: the legacy name of FUNCTIONS_CUSTOMHANDLER_WORKER_ID, read when that is unset.",
+    },
+    SettingDoc {
         name: "WEBSITE_INSTANCE_ID",
         default: "(unset)",
         description: "Set by Azure App Service / Functions on a real instance; Meterline uses it to know it runs in Azure.",
@@ -62,6 +72,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         description: "Log filter in tracing's env-filter syntax, e.g. `info,meterline=debug` (RUST_LOG is read if unset).",
     },
     SettingDoc {
+        name: "RUST_LOG",
+        default: "(unset)",
+        description: "The log filter when METERLINE_LOG is unset (the usual name of tracing's env-filter).",
+    },
+    SettingDoc {
         name: "METERLINE_LOG_FORMAT",
         default: "json",
         description: "`json` (one JSON object per line, for the host and Application Insights) or `text` (for a terminal).",
@@ -69,13 +84,17 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "METERLINE_MAX_BODY_BYTES",
         default: "1048576",
-        description: "Largest request body accepted by the API, in bytes; larger bodies get 413.",
+        description: "Largest request body accepted by the API, in bytes; larger bodies get 413. Range: 1 to 104857600 (100 MiB, what the Functions host passes on).",
     },
-    SettingDoc { name: "METERLINE_WORKERS", default: "number of CPUs", description: "Number of HTTP worker threads." },
+    SettingDoc {
+        name: "METERLINE_WORKERS",
+        default: "number of CPUs",
+        description: "Number of HTTP worker threads. Range: 1 to 512.",
+    },
     SettingDoc {
         name: "METERLINE_LOOKUP_CACHE_SECS",
         default: "5",
-        description: "How long tenant, plan and API-client lookups are cached per process; a change made through another instance applies within this time. 0 turns the cache off.",
+        description: "How long tenant, plan and API-client lookups are cached per process; a change made through another instance applies within this time. 0 turns the cache off. Range: 0 to 300.",
     },
     SettingDoc {
         name: "METERLINE_AUTH_MODE",
@@ -110,22 +129,22 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "METERLINE_AUTH_JWKS_REFRESH_SECS",
         default: "3600",
-        description: "Age after which the identity provider's signing keys are refreshed in the background.",
+        description: "Age after which the identity provider's signing keys are refreshed in the background. Range: 60 to 86400.",
     },
     SettingDoc {
         name: "METERLINE_AUTH_JWKS_MIN_REFETCH_SECS",
         default: "300",
-        description: "Least time between two key fetches caused by tokens with an unknown key id (kid).",
+        description: "Least time between two key fetches caused by tokens with an unknown key id (kid). Range: 0 to 3600.",
     },
     SettingDoc {
         name: "METERLINE_AUTH_JWKS_TIMEOUT_SECS",
         default: "5",
-        description: "Timeout of one fetch of the identity provider's discovery document or signing keys.",
+        description: "Timeout of one fetch of the identity provider's discovery document or signing keys. Range: 1 to 60.",
     },
     SettingDoc {
         name: "METERLINE_AUTH_TOKEN_CACHE_SIZE",
         default: "10000",
-        description: "How many validated tokens are kept (until they expire) so a busy client pays for signature checks once.",
+        description: "How many validated tokens are kept (until they expire) so a busy client pays for signature checks once. Range: 1 to 1000000.",
     },
     SettingDoc {
         name: "METERLINE_AUTH_LOCAL_KEY_PATH",
@@ -160,12 +179,12 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "METERLINE_TELEMETRY_METRIC_INTERVAL_SECS",
         default: "60",
-        description: "How often metrics are exported, in seconds (they are also flushed at shutdown).",
+        description: "How often metrics are exported, in seconds (they are also flushed at shutdown). Range: 1 to 3600.",
     },
     SettingDoc {
         name: "METERLINE_ROLLUP_BATCH_SIZE",
         default: "50000",
-        description: "Usage rollup: most raw usage events one rollup step (one transaction) takes past the watermark.",
+        description: "Usage rollup: most raw usage events one rollup step (one transaction) takes past the watermark. Range: 1 to 1000000.",
     },
     SettingDoc {
         name: "METERLINE_ROLLUP_MAX_RUN_SECS",
@@ -175,7 +194,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "METERLINE_ROLLUP_SETTLE_SECS",
         default: "120",
-        description: "Usage rollup: events recorded less than this long ago stay in the tail; must exceed twice the longest time from recording an event to its commit.",
+        description: "Usage rollup: events recorded less than this long ago stay in the tail; must exceed twice the longest time from recording an event to its commit. Range: 0 to 3600.",
     },
     SettingDoc {
         name: "METERLINE_USAGE_LATENESS_SECS",
@@ -185,12 +204,12 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "METERLINE_USAGE_RETENTION_DAYS",
         default: "35",
-        description: "Raw usage events older than this are purged, and only once rolled up (at least 2).",
+        description: "Raw usage events older than this are purged, and only once rolled up. Range: 2 to 3660 (ten years).",
     },
     SettingDoc {
         name: "METERLINE_ROLLUP_LAG_ALERT_SECS",
         default: "1800",
-        description: "When the rollup's complete-through time falls this far behind, one meterline.usage.rollup-lagging.v1 event is emitted per lag episode.",
+        description: "When the rollup's complete-through time falls this far behind, one meterline.usage.rollup-lagging.v1 event is emitted per lag episode. Range: 1 to 86400.",
     },
     SettingDoc {
         name: "METERLINE_QUOTA_LEASE_SECS",
@@ -200,7 +219,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "METERLINE_QUOTA_LEASE_TARGET_MS",
         default: "500",
-        description: "A quota grant covers about this long of the process's recent spending (at least one request, at most half of what the quota has left).",
+        description: "A quota grant covers about this long of the process's recent spending (at least one request, at most half of what the quota has left). Range: 1 to 60000.",
     },
     SettingDoc {
         name: "METERLINE_RATE_LEASE_MS",
@@ -215,7 +234,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "METERLINE_SHUTDOWN_TIMEOUT_SECS",
         default: "10",
-        description: "How long a graceful shutdown waits for in-flight requests.",
+        description: "How long a graceful shutdown waits for in-flight requests. Range: 0 to 600.",
     },
     SettingDoc {
         name: "METERLINE_SERVICEBUS_NAMESPACE",
@@ -245,12 +264,12 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "METERLINE_OUTBOX_BATCH_SIZE",
         default: "100",
-        description: "Outbox events one publisher read takes; a run reads again while batches come back full, for up to 20 s (the timer runs every 30 s).",
+        description: "Outbox events one publisher read takes; a run reads again while batches come back full, for up to 20 s (the timer runs every 30 s). Range: 1 to 1000.",
     },
     SettingDoc {
         name: "METERLINE_OUTBOX_SEND_TIMEOUT_SECS",
         default: "10",
-        description: "Timeout of one HTTP try when sending to Service Bus (a send is retried up to 3 times with backoff).",
+        description: "Timeout of one HTTP try when sending to Service Bus (a send is retried up to 3 times with backoff). Range: 1 to 60.",
     },
     SettingDoc {
         name: "METERLINE_MANAGED_IDENTITY_CLIENT_ID",
@@ -265,12 +284,12 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "METERLINE_KEYVAULT_REFRESH_SECS",
         default: "3600",
-        description: "How often secrets read from Key Vault are read again, so a rotated secret takes effect without a restart where it can (the Service Bus key).",
+        description: "How often secrets read from Key Vault are read again, so a rotated secret takes effect without a restart where it can (the Service Bus key). Range: 1 to 86400.",
     },
     SettingDoc {
         name: "METERLINE_KEYVAULT_TIMEOUT_SECS",
         default: "5",
-        description: "Timeout of one HTTP try when reading a secret from Key Vault (a read is retried up to 3 times with backoff).",
+        description: "Timeout of one HTTP try when reading a secret from Key Vault (a read is retried up to 3 times with backoff). Range: 1 to 60.",
     },
     SettingDoc {
         name: "METERLINE_MSSQL_CONNECTION_STRING_SECRET_NAME",
@@ -297,9 +316,6 @@ mod tests {
             .collect();
         let documented: Vec<_> = SETTINGS.iter().map(|s| s.name).collect();
         for read in source.split("get(\"").skip(1).filter_map(|rest| rest.split('"').next()) {
-            if read == "RUST_LOG" || read.starts_with("FUNCTIONS_HTTPWORKER") {
-                continue; // aliases of documented settings
-            }
             assert!(documented.contains(&read), "{read} is read but not in SETTINGS");
         }
     }

@@ -68,7 +68,7 @@ pub(super) fn telemetry_config(get: &dyn Fn(&str) -> Option<String>) -> Result<T
         "METERLINE_TELEMETRY_METRIC_INTERVAL_SECS",
         get("METERLINE_TELEMETRY_METRIC_INTERVAL_SECS"),
         60,
-        1,
+        1..=3_600,
     )?;
     Ok(TelemetryConfig {
         export,

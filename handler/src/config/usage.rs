@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{ConfigError, parse_bool, parse_number};
+use super::{ConfigError, duration, parse_bool, parse_bounded, parse_number};
 
 /// Usage aggregation and billing settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,40 +28,52 @@ pub struct UsageConfig {
 
 /// Reads the rollup, lateness, retention and timer settings, each within the bounds the jobs need.
 pub(super) fn usage_config(get: &dyn Fn(&str) -> Option<String>) -> Result<UsageConfig, ConfigError> {
-    let batch = parse_number("METERLINE_ROLLUP_BATCH_SIZE", get("METERLINE_ROLLUP_BATCH_SIZE"), 50_000, 1)?;
-    let max_run = parse_number("METERLINE_ROLLUP_MAX_RUN_SECS", get("METERLINE_ROLLUP_MAX_RUN_SECS"), 60, 1)?;
-    if max_run > 240 {
-        return Err(ConfigError::new(
-            "METERLINE_ROLLUP_MAX_RUN_SECS",
-            format!("at most 240 seconds (the host kills invocations at functionTimeout), got {max_run}"),
-        ));
-    }
-    let settle = parse_number("METERLINE_ROLLUP_SETTLE_SECS", get("METERLINE_ROLLUP_SETTLE_SECS"), 120, 0)?;
-    let lateness = parse_number("METERLINE_USAGE_LATENESS_SECS", get("METERLINE_USAGE_LATENESS_SECS"), 900, 0)?;
-    if lateness > 86_400 {
-        return Err(ConfigError::new("METERLINE_USAGE_LATENESS_SECS", format!("at most 86400, got {lateness}")));
-    }
-    let retention_days = parse_number("METERLINE_USAGE_RETENTION_DAYS", get("METERLINE_USAGE_RETENTION_DAYS"), 35, 2)?;
-    let lag_alert = parse_number("METERLINE_ROLLUP_LAG_ALERT_SECS", get("METERLINE_ROLLUP_LAG_ALERT_SECS"), 1800, 1)?;
+    let batch = parse_number("METERLINE_ROLLUP_BATCH_SIZE", get("METERLINE_ROLLUP_BATCH_SIZE"), 50_000, 1..=1_000_000)?;
+    let max_run = parse_bounded(
+        "METERLINE_ROLLUP_MAX_RUN_SECS",
+        get("METERLINE_ROLLUP_MAX_RUN_SECS"),
+        60,
+        1..=240,
+        "seconds; the host kills invocations at functionTimeout",
+    )?;
+    let settle = parse_bounded(
+        "METERLINE_ROLLUP_SETTLE_SECS",
+        get("METERLINE_ROLLUP_SETTLE_SECS"),
+        120,
+        0..=3_600,
+        "seconds; the rollup and the statements wait this long behind now",
+    )?;
+    let lateness =
+        parse_number("METERLINE_USAGE_LATENESS_SECS", get("METERLINE_USAGE_LATENESS_SECS"), 900, 0..=86_400)?;
+    let retention_days = parse_bounded(
+        "METERLINE_USAGE_RETENTION_DAYS",
+        get("METERLINE_USAGE_RETENTION_DAYS"),
+        35,
+        2..=3_660,
+        "days: ten years of raw events",
+    )?;
+    let lag_alert =
+        parse_number("METERLINE_ROLLUP_LAG_ALERT_SECS", get("METERLINE_ROLLUP_LAG_ALERT_SECS"), 1800, 1..=86_400)?;
     let standalone_timers = match get("METERLINE_STANDALONE_TIMERS") {
         Some(raw) => parse_bool("METERLINE_STANDALONE_TIMERS", &raw)?,
         None => true,
     };
-    let lease_secs = parse_number("METERLINE_QUOTA_LEASE_SECS", get("METERLINE_QUOTA_LEASE_SECS"), 5, 0)?;
-    if lease_secs > 60 {
-        return Err(ConfigError::new(
-            "METERLINE_QUOTA_LEASE_SECS",
-            format!("at most 60 (plan changes and returned units reach other processes within it), got {lease_secs}"),
-        ));
-    }
-    let target_ms = parse_number("METERLINE_QUOTA_LEASE_TARGET_MS", get("METERLINE_QUOTA_LEASE_TARGET_MS"), 500, 1)?;
-    let rate_lease_ms = parse_number("METERLINE_RATE_LEASE_MS", get("METERLINE_RATE_LEASE_MS"), 500, 0)?;
-    if rate_lease_ms > 5_000 {
-        return Err(ConfigError::new(
-            "METERLINE_RATE_LEASE_MS",
-            format!("at most 5000 (a batch may shift this much of the rate into a window), got {rate_lease_ms}"),
-        ));
-    }
+    let lease_secs = parse_bounded(
+        "METERLINE_QUOTA_LEASE_SECS",
+        get("METERLINE_QUOTA_LEASE_SECS"),
+        5,
+        0..=60,
+        "plan changes and returned units reach other processes within it",
+    )?;
+    let target_ms =
+        parse_number("METERLINE_QUOTA_LEASE_TARGET_MS", get("METERLINE_QUOTA_LEASE_TARGET_MS"), 500, 1..=60_000)?;
+    let rate_lease_ms = parse_bounded(
+        "METERLINE_RATE_LEASE_MS",
+        get("METERLINE_RATE_LEASE_MS"),
+        500,
+        0..=5_000,
+        "a batch may shift this much of the rate into a window",
+    )?;
     Ok(UsageConfig {
         rate_lease: (rate_lease_ms > 0).then(|| Duration::from_millis(rate_lease_ms as u64)),
         quota_lease: (lease_secs > 0).then(|| Duration::from_secs(lease_secs as u64)),
@@ -70,7 +82,7 @@ pub(super) fn usage_config(get: &dyn Fn(&str) -> Option<String>) -> Result<Usage
         rollup_max_run: Duration::from_secs(max_run as u64),
         rollup_settle: Duration::from_secs(settle as u64),
         lateness: Duration::from_secs(lateness as u64),
-        retention: Duration::from_secs(retention_days as u64 * 86_400),
+        retention: duration("METERLINE_USAGE_RETENTION_DAYS", retention_days, Duration::from_secs(86_400))?,
         lag_alert: Duration::from_secs(lag_alert as u64),
         standalone_timers,
     })

@@ -110,15 +110,25 @@ async fn invoke_http(
         AppError::new(ErrorCode::InvalidInvocation)
             .with_detail(format!("Data.{binding}.Url is not a valid request URL"))
     })?;
+    // The absolute target the client called: the API reads its scheme and authority where a direct request has
+    // none (`api::list::public_origin`: forwarded headers first, then `Host`, then this), so links it builds name
+    // the client's origin, not the server's configured `localhost:8080`.
+    let target = request
+        .origin
+        .as_ref()
+        .map(|origin| format!("{origin}{}", request.path_and_query))
+        .filter(|target| target.parse::<actix_web::http::Uri>().is_ok())
+        .unwrap_or_else(|| request.path_and_query.clone());
     let mut test_request = actix_web::test::TestRequest::default()
         .method(request.method.parse().map_err(|_| {
             AppError::new(ErrorCode::InvalidInvocation).with_detail(format!("bad HTTP method {:?}", request.method))
         })?)
-        .uri(&request.path_and_query)
+        .uri(&target)
         .peer_addr(outer.peer_addr().unwrap_or_else(|| ([127, 0, 0, 1], 0).into()));
     for (name, value) in &request.headers {
-        // Framing headers describe the client's connection, not the request we rebuild here.
-        if ["content-length", "transfer-encoding", "connection", "host"].iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        // Framing headers describe the client's connection, not the request we rebuild here. `Host` is the
+        // client's (the host copies its request's headers), so it stays, as forwarding keeps it.
+        if ["content-length", "transfer-encoding", "connection"].iter().any(|h| name.eq_ignore_ascii_case(h)) {
             continue;
         }
         if let (Ok(name), Ok(value)) =
@@ -144,20 +154,37 @@ async fn invoke_http(
 }
 
 /// The `Outputs.res` object: string status code, string header values, text body (protocol notes §4.3).
+///
+/// The host writes `body` to the client as the UTF-8 text of the string, so any body that is UTF-8 arrives as its
+/// bytes whatever its media type. A body that is not (an image, a font) cannot be carried at all: default mode has
+/// no binary output (§10, pitfall 4; a base64 string would reach the client as base64 text), so the client gets a
+/// `binary-response-unsupported` problem instead, in a successful invocation.
 async fn http_output(response: HttpResponse<BoxBody>) -> Result<Value, AppError> {
-    let status = response.status().as_u16().to_string();
+    let (head, body) = response.into_parts();
+    let bytes = actix_web::body::to_bytes(body).await.map_err(|e| AppError::internal(anyhow::anyhow!("{e}")))?;
+    let (head, body) = match String::from_utf8(bytes.to_vec()) {
+        Ok(body) => (head, body),
+        Err(_) => {
+            let media_type =
+                head.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("a binary type");
+            let problem = AppError::new(ErrorCode::BinaryResponseUnsupported)
+                .with_detail(format!(
+                    "the answer ({media_type}, {} bytes) is binary, which the Functions host's default mode cannot \
+                     carry; serve this function with enableForwardingHttpRequest or enableProxyingHttpRequest",
+                    bytes.len()
+                ))
+                .error_response();
+            let (problem, body) = problem.into_parts();
+            let text = actix_web::body::to_bytes(body).await.map_err(|e| AppError::internal(anyhow::anyhow!("{e}")))?;
+            (problem, String::from_utf8_lossy(&text).into_owned())
+        }
+    };
     let mut headers = serde_json::Map::new();
-    for name in response.headers().keys() {
-        let values: Vec<_> = response.headers().get_all(name).filter_map(|v| v.to_str().ok()).collect();
+    for name in head.headers().keys() {
+        let values: Vec<_> = head.headers().get_all(name).filter_map(|v| v.to_str().ok()).collect();
         headers.insert(name.as_str().to_owned(), Value::String(values.join(", ")));
     }
-    let bytes = actix_web::body::to_bytes(response.into_body())
-        .await
-        .map_err(|e| AppError::internal(anyhow::anyhow!("{e}")))?;
-    // Default mode cannot carry binary bodies (the host writes the string verbatim); the API only answers text.
-    let body = String::from_utf8(bytes.to_vec())
-        .map_err(|_| AppError::internal(anyhow::anyhow!("a default-mode HTTP response body is not UTF-8")))?;
-    Ok(json!({ "statusCode": status, "headers": headers, "body": body }))
+    Ok(json!({ "statusCode": head.status().as_u16().to_string(), "headers": headers, "body": body }))
 }
 
 type ApiService = boxed::BoxService<actix_http::Request, ServiceResponse<BoxBody>, actix_web::Error>;

@@ -160,6 +160,9 @@ pub struct HttpRequestData {
     pub method: String,
     /// Path and raw query string taken from `Url` (the route prefix included: `/api/...`).
     pub path_and_query: String,
+    /// `scheme://authority` of `Url` (the host builds it from the scheme and `Host` it received), when the scheme
+    /// is http or https and the authority is a valid URI authority: where the client sent the request.
+    pub origin: Option<String>,
     /// Header name and each of its values, in the order sent.
     pub headers: Vec<(String, String)>,
     /// The decoded body; absent when the client's body was chunked (the host drops it).
@@ -225,7 +228,13 @@ impl HttpRequestData {
             // Very old hosts sent JSON bodies as objects.
             Some(other) => Some(other.to_string().into_bytes()),
         };
-        Ok(HttpRequestData { method: method.to_ascii_uppercase(), path_and_query, headers, body })
+        Ok(HttpRequestData {
+            method: method.to_ascii_uppercase(),
+            path_and_query,
+            origin: origin_of(url),
+            headers,
+            body,
+        })
     }
 }
 
@@ -249,6 +258,14 @@ fn path_and_query_of(url: &str) -> Option<String> {
     let start = rest.find(['/', '?']).unwrap_or(rest.len());
     let tail = percent_encoding::utf8_percent_encode(&rest[start..], NOT_IN_A_URI).to_string();
     Some(if tail.starts_with('/') { tail } else { format!("/{tail}") })
+}
+
+fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = ["http", "https"].into_iter().find(|s| scheme.eq_ignore_ascii_case(s))?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let authority = authority.parse::<actix_web::http::uri::Authority>().ok()?;
+    Some(format!("{scheme}://{}", authority.as_str()))
 }
 
 fn encode_query_part(raw: &str) -> String {
@@ -456,6 +473,7 @@ mod tests {
         .unwrap();
         assert_eq!(req.method, "POST");
         assert_eq!(req.path_and_query, "/api/orders/42?expand=items&tag=a&tag=b");
+        assert_eq!(req.origin.as_deref(), Some("https://app.azurewebsites.net"));
         assert_eq!(req.headers.iter().filter(|(n, _)| n == "x-custom").count(), 2);
         assert_eq!(req.body.as_deref(), Some(&b"{\"qty\":2}"[..]));
 
@@ -476,6 +494,16 @@ mod tests {
         assert_eq!(decoded.path_and_query, "/api/v1/documents/%C3%A9?q=a%22b%20%3Cc%3E");
         assert!(decoded.path_and_query.parse::<actix_web::http::Uri>().is_ok());
         assert!(old.body.is_none());
+        assert_eq!(old.origin.as_deref(), Some("http://h"));
+        for (url, origin) in [
+            ("HTTPS://Meterline.example:8443/api/x", Some("https://Meterline.example:8443")),
+            ("ftp://h/api/x", None),
+            ("https://a b/api/x", None),
+            ("https:///api/x", None),
+        ] {
+            let parsed = HttpRequestData::from_value(&json!({"Url": url, "Method": "GET"})).unwrap();
+            assert_eq!(parsed.origin.as_deref(), origin, "{url}");
+        }
         assert!(HttpRequestData::from_value(&json!({"Url": "/relative", "Method": "GET"})).is_err());
     }
 }

@@ -34,6 +34,15 @@ fn delta(d: std::time::Duration) -> TimeDelta {
     TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
 
+/// `d` (a configured duration) before `at`: an error where that leaves the calendar, never a panic (which would
+/// end the run with its lease held). The configuration's bounds keep every setting far from it.
+fn before(at: DateTime<Utc>, d: std::time::Duration) -> Result<DateTime<Utc>, AppError> {
+    TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| at.checked_sub_signed(d))
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("{d:?} before {at} is out of range")))
+}
+
 struct Lease<'a> {
     state: &'a AppState,
     holder: String,
@@ -88,8 +97,11 @@ async fn work(state: &AppState, lease: &Lease<'_>) -> Result<String, AppError> {
     let (mut steps, mut rolled_up) = (0u64, 0u64);
     let (caught_up, watermark) = loop {
         let now = state.clock.now();
-        let step =
-            RollupStep { batch_size: config.rollup_batch_size, settled_before: now - delta(config.rollup_settle), now };
+        let step = RollupStep {
+            batch_size: config.rollup_batch_size,
+            settled_before: before(now, config.rollup_settle)?,
+            now,
+        };
         let progress = state.store.rollup_step(&step).await?;
         steps += 1;
         rolled_up += progress.rolled_up;
@@ -114,9 +126,9 @@ async fn work(state: &AppState, lease: &Lease<'_>) -> Result<String, AppError> {
     }
     let statements = if within_budget() { close_periods(state, &rollup, &within_budget).await? } else { 0 };
     let mut purged = 0;
-    let before = state.clock.now() - delta(config.retention);
+    let purge_before = before(state.clock.now(), config.retention)?;
     while within_budget() {
-        let deleted = state.store.purge_usage_events(before, config.rollup_batch_size).await?;
+        let deleted = state.store.purge_usage_events(purge_before, config.rollup_batch_size).await?;
         purged += deleted;
         if deleted < u64::from(config.rollup_batch_size) {
             break;
@@ -192,7 +204,7 @@ async fn close_periods(
     within_budget: &dyn Fn() -> bool,
 ) -> Result<u64, AppError> {
     let Some(complete_through) = rollup.complete_through else { return Ok(0) };
-    let horizon = complete_through - delta(state.config.usage.lateness);
+    let horizon = before(complete_through, state.config.usage.lateness)?;
     // No period that starts in a month can end before that month's last day (UTC+14 is the earliest zone).
     let could_be_final = |month: NaiveDate| {
         month_after(month).and_hms_opt(0, 0, 0).expect("midnight").and_utc() - TimeDelta::hours(14) <= horizon
@@ -369,7 +381,7 @@ pub fn statement_ready_event(id: uuid::Uuid, s: &BillingStatement) -> OutboxMess
 /// from the raw events rolled up so far. Refused where raw events may already be purged.
 pub async fn rerun(state: &AppState, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<String, AppError> {
     let now = state.clock.now();
-    let horizon = now - delta(state.config.usage.retention) + TimeDelta::hours(1);
+    let horizon = before(now, state.config.usage.retention)? + TimeDelta::hours(1);
     if from >= to {
         return Err(AppError::new(ErrorCode::InvalidQuery).with_detail("--from must be before --to"));
     }
@@ -410,6 +422,17 @@ pub async fn rerun(state: &AppState, from: DateTime<Utc>, to: DateTime<Utc>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_duration_before_an_instant_is_checked_not_a_panic() {
+        let now = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 3, 2, 9, 0, 0).unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(before(now, day).unwrap(), now - TimeDelta::days(1));
+        // Past what a `TimeDelta` holds, and past the calendar (300 000 years).
+        for huge in [std::time::Duration::from_secs(u64::MAX), std::time::Duration::from_secs(10_000_000_000_000)] {
+            assert_eq!(before(now, huge).unwrap_err().code(), ErrorCode::Internal, "{huge:?}");
+        }
+    }
 
     #[test]
     fn a_statements_amounts_always_add_up_to_a_total_that_fits() {

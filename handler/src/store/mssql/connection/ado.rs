@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 
 use super::*;
 
+/// A connection string that cannot work is an unusable setting: exit 2, one line naming it (never its value).
 pub(super) fn invalid(problem: &str) -> StoreError {
-    StoreError::Other(anyhow::anyhow!(
-        "invalid SQL Server connection string (METERLINE_MSSQL_CONNECTION_STRING): {problem}"
-    ))
+    StoreError::Unusable {
+        setting: "METERLINE_MSSQL_CONNECTION_STRING",
+        reason: format!("invalid SQL Server connection string: {problem}"),
+    }
 }
 
 const USER_KEYS: [&str; 4] = ["user id", "uid", "user", "username"];
