@@ -102,6 +102,9 @@ fn required_text(value: Option<Value>, name: &str, max: usize) -> Result<String,
 
 /// Decodes and validates one message body at `now`; the error is the quarantine reason.
 pub fn parse(body: &str, now: DateTime<Utc>) -> Result<DecodedEvent, String> {
+    // One leading byte order mark is no part of the JSON text, and a parser may ignore it (RFC 8259 §8.1): some
+    // senders' UTF-8 encoders write one. Only the first: a second is a character where JSON allows none.
+    let body = body.strip_prefix('\u{feff}').unwrap_or(body);
     let value: Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
     if !value.is_object() {
         return Err("not a CloudEvent: the body is not a JSON object".into());
@@ -492,6 +495,11 @@ mod tests {
     #[test]
     fn envelopes_are_checked_before_data() {
         assert!(parse("hello", now()).unwrap_err().starts_with("not JSON"));
+        let plan = json!({"tenantId": Uuid::nil(), "planCode": "pro"});
+        let bom = format!("\u{feff}{}", event("meterline.plan.changed.v1", plan));
+        assert_eq!(parse(&bom, now()).unwrap().id, "e-1", "one leading byte order mark is ignored");
+        let two = format!("\u{feff}{bom}");
+        assert!(parse(&two, now()).unwrap_err().starts_with("not JSON"), "a second one is not JSON");
         assert!(parse("[1]", now()).unwrap_err().contains("not a JSON object"));
         let no_id = json!({"specversion": "1.0", "source": "/x", "type": "meterline.plan.changed.v1", "data": {}});
         assert_eq!(parse(&no_id.to_string(), now()).unwrap_err(), "`id` is required");
