@@ -116,6 +116,16 @@ pub fn parse(body: &str, now: DateTime<Utc>) -> Result<DecodedEvent, String> {
     }
     let id = required_text(envelope.id, "id", 200)?;
     let source = required_text(envelope.source, "source", 200)?;
+    // `(source, id)` is the inbox key, compared exactly on both stores; but SQL Server's `=` ignores trailing spaces
+    // under every collation, so `a` and `a ` would be one event there and two on SQLite.
+    for (name, key) in [("id", &id), ("source", &source)] {
+        if key.ends_with(' ') {
+            return Err(format!(
+                "`{name}` must not end with a space: SQL Server compares keys without trailing spaces, so it could \
+                 not be told from the same {name} without them"
+            ));
+        }
+    }
     let event_type = required_text(envelope.event_type, "type", 200)?;
     if let Some(time) = envelope.time.filter(|t| !t.is_null()) {
         let Some(time) = time.as_str() else { return Err("`time` must be an RFC 3339 timestamp".into()) };
@@ -592,6 +602,11 @@ mod tests {
         let v03 = json!({"specversion": "0.3", "id": "1", "source": "/x", "type": "t"});
         assert!(parse(&v03.to_string(), now()).unwrap_err().contains("specversion"));
         assert!(parse(&event("meterline.nope.v1", json!({})), now()).unwrap_err().starts_with("unknown event type"));
+        let spaced =
+            json!({"specversion": "1.0", "id": "Order-1 ", "source": "/x", "type": "meterline.plan.changed.v1"});
+        assert!(parse(&spaced.to_string(), now()).unwrap_err().starts_with("`id` must not end with a space"));
+        let spaced = json!({"specversion": "1.0", "id": "1", "source": "/x ", "type": "meterline.plan.changed.v1"});
+        assert!(parse(&spaced.to_string(), now()).unwrap_err().starts_with("`source` must not end with a space"));
         let xml = json!({"specversion": "1.0", "id": "1", "source": "/x", "type": "meterline.plan.changed.v1",
             "datacontenttype": "application/xml", "data": {}});
         assert!(parse(&xml.to_string(), now()).unwrap_err().contains("datacontenttype"));
