@@ -4,11 +4,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use meterline::clock::{Clock, SystemClock};
 use meterline::store::prelude::*;
 use meterline::store::{SqliteStore, TenantStatus};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::support::app::TestApp;
 use crate::support::host::{HostEmulator, ServiceBusDelivery};
 use crate::support::stores;
 
@@ -47,6 +49,8 @@ async fn every_event_type_is_applied_once_when_delivered_three_times() {
     create_plans(&store).await;
     let tenant = Uuid::new_v4();
     let (doc_a, doc_b) = (Uuid::new_v4(), Uuid::new_v4());
+    // The host runs the handler on the real clock, and usage is metered only near it (`occurred_at_is_checked`).
+    let occurred = SystemClock.now() - chrono::Duration::minutes(30);
     let events = [
         cloud_event(
             "meterline.tenant.upserted.v1",
@@ -65,7 +69,7 @@ async fn every_event_type_is_applied_once_when_delivered_three_times() {
         cloud_event(
             "meterline.usage.reported.v1",
             "e-4",
-            json!({"tenantId": tenant, "meter": "ocr.pages", "units": 7, "occurredAt": "2026-11-24T09:30:00Z"}),
+            json!({"tenantId": tenant, "meter": "ocr.pages", "units": 7, "occurredAt": occurred}),
         ),
         cloud_event("meterline.tenant.suspended.v1", "e-5", json!({"tenantId": tenant, "reason": "unpaid invoice"})),
     ];
@@ -83,7 +87,7 @@ async fn every_event_type_is_applied_once_when_delivered_three_times() {
     let mut colliding = cloud_event(
         "meterline.usage.reported.v1",
         "e-6",
-        json!({"tenantId": tenant, "meter": "ocr.pages", "units": 3, "occurredAt": "2026-11-24T09:31:00Z"}),
+        json!({"tenantId": tenant, "meter": "ocr.pages", "units": 3, "occurredAt": occurred}),
     );
     colliding["MessageId"] = json!("forged");
     colliding["DeliveryCount"] = json!(99);
@@ -106,7 +110,7 @@ async fn every_event_type_is_applied_once_when_delivered_three_times() {
     assert!(store.get_document(tenant, doc_b).await.unwrap().is_some());
     assert_eq!(store.count_usage_events(tenant).await.unwrap(), 2);
     let utc_months = meterline::metering::period::BillingCalendar::default();
-    let period = utc_months.period_containing("2026-11-24T09:30:00Z".parse().unwrap()).start;
+    let period = utc_months.period_containing(occurred).start;
     assert_eq!(store.quota_usage(tenant, period).await.unwrap().unwrap().units_used, 10);
     let outbox = store.list_outbox(0, 100).await.unwrap();
     assert_eq!(
@@ -228,4 +232,64 @@ async fn a_message_arriving_while_the_store_is_down_is_abandoned_then_applied_on
         redelivered.logs()
     );
     assert_eq!(store.get_tenant(tenant).await.unwrap().unwrap().name, "Down");
+}
+
+/// Reported usage is metered only if a statement can bill it: `occurredAt` is RFC 3339 (a four-digit year) and lies
+/// from the start of the tenant's billing period 25 before the current one (the oldest a statement still adjusts)
+/// to 5 minutes after the consumer's clock. Anything else is quarantined with the reason and meters nothing.
+#[actix_web::test]
+async fn occurred_at_is_checked_against_the_billable_window_of_the_consumers_clock() {
+    let app = TestApp::start().await;
+    let store = app.store.clone();
+    store.create_plan(&stores::plan("basic", 100, app.clock.now()), None).await.unwrap();
+    let tenant = Uuid::new_v4();
+    let upsert = cloud_event(
+        "meterline.tenant.upserted.v1",
+        "t-1",
+        json!({"tenantId": tenant, "name": "Acme", "planCode": "basic"}),
+    );
+    app.invoke_service_bus("IntegrationEvents", &ServiceBusDelivery::new(&upsert.to_string())).await.accepted();
+    let now = app.clock.now();
+    assert_eq!(now.to_rfc3339(), "2026-03-02T09:17:23+00:00", "the window below is 2024-02-01 to now + 5 min");
+    let deliver = |id: &str, occurred_at: &str| {
+        let usage = cloud_event(
+            "meterline.usage.reported.v1",
+            id,
+            json!({"tenantId": tenant, "meter": "ocr.pages", "units": 1, "occurredAt": occurred_at}),
+        );
+        let app = &app;
+        async move {
+            app.invoke_service_bus("IntegrationEvents", &ServiceBusDelivery::new(&usage.to_string()))
+                .await
+                .logs()
+                .join("\n")
+        }
+    };
+    let refused = [
+        ("-0001-01-01T00:00:00Z", "has a signed year"),
+        ("+10000-01-01T00:00:00Z", "has a signed year"),
+        ("0000-01-01T00:00:00Z", "is before 2024-02-01T00:00:00Z"),
+        ("0001-01-01T00:00:00Z", "is before 2024-02-01T00:00:00Z"),
+        ("1970-01-01T00:00:00Z", "is before 2024-02-01T00:00:00Z"),
+        ("2024-01-31T23:59:59.999999Z", "is before 2024-02-01T00:00:00Z, the start of the tenant's billing period 25"),
+        ("2026-03-02T09:22:23.000001Z", "is more than 5 minutes after this consumer's clock (2026-03-02T09:17:23Z)"),
+        ("9999-12-31T23:59:59Z", "is more than 5 minutes after"),
+    ];
+    for (n, (occurred_at, why)) in refused.iter().enumerate() {
+        let log = deliver(&format!("bad-{n}"), occurred_at).await;
+        assert!(
+            log.contains("quarantined as") && log.contains("data.occurredAt") && log.contains(why),
+            "{occurred_at}: {log}"
+        );
+    }
+    for (n, occurred_at) in ["2024-02-01T00:00:00Z", "2026-03-02T09:22:23Z"].iter().enumerate() {
+        let log = deliver(&format!("ok-{n}"), occurred_at).await;
+        assert!(log.contains("applied meterline.usage.reported.v1"), "{occurred_at}: {log}");
+    }
+    assert_eq!(store.count_usage_events(tenant).await.unwrap(), 2, "only the two inside the window are metered");
+    assert_eq!(store.list_quarantine(100).await.unwrap().len(), refused.len());
+    // A body that begins with a byte order mark is applied like any other.
+    let bom = format!("\u{feff}{}", cloud_event("meterline.tenant.suspended.v1", "s-1", json!({"tenantId": tenant})));
+    let log = app.invoke_service_bus("IntegrationEvents", &ServiceBusDelivery::new(&bom)).await.logs().join("\n");
+    assert!(log.contains("applied meterline.tenant.suspended.v1"), "{log}");
 }

@@ -1,2 +1,3 @@
--- Nothing to change here: SQLite compares tags with its BINARY collation, exactly. The SQL Server migration of the
--- same version gives its tags a binary collation, so both stores agree that `straße` and `strasse` are two tags.
+-- Nothing to change here: SQLite compares tags, and the inbox's CloudEvents `(source, id)` key, with its BINARY
+-- collation, exactly. The SQL Server migration of the same version gives those columns a binary collation, so both
+-- stores agree that `straße` and `strasse` are two tags and that the events `Order-1` and `order-1` are two events.

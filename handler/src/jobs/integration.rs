@@ -17,7 +17,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Months, NaiveDate, SecondsFormat, TimeDelta, Utc};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -102,6 +102,9 @@ fn required_text(value: Option<Value>, name: &str, max: usize) -> Result<String,
 
 /// Decodes and validates one message body at `now`; the error is the quarantine reason.
 pub fn parse(body: &str, now: DateTime<Utc>) -> Result<DecodedEvent, String> {
+    // One leading byte order mark is no part of the JSON text, and a parser may ignore it (RFC 8259 §8.1): some
+    // senders' UTF-8 encoders write one. Only the first: a second is a character where JSON allows none.
+    let body = body.strip_prefix('\u{feff}').unwrap_or(body);
     let value: Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
     if !value.is_object() {
         return Err("not a CloudEvent: the body is not a JSON object".into());
@@ -113,12 +116,20 @@ pub fn parse(body: &str, now: DateTime<Utc>) -> Result<DecodedEvent, String> {
     }
     let id = required_text(envelope.id, "id", 200)?;
     let source = required_text(envelope.source, "source", 200)?;
+    // `(source, id)` is the inbox key, compared exactly on both stores; but SQL Server's `=` ignores trailing spaces
+    // under every collation, so `a` and `a ` would be one event there and two on SQLite.
+    for (name, key) in [("id", &id), ("source", &source)] {
+        if key.ends_with(' ') {
+            return Err(format!(
+                "`{name}` must not end with a space: SQL Server compares keys without trailing spaces, so it could \
+                 not be told from the same {name} without them"
+            ));
+        }
+    }
     let event_type = required_text(envelope.event_type, "type", 200)?;
     if let Some(time) = envelope.time.filter(|t| !t.is_null()) {
-        let ok = time.as_str().is_some_and(|t| DateTime::parse_from_rfc3339(t).is_ok());
-        if !ok {
-            return Err("`time` must be an RFC 3339 timestamp".into());
-        }
+        let Some(time) = time.as_str() else { return Err("`time` must be an RFC 3339 timestamp".into()) };
+        rfc3339(time).map_err(|problem| format!("`time` {problem}"))?;
     }
     if let Some(content_type) = envelope.datacontenttype.filter(|t| !t.is_null()) {
         let ok = content_type.as_str().is_some_and(|t| {
@@ -139,6 +150,60 @@ pub fn parse(body: &str, now: DateTime<Utc>) -> Result<DecodedEvent, String> {
     };
     let effect = effect_of(&event_type, &source, &id, data, now).map_err(|e| format!("invalid data: {e}"))?;
     Ok(DecodedEvent { id, source, event_type, effect })
+}
+
+/// An RFC 3339 timestamp (section 5.6: `date-fullyear` is exactly four digits, so no sign and no fifth digit; `T`
+/// or a space, `Z` or an offset), or why `text` is not one. chrono's `FromStr`, which serde uses for a
+/// `DateTime`, also takes ISO 8601's expanded years (`-0001`, `+10000`): those are refused here, with the reason.
+fn rfc3339(text: &str) -> Result<DateTime<Utc>, String> {
+    const RULE: &str = "must be an RFC 3339 timestamp with a four-digit year, e.g. 2026-11-24T09:30:00Z";
+    if text.starts_with(['+', '-']) {
+        return Err(format!("{RULE}: {text:?} has a signed year"));
+    }
+    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|e| {
+        let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 4 && text.as_bytes().get(digits) == Some(&b'-') {
+            format!("{RULE}: {text:?} has a {digits}-digit year")
+        } else {
+            format!("{RULE}: {text:?} is not one ({e})")
+        }
+    })
+}
+
+/// A calendar date `YYYY-MM-DD` with a four-digit year from 0001 (what SQL Server's `DATE` holds), or why `text`
+/// is not one. chrono's `FromStr` for `NaiveDate` also takes signed and five-digit years, and year 0.
+fn calendar_date(text: &str) -> Result<NaiveDate, String> {
+    let shaped = text.len() == 10
+        && text.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+    match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        Ok(date) if shaped && date.year() >= 1 => Ok(date),
+        _ => Err(format!("must be a date YYYY-MM-DD from 0001-01-01 to 9999-12-31, got {text:?}")),
+    }
+}
+
+/// How far after the consumer's clock a reported usage's `occurredAt` may lie. Usage is reported after it
+/// happened; a later instant is the sender's clock running ahead of ours. Clocks synchronised by NTP (every Azure
+/// host) disagree by well under a second, so 5 minutes is generous for a sender's clock and still too little to
+/// debit a period before it begins by more than its first minutes. A report quarantined for it applies when
+/// replayed once its time has passed (a replay checks against the clock of the replay).
+pub const USAGE_CLOCK_TOLERANCE: TimeDelta = TimeDelta::minutes(5);
+
+/// How many billing periods before the current one a reported usage may have occurred in: the statement of the
+/// previous period, until it is written, adjusts the 24 periods before it (`UsageStore::unbilled_usage`; the first
+/// month close looks back as far, `jobs::rollup`), so usage older than that is never billed.
+pub const USAGE_LOOKBACK_PERIODS: u32 = crate::jobs::rollup::FIRST_CLOSE_LOOKBACK_MONTHS + 1;
+
+/// The instants `[from, to]` a reported usage's `occurredAt` must lie in when it is processed at `now`, for a
+/// tenant on `calendar`: from the start of the oldest billing period a statement can still be written or
+/// adjusted for to [`USAGE_CLOCK_TOLERANCE`] after `now`.
+pub fn usage_window(calendar: &BillingCalendar, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let current = calendar.period_containing(now);
+    let oldest = calendar.period_starting(current.start - Months::new(USAGE_LOOKBACK_PERIODS));
+    (oldest.starts_at, now + USAGE_CLOCK_TOLERANCE)
+}
+
+fn instant(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 /// Field-level checks of one `data` object; each problem is `path: reason`.
@@ -217,7 +282,7 @@ struct DocumentData {
     jurisdiction: Option<String>,
     status: String,
     #[serde(default)]
-    effective_date: Option<NaiveDate>,
+    effective_date: Option<String>,
     #[serde(default)]
     tags: Vec<String>,
 }
@@ -228,7 +293,7 @@ struct UsageReported {
     tenant_id: Uuid,
     meter: String,
     units: i64,
-    occurred_at: DateTime<Utc>,
+    occurred_at: String,
     #[serde(default)]
     client_id: Option<String>,
 }
@@ -301,6 +366,9 @@ fn effect_of(
                 }
                 tags.sort();
                 tags.dedup();
+                let effective_date = doc.effective_date.as_deref().and_then(|text| {
+                    calendar_date(text).map_err(|problem| checks.fail(&format!("{path}.effectiveDate"), problem)).ok()
+                });
                 documents.push(DocumentUpsert {
                     id: doc.id,
                     title: doc.title.trim().to_owned(),
@@ -309,7 +377,7 @@ fn effect_of(
                     doc_type: crate::store::document_code(&doc.doc_type),
                     jurisdiction: doc.jurisdiction.as_deref().map(crate::store::document_code),
                     status: status.unwrap_or(DocumentStatus::Draft),
-                    effective_date: doc.effective_date,
+                    effective_date,
                     tags,
                 });
             }
@@ -330,8 +398,28 @@ fn effect_of(
                 checks.fail("data.units", format!("must be 1 to {MAX_REPORTED_UNITS}"));
             }
             checks.opt_text("data.clientId", &d.client_id, 128);
-            let occurred_at =
-                DateTime::from_timestamp_micros(d.occurred_at.timestamp_micros()).unwrap_or(d.occurred_at);
+            // The earliest instant depends on the tenant's calendar: `process` checks it once it has the tenant.
+            let occurred_at = match rfc3339(&d.occurred_at) {
+                Ok(t) if t > now + USAGE_CLOCK_TOLERANCE => {
+                    checks.fail(
+                        "data.occurredAt",
+                        format!(
+                            "{} is more than {} minutes after this consumer's clock ({}): usage is reported after it \
+                             happens",
+                            instant(t),
+                            USAGE_CLOCK_TOLERANCE.num_minutes(),
+                            instant(now)
+                        ),
+                    );
+                    now
+                }
+                Ok(t) => t,
+                Err(problem) => {
+                    checks.fail("data.occurredAt", problem);
+                    now
+                }
+            };
+            let occurred_at = DateTime::from_timestamp_micros(occurred_at.timestamp_micros()).unwrap_or(occurred_at);
             // The UTC month; `process` moves it to the tenant's own period once it has read the tenant.
             let utc = BillingCalendar::default().period_containing(occurred_at);
             let (period_start, period_end) = (utc.start, utc.end);
@@ -377,12 +465,23 @@ pub async fn process(state: &AppState, body: &str) -> Result<Verdict, AppError> 
         processed_at: now,
     };
     let (event_type, id, source, mut effect) = (event.event_type, event.id, event.source, event.effect);
-    // Reported usage debits the tenant's period that contains it, by the tenant's own calendar.
+    // Reported usage debits the tenant's period that contains it, by the tenant's own calendar, if a statement can
+    // still bill that period. (An unknown tenant is the store's to refuse.)
     if let IntegrationEffect::RecordUsage { event: usage, period_start, period_end } = &mut effect
         && let Some(tenant) = usage.tenant_id
         && let Some(tenant) = state.lookups.tenant(tenant).await?
     {
-        let period = BillingCalendar::of(&tenant).period_containing(usage.occurred_at);
+        let calendar = BillingCalendar::of(&tenant);
+        let (earliest, _) = usage_window(&calendar, now);
+        if usage.occurred_at < earliest {
+            return Ok(Verdict::Poison(format!(
+                "invalid data: data.occurredAt: {} is before {}, the start of the tenant's billing period \
+                 {USAGE_LOOKBACK_PERIODS} before the current one, the oldest a statement can still bill or adjust",
+                instant(usage.occurred_at),
+                instant(earliest)
+            )));
+        }
+        let period = calendar.period_containing(usage.occurred_at);
         (*period_start, *period_end) = (period.start, period.end);
     }
     Ok(match state.store.apply_integration_event(&inbox, &effect).await? {
@@ -492,12 +591,22 @@ mod tests {
     #[test]
     fn envelopes_are_checked_before_data() {
         assert!(parse("hello", now()).unwrap_err().starts_with("not JSON"));
+        let plan = json!({"tenantId": Uuid::nil(), "planCode": "pro"});
+        let bom = format!("\u{feff}{}", event("meterline.plan.changed.v1", plan));
+        assert_eq!(parse(&bom, now()).unwrap().id, "e-1", "one leading byte order mark is ignored");
+        let two = format!("\u{feff}{bom}");
+        assert!(parse(&two, now()).unwrap_err().starts_with("not JSON"), "a second one is not JSON");
         assert!(parse("[1]", now()).unwrap_err().contains("not a JSON object"));
         let no_id = json!({"specversion": "1.0", "source": "/x", "type": "meterline.plan.changed.v1", "data": {}});
         assert_eq!(parse(&no_id.to_string(), now()).unwrap_err(), "`id` is required");
         let v03 = json!({"specversion": "0.3", "id": "1", "source": "/x", "type": "t"});
         assert!(parse(&v03.to_string(), now()).unwrap_err().contains("specversion"));
         assert!(parse(&event("meterline.nope.v1", json!({})), now()).unwrap_err().starts_with("unknown event type"));
+        let spaced =
+            json!({"specversion": "1.0", "id": "Order-1 ", "source": "/x", "type": "meterline.plan.changed.v1"});
+        assert!(parse(&spaced.to_string(), now()).unwrap_err().starts_with("`id` must not end with a space"));
+        let spaced = json!({"specversion": "1.0", "id": "1", "source": "/x ", "type": "meterline.plan.changed.v1"});
+        assert!(parse(&spaced.to_string(), now()).unwrap_err().starts_with("`source` must not end with a space"));
         let xml = json!({"specversion": "1.0", "id": "1", "source": "/x", "type": "meterline.plan.changed.v1",
             "datacontenttype": "application/xml", "data": {}});
         assert!(parse(&xml.to_string(), now()).unwrap_err().contains("datacontenttype"));
@@ -529,6 +638,69 @@ mod tests {
             json!({"tenantId": Uuid::nil(), "meter": "ocr pages", "units": 0, "occurredAt": "2026-11-24T09:00:00Z"});
         let err = parse(&event("meterline.usage.reported.v1", units), now()).unwrap_err();
         assert!(err.contains("data.meter") && err.contains("data.units"), "{err}");
+    }
+
+    fn usage_at(occurred_at: &str) -> String {
+        let data = json!({"tenantId": Uuid::nil(), "meter": "ocr.pages", "units": 1, "occurredAt": occurred_at});
+        event("meterline.usage.reported.v1", data)
+    }
+
+    #[test]
+    fn timestamps_and_dates_have_four_digit_years() {
+        for (text, why) in [
+            ("-0001-01-01T00:00:00Z", "has a signed year"),
+            ("+10000-01-01T00:00:00Z", "has a signed year"),
+            ("+2026-11-24T09:00:00Z", "has a signed year"),
+            ("10000-01-01T00:00:00Z", "has a 5-digit year"),
+            ("2026-11-24", "is not one"),
+            ("26-11-24T09:00:00Z", "is not one"),
+        ] {
+            let err = parse(&usage_at(text), now()).unwrap_err();
+            assert!(err.contains("data.occurredAt: must be an RFC 3339 timestamp with a four-digit year"), "{err}");
+            assert!(err.contains(why), "{text}: {err}");
+            let mut envelope: Value = serde_json::from_str(&usage_at("2026-11-24T09:00:00Z")).unwrap();
+            envelope["time"] = json!(text);
+            let err = parse(&envelope.to_string(), now()).unwrap_err();
+            assert!(
+                err.starts_with("`time` must be an RFC 3339 timestamp with a four-digit year") && err.contains(why),
+                "{err}"
+            );
+        }
+        // RFC 3339 itself allows an offset, a space for the `T`, lower case and any number of fractional digits.
+        for text in ["2026-11-24T10:00:00+01:00", "2026-11-24 09:00:00Z", "2026-11-24t09:00:00.123456789z"] {
+            assert!(parse(&usage_at(text), now()).is_ok(), "{text}");
+        }
+        for date in ["+10000-01-01", "-0001-01-01", "0000-01-01", "2026-1-01", "02026-01-01", "2026-02-30"] {
+            let data = json!({"tenantId": Uuid::nil(), "documents": [
+                {"id": Uuid::nil(), "title": "t", "docType": "memo", "status": "draft", "effectiveDate": date}
+            ]});
+            let err = parse(&event("meterline.documents.upserted.v1", data), now()).unwrap_err();
+            assert!(err.contains("data.documents[0].effectiveDate: must be a date YYYY-MM-DD"), "{date}: {err}");
+        }
+    }
+
+    #[test]
+    fn usage_may_lie_at_most_five_minutes_after_the_clock() {
+        assert!(parse(&usage_at("2026-11-24T10:05:00Z"), now()).is_ok());
+        let err = parse(&usage_at("2026-11-24T10:05:00.000001Z"), now()).unwrap_err();
+        assert!(
+            err.contains(
+                "data.occurredAt: 2026-11-24T10:05:00.000001Z is more than 5 minutes after this consumer's clock \
+                 (2026-11-24T10:00:00Z)"
+            ),
+            "{err}"
+        );
+        assert!(parse(&usage_at("9999-12-31T23:59:59Z"), now()).unwrap_err().contains("data.occurredAt"));
+    }
+
+    #[test]
+    fn the_usage_window_starts_25_billing_periods_back() {
+        let (from, to) = usage_window(&BillingCalendar::default(), now());
+        assert_eq!((instant(from), instant(to)), ("2024-10-01T00:00:00Z".into(), "2026-11-24T10:05:00Z".into()));
+        // Anchor day 28 in Los Angeles: on 5 November the current period began on 28 October, local midnight.
+        let calendar = BillingCalendar::new(28, "America/Los_Angeles").unwrap();
+        let (from, _) = usage_window(&calendar, "2026-11-05T12:00:00Z".parse().unwrap());
+        assert_eq!(instant(from), "2024-09-28T07:00:00Z");
     }
 
     #[test]

@@ -192,7 +192,7 @@ fn month_after(month: NaiveDate) -> NaiveDate {
 
 /// How many months before the current one the first run of the month close looks at: the months whose late
 /// usage a statement still adjusts (`UsageStore::unbilled_usage`).
-const FIRST_CLOSE_LOOKBACK_MONTHS: u32 = 24;
+pub(crate) const FIRST_CLOSE_LOOKBACK_MONTHS: u32 = 24;
 
 /// Writes the statements of every month whose periods are final. A tenant's period that starts in month `M` (by
 /// its calendar: its anchor day at local midnight in its time zone) is final once its end plus the lateness window

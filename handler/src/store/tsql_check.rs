@@ -44,6 +44,24 @@ const KNOWN_UNPARSEABLE: &[Unparseable] = &[
             "ALTER COLUMN tag SET DATA TYPE NVARCHAR(64)",
         )],
     },
+    Unparseable {
+        prefix: "ALTER TABLE dbo.inbox_messages ALTER COLUMN source NVARCHAR(200)",
+        why: "T-SQL's ALTER COLUMN takes the whole new definition, `type [COLLATE name] [NOT] NULL`; sqlparser knows \
+              only the standard's SET DATA TYPE form, without a collation",
+        rewrites: &[(
+            "ALTER COLUMN source NVARCHAR(200) COLLATE Latin1_General_100_BIN2 NOT NULL",
+            "ALTER COLUMN source SET DATA TYPE NVARCHAR(200)",
+        )],
+    },
+    Unparseable {
+        prefix: "ALTER TABLE dbo.inbox_messages ALTER COLUMN event_id NVARCHAR(200)",
+        why: "T-SQL's ALTER COLUMN takes the whole new definition, `type [COLLATE name] [NOT] NULL`; sqlparser knows \
+              only the standard's SET DATA TYPE form, without a collation",
+        rewrites: &[(
+            "ALTER COLUMN event_id NVARCHAR(200) COLLATE Latin1_General_100_BIN2 NOT NULL",
+            "ALTER COLUMN event_id SET DATA TYPE NVARCHAR(200)",
+        )],
+    },
 ];
 
 /// Splits a T-SQL script into statements at `;` outside strings, bracketed names and comments.

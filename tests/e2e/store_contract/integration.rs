@@ -234,6 +234,45 @@ async fn tenant_status_changes_write_exactly_one_outbox_event_each() {
     .await;
 }
 
+/// CloudEvents ids and sources are case-sensitive strings: inbox keys that differ only in case (or an accent, or a
+/// full-width letter) are different events on every store. Under SQL Server's default collation they were one key,
+/// and the second event was completed as a duplicate without being applied (migration 16 makes the key binary).
+#[tokio::test]
+async fn inbox_keys_that_differ_only_in_case_are_different_events() {
+    for_each_store("inbox_keys_that_differ_only_in_case_are_different_events", |t| async move {
+        let store = ready(&t).await;
+        let acme = tenant(1);
+        store.create_tenant(&acme, None).await.unwrap();
+        let ids = ["Order-1", "order-1", "ORDER-1", "ordér-1", "ｏrder-1"];
+        for id in ids {
+            let entry = inbox("/meter", id, "meterline.usage.reported.v1");
+            let outcome = store.apply_integration_event(&entry, &usage_effect(acme.id, id, 1)).await.unwrap();
+            assert_eq!(outcome, ApplyOutcome::Applied, "{}: {id} is an event of its own", t.name);
+        }
+        for id in ids {
+            let entry = inbox("/meter", id, "meterline.usage.reported.v1");
+            let outcome = store.apply_integration_event(&entry, &usage_effect(acme.id, id, 1)).await.unwrap();
+            assert_eq!(outcome, ApplyOutcome::Duplicate, "{}: {id} again", t.name);
+        }
+        assert_eq!(store.count_usage_events(acme.id).await.unwrap(), 5, "{}", t.name);
+        assert_eq!(store.quota_usage(acme.id, march()).await.unwrap().unwrap().units_used, 5);
+
+        for (n, source) in ["/crm/acme", "/crm/Acme", "/CRM/ACME"].into_iter().enumerate() {
+            let rename = IntegrationEffect::UpsertTenant {
+                tenant_id: acme.id,
+                name: format!("Acme {n}"),
+                plan_code: "basic".into(),
+                entra_tenant_id: None,
+            };
+            let entry = inbox(source, "evt-1", "meterline.tenant.upserted.v1");
+            let outcome = store.apply_integration_event(&entry, &rename).await.unwrap();
+            assert_eq!(outcome, ApplyOutcome::Applied, "{}: the source {source} is a source of its own", t.name);
+        }
+        assert_eq!(store.get_tenant(acme.id).await.unwrap().unwrap().name, "Acme 2", "{}", t.name);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn external_usage_counts_overage_and_announces_each_threshold_once() {
     for_each_store("external_usage_counts_overage_and_announces_each_threshold_once", |t| async move {
