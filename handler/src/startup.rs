@@ -79,6 +79,7 @@ pub fn app(
     app.wrap(actix_web::middleware::Condition::new(cfg!(debug_assertions), from_fn(crate::api::gate::conformance)))
         .wrap(from_fn(crate::api::deprecation::announce))
         .wrap(from_fn(crate::telemetry::middleware))
+        .wrap(from_fn(crate::api::http10::sized_for_http10))
         .wrap(from_fn(crate::api::head::as_get))
 }
 

@@ -10,6 +10,7 @@ pub mod cursor;
 pub mod deprecation;
 pub mod gate;
 pub mod head;
+pub mod http10;
 pub mod idempotency;
 pub mod list;
 pub mod operations;
