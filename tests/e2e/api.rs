@@ -538,6 +538,7 @@ async fn search_ranks_pages_highlights_and_counts_facets() {
         ("q=ta*x", 3),
         ("q=-tax", 1),
         ("q=a*", 1),
+        ("q=%20%09", 1),
         ("q=title%3Aannual%20OR%20NEAR(x)%20annual%22%20OR%20%22x", 0),
     ] {
         let res = api.get(&api.a_reader, &format!("/api/v1/documents?{query}")).await;

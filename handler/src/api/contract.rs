@@ -599,7 +599,12 @@ impl Contracts {
                 }
                 _ => pointer.trim_start_matches('/').split('/').next().unwrap_or_default().to_owned(),
             };
-            errors.push(FieldError::new(&name, failure.kind().keyword(), failure.masked().to_string()).in_query(&name));
+            let mut error = FieldError::new(&name, failure.kind().keyword(), said(&failure)).in_query(&name);
+            if name == "q" && failure.kind().keyword() == "pattern" {
+                // A search of spaces only: where the search parser would have said it, at its start.
+                error = error.at(1);
+            }
+            errors.push(error);
         }
         errors.truncate(MAX_FIELD_ERRORS);
         errors
@@ -665,7 +670,17 @@ fn describe(failure: &jsonschema::ValidationError<'_>, errors: &mut Vec<FieldErr
                 None => errors.push(FieldError::body(&at, "type", "not of a type this field takes")),
             }
         }
-        _ => errors.push(FieldError::body(&at, code, failure.masked().to_string())),
+        _ => errors.push(FieldError::body(&at, code, said(failure))),
+    }
+}
+
+/// A failure in words: the schema's own wording, except for the patterns a reader should not have to decode.
+fn said(failure: &jsonschema::ValidationError<'_>) -> String {
+    match failure.kind() {
+        jsonschema::error::ValidationErrorKind::Pattern { pattern } if pattern == r"\S" => {
+            "must hold a character other than spaces".to_owned()
+        }
+        _ => failure.masked().to_string(),
     }
 }
 
