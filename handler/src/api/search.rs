@@ -270,6 +270,9 @@ fn escape_into(out: &mut String, text: &str) {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
+            // Control characters other than white space are not allowed in HTML text (NUL least of all): the
+            // replacement character, as an HTML parser would read them.
+            c if c.is_control() && !matches!(c, '\t' | '\n' | '\r') => out.push('\u{FFFD}'),
             c => out.push(c),
         }
     }
@@ -349,6 +352,11 @@ mod tests {
             Some("<mark>Customs</mark> &lt;b&gt;<mark>Union</mark>&lt;/b&gt; &amp; <mark>Regulations</mark>")
         );
         assert_eq!(highlight("nothing here", &query, false), None);
+        assert_eq!(
+            highlight("customs\u{0}\u{1}\tnote\n", &query, false).as_deref(),
+            Some("<mark>customs</mark>\u{FFFD}\u{FFFD}\tnote\n"),
+            "no control character but white space reaches the HTML"
+        );
         let long = format!("{} customs {}", "lorem ".repeat(100), "ipsum ".repeat(100));
         let cut = highlight(&long, &query, true).unwrap();
         assert!(cut.starts_with('…') && cut.ends_with('…'), "{cut}");
