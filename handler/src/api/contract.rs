@@ -706,19 +706,25 @@ fn not_utf8(query: &str) -> Vec<FieldError> {
         .filter_map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             (!decodes(name) || !decodes(value)).then(|| {
-                let shown = percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned();
+                // A name that is not UTF-8 itself is named as it was sent, percent-encoded.
+                let shown = match percent_encoding::percent_decode_str(name).decode_utf8() {
+                    Ok(decoded) => decoded.into_owned(),
+                    Err(_) => name.to_owned(),
+                };
                 FieldError::new(&shown, "encoding", "its percent-encoded bytes are not UTF-8 text").in_query(&shown)
             })
         })
         .collect()
 }
 
-/// The `charset` parameter of the body's media type, lower case, if it names one.
+/// The first `charset` parameter of the body's media type that does not name UTF-8, lower case (a repeated one
+/// included: `charset=utf-8; charset=latin1` is not UTF-8 either).
 fn charset(req: &ServiceRequest) -> Option<String> {
     let value = req.headers().get(header::CONTENT_TYPE)?.to_str().ok()?;
     value.split(';').skip(1).find_map(|param| {
         let (name, value) = param.split_once('=')?;
-        name.trim().eq_ignore_ascii_case("charset").then(|| value.trim().trim_matches('"').to_ascii_lowercase())
+        let value = value.trim().trim_matches('"').to_ascii_lowercase();
+        (name.trim().eq_ignore_ascii_case("charset") && value != "utf-8" && value != "utf8").then_some(value)
     })
 }
 
@@ -753,7 +759,7 @@ async fn checked(
                 .with_detail(format!("this operation takes a body of type {}", body.media_types.join(" or "))));
         }
     }
-    if let Some(charset) = charset(req).filter(|c| c != "utf-8" && c != "utf8") {
+    if let Some(charset) = charset(req) {
         return Err(AppError::new(ErrorCode::UnsupportedMediaType)
             .with_detail(format!("bodies are JSON in UTF-8 (RFC 8259), not {charset}")));
     }

@@ -98,10 +98,13 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
 
-        let host_port = match get("FUNCTIONS_CUSTOMHANDLER_PORT").or_else(|| get("FUNCTIONS_HTTPWORKER_PORT")) {
-            Some(raw) => Some(parse_port("FUNCTIONS_CUSTOMHANDLER_PORT", &raw, false)?),
-            None => None,
-        };
+        let named_port = |name: &'static str| get(name).map(|raw| (name, raw));
+        let host_port =
+            match named_port("FUNCTIONS_CUSTOMHANDLER_PORT").or_else(|| named_port("FUNCTIONS_HTTPWORKER_PORT")) {
+                // The error names the variable the value came from.
+                Some((name, raw)) => Some(parse_port(name, &raw, false)?),
+                None => None,
+            };
         let (runtime, bind_address, port) = match host_port {
             Some(port) => {
                 let worker_id = get("FUNCTIONS_CUSTOMHANDLER_WORKER_ID").or_else(|| get("FUNCTIONS_HTTPWORKER_ID"));
@@ -414,6 +417,7 @@ mod tests {
         for (pairs, setting) in [
             (vec![("METERLINE_PORT", "http")], "METERLINE_PORT"),
             (vec![("FUNCTIONS_CUSTOMHANDLER_PORT", "0")], "FUNCTIONS_CUSTOMHANDLER_PORT"),
+            (vec![("FUNCTIONS_HTTPWORKER_PORT", "99999")], "FUNCTIONS_HTTPWORKER_PORT"),
             (vec![("METERLINE_STORE", "postgres")], "METERLINE_STORE"),
             (vec![("METERLINE_STORE", "mssql")], "METERLINE_MSSQL_CONNECTION_STRING"),
             (vec![("METERLINE_LOG_FORMAT", "xml")], "METERLINE_LOG_FORMAT"),

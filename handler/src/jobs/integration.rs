@@ -160,7 +160,20 @@ fn rfc3339(text: &str) -> Result<DateTime<Utc>, String> {
     if text.starts_with(['+', '-']) {
         return Err(format!("{RULE}: {text:?} has a signed year"));
     }
-    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|e| {
+    // chrono also reads a Unicode minus sign in the offset, which RFC 3339's ABNF (ASCII `+`/`-`) does not.
+    if !text.is_ascii() {
+        return Err(format!("{RULE}: {text:?} is not one (a character outside ASCII)"));
+    }
+    let parsed = DateTime::parse_from_rfc3339(text);
+    // A leap second (`:60`): chrono reads it at any minute and places the instant in the next second, which at a
+    // period's last second bills it in the next period. No leap second has been inserted since 2016 and none is
+    // scheduled, so no sender has a true one to report: refused, with the reason.
+    if let Ok(t) = &parsed
+        && t.timestamp_subsec_nanos() >= 1_000_000_000
+    {
+        return Err(format!("{RULE}: {text:?} is a leap second (:60), which usage is not reported at"));
+    }
+    parsed.map(|t| t.with_timezone(&Utc)).map_err(|e| {
         let digits = text.bytes().take_while(u8::is_ascii_digit).count();
         if digits > 4 && text.as_bytes().get(digits) == Some(&b'-') {
             format!("{RULE}: {text:?} has a {digits}-digit year")
@@ -652,6 +665,9 @@ mod tests {
             ("+10000-01-01T00:00:00Z", "has a signed year"),
             ("+2026-11-24T09:00:00Z", "has a signed year"),
             ("10000-01-01T00:00:00Z", "has a 5-digit year"),
+            ("2026-11-30T23:59:60Z", "leap second"),
+            ("2026-12-07T10:00:60.5Z", "leap second"),
+            ("2026-12-07T10:00:00\u{2212}01:00", "outside ASCII"),
             ("2026-11-24", "is not one"),
             ("26-11-24T09:00:00Z", "is not one"),
         ] {

@@ -251,7 +251,7 @@ pub struct DocumentCursor {
 
 /// How many of a relevance page's last documents its cursor names ([`DocumentCursor::anchors`]): the next page
 /// goes on from where it left off unless all of them were written or deleted in between.
-pub const RANK_ANCHORS: usize = 4;
+pub const RANK_ANCHORS: usize = 10;
 
 impl DocumentCursor {
     /// A cursor at `value`, `id`, naming no anchors.

@@ -743,6 +743,56 @@ async fn relevance_pages_go_on_past_a_last_document_that_was_written_or_deleted(
     .await;
 }
 
+/// Deleting all but the first document of a relevance page, among documents that rank alike, loses none of the
+/// others: the page's first document is still one of the cursor's anchors.
+#[tokio::test]
+async fn relevance_pages_go_on_from_the_first_document_of_a_page_whose_others_were_deleted() {
+    for_each_store(
+        "relevance_pages_go_on_from_the_first_document_of_a_page_whose_others_were_deleted",
+        |t| async move {
+            let store = migrated(&t).await;
+            let (a, _) = two_tenants(&store).await;
+            for n in 0..12u128 {
+                let d = Document { title: format!("t {n}"), body: Some("tietest".into()), ..document(&a, n) };
+                store.create_document(&d, None, None).await.unwrap();
+            }
+            // Documents without the word, so that deleting some with it changes how rare it is (bm25's weight).
+            for n in 100..140u128 {
+                let d =
+                    Document { title: format!("other {n}"), body: Some("unrelated text".into()), ..document(&a, n) };
+                store.create_document(&d, None, None).await.unwrap();
+            }
+            let filter = searching("tietest");
+            let first = store.list_documents(a.id, &filter, RELEVANCE, None, 5, false).await.unwrap();
+            let shown: Vec<Document> = first.items.clone();
+            for d in &shown[1..] {
+                store.delete_document(a.id, d.id, d.version, "oid-x", t0(), None).await.unwrap();
+            }
+            let mut rest = Vec::new();
+            let mut cursor = first.next.clone();
+            while let Some(after) = cursor {
+                let page = store.list_documents(a.id, &filter, RELEVANCE, Some(&after), 5, false).await.unwrap();
+                rest.extend(page.items.iter().map(|d| d.id));
+                cursor = page.next;
+            }
+            let mut expected: Vec<Uuid> = store
+                .list_documents(a.id, &filter, RELEVANCE, None, 100, false)
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|d| d.id)
+                .filter(|id| *id != shown[0].id)
+                .collect();
+            rest.sort();
+            expected.sort();
+            assert_eq!(rest.len(), 7, "{}: the seven documents after the page", t.name);
+            assert_eq!(rest, expected, "{}: each once", t.name);
+        },
+    )
+    .await;
+}
+
 /// A word of any script is found by its own spelling, and by the spellings that fold to it: the index and the
 /// query fold words the same way (`store::search::fold`) on both stores.
 #[tokio::test]
