@@ -52,6 +52,10 @@ pub(super) fn keyvault_config(get: &dyn Fn(&str) -> Option<String>) -> Result<Op
         "METERLINE_CURSOR_KEY_SECRET_NAME",
         "METERLINE_SERVICEBUS_CONNECTION_STRING_SECRET_NAME",
     ];
+    // Read first, vault or not: a bad value is refused the day it is set, not the day a vault is configured.
+    let refresh =
+        parse_number("METERLINE_KEYVAULT_REFRESH_SECS", get("METERLINE_KEYVAULT_REFRESH_SECS"), 3600, 1..=86_400)?;
+    let timeout = parse_number("METERLINE_KEYVAULT_TIMEOUT_SECS", get("METERLINE_KEYVAULT_TIMEOUT_SECS"), 5, 1..=60)?;
     let Some(url) = get("METERLINE_KEYVAULT_URL") else {
         if let Some(name) = secrets.iter().find(|name| get(name).is_some()) {
             return Err(ConfigError::new(
@@ -64,9 +68,6 @@ pub(super) fn keyvault_config(get: &dyn Fn(&str) -> Option<String>) -> Result<Op
     if !url.starts_with("https://") {
         return Err(ConfigError::new("METERLINE_KEYVAULT_URL", format!("must be an https URL, got {url:?}")));
     }
-    let refresh =
-        parse_number("METERLINE_KEYVAULT_REFRESH_SECS", get("METERLINE_KEYVAULT_REFRESH_SECS"), 3600, 1..=86_400)?;
-    let timeout = parse_number("METERLINE_KEYVAULT_TIMEOUT_SECS", get("METERLINE_KEYVAULT_TIMEOUT_SECS"), 5, 1..=60)?;
     Ok(Some(KeyVaultConfig {
         url,
         refresh: Duration::from_secs(refresh as u64),

@@ -456,6 +456,8 @@ mod tests {
             (vec![("WEBSITE_INSTANCE_ID", "abc"), ("METERLINE_AUTH_MODE", "local")], "METERLINE_AUTH_MODE"),
             (vec![("METERLINE_CURSOR_KEY_SECRET_NAME", "cursor")], "METERLINE_KEYVAULT_URL"),
             (vec![("METERLINE_KEYVAULT_URL", "http://vault.example")], "METERLINE_KEYVAULT_URL"),
+            (vec![("METERLINE_KEYVAULT_TIMEOUT_SECS", "abc")], "METERLINE_KEYVAULT_TIMEOUT_SECS"),
+            (vec![("METERLINE_KEYVAULT_REFRESH_SECS", "86401")], "METERLINE_KEYVAULT_REFRESH_SECS"),
             (vec![("METERLINE_OUTBOX_BATCH_SIZE", "0")], "METERLINE_OUTBOX_BATCH_SIZE"),
             (vec![("METERLINE_OUTBOX_SEND_TIMEOUT_SECS", "soon")], "METERLINE_OUTBOX_SEND_TIMEOUT_SECS"),
         ] {

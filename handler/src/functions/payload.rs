@@ -369,8 +369,24 @@ pub struct InvocationResult {
 }
 
 impl InvocationResult {
+    /// Adds a line to the host's log. Control characters (a newline a sender put in an event's id) are written
+    /// escaped (`\n`), so one entry is one line and cannot forge others.
     pub fn with_log(mut self, line: impl Into<String>) -> Self {
-        self.logs.push(line.into());
+        let line: String = line.into();
+        let line = if line.chars().any(char::is_control) {
+            let mut escaped = String::with_capacity(line.len() + 8);
+            for c in line.chars() {
+                if c.is_control() {
+                    escaped.extend(c.escape_default());
+                } else {
+                    escaped.push(c);
+                }
+            }
+            escaped
+        } else {
+            line
+        };
+        self.logs.push(line);
         self
     }
 }
@@ -379,6 +395,13 @@ impl InvocationResult {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_log_line_stays_one_line() {
+        let result = InvocationResult::default().with_log("applied order-1\nERROR forged\r\u{1b}[31m");
+        assert_eq!(result.logs, ["applied order-1\\nERROR forged\\r\\u{1b}[31m"]);
+        assert_eq!(InvocationResult::default().with_log("plain é").logs, ["plain é"]);
+    }
 
     #[test]
     fn scalars_are_decoded_once() {
