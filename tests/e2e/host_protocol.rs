@@ -215,6 +215,8 @@ async fn default_mode_links_name_the_origin_the_client_called_as_direct_requests
         (url, vec![("Host", "meterline.azurewebsites.net")], "https://meterline.azurewebsites.net"),
         // No Host header: the Url's authority.
         ("http://api.contoso.example:8443/api/v1/documents?maxpagesize=1", vec![], "http://api.contoso.example:8443"),
+        // A Host that is no host name: the Url's authority too, never a link to `localhost`.
+        (url, vec![("Host", "evil.com/x")], "https://meterline.azurewebsites.net"),
         // Forwarded headers first, as on a direct request.
         (
             "http://127.0.0.1:7071/api/v1/documents?maxpagesize=1",

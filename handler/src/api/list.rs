@@ -82,6 +82,8 @@ pub fn public_origin(req: &actix_web::HttpRequest) -> String {
         let host = req.headers().get(actix_web::http::header::HOST)?.to_str().ok()?;
         plain_host(host).then_some(host)
     });
+    // A default-mode invocation's request carries the client's absolute URL: its authority when no header gave one.
+    let host = host.or_else(|| req.uri().authority().map(|a| a.as_str()).filter(|h| plain_host(h)));
     // Schemes compare without regard to case (RFC 3986 §3.1).
     let scheme = if info.scheme().eq_ignore_ascii_case("https") { "https" } else { "http" };
     format!("{scheme}://{}", host.unwrap_or("localhost"))
