@@ -19,6 +19,10 @@ struct Unparseable {
     rewrites: &'static [(&'static str, &'static str)],
 }
 
+/// Why a T-SQL `ALTER COLUMN` (migration 16's binary collations) is listed below.
+const ALTER_COLUMN: &str = "T-SQL's ALTER COLUMN takes the whole new definition, `type [COLLATE name] [NOT] NULL`; \
+                            sqlparser knows only the standard's SET DATA TYPE form, without a collation";
+
 const KNOWN_UNPARSEABLE: &[Unparseable] = &[
     Unparseable {
         prefix: "CREATE TABLE dbo.documents",
@@ -37,8 +41,7 @@ const KNOWN_UNPARSEABLE: &[Unparseable] = &[
     },
     Unparseable {
         prefix: "ALTER TABLE dbo.document_tags ALTER COLUMN tag NVARCHAR(64)",
-        why: "T-SQL's ALTER COLUMN takes the whole new definition, `type [COLLATE name] [NOT] NULL`; sqlparser knows \
-              only the standard's SET DATA TYPE form, without a collation",
+        why: ALTER_COLUMN,
         rewrites: &[(
             "ALTER COLUMN tag NVARCHAR(64) COLLATE Latin1_General_100_BIN2 NOT NULL",
             "ALTER COLUMN tag SET DATA TYPE NVARCHAR(64)",
@@ -46,8 +49,7 @@ const KNOWN_UNPARSEABLE: &[Unparseable] = &[
     },
     Unparseable {
         prefix: "ALTER TABLE dbo.inbox_messages ALTER COLUMN source NVARCHAR(200)",
-        why: "T-SQL's ALTER COLUMN takes the whole new definition, `type [COLLATE name] [NOT] NULL`; sqlparser knows \
-              only the standard's SET DATA TYPE form, without a collation",
+        why: ALTER_COLUMN,
         rewrites: &[(
             "ALTER COLUMN source NVARCHAR(200) COLLATE Latin1_General_100_BIN2 NOT NULL",
             "ALTER COLUMN source SET DATA TYPE NVARCHAR(200)",
@@ -55,8 +57,7 @@ const KNOWN_UNPARSEABLE: &[Unparseable] = &[
     },
     Unparseable {
         prefix: "ALTER TABLE dbo.inbox_messages ALTER COLUMN event_id NVARCHAR(200)",
-        why: "T-SQL's ALTER COLUMN takes the whole new definition, `type [COLLATE name] [NOT] NULL`; sqlparser knows \
-              only the standard's SET DATA TYPE form, without a collation",
+        why: ALTER_COLUMN,
         rewrites: &[(
             "ALTER COLUMN event_id NVARCHAR(200) COLLATE Latin1_General_100_BIN2 NOT NULL",
             "ALTER COLUMN event_id SET DATA TYPE NVARCHAR(200)",
