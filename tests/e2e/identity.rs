@@ -258,6 +258,23 @@ async fn the_negative_matrix() {
     early["nbf"] = json!(now + 600);
     assert_401(&w.me(&w.forge_signed(&early)).await, "not valid yet");
 
+    let mut issued_ahead = w.claims(DIR_A);
+    issued_ahead["iat"] = json!(now + 86_400);
+    issued_ahead.as_object_mut().unwrap().remove("nbf");
+    assert_401(&w.me(&w.forge_signed(&issued_ahead)).await, "issued in the future");
+
+    // A year-long token is none the provider issued (one signed with a leaked key would outlive the key's removal).
+    let mut long_lived = w.claims(DIR_A);
+    long_lived["exp"] = json!(now + 365 * 86_400);
+    assert_401(&w.me(&w.forge_signed(&long_lived)).await, "lives longer");
+
+    // A directory id spelled without hyphens or in upper case is the same directory, shown as Entra writes it.
+    let mut spelled = w.claims(DIR_A);
+    spelled["tid"] = json!(DIR_A.replace('-', "").to_uppercase());
+    let me = w.me(&w.forge_signed(&spelled)).await;
+    assert_eq!(me.status, 200, "{}", String::from_utf8_lossy(&me.body));
+    assert_eq!(me.json()["directoryId"], DIR_A);
+
     let mut wrong_issuer = w.claims(DIR_A);
     wrong_issuer["iss"] = json!("https://login.microsoftonline.com/aaaaaaaa-0000-0000-0000-000000000001/v2.0");
     assert_401(&w.me(&w.forge_signed(&wrong_issuer)).await, "issuer");
@@ -360,6 +377,9 @@ async fn unknown_kids_refetch_once_and_rotated_keys_are_picked_up() {
     let statuses: Vec<u16> = futures_util::future::join_all(calls).await.iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![200; 5]);
     assert_eq!(loads(), 2, "exactly one refetch:\n{}", logs.text());
+    // The token from before, validated and cached with the key the provider has now removed: refused, as a new
+    // token signed with that key would be.
+    assert_eq!(app.get(&before, "/api/v1/me").await.status, 401, "a cached token outlives no key");
 
     // Forged kids right after: no refetch within the interval, straight 401.
     let claims = json!({

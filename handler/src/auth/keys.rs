@@ -148,6 +148,12 @@ impl KeyCache {
             .ok_or_else(|| KeyError::ProviderUnavailable(anyhow::anyhow!("the discovery document was not loaded")))
     }
 
+    /// Whether the keys loaded now hold `kid` (no fetch): a token validated with a key the provider has since
+    /// removed is not taken from the token cache any more.
+    pub fn has(&self, kid: &str) -> bool {
+        self.loaded.read().expect("key cache lock").keys.contains_key(kid)
+    }
+
     /// The key for `kid`, refreshing as the rules in the module documentation say.
     pub async fn key(self: &Arc<Self>, kid: &str) -> Result<VerificationKey, KeyError> {
         let (found, stale) = {

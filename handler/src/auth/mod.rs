@@ -81,6 +81,7 @@ struct Claims {
     sub: String,
     exp: i64,
     nbf: Option<i64>,
+    iat: Option<i64>,
     tid: Option<String>,
     oid: Option<String>,
     azp: Option<String>,
@@ -121,8 +122,14 @@ pub struct Authenticator {
     keys: KeySource,
     settings: AuthSettings,
     clock: Arc<dyn Clock>,
-    cache: quick_cache::sync::Cache<[u8; 32], Arc<Principal>>,
+    /// Validated tokens by digest, each with the `kid` of the key that signed it.
+    cache: quick_cache::sync::Cache<[u8; 32], (Arc<Principal>, Arc<str>)>,
 }
+
+/// The longest an identity provider's access token may live (from `iat`, else from now): Entra issues them for
+/// 60 to 90 minutes, and for at most 28 hours with continuous access evaluation. A token meant to live longer was
+/// not minted by it, and one signed with a leaked key must not outlive the key's removal by more than this.
+const MAX_PROVIDER_TOKEN_LIFETIME_SECS: i64 = 2 * 24 * 3600;
 
 impl Authenticator {
     /// Builds the authenticator the configuration asks for. Local mode creates the development key if missing.
@@ -184,19 +191,29 @@ impl Authenticator {
         }
     }
 
-    /// Validates `token`, from the cache when it was validated before and has not expired since.
+    /// Validates `token`, from the cache when it was validated before, has not expired since, and the key that
+    /// signed it is still published (a key the provider removed, leaked or not, signs nothing any more).
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = self.clock.now().timestamp();
-        if let Some(principal) = self.cache.get(&digest) {
-            if principal.expires_at + self.skew() > now {
+        if let Some((principal, kid)) = self.cache.get(&digest) {
+            if principal.expires_at + self.skew() > now && self.publishes(&kid) {
                 return Ok(principal);
             }
             self.cache.remove(&digest);
         }
         let principal = Arc::new(self.validate(token, now).await?);
-        self.cache.insert(digest, principal.clone());
+        let kid: Arc<str> = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid).unwrap_or_default().into();
+        self.cache.insert(digest, (principal.clone(), kid));
         Ok(principal)
+    }
+
+    /// Whether the key `kid` is among the keys tokens are checked with now.
+    fn publishes(&self, kid: &str) -> bool {
+        match &self.keys {
+            KeySource::Oidc(cache) => cache.has(kid),
+            KeySource::Local { kid: local, .. } => local == kid,
+        }
     }
 
     fn skew(&self) -> i64 {
@@ -263,7 +280,18 @@ impl Authenticator {
         if claims.nbf.is_some_and(|nbf| nbf - skew > now) {
             return Err(invalid("the token is not valid yet"));
         }
+        if claims.iat.is_some_and(|iat| iat - skew > now) {
+            return Err(invalid("the token was issued in the future"));
+        }
+        if matches!(self.keys, KeySource::Oidc(_))
+            && claims.exp - claims.iat.unwrap_or(now).min(now) > MAX_PROVIDER_TOKEN_LIFETIME_SECS
+        {
+            return Err(invalid("the token lives longer than an identity provider's access token does (2 days)"));
+        }
         let tid = claims.tid.clone().filter(|t| !t.is_empty()).ok_or_else(|| invalid("the token has no tid claim"))?;
+        // One spelling of a directory everywhere (the platform-directory and allowed-tenant checks, the tenant
+        // lookup, what `getMe` shows): a GUID in any of its forms is the lower-case hyphenated one Entra writes.
+        let tid = uuid::Uuid::parse_str(&tid).map(|id| id.hyphenated().to_string()).unwrap_or(tid);
         if !accepted_issuers(&issuer_template, &tid).contains(&claims.iss) {
             return Err(invalid("the token's issuer is not accepted"));
         }
@@ -438,6 +466,7 @@ mod tests {
             sub: "s".into(),
             exp: 10,
             nbf: None,
+            iat: None,
             tid: Some("t".into()),
             oid: Some("o".into()),
             azp: None,
