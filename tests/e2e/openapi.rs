@@ -30,6 +30,12 @@ fn every_operation_has_an_id_a_permission_and_error_responses() {
             let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path} has no operationId"));
             assert!(ids.insert(id.to_owned()), "operationId {id} is used twice");
             assert!(op["x-meterline-permission"].is_string(), "{id}");
+            // A parameter is absent or has a value: none admits `null`, which generated clients turn into
+            // unions (`ListClientsStatusType0`) for no value a query string or header can carry.
+            for parameter in op["parameters"].as_array().into_iter().flatten() {
+                let schema = parameter["schema"].to_string();
+                assert!(!schema.contains("\"null\""), "{id}: parameter {} admits null: {schema}", parameter["name"]);
+            }
             let responses = op["responses"].as_object().unwrap();
             if path.starts_with("/api/v1/") {
                 let idempotent =

@@ -29,10 +29,10 @@ const REPLAYED_HEADERS: &[&str] = &["location", "etag", "content-type"];
 #[allow(dead_code)] // documentation only
 pub struct IdempotencyHeaders {
     /// Makes the POST safe to retry for 24 hours: 1 to 200 visible ASCII characters
-    #[param(rename = "Idempotency-Key", pattern = r"^[\x21-\x7E]{1,200}$")]
+    #[param(rename = "Idempotency-Key", pattern = r"^[\x21-\x7E]{1,200}$", nullable = false)]
     idempotency_key: Option<String>,
     /// Azure's name for Idempotency-Key
-    #[param(rename = "Repeatability-Request-ID", pattern = r"^[\x21-\x7E]{1,200}$")]
+    #[param(rename = "Repeatability-Request-ID", pattern = r"^[\x21-\x7E]{1,200}$", nullable = false)]
     repeatability_request_id: Option<String>,
 }
 

@@ -86,12 +86,13 @@ pub struct TenantList {
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Page size, 1 to 100 (default 25).
-    #[param(minimum = 1, maximum = 100)]
+    #[param(minimum = 1, maximum = 100, nullable = false)]
     pub maxpagesize: Option<u32>,
     /// Opaque continuation token from a previous `nextLink`.
-    #[param(min_length = 1)]
+    #[param(min_length = 1, nullable = false)]
     pub cursor: Option<String>,
     /// `true` adds the number of all tenants as `count` (as on every list).
+    #[param(nullable = false)]
     pub count: Option<bool>,
 }
 

@@ -125,8 +125,8 @@ pub async fn create_document(
     security(("entra" = ["Documents.Read"])),
     params(
         ("id" = Uuid, Path, description = "The document id"),
-        ("If-None-Match" = Option<String>, Header, description = "An ETag the client holds"),
-        ("If-Match" = Option<String>, Header, description = "Read only if this ETag is current (or *)")
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "An ETag the client holds"),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "Read only if this ETag is current (or *)")
     ),
     responses(
         (status = 200, description = "The document; ETag header", body = DocumentView),
