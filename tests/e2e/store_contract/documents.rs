@@ -58,6 +58,23 @@ async fn page_through(
     (seen, pages)
 }
 
+/// The documents of every page after the one whose cursor is `next`, in relevance order, `size` a page.
+async fn relevance_pages_after(
+    store: &Arc<dyn Store>,
+    tenant: &Tenant,
+    filter: &DocumentFilter,
+    mut next: Option<DocumentCursor>,
+    size: u32,
+) -> Vec<Document> {
+    let mut rest = Vec::new();
+    while let Some(after) = next {
+        let page = store.list_documents(tenant.id, filter, RELEVANCE, Some(&after), size, false).await.unwrap();
+        rest.extend(page.items);
+        next = page.next;
+    }
+    rest
+}
+
 #[tokio::test]
 async fn documents_round_trip_with_their_tags() {
     for_each_store("documents_round_trip_with_their_tags", |t| async move {
@@ -717,13 +734,11 @@ async fn relevance_pages_go_on_past_a_last_document_that_was_written_or_deleted(
                     store.update_document(&edited, last.version, None).await.unwrap();
                 }
             }
-            let mut rest = Vec::new();
-            let mut cursor = first.next.clone();
-            while let Some(after) = cursor {
-                let page = store.list_documents(a.id, &filter, RELEVANCE, Some(&after), 5, false).await.unwrap();
-                rest.extend(page.items.iter().map(|d| d.title.clone()));
-                cursor = page.next;
-            }
+            let rest: Vec<String> = relevance_pages_after(&store, &a, &filter, first.next.clone(), 5)
+                .await
+                .into_iter()
+                .map(|d| d.title)
+                .collect();
             let untouched: Vec<String> =
                 rest.iter().filter(|title| **title != last.title && !shown.contains(title)).cloned().collect();
             let repeated: Vec<&String> = rest.iter().filter(|title| shown[..4].contains(title)).collect();
@@ -768,13 +783,11 @@ async fn relevance_pages_go_on_from_the_first_document_of_a_page_whose_others_we
             for d in &shown[1..] {
                 store.delete_document(a.id, d.id, d.version, "oid-x", t0(), None).await.unwrap();
             }
-            let mut rest = Vec::new();
-            let mut cursor = first.next.clone();
-            while let Some(after) = cursor {
-                let page = store.list_documents(a.id, &filter, RELEVANCE, Some(&after), 5, false).await.unwrap();
-                rest.extend(page.items.iter().map(|d| d.id));
-                cursor = page.next;
-            }
+            let mut rest: Vec<Uuid> = relevance_pages_after(&store, &a, &filter, first.next.clone(), 5)
+                .await
+                .into_iter()
+                .map(|d| d.id)
+                .collect();
             let mut expected: Vec<Uuid> = store
                 .list_documents(a.id, &filter, RELEVANCE, None, 100, false)
                 .await
@@ -1249,12 +1262,7 @@ async fn a_search_past_its_window_ranks_counts_and_facets_only_its_most_recent_m
         let first = store.list_documents(a.id, &taking(5), RELEVANCE, None, 2, true).await.unwrap();
         assert_eq!((first.window, first.total), (Some(window), Some(5)), "{}", t.name);
         let mut from_first = ids(&first.items);
-        let mut cursor = first.next.clone();
-        while let Some(after) = cursor {
-            let next = store.list_documents(a.id, &windowed, RELEVANCE, Some(&after), 2, false).await.unwrap();
-            from_first.extend(ids(&next.items));
-            cursor = next.next;
-        }
+        from_first.extend(ids(&relevance_pages_after(&store, &a, &windowed, first.next.clone(), 2).await));
         assert_eq!(from_first, ranked, "{}", t.name);
 
         // Paging one at a time through the window lists each of its documents once, in rank order, though a
