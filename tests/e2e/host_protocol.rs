@@ -259,6 +259,14 @@ async fn a_binary_answer_in_default_mode_reaches_the_client_as_a_problem_in_a_su
     assert_problem(&problem, 502, "BinaryResponseUnsupported");
     let detail = problem["detail"].as_str().unwrap();
     assert!(detail.contains("image/png") && detail.contains("enableProxyingHttpRequest"), "{detail}");
+
+    // A HEAD carries no content, so nothing binary: the image's header fields, as a direct HEAD gets them.
+    let mut head = get_envelope("https://h/api/docs/favicon-32x32.png", &[("Host", "h")]);
+    head["Data"]["req"]["Method"] = json!("HEAD");
+    let answered = app.invoke("Docs", &head).await;
+    let res = &answered.outputs()["res"];
+    assert_eq!((res["statusCode"].as_str(), res["body"].as_str()), (Some("200"), Some("")), "{res}");
+    assert_eq!(res["headers"]["content-type"], "image/png");
 }
 
 async fn job_runs(host: &HostEmulator, job: &str) -> Vec<meterline::store::JobRun> {

@@ -149,6 +149,10 @@ async fn invoke_http(
         Err(err) => err.error_response(),
     };
     let mut result = InvocationResult::default();
+    // A HEAD is answered as its GET is (`api::head`), without the content (RFC 9110 §9.3.2): only the header fields
+    // go back, whatever the content would have been (an image's too).
+    let response =
+        if request.method.eq_ignore_ascii_case("HEAD") { response.drop_body().map_into_boxed_body() } else { response };
     result.outputs.insert(HTTP_OUTPUT_BINDING.into(), http_output(response).await?);
     Ok(result)
 }
