@@ -343,7 +343,12 @@ async fn bad_input_gets_field_level_problems_and_writes_nothing() {
         ClientRequest::new("POST", "/api/v1/documents").body("{\"title\":").header("Content-Type", "application/json");
     problem(&api.send(&api.a_writer, malformed).await, 400, "MalformedJson");
     let text = ClientRequest::new("POST", "/api/v1/documents").body("title=x").header("Content-Type", "text/plain");
-    problem(&api.send(&api.a_writer, text).await, 415, "UnsupportedMediaType");
+    let refused = api.send(&api.a_writer, text).await;
+    for res in [&refused, &api.get(&api.a_reader, "/api/v1/documents").await] {
+        assert_eq!(res.header("cache-control"), Some("private, no-cache"), "kept by no shared cache, revalidated");
+        assert_eq!(res.header("x-content-type-options"), Some("nosniff"));
+    }
+    problem(&refused, 415, "UnsupportedMediaType");
     // A body in a content coding this API does not decode, or in another charset than UTF-8, is 415 (RFC 9110
     // §8.4, RFC 7694), however well formed it looks.
     let valid = json!({"title": "t", "docType": "x"}).to_string();

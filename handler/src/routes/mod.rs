@@ -88,6 +88,14 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .wrap(actix_web::middleware::from_fn(crate::auth::guard::authenticate))
             .wrap(actix_web::middleware::from_fn(crate::error::problems))
             .wrap(actix_web::middleware::from_fn(crate::metering::stage::record))
+            // Every answer, a problem's too: tenant data is never kept by a shared cache and is revalidated before
+            // a private one reuses it (the ETag answers 304), as Azure's own APIs say; and no browser reads a
+            // JSON answer as anything else.
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add((actix_web::http::header::CACHE_CONTROL, "private, no-cache"))
+                    .add((actix_web::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")),
+            )
             // actix tries the routes in this order, a regular expression per templated path (no two templates
             // match the same path, so the order decides only the cost). The data plane comes first, its fixed
             // paths before its templated ones: `me` meets no expression, a document read only its own
