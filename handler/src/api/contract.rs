@@ -184,17 +184,8 @@ pub fn declare_statuses(doc: &mut OpenApi) {
             .content(PROBLEM_JSON, Content::new(Some(Ref::from_schema_name("Problem"))))
             // For a client whose Accept names application/json and not problem+json (Azure SDK clients).
             .content("application/json", Content::new(Some(Ref::from_schema_name("AzureErrorResponse"))));
-        response = response
-            .header(
-                "x-request-id",
-                text_header("The request's id, as `requestId` in the body; quote it when asking for help."),
-            )
-            .header("x-ms-error-code", text_header("The problem's `code` (Azure REST API guidelines)."));
-        if *status == 401 || *status == 403 {
-            response = response.header("WWW-Authenticate", text_header(CHALLENGE[usize::from(*status == 403)]));
-        }
-        if *status == 412 {
-            response = response.header("ETag", text_header("The current ETag, to read again and retry with."));
+        for (name, about) in problem_header_fields(*status) {
+            response = response.header(name, text_header(about));
         }
         if *status == 429 || *status == 503 {
             for (header, kind, about) in
@@ -224,16 +215,8 @@ pub fn declare_statuses(doc: &mut OpenApi) {
                         .content
                         .entry("application/json".to_owned())
                         .or_insert_with(|| RefOr::T(Content::new(Some(Ref::from_schema_name("AzureErrorResponse")))));
-                    let mut add = |name: &str, about: &str| {
+                    for (name, about) in problem_header_fields(status.parse().unwrap_or_default()) {
                         response.headers.entry(name.to_owned()).or_insert_with(|| RefOr::T(text_header(about)));
-                    };
-                    add("x-request-id", "The request's id, as `requestId` in the body; quote it when asking for help.");
-                    add("x-ms-error-code", "The problem's `code` (Azure REST API guidelines).");
-                    if status == "412" {
-                        add("ETag", "The current ETag, to read again and retry with.");
-                    }
-                    if status == "403" {
-                        add("WWW-Authenticate", CHALLENGE[1]);
                     }
                 }
             }
@@ -250,11 +233,25 @@ pub fn declare_statuses(doc: &mut OpenApi) {
     }
 }
 
-/// What `WWW-Authenticate` says on a 401 and on a 403.
-const CHALLENGE: [&str; 2] = [
-    "The bearer challenge (RFC 6750 §3).",
-    "The bearer challenge with `error=\"insufficient_scope\"` (RFC 6750 §3.1): the token lacks the permission.",
-];
+/// The header fields a problem answer of `status` carries, each with what it says: the request id and the code on
+/// every one, the bearer challenge on a 401 and a 403, the current ETag on a 412.
+fn problem_header_fields(status: u16) -> impl Iterator<Item = (&'static str, &'static str)> {
+    let specific = match status {
+        401 => Some(("WWW-Authenticate", "The bearer challenge (RFC 6750 §3).")),
+        403 => Some((
+            "WWW-Authenticate",
+            "The bearer challenge with `error=\"insufficient_scope\"` (RFC 6750 §3.1): the token lacks the permission.",
+        )),
+        412 => Some(("ETag", "The current ETag, to read again and retry with.")),
+        _ => None,
+    };
+    [
+        ("x-request-id", "The request's id, as `requestId` in the body; quote it when asking for help."),
+        ("x-ms-error-code", "The problem's `code` (Azure REST API guidelines)."),
+    ]
+    .into_iter()
+    .chain(specific)
+}
 
 /// A string header field an answer carries, described by `about`.
 pub fn text_header(about: &str) -> utoipa::openapi::Header {
@@ -698,8 +695,11 @@ fn media_type(req: &ServiceRequest) -> Option<String> {
 /// The parameters whose name or value percent-decodes to bytes that are not UTF-8 (`q=%C3customs`): one failure
 /// each, where a lossy decoding would have searched, filtered or paged by other text than the client sent.
 fn not_utf8(query: &str) -> Vec<FieldError> {
-    let decodes =
-        |part: &str| percent_encoding::percent_decode(part.replace('+', " ").as_bytes()).decode_utf8().is_ok();
+    // Without a percent sign every byte is the query's own, which is text already.
+    if !query.contains('%') {
+        return Vec::new();
+    }
+    let decodes = |part: &str| percent_encoding::percent_decode_str(part).decode_utf8().is_ok();
     query
         .split('&')
         .filter(|pair| !pair.is_empty())
