@@ -206,13 +206,12 @@ pub const USAGE_CLOCK_TOLERANCE: TimeDelta = TimeDelta::minutes(5);
 /// month close looks back as far, `jobs::rollup`), so usage older than that is never billed.
 pub const USAGE_LOOKBACK_PERIODS: u32 = crate::jobs::rollup::FIRST_CLOSE_LOOKBACK_MONTHS + 1;
 
-/// The instants `[from, to]` a reported usage's `occurredAt` must lie in when it is processed at `now`, for a
-/// tenant on `calendar`: from the start of the oldest billing period a statement can still be written or
-/// adjusted for to [`USAGE_CLOCK_TOLERANCE`] after `now`.
-pub fn usage_window(calendar: &BillingCalendar, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+/// The earliest instant a reported usage's `occurredAt` may lie at when it is processed at `now`, for a tenant on
+/// `calendar`: the start of the oldest billing period a statement can still be written or adjusted for. (The
+/// latest is [`USAGE_CLOCK_TOLERANCE`] after `now`, which `parse` checks without the tenant.)
+fn earliest_usage(calendar: &BillingCalendar, now: DateTime<Utc>) -> DateTime<Utc> {
     let current = calendar.period_containing(now);
-    let oldest = calendar.period_starting(current.start - Months::new(USAGE_LOOKBACK_PERIODS));
-    (oldest.starts_at, now + USAGE_CLOCK_TOLERANCE)
+    calendar.period_starting(current.start - Months::new(USAGE_LOOKBACK_PERIODS)).starts_at
 }
 
 fn instant(t: DateTime<Utc>) -> String {
@@ -485,7 +484,7 @@ pub async fn process(state: &AppState, body: &str) -> Result<Verdict, AppError> 
         && let Some(tenant) = state.lookups.tenant(tenant).await?
     {
         let calendar = BillingCalendar::of(&tenant);
-        let (earliest, _) = usage_window(&calendar, now);
+        let earliest = earliest_usage(&calendar, now);
         if usage.occurred_at < earliest {
             return Ok(Verdict::Poison(format!(
                 "invalid data: data.occurredAt: {} is before {}, the start of the tenant's billing period \
@@ -710,12 +709,11 @@ mod tests {
     }
 
     #[test]
-    fn the_usage_window_starts_25_billing_periods_back() {
-        let (from, to) = usage_window(&BillingCalendar::default(), now());
-        assert_eq!((instant(from), instant(to)), ("2024-10-01T00:00:00Z".into(), "2026-11-24T10:05:00Z".into()));
+    fn the_earliest_usage_is_the_start_of_the_period_25_periods_back() {
+        assert_eq!(instant(earliest_usage(&BillingCalendar::default(), now())), "2024-10-01T00:00:00Z");
         // Anchor day 28 in Los Angeles: on 5 November the current period began on 28 October, local midnight.
         let calendar = BillingCalendar::new(28, "America/Los_Angeles").unwrap();
-        let (from, _) = usage_window(&calendar, "2026-11-05T12:00:00Z".parse().unwrap());
+        let from = earliest_usage(&calendar, "2026-11-05T12:00:00Z".parse().unwrap());
         assert_eq!(instant(from), "2024-09-28T07:00:00Z");
     }
 
