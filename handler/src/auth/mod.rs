@@ -202,9 +202,9 @@ impl Authenticator {
             }
             self.cache.remove(&digest);
         }
-        let principal = Arc::new(self.validate(token, now).await?);
-        let kid: Arc<str> = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid).unwrap_or_default().into();
-        self.cache.insert(digest, (principal.clone(), kid));
+        let (principal, kid) = self.validate_with_kid(token, now).await?;
+        let principal = Arc::new(principal);
+        self.cache.insert(digest, (principal.clone(), kid.into()));
         Ok(principal)
     }
 
@@ -222,6 +222,11 @@ impl Authenticator {
 
     /// The full validation, without the cache.
     pub async fn validate(&self, token: &str, now: i64) -> Result<Principal, AuthError> {
+        self.validate_with_kid(token, now).await.map(|(principal, _)| principal)
+    }
+
+    /// [`Self::validate`], with the `kid` of the key that signed the token.
+    async fn validate_with_kid(&self, token: &str, now: i64) -> Result<(Principal, String), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("the token is not a well-formed JWT"))?;
         if !ACCEPTED_ALGORITHMS.contains(&header.alg) {
             return Err(invalid(format!("the signing algorithm {:?} is not accepted", header.alg)));
@@ -306,7 +311,7 @@ impl Authenticator {
         {
             principal.permissions = principal.permissions.without(Permission::PlatformAdmin);
         }
-        Ok(principal)
+        Ok((principal, kid))
     }
 }
 
