@@ -102,6 +102,9 @@ param httpPerInstanceConcurrency int = 16
 @maxValue(20)
 param alwaysReadyInstances int = 1
 
+@description('METERLINE_CORS_ALLOWED_ORIGINS: origins whose pages may call the API from a browser, e.g. https://app.example.com; empty: none. The handler answers CORS itself, so the Function App\'s own CORS setting stays empty.')
+param corsAllowedOrigins array = []
+
 @description('METERLINE_LOG for the handler.')
 param logFilter string = 'info'
 
@@ -250,6 +253,7 @@ module functionApp 'modules/functionapp.bicep' = {
     authAudiences: authAudiences
     authAllowedTenants: authAllowedTenants
     authPlatformDirectories: authPlatformDirectories
+    corsAllowedOrigins: corsAllowedOrigins
     logFilter: logFilter
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount

@@ -87,10 +87,18 @@ var policy = '''
 <policies>
   <inbound>
     <base />
-    <validate-azure-ad-token tenant-id="TENANT" header-name="Authorization" failed-validation-httpcode="401" failed-validation-error-message="invalid or missing bearer token">
-      <audiences>AUDIENCES</audiences>
-    </validate-azure-ad-token>
-    <rate-limit-by-key calls="CALLS" renewal-period="60" counter-key="@(context.Request.Headers.GetValueOrDefault(&quot;Authorization&quot;,&quot;&quot;).AsJwt()?.Claims.GetValueOrDefault(&quot;azp&quot;, context.Request.IpAddress))" increment-condition="@(true)" />
+    <choose>
+      <!-- A browser's CORS preflight carries no token: the handler answers it (METERLINE_CORS_ALLOWED_ORIGINS) without authenticating or metering anything. -->
+      <when condition="@(context.Request.Method == &quot;OPTIONS&quot; &amp;&amp; context.Request.Headers.ContainsKey(&quot;Access-Control-Request-Method&quot;))">
+        <rate-limit-by-key calls="CALLS" renewal-period="60" counter-key="@(context.Request.IpAddress)" />
+      </when>
+      <otherwise>
+        <validate-azure-ad-token tenant-id="TENANT" header-name="Authorization" failed-validation-httpcode="401" failed-validation-error-message="invalid or missing bearer token">
+          <audiences>AUDIENCES</audiences>
+        </validate-azure-ad-token>
+        <rate-limit-by-key calls="CALLS" renewal-period="60" counter-key="@(context.Request.Headers.GetValueOrDefault(&quot;Authorization&quot;,&quot;&quot;).AsJwt()?.Claims.GetValueOrDefault(&quot;azp&quot;, context.Request.IpAddress))" increment-condition="@(true)" />
+      </otherwise>
+    </choose>
     <set-backend-service backend-id="meterline-functions" />
   </inbound>
   <backend>

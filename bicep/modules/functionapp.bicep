@@ -24,6 +24,7 @@ param authAuthority string
 param authAudiences array
 param authAllowedTenants array
 param authPlatformDirectories array
+param corsAllowedOrigins array
 param logFilter string
 param instanceMemoryMB int
 param maximumInstanceCount int
@@ -76,6 +77,7 @@ var appSettings = {
   METERLINE_AUTH_AUDIENCES: join(authAudiences, ',')
   METERLINE_AUTH_ALLOWED_TENANTS: join(authAllowedTenants, ',')
   METERLINE_AUTH_PLATFORM_DIRECTORIES: join(authPlatformDirectories, ',')
+  METERLINE_CORS_ALLOWED_ORIGINS: join(corsAllowedOrigins, ',')
   METERLINE_CURSOR_KEY: '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=${cursorKeySecretName})'
   // The outbox publisher sends to the topic with the identity (Azure Service Bus Data Sender on the topic).
   METERLINE_SERVICEBUS_NAMESPACE: serviceBusNamespaceFqdn

@@ -65,6 +65,10 @@ error_codes! {
     NotFound => (StatusCode::NOT_FOUND, "not-found", "Resource not found"),
     /// The route exists but not for this method; the response carries `Allow`.
     MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
+    /// The request's method is none that HTTP defines (RFC 9110 §9.1: an unrecognised method is 501).
+    MethodNotImplemented => (StatusCode::NOT_IMPLEMENTED, "method-not-implemented", "Method not implemented"),
+    /// A browser's preflight from a page whose origin may not call the API (`METERLINE_CORS_ALLOWED_ORIGINS`).
+    OriginNotAllowed => (StatusCode::FORBIDDEN, "origin-not-allowed", "Origin not allowed"),
     /// The request body is larger than the configured limit.
     PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large"),
     /// The request body has a media type the operation does not accept.

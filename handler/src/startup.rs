@@ -61,12 +61,14 @@ pub fn app(
         app = app.route("/{function}", web::post().to(invoke));
     }
     let (routes, contracts) = (state.routes.clone(), state.contracts.clone());
+    let cors_origins = web::Data::new(state.config.cors_origins.clone());
     let app = app
         .app_data(state)
         // The route table and the contracts on their own as well: the stages below `state` find a request's
         // operation and its contract there.
         .app_data(routes)
         .app_data(contracts)
+        .app_data(cors_origins)
         .app_data(json_config(max_body))
         .app_data(query_config())
         .app_data(web::PayloadConfig::new(max_body))
@@ -78,6 +80,9 @@ pub fn app(
     // Debug builds (every test) check each answer's status against its operation's declared ones.
     app.wrap(actix_web::middleware::Condition::new(cfg!(debug_assertions), from_fn(crate::api::gate::conformance)))
         .wrap(from_fn(crate::api::deprecation::announce))
+        // Inside telemetry (a preflight is logged with its request id), outside everything that authenticates or
+        // meters: a preflight carries no credentials.
+        .wrap(from_fn(crate::api::cors::apply))
         .wrap(from_fn(crate::telemetry::middleware))
         .wrap(from_fn(crate::api::http10::sized_for_http10))
         .wrap(from_fn(crate::api::head::as_get))
@@ -166,6 +171,7 @@ pub async fn start(config: Config, breakers: Vec<Arc<crate::resilience::Breaker>
     actix_web::rt::spawn(async move { auth.warm_up().await });
     let for_workers = state.clone();
     let server = HttpServer::new(move || app(for_workers.clone(), surface))
+        .keep_alive(keep_alive(surface))
         .workers(workers)
         .shutdown_timeout(shutdown)
         .listen(listener)?
@@ -173,8 +179,33 @@ pub async fn start(config: Config, breakers: Vec<Arc<crate::resilience::Breaker>
     Ok(Running { port, server, state })
 }
 
+/// How long an idle connection stays open. Under the host, longer than the host's own pool keeps one idle (.NET's
+/// `SocketsHttpHandler.PooledConnectionIdleTimeout`, 1 minute), so the host always closes first: a handler closing
+/// one the host is about to reuse fails that request, and a proxied request's body cannot be sent again. The host is
+/// the only client there, on loopback. Standalone keeps actix-web's 5 s for clients it does not know.
+pub fn keep_alive(surface: Surface) -> actix_web::http::KeepAlive {
+    match surface {
+        Surface::Host => std::time::Duration::from_secs(HOST_KEEP_ALIVE_SECS).into(),
+        Surface::Standalone | Surface::ApiOnly => actix_web::http::KeepAlive::default(),
+    }
+}
+
+/// [`keep_alive`] under the host, in seconds: twice the host's idle timeout.
+const HOST_KEEP_ALIVE_SECS: u64 = 120;
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_host_closes_idle_connections_before_the_handler_does() {
+        use actix_web::http::KeepAlive;
+        let dotnet_pool_idle = std::time::Duration::from_secs(60);
+        match super::keep_alive(super::Surface::Host) {
+            KeepAlive::Timeout(idle) => assert!(idle > dotnet_pool_idle, "{idle:?}"),
+            other => panic!("a bounded idle timeout, not {other:?}"),
+        }
+        assert_eq!(super::keep_alive(super::Surface::Standalone), KeepAlive::default());
+    }
+
     use actix_web::test::{TestRequest, call_service, init_service, read_body_json};
     use actix_web::{App, HttpResponse, web};
     use serde::Deserialize;

@@ -10,6 +10,7 @@
 mod api;
 mod audit;
 mod cli;
+mod cors;
 mod dashboard;
 mod docs_page;
 mod faults;

@@ -6,6 +6,7 @@
 
 pub mod conditional;
 pub mod contract;
+pub mod cors;
 pub mod cursor;
 pub mod deprecation;
 pub mod gate;

@@ -157,6 +157,30 @@ pub fn routed_path(info: &actix_web::dev::Path<actix_web::dev::Url>) -> &str {
     info.as_str()
 }
 
+/// `Err(501)` for a method HTTP does not define (RFC 9110 §9 and RFC 5789's PATCH): a 405 would say the
+/// resource lacks a method the server knows, and an unrecognised one is 501 (RFC 9110 §9.1).
+pub fn refuse_unknown_method(method: &actix_web::http::Method) -> Result<(), crate::error::AppError> {
+    use actix_web::http::Method;
+    let known = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::CONNECT,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PATCH,
+    ]
+    .contains(method);
+    if known {
+        return Ok(());
+    }
+    let shown: String = method.as_str().chars().take(40).collect();
+    Err(crate::error::AppError::new(crate::error::ErrorCode::MethodNotImplemented)
+        .with_detail(format!("{shown} is not an HTTP method this server implements")))
+}
+
 /// The operation id of the request (`None` for a path or method no operation serves, or an app without a
 /// route table registered).
 pub fn operation_of(req: &ServiceRequest) -> Option<Arc<str>> {

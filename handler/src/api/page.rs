@@ -51,6 +51,7 @@ async fn redirect_to_slash(req: HttpRequest, path: &'static str) -> HttpResponse
 
 /// Any other method on a page's paths.
 async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, AppError> {
+    crate::api::operations::refuse_unknown_method(req.method())?;
     Err(AppError::new(ErrorCode::MethodNotAllowed)
         .with_detail(format!("{} is not allowed on {}; allowed: GET, HEAD", req.method(), req.path()))
         .with_header(header::ALLOW, HeaderValue::from_static("GET, HEAD")))

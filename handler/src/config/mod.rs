@@ -79,6 +79,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// How long tenant, plan and API-client lookups are cached ([`crate::lookups`]).
     pub lookup_cache_ttl: Duration,
+    /// The origins whose pages may call the API from a browser (CORS, `api::cors`).
+    pub cors_origins: AllowedOrigins,
     pub auth: AuthConfig,
     /// Signs list cursors; `None` means a random key for this process (never in Azure).
     pub cursor_key: Option<SecretString>,
@@ -210,6 +212,12 @@ impl Config {
             0..=300,
             "another instance serves a suspended tenant or a revoked client for up to this long",
         )?;
+        let cors_origins = match get("METERLINE_CORS_ALLOWED_ORIGINS") {
+            Some(raw) => {
+                AllowedOrigins::parse(&raw).map_err(|m| ConfigError::new("METERLINE_CORS_ALLOWED_ORIGINS", m))?
+            }
+            None => AllowedOrigins::Listed(Vec::new()),
+        };
         let in_azure = get("WEBSITE_INSTANCE_ID").is_some();
         let auth = auth::auth_config(&get, in_azure)?;
         let usage = usage::usage_config(&get)?;
@@ -247,6 +255,7 @@ impl Config {
             workers,
             shutdown_timeout: Duration::from_secs(shutdown_secs as u64),
             lookup_cache_ttl: Duration::from_secs(lookup_cache_secs as u64),
+            cors_origins,
         })
     }
 
@@ -267,6 +276,65 @@ impl Config {
 }
 
 // The parsers every concern file shares; each error names the setting.
+
+/// The origins whose pages may call the API from a browser, in the form browsers send in `Origin`
+/// (`scheme://host[:port]`, lowercase, no default port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    /// `*`: any page may call (the API's credentials are bearer tokens a page must hold, never cookies).
+    Any,
+    /// These origins only; none by default.
+    Listed(Vec<String>),
+}
+
+impl AllowedOrigins {
+    /// Parses the comma-separated setting: `*` alone, or origins such as `https://app.example.com`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let items: Vec<&str> = raw.split(',').map(str::trim).filter(|i| !i.is_empty()).collect();
+        if items == ["*"] {
+            return Ok(AllowedOrigins::Any);
+        }
+        items.iter().map(|item| origin(item)).collect::<Result<_, _>>().map(AllowedOrigins::Listed)
+    }
+
+    /// Whether a page of `origin` (a request's `Origin` field, as the browser sent it) may call.
+    pub fn allows(&self, origin: &str) -> bool {
+        match self {
+            AllowedOrigins::Any => true,
+            AllowedOrigins::Listed(origins) => origins.iter().any(|o| o == origin),
+        }
+    }
+}
+
+/// `item` as a browser serializes an origin, or why it is none.
+fn origin(item: &str) -> Result<String, String> {
+    let refuse = |why: &str| Err(format!("{item:?} is not an origin ({why}); expected e.g. https://app.example.com"));
+    // A pasted address often ends in one slash; an origin has none.
+    let item = item.strip_suffix('/').unwrap_or(item);
+    if item == "*" {
+        return refuse("`*` must stand alone");
+    }
+    let Ok(uri) = item.parse::<http::Uri>() else { return refuse("not a URL") };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return refuse("a scheme and a host are required");
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return refuse("the scheme must be http or https");
+    }
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return refuse("a host without user information is required");
+    }
+    if item.len() > scheme.len() + 3 + authority.as_str().len() {
+        return refuse("an origin has no path, query or fragment");
+    }
+    let host = authority.host().to_ascii_lowercase();
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    Ok(match authority.port_u16() {
+        Some(port) if port != default_port => format!("{scheme}://{host}:{port}"),
+        _ => format!("{scheme}://{host}"),
+    })
+}
 
 fn parse_port(setting: &'static str, raw: &str, allow_zero: bool) -> Result<u16, ConfigError> {
     match raw.parse::<u16>() {
@@ -332,6 +400,38 @@ fn duration(setting: &'static str, count: usize, unit: Duration) -> Result<Durat
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn allowed_origins_are_read_as_browsers_send_them() {
+        use super::AllowedOrigins;
+        let listed =
+            AllowedOrigins::parse(" HTTPS://App.Example.com:443/ , http://localhost:5173,http://[::1]:80").unwrap();
+        assert_eq!(
+            listed,
+            AllowedOrigins::Listed(vec![
+                "https://app.example.com".into(),
+                "http://localhost:5173".into(),
+                "http://[::1]".into()
+            ])
+        );
+        assert!(listed.allows("http://localhost:5173") && !listed.allows("http://localhost:5174"));
+        assert!(!listed.allows("null") && !listed.allows("https://app.example.com.evil.test"));
+        assert_eq!(AllowedOrigins::parse("*").unwrap(), AllowedOrigins::Any);
+        assert!(AllowedOrigins::parse("*").unwrap().allows("https://anything.test"));
+        assert_eq!(AllowedOrigins::parse(" , ").unwrap(), AllowedOrigins::Listed(vec![]));
+        for bad in [
+            "*,https://a.test",
+            "https://a.test/app",
+            "https://a.test?x=1",
+            "ftp://a.test",
+            "a.test",
+            "https://user@a.test",
+            "null",
+        ] {
+            let err = AllowedOrigins::parse(bad).unwrap_err();
+            assert!(err.contains("is not an origin"), "{bad}: {err}");
+        }
+    }
+
     use super::*;
     use std::collections::HashMap;
 

@@ -92,6 +92,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         description: "Number of HTTP worker threads. Range: 1 to 512.",
     },
     SettingDoc {
+        name: "METERLINE_CORS_ALLOWED_ORIGINS",
+        default: "(none)",
+        description: "Origins whose pages may call the API from a browser (CORS), comma-separated, e.g. https://app.example.com,https://admin.example.com; `*` allows any page. The handler answers the preflight and names the origin in its answers; leave the Function App's own CORS setting empty. Unset: no cross-origin browser calls.",
+    },
+    SettingDoc {
         name: "METERLINE_LOOKUP_CACHE_SECS",
         default: "5",
         description: "How long tenant, plan and API-client lookups are cached per process; a change made through another instance applies within this time. 0 turns the cache off. Range: 0 to 300.",

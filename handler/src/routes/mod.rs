@@ -188,8 +188,10 @@ async fn openapi_document(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().content_type("application/json").body(state.openapi_json.clone())
 }
 
-/// The default service: 405 with `Allow` when the path exists under other methods, else 404.
+/// The default service: 501 for a method HTTP does not define, 405 with `Allow` when the path exists under other
+/// methods, else 404.
 pub async fn not_matched(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    crate::api::operations::refuse_unknown_method(req.method())?;
     let path = echoed(req.path());
     Err(match state.routes.allowed_methods(crate::api::operations::routed_path(req.match_info())) {
         Some(mut methods) => {
