@@ -37,8 +37,7 @@ pub async fn apply(
         Some(origin) if req.path().starts_with("/api/") => origin.clone(),
         _ => return Ok(next.call(req).await?.map_into_left_body()),
     };
-    let allowed = req.app_data::<web::Data<AllowedOrigins>>().map(|a| a.get_ref().clone());
-    let allow_origin = allowed.as_ref().and_then(|allowed| allow_origin(allowed, &origin));
+    let allow_origin = req.app_data::<web::Data<AllowedOrigins>>().and_then(|allowed| allow_origin(allowed, &origin));
     if req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
         let res = match allow_origin {
             Some(allow_origin) => preflight(&req, allow_origin),

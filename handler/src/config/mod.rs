@@ -400,6 +400,15 @@ fn duration(setting: &'static str, count: usize, unit: Duration) -> Result<Durat
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// The configuration these settings give (a map instead of the process environment).
+    pub(super) fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
     #[test]
     fn allowed_origins_are_read_as_browsers_send_them() {
         use super::AllowedOrigins;
@@ -432,13 +441,33 @@ mod tests {
         }
     }
 
-    use super::*;
-    use std::collections::HashMap;
+    /// The `Range: A to B` a setting's documentation states, if it states one.
+    fn documented_range(description: &str) -> Option<(u64, u64)> {
+        let mut words = description.split("Range: ").nth(1)?.split(' ');
+        let low = words.next()?.parse().ok()?;
+        let high = words.next().filter(|w| *w == "to").and(words.next())?;
+        Some((low, high.trim_end_matches(['.', ',']).parse().ok()?))
+    }
 
-    /// The configuration these settings give (a map instead of the process environment).
-    pub(super) fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Config::from_lookup(|name| map.get(name).cloned())
+    /// The ranges `handler settings` prints are the ones the parsers enforce: both ends are accepted, one past
+    /// either is refused naming the setting (the ranges are written twice, in the parsers and in the text).
+    #[test]
+    fn every_documented_range_is_the_one_enforced() {
+        let mut checked = 0;
+        for setting in crate::config::SETTINGS {
+            let Some((low, high)) = documented_range(setting.description) else { continue };
+            for ok in [low, high] {
+                let read = config(&[(setting.name, &ok.to_string())]);
+                assert!(read.is_ok(), "{} = {ok} is in its documented range: {:?}", setting.name, read.err());
+            }
+            for past in [low.checked_sub(1), high.checked_add(1)].into_iter().flatten() {
+                let err = config(&[(setting.name, &past.to_string())])
+                    .expect_err(&format!("{} = {past} is outside its documented range", setting.name));
+                assert_eq!(err.setting, setting.name, "{err}");
+            }
+            checked += 1;
+        }
+        assert!(checked >= 20, "only {checked} settings document a range");
     }
 
     #[test]

@@ -129,7 +129,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "METERLINE_AUTH_CLOCK_SKEW_SECS",
         default: "60",
-        description: "Tolerance for exp and nbf, in seconds (at most 300).",
+        description: "Tolerance for exp and nbf, in seconds. Range: 0 to 300.",
     },
     SettingDoc {
         name: "METERLINE_AUTH_JWKS_REFRESH_SECS",
@@ -194,7 +194,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "METERLINE_ROLLUP_MAX_RUN_SECS",
         default: "60",
-        description: "Usage rollup: the work budget of one invocation (at most 240, far below the host's functionTimeout); the next invocation continues.",
+        description: "Usage rollup: the work budget of one invocation, in seconds, far below the host's functionTimeout; the next invocation continues. Range: 1 to 240.",
     },
     SettingDoc {
         name: "METERLINE_ROLLUP_SETTLE_SECS",
@@ -204,7 +204,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "METERLINE_USAGE_LATENESS_SECS",
         default: "900",
-        description: "How long after a window (hour, day, month) ends its events may still arrive; a month's billing statements are written only after it (at most 86400).",
+        description: "How long after a window (hour, day, month) ends its events may still arrive; a month's billing statements are written only after it. Range: 0 to 86400.",
     },
     SettingDoc {
         name: "METERLINE_USAGE_RETENTION_DAYS",
@@ -219,7 +219,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "METERLINE_QUOTA_LEASE_SECS",
         default: "5",
-        description: "How long a process may spend a quota lease (a grant of a tenant's units, spent in memory; docs/usage.md) before it asks the store again; at most 60. 0: every metered request debits the store's counter itself.",
+        description: "How long a process may spend a quota lease (a grant of a tenant's units, spent in memory; docs/usage.md) before it asks the store again, in seconds; 0: every metered request debits the store's counter itself. Range: 0 to 60.",
     },
     SettingDoc {
         name: "METERLINE_QUOTA_LEASE_TARGET_MS",
@@ -229,7 +229,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "METERLINE_RATE_LEASE_MS",
         default: "500",
-        description: "How long a process may spend a batch of a client's rate-limit steps taken from the store at once (docs/usage.md, \"Rate leases\"); at most 5000. A window of the rate limit may admit up to this much more of the rate. 0: one store step per request.",
+        description: "How long a process may spend a batch of a client's rate-limit steps taken from the store at once (docs/usage.md, \"Rate leases\"). A window of the rate limit may admit up to this much more of the rate. 0: one store step per request. Range: 0 to 5000.",
     },
     SettingDoc {
         name: "METERLINE_STANDALONE_TIMERS",
