@@ -943,3 +943,69 @@ async fn a_refused_call_names_the_limit_that_refused_it_and_the_usage_report_cou
     assert!(run.logs()[0].starts_with("UsageRollup: rolled up"), "{:?}", run.logs());
     assert_eq!(report().await, (Some(8), Some(2), Some(1), Some(1)), "the same from the rollups");
 }
+
+/// A refused call is still the tenant's and costs what its plan says: a call the rate limit refuses records the
+/// plan's cost override, and the calls of a suspended tenant and of a revoked registration (identified, then
+/// refused) are in that tenant's usage, not in nobody's.
+#[actix_web::test]
+async fn refused_calls_are_their_tenants_and_cost_what_the_plan_says() {
+    // listDocuments costs 1 unit on this plan (its default is 2); a burst of one call per client.
+    let (app, user, admin) = metered_app(60, 1, 1_000_000, "block").await;
+    let tenants = app.get(&admin, "/api/v1/tenants").await.json();
+    let a = tenants["value"].as_array().unwrap().iter().find(|t| t["entraTenantId"] == DIR_A).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for expected in [200, 429] {
+        assert_eq!(app.get(&user, METERED).await.status, expected);
+    }
+    let rows = |status: u16| -> Vec<(Option<String>, Option<String>, i64, bool)> {
+        let conn = app.db();
+        let mut query = conn
+            .prepare("SELECT tenant_id, client_id, units, billable FROM usage_events WHERE status = ?1 ORDER BY seq")
+            .unwrap();
+        query
+            .query_map([status], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let dev_app = Some(DEV_APP_ID.to_owned());
+    assert_eq!(rows(429), vec![(Some(a.clone()), dev_app.clone(), 1, false)], "the plan's cost, charged nothing");
+
+    // A's own registration of an application, then revoked: that application's tokens are refused, as A's.
+    let a_admin = app.token(DIR_A, "Tenant.Admin", "a-admin").await;
+    let register = json!({"appId": "gone-app", "displayName": "Gone", "roles": ["Documents.Read"]});
+    let client = app.send(&a_admin, ClientRequest::new("POST", "/api/v1/clients").json(&register)).await;
+    assert_eq!(client.status, 201, "{}", String::from_utf8_lossy(&client.body));
+    app.clock.advance(chrono::Duration::seconds(2));
+    let revoke = ClientRequest::new("DELETE", &format!("/api/v1/clients/{}", client.json()["id"].as_str().unwrap()))
+        .header("If-Match", client.header("etag").unwrap());
+    assert_eq!(app.send(&a_admin, revoke).await.status, 200);
+    let gone = app.mint(DIR_A, &["Documents.Read"], "gone-app");
+    assert_eq!(app.get(&gone, METERED).await.json()["code"], "ClientRevoked");
+
+    // Suspended: A's callers are refused.
+    app.clock.advance(chrono::Duration::seconds(2));
+    let a_path = format!("/api/v1/tenants/{a}");
+    let suspend = ClientRequest::new("POST", &format!("{a_path}/suspend")).header("If-Match", "*");
+    assert_eq!(app.send(&admin, suspend).await.status, 200);
+    assert_eq!(app.get(&user, METERED).await.json()["code"], "TenantSuspended");
+
+    // No plan applied to either refusal (the limit stage never ran): the default table's cost of the operation.
+    let refused = rows(403);
+    assert_eq!(
+        refused,
+        vec![(Some(a.clone()), Some("gone-app".to_owned()), 2, false), (Some(a.clone()), dev_app, 2, false)],
+        "both refusals are A's usage"
+    );
+    let audited: Vec<Option<String>> = {
+        let conn = app.db();
+        let mut query = conn
+            .prepare("SELECT tenant_id FROM audit_events WHERE action = 'listDocuments' AND outcome = 'denied'")
+            .unwrap();
+        query.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    assert_eq!(audited.len(), 2, "{audited:?}");
+    assert!(audited.iter().all(|t| t.as_deref() == Some(a.as_str())), "in A's audit chain: {audited:?}");
+}

@@ -200,7 +200,7 @@ pub fn narrowed(token: PermissionSet, registration: &ApiClient) -> PermissionSet
 /// ([`applicable_registration`]) caps the permissions at its grant and, for a partner application approved for
 /// another directory, decides the tenant. Platform administrators may belong to no tenant. Unknown, suspended
 /// and closed tenants, and revoked clients, are refused with 403.
-pub async fn resolve_caller(state: &AppState, principal: Arc<Principal>) -> Result<Caller, AppError> {
+pub async fn resolve_caller(state: &AppState, principal: Arc<Principal>) -> Result<Caller, CallerRefused> {
     let mut permissions = principal.permissions;
     let mut api_client_id = None;
     let mut client_limits = ClientLimits::default();
@@ -225,8 +225,11 @@ pub async fn resolve_caller(state: &AppState, principal: Arc<Principal>) -> Resu
             directory_tenant
         }
         Some(client) if client.status == ClientStatus::Revoked => {
-            return Err(AppError::new(ErrorCode::ClientRevoked)
-                .with_detail("this application's registration with its tenant was revoked"));
+            return Err(CallerRefused {
+                error: AppError::new(ErrorCode::ClientRevoked)
+                    .with_detail("this application's registration with its tenant was revoked"),
+                tenant: Some(RefusedTenant(client.tenant_id)),
+            });
         }
         Some(client) => {
             permissions = narrowed(permissions, client);
@@ -242,19 +245,39 @@ pub async fn resolve_caller(state: &AppState, principal: Arc<Principal>) -> Resu
     match &tenant {
         None if permissions.contains(Permission::PlatformAdmin) => {}
         None => {
-            return Err(AppError::new(ErrorCode::UnknownTenant).with_detail(
-                "the token's directory (tid) and application are not registered with any Meterline tenant",
-            ));
+            return Err(AppError::new(ErrorCode::UnknownTenant)
+                .with_detail("the token's directory (tid) and application are not registered with any Meterline tenant")
+                .into());
         }
         Some(t) if t.status != TenantStatus::Active => {
-            return Err(
-                AppError::new(ErrorCode::TenantSuspended).with_detail(format!("the tenant is {}", t.status.as_str()))
-            );
+            return Err(CallerRefused {
+                error: AppError::new(ErrorCode::TenantSuspended)
+                    .with_detail(format!("the tenant is {}", t.status.as_str())),
+                tenant: Some(RefusedTenant(t.id)),
+            });
         }
         Some(_) => {}
     }
     Ok(Caller { principal, tenant, api_client_id, client_limits, permissions })
 }
+
+/// Why [`resolve_caller`] refused a principal, and the tenant it was identified as when there is one.
+#[derive(Debug)]
+pub struct CallerRefused {
+    pub error: AppError,
+    pub tenant: Option<RefusedTenant>,
+}
+
+impl<E: Into<AppError>> From<E> for CallerRefused {
+    fn from(error: E) -> Self {
+        CallerRefused { error: error.into(), tenant: None }
+    }
+}
+
+/// Request extension: the tenant a refused caller was identified as (a suspended or closed tenant's token, a
+/// revoked client's), so the call's usage record and audit event are the tenant's, as every call it makes is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefusedTenant(pub Uuid);
 
 /// The middleware on `/api/v1`: authenticate, resolve the caller, store it in the request extensions.
 pub async fn authenticate(
@@ -267,7 +290,12 @@ pub async fn authenticate(
         let principal = state.auth.authenticate(token).await.map_err(challenge)?;
         // Kept for the audit trail even if the tenant refuses the caller below (a 403 names its actor).
         req.extensions_mut().insert(principal.clone());
-        resolve_caller(&state, principal).await
+        resolve_caller(&state, principal).await.map_err(|refused| {
+            if let Some(tenant) = refused.tenant {
+                req.extensions_mut().insert(tenant);
+            }
+            refused.error
+        })
     }
     .await;
     match caller {

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::audit::{self, AuditNote, CrossTenantRead, LimiterDecision};
 use super::costs;
 use crate::auth::Principal;
-use crate::auth::guard::Caller;
+use crate::auth::guard::{Caller, RefusedTenant};
 use crate::store::{AuditEventInput, Ledger, LimitRefusal, UsageEvent};
 
 /// A quota debit the limit stage made for a request: billed with its usage event when the request succeeds;
@@ -48,6 +48,11 @@ pub struct RequestMeter {
     pub method: Method,
     pub request_bytes: i64,
 }
+
+/// Request extension (the limit stage's): the units the call's operation costs on the tenant's plan, its override
+/// included, whether or not the call is charged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OperationCost(pub i64);
 
 /// Whether a request is audited, and with which outcome: [`audit::outcome`], and also a platform administrator's
 /// successful read of another tenant's data ([`CrossTenantRead`]), which is recorded in that tenant's chain.
@@ -87,7 +92,13 @@ pub(crate) fn records(
     let method = meter.method.to_string();
     let billable = status.is_success() && debit.is_some();
     let request_id = crate::request::current_id().unwrap_or_default();
-    let tenant_id = caller.and_then(|c| c.tenant.as_ref().map(|t| t.id));
+    // A caller refused for its tenant's state (suspended, closed) or its revoked registration was still
+    // identified: its calls are that tenant's, refused ones included.
+    let refused = extensions.get::<RefusedTenant>().map(|t| t.0);
+    let tenant_id = caller.and_then(|c| c.tenant.as_ref().map(|t| t.id)).or(refused);
+    let identified = caller
+        .map(|c| c.principal.clone())
+        .or_else(|| refused.and_then(|_| extensions.get::<Arc<Principal>>().cloned()));
     let cross_tenant = extensions.get::<CrossTenantRead>().map(|read| read.0);
     let audited = audit_outcome(request, &meter.method, status).zip(meter.audit_id).map(|(outcome, id)| {
         // The caller's principal, else the one authentication found before the tenant refused it (403).
@@ -125,9 +136,14 @@ pub(crate) fn records(
         event_id: meter.usage_id,
         request_id,
         tenant_id,
-        client_id: caller.and_then(|c| c.principal.app_id.clone()),
-        principal_id: caller.and_then(|c| c.principal.object_id.clone()),
-        units: if billable { debit.map_or(0, |d| d.units) } else { costs::units(&meter.operation) },
+        client_id: identified.as_ref().and_then(|p| p.app_id.clone()),
+        principal_id: identified.as_ref().and_then(|p| p.object_id.clone()),
+        // Charged nothing: what the call costs on the tenant's plan, else (no plan applied) the default table's.
+        units: match (billable, extensions.get::<OperationCost>()) {
+            (true, _) => debit.map_or(0, |d| d.units),
+            (false, Some(cost)) => cost.0,
+            (false, None) => costs::units(&meter.operation),
+        },
         overage_units: if billable { debit.map_or(0, |d| d.overage_units) } else { 0 },
         operation_id: meter.operation.clone(),
         method,

@@ -15,7 +15,7 @@ use super::audit::{self, LimiterDecision};
 use super::costs;
 use super::headers::{LimitState, burst_state, header_fields};
 use super::leases::{LeaseTicket, Spend};
-use super::ledger::{Debit, RequestMeter, body_bytes, records};
+use super::ledger::{Debit, OperationCost, RequestMeter, body_bytes, records};
 use super::period::BillingCalendar;
 use crate::auth::guard::Caller;
 use crate::error::{AppError, ErrorCode};
@@ -103,6 +103,9 @@ struct Verdict {
     refused: Option<LimitRefusal>,
     /// The counters read for a call that spent no units, for its handler.
     reading: Option<QuotaReading>,
+    /// What the operation costs on the tenant's plan (its override included), for the usage event of a call that
+    /// ends up charged nothing (refused, failed).
+    cost: Option<OperationCost>,
 }
 
 impl Verdict {
@@ -116,6 +119,9 @@ impl Verdict {
         }
         if let Some(reading) = self.reading {
             extensions.insert(reading);
+        }
+        if let Some(cost) = self.cost {
+            extensions.insert(cost);
         }
     }
 
@@ -146,6 +152,9 @@ impl Verdict {
             ))
         })?;
         let units = units_of(state, &plan.code, operation).await?;
+        if operation.is_some_and(costs::spends_quota) {
+            self.cost = Some(OperationCost(units));
+        }
         let now = state.clock.now();
         let now_micros = now.timestamp_micros();
         // A client's rate cap (its registration's) replaces the plan's per-client rate when it is lower.
