@@ -74,6 +74,14 @@ async function calls({ api, token }) {
       return { status: res.status };
     });
   }
+  // A file the browser may cache (the reference page's, `max-age=3600`), first fetched without CORS (as a
+  // <link> would), then read by the script: the cached copy made for no origin must not be reused.
+  out.cachedFile = await attempt(async () => {
+    const url = `${api}/api/docs/swagger-ui.css`;
+    await fetch(url, { mode: "no-cors", credentials: "omit" });
+    const res = await fetch(url);
+    return { status: res.status, bytes: (await res.text()).length };
+  });
   out.refused = await attempt(async () => {
     const res = await fetch(`${api}/api/v1/me`);
     const problem = await res.json();

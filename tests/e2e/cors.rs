@@ -50,6 +50,11 @@ async fn an_allowed_pages_preflight_is_answered_unmetered_and_its_calls_can_be_r
     assert_eq!(res.header("access-control-max-age"), Some("7200"));
     assert!(all(&res, "vary").contains("Origin"), "{:?}", res.headers);
     assert_eq!(res.header("access-control-allow-credentials"), None, "bearer tokens, never cookies");
+    assert_eq!(res.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(res.header("cache-control"), Some("private, no-cache"));
+    // A percent-encoded path is the path the router serves: its preflight is answered the same, unmetered.
+    let encoded = app.http(preflight("/%61pi/v1/documents", PAGE, "POST", "authorization")).await;
+    assert_eq!((encoded.status, encoded.header("access-control-allow-origin")), (204, Some(PAGE)));
     // A document's path allows what its route table says, as a 405 would list it.
     let res =
         app.http(preflight("/api/v1/documents/0190f2c4-0000-7000-8000-000000000001", PAGE, "PATCH", "if-match")).await;
@@ -58,7 +63,7 @@ async fn an_allowed_pages_preflight_is_answered_unmetered_and_its_calls_can_be_r
     // metered like any other call; the preflights above were not.
     let plain = app.http(ClientRequest::new("OPTIONS", "/api/v1/documents")).await;
     assert_eq!(plain.status, 401);
-    assert_eq!(usage_events(&app), before + 1, "the two preflights left no usage event, the plain OPTIONS one");
+    assert_eq!(usage_events(&app), before + 1, "the preflights left no usage event, the plain OPTIONS one");
 
     // The calls themselves: every answer names the page, and exposes the fields a script needs.
     let me = app.send(&token, ClientRequest::get("/api/v1/me").header("Origin", "http://localhost:5173")).await;
@@ -79,6 +84,12 @@ async fn an_allowed_pages_preflight_is_answered_unmetered_and_its_calls_can_be_r
     assert_eq!(doc.header("access-control-allow-origin"), Some(PAGE));
     let same_origin = app.send(&token, ClientRequest::get("/api/v1/me")).await;
     assert_eq!(same_origin.header("access-control-allow-origin"), None);
+    // Yet every answer says it depends on the origin, with or without one: a cache (the browser's own included)
+    // must not give a page an answer made without its origin, such as a reference page's file.
+    assert!(all(&same_origin, "vary").contains("Origin"), "{:?}", same_origin.headers);
+    let file = app.http(ClientRequest::get("/api/docs/")).await;
+    assert_eq!(file.status, 200);
+    assert!(all(&file, "vary").contains("Origin"), "{:?}", file.headers);
 }
 
 #[actix_web::test]
@@ -95,6 +106,7 @@ async fn pages_of_other_origins_are_refused_and_none_are_allowed_by_default() {
         assert_eq!(res.header("content-type"), Some("application/problem+json"));
         assert_eq!(res.json()["code"], "OriginNotAllowed");
         assert_eq!(res.header("access-control-allow-origin"), None);
+        assert_eq!(res.header("x-content-type-options"), Some("nosniff"));
         // The call itself is answered (a token, not the origin, authorizes it), but a browser keeps it from the page.
         let me = app.send(&token, ClientRequest::get("/api/v1/me").header("Origin", origin)).await;
         assert_eq!((me.status, me.header("access-control-allow-origin")), (200, None), "{origin}");
@@ -111,6 +123,8 @@ async fn any_origin_is_answered_with_a_wildcard() {
     let me = app.send(&token, ClientRequest::get("/api/v1/me").header("Origin", "https://anyone.example.test")).await;
     assert_eq!(me.header("access-control-allow-origin"), Some("*"));
     assert!(!all(&me, "vary").contains("Origin"), "the answer is the same for every page: {:?}", me.headers);
+    let asked_by_none = app.send(&token, ClientRequest::get("/api/v1/me")).await;
+    assert_eq!(asked_by_none.header("access-control-allow-origin"), Some("*"), "also when no page asks");
 }
 
 #[actix_web::test]
@@ -207,6 +221,7 @@ async fn a_page_of_an_allowed_origin_uses_the_api_from_a_real_browser_and_anothe
     assert!(page["created"]["location"].as_str().is_some_and(|l| l.contains("/api/v1/documents/")), "{page}");
     assert!(page["created"]["etag"].is_string(), "{page}");
     assert_eq!(page["patched"]["status"], 200, "a PATCH with If-Match passed its preflight: {page}");
+    assert_eq!(page["cachedFile"]["status"], 200, "a file cached without CORS is not reused for the page: {page}");
     assert_eq!(page["refused"]["status"], 401, "{page}");
     assert_eq!(page["refused"]["code"], "Unauthenticated", "a page reads the problem: {page}");
     let other = &seen[other.url()];

@@ -13,7 +13,7 @@ use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpResponse, ResponseError as _, web};
 
-use crate::api::operations::RouteTable;
+use crate::api::operations::{RouteTable, routed_path};
 use crate::config::AllowedOrigins;
 use crate::error::{AppError, ErrorCode};
 
@@ -33,21 +33,27 @@ pub async fn apply(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
-    let origin = match req.headers().get(header::ORIGIN) {
-        Some(origin) if req.path().starts_with("/api/") => origin.clone(),
-        _ => return Ok(next.call(req).await?.map_into_left_body()),
-    };
-    let allow_origin = req.app_data::<web::Data<AllowedOrigins>>().and_then(|allowed| allow_origin(allowed, &origin));
+    // The path as the router reads it: `/%61pi/...` is served as `/api/...`, so it is answered the same here.
+    if !routed_path(req.match_info()).starts_with("/api/") {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
+    let allowed = req.app_data::<web::Data<AllowedOrigins>>().cloned().filter(|allowed| !allowed.is_none());
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let allow_origin =
+        origin.as_ref().zip(allowed.as_ref()).and_then(|(origin, allowed)| allow_origin(allowed, origin));
     if req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
-        let res = match allow_origin {
-            Some(allow_origin) => preflight(&req, allow_origin),
-            None => refused(&origin),
+        let mut res = match (&origin, allow_origin) {
+            (_, Some(allow_origin)) => preflight(&req, allow_origin),
+            (origin, None) => refused(origin.as_ref()),
         };
+        // As on every `/api/v1` answer (`routes::configure`), which a preflight never reaches.
+        res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+        res.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
         return Ok(req.into_response(res).map_into_right_body());
     }
     let mut res = next.call(req).await?;
-    if let Some(allow_origin) = allow_origin {
-        decorate(res.headers_mut(), allow_origin);
+    if let Some(allowed) = allowed {
+        decorate(res.headers_mut(), &allowed, allow_origin);
     }
     Ok(res.map_into_left_body())
 }
@@ -62,14 +68,21 @@ fn allow_origin(allowed: &AllowedOrigins, origin: &HeaderValue) -> Option<Header
     }
 }
 
-/// The fields of an answer to an allowed page's call.
-fn decorate(headers: &mut HeaderMap, allow_origin: HeaderValue) {
-    if allow_origin != "*" {
-        // The answer depends on the caller's origin: a shared cache must not give it to another page.
-        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+/// The CORS fields of an answer under `/api/`. With listed origins, every answer says `Vary: Origin`, also one
+/// to no or another origin: a cache (the browser's own included) must not hand an answer made for one page to
+/// another. With `*`, every answer is the same for every page and says so whether or not it was asked.
+fn decorate(headers: &mut HeaderMap, allowed: &AllowedOrigins, allow_origin: Option<HeaderValue>) {
+    let allow_origin = match allowed {
+        AllowedOrigins::Any => Some(HeaderValue::from_static("*")),
+        AllowedOrigins::Listed(_) => {
+            headers.append(header::VARY, HeaderValue::from_static("Origin"));
+            allow_origin
+        }
+    };
+    if let Some(allow_origin) = allow_origin {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);
+        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED));
     }
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);
-    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED));
 }
 
 /// `204` for an allowed page's preflight: the methods the path allows (as a 405 would list them) and the request
@@ -79,7 +92,7 @@ fn preflight(req: &ServiceRequest, allow_origin: HeaderValue) -> HttpResponse {
     res.insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin.clone()));
     let methods = req
         .app_data::<web::Data<RouteTable>>()
-        .and_then(|routes| routes.allowed_methods(crate::api::operations::routed_path(req.match_info())));
+        .and_then(|routes| routes.allowed_methods(routed_path(req.match_info())));
     if let Some(mut methods) = methods {
         if methods.contains(&"GET") {
             methods.push("HEAD");
@@ -110,14 +123,22 @@ fn field_names(value: &HeaderValue) -> bool {
     })
 }
 
-/// `403` for a preflight from a page whose origin may not call: no CORS field, so the browser stops.
-fn refused(origin: &HeaderValue) -> HttpResponse {
-    let shown = String::from_utf8_lossy(origin.as_bytes()).chars().take(200).collect::<String>();
-    AppError::new(ErrorCode::OriginNotAllowed)
+/// `403` for a preflight from a page whose origin may not call (or with no `Origin` at all): no CORS field, so
+/// the browser stops.
+fn refused(origin: Option<&HeaderValue>) -> HttpResponse {
+    let whose = match origin {
+        Some(origin) => {
+            format!("pages of {:?}", String::from_utf8_lossy(origin.as_bytes()).chars().take(200).collect::<String>())
+        }
+        None => "a preflight without an Origin".to_owned(),
+    };
+    let mut res = AppError::new(ErrorCode::OriginNotAllowed)
         .with_detail(format!(
-            "pages of {shown:?} may not call this API from a browser; the service's operators list the origins that may"
+            "{whose} may not call this API from a browser; the service's operators list the origins that may"
         ))
-        .error_response()
+        .error_response();
+    res.headers_mut().append(header::VARY, HeaderValue::from_static("Origin"));
+    res
 }
 
 #[cfg(test)]

@@ -297,6 +297,11 @@ impl AllowedOrigins {
         items.iter().map(|item| origin(item)).collect::<Result<_, _>>().map(AllowedOrigins::Listed)
     }
 
+    /// Whether no page of another origin may call (the default).
+    pub fn is_none(&self) -> bool {
+        matches!(self, AllowedOrigins::Listed(origins) if origins.is_empty())
+    }
+
     /// Whether a page of `origin` (a request's `Origin` field, as the browser sent it) may call.
     pub fn allows(&self, origin: &str) -> bool {
         match self {
@@ -306,34 +311,92 @@ impl AllowedOrigins {
     }
 }
 
-/// `item` as a browser serializes an origin, or why it is none.
+/// `item` as a browser serializes an origin (`scheme://host[:port]`, lowercase, the default port left out), or
+/// why it is none: a value a browser could never send (a bad port, a wildcard host, a non-ASCII name) is refused
+/// at startup rather than kept as an origin no page has.
 fn origin(item: &str) -> Result<String, String> {
     let refuse = |why: &str| Err(format!("{item:?} is not an origin ({why}); expected e.g. https://app.example.com"));
     // A pasted address often ends in one slash; an origin has none.
-    let item = item.strip_suffix('/').unwrap_or(item);
-    if item == "*" {
+    let bare = item.strip_suffix('/').unwrap_or(item);
+    if bare == "*" {
         return refuse("`*` must stand alone");
     }
-    let Ok(uri) = item.parse::<http::Uri>() else { return refuse("not a URL") };
-    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-        return refuse("a scheme and a host are required");
-    };
+    let Some((scheme, rest)) = bare.split_once("://") else { return refuse("a scheme and a host are required") };
     let scheme = scheme.to_ascii_lowercase();
-    if scheme != "http" && scheme != "https" {
-        return refuse("the scheme must be http or https");
-    }
-    if authority.as_str().contains('@') || authority.host().is_empty() {
-        return refuse("a host without user information is required");
-    }
-    if item.len() > scheme.len() + 3 + authority.as_str().len() {
+    let default_port = match scheme.as_str() {
+        "https" => 443,
+        "http" => 80,
+        _ => return refuse("the scheme must be http or https"),
+    };
+    if rest.contains(['/', '?', '#']) {
         return refuse("an origin has no path, query or fragment");
     }
-    let host = authority.host().to_ascii_lowercase();
-    let default_port = if scheme == "https" { 443 } else { 80 };
-    Ok(match authority.port_u16() {
+    if rest.contains('@') {
+        return refuse("an origin has no user information");
+    }
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => {
+            let Some((address, after)) = v6.split_once(']') else { return refuse("an unclosed IPv6 address") };
+            let Ok(address) = address.parse::<std::net::Ipv6Addr>() else { return refuse("not an IPv6 address") };
+            let port = match after {
+                "" => None,
+                _ => match after.strip_prefix(':') {
+                    Some(port) => Some(port),
+                    None => return refuse("text after the IPv6 address"),
+                },
+            };
+            (format!("[{address}]"), port)
+        }
+        None => match rest.rsplit_once(':') {
+            Some((host, port)) => (host.to_ascii_lowercase(), Some(port)),
+            None => (rest.to_ascii_lowercase(), None),
+        },
+    };
+    if !host.starts_with('[') {
+        if let Err(why) = host_name(&host) {
+            return refuse(why);
+        }
+    }
+    let port = match port {
+        None => None,
+        Some(digits) => match digits.parse::<u16>() {
+            Ok(port) if port > 0 && digits.bytes().all(|b| b.is_ascii_digit()) => Some(port),
+            _ => return refuse("the port must be a number from 1 to 65535"),
+        },
+    };
+    Ok(match port {
         Some(port) if port != default_port => format!("{scheme}://{host}:{port}"),
         _ => format!("{scheme}://{host}"),
     })
+}
+
+/// Whether `host` (lowercase, not an IPv6 address) is a host name or an IPv4 address as browsers write them.
+fn host_name(host: &str) -> Result<(), &'static str> {
+    if host.contains('*') {
+        return Err("wildcards are not supported: list each origin, or `*` alone for any");
+    }
+    if !host.is_ascii() {
+        return Err("write an internationalized name in its xn-- form, as browsers send it");
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !labels.iter().all(label_ok) {
+        return Err("not a host name");
+    }
+    // A name whose last label is a number is an IPv4 address to a browser: four decimal parts, no leading zeros.
+    if labels.last().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit())) {
+        let canonical = |l: &&str| l.parse::<u8>().is_ok_and(|n| n.to_string() == **l);
+        if labels.len() != 4 || !labels.iter().all(canonical) {
+            return Err("not an IPv4 address");
+        }
+    }
+    Ok(())
 }
 
 fn parse_port(setting: &'static str, raw: &str, allow_zero: bool) -> Result<u16, ConfigError> {
@@ -412,14 +475,19 @@ mod tests {
     #[test]
     fn allowed_origins_are_read_as_browsers_send_them() {
         use super::AllowedOrigins;
-        let listed =
-            AllowedOrigins::parse(" HTTPS://App.Example.com:443/ , http://localhost:5173,http://[::1]:80").unwrap();
+        let listed = AllowedOrigins::parse(
+            " HTTPS://App.Example.com:443/ , http://localhost:5173,http://[::1]:80,http://[0:0::1]:8080,http://10.0.0.1:3000,https://xn--bcher-kva.example",
+        )
+        .unwrap();
         assert_eq!(
             listed,
             AllowedOrigins::Listed(vec![
                 "https://app.example.com".into(),
                 "http://localhost:5173".into(),
-                "http://[::1]".into()
+                "http://[::1]".into(),
+                "http://[::1]:8080".into(),
+                "http://10.0.0.1:3000".into(),
+                "https://xn--bcher-kva.example".into(),
             ])
         );
         assert!(listed.allows("http://localhost:5173") && !listed.allows("http://localhost:5174"));
@@ -435,6 +503,22 @@ mod tests {
             "a.test",
             "https://user@a.test",
             "null",
+            "https://a.test:abc",
+            "https://a.test:99999",
+            "https://a.test:65536",
+            "https://a.test:0",
+            "https://a.test:+8",
+            "https://app.example.test:8443x",
+            "https://a.test:",
+            "https://*.example.com",
+            "https://a..test",
+            "https://-a.test",
+            "https://1.2.3.4.5",
+            "http://01.2.3.4",
+            "https://bücher.example",
+            "http://[::1",
+            "http://[::1]x",
+            "http://[nope]",
         ] {
             let err = AllowedOrigins::parse(bad).unwrap_err();
             assert!(err.contains("is not an origin"), "{bad}: {err}");
