@@ -352,10 +352,10 @@ fn origin(item: &str) -> Result<String, String> {
             None => (rest.to_ascii_lowercase(), None),
         },
     };
-    if !host.starts_with('[') {
-        if let Err(why) = host_name(&host) {
-            return refuse(why);
-        }
+    if !host.starts_with('[')
+        && let Err(why) = host_name(&host)
+    {
+        return refuse(why);
     }
     let port = match port {
         None => None,
