@@ -1,4 +1,4 @@
--- The schema after SQLite migration 17, generated from the migrations by
+-- The schema after SQLite migration 18, generated from the migrations by
 -- `UPDATE_SNAPSHOTS=1 cargo test -p handler --lib baseline`: do not edit.
 
 CREATE TABLE job_runs (
@@ -140,7 +140,7 @@ CREATE TABLE quota_usage (
     overage_units   INTEGER NOT NULL DEFAULT 0 CHECK (overage_units >= 0),
     notified_80     INTEGER NOT NULL DEFAULT 0 CHECK (notified_80 IN (0, 1)),
     notified_100    INTEGER NOT NULL DEFAULT 0 CHECK (notified_100 IN (0, 1)),
-    updated_at      TEXT    NOT NULL, granted_units INTEGER NOT NULL DEFAULT 0 CHECK (granted_units >= 0), plan_code TEXT,
+    updated_at      TEXT    NOT NULL, granted_units INTEGER NOT NULL DEFAULT 0 CHECK (granted_units >= 0), plan_code TEXT, overage_plan_code TEXT,
     PRIMARY KEY (tenant_id, period_start)
 ) STRICT;
 

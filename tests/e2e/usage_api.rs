@@ -300,6 +300,45 @@ async fn a_late_downgrade_prices_its_period_on_the_plan_the_period_was_on() {
     );
 }
 
+/// A move from a `block` plan to a pay-as-you-go plan with a smaller quota keeps the period's larger quota and its
+/// plan (and base price), and the overage it then allows is priced by the plan that allowed it, never by the
+/// `block` plan's overage price, which that plan never charges.
+#[actix_web::test]
+async fn overage_a_move_to_pay_as_you_go_allows_is_priced_by_that_plan() {
+    let host = TestApp::start().await;
+    let a = host.token(DIR_A, "Documents.Read,Usage.Read", DEV_APP_ID).await;
+    let tenant = tenant_a(&host);
+    create_plan(&host, "pro", 10, "block", 100_000_000, 0).await;
+    create_plan(&host, "payg", 2, "allow", 20_000_000, 10_000).await;
+    move_to(&host, &tenant, "pro").await;
+    let period = host.clock.now().format("%Y-%m").to_string();
+    for _ in 0..3 {
+        assert_eq!(host.http(get("/api/v1/documents", &a)).await.status, 200);
+    }
+    host.settle_leases().await;
+    move_to(&host, &tenant, "payg").await;
+    for _ in 0..5 {
+        assert_eq!(host.http(get("/api/v1/documents", &a)).await.status, 200, "allowed past the quota now");
+    }
+    host.settle_leases().await;
+    host.clock.advance(chrono::Duration::days(40));
+    let closed = host.invoke_timer("UsageRollup", on_schedule()).await;
+    assert!(closed.logs()[0].contains("statements written"), "{:?}", closed.logs());
+    let a = host.token(DIR_A, "Usage.Read", DEV_APP_ID).await;
+    let issued = host.http(get(&format!("/api/v1/billing/statements/{period}"), &a)).await.json();
+    // 16 units (8 listings of 2), 6 beyond the period's quota of 10, at payg's cent a unit; pro's base price.
+    assert_eq!(
+        [&issued["planCode"], &issued["quotaUnits"], &issued["usedUnits"], &issued["overageUnits"]],
+        [&json!("pro"), &json!(10), &json!(16), &json!(6)],
+        "{issued}"
+    );
+    assert_eq!(
+        [&issued["baseAmountMicros"], &issued["overageUnitPriceMicros"], &issued["overageAmountMicros"]],
+        [&json!(100_000_000), &json!(10_000), &json!(60_000)],
+        "{issued}"
+    );
+}
+
 #[actix_web::test]
 async fn usage_of_a_billed_month_that_arrives_late_is_an_adjustment_on_the_next_statement() {
     let host = TestApp::start().await;

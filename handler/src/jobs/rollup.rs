@@ -267,6 +267,17 @@ async fn write_statement(state: &AppState, tenant: &Tenant, billing: &Period) ->
             tenant.id
         ))
     })?;
+    // The plan that allowed the overage prices it, when a move to `allow` kept the period's larger quota and its
+    // plan (migration 18). One statement has one currency: a plan in another one bills the whole period.
+    let overage_plan = match quota.as_ref().and_then(|q| q.overage_plan_code.as_deref()) {
+        Some(code) => state.store.get_plan(code).await?,
+        None => None,
+    };
+    let plan = match &overage_plan {
+        Some(allowing) if allowing.currency != plan.currency => allowing.clone(),
+        _ => plan,
+    };
+    let overage_price = overage_plan.as_ref().unwrap_or(&plan).overage_unit_price_micros;
     // The period's billable and overage units from the rollups: UTC days for a UTC tenant, else its hours, which
     // its time zone aligns so they tile the period.
     let utc_days = BillingCalendar::of(tenant).has_utc_days();
@@ -278,7 +289,7 @@ async fn write_statement(state: &AppState, tenant: &Tenant, billing: &Period) ->
     let now = state.clock.now();
     // Every amount a statement charges is whole minor units of its currency (ISO 4217).
     let charge = |micros: i64| crate::store::to_minor_unit(micros, &plan.currency);
-    let (base_amount, overage_amount) = statement_amounts(&plan, overage_units);
+    let (base_amount, overage_amount) = statement_amounts(&plan, overage_price, overage_units);
     let id = state.ids.new_id();
     // Usage of earlier, issued periods rolled up since they were billed: adjustment lines on this one.
     let adjustments: Vec<StatementAdjustment> = state
@@ -324,7 +335,7 @@ async fn write_statement(state: &AppState, tenant: &Tenant, billing: &Period) ->
         granted_units: quota.as_ref().map_or(0, |q| q.granted_units),
         starts_at: Some(billing.starts_at),
         ends_at: Some(billing.ends_at),
-        overage_unit_price_micros: Some(plan.overage_unit_price_micros),
+        overage_unit_price_micros: Some(overage_price),
         adjustment_amount_micros: adjustments.iter().map(|a| a.amount_micros).sum(),
     };
     let event = statement_ready_event(state.ids.new_id(), &statement);
@@ -334,10 +345,10 @@ async fn write_statement(state: &AppState, tenant: &Tenant, billing: &Period) ->
 /// A statement's base and overage amounts, in whole minor units of the plan's currency. The overage is capped so
 /// that base plus overage still fits an i64 (the table checks that the total is their sum): no honest usage bills
 /// past 9.2 trillion currency units, and one tenant's statement must not stop the month close for all the others.
-fn statement_amounts(plan: &crate::store::Plan, overage_units: i64) -> (i64, i64) {
+fn statement_amounts(plan: &crate::store::Plan, overage_unit_price_micros: i64, overage_units: i64) -> (i64, i64) {
     let charge = |micros: i64| crate::store::to_minor_unit(micros, &plan.currency);
     let base = charge(plan.base_price_micros);
-    let overage = charge(overage_units.saturating_mul(plan.overage_unit_price_micros)).min(i64::MAX - base);
+    let overage = charge(overage_units.saturating_mul(overage_unit_price_micros)).min(i64::MAX - base);
     (base, overage)
 }
 
@@ -451,9 +462,9 @@ mod tests {
             version: 1,
         };
         // Ten billion overage units at the highest price: far past i64 micro-units.
-        let (base, overage) = statement_amounts(&plan, 10_000_000_000);
+        let (base, overage) = statement_amounts(&plan, plan.overage_unit_price_micros, 10_000_000_000);
         assert!(base.checked_add(overage).is_some(), "{base} + {overage}");
         assert_eq!(base, 1_000_000_000_000_000);
-        assert_eq!(statement_amounts(&plan, 3).1, 3_000_000_000_000);
+        assert_eq!(statement_amounts(&plan, plan.overage_unit_price_micros, 3).1, 3_000_000_000_000);
     }
 }

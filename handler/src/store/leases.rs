@@ -115,11 +115,26 @@ pub fn upgraded(quota: i64, policy: OveragePolicy, debit: &QuotaDebit) -> (i64, 
     (quota.max(debit.quota_units), policy)
 }
 
-/// The plan an upgraded period is billed on from now: the new plan when its quota is at least the period's own
-/// (`plan_quota`, grants left out), else `None`, the plan the period is billed on already. A move to `allow` with a
-/// smaller quota is an upgrade of the policy only: the period keeps its larger quota, and so its price.
-pub fn upgraded_plan_code(plan_quota: i64, debit: &QuotaDebit) -> Option<String> {
-    (debit.quota_units >= plan_quota).then(|| debit.plan_code.clone())
+/// The plans an upgraded period is billed on from now ([`UpgradedPlans`]), from the period's own quota
+/// (`plan_quota`, grants left out) and policy before the upgrade.
+pub fn upgraded_plans(plan_quota: i64, policy: OveragePolicy, debit: &QuotaDebit) -> UpgradedPlans {
+    if debit.quota_units >= plan_quota {
+        return UpgradedPlans { billed_on: Some(debit.plan_code.clone()), overage_priced_by: None };
+    }
+    let allows_now = policy == OveragePolicy::Block && debit.overage_policy == OveragePolicy::Allow;
+    UpgradedPlans { billed_on: None, overage_priced_by: allows_now.then(|| debit.plan_code.clone()) }
+}
+
+/// What an upgrade changes in the plans a period is billed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradedPlans {
+    /// The new plan when its quota is at least the period's: the period is billed on it from now (base and overage
+    /// price alike, and any overage plan set before is dropped). `None`: the plan the period is billed on already.
+    pub billed_on: Option<String>,
+    /// A move to `allow` through a plan with a smaller quota upgrades the policy only: the period keeps its larger
+    /// quota and the plan it is billed on (its base price), and the new plan prices the overage it allows (the
+    /// `block` plan's overage price would bill it at a price that plan never charges).
+    pub overage_priced_by: Option<String>,
 }
 
 /// How many of the counter's units `from + 1 ..= from + n` lie beyond `quota`.

@@ -102,6 +102,9 @@ pub struct QuotaUsage {
     pub granted_units: i64,
     /// The plan the period is billed on (migration 15; `None` for periods created before it).
     pub plan_code: Option<String>,
+    /// The plan whose overage price bills the period's overage, when a move to `allow` through a plan with a
+    /// smaller quota kept `plan_code` (migration 18); `None`: `plan_code`'s price.
+    pub overage_plan_code: Option<String>,
 }
 
 impl QuotaUsage {

@@ -69,6 +69,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite":
     15 => "0015_period_plan.sql" "period_plan",
     16 => "0016_tags_compared_exactly.sql" "tags_compared_exactly",
     17 => "0017_search_words_folded_once.sql" "search_words_folded_once",
+    18 => "0018_period_overage_plan.sql" "period_overage_plan",
 );
 
 /// The SQL Server migrations: the same versions and names as [`SQLITE`], in T-SQL.
@@ -90,6 +91,7 @@ pub const MSSQL: &[Migration] = migrations!("mssql":
     15 => "0015_period_plan.sql" "period_plan",
     16 => "0016_tags_compared_exactly.sql" "tags_compared_exactly",
     17 => "0017_search_words_folded_once.sql" "search_words_folded_once",
+    18 => "0018_period_overage_plan.sql" "period_overage_plan",
 );
 
 /// Checks that `known` is strictly increasing: a gap or reorder is a build mistake, caught by a unit test.

@@ -278,10 +278,27 @@ async fn an_upgrade_applies_to_the_period_at_the_next_grant_and_a_downgrade_does
         let period = store.quota_usage(acme.id, february()).await.unwrap().unwrap();
         assert_eq!((period.overage_policy, period.units_used, period.overage_units), (OveragePolicy::Allow, 29, 4));
         // An upgrade of the policy only (its quota is smaller): the period keeps its quota and the plan it is billed
-        // on, never the larger quota at the smaller plan's price.
+        // on, never the larger quota at the smaller plan's price; the plan that allowed the overage prices it.
         assert_eq!(period.plan_code.as_deref(), Some("bigger"), "{}", t.name);
+        assert_eq!(period.overage_plan_code.as_deref(), Some("payg"), "{}", t.name);
+        // A later upgrade by quota bills the whole period on the new plan, its overage price included.
+        let biggest = QuotaLeaseRequest {
+            debit: QuotaDebit {
+                plan_code: "biggest".into(),
+                ..request(&acme, 40, OveragePolicy::Allow, 7, 1, 1).debit
+            },
+            ..request(&acme, 40, OveragePolicy::Allow, 7, 1, 1)
+        };
+        assert!(matches!(store.grant_quota_lease(&biggest).await.unwrap(), QuotaLeaseGrant::Granted { .. }));
+        let period = store.quota_usage(acme.id, february()).await.unwrap().unwrap();
+        assert_eq!(
+            (period.plan_code.as_deref(), period.overage_plan_code.as_deref(), period.quota_units),
+            (Some("biggest"), None, 40),
+            "{}",
+            t.name
+        );
         // And back to `block`: a downgrade, from the next period.
-        let back = store.grant_quota_lease(&request(&acme, 25, OveragePolicy::Block, 6, 1, 1)).await.unwrap();
+        let back = store.grant_quota_lease(&request(&acme, 25, OveragePolicy::Block, 8, 1, 1)).await.unwrap();
         assert!(matches!(back, QuotaLeaseGrant::Granted { units: 1, .. }), "{}: {back:?}", t.name);
     })
     .await;

@@ -89,12 +89,20 @@ impl QuotaLeaseStore for MssqlStore {
             // the next period.
             if is_upgrade(quota - granted_units, policy, d) {
                 let (plan_quota, upgraded_policy) = upgraded(quota - granted_units, policy, d);
-                let plan_code = crate::store::upgraded_plan_code(quota - granted_units, d);
+                let plans = crate::store::upgraded_plans(quota - granted_units, policy, d);
                 (quota, policy) = (plan_quota + granted_units, upgraded_policy);
                 execute(
                     conn,
                     UPGRADE_PERIOD,
-                    &[&d.tenant_id, &d.period_start, &quota, &policy.as_str(), &d.now, &plan_code],
+                    &[
+                        &d.tenant_id,
+                        &d.period_start,
+                        &quota,
+                        &policy.as_str(),
+                        &d.now,
+                        &plans.billed_on,
+                        &plans.overage_priced_by,
+                    ],
                 )
                 .await?;
             }
@@ -156,7 +164,8 @@ impl QuotaLeaseStore for MssqlStore {
 /// Thresholds already announced this period stay announced: each is announced once a period.
 pub(crate) const UPGRADE_PERIOD: &str = "UPDATE dbo.quota_usage SET quota_units = @P3, overage_policy = @P4,
     overage_units = CASE WHEN units_used > @P3 THEN units_used - @P3 ELSE 0 END,
-    updated_at = @P5, plan_code = COALESCE(@P6, plan_code)
+    updated_at = @P5, plan_code = COALESCE(@P6, plan_code),
+    overage_plan_code = CASE WHEN @P6 IS NOT NULL THEN NULL ELSE COALESCE(@P7, overage_plan_code) END
 WHERE tenant_id = @P1 AND period_start = @P2";
 
 pub(crate) const LOCK_QUOTA_PERIOD: &str = "SELECT quota_units, units_used, overage_policy, granted_units

@@ -21,6 +21,7 @@ fn quota_from(row: &Row) -> Result<QuotaUsage, StoreError> {
         overage_units: required(row, 6)?,
         granted_units: required(row, 7)?,
         plan_code: row.get::<&str, _>(8).map(str::to_owned),
+        overage_plan_code: row.get::<&str, _>(9).map(str::to_owned),
     })
 }
 
@@ -293,7 +294,7 @@ WHERE tenant_id = @P1 AND period_start = @P2";
 
 pub(crate) const GET_QUOTA: &str =
     "SELECT tenant_id, period_start, period_end, quota_units, overage_policy, units_used, overage_units, granted_units,
-    plan_code
+    plan_code, overage_plan_code
 FROM dbo.quota_usage WHERE tenant_id = @P1 AND period_start = @P2";
 
 /// Reads the GCRA state and keeps the key locked until the transaction ends (also when the row is absent).

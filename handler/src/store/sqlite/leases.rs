@@ -124,11 +124,13 @@ impl QuotaLeaseStore for SqliteStore {
                 Some(q) if is_upgrade(q.quota_units - q.granted_units, q.overage_policy, d) => {
                     let (plan_quota, policy) = upgraded(q.quota_units - q.granted_units, q.overage_policy, d);
                     let quota = plan_quota + q.granted_units;
-                    let billed_on = crate::store::upgraded_plan_code(q.quota_units - q.granted_units, d);
+                    let plans = crate::store::upgraded_plans(q.quota_units - q.granted_units, q.overage_policy, d);
                     tx.prepare_cached(
                         "UPDATE quota_usage SET quota_units = ?3, overage_policy = ?4,
                              overage_units = max(0, units_used - ?3), updated_at = ?5,
-                             plan_code = coalesce(?6, plan_code)
+                             plan_code = coalesce(?6, plan_code),
+                             overage_plan_code = CASE WHEN ?6 IS NOT NULL THEN NULL
+                                 ELSE coalesce(?7, overage_plan_code) END
                          WHERE tenant_id = ?1 AND period_start = ?2",
                     )
                     .map_err(classify)?
@@ -138,7 +140,8 @@ impl QuotaLeaseStore for SqliteStore {
                         quota,
                         policy.as_str(),
                         timestamp(d.now),
-                        billed_on
+                        plans.billed_on,
+                        plans.overage_priced_by
                     ])
                     .map_err(classify)?;
                     (quota, q.units_used, policy)

@@ -15,13 +15,13 @@ pub(crate) fn read_quota(
     period_start: NaiveDate,
 ) -> Result<Option<QuotaUsage>, StoreError> {
     let sql = "SELECT tenant_id, period_start, period_end, quota_units, overage_policy, units_used, overage_units,
-                      granted_units, plan_code
+                      granted_units, plan_code, overage_plan_code
                FROM quota_usage WHERE tenant_id = ?1 AND period_start = ?2";
     query_one(conn, sql, params![tenant_id.to_string(), period_start.to_string()], |r| {
         let (tenant, start, end, policy): (String, String, String, String) =
             (r.get(0)?, r.get(1)?, r.get(2)?, r.get(4)?);
         let (quota, used, overage, granted): (i64, i64, i64, i64) = (r.get(3)?, r.get(5)?, r.get(6)?, r.get(7)?);
-        let plan_code: Option<String> = r.get(8)?;
+        let (plan_code, overage_plan_code): (Option<String>, Option<String>) = (r.get(8)?, r.get(9)?);
         Ok((|| {
             Ok(QuotaUsage {
                 tenant_id: parse_uuid(&tenant)?,
@@ -33,6 +33,7 @@ pub(crate) fn read_quota(
                 overage_units: overage,
                 granted_units: granted,
                 plan_code,
+                overage_plan_code,
             })
         })())
     })

@@ -369,7 +369,7 @@ mod tests {
         )
         .unwrap();
         let store = SqliteStore::open(&dir.path().join("codes.db")).await.unwrap();
-        assert_eq!(store.migrate().await.unwrap().applied, vec![13, 14, 15, 16, 17]);
+        assert_eq!(store.migrate().await.unwrap().applied, vec![13, 14, 15, 16, 17, 18]);
         let rows: Vec<(String, String, Option<String>, i64)> = conn
             .prepare("SELECT id, doc_type, jurisdiction, version FROM documents ORDER BY id")
             .unwrap()
@@ -403,7 +403,7 @@ mod tests {
         )
         .unwrap();
         let store = SqliteStore::open(&dir.path().join("keys.db")).await.unwrap();
-        assert_eq!(store.migrate().await.unwrap().applied, vec![12, 13, 14, 15, 16, 17]);
+        assert_eq!(store.migrate().await.unwrap().applied, vec![12, 13, 14, 15, 16, 17, 18]);
         let keys = |conn: &Connection| -> Vec<(i64, String)> {
             conn.prepare("SELECT search_rowid, document_id FROM document_search_keys ORDER BY search_rowid")
                 .unwrap()
@@ -465,7 +465,7 @@ mod tests {
         )
         .unwrap();
         let store = SqliteStore::open(&dir.path().join("words.db")).await.unwrap();
-        assert_eq!(store.migrate().await.unwrap().applied, vec![17]);
+        assert_eq!(store.migrate().await.unwrap().applied, vec![17, 18]);
         for word in ["서울", "guide", "νόμοσ", "νομος", "ガイド", "елка"] {
             let query = crate::store::search::fold(word);
             let found: Vec<i64> = conn
