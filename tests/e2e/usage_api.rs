@@ -618,3 +618,20 @@ async fn the_summary_projects_the_period_and_the_platform_reads_every_tenant_and
         (Some(false), Some(false))
     );
 }
+
+/// The export reads the years the report reads; a period given twice is said once, as repeated.
+#[actix_web::test]
+async fn an_export_of_a_period_outside_the_usage_years_or_given_twice_is_one_clear_422() {
+    let host = TestApp::start().await;
+    let a = host.token(DIR_A, "Usage.Read", DEV_APP_ID).await;
+    for period in ["0000-01", "1999-12", "2201-01"] {
+        let res = host.http(get(&format!("/api/v1/usage/export?period={period}"), &a)).await;
+        assert_eq!(res.status, 422, "{period}");
+        let errors = &res.json()["errors"];
+        assert_eq!((errors[0]["parameter"].as_str(), errors[0]["code"].as_str()), (Some("period"), Some("range")));
+    }
+    let twice = host.http(get("/api/v1/usage/export?period=2026-01&period=2026-02", &a)).await.json();
+    let errors = twice["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{twice}");
+    assert_eq!(errors[0]["code"], "repeated", "{twice}");
+}

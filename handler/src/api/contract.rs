@@ -565,6 +565,8 @@ impl Contracts {
             values.entry(name.into_owned()).or_default().push(value.into_owned());
         }
         let mut instance = serde_json::Map::new();
+        // A parameter given twice is reported as that, not also as missing.
+        let mut repeated = std::collections::BTreeSet::new();
         for (name, texts) in values {
             let Some(kind) = contract.kinds.get(&name) else {
                 let known: Vec<&str> = contract.kinds.keys().map(String::as_str).collect();
@@ -581,6 +583,7 @@ impl Contracts {
                 }
                 _ if texts.len() > 1 => {
                     errors.push(FieldError::new(&name, "repeated", "give this parameter once").in_query(&name));
+                    repeated.insert(name);
                     continue;
                 }
                 kind => typed(*kind, texts.into_iter().next().unwrap_or_default()),
@@ -592,7 +595,11 @@ impl Contracts {
             let pointer = failure.instance_path().to_string();
             let name = match failure.kind() {
                 jsonschema::error::ValidationErrorKind::Required { property } => {
-                    property.as_str().unwrap_or_default().to_owned()
+                    let name = property.as_str().unwrap_or_default().to_owned();
+                    if repeated.contains(&name) {
+                        continue;
+                    }
+                    name
                 }
                 _ => pointer.trim_start_matches('/').split('/').next().unwrap_or_default().to_owned(),
             };

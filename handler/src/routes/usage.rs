@@ -296,9 +296,8 @@ fn report_range(
     windows: &Windows,
     now: DateTime<Utc>,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), AppError> {
-    // Window arithmetic works in nanoseconds since 1970 (chrono: up to the year 2262); no usage exists outside this.
     for (name, t) in [("from", params.from), ("to", params.to)] {
-        if t.is_some_and(|t| !(2000..=2200).contains(&t.year())) {
+        if t.is_some_and(|t| !USAGE_YEARS.contains(&t.year())) {
             return Err(invalid(name, "range", "must lie between the years 2000 and 2200"));
         }
     }
@@ -428,6 +427,10 @@ pub struct ExportParams {
     pub tenant_id: Option<Uuid>,
 }
 
+/// The years usage is read in: window arithmetic works in nanoseconds since 1970 (chrono: up to the year 2262),
+/// and no usage exists outside them.
+const USAGE_YEARS: std::ops::RangeInclusive<i32> = 2000..=2200;
+
 /// Parses `YYYY-MM` into the first day of that month.
 pub fn parse_period(raw: &str) -> Option<NaiveDate> {
     let (year, month) = raw.split_once('-')?;
@@ -471,6 +474,9 @@ pub async fn export_usage(
 ) -> Result<HttpResponse, AppError> {
     let tenant_id = scoped_tenant(&req, &auth, params.tenant_id)?;
     let month = parse_period(&params.period).ok_or_else(|| invalid("period", "format", "must be YYYY-MM"))?;
+    if !USAGE_YEARS.contains(&month.year()) {
+        return Err(invalid("period", "range", "must lie between the years 2000 and 2200"));
+    }
     let tenant = state
         .store
         .get_tenant(tenant_id)
