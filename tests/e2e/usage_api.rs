@@ -635,3 +635,34 @@ async fn an_export_of_a_period_outside_the_usage_years_or_given_twice_is_one_cle
     assert_eq!(errors.len(), 1, "{twice}");
     assert_eq!(errors[0]["code"], "repeated", "{twice}");
 }
+
+/// A client that retries a create whose answer it lost pays for the create once: the replays are recorded (calls,
+/// their cost) and not billed, on the quota counter as in the usage events.
+#[actix_web::test]
+async fn replays_of_an_idempotent_create_are_recorded_and_not_billed() {
+    let host = TestApp::start().await;
+    let a = host.token(DIR_A, "Documents.Write,Usage.Read", DEV_APP_ID).await;
+    let create = || {
+        ClientRequest::new("POST", "/api/v1/documents")
+            .header("Authorization", &format!("Bearer {a}"))
+            .header("Idempotency-Key", "retry-me")
+            .json(&json!({"title": "Retried", "docType": "guidance"}))
+    };
+    let first = host.http(create()).await;
+    assert_eq!((first.status, first.header("idempotency-replayed")), (201, None));
+    for _ in 0..2 {
+        let again = host.http(create()).await;
+        assert_eq!((again.status, again.header("idempotency-replayed")), (201, Some("true")));
+    }
+    host.settle_leases().await;
+    let summary = host.http(get("/api/v1/usage/summary", &a)).await.json();
+    assert_eq!(summary["unitsUsed"], 5, "one create's units: {summary}");
+    let rows: Vec<(i64, bool)> = {
+        let conn = host.db();
+        let mut query = conn
+            .prepare("SELECT units, billable FROM usage_events WHERE operation_id = 'createDocument' ORDER BY seq")
+            .unwrap();
+        query.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    };
+    assert_eq!(rows, vec![(5, true), (5, false), (5, false)]);
+}

@@ -13,6 +13,9 @@ use uuid::Uuid;
 use crate::error::{AppError, ErrorCode, FieldError};
 use crate::store::{IdempotencyRecord, Store};
 
+/// The answer field that marks a replayed answer (`true`); the record stage bills no replay.
+pub const REPLAYED: &str = "idempotency-replayed";
+
 /// Headers that carry an idempotency key, in order of preference.
 pub const KEY_HEADERS: &[&str] = &["idempotency-key", "repeatability-request-id"];
 
@@ -105,7 +108,7 @@ pub fn replay(record: &IdempotencyRecord, request: &Idempotency) -> Result<HttpR
             response.insert_header((name, value));
         }
     }
-    response.insert_header(("idempotency-replayed", "true"));
+    response.insert_header((REPLAYED, "true"));
     Ok(response.body(record.response_body.clone()))
 }
 

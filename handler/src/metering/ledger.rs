@@ -49,6 +49,18 @@ pub struct RequestMeter {
     pub request_bytes: i64,
 }
 
+/// Request extension (the record stage's): the answer replays the stored answer of an idempotent create that took
+/// effect already (`idempotency-replayed: true`). A replay is recorded, and not billed: a client that retries a
+/// create whose answer it lost pays for the create once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed;
+
+/// Whether a call with this answer is charged: it succeeded, its operation debited units, and it is no replay.
+pub(crate) fn is_billable(request: &HttpRequest, status: StatusCode) -> bool {
+    let extensions = request.extensions();
+    status.is_success() && extensions.get::<Debit>().is_some() && extensions.get::<Replayed>().is_none()
+}
+
 /// Request extension (the limit stage's): the units the call's operation costs on the tenant's plan, its override
 /// included, whether or not the call is charged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +102,7 @@ pub(crate) fn records(
         })
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = meter.method.to_string();
-    let billable = status.is_success() && debit.is_some();
+    let billable = is_billable(request, status);
     let request_id = crate::request::current_id().unwrap_or_default();
     // A caller refused for its tenant's state (suspended, closed) or its revoked registration was still
     // identified: its calls are that tenant's, refused ones included.

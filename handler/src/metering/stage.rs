@@ -15,7 +15,7 @@ use super::audit::{self, LimiterDecision};
 use super::costs;
 use super::headers::{LimitState, burst_state, header_fields};
 use super::leases::{LeaseTicket, Spend};
-use super::ledger::{Debit, OperationCost, RequestMeter, body_bytes, records};
+use super::ledger::{Debit, OperationCost, Replayed, RequestMeter, body_bytes, is_billable, records};
 use super::period::BillingCalendar;
 use crate::auth::guard::Caller;
 use crate::error::{AppError, ErrorCode};
@@ -368,8 +368,11 @@ pub async fn record(
     req.extensions_mut().insert(meter.clone());
     let res = next.call(req).await?;
     let status = res.status();
+    if res.headers().contains_key(crate::api::idempotency::REPLAYED) {
+        res.request().extensions_mut().insert(Replayed);
+    }
     let debit = res.request().extensions().get::<Debit>().copied();
-    let billable = status.is_success() && debit.is_some();
+    let billable = is_billable(res.request(), status);
     if let Some(d) = debit.filter(|_| billable) {
         crate::telemetry::metrics::quota_consumed(d.units, d.overage_units)
     }
