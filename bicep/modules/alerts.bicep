@@ -45,7 +45,7 @@ var rules = [
     name: 'handler-5xx-rate'
     severity: 1
     description: 'More than ${fiveXxRateThreshold} of API requests failed with 5xx over 15 minutes (docs/operations.md#handler-5xx-rate).'
-    query: 'requests | where cloud_RoleName has "func-${baseName}" | summarize total = count(), failed = countif(toint(resultCode) >= 500) | where total >= 20 | extend rate = todouble(failed) / total'
+    query: 'requests | where cloud_RoleName has "func-${baseName}" | summarize total = count(), failed = countif(toint(resultCode) >= 500 and toint(resultCode) != 501) | where total >= 20 | extend rate = todouble(failed) / total'
     measure: 'rate'
     aggregation: 'Maximum'
     threshold: json(fiveXxRateThreshold)

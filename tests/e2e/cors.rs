@@ -128,7 +128,7 @@ async fn any_origin_is_answered_with_a_wildcard() {
 }
 
 #[actix_web::test]
-async fn a_method_http_does_not_define_is_501_and_a_known_one_the_path_lacks_405() {
+async fn a_method_no_registry_knows_is_501_and_a_known_one_the_path_lacks_405() {
     let app = TestApp::start().await;
     let token = app.token(DIR, "Documents.Read", DEV_APP_ID).await;
     let unknown = app.send(&token, ClientRequest::new("FROB", "/api/v1/documents")).await;
@@ -138,6 +138,11 @@ async fn a_method_http_does_not_define_is_501_and_a_known_one_the_path_lacks_405
     assert_eq!((page.status, page.json()["code"].as_str()), (501, Some("MethodNotImplemented")));
     let known = app.send(&token, ClientRequest::new("DELETE", "/api/v1/me")).await;
     assert_eq!((known.status, known.header("allow")), (405, Some("GET, HEAD")));
+    // Registered methods (IANA's registry: WebDAV's, QUERY) are known, so a path that lacks them is 405.
+    for method in ["QUERY", "PROPFIND"] {
+        let registered = app.send(&token, ClientRequest::new(method, "/api/v1/documents")).await;
+        assert_eq!(registered.status, 405, "{method}");
+    }
     let page = app.http(ClientRequest::new("PUT", "/api/docs/")).await;
     assert_eq!(page.status, 405);
 }

@@ -157,23 +157,54 @@ pub fn routed_path(info: &actix_web::dev::Path<actix_web::dev::Url>) -> &str {
     info.as_str()
 }
 
-/// `Err(501)` for a method HTTP does not define (RFC 9110 §9 and RFC 5789's PATCH): a 405 would say the
-/// resource lacks a method the server knows, and an unrecognised one is 501 (RFC 9110 §9.1).
+/// Every method of IANA's HTTP Method Registry (RFC 9110 §16.1: HTTP's own, WebDAV's, `PATCH`, `QUERY`, …).
+const REGISTERED_METHODS: &[&str] = &[
+    "ACL",
+    "BASELINE-CONTROL",
+    "BIND",
+    "CHECKIN",
+    "CHECKOUT",
+    "CONNECT",
+    "COPY",
+    "DELETE",
+    "GET",
+    "HEAD",
+    "LABEL",
+    "LINK",
+    "LOCK",
+    "MERGE",
+    "MKACTIVITY",
+    "MKCALENDAR",
+    "MKCOL",
+    "MKREDIRECTREF",
+    "MKWORKSPACE",
+    "MOVE",
+    "OPTIONS",
+    "ORDERPATCH",
+    "PATCH",
+    "POST",
+    "PRI",
+    "PROPFIND",
+    "PROPPATCH",
+    "PUT",
+    "QUERY",
+    "REBIND",
+    "REPORT",
+    "SEARCH",
+    "TRACE",
+    "UNBIND",
+    "UNCHECKOUT",
+    "UNLINK",
+    "UNLOCK",
+    "UPDATE",
+    "UPDATEREDIRECTREF",
+    "VERSION-CONTROL",
+];
+
+/// `Err(501)` for a method no registry knows (RFC 9110 §9.1: an unrecognised method is 501); a registered one a
+/// path does not allow is the caller's 405.
 pub fn refuse_unknown_method(method: &actix_web::http::Method) -> Result<(), crate::error::AppError> {
-    use actix_web::http::Method;
-    let known = [
-        Method::GET,
-        Method::HEAD,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::CONNECT,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::PATCH,
-    ]
-    .contains(method);
-    if known {
+    if REGISTERED_METHODS.contains(&method.as_str()) {
         return Ok(());
     }
     let shown: String = method.as_str().chars().take(40).collect();
