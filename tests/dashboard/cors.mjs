@@ -6,24 +6,11 @@
 //   { "chromium": "/usr/bin/chromium", "api": "http://127.0.0.1:PORT", "token": "<bearer token>",
 //     "pages": ["http://127.0.0.1:PAGE_PORT", ...] }
 import { readFileSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { launch } from "./browser.mjs";
 
 const plan = JSON.parse(readFileSync(process.argv[2], "utf8"));
-const FLAGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--disable-extensions",
-  "--disable-dev-shm-usage",
-  "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-];
 
-const browser = await chromium.launch({ executablePath: plan.chromium, headless: true, args: FLAGS, timeout: 60_000 });
+const browser = await launch(plan.chromium);
 const results = {};
 try {
   for (const origin of plan.pages) {

@@ -10,29 +10,14 @@
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launch } from "./browser.mjs";
 
 const require = createRequire(import.meta.url);
 const AXE_SOURCE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 
 const plan = JSON.parse(readFileSync(process.argv[2], "utf8"));
-const FLAGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--disable-extensions",
-  "--disable-dev-shm-usage",
-  // Every host but the handler's fails to resolve: the page can only work with what the handler serves.
-  "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-];
 
-// launch() starts Chromium with a fresh temporary profile (a new user-data-dir), removed when it closes.
-const browser = await chromium.launch({ executablePath: plan.chromium, headless: true, args: FLAGS, timeout: 60_000 });
+const browser = await launch(plan.chromium);
 const results = {};
 try {
   for (const session of plan.sessions) {

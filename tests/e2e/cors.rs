@@ -2,14 +2,14 @@
 //! allowed page's answers carry (problems included), refusals for other origins, and 501 for methods HTTP does
 //! not define. In process through `startup::app`, and once in headless Chromium from pages of two other origins.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::support::app::{DEV_APP_ID, TestApp};
+use crate::support::browser::{chromium, run_script};
 use crate::support::endpoints::{Reply, TestServer};
-use crate::support::host::{ClientRequest, ClientResponse, repo_root};
+use crate::support::host::{ClientRequest, ClientResponse};
 
 const DIR: &str = "c0c0c0c0-0000-0000-0000-0000000000c1";
 const PAGE: &str = "https://app.example.test";
@@ -157,44 +157,10 @@ async fn page_server() -> TestServer {
     .await
 }
 
-fn chromium() -> PathBuf {
-    if let Some(path) = std::env::var_os("METERLINE_TEST_CHROMIUM").map(PathBuf::from) {
-        return path;
-    }
-    ["/usr/bin/chromium", "/usr/bin/google-chrome"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .expect("/usr/bin/chromium is missing: `./scripts/install-test-deps chromium` installs it")
-}
-
 /// Runs `tests/dashboard/cors.mjs`: pages at `pages` call the API at `api` with `token` from headless Chromium.
 async fn browse(api: &str, token: &str, pages: &[String]) -> Value {
-    let dir = repo_root().join("tests/dashboard");
     let plan = json!({"chromium": chromium(), "api": api, "token": token, "pages": pages});
-    let plan_file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(plan_file.path(), plan.to_string()).unwrap();
-    let temp = tempfile::tempdir().unwrap();
-    let child = tokio::process::Command::new("node")
-        .arg(dir.join("cors.mjs"))
-        .arg(plan_file.path())
-        .current_dir(&dir)
-        .env("HOME", temp.path())
-        .env("XDG_CONFIG_HOME", temp.path().join("config"))
-        .env("XDG_CACHE_HOME", temp.path().join("cache"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs: install Node.js 20 or later");
-    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .expect("the browser run finished in time")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "cors.mjs failed ({}):\n{stderr}", output.status);
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("cors.mjs printed no JSON ({e}):\n{stderr}"))
+    run_script("cors.mjs", &plan, Duration::from_secs(120)).await
 }
 
 #[actix_web::test]

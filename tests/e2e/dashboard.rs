@@ -19,6 +19,7 @@ use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use serde_json::{Value, json};
 
 use crate::support::app::TestApp;
+use crate::support::browser::{chromium, run_script};
 use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, on_schedule, repo_root};
 
 const DIR_A: &str = "aaaaaaaa-0000-0000-0000-0000000000aa";
@@ -29,7 +30,6 @@ const DIR_OPS: &str = "0000000f-0000-0000-0000-00000000000f";
 /// keep adding to today's figures while the page runs.
 const PAGE_APP: &str = "dashboard-app";
 /// Where `scripts/install-test-deps` puts Chromium; `METERLINE_TEST_CHROMIUM` overrides it.
-const BROWSERS: [&str; 2] = ["/usr/bin/chromium", "/usr/bin/google-chrome"];
 /// The whole browser run: seven sessions of a second or two each.
 const BROWSER_BUDGET: Duration = Duration::from_secs(240);
 
@@ -206,17 +206,6 @@ fn serve(world: &World) -> (String, actix_web::dev::ServerHandle) {
     (origin, handle)
 }
 
-fn chromium() -> PathBuf {
-    if let Some(path) = std::env::var_os("METERLINE_TEST_CHROMIUM").map(PathBuf::from) {
-        return path;
-    }
-    BROWSERS
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{} is missing: `./scripts/install-test-deps chromium` installs it", BROWSERS[0]))
-}
-
 fn artifacts() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
     let dir = if target.is_absolute() { target } else { repo_root().join(target) }.join("dashboard-artifacts");
@@ -226,36 +215,8 @@ fn artifacts() -> PathBuf {
 
 /// Runs `tests/dashboard/run.mjs` with these sessions and returns what each saw.
 async fn browse(origin: &str, sessions: Value) -> Value {
-    let dir = repo_root().join("tests/dashboard");
-    assert!(
-        dir.join("node_modules/playwright-core").is_dir() && dir.join("node_modules/axe-core").is_dir(),
-        "tests/dashboard/node_modules is missing: run `./scripts/install-test-deps dashboard` (npm ci)"
-    );
     let plan = json!({"chromium": chromium(), "origin": origin, "outDir": artifacts(), "sessions": sessions});
-    let plan_file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(plan_file.path(), plan.to_string()).unwrap();
-    let temp = tempfile::tempdir().unwrap();
-    let child = tokio::process::Command::new("node")
-        .arg(dir.join("run.mjs"))
-        .arg(plan_file.path())
-        .current_dir(&dir)
-        // Chromium's caches and crash files stay in a temporary folder.
-        .env("HOME", temp.path())
-        .env("XDG_CONFIG_HOME", temp.path().join("config"))
-        .env("XDG_CACHE_HOME", temp.path().join("cache"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs: install Node.js 20 or later");
-    let output = tokio::time::timeout(BROWSER_BUDGET, child.wait_with_output())
-        .await
-        .expect("the browser run finished in time")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "run.mjs failed ({}):\n{stderr}", output.status);
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("run.mjs printed no JSON ({e}):\n{stderr}"))
+    run_script("run.mjs", &plan, BROWSER_BUDGET).await
 }
 
 /// A table the page showed: its header and rows.

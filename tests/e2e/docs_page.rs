@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::support::browser::chromium;
 use crate::support::host::{ClientRequest, HostEmulator};
 
 /// Where `scripts/install-test-deps` puts Chromium (Debian's `chromium` package), then Google Chrome (preinstalled
 /// on GitHub's Ubuntu runners). `METERLINE_TEST_CHROMIUM` overrides both.
-const BROWSERS: [&str; 2] = ["/usr/bin/chromium", "/usr/bin/google-chrome"];
 /// The whole browser run, start to exit; rendering takes a second or two.
 const BROWSER_BUDGET: Duration = Duration::from_secs(60);
 
@@ -89,21 +89,6 @@ async fn openapi(host: &HostEmulator) -> Value {
     let res = host.http(ClientRequest::get("/api/openapi.json")).await;
     assert_eq!(res.status, 200);
     res.json()
-}
-
-fn chromium() -> PathBuf {
-    if let Some(path) = std::env::var_os("METERLINE_TEST_CHROMIUM").map(PathBuf::from) {
-        assert!(path.is_file(), "METERLINE_TEST_CHROMIUM={} is not a file", path.display());
-        return path;
-    }
-    BROWSERS.iter().map(PathBuf::from).find(|path| path.is_file()).unwrap_or_else(|| {
-        panic!(
-            "{} is missing: this test needs headless Chromium. `./scripts/test` installs it \
-             (`scripts/install-test-deps chromium`: apt-get install chromium); \
-             METERLINE_TEST_CHROMIUM may name another Chromium or Chrome executable",
-            BROWSERS[0]
-        )
-    })
 }
 
 /// Loads `url` in headless Chromium, lets its scripts run, and returns the resulting DOM (`--dump-dom`).

@@ -2,6 +2,7 @@
 //! matching, the OpenID provider, local Azure endpoints and the store harness.
 
 pub mod app;
+pub mod browser;
 pub mod endpoints;
 pub mod host;
 pub mod oidc;
