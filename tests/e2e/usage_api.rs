@@ -3,7 +3,7 @@
 //! usage API and the export.
 
 use meterline::clock::Clock;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::app::{DEV_APP_ID, TestApp};
 use crate::support::host::{ClientRequest, ClientResponse, on_schedule};
@@ -336,6 +336,21 @@ async fn overage_a_move_to_pay_as_you_go_allows_is_priced_by_that_plan() {
         [&issued["baseAmountMicros"], &issued["overageUnitPriceMicros"], &issued["overageAmountMicros"]],
         [&json!(100_000_000), &json!(10_000), &json!(60_000)],
         "{issued}"
+    );
+    // The event says the price it applied too: its plan's own overage price is 0.
+    let payload: String = host
+        .db()
+        .query_row(
+            "SELECT payload FROM outbox_messages WHERE event_type = 'meterline.billing.statement-ready.v1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let event: Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(
+        [&event["planCode"], &event["overageUnitPriceMicros"], &event["overageAmountMicros"]],
+        [&json!("pro"), &json!(10_000), &json!(60_000)],
+        "{event}"
     );
 }
 

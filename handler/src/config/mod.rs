@@ -378,7 +378,9 @@ fn host_name(host: &str) -> Result<(), &'static str> {
     if !host.is_ascii() {
         return Err("write an internationalized name in its xn-- form, as browsers send it");
     }
-    let labels: Vec<&str> = host.split('.').collect();
+    // A fully qualified name may end in a dot, and a page served under it sends it so (`https://a.test.`).
+    let qualified = host.strip_suffix('.');
+    let labels: Vec<&str> = qualified.unwrap_or(host).split('.').collect();
     let label_ok = |l: &&str| {
         !l.is_empty()
             && l.len() <= 63
@@ -392,7 +394,7 @@ fn host_name(host: &str) -> Result<(), &'static str> {
     // A name whose last label is a number is an IPv4 address to a browser: four decimal parts, no leading zeros.
     if labels.last().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit())) {
         let canonical = |l: &&str| l.parse::<u8>().is_ok_and(|n| n.to_string() == **l);
-        if labels.len() != 4 || !labels.iter().all(canonical) {
+        if labels.len() != 4 || !labels.iter().all(canonical) || qualified.is_some() {
             return Err("not an IPv4 address");
         }
     }
@@ -476,7 +478,7 @@ mod tests {
     fn allowed_origins_are_read_as_browsers_send_them() {
         use super::AllowedOrigins;
         let listed = AllowedOrigins::parse(
-            " HTTPS://App.Example.com:443/ , http://localhost:5173,http://[::1]:80,http://[0:0::1]:8080,http://10.0.0.1:3000,https://xn--bcher-kva.example",
+            " HTTPS://App.Example.com:443/ , http://localhost:5173,http://[::1]:80,http://[0:0::1]:8080,http://10.0.0.1:3000,https://xn--bcher-kva.example,https://a.test.",
         )
         .unwrap();
         assert_eq!(
@@ -488,6 +490,7 @@ mod tests {
                 "http://[::1]:8080".into(),
                 "http://10.0.0.1:3000".into(),
                 "https://xn--bcher-kva.example".into(),
+                "https://a.test.".into(),
             ])
         );
         assert!(listed.allows("http://localhost:5173") && !listed.allows("http://localhost:5174"));
@@ -512,6 +515,8 @@ mod tests {
             "https://a.test:",
             "https://*.example.com",
             "https://a..test",
+            "https://a.test..",
+            "http://10.0.0.1.",
             "https://-a.test",
             "https://1.2.3.4.5",
             "http://01.2.3.4",

@@ -376,6 +376,7 @@ pub fn statement_ready_event(id: uuid::Uuid, s: &BillingStatement) -> OutboxMess
             "grantedUnits": s.granted_units,
             "usedUnits": s.used_units,
             "overageUnits": s.overage_units,
+            "overageUnitPriceMicros": s.overage_unit_price_micros,
             "baseAmountMicros": s.base_amount_micros,
             "overageAmountMicros": s.overage_amount_micros,
             "totalAmountMicros": s.total_amount_micros,
