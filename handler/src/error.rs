@@ -490,7 +490,19 @@ pub async fn problems(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with(PROBLEM_JSON));
-    if !azure || !is_problem {
+    if !is_problem {
+        return Ok(res);
+    }
+    // An error's shape depends on `Accept`: a cache must not give one client's shape to another.
+    let mut res = res;
+    let varies = res
+        .headers()
+        .get_all(header::VARY)
+        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|field| field.trim().eq_ignore_ascii_case("accept"))));
+    if !varies {
+        res.headers_mut().append(header::VARY, HeaderValue::from_static("Accept"));
+    }
+    if !azure {
         return Ok(res);
     }
     let (request, response) = res.into_parts();

@@ -79,6 +79,8 @@ async fn an_allowed_pages_preflight_is_answered_unmetered_and_its_calls_can_be_r
     // A problem too: a page reads why it was refused.
     let refused = app.http(ClientRequest::get("/api/v1/me").header("Origin", PAGE)).await;
     assert_eq!((refused.status, refused.header("access-control-allow-origin")), (401, Some(PAGE)));
+    // A problem's shape also depends on `Accept` (problem+json or the Azure envelope), said once.
+    assert_eq!(all(&refused, "vary"), "Accept, Origin", "{:?}", refused.headers);
     // Beside the API (the OpenAPI document) as well; a request with no Origin gets no CORS field.
     let doc = app.http(ClientRequest::get("/api/openapi.json").header("Origin", PAGE)).await;
     assert_eq!(doc.header("access-control-allow-origin"), Some(PAGE));

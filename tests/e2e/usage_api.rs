@@ -325,7 +325,9 @@ async fn overage_a_move_to_pay_as_you_go_allows_is_priced_by_that_plan() {
     let closed = host.invoke_timer("UsageRollup", on_schedule()).await;
     assert!(closed.logs()[0].contains("statements written"), "{:?}", closed.logs());
     let a = host.token(DIR_A, "Usage.Read", DEV_APP_ID).await;
-    let issued = host.http(get(&format!("/api/v1/billing/statements/{period}"), &a)).await.json();
+    let answer = host.http(get(&format!("/api/v1/billing/statements/{period}"), &a)).await;
+    assert_eq!(answer.header("vary"), Some("Accept"), "JSON or CSV by Accept");
+    let issued = answer.json();
     // 16 units (8 listings of 2), 6 beyond the period's quota of 10, at payg's cent a unit; pro's base price.
     assert_eq!(
         [&issued["planCode"], &issued["quotaUnits"], &issued["usedUnits"], &issued["overageUnits"]],

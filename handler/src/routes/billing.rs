@@ -186,6 +186,7 @@ pub async fn get_billing_statement(
     if wants_csv(&req) {
         return Ok(HttpResponse::Ok()
             .content_type("text/csv; charset=utf-8")
+            .insert_header((actix_web::http::header::VARY, "Accept"))
             .insert_header((
                 actix_web::http::header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"statement-{tenant_id}-{}.csv\"", period_name(period_start)),
@@ -196,7 +197,8 @@ pub async fn get_billing_statement(
         adjustments: Some(adjustments.iter().map(AdjustmentView::from).collect()),
         ..StatementView::from(&statement)
     };
-    Ok(HttpResponse::Ok().json(view))
+    // JSON or CSV by `Accept`: a cache keeps them apart.
+    Ok(HttpResponse::Ok().insert_header((actix_web::http::header::VARY, "Accept")).json(view))
 }
 
 /// Whether the client asked for CSV: its `Accept` names `text/csv`.
