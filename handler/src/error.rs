@@ -71,6 +71,9 @@ error_codes! {
     OriginNotAllowed => (StatusCode::FORBIDDEN, "origin-not-allowed", "Origin not allowed"),
     /// The request body is larger than the configured limit.
     PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large"),
+    /// The request body did not arrive in time (nothing for a while, or not all of it within the bound): a client
+    /// that sends part of a body and stops holds no connection and no buffer for long.
+    RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request-timeout", "Request body too slow"),
     /// The request body has a media type the operation does not accept.
     UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type"),
     /// The request body is not well-formed JSON.

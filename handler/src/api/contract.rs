@@ -19,10 +19,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use actix_web::HttpMessage as _;
 use actix_web::dev::ServiceRequest;
 use actix_web::http::header;
-use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::{OpenApi, RefOr};
@@ -50,6 +48,11 @@ const PROBLEM_RESPONSES: &[(u16, &str, &str)] = &[
     ),
     (404, "NotFound", "No such resource in the caller's tenant (`not-found`)."),
     (412, "PreconditionFailed", "The ETag in `If-Match` is not the current one (`precondition-failed`)."),
+    (
+        408,
+        "RequestTimeout",
+        "The body stopped arriving for 10 s, or did not arrive whole within 60 s (`request-timeout`).",
+    ),
     (413, "PayloadTooLarge", "The body is larger than the limit (`payload-too-large`)."),
     (415, "UnsupportedMediaType", "The body is not of the media type the operation takes (`unsupported-media-type`)."),
     (
@@ -151,7 +154,7 @@ fn link(doc: &mut OpenApi, from: &str, status: &str, to: &str, parameters: &[(&s
 fn derived_statuses(op: &Operation) -> Vec<u16> {
     let mut statuses = vec![401, 403, 422, 429, 503];
     if op.request_body.is_some() {
-        statuses.extend([400, 413, 415]);
+        statuses.extend([400, 408, 413, 415]);
     }
     let parameters = op.parameters.iter().flatten().filter_map(|p| match p {
         RefOr::T(parameter) => Some(parameter),
@@ -777,7 +780,7 @@ async fn checked(
             .with_detail(format!("bodies are taken without a content coding, not {coding}: send them as they are"))
             .with_header(header::ACCEPT_ENCODING, header::HeaderValue::from_static("identity")));
     }
-    let bytes = read_body(req, contracts.max_body, declared).await?;
+    let bytes = crate::api::body::read_body(req, contracts.max_body, declared).await?;
     let value: Value = if bytes.is_empty() {
         return Err(AppError::new(ErrorCode::MalformedJson).with_detail("the body is empty; this operation takes JSON"));
     } else {
@@ -843,30 +846,6 @@ fn integral(value: Value) -> (Value, bool) {
 
 fn content_length(req: &ServiceRequest) -> Option<usize> {
     req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
-/// The whole body, refused with 413 once it passes `limit` bytes (at once when its declared length does).
-async fn read_body(
-    req: &mut ServiceRequest,
-    limit: usize,
-    declared: Option<usize>,
-) -> Result<actix_web::web::Bytes, AppError> {
-    let too_large = || AppError::new(ErrorCode::PayloadTooLarge).with_detail(format!("the limit is {limit} bytes"));
-    if declared.is_some_and(|length| length > limit) {
-        return Err(too_large());
-    }
-    let mut payload = req.take_payload();
-    let mut body = actix_web::web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            AppError::new(ErrorCode::MalformedJson).with_detail(format!("reading the body failed: {e}"))
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }
 
 fn invalid(errors: Vec<FieldError>) -> AppError {

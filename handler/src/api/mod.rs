@@ -4,6 +4,7 @@
 //!
 //! Routes in `routes/` use these pieces so that every resource behaves the same way.
 
+pub mod body;
 pub mod conditional;
 pub mod contract;
 pub mod cors;
