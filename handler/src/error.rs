@@ -655,6 +655,7 @@ fn framework_code(status: StatusCode) -> ErrorCode {
         StatusCode::CONFLICT => ErrorCode::Conflict,
         StatusCode::PRECONDITION_FAILED => ErrorCode::PreconditionFailed,
         StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::REQUEST_TIMEOUT => ErrorCode::RequestTimeout,
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
         StatusCode::UNPROCESSABLE_ENTITY => ErrorCode::ValidationFailed,
         StatusCode::PRECONDITION_REQUIRED => ErrorCode::PreconditionRequired,
