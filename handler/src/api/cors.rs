@@ -47,8 +47,9 @@ pub async fn apply(
             (origin, None) => refused(origin.as_ref()),
         };
         // As on every `/api/v1` answer (`routes::configure`), which a preflight never reaches.
-        res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
-        res.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        for (name, value) in crate::api::V1_ANSWER_FIELDS {
+            res.headers_mut().insert(name, HeaderValue::from_static(value));
+        }
         return Ok(req.into_response(res).map_into_right_body());
     }
     let mut res = next.call(req).await?;
@@ -90,14 +91,9 @@ fn decorate(headers: &mut HeaderMap, allowed: &AllowedOrigins, allow_origin: Opt
 fn preflight(req: &ServiceRequest, allow_origin: HeaderValue) -> HttpResponse {
     let mut res = HttpResponse::NoContent();
     res.insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin.clone()));
-    let methods = req
-        .app_data::<web::Data<RouteTable>>()
-        .and_then(|routes| routes.allowed_methods(routed_path(req.match_info())));
-    if let Some(mut methods) = methods {
-        if methods.contains(&"GET") {
-            methods.push("HEAD");
-        }
-        let methods = HeaderValue::from_str(&methods.join(", ")).expect("method names are valid header text");
+    let allow = req.app_data::<web::Data<RouteTable>>().and_then(|routes| routes.allow(routed_path(req.match_info())));
+    if let Some(allow) = allow {
+        let methods = HeaderValue::from_str(&allow).expect("method names are valid header text");
         res.insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, methods));
     }
     // Any field a page asks to send: what authorizes a call is the token it carries, not which fields it sends.

@@ -19,3 +19,11 @@ pub mod operations;
 pub mod page;
 pub mod search;
 pub mod validation;
+
+use actix_web::http::header::{self, HeaderName};
+
+/// The header fields every `/api/v1` answer carries, a problem's and a preflight's too: tenant data is never kept
+/// by a shared cache and is revalidated before a private one reuses it (the ETag answers 304), as Azure's own APIs
+/// say; and no browser reads a JSON answer as anything else.
+pub const V1_ANSWER_FIELDS: [(HeaderName, &str); 2] =
+    [(header::CACHE_CONTROL, "private, no-cache"), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")];

@@ -114,6 +114,16 @@ impl RouteTable {
         Some(allowed)
     }
 
+    /// The methods allowed on `path` as `Allow` lists them (a 405's, a preflight's): with `HEAD` wherever `GET` is,
+    /// since every `GET` answers `HEAD` too (`api::head`); `None` when no route template matches it.
+    pub fn allow(&self, path: &str) -> Option<String> {
+        let mut methods = self.allowed_methods(path)?;
+        if methods.contains(&"GET") {
+            methods.push("HEAD");
+        }
+        Some(methods.join(", "))
+    }
+
     /// How many route templates match `path` (the route table's own check that its order is free).
     #[cfg(test)]
     pub(crate) fn templates_matching(&self, path: &str) -> usize {
@@ -244,6 +254,8 @@ mod tests {
         table.add("/api/v1/things/{id}", vec!["PATCH"]);
         assert_eq!(table.allowed_methods("/api/v1/things/42"), Some(vec!["DELETE", "GET", "PATCH"]));
         assert_eq!(table.allowed_methods("/api/v1/things"), None);
+        assert_eq!(table.allow("/api/v1/things/42").as_deref(), Some("DELETE, GET, PATCH, HEAD"), "HEAD with GET");
+        assert_eq!(table.allow("/api/v1/things"), None);
         assert_eq!(table.allowed_methods("/api/v1/things/42/more"), None);
         assert_eq!(table.allowed_methods("/api/v1/things/"), None, "a parameter is never empty");
         assert_eq!(table.allowed_methods("/api/v1/things/42/"), None, "no trailing slash");

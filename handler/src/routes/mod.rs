@@ -88,13 +88,11 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .wrap(actix_web::middleware::from_fn(crate::auth::guard::authenticate))
             .wrap(actix_web::middleware::from_fn(crate::error::problems))
             .wrap(actix_web::middleware::from_fn(crate::metering::stage::record))
-            // Every answer, a problem's too: tenant data is never kept by a shared cache and is revalidated before
-            // a private one reuses it (the ETag answers 304), as Azure's own APIs say; and no browser reads a
-            // JSON answer as anything else.
+            // Every answer, a problem's too.
             .wrap(
-                actix_web::middleware::DefaultHeaders::new()
-                    .add((actix_web::http::header::CACHE_CONTROL, "private, no-cache"))
-                    .add((actix_web::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")),
+                crate::api::V1_ANSWER_FIELDS
+                    .into_iter()
+                    .fold(actix_web::middleware::DefaultHeaders::new(), |headers, field| headers.add(field)),
             )
             // actix tries the routes in this order, a regular expression per templated path (no two templates
             // match the same path, so the order decides only the cost). The data plane comes first, its fixed
@@ -193,17 +191,10 @@ async fn openapi_document(state: web::Data<AppState>) -> HttpResponse {
 pub async fn not_matched(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     crate::api::operations::refuse_unknown_method(req.method())?;
     let path = echoed(req.path());
-    Err(match state.routes.allowed_methods(crate::api::operations::routed_path(req.match_info())) {
-        Some(mut methods) => {
-            // Every GET answers HEAD too (`api::head`).
-            if methods.contains(&"GET") {
-                methods.push("HEAD");
-            }
-            let allow = methods.join(", ");
-            AppError::new(ErrorCode::MethodNotAllowed)
-                .with_detail(format!("{} is not allowed on {path}; allowed: {allow}", req.method()))
-                .with_header(header::ALLOW, HeaderValue::from_str(&allow).expect("method names are valid header text"))
-        }
+    Err(match state.routes.allow(crate::api::operations::routed_path(req.match_info())) {
+        Some(allow) => AppError::new(ErrorCode::MethodNotAllowed)
+            .with_detail(format!("{} is not allowed on {path}; allowed: {allow}", req.method()))
+            .with_header(header::ALLOW, HeaderValue::from_str(&allow).expect("method names are valid header text")),
         None => AppError::new(ErrorCode::NotFound).with_detail(format!("no route matches {} {path}", req.method())),
     })
 }
