@@ -7,6 +7,7 @@
 //!
 //! One test binary (faster to link than one per file); each module is one concern.
 
+mod abandoned;
 mod api;
 mod audit;
 mod cli;

@@ -20,10 +20,10 @@ use crate::support::host::{ClientRequest, ClientResponse, HostEmulator, HostOpti
 /// The call these tests meter: a read the quota applies to, one unit on the "metered" plan (`/api/v1/me` is a
 /// self-service read the quota does not apply to).
 pub(crate) const METERED: &str = "/api/v1/documents";
-const DIR_A: &str = "aaaaaaaa-0000-0000-0000-0000000000aa";
+pub(crate) const DIR_A: &str = "aaaaaaaa-0000-0000-0000-0000000000aa";
 const DIR_OPS: &str = "0b500000-0000-0000-0000-0000000000ff";
 /// Tenant A's units used this period (the platform administrator's calls are metered on its own tenant).
-const A_UNITS: &str = "SELECT coalesce(sum(q.units_used), 0) FROM quota_usage q JOIN tenants t ON t.id = q.tenant_id \
+pub(crate) const A_UNITS: &str = "SELECT coalesce(sum(q.units_used), 0) FROM quota_usage q JOIN tenants t ON t.id = q.tenant_id \
     WHERE t.entra_tenant_id = 'aaaaaaaa-0000-0000-0000-0000000000aa'";
 
 pub(crate) struct Metered {
@@ -77,8 +77,23 @@ pub(crate) async fn metered(requests_per_minute: i64, burst: i64, quota: i64, po
 }
 
 /// [`metered`] in process: the app, a Documents.Read token of tenant A, and a platform administrator's token.
-async fn metered_app(requests_per_minute: i64, burst: i64, quota: i64, policy: &str) -> (TestApp, String, String) {
-    let app = TestApp::start().await;
+pub(crate) async fn metered_app(
+    requests_per_minute: i64,
+    burst: i64,
+    quota: i64,
+    policy: &str,
+) -> (TestApp, String, String) {
+    metered_in(TestApp::start().await, requests_per_minute, burst, quota, policy).await
+}
+
+/// [`metered_app`] on an app the caller started.
+pub(crate) async fn metered_in(
+    app: TestApp,
+    requests_per_minute: i64,
+    burst: i64,
+    quota: i64,
+    policy: &str,
+) -> (TestApp, String, String) {
     let user = app.token(DIR_A, "Documents.Read", DEV_APP_ID).await;
     let admin = app.token(DIR_OPS, "Platform.Admin", "ops").await;
     move_a_to_plan(|r| app.http(r), &admin, requests_per_minute, burst, quota, policy).await;
@@ -99,7 +114,7 @@ fn db(root: &std::path::Path) -> rusqlite::Connection {
     rusqlite::Connection::open(root.join("data/meterline.db")).unwrap()
 }
 
-fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
+pub(crate) fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 

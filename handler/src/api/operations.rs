@@ -141,6 +141,15 @@ impl RouteTable {
             .map(|(template, _)| &*template.text)
     }
 
+    /// The template of the route whose method `operation` is: what a request is recorded under when it never got
+    /// to the router (its client left first).
+    pub fn template_of(&self, operation: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(_, methods)| methods.iter().any(|(_, id)| id.as_deref() == Some(operation)))
+            .map(|(template, _)| &*template.text)
+    }
+
     /// The operation id serving `method` on `path`. Literal templates win over parameterized ones.
     pub fn operation(&self, method: &str, path: &str) -> Option<&Arc<str>> {
         let parts = segments(path);

@@ -144,34 +144,86 @@ pub(crate) fn records(
             limiter_decision: extensions.get::<LimiterDecision>().map(|d| d.0.clone()),
         }
     });
-    let usage = UsageEvent {
+    let charge = Charge {
+        tenant_id,
+        identified,
+        debit,
+        cost: extensions.get::<OperationCost>().copied(),
+        billable,
+        // Only the limit stage's own 429 names a limit; a later failure of the same request is no refusal.
+        refusal: extensions.get::<LimitRefusal>().copied().filter(|_| status == StatusCode::TOO_MANY_REQUESTS),
+    };
+    let usage = usage_event(meter, &charge, route, status, response_bytes, request_id, recorded_at);
+    (usage, audited)
+}
+
+/// Who a usage event is attributed to and what it was charged: what the stages learned about its request.
+pub(crate) struct Charge {
+    pub tenant_id: Option<Uuid>,
+    /// The caller's principal (also one refused for its tenant's state): the event's client and principal.
+    pub identified: Option<Arc<Principal>>,
+    pub debit: Option<Debit>,
+    /// What the operation costs on the tenant's plan, for a call charged nothing.
+    pub cost: Option<OperationCost>,
+    pub billable: bool,
+    pub refusal: Option<LimitRefusal>,
+}
+
+/// A request's usage event, from its meter and its charge, for an answer with `status`.
+pub(crate) fn usage_event(
+    meter: &RequestMeter,
+    charge: &Charge,
+    route: String,
+    status: StatusCode,
+    response_bytes: i64,
+    request_id: String,
+    recorded_at: DateTime<Utc>,
+) -> UsageEvent {
+    let Charge { tenant_id, identified, debit, cost, billable, refusal } = charge;
+    UsageEvent {
         event_id: meter.usage_id,
         request_id,
-        tenant_id,
+        tenant_id: *tenant_id,
         client_id: identified.as_ref().and_then(|p| p.app_id.clone()),
         principal_id: identified.as_ref().and_then(|p| p.object_id.clone()),
         // Charged nothing: what the call costs on the tenant's plan, else (no plan applied) the default table's.
-        units: match (billable, extensions.get::<OperationCost>()) {
+        units: match (billable, cost) {
             (true, _) => debit.map_or(0, |d| d.units),
             (false, Some(cost)) => cost.0,
             (false, None) => costs::units(&meter.operation),
         },
-        overage_units: if billable { debit.map_or(0, |d| d.overage_units) } else { 0 },
+        overage_units: if *billable { debit.map_or(0, |d| d.overage_units) } else { 0 },
         operation_id: meter.operation.clone(),
-        method,
+        method: meter.method.to_string(),
         route_template: route,
         status: i32::from(status.as_u16()),
-        billable,
+        billable: *billable,
         latency_micros: meter.started.elapsed().as_micros() as i64,
         request_bytes: meter.request_bytes,
         response_bytes,
         occurred_at: meter.occurred_at,
         recorded_at,
         lease_id: debit.and_then(|d| d.lease_id),
-        // Only the limit stage's own 429 names a limit; a later failure of the same request is no refusal.
-        refusal: extensions.get::<LimitRefusal>().copied().filter(|_| status == StatusCode::TOO_MANY_REQUESTS),
-    };
-    (usage, audited)
+        refusal: *refusal,
+    }
+}
+
+/// Gives back the units of a call that is charged nothing: a capped client's own counter whatever the tenant's
+/// debit came from, and the tenant's counter when it was debited directly (a lease's settlement counts only
+/// billable usage events, so a lease's units need nothing).
+pub(crate) async fn give_back(state: &crate::state::AppState, debit: &Debit) {
+    let now = state.clock.now();
+    if let Some(client_id) = debit.client_id
+        && let Err(err) = state.store.refund_client_quota(client_id, debit.period_start, debit.units, now).await
+    {
+        tracing::error!(error = ?err, "refunding a failed request's client quota debit failed");
+    }
+    if debit.lease_id.is_none()
+        && let Err(err) =
+            state.store.refund_quota(debit.tenant_id, debit.period_start, debit.units, debit.overage_units, now).await
+    {
+        tracing::error!(error = ?err, "refunding a failed request's quota debit failed");
+    }
 }
 
 /// The size of a response body when it is known up front (0 for a stream).

@@ -11,6 +11,7 @@
 //! [`costs::COSTS`]; if it changes state, it passes its [`ledger::ledger`] (usage and audit event, with an
 //! [`audit::AuditNote`] of what changed) to the store write, which commits them in its transaction.
 
+pub mod abandoned;
 pub mod audit;
 pub mod costs;
 pub mod headers;

@@ -111,12 +111,28 @@ impl UsageRecorder {
     ) -> Result<Result<(), Arc<StoreError>>, oneshot::error::RecvError> {
         let (done, wait) = oneshot::channel();
         lock(&self.inner.waiting).push((event, audit, done));
+        self.start_flush();
+        wait.await
+    }
+
+    /// Queues a usage event nobody waits for: the record of a request whose client left before its answer
+    /// (`super::abandoned`). The next flush writes it; this call starts one if none is running and the thread has a
+    /// runtime to run it on (else the next record queued starts it).
+    pub fn record_detached(&self, event: UsageEvent) {
+        let (done, _) = oneshot::channel();
+        lock(&self.inner.waiting).push((event, None, done));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.start_flush();
+        }
+    }
+
+    /// Starts a flush unless one is running.
+    fn start_flush(&self) {
         if !self.inner.flushing.swap(true, Ordering::AcqRel) {
-            // A task, not this request's future: a client that goes away must not stop other requests' batch.
+            // A task, not a request's future: a client that goes away must not stop other requests' batch.
             let flush = Flush { inner: Arc::clone(&self.inner), holding: true };
             tokio::spawn(async move { flush.run().await });
         }
-        wait.await
     }
 }
 

@@ -11,6 +11,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 
+use super::abandoned::{self, Abandonment};
 use super::audit::{self, LimiterDecision};
 use super::costs;
 use super::headers::{LimitState, burst_state, header_fields};
@@ -59,14 +60,19 @@ pub async fn limit(
     let state = state_of(&req);
     let caller = req.extensions().get::<Arc<Caller>>().cloned();
     let Some((caller, tenant)) = caller.and_then(|c| c.tenant.clone().map(|t| (c, t))) else {
+        if let Some(caller) = req.extensions().get::<Arc<Caller>>() {
+            abandoned::note(&req, caller, None, None);
+        }
         return Ok(next.call(req).await?.map_into_left_body());
     };
     let operation = crate::api::operations::operation_of(&req);
     let mut verdict = Verdict::default();
     let decided = verdict.decide(&state, &caller, &tenant, operation.as_deref()).await;
+    let cost = verdict.cost;
     verdict.leave_on(&req);
     match decided {
         Ok(Admitted { limits, debit, ticket }) => {
+            abandoned::note(&req, &caller, debit, cost);
             if let Some(debit) = debit {
                 req.extensions_mut().insert(debit);
             }
@@ -351,7 +357,7 @@ pub async fn record(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let state = state_of(&req);
-    let mut meter = RequestMeter {
+    let meter = RequestMeter {
         usage_id: state.ids.new_id(),
         audit_id: (!audit::is_read(req.method())).then(|| state.ids.new_id()),
         started: Instant::now(),
@@ -366,40 +372,39 @@ pub async fn record(
             .unwrap_or(0),
     };
     req.extensions_mut().insert(meter.clone());
-    let res = next.call(req).await?;
+    // Dropped with this future (the client reset its connection), it writes the record this stage cannot.
+    let abandonment = Abandonment::arm(&req, state.clone(), meter);
+    let res = match next.call(req).await {
+        Ok(res) => res,
+        Err(err) => {
+            abandonment.answered(err.as_response_error().status_code(), false);
+            return Err(err);
+        }
+    };
     let status = res.status();
     if res.headers().contains_key(crate::api::idempotency::REPLAYED) {
         res.request().extensions_mut().insert(Replayed);
     }
     let debit = res.request().extensions().get::<Debit>().copied();
     let billable = is_billable(res.request(), status);
+    abandonment.answered(status, billable);
     if let Some(d) = debit.filter(|_| billable) {
         crate::telemetry::metrics::quota_consumed(d.units, d.overage_units)
     }
-    // A capped client's counter is given back whatever the tenant's debit came from.
-    if let Some((client_id, d)) = debit.filter(|_| !billable).and_then(|d| d.client_id.map(|c| (c, d)))
-        && let Err(err) = state.store.refund_client_quota(client_id, d.period_start, d.units, state.clock.now()).await
-    {
-        tracing::error!(error = ?err, "refunding a failed request's client quota debit failed");
-    }
-    // A debit from a lease needs no refund: its settlement counts only billable usage events.
-    if let Some(debit) = debit.filter(|d| !billable && d.lease_id.is_none())
-        && let Err(err) = state
-            .store
-            .refund_quota(debit.tenant_id, debit.period_start, debit.units, debit.overage_units, state.clock.now())
-            .await
-    {
-        tracing::error!(error = ?err, "refunding a failed request's quota debit failed");
+    if let Some(debit) = debit.filter(|_| !billable) {
+        super::ledger::give_back(&state, &debit).await;
     }
     let response_bytes = body_bytes(res.response().body());
-    if meter.audit_id.is_none() && super::ledger::audit_outcome(res.request(), &meter.method, status).is_some() {
-        meter.audit_id = Some(state.ids.new_id());
-    }
     // A write that took effect committed these same ids in its own transaction already (`ledger::ledger`);
     // the store skips them, so this is then only the wait for the batch (and a record made again is stored once).
     // A handler that wrote nothing may still say what its request was about (a change that was already so), for
     // the audit event's resource and chain.
     let note = res.request().extensions().get::<super::audit::AuditNote>().cloned();
+    // Queued synchronously by the first poll below: nothing is left for the guard to record.
+    let mut meter = abandonment.disarm();
+    if meter.audit_id.is_none() && super::ledger::audit_outcome(res.request(), &meter.method, status).is_some() {
+        meter.audit_id = Some(state.ids.new_id());
+    }
     let recorded = state
         .recorder
         .record(|| records(res.request(), &meter, status, response_bytes, note.as_ref(), state.clock.now()))

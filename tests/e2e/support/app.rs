@@ -188,8 +188,8 @@ impl TestApp {
         Self::builder().start().await
     }
 
-    /// A request to the app, as a client of the Function App sends it.
-    pub async fn http(&self, request: ClientRequest) -> ClientResponse {
+    /// The request as actix's HTTP server hands it to the app.
+    fn request(request: ClientRequest) -> actix_http::Request {
         let method = actix_web::http::Method::from_bytes(request.method.as_bytes()).expect("an HTTP method");
         let mut test = TestRequest::default()
             .method(method)
@@ -201,7 +201,12 @@ impl TestApp {
         if let Some(body) = request.body {
             test = test.set_payload(body);
         }
-        let response = (self.call)(test.to_request()).await;
+        test.to_request()
+    }
+
+    /// A request to the app, as a client of the Function App sends it.
+    pub async fn http(&self, request: ClientRequest) -> ClientResponse {
+        let response = (self.call)(Self::request(request)).await;
         let status = response.status().as_u16();
         let headers = response
             .headers()
@@ -213,6 +218,26 @@ impl TestApp {
             Err(err) => panic!("the response body failed mid-stream: {err}"),
         };
         ClientResponse { status, headers, body }
+    }
+
+    /// Sends `request` with a body that never arrives, and drops the app's work on it once the app starts reading
+    /// the body: what actix's HTTP server does when the client's connection fails mid-request (a reset). The
+    /// request's `Content-Length` is whatever `request` says.
+    pub async fn abandon(&self, request: ClientRequest) {
+        let asked = Arc::new(tokio::sync::Notify::new());
+        let stalled = {
+            let asked = Arc::clone(&asked);
+            futures_util::stream::poll_fn(move |_| -> std::task::Poll<Option<Result<bytes::Bytes, _>>> {
+                asked.notify_one();
+                std::task::Poll::Pending
+            })
+        };
+        let (request, _) = Self::request(request)
+            .replace_payload(actix_http::Payload::from(Box::pin(stalled) as actix_http::BoxedPayloadStream));
+        tokio::select! {
+            answer = (self.call)(request) => panic!("answered {} before reading its body", answer.status()),
+            () = asked.notified() => {}
+        }
     }
 
     /// [`http`](Self::http) with `Authorization: Bearer <token>`.
