@@ -355,6 +355,14 @@ async fn serve(config: Config, breakers: Vec<Arc<crate::resilience::Breaker>>) -
         // Leases that expire while their tenant is idle go back within a second, not at its next request.
         leases.sweep_every(std::time::Duration::from_secs(1));
     }
+    // Repeated refusals counted in a window are audited with their count once it ends.
+    let state = &running.state;
+    state.refusal_audits.flush_every(
+        state.store.clone(),
+        state.clock.clone(),
+        state.ids.clone(),
+        std::time::Duration::from_secs(1),
+    );
     if matches!(runtime, Runtime::Standalone) && running.state.config.usage.standalone_timers {
         crate::jobs::schedule::start(running.state.clone().into_inner(), crate::functions::timers());
     }
@@ -390,6 +398,10 @@ async fn serve(config: Config, breakers: Vec<Arc<crate::resilience::Breaker>>) -
             rate.store_transactions,
             rate.requests
         );
+    }
+    let state = &running.state;
+    if let Err(err) = state.refusal_audits.flush(&*state.store, state.clock.now(), &*state.ids, true).await {
+        tracing::error!(error = ?err, "appending the counts of repeated refusals at shutdown failed");
     }
     let usage = running.state.recorder.stats();
     tracing::info!(

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::lookups::Lookups;
 use crate::metering::leases::{LeaseSettings, QuotaLeases, RateLeases};
 use crate::metering::recorder::UsageRecorder;
+use crate::metering::refusals::RefusalAudits;
 use crate::resilience::{Breaker, BreakerPolicy};
 use crate::store::Store;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub leases: Option<QuotaLeases>,
     /// This process's batches of rate-limit steps; `None` when every request takes its step in the store.
     pub rate_leases: Option<RateLeases>,
+    /// Repeated refusals counted instead of audited one by one, until their window ends.
+    pub refusal_audits: Arc<RefusalAudits>,
     /// The OpenAPI document, serialized once.
     pub openapi_json: actix_web::web::Bytes,
     /// Path templates, methods and operation ids of every route: 405 answers, and which operation a request
@@ -88,6 +91,7 @@ impl AppState {
             .usage
             .rate_lease
             .map(|validity| RateLeases::new(store.clone(), TimeDelta::from_std(validity).expect("at most 5 s")));
+        let refusal_audits = Arc::new(RefusalAudits::new(config.usage.refusal_audit_window));
         let lookups = Lookups::new(store.clone(), clock.clone(), config.lookup_cache_ttl);
         let outbox_sender = outbox_sender(&config)?.map(Arc::new);
         let servicebus_breaker = Breaker::new("servicebus", BreakerPolicy::RETRIED_CALLS, clock.clone());
@@ -107,6 +111,7 @@ impl AppState {
             recorder,
             leases,
             rate_leases,
+            refusal_audits,
             openapi_json,
             routes,
             contracts,

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use meterline::clock::Clock as _;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -264,7 +265,8 @@ async fn verify_pinpoints_a_row_altered_or_removed_in_the_database() {
 
 #[actix_web::test]
 async fn a_rate_limited_request_leaves_a_rejected_event_with_the_limiter_decision() {
-    let host = TestApp::start().await;
+    // Every refusal audited on its own (repeats are otherwise counted: `repeated_refusals_are_audited_once_...`).
+    let host = TestApp::builder().setting("METERLINE_REFUSAL_AUDIT_WINDOW_SECS", "0").start().await;
     let user = host.token(DIR_C, "Documents.Read", "c-user").await;
     let auditor = host.token(DIR_C, "Audit.Read", "c-auditor").await;
     let admin = host.token(DIR_OPS, "Platform.Admin", "ops").await;
@@ -374,4 +376,65 @@ async fn a_platform_administrator_verifies_any_tenants_chain_and_the_read_is_aud
     // Reading one's own tenant is not a cross-tenant read: nothing more in A's chain.
     let again = ok(&send(&host, &a_auditor, ClientRequest::get("/api/v1/audit-events/verify")).await, 200);
     assert_eq!(again["checked"], own["checked"]);
+}
+
+#[actix_web::test]
+async fn repeated_refusals_are_audited_once_then_counted_and_their_count_is_appended_when_the_window_ends() {
+    let host = TestApp::start().await;
+    let user = host.token(DIR_C, "Documents.Read", "c-user").await;
+    let auditor = host.token(DIR_C, "Audit.Read", "c-auditor").await;
+    let admin = host.token(DIR_OPS, "Platform.Admin", "ops").await;
+    let plan = json!({"code": "tight", "name": "Tight", "requestsPerMinute": 1, "burst": 3,
+        "monthlyQuotaUnits": 1_000_000, "overagePolicy": "block", "currency": "EUR", "basePriceMicros": 0, "overageUnitPriceMicros": 0});
+    ok(&send(&host, &admin, ClientRequest::new("POST", "/api/v1/plans").json(&plan)).await, 201);
+    let c = chain_of(&host, DIR_C).trim_start_matches("tenant:").to_owned();
+    let tight = ClientRequest::new("PATCH", &format!("/api/v1/tenants/{c}"))
+        .body("{\"plan\":\"tight\"}")
+        .header("Content-Type", "application/merge-patch+json")
+        .header("If-Match", "*");
+    ok(&send(&host, &admin, tight).await, 200);
+    let usage_events =
+        || -> i64 { host.db().query_row("SELECT count(*) FROM usage_events", [], |r| r.get(0)).unwrap() };
+    let audit_events =
+        || -> i64 { host.db().query_row("SELECT count(*) FROM audit_events", [], |r| r.get(0)).unwrap() };
+    let (usage_before, audit_before) = (usage_events(), audit_events());
+
+    // A burst of 3: the first 3 calls are served, the next 18 refused (429), and 30 calls with a garbage token (401).
+    let statuses: Vec<u16> =
+        futures_util::future::join_all((0..21).map(|_| send(&host, &user, ClientRequest::get("/api/v1/me"))))
+            .await
+            .iter()
+            .map(|r| r.status)
+            .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 18, "{statuses:?}");
+    for _ in 0..30 {
+        assert_eq!(send(&host, "not-a-token", ClientRequest::get("/api/v1/documents")).await.status, 401);
+    }
+    assert_eq!(usage_events() - usage_before, 51, "every call has its usage event");
+    assert_eq!(audit_events() - audit_before, 2, "the first 429 and the first 401 are audited, their repeats counted");
+
+    // Within the window nothing more is written; once it ends, one event per kind says how many repeats it counted.
+    let flush = |all| host.state.refusal_audits.flush(&*host.store, host.clock.now(), &*host.state.ids, all);
+    assert_eq!(flush(false).await.unwrap(), 0);
+    host.clock.advance(chrono::Duration::seconds(60));
+    assert_eq!(flush(false).await.unwrap(), 2);
+    let page = ok(&send(&host, &auditor, ClientRequest::get("/api/v1/audit-events?outcome=rejected")).await, 200);
+    let summaries: Vec<&str> =
+        page["value"].as_array().unwrap().iter().map(|e| e["summary"].as_str().unwrap()).collect();
+    assert_eq!(summaries.len(), 2, "{page}");
+    assert!(summaries.iter().any(|s| s.starts_with("17 more GET /api/v1/me answered 429 from ")), "{summaries:?}");
+    let platform: String = host
+        .db()
+        .query_row(
+            "SELECT summary FROM audit_events WHERE chain = 'platform' ORDER BY chain_seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(platform.starts_with("29 more GET /api/v1/documents answered 401 from "), "{platform}");
+    let verified = ok(&send(&host, &auditor, ClientRequest::get("/api/v1/audit-events/verify")).await, 200);
+    assert_eq!(verified["valid"], true, "{verified}");
+    // A new window opens with the next refusal, audited as it happens.
+    assert_eq!(send(&host, "not-a-token", ClientRequest::get("/api/v1/documents")).await.status, 401);
+    assert_eq!(audit_events() - audit_before, 5);
 }

@@ -227,6 +227,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         description: "A quota grant covers about this long of the process's recent spending (at least one request, at most half of what the quota has left). Range: 1 to 60000.",
     },
     SettingDoc {
+        name: "METERLINE_REFUSAL_AUDIT_WINDOW_SECS",
+        default: "60",
+        description: "The audit trail records a caller's first 401, 403 or 429 of an operation and answer in this many seconds as it happens, counts the repeats, and appends one event with their count when the window ends (docs/security.md, \"Repeated refusals\"). 0: every refusal is audited on its own. Range: 0 to 3600.",
+    },
+    SettingDoc {
         name: "METERLINE_RATE_LEASE_MS",
         default: "500",
         description: "How long a process may spend a batch of a client's rate-limit steps taken from the store at once (docs/usage.md, \"Rate leases\"). A window of the rate limit may admit up to this much more of the rate. 0: one store step per request. Range: 0 to 5000.",

@@ -24,6 +24,9 @@ pub struct UsageConfig {
     /// How long a batch of rate-limit steps may be spent; `None` (`METERLINE_RATE_LEASE_MS=0`): one store step per
     /// request.
     pub rate_lease: Option<Duration>,
+    /// How long a repeated refusal (401, 403, 429) of one caller, operation and answer is counted instead of
+    /// audited one by one; `None` (`METERLINE_REFUSAL_AUDIT_WINDOW_SECS=0`): every refusal is audited.
+    pub refusal_audit_window: Option<Duration>,
 }
 
 /// Reads the rollup, lateness, retention and timer settings, each within the bounds the jobs need.
@@ -74,7 +77,15 @@ pub(super) fn usage_config(get: &dyn Fn(&str) -> Option<String>) -> Result<Usage
         0..=5_000,
         "a batch may shift this much of the rate into a window",
     )?;
+    let refusal_window = parse_bounded(
+        "METERLINE_REFUSAL_AUDIT_WINDOW_SECS",
+        get("METERLINE_REFUSAL_AUDIT_WINDOW_SECS"),
+        60,
+        0..=3_600,
+        "seconds a repeated refusal is counted, then audited once with its count",
+    )?;
     Ok(UsageConfig {
+        refusal_audit_window: (refusal_window > 0).then(|| Duration::from_secs(refusal_window as u64)),
         rate_lease: (rate_lease_ms > 0).then(|| Duration::from_millis(rate_lease_ms as u64)),
         quota_lease: (lease_secs > 0).then(|| Duration::from_secs(lease_secs as u64)),
         quota_lease_target: Duration::from_millis(target_ms as u64),

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::audit::{self, AuditNote, CrossTenantRead, LimiterDecision};
 use super::costs;
+use super::refusals::RefusalKind;
 use crate::auth::Principal;
 use crate::auth::guard::{Caller, RefusedTenant};
 use crate::store::{AuditEventInput, Ledger, LimitRefusal, UsageEvent};
@@ -79,6 +80,50 @@ pub(crate) fn audit_outcome(
     })
 }
 
+/// The route template a request is recorded under. Answered before the router ran (a refusal, a malformed body), a
+/// request has no pattern of its own: the route table's, for the path the router would match (a percent-encoded one
+/// included).
+fn route_of(request: &HttpRequest) -> String {
+    request
+        .match_pattern()
+        .or_else(|| {
+            let table = request.app_data::<actix_web::web::Data<crate::api::operations::RouteTable>>()?;
+            let path = crate::api::operations::routed_path(request.match_info());
+            table.template(request.method().as_str(), path).map(str::to_owned)
+        })
+        .unwrap_or_else(|| "unmatched".to_owned())
+}
+
+/// The tenant a request's records belong to. A caller refused for its tenant's state (suspended, closed) or its
+/// revoked registration was still identified: its calls are that tenant's, refused ones included.
+fn tenant_of(extensions: &actix_web::dev::Extensions) -> Option<Uuid> {
+    let caller = extensions.get::<Arc<Caller>>();
+    caller.and_then(|c| c.tenant.as_ref().map(|t| t.id)).or_else(|| extensions.get::<RefusedTenant>().map(|t| t.0))
+}
+
+/// The kind of refusal (401, 403, 429) a request's answer is, for coalescing its audit event with its repeats
+/// (`super::refusals`); `None` for an answer that is no refusal.
+pub(crate) fn refusal_kind(request: &HttpRequest, meter: &RequestMeter, status: StatusCode) -> Option<RefusalKind> {
+    let outcome = audit::outcome(&meter.method, status)
+        .filter(|o| matches!(o, crate::store::AuditOutcome::Denied | crate::store::AuditOutcome::Rejected))?;
+    let extensions = request.extensions();
+    let principal = extensions
+        .get::<Arc<Caller>>()
+        .map(|c| c.principal.clone())
+        .or_else(|| extensions.get::<Arc<Principal>>().cloned());
+    Some(RefusalKind {
+        tenant_id: tenant_of(&extensions),
+        actor_oid: principal.as_ref().and_then(|p| p.object_id.clone()),
+        actor_app_id: principal.as_ref().and_then(|p| p.app_id.clone()),
+        actor_tenant_id: principal.as_ref().map(|p| p.directory_id.clone()),
+        action: meter.operation.clone(),
+        outcome,
+        method: meter.method.to_string(),
+        route: route_of(request),
+        status: status.as_u16(),
+    })
+}
+
 /// A request's records as they stand with this answer; `note` describes what the request changed.
 pub(crate) fn records(
     request: &HttpRequest,
@@ -91,26 +136,16 @@ pub(crate) fn records(
     let extensions = request.extensions();
     let caller = extensions.get::<Arc<Caller>>();
     let debit = extensions.get::<Debit>().copied();
-    // Answered before the router ran (a refusal, a malformed body), a request has no pattern of its own: the route
-    // table's, for the path the router would match (a percent-encoded one included).
-    let route = request
-        .match_pattern()
-        .or_else(|| {
-            let table = request.app_data::<actix_web::web::Data<crate::api::operations::RouteTable>>()?;
-            let path = crate::api::operations::routed_path(request.match_info());
-            table.template(request.method().as_str(), path).map(str::to_owned)
-        })
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = route_of(request);
     let method = meter.method.to_string();
     let billable = is_billable(request, status);
     let request_id = crate::request::current_id().unwrap_or_default();
-    // A caller refused for its tenant's state (suspended, closed) or its revoked registration was still
-    // identified: its calls are that tenant's, refused ones included.
-    let refused = extensions.get::<RefusedTenant>().map(|t| t.0);
-    let tenant_id = caller.and_then(|c| c.tenant.as_ref().map(|t| t.id)).or(refused);
+    let tenant_id = tenant_of(&extensions);
+    // Refused for its tenant's state, the caller was still identified: the usage event names it.
+    let refused = extensions.get::<RefusedTenant>().is_some();
     let identified = caller
         .map(|c| c.principal.clone())
-        .or_else(|| refused.and_then(|_| extensions.get::<Arc<Principal>>().cloned()));
+        .or_else(|| refused.then(|| extensions.get::<Arc<Principal>>().cloned()).flatten());
     let cross_tenant = extensions.get::<CrossTenantRead>().map(|read| read.0);
     let audited = audit_outcome(request, &meter.method, status).zip(meter.audit_id).map(|(outcome, id)| {
         // The caller's principal, else the one authentication found before the tenant refused it (403).

@@ -19,4 +19,5 @@ pub mod leases;
 pub mod ledger;
 pub mod period;
 pub mod recorder;
+pub mod refusals;
 pub mod stage;

@@ -405,6 +405,12 @@ pub async fn record(
     if meter.audit_id.is_none() && super::ledger::audit_outcome(res.request(), &meter.method, status).is_some() {
         meter.audit_id = Some(state.ids.new_id());
     }
+    // A refusal repeated within its window is counted, not audited on its own (`super::refusals`).
+    if let Some((audit_id, kind)) = meter.audit_id.zip(super::ledger::refusal_kind(res.request(), &meter, status))
+        && !state.refusal_audits.admit(kind, audit_id, state.clock.now(), &*state.ids)
+    {
+        meter.audit_id = None;
+    }
     let recorded = state
         .recorder
         .record(|| records(res.request(), &meter, status, response_bytes, note.as_ref(), state.clock.now()))
