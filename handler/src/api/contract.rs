@@ -781,6 +781,18 @@ async fn checked(
             .with_header(header::ACCEPT_ENCODING, header::HeaderValue::from_static("identity")));
     }
     let bytes = crate::api::body::read_body(req, contracts.max_body, declared).await?;
+    // Its structure first, without building it: a body of more values than any operation takes is refused before
+    // it is parsed and explained failure by failure.
+    let shape = crate::api::validation::body_shape(&bytes);
+    if shape.too_many_values {
+        let max = crate::api::validation::MAX_BODY_VALUES;
+        errors.push(FieldError::body(
+            "",
+            "maxValues",
+            format!("the body holds more than {max} values (members and items); no operation takes that many"),
+        ));
+        return Err(invalid(errors));
+    }
     let value: Value = if bytes.is_empty() {
         return Err(AppError::new(ErrorCode::MalformedJson).with_detail("the body is empty; this operation takes JSON"));
     } else {
@@ -795,10 +807,14 @@ async fn checked(
             ))
         })?
     };
-    if let Some(pointer) = crate::api::validation::duplicate_member(&bytes) {
+    if let Some(pointer) = shape.duplicate {
         errors.push(FieldError::body(&pointer, "duplicate", "this member appears more than once in its object"));
     }
-    errors.extend(body_failures(body.validator.get(), &value));
+    // Valid bodies (nearly all) take the validator's short-circuiting pass; only invalid ones are explained.
+    let validator = body.validator.get();
+    if !validator.is_valid(&value) {
+        errors.extend(body_failures(validator, &value));
+    }
     // JSON has one number type: `1082.0` is the integer the schema allowed, but serde refuses it for an `i32`.
     // The handler gets the body as sent, or with such numbers written as integers.
     let bytes = match integral(value) {
