@@ -57,6 +57,8 @@ pub struct AppState {
     pub breakers: Vec<Arc<Breaker>>,
     /// The most matches a search in relevance order ranks (`store::search::SEARCH_WINDOW`; tests lower it).
     pub search_window: u32,
+    /// The most audit events one `verifyAuditChain` call checks (`metering::audit::VERIFY_LIMIT`; tests lower it).
+    pub audit_verify_limit: u64,
 }
 
 impl AppState {
@@ -119,6 +121,7 @@ impl AppState {
             servicebus_breaker,
             breakers,
             search_window: crate::store::search::SEARCH_WINDOW,
+            audit_verify_limit: crate::metering::audit::VERIFY_LIMIT,
         })
     }
 }

@@ -438,3 +438,61 @@ async fn repeated_refusals_are_audited_once_then_counted_and_their_count_is_appe
     assert_eq!(send(&host, "not-a-token", ClientRequest::get("/api/v1/documents")).await.status, 401);
     assert_eq!(audit_events() - audit_before, 5);
 }
+
+#[actix_web::test]
+async fn a_long_chain_is_verified_in_bounded_calls_each_resuming_from_the_head_the_last_reached() {
+    let host = TestApp::builder().configure(|state| state.audit_verify_limit = 4).start().await;
+    let writer = host.token(DIR_A, "Documents.Read,Documents.Write", "a-writer").await;
+    let auditor = host.token(DIR_A, "Audit.Read", "a-auditor").await;
+    for n in 0..10 {
+        let body = json!({"title": format!("Document {n}"), "docType": "regulation"});
+        ok(&send(&host, &writer, ClientRequest::new("POST", "/api/v1/documents").json(&body)).await, 201);
+    }
+    // Three calls of at most 4 events: 4, 4, then the last 2, each resuming from the head the previous one reached.
+    let mut path = "/api/v1/audit-events/verify".to_owned();
+    let mut calls = Vec::new();
+    loop {
+        let report = ok(&send(&host, &auditor, ClientRequest::get(&path)).await, 200);
+        assert_eq!(report["valid"], true, "{report}");
+        calls.push((report["checked"].as_u64().unwrap(), report["head"]["chainSeq"].as_i64().unwrap()));
+        match report["nextLink"].as_str() {
+            Some(next) => {
+                assert_eq!(report["complete"], false, "{report}");
+                path = next.split_once("/api/v1").map(|(_, rest)| format!("/api/v1{rest}")).unwrap();
+            }
+            None => {
+                assert_eq!(report["complete"], true, "{report}");
+                break;
+            }
+        }
+    }
+    assert_eq!(calls, vec![(4, 4), (4, 8), (2, 10)]);
+
+    let chain = chain_of(&host, DIR_A);
+    let hash_at = |seq: i64| -> String {
+        host.db()
+            .query_row("SELECT hash FROM audit_events WHERE chain = ?1 AND chain_seq = ?2", (&chain, seq), |r| r.get(0))
+            .unwrap()
+    };
+    let resume = |seq: i64, hash: &str| format!("/api/v1/audit-events/verify?afterSeq={seq}&afterHash={hash}");
+    // Resumed from the end: nothing after it, the head is the one given.
+    let at_end = ok(&send(&host, &auditor, ClientRequest::get(&resume(10, &hash_at(10)))).await, 200);
+    assert_eq!((at_end["checked"].as_u64(), at_end["head"]["chainSeq"].as_i64()), (Some(0), Some(10)), "{at_end}");
+    // A head that is not the stored one (a forged hash, or an event edited since) does not verify.
+    let forged = ok(&send(&host, &auditor, ClientRequest::get(&resume(8, &"0".repeat(64)))).await, 200);
+    assert_eq!(forged["valid"], false, "{forged}");
+    assert_eq!(forged["firstBrokenLink"]["chainSeq"], 8);
+    assert_eq!(forged["firstBrokenLink"]["reason"], "the event resumed from does not have the recorded hash");
+    let recorded = hash_at(8);
+    host.db()
+        .execute("UPDATE audit_events SET summary = 'edited' WHERE chain = ?1 AND chain_seq = 8", [&chain])
+        .unwrap();
+    let edited = ok(&send(&host, &auditor, ClientRequest::get(&resume(8, &recorded))).await, 200);
+    assert_eq!(edited["firstBrokenLink"]["reason"], "the event resumed from does not have the recorded hash");
+    // An edit after the head resumed from is found as from the start.
+    let after = ok(&send(&host, &auditor, ClientRequest::get(&resume(5, &hash_at(5)))).await, 200);
+    assert_eq!((after["valid"].as_bool(), after["firstBrokenLink"]["chainSeq"].as_i64()), (Some(false), Some(8)));
+    // Half a head is refused.
+    let half = ok(&send(&host, &auditor, ClientRequest::get("/api/v1/audit-events/verify?afterSeq=3")).await, 422);
+    assert_eq!(half["errors"][0]["parameter"], "afterHash", "{half}");
+}

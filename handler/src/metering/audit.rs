@@ -106,6 +106,8 @@ pub enum BreakReason {
     PrevHashMismatch,
     /// The event's `chain_seq` is not the previous one plus one (an event is missing or the order changed).
     SequenceGap,
+    /// The event a verification resumed from no longer has the hash the caller recorded for it (or is gone).
+    CheckpointMismatch,
 }
 
 impl BreakReason {
@@ -114,9 +116,14 @@ impl BreakReason {
             BreakReason::HashMismatch => "hash mismatch",
             BreakReason::PrevHashMismatch => "prev_hash does not match the previous event",
             BreakReason::SequenceGap => "sequence gap",
+            BreakReason::CheckpointMismatch => "the event resumed from does not have the recorded hash",
         }
     }
 }
+
+/// Most events one verification call checks (about half a second); a longer chain is verified in several calls,
+/// each resuming from the head the previous one reached.
+pub const VERIFY_LIMIT: u64 = 100_000;
 
 /// Recomputes a chain event by event, in `chain_seq` order, from the genesis hash.
 #[derive(Debug, Clone)]
@@ -134,6 +141,18 @@ impl Default for ChainVerifier {
 }
 
 impl ChainVerifier {
+    /// A verifier that resumes after a chain head the caller recorded: `event` is the stored event at that head's
+    /// `chain_seq` (none if it is gone), `hash` the hash recorded for it. `Err` if the stored event is gone, no longer
+    /// has that hash, or its columns no longer hash to it.
+    pub fn resume(event: Option<&AuditEvent>, seq: i64, hash: &str) -> Result<Self, BreakReason> {
+        match event {
+            Some(e) if e.chain_seq == seq && e.hash == hash && audit_hash(&e.prev_hash, e) == e.hash => {
+                Ok(ChainVerifier { expected_seq: seq + 1, prev_hash: hash.to_owned(), checked: 0 })
+            }
+            _ => Err(BreakReason::CheckpointMismatch),
+        }
+    }
+
     /// Checks the next event; `Some` at the first broken link (then stop: later links are not meaningful).
     pub fn check(&mut self, event: &AuditEvent) -> Option<BreakReason> {
         self.checked += 1;

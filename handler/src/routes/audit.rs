@@ -310,18 +310,25 @@ pub struct ChainHead {
     pub hash: String,
 }
 
-/// The result of recomputing the caller's tenant's chain.
+/// The result of recomputing the caller's tenant's chain, from its first event or from a head recorded earlier.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChainVerification {
-    /// `true` when every event's hash and link recompute.
+    /// `true` when every event examined recomputes (and links to the head resumed from, if any).
     pub valid: bool,
+    /// `true` when the examination reached the chain's end (or its first broken link); `false` when it stopped at
+    /// the most events one call checks, with the rest to verify from `nextLink`.
+    pub complete: bool,
     /// Events examined (up to and including the first broken one).
     pub checked: u64,
-    /// `null` when the chain is intact.
+    /// `null` when the events examined are intact.
     pub first_broken_link: Option<BrokenLink>,
-    /// The last event when the chain is intact and not empty.
+    /// The last event examined when they are intact (the head resumed from if there was nothing after it; `null`
+    /// for an empty chain).
     pub head: Option<ChainHead>,
+    /// When `complete` is `false`: the call that verifies the rest, resuming from `head`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_link: Option<String>,
 }
 
 /// A tenant a platform administrator named: 404 when there is none, as for any other tenant read.
@@ -339,10 +346,18 @@ async fn existing(state: &AppState, tenant_id: Uuid) -> Result<(), AppError> {
 pub struct VerifyParams {
     /// Platform administrators only: the tenant whose chain to verify (default: the caller's).
     pub tenant_id: Option<Uuid>,
+    /// Resume after the chain head a verification returned (its `chainSeq`), with `afterHash`: only the events after
+    /// it are recomputed, and the first must link to it. Without it the chain is verified from its first event.
+    #[param(minimum = 1)]
+    pub after_seq: Option<i64>,
+    /// The `hash` recorded with `afterSeq` (64 hexadecimal digits).
+    #[param(pattern = "^[0-9a-f]{64}$")]
+    pub after_hash: Option<String>,
 }
 
-/// Recomputes the caller's tenant's audit chain (a platform administrator: any tenant's) from its first event and
-/// reports the first broken link.
+/// Recomputes the caller's tenant's audit chain (a platform administrator: any tenant's) from its first event, or
+/// from a head a verification returned earlier, and reports the first broken link; at most `metering::audit::VERIFY_LIMIT` events
+/// a call (`AppState::audit_verify_limit`), the rest from `nextLink`.
 #[utoipa::path(
     tag = "audit",
     operation_id = "verifyAuditChain",
@@ -365,37 +380,87 @@ pub async fn verify_audit_chain(
         existing(&state, tenant_id).await?;
     }
     let chain = audit_chain_key(Some(tenant_id));
-    let mut verifier = ChainVerifier::default();
-    let mut after_seq = 0;
-    let mut head = None;
+    let (mut verifier, mut after_seq, mut head) = match (params.after_seq, &params.after_hash) {
+        (None, None) => (ChainVerifier::default(), 0, None),
+        (Some(seq), Some(hash)) => {
+            let stored = state.store.audit_chain(&chain, seq - 1, 1).await?;
+            match ChainVerifier::resume(stored.first(), seq, hash) {
+                Ok(verifier) => (verifier, seq, Some(ChainHead { chain_seq: seq, hash: hash.clone() })),
+                Err(reason) => {
+                    let broken = BrokenLink {
+                        chain_seq: seq,
+                        event_id: stored.first().map_or(Uuid::nil(), |e| e.id),
+                        reason: reason.as_str().to_owned(),
+                    };
+                    return Ok(HttpResponse::Ok().json(ChainVerification::broken(0, broken)));
+                }
+            }
+        }
+        (seq, _) => {
+            let (field, other) = if seq.is_some() { ("afterHash", "afterSeq") } else { ("afterSeq", "afterHash") };
+            return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![
+                FieldError::new(field, "required", format!("required with {other}: a head is its seq and its hash"))
+                    .in_query(field),
+            ]));
+        }
+    };
+    let page = VERIFY_PAGE.min(u32::try_from(state.audit_verify_limit).unwrap_or(VERIFY_PAGE)).max(1);
     loop {
-        let events = state.store.audit_chain(&chain, after_seq, VERIFY_PAGE).await?;
+        let events = state.store.audit_chain(&chain, after_seq, page).await?;
         for event in &events {
             if let Some(reason) = verifier.check(event) {
-                return Ok(HttpResponse::Ok().json(ChainVerification {
-                    valid: false,
-                    checked: verifier.checked,
-                    first_broken_link: Some(BrokenLink {
-                        chain_seq: event.chain_seq,
-                        event_id: event.id,
-                        reason: reason.as_str().to_owned(),
-                    }),
-                    head: None,
-                }));
+                let broken =
+                    BrokenLink { chain_seq: event.chain_seq, event_id: event.id, reason: reason.as_str().to_owned() };
+                return Ok(HttpResponse::Ok().json(ChainVerification::broken(verifier.checked, broken)));
             }
             head = Some(ChainHead { chain_seq: event.chain_seq, hash: event.hash.clone() });
         }
         match events.last() {
-            Some(last) if events.len() == VERIFY_PAGE as usize => after_seq = last.chain_seq,
+            Some(last) if events.len() == page as usize => after_seq = last.chain_seq,
             _ => break,
+        }
+        if verifier.checked >= state.audit_verify_limit {
+            // More may follow: the next call resumes from the head reached.
+            let next_link = head.as_ref().map(|h| {
+                let mut query = form_urlencoded::Serializer::new(String::new());
+                if let Some(tenant) = params.tenant_id {
+                    query.append_pair("tenantId", &tenant.to_string());
+                }
+                query.append_pair("afterSeq", &h.chain_seq.to_string()).append_pair("afterHash", &h.hash);
+                format!("{}/api/v1/audit-events/verify?{}", crate::api::list::public_origin(&req), query.finish())
+            });
+            return Ok(HttpResponse::Ok().json(ChainVerification {
+                valid: true,
+                complete: false,
+                checked: verifier.checked,
+                first_broken_link: None,
+                head,
+                next_link,
+            }));
         }
     }
     Ok(HttpResponse::Ok().json(ChainVerification {
         valid: true,
+        complete: true,
         checked: verifier.checked,
         first_broken_link: None,
         head,
+        next_link: None,
     }))
+}
+
+impl ChainVerification {
+    /// The answer at the first broken link, after `checked` events.
+    fn broken(checked: u64, link: BrokenLink) -> Self {
+        ChainVerification {
+            valid: false,
+            complete: true,
+            checked,
+            first_broken_link: Some(link),
+            head: None,
+            next_link: None,
+        }
+    }
 }
 
 #[cfg(test)]
