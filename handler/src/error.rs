@@ -332,6 +332,11 @@ impl AppError {
         self.code
     }
 
+    /// Whether the error's cause is an `E` (an internal distinction that never reaches the answer).
+    pub fn is_caused_by<E: std::fmt::Display + std::fmt::Debug + Send + Sync + 'static>(&self) -> bool {
+        self.source.as_ref().is_some_and(|cause| cause.downcast_ref::<E>().is_some())
+    }
+
     pub fn detail(&self) -> Option<&str> {
         self.detail.as_deref()
     }

@@ -1135,3 +1135,83 @@ async fn tenants_carry_etags_and_every_change_needs_the_current_one() {
     assert_eq!(suspended.status, 200);
     assert_eq!(suspended.json()["status"], "suspended");
 }
+
+/// `If-Match: *` is "whatever the current version is" (RFC 9110 §13.1.1): concurrent writers with it all succeed,
+/// each merge patch onto the row as the others left it, so no field one of them set is lost.
+#[actix_web::test]
+async fn concurrent_writes_with_if_match_star_all_apply_and_lose_no_field() {
+    let api = api().await;
+    let created = api.create(&api.a_writer, doc("Contended")).await;
+    assert_eq!(created.status, 201);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let patches = [
+        json!({"summary": "one"}),
+        json!({"jurisdiction": "eu"}),
+        json!({"body": "three"}),
+        json!({"effectiveDate": "2026-04-04"}),
+        json!({"tags": ["five"]}),
+        json!({"title": "Six"}),
+    ];
+    let sent = patches.iter().map(|patch| {
+        let request = ClientRequest::new("PATCH", &format!("/api/v1/documents/{id}"))
+            .body(patch.to_string())
+            .header("Content-Type", "application/merge-patch+json")
+            .header("If-Match", "*");
+        api.send(&api.a_writer, request)
+    });
+    let answers = futures_util::future::join_all(sent).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(
+        statuses,
+        vec![200; 6],
+        "{:?}",
+        answers.iter().map(|a| String::from_utf8_lossy(&a.body)).collect::<Vec<_>>()
+    );
+    let stored = api.get(&api.a_reader, &format!("/api/v1/documents/{id}")).await;
+    assert_eq!(stored.header("etag"), Some("\"7\""), "six versions after the first");
+    let stored = stored.json();
+    let fields = (
+        &stored["summary"],
+        &stored["jurisdiction"],
+        &stored["body"],
+        &stored["effectiveDate"],
+        &stored["tags"],
+        &stored["title"],
+    );
+    assert_eq!(
+        fields,
+        (&json!("one"), &json!("eu"), &json!("three"), &json!("2026-04-04"), &json!(["five"]), &json!("Six"))
+    );
+    // An ETag still refuses a write that lost its race: the client's 412.
+    let stale = ClientRequest::new("DELETE", &format!("/api/v1/documents/{id}")).header("If-Match", "\"1\"");
+    problem(&api.send(&api.a_writer, stale).await, 412, "PreconditionFailed");
+}
+
+/// `If-None-Match` on a write (RFC 9110 §13.1.2): `*` (the resource exists) or its current ETag refuses it with 412,
+/// on every resource, not only documents.
+#[actix_web::test]
+async fn if_none_match_refuses_a_write_to_any_resource_that_exists() {
+    let api = api().await;
+    let tenants = api.get(&api.admin, "/api/v1/tenants").await.json();
+    let a = tenants["value"].as_array().unwrap().iter().find(|t| t["entraTenantId"] == DIR_A).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rename = |if_none_match: &str| {
+        ClientRequest::new("PATCH", &format!("/api/v1/tenants/{a}"))
+            .body("{\"name\":\"Renamed\"}")
+            .header("Content-Type", "application/merge-patch+json")
+            .header("If-Match", "*")
+            .header("If-None-Match", if_none_match)
+    };
+    for tag in ["*", "\"1\"", "W/\"1\""] {
+        let refused = problem(&api.send(&api.admin, rename(tag)).await, 412, "PreconditionFailed");
+        assert!(refused["detail"].as_str().unwrap().contains("If-None-Match"), "{refused}");
+    }
+    assert_eq!(api.send(&api.admin, rename("\"9\"")).await.status, 200, "another version's tag lets it through");
+    let costs = ClientRequest::new("PUT", "/api/v1/plans/developer/costs")
+        .json(&json!({"overrides": {}}))
+        .header("If-Match", "*")
+        .header("If-None-Match", "*");
+    problem(&api.send(&api.admin, costs).await, 412, "PreconditionFailed");
+}

@@ -24,8 +24,21 @@ pub enum Precondition {
     Unmatchable,
 }
 
-/// Reads `If-Match`; writes without it are refused with 428, so a lost update cannot happen by accident.
-pub fn require_if_match(req: &HttpRequest) -> Result<Precondition, AppError> {
+/// A write's preconditions (RFC 9110 §13.1): its `If-Match`, required, and its `If-None-Match`, if any, which a
+/// write must also pass (`*`, or a tag of the current version, refuses it). Every conditional write reads them once
+/// and checks them against the row it read ([`expected_version`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preconditions {
+    pub if_match: Precondition,
+    /// `If-None-Match: *`.
+    none_match_any: bool,
+    /// The versions `If-None-Match` names (weak comparison: `W/"3"` names 3).
+    none_match: Vec<i64>,
+}
+
+/// Reads `If-Match` (writes without it are refused with 428, so a lost update cannot happen by accident) and
+/// `If-None-Match`.
+pub fn require_if_match(req: &HttpRequest) -> Result<Preconditions, AppError> {
     // An empty If-Match names nothing to match: as if it were missing.
     let text = if_match(req);
     let text = text.trim();
@@ -33,12 +46,25 @@ pub fn require_if_match(req: &HttpRequest) -> Result<Precondition, AppError> {
         return Err(AppError::new(ErrorCode::PreconditionRequired)
             .with_detail("send If-Match with the resource's ETag (or *) to change it"));
     }
-    if text == "*" {
-        return Ok(Precondition::Any);
-    }
-    // A list of ETags is allowed by RFC 9110 (in one field or several): the write applies if any is current.
-    let versions: Vec<i64> = text.split(',').map(str::trim).filter_map(parse_strong).collect();
-    Ok(if versions.is_empty() { Precondition::Unmatchable } else { Precondition::Versions(versions) })
+    let if_match = if text == "*" {
+        Precondition::Any
+    } else {
+        // A list of ETags is allowed by RFC 9110 (in one field or several): the write applies if any is current.
+        let versions: Vec<i64> = text.split(',').map(str::trim).filter_map(parse_strong).collect();
+        if versions.is_empty() { Precondition::Unmatchable } else { Precondition::Versions(versions) }
+    };
+    let tags: Vec<&str> = req
+        .headers()
+        .get_all(header::IF_NONE_MATCH)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect();
+    Ok(Preconditions {
+        if_match,
+        none_match_any: tags.contains(&"*"),
+        none_match: tags.iter().filter_map(|tag| parse_strong(tag.trim_start_matches("W/"))).collect(),
+    })
 }
 
 /// Every `If-Match` field of the request as one list (RFC 9110 §5.3: fields of a list may be split over several
@@ -53,12 +79,54 @@ fn if_match(req: &HttpRequest) -> String {
     fields.join(", ")
 }
 
-/// The version a precondition pins, given the current one; 412 on mismatch.
-pub fn expected_version(precondition: Precondition, current: i64) -> Result<i64, AppError> {
-    match precondition {
-        Precondition::Any => Ok(current),
-        Precondition::Versions(versions) if versions.contains(&current) => Ok(current),
-        Precondition::Versions(_) | Precondition::Unmatchable => Err(precondition_failed(current)),
+/// The version the preconditions pin, given the current one: `If-Match` first, then `If-None-Match` (RFC 9110
+/// §13.2.2); 412 with the current ETag when either fails.
+pub fn expected_version(preconditions: &Preconditions, current: i64) -> Result<i64, AppError> {
+    match &preconditions.if_match {
+        Precondition::Any => {}
+        Precondition::Versions(versions) if versions.contains(&current) => {}
+        Precondition::Versions(_) | Precondition::Unmatchable => return Err(precondition_failed(current)),
+    }
+    if preconditions.none_match_any || preconditions.none_match.contains(&current) {
+        return Err(AppError::new(ErrorCode::PreconditionFailed)
+            .with_detail("If-None-Match names the resource's current version (or *, and it exists)")
+            .with_header(header::ETAG, HeaderValue::from_str(&etag(current)).expect("an ETag is header text")));
+    }
+    Ok(current)
+}
+
+/// A conditional update that found its row at another version than the one it read: another write came first.
+#[derive(Debug, thiserror::Error)]
+#[error("another write changed the row between its read and this write")]
+struct LostRace;
+
+/// The 412 of a conditional update that lost a race ([`Tries`] tries it again under `If-Match: *`).
+pub fn lost_race(current_version: i64) -> AppError {
+    precondition_failed(current_version).with_source(LostRace)
+}
+
+/// The tries of one conditional write. Under `If-Match: *` ("whatever the current version is") a write that lost a
+/// race with another is read, checked and written again (up to [`Tries::MAX`] times in all), so concurrent
+/// writers with `*` all succeed, last writer wins, each merging onto the row it read; under an ETag it is the
+/// client's 412.
+pub struct Tries {
+    any: bool,
+    made: u32,
+}
+
+impl Tries {
+    pub const MAX: u32 = 16;
+
+    pub fn new(preconditions: &Preconditions) -> Self {
+        Tries { any: preconditions.if_match == Precondition::Any, made: 1 }
+    }
+
+    /// Whether to read and write again after `outcome`: it lost a race, `*` allows any version, and tries are left.
+    pub fn again<T>(&mut self, outcome: &Result<T, AppError>) -> bool {
+        let again =
+            self.any && self.made < Self::MAX && outcome.as_ref().err().is_some_and(|e| e.is_caused_by::<LostRace>());
+        self.made += u32::from(again);
+        again
     }
 }
 
@@ -78,17 +146,6 @@ pub fn check_if_match_on_read(req: &HttpRequest, version: i64) -> Result<(), App
         return Ok(());
     }
     Err(precondition_failed(version))
-}
-
-/// `If-None-Match` on a write (RFC 9110 §13.1.2): `*` (the resource must not exist, and ours always does when
-/// written) or a tag of the current version refuses the write with 412.
-pub fn check_if_none_match_on_write(req: &HttpRequest, version: i64) -> Result<(), AppError> {
-    if !not_modified(req, version) {
-        return Ok(());
-    }
-    Err(AppError::new(ErrorCode::PreconditionFailed)
-        .with_detail("If-None-Match names the resource's current version (or *, and it exists)")
-        .with_header(header::ETAG, HeaderValue::from_str(&etag(version)).expect("an ETag is header text")))
 }
 
 /// Whether `If-None-Match` matches `version` (then a GET answers 304).
@@ -118,14 +175,18 @@ mod tests {
         let missing = TestRequest::default().to_http_request();
         assert_eq!(require_if_match(&missing).unwrap_err().code(), ErrorCode::PreconditionRequired);
         let star = TestRequest::default().insert_header(("If-Match", "*")).to_http_request();
-        assert_eq!(expected_version(require_if_match(&star).unwrap(), 7).unwrap(), 7);
+        assert_eq!(expected_version(&require_if_match(&star).unwrap(), 7).unwrap(), 7);
         let exact = TestRequest::default().insert_header(("If-Match", "\"7\"")).to_http_request();
-        assert_eq!(expected_version(require_if_match(&exact).unwrap(), 7).unwrap(), 7);
-        let stale = expected_version(require_if_match(&exact).unwrap(), 8).unwrap_err();
+        assert_eq!(expected_version(&require_if_match(&exact).unwrap(), 7).unwrap(), 7);
+        let stale = expected_version(&require_if_match(&exact).unwrap(), 8).unwrap_err();
         assert_eq!(stale.code(), ErrorCode::PreconditionFailed);
         let weak = TestRequest::default().insert_header(("If-Match", "W/\"7\"")).to_http_request();
-        assert_eq!(require_if_match(&weak).unwrap(), Precondition::Unmatchable, "weak tags never match writes");
-        let refused = expected_version(Precondition::Unmatchable, 7).unwrap_err();
+        assert_eq!(
+            require_if_match(&weak).unwrap().if_match,
+            Precondition::Unmatchable,
+            "weak tags never match writes"
+        );
+        let refused = expected_version(&require_if_match(&weak).unwrap(), 7).unwrap_err();
         assert_eq!(refused.code(), ErrorCode::PreconditionFailed);
         let answered = actix_web::ResponseError::error_response(&refused);
         assert_eq!(answered.headers().get(header::ETAG).and_then(|v| v.to_str().ok()), Some("\"7\""), "current ETag");
@@ -134,14 +195,14 @@ mod tests {
     #[test]
     fn a_write_applies_if_any_etag_of_an_if_match_list_is_current() {
         let list = TestRequest::default().insert_header(("If-Match", "\"7\", \"1\"")).to_http_request();
-        assert_eq!(expected_version(require_if_match(&list).unwrap(), 1).unwrap(), 1, "the second tag of one field");
-        assert_eq!(expected_version(require_if_match(&list).unwrap(), 7).unwrap(), 7);
-        assert!(expected_version(require_if_match(&list).unwrap(), 2).is_err());
+        assert_eq!(expected_version(&require_if_match(&list).unwrap(), 1).unwrap(), 1, "the second tag of one field");
+        assert_eq!(expected_version(&require_if_match(&list).unwrap(), 7).unwrap(), 7);
+        assert!(expected_version(&require_if_match(&list).unwrap(), 2).is_err());
         let lines = TestRequest::default()
             .append_header(("If-Match", "\"7\""))
             .append_header(("If-Match", "W/\"2\", \"1\""))
             .to_http_request();
-        assert_eq!(expected_version(require_if_match(&lines).unwrap(), 1).unwrap(), 1, "a tag on a second line");
+        assert_eq!(expected_version(&require_if_match(&lines).unwrap(), 1).unwrap(), 1, "a tag on a second line");
         assert!(check_if_match_on_read(&lines, 1).is_ok());
         assert!(check_if_match_on_read(&lines, 2).is_err(), "a weak tag matches no read either");
         let none_match = TestRequest::default()

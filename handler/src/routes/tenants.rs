@@ -4,7 +4,7 @@ use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, get, patch, post, web};
 use validator::Validate;
 
-use crate::api::conditional::{expected_version, not_modified, precondition_failed, require_if_match};
+use crate::api::conditional::{Preconditions, Tries, expected_version, lost_race, not_modified, require_if_match};
 use crate::api::list::{created_cursor, encode_created_cursor, next_link, page_size};
 use crate::api::validation::validate;
 use crate::store::{StoreError, TenantChanges, TenantStatus, Update};
@@ -302,6 +302,23 @@ async fn change(
     // An id that cannot exist is a 404 before any precondition is looked at.
     let id = parse_id(id)?;
     let precondition = require_if_match(req)?;
+    let mut tries = Tries::new(&precondition);
+    loop {
+        let changed = change_once(state, req, id, &changes, &precondition).await;
+        if !tries.again(&changed) {
+            return changed;
+        }
+    }
+}
+
+/// One try of [`change`]: the tenant as read now, the preconditions checked against it, the conditional update.
+async fn change_once(
+    state: &AppState,
+    req: &HttpRequest,
+    id: Uuid,
+    changes: &TenantChanges,
+    precondition: &Preconditions,
+) -> Result<HttpResponse, AppError> {
     let current = state.store.get_tenant(id).await?.ok_or_else(not_found)?;
     let version = expected_version(precondition, current.version)?;
     let now = state.clock.now();
@@ -324,13 +341,13 @@ async fn change(
         &response,
         AuditNote::new("tenants", next.id, Some(&before), Some(&after), summary).in_tenant(next.id),
     );
-    match state.store.update_tenant(current.id, &changes, version, now, ledger.as_ref()).await {
+    match state.store.update_tenant(current.id, changes, version, now, ledger.as_ref()).await {
         Ok(Update::Updated(_)) => {
             state.lookups.invalidate();
             Ok(response)
         }
         Ok(Update::NotFound) => Err(not_found()),
-        Ok(Update::VersionMismatch { current_version }) => Err(precondition_failed(current_version)),
+        Ok(Update::VersionMismatch { current_version }) => Err(lost_race(current_version)),
         Err(StoreError::ForeignKey(_)) => Err(unknown_plan()),
         Err(e) => Err(e.into()),
     }

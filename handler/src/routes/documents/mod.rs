@@ -9,8 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::api::conditional::{
-    check_if_match_on_read, check_if_none_match_on_write, etag, expected_version, not_modified, precondition_failed,
-    require_if_match,
+    Tries, check_if_match_on_read, etag, expected_version, lost_race, not_modified, require_if_match,
 };
 use crate::api::cursor::fingerprint;
 use crate::api::idempotency;
@@ -177,7 +176,7 @@ async fn write(
     match state.store.update_document(&next, precondition_version, ledger.as_ref()).await? {
         Update::Updated(_) => Ok(response),
         Update::NotFound => Err(not_found()),
-        Update::VersionMismatch { current_version } => Err(precondition_failed(current_version)),
+        Update::VersionMismatch { current_version } => Err(lost_race(current_version)),
     }
 }
 
@@ -204,10 +203,16 @@ pub async fn replace_document(
 ) -> Result<HttpResponse, AppError> {
     let id = parse_id(&id)?;
     let precondition = require_if_match(&req)?;
-    let current = state.store.get_document(auth.tenant_id()?, id).await?.ok_or_else(not_found)?;
-    let version = expected_version(precondition, current.version)?;
-    check_if_none_match_on_write(&req, current.version)?;
-    write(&state, &req, &current, version, input.into_inner(), actor(&auth)).await
+    let input = input.into_inner();
+    let mut tries = Tries::new(&precondition);
+    loop {
+        let current = state.store.get_document(auth.tenant_id()?, id).await?.ok_or_else(not_found)?;
+        let version = expected_version(&precondition, current.version)?;
+        let written = write(&state, &req, &current, version, input.clone(), actor(&auth)).await;
+        if !tries.again(&written) {
+            return written;
+        }
+    }
 }
 
 /// Changes some fields with a JSON merge patch (RFC 7396; `null` removes an optional field). Requires `If-Match`.
@@ -242,13 +247,19 @@ pub async fn patch_document(
     }
     let id = parse_id(&id)?;
     let precondition = require_if_match(&req)?;
-    let current = state.store.get_document(auth.tenant_id()?, id).await?.ok_or_else(not_found)?;
-    let version = expected_version(precondition, current.version)?;
-    check_if_none_match_on_write(&req, current.version)?;
-    let mut merged = serde_json::to_value(DocumentInput::from_document(&current)).expect("inputs serialize");
-    json_patch::merge(&mut merged, &patch);
-    let replacement: DocumentInput = serde_json::from_value(merged).map_err(|e| serde_json_error(&e))?;
-    write(&state, &req, &current, version, replacement, actor(&auth)).await
+    let mut tries = Tries::new(&precondition);
+    loop {
+        let current = state.store.get_document(auth.tenant_id()?, id).await?.ok_or_else(not_found)?;
+        let version = expected_version(&precondition, current.version)?;
+        // Merged onto the row just read: a try after a lost race merges onto the other write's result.
+        let mut merged = serde_json::to_value(DocumentInput::from_document(&current)).expect("inputs serialize");
+        json_patch::merge(&mut merged, &patch);
+        let replacement: DocumentInput = serde_json::from_value(merged).map_err(|e| serde_json_error(&e))?;
+        let written = write(&state, &req, &current, version, replacement, actor(&auth)).await;
+        if !tries.again(&written) {
+            return written;
+        }
+    }
 }
 
 /// Deletes a document (soft: it disappears from every read). Requires `If-Match`.
@@ -272,21 +283,26 @@ pub async fn delete_document(
     let id = parse_id(&id)?;
     let precondition = require_if_match(&req)?;
     let tenant_id = auth.tenant_id()?;
-    let current = state.store.get_document(tenant_id, id).await?.ok_or_else(not_found)?;
-    let version = expected_version(precondition, current.version)?;
-    check_if_none_match_on_write(&req, current.version)?;
-    let response = HttpResponse::NoContent().finish();
-    let before = DocumentView::from(&current);
-    let summary = format!("deleted document at version {}", current.version);
-    let ledger = ledger(&req, &response, AuditNote::new("documents", current.id, Some(&before), None, summary));
-    match state
-        .store
-        .delete_document(tenant_id, current.id, version, &actor(&auth), state.clock.now(), ledger.as_ref())
-        .await?
-    {
-        Update::Updated(()) => Ok(response),
-        Update::NotFound => Err(not_found()),
-        Update::VersionMismatch { current_version } => Err(precondition_failed(current_version)),
+    let mut tries = Tries::new(&precondition);
+    loop {
+        let current = state.store.get_document(tenant_id, id).await?.ok_or_else(not_found)?;
+        let version = expected_version(&precondition, current.version)?;
+        let response = HttpResponse::NoContent().finish();
+        let before = DocumentView::from(&current);
+        let summary = format!("deleted document at version {}", current.version);
+        let ledger = ledger(&req, &response, AuditNote::new("documents", current.id, Some(&before), None, summary));
+        let deleted = match state
+            .store
+            .delete_document(tenant_id, current.id, version, &actor(&auth), state.clock.now(), ledger.as_ref())
+            .await?
+        {
+            Update::Updated(()) => Ok(response),
+            Update::NotFound => Err(not_found()),
+            Update::VersionMismatch { current_version } => Err(lost_race(current_version)),
+        };
+        if !tries.again(&deleted) {
+            return deleted;
+        }
     }
 }
 
