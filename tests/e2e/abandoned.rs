@@ -75,3 +75,23 @@ async fn a_call_abandoned_mid_request_is_recorded_and_charged_by_a_direct_debit(
     let app = an_abandoned_create_is_recorded_and_charged(app).await;
     assert_eq!(count(&app.db(), A_UNITS), count(&app.db(), A_BILLED), "the counter equals the billed units");
 }
+
+/// A call dropped while the limit stage waits for the store (its quota lease's first grant) is the caller's: its
+/// tenant and client are known before the limits are decided.
+#[actix_web::test]
+async fn a_call_abandoned_while_its_limits_are_decided_is_its_callers() {
+    let (app, user, _admin) = metered_in(TestApp::start().await, 1_000_000, 100_000, 1_000, "block").await;
+    app.abandon_at_first_wait(ClientRequest::get(METERED).header("Authorization", &format!("Bearer {user}")));
+    assert_eq!(app.get(&user, METERED).await.status, 200);
+    // Dropped before its debit, it is charged nothing.
+    let (status, billable, _, directory, client, operation) = event(&app, 499);
+    assert_eq!(
+        (status, billable, directory.as_deref(), client.as_deref(), operation.as_str()),
+        (499, false, Some(DIR_A), Some(DEV_APP_ID), "listDocuments")
+    );
+    app.settle_leases().await;
+    app.clock.advance(chrono::Duration::seconds(70));
+    let run = app.invoke_timer("UsageRollup", json!({"ScheduleStatus": null, "IsPastDue": false})).await;
+    assert_eq!(run.status, 200);
+    assert_eq!(count(&app.db(), A_UNITS), count(&app.db(), A_BILLED), "the counter equals the billed units");
+}

@@ -37,14 +37,29 @@ struct Known {
 #[derive(Clone)]
 struct InFlight(Rc<RefCell<Known>>);
 
-/// Tells the request's [`Abandonment`] (if it has one) who the caller is, the debit its call made and what its
-/// operation costs: the limit stage calls it once it has decided.
-pub fn note(request: &impl HttpMessage, caller: &Arc<Caller>, debit: Option<Debit>, cost: Option<OperationCost>) {
-    if let Some(InFlight(known)) = request.extensions().get::<InFlight>() {
-        let mut known = known.borrow_mut();
-        known.caller = Some(Arc::clone(caller));
-        known.debit = debit;
-        known.cost = cost;
+/// What the limit stage tells the request's [`Abandonment`] as it learns it: the caller first, then each debit as
+/// soon as it is made (a request dropped between a debit and the stage's answer is charged for it).
+#[derive(Clone)]
+pub struct Notes(Rc<RefCell<Known>>);
+
+impl Notes {
+    /// The request's notes; `None` outside the record stage (a handler called on its own in a test).
+    pub fn of(request: &impl HttpMessage) -> Option<Notes> {
+        request.extensions().get::<InFlight>().map(|InFlight(known)| Notes(Rc::clone(known)))
+    }
+
+    pub fn caller(&self, caller: &Arc<Caller>) {
+        self.0.borrow_mut().caller = Some(Arc::clone(caller));
+    }
+
+    /// The call's debit so far (a capped client's included once it is asked for: a call dropped while its client's
+    /// debit is in flight is charged as if the debit was accepted).
+    pub fn debit(&self, debit: Option<Debit>) {
+        self.0.borrow_mut().debit = debit;
+    }
+
+    pub fn cost(&self, cost: Option<OperationCost>) {
+        self.0.borrow_mut().cost = cost;
     }
 }
 

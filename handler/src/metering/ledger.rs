@@ -101,9 +101,19 @@ fn tenant_of(extensions: &actix_web::dev::Extensions) -> Option<Uuid> {
     caller.and_then(|c| c.tenant.as_ref().map(|t| t.id)).or_else(|| extensions.get::<RefusedTenant>().map(|t| t.0))
 }
 
+/// The id a request's path names (`{id}` or `{code}`), its audit event's resource when no note says.
+pub(crate) fn path_id(request: &HttpRequest) -> Option<String> {
+    ["id", "code"].iter().find_map(|k| request.match_info().get(k).map(str::to_owned))
+}
+
 /// The kind of refusal (401, 403, 429) a request's answer is, for coalescing its audit event with its repeats
 /// (`super::refusals`); `None` for an answer that is no refusal.
-pub(crate) fn refusal_kind(request: &HttpRequest, meter: &RequestMeter, status: StatusCode) -> Option<RefusalKind> {
+pub(crate) fn refusal_kind(
+    request: &HttpRequest,
+    meter: &RequestMeter,
+    status: StatusCode,
+    code: &str,
+) -> Option<RefusalKind> {
     let outcome = audit::outcome(&meter.method, status)
         .filter(|o| matches!(o, crate::store::AuditOutcome::Denied | crate::store::AuditOutcome::Rejected))?;
     let extensions = request.extensions();
@@ -121,6 +131,7 @@ pub(crate) fn refusal_kind(request: &HttpRequest, meter: &RequestMeter, status: 
         method: meter.method.to_string(),
         route: route_of(request),
         status: status.as_u16(),
+        code: code.to_owned(),
     })
 }
 
@@ -160,7 +171,7 @@ pub(crate) fn records(
             }
             _ => format!("{method} {route} answered {}", status.as_u16()),
         };
-        let path_id = ["id", "code"].iter().find_map(|k| request.match_info().get(k).map(str::to_owned));
+        let path_id = path_id(request);
         AuditEventInput {
             id,
             tenant_id: note.and_then(|n| n.tenant_id).or(cross_tenant).or(tenant_id),

@@ -34,7 +34,12 @@ pub struct RefusalKind {
     pub method: String,
     pub route: String,
     pub status: u16,
+    /// The answer's problem code (`x-ms-error-code`): a scope missing and a tenant suspended are two kinds of 403.
+    pub code: String,
 }
+
+/// Most resource ids a window lists; past them it counts.
+const MAX_RESOURCES: usize = 10;
 
 /// The refusals of one kind since its window opened.
 #[derive(Debug, Clone)]
@@ -44,6 +49,29 @@ struct Window {
     first: Uuid,
     repeats: u64,
     last_at: DateTime<Utc>,
+    /// The resources the repeats named (their path's id), the first [`MAX_RESOURCES`] of them.
+    resources: std::collections::BTreeSet<String>,
+    /// Repeats that named a resource not in `resources`.
+    other_resources: u64,
+}
+
+impl Window {
+    fn open(first: Uuid, now: DateTime<Utc>) -> Self {
+        Window { opened_at: now, first, repeats: 0, last_at: now, resources: Default::default(), other_resources: 0 }
+    }
+
+    fn repeat(&mut self, resource: Option<String>, now: DateTime<Utc>) {
+        self.repeats += 1;
+        self.last_at = now;
+        match resource {
+            Some(id) if self.resources.contains(&id) => {}
+            Some(id) if self.resources.len() < MAX_RESOURCES => {
+                self.resources.insert(id);
+            }
+            Some(_) => self.other_resources += 1,
+            None => {}
+        }
+    }
 }
 
 /// The per-process counts of repeated refusals.
@@ -69,28 +97,34 @@ impl RefusalAudits {
         }
     }
 
-    /// Whether the refusal of `kind` at `now`, whose audit event would be `audit_id`, is audited (the first of its
-    /// kind in the window) or only counted.
-    pub fn admit(&self, kind: RefusalKind, audit_id: Uuid, now: DateTime<Utc>, ids: &dyn IdGenerator) -> bool {
+    /// Whether the refusal of `kind` at `now`, whose audit event would be `audit_id` and which named `resource` (its
+    /// path's id), is audited (the first of its kind in the window) or only counted.
+    pub fn admit(
+        &self,
+        kind: RefusalKind,
+        audit_id: Uuid,
+        resource: Option<String>,
+        now: DateTime<Utc>,
+        ids: &dyn IdGenerator,
+    ) -> bool {
         let Some(window) = self.window else { return true };
         let mut open = lock(&self.open);
         let full = open.len() >= MAX_KINDS;
         match open.get_mut(&kind) {
             Some(w) if now < w.opened_at + window => {
-                w.repeats += 1;
-                w.last_at = now;
+                w.repeat(resource, now);
                 false
             }
             Some(w) => {
-                let ended = std::mem::replace(w, Window { opened_at: now, first: audit_id, repeats: 0, last_at: now });
-                if let Some(summary) = summary(&kind, &ended, ids) {
+                let ended = std::mem::replace(w, Window::open(audit_id, now));
+                if let Some(summary) = summary(&kind, &ended, now, ids) {
                     lock(&self.due).push(summary);
                 }
                 true
             }
             None if full => true,
             None => {
-                open.insert(kind, Window { opened_at: now, first: audit_id, repeats: 0, last_at: now });
+                open.insert(kind, Window::open(audit_id, now));
                 true
             }
         }
@@ -111,7 +145,7 @@ impl RefusalAudits {
             let mut open = lock(&self.open);
             open.retain(|kind, w| {
                 let over = all || now >= w.opened_at + window;
-                if over && let Some(summary) = summary(kind, w, ids) {
+                if over && let Some(summary) = summary(kind, w, now, ids) {
                     summaries.push(summary);
                 }
                 !over
@@ -154,12 +188,21 @@ impl RefusalAudits {
     }
 }
 
-/// The audit event that closes a window with repeats: who, what, how many, between when.
-fn summary(kind: &RefusalKind, window: &Window, ids: &dyn IdGenerator) -> Option<AuditEventInput> {
+/// The audit event that closes a window with repeats: who, what, how many, between when, naming which resources.
+/// It occurs when it is appended (`now`), so a reader that polls the trail by time finds it after the events before.
+fn summary(kind: &RefusalKind, window: &Window, now: DateTime<Utc>, ids: &dyn IdGenerator) -> Option<AuditEventInput> {
+    let resources = match (window.resources.is_empty(), window.other_resources) {
+        (true, _) => String::new(),
+        (false, 0) => format!("; resources {}", window.resources.iter().cloned().collect::<Vec<_>>().join(", ")),
+        (false, more) => {
+            format!("; resources {} and {more} more", window.resources.iter().cloned().collect::<Vec<_>>().join(", "))
+        }
+    };
+    let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     (window.repeats > 0).then(|| AuditEventInput {
         id: ids.new_id(),
         tenant_id: kind.tenant_id,
-        occurred_at: window.last_at,
+        occurred_at: now,
         actor_oid: kind.actor_oid.clone(),
         actor_app_id: kind.actor_app_id.clone(),
         actor_tenant_id: kind.actor_tenant_id.clone(),
@@ -169,13 +212,14 @@ fn summary(kind: &RefusalKind, window: &Window, ids: &dyn IdGenerator) -> Option
         outcome: kind.outcome,
         request_id: None,
         summary: format!(
-            "{} more {} {} answered {} from {} to {}, counted, not audited one by one (the first: audit event {})",
+            "{} more {} {} answered {} {} from {} to {}, counted, not audited one by one (the first: audit event {}){resources}",
             window.repeats,
             kind.method,
             kind.route,
             kind.status,
-            window.opened_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            window.last_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            kind.code,
+            time(window.opened_at),
+            time(window.last_at),
             window.first,
         ),
         before_hash: None,
@@ -206,6 +250,7 @@ mod tests {
             method: "GET".into(),
             route: "/api/v1/documents".into(),
             status,
+            code: "Unauthenticated".into(),
         }
     }
 
@@ -214,24 +259,41 @@ mod tests {
         let t0 = DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z").unwrap().to_utc();
         let audits = RefusalAudits::new(Some(std::time::Duration::from_secs(60)));
         let at = |s| t0 + TimeDelta::seconds(s);
-        assert!(audits.admit(kind(401), Uuid::from_u128(1), at(0), &Ids));
-        assert!(!audits.admit(kind(401), Uuid::from_u128(2), at(10), &Ids));
-        assert!(!audits.admit(kind(401), Uuid::from_u128(3), at(59), &Ids));
-        assert!(audits.admit(kind(403), Uuid::from_u128(4), at(59), &Ids), "another answer is another kind");
+        assert!(audits.admit(kind(401), Uuid::from_u128(1), None, at(0), &Ids));
+        assert!(!audits.admit(kind(401), Uuid::from_u128(2), Some("d-1".into()), at(10), &Ids));
+        assert!(!audits.admit(kind(401), Uuid::from_u128(3), Some("d-2".into()), at(59), &Ids));
+        assert!(audits.admit(kind(403), Uuid::from_u128(4), None, at(59), &Ids), "another answer is another kind");
         // The window is over: this one is audited and the two repeats are due as one summary.
-        assert!(audits.admit(kind(401), Uuid::from_u128(5), at(60), &Ids));
+        assert!(audits.admit(kind(401), Uuid::from_u128(5), None, at(60), &Ids));
         let due = lock(&audits.due).clone();
         assert_eq!(due.len(), 1);
-        assert!(due[0].summary.starts_with("2 more GET /api/v1/documents answered 401 from 2026-12-07T10:00:00.000Z"));
+        assert!(
+            due[0]
+                .summary
+                .starts_with("2 more GET /api/v1/documents answered 401 Unauthenticated from 2026-12-07T10:00:00.000Z"),
+            "{}",
+            due[0].summary
+        );
+        assert!(due[0].summary.ends_with("; resources d-1, d-2"), "{}", due[0].summary);
         assert!(due[0].summary.contains(&format!("the first: audit event {}", Uuid::from_u128(1))));
-        assert_eq!(due[0].occurred_at, at(59));
-        assert!(!audits.admit(kind(403), Uuid::from_u128(6), at(60), &Ids));
+        assert_eq!(due[0].occurred_at, at(60), "it occurs when it is appended");
+        assert!(!audits.admit(kind(403), Uuid::from_u128(6), None, at(60), &Ids));
+    }
+
+    #[test]
+    fn the_same_status_for_another_reason_is_another_kind() {
+        let now = DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z").unwrap().to_utc();
+        let audits = RefusalAudits::new(Some(std::time::Duration::from_secs(60)));
+        let suspended = RefusalKind { code: "TenantSuspended".into(), ..kind(403) };
+        assert!(audits.admit(kind(403), Uuid::from_u128(1), None, now, &Ids));
+        assert!(audits.admit(suspended.clone(), Uuid::from_u128(2), None, now, &Ids), "audited: another reason");
+        assert!(!audits.admit(suspended, Uuid::from_u128(3), None, now, &Ids));
     }
 
     #[test]
     fn no_window_audits_every_refusal() {
         let audits = RefusalAudits::new(None);
         let now = DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z").unwrap().to_utc();
-        assert!((0..3).all(|i| audits.admit(kind(429), Uuid::from_u128(i), now, &Ids)));
+        assert!((0..3).all(|i| audits.admit(kind(429), Uuid::from_u128(i), None, now, &Ids)));
     }
 }

@@ -59,20 +59,20 @@ pub async fn limit(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let state = state_of(&req);
     let caller = req.extensions().get::<Arc<Caller>>().cloned();
+    // A request dropped from here on (its client left) is recorded as this caller's.
+    let notes = abandoned::Notes::of(&req);
+    if let (Some(notes), Some(caller)) = (&notes, &caller) {
+        notes.caller(caller);
+    }
     let Some((caller, tenant)) = caller.and_then(|c| c.tenant.clone().map(|t| (c, t))) else {
-        if let Some(caller) = req.extensions().get::<Arc<Caller>>() {
-            abandoned::note(&req, caller, None, None);
-        }
         return Ok(next.call(req).await?.map_into_left_body());
     };
     let operation = crate::api::operations::operation_of(&req);
-    let mut verdict = Verdict::default();
+    let mut verdict = Verdict { notes, ..Verdict::default() };
     let decided = verdict.decide(&state, &caller, &tenant, operation.as_deref()).await;
-    let cost = verdict.cost;
     verdict.leave_on(&req);
     match decided {
         Ok(Admitted { limits, debit, ticket }) => {
-            abandoned::note(&req, &caller, debit, cost);
             if let Some(debit) = debit {
                 req.extensions_mut().insert(debit);
             }
@@ -112,6 +112,8 @@ struct Verdict {
     /// What the operation costs on the tenant's plan (its override included), for the usage event of a call that
     /// ends up charged nothing (refused, failed).
     cost: Option<OperationCost>,
+    /// The request's [`abandoned::Notes`]: the cost and each debit as soon as it is made.
+    notes: Option<abandoned::Notes>,
 }
 
 impl Verdict {
@@ -128,6 +130,12 @@ impl Verdict {
         }
         if let Some(cost) = self.cost {
             extensions.insert(cost);
+        }
+    }
+
+    fn note(&self, tell: impl FnOnce(&abandoned::Notes)) {
+        if let Some(notes) = &self.notes {
+            tell(notes);
         }
     }
 
@@ -160,6 +168,7 @@ impl Verdict {
         let units = units_of(state, &plan.code, operation).await?;
         if operation.is_some_and(costs::spends_quota) {
             self.cost = Some(OperationCost(units));
+            self.note(|notes| notes.cost(Some(OperationCost(units))));
         }
         let now = state.clock.now();
         let now_micros = now.timestamp_micros();
@@ -246,6 +255,7 @@ impl Verdict {
             }
             None => None,
         };
+        self.note(|notes| notes.debit(debit));
         // A capped client's share of the quota: its own counter, debited once the tenant's quota admitted the call.
         if let (Some(client_id), Some(cap)) = (caller.api_client_id, caller.client_limits.quota_units) {
             let used = match debit.as_mut() {
@@ -259,6 +269,7 @@ impl Verdict {
                 Some(d) => {
                     let client_debit =
                         ClientQuotaDebit { tenant_id: tenant.id, client_id, period_start, cap, units, now };
+                    self.note(|notes| notes.debit(Some(Debit { client_id: Some(client_id), ..*d })));
                     let outcome = state.store.debit_client_quota(&client_debit).await;
                     if !matches!(outcome, Ok(ClientQuotaOutcome::Accepted { .. })) {
                         // Refused by the cap, or the store failed: the tenant's units go back, a lease's at its
@@ -406,8 +417,15 @@ pub async fn record(
         meter.audit_id = Some(state.ids.new_id());
     }
     // A refusal repeated within its window is counted, not audited on its own (`super::refusals`).
-    if let Some((audit_id, kind)) = meter.audit_id.zip(super::ledger::refusal_kind(res.request(), &meter, status))
-        && !state.refusal_audits.admit(kind, audit_id, state.clock.now(), &*state.ids)
+    let code = res.headers().get("x-ms-error-code").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if let Some((audit_id, kind)) = meter.audit_id.zip(super::ledger::refusal_kind(res.request(), &meter, status, code))
+        && !state.refusal_audits.admit(
+            kind,
+            audit_id,
+            super::ledger::path_id(res.request()),
+            state.clock.now(),
+            &*state.ids,
+        )
     {
         meter.audit_id = None;
     }

@@ -240,6 +240,16 @@ impl TestApp {
         }
     }
 
+    /// Sends `request` and drops the app's work on it the first time it waits (for the store, usually), as actix's
+    /// server does when the client's connection fails then.
+    pub fn abandon_at_first_wait(&self, request: ClientRequest) {
+        let mut answer = (self.call)(Self::request(request));
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(answer) = answer.as_mut().poll(&mut context) {
+            panic!("answered {} without waiting", answer.status());
+        }
+    }
+
     /// [`http`](Self::http) with `Authorization: Bearer <token>`.
     pub async fn send(&self, token: &str, request: ClientRequest) -> ClientResponse {
         self.http(request.header("Authorization", &format!("Bearer {token}"))).await
