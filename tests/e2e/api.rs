@@ -1215,3 +1215,19 @@ async fn if_none_match_refuses_a_write_to_any_resource_that_exists() {
         .header("If-None-Match", "*");
     problem(&api.send(&api.admin, costs).await, 412, "PreconditionFailed");
 }
+
+/// A PATCH in a format the resource does not take is 415 with `Accept-Patch` (RFC 5789 §2.2) naming the one it does.
+#[actix_web::test]
+async fn a_patch_in_another_format_names_the_one_it_takes() {
+    let api = api().await;
+    let id = api.create(&api.a_writer, doc("Patched")).await.json()["id"].as_str().unwrap().to_owned();
+    for media in ["application/json-patch+json", "application/json"] {
+        let patch = ClientRequest::new("PATCH", &format!("/api/v1/documents/{id}"))
+            .body("[]")
+            .header("Content-Type", media)
+            .header("If-Match", "*");
+        let refused = api.send(&api.a_writer, patch).await;
+        problem(&refused, 415, "UnsupportedMediaType");
+        assert_eq!(refused.header("accept-patch"), Some("application/merge-patch+json"), "{media}");
+    }
+}

@@ -738,6 +738,11 @@ fn charset(req: &ServiceRequest) -> Option<String> {
     })
 }
 
+/// `Accept-Patch` (RFC 5789 §3.1), which the `http` crate has no constant for.
+pub fn accept_patch() -> header::HeaderName {
+    header::HeaderName::from_static("accept-patch")
+}
+
 /// The request's `Content-Encoding` when it names a coding other than `identity` (every field, each a list).
 fn content_coding(req: &ServiceRequest) -> Option<String> {
     let codings: Vec<String> = req
@@ -765,8 +770,16 @@ async fn checked(
     match media_type(req) {
         Some(media) if body.media_types.contains(&media) => {}
         _ => {
-            return Err(AppError::new(ErrorCode::UnsupportedMediaType)
-                .with_detail(format!("this operation takes a body of type {}", body.media_types.join(" or "))));
+            let err = AppError::new(ErrorCode::UnsupportedMediaType)
+                .with_detail(format!("this operation takes a body of type {}", body.media_types.join(" or ")));
+            // RFC 5789 §2.2: a PATCH in a format the resource does not take says which it does.
+            return Err(match req.method() == actix_web::http::Method::PATCH {
+                true => err.with_header(
+                    accept_patch(),
+                    header::HeaderValue::from_str(&body.media_types.join(", ")).expect("media types are header text"),
+                ),
+                false => err,
+            });
         }
     }
     if let Some(charset) = charset(req) {

@@ -82,6 +82,10 @@ pub fn parse(raw: &str) -> Result<SearchQuery, Box<FieldError>> {
                 return fail(begin, "syntax", "a term needs at least one letter or digit");
             }
             if prefix {
+                if !body.chars().last().is_some_and(char::is_alphanumeric) {
+                    // `customs-*`: the star follows punctuation, so there is no word for it to end.
+                    return fail(i - 1, "syntax", "'*' must follow a letter or digit");
+                }
                 if found.len() > 1 {
                     return fail(begin, "syntax", "a prefix (word*) must be a single word");
                 }
@@ -131,9 +135,22 @@ fn one_or_phrase(mut found: Vec<String>) -> TermKind {
 const BEFORE: usize = 8;
 /// Words shown in all of a snippet.
 const SNIPPET_WORDS: usize = 32;
+/// Characters shown in all of a snippet, whatever its words' lengths.
+const SNIPPET_CHARS: usize = 320;
+
+/// The byte offset `n` characters before `at` in `text` (or its start).
+fn chars_before(text: &str, at: usize, n: usize) -> usize {
+    text[..at].char_indices().rev().nth(n.saturating_sub(1)).map_or(0, |(i, _)| i)
+}
+
+/// The byte offset `n` characters after `from` in `text` (or its end).
+fn chars_after(text: &str, from: usize, n: usize) -> usize {
+    text[from..].char_indices().nth(n).map_or(text.len(), |(i, _)| from + i)
+}
 
 /// `text` HTML-escaped, with every word the query looks for wrapped in `<mark>` and `</mark>`; `None` when no
-/// such word is in it. Long text is cut to a snippet of about 32 words around the first match, with `…`
+/// such word is in it. Long text is cut to a snippet of about 32 words (at most 320 characters) around the first
+/// match, with `…`
 /// where it was cut. The result is safe to insert as HTML: the only markup in it is `<mark>`.
 pub fn highlight(text: &str, query: &SearchQuery, snippet: bool) -> Option<String> {
     let wanted = |word: &str| query.required().any(|kind| kind.matches_word(word));
@@ -160,20 +177,28 @@ pub fn highlight(text: &str, query: &SearchQuery, snippet: bool) -> Option<Strin
     } else {
         (0, all.len())
     };
-    let start = if from == 0 { 0 } else { all[from].1.start };
-    let end = if complete && to == all.len() { text.len() } else { all[to - 1].1.end };
+    let mut start = if from == 0 { 0 } else { all[from].1.start };
+    let mut end = if complete && to == all.len() { text.len() } else { all[to - 1].1.end };
+    if snippet && text[start..end].chars().count() > SNIPPET_CHARS {
+        // Long words (a run of CJK, a long token): the snippet is cut at characters, a third before the first match.
+        let hit = all[first].1.start;
+        start = start.max(chars_before(text, hit, SNIPPET_CHARS / 3));
+        end = end.min(chars_after(text, start, SNIPPET_CHARS));
+    }
     let mut out = String::new();
     if start > 0 {
         out.push('…');
     }
     let mut at = start;
     for (hit, range) in &all[from..to] {
-        if *hit {
-            escape_into(&mut out, &text[at..range.start]);
+        // A match the cut reaches into is marked as far as it is shown.
+        let shown = range.start.max(start)..range.end.min(end);
+        if *hit && !shown.is_empty() {
+            escape_into(&mut out, &text[at..shown.start]);
             out.push_str("<mark>");
-            escape_into(&mut out, &text[range.clone()]);
+            escape_into(&mut out, &text[shown.clone()]);
             out.push_str("</mark>");
-            at = range.end;
+            at = shown.end;
         }
     }
     escape_into(&mut out, &text[at..end]);
@@ -332,6 +357,8 @@ mod tests {
             ("-tax -customs", 1, "not excluded"),
             ("&& ||", 1, "at least one word"),
             ("-& tax", 2, "letter or digit"),
+            ("customs-*", 9, "follow a letter or digit"),
+            ("tax ab.*", 8, "follow a letter or digit"),
         ] {
             let err = parse(raw).unwrap_err();
             assert_eq!(err.position, Some(position), "{raw}: {err:?}");
@@ -363,5 +390,19 @@ mod tests {
         assert_eq!(cut.matches("lorem").count(), BEFORE);
         assert_eq!(cut.matches("<mark>customs</mark>").count(), 1);
         assert_eq!(highlight("short customs text", &query, true).as_deref(), Some("short <mark>customs</mark> text"));
+        // Long words (here two tokens of 60 000 characters, or a run of CJK) do not make a long snippet.
+        let tokens = format!("{} customs {}", "ab".repeat(30_000), "cd".repeat(30_000));
+        let cut = highlight(&tokens, &query, true).unwrap();
+        assert!(cut.chars().count() <= SNIPPET_CHARS + "<mark></mark>……".len(), "{} characters", cut.len());
+        assert!(cut.starts_with("…") && cut.ends_with("cd…") && cut.contains(" <mark>customs</mark> "), "{cut}");
+        let cjk = format!("{}customs{}", "関税".repeat(2_500), "規則".repeat(2_500));
+        let cut = highlight(&cjk, &parse("customs").unwrap(), true);
+        assert!(cut.as_ref().is_none_or(|cut| cut.chars().count() <= SNIPPET_CHARS + 20), "{cut:?}");
+        let prefix = format!("x {} y", "regulation".repeat(1_000));
+        let cut = highlight(&prefix, &query, true).unwrap();
+        assert!(
+            cut.starts_with("x <mark>regulation") && cut.ends_with("</mark>…"),
+            "a long match is marked as far as shown"
+        );
     }
 }

@@ -12,7 +12,11 @@ pub fn require_merge_patch(req: &actix_web::HttpRequest) -> Result<(), AppError>
         Ok(())
     } else {
         Err(AppError::new(ErrorCode::UnsupportedMediaType)
-            .with_detail("PATCH takes a JSON merge patch: Content-Type: application/merge-patch+json"))
+            .with_detail("PATCH takes a JSON merge patch: Content-Type: application/merge-patch+json")
+            .with_header(
+                crate::api::contract::accept_patch(),
+                actix_web::http::header::HeaderValue::from_static("application/merge-patch+json"),
+            ))
     }
 }
 
