@@ -1,4 +1,4 @@
--- The schema after SQLite migration 18, generated from the migrations by
+-- The schema after SQLite migration 19, generated from the migrations by
 -- `UPDATE_SNAPSHOTS=1 cargo test -p handler --lib baseline`: do not edit.
 
 CREATE TABLE job_runs (

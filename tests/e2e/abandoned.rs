@@ -81,6 +81,9 @@ async fn a_call_abandoned_mid_request_is_recorded_and_charged_by_a_direct_debit(
 #[actix_web::test]
 async fn a_call_abandoned_while_its_limits_are_decided_is_its_callers() {
     let (app, user, _admin) = metered_in(TestApp::start().await, 1_000_000, 100_000, 1_000, "block").await;
+    // The caller's tenant and registration are looked up (and cached) by a call that spends no quota, so the
+    // abandoned call's first wait is in the limit stage: its quota lease's first grant.
+    assert_eq!(app.get(&user, "/api/v1/me").await.status, 200);
     app.abandon_at_first_wait(ClientRequest::get(METERED).header("Authorization", &format!("Bearer {user}")));
     assert_eq!(app.get(&user, METERED).await.status, 200);
     // Dropped before its debit, it is charged nothing.

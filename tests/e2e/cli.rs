@@ -110,13 +110,13 @@ fn migrate_builds_the_schema_and_is_safe_to_run_twice() {
     assert!(first.status.success(), "{}", stderr(&first));
     assert_eq!(
         String::from_utf8_lossy(&first.stdout).trim(),
-        "sqlite store: applied [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18], already applied []"
+        "sqlite store: applied [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19], already applied []"
     );
     let second = handler(dir.path(), &["migrate"], &[]);
     assert!(second.status.success(), "{}", stderr(&second));
     assert_eq!(
         String::from_utf8_lossy(&second.stdout).trim(),
-        "sqlite store: applied [], already applied [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]"
+        "sqlite store: applied [], already applied [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]"
     );
     assert!(dir.path().join("data/meterline.db").is_file());
 }

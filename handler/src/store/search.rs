@@ -138,15 +138,18 @@ pub fn indexed_words(fields: [&str; 4]) -> (Vec<(String, i32)>, String) {
     let mut weights: std::collections::BTreeMap<String, [i32; 4]> = std::collections::BTreeMap::new();
     let mut text = String::from(" ");
     for (field, content) in fields.iter().enumerate() {
-        if field > 0 {
-            text.push_str("| ");
-        }
-        for (word, _) in words(content) {
-            let word = super::clip_utf16(&word, MAX_WORD);
-            text.push_str(&word);
-            text.push(' ');
-            let counts = weights.entry(word).or_default();
-            counts[field] = (counts[field] + 1).min(10);
+        for (part, piece) in content.split(TAG_BARRIER).enumerate() {
+            // Fields, and the tags within theirs, are separated by `|`: no phrase runs across one.
+            if field > 0 || part > 0 {
+                text.push_str("| ");
+            }
+            for (word, _) in words(piece) {
+                let word = super::clip_utf16(&word, MAX_WORD);
+                text.push_str(&word);
+                text.push(' ');
+                let counts = weights.entry(word).or_default();
+                counts[field] = (counts[field] + 1).min(10);
+            }
         }
     }
     let weighted = weights
@@ -159,7 +162,9 @@ pub fn indexed_words(fields: [&str; 4]) -> (Vec<(String, i32)>, String) {
     (weighted, text)
 }
 
-/// Lower case without the diacritics of Latin and Greek letters: `Émission` -> `emission`, `Νόμος` -> `νομοσ`.
+/// Lower case without the diacritics of Latin and Greek letters: `Émission` -> `emission`, `Νόμος` -> `νομοσ`;
+/// the Latin letters no decomposition takes apart spelled as their base letters (`groß` -> `gross`, `Łódź` ->
+/// `lodz`, [`unfolded`]); invisible joiners inside a word (a soft hyphen from a PDF) dropped.
 ///
 /// Other scripts keep their marks, which are part of their letters (the Japanese `ガ` is not `カ`, a Devanagari
 /// vowel sign is a vowel), except the diaeresis of Cyrillic (`ё` is written `е` as often as not). The result is
@@ -167,7 +172,13 @@ pub fn indexed_words(fields: [&str; 4]) -> (Vec<(String, i32)>, String) {
 /// index the words folded here and every query is folded here, so a word is found by any spelling that folds to
 /// it, in every script Rust's Unicode tables know.
 pub fn fold(word: &str) -> String {
-    let lower: String = word.chars().flat_map(char::to_lowercase).collect();
+    let mut lower = String::with_capacity(word.len());
+    for c in word.chars().filter(|c| !is_joiner(*c)).flat_map(char::to_lowercase) {
+        match unfolded(c) {
+            Some(spelled) => lower.push_str(spelled),
+            None => lower.push(c),
+        }
+    }
     let mut bare = String::with_capacity(lower.len());
     let mut base = Script::Other;
     for c in lower.nfd() {
@@ -186,6 +197,41 @@ pub fn fold(word: &str) -> String {
         }
     }
     bare.nfc().map(|c| if c == 'ς' { 'σ' } else { c }).collect()
+}
+
+/// A lower-case letter Unicode does not decompose into a base letter and a mark, spelled as search engines fold
+/// it: Unicode's case folding for `ß` and the long `ſ`, ICU's Latin folding for the letters with a stroke and the
+/// ligatures, and the micro sign as the Greek mu it stands for.
+fn unfolded(c: char) -> Option<&'static str> {
+    Some(match c {
+        'ß' => "ss",
+        'ſ' => "s",
+        'ł' | 'ŀ' => "l",
+        'ø' => "o",
+        'đ' | 'ð' => "d",
+        'ħ' => "h",
+        'ŧ' => "t",
+        'ı' => "i",
+        'æ' => "ae",
+        'œ' => "oe",
+        'þ' => "th",
+        'µ' => "μ",
+        _ => return None,
+    })
+}
+
+/// Invisible characters that join what surrounds them into one word (a soft hyphen, the zero-width joiners, the
+/// word joiner): part of a word, dropped by [`fold`]. A zero-width space still separates words.
+fn is_joiner(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{200C}' | '\u{200D}' | '\u{2060}' | '\u{FEFF}')
+}
+
+/// Between two tags in the text the stores index: no word, so no phrase runs from one tag into the next.
+pub const TAG_BARRIER: char = '\u{E000}';
+
+/// A document's tags as one field of the text the stores index, [`TAG_BARRIER`] between two.
+pub fn tags_field(tags: &[&str]) -> String {
+    tags.join(&TAG_BARRIER.to_string())
 }
 
 /// Which diacritics [`fold`] drops after a letter: by the letter's script.
@@ -211,20 +257,31 @@ impl Script {
 
 /// `text` as the SQLite index stores it: its words ([`words`]), folded, separated by single spaces. The index's
 /// tokenizer (FTS5's `ascii`, which splits only at ASCII punctuation and spaces) then sees exactly these words.
+///
+/// Parts separated by [`TAG_BARRIER`] (a document's tags) keep it between them as a token of its own, which no
+/// query word can be (it is no letter or digit): a phrase matches inside one tag only.
 pub fn folded_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for (word, _) in words(text) {
-        if !out.is_empty() {
-            out.push(' ');
+    for (part, piece) in text.split(TAG_BARRIER).enumerate() {
+        let mut first = true;
+        for (word, _) in words(piece) {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            if first && part > 0 && !out.is_empty() {
+                out.push(TAG_BARRIER);
+                out.push(' ');
+            }
+            first = false;
+            out.push_str(&word);
         }
-        out.push_str(&word);
     }
     out
 }
 
 /// Whether `c` belongs to a word (letters and digits of any script, and combining marks, which folding drops).
 pub fn is_word_char(c: char) -> bool {
-    c.is_alphanumeric() || is_combining_mark(c)
+    c.is_alphanumeric() || is_combining_mark(c) || is_joiner(c)
 }
 
 /// The words of `text`, folded, each with its byte range in `text`.
@@ -255,7 +312,7 @@ mod tests {
     fn words_are_runs_of_letters_and_digits_folded_to_lower_case_without_diacritics() {
         let found: Vec<String> =
             words("Régulation (EU) 2016/679 — co-operation, ÉMISSIONS naïve straße").map(|w| w.0).collect();
-        assert_eq!(found, ["regulation", "eu", "2016", "679", "co", "operation", "emissions", "naive", "straße"]);
+        assert_eq!(found, ["regulation", "eu", "2016", "679", "co", "operation", "emissions", "naive", "strasse"]);
         let text = "Zoll: Ausfuhr";
         let ranges: Vec<&str> = words(text).map(|(_, r)| &text[r]).collect();
         assert_eq!(ranges, ["Zoll", "Ausfuhr"]);
@@ -265,7 +322,30 @@ mod tests {
     #[test]
     fn folding_drops_the_diacritics_of_latin_and_greek_and_keeps_the_letters_of_other_scripts() {
         let folded = |text: &str| words(text).map(|w| w.0).collect::<Vec<_>>();
-        assert_eq!(folded("İstanbul ÉCOLE cafe\u{301} Łódź"), ["istanbul", "ecole", "cafe", "łodz"]);
+        assert_eq!(folded("İstanbul ÉCOLE cafe\u{301} Łódź"), ["istanbul", "ecole", "cafe", "lodz"]);
+        assert_eq!(
+            folded("groß GROSS Maßnahmen ſtatute Øre đ ħ Æsir œuvre Þing µm Zoll\u{AD}union foo\u{200D}bar"),
+            [
+                "gross",
+                "gross",
+                "massnahmen",
+                "statute",
+                "ore",
+                "d",
+                "h",
+                "aesir",
+                "oeuvre",
+                "thing",
+                "μm",
+                "zollunion",
+                "foobar"
+            ],
+            "letters no decomposition takes apart, spelled as their base letters; joiners dropped"
+        );
+        assert_eq!(folded("a\u{200B}b"), ["a", "b"], "a zero-width space separates words");
+        assert_eq!(folded_text(&tags_field(&["crossa", "crossb zed"])), "crossa \u{E000} crossb zed");
+        let (_, text) = indexed_words(["", "", "", &tags_field(&["crossa", "crossb zed"])]);
+        assert_eq!(text, " | | | crossa | crossb zed ", "no phrase runs from one tag into the next");
         assert_eq!(folded("Νόμος ΣΊΣΥΦΟΣ"), ["νομοσ", "σισυφοσ"], "Greek: no accents, one sigma");
         assert_eq!(folded("Ёлка мой"), ["елка", "мой"], "Cyrillic: the diaeresis only");
         assert_eq!(

@@ -503,7 +503,7 @@ pub(super) async fn insert_document(conn: &mut MssqlClient, d: &Document) -> Res
 
 /// Writes a live document's words and their order into the search index (`document_words`, migration 10).
 pub(super) async fn index_document(conn: &mut MssqlClient, d: &Document) -> Result<(), StoreError> {
-    let tags = d.unique_tags().join(" ");
+    let tags = crate::store::search::tags_field(&d.unique_tags());
     let (words, text) =
         indexed_words([d.title.as_str(), d.summary.as_deref().unwrap_or(""), d.body.as_deref().unwrap_or(""), &tags]);
     for chunk in words.chunks(WORDS_PER_INSERT) {

@@ -95,7 +95,7 @@ pub(super) async fn migrate_locked(
         batch(conn, "BEGIN TRANSACTION").await?;
         let applied = async {
             batch(conn, migration.sql).await?;
-            if migration.name == "document_search" || migration.name == "search_words_folded_once" {
+            if crate::store::migrations::indexes_stored_documents(migration) {
                 // The words of the documents already stored: the index is complete when the migration commits.
                 super::documents::index_stored_documents(conn).await?;
             }

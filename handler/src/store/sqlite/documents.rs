@@ -161,7 +161,7 @@ pub(super) fn insert_search_row(tx: &Connection, rowid: i64, d: &Document) -> Re
         folded_text(&d.title),
         folded_text(d.summary.as_deref().unwrap_or("")),
         folded_text(d.body.as_deref().unwrap_or("")),
-        folded_text(&d.unique_tags().join(" ")),
+        folded_text(&crate::store::search::tags_field(&d.unique_tags())),
     ];
     tx.prepare_cached("INSERT INTO document_search (rowid, title, summary, body, tags) VALUES (?1, ?2, ?3, ?4, ?5)")
         .and_then(|mut s| s.execute(params![rowid, fields[0], fields[1], fields[2], fields[3]]))
