@@ -105,6 +105,32 @@ pub fn lost_race(current_version: i64) -> AppError {
     precondition_failed(current_version).with_source(LostRace)
 }
 
+/// What a conditional update's `update` means for its request: its value once it took effect, `missing()` when
+/// the row is gone, the 412 of a lost race ([`lost_race`]) when another write came first.
+pub fn took_effect<T>(update: crate::store::Update<T>, missing: impl FnOnce() -> AppError) -> Result<T, AppError> {
+    match update {
+        crate::store::Update::Updated(value) => Ok(value),
+        crate::store::Update::NotFound => Err(missing()),
+        crate::store::Update::VersionMismatch { current_version } => Err(lost_race(current_version)),
+    }
+}
+
+/// Runs `attempt` (read the row, check the preconditions against it, write conditionally) once, or under
+/// `If-Match: *` again after each race it lost, as [`Tries`] says.
+pub async fn retrying<T, F, Fut>(preconditions: &Preconditions, mut attempt: F) -> Result<T, AppError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, AppError>>,
+{
+    let mut tries = Tries::new(preconditions);
+    loop {
+        let outcome = attempt().await;
+        if !tries.again(&outcome) {
+            return outcome;
+        }
+    }
+}
+
 /// The tries of one conditional write. Under `If-Match: *` ("whatever the current version is") a write that lost a
 /// race with another is read, checked and written again (up to [`Tries::MAX`] times in all), so concurrent
 /// writers with `*` all succeed, last writer wins, each merging onto the row it read; under an ETag it is the

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use validator::Validate;
 
-use crate::api::conditional::{Tries, etag, expected_version, lost_race, not_modified, require_if_match};
+use crate::api::conditional::{etag, expected_version, not_modified, require_if_match, retrying, took_effect};
 use crate::api::list::{ListEnvelope, created_cursor, encode_created_cursor, next_link, page_size};
 use crate::api::validation::validate;
 use crate::auth::Permission;
@@ -24,7 +24,7 @@ use crate::error::{AppError, ErrorCode, FieldError};
 use crate::metering::audit::AuditNote;
 use crate::metering::ledger::ledger;
 use crate::state::AppState;
-use crate::store::{ApiClient, ClientDecision, ClientLimits, ClientStatus, StoreError, Update};
+use crate::store::{ApiClient, ClientDecision, ClientLimits, ClientStatus, StoreError};
 
 /// A role an API client may hold in a tenant (every permission but `Platform.Admin`), as the OpenAPI document
 /// lists them; the wire value is the role's name (`tenant_roles` reads it).
@@ -423,66 +423,52 @@ pub async fn set_client_limits(
     let id: Uuid = id.parse().map_err(|_| own_not_found())?;
     let precondition = require_if_match(&req)?;
     let tenant_id = auth.tenant_id()?;
-    let mut tries = Tries::new(&precondition);
-    loop {
-        let attempt: Result<HttpResponse, AppError> = async {
-            let current = state.store.get_api_client(tenant_id, id).await?.ok_or_else(own_not_found)?;
-            let version = expected_version(&precondition, current.version)?;
-            let limits =
-                ClientLimits { quota_units: input.quota_units, requests_per_minute: input.requests_per_minute };
-            if matches!(current.status, ClientStatus::Revoked | ClientStatus::Rejected) {
-                return Err(AppError::new(ErrorCode::Conflict).with_detail(format!(
-                    "the registration is {}: no call of its application is served",
-                    current.status.as_str()
-                )));
-            }
-            if let (Some(rate), Some(tenant)) = (limits.requests_per_minute, auth.tenant.as_ref())
-                && let Some(plan) = state.store.get_plan(&tenant.plan_code).await?
-                && i64::from(rate) >= i64::from(plan.requests_per_minute)
-            {
-                return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![FieldError::body(
-                    "/requestsPerMinute",
-                    "maximum",
-                    format!(
-                        "a cap is below the plan's {} requests a minute (at or above it, the plan's rate applies)",
-                        plan.requests_per_minute
-                    ),
-                )]));
-            }
-            if limits == current.limits {
-                // Already so: no new version, so every other administrator's ETag stays good.
-                return Ok(respond(StatusCode::OK, &current));
-            }
-            let next = ApiClient { limits, version: current.version + 1, ..current.clone() };
-            let response = respond(StatusCode::OK, &next);
-            let summary = format!(
-                "limited application {} to {} units a month and {} requests a minute",
-                next.app_id,
-                limits.quota_units.map_or_else(|| "any".to_owned(), |q| q.to_string()),
-                limits.requests_per_minute.map_or_else(|| "the plan's".to_owned(), |r| r.to_string())
-            );
-            let note = AuditNote::new(
-                "clients",
-                id,
-                Some(&ClientView::from(&current)),
-                Some(&ClientView::from(&next)),
-                summary,
-            );
-            let ledger = ledger(&req, &response, note);
-            match state.store.set_client_limits(tenant_id, id, version, &limits, ledger.as_ref()).await? {
-                Update::Updated(_) => {
-                    state.lookups.invalidate();
-                    Ok(response)
-                }
-                Update::NotFound => Err(own_not_found()),
-                Update::VersionMismatch { current_version } => Err(lost_race(current_version)),
-            }
+    retrying(&precondition, || async {
+        let current = state.store.get_api_client(tenant_id, id).await?.ok_or_else(own_not_found)?;
+        let version = expected_version(&precondition, current.version)?;
+        let limits = ClientLimits { quota_units: input.quota_units, requests_per_minute: input.requests_per_minute };
+        if matches!(current.status, ClientStatus::Revoked | ClientStatus::Rejected) {
+            return Err(AppError::new(ErrorCode::Conflict).with_detail(format!(
+                "the registration is {}: no call of its application is served",
+                current.status.as_str()
+            )));
         }
-        .await;
-        if !tries.again(&attempt) {
-            return attempt;
+        if let (Some(rate), Some(tenant)) = (limits.requests_per_minute, auth.tenant.as_ref())
+            && let Some(plan) = state.store.get_plan(&tenant.plan_code).await?
+            && i64::from(rate) >= i64::from(plan.requests_per_minute)
+        {
+            return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![FieldError::body(
+                "/requestsPerMinute",
+                "maximum",
+                format!(
+                    "a cap is below the plan's {} requests a minute (at or above it, the plan's rate applies)",
+                    plan.requests_per_minute
+                ),
+            )]));
         }
-    }
+        if limits == current.limits {
+            // Already so: no new version, so every other administrator's ETag stays good.
+            return Ok(respond(StatusCode::OK, &current));
+        }
+        let next = ApiClient { limits, version: current.version + 1, ..current.clone() };
+        let response = respond(StatusCode::OK, &next);
+        let summary = format!(
+            "limited application {} to {} units a month and {} requests a minute",
+            next.app_id,
+            limits.quota_units.map_or_else(|| "any".to_owned(), |q| q.to_string()),
+            limits.requests_per_minute.map_or_else(|| "the plan's".to_owned(), |r| r.to_string())
+        );
+        let note =
+            AuditNote::new("clients", id, Some(&ClientView::from(&current)), Some(&ClientView::from(&next)), summary);
+        let ledger = ledger(&req, &response, note);
+        took_effect(
+            state.store.set_client_limits(tenant_id, id, version, &limits, ledger.as_ref()).await?,
+            own_not_found,
+        )?;
+        state.lookups.invalidate();
+        Ok(response)
+    })
+    .await
 }
 
 /// Revokes an application (or withdraws a pending registration): its tokens stop working for this tenant at
@@ -508,39 +494,27 @@ pub async fn revoke_client(
     let id: Uuid = id.parse().map_err(|_| own_not_found())?;
     let precondition = require_if_match(&req)?;
     let tenant_id = auth.tenant_id()?;
-    let mut tries = Tries::new(&precondition);
-    loop {
-        let attempt: Result<HttpResponse, AppError> = async {
-            let current = state.store.get_api_client(tenant_id, id).await?.ok_or_else(own_not_found)?;
-            // The row as the revocation leaves it: a pending or active client, still at the version the caller read, is
-            // revoked now; a revoked or rejected one stays as it is, whatever `If-Match` names (the change is already
-            // reflected, RFC 9110 §13.1.1: a retry gets the same answer).
-            let live = matches!(current.status, ClientStatus::Pending | ClientStatus::Active);
-            let version = if live { expected_version(&precondition, current.version)? } else { current.version };
-            let now = state.clock.now();
-            let mut next = current.clone();
-            if live {
-                (next.status, next.revoked_at, next.version) = (ClientStatus::Revoked, Some(now), next.version + 1);
-            }
-            let (before, after) = (ClientView::from(&current), ClientView::from(&next));
-            let response = respond(StatusCode::OK, &next);
-            let summary = format!("revoked application {}", next.app_id);
-            let ledger =
-                ledger(&req, &response, AuditNote::new("clients", next.id, Some(&before), Some(&after), summary));
-            match state.store.revoke_api_client(tenant_id, id, version, now, ledger.as_ref()).await? {
-                Update::Updated(_) => {
-                    state.lookups.invalidate();
-                    Ok(response)
-                }
-                Update::NotFound => Err(own_not_found()),
-                Update::VersionMismatch { current_version } => Err(lost_race(current_version)),
-            }
+    retrying(&precondition, || async {
+        let current = state.store.get_api_client(tenant_id, id).await?.ok_or_else(own_not_found)?;
+        // The row as the revocation leaves it: a pending or active client, still at the version the caller read, is
+        // revoked now; a revoked or rejected one stays as it is, whatever `If-Match` names (the change is already
+        // reflected, RFC 9110 §13.1.1: a retry gets the same answer).
+        let live = matches!(current.status, ClientStatus::Pending | ClientStatus::Active);
+        let version = if live { expected_version(&precondition, current.version)? } else { current.version };
+        let now = state.clock.now();
+        let mut next = current.clone();
+        if live {
+            (next.status, next.revoked_at, next.version) = (ClientStatus::Revoked, Some(now), next.version + 1);
         }
-        .await;
-        if !tries.again(&attempt) {
-            return attempt;
-        }
-    }
+        let (before, after) = (ClientView::from(&current), ClientView::from(&next));
+        let response = respond(StatusCode::OK, &next);
+        let summary = format!("revoked application {}", next.app_id);
+        let ledger = ledger(&req, &response, AuditNote::new("clients", next.id, Some(&before), Some(&after), summary));
+        took_effect(state.store.revoke_api_client(tenant_id, id, version, now, ledger.as_ref()).await?, own_not_found)?;
+        state.lookups.invalidate();
+        Ok(response)
+    })
+    .await
 }
 
 /// The path of a tenant's registration, for the platform administrator's operations.
@@ -666,55 +640,46 @@ async fn decide(
 ) -> Result<HttpResponse, AppError> {
     let (tenant_id, id) = path.ids()?;
     let precondition = require_if_match(req)?;
-    let mut tries = Tries::new(&precondition);
-    loop {
-        let attempt: Result<HttpResponse, AppError> = async {
-            let current = state.store.get_api_client(tenant_id, id).await?.ok_or_else(tenant_client_not_found)?;
-            let version = expected_version(&precondition, current.version)?;
-            if approve && current.directory_id.is_some_and(|d| state.auth.is_platform_directory(d)) {
-                // Approved, the platform's own application would answer to a tenant (its tenant, its roles capped).
-                return Err(AppError::new(ErrorCode::Conflict).with_detail(
-                    "the registration names a platform directory, whose applications no tenant may register",
-                ));
-            }
-            let principal = &auth.principal;
-            let by = principal
-                .object_id
-                .clone()
-                .or_else(|| principal.app_id.clone())
-                .unwrap_or_else(|| principal.subject.clone());
-            let decision = ClientDecision { approve, by, at: state.clock.now() };
-            let mut next = current.clone();
-            (next.status, next.decided_by, next.decided_at, next.version) = (
-                if approve { ClientStatus::Active } else { ClientStatus::Rejected },
-                Some(decision.by.clone()),
-                Some(decision.at),
-                next.version + 1,
-            );
-            let (before, after) = (ClientView::from(&current), ClientView::from(&next));
-            let response = respond(StatusCode::OK, &next);
-            let verb = if approve { "approved" } else { "rejected" };
-            let summary = format!(
-                "{verb} application {} of directory {} for tenant {tenant_id}",
-                next.app_id,
-                next.directory_id.map_or_else(|| "none".to_owned(), |d| d.to_string())
-            );
-            let note = AuditNote::new("clients", id, Some(&before), Some(&after), summary).in_tenant(tenant_id);
-            let ledger = ledger(req, &response, note);
-            match state.store.decide_api_client(tenant_id, id, version, &decision, ledger.as_ref()).await {
-                Ok(Update::Updated(_)) => {
-                    state.lookups.invalidate();
-                    Ok(response)
-                }
-                Ok(Update::NotFound) => Err(tenant_client_not_found()),
-                Ok(Update::VersionMismatch { current_version }) => Err(lost_race(current_version)),
-                Err(StoreError::Conflict(reason)) => Err(AppError::new(ErrorCode::Conflict).with_detail(reason)),
-                Err(e) => Err(e.into()),
-            }
+    retrying(&precondition, || async {
+        let current = state.store.get_api_client(tenant_id, id).await?.ok_or_else(tenant_client_not_found)?;
+        let version = expected_version(&precondition, current.version)?;
+        if approve && current.directory_id.is_some_and(|d| state.auth.is_platform_directory(d)) {
+            // Approved, the platform's own application would answer to a tenant (its tenant, its roles capped).
+            return Err(AppError::new(ErrorCode::Conflict).with_detail(
+                "the registration names a platform directory, whose applications no tenant may register",
+            ));
         }
-        .await;
-        if !tries.again(&attempt) {
-            return attempt;
-        }
-    }
+        let principal = &auth.principal;
+        let by = principal
+            .object_id
+            .clone()
+            .or_else(|| principal.app_id.clone())
+            .unwrap_or_else(|| principal.subject.clone());
+        let decision = ClientDecision { approve, by, at: state.clock.now() };
+        let mut next = current.clone();
+        (next.status, next.decided_by, next.decided_at, next.version) = (
+            if approve { ClientStatus::Active } else { ClientStatus::Rejected },
+            Some(decision.by.clone()),
+            Some(decision.at),
+            next.version + 1,
+        );
+        let (before, after) = (ClientView::from(&current), ClientView::from(&next));
+        let response = respond(StatusCode::OK, &next);
+        let verb = if approve { "approved" } else { "rejected" };
+        let summary = format!(
+            "{verb} application {} of directory {} for tenant {tenant_id}",
+            next.app_id,
+            next.directory_id.map_or_else(|| "none".to_owned(), |d| d.to_string())
+        );
+        let note = AuditNote::new("clients", id, Some(&before), Some(&after), summary).in_tenant(tenant_id);
+        let ledger = ledger(req, &response, note);
+        let decided = match state.store.decide_api_client(tenant_id, id, version, &decision, ledger.as_ref()).await {
+            Err(StoreError::Conflict(reason)) => return Err(AppError::new(ErrorCode::Conflict).with_detail(reason)),
+            decided => decided?,
+        };
+        took_effect(decided, tenant_client_not_found)?;
+        state.lookups.invalidate();
+        Ok(response)
+    })
+    .await
 }

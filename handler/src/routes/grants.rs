@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::usage::parse_period;
-use crate::api::conditional::{Tries, etag, expected_version, lost_race, require_if_match};
+use crate::api::conditional::{etag, expected_version, require_if_match, retrying, took_effect};
 use crate::api::idempotency;
 use crate::auth::guard::{Authorized, PlatformAdmin};
 use crate::error::{AppError, ErrorCode, FieldError};
@@ -21,7 +21,7 @@ use crate::metering::audit::AuditNote;
 use crate::metering::ledger::ledger;
 use crate::metering::period::BillingCalendar;
 use crate::state::AppState;
-use crate::store::{PeriodPlan, QuotaGrant, StoreError, Update};
+use crate::store::{PeriodPlan, QuotaGrant, StoreError};
 
 /// A grant's status: `active`, `expired` or `revoked`.
 #[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
@@ -346,46 +346,40 @@ pub async fn revoke_grant(
 ) -> Result<HttpResponse, AppError> {
     let (tenant_id, id) = (parse_id(&path.tenant_id, grant_not_found)?, parse_id(&path.id, grant_not_found)?);
     let precondition = require_if_match(&req)?;
-    let mut tries = Tries::new(&precondition);
-    loop {
-        let attempt: Result<HttpResponse, AppError> = async {
-            let current = state.store.get_quota_grant(tenant_id, id).await?.ok_or_else(grant_not_found)?;
-            let now = state.clock.now();
-            if current.ended_at.is_some() {
-                // Already reflected (RFC 9110 §13.1.1): nothing to write, whatever If-Match names.
-                return Ok(respond(StatusCode::OK, &current, now));
-            }
-            let version = expected_version(&precondition, current.version)?;
-            // The answer is the row the store returns, whose `returnedUnits` it decides under the period's lock; the audit
-            // record's "after" is the grant as revoked with what the counter shows now (the same unless another
-            // process's requests spend from the period meanwhile).
-            let by = actor(&auth);
-            let before = GrantView::of(&current, now);
-            let returned = state
-                .store
-                .quota_usage(tenant_id, current.period_start)
-                .await?
-                .map(|q| crate::store::returned_units(current.units, q.quota_units, q.units_used));
-            let provisional = QuotaGrant {
-                ended_at: Some(now),
-                revoked_by: Some(by.clone()),
-                returned_units: returned,
-                version: current.version + 1,
-                ..current.clone()
-            };
-            let summary = format!("revoked grant of {} units to period {}", current.units, before.period);
-            let note = AuditNote::new("grants", id, Some(&before), Some(&GrantView::of(&provisional, now)), summary)
-                .in_tenant(tenant_id);
-            let ledger = ledger(&req, &respond(StatusCode::OK, &provisional, now), note);
-            match state.store.revoke_quota_grant(tenant_id, id, version, &by, now, ledger.as_ref()).await? {
-                Update::Updated(grant) => Ok(respond(StatusCode::OK, &grant, now)),
-                Update::NotFound => Err(grant_not_found()),
-                Update::VersionMismatch { current_version } => Err(lost_race(current_version)),
-            }
+    retrying(&precondition, || async {
+        let current = state.store.get_quota_grant(tenant_id, id).await?.ok_or_else(grant_not_found)?;
+        let now = state.clock.now();
+        if current.ended_at.is_some() {
+            // Already reflected (RFC 9110 §13.1.1): nothing to write, whatever If-Match names.
+            return Ok(respond(StatusCode::OK, &current, now));
         }
-        .await;
-        if !tries.again(&attempt) {
-            return attempt;
-        }
-    }
+        let version = expected_version(&precondition, current.version)?;
+        // The answer is the row the store returns, whose `returnedUnits` it decides under the period's lock; the audit
+        // record's "after" is the grant as revoked with what the counter shows now (the same unless another
+        // process's requests spend from the period meanwhile).
+        let by = actor(&auth);
+        let before = GrantView::of(&current, now);
+        let returned = state
+            .store
+            .quota_usage(tenant_id, current.period_start)
+            .await?
+            .map(|q| crate::store::returned_units(current.units, q.quota_units, q.units_used));
+        let provisional = QuotaGrant {
+            ended_at: Some(now),
+            revoked_by: Some(by.clone()),
+            returned_units: returned,
+            version: current.version + 1,
+            ..current.clone()
+        };
+        let summary = format!("revoked grant of {} units to period {}", current.units, before.period);
+        let note = AuditNote::new("grants", id, Some(&before), Some(&GrantView::of(&provisional, now)), summary)
+            .in_tenant(tenant_id);
+        let ledger = ledger(&req, &respond(StatusCode::OK, &provisional, now), note);
+        let grant = took_effect(
+            state.store.revoke_quota_grant(tenant_id, id, version, &by, now, ledger.as_ref()).await?,
+            grant_not_found,
+        )?;
+        Ok(respond(StatusCode::OK, &grant, now))
+    })
+    .await
 }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use validator::Validate;
 
-use crate::api::conditional::{Tries, etag, expected_version, lost_race, not_modified, require_if_match};
+use crate::api::conditional::{etag, expected_version, not_modified, require_if_match, retrying, took_effect};
 use crate::api::list::ListEnvelope;
 use crate::api::validation::validate;
 use crate::auth::guard::{Authorized, PlatformAdmin};
@@ -14,7 +14,7 @@ use crate::error::{AppError, ErrorCode};
 use crate::metering::audit::AuditNote;
 use crate::metering::ledger::ledger;
 use crate::state::AppState;
-use crate::store::{OveragePolicy, Plan, StoreError, Update};
+use crate::store::{OveragePolicy, Plan, StoreError};
 
 /// What happens to calls beyond the monthly quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -331,35 +331,23 @@ pub async fn replace_plan(
     let precondition = require_if_match(&req)?;
     let input = input.into_inner();
     validate(&input)?;
-    let mut tries = Tries::new(&precondition);
-    loop {
-        let attempt: Result<HttpResponse, AppError> = async {
-            let current = state.store.get_plan(&code).await?.ok_or_else(not_found)?;
-            let version = expected_version(&precondition, current.version)?;
-            let mut plan = current.clone();
-            apply(input.clone(), &mut plan);
-            plan.updated_at = state.clock.now();
-            plan.version = version + 1;
-            // The answer and the audit event describe the row as the update writes it.
-            let response = respond(actix_web::http::StatusCode::OK, &plan);
-            let (before, after) = (PlanView::from(&current), PlanView::from(&plan));
-            let summary = format!("replaced plan, now version {}", plan.version);
-            let ledger =
-                ledger(&req, &response, AuditNote::new("plans", &plan.code, Some(&before), Some(&after), summary));
-            match state.store.update_plan(&plan, version, None, ledger.as_ref()).await? {
-                Update::Updated(_) => {
-                    state.lookups.invalidate();
-                    Ok(response)
-                }
-                Update::NotFound => Err(not_found()),
-                Update::VersionMismatch { current_version } => Err(lost_race(current_version)),
-            }
-        }
-        .await;
-        if !tries.again(&attempt) {
-            return attempt;
-        }
-    }
+    retrying(&precondition, || async {
+        let current = state.store.get_plan(&code).await?.ok_or_else(not_found)?;
+        let version = expected_version(&precondition, current.version)?;
+        let mut plan = current.clone();
+        apply(input.clone(), &mut plan);
+        plan.updated_at = state.clock.now();
+        plan.version = version + 1;
+        // The answer and the audit event describe the row as the update writes it.
+        let response = respond(actix_web::http::StatusCode::OK, &plan);
+        let (before, after) = (PlanView::from(&current), PlanView::from(&plan));
+        let summary = format!("replaced plan, now version {}", plan.version);
+        let ledger = ledger(&req, &response, AuditNote::new("plans", &plan.code, Some(&before), Some(&after), summary));
+        took_effect(state.store.update_plan(&plan, version, None, ledger.as_ref()).await?, not_found)?;
+        state.lookups.invalidate();
+        Ok(response)
+    })
+    .await
 }
 
 /// A plan's cost table: what each operation the quota applies to costs its tenants.
@@ -480,39 +468,28 @@ pub async fn replace_plan_costs(
     if !errors.is_empty() {
         return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(errors));
     }
-    let mut tries = Tries::new(&precondition);
-    loop {
-        let attempt: Result<HttpResponse, AppError> = async {
-            let current = state.store.get_plan(&code).await?.ok_or_else(not_found)?;
-            let version = expected_version(&precondition, current.version)?;
-            let before = costs_view(&state, &current).await?;
-            let mut plan = current.clone();
-            plan.updated_at = state.clock.now();
-            plan.version = version + 1;
-            let overrides = input.overrides.clone();
-            let after = costs_table(&plan, overrides.clone());
-            let response = HttpResponse::Ok().insert_header((header::ETAG, etag(plan.version))).json(&after);
-            // The hashes cover the overrides only: the ETag in the table moves with every plan change.
-            let summary = format!("replaced {} cost overrides, plan now version {}", overrides.len(), plan.version);
-            let note = AuditNote::new("plans", &plan.code, Some(&before.overrides), Some(&after.overrides), summary);
-            let ledger = ledger(&req, &response, note);
-            // One transaction bumps the plan's version and replaces the overrides: a concurrent writer with the same
-            // ETag gets 412, and no reader sees the new version with the old costs.
-            let overrides: Vec<(String, i64)> = overrides.into_iter().collect();
-            match state.store.update_plan(&plan, version, Some(&overrides), ledger.as_ref()).await? {
-                Update::Updated(_) => {
-                    state.lookups.invalidate();
-                    Ok(response)
-                }
-                Update::NotFound => Err(not_found()),
-                Update::VersionMismatch { current_version } => Err(lost_race(current_version)),
-            }
-        }
-        .await;
-        if !tries.again(&attempt) {
-            return attempt;
-        }
-    }
+    retrying(&precondition, || async {
+        let current = state.store.get_plan(&code).await?.ok_or_else(not_found)?;
+        let version = expected_version(&precondition, current.version)?;
+        let before = costs_view(&state, &current).await?;
+        let mut plan = current.clone();
+        plan.updated_at = state.clock.now();
+        plan.version = version + 1;
+        let overrides = input.overrides.clone();
+        let after = costs_table(&plan, overrides.clone());
+        let response = HttpResponse::Ok().insert_header((header::ETAG, etag(plan.version))).json(&after);
+        // The hashes cover the overrides only: the ETag in the table moves with every plan change.
+        let summary = format!("replaced {} cost overrides, plan now version {}", overrides.len(), plan.version);
+        let note = AuditNote::new("plans", &plan.code, Some(&before.overrides), Some(&after.overrides), summary);
+        let ledger = ledger(&req, &response, note);
+        // One transaction bumps the plan's version and replaces the overrides: a concurrent writer with the same
+        // ETag gets 412, and no reader sees the new version with the old costs.
+        let overrides: Vec<(String, i64)> = overrides.into_iter().collect();
+        took_effect(state.store.update_plan(&plan, version, Some(&overrides), ledger.as_ref()).await?, not_found)?;
+        state.lookups.invalidate();
+        Ok(response)
+    })
+    .await
 }
 
 #[cfg(test)]

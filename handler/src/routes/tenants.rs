@@ -4,10 +4,10 @@ use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, get, patch, post, web};
 use validator::Validate;
 
-use crate::api::conditional::{Preconditions, Tries, expected_version, lost_race, not_modified, require_if_match};
+use crate::api::conditional::{Preconditions, expected_version, not_modified, require_if_match, retrying, took_effect};
 use crate::api::list::{created_cursor, encode_created_cursor, next_link, page_size};
 use crate::api::validation::validate;
-use crate::store::{StoreError, TenantChanges, TenantStatus, Update};
+use crate::store::{StoreError, TenantChanges, TenantStatus};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -302,13 +302,7 @@ async fn change(
     // An id that cannot exist is a 404 before any precondition is looked at.
     let id = parse_id(id)?;
     let precondition = require_if_match(req)?;
-    let mut tries = Tries::new(&precondition);
-    loop {
-        let changed = change_once(state, req, id, &changes, &precondition).await;
-        if !tries.again(&changed) {
-            return changed;
-        }
-    }
+    retrying(&precondition, || change_once(state, req, id, &changes, &precondition)).await
 }
 
 /// One try of [`change`]: the tenant as read now, the preconditions checked against it, the conditional update.
@@ -341,16 +335,13 @@ async fn change_once(
         &response,
         AuditNote::new("tenants", next.id, Some(&before), Some(&after), summary).in_tenant(next.id),
     );
-    match state.store.update_tenant(current.id, changes, version, now, ledger.as_ref()).await {
-        Ok(Update::Updated(_)) => {
-            state.lookups.invalidate();
-            Ok(response)
-        }
-        Ok(Update::NotFound) => Err(not_found()),
-        Ok(Update::VersionMismatch { current_version }) => Err(lost_race(current_version)),
-        Err(StoreError::ForeignKey(_)) => Err(unknown_plan()),
-        Err(e) => Err(e.into()),
-    }
+    let updated = match state.store.update_tenant(current.id, changes, version, now, ledger.as_ref()).await {
+        Err(StoreError::ForeignKey(_)) => return Err(unknown_plan()),
+        updated => updated?,
+    };
+    took_effect(updated, not_found)?;
+    state.lookups.invalidate();
+    Ok(response)
 }
 
 /// Renames a tenant or changes its plan (JSON merge patch). Requires `If-Match`.

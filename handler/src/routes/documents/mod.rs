@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::api::conditional::{
-    Tries, check_if_match_on_read, etag, expected_version, lost_race, not_modified, require_if_match,
+    check_if_match_on_read, etag, expected_version, not_modified, require_if_match, retrying, took_effect,
 };
 use crate::api::cursor::fingerprint;
 use crate::api::idempotency;
@@ -24,7 +24,7 @@ use crate::state::AppState;
 use crate::store::search::{SearchWindow, WritePosition};
 use crate::store::{
     Document, DocumentCursor, DocumentFilter, DocumentSort, DocumentSortKey, DocumentStatus, FacetField, SortValue,
-    StoreError, Update,
+    StoreError,
 };
 
 mod wire;
@@ -173,11 +173,8 @@ async fn write(
     let (before, after) = (DocumentView::from(current), DocumentView::from(&next));
     let summary = format!("updated document to version {}", next.version);
     let ledger = ledger(req, &response, AuditNote::new("documents", next.id, Some(&before), Some(&after), summary));
-    match state.store.update_document(&next, precondition_version, ledger.as_ref()).await? {
-        Update::Updated(_) => Ok(response),
-        Update::NotFound => Err(not_found()),
-        Update::VersionMismatch { current_version } => Err(lost_race(current_version)),
-    }
+    took_effect(state.store.update_document(&next, precondition_version, ledger.as_ref()).await?, not_found)?;
+    Ok(response)
 }
 
 /// Replaces a document's writable fields. Requires `If-Match`. A replacement equal to what is stored answers the
@@ -204,15 +201,12 @@ pub async fn replace_document(
     let id = parse_id(&id)?;
     let precondition = require_if_match(&req)?;
     let input = input.into_inner();
-    let mut tries = Tries::new(&precondition);
-    loop {
+    retrying(&precondition, || async {
         let current = state.store.get_document(auth.tenant_id()?, id).await?.ok_or_else(not_found)?;
         let version = expected_version(&precondition, current.version)?;
-        let written = write(&state, &req, &current, version, input.clone(), actor(&auth)).await;
-        if !tries.again(&written) {
-            return written;
-        }
-    }
+        write(&state, &req, &current, version, input.clone(), actor(&auth)).await
+    })
+    .await
 }
 
 /// Changes some fields with a JSON merge patch (RFC 7396; `null` removes an optional field). Requires `If-Match`.
@@ -247,19 +241,16 @@ pub async fn patch_document(
     }
     let id = parse_id(&id)?;
     let precondition = require_if_match(&req)?;
-    let mut tries = Tries::new(&precondition);
-    loop {
+    retrying(&precondition, || async {
         let current = state.store.get_document(auth.tenant_id()?, id).await?.ok_or_else(not_found)?;
         let version = expected_version(&precondition, current.version)?;
         // Merged onto the row just read: a try after a lost race merges onto the other write's result.
         let mut merged = serde_json::to_value(DocumentInput::from_document(&current)).expect("inputs serialize");
         json_patch::merge(&mut merged, &patch);
         let replacement: DocumentInput = serde_json::from_value(merged).map_err(|e| serde_json_error(&e))?;
-        let written = write(&state, &req, &current, version, replacement, actor(&auth)).await;
-        if !tries.again(&written) {
-            return written;
-        }
-    }
+        write(&state, &req, &current, version, replacement, actor(&auth)).await
+    })
+    .await
 }
 
 /// Deletes a document (soft: it disappears from every read). Requires `If-Match`.
@@ -283,27 +274,21 @@ pub async fn delete_document(
     let id = parse_id(&id)?;
     let precondition = require_if_match(&req)?;
     let tenant_id = auth.tenant_id()?;
-    let mut tries = Tries::new(&precondition);
-    loop {
+    retrying(&precondition, || async {
         let current = state.store.get_document(tenant_id, id).await?.ok_or_else(not_found)?;
         let version = expected_version(&precondition, current.version)?;
         let response = HttpResponse::NoContent().finish();
         let before = DocumentView::from(&current);
         let summary = format!("deleted document at version {}", current.version);
         let ledger = ledger(&req, &response, AuditNote::new("documents", current.id, Some(&before), None, summary));
-        let deleted = match state
+        let deleted = state
             .store
             .delete_document(tenant_id, current.id, version, &actor(&auth), state.clock.now(), ledger.as_ref())
-            .await?
-        {
-            Update::Updated(()) => Ok(response),
-            Update::NotFound => Err(not_found()),
-            Update::VersionMismatch { current_version } => Err(lost_race(current_version)),
-        };
-        if !tries.again(&deleted) {
-            return deleted;
-        }
-    }
+            .await?;
+        took_effect(deleted, not_found)?;
+        Ok(response)
+    })
+    .await
 }
 
 /// The list query, parsed by hand: `tag` repeats, and unknown parameters are refused.
