@@ -426,10 +426,14 @@ mod tests {
     }
 
     fn writer_on(dir: &tempfile::TempDir) -> (Writer, Connection) {
+        writer_bounded(dir, Bounds::DEFAULT)
+    }
+
+    fn writer_bounded(dir: &tempfile::TempDir, bounds: Bounds) -> (Writer, Connection) {
         let path = dir.path().join("w.db");
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (n INTEGER PRIMARY KEY)").unwrap();
-        (Writer::start(conn, FileIdentity::of(&path), Bounds::DEFAULT).unwrap(), Connection::open(&path).unwrap())
+        (Writer::start(conn, FileIdentity::of(&path), bounds).unwrap(), Connection::open(&path).unwrap())
     }
 
     /// The name of the thread a write ran on.
@@ -481,7 +485,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_or_panicking_write_rolls_back_alone_and_the_rest_of_its_batch_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let (writer, reader) = writer_on(&dir);
+        // Not a test of the wait bound: twenty panics, each printing its backtrace when the tests run with
+        // RUST_BACKTRACE, can hold the writer past the default 500 ms on a busy machine.
+        let patient = Bounds { max_wait: Duration::from_secs(60), ..Bounds::DEFAULT };
+        let (writer, reader) = writer_bounded(&dir, patient);
         let writer = std::sync::Arc::new(writer);
         let tasks: Vec<_> = (0..200i64)
             .map(|n| {
