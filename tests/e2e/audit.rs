@@ -477,7 +477,7 @@ async fn a_long_chain_is_verified_in_bounded_calls_each_resuming_from_the_head_t
             .query_row("SELECT hash FROM audit_events WHERE chain = ?1 AND chain_seq = ?2", (&chain, seq), |r| r.get(0))
             .unwrap()
     };
-    let resume = |seq: i64, hash: &str| format!("/api/v1/audit-events/verify?afterSeq={seq}&afterHash={hash}");
+    let resume = |seq: i64, hash: &str| format!("/api/v1/audit-events/verify?after={seq}:{hash}");
     // Resumed from the end: nothing after it, the head is the one given.
     let at_end = ok(&send(&host, &auditor, ClientRequest::get(&resume(10, &hash_at(10)))).await, 200);
     assert_eq!((at_end["checked"].as_u64(), at_end["head"]["chainSeq"].as_i64()), (Some(0), Some(10)), "{at_end}");
@@ -496,6 +496,6 @@ async fn a_long_chain_is_verified_in_bounded_calls_each_resuming_from_the_head_t
     let after = ok(&send(&host, &auditor, ClientRequest::get(&resume(5, &hash_at(5)))).await, 200);
     assert_eq!((after["valid"].as_bool(), after["firstBrokenLink"]["chainSeq"].as_i64()), (Some(false), Some(8)));
     // Half a head is refused.
-    let half = ok(&send(&host, &auditor, ClientRequest::get("/api/v1/audit-events/verify?afterSeq=3")).await, 422);
-    assert_eq!(half["errors"][0]["parameter"], "afterHash", "{half}");
+    let half = ok(&send(&host, &auditor, ClientRequest::get("/api/v1/audit-events/verify?after=3")).await, 422);
+    assert_eq!(half["errors"][0]["parameter"], "after", "{half}");
 }

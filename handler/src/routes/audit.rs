@@ -346,13 +346,10 @@ async fn existing(state: &AppState, tenant_id: Uuid) -> Result<(), AppError> {
 pub struct VerifyParams {
     /// Platform administrators only: the tenant whose chain to verify (default: the caller's).
     pub tenant_id: Option<Uuid>,
-    /// Resume after the chain head a verification returned (its `chainSeq`), with `afterHash`: only the events after
-    /// it are recomputed, and the first must link to it. Without it the chain is verified from its first event.
-    #[param(minimum = 1)]
-    pub after_seq: Option<i64>,
-    /// The `hash` recorded with `afterSeq` (64 hexadecimal digits).
-    #[param(pattern = "^[0-9a-f]{64}$")]
-    pub after_hash: Option<String>,
+    /// Resume after a chain head a verification returned, written `<chainSeq>:<hash>`: only the events after it are
+    /// recomputed, and the first must link to it. Without it the chain is verified from its first event.
+    #[param(pattern = "^[1-9][0-9]{0,17}:[0-9a-f]{64}$")]
+    pub after: Option<String>,
 }
 
 /// Recomputes the caller's tenant's audit chain (a platform administrator: any tenant's) from its first event, or
@@ -380,12 +377,24 @@ pub async fn verify_audit_chain(
         existing(&state, tenant_id).await?;
     }
     let chain = audit_chain_key(Some(tenant_id));
-    let (mut verifier, mut after_seq, mut head) = match (params.after_seq, &params.after_hash) {
-        (None, None) => (ChainVerifier::default(), 0, None),
-        (Some(seq), Some(hash)) => {
+    // The contract checks its form (digits, a colon, the hash); read here without trusting that.
+    let resumed = match params.after.as_deref().map(|after| after.split_once(':')) {
+        None => None,
+        Some(Some((seq, hash))) if hash.len() == 64 && seq.parse::<i64>().is_ok_and(|s| s >= 1) => {
+            Some((seq.parse::<i64>().unwrap_or(1), hash))
+        }
+        Some(_) => {
+            return Err(AppError::new(ErrorCode::ValidationFailed).with_parameter_errors(vec![
+                FieldError::new("after", "pattern", "a chain head: <chainSeq>:<hash>").in_query("after"),
+            ]));
+        }
+    };
+    let (mut verifier, mut after_seq, mut head) = match resumed {
+        None => (ChainVerifier::default(), 0, None),
+        Some((seq, hash)) => {
             let stored = state.store.audit_chain(&chain, seq - 1, 1).await?;
             match ChainVerifier::resume(stored.first(), seq, hash) {
-                Ok(verifier) => (verifier, seq, Some(ChainHead { chain_seq: seq, hash: hash.clone() })),
+                Ok(verifier) => (verifier, seq, Some(ChainHead { chain_seq: seq, hash: hash.to_owned() })),
                 Err(reason) => {
                     let broken = BrokenLink {
                         chain_seq: seq,
@@ -395,13 +404,6 @@ pub async fn verify_audit_chain(
                     return Ok(HttpResponse::Ok().json(ChainVerification::broken(0, broken)));
                 }
             }
-        }
-        (seq, _) => {
-            let (field, other) = if seq.is_some() { ("afterHash", "afterSeq") } else { ("afterSeq", "afterHash") };
-            return Err(AppError::new(ErrorCode::ValidationFailed).with_field_errors(vec![
-                FieldError::new(field, "required", format!("required with {other}: a head is its seq and its hash"))
-                    .in_query(field),
-            ]));
         }
     };
     let page = VERIFY_PAGE.min(u32::try_from(state.audit_verify_limit).unwrap_or(VERIFY_PAGE)).max(1);
@@ -426,7 +428,7 @@ pub async fn verify_audit_chain(
                 if let Some(tenant) = params.tenant_id {
                     query.append_pair("tenantId", &tenant.to_string());
                 }
-                query.append_pair("afterSeq", &h.chain_seq.to_string()).append_pair("afterHash", &h.hash);
+                query.append_pair("after", &format!("{}:{}", h.chain_seq, h.hash));
                 format!("{}/api/v1/audit-events/verify?{}", crate::api::list::public_origin(&req), query.finish())
             });
             return Ok(HttpResponse::Ok().json(ChainVerification {
