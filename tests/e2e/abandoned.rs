@@ -24,7 +24,17 @@ fn event(app: &TestApp, status: i64) -> Event {
             [status],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
         )
-        .unwrap_or_else(|e| panic!("one usage event with status {status}: {e}"))
+        .unwrap_or_else(|e| {
+            let all: Vec<(i64, String)> = app
+                .db()
+                .prepare("SELECT status, operation_id FROM usage_events ORDER BY seq")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            panic!("one usage event with status {status}: {e}; the events: {all:?}")
+        })
 }
 
 /// A create abandoned while its body arrives is recorded and charged like the create it would have been; nothing
@@ -81,10 +91,14 @@ async fn a_call_abandoned_mid_request_is_recorded_and_charged_by_a_direct_debit(
 #[actix_web::test]
 async fn a_call_abandoned_while_its_limits_are_decided_is_its_callers() {
     let (app, user, _admin) = metered_in(TestApp::start().await, 1_000_000, 100_000, 1_000, "block").await;
-    // The caller's tenant and registration are looked up (and cached) by a call that spends no quota, so the
-    // abandoned call's first wait is in the limit stage: its quota lease's first grant.
+    // The caller's tenant and registration are looked up (and cached), and its rate steps taken, by a call that
+    // spends no quota; then the database's write lock is held, so the quota lease's first grant must wait: the
+    // abandoned call's first wait is in the limit stage, whatever the machine's load.
     assert_eq!(app.get(&user, "/api/v1/me").await.status, 200);
+    let holder = app.db();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
     app.abandon_at_first_wait(ClientRequest::get(METERED).header("Authorization", &format!("Bearer {user}")));
+    holder.execute_batch("ROLLBACK").unwrap();
     assert_eq!(app.get(&user, METERED).await.status, 200);
     // Dropped before its debit, it is charged nothing.
     let (status, billable, _, directory, client, operation) = event(&app, 499);
