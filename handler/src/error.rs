@@ -60,6 +60,9 @@ macro_rules! error_codes {
     };
 }
 
+/// The header every problem carries its stable code in (Azure REST API guidelines), as the body's `code`.
+pub const ERROR_CODE_HEADER: &str = "x-ms-error-code";
+
 error_codes! {
     /// No route or resource matches the request.
     NotFound => (StatusCode::NOT_FOUND, "not-found", "Resource not found"),
@@ -413,7 +416,7 @@ impl ResponseError for AppError {
         let problem = self.to_problem(crate::request::current_id());
         let mut response = HttpResponse::build(self.code.status());
         response.insert_header((header::CONTENT_TYPE, PROBLEM_JSON));
-        response.insert_header(("x-ms-error-code", self.code.azure_code()));
+        response.insert_header((ERROR_CODE_HEADER, self.code.azure_code()));
         for (name, value) in &self.headers {
             response.append_header((name.clone(), value.clone()));
         }

@@ -101,7 +101,7 @@ pub fn expected_version(preconditions: &Preconditions, current: i64) -> Result<i
 struct LostRace;
 
 /// The 412 of a conditional update that lost a race ([`Tries`] tries it again under `If-Match: *`).
-pub fn lost_race(current_version: i64) -> AppError {
+fn lost_race(current_version: i64) -> AppError {
     precondition_failed(current_version).with_source(LostRace)
 }
 
@@ -135,20 +135,20 @@ where
 /// race with another is read, checked and written again (up to [`Tries::MAX`] times in all), so concurrent
 /// writers with `*` all succeed, last writer wins, each merging onto the row it read; under an ETag it is the
 /// client's 412.
-pub struct Tries {
+struct Tries {
     any: bool,
     made: u32,
 }
 
 impl Tries {
-    pub const MAX: u32 = 16;
+    const MAX: u32 = 16;
 
-    pub fn new(preconditions: &Preconditions) -> Self {
+    fn new(preconditions: &Preconditions) -> Self {
         Tries { any: preconditions.if_match == Precondition::Any, made: 1 }
     }
 
     /// Whether to read and write again after `outcome`: it lost a race, `*` allows any version, and tries are left.
-    pub fn again<T>(&mut self, outcome: &Result<T, AppError>) -> bool {
+    fn again<T>(&mut self, outcome: &Result<T, AppError>) -> bool {
         let again =
             self.any && self.made < Self::MAX && outcome.as_ref().err().is_some_and(|e| e.is_caused_by::<LostRace>());
         self.made += u32::from(again);

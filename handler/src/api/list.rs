@@ -62,13 +62,18 @@ pub fn created_cursor(
 /// The `nextLink` of a page: an absolute URL at the request's public origin ([`public_origin`]), `path` with the
 /// request's query minus its `cursor`, plus the new cursor.
 pub fn next_link(req: &actix_web::HttpRequest, path: &str, cursor: &str) -> String {
-    format!("{}{}", public_origin(req), next_path(path, req.query_string(), cursor))
+    link_resuming(req, path, "cursor", cursor)
 }
 
-fn next_path(path: &str, query_string: &str, cursor: &str) -> String {
+/// [`next_link`] for a call that resumes by another parameter than `cursor`: `parameter` replaced by `value`.
+pub fn link_resuming(req: &actix_web::HttpRequest, path: &str, parameter: &str, value: &str) -> String {
+    format!("{}{}", public_origin(req), next_path(path, req.query_string(), parameter, value))
+}
+
+fn next_path(path: &str, query_string: &str, parameter: &str, value: &str) -> String {
     let mut link = form_urlencoded::Serializer::new(String::new());
-    link.extend_pairs(form_urlencoded::parse(query_string.as_bytes()).filter(|(k, _)| k != "cursor"));
-    link.append_pair("cursor", cursor);
+    link.extend_pairs(form_urlencoded::parse(query_string.as_bytes()).filter(|(k, _)| k != parameter));
+    link.append_pair(parameter, value);
     format!("{path}?{}", link.finish())
 }
 
@@ -138,10 +143,10 @@ mod tests {
     #[test]
     fn next_links_keep_the_query_and_replace_the_cursor() {
         assert_eq!(
-            next_path("/api/v1/x", "tag=a%2Cb&cursor=old&maxpagesize=5", "new"),
+            next_path("/api/v1/x", "tag=a%2Cb&cursor=old&maxpagesize=5", "cursor", "new"),
             "/api/v1/x?tag=a%2Cb&maxpagesize=5&cursor=new"
         );
-        assert_eq!(next_path("/api/v1/x", "", "c"), "/api/v1/x?cursor=c");
+        assert_eq!(next_path("/api/v1/x", "", "cursor", "c"), "/api/v1/x?cursor=c");
     }
 
     fn origin(headers: &[(&str, &str)]) -> String {

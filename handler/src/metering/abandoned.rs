@@ -22,7 +22,7 @@ use crate::state::AppState;
 /// The status of an abandoned call's usage event: nginx's "client closed request".
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
-/// What the stages learned about a request so far, shared by the request (an extension, [`note`]) and its
+/// What the stages learned about a request so far, shared by the request (an extension, [`Notes`]) and its
 /// [`Abandonment`], which cannot read the request's extensions once the request has been passed on.
 #[derive(Default)]
 struct Known {
@@ -33,11 +33,7 @@ struct Known {
     answered: Option<(StatusCode, bool)>,
 }
 
-/// Request extension: the [`Known`] of the request's [`Abandonment`].
-#[derive(Clone)]
-struct InFlight(Rc<RefCell<Known>>);
-
-/// What the limit stage tells the request's [`Abandonment`] as it learns it: the caller first, then each debit as
+/// Request extension, the [`Known`] of the request's [`Abandonment`]: what the limit stage tells the request's [`Abandonment`] as it learns it: the caller first, then each debit as
 /// soon as it is made (a request dropped between a debit and the stage's answer is charged for it).
 #[derive(Clone)]
 pub struct Notes(Rc<RefCell<Known>>);
@@ -45,7 +41,7 @@ pub struct Notes(Rc<RefCell<Known>>);
 impl Notes {
     /// The request's notes; `None` outside the record stage (a handler called on its own in a test).
     pub fn of(request: &impl HttpMessage) -> Option<Notes> {
-        request.extensions().get::<InFlight>().map(|InFlight(known)| Notes(Rc::clone(known)))
+        request.extensions().get::<Notes>().cloned()
     }
 
     pub fn caller(&self, caller: &Arc<Caller>) {
@@ -74,10 +70,10 @@ pub struct Abandonment {
 }
 
 impl Abandonment {
-    /// Arms the guard of the request `meter` measures and leaves its [`InFlight`] on the request.
+    /// Arms the guard of the request `meter` measures and leaves its [`Notes`] on the request.
     pub fn arm(request: &impl HttpMessage, state: web::Data<AppState>, meter: RequestMeter) -> Self {
         let known = Rc::new(RefCell::new(Known::default()));
-        request.extensions_mut().insert(InFlight(Rc::clone(&known)));
+        request.extensions_mut().insert(Notes(Rc::clone(&known)));
         let request_id = crate::request::current_id().unwrap_or_default();
         Abandonment { state, meter: Some(meter), request_id, known }
     }

@@ -101,6 +101,12 @@ fn tenant_of(extensions: &actix_web::dev::Extensions) -> Option<Uuid> {
     caller.and_then(|c| c.tenant.as_ref().map(|t| t.id)).or_else(|| extensions.get::<RefusedTenant>().map(|t| t.0))
 }
 
+/// Who an audit event names as the actor: the caller's principal, else the one authentication found before the
+/// tenant refused it (403).
+fn principal_of(extensions: &actix_web::dev::Extensions) -> Option<Arc<Principal>> {
+    extensions.get::<Arc<Caller>>().map(|c| c.principal.clone()).or_else(|| extensions.get::<Arc<Principal>>().cloned())
+}
+
 /// The id a request's path names (`{id}` or `{code}`), its audit event's resource when no note says.
 pub(crate) fn path_id(request: &HttpRequest) -> Option<String> {
     ["id", "code"].iter().find_map(|k| request.match_info().get(k).map(str::to_owned))
@@ -112,15 +118,13 @@ pub(crate) fn refusal_kind(
     request: &HttpRequest,
     meter: &RequestMeter,
     status: StatusCode,
-    code: &str,
+    headers: &actix_web::http::header::HeaderMap,
 ) -> Option<RefusalKind> {
     let outcome = audit::outcome(&meter.method, status)
         .filter(|o| matches!(o, crate::store::AuditOutcome::Denied | crate::store::AuditOutcome::Rejected))?;
     let extensions = request.extensions();
-    let principal = extensions
-        .get::<Arc<Caller>>()
-        .map(|c| c.principal.clone())
-        .or_else(|| extensions.get::<Arc<Principal>>().cloned());
+    let principal = principal_of(&extensions);
+    let code = headers.get(crate::error::ERROR_CODE_HEADER).and_then(|v| v.to_str().ok());
     Some(RefusalKind {
         tenant_id: tenant_of(&extensions),
         actor_oid: principal.as_ref().and_then(|p| p.object_id.clone()),
@@ -131,7 +135,7 @@ pub(crate) fn refusal_kind(
         method: meter.method.to_string(),
         route: route_of(request),
         status: status.as_u16(),
-        code: code.to_owned(),
+        code: code.unwrap_or_default().to_owned(),
     })
 }
 
@@ -160,7 +164,7 @@ pub(crate) fn records(
     let cross_tenant = extensions.get::<CrossTenantRead>().map(|read| read.0);
     let audited = audit_outcome(request, &meter.method, status).zip(meter.audit_id).map(|(outcome, id)| {
         // The caller's principal, else the one authentication found before the tenant refused it (403).
-        let principal = caller.map(|c| c.principal.clone()).or_else(|| extensions.get::<Arc<Principal>>().cloned());
+        let principal = principal_of(&extensions);
         let summary = match (note, cross_tenant) {
             (Some(note), _) if !note.summary.is_empty() => note.summary.clone(),
             (_, Some(read)) => {

@@ -162,9 +162,7 @@ impl RefusalAudits {
             }
         }
     }
-}
 
-impl RefusalAudits {
     /// Flushes the windows that ended every `interval` on the current runtime, until the counts are dropped.
     pub fn flush_every(
         self: &std::sync::Arc<Self>,
@@ -191,12 +189,11 @@ impl RefusalAudits {
 /// The audit event that closes a window with repeats: who, what, how many, between when, naming which resources.
 /// It occurs when it is appended (`now`), so a reader that polls the trail by time finds it after the events before.
 fn summary(kind: &RefusalKind, window: &Window, now: DateTime<Utc>, ids: &dyn IdGenerator) -> Option<AuditEventInput> {
-    let resources = match (window.resources.is_empty(), window.other_resources) {
+    let named = window.resources.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
+    let resources = match (named.is_empty(), window.other_resources) {
         (true, _) => String::new(),
-        (false, 0) => format!("; resources {}", window.resources.iter().cloned().collect::<Vec<_>>().join(", ")),
-        (false, more) => {
-            format!("; resources {} and {more} more", window.resources.iter().cloned().collect::<Vec<_>>().join(", "))
-        }
+        (false, 0) => format!("; resources {named}"),
+        (false, more) => format!("; resources {named} and {more} more"),
     };
     let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     (window.repeats > 0).then(|| AuditEventInput {

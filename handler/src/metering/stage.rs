@@ -417,8 +417,8 @@ pub async fn record(
         meter.audit_id = Some(state.ids.new_id());
     }
     // A refusal repeated within its window is counted, not audited on its own (`super::refusals`).
-    let code = res.headers().get("x-ms-error-code").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if let Some((audit_id, kind)) = meter.audit_id.zip(super::ledger::refusal_kind(res.request(), &meter, status, code))
+    if let Some(audit_id) = meter.audit_id
+        && let Some(kind) = super::ledger::refusal_kind(res.request(), &meter, status, res.headers())
         && !state.refusal_audits.admit(
             kind,
             audit_id,

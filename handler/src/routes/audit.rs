@@ -377,13 +377,10 @@ pub async fn verify_audit_chain(
         existing(&state, tenant_id).await?;
     }
     let chain = audit_chain_key(Some(tenant_id));
-    // The contract checks its form (digits, a colon, the hash); read here without trusting that.
-    let resumed = match params.after.as_deref().map(|after| after.split_once(':')) {
+    let resumed = match params.after.as_deref().map(chain_head) {
         None => None,
-        Some(Some((seq, hash))) if hash.len() == 64 && seq.parse::<i64>().is_ok_and(|s| s >= 1) => {
-            Some((seq.parse::<i64>().unwrap_or(1), hash))
-        }
-        Some(_) => {
+        Some(Some(head)) => Some(head),
+        Some(None) => {
             return Err(AppError::new(ErrorCode::ValidationFailed).with_parameter_errors(vec![
                 FieldError::new("after", "pattern", "a chain head: <chainSeq>:<hash>").in_query("after"),
             ]));
@@ -424,12 +421,8 @@ pub async fn verify_audit_chain(
         if verifier.checked >= state.audit_verify_limit {
             // More may follow: the next call resumes from the head reached.
             let next_link = head.as_ref().map(|h| {
-                let mut query = form_urlencoded::Serializer::new(String::new());
-                if let Some(tenant) = params.tenant_id {
-                    query.append_pair("tenantId", &tenant.to_string());
-                }
-                query.append_pair("after", &format!("{}:{}", h.chain_seq, h.hash));
-                format!("{}/api/v1/audit-events/verify?{}", crate::api::list::public_origin(&req), query.finish())
+                let after = format!("{}:{}", h.chain_seq, h.hash);
+                crate::api::list::link_resuming(&req, "/api/v1/audit-events/verify", "after", &after)
             });
             return Ok(HttpResponse::Ok().json(ChainVerification {
                 valid: true,
@@ -449,6 +442,13 @@ pub async fn verify_audit_chain(
         head,
         next_link: None,
     }))
+}
+
+/// `after` read as a chain head, `<chainSeq>:<hash>`. The contract checked its form; read here without trusting it.
+fn chain_head(after: &str) -> Option<(i64, &str)> {
+    let (seq, hash) = after.split_once(':')?;
+    let seq = seq.parse::<i64>().ok().filter(|seq| *seq >= 1)?;
+    (hash.len() == 64).then_some((seq, hash))
 }
 
 impl ChainVerification {
